@@ -1,0 +1,100 @@
+"""Backend choice: ``cuda`` (csrc on GPU), ``triton`` (kernels/), ``cpu`` (csrc host build) and
+``reference`` (pygen.ref).
+
+Order of choice (docs/ARCHITECTURE.md): the op's ``backend=`` argument, then the
+``PYGEN_BACKEND`` environment variable, then the per-op default table keyed by device type and
+dtype. An explicit request (argument) for a backend that cannot run raises with the reason;
+``PYGEN_BACKEND`` and the default table fall back silently to the next available backend.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@lru_cache(maxsize=None)
+def _triton_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:
+        return f"triton not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]:
+    """(available, reason) for running ``backend`` on tensors of ``device``."""
+    dev = torch.device(device).type
+    if backend == "reference":
+        return True, "pure PyTorch"
+    if backend == "cpu":
+        if dev != "cpu":
+            return False, f"the cpu backend runs on CPU tensors, not {dev}"
+        err = _ext.load_error("_C")
+        return (False, f"pygen._C not built: {err}") if err else (True, "pygen._C (g++ -O3 -fopenmp)")
+    if backend == "cuda":
+        if dev != "cuda":
+            return False, f"the cuda backend runs on CUDA tensors, not {dev}"
+        err = _ext.load_error("_cuda")
+        if err:
+            return False, f"pygen._cuda not built: {err}"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device"
+        return True, "pygen._cuda (nvcc)"
+    if backend == "triton":
+        err = _triton_error()
+        if err:
+            return False, err
+        if dev == "cuda":
+            return True, "Triton on GPU"
+        if dev == "cpu" and triton_interpreting():
+            return True, "Triton interpreter (TRITON_INTERPRET=1; slow, for tests)"
+        return False, f"Triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got {dev}"
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    return [b for b in BACKENDS if backend_status(b, device)[0]]
+
+
+# Fastest measured backend first; see docs/roi.md for the numbers behind each row.
+_DEFAULT_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+
+def choose(op: str, device: torch.device, dtype: torch.dtype, backend: str | None = None,
+           supported: tuple[str, ...] = BACKENDS) -> str:
+    """Pick the backend for ``op`` on ``device``/``dtype`` (see module docstring)."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+        if backend not in supported:
+            raise ValueError(f"{op}: backend {backend!r} is not implemented (have {supported})")
+        ok, why = backend_status(backend, device)
+        if not ok:
+            raise RuntimeError(f"{op}: backend {backend!r} is unavailable: {why}")
+        return backend
+    env = os.environ.get("PYGEN_BACKEND", "").strip()
+    candidates = list(_DEFAULT_ORDER.get(torch.device(device).type, ("reference",)))
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"PYGEN_BACKEND must be one of {BACKENDS}, got {env!r}")
+        candidates.insert(0, env)
+    for b in candidates:
+        if b in supported and backend_status(b, device)[0]:
+            if dtype == torch.float64 and b == "triton":
+                continue  # Triton kernels accumulate in float32; float64 goes to cpu/reference
+            return b
+    return "reference"

@@ -1,0 +1,246 @@
+"""RoI pooling in plain PyTorch: the test oracle, the ``reference`` backend, and the readable
+statement of each op's math. Semantics are torchvision.ops' (see docs/roi.md for the two places
+where pygen deliberately differs).
+
+Layouts
+-------
+input  : [N, C, H, W] feature map (any strides)
+rois   : [K, 5] rows ``(batch_index, x1, y1, x2, y2)`` in image coordinates
+output : [K, C, PH, PW] (roi_pool / roi_align), [K, C // (PH*PW), PH, PW] (PS variants)
+
+roi_align (Mask R-CNN), for RoI k and bin (i, j)::
+
+    o      = 0.5 if aligned else 0
+    x0     = x1*scale - o,  w = x2*scale - o - x0   (w = max(w, 1) unless aligned); same for y
+    bh, bw = h / PH, w / PW
+    gh, gw = sampling_ratio if > 0 else ceil(h / PH), ceil(w / PW)
+    out    = 1/max(gh*gw, 1) * sum_{a<gh, b<gw} bilinear(in[n], y0 + i*bh + (a+.5)*bh/gh,
+                                                         x0 + j*bw + (b+.5)*bw/gw)
+
+bilinear(y, x) is 0 when y < -1, y > H, x < -1 or x > W; otherwise y, x are clamped to >= 0 and
+the four neighbours (clamped to the last row/column) are blended.
+
+roi_pool (Fast R-CNN): integer bins from rounded (half away from zero) box corners, roi size
+``max(x2' - x1' + 1, 1)``, bin (i, j) covers rows ``[floor(i*bh), ceil((i+1)*bh))`` shifted by
+the box start and clipped to [0, H]; out = max over the bin (0 for an empty bin).
+
+ps_roi_align / ps_roi_pool (R-FCN): as above (PS-align always uses o = 0.5 and no minimum
+size; PS-pool uses size ``max(x2' - x1', 1)`` and averages), but bin (i, j) of output channel c
+reads input channel ``(c*PH + i)*PW + j``.
+
+multi_scale_roi_align (FPN): RoI k goes to level
+``clamp(floor(canonical_level + log2(sqrt(area_k)/canonical_scale) + 1e-6), k_min, k_max) - k_min``
+with k_min = round(-log2(scales[0])), k_max = round(-log2(scales[-1])), then roi_align on that
+level's map with that level's scale. Boxes of non-positive area go to the first level.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Bound on the elements of one gathered chunk, so the reference runs at benchmark sizes too.
+_CHUNK_ELEMS = 1 << 25
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _chunks(k: int, per_roi: int):
+    step = max(1, _CHUNK_ELEMS // max(per_roi, 1))
+    for s in range(0, k, step):
+        yield s, min(k, s + step)
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _axis_samples(start, size, pooled: int, grid, gmax: int):
+    """Sample coordinates along one axis: [K, pooled, gmax] and the mask of real samples."""
+    dt = start.dtype
+    bin_size = size / pooled
+    p = torch.arange(pooled, device=start.device, dtype=dt).view(1, -1, 1)
+    g = torch.arange(gmax, device=start.device, dtype=dt).view(1, 1, -1)
+    gridf = grid.to(dt).clamp_min(1).view(-1, 1, 1)
+    coord = start.view(-1, 1, 1) + p * bin_size.view(-1, 1, 1) + (g + 0.5) * bin_size.view(-1, 1, 1) / gridf
+    real = g < grid.view(-1, 1, 1).to(dt)
+    return coord, real.expand_as(coord)
+
+
+def _axis_bilinear(coord, real, size: int):
+    """Per-axis part of torchvision's bilinear_interpolate: low/high indices and weights."""
+    valid = real & (coord >= -1.0) & (coord <= size)
+    c = coord.clamp_min(0)
+    low = torch.floor(c).long()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, max(size - 1, 0)), low)
+    high = torch.where(at_edge, low, low + 1)
+    c = torch.where(at_edge, low.to(c.dtype), c)
+    frac = c - low.to(c.dtype)
+    zero = torch.zeros_like(frac)
+    return low, high, torch.where(valid, 1 - frac, zero), torch.where(valid, frac, zero)
+
+
+def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset,
+                     min_size, ps: bool):
+    """Shared body of roi_align and ps_roi_align (bilinear samples averaged per bin)."""
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    dt = _compute_dtype(input)
+    c_out = c // (pooled_h * pooled_w) if ps else c
+    out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
+    if k == 0 or c_out == 0 or h == 0 or w == 0:
+        return out.to(input.dtype)
+    r = rois.to(dt)
+    x0 = r[:, 1] * spatial_scale - offset
+    y0 = r[:, 2] * spatial_scale - offset
+    rw = r[:, 3] * spatial_scale - offset - x0
+    rh = r[:, 4] * spatial_scale - offset - y0
+    if min_size:
+        rw, rh = rw.clamp_min(1.0), rh.clamp_min(1.0)
+    if sampling_ratio > 0:
+        gh = torch.full((k,), sampling_ratio, device=r.device, dtype=torch.long)
+        gw = gh
+    else:
+        gh = torch.ceil(rh / pooled_h).long()
+        gw = torch.ceil(rw / pooled_w).long()
+    count = (gh * gw).clamp_min(1).to(dt)
+    ghmax, gwmax = int(gh.max().clamp_min(0)), int(gw.max().clamp_min(0))
+    if ghmax == 0 or gwmax == 0:
+        return out.to(input.dtype)
+    # [N, H*W, C] so one advanced-indexing gather returns channels last
+    feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
+    if ps:
+        ch = (torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
+              + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)) * pooled_w \
+            + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+    per_roi = pooled_h * ghmax * pooled_w * gwmax * c_out
+    for s, e in _chunks(k, per_roi):
+        ys, ry = _axis_samples(y0[s:e], rh[s:e], pooled_h, gh[s:e], ghmax)
+        xs, rx = _axis_samples(x0[s:e], rw[s:e], pooled_w, gw[s:e], gwmax)
+        yl, yh, wyl, wyh = _axis_bilinear(ys, ry, h)
+        xl, xh, wxl, wxh = _axis_bilinear(xs, rx, w)
+        b = r[s:e, 0].long().view(-1, 1, 1, 1, 1, 1)
+        acc = 0
+        for yi, wy in ((yl, wyl), (yh, wyh)):
+            for xi, wx in ((xl, wxl), (xh, wxh)):
+                hw = yi[:, :, :, None, None] * w + xi[:, None, None, :, :]
+                # [k, PH, gh, PW, gw, C']
+                vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
+                acc = acc + (wy[:, :, :, None, None, None] * wx[:, None, None, :, :, None]) * vals
+        pooled = acc.sum(dim=(2, 4)).permute(0, 3, 1, 2)  # [k, C', PH, PW]
+        out[s:e] = pooled / count[s:e].view(-1, 1, 1, 1)
+    return out.to(input.dtype)
+
+
+def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    ph, pw = output_size
+    return _sampled_average(input, rois, ph, pw, spatial_scale, sampling_ratio,
+                            0.5 if aligned else 0.0, min_size=not aligned, ps=False)
+
+
+def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    ph, pw = output_size
+    return _sampled_average(input, rois, ph, pw, spatial_scale, sampling_ratio, 0.5,
+                            min_size=False, ps=True)
+
+
+def _integer_bins(rois, pooled: int, size: int, lo_col: int, hi_col: int, plus_one: int, dt):
+    """Rows (or columns) [start, end) of every bin of every RoI, clipped to [0, size]: [K, pooled]."""
+    start = _round_half_away(rois[:, lo_col] * 1.0).long()
+    end = _round_half_away(rois[:, hi_col] * 1.0).long()
+    length = (end - start + plus_one).clamp_min(1).to(dt)
+    bin_size = (length / pooled).view(-1, 1)
+    p = torch.arange(pooled, device=rois.device, dtype=dt).view(1, -1)
+    lo = torch.floor(p * bin_size).long() + start.view(-1, 1)
+    hi = torch.ceil((p + 1) * bin_size).long() + start.view(-1, 1)
+    return lo.clamp(0, size), hi.clamp(0, size)
+
+
+def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool,
+                  reduce_max: bool):
+    """Shared body of roi_pool (max) and ps_roi_pool (mean) over integer bins."""
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    dt = _compute_dtype(input)
+    c_out = c // (pooled_h * pooled_w) if ps else c
+    out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
+    if k == 0 or c_out == 0 or h == 0 or w == 0:
+        return out.to(input.dtype)
+    r = rois.to(dt)
+    scaled = torch.cat([r[:, :1], r[:, 1:] * spatial_scale], dim=1)
+    hs, he = _integer_bins(scaled, pooled_h, h, 2, 4, plus_one, dt)
+    ws, we = _integer_bins(scaled, pooled_w, w, 1, 3, plus_one, dt)
+    bh = int((he - hs).max().clamp_min(1))
+    bw = int((we - ws).max().clamp_min(1))
+    feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
+    if ps:
+        ch = (torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
+              + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)) * pooled_w \
+            + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+    oy = torch.arange(bh, device=r.device).view(1, 1, -1)
+    ox = torch.arange(bw, device=r.device).view(1, 1, -1)
+    for s, e in _chunks(k, pooled_h * bh * pooled_w * bw * c_out):
+        yy = hs[s:e, :, None] + oy  # [k, PH, bh]
+        xx = ws[s:e, :, None] + ox  # [k, PW, bw]
+        inside = ((yy < he[s:e, :, None])[:, :, :, None, None]
+                  & (xx < we[s:e, :, None])[:, None, None, :, :]).unsqueeze(-1)
+        hw = (yy.clamp(max=h - 1)[:, :, :, None, None] * w
+              + xx.clamp(max=w - 1)[:, None, None, :, :])
+        b = r[s:e, 0].long().view(-1, 1, 1, 1, 1, 1)
+        # [k, PH, bh, PW, bw, C']
+        vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
+        empty = ~inside.any(dim=4).any(dim=2)  # [k, PH, PW, 1]
+        if reduce_max:
+            vals = vals.masked_fill(~inside, float("-inf"))
+            flat = vals.permute(0, 1, 3, 5, 2, 4).reshape(e - s, pooled_h, pooled_w, -1, bh * bw)
+            best = flat.max(dim=-1).values  # [k, PH, PW, C']
+            best = torch.where(empty, torch.zeros_like(best), best)
+        else:
+            area = inside.sum(dim=(2, 4)).to(dt).clamp_min(1)  # [k, PH, PW, 1]
+            best = (vals * inside).sum(dim=(2, 4)) / area
+        out[s:e] = best.permute(0, 3, 1, 2)
+    return out.to(input.dtype)
+
+
+def roi_pool(input, rois, output_size, spatial_scale=1.0):
+    ph, pw = output_size
+    return _integer_pool(input, rois, ph, pw, spatial_scale, plus_one=1, ps=False, reduce_max=True)
+
+
+def ps_roi_pool(input, rois, output_size, spatial_scale=1.0):
+    ph, pw = output_size
+    return _integer_pool(input, rois, ph, pw, spatial_scale, plus_one=0, ps=True, reduce_max=False)
+
+
+def level_range(spatial_scales) -> tuple[int, int]:
+    """(k_min, k_max) of the FPN levels given each level's scale (finest first)."""
+    return round(-math.log2(spatial_scales[0])), round(-math.log2(spatial_scales[-1]))
+
+
+def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
+    """Index into ``spatial_scales`` of the level each RoI is pooled from: int64 [K]."""
+    k_min, k_max = level_range(spatial_scales)
+    r = rois.to(torch.float64) if rois.dtype == torch.float64 else rois.to(torch.float32)
+    area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
+    pos = area > 0
+    s = torch.sqrt(torch.where(pos, area, torch.ones_like(area)))
+    lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + 1e-6)
+    lvl = torch.where(pos, lvl, torch.full_like(lvl, k_min))
+    return (lvl.clamp(k_min, k_max) - k_min).long()
+
+
+def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
+                          canonical_scale=224, canonical_level=4, aligned=False):
+    levels = fpn_levels(rois, spatial_scales, canonical_scale, canonical_level)
+    ph, pw = output_size
+    f0 = features[0]
+    out = f0.new_zeros((rois.shape[0], f0.shape[1], ph, pw))
+    for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        idx = torch.nonzero(levels == lvl).flatten()
+        if idx.numel():
+            out = out.index_put((idx,), roi_align(feat, rois[idx], output_size, scale,
+                                                  sampling_ratio, aligned))
+    return out
