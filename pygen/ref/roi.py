@@ -53,6 +53,11 @@ def _chunks(k: int, per_roi: int):
         yield s, min(k, s + step)
 
 
+def _empty_result(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """Zeros that stay attached to ``input``'s autograd graph (zero gradient, as the kernels give)."""
+    return out.to(input.dtype) + input.sum().to(input.dtype) * 0
+
+
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
@@ -92,7 +97,7 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
     c_out = c // (pooled_h * pooled_w) if ps else c
     out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
     if k == 0 or c_out == 0 or h == 0 or w == 0:
-        return out.to(input.dtype)
+        return _empty_result(out, input)
     r = rois.to(dt)
     x0 = r[:, 1] * spatial_scale - offset
     y0 = r[:, 2] * spatial_scale - offset
@@ -109,7 +114,7 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
     count = (gh * gw).clamp_min(1).to(dt)
     ghmax, gwmax = int(gh.max().clamp_min(0)), int(gw.max().clamp_min(0))
     if ghmax == 0 or gwmax == 0:
-        return out.to(input.dtype)
+        return _empty_result(out, input)
     # [N, H*W, C] so one advanced-indexing gather returns channels last
     feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
     if ps:
@@ -168,7 +173,7 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
     c_out = c // (pooled_h * pooled_w) if ps else c
     out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
     if k == 0 or c_out == 0 or h == 0 or w == 0:
-        return out.to(input.dtype)
+        return _empty_result(out, input)
     r = rois.to(dt)
     scaled = torch.cat([r[:, :1], r[:, 1:] * spatial_scale], dim=1)
     hs, he = _integer_bins(scaled, pooled_h, h, 2, 4, plus_one, dt)
@@ -237,7 +242,7 @@ def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_
     levels = fpn_levels(rois, spatial_scales, canonical_scale, canonical_level)
     ph, pw = output_size
     f0 = features[0]
-    out = f0.new_zeros((rois.shape[0], f0.shape[1], ph, pw))
+    out = _empty_result(f0.new_zeros((rois.shape[0], f0.shape[1], ph, pw)), f0)
     for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
         idx = torch.nonzero(levels == lvl).flatten()
         if idx.numel():
