@@ -1,1 +1,3 @@
-"""Drop-in nn.Modules."""
+"""Drop-in nn.Modules: same constructor arguments and state_dict keys as the modules they replace;
+only forward differs."""
+from .roi import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool  # noqa: F401

@@ -1,0 +1,138 @@
+"""Drop-in replacements for torchvision.ops' RoI modules: same constructor arguments, same
+attributes, same call signatures, no parameters or buffers (so the same empty state_dict).
+
+    from pygen.nn import MultiScaleRoIAlign
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    box_features = pooler(features, proposals, images.image_sizes)   # [sum L_i, C, 7, 7]
+
+Every module also takes ``backend=None`` (see pygen.ops.roi) as an extra keyword.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+class RoIAlign(nn.Module):
+    """See pygen.ops.roi_align (torchvision.ops.RoIAlign)."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False,
+                 *, backend: str | None = None):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+        return ops.roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                             self.aligned, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+class RoIPool(nn.Module):
+    """See pygen.ops.roi_pool (torchvision.ops.RoIPool)."""
+
+    def __init__(self, output_size, spatial_scale: float, *, backend: str | None = None):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+        return ops.roi_pool(input, rois, self.output_size, self.spatial_scale, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+class PSRoIAlign(nn.Module):
+    """See pygen.ops.ps_roi_align (torchvision.ops.PSRoIAlign)."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, *, backend: str | None = None):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+        return ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                                backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}")
+
+
+class PSRoIPool(nn.Module):
+    """See pygen.ops.ps_roi_pool (torchvision.ops.PSRoIPool)."""
+
+    def __init__(self, output_size, spatial_scale: float, *, backend: str | None = None):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+        return ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+def _infer_scale(feature_hw, original_hw) -> float:
+    """torchvision's rule: the power of two nearest to feature size / image size (first axis)."""
+    return 2.0 ** round(math.log2(float(feature_hw[0]) / float(original_hw[0])))
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """FPN RoIAlign over several feature maps (torchvision.ops.MultiScaleRoIAlign), all levels in
+    one kernel launch (pygen.ops.multi_scale_roi_align).
+
+    forward(x: dict[str, Tensor], boxes: list[Tensor[L_i, 4]], image_shapes: list[(H, W)])
+    returns [sum L_i, C, PH, PW]. Level scales are inferred from the feature and image sizes on
+    the first call and kept in ``self.scales`` (as torchvision does).
+    """
+
+    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *,
+                 canonical_scale: int = 224, canonical_level: int = 4, backend: str | None = None):
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.featmap_names = featmap_names
+        self.sampling_ratio = sampling_ratio
+        self.output_size = tuple(output_size)
+        self.scales: list[float] | None = None
+        self.map_levels = None
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.backend = backend
+
+    def _setup_scales(self, features: list[torch.Tensor], image_shapes) -> list[float]:
+        if not image_shapes:
+            raise ValueError("MultiScaleRoIAlign: image_shapes must hold at least one (H, W)")
+        original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+        return [_infer_scale(f.shape[-2:], original) for f in features]
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        missing = [k for k in self.featmap_names if k not in x]
+        if missing:
+            raise ValueError(f"MultiScaleRoIAlign: x has no feature map named {missing}")
+        features = [x[k] for k in self.featmap_names]
+        # torchvision re-infers the scales on every call too (batches may change size)
+        self.scales = self._setup_scales(features, image_shapes)
+        return ops.multi_scale_roi_align(features, boxes, self.output_size, self.scales, self.sampling_ratio,
+                                         self.canonical_scale, self.canonical_level, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+                f"sampling_ratio={self.sampling_ratio}")
