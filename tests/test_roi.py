@@ -285,3 +285,20 @@ def test_torch_compile_fullgraph(device, backend, gen):
     (g1,) = torch.autograd.grad(got, x)
     (g2,) = torch.autograd.grad(head(x), x)
     torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_multi_scale_pools_all_levels_in_one_launch(backend, gen):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU to count kernel launches")
+    ok, why = pygen.backend_status(backend, "cuda")
+    if not ok:
+        pytest.skip(why)
+    feats, rois, scales = _pyramid(torch.float32, "cuda", gen, k=64)
+    ops.multi_scale_roi_align(feats, rois, 7, scales, 2, backend=backend)  # warm up / compile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        ops.multi_scale_roi_align(feats, rois, 7, scales, 2, backend=backend)
+        torch.cuda.synchronize()
+    pooling = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "roi" in e.name.lower()]
+    assert len(pooling) == 1, pooling
