@@ -1,0 +1,87 @@
+// pygen._cuda: the CUDA build of csrc/ (kernels compiled by nvcc, this file by the host compiler,
+// cudart linked statically). Functions take integer data pointers, sizes, strides, and
+// ctx = [device_index, stream_handle]; every launch is followed by cudaGetLastError and a failure
+// raises RuntimeError with the CUDA error string.
+#include <cuda_runtime_api.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "roi/roi_bind.h"
+#include "roi/roi_launch.h"
+
+namespace py = pybind11;
+using pygen::roi::Op;
+using pygen::roi::RoiParams;
+
+namespace {
+
+[[noreturn]] void raise_cuda(const char* what, cudaError_t err) {
+  throw std::runtime_error(std::string("pygen._cuda: ") + what + ": " + cudaGetErrorName(err) + ": " +
+                           cudaGetErrorString(err));
+}
+
+// Makes the tensor's device current for the launch and restores the caller's afterwards. This
+// module has its own (static) CUDA runtime, so torch's device guard does not reach it.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cudaError_t err = cudaGetDevice(&prev_);
+    if (err != cudaSuccess) raise_cuda("cudaGetDevice", err);
+    if (prev_ != device) {
+      err = cudaSetDevice(device);
+      if (err != cudaSuccess) raise_cuda("cudaSetDevice", err);
+    }
+    restore_ = prev_ != device;
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = 0;
+  bool restore_ = false;
+};
+
+void check_ctx(const std::vector<int64_t>& ctx) {
+  if (ctx.size() != 2) throw py::value_error("ctx must be [device_index, stream_handle]");
+}
+
+void finish(int rc, int dtype) {
+  if (rc == pygen::roi::kBadDtype)
+    throw py::value_error("dtype code " + std::to_string(dtype) +
+                          " is not built for CUDA (float32, float16, bfloat16 only)");
+  if (rc != 0) raise_cuda("kernel launch", static_cast<cudaError_t>(rc));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) raise_cuda("after launch", err);
+}
+
+struct CudaBackend {
+  static void forward(Op op, int dtype, const RoiParams& p, const std::vector<int64_t>& ctx) {
+    check_ctx(ctx);
+    DeviceGuard guard(static_cast<int>(ctx[0]));
+    finish(pygen::roi::cuda_forward(op, dtype, p, reinterpret_cast<void*>(ctx[1])), dtype);
+  }
+  static void backward(Op op, int dtype, const RoiParams& p, bool deterministic,
+                       const std::vector<int64_t>& ctx) {
+    check_ctx(ctx);
+    DeviceGuard guard(static_cast<int>(ctx[0]));
+    finish(pygen::roi::cuda_backward(op, dtype, p, deterministic, reinterpret_cast<void*>(ctx[1])), dtype);
+  }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "pygen CUDA kernels (nvcc, static cudart): RoI family. See pygen/native/roi.py.";
+  pygen::roi::bind::def_roi<CudaBackend>(m);
+  m.def("device_count", []() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+  });
+  m.def("runtime_version", []() {
+    int v = 0;
+    cudaRuntimeGetVersion(&v);
+    return v;
+  });
+}

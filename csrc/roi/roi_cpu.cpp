@@ -1,0 +1,528 @@
+// RoI pooling family: OpenMP CPU loops (pygen._C).
+//
+// Formulas and layouts: see roi.cuh. These loops call the same HOST_DEVICE pieces as the CUDA
+// kernels (bilinear_tap, align_geom, pool_bin, bin_max, fpn_level) and add the arithmetic in the
+// same order, so results agree with the per-element bodies to the last bit on the host.
+//
+// Why they are organised differently from the GPU kernels (and from torchvision's CPU kernels,
+// which are single-threaded and recompute every bilinear weight for every channel):
+//  * Sample positions and weights depend on the RoI only, not on the channel. They are computed
+//    once per RoI into small per-axis tables (PH*gh rows, PW*gw columns, strides folded into the
+//    offsets, samples outside the map dropped) and reused for all C channels.
+//  * "Plane" loops: the work is split into (level, image, channel) planes and each task walks
+//    every RoI of its image in RoI order. A plane (e.g. 200x336 floats = 269 KB) stays in L2 for
+//    all RoIs, and in the backward every grad element has exactly one writer, so the CPU
+//    backward is race-free and deterministic without atomics or per-thread buffers.
+//  * Channels-last forward input (channel stride 1): one task per RoI, the channel loop is
+//    innermost and contiguous (it vectorises), bins accumulate into a per-thread C-vector.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "roi.cuh"
+#include "roi_launch.h"
+
+namespace pygen {
+namespace roi {
+namespace {
+
+std::atomic<int> g_impl{0};
+
+// ---- RoIs bucketed by (level, image), RoI order kept inside a bucket ---------------------------
+struct Buckets {
+  int64_t count = 0;               // num_levels * N
+  std::vector<int64_t> start;      // [count + 1]
+  std::vector<int64_t> order;      // RoI indices
+};
+
+template <typename T>
+Buckets bucket_rois(const RoiParams& p, bool by_level) {
+  Buckets b;
+  const int L = by_level ? p.num_levels : 1;
+  b.count = L * p.N;
+  std::vector<int64_t> key(p.K);
+  b.start.assign(b.count + 1, 0);
+  const T* rois = static_cast<const T*>(p.rois);
+  for (int64_t k = 0; k < p.K; ++k) {
+    int64_t n;
+    const T* r = rois + 5 * k;
+    key[k] = roi_batch(r, p.N, &n) ? (by_level ? fpn_level(r, p) : 0) * p.N + n : -1;
+    if (key[k] >= 0) ++b.start[key[k] + 1];
+  }
+  for (int64_t g = 0; g < b.count; ++g) b.start[g + 1] += b.start[g];
+  b.order.resize(b.start[b.count]);
+  std::vector<int64_t> fill(b.start.begin(), b.start.end() - 1);
+  for (int64_t k = 0; k < p.K; ++k)
+    if (key[k] >= 0) b.order[fill[key[k]]++] = k;
+  return b;
+}
+
+// ---- per-RoI bilinear sample tables (align family) ------------------------------------------
+template <typename T>
+struct AxisSample {
+  int64_t lo, hi;  // neighbour offsets, already multiplied by the row (column) stride
+  T wlo, whi;
+};
+
+template <typename T>
+struct AlignTables {
+  std::vector<int64_t> ybase, xbase;   // per RoI: first entry in ys / xs
+  std::vector<int64_t> gh, gw;         // per RoI: sample grid (slot size per bin)
+  std::vector<T> count;                // per RoI: divisor max(gh*gw, 1)
+  std::vector<int32_t> ny, nx;         // [K*PH], [K*PW]: samples kept per bin (packed first)
+  std::vector<AxisSample<T>> ys, xs;
+};
+
+// Tables for every RoI against the planes in p.lv (the input in the forward, the grad buffer in
+// the backward: offsets use that tensor's strides). RoIs with a bad batch index get no samples.
+template <typename T>
+void build_align_tables(const RoiParams& p, bool ps, int nt, AlignTables<T>& t) {
+  const int64_t K = p.K, PH = p.PH, PW = p.PW;
+  const T* rois = static_cast<const T*>(p.rois);
+  t.ybase.resize(K); t.xbase.resize(K); t.gh.resize(K); t.gw.resize(K); t.count.resize(K);
+  std::vector<AlignGeom<T>> geo(K);
+  std::vector<int> lvl(K);
+  int64_t ny_total = 0, nx_total = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* r = rois + 5 * k;
+    int64_t n;
+    lvl[k] = roi_batch(r, p.N, &n) ? (ps ? 0 : fpn_level(r, p)) : -1;
+    const Plane& P = p.lv[lvl[k] < 0 ? 0 : lvl[k]];
+    geo[k] = align_geom(r, static_cast<T>(P.scale), ps || p.aligned != 0, PH, PW, p.sampling_ratio);
+    if (lvl[k] < 0 || P.H <= 0 || P.W <= 0) geo[k].gh = geo[k].gw = 0;
+    t.gh[k] = geo[k].gh; t.gw[k] = geo[k].gw; t.count[k] = geo[k].count;
+    t.ybase[k] = ny_total; t.xbase[k] = nx_total;
+    ny_total += PH * geo[k].gh;
+    nx_total += PW * geo[k].gw;
+  }
+  t.ys.resize(ny_total); t.xs.resize(nx_total);
+  t.ny.assign(K * PH, 0); t.nx.assign(K * PW, 0);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt)
+  for (int64_t k = 0; k < K; ++k) {
+    if (geo[k].gh <= 0 || geo[k].gw <= 0) continue;
+    const Plane& P = p.lv[lvl[k]];
+    const AlignGeom<T>& g = geo[k];
+    for (int64_t i = 0; i < PH; ++i) {
+      AxisSample<T>* slot = &t.ys[t.ybase[k] + i * g.gh];
+      int32_t m = 0;
+      for (int64_t a = 0; a < g.gh; ++a) {
+        const Tap<T> ty = bilinear_tap(sample_coord(g.y0, g.bh, i, a, g.gh), P.H);
+        if (ty.valid) slot[m++] = {ty.lo * P.sH, ty.hi * P.sH, ty.wlo, ty.whi};
+      }
+      t.ny[k * PH + i] = m;
+    }
+    for (int64_t j = 0; j < PW; ++j) {
+      AxisSample<T>* slot = &t.xs[t.xbase[k] + j * g.gw];
+      int32_t m = 0;
+      for (int64_t b = 0; b < g.gw; ++b) {
+        const Tap<T> tx = bilinear_tap(sample_coord(g.x0, g.bw, j, b, g.gw), P.W);
+        if (tx.valid) slot[m++] = {tx.lo * P.sW, tx.hi * P.sW, tx.wlo, tx.whi};
+      }
+      t.nx[k * PW + j] = m;
+    }
+  }
+}
+
+// Sum of the samples of bin (i, j) of RoI k read from `plane` (same order as align_bin_sum).
+template <typename S, typename T>
+inline T table_bin_sum(const S* PYGEN_RESTRICT plane, const AlignTables<T>& t, int64_t k,
+                       int64_t i, int64_t j, int64_t PH, int64_t PW) {
+  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
+  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
+  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
+  T acc = T(0);
+  for (int32_t a = 0; a < nya; ++a) {
+    const AxisSample<T> Y = ya[a];
+    const S* rlo = plane + Y.lo;
+    const S* rhi = plane + Y.hi;
+    for (int32_t b = 0; b < nxb; ++b) {
+      const AxisSample<T> X = xa[b];
+      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
+      acc += w1 * load<T>(rlo + X.lo) + w2 * load<T>(rlo + X.hi) + w3 * load<T>(rhi + X.lo) +
+             w4 * load<T>(rhi + X.hi);
+    }
+  }
+  return acc;
+}
+
+// Adds g times the weights of bin (i, j) of RoI k into `plane` (the adjoint of table_bin_sum).
+template <typename T>
+inline void table_bin_scatter(T* PYGEN_RESTRICT plane, const AlignTables<T>& t, int64_t k,
+                              int64_t i, int64_t j, int64_t PH, int64_t PW, T g) {
+  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
+  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
+  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
+  for (int32_t a = 0; a < nya; ++a) {
+    const AxisSample<T> Y = ya[a];
+    T* rlo = plane + Y.lo;
+    T* rhi = plane + Y.hi;
+    for (int32_t b = 0; b < nxb; ++b) {
+      const AxisSample<T> X = xa[b];
+      rlo[X.lo] += (Y.wlo * X.wlo) * g;
+      rlo[X.hi] += (Y.wlo * X.whi) * g;
+      rhi[X.lo] += (Y.whi * X.wlo) * g;
+      rhi[X.hi] += (Y.whi * X.whi) * g;
+    }
+  }
+}
+
+// ---- per-RoI integer bins (pool family) -------------------------------------------------------
+struct PoolTables {
+  std::vector<int64_t> hs, he, ws, we;  // [K*PH] rows, [K*PW] columns, clipped to the map
+};
+
+template <typename T>
+PoolTables build_pool_tables(const RoiParams& p, int plus_one) {
+  PoolTables t;
+  const Plane& P = p.lv[0];
+  t.hs.resize(p.K * p.PH); t.he.resize(p.K * p.PH);
+  t.ws.resize(p.K * p.PW); t.we.resize(p.K * p.PW);
+  const T* rois = static_cast<const T*>(p.rois);
+  const T scale = static_cast<T>(P.scale);
+  for (int64_t k = 0; k < p.K; ++k) {
+    const T* r = rois + 5 * k;
+    const int64_t x1 = round_half_away(r[1] * scale), y1 = round_half_away(r[2] * scale);
+    const int64_t x2 = round_half_away(r[3] * scale), y2 = round_half_away(r[4] * scale);
+    for (int64_t i = 0; i < p.PH; ++i)
+      int_bin<T>(y1, y2, plus_one, p.PH, i, P.H, &t.hs[k * p.PH + i], &t.he[k * p.PH + i]);
+    for (int64_t j = 0; j < p.PW; ++j)
+      int_bin<T>(x1, x2, plus_one, p.PW, j, P.W, &t.ws[k * p.PW + j], &t.we[k * p.PW + j]);
+  }
+  return t;
+}
+
+template <typename S>
+inline S* pooled_at(const RoiParams& p, int64_t k, int64_t c) {
+  return static_cast<S*>(p.pooled) + k * p.ps[0] + c * p.ps[1];
+}
+
+template <typename S, typename T>
+void zero_pooled_roi(const RoiParams& p, int64_t k) {
+  for (int64_t c = 0; c < p.Cp; ++c) {
+    S* o = pooled_at<S>(p, k, c);
+    for (int64_t i = 0; i < p.PH; ++i)
+      for (int64_t j = 0; j < p.PW; ++j) store(o + i * p.ps[2] + j * p.ps[3], T(0));
+  }
+}
+
+// RoIs whose batch index is invalid produce zeros; the plane loops never visit them.
+template <typename S, typename T>
+void zero_invalid_rois(const RoiParams& p, int nt) {
+  const T* rois = static_cast<const T*>(p.rois);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t k = 0; k < p.K; ++k) {
+    int64_t n;
+    if (!roi_batch(rois + 5 * k, p.N, &n)) {
+      zero_pooled_roi<S, T>(p, k);
+      if (p.argmax != nullptr)
+        std::fill(p.argmax + k * p.Cp * p.PH * p.PW, p.argmax + (k + 1) * p.Cp * p.PH * p.PW, -1);
+    }
+  }
+}
+
+// ---- roi_align / multi_scale_roi_align / ps_roi_align -----------------------------------------
+template <typename S, typename T>
+void align_forward(const RoiParams& p, bool ps, int nt) {
+  AlignTables<T> t;
+  build_align_tables(p, ps, nt, t);
+  const int64_t PH = p.PH, PW = p.PW;
+  zero_invalid_rois<S, T>(p, nt);
+  if (ps) {  // each output element reads its own input channel: one task per RoI
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+    for (int64_t k = 0; k < p.K; ++k) {
+      int64_t n;
+      if (!roi_batch(static_cast<const T*>(p.rois) + 5 * k, p.N, &n)) continue;
+      const Plane& P = p.lv[0];
+      const S* img = static_cast<const S*>(P.data) + n * P.sN;
+      for (int64_t c = 0; c < p.Cp; ++c) {
+        S* o = pooled_at<S>(p, k, c);
+        for (int64_t i = 0; i < PH; ++i)
+          for (int64_t j = 0; j < PW; ++j) {
+            const S* plane = img + ((c * PH + i) * PW + j) * P.sC;
+            store(o + i * p.ps[2] + j * p.ps[3], table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / t.count[k]);
+          }
+      }
+    }
+    return;
+  }
+  const Buckets b = bucket_rois<T>(p, true);
+  bool channels_last = p.C > 1;
+  for (int l = 0; l < p.num_levels; ++l) channels_last = channels_last && p.lv[l].sC == 1;
+  if (channels_last) {
+    const T* rois = static_cast<const T*>(p.rois);
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<T> acc(p.C);
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t k = 0; k < p.K; ++k) {
+        int64_t n;
+        const T* r = rois + 5 * k;
+        if (!roi_batch(r, p.N, &n)) continue;
+        const Plane& P = p.lv[fpn_level(r, p)];
+        const S* img = static_cast<const S*>(P.data) + n * P.sN;
+        S* o = pooled_at<S>(p, k, 0);
+        for (int64_t i = 0; i < PH; ++i) {
+          for (int64_t j = 0; j < PW; ++j) {
+            std::fill(acc.begin(), acc.end(), T(0));
+            T* PYGEN_RESTRICT av = acc.data();
+            const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
+            const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
+            for (int32_t a = 0; a < t.ny[k * PH + i]; ++a) {
+              for (int32_t bb = 0; bb < t.nx[k * PW + j]; ++bb) {
+                const AxisSample<T> Y = ya[a], X = xa[bb];
+                const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
+                const S* PYGEN_RESTRICT p1 = img + Y.lo + X.lo;
+                const S* PYGEN_RESTRICT p2 = img + Y.lo + X.hi;
+                const S* PYGEN_RESTRICT p3 = img + Y.hi + X.lo;
+                const S* PYGEN_RESTRICT p4 = img + Y.hi + X.hi;
+                for (int64_t c = 0; c < p.C; ++c)
+                  av[c] += w1 * load<T>(p1 + c) + w2 * load<T>(p2 + c) + w3 * load<T>(p3 + c) +
+                           w4 * load<T>(p4 + c);
+              }
+            }
+            const T cnt = t.count[k];
+            for (int64_t c = 0; c < p.C; ++c) store(o + c * p.ps[1] + i * p.ps[2] + j * p.ps[3], av[c] / cnt);
+          }
+        }
+      }
+    }
+    return;
+  }
+  // Plane loop: task = (bucket, channel).
+  const int64_t tasks = b.count * p.C;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t g = task / p.C, c = task % p.C;
+    if (b.start[g] == b.start[g + 1]) continue;
+    const Plane& P = p.lv[g / p.N];
+    const S* plane = static_cast<const S*>(P.data) + (g % p.N) * P.sN + c * P.sC;
+    for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
+      const int64_t k = b.order[e];
+      S* o = pooled_at<S>(p, k, c);
+      const T cnt = t.count[k];
+      for (int64_t i = 0; i < PH; ++i)
+        for (int64_t j = 0; j < PW; ++j)
+          store(o + i * p.ps[2] + j * p.ps[3], table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / cnt);
+    }
+  }
+}
+
+template <typename S, typename T>
+void align_backward(const RoiParams& p, bool ps, int nt) {
+  AlignTables<T> t;
+  build_align_tables(p, ps, nt, t);  // p.lv are the grad buffers: offsets use their strides
+  const Buckets b = bucket_rois<T>(p, !ps);
+  const int64_t PH = p.PH, PW = p.PW;
+  const int64_t tasks = b.count * p.C;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t g = task / p.C, ch = task % p.C;
+    if (b.start[g] == b.start[g + 1]) continue;
+    const Plane& P = p.lv[g / p.N];
+    T* plane = static_cast<T*>(P.data) + (g % p.N) * P.sN + ch * P.sC;
+    int64_t c = ch, i0 = 0, i1 = PH, j0 = 0, j1 = PW;
+    if (ps) {  // input channel ch is fed by exactly one (c, i, j)
+      j0 = ch % PW; i0 = (ch / PW) % PH; c = ch / (PH * PW);
+      if (c >= p.Cp) continue;
+      i1 = i0 + 1; j1 = j0 + 1;
+    }
+    for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
+      const int64_t k = b.order[e];
+      const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + c * p.ps[1];
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) {
+          const T gv = load<T>(go + i * p.ps[2] + j * p.ps[3]) / t.count[k];
+          table_bin_scatter<T>(plane, t, k, i, j, PH, PW, gv);
+        }
+    }
+  }
+}
+
+// ---- roi_pool / ps_roi_pool ---------------------------------------------------------------
+template <typename S, typename T>
+void pool_forward(const RoiParams& p, bool ps, int nt) {
+  const PoolTables t = build_pool_tables<T>(p, ps ? 0 : 1);
+  const Plane& P = p.lv[0];
+  const int64_t PH = p.PH, PW = p.PW;
+  zero_invalid_rois<S, T>(p, nt);
+  if (ps) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+    for (int64_t k = 0; k < p.K; ++k) {
+      int64_t n;
+      if (!roi_batch(static_cast<const T*>(p.rois) + 5 * k, p.N, &n)) continue;
+      const S* img = static_cast<const S*>(P.data) + n * P.sN;
+      for (int64_t c = 0; c < p.Cp; ++c) {
+        S* o = pooled_at<S>(p, k, c);
+        for (int64_t i = 0; i < PH; ++i) {
+          const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
+          for (int64_t j = 0; j < PW; ++j) {
+            const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
+            const S* plane = img + ((c * PH + i) * PW + j) * P.sC;
+            T v = T(0);
+            if (he > hs && we > ws) {
+              for (int64_t y = hs; y < he; ++y)
+                for (int64_t x = ws; x < we; ++x) v += load<T>(plane + y * P.sH + x * P.sW);
+              v = v / static_cast<T>((he - hs) * (we - ws));
+            }
+            store(o + i * p.ps[2] + j * p.ps[3], v);
+          }
+        }
+      }
+    }
+    return;
+  }
+  const Buckets b = bucket_rois<T>(p, false);
+  const int64_t tasks = b.count * p.C;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / p.C, c = task % p.C;
+    const S* plane = static_cast<const S*>(P.data) + n * P.sN + c * P.sC;
+    for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+      const int64_t k = b.order[e];
+      S* o = pooled_at<S>(p, k, c);
+      int32_t* am = p.argmax + (k * p.Cp + c) * PH * PW;
+      for (int64_t i = 0; i < PH; ++i)
+        for (int64_t j = 0; j < PW; ++j) {
+          int32_t arg;
+          const T v = bin_max<S, T>(plane, P, t.hs[k * PH + i], t.he[k * PH + i], t.ws[k * PW + j],
+                                    t.we[k * PW + j], &arg);
+          store(o + i * p.ps[2] + j * p.ps[3], v);
+          am[i * PW + j] = arg;
+        }
+    }
+  }
+}
+
+template <typename S, typename T>
+void pool_backward(const RoiParams& p, bool ps, int nt) {
+  const Plane& P = p.lv[0];
+  const int64_t PH = p.PH, PW = p.PW, HW = P.H * P.W;
+  const Buckets b = bucket_rois<T>(p, false);
+  PoolTables t;
+  if (ps) t = build_pool_tables<T>(p, 0);
+  const bool dense = P.sH == P.W * P.sW;  // argmax h*W + w is then a plain offset
+  const int64_t tasks = b.count * p.C;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / p.C, ch = task % p.C;
+    T* plane = static_cast<T*>(P.data) + n * P.sN + ch * P.sC;
+    if (!ps) {
+      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+        const int64_t k = b.order[e];
+        const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + ch * p.ps[1];
+        const int32_t* am = p.argmax + (k * p.Cp + ch) * PH * PW;
+        for (int64_t i = 0; i < PH; ++i)
+          for (int64_t j = 0; j < PW; ++j) {
+            const int64_t a = am[i * PW + j];
+            if (a < 0 || a >= HW) continue;
+            const int64_t off = dense ? a * P.sW : (a / P.W) * P.sH + (a % P.W) * P.sW;
+            plane[off] += load<T>(go + i * p.ps[2] + j * p.ps[3]);
+          }
+      }
+      continue;
+    }
+    const int64_t j = ch % PW, i = (ch / PW) % PH, c = ch / (PH * PW);
+    if (c >= p.Cp) continue;
+    for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+      const int64_t k = b.order[e];
+      const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
+      const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
+      if (he <= hs || we <= ws) continue;
+      const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + c * p.ps[1];
+      const T gv = load<T>(go + i * p.ps[2] + j * p.ps[3]) / static_cast<T>((he - hs) * (we - ws));
+      for (int64_t y = hs; y < he; ++y)
+        for (int64_t x = ws; x < we; ++x) plane[y * P.sH + x * P.sW] += gv;
+    }
+  }
+}
+
+// ---- the device bodies, run on the host (verification hook, see set_cpu_impl) ------------------
+template <typename S, typename T>
+void device_bodies_forward(Op op, const RoiParams& p, int nt) {
+  const int64_t total = p.K * p.Cp * p.PH * p.PW;
+  const bool ps = op == Op::PsAlign || op == Op::PsPool;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t idx = 0; idx < total; ++idx) {
+    const int64_t j = idx % p.PW, i = (idx / p.PW) % p.PH, c = (idx / (p.PW * p.PH)) % p.Cp;
+    const int64_t k = idx / (p.PW * p.PH * p.Cp);
+    S* o = pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3];
+    if (op == Op::Align || op == Op::PsAlign) {
+      store(o, align_fwd_element<S, T>(p, ps, k, c, i, j));
+    } else {
+      int32_t arg;
+      store(o, pool_fwd_element<S, T>(p, ps, k, c, i, j, &arg));
+      if (!ps) p.argmax[idx] = arg;
+    }
+  }
+}
+
+template <typename S, typename T>
+void device_bodies_backward(Op op, const RoiParams& p, bool columns, int nt) {
+  const bool ps = op == Op::PsAlign || op == Op::PsPool;
+  if (!columns) {  // the atomic kernels' bodies; host accumulate() is a plain add: serial
+    const int64_t total = p.K * p.Cp * p.PH * p.PW;
+    for (int64_t idx = 0; idx < total; ++idx) {
+      const int64_t j = idx % p.PW, i = (idx / p.PW) % p.PH, c = (idx / (p.PW * p.PH)) % p.Cp;
+      const int64_t k = idx / (p.PW * p.PH * p.Cp);
+      if (op == Op::Align || op == Op::PsAlign) align_bwd_element<S, T>(p, ps, k, c, i, j);
+      else pool_bwd_element<S, T>(p, ps, k, c, i, j);
+    }
+    return;
+  }
+  const int L = ps || op == Op::Pool || op == Op::PsPool ? 1 : p.num_levels;
+  for (int l = 0; l < L; ++l) {
+    const int64_t cols = p.N * p.C * p.lv[l].W;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t idx = 0; idx < cols; ++idx) {
+      const int64_t x = idx % p.lv[l].W, ch = (idx / p.lv[l].W) % p.C, n = idx / (p.lv[l].W * p.C);
+      if (op == Op::Align || op == Op::PsAlign) align_bwd_column<S, T>(p, ps, l, n, ch, x);
+      else if (op == Op::Pool) pool_bwd_column<S, T>(p, n, ch, x);
+      else ps_pool_bwd_column<S, T>(p, n, ch, x);
+    }
+  }
+}
+
+}  // namespace
+
+void set_cpu_impl(int mode) { g_impl.store(mode); }
+int cpu_impl() { return g_impl.load(); }
+
+bool cpu_forward(Op op, int dtype, const RoiParams& p, int num_threads) {
+  const int nt = std::max(1, num_threads);
+  const int mode = g_impl.load();
+  return dispatch_dtype(dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using T = typename decltype(t_tag)::type;
+    if (p.K <= 0 || p.Cp <= 0 || p.PH <= 0 || p.PW <= 0) return;
+    if (mode != 0) return device_bodies_forward<S, T>(op, p, nt);
+    switch (op) {
+      case Op::Align: align_forward<S, T>(p, false, nt); break;
+      case Op::PsAlign: align_forward<S, T>(p, true, nt); break;
+      case Op::Pool: pool_forward<S, T>(p, false, nt); break;
+      case Op::PsPool: pool_forward<S, T>(p, true, nt); break;
+    }
+  });
+}
+
+bool cpu_backward(Op op, int dtype, const RoiParams& p, int num_threads) {
+  const int nt = std::max(1, num_threads);
+  const int mode = g_impl.load();
+  return dispatch_dtype(dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using T = typename decltype(t_tag)::type;
+    if (p.K <= 0 || p.Cp <= 0 || p.PH <= 0 || p.PW <= 0) return;
+    if (mode != 0) return device_bodies_backward<S, T>(op, p, mode == 2, nt);
+    switch (op) {
+      case Op::Align: align_backward<S, T>(p, false, nt); break;
+      case Op::PsAlign: align_backward<S, T>(p, true, nt); break;
+      case Op::Pool: pool_backward<S, T>(p, false, nt); break;
+      case Op::PsPool: pool_backward<S, T>(p, true, nt); break;
+    }
+  });
+}
+
+}  // namespace roi
+}  // namespace pygen

@@ -1,0 +1,42 @@
+// Arguments of every RoI kernel, host and device alike: plain structs of pointers, sizes and
+// strides (no torch types), passed to CUDA kernels by value.
+#pragma once
+
+#include <cstdint>
+
+namespace pygen {
+namespace roi {
+
+// FPN pyramids in torchvision's MultiScaleRoIAlign have 4-5 levels; 8 leaves room and keeps the
+// by-value kernel argument small (8 * 64 bytes).
+constexpr int kMaxLevels = 8;
+
+enum class Op : int { Align = 0, Pool = 1, PsAlign = 2, PsPool = 3 };
+
+// One [N, C, H, W] feature map (forward: the input, read as storage type S) or its gradient
+// buffer (backward: compute type T, written). Strides are in elements, any layout.
+struct Plane {
+  void* data;
+  int64_t H, W;
+  int64_t sN, sC, sH, sW;
+  double scale;  // spatial_scale of this level
+};
+
+struct RoiParams {
+  Plane lv[kMaxLevels];
+  int num_levels;        // 1 except for multi_scale_roi_align
+  int k_min, k_max;      // FPN level range (pygen.ref.roi.level_range); unused with one level
+  double canonical_scale, canonical_level;
+  int64_t N, C;          // batch and channels, shared by every level
+  const void* rois;      // [K, 5] contiguous, compute type T
+  int64_t K;
+  void* pooled;          // forward: out (S, written); backward: grad_out (S, read)
+  int64_t Cp, PH, PW;    // pooled shape [K, Cp, PH, PW]; Cp = C for align/pool, C/(PH*PW) for PS
+  int64_t ps[4];         // strides of `pooled`, in elements
+  int32_t* argmax;       // roi_pool only: [K, C, PH, PW] contiguous, h*W + w or -1
+  int sampling_ratio;
+  int aligned;
+};
+
+}  // namespace roi
+}  // namespace pygen
