@@ -56,6 +56,8 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
         if err:
             return False, err
         if dev == "cuda":
+            if not torch.cuda.is_available():
+                return False, "no CUDA device"
             return True, "Triton on GPU"
         if dev == "cpu" and triton_interpreting():
             return True, "Triton interpreter (TRITON_INTERPRET=1; slow, for tests)"
