@@ -1,3 +1,4 @@
 """Drop-in nn.Modules: same constructor arguments and state_dict keys as the modules they replace;
 only forward differs."""
 from .roi import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool  # noqa: F401
+from .flows import ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1, Squeeze  # noqa: F401

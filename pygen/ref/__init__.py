@@ -1,3 +1,4 @@
 """Pure-PyTorch references, one module per op family: the test oracle (run in float64), the
 ``reference`` backend, and readable documentation of each op's math."""
 from . import roi  # noqa: F401
+from . import flows  # noqa: F401

@@ -1,0 +1,191 @@
+"""Batched small-matrix sign / log|det| (d <= 64) and its backward, for pygen.kernels.flows.
+
+    sign, logabsdet = slogdet(A)          A: [n, d, d], any strides, float32/float16/bfloat16
+    grad_A          = g * A^{-T}          (d log|det A| / dA = A^{-T}; the sign has no gradient)
+
+Forward: Gaussian elimination with partial pivoting in registers. One program owns MB matrices
+as an [MB, BD, BD] float32 tile (BD = next power of two >= d; MB = 1 for d > 32, more for small d
+so that a program has ~2048 values to work on: one 16x16 matrix cannot fill four warps). Padded
+rows/columns hold the identity, so they contribute a factor 1.
+
+Rows are never swapped. At step k the pivot p_k is the not-yet-used row with the largest |A[:, k]|
+(ties: the lowest row); column k is eliminated from the other unused rows. The determinant is
+sign(pi) * prod_k A'[p_k, k] where pi = (p_0, p_1, ...) is the pivot order, and sign(pi) follows
+from the inversions of pi counted as they appear: step k adds the number of still-unused rows
+with index < p_k (each comes later in pi but is smaller). This avoids moving two rows of the tile
+per step (three tile passes per step instead of six).
+
+Singular matrices: a zero pivot (the whole unused part of column k is exactly 0) gives sign 0
+and log|det| = -inf; the elimination divides by 1 instead, so nothing becomes NaN (the remaining
+multipliers of that column are 0 anyway). Near-singular matrices give a large negative finite
+log|det|, as LAPACK's LU does.
+
+Backward: Gauss-Jordan elimination of [A | I] with the same pivot choice, computing the inverse
+in the same program (no host synchronisation, no batched solve): after the loop the row-reduced
+tile is a permutation matrix Pi (Pi[p_k, k] = 1) and the identity half holds X = Pi A^{-1}, so
+A^{-1}[k, :] = X[p_k, :] and grad_A[i, j] = g * A^{-1}[j, i] = g * X[p_j, i]: each X element
+(r, c) is stored at grad_A[c, k(r)] with k(r) the step that pivoted row r. For an exactly
+singular matrix the gradient is set to 0 (pygen's documented convention; torch returns NaN).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MAX_D = 64
+
+
+@triton.jit
+def _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid,
+               BD: tl.constexpr, MB: tl.constexpr):
+    mats = pid * MB + tl.arange(0, MB)
+    r = tl.arange(0, BD)
+    m3 = mats[:, None, None]
+    r3 = r[None, :, None]
+    c3 = r[None, None, :]
+    inside = (m3 < n_mat) & (r3 < d) & (c3 < d)
+    ptrs = a_ptr + m3.to(tl.int64) * stride_b + r3 * stride_r + c3 * stride_c
+    a = tl.load(ptrs, mask=inside, other=0.0).to(tl.float32)
+    # identity on the padding (and on matrices past the end): factor 1, never chosen as pivot
+    a = tl.where((r3 == c3) & ((r3 >= d) | (m3 >= n_mat)), 1.0, a)
+    return a, mats, r, m3, r3, c3
+
+
+@triton.jit
+def _pivot(a, unused, k, r, r3, c3):
+    # column k, the pivot row among the unused rows, and its value
+    col = tl.sum(tl.where(c3 == k, a, 0.0), axis=2)                     # [MB, BD]
+    cand = tl.where(unused, tl.abs(col), -1.0)
+    p = tl.argmax(cand, axis=1)                                         # [MB]
+    is_p = r[None, :] == p[:, None]                                     # [MB, BD]
+    pv = tl.sum(tl.where(is_p, col, 0.0), axis=1)                       # [MB]
+    prow = tl.sum(tl.where(r3 == p[:, None, None], a, 0.0), axis=1)     # [MB, BD]
+    return col, p, is_p, pv, prow
+
+
+@triton.jit
+def _slogdet_fwd_kernel(
+    a_ptr,                 # [n, d, d] input matrices (any strides)
+    sign_ptr,              # [n] float32 out: sign of det (0 when singular)
+    logabs_ptr,            # [n] float32 out: log|det| (-inf when singular)
+    n_mat,                 # number of matrices
+    d,                     # matrix size, <= BD
+    stride_b, stride_r, stride_c,
+    BD: tl.constexpr,      # padded size (power of two)
+    MB: tl.constexpr,      # matrices per program
+):
+    pid = tl.program_id(0)
+    a, mats, r, m3, r3, c3 = _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD, MB)
+    unused = (r[None, :] < d) & (mats[:, None] >= 0)                    # [MB, BD]
+    inversions = tl.zeros([MB], dtype=tl.int32)
+    negatives = tl.zeros([MB], dtype=tl.int32)
+    logabs = tl.zeros([MB], dtype=tl.float32)
+    singular = mats < 0
+    for k in range(0, d):
+        col, p, is_p, pv, prow = _pivot(a, unused, k, r, r3, c3)
+        below = unused & (r[None, :] < p[:, None])
+        inversions += tl.sum(below.to(tl.int32), axis=1)
+        negatives += (pv < 0).to(tl.int32)
+        zero = pv == 0.0
+        singular = singular | zero
+        logabs += tl.log(tl.abs(pv))
+        unused = unused & (~is_p)
+        f = tl.where(unused, col / tl.where(zero, 1.0, pv)[:, None], 0.0)
+        a = a - f[:, :, None] * prow[:, None, :]
+    parity = (inversions + negatives) % 2
+    sign = tl.where(singular, 0.0, tl.where(parity == 1, -1.0, 1.0))
+    logabs = tl.where(singular, float("-inf"), logabs)
+    ok = mats < n_mat
+    tl.store(sign_ptr + mats, sign, mask=ok)
+    tl.store(logabs_ptr + mats, logabs, mask=ok)
+
+
+@triton.jit
+def _slogdet_bwd_kernel(
+    a_ptr,                 # [n, d, d] input matrices (any strides)
+    g_ptr,                 # [n] upstream gradient of log|det| (any dtype, stride g_stride)
+    out_ptr,               # [n, d, d] contiguous out: g * A^{-T}
+    n_mat, d,
+    stride_b, stride_r, stride_c,
+    g_stride,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    a, mats, r, m3, r3, c3 = _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD, MB)
+    x = tl.where(r3 == c3, 1.0, tl.zeros([MB, BD, BD], dtype=tl.float32))
+    unused = (r[None, :] < d) & (mats[:, None] >= 0)
+    step_of_row = r[None, :] + tl.zeros([MB, BD], dtype=tl.int32)     # padding rows: themselves
+    singular = mats < 0
+    for k in range(0, d):
+        col, p, is_p, pv, prow = _pivot(a, unused, k, r, r3, c3)
+        zero = pv == 0.0
+        singular = singular | zero
+        inv_pv = 1.0 / tl.where(zero, 1.0, pv)
+        prow = prow * inv_pv[:, None]
+        xrow = tl.sum(tl.where(r3 == p[:, None, None], x, 0.0), axis=1) * inv_pv[:, None]
+        f = tl.where(is_p, 0.0, col)                                     # all other rows
+        isp3 = is_p[:, :, None]
+        a = tl.where(isp3, prow[:, None, :], a - f[:, :, None] * prow[:, None, :])
+        x = tl.where(isp3, xrow[:, None, :], x - f[:, :, None] * xrow[:, None, :])
+        unused = unused & (~is_p)
+        step_of_row = tl.where(is_p, k, step_of_row)
+    g = tl.load(g_ptr + mats.to(tl.int64) * g_stride, mask=mats < n_mat, other=0.0).to(tl.float32)
+    g = tl.where(singular, 0.0, g)
+    val = x * g[:, None, None]
+    # X[r, c] -> grad[c, step(r)]
+    k3 = step_of_row[:, :, None]
+    dst = out_ptr + m3.to(tl.int64) * d * d + c3 * d + k3
+    tl.store(dst, val, mask=(m3 < n_mat) & (r3 < d) & (c3 < d))
+
+
+# ---- launchers (docs/ARCHITECTURE.md: tensors in, nothing allocated, None out) --------------------
+def _blocks(d: int, gpu: bool) -> tuple[int, int]:
+    bd = max(2, triton.next_power_of_2(d))
+    per_prog = 2048 if gpu else 16384   # interpreter: few, large programs
+    return bd, max(1, per_prog // (bd * bd))
+
+
+def _warps(bd: int, mb: int) -> int:
+    return 8 if bd * bd * mb >= 4096 else 4
+
+
+def slogdet_fwd(a, sign, logabsdet):
+    """a: [n, d, d] (d <= 64); sign, logabsdet: [n] float32 contiguous."""
+    n, d, _ = a.shape
+    if n == 0:
+        return
+    bd, mb = _blocks(d, a.is_cuda)
+    opts = {"num_warps": _warps(bd, mb)} if a.is_cuda else {}
+    _slogdet_fwd_kernel[(triton.cdiv(n, mb),)](
+        a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
+
+
+def slogdet_bwd(a, grad_logabsdet, grad_a):
+    """a: [n, d, d]; grad_logabsdet: [n]; grad_a: [n, d, d] float32 contiguous (out)."""
+    n, d, _ = a.shape
+    if n == 0:
+        return
+    bd, mb = _blocks(d, a.is_cuda)
+    mb = max(1, mb // 2)  # two tiles live in the backward
+    opts = {"num_warps": _warps(bd, mb * 2)} if a.is_cuda else {}
+    _slogdet_bwd_kernel[(triton.cdiv(n, mb),)](
+        a, grad_logabsdet, grad_a, n, d, *a.stride(), grad_logabsdet.stride(0),
+        BD=bd, MB=mb, **opts)
+
+
+def compile_specs() -> list[dict]:
+    """Offline sm_90 compile entries (pygen inspect) at the benchmark sizes d = 16 and d = 64."""
+    specs = []
+    for d in (16, 64):
+        bd, mb = _blocks(d, True)
+        fwd_sig = {"a_ptr": "*fp32", "sign_ptr": "*fp32", "logabs_ptr": "*fp32", "n_mat": "i32",
+                   "d": "i32", "stride_b": "i32", "stride_r": "i32", "stride_c": "i32"}
+        specs.append({"fn": _slogdet_fwd_kernel, "signature": fwd_sig,
+                      "constexprs": {"BD": bd, "MB": mb}, "num_warps": _warps(bd, mb)})
+        mbb = max(1, mb // 2)
+        bwd_sig = {"a_ptr": "*fp32", "g_ptr": "*fp32", "out_ptr": "*fp32", "n_mat": "i32", "d": "i32",
+                   "stride_b": "i32", "stride_r": "i32", "stride_c": "i32", "g_stride": "i32"}
+        specs.append({"fn": _slogdet_bwd_kernel, "signature": bwd_sig,
+                      "constexprs": {"BD": bd, "MB": mbb}, "num_warps": _warps(bd, mbb * 2)})
+    return specs

@@ -1,0 +1,624 @@
+"""Triton backend of the normalizing-flow family (RealNVP, Glow): affine and additive coupling,
+ActNorm, the invertible 1x1 convolution and the batched small-matrix slogdet
+(kernels/_flows_slogdet.py), forward and backward. Semantics are pygen.ref.flows' (the float64
+oracle); the launcher contract is docs/ARCHITECTURE.md's. Arithmetic is float32 (float16 /
+bfloat16 are upcast right after the load); log-determinants are float32.
+
+Layouts (the op in pygen/ops/flows.py prepares them)
+-------
+coupling   x, r (raw log-scale), t (shift), y: [B, N] rows with unit inner stride and any row
+           stride (a channel-chunk view of the conditioner output qualifies); N = C_b*H*W.
+           part: [B, n_split] float32 per-chunk log-det sums (n_split = 1: the log-det itself).
+actnorm    x, y: [B*C, S] contiguous (row = b*C + c, S = H*W); loc, p: [C] contiguous, p is
+           log_scale (LOG) or scale; logdet: [B] float32.
+conv 1x1   x: [B, C, S] with unit stride along S; w: [C, C] any strides (the transpose is passed
+           as strides for dx = W^T g); y: [B, C, S] contiguous.
+
+Math (s = c*tanh(r/c) when CLAMP, else r)
+----
+affine fwd    y = x*exp(s) + t,   logdet = sum s        bwd: dx = g e^s, dt = g,
+                                                             ds = g x e^s + gl
+affine rev    x = (y - t)e^-s,    logdet = -sum s       bwd: dy = g e^-s, dt = -dy,
+                                                             ds = -g x - gl
+              dr = ds * (1 - (s/c)^2)  (CLAMP), dr = ds otherwise
+actnorm       y = (x + loc)*m (fwd) or y = x/m - loc (rev), m = exp(p) or p;
+              logdet = +-S * sum_c log|m_c|; bwd: din = g*m^{+-1} plus per-channel sums
+              A_c = sum g, B_c = sum g*in, finished per channel (see _actnorm_bwd_finish_kernel)
+conv 1x1      y[b] = W x[b];  dx[b] = W^T g[b];  dW = sum_b g[b] x[b]^T  (fp32 IEEE dots: no TF32)
+
+Grids
+-----
+affine fwd: (n_split, B); a program sums its chunk of one sample, so the log-det needs no atomics
+(deterministic); n_split > 1 only when B is too small to fill the GPU, and the op then adds the
+n_split partial sums. Elementwise passes: (cdiv(N, BLOCK), B). ActNorm: 2-D tiles of [rows, S]
+so that S = 1 (2-D data) and large S both fill a program. Conv: (S blocks, C_out blocks, B).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._flows_slogdet import MAX_D as SLOGDET_MAX_D  # noqa: F401
+from ._flows_slogdet import compile_specs as _slogdet_specs
+from ._flows_slogdet import slogdet_bwd, slogdet_fwd  # noqa: F401
+
+# ----------------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tanh(z):
+    # no tanh in tl.math; a Taylor branch near 0 avoids the 1 - e^{-2|z|} cancellation
+    a = tl.abs(z)
+    e = tl.exp(-2.0 * a)
+    big = (1.0 - e) / (1.0 + e)
+    a2 = a * a
+    small = a * (1.0 + a2 * (-0.3333333333333333 + a2 * (0.13333333333333333 + a2 * -0.05396825396825397)))
+    t = tl.where(a < 0.125, small, big)
+    return tl.where(z < 0, -t, t)
+
+
+@triton.jit
+def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
+    if CLAMP:
+        s = clamp * _tanh(r * inv_clamp)
+    else:
+        s = r
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# affine / additive coupling: [BLOCK_B samples, BLOCK_N elements] tiles, so that both 2-D data
+# (N = 1) and images (N in the thousands) fill a program
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _affine_coupling_fwd_kernel(
+    x_ptr,                 # [B, N] input half x_b (y when REVERSE)
+    r_ptr,                 # [B, N] raw log-scale from the conditioner
+    t_ptr,                 # [B, N] shift
+    y_ptr,                 # [B, N] out, contiguous
+    part_ptr,              # [B, n_split] float32 out: log-det partial sums
+    B, N,                  # samples, elements per sample
+    span,                  # elements per program (a multiple of BLOCK_N)
+    n_split,               # programs per sample row
+    x_sb, r_sb, t_sb,      # row strides (inner stride is 1)
+    clamp, inv_clamp,      # soft-clamp c and 1/c
+    CLAMP: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    j = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rm = rows < B
+    rl = rows.to(tl.int64)[:, None]
+    start = j * span
+    end = tl.minimum(start + span, N)
+    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    for off in range(start, end, BLOCK_N):
+        idx = off + tl.arange(0, BLOCK_N)
+        m = rm[:, None] & (idx[None, :] < end)
+        x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+        r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+        t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+        s = _scale_of(r, clamp, inv_clamp, CLAMP)
+        if REVERSE:
+            y = (x - t) * tl.exp(-s)
+        else:
+            y = x * tl.exp(s) + t
+        tl.store(y_ptr + rl * N + idx[None, :], y, mask=m)
+        acc += tl.where(m, s, 0.0)
+    total = tl.sum(acc, axis=1)
+    if REVERSE:
+        total = -total
+    tl.store(part_ptr + rows * n_split + j, total, mask=rm)
+
+
+@triton.jit
+def _affine_coupling_bwd_kernel(
+    x_ptr,                 # [B, N] the forward's input (x, or y when REVERSE)
+    r_ptr,                 # [B, N] raw log-scale
+    t_ptr,                 # [B, N] shift (read only when REVERSE)
+    g_ptr,                 # [B, N] upstream gradient of the output
+    gl_ptr,                # [B] upstream gradient of the log-det
+    dx_ptr,                # [B, N] out (contiguous): gradient of the input
+    dr_ptr,                # [B, N] out (contiguous): gradient of r
+    dt_ptr,                # [B, N] out (contiguous, REVERSE only): gradient of t
+    B, N,
+    x_sb, r_sb, t_sb, g_sb, gl_s,
+    clamp, inv_clamp,
+    CLAMP: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rm = rows < B
+    rl = rows.to(tl.int64)[:, None]
+    m = rm[:, None] & (idx[None, :] < N)
+    x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + rl * g_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    gl = tl.load(gl_ptr + rows * gl_s, mask=rm, other=0.0).to(tl.float32)[:, None]
+    s = _scale_of(r, clamp, inv_clamp, CLAMP)
+    if REVERSE:
+        t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+        dx = g * tl.exp(-s)
+        ds = -dx * (x - t) - gl
+        tl.store(dt_ptr + rl * N + idx[None, :], -dx, mask=m)
+    else:
+        dx = g * tl.exp(s)
+        ds = dx * x + gl
+    if CLAMP:
+        q = s * inv_clamp
+        ds = ds * (1.0 - q * q)
+    tl.store(dx_ptr + rl * N + idx[None, :], dx, mask=m)
+    tl.store(dr_ptr + rl * N + idx[None, :], ds, mask=m)
+
+
+@triton.jit
+def _additive_coupling_fwd_kernel(
+    x_ptr, t_ptr, y_ptr,   # [B, N] rows (unit inner stride); y contiguous
+    B, N, x_sb, t_sb,
+    REVERSE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rl = rows.to(tl.int64)[:, None]
+    m = (rows < B)[:, None] & (idx[None, :] < N)
+    x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    if REVERSE:
+        y = x - t
+    else:
+        y = x + t
+    tl.store(y_ptr + rl * N + idx[None, :], y, mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# ActNorm
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _act_multiplier(p, LOG: tl.constexpr, REVERSE: tl.constexpr):
+    if LOG:
+        if REVERSE:
+            m = tl.exp(-p)
+        else:
+            m = tl.exp(p)
+    else:
+        if REVERSE:
+            m = 1.0 / p
+        else:
+            m = p
+    return m
+
+
+@triton.jit
+def _actnorm_fwd_kernel(
+    x_ptr,                 # [B*C, S] contiguous
+    loc_ptr, p_ptr,        # [C] loc and log_scale (LOG) or scale
+    y_ptr,                 # [B*C, S] out
+    ld_ptr,                # [B] float32 out: logdet (written by program (0, 0))
+    R, C, S, B,            # rows = B*C
+    S_f,                   # float(S)
+    LOG: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pr = tl.program_id(0)
+    ps = tl.program_id(1)
+    rows = pr * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = ps * BLOCK_S + tl.arange(0, BLOCK_S)
+    rm = rows < R
+    ch = rows % C
+    loc = tl.load(loc_ptr + ch, mask=rm, other=0.0).to(tl.float32)
+    p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
+    mul = _act_multiplier(p, LOG, REVERSE)
+    m = rm[:, None] & (cols[None, :] < S)
+    offs = rows.to(tl.int64)[:, None] * S + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    if REVERSE:
+        y = x * mul[:, None] - loc[:, None]
+    else:
+        y = (x + loc[:, None]) * mul[:, None]
+    tl.store(y_ptr + offs, y, mask=m)
+    if (pr == 0) & (ps == 0):
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_R):
+            cc = c0 + tl.arange(0, BLOCK_R)
+            pc = tl.load(p_ptr + cc, mask=cc < C, other=1.0).to(tl.float32)
+            if LOG:
+                acc += tl.where(cc < C, pc, 0.0)
+            else:
+                acc += tl.log(tl.abs(pc))
+        total = tl.sum(acc, axis=0) * S_f
+        if REVERSE:
+            total = -total
+        for b0 in range(0, B, BLOCK_R):
+            bb = b0 + tl.arange(0, BLOCK_R)
+            tl.store(ld_ptr + bb, tl.zeros([BLOCK_R], dtype=tl.float32) + total, mask=bb < B)
+
+
+@triton.jit
+def _actnorm_bwd_kernel(
+    x_ptr,                 # [B*C, S] the forward's input, contiguous
+    g_ptr,                 # [B*C, S] upstream gradient, contiguous
+    p_ptr,                 # [C]
+    dx_ptr,                # [B*C, S] out
+    pa_ptr, pb_ptr,        # [B, n_sb, C] float32 out: per-tile sums of g and g*x
+    R, C, S, n_sb,
+    LOG: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pr = tl.program_id(0)
+    ps = tl.program_id(1)
+    rows = pr * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = ps * BLOCK_S + tl.arange(0, BLOCK_S)
+    rm = rows < R
+    ch = rows % C
+    p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
+    mul = _act_multiplier(p, LOG, REVERSE)
+    m = rm[:, None] & (cols[None, :] < S)
+    offs = rows.to(tl.int64)[:, None] * S + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + offs, g * mul[:, None], mask=m)
+    sa = tl.sum(g, axis=1)
+    sb = tl.sum(g * x, axis=1)
+    dst = ((rows // C).to(tl.int64) * n_sb + ps) * C + ch
+    tl.store(pa_ptr + dst, sa, mask=rm)
+    tl.store(pb_ptr + dst, sb, mask=rm)
+
+
+@triton.jit
+def _actnorm_bwd_finish_kernel(
+    pa_ptr, pb_ptr,        # [Q, C] float32 partial sums (Q = B*n_sb)
+    gl_ptr,                # [B] upstream gradient of the log-det
+    loc_ptr, p_ptr,        # [C]
+    dloc_ptr, dp_ptr,      # [C] out
+    Q, C, B, gl_s,
+    S_f,
+    LOG: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = cc < C
+    a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for q0 in range(0, Q, BLOCK_Q):
+        q = q0 + tl.arange(0, BLOCK_Q)
+        m = (q[:, None] < Q) & cm[None, :]
+        offs = q.to(tl.int64)[:, None] * C + cc[None, :]
+        a += tl.sum(tl.load(pa_ptr + offs, mask=m, other=0.0), axis=0)
+        s += tl.sum(tl.load(pb_ptr + offs, mask=m, other=0.0), axis=0)
+    gacc = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_Q):
+        bb = b0 + tl.arange(0, BLOCK_Q)
+        gacc += tl.load(gl_ptr + bb * gl_s, mask=bb < B, other=0.0).to(tl.float32)
+    gsum = tl.sum(gacc, axis=0) * S_f
+    loc = tl.load(loc_ptr + cc, mask=cm, other=0.0).to(tl.float32)
+    p = tl.load(p_ptr + cc, mask=cm, other=1.0).to(tl.float32)
+    if LOG:
+        if REVERSE:
+            dloc = -a
+            dp = -tl.exp(-p) * s - gsum
+        else:
+            e = tl.exp(p)
+            dloc = e * a
+            dp = e * (s + loc * a) + gsum
+    else:
+        if REVERSE:
+            dloc = -a
+            dp = -s / (p * p) - gsum / p
+        else:
+            dloc = p * a
+            dp = s + loc * a + gsum / p
+    tl.store(dloc_ptr + cc, dloc, mask=cm)
+    tl.store(dp_ptr + cc, dp, mask=cm)
+
+
+# ----------------------------------------------------------------------------------------------
+# invertible 1x1 convolution
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _conv1x1_fwd_kernel(
+    x_ptr,                 # [B, C, S], unit stride along S
+    w_ptr,                 # [C, C] (out, in) any strides
+    y_ptr,                 # [B, C, S] out, contiguous
+    C, S,
+    x_sb, x_sc,
+    w_so, w_si,
+    BLOCK_O: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    s_idx = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    o_idx = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    b = tl.program_id(2).to(tl.int64)
+    sm = s_idx < S
+    acc = tl.zeros([BLOCK_O, BLOCK_S], dtype=tl.float32)
+    for i0 in range(0, C, BLOCK_I):
+        i_idx = i0 + tl.arange(0, BLOCK_I)
+        im = i_idx < C
+        w = tl.load(w_ptr + o_idx[:, None] * w_so + i_idx[None, :] * w_si,
+                    mask=(o_idx[:, None] < C) & im[None, :], other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + b * x_sb + i_idx[:, None] * x_sc + s_idx[None, :],
+                    mask=im[:, None] & sm[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(w, x, acc, input_precision="ieee")
+    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], acc,
+             mask=(o_idx[:, None] < C) & sm[None, :])
+
+
+@triton.jit
+def _conv1x1_dw_kernel(
+    g_ptr,                 # [B, C, S] upstream gradient, unit stride along S
+    x_ptr,                 # [B, C, S] forward input, unit stride along S
+    part_ptr,              # [n_split, C, C] float32 out: partial dW
+    B, C, S, b_per,        # samples per split
+    g_sb, g_sc, x_sb, x_sc,
+    BLOCK_O: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    o_idx = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    i_idx = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    split = tl.program_id(2)
+    om = o_idx < C
+    im = i_idx < C
+    acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=tl.float32)
+    b0 = split * b_per
+    for i in range(0, b_per):
+        b = b0 + i
+        bl = b.to(tl.int64)
+        for s0 in range(0, S, BLOCK_S):
+            s_idx = s0 + tl.arange(0, BLOCK_S)
+            sm = (s_idx < S) & ((s_idx * 0 + b) < B)  # vector form: the interpreter rejects scalar & vector masks
+            g = tl.load(g_ptr + bl * g_sb + o_idx[:, None] * g_sc + s_idx[None, :],
+                        mask=om[:, None] & sm[None, :], other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + bl * x_sb + i_idx[None, :] * x_sc + s_idx[:, None],
+                        mask=im[None, :] & sm[:, None], other=0.0).to(tl.float32)
+            acc = tl.dot(g, x, acc, input_precision="ieee")
+    tl.store(part_ptr + split.to(tl.int64) * C * C + o_idx[:, None] * C + i_idx[None, :], acc,
+             mask=om[:, None] & im[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers (docs/ARCHITECTURE.md, "Launcher contract"): tensors in, nothing allocated, None out
+# ----------------------------------------------------------------------------------------------
+_TILE_GPU = 2048         # values per program: 16 a thread at 4 warps
+_TILE_CPU = 16384        # interpreter: few, large programs
+# a sample is split over several programs only while the grid would hold fewer than this
+_TARGET_PROGRAMS = 1056  # 8 per SM on a 132-SM H200
+
+
+def _opts(t, warps: int = 4) -> dict:
+    return {"num_warps": warps} if t.is_cuda else {}
+
+
+def coupling_blocks(batch: int, n: int, gpu: bool) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_N) of the coupling kernels: up to 1024 elements of a sample (4096 under
+    the interpreter) and as many samples as fill the tile."""
+    tile = _TILE_GPU if gpu else _TILE_CPU
+    bn = min(triton.next_power_of_2(max(n, 1)), tile // 2)
+    bb = max(1, min(triton.next_power_of_2(max(batch, 1)), tile // bn))
+    return bb, bn
+
+
+def coupling_splits(batch: int, n: int, gpu: bool) -> int:
+    """Programs per sample row of the affine-coupling forward (the op sizes its partial-sum
+    buffer [B, n_split] with this): 1 unless the batch alone cannot fill the GPU."""
+    bb, bn = coupling_blocks(batch, n, gpu)
+    row_blocks = triton.cdiv(max(batch, 1), bb)
+    if not gpu or row_blocks >= _TARGET_PROGRAMS:
+        return 1
+    return max(1, min(triton.cdiv(max(n, 1), bn), triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
+
+
+def affine_coupling_fwd(x, r, t, y, part, clamp, reverse):
+    """x, r, t: [B, N] (unit inner stride); y: [B, N] contiguous; part: [B, n_split] float32
+    (any n_split >= 1; the caller adds the partial sums when n_split > 1)."""
+    bsz, n = x.shape
+    if bsz == 0:
+        return
+    n_split = part.shape[1]
+    bb, bn = coupling_blocks(bsz, n, x.is_cuda)
+    span = triton.cdiv(triton.cdiv(max(n, 1), n_split), bn) * bn
+    c = float(clamp) if clamp is not None else 1.0
+    _affine_coupling_fwd_kernel[(n_split, triton.cdiv(bsz, bb))](
+        x, r, t, y, part, bsz, n, span, n_split, x.stride(0), r.stride(0), t.stride(0), c, 1.0 / c,
+        CLAMP=clamp is not None, REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
+
+
+def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse):
+    """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse``; else unused, may be
+    None): [B, N] contiguous outputs; gl: [B]."""
+    bsz, n = x.shape
+    if bsz == 0 or n == 0:
+        return
+    bb, bn = coupling_blocks(bsz, n, x.is_cuda)
+    c = float(clamp) if clamp is not None else 1.0
+    dt_arg = dt if reverse else dx
+    _affine_coupling_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
+        x, r, t, g, gl, dx, dr, dt_arg, bsz, n, x.stride(0), r.stride(0), t.stride(0), g.stride(0),
+        gl.stride(0), c, 1.0 / c, CLAMP=clamp is not None, REVERSE=bool(reverse), BLOCK_B=bb,
+        BLOCK_N=bn, **_opts(x))
+
+
+def additive_coupling_fwd(x, t, y, reverse):
+    bsz, n = x.shape
+    if bsz == 0 or n == 0:
+        return
+    bb, bn = coupling_blocks(bsz, n, x.is_cuda)
+    _additive_coupling_fwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
+        x, t, y, bsz, n, x.stride(0), t.stride(0), REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn,
+        **_opts(x))
+
+
+def _actnorm_blocks(rows: int, s: int, gpu: bool) -> tuple[int, int]:
+    tile = 2048 if gpu else 16384
+    bs = max(1, min(triton.next_power_of_2(max(s, 1)), 1024 if gpu else 4096))
+    br = max(1, min(triton.next_power_of_2(max(rows, 1)), tile // bs))
+    return br, bs
+
+
+def actnorm_s_blocks(rows: int, s: int, gpu: bool) -> int:
+    """Number of S tiles of the ActNorm backward (the op sizes its partial buffers with it)."""
+    return triton.cdiv(max(s, 1), _actnorm_blocks(rows, s, gpu)[1])
+
+
+def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
+    """x, y: [B, C, S] contiguous; loc, p: [C] contiguous; logdet: [B] float32."""
+    bsz, c, s = x.shape
+    rows = bsz * c
+    if bsz == 0:
+        return
+    br, bs = _actnorm_blocks(rows, s, x.is_cuda)
+    _actnorm_fwd_kernel[(triton.cdiv(max(rows, 1), br), triton.cdiv(max(s, 1), bs))](
+        x, loc, p, y, logdet, rows, c, s, bsz, float(s), LOG=bool(log_param), REVERSE=bool(reverse),
+        BLOCK_R=br, BLOCK_S=bs, **_opts(x))
+
+
+def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
+    """x, g, dx: [B, C, S] contiguous; loc, p, dloc, dp: [C]; gl: [B];
+    pa, pb: [B, n_sb, C] float32 scratch (n_sb = actnorm_s_blocks)."""
+    bsz, c, s = x.shape
+    rows = bsz * c
+    if c == 0:
+        return
+    br, bs = _actnorm_blocks(rows, s, x.is_cuda)
+    n_sb = pa.shape[1]
+    if rows and s:
+        _actnorm_bwd_kernel[(triton.cdiv(rows, br), n_sb)](
+            x, g, p, dx, pa, pb, rows, c, s, n_sb, LOG=bool(log_param), REVERSE=bool(reverse),
+            BLOCK_R=br, BLOCK_S=bs, **_opts(x))
+    else:
+        pa.zero_()
+        pb.zero_()
+    bc = min(triton.next_power_of_2(c), 64)
+    bq = 64 if x.is_cuda else 1024
+    _actnorm_bwd_finish_kernel[(triton.cdiv(c, bc),)](
+        pa, pb, gl, loc, p, dloc, dp, bsz * n_sb, c, bsz, gl.stride(0) if gl.numel() else 1,
+        float(s), LOG=bool(log_param), REVERSE=bool(reverse), BLOCK_Q=bq, BLOCK_C=bc, **_opts(x))
+
+
+def _conv_blocks(c: int, s: int, gpu: bool) -> tuple[int, int, int]:
+    bo = max(16, min(triton.next_power_of_2(c), 64))
+    bi = max(16, min(triton.next_power_of_2(c), 64 if gpu else 128))
+    bs = max(16, min(triton.next_power_of_2(max(s, 1)), 64 if gpu else 256))
+    return bo, bi, bs
+
+
+def _conv_warps(m: int, n: int) -> int:
+    # a 64x64 fp32 accumulator (IEEE FMA dots) spills at 4 warps
+    return 8 if m * n >= 4096 else 4
+
+
+def conv1x1_fwd(x, w, y):
+    """y[b] = w @ x[b]. x: [B, C, S] (unit stride along S); w: [C, C] any strides; y contiguous."""
+    bsz, c, s = x.shape
+    if bsz == 0 or c == 0 or s == 0:
+        return
+    bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
+    _conv1x1_fwd_kernel[(triton.cdiv(s, bs), triton.cdiv(c, bo), bsz)](
+        x, w, y, c, s, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bs)))
+
+
+def conv1x1_dw_splits(batch: int, c: int, gpu: bool) -> int:
+    """Batch splits of the dW reduction (the op sizes its [n_split, C, C] buffer with it)."""
+    if batch == 0:
+        return 1
+    tiles = triton.cdiv(c, _conv_blocks(c, 1, gpu)[0]) ** 2
+    want = max(1, _TARGET_PROGRAMS // tiles) if gpu else 1
+    return max(1, min(batch, want))
+
+
+def conv1x1_dw(g, x, part):
+    """part[k] = sum over batch split k of g[b] @ x[b]^T; g, x: [B, C, S] (unit stride along S)."""
+    bsz, c, s = x.shape
+    n_split = part.shape[0]
+    if bsz == 0 or c == 0 or s == 0:
+        part.zero_()
+        return
+    bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
+    bi = bo
+    b_per = triton.cdiv(bsz, n_split)
+    _conv1x1_dw_kernel[(triton.cdiv(c, bo), triton.cdiv(c, bi), n_split)](
+        g, x, part, bsz, c, s, b_per, g.stride(0), g.stride(1), x.stride(0), x.stride(1),
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bi)))
+
+
+# ----------------------------------------------------------------------------------------------
+# offline compile entries for `pygen inspect` (Glow on 32x32x3: C_b = 6 at 16x16 etc.)
+# ----------------------------------------------------------------------------------------------
+def _specs() -> list[dict]:
+    specs = []
+    bb, bn = coupling_blocks(64, 6 * 16 * 16, True)
+    for clamp in (True, False):
+        for rev in (False, True):
+            specs.append({
+                "fn": _affine_coupling_fwd_kernel,
+                "signature": {"x_ptr": "*fp32", "r_ptr": "*fp32", "t_ptr": "*fp32", "y_ptr": "*fp32",
+                              "part_ptr": "*fp32", "B": "i32", "N": "i32", "span": "i32", "n_split": "i32",
+                              "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "clamp": "fp32",
+                              "inv_clamp": "fp32"},
+                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "BLOCK_B": bb, "BLOCK_N": bn},
+                "num_warps": 4})
+            specs.append({
+                "fn": _affine_coupling_bwd_kernel,
+                "signature": {"x_ptr": "*fp32", "r_ptr": "*fp32", "t_ptr": "*fp32", "g_ptr": "*fp32",
+                              "gl_ptr": "*fp32", "dx_ptr": "*fp32", "dr_ptr": "*fp32", "dt_ptr": "*fp32",
+                              "B": "i32", "N": "i32", "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "g_sb": "i32",
+                              "gl_s": "i32", "clamp": "fp32", "inv_clamp": "fp32"},
+                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "BLOCK_B": bb, "BLOCK_N": bn},
+                "num_warps": 4})
+    specs.append({"fn": _additive_coupling_fwd_kernel,
+                  "signature": {"x_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*bf16", "B": "i32", "N": "i32",
+                                "x_sb": "i32", "t_sb": "i32"},
+                  "constexprs": {"REVERSE": False, "BLOCK_B": bb, "BLOCK_N": bn}, "num_warps": 4})
+    br, bs = _actnorm_blocks(64 * 12, 256, True)
+    for log in (True, False):
+        specs.append({"fn": _actnorm_fwd_kernel,
+                      "signature": {"x_ptr": "*fp32", "loc_ptr": "*fp32", "p_ptr": "*fp32", "y_ptr": "*fp32",
+                                    "ld_ptr": "*fp32", "R": "i32", "C": "i32", "S": "i32", "B": "i32",
+                                    "S_f": "fp32"},
+                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
+                      "num_warps": 4})
+        specs.append({"fn": _actnorm_bwd_kernel,
+                      "signature": {"x_ptr": "*fp32", "g_ptr": "*fp32", "p_ptr": "*fp32", "dx_ptr": "*fp32",
+                                    "pa_ptr": "*fp32", "pb_ptr": "*fp32", "R": "i32", "C": "i32", "S": "i32",
+                                    "n_sb": "i32"},
+                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
+                      "num_warps": 4})
+        specs.append({"fn": _actnorm_bwd_finish_kernel,
+                      "signature": {"pa_ptr": "*fp32", "pb_ptr": "*fp32", "gl_ptr": "*fp32", "loc_ptr": "*fp32",
+                                    "p_ptr": "*fp32", "dloc_ptr": "*fp32", "dp_ptr": "*fp32", "Q": "i32",
+                                    "C": "i32", "B": "i32", "gl_s": "i32", "S_f": "fp32"},
+                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_Q": 64, "BLOCK_C": 16},
+                      "num_warps": 4})
+    for c, s in ((12, 256), (48, 16)):
+        bo, bi, bs = _conv_blocks(c, s, True)
+        specs.append({"fn": _conv1x1_fwd_kernel,
+                      "signature": {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32",
+                                    "S": "i32", "x_sb": "i32", "x_sc": "i32", "w_so": "i32", "w_si": "i32"},
+                      "constexprs": {"BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
+                      "num_warps": _conv_warps(bo, bs)})
+        specs.append({"fn": _conv1x1_dw_kernel,
+                      "signature": {"g_ptr": "*fp32", "x_ptr": "*fp32", "part_ptr": "*fp32", "B": "i32",
+                                    "C": "i32", "S": "i32", "b_per": "i32", "g_sb": "i32", "g_sc": "i32",
+                                    "x_sb": "i32", "x_sc": "i32"},
+                      "constexprs": {"BLOCK_O": bo, "BLOCK_I": bo, "BLOCK_S": bs},
+                      "num_warps": _conv_warps(bo, bo)})
+    return specs + _slogdet_specs()
+
+
+COMPILE_SPECS = _specs()

@@ -1,0 +1,109 @@
+"""Argument validation for the flow ops: every bad argument raises a ValueError/TypeError naming
+it, before any kernel is launched. Checks read shapes, dtypes and devices only, except the one
+documented value check (a zero LU diagonal in inv_conv1x1_lu(reverse=True)), which costs one host
+synchronisation and is skipped while torch.compile traces.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def tensor(name: str, t, what: str, min_dim: int = 0, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name}: {what} must have at least {min_dim} dims, got shape {tuple(t.shape)}")
+    return t
+
+
+def like(name: str, t, what: str, ref: torch.Tensor, ref_what: str, shape=None) -> torch.Tensor:
+    """``t`` is a tensor with ``ref``'s dtype and device and the given shape (default ref's)."""
+    tensor(name, t, what)
+    want = tuple(ref.shape) if shape is None else tuple(shape)
+    if tuple(t.shape) != want:
+        raise ValueError(f"{name}: {what} must have shape {want} (from {ref_what}), got {tuple(t.shape)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name}: {what} must have {ref_what}'s dtype {ref.dtype}, got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name}: {what} must be on {ref_what}'s device {ref.device}, got {t.device}")
+    return t
+
+
+def flag(name: str, v, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: {what} must be a bool, got {v!r}")
+    return v
+
+
+def clamp_value(name: str, v) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: clamp must be a positive float or None, got {v!r}")
+    c = float(v)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"{name}: clamp must be a positive finite float or None, got {v!r}")
+    return c
+
+
+def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel parameter of x [B, C, ...]: C values, shaped [C] or [1, C, 1, ...]."""
+    tensor(name, p, what)
+    c = x.shape[1]
+    ok_shapes = {(c,), (1, c), (1, c) + (1,) * (x.dim() - 2)}
+    if tuple(p.shape) not in ok_shapes:
+        raise ValueError(f"{name}: {what} must have shape ({c},) or (1, {c}{', 1' * (x.dim() - 2)}) "
+                         f"for x of shape {tuple(x.shape)}, got {tuple(p.shape)}")
+    if p.dtype != x.dtype:
+        raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {p.dtype}")
+    if p.device != x.device:
+        raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {p.device}")
+    return p
+
+
+def square(name: str, w, what: str, c: int | None, ref: torch.Tensor | None = None) -> torch.Tensor:
+    """A [C, C] matrix ([C, C, 1, 1] accepted for conv weights) -> the [C, C] view."""
+    tensor(name, w, what)
+    if w.dim() == 4 and w.shape[2:] == (1, 1):
+        w = w.reshape(w.shape[0], w.shape[1])
+    if w.dim() != 2 or w.shape[0] != w.shape[1] or (c is not None and w.shape[0] != c):
+        want = f"({c}, {c})" if c is not None else "square"
+        raise ValueError(f"{name}: {what} must be a {want} matrix, got shape {tuple(w.shape)}")
+    if ref is not None:
+        if w.dtype != ref.dtype:
+            raise TypeError(f"{name}: {what} must have x's dtype {ref.dtype}, got {w.dtype}")
+        if w.device != ref.device:
+            raise ValueError(f"{name}: {what} must be on x's device {ref.device}, got {w.device}")
+    return w
+
+
+def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tuple) -> torch.Tensor:
+    """A flow parameter that is either shared (``shared_shape``) or per sample ([B, *shared])."""
+    tensor(name, p, what)
+    shapes = {tuple(shared_shape), (z.shape[0],) + tuple(shared_shape)}
+    if shared_shape == ():
+        shapes |= {(1,), (z.shape[0],)}
+    if tuple(p.shape) not in shapes:
+        raise ValueError(f"{name}: {what} must have shape {tuple(shared_shape)} or "
+                         f"{(z.shape[0],) + tuple(shared_shape)}, got {tuple(p.shape)}")
+    if p.dtype != z.dtype:
+        raise TypeError(f"{name}: {what} must have z's dtype {z.dtype}, got {p.dtype}")
+    if p.device != z.device:
+        raise ValueError(f"{name}: {what} must be on z's device {z.device}, got {p.device}")
+    return p
+
+
+def nonzero_diagonal(name: str, diag: torch.Tensor) -> None:
+    """The LU inverse divides by the diagonal: a zero entry means W is singular."""
+    if diag.numel() and not torch.compiler.is_compiling():
+        if bool((diag == 0).any()):  # one host synchronisation
+            raise ValueError(f"{name}: diag has a zero entry, so W = P L (U + diag(s)) is singular and "
+                             f"has no inverse (the forward direction gives logdet = -inf)")

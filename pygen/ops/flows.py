@@ -1,0 +1,492 @@
+"""Normalizing-flow ops (RealNVP, Glow, planar/radial/Sylvester flows): every transform returns
+``(output, logdet)`` with one log|det Jacobian| per sample, forward and (where one exists in
+closed form) inverse. The math and layouts are stated in pygen/ref/flows.py.
+
+    sign, logabsdet = pygen.ops.slogdet(A)                              # like torch.linalg.slogdet
+    y, logdet = pygen.ops.affine_coupling(x_b, log_scale_raw, shift, clamp=2.0)
+    x_b, ld   = pygen.ops.affine_coupling(y, log_scale_raw, shift, reverse=True)   # ld = -logdet
+    y, logdet = pygen.ops.actnorm(x, loc, log_scale)                    # or scale=...
+    y, logdet = pygen.ops.inv_conv1x1(x, weight)                        # plain W, slogdet
+    y, logdet = pygen.ops.inv_conv1x1_lu(x, perm, lower, upper, diag)   # Glow's LU form
+
+Backends: ``triton`` (kernels/flows.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
+``reference`` (pygen.ref.flows, pure PyTorch). There is no csrc (``cuda``/``cpu``) backend for
+this family. The automatic choice takes ``triton`` on CUDA tensors and ``reference`` on CPU
+tensors; float64 always runs on the reference. Log-determinants are float32 (float64 for float64
+inputs).
+
+Design notes
+------------
+* slogdet: the Triton kernel handles d <= 64 (one program per matrix, or per several matrices
+  when d is small); larger d falls back to torch.linalg.slogdet. Singular matrices give sign 0
+  and logabsdet -inf (never NaN), and a zero gradient (torch gives NaN there).
+* inv_conv1x1_lu forms W = P L (U + diag(s)) once per call with two C x C matmuls (C^3 flops,
+  negligible next to the B*H*W*C^2 of applying it) and applies it with the 1x1-conv kernel; its
+  log-det is H*W*sum log|s| (O(C)). The reverse direction builds W^-1 by two triangular solves
+  and refuses a zero diagonal (ValueError; one host synchronisation).
+* inv_conv1x1 (plain W) takes its log-det from pygen's batched slogdet and, in reverse, W^-1
+  from torch.linalg.inv (which raises for a singular W).
+* planar and radial flows run as composed PyTorch ops (O(B*D) work; there is nothing to fuse
+  that autograd does not already handle); sylvester computes its M x M determinants with
+  pygen's batched slogdet, so it runs the Triton kernel on CUDA when M <= 64.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backend
+from ..ref import flows as ref
+from . import _flows_checks as chk
+from . import _registry
+
+__all__ = ["slogdet", "affine_coupling", "additive_coupling", "actnorm", "inv_conv1x1",
+           "inv_conv1x1_lu", "planar", "radial", "sylvester"]
+
+SLOGDET_MAX_D = 64
+_SUPPORTED = ("triton", "reference")
+
+
+def _kernels():
+    from pygen.kernels import flows  # imported lazily: triton may be missing
+    return flows
+
+
+def _logdet_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_SUPPORTED) -> str:
+    if t.dtype == torch.float64:
+        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
+            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
+                            f"(float64 runs on the reference backend)")
+        supported = ("reference",)
+    return _backend.choose(name, t.device, t.dtype, backend, supported)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, *] -> [B, N] with unit inner stride (a view when the strides allow it)."""
+    b = t.shape[0]
+    n = t[0].numel() if b else math.prod(t.shape[1:])
+    try:
+        v = t.view(b, n)
+    except RuntimeError:
+        v = t.reshape(b, n)
+    if n > 1 and v.stride(1) != 1 or b > 1 and v.stride(0) < n:
+        v = v.contiguous()
+    return v
+
+
+def _bcs(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, *] -> contiguous [B, C, S]."""
+    return t.reshape(t.shape[0], t.shape[1], -1).contiguous()
+
+
+def _bcs_unit(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, *] -> [B, C, S] with unit stride along S (a view when possible)."""
+    v = t.reshape(t.shape[0], t.shape[1], -1)
+    return v if v.shape[2] <= 1 or v.stride(2) == 1 else v.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration (triton backend); the reference path is plain PyTorch
+# ----------------------------------------------------------------------------------------------
+def _new_logdet(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0],), dtype=_logdet_dtype(x))
+
+
+def _register() -> None:
+    # ---- slogdet ------------------------------------------------------------------------------
+    def slogdet_fake(a):
+        return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
+
+    def slogdet_impl(a):
+        sign, logabs = slogdet_fake(a)
+        _kernels().slogdet_fwd(a, sign, logabs)
+        return sign, logabs
+
+    def slogdet_bwd_impl(a, g):
+        out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
+        _kernels().slogdet_bwd(a, g, out)
+        return out
+
+    fwd = _registry.define("slogdet_triton", "(Tensor A) -> (Tensor, Tensor)", slogdet_impl, slogdet_fake)
+    bwd = _registry.define("slogdet_backward_triton", "(Tensor A, Tensor grad_logabsdet) -> Tensor",
+                           slogdet_bwd_impl, lambda a, g: torch.empty_like(a, dtype=torch.float32,
+                                                                          memory_format=torch.contiguous_format))
+
+    def slogdet_setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[0])
+        ctx.save_for_backward(inputs[0])
+
+    def slogdet_grad(ctx, _g_sign, g_logabs, _bwd=bwd):
+        (a,) = ctx.saved_tensors
+        return _bwd(a, g_logabs).to(a.dtype)
+
+    fwd.register_autograd(slogdet_grad, setup_context=slogdet_setup)
+
+    # ---- affine coupling -------------------------------------------------------------------------
+    def affine_fake(x, r, t, clamp, reverse):
+        return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
+
+    def affine_impl(x, r, t, clamp, reverse):
+        y, logdet = affine_fake(x, r, t, clamp, reverse)
+        b = x.shape[0]
+        if b == 0:
+            return y, logdet
+        xr, rr, tr = _rows(x), _rows(r), _rows(t)
+        k = _kernels()
+        n_split = k.coupling_splits(b, xr.shape[1], x.is_cuda)
+        if xr.shape[1] == 0:
+            return y, logdet.zero_()
+        part = logdet.view(b, 1) if n_split == 1 else x.new_empty((b, n_split), dtype=torch.float32)
+        k.affine_coupling_fwd(xr, rr, tr, y.view(b, -1), part, clamp, reverse)
+        if n_split > 1:
+            torch.sum(part, dim=1, out=logdet)
+        return y, logdet
+
+    def affine_bwd_fake(x, r, t, g, gl, clamp, reverse):
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dr = torch.empty_like(r, memory_format=torch.contiguous_format)
+        dt = torch.empty_like(t, memory_format=torch.contiguous_format) if reverse else t.new_empty((0,))
+        return dx, dr, dt
+
+    def affine_bwd_impl(x, r, t, g, gl, clamp, reverse):
+        dx, dr, dt = affine_bwd_fake(x, r, t, g, gl, clamp, reverse)
+        b = x.shape[0]
+        if b and x[0].numel():
+            _kernels().affine_coupling_bwd(_rows(x), _rows(r), _rows(t), _rows(g), gl, dx.view(b, -1),
+                                           dr.view(b, -1), dt.view(b, -1) if reverse else None,
+                                           clamp, reverse)
+        return dx, dr, dt
+
+    fwd = _registry.define(
+        "affine_coupling_triton",
+        "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse) -> (Tensor, Tensor)",
+        affine_impl, affine_fake)
+    bwd = _registry.define(
+        "affine_coupling_backward_triton",
+        "(Tensor x, Tensor log_scale_raw, Tensor shift, Tensor grad_y, Tensor grad_logdet, float? clamp, "
+        "bool reverse) -> (Tensor, Tensor, Tensor)",
+        affine_bwd_impl, affine_bwd_fake)
+
+    def affine_setup(ctx, inputs, output):
+        x, r, t, clamp, reverse = inputs
+        ctx.save_for_backward(x, r, t)
+        ctx.args = (clamp, reverse)
+
+    def affine_grad(ctx, g, gl, _bwd=bwd):
+        x, r, t = ctx.saved_tensors
+        clamp, reverse = ctx.args
+        dx, dr, dt = _bwd(x, r, t, g, gl, clamp, reverse)
+        # forward direction: d y / d t = 1, so the shift's gradient is grad_y itself
+        return dx, dr, (dt if reverse else g), None, None
+
+    fwd.register_autograd(affine_grad, setup_context=affine_setup)
+
+    # ---- additive coupling ------------------------------------------------------------------------
+    def additive_fake(x, t, reverse):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def additive_impl(x, t, reverse):
+        y = additive_fake(x, t, reverse)
+        if x.shape[0]:
+            _kernels().additive_coupling_fwd(_rows(x), _rows(t), y.view(x.shape[0], -1), reverse)
+        return y
+
+    fwd = _registry.define("additive_coupling_triton", "(Tensor x, Tensor shift, bool reverse) -> Tensor",
+                           additive_impl, additive_fake)
+
+    def additive_setup(ctx, inputs, output):
+        ctx.reverse = inputs[2]
+
+    def additive_grad(ctx, g):
+        return g, (-g if ctx.reverse else g), None
+
+    fwd.register_autograd(additive_grad, setup_context=additive_setup)
+
+    # ---- actnorm ------------------------------------------------------------------------------------
+    def actnorm_fake(x, loc, p, log_param, reverse):
+        return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
+
+    def actnorm_impl(x, loc, p, log_param, reverse):
+        y, logdet = actnorm_fake(x, loc, p, log_param, reverse)
+        if x.shape[0]:
+            _kernels().actnorm_fwd(_bcs(x), loc.reshape(-1).contiguous(), p.reshape(-1).contiguous(),
+                                   y.view(x.shape[0], x.shape[1], -1), logdet, log_param, reverse)
+        return y, logdet
+
+    def actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(loc),
+                torch.empty_like(p))
+
+    def actnorm_bwd_impl(x, g, loc, p, gl, log_param, reverse):
+        dx, dloc, dp = actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse)
+        k = _kernels()
+        x3 = _bcs(x)
+        b, c, s = x3.shape
+        n_sb = k.actnorm_s_blocks(b * c, s, x.is_cuda)
+        pa = x.new_empty((b, n_sb, c), dtype=torch.float32)
+        pb = torch.empty_like(pa)
+        k.actnorm_bwd(x3, _bcs(g), loc.reshape(-1).contiguous(), p.reshape(-1).contiguous(), gl,
+                      dx.view(b, c, s), dloc.view(-1), dp.view(-1), pa, pb, log_param, reverse)
+        return dx, dloc, dp
+
+    fwd = _registry.define(
+        "actnorm_triton",
+        "(Tensor x, Tensor loc, Tensor param, bool log_param, bool reverse) -> (Tensor, Tensor)",
+        actnorm_impl, actnorm_fake)
+    bwd = _registry.define(
+        "actnorm_backward_triton",
+        "(Tensor x, Tensor grad_y, Tensor loc, Tensor param, Tensor grad_logdet, bool log_param, "
+        "bool reverse) -> (Tensor, Tensor, Tensor)",
+        actnorm_bwd_impl, actnorm_bwd_fake)
+
+    def actnorm_setup(ctx, inputs, output):
+        x, loc, p, log_param, reverse = inputs
+        ctx.save_for_backward(x, loc, p)
+        ctx.args = (log_param, reverse)
+
+    def actnorm_grad(ctx, g, gl, _bwd=bwd):
+        x, loc, p = ctx.saved_tensors
+        dx, dloc, dp = _bwd(x, g, loc, p, gl, *ctx.args)
+        return dx, dloc, dp, None, None
+
+    fwd.register_autograd(actnorm_grad, setup_context=actnorm_setup)
+
+    # ---- 1x1 convolution ---------------------------------------------------------------------------
+    def conv_fake(x, w):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def conv_impl(x, w):
+        y = conv_fake(x, w)
+        if x.numel():
+            _kernels().conv1x1_fwd(_bcs_unit(x), w, y.view(x.shape[0], x.shape[1], -1))
+        return y
+
+    def conv_bwd_fake(g, x, w):
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
+
+    def conv_bwd_impl(g, x, w):
+        dx, dw = conv_bwd_fake(g, x, w)
+        k = _kernels()
+        g3, x3 = _bcs_unit(g), _bcs_unit(x)
+        if x.numel():
+            k.conv1x1_fwd(g3, w.t(), dx.view(x.shape[0], x.shape[1], -1))
+        part = x.new_empty((k.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda), w.shape[0], w.shape[1]),
+                           dtype=torch.float32)
+        k.conv1x1_dw(g3, x3, part)
+        dw.copy_(part.sum(0))
+        return dx, dw
+
+    fwd = _registry.define("conv1x1_triton", "(Tensor x, Tensor weight) -> Tensor", conv_impl, conv_fake)
+    bwd = _registry.define("conv1x1_backward_triton", "(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor)",
+                           conv_bwd_impl, conv_bwd_fake)
+
+    def conv_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def conv_grad(ctx, g, _bwd=bwd):
+        x, w = ctx.saved_tensors
+        return _bwd(g, x, w)
+
+    fwd.register_autograd(conv_grad, setup_context=conv_setup)
+
+
+_register()
+
+
+# ----------------------------------------------------------------------------------------------
+# public ops
+# ----------------------------------------------------------------------------------------------
+def slogdet(A: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sign, log|det A|) of every matrix of A [..., d, d], like ``torch.linalg.slogdet``.
+
+    Real float32/float64 only (as torch.linalg.slogdet on CPU). The Triton kernel runs d <= 64;
+    larger matrices fall back to torch.linalg.slogdet. Singular matrices: sign 0, -inf.
+    Differentiable in A through log|det A| (gradient g * A^{-T}; 0 for a singular matrix on the
+    triton backend)."""
+    name = "slogdet"
+    chk.tensor(name, A, "A", min_dim=2, dtypes=(torch.float32, torch.float64))
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"slogdet: A must be a batch of square matrices [..., d, d], got shape {tuple(A.shape)}")
+    b = _pick(name, A, backend)
+    d = A.shape[-1]
+    if b == "reference" or d > SLOGDET_MAX_D:
+        return ref.slogdet(A)
+    batch = A.shape[:-2]
+    sign, logabs = _registry.get("slogdet_triton")(A.reshape(-1, d, d))
+    return sign.reshape(batch), logabs.reshape(batch)
+
+
+def _coupling_args(name, x, others):
+    chk.tensor(name, x, "x", min_dim=1)
+    if x.dim() < 2:
+        raise ValueError(f"{name}: x must be [B, *] with at least one feature dim, got shape {tuple(x.shape)}")
+    for what, t in others:
+        chk.like(name, t, what, x, "x")
+
+
+def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.Tensor, *,
+                    reverse: bool = False, clamp: float | None = 2.0,
+                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine coupling (RealNVP/Glow) on the transformed half: s = clamp*tanh(raw/clamp),
+    y = x*exp(s) + shift, logdet = sum(s) per sample; ``reverse=True`` inverts
+    (x = (y - shift)*exp(-s), logdet = -sum(s)). One fused pass (clamp, exp, scale, shift and the
+    per-sample log-det) forward and backward. x, log_scale_raw, shift: [B, *], same shape."""
+    name = "affine_coupling"
+    _coupling_args(name, x, (("log_scale_raw", log_scale_raw), ("shift", shift)))
+    c = chk.clamp_value(name, clamp)
+    rev = chk.flag(name, reverse, "reverse")
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.affine_coupling(x, log_scale_raw, shift, rev, c)
+    return _registry.get("affine_coupling_triton")(x, log_scale_raw, shift, c, rev)
+
+
+def additive_coupling(x: torch.Tensor, shift: torch.Tensor, *, reverse: bool = False,
+                      backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive coupling (NICE/Glow): y = x + shift (reverse: x = y - shift); logdet = 0."""
+    name = "additive_coupling"
+    _coupling_args(name, x, (("shift", shift),))
+    rev = chk.flag(name, reverse, "reverse")
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.additive_coupling(x, shift, rev)
+    y = _registry.get("additive_coupling_triton")(x, shift, rev)
+    return y, x.new_zeros((x.shape[0],), dtype=_logdet_dtype(x))
+
+
+def actnorm(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor | None = None, *,
+            scale: torch.Tensor | None = None, reverse: bool = False,
+            backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ActNorm (Glow): y = (x + loc) * m, m = exp(log_scale) or ``scale``, per channel;
+    logdet = H*W*sum log|m| for every sample. ``reverse=True``: x = y/m - loc, negated logdet.
+    x: [B, C, *] (or [B, C]); loc, log_scale / scale: [C] or [1, C, 1, 1]."""
+    name = "actnorm"
+    chk.tensor(name, x, "x", min_dim=2)
+    chk.channel_param(name, loc, "loc", x)
+    if (log_scale is None) == (scale is None):
+        raise ValueError("actnorm: pass exactly one of log_scale and scale")
+    log_param = scale is None
+    p = chk.channel_param(name, log_scale if log_param else scale, "log_scale" if log_param else "scale", x)
+    rev = chk.flag(name, reverse, "reverse")
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.actnorm(x, loc, log_scale, scale=scale, reverse=rev)
+    return _registry.get("actnorm_triton")(x, loc, p, log_param, rev)
+
+
+def _conv_input(name, x):
+    chk.tensor(name, x, "x", min_dim=2)
+    return x
+
+
+def _apply_conv(x, w, b):
+    if b == "reference":
+        return ref._apply_1x1(x, w)
+    return _registry.get("conv1x1_triton")(x, w)
+
+
+def inv_conv1x1(x: torch.Tensor, weight: torch.Tensor, *, reverse: bool = False,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invertible 1x1 convolution (Glow) with a plain weight: y = W x per pixel,
+    logdet = H*W*log|det W| from pygen's slogdet; ``reverse=True`` applies W^-1 (torch.linalg.inv,
+    which raises for a singular W) with the negated logdet. x: [B, C, *]; weight: [C, C] or
+    [C, C, 1, 1]. A singular W gives logdet = -inf forward."""
+    name = "inv_conv1x1"
+    _conv_input(name, x)
+    w = chk.square(name, weight, "weight", x.shape[1], x)
+    rev = chk.flag(name, reverse, "reverse")
+    b = _pick(name, x, backend)
+    spatial = math.prod(x.shape[2:])
+    wl = w.to(_logdet_dtype(x))
+    _, lad = slogdet(wl, backend=b)
+    ld = (lad * spatial).expand(x.shape[0])
+    if rev:
+        return _apply_conv(x, torch.linalg.inv(wl).to(x.dtype), b), -ld
+    return _apply_conv(x, w, b), ld
+
+
+def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                   diag: torch.Tensor, *, reverse: bool = False,
+                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invertible 1x1 convolution in Glow's LU form W = P @ (tril(L, -1) + I) @ (triu(U, 1) +
+    diag(s)); logdet = H*W*sum log|s| (O(C)). perm: [C, C] permutation matrix (used as given);
+    lower, upper: [C, C] (only the strictly lower / upper parts are read); diag: [C] signed s.
+    A zero in diag gives logdet = -inf forward and a ValueError in reverse."""
+    name = "inv_conv1x1_lu"
+    _conv_input(name, x)
+    c = x.shape[1]
+    for what, t in (("perm", perm), ("lower", lower), ("upper", upper)):
+        chk.square(name, t, what, c, x)
+    chk.like(name, diag, "diag", x, "x", shape=(c,))
+    rev = chk.flag(name, reverse, "reverse")
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.inv_conv1x1_lu(x, perm, lower, upper, diag, rev)
+    spatial = math.prod(x.shape[2:])
+    ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
+    if rev:
+        chk.nonzero_diagonal(name, diag)
+        lo = torch.tril(lower, -1) + torch.eye(c, dtype=lower.dtype, device=lower.device)
+        up = torch.triu(upper, 1) + torch.diag(diag)
+        winv = torch.linalg.solve_triangular(
+            up, torch.linalg.solve_triangular(lo, perm.T, upper=False, unitriangular=True), upper=True)
+        return _apply_conv(x, winv, b), -ld
+    return _apply_conv(x, ref.lu_weight(perm, lower, upper, diag), b), ld
+
+
+# ---- planar / radial / Sylvester -----------------------------------------------------------------
+def _z(name, z):
+    chk.tensor(name, z, "z", min_dim=2)
+    if z.dim() != 2:
+        raise ValueError(f"{name}: z must be [B, D], got shape {tuple(z.shape)}")
+    return z
+
+
+def planar(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
+           backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Planar flow f(z) = z + u tanh(w.z + b), logdet = log|1 + (1 - tanh^2) u.w| (forward only;
+    pygen.ref.flows.planar_u_hat makes it invertible). u, w: [D] or [B, D]; b: [], [1] or [B]."""
+    name = "planar"
+    _z(name, z)
+    d = z.shape[1]
+    chk.batch_or_shared(name, u, "u", z, (d,))
+    chk.batch_or_shared(name, w, "w", z, (d,))
+    chk.batch_or_shared(name, b, "b", z, ())
+    _pick(name, z, backend, supported=("reference",))
+    return ref.planar(z, u, w, b)
+
+
+def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *,
+           backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radial flow f(z) = z + beta/(alpha + r) (z - z0), r = |z - z0| (forward only).
+    z0: [D] or [B, D]; alpha (> 0), beta: [], [1] or [B]."""
+    name = "radial"
+    _z(name, z)
+    chk.batch_or_shared(name, z0, "z0", z, (z.shape[1],))
+    chk.batch_or_shared(name, alpha, "alpha", z, ())
+    chk.batch_or_shared(name, beta, "beta", z, ())
+    _pick(name, z, backend, supported=("reference",))
+    return ref.radial(z, z0, alpha, beta)
+
+
+def sylvester(z: torch.Tensor, A: torch.Tensor, B: torch.Tensor, b: torch.Tensor, *,
+              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sylvester flow f(z) = z + A tanh(B z + b), logdet = log|det(I_M + diag(h') B A)| (forward
+    only), the M x M determinants from pygen's batched slogdet. A: [D, M] or [B, D, M];
+    B: [M, D] or [B, M, D]; b: [M] or [B, M]."""
+    name = "sylvester"
+    _z(name, z)
+    chk.tensor(name, A, "A")
+    if A.dim() not in (2, 3) or A.shape[-2] != z.shape[1]:
+        raise ValueError(f"sylvester: A must be [D, M] or [B, D, M] with D = {z.shape[1]}, got {tuple(A.shape)}")
+    m = A.shape[-1]
+    chk.batch_or_shared(name, A, "A", z, (z.shape[1], m))
+    chk.batch_or_shared(name, B, "B", z, (m, z.shape[1]))
+    chk.batch_or_shared(name, b, "b", z, (m,))
+    be = _pick(name, z, backend)
+    return ref.sylvester(z, A, B, b, slogdet_fn=lambda core: slogdet(core, backend=be))
