@@ -1,0 +1,645 @@
+"""Triton backend of the masked autoregressive family (MADE / MAF / IAF): masked_linear forward and
+backward with the mask computed from degree vectors, and the plain masked matmul for explicit
+masks. Semantics are pygen.ref.made's; the launcher contract is docs/ARCHITECTURE.md's.
+
+Layouts
+-------
+x       : [M, K]  rows of the input (any strides)            M = batch, K = in_features
+weight  : [N, K]  nn.Linear layout (any strides)             N = out_features
+bias    : [N]     contiguous
+in_deg  : [K], out_deg : [N]   contiguous int32 / int64 degrees
+mask    : [N, K]  uint8 (0 / 1), any strides   (explicit-mask kernels only)
+y, z    : [M, N]  contiguous, x's dtype (z = pre-activation, written for gelu only)
+saved   : y for relu / elu / tanh, z for gelu (what the activation's derivative is read from)
+dx [M, K], dw [N, K], db [N]: contiguous, the dtypes of x, weight, bias (fp32 accumulation)
+
+Math (pygen.ref.made):  M[n, k] = out_deg[n] - strict >= in_deg[k]
+    y  = act(x . (W * M)^T + b)
+    g  = dy * act'(saved)                  computed in registers where it is loaded
+    dx = g . (W * M)         dW = M * (g^T . x)         db = sum_m g
+
+Tile skipping
+-------------
+A [BLOCK_N output rows] x [BLOCK_K reduction columns] tile of M is *zero* when the smallest
+reduction degree exceeds the largest row degree, *full* when the largest reduction degree is at
+most the smallest row degree, *partial* otherwise. ``_made_plan_kernel`` classifies the tiles of
+one operand once per call (one program per output tile, a scan over degree vectors only) into a
+[T, J] int32 list: the full K-tiles from the front, the partial ones from the back, and their
+counts [T, 2]. The matmul kernels then loop over the full tiles with no masking arithmetic,
+over the partial tiles with the mask rebuilt in registers from the two degree vectors, and never
+touch the zero tiles (neither their loads nor their MMAs). This holds for any degree order;
+sorting hidden units by degree (pygen.ref.made.degree_sort_permutation) turns the zero tiles of
+MADE's masks into a staircase covering about half of every matrix. dW tiles are classified in
+the dW kernel itself (its reduction is over the batch): zero tiles store zeros without reading
+anything, full tiles store unmasked, partial tiles mask once at the end.
+
+The explicit-mask kernels (EXPLICIT_MASK=True) read the [N, K] mask tile next to every weight
+tile and treat every tile as partial: the plain masked matmul for masks that no degree
+assignment reproduces.
+
+Precision: tl.dot on the input dtype with fp32 accumulation (fp32 inputs: IEEE unless
+torch.backends.cuda.matmul.allow_tf32); bias, activation and its derivative in fp32. Under
+TRITON_INTERPRET=1 bf16 tiles are upcast right after the load (the interpreter's bf16 arithmetic
+is broken).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3, "gelu": 4}
+_I64_MAX = tl.constexpr((1 << 63) - 1)   # neutral elements of min / max over int64 degrees
+_I64_MIN = tl.constexpr(-(1 << 63))
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+# ----------------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _activate(z, ACT: tl.constexpr):
+    """act(z) in fp32 (ACT codes: 0 none, 1 relu, 2 elu, 3 tanh, 4 gelu)."""
+    y = z
+    if ACT == 1:
+        y = tl.maximum(z, 0.0)
+    elif ACT == 2:
+        y = tl.where(z > 0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
+    elif ACT == 3:
+        # tanh(z) = 1 - 2 / (exp(2z) + 1); exp overflow to inf gives exactly 1
+        y = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+    elif ACT == 4:
+        y = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
+    return y
+
+
+@triton.jit
+def _activate_grad(dy, s, ACT: tl.constexpr):
+    """dy * act'(.) in fp32, from the saved tensor s (y for relu / elu / tanh, z for gelu)."""
+    g = dy
+    if ACT == 1:
+        g = tl.where(s > 0, dy, 0.0)
+    elif ACT == 2:
+        g = tl.where(s > 0, dy, dy * (s + 1.0))
+    elif ACT == 3:
+        g = dy * (1.0 - s * s)
+    elif ACT == 4:
+        cdf = 0.5 * (1.0 + tl.math.erf(s * _SQRT1_2))
+        pdf = tl.exp(-0.5 * s * s) * _INV_SQRT_2PI
+        g = dy * (cdf + s * pdf)
+    return g
+
+
+@triton.jit
+def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped program order (GROUP_M row tiles share their column tiles in L2)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _grad_tile(gy_ptr, s_ptr, rows, cols, mask, stride_r, stride_c, s_stride_r, s_stride_c,
+               ACT: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """g = dy * act'(saved) on one tile, returned in OUT_DTYPE (the dot's operand dtype)."""
+    off = rows[:, None] * stride_r + cols[None, :] * stride_c
+    dy = tl.load(gy_ptr + off, mask=mask, other=0.0)
+    if ACT == 0:
+        g = dy.to(OUT_DTYPE)
+    else:
+        s = tl.load(s_ptr + rows[:, None] * s_stride_r + cols[None, :] * s_stride_c, mask=mask, other=0.0)
+        g = _activate_grad(dy.to(tl.float32), s.to(tl.float32), ACT).to(OUT_DTYPE)
+    return g
+
+
+@triton.jit
+def _kept(od, ind, STRICT: tl.constexpr):
+    """M = out_deg > in_deg (STRICT) or out_deg >= in_deg, elementwise (broadcasting)."""
+    if STRICT:
+        k = od > ind
+    else:
+        k = od >= ind
+    return k
+
+
+@triton.jit
+def _tile_class(omin, omax, imin, imax, STRICT: tl.constexpr):
+    """(zero, full) for a tile whose output degrees lie in [omin, omax] and input degrees in
+    [imin, imax]: zero when no (o, i) pair is kept, full when every pair is."""
+    if STRICT:
+        zero = imin >= omax
+        full = imax < omin
+    else:
+        zero = imin > omax
+        full = imax <= omin
+    return zero, full
+
+
+@triton.jit
+def _deg_range(d, ok):
+    """(min, max) of the int64 degrees d over the lanes where ok (int64 extremes elsewhere)."""
+    lo = tl.min(tl.where(ok, d, _I64_MAX), axis=0)
+    hi = tl.max(tl.where(ok, d, _I64_MIN), axis=0)
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------------------------
+# tile plan
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _made_plan_kernel(
+    row_deg_ptr,            # [R] degrees along the output-tile axis
+    red_deg_ptr,            # [KR] degrees along the reduction axis
+    plan_ptr,               # [T, J] int32 out: full K-tiles from the front, partial from the back
+    count_ptr,              # [T, 2] int32 out: (number of full, number of partial) tiles
+    R, KR, J,               # sizes; J = cdiv(KR, BLOCK_K)
+    STRICT: tl.constexpr,   # out_deg > in_deg instead of >=
+    ROWS_ARE_OUT: tl.constexpr,  # True: rows are output units (forward); False: inputs (dx)
+    BLOCK_R: tl.constexpr,  # output-tile size of the matmul that reads the plan
+    BLOCK_K: tl.constexpr,  # reduction-tile size of that matmul
+):
+    t = tl.program_id(0)
+    offs_r = t * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    rd = tl.load(row_deg_ptr + offs_r, mask=r_ok, other=0).to(tl.int64)
+    rmin, rmax = _deg_range(rd, r_ok)
+    n_full = 0
+    n_part = 0
+    for j in range(0, J):
+        offs_k = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < KR
+        kd = tl.load(red_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
+        kmin, kmax = _deg_range(kd, k_ok)
+        if ROWS_ARE_OUT:
+            zero, full = _tile_class(rmin, rmax, kmin, kmax, STRICT)
+        else:
+            zero, full = _tile_class(kmin, kmax, rmin, rmax, STRICT)
+        if full:
+            tl.store(plan_ptr + t * J + n_full, j)
+            n_full += 1
+        elif not zero:
+            n_part += 1
+            tl.store(plan_ptr + t * J + (J - n_part), j)
+    tl.store(count_ptr + 2 * t, n_full)
+    tl.store(count_ptr + 2 * t + 1, n_part)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward: y = act(x . (W * M)^T + b)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _masked_linear_fwd_kernel(
+    x_ptr,                  # [M, K] input
+    w_ptr,                  # [N, K] weight
+    b_ptr,                  # [N] bias (read when HAS_BIAS)
+    in_deg_ptr,             # [K] input degrees (degree mode)
+    out_deg_ptr,            # [N] output degrees (degree mode)
+    mask_ptr,               # [N, K] uint8 mask (EXPLICIT_MASK)
+    plan_ptr,               # [T, J] int32 tile plan over (N tiles, K tiles) (degree mode)
+    count_ptr,              # [T, 2] int32 plan counts (degree mode)
+    y_ptr,                  # [M, N] output, contiguous
+    z_ptr,                  # [M, N] pre-activation, contiguous (written when SAVE_Z)
+    M, N, K, J,
+    stride_xm, stride_xk,
+    stride_wn, stride_wk,
+    stride_mn, stride_mk,
+    STRICT: tl.constexpr,        # 0 / 1
+    ACT: tl.constexpr,           # ACT_CODES
+    HAS_BIAS: tl.constexpr,
+    SAVE_Z: tl.constexpr,
+    EXPLICIT_MASK: tl.constexpr,  # the plain masked matmul (mask tensor, every tile partial)
+    UPCAST: tl.constexpr,        # bf16 under the interpreter
+    PRECISION: tl.constexpr,     # tl.dot input_precision for fp32 operands
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + offs_n[:, None] * stride_wn     # W tiles are loaded [BLOCK_N, BLOCK_K], then
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)   # transposed (fp32 FMA dots spill otherwise)
+    if EXPLICIT_MASK:
+        for kt in range(0, J):
+            offs_k = kt * BLOCK_K + rk
+            k_ok = offs_k < K
+            a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            wk_ok = n_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=wk_ok, other=0.0)
+            keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk,
+                           mask=wk_ok, other=0)
+            w = tl.where(keep != 0, w, tl.zeros_like(w))
+            acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+    else:
+        od = tl.load(out_deg_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
+        n_full = tl.load(count_ptr + 2 * pid_n)
+        n_part = tl.load(count_ptr + 2 * pid_n + 1)
+        plan_row = plan_ptr + pid_n * J
+        for jj in range(0, n_full):          # fully kept tiles: no masking arithmetic
+            offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
+            k_ok = offs_k < K
+            a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+        for jj in range(J - n_part, J):      # partial tiles: mask from the degrees, in registers
+            offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
+            k_ok = offs_k < K
+            a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
+            w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
+            acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if SAVE_Z:
+        tl.store(z_ptr + out_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+    y = _activate(acc, ACT)
+    tl.store(y_ptr + out_off, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# backward, dx = g . (W * M)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _masked_linear_dx_kernel(
+    gy_ptr,                 # [M, N] dL/dy, contiguous
+    s_ptr,                  # [M, N] saved y (or z for gelu), contiguous (read when ACT != 0)
+    w_ptr,                  # [N, K] weight
+    in_deg_ptr,             # [K]
+    out_deg_ptr,            # [N]
+    mask_ptr,               # [N, K] uint8 (EXPLICIT_MASK)
+    plan_ptr,               # [T, J] int32 plan over (K tiles of BLOCK_N, N tiles of BLOCK_K)
+    count_ptr,              # [T, 2] int32
+    dx_ptr,                 # [M, K] out, contiguous
+    M, N, K, J,
+    stride_wn, stride_wk,
+    stride_mn, stride_mk,
+    STRICT: tl.constexpr, ACT: tl.constexpr, EXPLICIT_MASK: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # input features per program (the output tile's columns)
+    BLOCK_K: tl.constexpr,  # output units per reduction step
+    GROUP_M: tl.constexpr,
+):
+    pid_m, pid_i = _swizzle(M, K, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_i = pid_i * BLOCK_N + tl.arange(0, BLOCK_N)
+    ro = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    i_ok = offs_i < K
+    rows64 = offs_m.to(tl.int64)
+    w_cols = w_ptr + offs_i[None, :] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    op_dtype = w_ptr.dtype.element_ty
+    if EXPLICIT_MASK:
+        for ot in range(0, J):
+            offs_o = ot * BLOCK_K + ro
+            o_ok = offs_o < N
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            wo_ok = o_ok[:, None] & i_ok[None, :]
+            w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=wo_ok, other=0.0)
+            keep = tl.load(mask_ptr + offs_o[:, None] * stride_mn + offs_i[None, :] * stride_mk,
+                           mask=wo_ok, other=0)
+            w = tl.where(keep != 0, w, tl.zeros_like(w))
+            acc = _mma(g, w, acc, UPCAST, PRECISION)
+    else:
+        ind = tl.load(in_deg_ptr + offs_i, mask=i_ok, other=0).to(tl.int64)
+        n_full = tl.load(count_ptr + 2 * pid_i)
+        n_part = tl.load(count_ptr + 2 * pid_i + 1)
+        plan_row = plan_ptr + pid_i * J
+        for jj in range(0, n_full):
+            offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
+            o_ok = offs_o < N
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
+            acc = _mma(g, w, acc, UPCAST, PRECISION)
+        for jj in range(J - n_part, J):
+            offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
+            o_ok = offs_o < N
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
+            od = tl.load(out_deg_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
+            w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
+            acc = _mma(g, w, acc, UPCAST, PRECISION)
+    out_off = rows64[:, None] * K + offs_i[None, :]
+    tl.store(dx_ptr + out_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & i_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# backward, dW = M * (g^T . x) and db = sum_m g
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _masked_linear_dw_kernel(
+    gy_ptr,                 # [M, N] dL/dy, contiguous
+    s_ptr,                  # [M, N] saved y (or z), contiguous (read when ACT != 0)
+    x_ptr,                  # [M, K] input
+    in_deg_ptr,             # [K]
+    out_deg_ptr,            # [N]
+    mask_ptr,               # [N, K] uint8 (EXPLICIT_MASK)
+    dw_ptr,                 # [N, K] out, contiguous
+    db_ptr,                 # [N] out (written when HAS_BIAS, by the programs of column tile 0)
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_mn, stride_mk,
+    STRICT: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, EXPLICIT_MASK: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # output units per program (rows of dW)
+    BLOCK_K: tl.constexpr,  # input features per program (columns of dW)
+    BLOCK_M: tl.constexpr,  # batch rows per reduction step
+    GROUP_M: tl.constexpr,
+):
+    pid_n, pid_k = _swizzle(N, K, BLOCK_N, BLOCK_K, GROUP_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rm = tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    k_ok = offs_k < K
+    tile_ok = n_ok[:, None] & k_ok[None, :]
+    op_dtype = x_ptr.dtype.element_ty
+    if EXPLICIT_MASK:
+        keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk,
+                       mask=tile_ok, other=0) != 0
+        zero = False
+        full = False
+    else:
+        od = tl.load(out_deg_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
+        ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
+        keep = _kept(od[:, None], ind[None, :], STRICT)
+        omin, omax = _deg_range(od, n_ok)
+        imin, imax = _deg_range(ind, k_ok)
+        zero, full = _tile_class(omin, omax, imin, imax, STRICT)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if not zero:
+        for mt in range(0, tl.cdiv(M, BLOCK_M)):
+            offs_m = mt * BLOCK_M + rm
+            m_ok = offs_m < M
+            rows64 = offs_m.to(tl.int64)
+            # g^T tile [BLOCK_N, BLOCK_M]
+            gt = _grad_tile(gy_ptr, s_ptr, offs_n, rows64, n_ok[:, None] & m_ok[None, :], 1, N, 1, N,
+                            ACT, op_dtype)
+            xt = tl.load(x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = _mma(gt, xt, acc, UPCAST, PRECISION)
+            db += tl.sum(gt.to(tl.float32), axis=1)
+        if not full:
+            acc = tl.where(keep, acc, 0.0)
+    elif HAS_BIAS and pid_k == 0:
+        for mt in range(0, tl.cdiv(M, BLOCK_M)):
+            offs_m = mt * BLOCK_M + rm
+            m_ok = offs_m < M
+            gt = _grad_tile(gy_ptr, s_ptr, offs_n, offs_m.to(tl.int64), n_ok[:, None] & m_ok[None, :],
+                            1, N, 1, N, ACT, tl.float32)
+            db += tl.sum(gt, axis=1)
+    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile_ok)
+    if HAS_BIAS and pid_k == 0:
+        tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=n_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# launch configuration and launchers
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """Tile sizes of one pass. fwd: (block_m batch, block_n outputs, block_k inputs); dx:
+    (block_m batch, block_n inputs, block_k outputs); dw: (block_m batch, block_n outputs,
+    block_k inputs)."""
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Under the interpreter every program and every tl.dot step costs milliseconds: small tiles keep
+# several of them per dimension on test sizes (so zero, partial and full tiles all occur).
+INTERPRET_CONFIG = Config(32, 32, 32, group_m=4)
+_GPU_16BIT = {"fwd": Config(128, 128, 64, 8, 8, 3), "dx": Config(128, 128, 64, 8, 8, 3),
+              "dw": Config(64, 128, 64, 8, 8, 3)}
+_GPU_32BIT = {"fwd": Config(64, 64, 16, 8, 4, 3), "dx": Config(64, 64, 32, 8, 4, 3),
+              "dw": Config(32, 64, 64, 8, 4, 3)}
+
+
+def config(pass_: str, dtype: torch.dtype) -> Config:
+    """The tile configuration of ``pass_`` ("fwd", "dx" or "dw") for ``dtype``."""
+    if pass_ not in ("fwd", "dx", "dw"):
+        raise ValueError(f"pass_ must be 'fwd', 'dx' or 'dw', got {pass_!r}")
+    if interpreting():
+        return INTERPRET_CONFIG
+    return (_GPU_32BIT if dtype == torch.float32 else _GPU_16BIT)[pass_]
+
+
+def plan_shape(pass_: str, n: int, k: int, cfg: Config) -> tuple[int, int]:
+    """(T, J) of the tile plan of a layer with N = ``n`` outputs and K = ``k`` inputs."""
+    if pass_ == "fwd":
+        return triton.cdiv(n, cfg.block_n), triton.cdiv(k, cfg.block_k)
+    if pass_ == "dx":
+        return triton.cdiv(k, cfg.block_n), triton.cdiv(n, cfg.block_k)
+    raise ValueError(f"only the fwd and dx passes read a plan, got {pass_!r}")
+
+
+def _upcast(t: torch.Tensor) -> bool:
+    return t.dtype == torch.bfloat16 and interpreting()
+
+
+def _precision(t: torch.Tensor) -> str:
+    if t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
+        return "tf32"
+    return "ieee"
+
+
+def made_plan(row_deg: torch.Tensor, red_deg: torch.Tensor, plan: torch.Tensor, counts: torch.Tensor,
+              strict: bool, rows_are_out: bool, block_r: int, block_k: int) -> None:
+    """Fill ``plan`` [T, J] and ``counts`` [T, 2] (int32) for tiles of ``block_r`` rows (degrees
+    ``row_deg``) by ``block_k`` reduction columns (degrees ``red_deg``)."""
+    t, j = plan.shape
+    if t == 0:
+        return
+    _made_plan_kernel[(t,)](row_deg, red_deg, plan, counts, row_deg.numel(), red_deg.numel(), j,
+                            STRICT=int(strict), ROWS_ARE_OUT=rows_are_out, BLOCK_R=block_r,
+                            BLOCK_K=block_k, num_warps=1)
+
+
+def _grid(a: int, b: int, cfg_a: int, cfg_b: int):
+    return (triton.cdiv(a, cfg_a) * triton.cdiv(b, cfg_b),)
+
+
+def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit):
+    m, k = x.shape
+    n = weight.shape[0]
+    if m == 0 or n == 0:
+        return
+    j = triton.cdiv(k, cfg.block_k)
+    dummy = y
+    ms = mask.stride() if mask is not None else (0, 0)
+    _masked_linear_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
+        x, weight, bias if bias is not None else dummy,
+        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy, plan if plan is not None else dummy,
+        counts if counts is not None else dummy, y, z if z is not None else dummy,
+        m, n, k, j, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), ms[0], ms[1],
+        STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, SAVE_Z=z is not None,
+        EXPLICIT_MASK=explicit, UPCAST=_upcast(x), PRECISION=_precision(x),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _dx(gy, saved, weight, in_deg, out_deg, mask, plan, counts, dx, strict, activation, cfg, explicit):
+    m, n = gy.shape
+    k = weight.shape[1]
+    if m == 0 or k == 0:
+        return
+    j = triton.cdiv(n, cfg.block_k)
+    dummy = dx
+    ms = mask.stride() if mask is not None else (0, 0)
+    _masked_linear_dx_kernel[_grid(m, k, cfg.block_m, cfg.block_n)](
+        gy, saved if saved is not None else gy, weight,
+        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy, plan if plan is not None else dummy,
+        counts if counts is not None else dummy, dx,
+        m, n, k, j, weight.stride(0), weight.stride(1), ms[0], ms[1],
+        STRICT=int(strict), ACT=ACT_CODES[activation], EXPLICIT_MASK=explicit, UPCAST=_upcast(gy),
+        PRECISION=_precision(gy), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, explicit):
+    n, k = dw.shape
+    m = x.shape[0]
+    if n == 0 or k == 0 or m == 0:
+        return
+    dummy = dw
+    ms = mask.stride() if mask is not None else (0, 0)
+    _masked_linear_dw_kernel[_grid(n, k, cfg.block_n, cfg.block_k)](
+        gy, saved if saved is not None else gy, x,
+        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy, dw, db if db is not None else dummy,
+        m, n, k, x.stride(0), x.stride(1), ms[0], ms[1],
+        STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=db is not None, EXPLICIT_MASK=explicit,
+        UPCAST=_upcast(x), PRECISION=_precision(x), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, z, strict: bool, activation: str,
+                      cfg: Config) -> None:
+    """y (and z when not None) = act(x . (W * M)^T + b), M from the degrees; ``plan``/``counts`` come
+    from ``made_plan(out_deg, in_deg, ..., rows_are_out=True, cfg.block_n, cfg.block_k)``."""
+    _fwd(x, weight, bias, in_deg, out_deg, None, plan, counts, y, z, strict, activation, cfg, False)
+
+
+def masked_linear_dx(gy, saved, weight, in_deg, out_deg, plan, counts, dx, strict: bool, activation: str,
+                     cfg: Config) -> None:
+    """dx = (dy * act'(saved)) . (W * M); ``plan`` from ``made_plan(in_deg, out_deg, ...,
+    rows_are_out=False, cfg.block_n, cfg.block_k)``."""
+    _dx(gy, saved, weight, in_deg, out_deg, None, plan, counts, dx, strict, activation, cfg, False)
+
+
+def masked_linear_dw(gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config) -> None:
+    """dw = M * (g^T . x) and (when ``db`` is not None) db = sum of g over rows."""
+    _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False)
+
+
+def masked_matmul_fwd(x, weight, bias, mask, y, z, activation: str, cfg: Config) -> None:
+    """The explicit-mask forward: ``mask`` [N, K] uint8."""
+    _fwd(x, weight, bias, None, None, mask, None, None, y, z, False, activation, cfg, True)
+
+
+def masked_matmul_dx(gy, saved, weight, mask, dx, activation: str, cfg: Config) -> None:
+    _dx(gy, saved, weight, None, None, mask, None, None, dx, False, activation, cfg, True)
+
+
+def masked_matmul_dw(gy, saved, x, mask, dw, db, activation: str, cfg: Config) -> None:
+    _dw(gy, saved, x, None, None, mask, dw, db, False, activation, cfg, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# offline compile specs (pygen inspect: sm_90 resources, wgmma in the PTX of the matmul kernels)
+# ----------------------------------------------------------------------------------------------
+def _spec(fn, name, sig, consts, cfg, div):
+    """One entry as the runtime specializes it at the benchmark shape: pointers 16-byte aligned,
+    ``div`` integer arguments multiples of 16 (tt.divisibility), unit strides constexpr 1."""
+    names = fn.arg_names
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in list(sig) + div
+             if a in names and (sig.get(a, "").startswith("*") or a in div)}
+    return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
+            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _specs():
+    """Default GPU configs, relu, row-major x / weight / mask (so their inner strides are 1)."""
+    specs = []
+    deg = "*i64"
+    for dt, tname in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        cfgs = _GPU_32BIT if dt == torch.float32 else _GPU_16BIT
+        p = f"*{tname}"
+        prec = "ieee" if dt == torch.float32 else "tf32"
+        for explicit in (False, True):
+            kind = "masked_matmul" if explicit else "masked_linear"
+            c = cfgs["fwd"]
+            specs.append(_spec(
+                _masked_linear_fwd_kernel, f"{kind}_fwd[{tname}]",
+                {"x_ptr": p, "w_ptr": p, "b_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
+                 "plan_ptr": "*i32", "count_ptr": "*i32", "y_ptr": p, "z_ptr": p, "M": "i32", "N": "i32",
+                 "K": "i32", "J": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_mn": "i32"},
+                {"stride_xk": 1, "stride_wk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "HAS_BIAS": True,
+                 "SAVE_Z": False, "EXPLICIT_MASK": explicit, "UPCAST": False, "PRECISION": prec,
+                 "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "GROUP_M": c.group_m},
+                c, ["M", "N", "K", "stride_xm", "stride_wn", "stride_mn"]))
+            c = cfgs["dx"]
+            specs.append(_spec(
+                _masked_linear_dx_kernel, f"{kind}_dx[{tname}]",
+                {"gy_ptr": p, "s_ptr": p, "w_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
+                 "plan_ptr": "*i32", "count_ptr": "*i32", "dx_ptr": p, "M": "i32", "N": "i32", "K": "i32",
+                 "J": "i32", "stride_wn": "i32", "stride_mn": "i32"},
+                {"stride_wk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "EXPLICIT_MASK": explicit,
+                 "UPCAST": False, "PRECISION": prec, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n,
+                 "BLOCK_K": c.block_k, "GROUP_M": c.group_m},
+                c, ["M", "N", "K", "stride_wn", "stride_mn"]))
+            c = cfgs["dw"]
+            specs.append(_spec(
+                _masked_linear_dw_kernel, f"{kind}_dw[{tname}]",
+                {"gy_ptr": p, "s_ptr": p, "x_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
+                 "dw_ptr": p, "db_ptr": p, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+                 "stride_mn": "i32"},
+                {"stride_xk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "HAS_BIAS": True,
+                 "EXPLICIT_MASK": explicit, "UPCAST": False, "PRECISION": prec, "BLOCK_N": c.block_n,
+                 "BLOCK_K": c.block_k, "BLOCK_M": c.block_m, "GROUP_M": c.group_m},
+                c, ["M", "N", "K", "stride_xm", "stride_mn"]))
+    c = _GPU_16BIT["fwd"]
+    specs.append(_spec(
+        _made_plan_kernel, "made_plan",
+        {"row_deg_ptr": deg, "red_deg_ptr": deg, "plan_ptr": "*i32", "count_ptr": "*i32", "R": "i32",
+         "KR": "i32", "J": "i32"},
+        {"STRICT": 0, "ROWS_ARE_OUT": True, "BLOCK_R": c.block_n, "BLOCK_K": c.block_k},
+        Config(0, 0, 0, num_warps=1, num_stages=1), ["R", "KR"]))
+    return specs
+
+
+COMPILE_SPECS = _specs()
