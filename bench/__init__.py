@@ -1,0 +1,17 @@
+"""Benchmark definitions, one module per op family, installed as ``pygen.bench`` (package_dir
+mapping in setup.py). Each family module exposes ``FAMILY`` and ``cases(quick: bool) -> list of
+pygen.bench_harness.Case``; ``pygen bench`` and the pytest-benchmark suite (test_bench_*.py) both
+read them from here. Measured results are appended to ``results/<device>/<family>.jsonl``.
+"""
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = ("roi",)
+
+
+def load(family: str):
+    """The definitions module of ``family`` (raises ValueError for an unknown name)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown benchmark family {family!r}; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{family}")

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The one script for the lent GPU machine (an H200; no package registry there, torch/triton/nvcc
+# preinstalled). Run from anywhere inside the checkout:
+#
+#     bash bench/device_run.sh            # logs and results under $OUT (./out when unset)
+#
+# Steps, each under `timeout`, all inside BUDGET_S seconds (default 450, well inside 8 minutes;
+# a step gets min(its own limit, what is left)):
+#   1. nvidia-smi
+#   2. pip install --no-build-isolation --no-deps -e .   (PYGEN_CUDA_ARCHS defaults to 90a here:
+#      one target instead of two halves the nvcc time)
+#   3. pygen info
+#   4. pytest -x -q tests                                 (CUDA tests run, the CPU ones too)
+#   5. pygen bench (all families, default shapes, float32 + bfloat16, fwd and fwd+bwd) against
+#      torchvision and the eager reference, JSON lines to $OUT/results/<family>.jsonl
+#   6. pygen bench again with the torch.compile baseline (float32), into the same files, for
+#      whatever time is left (compiles dominate; --max-time stops it cleanly)
+#   7. pygen inspect (the offline sm_90 resource table) when time is left
+# SKIP_INSTALL=1 skips step 2 (to try the script on a machine where pygen is already installed),
+# BUDGET_S and TAIL_LINES tune the budget and the echoed log tails.
+# Exit status: the first failing step's, else 0. Every step's output is in $OUT/logs/<step>.log
+# and its tail is echoed. On CPU (no nvidia-smi) the GPU-only steps fail fast and the rest run.
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/out}"
+mkdir -p "$OUT/logs" "$OUT/results"
+BUDGET_S="${BUDGET_S:-450}"
+START=$(date +%s)
+STATUS=0
+export PYGEN_CUDA_ARCHS="${PYGEN_CUDA_ARCHS:-90a}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python}"
+
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# step NAME LIMIT_S CMD...: run CMD under timeout min(LIMIT_S, time left); log, echo the tail.
+step() {
+    local name="$1" limit="$2"; shift 2
+    local rem; rem=$(left)
+    if (( rem < 15 )); then
+        echo "== $name: skipped, ${rem}s of the ${BUDGET_S}s budget left"
+        return 0
+    fi
+    (( limit > rem )) && limit=$rem
+    echo "== $name (limit ${limit}s, ${rem}s left): $*"
+    local t0; t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+    local rc=$?
+    echo "-- $name: rc=$rc in $(( $(date +%s) - t0 ))s$([ $rc -eq 124 ] && echo ' (timed out)')"
+    tail -n "${TAIL_LINES:-25}" "$OUT/logs/$name.log"
+    if (( rc != 0 && STATUS == 0 )); then STATUS=$rc; fi
+    return $rc
+}
+
+step nvidia-smi 20 nvidia-smi
+if [ "${SKIP_INSTALL:-0}" = 1 ]; then
+    echo "== install: skipped (SKIP_INSTALL=1)"
+else
+    step install 150 "$PY" -m pip install --no-build-isolation --no-deps -e . || { echo "install failed"; exit 1; }
+fi
+step info 60 "$PY" -m pygen info
+step tests 130 "$PY" -m pytest -x -q tests
+# leave ~60 s for the compile pass and the inspect table
+bench_limit=$(( $(left) - 60 )); (( bench_limit > 200 )) && bench_limit=200
+step bench "$bench_limit" "$PY" -m pygen bench --baseline torchvision --baseline reference \
+    --json "$OUT/results/bench.jsonl" --no-progress --max-time $(( bench_limit - 20 ))
+compile_limit=$(( $(left) - 25 ))
+step bench-compile "$compile_limit" "$PY" -m pygen bench --baseline compile --dtype float32 \
+    --json "$OUT/results/bench.jsonl" --no-progress --no-copy --max-time $(( compile_limit - 15 ))
+step inspect 25 "$PY" -m pygen inspect
+# one file per family, as in bench/results/<device>/<family>.jsonl
+if [ -s "$OUT/results/bench.jsonl" ]; then
+    "$PY" - "$OUT/results" <<'EOF'
+import collections, json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+by = collections.defaultdict(list)
+for line in (root / "bench.jsonl").read_text().splitlines():
+    if line.strip():
+        r = json.loads(line)
+        by[(r.get("device_tag", "unknown"), r.get("family", "unknown"))].append(line)
+for (tag, fam), lines in by.items():
+    d = root / tag
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{fam}.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"{len(lines)} lines -> {d / (fam + '.jsonl')}")
+EOF
+fi
+echo "== done in $(( $(date +%s) - START ))s, status $STATUS; logs in $OUT/logs, results in $OUT/results"
+exit $STATUS

@@ -1,0 +1,372 @@
+"""Offline resource report for every kernel, no GPU needed (``pygen inspect``).
+
+Triton: every entry of a kernels module's ``COMPILE_SPECS`` is compiled with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``; registers, spill stores /
+loads and stack come from running the ptxas Triton itself uses on the generated PTX with ``-v``,
+shared memory is Triton's own allocation (``metadata.shared``), and ``wgmma`` says whether the
+PTX contains Hopper warpgroup MMA instructions (expected for matmul-class kernels only).
+Shared memory is per program: Triton's dynamic allocation plus any static smem ptxas reports.
+
+CUDA: every ``csrc/<family>/*.cu`` is compiled with ``nvcc -arch=sm_90a -Xptxas -v -c`` (include
+paths csrc/ and csrc/common) and ptxas's per-kernel report is parsed: registers, spill stores,
+spill loads, stack frame and static shared memory.
+
+Every function returns a list of row dicts with the keys of ``COLUMNS`` (None where a source
+cannot say) and ``error`` set when that kernel or file failed to compile.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+COLUMNS = ("source", "family", "kernel", "config", "arch", "registers", "spill_stores",
+           "spill_loads", "stack", "smem", "wgmma")
+TRITON_ARCH = 90
+NVCC_ARCH = "sm_90a"
+NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# ptxas -v parsing (shared by both sources)
+# ---------------------------------------------------------------------------------------------
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(\w+)'")
+_PROPS = re.compile(r"Function properties for (\S+)")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas(text: str) -> list[dict[str, Any]]:
+    """Per-entry-function resources from ``ptxas -v`` output (nvcc -Xptxas -v prints the same)."""
+    kernels: dict[str, dict[str, Any]] = {}
+    current = None
+    for line in text.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            current = m.group(1)
+            kernels.setdefault(current, {"kernel": current, "arch": m.group(2), "registers": None,
+                                         "spill_stores": None, "spill_loads": None, "stack": None,
+                                         "smem": 0})
+            continue
+        m = _PROPS.search(line)
+        if m:
+            current = m.group(1) if m.group(1) in kernels else None  # device functions: not rows
+            continue
+        if current is None:
+            continue
+        m = _FRAME.search(line)
+        if m:
+            kernels[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                                    spill_loads=int(m.group(3)))
+        m = _USED.search(line)
+        if m:
+            kernels[current]["registers"] = int(m.group(1))
+            s = _SMEM.search(line)
+            kernels[current]["smem"] = int(s.group(1)) if s else 0
+    return list(kernels.values())
+
+
+def demangle(names: Iterable[str], nvcc: str | None = None) -> dict[str, str]:
+    names = list(names)
+    tools = []
+    if nvcc:
+        tools.append(str(Path(nvcc).parent / "cu++filt"))
+    tools += [shutil.which("cu++filt") or "", shutil.which("c++filt") or ""]
+    for tool in tools:
+        if tool and os.path.exists(tool):
+            try:
+                out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True,
+                                     timeout=30).stdout.splitlines()
+                if len(out) == len(names):
+                    return dict(zip(names, out))
+            except (OSError, subprocess.SubprocessError):
+                continue
+    return {n: n for n in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton
+# ---------------------------------------------------------------------------------------------
+def _kernel_modules(families: Iterable[str] | None) -> list[tuple[str, Any]]:
+    """(family, module) of every kernels module that defines COMPILE_SPECS."""
+    try:
+        pkg = importlib.import_module("pygen.kernels")
+        folder = Path(pkg.__file__).parent
+        prefix = "pygen.kernels"
+    except ModuleNotFoundError:
+        folder, prefix = repo_root() / "kernels", None
+    names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    if families:
+        names = [n for n in names if n in set(families)]
+    mods = []
+    for n in names:
+        if prefix is None:
+            spec = importlib.util.spec_from_file_location(f"_pygen_kernels_{n}", folder / f"{n}.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(f"{prefix}.{n}")
+        mods.append((n, mod))
+    return mods
+
+
+def _spec_fields(spec) -> dict[str, Any]:
+    """Normalise one COMPILE_SPECS entry: a dict (keys fn/kernel, signature, constexprs/constants,
+    num_warps, num_stages, name, attrs) or a tuple (fn, signature, constexprs[, options])."""
+    if isinstance(spec, dict):
+        d = dict(spec)
+    else:
+        fn, sig, const, *rest = spec
+        d = {"fn": fn, "signature": sig, "constexprs": const, **(rest[0] if rest else {})}
+    d["fn"] = d.pop("fn", None) or d.pop("kernel")
+    d["constexprs"] = d.pop("constexprs", None) or d.pop("constants", None) or {}
+    return d
+
+
+def _triton_ptxas():
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(TRITON_ARCH).path
+    except Exception:
+        pass
+    try:
+        import triton.knobs as knobs
+        return knobs.nvidia.ptxas.path
+    except Exception:
+        return shutil.which("ptxas")
+
+
+def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
+    """Compile one COMPILE_SPECS entry offline for sm_90 and report its resources."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    d = _spec_fields(spec)
+    fn = d["fn"]
+    name = d.get("name") or getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "?")
+    consts = dict(d["constexprs"])
+    opts = {k: d[k] for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if d.get(k) is not None}
+    config = ", ".join([f"{k}={v}" for k, v in consts.items()] + [f"{k}={v}" for k, v in opts.items()])
+    what = d.get("what")
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(source="triton", family=family, kernel=name, config=what or config,
+               arch=f"sm_{TRITON_ARCH}", error=None, constexprs=config)
+    try:
+        sig = dict(d["signature"])
+        for k in consts:
+            sig.setdefault(k, "constexpr")
+        arg_names = getattr(fn, "arg_names", list(sig))
+        sig = {a: sig[a] for a in arg_names if a in sig}
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=d.get("attrs"))
+        k = triton.compile(src, target=GPUTarget("cuda", TRITON_ARCH, 32), options=opts)
+        ptx = k.asm["ptx"]
+        row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)
+        row["wgmma"] = "wgmma" in ptx
+        target = re.search(r"^\.target\s+(\w+)", ptx, re.M)
+        arch = target.group(1) if target else f"sm_{TRITON_ARCH}a"
+        row["arch"] = arch
+        ptxas = _triton_ptxas()
+        if ptxas:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "k.ptx"
+                p.write_text(ptx)
+                res = subprocess.run([ptxas, f"-arch={arch}", "-v", str(p), "-o", str(Path(tmp) / "k.o")],
+                                     capture_output=True, text=True, timeout=300)
+            parsed = parse_ptxas(res.stdout + res.stderr)
+            if parsed:
+                for key in ("registers", "spill_stores", "spill_loads", "stack"):
+                    row[key] = parsed[0][key]
+                row["smem"] += parsed[0]["smem"] or 0  # static smem ptxas reports, if any
+            elif res.returncode != 0:
+                row["error"] = f"ptxas: {(res.stderr or res.stdout).strip()[:300]}"
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    return row
+
+
+def triton_rows(families: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One row per COMPILE_SPECS entry of every kernels module (of ``families``)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled:
+        # compile in a child process without TRITON_INTERPRET
+        return _triton_rows_subprocess(families)
+    rows = []
+    for fam, mod in _kernel_modules(families):
+        for spec in getattr(mod, "COMPILE_SPECS", None) or ():
+            rows.append(compile_triton_spec(spec, fam))
+    return rows
+
+
+def _triton_rows_subprocess(families) -> list[dict[str, Any]]:
+    import json
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json, sys; from pygen.inspect_kernels import triton_rows; "
+            "fams = json.loads(sys.argv[1]); "
+            "print('@@ROWS@@' + json.dumps(triton_rows(fams), default=str))")
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(list(families) if families else None)],
+                         capture_output=True, text=True, env=env, timeout=1800)
+    for line in res.stdout.splitlines():
+        if line.startswith("@@ROWS@@"):
+            return json.loads(line[len("@@ROWS@@"):])
+    raise RuntimeError(f"offline Triton compile subprocess failed (rc {res.returncode}): "
+                       f"{res.stderr.strip()[-2000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# nvcc
+# ---------------------------------------------------------------------------------------------
+def find_nvcc() -> str | None:
+    """nvcc in setup.py's order: CUDA_HOME, CUDA_PATH, /usr/local/cuda, then $NVCC or PATH."""
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return os.environ.get("NVCC") or shutil.which("nvcc")
+
+
+def nvcc_version(nvcc: str) -> str:
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"release ([\d.]+)", out)
+        return m.group(1) if m else out.strip().splitlines()[-1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+
+
+def cu_files(families: Iterable[str] | None = None) -> list[Path]:
+    csrc = repo_root() / "csrc"
+    files = sorted(csrc.rglob("*.cu"))
+    if families:
+        fams = set(families)
+        files = [f for f in files if f.relative_to(csrc).parts[0] in fams]
+    return files
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pygen" / "inspect"
+
+
+def _cache_key(path: Path, nvcc: str, arch: str) -> str:
+    """Hash of the nvcc binary, the flags, the file and every header/source under csrc/ (so any
+    edit that could change the compile invalidates the entry)."""
+    import hashlib
+    h = hashlib.sha256()
+    st = os.stat(os.path.realpath(nvcc))
+    h.update(f"{os.path.realpath(nvcc)}:{st.st_size}:{st.st_mtime_ns}:{arch}:{NVCC_FLAGS}:{path}".encode())
+    for f in sorted((repo_root() / "csrc").rglob("*")):
+        if f.is_file() and f.suffix in (".cu", ".cuh", ".h", ".hpp", ".cpp", ".inl"):
+            h.update(str(f).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def compile_cu(path: Path, nvcc: str, arch: str = NVCC_ARCH, use_cache: bool = True) -> list[dict[str, Any]]:
+    """Rows for every kernel of one .cu file (or one error row). Successful results are cached
+    under ~/.cache/pygen/inspect, keyed by the sources and the toolkit."""
+    import json
+    key = _cache_key(path, nvcc, arch) if use_cache else None
+    cached = _cache_dir() / f"{key}.json" if key else None
+    if cached is not None and cached.exists():
+        try:
+            return json.loads(cached.read_text())
+        except (OSError, ValueError):
+            pass
+    rows = _compile_cu(path, nvcc, arch)
+    if cached is not None and rows and not any(r.get("error") for r in rows):
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(rows))
+        except OSError:
+            pass
+    return rows
+
+
+def _compile_cu(path: Path, nvcc: str, arch: str) -> list[dict[str, Any]]:
+    csrc = repo_root() / "csrc"
+    fam = path.relative_to(csrc).parts[0] if path.is_relative_to(csrc) else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [nvcc, f"-arch={arch}", "-Xptxas", "-v", "-c", str(path), "-o", os.path.join(tmp, "k.o"),
+               "-I", str(csrc), "-I", str(csrc / "common"), *NVCC_FLAGS]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.SubprocessError) as exc:
+            res = None
+            err = f"{type(exc).__name__}: {exc}"
+    base = {c: None for c in COLUMNS}
+    base.update(source="nvcc", family=fam, config=path.name, arch=arch, error=None)
+    if res is None or res.returncode != 0:
+        msg = err if res is None else (res.stderr.strip().splitlines() or ["nvcc failed"])
+        msg = msg if isinstance(msg, str) else next((m for m in msg if "error" in m), msg[-1])
+        return [{**base, "kernel": path.name, "error": msg[:300]}]
+    parsed = parse_ptxas(res.stdout + res.stderr)
+    names = demangle([p["kernel"] for p in parsed], nvcc)
+    return [{**base, **p, "kernel": short_name(names[p["kernel"]]), "wgmma": None} for p in parsed]
+
+
+def short_name(demangled: str) -> str:
+    """``void pygen::roi::(anonymous namespace)::k<pygen::bf16_t, 2>(...)`` -> ``roi::k<bf16_t, 2>``."""
+    s = demangled.strip().replace("(anonymous namespace)::", "").replace("pygen::", "")
+    if s.startswith("void "):
+        s = s[5:]
+    depth = 0
+    for i, ch in enumerate(s):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            s = s[:i]
+            break
+    return s
+
+
+def nvcc_rows(families: Iterable[str] | None = None, nvcc: str | None = None,
+              jobs: int | None = None, use_cache: bool = True) -> list[dict[str, Any]]:
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
+    files = cu_files(families)
+    with ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1)) as ex:
+        results = list(ex.map(lambda f: compile_cu(f, nvcc, use_cache=use_cache), files))
+    return [r for rs in results for r in rs]
+
+
+# ---------------------------------------------------------------------------------------------
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    head = ["source", "family", "kernel", "config", "arch", "regs", "spill st", "spill ld", "stack",
+            "smem", "wgmma"]
+    keys = ["source", "family", "kernel", "config", "arch", "registers", "spill_stores",
+            "spill_loads", "stack", "smem", "wgmma"]
+    if not rows:
+        return "(no kernels found)"
+
+    def cell(r, k):
+        v = r.get(k)
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        s = str(v)
+        return s if len(s) <= 60 else s[:57] + "..."
+    body = [[cell(r, k) for k in keys] for r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    for r, b in zip(rows, body):
+        if r.get("error"):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(b[:5], widths[:5])) + "  ERROR: " + r["error"])
+        else:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip())
+    return "\n".join(lines)
