@@ -103,6 +103,17 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _cast(v, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+    """v.to(DTYPE), rounding to nearest even. Under the interpreter (UPCAST) fp32 -> bf16 casts
+    truncate, so the rounding is done on the bits first (the cast is then exact)."""
+    if UPCAST and DTYPE == tl.bfloat16:
+        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(DTYPE)
+
+
+@triton.jit
 def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Grouped program order (GROUP_M row tiles share their column tiles in L2)."""
     pid = tl.program_id(0)
@@ -118,7 +129,7 @@ def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.con
 
 @triton.jit
 def _grad_tile(gy_ptr, s_ptr, rows, cols, mask, stride_r, stride_c, s_stride_r, s_stride_c,
-               ACT: tl.constexpr, OUT_DTYPE: tl.constexpr):
+               ACT: tl.constexpr, OUT_DTYPE: tl.constexpr, UPCAST: tl.constexpr):
     """g = dy * act'(saved) on one tile, returned in OUT_DTYPE (the dot's operand dtype)."""
     off = rows[:, None] * stride_r + cols[None, :] * stride_c
     dy = tl.load(gy_ptr + off, mask=mask, other=0.0)
@@ -126,7 +137,7 @@ def _grad_tile(gy_ptr, s_ptr, rows, cols, mask, stride_r, stride_c, s_stride_r, 
         g = dy.to(OUT_DTYPE)
     else:
         s = tl.load(s_ptr + rows[:, None] * s_stride_r + cols[None, :] * s_stride_c, mask=mask, other=0.0)
-        g = _activate_grad(dy.to(tl.float32), s.to(tl.float32), ACT).to(OUT_DTYPE)
+        g = _cast(_activate_grad(dy.to(tl.float32), s.to(tl.float32), ACT), OUT_DTYPE, UPCAST)
     return g
 
 
@@ -274,9 +285,9 @@ def _masked_linear_fwd_kernel(
     out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     out_mask = m_ok[:, None] & n_ok[None, :]
     if SAVE_Z:
-        tl.store(z_ptr + out_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(z_ptr + out_off, _cast(acc, z_ptr.dtype.element_ty, UPCAST), mask=out_mask)
     y = _activate(acc, ACT)
-    tl.store(y_ptr + out_off, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(y_ptr + out_off, _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=out_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +328,7 @@ def _masked_linear_dx_kernel(
         for ot in range(0, J):
             offs_o = ot * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
             wo_ok = o_ok[:, None] & i_ok[None, :]
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=wo_ok, other=0.0)
             keep = tl.load(mask_ptr + offs_o[:, None] * stride_mn + offs_i[None, :] * stride_mk,
@@ -332,19 +343,19 @@ def _masked_linear_dx_kernel(
         for jj in range(0, n_full):
             offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
             acc = _mma(g, w, acc, UPCAST, PRECISION)
         for jj in range(J - n_part, J):
             offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype)
+            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
             od = tl.load(out_deg_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
             w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
             acc = _mma(g, w, acc, UPCAST, PRECISION)
     out_off = rows64[:, None] * K + offs_i[None, :]
-    tl.store(dx_ptr + out_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & i_ok[None, :])
+    tl.store(dx_ptr + out_off, _cast(acc, dx_ptr.dtype.element_ty, UPCAST), mask=m_ok[:, None] & i_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +410,7 @@ def _masked_linear_dw_kernel(
             rows64 = offs_m.to(tl.int64)
             # g^T tile [BLOCK_N, BLOCK_M]
             gt = _grad_tile(gy_ptr, s_ptr, offs_n, rows64, n_ok[:, None] & m_ok[None, :], 1, N, 1, N,
-                            ACT, op_dtype)
+                            ACT, op_dtype, UPCAST)
             xt = tl.load(x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                          mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             acc = _mma(gt, xt, acc, UPCAST, PRECISION)
@@ -411,11 +422,11 @@ def _masked_linear_dw_kernel(
             offs_m = mt * BLOCK_M + rm
             m_ok = offs_m < M
             gt = _grad_tile(gy_ptr, s_ptr, offs_n, offs_m.to(tl.int64), n_ok[:, None] & m_ok[None, :],
-                            1, N, 1, N, ACT, tl.float32)
+                            1, N, 1, N, ACT, tl.float32, UPCAST)
             db += tl.sum(gt, axis=1)
-    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile_ok)
+    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], _cast(acc, dw_ptr.dtype.element_ty, UPCAST), mask=tile_ok)
     if HAS_BIAS and pid_k == 0:
-        tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=n_ok)
+        tl.store(db_ptr + offs_n, _cast(db, db_ptr.dtype.element_ty, UPCAST), mask=n_ok)
 
 
 # ----------------------------------------------------------------------------------------------

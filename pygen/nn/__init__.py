@@ -2,3 +2,4 @@
 only forward differs."""
 from .roi import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool  # noqa: F401
 from .flows import ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1, Squeeze  # noqa: F401
+from .made import MaskedLinear  # noqa: F401

@@ -2,3 +2,4 @@
 ``reference`` backend, and readable documentation of each op's math."""
 from . import roi  # noqa: F401
 from . import flows  # noqa: F401
+from . import made  # noqa: F401

@@ -1,0 +1,185 @@
+"""Autoregressive sampling from a MADE with every hidden unit computed once (pygen.ops.made_sample).
+
+The reference sampler (pygen.ref.made.made_sample) runs the whole network D times. Here the
+hidden units of every layer are sorted by degree, and step s (sampling the input of the s-th
+smallest degree a_s, whose output units have degree <= a_s and a strict mask) computes only the
+hidden units of degree <= t = max(output degree) - 1 that earlier steps have not computed yet:
+a unit of degree k reads units of degree <= k of the layer below, and inputs of degree <= t are
+all sampled by then. Each unit's row is evaluated once, against the prefix of the layer below
+that its mask keeps, so the total work is one forward pass (plus the D small output products),
+whatever D is. Each step is a masked_linear call on a row slice of W, so the backends (reference,
+Triton) and their tile skipping apply unchanged.
+
+GPU note (measured numbers: docs/made.md): every step launches one small masked_linear per layer,
+so on a GPU the loop is launch-bound (a few thousand launches for D = 784). The planned remedy is
+a single persistent kernel holding the sampled prefix and the per-layer progress in registers and
+global memory (or capturing this loop in a CUDA graph); neither is implemented yet.
+
+Networks
+--------
+feedforward (residual=False): h_1 = act(W_0 x + b_0 + c_0), h_{l+1} = act(W_l h_l + b_l + c_l),
+    params = W_{L-1} h_{L-1} + b_{L-1} (strict mask). ``context_terms[l]`` (optional, [B, H_{l+1}])
+    is the conditioning term of hidden layer l+1 (e.g. nflows' context_layer(context)).
+residual (nflows' MaskedResidualBlock without batch norm): weights = [W_init, W_a1, W_b1, ...,
+    W_final]; s = W_init x + b + c_0; each block s <- s + W_b act(W_a act(s) + b_a + c_a) + b_b;
+    params = W_final s + b (strict). All hidden layers share one degree vector.
+params of input j are rows j*m ... j*m + m - 1 (m = output_multiplier), nflows' layout.
+"""
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from ..ref import made as ref
+from . import _made_checks as chk
+from . import made as _ops
+
+
+def _steps(n_weights: int, residual: bool):
+    """The network as buffer-to-buffer steps: ("linear", weight index, src, dst, act, residual_src)
+    and ("act", src, dst). Buffer 0 is the (sorted) input; the last weight is the output layer."""
+    steps = []
+    if not residual:
+        for l in range(n_weights - 1):
+            steps.append(("linear", l, l, l + 1, True, None))
+        return steps, n_weights
+    if n_weights < 2 or (n_weights - 2) % 2:
+        raise ValueError("made_sample: a residual network has weights [initial, (a, b) per block, final]")
+    steps.append(("linear", 0, 0, 1, False, None))
+    buf = 1
+    for blk in range((n_weights - 2) // 2):
+        u, t, s = buf + 1, buf + 2, buf + 3
+        steps += [("act", buf, u), ("linear", 1 + 2 * blk, u, t, True, None),
+                  ("linear", 2 + 2 * blk, t, s, False, buf)]
+        buf = s
+    return steps, buf + 1
+
+
+def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "bernoulli",
+                activation: str | None = "relu", context_terms=None, residual: bool = False,
+                backend: str | None = None, return_params: bool = False):
+    """Samples [B, D] from a MADE given per-dimension ``noise`` [B, D] (uniform for
+    ``kind="bernoulli"``, standard normal for ``"gaussian"`` (x = mu + exp(alpha) e) and for
+    ``"affine"`` (nflows' MAF inverse, x = (z - shift) / scale)); the math of each step is
+    pygen.ref.made's ``STEPS[kind]``. ``weights``/``biases``/``degrees`` describe the network (see
+    the module docstring); the result equals pygen.ref.made.made_sample with the same noise.
+    ``return_params=True`` also returns the network's output [B, D * m] at the samples (each
+    group computed at its step, so no extra pass)."""
+    name = "made_sample"
+    chk.tensor(name, noise, "noise")
+    if noise.dim() != 2:
+        raise ValueError(f"{name}: noise must be [batch, features], got shape {tuple(noise.shape)}")
+    if kind not in ref.STEPS:
+        raise ValueError(f"{name}: kind must be one of {tuple(ref.STEPS)}, got {kind!r}")
+    act = chk.activation(name, activation)
+    if not isinstance(weights, (list, tuple)) or not weights:
+        raise TypeError(f"{name}: weights must be a non-empty list of [out, in] tensors")
+    dtype, device = weights[0].dtype, weights[0].device
+    chk.floating(name, weights[0], "weights[0]")
+    degs = chk.network(name, weights, biases, degrees, device, dtype)
+    if noise.dtype != dtype or noise.device != device:
+        raise TypeError(f"{name}: noise must be {dtype} on {device} like the weights, got {noise.dtype} on {noise.device}")
+    bsz, d = noise.shape
+    if weights[0].shape[1] != d:
+        raise ValueError(f"{name}: noise has {d} features but weights[0] takes {weights[0].shape[1]} inputs")
+    n_out = weights[-1].shape[0]
+    if n_out % d or n_out == 0:
+        raise ValueError(f"{name}: the output layer has {n_out} units, not a positive multiple of D = {d}")
+    mult = n_out // d
+    steps, n_bufs = _steps(len(weights), residual)
+    if context_terms is not None and len(context_terms) != len(weights):
+        raise ValueError(f"{name}: context_terms must have one entry (tensor or None) per weight")
+
+    deg_cpu = [t.cpu() for t in degs]                 # one host synchronisation
+    in_deg, out_deg = deg_cpu[0], deg_cpu[-1]
+    need = out_deg.view(d, mult)
+    bad = (need > in_deg.view(d, 1)).nonzero()
+    if bad.numel():
+        j, r = bad[0].tolist()
+        raise ValueError(f"{name}: degrees are not autoregressive: output unit {j * mult + r} (input {j}) has "
+                         f"degree {int(need[j, r])} > input degree {int(in_deg[j])}, so it would see x_{j}")
+    if residual:
+        for l in range(2, len(degs) - 1):
+            if not torch.equal(deg_cpu[l], deg_cpu[1]):
+                raise ValueError(f"{name}: a residual network needs one degree vector for every hidden "
+                                 f"layer; degrees[{l}] differs from degrees[1]")
+
+    # sort the inputs and every hidden buffer by degree (the function is unchanged)
+    order = torch.sort(in_deg, stable=True).indices
+    buf_perm = [order] + [None] * (n_bufs - 1)
+    buf_deg = [in_deg[order]] + [None] * (n_bufs - 1)
+    w_deg_dst = {}
+    for st in steps:
+        if st[0] == "linear":
+            l, dst = st[1], st[3]
+            if buf_perm[dst] is None:
+                p = ref.degree_sort_permutation(deg_cpu[l + 1])
+                buf_perm[dst], buf_deg[dst] = p, deg_cpu[l + 1][p]
+            w_deg_dst[l] = dst
+        else:
+            buf_perm[st[2]], buf_deg[st[2]] = buf_perm[st[1]], buf_deg[st[1]]
+    src_of = {st[1]: st[2] for st in steps if st[0] == "linear"}
+    src_of[len(weights) - 1] = n_bufs - 1
+    dev_perm = [p.to(device) for p in buf_perm]
+
+    W, B, C = [], [], []
+    for l, w in enumerate(weights):
+        src = src_of[l]
+        w = w[:, dev_perm[src]]
+        b = biases[l]
+        c = None if context_terms is None else context_terms[l]
+        if l in w_deg_dst:
+            p = dev_perm[w_deg_dst[l]]
+            w, b = w[p], (None if b is None else b[p])
+            c = None if c is None else c[:, p]
+        W.append(w)
+        B.append(b)
+        C.append(c)
+    dev_deg = [bd.to(device) for bd in buf_deg]
+    deg_lists = [bd.tolist() for bd in buf_deg]
+
+    noise_sorted = noise[:, dev_perm[0]]
+    bufs = [noise.new_zeros((bsz, d))] + [noise.new_zeros((bsz, len(deg_lists[i]))) for i in range(1, n_bufs)]
+    done = [0] * n_bufs
+    step_fn = ref.STEPS[kind]
+    out_deg_dev = degs[-1]
+    last = len(weights) - 1
+    params_all = noise.new_empty((bsz, n_out)) if return_params else None
+    for s in range(d):
+        j = int(order[s])
+        rows = slice(j * mult, (j + 1) * mult)
+        t = int(need[j].max()) - 1                       # strict output mask
+        for st in steps:
+            dst = st[3] if st[0] == "linear" else st[2]
+            e = bisect.bisect_right(deg_lists[dst], t)
+            c0 = done[dst]
+            if e <= c0:
+                continue
+            if st[0] == "act":
+                bufs[dst][:, c0:e] = ref.apply_activation(bufs[st[1]][:, c0:e], act)
+            else:
+                _, l, src, _, use_act, res = st
+                p = bisect.bisect_right(deg_lists[src], t)
+                ctx = C[l]
+                fused = act if use_act and ctx is None else "none"
+                z = _ops.masked_linear(bufs[src][:, :p], W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
+                                       dev_deg[src][:p], dev_deg[dst][c0:e], False, fused, backend=backend)
+                if ctx is not None:
+                    z = z + ctx[:, c0:e]
+                    if use_act:
+                        z = ref.apply_activation(z, act)
+                if res is not None:
+                    z = z + bufs[res][:, c0:e]
+                bufs[dst][:, c0:e] = z
+            done[dst] = e
+        src = src_of[last]
+        p = bisect.bisect_right(deg_lists[src], t)
+        params = _ops.masked_linear(bufs[src][:, :p], W[last][rows, :p], None if B[last] is None else B[last][rows],
+                                    dev_deg[src][:p], out_deg_dev[rows], True, None, backend=backend)
+        bufs[0][:, s] = step_fn(params, noise_sorted[:, s])
+        if return_params:
+            params_all[:, rows] = params
+    x = torch.empty_like(bufs[0])
+    x[:, dev_perm[0]] = bufs[0]
+    return (x, params_all) if return_params else x

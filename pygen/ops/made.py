@@ -1,0 +1,255 @@
+"""Masked autoregressive matmul (MADE / MAF / IAF layers).
+
+    y = pygen.ops.masked_linear(x, weight, bias, in_degrees, out_degrees, strict=False,
+                                activation="relu")
+    y = pygen.ops.masked_linear(x, weight, bias, mask=mask)        # explicit [O, I] 0/1 mask
+
+y = act(x . (W * M)^T + b) with M[o, i] = out_deg[o] >= in_deg[i] (> when ``strict``, MADE's
+output layer); act in None / "none", "relu", "elu", "tanh", "gelu". x is [..., I], weight
+[O, I], bias [O] or None, degrees 1-D integer tensors; the result is [..., O] in x's dtype.
+Differentiable in x, weight and bias (dW is masked to the same pattern). The math is stated in
+pygen/ref/made.py.
+
+An explicit mask (nflows / pyro / zuko style, bool or 0/1 numbers) is reduced to degrees when its
+rows are nested (every MADE mask is), and runs the degree kernel; any other 0/1 mask runs the
+plain masked-matmul kernel. Reducing a mask reads it (one host synchronisation per call; the
+pygen.nn.MaskedLinear module caches the result); under torch.compile the mask path always uses
+the plain kernel.
+
+Backends: ``triton`` (kernels/made.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
+``reference`` (pygen.ref.made). There is no csrc backend for this family. The automatic choice
+takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs on the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backend
+from ..ref import made as ref
+from . import _made_checks as chk
+from . import _registry
+
+__all__ = ["masked_linear", "masked_linear_plain", "made_sample", "sort_hidden_units"]
+
+_SUPPORTED = ("triton", "reference")
+
+
+def _kernels():
+    from pygen.kernels import made  # imported lazily: triton may be missing
+    return made
+
+
+def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
+    supported = _SUPPORTED
+    if t.dtype == torch.float64:
+        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
+            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
+                            f"(float64 runs on the reference backend)")
+        supported = ("reference",)
+    return _backend.choose(name, t.device, t.dtype, backend, supported)
+
+
+# ---- allocation shared by the real and the fake implementations --------------------------------
+def _new_fwd(x: torch.Tensor, weight: torch.Tensor, act: str):
+    m, n = x.shape[0], weight.shape[0]
+    return x.new_empty((m, n)), x.new_empty((m, n) if act == "gelu" else (0,))
+
+
+def _new_bwd(x: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool, need_b: bool):
+    m, k = x.shape
+    n = weight.shape[0]
+    return (x.new_empty((m, k) if need_x else (0,)), weight.new_empty((n, k) if need_w else (0,)),
+            weight.new_empty((n,) if need_b else (0,)))
+
+
+def _act_grad(grad: torch.Tensor, saved: torch.Tensor, act: str) -> torch.Tensor:
+    """dy * act'(saved) in float32 (used for the size-0 edges and for db alone)."""
+    g = grad.float()
+    s = saved.float()
+    if act == "relu":
+        return torch.where(s > 0, g, torch.zeros_like(g))
+    if act == "elu":
+        return torch.where(s > 0, g, g * (s + 1))
+    if act == "tanh":
+        return g * (1 - s * s)
+    if act == "gelu":
+        cdf = 0.5 * (1 + torch.erf(s * 0.7071067811865476))
+        return g * (cdf + s * torch.exp(-0.5 * s * s) * 0.3989422804014327)
+    return g
+
+
+def _register_triton() -> None:
+    b = "triton"
+
+    def forward(x, weight, bias, in_deg, out_deg, mask, strict, act):
+        y, z = _new_fwd(x, weight, act)
+        m, k = x.shape
+        n = weight.shape[0]
+        if m == 0 or n == 0:
+            return y, z
+        if k == 0:
+            pre = (bias.float() if bias is not None else x.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+            y.copy_(ref.apply_activation(pre, act))
+            if act == "gelu":
+                z.copy_(pre)
+            return y, z
+        kern = _kernels()
+        cfg = kern.config("fwd", x.dtype)
+        zz = z if act == "gelu" else None
+        if mask is not None:
+            kern.masked_matmul_fwd(x, weight, bias, mask.view(torch.uint8), y, zz, act, cfg)
+            return y, z
+        t, j = kern.plan_shape("fwd", n, k, cfg)
+        plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
+        counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
+        kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
+        kern.masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, zz, strict, act, cfg)
+        return y, z
+
+    def backward(grad, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b):
+        dx, dw, db = _new_bwd(x, weight, need_x, need_w, need_b)
+        m, k = x.shape
+        n = weight.shape[0]
+        grad = grad.contiguous()
+        if m == 0 or n == 0 or k == 0:
+            for t in (dx, dw):
+                t.zero_()
+            if need_b:
+                db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
+            return dx, dw, db
+        kern = _kernels()
+        s = saved if act != "none" else None
+        if need_x:
+            cfg = kern.config("dx", x.dtype)
+            if mask is not None:
+                kern.masked_matmul_dx(grad, s, weight, mask.view(torch.uint8), dx, act, cfg)
+            else:
+                t, j = kern.plan_shape("dx", n, k, cfg)
+                plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
+                counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
+                kern.made_plan(in_deg, out_deg, plan, counts, strict, False, cfg.block_n, cfg.block_k)
+                kern.masked_linear_dx(grad, s, weight, in_deg, out_deg, plan, counts, dx, strict, act, cfg)
+        if need_w:
+            cfg = kern.config("dw", x.dtype)
+            dbb = db if need_b else None
+            if mask is not None:
+                kern.masked_matmul_dw(grad, s, x, mask.view(torch.uint8), dw, dbb, act, cfg)
+            else:
+                kern.masked_linear_dw(grad, s, x, in_deg, out_deg, dw, dbb, strict, act, cfg)
+        elif need_b:
+            db.copy_(_act_grad(grad, saved, act).sum(0))
+        return dx, dw, db
+
+    fwd = _registry.define(
+        f"masked_linear_{b}",
+        "(Tensor x, Tensor weight, Tensor? bias, Tensor? in_degrees, Tensor? out_degrees, Tensor? mask, "
+        "bool strict, str activation) -> (Tensor, Tensor)",
+        forward, lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act))
+    bwd = _registry.define(
+        f"masked_linear_backward_{b}",
+        "(Tensor grad, Tensor saved, Tensor x, Tensor weight, Tensor? in_degrees, Tensor? out_degrees, "
+        "Tensor? mask, bool strict, str activation, bool need_x, bool need_weight, bool need_bias) "
+        "-> (Tensor, Tensor, Tensor)",
+        backward,
+        lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb))
+
+    def setup(ctx, inputs, output):
+        x, weight, bias, in_deg, out_deg, mask, strict, act = inputs
+        y, z = output
+        ctx.mark_non_differentiable(z)
+        saved = z if act == "gelu" else y
+        ctx.save_for_backward(x, weight, in_deg, out_deg, mask, saved)
+        ctx.args = (strict, act, bias is not None)
+
+    def grad_fn(ctx, gy, _gz, _bwd=bwd):
+        x, weight, in_deg, out_deg, mask, saved = ctx.saved_tensors
+        strict, act, has_bias = ctx.args
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], \
+            has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = _bwd(gy, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b)
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None,
+                None, None, None, None, None)
+
+    fwd.register_autograd(grad_fn, setup_context=setup)
+
+
+_register_triton()
+
+
+def _resolve(name, weight, in_degrees, out_degrees, mask, strict, device):
+    """(in_deg, out_deg, mask, strict) for the kernels: degrees, or an explicit bool mask."""
+    if mask is not None:
+        if in_degrees is not None or out_degrees is not None:
+            raise ValueError(f"{name}: pass either in_degrees/out_degrees or mask, not both")
+        m = chk.explicit_mask(name, mask, weight)
+        if not torch.compiler.is_compiling():
+            derived = ref.degrees_from_mask(m)
+            if derived is not None:
+                return derived[0], derived[1], None, False
+        return None, None, m, False
+    if in_degrees is None or out_degrees is None:
+        raise ValueError(f"{name}: in_degrees and out_degrees are required unless mask is given")
+    i = chk.degrees(name, in_degrees, weight.shape[1], "in_degrees", device)
+    o = chk.degrees(name, out_degrees, weight.shape[0], "out_degrees", device)
+    return i, o, None, strict
+
+
+def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  in_degrees: torch.Tensor | None = None, out_degrees: torch.Tensor | None = None,
+                  strict: bool = False, activation: str | None = None, *, mask: torch.Tensor | None = None,
+                  backend: str | None = None) -> torch.Tensor:
+    """act(x . (W * M)^T + b); see the module docstring."""
+    name = "masked_linear"
+    chk.linear_args(name, x, weight, bias)
+    act = chk.activation(name, activation)
+    if not isinstance(strict, bool):
+        raise TypeError(f"{name}: strict must be a bool, got {strict!r}")
+    in_deg, out_deg, m, strict = _resolve(name, weight, in_degrees, out_degrees, mask, strict, x.device)
+    b = _pick(name, x, backend)
+    if b == "reference":
+        if m is not None:
+            return ref.masked_matmul(x, weight, bias, m, act)
+        return ref.masked_linear(x, weight, bias, in_deg, out_deg, strict, act)
+    k, n = weight.shape[1], weight.shape[0]
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)
+    y, _ = _registry.get(f"masked_linear_{b}")(x2, weight, bias, in_deg, out_deg, m, strict, act)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def masked_linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                        activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """act(x . (W * mask)^T + b) with the plain masked-matmul kernel: the explicit mask is used as
+    it is (no reduction to degrees, so no host synchronisation). ``mask``: [O, I] bool or 0/1."""
+    name = "masked_linear"
+    chk.linear_args(name, x, weight, bias)
+    act = chk.activation(name, activation)
+    m = chk.explicit_mask(name, mask, weight)
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.masked_matmul(x, weight, bias, m, act)
+    k, n = weight.shape[1], weight.shape[0]
+    y, _ = _registry.get(f"masked_linear_{b}")(x.reshape(math.prod(x.shape[:-1]), k), weight, bias, None, None,
+                                               m, False, act)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def sort_hidden_units(weights, biases, degrees):
+    """Permute the hidden units of a feedforward masked network so every hidden layer's degrees
+    are non-decreasing; the function is unchanged. ``weights``/``biases``: L tensors (biases may
+    be None), ``degrees``: L+1 vectors (inputs first). Returns (weights, biases, degrees, perms)
+    with ``perms[l]`` the permutation applied to hidden layer l+1 (new unit u = old perms[l][u])."""
+    weights, biases, degrees = list(weights), list(biases), list(degrees)
+    perms = []
+    for l in range(len(weights) - 1):
+        p = ref.degree_sort_permutation(degrees[l + 1])
+        weights[l] = weights[l][p]
+        biases[l] = None if biases[l] is None else biases[l][p]
+        weights[l + 1] = weights[l + 1][:, p]
+        degrees[l + 1] = degrees[l + 1][p]
+        perms.append(p)
+    return weights, biases, degrees, perms
+
+
+from ._made_sample import made_sample  # noqa: E402,F401  (uses masked_linear above)
