@@ -32,6 +32,8 @@ def backend_params(kernel_only: bool = False):
             if dev == "cpu" and b == "cuda" or dev == "cuda" and b == "cpu":
                 continue
             ok, why = _backend.backend_status(b, dev)
+            if dev == "cuda" and not torch.cuda.is_available():
+                ok, why = False, "no CUDA device"
             marks = [] if ok else [pytest.mark.skip(reason=f"{b} on {dev}: {why}")]
             params.append(pytest.param(dev, b, id=f"{dev}-{b}", marks=marks))
     return params

@@ -241,7 +241,7 @@ def _opcheck_args(op, dev):
             return (torch.randn(8, 3, 2, 2, device=dev), rois, 2, 3, [f.shape[2] for f in feats],
                     [f.shape[3] for f in feats], scales, 2, 224.0, 4.0, False, True)
         return ([f.requires_grad_() for f in feats], rois, 2, 2, scales, 2, 224.0, 4.0, False)
-    base = op.split("_backward")[0].rsplit("_", 1)[0]
+    base = op.split("_backward")[0] if "_backward" in op else op.rsplit("_", 1)[0]
     c = 8 if base.startswith("ps_") else 3
     x = torch.randn(2, c, 7, 6, device=dev, requires_grad="backward" not in op)
     rois = make_rois(5, 2, 7, 6, 0.5, g, device=dev)
@@ -255,7 +255,7 @@ def _opcheck_args(op, dev):
             "ps_roi_pool": (grad, rois, 2, c, 7, 6, 0.5, True)}[base]
 
 
-@pytest.mark.parametrize("name", _registry.registered())
+@pytest.mark.parametrize("name", [n for n in _registry.registered() if "roi_" in n])
 def test_opcheck(name):
     backend = name.rsplit("_", 1)[1]
     dev = "cuda" if backend == "cuda" else "cpu"
