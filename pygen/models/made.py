@@ -264,7 +264,6 @@ class MADE(nn.Module):
         a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return a, bn.bias - bn.running_mean * a
 
-    @torch.no_grad()
     def sampling_network(self, context=None):
         """(weights, biases, degrees, context_terms, residual) for pygen.ops.made_sample with
         eval-mode semantics, or None when the incremental sampler cannot run this network."""
@@ -298,9 +297,10 @@ class MADE(nn.Module):
                 weights[k + 1] = w * a[None, :]
         return weights, biases, degrees, ctx, self.use_residual_blocks
 
-    @torch.no_grad()
     def sample_with_noise(self, noise: torch.Tensor, kind: str, context=None, return_params: bool = False):
-        """Autoregressive samples for per-dimension ``noise`` [B, D] (pygen.ref.made.STEPS[kind])."""
+        """Autoregressive samples for per-dimension ``noise`` [B, D] (pygen.ref.made.STEPS[kind]).
+        Differentiable (the MAF inverse / IAF forward is built on it); ``sample`` runs it under
+        no_grad."""
         net = self.sampling_network(context)
         name = activation_name(self.activation)
         backend = self.initial_layer.backend
@@ -333,6 +333,7 @@ class BinaryMADE(MADE):
     def log_prob(self, x, context=None):
         return ref.bernoulli_log_prob(self(x, context), x)
 
+    @torch.no_grad()
     def sample(self, num_samples=None, context=None, noise=None):
         b = _batch(num_samples, context, noise)
         w = self.initial_layer.weight
@@ -351,6 +352,7 @@ class GaussianMADE(MADE):
     def log_prob(self, x, context=None):
         return ref.gaussian_log_prob(self(x, context), x)
 
+    @torch.no_grad()
     def sample(self, num_samples=None, context=None, noise=None):
         b = _batch(num_samples, context, noise)
         w = self.initial_layer.weight

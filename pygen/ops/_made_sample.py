@@ -146,6 +146,11 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     out_deg_dev = degs[-1]
     last = len(weights) - 1
     params_all = noise.new_empty((bsz, n_out)) if return_params else None
+    # The buffers are filled in place. When autograd records the loop, every read is a copy (the
+    # graph must not see later writes into a tensor it saved); sampling under no_grad reads views.
+    differentiable = torch.is_grad_enabled() and (noise.requires_grad or any(
+        t is not None and t.requires_grad for t in list(W) + list(B) + list(C)))
+    read = (lambda t: t.clone()) if differentiable else (lambda t: t)
     for s in range(d):
         j = int(order[s])
         rows = slice(j * mult, (j + 1) * mult)
@@ -157,25 +162,25 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             if e <= c0:
                 continue
             if st[0] == "act":
-                bufs[dst][:, c0:e] = ref.apply_activation(bufs[st[1]][:, c0:e], act)
+                bufs[dst][:, c0:e] = ref.apply_activation(read(bufs[st[1]][:, c0:e]), act)
             else:
                 _, l, src, _, use_act, res = st
                 p = bisect.bisect_right(deg_lists[src], t)
                 ctx = C[l]
                 fused = act if use_act and ctx is None else "none"
-                z = _ops.masked_linear(bufs[src][:, :p], W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
+                z = _ops.masked_linear(read(bufs[src][:, :p]), W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
                                        dev_deg[src][:p], dev_deg[dst][c0:e], False, fused, backend=backend)
                 if ctx is not None:
                     z = z + ctx[:, c0:e]
                     if use_act:
                         z = ref.apply_activation(z, act)
                 if res is not None:
-                    z = z + bufs[res][:, c0:e]
+                    z = z + read(bufs[res][:, c0:e])
                 bufs[dst][:, c0:e] = z
             done[dst] = e
         src = src_of[last]
         p = bisect.bisect_right(deg_lists[src], t)
-        params = _ops.masked_linear(bufs[src][:, :p], W[last][rows, :p], None if B[last] is None else B[last][rows],
+        params = _ops.masked_linear(read(bufs[src][:, :p]), W[last][rows, :p], None if B[last] is None else B[last][rows],
                                     dev_deg[src][:p], out_deg_dev[rows], True, None, backend=backend)
         bufs[0][:, s] = step_fn(params, noise_sorted[:, s])
         if return_params:
