@@ -20,11 +20,14 @@ and log|det| = -inf; the elimination divides by 1 instead, so nothing becomes Na
 multipliers of that column are 0 anyway). Near-singular matrices give a large negative finite
 log|det|, as LAPACK's LU does.
 
-Backward: Gauss-Jordan elimination of [A | I] with the same pivot choice, computing the inverse
-in the same program (no host synchronisation, no batched solve): after the loop the row-reduced
-tile is a permutation matrix Pi (Pi[p_k, k] = 1) and the identity half holds X = Pi A^{-1}, so
-A^{-1}[k, :] = X[p_k, :] and grad_A[i, j] = g * A^{-1}[j, i] = g * X[p_j, i]: each X element
-(r, c) is stored at grad_A[c, k(r)] with k(r) the step that pivoted row r. For an exactly
+Backward: Gauss-Jordan elimination of [A | I] with the same pivot choice and the same multipliers
+as the forward, computing the inverse in the same program (no host synchronisation, no batched
+solve): column k is eliminated from every row but p_k, with the unnormalised pivot row, so the
+not-yet-pivoted rows evolve exactly as in the forward (both passes agree on singularity). After
+the loop the reduced tile is Pi D (Pi[p_k, k] = 1, D = diag of the pivots) and the identity half
+holds X = E with E A = Pi D, so A^{-1}[k, :] = X[p_k, :] / pivot_k and
+grad_A[i, j] = g * A^{-1}[j, i] = g * X[p_j, i] / pivot_j: each X element (r, c) is scaled by
+g / pivot(r) and stored at grad_A[c, k(r)], k(r) being the step that pivoted row r. For an exactly
 singular matrix the gradient is set to 0 (pygen's documented convention; torch returns NaN).
 """
 from __future__ import annotations
@@ -116,23 +119,25 @@ def _slogdet_bwd_kernel(
     x = tl.where(r3 == c3, 1.0, tl.zeros([MB, BD, BD], dtype=tl.float32))
     unused = (r[None, :] < d) & (mats[:, None] >= 0)
     step_of_row = r[None, :] + tl.zeros([MB, BD], dtype=tl.int32)     # padding rows: themselves
+    pivot_of_row = tl.zeros([MB, BD], dtype=tl.float32) + 1.0
     singular = mats < 0
     for k in range(0, d):
         col, p, is_p, pv, prow = _pivot(a, unused, k, r, r3, c3)
         zero = pv == 0.0
         singular = singular | zero
-        inv_pv = 1.0 / tl.where(zero, 1.0, pv)
-        prow = prow * inv_pv[:, None]
-        xrow = tl.sum(tl.where(r3 == p[:, None, None], x, 0.0), axis=1) * inv_pv[:, None]
-        f = tl.where(is_p, 0.0, col)                                     # all other rows
-        isp3 = is_p[:, :, None]
-        a = tl.where(isp3, prow[:, None, :], a - f[:, :, None] * prow[:, None, :])
-        x = tl.where(isp3, xrow[:, None, :], x - f[:, :, None] * xrow[:, None, :])
+        # the forward's multipliers (unnormalised pivot row), so the not-yet-pivoted rows evolve
+        # bit for bit as in the forward and both agree on which matrices are singular
+        f = tl.where(is_p, 0.0, col / tl.where(zero, 1.0, pv)[:, None])
+        xrow = tl.sum(tl.where(r3 == p[:, None, None], x, 0.0), axis=1)
+        a = a - f[:, :, None] * prow[:, None, :]
+        x = x - f[:, :, None] * xrow[:, None, :]
         unused = unused & (~is_p)
         step_of_row = tl.where(is_p, k, step_of_row)
+        pivot_of_row = tl.where(is_p, pv[:, None], pivot_of_row)
     g = tl.load(g_ptr + mats.to(tl.int64) * g_stride, mask=mats < n_mat, other=0.0).to(tl.float32)
     g = tl.where(singular, 0.0, g)
-    val = x * g[:, None, None]
+    # now E A = Pi D (D = the pivots), so A^{-1}[k, :] = X[p_k, :] / pivot_k
+    val = x * (g[:, None] / tl.where(pivot_of_row == 0.0, 1.0, pivot_of_row))[:, :, None]
     # X[r, c] -> grad[c, step(r)]
     k3 = step_of_row[:, :, None]
     dst = out_ptr + m3.to(tl.int64) * d * d + c3 * d + k3
@@ -140,10 +145,11 @@ def _slogdet_bwd_kernel(
 
 
 # ---- launchers (docs/ARCHITECTURE.md: tensors in, nothing allocated, None out) --------------------
-def _blocks(d: int, gpu: bool) -> tuple[int, int]:
+def _blocks(d: int, gpu: bool, n: int | None = None) -> tuple[int, int]:
     bd = max(2, triton.next_power_of_2(d))
     per_prog = 2048 if gpu else 16384   # interpreter: few, large programs
-    return bd, max(1, per_prog // (bd * bd))
+    mb = max(1, per_prog // (bd * bd))
+    return bd, mb if n is None else min(mb, triton.next_power_of_2(max(n, 1)))
 
 
 def _warps(bd: int, mb: int) -> int:
@@ -155,7 +161,7 @@ def slogdet_fwd(a, sign, logabsdet):
     n, d, _ = a.shape
     if n == 0:
         return
-    bd, mb = _blocks(d, a.is_cuda)
+    bd, mb = _blocks(d, a.is_cuda, n)
     opts = {"num_warps": _warps(bd, mb)} if a.is_cuda else {}
     _slogdet_fwd_kernel[(triton.cdiv(n, mb),)](
         a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
@@ -166,7 +172,7 @@ def slogdet_bwd(a, grad_logabsdet, grad_a):
     n, d, _ = a.shape
     if n == 0:
         return
-    bd, mb = _blocks(d, a.is_cuda)
+    bd, mb = _blocks(d, a.is_cuda, n)
     mb = max(1, mb // 2)  # two tiles live in the backward
     opts = {"num_warps": _warps(bd, mb * 2)} if a.is_cuda else {}
     _slogdet_bwd_kernel[(triton.cdiv(n, mb),)](

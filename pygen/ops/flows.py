@@ -317,7 +317,7 @@ def slogdet(A: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tenso
     if b == "reference" or d > SLOGDET_MAX_D:
         return ref.slogdet(A)
     batch = A.shape[:-2]
-    sign, logabs = _registry.get("slogdet_triton")(A.reshape(-1, d, d))
+    sign, logabs = _registry.get("slogdet_triton")(A.reshape(math.prod(batch), d, d))
     return sign.reshape(batch), logabs.reshape(batch)
 
 
@@ -431,10 +431,7 @@ def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upp
     ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
     if rev:
         chk.nonzero_diagonal(name, diag)
-        lo = torch.tril(lower, -1) + torch.eye(c, dtype=lower.dtype, device=lower.device)
-        up = torch.triu(upper, 1) + torch.diag(diag)
-        winv = torch.linalg.solve_triangular(
-            up, torch.linalg.solve_triangular(lo, perm.T, upper=False, unitriangular=True), upper=True)
+        winv = ref.lu_inverse(perm, lower, upper, diag).to(x.dtype)
         return _apply_conv(x, winv, b), -ld
     return _apply_conv(x, ref.lu_weight(perm, lower, upper, diag), b), ld
 

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["slogdet", "soft_clamp", "affine_coupling", "additive_coupling", "actnorm",
-           "actnorm_init", "inv_conv1x1", "lu_weight", "inv_conv1x1_lu", "maf_logdet", "planar",
+           "actnorm_init", "inv_conv1x1", "lu_weight", "lu_inverse", "inv_conv1x1_lu", "maf_logdet", "planar",
            "planar_u_hat", "radial", "radial_beta_hat", "sylvester", "squeeze2d", "unsqueeze2d"]
 
 
@@ -68,7 +68,7 @@ def logdet_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 # ---- slogdet --------------------------------------------------------------------------------------
@@ -164,19 +164,24 @@ def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     return perm.to(lower.dtype) @ lo @ up
 
 
+def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                diag: torch.Tensor) -> torch.Tensor:
+    """W^-1 = (U + diag(s))^-1 L^-1 P^T by two triangular solves, in float32 (float64 for
+    float64 parameters; triangular solves have no half-precision kernels)."""
+    dt = logdet_dtype(lower)
+    c = lower.shape[0]
+    lo = torch.tril(lower.to(dt), -1) + torch.eye(c, dtype=dt, device=lower.device)
+    up = torch.triu(upper.to(dt), 1) + torch.diag(diag.to(dt))
+    return torch.linalg.solve_triangular(
+        up, torch.linalg.solve_triangular(lo, perm.to(dt).T, upper=False, unitriangular=True), upper=True)
+
+
 def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                    diag: torch.Tensor, reverse: bool = False):
     """Invertible 1x1 convolution in Glow's LU form; logdet = H*W*sum log|s| (O(C))."""
     ld = (torch.log(torch.abs(diag.to(logdet_dtype(x)))).sum() * _spatial(x)).expand(x.shape[0])
     if reverse:
-        c = lower.shape[0]
-        eye = torch.eye(c, dtype=lower.dtype, device=lower.device)
-        lo = torch.tril(lower, -1) + eye
-        up = torch.triu(upper, 1) + torch.diag(diag)
-        # W^-1 = U'^-1 L^-1 P^T
-        winv = torch.linalg.solve_triangular(
-            up, torch.linalg.solve_triangular(lo, perm.to(lower.dtype).T, upper=False,
-                                              unitriangular=True), upper=True)
+        winv = lu_inverse(perm, lower, upper, diag)
         return _apply_1x1(x, winv), -ld
     return _apply_1x1(x, lu_weight(perm, lower, upper, diag)), ld
 
