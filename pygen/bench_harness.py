@@ -256,13 +256,20 @@ def build_impls(case: Case, device: torch.device, backends: Sequence[str] | None
         try:
             impls.append(Impl(name, "baseline", factory()))
         except Exception as exc:
-            impls.append(Impl(name, "baseline", None, f"{type(exc).__name__}: {exc}"))
+            impls.append(Impl(name, "baseline", None, short_error(exc)))
     return impls
 
 
 # ----------------------------------------------------------------------------------------------
 # Running one implementation in one mode
 # ----------------------------------------------------------------------------------------------
+def short_error(exc: BaseException) -> str:
+    """``Type: message`` on one line, without the C++ source locations torch/torchvision prepend."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    msg = re.sub(r"^\S*\(\)?,? ?/\S+:\d+,? ?", "", msg)
+    return f"{type(exc).__name__}: {msg}"[:200]
+
+
 def _set_requires_grad(inputs: Inputs, flag: bool) -> None:
     for t in inputs.leaves:
         t.requires_grad_(flag)
@@ -504,8 +511,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                     else:
                         ok, err = check(case, impl, inputs, mode, expected[mode])
                 except Exception as exc:
-                    rows.append({**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
-                    log(f"{case.op} {mode} {base['dtype']} {impl.name}: {type(exc).__name__}: {exc}")
+                    rows.append({**base, "status": "error", "reason": short_error(exc)})
+                    if impl.kind == "pygen":  # baseline errors are shown in the table only
+                        log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
                     continue
                 if not ok and impl.kind == "pygen":
                     rows.append({**base, "status": "mismatch", "max_abs_err": err,
@@ -516,8 +524,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                     fn, reset = timed_callable(impl, inputs, mode)
                     t = _timing(fn, reset, inputs.leaves, opts)
                 except Exception as exc:
-                    rows.append({**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
-                    log(f"{case.op} {mode} {base['dtype']} {impl.name}: {type(exc).__name__}: {exc}")
+                    rows.append({**base, "status": "error", "reason": short_error(exc)})
+                    if impl.kind == "pygen":  # baseline errors are shown in the table only
+                        log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
                     continue
                 finally:
                     _set_requires_grad(inputs, False)
@@ -601,7 +610,7 @@ def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
             if ms is None:
                 line = [op, label, dtype, mode, r["backend"], r["status"].upper(), "", "", ""]
                 line += [""] * (len(head) - len(line))
-                line[-1] = (line[-1] + " " + str(r.get("reason", ""))[:70]).strip()
+                line[-1] = (line[-1] + " " + str(r.get("reason", ""))[:110]).strip()
                 body.append(line)
                 continue
             line = [op, label, dtype, mode, r["backend"] + ("" if r.get("correct", True) else " (!)"),
@@ -637,19 +646,25 @@ def _bench_package_dir() -> Path:
 
 def load_bench_package():
     """The benchmark definitions: ``pygen.bench`` when installed (package_dir mapping in setup.py),
-    else the ``bench/`` folder next to the pygen package in a source checkout."""
+    else the ``bench/`` folder next to the pygen package in a source checkout, loaded under the
+    same name (without putting the checkout root on sys.path, where ``kernels/`` would shadow the
+    PyPI ``kernels`` distribution)."""
     import importlib
+    import importlib.util
     try:
         return importlib.import_module("pygen.bench")
     except ModuleNotFoundError:
         pass
-    root = Path(__file__).resolve().parent.parent
-    if (root / "bench" / "__init__.py").exists():
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        return importlib.import_module("bench")
-    raise ModuleNotFoundError("pygen.bench is not installed and no bench/ folder was found next to "
-                              "the pygen package; reinstall with `pip install -e .`")
+    folder = Path(__file__).resolve().parent.parent / "bench"
+    if not (folder / "__init__.py").exists():
+        raise ModuleNotFoundError("pygen.bench is not installed and no bench/ folder was found next "
+                                  "to the pygen package; reinstall with `pip install -e .`")
+    spec = importlib.util.spec_from_file_location("pygen.bench", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pygen.bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:

@@ -135,6 +135,12 @@ def cmd_bench(args) -> int:
         _print("pygen bench: no case matches the filters", file=sys.stderr)
         return 2
 
+    if args.baseline is None or "compile" in args.baseline:
+        import logging
+        try:  # the reference graph-breaks on data-dependent sizes by design; keep stderr readable
+            torch._logging.set_logs(dynamo=logging.ERROR)
+        except Exception:
+            pass
     if args.max_time is not None:
         opts.deadline = time.monotonic() + args.max_time
     progress = H.Progress(H.count_steps(all_cases, opts)) if not args.no_progress else None

@@ -197,27 +197,29 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     return row
 
 
-def triton_rows(families: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """One row per COMPILE_SPECS entry of every kernels module (of ``families``)."""
+def triton_rows(families: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per COMPILE_SPECS entry of every kernels module (of ``families``); ``limit``
+    keeps the first entries of each module only."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled:
         # compile in a child process without TRITON_INTERPRET
-        return _triton_rows_subprocess(families)
+        return _triton_rows_subprocess(families, limit)
     rows = []
     for fam, mod in _kernel_modules(families):
-        for spec in getattr(mod, "COMPILE_SPECS", None) or ():
+        for spec in list(getattr(mod, "COMPILE_SPECS", None) or ())[:limit]:
             rows.append(compile_triton_spec(spec, fam))
     return rows
 
 
-def _triton_rows_subprocess(families) -> list[dict[str, Any]]:
+def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
     import json
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; from pygen.inspect_kernels import triton_rows; "
-            "fams = json.loads(sys.argv[1]); "
-            "print('@@ROWS@@' + json.dumps(triton_rows(fams), default=str))")
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(list(families) if families else None)],
+            "fams, limit = json.loads(sys.argv[1]); "
+            "print('@@ROWS@@' + json.dumps(triton_rows(fams, limit), default=str))")
+    arg = json.dumps([list(families) if families else None, limit])
+    res = subprocess.run([sys.executable, "-c", code, arg],
                          capture_output=True, text=True, env=env, timeout=1800)
     for line in res.stdout.splitlines():
         if line.startswith("@@ROWS@@"):

@@ -83,7 +83,7 @@ class FasterRCNNHeadConfig:
 
     @classmethod
     def quick(cls) -> "FasterRCNNHeadConfig":
-        return cls(image=(128, 160), proposals_per_image=16, channels=16, representation=64,
+        return cls(image=(128, 160), proposals_per_image=8, channels=16, representation=64,
                    num_classes=5, min_side=8.0)
 
     @property
@@ -155,7 +155,7 @@ class RFCNHeadConfig:
 
     @classmethod
     def quick(cls) -> "RFCNHeadConfig":
-        return cls(image=(128, 160), rois_per_image=16, in_channels=32, reduce_channels=16,
+        return cls(image=(128, 160), rois_per_image=8, in_channels=32, reduce_channels=16,
                    num_classes=3, k=3, min_side=8.0)
 
     @property
