@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi",)
+FAMILIES = ("roi", "flows")
 
 
 def load(family: str):
