@@ -13,6 +13,8 @@ import torch
 
 from .detection import (MODELS, FasterRCNNHeadConfig, FasterRCNNRoIHead, RFCNHead,  # noqa: F401
                         RFCNHeadConfig, build, random_proposals, set_backend)
+from .flows import MODELS as _FLOW_MODELS, Glow, GlowConfig, RealNVP2D, RealNVPImage  # noqa: F401,E402
+MODELS.update(_FLOW_MODELS)
 
 
 def _flat(out) -> list[torch.Tensor]:
