@@ -88,6 +88,8 @@ class Case:
     bytes_model(I, mode)  -> int, the byte formula stated in ``bytes_formula``
     grad_check            -> "allclose", or "max-pool" (ties in a max may route the gradient to
                              a different but equally valid element; see _check_maxpool_grad)
+    backends              -> the pygen kernel backends the op implements (None: all of
+                             cuda / triton / cpu); the others are listed as skipped
     """
     family: str
     op: str
@@ -100,6 +102,7 @@ class Case:
     bytes_formula: str
     baselines: dict[str, Callable[[], Callable[[Inputs], torch.Tensor]]] = field(default_factory=dict)
     grad_check: str = "allclose"
+    backends: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -187,6 +190,14 @@ def git_sha() -> tuple[str | None, bool | None]:
         return None, None
 
 
+def load_average() -> float | None:
+    """1-minute load average of the host (other processes disturb CPU timings), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def triton_version() -> str | None:
     try:
         import triton
@@ -211,6 +222,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "git_sha": sha,
         "git_dirty": dirty,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "loadavg_1m": load_average(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -230,13 +242,17 @@ def build_impls(case: Case, device: torch.device, backends: Sequence[str] | None
     for b in ("cuda", "triton", "cpu"):
         if backends is not None and b not in backends:
             continue
+        if (b, device.type) in (("cuda", "cpu"), ("cpu", "cuda")):
+            continue  # runs on the other device type: not a row at all
         name = f"pygen:{b}"
+        if case.backends is not None and b not in case.backends:
+            impls.append(Impl(name, "pygen", None, f"{case.family} has no {b} implementation"))
+            continue
         ok, why = _backend.backend_status(b, device)
         if b == "triton" and device.type == "cpu":
             ok, why = False, TRITON_CPU_SKIP
         if not ok:
-            if not (b == "cuda" and device.type == "cpu") and not (b == "cpu" and device.type == "cuda"):
-                impls.append(Impl(name, "pygen", None, why))
+            impls.append(Impl(name, "pygen", None, why))
             continue
         impls.append(Impl(name, "pygen", (lambda I, _b=b: case.pygen(I, _b))))
 

@@ -115,6 +115,10 @@ def cmd_bench(args) -> int:
            f"{'quick shapes' if args.quick else 'default shapes'}")
     if device.type == "cpu":
         _print(f"note: {H.TRITON_CPU_SKIP}; the triton backend is benchmarked on GPUs only")
+        load = meta.get("loadavg_1m")
+        if load is not None and load > 0.5 * H.cpu_count():
+            _print(f"note: load average {load:g} on {H.cpu_count()} cores: other processes are "
+                   f"running, so CPU timings will be noisy (recorded as loadavg_1m in the JSON)")
 
     copy_gbps = None if args.no_copy else H.measure_copy_gbps(
         device, nbytes=(1 << 26) if args.quick else (1 << 30))
@@ -176,8 +180,8 @@ def cmd_bench(args) -> int:
             if r["reason"].startswith("time budget"):
                 out_of_time += 1
             else:
-                skipped.setdefault(r["backend"], r["reason"])
-    for name, why in skipped.items():
+                skipped.setdefault((r["backend"], r["reason"]), 0)
+    for name, why in skipped:
         _print(f"skipped {name}: {why}")
     if out_of_time:
         _print(f"skipped {out_of_time} runs: --max-time {args.max_time:g}s exhausted")
