@@ -211,7 +211,10 @@ def cmd_bench(args) -> int:
 # profile
 # ---------------------------------------------------------------------------------------------
 def cmd_profile(args) -> int:
-    from pygen.models import profile_model
+    from pygen.models import MODELS, profile_model
+    if args.model not in MODELS:
+        _print(f"pygen profile: unknown model {args.model!r}; known: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
     return profile_model(args.model, device=args.device, backend=args.backend, quick=args.quick,
                          dtype=args.dtype, top=args.top)
 
@@ -274,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("profile", help="a model with reference ops vs pygen ops")
-    s.add_argument("model", help="faster_rcnn_roi_head or rfcn_head")
+    s.add_argument("model", help="a pygen.models name: faster_rcnn_roi_head, rfcn_head, ...")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     s.add_argument("--backend", choices=["cuda", "triton", "cpu"],
                    help="pygen backend for the pygen run (default: automatic choice)")

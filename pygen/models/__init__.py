@@ -56,13 +56,9 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
         if not ok:
             say(f"pygen profile: backend {backend!r} is unavailable on {dev.type}: {why}")
             return 2
-    # the backend the automatic choice resolves to for this model's ops, stated in the report
-    resolved = backend or _backend.choose("profile", dev, dt, None)
     say(f"pygen profile {name}{' (quick)' if quick else ''} on {H.device_name(dev)}, {dtype}; "
-        f"pygen ops: backend {resolved}{' (automatic choice)' if backend is None else ''}")
+        f"pygen ops: {'backend ' + backend if backend else 'automatic backend choice per op'}")
     say(f"config: {cfg}")
-    if resolved == "reference":
-        say("note: no pygen kernel backend is available here, so both runs use the reference ops")
 
     set_backend(model, "reference")
     ref_call = _run_for(model, inputs)
@@ -101,7 +97,12 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
                 call()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
+        events = prof.key_averages()
         say(f"\ntop {top} ops by self time, {label} (3 forward passes):")
-        say(prof.key_averages().table(sort_by=sort_key, row_limit=top))
+        say(events.table(sort_by=sort_key, row_limit=top))
+        if b != "reference":
+            kernels = sorted({e.key for e in events if e.key.startswith("pygen::")})
+            say("pygen kernel ops that ran: " + (", ".join(kernels) if kernels else
+                "none (every op used the reference: no kernel backend for this model's ops here)"))
     set_backend(model, backend)
     return 0 if agree else 1

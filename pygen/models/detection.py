@@ -60,9 +60,10 @@ def _randn(shape, seed: int, device, dtype) -> torch.Tensor:
 
 
 def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
-    """Point every pygen RoI module of ``model`` at ``backend`` (None: automatic choice)."""
+    """Point every pygen.nn module inside ``model`` (any family) at ``backend`` (None: automatic
+    choice); weights are untouched."""
     for m in model.modules():
-        if isinstance(m, (pnn.RoIAlign, pnn.RoIPool, pnn.PSRoIAlign, pnn.PSRoIPool, pnn.MultiScaleRoIAlign)):
+        if type(m).__module__.startswith("pygen.nn") and hasattr(m, "backend"):
             m.backend = backend
     return model
 
