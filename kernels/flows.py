@@ -533,6 +533,16 @@ def conv1x1_fwd(x, w, y):
         BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bs)))
 
 
+def _dw_blocks(c: int, s: int, gpu: bool) -> tuple[int, int, int]:
+    """(BLOCK_O = BLOCK_I, BLOCK_S, num_warps) of the dW reduction: the spill-free sm_90
+    configurations found with `pygen inspect` (ptxas spills the 64x64 tile at 8 warps and the
+    16x16 tile at 4 warps with BLOCK_S = 64)."""
+    bo = max(16, min(triton.next_power_of_2(c), 64))
+    if not gpu:
+        return bo, max(16, min(triton.next_power_of_2(max(s, 1)), 256)), 4
+    return bo, {16: 64, 32: 32, 64: 16}[bo], {16: 2, 32: 4, 64: 4}[bo]
+
+
 def conv1x1_dw_splits(batch: int, c: int, gpu: bool) -> int:
     """Batch splits of the dW reduction (the op sizes its [n_split, C, C] buffer with it)."""
     if batch == 0:
@@ -549,12 +559,11 @@ def conv1x1_dw(g, x, part):
     if bsz == 0 or c == 0 or s == 0:
         part.zero_()
         return
-    bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
-    bi = bo
+    bo, bs, warps = _dw_blocks(c, s, x.is_cuda)
     b_per = triton.cdiv(bsz, n_split)
-    _conv1x1_dw_kernel[(triton.cdiv(c, bo), triton.cdiv(c, bi), n_split)](
+    _conv1x1_dw_kernel[(triton.cdiv(c, bo), triton.cdiv(c, bo), n_split)](
         g, x, part, bsz, c, s, b_per, g.stride(0), g.stride(1), x.stride(0), x.stride(1),
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bi)))
+        BLOCK_O=bo, BLOCK_I=bo, BLOCK_S=bs, **_opts(x, warps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,19 +614,19 @@ def _specs() -> list[dict]:
                                     "C": "i32", "B": "i32", "gl_s": "i32", "S_f": "fp32"},
                       "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_Q": 64, "BLOCK_C": 16},
                       "num_warps": 4})
-    for c, s in ((12, 256), (48, 16)):
+    for c, s in ((12, 256), (24, 64), (48, 16)):
         bo, bi, bs = _conv_blocks(c, s, True)
         specs.append({"fn": _conv1x1_fwd_kernel,
                       "signature": {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32",
                                     "S": "i32", "x_sb": "i32", "x_sc": "i32", "w_so": "i32", "w_si": "i32"},
                       "constexprs": {"BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
                       "num_warps": _conv_warps(bo, bs)})
+        dbo, dbs, dwarps = _dw_blocks(c, s, True)
         specs.append({"fn": _conv1x1_dw_kernel,
                       "signature": {"g_ptr": "*fp32", "x_ptr": "*fp32", "part_ptr": "*fp32", "B": "i32",
                                     "C": "i32", "S": "i32", "b_per": "i32", "g_sb": "i32", "g_sc": "i32",
                                     "x_sb": "i32", "x_sc": "i32"},
-                      "constexprs": {"BLOCK_O": bo, "BLOCK_I": bo, "BLOCK_S": bs},
-                      "num_warps": _conv_warps(bo, bo)})
+                      "constexprs": {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs}, "num_warps": dwarps})
     return specs + _slogdet_specs()
 
 
