@@ -630,7 +630,7 @@ def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
                 body.append(line)
                 continue
             line = [op, label, dtype, mode, r["backend"] + ("" if r.get("correct", True) else " (!)"),
-                    f"{ms:.4g}", f"{r['p20_ms']:.4g}", f"{r['p80_ms']:.4g}", _fmt(r.get("gbps"), ".1f")]
+                    f"{ms:.4g}", f"{r['p20_ms']:.4g}", f"{r['p80_ms']:.4g}", _fmt(r.get("gbps"), ".3g")]
             if peak_gbps:
                 line.append(_fmt(r["gbps"] / peak_gbps * 100 if r.get("gbps") else None, ".1f"))
             if copy_gbps:
