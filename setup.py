@@ -186,10 +186,15 @@ class NinjaBuildExt(build_ext):
                 if cuda is None:
                     continue
                 nvcc, home = cuda
+                try:
+                    gencode = _gencode_flags()
+                except ValueError as exc:
+                    _warn(f"{exc}; skipping pygen._cuda")
+                    continue
                 lines.append(f"nvcc = {_q(nvcc)}")
                 host = common + [f"-I{home / 'include'}"]
                 dev = (["-O3", "-std=c++17", f"-I{CSRC}", "-Xcompiler=-fPIC,-fvisibility=hidden",
-                        "--expt-relaxed-constexpr", f"-ccbin={cxx}"] + _gencode_flags())
+                        "--expt-relaxed-constexpr", f"-ccbin={cxx}"] + gencode)
                 srcs = [(s, "nvcc" if s.endswith(".cu") else "cxx", dev if s.endswith(".cu") else host)
                         for s in CUDA_SOURCES]
                 # cudart is linked statically and its symbols kept local, so this module's runtime

@@ -145,8 +145,9 @@ __device__ __forceinline__ Column split_column(const RoiParams& p, uint32_t idx)
   return q;
 }
 
+// (kThreads, 2): lets ptxas use up to 128 registers; its default budget here (64) spills on sm_80.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
+__global__ void __launch_bounds__(kThreads, 2) _roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Column q = split_column(p, idx);
     align_bwd_column<S, T>(p, false, q.l, q.n, q.ch, q.x);
@@ -154,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) _roi_align_bwd_det_kernel(const RoiP
 }
 
 template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
+__global__ void __launch_bounds__(kThreads, 2) _ps_roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Column q = split_column(p, idx);
     align_bwd_column<S, T>(p, true, 0, q.n, q.ch, q.x);

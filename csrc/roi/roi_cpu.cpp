@@ -342,6 +342,138 @@ void align_backward(const RoiParams& p, bool ps, int nt) {
 }
 
 // ---- roi_pool / ps_roi_pool ---------------------------------------------------------------
+// roi_pool, one row of bins of RoI k in one plane. torchvision scans every bin element by
+// element with a data-dependent branch; here the band of rows [hs, he) is first reduced to
+// per-column maxima (cm) with the first row reaching each (ca), a branch-free loop over
+// contiguous columns that the compiler vectorises, then each bin takes the best column of its
+// range. Smallest (row, column) among equal maxima = the first maximum in row-major order, the
+// same element the element-wise scan (bin_max) picks. A NaN in the band sends the row of bins
+// to bin_max, which implements torch.max's NaN rule.
+template <typename S, typename T>
+void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, int64_t i,
+                      const PoolTables& t, T* PYGEN_RESTRICT cm, int32_t* PYGEN_RESTRICT ca) {
+  const Plane& P = p.lv[0];
+  const int64_t PH = p.PH, PW = p.PW;
+  S* o = pooled_at<S>(p, k, c) + i * p.ps[2];
+  int32_t* am = p.argmax + ((k * p.Cp + c) * PH + i) * PW;
+  const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
+  const int64_t* ws = &t.ws[k * PW];
+  const int64_t* we = &t.we[k * PW];
+  const int64_t x0 = ws[0], x1 = we[PW - 1];  // bins are ordered: their union is [x0, x1)
+  bool nan = false;
+  if (he > hs && x1 > x0 && P.sW == 1) {
+    const int64_t w = x1 - x0;
+    const S* row = plane + hs * P.sH + x0;
+    int32_t bad = 0;
+    for (int64_t x = 0; x < w; ++x) {
+      const T v = load<T>(row + x);
+      cm[x] = v;
+      ca[x] = static_cast<int32_t>(hs);
+      bad |= static_cast<int32_t>(v != v);
+    }
+    for (int64_t y = hs + 1; y < he; ++y) {
+      row = plane + y * P.sH + x0;
+      const int32_t yy = static_cast<int32_t>(y);
+      for (int64_t x = 0; x < w; ++x) {  // written with integer masks so that gcc vectorises it
+        const T v = load<T>(row + x);
+        const T mx = cm[x];
+        const int32_t ax = ca[x];
+        const int32_t gt = -static_cast<int32_t>(v > mx);
+        cm[x] = gt ? v : mx;
+        ca[x] = (yy & gt) | (ax & ~gt);
+        bad |= static_cast<int32_t>(v != v);
+      }
+    }
+    nan = bad != 0;
+  }
+  if (nan || P.sW != 1) {
+    for (int64_t j = 0; j < PW; ++j) {
+      int32_t arg;
+      store(o + j * p.ps[3], bin_max<S, T>(plane, P, hs, he, ws[j], we[j], &arg));
+      am[j] = arg;
+    }
+    return;
+  }
+  const int64_t W = P.W;
+  for (int64_t j = 0; j < PW; ++j) {
+    if (he <= hs || we[j] <= ws[j]) {
+      store(o + j * p.ps[3], T(0));
+      am[j] = -1;
+      continue;
+    }
+    int64_t bx = ws[j] - x0;
+    T best = cm[bx];
+    int64_t bkey = ca[bx] * W + ws[j];
+    for (int64_t x = ws[j] + 1; x < we[j]; ++x) {
+      const T v = cm[x - x0];
+      const int64_t key = ca[x - x0] * W + x;
+      if (v > best || (v == best && key < bkey)) {
+        best = v;
+        bkey = key;
+      }
+    }
+    store(o + j * p.ps[3], best);
+    am[j] = static_cast<int32_t>(bkey);
+  }
+}
+
+// roi_pool, bin (i, j) of RoI k for all channels of a channels-last image: the same strict
+// "greater than" scan as bin_max, run over contiguous channel vectors (vectorised).
+template <typename S, typename T>
+void roi_pool_bin_channels_last(const RoiParams& p, const S* img, int64_t k, int64_t i, int64_t j,
+                                int64_t hs, int64_t he, int64_t ws, int64_t we, T* PYGEN_RESTRICT m,
+                                int32_t* PYGEN_RESTRICT a) {
+  const Plane& P = p.lv[0];
+  const int64_t C = p.C;
+  S* o = pooled_at<S>(p, k, 0) + i * p.ps[2] + j * p.ps[3];
+  int32_t* am = p.argmax + (k * p.Cp * p.PH + i) * p.PW + j;
+  const int64_t am_c = p.PH * p.PW;
+  if (he <= hs || we <= ws) {
+    for (int64_t c = 0; c < C; ++c) {
+      store(o + c * p.ps[1], T(0));
+      am[c * am_c] = -1;
+    }
+    return;
+  }
+  int32_t bad = 0;
+  {
+    const S* PYGEN_RESTRICT v0 = img + hs * P.sH + ws * P.sW;
+    const int32_t idx = static_cast<int32_t>(hs * P.W + ws);
+    for (int64_t c = 0; c < C; ++c) {
+      const T v = load<T>(v0 + c);
+      m[c] = v;
+      a[c] = idx;
+      bad |= v != v;
+    }
+  }
+  for (int64_t y = hs; y < he; ++y) {
+    for (int64_t x = (y == hs ? ws + 1 : ws); x < we; ++x) {
+      const S* PYGEN_RESTRICT vp = img + y * P.sH + x * P.sW;
+      const int32_t idx = static_cast<int32_t>(y * P.W + x);
+      for (int64_t c = 0; c < C; ++c) {  // integer masks: vectorised by gcc
+        const T v = load<T>(vp + c);
+        const T mc = m[c];
+        const int32_t ac = a[c];
+        const int32_t gt = -static_cast<int32_t>(v > mc);
+        m[c] = gt ? v : mc;
+        a[c] = (idx & gt) | (ac & ~gt);
+        bad |= static_cast<int32_t>(v != v);
+      }
+    }
+  }
+  if (bad) {  // rare: redo with the NaN-aware scalar scan
+    for (int64_t c = 0; c < C; ++c) {
+      int32_t arg;
+      m[c] = bin_max<S, T>(img + c * P.sC, P, hs, he, ws, we, &arg);
+      a[c] = arg;
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    store(o + c * p.ps[1], m[c]);
+    am[c * am_c] = a[c];
+  }
+}
+
 template <typename S, typename T>
 void pool_forward(const RoiParams& p, bool ps, int nt) {
   const PoolTables t = build_pool_tables<T>(p, ps ? 0 : 1);
@@ -374,24 +506,41 @@ void pool_forward(const RoiParams& p, bool ps, int nt) {
     }
     return;
   }
+  const T* rois = static_cast<const T*>(p.rois);
+  if (P.sC == 1 && p.C > 1) {  // channels last: one task per RoI, channels innermost
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<T> m(p.C);
+      std::vector<int32_t> a(p.C);
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t k = 0; k < p.K; ++k) {
+        int64_t n;
+        if (!roi_batch(rois + 5 * k, p.N, &n)) continue;
+        const S* img = static_cast<const S*>(P.data) + n * P.sN;
+        for (int64_t i = 0; i < PH; ++i)
+          for (int64_t j = 0; j < PW; ++j)
+            roi_pool_bin_channels_last<S, T>(p, img, k, i, j, t.hs[k * PH + i], t.he[k * PH + i],
+                                             t.ws[k * PW + j], t.we[k * PW + j], m.data(), a.data());
+      }
+    }
+    return;
+  }
+  // Plane loop: task = (image, channel), every RoI of the image against one L2-resident plane.
   const Buckets b = bucket_rois<T>(p, false);
   const int64_t tasks = b.count * p.C;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t n = task / p.C, c = task % p.C;
-    const S* plane = static_cast<const S*>(P.data) + n * P.sN + c * P.sC;
-    for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
-      const int64_t k = b.order[e];
-      S* o = pooled_at<S>(p, k, c);
-      int32_t* am = p.argmax + (k * p.Cp + c) * PH * PW;
-      for (int64_t i = 0; i < PH; ++i)
-        for (int64_t j = 0; j < PW; ++j) {
-          int32_t arg;
-          const T v = bin_max<S, T>(plane, P, t.hs[k * PH + i], t.he[k * PH + i], t.ws[k * PW + j],
-                                    t.we[k * PW + j], &arg);
-          store(o + i * p.ps[2] + j * p.ps[3], v);
-          am[i * PW + j] = arg;
-        }
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> cm(P.W + 1);
+    std::vector<int32_t> ca(P.W + 1);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t n = task / p.C, c = task % p.C;
+      const S* plane = static_cast<const S*>(P.data) + n * P.sN + c * P.sC;
+      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+        const int64_t k = b.order[e];
+        for (int64_t i = 0; i < PH; ++i)
+          roi_pool_bin_row<S, T>(p, plane, k, c, i, t, cm.data(), ca.data());
+      }
     }
   }
 }
