@@ -164,6 +164,22 @@ def _integer_bins(rois, pooled: int, size: int, lo_col: int, hi_col: int, plus_o
     return lo.clamp(0, size), hi.clamp(0, size)
 
 
+def _size_sorted_chunks(ext_h: torch.Tensor, ext_w: torch.Tensor, per_cell: int):
+    """Yield (RoI indices, bin height, bin width) chunks of RoIs of similar bin size, each chunk
+    gathering at most about _CHUNK_ELEMS elements."""
+    order = torch.argsort(ext_h * ext_w)
+    eh, ew = ext_h[order].tolist(), ext_w[order].tolist()
+    start, bh, bw = 0, 1, 1
+    for i in range(len(eh)):
+        nbh, nbw = max(bh, eh[i]), max(bw, ew[i])
+        if i > start and (i - start + 1) * nbh * nbw * per_cell > _CHUNK_ELEMS:
+            yield order[start:i], bh, bw
+            start, nbh, nbw = i, eh[i], ew[i]
+        bh, bw = nbh, nbw
+    if eh:
+        yield order[start:], bh, bw
+
+
 def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool,
                   reduce_max: bool):
     """Shared body of roi_pool (max) and ps_roi_pool (mean) over integer bins."""
@@ -178,35 +194,37 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
     scaled = torch.cat([r[:, :1], r[:, 1:] * spatial_scale], dim=1)
     hs, he = _integer_bins(scaled, pooled_h, h, 2, 4, plus_one, dt)
     ws, we = _integer_bins(scaled, pooled_w, w, 1, 3, plus_one, dt)
-    bh = int((he - hs).max().clamp_min(1))
-    bw = int((we - ws).max().clamp_min(1))
     feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
     if ps:
         ch = (torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
               + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)) * pooled_w \
             + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
-    oy = torch.arange(bh, device=r.device).view(1, 1, -1)
-    ox = torch.arange(bw, device=r.device).view(1, 1, -1)
-    for s, e in _chunks(k, pooled_h * bh * pooled_w * bw * c_out):
-        yy = hs[s:e, :, None] + oy  # [k, PH, bh]
-        xx = ws[s:e, :, None] + ox  # [k, PW, bw]
-        inside = ((yy < he[s:e, :, None])[:, :, :, None, None]
-                  & (xx < we[s:e, :, None])[:, None, None, :, :]).unsqueeze(-1)
+    # Bins are padded to the largest bin of a chunk; visiting RoIs by bin size keeps that padding
+    # small (one huge RoI would otherwise pad all of them).
+    ext_h = (he - hs).amax(dim=1).clamp_min(1)
+    ext_w = (we - ws).amax(dim=1).clamp_min(1)
+    for idx, bh, bw in _size_sorted_chunks(ext_h, ext_w, pooled_h * pooled_w * c_out):
+        oy = torch.arange(bh, device=r.device).view(1, 1, -1)
+        ox = torch.arange(bw, device=r.device).view(1, 1, -1)
+        yy = hs[idx, :, None] + oy  # [k, PH, bh]
+        xx = ws[idx, :, None] + ox  # [k, PW, bw]
+        inside = ((yy < he[idx, :, None])[:, :, :, None, None]
+                  & (xx < we[idx, :, None])[:, None, None, :, :]).unsqueeze(-1)
         hw = (yy.clamp(max=h - 1)[:, :, :, None, None] * w
               + xx.clamp(max=w - 1)[:, None, None, :, :])
-        b = r[s:e, 0].long().view(-1, 1, 1, 1, 1, 1)
+        b = r[idx, 0].long().view(-1, 1, 1, 1, 1, 1)
         # [k, PH, bh, PW, bw, C']
         vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
         empty = ~inside.any(dim=4).any(dim=2)  # [k, PH, PW, 1]
         if reduce_max:
             vals = vals.masked_fill(~inside, float("-inf"))
-            flat = vals.permute(0, 1, 3, 5, 2, 4).reshape(e - s, pooled_h, pooled_w, -1, bh * bw)
+            flat = vals.permute(0, 1, 3, 5, 2, 4).reshape(len(idx), pooled_h, pooled_w, -1, bh * bw)
             best = flat.max(dim=-1).values  # [k, PH, PW, C']
             best = torch.where(empty, torch.zeros_like(best), best)
         else:
             area = inside.sum(dim=(2, 4)).to(dt).clamp_min(1)  # [k, PH, PW, 1]
             best = (vals * inside).sum(dim=(2, 4)) / area
-        out[s:e] = best.permute(0, 3, 1, 2)
+        out[idx] = best.permute(0, 3, 1, 2)
     return out.to(input.dtype)
 
 
