@@ -1,6 +1,6 @@
 """Triton backend of the normalizing-flow family (RealNVP, Glow): affine and additive coupling,
-ActNorm, the invertible 1x1 convolution and the batched small-matrix slogdet
-(kernels/_flows_slogdet.py), forward and backward. Semantics are pygen.ref.flows' (the float64
+ActNorm, the invertible 1x1 convolution, Glow's LU weight (kernels/_flows_lu.py) and the batched
+small-matrix slogdet (kernels/_flows_slogdet.py), forward and backward. Semantics are pygen.ref.flows' (the float64
 oracle); the launcher contract is docs/ARCHITECTURE.md's. Arithmetic is float32 (float16 /
 bfloat16 are upcast right after the load); log-determinants are float32.
 
@@ -38,6 +38,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._flows_lu import MAX_C as LU_MAX_C  # noqa: F401
+from ._flows_lu import compile_specs as _lu_specs
+from ._flows_lu import lu_weight_bwd, lu_weight_fwd  # noqa: F401
 from ._flows_slogdet import MAX_D as SLOGDET_MAX_D  # noqa: F401
 from ._flows_slogdet import compile_specs as _slogdet_specs
 from ._flows_slogdet import slogdet_bwd, slogdet_fwd  # noqa: F401
@@ -627,7 +630,7 @@ def _specs() -> list[dict]:
                                     "C": "i32", "S": "i32", "b_per": "i32", "g_sb": "i32", "g_sc": "i32",
                                     "x_sb": "i32", "x_sc": "i32"},
                       "constexprs": {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs}, "num_warps": dwarps})
-    return specs + _slogdet_specs()
+    return specs + _lu_specs() + _slogdet_specs()
 
 
 COMPILE_SPECS = _specs()

@@ -17,7 +17,7 @@ from conftest import ATOL, assert_close_to_ref, backend_params, dtypes_for
 # the flow family has triton and reference backends only (no csrc)
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] == "triton"]
-FLOW_OPS = ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "conv1x1")
+FLOW_OPS = ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "conv1x1", "lu_weight")
 
 
 @pytest.fixture(autouse=True)
@@ -324,6 +324,27 @@ def test_inv_conv1x1_matches_reference_inverts_and_grads(device, backend, gen):
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
+def test_lu_weight_kernel(device, backend, gen):
+    """W = P L' U' and its scaled log-det in one program, and the backward, for C up to 64 (the
+    BC = 64 tile path at C = 48); P taken as given (any matrix)."""
+    for c in (5, 48):
+        p, low, up, diag = _lu_params(c, gen, device)
+        p = p + 0.1 * _rand((c, c), gen, device=device)
+        leaves = [t.clone().requires_grad_(True) for t in (low, up, diag)]
+        w, ld = _registry.get("lu_weight_triton")(p, *leaves, 7.0)
+        l64 = [t.detach().double().requires_grad_(True) for t in leaves]
+        w64 = ref.lu_weight(p.double(), *l64)
+        ld64 = 7.0 * torch.log(torch.abs(l64[2])).sum()
+        assert_close_to_ref(w, w64, atol=1e-5)
+        assert_close_to_ref(ld, ld64, atol=1e-4)
+        gw = _rand((c, c), gen, device=device)
+        grads = torch.autograd.grad((w * gw).sum() + 0.3 * ld, leaves)
+        g64 = torch.autograd.grad((w64 * gw.double()).sum() + 0.3 * ld64, l64)
+        for name, a, b in zip(("lower", "upper", "diag"), grads, g64):
+            assert_close_to_ref(a, b, atol=1e-4, what=f"lu_weight grad {name} C={c}")
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_conv1x1_dw_batch_splits(device, backend, gen, monkeypatch):
     from pygen.kernels import flows as K
     monkeypatch.setattr(K, "conv1x1_dw_splits", lambda b, c, gpu: 2)
@@ -454,6 +475,10 @@ def _opcheck_args(name, dev, gen):
         "actnorm_backward_triton": (x.detach(), g.detach(), c4.detach(), c4.detach() + 2, gl, False, True),
         "conv1x1_triton": (x.detach().requires_grad_(), w.requires_grad_()),
         "conv1x1_backward_triton": (g.detach(), x.detach(), w.detach()),
+        "lu_weight_triton": (torch.eye(4, device=dev)[[2, 0, 3, 1]], w.detach().requires_grad_(),
+                             (w * 2).detach().requires_grad_(), c4.detach().requires_grad_(), 9.0),
+        "lu_weight_backward_triton": (torch.eye(4, device=dev)[[2, 0, 3, 1]], w.detach(), w.detach() * 2,
+                                      c4.detach(), g[0, 0, :3, :3].new_ones(4, 4), gl[0].detach(), 9.0),
     }
     return table[name]
 

@@ -20,10 +20,13 @@ Design notes
 * slogdet: the Triton kernel handles d <= 64 (one program per matrix, or per several matrices
   when d is small); larger d falls back to torch.linalg.slogdet. Singular matrices give sign 0
   and logabsdet -inf (never NaN), and a zero gradient (torch gives NaN there).
-* inv_conv1x1_lu forms W = P L (U + diag(s)) once per call with two C x C matmuls (C^3 flops,
-  negligible next to the B*H*W*C^2 of applying it) and applies it with the 1x1-conv kernel; its
-  log-det is H*W*sum log|s| (O(C)). The reverse direction builds W^-1 by two triangular solves
-  and refuses a zero diagonal (ValueError; one host synchronisation).
+* inv_conv1x1_lu forms W = P L (U + diag(s)) once per call, together with its log-det
+  H*W*sum log|s| (O(C)), in one Triton program (C <= 64; two C x C products, C^3 flops, negligible
+  next to the B*H*W*C^2 of applying W), then applies W with the 1x1-conv kernel: two launches
+  forward, three backward (dx, dW, and the LU-weight backward). W is not applied as triangular
+  factors inside the conv kernel: that would double the conv's FLOPs to save one C x C write.
+  The reverse direction builds W^-1 by two triangular solves (PyTorch) and refuses a zero
+  diagonal (ValueError; one host synchronisation).
 * inv_conv1x1 (plain W) takes its log-det from pygen's batched slogdet and, in reverse, W^-1
   from torch.linalg.inv (which raises for a singular W).
 * planar and radial flows run as composed PyTorch ops (O(B*D) work; there is nothing to fuse
@@ -45,6 +48,7 @@ __all__ = ["slogdet", "affine_coupling", "additive_coupling", "actnorm", "inv_co
            "inv_conv1x1_lu", "planar", "radial", "sylvester"]
 
 SLOGDET_MAX_D = 64
+LU_MAX_C = 64        # kernels/_flows_lu.py forms W in one program up to this size
 _SUPPORTED = ("triton", "reference")
 
 
@@ -294,6 +298,46 @@ def _register() -> None:
 
     fwd.register_autograd(conv_grad, setup_context=conv_setup)
 
+    # ---- LU weight (Glow) --------------------------------------------------------------------------
+    def lu_fake(perm, lower, upper, diag, scale):
+        return torch.empty_like(lower, memory_format=torch.contiguous_format), lower.new_empty((), dtype=torch.float32)
+
+    def lu_impl(perm, lower, upper, diag, scale):
+        w, ld = lu_fake(perm, lower, upper, diag, scale)
+        _kernels().lu_weight_fwd(perm, lower, upper, diag.contiguous(), w, ld.view(1), scale)
+        return w, ld
+
+    def lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale):
+        return (torch.empty_like(lower, memory_format=torch.contiguous_format),
+                torch.empty_like(upper, memory_format=torch.contiguous_format), torch.empty_like(diag))
+
+    def lu_bwd_impl(perm, lower, upper, diag, gw, gld, scale):
+        dl, du, ds = lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale)
+        _kernels().lu_weight_bwd(perm, lower, upper, diag.contiguous(), gw, gld.reshape(1), dl, du, ds, scale)
+        return dl, du, ds
+
+    fwd = _registry.define(
+        "lu_weight_triton",
+        "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, float scale) -> (Tensor, Tensor)",
+        lu_impl, lu_fake)
+    bwd = _registry.define(
+        "lu_weight_backward_triton",
+        "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, Tensor grad_w, Tensor grad_logdet, "
+        "float scale) -> (Tensor, Tensor, Tensor)",
+        lu_bwd_impl, lu_bwd_fake)
+
+    def lu_setup(ctx, inputs, output):
+        perm, lower, upper, diag, scale = inputs
+        ctx.save_for_backward(perm, lower, upper, diag)
+        ctx.scale = scale
+
+    def lu_grad(ctx, gw, gld, _bwd=bwd):
+        perm, lower, upper, diag = ctx.saved_tensors
+        dl, du, ds = _bwd(perm, lower, upper, diag, gw, gld, ctx.scale)
+        return None, dl, du, ds, None
+
+    fwd.register_autograd(lu_grad, setup_context=lu_setup)
+
 
 _register()
 
@@ -428,11 +472,16 @@ def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upp
     if b == "reference":
         return ref.inv_conv1x1_lu(x, perm, lower, upper, diag, rev)
     spatial = math.prod(x.shape[2:])
-    ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
     if rev:
         chk.nonzero_diagonal(name, diag)
+        ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
         winv = ref.lu_inverse(perm, lower, upper, diag).to(x.dtype)
         return _apply_conv(x, winv, b), -ld
+    if c <= LU_MAX_C:
+        # W and its log-det in one launch (kernels/_flows_lu.py), then the 1x1-conv kernel
+        w, ld = _registry.get("lu_weight_triton")(perm, lower, upper, diag, float(spatial))
+        return _apply_conv(x, w.to(x.dtype), b), ld.expand(x.shape[0])
+    ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
     return _apply_conv(x, ref.lu_weight(perm, lower, upper, diag), b), ld
 
 

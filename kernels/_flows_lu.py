@@ -1,0 +1,169 @@
+"""Glow's LU-parametrised 1x1-convolution weight in one launch, for pygen.kernels.flows.
+
+    W        = P @ L' @ U',   L' = tril(L, -1) + I,   U' = triu(U, 1) + diag(s)
+    logdet   = scale * sum_c log|s_c|        (scale = H*W of the activation)
+
+Backward (dW from the 1x1-conv backward, g = d loss / d logdet):
+    dA  = P^T dW              (A = L' U')
+    dL  = tril(dA U'^T, -1)   dU = triu(L'^T dA, 1)   ds = diag(L'^T dA) + g * scale / s
+
+One program computes the C x C result (C <= 64) as a [BC, BC] float32 tile, accumulating the
+products over K chunks of 16 with IEEE fp32 dots (no TF32: W feeds both directions of the flow);
+the chunks of P, L, U, dW are read from global memory (at most 16 KB each, cache resident), which
+keeps a whole 64 x 64 x 64 FMA product from being unrolled into registers (that version spilled
+13 KB at 4 warps in `pygen inspect`). This replaces the ~10 small
+PyTorch launches (tril, triu, eye, diag, adds, two matmuls, log, abs, sum) of forming W and its
+log-det with one, forward and backward. Larger C falls back to PyTorch in the op.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MAX_C = 64
+
+
+@triton.jit
+def _lower_at(l_ptr, i, j, C, sl0, sl1):
+    # L'[i, j] = L[i, j] below the diagonal, 1 on it, 0 above (and outside C x C)
+    inside = (i < C) & (j < C)
+    v = tl.load(l_ptr + i * sl0 + j * sl1, mask=inside & (i > j), other=0.0).to(tl.float32)
+    return tl.where(inside & (i == j), 1.0, v)
+
+
+@triton.jit
+def _upper_at(u_ptr, s_ptr, i, j, C, su0, su1):
+    # U'[i, j] = U[i, j] above the diagonal, s[i] on it, 0 below (and outside C x C)
+    inside = (i < C) & (j < C)
+    v = tl.load(u_ptr + i * su0 + j * su1, mask=inside & (i < j), other=0.0).to(tl.float32)
+    d = tl.load(s_ptr + i + j * 0, mask=inside & (i == j), other=0.0).to(tl.float32)
+    return v + d
+
+
+@triton.jit
+def _lu_weight_fwd_kernel(
+    p_ptr, l_ptr, u_ptr,   # [C, C] permutation, lower, upper (any strides)
+    s_ptr,                 # [C] signed diagonal, contiguous
+    w_ptr,                 # [C, C] out, contiguous
+    ld_ptr,                # [1] float32 out: scale * sum log|s|
+    C, scale,
+    sp0, sp1, sl0, sl1, su0, su1,
+    BC: tl.constexpr,
+    BK: tl.constexpr,      # K chunk of the products (16: the smallest tl.dot)
+):
+    rows = tl.arange(0, BC)
+    acc = tl.zeros([BC, BC], dtype=tl.float32)
+    # W = sum_k P[:, k] A[k, :] with the rows of A = L' U' formed chunk by chunk (operands come
+    # from L1/L2: the matrices are at most 16 KB), so no 64 x 64 x 64 product is ever unrolled
+    for k0 in range(0, C, BK):
+        kk = k0 + tl.arange(0, BK)
+        a_k = tl.zeros([BK, BC], dtype=tl.float32)
+        for m0 in range(0, C, BK):
+            mm = m0 + tl.arange(0, BK)
+            lk = _lower_at(l_ptr, kk[:, None], mm[None, :], C, sl0, sl1)
+            um = _upper_at(u_ptr, s_ptr, mm[:, None], rows[None, :], C, su0, su1)
+            a_k = tl.dot(lk, um, a_k, input_precision="ieee")
+        pk = tl.load(p_ptr + rows[:, None] * sp0 + kk[None, :] * sp1,
+                     mask=(rows[:, None] < C) & (kk[None, :] < C), other=0.0).to(tl.float32)
+        acc = tl.dot(pk, a_k, acc, input_precision="ieee")
+    inside = (rows[:, None] < C) & (rows[None, :] < C)
+    tl.store(w_ptr + rows[:, None] * C + rows[None, :], acc, mask=inside)
+    s = tl.load(s_ptr + rows, mask=rows < C, other=1.0).to(tl.float32)
+    tl.store(ld_ptr, tl.sum(tl.log(tl.abs(s)), axis=0) * scale)
+
+
+@triton.jit
+def _lu_weight_bwd_kernel(
+    p_ptr, l_ptr, u_ptr, s_ptr,
+    dw_ptr,                # [C, C] gradient of W (any strides)
+    gld_ptr,               # [1] gradient of the scaled log-det
+    dl_ptr, du_ptr,        # [C, C] out, contiguous
+    ds_ptr,                # [C] out
+    C, scale,
+    sp0, sp1, sl0, sl1, su0, su1, sd0, sd1,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+):
+    # grid (2,): program 0 forms dL' = dA U'^T, program 1 dU' = L'^T dA (one accumulator each:
+    # both in one program spilled at BC = 64); dA = P^T dW is formed chunk by chunk in both
+    rows = tl.arange(0, BC)
+    r2 = rows[:, None]
+    c2 = rows[None, :]
+    inside = (r2 < C) & (c2 < C)
+    acc = tl.zeros([BC, BC], dtype=tl.float32)
+    if tl.program_id(0) == 0:
+        for k0 in range(0, C, BK):
+            kk = k0 + tl.arange(0, BK)
+            da_cols = tl.zeros([BC, BK], dtype=tl.float32)   # dA[:, k] = sum_m P[m, :]^T dW[m, k]
+            for m0 in range(0, C, BK):
+                mm = m0 + tl.arange(0, BK)
+                pt_all = tl.load(p_ptr + mm[None, :] * sp0 + r2 * sp1, mask=(mm[None, :] < C) & (r2 < C),
+                                 other=0.0).to(tl.float32)
+                dw_mk = tl.load(dw_ptr + mm[:, None] * sd0 + kk[None, :] * sd1,
+                                mask=(mm[:, None] < C) & (kk[None, :] < C), other=0.0).to(tl.float32)
+                da_cols = tl.dot(pt_all, dw_mk, da_cols, input_precision="ieee")
+            ut = _upper_at(u_ptr, s_ptr, c2, kk[:, None], C, su0, su1)      # [BK, BC]: U'[j, k]
+            acc = tl.dot(da_cols, ut, acc, input_precision="ieee")
+        tl.store(dl_ptr + r2 * C + c2, tl.where(r2 > c2, acc, 0.0), mask=inside)
+    else:
+        for k0 in range(0, C, BK):
+            kk = k0 + tl.arange(0, BK)
+            da_rows = tl.zeros([BK, BC], dtype=tl.float32)   # dA[k, :] = sum_m P[m, k] dW[m, :]
+            for m0 in range(0, C, BK):
+                mm = m0 + tl.arange(0, BK)
+                pt_k = tl.load(p_ptr + mm[None, :] * sp0 + kk[:, None] * sp1,
+                               mask=(mm[None, :] < C) & (kk[:, None] < C), other=0.0).to(tl.float32)
+                dw_m = tl.load(dw_ptr + mm[:, None] * sd0 + c2 * sd1, mask=(mm[:, None] < C) & (c2 < C),
+                               other=0.0).to(tl.float32)
+                da_rows = tl.dot(pt_k, dw_m, da_rows, input_precision="ieee")
+            lt = _lower_at(l_ptr, kk[None, :], r2, C, sl0, sl1)            # [BC, BK]: L'[k, i]
+            acc = tl.dot(lt, da_rows, acc, input_precision="ieee")
+        tl.store(du_ptr + r2 * C + c2, tl.where(r2 < c2, acc, 0.0), mask=inside)
+        g = tl.load(gld_ptr).to(tl.float32)
+        s = tl.load(s_ptr + rows, mask=rows < C, other=1.0).to(tl.float32)
+        ds = tl.sum(tl.where(r2 == c2, acc, 0.0), axis=1) + g * scale / s
+        tl.store(ds_ptr + rows, ds, mask=rows < C)
+
+
+def _bc(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
+
+
+def _warps(c: int) -> int:
+    return 8 if _bc(c) >= 64 else 4
+
+
+def _opts(t) -> dict:
+    return {"num_warps": _warps(t.shape[0])} if t.is_cuda else {}
+
+
+def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
+    """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
+    c = lower.shape[0]
+    _lu_weight_fwd_kernel[(1,)](perm, lower, upper, diag, w, logdet, c, float(scale), *perm.stride(),
+                                *lower.stride(), *upper.stride(), BC=_bc(c), BK=16, **_opts(lower))
+
+
+def lu_weight_bwd(perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, scale):
+    """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
+    c = lower.shape[0]
+    _lu_weight_bwd_kernel[(2,)](perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, c, float(scale),
+                                *perm.stride(), *lower.stride(), *upper.stride(), *grad_w.stride(),
+                                BC=_bc(c), BK=16, **_opts(lower))
+
+
+def compile_specs() -> list[dict]:
+    strides = {k: "i32" for k in ("sp0", "sp1", "sl0", "sl1", "su0", "su1")}
+    specs = []
+    for c in (12, 48):
+        specs.append({"fn": _lu_weight_fwd_kernel,
+                      "signature": {"p_ptr": "*fp32", "l_ptr": "*fp32", "u_ptr": "*fp32", "s_ptr": "*fp32",
+                                    "w_ptr": "*fp32", "ld_ptr": "*fp32", "C": "i32", "scale": "fp32", **strides},
+                      "constexprs": {"BC": _bc(c), "BK": 16}, "num_warps": _warps(c)})
+        specs.append({"fn": _lu_weight_bwd_kernel,
+                      "signature": {"p_ptr": "*fp32", "l_ptr": "*fp32", "u_ptr": "*fp32", "s_ptr": "*fp32",
+                                    "dw_ptr": "*fp32", "gld_ptr": "*fp32", "dl_ptr": "*fp32", "du_ptr": "*fp32",
+                                    "ds_ptr": "*fp32", "C": "i32", "scale": "fp32", **strides,
+                                    "sd0": "i32", "sd1": "i32"},
+                      "constexprs": {"BC": _bc(c), "BK": 16}, "num_warps": _warps(c)})
+    return specs
