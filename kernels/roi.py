@@ -139,9 +139,13 @@ def _align_box(x1, y1, x2, y2, scale, ALIGNED: tl.constexpr):
 
 @triton.jit
 def _grid(extent, pooled, sampling_ratio):
-    # adaptive trip count ceil(extent / pooled); a negative one means "no samples" like 0, and the
-    # clamp keeps the float->int cast defined for absurd boxes
-    adaptive = tl.minimum(tl.maximum(tl.ceil(extent / pooled), 0.0), 16777216.0).to(tl.int32)
+    # adaptive trip count ceil(extent / pooled). Triton's fp32 '/' is approximate (div.full),
+    # so the quotient is corrected with exact products: 14 / 7 must give 2 samples, never 3.
+    # A negative count means "no samples" like 0; the clamp keeps the int cast defined.
+    q = tl.ceil(extent.to(tl.float32) / pooled).to(extent.dtype)
+    q = tl.where((q - 1.0) * pooled >= extent, q - 1.0, q)
+    q = tl.where(q * pooled < extent, q + 1.0, q)
+    adaptive = tl.minimum(tl.maximum(q, 0.0), 16777216.0).to(tl.int32)
     return tl.where(sampling_ratio > 0, adaptive * 0 + sampling_ratio, adaptive)
 
 
@@ -183,10 +187,32 @@ def _int_box(lo_coord, hi_coord, scale64, PLUS_ONE: tl.constexpr):
 
 
 @triton.jit
+def _div_exact(a, b):
+    """fl64(a / b), correctly rounded, for integer-valued float64 1 <= a < 2^53, 1 <= b < 2^26,
+    with no division instruction: ptxas expands div.rn.f64 with a subroutine call whose register
+    saves show up as spills. Newton's reciprocal gives q within an ulp or two; the exact residual
+    a - q*b (one fma: it is representable) then picks the nearest of q and its two neighbours.
+    Checked against numpy's a / b for b <= 129 and a < 2^22 (all pairs), larger b and a."""
+    r = (1.0 / b.to(tl.float32)).to(tl.float64)
+    r = r * (2.0 - b * r)
+    r = r * (2.0 - b * r)
+    q = a * r
+    q = q + tl.fma(-q, b, a) * r
+    qi = q.to(tl.int64, bitcast=True)
+    qd = (qi - 1).to(tl.float64, bitcast=True)
+    qu = (qi + 1).to(tl.float64, bitcast=True)
+    rq = tl.abs(tl.fma(-q, b, a))
+    rd = tl.abs(tl.fma(-qd, b, a))
+    ru = tl.abs(tl.fma(-qu, b, a))
+    best = tl.where(rd < rq, qd, q)
+    return tl.where(ru < tl.minimum(rd, rq), qu, best)
+
+
+@triton.jit
 def _int_bins(idx, pooled, start, length, size):
     # bin [lo, hi) of an integer-bin pool along one axis, clipped to [0, size]; float64 like the
     # oracle (see the module docstring), clamped before the int cast
-    bin_size = length / pooled
+    bin_size = _div_exact(length, tl.cast(pooled, tl.float64))
     lo = tl.floor(idx.to(tl.float64) * bin_size) + start
     hi = tl.ceil((idx + 1).to(tl.float64) * bin_size) + start
     lo = tl.minimum(tl.maximum(lo, 0.0), size).to(tl.int32)
@@ -1318,21 +1344,26 @@ class _NullCtx:
 
 
 def _tile_blocks(c: int, p: int, gpu: bool) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P) of the per-RoI kernels. GPU: ~2048-element tiles (16 values a thread
-    at 4 warps) and at most 256 bins a program; interpreter: few, large programs."""
+    """(BLOCK_C, BLOCK_P) of the per-RoI kernels. GPU: 512-element tiles (4 values a thread at
+    4 warps) and at most 256 bins a program: at sm_90 that is 40-90 registers with either
+    Triton's ptxas (3.6 and 3.9), where 1024-element tiles took up to 186 and 2048 spilled.
+    Interpreter: few, large programs (each costs ~0.4 ms)."""
     if gpu:
         bp = min(triton.next_power_of_2(p), 256)
-        return max(1, min(triton.next_power_of_2(c), 2048 // bp)), bp
+        return max(1, min(triton.next_power_of_2(c), 512 // bp)), bp
     bp = min(triton.next_power_of_2(p), 4096)
     return max(1, min(triton.next_power_of_2(c), 16384 // bp)), bp
 
 
-def _gather_blocks(c: int, h: int, w: int, gpu: bool) -> dict:
-    """Blocks of the deterministic gather kernels: a 16x16 pixel tile x 16 channels on the GPU
-    (a 32-value fp32 accumulator per thread), larger tiles under the interpreter."""
+def _gather_blocks(c: int, h: int, w: int, gpu: bool, ps: bool = False) -> dict:
+    """Blocks of the deterministic gather kernels. GPU: 4 channels x a 16x32 pixel tile (16x16
+    for the PS variants). Triton lays the tile out with every channel of the block in each
+    thread, so per-channel work is replicated and wide channel blocks cost registers (16
+    channels: 228-254 registers); these sizes stay spill-free with the ptxas of Triton 3.6 and
+    3.9. Interpreter: larger tiles, fewer programs."""
     if gpu:
-        return {"BLOCK_C": min(16, triton.next_power_of_2(c)), "TILE_H": 16, "TILE_W": 16,
-                "ROI_BLOCK": 128}
+        return {"BLOCK_C": min(4, triton.next_power_of_2(c)), "TILE_H": 16,
+                "TILE_W": 16 if ps else 32, "ROI_BLOCK": 128}
     return {"BLOCK_C": min(64, triton.next_power_of_2(c)), "TILE_H": min(32, triton.next_power_of_2(h)),
             "TILE_W": min(32, triton.next_power_of_2(w)), "ROI_BLOCK": 256}
 
@@ -1407,7 +1438,7 @@ def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, 
     hi, lo = _f32_parts(spatial_scale)
     with _device(grad_out):
         if deterministic:
-            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda)
+            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
             _ps_roi_align_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
                 grad_out, rois, grad_input, k, n, c, c_in, h, w, *grad_out.stride(),
@@ -1448,7 +1479,7 @@ def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
         if deterministic:
             gpu = grad_out.is_cuda
             chunk = 256 if gpu else min(4096, triton.next_power_of_2(h * w))
-            bc = min(16 if gpu else 64, triton.next_power_of_2(c))
+            bc = min(8 if gpu else 64, triton.next_power_of_2(c))
             bp = min(64 if gpu else 4096, triton.next_power_of_2(ph * pw))
             grid = (triton.cdiv(h * w, chunk) * n * triton.cdiv(c, bc),)
             _roi_pool_bwd_gather_kernel[grid](
@@ -1487,7 +1518,7 @@ def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
     hi, lo = _f32_parts(spatial_scale)
     with _device(grad_out):
         if deterministic:
-            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda)
+            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
             _ps_roi_pool_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
                 grad_out, rois, grad_input, k, n, c, c_in, h, w, *grad_out.stride(),
@@ -1567,3 +1598,97 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
             grad_out, rois, g0.shape[0], c, *grad_out.stride(), rois.stride(0), rois.stride(1),
             *common, NUM_LEVELS=len(grad_features), ALIGNED=bool(aligned), DT=_dt(g0),
             BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(grad_out))
+
+
+# ----------------------------------------------------------------------------------------------
+# COMPILE_SPECS: representative offline compiles for `pygen inspect` and the compile tests
+# ----------------------------------------------------------------------------------------------
+# A list of dicts, one per (kernel, representative configuration):
+#   "name":       kernel name (str)
+#   "fn":         the @triton.jit function
+#   "signature":  {argument name: Triton type} for EVERY argument in order: "*fp32", "*bf16",
+#                 "*i32" (pointers), "i32", "fp32", or "constexpr"
+#   "constexprs": {argument name: value} for every "constexpr" argument. As at a real launch,
+#                 integer arguments equal to 1 (unit strides) are constexprs too: Triton's JIT
+#                 specialises them.
+#   "num_warps":  warps per program (the launchers use the same)
+#   "what":       the shape it stands for (FPN / Mask R-CNN / R-FCN heads at 800x1333)
+# Compile offline, no GPU needed:
+#   src = triton.compiler.ASTSource(fn=s["fn"], signature=s["signature"], constexprs=s["constexprs"])
+#   triton.compile(src, target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
+#                  options={"num_warps": s["num_warps"]})
+
+_FLOAT_ARGS = {"scale_hi", "scale_lo", "canonical_scale"} | {f"s{i}" for i in range(8)}
+
+
+def _spec(fn, what: str, constexprs: dict, ptr: str = "*fp32", types: dict | None = None) -> dict:
+    types = dict(types or {})
+    sig = {}
+    for a in fn.arg_names:
+        if a in constexprs:
+            sig[a] = "constexpr"
+        elif a in types:
+            sig[a] = types[a]
+        elif a.endswith("_ptr") or (len(a) == 2 and a[0] in "fg" and a[1].isdigit()):
+            sig[a] = "*fp32" if a.startswith(("grad_in", "g")) and a != "grad_out_ptr" else ptr
+        elif a in _FLOAT_ARGS:
+            sig[a] = "fp32"
+        else:
+            sig[a] = "i32"
+    name = getattr(fn, "__name__", None) or fn.fn.__name__
+    return {"name": name, "fn": fn, "signature": sig, "constexprs": dict(constexprs),
+            "num_warps": _NUM_WARPS, "what": what}
+
+
+def _compile_specs() -> list:
+    f32 = tl.float32
+    nchw = {"stride_w": 1, "roi_stride_f": 1}           # NCHW input: unit W stride
+    cl = {"stride_c": 1, "roi_stride_f": 1}             # channels_last input: unit C stride
+    go = {"go_s3": 1, "roi_stride_f": 1}                # contiguous grad_out
+    gather = {"BLOCK_C": 4, "TILE_H": 16, "TILE_W": 32, "ROI_BLOCK": 128}
+    ps_gather = {**gather, "TILE_W": 16}
+    fpn = {"NUM_LEVELS": 4, "ALIGNED": False, "DT": f32}
+    ms_fwd = {**{f"sw{i}": 1 for i in range(8)}, "roi_stride_f": 1}
+    return [
+        _spec(_roi_align_fwd_kernel, "FPN box head: C=256, 7x7, NCHW fp32",
+              {**nchw, "ALIGNED": False, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_roi_align_fwd_kernel, "channels_last bf16, C=256, 7x7, aligned",
+              {**cl, "ALIGNED": True, "C_FAST": True, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+              ptr="*bf16"),
+        _spec(_roi_align_fwd_kernel, "Mask R-CNN mask head: C=256, 14x14, NCHW fp32",
+              {**nchw, "ALIGNED": True, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256}),
+        _spec(_roi_align_bwd_kernel, "C=256, 7x7, atomics",
+              {**go, "ALIGNED": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_roi_align_bwd_gather_kernel, "C=256, 7x7, deterministic gather",
+              {**go, "ALIGNED": False, "DT": f32, **gather}),
+        _spec(_ps_roi_align_fwd_kernel, "R-FCN: C_out=21, 7x7 (C_in=1029), NCHW fp32",
+              {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_ps_roi_align_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics",
+              {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_ps_roi_align_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather",
+              {**go, "DT": f32, **ps_gather}),
+        _spec(_roi_pool_fwd_kernel, "Fast R-CNN: C=512, 7x7, NCHW fp32",
+              {**nchw, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+              types={"argmax_ptr": "*i32"}),
+        _spec(_roi_pool_bwd_kernel, "Fast R-CNN: C=512, 7x7, atomics",
+              {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+              types={"argmax_ptr": "*i32"}),
+        _spec(_roi_pool_bwd_gather_kernel, "Fast R-CNN: C=512, 7x7, deterministic gather",
+              {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64, "CHUNK": 256,
+               "ROI_BLOCK": 128}, types={"argmax_ptr": "*i32"}),
+        _spec(_ps_roi_pool_fwd_kernel, "R-FCN: C_out=21, 7x7, NCHW fp32",
+              {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_ps_roi_pool_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics",
+              {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_ps_roi_pool_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather",
+              {**go, "DT": f32, **ps_gather}),
+        _spec(_multi_scale_roi_align_fwd_kernel, "FPN P2-P5: C=256, 7x7, NCHW fp32",
+              {**ms_fwd, **fpn, "C_FAST": False, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_multi_scale_roi_align_bwd_kernel, "FPN P2-P5: C=256, 7x7, atomics",
+              {**go, **fpn, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(_multi_scale_roi_align_bwd_gather_kernel, "FPN P2-P5: C=256, 7x7, deterministic gather",
+              {**go, **fpn, **gather}),
+    ]
+
+
+COMPILE_SPECS = _compile_specs()
