@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi", "flows")
+FAMILIES = ("roi", "flows", "made")
 
 
 def load(family: str):

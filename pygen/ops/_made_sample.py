@@ -7,8 +7,9 @@ hidden units of degree <= t = max(output degree) - 1 that earlier steps have not
 a unit of degree k reads units of degree <= k of the layer below, and inputs of degree <= t are
 all sampled by then. Each unit's row is evaluated once, against the prefix of the layer below
 that its mask keeps, so the total work is one forward pass (plus the D small output products),
-whatever D is. Each step is a masked_linear call on a row slice of W, so the backends (reference,
-Triton) and their tile skipping apply unchanged.
+whatever D is. Each step of each layer is one row-slice product: on the reference backend an
+F.linear with the weights masked once per call, on the Triton backend the masked_linear kernel
+(mask from the degree slices, tile skipping as usual).
 
 GPU note (measured numbers: docs/made.md): every step launches one small masked_linear per layer,
 so on a GPU the loop is launch-bound (a few thousand launches for D = 784). The planned remedy is
@@ -30,10 +31,21 @@ from __future__ import annotations
 import bisect
 
 import torch
+import torch.nn.functional as F
 
 from ..ref import made as ref
 from . import _made_checks as chk
+from . import _registry
 from . import made as _ops
+
+
+def _slice_linear(mode: str, x, w, b, in_deg, out_deg, strict: bool, act: str):
+    """One step's row slice of one layer: act(x . (w * M)^T + b). In the reference mode ``w`` is
+    already masked (once per call, so each step is a plain F.linear); the kernel mode builds M
+    from the degree slices. No argument checks: made_sample validated the whole network."""
+    if mode == "reference":
+        return ref.apply_activation(F.linear(x, w, b), act)
+    return _registry.get(f"masked_linear_{mode}")(x, w, b, in_deg, out_deg, None, strict, act)[0]
 
 
 def _steps(n_weights: int, residual: bool):
@@ -138,6 +150,11 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
         C.append(c)
     dev_deg = [bd.to(device) for bd in buf_deg]
     deg_lists = [bd.tolist() for bd in buf_deg]
+    mode = _ops._pick(name, noise, backend)
+    if mode == "reference":               # mask every weight once; each step is then a plain F.linear
+        for l in range(len(W)):
+            dst_deg = dev_deg[w_deg_dst[l]] if l in w_deg_dst else degs[-1]
+            W[l] = W[l] * ref.autoregressive_mask(dev_deg[src_of[l]], dst_deg, l == len(W) - 1).to(dtype)
 
     noise_sorted = noise[:, dev_perm[0]]
     bufs = [noise.new_zeros((bsz, d))] + [noise.new_zeros((bsz, len(deg_lists[i]))) for i in range(1, n_bufs)]
@@ -168,8 +185,8 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
                 p = bisect.bisect_right(deg_lists[src], t)
                 ctx = C[l]
                 fused = act if use_act and ctx is None else "none"
-                z = _ops.masked_linear(read(bufs[src][:, :p]), W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
-                                       dev_deg[src][:p], dev_deg[dst][c0:e], False, fused, backend=backend)
+                z = _slice_linear(mode, read(bufs[src][:, :p]), W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
+                                  dev_deg[src][:p], dev_deg[dst][c0:e], False, fused)
                 if ctx is not None:
                     z = z + ctx[:, c0:e]
                     if use_act:
@@ -180,8 +197,9 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             done[dst] = e
         src = src_of[last]
         p = bisect.bisect_right(deg_lists[src], t)
-        params = _ops.masked_linear(read(bufs[src][:, :p]), W[last][rows, :p], None if B[last] is None else B[last][rows],
-                                    dev_deg[src][:p], out_deg_dev[rows], True, None, backend=backend)
+        params = _slice_linear(mode, read(bufs[src][:, :p]), W[last][rows, :p],
+                               None if B[last] is None else B[last][rows], dev_deg[src][:p], out_deg_dev[rows],
+                               True, "none")
         bufs[0][:, s] = step_fn(params, noise_sorted[:, s])
         if return_params:
             params_all[:, rows] = params
