@@ -15,6 +15,8 @@ from .detection import (MODELS, FasterRCNNHeadConfig, FasterRCNNRoIHead, RFCNHea
                         RFCNHeadConfig, build, random_proposals, set_backend)
 from .flows import MODELS as _FLOW_MODELS, Glow, GlowConfig, RealNVP2D, RealNVPImage  # noqa: F401,E402
 MODELS.update(_FLOW_MODELS)
+from .made import MODELS as _MADE_MODELS, MADE, MAF, IAF, BinaryMADE, GaussianMADE  # noqa: F401,E402
+MODELS.update(_MADE_MODELS)
 
 
 def _flat(out) -> list[torch.Tensor]:

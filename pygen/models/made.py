@@ -500,3 +500,6 @@ class MADEProfileModel(nn.Module):
     def example_inputs(cfg: MADEConfig, device="cpu", dtype=torch.float32, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         return ((torch.rand(cfg.batch, cfg.features, generator=g) < 0.3).to(device=device, dtype=dtype),)
+
+
+MODELS = {"made": (MADEProfileModel, MADEConfig)}
