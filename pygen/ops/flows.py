@@ -279,10 +279,16 @@ def _register() -> None:
         g3, x3 = _bcs_unit(g), _bcs_unit(x)
         if x.numel():
             k.conv1x1_fwd(g3, w.t(), dx.view(x.shape[0], x.shape[1], -1))
-        part = x.new_empty((k.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda), w.shape[0], w.shape[1]),
-                           dtype=torch.float32)
+        splits = k.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda)
+        if splits == 1 and dw.dtype == torch.float32 and dw.is_contiguous():
+            k.conv1x1_dw(g3, x3, dw.view(1, *dw.shape))   # written in place, no reduction pass
+            return dx, dw
+        part = x.new_empty((splits, w.shape[0], w.shape[1]), dtype=torch.float32)
         k.conv1x1_dw(g3, x3, part)
-        dw.copy_(part.sum(0))
+        if dw.dtype == torch.float32:
+            torch.sum(part, dim=0, out=dw)
+        else:
+            dw.copy_(part.sum(0))
         return dx, dw
 
     fwd = _registry.define("conv1x1_triton", "(Tensor x, Tensor weight) -> Tensor", conv_impl, conv_fake)
