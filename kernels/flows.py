@@ -28,9 +28,9 @@ conv 1x1      y[b] = W x[b];  dx[b] = W^T g[b];  dW = sum_b g[b] x[b]^T  (fp32 I
 
 Grids
 -----
-affine fwd: (n_split, B); a program sums its chunk of one sample, so the log-det needs no atomics
-(deterministic); n_split > 1 only when B is too small to fill the GPU, and the op then adds the
-n_split partial sums. Elementwise passes: (cdiv(N, BLOCK), B). ActNorm: 2-D tiles of [rows, S]
+affine fwd: (n_split, row blocks); a program sums its chunk of its samples, so the log-det needs
+no atomics (deterministic); n_split > 1 only for a few large samples (coupling_splits), and the op
+then adds the n_split partial sums. Elementwise passes: (cdiv(N, BLOCK), B). ActNorm: 2-D tiles of [rows, S]
 so that S = 1 (2-D data) and large S both fill a program. Conv: (S blocks, C_out blocks, B).
 """
 from __future__ import annotations
@@ -401,6 +401,7 @@ _TILE_GPU = 2048         # values per program: 16 a thread at 4 warps
 _TILE_CPU = 16384        # interpreter: few, large programs
 # a sample is split over several programs only while the grid would hold fewer than this
 _TARGET_PROGRAMS = 1056  # 8 per SM on a 132-SM H200
+_SPLIT_MIN_ELEMS = 65536  # per row block, before a sample is split over several programs
 
 
 def _opts(t, warps: int = 4) -> dict:
@@ -421,7 +422,9 @@ def coupling_splits(batch: int, n: int, gpu: bool) -> int:
     buffer [B, n_split] with this): 1 unless the batch alone cannot fill the GPU."""
     bb, bn = coupling_blocks(batch, n, gpu)
     row_blocks = triton.cdiv(max(batch, 1), bb)
-    if not gpu or row_blocks >= _TARGET_PROGRAMS:
+    # splitting costs a second (tiny) launch to add the partial sums: only worth it when each
+    # row block would stream a lot of data alone (one large image), not for Glow's 64 x 1536
+    if not gpu or row_blocks >= _TARGET_PROGRAMS or bb * n <= _SPLIT_MIN_ELEMS:
         return 1
     return max(1, min(triton.cdiv(max(n, 1), bn), triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
 

@@ -449,7 +449,8 @@ def test_sylvester_orthogonal_triangular_identity(gen):
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_sylvester_triton_matches_reference(device, backend, gen):
     z = _rand((6, 5), gen, device=device)
-    A, Bm, b = _rand((6, 5, 3), gen, device=device), _rand((3, 5), gen, device=device), _rand((6, 3), gen, device=device)
+    A, Bm = _rand((6, 5, 3), gen, device=device), _rand((3, 5), gen, device=device)
+    b = _rand((6, 3), gen, device=device)
     f, ld = ops.sylvester(z, A, Bm, b, backend=backend)
     f64, ld64 = ref.sylvester(z.double(), A.double(), Bm.double(), b.double())
     assert_close_to_ref(f, f64, atol=1e-5)
