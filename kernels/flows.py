@@ -212,6 +212,7 @@ def _actnorm_fwd_kernel(
     REVERSE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    LD_BLOCK: tl.constexpr,
 ):
     pr = tl.program_id(0)
     ps = tl.program_id(1)
@@ -231,9 +232,10 @@ def _actnorm_fwd_kernel(
         y = (x + loc[:, None]) * mul[:, None]
     tl.store(y_ptr + offs, y, mask=m)
     if (pr == 0) & (ps == 0):
-        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_R):
-            cc = c0 + tl.arange(0, BLOCK_R)
+        # the log-det is the same for every sample: program (0, 0) writes it, LD_BLOCK at a time
+        acc = tl.zeros([LD_BLOCK], dtype=tl.float32)
+        for c0 in range(0, C, LD_BLOCK):
+            cc = c0 + tl.arange(0, LD_BLOCK)
             pc = tl.load(p_ptr + cc, mask=cc < C, other=1.0).to(tl.float32)
             if LOG:
                 acc += tl.where(cc < C, pc, 0.0)
@@ -242,9 +244,9 @@ def _actnorm_fwd_kernel(
         total = tl.sum(acc, axis=0) * S_f
         if REVERSE:
             total = -total
-        for b0 in range(0, B, BLOCK_R):
-            bb = b0 + tl.arange(0, BLOCK_R)
-            tl.store(ld_ptr + bb, tl.zeros([BLOCK_R], dtype=tl.float32) + total, mask=bb < B)
+        for b0 in range(0, B, LD_BLOCK):
+            bb = b0 + tl.arange(0, LD_BLOCK)
+            tl.store(ld_ptr + bb, tl.zeros([LD_BLOCK], dtype=tl.float32) + total, mask=bb < B)
 
 
 @triton.jit
@@ -490,7 +492,7 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
     br, bs = _actnorm_blocks(rows, s, x.is_cuda)
     _actnorm_fwd_kernel[(triton.cdiv(max(rows, 1), br), triton.cdiv(max(s, 1), bs))](
         x, loc, p, y, logdet, rows, c, s, bsz, float(s), LOG=bool(log_param), REVERSE=bool(reverse),
-        BLOCK_R=br, BLOCK_S=bs, **_opts(x))
+        BLOCK_R=br, BLOCK_S=bs, LD_BLOCK=256, **_opts(x))
 
 
 def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
@@ -606,7 +608,8 @@ def _specs() -> list[dict]:
                       "signature": {"x_ptr": "*fp32", "loc_ptr": "*fp32", "p_ptr": "*fp32", "y_ptr": "*fp32",
                                     "ld_ptr": "*fp32", "R": "i32", "C": "i32", "S": "i32", "B": "i32",
                                     "S_f": "fp32"},
-                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
+                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs,
+                                     "LD_BLOCK": 256},
                       "num_warps": 4})
         specs.append({"fn": _actnorm_bwd_kernel,
                       "signature": {"x_ptr": "*fp32", "g_ptr": "*fp32", "p_ptr": "*fp32", "dx_ptr": "*fp32",
