@@ -38,6 +38,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._flows_util import device_guard
+
 from ._flows_lu import MAX_C as LU_MAX_C  # noqa: F401
 from ._flows_lu import compile_specs as _lu_specs
 from ._flows_lu import lu_weight_bwd, lu_weight_fwd  # noqa: F401
@@ -431,6 +433,7 @@ def coupling_splits(batch: int, n: int, gpu: bool) -> int:
     return max(1, min(triton.cdiv(max(n, 1), bn), triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
 
 
+@device_guard
 def affine_coupling_fwd(x, r, t, y, part, clamp, reverse):
     """x, r, t: [B, N] (unit inner stride); y: [B, N] contiguous; part: [B, n_split] float32
     (any n_split >= 1; the caller adds the partial sums when n_split > 1)."""
@@ -446,6 +449,7 @@ def affine_coupling_fwd(x, r, t, y, part, clamp, reverse):
         CLAMP=clamp is not None, REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
 
 
+@device_guard
 def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse):
     """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse``; else unused, may be
     None): [B, N] contiguous outputs; gl: [B]."""
@@ -461,6 +465,7 @@ def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse):
         BLOCK_N=bn, **_opts(x))
 
 
+@device_guard
 def additive_coupling_fwd(x, t, y, reverse):
     bsz, n = x.shape
     if bsz == 0 or n == 0:
@@ -483,6 +488,7 @@ def actnorm_s_blocks(rows: int, s: int, gpu: bool) -> int:
     return triton.cdiv(max(s, 1), _actnorm_blocks(rows, s, gpu)[1])
 
 
+@device_guard
 def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
     """x, y: [B, C, S] contiguous; loc, p: [C] contiguous; logdet: [B] float32."""
     bsz, c, s = x.shape
@@ -495,6 +501,7 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
         BLOCK_R=br, BLOCK_S=bs, LD_BLOCK=256, **_opts(x))
 
 
+@device_guard
 def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
     """x, g, dx: [B, C, S] contiguous; loc, p, dloc, dp: [C]; gl: [B];
     pa, pb: [B, n_sb, C] float32 scratch (n_sb = actnorm_s_blocks)."""
@@ -530,6 +537,7 @@ def _conv_warps(m: int, n: int) -> int:
     return 8 if m * n >= 4096 else 4
 
 
+@device_guard
 def conv1x1_fwd(x, w, y):
     """y[b] = w @ x[b]. x: [B, C, S] (unit stride along S); w: [C, C] any strides; y contiguous."""
     bsz, c, s = x.shape
@@ -560,6 +568,7 @@ def conv1x1_dw_splits(batch: int, c: int, gpu: bool) -> int:
     return max(1, min(batch, want))
 
 
+@device_guard
 def conv1x1_dw(g, x, part):
     """part[k] = sum over batch split k of g[b] @ x[b]^T; g, x: [B, C, S] (unit stride along S)."""
     bsz, c, s = x.shape
