@@ -1,6 +1,7 @@
-"""Every Triton kernel of the flow family compiles offline for sm_90 without register spills (no
-GPU needed): for each kernel function the last (largest) entry of kernels/flows.py's
-COMPILE_SPECS is compiled; ``pygen inspect flows`` compiles all of them.
+"""The register-heavy Triton kernels of the flow family (slogdet, LU weight and 1x1-conv, forward
+and backward) compile offline for sm_90 without register spills (no GPU needed): for each the last
+(largest) entry of kernels/flows.py's COMPILE_SPECS is compiled. The elementwise kernels are left
+to ``pygen inspect flows``, which compiles all 29 entries (~10 s more on 2 cores).
 
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
 and under it @triton.jit yields interpreter objects that cannot be compiled.
@@ -18,9 +19,12 @@ CHILD = """
 import json
 from pygen.inspect_kernels import compile_triton_spec
 from pygen.kernels import flows
+HEAVY = ("_slogdet_fwd_kernel", "_slogdet_bwd_kernel", "_lu_weight_fwd_kernel", "_lu_weight_bwd_kernel",
+         "_conv1x1_fwd_kernel", "_conv1x1_dw_kernel")
 last = {}
 for spec in flows.COMPILE_SPECS:
-    last[spec["fn"].__name__] = spec
+    if spec["fn"].__name__ in HEAVY:
+        last[spec["fn"].__name__] = spec
 rows = []
 for name, spec in last.items():
     r = compile_triton_spec(spec, "flows")
@@ -35,7 +39,7 @@ def test_every_flow_kernel_compiles_for_sm90_without_spills():
     res = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(rows) == 12, [r["kernel"] for r in rows]
+    assert len(rows) == 6, [r["kernel"] for r in rows]
     for r in rows:
         if r["error"] and "ptxas" in r["error"] and r["registers"] is None:
             pytest.skip(f"no usable ptxas: {r['error']}")
