@@ -323,6 +323,17 @@ def test_inv_conv1x1_matches_reference_inverts_and_grads(device, backend, gen):
                     torch.testing.assert_close(ldr, -ld)
 
 
+def test_inv_conv1x1_gradcheck_reference(gen):
+    x = _rand((2, 3, 2, 1), gen, torch.float64).requires_grad_(True)
+    w = (torch.eye(3, dtype=torch.float64) + 0.3 * _rand((3, 3), gen, torch.float64)).requires_grad_(True)
+    p, low, up, diag = [t.requires_grad_(i > 0) for i, t in enumerate(_lu_params(3, gen, "cpu", torch.float64))]
+    for rev in (False, True):
+        assert torch.autograd.gradcheck(lambda a, b: ops.inv_conv1x1(a, b, reverse=rev, backend="reference"), (x, w))
+        assert torch.autograd.gradcheck(
+            lambda a, lo, u, d: ops.inv_conv1x1_lu(a, p, lo, u, d, reverse=rev, backend="reference"),
+            (x, low, up, diag))
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_lu_weight_kernel(device, backend, gen):
     """W = P L' U' and its scaled log-det in one program, and the backward, for C up to 64 (the
