@@ -213,6 +213,34 @@ def _made_plan_kernel(
     tl.store(count_ptr + 2 * t + 1, n_part)
 
 
+@triton.jit
+def _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok,
+                     K, J, stride_xk, stride_wk, STRICT: tl.constexpr, UPCAST: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += x . (W * M)^T over the plan's K-tiles of output tile pid_n: the full tiles with no
+    masking arithmetic, then the partial tiles with M rebuilt from the degrees in registers."""
+    rk = tl.arange(0, BLOCK_K)
+    od = tl.load(out_deg_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
+    n_full = tl.load(count_ptr + 2 * pid_n)
+    n_part = tl.load(count_ptr + 2 * pid_n + 1)
+    plan_row = plan_ptr + pid_n * J
+    for jj in range(0, n_full):
+        offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
+        k_ok = offs_k < K
+        a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+    for jj in range(J - n_part, J):
+        offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
+        k_ok = offs_k < K
+        a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
+        w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
+        acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+    return acc
+
+
 # ----------------------------------------------------------------------------------------------
 # forward: y = act(x . (W * M)^T + b)
 # ----------------------------------------------------------------------------------------------
@@ -262,24 +290,8 @@ def _masked_linear_fwd_kernel(
             w = tl.where(keep != 0, w, tl.zeros_like(w))
             acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
     else:
-        od = tl.load(out_deg_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
-        n_full = tl.load(count_ptr + 2 * pid_n)
-        n_part = tl.load(count_ptr + 2 * pid_n + 1)
-        plan_row = plan_ptr + pid_n * J
-        for jj in range(0, n_full):          # fully kept tiles: no masking arithmetic
-            offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
-            k_ok = offs_k < K
-            a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
-        for jj in range(J - n_part, J):      # partial tiles: mask from the degrees, in registers
-            offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
-            k_ok = offs_k < K
-            a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
-            w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
-            acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+        acc = _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n,
+                               m_ok, n_ok, K, J, stride_xk, stride_wk, STRICT, UPCAST, PRECISION, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -288,6 +300,57 @@ def _masked_linear_fwd_kernel(
         tl.store(z_ptr + out_off, _cast(acc, z_ptr.dtype.element_ty, UPCAST), mask=out_mask)
     y = _activate(acc, ACT)
     tl.store(y_ptr + out_off, _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# MAF output head: params = h . (W * M)^T + b (strict), z = scale * x + shift, log-det partials
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _made_affine_fwd_kernel(
+    h_ptr,                  # [M, K] last hidden layer
+    w_ptr,                  # [N, K] output weight, N = 2D: rows 2d, 2d+1 = (unconstrained scale, shift) of d
+    b_ptr,                  # [N] bias (read when HAS_BIAS)
+    in_deg_ptr,             # [K] hidden degrees
+    out_deg_ptr,            # [N] output degrees (mask: out_deg > in_deg)
+    plan_ptr,               # [T, J] int32 tile plan (strict)
+    count_ptr,              # [T, 2] int32
+    x_ptr,                  # [M, D] the data transformed by the layer (any strides)
+    z_ptr,                  # [M, D] out, contiguous: sigmoid(a + 2) + 1e-3 = scale; z = scale * x + shift
+    p_ptr,                  # [M, N] out, contiguous: the parameters (written when SAVE_PARAMS)
+    ld_ptr,                 # [M, T] out, fp32: per output tile, sum of log(scale) over its inputs d
+    M, N, K, J, T,
+    stride_hm, stride_hk,
+    stride_wn, stride_wk,
+    stride_xm, stride_xd,
+    HAS_BIAS: tl.constexpr, SAVE_PARAMS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    rows64 = offs_m.to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _fwd_degree_loop(acc, h_ptr + rows64[:, None] * stride_hm, w_ptr + offs_n[:, None] * stride_wn,
+                           in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok, K, J,
+                           stride_hk, stride_wk, 1, UPCAST, PRECISION, BLOCK_K)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if SAVE_PARAMS:
+        tl.store(p_ptr + rows64[:, None] * N + offs_n[None, :], _cast(acc, p_ptr.dtype.element_ty, UPCAST),
+                 mask=m_ok[:, None] & n_ok[None, :])
+    # adjacent columns (2d, 2d+1) hold (a, shift) of input d; BLOCK_N is even, so pairs stay in a tile
+    a, shift = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
+    offs_d = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    d_ok = m_ok[:, None] & (offs_d < N // 2)[None, :]
+    xv = tl.load(x_ptr + rows64[:, None] * stride_xm + offs_d[None, :] * stride_xd, mask=d_ok, other=0.0)
+    scale = tl.sigmoid(a + 2.0) + 1e-3
+    z = scale * xv.to(tl.float32) + shift
+    tl.store(z_ptr + rows64[:, None] * (N // 2) + offs_d[None, :], _cast(z, z_ptr.dtype.element_ty, UPCAST),
+             mask=d_ok)
+    ls = tl.where(d_ok, tl.log(scale), 0.0)
+    tl.store(ld_ptr + rows64 * T + pid_n, tl.sum(ls, axis=1), mask=m_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +640,24 @@ def masked_linear_dw(gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activa
     _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False)
 
 
+def made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params, ld_part, cfg: Config) -> None:
+    """MAF output head: params = h . (W * M)^T + b with the strict mask, z = scale * x + shift,
+    ``ld_part`` [M, T] fp32 = per output tile sums of log(scale); ``params`` (or None) [M, N].
+    ``plan``/``counts`` from ``made_plan(out_deg, in_deg, ..., strict=True, rows_are_out=True)``."""
+    m, k = h.shape
+    n = weight.shape[0]
+    if m == 0 or n == 0:
+        return
+    t = ld_part.shape[1]
+    _made_affine_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
+        h, weight, bias if bias is not None else z, in_deg, out_deg, plan, counts, x, z,
+        params if params is not None else z, ld_part, m, n, k, triton.cdiv(k, cfg.block_k), t,
+        h.stride(0), h.stride(1), weight.stride(0), weight.stride(1), x.stride(0), x.stride(1),
+        HAS_BIAS=bias is not None, SAVE_PARAMS=params is not None, UPCAST=_upcast(h), PRECISION=_precision(h),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def masked_matmul_fwd(x, weight, bias, mask, y, z, activation: str, cfg: Config) -> None:
     """The explicit-mask forward: ``mask`` [N, K] uint8."""
     _fwd(x, weight, bias, None, None, mask, None, None, y, z, False, activation, cfg, True)
@@ -643,6 +724,17 @@ def _specs():
                  "EXPLICIT_MASK": explicit, "UPCAST": False, "PRECISION": prec, "BLOCK_N": c.block_n,
                  "BLOCK_K": c.block_k, "BLOCK_M": c.block_m, "GROUP_M": c.group_m},
                 c, ["M", "N", "K", "stride_xm", "stride_mn"]))
+    for tname in ("fp16", "bf16"):
+        c, p = _GPU_16BIT["fwd"], f"*{tname}"
+        specs.append(_spec(
+            _made_affine_fwd_kernel, f"made_affine_fwd[{tname}]",
+            {"h_ptr": p, "w_ptr": p, "b_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "plan_ptr": "*i32",
+             "count_ptr": "*i32", "x_ptr": p, "z_ptr": p, "p_ptr": p, "ld_ptr": "*fp32", "M": "i32", "N": "i32",
+             "K": "i32", "J": "i32", "T": "i32", "stride_hm": "i32", "stride_wn": "i32", "stride_xm": "i32"},
+            {"stride_hk": 1, "stride_wk": 1, "stride_xd": 1, "HAS_BIAS": True, "SAVE_PARAMS": True, "UPCAST": False,
+             "PRECISION": "tf32", "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
+             "GROUP_M": c.group_m},
+            c, ["M", "N", "K", "stride_hm", "stride_wn", "stride_xm"]))
     c = _GPU_16BIT["fwd"]
     specs.append(_spec(
         _made_plan_kernel, "made_plan",

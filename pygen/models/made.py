@@ -24,7 +24,8 @@ Heads:
     BinaryMADE     Bernoulli logits, log_prob(x) = sum_d log Bern(x_d | sigmoid(logit_d))
     GaussianMADE   params (mu_d, alpha_d) interleaved, x_d = mu_d + exp(alpha_d) e_d (MAF paper)
     MaskedAffineAutoregressiveTransform   nflows' MAF layer: forward(x) = (scale x + shift,
-        sum log scale) with scale = sigmoid(a + 2) + 1e-3, inverse by autoregressive sampling
+        sum log scale) with scale = sigmoid(a + 2) + 1e-3; the output layer, the affine map and
+        the log-det sum run as one kernel (pygen.ops.made_affine_forward); inverse by sampling
     InverseAutoregressiveTransform        the IAF layer (the MAF layer run backwards)
     MAF, IAF       stacks of those layers with reversed orders between them, N(0, I) base
 
@@ -199,6 +200,10 @@ class MADE(nn.Module):
             self.sort_hidden_()
 
     def forward(self, inputs, context=None):
+        return self.final_layer(self.hidden(inputs, context))
+
+    def hidden(self, inputs, context=None):
+        """The input of final_layer (everything but the output layer)."""
         name = activation_name(self.activation)
         fuse = name is not None and context is None and not self.use_residual_blocks
         h = self.initial_layer(inputs, activation=name if fuse else None)
@@ -208,7 +213,7 @@ class MADE(nn.Module):
             h = _callable(self.activation)(h)
         for blk in self.blocks:
             h = blk(h, context)
-        return self.final_layer(h)
+        return h
 
     # ---- hidden-unit order -----------------------------------------------------------------------
     def _hidden_layers(self):
@@ -386,7 +391,14 @@ class MaskedAffineAutoregressiveTransform(nn.Module):
         return ref.affine_scale(p[..., 0]), p[..., 1]
 
     def forward(self, inputs, context=None):
-        scale, shift = self._scale_shift(self.autoregressive_net(inputs, context), self.features)
+        net = self.autoregressive_net
+        h = net.hidden(inputs, context)
+        args = net.final_layer.kernel_args() if not torch.compiler.is_compiling() else ("mask",)
+        if args[0] == "degrees" and args[3] and inputs.dim() == 2:
+            # output head, affine transform and log-det sum in one kernel (pygen.ops.made_affine_forward)
+            return ops.made_affine_forward(h, net.final_layer.weight, net.final_layer.bias, args[1], args[2],
+                                           inputs, backend=net.final_layer.backend)
+        scale, shift = self._scale_shift(net.final_layer(h), self.features)
         return scale * inputs + shift, torch.log(scale).sum(dim=-1)
 
     def inverse(self, inputs, context=None):

@@ -31,7 +31,7 @@ from ..ref import made as ref
 from . import _made_checks as chk
 from . import _registry
 
-__all__ = ["masked_linear", "masked_linear_plain", "made_sample", "sort_hidden_units"]
+__all__ = ["masked_linear", "masked_linear_plain", "made_affine_forward", "made_sample", "sort_hidden_units"]
 
 _SUPPORTED = ("triton", "reference")
 
@@ -176,6 +176,107 @@ def _register_triton() -> None:
 
 
 _register_triton()
+
+
+def _new_affine(h, weight, x, save_params: bool):
+    m, n = h.shape[0], weight.shape[0]
+    return (x.new_empty((m, n // 2)), x.new_empty((m,)),
+            h.new_empty((m, n) if save_params else (0,)))
+
+
+def _register_affine() -> None:
+    b = "triton"
+
+    def forward(h, weight, bias, in_deg, out_deg, x, save_params):
+        z, logdet, params = _new_affine(h, weight, x, save_params)
+        m, k = h.shape
+        n = weight.shape[0]
+        if m == 0:
+            return z, logdet, params
+        kern = _kernels()
+        cfg = kern.config("fwd", h.dtype)
+        t, j = kern.plan_shape("fwd", n, k, cfg)
+        if k == 0 or n == 0:
+            pre = (bias.float() if bias is not None else h.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+            zz, ld = ref.made_affine_forward(h.new_zeros((m, 0), dtype=torch.float32), pre.new_zeros((n, 0)),
+                                             pre[0], in_deg, out_deg, x.float())
+            z.copy_(zz)
+            logdet.copy_(ld)
+            if save_params:
+                params.copy_(pre)
+            return z, logdet, params
+        plan = torch.empty((t, j), dtype=torch.int32, device=h.device)
+        counts = torch.empty((t, 2), dtype=torch.int32, device=h.device)
+        ld_part = torch.empty((m, t), dtype=torch.float32, device=h.device)
+        kern.made_plan(out_deg, in_deg, plan, counts, True, True, cfg.block_n, cfg.block_k)
+        kern.made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params if save_params else None,
+                             ld_part, cfg)
+        logdet.copy_(ld_part.sum(dim=1))
+        return z, logdet, params
+
+    fwd = _registry.define(
+        f"made_affine_{b}",
+        "(Tensor h, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, Tensor x, "
+        "bool save_params) -> (Tensor, Tensor, Tensor)",
+        forward, lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save))
+
+    def setup(ctx, inputs, output):
+        h, weight, bias, in_deg, out_deg, x, save_params = inputs
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(h, weight, in_deg, out_deg, x, output[2])
+        ctx.has_bias = bias is not None
+
+    def grad_fn(ctx, gz, gld, _gp):
+        h, weight, in_deg, out_deg, x, params = ctx.saved_tensors
+        if params.numel() != h.shape[0] * weight.shape[0]:
+            raise RuntimeError("made_affine: backward needs the parameters; call it with save_params=True "
+                               "(pygen.ops.made_affine_forward does when autograd records)")
+        p = params.float().view(*x.shape, 2)
+        s = torch.sigmoid(p[..., 0] + ref.AFFINE_SCALE_SHIFT)
+        scale = s + ref.AFFINE_EPS
+        ds = s * (1 - s)
+        g_a = gz.float() * x.float() * ds + gld.float()[:, None] * ds / scale
+        g_params = torch.stack([g_a, gz.float()], dim=-1).reshape(params.shape).to(params.dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
+        dh, dw, db = _registry.get(f"masked_linear_backward_{b}")(
+            g_params, g_params.new_empty(0), h, weight, in_deg, out_deg, None, True, "none", need_h, need_w, need_b)
+        dx = (gz.float() * scale).to(x.dtype) if ctx.needs_input_grad[5] else None
+        return (dh if need_h else None, dw if need_w else None, db if need_b else None, None, None, dx, None)
+
+    fwd.register_autograd(grad_fn, setup_context=setup)
+
+
+_register_affine()
+
+
+def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        in_degrees: torch.Tensor, out_degrees: torch.Tensor, x: torch.Tensor, *,
+                        backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MAF layer's output head in one kernel: params = h . (W * M)^T + b (strict mask; rows 2d,
+    2d+1 = unconstrained scale and shift of input d), z = scale * x + shift with
+    scale = sigmoid(a + 2) + 1e-3, and logdet = sum_d log(scale_d) (pygen.ref.made). The kernel
+    writes z and per-tile log-det partial sums from the matmul's epilogue (params are written too
+    only when autograd records, for the backward). h [B, K], weight [2D, K], x [B, D];
+    returns (z [B, D], logdet [B]) in x's dtype."""
+    name = "made_affine_forward"
+    chk.linear_args(name, h, weight, bias)
+    chk.tensor(name, x, "x")
+    if x.dim() != 2 or x.shape[0] != h.shape[0] or 2 * x.shape[1] != weight.shape[0]:
+        raise ValueError(f"{name}: x must be [batch, D] with batch = {h.shape[0]} and 2*D = out_features = "
+                         f"{weight.shape[0]}, got {tuple(x.shape)}")
+    if x.dtype != h.dtype or x.device != h.device:
+        raise TypeError(f"{name}: x must be {h.dtype} on {h.device} like h, got {x.dtype} on {x.device}")
+    if h.dim() != 2:
+        raise ValueError(f"{name}: h must be 2-D [batch, hidden], got shape {tuple(h.shape)}")
+    i = chk.degrees(name, in_degrees, weight.shape[1], "in_degrees", h.device)
+    o = chk.degrees(name, out_degrees, weight.shape[0], "out_degrees", h.device)
+    b = _pick(name, h, backend)
+    if b == "reference":
+        return ref.made_affine_forward(h, weight, bias, i, o, x)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias, x))
+    z, logdet, _ = _registry.get(f"made_affine_{b}")(h, weight, bias, i, o, x, save)
+    return z, logdet
 
 
 def _resolve(name, weight, in_degrees, out_degrees, mask, strict, device):

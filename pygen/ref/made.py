@@ -46,6 +46,11 @@ with steps ``bernoulli_step`` (x = [u < sigmoid(logit)]), ``gaussian_step`` (x =
 MAF paper) and ``affine_inverse_step`` (nflows' MAF inverse: x = (z - shift) / scale,
 scale = sigmoid(a + 2) + 1e-3). pygen.ops.made_sample computes the same samples with each
 hidden unit evaluated once.
+
+MAF output head (``made_affine_forward``)
+-----------------------------------------
+    params = h . (W * M)^T + b  (strict, rows 2d, 2d+1 = (a_d, shift_d)),  scale = sigmoid(a + 2) + 1e-3
+    z = scale * x + shift,   logdet = sum_d log(scale_d)      (the triangular Jacobian's log-det)
 """
 from __future__ import annotations
 
@@ -197,6 +202,16 @@ def affine_scale(unconstrained: torch.Tensor) -> torch.Tensor:
 def affine_inverse_step(params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """nflows' MAF inverse for one dimension: x = (z - shift) / scale, params (a, shift)."""
     return (noise - params[..., 1]) / affine_scale(params[..., 0])
+
+
+def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_degrees: torch.Tensor,
+                        out_degrees: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nflows' MAF layer from its last hidden layer h [B, K]: params = masked_linear(h, W, b, strict)
+    with W [2D, K] (rows 2d, 2d+1 = unconstrained scale a_d and shift of input d), then
+    z = scale * x + shift with scale = sigmoid(a + 2) + 1e-3, and logdet = sum_d log(scale_d)."""
+    p = masked_linear(h, weight, bias, in_degrees, out_degrees, strict=True).view(*x.shape, 2)
+    scale = affine_scale(p[..., 0])
+    return scale * x + p[..., 1], torch.log(scale).sum(dim=-1)
 
 
 STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
