@@ -9,6 +9,8 @@ sorted by degree (pygen's default order), batch 4096 on CUDA.
                     l2-nflows-order: l2 with nflows' cyclic hidden order (fewer zero tiles)
                     random-mask: 2048 -> 2048 with an explicit mask no degrees reproduce (the
                     plain masked-matmul kernel), relu
+    made_affine_forward   the MAF layer's output head on that network: 2048 -> 2 * 784 strict,
+                    z = scale * x + shift and the log-det, fused (output: [z, logdet] concatenated)
     made_sample     Gaussian MADE (output_multiplier 2) over the same network, D = 784 steps,
                     256 samples on CUDA
 On CPU the batch is 512, and the sampler draws 8 samples from a network with hidden width 512:
@@ -20,7 +22,8 @@ line records the sizes actually run.
 
 ``cases(quick=True)`` keeps the structure at D = 16, hidden 64, batch 32 (8 samples).
 
-Baselines: ``dense masked`` is what nflows / pyro / zuko compute (W * M, then F.linear); the
+Baselines: ``dense masked`` is what nflows / pyro / zuko compute (W * M, then F.linear, then for
+the MAF head the affine map and log-det as separate elementwise ops); the
 ``reference`` row is pygen.ref (the same, with M rebuilt from the degrees); ``compile(reference)``
 is torch.compile of pygen.ref. For made_sample, ``D passes (dense masked)`` runs the network D
 times (pygen.ref.made.made_sample), and ``compile(reference)`` runs those D passes with the
@@ -159,6 +162,49 @@ def _layer_case(s: MADEShape, tag: str, name: str, k: int, n: int, in_deg, out_d
                 backends=BACKENDS)
 
 
+def _affine_case(s: MADEShape, tag: str, seed: int) -> Case:
+    """The MAF layer's output head: params = h . (W * M)^T + b, z = scale * x + shift, log-det."""
+    m, k, d = s.batch, s.hidden, s.features
+    deg = network_degrees(s, "sorted", multiplier=2)
+    in_deg, out_deg = deg[2], deg[3]
+    fr = tile_fractions(in_deg, out_deg, True, *GPU_TILE)
+    shape = {"batch": m, "hidden": k, "features": d, "gflop_dense": 2 * m * 2 * d * k / 1e9,
+             "kept": float(ref.autoregressive_mask(in_deg, out_deg, True).float().mean()), "zero_tiles": fr["zero"],
+             "output": "cat([z, logdet[:, None]], 1)"}
+
+    def make(device, dtype) -> Inputs:
+        h = _randn((m, k), seed, device, dtype).relu()
+        w = _randn((2 * d, k), seed + 1, device, dtype, 0.1 * k ** -0.5)
+        b = _randn((2 * d,), seed + 2, device, dtype, 0.1)
+        x = _randn((m, d), seed + 3, device, dtype)
+        mask = ref.autoregressive_mask(in_deg, out_deg, True).to(device=device, dtype=dtype)
+        t = {"h": h, "w": w, "b": b, "x": x, "ind": in_deg.to(device), "outd": out_deg.to(device), "mask": mask}
+        return Inputs(t, [h, w, b, x], _randn((m, d + 1), seed + 4, device, dtype))
+
+    def cat(z, ld):
+        return torch.cat([z, ld[:, None].to(z.dtype)], dim=1)
+
+    def model(I, mode):
+        e = I.h.element_size()
+        fwd = e * (m * k + 2 * d * k + 2 * d + 2 * m * d + m) + 8 * (k + 2 * d)
+        bwd = e * (m * 2 * d + 2 * m * k + 2 * 2 * d * k + 2 * d + 4 * m * d)
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+    def dense():
+        def fn(I):
+            p = F.linear(I.h, I.w * I.mask, I.b).view(m, d, 2)
+            scale = ref.affine_scale(p[..., 0])
+            return cat(scale * I.x + p[..., 1], torch.log(scale).sum(-1))
+        return fn
+
+    op = lambda I, b: cat(*pygen.ops.made_affine_forward(I.h, I.w, I.b, I.ind, I.outd, I.x, backend=b))  # noqa: E731
+    reference = (lambda h, w, b, i, o, x: cat(*ref.made_affine_forward(h, w, b, i, o, x)),
+                 lambda I: (I.h, I.w, I.b, I.ind, I.outd, I.x))
+    return Case(FAMILY, "made_affine_forward", f"{tag}-maf-head", shape, make, op, reference, model,
+                "E*(M*K + 2D*K + 2D + 2*M*D + M) + degrees fwd (params not written); bwd: see bench/made.py",
+                {"dense masked": dense}, backends=BACKENDS)
+
+
 def _d_pass_driver(noise, weights, biases, degrees):
     """D full passes of the dense-masked network (pygen.ref.made.made_sample)."""
     masks = [ref.autoregressive_mask(degrees[l], degrees[l + 1], l == len(weights) - 1).to(weights[0].dtype)
@@ -221,5 +267,6 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
         _layer_case(s, tag, "l3", h, d, deg[2], deg[3], True, None, False, 300),
         _layer_case(s, tag, "l2-nflows-order", h, h, nfl[1], nfl[2], False, "relu", False, 200),
         _layer_case(s, tag, "random-mask", h, h, deg[1], deg[2], False, "relu", False, 400, explicit_mask=rnd),
+        _affine_case(s, tag, 600),
         _sample_case(s, tag, 500),
     ]
