@@ -169,6 +169,57 @@ inline void table_bin_scatter(T* PYGEN_RESTRICT plane, const AlignTables<T>& t, 
   }
 }
 
+// Channel blocking for the plane loops: a task owns kCB planes (4 x 267 KB for a P2 map, which
+// fits in L2), and each sample's four weights and offsets are formed once and applied to all
+// kCB channels, which roughly halves the instructions per gathered value. Per channel the
+// arithmetic is the same as table_bin_sum / table_bin_scatter (bitwise identical results).
+constexpr int kCB = 4;
+
+template <int NC, typename S, typename T>
+inline void table_bin_sums_block(const S* const* planes, const AlignTables<T>& t, int64_t k,
+                                 int64_t i, int64_t j, int64_t PH, int64_t PW, T* acc) {
+  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
+  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
+  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
+  for (int c = 0; c < NC; ++c) acc[c] = T(0);
+  for (int32_t a = 0; a < nya; ++a) {
+    const AxisSample<T> Y = ya[a];
+    for (int32_t b = 0; b < nxb; ++b) {
+      const AxisSample<T> X = xa[b];
+      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
+      const int64_t o1 = Y.lo + X.lo, o2 = Y.lo + X.hi, o3 = Y.hi + X.lo, o4 = Y.hi + X.hi;
+      for (int c = 0; c < NC; ++c) {
+        const S* pl = planes[c];
+        acc[c] += w1 * load<T>(pl + o1) + w2 * load<T>(pl + o2) + w3 * load<T>(pl + o3) +
+                  w4 * load<T>(pl + o4);
+      }
+    }
+  }
+}
+
+template <int NC, typename T>
+inline void table_bin_scatter_block(T* const* planes, const AlignTables<T>& t, int64_t k, int64_t i,
+                                    int64_t j, int64_t PH, int64_t PW, const T* g) {
+  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
+  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
+  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
+  for (int32_t a = 0; a < nya; ++a) {
+    const AxisSample<T> Y = ya[a];
+    for (int32_t b = 0; b < nxb; ++b) {
+      const AxisSample<T> X = xa[b];
+      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
+      const int64_t o1 = Y.lo + X.lo, o2 = Y.lo + X.hi, o3 = Y.hi + X.lo, o4 = Y.hi + X.hi;
+      for (int c = 0; c < NC; ++c) {
+        T* pl = planes[c];
+        pl[o1] += w1 * g[c];
+        pl[o2] += w2 * g[c];
+        pl[o3] += w3 * g[c];
+        pl[o4] += w4 * g[c];
+      }
+    }
+  }
+}
+
 // ---- per-RoI integer bins (pool family) -------------------------------------------------------
 struct PoolTables {
   std::vector<int64_t> hs, he, ws, we;  // [K*PH] rows, [K*PW] columns, clipped to the map
@@ -291,21 +342,32 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
     }
     return;
   }
-  // Plane loop: task = (bucket, channel).
-  const int64_t tasks = b.count * p.C;
+  // Plane loop: task = (bucket, block of kCB channels), every RoI of the bucket in order.
+  const int64_t nblk = (p.C + kCB - 1) / kCB;
+  const int64_t tasks = b.count * nblk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t g = task / p.C, c = task % p.C;
+    const int64_t g = task / nblk, c0 = (task % nblk) * kCB;
     if (b.start[g] == b.start[g + 1]) continue;
+    const int nc = static_cast<int>(std::min<int64_t>(kCB, p.C - c0));
     const Plane& P = p.lv[g / p.N];
-    const S* plane = static_cast<const S*>(P.data) + (g % p.N) * P.sN + c * P.sC;
+    const S* planes[kCB];
+    for (int c = 0; c < nc; ++c)
+      planes[c] = static_cast<const S*>(P.data) + (g % p.N) * P.sN + (c0 + c) * P.sC;
+    T acc[kCB];
     for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
       const int64_t k = b.order[e];
-      S* o = pooled_at<S>(p, k, c);
       const T cnt = t.count[k];
+      S* o = pooled_at<S>(p, k, c0);
       for (int64_t i = 0; i < PH; ++i)
-        for (int64_t j = 0; j < PW; ++j)
-          store(o + i * p.ps[2] + j * p.ps[3], table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / cnt);
+        for (int64_t j = 0; j < PW; ++j) {
+          if (nc == kCB) {
+            table_bin_sums_block<kCB>(planes, t, k, i, j, PH, PW, acc);
+          } else {
+            for (int c = 0; c < nc; ++c) acc[c] = table_bin_sum<S, T>(planes[c], t, k, i, j, PH, PW);
+          }
+          for (int c = 0; c < nc; ++c) store(o + c * p.ps[1] + i * p.ps[2] + j * p.ps[3], acc[c] / cnt);
+        }
     }
   }
 }
@@ -316,6 +378,34 @@ void align_backward(const RoiParams& p, bool ps, int nt) {
   build_align_tables(p, ps, nt, t);  // p.lv are the grad buffers: offsets use their strides
   const Buckets b = bucket_rois<T>(p, !ps);
   const int64_t PH = p.PH, PW = p.PW;
+  if (!ps) {  // task = (bucket, block of kCB grad planes); one writer per plane
+    const int64_t nblk = (p.C + kCB - 1) / kCB;
+    const int64_t tasks = b.count * nblk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t g = task / nblk, c0 = (task % nblk) * kCB;
+      if (b.start[g] == b.start[g + 1]) continue;
+      const int nc = static_cast<int>(std::min<int64_t>(kCB, p.C - c0));
+      const Plane& P = p.lv[g / p.N];
+      T* planes[kCB];
+      for (int c = 0; c < nc; ++c) planes[c] = static_cast<T*>(P.data) + (g % p.N) * P.sN + (c0 + c) * P.sC;
+      T gv[kCB];
+      for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
+        const int64_t k = b.order[e];
+        const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + c0 * p.ps[1];
+        for (int64_t i = 0; i < PH; ++i)
+          for (int64_t j = 0; j < PW; ++j) {
+            for (int c = 0; c < nc; ++c) gv[c] = load<T>(go + c * p.ps[1] + i * p.ps[2] + j * p.ps[3]) / t.count[k];
+            if (nc == kCB) {
+              table_bin_scatter_block<kCB>(planes, t, k, i, j, PH, PW, gv);
+            } else {
+              for (int c = 0; c < nc; ++c) table_bin_scatter<T>(planes[c], t, k, i, j, PH, PW, gv[c]);
+            }
+          }
+      }
+    }
+    return;
+  }
   const int64_t tasks = b.count * p.C;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < tasks; ++task) {
