@@ -214,9 +214,22 @@ def _made_plan_kernel(
 
 
 @triton.jit
+def _load_x(x_rows, offs_k, mask, stride_xk, X_BITS: tl.constexpr, DTYPE: tl.constexpr):
+    """An x tile [rows, offs_k]. With X_BITS, x holds int32 words of 32 binary features each
+    (feature k = bit k % 32 of word k // 32) and the tile is unpacked to 0 / 1 in DTYPE: the first
+    MADE layer then sums the weight columns of the set bits, reading 1/16 of the bf16 bytes."""
+    if X_BITS:
+        words = tl.load(x_rows + (offs_k // 32)[None, :] * stride_xk, mask=mask, other=0)
+        a = ((words >> (offs_k % 32)[None, :]) & 1).to(tl.float32).to(DTYPE)   # (int -> bf16 is broken in the interpreter)
+    else:
+        a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
+    return a
+
+
+@triton.jit
 def _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok,
                      K, J, stride_xk, stride_wk, STRICT: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                     PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, X_BITS: tl.constexpr):
     """acc += x . (W * M)^T over the plan's K-tiles of output tile pid_n: the full tiles with no
     masking arithmetic, then the partial tiles with M rebuilt from the degrees in registers."""
     rk = tl.arange(0, BLOCK_K)
@@ -227,13 +240,13 @@ def _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, cou
     for jj in range(0, n_full):
         offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
         k_ok = offs_k < K
-        a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        a = _load_x(x_rows, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk, X_BITS, w_rows.dtype.element_ty)
         w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
     for jj in range(J - n_part, J):
         offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
         k_ok = offs_k < K
-        a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        a = _load_x(x_rows, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk, X_BITS, w_rows.dtype.element_ty)
         w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
         w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
@@ -265,6 +278,7 @@ def _masked_linear_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     SAVE_Z: tl.constexpr,
     EXPLICIT_MASK: tl.constexpr,  # the plain masked matmul (mask tensor, every tile partial)
+    X_BITS: tl.constexpr,        # x is bit-packed int32 words (degree mode only; see _load_x)
     UPCAST: tl.constexpr,        # bf16 under the interpreter
     PRECISION: tl.constexpr,     # tl.dot input_precision for fp32 operands
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -291,7 +305,7 @@ def _masked_linear_fwd_kernel(
             acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
     else:
         acc = _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n,
-                               m_ok, n_ok, K, J, stride_xk, stride_wk, STRICT, UPCAST, PRECISION, BLOCK_K)
+                               m_ok, n_ok, K, J, stride_xk, stride_wk, STRICT, UPCAST, PRECISION, BLOCK_K, X_BITS)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -334,7 +348,7 @@ def _made_affine_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _fwd_degree_loop(acc, h_ptr + rows64[:, None] * stride_hm, w_ptr + offs_n[:, None] * stride_wn,
                            in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok, K, J,
-                           stride_hk, stride_wk, 1, UPCAST, PRECISION, BLOCK_K)
+                           stride_hk, stride_wk, 1, UPCAST, PRECISION, BLOCK_K, False)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if SAVE_PARAMS:
@@ -438,7 +452,7 @@ def _masked_linear_dw_kernel(
     stride_xm, stride_xk,
     stride_mn, stride_mk,
     STRICT: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, EXPLICIT_MASK: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    X_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,  # output units per program (rows of dW)
     BLOCK_K: tl.constexpr,  # input features per program (columns of dW)
     BLOCK_M: tl.constexpr,  # batch rows per reduction step
@@ -451,7 +465,7 @@ def _masked_linear_dw_kernel(
     n_ok = offs_n < N
     k_ok = offs_k < K
     tile_ok = n_ok[:, None] & k_ok[None, :]
-    op_dtype = x_ptr.dtype.element_ty
+    op_dtype = dw_ptr.dtype.element_ty
     if EXPLICIT_MASK:
         keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk,
                        mask=tile_ok, other=0) != 0
@@ -474,8 +488,8 @@ def _masked_linear_dw_kernel(
             # g^T tile [BLOCK_N, BLOCK_M]
             gt = _grad_tile(gy_ptr, s_ptr, offs_n, rows64, n_ok[:, None] & m_ok[None, :], 1, N, 1, N,
                             ACT, op_dtype, UPCAST)
-            xt = tl.load(x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            xt = _load_x(x_ptr + rows64[:, None] * stride_xm, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk,
+                         X_BITS, dw_ptr.dtype.element_ty)
             acc = _mma(gt, xt, acc, UPCAST, PRECISION)
             db += tl.sum(gt.to(tl.float32), axis=1)
         if not full:
@@ -565,8 +579,10 @@ def _grid(a: int, b: int, cfg_a: int, cfg_b: int):
     return (triton.cdiv(a, cfg_a) * triton.cdiv(b, cfg_b),)
 
 
-def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit):
-    m, k = x.shape
+def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit,
+         x_bits=False):
+    m = x.shape[0]
+    k = weight.shape[1]
     n = weight.shape[0]
     if m == 0 or n == 0:
         return
@@ -580,7 +596,7 @@ def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, act
         counts if counts is not None else dummy, y, z if z is not None else dummy,
         m, n, k, j, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), ms[0], ms[1],
         STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, SAVE_Z=z is not None,
-        EXPLICIT_MASK=explicit, UPCAST=_upcast(x), PRECISION=_precision(x),
+        EXPLICIT_MASK=explicit, X_BITS=x_bits, UPCAST=_upcast(weight), PRECISION=_precision(weight),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -604,7 +620,7 @@ def _dx(gy, saved, weight, in_deg, out_deg, mask, plan, counts, dx, strict, acti
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, explicit):
+def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, explicit, x_bits=False):
     n, k = dw.shape
     m = x.shape[0]
     if n == 0 or k == 0 or m == 0:
@@ -617,15 +633,16 @@ def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, ex
         mask if mask is not None else dummy, dw, db if db is not None else dummy,
         m, n, k, x.stride(0), x.stride(1), ms[0], ms[1],
         STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=db is not None, EXPLICIT_MASK=explicit,
-        UPCAST=_upcast(x), PRECISION=_precision(x), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        X_BITS=x_bits, UPCAST=_upcast(dw), PRECISION=_precision(dw), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         BLOCK_M=cfg.block_m, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, z, strict: bool, activation: str,
-                      cfg: Config) -> None:
+                      cfg: Config, x_bits: bool = False) -> None:
     """y (and z when not None) = act(x . (W * M)^T + b), M from the degrees; ``plan``/``counts`` come
-    from ``made_plan(out_deg, in_deg, ..., rows_are_out=True, cfg.block_n, cfg.block_k)``."""
-    _fwd(x, weight, bias, in_deg, out_deg, None, plan, counts, y, z, strict, activation, cfg, False)
+    from ``made_plan(out_deg, in_deg, ..., rows_are_out=True, cfg.block_n, cfg.block_k)``.
+    ``x_bits``: x is [M, ceil(K / 32)] int32 words of binary features (bit k % 32 of word k // 32)."""
+    _fwd(x, weight, bias, in_deg, out_deg, None, plan, counts, y, z, strict, activation, cfg, False, x_bits)
 
 
 def masked_linear_dx(gy, saved, weight, in_deg, out_deg, plan, counts, dx, strict: bool, activation: str,
@@ -635,9 +652,11 @@ def masked_linear_dx(gy, saved, weight, in_deg, out_deg, plan, counts, dx, stric
     _dx(gy, saved, weight, in_deg, out_deg, None, plan, counts, dx, strict, activation, cfg, False)
 
 
-def masked_linear_dw(gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config) -> None:
-    """dw = M * (g^T . x) and (when ``db`` is not None) db = sum of g over rows."""
-    _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False)
+def masked_linear_dw(gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config,
+                     x_bits: bool = False) -> None:
+    """dw = M * (g^T . x) and (when ``db`` is not None) db = sum of g over rows (x bit-packed with
+    ``x_bits``, as in masked_linear_fwd)."""
+    _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False, x_bits)
 
 
 def made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params, ld_part, cfg: Config) -> None:
@@ -672,77 +691,8 @@ def masked_matmul_dw(gy, saved, x, mask, dw, db, activation: str, cfg: Config) -
 
 
 # ----------------------------------------------------------------------------------------------
-# offline compile specs (pygen inspect: sm_90 resources, wgmma in the PTX of the matmul kernels)
+# offline compile specs (pygen inspect): kernels/_made_specs.py
 # ----------------------------------------------------------------------------------------------
-def _spec(fn, name, sig, consts, cfg, div):
-    """One entry as the runtime specializes it at the benchmark shape: pointers 16-byte aligned,
-    ``div`` integer arguments multiples of 16 (tt.divisibility), unit strides constexpr 1."""
-    names = fn.arg_names
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in list(sig) + div
-             if a in names and (sig.get(a, "").startswith("*") or a in div)}
-    return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
-            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+from ._made_specs import build_specs as _build_specs  # noqa: E402
 
-
-def _specs():
-    """Default GPU configs, relu, row-major x / weight / mask (so their inner strides are 1)."""
-    specs = []
-    deg = "*i64"
-    for dt, tname in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        cfgs = _GPU_32BIT if dt == torch.float32 else _GPU_16BIT
-        p = f"*{tname}"
-        prec = "ieee" if dt == torch.float32 else "tf32"
-        for explicit in (False, True):
-            kind = "masked_matmul" if explicit else "masked_linear"
-            c = cfgs["fwd"]
-            specs.append(_spec(
-                _masked_linear_fwd_kernel, f"{kind}_fwd[{tname}]",
-                {"x_ptr": p, "w_ptr": p, "b_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
-                 "plan_ptr": "*i32", "count_ptr": "*i32", "y_ptr": p, "z_ptr": p, "M": "i32", "N": "i32",
-                 "K": "i32", "J": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_mn": "i32"},
-                {"stride_xk": 1, "stride_wk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "HAS_BIAS": True,
-                 "SAVE_Z": False, "EXPLICIT_MASK": explicit, "UPCAST": False, "PRECISION": prec,
-                 "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "GROUP_M": c.group_m},
-                c, ["M", "N", "K", "stride_xm", "stride_wn", "stride_mn"]))
-            c = cfgs["dx"]
-            specs.append(_spec(
-                _masked_linear_dx_kernel, f"{kind}_dx[{tname}]",
-                {"gy_ptr": p, "s_ptr": p, "w_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
-                 "plan_ptr": "*i32", "count_ptr": "*i32", "dx_ptr": p, "M": "i32", "N": "i32", "K": "i32",
-                 "J": "i32", "stride_wn": "i32", "stride_mn": "i32"},
-                {"stride_wk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "EXPLICIT_MASK": explicit,
-                 "UPCAST": False, "PRECISION": prec, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n,
-                 "BLOCK_K": c.block_k, "GROUP_M": c.group_m},
-                c, ["M", "N", "K", "stride_wn", "stride_mn"]))
-            c = cfgs["dw"]
-            specs.append(_spec(
-                _masked_linear_dw_kernel, f"{kind}_dw[{tname}]",
-                {"gy_ptr": p, "s_ptr": p, "x_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "mask_ptr": "*u8",
-                 "dw_ptr": p, "db_ptr": p, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
-                 "stride_mn": "i32"},
-                {"stride_xk": 1, "stride_mk": 1, "STRICT": 0, "ACT": 1, "HAS_BIAS": True,
-                 "EXPLICIT_MASK": explicit, "UPCAST": False, "PRECISION": prec, "BLOCK_N": c.block_n,
-                 "BLOCK_K": c.block_k, "BLOCK_M": c.block_m, "GROUP_M": c.group_m},
-                c, ["M", "N", "K", "stride_xm", "stride_mn"]))
-    for tname in ("fp16", "bf16"):
-        c, p = _GPU_16BIT["fwd"], f"*{tname}"
-        specs.append(_spec(
-            _made_affine_fwd_kernel, f"made_affine_fwd[{tname}]",
-            {"h_ptr": p, "w_ptr": p, "b_ptr": p, "in_deg_ptr": deg, "out_deg_ptr": deg, "plan_ptr": "*i32",
-             "count_ptr": "*i32", "x_ptr": p, "z_ptr": p, "p_ptr": p, "ld_ptr": "*fp32", "M": "i32", "N": "i32",
-             "K": "i32", "J": "i32", "T": "i32", "stride_hm": "i32", "stride_wn": "i32", "stride_xm": "i32"},
-            {"stride_hk": 1, "stride_wk": 1, "stride_xd": 1, "HAS_BIAS": True, "SAVE_PARAMS": True, "UPCAST": False,
-             "PRECISION": "tf32", "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
-             "GROUP_M": c.group_m},
-            c, ["M", "N", "K", "stride_hm", "stride_wn", "stride_xm"]))
-    c = _GPU_16BIT["fwd"]
-    specs.append(_spec(
-        _made_plan_kernel, "made_plan",
-        {"row_deg_ptr": deg, "red_deg_ptr": deg, "plan_ptr": "*i32", "count_ptr": "*i32", "R": "i32",
-         "KR": "i32", "J": "i32"},
-        {"STRICT": 0, "ROWS_ARE_OUT": True, "BLOCK_R": c.block_n, "BLOCK_K": c.block_k},
-        Config(0, 0, 0, num_warps=1, num_stages=1), ["R", "KR"]))
-    return specs
-
-
-COMPILE_SPECS = _specs()
+COMPILE_SPECS = _build_specs(globals())

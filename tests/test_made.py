@@ -233,8 +233,46 @@ def test_made_affine_head_matches_reference(device, backend, gen):
         torch.testing.assert_close(z2, z.detach())
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_masked_linear_bits_matches_reference(device, backend, gen):
+    """Bit-packed binary inputs (K = 70: three words, the last partial) against float64 on the
+    unpacked inputs; gradients of weight and bias."""
+    m, n, k = 19, 50, 70
+    x = (torch.rand(2, m, k, generator=gen) < 0.4).float()
+    xb = ops.pack_bits(x).to(device)
+    assert xb.dtype == torch.int32 and xb.shape == (2, m, 3)
+    assert torch.equal(ref.unpack_bits(xb.cpu(), k), x)
+    ind, outd = _degrees(k, 20, gen, "sorted").to(device), _degrees(n, 20, gen, "sorted").to(device)
+    for dt in (torch.float32, torch.bfloat16):
+        w = (torch.randn(n, k, generator=gen) / 8).to(device=device, dtype=dt)
+        b = torch.randn(n, generator=gen).to(device=device, dtype=dt)
+        g = torch.randn(2, m, n, generator=gen).to(device=device, dtype=dt)
+        fn = lambda w_, b_: ops.masked_linear_bits(xb, k, w_, b_, ind, outd, True, "tanh", backend=backend)  # noqa: E731
+        fr = lambda w_, b_: ref.masked_linear(x.to(device=device, dtype=w_.dtype), w_, b_, ind, outd, True, "tanh")  # noqa: E731
+        ws, bs = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        y = fn(ws, bs)
+        grads = torch.autograd.grad(y, (ws, bs), g)
+        w64, b64 = w.double().requires_grad_(True), b.double().requires_grad_(True)
+        y64 = fr(w64, b64)
+        g64 = torch.autograd.grad(y64, (w64, b64), g.double())
+        w2, b2 = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        ysame = fr(w2, b2)
+        gsame = torch.autograd.grad(ysame, (w2, b2), g)
+        assert_close_to_ref(y, y64, ysame, what=f"bits {dt} y")
+        for nm, a, r, sm in zip(("dW", "db"), grads, g64, gsame):
+            assert_close_to_ref(a, r, sm, atol=4 * ATOL[dt], what=f"bits {dt} {nm}")
+
+
 def _opcheck_args(name, dev):
     g = torch.Generator().manual_seed(0)
+    if name.startswith("masked_linear_bits"):
+        xb = ref.pack_bits(torch.rand(3, 40, generator=g) < 0.5).to(dev)
+        w = torch.randn(5, 40, generator=g).to(dev)
+        ind, outd = torch.arange(1, 41, device=dev) % 7, torch.tensor([0, 2, 3, 5, 6], device=dev)
+        if "backward" in name:
+            gy = torch.randn(3, 5, generator=g).to(dev)
+            return [(gy, torch.relu(torch.randn(3, 5, generator=g)).to(dev), xb, w, ind, outd, False, "relu", True, True)]
+        return [(xb, w.requires_grad_(), torch.randn(5, generator=g).to(dev).requires_grad_(), ind, outd, True, "elu")]
     if name.startswith("made_affine"):
         h = torch.randn(3, 6, generator=g).to(dev)
         w = torch.randn(8, 6, generator=g).to(dev)
@@ -308,6 +346,10 @@ def _bad_calls():
         (lambda: ops.masked_linear(x.double(), w.double(), b.double(), ind, outd, backend="triton"), TypeError,
          "float64"),
         (lambda: ops.masked_linear(x, w, b, ind, outd, backend="cuda"), ValueError, "not implemented"),
+        (lambda: ops.masked_linear_bits(ops.pack_bits(x > 0).long(), 5, w, b, ind, outd), TypeError, "int32 words"),
+        (lambda: ops.masked_linear_bits(torch.zeros(3, 2, dtype=torch.int32), 5, w, b, ind, outd), ValueError,
+         r"ceil\(5 / 32\) = 1 words"),
+        (lambda: ops.masked_linear_bits(ops.pack_bits(x > 0), 6, w, b, ind, outd), ValueError, "features = 6"),
     ]
 
 

@@ -31,7 +31,8 @@ from ..ref import made as ref
 from . import _made_checks as chk
 from . import _registry
 
-__all__ = ["masked_linear", "masked_linear_plain", "made_affine_forward", "made_sample", "sort_hidden_units"]
+__all__ = ["masked_linear", "masked_linear_plain", "masked_linear_bits", "pack_bits", "made_affine_forward",
+           "made_sample", "sort_hidden_units"]
 
 _SUPPORTED = ("triton", "reference")
 
@@ -176,6 +177,125 @@ def _register_triton() -> None:
 
 
 _register_triton()
+
+
+def _register_bits() -> None:
+    """masked_linear on bit-packed binary inputs: forward and (weight, bias) backward."""
+    b = "triton"
+
+    def new_y(xb, weight):
+        return xb.new_empty((xb.shape[0], weight.shape[0]), dtype=weight.dtype)
+
+    def forward(x_bits, weight, bias, in_deg, out_deg, strict, act):
+        y = new_y(x_bits, weight)
+        m = x_bits.shape[0]
+        n, k = weight.shape
+        if m == 0 or n == 0:
+            return y
+        if k == 0:
+            pre = (bias.float() if bias is not None else weight.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+            return y.copy_(ref.apply_activation(pre, act))
+        kern = _kernels()
+        cfg = kern.config("fwd", weight.dtype)
+        t, j = kern.plan_shape("fwd", n, k, cfg)
+        plan = torch.empty((t, j), dtype=torch.int32, device=weight.device)
+        counts = torch.empty((t, 2), dtype=torch.int32, device=weight.device)
+        kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
+        kern.masked_linear_fwd(x_bits, weight, bias, in_deg, out_deg, plan, counts, y, None, strict, act, cfg,
+                               x_bits=True)
+        return y
+
+    def backward(grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b):
+        n, k = weight.shape
+        m = x_bits.shape[0]
+        dw = weight.new_empty((n, k) if need_w else (0,))
+        db = weight.new_empty((n,) if need_b else (0,))
+        grad = grad.contiguous()
+        if need_w:
+            if m == 0 or k == 0 or n == 0:
+                dw.zero_()
+            else:
+                kern = _kernels()
+                kern.masked_linear_dw(grad, saved if act != "none" else None, x_bits, in_deg, out_deg, dw,
+                                      db if need_b and m and n else None, strict, act, kern.config("dw", weight.dtype),
+                                      x_bits=True)
+        if need_b and not (need_w and m and n and k):
+            db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
+        return dw, db
+
+    fwd = _registry.define(
+        f"masked_linear_bits_{b}",
+        "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
+        "str activation) -> Tensor",
+        forward, lambda x_bits, weight, *a: new_y(x_bits, weight))
+    bwd = _registry.define(
+        f"masked_linear_bits_backward_{b}",
+        "(Tensor grad, Tensor saved, Tensor x_bits, Tensor weight, Tensor in_degrees, Tensor out_degrees, "
+        "bool strict, str activation, bool need_weight, bool need_bias) -> (Tensor, Tensor)",
+        backward,
+        lambda grad, saved, xb, weight, i, o, strict, act, nw, nb: (
+            weight.new_empty(weight.shape if nw else (0,)), weight.new_empty((weight.shape[0],) if nb else (0,))))
+
+    def setup(ctx, inputs, output):
+        x_bits, weight, bias, in_deg, out_deg, strict, act = inputs
+        ctx.save_for_backward(x_bits, weight, in_deg, out_deg, output)
+        ctx.args = (strict, act, bias is not None)
+
+    def grad_fn(ctx, gy, _bwd=bwd):
+        x_bits, weight, in_deg, out_deg, y = ctx.saved_tensors
+        strict, act, has_bias = ctx.args
+        need_w, need_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+        if act == "gelu":
+            raise NotImplementedError("masked_linear_bits: gelu has no backward on packed inputs (it needs the "
+                                      "pre-activation); use relu, elu, tanh or none")
+        dw, db = _bwd(gy, y, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
+        return None, dw if need_w else None, db if need_b else None, None, None, None, None
+
+    fwd.register_autograd(grad_fn, setup_context=setup)
+
+
+_register_bits()
+
+
+def pack_bits(x: torch.Tensor) -> torch.Tensor:
+    """Binary features [..., K] -> int32 words [..., ceil(K / 32)] (pygen.ref.made.pack_bits)."""
+    chk.tensor("pack_bits", x, "x")
+    return ref.pack_bits(x)
+
+
+def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                       in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool = False,
+                       activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """masked_linear of binary inputs given bit-packed (``pack_bits``): x_bits [..., ceil(features/32)]
+    int32, weight [O, features]; act(sum of the weight columns of the set bits + b), [..., O] in the
+    weight's dtype. The kernel unpacks the bits into the MMA operand in registers (1/16 of the
+    bytes of bf16 inputs). Differentiable in weight and bias (not gelu)."""
+    name = "masked_linear_bits"
+    chk.tensor(name, x_bits, "x_bits")
+    chk.tensor(name, weight, "weight")
+    chk.floating(name, weight, "weight")
+    if x_bits.dtype != torch.int32:
+        raise TypeError(f"{name}: x_bits must be int32 words (pygen.ops.pack_bits), got {x_bits.dtype}")
+    if weight.dim() != 2 or isinstance(features, bool) or not isinstance(features, int) or weight.shape[1] != features:
+        raise ValueError(f"{name}: weight must be [out_features, features = {features!r}], got {tuple(weight.shape)}")
+    if x_bits.dim() < 1 or x_bits.shape[-1] != -(-features // 32):
+        raise ValueError(f"{name}: x_bits must have ceil({features} / 32) = {-(-features // 32)} words in its last "
+                         f"dimension, got shape {tuple(x_bits.shape)}")
+    if x_bits.device != weight.device:
+        raise ValueError(f"{name}: x_bits is on {x_bits.device} but weight is on {weight.device}")
+    chk.linear_args(name, weight.new_empty((1, features)), weight, bias)
+    act = chk.activation(name, activation)
+    if not isinstance(strict, bool):
+        raise TypeError(f"{name}: strict must be a bool, got {strict!r}")
+    i = chk.degrees(name, in_degrees, features, "in_degrees", weight.device)
+    o = chk.degrees(name, out_degrees, weight.shape[0], "out_degrees", weight.device)
+    b = _pick(name, weight, backend)
+    if b == "reference":
+        return ref.masked_linear_bits(x_bits, features, weight, bias, i, o, strict, act)
+    lead = x_bits.shape[:-1]
+    y = _registry.get(f"masked_linear_bits_{b}")(x_bits.reshape(math.prod(lead), x_bits.shape[-1]), weight, bias,
+                                                 i, o, strict, act)
+    return y.reshape(*lead, weight.shape[0])
 
 
 def _new_affine(h, weight, x, save_params: bool):

@@ -21,6 +21,9 @@ Masked linear layer
 Gradients (g = dL/dy * act'(z), z the pre-activation):
     dx = g . (W * M)          dW = M * (g^T . x)          db = sum over rows of g
 
+Binary inputs may come bit-packed (``pack_bits``: int32 words, feature k = bit k % 32 of word
+k // 32); ``masked_linear_bits`` is then the sum of the weight columns of the set bits.
+
 Every mask of this form has nested rows (the inputs seen by a unit are a prefix in degree
 order), and every mask with nested rows has this form: ``degrees_from_mask`` recovers degrees
 (out_deg = row sums, in_deg[i] = the smallest row sum among rows that see i) or returns None.
@@ -100,6 +103,30 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """y = act(x . (W * M)^T + b), M from the degrees (module docstring)."""
     mask = autoregressive_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict)
     return masked_matmul(x, weight, bias, mask, activation)
+
+
+def pack_bits(x: torch.Tensor) -> torch.Tensor:
+    """Binary features [..., K] (0 / 1, any dtype) -> int32 words [..., ceil(K / 32)]: feature k is
+    bit k % 32 of word k // 32 (two's complement, so bit 31 makes a word negative)."""
+    k = x.shape[-1]
+    bits = (x != 0).to(torch.int64)
+    bits = F.pad(bits, (0, -k % 32)).view(*x.shape[:-1], -1, 32)
+    words = (bits << torch.arange(32, device=x.device)).sum(dim=-1)
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def unpack_bits(words: torch.Tensor, features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The inverse of pack_bits: [..., ceil(K / 32)] int32 -> [..., K] of 0 / 1 in ``dtype``."""
+    bits = (words.to(torch.int64)[..., None] >> torch.arange(32, device=words.device)) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :features].to(dtype)
+
+
+def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                       in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool = False,
+                       activation: str | None = None) -> torch.Tensor:
+    """masked_linear of bit-packed binary inputs: act(sum over set bits i of (W * M)[:, i] + b)."""
+    return masked_linear(unpack_bits(x_bits, features, weight.dtype), weight, bias, in_degrees, out_degrees,
+                         strict, activation)
 
 
 # ---- degrees ----------------------------------------------------------------------------------
