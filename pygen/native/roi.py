@@ -62,6 +62,15 @@ def _empty(*tensors: torch.Tensor) -> bool:
     return any(t.numel() == 0 for t in tensors)
 
 
+def _check_cuda_columns(name: str, grads, deterministic: bool):
+    """The deterministic CUDA backward runs one thread per grad column with 32-bit indices."""
+    if deterministic and grads[0].is_cuda:
+        cols = sum(g.shape[0] * g.shape[1] * g.shape[3] for g in grads)
+        if cols >= 2 ** 31:
+            raise ValueError(f"{name}: deterministic CUDA backward supports N*C*W < 2^31 grad columns, "
+                             f"got {cols}")
+
+
 # ---- roi_align -------------------------------------------------------------------------------
 def roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio, aligned):
     _check("roi_align_fwd", input, rois, contiguous=[("out", out)], same_device=[("out", out)])
@@ -78,6 +87,7 @@ def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, ali
            contiguous=[("grad_input", grad_input)])
     if _empty(grad_out, rois, grad_input):
         return None
+    _check_cuda_columns("roi_align_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
     mod.roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
                       float(spatial_scale), int(sampling_ratio), bool(aligned), bool(deterministic), ctx)
@@ -104,6 +114,7 @@ def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
         raise TypeError(f"roi_pool_bwd: argmax must be int32, got {argmax.dtype}")
     if _empty(grad_out, rois, grad_input):
         return None
+    _check_cuda_columns("roi_pool_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
     mod.roi_pool_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(argmax), _arg(rois), _arg(grad_input),
                      bool(deterministic), ctx)
@@ -126,6 +137,7 @@ def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, 
            contiguous=[("grad_input", grad_input)])
     if _empty(grad_out, rois, grad_input):
         return None
+    _check_cuda_columns("ps_roi_align_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
     mod.ps_roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
                          float(spatial_scale), int(sampling_ratio), bool(deterministic), ctx)
@@ -147,6 +159,7 @@ def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
            contiguous=[("grad_input", grad_input)])
     if _empty(grad_out, rois, grad_input):
         return None
+    _check_cuda_columns("ps_roi_pool_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
     mod.ps_roi_pool_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
                         float(spatial_scale), bool(deterministic), ctx)
@@ -189,6 +202,7 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
            contiguous=[(f"grad_features[{i}]", g) for i, g in enumerate(grad_features)])
     if _empty(grad_out, rois) or all(g.numel() == 0 for g in grad_features):
         return None
+    _check_cuda_columns("multi_scale_roi_align_bwd", grad_features, deterministic)
     k_min, k_max = level_range(spatial_scales)
     mod, ctx = _module(grad_out)
     mod.multi_scale_roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois),
