@@ -6,6 +6,8 @@ MADE (Germain et al. 2015) on binarized-MNIST-sized data: D = 784 inputs, two hi
 2048 units (nflows: MADE(784, 2048, num_blocks=1, use_residual_blocks=False)), hidden units
 sorted by degree (pygen's default order), batch 4096 on CUDA.
     masked_linear   l1: 784 -> 2048 relu, l2: 2048 -> 2048 relu, l3: 2048 -> 784 strict (logits)
+    masked_linear_bits  l1 on the same binary data bit-packed (int32 words; dense masked baseline
+                    on the unpacked data)
                     l2-nflows-order: l2 with nflows' cyclic hidden order (fewer zero tiles)
                     random-mask: 2048 -> 2048 with an explicit mask no degrees reproduce (the
                     plain masked-matmul kernel), relu
@@ -162,6 +164,37 @@ def _layer_case(s: MADEShape, tag: str, name: str, k: int, n: int, in_deg, out_d
                 backends=BACKENDS)
 
 
+def _bits_case(s: MADEShape, tag: str, in_deg, out_deg, seed: int) -> Case:
+    """Layer 1 on bit-packed binary data (masked_linear_bits); weight and bias are the leaves."""
+    m, k, n = s.batch, s.features, s.hidden
+    shape = {"batch": m, "in": k, "out": n, "strict": False, "activation": "relu", "x": "int32 words",
+             "gflop_dense": 2 * m * n * k / 1e9, "kept": float(ref.autoregressive_mask(in_deg, out_deg).float().mean())}
+
+    def make(device, dtype) -> Inputs:
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.rand(m, k, generator=g) < 0.3).to(device=device, dtype=dtype)
+        w = _randn((n, k), seed + 1, device, dtype, k ** -0.5)
+        b = _randn((n,), seed + 2, device, dtype, 0.1)
+        t = {"x": x, "xb": ref.pack_bits(x), "w": w, "b": b, "ind": in_deg.to(device), "outd": out_deg.to(device),
+             "mask": ref.autoregressive_mask(in_deg, out_deg).to(device=device, dtype=dtype)}
+        return Inputs(t, [w, b], _randn((m, n), seed + 3, device, dtype))
+
+    def model(I, mode):
+        e, words = I.w.element_size(), I.xb.shape[1]
+        fwd = 4 * m * words + e * (n * k + m * n + n) + 8 * (k + n)
+        bwd = 4 * m * words + e * (2 * m * n + 2 * n * k + n)
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+    def dense():
+        return lambda I: torch.relu(F.linear(I.x, I.w * I.mask, I.b))
+
+    op = lambda I, b: pygen.ops.masked_linear_bits(I.xb, k, I.w, I.b, I.ind, I.outd, False, "relu", backend=b)  # noqa: E731
+    reference = (ref.masked_linear_bits, lambda I: (I.xb, k, I.w, I.b, I.ind, I.outd, False, "relu"))
+    return Case(FAMILY, "masked_linear_bits", f"{tag}-l1-bits", shape, make, op, reference, model,
+                "4*M*ceil(K/32) + E*(N*K + M*N + N) fwd; bwd: see bench/made.py", {"dense masked": dense},
+                backends=BACKENDS)
+
+
 def _affine_case(s: MADEShape, tag: str, seed: int) -> Case:
     """The MAF layer's output head: params = h . (W * M)^T + b, z = scale * x + shift, log-det."""
     m, k, d = s.batch, s.hidden, s.features
@@ -263,6 +296,7 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
     rnd = torch.rand(h, h, generator=g) < 0.5
     return [
         _layer_case(s, tag, "l1", d, h, deg[0], deg[1], False, "relu", True, 100),
+        _bits_case(s, tag, deg[0], deg[1], 100),
         _layer_case(s, tag, "l2", h, h, deg[1], deg[2], False, "relu", False, 200),
         _layer_case(s, tag, "l3", h, d, deg[2], deg[3], True, None, False, 300),
         _layer_case(s, tag, "l2-nflows-order", h, h, nfl[1], nfl[2], False, "relu", False, 200),
