@@ -100,7 +100,7 @@ void build_align_tables(const RoiParams& p, bool ps, int nt, AlignTables<T>& t) 
   }
   t.ys.resize(ny_total); t.xs.resize(nx_total);
   t.ny.assign(K * PH, 0); t.nx.assign(K * PW, 0);
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (ny_total + nx_total > 65536)
   for (int64_t k = 0; k < K; ++k) {
     if (geo[k].gh <= 0 || geo[k].gw <= 0) continue;
     const Plane& P = p.lv[lvl[k]];
@@ -260,10 +260,11 @@ void zero_pooled_roi(const RoiParams& p, int64_t k) {
 }
 
 // RoIs whose batch index is invalid produce zeros; the plane loops never visit them.
+// Serial: usually there is nothing to write, and a parallel region costs a barrier (which on a
+// loaded machine can mean a whole scheduler time slice).
 template <typename S, typename T>
-void zero_invalid_rois(const RoiParams& p, int nt) {
+void zero_invalid_rois(const RoiParams& p) {
   const T* rois = static_cast<const T*>(p.rois);
-#pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t k = 0; k < p.K; ++k) {
     int64_t n;
     if (!roi_batch(rois + 5 * k, p.N, &n)) {
@@ -280,21 +281,24 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
   AlignTables<T> t;
   build_align_tables(p, ps, nt, t);
   const int64_t PH = p.PH, PW = p.PW;
-  zero_invalid_rois<S, T>(p, nt);
-  if (ps) {  // each output element reads its own input channel: one task per RoI
+  zero_invalid_rois<S, T>(p);
+  if (ps) {
+    // Input channel ch feeds exactly one (c, i, j): task = (image, ch) walks every RoI of the
+    // image against one small plane (50x84 floats for R-FCN) instead of touching a different
+    // plane for every bin of every RoI, which is L3-latency bound.
+    const Buckets b = bucket_rois<T>(p, false);
+    const Plane& P = p.lv[0];
+    const int64_t tasks = p.N * p.C;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-    for (int64_t k = 0; k < p.K; ++k) {
-      int64_t n;
-      if (!roi_batch(static_cast<const T*>(p.rois) + 5 * k, p.N, &n)) continue;
-      const Plane& P = p.lv[0];
-      const S* img = static_cast<const S*>(P.data) + n * P.sN;
-      for (int64_t c = 0; c < p.Cp; ++c) {
-        S* o = pooled_at<S>(p, k, c);
-        for (int64_t i = 0; i < PH; ++i)
-          for (int64_t j = 0; j < PW; ++j) {
-            const S* plane = img + ((c * PH + i) * PW + j) * P.sC;
-            store(o + i * p.ps[2] + j * p.ps[3], table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / t.count[k]);
-          }
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t n = task / p.C, ch = task % p.C;
+      const int64_t j = ch % PW, i = (ch / PW) % PH, c = ch / (PH * PW);
+      if (c >= p.Cp || b.start[n] == b.start[n + 1]) continue;
+      const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
+      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+        const int64_t k = b.order[e];
+        store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3],
+              table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / t.count[k]);
       }
     }
     return;
@@ -569,29 +573,27 @@ void pool_forward(const RoiParams& p, bool ps, int nt) {
   const PoolTables t = build_pool_tables<T>(p, ps ? 0 : 1);
   const Plane& P = p.lv[0];
   const int64_t PH = p.PH, PW = p.PW;
-  zero_invalid_rois<S, T>(p, nt);
-  if (ps) {
+  zero_invalid_rois<S, T>(p);
+  if (ps) {  // task = (image, input channel), as in align_forward's PS branch
+    const Buckets b = bucket_rois<T>(p, false);
+    const int64_t tasks = p.N * p.C;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-    for (int64_t k = 0; k < p.K; ++k) {
-      int64_t n;
-      if (!roi_batch(static_cast<const T*>(p.rois) + 5 * k, p.N, &n)) continue;
-      const S* img = static_cast<const S*>(P.data) + n * P.sN;
-      for (int64_t c = 0; c < p.Cp; ++c) {
-        S* o = pooled_at<S>(p, k, c);
-        for (int64_t i = 0; i < PH; ++i) {
-          const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
-          for (int64_t j = 0; j < PW; ++j) {
-            const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
-            const S* plane = img + ((c * PH + i) * PW + j) * P.sC;
-            T v = T(0);
-            if (he > hs && we > ws) {
-              for (int64_t y = hs; y < he; ++y)
-                for (int64_t x = ws; x < we; ++x) v += load<T>(plane + y * P.sH + x * P.sW);
-              v = v / static_cast<T>((he - hs) * (we - ws));
-            }
-            store(o + i * p.ps[2] + j * p.ps[3], v);
-          }
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t n = task / p.C, ch = task % p.C;
+      const int64_t j = ch % PW, i = (ch / PW) % PH, c = ch / (PH * PW);
+      if (c >= p.Cp || b.start[n] == b.start[n + 1]) continue;
+      const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
+      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
+        const int64_t k = b.order[e];
+        const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
+        const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
+        T v = T(0);
+        if (he > hs && we > ws) {
+          for (int64_t y = hs; y < he; ++y)
+            for (int64_t x = ws; x < we; ++x) v += load<T>(plane + y * P.sH + x * P.sW);
+          v = v / static_cast<T>((he - hs) * (we - ws));
         }
+        store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3], v);
       }
     }
     return;
