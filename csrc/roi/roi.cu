@@ -162,8 +162,9 @@ __global__ void __launch_bounds__(kThreads, 2) _ps_roi_align_bwd_det_kernel(cons
   }
 }
 
+// (kThreads, 2) for the same reason as above (spills on sm_100a otherwise).
 template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_pool_bwd_det_kernel(const RoiParams p, uint32_t total) {
+__global__ void __launch_bounds__(kThreads, 2) _roi_pool_bwd_det_kernel(const RoiParams p, uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Column q = split_column(p, idx);
     pool_bwd_column<S, T>(p, q.n, q.ch, q.x);
