@@ -6,26 +6,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _c2(v, C_FAST: tl.constexpr):
-    # per-channel vector -> operand of a [tile] (channels on axis 1 when C_FAST, else axis 0)
-    if C_FAST:
-        r = v[None, :]
-    else:
-        r = v[:, None]
-    return r
-
-
-@triton.jit
-def _p2(v, C_FAST: tl.constexpr):
-    # per-bin vector -> operand of a [tile]
-    if C_FAST:
-        r = v[:, None]
-    else:
-        r = v[None, :]
-    return r
-
-
-@triton.jit
 def _tile_zeros(BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, C_FAST: tl.constexpr, DT: tl.constexpr):
     if C_FAST:
         z = tl.zeros([BLOCK_P, BLOCK_C], DT)
@@ -93,16 +73,16 @@ def _grid(extent, pooled, sampling_ratio):
 
 @triton.jit
 def _bilinear_axis(coord, size):
-    # one axis of torchvision's bilinear_interpolate: indices, weights, in-range flag
+    """One axis of torchvision's bilinear_interpolate: (low, high, w_low, w_high, valid).
+    The weights are NOT zeroed for invalid samples (|coord| outside [-1, size]): callers mask
+    with `valid` (a masked load reads 0), which saves two selects per sample. Clamping to
+    [0, size - 1] before the floor gives the reference's edge rule (low = high = size - 1 and
+    frac = 0 from size - 1 on) with fewer operations."""
     valid = (coord >= -1.0) & (coord <= size)
-    c = tl.minimum(tl.maximum(coord, 0.0), size)
+    c = tl.minimum(tl.maximum(coord, 0.0), size - 1)
     low = tl.floor(c).to(tl.int32)
-    edge = low >= size - 1
-    low = tl.where(edge, size - 1, low)
-    high = tl.where(edge, low, low + 1)
-    c = tl.where(edge, low.to(c.dtype), c)
     frac = c - low.to(c.dtype)
-    return low, high, tl.where(valid, 1.0 - frac, 0.0), tl.where(valid, frac, 0.0), valid
+    return low, tl.minimum(low + 1, size - 1), 1.0 - frac, frac, valid
 
 
 @triton.jit
@@ -181,38 +161,44 @@ def _align_sum(feat_ptr, H, W, stride_c, stride_h, stride_w, y0, x0, rh, rw, gh,
                c, cmask, p, pmask, PH, PW,
                PS: tl.constexpr, C_FAST: tl.constexpr, DT: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Sum over the sample grid of the bilinear values, for a [channels x bins] tile."""
+    """Sum over the sample grid of the bilinear values, for a tile of channels x bins: channels
+    on axis 1 - C_FAST, bins on axis C_FAST (expand_dims with those constexpr axes)."""
     i = p // PW
     j = p - i * PW
     bin_h = rh / PH
     bin_w = rw / PW
     ys = y0 + i.to(DT) * bin_h
     xs = x0 + j.to(DT) * bin_w
+    # the pointer tile is loop-invariant; the sample loops only add per-bin offsets
     if PS:
-        chan = _c2(c * (PH * PW) * stride_c, C_FAST) + _p2(p * stride_c, C_FAST)
+        base = feat_ptr + tl.expand_dims(c * (PH * PW) * stride_c, 1 - C_FAST) \
+            + tl.expand_dims(p * stride_c, 0 + C_FAST)
     else:
-        chan = _c2(c * stride_c, C_FAST) + _p2(p * 0, C_FAST)
-    live = _c2(cmask, C_FAST) & _p2(pmask, C_FAST)
+        base = feat_ptr + tl.expand_dims(c * stride_c, 1 - C_FAST)
+    live = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
     acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT)
+    step_h = bin_h / tl.maximum(gh, 1)
+    step_w = bin_w / tl.maximum(gw, 1)
     for sy in range(gh):
-        y = ys + (sy + 0.5) * bin_h / gh
-        yl, yh, wyl, wyh, vy = _bilinear_axis(y, H)
-        row_l = yl * stride_h
-        row_h = yh * stride_h
+        yl, yh, wyl, wyh, vy = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
+        # per sample row: row pointers, row weights and row validity expanded once
+        base_l = base + tl.expand_dims(yl * stride_h, 0 + C_FAST)
+        base_h = base + tl.expand_dims(yh * stride_h, 0 + C_FAST)
+        wyl = tl.expand_dims(wyl, 0 + C_FAST)
+        wyh = tl.expand_dims(wyh, 0 + C_FAST)
+        live_y = live & tl.expand_dims(vy, 0 + C_FAST)
         for sx in range(gw):
-            x = xs + (sx + 0.5) * bin_w / gw
-            xl, xh, wxl, wxh, vx = _bilinear_axis(x, W)
-            m = live & _p2(vy & vx, C_FAST)
-            col_l = xl * stride_w
-            col_h = xh * stride_w
-            v = tl.load(feat_ptr + chan + _p2(row_l + col_l, C_FAST), mask=m, other=0.0).to(DT)
-            acc += _p2(wyl * wxl, C_FAST) * v
-            v = tl.load(feat_ptr + chan + _p2(row_l + col_h, C_FAST), mask=m, other=0.0).to(DT)
-            acc += _p2(wyl * wxh, C_FAST) * v
-            v = tl.load(feat_ptr + chan + _p2(row_h + col_l, C_FAST), mask=m, other=0.0).to(DT)
-            acc += _p2(wyh * wxl, C_FAST) * v
-            v = tl.load(feat_ptr + chan + _p2(row_h + col_h, C_FAST), mask=m, other=0.0).to(DT)
-            acc += _p2(wyh * wxh, C_FAST) * v
+            xl, xh, wxl, wxh, vx = _bilinear_axis(xs + (sx + 0.5) * step_w, W)
+            m = live_y & tl.expand_dims(vx, 0 + C_FAST)
+            col_l = tl.expand_dims(xl * stride_w, 0 + C_FAST)
+            col_h = tl.expand_dims(xh * stride_w, 0 + C_FAST)
+            wxl = tl.expand_dims(wxl, 0 + C_FAST)
+            wxh = tl.expand_dims(wxh, 0 + C_FAST)
+            # invalid samples load 0 (masked), so their unzeroed weights add nothing
+            acc += (wyl * wxl) * tl.load(base_l + col_l, mask=m, other=0.0).to(DT)
+            acc += (wyl * wxh) * tl.load(base_l + col_h, mask=m, other=0.0).to(DT)
+            acc += (wyh * wxl) * tl.load(base_h + col_l, mask=m, other=0.0).to(DT)
+            acc += (wyh * wxh) * tl.load(base_h + col_h, mask=m, other=0.0).to(DT)
     return acc
 
 
@@ -232,18 +218,22 @@ def _align_scatter(grad_ptr, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask
     else:
         chan = (c * H * W)[:, None] + (p * 0)[None, :]
     live = cmask[:, None] & pmask[None, :]
+    step_h = bin_h / tl.maximum(gh, 1)
+    step_w = bin_w / tl.maximum(gw, 1)
     for sy in range(gh):
-        y = ys + (sy + 0.5) * bin_h / gh
-        yl, yh, wyl, wyh, vy = _bilinear_axis(y, H)
+        yl, yh, wyl, wyh, vy = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
+        base_l = grad_ptr + chan + (yl * W)[None, :]
+        base_h = grad_ptr + chan + (yh * W)[None, :]
+        gl = g * wyl[None, :]
+        gh_ = g * wyh[None, :]
+        live_y = live & vy[None, :]
         for sx in range(gw):
-            x = xs + (sx + 0.5) * bin_w / gw
-            xl, xh, wxl, wxh, vx = _bilinear_axis(x, W)
-            m = live & (vy & vx)[None, :]
-            base = grad_ptr + chan
-            tl.atomic_add(base + (yl * W + xl)[None, :], g * (wyl * wxl)[None, :], mask=m, sem="relaxed")
-            tl.atomic_add(base + (yl * W + xh)[None, :], g * (wyl * wxh)[None, :], mask=m, sem="relaxed")
-            tl.atomic_add(base + (yh * W + xl)[None, :], g * (wyh * wxl)[None, :], mask=m, sem="relaxed")
-            tl.atomic_add(base + (yh * W + xh)[None, :], g * (wyh * wxh)[None, :], mask=m, sem="relaxed")
+            xl, xh, wxl, wxh, vx = _bilinear_axis(xs + (sx + 0.5) * step_w, W)
+            m = live_y & vx[None, :]  # invalid samples add nothing (their weights are not zeroed)
+            tl.atomic_add(base_l + xl[None, :], gl * wxl[None, :], mask=m, sem="relaxed")
+            tl.atomic_add(base_l + xh[None, :], gl * wxh[None, :], mask=m, sem="relaxed")
+            tl.atomic_add(base_h + xl[None, :], gh_ * wxl[None, :], mask=m, sem="relaxed")
+            tl.atomic_add(base_h + xh[None, :], gh_ * wxh[None, :], mask=m, sem="relaxed")
 
 
 @triton.jit
@@ -269,8 +259,9 @@ def _align_fwd_program(feat_ptr, N, C, H, W, stride_n, stride_c, stride_h, strid
     acc = _align_sum(feat_ptr + b.to(tl.int64) * stride_n, H, W, stride_c, stride_h, stride_w,
                      y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW,
                      PS, C_FAST, DT, BLOCK_C, BLOCK_P)
-    out_off = k.to(tl.int64) * C * P + _c2(c * P, C_FAST) + _p2(p, C_FAST)
-    tl.store(out_ptr + out_off, acc / count, mask=_c2(cmask, C_FAST) & _p2(pmask, C_FAST))
+    out_off = tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
+    m = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
+    tl.store(out_ptr + k.to(tl.int64) * C * P + out_off, acc / count, mask=m)
 
 
 @triton.jit

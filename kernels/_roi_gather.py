@@ -23,20 +23,25 @@ def _align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, c, cmask, rows, cols, ty
     """Add RoI's roi_align gradient to the tile: acc[c, t] += sum_ij g[c,i,j] Wy[i,row] Wx[j,col]."""
     bin_h = rh / PH
     bin_w = rw / PW
+    step_h = bin_h / tl.maximum(gh, 1)
+    step_w = bin_w / tl.maximum(gw, 1)
     for i in range(PH):
         ya = y0 + i * bin_h
         if _overlaps(ya, bin_h, ty0, TILE_H):
             wy = tl.zeros([TILE_H * TILE_W], DT)
             for sy in range(gh):
-                yl, yh, wl, wh, _v = _bilinear_axis(ya + (sy + 0.5) * bin_h / gh, H)
-                wy += tl.where(rows == yl, wl, 0.0) + tl.where(rows == yh, wh, 0.0)
+                yl, yh, wl, wh, v = _bilinear_axis(ya + (sy + 0.5) * step_h, H)
+                # (scalar selects: the interpreter cannot broadcast a scalar comparison result)
+                wy += tl.where(rows == yl, tl.where(v, wl, 0.0), 0.0)
+                wy += tl.where(rows == yh, tl.where(v, wh, 0.0), 0.0)
             for j in range(PW):
                 xa = x0 + j * bin_w
                 if _overlaps(xa, bin_w, tx0, TILE_W):
                     wx = tl.zeros([TILE_H * TILE_W], DT)
                     for sx in range(gw):
-                        xl, xh, wl, wh, _v = _bilinear_axis(xa + (sx + 0.5) * bin_w / gw, W)
-                        wx += tl.where(cols == xl, wl, 0.0) + tl.where(cols == xh, wh, 0.0)
+                        xl, xh, wl, wh, v = _bilinear_axis(xa + (sx + 0.5) * step_w, W)
+                        wx += tl.where(cols == xl, tl.where(v, wl, 0.0), 0.0)
+                        wx += tl.where(cols == xh, tl.where(v, wh, 0.0), 0.0)
                     g = tl.load(go_ptr + c * go_s1 + i * go_s2 + j * go_s3, mask=cmask, other=0.0)
                     acc += (g.to(DT) / count)[:, None] * (wy * wx)[None, :]
     return acc
@@ -48,16 +53,22 @@ def _ps_align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, co, ci, cj, cmask, ro
     """Same for ps_roi_align: input channel lane (co, ci, cj) only sees bin (ci, cj) of co."""
     bin_h = rh / PH
     bin_w = rw / PW
+    step_h = bin_h / tl.maximum(gh, 1)
+    step_w = bin_w / tl.maximum(gw, 1)
     ys = y0 + ci.to(DT) * bin_h
     xs = x0 + cj.to(DT) * bin_w
     wy = tl.zeros_like(acc)
     for sy in range(gh):
-        yl, yh, wl, wh, _v = _bilinear_axis(ys + (sy + 0.5) * bin_h / gh, H)
+        yl, yh, wl, wh, v = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
+        wl = tl.where(v, wl, 0.0)
+        wh = tl.where(v, wh, 0.0)
         wy += tl.where(rows[None, :] == yl[:, None], wl[:, None], 0.0)
         wy += tl.where(rows[None, :] == yh[:, None], wh[:, None], 0.0)
     wx = tl.zeros_like(acc)
     for sx in range(gw):
-        xl, xh, wl, wh, _v = _bilinear_axis(xs + (sx + 0.5) * bin_w / gw, W)
+        xl, xh, wl, wh, v = _bilinear_axis(xs + (sx + 0.5) * step_w, W)
+        wl = tl.where(v, wl, 0.0)
+        wh = tl.where(v, wh, 0.0)
         wx += tl.where(cols[None, :] == xl[:, None], wl[:, None], 0.0)
         wx += tl.where(cols[None, :] == xh[:, None], wh[:, None], 0.0)
     g = tl.load(go_ptr + co * go_s1 + ci * go_s2 + cj * go_s3, mask=cmask, other=0.0)

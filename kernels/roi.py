@@ -55,14 +55,15 @@ oracle's bins (the division itself is done without div.rn.f64, see _roi_device._
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from ._roi_device import (_align_bwd_program, _align_fwd_program, _batch, _c2, _fpn_level,
-                          _int_pool_bins, _p2, _roi_row, _scale, _select_level, _tile_zeros)
+from ._roi_device import (_align_bwd_program, _align_fwd_program, _batch, _fpn_level,
+                          _int_pool_bins, _roi_row, _scale, _select_level, _tile_zeros)
 from ._roi_gather import (_multi_scale_roi_align_bwd_gather_kernel,  # noqa: F401 (COMPILE_SPECS, launchers)
                           _ps_roi_align_bwd_gather_kernel, _ps_roi_pool_bwd_gather_kernel,
                           _roi_align_bwd_gather_kernel, _roi_pool_bwd_gather_kernel)
@@ -253,7 +254,8 @@ def _roi_pool_fwd_kernel(
     # the loop runs over the largest bin of the tile; smaller bins mask the excess
     max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
     max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
-    feat = input_ptr + b.to(tl.int64) * stride_n + _c2(c * stride_c, C_FAST)
+    feat = input_ptr + b.to(tl.int64) * stride_n + tl.expand_dims(c * stride_c, 1 - C_FAST)
+    cm2 = tl.expand_dims(cmask, 1 - C_FAST)
     best = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")
     arg = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, tl.int32) - 1
     for dy in range(max_h):
@@ -261,17 +263,17 @@ def _roi_pool_fwd_kernel(
         ym = (y < he) & pmask
         for dx in range(max_w):
             x = ws + dx
-            inside = _p2(ym & (x < we), C_FAST) & _c2(cmask, C_FAST)
-            v = tl.load(feat + _p2(y * stride_h + x * stride_w, C_FAST), mask=inside,
+            inside = tl.expand_dims(ym & (x < we), 0 + C_FAST) & cm2
+            v = tl.load(feat + tl.expand_dims(y * stride_h + x * stride_w, 0 + C_FAST), mask=inside,
                         other=float("-inf")).to(DT)
             # strict '>' keeps the first max in row-major order (torchvision); the first element
             # always registers, so argmax is -1 only for an empty bin; NaN wins like torch.max
             take = inside & ((v > best) | (arg < 0) | ((v != v) & (best == best)))
             best = tl.where(take, v, best)
-            arg = tl.where(take, _p2(y * W + x, C_FAST), arg)
+            arg = tl.where(take, tl.expand_dims(y * W + x, 0 + C_FAST), arg)
     best = tl.where(arg < 0, 0.0, best)
-    off = k.to(tl.int64) * C * P + _c2(c * P, C_FAST) + _p2(p, C_FAST)
-    m = _c2(cmask, C_FAST) & _p2(pmask, C_FAST)
+    off = k.to(tl.int64) * C * P + tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
+    m = cm2 & tl.expand_dims(pmask, 0 + C_FAST)
     tl.store(out_ptr + off, best, mask=m)
     tl.store(argmax_ptr + off, arg, mask=m)
 
@@ -550,15 +552,7 @@ def _launch_opts(t: torch.Tensor) -> dict:
 
 def _device(t: torch.Tensor):
     # Triton launches on the current device; make it the tensor's
-    return torch.cuda.device(t.device) if t.is_cuda else _NullCtx()
-
-
-class _NullCtx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _tile_blocks(c: int, p: int, gpu: bool) -> tuple[int, int]:
