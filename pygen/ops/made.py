@@ -22,6 +22,7 @@ takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,6 +41,18 @@ _SUPPORTED = ("triton", "reference")
 def _kernels():
     from pygen.kernels import made  # imported lazily: triton may be missing
     return made
+
+
+def _on_device(fn):
+    """Run a kernel-launching implementation with its first tensor's CUDA device current (Triton
+    launches on the current device)."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        if args[0].is_cuda:
+            with torch.cuda.device(args[0].device):
+                return fn(*args)
+        return fn(*args)
+    return wrapped
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
@@ -147,13 +160,13 @@ def _register_triton() -> None:
         f"masked_linear_{b}",
         "(Tensor x, Tensor weight, Tensor? bias, Tensor? in_degrees, Tensor? out_degrees, Tensor? mask, "
         "bool strict, str activation) -> (Tensor, Tensor)",
-        forward, lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act))
+        _on_device(forward), lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act))
     bwd = _registry.define(
         f"masked_linear_backward_{b}",
         "(Tensor grad, Tensor saved, Tensor x, Tensor weight, Tensor? in_degrees, Tensor? out_degrees, "
         "Tensor? mask, bool strict, str activation, bool need_x, bool need_weight, bool need_bias) "
         "-> (Tensor, Tensor, Tensor)",
-        backward,
+        _on_device(backward),
         lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb))
 
     def setup(ctx, inputs, output):
@@ -227,12 +240,12 @@ def _register_bits() -> None:
         f"masked_linear_bits_{b}",
         "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
         "str activation) -> Tensor",
-        forward, lambda x_bits, weight, *a: new_y(x_bits, weight))
+        _on_device(forward), lambda x_bits, weight, *a: new_y(x_bits, weight))
     bwd = _registry.define(
         f"masked_linear_bits_backward_{b}",
         "(Tensor grad, Tensor saved, Tensor x_bits, Tensor weight, Tensor in_degrees, Tensor out_degrees, "
         "bool strict, str activation, bool need_weight, bool need_bias) -> (Tensor, Tensor)",
-        backward,
+        _on_device(backward),
         lambda grad, saved, xb, weight, i, o, strict, act, nw, nb: (
             weight.new_empty(weight.shape if nw else (0,)), weight.new_empty((weight.shape[0],) if nb else (0,))))
 
@@ -338,7 +351,7 @@ def _register_affine() -> None:
         f"made_affine_{b}",
         "(Tensor h, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, Tensor x, "
         "bool save_params) -> (Tensor, Tensor, Tensor)",
-        forward, lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save))
+        _on_device(forward), lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save))
 
     def setup(ctx, inputs, output):
         h, weight, bias, in_deg, out_deg, x, save_params = inputs
