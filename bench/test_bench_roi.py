@@ -6,48 +6,18 @@ timed. Quick shapes unless PYGEN_BENCH_FULL=1 (see bench/conftest.py for the oth
 """
 from __future__ import annotations
 
-import os
-
 import pytest
-import torch
 
-from pygen import bench_harness as H
-
+from . import _pytest_view as V
 from . import roi
 
-FULL = os.environ.get("PYGEN_BENCH_FULL", "") not in ("", "0")
-COMPILE = FULL or os.environ.get("PYGEN_BENCH_COMPILE", "") not in ("", "0")
-DEVICE = H.resolve_device(os.environ.get("PYGEN_BENCH_DEVICE") or None)
-DTYPE = H.DTYPES[os.environ.get("PYGEN_BENCH_DTYPE", "float32")]
-BASELINES = ["reference", "torchvision"] + (["compile"] if COMPILE else [])
+BASELINES = V.baselines(*["reference", "torchvision"])
 IMPLS = ["pygen:cuda", "pygen:triton", "pygen:cpu", "reference", "compile(reference)", "torchvision"]
-CASES = roi.cases(quick=not FULL)
+CASES = roi.cases(quick=not V.FULL)
 
 
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("mode", V.MODES)
 @pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}-{c.label}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
 def test_roi(benchmark, case, impl_name, mode):
-    impls = {i.name: i for i in H.build_impls(case, DEVICE, baselines=BASELINES)}
-    impl = impls.get(impl_name)
-    if impl is None:
-        pytest.skip(f"{impl_name} does not apply on {DEVICE.type}"
-                    + ("" if COMPILE or impl_name != "compile(reference)" else " (set PYGEN_BENCH_COMPILE=1)"))
-    if impl.fn is None:
-        pytest.skip(impl.skip)
-    inputs = case.make_inputs(DEVICE, DTYPE)
-    expected = H.run_once(H.reference_impl(case), inputs, mode)
-    ok, err = H.check(case, impl, inputs, mode, expected)
-    if impl.kind == "pygen":
-        assert ok, f"{impl_name} differs from the reference: max abs err {err:.3g}"
-    fn, reset = H.timed_callable(impl, inputs, mode)
-    if DEVICE.type == "cuda":
-        def target():
-            fn()
-            torch.cuda.synchronize()
-    else:
-        target = fn
-    benchmark.extra_info.update(op=case.op, shape=case.label, backend=impl_name, mode=mode,
-                                dtype=str(DTYPE), bytes=int(case.bytes_model(inputs, mode)),
-                                matches_reference=ok, max_abs_err=err)
-    benchmark.pedantic(target, setup=reset, rounds=5 if FULL else 3, warmup_rounds=0, iterations=1)
+    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
