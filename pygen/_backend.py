@@ -36,6 +36,8 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
     """(available, reason) for running ``backend`` on tensors of ``device``."""
     dev = torch.device(device).type
     if backend == "reference":
+        if dev == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA device"
         return True, "pure PyTorch"
     if backend == "cpu":
         if dev != "cpu":
