@@ -190,8 +190,7 @@ def test_inspect_nvcc_roi():
     nvcc = IK.find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found")
-    if not IK.cu_files(["roi"]):
-        pytest.skip("no csrc/roi/*.cu yet")
+    assert IK.cu_files(["roi"]), "pygen inspect finds no csrc/roi/*.cu"
     rows = IK.nvcc_rows(["roi"], nvcc=nvcc)
     assert rows
     for r in rows:
