@@ -394,3 +394,15 @@ def _level_of_tile(tile, NUM_LEVELS: tl.constexpr, H0, H1, H2, H3, H4, H5, H6, H
     if NUM_LEVELS > 7:
         lvl, rem = _advance_level(lvl, rem, 7, nt)
     return lvl, rem
+
+
+@triton.jit
+def _channel_bin_tile(pid1, PH, PW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Axis-1 program id -> (bins P, channel offsets [BLOCK_C], bin offsets [BLOCK_P]) of the
+    (RoI, channel block, bin block) grid shared by the integer-bin pooling kernels."""
+    P = PH * PW
+    n_pb = tl.cdiv(P, BLOCK_P)
+    cb = pid1 // n_pb
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return P, c, p

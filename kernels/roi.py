@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._roi_device import (_align_bwd_program, _align_fwd_program, _batch, _fpn_level,
+from ._roi_device import (_align_bwd_program, _align_fwd_program, _batch, _channel_bin_tile, _fpn_level,
                           _int_pool_bins, _roi_row, _scale, _select_level, _tile_zeros)
 from ._roi_gather import (_multi_scale_roi_align_bwd_gather_kernel,  # noqa: F401 (COMPILE_SPECS, launchers)
                           _ps_roi_align_bwd_gather_kernel, _ps_roi_pool_bwd_gather_kernel,
@@ -241,12 +241,7 @@ def _roi_pool_fwd_kernel(
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
     b, ok, hs, he, ws, we = _int_pool_bins(rois_ptr, k, roi_stride, roi_stride_f, N, H, W,
@@ -304,12 +299,7 @@ def _roi_pool_bwd_kernel(
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     i = p // PW
     j = p - i * PW
     b, ok = _batch(tl.load(rois_ptr + k.to(tl.int64) * roi_stride).to(DT), N)
@@ -348,12 +338,7 @@ def _ps_roi_pool_fwd_kernel(
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
     b, ok, hs, he, ws, we = _int_pool_bins(rois_ptr, k, roi_stride, roi_stride_f, N, H, W,
@@ -399,12 +384,7 @@ def _ps_roi_pool_bwd_kernel(
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
     b, ok, hs, he, ws, we = _int_pool_bins(rois_ptr, k, roi_stride, roi_stride_f, N, H, W,
