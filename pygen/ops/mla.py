@@ -1,0 +1,289 @@
+"""DeepSeek multi-head latent attention (MLA) ops: paged latent-cache decode, cache append, varlen
+causal prefill (forward and backward) and the merge of two partial attention results.
+
+    out, lse = pygen.ops.mla_decode(q, kv_cache, block_table, cache_seqlens, head_dim_v=512,
+                                    softmax_scale=None, causal=False, num_splits=None)
+    pygen.ops.mla_cache_append(kv_cache, block_table, positions, latent, k_rope)   # in place
+    out, lse = pygen.ops.mla_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=True)
+    out, lse = pygen.ops.merge_attn_states(out_a, lse_a, out_b, lse_b)
+
+Layouts (FlashMLA / FlashAttention conventions; the math is stated in pygen/ref/mla.py):
+    decode   q [b, s_q, h_q, 576], kv_cache [num_blocks, page_size, 1, 576] (q's dtype) or the FP8
+             cache uint8 [num_blocks, page_size, 1, 656] (512 e4m3 + 4 float32 scales + 64 bf16
+             per token; pygen.ref.mla.fp8_quantize packs it), block_table int32 [b, max_blocks],
+             cache_seqlens int32 [b] -> out [b, s_q, h_q, 512] (q's dtype), lse float32 [b, h_q, s_q].
+             s_q > 1 (speculative / multi-token prediction) needs causal=True: new token j sees
+             cache positions < cache_seqlens - s_q + j + 1.
+    append   positions int32/int64 [b, n] (token index in the sequence, -1 = skip), latent
+             [b, n, 512], k_rope [b, n, 64].
+    prefill  q [total_q, h, 192], k [total_k, h, 192], v [total_k, h, 128], cu_seqlens int32
+             [batch + 1] -> out [total_q, h, 128], lse float32 [h, total_q]; causal aligned
+             bottom-right (FlashAttention 2). Differentiable in q, k, v (and through lse).
+    merge    out [T, H, D] / lse [H, T] pairs -> (out, lse).
+
+Backends: ``triton`` (kernels/mla.py: CUDA, or CPU under TRITON_INTERPRET=1) and ``reference``
+(pygen.ref.mla). Automatic choice: triton on CUDA tensors, reference on CPU; float64 always runs on
+the reference. Every bad argument raises before a launch (pygen/ops/_mla_checks.py).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .. import _backend
+from ..ref import mla as ref
+from . import _mla_checks as chk
+from . import _registry
+
+__all__ = ["mla_decode", "mla_cache_append", "mla_prefill", "merge_attn_states", "choose_num_splits",
+           "fp8_quantize", "fp8_dequantize", "FP8_TOKEN_BYTES"]
+
+_SUPPORTED = ("triton", "reference")
+FP8_TOKEN_BYTES = ref.FP8_TOKEN_BYTES
+fp8_quantize = ref.fp8_quantize
+fp8_dequantize = ref.fp8_dequantize
+
+
+def _kernels():
+    from pygen.kernels import mla  # lazily: triton may be missing
+    return mla
+
+
+def _on_device(fn):
+    @functools.wraps(fn)
+    def wrapped(*args):
+        if args[0].is_cuda:
+            with torch.cuda.device(args[0].device):
+                return fn(*args)
+        return fn(*args)
+    return wrapped
+
+
+def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
+    supported = _SUPPORTED
+    if t.dtype == torch.float64:
+        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
+            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
+                            f"(float64 runs on the reference backend)")
+        supported = ("reference",)
+    return _backend.choose(name, t.device, t.dtype, backend, supported)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def choose_num_splits(batch: int, s_q: int, h_q: int, max_len: int, sm_count: int, block_m: int = 64) -> int:
+    """Splits of the KV sequence per (sequence, row tile): enough programs for two waves over the
+    SMs, but no split shorter than 256 tokens (below that the merge costs more than it hides).
+    ``max_len`` is the capacity of block_table (no host read of cache_seqlens), so the choice is a
+    pure function of shapes and the device: results are deterministic for a fixed setup."""
+    tiles = batch * max(1, math.ceil(s_q * h_q / block_m))
+    want = max(1, math.ceil(2 * sm_count / tiles))
+    cap = max(1, max_len // 256)
+    return int(min(want, cap, 64))
+
+
+# ---- allocation shared by real and fake implementations -------------------------------------
+def _new_decode(q, head_dim_v):
+    b, s_q, h_q, _ = q.shape
+    return q.new_empty((b, s_q, h_q, head_dim_v)), q.new_empty((b, h_q, s_q), dtype=torch.float32)
+
+
+def _new_prefill(q, v):
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), q.new_empty((q.shape[1], q.shape[0]),
+                                                                             dtype=torch.float32)
+
+
+def _register_triton() -> None:
+    b = "triton"
+
+    def decode(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal, num_splits):
+        out, lse = _new_decode(q, head_dim_v)
+        if q.numel() == 0:
+            return out, lse
+        _kernels().mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal, num_splits)
+        return out, lse
+
+    _registry.define(
+        f"mla_decode_{b}",
+        "(Tensor q, Tensor kv_cache, Tensor block_table, Tensor cache_seqlens, int head_dim_v, "
+        "float softmax_scale, bool causal, int num_splits) -> (Tensor, Tensor)",
+        _on_device(decode), lambda q, kv, bt, sl, dv, sc, c, ns: _new_decode(q, dv))
+
+    def append(kv_cache, block_table, positions, latent, k_rope):
+        if positions.numel() == 0:
+            return
+        kern = _kernels()
+        if kv_cache.dtype == torch.uint8:
+            # quantised with torch ops (the Triton interpreter's fp32->fp8 cast rounds wrongly);
+            # the kernel scatters the packed 656-byte tokens into their pages
+            rows = ref.fp8_quantize(latent, k_rope)
+            kern.mla_cache_append(kv_cache, block_table, positions, rows, None)
+        else:
+            kern.mla_cache_append(kv_cache, block_table, positions, latent, k_rope)
+
+    op = torch.library.custom_op(
+        f"pygen::mla_cache_append_{b}", _on_device(append), mutates_args=("kv_cache",),
+        schema="(Tensor(a!) kv_cache, Tensor block_table, Tensor positions, Tensor latent, Tensor k_rope) -> ()")
+    op.register_fake(lambda kv, bt, pos, lat, rope: None)
+    _registry._OPS[f"mla_cache_append_{b}"] = op
+
+    def prefill(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
+        out, lse = _new_prefill(q, v)
+        if q.numel() == 0 or out.numel() == 0:
+            lse.fill_(float("-inf"))
+            return out.zero_(), lse
+        _kernels().mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal)
+        return out, lse
+
+    def prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal):
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
+            return dq, dk, dv
+        _kernels().mla_prefill_bwd(grad_out.contiguous(), grad_lse.contiguous(), q, k, v, out, lse, cu_q, cu_k,
+                                   max_q, max_k, dq, dk, dv, scale, causal)
+        return dq, dk, dv
+
+    fwd = _registry.define(
+        f"mla_prefill_{b}",
+        "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+        "int max_seqlen_k, float softmax_scale, bool causal) -> (Tensor, Tensor)",
+        _on_device(prefill), lambda q, k, v, *a: _new_prefill(q, v))
+    bwd = _registry.define(
+        f"mla_prefill_backward_{b}",
+        "(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
+        "bool causal) -> (Tensor, Tensor, Tensor)",
+        _on_device(prefill_bwd),
+        lambda go, gl, q, k, v, *a: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+
+    def setup(ctx, inputs, output):
+        q, k, v, cu_q, cu_k, max_q, max_k, scale, causal = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+        ctx.args = (max_q, max_k, scale, causal)
+
+    def grad_fn(ctx, g_out, g_lse, _bwd=bwd):
+        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+        if g_out is None:
+            g_out = torch.zeros_like(out)
+        if g_lse is None:
+            g_lse = torch.zeros_like(lse)
+        dq, dk, dv = _bwd(g_out, g_lse, q, k, v, out, lse, cu_q, cu_k, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None
+
+    fwd.register_autograd(grad_fn, setup_context=setup)
+
+    def merge(out_a, lse_a, out_b, lse_b):
+        out = torch.empty_like(out_a)
+        lse = torch.empty_like(lse_a, dtype=torch.float32)
+        if out.numel() == 0 and lse.numel() == 0:
+            return out, lse
+        _kernels().merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse)
+        return out, lse
+
+    mfwd = _registry.define(
+        f"merge_attn_states_{b}",
+        "(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
+        _on_device(merge),
+        lambda oa, la, ob, lb: (torch.empty_like(oa), torch.empty_like(la, dtype=torch.float32)))
+
+    def msetup(ctx, inputs, output):
+        out_a, lse_a, out_b, lse_b = inputs
+        out, lse = output
+        ctx.save_for_backward(out_a, lse_a, out_b, lse_b, out, lse)
+
+    def mgrad(ctx, g_out, g_lse):
+        # out = wa oa + wb ob with wa = exp(lse_a - lse): d oa = wa g, d lse_a = wa (<g, oa - out> + g_lse)
+        out_a, lse_a, out_b, lse_b, out, lse = ctx.saved_tensors
+        fin = torch.isfinite(lse)
+        safe = torch.where(fin, lse, torch.zeros_like(lse))
+        wa = torch.where(fin, torch.exp(lse_a.float() - safe), torch.zeros_like(safe))
+        wb = torch.where(fin, torch.exp(lse_b.float() - safe), torch.zeros_like(safe))
+        g = g_out.float() if g_out is not None else torch.zeros_like(out, dtype=torch.float32)
+        gl = g_lse.float() if g_lse is not None else torch.zeros_like(wa)
+        o = out.float()
+        ta = (g * (out_a.float() - o)).sum(-1).transpose(0, 1)
+        tb = (g * (out_b.float() - o)).sum(-1).transpose(0, 1)
+        d_oa = (g * wa.transpose(0, 1).unsqueeze(-1)).to(out_a.dtype)
+        d_ob = (g * wb.transpose(0, 1).unsqueeze(-1)).to(out_b.dtype)
+        return d_oa, (wa * (ta + gl)).to(lse_a.dtype), d_ob, (wb * (tb + gl)).to(lse_b.dtype)
+
+    mfwd.register_autograd(mgrad, setup_context=msetup)
+
+
+_register_triton()
+
+
+# ---- public functions -----------------------------------------------------------------------
+def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+               head_dim_v: int = ref.LATENT_DIM, softmax_scale: float | None = None, causal: bool = False,
+               num_splits: int | None = None, backend: str | None = None):
+    """Absorbed MLA decode over a paged latent cache -> (out [b, s_q, h_q, head_dim_v] in q's dtype,
+    lse float32 [b, h_q, s_q]); see the module docstring. ``num_splits`` fixes the split-KV count
+    (deterministic); None chooses it from batch, heads, cache capacity and the SM count."""
+    name = "mla_decode"
+    fp8, scale = chk.decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softmax_scale,
+                                 causal, num_splits)
+    be = _pick(name, q, backend)
+    if be == "reference":
+        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        out, lse = ref.mla_decode(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal, cdt)
+        return out.to(q.dtype), lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if num_splits is None:
+        b, s_q, h_q, _ = q.shape
+        num_splits = choose_num_splits(b, s_q, h_q, block_table.shape[1] * kv_cache.shape[1], _sm_count(q.device))
+    return _registry.get(f"mla_decode_{be}")(q, kv_cache, block_table, cache_seqlens, int(head_dim_v), scale,
+                                             causal, int(num_splits))
+
+
+def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
+                     latent: torch.Tensor, k_rope: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """Write latent [b, n, 512] and k_rope [b, n, 64] of token ``positions[i, j]`` (-1: skip) into
+    the pages of kv_cache in place (FP8-quantised for the uint8 cache); returns kv_cache."""
+    name = "mla_cache_append"
+    chk.append_args(name, kv_cache, block_table, positions, latent, k_rope)
+    probe = kv_cache if kv_cache.dtype != torch.uint8 else latent
+    be = _pick(name, probe, backend)
+    if be == "reference":
+        return ref.mla_cache_append(kv_cache, block_table, positions, latent, k_rope)
+    _registry.get(f"mla_cache_append_{be}")(kv_cache, block_table, positions, latent, k_rope)
+    return kv_cache
+
+
+def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
+                softmax_scale: float | None = None, causal: bool = True, backend: str | None = None):
+    """Varlen (causal, bottom-right aligned) attention -> (out [total_q, h, dv] in q's dtype,
+    lse float32 [h, total_q]); differentiable in q, k, v. max_seqlen_* default to the longest
+    sequence (one host read of cu_seqlens; pass them under torch.compile / CUDA graphs)."""
+    name = "mla_prefill"
+    mq, mk, scale = chk.prefill_args(name, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                     softmax_scale, causal)
+    be = _pick(name, q, backend)
+    if be == "reference":
+        if q.dtype in (torch.float64, torch.float32):
+            return ref.mla_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, causal)
+        out, lse = ref.mla_prefill(q.float(), k.float(), v.float(), cu_seqlens_q, cu_seqlens_k, scale, causal)
+        return out.to(q.dtype), lse
+    return _registry.get(f"mla_prefill_{be}")(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, scale, causal)
+
+
+def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
+                      backend: str | None = None):
+    """Merge two partial attention results over disjoint keys: out [T, H, D], lse [H, T] (the
+    layout of mla_prefill) -> (out in out_a's dtype, lse float32)."""
+    name = "merge_attn_states"
+    chk.merge_args(name, out_a, lse_a, out_b, lse_b)
+    be = _pick(name, out_a, backend)
+    if be == "reference":
+        if out_a.dtype in (torch.float64, torch.float32):
+            return ref.merge_attn_states(out_a, lse_a, out_b, lse_b)
+        o, l_ = ref.merge_attn_states(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())
+        return o.to(out_a.dtype), l_
+    return _registry.get(f"merge_attn_states_{be}")(out_a, lse_a.float(), out_b, lse_b.float())

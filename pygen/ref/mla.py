@@ -1,0 +1,197 @@
+"""Reference math of the DeepSeek multi-head latent attention (MLA) ops: the test oracle and the
+``reference`` backend. Written for clarity; any float dtype (tests run it in float64), any device.
+
+Decode (absorbed form, FlashMLA's ``flash_mla_with_kvcache`` layout)
+--------------------------------------------------------------------
+    q            [b, s_q, h_q, 576]    512 latent (q_nope . W_UK) + 64 rope
+    kv_cache     [num_blocks, P, 1, 576]  one token = 512 latent c_kv + 64 rope key k_pe
+                 or the FP8 cache: uint8 [num_blocks, P, 1, 656] (layout below)
+    block_table  int32 [b, max_blocks]  page ids; token t of sequence i lives at
+                 kv_cache[block_table[i, t // P], t % P, 0]
+    cache_seqlens int32 [b]             L_i, the tokens in the cache (the s_q new ones included)
+
+    K_i = kv[token 0 .. L_i-1]  ([L_i, 576]),  V_i = K_i[:, :512]
+    S   = softmax_scale * q[i, j, h] . K_i^T           (scale defaults to 576 ** -0.5)
+    causal: query j of s_q sees the positions t < L_i - s_q + j + 1 (the new tokens are the last
+    s_q of the cache; query j is token L_i - s_q + j); non-causal (s_q == 1): all L_i positions.
+    out[i, j, h]  = softmax(S) V_i                      [b, s_q, h_q, 512]
+    lse[i, h, j]  = log sum_t exp(S_t)   (natural log, float32 from the ops) [b, h_q, s_q]
+    A query that sees no position (L_i == 0, or causal with L_i - s_q + j + 1 <= 0) gives
+    out = 0 and lse = -inf, without NaN.
+
+FP8 cache byte layout (656 bytes per token, the last dim of a uint8 cache):
+    bytes   0..511  512 latent values, float8_e4m3fn, value = fp8 * scale[g], g = c // 128
+    bytes 512..527  4 float32 scales (little endian), scale[g] = amax(|latent[g*128:(g+1)*128]|) / 448
+                    (1.0 for an all-zero group)
+    bytes 528..655  64 rope values, bfloat16
+The rope part is never quantised (it carries position information and is small).
+
+Prefill (non-absorbed form, varlen, FlashAttention conventions)
+---------------------------------------------------------------
+    q [total_q, h, 192], k [total_k, h, 192], v [total_k, h, 128]; sequence i owns the rows
+    cu_seqlens_q[i]:cu_seqlens_q[i+1] of q and cu_seqlens_k[i]:cu_seqlens_k[i+1] of k and v.
+    out[r, h] = softmax(scale * q[r, h] . k[., h]^T) v[., h]    (scale defaults to 192 ** -0.5)
+    causal: aligned to the bottom-right corner as FlashAttention 2 does: with n_q queries and
+    n_k keys, query r (0-based within its sequence) sees keys c <= r + n_k - n_q. So with
+    n_k > n_q the queries are the last n_q tokens of the sequence (chunked prefill against a
+    cache); with n_k < n_q the first n_q - n_k queries see nothing (out 0, lse -inf).
+    lse [h, total_q] float32 (FlashAttention's varlen layout).
+
+merge_attn_states: two partial results over disjoint key sets, (out_a, lse_a) and (out_b, lse_b),
+combine into softmax over the union:
+    lse = log(exp(lse_a) + exp(lse_b)),  out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b
+in mla_prefill's layout: out [T, H, D], lse [H, T] (vLLM's merge_attn_states uses the same);
+-inf on both sides gives out 0, lse -inf.
+"""
+from __future__ import annotations
+
+import torch
+
+LATENT_DIM = 512
+ROPE_DIM = 64
+QK_DIM = LATENT_DIM + ROPE_DIM        # 576
+FP8_GROUP = 128                        # latent values per float32 scale
+FP8_GROUPS = LATENT_DIM // FP8_GROUP  # 4
+FP8_TOKEN_BYTES = LATENT_DIM + 4 * FP8_GROUPS + 2 * ROPE_DIM  # 656
+FP8_MAX = 448.0                        # largest finite float8_e4m3fn
+
+
+# ---- FP8 cache packing ----------------------------------------------------------------------
+def fp8_quantize(latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+    """[..., 512] latent and [..., 64] rope -> packed uint8 [..., 656] tokens (layout above)."""
+    lead = latent.shape[:-1]
+    g = latent.float().reshape(*lead, FP8_GROUPS, FP8_GROUP)
+    amax = g.abs().amax(dim=-1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    vals = (g / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    out = torch.empty(*lead, FP8_TOKEN_BYTES, dtype=torch.uint8, device=latent.device)
+    out[..., :LATENT_DIM] = vals.reshape(*lead, LATENT_DIM).view(torch.uint8)
+    out[..., LATENT_DIM:LATENT_DIM + 16] = scale.contiguous().view(torch.uint8).reshape(*lead, 16)
+    out[..., LATENT_DIM + 16:] = k_rope.to(torch.bfloat16).contiguous().view(torch.uint8).reshape(*lead, 128)
+    return out
+
+
+def fp8_dequantize(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Packed uint8 [..., 656] tokens -> [..., 576] values (512 dequantised latent + 64 rope)."""
+    lead = packed.shape[:-1]
+    p = packed.contiguous()
+    vals = p[..., :LATENT_DIM].contiguous().view(torch.float8_e4m3fn).to(torch.float64)
+    scale = p[..., LATENT_DIM:LATENT_DIM + 16].contiguous().view(torch.float32).to(torch.float64)
+    rope = p[..., LATENT_DIM + 16:].contiguous().view(torch.bfloat16).to(torch.float64)
+    lat = (vals.reshape(*lead, FP8_GROUPS, FP8_GROUP) * scale.unsqueeze(-1)).reshape(*lead, LATENT_DIM)
+    return torch.cat([lat, rope], dim=-1).to(dtype)
+
+
+def cache_values(kv_cache: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The cache as [num_blocks, P, 1, 576] numbers in ``dtype`` (dequantised when FP8)."""
+    if kv_cache.dtype == torch.uint8:
+        return fp8_dequantize(kv_cache, dtype)
+    return kv_cache.to(dtype)
+
+
+# ---- decode ---------------------------------------------------------------------------------
+def gather_tokens(kv_cache: torch.Tensor, block_table: torch.Tensor, seqlen: int, i: int) -> torch.Tensor:
+    """The first ``seqlen`` tokens of sequence ``i``: [seqlen, D] (D the cache's last dim)."""
+    page = kv_cache.shape[1]
+    t = torch.arange(seqlen, device=kv_cache.device)
+    blocks = block_table[i].long()[t // page]
+    return kv_cache[blocks, t % page, 0]
+
+
+def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+               cache_seqlens: torch.Tensor, head_dim_v: int = LATENT_DIM, softmax_scale: float | None = None,
+               causal: bool = False, compute_dtype: torch.dtype | None = None):
+    """(out [b, s_q, h_q, head_dim_v] in ``compute_dtype`` (default q's), lse [b, h_q, s_q]);
+    the math of the module docstring in ``compute_dtype``."""
+    dt = compute_dtype or q.dtype
+    b, s_q, h_q, d = q.shape
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    values = cache_values(kv_cache, dt)
+    out = q.new_zeros((b, s_q, h_q, head_dim_v), dtype=dt)
+    lse = q.new_full((b, h_q, s_q), float("-inf"), dtype=dt)
+    lens = cache_seqlens.tolist()
+    for i in range(b):
+        n = int(lens[i])
+        if n == 0:
+            continue
+        kv = gather_tokens(values, block_table, n, i)              # [n, 576]
+        s = torch.einsum("jhd,td->hjt", q[i].to(dt), kv) * scale   # [h, s_q, n]
+        if causal:
+            pos = torch.arange(n, device=q.device)
+            limit = n - s_q + torch.arange(s_q, device=q.device) + 1   # query j sees pos < limit[j]
+            s = s.masked_fill(pos[None, :] >= limit[:, None], float("-inf"))
+        m = s.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        p = torch.exp(s - m)
+        denom = p.sum(-1, keepdim=True)
+        l_ = torch.log(denom) + m
+        o = torch.einsum("hjt,td->jhd", p / torch.where(denom > 0, denom, torch.ones_like(denom)),
+                         kv[:, :head_dim_v])
+        out[i] = o
+        lse[i] = l_.squeeze(-1)
+    return out, lse
+
+
+def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
+                     latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+    """Write token ``positions[i, j]`` of sequence i (latent [b, n, 512], k_rope [b, n, 64]) into
+    its page, in place (FP8-quantised for a uint8 cache); returns kv_cache. A negative position
+    is skipped (padding)."""
+    page = kv_cache.shape[1]
+    b, n = positions.shape
+    for i in range(b):
+        for j in range(n):
+            t = int(positions[i, j])
+            if t < 0:
+                continue
+            blk = int(block_table[i, t // page])
+            if kv_cache.dtype == torch.uint8:
+                kv_cache[blk, t % page, 0] = fp8_quantize(latent[i, j], k_rope[i, j])
+            else:
+                kv_cache[blk, t % page, 0, :LATENT_DIM] = latent[i, j].to(kv_cache.dtype)
+                kv_cache[blk, t % page, 0, LATENT_DIM:] = k_rope[i, j].to(kv_cache.dtype)
+    return kv_cache
+
+
+# ---- prefill --------------------------------------------------------------------------------
+def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                cu_seqlens_k: torch.Tensor, softmax_scale: float | None = None, causal: bool = True):
+    """(out [total_q, h, dv] in q's dtype, lse [h, total_q] in q's dtype); differentiable in
+    q, k, v through autograd (the backward oracle)."""
+    total_q, h, d = q.shape
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for i in range(len(cq) - 1):
+        qs, ks = q[cq[i]:cq[i + 1]], k[ck[i]:ck[i + 1]]
+        vs = v[ck[i]:ck[i + 1]]
+        nq, nk = qs.shape[0], ks.shape[0]
+        s = torch.einsum("qhd,khd->hqk", qs, ks) * scale
+        if causal:
+            r = torch.arange(nq, device=q.device)[:, None]
+            c = torch.arange(nk, device=q.device)[None, :]
+            s = s.masked_fill(c > r + nk - nq, float("-inf"))
+        m = s.amax(dim=-1, keepdim=True) if nk else s.new_zeros((h, nq, 1))
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+        p = torch.exp(s - m)
+        denom = p.sum(-1, keepdim=True)
+        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+        outs.append(torch.einsum("hqk,khd->qhd", p / safe, vs))
+        lses.append((torch.log(denom) + m).squeeze(-1))
+    out = torch.cat(outs, 0) if outs else q.new_zeros((0, h, v.shape[-1]))
+    lse = torch.cat(lses, 1) if lses else q.new_zeros((h, 0))
+    return out, lse
+
+
+def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
+    """(out [T, H, D], lse [H, T]) of the union of two disjoint key sets."""
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    wa, wb = torch.exp(lse_a - m), torch.exp(lse_b - m)
+    tot = wa + wb
+    lse = torch.log(tot) + m
+    safe = torch.where(tot > 0, tot, torch.ones_like(tot))
+    fa = (wa / safe).transpose(0, 1).unsqueeze(-1)    # [T, H, 1]
+    fb = (wb / safe).transpose(0, 1).unsqueeze(-1)
+    out = out_a * fa.to(out_a.dtype) + out_b * fb.to(out_b.dtype)
+    return out, lse
