@@ -1,0 +1,165 @@
+"""Argument validation for the MoE ops: every bad argument raises a ValueError/TypeError naming it,
+before any kernel is launched. Shape/dtype/device checks are free; the one value check (expert
+ids inside [0, num_experts)) reads the ids, which costs a host synchronisation on a GPU: it runs
+when ``check_ids=True`` (the default) and is skipped while torch.compile traces or a CUDA graph is
+being captured. The kernels never read or write out of bounds whatever the ids are: an id outside
+[0, E) routes its slot nowhere (moe_align / moe_permute) and contributes nothing (fused_moe).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+MAX_EXPERTS = 1 << 16
+
+
+def tensor(name: str, t, what: str, dim: int | None = None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name}: {what} must be {dim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def same_device(name: str, what: str, t: torch.Tensor, ref: torch.Tensor, ref_what: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name}: {what} is on {t.device}, expected {ref_what}'s device {ref.device}")
+
+
+def integer(name: str, v, what: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: {what} must be an int, got {v!r}")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: {what} must be {rng}, got {v}")
+    return v
+
+
+def flag(name: str, v, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: {what} must be a bool, got {v!r}")
+    return v
+
+
+def real(name: str, v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a float, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: {what} must be finite, got {v!r}")
+    return f
+
+
+def choice(name: str, v, what: str, options) -> str:
+    if v not in options:
+        raise ValueError(f"{name}: {what} must be one of {tuple(options)}, got {v!r}")
+    return v
+
+
+def _tracing() -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) -> None:
+    """Raise when an expert id is outside [0, num_experts) (one host sync; see module docstring)."""
+    if not check or ids.numel() == 0 or _tracing() or isinstance(ids, torch._subclasses.FakeTensor):
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= num_experts:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name}: topk_ids holds expert id {bad}, outside [0, {num_experts}) "
+                         f"(num_experts={num_experts})")
+
+
+def topk_ids(name: str, ids, tokens: int | None = None) -> torch.Tensor:
+    tensor(name, ids, "topk_ids", dim=2, dtypes=INDEX_DTYPES)
+    if tokens is not None and ids.shape[0] != tokens:
+        raise ValueError(f"{name}: topk_ids must have {tokens} rows (one per token), got {tuple(ids.shape)}")
+    if ids.numel() >= 2 ** 31 - 2 ** 20:
+        raise ValueError(f"{name}: topk_ids has {ids.numel()} slots; at most 2^31 - 2^20 are supported")
+    return ids
+
+
+def route(logits, top_k, scoring, bias, n_group, topk_group, norm, scale):
+    name = "moe_route"
+    tensor(name, logits, "router_logits", dim=2)
+    e = logits.shape[1]
+    if e < 1:
+        raise ValueError(f"{name}: router_logits must have at least one expert column, got {tuple(logits.shape)}")
+    if e > MAX_EXPERTS:
+        raise ValueError(f"{name}: at most {MAX_EXPERTS} experts are supported, got {e}")
+    choice(name, scoring, "scoring", ("sigmoid", "softmax"))
+    n_group = integer(name, n_group, "n_group", 1)
+    if e % n_group:
+        raise ValueError(f"{name}: the {e} experts cannot be divided into n_group={n_group} equal groups")
+    topk_group = integer(name, topk_group, "topk_group", 1)
+    if topk_group > n_group:
+        raise ValueError(f"{name}: topk_group={topk_group} must be <= n_group={n_group}")
+    eligible = topk_group * (e // n_group) if topk_group < n_group else e
+    top_k = integer(name, top_k, "top_k", 1)
+    if top_k > e:
+        raise ValueError(f"{name}: top_k={top_k} must be <= num_experts={e}")
+    if top_k > eligible:
+        raise ValueError(f"{name}: top_k={top_k} exceeds the {eligible} experts in topk_group={topk_group} "
+                         f"of n_group={n_group} groups")
+    if bias is not None:
+        tensor(name, bias, "e_score_correction_bias", dim=1)
+        if bias.shape[0] != e:
+            raise ValueError(f"{name}: e_score_correction_bias must have shape ({e},), got {tuple(bias.shape)}")
+        same_device(name, "e_score_correction_bias", bias, logits, "router_logits")
+    flag(name, norm, "norm_topk_prob")
+    scale = real(name, scale, "routed_scaling_factor")
+    return top_k, n_group, topk_group, scale
+
+
+def align(ids, num_experts, block_size):
+    name = "moe_align"
+    topk_ids(name, ids)
+    e = integer(name, num_experts, "num_experts", 1, MAX_EXPERTS)
+    b = integer(name, block_size, "block_size", 1, 1 << 12)
+    if ids.numel() + e * (b - 1) >= 2 ** 31:
+        raise ValueError(f"{name}: T*k + num_experts*(block_size-1) must be < 2^31")
+    return e, b
+
+
+def fused(x, w1, w2, weights, ids, act, activations):
+    name = "fused_moe"
+    tensor(name, x, "hidden_states", dim=2)
+    t, h = x.shape
+    tensor(name, w1, "w1", dim=3)
+    tensor(name, w2, "w2", dim=3)
+    e, two_i, h1 = w1.shape
+    if h1 != h:
+        raise ValueError(f"{name}: w1 must be [E, 2*I, H] with H={h} (hidden_states' last dim), "
+                         f"got {tuple(w1.shape)}")
+    if two_i % 2 or two_i == 0:
+        raise ValueError(f"{name}: w1's second dim must be 2*I (gate rows, then up rows), got {two_i}")
+    inter = two_i // 2
+    if tuple(w2.shape) != (e, h, inter):
+        raise ValueError(f"{name}: w2 must have shape {(e, h, inter)} ([E, H, I] from w1 {tuple(w1.shape)}), "
+                         f"got {tuple(w2.shape)}")
+    if e < 1:
+        raise ValueError(f"{name}: w1 must hold at least one expert")
+    for what, w in (("w1", w1), ("w2", w2)):
+        if w.dtype != x.dtype:
+            raise TypeError(f"{name}: {what} must have hidden_states' dtype {x.dtype}, got {w.dtype}")
+        same_device(name, what, w, x, "hidden_states")
+    topk_ids(name, ids, tokens=t)
+    tensor(name, weights, "topk_weights", dim=2)
+    if tuple(weights.shape) != tuple(ids.shape):
+        raise ValueError(f"{name}: topk_weights must have topk_ids' shape {tuple(ids.shape)}, "
+                         f"got {tuple(weights.shape)}")
+    same_device(name, "topk_ids", ids, x, "hidden_states")
+    same_device(name, "topk_weights", weights, x, "hidden_states")
+    choice(name, act, "activation", activations)
+    return e, inter

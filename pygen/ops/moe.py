@@ -1,0 +1,465 @@
+"""DeepSeekMoE ops: routing, alignment, permutation and the fused expert MLP.
+
+    ids, w = pygen.ops.moe.moe_route(router_logits, top_k, scoring="sigmoid",
+                                     e_score_correction_bias=bias, n_group=8, topk_group=4,
+                                     norm_topk_prob=True, routed_scaling_factor=2.5)
+    sorted_ids, expert_ids, n_post = moe_align(ids, num_experts, block_size)
+    permuted, sorted_slots, offsets = moe_permute(x, ids, num_experts)
+    out = moe_unpermute(y, sorted_slots, w)                   # weighted combine back to tokens
+    out = fused_moe(x, w1, w2, w, ids, activation="silu")     # w1 [E, 2I, H], w2 [E, H, I]
+
+Semantics, layouts and the tie rule are stated in pygen/ref/moe.py (the oracle) and docs/moe.md.
+
+Backends
+--------
+* moe_route, moe_permute, moe_unpermute, fused_moe: ``triton`` (kernels/moe.py: on CUDA, or on CPU
+  under TRITON_INTERPRET=1) and ``reference``. The automatic choice is triton on CUDA tensors,
+  reference on CPU tensors; float64 always runs on the reference.
+* moe_align: ``cuda`` and ``cpu`` (csrc/moe, one set of per-element bodies), ``triton`` and
+  ``reference``. Automatic: cuda then triton on CUDA tensors, cpu then reference on CPU tensors.
+
+No op synchronises with the host except the optional id range check (``check_ids=True``, see
+pygen/ops/_moe_checks.py); outputs have static shapes (moe_align's upper bound
+T*k + E*(block_size-1)), so every op is CUDA-graph capturable with ``check_ids=False``.
+
+Autograd: moe_route's weights are differentiable in router_logits (the ids are not), moe_permute
+in hidden_states, moe_unpermute in its rows and weights, fused_moe in hidden_states, w1, w2 and
+topk_weights. fused_moe's combine uses float32 atomics unless
+``torch.are_deterministic_algorithms_enabled()``, in which case every slot's output row is
+written once and the k rows of a token are summed in a fixed order (bitwise reproducible).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import _backend
+from ..ref import moe as ref
+from . import _moe_checks as chk
+from . import _registry
+
+__all__ = ["moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe"]
+
+ACTIVATIONS = ref.ACTIVATIONS
+_TRITON_REF = ("triton", "reference")
+_ALIGN_SUPPORTED = ("triton", "reference")  # cuda, cpu: csrc/moe (next commit)
+
+
+def _kernels():
+    from pygen.kernels import moe  # imported lazily: triton may be missing
+    return moe
+
+
+def _native():
+    from pygen.native import moe
+    return moe
+
+
+def _on_device(fn):
+    """Run a kernel-launching implementation with its first tensor's CUDA device current."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        if args[0].is_cuda:
+            with torch.cuda.device(args[0].device):
+                return fn(*args)
+        return fn(*args)
+    return wrapped
+
+
+def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_TRITON_REF) -> str:
+    if t.dtype == torch.float64:
+        if backend is not None and backend in _backend.BACKENDS and backend not in ("reference", "cpu"):
+            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
+                            f"(float64 runs on the reference backend)")
+        supported = tuple(b for b in supported if b in ("reference", "cpu"))
+    return _backend.choose(name, t.device, t.dtype, backend, supported)
+
+
+# ==============================================================================================
+# moe_route
+# ==============================================================================================
+def _new_route(logits: torch.Tensor, top_k: int):
+    t = logits.shape[0]
+    return (torch.empty((t, top_k), dtype=torch.int32, device=logits.device),
+            torch.empty((t, top_k), dtype=torch.float32, device=logits.device))
+
+
+def _route_grad(logits, ids, grad_w, scoring, norm, scale):
+    """d router_logits from d topk_weights (plain PyTorch: O(T*E) elementwise work)."""
+    x = logits.float()
+    s = x.sigmoid() if scoring == "sigmoid" else x.softmax(-1)
+    idx = ids.long()
+    sel = s.gather(1, idx)
+    g = grad_w.float() * scale
+    if norm:
+        den = sel.sum(-1, keepdim=True) + 1e-20
+        dsel = g / den - (g * sel).sum(-1, keepdim=True) / (den * den)
+    else:
+        dsel = g
+    if scoring == "sigmoid":
+        dx = torch.zeros_like(s).scatter_(1, idx, dsel * sel * (1 - sel))
+    else:
+        ds = torch.zeros_like(s).scatter_(1, idx, dsel)
+        dx = s * (ds - (ds * s).sum(-1, keepdim=True))
+    return dx.to(logits.dtype)
+
+
+def _register_route() -> None:
+    def impl(logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
+        ids, w = _new_route(logits, top_k)
+        if logits.shape[0]:
+            _kernels().route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
+        return ids, w
+
+    op = _registry.define(
+        "moe_route_triton",
+        "(Tensor router_logits, Tensor? bias, int top_k, str scoring, int n_group, int topk_group, "
+        "bool norm_topk_prob, float routed_scaling_factor) -> (Tensor, Tensor)",
+        _on_device(impl), lambda logits, bias, top_k, *rest: _new_route(logits, top_k))
+
+    def setup(ctx, inputs, output):
+        logits, _bias, _k, scoring, _g, _tg, norm, scale = inputs
+        ctx.mark_non_differentiable(output[0])
+        ctx.save_for_backward(logits, output[0])
+        ctx.args = (scoring, norm, scale)
+
+    def backward(ctx, _gids, gw):
+        logits, ids = ctx.saved_tensors
+        scoring, norm, scale = ctx.args
+        return _route_grad(logits, ids, gw, scoring, norm, scale), None, None, None, None, None, None, None
+
+    op.register_autograd(backward, setup_context=setup)
+
+
+_register_route()
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoid",
+              e_score_correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
+              norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0, backend: str | None = None):
+    """DeepSeek-V3 routing of router_logits [T, E] -> (topk_ids int32 [T, top_k], topk_weights
+    float32 [T, top_k]; float64 for float64 logits). ids are ordered by biased score, descending,
+    ties to the lower expert id (pygen/ref/moe.py)."""
+    top_k, n_group, topk_group, scale = chk.route(router_logits, top_k, scoring, e_score_correction_bias,
+                                                  n_group, topk_group, norm_topk_prob, routed_scaling_factor)
+    b = _pick("moe_route", router_logits, backend)
+    if b == "reference":
+        return ref.moe_route(router_logits, top_k, scoring=scoring, e_score_correction_bias=e_score_correction_bias,
+                             n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
+                             routed_scaling_factor=scale)
+    bias = e_score_correction_bias
+    return _registry.get("moe_route_triton")(router_logits, bias, top_k, scoring, n_group, topk_group,
+                                              norm_topk_prob, scale)
+
+
+# ==============================================================================================
+# moe_align
+# ==============================================================================================
+def align_sizes(num_slots: int, num_experts: int, block_size: int) -> tuple[int, int]:
+    """(len(sorted_token_ids), len(expert_ids)): the static upper bounds."""
+    cap = num_slots + num_experts * (block_size - 1)
+    return cap, -(-cap // block_size)
+
+
+def _new_align(ids: torch.Tensor, num_experts: int, block_size: int):
+    cap, nblk = align_sizes(ids.numel(), num_experts, block_size)
+    dev = ids.device
+    return (torch.empty((cap,), dtype=torch.int32, device=dev), torch.empty((nblk,), dtype=torch.int32, device=dev),
+            torch.empty((1,), dtype=torch.int32, device=dev),
+            torch.empty((num_experts + 1,), dtype=torch.int32, device=dev))
+
+
+def _register_align(b: str) -> None:
+    def impl(ids, num_experts, block_size):
+        out = _new_align(ids, num_experts, block_size)
+        flat = ids.reshape(-1)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        mod = _kernels() if b == "triton" else _native()
+        mod.align_fwd(flat, num_experts, block_size, *out)
+        return out
+
+    _registry.define(f"moe_align_{b}",
+                     "(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor)",
+                     _on_device(impl), lambda ids, e, bs: _new_align(ids, e, bs))
+
+
+for _b in ("triton", "cpu", "cuda"):
+    _register_align(_b)
+
+
+def _align4(topk_ids, num_experts, block_size, backend):
+    """moe_align plus the padded segment starts [E+1] (start of expert e; [E] = the total)."""
+    b = _backend.choose("moe_align", topk_ids.device, torch.float32, backend, _ALIGN_SUPPORTED)
+    if b == "reference":
+        s, e_ids, n = ref.moe_align(topk_ids, num_experts, block_size)
+        starts = _ref_starts(topk_ids, num_experts, block_size)
+        return s, e_ids, n, starts
+    return _registry.get(f"moe_align_{b}")(topk_ids, num_experts, block_size)
+
+
+def _ref_starts(topk_ids, num_experts, block_size):
+    ids = topk_ids.reshape(-1).long()
+    valid = ids[(ids >= 0) & (ids < num_experts)]
+    counts = torch.bincount(valid, minlength=num_experts)
+    padded = (counts + block_size - 1) // block_size * block_size
+    return torch.cat([padded.new_zeros(1), torch.cumsum(padded, 0)]).to(torch.int32)
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int, backend: str | None = None, *,
+              check_ids: bool = True):
+    """Sort token-slots by expert and pad each expert's segment to ``block_size`` ->
+    (sorted_token_ids int32 [T*k + E*(block_size-1)], expert_ids int32 [ceil(that / block_size)],
+    num_tokens_post_padded int32 [1]). Slot s = t*k + j; padding holds the sentinel T*k; unused
+    trailing blocks have expert -1. Within an expert, slots are in ascending order."""
+    e, bs = chk.align(topk_ids, num_experts, block_size)
+    chk.ids_in_range("moe_align", topk_ids, e, check_ids)
+    s, e_ids, n, _ = _align4(topk_ids, e, bs, backend)
+    return s, e_ids, n
+
+
+# ==============================================================================================
+# moe_permute / moe_unpermute
+# ==============================================================================================
+def _inverse(sorted_slots: torch.Tensor, n: int) -> torch.Tensor:
+    """row_of_slot [n] int32 (-1 for a slot in no row), device-only."""
+    inv = torch.full((n + 1,), -1, dtype=torch.int32, device=sorted_slots.device)
+    rows = torch.arange(sorted_slots.numel(), dtype=torch.int32, device=sorted_slots.device)
+    inv.scatter_(0, sorted_slots.long().clamp(max=n), rows)
+    return inv[:n]
+
+
+def _register_permute() -> None:
+    def new_perm(x, ids, num_experts):
+        n = ids.numel()
+        return (x.new_empty((n, x.shape[1])), torch.empty((n,), dtype=torch.int32, device=x.device),
+                torch.empty((num_experts + 1,), dtype=torch.int32, device=x.device))
+
+    def perm_impl(x, ids, num_experts):
+        out, slots, offsets = new_perm(x, ids, num_experts)
+        s, _, _, starts = _registry.get("moe_align_triton")(ids, num_experts, 1)
+        slots.copy_(s[: ids.numel()])
+        offsets.copy_(starts)
+        if out.numel():
+            _kernels().permute_fwd(x, slots, ids.shape[1], out)
+        return out, slots, offsets
+
+    perm = _registry.define("moe_permute_triton",
+                            "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
+                            _on_device(perm_impl), new_perm)
+
+    def new_unperm(y, slots, w, num_tokens, top_k):
+        return y.new_empty((num_tokens, y.shape[1]))
+
+    def unperm_impl(y, slots, w, num_tokens, top_k):
+        out = new_unperm(y, slots, w, num_tokens, top_k)
+        if out.numel():
+            inv = _inverse(slots, num_tokens * top_k)
+            _kernels().unpermute_fwd(y, inv, w, top_k, out)
+        return out
+
+    unperm = _registry.define(
+        "moe_unpermute_triton",
+        "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
+        _on_device(unperm_impl), new_unperm)
+
+    def new_unperm_bwd(g, y, slots, w, need_y, need_w):
+        return (y.new_empty(y.shape if need_y else (0,)),
+                (w.new_empty(w.shape) if (need_w and w is not None) else g.new_empty((0,))))
+
+    def unperm_bwd_impl(g, y, slots, w, need_y, need_w):
+        dy, dw = new_unperm_bwd(g, y, slots, w, need_y, need_w)
+        n = slots.numel()
+        if n:
+            k = n // g.shape[0] if g.shape[0] else 1
+            _kernels().unpermute_bwd(g.contiguous(), y, slots, w, k, dy if need_y else None,
+                                     dw if dw.numel() else None)
+        elif dw.numel():
+            dw.zero_()
+        return dy, dw
+
+    unperm_bwd = _registry.define(
+        "moe_unpermute_backward_triton",
+        "(Tensor grad, Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, bool need_permuted, "
+        "bool need_weights) -> (Tensor, Tensor)", _on_device(unperm_bwd_impl), new_unperm_bwd)
+
+    def perm_setup(ctx, inputs, output):
+        _x, ids, _e = inputs
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(output[1])
+        ctx.shape = (ids.shape[0], ids.shape[1])
+
+    def perm_backward(ctx, g, _gs, _go):
+        (slots,) = ctx.saved_tensors
+        t, k = ctx.shape
+        return unperm(g.contiguous(), slots, None, t, k), None, None
+
+    perm.register_autograd(perm_backward, setup_context=perm_setup)
+
+    def unperm_setup(ctx, inputs, output):
+        y, slots, w, _t, _k = inputs
+        ctx.save_for_backward(y, slots, w)
+
+    def unperm_backward(ctx, g):
+        y, slots, w = ctx.saved_tensors
+        need_y = ctx.needs_input_grad[0]
+        need_w = w is not None and ctx.needs_input_grad[2]
+        dy, dw = unperm_bwd(g, y, slots, w, need_y, need_w)
+        return (dy if need_y else None), None, (dw if need_w else None), None, None
+
+    unperm.register_autograd(unperm_backward, setup_context=unperm_setup)
+
+
+_register_permute()
+
+
+def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int, backend: str | None = None,
+                *, check_ids: bool = True):
+    """Group token rows by expert -> (permuted [T*k, H], sorted_slots int32 [T*k],
+    expert_offsets int32 [E+1]). Row r is hidden_states[sorted_slots[r] // k]; the rows of expert
+    e are expert_offsets[e] .. expert_offsets[e+1]-1, in ascending slot order. Rows past
+    expert_offsets[E] exist only for ids outside [0, E): zero, slot T*k."""
+    name = "moe_permute"
+    chk.tensor(name, hidden_states, "hidden_states", dim=2)
+    chk.topk_ids(name, topk_ids, tokens=hidden_states.shape[0])
+    chk.same_device(name, "topk_ids", topk_ids, hidden_states, "hidden_states")
+    e = chk.integer(name, num_experts, "num_experts", 1, chk.MAX_EXPERTS)
+    chk.ids_in_range(name, topk_ids, e, check_ids)
+    b = _pick(name, hidden_states, backend)
+    if b == "reference":
+        return ref.moe_permute(hidden_states, topk_ids, e)
+    x = hidden_states if hidden_states.stride(-1) == 1 else hidden_states.contiguous()
+    return _registry.get("moe_permute_triton")(x, topk_ids, e)
+
+
+def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None = None,
+                  *, top_k: int | None = None, backend: str | None = None):
+    """Weighted combine of permuted rows back to tokens -> [T, H]:
+    out[t] = sum_j topk_weights[t, j] * permuted[row of slot t*k + j] (weights 1 when None; then
+    ``top_k`` gives k). Rows with the sentinel slot (>= T*k) are ignored. The sum over j runs in
+    ascending j (deterministic)."""
+    name = "moe_unpermute"
+    chk.tensor(name, permuted, "permuted", dim=2)
+    chk.tensor(name, sorted_slots, "sorted_slots", dim=1, dtypes=(torch.int32,))
+    n = permuted.shape[0]
+    if sorted_slots.shape[0] != n:
+        raise ValueError(f"{name}: sorted_slots must have one entry per permuted row ({n}), "
+                         f"got {tuple(sorted_slots.shape)}")
+    chk.same_device(name, "sorted_slots", sorted_slots, permuted, "permuted")
+    if topk_weights is not None:
+        chk.tensor(name, topk_weights, "topk_weights", dim=2)
+        chk.same_device(name, "topk_weights", topk_weights, permuted, "permuted")
+        t, k = topk_weights.shape
+        if top_k is not None and top_k != k:
+            raise ValueError(f"{name}: top_k={top_k} disagrees with topk_weights' shape {tuple(topk_weights.shape)}")
+        if t * k != n:
+            raise ValueError(f"{name}: topk_weights {tuple(topk_weights.shape)} must hold one weight per "
+                             f"permuted row ({n})")
+    else:
+        if top_k is None:
+            raise ValueError(f"{name}: pass topk_weights or top_k")
+        k = chk.integer(name, top_k, "top_k", 1)
+        if n % k:
+            raise ValueError(f"{name}: {n} permuted rows are not a multiple of top_k={k}")
+        t = n // k
+    b = _pick(name, permuted, backend)
+    if b == "reference":
+        return ref.moe_unpermute(permuted, sorted_slots, topk_weights, t, k)
+    y = permuted if permuted.stride(-1) == 1 else permuted.contiguous()
+    w = None if topk_weights is None else topk_weights.contiguous()
+    return _registry.get("moe_unpermute_triton")(y, sorted_slots.contiguous(), w, t, k)
+
+
+# ==============================================================================================
+# fused_moe
+# ==============================================================================================
+def _new_fused(x, w1, ids, save):
+    t, h = x.shape
+    n = ids.numel()
+    inter = w1.shape[1] // 2
+    return (x.new_empty((t, h)), x.new_empty((n, 2 * inter) if save else (0,)),
+            x.new_empty((n, inter) if save else (0,)))
+
+
+def _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw):
+    return (x.new_empty(x.shape if nx else (0,)), w1.new_empty(w1.shape if nw1 else (0,)),
+            w2.new_empty(w2.shape if nw2 else (0,)), w.new_empty(w.shape if nw else (0,)))
+
+
+def _register_fused() -> None:
+    def impl(x, w1, w2, w, ids, act, deterministic, save):
+        out, gu, hmid = _new_fused(x, w1, ids, save)
+        t, h = x.shape
+        if t == 0 or h == 0:
+            return out, gu, hmid
+        kern = _kernels()
+        cfg = kern.fused_config("fwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
+        al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
+        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid if save else None,
+                           act, deterministic, cfg)
+        return out, gu, hmid
+
+    fwd = _registry.define(
+        "fused_moe_triton",
+        "(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, str activation, "
+        "bool deterministic, bool save) -> (Tensor, Tensor, Tensor)",
+        _on_device(impl), lambda x, w1, w2, w, ids, act, det, save: _new_fused(x, w1, ids, save))
+
+    def bwd_impl(g, x, w1, w2, w, ids, gu, hmid, act, deterministic, nx, nw1, nw2, nw):
+        dx, dw1, dw2, dw = _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw)
+        kern = _kernels()
+        t, h = x.shape
+        cfg = kern.fused_config("bwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
+        al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
+        kern.fused_moe_bwd(g.contiguous(), x, w1, w2, w, ids, al, gu, hmid, dx if nx else None,
+                           dw1 if nw1 else None, dw2 if nw2 else None, dw if nw else None, act, deterministic, cfg)
+        return dx, dw1, dw2, dw
+
+    bwd = _registry.define(
+        "fused_moe_backward_triton",
+        "(Tensor grad, Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
+        "Tensor gate_up, Tensor hidden_mid, str activation, bool deterministic, bool need_x, bool need_w1, "
+        "bool need_w2, bool need_weights) -> (Tensor, Tensor, Tensor, Tensor)",
+        _on_device(bwd_impl),
+        lambda g, x, w1, w2, w, ids, gu, hm, act, det, nx, nw1, nw2, nw: _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw))
+
+    def setup(ctx, inputs, output):
+        x, w1, w2, w, ids, act, det, _save = inputs
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(x, w1, w2, w, ids, output[1], output[2])
+        ctx.args = (act, det)
+
+    def backward(ctx, g, _ggu, _gh):
+        x, w1, w2, w, ids, gu, hmid = ctx.saved_tensors
+        act, det = ctx.args
+        need = ctx.needs_input_grad[:4]
+        dx, dw1, dw2, dw = bwd(g, x, w1, w2, w, ids, gu, hmid, act, det, *need)
+        return (dx if need[0] else None, dw1 if need[1] else None, dw2 if need[2] else None,
+                dw if need[3] else None, None, None, None, None)
+
+    fwd.register_autograd(backward, setup_context=setup)
+
+
+_register_fused()
+
+
+def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor, activation: str = "silu", backend: str | None = None, *,
+              check_ids: bool = True) -> torch.Tensor:
+    """Routed expert MLP -> [T, H] in hidden_states' dtype:
+    out[t] = sum_j w[t, j] * w2[e] @ (act(w1[e, :I] @ x_t) * (w1[e, I:] @ x_t)), e = topk_ids[t, j].
+    hidden_states [T, H]; w1 [E, 2I, H] (gate rows, then up rows); w2 [E, H, I]; topk_weights
+    [T, k] (any float dtype; float32 from moe_route); topk_ids [T, k] int32/int64."""
+    e, _inter = chk.fused(hidden_states, w1, w2, topk_weights, topk_ids, activation, ACTIVATIONS)
+    chk.ids_in_range("fused_moe", topk_ids, e, check_ids)
+    b = _pick("fused_moe", hidden_states, backend)
+    if b == "reference":
+        return ref.fused_moe(hidden_states, w1, w2, topk_weights, topk_ids, activation)
+    x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
+    save = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (hidden_states, w1, w2, topk_weights))
+    det = torch.are_deterministic_algorithms_enabled()
+    out, _gu, _h = _registry.get("fused_moe_triton")(x, w1.contiguous(), w2.contiguous(), topk_weights.contiguous(),
+                                                      topk_ids.contiguous(), activation, det, save)
+    return out
