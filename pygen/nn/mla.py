@@ -1,0 +1,222 @@
+"""Multi-head latent attention (DeepSeek-V2/V3), a drop-in for transformers' DeepseekV3Attention.
+
+Same constructor ``MLA(config, layer_idx)``, attribute names and state_dict keys as
+transformers 5.x's DeepseekV3Attention (q_a_proj, q_a_layernorm, q_b_proj - or q_proj when
+``config.q_lora_rank`` is None - kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj), and
+the same forward: ``forward(hidden_states, position_embeddings, attention_mask, cache=None,
+**kwargs) -> (attn_output [b, s, hidden], None)`` (``past_key_values=`` is accepted as the old
+name of ``cache``; attention weights are never materialised, so the second item is None, as with
+transformers' sdpa / flash implementations). Math (H heads, Dn = qk_nope_head_dim 128,
+Dr = qk_rope_head_dim 64, Dv = v_head_dim 128, R = kv_lora_rank 512)::
+
+    q            = q_b_proj(RMSNorm(q_a_proj(x)))  (or q_proj(x))   [b, s, H, Dn + Dr]
+    [c, k_r]     = kv_a_proj_with_mqa(x);  c = kv_a_layernorm(c)      c [b, s, R], k_r [b, s, Dr]
+    q_r, k_r     = RoPE(q_r), RoPE(k_r)      (YaRN, interleaved pairs: pygen/nn/_rope.py)
+    [k_n, v]     = kv_b_proj(c) per head                              [b, S, H, Dn], [b, S, H, Dv]
+    o            = softmax(scale * [q_n, q_r] . [k_n, k_r]^T + causal) v,  scale = 1/sqrt(Dn + Dr) * mscale^2
+    out          = o_proj(o)
+
+Three ways through the attention, by what ``cache`` is:
+
+- None or a transformers Cache (its ``update`` stores the compressed latents, as transformers
+  5.x does): keys/values are expanded per head and attention runs in pygen.ops.mla_prefill
+  (varlen causal flash attention, bottom-right aligned when the keys include cached tokens,
+  differentiable). A mask that is not plain causal (padding, packed sequences), dropout in
+  training fall back to explicit masked softmax attention
+  (the eager math); ``self.last_path`` says which path ran.
+- a :class:`pygen.nn._mla_cache.PagedMLACache` with an open step: the new latents go into the
+  paged cache (mla_cache_append); a first chunk (nothing cached yet) runs the same prefill as
+  above; later steps run pygen.ops.mla_decode on the 576-wide latent cache with weight absorption
+  (pygen/nn/_mla_absorb.py): query [W_UK^T q_n, q_r], output W_UV o_latent. ``attention_mask`` is
+  ignored on this path: the cache's lengths define the (causal) mask, ragged batches included.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _mla_absorb as absorb
+from ._mla_cache import PagedMLACache
+from ._rope import apply_rope, softmax_scale
+
+__all__ = ["MLA", "RMSNorm", "attention_explicit", "mask_is_causal"]
+
+
+class RMSNorm(nn.Module):
+    """transformers' DeepseekV3RMSNorm: weight * (x / rms(x)) with the statistics in float32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dt)
+
+
+def mask_is_causal(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
+    """True when ``mask`` (None, bool keep-mask or additive float mask, [b, 1|H, q, kv]) equals the
+    bottom-right causal mask: query i sees keys j <= i + kv_len - q_len. Reads the mask (one sync)."""
+    if mask is None:
+        return True
+    if mask.dim() != 4 or mask.shape[-2:] != (q_len, kv_len):
+        return False
+    keep = mask if mask.dtype == torch.bool else mask == 0
+    i = torch.arange(q_len, device=mask.device)[:, None]
+    j = torch.arange(kv_len, device=mask.device)[None, :]
+    return bool((keep == (j <= i + (kv_len - q_len))).all())
+
+
+def attention_explicit(q, k, v, mask, scale: float, dropout: float = 0.0, training: bool = False):
+    """softmax(scale q k^T + mask) v as transformers' eager path computes it.
+    q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv], mask None (= bottom-right causal), bool
+    keep-mask or additive float [b, 1|H, s, S]; returns [b, s, H, Dv]."""
+    s, kv = q.shape[1], k.shape[1]
+    w = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(2, 3)) * scale
+    if mask is None:
+        i = torch.arange(s, device=q.device)[:, None]
+        j = torch.arange(kv, device=q.device)[None, :]
+        w = w.masked_fill(j > i + (kv - s), float("-inf"))
+    elif mask.dtype == torch.bool:
+        w = w.masked_fill(~mask, float("-inf"))
+    else:
+        w = w + mask
+    w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+    w = F.dropout(w, p=dropout, training=training)
+    return torch.matmul(w, v.transpose(1, 2)).transpose(1, 2)
+
+
+def attention_prefill(q, k, v, scale: float, backend: str | None):
+    """Bottom-right causal attention of equal-length batches through pygen.ops.mla_prefill.
+    q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv] -> [b, s, H, Dv]."""
+    from ..ops.mla import mla_prefill
+    b, s, h, dq = q.shape
+    kv = k.shape[1]
+    cu_q = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
+    cu_k = torch.arange(0, (b + 1) * kv, kv, dtype=torch.int32, device=q.device)
+    out, _ = mla_prefill(q.reshape(b * s, h, dq), k.reshape(b * kv, h, dq), v.reshape(b * kv, h, -1),
+                         cu_q, cu_k, max_seqlen_q=s, max_seqlen_k=kv, softmax_scale=scale, causal=True,
+                         backend=backend)
+    return out.view(b, s, h, -1)
+
+
+class MLA(nn.Module):
+    """DeepSeek-V3 multi-head latent attention (see the module docstring)."""
+
+    def __init__(self, config: Any, layer_idx: int | None = None, *, backend: str | None = None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.backend = backend
+        self.attention_dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.q_lora_rank = config.q_lora_rank
+        self.qk_rope_head_dim = config.qk_rope_head_dim
+        self.kv_lora_rank = config.kv_lora_rank
+        self.v_head_dim = config.v_head_dim
+        self.qk_nope_head_dim = config.qk_nope_head_dim
+        self.qk_head_dim = config.qk_nope_head_dim + config.qk_rope_head_dim
+        kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.num_key_value_groups = self.num_heads // kv_heads
+        self.is_causal = True
+        bias = bool(getattr(config, "attention_bias", False))
+        h, dq = self.num_heads, self.qk_head_dim
+        if self.q_lora_rank is None:
+            self.q_proj = nn.Linear(self.hidden_size, h * dq, bias=False)
+            self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
+        else:
+            self.q_proj = None
+            self.q_a_proj = nn.Linear(self.hidden_size, self.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, h * dq, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(self.hidden_size, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank)
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, h * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_head_dim, self.hidden_size, bias=bias)
+        self.scaling = softmax_scale(config)
+        self.rope_interleave = bool(getattr(config, "rope_interleave", True))
+        self.last_path: str | None = None
+
+    # ---- pieces ----------------------------------------------------------------------------
+    def project(self, hidden_states, position_embeddings):
+        """(q_nope [b,s,H,Dn], q_rope [b,s,H,Dr], latent [b,s,R], k_rope [b,s,Dr]), RoPE applied."""
+        b, s = hidden_states.shape[:-1]
+        if self.q_lora_rank is None:
+            q = self.q_proj(hidden_states)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
+        q = q.view(b, s, self.num_heads, self.qk_head_dim)
+        q_nope, q_rope = torch.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        latent, k_rope = torch.split(self.kv_a_proj_with_mqa(hidden_states),
+                                     [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        latent = self.kv_a_layernorm(latent)
+        cos, sin = position_embeddings
+        q_rope = apply_rope(q_rope, cos, sin, self.rope_interleave, unsqueeze_dim=2)
+        k_rope = apply_rope(k_rope[:, :, None], cos, sin, self.rope_interleave, unsqueeze_dim=2)[:, :, 0]
+        return q_nope, q_rope, latent, k_rope
+
+    def expand_kv(self, latent: torch.Tensor, k_rope: torch.Tensor):
+        """Per-head keys [b, S, H, Dn + Dr] and values [b, S, H, Dv] from latents [b, S, R], [b, S, Dr]."""
+        b, n = latent.shape[:2]
+        kv = self.kv_b_proj(latent).view(b, n, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
+        k_nope, v = torch.split(kv, [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, self.num_heads, -1)], dim=-1)
+        return k, v
+
+    def _attend(self, q, k, v, mask):
+        dropout = self.attention_dropout if self.training else 0.0
+        if dropout == 0.0 and mask_is_causal(mask, q.shape[1], k.shape[1]):
+            self.last_path = "mla_prefill"
+            return attention_prefill(q.contiguous(), k.contiguous(), v.contiguous(), self.scaling, self.backend)
+        self.last_path = "explicit (dropout)" if dropout else "explicit (mask not plain causal)"
+        return attention_explicit(q, k, v, mask, self.scaling, dropout, self.training)
+
+    def _paged(self, cache: PagedMLACache, q_nope, q_rope, latent, k_rope):
+        kv_cache, table, lens = cache.append(self.layer_idx, latent, k_rope)
+        seq_ids, n = cache.step_info()[:2]
+        if all(cache.seqlen(sid) == 0 for sid in seq_ids):  # first chunk: plain causal prefill
+            k, v = self.expand_kv(latent, k_rope)
+            return self._attend(torch.cat([q_nope, q_rope], -1), k, v, None)
+        from ..ops.mla import mla_decode
+        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim,
+                                       self.v_head_dim)
+        q = absorb.absorbed_query(q_nope, q_rope, w_uk)
+        if kv_cache.dtype != torch.uint8:  # the FP8 cache (uint8 bytes) takes q in the model's dtype
+            q = q.to(kv_cache.dtype)
+        out_latent, _ = mla_decode(q, kv_cache, table, lens, head_dim_v=self.kv_lora_rank,
+                                   softmax_scale=self.scaling, causal=True, backend=self.backend)
+        self.last_path = "mla_decode (absorbed)"
+        return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                attention_mask: torch.Tensor | None = None, cache=None, **kwargs):
+        legacy = kwargs.pop("past_key_values", None)
+        cache = legacy if cache is None else cache
+        b, s = hidden_states.shape[:-1]
+        q_nope, q_rope, latent, k_rope = self.project(hidden_states, position_embeddings)
+        if isinstance(cache, PagedMLACache):
+            if self.layer_idx is None:
+                raise ValueError("MLA needs a layer_idx to use a PagedMLACache")
+            o = self._paged(cache, q_nope, q_rope, latent, k_rope)
+        else:
+            if cache is not None:  # transformers Cache: stores the compressed latents (transformers 5.x)
+                latent4, k_rope4 = cache.update(latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1),
+                                                self.layer_idx, kwargs=kwargs)
+                latent, k_rope = latent4[:, 0], k_rope4[:, 0]
+            k, v = self.expand_kv(latent, k_rope)
+            o = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask)
+        return self.o_proj(o.reshape(b, s, self.num_heads * self.v_head_dim)), None
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads}, q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, "
+                f"qk_nope={self.qk_nope_head_dim}, qk_rope={self.qk_rope_head_dim}, v={self.v_head_dim}, "
+                f"scale={self.scaling:.6g}, backend={self.backend}")
