@@ -80,12 +80,15 @@ def attention_explicit(q, k, v, mask, scale: float, dropout: float = 0.0, traini
     keep-mask or additive float [b, 1|H, s, S]; returns [b, s, H, Dv]."""
     s, kv = q.shape[1], k.shape[1]
     w = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(2, 3)) * scale
+    # masked scores get the dtype's lowest finite value, not -inf, as transformers' eager masks do:
+    # a query that sees nothing (left padding) then averages instead of producing NaN
+    low = torch.finfo(w.dtype).min
     if mask is None:
         i = torch.arange(s, device=q.device)[:, None]
         j = torch.arange(kv, device=q.device)[None, :]
-        w = w.masked_fill(j > i + (kv - s), float("-inf"))
+        w = w.masked_fill(j > i + (kv - s), low)
     elif mask.dtype == torch.bool:
-        w = w.masked_fill(~mask, float("-inf"))
+        w = w.masked_fill(~mask, low)
     else:
         w = w + mask
     w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
