@@ -1,0 +1,188 @@
+"""Triton backend of the DeepSeek-V3 block-scaled FP8 family: quantisation (kernels/_fp8_quant.py)
+and the FP8 GEMMs (kernels/_fp8_gemm.py). Semantics are pygen.ref.fp8's (the float64 oracle and
+the per-K-block float32 recipe); the launcher contract is docs/ARCHITECTURE.md's: launchers take
+tensors, allocate nothing and return None; pygen/ops/fp8.py validates and allocates.
+
+Launchers
+---------
+    quantize_1x128_fwd(x, q, s, ue8m0, precast=None)     x [M, K] -> q [M, K] e4m3, s [M, K/128]
+    quantize_128x128_fwd(w, q, s, ue8m0, precast=None)   w [N, K] -> q, s [ceil(N/128), K/128]
+    fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block, cfg)  out [M, N] = A B^T, scaled per K block
+    fp8_gemm_grouped_fwd(a, sa, b, sb, m_indices, out, cfg)   contiguous MoE layout
+Every tensor is read through its strides (the scale layouts of pygen.ref.fp8, transposed views
+of B for the input gradient). ``precast`` (float32, like x) receives the clamped x / s values
+before the fp8 cast: a debug output for the interpreter tests (docs/fp8.md: its fp8 cast is
+wrong, so CPU tests check the arithmetic there and the cast on a GPU). When ``cfg.split_k > 1``
+``out`` must be a zeroed float32 tensor (split-K partials are added with atomics).
+
+Tile configurations: one per shape class (``gemm_config``), no autotuning (one config is also
+what the interpreter can run). See docs/fp8.md for the table and the reasoning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ._fp8_gemm import _fp8_gemm_fwd_kernel
+from ._fp8_quant import (QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel,  # noqa: F401
+                         _quantize_128x128_fwd_kernel, quant_compile_specs)
+
+NUM_SMS_H100 = 132
+BLOCK = 128
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    swap_ab: bool = False
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 4
+    num_programs: int | None = None     # persistent grid size; None: min(units, SMs)
+
+
+def _num_sms(device) -> int:
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return NUM_SMS_H100  # the interpreter runs the schedule an H100/H200 would
+
+
+def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False,
+                device="cuda") -> GemmConfig:
+    """The tile configuration for one shape class (docs/fp8.md, "Tile configurations").
+
+    decode      M <= 64        swap A/B: weight rows are the wgmma M side (64), tokens the N side
+    small       64 < M <= 256  64 x 128 tiles, 4 warps (one warpgroup)
+    large       M > 256        128 x 128 tiles, 8 warps (two warpgroups), 3 stages of 32 KB
+    grouped     MoE            128 x 128 (the M tile is the contiguous layout's alignment)
+    Split-K is added when the tiles fill less than half the SMs and each split keeps >= 4 K blocks.
+    """
+    sms = _num_sms(device)
+    kb = max(k // BLOCK, 1)
+    if grouped:
+        cfg = GemmConfig(128, 128, num_warps=8, num_stages=3)
+    elif m <= 64:
+        bm = max(16, triton.next_power_of_2(m))
+        cfg = GemmConfig(bm, 64, swap_ab=True, num_warps=4, num_stages=5 if bm <= 32 else 4)
+    elif m <= 256:
+        cfg = GemmConfig(64, 128, num_warps=4, num_stages=4)
+    else:
+        cfg = GemmConfig(128, 128, num_warps=8, num_stages=3)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    split = 1
+    if not grouped and tiles * 2 <= sms:
+        split = max(1, min(sms // tiles, kb // 4))
+    return GemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, split, cfg.group_m, cfg.num_warps,
+                      cfg.num_stages, min(tiles * split, sms))
+
+
+def _dummy(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((1,), dtype=torch.int32)
+
+
+def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
+    m, k = a.shape
+    n = b.shape[-2]
+    grouped = mi is not None
+    e = b.shape[0] if grouped else 1
+    units = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
+    progs = max(1, min(units, cfg.num_programs or units))
+    sbe = sb.stride(0) if grouped else 0
+    be = b.stride(0) if grouped else 0
+    with torch.cuda.device(a.device) if a.is_cuda else _nullctx():
+        _fp8_gemm_fwd_kernel[(progs,)](
+            a, sa, b, sb, bias if bias is not None else _dummy(a), out, mi if grouped else _dummy(a),
+            m, n, k, e,
+            a.stride(0), a.stride(1), sa.stride(0), sa.stride(1),
+            be, b.stride(-2), b.stride(-1), sbe, sb.stride(-2), sb.stride(-1),
+            out.stride(0), out.stride(1), progs,
+            B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
+            SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block: int, cfg: GemmConfig) -> None:
+    """out [M, N] = (A * sa) (B * sb)^T (+ bias); see the module docstring."""
+    _launch(a, sa, b, sb, bias, out, None, b_block, cfg)
+
+
+def fp8_gemm_grouped_fwd(a, sa, b, sb, m_indices, out, cfg: GemmConfig) -> None:
+    """Contiguous-layout grouped GEMM (pygen/ops/fp8.py states the m_indices contract)."""
+    if cfg.swap_ab or cfg.block_m != BLOCK:
+        raise ValueError("fp8_gemm_grouped_fwd: the contiguous layout needs BLOCK_M = 128 without swap")
+    _launch(a, sa, b, sb, None, out, m_indices, BLOCK, cfg)
+
+
+def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
+    m, k = x.shape
+    rows = QUANT_BLOCK_ROWS
+    grid = (triton.cdiv(m, rows), k // BLOCK)
+    with torch.cuda.device(x.device) if x.is_cuda else _nullctx():
+        _quantize_1x128_fwd_kernel[grid](
+            x, q, s, precast if precast is not None else q,
+            m, x.stride(0), x.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
+            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, BLOCK_R=rows, num_warps=4)
+
+
+def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
+    n, k = w.shape
+    grid = (triton.cdiv(n, BLOCK), k // BLOCK)
+    with torch.cuda.device(w.device) if w.is_cuda else _nullctx():
+        _quantize_128x128_fwd_kernel[grid](
+            w, q, s, precast if precast is not None else q,
+            n, w.stride(0), w.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
+            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, num_warps=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# offline sm_90 compile specs (pygen inspect fp8, tests/test_fp8_compile.py)
+# ----------------------------------------------------------------------------------------------
+def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, out="bf16"):
+    sig = {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32",
+           "bias_ptr": "*bf16", "c_ptr": "*fp32" if cfg.split_k > 1 else f"*{out}", "mi_ptr": "*i32",
+           "M": "i32", "N": "i32", "K": "i32", "E": "i32", "stride_am": "i32", "stride_sam": "i32",
+           "stride_sak": "i32", "stride_be": "i32", "stride_bn": "i32", "stride_sbe": "i32",
+           "stride_sbn": "i32", "stride_cm": "i32", "num_programs": "i32"}
+    consts = {"stride_ak": 1, "stride_bk": 1, "stride_sbk": 1, "stride_cn": 1, "B_BLOCK": b_block,
+              "HAS_BIAS": bias, "GROUPED": grouped, "SWAP_AB": cfg.swap_ab, "SPLIT_K": cfg.split_k,
+              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "GROUP_M": cfg.group_m}
+    fn = _fp8_gemm_fwd_kernel
+    names = fn.arg_names
+    div = ["M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_be"]
+    attrs = {(names.index(x),): [["tt.divisibility", 16]] for x in names
+             if sig.get(x, "").startswith("*") or x in div}
+    return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
+            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+            "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
+                    f"w={cfg.num_warps} s={cfg.num_stages}"}
+
+
+def _specs():
+    specs = []
+    # DeepSeek-V3 shapes: N x K = 7168 x 2048 at M = 4096 / 128 / 64, and the grouped expert GEMM
+    for m in (4096, 128, 64):
+        cfg = gemm_config(m, 7168, 2048, device="cpu")
+        specs.append(_gemm_spec(f"fp8_gemm[M={m}]", cfg, bias=False))
+    cfg = gemm_config(64, 2112, 7168, device="cpu")          # split-K decode shape
+    specs.append(_gemm_spec("fp8_gemm[M=64,N=2112,splitK]", cfg, bias=False))
+    specs.append(_gemm_spec("fp8_gemm_grouped", gemm_config(4096, 4096, 7168, grouped=True, device="cpu"),
+                            grouped=True, bias=False))
+    specs.append(_gemm_spec("fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, b_block=1, device="cpu"),
+                            b_block=1, bias=False, out="fp32"))
+    return specs + quant_compile_specs()
+
+
+COMPILE_SPECS = _specs()
