@@ -125,7 +125,9 @@ def _register_triton() -> None:
             rows = ref.fp8_quantize(latent, k_rope)
             kern.mla_cache_append(kv_cache, block_table, positions, rows, None)
         else:
-            kern.mla_cache_append(kv_cache, block_table, positions, latent, k_rope)
+            # cast with torch first: the interpreter truncates fp32->bf16 stores instead of rounding
+            kern.mla_cache_append(kv_cache, block_table, positions, latent.to(kv_cache.dtype),
+                                  k_rope.to(kv_cache.dtype))
 
     op = torch.library.custom_op(
         f"pygen::mla_cache_append_{b}", _on_device(append), mutates_args=("kv_cache",),

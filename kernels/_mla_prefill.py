@@ -1,0 +1,276 @@
+"""Triton kernels of the MLA prefill (varlen causal flash attention, non-absorbed form; launchers in
+kernels/mla.py).
+
+    S = scale * q k^T (per sequence and head), key c visible to query r when c <= r + n_k - n_q
+    (bottom-right causal; all keys when not causal), P = softmax(S), out = P v,
+    lse = log sum exp(S) (natural log, float32, [h, total_q]).
+    backward (delta = rowsum(dO * out) - dlse):
+        dv = P^T dO,  dP = dO v^T,  dS = P * (dP - delta),  dq = scale dS k,  dk = scale dS^T q
+
+q, k [total, h, D] with D = DA + DB split into two power-of-two blocks (192 = 128 + 64: no padded
+MMA work at DeepSeek's dims; DB = 0 when DA covers D), v [total, h, DV]. Rows of sequence i are
+cu_seqlens[i]:cu_seqlens[i+1]. Grid: (row blocks of the longest sequence, batch, heads); blocks
+past a sequence's end exit at once. dk/dv are produced key-block-major and dq query-block-major
+(two kernels, each recomputing P): no atomics, deterministic. lse and delta are contiguous
+[h, total_q] float32 and share ``stride_lh``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_qk(ptr, rows, ok, stride_t, D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, UPCAST: tl.constexpr):
+    """[rows, DA] and [rows, DB] halves of a q or k tile (DB part masked past D)."""
+    ca = tl.arange(0, DA)
+    a = tl.load(ptr + rows[:, None] * stride_t + ca[None, :], mask=ok[:, None] & (ca[None, :] < D), other=0.0)
+    if UPCAST:
+        a = a.to(tl.float32)
+    if DB > 0:
+        cb = DA + tl.arange(0, DB)
+        b = tl.load(ptr + rows[:, None] * stride_t + cb[None, :], mask=ok[:, None] & (cb[None, :] < D), other=0.0)
+        if UPCAST:
+            b = b.to(tl.float32)
+    else:
+        b = a
+    return a, b
+
+
+@triton.jit
+def _scores(qa, qb, ka, kb, DB: tl.constexpr, PRECISION: tl.constexpr):
+    s = tl.dot(qa, tl.trans(ka), input_precision=PRECISION)
+    if DB > 0:
+        s += tl.dot(qb, tl.trans(kb), input_precision=PRECISION)
+    return s
+
+
+@triton.jit
+def _mla_prefill_fwd_kernel(
+    q_ptr, k_ptr, v_ptr,          # [total_q, h, D], [total_k, h, D], [total_k, h, DV]
+    cu_q_ptr, cu_k_ptr,           # int32 [batch + 1]
+    out_ptr,                      # [total_q, h, DV]
+    lse_ptr,                      # float32 [h, total_q]
+    scale_log2,                   # softmax_scale * log2(e)
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_ot, stride_oh, stride_lh,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    bi = tl.program_id(1)
+    h = tl.program_id(2)
+    q0 = tl.load(cu_q_ptr + bi)
+    nq = tl.load(cu_q_ptr + bi + 1) - q0
+    k0 = tl.load(cu_k_ptr + bi)
+    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    if mb * BLOCK_M >= nq:
+        return
+    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    r_ok = rows < nq
+    qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+    cv = tl.arange(0, BLOCK_DV)
+    shift = nk - nq
+    if CAUSAL:
+        hi = tl.minimum(nk, mb * BLOCK_M + BLOCK_M + shift)
+    else:
+        hi = nk
+    kbase = k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh
+    vbase = v_ptr + k0.to(tl.int64) * stride_vt + h * stride_vh
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for c0 in range(0, hi, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        c_ok = cols < nk
+        ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
+        vt = tl.load(vbase + cols[:, None] * stride_vt + cv[None, :], mask=c_ok[:, None] & (cv[None, :] < DV),
+                     other=0.0)
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
+        vis = c_ok[None, :]
+        if CAUSAL:
+            vis = vis & (cols[None, :] <= rows[:, None] + shift)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+        m_i = m_new
+    seen = l_i > 0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    grow = (q0 + rows).to(tl.int64)
+    tl.store(out_ptr + grow[:, None] * stride_ot + h * stride_oh + cv[None, :], o.to(out_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & (cv[None, :] < DV))
+    tl.store(lse_ptr + h * stride_lh + grow, lse, mask=r_ok)
+
+
+@triton.jit
+def _mla_prefill_bwd_preprocess_kernel(
+    out_ptr, do_ptr, dlse_ptr,    # [total_q, h, DV], [total_q, h, DV], float [h, total_q]
+    delta_ptr,                    # float32 [h, total_q]
+    total_q,
+    stride_ot, stride_oh, stride_dot, stride_doh, stride_glh, stride_dh,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = tl.program_id(1)
+    ok = rows < total_q
+    cv = tl.arange(0, BLOCK_DV)
+    msk = ok[:, None] & (cv[None, :] < DV)
+    o = tl.load(out_ptr + rows[:, None] * stride_ot + h * stride_oh + cv[None, :], mask=msk, other=0.0)
+    g = tl.load(do_ptr + rows[:, None] * stride_dot + h * stride_doh + cv[None, :], mask=msk, other=0.0)
+    gl = tl.load(dlse_ptr + h * stride_glh + rows, mask=ok, other=0.0).to(tl.float32)
+    # d lse / d S = P, so a gradient on lse enters as -dlse in delta
+    delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), 1) - gl
+    tl.store(delta_ptr + h * stride_dh + rows, delta, mask=ok)
+
+
+@triton.jit
+def _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2,
+           CAUSAL: tl.constexpr, DB: tl.constexpr, PRECISION: tl.constexpr):
+    """P = exp2(S log2e - lse log2e) with masked entries 0 (rows with lse -inf see nothing)."""
+    s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
+    vis = r_ok[:, None] & c_ok[None, :]
+    if CAUSAL:
+        vis = vis & (cols[None, :] <= rows[:, None] + shift)
+    return tl.where(vis, tl.exp2(s - lse_l2[:, None]), 0.0)
+
+
+@triton.jit
+def _mla_prefill_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
+    dk_ptr, dv_ptr,
+    scale, scale_log2,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    nb = tl.program_id(0)
+    bi = tl.program_id(1)
+    h = tl.program_id(2)
+    q0 = tl.load(cu_q_ptr + bi)
+    nq = tl.load(cu_q_ptr + bi + 1) - q0
+    k0 = tl.load(cu_k_ptr + bi)
+    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    if nb * BLOCK_N >= nk:
+        return
+    cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = cols < nk
+    ka, kb = _load_qk(k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
+    cv = tl.arange(0, BLOCK_DV)
+    vt = tl.load(v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
+                 mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
+    if UPCAST:
+        vt = vt.to(tl.float32)
+    shift = nk - nq
+    lo = 0
+    if CAUSAL:
+        # the first query that sees key nb*BLOCK_N is row nb*BLOCK_N - shift
+        lo = tl.maximum(nb * BLOCK_N - shift, 0) // BLOCK_M * BLOCK_M
+    dka = tl.zeros([BLOCK_N, DA], dtype=tl.float32)
+    dkb = tl.zeros([BLOCK_N, DB if DB > 0 else 16], dtype=tl.float32)
+    dvt = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    qbase = q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh
+    for r0 in range(lo, nq, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        r_ok = rows < nq
+        qa, qb = _load_qk(qbase, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+        grow = (q0 + rows).to(tl.int64)
+        lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
+        lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
+        delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
+        do = tl.load(do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
+                     mask=r_ok[:, None] & (cv[None, :] < DV), other=0.0)
+        if UPCAST:
+            do = do.to(tl.float32)
+        p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
+        dvt += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
+        ds = (p * (dp - delta[:, None])).to(qa.dtype)
+        dka += tl.dot(tl.trans(ds), qa, input_precision=PRECISION)
+        if DB > 0:
+            dkb += tl.dot(tl.trans(ds), qb, input_precision=PRECISION)
+    grow_k = (k0 + cols).to(tl.int64)
+    ca = tl.arange(0, DA)
+    tl.store(dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + ca[None, :],
+             (dka * scale).to(dk_ptr.dtype.element_ty), mask=c_ok[:, None] & (ca[None, :] < D))
+    if DB > 0:
+        cb = DA + tl.arange(0, DB)
+        tl.store(dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + cb[None, :],
+                 (dkb * scale).to(dk_ptr.dtype.element_ty), mask=c_ok[:, None] & (cb[None, :] < D))
+    tl.store(dv_ptr + grow_k[:, None] * stride_dvt + h * stride_dvh + cv[None, :],
+             dvt.to(dv_ptr.dtype.element_ty), mask=c_ok[:, None] & (cv[None, :] < DV))
+
+
+@triton.jit
+def _mla_prefill_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
+    dq_ptr,
+    scale, scale_log2,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
+    stride_dqt, stride_dqh,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    bi = tl.program_id(1)
+    h = tl.program_id(2)
+    q0 = tl.load(cu_q_ptr + bi)
+    nq = tl.load(cu_q_ptr + bi + 1) - q0
+    k0 = tl.load(cu_k_ptr + bi)
+    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    if mb * BLOCK_M >= nq:
+        return
+    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    r_ok = rows < nq
+    qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+    grow = (q0 + rows).to(tl.int64)
+    cv = tl.arange(0, BLOCK_DV)
+    lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
+    lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
+    delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
+    do = tl.load(do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
+                 mask=r_ok[:, None] & (cv[None, :] < DV), other=0.0)
+    if UPCAST:
+        do = do.to(tl.float32)
+    shift = nk - nq
+    if CAUSAL:
+        hi = tl.minimum(nk, mb * BLOCK_M + BLOCK_M + shift)
+    else:
+        hi = nk
+    dqa = tl.zeros([BLOCK_M, DA], dtype=tl.float32)
+    dqb = tl.zeros([BLOCK_M, DB if DB > 0 else 16], dtype=tl.float32)
+    kbase = k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh
+    for c0 in range(0, hi, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        c_ok = cols < nk
+        ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
+        vt = tl.load(v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
+                     mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
+        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        dqa += tl.dot(ds, ka, input_precision=PRECISION)
+        if DB > 0:
+            dqb += tl.dot(ds, kb, input_precision=PRECISION)
+    ca = tl.arange(0, DA)
+    tl.store(dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + ca[None, :],
+             (dqa * scale).to(dq_ptr.dtype.element_ty), mask=r_ok[:, None] & (ca[None, :] < D))
+    if DB > 0:
+        cb = DA + tl.arange(0, DB)
+        tl.store(dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + cb[None, :],
+                 (dqb * scale).to(dq_ptr.dtype.element_ty), mask=r_ok[:, None] & (cb[None, :] < D))

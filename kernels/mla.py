@@ -1,0 +1,257 @@
+"""Triton kernels of the DeepSeek multi-head latent attention (MLA) family: launchers.
+
+Formulas and layouts are those of pygen/ref/mla.py (the oracle); in short:
+
+    decode   out[b, j, h] = softmax(scale * q[b, j, h] . K_b^T) V_b,  K_b = the first L_b cached tokens
+             (512 latent + 64 rope, gathered through block_table), V_b = their 512 latent values;
+             causal within the s_q new tokens (query j sees positions < L_b - s_q + j + 1).
+             q [b, s_q, h_q, 576], kv_cache [num_blocks, page, 1, 576] or uint8 [.., 656] (FP8),
+             out [b, s_q, h_q, 512], lse float32 [b, h_q, s_q].        -> kernels/_mla_decode.py
+    append   kv_cache[block_table[b, t // page], t % page, 0] = (latent, rope) of position t.
+    prefill  out = softmax(scale * q k^T + causal mask (bottom-right)) v per sequence (varlen,
+             cu_seqlens); q, k [total, h, 192], v [total, h, 128], lse float32 [h, total_q];
+             backward dq, dk, dv (delta preprocess, key-major dk/dv, query-major dq: no atomics).
+                                                                      -> kernels/_mla_prefill.py
+    merge    lse = log(e^lse_a + e^lse_b), out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b.
+
+Launchers take tensors, allocate only scratch the kernels need between passes (split partials,
+delta), and return None; pygen/ops/mla.py validates, allocates outputs and picks the backend.
+Under TRITON_INTERPRET=1 (CPU tests) tiles are upcast to float32 right after their loads (the
+interpreter's bf16 arithmetic is broken) and one configuration is used.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._mla_decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
+from ._mla_prefill import (_mla_prefill_bwd_dkdv_kernel, _mla_prefill_bwd_dq_kernel,
+                           _mla_prefill_bwd_preprocess_kernel, _mla_prefill_fwd_kernel)
+
+LN2 = math.log(2.0)
+LOG2E = 1.0 / LN2
+FP8_SCALE_OFF = 128    # float32 index of the scales in a 656-byte token (byte 512)
+FP8_ROPE_OFF = 264     # bfloat16 index of the rope values (byte 528)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def decode_config(rows: int, interpreting: bool | None = None) -> DecodeConfig:
+    """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence. On the GPU the
+    [BLOCK_M, 512] fp32 accumulator is the register budget: 64 rows x 512 over 8 warps is 128
+    registers a thread; 16/32 rows (h_q 16/32, memory-bound) take 4 warps and 64-token tiles."""
+    interp = _interpreting() if interpreting is None else interpreting
+    bm = min(64, max(16, _pow2(rows)))
+    if interp:
+        return DecodeConfig(bm, 64, 4, 1)
+    if bm >= 64:
+        return DecodeConfig(64, 32, 8, 2)
+    return DecodeConfig(bm, 64, 4, 2)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal, num_splits):
+    """Paged split-KV decode into ``out`` [b, s_q, h_q, DV] and ``lse`` float32 [b, h_q, s_q]."""
+    b, s_q, h_q, d = q.shape
+    dv = out.shape[-1]
+    rows = s_q * h_q
+    page = kv_cache.shape[1]
+    fp8 = kv_cache.dtype == torch.uint8
+    cfg = decode_config(rows)
+    if fp8:
+        flat = kv_cache.view(kv_cache.shape[0], page, -1)   # [nb, page, 656] bytes
+        lat = flat.view(torch.float8_e4m3fn)
+        sc = flat.view(torch.float32)
+        rope = flat.view(torch.bfloat16)
+        views = (lat, sc, rope)
+        rope_off, sc_off, dr = FP8_ROPE_OFF, FP8_SCALE_OFF, 64
+    else:
+        views = (kv_cache, kv_cache, kv_cache)
+        rope_off, sc_off, dr = dv, 0, d - dv
+    lat, sc, rope = views
+    split = num_splits > 1
+    if split:
+        opart = torch.empty((b, rows, num_splits, dv), dtype=torch.float32, device=q.device)
+        lpart = torch.empty((b, rows, num_splits), dtype=torch.float32, device=q.device)
+    else:
+        opart = lpart = out
+    grid = (b * triton.cdiv(rows, cfg.block_m), num_splits)
+    _mla_decode_fwd_kernel[grid](
+        q, lat, sc, rope, block_table, cache_seqlens, out, lse, opart, lpart,
+        scale * LOG2E, s_q, h_q, rows, num_splits,
+        q.stride(0), q.stride(1), q.stride(2),
+        lat.stride(0), lat.stride(1), sc.stride(0), sc.stride(1), rope.stride(0), rope.stride(1),
+        block_table.stride(0), out.stride(0), out.stride(1), out.stride(2),
+        CAUSAL=causal, FP8=fp8, DV=dv, DR=dr, BLOCK_R=max(16, _pow2(dr)), ROPE_OFF=rope_off, SC_OFF=sc_off,
+        PAGE=page, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split, UPCAST=_interpreting(),
+        PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split:
+        _mla_decode_merge_kernel[(b * rows,)](
+            opart, lpart, out, lse, s_q, h_q, rows, num_splits,
+            out.stride(0), out.stride(1), out.stride(2),
+            DV=dv, BLOCK_S=max(2, _pow2(num_splits)), num_warps=4)
+
+
+def mla_cache_append(kv_cache, block_table, positions, part_a, part_b):
+    """Scatter rows into their pages: ``part_a`` [b, n, A] then ``part_b`` [b, n, B] (None for the
+    packed FP8 rows, which fill the whole 656-byte token)."""
+    b, n = positions.shape
+    page = kv_cache.shape[1]
+    cache = kv_cache.view(kv_cache.shape[0], page, kv_cache.shape[-1])
+    a = part_a.shape[-1]
+    bb = 0 if part_b is None else part_b.shape[-1]
+    pb = part_a if part_b is None else part_b
+    _mla_cache_append_fwd_kernel[(b * n,)](
+        cache, block_table, positions, part_a, pb, n,
+        cache.stride(0), cache.stride(1), block_table.stride(0), positions.stride(0), positions.stride(1),
+        part_a.stride(0), part_a.stride(1), pb.stride(0), pb.stride(1),
+        A=a, B=bb, BLOCK_A=_pow2(a), BLOCK_B=max(1, _pow2(bb)), PAGE=page, num_warps=4)
+
+
+# ---- prefill --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefillConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def prefill_config(pass_: str, interpreting: bool | None = None) -> PrefillConfig:
+    interp = _interpreting() if interpreting is None else interpreting
+    if interp:
+        return PrefillConfig(32, 32, 4, 1)
+    if pass_ == "fwd":
+        return PrefillConfig(128, 64, 8, 2)
+    return PrefillConfig(64, 64, 8, 1)
+
+
+def _split_qk(d: int) -> tuple[int, int]:
+    """qk head dim as DA + DB with power-of-two blocks: 192 = 128 + 64 (no padding at DeepSeek's
+    dims); DB = 0 when DA covers it."""
+    if d <= 16:
+        return 16, 0
+    da = 1 << (d.bit_length() - 1)
+    rest = d - da
+    return da, (max(16, _pow2(rest)) if rest else 0)
+
+
+def _prefill_common(q, k, v):
+    d, dv = q.shape[-1], v.shape[-1]
+    da, db = _split_qk(d)
+    return dict(D=d, DA=da, DB=db, DV=dv, BLOCK_DV=max(16, _pow2(dv)), UPCAST=_interpreting(),
+                PRECISION=_precision(q.dtype))
+
+
+def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
+    batch = cu_q.shape[0] - 1
+    h = q.shape[1]
+    cfg = prefill_config("fwd")
+    if batch == 0 or max_q == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return
+    grid = (triton.cdiv(max_q, cfg.block_m), batch, h)
+    _mla_prefill_fwd_kernel[grid](
+        q, k, v, cu_q, cu_k, out, lse, scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **_prefill_common(q, k, v),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dq, dk, dv, scale, causal):
+    """dq, dk, dv (zero-filled by the caller, written in full here when the sizes are non-zero)."""
+    batch = cu_q.shape[0] - 1
+    total_q, h, _ = q.shape
+    if batch == 0 or max_q == 0 or max_k == 0:
+        return
+    com = _prefill_common(q, k, v)
+    delta = torch.empty((h, total_q), dtype=torch.float32, device=q.device)
+    pre_block = 32 if _interpreting() else 64
+    _mla_prefill_bwd_preprocess_kernel[(triton.cdiv(total_q, pre_block), h)](
+        out, grad_out, grad_lse, delta, total_q,
+        out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), grad_lse.stride(0), delta.stride(0),
+        DV=com["DV"], BLOCK_DV=com["BLOCK_DV"], BLOCK_M=pre_block, num_warps=4)
+    cfg = prefill_config("bwd")
+    args = (q, k, v, grad_out, lse, delta, cu_q, cu_k)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               grad_out.stride(0), grad_out.stride(1), lse.stride(0))
+    _mla_prefill_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), batch, h)](
+        *args, dk, dv, scale, scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _mla_prefill_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), batch, h)](
+        *args, dq, scale, scale * LOG2E, *strides, dq.stride(0), dq.stride(1),
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# ---- merge of two partial results -----------------------------------------------------------
+@triton.jit
+def _merge_attn_states_fwd_kernel(
+    oa_ptr, la_ptr, ob_ptr, lb_ptr,   # out [T, H, D], lse float32 [H, T]
+    out_ptr, lse_ptr,
+    H, D,
+    stride_oat, stride_oah, stride_obt, stride_obh, stride_lah, stride_lbh,
+    stride_ot, stride_oh, stride_lh,
+    BLOCK_D: tl.constexpr,
+):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    la = tl.load(la_ptr + h * stride_lah + t)
+    lb = tl.load(lb_ptr + h * stride_lbh + t)
+    m = tl.maximum(la, lb)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    wa = tl.exp(la - m)
+    wb = tl.exp(lb - m)
+    tot = wa + wb
+    safe = tl.where(tot > 0, tot, 1.0)
+    tl.store(lse_ptr + h * stride_lh + t, tl.where(tot > 0, tl.log(safe) + m, float("-inf")))
+    wa = wa / safe
+    wb = wb / safe
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        dm = d < D
+        a = tl.load(oa_ptr + t * stride_oat + h * stride_oah + d, mask=dm, other=0.0).to(tl.float32)
+        b = tl.load(ob_ptr + t * stride_obt + h * stride_obh + d, mask=dm, other=0.0).to(tl.float32)
+        tl.store(out_ptr + t * stride_ot + h * stride_oh + d, (wa * a + wb * b).to(out_ptr.dtype.element_ty),
+                 mask=dm)
+
+
+def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
+    t, h, d = out_a.shape
+    if t == 0 or h == 0:
+        return
+    _merge_attn_states_fwd_kernel[(t, h)](
+        out_a, lse_a, out_b, lse_b, out, lse, h, d,
+        out_a.stride(0), out_a.stride(1), out_b.stride(0), out_b.stride(1), lse_a.stride(0), lse_b.stride(0),
+        out.stride(0), out.stride(1), lse.stride(0),
+        BLOCK_D=min(512, max(16, _pow2(d))), num_warps=4)
+
+
+from ._mla_specs import build_specs  # noqa: E402  (needs the kernels above)
+
+COMPILE_SPECS = build_specs(globals())
