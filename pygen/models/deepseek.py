@@ -1,0 +1,226 @@
+"""A DeepSeek-V3 style decoder (MLA + DeepSeekMoE), gpt-fast style: a config dataclass, plain
+modules, and a greedy generation loop on pygen's paged latent cache.
+
+Block (transformers' DeepseekV3DecoderLayer, same submodule names)::
+
+    h = x + self_attn(input_layernorm(x))                 pygen.nn.MLA
+    y = h + mlp(post_attention_layernorm(h))              pygen.nn.moe.MoE for layer_idx >=
+                                                          first_k_dense_replace, else a dense SwiGLU
+                                                          MLP (also when pygen.nn.moe is missing)
+
+``DeepSeekV3LM`` stacks blocks between an embedding and an RMSNorm + LM head and has
+``generate(input_ids, max_new_tokens)``: the prompt runs once (mla_prefill), its latents go into a
+:class:`PagedMLACache`, and each new token runs absorbed mla_decode on that cache. The test
+(tests/test_deepseek_model.py) checks the tokens equal greedy decoding by full recomputation.
+
+``pygen profile deepseek_v3_block`` runs one MoE block (``DeepSeekV3BlockProfile``) on
+[batch, seq, hidden] activations. Its default config has DeepSeek-V3's attention and expert dims
+(hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 128 + 64 / 128 head dims, expert width 2048,
+top-8 of 8 groups / top-4 groups, 1 shared expert) but 32 routed experts instead of 256, so the
+block builds in seconds (1.6 B parameters instead of 11.5 B); ``quick`` is a toy size for CPUs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn._mla_cache import PagedMLACache
+from ..nn._rope import RotaryEmbedding
+from ..nn.mla import MLA, RMSNorm
+
+try:
+    from ..nn.moe import MoE
+except ImportError:        # the MoE family is optional here: dense MLP instead
+    MoE = None
+
+__all__ = ["DeepSeekV3Config", "DeepSeekV3Block", "DeepSeekV3LM", "DeepSeekV3BlockProfile", "MODELS"]
+
+
+def _yarn() -> dict:
+    return {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
+            "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0, "rope_theta": 10000.0}
+
+
+@dataclass(frozen=True)
+class DeepSeekV3Config:
+    """Field names of transformers' DeepseekV3Config, so MLA(config) and MoE(config) read it."""
+    vocab_size: int = 129280
+    hidden_size: int = 7168
+    intermediate_size: int = 18432          # dense MLP of the first layers
+    moe_intermediate_size: int = 2048
+    num_hidden_layers: int = 1
+    num_attention_heads: int = 128
+    num_key_value_heads: int = 128
+    q_lora_rank: int | None = 1536
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    n_routed_experts: int = 32              # DeepSeek-V3 has 256; see the module docstring
+    num_experts_per_tok: int = 8
+    n_group: int = 8
+    topk_group: int = 4
+    n_shared_experts: int = 1
+    routed_scaling_factor: float = 2.5
+    norm_topk_prob: bool = True
+    first_k_dense_replace: int = 0
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 163840
+    rope_parameters: dict = field(default_factory=_yarn)
+    rope_interleave: bool = True
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    # profile inputs
+    batch: int = 1
+    seq: int = 1024
+
+    def __hash__(self):      # the rope dict makes the generated hash fail
+        return id(self)
+
+    @classmethod
+    def quick(cls) -> "DeepSeekV3Config":
+        return cls(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=32,
+                   qk_nope_head_dim=32, v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                   topk_group=1, routed_scaling_factor=1.0, first_k_dense_replace=1,
+                   rope_parameters=dict(_yarn(), original_max_position_embeddings=64), batch=2, seq=16)
+
+
+class DenseMLP(nn.Module):
+    """transformers' DeepseekV3MLP: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DeepSeekV3Block(nn.Module):
+    def __init__(self, cfg: DeepSeekV3Config, layer_idx: int, backend: str | None = None):
+        super().__init__()
+        self.self_attn = MLA(cfg, layer_idx, backend=backend)
+        if layer_idx >= cfg.first_k_dense_replace and MoE is not None:
+            self.mlp = MoE(cfg, backend=backend)
+        else:
+            self.mlp = DenseMLP(cfg.hidden_size, cfg.intermediate_size if layer_idx < cfg.first_k_dense_replace
+                                else cfg.moe_intermediate_size * (cfg.n_routed_experts + cfg.n_shared_experts))
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def forward(self, x, position_embeddings, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), position_embeddings, None, cache)[0]
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+def _init(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+class DeepSeekV3LM(nn.Module):
+    """Embedding, ``num_hidden_layers`` blocks, RMSNorm, LM head; ``forward(input_ids, cache=None)``
+    -> logits [b, s, vocab]; with a PagedMLACache the caller has opened a step (``begin``)."""
+
+    def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DeepSeekV3Block(cfg, i, backend) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary_emb = RotaryEmbedding(cfg)
+        _init(self, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, cache: PagedMLACache | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = (cache.step_info()[3] if cache is not None
+                            else torch.arange(input_ids.shape[1], device=x.device)[None].expand(x.shape[0], -1))
+        pe = self.rotary_emb(x, position_ids)
+        for layer in self.layers:
+            x = layer(x, pe, cache)
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, max_tokens: int, batch: int, page_size: int = 64, dtype: torch.dtype | None = None,
+                  backend: str | None = None) -> PagedMLACache:
+        """A paged cache with room for ``batch`` sequences of ``max_tokens``; ``dtype=torch.uint8``
+        gives the FP8 cache. The default dtype is the model's."""
+        p = self.lm_head.weight
+        blocks = batch * -(-max_tokens // page_size)
+        return PagedMLACache(len(self.layers), blocks, page_size, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
+                             dtype=dtype or p.dtype, device=p.device, backend=backend)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, cache: PagedMLACache | None = None,
+                 page_size: int = 64, cache_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Greedy decoding of equal-length prompts [b, T] -> [b, T + max_new_tokens]. The prompt is
+        one prefill step, every later token one absorbed decode step on the paged cache; the
+        sequences are freed at the end (pass ``cache`` to reuse a pool)."""
+        b, t = input_ids.shape
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens == 0:
+            return input_ids
+        if cache is None:
+            cache = self.new_cache(t + max_new_tokens, b, page_size, cache_dtype)
+        sids = [cache.allocate() for _ in range(b)]
+        out, step = [input_ids], input_ids
+        try:
+            for _ in range(max_new_tokens):
+                cache.begin(sids, step.shape[1])
+                logits = self(step, cache)
+                cache.commit()
+                step = logits[:, -1].argmax(-1, keepdim=True)
+                out.append(step)
+        finally:
+            if cache._step is not None:      # an exception mid-step: drop the open step
+                cache._step = None
+            for s in sids:
+                cache.free(s)
+        return torch.cat(out, dim=1)
+
+
+class DeepSeekV3BlockProfile(nn.Module):
+    """One MoE decoder block on hidden states [batch, seq, hidden] (``pygen profile``)."""
+
+    def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.block = DeepSeekV3Block(cfg, max(cfg.first_k_dense_replace, 0), backend)
+        self.rotary_emb = RotaryEmbedding(cfg)
+        _init(self, cfg.initializer_range)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        b, s = hidden_states.shape[:2]
+        pos = torch.arange(s, device=hidden_states.device)[None].expand(b, -1)
+        return self.block(hidden_states, self.rotary_emb(hidden_states, pos))
+
+    @staticmethod
+    def example_inputs(cfg: DeepSeekV3Config, device="cpu", dtype=torch.float32, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(cfg.batch, cfg.seq, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
+
+
+MODELS = {"deepseek_v3_block": (DeepSeekV3BlockProfile, DeepSeekV3Config)}
+
+
+def build(name: str = "deepseek_v3_block", quick: bool = False, backend: str | None = None, **overrides):
+    """(model, config) like pygen.models.build, for use before the integrator registers MODELS."""
+    cls, cfg_cls = MODELS[name]
+    cfg = cfg_cls.quick() if quick else cfg_cls()
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return cls(cfg, backend=backend), cfg
