@@ -177,7 +177,8 @@ def _register_align(b: str) -> None:
         if not flat.is_contiguous():
             flat = flat.contiguous()
         mod = _kernels() if b == "triton" else _native()
-        mod.align_fwd(flat, num_experts, block_size, *out)
+        ws = torch.zeros((mod.align_workspace_size(flat.numel(), num_experts),), dtype=torch.int32, device=ids.device)
+        mod.align_fwd(flat, num_experts, block_size, *out, ws)
         return out
 
     _registry.define(f"moe_align_{b}",
@@ -378,8 +379,8 @@ def _new_fused(x, w1, ids, save):
     t, h = x.shape
     n = ids.numel()
     inter = w1.shape[1] // 2
-    return (x.new_empty((t, h)), x.new_empty((n, 2 * inter) if save else (0,)),
-            x.new_empty((n, inter) if save else (0,)))
+    # hmid (the down projection's input) is always written; gu only when a backward will need it
+    return x.new_empty((t, h)), x.new_empty((n, 2 * inter) if save else (0,)), x.new_empty((n, inter))
 
 
 def _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw):
@@ -396,7 +397,7 @@ def _register_fused() -> None:
         kern = _kernels()
         cfg = kern.fused_config("fwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
         al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
-        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid if save else None,
+        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid,
                            act, deterministic, cfg)
         return out, gu, hmid
 
