@@ -195,3 +195,41 @@ def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Ten
     fb = (wb / safe).transpose(0, 1).unsqueeze(-1)
     out = out_a * fa.to(out_a.dtype) + out_b * fb.to(out_b.dtype)
     return out, lse
+
+
+# ---- random problems (tests, benchmarks) ----------------------------------------------------
+def random_block_table(lens, page_size: int, gen: torch.Generator, spare_pages: int = 1,
+                       extra_cols: int = 1) -> tuple[torch.Tensor, int]:
+    """(block_table int32 [b, max_blocks], num_blocks) giving each sequence of ``lens`` its own
+    shuffled pages (plus ``spare_pages`` unused ones; ``extra_cols`` unused table columns filled
+    with -1, which the ops must never read)."""
+    need = [(int(n) + page_size - 1) // page_size for n in lens]
+    max_blocks = max(need + [0]) + extra_cols
+    num_blocks = sum(need) + spare_pages
+    perm = torch.randperm(num_blocks, generator=gen)
+    table = torch.full((len(lens), max(max_blocks, 1)), -1, dtype=torch.int32)
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = perm[k:k + n].to(torch.int32)
+        k += n
+    return table, num_blocks
+
+
+def random_decode_problem(lens, s_q: int, h_q: int, page_size: int, gen: torch.Generator,
+                          dtype=torch.float32, fp8: bool = False, head_dim: int = QK_DIM,
+                          device="cpu"):
+    """(q, kv_cache, block_table, cache_seqlens) with N(0, 1) values; an FP8 cache is packed from
+    the same values with fp8_quantize."""
+    table, nb = random_block_table(lens, page_size, gen)
+    kv = torch.randn(nb, page_size, 1, head_dim, generator=gen, dtype=torch.float64)
+    q = torch.randn(len(lens), s_q, h_q, head_dim, generator=gen, dtype=torch.float64)
+    kv = fp8_quantize(kv[..., :LATENT_DIM], kv[..., LATENT_DIM:]) if fp8 else kv.to(dtype)
+    return (q.to(dtype).to(device), kv.to(device), table.to(device),
+            torch.tensor(list(lens), dtype=torch.int32, device=device))
+
+
+def cu_seqlens(lens, device="cpu") -> torch.Tensor:
+    c = [0]
+    for n in lens:
+        c.append(c[-1] + int(n))
+    return torch.tensor(c, dtype=torch.int32, device=device)
