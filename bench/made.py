@@ -282,13 +282,19 @@ def _sample_case(s: MADEShape, tag: str, seed: int) -> Case:
     def d_passes():
         return lambda I: _d_pass_driver(I.noise, I.weights, I.biases, I.degrees)
 
+    def step_loop():
+        # the per-step loop (one masked_linear launch per layer per step) on the automatic backend:
+        # the persistent kernel's own baseline on a GPU
+        return lambda I: pygen.ops.made_sample(I.weights, I.biases, I.degrees, I.noise, kind="gaussian",
+                                               activation="relu", persistent=False)
+
     op = lambda I, be: pygen.ops.made_sample(I.weights, I.biases, I.degrees, I.noise, kind="gaussian",  # noqa: E731
                                              activation="relu", backend=be)
     reference = (torch.compiler.disable(_d_pass_driver, recursive=False),
                  lambda I: (I.noise, I.weights, I.biases, I.degrees))
     return Case(FAMILY, "made_sample", f"{tag}-gauss", shape, make, op, reference, model,
-                "E*(weights + biases + 2*B*D + B*sum(H)) (each weight once)", {"D passes (dense masked)": d_passes},
-                backends=BACKENDS)
+                "E*(weights + biases + 2*B*D + B*sum(H)) (each weight once)", {"D passes (dense masked)": d_passes,
+                 "step loop": step_loop}, backends=BACKENDS)
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:

@@ -12,8 +12,8 @@ import pytest
 from . import _pytest_view as V
 from . import made
 
-BASELINES = V.baselines(*["reference", "dense masked", "D passes (dense masked)"])
-IMPLS = ["pygen:triton", "reference", "compile(reference)", "dense masked", "D passes (dense masked)"]
+BASELINES = V.baselines(*["reference", "dense masked", "D passes (dense masked)", "step loop"])
+IMPLS = ["pygen:triton", "reference", "compile(reference)", "dense masked", "D passes (dense masked)", "step loop"]
 CASES = made.cases(quick=not V.FULL, device=V.DEVICE)
 
 

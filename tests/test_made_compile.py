@@ -1,6 +1,7 @@
 """The MADE matmul kernels compile offline for sm_90 with Hopper tensor-core MMAs (wgmma) and no
 register spills (no GPU needed). Two representative entries of kernels/made.py's COMPILE_SPECS
-are compiled here (the bf16 degree-mask forward and the bf16 dW kernel, ~10 s each on 2 cores);
+are compiled here (the bf16 degree-mask forward, the bf16 dW kernel and the bf16 persistent sampler,
+~10 s each on 2 cores);
 ``pygen inspect made`` compiles all of them.
 
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-NAMES = ["masked_linear_fwd[bf16]", "masked_linear_dw[bf16]"]
+NAMES = ["masked_linear_fwd[bf16]", "masked_linear_dw[bf16]", "made_sample_persistent[bf16]"]
 
 CHILD = """
 import json, sys

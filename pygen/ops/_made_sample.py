@@ -11,10 +11,13 @@ whatever D is. Each step of each layer is one row-slice product: on the referenc
 F.linear with the weights masked once per call, on the Triton backend the masked_linear kernel
 (mask from the degree slices, tile skipping as usual).
 
-GPU note (measured numbers: docs/made.md): every step launches one small masked_linear per layer,
-so on a GPU the loop is launch-bound (a few thousand launches for D = 784). The planned remedy is
-a single persistent kernel holding the sampled prefix and the per-layer progress in registers and
-global memory (or capturing this loop in a CUDA graph); neither is implemented yet.
+Persistent kernel: on the Triton backend a feedforward network (the MADE of nflows without
+residual blocks; any number of hidden layers, output_multiplier <= 64) samples in ONE launch of
+kernels/_made_sample.py's persistent kernel, which walks the same schedule (built here on the
+host as int32 tables: per step and layer the newly computable unit range and the prefix it reads).
+The step loop below (one masked_linear launch per layer per step, a few thousand launches for
+D = 784) remains for residual networks, for sampling that autograd records, and when
+``persistent=False``; the two agree (tests/test_made_models.py).
 
 Networks
 --------
@@ -70,14 +73,17 @@ def _steps(n_weights: int, residual: bool):
 
 def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "bernoulli",
                 activation: str | None = "relu", context_terms=None, residual: bool = False,
-                backend: str | None = None, return_params: bool = False):
+                backend: str | None = None, return_params: bool = False, persistent: bool | None = None):
     """Samples [B, D] from a MADE given per-dimension ``noise`` [B, D] (uniform for
     ``kind="bernoulli"``, standard normal for ``"gaussian"`` (x = mu + exp(alpha) e) and for
     ``"affine"`` (nflows' MAF inverse, x = (z - shift) / scale)); the math of each step is
     pygen.ref.made's ``STEPS[kind]``. ``weights``/``biases``/``degrees`` describe the network (see
     the module docstring); the result equals pygen.ref.made.made_sample with the same noise.
     ``return_params=True`` also returns the network's output [B, D * m] at the samples (each
-    group computed at its step, so no extra pass)."""
+    group computed at its step, so no extra pass). ``persistent`` (Triton backend): None picks the
+    single-launch persistent kernel whenever it applies (feedforward network, output_multiplier
+    <= 64, no autograd recording), False forces the per-step loop, True raises where it does not
+    apply."""
     name = "made_sample"
     chk.tensor(name, noise, "noise")
     if noise.dim() != 2:
@@ -99,9 +105,22 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     if n_out % d or n_out == 0:
         raise ValueError(f"{name}: the output layer has {n_out} units, not a positive multiple of D = {d}")
     mult = n_out // d
+    if kind != "bernoulli" and mult < 2:
+        raise ValueError(f"{name}: kind={kind!r} reads two params per input (output_multiplier >= 2), "
+                         f"but the output layer has {n_out} units for D = {d}")
     steps, n_bufs = _steps(len(weights), residual)
-    if context_terms is not None and len(context_terms) != len(weights):
-        raise ValueError(f"{name}: context_terms must have one entry (tensor or None) per weight")
+    if context_terms is not None:
+        if not isinstance(context_terms, (list, tuple)) or len(context_terms) != len(weights):
+            raise ValueError(f"{name}: context_terms must be a list with one entry (tensor or None) per weight")
+        for l, c in enumerate(context_terms):
+            if c is None:
+                continue
+            chk.tensor(name, c, f"context_terms[{l}]")
+            if tuple(c.shape) != (bsz, weights[l].shape[0]):
+                raise ValueError(f"{name}: context_terms[{l}] must be [batch, out_features of weights[{l}]] = "
+                                 f"{[bsz, weights[l].shape[0]]}, got {list(c.shape)}")
+            if c.dtype != dtype or c.device != device:
+                raise TypeError(f"{name}: context_terms[{l}] must be {dtype} on {device}, got {c.dtype} on {c.device}")
 
     deg_cpu = [t.cpu() for t in degs]                 # one host synchronisation
     in_deg, out_deg = deg_cpu[0], deg_cpu[-1]
@@ -157,6 +176,21 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             W[l] = W[l] * ref.autoregressive_mask(dev_deg[src_of[l]], dst_deg, l == len(W) - 1).to(dtype)
 
     noise_sorted = noise[:, dev_perm[0]]
+    differentiable = torch.is_grad_enabled() and (noise.requires_grad or any(
+        t is not None and t.requires_grad for t in list(W) + list(B) + list(C)))
+    why_not = ("the reference backend runs the step loop" if mode == "reference" else
+               "residual networks use the step loop" if residual else
+               "sampling recorded by autograd uses the step loop" if differentiable else
+               f"output_multiplier {mult} > 64" if mult > 64 else None)
+    if persistent is True and why_not:
+        raise ValueError(f"{name}: persistent=True is not available here: {why_not}")
+    if persistent is not False and why_not is None:
+        xs, params_all = _run_persistent(W, B, C, dev_deg, deg_lists, degs[-1], need, order, noise_sorted,
+                                         mult, act, kind, return_params)
+        x = torch.empty_like(xs)
+        x[:, dev_perm[0]] = xs
+        return (x, params_all) if return_params else x
+
     bufs = [noise.new_zeros((bsz, d))] + [noise.new_zeros((bsz, len(deg_lists[i]))) for i in range(1, n_bufs)]
     done = [0] * n_bufs
     step_fn = ref.STEPS[kind]
@@ -165,8 +199,6 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     params_all = noise.new_empty((bsz, n_out)) if return_params else None
     # The buffers are filled in place. When autograd records the loop, every read is a copy (the
     # graph must not see later writes into a tensor it saved); sampling under no_grad reads views.
-    differentiable = torch.is_grad_enabled() and (noise.requires_grad or any(
-        t is not None and t.requires_grad for t in list(W) + list(B) + list(C)))
     read = (lambda t: t.clone()) if differentiable else (lambda t: t)
     for s in range(d):
         j = int(order[s])
@@ -206,3 +238,52 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     x = torch.empty_like(bufs[0])
     x[:, dev_perm[0]] = bufs[0]
     return (x, params_all) if return_params else x
+
+
+def _run_persistent(W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sorted, mult: int, act: str,
+                    kind: str, return_params: bool):
+    """Pack the sorted network into kernels/_made_sample.py's layouts, build the schedule tables
+    (the same c0 / e / p the step loop computes) and launch the persistent kernel once. Returns
+    (samples in sorted order [B, D], params [B, D * m] or None)."""
+    from ..kernels import _made_sample as kern
+    from ..kernels.made import ACT_CODES
+
+    bsz, d = noise_sorted.shape
+    device, dtype = noise_sorted.device, noise_sorted.dtype
+    n_w = len(W)
+    widths = [d] + [W[l].shape[0] for l in range(n_w - 1)]
+    offs = [0]
+    for w_ in widths[:-1]:
+        offs.append(offs[-1] + w_)
+    total = offs[-1] + widths[-1]
+    scratch = noise_sorted.new_zeros((bsz, total))
+    deg = torch.cat([dev_deg[i].to(torch.int32) for i in range(n_w)])
+    w_flat = torch.cat([w.contiguous().reshape(-1) for w in W])
+    b_flat = torch.cat([b.to(dtype) if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(W, B)])
+    w_offs, b_offs = [0], [0]
+    for w in W[:-1]:
+        w_offs.append(w_offs[-1] + w.numel())
+        b_offs.append(b_offs[-1] + w.shape[0])
+    meta = torch.tensor([[offs[i], widths[i], w_offs[i], b_offs[i]] for i in range(n_w)], dtype=torch.int32)
+    ctx = None
+    if any(c is not None for c in C[:-1]):
+        ctx = noise_sorted.new_zeros((bsz, total))
+        for l, c in enumerate(C[:-1]):
+            if c is not None:
+                ctx[:, offs[l + 1]:offs[l + 1] + widths[l + 1]] = c
+    # schedule: step s samples input order[s]; t_s = its largest (strict) output degree - 1
+    t = need[order].max(dim=1).values - 1
+    sorted_deg = [torch.tensor(dl, dtype=torch.int64) for dl in deg_lists[:n_w]]
+    cols = []
+    for l in range(n_w - 1):
+        e = torch.cummax(torch.searchsorted(sorted_deg[l + 1], t, right=True), dim=0).values
+        c0 = torch.cat([e.new_zeros(1), e[:-1]])
+        p = torch.searchsorted(sorted_deg[l], t, right=True)
+        cols.append(torch.stack([c0, e, p], dim=1))
+    sched = (torch.stack(cols, dim=1) if cols else torch.zeros((d, 0, 3), dtype=torch.int64)).to(torch.int32)
+    sched_out = torch.stack([order, torch.searchsorted(sorted_deg[n_w - 1], t, right=True)], dim=1).to(torch.int32)
+    params = noise_sorted.new_empty((bsz, d * mult)) if return_params else None
+    kern.made_sample_persistent(scratch, deg, w_flat, b_flat, ctx, meta.to(device), sched.contiguous().to(device),
+                                sched_out.to(device), out_deg.to(device=device, dtype=torch.int32),
+                                noise_sorted.contiguous(), params, n_w, mult, ACT_CODES[act], kind)
+    return scratch[:, :d], params
