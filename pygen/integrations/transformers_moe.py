@@ -69,8 +69,10 @@ def pygen_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
         ids = ids.masked_fill(sentinel, 0)
         weights = weights.masked_fill(sentinel, 0.0)
     x = hidden_states.to(w1.dtype)   # autocast may hand float32 activations to bf16 experts
-    out = fused_moe(x, w1, w2, weights.float(), ids.int(), activation=activation,
-                    backend=getattr(self, "pygen_backend", None))
+    # ids come from the model's router (top-k of E, sentinels masked above): no range check,
+    # which would be a host synchronisation
+    out = fused_moe(x, w1, w2, weights, ids.int(), activation=activation,
+                    backend=getattr(self, "pygen_backend", None), check_ids=False)
     return out.to(hidden_states.dtype)
 
 

@@ -11,7 +11,8 @@ One forward on rank r, with local tokens x [T, H], ids [T, k] (global), weights 
     need[t, d]  = any_j owner[t, j] == d                      token t goes to rank d once
     send rows   = (d, t) for need[t, d], ordered by d then t  (S rows; count c[d] per rank)
     routing     = [w[t, j] if owner == d else 0  |  ids[t, j] - starts[d] if owner == d else -1]
-                  (one float32 row of 2k values per sent row; local ids < 2^24 are exact)
+                  (one float32 row of 2k values per sent row, float64 for float64 weights;
+                  local ids < 2^24 are exact)
     counts      all_to_all_single(c) -> receive counts (the only host synchronisation: the
                 split sizes of the next exchanges are Python ints)
     dispatch    all_to_all_single of x[send rows] and of the routing rows        -> R rows
@@ -92,7 +93,7 @@ def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_we
     world = group_size(group)
     starts_l = expert_partition(experts.num_global_experts, world)
     if world == 1:
-        return experts(x, topk_ids, topk_weights)
+        return experts(x, topk_ids, topk_weights, check_ids=False)
     dev = x.device
     t, k = topk_ids.shape
     ids = topk_ids.long()
@@ -104,8 +105,9 @@ def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_we
     send_counts = need.sum(0)                                                # [W]
 
     mine = owner[tok] == dst.unsqueeze(1)                                    # [S, k]
-    w_send = topk_weights[tok].float() * mine
-    id_send = torch.where(mine, ids[tok] - starts[dst].unsqueeze(1), -1).to(torch.float32)
+    rdt = torch.promote_types(topk_weights.dtype, torch.float32)            # float64 stays float64
+    w_send = topk_weights[tok].to(rdt) * mine
+    id_send = torch.where(mine, ids[tok] - starts[dst].unsqueeze(1), -1).to(rdt)
     route_send = torch.cat([w_send, id_send], 1)                             # [S, 2k]
 
     recv_counts = torch.empty_like(send_counts)
@@ -117,7 +119,7 @@ def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_we
     rows, slots = (id_recv >= 0).nonzero(as_tuple=True)
     if rows.numel():
         y_pairs = experts(x_recv[rows], id_recv[rows, slots].unsqueeze(1).int(),
-                          w_recv[rows, slots].unsqueeze(1))
+                          w_recv[rows, slots].unsqueeze(1), check_ids=False)
         y_recv = x_recv.new_zeros(x_recv.shape).index_add(0, rows, y_pairs.to(x_recv.dtype))
     else:
         # Nothing to compute, but the received tensors must stay in the graph so that this

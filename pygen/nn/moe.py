@@ -269,10 +269,13 @@ class MoEExperts(nn.Module):
                 state_dict[prefix + name] = t[lo:hi]
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
+                top_k_weights: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
+        # check_ids=False (the MoE layer, whose router only emits valid ids) skips fused_moe's
+        # id range check, the one host synchronisation, so the layer stays graph-capturable
         return _moe_ops().fused_moe(hidden_states, self.gate_up_proj, self.down_proj,
-                                    top_k_weights.float(), top_k_index.int(),
-                                    activation=self.activation, backend=self.backend)
+                                    top_k_weights, top_k_index.int(),
+                                    activation=self.activation, backend=self.backend,
+                                    check_ids=check_ids)
 
     def extra_repr(self) -> str:
         s = f"{self.num_experts} experts, {self.hidden_dim} -> 2x{self.intermediate_dim} -> {self.hidden_dim}"
@@ -377,7 +380,7 @@ class MoE(nn.Module):
             from . import _moe_ep
             y = _moe_ep.ep_experts_forward(self.experts, x, topk_ids, topk_weights, self.ep_group)
         else:
-            y = self.experts(x, topk_ids, topk_weights)
+            y = self.experts(x, topk_ids, topk_weights, check_ids=False)
         y = y.view(orig_shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(hidden_states)
