@@ -4,6 +4,8 @@
 
 #include <omp.h>
 
+#include "moe/moe_bind.h"
+#include "moe/moe_launch.h"
 #include "roi/roi_bind.h"
 #include "roi/roi_launch.h"
 
@@ -37,11 +39,19 @@ struct CpuBackend {
   }
 };
 
+struct CpuMoeBackend {
+  static void align(const pygen::moe::AlignParams& p, const std::vector<int64_t>& ctx) {
+    py::gil_scoped_release nogil;
+    pygen::moe::cpu_align(p, CpuBackend::threads(ctx));
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pygen host kernels (g++ -O3 -fopenmp): RoI family. See pygen/native/roi.py.";
   pygen::roi::bind::def_roi<CpuBackend>(m);
+  pygen::moe::bind::def_moe<CpuMoeBackend>(m);
   m.def("_set_cpu_impl", &pygen::roi::set_cpu_impl,
         "Verification hook: 0 = optimised CPU loops, 1 = the CUDA kernels' per-element bodies "
         "(atomic-style backward, run serially), 2 = as 1 with the deterministic per-column "

@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "moe/moe_bind.h"
+#include "moe/moe_launch.h"
 #include "roi/roi_bind.h"
 #include "roi/roi_launch.h"
 
@@ -70,11 +72,23 @@ struct CudaBackend {
   }
 };
 
+struct CudaMoeBackend {
+  static void align(const pygen::moe::AlignParams& p, const std::vector<int64_t>& ctx) {
+    check_ctx(ctx);
+    DeviceGuard guard(static_cast<int>(ctx[0]));
+    const int rc = pygen::moe::cuda_align(p, reinterpret_cast<void*>(ctx[1]));
+    if (rc != 0) raise_cuda("moe_align launch", static_cast<cudaError_t>(rc));
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) raise_cuda("moe_align after launch", err);
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pygen CUDA kernels (nvcc, static cudart): RoI family. See pygen/native/roi.py.";
   pygen::roi::bind::def_roi<CudaBackend>(m);
+  pygen::moe::bind::def_moe<CudaMoeBackend>(m);
   m.def("device_count", []() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

@@ -43,7 +43,7 @@ __all__ = ["moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe"
 
 ACTIVATIONS = ref.ACTIVATIONS
 _TRITON_REF = ("triton", "reference")
-_ALIGN_SUPPORTED = ("triton", "reference")  # cuda, cpu: csrc/moe (next commit)
+_ALIGN_SUPPORTED = ("cuda", "triton", "cpu", "reference")
 
 
 def _kernels():

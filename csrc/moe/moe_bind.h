@@ -1,0 +1,68 @@
+// pybind11 definition of moe_align, shared by bindings_cpu.cpp (pygen._C) and bindings_cuda.cpp
+// (pygen._cuda). Backend supplies align(const AlignParams&, ctx). Tensors cross as
+// (data_ptr, sizes, strides) tuples built by pygen/native/moe.py; the checks here (ranks, sizes,
+// contiguity, dtypes of the id tensor) are the last line of defence against out-of-bounds access;
+// friendly argument validation is pygen.ops.moe's job.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "moe_launch.h"
+
+namespace pygen {
+namespace moe {
+namespace bind {
+
+namespace py = pybind11;
+using TensorArg = std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>>;
+using Ctx = std::vector<int64_t>;
+
+[[noreturn]] inline void fail(const std::string& msg) { throw py::value_error("moe_align: " + msg); }
+
+// A contiguous 1-D tensor of exactly n elements.
+inline void* vec(const TensorArg& t, int64_t n, const char* name) {
+  const auto& z = std::get<1>(t);
+  const auto& s = std::get<2>(t);
+  if (z.size() != 1) fail(std::string(name) + " must be 1-D");
+  if (z[0] != n) fail(std::string(name) + " must have " + std::to_string(n) + " elements, got " + std::to_string(z[0]));
+  if (n > 1 && s[0] != 1) fail(std::string(name) + " must be contiguous");
+  return reinterpret_cast<void*>(std::get<0>(t));
+}
+
+template <typename Backend>
+void def_moe(py::module_& m) {
+  m.def("moe_align", [](const TensorArg& ids, bool ids_int64, int64_t num_experts, int64_t block_size,
+                        const TensorArg& sorted_ids, const TensorArg& expert_ids, const TensorArg& ntpp,
+                        const TensorArg& starts, const TensorArg& workspace, const Ctx& ctx) {
+    if (num_experts < 1 || num_experts > (int64_t(1) << 16)) fail("num_experts must be in [1, 65536]");
+    if (block_size < 1 || block_size > 4096) fail("block_size must be in [1, 4096]");
+    AlignParams p{};
+    const auto& z = std::get<1>(ids);
+    if (z.size() != 1) fail("ids must be flat (1-D)");
+    p.S = z[0];
+    p.E = num_experts;
+    p.B = block_size;
+    p.cap = p.S + p.E * (p.B - 1);
+    if (p.cap >= (int64_t(1) << 31)) fail("S + E*(block_size-1) must be < 2^31");
+    p.nblk = (p.cap + p.B - 1) / p.B;
+    p.ids = vec(ids, p.S, "ids");
+    p.ids_int64 = ids_int64;
+    p.sorted_ids = static_cast<int32_t*>(vec(sorted_ids, p.cap, "sorted_ids"));
+    p.expert_ids = static_cast<int32_t*>(vec(expert_ids, p.nblk, "expert_ids"));
+    p.ntpp = static_cast<int32_t*>(vec(ntpp, 1, "num_tokens_post_padded"));
+    p.starts = static_cast<int32_t*>(vec(starts, p.E + 1, "starts"));
+    p.workspace = static_cast<int32_t*>(vec(workspace, num_slot_blocks(p.S) * p.E + p.E, "workspace"));
+    Backend::align(p, ctx);
+  }, py::arg("ids"), py::arg("ids_int64"), py::arg("num_experts"), py::arg("block_size"), py::arg("sorted_ids"),
+     py::arg("expert_ids"), py::arg("ntpp"), py::arg("starts"), py::arg("workspace"), py::arg("ctx"));
+}
+
+}  // namespace bind
+}  // namespace moe
+}  // namespace pygen

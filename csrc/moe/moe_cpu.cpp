@@ -1,0 +1,69 @@
+// MoE family: OpenMP CPU build of moe_align (pygen._C), over the bodies in moe.cuh.
+//
+// Each slot block's counter row is private to the task that walks that block, so the count and
+// scatter loops need no atomics, and the in-block rank is a running counter (ascending slot order
+// inside each expert, the same order the CUDA kernel computes by comparisons). Small problems run
+// without a parallel region (docs/ARCHITECTURE.md, "CPU threading").
+#include <omp.h>
+
+#include <cstdint>
+
+#include "moe.cuh"
+#include "moe_launch.h"
+
+namespace pygen {
+namespace moe {
+
+void cpu_align(const AlignParams& p, int num_threads) {
+  const int64_t S = p.S, E = p.E, B = p.B;
+  const int64_t NB = num_slot_blocks(S);
+  int32_t* counts = p.workspace;          // [NB][E], zero-filled by the caller
+  int32_t* totals = p.workspace + NB * E;  // [E]
+  const bool par = S >= 16384 && num_threads > 1;
+  const int nt = num_threads > 0 ? num_threads : 1;
+
+#pragma omp parallel for num_threads(nt) if (par) schedule(static)
+  for (int64_t b = 0; b < NB; ++b) {
+    int32_t* row = counts + b * E;
+    const int64_t end = (b + 1) * kSlotBlock < S ? (b + 1) * kSlotBlock : S;
+    for (int64_t s = b * kSlotBlock; s < end; ++s) {
+      const int32_t e = expert_of(p.ids, p.ids_int64, s, E);
+      if (e >= 0) ++row[e];
+    }
+  }
+#pragma omp parallel for num_threads(nt) if (par && E >= 256) schedule(static)
+  for (int64_t e = 0; e < E; ++e) {
+    int32_t run = 0;
+    for (int64_t b = 0; b < NB; ++b) {
+      const int32_t c = counts[b * E + e];
+      counts[b * E + e] = run;
+      run += c;
+    }
+    totals[e] = run;
+  }
+  int32_t acc = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    p.starts[e] = acc;
+    acc += padded_count(totals[e], B);
+  }
+  p.starts[E] = acc;
+  p.ntpp[0] = acc;
+#pragma omp parallel for num_threads(nt) if (par) schedule(static)
+  for (int64_t i = 0; i < p.cap; ++i) p.sorted_ids[i] = static_cast<int32_t>(S);
+#pragma omp parallel for num_threads(nt) if (par) schedule(static)
+  for (int64_t b = 0; b < NB; ++b) {
+    int32_t* row = counts + b * E;  // becomes this block's running position per expert
+    const int64_t end = (b + 1) * kSlotBlock < S ? (b + 1) * kSlotBlock : S;
+    for (int64_t s = b * kSlotBlock; s < end; ++s) {
+      const int32_t e = expert_of(p.ids, p.ids_int64, s, E);
+      if (e < 0) continue;
+      p.sorted_ids[slot_position(p.starts, row, e, 0)] = static_cast<int32_t>(s);
+      ++row[e];
+    }
+  }
+#pragma omp parallel for num_threads(nt) if (par) schedule(static)
+  for (int64_t j = 0; j < p.nblk; ++j) p.expert_ids[j] = block_expert(p.starts, E, j, B);
+}
+
+}  // namespace moe
+}  // namespace pygen

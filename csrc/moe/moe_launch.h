@@ -1,0 +1,36 @@
+// Host-callable entry points of the MoE family (moe_align), for the pybind11 bindings. No CUDA or
+// torch header is needed to include this file: streams travel as void* (a cudaStream_t), errors
+// as int (a cudaError_t value, 0 = success).
+#pragma once
+
+#include <cstdint>
+
+namespace pygen {
+namespace moe {
+
+// Slots handled by one count/scatter block; the workspace holds one int32 counter row of E per
+// block plus E totals (align_workspace_size in pygen/native/moe.py mirrors this).
+constexpr int64_t kSlotBlock = 1024;
+
+struct AlignParams {
+  const void* ids;          // [S] int32 or int64 expert ids (flat topk_ids), contiguous
+  bool ids_int64;
+  int64_t S;                // number of slots T*k
+  int64_t E;                // num_experts
+  int64_t B;                // block_size
+  int32_t* sorted_ids;      // [cap] out, cap = S + E*(B-1)
+  int64_t cap;
+  int32_t* expert_ids;      // [nblk] out, nblk = ceil(cap / B)
+  int64_t nblk;
+  int32_t* ntpp;            // [1] out
+  int32_t* starts;          // [E+1] out: padded segment starts, starts[E] = total
+  int32_t* workspace;       // [NB*E + E] zero-filled, NB = max(1, ceil(S / kSlotBlock))
+};
+
+inline int64_t num_slot_blocks(int64_t S) { return S <= 0 ? 1 : (S + kSlotBlock - 1) / kSlotBlock; }
+
+int cuda_align(const AlignParams& p, void* stream);     // moe.cu
+void cpu_align(const AlignParams& p, int num_threads);  // moe_cpu.cpp
+
+}  // namespace moe
+}  // namespace pygen
