@@ -189,8 +189,8 @@ def append_args(name, kv_cache, block_table, positions, latent, k_rope):
         bad = ok & ((blk < 0) | (blk >= kv_cache.shape[0]))
         if bool(bad.any()):
             i, j = bad.nonzero()[0].tolist()
-            raise ValueError(f"{name}: position {int(pos[i, j])} of row {i} maps to page id {int(blk[i, j])}, "
-                             f"not in [0, {kv_cache.shape[0]})")
+            raise ValueError(f"{name}: positions[{i}, {j}] = {int(pos[i, j])} maps to block_table page id "
+                             f"{int(blk[i, j])}, not in [0, {kv_cache.shape[0]})")
         # two writes to the same slot would race in the kernel
         flat = torch.where(ok, blk * page + pos % page, -1 - torch.arange(pos.numel(), device=pos.device).view_as(pos))
         if flat.unique().numel() != flat.numel():

@@ -82,7 +82,7 @@ def choose_num_splits(batch: int, s_q: int, h_q: int, max_len: int, sm_count: in
     SMs, but no split shorter than 256 tokens (below that the merge costs more than it hides).
     ``max_len`` is the capacity of block_table (no host read of cache_seqlens), so the choice is a
     pure function of shapes and the device: results are deterministic for a fixed setup."""
-    tiles = batch * max(1, math.ceil(s_q * h_q / block_m))
+    tiles = max(1, batch * math.ceil(s_q * h_q / block_m))
     want = max(1, math.ceil(2 * sm_count / tiles))
     cap = max(1, max_len // 256)
     return int(min(want, cap, 64))
