@@ -91,7 +91,8 @@ def attention_explicit(q, k, v, mask, scale: float, dropout: float = 0.0, traini
         w = w.masked_fill(~mask, low)
     else:
         w = w + mask
-    w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+    # float32 softmax for half types like eager; float64 stays float64 (eager would round it)
+    w = F.softmax(w, dim=-1, dtype=torch.promote_types(w.dtype, torch.float32)).to(q.dtype)
     w = F.dropout(w, p=dropout, training=training)
     return torch.matmul(w, v.transpose(1, 2)).transpose(1, 2)
 
