@@ -328,14 +328,15 @@ class MoE(nn.Module):
             offset, n_local = starts[rank], starts[rank + 1] - starts[rank]
         else:
             offset, n_local = 0, self.n_routed_experts
+        # registration order as in transformers (experts, gate, shared_experts): same state_dict order
+        self.experts = MoEExperts(n_local, self.hidden_size, self.moe_intermediate_size,
+                                  activation=act, backend=backend, expert_offset=offset,
+                                  num_global_experts=self.n_routed_experts)
         self.gate = MoEGate(self.hidden_size, self.n_routed_experts, self.num_experts_per_tok,
                             n_group=f["n_group"], topk_group=f["topk_group"],
                             norm_topk_prob=f["norm_topk_prob"],
                             routed_scaling_factor=f["routed_scaling_factor"],
                             scoring_func=f["scoring_func"], backend=backend)
-        self.experts = MoEExperts(n_local, self.hidden_size, self.moe_intermediate_size,
-                                  activation=act, backend=backend, expert_offset=offset,
-                                  num_global_experts=self.n_routed_experts)
         self.shared_experts = (MoEMLP(self.hidden_size, self.moe_intermediate_size * self.n_shared_experts, act)
                                if self.n_shared_experts > 0 else None)
         self.register_buffer("tokens_per_expert", torch.zeros(self.n_routed_experts, dtype=torch.int64),
