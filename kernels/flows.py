@@ -21,6 +21,9 @@ affine fwd    y = x*exp(s) + t,   logdet = sum s        bwd: dx = g e^s, dt = g,
 affine rev    x = (y - t)e^-s,    logdet = -sum s       bwd: dy = g e^-s, dt = -dy,
                                                              ds = -g x - gl
               dr = ds * (1 - (s/c)^2)  (CLAMP), dr = ds otherwise
+Glow scale    m = sigmoid(r + 2) (SIGMOID): fwd y = (x + t) m, logdet = sum log m;
+              bwd dx = dt = g m, dr = (g m (x + t) + gl)(1 - m);  rev x = y/m - t,
+              logdet = -sum log m; bwd dy = g/m, dt = -g, dr = -(dy y + gl)(1 - m)
 actnorm       y = (x + loc)*m (fwd) or y = x/m - loc (rev), m = exp(p) or p;
               logdet = +-S * sum_c log|m_c|; bwd: din = g*m^{+-1} plus per-channel sums
               A_c = sum g, B_c = sum g*in, finished per channel (see _actnorm_bwd_finish_kernel)
@@ -65,6 +68,18 @@ def _tanh(z):
 
 
 @triton.jit
+def _glow_scale(r):
+    """(m, log m, 1 - m) for Glow's m = sigmoid(r + 2), each computed without cancellation."""
+    z = r + 2.0
+    e = tl.exp(-tl.abs(z))                      # in (0, 1]: no overflow
+    log1pe = tl.log(1.0 + e)
+    m = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    one_m = tl.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+    log_m = tl.minimum(z, 0.0) - log1pe
+    return m, log_m, one_m
+
+
+@triton.jit
 def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
     if CLAMP:
         s = clamp * _tanh(r * inv_clamp)
@@ -91,6 +106,7 @@ def _affine_coupling_fwd_kernel(
     clamp, inv_clamp,      # soft-clamp c and 1/c
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
+    SIGMOID: tl.constexpr,  # Glow's scale m = sigmoid(r + 2), y = (x + t) m (CLAMP unused)
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -107,11 +123,18 @@ def _affine_coupling_fwd_kernel(
         x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
         r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
         t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-        s = _scale_of(r, clamp, inv_clamp, CLAMP)
-        if REVERSE:
-            y = (x - t) * tl.exp(-s)
+        if SIGMOID:
+            sc, s, _ = _glow_scale(r)
+            if REVERSE:
+                y = x / sc - t
+            else:
+                y = (x + t) * sc
         else:
-            y = x * tl.exp(s) + t
+            s = _scale_of(r, clamp, inv_clamp, CLAMP)
+            if REVERSE:
+                y = (x - t) * tl.exp(-s)
+            else:
+                y = x * tl.exp(s) + t
         tl.store(y_ptr + rl * N + idx[None, :], y, mask=m)
         acc += tl.where(m, s, 0.0)
     total = tl.sum(acc, axis=1)
@@ -129,12 +152,13 @@ def _affine_coupling_bwd_kernel(
     gl_ptr,                # [B] upstream gradient of the log-det
     dx_ptr,                # [B, N] out (contiguous): gradient of the input
     dr_ptr,                # [B, N] out (contiguous): gradient of r
-    dt_ptr,                # [B, N] out (contiguous, REVERSE only): gradient of t
+    dt_ptr,                # [B, N] out (contiguous, REVERSE or SIGMOID): gradient of t
     B, N,
     x_sb, r_sb, t_sb, g_sb, gl_s,
     clamp, inv_clamp,
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
+    SIGMOID: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -147,18 +171,31 @@ def _affine_coupling_bwd_kernel(
     r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + rl * g_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
     gl = tl.load(gl_ptr + rows * gl_s, mask=rm, other=0.0).to(tl.float32)[:, None]
-    s = _scale_of(r, clamp, inv_clamp, CLAMP)
-    if REVERSE:
-        t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-        dx = g * tl.exp(-s)
-        ds = -dx * (x - t) - gl
-        tl.store(dt_ptr + rl * N + idx[None, :], -dx, mask=m)
+    if SIGMOID:
+        # d m / d r = m (1 - m), d log m / d r = 1 - m
+        sc, _, one_m = _glow_scale(r)
+        if REVERSE:           # x_out = y / m - t
+            dx = g / sc
+            ds = -(dx * x + gl) * one_m
+            tl.store(dt_ptr + rl * N + idx[None, :], -g, mask=m)
+        else:                 # y = (x + t) m
+            t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+            dx = g * sc
+            ds = (dx * (x + t) + gl) * one_m
+            tl.store(dt_ptr + rl * N + idx[None, :], dx, mask=m)
     else:
-        dx = g * tl.exp(s)
-        ds = dx * x + gl
-    if CLAMP:
-        q = s * inv_clamp
-        ds = ds * (1.0 - q * q)
+        s = _scale_of(r, clamp, inv_clamp, CLAMP)
+        if REVERSE:
+            t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+            dx = g * tl.exp(-s)
+            ds = -dx * (x - t) - gl
+            tl.store(dt_ptr + rl * N + idx[None, :], -dx, mask=m)
+        else:
+            dx = g * tl.exp(s)
+            ds = dx * x + gl
+        if CLAMP:
+            q = s * inv_clamp
+            ds = ds * (1.0 - q * q)
     tl.store(dx_ptr + rl * N + idx[None, :], dx, mask=m)
     tl.store(dr_ptr + rl * N + idx[None, :], ds, mask=m)
 
@@ -434,7 +471,7 @@ def coupling_splits(batch: int, n: int, gpu: bool) -> int:
 
 
 @device_guard
-def affine_coupling_fwd(x, r, t, y, part, clamp, reverse):
+def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False):
     """x, r, t: [B, N] (unit inner stride); y: [B, N] contiguous; part: [B, n_split] float32
     (any n_split >= 1; the caller adds the partial sums when n_split > 1)."""
     bsz, n = x.shape
@@ -446,23 +483,24 @@ def affine_coupling_fwd(x, r, t, y, part, clamp, reverse):
     c = float(clamp) if clamp is not None else 1.0
     _affine_coupling_fwd_kernel[(n_split, triton.cdiv(bsz, bb))](
         x, r, t, y, part, bsz, n, span, n_split, x.stride(0), r.stride(0), t.stride(0), c, 1.0 / c,
-        CLAMP=clamp is not None, REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
+        CLAMP=clamp is not None, REVERSE=bool(reverse), SIGMOID=bool(sigmoid), BLOCK_B=bb, BLOCK_N=bn,
+        **_opts(x))
 
 
 @device_guard
-def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse):
-    """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse``; else unused, may be
-    None): [B, N] contiguous outputs; gl: [B]."""
+def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: bool = False):
+    """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse`` or ``sigmoid``; else
+    unused, may be None): [B, N] contiguous outputs; gl: [B]."""
     bsz, n = x.shape
     if bsz == 0 or n == 0:
         return
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
     c = float(clamp) if clamp is not None else 1.0
-    dt_arg = dt if reverse else dx
+    dt_arg = dt if (reverse or sigmoid) else dx
     _affine_coupling_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
         x, r, t, g, gl, dx, dr, dt_arg, bsz, n, x.stride(0), r.stride(0), t.stride(0), g.stride(0),
-        gl.stride(0), c, 1.0 / c, CLAMP=clamp is not None, REVERSE=bool(reverse), BLOCK_B=bb,
-        BLOCK_N=bn, **_opts(x))
+        gl.stride(0), c, 1.0 / c, CLAMP=clamp is not None, REVERSE=bool(reverse), SIGMOID=bool(sigmoid),
+        BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
 
 
 @device_guard
@@ -589,7 +627,7 @@ def conv1x1_dw(g, x, part):
 def _specs() -> list[dict]:
     specs = []
     bb, bn = coupling_blocks(64, 6 * 16 * 16, True)
-    for clamp in (True, False):
+    for clamp, sig in ((True, False), (False, False), (False, True)):
         for rev in (False, True):
             specs.append({
                 "fn": _affine_coupling_fwd_kernel,
@@ -597,7 +635,7 @@ def _specs() -> list[dict]:
                               "part_ptr": "*fp32", "B": "i32", "N": "i32", "span": "i32", "n_split": "i32",
                               "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "clamp": "fp32",
                               "inv_clamp": "fp32"},
-                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "BLOCK_B": bb, "BLOCK_N": bn},
+                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
                 "num_warps": 4})
             specs.append({
                 "fn": _affine_coupling_bwd_kernel,
@@ -605,7 +643,7 @@ def _specs() -> list[dict]:
                               "gl_ptr": "*fp32", "dx_ptr": "*fp32", "dr_ptr": "*fp32", "dt_ptr": "*fp32",
                               "B": "i32", "N": "i32", "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "g_sb": "i32",
                               "gl_s": "i32", "clamp": "fp32", "inv_clamp": "fp32"},
-                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "BLOCK_B": bb, "BLOCK_N": bn},
+                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
                 "num_warps": 4})
     specs.append({"fn": _additive_coupling_fwd_kernel,
                   "signature": {"x_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*bf16", "B": "i32", "N": "i32",

@@ -147,18 +147,19 @@ def test_affine_coupling_matches_reference_and_inverts(device, backend, gen):
     for dtype in _dtypes(backend, device):
         for i, shape in enumerate(COUPLING_SHAPES):
             clamp = (2.0, None, 0.5)[i % 3]
+            scale = ("exp", "sigmoid")[i % 2]
             x, raw, t = _coupling_inputs(shape, dtype, device, gen, view=i % 2 == 0)
             for rev in (False, True):
-                y, ld = ops.affine_coupling(x, raw, t, reverse=rev, clamp=clamp, backend=backend)
-                y64, ld64 = ref.affine_coupling(x.double(), raw.double(), t.double(), rev, clamp)
-                ys, lds = ref.affine_coupling(x, raw, t, rev, clamp)
+                y, ld = ops.affine_coupling(x, raw, t, reverse=rev, clamp=clamp, scale=scale, backend=backend)
+                y64, ld64 = ref.affine_coupling(x.double(), raw.double(), t.double(), rev, clamp, scale)
+                ys, lds = ref.affine_coupling(x, raw, t, rev, clamp, scale)
                 assert y.dtype == dtype and y.shape == x.shape
                 assert ld.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-                _close(y, y64, ys, what=f"affine y {backend} {dtype} {shape} rev={rev}", backend=backend)
-                assert_close_to_ref(ld, ld64, lds, atol=ATOL[dtype] * 50, what=f"affine logdet {shape}")
+                _close(y, y64, ys, what=f"affine y {backend} {dtype} {shape} rev={rev} {scale}", backend=backend)
+                assert_close_to_ref(ld, ld64, lds, atol=ATOL[dtype] * 50, what=f"affine logdet {shape} {scale}")
             if dtype in (torch.float32, torch.float64):
-                y, ld = ops.affine_coupling(x, raw, t, clamp=clamp, backend=backend)
-                xr, ldr = ops.affine_coupling(y, raw, t, reverse=True, clamp=clamp, backend=backend)
+                y, ld = ops.affine_coupling(x, raw, t, clamp=clamp, scale=scale, backend=backend)
+                xr, ldr = ops.affine_coupling(y, raw, t, reverse=True, clamp=clamp, scale=scale, backend=backend)
                 torch.testing.assert_close(xr, x, rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(ldr, -ld)
 
@@ -166,20 +167,23 @@ def test_affine_coupling_matches_reference_and_inverts(device, backend, gen):
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_affine_coupling_backward(device, backend, gen):
     for dtype in _dtypes(backend, device):
-        for shape, clamp, rev in (((3, 4, 5, 6), 2.0, False), ((6, 2), None, True), ((2, 3, 4, 4), 1.0, True)):
+        for shape, clamp, rev, scale in (((3, 4, 5, 6), 2.0, False, "exp"), ((6, 2), None, True, "exp"),
+                                         ((2, 3, 4, 4), 1.0, True, "exp"), ((3, 2, 3, 3), None, False, "sigmoid"),
+                                         ((4, 5), None, True, "sigmoid")):
             leaves = [t.requires_grad_(True) for t in (_rand(shape, gen, dtype, device) for _ in range(3))]
-            y, ld = ops.affine_coupling(*leaves, reverse=rev, clamp=clamp, backend=backend)
+            y, ld = ops.affine_coupling(*leaves, reverse=rev, clamp=clamp, scale=scale, backend=backend)
             gy, gl = _rand(y.shape, gen, dtype, device), _rand(ld.shape, gen, ld.dtype, device)
             grads = torch.autograd.grad((y.double() * gy.double()).sum() + (ld.double() * gl.double()).sum(), leaves)
             l64 = [t.detach().double().requires_grad_(True) for t in leaves]
-            y64, ld64 = ref.affine_coupling(*l64, rev, clamp)
+            y64, ld64 = ref.affine_coupling(*l64, rev, clamp, scale)
             g64 = torch.autograd.grad((y64 * gy.double()).sum() + (ld64 * gl.double()).sum(), l64)
             ls = [t.detach().clone().requires_grad_(True) for t in leaves]
-            ys, lds = ref.affine_coupling(*ls, rev, clamp)
+            ys, lds = ref.affine_coupling(*ls, rev, clamp, scale)
             gs = torch.autograd.grad((ys.double() * gy.double()).sum() + (lds.double() * gl.double()).sum(), ls)
             for name, a, b, c in zip(("x", "raw", "t"), grads, g64, gs):
                 assert a.dtype == dtype
-                _close(a, b, c, atol=4 * ATOL[dtype], what=f"affine grad {name} {dtype} rev={rev}", backend=backend)
+                _close(a, b, c, atol=4 * ATOL[dtype], what=f"affine grad {name} {dtype} rev={rev} {scale}",
+                       backend=backend)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
@@ -198,8 +202,9 @@ def test_affine_coupling_split_partial_sums(device, backend, gen, monkeypatch):
 def test_affine_coupling_gradcheck_reference(gen):
     leaves = [_rand((2, 3, 2), gen, torch.float64).requires_grad_(True) for _ in range(3)]
     for rev in (False, True):
-        assert torch.autograd.gradcheck(
-            lambda *a: ops.affine_coupling(*a, reverse=rev, clamp=1.5, backend="reference"), leaves)
+        for scale in ("exp", "sigmoid"):
+            assert torch.autograd.gradcheck(
+                lambda *a: ops.affine_coupling(*a, reverse=rev, clamp=1.5, scale=scale, backend="reference"), leaves)
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
@@ -414,6 +419,8 @@ def test_logdets_equal_autograd_jacobians(device, backend, gen):
     lu = _lu_params(3, gen, device, dt)
     cases = {
         "affine": lambda v, i, rev: ops.affine_coupling(v, raw[i], t[i], reverse=rev, clamp=1.5, backend=backend),
+        "affine_glow": lambda v, i, rev: ops.affine_coupling(v, raw[i], t[i], reverse=rev, scale="sigmoid",
+                                                             backend=backend),
         "actnorm": lambda v, i, rev: ops.actnorm(v, loc, ls, reverse=rev, backend=backend),
         "actnorm_scale": lambda v, i, rev: ops.actnorm(v, loc, scale=-ls.exp(), reverse=rev, backend=backend),
         "conv": lambda v, i, rev: ops.inv_conv1x1(v, w, reverse=rev, backend=backend),
@@ -479,8 +486,8 @@ def _opcheck_args(name, dev, gen):
     table = {
         "slogdet_triton": (a.requires_grad_(),),
         "slogdet_backward_triton": (a.detach(), _rand((3,), gen, device=dev)),
-        "affine_coupling_triton": (x.requires_grad_(), g.clone().requires_grad_(), g * 0.5, 2.0, False),
-        "affine_coupling_backward_triton": (x.detach(), g, g * 0.5, g * 2, gl, None, True),
+        "affine_coupling_triton": (x.requires_grad_(), g.clone().requires_grad_(), g * 0.5, 2.0, False, False),
+        "affine_coupling_backward_triton": (x.detach(), g, g * 0.5, g * 2, gl, None, True, True),
         "additive_coupling_triton": (x.detach().requires_grad_(), g.requires_grad_(), True),
         "actnorm_triton": (x.detach().requires_grad_(), c4.requires_grad_(), (c4 * 0.1).detach().requires_grad_(),
                            True, False),

@@ -38,6 +38,7 @@ BAD = [
     (lambda: ops.affine_coupling(X.int(), H.int(), H.int()), TypeError, "x"),
     (lambda: ops.affine_coupling(X, H, H, clamp=0.0), ValueError, "clamp"),
     (lambda: ops.affine_coupling(X, H, H, clamp=-1.0), ValueError, "clamp"),
+    (lambda: ops.affine_coupling(X, H, H, scale="tanh"), ValueError, "scale"),
     (lambda: ops.affine_coupling(X, H, H, clamp=float("inf")), ValueError, "clamp"),
     (lambda: ops.affine_coupling(X, H, H, clamp="2"), TypeError, "clamp"),
     (lambda: ops.affine_coupling(X, H, H, reverse=1), TypeError, "reverse"),

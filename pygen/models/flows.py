@@ -67,14 +67,14 @@ class FlowStep(nn.Module):
     """Glow's step of flow: ActNorm -> invertible 1x1 conv -> affine (or additive) coupling."""
 
     def __init__(self, channels: int, hidden: int, affine: bool = True, lu: bool = True,
-                 clamp: float | None = 2.0, backend: str | None = None):
+                 clamp: float | None = 2.0, backend: str | None = None, scale: str = "exp"):
         super().__init__()
         self.actnorm = pnn.ActNorm(channels, backend=backend)
         self.invconv = pnn.InvConv1x1(channels, lu=lu, backend=backend)
         half = channels // 2
         if affine:
             self.coupling = pnn.AffineCoupling(coupling_net(half, 2 * (channels - half), hidden),
-                                               clamp, backend=backend)
+                                               clamp, scale=scale, backend=backend)
         else:
             self.coupling = pnn.AdditiveCoupling(coupling_net(half, channels - half, hidden), backend=backend)
 
@@ -100,7 +100,8 @@ class GlowConfig:
     hidden: int = 512                            # conditioner width
     affine: bool = True
     lu: bool = True
-    clamp: float | None = 2.0
+    clamp: float | None = 2.0                    # soft clamp of the "exp" scale
+    scale: str = "sigmoid"                       # coupling scale: Glow's sigmoid(raw + 2), or "exp"
     batch: int = 64                              # example_inputs / pygen profile
     seed: int = 0
 
@@ -124,7 +125,8 @@ class Glow(nn.Module):
             for lvl in range(cfg.levels):
                 c, h, w = c * 4, h // 2, w // 2
                 self.levels.append(nn.ModuleList(
-                    FlowStep(c, cfg.hidden, cfg.affine, cfg.lu, cfg.clamp, backend) for _ in range(cfg.steps)))
+                    FlowStep(c, cfg.hidden, cfg.affine, cfg.lu, cfg.clamp, backend, cfg.scale)
+                    for _ in range(cfg.steps)))
                 if lvl < cfg.levels - 1:
                     self.priors.append(ZeroConv2d(c // 2, c))   # -> (mean, log_sd) of the split half
                     self.shapes.append((c // 2, h, w))

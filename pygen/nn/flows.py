@@ -155,14 +155,18 @@ class _Coupling(nn.Module):
 
 class AffineCoupling(_Coupling):
     def __init__(self, net: nn.Module, clamp: float | None = 2.0, flip: bool = False, *,
-                 backend: str | None = None):
+                 scale: str = "exp", backend: str | None = None):
         super().__init__(net, flip, backend)
+        if scale not in ("exp", "sigmoid"):
+            raise ValueError(f"AffineCoupling: scale must be 'exp' or 'sigmoid', got {scale!r}")
         self.clamp = clamp
+        self.scale = scale
 
     def _transform(self, x, reverse):
         a, b = self._split(x)
         raw, t = self.net(a).chunk(2, 1)
-        out, ld = ops.affine_coupling(b, raw, t, reverse=reverse, clamp=self.clamp, backend=self.backend)
+        out, ld = ops.affine_coupling(b, raw, t, reverse=reverse, clamp=self.clamp, scale=self.scale,
+                                      backend=self.backend)
         return self._join(a, out), ld
 
     def forward(self, x: torch.Tensor):
@@ -172,7 +176,7 @@ class AffineCoupling(_Coupling):
         return self._transform(y, True)
 
     def extra_repr(self) -> str:
-        return f"clamp={self.clamp}, flip={self.flip}"
+        return f"clamp={self.clamp}, flip={self.flip}, scale={self.scale!r}"
 
 
 class AdditiveCoupling(_Coupling):

@@ -132,11 +132,11 @@ def _register() -> None:
     fwd.register_autograd(slogdet_grad, setup_context=slogdet_setup)
 
     # ---- affine coupling -------------------------------------------------------------------------
-    def affine_fake(x, r, t, clamp, reverse):
+    def affine_fake(x, r, t, clamp, reverse, sigmoid):
         return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
 
-    def affine_impl(x, r, t, clamp, reverse):
-        y, logdet = affine_fake(x, r, t, clamp, reverse)
+    def affine_impl(x, r, t, clamp, reverse, sigmoid):
+        y, logdet = affine_fake(x, r, t, clamp, reverse, sigmoid)
         b = x.shape[0]
         if b == 0:
             return y, logdet
@@ -146,47 +146,48 @@ def _register() -> None:
         if xr.shape[1] == 0:
             return y, logdet.zero_()
         part = logdet.view(b, 1) if n_split == 1 else x.new_empty((b, n_split), dtype=torch.float32)
-        k.affine_coupling_fwd(xr, rr, tr, y.view(b, -1), part, clamp, reverse)
+        k.affine_coupling_fwd(xr, rr, tr, y.view(b, -1), part, clamp, reverse, sigmoid)
         if n_split > 1:
             torch.sum(part, dim=1, out=logdet)
         return y, logdet
 
-    def affine_bwd_fake(x, r, t, g, gl, clamp, reverse):
+    def affine_bwd_fake(x, r, t, g, gl, clamp, reverse, sigmoid):
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         dr = torch.empty_like(r, memory_format=torch.contiguous_format)
-        dt = torch.empty_like(t, memory_format=torch.contiguous_format) if reverse else t.new_empty((0,))
+        with_dt = reverse or sigmoid
+        dt = torch.empty_like(t, memory_format=torch.contiguous_format) if with_dt else t.new_empty((0,))
         return dx, dr, dt
 
-    def affine_bwd_impl(x, r, t, g, gl, clamp, reverse):
-        dx, dr, dt = affine_bwd_fake(x, r, t, g, gl, clamp, reverse)
+    def affine_bwd_impl(x, r, t, g, gl, clamp, reverse, sigmoid):
+        dx, dr, dt = affine_bwd_fake(x, r, t, g, gl, clamp, reverse, sigmoid)
         b = x.shape[0]
         if b and x[0].numel():
             _kernels().affine_coupling_bwd(_rows(x), _rows(r), _rows(t), _rows(g), gl, dx.view(b, -1),
-                                           dr.view(b, -1), dt.view(b, -1) if reverse else None,
-                                           clamp, reverse)
+                                           dr.view(b, -1), dt.view(b, -1) if (reverse or sigmoid) else None,
+                                           clamp, reverse, sigmoid)
         return dx, dr, dt
 
     fwd = _registry.define(
         "affine_coupling_triton",
-        "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse) -> (Tensor, Tensor)",
+        "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse, bool sigmoid) -> (Tensor, Tensor)",
         affine_impl, affine_fake)
     bwd = _registry.define(
         "affine_coupling_backward_triton",
         "(Tensor x, Tensor log_scale_raw, Tensor shift, Tensor grad_y, Tensor grad_logdet, float? clamp, "
-        "bool reverse) -> (Tensor, Tensor, Tensor)",
+        "bool reverse, bool sigmoid) -> (Tensor, Tensor, Tensor)",
         affine_bwd_impl, affine_bwd_fake)
 
     def affine_setup(ctx, inputs, output):
-        x, r, t, clamp, reverse = inputs
+        x, r, t, clamp, reverse, sigmoid = inputs
         ctx.save_for_backward(x, r, t)
-        ctx.args = (clamp, reverse)
+        ctx.args = (clamp, reverse, sigmoid)
 
     def affine_grad(ctx, g, gl, _bwd=bwd):
         x, r, t = ctx.saved_tensors
-        clamp, reverse = ctx.args
-        dx, dr, dt = _bwd(x, r, t, g, gl, clamp, reverse)
-        # forward direction: d y / d t = 1, so the shift's gradient is grad_y itself
-        return dx, dr, (dt if reverse else g), None, None
+        clamp, reverse, sigmoid = ctx.args
+        dx, dr, dt = _bwd(x, r, t, g, gl, clamp, reverse, sigmoid)
+        # exp scale, forward direction: d y / d t = 1, so the shift's gradient is grad_y itself
+        return dx, dr, (dt if (reverse or sigmoid) else g), None, None, None
 
     fwd.register_autograd(affine_grad, setup_context=affine_setup)
 
@@ -380,20 +381,24 @@ def _coupling_args(name, x, others):
 
 
 def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.Tensor, *,
-                    reverse: bool = False, clamp: float | None = 2.0,
+                    reverse: bool = False, clamp: float | None = 2.0, scale: str = "exp",
                     backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine coupling (RealNVP/Glow) on the transformed half: s = clamp*tanh(raw/clamp),
-    y = x*exp(s) + shift, logdet = sum(s) per sample; ``reverse=True`` inverts
-    (x = (y - shift)*exp(-s), logdet = -sum(s)). One fused pass (clamp, exp, scale, shift and the
-    per-sample log-det) forward and backward. x, log_scale_raw, shift: [B, *], same shape."""
+    """Affine coupling (RealNVP/Glow) on the transformed half. ``scale="exp"`` (RealNVP):
+    s = clamp*tanh(raw/clamp), y = x*exp(s) + shift, logdet = sum(s) per sample; ``reverse=True``
+    inverts (x = (y - shift)*exp(-s), logdet = -sum(s)). ``scale="sigmoid"`` (Glow's code):
+    m = sigmoid(raw + 2), y = (x + shift)*m, logdet = sum(log m); reverse x = y/m - shift; ``clamp``
+    is not used (m is bounded in (0, 1)). One fused pass (scale, shift and the per-sample log-det)
+    forward and backward. x, log_scale_raw, shift: [B, *], same shape."""
     name = "affine_coupling"
     _coupling_args(name, x, (("log_scale_raw", log_scale_raw), ("shift", shift)))
-    c = chk.clamp_value(name, clamp)
+    if scale not in ("exp", "sigmoid"):
+        raise ValueError(f"{name}: scale must be 'exp' or 'sigmoid', got {scale!r}")
+    c = chk.clamp_value(name, clamp) if scale == "exp" else None
     rev = chk.flag(name, reverse, "reverse")
     b = _pick(name, x, backend)
     if b == "reference":
-        return ref.affine_coupling(x, log_scale_raw, shift, rev, c)
-    return _registry.get("affine_coupling_triton")(x, log_scale_raw, shift, c, rev)
+        return ref.affine_coupling(x, log_scale_raw, shift, rev, c, scale)
+    return _registry.get("affine_coupling_triton")(x, log_scale_raw, shift, c, rev, scale == "sigmoid")
 
 
 def additive_coupling(x: torch.Tensor, shift: torch.Tensor, *, reverse: bool = False,

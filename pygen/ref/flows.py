@@ -85,10 +85,23 @@ def soft_clamp(raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
     return clamp * torch.tanh(raw / clamp)
 
 
+GLOW_SCALE_SHIFT = 2.0    # Glow's coupling: scale = sigmoid(raw + 2)
+
+
 def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.Tensor,
-                    reverse: bool = False, clamp: float | None = 2.0):
-    """Affine coupling on the transformed half x_b: (y, logdet) with y = x*exp(s) + t,
-    logdet = sum(s) (reverse: x = (y - t)*exp(-s), logdet = -sum(s)); s = soft_clamp(raw)."""
+                    reverse: bool = False, clamp: float | None = 2.0, scale: str = "exp"):
+    """Affine coupling on the transformed half x_b, (y, logdet).
+    scale="exp" (RealNVP): y = x*exp(s) + t, logdet = sum(s), s = soft_clamp(raw); reverse
+    x = (y - t)*exp(-s), logdet = -sum(s).
+    scale="sigmoid" (Glow's code): m = sigmoid(raw + 2), y = (x + t)*m, logdet = sum(log m);
+    reverse x = y/m - t, logdet = -sum(log m); ``clamp`` does not apply (m is bounded)."""
+    if scale == "sigmoid":
+        z = log_scale_raw + GLOW_SCALE_SHIFT
+        ld = _flat(F.logsigmoid(z)).to(logdet_dtype(x)).sum(1)
+        m = torch.sigmoid(z)
+        if reverse:
+            return x / m - shift, -ld
+        return (x + shift) * m, ld
     s = soft_clamp(log_scale_raw, clamp)
     ld = _flat(s).to(logdet_dtype(x)).sum(1)
     if reverse:
