@@ -243,12 +243,12 @@ def test_masked_linear_bits_matches_reference(device, backend, gen):
     assert xb.dtype == torch.int32 and xb.shape == (2, m, 3)
     assert torch.equal(ref.unpack_bits(xb.cpu(), k), x)
     ind, outd = _degrees(k, 20, gen, "sorted").to(device), _degrees(n, 20, gen, "sorted").to(device)
-    for dt in (torch.float32, torch.bfloat16):
+    for dt, act in ((torch.float32, "tanh"), (torch.bfloat16, "tanh"), (torch.float32, "gelu")):
         w = (torch.randn(n, k, generator=gen) / 8).to(device=device, dtype=dt)
         b = torch.randn(n, generator=gen).to(device=device, dtype=dt)
         g = torch.randn(2, m, n, generator=gen).to(device=device, dtype=dt)
-        fn = lambda w_, b_: ops.masked_linear_bits(xb, k, w_, b_, ind, outd, True, "tanh", backend=backend)  # noqa: E731
-        fr = lambda w_, b_: ref.masked_linear(x.to(device=device, dtype=w_.dtype), w_, b_, ind, outd, True, "tanh")  # noqa: E731
+        fn = lambda w_, b_: ops.masked_linear_bits(xb, k, w_, b_, ind, outd, True, act, backend=backend)  # noqa: E731
+        fr = lambda w_, b_: ref.masked_linear(x.to(device=device, dtype=w_.dtype), w_, b_, ind, outd, True, act)  # noqa: E731
         ws, bs = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
         y = fn(ws, bs)
         grads = torch.autograd.grad(y, (ws, bs), g)
@@ -258,9 +258,9 @@ def test_masked_linear_bits_matches_reference(device, backend, gen):
         w2, b2 = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
         ysame = fr(w2, b2)
         gsame = torch.autograd.grad(ysame, (w2, b2), g)
-        assert_close_to_ref(y, y64, ysame, what=f"bits {dt} y")
+        assert_close_to_ref(y, y64, ysame, what=f"bits {dt} {act} y")
         for nm, a, r, sm in zip(("dW", "db"), grads, g64, gsame):
-            assert_close_to_ref(a, r, sm, atol=4 * ATOL[dt], what=f"bits {dt} {nm}")
+            assert_close_to_ref(a, r, sm, atol=4 * ATOL[dt], what=f"bits {dt} {act} {nm}")
 
 
 def _opcheck_args(name, dev):
@@ -272,7 +272,8 @@ def _opcheck_args(name, dev):
         if "backward" in name:
             gy = torch.randn(3, 5, generator=g).to(dev)
             return [(gy, torch.relu(torch.randn(3, 5, generator=g)).to(dev), xb, w, ind, outd, False, "relu", True, True)]
-        return [(xb, w.requires_grad_(), torch.randn(5, generator=g).to(dev).requires_grad_(), ind, outd, True, "elu")]
+        return [(xb, w.requires_grad_(), torch.randn(5, generator=g).to(dev).requires_grad_(), ind, outd, True, "elu"),
+                (xb, w.detach().requires_grad_(), None, ind, outd, False, "gelu")]
     if name.startswith("made_affine"):
         h = torch.randn(3, 6, generator=g).to(dev)
         w = torch.randn(8, 6, generator=g).to(dev)

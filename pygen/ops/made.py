@@ -196,27 +196,32 @@ def _register_bits() -> None:
     """masked_linear on bit-packed binary inputs: forward and (weight, bias) backward."""
     b = "triton"
 
-    def new_y(xb, weight):
-        return xb.new_empty((xb.shape[0], weight.shape[0]), dtype=weight.dtype)
+    def new_y(xb, weight, act):
+        # z (the pre-activation) is kept for gelu only, whose derivative needs it
+        shape = (xb.shape[0], weight.shape[0])
+        return (xb.new_empty(shape, dtype=weight.dtype),
+                xb.new_empty(shape if act == "gelu" else (0,), dtype=weight.dtype))
 
     def forward(x_bits, weight, bias, in_deg, out_deg, strict, act):
-        y = new_y(x_bits, weight)
+        y, z = new_y(x_bits, weight, act)
         m = x_bits.shape[0]
         n, k = weight.shape
         if m == 0 or n == 0:
-            return y
+            return y, z
         if k == 0:
             pre = (bias.float() if bias is not None else weight.new_zeros((n,), dtype=torch.float32)).expand(m, n)
-            return y.copy_(ref.apply_activation(pre, act))
+            if act == "gelu":
+                z.copy_(pre)
+            return y.copy_(ref.apply_activation(pre, act)), z
         kern = _kernels()
         cfg = kern.config("fwd", weight.dtype)
         t, j = kern.plan_shape("fwd", n, k, cfg)
         plan = torch.empty((t, j), dtype=torch.int32, device=weight.device)
         counts = torch.empty((t, 2), dtype=torch.int32, device=weight.device)
         kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
-        kern.masked_linear_fwd(x_bits, weight, bias, in_deg, out_deg, plan, counts, y, None, strict, act, cfg,
-                               x_bits=True)
-        return y
+        kern.masked_linear_fwd(x_bits, weight, bias, in_deg, out_deg, plan, counts, y,
+                               z if act == "gelu" else None, strict, act, cfg, x_bits=True)
+        return y, z
 
     def backward(grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b):
         n, k = weight.shape
@@ -239,8 +244,8 @@ def _register_bits() -> None:
     fwd = _registry.define(
         f"masked_linear_bits_{b}",
         "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
-        "str activation) -> Tensor",
-        _on_device(forward), lambda x_bits, weight, *a: new_y(x_bits, weight))
+        "str activation) -> (Tensor, Tensor)",
+        _on_device(forward), lambda x_bits, weight, bias, i, o, strict, act: new_y(x_bits, weight, act))
     bwd = _registry.define(
         f"masked_linear_bits_backward_{b}",
         "(Tensor grad, Tensor saved, Tensor x_bits, Tensor weight, Tensor in_degrees, Tensor out_degrees, "
@@ -251,17 +256,15 @@ def _register_bits() -> None:
 
     def setup(ctx, inputs, output):
         x_bits, weight, bias, in_deg, out_deg, strict, act = inputs
-        ctx.save_for_backward(x_bits, weight, in_deg, out_deg, output)
+        y, z = output
+        ctx.save_for_backward(x_bits, weight, in_deg, out_deg, z if act == "gelu" else y)
         ctx.args = (strict, act, bias is not None)
 
-    def grad_fn(ctx, gy, _bwd=bwd):
-        x_bits, weight, in_deg, out_deg, y = ctx.saved_tensors
+    def grad_fn(ctx, gy, _gz, _bwd=bwd):
+        x_bits, weight, in_deg, out_deg, saved = ctx.saved_tensors
         strict, act, has_bias = ctx.args
         need_w, need_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-        if act == "gelu":
-            raise NotImplementedError("masked_linear_bits: gelu has no backward on packed inputs (it needs the "
-                                      "pre-activation); use relu, elu, tanh or none")
-        dw, db = _bwd(gy, y, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
+        dw, db = _bwd(gy, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
         return None, dw if need_w else None, db if need_b else None, None, None, None, None
 
     fwd.register_autograd(grad_fn, setup_context=setup)
@@ -282,7 +285,7 @@ def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor
     """masked_linear of binary inputs given bit-packed (``pack_bits``): x_bits [..., ceil(features/32)]
     int32, weight [O, features]; act(sum of the weight columns of the set bits + b), [..., O] in the
     weight's dtype. The kernel unpacks the bits into the MMA operand in registers (1/16 of the
-    bytes of bf16 inputs). Differentiable in weight and bias (not gelu)."""
+    bytes of bf16 inputs). Differentiable in weight and bias."""
     name = "masked_linear_bits"
     chk.tensor(name, x_bits, "x_bits")
     chk.tensor(name, weight, "weight")
@@ -307,7 +310,7 @@ def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor
         return ref.masked_linear_bits(x_bits, features, weight, bias, i, o, strict, act)
     lead = x_bits.shape[:-1]
     y = _registry.get(f"masked_linear_bits_{b}")(x_bits.reshape(math.prod(lead), x_bits.shape[-1]), weight, bias,
-                                                 i, o, strict, act)
+                                                 i, o, strict, act)[0]
     return y.reshape(*lead, weight.shape[0])
 
 
