@@ -278,10 +278,7 @@ def test_incremental_sampling_equals_d_passes(cfg, kind, gen, monkeypatch):
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got, want)
-    if m.sampling_network(c) is None:
-        assert cfg.get("use_batch_norm") and cfg["use_residual_blocks"]      # the documented fallback
-        assert not rows
-        return
+    assert m.sampling_network(c) is not None      # every configuration samples incrementally
     # every weight the sampler multiplies is the row slice of one (permuted) layer: each row of
     # every layer, hidden units and outputs alike, goes through masked_linear exactly once
     layers = len(m.sampling_network(c)[0])
@@ -304,6 +301,16 @@ def test_made_sample_checks_degrees(gen):
         ops.made_sample(w, b, good, noise, kind="poisson")
     with pytest.raises(TypeError, match="noise must be"):
         ops.made_sample(w, b, good, noise.float())
+    with pytest.raises(ValueError, match="only applies to residual networks"):
+        ops.made_sample(w, b, good, noise, pre_activation=[None])
+    wr = [torch.randn(4, 3, dtype=F64), torch.randn(4, 4, dtype=F64), torch.randn(4, 4, dtype=F64),
+          torch.randn(3, 4, dtype=F64)]
+    dr = [good[0], good[1], good[1], good[1], good[2]]
+    ops.made_sample(wr, [None] * 4, dr, noise, residual=True, pre_activation=[(torch.ones(4, dtype=F64),
+                                                                              torch.zeros(4, dtype=F64))])
+    with pytest.raises(ValueError, match=r"pre_activation\[0\] scale must be \[4\]"):
+        ops.made_sample(wr, [None] * 4, dr, noise, residual=True,
+                        pre_activation=[(torch.ones(3, dtype=F64), torch.zeros(4, dtype=F64))])
 
 
 def test_binary_made_sampling_distribution():

@@ -270,10 +270,10 @@ class MADE(nn.Module):
         return a, bn.bias - bn.running_mean * a
 
     def sampling_network(self, context=None):
-        """(weights, biases, degrees, context_terms, residual) for pygen.ops.made_sample with
-        eval-mode semantics, or None when the incremental sampler cannot run this network."""
-        if self.use_residual_blocks and self.use_batch_norm:
-            return None
+        """(weights, biases, degrees, context_terms, residual, pre_activation) for
+        pygen.ops.made_sample with eval-mode semantics (batch norm folded: into the next linear
+        layer where it precedes one, into ``pre_activation`` where it precedes a residual block's
+        activation), or None when the incremental sampler cannot run this network."""
         if activation_name(self.activation) is None:
             return None
         layers, _ = self._hidden_layers()
@@ -300,7 +300,21 @@ class MADE(nn.Module):
                 wm = w * ref.autoregressive_mask(degrees[k + 1], degrees[k + 2]).to(w.dtype)
                 biases[k + 1] = (biases[k + 1] if biases[k + 1] is not None else 0) + wm @ c
                 weights[k + 1] = w * a[None, :]
-        return weights, biases, degrees, ctx, self.use_residual_blocks
+        pre_act = None
+        if self.use_residual_blocks and self.use_batch_norm:
+            # block: s + W_b act(bn_1(W_a act(bn_0(s)) + b_a + ctx)) + b_b. bn_1 folds into W_a's
+            # rows (and its bias and context term); bn_0 sits between the residual stream and the
+            # activation, so it becomes the sampler's per-unit affine before that activation.
+            pre_act = []
+            for k, blk in enumerate(self.blocks):
+                pre_act.append(self._bn_affine(blk.batch_norm_layers[0]))
+                a1, c1 = self._bn_affine(blk.batch_norm_layers[1])
+                i = 1 + 2 * k
+                weights[i] = weights[i] * a1[:, None]
+                biases[i] = (biases[i] * a1 if biases[i] is not None else 0) + c1
+                if ctx[i] is not None:
+                    ctx[i] = ctx[i] * a1
+        return weights, biases, degrees, ctx, self.use_residual_blocks, pre_act
 
     def sample_with_noise(self, noise: torch.Tensor, kind: str, context=None, return_params: bool = False):
         """Autoregressive samples for per-dimension ``noise`` [B, D] (pygen.ref.made.STEPS[kind]).
@@ -310,9 +324,9 @@ class MADE(nn.Module):
         name = activation_name(self.activation)
         backend = self.initial_layer.backend
         if net is not None:
-            weights, biases, degrees, ctx, residual = net
+            weights, biases, degrees, ctx, residual, pre_act = net
             return ops.made_sample(weights, biases, degrees, noise, kind=kind, activation=name,
-                                   context_terms=ctx, residual=residual, backend=backend,
+                                   context_terms=ctx, residual=residual, pre_activation=pre_act, backend=backend,
                                    return_params=return_params)
         was = self.training
         self.eval()

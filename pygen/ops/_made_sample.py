@@ -24,9 +24,11 @@ Networks
 feedforward (residual=False): h_1 = act(W_0 x + b_0 + c_0), h_{l+1} = act(W_l h_l + b_l + c_l),
     params = W_{L-1} h_{L-1} + b_{L-1} (strict mask). ``context_terms[l]`` (optional, [B, H_{l+1}])
     is the conditioning term of hidden layer l+1 (e.g. nflows' context_layer(context)).
-residual (nflows' MaskedResidualBlock without batch norm): weights = [W_init, W_a1, W_b1, ...,
-    W_final]; s = W_init x + b + c_0; each block s <- s + W_b act(W_a act(s) + b_a + c_a) + b_b;
-    params = W_final s + b (strict). All hidden layers share one degree vector.
+residual (nflows' MaskedResidualBlock): weights = [W_init, W_a1, W_b1, ..., W_final];
+    s = W_init x + b + c_0; each block s <- s + W_b act(W_a act(A s + C) + b_a + c_a) + b_b;
+    params = W_final s + b (strict). All hidden layers share one degree vector. (A, C) is the
+    block's ``pre_activation`` entry (eval-mode batch norm of the residual stream; identity when
+    None); a batch norm after W_a is folded into W_a's rows by the caller.
 params of input j are rows j*m ... j*m + m - 1 (m = output_multiplier), nflows' layout.
 """
 from __future__ import annotations
@@ -73,7 +75,8 @@ def _steps(n_weights: int, residual: bool):
 
 def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "bernoulli",
                 activation: str | None = "relu", context_terms=None, residual: bool = False,
-                backend: str | None = None, return_params: bool = False, persistent: bool | None = None):
+                backend: str | None = None, return_params: bool = False, persistent: bool | None = None,
+                pre_activation=None):
     """Samples [B, D] from a MADE given per-dimension ``noise`` [B, D] (uniform for
     ``kind="bernoulli"``, standard normal for ``"gaussian"`` (x = mu + exp(alpha) e) and for
     ``"affine"`` (nflows' MAF inverse, x = (z - shift) / scale)); the math of each step is
@@ -109,6 +112,21 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
         raise ValueError(f"{name}: kind={kind!r} reads two params per input (output_multiplier >= 2), "
                          f"but the output layer has {n_out} units for D = {d}")
     steps, n_bufs = _steps(len(weights), residual)
+    if pre_activation is not None:
+        n_blocks = (len(weights) - 2) // 2 if residual else 0
+        if not residual or not isinstance(pre_activation, (list, tuple)) or len(pre_activation) != n_blocks:
+            raise ValueError(f"{name}: pre_activation must be a list of one (scale, shift) pair or None per "
+                             f"residual block ({n_blocks} here) and only applies to residual networks")
+        for k, pa in enumerate(pre_activation):
+            if pa is None:
+                continue
+            if not isinstance(pa, (list, tuple)) or len(pa) != 2:
+                raise ValueError(f"{name}: pre_activation[{k}] must be a (scale, shift) pair, got {type(pa).__name__}")
+            for t_, what in zip(pa, ("scale", "shift")):
+                chk.tensor(name, t_, f"pre_activation[{k}] {what}")
+                if tuple(t_.shape) != (weights[0].shape[0],) or t_.dtype != dtype or t_.device != device:
+                    raise ValueError(f"{name}: pre_activation[{k}] {what} must be [{weights[0].shape[0]}] {dtype} "
+                                     f"on {device}, got {list(t_.shape)} {t_.dtype} on {t_.device}")
     if context_terms is not None:
         if not isinstance(context_terms, (list, tuple)) or len(context_terms) != len(weights):
             raise ValueError(f"{name}: context_terms must be a list with one entry (tensor or None) per weight")
@@ -168,6 +186,13 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
         B.append(b)
         C.append(c)
     dev_deg = [bd.to(device) for bd in buf_deg]
+    pre_act = {}
+    if pre_activation is not None:
+        act_dsts = [st[2] for st in steps if st[0] == "act"]          # one per residual block, in order
+        for k, pa in enumerate(pre_activation):
+            if pa is not None:
+                p = dev_perm[act_dsts[k]]
+                pre_act[act_dsts[k]] = (pa[0][p], pa[1][p])
     deg_lists = [bd.tolist() for bd in buf_deg]
     mode = _ops._pick(name, noise, backend)
     if mode == "reference":               # mask every weight once; each step is then a plain F.linear
@@ -177,7 +202,8 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
 
     noise_sorted = noise[:, dev_perm[0]]
     differentiable = torch.is_grad_enabled() and (noise.requires_grad or any(
-        t is not None and t.requires_grad for t in list(W) + list(B) + list(C)))
+        t is not None and t.requires_grad for t in list(W) + list(B) + list(C) +
+        [v for pa in pre_act.values() for v in pa]))
     why_not = ("the reference backend runs the step loop" if mode == "reference" else
                "residual networks use the step loop" if residual else
                "sampling recorded by autograd uses the step loop" if differentiable else
@@ -211,7 +237,11 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             if e <= c0:
                 continue
             if st[0] == "act":
-                bufs[dst][:, c0:e] = ref.apply_activation(read(bufs[st[1]][:, c0:e]), act)
+                v = read(bufs[st[1]][:, c0:e])
+                pa = pre_act.get(dst)
+                if pa is not None:
+                    v = v * pa[0][c0:e] + pa[1][c0:e]
+                bufs[dst][:, c0:e] = ref.apply_activation(v, act)
             else:
                 _, l, src, _, use_act, res = st
                 p = bisect.bisect_right(deg_lists[src], t)
