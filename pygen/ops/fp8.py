@@ -20,7 +20,8 @@ is padded up to the next multiple with rows whose ``m_indices`` entry is -1. Eve
 therefore belongs to exactly one expert (or is all padding), which the kernel reads from the
 tile's first ``m_indices`` entry. ``pygen.ref.fp8.grouped_layout(sizes)`` builds m_indices and
 the segment starts from per-expert row counts. Padding rows of the output are 0; an index
-outside [0, E) is treated as padding (never read out of bounds).
+outside [0, E) is treated as padding (never read out of bounds), and a row whose index differs
+from its tile's first index (a broken contract) is 0 too.
 
 No op here is differentiable by itself (fp8 inputs); pygen.nn.fp8.FP8Linear composes them into
 a differentiable linear layer.
@@ -72,8 +73,6 @@ def _gemm_out(a, b, out_dtype):
 def _run_gemm(a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
     k = _kernels()
     m, n = a.shape[0], b.shape[-2]
-    cfg = k.gemm_config(m, n, a.shape[1], b_block=b_block, grouped=grouped_idx is not None,
-                        device=a.device)
     out = a.new_empty((m, n), dtype=out_dtype)
     if m == 0 or n == 0:
         return out
@@ -82,6 +81,8 @@ def _run_gemm(a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
         if bias is not None:
             out += bias.to(out_dtype)
         return out
+    cfg = k.gemm_config(m, n, a.shape[1], b_block=b_block, grouped=grouped_idx is not None,
+                        device=a.device)
     # split-K programs add float32 partial sums with atomics: they need a zeroed fp32 target
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.float32, device=a.device)
     if grouped_idx is None:
@@ -268,10 +269,13 @@ def _grouped_reference(a, sa, b, sb, m_indices, out_dtype):
     """The float32 recipe per 128-row tile (each tile one expert; invalid ids give zeros)."""
     m, n = a.shape[0], b.shape[1]
     out = torch.zeros((m, n), dtype=out_dtype, device=a.device)
-    tiles = m_indices.view(-1, GROUPED_M_ALIGN)[:, 0].tolist() if m else []
+    tile_g = m_indices.view(-1, GROUPED_M_ALIGN)[:, :1]
+    tiles = tile_g.flatten().tolist() if m else []
     for t, g in enumerate(tiles):
         if 0 <= g < b.shape[0]:
             rows = slice(t * GROUPED_M_ALIGN, (t + 1) * GROUPED_M_ALIGN)
             out[rows] = ref.fp8_gemm_recipe(a[rows], sa[rows], b[g], sb[g], None, ref.BLOCK, out_dtype)
-    pad = (m_indices < 0) | (m_indices >= b.shape[0])
-    return out.masked_fill(pad[:, None], 0)
+    # padding rows, invalid ids and rows that break the one-expert-per-tile contract are 0 (as in
+    # the kernel)
+    keep = (m_indices.view(-1, GROUPED_M_ALIGN) == tile_g).flatten() & (m_indices >= 0) & (m_indices < b.shape[0])
+    return out.masked_fill(~keep[:, None], 0)
