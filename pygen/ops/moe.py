@@ -81,8 +81,9 @@ def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_TRITON_REF
 # ==============================================================================================
 def _new_route(logits: torch.Tensor, top_k: int):
     t = logits.shape[0]
-    return (torch.empty((t, top_k), dtype=torch.int32, device=logits.device),
-            torch.empty((t, top_k), dtype=torch.float32, device=logits.device))
+    # (weights, ids): the float output first (opcheck's aot test sums outputs into the first one's dtype)
+    return (torch.empty((t, top_k), dtype=torch.float32, device=logits.device),
+            torch.empty((t, top_k), dtype=torch.int32, device=logits.device))
 
 
 def _route_grad(logits, ids, grad_w, scoring, norm, scale):
@@ -107,10 +108,10 @@ def _route_grad(logits, ids, grad_w, scoring, norm, scale):
 
 def _register_route() -> None:
     def impl(logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
-        ids, w = _new_route(logits, top_k)
+        w, ids = _new_route(logits, top_k)
         if logits.shape[0]:
             _kernels().route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
-        return ids, w
+        return w, ids
 
     op = _registry.define(
         "moe_route_triton",
@@ -120,11 +121,11 @@ def _register_route() -> None:
 
     def setup(ctx, inputs, output):
         logits, _bias, _k, scoring, _g, _tg, norm, scale = inputs
-        ctx.mark_non_differentiable(output[0])
-        ctx.save_for_backward(logits, output[0])
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(logits, output[1])
         ctx.args = (scoring, norm, scale)
 
-    def backward(ctx, _gids, gw):
+    def backward(ctx, gw, _gids):
         logits, ids = ctx.saved_tensors
         scoring, norm, scale = ctx.args
         return _route_grad(logits, ids, gw, scoring, norm, scale), None, None, None, None, None, None, None
@@ -148,9 +149,9 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoi
         return ref.moe_route(router_logits, top_k, scoring=scoring, e_score_correction_bias=e_score_correction_bias,
                              n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
                              routed_scaling_factor=scale)
-    bias = e_score_correction_bias
-    return _registry.get("moe_route_triton")(router_logits, bias, top_k, scoring, n_group, topk_group,
-                                              norm_topk_prob, scale)
+    w, ids = _registry.get("moe_route_triton")(router_logits, e_score_correction_bias, top_k, scoring, n_group,
+                                                topk_group, norm_topk_prob, scale)
+    return ids, w
 
 
 # ==============================================================================================
