@@ -110,9 +110,13 @@ def _mla_decode_fwd_kernel(
         rope = tl.load(rope_ptr + (page * stride_rb + slot * stride_rt + ROPE_OFF)[:, None] + r[None, :],
                        mask=t_ok[:, None] & (r[None, :] < DR), other=0.0)
         if FP8:
-            sc = tl.load(sc_ptr + (page * stride_sb + slot * stride_st + SC_OFF)[:, None] + (d // 128)[None, :],
+            # 4 scales per token, broadcast over their 128-wide groups (a [BLOCK_N, 512] gather of the
+            # scales would cost a full fp32 tile of registers)
+            g = tl.arange(0, DV // 128)
+            sc = tl.load(sc_ptr + (page * stride_sb + slot * stride_st + SC_OFF)[:, None] + g[None, :],
                          mask=t_ok[:, None], other=0.0)
-            lat = (lat.to(tl.float32) * sc).to(q_lat.dtype)
+            lat = tl.reshape(lat.to(tl.float32), (BLOCK_N, DV // 128, 128)) * sc[:, :, None]
+            lat = tl.reshape(lat, (BLOCK_N, DV)).to(q_lat.dtype)
             rope = rope.to(q_lat.dtype)
         elif UPCAST:
             lat = lat.to(tl.float32)

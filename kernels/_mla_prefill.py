@@ -59,7 +59,7 @@ def _mla_prefill_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    mb = tl.program_id(0)
+    mb = tl.num_programs(0) - 1 - tl.program_id(0)   # causal: the longest rows first
     bi = tl.program_id(1)
     h = tl.program_id(2)
     q0 = tl.load(cu_q_ptr + bi)
@@ -224,7 +224,7 @@ def _mla_prefill_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    mb = tl.program_id(0)
+    mb = tl.num_programs(0) - 1 - tl.program_id(0)   # causal: the longest rows first
     bi = tl.program_id(1)
     h = tl.program_id(2)
     q0 = tl.load(cu_q_ptr + bi)

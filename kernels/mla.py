@@ -55,17 +55,22 @@ class DecodeConfig:
     num_stages: int
 
 
-def decode_config(rows: int, interpreting: bool | None = None) -> DecodeConfig:
-    """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence. On the GPU the
-    [BLOCK_M, 512] fp32 accumulator is the register budget: 64 rows x 512 over 8 warps is 128
-    registers a thread; 16/32 rows (h_q 16/32, memory-bound) take 4 warps and 64-token tiles."""
+def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None) -> DecodeConfig:
+    """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence.
+
+    GPU choices come from the offline sm_90 compile (registers / spills, docs/mla.md), not from
+    timings (no GPU measured yet): 64+ rows take BLOCK_M 64 (wgmma, 8 warps, 16-token tiles, two
+    stages: no spills for bf16 and FP8); fewer rows (h_q 16/32, memory-bound) use mma.sync tiles
+    of 16 or 32 rows with 8 warps, and the FP8 path 16 rows x 32 tokens (32-row FP8 tiles spill)."""
     interp = _interpreting() if interpreting is None else interpreting
     bm = min(64, max(16, _pow2(rows)))
     if interp:
         return DecodeConfig(bm, 64, 4, 1)
     if bm >= 64:
-        return DecodeConfig(64, 32, 8, 2)
-    return DecodeConfig(bm, 64, 4, 2)
+        return DecodeConfig(64, 16, 8, 2)
+    if fp8:
+        return DecodeConfig(16, 32, 8, 2)
+    return DecodeConfig(bm, 64 if bm == 16 else 32, 8, 2)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -79,7 +84,7 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
     rows = s_q * h_q
     page = kv_cache.shape[1]
     fp8 = kv_cache.dtype == torch.uint8
-    cfg = decode_config(rows)
+    cfg = decode_config(rows, fp8)
     if fp8:
         flat = kv_cache.view(kv_cache.shape[0], page, -1)   # [nb, page, 656] bytes
         lat = flat.view(torch.float8_e4m3fn)
@@ -143,9 +148,10 @@ def prefill_config(pass_: str, interpreting: bool | None = None) -> PrefillConfi
     interp = _interpreting() if interpreting is None else interpreting
     if interp:
         return PrefillConfig(32, 32, 4, 1)
+    # offline sm_90 compile (no GPU timing yet): all wgmma, no spills at qk 192 / v 128 in bf16
     if pass_ == "fwd":
-        return PrefillConfig(128, 64, 8, 2)
-    return PrefillConfig(64, 64, 8, 1)
+        return PrefillConfig(128, 64, 8, 3)
+    return PrefillConfig(64, 64, 8, 2)
 
 
 def _split_qk(d: int) -> tuple[int, int]:
