@@ -13,7 +13,10 @@ q [M, K] e4m3 and s through their strides -- so one kernel writes row-major scal
 column-major (1, round_up(M, 4)) layout of torch._scaled_mm's BlockWise1x128, or the padded
 [ceil(N/128), round_up(K/128, 4)] weight-scale rows. ``precast`` (same strides as q, float32)
 optionally receives the clamped x / s values (WRITE_PRECAST): the interpreter's fp32->fp8 cast
-is wrong (docs/fp8.md lists what it does), so CPU tests check the arithmetic through it.
+is wrong (docs/fp8.md lists what it does), so CPU tests check the arithmetic through it. Under
+the interpreter the launcher also sets ROUND_IN_FP32, which rounds onto the e4m3 grid in float32
+first (the interpreter casts exactly representable values exactly), so CPU results equal torch's
+cast; on a GPU the cast itself (cvt.rn.satfinite.e4m3x2.f32) rounds and the flag is off.
 
 Grids: 1x128: (cdiv(M, BLOCK_R), K/128), a program quantises BLOCK_R row tiles of one K block
 (BLOCK_R x 128 values: 16 KB of fp32 in flight, coalesced 128-wide rows). 128x128: one program
@@ -44,6 +47,22 @@ def _scale_from_amax(amax, has_nan, UE8M0: tl.constexpr):
 
 
 @triton.jit
+def _round_e4m3_in_fp32(q):
+    """RNE of |q| <= 448 onto the e4m3 grid, in float32 (only under the interpreter, whose own
+    fp32 -> fp8 cast misrounds but converts every exactly representable value exactly).
+    Normals: round the 23-bit mantissa to 3 bits on the bit pattern (a carry moves into the
+    exponent, as it should); subnormals (|q| < 2^-6): the spacing is 2^-9, and adding then
+    subtracting 1.5 * 2^14 (whose float32 ulp is 2^-9) rounds to it, ties to even."""
+    bits = q.to(tl.int32, bitcast=True)
+    lsb = (bits >> 20) & 1
+    normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)
+    sub = (tl.abs(q) + 24576.0) - 24576.0
+    sub = (sub.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)  # keep -0
+    r = tl.where(tl.abs(q) < 0.015625, sub, normal)
+    return tl.where(q != q, q, r)
+
+
+@triton.jit
 def _quantize_1x128_fwd_kernel(
     x_ptr,                    # [M, K] input
     q_ptr,                    # [M, K] e4m3 output
@@ -51,6 +70,7 @@ def _quantize_1x128_fwd_kernel(
     pre_ptr,                  # [M, K] float32 pre-cast values (WRITE_PRECAST) or q again
     M, stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sk,
     UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr, BLOCK_R: tl.constexpr,
+    ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
     pid_r = tl.program_id(0)
     kb = tl.program_id(1)
@@ -65,7 +85,8 @@ def _quantize_1x128_fwd_kernel(
     s = _scale_from_amax(amax, has_nan, UE8M0)
     q = tl.clamp(tl.math.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
     q_off = rows64[:, None] * stride_qm + cols[None, :] * stride_qk
-    tl.store(q_ptr + q_off, q.to(tl.float8e4nv), mask=r_ok[:, None])
+    q8 = _round_e4m3_in_fp32(q) if ROUND_IN_FP32 else q
+    tl.store(q_ptr + q_off, q8.to(tl.float8e4nv), mask=r_ok[:, None])
     if WRITE_PRECAST:
         tl.store(pre_ptr + q_off, q, mask=r_ok[:, None])
     tl.store(s_ptr + rows64 * stride_sm + kb * stride_sk, s, mask=r_ok)
@@ -79,6 +100,7 @@ def _quantize_128x128_fwd_kernel(
     pre_ptr,                  # [N, K] float32 pre-cast values (WRITE_PRECAST) or q again
     N, stride_wn, stride_wk, stride_qn, stride_qk, stride_sn, stride_sk,
     UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr,
+    ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
     nb = tl.program_id(0)
     kb = tl.program_id(1)
@@ -93,7 +115,8 @@ def _quantize_128x128_fwd_kernel(
     s = _scale_from_amax(amax, has_nan, UE8M0)
     q = tl.clamp(tl.math.div_rn(w, s), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
     q_off = rows64[:, None] * stride_qn + cols[None, :] * stride_qk
-    tl.store(q_ptr + q_off, q.to(tl.float8e4nv), mask=r_ok[:, None])
+    q8 = _round_e4m3_in_fp32(q) if ROUND_IN_FP32 else q
+    tl.store(q_ptr + q_off, q8.to(tl.float8e4nv), mask=r_ok[:, None])
     if WRITE_PRECAST:
         tl.store(pre_ptr + q_off, q, mask=r_ok[:, None])
     tl.store(s_ptr + nb * stride_sn + kb * stride_sk, s)
@@ -112,7 +135,8 @@ def quant_compile_specs() -> list[dict]:
         for ue8m0, layout in ((False, "row"), (True, "row"), (False, "col")):
             if layout == "col" and rows_arg == "N":
                 continue
-            consts = {f"stride_{pre}k": 1, "stride_qk": 1, "UE8M0": ue8m0, "WRITE_PRECAST": False, **extra}
+            consts = {f"stride_{pre}k": 1, "stride_qk": 1, "UE8M0": ue8m0, "WRITE_PRECAST": False,
+                      "ROUND_IN_FP32": False, **extra}
             sig_i = dict(sig)
             if layout == "col":          # torch._scaled_mm's outer-dim-major scales
                 consts["stride_sm"] = 1

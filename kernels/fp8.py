@@ -134,7 +134,8 @@ def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
         _quantize_1x128_fwd_kernel[grid](
             x, q, s, precast if precast is not None else q,
             m, x.stride(0), x.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
-            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, BLOCK_R=rows, num_warps=4)
+            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, BLOCK_R=rows,
+            ROUND_IN_FP32=not x.is_cuda, num_warps=4)
 
 
 def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
@@ -144,7 +145,7 @@ def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
         _quantize_128x128_fwd_kernel[grid](
             w, q, s, precast if precast is not None else q,
             n, w.stride(0), w.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
-            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, num_warps=8)
+            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, ROUND_IN_FP32=not w.is_cuda, num_warps=8)
 
 
 # ----------------------------------------------------------------------------------------------
