@@ -256,3 +256,21 @@ def tflops(row: dict) -> float | None:
     elif row.get("mode") == "fwd+bwd" and "gflop_bwd" in row["shape"]:
         g = row["shape"]["gflop"] + row["shape"]["gflop_bwd"]
     return g / row["median_ms"] if g else None
+
+
+def floors(peak_tbps: float = 4.8, peak_tflops: float = 989.0) -> list[dict]:
+    """Memory and compute floors (µs) of every default case at bf16 (docs/mla_module.md's table):
+    ``python -c "from pygen.bench import mla; [print(r) for r in mla.floors()]"``."""
+    out = []
+    for c in cases(quick=False, device="cpu"):
+        s = c.shape
+        if c.op == "mla_decode":
+            lens = context_lengths(s["batch"], *DEFAULT["ctx"], 1000 * s["batch"] + 10 * s["h_q"] + s["s_q"])
+            mb = max((n + DEFAULT["page"] - 1) // DEFAULT["page"] for n in lens) + 1
+            nbytes = decode_bytes(lens, s["s_q"], s["h_q"], 2, s["cache"] == "fp8", mb)
+        else:
+            nbytes = prefill_bytes(s["seqs"] * s["tokens_per_seq"], s["heads"], 2, "fwd")
+        out.append({"op": c.op, "label": c.label, "MB": nbytes / 1e6, "GFLOP": s["gflop"],
+                    "memory_us": nbytes / (peak_tbps * 1e12) * 1e6,
+                    "compute_us": s["gflop"] * 1e9 / (peak_tflops * 1e12) * 1e6})
+    return out
