@@ -30,6 +30,8 @@ compile(reference)  torch.compile of the reference
 transformers:eager        DeepseekV3Experts' own loop (fused_moe) / DeepseekV3MoE eager (layer)
 transformers:grouped_mm   transformers.integrations.moe.grouped_mm_experts_forward (torch._grouped_mm
                           or its fallback), transformers' default experts implementation
+torch.topk (transformers' math)  moe_route only: transformers' DeepseekV3TopkRouter sequence of
+                          torch.topk calls on the logits (pygen.ref.moe_route(tie_break="torch"))
 vllm:fused_experts / vllm:grouped_topk   when vLLM is importable (skipped with the reason otherwise)
 
 Outputs compared: routing rows are sorted by expert id before comparison (the set of experts and
@@ -205,13 +207,25 @@ def _route_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
         args = (lambda I: (I.logits, I.bias))
         out.append(Case(FAMILY, "moe_route", f"{tag}-t{t}", shape, make, run_route, (ref_route, args),
                         nbytes_route, "fwd 4TE + 4E + 8Tk; bwd 8Tk + 8TE",
-                        baselines={"vllm:grouped_topk": _vllm_grouped_topk(s)},
+                        baselines={"torch.topk (transformers' math)": _topk_route(s),
+                                   "vllm:grouped_topk": _vllm_grouped_topk(s)},
                         backends=_backends("moe_route", device)))
         out.append(Case(FAMILY, "moe_route+align", f"{tag}-t{t}", shape,
                         (lambda d, dt, make=make: make(d, dt, align=True)), run_align, (ref_align, args),
                         nbytes_align, "route + 4Tk + 4P + 4ceil(P/B) + 4 (P = Tk + E(B-1), B = 64)",
                         backends=_backends("moe_align", device)))
     return out
+
+
+def _topk_route(s: MoEShape):
+    """transformers' DeepseekV3TopkRouter sequence of torch.topk calls on the logits (pygen.ref's
+    tie_break="torch" path; the router's own forward would add the [T, H] x [H, E] GEMM)."""
+    def factory():
+        def run(I):
+            return _by_expert(*ref.moe_route(I.logits, s.top_k, e_score_correction_bias=I.bias,
+                                             tie_break="torch", **_route_kw(s))).flatten()
+        return run
+    return factory
 
 
 def _vllm_grouped_topk(s: MoEShape):

@@ -1,6 +1,6 @@
 """Expert parallelism of pygen.nn.MoE: 2 and 4 gloo processes on CPU must give the single-process
-layer's output, input gradient, expert gradients (each rank's slice) and, after summing over ranks
-(what DDP does), the replicated gate / shared-expert gradients; the balancing counters summed over
+layer's output, input gradient, expert gradients (each rank's slice) and, after
+MoE.all_reduce_replicated_grads (a sum over ranks), the replicated gate / shared-expert gradients; the balancing counters summed over
 ranks must equal the single-process ones.
 
 Scenarios (one spawn per world size, tiny float64 layers):
@@ -81,14 +81,12 @@ def _run_scenario(name: str, rank: int, world: int, group) -> list[str]:
     e_lo, e_hi = ep.experts.expert_offset, ep.experts.expert_offset + ep.experts.num_experts
     check("d gate_up_proj", ep.experts.gate_up_proj.grad, full.experts.gate_up_proj.grad[e_lo:e_hi])
     check("d down_proj", ep.experts.down_proj.grad, full.experts.down_proj.grad[e_lo:e_hi])
-    replicated = [("gate.weight", ep.gate.weight, full.gate.weight)]
-    if ep.shared_experts is not None:
-        replicated += [(f"shared_experts.{n}", p, dict(full.named_parameters())[f"shared_experts.{n}"])
-                       for n, p in ep.shared_experts.named_parameters()]
-    for what, p, p_full in replicated:
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        dist.all_reduce(grad, group=group)           # the data-parallel sum
-        check(f"d {what} (summed over ranks)", grad, p_full.grad)
+    ep.all_reduce_replicated_grads()                 # gate and shared experts: sum over ranks
+    full_params = dict(full.named_parameters())
+    names = [n for n, _ in ep.named_parameters() if not n.startswith("experts.")]
+    assert [p for n, p in ep.named_parameters() if n in names] == ep.replicated_parameters()
+    for n in names:
+        check(f"d {n} (summed over ranks)", dict(ep.named_parameters())[n].grad, full_params[n].grad)
     # balancing: global counts and the same bias step on every rank
     load = ep.update_bias(0.01)
     full_load = full.update_bias(0.01)

@@ -387,6 +387,32 @@ class MoE(nn.Module):
             y = y + self.shared_experts(hidden_states)
         return y
 
+    # -- expert parallelism helpers -----------------------------------------------------------
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """This rank's routed-expert parameters (sharded under expert parallelism)."""
+        return list(self.experts.parameters())
+
+    def replicated_parameters(self) -> list[nn.Parameter]:
+        """The gate's and shared experts' parameters (the same on every expert-parallel rank)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("experts.")]
+
+    @torch.no_grad()
+    def all_reduce_replicated_grads(self, group=None) -> None:
+        """Sum the replicated parameters' gradients over ``group`` (default: the EP group), so
+        that with expert parallelism every rank holds the gradient of the sum of all ranks'
+        losses, as the expert gradients already are (they collect every rank's tokens). Divide
+        by the group size yourself for a mean. A missing gradient counts as zero (every rank
+        must join every all_reduce). Do not wrap the layer in DDP over the EP group instead:
+        DDP would also average the expert gradients, which differ per rank."""
+        group = self.ep_group if group is None else group
+        if group is None:
+            return
+        import torch.distributed as dist
+        for p in self.replicated_parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, group=group)
+
     # -- load balancing ------------------------------------------------------------------------
     @torch.no_grad()
     def update_bias(self, gamma: float = 1e-3, *, load: torch.Tensor | None = None, group=None,
