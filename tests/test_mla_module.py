@@ -176,10 +176,11 @@ def test_absorption_identities():
         absorb.split_kv_b(w, h + 1, dn, dv)
 
 
-def _ragged_decode(cfg, backend, dtype, page_size, steps, cache_dtype=None, kv_roundtrip=None):
+def _ragged_decode(cfg, backend, dtype, page_size, steps, cache_dtype=None, kv_roundtrip=None, chunk_threshold=16):
     """Two sequences prefilled separately (5 and 3 tokens), then decoded together in ``steps``
     (tokens per step: 1 = decode, 2 = multi-token prediction). Returns (got, expected) per step."""
     m = make_mla(cfg, backend, dtype)
+    m.chunk_threshold = chunk_threshold
     lens0, total = (5, 3), 5 + sum(steps)
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(1, total, cfg.hidden_size, generator=g, dtype=torch.float64).to(dtype) for _ in range(2)]
@@ -199,7 +200,8 @@ def _ragged_decode(cfg, backend, dtype, page_size, steps, cache_dtype=None, kv_r
         cache.begin(sids, s)
         torch.testing.assert_close(cache.step_info()[3].cpu(), pos)
         out = m(x, rope(x, pos), None, cache)[0]
-        assert m.last_path == "mla_decode (absorbed)"
+        assert m.last_path == ("mla_decode (absorbed)" if s < chunk_threshold else
+                               "chunk: mla_prefill + absorbed mla_decode, merged")
         cache.commit()
         for i in range(2):
             n = done[i] + s
@@ -218,6 +220,16 @@ def test_absorbed_paged_decode_equals_full_attention(backend, page_size):
     got, want = _ragged_decode(tiny_config(), backend, dtype, page_size, steps=(1, 2, 1, 3))
     for a, b in zip(got, want):
         assert_close_to_ref(a, b.detach(), atol=1e-10 if dtype == torch.float64 else 2e-5, what="absorbed decode")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_on_paged_cache_equals_full_attention(backend):
+    """Steps of >= chunk_threshold tokens after cached ones: mla_prefill (new vs new) + absorbed
+    mla_decode (new vs cached, queries folded into heads) merged by lse."""
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    got, want = _ragged_decode(tiny_config(), backend, dtype, 4, steps=(3, 1, 5), chunk_threshold=3)
+    for a, b in zip(got, want):
+        assert_close_to_ref(a, b.detach(), atol=1e-10 if dtype == torch.float64 else 2e-5, what="chunked prefill")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -27,7 +27,9 @@ Three ways through the attention, by what ``cache`` is:
 - a :class:`pygen.nn._mla_cache.PagedMLACache` with an open step: the new latents go into the
   paged cache (mla_cache_append); a first chunk (nothing cached yet) runs the same prefill as
   above; later steps run pygen.ops.mla_decode on the 576-wide latent cache with weight absorption
-  (pygen/nn/_mla_absorb.py): query [W_UK^T q_n, q_r], output W_UV o_latent. ``attention_mask`` is
+  (pygen/nn/_mla_absorb.py): query [W_UK^T q_n, q_r], output W_UV o_latent. Steps of at least
+  ``chunk_threshold`` (16) tokens after cached ones (chunked prefill) split the work: new-vs-new
+  in mla_prefill, new-vs-cached in absorbed mla_decode, merged with merge_attn_states. ``attention_mask`` is
   ignored on this path: the cache's lengths define the (causal) mask, ragged batches included.
 """
 from __future__ import annotations
@@ -148,6 +150,9 @@ class MLA(nn.Module):
         self.scaling = softmax_scale(config)
         self.rope_interleave = bool(getattr(config, "rope_interleave", True))
         self.last_path: str | None = None
+        # paged steps of at least this many tokens after cached ones run as a chunk (prefill +
+        # decode, merged); shorter ones (decode, multi-token prediction) as one absorbed decode
+        self.chunk_threshold = 16
 
     # ---- pieces ----------------------------------------------------------------------------
     def project(self, hidden_states, position_embeddings):
@@ -195,10 +200,36 @@ class MLA(nn.Module):
         q = absorb.absorbed_query(q_nope, q_rope, w_uk)
         if kv_cache.dtype != torch.uint8:  # the FP8 cache (uint8 bytes) takes q in the model's dtype
             q = q.to(kv_cache.dtype)
+        if n >= self.chunk_threshold:
+            return self._paged_chunk(q_nope, q_rope, latent, k_rope, q, kv_cache, table, lens - n, w_uv)
         out_latent, _ = mla_decode(q, kv_cache, table, lens, head_dim_v=self.kv_lora_rank,
                                    softmax_scale=self.scaling, causal=True, backend=self.backend)
         self.last_path = "mla_decode (absorbed)"
         return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
+
+    def _paged_chunk(self, q_nope, q_rope, latent, k_rope, q_abs, kv_cache, table, past, w_uv):
+        """A chunk of n new tokens after cached ones: new-vs-new causal attention in mla_prefill
+        (non-absorbed: 2 (192 + 128) FLOPs per pair instead of 2 (576 + 512)), new-vs-cached in
+        absorbed mla_decode with the n queries folded into the head axis (non-causal: every new
+        token sees every cached one, and the pages are read once), merged by their lse."""
+        from ..ops.mla import merge_attn_states, mla_decode
+        b, n, h, _ = q_nope.shape
+        k, v = self.expand_kv(latent, k_rope)
+        cu = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_nope.device)
+        from ..ops.mla import mla_prefill
+        o_new, lse_new = mla_prefill(torch.cat([q_nope, q_rope], -1).reshape(b * n, h, -1).contiguous(),
+                                     k.reshape(b * n, h, -1).contiguous(), v.reshape(b * n, h, -1).contiguous(),
+                                     cu, cu, max_seqlen_q=n, max_seqlen_k=n, softmax_scale=self.scaling,
+                                     causal=True, backend=self.backend)
+        o_lat, lse_past = mla_decode(q_abs.reshape(b, 1, n * h, -1), kv_cache, table, past,
+                                     head_dim_v=self.kv_lora_rank, softmax_scale=self.scaling, causal=False,
+                                     backend=self.backend)
+        o_past = absorb.absorb_output(o_lat.view(b, n, h, -1).to(q_nope.dtype), w_uv)
+        lse_past = lse_past.view(b, n, h).permute(2, 0, 1).reshape(h, b * n)      # [b, n*h, 1] -> [h, b*n]
+        out, _ = merge_attn_states(o_new, lse_new, o_past.reshape(b * n, h, -1).contiguous().to(o_new.dtype),
+                                   lse_past.contiguous(), backend=self.backend)
+        self.last_path = "chunk: mla_prefill + absorbed mla_decode, merged"
+        return out.view(b, n, h, -1)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
