@@ -61,9 +61,19 @@ def fused_config(pass_: str, num_slots: int, num_experts: int, hidden: int, inte
         return Config(16, min(_p2(max(inter, hidden)), 64), min(_p2(max(inter, hidden)), 64), 4, 1)
     small = num_slots <= 2 * num_experts  # decode: ~one row per touched expert
     bm = 16 if small else 64
+    if pass_ == "bwd":
+        return Config(64, 32, 32, 4, 3) if dtype == torch.float32 else Config(64, 64, 64, 8, 3)
     if dtype == torch.float32:
         return Config(bm, 64, 32, 4, 3)
-    return Config(bm, 64 if pass_ == "fwd" and small else 128, 64, 4 if small else 8, 4 if small else 3)
+    if small:
+        return Config(16, 64, 128, 4, 3)
+    return Config(64, 128, 64, 8, 3)
+
+
+def gate_up_block_n(cfg: Config) -> int:
+    # the gate/up kernel holds two accumulators: half the columns keeps its registers at the
+    # down projection's level
+    return cfg.block_n if _INTERPRET else max(16, cfg.block_n // 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,20 +141,25 @@ def _fused_moe_gate_up_kernel(
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nm = n < I
         kk = tl.arange(0, BLOCK_K)
-        a_base = x_ptr + tok.to(tl.int64)[:, None] * H
-        wg_base = w1_ptr + e.to(tl.int64) * (2 * I) * H + n[None, :].to(tl.int64) * H
-        wu_base = wg_base + I.to(tl.int64) * H
+        # 32-bit tile offsets from 64-bit scalar bases (the op checks T*H, 2I*H < 2^31): half the
+        # registers of 64-bit pointer tensors
+        a_ptrs = x_ptr + (tok[:, None] * H + kk[None, :])
+        bg_ptrs = w1_ptr + e.to(tl.int64) * (2 * I) * H + (n[None, :] * H + kk[:, None])
+        bu_ptrs = bg_ptrs + I * H
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
-            km = (k0 + kk) < H
-            a = tl.load(a_base + (k0 + kk)[None, :], mask=valid[:, None] & km[None, :], other=0.0)
-            bg = tl.load(wg_base + (k0 + kk)[:, None], mask=km[:, None] & nm[None, :], other=0.0)
-            bu = tl.load(wu_base + (k0 + kk)[:, None], mask=km[:, None] & nm[None, :], other=0.0)
+            km = kk < H - k0
+            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
+            bg = tl.load(bg_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
+            bu = tl.load(bu_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
             if UPCAST:
                 a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
             acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
             acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
+            a_ptrs += BLOCK_K
+            bg_ptrs += BLOCK_K
+            bu_ptrs += BLOCK_K
         om = valid[:, None] & nm[None, :]
         hval = _act_fwd(acc_g, ACT) * acc_u
         srow = slot.to(tl.int64)[:, None]
@@ -171,24 +186,26 @@ def _fused_moe_down_kernel(
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nm = n < H
         kk = tl.arange(0, BLOCK_K)
-        srow = tl.where(valid, slot, 0).to(tl.int64)
-        a_base = h_ptr + srow[:, None] * I
-        b_base = w2_ptr + e.to(tl.int64) * H * I + n[None, :].to(tl.int64) * I
+        srow = tl.where(valid, slot, 0)
+        a_ptrs = h_ptr + (srow[:, None] * I + kk[None, :])
+        b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (n[None, :] * I + kk[:, None])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
-            km = (k0 + kk) < I
-            a = tl.load(a_base + (k0 + kk)[None, :], mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_base + (k0 + kk)[:, None], mask=km[:, None] & nm[None, :], other=0.0)
+            km = kk < I - k0
+            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
             if UPCAST:
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
         acc = acc * w[:, None]
         om = valid[:, None] & nm[None, :]
         if ATOMIC:
-            tl.atomic_add(out_ptr + tok.to(tl.int64)[:, None] * H + n[None, :], acc, mask=om)
+            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om)
         else:
-            tl.store(out_ptr + srow[:, None] * H + n[None, :], acc, mask=om)
+            tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
 
 
 def _common(x, ids, al, cfg):
@@ -211,10 +228,11 @@ def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, determ
     if s == 0:
         out.zero_()
         return None
-    _fused_moe_gate_up_kernel[(nblk, triton.cdiv(inter, cfg.block_n))](
+    bn_gu = gate_up_block_n(cfg)
+    _fused_moe_gate_up_kernel[(nblk, triton.cdiv(inter, bn_gu))](
         x, w1, gu if gu is not None else hmid, hmid, sorted_ids, expert_ids, ntpp, s, k, h, inter,
         ACT=ACT[activation], SAVE_GU=gu is not None, UPCAST=upcast, PRECISION=prec,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=bn_gu, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if deterministic:
         acc = torch.zeros((s, h), dtype=torch.float32, device=x.device)
@@ -257,26 +275,28 @@ def _fused_moe_bwd_dh_kernel(
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nm = n < I
         kk = tl.arange(0, BLOCK_K)
-        a_base = g_ptr + tok.to(tl.int64)[:, None] * H
-        b_base = w2_ptr + e.to(tl.int64) * H * I + n[None, :]
+        a_ptrs = g_ptr + (tok[:, None] * H + kk[None, :])
+        b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (kk[:, None] * I + n[None, :])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
-            km = (k0 + kk) < H
-            a = tl.load(a_base + (k0 + kk)[None, :], mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_base + (k0 + kk).to(tl.int64)[:, None] * I, mask=km[:, None] & nm[None, :], other=0.0)
+            km = kk < H - k0
+            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
             if UPCAST:
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        srow = tl.where(valid, slot, 0).to(tl.int64)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K * I
+        srow = tl.where(valid, slot, 0)
         om = valid[:, None] & nm[None, :]
-        gp = gu_ptr + srow[:, None] * (2 * I) + n[None, :]
+        gp = gu_ptr + (srow[:, None] * (2 * I) + n[None, :])
         gate = tl.load(gp, mask=om, other=0.0).to(tl.float32)
         up = tl.load(gp + I, mask=om, other=0.0).to(tl.float32)
         act = _act_fwd(gate, ACT)
         tl.store(dwp_ptr + pid_n.to(tl.int64) * S + srow, tl.sum(acc * act * up, axis=1), mask=valid)
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
         dh = acc * w[:, None]
-        dp = dgu_ptr + srow[:, None] * (2 * I) + n[None, :]
+        dp = dgu_ptr + (srow[:, None] * (2 * I) + n[None, :])
         tl.store(dp, (dh * up * _act_grad(gate, ACT)).to(dgu_ptr.dtype.element_ty), mask=om)
         tl.store(dp + I, (dh * act).to(dgu_ptr.dtype.element_ty), mask=om)
 
@@ -297,22 +317,24 @@ def _fused_moe_bwd_dx_kernel(
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nm = n < H
         kk = tl.arange(0, BLOCK_K)
-        srow = tl.where(valid, slot, 0).to(tl.int64)
-        a_base = dgu_ptr + srow[:, None] * (2 * I)
-        b_base = w1_ptr + e.to(tl.int64) * (2 * I) * H + n[None, :]
+        srow = tl.where(valid, slot, 0)
+        a_ptrs = dgu_ptr + (srow[:, None] * (2 * I) + kk[None, :])
+        b_ptrs = w1_ptr + e.to(tl.int64) * (2 * I) * H + (kk[:, None] * H + n[None, :])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, 2 * I, BLOCK_K):
-            km = (k0 + kk) < 2 * I
-            a = tl.load(a_base + (k0 + kk)[None, :], mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_base + (k0 + kk).to(tl.int64)[:, None] * H, mask=km[:, None] & nm[None, :], other=0.0)
+            km = kk < 2 * I - k0
+            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
             if UPCAST:
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K * H
         om = valid[:, None] & nm[None, :]
         if ATOMIC:
-            tl.atomic_add(out_ptr + tok.to(tl.int64)[:, None] * H + n[None, :], acc, mask=om)
+            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om)
         else:
-            tl.store(out_ptr + srow[:, None] * H + n[None, :], acc, mask=om)
+            tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
 
 
 @triton.jit
@@ -447,7 +469,8 @@ def _specs():
             opts = {"num_warps": cf.num_warps, "num_stages": cf.num_stages}
             specs.append({"fn": _fused_moe_gate_up_kernel, "name": f"fused_moe_gate_up[{tname},{label}]",
                           "signature": {"x_ptr": p, "w1_ptr": p, "gu_ptr": p, "h_ptr": p, **idx, **dims},
-                          "constexprs": {"ACT": 0, "SAVE_GU": label == "prefill", **base}, **opts})
+                          "constexprs": {"ACT": 0, "SAVE_GU": label == "prefill",
+                                         **{**base, "BLOCK_N": max(16, cf.block_n // 2)}}, **opts})
             specs.append({"fn": _fused_moe_down_kernel, "name": f"fused_moe_down[{tname},{label}]",
                           "signature": {"h_ptr": p, "w2_ptr": p, "tw_ptr": "*fp32", "out_ptr": "*fp32", **idx, **dims},
                           "constexprs": {"ATOMIC": True, **base}, **opts})
@@ -475,4 +498,14 @@ def _specs():
     return specs
 
 
-COMPILE_SPECS = _specs()
+def _with_divisibility(spec, div=("S", "H", "I")):
+    """Specialise as the runtime does at the benchmark shape: 16-byte-aligned pointers and the
+    ``div`` sizes multiples of 16 (tt.divisibility), so loads vectorise as they will on the GPU."""
+    names = spec["fn"].arg_names
+    sig = spec["signature"]
+    spec["attrs"] = {(names.index(a),): [["tt.divisibility", 16]] for a in sig
+                     if sig[a].startswith("*") or a in div}
+    return spec
+
+
+COMPILE_SPECS = [_with_divisibility(s) for s in _specs()]

@@ -41,11 +41,12 @@ import triton
 import triton.language as tl
 
 from ._moe_fused import COMPILE_SPECS as _FUSED_SPECS
+from ._moe_fused import _with_divisibility
 from ._moe_fused import fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SLOT_BLOCK = 1024
-RANK_CHUNK = 128
+RANK_CHUNK = 64
 EXP_BLOCK = 1024
 SCORING = {"sigmoid": 0, "softmax": 1}
 
@@ -257,7 +258,7 @@ def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts
     _moe_align_scan_kernel[(1,)](totals, starts, ntpp, e, BLOCK=int(block_size), EXP_BLOCK=EXP_BLOCK)
     if s:
         _moe_align_scatter_kernel[(nb,)](ids, counts, starts, sorted_ids, s, e,
-                                         SLOT_BLOCK=SLOT_BLOCK, RANK_CHUNK=RANK_CHUNK)
+                                         SLOT_BLOCK=SLOT_BLOCK, RANK_CHUNK=RANK_CHUNK, num_warps=4)
     nblk = expert_ids.numel()
     block_j = 1024
     _moe_align_blocks_kernel[(triton.cdiv(nblk, block_j),)](
@@ -396,4 +397,4 @@ def _compile_specs():
     return specs
 
 
-COMPILE_SPECS = _compile_specs() + _FUSED_SPECS
+COMPILE_SPECS = [_with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()] + _FUSED_SPECS

@@ -162,4 +162,9 @@ def fused(x, w1, w2, weights, ids, act, activations):
     same_device(name, "topk_ids", ids, x, "hidden_states")
     same_device(name, "topk_weights", weights, x, "hidden_states")
     choice(name, act, "activation", activations)
+    s = ids.numel()
+    # the kernels address rows with 32-bit offsets from 64-bit bases
+    for what, v in (("T*H", t * h), ("T*k*H", s * h), ("T*k*2I", s * two_i), ("2I*H", two_i * h)):
+        if v >= 2 ** 31:
+            raise ValueError(f"{name}: {what} = {v} must be < 2^31 (split hidden_states into chunks)")
     return e, inter
