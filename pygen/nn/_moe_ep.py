@@ -127,3 +127,45 @@ def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_we
         y_recv = x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
     (y_back,) = all_to_all((y_recv,), in_splits, out_splits, group)
     return x.new_zeros((t, x.shape[1])).index_add(0, tok, y_back.to(x.dtype))
+
+
+def _torchrun_check() -> None:
+    """``torchrun --nproc-per-node N -m pygen.nn._moe_ep``: every rank runs a slice of one batch
+    through an expert-parallel MoE and compares output and input gradient with the
+    single-process layer (NCCL when every rank has a GPU, gloo otherwise)."""
+    import os
+
+    from .moe import MoE
+    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() > int(os.environ.get("LOCAL_RANK", 0))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    fields = dict(hidden_size=64, moe_intermediate_size=32, n_routed_experts=4 * world + 1,
+                  num_experts_per_tok=4, n_shared_experts=1, routed_scaling_factor=2.5)
+    torch.manual_seed(0)
+    full = MoE(**fields, backend="reference").to(dev)
+    ep = MoE(**fields, ep_group=dist.group.WORLD).to(dev)
+    ep.load_state_dict(full.state_dict())
+    sizes = [(7 * r + 3) % 11 for r in range(world)]      # uneven, some ranks may get none
+    x = torch.randn(sum(sizes), 64, generator=torch.Generator().manual_seed(1)).to(dev)
+    lo = sum(sizes[:rank])
+    xl = x[lo:lo + sizes[rank]].clone().requires_grad_()
+    out = ep(xl)
+    out.square().sum().backward()
+    xr = x.clone().requires_grad_()
+    ref = full(xr)
+    ref.square().sum().backward()
+    err = torch.tensor([(out - ref[lo:lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0,
+                        (xl.grad - xr.grad[lo:lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0],
+                       device=dev)
+    dist.all_reduce(err, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        print(f"pygen EP check: {world} ranks, {fields['n_routed_experts']} experts, tokens per rank "
+              f"{sizes}: max |out - single| = {err[0].item():.3g}, max |dx - single| = {err[1].item():.3g}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _torchrun_check()
