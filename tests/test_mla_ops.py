@@ -24,7 +24,7 @@ KERNEL_PARAMS = [p for p in backend_params(kernel_only=True) if p.values[1] in S
 
 
 def _dtypes(backend):
-    return [torch.float32, torch.bfloat16] + ([torch.float64] if backend == "reference" else [])
+    return [torch.float32, torch.bfloat16, torch.float16] + ([torch.float64] if backend == "reference" else [])
 
 
 def _check_decode(out, lse, q, kv, bt, sl, causal, what):
@@ -316,3 +316,22 @@ def test_torch_compile_fullgraph(device, backend, gen):
     eager = step(kv.clone(), qp)
     torch.testing.assert_close(got, eager)
     torch.testing.assert_close(torch.autograd.grad(got, qp)[0], torch.autograd.grad(eager, qp)[0])
+
+
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_strided_index_and_lse_tensors(device, backend, gen):
+    """Index tensors and lse with non-unit inner strides are read correctly (the kernels index
+    them with unit strides; the ops make them contiguous)."""
+    q, kv, bt, sl = ref.random_decode_problem((21, 6), 1, 16, 8, gen, device=device)
+    wide = torch.full((bt.shape[0], 2 * bt.shape[1]), -1, dtype=torch.int32, device=device)
+    wide[:, ::2] = bt
+    sl2 = torch.stack([sl, sl], 1)[:, 0]
+    assert not wide[:, ::2].is_contiguous() and not sl2.is_contiguous()
+    out, lse = ops.mla_decode(q, kv, wide[:, ::2], sl2, num_splits=2, backend=backend)
+    _check_decode(out, lse, q, kv, bt, sl, False, "strided table")
+    oa, ob = torch.randn(4, 3, 8, generator=gen).to(device), torch.randn(4, 3, 8, generator=gen).to(device)
+    la, lb = torch.randn(4, 3, generator=gen).to(device).t(), torch.randn(4, 3, generator=gen).to(device).t()
+    out, lse = ops.merge_attn_states(oa, la, ob, lb, backend=backend)
+    r_out, r_lse = ref.merge_attn_states(oa.double().cpu(), la.double().cpu(), ob.double().cpu(), lb.double().cpu())
+    assert_close_to_ref(out, r_out, what="strided lse merge")
+    assert_close_to_ref(lse, r_lse, atol=1e-5, what="strided lse merge lse")

@@ -99,6 +99,11 @@ def _new_prefill(q, v):
                                                                              dtype=torch.float32)
 
 
+def _new_merge(out_a):
+    t, h, d = out_a.shape
+    return out_a.new_empty((t, h, d)), out_a.new_empty((h, t), dtype=torch.float32)
+
+
 def _register_triton() -> None:
     b = "triton"
 
@@ -106,7 +111,9 @@ def _register_triton() -> None:
         out, lse = _new_decode(q, head_dim_v)
         if q.numel() == 0:
             return out, lse
-        _kernels().mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal, num_splits)
+        # the kernels index these with unit inner strides
+        _kernels().mla_decode(q, kv_cache, block_table.contiguous(), cache_seqlens.contiguous(), out, lse, scale,
+                              causal, num_splits)
         return out, lse
 
     _registry.define(
@@ -119,6 +126,7 @@ def _register_triton() -> None:
         if positions.numel() == 0:
             return
         kern = _kernels()
+        block_table = block_table.contiguous()
         if kv_cache.dtype == torch.uint8:
             # quantised with torch ops (the Triton interpreter's fp32->fp8 cast rounds wrongly);
             # the kernel scatters the packed 656-byte tokens into their pages
@@ -140,14 +148,16 @@ def _register_triton() -> None:
         if q.numel() == 0 or out.numel() == 0:
             lse.fill_(float("-inf"))
             return out.zero_(), lse
-        _kernels().mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal)
+        _kernels().mla_prefill_fwd(q, k, v, cu_q.contiguous(), cu_k.contiguous(), max_q, max_k, out, lse, scale,
+                                   causal)
         return out, lse
 
     def prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
             return dq, dk, dv
-        _kernels().mla_prefill_bwd(grad_out.contiguous(), grad_lse.contiguous(), q, k, v, out, lse, cu_q, cu_k,
+        _kernels().mla_prefill_bwd(grad_out.contiguous(), grad_lse.contiguous(), q, k, v, out, lse.contiguous(),
+                                   cu_q.contiguous(), cu_k.contiguous(),
                                    max_q, max_k, dq, dk, dv, scale, causal)
         return dq, dk, dv
 
@@ -182,18 +192,17 @@ def _register_triton() -> None:
     fwd.register_autograd(grad_fn, setup_context=setup)
 
     def merge(out_a, lse_a, out_b, lse_b):
-        out = torch.empty_like(out_a)
-        lse = torch.empty_like(lse_a, dtype=torch.float32)
+        out, lse = _new_merge(out_a)
         if out.numel() == 0 and lse.numel() == 0:
             return out, lse
-        _kernels().merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse)
+        _kernels().merge_attn_states(out_a, lse_a.contiguous(), out_b, lse_b.contiguous(), out, lse)
         return out, lse
 
     mfwd = _registry.define(
         f"merge_attn_states_{b}",
         "(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
         _on_device(merge),
-        lambda oa, la, ob, lb: (torch.empty_like(oa), torch.empty_like(la, dtype=torch.float32)))
+        lambda oa, la, ob, lb: _new_merge(oa))
 
     def msetup(ctx, inputs, output):
         out_a, lse_a, out_b, lse_b = inputs
