@@ -165,3 +165,33 @@ def test_attention_interface_pygen_and_padding_fallback():
         with warnings.catch_warnings():
             warnings.simplefilter("error")                            # warned once per reason only
             model(ids, attention_mask=am)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_function_direct(backend):
+    """pygen_attention_forward against transformers' eager_attention_forward: grouped keys
+    (repeated), non-causal (is_causal=False), bottom-right causal with more keys than queries,
+    and the dropout fallback."""
+    g = torch.Generator().manual_seed(9)
+    b, h, hk, s, kv, d, dv = 2, 4, 2, 3, 5, 24, 16
+    q = torch.randn(b, h, s, d, generator=g)
+    k = torch.randn(b, hk, kv, d, generator=g)
+    v = torch.randn(b, hk, kv, dv, generator=g)
+    mod = torch.nn.Module()
+    mod.num_key_value_groups, mod.is_causal, mod.pygen_backend = h // hk, True, backend
+    mod.eval()
+    low = torch.finfo(torch.float32).min
+    causal = torch.zeros(b, 1, s, kv).masked_fill(torch.ones(s, kv, dtype=torch.bool).tril(kv - s).logical_not(), low)
+    tm.FALLBACKS.clear()
+    for mask, is_causal in ((causal, None), (None, True), (torch.zeros(b, 1, s, kv), False)):
+        got, w = tm.pygen_attention_forward(mod, q, k, v, mask, scaling=0.3, is_causal=is_causal)
+        want, _ = hf.eager_attention_forward(mod, q, k, v, causal if is_causal is not False else mask, 0.3)
+        assert w is None and got.shape == (b, s, h, dv)
+        assert_close_to_ref(got, want, atol=2e-5, what=f"mask={mask is not None} causal={is_causal}")
+    assert not tm.FALLBACKS
+    mod.train()
+    with pytest.warns(UserWarning, match="dropout"):
+        out, _ = tm.pygen_attention_forward(mod, q, k, v, None, dropout=0.5, scaling=0.3)
+    assert out.shape == (b, s, h, dv) and tm.FALLBACKS["attention dropout in training"] == 1
+    with pytest.raises(ValueError, match="multiple"):
+        tm.pygen_attention_forward(mod, q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), None)
