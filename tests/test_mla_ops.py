@@ -335,3 +335,15 @@ def test_strided_index_and_lse_tensors(device, backend, gen):
     r_out, r_lse = ref.merge_attn_states(oa.double().cpu(), la.double().cpu(), ob.double().cpu(), lb.double().cpu())
     assert_close_to_ref(out, r_out, what="strided lse merge")
     assert_close_to_ref(lse, r_lse, atol=1e-5, what="strided lse merge lse")
+
+
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_decode_small_latent_dims(device, backend, gen):
+    """Tiny model configs: latent 32 + rope 16 and latent 16 + rope 8 (rope block padded)."""
+    for d, dv in ((48, 32), (24, 16)):
+        q, kv, bt, sl = ref.random_decode_problem((13, 4), 2, 4, 4, gen, head_dim=d, device=device)
+        out, lse = ops.mla_decode(q, kv, bt, sl, head_dim_v=dv, causal=True, num_splits=2, backend=backend)
+        assert out.shape == (2, 2, 4, dv)
+        r_out, r_lse = ref.mla_decode(q.double().cpu(), kv.double().cpu(), bt.cpu(), sl.cpu(), dv, causal=True)
+        assert_close_to_ref(out, r_out, what=f"d{d} out")
+        assert_close_to_ref(lse, r_lse, atol=1e-5, what=f"d{d} lse")
