@@ -243,7 +243,7 @@ def test_align_large_65536_slots_4096_experts(dev, backend):
 def test_align_large_triton():
     if not _backend.backend_status("triton", "cpu")[0]:
         pytest.skip("triton unavailable")
-    ids = torch.randint(0, 4096, (2048, 8), generator=_gen(12), dtype=torch.int32)
+    ids = torch.randint(0, 4096, (512, 8), generator=_gen(12), dtype=torch.int32)
     out = moe_align(ids, 4096, 64, backend="triton")
     for got, w in zip(out, ref.moe_align(ids, 4096, 64)):
         assert torch.equal(got, w)
@@ -267,7 +267,7 @@ def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
             assert torch.equal(got, w)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(t=st.integers(0, 24), k=st.integers(1, 4), e=st.integers(1, 40), b=st.sampled_from([1, 4, 16]),
        seed=st.integers(0, 2 ** 16))
 def test_align_fuzz_triton(t, k, e, b, seed):
@@ -325,7 +325,7 @@ def _moe_inputs(t, k, e, h, inter, dtype, dev, seed=0, hot=False):
 
 
 FUSED_CASES = [(13, 3, 6, 32, 16, "silu"), (7, 2, 4, 24, 40, "gelu_tanh"), (5, 1, 3, 16, 8, "gelu"),
-               (1, 2, 64, 16, 16, "silu"), (0, 2, 4, 16, 8, "silu")]
+               (1, 2, 24, 16, 16, "silu"), (0, 2, 4, 16, 8, "silu")]
 
 
 @pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
