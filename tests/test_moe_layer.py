@@ -241,3 +241,24 @@ def test_bias_updates_balance_a_skewed_router():
     last = load_balance_stats(expert_load(m.gate.route(logits)[0], 16))
     assert first["max_violation"] > 1.5
     assert last["max_violation"] < 0.35 * first["max_violation"]
+
+
+@pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
+def test_compile_fullgraph_training():
+    """The layer traces into one graph (no host synchronisation: the router's ids skip
+    fused_moe's range check, the balancing counter is a scatter_add), forward and backward."""
+    m = _layer(dtype=torch.float32, hidden_size=16, moe_intermediate_size=8, n_shared_experts=1)
+    m.backend = "triton"
+    m.train()
+    x = torch.randn(5, 16, requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    dx, dw1 = x.grad.clone(), m.experts.gate_up_proj.grad.clone()
+    x.grad = None
+    m.zero_grad()
+    ref_out = m(x)
+    ref_out.sum().backward()
+    assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(dx, x.grad, atol=1e-6)
+    assert torch.allclose(dw1, m.experts.gate_up_proj.grad, atol=1e-6)
+    assert int(m.tokens_per_expert.sum()) == 2 * 5 * FIELDS["num_experts_per_tok"]   # both calls counted

@@ -210,18 +210,7 @@ class MoEGate(nn.Module):
             e_score_correction_bias=self.e_score_correction_bias, n_group=self.num_group,
             topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
             routed_scaling_factor=self.routed_scaling_factor, backend=self.backend)
-        if torch.is_grad_enabled() and router_logits.requires_grad and w.grad_fn is None:
-            # A backend without a routing backward: the weights are a cheap [T, k] function of
-            # the logits at the chosen ids, so recompute them differentiably (same formula).
-            w = self._weights_at(router_logits, ids.long())
-        return ids, w
-
-    def _weights_at(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        scores = logits.sigmoid() if self.scoring_func == "sigmoid" else logits.softmax(-1)
-        w = scores.gather(1, ids)
-        if self.norm_topk_prob:
-            w = w / (w.sum(-1, keepdim=True) + 1e-20)
-        return w * self.routed_scaling_factor
+        return ids, w   # w is differentiable in the logits on every backend (pygen.ops.moe)
 
     def forward(self, hidden_states: torch.Tensor):
         x = hidden_states.reshape(-1, self.hidden_dim)
