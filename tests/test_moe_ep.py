@@ -8,6 +8,9 @@ Scenarios (one spawn per world size, tiny float64 layers):
     uneven    E=10 (experts split 3/3/2/2 over 4 ranks), 2 groups / 1 kept, no shared experts
     skewed    a large correction bias sends every token to rank 0's experts: the other ranks
               receive nothing (their empty exchanges must still run forward and backward)
+
+The dispatch bookkeeping is also fuzzed (hypothesis) in one process: W virtual ranks whose
+exchanges are emulated by slicing must give the single-process expert output.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pygen.nn._moe_ep import expert_partition
+from hypothesis import given, settings, strategies as st
+
+from pygen.nn._moe_ep import dispatch_plan, expert_partition, local_experts
 
 SCENARIOS = {
     "grouped": dict(fields=dict(hidden_size=12, moe_intermediate_size=6, n_routed_experts=8,
@@ -138,3 +143,84 @@ def test_expert_partition():
         expert_partition(3, 4)
     with pytest.raises(ValueError, match="world_size"):
         expert_partition(3, 0)
+
+
+# ---- one-process fuzzing of the dispatch / local compute / combine bookkeeping ---------------------
+@st.composite
+def _ep_problem(draw):
+    world = draw(st.integers(1, 5))
+    experts = draw(st.integers(world, 12))
+    k = draw(st.integers(1, min(4, experts)))
+    sizes = draw(st.lists(st.integers(0, 6), min_size=world, max_size=world))
+    seed = draw(st.integers(0, 2 ** 16))
+    return world, experts, k, sizes, seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(_ep_problem())
+def test_dispatch_plan_and_emulated_exchange(problem):
+    from pygen.nn.moe import MoEExperts
+    world, n_exp, k, sizes, seed = problem
+    h, inter = 6, 3
+    g = torch.Generator().manual_seed(seed)
+    total = sum(sizes)
+    ids = torch.stack([torch.randperm(n_exp, generator=g)[:k] for _ in range(total)]).to(torch.int32) \
+        if total else torch.zeros(0, k, dtype=torch.int32)
+    w = torch.rand(total, k, generator=g, dtype=torch.float64)
+    x = torch.randn(total, h, generator=g, dtype=torch.float64)
+    full = MoEExperts(n_exp, h, inter, backend="reference").double()
+    with torch.no_grad():
+        full.gate_up_proj.normal_(generator=g)
+        full.down_proj.normal_(generator=g)
+    starts = expert_partition(n_exp, world)
+    shards = []
+    for d in range(world):
+        e = MoEExperts(starts[d + 1] - starts[d], h, inter, backend="reference", expert_offset=starts[d],
+                       num_global_experts=n_exp).double()
+        e.load_state_dict(full.state_dict())          # keeps rows starts[d]:starts[d+1]
+        shards.append(e)
+
+    offs = [sum(sizes[:r]) for r in range(world + 1)]
+    plans = [dispatch_plan(ids[offs[r]:offs[r + 1]], w[offs[r]:offs[r + 1]], starts) for r in range(world)]
+    for r, (tok, counts, route) in enumerate(plans):
+        ids_r, w_r = ids[offs[r]:offs[r + 1]].long(), w[offs[r]:offs[r + 1]]
+        owner = torch.bucketize(ids_r, torch.tensor(starts[1:]), right=True)
+        assert int(counts.sum()) == tok.numel() == route.shape[0]
+        dst = torch.repeat_interleave(torch.arange(world), counts)
+        # once per (token, destination owning one of its experts), ordered by destination
+        want = {(t, d) for t in range(ids_r.shape[0]) for d in owner[t].tolist()}
+        assert sorted(zip(tok.tolist(), dst.tolist())) == sorted(want) and len(want) == tok.numel()
+        # every (token, slot) is valid in exactly one row, with its weight and local id
+        seen = torch.zeros_like(w_r)
+        for row in range(tok.numel()):
+            t, d = int(tok[row]), int(dst[row])
+            for j in range(k):
+                lid, wt = route[row, k + j].item(), route[row, j].item()
+                if owner[t, j] == d:
+                    assert lid == ids_r[t, j] - starts[d] and wt == w_r[t, j]
+                    seen[t, j] += 1
+                else:
+                    assert lid == -1 and wt == 0
+        assert bool((seen == 1).all())
+
+    # emulated all_to_all: rank d receives, from every r in order, r's rows for d
+    def pieces(tensor, counts):
+        return list(torch.split(tensor, counts.tolist()))
+    sent_x = [pieces(x[offs[r]:offs[r + 1]][p[0]], p[1]) for r, p in enumerate(plans)]
+    sent_route = [pieces(p[2], p[1]) for p in plans]
+    y_recv = []
+    for d in range(world):
+        xr = torch.cat([sent_x[r][d] for r in range(world)])
+        rr = torch.cat([sent_route[r][d] for r in range(world)])
+        y_recv.append(local_experts(shards[d], xr, rr))
+    out = []
+    for r, (tok, counts, _) in enumerate(plans):
+        back = []
+        for d in range(world):
+            recv_sizes = [int(plans[q][1][d]) for q in range(world)]
+            back.append(torch.split(y_recv[d], recv_sizes)[r])
+        y_back = torch.cat(back)
+        out.append(torch.zeros(sizes[r], h, dtype=torch.float64).index_add(0, tok, y_back))
+    out = torch.cat(out)
+    expected = full(x, ids, w)
+    assert torch.allclose(out, expected, atol=1e-12, rtol=1e-12)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["expert_partition", "group_size", "group_rank", "all_to_all", "ep_experts_forward"]
+__all__ = ["expert_partition", "group_size", "group_rank", "all_to_all", "dispatch_plan", "local_experts",
+           "ep_experts_forward"]
 
 
 def group_size(group) -> int:
@@ -86,47 +87,63 @@ def all_to_all(tensors, out_splits: list[int], in_splits: list[int], group) -> t
     return _AllToAll.apply(group, list(out_splits), list(in_splits), *tensors)
 
 
-def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                       group) -> torch.Tensor:
-    """The routed-expert output [T, H] of this rank's tokens, with experts spread over ``group``
-    (``experts`` is this rank's pygen.nn.moe.MoEExperts slice). See the module docstring."""
-    world = group_size(group)
-    starts_l = expert_partition(experts.num_global_experts, world)
-    if world == 1:
-        return experts(x, topk_ids, topk_weights, check_ids=False)
-    dev = x.device
+def dispatch_plan(topk_ids: torch.Tensor, topk_weights: torch.Tensor, starts: list[int]):
+    """Who sends what (device-only, no collective): returns
+
+        tok          [S] int64   the token of each send row (rows ordered by destination, then token)
+        send_counts  [W] int64   rows for each destination rank
+        route        [S, 2k]     weights of the destination's slots (0 elsewhere) | their local
+                                 expert ids (-1 elsewhere), float32 (float64 for float64 weights)
+
+    A token appears once per rank owning at least one of its experts."""
+    world = len(starts) - 1
     t, k = topk_ids.shape
+    dev = topk_ids.device
     ids = topk_ids.long()
-    starts = torch.tensor(starts_l, device=dev)
-    owner = torch.bucketize(ids, starts[1:], right=True)                     # [T, k] in [0, W)
+    st = torch.tensor(starts, device=dev)
+    owner = torch.bucketize(ids, st[1:], right=True)                         # [T, k] in [0, W)
     need = torch.zeros(t, world, dtype=torch.bool, device=dev)
     need.scatter_(1, owner, True)                                            # [T, W]
     dst, tok = need.t().nonzero(as_tuple=True)                               # ordered by dst, then token
     send_counts = need.sum(0)                                                # [W]
-
     mine = owner[tok] == dst.unsqueeze(1)                                    # [S, k]
     rdt = torch.promote_types(topk_weights.dtype, torch.float32)            # float64 stays float64
     w_send = topk_weights[tok].to(rdt) * mine
-    id_send = torch.where(mine, ids[tok] - starts[dst].unsqueeze(1), -1).to(rdt)
-    route_send = torch.cat([w_send, id_send], 1)                             # [S, 2k]
+    id_send = torch.where(mine, ids[tok] - st[dst].unsqueeze(1), -1).to(rdt)
+    return tok, send_counts, torch.cat([w_send, id_send], 1)
 
-    recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts, send_counts, group=group)
-    in_splits, out_splits = send_counts.tolist(), recv_counts.tolist()
 
-    x_recv, route_recv = all_to_all((x[tok], route_send), out_splits, in_splits, group)
+def local_experts(experts, x_recv: torch.Tensor, route_recv: torch.Tensor) -> torch.Tensor:
+    """Output rows [R, H] for the R received rows: every valid (row, slot) pair is one fused_moe
+    slot of this rank's experts (top_k = 1 over the pairs), summed back per row."""
+    k = route_recv.shape[1] // 2
     w_recv, id_recv = route_recv[:, :k], route_recv[:, k:].detach().long()
     rows, slots = (id_recv >= 0).nonzero(as_tuple=True)
     if rows.numel():
         y_pairs = experts(x_recv[rows], id_recv[rows, slots].unsqueeze(1).int(),
                           w_recv[rows, slots].unsqueeze(1), check_ids=False)
-        y_recv = x_recv.new_zeros(x_recv.shape).index_add(0, rows, y_pairs.to(x_recv.dtype))
-    else:
-        # Nothing to compute, but the received tensors must stay in the graph so that this
-        # rank's backward runs the same exchanges as its peers.
-        y_recv = x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
+        return x_recv.new_zeros(x_recv.shape).index_add(0, rows, y_pairs.to(x_recv.dtype))
+    # Nothing to compute, but the received tensors must stay in the graph so that this rank's
+    # backward runs the same exchanges as its peers.
+    return x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
+
+
+def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                       group) -> torch.Tensor:
+    """The routed-expert output [T, H] of this rank's tokens, with experts spread over ``group``
+    (``experts`` is this rank's pygen.nn.moe.MoEExperts slice). See the module docstring."""
+    world = group_size(group)
+    if world == 1:
+        return experts(x, topk_ids, topk_weights, check_ids=False)
+    starts = expert_partition(experts.num_global_experts, world)
+    tok, send_counts, route_send = dispatch_plan(topk_ids, topk_weights, starts)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    in_splits, out_splits = send_counts.tolist(), recv_counts.tolist()
+    x_recv, route_recv = all_to_all((x[tok], route_send), out_splits, in_splits, group)
+    y_recv = local_experts(experts, x_recv, route_recv)
     (y_back,) = all_to_all((y_recv,), in_splits, out_splits, group)
-    return x.new_zeros((t, x.shape[1])).index_add(0, tok, y_back.to(x.dtype))
+    return x.new_zeros((x.shape[0], x.shape[1])).index_add(0, tok, y_back.to(x.dtype))
 
 
 def _torchrun_check() -> None:
