@@ -110,7 +110,7 @@ def test_dense_fallback_and_bad_args(monkeypatch):
 
 def test_profile_model_contract():
     model, cfg = D.build("deepseek_v3_block", quick=True, backend="reference")
-    assert set(D.MODELS) == {"deepseek_v3_block"}
+    assert set(D.MODELS) == {"deepseek_v3_block", "deepseek_v3_decode"}
     (x,) = model.example_inputs(cfg, "cpu", torch.float32)
     assert x.shape == (cfg.batch, cfg.seq, cfg.hidden_size)
     with torch.no_grad():
@@ -122,3 +122,20 @@ def test_profile_model_contract():
     default = D.DeepSeekV3Config()
     assert (default.hidden_size, default.num_attention_heads, default.kv_lora_rank, default.q_lora_rank,
             default.moe_intermediate_size, default.num_experts_per_tok) == (7168, 128, 512, 1536, 2048, 8)
+
+
+def test_decode_profile_model():
+    """deepseek_v3_decode: one token per sequence against a pre-filled paged cache; each call rolls
+    its step back (repeatable), and the pages follow .to()."""
+    model, cfg = D.build("deepseek_v3_decode", quick=True, backend="reference")
+    (x,) = model.example_inputs(cfg, "cpu", torch.float32)
+    assert x.shape == (cfg.decode_batch, 1, cfg.hidden_size)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        assert torch.equal(a, b) and model.block.self_attn.last_path == "mla_decode (absorbed)"
+        cache, sids = model._cache
+        assert [cache.seqlen(s) for s in sids] == [cfg.decode_context] * cfg.decode_batch and cache._step is None
+        model.double()
+        c = model(x.double())
+        assert model._cache[0].kv[0].dtype == torch.float64
+        assert_close_to_ref(c.float(), a, atol=1e-4, what="float64 vs float32 decode profile")

@@ -263,7 +263,8 @@ def test_cache_random_life_cycles():
     st = hypothesis.strategies
 
     @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
-    @hypothesis.given(st.lists(st.tuples(st.sampled_from(["alloc", "step", "free"]), st.integers(1, 9),
+    @hypothesis.given(st.lists(st.tuples(st.sampled_from(["alloc", "step", "free", "rollback"]),
+                                         st.integers(1, 9),
                                          st.integers(0, 7)), max_size=25),
                       st.sampled_from([1, 2, 4]))
     def run(ops, page):
@@ -286,6 +287,11 @@ def test_cache_random_life_cycles():
                 lat = torch.randn(len(batch), n, 512, dtype=torch.float64)
                 rope = torch.randn(len(batch), n, 64, dtype=torch.float64)
                 kv, table, lens = cache.append(0, lat, rope)
+                if kind == "rollback":
+                    cache.rollback()
+                    assert before == (dict(cache._len), {s: cache.pages(s) for s in live}, list(cache._free))
+                    check_invariants(cache)
+                    continue
                 cache.commit()
                 assert lens.tolist() == [cache.seqlen(s) for s in batch]
                 for i, s in enumerate(batch):   # the last n tokens read back through the table
@@ -315,7 +321,17 @@ def test_cache_bad_input():
         cache.begin([a], 0)
     with pytest.raises(KeyError):
         cache.begin([a + 1], 1)
+    with pytest.raises(ValueError, match="storage"):
+        PagedMLACache(2, 2, page_size=4, kv_lora_rank=8, qk_rope_head_dim=4, storage=[torch.zeros(2, 4, 1, 12)])
+    cache.begin([a], 2)
+    cache.rollback()                                     # not counted; its page back to the pool
+    assert cache.seqlen(a) == 0 and cache.pages(a) == [] and cache.num_free_blocks == 2
+    check_invariants(cache)
+    with pytest.raises(RuntimeError, match="without begin"):
+        cache.rollback()
     cache.begin([a], 3)
+    with pytest.raises(IndexError, match="layer_idx"):
+        cache.append(2, torch.zeros(1, 3, 8), torch.zeros(1, 3, 4))
     with pytest.raises(RuntimeError, match="twice"):
         cache.begin([a], 1)
     with pytest.raises(ValueError, match="latent / k_rope"):

@@ -14,7 +14,9 @@ Block (transformers' DeepseekV3DecoderLayer, same submodule names)::
 (tests/test_deepseek_model.py) checks the tokens equal greedy decoding by full recomputation.
 
 ``pygen profile deepseek_v3_block`` runs one MoE block (``DeepSeekV3BlockProfile``) on
-[batch, seq, hidden] activations. Its default config has DeepSeek-V3's attention and expert dims
+[batch, seq, hidden] activations (prefill: mla_prefill); ``pygen profile deepseek_v3_decode``
+runs the same block decoding one token for each of 32 sequences against 4096 cached tokens each
+(``DeepSeekV3DecodeProfile``: absorbed mla_decode on the paged cache). Its default config has DeepSeek-V3's attention and expert dims
 (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 128 + 64 / 128 head dims, expert width 2048,
 top-8 of 8 groups / top-4 groups, 1 shared expert) but 32 routed experts instead of 256, so the
 block builds in seconds (1.6 B parameters instead of 11.5 B); ``quick`` is a toy size for CPUs.
@@ -36,7 +38,8 @@ try:
 except ImportError:        # the MoE family is optional here: dense MLP instead
     MoE = None
 
-__all__ = ["DeepSeekV3Config", "DeepSeekV3Block", "DeepSeekV3LM", "DeepSeekV3BlockProfile", "MODELS"]
+__all__ = ["DeepSeekV3Config", "DeepSeekV3Block", "DeepSeekV3LM", "DeepSeekV3BlockProfile",
+           "DeepSeekV3DecodeProfile", "MODELS"]
 
 
 def _yarn() -> dict:
@@ -75,9 +78,12 @@ class DeepSeekV3Config:
     attention_bias: bool = False
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
-    # profile inputs
+    # profile inputs: the block on [batch, seq] tokens; decode: decode_batch sequences of
+    # decode_context cached tokens, one new token each
     batch: int = 1
     seq: int = 1024
+    decode_batch: int = 32
+    decode_context: int = 4096
 
     def __hash__(self):      # the rope dict makes the generated hash fail
         return id(self)
@@ -88,7 +94,8 @@ class DeepSeekV3Config:
                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=32,
                    qk_nope_head_dim=32, v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
                    topk_group=1, routed_scaling_factor=1.0, first_k_dense_replace=1,
-                   rope_parameters=dict(_yarn(), original_max_position_embeddings=64), batch=2, seq=16)
+                   rope_parameters=dict(_yarn(), original_max_position_embeddings=64), batch=2, seq=16,
+                   decode_batch=3, decode_context=40)
 
 
 class DenseMLP(nn.Module):
@@ -187,7 +194,7 @@ class DeepSeekV3LM(nn.Module):
                 out.append(step)
         finally:
             if cache._step is not None:      # an exception mid-step: drop the open step
-                cache._step = None
+                cache.rollback()
             for s in sids:
                 cache.free(s)
         return torch.cat(out, dim=1)
@@ -214,7 +221,58 @@ class DeepSeekV3BlockProfile(nn.Module):
         return (torch.randn(cfg.batch, cfg.seq, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
 
 
-MODELS = {"deepseek_v3_block": (DeepSeekV3BlockProfile, DeepSeekV3Config)}
+class DeepSeekV3DecodeProfile(nn.Module):
+    """One MoE decoder block decoding one token for each of ``decode_batch`` sequences against a
+    paged latent cache already holding ``decode_context`` tokens each (random latents: the kernel
+    does the same work whatever they are): the absorbed mla_decode path (``pygen profile
+    deepseek_v3_decode``). Each call opens a step and rolls it back, so repeated calls see the
+    same cache. The pages are a buffer of this module, so ``.to()`` moves them."""
+
+    PAGE = 64
+
+    def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.block = DeepSeekV3Block(cfg, max(cfg.first_k_dense_replace, 0), backend)
+        self.rotary_emb = RotaryEmbedding(cfg)
+        _init(self, cfg.initializer_range)
+        per_seq = -(-(cfg.decode_context + 1) // self.PAGE)
+        g = torch.Generator().manual_seed(0)
+        kv = torch.randn(cfg.decode_batch * per_seq, self.PAGE, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                         generator=g)
+        self.register_buffer("pages", kv, persistent=False)
+        self._cache = None
+
+    def _paged(self) -> tuple[PagedMLACache, list[int]]:
+        if self._cache is None or self._cache[0].kv[0] is not self.pages:
+            c = self.cfg
+            layers = self.block.self_attn.layer_idx + 1      # only the block's own layer is used
+            cache = PagedMLACache(layers, self.pages.shape[0], self.PAGE, c.kv_lora_rank, c.qk_rope_head_dim,
+                                  dtype=self.pages.dtype, device=self.pages.device,
+                                  storage=[self.pages] * layers)
+            sids = [cache.allocate() for _ in range(c.decode_batch)]
+            cache.begin(sids, c.decode_context)      # the context: pages reserved, contents random
+            cache.commit()
+            self._cache = (cache, sids)
+        return self._cache
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        cache, sids = self._paged()
+        cache.begin(sids, hidden_states.shape[1])
+        try:
+            pe = self.rotary_emb(hidden_states, cache.step_info()[3])
+            return self.block(hidden_states, pe, cache)
+        finally:
+            cache.rollback()
+
+    @staticmethod
+    def example_inputs(cfg: DeepSeekV3Config, device="cpu", dtype=torch.float32, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(cfg.decode_batch, 1, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
+
+
+MODELS = {"deepseek_v3_block": (DeepSeekV3BlockProfile, DeepSeekV3Config),
+          "deepseek_v3_decode": (DeepSeekV3DecodeProfile, DeepSeekV3Config)}
 
 
 def build(name: str = "deepseek_v3_block", quick: bool = False, backend: str | None = None, **overrides):

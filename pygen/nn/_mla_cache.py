@@ -13,6 +13,7 @@ Life of a sequence::
     cache.begin([sid, ...], num_new)        # reserve pages for num_new more tokens of each
     for layer: kv, table, lens = cache.append(layer, latent [b, n, R], k_rope [b, n, Dr])
     cache.commit()                          # the step's tokens now count as cached
+                                            # (or cache.rollback(): they do not)
     cache.free(sid)                         # pages back to the pool
 
 ``begin`` fixes the batch order of the step (rows of ``latent`` follow ``seq_ids``); ``append``
@@ -22,7 +23,8 @@ cache_seqlens bounds them) and int32 cache_seqlens [b] *including* the step's to
 
 Invariants (tests/test_mla_module.py checks them after random allocate/append/free sequences):
 every page is either free or owned by exactly one sequence; a sequence of length L owns
-ceil(L / page_size) pages; a failed ``begin`` (pool exhausted) changes nothing.
+ceil(L / page_size) pages outside an open step; a failed ``begin`` (pool exhausted) and a
+``rollback`` leave the bookkeeping as it was before ``begin``.
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ __all__ = ["PagedMLACache"]
 class PagedMLACache:
     def __init__(self, num_layers: int, num_blocks: int, page_size: int = 64, kv_lora_rank: int = 512,
                  qk_rope_head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, device="cpu",
-                 backend: str | None = None):
+                 backend: str | None = None, storage: list[torch.Tensor] | None = None):
+        """``storage``: per-layer page tensors to use instead of allocating zeros (e.g. a model's
+        buffers, so they follow ``.to()``); shapes as described above."""
         if page_size <= 0 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
         if num_blocks <= 0 or num_layers <= 0:
@@ -49,8 +53,14 @@ class PagedMLACache:
         if dtype == torch.uint8:  # FP8 cache: 512 e4m3 + 4 float32 scales + 64 bf16 per token
             from ..ops.mla import FP8_TOKEN_BYTES
             width = FP8_TOKEN_BYTES
-        self.kv = [torch.zeros(num_blocks, page_size, 1, width, dtype=dtype, device=device)
-                   for _ in range(num_layers)]
+        if storage is not None:
+            want = (num_blocks, page_size, 1, width)
+            if len(storage) != num_layers or any(tuple(t.shape) != want for t in storage):
+                raise ValueError(f"storage must be {num_layers} tensors of shape {want}")
+            self.kv = list(storage)
+        else:
+            self.kv = [torch.zeros(num_blocks, page_size, 1, width, dtype=dtype, device=device)
+                       for _ in range(num_layers)]
         self._free = list(range(num_blocks - 1, -1, -1))     # a stack: pop() gives low ids first
         self._pages: dict[int, list[int]] = {}
         self._len: dict[int, int] = {}
@@ -125,6 +135,8 @@ class PagedMLACache:
         if self._step is None:
             raise RuntimeError("PagedMLACache.append before begin(seq_ids, num_new)")
         seq_ids, n, table, positions, lens = self._step
+        if not 0 <= layer_idx < self.num_layers:
+            raise IndexError(f"layer_idx {layer_idx} out of range for a cache of {self.num_layers} layers")
         want = (len(seq_ids), n)
         if tuple(latent.shape[:2]) != want or tuple(k_rope.shape[:2]) != want:
             raise ValueError(f"latent / k_rope must be [{want[0]}, {want[1]}, ...] for this step, got "
@@ -141,6 +153,17 @@ class PagedMLACache:
         if self._step is None:
             raise RuntimeError("no open step: call begin(seq_ids, num_new)")
         return self._step
+
+    def rollback(self) -> None:
+        """Drop the open step: its tokens do not count and the pages begin() reserved for it go
+        back to the pool (what append() wrote there is garbage the next owner overwrites)."""
+        if self._step is None:
+            raise RuntimeError("rollback() without begin()")
+        for s in reversed(self._step[0]):
+            keep = -(-self._len[s] // self.page_size)
+            self._free.extend(reversed(self._pages[s][keep:]))
+            del self._pages[s][keep:]
+        self._step = None
 
     def commit(self) -> None:
         if self._step is None:
