@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from pygen import _backend
 from pygen.models.deepseek import DeepSeekV3Config
 from pygen.nn import _mla_absorb as absorb
 from pygen.nn._mla_cache import PagedMLACache
@@ -16,7 +17,6 @@ from pygen.nn._rope import RotaryEmbedding, inv_freq_and_attention_factor, softm
 from pygen.nn.mla import MLA, attention_explicit, mask_is_causal
 
 from conftest import ATOL, assert_close_to_ref
-from pygen import _backend
 
 
 def _triton_skip() -> str | None:

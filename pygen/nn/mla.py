@@ -34,7 +34,6 @@ Three ways through the attention, by what ``cache`` is:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -212,11 +211,10 @@ class MLA(nn.Module):
         (non-absorbed: 2 (192 + 128) FLOPs per pair instead of 2 (576 + 512)), new-vs-cached in
         absorbed mla_decode with the n queries folded into the head axis (non-causal: every new
         token sees every cached one, and the pages are read once), merged by their lse."""
-        from ..ops.mla import merge_attn_states, mla_decode
+        from ..ops.mla import merge_attn_states, mla_decode, mla_prefill
         b, n, h, _ = q_nope.shape
         k, v = self.expand_kv(latent, k_rope)
         cu = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_nope.device)
-        from ..ops.mla import mla_prefill
         o_new, lse_new = mla_prefill(torch.cat([q_nope, q_rope], -1).reshape(b * n, h, -1).contiguous(),
                                      k.reshape(b * n, h, -1).contiguous(), v.reshape(b * n, h, -1).contiguous(),
                                      cu, cu, max_seqlen_q=n, max_seqlen_k=n, softmax_scale=self.scaling,
