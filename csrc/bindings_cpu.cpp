@@ -44,6 +44,14 @@ struct CpuMoeBackend {
     py::gil_scoped_release nogil;
     pygen::moe::cpu_align(p, CpuBackend::threads(ctx));
   }
+  static void route(const pygen::moe::RouteParams& p, const std::vector<int64_t>& ctx) {
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = pygen::moe::cpu_route(p, CpuBackend::threads(ctx));
+    }
+    if (!ok) throw py::value_error("moe_route: unknown dtype code " + std::to_string(p.dtype));
+  }
 };
 
 }  // namespace
@@ -52,6 +60,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "pygen host kernels (g++ -O3 -fopenmp): RoI family. See pygen/native/roi.py.";
   pygen::roi::bind::def_roi<CpuBackend>(m);
   pygen::moe::bind::def_moe<CpuMoeBackend>(m);
+  pygen::moe::bind::def_moe_route<CpuMoeBackend>(m);
   m.def("_set_cpu_impl", &pygen::roi::set_cpu_impl,
         "Verification hook: 0 = optimised CPU loops, 1 = the CUDA kernels' per-element bodies "
         "(atomic-style backward, run serially), 2 = as 1 with the deterministic per-column "

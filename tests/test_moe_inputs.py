@@ -11,7 +11,7 @@ import pygen.native.moe as nmoe
 from pygen.ops.moe import fused_moe, moe_align, moe_permute, moe_route, moe_unpermute
 
 LAUNCHERS = [(kmoe, n) for n in ("route_fwd", "align_fwd", "permute_fwd", "unpermute_fwd", "unpermute_bwd",
-                                 "fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, "align_fwd")]
+                                 "fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, "align_fwd"), (nmoe, "route_fwd")]
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ ROUTE_BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "cpu", "reference"])
 @pytest.mark.parametrize("arg,exc,kw", ROUTE_BAD, ids=[f"{c[0]}-{i}" for i, c in enumerate(ROUTE_BAD)])
 def test_route_bad_input(no_launch, backend, arg, exc, kw):
     kw = {"backend": backend, **kw}

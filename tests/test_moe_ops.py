@@ -18,6 +18,7 @@ from pygen.ref import moe as ref
 
 ALIGN_BACKENDS = [p for p in backend_params()]
 KERNEL_ROUTE = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
+ROUTE_BACKENDS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
 
 
 def _gen(seed):
@@ -38,7 +39,7 @@ ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, scale
 ]
 
 
-@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
 @pytest.mark.parametrize("case", ROUTE_CASES, ids=lambda c: f"T{c[0]}E{c[1]}k{c[2]}g{c[3]}-{c[4]}-{c[5]}")
 def test_route_matches_reference(dev, backend, case):
     t, e, k, g, tg, scoring, has_bias, norm, scale = case
@@ -54,13 +55,23 @@ def test_route_matches_reference(dev, backend, case):
     assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
 
 
-def test_route_float64_logits_stay_float64_on_reference():
-    logits = torch.randn(4, 8, dtype=torch.float64)
-    ids, w = moe_route(logits, 2)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_route_float64_and_16bit_logits(backend):
+    if not _backend.backend_status(backend, "cpu")[0]:
+        pytest.skip(f"{backend} unavailable")
+    logits = torch.randn(6, 16, dtype=torch.float64, generator=_gen(2))
+    ids, w = moe_route(logits, 3, n_group=4, topk_group=2, backend=backend)
+    rid, rw = ref.moe_route(logits, 3, n_group=4, topk_group=2)
     assert w.dtype == torch.float64 and ids.dtype == torch.int32
+    assert torch.equal(ids, rid) and torch.allclose(w, rw, rtol=1e-14, atol=1e-15)
+    for dt in (torch.float16, torch.bfloat16):
+        ids, w = moe_route(logits.to(dt), 3, n_group=4, topk_group=2, backend=backend)
+        rid, rw = ref.moe_route(logits.to(dt), 3, n_group=4, topk_group=2)
+        assert w.dtype == torch.float32 and torch.equal(ids, rid)
+        torch.testing.assert_close(w, rw)
 
 
-@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
 def test_route_ties_lower_index_wins(dev, backend):
     """Integer logits give many exact ties among experts and among groups."""
     gen = _gen(7)
@@ -93,7 +104,7 @@ def _hf_router(e, k, g, tg, scale, norm, hidden=16, seed=0):
     return r
 
 
-@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
 @pytest.mark.parametrize("e,k,g,tg,norm", [(64, 6, 8, 3, True), (256, 8, 8, 4, True), (32, 4, 1, 1, False)])
 def test_route_matches_transformers_deepseek_v3(dev, backend, e, k, g, tg, norm):
     router = _hf_router(e, k, g, tg, 2.5, norm)
@@ -132,16 +143,19 @@ def test_route_transformers_ties_same_scores():
     assert torch.equal(tid.long(), hid)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("scoring,norm", [("sigmoid", True), ("softmax", True), ("sigmoid", False)])
-def test_route_gradcheck_reference(scoring, norm):
+def test_route_gradcheck(backend, scoring, norm):
+    if not _backend.backend_status(backend, "cpu")[0]:
+        pytest.skip(f"{backend} unavailable")
     logits = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(8, dtype=torch.float64) * 0.1
     f = lambda x: moe_route(x, 3, scoring=scoring, e_score_correction_bias=bias, n_group=4, topk_group=2,  # noqa: E731
-                            norm_topk_prob=norm, routed_scaling_factor=1.5, backend="reference")[1]
+                            norm_topk_prob=norm, routed_scaling_factor=1.5, backend=backend)[1]
     assert torch.autograd.gradcheck(f, (logits,))
 
 
-@pytest.mark.parametrize("dev,backend", [p for p in KERNEL_ROUTE if p.values[1] != "reference"])
+@pytest.mark.parametrize("dev,backend", [p for p in ROUTE_BACKENDS if p.values[1] != "reference"])
 @pytest.mark.parametrize("scoring,norm", [("sigmoid", True), ("softmax", True), ("softmax", False)])
 def test_route_backward_matches_reference(dev, backend, scoring, norm):
     logits = torch.randn(9, 16, generator=_gen(5))
@@ -435,6 +449,7 @@ def _opcheck_cases():
     g = torch.randn(6, 16)
     cases = {
         "moe_route_triton": (torch.randn(5, 16), torch.randn(16) * 0.1, 3, "sigmoid", 4, 2, True, 1.5),
+        "moe_route_cpu": (torch.randn(5, 16), torch.randn(16) * 0.1, 3, "softmax", 4, 2, True, 1.5),
         "moe_align_triton": (ids32, 3, 4),
         "moe_align_cpu": (ids, 3, 4),
         "moe_permute_triton": (x, ids32, 3),
@@ -461,7 +476,7 @@ def test_opcheck(name):
         and "backward" not in name
     if diff:
         args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() and
-                     i < 4 and not (name == "moe_route_triton" and i == 1) else a for i, a in enumerate(args))
+                     i < 4 and not (name.startswith("moe_route") and i == 1) else a for i, a in enumerate(args))
     tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic") + \
         (("test_autograd_registration",) if diff else ())
     torch.library.opcheck(_registry.get(name), args, test_utils=tests)

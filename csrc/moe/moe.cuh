@@ -11,8 +11,18 @@
 // counts[b][e]; an exclusive prefix over blocks per expert (counts[b][e] becomes the number of
 // e-slots in earlier blocks); a scan over experts; then slot s of block b goes to
 // starts[e] + counts[b][e] + (e-slots before s inside block b).
+//
+// Routing (route_token, the CPU build of moe_route): DeepSeek-V3 semantics of pygen/ref/moe.py,
+// for one token with E logits x:
+//   s = sigmoid(x) | softmax(x);  b = s + bias;  gs[g] = top-2 sum of b in group g;
+//   keep the topk_group best groups; ids = top_k experts by b inside kept groups;
+//   w = s[ids] (/ (sum + 1e-20) when norm) * scale.
+// Every selection keeps a small buffer sorted by (value descending, index ascending): a candidate
+// is inserted only past the entries with value >= its own, so equal values keep the lower index
+// first -- the tie rule of pygen.ref.moe (tie_break="index") and of the Triton kernel.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "../common/macros.h"
@@ -48,6 +58,82 @@ HOST_DEVICE int32_t block_expert(const int32_t* starts, int64_t E, int64_t j, in
     if (starts[mid] <= pos) lo = mid; else hi = mid - 1;
   }
   return static_cast<int32_t>(lo);
+}
+
+// Insert (v, i) into the sorted buffer (vals/idx, n used of cap); returns the new n.
+template <typename A>
+HOST_DEVICE int topk_insert(A* vals, int32_t* idx, int n, int cap, A v, int32_t i) {
+  if (n == cap && !(v > vals[n - 1])) return n;  // not better than the current last: ties keep it
+  int p = n < cap ? n : cap - 1;
+  while (p > 0 && v > vals[p - 1]) {             // strictly greater moves up: ties stay behind
+    vals[p] = vals[p - 1];
+    idx[p] = idx[p - 1];
+    --p;
+  }
+  vals[p] = v;
+  idx[p] = i;
+  return n < cap ? n + 1 : n;
+}
+
+struct RouteArgs {
+  int64_t E, k, n_group, topk_group;
+  bool softmax, norm;
+  double scale;
+};
+
+// One token. x: E logits (compute type A already), bias: E values or nullptr. Scratch: s, b of E;
+// gvals of n_group (+ gidx), kvals of k. Outputs ids[k], w[k] (compute type).
+template <typename A>
+HOST_DEVICE void route_token(const A* x, const A* bias, const RouteArgs& r, A* s, A* b, A* gvals, int32_t* gidx,
+                             A* kvals, int32_t* ids, A* w) {
+  const int64_t E = r.E;
+  if (r.softmax) {
+    A mx = x[0];
+    for (int64_t e = 1; e < E; ++e) mx = x[e] > mx ? x[e] : mx;
+    A sum = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      s[e] = std::exp(x[e] - mx);
+      sum += s[e];
+    }
+    for (int64_t e = 0; e < E; ++e) s[e] /= sum;
+  } else {
+    for (int64_t e = 0; e < E; ++e) s[e] = A(1) / (A(1) + std::exp(-x[e]));
+  }
+  for (int64_t e = 0; e < E; ++e) b[e] = bias ? s[e] + bias[e] : s[e];
+  const int64_t G = r.n_group, per = E / G;
+  const bool grouped = G > 1 && r.topk_group < G;
+  int ng = 0;
+  if (grouped) {
+    for (int64_t g = 0; g < G; ++g) {
+      A t1 = b[g * per], t2 = -INFINITY;  // top-2 values of the group (ties: both count)
+      for (int64_t e = g * per + 1; e < (g + 1) * per; ++e) {
+        const A v = b[e];
+        if (v > t1) { t2 = t1; t1 = v; } else if (v > t2) { t2 = v; }
+      }
+      ng = topk_insert(gvals, gidx, ng, static_cast<int>(r.topk_group), per > 1 ? t1 + t2 : t1,
+                       static_cast<int32_t>(g));
+    }
+  }
+  int nk = 0;
+  const int kk = static_cast<int>(r.k);
+  if (grouped) {
+    // kept groups in ascending group order, so experts are offered in ascending id order
+    for (int64_t g = 0; g < G; ++g) {
+      bool kept = false;
+      for (int q = 0; q < ng; ++q) kept = kept || gidx[q] == g;
+      if (!kept) continue;
+      for (int64_t e = g * per; e < (g + 1) * per; ++e) nk = topk_insert(kvals, ids, nk, kk, b[e], static_cast<int32_t>(e));
+    }
+  } else {
+    for (int64_t e = 0; e < E; ++e) nk = topk_insert(kvals, ids, nk, kk, b[e], static_cast<int32_t>(e));
+  }
+  A sum = 0;
+  for (int j = 0; j < kk; ++j) {
+    w[j] = s[ids[j]];
+    sum += w[j];
+  }
+  const A den = r.norm ? sum + A(1e-20) : A(1);
+  for (int j = 0; j < kk; ++j) w[j] = r.norm ? w[j] / den * A(r.scale) : w[j] * A(r.scale);
 }
 
 }  // namespace moe

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -61,6 +62,46 @@ void def_moe(py::module_& m) {
     Backend::align(p, ctx);
   }, py::arg("ids"), py::arg("ids_int64"), py::arg("num_experts"), py::arg("block_size"), py::arg("sorted_ids"),
      py::arg("expert_ids"), py::arg("ntpp"), py::arg("starts"), py::arg("workspace"), py::arg("ctx"));
+}
+
+// moe_route (CPU module only): logits [T, E] unit column stride, bias [E] contiguous (compute type)
+// or None, ids int32 [T, k] and weights [T, k] (compute type) contiguous.
+template <typename Backend>
+void def_moe_route(py::module_& m) {
+  m.def("moe_route", [](int dtype, const TensorArg& logits, std::optional<TensorArg> bias, const TensorArg& ids,
+                        const TensorArg& weights, int64_t n_group, int64_t topk_group, bool softmax, bool norm,
+                        double scale, const Ctx& ctx) {
+    const auto& z = std::get<1>(logits);
+    const auto& st = std::get<2>(logits);
+    if (z.size() != 2) throw py::value_error("moe_route: logits must be 2-D");
+    RouteParams p{};
+    p.T = z[0];
+    p.E = z[1];
+    if (p.E < 1) throw py::value_error("moe_route: need at least one expert");
+    if (p.E > 1 && st[1] != 1) throw py::value_error("moe_route: logits must have unit column stride");
+    p.ld = st[0];
+    const auto& iz = std::get<1>(ids);
+    if (iz.size() != 2 || iz[0] != p.T) throw py::value_error("moe_route: ids must be [T, k]");
+    p.k = iz[1];
+    if (p.k < 1 || p.k > p.E) throw py::value_error("moe_route: need 1 <= k <= E");
+    if (n_group < 1 || p.E % n_group || topk_group < 1 || topk_group > n_group)
+      throw py::value_error("moe_route: bad n_group / topk_group");
+    const int64_t eligible = topk_group < n_group ? topk_group * (p.E / n_group) : p.E;
+    if (p.k > eligible) throw py::value_error("moe_route: k exceeds the experts of the kept groups");
+    p.logits = reinterpret_cast<const void*>(std::get<0>(logits));
+    p.dtype = dtype;
+    p.bias = bias ? vec(*bias, p.E, "bias") : nullptr;
+    p.ids = static_cast<int32_t*>(vec(std::make_tuple(std::get<0>(ids), std::vector<int64_t>{p.T * p.k},
+                                                      std::vector<int64_t>{1}), p.T * p.k, "ids"));
+    p.weights = vec(std::make_tuple(std::get<0>(weights), std::vector<int64_t>{p.T * p.k}, std::vector<int64_t>{1}),
+                    p.T * p.k, "weights");
+    p.n_group = n_group;
+    p.topk_group = topk_group;
+    p.softmax = softmax;
+    p.norm = norm;
+    p.scale = scale;
+    Backend::route(p, ctx);
+  });
 }
 
 }  // namespace bind

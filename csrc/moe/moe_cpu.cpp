@@ -7,7 +7,9 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <vector>
 
+#include "../common/dtype.h"
 #include "moe.cuh"
 #include "moe_launch.h"
 
@@ -63,6 +65,40 @@ void cpu_align(const AlignParams& p, int num_threads) {
   }
 #pragma omp parallel for num_threads(nt) if (par) schedule(static)
   for (int64_t j = 0; j < p.nblk; ++j) p.expert_ids[j] = block_expert(p.starts, E, j, B);
+}
+
+namespace {
+
+template <typename S, typename A>
+void route_rows(const RouteParams& p, int num_threads) {
+  const RouteArgs r{p.E, p.k, p.n_group, p.topk_group, p.softmax, p.norm, p.scale};
+  const S* logits = static_cast<const S*>(p.logits);
+  const A* bias = static_cast<const A*>(p.bias);
+  A* weights = static_cast<A*>(p.weights);
+  const bool par = p.T * p.E >= (int64_t(1) << 15) && num_threads > 1;
+#pragma omp parallel num_threads(num_threads > 0 ? num_threads : 1) if (par)
+  {
+    // per-thread scratch: logits row (compute type), scores, biased scores, selection buffers
+    std::vector<A> x(p.E), s(p.E), b(p.E), gvals(p.n_group + 1), kvals(p.k);
+    std::vector<int32_t> gidx(p.n_group + 1);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < p.T; ++t) {
+      const S* row = logits + t * p.ld;
+      for (int64_t e = 0; e < p.E; ++e) x[e] = load<A>(row + e);
+      route_token<A>(x.data(), bias, r, s.data(), b.data(), gvals.data(), gidx.data(), kvals.data(),
+                     p.ids + t * p.k, weights + t * p.k);
+    }
+  }
+}
+
+}  // namespace
+
+bool cpu_route(const RouteParams& p, int num_threads) {
+  return dispatch_dtype<true>(p.dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using A = typename decltype(t_tag)::type;
+    route_rows<S, A>(p, num_threads);
+  });
 }
 
 }  // namespace moe

@@ -27,6 +27,24 @@ struct AlignParams {
   int32_t* workspace;       // [NB*E + E] zero-filled, NB = max(1, ceil(S / kSlotBlock))
 };
 
+// moe_route, CPU build only (the GPU runs the Triton kernel). logits [T, E] with row stride
+// ld and unit column stride, dtype code (csrc/common/dtype.h); bias [E] in the compute type
+// (float64 for float64 logits, else float32) or nullptr; ids int32 [T, k]; weights [T, k] in the
+// compute type. Returns false for an unknown dtype code.
+struct RouteParams {
+  const void* logits;
+  int dtype;
+  int64_t T, ld;
+  const void* bias;
+  int32_t* ids;
+  void* weights;
+  int64_t E, k, n_group, topk_group;
+  bool softmax, norm;
+  double scale;
+};
+
+bool cpu_route(const RouteParams& p, int num_threads);  // moe_cpu.cpp
+
 inline int64_t num_slot_blocks(int64_t S) { return S <= 0 ? 1 : (S + kSlotBlock - 1) / kSlotBlock; }
 
 int cuda_align(const AlignParams& p, void* stream);     // moe.cu

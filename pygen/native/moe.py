@@ -52,3 +52,20 @@ def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts
     mod.moe_align(_arg(ids.reshape(-1)), ids.dtype == torch.int64, int(num_experts), int(block_size),
                   _arg(sorted_ids), _arg(expert_ids), _arg(ntpp), _arg(starts), _arg(workspace), ctx)
     return None
+
+
+def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale):
+    """CPU build only. logits [T, E] with unit column stride (any float dtype); bias [E] contiguous
+    in the compute dtype (float64 for float64 logits, else float32) or None; ids int32 [T, k] and
+    weights (compute dtype) [T, k] contiguous."""
+    if logits.device.type != "cpu":
+        raise RuntimeError("moe_route: the csrc build of moe_route is CPU-only (the GPU runs Triton)")
+    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if weights.dtype != cdt or (bias is not None and bias.dtype != cdt):
+        raise TypeError(f"moe_route: weights and bias must be {cdt} for {logits.dtype} logits")
+    if ids.dtype != torch.int32 or not ids.is_contiguous() or not weights.is_contiguous():
+        raise TypeError("moe_route: ids must be contiguous int32 and weights contiguous")
+    mod, ctx = _module(logits)
+    mod.moe_route(_ext.dtype_code(logits), _arg(logits), None if bias is None else _arg(bias), _arg(ids),
+                  _arg(weights), int(n_group), int(topk_group), scoring == "softmax", bool(norm), float(scale), ctx)
+    return None

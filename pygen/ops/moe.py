@@ -12,9 +12,11 @@ Semantics, layouts and the tie rule are stated in pygen/ref/moe.py (the oracle) 
 
 Backends
 --------
-* moe_route, moe_permute, moe_unpermute, fused_moe: ``triton`` (kernels/moe.py: on CUDA, or on CPU
-  under TRITON_INTERPRET=1) and ``reference``. The automatic choice is triton on CUDA tensors,
-  reference on CPU tensors; float64 always runs on the reference.
+* moe_permute, moe_unpermute, fused_moe: ``triton`` (kernels/moe.py: on CUDA, or on CPU under
+  TRITON_INTERPRET=1) and ``reference``. The automatic choice is triton on CUDA tensors, reference
+  on CPU tensors; float64 always runs on the reference.
+* moe_route: ``triton``, ``cpu`` (csrc/moe/moe_cpu.cpp, OpenMP over tokens, float64 included) and
+  ``reference``. Automatic: triton on CUDA tensors, cpu then reference on CPU tensors.
 * moe_align: ``cuda`` and ``cpu`` (csrc/moe, one set of per-element bodies), ``triton`` and
   ``reference``. Automatic: cuda then triton on CUDA tensors, cpu then reference on CPU tensors.
 
@@ -44,6 +46,7 @@ __all__ = ["moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe"
 ACTIVATIONS = ref.ACTIVATIONS
 _TRITON_REF = ("triton", "reference")
 _ALIGN_SUPPORTED = ("cuda", "triton", "cpu", "reference")
+_ROUTE_SUPPORTED = ("triton", "cpu", "reference")
 
 
 def _kernels():
@@ -81,8 +84,9 @@ def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_TRITON_REF
 # ==============================================================================================
 def _new_route(logits: torch.Tensor, top_k: int):
     t = logits.shape[0]
+    wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     # (weights, ids): the float output first (opcheck's aot test sums outputs into the first one's dtype)
-    return (torch.empty((t, top_k), dtype=torch.float32, device=logits.device),
+    return (torch.empty((t, top_k), dtype=wdt, device=logits.device),
             torch.empty((t, top_k), dtype=torch.int32, device=logits.device))
 
 
@@ -106,15 +110,20 @@ def _route_grad(logits, ids, grad_w, scoring, norm, scale):
     return dx.to(logits.dtype)
 
 
-def _register_route() -> None:
+def _register_route(b: str) -> None:
     def impl(logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
         w, ids = _new_route(logits, top_k)
         if logits.shape[0]:
-            _kernels().route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
+            if b == "triton":
+                _kernels().route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
+            else:
+                x = logits if logits.shape[1] == 1 or logits.stride(1) == 1 else logits.contiguous()
+                bb = None if bias is None else bias.to(w.dtype).contiguous()
+                _native().route_fwd(x, bb, ids, w, scoring, n_group, topk_group, norm, scale)
         return w, ids
 
     op = _registry.define(
-        "moe_route_triton",
+        f"moe_route_{b}",
         "(Tensor router_logits, Tensor? bias, int top_k, str scoring, int n_group, int topk_group, "
         "bool norm_topk_prob, float routed_scaling_factor) -> (Tensor, Tensor)",
         _on_device(impl), lambda logits, bias, top_k, *rest: _new_route(logits, top_k))
@@ -133,7 +142,8 @@ def _register_route() -> None:
     op.register_autograd(backward, setup_context=setup)
 
 
-_register_route()
+for _b in ("triton", "cpu"):
+    _register_route(_b)
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoid",
@@ -141,15 +151,16 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoi
               norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0, backend: str | None = None):
     """DeepSeek-V3 routing of router_logits [T, E] -> (topk_ids int32 [T, top_k], topk_weights
     float32 [T, top_k]; float64 for float64 logits). ids are ordered by biased score, descending,
-    ties to the lower expert id (pygen/ref/moe.py)."""
+    ties to the lower expert id (pygen/ref/moe.py). Weights are float64 for float64 logits (cpu
+    and reference backends)."""
     top_k, n_group, topk_group, scale = chk.route(router_logits, top_k, scoring, e_score_correction_bias,
                                                   n_group, topk_group, norm_topk_prob, routed_scaling_factor)
-    b = _pick("moe_route", router_logits, backend)
+    b = _pick("moe_route", router_logits, backend, _ROUTE_SUPPORTED)
     if b == "reference":
         return ref.moe_route(router_logits, top_k, scoring=scoring, e_score_correction_bias=e_score_correction_bias,
                              n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
                              routed_scaling_factor=scale)
-    w, ids = _registry.get("moe_route_triton")(router_logits, e_score_correction_bias, top_k, scoring, n_group,
+    w, ids = _registry.get(f"moe_route_{b}")(router_logits, e_score_correction_bias, top_k, scoring, n_group,
                                                 topk_group, norm_topk_prob, scale)
     return ids, w
 
