@@ -101,8 +101,11 @@ def _ops():
 
 
 def _randn(shape, seed: int, device, dtype, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g) * scale).to(device=device, dtype=dtype)
+    # drawn on the bench device in the bench dtype: the DeepSeek-V3 expert weights are 11.3 G
+    # values (minutes to draw on the host, and twice the memory through a float32 copy)
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    return out.mul_(scale) if scale != 1.0 else out
 
 
 def _with_bwd(fwd: int, bwd: int, mode: str) -> int:
@@ -330,11 +333,15 @@ def _layer_fields(s: MoEShape) -> dict:
 def _layer_inputs(s: MoEShape, t: int):
     def make(device, dtype) -> Inputs:
         from pygen.nn.moe import MoE
-        torch.manual_seed(20)
-        with torch.device(device):
-            layer = MoE(**_layer_fields(s), initializer_range=s.hidden ** -0.5)
-        layer.to(dtype)
-        layer.gate.float()     # the router stays float32, as transformers keeps it
+        with torch.device("meta"):
+            layer = MoE(**_layer_fields(s))
+        layer.to_empty(device=device)
+        for i, (name, p) in enumerate(layer.named_parameters()):   # drawn in the bench dtype
+            if not name.startswith("gate."):
+                p.data = _randn(p.shape, 30 + i, device, dtype, p.shape[-1] ** -0.5)
+            else:
+                p.data = _randn(p.shape, 25, device, torch.float32, s.hidden ** -0.5)
+        layer.tokens_per_expert = torch.zeros(s.experts, dtype=torch.int64, device=device)
         with torch.no_grad():
             layer.gate.e_score_correction_bias.copy_(_randn((s.experts,), 21, device, torch.float32, 0.05))
         layer.eval().requires_grad_(False)
