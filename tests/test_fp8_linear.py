@@ -40,7 +40,7 @@ def test_dropin_constructor_and_state_dict():
     assert list(FP8Linear(128, 256, bias=False).state_dict()) == ["weight"]
     lin, f = _pair()
     assert f.weight is lin.weight and f.bias is lin.bias           # shared, not copied
-    with pytest.raises(ValueError, match="multiples of 128"):
+    with pytest.raises(ValueError, match="multiple of 128"):
         FP8Linear(100, 128)
     with pytest.raises(ValueError, match="scale_format"):
         FP8Linear(128, 128, scale_format="e5m2")
@@ -53,14 +53,14 @@ def test_dropin_constructor_and_state_dict():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_forward_and_grads_vs_linear(backend, dtype):
-    lin, f = _pair(dtype=dtype)
+@pytest.mark.parametrize("dtype,out_f", [(torch.float32, 128), (torch.bfloat16, 128), (torch.float32, 200)])
+def test_forward_and_grads_vs_linear(backend, dtype, out_f):
+    lin, f = _pair(out_f=out_f, dtype=dtype)
     f.backend = backend
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 5, 256, generator=g).to(DEV, dtype).requires_grad_(True)
     y = f(x)
-    assert y.shape == (3, 5, 128) and y.dtype == dtype
+    assert y.shape == (3, 5, out_f) and y.dtype == dtype
     gy = torch.randn(y.shape, generator=g).to(DEV, dtype)
     dx, dw, db = torch.autograd.grad(y, (x, f.weight, f.bias), gy)
     assert dw.dtype == dtype and dx.dtype == dtype
@@ -69,8 +69,8 @@ def test_forward_and_grads_vs_linear(backend, dtype):
     g64 = gy.double()
     assert _rel(y, x64 @ w64.t() + b64) < REL_TOL
     assert _rel(dx, g64 @ w64) < REL_TOL
-    assert _rel(dw, g64.reshape(-1, 128).t() @ x64.reshape(-1, 256)) < REL_TOL
-    assert _rel(db, g64.reshape(-1, 128).sum(0)) < 1e-2
+    assert _rel(dw, g64.reshape(-1, out_f).t() @ x64.reshape(-1, 256)) < REL_TOL
+    assert _rel(db, g64.reshape(-1, out_f).sum(0)) < 1e-2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,8 +121,8 @@ def test_eval_cache_and_invalidation(monkeypatch):
 def test_convert_to_fp8_filter_and_sharing():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(),
-                          nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 100)),  # last: N % 128 != 0
-                          nn.Linear(100, 128))
+                          nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 100)),  # ragged N: fine
+                          nn.Linear(100, 128))                                       # K % 128 != 0
     ref_model = nn.Sequential(*[m for m in model])                  # same modules, pre-conversion
     w0 = model[0].weight
     x = torch.randn(4, 256, device=DEV)
@@ -131,7 +131,7 @@ def test_convert_to_fp8_filter_and_sharing():
     convert_to_fp8(model, filter=lambda name, mod: name != "2.0")
     assert isinstance(model[0], FP8Linear) and model[0].weight is w0
     assert type(model[2][0]) is nn.Linear                          # filtered out
-    assert type(model[2][1]) is nn.Linear and type(model[3]) is nn.Linear   # dims not multiples of 128
+    assert isinstance(model[2][1], FP8Linear) and type(model[3]) is nn.Linear   # K = 100 stays
     assert _rel(model(x), before) < REL_TOL
     assert list(model.state_dict()) == list(ref_model.state_dict())
     all_model = convert_to_fp8(nn.Sequential(nn.Linear(128, 128)))

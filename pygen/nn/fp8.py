@@ -26,9 +26,10 @@ Inference cache: in eval mode with autograd off, the quantised weight is kept an
 weight changes (its version counter, data pointer, device or dtype) -- e.g. after an optimizer
 step or load_state_dict. Training mode quantises on the fly every call.
 
-Limits: in_features and out_features must be multiples of 128 (the scale grid; the input
-gradient's reduction runs over out_features); convert_to_fp8 leaves other layers alone. Input
-dtypes: float32, bfloat16, float16 (output in the input's dtype).
+Limits: in_features must be a multiple of 128 (the scale grid along K); convert_to_fp8 leaves
+other layers alone. A ragged out_features (DeepSeek-V3's 2112 = 1536 + 576) works: the input
+gradient, whose reduction runs over out_features, pads dY and W^T with zero columns. Input dtypes:
+float32, bfloat16, float16 (output in the input's dtype).
 """
 from __future__ import annotations
 
@@ -68,9 +69,16 @@ class _FP8LinearFn(torch.autograd.Function):
         gy = gy.contiguous()
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            gq, gs = ops.quantize_fp8_1x128(gy, scale_format=scale_format, backend=backend)
+            n = gy.shape[1]
+            np_ = round_up(n, BLOCK)
+            # dX = dY W: the reduction runs over N, so a ragged N is padded with zero columns of
+            # dY and of W^T (the last weight block's scale already covers them)
+            gy_n = gy if np_ == n else torch.cat([gy, gy.new_zeros(gy.shape[0], np_ - n)], 1)
+            gq, gs = ops.quantize_fp8_1x128(gy_n, scale_format=scale_format, backend=backend)
             # W^T [K, N] with the [K/128, N/128] block scales: K-major copy for the MMA
-            dx = ops.fp8_gemm(gq, gs, wq.t().contiguous(), ws.t(), out_dtype=gy.dtype, backend=backend)
+            wqt = wq.t().contiguous() if np_ == n else torch.cat(
+                [wq.t(), torch.zeros(wq.shape[1], np_ - n, dtype=wq.dtype, device=wq.device)], 1)
+            dx = ops.fp8_gemm(gq, gs, wqt, ws.t(), out_dtype=gy.dtype, backend=backend)
         if ctx.needs_input_grad[1]:
             m = gy.shape[0]
             mp = round_up(max(m, 1), BLOCK)
@@ -97,8 +105,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     n, k = weight.shape
     if x.shape[-1] != k:
         raise ValueError(f"fp8_linear: x.shape[-1] must be in_features = {k}, got {tuple(x.shape)}")
-    if n % BLOCK or k % BLOCK:
-        raise ValueError(f"fp8_linear: in_features ({k}) and out_features ({n}) must be multiples of {BLOCK}")
+    if k % BLOCK:
+        raise ValueError(f"fp8_linear: in_features ({k}) must be a multiple of {BLOCK}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     wq, ws = weight_fp8 if weight_fp8 is not None else (None, None)
@@ -111,9 +119,9 @@ class FP8Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  scale_format: str = "fp32", backend: str | None = None):
-        if in_features % BLOCK or out_features % BLOCK:
-            raise ValueError(f"FP8Linear: in_features ({in_features}) and out_features ({out_features}) must be "
-                             f"multiples of {BLOCK} (the FP8 scale grid); keep this layer as nn.Linear")
+        if in_features % BLOCK:
+            raise ValueError(f"FP8Linear: in_features ({in_features}) must be a multiple of {BLOCK} (the FP8 "
+                             f"scale grid along K); keep this layer as nn.Linear")
         if scale_format not in ("fp32", "ue8m0"):
             raise ValueError(f"FP8Linear: scale_format must be 'fp32' or 'ue8m0', got {scale_format!r}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
@@ -153,14 +161,13 @@ class FP8Linear(nn.Linear):
 
 
 def _fp8_compatible(module: nn.Module) -> bool:
-    return (type(module) is nn.Linear and module.in_features % BLOCK == 0
-            and module.out_features % BLOCK == 0)
+    return type(module) is nn.Linear and module.in_features % BLOCK == 0
 
 
 def convert_to_fp8(model: nn.Module, filter: Callable[[str, nn.Module], bool] | None = None, *,
                    scale_format: str = "fp32", backend: str | None = None) -> nn.Module:
-    """Replace, in place, every nn.Linear of ``model`` (exact type) whose in/out features are
-    multiples of 128 and for which ``filter(qualified_name, module)`` is true (default: all)
+    """Replace, in place, every nn.Linear of ``model`` (exact type) whose in_features is a
+    multiple of 128 and for which ``filter(qualified_name, module)`` is true (default: all)
     by FP8Linear.from_linear (Parameters shared, so optimizers and tied weights keep working).
     Returns ``model``; ``model`` itself is returned converted when it is such a Linear."""
     if filter is not None and not callable(filter):
