@@ -229,6 +229,18 @@ def test_gemm_schedules(cfg):
     _check_gemm(out, q, s, wq, ws, bias, out_dtype=torch.float32)
 
 
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 70), n=st.integers(1, 260), kb=st.integers(1, 3), bias=st.booleans(),
+       tr=st.booleans())
+def test_fp8_gemm_fuzz(m, n, kb, bias, tr):
+    x, w = _randn((m, kb * 128), m + n), _randn((n, kb * 128), kb, scale=0.05)
+    q, s = ops.quantize_fp8_1x128(x, transpose_scales=tr, backend="triton")
+    wq, ws = ops.quantize_fp8_128x128(w, backend="triton")
+    b = _randn((n,), 3) if bias else None
+    y = ops.fp8_gemm(q, s, wq, ws, out_dtype=torch.float32, bias=b, backend="triton")
+    _check_gemm(y, q, s, wq, ws, b, out_dtype=torch.float32)
+
+
 def test_default_configs_cover_the_shape_classes():
     """The table picks swap-AB for decode, split-K where tiles do not fill the SMs, and never
     more programs than SMs (H100/H200: 132)."""
