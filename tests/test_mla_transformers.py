@@ -98,7 +98,8 @@ def test_module_matches_eager_outputs_and_grads(backend, q_lora, interleave):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_module_with_transformers_cache(backend):
     """Prefill 5 tokens then decode 2, each side with its own DynamicCache (latents cached as
-    transformers 5.x caches them); the decode masks are what transformers' eager gives (zeros)."""
+    transformers 5.x caches them); the decode masks are what transformers' eager gives (zeros), and
+    the decode steps run absorbed mla_decode over the cached latents."""
     cfg = hf_config()
     ref, m = _pair(cfg, backend, seed=3)
     x = torch.randn(2, 7, 48, generator=torch.Generator().manual_seed(4))
@@ -111,7 +112,7 @@ def test_module_with_transformers_cache(backend):
             mask = torch.full((n, hi), torch.finfo(torch.float32).min).triu(lo + 1)[None, None].expand(2, 1, n, hi)
             a = ref(x[:, lo:hi], pe, mask, cache=c_hf)[0]
             b = m(x[:, lo:hi], pe, mask, past_key_values=c_pg)[0]      # the old keyword works too
-            assert m.last_path == "mla_prefill"
+            assert m.last_path == ("mla_prefill" if lo == 0 else "mla_decode (absorbed, transformers cache)")
             assert_close_to_ref(b, a, atol=2e-5, what=f"tokens {lo}:{hi}")
     assert c_pg.get_seq_length() == 7
 
@@ -141,6 +142,7 @@ def test_patch_deepseek_attention_whole_model(backend):
         assert_close_to_ref(model(ids).logits, logits, atol=2e-5, what="patched logits")
         assert new.last_path == "mla_prefill"
         assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), gen)
+        assert new.last_path == "mla_decode (absorbed, transformers cache)"
     assert tm.patch_deepseek_attention(model) == {}                     # nothing left to swap
 
 

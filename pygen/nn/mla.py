@@ -19,7 +19,9 @@ Dr = qk_rope_head_dim 64, Dv = v_head_dim 128, R = kv_lora_rank 512)::
 Three ways through the attention, by what ``cache`` is:
 
 - None or a transformers Cache (its ``update`` stores the compressed latents, as transformers
-  5.x does): keys/values are expanded per head and attention runs in pygen.ops.mla_prefill
+  5.x does): decode / MTP steps (fewer than ``chunk_threshold`` new tokens after cached ones,
+  inference, plain causal mask) run absorbed mla_decode over the cached latents viewed as
+  one-token pages; otherwise keys/values are expanded per head and attention runs in pygen.ops.mla_prefill
   (varlen causal flash attention, bottom-right aligned when the keys include cached tokens,
   differentiable). A mask that is not plain causal (padding, packed sequences), dropout in
   training fall back to explicit masked softmax attention
@@ -245,9 +247,37 @@ class MLA(nn.Module):
                 latent4, k_rope4 = cache.update(latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1),
                                                 self.layer_idx, kwargs=kwargs)
                 latent, k_rope = latent4[:, 0], k_rope4[:, 0]
-            k, v = self.expand_kv(latent, k_rope)
-            o = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask)
+            if self._absorb_contiguous_ok(s, latent.shape[1], attention_mask):
+                o = self._absorbed_contiguous(q_nope, q_rope, latent, k_rope)
+            else:
+                k, v = self.expand_kv(latent, k_rope)
+                o = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask)
         return self.o_proj(o.reshape(b, s, self.num_heads * self.v_head_dim)), None
+
+    def _absorb_contiguous_ok(self, s: int, kv_len: int, mask) -> bool:
+        """Decode / MTP steps on transformers' cache (inference, tokens already cached, plain
+        causal mask, the decode kernel's latent widths) take the absorbed path below."""
+        return (kv_len > s and s < self.chunk_threshold and not torch.is_grad_enabled()
+                and self.kv_lora_rank == 512 and self.qk_rope_head_dim == 64
+                and mask_is_causal(mask, s, kv_len))
+
+    def _absorbed_contiguous(self, q_nope, q_rope, latent, k_rope):
+        """Absorbed mla_decode over latents held contiguously per sequence (transformers' cache):
+        viewed as pages of one token ([b*S, 1, 1, 576], block_table = arange), so the kernel reads
+        576 values per cached token instead of the H * (192 + 128) of expanded keys and values.
+        The concatenation copies the latents once per call (same order of bytes as the read)."""
+        from ..ops.mla import mla_decode
+        b, n = latent.shape[:2]
+        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim,
+                                       self.v_head_dim)
+        q = absorb.absorbed_query(q_nope, q_rope, w_uk)
+        kv = torch.cat([latent, k_rope], -1).to(q.dtype).reshape(b * n, 1, 1, -1)
+        table = torch.arange(b * n, dtype=torch.int32, device=q.device).view(b, n)
+        lens = torch.full((b,), n, dtype=torch.int32, device=q.device)
+        out_latent, _ = mla_decode(q, kv, table, lens, head_dim_v=self.kv_lora_rank, softmax_scale=self.scaling,
+                                   causal=True, backend=self.backend)
+        self.last_path = "mla_decode (absorbed, transformers cache)"
+        return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, "
