@@ -335,15 +335,16 @@ def _layer_inputs(s: MoEShape, t: int):
         from pygen.nn.moe import MoE
         with torch.device("meta"):
             layer = MoE(**_layer_fields(s))
-        layer.to_empty(device=device)
-        for i, (name, p) in enumerate(layer.named_parameters()):   # drawn in the bench dtype
+        # meta -> drawn directly on the device in the bench dtype (the router stays float32)
+        for i, (name, p) in enumerate(list(layer.named_parameters())):
             if not name.startswith("gate."):
-                p.data = _randn(p.shape, 30 + i, device, dtype, p.shape[-1] ** -0.5)
+                val = _randn(p.shape, 30 + i, device, dtype, p.shape[-1] ** -0.5)
             else:
-                p.data = _randn(p.shape, 25, device, torch.float32, s.hidden ** -0.5)
+                val = _randn(p.shape, 25, device, torch.float32, s.hidden ** -0.5)
+            owner, _, leaf = name.rpartition(".")
+            setattr(layer.get_submodule(owner), leaf, torch.nn.Parameter(val, requires_grad=False))
         layer.tokens_per_expert = torch.zeros(s.experts, dtype=torch.int64, device=device)
-        with torch.no_grad():
-            layer.gate.e_score_correction_bias.copy_(_randn((s.experts,), 21, device, torch.float32, 0.05))
+        layer.gate.e_score_correction_bias = _randn((s.experts,), 21, device, torch.float32, 0.05)
         layer.eval().requires_grad_(False)
         x = _randn((t, s.hidden), 22, device, dtype)
         grad = _randn((t, s.hidden), 23, device, dtype)
