@@ -165,3 +165,19 @@ def test_patch_keeps_bf16_model_dtypes():
     assert {k: v.dtype for k, v in model.state_dict().items()} == dtypes
     out = model(torch.zeros(1, 4, dtype=torch.long)).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("ran_before", [False, True])
+def test_patch_keeps_router_logits_output(ran_before):
+    """transformers records router logits by hooking DeepseekV3TopkRouter modules; the swap must
+    keep them (hooks installed before the swap move over, later installs find the new gate)."""
+    model = _model(_config(experts_implementation="eager"))
+    ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2))
+    want = None
+    if ran_before:
+        want = model(ids, output_router_logits=True).router_logits
+    tm.patch_deepseek_moe(model, backend="reference")
+    got = model(ids, output_router_logits=True).router_logits
+    assert len(got) == 1 and got[0].shape == (10, 8)
+    if want is not None:
+        assert torch.allclose(got[0], want[0], atol=1e-6)

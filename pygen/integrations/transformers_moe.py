@@ -100,12 +100,39 @@ def _adopt_tensors(new: nn.Module, old: nn.Module) -> None:
             target._buffers[leaf] = b
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks")
+
+
+def _take_hooks(new: nn.Module, old: nn.Module) -> None:
+    """Move ``old``'s module hooks to ``new`` (transformers' output capturing, e.g. the
+    router_logits recorder, may already be installed on the old modules)."""
+    for name in _HOOK_DICTS:
+        src, dst = getattr(old, name, None), getattr(new, name, None)
+        if src and dst is not None:
+            dst.update(src)
+
+
+_ROUTER_CLASSES: dict[type, type] = {}
+
+
+def _router_class(hf_router: type) -> type:
+    """pygen's MoEGate that also passes ``isinstance(gate, DeepseekV3TopkRouter)``, which is how
+    transformers finds the modules whose output it records (``output_router_logits=True``)."""
+    from ..nn.moe import MoEGate
+    if hf_router not in _ROUTER_CLASSES:
+        _ROUTER_CLASSES[hf_router] = type("MoEGate", (MoEGate, hf_router), {"__module__": MoEGate.__module__})
+    return _ROUTER_CLASSES[hf_router]
+
+
 def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
     """Replace every transformers ``DeepseekV3MoE`` inside ``model`` by ``pygen.nn.MoE`` built from
     the same config, holding the original Parameter and buffer objects (no copy; dtypes, devices
-    and optimizer references kept). Returns ``{"DeepseekV3MoE": count}`` (empty when none was found).
+    and optimizer references kept). Module hooks move along, and the new gate still counts as a
+    ``DeepseekV3TopkRouter`` for transformers' output recording (``output_router_logits=True``). Returns ``{"DeepseekV3MoE": count}`` (empty when none was found).
     ImportError without transformers."""
-    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE, DeepseekV3TopkRouter
 
     from ..nn.moe import MoE
     counts: Counter[str] = Counter()
@@ -119,6 +146,9 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
             dev = child.gate.weight.device
             new.tokens_per_expert = torch.zeros(new.n_routed_experts, dtype=torch.int64, device=dev)
             new.train(child.training)
+            new.gate.__class__ = _router_class(DeepseekV3TopkRouter)   # MoEGate's forward, HF's type
+            _take_hooks(new, child)
+            _take_hooks(new.gate, child.gate)
             setattr(parent, child_name, new)
             counts[type(child).__name__] += 1
     return dict(counts)
