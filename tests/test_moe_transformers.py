@@ -181,3 +181,27 @@ def test_patch_keeps_router_logits_output(ran_before):
     assert len(got) == 1 and got[0].shape == (10, 8)
     if want is not None:
         assert torch.allclose(got[0], want[0], atol=1e-6)
+
+
+def test_experts_implementation_ep_sentinels():
+    """transformers' own expert parallelism marks slots of other ranks' experts with the id
+    num_experts; the pygen implementation drops them like the eager loop does."""
+    cfg = _config(experts_implementation="pygen")
+    torch.manual_seed(3)
+    experts = hf_ds.DeepseekV3Experts(cfg)
+    with torch.no_grad():
+        experts.gate_up_proj.normal_(0, 0.2)
+        experts.down_proj.normal_(0, 0.2)
+    experts._is_expert_parallel = True
+    x = torch.randn(6, 32, requires_grad=True)
+    ids = torch.randint(0, 8, (6, 3))
+    ids[0, 1] = ids[3, 0] = ids[3, 2] = 8                  # sentinels
+    w = torch.rand(6, 3, requires_grad=True)
+    out = experts(x, ids, w)
+    gx, gw = torch.autograd.grad(out.square().sum(), [x, w])
+    experts.config._experts_implementation = "eager"
+    ref = experts(x, ids, w)
+    rx, rw = torch.autograd.grad(ref.square().sum(), [x, w])
+    assert_close_to_ref(out, ref, atol=1e-5, what="out")
+    assert_close_to_ref(gx, rx, atol=1e-5, what="dx")
+    assert_close_to_ref(gw, rw, atol=1e-5, what="d weights")   # zero at the sentinels in both
