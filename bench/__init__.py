@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi", "flows", "made")
+FAMILIES = ("roi", "flows", "made", "mla")
 
 
 def load(family: str):

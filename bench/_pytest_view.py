@@ -39,6 +39,8 @@ def check_then_time(benchmark, case, impl_name: str, mode: str, baseline_names: 
                     + ("" if COMPILE or impl_name != "compile(reference)" else " (set PYGEN_BENCH_COMPILE=1)"))
     if impl.fn is None:
         pytest.skip(impl.skip)
+    if getattr(case, "modes", None) is not None and mode not in case.modes:
+        pytest.skip(f"{case.op} has no {mode} (forward-only)")
     inputs = case.make_inputs(DEVICE, DTYPE)
     expected = H.run_once(H.reference_impl(case), inputs, mode)
     ok, err = H.check(case, impl, inputs, mode, expected)

@@ -90,6 +90,8 @@ class Case:
                              a different but equally valid element; see _check_maxpool_grad)
     backends              -> the pygen kernel backends the op implements (None: all of
                              cuda / triton / cpu); the others are listed as skipped
+    modes                 -> the modes the op has (None: all); e.g. ("fwd",) for an op with no
+                             backward (paged decode, routing); the others are listed as skipped
     """
     family: str
     op: str
@@ -103,6 +105,7 @@ class Case:
     baselines: dict[str, Callable[[], Callable[[Inputs], torch.Tensor]]] = field(default_factory=dict)
     grad_check: str = "allclose"
     backends: tuple[str, ...] | None = None
+    modes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -507,7 +510,7 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         progress.step(f"{case.op} {case.label} (out of time)")
             continue
         inputs = case.make_inputs(opts.device, dtype)
-        expected = {m: run_once(ref_impl, inputs, m) for m in opts.modes}
+        expected = {m: run_once(ref_impl, inputs, m) for m in opts.modes if case.modes is None or m in case.modes}
         for impl in impls:
             for mode in opts.modes:
                 base = {"family": case.family, "op": case.op, "shape_label": case.label,
@@ -515,6 +518,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         "mode": mode, "backend": impl.name, "kind": impl.kind}
                 if progress:
                     progress.step(f"{case.op} {case.label} {base['dtype']} {mode} {impl.name}")
+                if mode not in expected:
+                    rows.append({**base, "status": "skipped", "reason": f"{case.op} has no {mode} (forward-only)"})
+                    continue
                 if opts.deadline is not None and time.monotonic() > opts.deadline:
                     rows.append({**base, "status": "skipped", "reason": "time budget (--max-time) exhausted"})
                     continue

@@ -50,11 +50,19 @@ def patch_torchvision(model: nn.Module, *, backend: str | None = None) -> dict[s
     return dict(counts)
 
 
+def patch_transformers_deepseek(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
+    """Swap pygen.nn.MLA into a transformers DeepseekV3 model in place (the original Parameter
+    objects are kept); returns counts by class. Raises ImportError without transformers."""
+    from .integrations.transformers_mla import patch_deepseek_attention
+    return patch_deepseek_attention(model, backend=backend)
+
+
 def patch(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
     """Apply every patcher whose library is installed; returns what was swapped."""
     swapped: dict[str, int] = {}
-    try:
-        swapped.update(patch_torchvision(model, backend=backend))
-    except ImportError:
-        pass
+    for patcher in (patch_torchvision, patch_transformers_deepseek):
+        try:
+            swapped.update(patcher(model, backend=backend))
+        except ImportError:
+            pass
     return swapped

@@ -17,6 +17,8 @@ from .flows import MODELS as _FLOW_MODELS, Glow, GlowConfig, RealNVP2D, RealNVPI
 MODELS.update(_FLOW_MODELS)
 from .made import MODELS as _MADE_MODELS, MADE, MAF, IAF, BinaryMADE, GaussianMADE  # noqa: F401,E402
 MODELS.update(_MADE_MODELS)
+from .deepseek import MODELS as _DEEPSEEK_MODELS, DeepSeekV3Block, DeepSeekV3Config, DeepSeekV3LM  # noqa: F401,E402
+MODELS.update(_DEEPSEEK_MODELS)
 
 
 def _flat(out) -> list[torch.Tensor]:

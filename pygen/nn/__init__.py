@@ -3,3 +3,5 @@ only forward differs."""
 from .roi import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool  # noqa: F401
 from .flows import ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1, Squeeze  # noqa: F401
 from .made import MaskedLinear  # noqa: F401
+from .mla import MLA  # noqa: F401
+from ._mla_cache import PagedMLACache  # noqa: F401
