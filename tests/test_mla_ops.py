@@ -347,3 +347,21 @@ def test_decode_small_latent_dims(device, backend, gen):
         r_out, r_lse = ref.mla_decode(q.double().cpu(), kv.double().cpu(), bt.cpu(), sl.cpu(), dv, causal=True)
         assert_close_to_ref(out, r_out, what=f"d{d} out")
         assert_close_to_ref(lse, r_lse, atol=1e-5, what=f"d{d} lse")
+
+
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_cache_append_small_latent_float_cache(device, backend, gen):
+    """A float cache of a tiny config (latent 32 + rope 16): the backend and the reference write the
+    same bytes, each token's row is exactly [latent, rope]."""
+    page = 4
+    table = torch.tensor([[1, 0]], dtype=torch.int32, device=device)
+    kv = torch.zeros(2, page, 1, 48, dtype=torch.float32, device=device)
+    pos = torch.tensor([[0, 5, -1]], dtype=torch.int32, device=device)
+    lat = torch.randn(1, 3, 32, generator=gen).to(device)
+    rope = torch.randn(1, 3, 16, generator=gen).to(device)
+    got = ops.mla_cache_append(kv.clone(), table, pos, lat, rope, backend=backend)
+    want = ref.mla_cache_append(kv.clone().cpu(), table.cpu(), pos.cpu(), lat.cpu(), rope.cpu())
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(want[1, 0, 0], torch.cat([lat[0, 0], rope[0, 0]]).cpu())
+    assert torch.equal(want[0, 1, 0], torch.cat([lat[0, 1], rope[0, 1]]).cpu())
+    assert int((want != 0).sum()) == 2 * 48 - int((lat[0, :2] == 0).sum() + (rope[0, :2] == 0).sum())

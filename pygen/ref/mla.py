@@ -134,7 +134,8 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
 
 def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
                      latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
-    """Write token ``positions[i, j]`` of sequence i (latent [b, n, 512], k_rope [b, n, 64]) into
+    """Write token ``positions[i, j]`` of sequence i (latent [b, n, 512], k_rope [b, n, 64]; a float
+    cache takes any latent / rope split of its last dim) into
     its page, in place (FP8-quantised for a uint8 cache); returns kv_cache. A negative position
     is skipped (padding)."""
     page = kv_cache.shape[1]
@@ -148,8 +149,9 @@ def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, position
             if kv_cache.dtype == torch.uint8:
                 kv_cache[blk, t % page, 0] = fp8_quantize(latent[i, j], k_rope[i, j])
             else:
-                kv_cache[blk, t % page, 0, :LATENT_DIM] = latent[i, j].to(kv_cache.dtype)
-                kv_cache[blk, t % page, 0, LATENT_DIM:] = k_rope[i, j].to(kv_cache.dtype)
+                lat = latent.shape[-1]      # 512 for DeepSeek; any width for a float cache
+                kv_cache[blk, t % page, 0, :lat] = latent[i, j].to(kv_cache.dtype)
+                kv_cache[blk, t % page, 0, lat:] = k_rope[i, j].to(kv_cache.dtype)
     return kv_cache
 
 
