@@ -277,7 +277,7 @@ def _moe_permute_fwd_kernel(x_ptr, slots_ptr, out_ptr, N, H, K, stride_x,
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rm = r < N
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
-    ok = rm & (slot < N)
+    ok = rm & (slot >= 0) & (slot < N)   # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0)
     hm = h < H
     v = tl.load(x_ptr + tok[:, None].to(tl.int64) * stride_x + h[None, :], mask=ok[:, None] & hm[None, :], other=0.0)
@@ -332,7 +332,7 @@ def _moe_unpermute_bwd_kernel(g_ptr, y_ptr, slots_ptr, w_ptr, dy_ptr, dw_ptr, N,
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = r < N
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
-    ok = rm & (slot < N)
+    ok = rm & (slot >= 0) & (slot < N)   # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0).to(tl.int64)
     if HAS_W:
         w = tl.load(w_ptr + tl.where(ok, slot, 0), mask=ok, other=0.0).to(tl.float32)

@@ -343,6 +343,25 @@ def test_permute_unpermute_roundtrip_and_grads(dev, backend, t, k, e, h):
     assert_close_to_ref(plain, x.detach().double() * k, what="unweighted sum of k copies")
 
 
+@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+def test_unpermute_ignores_foreign_slot_values(dev, backend):
+    """Rows whose slot is outside [0, T*k) (sentinel, negative, huge) contribute nothing and get a
+    zero gradient; never an out-of-bounds access."""
+    y = torch.randn(6, 4, generator=_gen(3)).to(dev).requires_grad_()
+    slots = torch.tensor([0, -3, 5, 100, 2, 2 ** 31 - 1], dtype=torch.int32, device=dev)
+    w = torch.rand(3, 2, generator=_gen(4)).to(dev).requires_grad_()
+    out = moe_unpermute(y, slots, w, backend=backend)
+    keep = torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool)
+    want = torch.zeros(3, 4, dtype=torch.float64)
+    for r in range(6):
+        if keep[r]:
+            s = int(slots[r])
+            want[s // 2] += w.detach().cpu().double().reshape(-1)[s] * y.detach().cpu().double()[r]
+    assert_close_to_ref(out, want)
+    gy, gw = torch.autograd.grad(out.sum(), (y, w))
+    assert bool((gy.cpu()[~keep] == 0).all()) and float(gw.cpu().reshape(-1)[[1, 3]].abs().sum()) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # fused_moe
 # ---------------------------------------------------------------------------------------------

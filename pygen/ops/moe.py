@@ -239,7 +239,8 @@ def _inverse(sorted_slots: torch.Tensor, n: int) -> torch.Tensor:
     """row_of_slot [n] int32 (-1 for a slot in no row), device-only."""
     inv = torch.full((n + 1,), -1, dtype=torch.int32, device=sorted_slots.device)
     rows = torch.arange(sorted_slots.numel(), dtype=torch.int32, device=sorted_slots.device)
-    inv.scatter_(0, sorted_slots.long().clamp(max=n), rows)
+    slots = sorted_slots.long()
+    inv.scatter_(0, torch.where((slots >= 0) & (slots < n), slots, n), rows)   # foreign values: dropped
     return inv[:n]
 
 

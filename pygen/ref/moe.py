@@ -176,10 +176,10 @@ def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts
 def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None,
                   num_tokens: int, top_k: int) -> torch.Tensor:
     """out[t] = sum_j w[t, j] * permuted[row of slot t*k + j]; differentiable in permuted and
-    topk_weights. Rows whose slot is the sentinel (>= T*k) contribute nothing."""
+    topk_weights. Rows whose slot is outside [0, T*k) (the sentinel) contribute nothing."""
     n = num_tokens * top_k
     slots = sorted_slots.long()
-    ok = slots < n
+    ok = (slots >= 0) & (slots < n)
     slots, y = slots[ok], permuted[ok]
     if topk_weights is not None:
         y = y * topk_weights.reshape(-1)[slots].unsqueeze(-1).to(y.dtype)
