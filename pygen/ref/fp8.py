@@ -47,6 +47,7 @@ float32), promoted into a float32 accumulator with both scales applied once per 
 Error bound (docs/fp8.md derives it; tests/test_fp8_ops.py checks it): with
 S[m, n] = sum_k |A~[m, k]| |B~[n, k]| (A~, B~ dequantised),
     |kernel - fp8_gemm| <= (EPS_BLOCK + (K/128 + 2) * 2^-24) * S + EPS_OUT[out_dtype] * |ref| + tiny
+(tiny = 2^-24, fp16's subnormal spacing, for fp16 outputs; 1e-30 otherwise)
 EPS_BLOCK = 2^-13 covers the Hopper tensor core's reduced-precision accumulation inside one
 128-deep block (DeepSeek-V3 report: about 14 bits) and, a fortiori, exact float32 math.
 
@@ -202,7 +203,8 @@ def error_bound(a, a_scales, b, b_scales, ref64: torch.Tensor, out_dtype, b_bloc
     """Elementwise bound on |kernel - ref64| (module docstring)."""
     k = a.shape[1]
     s = abs_product(a, a_scales, b, b_scales, b_block)
-    return (eps_block + (k // BLOCK + 2) * 2.0 ** -24) * s + EPS_OUT[out_dtype] * ref64.abs() + 1e-30
+    tiny = 2.0 ** -24 if out_dtype == torch.float16 else 1e-30   # fp16 subnormal spacing
+    return (eps_block + (k // BLOCK + 2) * 2.0 ** -24) * s + EPS_OUT[out_dtype] * ref64.abs() + tiny
 
 
 def fp8_gemm_grouped(a, a_scales, b, b_scales, m_indices, dtype=torch.float64, out_dtype=None):
