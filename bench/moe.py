@@ -128,10 +128,14 @@ def _has(op: str, backend: str, device_type: str) -> bool:
     """Whether pygen.ops.moe.<op> runs with ``backend`` on this device type (probed once on a
     tiny input, so the table follows what the ops implement)."""
     try:
+        z = dict(device=device_type)
         if op == "moe_route":
-            _ops().moe_route(torch.zeros(1, 4, device=device_type), 1, backend=backend)
+            _ops().moe_route(torch.zeros(1, 4, **z), 1, backend=backend)
+        elif op == "moe_align":
+            _ops().moe_align(torch.zeros(1, 1, dtype=torch.int32, **z), 4, 4, backend=backend)
         else:
-            _ops().moe_align(torch.zeros(1, 1, dtype=torch.int32, device=device_type), 4, 4, backend=backend)
+            _ops().fused_moe(torch.zeros(1, 2, **z), torch.zeros(1, 2, 2, **z), torch.zeros(1, 2, 1, **z),
+                             torch.ones(1, 1, **z), torch.zeros(1, 1, dtype=torch.int32, **z), backend=backend)
         return True
     except Exception:
         return False
@@ -139,7 +143,7 @@ def _has(op: str, backend: str, device_type: str) -> bool:
 
 def _backends(op: str, device) -> tuple[str, ...]:
     """The kernel backends a case lists: triton always (the harness reports it skipped on CPU),
-    cpu / cuda when the op has them on the bench device."""
+    cpu / cuda when the op has them on the bench device (the layer follows fused_moe)."""
     dev = torch.device(device).type
     native = "cuda" if dev == "cuda" else "cpu"
     return ("triton",) + ((native,) if _has(op, native, dev) else ())
@@ -307,7 +311,7 @@ def _fused_bytes(s: MoEShape, t: int):
     return nbytes
 
 
-def _fused_cases(s: MoEShape, tokens, tag: str) -> list[Case]:
+def _fused_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
     out = []
     for t in tokens:
         shape = {**s.as_dict(), "T": t, "gflop_fwd": 6 * t * s.top_k * s.inter * s.hidden / 1e9}
@@ -319,7 +323,7 @@ def _fused_cases(s: MoEShape, tokens, tag: str) -> list[Case]:
             baselines={"transformers:eager": _hf_experts("eager", s),
                        "transformers:grouped_mm": _hf_experts("grouped_mm", s),
                        "vllm:fused_experts": _vllm_fused_experts()},
-            backends=("triton",)))
+            backends=_backends("fused_moe", device)))
     return out
 
 
@@ -385,7 +389,7 @@ def _hf_layer(impl: str, s: MoEShape):
     return factory
 
 
-def _layer_cases(s: MoEShape, tokens, tag: str) -> list[Case]:
+def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
     out = []
     for t in tokens:
         is_ = s.inter * s.n_shared
@@ -410,7 +414,7 @@ def _layer_cases(s: MoEShape, tokens, tag: str) -> list[Case]:
             "fused_moe + Eb*3*Is*H + 4EH + 4TE (bwd: weight terms twice)",
             baselines={"transformers:eager": _hf_layer("eager", s),
                        "transformers:grouped_mm": _hf_layer("grouped_mm", s)},
-            backends=("triton",)))
+            backends=_backends("fused_moe", device)))
     return out
 
 
@@ -431,5 +435,5 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
         exp_s, exp_t = CPU_SCALED, TOKENS["cpu_experts"]
         layer_t = exp_t
     exp_tag = tag if exp_s is route_s else "cpu-h1024-i256"
-    return (_route_cases(route_s, route_t, tag, device) + _fused_cases(exp_s, exp_t, exp_tag)
-            + _layer_cases(exp_s, layer_t, exp_tag))
+    return (_route_cases(route_s, route_t, tag, device) + _fused_cases(exp_s, exp_t, exp_tag, device)
+            + _layer_cases(exp_s, layer_t, exp_tag, device))
