@@ -40,6 +40,7 @@ BAD = [
     (lambda: ops.quantize_fp8_1x128(X, backend="cuda"), ValueError, "not implemented"),
     (lambda: ops.quantize_fp8_128x128(W[:, :100]), ValueError, "multiple of 128"),
     (lambda: ops.quantize_fp8_128x128(W[0]), ValueError, "w"),
+    (lambda: ops.quantize_fp8_128x128(W[None, None]), ValueError, "w must be [N, K] or [E, N, K]"),
     (lambda: ops.quantize_fp8_128x128(W, scale_format="fp16"), ValueError, "scale_format"),
     (lambda: ops.fp8_gemm(X, S, WQ, WS), TypeError, "a must have dtype float8_e4m3fn"),
     (lambda: ops.fp8_gemm(Q, S, W, WS), TypeError, "b must have dtype float8_e4m3fn"),

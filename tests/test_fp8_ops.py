@@ -309,6 +309,16 @@ def test_fp8_gemm_grouped_vs_loop():
     assert (y2[:128] == 0).all() and torch.equal(y2[128:], y[128:])
 
 
+@pytest.mark.parametrize("n", [256, 200])
+def test_quantize_expert_weights_3d(n):
+    w = _randn((3, n, 256), 23, scale=0.02).view(3, n, 256)
+    q, s = ops.quantize_fp8_128x128(w, backend="triton")
+    assert q.shape == (3, n, 256) and s.shape == (3, -(-n // 128), 2)
+    for e in range(3):
+        rq, rs = ref.quantize_128x128(w[e])
+        assert torch.equal(s[e], rs) and torch.equal(_bits(q[e]), _bits(rq))
+
+
 def test_gemm_empty_dims():
     q, s, wq, ws = _operands(3, 128, 128, 19)
     assert ops.fp8_gemm(q[:0], s[:0], wq, ws, backend="triton").shape == (0, 128)

@@ -165,12 +165,27 @@ def quantize_fp8_128x128(w: torch.Tensor, *, scale_format: str = "fp32",
                          backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] (K % 128 == 0, any N) -> (q [N, K] float8_e4m3fn, scales [ceil(N/128), K/128]
     float32 with row stride round_up(K/128, 4); ``scales.t()`` is torch._scaled_mm's
-    BlockWise128x128 scale_b)."""
+    BlockWise128x128 scale_b). MoE expert weights w [E, N, K] give q [E, N, K] and scales
+    [E, ceil(N/128), K/128] (one launch when N % 128 == 0), the B operand of fp8_gemm_grouped."""
     name = "quantize_fp8_128x128"
-    chk.tensor(name, w, "w", chk.HIGH_DTYPES, 2)
-    chk.k_multiple(name, w.shape[1], "w.shape[1] (K)")
+    chk.tensor(name, w, "w", chk.HIGH_DTYPES)
+    if w.dim() not in (2, 3):
+        raise ValueError(f"{name}: w must be [N, K] or [E, N, K] (MoE experts), got shape {tuple(w.shape)}")
+    chk.k_multiple(name, w.shape[-1], "w.shape[-1] (K)")
     ue8m0 = chk.scale_format(name, scale_format)
-    if _pick(name, w, backend) == "triton":
+    be = _pick(name, w, backend)
+    if w.dim() == 3:
+        e, n, kdim = w.shape
+        if n % ref.BLOCK == 0 and e:
+            # experts stacked along N: their 128-row blocks never straddle two experts
+            q, sc = quantize_fp8_128x128(w.reshape(e * n, kdim), scale_format=scale_format, backend=be)
+            return q.view(e, n, kdim), sc.unflatten(0, (e, n // ref.BLOCK))
+        parts = [quantize_fp8_128x128(w[i], scale_format=scale_format, backend=be) for i in range(e)]
+        nb = -(-n // ref.BLOCK)
+        return (torch.stack([p[0] for p in parts]) if e else w.new_empty(w.shape, dtype=chk.FP8),
+                torch.stack([p[1] for p in parts]) if e else w.new_empty((0, nb, kdim // ref.BLOCK),
+                                                                         dtype=torch.float32))
+    if be == "triton":
         return _registry.get("fp8_quantize_128x128_triton")(w, ue8m0)
     return ref.quantize_128x128(w, scale_format)
 
