@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi", "flows", "made", "mla")
+FAMILIES = ("roi", "flows", "made", "mla", "fp8")
 
 
 def load(family: str):

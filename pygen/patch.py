@@ -6,6 +6,12 @@
 
 Only modules whose behaviour pygen reproduces exactly are replaced; their configuration is copied,
 and since the RoI modules hold no parameters the model's state_dict is unchanged.
+
+    pygen.patch.patch_transformers_deepseek(model)   # DeepseekV3Attention -> pygen.nn.MLA (same Parameters)
+    pygen.patch.convert_to_fp8(model, filter=lambda name, m: "lm_head" not in name)   # nn.Linear -> FP8Linear
+
+``patch(model)`` applies the exact swaps (torchvision RoI modules, transformers DeepSeek-V3
+attention) whose libraries are installed; FP8 conversion changes numerics, so it is never implicit.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from collections import Counter
 from torch import nn
 
 from . import nn as pnn
+from .nn.fp8 import convert_to_fp8  # noqa: F401  (nn.Linear -> FP8Linear, with a filter)
 
 
 def _roi_replacements(backend):
