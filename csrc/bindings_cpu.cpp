@@ -44,6 +44,14 @@ struct CpuMoeBackend {
     py::gil_scoped_release nogil;
     pygen::moe::cpu_align(p, CpuBackend::threads(ctx));
   }
+  static void permute(pygen::moe::PermuteOp op, const pygen::moe::PermuteParams& p, const std::vector<int64_t>& ctx) {
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = pygen::moe::cpu_permute(op, p, CpuBackend::threads(ctx));
+    }
+    if (!ok) throw py::value_error("moe_permute: unknown dtype code " + std::to_string(p.dtype));
+  }
   static void route(const pygen::moe::RouteParams& p, const std::vector<int64_t>& ctx) {
     bool ok;
     {

@@ -81,6 +81,11 @@ struct CudaMoeBackend {
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) raise_cuda("moe_align after launch", err);
   }
+  static void permute(pygen::moe::PermuteOp op, const pygen::moe::PermuteParams& p, const std::vector<int64_t>& ctx) {
+    check_ctx(ctx);
+    DeviceGuard guard(static_cast<int>(ctx[0]));
+    finish(pygen::moe::cuda_permute(op, p, reinterpret_cast<void*>(ctx[1])), p.dtype);
+  }
 };
 
 }  // namespace

@@ -11,7 +11,8 @@ import pygen.native.moe as nmoe
 from pygen.ops.moe import fused_moe, moe_align, moe_permute, moe_route, moe_unpermute
 
 LAUNCHERS = [(kmoe, n) for n in ("route_fwd", "align_fwd", "permute_fwd", "unpermute_fwd", "unpermute_bwd",
-                                 "fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, "align_fwd"), (nmoe, "route_fwd")]
+                                 "fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, n) for n in ("align_fwd", "route_fwd", "permute_fwd",
+                                                                    "unpermute_fwd", "unpermute_bwd")]
 
 
 @pytest.fixture
@@ -150,20 +151,23 @@ PERM_BAD = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
 @pytest.mark.parametrize("arg,exc,fn", PERM_BAD, ids=[f"{c[0]}-{i}" for i, c in enumerate(PERM_BAD)])
-def test_permute_bad_input(no_launch, arg, exc, fn):
+def test_permute_bad_input(no_launch, monkeypatch, backend, arg, exc, fn):
+    monkeypatch.setenv("PYGEN_BACKEND", backend)
     with pytest.raises(exc, match=arg):
         fn()
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
 def test_zero_tokens_give_empty_results(backend):
     ids, w = moe_route(torch.zeros(0, 16), 2, n_group=4, topk_group=2, backend=backend)
+    fb = backend if backend != "cpu" else "reference"   # fused_moe has no cpu backend
     assert ids.shape == (0, 2) and w.shape == (0, 2)
     e_ids = torch.zeros(0, 2, dtype=torch.int32)
     s, blocks, n = moe_align(e_ids, 8, 4, backend=backend)
     assert int(n) == 0 and s.shape == (8 * 3,) and bool((s == 0).all()) and bool((blocks == -1).all())
-    out = fused_moe(torch.zeros(0, 16), W1, W2, torch.zeros(0, 2), e_ids, backend=backend)
+    out = fused_moe(torch.zeros(0, 16), W1, W2, torch.zeros(0, 2), e_ids, backend=fb)
     assert out.shape == (0, 16)
     p, slots, offs = moe_permute(torch.zeros(0, 16), e_ids, 8, backend=backend)
     assert p.shape == (0, 16) and slots.shape == (0,) and bool((offs == 0).all())

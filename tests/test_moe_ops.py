@@ -18,6 +18,7 @@ from pygen.ref import moe as ref
 
 ALIGN_BACKENDS = [p for p in backend_params()]
 KERNEL_ROUTE = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
+PERM_BACKENDS = list(backend_params())
 ROUTE_BACKENDS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
 
 
@@ -316,7 +317,7 @@ def test_align_fuzz_triton(t, k, e, b, seed):
 # ---------------------------------------------------------------------------------------------
 # permute / unpermute
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+@pytest.mark.parametrize("dev,backend", PERM_BACKENDS)
 @pytest.mark.parametrize("t,k,e,h", [(13, 3, 8, 24), (1, 1, 1, 5), (0, 2, 4, 8)])
 def test_permute_unpermute_roundtrip_and_grads(dev, backend, t, k, e, h):
     gen = _gen(t * 7 + h)
@@ -343,7 +344,31 @@ def test_permute_unpermute_roundtrip_and_grads(dev, backend, t, k, e, h):
     assert_close_to_ref(plain, x.detach().double() * k, what="unweighted sum of k copies")
 
 
-@pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_permute_unpermute_dtypes_cpu(backend, dtype):
+    if not _backend.backend_status(backend, "cpu")[0]:
+        pytest.skip(f"{backend} unavailable")
+    gen = _gen(5)
+    x = torch.randn(9, 12, generator=gen).to(dtype)
+    ids = torch.randint(0, 5, (9, 2), generator=gen)
+    w = torch.rand(9, 2, generator=gen, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    perm, slots, _ = moe_permute(x, ids, 5, backend=backend)
+    rperm, rslots, _ = ref.moe_permute(x, ids, 5)
+    assert torch.equal(perm, rperm) and torch.equal(slots, rslots)
+    out = moe_unpermute(perm, slots, w, backend=backend)
+    rout = ref.moe_unpermute(rperm.double(), rslots, w.double(), 9, 2)
+    same = ref.moe_unpermute(rperm, rslots, w, 9, 2)
+    assert out.dtype == dtype
+    assert_close_to_ref(out, rout, same_dtype=same, atol=1e-12 if dtype == torch.float64 else 2e-2)
+    if dtype == torch.float64:
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        f = lambda a, b: moe_unpermute(moe_permute(a, ids, 5, backend=backend)[0] * 3, slots, b,  # noqa: E731
+                                       backend=backend)
+        assert torch.autograd.gradcheck(f, (xg, wg))
+
+
+@pytest.mark.parametrize("dev,backend", PERM_BACKENDS)
 def test_unpermute_ignores_foreign_slot_values(dev, backend):
     """Rows whose slot is outside [0, T*k) (sentinel, negative, huge) contribute nothing and get a
     zero gradient; never an out-of-bounds access."""
@@ -494,6 +519,9 @@ def _opcheck_cases():
         "moe_permute_triton": (x, ids32, 3),
         "moe_unpermute_triton": (torch.randn(12, 16), slots, w, 6, 2),
         "moe_unpermute_backward_triton": (g, torch.randn(12, 16), slots, w, True, True),
+        "moe_permute_cpu": (x, ids, 3),
+        "moe_unpermute_cpu": (torch.randn(12, 16), slots, None, 6, 2),
+        "moe_unpermute_backward_cpu": (g, torch.randn(12, 16), slots, w, True, True),
         "fused_moe_triton": (x, w1, w2, w, ids32, "silu", False, True),
         "fused_moe_backward_triton": (g, x, w1, w2, w, ids32, gu, hm, "silu", True, True, True, True, True),
     }
@@ -502,14 +530,19 @@ def _opcheck_cases():
 
 def test_every_registered_moe_op_has_an_opcheck():
     names = {n for n in _registry.registered() if n.startswith(("moe_", "fused_moe"))}
-    assert names == set(_opcheck_cases()) | {"moe_align_cuda"}
+    assert names == set(_opcheck_cases()) | set(GPU_ONLY)
 
 
-def test_opcheck_moe_align_cuda():
+GPU_ONLY = ("moe_align_cuda", "moe_permute_cuda", "moe_unpermute_cuda", "moe_unpermute_backward_cuda")
+
+
+@pytest.mark.parametrize("name", GPU_ONLY)
+def test_opcheck_cuda_ops(name):
     if not _backend.backend_status("cuda", "cuda")[0]:
         pytest.skip("cuda backend unavailable: " + _backend.backend_status("cuda", "cuda")[1])
-    ids = torch.randint(0, 5, (7, 3), device="cuda", dtype=torch.int32)
-    torch.library.opcheck(_registry.get("moe_align_cuda"), (ids, 5, 4),
+    args = {k.replace("_cpu", "_cuda"): tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in v)
+            for k, v in _opcheck_cases().items() if k.endswith("_cpu")}[name]
+    torch.library.opcheck(_registry.get(name), args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 

@@ -100,7 +100,69 @@ __global__ void __launch_bounds__(kThreads) _moe_align_blocks_kernel(AlignParams
   if (j < p.nblk) p.expert_ids[j] = block_expert(p.starts, p.E, j, p.B);
 }
 
+template <typename S, typename A>
+__global__ void __launch_bounds__(kThreads) _moe_permute_fwd_kernel(const PermuteParams p) {
+  const int64_t total = p.N * p.H;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    permute_elem<S, A>(p, i / p.H, i % p.H);
+}
+
+template <typename S, typename A>
+__global__ void __launch_bounds__(kThreads) _moe_unpermute_fwd_kernel(const PermuteParams p) {
+  const int64_t total = p.T * p.H;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    unpermute_elem<S, A>(p, i / p.H, i % p.H);
+}
+
+template <typename S, typename A>
+__global__ void __launch_bounds__(kThreads) _moe_unpermute_bwd_dy_kernel(const PermuteParams p) {
+  const int64_t total = p.N * p.H;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    unpermute_dy_elem<S, A>(p, i / p.H, i % p.H);
+}
+
+// One warp per row: lanes stride over h, then a shuffle reduction (fixed order: deterministic).
+template <typename S, typename A>
+__global__ void __launch_bounds__(kThreads) _moe_unpermute_bwd_dw_kernel(const PermuteParams p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < p.N; r += warps) {
+    A acc = unpermute_dw_partial<S, A>(p, r, lane, p.H, 32);
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    const int64_t slot = p.slots[r];
+    if (lane == 0 && slot_ok(slot, p.N)) static_cast<A*>(p.dw)[slot] = acc;
+  }
+}
+
+unsigned grid_for(int64_t total) {
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < (int64_t(1) << 20) ? (blocks > 0 ? blocks : 1) : (int64_t(1) << 20));
+}
+
 }  // namespace
+
+int cuda_permute(PermuteOp op, const PermuteParams& p, void* stream_handle) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+  cudaError_t err = cudaSuccess;
+  const bool ok = dispatch_dtype<false>(p.dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using A = typename decltype(t_tag)::type;
+    switch (op) {
+      case PermuteOp::Permute:
+        if (p.N * p.H > 0) _moe_permute_fwd_kernel<S, A><<<grid_for(p.N * p.H), kThreads, 0, stream>>>(p);
+        break;
+      case PermuteOp::Unpermute:
+        if (p.T * p.H > 0) _moe_unpermute_fwd_kernel<S, A><<<grid_for(p.T * p.H), kThreads, 0, stream>>>(p);
+        break;
+      case PermuteOp::UnpermuteBwd:
+        if (p.out && p.N * p.H > 0) _moe_unpermute_bwd_dy_kernel<S, A><<<grid_for(p.N * p.H), kThreads, 0, stream>>>(p);
+        if (p.dw && p.N > 0) _moe_unpermute_bwd_dw_kernel<S, A><<<grid_for(p.N * 32), kThreads, 0, stream>>>(p);
+        break;
+    }
+    err = cudaGetLastError();
+  });
+  return ok ? static_cast<int>(err) : -1;
+}
 
 int cuda_align(const AlignParams& p, void* stream_handle) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../common/dtype.h"
 #include "../common/macros.h"
 #include "moe_launch.h"
 
@@ -58,6 +59,57 @@ HOST_DEVICE int32_t block_expert(const int32_t* starts, int64_t E, int64_t j, in
     if (starts[mid] <= pos) lo = mid; else hi = mid - 1;
   }
   return static_cast<int32_t>(lo);
+}
+
+// ---- permutation bodies (one output element each; A = compute type, S = storage type) ----------
+HOST_DEVICE bool slot_ok(int64_t slot, int64_t N) { return slot >= 0 && slot < N; }
+
+// permuted[r, h] = x[slots[r] / K, h]  (0 for a slot outside [0, N))
+template <typename S, typename A>
+HOST_DEVICE void permute_elem(const PermuteParams& p, int64_t r, int64_t h) {
+  const int64_t slot = p.slots[r];
+  A v = A(0);
+  if (slot_ok(slot, p.N)) v = load<A>(static_cast<const S*>(p.x) + (slot / p.K) * p.x_stride + h);
+  store<A>(static_cast<S*>(p.out) + r * p.H + h, v);
+}
+
+// out[t, h] = sum_j w[t*K + j] * y[row_of_slot[t*K + j], h], ascending j
+template <typename S, typename A>
+HOST_DEVICE void unpermute_elem(const PermuteParams& p, int64_t t, int64_t h) {
+  A acc = A(0);
+  for (int64_t j = 0; j < p.K; ++j) {
+    const int64_t slot = t * p.K + j;
+    const int64_t row = p.row_of_slot[slot];
+    if (row < 0 || row >= p.N) continue;
+    A v = load<A>(static_cast<const S*>(p.x) + row * p.x_stride + h);
+    if (p.w) v *= static_cast<const A*>(p.w)[slot];
+    acc += v;
+  }
+  store<A>(static_cast<S*>(p.out) + t * p.H + h, acc);
+}
+
+// d_permuted[r, h] = w[slot] * grad[slot / K, h]
+template <typename S, typename A>
+HOST_DEVICE void unpermute_dy_elem(const PermuteParams& p, int64_t r, int64_t h) {
+  const int64_t slot = p.slots[r];
+  A v = A(0);
+  if (slot_ok(slot, p.N)) {
+    v = load<A>(static_cast<const S*>(p.grad) + (slot / p.K) * p.H + h);
+    if (p.w) v *= static_cast<const A*>(p.w)[slot];
+  }
+  store<A>(static_cast<S*>(p.out) + r * p.H + h, v);
+}
+
+// Partial <grad[slot / K], y[r]> over h in [h0, h1) (the caller reduces and stores dw[slot]).
+template <typename S, typename A>
+HOST_DEVICE A unpermute_dw_partial(const PermuteParams& p, int64_t r, int64_t h0, int64_t h1, int64_t step) {
+  const int64_t slot = p.slots[r];
+  A acc = A(0);
+  if (!slot_ok(slot, p.N)) return acc;
+  const S* g = static_cast<const S*>(p.grad) + (slot / p.K) * p.H;
+  const S* y = static_cast<const S*>(p.x) + r * p.x_stride;
+  for (int64_t h = h0; h < h1; h += step) acc += load<A>(g + h) * load<A>(y + h);
+  return acc;
 }
 
 // Insert (v, i) into the sorted buffer (vals/idx, n used of cap); returns the new n.

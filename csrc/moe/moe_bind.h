@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "moe_launch.h"
@@ -36,8 +37,93 @@ inline void* vec(const TensorArg& t, int64_t n, const char* name) {
   return reinterpret_cast<void*>(std::get<0>(t));
 }
 
+// Rows of a 2-D tensor [rows, cols] with unit column stride; returns (ptr, row stride).
+inline std::pair<void*, int64_t> rows2d(const TensorArg& t, int64_t rows, int64_t cols, const char* name,
+                                        bool contiguous) {
+  const auto& z = std::get<1>(t);
+  const auto& s = std::get<2>(t);
+  const std::string n(name);
+  if (z.size() != 2 || z[0] != rows || z[1] != cols)
+    throw py::value_error("moe: " + n + " must have shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (cols > 1 && s[1] != 1) throw py::value_error("moe: " + n + " must have unit column stride");
+  if (contiguous && rows > 1 && s[0] != cols) throw py::value_error("moe: " + n + " must be contiguous");
+  return {reinterpret_cast<void*>(std::get<0>(t)), s[0]};
+}
+
+inline const int32_t* ivec(const TensorArg& t, int64_t n, const char* name) {
+  const auto& z = std::get<1>(t);
+  if (z.size() != 1 || z[0] != n || (n > 1 && std::get<2>(t)[0] != 1))
+    throw py::value_error(std::string("moe: ") + name + " must be a contiguous [" + std::to_string(n) + "] tensor");
+  return reinterpret_cast<const int32_t*>(std::get<0>(t));
+}
+
+inline const void* wvec(const std::optional<TensorArg>& t, int64_t n) {
+  return t ? static_cast<const void*>(ivec(*t, n, "topk_weights")) : nullptr;
+}
+
+template <typename Backend>
+void def_permute(py::module_& m) {
+  m.def("moe_permute", [](int dtype, const TensorArg& x, const TensorArg& slots, int64_t top_k, const TensorArg& out,
+                          const Ctx& ctx) {
+    PermuteParams p{};
+    p.dtype = dtype;
+    const auto& z = std::get<1>(x);
+    if (z.size() != 2 || top_k < 1) throw py::value_error("moe_permute: x must be [T, H], top_k >= 1");
+    p.T = z[0];
+    p.H = z[1];
+    p.K = top_k;
+    p.N = p.T * p.K;
+    auto xr = rows2d(x, p.T, p.H, "x", false);
+    p.x = xr.first;
+    p.x_stride = xr.second;
+    p.slots = ivec(slots, p.N, "sorted_slots");
+    p.out = rows2d(out, p.N, p.H, "out", true).first;
+    Backend::permute(PermuteOp::Permute, p, ctx);
+  });
+  m.def("moe_unpermute", [](int dtype, const TensorArg& y, const TensorArg& row_of_slot,
+                            std::optional<TensorArg> w, int64_t top_k, const TensorArg& out, const Ctx& ctx) {
+    PermuteParams p{};
+    p.dtype = dtype;
+    const auto& z = std::get<1>(out);
+    if (z.size() != 2 || top_k < 1) throw py::value_error("moe_unpermute: out must be [T, H], top_k >= 1");
+    p.T = z[0];
+    p.H = z[1];
+    p.K = top_k;
+    p.N = p.T * p.K;
+    p.out = rows2d(out, p.T, p.H, "out", true).first;
+    auto yr = rows2d(y, p.N, p.H, "permuted", false);
+    p.x = yr.first;
+    p.x_stride = yr.second;
+    p.row_of_slot = ivec(row_of_slot, p.N, "row_of_slot");
+    p.w = wvec(w, p.N);
+    Backend::permute(PermuteOp::Unpermute, p, ctx);
+  });
+  m.def("moe_unpermute_bwd", [](int dtype, const TensorArg& grad, const TensorArg& y, const TensorArg& slots,
+                                std::optional<TensorArg> w, int64_t top_k, std::optional<TensorArg> dy,
+                                std::optional<TensorArg> dw, const Ctx& ctx) {
+    PermuteParams p{};
+    p.dtype = dtype;
+    const auto& z = std::get<1>(grad);
+    if (z.size() != 2 || top_k < 1) throw py::value_error("moe_unpermute_bwd: grad must be [T, H], top_k >= 1");
+    p.T = z[0];
+    p.H = z[1];
+    p.K = top_k;
+    p.N = p.T * p.K;
+    p.grad = rows2d(grad, p.T, p.H, "grad", true).first;
+    auto yr = rows2d(y, p.N, p.H, "permuted", false);
+    p.x = yr.first;
+    p.x_stride = yr.second;
+    p.slots = ivec(slots, p.N, "sorted_slots");
+    p.w = wvec(w, p.N);
+    p.out = dy ? rows2d(*dy, p.N, p.H, "d_permuted", true).first : nullptr;
+    p.dw = dw ? const_cast<void*>(static_cast<const void*>(ivec(*dw, p.N, "d_weights"))) : nullptr;
+    Backend::permute(PermuteOp::UnpermuteBwd, p, ctx);
+  });
+}
+
 template <typename Backend>
 void def_moe(py::module_& m) {
+  def_permute<Backend>(m);
   m.def("moe_align", [](const TensorArg& ids, bool ids_int64, int64_t num_experts, int64_t block_size,
                         const TensorArg& sorted_ids, const TensorArg& expert_ids, const TensorArg& ntpp,
                         const TensorArg& starts, const TensorArg& workspace, const Ctx& ctx) {

@@ -91,7 +91,38 @@ void route_rows(const RouteParams& p, int num_threads) {
   }
 }
 
+template <typename S, typename A>
+void permute_rows(PermuteOp op, const PermuteParams& p, int num_threads) {
+  const int64_t rows = op == PermuteOp::Unpermute ? p.T : p.N;
+  const bool par = rows * p.H >= (int64_t(1) << 16) && num_threads > 1;
+#pragma omp parallel for num_threads(num_threads > 0 ? num_threads : 1) if (par) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    switch (op) {
+      case PermuteOp::Permute:
+        for (int64_t h = 0; h < p.H; ++h) permute_elem<S, A>(p, r, h);
+        break;
+      case PermuteOp::Unpermute:
+        for (int64_t h = 0; h < p.H; ++h) unpermute_elem<S, A>(p, r, h);
+        break;
+      case PermuteOp::UnpermuteBwd:
+        if (p.out)
+          for (int64_t h = 0; h < p.H; ++h) unpermute_dy_elem<S, A>(p, r, h);
+        if (p.dw && slot_ok(p.slots[r], p.N))
+          static_cast<A*>(p.dw)[p.slots[r]] = unpermute_dw_partial<S, A>(p, r, 0, p.H, 1);
+        break;
+    }
+  }
+}
+
 }  // namespace
+
+bool cpu_permute(PermuteOp op, const PermuteParams& p, int num_threads) {
+  return dispatch_dtype<true>(p.dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using A = typename decltype(t_tag)::type;
+    permute_rows<S, A>(op, p, num_threads);
+  });
+}
 
 bool cpu_route(const RouteParams& p, int num_threads) {
   return dispatch_dtype<true>(p.dtype, [&](auto s_tag, auto t_tag) {

@@ -45,6 +45,27 @@ struct RouteParams {
 
 bool cpu_route(const RouteParams& p, int num_threads);  // moe_cpu.cpp
 
+// moe_permute / moe_unpermute. Rows have unit column stride and a row stride (x_stride /
+// y_stride); dtype code of x / y / out / dy (csrc/common/dtype.h); weights, dw and the compute
+// type are float64 for float64 rows, else float32. A slot outside [0, N) (N = T*k) is ignored.
+struct PermuteParams {
+  int dtype;
+  int64_t N, H, K, T;          // N = T*K rows / slots
+  const void* x;               // permute: [T, H] source rows;   unpermute(_bwd): y [N, H]
+  int64_t x_stride;
+  const int32_t* slots;        // [N] sorted_slots (permute, unpermute_bwd)
+  const int32_t* row_of_slot;  // [N] inverse permutation, -1 = no row (unpermute)
+  const void* w;               // [N] routing weights or nullptr (= 1)
+  const void* grad;            // [T, H] contiguous (unpermute_bwd)
+  void* out;                   // permute: [N, H]; unpermute: [T, H]; unpermute_bwd: dy [N, H] or nullptr
+  void* dw;                    // unpermute_bwd: [N] or nullptr (zero-filled by the caller)
+};
+
+enum class PermuteOp : int { Permute = 0, Unpermute = 1, UnpermuteBwd = 2 };
+
+int cuda_permute(PermuteOp op, const PermuteParams& p, void* stream);  // moe.cu (kBadDtype: -1)
+bool cpu_permute(PermuteOp op, const PermuteParams& p, int num_threads);  // moe_cpu.cpp
+
 inline int64_t num_slot_blocks(int64_t S) { return S <= 0 ? 1 : (S + kSlotBlock - 1) / kSlotBlock; }
 
 int cuda_align(const AlignParams& p, void* stream);     // moe.cu

@@ -69,3 +69,55 @@ def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, sc
     mod.moe_route(_ext.dtype_code(logits), _arg(logits), None if bias is None else _arg(bias), _arg(ids),
                   _arg(weights), int(n_group), int(topk_group), scoring == "softmax", bool(norm), float(scale), ctx)
     return None
+
+
+def _rows_dtype_ok(name, *tensors):
+    for t in tensors:
+        if t is not None and t.dtype not in _ext.DTYPE_CODE:
+            raise TypeError(f"{name}: dtype {t.dtype} is not supported")
+
+
+def _weights(w, like):
+    """Routing weights as the contiguous compute-dtype vector the C++ loops read (float64 rows:
+    float64, else float32)."""
+    if w is None:
+        return None
+    cdt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return w.reshape(-1).to(cdt).contiguous()
+
+
+def permute_fwd(x, sorted_slots, top_k, out):
+    """x [T, H] unit column stride; sorted_slots int32 [T*k]; out [T*k, H] contiguous."""
+    _rows_dtype_ok("moe_permute", x, out)
+    mod, ctx = _module(x)
+    mod.moe_permute(_ext.dtype_code(x), _arg(x), _arg(sorted_slots), int(top_k), _arg(out), ctx)
+    return None
+
+
+def unpermute_fwd(y, row_of_slot, weights, top_k, out):
+    """y [T*k, H] unit column stride; row_of_slot int32 [T*k] (-1: none); weights [T, k] or None;
+    out [T, H] contiguous, y's dtype."""
+    _rows_dtype_ok("moe_unpermute", y, out)
+    mod, ctx = _module(y)
+    w = _weights(weights, y)
+    mod.moe_unpermute(_ext.dtype_code(y), _arg(y), _arg(row_of_slot), None if w is None else _arg(w), int(top_k),
+                      _arg(out), ctx)
+    return None
+
+
+def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
+    """grad [T, H] contiguous (y's dtype); dy [T*k, H] contiguous or None; dw [T, k] or None
+    (filled here: computed in the compute dtype, then cast into dw)."""
+    _rows_dtype_ok("moe_unpermute", grad, y)
+    mod, ctx = _module(y)
+    w = _weights(weights, y)
+    cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
+    dwc = None
+    if dw is not None:
+        dwc = torch.zeros(dw.numel(), dtype=cdt, device=dw.device)
+    mod.moe_unpermute_bwd(_ext.dtype_code(y), _arg(grad.to(y.dtype).contiguous()), _arg(y), _arg(sorted_slots),
+                          None if w is None else _arg(w), int(top_k), None if dy is None else _arg(dy),
+                          None if dwc is None else _arg(dwc), ctx)
+    if dw is not None:
+        dw.copy_(dwc.view(dw.shape))
+    return None

@@ -12,13 +12,14 @@ Semantics, layouts and the tie rule are stated in pygen/ref/moe.py (the oracle) 
 
 Backends
 --------
-* moe_permute, moe_unpermute, fused_moe: ``triton`` (kernels/moe.py: on CUDA, or on CPU under
-  TRITON_INTERPRET=1) and ``reference``. The automatic choice is triton on CUDA tensors, reference
-  on CPU tensors; float64 always runs on the reference.
+* fused_moe: ``triton`` (kernels/_moe_fused.py: on CUDA, or on CPU under TRITON_INTERPRET=1) and
+  ``reference``. The automatic choice is triton on CUDA tensors, reference on CPU tensors;
+  float64 always runs on the reference.
+* moe_align, moe_permute, moe_unpermute: ``cuda`` and ``cpu`` (csrc/moe, one set of per-element
+  bodies), ``triton`` and ``reference``. Automatic: cuda then triton on CUDA tensors, cpu then
+  reference on CPU tensors (float64: cpu/reference).
 * moe_route: ``triton``, ``cpu`` (csrc/moe/moe_cpu.cpp, OpenMP over tokens, float64 included) and
   ``reference``. Automatic: triton on CUDA tensors, cpu then reference on CPU tensors.
-* moe_align: ``cuda`` and ``cpu`` (csrc/moe, one set of per-element bodies), ``triton`` and
-  ``reference``. Automatic: cuda then triton on CUDA tensors, cpu then reference on CPU tensors.
 
 No op synchronises with the host except the optional id range check (``check_ids=True``, see
 pygen/ops/_moe_checks.py); outputs have static shapes (moe_align's upper bound
@@ -47,6 +48,7 @@ ACTIVATIONS = ref.ACTIVATIONS
 _TRITON_REF = ("triton", "reference")
 _ALIGN_SUPPORTED = ("cuda", "triton", "cpu", "reference")
 _ROUTE_SUPPORTED = ("triton", "cpu", "reference")
+_PERMUTE_SUPPORTED = ("cuda", "triton", "cpu", "reference")
 
 
 def _kernels():
@@ -244,7 +246,10 @@ def _inverse(sorted_slots: torch.Tensor, n: int) -> torch.Tensor:
     return inv[:n]
 
 
-def _register_permute() -> None:
+def _register_permute(b: str) -> None:
+    def mod():
+        return _kernels() if b == "triton" else _native()
+
     def new_perm(x, ids, num_experts):
         n = ids.numel()
         return (x.new_empty((n, x.shape[1])), torch.empty((n,), dtype=torch.int32, device=x.device),
@@ -252,14 +257,14 @@ def _register_permute() -> None:
 
     def perm_impl(x, ids, num_experts):
         out, slots, offsets = new_perm(x, ids, num_experts)
-        s, _, _, starts = _registry.get("moe_align_triton")(ids, num_experts, 1)
+        s, _, _, starts = _registry.get(f"moe_align_{b}")(ids, num_experts, 1)
         slots.copy_(s[: ids.numel()])
         offsets.copy_(starts)
         if out.numel():
-            _kernels().permute_fwd(x, slots, ids.shape[1], out)
+            mod().permute_fwd(x, slots, ids.shape[1], out)
         return out, slots, offsets
 
-    perm = _registry.define("moe_permute_triton",
+    perm = _registry.define(f"moe_permute_{b}",
                             "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
                             _on_device(perm_impl), new_perm)
 
@@ -270,11 +275,11 @@ def _register_permute() -> None:
         out = new_unperm(y, slots, w, num_tokens, top_k)
         if out.numel():
             inv = _inverse(slots, num_tokens * top_k)
-            _kernels().unpermute_fwd(y, inv, w, top_k, out)
+            mod().unpermute_fwd(y, inv, w, top_k, out)
         return out
 
     unperm = _registry.define(
-        "moe_unpermute_triton",
+        f"moe_unpermute_{b}",
         "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
         _on_device(unperm_impl), new_unperm)
 
@@ -287,14 +292,13 @@ def _register_permute() -> None:
         n = slots.numel()
         if n:
             k = n // g.shape[0] if g.shape[0] else 1
-            _kernels().unpermute_bwd(g.contiguous(), y, slots, w, k, dy if need_y else None,
-                                     dw if dw.numel() else None)
+            mod().unpermute_bwd(g.contiguous(), y, slots, w, k, dy if need_y else None, dw if dw.numel() else None)
         elif dw.numel():
             dw.zero_()
         return dy, dw
 
     unperm_bwd = _registry.define(
-        "moe_unpermute_backward_triton",
+        f"moe_unpermute_backward_{b}",
         "(Tensor grad, Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, bool need_permuted, "
         "bool need_weights) -> (Tensor, Tensor)", _on_device(unperm_bwd_impl), new_unperm_bwd)
 
@@ -325,7 +329,8 @@ def _register_permute() -> None:
     unperm.register_autograd(unperm_backward, setup_context=unperm_setup)
 
 
-_register_permute()
+for _b in ("triton", "cpu", "cuda"):
+    _register_permute(_b)
 
 
 def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int, backend: str | None = None,
@@ -340,11 +345,11 @@ def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts
     chk.same_device(name, "topk_ids", topk_ids, hidden_states, "hidden_states")
     e = chk.integer(name, num_experts, "num_experts", 1, chk.MAX_EXPERTS)
     chk.ids_in_range(name, topk_ids, e, check_ids)
-    b = _pick(name, hidden_states, backend)
+    b = _pick(name, hidden_states, backend, _PERMUTE_SUPPORTED)
     if b == "reference":
         return ref.moe_permute(hidden_states, topk_ids, e)
-    x = hidden_states if hidden_states.stride(-1) == 1 else hidden_states.contiguous()
-    return _registry.get("moe_permute_triton")(x, topk_ids, e)
+    x = hidden_states if hidden_states.shape[1] <= 1 or hidden_states.stride(-1) == 1 else hidden_states.contiguous()
+    return _registry.get(f"moe_permute_{b}")(x, topk_ids.contiguous(), e)
 
 
 def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None = None,
@@ -377,12 +382,12 @@ def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weigh
         if n % k:
             raise ValueError(f"{name}: {n} permuted rows are not a multiple of top_k={k}")
         t = n // k
-    b = _pick(name, permuted, backend)
+    b = _pick(name, permuted, backend, _PERMUTE_SUPPORTED)
     if b == "reference":
         return ref.moe_unpermute(permuted, sorted_slots, topk_weights, t, k)
-    y = permuted if permuted.stride(-1) == 1 else permuted.contiguous()
+    y = permuted if permuted.shape[1] <= 1 or permuted.stride(-1) == 1 else permuted.contiguous()
     w = None if topk_weights is None else topk_weights.contiguous()
-    return _registry.get("moe_unpermute_triton")(y, sorted_slots.contiguous(), w, t, k)
+    return _registry.get(f"moe_unpermute_{b}")(y, sorted_slots.contiguous(), w, t, k)
 
 
 # ==============================================================================================
