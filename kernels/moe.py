@@ -375,7 +375,8 @@ def _compile_specs():
         specs.append({"fn": _moe_route_fwd_kernel, "name": f"moe_route_fwd[E={e},k={k},g={g}/{tg}]",
                       "signature": {"x_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
                                     "T": "i32", "E": "i32", "stride_xt": "i32", "scale": "fp32"},
-                      "constexprs": {"E_P": e, "K": k, "K_P": k, "N_GROUP": g, "TOPK_GROUP": tg, "G_P": g, "PER": e // g,
+                      "constexprs": {"E_P": e, "K": k, "K_P": k, "N_GROUP": g, "TOPK_GROUP": tg, "G_P": g,
+                                     "PER": e // g,
                                      "SOFTMAX": False, "HAS_BIAS": True, "NORM": True, "BLOCK_T": 16},
                       "num_warps": 4})
     specs.append({"fn": _moe_align_count_kernel, "name": "moe_align_count",

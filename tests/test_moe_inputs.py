@@ -10,9 +10,8 @@ import pygen.kernels.moe as kmoe
 import pygen.native.moe as nmoe
 from pygen.ops.moe import fused_moe, moe_align, moe_permute, moe_route, moe_unpermute
 
-LAUNCHERS = [(kmoe, n) for n in ("route_fwd", "align_fwd", "permute_fwd", "unpermute_fwd", "unpermute_bwd",
-                                 "fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, n) for n in ("align_fwd", "route_fwd", "permute_fwd",
-                                                                    "unpermute_fwd", "unpermute_bwd")]
+_COMMON = ("route_fwd", "align_fwd", "permute_fwd", "unpermute_fwd", "unpermute_bwd")
+LAUNCHERS = [(kmoe, n) for n in _COMMON + ("fused_moe_fwd", "fused_moe_bwd")] + [(nmoe, n) for n in _COMMON]
 
 
 @pytest.fixture

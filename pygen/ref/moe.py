@@ -203,7 +203,6 @@ def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, t
     computed in hidden_states' dtype (run it in float64 for the oracle). Differentiable in
     hidden_states, w1, w2 and topk_weights."""
     t, h = hidden_states.shape
-    k = topk_ids.shape[1]
     inter = w1.shape[1] // 2
     ids = topk_ids.long()
     out = hidden_states.new_zeros((t, h))
@@ -215,5 +214,4 @@ def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, t
         y = hmid @ w2[e].to(x.dtype).t()
         y = y * topk_weights[tok, j].unsqueeze(-1).to(y.dtype)
         out = out.index_add(0, tok, y)
-    del k
     return out
