@@ -5,3 +5,4 @@ from . import flows  # noqa: F401
 from . import made  # noqa: F401
 from . import fp8  # noqa: F401
 from . import mla  # noqa: F401
+from . import moe  # noqa: F401
