@@ -6,3 +6,4 @@ from .made import made_affine_forward, made_sample, masked_linear, masked_linear
 from .mla import merge_attn_states, mla_cache_append, mla_decode, mla_prefill  # noqa: F401
 from .fp8 import dequantize_fp8, fp8_gemm, fp8_gemm_grouped, fp8_gemm_wgrad, quantize_fp8_128x128, quantize_fp8_1x128  # noqa: F401,E501
 from .moe import fused_moe, moe_align, moe_permute, moe_route, moe_unpermute  # noqa: F401
+from .moe_fp8 import fused_moe_fp8, quantize_moe_weights_fp8  # noqa: F401
