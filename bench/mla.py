@@ -11,13 +11,14 @@ decode    batch 1, 32, 64, 128; ragged context lengths drawn uniformly from [102
           Softmax scale: DeepSeek-V3's 192^-0.5 * mscale(40)^2 (pygen.nn._rope.softmax_scale).
 prefill   8 sequences x 4096 tokens (varlen, causal), 128 heads, q/k dim 192, v dim 128.
 
-``cases(quick=True)`` keeps the structure at CPU size (batch 1 and 4, contexts 33-300, h_q 16,
+On a CPU (``cases(device="cpu")``) the defaults scale down to batch 1 and 8, contexts 256-2048,
+prefill 2 x 1024 tokens with 16 heads (``CPU``). ``cases(quick=True)`` keeps the structure at test size (batch 1 and 4, contexts 33-300, h_q 16,
 prefill 2 x 64 tokens with 2 heads): on a CPU only the reference runs (the Triton interpreter
 is never timed), and bench/test_bench_mla.py also runs every quick case once through the Triton
 kernels under the interpreter as a correctness check, in seconds.
 
-Modes: decode is inference-only: run the family with ``pygen bench mla --mode fwd`` (the
-pytest view skips its bwd modes); prefill has fwd and bwd.
+Modes: decode is inference-only (its cases declare ``modes=("fwd",)``, so the harness and the
+pytest view list its bwd modes as skipped); prefill has fwd and bwd.
 
 Byte model (E = bytes per element of q / out, L_i = cache_seqlens, T = tokens, H = heads)
 -----------------------------------------------------------------------------------------
@@ -58,6 +59,12 @@ DEFAULT = {"batches": (1, 32, 64, 128), "ctx": (1024, 8192), "heads": (16, 128),
            "prefill": (8, 4096, 128)}
 QUICK = {"batches": (1, 4), "ctx": (33, 300), "heads": (16,), "s_q": (1, 2), "page": 64,
          "prefill": (2, 64, 2)}
+# `pygen bench` on a CPU (the README's main command on a fresh machine): the GPU shapes would take
+# the eager reference tens of minutes and the prefill scores alone 8.6 GB per sequence, so the CPU
+# keeps the structure (both head counts, both s_q, ragged contexts, both cache formats) at a size
+# the 2-core / 24 GiB machines run in about a minute.
+CPU = {"batches": (1, 8), "ctx": (256, 2048), "heads": (16, 128), "s_q": (1, 2), "page": 64,
+       "prefill": (2, 1024, 16)}
 
 
 def context_lengths(batch: int, lo: int, hi: int, seed: int) -> list[int]:
@@ -241,8 +248,10 @@ def _prefill_case(n_seq: int, n: int, h: int, tag: str) -> Case:
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:
-    s = QUICK if quick else DEFAULT
-    tag = "quick-" if quick else ""
+    on_cuda = torch.device(device if device is not None else
+                           ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    s = QUICK if quick else (DEFAULT if on_cuda else CPU)
+    tag = "quick-" if quick else ("" if on_cuda else "cpu-")
     out = [_decode_case(b, h, sq, fp8, s, tag) for b in s["batches"] for h in s["heads"] for sq in s["s_q"]
            for fp8 in (False, True)]
     out.append(_prefill_case(*s["prefill"], tag))
@@ -266,7 +275,7 @@ def floors(peak_tbps: float = 4.8, peak_tflops: float = 989.0) -> list[dict]:
     """Memory and compute floors (µs) of every default case at bf16 (docs/mla_module.md's table):
     ``python -c "from pygen.bench import mla; [print(r) for r in mla.floors()]"``."""
     out = []
-    for c in cases(quick=False, device="cpu"):
+    for c in cases(quick=False, device="cuda"):
         s = c.shape
         if c.op == "mla_decode":
             lens = context_lengths(s["batch"], *DEFAULT["ctx"], 1000 * s["batch"] + 10 * s["h_q"] + s["s_q"])
