@@ -62,11 +62,15 @@ def test_formulas():
     assert mla.decode_bytes([10], 1, 16, 2, True, 2) == 10 * 656 + 16 * 1088 * 2 + 4 * 16 + 4 * 3
     assert mla.prefill_flops([4], 1, "fwd") == 2 * 320 * 10
     assert mla.prefill_flops([4], 1, "fwd+bwd") == 7 * 320 * 10
-    full = mla.cases(quick=False, device="cpu")
+    full = mla.cases(quick=False, device="cuda")          # the default (GPU) shapes
     dec = [c for c in full if c.op == "mla_decode"]
     assert len(dec) == 4 * 2 * 2 * 2 and {c.shape["batch"] for c in dec} == {1, 32, 64, 128}
     assert all(1024 <= c.shape["ctx_max"] <= 8192 for c in dec)
     pre = [c for c in full if c.op == "mla_prefill"]
     assert [(c.shape["seqs"], c.shape["tokens_per_seq"], c.shape["heads"]) for c in pre] == [(8, 4096, 128)]
+    cpu = mla.cases(quick=False, device="cpu")            # same structure, CPU-sized
+    dec = [c for c in cpu if c.op == "mla_decode"]
+    assert len(dec) == 2 * 2 * 2 * 2 and {c.shape["h_q"] for c in dec} == {16, 128}
+    assert all(c.label.startswith("cpu-") and c.shape["ctx_max"] <= 2048 for c in cpu)
     row = {"median_ms": 2.0, "mode": "fwd", "shape": {"gflop": 1000.0}}
     assert mla.tflops(row) == pytest.approx(500.0)
