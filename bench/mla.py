@@ -12,7 +12,8 @@ decode    batch 1, 32, 64, 128; ragged context lengths drawn uniformly from [102
 prefill   8 sequences x 4096 tokens (varlen, causal), 128 heads, q/k dim 192, v dim 128.
 
 On a CPU (``cases(device="cpu")``) the defaults scale down to batch 1 and 8, contexts 256-2048,
-prefill 2 x 1024 tokens with 16 heads (``CPU``). ``cases(quick=True)`` keeps the structure at test size (batch 1 and 4, contexts 33-300, h_q 16,
+prefill 2 x 1024 tokens with 16 heads (``CPU``). ``cases(quick=True)`` keeps the structure at
+test size (batch 1 and 4, contexts 33-300, h_q 16,
 prefill 2 x 64 tokens with 2 heads): on a CPU only the reference runs (the Triton interpreter
 is never timed), and bench/test_bench_mla.py also runs every quick case once through the Triton
 kernels under the interpreter as a correctness check, in seconds.
