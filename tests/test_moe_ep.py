@@ -1,7 +1,7 @@
 """Expert parallelism of pygen.nn.MoE: 2 and 4 gloo processes on CPU must give the single-process
 layer's output, input gradient, expert gradients (each rank's slice) and, after
-MoE.all_reduce_replicated_grads (a sum over ranks), the replicated gate / shared-expert gradients; the balancing counters summed over
-ranks must equal the single-process ones.
+MoE.all_reduce_replicated_grads (a sum over ranks), the replicated gate / shared-expert
+gradients; the balancing counters summed over ranks must equal the single-process ones.
 
 Scenarios (one spawn per world size, tiny float64 layers):
     grouped   E=8, top-3 of 4 groups / 2 kept; uneven token counts, one rank with no tokens

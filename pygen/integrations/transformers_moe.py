@@ -130,7 +130,8 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     """Replace every transformers ``DeepseekV3MoE`` inside ``model`` by ``pygen.nn.MoE`` built from
     the same config, holding the original Parameter and buffer objects (no copy; dtypes, devices
     and optimizer references kept). Module hooks move along, and the new gate still counts as a
-    ``DeepseekV3TopkRouter`` for transformers' output recording (``output_router_logits=True``). Returns ``{"DeepseekV3MoE": count}`` (empty when none was found).
+    ``DeepseekV3TopkRouter`` for transformers' output recording (``output_router_logits=True``).
+    Returns ``{"DeepseekV3MoE": count}`` (empty when none was found).
     ImportError without transformers."""
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE, DeepseekV3TopkRouter
 

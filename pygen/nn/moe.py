@@ -269,7 +269,8 @@ class MoEExperts(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.num_experts} experts, {self.hidden_dim} -> 2x{self.intermediate_dim} -> {self.hidden_dim}"
         if self.num_global_experts != self.num_experts:
-            s += f", experts [{self.expert_offset}, {self.expert_offset + self.num_experts}) of {self.num_global_experts}"
+            lo, hi = self.expert_offset, self.expert_offset + self.num_experts
+            s += f", experts [{lo}, {hi}) of {self.num_global_experts}"
         return s + f", act={self.activation}"
 
 
