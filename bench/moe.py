@@ -437,3 +437,15 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
     exp_tag = tag if exp_s is route_s else "cpu-h1024-i256"
     return (_route_cases(route_s, route_t, tag, device) + _fused_cases(exp_s, exp_t, exp_tag, device)
             + _layer_cases(exp_s, layer_t, exp_tag, device))
+
+
+def tflops(row: dict) -> float | None:
+    """Achieved TFLOP/s of a result row (a JSON line of this family), from the ``gflop_fwd`` of
+    its shape dict: backward counts twice the forward (dX and dW GEMMs), fwd+bwd three times.
+    None for rows without a FLOP model (routing) or without a time. The harness reports GB/s
+    only; this is what the GPU tables in docs/moe_layer.md are to be computed with."""
+    gf = (row.get("shape") or {}).get("gflop_fwd")
+    ms = row.get("median_ms")
+    if not gf or not ms:
+        return None
+    return gf * {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[row["mode"]] / ms
