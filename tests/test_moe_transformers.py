@@ -205,3 +205,31 @@ def test_experts_implementation_ep_sentinels():
     assert_close_to_ref(out, ref, atol=1e-5, what="out")
     assert_close_to_ref(gx, rx, atol=1e-5, what="dx")
     assert_close_to_ref(gw, rw, atol=1e-5, what="d weights")   # zero at the sentinels in both
+
+
+@pytest.mark.parametrize("family", ["Qwen3Moe", "Mixtral"])
+def test_experts_implementation_other_moe_models(family, monkeypatch):
+    """The "pygen" experts implementation is not DeepSeek-specific: any experts class with the
+    gate_up_proj / down_proj layout (Qwen3-MoE, Mixtral, ...) runs through fused_moe."""
+    cfg_cls = getattr(transformers, f"{family}Config", None)
+    model_cls = getattr(transformers, f"{family}ForCausalLM", None)
+    if cfg_cls is None or model_cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {family}")
+    experts = dict(num_experts=8, moe_intermediate_size=16) if family == "Qwen3Moe" else dict(num_local_experts=8)
+    cfg = cfg_cls(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, max_position_embeddings=64, num_experts_per_tok=2,
+                  experts_implementation="eager", **experts)
+    torch.manual_seed(0)
+    model = model_cls(cfg).eval()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(4))
+    ref_logits, ref_grads = _logits_and_grads(model, ids)
+    import pygen.ops.moe as ops_moe
+    calls = []
+    real = ops_moe.fused_moe
+    monkeypatch.setattr(ops_moe, "fused_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.set_experts_implementation("pygen")
+    logits, grads = _logits_and_grads(model, ids)
+    assert len(calls) == 2       # both layers are MoE layers
+    assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
+    for n in ref_grads:
+        assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")
