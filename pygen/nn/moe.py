@@ -44,8 +44,9 @@ replicated and only this rank's contiguous slice of the routed experts (rank r o
 E // W experts, plus one for r < E % W); ``experts.gate_up_proj`` is then
 [E_local, 2I, H]. Loading a full (single-process) state_dict slices it automatically. Tokens
 move with all_to_all_single (pygen/nn/_moe_ep.py; docs/moe_layer.md has the design and torchrun
-usage). Gradients of the replicated parameters are per-rank partial sums, as with data
-parallelism: all-reduce them (DDP does) to get the single-process gradient.
+usage). Gradients of the replicated parameters are per-rank partial sums:
+``all_reduce_replicated_grads()`` sums them, which gives the single-process gradient (DDP over the
+EP group would also average the per-rank expert gradients: use it for the replicated ones only).
 """
 from __future__ import annotations
 
