@@ -1,5 +1,5 @@
 """Benchmark definitions, one module per op family, installed as ``pygen.bench`` (package_dir
-mapping in setup.py). Each family module exposes ``FAMILY`` and ``cases(quick: bool) -> list of
+mapping in setup.py). Each family module exposes ``FAMILY`` and ``cases(quick, device) -> list of
 pygen.bench_harness.Case``; ``pygen bench`` and the pytest-benchmark suite (test_bench_*.py) both
 read them from here. Measured results are appended to ``results/<device>/<family>.jsonl``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi", "flows", "made", "mla", "fp8")
+FAMILIES = ("roi", "flows", "made", "mla", "moe", "fp8")
 
 
 def load(family: str):

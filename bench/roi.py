@@ -286,7 +286,8 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
     ]
 
 
-def cases(quick: bool = False) -> list[Case]:
+def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:
+    """The RoI cases (the same shapes on every device; ``device`` is accepted like every family's)."""
     shapes = QUICK if quick else DEFAULT
     pre = "quick-" if quick else ""
     return _fpn_cases(shapes["fpn"], pre + "fpn") + _rfcn_cases(shapes["rfcn"], pre + "rfcn")

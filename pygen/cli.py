@@ -131,13 +131,20 @@ def cmd_bench(args) -> int:
 
     all_cases = []
     for fam in families:
-        cs = pkg.load(fam).cases(quick=args.quick)
+        cs = pkg.load(fam).cases(quick=args.quick, device=device)
         if args.op:
             cs = [c for c in cs if c.op in args.op]
         all_cases.extend(cs)
     if not all_cases:
         _print("pygen bench: no case matches the filters", file=sys.stderr)
         return 2
+    if args.baseline:
+        known = {"reference", "compile"} | {name for c in all_cases for name in c.baselines}
+        unknown = [b for b in args.baseline if b not in known]
+        if unknown:
+            _print(f"pygen bench: unknown baseline {', '.join(map(repr, unknown))} for these cases; known: "
+                   f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
 
     if args.baseline is None or "compile" in args.baseline:
         import logging
@@ -255,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     s.add_argument("--backend", action="append", choices=["cuda", "triton", "cpu"],
                    help="pygen backends to time (repeatable; default: every available one)")
-    s.add_argument("--baseline", action="append", choices=["torchvision", "reference", "compile"],
-                   help="baselines to time (repeatable; default: every importable one)")
+    s.add_argument("--baseline", action="append", metavar="NAME",
+                   help="baselines to time (repeatable; default: every importable one). Names as in the "
+                        "result tables: reference, compile, torchvision, dense masked, D passes (dense masked), "
+                        "step loop, flashmla, vllm-triton, sglang-triton, transformers:eager, "
+                        "transformers:grouped_mm, vllm:fused_experts, torch.matmul, torch._scaled_mm, ...")
     s.add_argument("--no-baselines", dest="baseline", action="store_const", const=[],
                    help="time the pygen backends only")
     s.add_argument("--dtype", action="append", choices=sorted(["float32", "float16", "bfloat16", "float64"]),

@@ -8,10 +8,11 @@ Only modules whose behaviour pygen reproduces exactly are replaced; their config
 and since the RoI modules hold no parameters the model's state_dict is unchanged.
 
     pygen.patch.patch_transformers_deepseek(model)   # DeepseekV3Attention -> pygen.nn.MLA (same Parameters)
+    pygen.patch.patch_transformers_moe(model)        # DeepseekV3MoE -> pygen.nn.MoE (same Parameters)
     pygen.patch.convert_to_fp8(model, filter=lambda name, m: "lm_head" not in name)   # nn.Linear -> FP8Linear
 
 ``patch(model)`` applies the exact swaps (torchvision RoI modules, transformers DeepSeek-V3
-attention) whose libraries are installed; FP8 conversion changes numerics, so it is never implicit.
+attention and MoE) whose libraries are installed; FP8 conversion changes numerics, so it is never implicit.
 """
 from __future__ import annotations
 
@@ -64,10 +65,19 @@ def patch_transformers_deepseek(model: nn.Module, *, backend: str | None = None)
     return patch_deepseek_attention(model, backend=backend)
 
 
+def patch_transformers_moe(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
+    """Swap pygen.nn.MoE into a transformers DeepseekV3 model in place (DeepseekV3MoE layers; the
+    original Parameter objects are kept); returns counts by class. Raises ImportError without
+    transformers. (``experts_implementation="pygen"`` is the no-swap alternative: importing
+    pygen.integrations.transformers_moe registers it.)"""
+    from .integrations.transformers_moe import patch_deepseek_moe
+    return patch_deepseek_moe(model, backend=backend)
+
+
 def patch(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
     """Apply every patcher whose library is installed; returns what was swapped."""
     swapped: dict[str, int] = {}
-    for patcher in (patch_torchvision, patch_transformers_deepseek):
+    for patcher in (patch_torchvision, patch_transformers_deepseek, patch_transformers_moe):
         try:
             swapped.update(patcher(model, backend=backend))
         except ImportError:

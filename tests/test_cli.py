@@ -219,3 +219,10 @@ def test_profile_quick(capsys):
     out = capsys.readouterr().out
     assert "end-to-end speedup" in out and "agree" in out
     assert "top 5 ops" in out
+
+
+def test_bench_unknown_baseline_is_an_error(capsys):
+    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--baseline", "torchvison", "--no-save", "--no-copy"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown baseline 'torchvison'" in err and "torchvision" in err

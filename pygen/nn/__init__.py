@@ -6,3 +6,4 @@ from .made import MaskedLinear  # noqa: F401
 from .mla import MLA  # noqa: F401
 from ._mla_cache import PagedMLACache  # noqa: F401
 from .fp8 import FP8Linear, convert_to_fp8  # noqa: F401
+from .moe import MoE, MoEExperts, MoEGate, MoEMLP  # noqa: F401
