@@ -94,11 +94,13 @@ def _new_route(logits: torch.Tensor, top_k: int):
 
 def _route_grad(logits, ids, grad_w, scoring, norm, scale):
     """d router_logits from d topk_weights (plain PyTorch: O(T*E) elementwise work)."""
-    x = logits.float()
+    # float32 math, float64 for float64 logits (so the float64 oracle comparisons stay exact)
+    ct = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(ct)
     s = x.sigmoid() if scoring == "sigmoid" else x.softmax(-1)
     idx = ids.long()
     sel = s.gather(1, idx)
-    g = grad_w.float() * scale
+    g = grad_w.to(ct) * scale
     if norm:
         den = sel.sum(-1, keepdim=True) + 1e-20
         dsel = g / den - (g * sel).sum(-1, keepdim=True) / (den * den)
