@@ -8,6 +8,7 @@ dtype. An explicit request (argument) for a backend that cannot run raises with 
 """
 from __future__ import annotations
 
+import functools
 import os
 from functools import lru_cache
 
@@ -102,3 +103,29 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, backend: str | Non
                 continue  # Triton kernels accumulate in float32; float64 goes to cpu/reference
             return b
     return "reference"
+
+
+def choose_for(op: str, t: torch.Tensor, backend: str | None, supported: tuple[str, ...],
+               float64_backends: tuple[str, ...] = ("reference",)) -> str:
+    """``choose`` for an op whose kernels accumulate in float32: float64 tensors may only use
+    ``float64_backends`` (an explicit other backend is a TypeError naming the dtype)."""
+    if t.dtype == torch.float64:
+        f64 = tuple(b for b in supported if b in float64_backends)
+        if backend is not None and backend in BACKENDS and backend not in f64:
+            runs = " and ".join(f64) if f64 else "no"
+            raise TypeError(f"{op}: backend {backend!r} does not support float64 "
+                            f"(float64 runs on the {runs} backend{'s' if len(f64) > 1 else ''})")
+        supported = f64
+    return choose(op, t.device, t.dtype, backend, supported)
+
+
+def on_device(fn):
+    """Wrap a kernel-launching implementation so that it runs with its first tensor's CUDA device
+    current (Triton launches on the current device)."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        if args[0].is_cuda:
+            with torch.cuda.device(args[0].device):
+                return fn(*args)
+        return fn(*args)
+    return wrapped

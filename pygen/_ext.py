@@ -53,3 +53,25 @@ def stream_of(t: torch.Tensor) -> int:
     if t.is_cuda:
         return torch.cuda.current_stream(t.device).cuda_stream
     return 0
+
+
+def native_module(t: torch.Tensor):
+    """(module, ctx) for a csrc launcher on t's device: pygen._cuda with [device index, stream] or
+    pygen._C with [torch's thread count] (so both OpenMP pools agree); RuntimeError when missing."""
+    if t.device.type == "cuda":
+        mod = cuda()
+        if mod is None:
+            raise RuntimeError(f"pygen._cuda is not available: {load_error('_cuda')}")
+        return mod, [t.device.index if t.device.index is not None else torch.cuda.current_device(),
+                     stream_of(t)]
+    if t.device.type == "cpu":
+        mod = host()
+        if mod is None:
+            raise RuntimeError(f"pygen._C is not available: {load_error('_C')}")
+        return mod, [torch.get_num_threads()]
+    raise RuntimeError(f"pygen native kernels run on cpu or cuda tensors, not {t.device.type}")
+
+
+def native_arg(t: torch.Tensor):
+    """A tensor as the bindings take it: (data pointer, sizes, strides)."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))

@@ -16,7 +16,7 @@ from pygen.ops import _registry
 from pygen.ops import mla as ops
 from pygen.ref import mla as ref
 
-from conftest import ATOL, assert_close_to_ref, backend_params
+from conftest import assert_close_to_ref, backend_params
 
 SUPPORTED = ("triton", "reference")
 PARAMS = [p for p in backend_params() if p.values[1] in SUPPORTED]

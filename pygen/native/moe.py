@@ -18,23 +18,8 @@ def align_workspace_size(num_slots: int, num_experts: int) -> int:
     return nb * num_experts + num_experts
 
 
-def _module(t: torch.Tensor):
-    if t.device.type == "cuda":
-        mod = _ext.cuda()
-        if mod is None:
-            raise RuntimeError(f"pygen._cuda is not available: {_ext.load_error('_cuda')}")
-        return mod, [t.device.index if t.device.index is not None else torch.cuda.current_device(),
-                     _ext.stream_of(t)]
-    if t.device.type == "cpu":
-        mod = _ext.host()
-        if mod is None:
-            raise RuntimeError(f"pygen._C is not available: {_ext.load_error('_C')}")
-        return mod, [torch.get_num_threads()]
-    raise RuntimeError(f"pygen native kernels run on cpu or cuda tensors, not {t.device.type}")
-
-
-def _arg(t: torch.Tensor):
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+_module = _ext.native_module
+_arg = _ext.native_arg
 
 
 def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts, workspace):

@@ -62,12 +62,7 @@ def _logdet_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_SUPPORTED) -> str:
-    if t.dtype == torch.float64:
-        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
-            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
-                            f"(float64 runs on the reference backend)")
-        supported = ("reference",)
-    return _backend.choose(name, t.device, t.dtype, backend, supported)
+    return _backend.choose_for(name, t, backend, supported)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs 
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -43,26 +42,11 @@ def _kernels():
     return made
 
 
-def _on_device(fn):
-    """Run a kernel-launching implementation with its first tensor's CUDA device current (Triton
-    launches on the current device)."""
-    @functools.wraps(fn)
-    def wrapped(*args):
-        if args[0].is_cuda:
-            with torch.cuda.device(args[0].device):
-                return fn(*args)
-        return fn(*args)
-    return wrapped
+_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
-    supported = _SUPPORTED
-    if t.dtype == torch.float64:
-        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
-            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
-                            f"(float64 runs on the reference backend)")
-        supported = ("reference",)
-    return _backend.choose(name, t.device, t.dtype, backend, supported)
+    return _backend.choose_for(name, t, backend, _SUPPORTED)
 
 
 # ---- allocation shared by the real and the fake implementations --------------------------------

@@ -27,7 +27,6 @@ the reference. Every bad argument raises before a launch (pygen/ops/_mla_checks.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -51,24 +50,11 @@ def _kernels():
     return mla
 
 
-def _on_device(fn):
-    @functools.wraps(fn)
-    def wrapped(*args):
-        if args[0].is_cuda:
-            with torch.cuda.device(args[0].device):
-                return fn(*args)
-        return fn(*args)
-    return wrapped
+_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
-    supported = _SUPPORTED
-    if t.dtype == torch.float64:
-        if backend is not None and backend in _backend.BACKENDS and backend != "reference":
-            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
-                            f"(float64 runs on the reference backend)")
-        supported = ("reference",)
-    return _backend.choose(name, t.device, t.dtype, backend, supported)
+    return _backend.choose_for(name, t, backend, _SUPPORTED)
 
 
 def _sm_count(device: torch.device) -> int:

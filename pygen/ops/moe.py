@@ -33,7 +33,6 @@ written once and the k rows of a token are summed in a fixed order (bitwise repr
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 
@@ -61,24 +60,11 @@ def _native():
     return moe
 
 
-def _on_device(fn):
-    """Run a kernel-launching implementation with its first tensor's CUDA device current."""
-    @functools.wraps(fn)
-    def wrapped(*args):
-        if args[0].is_cuda:
-            with torch.cuda.device(args[0].device):
-                return fn(*args)
-        return fn(*args)
-    return wrapped
+_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_TRITON_REF) -> str:
-    if t.dtype == torch.float64:
-        if backend is not None and backend in _backend.BACKENDS and backend not in ("reference", "cpu"):
-            raise TypeError(f"{name}: backend {backend!r} does not support float64 "
-                            f"(float64 runs on the reference backend)")
-        supported = tuple(b for b in supported if b in ("reference", "cpu"))
-    return _backend.choose(name, t.device, t.dtype, backend, supported)
+    return _backend.choose_for(name, t, backend, supported, ("reference", "cpu"))
 
 
 # ==============================================================================================

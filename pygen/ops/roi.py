@@ -258,11 +258,7 @@ for _b in _KERNEL_BACKENDS:
 
 
 def _pick(name: str, input: torch.Tensor, backend: str | None) -> str:
-    supported = ("cpu", "reference") if input.dtype == torch.float64 else _backend.BACKENDS
-    if backend is not None and backend not in supported and backend in _backend.BACKENDS:
-        raise TypeError(f"{name}: backend {backend!r} does not support {input.dtype} "
-                        f"(float64 runs on the cpu and reference backends)")
-    return _backend.choose(name, input.device, input.dtype, backend, supported)
+    return _backend.choose_for(name, input, backend, _backend.BACKENDS, ("cpu", "reference"))
 
 
 def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
