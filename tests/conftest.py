@@ -97,3 +97,28 @@ def make_input(shape, dtype, device, gen: torch.Generator, channels_last: bool =
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+def compile_in_child(child_code: str, *args: str, env_extra: dict | None = None) -> list[dict]:
+    """Run ``child_code`` (which prints one JSON list of compile rows as its last line) in a child
+    Python without TRITON_INTERPRET: under the interpreter @triton.jit objects cannot be compiled
+    offline. Returns the rows; skips the test when the child found no usable ptxas."""
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="0", **(env_extra or {}))
+    res = subprocess.run([sys.executable, "-c", child_code, *args], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    for r in rows:
+        if r.get("error") and "ptxas" in r["error"] and r.get("registers") is None and r.get("wgmma") is None:
+            pytest.skip(f"no usable ptxas: {r['error']}")
+    return rows
+
+
+def assert_compiled_without_spills(rows: list[dict]) -> None:
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r

@@ -8,12 +8,8 @@ and under it @triton.jit yields interpreter objects that cannot be compiled.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from conftest import assert_compiled_without_spills, compile_in_child
 
-import pytest
 
 CHILD = """
 import json
@@ -34,14 +30,6 @@ print(json.dumps(rows))
 
 
 def test_every_flow_kernel_compiles_for_sm90_without_spills():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    res = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = compile_in_child(CHILD)
     assert len(rows) == 6, [r["kernel"] for r in rows]
-    for r in rows:
-        if r["error"] and "ptxas" in r["error"] and r["registers"] is None:
-            pytest.skip(f"no usable ptxas: {r['error']}")
-        assert r["error"] is None, r
-        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+    assert_compiled_without_spills(rows)
