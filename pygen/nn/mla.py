@@ -33,6 +33,9 @@ Three ways through the attention, by what ``cache`` is:
   ``chunk_threshold`` (16) tokens after cached ones (chunked prefill) split the work: new-vs-new
   in mla_prefill, new-vs-cached in absorbed mla_decode, merged with merge_attn_states. ``attention_mask`` is
   ignored on this path: the cache's lengths define the (causal) mask, ragged batches included.
+  A transformers Cache with ``pygen_paged_step`` / ``pygen_paged_done`` (pygen.integrations.
+  transformers_paged_cache.PagedMLATransformersCache, for generate()) takes this path too: the
+  hook opens / commits the step around each layer and hands over its PagedMLACache.
 """
 from __future__ import annotations
 
@@ -238,10 +241,14 @@ class MLA(nn.Module):
         cache = legacy if cache is None else cache
         b, s = hidden_states.shape[:-1]
         q_nope, q_rope, latent, k_rope = self.project(hidden_states, position_embeddings)
-        if isinstance(cache, PagedMLACache):
+        hooked = hasattr(cache, "pygen_paged_step")  # a transformers Cache over a PagedMLACache
+        if hooked or isinstance(cache, PagedMLACache):
             if self.layer_idx is None:
                 raise ValueError("MLA needs a layer_idx to use a PagedMLACache")
-            o = self._paged(cache, q_nope, q_rope, latent, k_rope)
+            paged = cache.pygen_paged_step(self.layer_idx, latent, attention_mask) if hooked else cache
+            o = self._paged(paged, q_nope, q_rope, latent, k_rope)
+            if hooked:
+                cache.pygen_paged_done(self.layer_idx)
         else:
             if cache is not None:  # transformers Cache: stores the compressed latents (transformers 5.x)
                 latent4, k_rope4 = cache.update(latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1),
