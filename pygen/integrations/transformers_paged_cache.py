@@ -134,7 +134,7 @@ class PagedMLATransformersCache(Cache):
     def reset(self) -> None:
         """Forget every sequence (pages back to the pool; storage kept)."""
         if self.paged is not None:
-            if self.paged._step is not None:
+            if self.paged.step_open:
                 self.paged.rollback()
             for sid in self._seq_ids:
                 self.paged.free(sid)
@@ -147,10 +147,10 @@ class PagedMLATransformersCache(Cache):
         b, s = latent.shape[:2]
         if not 0 <= layer_idx < self.num_layers:
             raise IndexError(f"layer_idx {layer_idx} out of range for a cache of {self.num_layers} layers")
-        if self.paged is not None and self.paged._step is not None and layer_idx in self._done:
+        if self.paged is not None and self.paged.step_open and layer_idx in self._done:
             self.paged.rollback()                     # a forward that raised left its step open
             self._done = set()
-        if self.paged is None or self.paged._step is None:
+        if self.paged is None or not self.paged.step_open:
             self._begin(b, s, latent, attention_mask)
         elif tuple(self.paged.step_info()[:2]) != (self._seq_ids, s):
             raise ValueError(f"layer {layer_idx}: batch {b} x {s} new tokens differs from the step's "

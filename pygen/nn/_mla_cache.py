@@ -148,6 +148,11 @@ class PagedMLACache:
         mla_cache_append(kv, table, positions, latent.contiguous(), k_rope.contiguous(), backend=self.backend)
         return kv, table, lens
 
+    @property
+    def step_open(self) -> bool:
+        """Whether begin() opened a step that is neither committed nor rolled back yet."""
+        return self._step is not None
+
     def step_info(self):
         """(seq_ids, num_new, block_table, positions [b, n], cache_seqlens) of the open step."""
         if self._step is None:
