@@ -125,3 +125,19 @@ def test_persistent_flag_errors(device, backend, gen):
     assert wg2[0].grad is not None and torch.isfinite(wg2[0].grad).all() and wg2[0].grad.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(x, ops.made_sample(w2, b2, degs2, z, kind="gaussian", backend=backend))
+
+
+@pytest.mark.parametrize("device,backend", TRITON)
+def test_persistent_sampler_falls_back_beyond_32bit_offsets(device, backend, gen, monkeypatch):
+    """A network whose flat weights or scratch would overflow the kernel's 32-bit offsets runs the
+    step loop (same result); persistent=True says why. (The limit is lowered to hit the path.)"""
+    w, b, degs, _, _ = _network(gen, 5, [12], 2, False, False, device, torch.float32)
+    noise = torch.randn(3, 5, generator=gen).to(device)
+    with torch.no_grad():
+        want = ops.made_sample(w, b, degs, noise, kind="gaussian", backend=backend, persistent=True)
+        monkeypatch.setattr(sampler, "MAX_KERNEL_OFFSET", 100)
+        monkeypatch.setattr(kern, "made_sample_persistent", lambda *a, **k: pytest.fail("kernel launched"))
+        with pytest.raises(ValueError, match="too large for the kernel's 32-bit offsets"):
+            ops.made_sample(w, b, degs, noise, kind="gaussian", backend=backend, persistent=True)
+        got = ops.made_sample(w, b, degs, noise, kind="gaussian", backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,10 @@ from . import _registry
 from . import made as _ops
 
 
+# the persistent kernel indexes its flat weights and its scratch block with 32-bit offsets
+MAX_KERNEL_OFFSET = 2 ** 31
+
+
 def _slice_linear(mode: str, x, w, b, in_deg, out_deg, strict: bool, act: str):
     """One step's row slice of one layer: act(x . (w * M)^T + b). In the reference mode ``w`` is
     already masked (once per call, so each step is a plain F.linear); the kernel mode builds M
@@ -207,7 +211,10 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     why_not = ("the reference backend runs the step loop" if mode == "reference" else
                "residual networks use the step loop" if residual else
                "sampling recorded by autograd uses the step loop" if differentiable else
-               f"output_multiplier {mult} > 64" if mult > 64 else None)
+               f"output_multiplier {mult} > 64" if mult > 64 else
+               "the network is too large for the kernel's 32-bit offsets" if (
+                   sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
+                   or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET) else None)
     if persistent is True and why_not:
         raise ValueError(f"{name}: persistent=True is not available here: {why_not}")
     if persistent is not False and why_not is None:
