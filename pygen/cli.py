@@ -35,6 +35,14 @@ def _optional_version(module: str) -> str:
         return f"not importable ({type(exc).__name__})"
 
 
+def _installed_version(dist: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -51,6 +59,9 @@ def cmd_info(args) -> int:
     _print(f"nvcc     {nvcc_version(nvcc) if nvcc else 'not found'}{f' ({nvcc})' if nvcc else ''}")
     for mod in ("torchvision", "matplotlib", "pytest_benchmark", "hypothesis"):
         _print(f"{mod:<17}{_optional_version(mod)}")
+    # integrations and benchmark baselines: the installed version only (importing vllm is slow)
+    for dist in ("transformers", "vllm", "flash-mla", "sglang"):
+        _print(f"{dist:<17}{_installed_version(dist)}")
     env = {k: os.environ[k] for k in ("PYGEN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
            if k in os.environ}
     if env:
