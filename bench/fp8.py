@@ -90,6 +90,10 @@ class _Frozen(torch.autograd.Function):
 
 
 def _dgrad(gy, wqt, wst, backend, out_dtype):
+    # dX = dY W reduces over N: a ragged N (DeepSeek-V3's 2112) is padded with zero columns to the
+    # 128-multiple that the 1x128 scales need (wqt was quantised from W padded the same way)
+    if gy.shape[1] != wqt.shape[1]:
+        gy = torch.nn.functional.pad(gy, (0, wqt.shape[1] - gy.shape[1]))
     gq, gs = ops.quantize_fp8_1x128(gy.contiguous(), backend=backend)
     return ops.fp8_gemm(gq, gs, wqt, wst, out_dtype=out_dtype, backend=backend)
 
@@ -113,7 +117,9 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
         w = _randn((n, k), 2, device, dtype, 0.02)
         q, s = ops.quantize_fp8_1x128(x, transpose_scales=True)       # layout _scaled_mm reads too
         wq, ws = ops.quantize_fp8_128x128(w)
-        wqt, wst = wq.t().contiguous(), ws.t()
+        n_pad = ref.round_up(n, 128)
+        wq_p, ws_p = (wq, ws) if n_pad == n else ops.quantize_fp8_128x128(torch.nn.functional.pad(w, (0, 0, 0, n_pad - n)))
+        wqt, wst = wq_p.t().contiguous(), ws_p.t()
         return Inputs({"x": x, "w": w, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst},
                       [x], _randn((m, n), 3, device, _out_dtype(dtype)))
 

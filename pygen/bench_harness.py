@@ -510,7 +510,14 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         progress.step(f"{case.op} {case.label} (out of time)")
             continue
         inputs = case.make_inputs(opts.device, dtype)
-        expected = {m: run_once(ref_impl, inputs, m) for m in opts.modes if case.modes is None or m in case.modes}
+        expected, ref_errors = {}, {}
+        for m in opts.modes:
+            if case.modes is not None and m not in case.modes:
+                continue
+            try:
+                expected[m] = run_once(ref_impl, inputs, m)
+            except Exception as exc:   # reported per row below; one broken case must not end the run
+                ref_errors[m] = f"the reference failed: {short_error(exc)}"
         for impl in impls:
             for mode in opts.modes:
                 base = {"family": case.family, "op": case.op, "shape_label": case.label,
@@ -518,6 +525,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         "mode": mode, "backend": impl.name, "kind": impl.kind}
                 if progress:
                     progress.step(f"{case.op} {case.label} {base['dtype']} {mode} {impl.name}")
+                if mode in ref_errors:
+                    rows.append({**base, "status": "error", "reason": ref_errors[mode]})
+                    continue
                 if mode not in expected:
                     rows.append({**base, "status": "skipped", "reason": f"{case.op} has no {mode} (forward-only)"})
                     continue

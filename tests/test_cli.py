@@ -226,3 +226,24 @@ def test_bench_unknown_baseline_is_an_error(capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown baseline 'torchvison'" in err and "torchvision" in err
+
+
+def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
+    """A case whose reference raises in one mode gets error rows for that mode; the run goes on."""
+    from pygen import bench_harness as H
+    real = H.run_once
+
+    def flaky(impl, inputs, mode):
+        if impl.name == "reference" and mode == "fwd+bwd":
+            raise RuntimeError("boom")
+        return real(impl, inputs, mode)
+
+    monkeypatch.setattr(H, "run_once", flaky)
+    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--op", "roi_align", "--no-save", "--no-copy",
+               "--baseline", "reference", "--no-progress"])
+    out = capsys.readouterr().out
+    fwdbwd = [line for line in out.splitlines() if line.startswith("roi_align") and " fwd+bwd " in line]
+    fwd = [line for line in out.splitlines() if line.startswith("roi_align") and " fwd " in line]
+    assert fwdbwd and all("the reference failed: RuntimeError: boom" in line for line in fwdbwd)
+    assert any("pygen:cpu" in line and "ERROR" not in line for line in fwd)    # the fwd mode still ran
+    assert rc == 1                                                               # and the run reports it
