@@ -299,6 +299,10 @@ def _grads(inputs: Inputs) -> list[torch.Tensor]:
     return [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs.leaves]
 
 
+class NoBackward(RuntimeError):
+    """A baseline whose output carries no autograd graph: its bwd modes are skipped, not errors."""
+
+
 def run_once(impl: Impl, inputs: Inputs, mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Output and (for bwd modes) the input gradients of one call."""
     if mode == "fwd":
@@ -307,6 +311,10 @@ def run_once(impl: Impl, inputs: Inputs, mode: str) -> tuple[torch.Tensor, list[
             return impl.fn(inputs), []
     _set_requires_grad(inputs, True)
     out = impl.fn(inputs)
+    if not out.requires_grad:
+        _set_requires_grad(inputs, False)
+        raise NoBackward(f"{impl.name} has no backward here (its output does not depend on the "
+                         f"differentiable inputs, e.g. a reference over pre-quantised tensors)")
     out.backward(inputs.grad_out)
     grads = [g.detach().clone() for g in _grads(inputs)]
     _set_requires_grad(inputs, False)
@@ -542,6 +550,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         ok, err = True, 0.0
                     else:
                         ok, err = check(case, impl, inputs, mode, expected[mode])
+                except NoBackward as exc:
+                    rows.append({**base, "status": "skipped", "reason": str(exc)})
+                    continue
                 except Exception as exc:
                     rows.append({**base, "status": "error", "reason": short_error(exc)})
                     if impl.kind == "pygen":  # baseline errors are shown in the table only
