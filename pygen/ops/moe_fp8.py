@@ -26,7 +26,7 @@ import torch
 from ..ref import moe as ref_moe
 from . import _moe_checks as chk
 from .fp8 import fp8_gemm_grouped, quantize_fp8_128x128, quantize_fp8_1x128
-from .moe import ACTIVATIONS, moe_align
+from .moe import ACTIVATIONS, _inverse, moe_align
 
 BLOCK = 128   # the recipe's tile: activation 1x128, weight 128x128, grouped GEMM M tile
 
@@ -110,9 +110,7 @@ def fused_moe_fp8(hidden_states: torch.Tensor, w1q: torch.Tensor, w1_scales: tor
     hq, hs = quantize_fp8_1x128(h, backend=backend)
     y = fp8_gemm_grouped(hq, hs, w2q, w2_scales, m_indices, torch.float32, backend=backend)
     # deterministic combine: row of every slot (inverse of the sorted order), k rows per token
-    row_of_slot = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
-    row_of_slot.scatter_(0, torch.where(valid, sorted_ids.long(), n_slots),
-                         torch.arange(rows, device=x.device))
-    y_slots = y[row_of_slot[:n_slots]].view(t, k, hdim)
+    row_of_slot = _inverse(sorted_ids, n_slots).long()     # every slot is in exactly one row
+    y_slots = y[row_of_slot].view(t, k, hdim)
     out = (y_slots * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
     return out.to(x.dtype)
