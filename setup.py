@@ -31,12 +31,28 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 
-packages = find_packages(include=["pygen", "pygen.*"]) + ["pygen.kernels", "pygen.bench"]
-package_dir = {"pygen.kernels": "kernels", "pygen.bench": "bench"}
+packages = find_packages(include=["pygen", "pygen.*"]) + ["pygen.bench"]
+package_dir = {"pygen.bench": "bench"}
+
+
+class BuildPyWithKernels(build_py):
+    """Copies the top-level kernels/*.py into pygen/kernels/ of a wheel. The folder has no
+    __init__.py (so it never shadows the PyPI package ``kernels``); pygen/kernels/__init__.py is the
+    package, and in a source checkout or editable install it reaches kernels/ through __path__."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        dst = Path(self.build_lib) / "pygen" / "kernels"
+        dst.mkdir(parents=True, exist_ok=True)
+        for src in sorted((ROOT / "kernels").glob("*.py")):
+            self.copy_file(str(src), str(dst / src.name))
 
 
 def _rel(paths):
@@ -253,4 +269,4 @@ ext_modules = [Extension("pygen._C", sources=CPU_SOURCES),
                Extension("pygen._cuda", sources=CUDA_SOURCES, optional=True)]
 
 setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules,
-      cmdclass={"build_ext": NinjaBuildExt})
+      cmdclass={"build_ext": NinjaBuildExt, "build_py": BuildPyWithKernels})
