@@ -12,7 +12,21 @@ the suite still checks every implementation against the reference.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Triton runs under its interpreter when no GPU is present. This must happen here, before pytest
+# imports any bench/test_bench_*.py: TRITON_INTERPRET is read when each @triton.jit decorator
+# runs, including those of triton.language's own helpers (tl.cdiv, tl.sigmoid, ...) at
+# ``import triton``, and bench modules import triton as a side effect while being collected
+# (bench/made.py's module-level torch.compiler.disable imports torch._dynamo, which imports
+# triton). Set later, the kernels become InterpretedFunctions but tl.cdiv & co. stay
+# compiled-mode JITFunctions, which the interpreter cannot call ("Cannot call @triton.jit'd
+# outside of the scope of a kernel"). See bench/test_bench_interpreter_env.py.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:
     import pytest_benchmark  # noqa: F401

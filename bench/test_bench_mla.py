@@ -10,18 +10,15 @@ a timing: the interpreter is never benchmarked).
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():      # before any Triton kernel module is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# TRITON_INTERPRET (no GPU) is set in bench/conftest.py: here would be too late once another
+# bench module collected before this one has imported triton.
+from pygen import bench_harness as H
 
-from pygen import bench_harness as H  # noqa: E402
-
-from . import _pytest_view as V  # noqa: E402
-from . import mla  # noqa: E402
+from . import _pytest_view as V
+from . import mla
 
 BASELINES = V.baselines(*["reference", "flashmla", "vllm-triton", "sglang-triton"])
 IMPLS = ["pygen:triton", "reference", "compile(reference)", "flashmla", "vllm-triton", "sglang-triton"]

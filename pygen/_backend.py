@@ -33,6 +33,15 @@ def _triton_error() -> str | None:
     return None
 
 
+def _triton_imported_uninterpreted() -> bool:
+    """True when triton.language was imported before TRITON_INTERPRET was set: its own @jit
+    helpers (tl.cdiv, ...) are then compiled-mode JITFunctions, which every interpreted kernel
+    calling them fails on ("Cannot call @triton.jit'd outside of the scope of a kernel")."""
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+    return isinstance(getattr(tl, "cdiv", None), JITFunction)
+
+
 def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]:
     """(available, reason) for running ``backend`` on tensors of ``device``."""
     dev = torch.device(device).type
@@ -63,6 +72,10 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
                 return False, "no CUDA device"
             return True, "Triton on GPU"
         if dev == "cpu" and triton_interpreting():
+            if _triton_imported_uninterpreted():
+                return False, ("triton was imported before TRITON_INTERPRET=1 was set (its tl.* "
+                               "@jit helpers are not interpretable): set it before importing "
+                               "triton or torch._dynamo")
             return True, "Triton interpreter (TRITON_INTERPRET=1; slow, for tests)"
         return False, f"Triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got {dev}"
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
