@@ -143,17 +143,17 @@ def _int_bins(idx, pooled, start, length, size):
 
 
 @triton.jit
-def _fpn_level(x1, y1, x2, y2, canonical_scale, canonical_level, k_min, k_max):
-    # pygen.ref.roi.fpn_levels, in float32 like the oracle with float32 rois; the 1e-6 also
-    # absorbs the GPU's approximate log2 at exact powers of two
+def _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7):
+    # pygen.ref.roi.fpn_levels: the level index is the number of area thresholds the box's
+    # float32 area reaches (pygen.ref.roi.fpn_level_thresholds, NaN-padded past the last). The
+    # thresholds come from torchvision's log2 formula evaluated on the CPU, so the GPU's
+    # approximate division and lg2 never move a box near a boundary to another level.
     x1 = x1.to(tl.float32)
     area = (x2.to(tl.float32) - x1) * (y2.to(tl.float32) - y1.to(tl.float32))
-    pos = area > 0
-    s = tl.sqrt_rn(tl.where(pos, area, 1.0))
-    lvl = tl.floor(canonical_level + tl.log2(s / canonical_scale) + 1e-6)
-    lvl = tl.where(pos, lvl, k_min)
-    lvl = tl.minimum(tl.maximum(lvl, k_min), k_max)
-    return (lvl - k_min).to(tl.int32)
+    lvl = (area >= a0).to(tl.int32) + (area >= a1).to(tl.int32) + (area >= a2).to(tl.int32)
+    lvl += (area >= a3).to(tl.int32) + (area >= a4).to(tl.int32) + (area >= a5).to(tl.int32)
+    lvl += (area >= a6).to(tl.int32) + (area >= a7).to(tl.int32)
+    return lvl
 
 
 @triton.jit

@@ -78,7 +78,7 @@ def _ps_align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, co, ci, cj, cmask, ro
 @triton.jit
 def _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride, roi_stride_f,
                   K, N, n, c, cmask, rows, cols, ty0, tx0, H, W, scale, sampling_ratio, PH, PW,
-                  lvl, canonical_scale, canonical_level, k_min, k_max,
+                  lvl, a0, a1, a2, a3, a4, a5, a6, a7,
                   ALIGNED: tl.constexpr, PS: tl.constexpr, MULTI_LEVEL: tl.constexpr,
                   DT: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
                   ROI_BLOCK: tl.constexpr):
@@ -99,7 +99,7 @@ def _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_s
         bi, ok = _batch(bf, N)
         hit = km & ok & (bi == n)
         if MULTI_LEVEL:
-            hit = hit & (_fpn_level(x1, y1, x2, y2, canonical_scale, canonical_level, k_min, k_max) == lvl)
+            hit = hit & (_fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7) == lvl)
         x0, y0, rw, rh = _align_box(x1, y1, x2, y2, scale, ALIGNED)
         hit = hit & _overlaps(y0, rh, ty0f, TILE_H) & _overlaps(x0, rw, tx0f, TILE_W)
         n_hit = tl.sum(hit.to(tl.int32), axis=0)
@@ -162,7 +162,8 @@ def _roi_align_bwd_gather_kernel(
     acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
                         roi_stride_f, K, N, n, c, cmask, rows, cols, ty0, tx0, H, W,
                         _scale(scale_hi, scale_lo, DT), sampling_ratio, PH, PW,
-                        0, 1.0, 0, 0, 0, ALIGNED, False, False, DT, TILE_H, TILE_W, ROI_BLOCK)
+                        0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                        ALIGNED, False, False, DT, TILE_H, TILE_W, ROI_BLOCK)
     off = n.to(tl.int64) * C * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
     tl.store(grad_in_ptr + off, acc, mask=cmask[:, None] & pix[None, :])
 
@@ -205,7 +206,8 @@ def _ps_roi_align_bwd_gather_kernel(
     acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
                         roi_stride_f, K, N, n, c, c < C * PH * PW, rows, cols, ty0, tx0, H, W,
                         _scale(scale_hi, scale_lo, DT), sampling_ratio, PH, PW,
-                        0, 1.0, 0, 0, 0, True, True, False, DT, TILE_H, TILE_W, ROI_BLOCK)
+                        0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                        True, True, False, DT, TILE_H, TILE_W, ROI_BLOCK)
     off = n.to(tl.int64) * C_in * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
     tl.store(grad_in_ptr + off, acc, mask=(c < C_in)[:, None] & pix[None, :])
 
@@ -363,10 +365,7 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     sampling_ratio,   # see _roi_align_fwd_kernel
     PH,               # pooled height
     PW,               # pooled width
-    canonical_scale,  # FPN level rule (see the forward)
-    canonical_level,
-    k_min,
-    k_max,
+    a0, a1, a2, a3, a4, a5, a6, a7,  # FPN level area thresholds (kernels/roi.py's forward)
     g0, g1, g2, g3, g4, g5, g6, g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
     H0, H1, H2, H3, H4, H5, H6, H7,  # level heights
     W0, W1, W2, W3, W4, W5, W6, W7,  # level widths
@@ -399,7 +398,7 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
                         roi_stride_f, K, N, n, c, cmask, rows, cols, ty0, tx0, Hl, Wl,
                         sl.to(DT), sampling_ratio, PH, PW,
-                        lvl, canonical_scale, canonical_level, k_min, k_max,
+                        lvl, a0, a1, a2, a3, a4, a5, a6, a7,
                         ALIGNED, False, True, DT, TILE_H, TILE_W, ROI_BLOCK)
     off = n.to(tl.int64) * C * Hl * Wl + (c * Hl * Wl)[:, None] + (rows * Wl + cols)[None, :]
     tl.store(gp + off, acc, mask=cmask[:, None] & pix[None, :])

@@ -27,7 +27,9 @@ roi_pool:   integer bins: x1' = round_half_away(x1*s) ...,  len = max(x2' - x1' 
             out = max over the bin (0 if empty), argmax = first max in row-major order.
 ps_roi_pool: as roi_pool with len = max(x2' - x1', 1), the PS channel map, and the mean.
 multi_scale_roi_align: level l_k = clamp(floor(L0 + log2(sqrt(area_k)/S0) + 1e-6), k_min, k_max)
-            - k_min (non-positive area -> first level), then roi_align on features[l_k].
+            - k_min (non-positive area -> first level), then roi_align on features[l_k]. The
+            kernels get that rule as area thresholds (l_k = #{j : area_k >= t_j}, computed once on
+            the host from the formula; pygen.ref.roi.fpn_level_thresholds): exact on the GPU.
 Backward of the averaging ops scatters g/count * (wy*wx) to the 4 neighbours of every sample
 (g/area to every pixel of the bin for ps_roi_pool, g to argmax for roi_pool).
 
@@ -231,10 +233,8 @@ def _multi_scale_roi_align_fwd_kernel(
     sampling_ratio,   # see _roi_align_fwd_kernel
     PH,               # pooled height
     PW,               # pooled width
-    canonical_scale,  # FPN level rule: canonical box size ...
-    canonical_level,  # ... and its level
-    k_min,            # round(-log2(scale of level 0))
-    k_max,            # round(-log2(scale of the last level))
+    a0, a1, a2, a3, a4, a5, a6, a7,          # FPN level rule: area thresholds of level indices 1..8
+                                             # (pygen.ref.roi.fpn_level_thresholds), NaN-padded
     f0, f1, f2, f3, f4, f5, f6, f7,          # level l features [N, C, H_l, W_l], any strides
     H0, H1, H2, H3, H4, H5, H6, H7,          # level heights
     W0, W1, W2, W3, W4, W5, W6, W7,          # level widths
@@ -252,7 +252,7 @@ def _multi_scale_roi_align_fwd_kernel(
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    lvl = _fpn_level(x1, y1, x2, y2, canonical_scale, canonical_level, k_min, k_max)
+    lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
     fp, Hl, Wl, sn, sc, sh, sw, sl = _select_level(
         lvl, NUM_LEVELS, f0, f1, f2, f3, f4, f5, f6, f7, H0, H1, H2, H3, H4, H5, H6, H7,
         W0, W1, W2, W3, W4, W5, W6, W7, sn0, sn1, sn2, sn3, sn4, sn5, sn6, sn7,
@@ -281,10 +281,7 @@ def _multi_scale_roi_align_bwd_kernel(
     sampling_ratio,   # see _roi_align_fwd_kernel
     PH,               # pooled height
     PW,               # pooled width
-    canonical_scale,  # FPN level rule (see the forward)
-    canonical_level,
-    k_min,
-    k_max,
+    a0, a1, a2, a3, a4, a5, a6, a7,  # FPN level area thresholds (see the forward)
     g0, g1, g2, g3, g4, g5, g6, g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
     H0, H1, H2, H3, H4, H5, H6, H7,  # level heights
     W0, W1, W2, W3, W4, W5, W6, W7,  # level widths
@@ -297,7 +294,7 @@ def _multi_scale_roi_align_bwd_kernel(
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    lvl = _fpn_level(x1, y1, x2, y2, canonical_scale, canonical_level, k_min, k_max)
+    lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
     # the stride slots are unused for contiguous grads: H fills them
     gp, Hl, Wl, _a, _b, _c, _d, sl = _select_level(
         lvl, NUM_LEVELS, g0, g1, g2, g3, g4, g5, g6, g7, H0, H1, H2, H3, H4, H5, H6, H7,
@@ -544,9 +541,11 @@ def _level_args(tensors, spatial_scales, with_strides: bool) -> list:
     return args + [float(spatial_scales[i]) for i in pad]
 
 
-def _level_range(spatial_scales) -> tuple[int, int]:
-    from pygen.ref.roi import level_range  # the rule lives once, in the oracle
-    return level_range(spatial_scales)
+def _level_thresholds(spatial_scales, canonical_scale, canonical_level) -> list[float]:
+    """The 8 area-threshold arguments of the multi-level kernels (float32 areas), NaN-padded."""
+    from pygen.ref.roi import fpn_level_thresholds  # the rule lives once, in the oracle
+    t = list(fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, torch.float32))[:8]
+    return t + [float("nan")] * (8 - len(t))
 
 
 def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_ratio, aligned,
@@ -558,13 +557,12 @@ def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_rati
     if f0.shape[0] == 0:
         out.zero_()
         return
-    k_min, k_max = _level_range(spatial_scales)
+    thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
     bc, bp = _tile_blocks(c, ph * pw, f0.is_cuda)
     with _device(f0):
         _multi_scale_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             rois, out, f0.shape[0], c, rois.stride(0), rois.stride(1), int(sampling_ratio), ph, pw,
-            float(canonical_scale), int(canonical_level), int(k_min), int(k_max),
-            *_level_args(features, spatial_scales, True),
+            *thresholds, *_level_args(features, spatial_scales, True),
             NUM_LEVELS=len(features), ALIGNED=bool(aligned), C_FAST=_c_fast(f0), DT=_dt(f0),
             BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(f0))
 
@@ -575,9 +573,8 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
     g0 = grad_features[0]
     if grad_out.numel() == 0 or g0.shape[0] == 0 or c == 0:
         return
-    k_min, k_max = _level_range(spatial_scales)
-    common = (int(sampling_ratio), ph, pw, float(canonical_scale), int(canonical_level),
-              int(k_min), int(k_max), *_level_args(grad_features, spatial_scales, False))
+    common = (int(sampling_ratio), ph, pw, *_level_thresholds(spatial_scales, canonical_scale, canonical_level),
+              *_level_args(grad_features, spatial_scales, False))
     with _device(grad_out):
         if deterministic:
             cfg = _gather_blocks(c, max(g.shape[2] for g in grad_features),
@@ -617,7 +614,7 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
 #                  options={"num_warps": s["num_warps"]})
 
 
-_FLOAT_ARGS = {"scale_hi", "scale_lo", "canonical_scale"} | {f"s{i}" for i in range(8)}
+_FLOAT_ARGS = {"scale_hi", "scale_lo"} | {f"s{i}" for i in range(8)} | {f"a{i}" for i in range(8)}
 
 
 def _spec(fn, what: str, constexprs: dict, ptr: str = "*fp32", types: dict | None = None) -> dict:

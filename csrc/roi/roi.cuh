@@ -22,7 +22,8 @@
 // ps_roi_pool: len = max(round(x2*s) - start, 1), mean over the bin; ps_roi_align: o = 0.5, no
 //   minimum size. PS bin (i, j) of output channel c reads input channel (c*PH + i)*PW + j.
 // multi_scale: RoI k uses level clamp(floor(lvl0 + log2(sqrt(area)/s0) + 1e-6), k_min, k_max)
-//   - k_min (area <= 0 -> first level), then roi_align on that level.
+//   - k_min (area <= 0 -> first level), then roi_align on that level; the rule arrives as area
+//   thresholds computed on the host (fpn_level below), so no sqrt or log2 runs here.
 #pragma once
 
 #include <cmath>
@@ -40,15 +41,14 @@ HOST_DEVICE float floor_(float v) { return floorf(v); }
 HOST_DEVICE double floor_(double v) { return ::floor(v); }
 HOST_DEVICE float ceil_(float v) { return ceilf(v); }
 HOST_DEVICE double ceil_(double v) { return ::ceil(v); }
-HOST_DEVICE double sqrt_(double v) { return ::sqrt(v); }
 HOST_DEVICE double div_(double a, double b) { return a / b; }
 
-// float32 division and square root, correctly rounded. On the device these are the fast paths
-// that nvcc emits for `/` and sqrtf (MUFU approximation + FMA refinement), without the call to
+// float32 division, correctly rounded. On the device this is the fast path
+// that nvcc emits for `/` (MUFU approximation + FMA refinement), without the call to
 // the slow-path subroutine that handles denormal, infinite or overflowing operands: that call
 // makes ptxas save live registers to local memory (spills) in every kernel that divides. The
 // operands here never need the slow path: divisors are bin counts, pooled sizes, sample
-// counts, areas (>= 1) or the canonical scale, and dividends are finite box coordinates below
+// counts or areas (>= 1), and dividends are finite box coordinates below
 // 2^40. (A denormal dividend — a box thinner than 1e-38 px — may round differently; the
 // result is ~0 either way.)
 HOST_DEVICE float div_(float a, float b) {
@@ -63,21 +63,6 @@ HOST_DEVICE float div_(float a, float b) {
 #endif
 }
 
-HOST_DEVICE float sqrt_(float v) {
-#if PYGEN_DEVICE_PASS
-  // Outside the normal range the result only feeds log2 and a clamp to the level range, so
-  // returning v (inf -> inf, denormal -> tiny, NaN -> NaN) picks the same level as sqrt would.
-  if (!(v >= 1.17549435e-38f && v <= 3.0e38f)) return v;
-  float r;
-  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  const float s = __fmul_rn(v, r), h = __fmul_rn(r, 0.5f);
-  return __fmaf_rn(__fmaf_rn(-s, s, v), h, s);  // one correction of sqrt ~ v * rsqrt(v)
-#else
-  return sqrtf(v);
-#endif
-}
-HOST_DEVICE float log2_(float v) { return log2f(v); }
-HOST_DEVICE double log2_(double v) { return ::log2(v); }
 HOST_DEVICE float fabs_(float v) { return fabsf(v); }
 HOST_DEVICE double fabs_(double v) { return ::fabs(v); }
 template <typename X> HOST_DEVICE X min_(X a, X b) { return b < a ? b : a; }
@@ -99,20 +84,17 @@ HOST_DEVICE bool roi_batch(const T* r, int64_t N, int64_t* n) {
   return true;
 }
 
-// FPN level of a RoI as an index into p.lv (pygen.ref.roi.fpn_levels), computed in T like the
-// reference (float32 boxes -> float32 math). Clamped into [0, num_levels) so a mismatched level
-// range can never index outside the level table.
+// FPN level of a RoI as an index into p.lv (pygen.ref.roi.fpn_levels): the box area, computed in
+// T like the reference (float32 boxes -> float32 math), counted against the level thresholds. The
+// thresholds hold torchvision's log2 formula evaluated once on the host, so the device's sqrt, div
+// and log2 rounding cannot move a box near a boundary to another level; a NaN area reaches none
+// (level 0). Clamped into [0, num_levels) so a mismatched level range never indexes outside p.lv.
 template <typename T>
 HOST_DEVICE int fpn_level(const T* r, const RoiParams& p) {
   if (p.num_levels <= 1) return 0;
-  const T area = (r[3] - r[1]) * (r[4] - r[2]);
-  T lvl = T(p.k_min);
-  if (area > T(0)) {
-    lvl = floor_(T(p.canonical_level) + log2_(div_(sqrt_(area), T(p.canonical_scale))) + T(1e-6));
-  }
-  if (!(lvl >= T(p.k_min))) lvl = T(p.k_min);  // also catches NaN
-  if (lvl > T(p.k_max)) lvl = T(p.k_max);
-  const int l = static_cast<int>(lvl) - p.k_min;
+  const double area = static_cast<double>((r[3] - r[1]) * (r[4] - r[2]));
+  int l = 0;
+  for (int j = 0; j < p.num_thresholds; ++j) l += area >= p.level_area[j] ? 1 : 0;
   return max_(0, min_(l, p.num_levels - 1));
 }
 

@@ -14,6 +14,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -92,6 +93,12 @@ inline void set_levels(RoiParams& p, const std::vector<TensorArg>& maps, const s
   }
   p.N = sizes(maps[0])[0];
   p.C = sizes(maps[0])[1];
+}
+
+// The FPN level thresholds; past kMaxLevels they cannot matter (fpn_level clamps to the levels).
+inline void set_thresholds(RoiParams& p, const std::vector<double>& thresholds) {
+  p.num_thresholds = static_cast<int>(std::min(thresholds.size(), static_cast<size_t>(kMaxLevels)));
+  for (int j = 0; j < p.num_thresholds; ++j) p.level_area[j] = thresholds[j];
 }
 
 inline void check_channels(const RoiParams& p, bool ps) {
@@ -192,35 +199,29 @@ void def_roi(py::module_& m) {
     check_channels(p, true);
     Backend::backward(Op::PsPool, dtype, p, deterministic, ctx);
   });
-  // k_min / k_max: pygen.ref.roi.level_range(spatial_scales), computed by the Python launcher.
+  // thresholds: pygen.ref.roi.fpn_level_thresholds(spatial_scales, ...) for the compute type,
+  // computed by the Python launcher.
   m.def("multi_scale_roi_align_fwd", [](int dtype, const V& features, const TensorArg& rois, const TensorArg& out,
-                                        const D& scales, int sampling_ratio, bool aligned, double canonical_scale,
-                                        double canonical_level, int k_min, int k_max, const Ctx& ctx) {
+                                        const D& scales, int sampling_ratio, bool aligned, const D& thresholds,
+                                        const Ctx& ctx) {
     RoiParams p = base_params(rois, out, "out");
     set_levels(p, features, scales, "features");
     check_channels(p, false);
     p.sampling_ratio = sampling_ratio;
     p.aligned = aligned;
-    p.canonical_scale = canonical_scale;
-    p.canonical_level = canonical_level;
-    p.k_min = k_min;
-    p.k_max = k_max;
+    set_thresholds(p, thresholds);
     Backend::forward(Op::Align, dtype, p, ctx);
   });
   m.def("multi_scale_roi_align_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& rois,
                                         const V& grad_features, const D& scales, int sampling_ratio, bool aligned,
-                                        double canonical_scale, double canonical_level, int k_min, int k_max,
-                                        bool deterministic, const Ctx& ctx) {
+                                        const D& thresholds, bool deterministic, const Ctx& ctx) {
     RoiParams p = base_params(rois, grad_out, "grad_out");
     set_levels(p, grad_features, scales, "grad_features");
     check_grad_buffers(grad_features);
     check_channels(p, false);
     p.sampling_ratio = sampling_ratio;
     p.aligned = aligned;
-    p.canonical_scale = canonical_scale;
-    p.canonical_level = canonical_level;
-    p.k_min = k_min;
-    p.k_max = k_max;
+    set_thresholds(p, thresholds);
     Backend::backward(Op::Align, dtype, p, deterministic, ctx);
   });
 }

@@ -25,8 +25,10 @@ struct Plane {
 struct RoiParams {
   Plane lv[kMaxLevels];
   int num_levels;        // 1 except for multi_scale_roi_align
-  int k_min, k_max;      // FPN level range (pygen.ref.roi.level_range); unused with one level
-  double canonical_scale, canonical_level;
+  // FPN level rule as area thresholds (pygen.ref.roi.fpn_level_thresholds, in T's precision):
+  // a RoI's level index is the number of them its area reaches. Unused with one level.
+  double level_area[kMaxLevels];
+  int num_thresholds;
   int64_t N, C;          // batch and channels, shared by every level
   const void* rois;      // [K, 5] contiguous, compute type T
   int64_t K;

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ..ref.roi import level_range
+from ..ref.roi import fpn_level_thresholds
 
 
 _module = _ext.native_module
@@ -170,11 +170,11 @@ def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_rati
         raise TypeError("multi_scale_roi_align_fwd: every level must have the same dtype")
     if _empty(rois, out) or all(f.numel() == 0 for f in features):
         return None
-    k_min, k_max = level_range(spatial_scales)
+    thresholds = fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, rois.dtype)
     mod, ctx = _module(f0)
     mod.multi_scale_roi_align_fwd(_ext.dtype_code(f0), [_arg(f) for f in features], _arg(rois), _arg(out),
                                   [float(s) for s in spatial_scales], int(sampling_ratio), bool(aligned),
-                                  float(canonical_scale), float(canonical_level), int(k_min), int(k_max), ctx)
+                                  list(thresholds), ctx)
     return None
 
 
@@ -188,10 +188,9 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
     if _empty(grad_out, rois) or all(g.numel() == 0 for g in grad_features):
         return None
     _check_cuda_columns("multi_scale_roi_align_bwd", grad_features, deterministic)
-    k_min, k_max = level_range(spatial_scales)
+    thresholds = fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, rois.dtype)
     mod, ctx = _module(grad_out)
     mod.multi_scale_roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois),
                                   [_arg(g) for g in grad_features], [float(s) for s in spatial_scales],
-                                  int(sampling_ratio), bool(aligned), float(canonical_scale),
-                                  float(canonical_level), int(k_min), int(k_max), bool(deterministic), ctx)
+                                  int(sampling_ratio), bool(aligned), list(thresholds), bool(deterministic), ctx)
     return None

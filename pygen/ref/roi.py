@@ -35,6 +35,7 @@ level's map with that level's scale. Boxes of non-positive area go to the first 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -243,16 +244,59 @@ def level_range(spatial_scales) -> tuple[int, int]:
     return round(-math.log2(spatial_scales[0])), round(-math.log2(spatial_scales[-1]))
 
 
-def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
-    """Index into ``spatial_scales`` of the level each RoI is pooled from: int64 [K]."""
-    k_min, k_max = level_range(spatial_scales)
-    r = rois.to(torch.float64) if rois.dtype == torch.float64 else rois.to(torch.float32)
-    area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
+def _fpn_level_formula(area, canonical_scale, canonical_level, k_min):
+    """torchvision's LevelMapper rule on box areas, in the areas' dtype, before the clamp:
+    floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6); k_min where area <= 0."""
     pos = area > 0
     s = torch.sqrt(torch.where(pos, area, torch.ones_like(area)))
     lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + 1e-6)
-    lvl = torch.where(pos, lvl, torch.full_like(lvl, k_min))
-    return (lvl.clamp(k_min, k_max) - k_min).long()
+    return torch.where(pos, lvl, torch.full_like(lvl, k_min))
+
+
+@functools.lru_cache(maxsize=256)
+def _thresholds(scales: tuple, canonical_scale: float, canonical_level: float, dtype: torch.dtype) -> tuple:
+    k_min, k_max = level_range(scales)
+    ibits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    hi_bits = torch.tensor(float("inf"), dtype=dtype).view(ibits).item()
+    out = []
+    for k in range(k_min + 1, k_max + 1):
+        # The rule is non-decreasing in the area, so the smallest area of level >= k is found by
+        # bisection over the bit patterns of the positive floats (their order is the integers').
+        lo, hi = 0, hi_bits  # formula(+0) < k (k_min), formula(+inf) >= k
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            a = torch.tensor(mid, dtype=ibits).view(dtype).reshape(1)
+            if _fpn_level_formula(a, canonical_scale, canonical_level, k_min).item() >= k:
+                hi = mid
+            else:
+                lo = mid
+        out.append(torch.tensor(hi, dtype=ibits).view(dtype).item())
+    return tuple(out)
+
+
+def fpn_level_thresholds(spatial_scales, canonical_scale=224, canonical_level=4, dtype=torch.float32) -> tuple:
+    """The FPN level rule as area thresholds: ``t[j]`` is the smallest area (a ``dtype`` value)
+    that torchvision's LevelMapper formula, evaluated in ``dtype`` on the CPU, sends to level
+    index j + 1 or beyond (len(t) = k_max - k_min). A box's level index is then the number of
+    thresholds <= its area (0 for area <= 0 or NaN). Comparing areas with these needs no sqrt, no
+    division and no log, so every backend and device picks exactly the level the CPU formula
+    picks, also for boxes one ulp from a boundary, whatever its log2 or division rounding."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return _thresholds(tuple(float(s) for s in spatial_scales), float(canonical_scale),
+                       float(canonical_level), dtype)
+
+
+def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
+    """Index into ``spatial_scales`` of the level each RoI is pooled from: int64 [K]. Areas are
+    computed in float64 for float64 rois and in float32 otherwise, and compared with
+    ``fpn_level_thresholds`` (the kernels do the same), which reproduces torchvision's LevelMapper
+    formula evaluated on the CPU (tests/test_roi_fpn_level.py checks both at every boundary)."""
+    r = rois.to(torch.float64) if rois.dtype == torch.float64 else rois.to(torch.float32)
+    area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
+    t = torch.tensor(fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, r.dtype),
+                     dtype=r.dtype, device=r.device)
+    # area >= t[j] counted over j; NaN compares false everywhere, so it lands on level 0
+    return (area[:, None] >= t[None, :]).sum(dim=1, dtype=torch.int64)
 
 
 def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
