@@ -10,12 +10,15 @@ import numbers
 
 import torch
 
+from ._common_checks import not_meta
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def tensor(name: str, t, what: str, min_dim: int = 0, dtypes=FLOAT_DTYPES) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    not_meta(name, t, what)
     if t.dtype not in dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")

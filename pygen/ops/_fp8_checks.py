@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..ref.fp8 import BLOCK, SCALE_FORMATS
+from ._common_checks import not_meta
 
 HIGH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -21,6 +22,7 @@ def _names(dts) -> str:
 def tensor(name: str, t, what: str, dtypes, dim: int | None = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    not_meta(name, t, what)
     if t.dtype not in dtypes:
         raise TypeError(f"{name}: {what} must have dtype {_names(dtypes)}; got {t.dtype}")
     if dim is not None and t.dim() != dim:

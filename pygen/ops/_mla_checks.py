@@ -14,6 +14,7 @@ import numbers
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
+from ._common_checks import not_meta
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -21,6 +22,7 @@ FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def tensor(name: str, x, what: str, dims: int | None = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(x).__name__}")
+    not_meta(name, x, what)
     if dims is not None and x.dim() != dims:
         raise ValueError(f"{name}: {what} must be {dims}-D, got shape {tuple(x.shape)}")
     return x
@@ -262,3 +264,13 @@ def merge_args(name, out_a, lse_a, out_b, lse_b):
         if lse.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"{name}: {what} must be float32 (or float64), got {lse.dtype}")
     same_device(name, out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+
+
+TRITON_MAX_HEADS = 65535   # CUDA's grid y limit: the Triton prefill and merge kernels put heads there
+
+
+def triton_heads(name: str, h: int) -> None:
+    """Refuse head counts the Triton kernels' grids cannot hold (the reference backend has no limit)."""
+    if h > TRITON_MAX_HEADS:
+        raise ValueError(f"{name}: the triton backend supports at most {TRITON_MAX_HEADS} heads (CUDA grid y), "
+                         f"got {h}; split the heads or pass backend='reference'")

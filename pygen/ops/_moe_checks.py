@@ -12,6 +12,8 @@ import numbers
 
 import torch
 
+from ._common_checks import not_meta
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 MAX_EXPERTS = 1 << 16
@@ -20,6 +22,7 @@ MAX_EXPERTS = 1 << 16
 def tensor(name: str, t, what: str, dim: int | None = None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    not_meta(name, t, what)
     if t.dtype not in dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")
@@ -72,6 +75,7 @@ def _tracing() -> bool:
 
 def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) -> None:
     """Raise when an expert id is outside [0, num_experts) (one host sync; see module docstring)."""
+    not_meta(name, ids, "topk_ids")
     if not check or ids.numel() == 0 or _tracing() or isinstance(ids, torch._subclasses.FakeTensor):
         return
     lo, hi = int(ids.min()), int(ids.max())

@@ -1,10 +1,19 @@
 """Argument validation for the RoI ops: every bad argument raises a ValueError/TypeError that names
 it, before any kernel is launched.
 
-Value checks on the boxes (finite coordinates, integral in-range batch indices) read the data, so
-on a GPU they cost one host synchronisation per call; they are skipped while torch.compile traces
-(the kernels never read out of bounds either way: a RoI with an out-of-range batch index yields
-zeros).
+Validation never copies the boxes: shapes, dtypes and devices are read from the tensor's metadata,
+and the value checks (finite coordinates, integral in-range batch indices) reduce over the distinct
+elements only (a broadcast ``boxes.expand(K, 5)`` is read as its one stored row) in chunks of
+``CHECK_ROWS`` rows, so their temporary memory is bounded whatever K is. On a GPU they cost one host
+synchronisation per call; they are skipped while torch.compile traces, under CUDA graph capture
+and for fake tensors (the kernels never read out of bounds either way: a RoI with an out-of-range
+batch index yields zeros). Only boxes that pass are converted to the kernels' [K, 5] contiguous
+float32 (float64) layout, which is a copy when the dtype or layout differs.
+
+Sizes the kernels cannot index are refused: K up to ``MAX_ROIS`` (2^31 - 1: the RoI index is the
+Triton grid's first axis, an int32 program id, and csrc/roi takes sizes below 2^31), and feature
+dimensions below 2^31. Meta tensors are refused with an error naming the argument
+(pygen/ops/_common_checks.py).
 """
 from __future__ import annotations
 
@@ -13,8 +22,13 @@ import numbers
 
 import torch
 
+from ._common_checks import not_meta
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
+MAX_ROIS = 2**31 - 1        # RoIs one call can index (see the module docstring)
+MAX_DIM = 2**31 - 1         # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)
+CHECK_ROWS = 1 << 18        # rows per chunk of the box value checks (<= 10 MB of temporaries)
 
 
 def check_input(name: str, x, what: str = "input") -> None:
@@ -24,6 +38,10 @@ def check_input(name: str, x, what: str = "input") -> None:
         raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    not_meta(name, x, what)
+    if max(x.shape) > MAX_DIM:
+        raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), "
+                         f"got shape {tuple(x.shape)}")
 
 
 def output_pair(name: str, output_size) -> tuple[int, int]:
@@ -55,55 +73,131 @@ def integer(name: str, value, what: str) -> int:
     return int(value)
 
 
-def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
-    """Tensor[K, 5] or a list of Tensor[L, 4] -> contiguous Tensor[K, 5] in the kernel dtype
-    (float64 for float64 input, else float32), validated."""
+def kernel_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype of the rois the kernels read: float64 for float64 input, else float32."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def check_boxes(name: str, boxes, input: torch.Tensor) -> int:
+    """Validate ``boxes`` (Tensor[K, 5] or a list of Tensor[L, 4]) against ``input`` without
+    copying them; returns K."""
     batch = input.shape[0]
     if isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
-            if not isinstance(b, torch.Tensor):
-                raise TypeError(f"{name}: boxes[{i}] must be a Tensor[L, 4], got {type(b).__name__}")
-            if b.dim() != 2 or b.shape[1] != 4:
-                raise ValueError(f"{name}: boxes[{i}] must have shape [L, 4], got {tuple(b.shape)}")
+            _box_tensor(name, b, f"boxes[{i}]", 4, "[L, 4]", input)
         if len(boxes) > batch:
             raise ValueError(f"{name}: boxes is a list of {len(boxes)} tensors but input has batch size {batch}")
-        if len(boxes) == 0:
-            rois = input.new_zeros((0, 5))
-        else:
-            rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1)
-                              for i, b in enumerate(boxes)], dim=0)
+        k = sum(b.shape[0] for b in boxes)
     elif isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
             raise ValueError(f"{name}: boxes must be a Tensor[K, 5] (batch_index, x1, y1, x2, y2) "
                              f"or a list of Tensor[L, 4], got shape {tuple(boxes.shape)}")
-        rois = boxes
+        _box_tensor(name, boxes, "boxes", 5, "[K, 5]", input)
+        k = boxes.shape[0]
     else:
         raise TypeError(f"{name}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
-    if not rois.is_floating_point():
-        raise TypeError(f"{name}: boxes must be a floating-point tensor, got {rois.dtype}")
-    if rois.device != input.device:
-        raise ValueError(f"{name}: boxes must be on the input's device {input.device}, got {rois.device}")
-    kdt = torch.float64 if input.dtype == torch.float64 else torch.float32
-    rois = rois.detach().to(kdt).contiguous()
-    if rois.shape[0] and not torch.compiler.is_compiling():
-        _check_values(name, rois, batch)
-    return rois
+    if k > MAX_ROIS:
+        raise ValueError(f"{name}: boxes holds {k} RoIs; one call indexes at most {MAX_ROIS} (2^31 - 1), "
+                         f"split the boxes into several calls")
+    if k and _checking_values(input, boxes):
+        if isinstance(boxes, torch.Tensor):
+            _check_values(name, boxes, kernel_dtype(input), batch)
+        else:
+            _check_list_values(name, boxes, kernel_dtype(input))
+    return k
 
 
-def _check_values(name: str, rois: torch.Tensor, batch: int) -> None:
-    idx = rois[:, 0]
-    stats = torch.stack([
-        (~torch.isfinite(rois)).any().to(rois.dtype),
-        (idx != torch.floor(idx)).any().to(rois.dtype),
-        idx.min(), idx.max()])
-    nonfinite, fractional, lo, hi = stats.tolist()  # one host synchronisation
+def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
+    """Tensor[K, 5] or a list of Tensor[L, 4] -> contiguous Tensor[K, 5] in the kernel dtype
+    (float64 for float64 input, else float32), validated (check_boxes) before anything is copied."""
+    check_boxes(name, boxes, input)
+    kdt = kernel_dtype(input)
+    if isinstance(boxes, torch.Tensor):
+        return boxes.detach().to(kdt).contiguous()
+    if len(boxes) == 0:
+        return input.new_zeros((0, 5), dtype=kdt)
+    # the batch column is made in the kernel dtype: a bf16 column would round index 257 to 256
+    return torch.cat([torch.cat([torch.full((b.shape[0], 1), i, dtype=kdt, device=b.device),
+                                 b.detach().to(kdt)], dim=1) for i, b in enumerate(boxes)], dim=0)
+
+
+def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Tensor) -> None:
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor{shape}, got {type(b).__name__}")
+    if b.dim() != 2 or b.shape[1] != cols:
+        raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(b.shape)}")
+    if not b.is_floating_point():
+        raise TypeError(f"{name}: {what} must be a floating-point tensor, got {b.dtype}")
+    not_meta(name, b, what)
+    if b.device != input.device:
+        raise ValueError(f"{name}: {what} must be on the input's device {input.device}, got {b.device}")
+
+
+def _checking_values(*tensors) -> bool:
+    """Value checks read data on the host: not while tracing, capturing a CUDA graph or faking."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False
+    fake = torch._subclasses.FakeTensor
+    return not any(isinstance(t, fake) or isinstance(t, (list, tuple)) and any(isinstance(x, fake) for x in t)
+                   for t in tensors)
+
+
+def _distinct(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` without its broadcast (stride-0) repeats: the same set of values, each stored
+    element read once (``x.expand(10**9, 5)`` becomes x's one row). Column 0 stays column 0."""
+    for d in range(t.dim()):
+        if t.stride(d) == 0 and t.shape[d] > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def _value_stats(boxes: torch.Tensor, kdt: torch.dtype, index: bool) -> torch.Tensor:
+    """[any non-finite, any fractional index, min index, max index] (the first entry only when
+    ``index`` is false) of ``boxes`` in the kernel dtype (a float64 1e300 is inf in float32), as a
+    device tensor: reduced over the distinct elements, CHECK_ROWS rows at a time."""
+    rows = _distinct(boxes.detach())
+    parts = []
+    for r0 in range(0, rows.shape[0], CHECK_ROWS):
+        chunk = rows[r0:r0 + CHECK_ROWS].to(kdt)
+        p = [(~torch.isfinite(chunk)).any().to(kdt)]
+        if index:
+            idx = chunk[:, 0]
+            p += [(idx != torch.floor(idx)).any().to(kdt), idx.min(), idx.max()]
+        parts.append(torch.stack(p))
+    if len(parts) == 1:                      # the usual case: no second reduction (fewer launches)
+        return parts[0] if index else parts[0][0]
+    s = torch.stack(parts)
+    if not index:
+        return s[:, 0].max()
+    return torch.stack([s[:, 0].max(), s[:, 1].max(), s[:, 2].min(), s[:, 3].max()])
+
+
+def _nonfinite(name: str, what: str, boxes: torch.Tensor, kdt: torch.dtype) -> ValueError:
+    as_kdt = "" if kdt == boxes.dtype else f" (as {str(kdt).removeprefix('torch.')})"
+    return ValueError(f"{name}: {what} contain NaN or infinite values{as_kdt}")
+
+
+def _check_values(name: str, boxes: torch.Tensor, kdt: torch.dtype, batch: int) -> None:
+    """Tensor[K > 0, 5]: finite values, integral batch indices in [0, batch). One host synchronisation."""
+    nonfinite, fractional, lo, hi = _value_stats(boxes, kdt, index=True).tolist()
     if nonfinite:
-        raise ValueError(f"{name}: boxes contain NaN or infinite values")
+        raise _nonfinite(name, "boxes", boxes, kdt)
     if fractional:
         raise ValueError(f"{name}: boxes[:, 0] (batch index) must hold integers")
     if lo < 0 or hi >= batch:
         raise ValueError(f"{name}: boxes[:, 0] (batch index) must lie in [0, {batch}), "
                          f"got values in [{lo:g}, {hi:g}]")
+
+
+def _check_list_values(name: str, boxes, kdt: torch.dtype) -> None:
+    """A list of Tensor[L, 4] (some non-empty): finite values. One host synchronisation."""
+    used = [i for i, b in enumerate(boxes) if b.shape[0]]
+    flags = torch.stack([_value_stats(boxes[i], kdt, index=False) for i in used]).tolist()
+    for i, bad in zip(used, flags):
+        if bad:
+            raise _nonfinite(name, f"boxes[{i}]", boxes[i], kdt)
 
 
 def ps_channels(name: str, channels: int, pooled: tuple[int, int]) -> int:
