@@ -78,8 +78,6 @@ BAD = [
     (lambda: ops.mla_cache_append(KV, BT, torch.tensor([[0, 16], [0, 1]], dtype=torch.int32), LAT, ROPE),
      ValueError, "positions max"),
     (lambda: ops.mla_cache_append(KV, _bt({(1, 0): NB + 5}), POS, LAT, ROPE), ValueError, "block_table page id"),
-    (lambda: ops.mla_cache_append(KV, BT, torch.tensor([[1, 1], [0, 2]], dtype=torch.int32), LAT, ROPE),
-     ValueError, "twice"),
     (lambda: ops.mla_cache_append(KV, BT, POS, LAT.int(), ROPE), TypeError, "latent"),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, CK, causal="yes"), TypeError, "causal"),
     (lambda: ops.mla_prefill(PQ, PK[..., :128], PV, CQ, CK), ValueError, "k"),

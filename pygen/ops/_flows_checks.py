@@ -1,7 +1,9 @@
 """Argument validation for the flow ops: every bad argument raises a ValueError/TypeError naming
 it, before any kernel is launched. Checks read shapes, dtypes and devices only, except the one
 documented value check (a zero LU diagonal in inv_conv1x1_lu(reverse=True)), which costs one host
-synchronisation and is skipped while torch.compile traces.
+synchronisation and is skipped when value checks are off (pygen.set_value_checks /
+PYGEN_VALUE_CHECKS), while torch.compile traces and under CUDA graph capture
+(pygen/ops/_common_checks.py::checking_values); the inverse then holds inf / NaN.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numbers
 
 import torch
 
-from ._common_checks import not_meta
+from ._common_checks import checking_values, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -106,7 +108,7 @@ def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tupl
 
 def nonzero_diagonal(name: str, diag: torch.Tensor) -> None:
     """The LU inverse divides by the diagonal: a zero entry means W is singular."""
-    if diag.numel() and not torch.compiler.is_compiling():
+    if diag.numel() and checking_values(diag):
         if bool((diag == 0).any()):  # one host synchronisation
             raise ValueError(f"{name}: diag has a zero entry, so W = P L (U + diag(s)) is singular and "
                              f"has no inverse (the forward direction gives logdet = -inf)")

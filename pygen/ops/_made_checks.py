@@ -1,17 +1,20 @@
 """Argument validation for the masked autoregressive ops: every bad argument raises a
 ValueError / TypeError naming it, before any kernel is launched.
 
-Shape, dtype and device checks read no data. Two checks do read values (one host
-synchronisation each, skipped while torch.compile traces): an explicit ``mask`` must hold 0 / 1
-values (it is then reduced to degrees when it is autoregressive), and made_sample's degrees must
-make the network autoregressive.
+Shape, dtype and device checks read no data. One check reads device values: an explicit
+``mask`` must hold 0 / 1 values (one host synchronisation). It is skipped when value checks are
+off (pygen.set_value_checks / PYGEN_VALUE_CHECKS), while torch.compile traces and under CUDA graph
+capture (pygen/ops/_common_checks.py::checking_values); any nonzero entry then counts as 1.
+made_sample also checks that its degrees make the network autoregressive, but on the host copy
+of the degrees that it makes anyway to build its schedule (pygen/ops/_made_sample.py), so that
+check costs no synchronisation of its own and always runs.
 """
 from __future__ import annotations
 
 import torch
 
 from ..ref import made as ref
-from ._common_checks import not_meta
+from ._common_checks import checking_values, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -90,8 +93,8 @@ def explicit_mask(name: str, mask, weight: torch.Tensor) -> torch.Tensor:
         return mask.contiguous()
     if mask.is_complex():
         raise TypeError(f"{name}: mask must be bool or real 0/1 values, got {mask.dtype}")
-    if mask.numel() and not torch.compiler.is_compiling():
-        if bool(((mask != 0) & (mask != 1)).any()):
+    if mask.numel() and checking_values(mask):
+        if bool(((mask != 0) & (mask != 1)).any()):  # one host synchronisation
             raise ValueError(f"{name}: mask must hold only 0 and 1 (a weight-scaling mask is not a mask)")
     return (mask != 0).contiguous()
 

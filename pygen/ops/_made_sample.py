@@ -90,7 +90,13 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     group computed at its step, so no extra pass). ``persistent`` (Triton backend): None picks the
     single-launch persistent kernel whenever it applies (feedforward network, output_multiplier
     <= 64, no autograd recording), False forces the per-step loop, True raises where it does not
-    apply."""
+    apply.
+
+    Host reads: the degree vectors are copied to the host once per call (one synchronisation on
+    a GPU, whatever pygen.set_value_checks says): the schedule (which hidden units each step
+    computes, and the step loop's slices) is built from them on the host. The autoregressive
+    check of the degrees runs on that copy, so it costs nothing more and always runs. made_sample
+    therefore cannot be captured in a CUDA graph; everything after the schedule is device work."""
     name = "made_sample"
     chk.tensor(name, noise, "noise")
     if noise.dim() != 2:
@@ -144,7 +150,7 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             if c.dtype != dtype or c.device != device:
                 raise TypeError(f"{name}: context_terms[{l}] must be {dtype} on {device}, got {c.dtype} on {c.device}")
 
-    deg_cpu = [t.cpu() for t in degs]                 # one host synchronisation
+    deg_cpu = [t.cpu() for t in degs]                 # one host synchronisation: the schedule's input
     in_deg, out_deg = deg_cpu[0], deg_cpu[-1]
     need = out_deg.view(d, mult)
     bad = (need > in_deg.view(d, 1)).nonzero()

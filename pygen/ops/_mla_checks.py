@@ -2,9 +2,19 @@
 before any kernel is launched.
 
 Value checks that read index tensors (cache_seqlens against the pages block_table can hold, page
-ids in range, cu_seqlens monotone) cost one host synchronisation per call on a GPU; they are
-skipped while torch.compile traces. The kernels clamp nothing, so these checks are what keeps them
-in bounds: call the ops eagerly (or validate once) when the indices come from untrusted code.
+ids in range, positions in range, cu_seqlens monotone) cost one host synchronisation each per call
+on a GPU; they are skipped when value checks are off (pygen.set_value_checks(False),
+pygen.value_checks(False), PYGEN_VALUE_CHECKS=0), while torch.compile traces and under CUDA graph
+capture (pygen/ops/_common_checks.py::checking_values). With them off:
+  - mla_decode and mla_prefill clamp nothing: a page id outside [0, num_blocks), a cache_seqlens
+    beyond the table, or cu_seqlens that are not the sequence offsets make the kernels read out of
+    bounds. Validate once (an eager call with checks on) when the indices come from untrusted code.
+  - mla_cache_append skips (writes nothing for) a position that is negative, beyond the table or
+    maps to a page id outside [0, num_blocks): the op resolves slots on the device before the
+    launch (pygen.ref.mla.append_slots), so a bad position never writes out of bounds.
+  - mla_prefill reads cu_seqlens once for the launch grid when max_seqlen_q / max_seqlen_k are
+    not given (that read belongs to the op, not to a check; pass them to avoid it). While tracing
+    or capturing, the token count stands in for a missing maximum (correct, more programs).
 """
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ import numbers
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
-from ._common_checks import not_meta
+from ._common_checks import checking_values, not_meta, tracing
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -67,10 +77,6 @@ def flag(name: str, value, what: str) -> bool:
     return value
 
 
-def checking_values() -> bool:
-    return not torch.compiler.is_compiling()
-
-
 def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
     """Validate a paged cache [num_blocks, page_size, 1, D]; returns True for the FP8 (uint8) one."""
     tensor(name, kv_cache, "kv_cache", 4)
@@ -100,21 +106,22 @@ def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
 
 def pages_cover(name: str, block_table: torch.Tensor, seqlens: torch.Tensor, page: int, num_blocks: int,
                 what: str = "cache_seqlens") -> None:
-    """seqlens within the table's capacity and every page id they use within [0, num_blocks)."""
-    if not checking_values() or seqlens.numel() == 0:
+    """seqlens within the table's capacity and every page id they use within [0, num_blocks).
+    A value check (one host synchronisation; skipped when checks are off, see the module docstring)."""
+    if seqlens.numel() == 0 or not checking_values(block_table, seqlens):
         return
     cap = block_table.shape[1] * page
     lens = seqlens.long()
-    lo, hi = int(lens.min()), int(lens.max())
+    used = torch.arange(block_table.shape[1], device=lens.device)[None, :] < ((lens + page - 1) // page)[:, None]
+    bt = block_table.long()
+    bad = used & ((bt < 0) | (bt >= num_blocks))
+    lo, hi, any_bad = torch.stack([lens.min(), lens.max(), bad.any().long()]).tolist()   # the one sync
     if lo < 0:
         raise ValueError(f"{name}: {what} must be >= 0, got {lo}")
     if hi > cap:
         raise ValueError(f"{name}: {what} max {hi} exceeds what block_table can hold "
                          f"({block_table.shape[1]} pages x page_size {page} = {cap})")
-    used = torch.arange(block_table.shape[1], device=lens.device)[None, :] < ((lens + page - 1) // page)[:, None]
-    bt = block_table.long()
-    bad = used & ((bt < 0) | (bt >= num_blocks))
-    if bool(bad.any()):
+    if any_bad:
         i, j = bad.nonzero()[0].tolist()
         raise ValueError(f"{name}: block_table[{i}, {j}] = {int(bt[i, j])} is not a page id in [0, {num_blocks})")
 
@@ -179,42 +186,55 @@ def append_args(name, kv_cache, block_table, positions, latent, k_rope):
         raise ValueError(f"{name}: k_rope must be [{b}, {n}, {rope_d}] (the cache's last dim {d} minus the latent "
                          f"dim), got {tuple(k_rope.shape)}")
     same_device(name, kv_cache, block_table=block_table, positions=positions, latent=latent, k_rope=k_rope)
-    if checking_values() and positions.numel():
+    # Positions that write one cache slot twice are not an error: the last of them in row-major
+    # order wins (pygen.ref.mla.append_slots), in eager mode and under torch.compile alike.
+    if positions.numel() and checking_values(block_table, positions):
         page = kv_cache.shape[1]
         pos = positions.long()
-        hi = int(pos.max())
         cap = block_table.shape[1] * page
+        ok = (pos >= 0) & (pos < cap)
+        blk = torch.gather(block_table.long(), 1, torch.where(ok, pos // page, 0)) if cap else pos
+        bad = ok & ((blk < 0) | (blk >= kv_cache.shape[0]))
+        hi, any_bad = torch.stack([pos.max(), bad.any().long()]).tolist()     # the one sync
         if hi >= cap:
             raise ValueError(f"{name}: positions max {hi} is beyond what block_table can hold ({cap} tokens)")
-        ok = pos >= 0
-        blk = torch.gather(block_table.long(), 1, torch.where(ok, pos // page, torch.zeros_like(pos)))
-        bad = ok & ((blk < 0) | (blk >= kv_cache.shape[0]))
-        if bool(bad.any()):
+        if any_bad:
             i, j = bad.nonzero()[0].tolist()
             raise ValueError(f"{name}: positions[{i}, {j}] = {int(pos[i, j])} maps to block_table page id "
                              f"{int(blk[i, j])}, not in [0, {kv_cache.shape[0]})")
-        # two writes to the same slot would race in the kernel
-        flat = torch.where(ok, blk * page + pos % page, -1 - torch.arange(pos.numel(), device=pos.device).view_as(pos))
-        if flat.unique().numel() != flat.numel():
-            raise ValueError(f"{name}: positions write the same cache slot twice")
     return fp8
 
 
-def cu_seqlens_arg(name, cu, what, total, batch=None):
+def cu_seqlens_arg(name, cu, what, total, batch=None, need_max=True):
+    """Validate cu_seqlens [batch + 1]; returns the longest sequence, or None when it is not
+    needed (``need_max=False``: max_seqlen was given) and value checks are off.
+
+    With value checks on: one host synchronisation checks the values (start 0, end ``total``,
+    non-decreasing) and gives the exact maximum. With them off (or while tracing) nothing is read
+    when ``need_max`` is false. Otherwise the maximum is a launch parameter of the op, not a
+    check: it is read (one sync) when checks are off, and while tracing or capturing, where no
+    value can be read, ``total`` (an upper bound: correct, more programs) stands in for it."""
     int_tensor(name, cu, what, 1)
     if cu.shape[0] < 1:
         raise ValueError(f"{name}: {what} must have batch + 1 >= 1 entries")
     if batch is not None and cu.shape[0] != batch + 1:
         raise ValueError(f"{name}: {what} must have {batch + 1} entries like cu_seqlens_q, got {cu.shape[0]}")
-    if checking_values():
-        c = cu.long()
-        if int(c[0]) != 0 or int(c[-1]) != total:
+    c = cu.long()
+    if checking_values(cu):
+        steps = c[1:] - c[:-1]
+        first, last, lo, hi = torch.stack([c[0], c[-1], steps.min() if steps.numel() else c[0] * 0,
+                                           steps.max() if steps.numel() else c[0] * 0]).tolist()   # one sync
+        if first != 0 or last != total:
             raise ValueError(f"{name}: {what} must start at 0 and end at {total} (the token count), "
-                             f"got {int(c[0])} .. {int(c[-1])}")
-        if cu.shape[0] > 1 and bool((c[1:] < c[:-1]).any()):
+                             f"got {first} .. {last}")
+        if lo < 0:
             raise ValueError(f"{name}: {what} must be non-decreasing")
-        return int((c[1:] - c[:-1]).max()) if cu.shape[0] > 1 else 0
-    return total
+        return hi
+    if not need_max:
+        return None
+    if tracing(cu):
+        return total
+    return int((c[1:] - c[:-1]).max()) if cu.shape[0] > 1 else 0     # the op's read (launch grid size)
 
 
 def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
@@ -232,16 +252,17 @@ def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal)
     if d < 1 or v.shape[2] < 1:
         raise ValueError(f"{name}: head dims must be >= 1, got qk {d}, v {v.shape[2]}")
     same_device(name, q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-    mq = cu_seqlens_arg(name, cu_q, "cu_seqlens_q", tq)
-    mk = cu_seqlens_arg(name, cu_k, "cu_seqlens_k", tk, cu_q.shape[0] - 1)
+    for what, given in (("max_seqlen_q", max_q), ("max_seqlen_k", max_k)):
+        if given is not None and (isinstance(given, bool) or not isinstance(given, numbers.Integral)):
+            raise TypeError(f"{name}: {what} must be an int or None, got {given!r}")
+    mq = cu_seqlens_arg(name, cu_q, "cu_seqlens_q", tq, need_max=max_q is None)
+    mk = cu_seqlens_arg(name, cu_k, "cu_seqlens_k", tk, cu_q.shape[0] - 1, need_max=max_k is None)
     out = []
     for what, given, actual in (("max_seqlen_q", max_q, mq), ("max_seqlen_k", max_k, mk)):
         if given is None:
             out.append(actual)
             continue
-        if isinstance(given, bool) or not isinstance(given, numbers.Integral):
-            raise TypeError(f"{name}: {what} must be an int or None, got {given!r}")
-        if checking_values() and given < actual:
+        if actual is not None and given < actual:      # actual is known only when values were checked
             raise ValueError(f"{name}: {what} = {given} is smaller than the longest sequence ({actual})")
         out.append(int(given))
     scale = scale_arg(name, softmax_scale, d)

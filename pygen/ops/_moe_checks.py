@@ -1,9 +1,11 @@
 """Argument validation for the MoE ops: every bad argument raises a ValueError/TypeError naming it,
 before any kernel is launched. Shape/dtype/device checks are free; the one value check (expert
 ids inside [0, num_experts)) reads the ids, which costs a host synchronisation on a GPU: it runs
-when ``check_ids=True`` (the default) and is skipped while torch.compile traces or a CUDA graph is
-being captured. The kernels never read or write out of bounds whatever the ids are: an id outside
-[0, E) routes its slot nowhere (moe_align / moe_permute) and contributes nothing (fused_moe).
+when ``check_ids=True`` (the default) and value checks are on (pygen.set_value_checks /
+PYGEN_VALUE_CHECKS), and is skipped while torch.compile traces or a CUDA graph is being captured
+(pygen/ops/_common_checks.py::checking_values). The kernels never read or write out of bounds
+whatever the ids are: an id outside [0, E) routes its slot nowhere (moe_align / moe_permute) and
+contributes nothing (fused_moe).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numbers
 
 import torch
 
-from ._common_checks import not_meta
+from ._common_checks import checking_values, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -67,16 +69,10 @@ def choice(name: str, v, what: str, options) -> str:
     return v
 
 
-def _tracing() -> bool:
-    if torch.compiler.is_compiling():
-        return True
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) -> None:
     """Raise when an expert id is outside [0, num_experts) (one host sync; see module docstring)."""
     not_meta(name, ids, "topk_ids")
-    if not check or ids.numel() == 0 or _tracing() or isinstance(ids, torch._subclasses.FakeTensor):
+    if not check or ids.numel() == 0 or not checking_values(ids):
         return
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= num_experts:

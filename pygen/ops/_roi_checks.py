@@ -5,10 +5,13 @@ Validation never copies the boxes: shapes, dtypes and devices are read from the 
 and the value checks (finite coordinates, integral in-range batch indices) reduce over the distinct
 elements only (a broadcast ``boxes.expand(K, 5)`` is read as its one stored row) in chunks of
 ``CHECK_ROWS`` rows, so their temporary memory is bounded whatever K is. On a GPU they cost one host
-synchronisation per call; they are skipped while torch.compile traces, under CUDA graph capture
-and for fake tensors (the kernels never read out of bounds either way: a RoI with an out-of-range
-batch index yields zeros). Only boxes that pass are converted to the kernels' [K, 5] contiguous
-float32 (float64) layout, which is a copy when the dtype or layout differs.
+synchronisation per call; they are skipped when value checks are off (pygen.set_value_checks /
+PYGEN_VALUE_CHECKS), while torch.compile traces, under CUDA graph capture and for fake tensors
+(pygen/ops/_common_checks.py::checking_values). The kernels never read out of bounds either way:
+a RoI whose batch index truncates to outside [0, N) yields zeros, and non-finite coordinates
+cannot make an index (their outputs are unspecified). Only boxes that pass are converted to the
+kernels' [K, 5] contiguous float32 (float64) layout, which is a copy when the dtype or layout
+differs.
 
 Sizes the kernels cannot index are refused: K up to ``MAX_ROIS`` (2^31 - 1: the RoI index is the
 Triton grid's first axis, an int32 program id, and csrc/roi takes sizes below 2^31), and feature
@@ -22,7 +25,7 @@ import numbers
 
 import torch
 
-from ._common_checks import not_meta
+from ._common_checks import checking_values, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
@@ -99,7 +102,7 @@ def check_boxes(name: str, boxes, input: torch.Tensor) -> int:
     if k > MAX_ROIS:
         raise ValueError(f"{name}: boxes holds {k} RoIs; one call indexes at most {MAX_ROIS} (2^31 - 1), "
                          f"split the boxes into several calls")
-    if k and _checking_values(input, boxes):
+    if k and checking_values(input, boxes):
         if isinstance(boxes, torch.Tensor):
             _check_values(name, boxes, kernel_dtype(input), batch)
         else:
@@ -131,17 +134,6 @@ def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Ten
     not_meta(name, b, what)
     if b.device != input.device:
         raise ValueError(f"{name}: {what} must be on the input's device {input.device}, got {b.device}")
-
-
-def _checking_values(*tensors) -> bool:
-    """Value checks read data on the host: not while tracing, capturing a CUDA graph or faking."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        return False
-    fake = torch._subclasses.FakeTensor
-    return not any(isinstance(t, fake) or isinstance(t, (list, tuple)) and any(isinstance(x, fake) for x in t)
-                   for t in tensors)
 
 
 def _distinct(t: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ pygen/ref/made.py.
 An explicit mask (nflows / pyro / zuko style, bool or 0/1 numbers) is reduced to degrees when its
 rows are nested (every MADE mask is), and runs the degree kernel; any other 0/1 mask runs the
 plain masked-matmul kernel. Reducing a mask reads it (one host synchronisation per call; the
-pygen.nn.MaskedLinear module caches the result); under torch.compile the mask path always uses
-the plain kernel.
+pygen.nn.MaskedLinear module caches the result); under torch.compile, CUDA graph capture or with
+value checks off (pygen.set_value_checks(False) / PYGEN_VALUE_CHECKS=0) the mask path always uses
+the plain kernel (same result, no tile skipping).
 
 Backends: ``triton`` (kernels/made.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
 ``reference`` (pygen.ref.made). There is no csrc backend for this family. The automatic choice
@@ -405,7 +406,7 @@ def _resolve(name, weight, in_degrees, out_degrees, mask, strict, device):
         if in_degrees is not None or out_degrees is not None:
             raise ValueError(f"{name}: pass either in_degrees/out_degrees or mask, not both")
         m = chk.explicit_mask(name, mask, weight)
-        if not torch.compiler.is_compiling():
+        if chk.checking_values(m):          # the reduction reads the mask: a host sync (module docstring)
             derived = ref.degrees_from_mask(m)
             if derived is not None:
                 return derived[0], derived[1], None, False

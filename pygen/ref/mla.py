@@ -26,6 +26,13 @@ FP8 cache byte layout (656 bytes per token, the last dim of a uint8 cache):
     bytes 528..655  64 rope values, bfloat16
 The rope part is never quantised (it carries position information and is small).
 
+Cache append: token t = positions[i, j] of sequence i (latent [b, n, 512], k_rope [b, n, 64]) goes
+to kv_cache[block_table[i, t // P], t % P, 0]. Negative positions are padding and write nothing,
+as do positions beyond the table or mapping to a page id outside [0, num_blocks). When several
+entries map to one slot, the last in row-major order of positions (row i before row i + 1, then by
+column) wins: the kernels resolve this before their parallel launch (append_slots), so the
+result does not depend on the order in which programs run.
+
 Prefill (non-absorbed form, varlen, FlashAttention conventions)
 ---------------------------------------------------------------
     q [total_q, h, 192], k [total_k, h, 192], v [total_k, h, 128]; sequence i owns the rows
@@ -132,26 +139,46 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     return out, lse
 
 
+def append_slots(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor):
+    """Where mla_cache_append writes: (page [b, n], offset [b, n], keep [b, n] bool), int64 page
+    ids ``block_table[i, t // P]`` and offsets ``t % P`` of token t = positions[i, j].
+
+    An entry is written (``keep``) unless its position is negative (padding), beyond the table
+    (t >= max_blocks * P), maps to a page id outside [0, num_blocks), or its slot is written by a
+    later entry: of the entries that map to one cache slot, the last in row-major order of
+    ``positions`` (row i before row i + 1, then by column) wins. Device ops only (a stable sort
+    by slot), so there is no host synchronisation, in eager mode or under torch.compile alike."""
+    nb, page = kv_cache.shape[0], kv_cache.shape[1]
+    pos = positions.long()
+    cap = block_table.shape[1] * page
+    valid = (pos >= 0) & (pos < cap)
+    blk = torch.gather(block_table.long(), 1, torch.where(valid, pos // page, 0)) if cap else torch.zeros_like(pos)
+    valid = valid & (blk >= 0) & (blk < nb)
+    off = pos % page
+    slot = torch.where(valid, blk * page + off, -1).flatten()
+    srt, order = torch.sort(slot, stable=True)          # equal slots keep their row-major order
+    last = torch.ones_like(srt, dtype=torch.bool)
+    last[:-1] = srt[:-1] != srt[1:]                      # the last entry of each run of one slot
+    keep = torch.empty_like(last).scatter_(0, order, last).view_as(pos) & valid
+    return blk, off, keep
+
+
 def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
                      latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
     """Write token ``positions[i, j]`` of sequence i (latent [b, n, 512], k_rope [b, n, 64]; a float
-    cache takes any latent / rope split of its last dim) into
-    its page, in place (FP8-quantised for a uint8 cache); returns kv_cache. A negative position
-    is skipped (padding)."""
-    page = kv_cache.shape[1]
-    b, n = positions.shape
-    for i in range(b):
-        for j in range(n):
-            t = int(positions[i, j])
-            if t < 0:
-                continue
-            blk = int(block_table[i, t // page])
-            if kv_cache.dtype == torch.uint8:
-                kv_cache[blk, t % page, 0] = fp8_quantize(latent[i, j], k_rope[i, j])
-            else:
-                lat = latent.shape[-1]      # 512 for DeepSeek; any width for a float cache
-                kv_cache[blk, t % page, 0, :lat] = latent[i, j].to(kv_cache.dtype)
-                kv_cache[blk, t % page, 0, lat:] = k_rope[i, j].to(kv_cache.dtype)
+    cache takes any latent / rope split of its last dim) into its page, in place (FP8-quantised for
+    a uint8 cache); returns kv_cache. Which entries are written, and which one wins when several
+    map to one slot (the last in row-major order): append_slots. Selecting the kept entries with
+    a boolean mask is a host synchronisation on a GPU (the Triton path marks the others -1
+    instead and does not synchronise)."""
+    blk, off, keep = append_slots(kv_cache, block_table, positions)
+    blk, off = blk[keep], off[keep]
+    if kv_cache.dtype == torch.uint8:
+        kv_cache[blk, off, 0] = fp8_quantize(latent[keep], k_rope[keep])
+    else:
+        lat = latent.shape[-1]      # 512 for DeepSeek; any width for a float cache
+        kv_cache[blk, off, 0, :lat] = latent[keep].to(kv_cache.dtype)
+        kv_cache[blk, off, 0, lat:] = k_rope[keep].to(kv_cache.dtype)
     return kv_cache
 
 
