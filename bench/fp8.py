@@ -24,7 +24,20 @@ fp8_linear        pygen.nn.fp8.fp8_linear on high-precision x, W (training seman
                   the transposed quantisations).
 Baselines: ``torch.matmul`` (x @ W^T in the benchmark dtype: bf16 on GPU), ``torch._scaled_mm``
 with (BlockWise1x128, BlockWise128x128) scaling where this torch and device support it (the
-factory probes it and the row is skipped with torch's message otherwise).
+factory probes it and the row is skipped with torch's message otherwise). ``torch.matmul`` and
+the grouped "matmul loop (dequantised W)" are the unquantised layer that FP8 replaces: they are
+declared ``approximate`` (timed, marked (!)), since they differ from the FP8 result by its
+quantisation error by design.
+
+compile(reference) compiles the same work as the pygen path, backward included: for fp8_linear
+the straight-through recipe (pygen.nn.fp8.fp8_linear with backend="reference"), for the
+quantisation case a quantise-dequantise with the identity gradient (_QDQ). Compiling the bare
+forward recipe instead (quantise -> fp8_gemm_recipe) lets autograd differentiate *through* the
+quantiser, and the derivative of ``Tensor.to(torch.float8_e4m3fn)`` casts the incoming gradient
+to e4m3 with no scale: gradients below e4m3's smallest subnormal (2^-9) flush to zero, the rest
+keep 3 mantissa bits, and the 1/s of the quantiser then multiplies that error by ~10^3-10^4 --
+the dW of that baseline was off by 164 (on values of ~50) at the quick shape. It was timed as if
+it did the same work; the harness now refuses to time a baseline that fails the check.
 
 Byte and FLOP model (E = bytes of the output dtype)
 ---------------------------------------------------
@@ -38,7 +51,8 @@ fp8_linear        fwd: M*K*E + N*K*E (x, W read for quantisation) + fp8 copies w
 harness and adds TFLOP/s, the fraction of the H200's 1979 TFLOP/s dense FP8 peak, the
 memory and compute floors and the relative error of the FP8 result against the unquantised
 product (x @ W^T in bf16, float32 accumulation), appending JSON lines to
-bench/results/<device>/fp8.jsonl.
+<results>/<device>/fp8.jsonl, <results> being pygen bench's default folder outside the source tree
+(pygen.bench_harness.results_dir: $PYGEN_RESULTS_DIR, else ~/.cache/pygen/bench).
 """
 from __future__ import annotations
 
@@ -54,6 +68,8 @@ from pygen.ref import fp8 as ref
 
 FAMILY = "fp8"
 BACKENDS = ("triton",)
+UNQUANTISED = ("unquantised x @ W^T in the benchmark dtype, the layer FP8 replaces: differs by the FP8 "
+               "quantisation error")
 FP8_PEAK_TFLOPS = 1979.0        # H200 SXM dense FP8 (NVIDIA datasheet; 3958 with sparsity)
 HBM_TBPS = 4.8                  # H200 SXM HBM3e
 
@@ -73,6 +89,27 @@ def _randn(shape, seed, device, dtype, scale=1.0):
 
 def _out_dtype(dtype):
     return dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
+
+
+class _QDQ(torch.autograd.Function):
+    """dequantize(quantize_1x128(x)) with the identity (straight-through) gradient: what the
+    quantisation case's pygen path computes, as a pure-PyTorch function torch.compile can take."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.in_dtype = x.dtype
+        return ref.dequantize(*ref.quantize_1x128(x))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.in_dtype)
+
+
+def _linear_reference(x, w):
+    """The fp8_linear recipe (pygen.nn.fp8: quantised forward, straight-through fp8 backward) on
+    the reference ops: the function the compile(reference) baseline compiles."""
+    from pygen.nn.fp8 import fp8_linear
+    return fp8_linear(x, w, backend="reference")
 
 
 class _Frozen(torch.autograd.Function):
@@ -140,7 +177,7 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
                 nbytes, "fwd M*K + N*K + scales + M*N*E; bwd (dgrad) M*N*(E+1) + N*K + M*K*E",
                 baselines={"torch.matmul": lambda: (lambda I: I.x @ I.w.t()),
                            "torch._scaled_mm": _scaled_mm_factory},
-                backends=BACKENDS)
+                backends=BACKENDS, approximate={"torch.matmul": UNQUANTISED})
 
 
 def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
@@ -185,7 +222,9 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
                 (lambda q, s, wq, ws, mi: ref.fp8_gemm_grouped(q, s, wq, ws, mi, dtype=torch.float32),
                  lambda I: (I.q, I.s, I.wq, I.ws, I.mi)),
                 nbytes, "fwd M*K + E*N*K + M*N*E; bwd M*N*(E+1) + E*N*K + M*K*E",
-                baselines={"matmul loop (dequantised W)": bf16_loop}, backends=BACKENDS)
+                baselines={"matmul loop (dequantised W)": bf16_loop}, backends=BACKENDS,
+                approximate={"matmul loop (dequantised W)": "activations not quantised (x @ dequantised W^T "
+                                                            "per expert): differs by x's FP8 quantisation error"})
 
 
 def quant_case(m: int, k: int, tag: str) -> Case:
@@ -206,7 +245,7 @@ def quant_case(m: int, k: int, tag: str) -> Case:
         return {"fwd": fwd, "bwd": 2 * m * k * 4, "fwd+bwd": fwd + 2 * m * k * 4}[mode]
 
     return Case(FAMILY, "quantize_fp8_1x128", tag, shape, make, run,
-                (lambda x: ref.dequantize(*ref.quantize_1x128(x)), lambda I: (I.x,)),
+                (_QDQ.apply, lambda I: (I.x,)),
                 nbytes, "M*K*E + M*K + 4*M*K/128 (timed with a dequantisation for the check: "
                 "see docs/fp8.md for the kernel-only floor)", backends=BACKENDS)
 
@@ -227,10 +266,10 @@ def linear_case(m: int, n: int, k: int, tag: str) -> Case:
 
     return Case(FAMILY, "fp8_linear", tag, shape, make,
                 lambda I, b: fp8_linear(I.x, I.w, backend=b),
-                (lambda x, w: ref.fp8_gemm_recipe(*ref.quantize_1x128(x), *ref.quantize_128x128(w),
-                                                  out_dtype=x.dtype), lambda I: (I.x, I.w)),
+                (_linear_reference, lambda I: (I.x, I.w)),
                 nbytes, "fwd (M*K + N*K)*(E+2) + M*N*E; bwd adds dgrad + wgrad operands",
-                baselines={"torch.matmul": lambda: (lambda I: I.x @ I.w.t())}, backends=BACKENDS)
+                baselines={"torch.matmul": lambda: (lambda I: I.x @ I.w.t())}, backends=BACKENDS,
+                approximate={"torch.matmul": UNQUANTISED})
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:

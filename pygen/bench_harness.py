@@ -15,14 +15,63 @@ Implementations of one case (``Impl.name``):
 Timing:
     GPU  triton.testing.do_bench medians and 20th/80th percentiles (L2 flushed between calls);
          forward calls under ``CUDA_GRAPH_BELOW_MS`` are re-timed with do_bench_cudagraph so that
-         launch overhead does not dominate, when the call can be captured.
-    CPU  one warm-up call, then repeated timed calls (time.perf_counter) until at least
-         ``min_reps`` samples and ``budget_s`` seconds; median / p20 / p80 of the samples.
+         launch overhead does not dominate, when the call can be captured (when it cannot, the
+         do_bench timing stays and says so: JSON timer "do_bench; CUDA graph capture failed: <why>",
+         "(no graph)" after the impl in the table, listed under the legend). Implementations are
+         timed one after the other.
+    CPU  written for a shared, loaded host (a 2-core VM where other processes take whole
+         scheduler time slices of 4 ms and more; medians of one op jumped 46x between runs).
+         * Threads: ``pygen bench`` fixes torch's intra-op thread count (``--threads``, default 1
+           on CPU: with more threads than free cores an OpenMP region waits for its slowest,
+           descheduled thread, which is what put medians on the 4/8/12/16 ms time-slice grid)
+           and prints it; pygen's own OpenMP kernels follow torch's count.
+         * Interleaving: after the correctness checks of one (case, dtype, mode), the calls of all
+           its implementations are interleaved one by one, round by round, the starting
+           implementation rotating each round (interleaved_order: A B, B A, A B, ...), until at
+           least ``cpu_min_rounds`` (10) rounds and ``cpu_budget_s`` seconds per implementation,
+           at most 200 rounds or ``cpu_max_total_s`` per implementation. Round i's calls run
+           within milliseconds of each other, so they see the same load: they are a pair.
+         * Clock: each call is timed with time.perf_counter (wall) and time.thread_time (CPU
+           time of the calling thread); ``reset`` runs outside the timed region. With one torch
+           thread the whole call runs on the calling thread, so its CPU time is the call's cost
+           without the time slices other processes took in between: that is the clock used
+           (row "timer": "thread_time", the wall median kept as "wall_median_ms"), unless the
+           process's CPU time over some implementation's calls exceeds the calling thread's by
+           more than 10% (work ran on another thread) or more threads are used: then wall time
+           ("perf_counter"). One clock for all implementations of a ratio.
+         * Per implementation: median, p20, p80 and min of its n calls (ms). Reported as they
+           are; the ratio below does not use them.
+         * Ratio (speedup of X over baseline B, ratio_stats): the median of the n paired ratios
+           r_i = B_i / X_i, with the distribution-free 95% confidence interval of a median from
+           order statistics [r_(k), r_(n+1-k)], k the largest rank with P(Bin(n, 1/2) < k) <=
+           2.5% (median_ci_ranks; n = 10 gives the 2nd and 9th ratios, 97.9% coverage; n < 6 gives
+           none). A time slice lost by one call spoils one pair, not the estimate: up to k - 1
+           spoiled pairs on either side leave the interval inside the clean pairs' range.
+         * Verdict (verdict): "faster" / "slower" when the interval lies entirely above
+           MIN_EFFECT (1.1) / below 1/1.1 -- it excludes 1 and a difference of less than 10%,
+           because back-to-back runs on a loaded host shift small ratios by more than their
+           intervals (a 0.89 [0.85-0.97] became 1.00 [0.94-1.09] one run later); "~" when it
+           does not, but lies inside [1/1.25, 1.25] (no difference over 10% shown, none over
+           25% possible); otherwise "noisy": the table prints the interval and no ratio. An
+           interval with hi / lo > MAX_CI_WIDTH (3) prints no ratio either ("faster, noisy
+           [lo-hi]"): the direction holds, the size does not.
+         * Settling: past the budget, rounds go on while some (row, baseline) ratio of the group
+           is "noisy" or wider than MAX_CI_WIDTH, up to the time cap (``cpu_max_total_s`` per
+           implementation; the rounds are counted in n). Stopping when the intervals settle is
+           optional stopping, which costs some coverage; the 95% level is nominal.
+         GPU ratios use the same verdict on the interval [B p20 / X p80, B p80 / X p20] of the
+         two do_bench timings (unpaired; a spread, not a coverage statement).
 
 Achieved bandwidth: ``GB/s = model_bytes / median_seconds / 1e9``, where ``model_bytes`` comes
 from the family's explicit byte formula (stated in bench/<family>.py; it is a model of the
 traffic, not a hardware counter). GPU rows also show the fraction of the device's HBM peak
-(``HBM_PEAK_GBPS``) and of the copy ceiling measured in the same run.
+(``HBM_PEAK_GBPS``) and of the copy ceiling measured in the same run (do_bench median; on a
+CPU the ceiling is the best of COPY_CPU_REPS copies, labelled so, and no %copy column is shown).
+
+Baselines are checked against the reference like pygen's backends. One whose output differs
+computes something else and is not timed (status "mismatch"), unless its case lists it in
+``Case.approximate`` (the same layer at another precision, e.g. unquantised torch.matmul next to
+FP8): then it is timed and marked (!) with the reason.
 """
 from __future__ import annotations
 
@@ -33,6 +82,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +96,10 @@ import torch
 HBM_PEAK_GBPS = {"h200": 4800.0}
 # Forward calls faster than this are re-timed under a CUDA graph (launch overhead ~ a few us).
 CUDA_GRAPH_BELOW_MS = 0.1
+# A call that cannot be captured keeps its do_bench timing; its row's "timer" says why, and the
+# table marks its impl cell and lists it under the legend (never a silent fallback).
+GRAPH_FALLBACK = "CUDA graph capture failed"
+GRAPH_FALLBACK_MARK = " (no graph)"
 # Correctness: |impl - ref| <= tol * (1 + |ref|) element-wise, ref = the reference at the same dtype.
 # Gradients are accumulated over many RoIs, so they get GRAD_TOL_FACTOR times more room.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -92,6 +146,11 @@ class Case:
                              cuda / triton / cpu); the others are listed as skipped
     modes                 -> the modes the op has (None: all); e.g. ("fwd",) for an op with no
                              backward (paged decode, routing); the others are listed as skipped
+    approximate           -> baseline name -> why its output legitimately differs (the same layer
+                             at another precision, e.g. unquantised torch.matmul against FP8): it
+                             is timed and marked (!) even where it fails the check. Any other
+                             baseline that fails the check computes something else and is
+                             reported as a mismatch, not timed
     """
     family: str
     op: str
@@ -106,6 +165,7 @@ class Case:
     grad_check: str = "allclose"
     backends: tuple[str, ...] | None = None
     modes: tuple[str, ...] | None = None
+    approximate: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +183,11 @@ class Timing:
     p80_ms: float
     n: int | None
     timer: str
+    min_ms: float | None = None
+    # the raw per-call samples in call order (CPU timers only): the paired ratio statistics
+    # of ratio_stats() need them; None for do_bench, which returns quantiles only
+    samples_ms: list[float] | None = field(default=None, repr=False)
+    wall_median_ms: float | None = None   # timer "thread_time": the wall-clock median, for reference
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,27 +471,190 @@ def _quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 20)), float(np.percentile(a, 80))
 
 
+def _cpu_timing(samples: list[float], timer: str = "perf_counter",
+                wall: list[float] | None = None) -> Timing:
+    med, p20, p80 = _quantiles(samples)
+    t = Timing(med, p20, p80, len(samples), timer, min(samples), list(samples))
+    if wall is not None:
+        t.wall_median_ms = _quantiles(wall)[0]
+    return t
+
+
+# CPU clocks. "thread_time": CPU time of the calling thread (time.thread_time, i.e.
+# CLOCK_THREAD_CPUTIME_ID): with a single torch thread all the work of a call runs on the calling
+# thread, and time spent descheduled while other processes run is not counted, so on a loaded
+# host it measures the call, not the queue. "perf_counter": wall time, needed with more threads
+# (the workers' time is not the caller's). "auto" takes thread_time when torch runs one thread and,
+# for every implementation, the process's CPU time over its calls (time.process_time: all
+# threads) exceeds the calling thread's by at most THREAD_TIME_MAX_GAP (nothing of the work ran
+# on another thread), else perf_counter.
+CPU_TIMERS = ("auto", "thread_time", "perf_counter")
+THREAD_TIME_MAX_GAP = 0.10
+
+
 def time_cpu(fn: Callable[[], Any], reset: Callable[[], None] = lambda: None, *, warmup: int = 1,
              min_reps: int = 5, max_reps: int = 200, budget_s: float = 1.0,
-             max_total_s: float = 30.0) -> Timing:
-    """Median / p20 / p80 of repeated calls: at least ``min_reps`` samples and ``budget_s``
-    seconds, except that calls so slow that ``max_total_s`` is reached stop early (with at least
-    one sample; the sample count is reported with the numbers)."""
+             max_total_s: float = 30.0, timer: str = "auto") -> Timing:
+    """Median / p20 / p80 / min of repeated calls of one callable: at least ``min_reps`` samples
+    and ``budget_s`` seconds, except that calls so slow that ``max_total_s`` is reached stop early
+    (with at least one sample; the sample count is reported with the numbers). To compare two
+    callables use :func:`time_cpu_interleaved`, which pairs their samples."""
+    return time_cpu_interleaved([(fn, reset)], warmup=warmup, min_rounds=min_reps, max_rounds=max_reps,
+                                budget_s=budget_s, max_total_s=max_total_s, timer=timer)[0]
+
+
+def interleaved_order(k: int, rounds: int) -> list[int]:
+    """The call order of :func:`time_cpu_interleaved`: round r calls the k implementations once
+    each, starting at implementation r mod k (0 1 2, 1 2 0, 2 0 1, ...; for two: A B, B A, A B),
+    so every implementation runs at every position of a round equally often and no one of them
+    always follows the same neighbour."""
+    return [(r + j) % k for r in range(rounds) for j in range(k)]
+
+
+def _pick_clock(wall: list[list[float]], cpu: list[list[float]], proc: list[float], timer: str
+                ) -> tuple[list[list[float]], str]:
+    """proc[j]: process CPU time (ms) summed over implementation j's calls."""
+    use_cpu = timer == "thread_time" or (
+        timer == "auto" and torch.get_num_threads() == 1
+        and all(p <= (1 + THREAD_TIME_MAX_GAP) * sum(cs) + 0.01 * len(cs) for p, cs in zip(proc, cpu)))
+    return (cpu, "thread_time") if use_cpu else (wall, "perf_counter")
+
+
+def time_cpu_interleaved(calls: Sequence[tuple[Callable[[], Any], Callable[[], None]]], *,
+                         warmup: int = 0, min_rounds: int = 10, max_rounds: int = 200,
+                         budget_s: float = 1.0, max_total_s: float = 30.0, timer: str = "auto",
+                         settled: Callable[[list[list[float]]], bool] | None = None) -> list[Timing]:
+    """Time k callables ``(fn, reset)`` with their single calls interleaved round by round
+    (:func:`interleaved_order`), so that all of them see the same machine load and sample i of
+    one is paired with sample i of every other (same round, seconds apart at most).
+
+    Rounds go on until at least ``min_rounds`` rounds and ``budget_s`` seconds (wall time, timed
+    calls and resets together) and, if given, ``settled(samples)`` is true (the samples so far,
+    per callable, in the clock that would be picked now: run_case asks for every ratio to have a
+    verdict), or until ``max_rounds`` rounds or ``max_total_s`` seconds (at least one round).
+    ``reset`` runs before each call, outside the timed region. Every call is timed with both
+    clocks; ``timer`` (CPU_TIMERS) picks the one the Timings are built from, and ``Timing.timer``
+    says which it was (the same for all k, so that their ratios compare like with like)."""
+    if timer not in CPU_TIMERS:
+        raise ValueError(f"timer must be one of {CPU_TIMERS}, got {timer!r}")
+    k = len(calls)
     for _ in range(warmup):
-        reset()
-        fn()
-    samples: list[float] = []
-    t_start = time.perf_counter()
-    while len(samples) < max_reps:
-        elapsed = time.perf_counter() - t_start
-        if samples and ((len(samples) >= min_reps and elapsed >= budget_s) or elapsed >= max_total_s):
+        for fn, reset in calls:
+            reset()
+            fn()
+    wall: list[list[float]] = [[] for _ in range(k)]
+    cpu: list[list[float]] = [[] for _ in range(k)]
+    proc = [0.0] * k
+    perf, thread, process = time.perf_counter, time.thread_time, time.process_time
+    t_start = perf()
+    rounds = 0
+    while rounds < max_rounds:
+        elapsed = perf() - t_start
+        if rounds and (elapsed >= max_total_s or (
+                rounds >= min_rounds and elapsed >= budget_s
+                and (settled is None or settled(_pick_clock(wall, cpu, proc, timer)[0])))):
             break
-        reset()
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    med, p20, p80 = _quantiles(samples)
-    return Timing(med, p20, p80, len(samples), "perf_counter")
+        for j in ((rounds + i) % k for i in range(k)):   # = interleaved_order's round `rounds`
+            fn, reset = calls[j]
+            reset()
+            p0 = process()
+            c0 = thread()
+            t0 = perf()
+            fn()
+            t1 = perf()
+            c1 = thread()
+            p1 = process()
+            wall[j].append((t1 - t0) * 1e3)
+            cpu[j].append((c1 - c0) * 1e3)
+            proc[j] += (p1 - p0) * 1e3
+        rounds += 1
+    samples, name = _pick_clock(wall, cpu, proc, timer)
+    return [_cpu_timing(ss, name, ws if name == "thread_time" else None) for ss, ws in zip(samples, wall)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Ratio statistics: paired ratios, their confidence interval and the verdict
+# ----------------------------------------------------------------------------------------------
+CI_LEVEL = 0.95          # nominal coverage of the ratio intervals
+MIN_EFFECT = 1.10        # "faster" needs the whole CI above this ("slower": below its inverse)
+NEAR_BAND = 1.25         # a CI inside [1/1.25, 1.25] that is neither: "~"
+MAX_CI_WIDTH = 3.0       # a CI with hi/lo above this gives no ratio (a verdict, if it excludes 1)
+VERDICTS = ("faster", "slower", "~", "noisy")
+
+
+def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
+    """1-based ranks (k, n + 1 - k) of the distribution-free confidence interval of a median from
+    n i.i.d. samples: the largest k with P(Binomial(n, 1/2) <= k - 1) <= (1 - level) / 2, so that
+    [x_(k), x_(n+1-k)] covers the median with probability >= level. None when n is too small
+    (n < 6 at 95%: even [min, max] covers less)."""
+    tail = (1.0 - level) / 2
+    k, cdf = 0, 0.0
+    for j in range(n + 1):
+        cdf += math.comb(n, j) / 2.0 ** n
+        if cdf > tail:
+            break
+        k = j + 1
+    return (k, n + 1 - k) if 1 <= k <= n + 1 - k else None
+
+
+def verdict(lo: float | None, hi: float | None) -> str:
+    """From the CI [lo, hi] of a speedup (baseline time / impl time): "faster" (lo >= MIN_EFFECT),
+    "slower" (hi <= 1 / MIN_EFFECT), "~" when neither but the CI lies inside [1/NEAR_BAND,
+    NEAR_BAND]; "noisy" otherwise (no CI, or one too wide to tell)."""
+    if lo is None or hi is None or not (lo > 0 and math.isfinite(hi)):
+        return "noisy"
+    if lo >= MIN_EFFECT:
+        return "faster"
+    if hi <= 1.0 / MIN_EFFECT:
+        return "slower"
+    if lo >= 1.0 / NEAR_BAND and hi <= NEAR_BAND:
+        return "~"
+    return "noisy"
+
+
+def is_wide(stats: dict[str, Any]) -> bool:
+    """True when the CI spans more than MAX_CI_WIDTH (or there is none): no ratio is printed."""
+    lo, hi = stats.get("lo"), stats.get("hi")
+    return lo is None or hi is None or not lo > 0 or hi / lo > MAX_CI_WIDTH
+
+
+def ratio_stats(impl: Timing, base: Timing, level: float = CI_LEVEL) -> dict[str, Any]:
+    """Speedup of ``impl`` over ``base`` (> 1: impl faster) with a confidence interval.
+
+    Paired (both timings carry samples taken interleaved, same count): the ratios
+    r_i = base_i / impl_i of the calls of round i; estimate = median of the r_i, CI = the
+    order-statistic interval of :func:`median_ci_ranks` (distribution-free; it assumes the
+    rounds are independent, not that the times are normal). Unpaired (GPU do_bench quantiles):
+    estimate = base median / impl median, interval = [base p20 / impl p80, base p80 / impl p20],
+    the range the middle 60% of each timing allows (a spread, not a coverage statement).
+    Returns {"ratio", "lo", "hi", "n", "method", "verdict", "wide"} (wide: is_wide)."""
+    a, b = impl.samples_ms, base.samples_ms
+    if a and b and len(a) == len(b):
+        r = sorted(bi / ai for ai, bi in zip(a, b) if ai > 0)
+        n = len(r)
+        est = statistics.median(r) if r else None
+        ranks = median_ci_ranks(n, level)
+        lo, hi = (r[ranks[0] - 1], r[ranks[1] - 1]) if ranks else (None, None)
+        method = f"paired-median-{round(level * 100)}ci"
+    else:
+        n = None
+        est = base.median_ms / impl.median_ms if impl.median_ms > 0 else None
+        lo = base.p20_ms / impl.p80_ms if impl.p80_ms > 0 else None
+        hi = base.p80_ms / impl.p20_ms if impl.p20_ms > 0 else None
+        method = "p20-p80"
+    out = {"ratio": est, "lo": lo, "hi": hi, "n": n, "method": method, "verdict": verdict(lo, hi)}
+    out["wide"] = is_wide(out)
+    return out
+
+
+def set_cpu_threads(n: int | None) -> int:
+    """Fix torch's intra-op thread count (which pygen's own OpenMP kernels follow too, see
+    pygen._ext.native_module) to ``n`` (None: leave it) and return the count in effect."""
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"thread count must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def time_cuda(fn: Callable[[], Any], grad_to_none: Sequence[torch.Tensor] | None = None, *,
@@ -439,23 +667,42 @@ def time_cuda(fn: Callable[[], Any], grad_to_none: Sequence[torch.Tensor] | None
         try:
             med, p20, p80 = tt.do_bench_cudagraph(fn, rep=rep_ms, quantiles=q)
             timing = Timing(med, p20, p80, None, "do_bench_cudagraph")
-        except Exception:  # not capturable (host sync in the call): keep the do_bench numbers
-            torch.cuda.synchronize()
+        except Exception as exc:  # not capturable (e.g. a host sync in the call): keep the do_bench
+            torch.cuda.synchronize()  # numbers, and say so in the row's timer (table: GRAPH_FALLBACK_MARK)
+            timing = Timing(med, p20, p80, None, f"do_bench; {GRAPH_FALLBACK}: {short_error(exc)}")
     return timing
+
+
+COPY_CPU_REPS = 10
+
+
+def copy_ceiling_label(device: torch.device) -> str:
+    """How :func:`measure_copy_gbps` summarises its repetitions on ``device`` (for the printout)."""
+    if device.type == "cuda":
+        return "do_bench median"
+    return f"best of {COPY_CPU_REPS} copies, threads: {torch.get_num_threads()}"
 
 
 def measure_copy_gbps(device: torch.device, nbytes: int = 1 << 30) -> float | None:
     """Achieved bandwidth of a plain device-to-device copy (read + write counted), GB/s: the
-    practical ceiling the GB/s column is compared with. None on failure."""
+    practical ceiling the GB/s column is compared with. None on failure.
+
+    GPU: from the do_bench median. CPU: from the *fastest* of COPY_CPU_REPS copies (at least;
+    more while 0.3 s last): on a shared host a median measures the other processes as much as
+    the memory system (medians of 4.2 to 41.7 GB/s were seen in four runs on a loaded 2-core
+    VM), while the best copy is the bandwidth the machine demonstrably delivers to this process
+    at the fixed thread count."""
     try:
         n = nbytes // 4 if device.type == "cuda" else nbytes // 16
         src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
         dst = torch.empty_like(src)
         if device.type == "cuda":
             t = time_cuda(lambda: dst.copy_(src), allow_cudagraph=False)
+            ms = t.median_ms
         else:
-            t = time_cpu(lambda: dst.copy_(src), min_reps=5, budget_s=0.3)
-        return 2 * src.numel() * src.element_size() / (t.median_ms * 1e-3) / 1e9
+            t = time_cpu(lambda: dst.copy_(src), min_reps=COPY_CPU_REPS, budget_s=0.3)
+            ms = t.min_ms
+        return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
     except Exception:
         return None
 
@@ -473,8 +720,76 @@ class BenchOptions:
     cpu_budget_s: float = 1.0
     cpu_min_reps: int = 5
     cpu_max_total_s: float = 30.0
+    # CPU: interleaved rounds per (case, dtype, mode), at least; 10 pairs give the order-statistic
+    # CI [2nd, 9th of 10] of the paired ratios (97.9% coverage), robust to one outlier per side
+    cpu_min_rounds: int = 10
     allow_cudagraph: bool = True
     deadline: float | None = None   # time.monotonic() after which nothing new is started
+
+
+def _time_group(pending, inputs: Inputs, mode: str, opts: BenchOptions, rows: list, log,
+                case: Case) -> list[Timing | None]:
+    """Time the checked implementations ``pending`` = [(impl, row base, ok, err)] of one (case,
+    dtype, mode). CPU: all of them interleaved call by call (time_cpu_interleaved: paired samples,
+    the budget and the time cap scaled by their number); GPU: one after the other with do_bench.
+    An implementation whose timing raises gets an error row in ``rows`` and None."""
+    out: list[Timing | None] = [None] * len(pending)
+
+    def fail(i, exc):
+        impl, base = pending[i][0], pending[i][1]
+        rows.append({**base, "status": "error", "reason": short_error(exc)})
+        if impl.kind == "pygen":  # baseline errors are shown in the table only
+            log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
+
+    try:
+        if opts.device.type == "cuda":
+            for i, (impl, *_rest) in enumerate(pending):
+                try:
+                    fn, reset = timed_callable(impl, inputs, mode)
+                    out[i] = _timing(fn, reset, inputs.leaves, opts)
+                except Exception as exc:
+                    fail(i, exc)
+            return out
+        calls, idx = [], []
+        for i, (impl, *_rest) in enumerate(pending):
+            try:
+                calls.append(timed_callable(impl, inputs, mode))
+                idx.append(i)
+            except Exception as exc:
+                fail(i, exc)
+        if not calls:
+            return out
+        k = len(calls)
+        # no warm-up round: the correctness check (or, for the reference, the oracle run) just ran
+        # the same calls at the same shapes
+        kw = dict(min_rounds=max(opts.cpu_min_reps, opts.cpu_min_rounds), budget_s=opts.cpu_budget_s,
+                  max_total_s=opts.cpu_max_total_s)
+        # every (row, baseline) ratio the table will show; past the budget, rounds go on (up to the
+        # time cap) while one of them has no verdict yet
+        pairs = [(a, b) for a in range(k) for b in range(k)
+                 if a != b and pending[idx[b]][0].kind == "baseline"]
+
+        def settled(samples):
+            stats = (ratio_stats(_cpu_timing(samples[a]), _cpu_timing(samples[b])) for a, b in pairs)
+            return all(st["verdict"] != "noisy" and not st["wide"] for st in stats)
+        try:
+            for i, t in zip(idx, time_cpu_interleaved(calls, **{**kw, "budget_s": kw["budget_s"] * k,
+                                                                "max_total_s": kw["max_total_s"] * k},
+                                                      settled=settled)):
+                out[i] = t
+        except Exception:
+            # one of them raised mid-run: time them one at a time to find which (unpaired samples)
+            for i, (fn, reset) in zip(idx, calls):
+                try:
+                    t = time_cpu(fn, reset, warmup=0, min_reps=kw["min_rounds"], budget_s=kw["budget_s"],
+                                 max_total_s=kw["max_total_s"])
+                    t.samples_ms = None
+                    out[i] = t
+                except Exception as exc:
+                    fail(i, exc)
+        return out
+    finally:
+        _set_requires_grad(inputs, False)
 
 
 def _timing(fn, reset, leaves, opts: BenchOptions) -> Timing:
@@ -496,14 +811,19 @@ def reference_impl(case: Case) -> Impl:
 
 
 def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
-             log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+             log: Callable[[str], None] = lambda s: None,
+             out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Check then time every implementation of ``case`` for every dtype and mode.
 
-    Returns one dict per (impl, dtype, mode): status "ok" (timed), "mismatch" (a pygen backend
-    disagreed with the reference and was not timed; a baseline is timed anyway and flagged),
-    "error" (it raised) or "skipped" (unavailable, with the reason).
+    Returns one dict per (impl, dtype, mode): status "ok" (timed), "mismatch" (disagreed with the
+    reference and was not timed: a pygen backend, or a baseline not declared in
+    ``case.approximate``), "error" (it raised) or "skipped" (unavailable, with the reason).
+    The implementations of one (dtype, mode) are checked first, then timed together (CPU:
+    interleaved); every timed row carries ``vs``: baseline name -> :func:`ratio_stats` of this
+    row against that baseline. Rows are appended to ``out``
+    (returned) as they are measured, so a caller interrupted mid-case (Ctrl-C) still has them.
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = out if out is not None else []
     impls = build_impls(case, opts.device, opts.backends, opts.baselines)
     ref_impl = reference_impl(case)
     for dtype in opts.dtypes:
@@ -526,8 +846,9 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                 expected[m] = run_once(ref_impl, inputs, m)
             except Exception as exc:   # reported per row below; one broken case must not end the run
                 ref_errors[m] = f"the reference failed: {short_error(exc)}"
-        for impl in impls:
-            for mode in opts.modes:
+        for mode in opts.modes:
+            pending: list[tuple[Impl, dict[str, Any], bool, float]] = []   # checked, to be timed
+            for impl in impls:
                 base = {"family": case.family, "op": case.op, "shape_label": case.label,
                         "shape": case.shape, "dtype": str(dtype).removeprefix("torch."),
                         "mode": mode, "backend": impl.name, "kind": impl.kind}
@@ -563,26 +884,35 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                                  "reason": "output differs from the reference; not timed"})
                     log(f"MISMATCH {case.op} {mode} {base['dtype']} {impl.name}: max abs err {err:.3g}")
                     continue
-                try:
-                    fn, reset = timed_callable(impl, inputs, mode)
-                    t = _timing(fn, reset, inputs.leaves, opts)
-                except Exception as exc:
-                    rows.append({**base, "status": "error", "reason": short_error(exc)})
-                    if impl.kind == "pygen":  # baseline errors are shown in the table only
-                        log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
+                if not ok and impl.name not in case.approximate:
+                    # a baseline that computes something else is not the same work: no timing, no ratio
+                    rows.append({**base, "status": "mismatch", "max_abs_err": err,
+                                 "reason": f"baseline output differs from the reference (max abs err "
+                                           f"{err:.3g}): not the same computation, not timed"})
+                    log(f"baseline {impl.name} differs from the reference on {case.op} {mode} "
+                        f"{base['dtype']}: max abs err {err:.3g}; not timed")
                     continue
-                finally:
-                    _set_requires_grad(inputs, False)
+                pending.append((impl, base, ok, err))
+            timings = _time_group(pending, inputs, mode, opts, rows, log, case)
+            timed_rows = []
+            for (impl, base, ok, err), t in zip(pending, timings):
+                if t is None:
+                    continue
                 nbytes = int(case.bytes_model(inputs, mode))
-                row = {**base, "status": "ok" if ok else "mismatch", "correct": ok,
+                row = {**base, "status": "ok", "correct": ok,
                        "max_abs_err": err, "median_ms": t.median_ms, "p20_ms": t.p20_ms,
-                       "p80_ms": t.p80_ms, "samples": t.n, "timer": t.timer, "bytes": nbytes,
-                       "bytes_model": case.bytes_formula,
+                       "p80_ms": t.p80_ms, "min_ms": t.min_ms, "samples": t.n, "timer": t.timer,
+                       "wall_median_ms": t.wall_median_ms,
+                       "bytes": nbytes, "bytes_model": case.bytes_formula,
                        "gbps": nbytes / (t.median_ms * 1e-3) / 1e9 if t.median_ms > 0 else None}
                 if not ok:
-                    row["reason"] = "baseline output differs from the reference (timed anyway)"
-                    log(f"baseline {impl.name} differs from the reference on {case.op} {mode} "
-                        f"{base['dtype']}: max abs err {err:.3g}")
+                    row["approximate"] = case.approximate[impl.name]
+                    row["reason"] = (f"differs from the reference by design (max abs err {err:.3g}): "
+                                     f"{case.approximate[impl.name]}")
+                timed_rows.append((row, t))
+            for row, t in timed_rows:
+                row["vs"] = {other["backend"]: ratio_stats(t, tb) for other, tb in timed_rows
+                             if other is not row and other["kind"] == "baseline"}
                 rows.append(row)
         del inputs, expected
     return rows
@@ -598,30 +928,57 @@ def count_steps(cases: Sequence[Case], opts: BenchOptions) -> int:
 # ----------------------------------------------------------------------------------------------
 # Output: progress bar, table, JSON lines, plot
 # ----------------------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress bar on stderr (a line per step when stderr is not a terminal)."""
+def format_duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-    def __init__(self, total: int, stream=None, width: int = 24):
+
+class Progress:
+    """A progress bar on stderr: ``[####....] step/total elapsed eta ETA running: <step>``, the
+    step named being the one now running. One line redrawn in place on a terminal, a line per
+    step otherwise. The ETA is the mean time of the finished steps times the steps left (steps
+    differ a lot in cost, a torch.compile far more than an eager call, so it is a rough guide)."""
+
+    def __init__(self, total: int, stream=None, width: int = 24, clock: Callable[[], float] = time.perf_counter):
         self.total, self.done, self.width = max(total, 1), 0, width
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
+        self.clock = clock
+        self.t0 = clock()
+        self.current = ""
+
+    def eta_s(self) -> float | None:
+        """Seconds left, from the steps finished so far (None before the first one finishes)."""
+        finished = self.done - 1   # step() is called when a step starts
+        if finished <= 0:
+            return None
+        return (self.clock() - self.t0) / finished * max(self.total - finished, 0)
+
+    def line(self) -> str:
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        eta = self.eta_s()
+        return (f"[{bar}] {self.done}/{self.total} {format_duration(self.clock() - self.t0)} "
+                f"eta {'?' if eta is None else format_duration(eta)} running: {self.current}")
 
     def step(self, what: str) -> None:
         self.done += 1
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
-        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.t0:6.1f}s {what}"
+        self.current = what
+        line = self.line()
         if self.tty:
-            self.stream.write("\r\x1b[2K" + line[:160])
+            self.stream.write("\r\x1b[2K" + line[:200])
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def close(self) -> None:
+    def clear(self) -> None:
+        """Erase the bar (on a terminal) before other output; the next step() redraws it."""
         if self.tty:
-            self.stream.write("\n")
+            self.stream.write("\r\x1b[2K")
             self.stream.flush()
+
+    def close(self) -> None:
+        self.clear()
 
 
 BASELINE_ORDER = ("torchvision", "reference", "compile(reference)")
@@ -631,12 +988,51 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _row_vs(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``row["vs"][base]`` as run_case computed it, else (rows from elsewhere, e.g. old JSON
+    lines) the unpaired p20/p80 rule of ratio_stats from the two rows' quantiles."""
+    stats = (row.get("vs") or {}).get(base["backend"])
+    if stats is not None:
+        return stats
+    def timing(r):
+        return Timing(r["median_ms"], r.get("p20_ms", r["median_ms"]), r.get("p80_ms", r["median_ms"]),
+                      r.get("samples"), r.get("timer", ""))
+    return ratio_stats(timing(row), timing(base))
+
+
+def format_ratio(stats: dict[str, Any]) -> str:
+    """One ratio cell: ``3.02 [2.91-3.15] faster``, ``1.01 [0.97-1.04] ~``; where the interval
+    makes the ratio meaningless no estimate is printed: ``faster, noisy [7.78-23.9]`` (it excludes
+    1 but spans more than MAX_CI_WIDTH), ``noisy [0.16-7.65]`` (no verdict), ``noisy (n=4)``."""
+    est, lo, hi, v = stats.get("ratio"), stats.get("lo"), stats.get("hi"), stats.get("verdict")
+    if est is None:
+        return "-"
+    if lo is None or hi is None:
+        return f"noisy (n={stats.get('n')})"
+    ci = f"[{_fmt_ratio(lo)}-{_fmt_ratio(hi)}]"
+    if v == "noisy":
+        return f"noisy {ci}"
+    if stats.get("wide", is_wide(stats)):
+        return f"{v}, noisy {ci}"
+    return f"{_fmt_ratio(est)} {ci} {v}"
+
+
+def table_baselines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The timed baselines of ``rows``: BASELINE_ORDER first, then the others as they appear."""
+    timed = [r["backend"] for r in rows if r.get("kind") == "baseline" and r.get("median_ms")]
+    return [b for b in BASELINE_ORDER if b in timed] + [b for b in dict.fromkeys(timed) if b not in BASELINE_ORDER]
+
+
 def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
-                 peak_gbps: float | None = None) -> str:
-    """Rows grouped by (op, shape, dtype, mode); ratio columns are baseline_ms / impl_ms measured
-    in the same run (> 1: faster than that baseline)."""
-    present = [b for b in BASELINE_ORDER if any(r["backend"] == b and r.get("median_ms") for r in rows)]
-    head = ["op", "shape", "dtype", "mode", "impl", "median ms", "p20", "p80", "GB/s"]
+                 peak_gbps: float | None = None, legend: bool = True) -> str:
+    """Rows grouped by (op, shape, dtype, mode); one column per timed baseline with this row's
+    speedup over it (format_ratio), then, with ``legend``, the lines of :func:`format_legend`."""
+    present = table_baselines(rows)
+    head = ["op", "shape", "dtype", "mode", "impl", "median ms", "p20 ms", "p80 ms", "n", "GB/s"]
     if peak_gbps:
         head.append("%peak")
     if copy_gbps:
@@ -647,38 +1043,94 @@ def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
     for r in rows:
         groups.setdefault((r["op"], r["shape_label"], r["dtype"], r["mode"]), []).append(r)
     for (op, label, dtype, mode), rs in groups.items():
-        base_ms = {r["backend"]: r["median_ms"] for r in rs if r.get("median_ms")}
+        timed = {r["backend"]: r for r in rs if r.get("median_ms")}
         for r in rs:
             ms = r.get("median_ms")
             if ms is None:
-                line = [op, label, dtype, mode, r["backend"], r["status"].upper(), "", "", ""]
+                line = [op, label, dtype, mode, r["backend"], r["status"].upper(), "", "", "", ""]
                 line += [""] * (len(head) - len(line))
                 line[-1] = (line[-1] + " " + str(r.get("reason", ""))[:110]).strip()
                 body.append(line)
                 continue
-            line = [op, label, dtype, mode, r["backend"] + ("" if r.get("correct", True) else " (!)"),
-                    f"{ms:.4g}", f"{r['p20_ms']:.4g}", f"{r['p80_ms']:.4g}", _fmt(r.get("gbps"), ".3g")]
+            line = [op, label, dtype, mode, r["backend"] + ("" if r.get("correct", True) else " (!)")
+                    + (GRAPH_FALLBACK_MARK if GRAPH_FALLBACK in str(r.get("timer", "")) else ""),
+                    f"{ms:.4g}", f"{r['p20_ms']:.4g}", f"{r['p80_ms']:.4g}", _fmt(r.get("samples"), "d"),
+                    _fmt(r.get("gbps"), ".3g")]
             if peak_gbps:
                 line.append(_fmt(r["gbps"] / peak_gbps * 100 if r.get("gbps") else None, ".1f"))
             if copy_gbps:
                 line.append(_fmt(r["gbps"] / copy_gbps * 100 if r.get("gbps") else None, ".1f"))
-            line += [_fmt(base_ms[b] / ms if b in base_ms else None, ".2f") for b in present]
+            line += [format_ratio(_row_vs(r, timed[b])) if b in timed and b != r["backend"] else "-"
+                     for b in present]
             body.append(line)
+    nfix = 6   # op .. median ms: status rows put their reason after these
     widths = [max(len(str(x[i])) for x in [head] + [b[:len(head)] for b in body]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
            "  ".join("-" * w for w in widths)]
     for b in body:
         cells = b[:len(head)]
         if cells[5] in ("SKIPPED", "ERROR", "MISMATCH"):
-            out.append("  ".join(str(c).ljust(w) for c, w in zip(cells[:6], widths[:6]))
-                       + "  " + " ".join(str(c) for c in cells[6:] if c))
+            out.append("  ".join(str(c).ljust(w) for c, w in zip(cells[:nfix], widths[:nfix]))
+                       + "  " + " ".join(str(c) for c in cells[nfix:] if c))
         else:
             out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
+    if legend:
+        out += ["", format_legend(rows)]
     return "\n".join(out)
 
 
+def format_legend(rows: Sequence[dict[str, Any]] = ()) -> str:
+    """What the columns and marks of format_table mean (the statistics: module docstring)."""
+    lines = [
+        "legend:",
+        "  median/p20/p80 ms  per-call time in ms: median, 20th and 80th percentile of n timed calls; on CPU "
+        "with 1 thread the calling thread's CPU time (time slices taken by other processes not counted; "
+        "JSON timer \"thread_time\"), else wall time; on GPU triton do_bench (n -)",
+        "  x <baseline>       speedup = baseline time / this row's time (> 1: this row is faster): on CPU "
+        "the median of the n paired ratios, the calls of all implementations interleaved round by round "
+        f"so that both sides see the same load, with its {round(CI_LEVEL * 100)}% confidence interval "
+        "[lo-hi] (order statistics); on GPU median / median with [p20/p80 - p80/p20]",
+        f"  faster / slower    a verdict: the whole interval is above {MIN_EFFECT:g} / below "
+        f"{1 / MIN_EFFECT:.2f} (smaller differences do not survive from one run to the next on a shared "
+        f"CPU); \"faster, noisy [lo-hi]\": it spans more than {MAX_CI_WIDTH:g}x, so the direction is a "
+        "result and the size is not (no ratio printed)",
+        f"  ~                  no verdict, no difference shown: the interval reaches inside "
+        f"{1 / MIN_EFFECT:.2f}-{MIN_EFFECT:g} and lies within {1 / NEAR_BAND:.2f}-{NEAR_BAND:g}",
+        "  noisy              no verdict: the interval is wider than that, or n is too small for one "
+        "(n < 6); the interval is printed, not a ratio",
+        "  GB/s               modelled bytes / median time (byte model in bench/<family>.py)",
+    ]
+    if any(r.get("median_ms") and r.get("correct") is False for r in rows):
+        lines.append("  (!)                an approximate baseline: timed although its output differs from "
+                     "the reference beyond the tolerance, because it is the same layer at another precision "
+                     "(e.g. unquantised matmul against FP8); the reason is in the JSON line")
+    fallbacks = [r for r in rows if r.get("median_ms") and GRAPH_FALLBACK in str(r.get("timer", ""))]
+    if fallbacks:
+        lines.append(f"  {GRAPH_FALLBACK_MARK.strip():<19}timed with do_bench, not under a CUDA graph: the call "
+                     f"could not be captured (JSON timer says why):")
+        lines += [f"    {r['op']} {r['shape_label']} {r['dtype']} {r['mode']} {r['backend']}: {r['timer']}"
+                  for r in fallbacks]
+    return "\n".join(lines)
+
+
+RESULTS_ENV = "PYGEN_RESULTS_DIR"
+
+
 def results_dir() -> Path:
-    """bench/results of the source checkout (pygen.bench/results when installed as a package)."""
+    """Where ``pygen bench`` writes JSON lines by default (``<this>/<device_tag>/<family>.jsonl``):
+    ``$PYGEN_RESULTS_DIR``, else ``$XDG_CACHE_HOME/pygen/bench`` (``~/.cache/pygen/bench``).
+    Outside the source tree on purpose: bench/results (:func:`committed_results_dir`) holds only
+    deliberate, committed runs, written there with ``pygen bench --results-dir bench/results/<device>``."""
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "pygen" / "bench"
+
+
+def committed_results_dir() -> Path:
+    """bench/results of the source checkout (pygen.bench/results when installed as a package):
+    the curated, committed results, one folder per device tag."""
     return _bench_package_dir() / "results"
 
 
@@ -717,8 +1169,97 @@ def append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
             f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path) -> str:
-    """Bar charts of median ms per implementation, one panel per (op, shape, dtype, mode)."""
+def plot_baseline(group: Sequence[dict[str, Any]], baseline: str | None = None) -> str | None:
+    """The baseline a (op, shape, dtype, mode) group is plotted against: ``baseline`` when it was
+    timed there, else the library a user would otherwise call (the first timed baseline that is
+    neither the reference nor its torch.compile: torchvision, vLLM, FlashMLA, torch._scaled_mm,
+    ...), else ``compile(reference)``, else ``reference``."""
+    timed = [r["backend"] for r in group if r.get("kind") == "baseline" and r.get("median_ms")]
+    if baseline is not None:
+        return baseline if baseline in timed else None
+    lib = [b for b in timed if b not in ("reference", "compile(reference)")]
+    for b in lib + ["compile(reference)", "reference"]:
+        if b in timed:
+            return b
+    return None
+
+
+def plot_entries(rows: Sequence[dict[str, Any]], baseline: str | None = None) -> dict[str, list[dict]]:
+    """family -> one entry per plotted row: {"label", "stats" (ratio_stats), "text"}. The rows are
+    the pygen backends, each against :func:`plot_baseline` of its group; a family with no pygen
+    row timed (no kernel on this device) plots its other baselines against the chosen one."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("median_ms"):
+            groups.setdefault((r.get("family", ""), r["op"], r["shape_label"], r["dtype"], r["mode"]), []).append(r)
+    fams: dict[str, list[dict]] = {}
+    has_pygen = {k[0] for k, rs in groups.items() if any(r.get("kind") == "pygen" for r in rs)}
+    for (fam, op, label, dtype, mode), rs in groups.items():
+        b = plot_baseline(rs, baseline)
+        if b is None:
+            continue
+        base = next(r for r in rs if r["backend"] == b)
+        for r in rs:
+            if r is base or (fam in has_pygen and r.get("kind") != "pygen"):
+                continue
+            st = _row_vs(r, base)
+            if st.get("ratio") is None:
+                continue
+            precise = st["verdict"] != "noisy" and not st.get("wide", is_wide(st))
+            fams.setdefault(fam, []).append({
+                "label": f"{op} {label} {dtype} {mode}  {r['backend']} vs {b}",
+                "stats": st, "text": format_ratio(st).replace(" [", "x [", 1) if precise else format_ratio(st)})
+    return fams
+
+
+def _plot_figure(rows: Sequence[dict[str, Any]], baseline: str | None = None):
+    """The figure of :func:`plot` (None when nothing can be plotted): one panel per family, one
+    row per entry, the speedup on a log2 axis (symmetric about 1x, so 2x faster and 2x slower
+    sit at the same distance from the 1x line), the CI as an error bar, the number written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fams = plot_entries(rows, baseline)
+    if not fams:
+        return None
+    heights = [max(len(es), 1) * 0.34 + 0.9 for es in fams.values()]
+    fig, axes = plt.subplots(len(fams), 1, figsize=(11, sum(heights) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    color = {"faster": "tab:green", "slower": "tab:red", "~": "tab:gray", "noisy": "tab:gray"}
+    for ax, (fam, es) in zip(axes[:, 0], fams.items()):
+        ys = list(range(len(es)))[::-1]
+        vals = []
+        for y, e in zip(ys, es):
+            st = e["stats"]
+            est, lo, hi, v = st["ratio"], st.get("lo"), st.get("hi"), st["verdict"]
+            vals += [x for x in (est, lo, hi) if x]
+            if lo is not None and hi is not None:
+                ax.plot([lo, hi], [y, y], color=color[v], lw=2, alpha=0.6, solid_capstyle="butt")
+            vague = v == "noisy" or st.get("wide", is_wide(st))
+            ax.plot([est], [y], "o", color=color[v], mfc="white" if vague else color[v], ms=6)
+            ax.annotate(e["text"], (hi if hi else est, y), xytext=(6, 0), textcoords="offset points",
+                        va="center", fontsize=7.5, color="dimgray" if vague else "black")
+        ax.set_xscale("log", base=2)
+        top = max(max(vals), 1.0 / min(vals), 2.0) * 1.15
+        ax.set_xlim(1.0 / top, top * 4)   # room on the right for the labels
+        ax.axvline(1.0, color="black", lw=1)   # 1x: as fast as the baseline
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _p: f"{x:g}x"))
+        ax.set_yticks(ys)
+        ax.set_yticklabels([e["label"] for e in es], fontsize=7.5)
+        ax.set_ylim(-0.7, len(es) - 0.3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{fam}: speedup over the baseline (> 1x: faster; bar = {round(CI_LEVEL * 100)}% CI; "
+                     f"hollow = noisy: no ratio)", fontsize=9, loc="left")
+    dev = rows[0].get("device_name", "") if rows else ""
+    thr = rows[0].get("threads") if rows else None
+    fig.suptitle(f"pygen bench on {dev}" + (f", threads: {thr}" if thr else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, baseline: str | None = None) -> str:
+    """A PNG of the speedups (plot_entries / _plot_figure): per family, per op, the pygen
+    backend's speedup over the chosen baseline with its CI and the number written on it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -726,34 +1267,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> str:
     except Exception as exc:
         return f"--plot: matplotlib is not importable ({type(exc).__name__}: {exc}); " \
                f"`pip install matplotlib` (or pygen[plot]) to get PNG charts"
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r.get("median_ms"):
-            groups.setdefault((r["op"], r["shape_label"], r["dtype"], r["mode"]), []).append(r)
-    if not groups:
-        return "--plot: nothing was timed, no chart written"
-    ncol = min(3, len(groups))
-    nrow = math.ceil(len(groups) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 3.6 * nrow), squeeze=False)
-    for ax, ((op, label, dtype, mode), rs) in zip(axes.flat, groups.items()):
-        names = [r["backend"] for r in rs]
-        med = [r["median_ms"] for r in rs]
-        lo = [r["median_ms"] - r["p20_ms"] for r in rs]
-        hi = [r["p80_ms"] - r["median_ms"] for r in rs]
-        colors = ["tab:blue" if r["kind"] == "pygen" else "tab:gray" for r in rs]
-        ax.bar(range(len(rs)), med, yerr=[lo, hi], color=colors, capsize=3)
-        ax.set_xticks(range(len(rs)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("median ms (p20-p80)")
-        ax.set_yscale("log")
-        ax.set_title(f"{op} {label} {dtype} {mode}", fontsize=9)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.axis("off")
-    dev = rows[0].get("device_name", "")
-    fig.suptitle(f"pygen bench on {dev}", fontsize=10)
-    fig.tight_layout()
+    fig = _plot_figure(rows, baseline)
+    if fig is None:
+        return "--plot: no timed row has a timed baseline to compare with, no chart written"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")   # long row labels stay inside the image
     plt.close(fig)
     return f"plot written to {path}"
 

@@ -36,13 +36,15 @@ def _run_for(model, inputs):
 
 def profile_model(name: str, device: str | None = None, backend: str | None = None, quick: bool = False,
                   dtype: str = "float32", top: int = 12, reps_budget_s: float | None = None,
-                  stream=None) -> int:
+                  stream=None, threads: int | None = None) -> int:
     """Run model ``name`` with reference ops and with pygen ops (same weights, same inputs):
-    check the outputs agree, print the end-to-end speedup (median of repeated forward passes)
-    and the top ops by self time from torch.profiler for both runs. Returns an exit status."""
-    from torch.profiler import ProfilerActivity, profile
+    check the outputs agree, print the end-to-end speedup and the top ops by self time from
+    torch.profiler for both runs. Returns an exit status.
 
-    from .. import _backend
+    Timing as in ``pygen bench`` (pygen.bench_harness docstring): on CPU a fixed thread count
+    (``threads``, default 1; printed with the load average), the reference and pygen forward
+    passes interleaved call by call, the speedup = median of the paired ratios with its 95%
+    order-statistic CI and a verdict (faster / slower / ~ / noisy); on GPU do_bench medians."""
     from .. import bench_harness as H
 
     out = stream or sys.stdout
@@ -52,6 +54,20 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
 
     dev = H.resolve_device(device)
     dt = H.DTYPES[dtype]
+    threads_before = torch.get_num_threads()
+    nthreads = H.set_cpu_threads(threads or 1) if dev.type == "cpu" else None
+    try:
+        return _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthreads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthreads) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    from .. import _backend
+    from .. import bench_harness as H
+
     model, cfg = build(name, quick=quick)
     model = model.to(device=dev, dtype=dt).eval()
     inputs = model.example_inputs(cfg, dev, dt)
@@ -63,6 +79,9 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
     say(f"pygen profile {name}{' (quick)' if quick else ''} on {H.device_name(dev)}, {dtype}; "
         f"pygen ops: {'backend ' + backend if backend else 'automatic backend choice per op'}")
     say(f"config: {cfg}")
+    if dev.type == "cpu":
+        say(f"threads: {nthreads} (torch and pygen's OpenMP kernels; --threads N to change); load average "
+            f"{H.load_average()} on {H.cpu_count()} cores at the start")
 
     set_backend(model, "reference")
     ref_call = _run_for(model, inputs)
@@ -77,19 +96,50 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
     say(f"outputs: max abs difference pygen vs reference {max(errs, default=0.0):.3g} "
         f"({'agree' if agree else 'DISAGREE'} within {tol:g} x (1 + max|ref| = {scale:.3g}))")
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    sort_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    # Which pygen kernels the pygen run uses. Where none does (the model's ops are GPU-only and this
+    # is a CPU), both runs are the reference: timing one against the other would print a "speedup"
+    # of the reference over itself. Say so, and show the reference's profile only.
+    set_backend(model, backend)
+    with profile(activities=[ProfilerActivity.CPU]) as probe:
+        pg_call()
+    if not any(e.key.startswith("pygen::") for e in probe.key_averages()):
+        where = (f"no pygen kernel on {dev.type} for this model's ops (GPU only)" if dev.type == "cpu"
+                 else f"no pygen kernel ran on {dev.type} for this model's ops")
+        say(f"pygen ops: {where}; the pygen run would be the reference itself, so no speedup is "
+            f"reported (run it on a GPU)")
+        set_backend(model, "reference")
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                ref_call()
+        say(f"\ntop {top} ops by self time, reference ops (3 forward passes):")
+        say(prof.key_averages().table(sort_by=sort_key, row_limit=top))
+        set_backend(model, backend)
+        return 0 if agree else 1
+
     budget = reps_budget_s if reps_budget_s is not None else (0.3 if quick else 2.0)
 
-    def timeit(b, call):
-        set_backend(model, b)
-        if dev.type == "cuda":
-            return H.time_cuda(call, allow_cudagraph=False)
-        return H.time_cpu(call, min_reps=3, budget_s=budget)
-
-    t_ref = timeit("reference", ref_call)
-    t_pg = timeit(backend, pg_call)
-    say(f"reference ops: median {t_ref.median_ms:.3f} ms (p20 {t_ref.p20_ms:.3f}, p80 {t_ref.p80_ms:.3f})")
-    say(f"pygen ops:     median {t_pg.median_ms:.3f} ms (p20 {t_pg.p20_ms:.3f}, p80 {t_pg.p80_ms:.3f})")
-    say(f"end-to-end speedup: {t_ref.median_ms / t_pg.median_ms:.2f}x")
+    if dev.type == "cuda":
+        set_backend(model, "reference")
+        t_ref = H.time_cuda(ref_call, allow_cudagraph=False)
+        set_backend(model, backend)
+        t_pg = H.time_cuda(pg_call, allow_cudagraph=False)
+        how = "do_bench medians"
+    else:
+        # one model, two configurations: switching the backend is the "reset" of each call
+        t_ref, t_pg = H.time_cpu_interleaved(
+            [(ref_call, lambda: set_backend(model, "reference")), (pg_call, lambda: set_backend(model, backend))],
+            min_rounds=10, budget_s=2 * budget, max_total_s=120.0)
+        how = (f"{t_ref.n} interleaved rounds, timer {t_ref.timer}, threads {nthreads}, load average now "
+               f"{H.load_average()}")
+    for label, t in (("reference ops:", t_ref), ("pygen ops:", t_pg)):
+        say(f"{label:<14} median {t.median_ms:.3f} ms (p20 {t.p20_ms:.3f} ms, p80 {t.p80_ms:.3f} ms"
+            + (f", min {t.min_ms:.3f} ms" if t.min_ms is not None else "") + ")")
+    st = H.ratio_stats(t_pg, t_ref)
+    say(f"end-to-end speedup: {H.format_ratio(st)} ({how}; speedup = reference time / pygen time, the "
+        f"median of the paired ratios [{round(H.CI_LEVEL * 100)}% CI]; faster / slower need the whole CI "
+        f"beyond {H.MIN_EFFECT:g}x / {1 / H.MIN_EFFECT:.2f}x, ~ and noisy are no verdict)")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sort_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
