@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flows_util import device_guard
+from ._device import launches_on_device
 
 MAX_C = 64
 
@@ -139,7 +139,7 @@ def _opts(t) -> dict:
     return {"num_warps": _warps(t.shape[0])} if t.is_cuda else {}
 
 
-@device_guard
+@launches_on_device
 def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
     """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
     c = lower.shape[0]
@@ -147,7 +147,7 @@ def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
                                 *lower.stride(), *upper.stride(), BC=_bc(c), BK=16, **_opts(lower))
 
 
-@device_guard
+@launches_on_device
 def lu_weight_bwd(perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, scale):
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
     c = lower.shape[0]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flows_util import device_guard
+from ._device import launches_on_device
 
 MAX_D = 64
 
@@ -158,7 +158,7 @@ def _warps(bd: int, mb: int) -> int:
     return 8 if bd * bd * mb >= 4096 else 4
 
 
-@device_guard
+@launches_on_device
 def slogdet_fwd(a, sign, logabsdet):
     """a: [n, d, d] (d <= 64); sign, logabsdet: [n] float32 contiguous."""
     n, d, _ = a.shape
@@ -170,7 +170,7 @@ def slogdet_fwd(a, sign, logabsdet):
         a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
 
 
-@device_guard
+@launches_on_device
 def slogdet_bwd(a, grad_logabsdet, grad_a):
     """a: [n, d, d]; grad_logabsdet: [n]; grad_a: [n, d, d] float32 contiguous (out)."""
     n, d, _ = a.shape

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import launches_on_device
 from .made import _activate, _cast, _mma, _precision, _upcast, interpreting
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
@@ -168,6 +169,7 @@ def block_sizes(dtype: torch.dtype) -> tuple[int, int, int, int]:
     return (64, 16, 64, 4) if dtype == torch.float32 else (64, 16, 64, 8)
 
 
+@launches_on_device
 def made_sample_persistent(scratch, deg, w, b, ctx, meta, sched, sched_out, out_deg, noise, params,
                            n_weights: int, mult: int, activation_code: int, kind: str) -> None:
     """Launch the persistent sampler (layouts in the module docstring); fills scratch buffer 0 with

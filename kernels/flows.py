@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flows_util import device_guard
+from ._device import launches_on_device
 
 from ._flows_lu import MAX_C as LU_MAX_C  # noqa: F401
 from ._flows_lu import compile_specs as _lu_specs
@@ -385,9 +385,13 @@ def _conv1x1_fwd_kernel(
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    s_idx = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    # grid (S blocks x batch, C blocks): the batch is folded into x (grid z stops at 65,535 and
+    # tabular flows have S = 1 with batches past that)
+    n_sb = tl.cdiv(S, BLOCK_S)
+    pid = tl.program_id(0)
+    s_idx = (pid % n_sb) * BLOCK_S + tl.arange(0, BLOCK_S)
     o_idx = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-    b = tl.program_id(2).to(tl.int64)
+    b = (pid // n_sb).to(tl.int64)
     sm = s_idx < S
     acc = tl.zeros([BLOCK_O, BLOCK_S], dtype=tl.float32)
     for i0 in range(0, C, BLOCK_I):
@@ -470,7 +474,7 @@ def coupling_splits(batch: int, n: int, gpu: bool) -> int:
     return max(1, min(triton.cdiv(max(n, 1), bn), triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
 
 
-@device_guard
+@launches_on_device
 def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False):
     """x, r, t: [B, N] (unit inner stride); y: [B, N] contiguous; part: [B, n_split] float32
     (any n_split >= 1; the caller adds the partial sums when n_split > 1)."""
@@ -487,7 +491,7 @@ def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False)
         **_opts(x))
 
 
-@device_guard
+@launches_on_device
 def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: bool = False):
     """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse`` or ``sigmoid``; else
     unused, may be None): [B, N] contiguous outputs; gl: [B]."""
@@ -503,7 +507,7 @@ def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: boo
         BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
 
 
-@device_guard
+@launches_on_device
 def additive_coupling_fwd(x, t, y, reverse):
     bsz, n = x.shape
     if bsz == 0 or n == 0:
@@ -526,7 +530,7 @@ def actnorm_s_blocks(rows: int, s: int, gpu: bool) -> int:
     return triton.cdiv(max(s, 1), _actnorm_blocks(rows, s, gpu)[1])
 
 
-@device_guard
+@launches_on_device
 def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
     """x, y: [B, C, S] contiguous; loc, p: [C] contiguous; logdet: [B] float32."""
     bsz, c, s = x.shape
@@ -539,7 +543,7 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
         BLOCK_R=br, BLOCK_S=bs, LD_BLOCK=256, **_opts(x))
 
 
-@device_guard
+@launches_on_device
 def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
     """x, g, dx: [B, C, S] contiguous; loc, p, dloc, dp: [C]; gl: [B];
     pa, pb: [B, n_sb, C] float32 scratch (n_sb = actnorm_s_blocks)."""
@@ -575,14 +579,14 @@ def _conv_warps(m: int, n: int) -> int:
     return 8 if m * n >= 4096 else 4
 
 
-@device_guard
+@launches_on_device
 def conv1x1_fwd(x, w, y):
     """y[b] = w @ x[b]. x: [B, C, S] (unit stride along S); w: [C, C] any strides; y contiguous."""
     bsz, c, s = x.shape
     if bsz == 0 or c == 0 or s == 0:
         return
     bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
-    _conv1x1_fwd_kernel[(triton.cdiv(s, bs), triton.cdiv(c, bo), bsz)](
+    _conv1x1_fwd_kernel[(triton.cdiv(s, bs) * bsz, triton.cdiv(c, bo))](
         x, w, y, c, s, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bs)))
 
@@ -606,7 +610,7 @@ def conv1x1_dw_splits(batch: int, c: int, gpu: bool) -> int:
     return max(1, min(batch, want))
 
 
-@device_guard
+@launches_on_device
 def conv1x1_dw(g, x, part):
     """part[k] = sum over batch split k of g[b] @ x[b]^T; g, x: [B, C, S] (unit stride along S)."""
     bsz, c, s = x.shape

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from ._device import on_tensor_device
 from ._fp8_gemm import _fp8_gemm_fwd_kernel
 from ._fp8_quant import (QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel,  # noqa: F401
                          _quantize_128x128_fwd_kernel, quant_compile_specs)
@@ -94,7 +95,7 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
     progs = max(1, min(units, cfg.num_programs or units))
     sbe = sb.stride(0) if grouped else 0
     be = b.stride(0) if grouped else 0
-    with torch.cuda.device(a.device) if a.is_cuda else _nullctx():
+    with on_tensor_device(a):
         _fp8_gemm_fwd_kernel[(progs,)](
             a, sa, b, sb, bias if bias is not None else _dummy(a), out, mi if grouped else _dummy(a),
             m, n, k, e,
@@ -104,14 +105,6 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
             B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
             SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block: int, cfg: GemmConfig) -> None:
@@ -129,8 +122,8 @@ def fp8_gemm_grouped_fwd(a, sa, b, sb, m_indices, out, cfg: GemmConfig) -> None:
 def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
     m, k = x.shape
     rows = QUANT_BLOCK_ROWS
-    grid = (triton.cdiv(m, rows), k // BLOCK)
-    with torch.cuda.device(x.device) if x.is_cuda else _nullctx():
+    grid = (triton.cdiv(m, rows) * (k // BLOCK),)   # 1-D: K/128 in y would stop at 65,535
+    with on_tensor_device(x):
         _quantize_1x128_fwd_kernel[grid](
             x, q, s, precast if precast is not None else q,
             m, x.stride(0), x.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
@@ -140,8 +133,8 @@ def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
 
 def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
     n, k = w.shape
-    grid = (triton.cdiv(n, BLOCK), k // BLOCK)
-    with torch.cuda.device(w.device) if w.is_cuda else _nullctx():
+    grid = (triton.cdiv(n, BLOCK) * (k // BLOCK),)
+    with on_tensor_device(w):
         _quantize_128x128_fwd_kernel[grid](
             w, q, s, precast if precast is not None else q,
             n, w.stride(0), w.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),

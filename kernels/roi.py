@@ -58,13 +58,13 @@ oracle's bins (the division itself is done without div.rn.f64, see _roi_device._
 """
 from __future__ import annotations
 
-import contextlib
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
+from ._device import on_tensor_device
 from ._roi_device import _align_bwd_program, _align_fwd_program, _fpn_level, _roi_row, _scale, _select_level
 from ._roi_pool import (_ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel,  # noqa: F401 (COMPILE_SPECS, launchers)
                         _roi_pool_bwd_kernel, _roi_pool_fwd_kernel)
@@ -333,11 +333,6 @@ def _launch_opts(t: torch.Tensor) -> dict:
     return {"num_warps": _NUM_WARPS} if t.is_cuda else {}
 
 
-def _device(t: torch.Tensor):
-    # Triton launches on the current device; make it the tensor's
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _tile_blocks(c: int, p: int, gpu: bool) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_P) of the per-RoI kernels. GPU: 512-element tiles (4 values a thread at
     4 warps) and at most 256 bins a program: at sm_90 that is 40-90 registers with either
@@ -377,7 +372,7 @@ def roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio, aligned):
         return
     bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
     hi, lo = _f32_parts(spatial_scale)
-    with _device(input):
+    with on_tensor_device(input):
         _roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
             hi, lo, int(sampling_ratio), ph, pw,
@@ -391,7 +386,7 @@ def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, ali
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
     hi, lo = _f32_parts(spatial_scale)
-    with _device(grad_out):
+    with on_tensor_device(grad_out):
         if deterministic:
             cfg = _gather_blocks(c, h, w, grad_out.is_cuda)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
@@ -418,7 +413,7 @@ def ps_roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio):
         return
     bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
     hi, lo = _f32_parts(spatial_scale)
-    with _device(input):
+    with on_tensor_device(input):
         _ps_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
             hi, lo, int(sampling_ratio), ph, pw, DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp,
@@ -431,7 +426,7 @@ def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, 
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
     hi, lo = _f32_parts(spatial_scale)
-    with _device(grad_out):
+    with on_tensor_device(grad_out):
         if deterministic:
             cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
@@ -458,7 +453,7 @@ def roi_pool_fwd(input, rois, out, argmax, spatial_scale):
         return
     bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
     hi, lo = _f32_parts(spatial_scale)
-    with _device(input):
+    with on_tensor_device(input):
         _roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             input, rois, out, argmax, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
             hi, lo, ph, pw, C_FAST=_c_fast(input), DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp,
@@ -470,7 +465,7 @@ def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
     n, _, h, w = grad_input.shape
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
-    with _device(grad_out):
+    with on_tensor_device(grad_out):
         if deterministic:
             gpu = grad_out.is_cuda
             chunk = 256 if gpu else min(4096, triton.next_power_of_2(h * w))
@@ -499,7 +494,7 @@ def ps_roi_pool_fwd(input, rois, out, spatial_scale):
         return
     bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
     hi, lo = _f32_parts(spatial_scale)
-    with _device(input):
+    with on_tensor_device(input):
         _ps_roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
             hi, lo, ph, pw, DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(input))
@@ -511,7 +506,7 @@ def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
     hi, lo = _f32_parts(spatial_scale)
-    with _device(grad_out):
+    with on_tensor_device(grad_out):
         if deterministic:
             cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
@@ -559,7 +554,7 @@ def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_rati
         return
     thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
     bc, bp = _tile_blocks(c, ph * pw, f0.is_cuda)
-    with _device(f0):
+    with on_tensor_device(f0):
         _multi_scale_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
             rois, out, f0.shape[0], c, rois.stride(0), rois.stride(1), int(sampling_ratio), ph, pw,
             *thresholds, *_level_args(features, spatial_scales, True),
@@ -575,7 +570,7 @@ def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sam
         return
     common = (int(sampling_ratio), ph, pw, *_level_thresholds(spatial_scales, canonical_scale, canonical_level),
               *_level_args(grad_features, spatial_scales, False))
-    with _device(grad_out):
+    with on_tensor_device(grad_out):
         if deterministic:
             cfg = _gather_blocks(c, max(g.shape[2] for g in grad_features),
                                  max(g.shape[3] for g in grad_features), grad_out.is_cuda)

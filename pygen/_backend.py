@@ -8,7 +8,6 @@ dtype. An explicit request (argument) for a backend that cannot run raises with 
 """
 from __future__ import annotations
 
-import functools
 import os
 from functools import lru_cache
 
@@ -134,11 +133,6 @@ def choose_for(op: str, t: torch.Tensor, backend: str | None, supported: tuple[s
 
 def on_device(fn):
     """Wrap a kernel-launching implementation so that it runs with its first tensor's CUDA device
-    current (Triton launches on the current device)."""
-    @functools.wraps(fn)
-    def wrapped(*args):
-        if args[0].is_cuda:
-            with torch.cuda.device(args[0].device):
-                return fn(*args)
-        return fn(*args)
-    return wrapped
+    current (Triton launches on the current device): the one guard, kernels/_device.py."""
+    from .kernels._device import launches_on_device
+    return launches_on_device(fn)
