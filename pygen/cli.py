@@ -175,9 +175,9 @@ def _check_writable(flag: str, path: Path, is_dir: bool) -> None:
 # What a run measures, by device and size flag. On a GPU the model-size shapes are the default.
 # On a CPU the model-size shapes (even scaled down: bench/<family>.py's CPU sets) keep the eager
 # references busy for tens of minutes on 2 cores, and torch.compile of the references costs seconds
-# to a minute per (case, mode) the first time (measured: 7m40s for the small shapes of the ops that
-# have a CPU kernel, cold Inductor cache, load 5-7 on 2 cores), so the CPU default is the small
-# shapes with eager baselines only; --compile adds the compile baseline, --full the model sizes.
+# to a minute per (case, mode) the first time (measured on 2 cores at load ~6: the small shapes
+# 39 s without it, 6m22s with it and a cold Inductor cache, 1m27s warm), so the CPU default is the
+# small shapes with eager baselines only; --compile adds the compile baseline, --full the model sizes.
 #   shapes      "quick" -> cases(quick=True), "full" -> cases(quick=False) (the device's model sizes)
 #   budget_s    CPU timing: seconds per implementation and (case, dtype, mode), at least (BenchOptions)
 #   max_s       CPU timing: at most this many seconds per implementation and (case, dtype, mode)
@@ -280,8 +280,8 @@ def _bench_plan(args) -> dict:
         known_ops = list(dict.fromkeys(c.op for cs in by_family.values() for c in cs))
         bad = [o for o in dict.fromkeys(args.op) if o not in known_ops]
         if bad:
-            raise BadArgs(f"unknown op {', '.join(map(repr, bad))} for {'family ' if len(families) == 1 else 'families '}"
-                          f"{', '.join(families)}; known: {', '.join(known_ops)}")
+            which_fams = ("family " if len(families) == 1 else "families ") + ", ".join(families)
+            raise BadArgs(f"unknown op {', '.join(map(repr, bad))} for {which_fams}; known: {', '.join(known_ops)}")
         by_family = {f: [c for c in cs if c.op in args.op] for f, cs in by_family.items()}
     by_family = {f: cs for f, cs in by_family.items() if cs}
     all_cases = [c for cs in by_family.values() for c in cs]
@@ -290,10 +290,11 @@ def _bench_plan(args) -> dict:
     if args.backend:
         has = [c for c in all_cases if c.backends is None or set(c.backends) & set(args.backend)]
         if not has:
+            per_family = "; ".join(
+                f"{f}: {', '.join(sorted({b for c in cs for b in (c.backends or ('cuda', 'triton', 'cpu'))}))}"
+                for f, cs in by_family.items())
             raise BadArgs(f"--backend {', '.join(args.backend)}: none of the selected ops has a pygen "
-                          f"{'/'.join(args.backend)} kernel (per family: " + "; ".join(
-                              f"{f}: {', '.join(sorted({b for c in cs for b in (c.backends or ('cuda', 'triton', 'cpu'))}))}"
-                              for f, cs in by_family.items()) + ")")
+                          f"{'/'.join(args.backend)} kernel (kernel backends per family: {per_family})")
     baselines = None if args.baseline is None else list(args.baseline)
     if baselines:
         known = {"reference", "compile"} | {name for c in all_cases for name in c.baselines}

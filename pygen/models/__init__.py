@@ -141,8 +141,6 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         f"median of the paired ratios [{round(H.CI_LEVEL * 100)}% CI]; faster / slower need the whole CI "
         f"beyond {H.MIN_EFFECT:g}x / {1 / H.MIN_EFFECT:.2f}x, ~ and noisy are no verdict)")
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    sort_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     for label, b, call in (("reference ops", "reference", ref_call), ("pygen ops", backend, pg_call)):
         set_backend(model, b)
         call()
