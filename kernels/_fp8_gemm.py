@@ -86,8 +86,13 @@ def _fp8_gemm_fwd_kernel(
         else:
             m_ok_out = m_ok
 
-        a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
-        b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + rk[None, :] * stride_bk
+        # 64-bit operand offsets along both dims: a transposed (column-major) operand has
+        # stride_ak = M, so k * stride_ak passes 2^31 as soon as it holds 2^31 elements. Scale
+        # offsets stay 32-bit (pygen/ops/fp8.py refuses scale views spanning 2^31 elements; 64-bit
+        # scale pointers spill the wgrad tile)
+        rk64 = rk.to(tl.int64)
+        a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + rk64[None, :] * stride_ak
+        b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + rk64[None, :] * stride_bk
         sa_ptrs = as_ptr + offs_m * stride_sam
         sb_ptrs = bs_base + (offs_n // B_BLOCK) * stride_sbn
         if SWAP_AB:
@@ -95,11 +100,12 @@ def _fp8_gemm_fwd_kernel(
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kb in range(kb_lo, kb_hi):
-            koff = kb * BLOCK_K
+            kb64 = tl.cast(kb, tl.int64)   # (a Python int under the interpreter)
+            koff = kb64 * BLOCK_K
             a = tl.load(a_ptrs + koff * stride_ak, mask=m_ok[:, None], other=0.0)
             b = tl.load(b_ptrs + koff * stride_bk, mask=n_ok[:, None], other=0.0)
-            sa = tl.load(sa_ptrs + kb * stride_sak, mask=m_ok, other=0.0)
-            sb = tl.load(sb_ptrs + kb * stride_sbk, mask=n_ok, other=0.0)
+            sa = tl.load(sa_ptrs + kb64 * stride_sak, mask=m_ok, other=0.0)
+            sb = tl.load(sb_ptrs + kb64 * stride_sbk, mask=n_ok, other=0.0)
             if SWAP_AB:
                 part = tl.dot(b, tl.trans(a))
                 acc += part * (sb[:, None] * sa[None, :])

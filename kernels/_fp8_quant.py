@@ -18,9 +18,12 @@ the interpreter the launcher also sets ROUND_IN_FP32, which rounds onto the e4m3
 first (the interpreter casts exactly representable values exactly), so CPU results equal torch's
 cast; on a GPU the cast itself (cvt.rn.satfinite.e4m3x2.f32) rounds and the flag is off.
 
-Grids: 1x128: (cdiv(M, BLOCK_R), K/128), a program quantises BLOCK_R row tiles of one K block
-(BLOCK_R x 128 values: 16 KB of fp32 in flight, coalesced 128-wide rows). 128x128: one program
-per weight block.
+Grids: 1x128: cdiv(M, BLOCK_R) * K/128 programs, a program quantises BLOCK_R row tiles of one K
+block (BLOCK_R x 128 values: 16 KB of fp32 in flight, coalesced 128-wide rows). 128x128: one
+program per weight block, cdiv(N, 128) * K/128 of them. Both grids are one-dimensional (row block
+fastest): K/128 in grid y would stop at 65,535 blocks, and the wgrad path quantises dY^T and X^T,
+whose K is the token count. Offsets are 64-bit in rows and columns alike: those transposed
+operands have stride_xk = N, so cols * stride_xk passes 2^31 from 299,595 tokens at N = 7168.
 """
 from __future__ import annotations
 
@@ -72,12 +75,14 @@ def _quantize_1x128_fwd_kernel(
     UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr, BLOCK_R: tl.constexpr,
     ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
-    pid_r = tl.program_id(0)
-    kb = tl.program_id(1)
+    n_r = tl.cdiv(M, BLOCK_R)
+    pid = tl.program_id(0)
+    pid_r = pid % n_r
+    kb = pid // n_r
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = kb * 128 + tl.arange(0, 128)
     r_ok = rows < M
     rows64 = rows.to(tl.int64)
+    cols = (kb * 128 + tl.arange(0, 128)).to(tl.int64)
     x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xk,
                 mask=r_ok[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)
@@ -89,7 +94,7 @@ def _quantize_1x128_fwd_kernel(
     tl.store(q_ptr + q_off, q8.to(tl.float8e4nv), mask=r_ok[:, None])
     if WRITE_PRECAST:
         tl.store(pre_ptr + q_off, q, mask=r_ok[:, None])
-    tl.store(s_ptr + rows64 * stride_sm + kb * stride_sk, s, mask=r_ok)
+    tl.store(s_ptr + rows64 * stride_sm + kb.to(tl.int64) * stride_sk, s, mask=r_ok)
 
 
 @triton.jit
@@ -102,12 +107,14 @@ def _quantize_128x128_fwd_kernel(
     UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr,
     ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
-    nb = tl.program_id(0)
-    kb = tl.program_id(1)
+    n_nb = tl.cdiv(N, 128)
+    pid = tl.program_id(0)
+    nb = pid % n_nb
+    kb = pid // n_nb
     rows = nb * 128 + tl.arange(0, 128)
-    cols = kb * 128 + tl.arange(0, 128)
     r_ok = rows < N                # the last row block of a ragged N: missing rows read as 0
     rows64 = rows.to(tl.int64)
+    cols = (kb * 128 + tl.arange(0, 128)).to(tl.int64)
     w = tl.load(w_ptr + rows64[:, None] * stride_wn + cols[None, :] * stride_wk,
                 mask=r_ok[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.max(tl.abs(w), axis=1), axis=0)
@@ -119,7 +126,7 @@ def _quantize_128x128_fwd_kernel(
     tl.store(q_ptr + q_off, q8.to(tl.float8e4nv), mask=r_ok[:, None])
     if WRITE_PRECAST:
         tl.store(pre_ptr + q_off, q, mask=r_ok[:, None])
-    tl.store(s_ptr + nb * stride_sn + kb * stride_sk, s)
+    tl.store(s_ptr + nb.to(tl.int64) * stride_sn + kb.to(tl.int64) * stride_sk, s)
 
 
 def quant_compile_specs() -> list[dict]:

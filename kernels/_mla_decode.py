@@ -65,7 +65,7 @@ def _mla_decode_fwd_kernel(
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     m_tiles = tl.cdiv(ROWS, BLOCK_M)
-    bi = pid_m // m_tiles
+    bi = (pid_m // m_tiles).to(tl.int64)   # 64-bit: bi * stride_qb passes 2^31 from 29,129 sequences (h_q 128)
     row0 = (pid_m % m_tiles) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     row_ok = rows < ROWS
@@ -75,7 +75,7 @@ def _mla_decode_fwd_kernel(
 
     d = tl.arange(0, DV)
     r = tl.arange(0, BLOCK_R)
-    q_row = q_ptr + bi * stride_qb + jq * stride_qs + hq * stride_qh
+    q_row = q_ptr + bi * stride_qb + jq.to(tl.int64) * stride_qs + hq.to(tl.int64) * stride_qh
     q_lat = tl.load(q_row[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
     q_rope = tl.load(q_row[:, None] + DV + r[None, :], mask=row_ok[:, None] & (r[None, :] < DR), other=0.0)
     if UPCAST:
@@ -104,10 +104,14 @@ def _mla_decode_fwd_kernel(
         t = t0 + tl.arange(0, BLOCK_N)
         t_ok = t < end
         page = tl.load(bt_row + t // PAGE, mask=t_ok, other=0).to(tl.int64)
-        slot = t % PAGE
-        lat = tl.load(lat_ptr + (page * stride_lb + slot * stride_lt)[:, None] + d[None, :],
-                      mask=t_ok[:, None], other=0.0)
-        rope = tl.load(rope_ptr + (page * stride_rb + slot * stride_rt + ROPE_OFF)[:, None] + r[None, :],
+        slot = (t % PAGE).to(tl.int64)
+        tok = page * stride_lb + slot * stride_lt
+        lat = tl.load(lat_ptr + tok[:, None] + d[None, :], mask=t_ok[:, None], other=0.0)
+        if FP8:
+            tok_r = page * stride_rb + slot * stride_rt
+        else:
+            tok_r = tok      # one float cache: the rope view is the latent view, same strides
+        rope = tl.load(rope_ptr + (tok_r + ROPE_OFF)[:, None] + r[None, :],
                        mask=t_ok[:, None] & (r[None, :] < DR), other=0.0)
         if FP8:
             # 4 scales per token, broadcast over their 128-wide groups (a [BLOCK_N, 512] gather of the
@@ -138,11 +142,11 @@ def _mla_decode_fwd_kernel(
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse2 = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
     if SPLIT:
-        prow = (bi * ROWS + rows).to(tl.int64) * num_splits + pid_s
+        prow = (bi * ROWS + rows) * num_splits + pid_s
         tl.store(opart_ptr + prow[:, None] * DV + d[None, :], o, mask=row_ok[:, None])
         tl.store(lpart_ptr + prow, lse2, mask=row_ok)
     else:
-        o_row = out_ptr + bi * stride_ob + jq * stride_os + hq * stride_oh
+        o_row = out_ptr + bi * stride_ob + jq.to(tl.int64) * stride_os + hq.to(tl.int64) * stride_oh
         tl.store(o_row[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
         tl.store(lse_ptr + (bi * H_Q + hq) * S_Q + jq, lse2 * 0.6931471805599453, mask=row_ok)
 
@@ -158,13 +162,13 @@ def _mla_decode_merge_kernel(
     DV: tl.constexpr,
     BLOCK_S: tl.constexpr,    # next power of two >= num_splits
 ):
-    pid = tl.program_id(0)            # one (sequence, row) per program
+    pid = tl.program_id(0).to(tl.int64)   # one (sequence, row) per program
     bi = pid // ROWS
     row = pid % ROWS
     jq = row // H_Q
     hq = row % H_Q
     s = tl.arange(0, BLOCK_S)
-    base = pid.to(tl.int64) * num_splits
+    base = pid * num_splits
     lp = tl.load(lpart_ptr + base + s, mask=s < num_splits, other=float("-inf"))
     m = tl.max(lp, 0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
@@ -198,7 +202,7 @@ def _mla_cache_append_fwd_kernel(
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
     PAGE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)   # 64-bit: a [b, n, 512] latent passes 2^31 from 4.2M tokens
     i = pid // N
     j = pid % N
     pos = tl.load(pos_ptr + i * stride_pb + j * stride_pn).to(tl.int64)

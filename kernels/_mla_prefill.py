@@ -9,10 +9,13 @@ kernels/mla.py).
 
 q, k [total, h, D] with D = DA + DB split into two power-of-two blocks (192 = 128 + 64: no padded
 MMA work at DeepSeek's dims; DB = 0 when DA covers D), v [total, h, DV]. Rows of sequence i are
-cu_seqlens[i]:cu_seqlens[i+1]. Grid: (row blocks of the longest sequence, batch, heads); blocks
-past a sequence's end exit at once. dk/dv are produced key-block-major and dq query-block-major
-(two kernels, each recomputing P): no atomics, deterministic. lse and delta are contiguous
-[h, total_q] float32 and share ``stride_lh``.
+cu_seqlens[i]:cu_seqlens[i+1]. Grid: (row blocks of the longest sequence x batch, heads): the
+batch is folded into x (program = block + num_blocks * sequence: CUDA caps y and z at 65,535, x at
+2^31 - 1, and the launcher splits a larger batch over several launches); blocks past a sequence's
+end exit at once. Row offsets are 64-bit (the row index is widened before it meets a stride): one
+sequence of 87,383 tokens at h = 128, d = 192 already puts a row offset past 2^31. dk/dv are produced
+key-block-major and dq query-block-major (two kernels, each recomputing P): no atomics,
+deterministic. lse and delta are contiguous [h, total_q] float32 and share ``stride_lh``.
 """
 from __future__ import annotations
 
@@ -23,13 +26,14 @@ import triton.language as tl
 @triton.jit
 def _load_qk(ptr, rows, ok, stride_t, D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, UPCAST: tl.constexpr):
     """[rows, DA] and [rows, DB] halves of a q or k tile (DB part masked past D)."""
+    rp = (ptr + rows.to(tl.int64) * stride_t)[:, None]   # 64-bit row offsets, 32-bit columns
     ca = tl.arange(0, DA)
-    a = tl.load(ptr + rows[:, None] * stride_t + ca[None, :], mask=ok[:, None] & (ca[None, :] < D), other=0.0)
+    a = tl.load(rp + ca[None, :], mask=ok[:, None] & (ca[None, :] < D), other=0.0)
     if UPCAST:
         a = a.to(tl.float32)
     if DB > 0:
         cb = DA + tl.arange(0, DB)
-        b = tl.load(ptr + rows[:, None] * stride_t + cb[None, :], mask=ok[:, None] & (cb[None, :] < D), other=0.0)
+        b = tl.load(rp + cb[None, :], mask=ok[:, None] & (cb[None, :] < D), other=0.0)
         if UPCAST:
             b = b.to(tl.float32)
     else:
@@ -54,14 +58,16 @@ def _mla_prefill_fwd_kernel(
     scale_log2,                   # softmax_scale * log2(e)
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_lh,
+    num_mb,                       # row blocks per sequence (grid x = num_mb * batch)
     CAUSAL: tl.constexpr,
     D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    mb = tl.num_programs(0) - 1 - tl.program_id(0)   # causal: the longest rows first
-    bi = tl.program_id(1)
-    h = tl.program_id(2)
+    pid = tl.program_id(0)
+    bi = pid // num_mb
+    mb = num_mb - 1 - pid % num_mb   # causal: the longest rows first
+    h = tl.program_id(1).to(tl.int64)
     q0 = tl.load(cu_q_ptr + bi)
     nq = tl.load(cu_q_ptr + bi + 1) - q0
     k0 = tl.load(cu_k_ptr + bi)
@@ -86,8 +92,8 @@ def _mla_prefill_fwd_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         c_ok = cols < nk
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-        vt = tl.load(vbase + cols[:, None] * stride_vt + cv[None, :], mask=c_ok[:, None] & (cv[None, :] < DV),
-                     other=0.0)
+        vt = tl.load(vbase + cols.to(tl.int64)[:, None] * stride_vt + cv[None, :],
+                     mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
         if UPCAST:
             vt = vt.to(tl.float32)
         s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
@@ -120,12 +126,13 @@ def _mla_prefill_bwd_preprocess_kernel(
     DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = tl.program_id(1)
+    h = tl.program_id(1).to(tl.int64)
     ok = rows < total_q
+    r64 = rows.to(tl.int64)   # global rows: past 32 x 4096 of them, row * (h * DV = 16,384) >= 2^31
     cv = tl.arange(0, BLOCK_DV)
     msk = ok[:, None] & (cv[None, :] < DV)
-    o = tl.load(out_ptr + rows[:, None] * stride_ot + h * stride_oh + cv[None, :], mask=msk, other=0.0)
-    g = tl.load(do_ptr + rows[:, None] * stride_dot + h * stride_doh + cv[None, :], mask=msk, other=0.0)
+    o = tl.load(out_ptr + r64[:, None] * stride_ot + h * stride_oh + cv[None, :], mask=msk, other=0.0)
+    g = tl.load(do_ptr + r64[:, None] * stride_dot + h * stride_doh + cv[None, :], mask=msk, other=0.0)
     gl = tl.load(dlse_ptr + h * stride_glh + rows, mask=ok, other=0.0).to(tl.float32)
     # d lse / d S = P, so a gradient on lse enters as -dlse in delta
     delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), 1) - gl
@@ -150,14 +157,18 @@ def _mla_prefill_bwd_dkdv_kernel(
     scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    num_nb,                       # key blocks per sequence (grid x = num_nb * batch)
     CAUSAL: tl.constexpr,
     D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    nb = tl.program_id(0)
-    bi = tl.program_id(1)
-    h = tl.program_id(2)
+    pid = tl.program_id(0)
+    tl.assume(num_nb > 0)
+    bi = pid // num_nb
+    nb = pid % num_nb
+    tl.assume(nb >= 0)
+    h = tl.program_id(1).to(tl.int64)
     q0 = tl.load(cu_q_ptr + bi)
     nq = tl.load(cu_q_ptr + bi + 1) - q0
     k0 = tl.load(cu_k_ptr + bi)
@@ -200,7 +211,11 @@ def _mla_prefill_bwd_dkdv_kernel(
         dka += tl.dot(tl.trans(ds), qa, input_precision=PRECISION)
         if DB > 0:
             dkb += tl.dot(tl.trans(ds), qb, input_precision=PRECISION)
-    grow_k = (k0 + cols).to(tl.int64)
+    # store offsets rebuilt from scalars (not kept live across the loop) and the tl.assume hints above:
+    # without them ptxas spills this 255-register kernel (offline sm_90 compile)
+    lc = tl.arange(0, BLOCK_N)
+    grow_k = (k0 + nb * BLOCK_N).to(tl.int64) + lc
+    c_ok = lc < nk - nb * BLOCK_N
     ca = tl.arange(0, DA)
     tl.store(dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + ca[None, :],
              (dka * scale).to(dk_ptr.dtype.element_ty), mask=c_ok[:, None] & (ca[None, :] < D))
@@ -219,14 +234,16 @@ def _mla_prefill_bwd_dq_kernel(
     scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
     stride_dqt, stride_dqh,
+    num_mb,                       # row blocks per sequence (grid x = num_mb * batch)
     CAUSAL: tl.constexpr,
     D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    mb = tl.num_programs(0) - 1 - tl.program_id(0)   # causal: the longest rows first
-    bi = tl.program_id(1)
-    h = tl.program_id(2)
+    pid = tl.program_id(0)
+    bi = pid // num_mb
+    mb = num_mb - 1 - pid % num_mb   # causal: the longest rows first
+    h = tl.program_id(1).to(tl.int64)
     q0 = tl.load(cu_q_ptr + bi)
     nq = tl.load(cu_q_ptr + bi + 1) - q0
     k0 = tl.load(cu_k_ptr + bi)

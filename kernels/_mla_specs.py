@@ -65,7 +65,7 @@ def build_specs(ns: dict) -> list[dict]:
         pf, "mla_prefill_fwd[bf16,causal]",
         {**qkv, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
          "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32, "stride_kt": i32, "stride_kh": i32,
-         "stride_vt": i32, "stride_vh": i32, "stride_ot": i32, "stride_oh": i32, "stride_lh": i32},
+         "stride_vt": i32, "stride_vh": i32, "stride_ot": i32, "stride_oh": i32, "stride_lh": i32, "num_mb": i32},
         {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages, pstr))
     specs.append(_spec(
         pre, "mla_prefill_bwd_preprocess[bf16]",
@@ -82,10 +82,11 @@ def build_specs(ns: dict) -> list[dict]:
     specs.append(_spec(
         dkdv, "mla_prefill_bwd_dkdv[bf16,causal]",
         {**bsig, "dk_ptr": "*bf16", "dv_ptr": "*bf16", "stride_dkt": i32, "stride_dkh": i32, "stride_dvt": i32,
-         "stride_dvh": i32}, bconst, c.num_warps, c.num_stages, pstr))
+         "stride_dvh": i32, "num_nb": i32}, bconst, c.num_warps, c.num_stages, pstr))
     specs.append(_spec(
         dq, "mla_prefill_bwd_dq[bf16,causal]",
-        {**bsig, "dq_ptr": "*bf16", "stride_dqt": i32, "stride_dqh": i32}, bconst, c.num_warps, c.num_stages, pstr))
+        {**bsig, "dq_ptr": "*bf16", "stride_dqt": i32, "stride_dqh": i32, "num_mb": i32}, bconst, c.num_warps,
+        c.num_stages, pstr))
     specs.append(_spec(
         mas, "merge_attn_states[bf16]",
         {"oa_ptr": "*bf16", "la_ptr": "*fp32", "ob_ptr": "*bf16", "lb_ptr": "*fp32", "out_ptr": "*bf16",

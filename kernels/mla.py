@@ -73,6 +73,18 @@ def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None
     return DecodeConfig(bm, 64 if bm == 16 else 32, 8, 2)
 
 
+# CUDA grid limits: x up to 2^31 - 1 programs, y and z up to 65,535. Unbounded counts (batch,
+# sequences) go into x; heads go into y (pygen/ops/mla.py refuses more than 65,535 for triton).
+MAX_GRID_X = 2 ** 31 - 1
+
+
+def batch_chunks(blocks: int, batch: int, max_x: int | None = None) -> list[tuple[int, int]]:
+    """(first sequence, sequences) of each launch when ``blocks`` programs per sequence are folded
+    with the batch into grid x: one launch unless blocks * batch passes CUDA's x limit."""
+    per = max(1, (MAX_GRID_X if max_x is None else max_x) // max(1, blocks))
+    return [(b0, min(per, batch - b0)) for b0 in range(0, batch, per)]
+
+
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -179,13 +191,15 @@ def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
         out.zero_()
         lse.fill_(float("-inf"))
         return
-    grid = (triton.cdiv(max_q, cfg.block_m), batch, h)
-    _mla_prefill_fwd_kernel[grid](
-        q, k, v, cu_q, cu_k, out, lse, scale * LOG2E,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **_prefill_common(q, k, v),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    num_mb = triton.cdiv(max_q, cfg.block_m)
+    for b0, nb in batch_chunks(num_mb, batch):
+        # cu_seqlens hold absolute token offsets: a slice of them is a sub-batch
+        _mla_prefill_fwd_kernel[(num_mb * nb, h)](
+            q, k, v, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1], out, lse, scale * LOG2E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0), num_mb,
+            CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **_prefill_common(q, k, v),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dq, dk, dv, scale, causal):
@@ -202,17 +216,22 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
         out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), grad_lse.stride(0), delta.stride(0),
         DV=com["DV"], BLOCK_DV=com["BLOCK_DV"], BLOCK_M=pre_block, num_warps=4)
     cfg = prefill_config("bwd")
-    args = (q, k, v, grad_out, lse, delta, cu_q, cu_k)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1), lse.stride(0))
-    _mla_prefill_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), batch, h)](
-        *args, dk, dv, scale, scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _mla_prefill_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), batch, h)](
-        *args, dq, scale, scale * LOG2E, *strides, dq.stride(0), dq.stride(1),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    num_nb = triton.cdiv(max_k, cfg.block_n)
+    for b0, nb in batch_chunks(num_nb, batch):
+        args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])
+        _mla_prefill_bwd_dkdv_kernel[(num_nb * nb, h)](
+            *args, dk, dv, scale, scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            num_nb, CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    num_mb = triton.cdiv(max_q, cfg.block_m)
+    for b0, nb in batch_chunks(num_mb, batch):
+        args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])
+        _mla_prefill_bwd_dq_kernel[(num_mb * nb, h)](
+            *args, dq, scale, scale * LOG2E, *strides, dq.stride(0), dq.stride(1),
+            num_mb, CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # ---- merge of two partial results -----------------------------------------------------------
@@ -225,8 +244,9 @@ def _merge_attn_states_fwd_kernel(
     stride_ot, stride_oh, stride_lh,
     BLOCK_D: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    h = tl.program_id(1)
+    # 64-bit: t * stride_oat reaches 2^31 at token 32,768 of 128 heads x 512 (the latent width)
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
     la = tl.load(la_ptr + h * stride_lah + t)
     lb = tl.load(lb_ptr + h * stride_lbh + t)
     m = tl.maximum(la, lb)

@@ -3,15 +3,24 @@ fused expert MLP (kernels/_moe_fused.py), forward and backward. Semantics are py
 (the float64 oracle); the launcher contract is docs/ARCHITECTURE.md's (launchers take tensors,
 allocate nothing but documented workspaces, return None).
 
-Routing  ``_moe_route_fwd_kernel``: one program per BLOCK_T tokens, all E experts of a token in
-    registers ([BLOCK_T, E_P] tile, E_P = next power of two >= E):
+Routing  ``_moe_route_fwd_kernel`` (1..65536 experts, any top_k / n_group / topk_group):
         s = sigmoid(x) | softmax(x);  b = s + bias
         gs[g] = top-2 sum of b in group g;  keep the topk_group best groups (ties -> lower g)
         ids = top_k experts by b inside kept groups (ties -> lower id), descending
         w = s[ids] (/ (sum + 1e-20)) * scale
-    Selection is a sequence of (max, lowest index attaining it, knock out) steps: k + topk_group +
-    2*n_group row reductions per tile, no sort. Layouts: logits [T, E] any row stride, unit
-    column stride; bias [E]; ids int32 / weights float32 [T, k] contiguous.
+    Experts are laid out as [groups, per-group] and read in [BLOCK_T, GB, PB] tiles (e = g*PER + p;
+    without group limit one group of E). Every selection is a runtime loop of "best key strictly
+    below the previous one" steps, key = (value, -index), so the only state is the last key: no
+    knock-out masks, no [k] or [n_group] register tiles, nothing unrolled over k or the groups.
+    SINGLE (the row fits one tile, ROUTE_TILE experts; small E packs up to 64 rows in
+    ROUTE_ROW_TILE elements): the tile is scored once and stays in registers. Otherwise (BLOCK_T
+    = 1) every step streams the row again, recomputing b with the same inlined code (no fma can
+    form in it, so keys compare bitwise equal across passes): one pass for the softmax statistics
+    (running max and rescaled sum), topk_group passes for the group threshold, k passes for the
+    experts (two when a group is wider than a tile, P_LOOP). Cost O((1 + topk_group + k) * E) per
+    token, registers independent of E and k. Weights are written per step and, with
+    norm_topk_prob, rescaled after a barrier. Layouts: logits [T, E] any row stride, unit column
+    stride; bias [E]; ids int32 / weights float32 [T, k] contiguous.
 
 Alignment (device-only, no host sync, 1..65536 experts):
     1. ``_moe_align_count_kernel``   grid NB = cdiv(S, SLOT_BLOCK): counts[b, e] += 1 (int atomics;
@@ -58,6 +67,90 @@ def _p2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # routing
 # ----------------------------------------------------------------------------------------------
+ROUTE_TILE = 4096       # most experts of one row a program holds at a time (16 a thread at 8 warps)
+ROUTE_ROW_TILE = 2048   # most elements when a program holds several rows: each row's running keys
+ROUTE_WARPS = 8         # and statistics sit in every thread, so rows cost registers too
+_BIG = tl.constexpr(2147483647)    # "no index": loses every tie on the index
+
+
+@triton.jit
+def _route_scores(x, mx, den, SOFTMAX: tl.constexpr):
+    """Unbiased scores s of logits x (float32); softmax from the row's max mx and sum den."""
+    if SOFTMAX:
+        s = tl.exp(x - mx) / den
+    else:
+        s = 1.0 / (1.0 + tl.exp(-x))
+    return s
+
+
+@triton.jit
+def _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
+                GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Biased scores b [BLOCK_T, GB, PB] of experts e = g * PER + p, g in g0 + [0, GB), p in
+    p0 + [0, PB); e [1, GB, PB] and ok (a real expert) [1, GB, PB]."""
+    g = g0 + tl.arange(0, GB)
+    p = p0 + tl.arange(0, PB)
+    e = (g[:, None] * PER + p[None, :])[None, :, :]
+    ok = ((g < NG)[:, None] & (p < PER)[None, :])[None, :, :]
+    x = tl.load(x_ptr + rows[:, None, None].to(tl.int64) * stride_xt + e, mask=rmask[:, None, None] & ok,
+                other=0.0).to(tl.float32)
+    b = _route_scores(x, mx[:, None, None], den[:, None, None], SOFTMAX)
+    if HAS_BIAS:
+        b = b + tl.load(bias_ptr + e, mask=ok, other=0.0).to(tl.float32)
+    return b, e, ok
+
+
+@triton.jit
+def _route_top2(b, ok, PB: tl.constexpr):
+    """Per group of a [BLOCK_T, GB, PB] tile: its largest value and the largest of the rest (one
+    instance of the largest knocked out, so equal values count twice)."""
+    NEG = float("-inf")
+    pl = tl.arange(0, PB)[None, None, :]
+    v = tl.where(ok, b, NEG)
+    m1 = tl.max(v, axis=2)
+    i1 = tl.min(tl.where(v == m1[:, :, None], pl, PB), axis=2)
+    m2 = tl.max(tl.where(pl == i1[:, :, None], NEG, v), axis=2)
+    return m1, m2
+
+
+@triton.jit
+def _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den, BLOCK_T: tl.constexpr,
+                        GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """gs [BLOCK_T, GB] = top-2 sum of b in groups g0 + [0, GB), streaming a group in PB-wide chunks."""
+    NEG = float("-inf")
+    r1 = tl.full((BLOCK_T, GB), NEG, tl.float32)
+    r2 = tl.full((BLOCK_T, GB), NEG, tl.float32)
+    for p0 in range(0, PER, PB):
+        b, _e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
+                                GB, PB, SOFTMAX, HAS_BIAS)
+        m1, m2 = _route_top2(b, ok, PB)
+        r2 = tl.maximum(tl.minimum(r1, m1), tl.maximum(r2, m2))
+        r1 = tl.maximum(r1, m1)
+    return r1 + r2
+
+
+@triton.jit
+def _route_best_below(v, idx, ok, pv, pi):
+    """Per row, the largest key (v, -idx) among the candidates (ok) strictly below the key
+    (pv, -pi): value descending, ties to the lower index; (-inf, _BIG) when there is none.
+    v [BLOCK_T, A, B], idx and ok broadcastable to it, pv and pi [BLOCK_T]."""
+    NEG = float("-inf")
+    pv3 = pv[:, None, None]
+    cand = ok & ((v < pv3) | ((v == pv3) & (idx > pi[:, None, None])))
+    vm = tl.where(cand, v, NEG)
+    bv = tl.max(tl.max(vm, axis=2), axis=1)
+    im = tl.where(cand & (vm == bv[:, None, None]), idx, _BIG)
+    bi = tl.min(tl.min(im, axis=2), axis=1)
+    return bv, bi
+
+
+@triton.jit
+def _route_merge(bv, bi, cv, ci):
+    """The larger of two keys (value descending, ties to the lower index)."""
+    take = (cv > bv) | ((cv == bv) & (ci < bi))
+    return tl.where(take, cv, bv), tl.where(take, ci, bi)
+
+
 @triton.jit
 def _moe_route_fwd_kernel(
     x_ptr,              # [T, E] router logits (any float dtype), unit column stride
@@ -65,84 +158,152 @@ def _moe_route_fwd_kernel(
     ids_ptr,            # [T, K] int32 out
     w_ptr,              # [T, K] float32 out
     T, E, stride_xt,
+    NG,                 # groups in the layout: n_group when GROUPED, else 1
+    PER,                # experts per layout group: E // NG
+    TOPK_GROUP,         # groups kept (GROUPED only)
+    K,                  # top_k
     scale,              # routed_scaling_factor
-    E_P: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr,
-    N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, G_P: tl.constexpr, PER: tl.constexpr,
+    GROUPED: tl.constexpr,      # group-limited selection (n_group > 1, topk_group < n_group, PER > 1)
+    SINGLE: tl.constexpr,       # the whole row is one [GB, PB] tile (held in registers)
+    P_LOOP: tl.constexpr,       # a group spans several PB-wide chunks (then GB == 1)
+    GB: tl.constexpr, PB: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
+    NEG = float("-inf")
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, E_P)
     rmask = rows < T
-    cmask = cols < E
-    m2 = rmask[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xt + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    NEG = float("-inf")
+    xrow = x_ptr + rows.to(tl.int64) * stride_xt
+    # softmax statistics: running max and rescaled sum over the tiles (one tile when SINGLE)
+    mx = tl.zeros((BLOCK_T,), tl.float32)
+    den = tl.full((BLOCK_T,), 1.0, tl.float32)
     if SOFTMAX:
-        xm = tl.where(cmask[None, :], x, NEG)
-        mx = tl.max(xm, axis=1)
-        ex = tl.where(cmask[None, :], tl.exp(xm - mx[:, None]), 0.0)
-        s = ex / tl.sum(ex, axis=1)[:, None]
-    else:
-        s = 1.0 / (1.0 + tl.exp(-x))
-    b = s
-    if HAS_BIAS:
-        b = s + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    b = tl.where(cmask[None, :], b, NEG)
-    if N_GROUP > 1 and TOPK_GROUP < N_GROUP:
-        grp = cols // PER
-        gcols = tl.arange(0, G_P)
-        gs = tl.full((BLOCK_T, G_P), NEG, tl.float32)
-        for g in tl.static_range(N_GROUP):
-            v = tl.where((grp == g)[None, :], b, NEG)
-            t1 = tl.max(v, axis=1)
-            i1 = tl.min(tl.where(v == t1[:, None], cols[None, :], E_P), axis=1)
-            if PER > 1:
-                v = tl.where(cols[None, :] == i1[:, None], NEG, v)
-                t1 = t1 + tl.max(v, axis=1)
-            gs = tl.where((gcols == g)[None, :], t1[:, None], gs)
-        elig = tl.zeros((BLOCK_T, E_P), tl.int1)
-        for _ in tl.static_range(TOPK_GROUP):
-            m = tl.max(gs, axis=1)
-            gi = tl.min(tl.where(gs == m[:, None], gcols[None, :], G_P), axis=1)
-            gs = tl.where(gcols[None, :] == gi[:, None], NEG, gs)
-            elig = elig | (grp[None, :] == gi[:, None])
-        b = tl.where(elig, b, NEG)
-    kcols = tl.arange(0, K_P)
-    wts = tl.zeros((BLOCK_T, K_P), tl.float32)
-    sel = tl.zeros((BLOCK_T, K_P), tl.int32)
-    for j in tl.static_range(K):
-        m = tl.max(b, axis=1)
-        e = tl.min(tl.where(b == m[:, None], cols[None, :], E_P), axis=1)
-        hit = cols[None, :] == e[:, None]
-        wj = tl.sum(tl.where(hit, s, 0.0), axis=1)
-        b = tl.where(hit, NEG, b)
-        wts = tl.where((kcols == j)[None, :], wj[:, None], wts)
-        sel = tl.where((kcols == j)[None, :], e[:, None], sel)
+        mx = tl.full((BLOCK_T,), -3.4028234663852886e38, tl.float32)
+        den = tl.zeros((BLOCK_T,), tl.float32)
+        for g0 in range(0, NG, GB):
+            for p0 in range(0, PER, PB):
+                gs_ = g0 + tl.arange(0, GB)
+                ps_ = p0 + tl.arange(0, PB)
+                es_ = (gs_[:, None] * PER + ps_[None, :])[None, :, :]
+                oks_ = ((gs_ < NG)[:, None] & (ps_ < PER)[None, :])[None, :, :]
+                xs_ = tl.load(xrow[:, None, None] + es_, mask=rmask[:, None, None] & oks_, other=NEG).to(tl.float32)
+                nm = tl.maximum(mx, tl.max(tl.max(xs_, axis=2), axis=1))
+                den = den * tl.exp(mx - nm) + tl.sum(tl.sum(tl.exp(xs_ - nm[:, None, None]), axis=2), axis=1)
+                mx = nm
+        mx = tl.where(rmask, mx, 0.0)   # rows past T: finite scores, never stored
+        den = tl.where(rmask, den, 1.0)
+    gl = tl.arange(0, GB)
+    if SINGLE:
+        b0, e0, ok0 = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, 0, 0, NG, PER, mx, den,
+                                  GB, PB, SOFTMAX, HAS_BIAS)
+    # group limit: (tv, tg) = key of the TOPK_GROUP-th best group; group g is kept when its key
+    # (gs[g], -g) is at or above it
+    tv = tl.full((BLOCK_T,), float("inf"), tl.float32)
+    tg = tl.full((BLOCK_T,), -1, tl.int32)
+    if GROUPED:
+        if SINGLE:
+            m1, m2 = _route_top2(b0, ok0, PB)
+            gs0 = m1 + m2
+        for _ in range(TOPK_GROUP):
+            bv = tl.full((BLOCK_T,), NEG, tl.float32)
+            bi = tl.full((BLOCK_T,), _BIG, tl.int32)
+            for g0 in range(0, NG, GB):
+                if SINGLE:
+                    gs = gs0
+                else:
+                    gs = _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den,
+                                             BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS)
+                cv, ci = _route_best_below(gs[:, :, None], (g0 + gl)[None, :, None], (g0 + gl < NG)[None, :, None],
+                                           tv, tg)
+                bv, bi = _route_merge(bv, bi, cv, ci)
+            tv = bv
+            tg = bi
+        if SINGLE:
+            keep = (gs0 > tv[:, None]) | ((gs0 == tv[:, None]) & (gl[None, :] <= tg[:, None]))
+            b0 = tl.where(keep[:, :, None], b0, NEG)
+    # top_k: step j takes the best key strictly below step j-1's (no state but the last key)
+    pv = tl.full((BLOCK_T,), float("inf"), tl.float32)
+    pi = tl.full((BLOCK_T,), -1, tl.int32)
+    wsum = tl.zeros((BLOCK_T,), tl.float32)
+    out = rows.to(tl.int64) * K
+    for j in range(K):
+        if SINGLE:
+            bv, bi = _route_best_below(b0, e0, ok0, pv, pi)
+        else:
+            bv = tl.full((BLOCK_T,), NEG, tl.float32)
+            bi = tl.full((BLOCK_T,), _BIG, tl.int32)
+            for g0 in range(0, NG, GB):
+                if P_LOOP:
+                    if GROUPED:
+                        gs = _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den,
+                                                 BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS)
+                        keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
+                    for p0 in range(0, PER, PB):
+                        b, e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
+                                               GB, PB, SOFTMAX, HAS_BIAS)
+                        if GROUPED:
+                            b = tl.where(keep[:, :, None], b, NEG)
+                        cv, ci = _route_best_below(b, e, ok, pv, pi)
+                        bv, bi = _route_merge(bv, bi, cv, ci)
+                else:
+                    b, e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, 0, NG, PER, mx, den,
+                                           GB, PB, SOFTMAX, HAS_BIAS)
+                    if GROUPED:
+                        m1, m2 = _route_top2(b, ok, PB)
+                        gs = m1 + m2
+                        keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
+                        b = tl.where(keep[:, :, None], b, NEG)
+                    cv, ci = _route_best_below(b, e, ok, pv, pi)
+                    bv, bi = _route_merge(bv, bi, cv, ci)
+        pv = bv
+        pi = bi
+        hit = rmask & (bi < E)   # bi is _BIG only for NaN scores
+        xe = tl.load(xrow + tl.where(hit, bi, 0), mask=hit, other=0.0).to(tl.float32)
+        se = tl.where(hit, _route_scores(xe, mx, den, SOFTMAX), 0.0)
+        wsum += se
+        tl.store(ids_ptr + out + j, bi, mask=rmask)
+        if NORM:
+            tl.store(w_ptr + out + j, se, mask=rmask)
+        else:
+            tl.store(w_ptr + out + j, se * scale, mask=rmask)
     if NORM:
-        wts = wts / (tl.sum(wts, axis=1)[:, None] + 1e-20)
-    wts = wts * scale
-    om = rmask[:, None] & (kcols < K)[None, :]
-    off = rows[:, None].to(tl.int64) * K + kcols[None, :]
-    tl.store(ids_ptr + off, sel, mask=om)
-    tl.store(w_ptr + off, wts, mask=om)
+        # the stores above were made by one thread of each row's replicas: the barrier makes them
+        # visible to the threads that read them back
+        tl.debug_barrier()
+        d = wsum + 1e-20
+        for j in range(K):
+            w = tl.load(w_ptr + out + j, mask=rmask, other=0.0)
+            tl.store(w_ptr + out + j, w / d * scale, mask=rmask)
 
 
-def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale):
+def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: int, tile: int | None = None) -> dict:
+    """Layout constexprs of _moe_route_fwd_kernel for a problem (``tile`` overrides ROUTE_TILE:
+    the tests use small tiles to reach the streaming paths at small E)."""
+    tile = _p2(tile or ROUTE_TILE)
+    e = int(num_experts)
+    grouped = n_group > 1 and topk_group < n_group and e // n_group > 1
+    ng, per = (int(n_group), e // n_group) if grouped else (1, e)
+    pb = min(_p2(per), tile)
+    gb = min(_p2(ng), max(1, tile // pb))
+    bt = max(1, min(_p2(num_tokens), min(tile, ROUTE_ROW_TILE) // (gb * pb), 64))
+    return {"NG": ng, "PER": per, "GROUPED": grouped, "SINGLE": gb >= ng and pb >= per, "P_LOOP": pb < per,
+            "GB": gb, "PB": pb, "BLOCK_T": bt}
+
+
+def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale, tile=None):
     """ids/weights [T, k] contiguous int32/float32; logits [T, E] (copied if its columns are strided)."""
     t, e = logits.shape
     k = ids.shape[1]
     if t == 0:
         return None
     x = logits if logits.stride(1) == 1 else logits.contiguous()
-    e_p = _p2(e)
-    block_t = max(1, min(_p2(t), 4096 // e_p if not _INTERPRET else 8192 // e_p, 64))
-    grid = (triton.cdiv(t, block_t),)
+    c = route_config(t, e, n_group, topk_group, tile)
+    ng, per = c.pop("NG"), c.pop("PER")
+    grid = (triton.cdiv(t, c["BLOCK_T"]),)
     _moe_route_fwd_kernel[grid](
-        x, bias if bias is not None else x, ids, weights, t, e, x.stride(0), float(scale),
-        E_P=e_p, K=k, K_P=_p2(k), N_GROUP=n_group, TOPK_GROUP=topk_group, G_P=_p2(n_group), PER=e // n_group,
-        SOFTMAX=SCORING[scoring] == 1, HAS_BIAS=bias is not None, NORM=bool(norm), BLOCK_T=block_t,
-        num_warps=4)
+        x, bias if bias is not None else x, ids, weights, t, e, x.stride(0), ng, per, int(topk_group), k,
+        float(scale), SOFTMAX=SCORING[scoring] == 1, HAS_BIAS=bias is not None, NORM=bool(norm),
+        num_warps=ROUTE_WARPS, **c)
     return None
 
 
@@ -369,16 +530,34 @@ def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
     return None
 
 
+ROUTE_SPECS = (  # (E, top_k, n_group, topk_group, scoring, bias): DeepSeek-V3, and the 4096 / 65,536
+    (256, 8, 8, 4, "sigmoid", True),        # experts moe_align accepts, grouped and not
+    (4096, 8, 8, 4, "sigmoid", True),
+    (4096, 8, 1, 1, "softmax", False),
+    (65536, 8, 8, 4, "sigmoid", True),      # groups of 8192 experts: streamed in chunks (P_LOOP)
+    (65536, 8, 2048, 64, "sigmoid", True),  # 2048 groups of 32: streamed GB groups at a time
+    (65536, 8, 1, 1, "softmax", False),
+)
+
+
+def route_spec(e, k, g, tg, scoring, bias, tokens=4096):
+    """COMPILE_SPECS entry of _moe_route_fwd_kernel as route_fwd launches it for [tokens, e] fp32
+    logits: runtime ints equal to 1 become constexprs and sizes divisible by 16 are marked so,
+    as Triton's launcher specialises them."""
+    c = route_config(tokens, e, g, tg)
+    ints = {"T": tokens, "E": e, "stride_xt": e, "NG": c.pop("NG"), "PER": c.pop("PER"), "TOPK_GROUP": tg, "K": k}
+    consts = {a: 1 for a, v in ints.items() if v == 1}
+    consts.update(c, SOFTMAX=scoring == "softmax", HAS_BIAS=bool(bias), NORM=True)
+    sig = {"x_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32"}
+    sig.update({a: "i32" for a, v in ints.items() if v != 1}, scale="fp32")
+    name = f"moe_route_fwd[E={e},k={k},{f'g={g}/{tg}' if g > 1 else scoring}]"
+    spec = {"fn": _moe_route_fwd_kernel, "name": name, "signature": sig, "constexprs": consts,
+            "num_warps": ROUTE_WARPS}
+    return _with_divisibility(spec, div=tuple(a for a, v in ints.items() if v % 16 == 0))
+
+
 def _compile_specs():
-    specs = []
-    for e, k, g, tg in ((256, 8, 8, 4),):
-        specs.append({"fn": _moe_route_fwd_kernel, "name": f"moe_route_fwd[E={e},k={k},g={g}/{tg}]",
-                      "signature": {"x_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
-                                    "T": "i32", "E": "i32", "stride_xt": "i32", "scale": "fp32"},
-                      "constexprs": {"E_P": e, "K": k, "K_P": k, "N_GROUP": g, "TOPK_GROUP": tg, "G_P": g,
-                                     "PER": e // g,
-                                     "SOFTMAX": False, "HAS_BIAS": True, "NORM": True, "BLOCK_T": 16},
-                      "num_warps": 4})
+    specs = [route_spec(*r) for r in ROUTE_SPECS]
     specs.append({"fn": _moe_align_count_kernel, "name": "moe_align_count",
                   "signature": {"ids_ptr": "*i32", "counts_ptr": "*i32", "S": "i32", "E": "i32"},
                   "constexprs": {"SLOT_BLOCK": SLOT_BLOCK}})
@@ -398,4 +577,5 @@ def _compile_specs():
     return specs
 
 
-COMPILE_SPECS = [_with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()] + _FUSED_SPECS
+COMPILE_SPECS = [s if "attrs" in s else _with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()] \
+    + _FUSED_SPECS

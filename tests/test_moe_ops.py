@@ -191,6 +191,57 @@ def test_route_backward_matches_reference(dev, backend, scoring, norm):
     assert_close_to_ref(d1, d2, atol=1e-6, what="d router_logits")
 
 
+LARGE_ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias): one program per token
+    (3, 4096, 8, 8, 4, "sigmoid", True),      # DeepSeek-V3's grouping at 4096 experts
+    (3, 4096, 8, 1, 1, "softmax", False),
+]
+
+
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
+@pytest.mark.parametrize("case", LARGE_ROUTE_CASES, ids=lambda c: f"T{c[0]}E{c[1]}k{c[2]}g{c[3]}-{c[4]}-{c[5]}")
+def test_route_4096_experts_matches_reference(dev, backend, case):
+    t, e, k, g, tg, scoring, has_bias = case
+    gen = _gen(e + t)
+    logits = torch.randn(t, e, generator=gen).to(dev)
+    bias = (torch.randn(e, generator=gen) * 0.1).to(dev) if has_bias else None
+    kw = dict(scoring=scoring, e_score_correction_bias=bias, n_group=g, topk_group=tg, routed_scaling_factor=2.5)
+    ids, w = moe_route(logits, k, backend=backend, **kw)
+    rid, rw = ref.moe_route(logits.double(), k, **kw)
+    assert torch.equal(ids.cpu(), rid.cpu())
+    assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
+
+
+STREAM_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, tile, ties)
+    (2, 128, 4, 2, 1, "sigmoid", True, True, 32, False),     # groups of 64 streamed in 32-wide chunks
+    (2, 128, 4, 4, 2, "sigmoid", False, True, 16, True),     # integer logits: ties inside and across chunks
+    (2, 96, 4, 32, 3, "softmax", True, True, 16, False),     # groups of 3 (padded to 4), 4 groups a tile
+    (2, 300, 12, 1, 1, "softmax", True, False, 64, False),   # no group limit, E not a power of two
+    (2, 128, 6, 1, 1, "softmax", False, True, 32, True),
+]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=lambda c: f"T{c[0]}E{c[1]}k{c[2]}g{c[3]}-{c[4]}-tile{c[8]}")
+def test_route_streaming_kernel_matches_reference(case):
+    """Rows wider than a tile take the streaming paths (the GPU's above ROUTE_TILE = 4096 experts):
+    small tiles reach them at small E under the interpreter."""
+    if not _backend.backend_status("triton", "cpu")[0]:
+        pytest.skip("triton unavailable")
+    from pygen.kernels import moe as kmoe
+
+    t, e, k, g, tg, scoring, has_bias, norm, tile, ties = case
+    assert not kmoe.route_config(t, e, g, tg, tile)["SINGLE"]
+    gen = _gen(e * 7 + k)
+    logits = torch.randint(-2, 3, (t, e), generator=gen).float() if ties else torch.randn(t, e, generator=gen)
+    bias = torch.randn(e, generator=gen) * 0.1 if has_bias else None
+    ids = torch.empty(t, k, dtype=torch.int32)
+    w = torch.empty(t, k)
+    kmoe.route_fwd(logits, bias, ids, w, scoring, g, tg, norm, 1.5, tile=tile)
+    rid, rw = ref.moe_route(logits.double(), k, scoring=scoring, e_score_correction_bias=bias, n_group=g,
+                            topk_group=tg, norm_topk_prob=norm, routed_scaling_factor=1.5)
+    assert torch.equal(ids, rid)
+    assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
+
+
 # ---------------------------------------------------------------------------------------------
 # alignment
 # ---------------------------------------------------------------------------------------------

@@ -226,6 +226,20 @@ def _gemm_args(name, a, a_scales, b, b_scales, b_block: int, grouped: bool = Fal
     return m, n, kdim
 
 
+TRITON_SCALE_SPAN = 2 ** 31
+
+
+def _triton_scale_span(name: str, **scales: torch.Tensor) -> None:
+    """The Triton GEMM indexes scales with 32-bit offsets (64-bit scale pointers spill its wgrad
+    tile): refuse a scale view whose elements span 2^31 or more (only a padded view of a huge
+    storage does; compact scales are 1/128 of their operand)."""
+    for what, t in scales.items():
+        span = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+        if span >= TRITON_SCALE_SPAN:
+            raise ValueError(f"{name}: {what} spans {span + 1} elements of its storage (strides {t.stride()}); "
+                             f"the triton backend needs fewer than 2^31: pass a compact copy")
+
+
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
              out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None, *,
              backend: str | None = None) -> torch.Tensor:
@@ -238,6 +252,7 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     chk.out_dtype(name, out_dtype)
     chk.bias(name, bias, n, a)
     if _pick(name, a, backend) == "triton":
+        _triton_scale_span(name, a_scales=a_scales, b_scales=b_scales)
         return _registry.get("fp8_gemm_triton")(a, a_scales, b, b_scales, bias, ref.BLOCK, out_dtype)
     return ref.fp8_gemm_recipe(a, a_scales, b, b_scales, bias, ref.BLOCK, out_dtype)
 
@@ -252,6 +267,7 @@ def fp8_gemm_wgrad(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_s
     _gemm_args(name, a, a_scales, b, b_scales, 1)
     chk.out_dtype(name, out_dtype)
     if _pick(name, a, backend) == "triton":
+        _triton_scale_span(name, a_scales=a_scales, b_scales=b_scales)
         return _registry.get("fp8_gemm_triton")(a, a_scales, b, b_scales, None, 1, out_dtype)
     return ref.fp8_gemm_recipe(a, a_scales, b, b_scales, None, 1, out_dtype)
 
@@ -276,6 +292,7 @@ def fp8_gemm_grouped(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b
                          f"contiguous layout (each expert's rows padded to a multiple of {GROUPED_M_ALIGN}), "
                          f"got {m}; see pygen.ref.fp8.grouped_layout")
     if _pick(name, a, backend) == "triton":
+        _triton_scale_span(name, a_scales=a_scales, b_scales=b_scales)
         return _registry.get("fp8_gemm_grouped_triton")(a, a_scales, b, b_scales, m_indices.contiguous(), out_dtype)
     return _grouped_reference(a, a_scales, b, b_scales, m_indices, out_dtype)
 

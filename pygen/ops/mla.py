@@ -15,7 +15,7 @@ Layouts (FlashMLA / FlashAttention conventions; the math is stated in pygen/ref/
              s_q > 1 (speculative / multi-token prediction) needs causal=True: new token j sees
              cache positions < cache_seqlens - s_q + j + 1.
     append   positions int32/int64 [b, n] (token index in the sequence, -1 = skip), latent
-             [b, n, 512], k_rope [b, n, 64].
+             [b, n, 512], k_rope [b, n, 64]; of positions that hit one slot the last (row-major) wins.
     prefill  q [total_q, h, 192], k [total_k, h, 192], v [total_k, h, 128], cu_seqlens int32
              [batch + 1] -> out [total_q, h, 128], lse float32 [h, total_q]; causal aligned
              bottom-right (FlashAttention 2). Differentiable in q, k, v (and through lse).
@@ -242,13 +242,20 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
 def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
                      latent: torch.Tensor, k_rope: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Write latent [b, n, 512] and k_rope [b, n, 64] of token ``positions[i, j]`` (-1: skip) into
-    the pages of kv_cache in place (FP8-quantised for the uint8 cache); returns kv_cache."""
+    the pages of kv_cache in place (FP8-quantised for the uint8 cache); returns kv_cache. When
+    several positions map to one cache slot, the last in row-major order wins, in eager mode and
+    under torch.compile alike (pygen.ref.mla.append_slots); the Triton path resolves that on the
+    device (no host synchronisation) and writes nothing for entries that lose or that value
+    checks would refuse (pygen/ops/_mla_checks.py)."""
     name = "mla_cache_append"
     chk.append_args(name, kv_cache, block_table, positions, latent, k_rope)
     probe = kv_cache if kv_cache.dtype != torch.uint8 else latent
     be = _pick(name, probe, backend)
     if be == "reference":
         return ref.mla_cache_append(kv_cache, block_table, positions, latent, k_rope)
+    # the kernel writes its entries in parallel: leave it one writer per slot (the others -1, skipped)
+    keep = ref.append_slots(kv_cache, block_table, positions)[2]
+    positions = torch.where(keep, positions, -1)
     _registry.get(f"mla_cache_append_{be}")(kv_cache, block_table, positions, latent, k_rope)
     return kv_cache
 
@@ -258,7 +265,9 @@ def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q:
                 softmax_scale: float | None = None, causal: bool = True, backend: str | None = None):
     """Varlen (causal, bottom-right aligned) attention -> (out [total_q, h, dv] in q's dtype,
     lse float32 [h, total_q]); differentiable in q, k, v. max_seqlen_* default to the longest
-    sequence (one host read of cu_seqlens; pass them under torch.compile / CUDA graphs)."""
+    sequence: a host read of cu_seqlens (one synchronisation on a GPU) that sizes the launch grid
+    and stays even with value checks off; pass them to avoid it. Under torch.compile or CUDA graph
+    capture a missing one is replaced by the token count (correct, more programs)."""
     name = "mla_prefill"
     mq, mk, scale = chk.prefill_args(name, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                      softmax_scale, causal)
@@ -268,6 +277,7 @@ def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q:
             return ref.mla_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, causal)
         out, lse = ref.mla_prefill(q.float(), k.float(), v.float(), cu_seqlens_q, cu_seqlens_k, scale, causal)
         return out.to(q.dtype), lse
+    chk.triton_heads(name, q.shape[1])
     return _registry.get(f"mla_prefill_{be}")(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, scale, causal)
 
 
@@ -283,4 +293,5 @@ def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Ten
             return ref.merge_attn_states(out_a, lse_a, out_b, lse_b)
         o, l_ = ref.merge_attn_states(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())
         return o.to(out_a.dtype), l_
+    chk.triton_heads(name, out_a.shape[1])
     return _registry.get(f"merge_attn_states_{be}")(out_a, lse_a.float(), out_b, lse_b.float())
