@@ -365,3 +365,28 @@ def test_kernels_compile_for_sm90_with_wgmma_and_no_spills():
     assert_compiled_without_spills(rows)
     for r in rows:
         assert r["wgmma"] == r["kernel"].startswith("fp8_gemm"), r
+
+
+def test_triton_gemm_gets_k_major_operands(monkeypatch, gen):
+    """An MN-major a or b (a transposed view) reaches the Triton GEMM as a K-major copy (the kernel
+    compiles to no cp.async and spills on MN-major operands) and gives the same result."""
+    from pygen.ops import _registry
+    m, n, k = 32, 48, 256
+    x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+    xq, xs = ops.quantize_fp8_1x128(x, backend="reference")
+    wq, ws = ops.quantize_fp8_128x128(w, backend="reference")
+    want = ops.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.float32, backend="triton")
+    a_mn = xq.t().contiguous().t()           # same values, stride along K = m
+    b_mn = wq.t().contiguous().t()
+    assert a_mn.stride(1) != 1 and b_mn.stride(1) != 1
+    seen = []
+    real = _registry.get
+
+    def spy(name):
+        fn = real(name)
+        return lambda a, sa, b, sb, *rest: (seen.append((a.stride(-1), b.stride(-1))), fn(a, sa, b, sb, *rest))[1]
+
+    monkeypatch.setattr(_registry, "get", spy)
+    got = ops.fp8_gemm(a_mn, xs, b_mn, ws, out_dtype=torch.float32, backend="triton")
+    assert seen == [(1, 1)], seen
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
