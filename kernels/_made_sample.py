@@ -192,7 +192,7 @@ def made_sample_persistent(scratch, deg, w, b, ctx, meta, sched, sched_out, out_
 def compile_specs() -> list[dict]:
     """Offline sm_90 compile entries (appended to kernels/made.py's COMPILE_SPECS)."""
     specs = []
-    for tname, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"
         bb, bn, bk, warps = (64, 16, 64, 4) if dt == torch.float32 else (64, 16, 64, 8)
         sig = {"s_ptr": p, "deg_ptr": "*i32", "w_ptr": p, "b_ptr": p, "ctx_ptr": p, "meta_ptr": "*i32",
@@ -204,5 +204,5 @@ def compile_specs() -> list[dict]:
                       "constexprs": {"ACT": 1, "KIND": 0, "HAS_CTX": False, "SAVE_PARAMS": False, "UPCAST": False,
                                      "PRECISION": "ieee" if dt == torch.float32 else "tf32",
                                      "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_O": 16},
-                      "attrs": {}, "num_warps": warps, "num_stages": 1})
+                      "attrs": {}, "num_warps": warps, "num_stages": 1, "tensor_cores": dt != torch.float32})
     return specs

@@ -13,8 +13,10 @@ def _spec(fn, name, sig, consts, cfg, div):
     names = fn.arg_names
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in list(sig) + div
              if a in names and (sig.get(a, "").startswith("*") or a in div)}
+    # 16-bit dots (fp32 runs ieee FMA dots) are meant for Hopper wgmma (tests/test_compiled_kernels.py)
     return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
-            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+            "tensor_cores": consts.get("PRECISION") == "tf32"}
 
 
 def build_specs(ns: dict) -> list[dict]:

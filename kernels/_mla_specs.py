@@ -6,12 +6,14 @@ halves, 192/128-wide heads times 128 heads)."""
 from __future__ import annotations
 
 
-def _spec(fn, name, sig, consts, warps, stages, div=()):
+def _spec(fn, name, sig, consts, warps, stages, div=(), tensor_cores=False):
+    """``tensor_cores``: the kernel is meant to run its dots as Hopper wgmma at this tile
+    (tests/test_compiled_kernels.py checks the PTX)."""
     names = fn.arg_names
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names
              if a in sig and (sig[a].startswith("*") or a in div)}
     return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
-            "num_warps": warps, "num_stages": stages}
+            "num_warps": warps, "num_stages": stages, "tensor_cores": tensor_cores}
 
 
 def build_specs(ns: dict) -> list[dict]:
@@ -23,24 +25,30 @@ def build_specs(ns: dict) -> list[dict]:
     decode_config, prefill_config = ns["decode_config"], ns["prefill_config"]
     specs = []
     i32 = "i32"
-    for fp8 in (False, True):
-        for h_q, s_q in ((16, 1), (32, 1), (128, 1), (128, 2)):
-            cfg = decode_config(h_q * s_q, fp8, interpreting=False)
-            lat = "*fp8e4nv" if fp8 else "*bf16"
-            sig = {"q_ptr": "*bf16", "lat_ptr": lat, "sc_ptr": "*fp32" if fp8 else "*bf16", "rope_ptr": "*bf16",
-                   "bt_ptr": "*i32", "seqlen_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
-                   "opart_ptr": "*fp32", "lpart_ptr": "*fp32", "scale_log2": "fp32", "S_Q": i32, "H_Q": i32,
-                   "ROWS": i32, "num_splits": i32, "stride_qb": i32, "stride_qs": i32, "stride_qh": i32,
-                   "stride_lb": i32, "stride_lt": i32, "stride_sb": i32, "stride_st": i32, "stride_rb": i32,
-                   "stride_rt": i32, "stride_btb": i32, "stride_ob": i32, "stride_os": i32, "stride_oh": i32}
-            consts = {"CAUSAL": s_q > 1, "FP8": fp8, "DV": 512, "DR": 64, "BLOCK_R": 64,
-                      "ROPE_OFF": 264 if fp8 else 512, "SC_OFF": 128 if fp8 else 0, "PAGE": 64,
-                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "SPLIT": True, "UPCAST": False,
-                      "PRECISION": "tf32"}
-            div = ["stride_qb", "stride_qs", "stride_qh", "stride_lb", "stride_lt", "stride_sb", "stride_rb",
-                   "stride_ob", "stride_os", "stride_oh"]
-            specs.append(_spec(dec, f"mla_decode[{'fp8' if fp8 else 'bf16'},h{h_q},sq{s_q}]", sig, consts,
-                               cfg.num_warps, cfg.num_stages, div))
+    # bf16 and FP8 caches at every tile regime; fp16 and float32 (q and cache; fp32 has its own
+    # tile, decode_config) at 16 and 128 heads
+    dec_cases = [("bf16", fp8, h_q, s_q) for fp8 in (False, True)
+                 for h_q, s_q in ((16, 1), (32, 1), (128, 1), (128, 2))]
+    dec_cases += [(t, False, h_q, 1) for t in ("fp16", "fp32") for h_q in (16, 128)]
+    for t, fp8, h_q, s_q in dec_cases:
+        cfg = decode_config(h_q * s_q, fp8, interpreting=False, fp32=t == "fp32")
+        p = f"*{t}"
+        lat = "*fp8e4nv" if fp8 else p
+        sig = {"q_ptr": p, "lat_ptr": lat, "sc_ptr": "*fp32" if fp8 else p, "rope_ptr": "*bf16" if fp8 else p,
+               "bt_ptr": "*i32", "seqlen_ptr": "*i32", "out_ptr": p, "lse_ptr": "*fp32",
+               "opart_ptr": "*fp32", "lpart_ptr": "*fp32", "scale_log2": "fp32", "S_Q": i32, "H_Q": i32,
+               "ROWS": i32, "num_splits": i32, "stride_qb": i32, "stride_qs": i32, "stride_qh": i32,
+               "stride_lb": i32, "stride_lt": i32, "stride_sb": i32, "stride_st": i32, "stride_rb": i32,
+               "stride_rt": i32, "stride_btb": i32, "stride_ob": i32, "stride_os": i32, "stride_oh": i32}
+        consts = {"CAUSAL": s_q > 1, "FP8": fp8, "DV": 512, "DR": 64, "BLOCK_R": 64,
+                  "ROPE_OFF": 264 if fp8 else 512, "SC_OFF": 128 if fp8 else 0, "PAGE": 64,
+                  "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "SPLIT": True, "UPCAST": False,
+                  "PRECISION": "ieee" if t == "fp32" else "tf32"}
+        div = ["stride_qb", "stride_qs", "stride_qh", "stride_lb", "stride_lt", "stride_sb", "stride_rb",
+               "stride_ob", "stride_os", "stride_oh"]
+        specs.append(_spec(dec, f"mla_decode[{'fp8' if fp8 else t},h{h_q},sq{s_q}]", sig, consts,
+                           cfg.num_warps, cfg.num_stages, div,
+                           tensor_cores=t != "fp32" and cfg.block_m >= 64))
     specs.append(_spec(
         merge, "mla_decode_merge[bf16]",
         {"opart_ptr": "*fp32", "lpart_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "S_Q": i32,
@@ -66,7 +74,8 @@ def build_specs(ns: dict) -> list[dict]:
         {**qkv, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
          "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32, "stride_kt": i32, "stride_kh": i32,
          "stride_vt": i32, "stride_vh": i32, "stride_ot": i32, "stride_oh": i32, "stride_lh": i32, "num_mb": i32},
-        {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages, pstr))
+        {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages, pstr,
+        tensor_cores=True))
     specs.append(_spec(
         pre, "mla_prefill_bwd_preprocess[bf16]",
         {"out_ptr": "*bf16", "do_ptr": "*bf16", "dlse_ptr": "*fp32", "delta_ptr": "*fp32", "total_q": i32,
@@ -82,11 +91,11 @@ def build_specs(ns: dict) -> list[dict]:
     specs.append(_spec(
         dkdv, "mla_prefill_bwd_dkdv[bf16,causal]",
         {**bsig, "dk_ptr": "*bf16", "dv_ptr": "*bf16", "stride_dkt": i32, "stride_dkh": i32, "stride_dvt": i32,
-         "stride_dvh": i32, "num_nb": i32}, bconst, c.num_warps, c.num_stages, pstr))
+         "stride_dvh": i32, "num_nb": i32}, bconst, c.num_warps, c.num_stages, pstr, tensor_cores=True))
     specs.append(_spec(
         dq, "mla_prefill_bwd_dq[bf16,causal]",
         {**bsig, "dq_ptr": "*bf16", "stride_dqt": i32, "stride_dqh": i32, "num_mb": i32}, bconst, c.num_warps,
-        c.num_stages, pstr))
+        c.num_stages, pstr, tensor_cores=True))
     specs.append(_spec(
         mas, "merge_attn_states[bf16]",
         {"oa_ptr": "*bf16", "la_ptr": "*fp32", "ob_ptr": "*bf16", "lb_ptr": "*fp32", "out_ptr": "*bf16",

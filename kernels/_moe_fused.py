@@ -61,13 +61,16 @@ def fused_config(pass_: str, num_slots: int, num_experts: int, hidden: int, inte
         return Config(16, min(_p2(max(inter, hidden)), 64), min(_p2(max(inter, hidden)), 64), 4, 1)
     small = num_slots <= 2 * num_experts  # decode: ~one row per touched expert
     bm = 16 if small else 64
+    # 16-bit: one warpgroup (4 warps) per 64-row tile, so wgmma spans the whole tile width
+    # (m64n64k16 gate/up halves and backward, m64n128k16 down); 8 warps split the 64 rows' columns
+    # [4, 2] into m64n32k16 (offline sm_90 compile, issue 11; 127-234 registers, no spills)
     if pass_ == "bwd":
-        return Config(64, 32, 32, 4, 3) if dtype == torch.float32 else Config(64, 64, 64, 8, 3)
+        return Config(64, 32, 32, 4, 3) if dtype == torch.float32 else Config(64, 64, 64, 4, 3)
     if dtype == torch.float32:
         return Config(bm, 64, 32, 4, 3)
     if small:
         return Config(16, 64, 128, 4, 3)
-    return Config(64, 128, 64, 8, 3)
+    return Config(64, 128, 64, 4, 3)
 
 
 def gate_up_block_n(cfg: Config) -> int:
@@ -203,7 +206,7 @@ def _fused_moe_down_kernel(
         acc = acc * w[:, None]
         om = valid[:, None] & nm[None, :]
         if ATOMIC:
-            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om)
+            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om, sem="relaxed")
         else:
             tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
 
@@ -332,7 +335,7 @@ def _fused_moe_bwd_dx_kernel(
             b_ptrs += BLOCK_K * H
         om = valid[:, None] & nm[None, :]
         if ATOMIC:
-            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om)
+            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om, sem="relaxed")
         else:
             tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
 
@@ -458,7 +461,7 @@ def _specs():
     specs = []
     dims = {"S": "i32", "K": "i32", "H": "i32", "I": "i32"}
     idx = {"sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "ntpp_ptr": "*i32"}
-    for tname, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"
         prec = "ieee" if dt == torch.float32 else "tf32"
         for label, S in (("prefill", 65536), ("decode", 8)):
@@ -500,7 +503,11 @@ def _specs():
 
 def _with_divisibility(spec, div=("S", "H", "I")):
     """Specialise as the runtime does at the benchmark shape: 16-byte-aligned pointers and the
-    ``div`` sizes multiples of 16 (tt.divisibility), so loads vectorise as they will on the GPU."""
+    ``div`` sizes multiples of 16 (tt.divisibility), so loads vectorise as they will on the GPU.
+    Also marks ``tensor_cores``: 16-bit dots over 64+ rows are meant for Hopper wgmma (decode's
+    16-row tiles are below wgmma's 64; fp32 runs ieee FMA dots)."""
+    c = spec["constexprs"]
+    spec["tensor_cores"] = c.get("PRECISION") == "tf32" and c.get("BLOCK_M", c.get("BLOCK_R", 0)) >= 64
     names = spec["fn"].arg_names
     sig = spec["signature"]
     spec["attrs"] = {(names.index(a),): [["tt.divisibility", 16]] for a in sig

@@ -159,7 +159,7 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
     attrs = {(names.index(x),): [["tt.divisibility", 16]] for x in names
              if sig.get(x, "").startswith("*") or x in div}
     return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
-            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "tensor_cores": True,
             "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
                     f"w={cfg.num_warps} s={cfg.num_stages}"}
 

@@ -55,17 +55,23 @@ class DecodeConfig:
     num_stages: int
 
 
-def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None) -> DecodeConfig:
+def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None,
+                  fp32: bool = False) -> DecodeConfig:
     """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence.
 
     GPU choices come from the offline sm_90 compile (registers / spills, docs/mla.md), not from
     timings (no GPU measured yet): 64+ rows take BLOCK_M 64 (wgmma, 8 warps, 16-token tiles, two
     stages: no spills for bf16 and FP8); fewer rows (h_q 16/32, memory-bound) use mma.sync tiles
-    of 16 or 32 rows with 8 warps, and the FP8 path 16 rows x 32 tokens (32-row FP8 tiles spill)."""
+    of 16 or 32 rows with 8 warps, and the FP8 path 16 rows x 32 tokens (32-row FP8 tiles spill).
+    A float32 query (``fp32``; ieee FMA dots, fp32 q / latent tiles, with either cache) takes 16 rows x
+    32 tokens whatever the row count: the 64 x 16 tile compiled to 28 KB of spills, a 12 KB stack
+    and 184 KB of shared memory; 16 x 32 (8 warps, 2 stages) has 156 registers, no spills, 110 KB."""
     interp = _interpreting() if interpreting is None else interpreting
     bm = min(64, max(16, _pow2(rows)))
     if interp:
         return DecodeConfig(bm, 64, 4, 1)
+    if fp32:
+        return DecodeConfig(16, 32, 8, 2)
     if bm >= 64:
         return DecodeConfig(64, 16, 8, 2)
     if fp8:
@@ -96,7 +102,7 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
     rows = s_q * h_q
     page = kv_cache.shape[1]
     fp8 = kv_cache.dtype == torch.uint8
-    cfg = decode_config(rows, fp8)
+    cfg = decode_config(rows, fp8, fp32=q.dtype == torch.float32)
     if fp8:
         flat = kv_cache.view(kv_cache.shape[0], page, -1)   # [nb, page, 656] bytes
         lat = flat.view(torch.float8_e4m3fn)

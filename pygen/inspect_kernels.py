@@ -182,7 +182,8 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     what = d.get("what")
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(source="triton", family=family, kernel=name, config=what or config,
-               arch=f"sm_{TRITON_ARCH}", error=None, constexprs=config)
+               arch=f"sm_{TRITON_ARCH}", error=None, constexprs=config,
+               tensor_cores=bool(d.get("tensor_cores")))
     try:
         sig = dict(d["signature"])
         for k in consts:
@@ -194,6 +195,7 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
         ptx = k.asm["ptx"]
         row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)
         row["wgmma"] = "wgmma" in ptx
+        row["wgmma_shapes"] = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
         target = re.search(r"^\.target\s+(\w+)", ptx, re.M)
         arch = target.group(1) if target else f"sm_{TRITON_ARCH}a"
         row["arch"] = arch
