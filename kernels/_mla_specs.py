@@ -63,39 +63,50 @@ def build_specs(ns: dict) -> list[dict]:
              "stride_ab": i32, "stride_an": i32, "stride_bb": i32, "stride_bn": i32},
             {"A": 656 if fp8 else 512, "B": 0 if fp8 else 64, "BLOCK_A": 1024 if fp8 else 512,
              "BLOCK_B": 1 if fp8 else 64, "PAGE": 64}, 4, 1, ["stride_cb", "stride_ct", "stride_ab", "stride_an"]))
-    common = {"D": 192, "DA": 128, "DB": 64, "DV": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": "tf32"}
     pstr = ["stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot", "stride_oh",
             "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh", "stride_dqt",
             "stride_dqh"]
-    qkv = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16"}
-    c = prefill_config("fwd", interpreting=False)
-    specs.append(_spec(
-        pf, "mla_prefill_fwd[bf16,causal]",
-        {**qkv, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
-         "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32, "stride_kt": i32, "stride_kh": i32,
-         "stride_vt": i32, "stride_vh": i32, "stride_ot": i32, "stride_oh": i32, "stride_lh": i32, "num_mb": i32},
-        {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages, pstr,
-        tensor_cores=True))
-    specs.append(_spec(
-        pre, "mla_prefill_bwd_preprocess[bf16]",
-        {"out_ptr": "*bf16", "do_ptr": "*bf16", "dlse_ptr": "*fp32", "delta_ptr": "*fp32", "total_q": i32,
-         "stride_ot": i32, "stride_oh": i32, "stride_dot": i32, "stride_doh": i32, "stride_glh": i32,
-         "stride_dh": i32},
-        {"DV": 128, "BLOCK_DV": 128, "BLOCK_M": 64}, 4, 1, pstr))
-    c = prefill_config("bwd", interpreting=False)
-    bsig = {**qkv, "do_ptr": "*bf16", "lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
-            "cu_k_ptr": "*i32", "scale": "fp32", "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32,
-            "stride_kt": i32, "stride_kh": i32, "stride_vt": i32, "stride_vh": i32, "stride_dot": i32,
-            "stride_doh": i32, "stride_lh": i32}
-    bconst = {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}
-    specs.append(_spec(
-        dkdv, "mla_prefill_bwd_dkdv[bf16,causal]",
-        {**bsig, "dk_ptr": "*bf16", "dv_ptr": "*bf16", "stride_dkt": i32, "stride_dkh": i32, "stride_dvt": i32,
-         "stride_dvh": i32, "num_nb": i32}, bconst, c.num_warps, c.num_stages, pstr, tensor_cores=True))
-    specs.append(_spec(
-        dq, "mla_prefill_bwd_dq[bf16,causal]",
-        {**bsig, "dq_ptr": "*bf16", "stride_dqt": i32, "stride_dqh": i32, "num_mb": i32}, bconst, c.num_warps,
-        c.num_stages, pstr, tensor_cores=True))
+    # bf16 at the wgmma tiles; float32 (ieee FMA dots) at its own tiles (prefill_config fp32=True)
+    for t in ("bf16", "fp32"):
+        fp32 = t == "fp32"
+        p = f"*{t}"
+        tc = not fp32
+        common = {"D": 192, "DA": 128, "DB": 64, "DV": 128, "BLOCK_DV": 128, "UPCAST": False,
+                  "PRECISION": "ieee" if fp32 else "tf32"}
+        qkv = {"q_ptr": p, "k_ptr": p, "v_ptr": p}
+        c = prefill_config("fwd", interpreting=False, fp32=fp32)
+        specs.append(_spec(
+            pf, f"mla_prefill_fwd[{t},causal]",
+            {**qkv, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "out_ptr": p, "lse_ptr": "*fp32",
+             "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32, "stride_kt": i32, "stride_kh": i32,
+             "stride_vt": i32, "stride_vh": i32, "stride_ot": i32, "stride_oh": i32, "stride_lh": i32,
+             "num_mb": i32},
+            {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages,
+            pstr, tensor_cores=tc))
+        if not fp32:   # the preprocess tile does not depend on the dtype
+            specs.append(_spec(
+                pre, "mla_prefill_bwd_preprocess[bf16]",
+                {"out_ptr": p, "do_ptr": p, "dlse_ptr": "*fp32", "delta_ptr": "*fp32", "total_q": i32,
+                 "stride_ot": i32, "stride_oh": i32, "stride_dot": i32, "stride_doh": i32, "stride_glh": i32,
+                 "stride_dh": i32},
+                {"DV": 128, "BLOCK_DV": 128, "BLOCK_M": 64}, 4, 1, pstr))
+        bsig = {**qkv, "do_ptr": p, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
+                "cu_k_ptr": "*i32", "scale": "fp32", "scale_log2": "fp32", "stride_qt": i32, "stride_qh": i32,
+                "stride_kt": i32, "stride_kh": i32, "stride_vt": i32, "stride_vh": i32, "stride_dot": i32,
+                "stride_doh": i32, "stride_lh": i32}
+        c = prefill_config("dkdv", interpreting=False, fp32=fp32)
+        specs.append(_spec(
+            dkdv, f"mla_prefill_bwd_dkdv[{t},causal]",
+            {**bsig, "dk_ptr": p, "dv_ptr": p, "stride_dkt": i32, "stride_dkh": i32, "stride_dvt": i32,
+             "stride_dvh": i32, "num_nb": i32},
+            {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages,
+            pstr, tensor_cores=tc))
+        c = prefill_config("dq", interpreting=False, fp32=fp32)
+        specs.append(_spec(
+            dq, f"mla_prefill_bwd_dq[{t},causal]",
+            {**bsig, "dq_ptr": p, "stride_dqt": i32, "stride_dqh": i32, "num_mb": i32},
+            {"CAUSAL": True, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, **common}, c.num_warps, c.num_stages,
+            pstr, tensor_cores=tc))
     specs.append(_spec(
         mas, "merge_attn_states[bf16]",
         {"oa_ptr": "*bf16", "la_ptr": "*fp32", "ob_ptr": "*bf16", "lb_ptr": "*fp32", "out_ptr": "*bf16",

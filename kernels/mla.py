@@ -162,11 +162,26 @@ class PrefillConfig:
     num_stages: int
 
 
-def prefill_config(pass_: str, interpreting: bool | None = None) -> PrefillConfig:
+# float32 (ieee FMA dots: operands and accumulators in registers, no wgmma): the bf16 tiles spill
+# tens of KB and need 164-295 KB of shared memory; these have no spills and at most 112 KB
+# (offline sm_90 compile at qk 192 / v 128, docs/mla.md)
+_PREFILL_FP32 = {"fwd": PrefillConfig(32, 64, 8, 2), "dkdv": PrefillConfig(16, 32, 8, 1),
+                 "dq": PrefillConfig(32, 16, 8, 2)}
+
+
+def prefill_config(pass_: str, interpreting: bool | None = None, fp32: bool = False) -> PrefillConfig:
+    """Tile of prefill pass ``pass_``: "fwd", "dkdv" or "dq" ("bwd": both backward kernels).
+
+    GPU choices come from the offline sm_90 compile (no GPU timing yet): bf16 / fp16 run every
+    pass as wgmma with no spills at qk 192 / v 128. A float32 q (``fp32``; ieee FMA dots) has its
+    own tiles, see docs/mla.md "float32 tiles"."""
+    if pass_ not in ("fwd", "dkdv", "dq", "bwd"):
+        raise ValueError(f"pass_ must be 'fwd', 'dkdv', 'dq' or 'bwd', got {pass_!r}")
     interp = _interpreting() if interpreting is None else interpreting
     if interp:
         return PrefillConfig(32, 32, 4, 1)
-    # offline sm_90 compile (no GPU timing yet): all wgmma, no spills at qk 192 / v 128 in bf16
+    if fp32:
+        return _PREFILL_FP32["dkdv" if pass_ == "bwd" else pass_]
     if pass_ == "fwd":
         return PrefillConfig(128, 64, 8, 3)
     return PrefillConfig(64, 64, 8, 2)
@@ -192,7 +207,7 @@ def _prefill_common(q, k, v):
 def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
     batch = cu_q.shape[0] - 1
     h = q.shape[1]
-    cfg = prefill_config("fwd")
+    cfg = prefill_config("fwd", fp32=q.dtype == torch.float32)
     if batch == 0 or max_q == 0:
         out.zero_()
         lse.fill_(float("-inf"))
@@ -221,9 +236,10 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
         out, grad_out, grad_lse, delta, total_q,
         out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), grad_lse.stride(0), delta.stride(0),
         DV=com["DV"], BLOCK_DV=com["BLOCK_DV"], BLOCK_M=pre_block, num_warps=4)
-    cfg = prefill_config("bwd")
+    fp32 = q.dtype == torch.float32
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1), lse.stride(0))
+    cfg = prefill_config("dkdv", fp32=fp32)
     num_nb = triton.cdiv(max_k, cfg.block_n)
     for b0, nb in batch_chunks(num_nb, batch):
         args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])
@@ -231,6 +247,7 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
             *args, dk, dv, scale, scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
             num_nb, CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = prefill_config("dq", fp32=fp32)
     num_mb = triton.cdiv(max_q, cfg.block_m)
     for b0, nb in batch_chunks(num_mb, batch):
         args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])

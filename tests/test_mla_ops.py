@@ -365,3 +365,30 @@ def test_cache_append_small_latent_float_cache(device, backend, gen):
     assert torch.equal(want[1, 0, 0], torch.cat([lat[0, 0], rope[0, 0]]).cpu())
     assert torch.equal(want[0, 1, 0], torch.cat([lat[0, 1], rope[0, 1]]).cpu())
     assert int((want != 0).sum()) == 2 * 48 - int((lat[0, :2] == 0).sum() + (rope[0, :2] == 0).sum())
+
+
+def test_prefill_fp32_gpu_tiles_match_reference(monkeypatch, gen):
+    """The float32 GPU tiles (prefill_config fp32=True: 32 x 64 forward, 16 x 32 dkdv, 32 x 16 dq,
+    unequal BLOCK_M / BLOCK_N) run through the launchers on CPU under the interpreter."""
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA runs of the main prefill test already use these tiles")
+    pytest.importorskip("triton")
+    from pygen.kernels import mla as kmla
+
+    orig = kmla.prefill_config
+    tiles = {p: orig(p, interpreting=False, fp32=True) for p in ("fwd", "dkdv", "dq")}
+    assert len({(c.block_m, c.block_n) for c in tiles.values()}) == 3
+    monkeypatch.setattr(kmla, "prefill_config", lambda p, interpreting=None, fp32=False: tiles[p])
+    lq, lk, h, d, dv, causal = ((5, 40), (5, 50), 1, 192, 128, True)
+    q, k, v, cq, ck = _prefill_problem(lq, lk, h, d, dv, torch.float32, "cpu", gen)
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    out, lse = ops.mla_prefill(q, k, v, cq, ck, causal=causal, backend="triton")
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    r_out, r_lse = ref.mla_prefill(q64, k64, v64, cq, ck, causal=causal)
+    assert_close_to_ref(out, r_out, what="fp32-tile out")
+    assert_close_to_ref(lse.detach(), r_lse.detach(), atol=1e-4, what="fp32-tile lse")
+    go = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((out * go.float()).sum(), (q, k, v))
+    want = torch.autograd.grad((r_out * go).sum(), (q64, k64, v64))
+    for nm, a, r in zip("qkv", got, want):
+        assert_close_to_ref(a, r, atol=1e-4, what=f"fp32-tile d{nm}")
