@@ -568,7 +568,12 @@ def cmd_inspect(args) -> int:
         raise BadArgs("--no-triton and --no-cuda together leave nothing to inspect")
     families = args.family or None
     rows = []
+    toolchain = None
     if not args.no_triton:
+        toolchain = IK.triton_toolchain()
+        ptxas = toolchain.get("ptxas")
+        _print(f"Triton {toolchain.get('triton') or '(not installed)'} compiles the Triton rows"
+               + (f" (ptxas {toolchain.get('ptxas_version') or '?'}: {ptxas})" if ptxas else ""))
         rows += IK.triton_rows(families)
     if not args.no_cuda:
         nvcc = IK.find_nvcc()
@@ -580,6 +585,12 @@ def cmd_inspect(args) -> int:
     bad = [r for r in rows if r.get("error")]
     spills = [r for r in rows if (r.get("spill_stores") or 0) + (r.get("spill_loads") or 0) > 0]
     _print(f"{len(rows)} kernels, {len(bad)} failed to compile, {len(spills)} spill")
+    if args.json:
+        import json
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(IK.report_json(rows, toolchain), indent=1, default=str) + "\n")
+        _print(f"wrote {path}")
     return 1 if bad else 0
 
 
@@ -658,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel nvcc processes")
     s.add_argument("--no-cache", action="store_true",
                    help="recompile the .cu files even if ~/.cache/pygen/inspect has this exact source")
+    s.add_argument("--json", metavar="PATH",
+                   help="also write the rows and the Triton version / ptxas that compiled them as JSON "
+                        "(docs/inspect/triton-<version>.json are such files)")
     s.set_defaults(func=cmd_inspect)
     return p
 

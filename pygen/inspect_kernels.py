@@ -167,10 +167,55 @@ def _triton_ptxas():
         return shutil.which("ptxas")
 
 
+def ptxas_version(ptxas: str | None) -> str | None:
+    """``12.8`` from ``ptxas --version`` (None when it cannot run)."""
+    if not ptxas:
+        return None
+    try:
+        out = subprocess.run([ptxas, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release ([\d.]+)", out) or re.search(r"cuda_([\d.]+)", out)
+    return m.group(1) if m else None
+
+
+def triton_toolchain() -> dict[str, Any]:
+    """Which Triton (and the ptxas it bundles) compiles the Triton rows: the offline specs give
+    different registers / spills / smem under different Triton releases (issue 11: CI has 3.9, the
+    GPU machine 3.6), so every report names the version."""
+    try:
+        import triton
+        version = triton.__version__
+    except Exception:  # noqa: BLE001
+        return {"triton": None, "ptxas": None, "ptxas_version": None}
+    ptxas = _triton_ptxas()
+    return {"triton": version, "ptxas": Path(ptxas).name if ptxas else None,
+            "ptxas_version": ptxas_version(ptxas)}
+
+
+def _make_ast_source(ASTSource, fn, sig, consts, attrs):
+    """ASTSource across Triton releases. 3.2 onwards (3.6 and 3.9 included) take
+    ``signature={name: type or "constexpr"}, constexprs={name: value}, attrs=...``; older releases
+    (3.0/3.1) take ``constants=`` and a signature without the constexpr entries."""
+    import inspect as _inspect
+    params = _inspect.signature(ASTSource.__init__).parameters
+    if "constexprs" in params:
+        return ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    sig = {k: v for k, v in sig.items() if v != "constexpr"}
+    return ASTSource(fn=fn, signature=sig, constants=consts, attrs=attrs)
+
+
+def _gpu_target():
+    try:
+        from triton.backends.compiler import GPUTarget
+    except ImportError:  # Triton 2.x / early 3.0
+        from triton.compiler.compiler import GPUTarget  # type: ignore
+    return GPUTarget("cuda", TRITON_ARCH, 32)
+
+
 def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     """Compile one COMPILE_SPECS entry offline for sm_90 and report its resources."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     d = _spec_fields(spec)
@@ -190,8 +235,8 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
             sig.setdefault(k, "constexpr")
         arg_names = getattr(fn, "arg_names", list(sig))
         sig = {a: sig[a] for a in arg_names if a in sig}
-        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=d.get("attrs"))
-        k = triton.compile(src, target=GPUTarget("cuda", TRITON_ARCH, 32), options=opts)
+        src = _make_ast_source(ASTSource, fn, sig, consts, d.get("attrs"))
+        k = triton.compile(src, target=_gpu_target(), options=opts)
         ptx = k.asm["ptx"]
         row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)
         row["wgmma"] = "wgmma" in ptx
@@ -368,6 +413,44 @@ def nvcc_rows(families: Iterable[str] | None = None, nvcc: str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
+JSON_KEYS = ("source", "family", "kernel", "config", "constexprs", "arch", "registers", "spill_stores",
+             "spill_loads", "stack", "smem", "wgmma", "wgmma_shapes", "tensor_cores", "error")
+
+
+def report_json(rows: list[dict[str, Any]], toolchain: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``pygen inspect --json PATH`` writes: the toolchain that compiled (Triton version and
+    its ptxas) and one entry per row (docs/inspect/triton-<version>.json are such files)."""
+    return {"toolchain": toolchain if toolchain is not None else triton_toolchain(),
+            "rows": [{k: r.get(k) for k in JSON_KEYS} for r in rows]}
+
+
+DIFF_KEYS = ("registers", "spill_stores", "spill_loads", "stack", "smem", "wgmma", "error")
+
+
+def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of two ``report_json`` reports (same specs, two toolchains) whose registers / spills /
+    stack / smem / wgmma / error differ. Rows are matched by (source, family, kernel, config) and
+    their order among equal keys; each result has ``key`` and, per differing field, ``(a, b)``."""
+    def keyed(rep):
+        out, seen = {}, {}
+        for r in rep["rows"]:
+            k = (r.get("source"), r.get("family"), r.get("kernel"), r.get("config"))
+            n = seen[k] = seen.get(k, -1) + 1
+            out[k + (n,)] = r
+        return out
+    ka, kb = keyed(a), keyed(b)
+    diffs = []
+    for k in list(ka) + [k for k in kb if k not in ka]:
+        ra, rb = ka.get(k), kb.get(k)
+        if ra is None or rb is None:
+            diffs.append({"key": k[:4], "missing": "a" if ra is None else "b"})
+            continue
+        d = {f: (ra.get(f), rb.get(f)) for f in DIFF_KEYS if ra.get(f) != rb.get(f)}
+        if d:
+            diffs.append({"key": k[:4], **d})
+    return diffs
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     head = ["source", "family", "kernel", "config", "arch", "regs", "spill st", "spill ld", "stack",
             "smem", "wgmma"]

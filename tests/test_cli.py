@@ -225,6 +225,46 @@ def test_inspect_cli(capsys, monkeypatch):
     assert main(["inspect", "roi", "--no-cuda"]) == 0
 
 
+def test_inspect_json_names_the_triton_version(capsys, monkeypatch, tmp_path):
+    """Issue 11: the report says which Triton compiled (CI has 3.9, the GPU machine 3.6) and
+    --json writes the rows with that toolchain."""
+    import json
+    row = {c: None for c in IK.COLUMNS}
+    row.update(source="triton", family="roi", kernel="_k", registers=40, spill_stores=0,
+               spill_loads=0, smem=0, wgmma=False, error=None)
+    tc = {"triton": "9.9.9", "ptxas": "ptxas", "ptxas_version": "12.8"}
+    monkeypatch.setattr(IK, "triton_rows", lambda fams: [row])
+    monkeypatch.setattr(IK, "triton_toolchain", lambda: tc)
+    out_path = tmp_path / "sub" / "r.json"
+    assert main(["inspect", "roi", "--no-cuda", "--json", str(out_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Triton 9.9.9 compiles the Triton rows (ptxas 12.8" in out
+    rep = json.loads(out_path.read_text())
+    assert rep["toolchain"] == tc and rep["rows"][0]["kernel"] == "_k"
+    assert rep["rows"][0]["registers"] == 40
+
+
+def test_inspect_diff_reports():
+    def rep(regs, spills):
+        return {"rows": [{"source": "triton", "family": "f", "kernel": "k", "config": "c", "registers": r,
+                          "spill_stores": s, "spill_loads": s, "smem": 0} for r, s in zip(regs, spills)]}
+    assert IK.diff_reports(rep([10, 20], [0, 0]), rep([10, 20], [0, 0])) == []
+    d = IK.diff_reports(rep([10, 20], [0, 0]), rep([10, 24], [0, 8]))
+    assert len(d) == 1 and d[0]["registers"] == (20, 24) and d[0]["spill_stores"] == (0, 8)
+
+
+def test_recorded_inspect_reports():
+    """docs/inspect/triton-<version>.json (``pygen inspect --no-cuda --json``) name the Triton that
+    made them, and every spec compiled."""
+    import json
+    files = sorted((Path(__file__).resolve().parent.parent / "docs" / "inspect").glob("triton-*.json"))
+    assert files
+    for f in files:
+        rep = json.loads(f.read_text())
+        assert rep["toolchain"]["triton"].startswith(f.stem.split("-", 1)[1]), f
+        assert rep["rows"] and not [r for r in rep["rows"] if r["error"]], f
+
+
 def test_profile_quick(capsys):
     assert main(["profile", "faster_rcnn_roi_head", "--quick", "--device", "cpu", "--top", "5"]) == 0
     out = capsys.readouterr().out
