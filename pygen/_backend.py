@@ -14,6 +14,7 @@ from functools import lru_cache
 import torch
 
 from . import _ext
+from .kernels._device import launches_on_device
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
@@ -131,8 +132,6 @@ def choose_for(op: str, t: torch.Tensor, backend: str | None, supported: tuple[s
     return choose(op, t.device, t.dtype, backend, supported)
 
 
-def on_device(fn):
-    """Wrap a kernel-launching implementation so that it runs with its first tensor's CUDA device
-    current (Triton launches on the current device): the one guard, kernels/_device.py."""
-    from .kernels._device import launches_on_device
-    return launches_on_device(fn)
+# Wraps a kernel-launching implementation so that it runs with its first tensor's CUDA device
+# current (Triton launches on the current device): the one guard, kernels/_device.py (torch only).
+on_device = launches_on_device

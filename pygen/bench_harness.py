@@ -508,7 +508,11 @@ def interleaved_order(k: int, rounds: int) -> list[int]:
     each, starting at implementation r mod k (0 1 2, 1 2 0, 2 0 1, ...; for two: A B, B A, A B),
     so every implementation runs at every position of a round equally often and no one of them
     always follows the same neighbour."""
-    return [(r + j) % k for r in range(rounds) for j in range(k)]
+    return [j for r in range(rounds) for j in _round_order(k, r)]
+
+
+def _round_order(k: int, r: int) -> list[int]:
+    return [(r + j) % k for j in range(k)]
 
 
 def _pick_clock(wall: list[list[float]], cpu: list[list[float]], proc: list[float], timer: str
@@ -554,7 +558,7 @@ def time_cpu_interleaved(calls: Sequence[tuple[Callable[[], Any], Callable[[], N
                 rounds >= min_rounds and elapsed >= budget_s
                 and (settled is None or settled(_pick_clock(wall, cpu, proc, timer)[0])))):
             break
-        for j in ((rounds + i) % k for i in range(k)):   # = interleaved_order's round `rounds`
+        for j in _round_order(k, rounds):
             fn, reset = calls[j]
             reset()
             p0 = process()
@@ -579,7 +583,6 @@ CI_LEVEL = 0.95          # nominal coverage of the ratio intervals
 MIN_EFFECT = 1.10        # "faster" needs the whole CI above this ("slower": below its inverse)
 NEAR_BAND = 1.25         # a CI inside [1/1.25, 1.25] that is neither: "~"
 MAX_CI_WIDTH = 3.0       # a CI with hi/lo above this gives no ratio (a verdict, if it excludes 1)
-VERDICTS = ("faster", "slower", "~", "noisy")
 
 
 def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:

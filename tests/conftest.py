@@ -18,6 +18,18 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
+@pytest.fixture
+def one_thread():
+    """torch single-threaded for the test, restored after. The test problems are tiny: intra-op
+    threads buy nothing, and on a loaded 2-core machine their spin-waits made small ops and
+    100-step model runs 10-20x slower (measured here). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # Absolute slack on top of the Flash-Attention rule, by dtype.
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -14,12 +14,8 @@ from conftest import assert_close_to_ref
 from test_mla_module import BACKENDS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_lm(backend, dtype=torch.float64, seed=0, **kw):

@@ -20,14 +20,8 @@ KERNEL_PARAMS = [p for p in PARAMS if p.values[1] == "triton"]
 FLOW_OPS = ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "conv1x1", "lu_weight")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads buy nothing, and on a loaded 2-core machine their
-    spin-waits slow small ops down 10x and more (measured here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rand(shape, gen, dtype=torch.float32, device="cpu", scale=1.0):

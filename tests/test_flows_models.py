@@ -17,14 +17,8 @@ from conftest import backend_params
 KERNEL_PARAMS = [p for p in backend_params(kernel_only=True) if p.values[1] == "triton"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads buy nothing, and on a loaded 2-core machine
-    their spin-waits made a 100-step run 10-20x slower (measured here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_actnorm_module_data_dependent_init(gen):

@@ -23,14 +23,8 @@ from conftest import backend_params
 KERNEL_PARAMS = [p for p in backend_params() if p.values[1] == "triton"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (tens of ms per op on a
-    loaded 2-core machine), so each test runs single-threaded and restores the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
 
 

@@ -16,12 +16,8 @@ from pygen.integrations.transformers_paged_cache import PagedMLATransformersCach
 from pygen.nn.mla import MLA
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(b=2, s=7, seed=5):

@@ -34,12 +34,8 @@ _WHY = _triton_skip()
 BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(_WHY is not None, reason=str(_WHY)))]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kw) -> DeepSeekV3Config:

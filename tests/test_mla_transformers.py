@@ -26,12 +26,8 @@ YARN = dict(rope_type="yarn", factor=40.0, mscale=1.0, mscale_all_dim=1.0, origi
             beta_fast=32, beta_slow=1, rope_theta=10000.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_config(**kw) -> DeepseekV3Config:

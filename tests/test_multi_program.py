@@ -39,13 +39,8 @@ F64 = torch.float64
 MIN_PROGRAMS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small torch ops on a shared 2-core machine: intra-op threads only add spin-waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny problems: single-threaded (tests/conftest.py::one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- launch recording ------------------------------------------------------------------------------
