@@ -55,9 +55,12 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def fused_config(pass_: str, num_slots: int, num_experts: int, hidden: int, inter: int, dtype) -> Config:
-    """Tile sizes for a pass; block_m is also moe_align's block size, so ops and launcher agree."""
-    if _INTERPRET:  # few, big programs: the interpreter pays per program and per tl.dot step
+def fused_config(pass_: str, num_slots: int, num_experts: int, hidden: int, inter: int, dtype,
+                 interpreting: bool | None = None) -> Config:
+    """Tile sizes for a pass; block_m is also moe_align's block size, so ops and launcher agree.
+    ``interpreting=False`` gives the GPU tile whatever TRITON_INTERPRET says (offline specs)."""
+    if _INTERPRET if interpreting is None else interpreting:
+        # few, big programs: the interpreter pays per program and per tl.dot step
         return Config(16, min(_p2(max(inter, hidden)), 64), min(_p2(max(inter, hidden)), 64), 4, 1)
     small = num_slots <= 2 * num_experts  # decode: ~one row per touched expert
     bm = 16 if small else 64
@@ -465,8 +468,8 @@ def _specs():
         p = f"*{tname}"
         prec = "ieee" if dt == torch.float32 else "tf32"
         for label, S in (("prefill", 65536), ("decode", 8)):
-            cf = fused_config("fwd", S, 256, 7168, 2048, dt) if not _INTERPRET else Config(64, 128, 64, 8, 3)
-            cb = fused_config("bwd", S, 256, 7168, 2048, dt) if not _INTERPRET else Config(64, 128, 64, 8, 3)
+            cf = fused_config("fwd", S, 256, 7168, 2048, dt, interpreting=False)
+            cb = fused_config("bwd", S, 256, 7168, 2048, dt, interpreting=False)
             base = {"UPCAST": False, "PRECISION": prec, "BLOCK_M": cf.block_m, "BLOCK_N": cf.block_n,
                     "BLOCK_K": cf.block_k}
             opts = {"num_warps": cf.num_warps, "num_stages": cf.num_stages}

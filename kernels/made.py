@@ -531,7 +531,7 @@ def interpreting() -> bool:
 INTERPRET_CONFIG = Config(32, 32, 32, group_m=4)
 _GPU_16BIT = {"fwd": Config(128, 128, 64, 8, 8, 3), "dx": Config(128, 128, 64, 8, 8, 3),
               "dw": Config(64, 128, 64, 8, 8, 3)}
-_GPU_32BIT = {"fwd": Config(64, 64, 16, 8, 4, 3), "dx": Config(64, 64, 32, 8, 4, 3),
+_GPU_32BIT = {"fwd": Config(64, 64, 16, 8, 4, 3), "dx": Config(64, 64, 16, 8, 4, 3),
               "dw": Config(32, 64, 64, 8, 4, 3)}
 
 

@@ -60,9 +60,12 @@ def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None
     """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence.
 
     GPU choices come from the offline sm_90 compile (registers / spills, docs/mla.md), not from
-    timings (no GPU measured yet): 64+ rows take BLOCK_M 64 (wgmma, 8 warps, 16-token tiles, two
-    stages: no spills for bf16 and FP8); fewer rows (h_q 16/32, memory-bound) use mma.sync tiles
-    of 16 or 32 rows with 8 warps, and the FP8 path 16 rows x 32 tokens (32-row FP8 tiles spill).
+    timings (no GPU measured yet): 64+ rows of a 16-bit cache take BLOCK_M 64 (wgmma, 8 warps,
+    16-token tiles, two stages, ~205 registers); fewer rows (h_q 16/32, memory-bound) use mma.sync
+    tiles of 16 or 32 rows with 8 warps. The FP8 cache takes 16 rows x 32 tokens at every row
+    count (~230 registers under Triton 3.6-3.9): its dequantised [tokens, 512] tile needs ~50 more
+    registers than the 16-bit path, so the 64 x 16 wgmma tile sat at 255 registers and spilled
+    208-228 B under Triton 3.6 and 3.8, and 32-row tiles spill or sit at 252-255 registers.
     A float32 query (``fp32``; ieee FMA dots, fp32 q / latent tiles, with either cache) takes 16 rows x
     32 tokens whatever the row count: the 64 x 16 tile compiled to 28 KB of spills, a 12 KB stack
     and 184 KB of shared memory; 16 x 32 (8 warps, 2 stages) has 156 registers, no spills, 110 KB."""
@@ -70,12 +73,10 @@ def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None
     bm = min(64, max(16, _pow2(rows)))
     if interp:
         return DecodeConfig(bm, 64, 4, 1)
-    if fp32:
+    if fp32 or fp8:
         return DecodeConfig(16, 32, 8, 2)
     if bm >= 64:
         return DecodeConfig(64, 16, 8, 2)
-    if fp8:
-        return DecodeConfig(16, 32, 8, 2)
     return DecodeConfig(bm, 64 if bm == 16 else 32, 8, 2)
 
 

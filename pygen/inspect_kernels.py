@@ -213,6 +213,28 @@ def _gpu_target():
     return GPUTarget("cuda", TRITON_ARCH, 32)
 
 
+_OPTION_KEYS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+
+
+def _spec_identity(d: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(kernel name, constexpr + launch-option text, launch options) of a normalised spec."""
+    fn = d["fn"]
+    name = d.get("name") or getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "?")
+    opts = {k: d[k] for k in _OPTION_KEYS if d.get(k) is not None}
+    config = ", ".join([f"{k}={v}" for k, v in dict(d["constexprs"]).items()]
+                       + [f"{k}={v}" for k, v in opts.items()])
+    return name, config, opts
+
+
+def spec_key(spec, family: str = "") -> tuple[str, str, str, str]:
+    """(family, kernel, config, constexprs) a report row of ``spec`` carries, without compiling:
+    tests match recorded reports against today's specs with it (a retuned tile makes the
+    recorded row stale)."""
+    d = _spec_fields(spec)
+    name, config, _ = _spec_identity(d)
+    return family, name, d.get("what") or config, config
+
+
 def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     """Compile one COMPILE_SPECS entry offline for sm_90 and report its resources."""
     import triton
@@ -220,10 +242,8 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
 
     d = _spec_fields(spec)
     fn = d["fn"]
-    name = d.get("name") or getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "?")
+    name, config, opts = _spec_identity(d)
     consts = dict(d["constexprs"])
-    opts = {k: d[k] for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if d.get(k) is not None}
-    config = ", ".join([f"{k}={v}" for k, v in consts.items()] + [f"{k}={v}" for k, v in opts.items()])
     what = d.get("what")
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(source="triton", family=family, kernel=name, config=what or config,
@@ -275,6 +295,26 @@ def triton_rows(families: Iterable[str] | None = None, limit: int | None = None)
         for spec in list(getattr(mod, "COMPILE_SPECS", None) or ())[:limit]:
             rows.append(compile_triton_spec(spec, fam))
     return rows
+
+
+def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, str, str, str]]:
+    """``spec_key`` of every COMPILE_SPECS entry (of ``families``), in report order. Some kernels
+    modules size their specs' tiles by TRITON_INTERPRET, so under the interpreter the keys come
+    from a child process without it, as the compiled rows do (``triton_rows``)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        import json
+        import sys
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        code = ("import json, sys; from pygen.inspect_kernels import triton_spec_keys; "
+                "print('@@KEYS@@' + json.dumps(triton_spec_keys(json.loads(sys.argv[1]))))")
+        res = subprocess.run([sys.executable, "-c", code, json.dumps(list(families) if families else None)],
+                             capture_output=True, text=True, env=env, timeout=600)
+        for line in res.stdout.splitlines():
+            if line.startswith("@@KEYS@@"):
+                return [tuple(k) for k in json.loads(line[len("@@KEYS@@"):])]
+        raise RuntimeError(f"spec listing subprocess failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
+    return [spec_key(spec, fam) for fam, mod in _kernel_modules(families)
+            for spec in getattr(mod, "COMPILE_SPECS", None) or ()]
 
 
 def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
@@ -449,6 +489,39 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         if d:
             diffs.append({"key": k[:4], **d})
     return diffs
+
+
+def summary_markdown(reports: dict[str, dict[str, Any]], edge: int = 240) -> str:
+    """Markdown summary of recorded reports ({label: report_json}): per release the spec count,
+    compile errors, spilling specs, the largest shared memory, and every Triton spec at ``edge``
+    registers or more under some release (255 is the hardware cap: those are the specs a new
+    Triton release can tip into spilling)."""
+    labels = list(reports)
+    out = ["| Triton | ptxas | specs | errors | spilling | wgmma | largest smem (B) |",
+           "|---|---|---|---|---|---|---|"]
+    for lab in labels:
+        rep = reports[lab]
+        rows = [r for r in rep["rows"] if r["source"] == "triton"]
+        tc = rep.get("toolchain") or {}
+        out.append(f"| {tc.get('triton')} | {tc.get('ptxas_version')} | {len(rows)} | "
+                   f"{sum(1 for r in rows if r['error'])} | "
+                   f"{sum(1 for r in rows if r['spill_stores'] or r['spill_loads'])} | "
+                   f"{sum(1 for r in rows if r['wgmma'])} | {max((r['smem'] or 0) for r in rows)} |")
+    keyed = {lab: {(r["family"], r["kernel"], r["config"]): r for r in reports[lab]["rows"]
+                   if r["source"] == "triton"} for lab in labels}
+    keys = list(dict.fromkeys(k for lab in labels for k in keyed[lab]))
+    near = [k for k in keys
+            if any(((keyed[lab].get(k) or {}).get("registers") or 0) >= edge for lab in labels)]
+    out += ["", f"Specs at {edge}+ registers under some release (registers / spill bytes stored):", "",
+            "| family | kernel | " + " | ".join(labels) + " |",
+            "|---|---|" + "---|" * len(labels)]
+    for k in near:
+        cells = []
+        for lab in labels:
+            r = keyed[lab].get(k)
+            cells.append("—" if r is None else f"{r['registers']} / {r['spill_stores'] or 0}")
+        out.append(f"| {k[0]} | `{k[1]}` | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:

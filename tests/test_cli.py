@@ -253,16 +253,41 @@ def test_inspect_diff_reports():
     assert len(d) == 1 and d[0]["registers"] == (20, 24) and d[0]["spill_stores"] == (0, 8)
 
 
+def test_inspect_summary_markdown():
+    def rep(version, rows):
+        return {"toolchain": {"triton": version, "ptxas_version": "12.8"},
+                "rows": [{"source": "triton", "family": "f", "kernel": k, "config": "c", "registers": r,
+                          "spill_stores": s, "spill_loads": s, "smem": m, "wgmma": w, "error": None}
+                         for k, r, s, m, w in rows]}
+    md = IK.summary_markdown({"a": rep("3.6.0", [("k1", 100, 0, 10, True), ("k2", 250, 0, 0, False)]),
+                              "b": rep("3.9.0", [("k1", 255, 16, 20, True), ("k2", 200, 0, 0, False)])})
+    lines = md.splitlines()
+    assert "| 3.6.0 | 12.8 | 2 | 0 | 0 | 1 | 10 |" in lines
+    assert "| 3.9.0 | 12.8 | 2 | 0 | 1 | 1 | 20 |" in lines
+    assert "| f | `k1` | 100 / 0 | 255 / 16 |" in lines and "| f | `k2` | 250 / 0 | 200 / 0 |" in lines
+
+
 def test_recorded_inspect_reports():
     """docs/inspect/triton-<version>.json (``pygen inspect --no-cuda --json``) name the Triton that
-    made them, and every spec compiled."""
-    import json
+    made them, were made from today's specs (a retuned tile must be recompiled under every recorded
+    release: CI only compiles under the Triton it installs, the GPU machine runs 3.6), every spec
+    compiled, and nothing spills under any recorded release."""
+    from collections import Counter
     files = sorted((Path(__file__).resolve().parent.parent / "docs" / "inspect").glob("triton-*.json"))
-    assert files
+    assert {f.stem for f in files} >= {"triton-3.6", "triton-3.9"}
+    current = Counter(IK.triton_spec_keys())
     for f in files:
         rep = json.loads(f.read_text())
         assert rep["toolchain"]["triton"].startswith(f.stem.split("-", 1)[1]), f
         assert rep["rows"] and not [r for r in rep["rows"] if r["error"]], f
+        rows = [r for r in rep["rows"] if r["source"] == "triton"]
+        recorded = Counter((r["family"], r["kernel"], r["config"], r["constexprs"]) for r in rows)
+        assert recorded == current, (f.name, "stale: regenerate (docs/inspect.md)",
+                                     sorted((recorded - current).elements())[:3],
+                                     sorted((current - recorded).elements())[:3])
+        spills = [(r["kernel"], r["spill_stores"], r["spill_loads"]) for r in rows
+                  if r["spill_stores"] or r["spill_loads"]]
+        assert not spills, (f.name, spills)
 
 
 def test_profile_quick(capsys):

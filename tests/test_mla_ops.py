@@ -82,6 +82,25 @@ def test_decode_fp8_cache(device, backend, gen):
         _check_decode(out, lse, q, kv, bt, sl, True, f"{backend} fp8 {dt}")
 
 
+def test_decode_fp8_gpu_tile_128_heads(monkeypatch, gen):
+    """The FP8 cache's GPU tile at 128 heads x 2 queries (decode_config: 16 rows x 32 tokens, so 16
+    row tiles per sequence that must each see the same split chunks) through the launcher under
+    the interpreter, against the float64 reference."""
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA runs of the FP8 decode tests already use the GPU tiles")
+    pytest.importorskip("triton")
+    from pygen.kernels import mla as kmla
+
+    orig = kmla.decode_config
+    tile = orig(256, True, interpreting=False)
+    assert (tile.block_m, tile.block_n) == (16, 32)
+    monkeypatch.setattr(kmla, "decode_config",
+                        lambda rows, fp8=False, interpreting=None, fp32=False: orig(rows, fp8, False, fp32))
+    q, kv, bt, sl = ref.random_decode_problem((45, 7), 2, 128, 16, gen, dtype=torch.bfloat16, fp8=True)
+    out, lse = ops.mla_decode(q, kv, bt, sl, causal=True, num_splits=2, backend="triton")
+    _check_decode(out, lse, q, kv, bt, sl, True, "fp8 GPU tile h_q 128")
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_decode_fixed_splits_deterministic_and_split_invariant(device, backend, gen):
     q, kv, bt, sl = ref.random_decode_problem((90, 40), 1, 16, 16, gen, device=device)
