@@ -43,7 +43,7 @@ class GemmConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 4
-    num_programs: int | None = None     # persistent grid size; None: min(units, SMs)
+    num_programs: int | None = None     # persistent grid size; None: min(units, SMs x CTAs per SM)
 
 
 def _num_sms(device) -> int:
@@ -79,7 +79,50 @@ def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool =
     if not grouped and tiles * 2 <= sms:
         split = max(1, min(sms // tiles, kb // 4))
     return GemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, split, cfg.group_m, cfg.num_warps,
-                      cfg.num_stages, min(tiles * split, sms))
+                      cfg.num_stages)
+
+
+# Hopper SM (H100 / H200): 64K 32-bit registers, allocated per warp in units of 256; 228 KB of
+# shared memory of which each resident CTA also reserves 1 KB; 2048 threads.
+SM_REGS, SM_SMEM, CTA_SMEM_RESERVED, SM_THREADS = 65536, 233472, 1024, 2048
+
+
+def ctas_per_sm(n_regs: int, smem: int, num_warps: int) -> int:
+    """How many CTAs of a compiled kernel (``n_regs`` registers per thread, ``smem`` bytes of
+    shared memory) one SM holds at once. Two or more resident programs of the persistent GEMM
+    overlap one's per-128-K promotion (CUDA-core FMAs after a wgmma wait) with the other's wgmma,
+    the overlap DeepGEMM gets from its second math warpgroup: the 64 x 128 / 4-warp tile (~230
+    registers, 98.8 KB) fits 2 per SM, the swap-AB decode tile (~167, 64 KB) 3, the 128 x 128 /
+    8-warp tile (~218, 96 KB) 1 (docs/fp8.md)."""
+    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
+    by_regs = SM_REGS // (per_warp * num_warps)
+    by_smem = SM_SMEM // (smem + CTA_SMEM_RESERVED)
+    by_threads = SM_THREADS // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_threads))
+
+
+_OCCUPANCY: dict[tuple, int] = {}
+OCCUPANCY_ERRORS: list[str] = []     # why a probe fell back to 1 (a GPU test asserts it stays empty)
+
+
+def _occupancy(args: tuple, kwargs: dict, device: torch.device) -> int:
+    """CTAs per SM of the kernel these launch arguments compile to (measured once per
+    specialisation from its register count and shared memory). 1 where it cannot be read: the
+    interpreter, or a Triton without ``warmup``."""
+    if device.type != "cuda":
+        return 1
+    key = (device.index,) + tuple(sorted(kwargs.items())) + tuple(
+        str(a.dtype) if isinstance(a, torch.Tensor) else (a % 16 == 0 if isinstance(a, int) else a)
+        for a in args)
+    if key not in _OCCUPANCY:
+        try:
+            kern = _fp8_gemm_fwd_kernel.warmup(*args, grid=(1,), **kwargs)
+            kern._init_handles()
+            _OCCUPANCY[key] = ctas_per_sm(int(kern.n_regs), int(kern.metadata.shared), kwargs["num_warps"])
+        except Exception as exc:  # noqa: BLE001 -- private Triton API: fall back to one CTA per SM
+            OCCUPANCY_ERRORS.append(f"{type(exc).__name__}: {exc}")
+            _OCCUPANCY[key] = 1
+    return _OCCUPANCY[key]
 
 
 def _dummy(t: torch.Tensor) -> torch.Tensor:
@@ -92,19 +135,25 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
     grouped = mi is not None
     e = b.shape[0] if grouped else 1
     units = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
-    progs = max(1, min(units, cfg.num_programs or units))
     sbe = sb.stride(0) if grouped else 0
     be = b.stride(0) if grouped else 0
-    with on_tensor_device(a):
-        _fp8_gemm_fwd_kernel[(progs,)](
-            a, sa, b, sb, bias if bias is not None else _dummy(a), out, mi if grouped else _dummy(a),
+    args = [a, sa, b, sb, bias if bias is not None else _dummy(a), out, mi if grouped else _dummy(a),
             m, n, k, e,
             a.stride(0), a.stride(1), sa.stride(0), sa.stride(1),
             be, b.stride(-2), b.stride(-1), sbe, sb.stride(-2), sb.stride(-1),
-            out.stride(0), out.stride(1), progs,
-            B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
-            SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            out.stride(0), out.stride(1)]
+    kwargs = dict(B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
+                  SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    with on_tensor_device(a):
+        if cfg.num_programs:
+            progs = min(units, cfg.num_programs)
+        else:
+            # the probe compiles with num_programs = the SM count; the launch may specialise on
+            # its own count (1, or a multiple of 16) with the same tile and about the same registers
+            sms = _num_sms(a.device)
+            progs = min(units, sms * _occupancy((*args, sms), kwargs, a.device))
+        _fp8_gemm_fwd_kernel[(max(1, progs),)](*args, max(1, progs), **kwargs)
 
 
 def fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block: int, cfg: GemmConfig) -> None:

@@ -245,16 +245,67 @@ def test_fp8_gemm_fuzz(m, n, kb, bias, tr):
 
 
 def test_default_configs_cover_the_shape_classes():
-    """The table picks swap-AB for decode, split-K where tiles do not fill the SMs, and never
-    more programs than SMs (H100/H200: 132)."""
+    """The table picks swap-AB for decode and split-K where tiles do not fill the SMs; the
+    persistent grid size is left to the launcher (SMs x CTAs per SM)."""
     c = K.gemm_config(64, 2112, 7168, device="cpu")
-    assert c.swap_ab and c.split_k > 1 and c.num_programs <= 132
+    assert c.swap_ab and c.split_k > 1 and c.num_programs is None
     c = K.gemm_config(4096, 7168, 2048, device="cpu")
-    assert (c.block_m, c.block_n, c.split_k, c.num_programs) == (128, 128, 1, 132)
+    assert (c.block_m, c.block_n, c.split_k, c.num_programs) == (128, 128, 1, None)
     c = K.gemm_config(128, 7168, 2048, device="cpu")
     assert not c.swap_ab and c.block_m == 64
     c = K.gemm_config(1, 256, 256, device="cpu")
     assert c.swap_ab and c.block_m == 16
+
+
+def test_ctas_per_sm():
+    """Occupancy from the compiled kernel's registers and shared memory (the offline sm_90 compile's
+    numbers for the three tile classes, docs/fp8.md), registers rounded to 256 per warp."""
+    assert K.ctas_per_sm(230, 98816, 4) == 2       # 64 x 128, 4 warps: promotion of one CTA overlaps the other
+    assert K.ctas_per_sm(167, 65536, 4) == 3       # swap-AB decode 64 x 64
+    assert K.ctas_per_sm(218, 98304, 8) == 1       # 128 x 128, 8 warps
+    assert K.ctas_per_sm(255, 0, 8) == 1           # never below one
+    assert K.ctas_per_sm(32, 0, 4) == 16           # thread-bound: 2048 threads / 128
+    assert K.ctas_per_sm(128, 116 * 1024, 4) == 1  # shared-memory-bound (1 KB reserved per CTA)
+
+
+@pytest.mark.parametrize("occupancy", [1, 2, 3])
+def test_persistent_grid_follows_occupancy(monkeypatch, occupancy):
+    """The launcher sizes the persistent grid as min(units, SMs x CTAs per SM) and the result does
+    not depend on it (the programs stride over the work units)."""
+    monkeypatch.setattr(K, "_num_sms", lambda device: 2)
+    monkeypatch.setattr(K, "_occupancy", lambda args, kwargs, device: occupancy)
+    grids = []
+    real = K._fp8_gemm_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(K, "_fp8_gemm_fwd_kernel", Spy())
+    m, n, k = 130, 384, 256         # 64 x 128 tiles: 3 x 3 = 9 units
+    x, w = _randn((m, k), 1), _randn((n, k), 2)
+    q, s = ops.quantize_fp8_1x128(x, backend="triton")
+    wq, ws = ops.quantize_fp8_128x128(w, backend="triton")
+    y = ops.fp8_gemm(q, s, wq, ws, out_dtype=torch.float32, backend="triton")
+    assert grids == [(min(9, 2 * occupancy),)]
+    _check_gemm(y, q, s, wq, ws, None, out_dtype=torch.float32)
+
+
+@requires_cuda
+def test_occupancy_probe_on_gpu():
+    """On a GPU the launcher reads the compiled kernel's registers and shared memory: the 64 x 128
+    tile (M = 128) fits two CTAs per SM (offline: 230-236 registers, 98.8 KB under Triton 3.6-3.9)."""
+    K._OCCUPANCY.clear()
+    del K.OCCUPANCY_ERRORS[:]
+    x, w = _randn((128, 512), 1, device="cuda"), _randn((1024, 512), 2, device="cuda")
+    q, s = ops.quantize_fp8_1x128(x, backend="triton")
+    wq, ws = ops.quantize_fp8_128x128(w, backend="triton")
+    y = ops.fp8_gemm(q, s, wq, ws, out_dtype=torch.float32, backend="triton")
+    torch.cuda.synchronize()
+    assert not K.OCCUPANCY_ERRORS, K.OCCUPANCY_ERRORS
+    assert list(K._OCCUPANCY.values()) == [2], K._OCCUPANCY
+    _check_gemm(y, q, s, wq, ws, None, out_dtype=torch.float32)
 
 
 def test_fp8_gemm_transposed_b_view():
