@@ -23,6 +23,11 @@ Why the loop looks like this
 * Persistent schedule: ``num_programs`` programs (at most the SM count) loop over the
   tiles x SPLIT_K work units with stride num_programs, so a launch never has a partial last
   wave of short-lived programs and the tile order keeps GROUP_M row tiles together for L2 reuse.
+* USE_TMA: A and B tiles come through Hopper TMA (host tensor descriptors over A [M, K] and B
+  viewed as [(E x) N, K], blocks of [BLOCK_M or BLOCK_N, 128]); rows past the tensor arrive as
+  zeros, so no masks. The launcher takes this path whenever the operands are 16-byte aligned
+  (kernels/fp8.py, ``_descriptors``); otherwise the same loop loads through pointers (cp.async).
+  Scales stay pointer loads (a few floats per K block).
 * GROUPED (contiguous MoE layout): the expert of an M tile is m_indices[first row of the tile];
   B and sb are offset by that expert. Rows whose own index is outside [0, E) are written as 0,
   and a tile whose first index is invalid runs no K iterations (never reads out of bounds).
@@ -45,9 +50,11 @@ def _fp8_gemm_fwd_kernel(
     stride_be, stride_bn, stride_bk, stride_sbe, stride_sbn, stride_sbk,
     stride_cm, stride_cn,
     num_programs,             # persistent programs (grid size)
+    a_desc, b_desc,           # TMA descriptors of A [M, K] and B [(E x) N, K] (USE_TMA) or None
     B_BLOCK: tl.constexpr,    # rows of B per scale: 128 (weights) or 1 (wgrad)
     HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     BLOCK_K: tl.constexpr = 128
     pid = tl.program_id(0)
@@ -99,11 +106,21 @@ def _fp8_gemm_fwd_kernel(
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if GROUPED:
+            b_row0 = (g_safe * N).to(tl.int32) + pid_n * BLOCK_N
+        else:
+            b_row0 = pid_n * BLOCK_N
         for kb in range(kb_lo, kb_hi):
             kb64 = tl.cast(kb, tl.int64)   # (a Python int under the interpreter)
             koff = kb64 * BLOCK_K
-            a = tl.load(a_ptrs + koff * stride_ak, mask=m_ok[:, None], other=0.0)
-            b = tl.load(b_ptrs + koff * stride_bk, mask=n_ok[:, None], other=0.0)
+            if USE_TMA:
+                # rows past M (or past the last expert's N) arrive as zeros; rows of the next
+                # expert read past a grouped N are never stored (n_ok)
+                a = a_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+                b = b_desc.load([b_row0, kb * BLOCK_K])
+            else:
+                a = tl.load(a_ptrs + koff * stride_ak, mask=m_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs + koff * stride_bk, mask=n_ok[:, None], other=0.0)
             sa = tl.load(sa_ptrs + kb64 * stride_sak, mask=m_ok, other=0.0)
             sb = tl.load(sb_ptrs + kb64 * stride_sbk, mask=n_ok, other=0.0)
             if SWAP_AB:

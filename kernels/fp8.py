@@ -112,7 +112,7 @@ def _occupancy(args: tuple, kwargs: dict, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     key = (device.index,) + tuple(sorted(kwargs.items())) + tuple(
-        str(a.dtype) if isinstance(a, torch.Tensor) else (a % 16 == 0 if isinstance(a, int) else a)
+        str(a.dtype) if isinstance(a, torch.Tensor) else (a % 16 == 0 if isinstance(a, int) else type(a).__name__)
         for a in args)
     if key not in _OCCUPANCY:
         try:
@@ -129,6 +129,39 @@ def _dummy(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((1,), dtype=torch.int32)
 
 
+USE_TMA = True   # module switch (tests turn it off to cover the pointer path)
+
+
+def _tma_2d(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` ([M, K] or [E, N, K], unit stride along K) as the 2-D view a TMA descriptor takes, or
+    None where TMA cannot address it: the base and the row stride must be 16-byte aligned, the
+    experts of a 3-D B back to back, the rows within TMA's int32 coordinates."""
+    if t.dim() == 3:
+        e, n, k = t.shape
+        if t.stride(0) != n * t.stride(1):
+            return None
+        t = t.as_strided((e * n, k), (t.stride(1), t.stride(2)))
+    ok = (t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+          and t.shape[0] < 2 ** 31)
+    return t if ok else None
+
+
+def _descriptors(a, b, cfg: GemmConfig):
+    """(a_desc, b_desc) host TMA descriptors for tiles of [BLOCK_M or BLOCK_N, 128], or (None, None)
+    for the pointer path (no descriptor support, or an operand TMA cannot address)."""
+    if not USE_TMA:
+        return None, None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None, None
+    a2, b2 = _tma_2d(a), _tma_2d(b)
+    if a2 is None or b2 is None:
+        return None, None
+    return (TensorDescriptor.from_tensor(a2, [cfg.block_m, BLOCK]),
+            TensorDescriptor.from_tensor(b2, [cfg.block_n, BLOCK]))
+
+
 def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
     m, k = a.shape
     n = b.shape[-2]
@@ -142,9 +175,10 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
             a.stride(0), a.stride(1), sa.stride(0), sa.stride(1),
             be, b.stride(-2), b.stride(-1), sbe, sb.stride(-2), sb.stride(-1),
             out.stride(0), out.stride(1)]
+    a_desc, b_desc = _descriptors(a, b, cfg)
     kwargs = dict(B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
                   SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  USE_TMA=a_desc is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     with on_tensor_device(a):
         if cfg.num_programs:
             progs = min(units, cfg.num_programs)
@@ -152,8 +186,8 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
             # the probe compiles with num_programs = the SM count; the launch may specialise on
             # its own count (1, or a multiple of 16) with the same tile and about the same registers
             sms = _num_sms(a.device)
-            progs = min(units, sms * _occupancy((*args, sms), kwargs, a.device))
-        _fp8_gemm_fwd_kernel[(max(1, progs),)](*args, max(1, progs), **kwargs)
+            progs = min(units, sms * _occupancy((*args, sms, a_desc, b_desc), kwargs, a.device))
+        _fp8_gemm_fwd_kernel[(max(1, progs),)](*args, max(1, progs), a_desc, b_desc, **kwargs)
 
 
 def fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block: int, cfg: GemmConfig) -> None:
@@ -193,7 +227,7 @@ def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
 # ----------------------------------------------------------------------------------------------
 # offline sm_90 compile specs (pygen inspect fp8, tests/test_fp8_compile.py)
 # ----------------------------------------------------------------------------------------------
-def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, out="bf16"):
+def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, out="bf16", tma=True):
     sig = {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32",
            "bias_ptr": "*bf16", "c_ptr": "*fp32" if cfg.split_k > 1 else f"*{out}", "mi_ptr": "*i32",
            "M": "i32", "N": "i32", "K": "i32", "E": "i32", "stride_am": "i32", "stride_sam": "i32",
@@ -201,7 +235,12 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
            "stride_sbn": "i32", "stride_cm": "i32", "num_programs": "i32"}
     consts = {"stride_ak": 1, "stride_bk": 1, "stride_sbk": 1, "stride_cn": 1, "B_BLOCK": b_block,
               "HAS_BIAS": bias, "GROUPED": grouped, "SWAP_AB": cfg.swap_ab, "SPLIT_K": cfg.split_k,
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "GROUP_M": cfg.group_m}
+              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "GROUP_M": cfg.group_m, "USE_TMA": tma}
+    if tma:     # host descriptors, as the launcher builds them (_descriptors)
+        sig["a_desc"] = f"tensordesc<fp8e4nv[{cfg.block_m}, {BLOCK}]>"
+        sig["b_desc"] = f"tensordesc<fp8e4nv[{cfg.block_n}, {BLOCK}]>"
+    else:
+        consts.update(a_desc=None, b_desc=None)
     fn = _fp8_gemm_fwd_kernel
     names = fn.arg_names
     div = ["M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_be"]
@@ -210,7 +249,7 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
     return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
             "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "tensor_cores": True,
             "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
-                    f"w={cfg.num_warps} s={cfg.num_stages}"}
+                    f"w={cfg.num_warps} s={cfg.num_stages}{' tma' if tma else ''}"}
 
 
 def _specs():
@@ -225,6 +264,11 @@ def _specs():
                             grouped=True, bias=False))
     specs.append(_gemm_spec("fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, b_block=1, device="cpu"),
                             b_block=1, bias=False, out="fp32"))
+    # the pointer path (operands TMA cannot address: unaligned views)
+    specs.append(_gemm_spec("fp8_gemm[M=4096,pointers]", gemm_config(4096, 7168, 2048, device="cpu"),
+                            bias=False, tma=False))
+    specs.append(_gemm_spec("fp8_gemm[M=64,pointers]", gemm_config(64, 7168, 2048, device="cpu"),
+                            bias=False, tma=False))
     return specs + quant_compile_specs()
 
 

@@ -260,6 +260,7 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
         ptx = k.asm["ptx"]
         row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)
         row["wgmma"] = "wgmma" in ptx
+        row["tma"] = "cp.async.bulk.tensor" in ptx    # Hopper TMA loads (tensor descriptors)
         row["wgmma_shapes"] = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
         target = re.search(r"^\.target\s+(\w+)", ptx, re.M)
         arch = target.group(1) if target else f"sm_{TRITON_ARCH}a"

@@ -403,19 +403,79 @@ CHILD = """
 import json
 from pygen.inspect_kernels import compile_triton_spec
 from pygen.kernels import fp8
-want = ("fp8_gemm[M=4096]", "fp8_gemm[M=64]", "quantize_1x128[fp32,col]")
+want = ("fp8_gemm[M=4096]", "fp8_gemm[M=64]", "fp8_gemm[M=64,pointers]", "quantize_1x128[fp32,col]")
 rows = [compile_triton_spec(s, "fp8") for s in fp8.COMPILE_SPECS if s["name"] in want]
-print(json.dumps([{k: r.get(k) for k in ("kernel", "error", "spill_stores", "spill_loads", "registers", "wgmma")}
+print(json.dumps([{k: r.get(k) for k in ("kernel", "error", "spill_stores", "spill_loads", "registers", "wgmma",
+                                         "tma")}
                   for r in rows]))
 """
 
 
 def test_kernels_compile_for_sm90_with_wgmma_and_no_spills():
+    """The GEMMs use wgmma; the default GEMM path loads its operands with TMA (the pointer path,
+    for operands TMA cannot address, with cp.async)."""
     rows = compile_in_child(CHILD, env_extra={"TRITON_DEFAULT_FP_FUSION": "1"})
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert_compiled_without_spills(rows)
     for r in rows:
         assert r["wgmma"] == r["kernel"].startswith("fp8_gemm"), r
+        assert r["tma"] == (r["kernel"] in ("fp8_gemm[M=4096]", "fp8_gemm[M=64]")), r
+
+
+def _gemm_tma_flags(monkeypatch):
+    """Records USE_TMA of every GEMM launch."""
+    flags = []
+    real = K._fp8_gemm_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                flags.append(kwargs["USE_TMA"])
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(K, "_fp8_gemm_fwd_kernel", Spy())
+    return flags
+
+
+def test_tma_and_pointer_paths_agree(monkeypatch):
+    """Aligned K-major operands take the TMA path (host descriptors; rows past M or past a grouped
+    expert's N come back as zeros or are never stored); the pointer path gives the same bits."""
+    flags = _gemm_tma_flags(monkeypatch)
+    sizes = [5, 0, 130]
+    mi, _ = ref.grouped_layout(sizes, device=DEV)
+    xg = _randn((mi.numel(), 256), 31)
+    qg, sg = ref.quantize_1x128(xg)
+    wg = torch.stack([_randn((120, 256), 32 + g, scale=0.05) for g in range(3)])
+    wgq, wgs = zip(*(ref.quantize_128x128(w) for w in wg))
+    wgq, wgs = torch.stack(wgq), torch.stack(wgs)
+    cases = []
+    for m, n in ((7, 200), (130, 384)):
+        cases.append(lambda m=m, n=n: ops.fp8_gemm(*_operands(m, n, 384, m + n), out_dtype=torch.float32,
+                                                   backend="triton"))
+    cases.append(lambda: ops.fp8_gemm_grouped(qg, sg, wgq, wgs, mi, out_dtype=torch.float32, backend="triton"))
+    cases.append(lambda: ops.fp8_gemm_wgrad(*_operands(64, 200, 256, 15, b_block=1), backend="triton"))
+    for case in cases:
+        del flags[:]
+        monkeypatch.setattr(K, "USE_TMA", True)
+        with_tma = case()
+        assert flags == [True], flags
+        monkeypatch.setattr(K, "USE_TMA", False)
+        without = case()
+        assert flags == [True, False], flags
+        assert torch.equal(with_tma, without)
+
+
+def test_tma_needs_aligned_rows_and_back_to_back_experts():
+    k = 256
+    x = torch.zeros((40, k), dtype=FP8)
+    assert K._tma_2d(x) is not None
+    assert K._tma_2d(torch.zeros((40, k + 8), dtype=FP8)[:, :k]) is None      # row stride 264 B
+    assert K._tma_2d(torch.zeros((40 * k + 8,), dtype=FP8)[8:].view(40, k)) is None   # base + 8 B
+    w = torch.zeros((3, 64, k), dtype=FP8)
+    v = K._tma_2d(w)
+    assert v is not None and v.shape == (192, k) and v.data_ptr() == w.data_ptr()
+    assert K._tma_2d(torch.zeros((3, 80, k), dtype=FP8)[:, :64]) is None      # experts not back to back
 
 
 def test_triton_gemm_gets_k_major_operands(monkeypatch, gen):
