@@ -19,6 +19,7 @@ Environment:
   CXX               host compiler (default g++), NVCC / CUDA_HOME  the CUDA toolkit.
   MAX_JOBS          ninja parallelism (default: ninja's own, cores + 2).
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,12 @@ def _cuda_home_of(nvcc: str) -> Path | None:
     if (guess / "include" / "cuda_runtime_api.h").exists():
         return guess
     try:  # ask nvcc where it lives: its dry run prints "#$ TOP=<root>/bin/.."
-        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
         if m:
             top = Path(m.group(1).strip()).resolve()
@@ -116,8 +121,12 @@ def _find_cuda() -> tuple[str, Path] | None:
 
 
 def _cuda_lib_dir(home: Path) -> Path | None:
-    for d in (home / "lib64", home / "lib", home / "targets" / "x86_64-linux" / "lib",
-              home / "targets" / "sbsa-linux" / "lib"):
+    for d in (
+        home / "lib64",
+        home / "lib",
+        home / "targets" / "x86_64-linux" / "lib",
+        home / "targets" / "sbsa-linux" / "lib",
+    ):
         if (d / "libcudart_static.a").exists():
             return d
     return None
@@ -162,8 +171,17 @@ class NinjaBuildExt(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         cxx = os.environ.get("CXX", "g++")
         py_inc = sysconfig.get_paths()["include"]
-        common = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
-                  f"-I{CSRC}", f"-I{py_inc}", f"-I{pybind11.get_include()}"]
+        common = [
+            "-O3",
+            "-std=c++17",
+            "-fPIC",
+            "-fvisibility=hidden",
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            f"-I{CSRC}",
+            f"-I{py_inc}",
+            f"-I{pybind11.get_include()}",
+        ]
 
         cuda = None
         if _truthy("PYGEN_NO_CUDA"):
@@ -181,10 +199,14 @@ class NinjaBuildExt(build_ext):
             "ninja_required_version = 1.3",
             "rule cxx",
             "  command = $cxx -MMD -MF $out.d $flags -c $in -o $out",
-            "  depfile = $out.d", "  deps = gcc", "  description = CXX $in",
+            "  depfile = $out.d",
+            "  deps = gcc",
+            "  description = CXX $in",
             "rule nvcc",
             "  command = $nvcc -MD -MF $out.d $flags -c $in -o $out",
-            "  depfile = $out.d", "  deps = gcc", "  description = NVCC $in",
+            "  depfile = $out.d",
+            "  deps = gcc",
+            "  description = NVCC $in",
             "rule link",
             "  command = $cxx -shared $in $flags -o $out",
             "  description = LINK $out",
@@ -209,25 +231,44 @@ class NinjaBuildExt(build_ext):
                     continue
                 lines.append(f"nvcc = {_q(nvcc)}")
                 host = common + [f"-I{home / 'include'}"]
-                dev = (["-O3", "-std=c++17", f"-I{CSRC}", "-Xcompiler=-fPIC,-fvisibility=hidden",
-                        "--expt-relaxed-constexpr", f"-ccbin={cxx}"] + gencode)
-                srcs = [(s, "nvcc" if s.endswith(".cu") else "cxx", dev if s.endswith(".cu") else host)
-                        for s in CUDA_SOURCES]
+                dev = [
+                    "-O3",
+                    "-std=c++17",
+                    f"-I{CSRC}",
+                    "-Xcompiler=-fPIC,-fvisibility=hidden",
+                    "--expt-relaxed-constexpr",
+                    f"-ccbin={cxx}",
+                ] + gencode
+                srcs = [
+                    (s, "nvcc" if s.endswith(".cu") else "cxx", dev if s.endswith(".cu") else host)
+                    for s in CUDA_SOURCES
+                ]
                 # cudart is linked statically and its symbols kept local, so this module's runtime
                 # never binds to (or interposes on) the libcudart.so that torch loads.
-                ldflags = [f"-L{libdir}", "-lcudart_static", "-ldl", "-lrt", "-lpthread",
-                           "-Wl,--exclude-libs,ALL", "-Wl,-Bsymbolic"]
+                ldflags = [
+                    f"-L{libdir}",
+                    "-lcudart_static",
+                    "-ldl",
+                    "-lrt",
+                    "-lpthread",
+                    "-Wl,--exclude-libs,ALL",
+                    "-Wl,-Bsymbolic",
+                ]
             else:
                 raise RuntimeError(f"unknown extension {ext.name}")
             objs = []
             for src, rule, flags in srcs:
                 obj = build_dir / name / (src.replace("/", "__") + ".o")
                 objs.append(obj)
-                lines += [f"build {_esc(obj)}: {rule} {_esc(ROOT / src)}",
-                          "  flags = " + " ".join(_q(f) for f in flags)]
-            lines += [f"build {_esc(out)}: link " + " ".join(_esc(o) for o in objs),
-                      "  flags = " + " ".join(_q(f) for f in ldflags),
-                      f"build {name}: phony {_esc(out)}"]
+                lines += [
+                    f"build {_esc(obj)}: {rule} {_esc(ROOT / src)}",
+                    "  flags = " + " ".join(_q(f) for f in flags),
+                ]
+            lines += [
+                f"build {_esc(out)}: link " + " ".join(_esc(o) for o in objs),
+                "  flags = " + " ".join(_q(f) for f in ldflags),
+                f"build {name}: phony {_esc(out)}",
+            ]
             targets[name] = (ext, out)
         (build_dir / "build.ninja").write_text("\n".join(lines) + "\n")
 
@@ -248,8 +289,10 @@ class NinjaBuildExt(build_ext):
             raise RuntimeError("pygen: building the host module pygen._C failed (compiler output above)")
         skipped = [e for e in self.extensions if e.name.split(".")[-1] not in targets]
         for name in failed:
-            _warn(f"building pygen.{name} failed (compiler output above); installing without it. "
-                  "Set PYGEN_NO_CUDA=1 to skip it on purpose.")
+            _warn(
+                f"building pygen.{name} failed (compiler output above); installing without it. "
+                "Set PYGEN_NO_CUDA=1 to skip it on purpose."
+            )
         for ext in [targets[n][0] for n in failed] + skipped:
             self._drop(ext)
 
@@ -265,8 +308,14 @@ class NinjaBuildExt(build_ext):
         self.extensions.remove(ext)
 
 
-ext_modules = [Extension("pygen._C", sources=CPU_SOURCES),
-               Extension("pygen._cuda", sources=CUDA_SOURCES, optional=True)]
+ext_modules = [
+    Extension("pygen._C", sources=CPU_SOURCES),
+    Extension("pygen._cuda", sources=CUDA_SOURCES, optional=True),
+]
 
-setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules,
-      cmdclass={"build_ext": NinjaBuildExt, "build_py": BuildPyWithKernels})
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": NinjaBuildExt, "build_py": BuildPyWithKernels},
+)

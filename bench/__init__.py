@@ -5,6 +5,7 @@ read them from here. ``pygen bench`` appends its JSON lines outside the source t
 (``$PYGEN_RESULTS_DIR/<device>/``, else ``~/.cache/pygen/bench/<device>/``); ``results/<device>/<family>.jsonl``
 here holds only deliberate, committed runs (``pygen bench --results-dir bench/results/<device>``).
 """
+
 from __future__ import annotations
 
 import importlib

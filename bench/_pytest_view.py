@@ -2,6 +2,7 @@
 documented in bench/conftest.py and the one routine that checks an implementation against the
 reference and then times it. Each family's test file only lists its cases, baselines and the
 implementation names it expects."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,10 @@ def check_then_time(benchmark, case, impl_name: str, mode: str, baseline_names: 
     impls = {i.name: i for i in H.build_impls(case, DEVICE, baselines=baseline_names, **kwargs)}
     impl = impls.get(impl_name)
     if impl is None:
-        pytest.skip(f"{impl_name} does not apply to {case.op} on {DEVICE.type}"
-                    + ("" if COMPILE or impl_name != "compile(reference)" else " (set PYGEN_BENCH_COMPILE=1)"))
+        pytest.skip(
+            f"{impl_name} does not apply to {case.op} on {DEVICE.type}"
+            + ("" if COMPILE or impl_name != "compile(reference)" else " (set PYGEN_BENCH_COMPILE=1)")
+        )
     if impl.fn is None:
         pytest.skip(impl.skip)
     if getattr(case, "modes", None) is not None and mode not in case.modes:
@@ -51,16 +54,25 @@ def check_then_time(benchmark, case, impl_name: str, mode: str, baseline_names: 
         assert ok, f"{impl_name} differs from the reference: max abs err {err:.3g}"
     elif not ok and impl_name not in getattr(case, "approximate", {}):
         # as in pygen bench: a baseline that computes something else is not the same work
-        pytest.skip(f"{impl_name} differs from the reference (max abs err {err:.3g}): not the same "
-                    f"computation, not timed")
+        pytest.skip(
+            f"{impl_name} differs from the reference (max abs err {err:.3g}): not the same computation, not timed"
+        )
     fn, reset = H.timed_callable(impl, inputs, mode)
     if DEVICE.type == "cuda":
+
         def target():
             fn()
             torch.cuda.synchronize()
     else:
         target = fn
-    benchmark.extra_info.update(op=case.op, shape=case.label, backend=impl_name, mode=mode,
-                                dtype=str(DTYPE), bytes=int(case.bytes_model(inputs, mode)),
-                                matches_reference=ok, max_abs_err=err)
+    benchmark.extra_info.update(
+        op=case.op,
+        shape=case.label,
+        backend=impl_name,
+        mode=mode,
+        dtype=str(DTYPE),
+        bytes=int(case.bytes_model(inputs, mode)),
+        matches_reference=ok,
+        max_abs_err=err,
+    )
     benchmark.pedantic(target, setup=reset, rounds=5 if FULL else 3, warmup_rounds=0, iterations=1)

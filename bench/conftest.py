@@ -10,6 +10,7 @@ Environment:
 Without pytest-benchmark installed a stand-in ``benchmark`` fixture runs each target once, so
 the suite still checks every implementation against the reference.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,19 +30,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:
-    import pytest_benchmark  # noqa: F401
+    import pytest_benchmark  # noqa: F401 (probe: the pytest view needs pytest-benchmark)
+
     HAVE_PYTEST_BENCHMARK = True
 except ImportError:
     HAVE_PYTEST_BENCHMARK = False
 
 
 if not HAVE_PYTEST_BENCHMARK:
+
     class _OneShot:
         def __init__(self):
             self.extra_info = {}
 
-        def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0,
-                     iterations=1):
+        def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0, iterations=1):
             if setup is not None:
                 setup()
             return target(*args, **(kwargs or {}))

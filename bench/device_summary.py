@@ -23,6 +23,7 @@ headline the median over all its cases against the family's main baseline (the f
 BASELINES[family] that was timed). Standard library only: this runs after every step, and
 anywhere the archive is unpacked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,43 @@ from pathlib import Path
 # (planar, radial: reference only; sort_hidden_units: a parameter helper) get no row.
 FAMILIES = {
     "roi": ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"),
-    "made": ("masked_linear", "masked_linear_bits", "made_affine_forward", "made_sample", "pack_bits",
-             "sort_hidden_units"),
-    "flows": ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "inv_conv1x1", "inv_conv1x1_lu",
-              "sylvester", "planar", "radial"),
+    "made": (
+        "masked_linear",
+        "masked_linear_bits",
+        "made_affine_forward",
+        "made_sample",
+        "pack_bits",
+        "sort_hidden_units",
+    ),
+    "flows": (
+        "slogdet",
+        "affine_coupling",
+        "additive_coupling",
+        "actnorm",
+        "inv_conv1x1",
+        "inv_conv1x1_lu",
+        "sylvester",
+        "planar",
+        "radial",
+    ),
     "mla": ("mla_decode", "mla_cache_append", "mla_prefill", "merge_attn_states"),
-    "moe": ("moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe", "fused_moe_fp8",
-            "quantize_moe_weights_fp8"),
-    "fp8": ("quantize_fp8_1x128", "quantize_fp8_128x128", "dequantize_fp8", "fp8_gemm", "fp8_gemm_grouped",
-            "fp8_gemm_wgrad"),
+    "moe": (
+        "moe_route",
+        "moe_align",
+        "moe_permute",
+        "moe_unpermute",
+        "fused_moe",
+        "fused_moe_fp8",
+        "quantize_moe_weights_fp8",
+    ),
+    "fp8": (
+        "quantize_fp8_1x128",
+        "quantize_fp8_128x128",
+        "dequantize_fp8",
+        "fp8_gemm",
+        "fp8_gemm_grouped",
+        "fp8_gemm_wgrad",
+    ),
 }
 NO_KERNEL = {"planar", "radial", "sort_hidden_units"}
 
@@ -63,12 +92,26 @@ BASELINES = {
 }
 
 # test-name keywords -> family, for tests outside a family's own files (first match wins)
-KEYWORDS = (("roi", "roi"), ("moe", "moe"), ("mla", "mla"), ("fp8", "fp8"), ("made", "made"),
-            ("masked_linear", "made"), ("slogdet", "flows"), ("coupling", "flows"), ("actnorm", "flows"),
-            ("conv1x1", "flows"), ("sylvester", "flows"), ("flow", "flows"), ("decode", "mla"),
-            ("prefill", "mla"), ("gemm", "fp8"), ("quantize", "fp8"))
+KEYWORDS = (
+    ("roi", "roi"),
+    ("moe", "moe"),
+    ("mla", "mla"),
+    ("fp8", "fp8"),
+    ("made", "made"),
+    ("masked_linear", "made"),
+    ("slogdet", "flows"),
+    ("coupling", "flows"),
+    ("actnorm", "flows"),
+    ("conv1x1", "flows"),
+    ("sylvester", "flows"),
+    ("flow", "flows"),
+    ("decode", "mla"),
+    ("prefill", "mla"),
+    ("gemm", "fp8"),
+    ("quantize", "fp8"),
+)
 GRAPH_FILES = ("test_cuda_graphs", "test_multi_gpu")
-CUT_RC = ("124", "137", "143", "130")      # timeout's limit, its KILL, SIGTERM / SIGINT of the script
+CUT_RC = ("124", "137", "143", "130")  # timeout's limit, its KILL, SIGTERM / SIGINT of the script
 OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 
 _ALL_OPS = sorted((op for ops in FAMILIES.values() for op in ops), key=len, reverse=True)
@@ -123,8 +166,15 @@ def parse_junit(path: Path) -> dict[str, str] | None:
     for tc in root.iter("testcase"):
         nodeid = f"{tc.get('classname', '')}::{tc.get('name', '')}"
         tags = {child.tag for child in tc}
-        out[nodeid] = ("FAILED" if "failure" in tags else "ERROR" if "error" in tags
-                       else "SKIPPED" if "skipped" in tags else "PASSED")
+        out[nodeid] = (
+            "FAILED"
+            if "failure" in tags
+            else "ERROR"
+            if "error" in tags
+            else "SKIPPED"
+            if "skipped" in tags
+            else "PASSED"
+        )
     return out
 
 
@@ -154,7 +204,7 @@ def parse_pytest_log(text: str) -> tuple[dict[str, str], str | None]:
         m = _RE_START.match(line)
         if m:
             current = m.group("id") or m.group("id2")
-            tail = line[m.end():]
+            tail = line[m.end() :]
             b = _RE_BARE.search(tail)
             if b:
                 out[current] = b.group("st")
@@ -181,9 +231,16 @@ def pytest_outcomes(stage: Path, name: str) -> tuple[dict[str, str], str | None,
 
 
 # ---- compute-sanitizer ----------------------------------------------------------------------------
-_RE_SAN = re.compile(r"(?<!=)========= (?P<msg>\S.*)$")      # not pytest's "==== title ====" banners
-_SAN_NOT_ERRORS = ("COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY",
-                   "Target application returned an error", "This can happen", "Warning:")
+_RE_SAN = re.compile(r"(?<!=)========= (?P<msg>\S.*)$")  # not pytest's "==== title ====" banners
+_SAN_NOT_ERRORS = (
+    "COMPUTE-SANITIZER",
+    "ERROR SUMMARY",
+    "RACECHECK SUMMARY",
+    "LEAK SUMMARY",
+    "Target application returned an error",
+    "This can happen",
+    "Warning:",
+)
 
 
 def parse_sanitizer_log(text: str) -> dict:
@@ -221,9 +278,12 @@ def read_steps(stage: Path) -> dict[str, dict]:
         for line in path.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) >= 3 and parts[0]:
-                steps[parts[0]] = {"rc": parts[1], "seconds": parts[2],
-                                   "limit": parts[3] if len(parts) > 3 else "",
-                                   "note": parts[4] if len(parts) > 4 else ""}
+                steps[parts[0]] = {
+                    "rc": parts[1],
+                    "seconds": parts[2],
+                    "limit": parts[3] if len(parts) > 3 else "",
+                    "note": parts[4] if len(parts) > 4 else "",
+                }
     return steps
 
 
@@ -237,7 +297,7 @@ def read_records(stage: Path) -> list[dict]:
                 try:
                     recs.append(json.loads(line))
                 except json.JSONDecodeError:
-                    pass           # a line cut short by a kill
+                    pass  # a line cut short by a kill
     return recs
 
 
@@ -339,8 +399,11 @@ def build(stage: Path) -> tuple[str, bool]:
     steps = read_steps(stage)
     tests, tests_cut, _ = pytest_outcomes(stage, "tests")
     graphs_all, graphs_cut, _ = pytest_outcomes(stage, "graphs")
-    graphs = {k: v for k, v in graphs_all.items()            # capture-and-replay (not the CPU case checks)
-              if _split(k)[0] == "test_cuda_graphs" and _split(k)[1].startswith("test_capture")}
+    graphs = {
+        k: v
+        for k, v in graphs_all.items()  # capture-and-replay (not the CPU case checks)
+        if _split(k)[0] == "test_cuda_graphs" and _split(k)[1].startswith("test_capture")
+    }
     multi = {k: v for k, v in graphs_all.items() if _split(k)[0] == "test_multi_gpu"}
     san = {}
     for tool in ("memcheck", "racecheck"):
@@ -359,12 +422,27 @@ def build(stage: Path) -> tuple[str, bool]:
     device = next((r.get("device_name") for r in records if r.get("device_name")), None)
     lines.append(f"device_run summary ({device or 'device unknown: no bench record'})")
     if steps:
+
         def state(rc: str) -> str:
             return "ok" if rc == "0" else "CUT" if rc in CUT_RC else "skipped" if rc == "-" else f"rc={rc}"
-        lines += textwrap.wrap("steps: " + ", ".join(f"{n} {state(s['rc'])} {s['seconds']}s" for n, s in steps.items()),
-                               110, subsequent_indent="       ", break_on_hyphens=False)
-    header = ("family", "kernel", "tests p/f", "graph p/f", "2-GPU p/f", "memcheck", "racecheck", "bench ok/bad",
-              "ratio: fastest pygen vs baseline")
+
+        lines += textwrap.wrap(
+            "steps: " + ", ".join(f"{n} {state(s['rc'])} {s['seconds']}s" for n, s in steps.items()),
+            110,
+            subsequent_indent="       ",
+            break_on_hyphens=False,
+        )
+    header = (
+        "family",
+        "kernel",
+        "tests p/f",
+        "graph p/f",
+        "2-GPU p/f",
+        "memcheck",
+        "racecheck",
+        "bench ok/bad",
+        "ratio: fastest pygen vs baseline",
+    )
     rows = []
     for fam, ops in FAMILIES.items():
         fam_cases = cases.get(fam, [])
@@ -393,20 +471,41 @@ def build(stage: Path) -> tuple[str, bool]:
         nok = sum(1 for r in records if r.get("family") == fam and r.get("kind") == "pygen" and r.get("status") == "ok")
         bench_cell = f"{nok}/{nbad}" + (" FAIL" if nbad else "") if (nok or nbad) else "-"
         ok &= not (t[1] or g[1] or mg[1] or nbad)
-        rows.append((fam, "(all)", _pf(*t, unfinished=tests_cut is not None and family_of_test(tests_cut) == fam),
-                     _pf(*g, unfinished=graphs_cut is not None and family_of_test(graphs_cut) == fam), _pf(*mg),
-                     *san_cells, bench_cell, ratio_cell(fam, fam_cases)))
+        rows.append(
+            (
+                fam,
+                "(all)",
+                _pf(*t, unfinished=tests_cut is not None and family_of_test(tests_cut) == fam),
+                _pf(*g, unfinished=graphs_cut is not None and family_of_test(graphs_cut) == fam),
+                _pf(*mg),
+                *san_cells,
+                bench_cell,
+                ratio_cell(fam, fam_cases),
+            )
+        )
         extra = sorted({c["op"] for c in fam_cases} - set(ops))
         for op in [o for o in ops if o not in NO_KERNEL] + extra:
             op_cases = [c for c in fam_cases if c["op"] == op]
             tk = _count(tests, fam, op)
-            nok_op = sum(1 for r in records if r.get("family") == fam and r.get("op") == op
-                         and r.get("kind") == "pygen" and r.get("status") == "ok")
+            nok_op = sum(
+                1
+                for r in records
+                if r.get("family") == fam and r.get("op") == op and r.get("kind") == "pygen" and r.get("status") == "ok"
+            )
             nbad_op = sum(1 for x in bfail.get(fam, []) if x.split(" ")[0] == op)
-            rows.append(("", "  " + op, _pf(*tk) if sum(tk) else "", _pf(*_count(graphs, fam, op)),
-                         _pf(*_count(multi, fam, op)), "", "",
-                         (f"{nok_op}/{nbad_op}" + (" FAIL" if nbad_op else "")) if (nok_op or nbad_op) else "-",
-                         ratio_cell(fam, op_cases) if op_cases else "-"))
+            rows.append(
+                (
+                    "",
+                    "  " + op,
+                    _pf(*tk) if sum(tk) else "",
+                    _pf(*_count(graphs, fam, op)),
+                    _pf(*_count(multi, fam, op)),
+                    "",
+                    "",
+                    (f"{nok_op}/{nbad_op}" + (" FAIL" if nbad_op else "")) if (nok_op or nbad_op) else "-",
+                    ratio_cell(fam, op_cases) if op_cases else "-",
+                )
+            )
     other = _count(tests, "other")
     if sum(other):
         rows.append(("other", "(not a family's)", _pf(*other), "", "", "", "", "", ""))
@@ -416,21 +515,24 @@ def build(stage: Path) -> tuple[str, bool]:
     lines.append(fmt.format(*header).rstrip())
     lines.append(fmt.format(*("-" * w for w in widths)).rstrip())
     lines += [fmt.format(*r).rstrip() for r in rows]
-    notes = ("p/f: passed/failed (FAIL when any failed; skip: all skipped; -: not run; +cut: the step's time "
-             "limit stopped it during this family). memcheck/racecheck: compute-sanitizer over a small subset, "
-             "'ok p/n' or the errors it reported (n/a: compute-sanitizer not found). bench ok/bad: pygen backend "
-             "rows timed / disagreeing with the reference or raising (not timed). ratio: baseline median / the "
-             "fastest pygen backend's median per case (op, shape, dtype, mode; the harness's paired ratio where "
-             "it has one), >1 = pygen faster; a kernel's is the median over its cases, the family's the median "
-             "over all its cases against its main baseline, the first timed of: " + "; ".join(
-                 f"{f}: {', '.join(b)}" for f, b in BASELINES.items()) + ".")
+    notes = (
+        "p/f: passed/failed (FAIL when any failed; skip: all skipped; -: not run; +cut: the step's time "
+        "limit stopped it during this family). memcheck/racecheck: compute-sanitizer over a small subset, "
+        "'ok p/n' or the errors it reported (n/a: compute-sanitizer not found). bench ok/bad: pygen backend "
+        "rows timed / disagreeing with the reference or raising (not timed). ratio: baseline median / the "
+        "fastest pygen backend's median per case (op, shape, dtype, mode; the harness's paired ratio where "
+        "it has one), >1 = pygen faster; a kernel's is the median over its cases, the family's the median "
+        "over all its cases against its main baseline, the first timed of: "
+        + "; ".join(f"{f}: {', '.join(b)}" for f, b in BASELINES.items())
+        + "."
+    )
     lines += textwrap.wrap(notes, 110, break_on_hyphens=False)
     problems = []
     for tool, info in san.items():
         if info["total"] and not any(info["errors"].values()):
             problems.append(f"{tool}: ERROR SUMMARY {info['total']} errors")
             ok = False
-        ok &= not any(info["errors"].values())             # also errors outside any test (a start-up failure)
+        ok &= not any(info["errors"].values())  # also errors outside any test (a start-up failure)
         for nodeid, msgs in info["errors"].items():
             problems.append(f"{tool}: {nodeid}: {msgs[0]}" + (f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""))
         if info["warnings"]:
@@ -440,19 +542,29 @@ def build(stage: Path) -> tuple[str, bool]:
     for name, outcomes in (("tests", tests), ("graphs", graphs_all)):
         problems += [f"{name}: {st} {n}" for n, st in outcomes.items() if st in ("FAILED", "ERROR")][:10]
     cut = [n for n, s in steps.items() if s["rc"] in CUT_RC]
-    failed_steps = [n for n, s in steps.items() if s["rc"] not in ("0", "-") + CUT_RC
-                    and n not in ("nvidia-smi",)]      # on a CPU nvidia-smi is missing: not a failure
+    failed_steps = [
+        n for n, s in steps.items() if s["rc"] not in ("0", "-") + CUT_RC and n not in ("nvidia-smi",)
+    ]  # on a CPU nvidia-smi is missing: not a failure
     ok &= not failed_steps
     ran = any((tests, graphs_all, records, *(i["tests"] for i in san.values())))
     out_of_time = [n for n, s in steps.items() if s["rc"] == "-" and "out of time" in s["note"]]
     incomplete = bool(cut or out_of_time)
-    verdict = ("NO RESULTS" if not ran else "FAIL" if not ok
-               else "INCOMPLETE (no failure in what ran)" if incomplete else "PASS")
+    verdict = (
+        "NO RESULTS"
+        if not ran
+        else "FAIL"
+        if not ok
+        else "INCOMPLETE (no failure in what ran)"
+        if incomplete
+        else "PASS"
+    )
     lines += [f"  ! {p}" for p in problems[:25]]
-    lines.append(f"verdict: {verdict}"
-                 + (f"; cut short (time limit or signal): {', '.join(cut)}" if cut else "")
-                 + (f"; not run, out of time: {', '.join(out_of_time)}" if out_of_time else "")
-                 + (f"; steps with a non-zero exit: {', '.join(failed_steps)}" if failed_steps else ""))
+    lines.append(
+        f"verdict: {verdict}"
+        + (f"; cut short (time limit or signal): {', '.join(cut)}" if cut else "")
+        + (f"; not run, out of time: {', '.join(out_of_time)}" if out_of_time else "")
+        + (f"; steps with a non-zero exit: {', '.join(failed_steps)}" if failed_steps else "")
+    )
     return "\n".join(lines) + "\n", ok and ran
 
 

@@ -37,6 +37,7 @@ Byte model (E = bytes per element, N = elements of x_b / x, B = batch, C = chann
     fwd+bwd               fwd + bwd
 FLOPs are far below the H200's fp32 peak for all of these except slogdet (see docs/flows.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ from pygen.bench_harness import Case, Inputs
 FAMILY = "flows"
 
 
-BACKENDS = ("triton",)    # kernel backends of the family (no csrc); the reference is a baseline row
+BACKENDS = ("triton",)  # kernel backends of the family (no csrc); the reference is a baseline row
 
 
 def FlowCase(*args, **kw) -> Case:
@@ -75,10 +76,18 @@ class GlowShape:
         return c, h, w
 
 
-DEFAULT = {"glow": GlowShape(), "big_batch": 1024,
-           "slogdet_gpu": ((1_000_000, 16), (10_000, 64)), "slogdet_cpu": ((20_000, 16), (500, 64))}
-QUICK = {"glow": GlowShape(batch=4, image=(3, 8, 8), levels=2, steps=2), "big_batch": 16,
-         "slogdet_gpu": ((64, 16), (4, 64)), "slogdet_cpu": ((64, 16), (4, 64))}
+DEFAULT = {
+    "glow": GlowShape(),
+    "big_batch": 1024,
+    "slogdet_gpu": ((1_000_000, 16), (10_000, 64)),
+    "slogdet_cpu": ((20_000, 16), (500, 64)),
+}
+QUICK = {
+    "glow": GlowShape(batch=4, image=(3, 8, 8), levels=2, steps=2),
+    "big_batch": 16,
+    "slogdet_gpu": ((64, 16), (4, 64)),
+    "slogdet_cpu": ((64, 16), (4, 64)),
+}
 
 
 def _randn(shape, seed: int, device, dtype, scale: float = 1.0) -> torch.Tensor:
@@ -93,16 +102,28 @@ def _with_bwd(fwd: int, bwd: int, mode: str) -> int:
 # ---- coupling ------------------------------------------------------------------------------------
 def _coupling_cases(s: GlowShape, batch: int, tag: str) -> list[Case]:
     c, h, w = s.level(1)
-    shape = {"B": batch, "C_b": c // 2, "H": h, "W": w, "conditioner": [batch, c, h, w], "clamp": 2.0,
-             "glow": {"image": list(s.image), "levels": s.levels, "steps": s.steps}}
+    shape = {
+        "B": batch,
+        "C_b": c // 2,
+        "H": h,
+        "W": w,
+        "conditioner": [batch, c, h, w],
+        "clamp": 2.0,
+        "glow": {"image": list(s.image), "levels": s.levels, "steps": s.steps},
+    }
 
     def make(which):
         def inputs(device, dtype) -> Inputs:
             x = _randn((batch, c // 2, h, w), 10, device, dtype)
             hcond = _randn((batch, c, h, w), 11, device, dtype, 0.5)
-            grad = _randn((batch, c // 2, h, w) if which == "y" else (batch,), 12, device,
-                          dtype if which == "y" else torch.float32)
+            grad = _randn(
+                (batch, c // 2, h, w) if which == "y" else (batch,),
+                12,
+                device,
+                dtype if which == "y" else torch.float32,
+            )
             return Inputs({"x": x, "h": hcond}, [x, hcond], grad)
+
         return inputs
 
     def run(which):
@@ -110,12 +131,12 @@ def _coupling_cases(s: GlowShape, batch: int, tag: str) -> list[Case]:
             raw, t = I.h.chunk(2, 1)
             y, ld = pygen.ops.affine_coupling(I.x, raw, t, clamp=2.0, backend=b)
             return y if which == "y" else ld
+
         return call
 
     def reference(which):
         k = 0 if which == "y" else 1
-        return (lambda x, hc: ref.affine_coupling(x, *hc.chunk(2, 1), False, 2.0)[k],
-                lambda I: (I.x, I.h))
+        return (lambda x, hc: ref.affine_coupling(x, *hc.chunk(2, 1), False, 2.0)[k], lambda I: (I.x, I.h))
 
     def nbytes(I, mode):
         n, e, b = I.x.numel(), I.x.element_size(), I.x.shape[0]
@@ -123,9 +144,19 @@ def _coupling_cases(s: GlowShape, batch: int, tag: str) -> list[Case]:
 
     out = []
     for which in ("y", "logdet"):
-        out.append(FlowCase(FAMILY, "affine_coupling", tag + ("" if which == "y" else ":logdet"), shape,
-                            make(which), run(which), reference(which), nbytes,
-                            "fwd 4*N*E + 4B; bwd 5*N*E + 4B (shift grad aliased)"))
+        out.append(
+            FlowCase(
+                FAMILY,
+                "affine_coupling",
+                tag + ("" if which == "y" else ":logdet"),
+                shape,
+                make(which),
+                run(which),
+                reference(which),
+                nbytes,
+                "fwd 4*N*E + 4B; bwd 5*N*E + 4B (shift grad aliased)",
+            )
+        )
     return out
 
 
@@ -144,10 +175,17 @@ def _actnorm_case(s: GlowShape, batch: int, tag: str) -> Case:
         s_blocks = math.ceil(h * w / min(1024, 1 << max(0, (h * w - 1).bit_length())))
         return _with_bwd(2 * n * e, 3 * n * e + 8 * batch * c * s_blocks, mode)
 
-    return FlowCase(FAMILY, "actnorm", tag, shape, make,
-                    lambda I, b: pygen.ops.actnorm(I.x, I.loc, I.ls, backend=b)[0],
-                    (lambda x, loc, ls: ref.actnorm(x, loc, ls)[0], lambda I: (I.x, I.loc, I.ls)),
-                    nbytes, "fwd 2*N*E; bwd 3*N*E + per-channel partial sums")
+    return FlowCase(
+        FAMILY,
+        "actnorm",
+        tag,
+        shape,
+        make,
+        lambda I, b: pygen.ops.actnorm(I.x, I.loc, I.ls, backend=b)[0],
+        (lambda x, loc, ls: ref.actnorm(x, loc, ls)[0], lambda I: (I.x, I.loc, I.ls)),
+        nbytes,
+        "fwd 2*N*E; bwd 3*N*E + per-channel partial sums",
+    )
 
 
 # ---- invertible 1x1 conv ---------------------------------------------------------------------------
@@ -159,12 +197,10 @@ def _conv_cases(s: GlowShape, tag: str) -> list[Case]:
 
         def make(device, dtype, c=c, h=h, w=w) -> Inputs:
             x = _randn((s.batch, c, h, w), 30, device, dtype)
-            q = torch.linalg.qr(torch.randn(c, c, generator=torch.Generator().manual_seed(31),
-                                            dtype=torch.float64))[0]
+            q = torch.linalg.qr(torch.randn(c, c, generator=torch.Generator().manual_seed(31), dtype=torch.float64))[0]
             p, low, up = torch.linalg.lu(q)
             diag = torch.diagonal(up).clone()
-            t = {k: v.to(device=device, dtype=dtype) for k, v in
-                 dict(p=p, low=low, up=up, diag=diag, w=q).items()}
+            t = {k: v.to(device=device, dtype=dtype) for k, v in dict(p=p, low=low, up=up, diag=diag, w=q).items()}
             grad = _randn((s.batch, c, h, w), 32, device, dtype)
             return Inputs({"x": x, **t}, [x, t["low"], t["up"], t["diag"], t["w"]], grad)
 
@@ -172,18 +208,36 @@ def _conv_cases(s: GlowShape, tag: str) -> list[Case]:
             n, e, cc = I.x.numel(), I.x.element_size(), I.x.shape[1]
             return _with_bwd(2 * n * e + cc * cc * e, 4 * n * e + 3 * cc * cc * e, mode)
 
-        out.append(FlowCase(
-            FAMILY, "inv_conv1x1_lu", f"{tag}-l{lvl}", shape, make,
-            lambda I, b: pygen.ops.inv_conv1x1_lu(I.x, I.p, I.low, I.up, I.diag, backend=b)[0],
-            (lambda x, p, lo, up, d: ref.inv_conv1x1_lu(x, p, lo, up, d)[0],
-             lambda I: (I.x, I.p, I.low, I.up, I.diag)),
-            nbytes, "fwd 2*N*E + C*C*E; bwd 4*N*E + 3*C*C*E (W formed once per call, counted once)"))
+        out.append(
+            FlowCase(
+                FAMILY,
+                "inv_conv1x1_lu",
+                f"{tag}-l{lvl}",
+                shape,
+                make,
+                lambda I, b: pygen.ops.inv_conv1x1_lu(I.x, I.p, I.low, I.up, I.diag, backend=b)[0],
+                (
+                    lambda x, p, lo, up, d: ref.inv_conv1x1_lu(x, p, lo, up, d)[0],
+                    lambda I: (I.x, I.p, I.low, I.up, I.diag),
+                ),
+                nbytes,
+                "fwd 2*N*E + C*C*E; bwd 4*N*E + 3*C*C*E (W formed once per call, counted once)",
+            )
+        )
         if lvl == s.levels:
-            out.append(FlowCase(
-                FAMILY, "inv_conv1x1", f"{tag}-l{lvl}", shape, make,
-                lambda I, b: pygen.ops.inv_conv1x1(I.x, I.w, backend=b)[0],
-                (lambda x, w: ref.inv_conv1x1(x, w)[0], lambda I: (I.x, I.w)),
-                nbytes, "as inv_conv1x1_lu; the log-det from a C x C slogdet (torch.linalg in the reference)"))
+            out.append(
+                FlowCase(
+                    FAMILY,
+                    "inv_conv1x1",
+                    f"{tag}-l{lvl}",
+                    shape,
+                    make,
+                    lambda I, b: pygen.ops.inv_conv1x1(I.x, I.w, backend=b)[0],
+                    (lambda x, w: ref.inv_conv1x1(x, w)[0], lambda I: (I.x, I.w)),
+                    nbytes,
+                    "as inv_conv1x1_lu; the log-det from a C x C slogdet (torch.linalg in the reference)",
+                )
+            )
     return out
 
 
@@ -205,9 +259,17 @@ def _slogdet_case(n: int, d: int, tag: str) -> Case:
         e = I.a.element_size()
         return _with_bwd(n * d * d * e + 8 * n, n * d * d * (e + 4) + 4 * n, mode)
 
-    return FlowCase(FAMILY, "slogdet", f"{tag}-{n}x{d}x{d}", shape, make, run,
-                    (lambda a: torch.stack(torch.linalg.slogdet(a)), lambda I: (I.a,)),
-                    nbytes, "fwd n*d*d*E + 8n; bwd n*d*d*(E+4) + 4n  (reference = torch.linalg.slogdet)")
+    return FlowCase(
+        FAMILY,
+        "slogdet",
+        f"{tag}-{n}x{d}x{d}",
+        shape,
+        make,
+        run,
+        (lambda a: torch.stack(torch.linalg.slogdet(a)), lambda I: (I.a,)),
+        nbytes,
+        "fwd n*d*d*E + 8n; bwd n*d*d*(E+4) + 4n  (reference = torch.linalg.slogdet)",
+    )
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:
@@ -218,9 +280,11 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     slog = shapes["slogdet_gpu" if torch.device(device).type == "cuda" else "slogdet_cpu"]
-    out = (_coupling_cases(s, s.batch, f"{pre}glow-l1-b{s.batch}")
-           + _coupling_cases(s, big, f"{pre}glow-l1-b{big}")
-           + [_actnorm_case(s, s.batch, f"{pre}glow-l1-b{s.batch}"), _actnorm_case(s, big, f"{pre}glow-l1-b{big}")]
-           + _conv_cases(s, f"{pre}glow-b{s.batch}")
-           + [_slogdet_case(n, d, pre.rstrip("-") or "issue3") for n, d in slog])
+    out = (
+        _coupling_cases(s, s.batch, f"{pre}glow-l1-b{s.batch}")
+        + _coupling_cases(s, big, f"{pre}glow-l1-b{big}")
+        + [_actnorm_case(s, s.batch, f"{pre}glow-l1-b{s.batch}"), _actnorm_case(s, big, f"{pre}glow-l1-b{big}")]
+        + _conv_cases(s, f"{pre}glow-b{s.batch}")
+        + [_slogdet_case(n, d, pre.rstrip("-") or "issue3") for n, d in slog]
+    )
     return out

@@ -54,6 +54,7 @@ product (x @ W^T in bf16, float32 accumulation), appending JSON lines to
 <results>/<device>/fp8.jsonl, <results> being pygen bench's default folder outside the source tree
 (pygen.bench_harness.results_dir: $PYGEN_RESULTS_DIR, else ~/.cache/pygen/bench).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,18 +69,37 @@ from pygen.ref import fp8 as ref
 
 FAMILY = "fp8"
 BACKENDS = ("triton",)
-UNQUANTISED = ("unquantised x @ W^T in the benchmark dtype, the layer FP8 replaces: differs by the FP8 "
-               "quantisation error")
-FP8_PEAK_TFLOPS = 1979.0        # H200 SXM dense FP8 (NVIDIA datasheet; 3958 with sparsity)
-HBM_TBPS = 4.8                  # H200 SXM HBM3e
+UNQUANTISED = (
+    "unquantised x @ W^T in the benchmark dtype, the layer FP8 replaces: differs by the FP8 quantisation error"
+)
+FP8_PEAK_TFLOPS = 1979.0  # H200 SXM dense FP8 (NVIDIA datasheet; 3958 with sparsity)
+HBM_TBPS = 4.8  # H200 SXM HBM3e
 
 DENSE_NK = ((7168, 2048), (2112, 7168), (24576, 1536), (7168, 16384), (4096, 7168), (2048, 7168))
-DEFAULT = {"dense_nk": DENSE_NK, "ms": (64, 128, 4096), "experts": 256, "rows_per_expert": 128,
-           "expert_nk": (4096, 7168), "quant_mk": ((4096, 7168),)}
-CPU = {"dense_nk": ((2112, 7168), (7168, 2048)), "ms": (64,), "experts": 8, "rows_per_expert": 128,
-       "expert_nk": (4096, 7168), "quant_mk": ((512, 7168),)}
-QUICK = {"dense_nk": ((256, 384),), "ms": (7, 128), "experts": 2, "rows_per_expert": 128,
-         "expert_nk": (256, 256), "quant_mk": ((64, 512),)}
+DEFAULT = {
+    "dense_nk": DENSE_NK,
+    "ms": (64, 128, 4096),
+    "experts": 256,
+    "rows_per_expert": 128,
+    "expert_nk": (4096, 7168),
+    "quant_mk": ((4096, 7168),),
+}
+CPU = {
+    "dense_nk": ((2112, 7168), (7168, 2048)),
+    "ms": (64,),
+    "experts": 8,
+    "rows_per_expert": 128,
+    "expert_nk": (4096, 7168),
+    "quant_mk": ((512, 7168),),
+}
+QUICK = {
+    "dense_nk": ((256, 384),),
+    "ms": (7, 128),
+    "experts": 2,
+    "rows_per_expert": 128,
+    "expert_nk": (256, 256),
+    "quant_mk": ((64, 512),),
+}
 
 
 def _randn(shape, seed, device, dtype, scale=1.0):
@@ -109,6 +129,7 @@ def _linear_reference(x, w):
     """The fp8_linear recipe (pygen.nn.fp8: quantised forward, straight-through fp8 backward) on
     the reference ops: the function the compile(reference) baseline compiles."""
     from pygen.nn.fp8 import fp8_linear
+
     return fp8_linear(x, w, backend="reference")
 
 
@@ -142,7 +163,7 @@ def _scaled_mm_factory():
     a = torch.zeros(128, 128, device="cuda").to(torch.float8_e4m3fn)
     sa = torch.ones(128, 1, device="cuda").t().contiguous().t()
     sb = torch.ones(1, 1, device="cuda")
-    torch._scaled_mm(a, a.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)   # raises if unsupported
+    torch._scaled_mm(a, a.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)  # raises if unsupported
     return lambda I: torch._scaled_mm(I.q, I.wq.t(), scale_a=I.s, scale_b=I.ws.t(), out_dtype=torch.bfloat16)
 
 
@@ -152,18 +173,26 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
     def make(device, dtype) -> Inputs:
         x = _randn((m, k), 1, device, dtype)
         w = _randn((n, k), 2, device, dtype, 0.02)
-        q, s = ops.quantize_fp8_1x128(x, transpose_scales=True)       # layout _scaled_mm reads too
+        q, s = ops.quantize_fp8_1x128(x, transpose_scales=True)  # layout _scaled_mm reads too
         wq, ws = ops.quantize_fp8_128x128(w)
         n_pad = ref.round_up(n, 128)
-        wq_p, ws_p = (wq, ws) if n_pad == n else ops.quantize_fp8_128x128(torch.nn.functional.pad(w, (0, 0, 0, n_pad - n)))
+        wq_p, ws_p = (
+            (wq, ws) if n_pad == n else ops.quantize_fp8_128x128(torch.nn.functional.pad(w, (0, 0, 0, n_pad - n)))
+        )
         wqt, wst = wq_p.t().contiguous(), ws_p.t()
-        return Inputs({"x": x, "w": w, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst},
-                      [x], _randn((m, n), 3, device, _out_dtype(dtype)))
+        return Inputs(
+            {"x": x, "w": w, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst},
+            [x],
+            _randn((m, n), 3, device, _out_dtype(dtype)),
+        )
 
     def run(I, b):
         od = _out_dtype(I.x.dtype)
-        return _Frozen.apply(I.x, lambda: ops.fp8_gemm(I.q, I.s, I.wq, I.ws, out_dtype=od, backend=b),
-                             lambda g: _dgrad(g, I.wqt, I.wst, b, I.x.dtype))
+        return _Frozen.apply(
+            I.x,
+            lambda: ops.fp8_gemm(I.q, I.s, I.wq, I.ws, out_dtype=od, backend=b),
+            lambda g: _dgrad(g, I.wqt, I.wst, b, I.x.dtype),
+        )
 
     def nbytes(I, mode):
         e = _out_dtype(I.x.dtype).itemsize
@@ -171,13 +200,23 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
         bwd = m * n * e + m * n + n * k + m * k * e
         return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
-    return Case(FAMILY, "fp8_gemm", tag, shape, make, run,
-                (lambda q, s, wq, ws: ref.fp8_gemm_recipe(q, s, wq, ws, out_dtype=torch.bfloat16),
-                 lambda I: (I.q, I.s, I.wq, I.ws)),
-                nbytes, "fwd M*K + N*K + scales + M*N*E; bwd (dgrad) M*N*(E+1) + N*K + M*K*E",
-                baselines={"torch.matmul": lambda: (lambda I: I.x @ I.w.t()),
-                           "torch._scaled_mm": _scaled_mm_factory},
-                backends=BACKENDS, approximate={"torch.matmul": UNQUANTISED})
+    return Case(
+        FAMILY,
+        "fp8_gemm",
+        tag,
+        shape,
+        make,
+        run,
+        (
+            lambda q, s, wq, ws: ref.fp8_gemm_recipe(q, s, wq, ws, out_dtype=torch.bfloat16),
+            lambda I: (I.q, I.s, I.wq, I.ws),
+        ),
+        nbytes,
+        "fwd M*K + N*K + scales + M*N*E; bwd (dgrad) M*N*(E+1) + N*K + M*K*E",
+        baselines={"torch.matmul": lambda: lambda I: I.x @ I.w.t(), "torch._scaled_mm": _scaled_mm_factory},
+        backends=BACKENDS,
+        approximate={"torch.matmul": UNQUANTISED},
+    )
 
 
 def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
@@ -190,11 +229,14 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
         q, s = ops.quantize_fp8_1x128(x)
         wq = torch.empty((experts, n, k), dtype=torch.float8_e4m3fn, device=device)
         ws = torch.empty((experts, math.ceil(n / 128), k // 128), device=device)
-        for e in range(experts):   # one expert at a time: the high-precision stack would be 2-4x larger
+        for e in range(experts):  # one expert at a time: the high-precision stack would be 2-4x larger
             wq[e], ws[e] = ops.quantize_fp8_128x128(_randn((n, k), 100 + e, device, dtype, 0.02))
         wqt, wst = wq.transpose(1, 2).contiguous(), ws.transpose(1, 2)
-        return Inputs({"x": x, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst, "mi": mi},
-                      [x], _randn((m, n), 5, device, _out_dtype(dtype)))
+        return Inputs(
+            {"x": x, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst, "mi": mi},
+            [x],
+            _randn((m, n), 5, device, _out_dtype(dtype)),
+        )
 
     def run(I, b):
         od = _out_dtype(I.x.dtype)
@@ -202,8 +244,10 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
         def bwd(g):
             gq, gs = ops.quantize_fp8_1x128(g.contiguous(), backend=b)
             return ops.fp8_gemm_grouped(gq, gs, I.wqt, I.wst, I.mi, out_dtype=I.x.dtype, backend=b)
-        return _Frozen.apply(I.x, lambda: ops.fp8_gemm_grouped(I.q, I.s, I.wq, I.ws, I.mi, out_dtype=od,
-                                                               backend=b), bwd)
+
+        return _Frozen.apply(
+            I.x, lambda: ops.fp8_gemm_grouped(I.q, I.s, I.wq, I.ws, I.mi, out_dtype=od, backend=b), bwd
+        )
 
     def nbytes(I, mode):
         e = _out_dtype(I.x.dtype).itemsize
@@ -213,18 +257,34 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
 
     def bf16_loop():
         def f(I):
-            outs = [I.x[e * rows:(e + 1) * rows] @ ref.dequantize(I.wq[e], I.ws[e], 128, I.x.dtype).t()
-                    for e in range(experts)]
+            outs = [
+                I.x[e * rows : (e + 1) * rows] @ ref.dequantize(I.wq[e], I.ws[e], 128, I.x.dtype).t()
+                for e in range(experts)
+            ]
             return torch.cat(outs)
+
         return f
 
-    return Case(FAMILY, "fp8_gemm_grouped", tag, shape, make, run,
-                (lambda q, s, wq, ws, mi: ref.fp8_gemm_grouped(q, s, wq, ws, mi, dtype=torch.float32),
-                 lambda I: (I.q, I.s, I.wq, I.ws, I.mi)),
-                nbytes, "fwd M*K + E*N*K + M*N*E; bwd M*N*(E+1) + E*N*K + M*K*E",
-                baselines={"matmul loop (dequantised W)": bf16_loop}, backends=BACKENDS,
-                approximate={"matmul loop (dequantised W)": "activations not quantised (x @ dequantised W^T "
-                                                            "per expert): differs by x's FP8 quantisation error"})
+    return Case(
+        FAMILY,
+        "fp8_gemm_grouped",
+        tag,
+        shape,
+        make,
+        run,
+        (
+            lambda q, s, wq, ws, mi: ref.fp8_gemm_grouped(q, s, wq, ws, mi, dtype=torch.float32),
+            lambda I: (I.q, I.s, I.wq, I.ws, I.mi),
+        ),
+        nbytes,
+        "fwd M*K + E*N*K + M*N*E; bwd M*N*(E+1) + E*N*K + M*K*E",
+        baselines={"matmul loop (dequantised W)": bf16_loop},
+        backends=BACKENDS,
+        approximate={
+            "matmul loop (dequantised W)": "activations not quantised (x @ dequantised W^T "
+            "per expert): differs by x's FP8 quantisation error"
+        },
+    )
 
 
 def quant_case(m: int, k: int, tag: str) -> Case:
@@ -244,14 +304,24 @@ def quant_case(m: int, k: int, tag: str) -> Case:
         fwd = m * k * e + m * k + 4 * m * k // 128
         return {"fwd": fwd, "bwd": 2 * m * k * 4, "fwd+bwd": fwd + 2 * m * k * 4}[mode]
 
-    return Case(FAMILY, "quantize_fp8_1x128", tag, shape, make, run,
-                (_QDQ.apply, lambda I: (I.x,)),
-                nbytes, "M*K*E + M*K + 4*M*K/128 (timed with a dequantisation for the check: "
-                "see docs/fp8.md for the kernel-only floor)", backends=BACKENDS)
+    return Case(
+        FAMILY,
+        "quantize_fp8_1x128",
+        tag,
+        shape,
+        make,
+        run,
+        (_QDQ.apply, lambda I: (I.x,)),
+        nbytes,
+        "M*K*E + M*K + 4*M*K/128 (timed with a dequantisation for the check: "
+        "see docs/fp8.md for the kernel-only floor)",
+        backends=BACKENDS,
+    )
 
 
 def linear_case(m: int, n: int, k: int, tag: str) -> Case:
     from pygen.nn.fp8 import fp8_linear
+
     shape = {"M": m, "N": n, "K": k, "flops": 2 * m * n * k}
 
     def make(device, dtype) -> Inputs:
@@ -264,12 +334,20 @@ def linear_case(m: int, n: int, k: int, tag: str) -> Case:
         bwd = 2 * m * n * e + (m * k + n * k) * (e + 2) + 2 * (m * n) + n * k * e
         return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
-    return Case(FAMILY, "fp8_linear", tag, shape, make,
-                lambda I, b: fp8_linear(I.x, I.w, backend=b),
-                (_linear_reference, lambda I: (I.x, I.w)),
-                nbytes, "fwd (M*K + N*K)*(E+2) + M*N*E; bwd adds dgrad + wgrad operands",
-                baselines={"torch.matmul": lambda: (lambda I: I.x @ I.w.t())}, backends=BACKENDS,
-                approximate={"torch.matmul": UNQUANTISED})
+    return Case(
+        FAMILY,
+        "fp8_linear",
+        tag,
+        shape,
+        make,
+        lambda I, b: fp8_linear(I.x, I.w, backend=b),
+        (_linear_reference, lambda I: (I.x, I.w)),
+        nbytes,
+        "fwd (M*K + N*K)*(E+2) + M*N*E; bwd adds dgrad + wgrad operands",
+        baselines={"torch.matmul": lambda: lambda I: I.x @ I.w.t()},
+        backends=BACKENDS,
+        approximate={"torch.matmul": UNQUANTISED},
+    )
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:
@@ -279,8 +357,15 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
     pre = "quick-" if quick else "dsv3-"
     out = [gemm_case(m, n, k, f"{pre}M{m}-{n}x{k}") for (n, k) in shapes["dense_nk"] for m in shapes["ms"]]
     en, ek = shapes["expert_nk"]
-    out.append(grouped_case(shapes["experts"], shapes["rows_per_expert"], en, ek,
-                            f"{pre}{shapes['experts']}x{shapes['rows_per_expert']}-{en}x{ek}"))
+    out.append(
+        grouped_case(
+            shapes["experts"],
+            shapes["rows_per_expert"],
+            en,
+            ek,
+            f"{pre}{shapes['experts']}x{shapes['rows_per_expert']}-{en}x{ek}",
+        )
+    )
     out += [quant_case(m, k, f"{pre}{m}x{k}") for m, k in shapes["quant_mk"]]
     n, k = shapes["dense_nk"][0]
     out.append(linear_case(max(shapes["ms"]), n, k, f"{pre}M{max(shapes['ms'])}-{n}x{k}"))
@@ -293,8 +378,10 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
 def floors(m: int, n: int, k: int) -> dict:
     """Lower bounds on the time of one fp8_gemm on an H200: weight bytes over HBM bandwidth and
     FLOPs over the dense FP8 peak (us)."""
-    return {"memory_floor_us": (n * k + m * k + m * n * 2) / (HBM_TBPS * 1e12) * 1e6,
-            "compute_floor_us": 2 * m * n * k / (FP8_PEAK_TFLOPS * 1e12) * 1e6}
+    return {
+        "memory_floor_us": (n * k + m * k + m * n * 2) / (HBM_TBPS * 1e12) * 1e6,
+        "compute_floor_us": 2 * m * n * k / (FP8_PEAK_TFLOPS * 1e12) * 1e6,
+    }
 
 
 def rel_error_vs_bf16(case: Case, device, dtype=torch.bfloat16, backend=None) -> float | None:
@@ -318,7 +405,9 @@ def add_metrics(rows: list[dict], cases_: list[Case], device) -> list[dict]:
         f = c.shape.get("flops")
         if f:
             # GEMMs per call: fwd 1; bwd = dgrad (+ wgrad for fp8_linear)
-            per_mode = {"fwd": 1, "bwd": 2, "fwd+bwd": 3} if c.op == "fp8_linear" else {"fwd": 1, "bwd": 1, "fwd+bwd": 2}
+            per_mode = (
+                {"fwd": 1, "bwd": 2, "fwd+bwd": 3} if c.op == "fp8_linear" else {"fwd": 1, "bwd": 1, "fwd+bwd": 2}
+            )
             mult = per_mode[r["mode"]]
             r["tflops"] = f * mult / (r["median_ms"] * 1e-3) / 1e12
             r["fp8_peak_fraction"] = r["tflops"] / FP8_PEAK_TFLOPS
@@ -328,7 +417,7 @@ def add_metrics(rows: list[dict], cases_: list[Case], device) -> list[dict]:
         if key not in err:
             try:
                 err[key] = rel_error_vs_bf16(c, device)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (a baseline that fails is reported, not fatal)
                 err[key] = f"{type(exc).__name__}: {exc}"[:120]
         r["rel_err_vs_unquantised_bf16"] = err[key]
     return rows
@@ -336,6 +425,7 @@ def add_metrics(rows: list[dict], cases_: list[Case], device) -> list[dict]:
 
 def main(argv=None) -> int:
     from pygen import bench_harness as H
+
     p = argparse.ArgumentParser(prog="python -m pygen.bench.fp8", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default=None)
@@ -344,8 +434,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = H.resolve_device(args.device)
     dtypes = [torch.bfloat16] if device.type == "cuda" else [torch.float32]
-    opts = H.BenchOptions(device=device, dtypes=dtypes, modes=args.modes,
-                          cpu_budget_s=0.2 if args.quick else 1.0, cpu_min_reps=3)
+    opts = H.BenchOptions(
+        device=device, dtypes=dtypes, modes=args.modes, cpu_budget_s=0.2 if args.quick else 1.0, cpu_min_reps=3
+    )
     meta = H.env_info(device)
     cs = cases(quick=args.quick, device=device)
     rows = []
@@ -360,9 +451,11 @@ def main(argv=None) -> int:
             continue
         tf = r.get("tflops")
         e = r.get("rel_err_vs_unquantised_bf16")
-        print(f"{r['op']:18} {r['shape_label']:28} {r['mode']:7} {r['backend']:28} {r['median_ms']:9.3f} "
-              f"{tf if tf is not None else float('nan'):8.2f} {100 * r.get('fp8_peak_fraction', float('nan')):6.2f} "
-              f"{e if isinstance(e, float) else float('nan'):8.4f}")
+        print(
+            f"{r['op']:18} {r['shape_label']:28} {r['mode']:7} {r['backend']:28} {r['median_ms']:9.3f} "
+            f"{tf if tf is not None else float('nan'):8.2f} {100 * r.get('fp8_peak_fraction', float('nan')):6.2f} "
+            f"{e if isinstance(e, float) else float('nan'):8.4f}"
+        )
     for r in rows:
         if r["status"] in ("skipped", "error", "mismatch"):
             print(f"{r['status']}: {r['op']} {r['shape_label']} {r['backend']} {r['mode']}: {r.get('reason')}")

@@ -45,6 +45,7 @@ FLOPs are recorded in the shape dict: ``gflop_dense`` (2*M*N*K per pass) and ``k
 fraction of mask entries that are 1); ``zero_tiles`` is the fraction of the GPU forward kernel's
 128 x 64 weight tiles that are entirely masked (they are skipped: neither loaded nor multiplied).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -84,10 +85,11 @@ class MADEShape:
 
 
 DEFAULT = MADEShape()
-QUICK = MADEShape(features=16, hidden=64, batch_cuda=32, batch_cpu=32, samples_cuda=8, samples_cpu=8,
-                  sample_hidden_cpu=64)
-BACKENDS = ("triton",)    # kernel backends of the family (no csrc); the reference is a baseline row
-GPU_TILE = (128, 64)      # kernels/made.py's 16-bit forward tile: (block_n outputs, block_k inputs)
+QUICK = MADEShape(
+    features=16, hidden=64, batch_cuda=32, batch_cpu=32, samples_cuda=8, samples_cpu=8, sample_hidden_cpu=64
+)
+BACKENDS = ("triton",)  # kernel backends of the family (no csrc); the reference is a baseline row
+GPU_TILE = (128, 64)  # kernels/made.py's 16-bit forward tile: (block_n outputs, block_k inputs)
 
 
 def network_degrees(s: MADEShape, order: str = "sorted", multiplier: int = 1, hidden: int | None = None):
@@ -98,12 +100,13 @@ def network_degrees(s: MADEShape, order: str = "sorted", multiplier: int = 1, hi
     return [ref.input_degrees(s.features), h, h.clone(), ref.output_degrees(s.features, multiplier)]
 
 
-def tile_fractions(in_deg: torch.Tensor, out_deg: torch.Tensor, strict: bool, block_n: int,
-                   block_k: int) -> dict[str, float]:
+def tile_fractions(
+    in_deg: torch.Tensor, out_deg: torch.Tensor, strict: bool, block_n: int, block_k: int
+) -> dict[str, float]:
     """Fractions of [block_n x block_k] weight tiles that are zero / partial / full."""
     m = ref.autoregressive_mask(in_deg, out_deg, strict).float()
     n, k = m.shape
-    m = F.pad(m, (0, -k % block_k, 0, -n % block_n), value=-1.0)    # -1: outside the matrix
+    m = F.pad(m, (0, -k % block_k, 0, -n % block_n), value=-1.0)  # -1: outside the matrix
     t = m.view(m.shape[0] // block_n, block_n, m.shape[1] // block_k, block_k).permute(0, 2, 1, 3)
     t = t.reshape(t.shape[0], t.shape[1], -1)
     inside = t >= 0
@@ -125,18 +128,38 @@ def _linear_bytes(m, n, k):
         fwd = e * (m * k + n * k + m * n + n) + 8 * (k + n)
         bwd = e * (2 * m * n + 2 * m * k + 2 * n * k + n) + 8 * (k + n)
         return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
     return model
 
 
-def _layer_case(s: MADEShape, tag: str, name: str, k: int, n: int, in_deg, out_deg, strict: bool,
-                act: str | None, binary_x: bool, seed: int, explicit_mask: torch.Tensor | None = None) -> Case:
+def _layer_case(
+    s: MADEShape,
+    tag: str,
+    name: str,
+    k: int,
+    n: int,
+    in_deg,
+    out_deg,
+    strict: bool,
+    act: str | None,
+    binary_x: bool,
+    seed: int,
+    explicit_mask: torch.Tensor | None = None,
+) -> Case:
     m = s.batch
     mask_bool = explicit_mask if explicit_mask is not None else ref.autoregressive_mask(in_deg, out_deg, strict)
     fr = tile_fractions(in_deg, out_deg, strict, *GPU_TILE) if explicit_mask is None else None
-    shape = {"batch": m, "in": k, "out": n, "strict": strict, "activation": act or "none",
-             "gflop_dense": 2 * m * n * k / 1e9, "kept": float(mask_bool.float().mean()),
-             "zero_tiles": None if fr is None else fr["zero"],
-             "mask": "explicit (not autoregressive)" if explicit_mask is not None else "degrees"}
+    shape = {
+        "batch": m,
+        "in": k,
+        "out": n,
+        "strict": strict,
+        "activation": act or "none",
+        "gflop_dense": 2 * m * n * k / 1e9,
+        "kept": float(mask_bool.float().mean()),
+        "zero_tiles": None if fr is None else fr["zero"],
+        "mask": "explicit (not autoregressive)" if explicit_mask is not None else "degrees",
+    }
 
     def make(device, dtype) -> Inputs:
         if binary_x:
@@ -144,40 +167,71 @@ def _layer_case(s: MADEShape, tag: str, name: str, k: int, n: int, in_deg, out_d
             x = (torch.rand(m, k, generator=g) < 0.3).to(device=device, dtype=dtype)
         else:
             x = _randn((m, k), seed, device, dtype).relu()
-        w = _randn((n, k), seed + 1, device, dtype, k ** -0.5)
+        w = _randn((n, k), seed + 1, device, dtype, k**-0.5)
         b = _randn((n,), seed + 2, device, dtype, 0.1)
-        t = {"x": x, "w": w, "b": b, "ind": in_deg.to(device), "outd": out_deg.to(device),
-             "mask": mask_bool.to(device=device, dtype=dtype), "mask_bool": mask_bool.to(device)}
+        t = {
+            "x": x,
+            "w": w,
+            "b": b,
+            "ind": in_deg.to(device),
+            "outd": out_deg.to(device),
+            "mask": mask_bool.to(device=device, dtype=dtype),
+            "mask_bool": mask_bool.to(device),
+        }
         return Inputs(t, [x, w, b], _randn((m, n), seed + 3, device, dtype))
 
     def dense():
         return lambda I: ref.apply_activation(F.linear(I.x, I.w * I.mask, I.b), act)
 
     if explicit_mask is None:
-        op = lambda I, b: pygen.ops.masked_linear(I.x, I.w, I.b, I.ind, I.outd, strict, act, backend=b)  # noqa: E731
+        op = lambda I, b: pygen.ops.masked_linear(I.x, I.w, I.b, I.ind, I.outd, strict, act, backend=b)
         reference = (ref.masked_linear, lambda I: (I.x, I.w, I.b, I.ind, I.outd, strict, act))
     else:
-        op = lambda I, b: pygen.ops.masked_linear(I.x, I.w, I.b, mask=I.mask_bool, activation=act,  # noqa: E731
-                                                  backend=b)
+        op = lambda I, b: pygen.ops.masked_linear(I.x, I.w, I.b, mask=I.mask_bool, activation=act, backend=b)
         reference = (ref.masked_matmul, lambda I: (I.x, I.w, I.b, I.mask_bool, act))
-    return Case(FAMILY, "masked_linear", f"{tag}-{name}", shape, make, op, reference, _linear_bytes(m, n, k),
-                "E*(M*K + N*K + M*N + N) + 8*(K+N) fwd; bwd: see bench/made.py", {"dense masked": dense},
-                backends=BACKENDS)
+    return Case(
+        FAMILY,
+        "masked_linear",
+        f"{tag}-{name}",
+        shape,
+        make,
+        op,
+        reference,
+        _linear_bytes(m, n, k),
+        "E*(M*K + N*K + M*N + N) + 8*(K+N) fwd; bwd: see bench/made.py",
+        {"dense masked": dense},
+        backends=BACKENDS,
+    )
 
 
 def _bits_case(s: MADEShape, tag: str, in_deg, out_deg, seed: int) -> Case:
     """Layer 1 on bit-packed binary data (masked_linear_bits); weight and bias are the leaves."""
     m, k, n = s.batch, s.features, s.hidden
-    shape = {"batch": m, "in": k, "out": n, "strict": False, "activation": "relu", "x": "int32 words",
-             "gflop_dense": 2 * m * n * k / 1e9, "kept": float(ref.autoregressive_mask(in_deg, out_deg).float().mean())}
+    shape = {
+        "batch": m,
+        "in": k,
+        "out": n,
+        "strict": False,
+        "activation": "relu",
+        "x": "int32 words",
+        "gflop_dense": 2 * m * n * k / 1e9,
+        "kept": float(ref.autoregressive_mask(in_deg, out_deg).float().mean()),
+    }
 
     def make(device, dtype) -> Inputs:
         g = torch.Generator().manual_seed(seed)
         x = (torch.rand(m, k, generator=g) < 0.3).to(device=device, dtype=dtype)
-        w = _randn((n, k), seed + 1, device, dtype, k ** -0.5)
+        w = _randn((n, k), seed + 1, device, dtype, k**-0.5)
         b = _randn((n,), seed + 2, device, dtype, 0.1)
-        t = {"x": x, "xb": ref.pack_bits(x), "w": w, "b": b, "ind": in_deg.to(device), "outd": out_deg.to(device),
-             "mask": ref.autoregressive_mask(in_deg, out_deg).to(device=device, dtype=dtype)}
+        t = {
+            "x": x,
+            "xb": ref.pack_bits(x),
+            "w": w,
+            "b": b,
+            "ind": in_deg.to(device),
+            "outd": out_deg.to(device),
+            "mask": ref.autoregressive_mask(in_deg, out_deg).to(device=device, dtype=dtype),
+        }
         return Inputs(t, [w, b], _randn((m, n), seed + 3, device, dtype))
 
     def model(I, mode):
@@ -189,11 +243,21 @@ def _bits_case(s: MADEShape, tag: str, in_deg, out_deg, seed: int) -> Case:
     def dense():
         return lambda I: torch.relu(F.linear(I.x, I.w * I.mask, I.b))
 
-    op = lambda I, b: pygen.ops.masked_linear_bits(I.xb, k, I.w, I.b, I.ind, I.outd, False, "relu", backend=b)  # noqa: E731
+    op = lambda I, b: pygen.ops.masked_linear_bits(I.xb, k, I.w, I.b, I.ind, I.outd, False, "relu", backend=b)
     reference = (ref.masked_linear_bits, lambda I: (I.xb, k, I.w, I.b, I.ind, I.outd, False, "relu"))
-    return Case(FAMILY, "masked_linear_bits", f"{tag}-l1-bits", shape, make, op, reference, model,
-                "4*M*ceil(K/32) + E*(N*K + M*N + N) fwd; bwd: see bench/made.py", {"dense masked": dense},
-                backends=BACKENDS)
+    return Case(
+        FAMILY,
+        "masked_linear_bits",
+        f"{tag}-l1-bits",
+        shape,
+        make,
+        op,
+        reference,
+        model,
+        "4*M*ceil(K/32) + E*(N*K + M*N + N) fwd; bwd: see bench/made.py",
+        {"dense masked": dense},
+        backends=BACKENDS,
+    )
 
 
 def _affine_case(s: MADEShape, tag: str, seed: int) -> Case:
@@ -202,13 +266,19 @@ def _affine_case(s: MADEShape, tag: str, seed: int) -> Case:
     deg = network_degrees(s, "sorted", multiplier=2)
     in_deg, out_deg = deg[2], deg[3]
     fr = tile_fractions(in_deg, out_deg, True, *GPU_TILE)
-    shape = {"batch": m, "hidden": k, "features": d, "gflop_dense": 2 * m * 2 * d * k / 1e9,
-             "kept": float(ref.autoregressive_mask(in_deg, out_deg, True).float().mean()), "zero_tiles": fr["zero"],
-             "output": "cat([z, logdet[:, None]], 1)"}
+    shape = {
+        "batch": m,
+        "hidden": k,
+        "features": d,
+        "gflop_dense": 2 * m * 2 * d * k / 1e9,
+        "kept": float(ref.autoregressive_mask(in_deg, out_deg, True).float().mean()),
+        "zero_tiles": fr["zero"],
+        "output": "cat([z, logdet[:, None]], 1)",
+    }
 
     def make(device, dtype) -> Inputs:
         h = _randn((m, k), seed, device, dtype).relu()
-        w = _randn((2 * d, k), seed + 1, device, dtype, 0.1 * k ** -0.5)
+        w = _randn((2 * d, k), seed + 1, device, dtype, 0.1 * k**-0.5)
         b = _randn((2 * d,), seed + 2, device, dtype, 0.1)
         x = _randn((m, d), seed + 3, device, dtype)
         mask = ref.autoregressive_mask(in_deg, out_deg, True).to(device=device, dtype=dtype)
@@ -229,14 +299,27 @@ def _affine_case(s: MADEShape, tag: str, seed: int) -> Case:
             p = F.linear(I.h, I.w * I.mask, I.b).view(m, d, 2)
             scale = ref.affine_scale(p[..., 0])
             return cat(scale * I.x + p[..., 1], torch.log(scale).sum(-1))
+
         return fn
 
-    op = lambda I, b: cat(*pygen.ops.made_affine_forward(I.h, I.w, I.b, I.ind, I.outd, I.x, backend=b))  # noqa: E731
-    reference = (lambda h, w, b, i, o, x: cat(*ref.made_affine_forward(h, w, b, i, o, x)),
-                 lambda I: (I.h, I.w, I.b, I.ind, I.outd, I.x))
-    return Case(FAMILY, "made_affine_forward", f"{tag}-maf-head", shape, make, op, reference, model,
-                "E*(M*K + 2D*K + 2D + 2*M*D + M) + degrees fwd (params not written); bwd: see bench/made.py",
-                {"dense masked": dense}, backends=BACKENDS)
+    op = lambda I, b: cat(*pygen.ops.made_affine_forward(I.h, I.w, I.b, I.ind, I.outd, I.x, backend=b))
+    reference = (
+        lambda h, w, b, i, o, x: cat(*ref.made_affine_forward(h, w, b, i, o, x)),
+        lambda I: (I.h, I.w, I.b, I.ind, I.outd, I.x),
+    )
+    return Case(
+        FAMILY,
+        "made_affine_forward",
+        f"{tag}-maf-head",
+        shape,
+        make,
+        op,
+        reference,
+        model,
+        "E*(M*K + 2D*K + 2D + 2*M*D + M) + degrees fwd (params not written); bwd: see bench/made.py",
+        {"dense masked": dense},
+        backends=BACKENDS,
+    )
 
 
 # The D-step loop must stay out of dynamo's reach: traced, it is unrolled D times (the compile
@@ -247,8 +330,10 @@ _eager_sampler = torch.compiler.disable(ref.made_sample, recursive=False)
 
 def _d_pass_driver(noise, weights, biases, degrees):
     """D full passes of the dense-masked network (pygen.ref.made.made_sample)."""
-    masks = [ref.autoregressive_mask(degrees[l], degrees[l + 1], l == len(weights) - 1).to(weights[0].dtype)
-             for l in range(len(weights))]
+    masks = [
+        ref.autoregressive_mask(degrees[l], degrees[l + 1], l == len(weights) - 1).to(weights[0].dtype)
+        for l in range(len(weights))
+    ]
 
     def net(x):
         h = x
@@ -257,18 +342,28 @@ def _d_pass_driver(noise, weights, biases, degrees):
             if l < len(weights) - 1:
                 h = torch.relu(h)
         return h
+
     return _eager_sampler(net, noise, degrees[0], 2, "gaussian")
 
 
 def _sample_case(s: MADEShape, tag: str, seed: int) -> Case:
     degs = network_degrees(s, "sorted", multiplier=2, hidden=s.sample_hidden)
     d, h, b = s.features, s.sample_hidden, s.samples
-    shape = {"samples": b, "features": d, "hidden": [h, h], "kind": "gaussian", "activation": "relu",
-             "gflop_one_pass": 2 * b * (d * h + h * h + h * 2 * d) / 1e9}
+    shape = {
+        "samples": b,
+        "features": d,
+        "hidden": [h, h],
+        "kind": "gaussian",
+        "activation": "relu",
+        "gflop_one_pass": 2 * b * (d * h + h * h + h * 2 * d) / 1e9,
+    }
 
     def make(device, dtype) -> Inputs:
-        ws = [_randn((h, d), seed, device, dtype, d ** -0.5), _randn((h, h), seed + 1, device, dtype, h ** -0.5),
-              _randn((2 * d, h), seed + 2, device, dtype, 0.1 * h ** -0.5)]
+        ws = [
+            _randn((h, d), seed, device, dtype, d**-0.5),
+            _randn((h, h), seed + 1, device, dtype, h**-0.5),
+            _randn((2 * d, h), seed + 2, device, dtype, 0.1 * h**-0.5),
+        ]
         bs = [_randn((w.shape[0],), seed + 3 + i, device, dtype, 0.1) for i, w in enumerate(ws)]
         noise = _randn((b, d), seed + 9, device, dtype)
         t = {"noise": noise, "weights": ws, "biases": bs, "degrees": [g.to(device) for g in degs]}
@@ -285,16 +380,30 @@ def _sample_case(s: MADEShape, tag: str, seed: int) -> Case:
     def step_loop():
         # the per-step loop (one masked_linear launch per layer per step) on the automatic backend:
         # the persistent kernel's own baseline on a GPU
-        return lambda I: pygen.ops.made_sample(I.weights, I.biases, I.degrees, I.noise, kind="gaussian",
-                                               activation="relu", persistent=False)
+        return lambda I: pygen.ops.made_sample(
+            I.weights, I.biases, I.degrees, I.noise, kind="gaussian", activation="relu", persistent=False
+        )
 
-    op = lambda I, be: pygen.ops.made_sample(I.weights, I.biases, I.degrees, I.noise, kind="gaussian",  # noqa: E731
-                                             activation="relu", backend=be)
-    reference = (torch.compiler.disable(_d_pass_driver, recursive=False),
-                 lambda I: (I.noise, I.weights, I.biases, I.degrees))
-    return Case(FAMILY, "made_sample", f"{tag}-gauss", shape, make, op, reference, model,
-                "E*(weights + biases + 2*B*D + B*sum(H)) (each weight once)", {"D passes (dense masked)": d_passes,
-                 "step loop": step_loop}, backends=BACKENDS)
+    op = lambda I, be: pygen.ops.made_sample(
+        I.weights, I.biases, I.degrees, I.noise, kind="gaussian", activation="relu", backend=be
+    )
+    reference = (
+        torch.compiler.disable(_d_pass_driver, recursive=False),
+        lambda I: (I.noise, I.weights, I.biases, I.degrees),
+    )
+    return Case(
+        FAMILY,
+        "made_sample",
+        f"{tag}-gauss",
+        shape,
+        make,
+        op,
+        reference,
+        model,
+        "E*(weights + biases + 2*B*D + B*sum(H)) (each weight once)",
+        {"D passes (dense masked)": d_passes, "step loop": step_loop},
+        backends=BACKENDS,
+    )
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:

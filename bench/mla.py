@@ -40,6 +40,7 @@ decode_attention_fwd over token slots, s_q = 1). Their call signatures differ ac
 the wrappers read the installed signature and raise (a skip row) when it is one they do not know.
 None was importable where this file was written, so none has been run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -54,18 +55,22 @@ from pygen.bench_harness import Case, Inputs
 FAMILY = "mla"
 BACKENDS = ("triton",)
 LATENT, ROPE = 512, 64
-DS_V3_SCALE = 192 ** -0.5 * (0.1 * math.log(40.0) + 1.0) ** 2   # = pygen.nn._rope.softmax_scale(DeepSeek-V3)
+DS_V3_SCALE = 192**-0.5 * (0.1 * math.log(40.0) + 1.0) ** 2  # = pygen.nn._rope.softmax_scale(DeepSeek-V3)
 
-DEFAULT = {"batches": (1, 32, 64, 128), "ctx": (1024, 8192), "heads": (16, 128), "s_q": (1, 2), "page": 64,
-           "prefill": (8, 4096, 128)}
-QUICK = {"batches": (1, 4), "ctx": (33, 300), "heads": (16,), "s_q": (1, 2), "page": 64,
-         "prefill": (2, 64, 2)}
+DEFAULT = {
+    "batches": (1, 32, 64, 128),
+    "ctx": (1024, 8192),
+    "heads": (16, 128),
+    "s_q": (1, 2),
+    "page": 64,
+    "prefill": (8, 4096, 128),
+}
+QUICK = {"batches": (1, 4), "ctx": (33, 300), "heads": (16,), "s_q": (1, 2), "page": 64, "prefill": (2, 64, 2)}
 # `pygen bench` on a CPU (the README's main command on a fresh machine): the GPU shapes would take
 # the eager reference tens of minutes and the prefill scores alone 8.6 GB per sequence, so the CPU
 # keeps the structure (both head counts, both s_q, ragged contexts, both cache formats) at a size
 # the 2-core / 24 GiB machines run in about a minute.
-CPU = {"batches": (1, 8), "ctx": (256, 2048), "heads": (16, 128), "s_q": (1, 2), "page": 64,
-       "prefill": (2, 1024, 16)}
+CPU = {"batches": (1, 8), "ctx": (256, 2048), "heads": (16, 128), "s_q": (1, 2), "page": 64, "prefill": (2, 1024, 16)}
 
 
 def context_lengths(batch: int, lo: int, hi: int, seed: int) -> list[int]:
@@ -110,8 +115,10 @@ def _flashmla():
         _native_only(I, "flashmla")
         b, s_q, h, _ = I.q.shape
         meta, splits = get_mla_metadata(I.seqlens, s_q * h, 1)
-        return flash_mla_with_kvcache(I.q, I.kv, I.table, I.seqlens, LATENT, meta, splits,
-                                      softmax_scale=DS_V3_SCALE, causal=I.causal)[0]
+        return flash_mla_with_kvcache(
+            I.q, I.kv, I.table, I.seqlens, LATENT, meta, splits, softmax_scale=DS_V3_SCALE, causal=I.causal
+        )[0]
+
     return run
 
 
@@ -140,13 +147,22 @@ def _vllm():
         q = I.q[:, 0]
         o = q.new_empty(b, h, LATENT)
         ns = _splits_for(I)
-        vals = {"q": q, "k_buffer": I.kv, "v_buffer": I.kv[..., :LATENT], "o": o,
-                "lse": torch.empty(b, h, dtype=torch.float32, device=q.device),
-                "req_to_token": I.table.clamp_min(0), "b_seq_len": I.seqlens,
-                "attn_logits": torch.empty(b, h, ns, LATENT + 1, dtype=torch.float32, device=q.device),
-                "num_kv_splits": ns, "sm_scale": DS_V3_SCALE, "page_size": I.kv.shape[1]}
+        vals = {
+            "q": q,
+            "k_buffer": I.kv,
+            "v_buffer": I.kv[..., :LATENT],
+            "o": o,
+            "lse": torch.empty(b, h, dtype=torch.float32, device=q.device),
+            "req_to_token": I.table.clamp_min(0),
+            "b_seq_len": I.seqlens,
+            "attn_logits": torch.empty(b, h, ns, LATENT + 1, dtype=torch.float32, device=q.device),
+            "num_kv_splits": ns,
+            "sm_scale": DS_V3_SCALE,
+            "page_size": I.kv.shape[1],
+        }
         _call_by_name(decode_attention_fwd, vals, "vllm-triton")
         return o[:, None]
+
     return run
 
 
@@ -162,21 +178,33 @@ def _sglang():
         q = I.q[:, 0]
         page = I.kv.shape[1]
         lens = I.seqlens.long()
-        slots = [I.table[i, torch.arange(n, device=q.device) // page].long() * page
-                 + torch.arange(n, device=q.device) % page for i, n in enumerate(lens.tolist())]
+        slots = [
+            I.table[i, torch.arange(n, device=q.device) // page].long() * page + torch.arange(n, device=q.device) % page
+            for i, n in enumerate(lens.tolist())
+        ]
         indptr = torch.zeros(b + 1, dtype=torch.int32, device=q.device)
         indptr[1:] = torch.cumsum(lens, 0)
         ns = _splits_for(I)
         kbuf = I.kv.view(-1, 1, LATENT + ROPE)
         o = q.new_empty(b, h, LATENT)
-        vals = {"q": q, "k_buffer": kbuf, "v_buffer": kbuf[..., :LATENT], "o": o, "kv_indptr": indptr,
-                "kv_indices": torch.cat(slots).to(torch.int32),
-                "attn_logits": torch.empty(b, h, ns, LATENT, dtype=torch.float32, device=q.device),
-                "attn_lse": torch.empty(b, h, ns, dtype=torch.float32, device=q.device),
-                "num_kv_splits": torch.full((b,), ns, dtype=torch.int32, device=q.device),
-                "max_kv_splits": ns, "sm_scale": DS_V3_SCALE, "k_scale": 1.0, "v_scale": 1.0}
+        vals = {
+            "q": q,
+            "k_buffer": kbuf,
+            "v_buffer": kbuf[..., :LATENT],
+            "o": o,
+            "kv_indptr": indptr,
+            "kv_indices": torch.cat(slots).to(torch.int32),
+            "attn_logits": torch.empty(b, h, ns, LATENT, dtype=torch.float32, device=q.device),
+            "attn_lse": torch.empty(b, h, ns, dtype=torch.float32, device=q.device),
+            "num_kv_splits": torch.full((b,), ns, dtype=torch.int32, device=q.device),
+            "max_kv_splits": ns,
+            "sm_scale": DS_V3_SCALE,
+            "k_scale": 1.0,
+            "v_scale": 1.0,
+        }
         _call_by_name(decode_attention_fwd, vals, "sglang-triton")
         return o[:, None]
+
     return run
 
 
@@ -196,9 +224,18 @@ def _decode_case(batch: int, h: int, s_q: int, fp8: bool, shapes: dict, tag: str
     max_blocks = max((n + page - 1) // page for n in lens) + 1
     causal = s_q > 1
     cache = "fp8" if fp8 else "native"
-    shape = {"batch": batch, "h_q": h, "s_q": s_q, "page": page, "cache": cache, "ctx_range": [lo, hi],
-             "ctx_sum": sum(lens), "ctx_max": max(lens), "causal": causal,
-             "gflop": decode_flops(lens, s_q, h) / 1e9}
+    shape = {
+        "batch": batch,
+        "h_q": h,
+        "s_q": s_q,
+        "page": page,
+        "cache": cache,
+        "ctx_range": [lo, hi],
+        "ctx_sum": sum(lens),
+        "ctx_max": max(lens),
+        "causal": causal,
+        "gflop": decode_flops(lens, s_q, h) / 1e9,
+    }
 
     def make(device, dtype) -> Inputs:
         g = torch.Generator().manual_seed(seed)
@@ -215,16 +252,35 @@ def _decode_case(batch: int, h: int, s_q: int, fp8: bool, shapes: dict, tag: str
         return decode_bytes(lens, s_q, h, I.q.element_size(), fp8, max_blocks)
 
     label = f"{tag}b{batch}-h{h}-sq{s_q}-{cache}"
-    return Case(FAMILY, "mla_decode", label, shape, make, run, (reference, lambda I: (I.q, I.kv, I.table, I.seqlens)),
-                nbytes, "sum(L)*row + b*s_q*H*(576+512)*E + lse + table (row 576E, FP8 656 B)",
-                dict(BASELINES), backends=BACKENDS, **_FWD_ONLY)
+    return Case(
+        FAMILY,
+        "mla_decode",
+        label,
+        shape,
+        make,
+        run,
+        (reference, lambda I: (I.q, I.kv, I.table, I.seqlens)),
+        nbytes,
+        "sum(L)*row + b*s_q*H*(576+512)*E + lse + table (row 576E, FP8 656 B)",
+        dict(BASELINES),
+        backends=BACKENDS,
+        **_FWD_ONLY,
+    )
 
 
 def _prefill_case(n_seq: int, n: int, h: int, tag: str) -> Case:
     lens = [n] * n_seq
     t = n * n_seq
-    shape = {"seqs": n_seq, "tokens_per_seq": n, "heads": h, "dqk": 192, "dv": 128, "causal": True,
-             "gflop": prefill_flops(lens, h, "fwd") / 1e9, "gflop_bwd": prefill_flops(lens, h, "bwd") / 1e9}
+    shape = {
+        "seqs": n_seq,
+        "tokens_per_seq": n,
+        "heads": h,
+        "dqk": 192,
+        "dv": 128,
+        "causal": True,
+        "gflop": prefill_flops(lens, h, "fwd") / 1e9,
+        "gflop_bwd": prefill_flops(lens, h, "bwd") / 1e9,
+    }
 
     def make(device, dtype) -> Inputs:
         g = torch.Generator().manual_seed(7 + n)
@@ -237,24 +293,38 @@ def _prefill_case(n_seq: int, n: int, h: int, tag: str) -> Case:
         return ops.mla_prefill(I.q, I.k, I.v, I.cu, I.cu, n, n, causal=True, backend=be)[0]
 
     def reference(q, k, v, cu):
-        return ref.mla_prefill(q, k, v, cu, cu, 192 ** -0.5, True)[0]
+        return ref.mla_prefill(q, k, v, cu, cu, 192**-0.5, True)[0]
 
     def nbytes(I, mode):
         return prefill_bytes(t, h, I.q.element_size(), mode)
 
-    return Case(FAMILY, "mla_prefill", f"{tag}{n_seq}x{n}-h{h}", shape, make, run,
-                (reference, lambda I: (I.q, I.k, I.v, I.cu)), nbytes,
-                "fwd T*H*(2*192+2*128)*E + 4TH; bwd T*H*(2*192+3*128)*E + 8TH + T*H*(2*192+128)*E",
-                backends=BACKENDS)
+    return Case(
+        FAMILY,
+        "mla_prefill",
+        f"{tag}{n_seq}x{n}-h{h}",
+        shape,
+        make,
+        run,
+        (reference, lambda I: (I.q, I.k, I.v, I.cu)),
+        nbytes,
+        "fwd T*H*(2*192+2*128)*E + 4TH; bwd T*H*(2*192+3*128)*E + 8TH + T*H*(2*192+128)*E",
+        backends=BACKENDS,
+    )
 
 
 def cases(quick: bool = False, device: str | torch.device | None = None) -> list[Case]:
-    on_cuda = torch.device(device if device is not None else
-                           ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    on_cuda = (
+        torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    )
     s = QUICK if quick else (DEFAULT if on_cuda else CPU)
     tag = "quick-" if quick else ("" if on_cuda else "cpu-")
-    out = [_decode_case(b, h, sq, fp8, s, tag) for b in s["batches"] for h in s["heads"] for sq in s["s_q"]
-           for fp8 in (False, True)]
+    out = [
+        _decode_case(b, h, sq, fp8, s, tag)
+        for b in s["batches"]
+        for h in s["heads"]
+        for sq in s["s_q"]
+        for fp8 in (False, True)
+    ]
     out.append(_prefill_case(*s["prefill"], tag))
     return out
 
@@ -284,7 +354,14 @@ def floors(peak_tbps: float = 4.8, peak_tflops: float = 989.0) -> list[dict]:
             nbytes = decode_bytes(lens, s["s_q"], s["h_q"], 2, s["cache"] == "fp8", mb)
         else:
             nbytes = prefill_bytes(s["seqs"] * s["tokens_per_seq"], s["heads"], 2, "fwd")
-        out.append({"op": c.op, "label": c.label, "MB": nbytes / 1e6, "GFLOP": s["gflop"],
-                    "memory_us": nbytes / (peak_tbps * 1e12) * 1e6,
-                    "compute_us": s["gflop"] * 1e9 / (peak_tflops * 1e12) * 1e6})
+        out.append(
+            {
+                "op": c.op,
+                "label": c.label,
+                "MB": nbytes / 1e6,
+                "GFLOP": s["gflop"],
+                "memory_us": nbytes / (peak_tbps * 1e12) * 1e6,
+                "compute_us": s["gflop"] * 1e9 / (peak_tflops * 1e12) * 1e6,
+            }
+        )
     return out

@@ -54,11 +54,12 @@ FLOPs (shape dict ``gflop_fwd``): fused_moe 6*S*I*H (gate/up GEMM 4*S*I*H, down 
 backward 2x that; the layer adds 6*T*Is*H + 2*T*E*H. H200 ceilings: 989 TFLOP/s dense bf16,
 4.8 TB/s HBM; at T <= 64 fused_moe is bound by streaming the A touched experts' weights.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
 import torch
@@ -83,20 +84,26 @@ class MoEShape:
     scale: float = 2.5
 
     def as_dict(self) -> dict:
-        return {"H": self.hidden, "I": self.inter, "E": self.experts, "k": self.top_k,
-                "groups": f"{self.n_group}/{self.topk_group}", "shared": self.n_shared}
+        return {
+            "H": self.hidden,
+            "I": self.inter,
+            "E": self.experts,
+            "k": self.top_k,
+            "groups": f"{self.n_group}/{self.topk_group}",
+            "shared": self.n_shared,
+        }
 
 
 DSV3 = MoEShape()
 CPU_SCALED = MoEShape(hidden=1024, inter=256)
 QUICK = MoEShape(hidden=64, inter=32, experts=16, top_k=4, n_group=4, topk_group=2)
-TOKENS = {"gpu": (1, 64, 512, 8192), "cpu_route": (1, 64, 512, 8192), "cpu_experts": (64, 2048),
-          "quick": (1, 37)}
+TOKENS = {"gpu": (1, 64, 512, 8192), "cpu_route": (1, 64, 512, 8192), "cpu_experts": (64, 2048), "quick": (1, 37)}
 LAYER_MAX_TOKENS = 512
 
 
 def _ops():
     import pygen.ops.moe as ops_moe
+
     return ops_moe
 
 
@@ -113,8 +120,13 @@ def _with_bwd(fwd: int, bwd: int, mode: str) -> int:
 
 
 def _route_kw(s: MoEShape) -> dict:
-    return dict(scoring="sigmoid", n_group=s.n_group, topk_group=s.topk_group, norm_topk_prob=True,
-                routed_scaling_factor=s.scale)
+    return dict(
+        scoring="sigmoid",
+        n_group=s.n_group,
+        topk_group=s.topk_group,
+        norm_topk_prob=True,
+        routed_scaling_factor=s.scale,
+    )
 
 
 def _by_expert(ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -123,7 +135,7 @@ def _by_expert(ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.cat([ids_s.to(w.dtype), w.gather(1, order)], 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _has(op: str, backend: str, device_type: str) -> bool:
     """Whether pygen.ops.moe.<op> runs with ``backend`` on this device type (probed once on a
     tiny input, so the table follows what the ops implement)."""
@@ -134,8 +146,14 @@ def _has(op: str, backend: str, device_type: str) -> bool:
         elif op == "moe_align":
             _ops().moe_align(torch.zeros(1, 1, dtype=torch.int32, **z), 4, 4, backend=backend)
         else:
-            _ops().fused_moe(torch.zeros(1, 2, **z), torch.zeros(1, 2, 2, **z), torch.zeros(1, 2, 1, **z),
-                             torch.ones(1, 1, **z), torch.zeros(1, 1, dtype=torch.int32, **z), backend=backend)
+            _ops().fused_moe(
+                torch.zeros(1, 2, **z),
+                torch.zeros(1, 2, 2, **z),
+                torch.zeros(1, 2, 1, **z),
+                torch.ones(1, 1, **z),
+                torch.zeros(1, 1, dtype=torch.int32, **z),
+                backend=backend,
+            )
         return True
     except Exception:
         return False
@@ -152,7 +170,7 @@ def _backends(op: str, device) -> tuple[str, ...]:
 def _route_backend(b: str, device: torch.device) -> str | None:
     if b in ("reference", "triton") or _has("moe_route", b, device.type):
         return b
-    return None   # pygen's automatic choice on this device
+    return None  # pygen's automatic choice on this device
 
 
 # ---- routing -------------------------------------------------------------------------------------
@@ -162,6 +180,7 @@ def _route_inputs(s: MoEShape, t: int):
         logits = _randn((t, s.experts), 1, device, torch.float32)
         bias = _randn((s.experts,), 2, device, torch.float32, 0.1)
         return Inputs({"logits": logits, "bias": bias}, [logits], None)
+
     return make
 
 
@@ -181,8 +200,13 @@ def _route_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
             return inp
 
         def route(I, b):
-            ids, w = _ops().moe_route(I.logits, s.top_k, e_score_correction_bias=I.bias,
-                                      backend=_route_backend(b, I.logits.device), **_route_kw(s))
+            ids, w = _ops().moe_route(
+                I.logits,
+                s.top_k,
+                e_score_correction_bias=I.bias,
+                backend=_route_backend(b, I.logits.device),
+                **_route_kw(s),
+            )
             return ids, w
 
         def run_route(I, b):
@@ -211,41 +235,78 @@ def _route_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
             extra = 4 * slots + 4 * cap + 4 * math.ceil(cap / ALIGN_BLOCK) + 4
             return nbytes_route(I, mode, t) + (extra if mode != "bwd" else 0)
 
-        args = (lambda I: (I.logits, I.bias))
-        out.append(Case(FAMILY, "moe_route", f"{tag}-t{t}", shape, make, run_route, (ref_route, args),
-                        nbytes_route, "fwd 4TE + 4E + 8Tk; bwd 8Tk + 8TE",
-                        baselines={"torch.topk (transformers' math)": _topk_route(s),
-                                   "vllm:grouped_topk": _vllm_grouped_topk(s)},
-                        backends=_backends("moe_route", device)))
-        out.append(Case(FAMILY, "moe_route+align", f"{tag}-t{t}", shape,
-                        (lambda d, dt, make=make: make(d, dt, align=True)), run_align, (ref_align, args),
-                        nbytes_align, "route + 4Tk + 4P + 4ceil(P/B) + 4 (P = Tk + E(B-1), B = 64)",
-                        backends=_backends("moe_align", device)))
+        args = lambda I: (I.logits, I.bias)
+        out.append(
+            Case(
+                FAMILY,
+                "moe_route",
+                f"{tag}-t{t}",
+                shape,
+                make,
+                run_route,
+                (ref_route, args),
+                nbytes_route,
+                "fwd 4TE + 4E + 8Tk; bwd 8Tk + 8TE",
+                baselines={
+                    "torch.topk (transformers' math)": _topk_route(s),
+                    "vllm:grouped_topk": _vllm_grouped_topk(s),
+                },
+                backends=_backends("moe_route", device),
+            )
+        )
+        out.append(
+            Case(
+                FAMILY,
+                "moe_route+align",
+                f"{tag}-t{t}",
+                shape,
+                (lambda d, dt, make=make: make(d, dt, align=True)),
+                run_align,
+                (ref_align, args),
+                nbytes_align,
+                "route + 4Tk + 4P + 4ceil(P/B) + 4 (P = Tk + E(B-1), B = 64)",
+                backends=_backends("moe_align", device),
+            )
+        )
     return out
 
 
 def _topk_route(s: MoEShape):
     """transformers' DeepseekV3TopkRouter sequence of torch.topk calls on the logits (pygen.ref's
     tie_break="torch" path; the router's own forward would add the [T, H] x [H, E] GEMM)."""
+
     def factory():
         def run(I):
-            return _by_expert(*ref.moe_route(I.logits, s.top_k, e_score_correction_bias=I.bias,
-                                             tie_break="torch", **_route_kw(s))).flatten()
+            return _by_expert(
+                *ref.moe_route(I.logits, s.top_k, e_score_correction_bias=I.bias, tie_break="torch", **_route_kw(s))
+            ).flatten()
+
         return run
+
     return factory
 
 
 def _vllm_grouped_topk(s: MoEShape):
     def factory():
-        from vllm.model_executor.layers.fused_moe.fused_moe import grouped_topk  # noqa: F401
+        from vllm.model_executor.layers.fused_moe.fused_moe import grouped_topk  # noqa: F401 (probe: the vLLM baseline needs it)
 
         def run(I):
             # grouped_topk takes hidden_states only for its token count
-            w, ids = grouped_topk(I.logits, I.logits, s.top_k, True, s.n_group, s.topk_group,
-                                  scoring_func="sigmoid", routed_scaling_factor=s.scale,
-                                  e_score_correction_bias=I.bias)
+            w, ids = grouped_topk(
+                I.logits,
+                I.logits,
+                s.top_k,
+                True,
+                s.n_group,
+                s.topk_group,
+                scoring_func="sigmoid",
+                routed_scaling_factor=s.scale,
+                e_score_correction_bias=I.bias,
+            )
             return _by_expert(ids, w.float()).flatten()
+
         return run
+
     return factory
 
 
@@ -253,15 +314,17 @@ def _vllm_grouped_topk(s: MoEShape):
 def _expert_inputs(s: MoEShape, t: int, seed: int = 10):
     def make(device, dtype) -> Inputs:
         x = _randn((t, s.hidden), seed, device, dtype)
-        w1 = _randn((s.experts, 2 * s.inter, s.hidden), seed + 1, device, dtype, s.hidden ** -0.5)
-        w2 = _randn((s.experts, s.hidden, s.inter), seed + 2, device, dtype, s.inter ** -0.5)
+        w1 = _randn((s.experts, 2 * s.inter, s.hidden), seed + 1, device, dtype, s.hidden**-0.5)
+        w2 = _randn((s.experts, s.hidden, s.inter), seed + 2, device, dtype, s.inter**-0.5)
         logits = _randn((t, s.experts), seed + 3, device, torch.float32)
         bias = _randn((s.experts,), seed + 4, device, torch.float32, 0.1)
         ids, w = ref.moe_route(logits, s.top_k, e_score_correction_bias=bias, **_route_kw(s))
         active = int(torch.unique(ids).numel())
         grad = _randn((t, s.hidden), seed + 5, device, dtype)
-        return Inputs({"x": x, "w1": w1, "w2": w2, "ids": ids, "w": w.contiguous(), "active": active},
-                      [x, w1, w2], grad)
+        return Inputs(
+            {"x": x, "w1": w1, "w2": w2, "ids": ids, "w": w.contiguous(), "active": active}, [x, w1, w2], grad
+        )
+
     return make
 
 
@@ -269,10 +332,20 @@ def _experts_namespace(I, s: MoEShape, impl: str):
     """What transformers' experts forwards read from their module, around the case's tensors (so
     the gradients land in the case's leaves)."""
     from transformers.integrations import moe as hf_moe
-    ns = SimpleNamespace(gate_up_proj=I.w1, down_proj=I.w2, num_experts=s.experts, act_fn=F.silu,
-                         has_gate=True, has_bias=False, is_transposed=False, is_concatenated=True,
-                         has_post_expert_norm=False, _is_expert_parallel=False,
-                         config=SimpleNamespace(_experts_implementation=impl))
+
+    ns = SimpleNamespace(
+        gate_up_proj=I.w1,
+        down_proj=I.w2,
+        num_experts=s.experts,
+        act_fn=F.silu,
+        has_gate=True,
+        has_bias=False,
+        is_transposed=False,
+        is_concatenated=True,
+        has_post_expert_norm=False,
+        _is_expert_parallel=False,
+        config=SimpleNamespace(_experts_implementation=impl),
+    )
     ns._apply_gate = lambda gu: hf_moe._default_apply_gate(ns, gu)
     return ns
 
@@ -281,12 +354,14 @@ def _hf_experts(impl: str, s: MoEShape):
     def factory():
         from transformers.integrations import moe as hf_moe
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Experts
-        fn = (DeepseekV3Experts.forward.__wrapped__ if impl == "eager"
-              else hf_moe.ALL_EXPERTS_FUNCTIONS[impl])
+
+        fn = DeepseekV3Experts.forward.__wrapped__ if impl == "eager" else hf_moe.ALL_EXPERTS_FUNCTIONS[impl]
 
         def run(I):
             return fn(_experts_namespace(I, s, impl), I.x, I.ids.long(), I.w)
+
         return run
+
     return factory
 
 
@@ -296,7 +371,9 @@ def _vllm_fused_experts():
 
         def run(I):
             return fused_experts(I.x, I.w1, I.w2, I.w, I.ids, inplace=False)
+
         return run
+
     return factory
 
 
@@ -308,6 +385,7 @@ def _fused_bytes(s: MoEShape, t: int):
         fwd = eb * 2 * t * s.hidden + wbytes + 8 * slots
         bwd = eb * (3 * t * s.hidden + 3 * slots * s.inter) + 2 * wbytes + 12 * slots
         return _with_bwd(fwd, bwd, mode)
+
     return nbytes
 
 
@@ -315,28 +393,46 @@ def _fused_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
     out = []
     for t in tokens:
         shape = {**s.as_dict(), "T": t, "gflop_fwd": 6 * t * s.top_k * s.inter * s.hidden / 1e9}
-        out.append(Case(
-            FAMILY, "fused_moe", f"{tag}-t{t}", shape, _expert_inputs(s, t),
-            lambda I, b: _ops().fused_moe(I.x, I.w1, I.w2, I.w, I.ids, backend=b),
-            (lambda x, w1, w2, w, ids: ref.fused_moe(x, w1, w2, w, ids), lambda I: (I.x, I.w1, I.w2, I.w, I.ids)),
-            _fused_bytes(s, t), "fwd Eb(2TH + 3AIH) + 8Tk; bwd Eb(3TH + 3TkI) + 2*3AIH*Eb + 12Tk",
-            baselines={"transformers:eager": _hf_experts("eager", s),
-                       "transformers:grouped_mm": _hf_experts("grouped_mm", s),
-                       "vllm:fused_experts": _vllm_fused_experts()},
-            backends=_backends("fused_moe", device)))
+        out.append(
+            Case(
+                FAMILY,
+                "fused_moe",
+                f"{tag}-t{t}",
+                shape,
+                _expert_inputs(s, t),
+                lambda I, b: _ops().fused_moe(I.x, I.w1, I.w2, I.w, I.ids, backend=b),
+                (lambda x, w1, w2, w, ids: ref.fused_moe(x, w1, w2, w, ids), lambda I: (I.x, I.w1, I.w2, I.w, I.ids)),
+                _fused_bytes(s, t),
+                "fwd Eb(2TH + 3AIH) + 8Tk; bwd Eb(3TH + 3TkI) + 2*3AIH*Eb + 12Tk",
+                baselines={
+                    "transformers:eager": _hf_experts("eager", s),
+                    "transformers:grouped_mm": _hf_experts("grouped_mm", s),
+                    "vllm:fused_experts": _vllm_fused_experts(),
+                },
+                backends=_backends("fused_moe", device),
+            )
+        )
     return out
 
 
 # ---- the layer -----------------------------------------------------------------------------------
 def _layer_fields(s: MoEShape) -> dict:
-    return dict(hidden_size=s.hidden, moe_intermediate_size=s.inter, n_routed_experts=s.experts,
-                num_experts_per_tok=s.top_k, n_group=s.n_group, topk_group=s.topk_group,
-                n_shared_experts=s.n_shared, routed_scaling_factor=s.scale)
+    return dict(
+        hidden_size=s.hidden,
+        moe_intermediate_size=s.inter,
+        n_routed_experts=s.experts,
+        num_experts_per_tok=s.top_k,
+        n_group=s.n_group,
+        topk_group=s.topk_group,
+        n_shared_experts=s.n_shared,
+        routed_scaling_factor=s.scale,
+    )
 
 
 def _layer_inputs(s: MoEShape, t: int):
     def make(device, dtype) -> Inputs:
         from pygen.nn.moe import MoE
+
         with torch.device("meta"):
             layer = MoE(**_layer_fields(s))
         # meta -> drawn directly on the device in the bench dtype (the router stays float32)
@@ -344,7 +440,7 @@ def _layer_inputs(s: MoEShape, t: int):
             if not name.startswith("gate."):
                 val = _randn(p.shape, 30 + i, device, dtype, p.shape[-1] ** -0.5)
             else:
-                val = _randn(p.shape, 25, device, torch.float32, s.hidden ** -0.5)
+                val = _randn(p.shape, 25, device, torch.float32, s.hidden**-0.5)
             owner, _, leaf = name.rpartition(".")
             setattr(layer.get_submodule(owner), leaf, torch.nn.Parameter(val, requires_grad=False))
         layer.tokens_per_expert = torch.zeros(s.experts, dtype=torch.int64, device=device)
@@ -353,6 +449,7 @@ def _layer_inputs(s: MoEShape, t: int):
         x = _randn((t, s.hidden), 22, device, dtype)
         grad = _randn((t, s.hidden), 23, device, dtype)
         return Inputs({"x": x, "layer": layer}, [x], grad)
+
     return make
 
 
@@ -372,12 +469,13 @@ def _hf_layer(impl: str, s: MoEShape):
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
         from pygen.integrations.transformers_moe import _adopt_tensors
+
         cfg = transformers.DeepseekV3Config(**_layer_fields(s), experts_implementation=impl)
         cache: dict[int, torch.nn.Module] = {}
 
         def run(I):
             hf = cache.get(id(I.layer))
-            if hf is None:   # the same weight tensors as the pygen layer (no copy)
+            if hf is None:  # the same weight tensors as the pygen layer (no copy)
                 with torch.device("meta"):
                     hf = DeepseekV3MoE(cfg)
                 _adopt_tensors(hf, I.layer)
@@ -385,7 +483,9 @@ def _hf_layer(impl: str, s: MoEShape):
                 cache.clear()
                 cache[id(I.layer)] = hf
             return hf(I.x)
+
         return run
+
     return factory
 
 
@@ -393,9 +493,12 @@ def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
     out = []
     for t in tokens:
         is_ = s.inter * s.n_shared
-        shape = {**s.as_dict(), "T": t,
-                 "gflop_fwd": (6 * t * s.top_k * s.inter * s.hidden + 6 * t * is_ * s.hidden
-                               + 2 * t * s.experts * s.hidden) / 1e9}
+        shape = {
+            **s.as_dict(),
+            "T": t,
+            "gflop_fwd": (6 * t * s.top_k * s.inter * s.hidden + 6 * t * is_ * s.hidden + 2 * t * s.experts * s.hidden)
+            / 1e9,
+        }
         fused = _fused_bytes(s, t)
 
         def nbytes(I, mode, t=t, is_=is_):
@@ -408,13 +511,24 @@ def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
             extra = extra_w + 4 * t * s.experts
             return fused(probe, mode) + _with_bwd(extra, 2 * extra_w + 8 * t * s.experts, mode)
 
-        out.append(Case(
-            FAMILY, "moe_layer", f"{tag}-t{t}", shape, _layer_inputs(s, t), _layer_run,
-            (_layer_ref, lambda I: (I.layer, I.x)), nbytes,
-            "fused_moe + Eb*3*Is*H + 4EH + 4TE (bwd: weight terms twice)",
-            baselines={"transformers:eager": _hf_layer("eager", s),
-                       "transformers:grouped_mm": _hf_layer("grouped_mm", s)},
-            backends=_backends("fused_moe", device)))
+        out.append(
+            Case(
+                FAMILY,
+                "moe_layer",
+                f"{tag}-t{t}",
+                shape,
+                _layer_inputs(s, t),
+                _layer_run,
+                (_layer_ref, lambda I: (I.layer, I.x)),
+                nbytes,
+                "fused_moe + Eb*3*Is*H + 4EH + 4TE (bwd: weight terms twice)",
+                baselines={
+                    "transformers:eager": _hf_layer("eager", s),
+                    "transformers:grouped_mm": _hf_layer("grouped_mm", s),
+                },
+                backends=_backends("fused_moe", device),
+            )
+        )
     return out
 
 
@@ -435,8 +549,11 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
         exp_s, exp_t = CPU_SCALED, TOKENS["cpu_experts"]
         layer_t = exp_t
     exp_tag = tag if exp_s is route_s else "cpu-h1024-i256"
-    return (_route_cases(route_s, route_t, tag, device) + _fused_cases(exp_s, exp_t, exp_tag, device)
-            + _layer_cases(exp_s, layer_t, exp_tag, device))
+    return (
+        _route_cases(route_s, route_t, tag, device)
+        + _fused_cases(exp_s, exp_t, exp_tag, device)
+        + _layer_cases(exp_s, layer_t, exp_tag, device)
+    )
 
 
 def tflops(row: dict) -> float | None:

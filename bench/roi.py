@@ -39,6 +39,7 @@ position-sensitive ops), G = N*C*H*W elements of the feature map(s).
                                   + G*(4+E) (cast to the dtype) when the dtype is not float32
     fwd+bwd                       fwd + bwd
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,8 @@ class RFCNShape:
     image: tuple[int, int] = (800, 1333)
     stride: int = 16
     batch: int = 1
-    classes: int = 21          # 20 VOC classes + background
-    k: int = 7                 # k x k position-sensitive bins
+    classes: int = 21  # 20 VOC classes + background
+    k: int = 7  # k x k position-sensitive bins
     rois: int = 300
     sampling_ratio: int = 2
     min_side: float = 16.0
@@ -93,8 +94,10 @@ class RFCNShape:
 
 
 DEFAULT = {"fpn": FPNShape(), "rfcn": RFCNShape()}
-QUICK = {"fpn": FPNShape(image=(128, 160), channels=16, rois_per_image=16, min_side=8.0),
-         "rfcn": RFCNShape(image=(128, 160), classes=3, k=3, rois=16, min_side=8.0)}
+QUICK = {
+    "fpn": FPNShape(image=(128, 160), channels=16, rois_per_image=16, min_side=8.0),
+    "rfcn": RFCNShape(image=(128, 160), classes=3, k=3, rois=16, min_side=8.0),
+}
 
 
 def _to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
@@ -137,7 +140,7 @@ def _with_bwd(fwd_bytes: int, bwd_bytes: int, mode: str) -> int:
 
 
 def _align_bytes(k, c_out, p, samples_sum, e, g_elems, mode):
-    gathers = c_out * p * samples_sum * 4            # neighbour reads (fwd) / fp32 adds (bwd)
+    gathers = c_out * p * samples_sum * 4  # neighbour reads (fwd) / fp32 adds (bwd)
     fwd = k * c_out * p * e + k * 20 + gathers * e
     bwd = k * c_out * p * e + k * 20 + gathers * 4 + _grad_buffer(g_elems, e)
     return int(_with_bwd(fwd, bwd, mode))
@@ -146,24 +149,33 @@ def _align_bytes(k, c_out, p, samples_sum, e, g_elems, mode):
 # ---- cases ---------------------------------------------------------------------------------------
 def _fpn_inputs(s: FPNShape, levels: int, seed: int):
     """Make-inputs function for the FPN cases: the first ``levels`` pyramid maps."""
+
     def make(device, dtype) -> Inputs:
         boxes = random_proposals(s.batch, s.rois_per_image, s.image, seed, s.min_side)
         boxes = [b.to(dtype) for b in boxes]
         rois = _to_rois(boxes)
-        feats = [_randn((s.batch, s.channels, h, w), seed + 1 + i, device, dtype)
-                 for i, (h, w) in enumerate(s.levels[:levels])]
+        feats = [
+            _randn((s.batch, s.channels, h, w), seed + 1 + i, device, dtype)
+            for i, (h, w) in enumerate(s.levels[:levels])
+        ]
         k = rois.shape[0]
         grad = _randn((k, s.channels, s.output, s.output), seed + 99, device, dtype)
-        t = {"x": feats[0], "features": feats, "rois": rois.to(device),
-             "boxes": [b.to(device) for b in boxes],
-             "scales": [1.0 / st for st in s.strides[:levels]],
-             "image_shapes": [tuple(s.image)] * s.batch}
+        t = {
+            "x": feats[0],
+            "features": feats,
+            "rois": rois.to(device),
+            "boxes": [b.to(device) for b in boxes],
+            "scales": [1.0 / st for st in s.strides[:levels]],
+            "image_shapes": [tuple(s.image)] * s.batch,
+        }
         return Inputs(t, feats, grad)
+
     return make
 
 
 def _tv():
     import torchvision.ops  # noqa: F401  (ImportError -> the baseline is skipped with the reason)
+
     return torchvision.ops
 
 
@@ -171,9 +183,18 @@ def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
     o, sr = (s.output, s.output), s.sampling_ratio
     scale = 1.0 / s.strides[0]
     h2, w2 = s.levels[0]
-    shape = {"N": s.batch, "C": s.channels, "H": h2, "W": w2, "K": s.batch * s.rois_per_image,
-             "PH": s.output, "PW": s.output, "sampling_ratio": sr, "spatial_scale": scale,
-             "image": list(s.image)}
+    shape = {
+        "N": s.batch,
+        "C": s.channels,
+        "H": h2,
+        "W": w2,
+        "K": s.batch * s.rois_per_image,
+        "PH": s.output,
+        "PW": s.output,
+        "sampling_ratio": sr,
+        "spatial_scale": scale,
+        "image": list(s.image),
+    }
     g_elems = s.batch * s.channels * h2 * w2
 
     def align_bytes(I, mode):
@@ -197,8 +218,13 @@ def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
         return lambda I: tv.roi_pool(I.x, I.rois, o, scale)
 
     ms_levels = len(s.strides)
-    ms_shape = {**shape, "levels": [list(hw) for hw in s.levels], "spatial_scales": [1 / st for st in s.strides],
-                "canonical_scale": 224, "canonical_level": 4}
+    ms_shape = {
+        **shape,
+        "levels": [list(hw) for hw in s.levels],
+        "spatial_scales": [1 / st for st in s.strides],
+        "canonical_scale": 224,
+        "canonical_level": 4,
+    }
     ms_shape.pop("H"), ms_shape.pop("W"), ms_shape.pop("spatial_scale")
     ms_elems = sum(s.batch * s.channels * h * w for h, w in s.levels)
 
@@ -217,23 +243,43 @@ def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
         return lambda I: pooler(dict(zip(names, I.features)), I.boxes, I.image_shapes)
 
     return [
-        Case(FAMILY, "roi_align", f"{tag}-p2", shape, _fpn_inputs(s, 1, 1000),
-             lambda I, b: pygen.ops.roi_align(I.x, I.rois, o, scale, sr, False, backend=b),
-             (ref.roi_align, lambda I: (I.x, I.rois, o, scale, sr, False)),
-             align_bytes, "out K*C*P*E + rois K*20 + sum_k C*P*S_k*4*E (bwd: see bench/roi.py)",
-             {"torchvision": tv_align}),
-        Case(FAMILY, "roi_pool", f"{tag}-p2", {k: v for k, v in shape.items() if k != "sampling_ratio"},
-             _fpn_inputs(s, 1, 1000),
-             lambda I, b: pygen.ops.roi_pool(I.x, I.rois, o, scale, backend=b),
-             (ref.roi_pool, lambda I: (I.x, I.rois, o, scale)),
-             pool_bytes, "out K*C*P*(E+4) + rois K*20 + sum_k C*A_k*E (bwd: see bench/roi.py)",
-             {"torchvision": tv_pool}, grad_check="max-pool"),
-        Case(FAMILY, "multi_scale_roi_align", f"{tag}-p2p5", ms_shape, _fpn_inputs(s, ms_levels, 1000),
-             lambda I, b: pygen.ops.multi_scale_roi_align(I.features, I.rois, o, I.scales, sr,
-                                                          backend=b),
-             (ref.multi_scale_roi_align, lambda I: (I.features, I.rois, o, I.scales, sr, 224, 4, False)),
-             ms_bytes, "roi_align's model with each RoI's level (bwd: see bench/roi.py)",
-             {"torchvision": tv_ms}),
+        Case(
+            FAMILY,
+            "roi_align",
+            f"{tag}-p2",
+            shape,
+            _fpn_inputs(s, 1, 1000),
+            lambda I, b: pygen.ops.roi_align(I.x, I.rois, o, scale, sr, False, backend=b),
+            (ref.roi_align, lambda I: (I.x, I.rois, o, scale, sr, False)),
+            align_bytes,
+            "out K*C*P*E + rois K*20 + sum_k C*P*S_k*4*E (bwd: see bench/roi.py)",
+            {"torchvision": tv_align},
+        ),
+        Case(
+            FAMILY,
+            "roi_pool",
+            f"{tag}-p2",
+            {k: v for k, v in shape.items() if k != "sampling_ratio"},
+            _fpn_inputs(s, 1, 1000),
+            lambda I, b: pygen.ops.roi_pool(I.x, I.rois, o, scale, backend=b),
+            (ref.roi_pool, lambda I: (I.x, I.rois, o, scale)),
+            pool_bytes,
+            "out K*C*P*(E+4) + rois K*20 + sum_k C*A_k*E (bwd: see bench/roi.py)",
+            {"torchvision": tv_pool},
+            grad_check="max-pool",
+        ),
+        Case(
+            FAMILY,
+            "multi_scale_roi_align",
+            f"{tag}-p2p5",
+            ms_shape,
+            _fpn_inputs(s, ms_levels, 1000),
+            lambda I, b: pygen.ops.multi_scale_roi_align(I.features, I.rois, o, I.scales, sr, backend=b),
+            (ref.multi_scale_roi_align, lambda I: (I.features, I.rois, o, I.scales, sr, 224, 4, False)),
+            ms_bytes,
+            "roi_align's model with each RoI's level (bwd: see bench/roi.py)",
+            {"torchvision": tv_ms},
+        ),
     ]
 
 
@@ -241,8 +287,19 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
     o, sr, p = (s.k, s.k), s.sampling_ratio, s.k * s.k
     scale = 1.0 / s.stride
     h, w = s.feature
-    shape = {"N": s.batch, "C": s.channels, "H": h, "W": w, "K": s.rois, "PH": s.k, "PW": s.k,
-             "classes": s.classes, "sampling_ratio": sr, "spatial_scale": scale, "image": list(s.image)}
+    shape = {
+        "N": s.batch,
+        "C": s.channels,
+        "H": h,
+        "W": w,
+        "K": s.rois,
+        "PH": s.k,
+        "PW": s.k,
+        "classes": s.classes,
+        "sampling_ratio": sr,
+        "spatial_scale": scale,
+        "image": list(s.image),
+    }
     g_elems = s.batch * s.channels * h * w
 
     def make(device, dtype) -> Inputs:
@@ -272,17 +329,30 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
         return lambda I: tv.ps_roi_pool(I.x, I.rois, o, scale)
 
     return [
-        Case(FAMILY, "ps_roi_align", tag, shape, make,
-             lambda I, b: pygen.ops.ps_roi_align(I.x, I.rois, o, scale, sr, backend=b),
-             (ref.ps_roi_align, lambda I: (I.x, I.rois, o, scale, sr)),
-             align_bytes, "out K*C'*P*E + rois K*20 + sum_k C'*P*S_k*4*E (bwd: see bench/roi.py)",
-             {"torchvision": tv_align}),
-        Case(FAMILY, "ps_roi_pool", tag, {k: v for k, v in shape.items() if k != "sampling_ratio"},
-             make,
-             lambda I, b: pygen.ops.ps_roi_pool(I.x, I.rois, o, scale, backend=b),
-             (ref.ps_roi_pool, lambda I: (I.x, I.rois, o, scale)),
-             pool_bytes, "out K*C'*P*E + rois K*20 + sum_k C'*A_k*E (bwd: see bench/roi.py)",
-             {"torchvision": tv_pool}),
+        Case(
+            FAMILY,
+            "ps_roi_align",
+            tag,
+            shape,
+            make,
+            lambda I, b: pygen.ops.ps_roi_align(I.x, I.rois, o, scale, sr, backend=b),
+            (ref.ps_roi_align, lambda I: (I.x, I.rois, o, scale, sr)),
+            align_bytes,
+            "out K*C'*P*E + rois K*20 + sum_k C'*P*S_k*4*E (bwd: see bench/roi.py)",
+            {"torchvision": tv_align},
+        ),
+        Case(
+            FAMILY,
+            "ps_roi_pool",
+            tag,
+            {k: v for k, v in shape.items() if k != "sampling_ratio"},
+            make,
+            lambda I, b: pygen.ops.ps_roi_pool(I.x, I.rois, o, scale, backend=b),
+            (ref.ps_roi_pool, lambda I: (I.x, I.rois, o, scale)),
+            pool_bytes,
+            "out K*C'*P*E + rois K*20 + sum_k C'*A_k*E (bwd: see bench/roi.py)",
+            {"torchvision": tv_pool},
+        ),
     ]
 
 

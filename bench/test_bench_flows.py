@@ -5,12 +5,12 @@ family has triton and reference backends only, so pygen:cuda / pygen:cpu are not
 
     pytest bench/ --benchmark-json=out.json
 """
+
 from __future__ import annotations
 
 import pytest
 
-from . import _pytest_view as V
-from . import flows
+from . import _pytest_view as V, flows
 
 BASELINES = V.baselines(*["reference"])
 IMPLS = ["pygen:triton", "reference", "compile(reference)"]

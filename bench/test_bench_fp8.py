@@ -6,16 +6,22 @@ reference backends only, so pygen:cuda / pygen:cpu are not listed.
 
     pytest bench/test_bench_fp8.py --benchmark-json=out.json
 """
+
 from __future__ import annotations
 
 import pytest
 
-from . import _pytest_view as V
-from . import fp8
+from . import _pytest_view as V, fp8
 
 BASELINES = V.baselines("reference", "torch.matmul", "torch._scaled_mm", "matmul loop (dequantised W)")
-IMPLS = ["pygen:triton", "reference", "torch.matmul", "torch._scaled_mm", "matmul loop (dequantised W)",
-         "compile(reference)"]
+IMPLS = [
+    "pygen:triton",
+    "reference",
+    "torch.matmul",
+    "torch._scaled_mm",
+    "matmul loop (dequantised W)",
+    "compile(reference)",
+]
 CASES = fp8.cases(quick=not V.FULL, device=V.DEVICE)
 
 
@@ -30,8 +36,7 @@ def test_tflops_and_error_columns():
     """The extra columns of ``python -m pygen.bench.fp8``: TFLOP/s against the 1979 peak, the
     floors, and the error against the unquantised product (about 3-4% for Gaussian data)."""
     case = fp8.cases(quick=True, device="cpu")[0]
-    rows = fp8.add_metrics([{"op": case.op, "shape_label": case.label, "mode": "fwd", "median_ms": 1.0}],
-                           [case], "cpu")
+    rows = fp8.add_metrics([{"op": case.op, "shape_label": case.label, "mode": "fwd", "median_ms": 1.0}], [case], "cpu")
     r = rows[0]
     assert r["tflops"] == pytest.approx(case.shape["flops"] / 1e-3 / 1e12)
     assert r["fp8_peak_fraction"] == pytest.approx(r["tflops"] / 1979.0)

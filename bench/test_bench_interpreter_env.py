@@ -4,6 +4,7 @@ bench/conftest.py). bench/test_bench_mla.py used to set it in its own module bod
 bench/test_bench_made.py had been collected first (bench/made.py imports triton through
 torch._dynamo), and test_quick_cases_triton_interpreter then failed at tl.cdiv with "Cannot call
 @triton.jit'd outside of the scope of a kernel"."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
-                                reason="with a GPU, Triton compiles: no interpreter involved")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="with a GPU, Triton compiles: no interpreter involved"
+)
 
 
 def test_triton_language_is_interpreted():
@@ -35,9 +37,18 @@ def test_made_then_mla_in_one_process():
     process, then the MLA interpreter check (in a child whose environment lacks TRITON_INTERPRET,
     as a fresh shell's would: this session's value would otherwise hide the bug)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "bench/test_bench_made.py", "bench/test_bench_mla.py",
-           "-k", "test_quick_cases_triton_interpreter"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "bench/test_bench_made.py",
+        "bench/test_bench_mla.py",
+        "-k",
+        "test_quick_cases_triton_interpreter",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     tail = (res.stdout + res.stderr)[-3000:]
     assert res.returncode == 0 and "1 passed" in res.stdout, tail

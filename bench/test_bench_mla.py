@@ -8,6 +8,7 @@ a timing: the interpreter is never benchmarked).
 
     pytest bench/test_bench_mla.py --benchmark-json=out.json
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,7 @@ import torch
 # bench module collected before this one has imported triton.
 from pygen import bench_harness as H
 
-from . import _pytest_view as V
-from . import mla
+from . import _pytest_view as V, mla
 
 BASELINES = V.baselines(*["reference", "flashmla", "vllm-triton", "sglang-triton"])
 IMPLS = ["pygen:triton", "reference", "compile(reference)", "flashmla", "vllm-triton", "sglang-triton"]
@@ -38,6 +38,7 @@ def test_quick_cases_triton_interpreter():
     """Every quick case through pygen's Triton kernels once, checked against the reference at
     the same dtype (float32), forward; the prefill case also backward."""
     from pygen import _backend
+
     ok, why = _backend.backend_status("triton", "cpu" if not torch.cuda.is_available() else "cuda")
     if not ok:
         pytest.skip(why)
@@ -45,7 +46,7 @@ def test_quick_cases_triton_interpreter():
     for case in mla.cases(quick=True, device=dev):
         impl = H.Impl("pygen:triton", "pygen", lambda I, c=case: c.pygen(I, "triton"))
         inputs = case.make_inputs(dev, torch.float32)
-        for mode in (("fwd", "fwd+bwd") if case.op == "mla_prefill" else ("fwd",)):
+        for mode in ("fwd", "fwd+bwd") if case.op == "mla_prefill" else ("fwd",):
             expected = H.run_once(H.reference_impl(case), inputs, mode)
             good, err = H.check(case, impl, inputs, mode, expected)
             assert good, f"{case.op} {case.label} {mode}: max abs err {err:.3g}"
@@ -59,13 +60,13 @@ def test_formulas():
     assert mla.decode_bytes([10], 1, 16, 2, True, 2) == 10 * 656 + 16 * 1088 * 2 + 4 * 16 + 4 * 3
     assert mla.prefill_flops([4], 1, "fwd") == 2 * 320 * 10
     assert mla.prefill_flops([4], 1, "fwd+bwd") == 7 * 320 * 10
-    full = mla.cases(quick=False, device="cuda")          # the issue's default (GPU) shapes
+    full = mla.cases(quick=False, device="cuda")  # the issue's default (GPU) shapes
     dec = [c for c in full if c.op == "mla_decode"]
     assert len(dec) == 4 * 2 * 2 * 2 and {c.shape["batch"] for c in dec} == {1, 32, 64, 128}
     assert all(1024 <= c.shape["ctx_max"] <= 8192 for c in dec)
     pre = [c for c in full if c.op == "mla_prefill"]
     assert [(c.shape["seqs"], c.shape["tokens_per_seq"], c.shape["heads"]) for c in pre] == [(8, 4096, 128)]
-    cpu = mla.cases(quick=False, device="cpu")            # same structure, CPU-sized
+    cpu = mla.cases(quick=False, device="cpu")  # same structure, CPU-sized
     dec = [c for c in cpu if c.op == "mla_decode"]
     assert len(dec) == 2 * 2 * 2 * 2 and {c.shape["h_q"] for c in dec} == {16, 128}
     assert all(c.label.startswith("cpu-") for c in cpu) and all(c.shape["ctx_max"] <= 2048 for c in dec)

@@ -5,15 +5,20 @@ transformers and vLLM rows are skipped with the reason when those libraries are 
 
     pytest bench/test_bench_moe.py --benchmark-json=out.json
 """
+
 from __future__ import annotations
 
 import pytest
 
-from . import _pytest_view as V
-from . import moe
+from . import _pytest_view as V, moe
 
-THIRD_PARTY = ["torch.topk (transformers' math)", "transformers:eager", "transformers:grouped_mm",
-               "vllm:fused_experts", "vllm:grouped_topk"]
+THIRD_PARTY = [
+    "torch.topk (transformers' math)",
+    "transformers:eager",
+    "transformers:grouped_mm",
+    "vllm:fused_experts",
+    "vllm:grouped_topk",
+]
 BASELINES = V.baselines("reference", *THIRD_PARTY)
 IMPLS = ["pygen:cuda", "pygen:triton", "pygen:cpu", "reference", "compile(reference)", *THIRD_PARTY]
 CASES = moe.cases(quick=not V.FULL, device=V.DEVICE)

@@ -4,12 +4,12 @@ timed. Quick shapes unless PYGEN_BENCH_FULL=1 (see bench/conftest.py for the oth
 
     pytest bench/ --benchmark-json=out.json
 """
+
 from __future__ import annotations
 
 import pytest
 
-from . import _pytest_view as V
-from . import roi
+from . import _pytest_view as V, roi
 
 BASELINES = V.baselines(*["reference", "torchvision"])
 IMPLS = ["pygen:cuda", "pygen:triton", "pygen:cpu", "reference", "compile(reference)", "torchvision"]

@@ -9,6 +9,7 @@ it. Imports only torch, so pygen's op layer uses it without importing Triton.
 ``depth()``: how many guards are active on this thread's call stack (tests patch the launch and
 assert every launch happens inside a guard, without needing a second GPU).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,6 +47,7 @@ class on_tensor_device:  # noqa: N801 (used as a context manager, named like one
 
 def launches_on_device(fn):
     """Decorator: run ``fn`` with the device of its first tensor argument current."""
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
@@ -53,4 +55,5 @@ def launches_on_device(fn):
             return fn(*args, **kwargs)
         with on_tensor_device(first):
             return fn(*args, **kwargs)
+
     return run

@@ -15,6 +15,7 @@ keeps a whole 64 x 64 x 64 FMA product from being unrolled into registers (that 
 PyTorch launches (tril, triu, eye, diag, adds, two matmuls, log, abs, sum) of forming W and its
 log-det with one, forward and backward. Larger C falls back to PyTorch in the op.
 """
+
 from __future__ import annotations
 
 import triton
@@ -44,14 +45,22 @@ def _upper_at(u_ptr, s_ptr, i, j, C, su0, su1):
 
 @triton.jit
 def _lu_weight_fwd_kernel(
-    p_ptr, l_ptr, u_ptr,   # [C, C] permutation, lower, upper (any strides)
-    s_ptr,                 # [C] signed diagonal, contiguous
-    w_ptr,                 # [C, C] out, contiguous
-    ld_ptr,                # [1] float32 out: scale * sum log|s|
-    C, scale,
-    sp0, sp1, sl0, sl1, su0, su1,
+    p_ptr,
+    l_ptr,
+    u_ptr,  # [C, C] permutation, lower, upper (any strides)
+    s_ptr,  # [C] signed diagonal, contiguous
+    w_ptr,  # [C, C] out, contiguous
+    ld_ptr,  # [1] float32 out: scale * sum log|s|
+    C,
+    scale,
+    sp0,
+    sp1,
+    sl0,
+    sl1,
+    su0,
+    su1,
     BC: tl.constexpr,
-    BK: tl.constexpr,      # K chunk of the products (16: the smallest tl.dot)
+    BK: tl.constexpr,  # K chunk of the products (16: the smallest tl.dot)
 ):
     rows = tl.arange(0, BC)
     acc = tl.zeros([BC, BC], dtype=tl.float32)
@@ -65,8 +74,9 @@ def _lu_weight_fwd_kernel(
             lk = _lower_at(l_ptr, kk[:, None], mm[None, :], C, sl0, sl1)
             um = _upper_at(u_ptr, s_ptr, mm[:, None], rows[None, :], C, su0, su1)
             a_k = tl.dot(lk, um, a_k, input_precision="ieee")
-        pk = tl.load(p_ptr + rows[:, None] * sp0 + kk[None, :] * sp1,
-                     mask=(rows[:, None] < C) & (kk[None, :] < C), other=0.0).to(tl.float32)
+        pk = tl.load(
+            p_ptr + rows[:, None] * sp0 + kk[None, :] * sp1, mask=(rows[:, None] < C) & (kk[None, :] < C), other=0.0
+        ).to(tl.float32)
         acc = tl.dot(pk, a_k, acc, input_precision="ieee")
     inside = (rows[:, None] < C) & (rows[None, :] < C)
     tl.store(w_ptr + rows[:, None] * C + rows[None, :], acc, mask=inside)
@@ -76,13 +86,25 @@ def _lu_weight_fwd_kernel(
 
 @triton.jit
 def _lu_weight_bwd_kernel(
-    p_ptr, l_ptr, u_ptr, s_ptr,
-    dw_ptr,                # [C, C] gradient of W (any strides)
-    gld_ptr,               # [1] gradient of the scaled log-det
-    dl_ptr, du_ptr,        # [C, C] out, contiguous
-    ds_ptr,                # [C] out
-    C, scale,
-    sp0, sp1, sl0, sl1, su0, su1, sd0, sd1,
+    p_ptr,
+    l_ptr,
+    u_ptr,
+    s_ptr,
+    dw_ptr,  # [C, C] gradient of W (any strides)
+    gld_ptr,  # [1] gradient of the scaled log-det
+    dl_ptr,
+    du_ptr,  # [C, C] out, contiguous
+    ds_ptr,  # [C] out
+    C,
+    scale,
+    sp0,
+    sp1,
+    sl0,
+    sl1,
+    su0,
+    su1,
+    sd0,
+    sd1,
     BC: tl.constexpr,
     BK: tl.constexpr,
 ):
@@ -96,29 +118,35 @@ def _lu_weight_bwd_kernel(
     if tl.program_id(0) == 0:
         for k0 in range(0, C, BK):
             kk = k0 + tl.arange(0, BK)
-            da_cols = tl.zeros([BC, BK], dtype=tl.float32)   # dA[:, k] = sum_m P[m, :]^T dW[m, k]
+            da_cols = tl.zeros([BC, BK], dtype=tl.float32)  # dA[:, k] = sum_m P[m, :]^T dW[m, k]
             for m0 in range(0, C, BK):
                 mm = m0 + tl.arange(0, BK)
-                pt_all = tl.load(p_ptr + mm[None, :] * sp0 + r2 * sp1, mask=(mm[None, :] < C) & (r2 < C),
-                                 other=0.0).to(tl.float32)
-                dw_mk = tl.load(dw_ptr + mm[:, None] * sd0 + kk[None, :] * sd1,
-                                mask=(mm[:, None] < C) & (kk[None, :] < C), other=0.0).to(tl.float32)
+                pt_all = tl.load(p_ptr + mm[None, :] * sp0 + r2 * sp1, mask=(mm[None, :] < C) & (r2 < C), other=0.0).to(
+                    tl.float32
+                )
+                dw_mk = tl.load(
+                    dw_ptr + mm[:, None] * sd0 + kk[None, :] * sd1,
+                    mask=(mm[:, None] < C) & (kk[None, :] < C),
+                    other=0.0,
+                ).to(tl.float32)
                 da_cols = tl.dot(pt_all, dw_mk, da_cols, input_precision="ieee")
-            ut = _upper_at(u_ptr, s_ptr, c2, kk[:, None], C, su0, su1)      # [BK, BC]: U'[j, k]
+            ut = _upper_at(u_ptr, s_ptr, c2, kk[:, None], C, su0, su1)  # [BK, BC]: U'[j, k]
             acc = tl.dot(da_cols, ut, acc, input_precision="ieee")
         tl.store(dl_ptr + r2 * C + c2, tl.where(r2 > c2, acc, 0.0), mask=inside)
     else:
         for k0 in range(0, C, BK):
             kk = k0 + tl.arange(0, BK)
-            da_rows = tl.zeros([BK, BC], dtype=tl.float32)   # dA[k, :] = sum_m P[m, k] dW[m, :]
+            da_rows = tl.zeros([BK, BC], dtype=tl.float32)  # dA[k, :] = sum_m P[m, k] dW[m, :]
             for m0 in range(0, C, BK):
                 mm = m0 + tl.arange(0, BK)
-                pt_k = tl.load(p_ptr + mm[None, :] * sp0 + kk[:, None] * sp1,
-                               mask=(mm[None, :] < C) & (kk[:, None] < C), other=0.0).to(tl.float32)
-                dw_m = tl.load(dw_ptr + mm[:, None] * sd0 + c2 * sd1, mask=(mm[:, None] < C) & (c2 < C),
-                               other=0.0).to(tl.float32)
+                pt_k = tl.load(
+                    p_ptr + mm[None, :] * sp0 + kk[:, None] * sp1, mask=(mm[None, :] < C) & (kk[:, None] < C), other=0.0
+                ).to(tl.float32)
+                dw_m = tl.load(dw_ptr + mm[:, None] * sd0 + c2 * sd1, mask=(mm[:, None] < C) & (c2 < C), other=0.0).to(
+                    tl.float32
+                )
                 da_rows = tl.dot(pt_k, dw_m, da_rows, input_precision="ieee")
-            lt = _lower_at(l_ptr, kk[None, :], r2, C, sl0, sl1)            # [BC, BK]: L'[k, i]
+            lt = _lower_at(l_ptr, kk[None, :], r2, C, sl0, sl1)  # [BC, BK]: L'[k, i]
             acc = tl.dot(lt, da_rows, acc, input_precision="ieee")
         tl.store(du_ptr + r2 * C + c2, tl.where(r2 < c2, acc, 0.0), mask=inside)
         g = tl.load(gld_ptr).to(tl.float32)
@@ -143,31 +171,93 @@ def _opts(t) -> dict:
 def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
     """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
     c = lower.shape[0]
-    _lu_weight_fwd_kernel[(1,)](perm, lower, upper, diag, w, logdet, c, float(scale), *perm.stride(),
-                                *lower.stride(), *upper.stride(), BC=_bc(c), BK=16, **_opts(lower))
+    _lu_weight_fwd_kernel[(1,)](
+        perm,
+        lower,
+        upper,
+        diag,
+        w,
+        logdet,
+        c,
+        float(scale),
+        *perm.stride(),
+        *lower.stride(),
+        *upper.stride(),
+        BC=_bc(c),
+        BK=16,
+        **_opts(lower),
+    )
 
 
 @launches_on_device
 def lu_weight_bwd(perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, scale):
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
     c = lower.shape[0]
-    _lu_weight_bwd_kernel[(2,)](perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, c, float(scale),
-                                *perm.stride(), *lower.stride(), *upper.stride(), *grad_w.stride(),
-                                BC=_bc(c), BK=16, **_opts(lower))
+    _lu_weight_bwd_kernel[(2,)](
+        perm,
+        lower,
+        upper,
+        diag,
+        grad_w,
+        grad_logdet,
+        dl,
+        du,
+        ds,
+        c,
+        float(scale),
+        *perm.stride(),
+        *lower.stride(),
+        *upper.stride(),
+        *grad_w.stride(),
+        BC=_bc(c),
+        BK=16,
+        **_opts(lower),
+    )
 
 
 def compile_specs() -> list[dict]:
     strides = {k: "i32" for k in ("sp0", "sp1", "sl0", "sl1", "su0", "su1")}
     specs = []
     for c in (12, 48):
-        specs.append({"fn": _lu_weight_fwd_kernel,
-                      "signature": {"p_ptr": "*fp32", "l_ptr": "*fp32", "u_ptr": "*fp32", "s_ptr": "*fp32",
-                                    "w_ptr": "*fp32", "ld_ptr": "*fp32", "C": "i32", "scale": "fp32", **strides},
-                      "constexprs": {"BC": _bc(c), "BK": 16}, "num_warps": _warps(c)})
-        specs.append({"fn": _lu_weight_bwd_kernel,
-                      "signature": {"p_ptr": "*fp32", "l_ptr": "*fp32", "u_ptr": "*fp32", "s_ptr": "*fp32",
-                                    "dw_ptr": "*fp32", "gld_ptr": "*fp32", "dl_ptr": "*fp32", "du_ptr": "*fp32",
-                                    "ds_ptr": "*fp32", "C": "i32", "scale": "fp32", **strides,
-                                    "sd0": "i32", "sd1": "i32"},
-                      "constexprs": {"BC": _bc(c), "BK": 16}, "num_warps": _warps(c)})
+        specs.append(
+            {
+                "fn": _lu_weight_fwd_kernel,
+                "signature": {
+                    "p_ptr": "*fp32",
+                    "l_ptr": "*fp32",
+                    "u_ptr": "*fp32",
+                    "s_ptr": "*fp32",
+                    "w_ptr": "*fp32",
+                    "ld_ptr": "*fp32",
+                    "C": "i32",
+                    "scale": "fp32",
+                    **strides,
+                },
+                "constexprs": {"BC": _bc(c), "BK": 16},
+                "num_warps": _warps(c),
+            }
+        )
+        specs.append(
+            {
+                "fn": _lu_weight_bwd_kernel,
+                "signature": {
+                    "p_ptr": "*fp32",
+                    "l_ptr": "*fp32",
+                    "u_ptr": "*fp32",
+                    "s_ptr": "*fp32",
+                    "dw_ptr": "*fp32",
+                    "gld_ptr": "*fp32",
+                    "dl_ptr": "*fp32",
+                    "du_ptr": "*fp32",
+                    "ds_ptr": "*fp32",
+                    "C": "i32",
+                    "scale": "fp32",
+                    **strides,
+                    "sd0": "i32",
+                    "sd1": "i32",
+                },
+                "constexprs": {"BC": _bc(c), "BK": 16},
+                "num_warps": _warps(c),
+            }
+        )
     return specs

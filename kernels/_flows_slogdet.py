@@ -30,6 +30,7 @@ grad_A[i, j] = g * A^{-1}[j, i] = g * X[p_j, i] / pivot_j: each X element (r, c)
 g / pivot(r) and stored at grad_A[c, k(r)], k(r) being the step that pivoted row r. For an exactly
 singular matrix the gradient is set to 0 (pygen's documented convention; torch returns NaN).
 """
+
 from __future__ import annotations
 
 import triton
@@ -41,8 +42,7 @@ MAX_D = 64
 
 
 @triton.jit
-def _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid,
-               BD: tl.constexpr, MB: tl.constexpr):
+def _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD: tl.constexpr, MB: tl.constexpr):
     mats = pid * MB + tl.arange(0, MB)
     r = tl.arange(0, BD)
     m3 = mats[:, None, None]
@@ -59,29 +59,31 @@ def _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid,
 @triton.jit
 def _pivot(a, unused, k, r, r3, c3):
     # column k, the pivot row among the unused rows, and its value
-    col = tl.sum(tl.where(c3 == k, a, 0.0), axis=2)                     # [MB, BD]
+    col = tl.sum(tl.where(c3 == k, a, 0.0), axis=2)  # [MB, BD]
     cand = tl.where(unused, tl.abs(col), -1.0)
-    p = tl.argmax(cand, axis=1)                                         # [MB]
-    is_p = r[None, :] == p[:, None]                                     # [MB, BD]
-    pv = tl.sum(tl.where(is_p, col, 0.0), axis=1)                       # [MB]
-    prow = tl.sum(tl.where(r3 == p[:, None, None], a, 0.0), axis=1)     # [MB, BD]
+    p = tl.argmax(cand, axis=1)  # [MB]
+    is_p = r[None, :] == p[:, None]  # [MB, BD]
+    pv = tl.sum(tl.where(is_p, col, 0.0), axis=1)  # [MB]
+    prow = tl.sum(tl.where(r3 == p[:, None, None], a, 0.0), axis=1)  # [MB, BD]
     return col, p, is_p, pv, prow
 
 
 @triton.jit
 def _slogdet_fwd_kernel(
-    a_ptr,                 # [n, d, d] input matrices (any strides)
-    sign_ptr,              # [n] float32 out: sign of det (0 when singular)
-    logabs_ptr,            # [n] float32 out: log|det| (-inf when singular)
-    n_mat,                 # number of matrices
-    d,                     # matrix size, <= BD
-    stride_b, stride_r, stride_c,
-    BD: tl.constexpr,      # padded size (power of two)
-    MB: tl.constexpr,      # matrices per program
+    a_ptr,  # [n, d, d] input matrices (any strides)
+    sign_ptr,  # [n] float32 out: sign of det (0 when singular)
+    logabs_ptr,  # [n] float32 out: log|det| (-inf when singular)
+    n_mat,  # number of matrices
+    d,  # matrix size, <= BD
+    stride_b,
+    stride_r,
+    stride_c,
+    BD: tl.constexpr,  # padded size (power of two)
+    MB: tl.constexpr,  # matrices per program
 ):
     pid = tl.program_id(0)
     a, mats, r, m3, r3, c3 = _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD, MB)
-    unused = (r[None, :] < d) & (mats[:, None] >= 0)                    # [MB, BD]
+    unused = (r[None, :] < d) & (mats[:, None] >= 0)  # [MB, BD]
     inversions = tl.zeros([MB], dtype=tl.int32)
     negatives = tl.zeros([MB], dtype=tl.int32)
     logabs = tl.zeros([MB], dtype=tl.float32)
@@ -107,11 +109,14 @@ def _slogdet_fwd_kernel(
 
 @triton.jit
 def _slogdet_bwd_kernel(
-    a_ptr,                 # [n, d, d] input matrices (any strides)
-    g_ptr,                 # [n] upstream gradient of log|det| (any dtype, stride g_stride)
-    out_ptr,               # [n, d, d] contiguous out: g * A^{-T}
-    n_mat, d,
-    stride_b, stride_r, stride_c,
+    a_ptr,  # [n, d, d] input matrices (any strides)
+    g_ptr,  # [n] upstream gradient of log|det| (any dtype, stride g_stride)
+    out_ptr,  # [n, d, d] contiguous out: g * A^{-T}
+    n_mat,
+    d,
+    stride_b,
+    stride_r,
+    stride_c,
     g_stride,
     BD: tl.constexpr,
     MB: tl.constexpr,
@@ -120,7 +125,7 @@ def _slogdet_bwd_kernel(
     a, mats, r, m3, r3, c3 = _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD, MB)
     x = tl.where(r3 == c3, 1.0, tl.zeros([MB, BD, BD], dtype=tl.float32))
     unused = (r[None, :] < d) & (mats[:, None] >= 0)
-    step_of_row = r[None, :] + tl.zeros([MB, BD], dtype=tl.int32)     # padding rows: themselves
+    step_of_row = r[None, :] + tl.zeros([MB, BD], dtype=tl.int32)  # padding rows: themselves
     pivot_of_row = tl.zeros([MB, BD], dtype=tl.float32) + 1.0
     singular = mats < 0
     for k in range(0, d):
@@ -149,7 +154,7 @@ def _slogdet_bwd_kernel(
 # ---- launchers (docs/ARCHITECTURE.md: tensors in, nothing allocated, None out) --------------------
 def _blocks(d: int, gpu: bool, n: int | None = None) -> tuple[int, int]:
     bd = max(2, triton.next_power_of_2(d))
-    per_prog = 2048 if gpu else 16384   # interpreter: few, large programs
+    per_prog = 2048 if gpu else 16384  # interpreter: few, large programs
     mb = max(1, per_prog // (bd * bd))
     return bd, mb if n is None else min(mb, triton.next_power_of_2(max(n, 1)))
 
@@ -166,8 +171,7 @@ def slogdet_fwd(a, sign, logabsdet):
         return
     bd, mb = _blocks(d, a.is_cuda, n)
     opts = {"num_warps": _warps(bd, mb)} if a.is_cuda else {}
-    _slogdet_fwd_kernel[(triton.cdiv(n, mb),)](
-        a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
+    _slogdet_fwd_kernel[(triton.cdiv(n, mb),)](a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
 
 
 @launches_on_device
@@ -180,8 +184,8 @@ def slogdet_bwd(a, grad_logabsdet, grad_a):
     mb = max(1, mb // 2)  # two tiles live in the backward
     opts = {"num_warps": _warps(bd, mb * 2)} if a.is_cuda else {}
     _slogdet_bwd_kernel[(triton.cdiv(n, mb),)](
-        a, grad_logabsdet, grad_a, n, d, *a.stride(), grad_logabsdet.stride(0),
-        BD=bd, MB=mb, **opts)
+        a, grad_logabsdet, grad_a, n, d, *a.stride(), grad_logabsdet.stride(0), BD=bd, MB=mb, **opts
+    )
 
 
 def compile_specs() -> list[dict]:
@@ -189,13 +193,42 @@ def compile_specs() -> list[dict]:
     specs = []
     for d in (16, 64):
         bd, mb = _blocks(d, True)
-        fwd_sig = {"a_ptr": "*fp32", "sign_ptr": "*fp32", "logabs_ptr": "*fp32", "n_mat": "i32",
-                   "d": "i32", "stride_b": "i32", "stride_r": "i32", "stride_c": "i32"}
-        specs.append({"fn": _slogdet_fwd_kernel, "signature": fwd_sig,
-                      "constexprs": {"BD": bd, "MB": mb}, "num_warps": _warps(bd, mb)})
+        fwd_sig = {
+            "a_ptr": "*fp32",
+            "sign_ptr": "*fp32",
+            "logabs_ptr": "*fp32",
+            "n_mat": "i32",
+            "d": "i32",
+            "stride_b": "i32",
+            "stride_r": "i32",
+            "stride_c": "i32",
+        }
+        specs.append(
+            {
+                "fn": _slogdet_fwd_kernel,
+                "signature": fwd_sig,
+                "constexprs": {"BD": bd, "MB": mb},
+                "num_warps": _warps(bd, mb),
+            }
+        )
         mbb = max(1, mb // 2)
-        bwd_sig = {"a_ptr": "*fp32", "g_ptr": "*fp32", "out_ptr": "*fp32", "n_mat": "i32", "d": "i32",
-                   "stride_b": "i32", "stride_r": "i32", "stride_c": "i32", "g_stride": "i32"}
-        specs.append({"fn": _slogdet_bwd_kernel, "signature": bwd_sig,
-                      "constexprs": {"BD": bd, "MB": mbb}, "num_warps": _warps(bd, mbb * 2)})
+        bwd_sig = {
+            "a_ptr": "*fp32",
+            "g_ptr": "*fp32",
+            "out_ptr": "*fp32",
+            "n_mat": "i32",
+            "d": "i32",
+            "stride_b": "i32",
+            "stride_r": "i32",
+            "stride_c": "i32",
+            "g_stride": "i32",
+        }
+        specs.append(
+            {
+                "fn": _slogdet_bwd_kernel,
+                "signature": bwd_sig,
+                "constexprs": {"BD": bd, "MB": mbb},
+                "num_warps": _warps(bd, mbb * 2),
+            }
+        )
     return specs

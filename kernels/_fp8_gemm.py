@@ -32,6 +32,7 @@ Why the loop looks like this
   B and sb are offset by that expert. Rows whose own index is outside [0, E) are written as 0,
   and a tile whose first index is invalid runs no K iterations (never reads out of bounds).
 """
+
 from __future__ import annotations
 
 import triton
@@ -40,20 +41,40 @@ import triton.language as tl
 
 @triton.jit
 def _fp8_gemm_fwd_kernel(
-    a_ptr, as_ptr,            # A [M, K] e4m3, sa [M, K/128] fp32
-    b_ptr, bs_ptr,            # B [(E,) N, K] e4m3, sb [(E,) N/B_BLOCK, K/128] fp32
-    bias_ptr,                 # [N] (any float dtype) or a dummy when not HAS_BIAS
-    c_ptr,                    # out [M, N]: out dtype, or zeroed float32 when SPLIT_K > 1
-    mi_ptr,                   # m_indices [M] int32 (GROUPED) or a dummy
-    M, N, K, E,
-    stride_am, stride_ak, stride_sam, stride_sak,
-    stride_be, stride_bn, stride_bk, stride_sbe, stride_sbn, stride_sbk,
-    stride_cm, stride_cn,
-    num_programs,             # persistent programs (grid size)
-    a_desc, b_desc,           # TMA descriptors of A [M, K] and B [(E x) N, K] (USE_TMA) or None
-    B_BLOCK: tl.constexpr,    # rows of B per scale: 128 (weights) or 1 (wgrad)
-    HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    a_ptr,
+    as_ptr,  # A [M, K] e4m3, sa [M, K/128] fp32
+    b_ptr,
+    bs_ptr,  # B [(E,) N, K] e4m3, sb [(E,) N/B_BLOCK, K/128] fp32
+    bias_ptr,  # [N] (any float dtype) or a dummy when not HAS_BIAS
+    c_ptr,  # out [M, N]: out dtype, or zeroed float32 when SPLIT_K > 1
+    mi_ptr,  # m_indices [M] int32 (GROUPED) or a dummy
+    M,
+    N,
+    K,
+    E,
+    stride_am,
+    stride_ak,
+    stride_sam,
+    stride_sak,
+    stride_be,
+    stride_bn,
+    stride_bk,
+    stride_sbe,
+    stride_sbn,
+    stride_sbk,
+    stride_cm,
+    stride_cn,
+    num_programs,  # persistent programs (grid size)
+    a_desc,
+    b_desc,  # TMA descriptors of A [M, K] and B [(E x) N, K] (USE_TMA) or None
+    B_BLOCK: tl.constexpr,  # rows of B per scale: 128 (weights) or 1 (wgrad)
+    HAS_BIAS: tl.constexpr,
+    GROUPED: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
     BLOCK_K: tl.constexpr = 128
@@ -84,7 +105,7 @@ def _fp8_gemm_fwd_kernel(
         if GROUPED:
             g = tl.load(mi_ptr + pid_m * BLOCK_M)
             g_ok = (g >= 0) & (g < E)
-            kb_hi = tl.where(g_ok, kb_hi, kb_lo)       # an all-padding tile does no MMA
+            kb_hi = tl.where(g_ok, kb_hi, kb_lo)  # an all-padding tile does no MMA
             g_safe = tl.where(g_ok, g, 0).to(tl.int64)
             b_base = b_ptr + g_safe * stride_be
             bs_base = bs_ptr + g_safe * stride_sbe
@@ -111,7 +132,7 @@ def _fp8_gemm_fwd_kernel(
         else:
             b_row0 = pid_n * BLOCK_N
         for kb in range(kb_lo, kb_hi):
-            kb64 = tl.cast(kb, tl.int64)   # (a Python int under the interpreter)
+            kb64 = tl.cast(kb, tl.int64)  # (a Python int under the interpreter)
             koff = kb64 * BLOCK_K
             if USE_TMA:
                 # rows past M (or past the last expert's N) arrive as zeros; rows of the next
@@ -131,7 +152,7 @@ def _fp8_gemm_fwd_kernel(
                 acc += part * (sa[:, None] * sb[None, :])
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            own = (split == 0).to(tl.float32)     # only the split holding K block 0 adds it
+            own = (split == 0).to(tl.float32)  # only the split holding K block 0 adds it
             if SWAP_AB:
                 acc += bias[:, None] * own
             else:

@@ -25,6 +25,7 @@ fastest): K/128 in grid y would stop at 65,535 blocks, and the wgrad path quanti
 whose K is the token count. Offsets are 64-bit in rows and columns alike: those transposed
 operands have stride_xk = N, so cols * stride_xk passes 2^31 from 299,595 tokens at N = 7168.
 """
+
 from __future__ import annotations
 
 import triton
@@ -45,7 +46,7 @@ def _scale_from_amax(amax, has_nan, UE8M0: tl.constexpr):
         exp = (bits >> 23) & 0xFF
         exp = exp + ((bits & 0x7FFFFF) != 0).to(tl.int32)
         p = (exp << 23).to(tl.float32, bitcast=True)
-        s = tl.where(s <= FLT_MAX, p, s)           # inf stays inf
+        s = tl.where(s <= FLT_MAX, p, s)  # inf stays inf
     return tl.where(has_nan, NAN, s)
 
 
@@ -67,12 +68,20 @@ def _round_e4m3_in_fp32(q):
 
 @triton.jit
 def _quantize_1x128_fwd_kernel(
-    x_ptr,                    # [M, K] input
-    q_ptr,                    # [M, K] e4m3 output
-    s_ptr,                    # [M, K/128] float32 scales (any strides)
-    pre_ptr,                  # [M, K] float32 pre-cast values (WRITE_PRECAST) or q again
-    M, stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sk,
-    UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr, BLOCK_R: tl.constexpr,
+    x_ptr,  # [M, K] input
+    q_ptr,  # [M, K] e4m3 output
+    s_ptr,  # [M, K/128] float32 scales (any strides)
+    pre_ptr,  # [M, K] float32 pre-cast values (WRITE_PRECAST) or q again
+    M,
+    stride_xm,
+    stride_xk,
+    stride_qm,
+    stride_qk,
+    stride_sm,
+    stride_sk,
+    UE8M0: tl.constexpr,
+    WRITE_PRECAST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
     n_r = tl.cdiv(M, BLOCK_R)
@@ -83,8 +92,9 @@ def _quantize_1x128_fwd_kernel(
     r_ok = rows < M
     rows64 = rows.to(tl.int64)
     cols = (kb * 128 + tl.arange(0, 128)).to(tl.int64)
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xk,
-                mask=r_ok[:, None], other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xk, mask=r_ok[:, None], other=0.0).to(
+        tl.float32
+    )
     amax = tl.max(tl.abs(x), axis=1)
     has_nan = tl.max((x != x).to(tl.int32), axis=1) > 0
     s = _scale_from_amax(amax, has_nan, UE8M0)
@@ -99,12 +109,19 @@ def _quantize_1x128_fwd_kernel(
 
 @triton.jit
 def _quantize_128x128_fwd_kernel(
-    w_ptr,                    # [N, K] input
-    q_ptr,                    # [N, K] e4m3 output
-    s_ptr,                    # [ceil(N/128), K/128] float32 scales (any strides)
-    pre_ptr,                  # [N, K] float32 pre-cast values (WRITE_PRECAST) or q again
-    N, stride_wn, stride_wk, stride_qn, stride_qk, stride_sn, stride_sk,
-    UE8M0: tl.constexpr, WRITE_PRECAST: tl.constexpr,
+    w_ptr,  # [N, K] input
+    q_ptr,  # [N, K] e4m3 output
+    s_ptr,  # [ceil(N/128), K/128] float32 scales (any strides)
+    pre_ptr,  # [N, K] float32 pre-cast values (WRITE_PRECAST) or q again
+    N,
+    stride_wn,
+    stride_wk,
+    stride_qn,
+    stride_qk,
+    stride_sn,
+    stride_sk,
+    UE8M0: tl.constexpr,
+    WRITE_PRECAST: tl.constexpr,
     ROUND_IN_FP32: tl.constexpr,  # interpreter only: round onto the e4m3 grid before the cast
 ):
     n_nb = tl.cdiv(N, 128)
@@ -112,11 +129,12 @@ def _quantize_128x128_fwd_kernel(
     nb = pid % n_nb
     kb = pid // n_nb
     rows = nb * 128 + tl.arange(0, 128)
-    r_ok = rows < N                # the last row block of a ragged N: missing rows read as 0
+    r_ok = rows < N  # the last row block of a ragged N: missing rows read as 0
     rows64 = rows.to(tl.int64)
     cols = (kb * 128 + tl.arange(0, 128)).to(tl.int64)
-    w = tl.load(w_ptr + rows64[:, None] * stride_wn + cols[None, :] * stride_wk,
-                mask=r_ok[:, None], other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + rows64[:, None] * stride_wn + cols[None, :] * stride_wk, mask=r_ok[:, None], other=0.0).to(
+        tl.float32
+    )
     amax = tl.max(tl.max(tl.abs(w), axis=1), axis=0)
     has_nan = tl.max(tl.max((w != w).to(tl.int32), axis=1), axis=0) > 0
     s = _scale_from_amax(amax, has_nan, UE8M0)
@@ -132,29 +150,55 @@ def _quantize_128x128_fwd_kernel(
 def quant_compile_specs() -> list[dict]:
     """Offline sm_90 compile entries at the DeepSeek-V3 shapes (bf16 input, contiguous)."""
     specs = []
-    for fn, name, rows_arg, extra in ((_quantize_1x128_fwd_kernel, "quantize_1x128", "M",
-                                       {"BLOCK_R": QUANT_BLOCK_ROWS}),
-                                      (_quantize_128x128_fwd_kernel, "quantize_128x128", "N", {})):
+    for fn, name, rows_arg, extra in (
+        (_quantize_1x128_fwd_kernel, "quantize_1x128", "M", {"BLOCK_R": QUANT_BLOCK_ROWS}),
+        (_quantize_128x128_fwd_kernel, "quantize_128x128", "N", {}),
+    ):
         pre = "w" if rows_arg == "N" else "x"
         rn = "n" if rows_arg == "N" else "m"
-        sig = {f"{pre}_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "pre_ptr": "*fp8e4nv",
-               rows_arg: "i32", f"stride_{pre}{rn}": "i32", f"stride_q{rn}": "i32", f"stride_s{rn}": "i32"}
+        sig = {
+            f"{pre}_ptr": "*bf16",
+            "q_ptr": "*fp8e4nv",
+            "s_ptr": "*fp32",
+            "pre_ptr": "*fp8e4nv",
+            rows_arg: "i32",
+            f"stride_{pre}{rn}": "i32",
+            f"stride_q{rn}": "i32",
+            f"stride_s{rn}": "i32",
+        }
         for ue8m0, layout in ((False, "row"), (True, "row"), (False, "col")):
             if layout == "col" and rows_arg == "N":
                 continue
-            consts = {f"stride_{pre}k": 1, "stride_qk": 1, "UE8M0": ue8m0, "WRITE_PRECAST": False,
-                      "ROUND_IN_FP32": False, **extra}
+            consts = {
+                f"stride_{pre}k": 1,
+                "stride_qk": 1,
+                "UE8M0": ue8m0,
+                "WRITE_PRECAST": False,
+                "ROUND_IN_FP32": False,
+                **extra,
+            }
             sig_i = dict(sig)
-            if layout == "col":          # torch._scaled_mm's outer-dim-major scales
+            if layout == "col":  # torch._scaled_mm's outer-dim-major scales
                 consts["stride_sm"] = 1
                 sig_i.pop("stride_sm")
                 sig_i["stride_sk"] = "i32"
             else:
                 consts["stride_sk"] = 1
             names = fn.arg_names
-            attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names
-                     if sig_i.get(a, "").startswith("*") or a in (f"stride_{pre}{rn}", f"stride_q{rn}")}
-            specs.append({"fn": fn, "name": f"{name}[{'ue8m0' if ue8m0 else 'fp32'},{layout}]",
-                          "signature": sig_i, "constexprs": consts, "attrs": attrs,
-                          "num_warps": 4 if rows_arg == "M" else 8, "num_stages": 1})
+            attrs = {
+                (names.index(a),): [["tt.divisibility", 16]]
+                for a in names
+                if sig_i.get(a, "").startswith("*") or a in (f"stride_{pre}{rn}", f"stride_q{rn}")
+            }
+            specs.append(
+                {
+                    "fn": fn,
+                    "name": f"{name}[{'ue8m0' if ue8m0 else 'fp32'},{layout}]",
+                    "signature": sig_i,
+                    "constexprs": consts,
+                    "attrs": attrs,
+                    "num_warps": 4 if rows_arg == "M" else 8,
+                    "num_stages": 1,
+                }
+            )
     return specs

@@ -35,6 +35,7 @@ Math per step (pygen.ref.made.STEPS): h_{l+1}[:, c0:e] = act(h_l[:, :p] . (W_l *
 (nflows' MAF inverse, (e - p1) / (sigmoid(p0 + 2) + 1e-3)). Accumulation in fp32; every stored
 activation and every param is rounded to the weight dtype, as the step loop does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,22 +46,38 @@ from ._device import launches_on_device
 from .made import _activate, _cast, _mma, _precision, _upcast, interpreting
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
-AFFINE_SCALE_SHIFT = 2.0   # pygen.ref.made.AFFINE_SCALE_SHIFT (nflows' MAF)
-AFFINE_EPS = 1e-3          # pygen.ref.made.AFFINE_EPS
+AFFINE_SCALE_SHIFT = 2.0  # pygen.ref.made.AFFINE_SCALE_SHIFT (nflows' MAF)
+AFFINE_EPS = 1e-3  # pygen.ref.made.AFFINE_EPS
 
 
 @triton.jit
-def _rows_times_prefix(acc, s_ptr, rows, r_ok, stride_s, src_off, p, w_ptr, w_stride, offs_n, n_ok, od,
-                       deg_ptr, STRICT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+def _rows_times_prefix(
+    acc,
+    s_ptr,
+    rows,
+    r_ok,
+    stride_s,
+    src_off,
+    p,
+    w_ptr,
+    w_stride,
+    offs_n,
+    n_ok,
+    od,
+    deg_ptr,
+    STRICT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """acc += h[rows, src_off : src_off + p] . (W * M)[offs_n, :p]^T with the mask from degrees."""
     for k0 in range(0, p, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < p
-        h = tl.load(s_ptr + rows[:, None] * stride_s + src_off + offs_k[None, :],
-                    mask=r_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * w_stride + offs_k[:, None],
-                    mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        h = tl.load(
+            s_ptr + rows[:, None] * stride_s + src_off + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0
+        )
+        w = tl.load(w_ptr + offs_n[None, :] * w_stride + offs_k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         ind = tl.load(deg_ptr + src_off + offs_k, mask=k_ok, other=0)
         if STRICT:
             keep = od[None, :] > ind[:, None]
@@ -73,24 +90,34 @@ def _rows_times_prefix(acc, s_ptr, rows, r_ok, stride_s, src_off, p, w_ptr, w_st
 
 @triton.jit
 def _made_sample_persistent_kernel(
-    s_ptr,            # scratch [B, S]
-    deg_ptr,          # [S] int32 degrees of the scratch columns
-    w_ptr, b_ptr,     # flat weights / biases
-    ctx_ptr,          # [B, S] context terms (HAS_CTX)
-    meta_ptr,         # int32 [L, 4]
-    sched_ptr,        # int32 [D, L - 1, 3]
-    sched_out_ptr,    # int32 [D, 2]
-    out_deg_ptr,      # [D * m] int32 output-unit degrees (original row order)
-    noise_ptr,        # [B, D] sorted order
-    params_ptr,       # [B, D * m] (SAVE_PARAMS)
-    B, D, L, M_OUT,   # batch, features, number of weights, output_multiplier
-    stride_s, stride_noise, stride_params,
-    ACT: tl.constexpr, KIND: tl.constexpr, HAS_CTX: tl.constexpr, SAVE_PARAMS: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,   # batch rows per program
-    BLOCK_N: tl.constexpr,   # hidden units per tile (a step makes only a few computable)
-    BLOCK_K: tl.constexpr,   # reduction chunk
-    BLOCK_O: tl.constexpr,   # output rows per step (>= M_OUT, >= 16 for tl.dot)
+    s_ptr,  # scratch [B, S]
+    deg_ptr,  # [S] int32 degrees of the scratch columns
+    w_ptr,
+    b_ptr,  # flat weights / biases
+    ctx_ptr,  # [B, S] context terms (HAS_CTX)
+    meta_ptr,  # int32 [L, 4]
+    sched_ptr,  # int32 [D, L - 1, 3]
+    sched_out_ptr,  # int32 [D, 2]
+    out_deg_ptr,  # [D * m] int32 output-unit degrees (original row order)
+    noise_ptr,  # [B, D] sorted order
+    params_ptr,  # [B, D * m] (SAVE_PARAMS)
+    B,
+    D,
+    L,
+    M_OUT,  # batch, features, number of weights, output_multiplier
+    stride_s,
+    stride_noise,
+    stride_params,
+    ACT: tl.constexpr,
+    KIND: tl.constexpr,
+    HAS_CTX: tl.constexpr,
+    SAVE_PARAMS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # hidden units per tile (a step makes only a few computable)
+    BLOCK_K: tl.constexpr,  # reduction chunk
+    BLOCK_O: tl.constexpr,  # output rows per step (>= M_OUT, >= 16 for tl.dot)
 ):
     dtype = s_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -118,8 +145,25 @@ def _made_sample_persistent_kernel(
                 n_ok = offs_n < e
                 od = tl.load(deg_ptr + dst_off + offs_n, mask=n_ok, other=0)
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-                acc = _rows_times_prefix(acc, s_ptr, rows, r_ok, stride_s, src_off, p, w_ptr + w_off, src_w,
-                                         offs_n, n_ok, od, deg_ptr, False, UPCAST, PRECISION, BLOCK_K)
+                acc = _rows_times_prefix(
+                    acc,
+                    s_ptr,
+                    rows,
+                    r_ok,
+                    stride_s,
+                    src_off,
+                    p,
+                    w_ptr + w_off,
+                    src_w,
+                    offs_n,
+                    n_ok,
+                    od,
+                    deg_ptr,
+                    False,
+                    UPCAST,
+                    PRECISION,
+                    BLOCK_K,
+                )
                 z = acc + tl.load(b_ptr + b_off + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
                 cols = rows[:, None] * stride_s + dst_off + offs_n[None, :]
                 ok = r_ok[:, None] & n_ok[None, :]
@@ -129,20 +173,40 @@ def _made_sample_persistent_kernel(
                     z = z + tl.load(ctx_ptr + cols, mask=ok, other=0.0).to(tl.float32)
                     z = _cast(z, dtype, UPCAST).to(tl.float32)
                 tl.store(s_ptr + cols, _cast(_activate(z, ACT), dtype, UPCAST), mask=ok)
-            tl.debug_barrier()   # layer l + 1's new units are read by the next layer (other threads)
+            tl.debug_barrier()  # layer l + 1's new units are read by the next layer (other threads)
         # ---- output rows of the input sampled at step s, then the sample ----
         j = tl.load(sched_out_ptr + s * 2)
         p = tl.load(sched_out_ptr + s * 2 + 1)
         orow = j * M_OUT + offs_o
         od = tl.load(out_deg_ptr + orow, mask=o_ok, other=0)
         acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
-        acc = _rows_times_prefix(acc, s_ptr, rows, r_ok, stride_s, last_src, p, w_ptr + out_w_off, last_w,
-                                 orow, o_ok, od, deg_ptr, True, UPCAST, PRECISION, BLOCK_K)
+        acc = _rows_times_prefix(
+            acc,
+            s_ptr,
+            rows,
+            r_ok,
+            stride_s,
+            last_src,
+            p,
+            w_ptr + out_w_off,
+            last_w,
+            orow,
+            o_ok,
+            od,
+            deg_ptr,
+            True,
+            UPCAST,
+            PRECISION,
+            BLOCK_K,
+        )
         prm = acc + tl.load(b_ptr + out_b_off + orow, mask=o_ok, other=0.0).to(tl.float32)[None, :]
         prm = _cast(prm, dtype, UPCAST).to(tl.float32)
         if SAVE_PARAMS:
-            tl.store(params_ptr + rows[:, None] * stride_params + orow[None, :], _cast(prm, dtype, UPCAST),
-                     mask=r_ok[:, None] & o_ok[None, :])
+            tl.store(
+                params_ptr + rows[:, None] * stride_params + orow[None, :],
+                _cast(prm, dtype, UPCAST),
+                mask=r_ok[:, None] & o_ok[None, :],
+            )
         p0 = tl.sum(tl.where((offs_o == 0)[None, :], prm, 0.0), axis=1)
         u = tl.load(noise_ptr + rows * stride_noise + s, mask=r_ok, other=0.0).to(tl.float32)
         if KIND == 0:
@@ -154,7 +218,7 @@ def _made_sample_persistent_kernel(
             else:
                 x = (u - p1) / (1.0 / (1.0 + tl.exp(-(p0 + 2.0))) + 1e-3)
         tl.store(s_ptr + rows * stride_s + s, _cast(x, dtype, UPCAST), mask=r_ok)
-        tl.debug_barrier()   # x_s is read by the next step's first layer (other threads)
+        tl.debug_barrier()  # x_s is read by the next step's first layer (other threads)
 
 
 def block_sizes(dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -170,8 +234,23 @@ def block_sizes(dtype: torch.dtype) -> tuple[int, int, int, int]:
 
 
 @launches_on_device
-def made_sample_persistent(scratch, deg, w, b, ctx, meta, sched, sched_out, out_deg, noise, params,
-                           n_weights: int, mult: int, activation_code: int, kind: str) -> None:
+def made_sample_persistent(
+    scratch,
+    deg,
+    w,
+    b,
+    ctx,
+    meta,
+    sched,
+    sched_out,
+    out_deg,
+    noise,
+    params,
+    n_weights: int,
+    mult: int,
+    activation_code: int,
+    kind: str,
+) -> None:
     """Launch the persistent sampler (layouts in the module docstring); fills scratch buffer 0 with
     the samples in sorted order and ``params`` (when not None) with the network's outputs."""
     bsz, d = noise.shape
@@ -180,13 +259,37 @@ def made_sample_persistent(scratch, deg, w, b, ctx, meta, sched, sched_out, out_
     block_b, block_n, block_k, warps = block_sizes(scratch.dtype)
     block_o = max(16, triton.next_power_of_2(mult))
     _made_sample_persistent_kernel[(triton.cdiv(bsz, block_b),)](
-        scratch, deg, w, b, ctx if ctx is not None else scratch, meta, sched, sched_out, out_deg, noise,
+        scratch,
+        deg,
+        w,
+        b,
+        ctx if ctx is not None else scratch,
+        meta,
+        sched,
+        sched_out,
+        out_deg,
+        noise,
         params if params is not None else scratch,
-        bsz, d, n_weights, mult, scratch.stride(0), noise.stride(0), params.stride(0) if params is not None else 0,
-        ACT=activation_code, KIND=KIND_CODES[kind], HAS_CTX=ctx is not None, SAVE_PARAMS=params is not None,
-        UPCAST=_upcast(scratch), PRECISION=_precision(scratch),
-        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_O=block_o,
-        num_warps=warps, num_stages=1)
+        bsz,
+        d,
+        n_weights,
+        mult,
+        scratch.stride(0),
+        noise.stride(0),
+        params.stride(0) if params is not None else 0,
+        ACT=activation_code,
+        KIND=KIND_CODES[kind],
+        HAS_CTX=ctx is not None,
+        SAVE_PARAMS=params is not None,
+        UPCAST=_upcast(scratch),
+        PRECISION=_precision(scratch),
+        BLOCK_B=block_b,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_O=block_o,
+        num_warps=warps,
+        num_stages=1,
+    )
 
 
 def compile_specs() -> list[dict]:
@@ -195,14 +298,47 @@ def compile_specs() -> list[dict]:
     for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"
         bb, bn, bk, warps = (64, 16, 64, 4) if dt == torch.float32 else (64, 16, 64, 8)
-        sig = {"s_ptr": p, "deg_ptr": "*i32", "w_ptr": p, "b_ptr": p, "ctx_ptr": p, "meta_ptr": "*i32",
-               "sched_ptr": "*i32", "sched_out_ptr": "*i32", "out_deg_ptr": "*i32", "noise_ptr": p,
-               "params_ptr": p, "B": "i32", "D": "i32", "L": "i32", "M_OUT": "i32", "stride_s": "i32",
-               "stride_noise": "i32", "stride_params": "i32"}
-        specs.append({"fn": _made_sample_persistent_kernel, "name": f"made_sample_persistent[{tname}]",
-                      "signature": sig,
-                      "constexprs": {"ACT": 1, "KIND": 0, "HAS_CTX": False, "SAVE_PARAMS": False, "UPCAST": False,
-                                     "PRECISION": "ieee" if dt == torch.float32 else "tf32",
-                                     "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_O": 16},
-                      "attrs": {}, "num_warps": warps, "num_stages": 1, "tensor_cores": dt != torch.float32})
+        sig = {
+            "s_ptr": p,
+            "deg_ptr": "*i32",
+            "w_ptr": p,
+            "b_ptr": p,
+            "ctx_ptr": p,
+            "meta_ptr": "*i32",
+            "sched_ptr": "*i32",
+            "sched_out_ptr": "*i32",
+            "out_deg_ptr": "*i32",
+            "noise_ptr": p,
+            "params_ptr": p,
+            "B": "i32",
+            "D": "i32",
+            "L": "i32",
+            "M_OUT": "i32",
+            "stride_s": "i32",
+            "stride_noise": "i32",
+            "stride_params": "i32",
+        }
+        specs.append(
+            {
+                "fn": _made_sample_persistent_kernel,
+                "name": f"made_sample_persistent[{tname}]",
+                "signature": sig,
+                "constexprs": {
+                    "ACT": 1,
+                    "KIND": 0,
+                    "HAS_CTX": False,
+                    "SAVE_PARAMS": False,
+                    "UPCAST": False,
+                    "PRECISION": "ieee" if dt == torch.float32 else "tf32",
+                    "BLOCK_B": bb,
+                    "BLOCK_N": bn,
+                    "BLOCK_K": bk,
+                    "BLOCK_O": 16,
+                },
+                "attrs": {},
+                "num_warps": warps,
+                "num_stages": 1,
+                "tensor_cores": dt != torch.float32,
+            }
+        )
     return specs

@@ -21,6 +21,7 @@ the 4 scales at float index 128, bfloat16 for the rope at half index 264); a til
 (value * scale of its 128-group) into q's dtype before the dots, so the math is bf16 x bf16 with
 fp32 accumulation.
 """
+
 from __future__ import annotations
 
 import triton
@@ -29,43 +30,52 @@ import triton.language as tl
 
 @triton.jit
 def _mla_decode_fwd_kernel(
-    q_ptr,             # [b, s_q, h_q, D] query (latent part then rope part)
-    lat_ptr,           # cache view holding the latent values (the cache, or its fp8 view)
-    sc_ptr,            # float32 view of the FP8 cache (scales); unused otherwise
-    rope_ptr,          # cache view holding the rope values (the cache, or its bf16 view)
-    bt_ptr,            # int32 [b, max_blocks] page ids
-    seqlen_ptr,        # int32 [b] tokens in the cache per sequence
-    out_ptr,           # [b, s_q, h_q, DV] output (one split)
-    lse_ptr,           # float32 [b, h_q, s_q] natural-log lse (one split)
-    opart_ptr,         # float32 [b, ROWS, num_splits, DV] partial outputs (several splits)
-    lpart_ptr,         # float32 [b, ROWS, num_splits] partial base-2 lse (several splits)
-    scale_log2,        # softmax_scale * log2(e): scores in base 2
-    S_Q, H_Q, ROWS,    # new tokens, heads, ROWS = S_Q * H_Q
+    q_ptr,  # [b, s_q, h_q, D] query (latent part then rope part)
+    lat_ptr,  # cache view holding the latent values (the cache, or its fp8 view)
+    sc_ptr,  # float32 view of the FP8 cache (scales); unused otherwise
+    rope_ptr,  # cache view holding the rope values (the cache, or its bf16 view)
+    bt_ptr,  # int32 [b, max_blocks] page ids
+    seqlen_ptr,  # int32 [b] tokens in the cache per sequence
+    out_ptr,  # [b, s_q, h_q, DV] output (one split)
+    lse_ptr,  # float32 [b, h_q, s_q] natural-log lse (one split)
+    opart_ptr,  # float32 [b, ROWS, num_splits, DV] partial outputs (several splits)
+    lpart_ptr,  # float32 [b, ROWS, num_splits] partial base-2 lse (several splits)
+    scale_log2,  # softmax_scale * log2(e): scores in base 2
+    S_Q,
+    H_Q,
+    ROWS,  # new tokens, heads, ROWS = S_Q * H_Q
     num_splits,
-    stride_qb, stride_qs, stride_qh,
-    stride_lb, stride_lt,     # latent view: page, slot strides (elements of that view)
-    stride_sb, stride_st,     # scale view strides
-    stride_rb, stride_rt,     # rope view strides
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_lb,
+    stride_lt,  # latent view: page, slot strides (elements of that view)
+    stride_sb,
+    stride_st,  # scale view strides
+    stride_rb,
+    stride_rt,  # rope view strides
     stride_btb,
-    stride_ob, stride_os, stride_oh,
+    stride_ob,
+    stride_os,
+    stride_oh,
     CAUSAL: tl.constexpr,
     FP8: tl.constexpr,
-    DV: tl.constexpr,         # latent (= value) width, power of two
-    DR: tl.constexpr,         # rope width (D - DV)
-    BLOCK_R: tl.constexpr,    # rope block (power of two >= 16, masked)
-    ROPE_OFF: tl.constexpr,   # rope's element offset within a token of the rope view
-    SC_OFF: tl.constexpr,     # scales' element offset within a token of the scale view
+    DV: tl.constexpr,  # latent (= value) width, power of two
+    DR: tl.constexpr,  # rope width (D - DV)
+    BLOCK_R: tl.constexpr,  # rope block (power of two >= 16, masked)
+    ROPE_OFF: tl.constexpr,  # rope's element offset within a token of the rope view
+    SC_OFF: tl.constexpr,  # scales' element offset within a token of the scale view
     PAGE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr,      # num_splits > 1: write partials
-    UPCAST: tl.constexpr,     # interpreter: fp32 math (its bf16 arithmetic is broken)
+    SPLIT: tl.constexpr,  # num_splits > 1: write partials
+    UPCAST: tl.constexpr,  # interpreter: fp32 math (its bf16 arithmetic is broken)
     PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     m_tiles = tl.cdiv(ROWS, BLOCK_M)
-    bi = (pid_m // m_tiles).to(tl.int64)   # 64-bit: bi * stride_qb passes 2^31 from 29,129 sequences (h_q 128)
+    bi = (pid_m // m_tiles).to(tl.int64)  # 64-bit: bi * stride_qb passes 2^31 from 29,129 sequences (h_q 128)
     row0 = (pid_m % m_tiles) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     row_ok = rows < ROWS
@@ -110,15 +120,19 @@ def _mla_decode_fwd_kernel(
         if FP8:
             tok_r = page * stride_rb + slot * stride_rt
         else:
-            tok_r = tok      # one float cache: the rope view is the latent view, same strides
-        rope = tl.load(rope_ptr + (tok_r + ROPE_OFF)[:, None] + r[None, :],
-                       mask=t_ok[:, None] & (r[None, :] < DR), other=0.0)
+            tok_r = tok  # one float cache: the rope view is the latent view, same strides
+        rope = tl.load(
+            rope_ptr + (tok_r + ROPE_OFF)[:, None] + r[None, :], mask=t_ok[:, None] & (r[None, :] < DR), other=0.0
+        )
         if FP8:
             # 4 scales per token, broadcast over their 128-wide groups (a [BLOCK_N, 512] gather of the
             # scales would cost a full fp32 tile of registers)
             g = tl.arange(0, DV // 128)
-            sc = tl.load(sc_ptr + (page * stride_sb + slot * stride_st + SC_OFF)[:, None] + g[None, :],
-                         mask=t_ok[:, None], other=0.0)
+            sc = tl.load(
+                sc_ptr + (page * stride_sb + slot * stride_st + SC_OFF)[:, None] + g[None, :],
+                mask=t_ok[:, None],
+                other=0.0,
+            )
             lat = tl.reshape(lat.to(tl.float32), (BLOCK_N, DV // 128, 128)) * sc[:, :, None]
             lat = tl.reshape(lat, (BLOCK_N, DV)).to(q_lat.dtype)
             rope = rope.to(q_lat.dtype)
@@ -131,7 +145,7 @@ def _mla_decode_fwd_kernel(
         vis = t_ok[None, :] & (t[None, :] < limit[:, None])
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows that saw nothing yet
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -153,16 +167,21 @@ def _mla_decode_fwd_kernel(
 
 @triton.jit
 def _mla_decode_merge_kernel(
-    opart_ptr,         # float32 [b, ROWS, num_splits, DV]
-    lpart_ptr,         # float32 [b, ROWS, num_splits] base-2 lse
-    out_ptr,           # [b, s_q, h_q, DV]
-    lse_ptr,           # float32 [b, h_q, s_q]
-    S_Q, H_Q, ROWS, num_splits,
-    stride_ob, stride_os, stride_oh,
+    opart_ptr,  # float32 [b, ROWS, num_splits, DV]
+    lpart_ptr,  # float32 [b, ROWS, num_splits] base-2 lse
+    out_ptr,  # [b, s_q, h_q, DV]
+    lse_ptr,  # float32 [b, h_q, s_q]
+    S_Q,
+    H_Q,
+    ROWS,
+    num_splits,
+    stride_ob,
+    stride_os,
+    stride_oh,
     DV: tl.constexpr,
-    BLOCK_S: tl.constexpr,    # next power of two >= num_splits
+    BLOCK_S: tl.constexpr,  # next power of two >= num_splits
 ):
-    pid = tl.program_id(0).to(tl.int64)   # one (sequence, row) per program
+    pid = tl.program_id(0).to(tl.int64)  # one (sequence, row) per program
     bi = pid // ROWS
     row = pid % ROWS
     jq = row // H_Q
@@ -176,7 +195,7 @@ def _mla_decode_merge_kernel(
     tot = tl.sum(w, 0)
     d = tl.arange(0, DV)
     acc = tl.zeros([DV], dtype=tl.float32)
-    for i in range(0, num_splits):   # fixed order: deterministic
+    for i in range(0, num_splits):  # fixed order: deterministic
         wi = tl.exp2(tl.load(lpart_ptr + base + i) - m_safe)
         acc += wi * tl.load(opart_ptr + (base + i) * DV + d)
     o = acc / tl.where(tot > 0, tot, 1.0)
@@ -187,22 +206,28 @@ def _mla_decode_merge_kernel(
 
 @triton.jit
 def _mla_cache_append_fwd_kernel(
-    cache_ptr,         # [num_blocks, PAGE, 1, W] cache (float, or uint8 FP8 bytes)
-    bt_ptr,            # int32 [b, max_blocks]
-    pos_ptr,           # int32/int64 [b, n] token positions, < 0: skip
-    a_ptr,             # [b, n, A] first part of the row (latent, or the packed FP8 token)
-    b_ptr,             # [b, n, B] second part (rope; unused when B == 0)
+    cache_ptr,  # [num_blocks, PAGE, 1, W] cache (float, or uint8 FP8 bytes)
+    bt_ptr,  # int32 [b, max_blocks]
+    pos_ptr,  # int32/int64 [b, n] token positions, < 0: skip
+    a_ptr,  # [b, n, A] first part of the row (latent, or the packed FP8 token)
+    b_ptr,  # [b, n, B] second part (rope; unused when B == 0)
     N,
-    stride_cb, stride_ct,
+    stride_cb,
+    stride_ct,
     stride_btb,
-    stride_pb, stride_pn,
-    stride_ab, stride_an,
-    stride_bb, stride_bn,
-    A: tl.constexpr, B: tl.constexpr,
-    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    stride_pb,
+    stride_pn,
+    stride_ab,
+    stride_an,
+    stride_bb,
+    stride_bn,
+    A: tl.constexpr,
+    B: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
     PAGE: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)   # 64-bit: a [b, n, 512] latent passes 2^31 from 4.2M tokens
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit: a [b, n, 512] latent passes 2^31 from 4.2M tokens
     i = pid // N
     j = pid % N
     pos = tl.load(pos_ptr + i * stride_pb + j * stride_pn).to(tl.int64)

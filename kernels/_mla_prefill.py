@@ -17,6 +17,7 @@ sequence of 87,383 tokens at h = 128, d = 192 already puts a row offset past 2^3
 key-block-major and dq query-block-major (two kernels, each recomputing P): no atomics,
 deterministic. lse and delta are contiguous [h, total_q] float32 and share ``stride_lh``.
 """
+
 from __future__ import annotations
 
 import triton
@@ -26,7 +27,7 @@ import triton.language as tl
 @triton.jit
 def _load_qk(ptr, rows, ok, stride_t, D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, UPCAST: tl.constexpr):
     """[rows, DA] and [rows, DB] halves of a q or k tile (DB part masked past D)."""
-    rp = (ptr + rows.to(tl.int64) * stride_t)[:, None]   # 64-bit row offsets, 32-bit columns
+    rp = (ptr + rows.to(tl.int64) * stride_t)[:, None]  # 64-bit row offsets, 32-bit columns
     ca = tl.arange(0, DA)
     a = tl.load(rp + ca[None, :], mask=ok[:, None] & (ca[None, :] < D), other=0.0)
     if UPCAST:
@@ -51,22 +52,38 @@ def _scores(qa, qb, ka, kb, DB: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit
 def _mla_prefill_fwd_kernel(
-    q_ptr, k_ptr, v_ptr,          # [total_q, h, D], [total_k, h, D], [total_k, h, DV]
-    cu_q_ptr, cu_k_ptr,           # int32 [batch + 1]
-    out_ptr,                      # [total_q, h, DV]
-    lse_ptr,                      # float32 [h, total_q]
-    scale_log2,                   # softmax_scale * log2(e)
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_ot, stride_oh, stride_lh,
-    num_mb,                       # row blocks per sequence (grid x = num_mb * batch)
+    q_ptr,
+    k_ptr,
+    v_ptr,  # [total_q, h, D], [total_k, h, D], [total_k, h, DV]
+    cu_q_ptr,
+    cu_k_ptr,  # int32 [batch + 1]
+    out_ptr,  # [total_q, h, DV]
+    lse_ptr,  # float32 [h, total_q]
+    scale_log2,  # softmax_scale * log2(e)
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_lh,
+    num_mb,  # row blocks per sequence (grid x = num_mb * batch)
     CAUSAL: tl.constexpr,
-    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D: tl.constexpr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bi = pid // num_mb
-    mb = num_mb - 1 - pid % num_mb   # causal: the longest rows first
+    mb = num_mb - 1 - pid % num_mb  # causal: the longest rows first
     h = tl.program_id(1).to(tl.int64)
     q0 = tl.load(cu_q_ptr + bi)
     nq = tl.load(cu_q_ptr + bi + 1) - q0
@@ -92,8 +109,11 @@ def _mla_prefill_fwd_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         c_ok = cols < nk
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-        vt = tl.load(vbase + cols.to(tl.int64)[:, None] * stride_vt + cv[None, :],
-                     mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
+        vt = tl.load(
+            vbase + cols.to(tl.int64)[:, None] * stride_vt + cv[None, :],
+            mask=c_ok[:, None] & (cv[None, :] < DV),
+            other=0.0,
+        )
         if UPCAST:
             vt = vt.to(tl.float32)
         s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
@@ -112,23 +132,35 @@ def _mla_prefill_fwd_kernel(
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     grow = (q0 + rows).to(tl.int64)
-    tl.store(out_ptr + grow[:, None] * stride_ot + h * stride_oh + cv[None, :], o.to(out_ptr.dtype.element_ty),
-             mask=r_ok[:, None] & (cv[None, :] < DV))
+    tl.store(
+        out_ptr + grow[:, None] * stride_ot + h * stride_oh + cv[None, :],
+        o.to(out_ptr.dtype.element_ty),
+        mask=r_ok[:, None] & (cv[None, :] < DV),
+    )
     tl.store(lse_ptr + h * stride_lh + grow, lse, mask=r_ok)
 
 
 @triton.jit
 def _mla_prefill_bwd_preprocess_kernel(
-    out_ptr, do_ptr, dlse_ptr,    # [total_q, h, DV], [total_q, h, DV], float [h, total_q]
-    delta_ptr,                    # float32 [h, total_q]
+    out_ptr,
+    do_ptr,
+    dlse_ptr,  # [total_q, h, DV], [total_q, h, DV], float [h, total_q]
+    delta_ptr,  # float32 [h, total_q]
     total_q,
-    stride_ot, stride_oh, stride_dot, stride_doh, stride_glh, stride_dh,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+    stride_ot,
+    stride_oh,
+    stride_dot,
+    stride_doh,
+    stride_glh,
+    stride_dh,
+    DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     h = tl.program_id(1).to(tl.int64)
     ok = rows < total_q
-    r64 = rows.to(tl.int64)   # global rows: past 32 x 4096 of them, row * (h * DV = 16,384) >= 2^31
+    r64 = rows.to(tl.int64)  # global rows: past 32 x 4096 of them, row * (h * DV = 16,384) >= 2^31
     cv = tl.arange(0, BLOCK_DV)
     msk = ok[:, None] & (cv[None, :] < DV)
     o = tl.load(out_ptr + r64[:, None] * stride_ot + h * stride_oh + cv[None, :], mask=msk, other=0.0)
@@ -140,8 +172,22 @@ def _mla_prefill_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2,
-           CAUSAL: tl.constexpr, DB: tl.constexpr, PRECISION: tl.constexpr):
+def _probs(
+    qa,
+    qb,
+    ka,
+    kb,
+    lse_l2,
+    rows,
+    cols,
+    r_ok,
+    c_ok,
+    shift,
+    scale_log2,
+    CAUSAL: tl.constexpr,
+    DB: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """P = exp2(S log2e - lse log2e) with masked entries 0 (rows with lse -inf see nothing)."""
     s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
     vis = r_ok[:, None] & c_ok[None, :]
@@ -152,16 +198,42 @@ def _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2,
 
 @triton.jit
 def _mla_prefill_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
-    dk_ptr, dv_ptr,
-    scale, scale_log2,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    num_nb,                       # key blocks per sequence (grid x = num_nb * batch)
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    cu_q_ptr,
+    cu_k_ptr,
+    dk_ptr,
+    dv_ptr,
+    scale,
+    scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_lh,
+    stride_dkt,
+    stride_dkh,
+    stride_dvt,
+    stride_dvh,
+    num_nb,  # key blocks per sequence (grid x = num_nb * batch)
     CAUSAL: tl.constexpr,
-    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D: tl.constexpr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tl.assume(num_nb > 0)
@@ -179,8 +251,11 @@ def _mla_prefill_bwd_dkdv_kernel(
     c_ok = cols < nk
     ka, kb = _load_qk(k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
     cv = tl.arange(0, BLOCK_DV)
-    vt = tl.load(v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
-                 mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
+    vt = tl.load(
+        v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
+        mask=c_ok[:, None] & (cv[None, :] < DV),
+        other=0.0,
+    )
     if UPCAST:
         vt = vt.to(tl.float32)
     shift = nk - nq
@@ -200,8 +275,11 @@ def _mla_prefill_bwd_dkdv_kernel(
         lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
         lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
         delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-        do = tl.load(do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
-                     mask=r_ok[:, None] & (cv[None, :] < DV), other=0.0)
+        do = tl.load(
+            do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
+            mask=r_ok[:, None] & (cv[None, :] < DV),
+            other=0.0,
+        )
         if UPCAST:
             do = do.to(tl.float32)
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
@@ -217,32 +295,64 @@ def _mla_prefill_bwd_dkdv_kernel(
     grow_k = (k0 + nb * BLOCK_N).to(tl.int64) + lc
     c_ok = lc < nk - nb * BLOCK_N
     ca = tl.arange(0, DA)
-    tl.store(dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + ca[None, :],
-             (dka * scale).to(dk_ptr.dtype.element_ty), mask=c_ok[:, None] & (ca[None, :] < D))
+    tl.store(
+        dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + ca[None, :],
+        (dka * scale).to(dk_ptr.dtype.element_ty),
+        mask=c_ok[:, None] & (ca[None, :] < D),
+    )
     if DB > 0:
         cb = DA + tl.arange(0, DB)
-        tl.store(dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + cb[None, :],
-                 (dkb * scale).to(dk_ptr.dtype.element_ty), mask=c_ok[:, None] & (cb[None, :] < D))
-    tl.store(dv_ptr + grow_k[:, None] * stride_dvt + h * stride_dvh + cv[None, :],
-             dvt.to(dv_ptr.dtype.element_ty), mask=c_ok[:, None] & (cv[None, :] < DV))
+        tl.store(
+            dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + cb[None, :],
+            (dkb * scale).to(dk_ptr.dtype.element_ty),
+            mask=c_ok[:, None] & (cb[None, :] < D),
+        )
+    tl.store(
+        dv_ptr + grow_k[:, None] * stride_dvt + h * stride_dvh + cv[None, :],
+        dvt.to(dv_ptr.dtype.element_ty),
+        mask=c_ok[:, None] & (cv[None, :] < DV),
+    )
 
 
 @triton.jit
 def _mla_prefill_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    cu_q_ptr,
+    cu_k_ptr,
     dq_ptr,
-    scale, scale_log2,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
-    stride_dqt, stride_dqh,
-    num_mb,                       # row blocks per sequence (grid x = num_mb * batch)
+    scale,
+    scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_lh,
+    stride_dqt,
+    stride_dqh,
+    num_mb,  # row blocks per sequence (grid x = num_mb * batch)
     CAUSAL: tl.constexpr,
-    D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D: tl.constexpr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bi = pid // num_mb
-    mb = num_mb - 1 - pid % num_mb   # causal: the longest rows first
+    mb = num_mb - 1 - pid % num_mb  # causal: the longest rows first
     h = tl.program_id(1).to(tl.int64)
     q0 = tl.load(cu_q_ptr + bi)
     nq = tl.load(cu_q_ptr + bi + 1) - q0
@@ -258,8 +368,11 @@ def _mla_prefill_bwd_dq_kernel(
     lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
     lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
     delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-    do = tl.load(do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
-                 mask=r_ok[:, None] & (cv[None, :] < DV), other=0.0)
+    do = tl.load(
+        do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
+        mask=r_ok[:, None] & (cv[None, :] < DV),
+        other=0.0,
+    )
     if UPCAST:
         do = do.to(tl.float32)
     shift = nk - nq
@@ -274,8 +387,11 @@ def _mla_prefill_bwd_dq_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         c_ok = cols < nk
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-        vt = tl.load(v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
-                     mask=c_ok[:, None] & (cv[None, :] < DV), other=0.0)
+        vt = tl.load(
+            v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
+            mask=c_ok[:, None] & (cv[None, :] < DV),
+            other=0.0,
+        )
         if UPCAST:
             vt = vt.to(tl.float32)
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
@@ -285,9 +401,15 @@ def _mla_prefill_bwd_dq_kernel(
         if DB > 0:
             dqb += tl.dot(ds, kb, input_precision=PRECISION)
     ca = tl.arange(0, DA)
-    tl.store(dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + ca[None, :],
-             (dqa * scale).to(dq_ptr.dtype.element_ty), mask=r_ok[:, None] & (ca[None, :] < D))
+    tl.store(
+        dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + ca[None, :],
+        (dqa * scale).to(dq_ptr.dtype.element_ty),
+        mask=r_ok[:, None] & (ca[None, :] < D),
+    )
     if DB > 0:
         cb = DA + tl.arange(0, DB)
-        tl.store(dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + cb[None, :],
-                 (dqb * scale).to(dq_ptr.dtype.element_ty), mask=r_ok[:, None] & (cb[None, :] < D))
+        tl.store(
+            dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + cb[None, :],
+            (dqb * scale).to(dq_ptr.dtype.element_ty),
+            mask=r_ok[:, None] & (cb[None, :] < D),
+        )

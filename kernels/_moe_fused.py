@@ -29,6 +29,7 @@ contiguous; gu [S, 2I], hmid [S, I], dgu [S, 2I] in x's dtype. MMA operands stay
 dtype on the GPU (bf16/fp16 wgmma, fp32 with IEEE precision); under the interpreter they are
 upcast right after the load (bf16 arithmetic is broken there).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def fused_config(pass_: str, num_slots: int, num_experts: int, hidden: int, inter: int, dtype,
-                 interpreting: bool | None = None) -> Config:
+def fused_config(
+    pass_: str, num_slots: int, num_experts: int, hidden: int, inter: int, dtype, interpreting: bool | None = None
+) -> Config:
     """Tile sizes for a pass; block_m is also moe_align's block size, so ops and launcher agree.
     ``interpreting=False`` gives the GPU tile whatever TRITON_INTERPRET says (offline specs)."""
     if _INTERPRET if interpreting is None else interpreting:
@@ -132,14 +134,24 @@ def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M: tl.constex
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _fused_moe_gate_up_kernel(
-    x_ptr,            # [T, H]
-    w1_ptr,           # [E, 2I, H]
-    gu_ptr,           # [S, 2I] out (SAVE_GU)
-    h_ptr,            # [S, I] out: act(gate) * up
-    sorted_ptr, expert_ids_ptr, ntpp_ptr,
-    S, K, H, I,
-    ACT: tl.constexpr, SAVE_GU: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,  # [T, H]
+    w1_ptr,  # [E, 2I, H]
+    gu_ptr,  # [S, 2I] out (SAVE_GU)
+    h_ptr,  # [S, I] out: act(gate) * up
+    sorted_ptr,
+    expert_ids_ptr,
+    ntpp_ptr,
+    S,
+    K,
+    H,
+    I,
+    ACT: tl.constexpr,
+    SAVE_GU: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
@@ -177,14 +189,23 @@ def _fused_moe_gate_up_kernel(
 
 @triton.jit
 def _fused_moe_down_kernel(
-    h_ptr,            # [S, I]
-    w2_ptr,           # [E, H, I]
-    tw_ptr,           # [S] routing weights
-    out_ptr,          # ATOMIC: [T, H] float32 (or x dtype when float32) accumulation; else [S, H] rows
-    sorted_ptr, expert_ids_ptr, ntpp_ptr,
-    S, K, H, I,
-    ATOMIC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    h_ptr,  # [S, I]
+    w2_ptr,  # [E, H, I]
+    tw_ptr,  # [S] routing weights
+    out_ptr,  # ATOMIC: [T, H] float32 (or x dtype when float32) accumulation; else [S, H] rows
+    sorted_ptr,
+    expert_ids_ptr,
+    ntpp_ptr,
+    S,
+    K,
+    H,
+    I,
+    ATOMIC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
@@ -236,10 +257,27 @@ def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, determ
         return None
     bn_gu = gate_up_block_n(cfg)
     _fused_moe_gate_up_kernel[(nblk, triton.cdiv(inter, bn_gu))](
-        x, w1, gu if gu is not None else hmid, hmid, sorted_ids, expert_ids, ntpp, s, k, h, inter,
-        ACT=ACT[activation], SAVE_GU=gu is not None, UPCAST=upcast, PRECISION=prec,
-        BLOCK_M=cfg.block_m, BLOCK_N=bn_gu, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        x,
+        w1,
+        gu if gu is not None else hmid,
+        hmid,
+        sorted_ids,
+        expert_ids,
+        ntpp,
+        s,
+        k,
+        h,
+        inter,
+        ACT=ACT[activation],
+        SAVE_GU=gu is not None,
+        UPCAST=upcast,
+        PRECISION=prec,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=bn_gu,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     if deterministic:
         acc = torch.zeros((s, h), dtype=torch.float32, device=x.device)
     elif x.dtype == torch.float32:
@@ -247,12 +285,28 @@ def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, determ
     else:
         acc = torch.zeros((t, h), dtype=torch.float32, device=x.device)
     _fused_moe_down_kernel[(nblk, triton.cdiv(h, cfg.block_n))](
-        hmid, w2, weights, acc, sorted_ids, expert_ids, ntpp, s, k, h, inter,
-        ATOMIC=not deterministic, UPCAST=upcast, PRECISION=prec,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        hmid,
+        w2,
+        weights,
+        acc,
+        sorted_ids,
+        expert_ids,
+        ntpp,
+        s,
+        k,
+        h,
+        inter,
+        ATOMIC=not deterministic,
+        UPCAST=upcast,
+        PRECISION=prec,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     if deterministic:
-        out.copy_(acc.view(t, k, h).sum(1))   # fixed order over j: bitwise reproducible
+        out.copy_(acc.view(t, k, h).sum(1))  # fixed order over j: bitwise reproducible
     elif acc is not out:
         out.copy_(acc)
     return None
@@ -263,16 +317,25 @@ def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, determ
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _fused_moe_bwd_dh_kernel(
-    g_ptr,            # [T, H] grad of the output
-    w2_ptr,           # [E, H, I]
-    gu_ptr,           # [S, 2I] saved gate/up pre-activations
-    tw_ptr,           # [S] routing weights
-    dgu_ptr,          # [S, 2I] out
-    dwp_ptr,          # [n_tiles, S] float32 out: partial <G, h> per I tile
-    sorted_ptr, expert_ids_ptr, ntpp_ptr,
-    S, K, H, I,
-    ACT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    g_ptr,  # [T, H] grad of the output
+    w2_ptr,  # [E, H, I]
+    gu_ptr,  # [S, 2I] saved gate/up pre-activations
+    tw_ptr,  # [S] routing weights
+    dgu_ptr,  # [S, 2I] out
+    dwp_ptr,  # [n_tiles, S] float32 out: partial <G, h> per I tile
+    sorted_ptr,
+    expert_ids_ptr,
+    ntpp_ptr,
+    S,
+    K,
+    H,
+    I,
+    ACT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -309,13 +372,22 @@ def _fused_moe_bwd_dh_kernel(
 
 @triton.jit
 def _fused_moe_bwd_dx_kernel(
-    dgu_ptr,          # [S, 2I]
-    w1_ptr,           # [E, 2I, H]
-    out_ptr,          # ATOMIC: [T, H] accumulation; else [S, H] per-slot rows (float32)
-    sorted_ptr, expert_ids_ptr, ntpp_ptr,
-    S, K, H, I,
-    ATOMIC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    dgu_ptr,  # [S, 2I]
+    w1_ptr,  # [E, 2I, H]
+    out_ptr,  # ATOMIC: [T, H] accumulation; else [S, H] per-slot rows (float32)
+    sorted_ptr,
+    expert_ids_ptr,
+    ntpp_ptr,
+    S,
+    K,
+    H,
+    I,
+    ATOMIC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
@@ -345,13 +417,20 @@ def _fused_moe_bwd_dx_kernel(
 
 @triton.jit
 def _fused_moe_bwd_dw1_kernel(
-    dgu_ptr,          # [S, 2I]
-    x_ptr,            # [T, H]
-    dw1_ptr,          # [E, 2I, H] out
-    sorted_ptr, starts_ptr,
-    S, K, H, I,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+    dgu_ptr,  # [S, 2I]
+    x_ptr,  # [T, H]
+    dw1_ptr,  # [E, 2I, H] out
+    sorted_ptr,
+    starts_ptr,
+    S,
+    K,
+    H,
+    I,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     e = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -372,20 +451,30 @@ def _fused_moe_bwd_dw1_kernel(
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    tl.store(dw1_ptr + e.to(tl.int64) * (2 * I) * H + c[:, None].to(tl.int64) * H + hh[None, :],
-             acc.to(dw1_ptr.dtype.element_ty), mask=cm[:, None] & hm[None, :])
+    tl.store(
+        dw1_ptr + e.to(tl.int64) * (2 * I) * H + c[:, None].to(tl.int64) * H + hh[None, :],
+        acc.to(dw1_ptr.dtype.element_ty),
+        mask=cm[:, None] & hm[None, :],
+    )
 
 
 @triton.jit
 def _fused_moe_bwd_dw2_kernel(
-    g_ptr,            # [T, H]
-    h_ptr,            # [S, I]
-    tw_ptr,           # [S]
-    dw2_ptr,          # [E, H, I] out
-    sorted_ptr, starts_ptr,
-    S, K, H, I,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+    g_ptr,  # [T, H]
+    h_ptr,  # [S, I]
+    tw_ptr,  # [S]
+    dw2_ptr,  # [E, H, I] out
+    sorted_ptr,
+    starts_ptr,
+    S,
+    K,
+    H,
+    I,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     e = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -409,8 +498,11 @@ def _fused_moe_bwd_dw2_kernel(
         else:
             a = (a.to(tl.float32) * w[None, :]).to(b.dtype)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    tl.store(dw2_ptr + e.to(tl.int64) * H * I + n[:, None].to(tl.int64) * I + ii[None, :],
-             acc.to(dw2_ptr.dtype.element_ty), mask=nm[:, None] & im[None, :])
+    tl.store(
+        dw2_ptr + e.to(tl.int64) * H * I + n[:, None].to(tl.int64) * I + ii[None, :],
+        acc.to(dw2_ptr.dtype.element_ty),
+        mask=nm[:, None] & im[None, :],
+    )
 
 
 def fused_moe_bwd(grad, x, w1, w2, weights, ids, al, gu, hmid, dx, dw1, dw2, dw, activation, deterministic, cfg):
@@ -433,27 +525,89 @@ def fused_moe_bwd(grad, x, w1, w2, weights, ids, al, gu, hmid, dx, dw1, dw2, dw,
     n_it = triton.cdiv(inter, cfg.block_n)
     dwp = torch.zeros((n_it, s), dtype=torch.float32, device=x.device)
     _fused_moe_bwd_dh_kernel[(nblk, n_it)](
-        grad, w2, gu, weights, dgu, dwp, sorted_ids, expert_ids, ntpp, s, k, h, inter,
-        ACT=ACT[activation], UPCAST=upcast, PRECISION=prec,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **kw)
+        grad,
+        w2,
+        gu,
+        weights,
+        dgu,
+        dwp,
+        sorted_ids,
+        expert_ids,
+        ntpp,
+        s,
+        k,
+        h,
+        inter,
+        ACT=ACT[activation],
+        UPCAST=upcast,
+        PRECISION=prec,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        **kw,
+    )
     if dw is not None:
         dw.copy_(dwp.sum(0).view(t, k))
     if dx is not None:
         acc = torch.zeros((s, h) if deterministic else (t, h), dtype=torch.float32, device=x.device)
         _fused_moe_bwd_dx_kernel[(nblk, triton.cdiv(h, cfg.block_n))](
-            dgu, w1, acc, sorted_ids, expert_ids, ntpp, s, k, h, inter,
-            ATOMIC=not deterministic, UPCAST=upcast, PRECISION=prec,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **kw)
+            dgu,
+            w1,
+            acc,
+            sorted_ids,
+            expert_ids,
+            ntpp,
+            s,
+            k,
+            h,
+            inter,
+            ATOMIC=not deterministic,
+            UPCAST=upcast,
+            PRECISION=prec,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            **kw,
+        )
         dx.copy_(acc.view(t, k, h).sum(1) if deterministic else acc)
     bn, bk = cfg.block_n, cfg.block_k
     if dw1 is not None:
         _fused_moe_bwd_dw1_kernel[(e_num, triton.cdiv(2 * inter, bn), triton.cdiv(h, bk))](
-            dgu, x, dw1, sorted_ids, starts, s, k, h, inter, UPCAST=upcast, PRECISION=prec,
-            BLOCK_R=cfg.block_m if not _INTERPRET else 16, BLOCK_N=bn, BLOCK_H=bk, **kw)
+            dgu,
+            x,
+            dw1,
+            sorted_ids,
+            starts,
+            s,
+            k,
+            h,
+            inter,
+            UPCAST=upcast,
+            PRECISION=prec,
+            BLOCK_R=cfg.block_m if not _INTERPRET else 16,
+            BLOCK_N=bn,
+            BLOCK_H=bk,
+            **kw,
+        )
     if dw2 is not None:
         _fused_moe_bwd_dw2_kernel[(e_num, triton.cdiv(h, bn), triton.cdiv(inter, bk))](
-            grad, hmid, weights, dw2, sorted_ids, starts, s, k, h, inter, UPCAST=upcast, PRECISION=prec,
-            BLOCK_R=cfg.block_m if not _INTERPRET else 16, BLOCK_N=bn, BLOCK_I=bk, **kw)
+            grad,
+            hmid,
+            weights,
+            dw2,
+            sorted_ids,
+            starts,
+            s,
+            k,
+            h,
+            inter,
+            UPCAST=upcast,
+            PRECISION=prec,
+            BLOCK_R=cfg.block_m if not _INTERPRET else 16,
+            BLOCK_N=bn,
+            BLOCK_I=bk,
+            **kw,
+        )
     return None
 
 
@@ -470,37 +624,107 @@ def _specs():
         for label, S in (("prefill", 65536), ("decode", 8)):
             cf = fused_config("fwd", S, 256, 7168, 2048, dt, interpreting=False)
             cb = fused_config("bwd", S, 256, 7168, 2048, dt, interpreting=False)
-            base = {"UPCAST": False, "PRECISION": prec, "BLOCK_M": cf.block_m, "BLOCK_N": cf.block_n,
-                    "BLOCK_K": cf.block_k}
+            base = {
+                "UPCAST": False,
+                "PRECISION": prec,
+                "BLOCK_M": cf.block_m,
+                "BLOCK_N": cf.block_n,
+                "BLOCK_K": cf.block_k,
+            }
             opts = {"num_warps": cf.num_warps, "num_stages": cf.num_stages}
-            specs.append({"fn": _fused_moe_gate_up_kernel, "name": f"fused_moe_gate_up[{tname},{label}]",
-                          "signature": {"x_ptr": p, "w1_ptr": p, "gu_ptr": p, "h_ptr": p, **idx, **dims},
-                          "constexprs": {"ACT": 0, "SAVE_GU": label == "prefill",
-                                         **{**base, "BLOCK_N": max(16, cf.block_n // 2)}}, **opts})
-            specs.append({"fn": _fused_moe_down_kernel, "name": f"fused_moe_down[{tname},{label}]",
-                          "signature": {"h_ptr": p, "w2_ptr": p, "tw_ptr": "*fp32", "out_ptr": "*fp32", **idx, **dims},
-                          "constexprs": {"ATOMIC": True, **base}, **opts})
+            specs.append(
+                {
+                    "fn": _fused_moe_gate_up_kernel,
+                    "name": f"fused_moe_gate_up[{tname},{label}]",
+                    "signature": {"x_ptr": p, "w1_ptr": p, "gu_ptr": p, "h_ptr": p, **idx, **dims},
+                    "constexprs": {
+                        "ACT": 0,
+                        "SAVE_GU": label == "prefill",
+                        **{**base, "BLOCK_N": max(16, cf.block_n // 2)},
+                    },
+                    **opts,
+                }
+            )
+            specs.append(
+                {
+                    "fn": _fused_moe_down_kernel,
+                    "name": f"fused_moe_down[{tname},{label}]",
+                    "signature": {"h_ptr": p, "w2_ptr": p, "tw_ptr": "*fp32", "out_ptr": "*fp32", **idx, **dims},
+                    "constexprs": {"ATOMIC": True, **base},
+                    **opts,
+                }
+            )
             if label == "decode":
                 continue
-            bb = {"UPCAST": False, "PRECISION": prec, "BLOCK_M": cb.block_m, "BLOCK_N": cb.block_n,
-                  "BLOCK_K": cb.block_k}
+            bb = {
+                "UPCAST": False,
+                "PRECISION": prec,
+                "BLOCK_M": cb.block_m,
+                "BLOCK_N": cb.block_n,
+                "BLOCK_K": cb.block_k,
+            }
             bo = {"num_warps": cb.num_warps, "num_stages": cb.num_stages}
-            specs.append({"fn": _fused_moe_bwd_dh_kernel, "name": f"fused_moe_bwd_dh[{tname}]",
-                          "signature": {"g_ptr": p, "w2_ptr": p, "gu_ptr": p, "tw_ptr": "*fp32", "dgu_ptr": p,
-                                        "dwp_ptr": "*fp32", **idx, **dims},
-                          "constexprs": {"ACT": 0, **bb}, **bo})
-            specs.append({"fn": _fused_moe_bwd_dx_kernel, "name": f"fused_moe_bwd_dx[{tname}]",
-                          "signature": {"dgu_ptr": p, "w1_ptr": p, "out_ptr": "*fp32", **idx, **dims},
-                          "constexprs": {"ATOMIC": True, **bb}, **bo})
+            specs.append(
+                {
+                    "fn": _fused_moe_bwd_dh_kernel,
+                    "name": f"fused_moe_bwd_dh[{tname}]",
+                    "signature": {
+                        "g_ptr": p,
+                        "w2_ptr": p,
+                        "gu_ptr": p,
+                        "tw_ptr": "*fp32",
+                        "dgu_ptr": p,
+                        "dwp_ptr": "*fp32",
+                        **idx,
+                        **dims,
+                    },
+                    "constexprs": {"ACT": 0, **bb},
+                    **bo,
+                }
+            )
+            specs.append(
+                {
+                    "fn": _fused_moe_bwd_dx_kernel,
+                    "name": f"fused_moe_bwd_dx[{tname}]",
+                    "signature": {"dgu_ptr": p, "w1_ptr": p, "out_ptr": "*fp32", **idx, **dims},
+                    "constexprs": {"ATOMIC": True, **bb},
+                    **bo,
+                }
+            )
             wb = {"UPCAST": False, "PRECISION": prec, "BLOCK_R": cb.block_m, "BLOCK_N": cb.block_n}
-            specs.append({"fn": _fused_moe_bwd_dw1_kernel, "name": f"fused_moe_bwd_dw1[{tname}]",
-                          "signature": {"dgu_ptr": p, "x_ptr": p, "dw1_ptr": p, "sorted_ptr": "*i32",
-                                        "starts_ptr": "*i32", **dims},
-                          "constexprs": {**wb, "BLOCK_H": cb.block_k}, **bo})
-            specs.append({"fn": _fused_moe_bwd_dw2_kernel, "name": f"fused_moe_bwd_dw2[{tname}]",
-                          "signature": {"g_ptr": p, "h_ptr": p, "tw_ptr": "*fp32", "dw2_ptr": p, "sorted_ptr": "*i32",
-                                        "starts_ptr": "*i32", **dims},
-                          "constexprs": {**wb, "BLOCK_I": cb.block_k}, **bo})
+            specs.append(
+                {
+                    "fn": _fused_moe_bwd_dw1_kernel,
+                    "name": f"fused_moe_bwd_dw1[{tname}]",
+                    "signature": {
+                        "dgu_ptr": p,
+                        "x_ptr": p,
+                        "dw1_ptr": p,
+                        "sorted_ptr": "*i32",
+                        "starts_ptr": "*i32",
+                        **dims,
+                    },
+                    "constexprs": {**wb, "BLOCK_H": cb.block_k},
+                    **bo,
+                }
+            )
+            specs.append(
+                {
+                    "fn": _fused_moe_bwd_dw2_kernel,
+                    "name": f"fused_moe_bwd_dw2[{tname}]",
+                    "signature": {
+                        "g_ptr": p,
+                        "h_ptr": p,
+                        "tw_ptr": "*fp32",
+                        "dw2_ptr": p,
+                        "sorted_ptr": "*i32",
+                        "starts_ptr": "*i32",
+                        **dims,
+                    },
+                    "constexprs": {**wb, "BLOCK_I": cb.block_k},
+                    **bo,
+                }
+            )
     return specs
 
 
@@ -513,8 +737,7 @@ def _with_divisibility(spec, div=("S", "H", "I")):
     spec["tensor_cores"] = c.get("PRECISION") == "tf32" and c.get("BLOCK_M", c.get("BLOCK_R", 0)) >= 64
     names = spec["fn"].arg_names
     sig = spec["signature"]
-    spec["attrs"] = {(names.index(a),): [["tt.divisibility", 16]] for a in sig
-                     if sig[a].startswith("*") or a in div}
+    spec["attrs"] = {(names.index(a),): [["tt.divisibility", 16]] for a in sig if sig[a].startswith("*") or a in div}
     return spec
 
 

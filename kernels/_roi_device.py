@@ -1,6 +1,7 @@
 """Device helpers of the Triton RoI kernels (kernels/roi.py): RoI loading, the bilinear and
 integer-bin geometry, the per-RoI sample loops shared by the forward and atomic backward
 kernels, and the FPN level selection. Math and layouts: kernels/roi.py's docstring."""
+
 import triton
 import triton.language as tl
 
@@ -157,10 +158,31 @@ def _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7):
 
 
 @triton.jit
-def _align_sum(feat_ptr, H, W, stride_c, stride_h, stride_w, y0, x0, rh, rw, gh, gw,
-               c, cmask, p, pmask, PH, PW,
-               PS: tl.constexpr, C_FAST: tl.constexpr, DT: tl.constexpr,
-               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _align_sum(
+    feat_ptr,
+    H,
+    W,
+    stride_c,
+    stride_h,
+    stride_w,
+    y0,
+    x0,
+    rh,
+    rw,
+    gh,
+    gw,
+    c,
+    cmask,
+    p,
+    pmask,
+    PH,
+    PW,
+    PS: tl.constexpr,
+    C_FAST: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Sum over the sample grid of the bilinear values, for a tile of channels x bins: channels
     on axis 1 - C_FAST, bins on axis C_FAST (expand_dims with those constexpr axes)."""
     i = p // PW
@@ -171,8 +193,9 @@ def _align_sum(feat_ptr, H, W, stride_c, stride_h, stride_w, y0, x0, rh, rw, gh,
     xs = x0 + j.to(DT) * bin_w
     # the pointer tile is loop-invariant; the sample loops only add per-bin offsets
     if PS:
-        base = feat_ptr + tl.expand_dims(c * (PH * PW) * stride_c, 1 - C_FAST) \
-            + tl.expand_dims(p * stride_c, 0 + C_FAST)
+        base = (
+            feat_ptr + tl.expand_dims(c * (PH * PW) * stride_c, 1 - C_FAST) + tl.expand_dims(p * stride_c, 0 + C_FAST)
+        )
     else:
         base = feat_ptr + tl.expand_dims(c * stride_c, 1 - C_FAST)
     live = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
@@ -203,8 +226,9 @@ def _align_sum(feat_ptr, H, W, stride_c, stride_h, stride_w, y0, x0, rh, rw, gh,
 
 
 @triton.jit
-def _align_scatter(grad_ptr, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW,
-                   PS: tl.constexpr, DT: tl.constexpr):
+def _align_scatter(
+    grad_ptr, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW, PS: tl.constexpr, DT: tl.constexpr
+):
     """Atomic backward of _align_sum: g is the [BLOCK_C, BLOCK_P] tile of grad_out / count;
     grad_ptr points at image n of a contiguous NCHW buffer."""
     i = p // PW
@@ -237,10 +261,36 @@ def _align_scatter(grad_ptr, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask
 
 
 @triton.jit
-def _align_fwd_program(feat_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w,
-                       bf, x1, y1, x2, y2, ok_extra, scale, sampling_ratio, out_ptr, k, pid1, PH, PW,
-                       ALIGNED: tl.constexpr, PS: tl.constexpr, C_FAST: tl.constexpr,
-                       DT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _align_fwd_program(
+    feat_ptr,
+    N,
+    C,
+    H,
+    W,
+    stride_n,
+    stride_c,
+    stride_h,
+    stride_w,
+    bf,
+    x1,
+    y1,
+    x2,
+    y2,
+    ok_extra,
+    scale,
+    sampling_ratio,
+    out_ptr,
+    k,
+    pid1,
+    PH,
+    PW,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    C_FAST: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """One (RoI, channel block, bin block) program of roi_align / ps_roi_align; C = out channels."""
     P = PH * PW
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -256,19 +306,66 @@ def _align_fwd_program(feat_ptr, N, C, H, W, stride_n, stride_c, stride_h, strid
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    acc = _align_sum(feat_ptr + b.to(tl.int64) * stride_n, H, W, stride_c, stride_h, stride_w,
-                     y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW,
-                     PS, C_FAST, DT, BLOCK_C, BLOCK_P)
+    acc = _align_sum(
+        feat_ptr + b.to(tl.int64) * stride_n,
+        H,
+        W,
+        stride_c,
+        stride_h,
+        stride_w,
+        y0,
+        x0,
+        rh,
+        rw,
+        gh,
+        gw,
+        c,
+        cmask,
+        p,
+        pmask,
+        PH,
+        PW,
+        PS,
+        C_FAST,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
     out_off = tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
     m = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
     tl.store(out_ptr + k.to(tl.int64) * C * P + out_off, acc / count, mask=m)
 
 
 @triton.jit
-def _align_bwd_program(grad_out_ptr, go_s0, go_s1, go_s2, go_s3, grad_ptr, N, C, H, W,
-                       bf, x1, y1, x2, y2, ok_extra, scale, sampling_ratio, k, pid1, PH, PW,
-                       ALIGNED: tl.constexpr, PS: tl.constexpr, DT: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _align_bwd_program(
+    grad_out_ptr,
+    go_s0,
+    go_s1,
+    go_s2,
+    go_s3,
+    grad_ptr,
+    N,
+    C,
+    H,
+    W,
+    bf,
+    x1,
+    y1,
+    x2,
+    y2,
+    ok_extra,
+    scale,
+    sampling_ratio,
+    k,
+    pid1,
+    PH,
+    PW,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Atomic backward program; C = channels of grad_out; grad_ptr: contiguous NCHW, C_in = C*P
     for PS."""
     P = PH * PW
@@ -293,8 +390,9 @@ def _align_bwd_program(grad_out_ptr, go_s0, go_s1, go_s2, go_s3, grad_ptr, N, C,
         c_in = C * P
     else:
         c_in = C
-    _align_scatter(grad_ptr + b.to(tl.int64) * c_in * H * W, H, W, g, y0, x0, rh, rw, gh, gw,
-                   c, cmask, p, pmask, PH, PW, PS, DT)
+    _align_scatter(
+        grad_ptr + b.to(tl.int64) * c_in * H * W, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW, PS, DT
+    )
 
 
 @triton.jit
@@ -309,8 +407,22 @@ def _tile_coords(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
 
 
 @triton.jit
-def _int_pool_bins(rois_ptr, k, roi_stride, roi_stride_f, N, H, W, scale_hi, scale_lo, p, PH, PW,
-                   PLUS_ONE: tl.constexpr, DT: tl.constexpr):
+def _int_pool_bins(
+    rois_ptr,
+    k,
+    roi_stride,
+    roi_stride_f,
+    N,
+    H,
+    W,
+    scale_hi,
+    scale_lo,
+    p,
+    PH,
+    PW,
+    PLUS_ONE: tl.constexpr,
+    DT: tl.constexpr,
+):
     """Batch index and the clipped integer bins [hs, he) x [ws, we) of bins p of RoI k."""
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
     b, ok = _batch(bf, N)
@@ -325,22 +437,91 @@ def _int_pool_bins(rois_ptr, k, roi_stride, roi_stride_f, N, H, W, scale_hi, sca
 
 
 @triton.jit
-def _pick_level(lvl, l: tl.constexpr, f, H, W, sn, sc, sh, sw, s,
-                cf, cH, cW, csn, csc, csh, csw, cs):
+def _pick_level(lvl, l: tl.constexpr, f, H, W, sn, sc, sh, sw, s, cf, cH, cW, csn, csc, csh, csw, cs):
     if lvl == l:
         cf = f  # pointers cannot go through tl.where portably; a scalar branch selects them
     hit = lvl == l
-    return (cf, tl.where(hit, H, cH), tl.where(hit, W, cW), tl.where(hit, sn, csn),
-            tl.where(hit, sc, csc), tl.where(hit, sh, csh), tl.where(hit, sw, csw),
-            tl.where(hit, s, cs))
+    return (
+        cf,
+        tl.where(hit, H, cH),
+        tl.where(hit, W, cW),
+        tl.where(hit, sn, csn),
+        tl.where(hit, sc, csc),
+        tl.where(hit, sh, csh),
+        tl.where(hit, sw, csw),
+        tl.where(hit, s, cs),
+    )
 
 
 @triton.jit
-def _select_level(lvl, NUM_LEVELS: tl.constexpr,
-                  f0, f1, f2, f3, f4, f5, f6, f7, H0, H1, H2, H3, H4, H5, H6, H7,
-                  W0, W1, W2, W3, W4, W5, W6, W7, sn0, sn1, sn2, sn3, sn4, sn5, sn6, sn7,
-                  sc0, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sh0, sh1, sh2, sh3, sh4, sh5, sh6, sh7,
-                  sw0, sw1, sw2, sw3, sw4, sw5, sw6, sw7, s0, s1, s2, s3, s4, s5, s6, s7):
+def _select_level(
+    lvl,
+    NUM_LEVELS: tl.constexpr,
+    f0,
+    f1,
+    f2,
+    f3,
+    f4,
+    f5,
+    f6,
+    f7,
+    H0,
+    H1,
+    H2,
+    H3,
+    H4,
+    H5,
+    H6,
+    H7,
+    W0,
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+    W7,
+    sn0,
+    sn1,
+    sn2,
+    sn3,
+    sn4,
+    sn5,
+    sn6,
+    sn7,
+    sc0,
+    sc1,
+    sc2,
+    sc3,
+    sc4,
+    sc5,
+    sc6,
+    sc7,
+    sh0,
+    sh1,
+    sh2,
+    sh3,
+    sh4,
+    sh5,
+    sh6,
+    sh7,
+    sw0,
+    sw1,
+    sw2,
+    sw3,
+    sw4,
+    sw5,
+    sw6,
+    sw7,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+    s5,
+    s6,
+    s7,
+):
     """(pointer, H, W, 4 strides, scale) of level lvl (level 0's if lvl is out of range)."""
     r = (f0, H0 + 0 * lvl, W0 + 0 * lvl, sn0 + 0 * lvl, sc0 + 0 * lvl, sh0 + 0 * lvl, sw0 + 0 * lvl, s0 + 0.0 * lvl)
     if NUM_LEVELS > 1:
@@ -367,8 +548,28 @@ def _advance_level(lvl, rem, l: tl.constexpr, n_prev):
 
 
 @triton.jit
-def _level_of_tile(tile, NUM_LEVELS: tl.constexpr, H0, H1, H2, H3, H4, H5, H6, H7,
-                   W0, W1, W2, W3, W4, W5, W6, W7, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+def _level_of_tile(
+    tile,
+    NUM_LEVELS: tl.constexpr,
+    H0,
+    H1,
+    H2,
+    H3,
+    H4,
+    H5,
+    H6,
+    H7,
+    W0,
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+    W7,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+):
     """Global tile index (levels laid end to end, finest first) -> (level, tile within level)."""
     lvl = tile * 0
     rem = tile

@@ -8,18 +8,55 @@ bitwise reproducible run to run. roi_align's gradient is separable,
     Wy[i,y] = sum over the sample rows a of bin row i of the bilinear weight they give row y,
 and is computed that way. Layouts and the forward math: kernels/roi.py's docstring.
 """
+
 import triton
 import triton.language as tl
 
-from ._roi_device import (_align_box, _batch, _bilinear_axis, _fpn_level, _grid, _int_bins,
-                          _int_box, _level_of_tile, _overlaps, _roi_row, _scale,
-                          _select_level, _tile_coords)
+from ._roi_device import (
+    _align_box,
+    _batch,
+    _bilinear_axis,
+    _fpn_level,
+    _grid,
+    _int_bins,
+    _int_box,
+    _level_of_tile,
+    _overlaps,
+    _roi_row,
+    _scale,
+    _select_level,
+    _tile_coords,
+)
 
 
 @triton.jit
-def _align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, c, cmask, rows, cols, ty0, tx0,
-                      y0, x0, rh, rw, gh, gw, count, H, W, PH, PW,
-                      DT: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+def _align_gather_roi(
+    acc,
+    go_ptr,
+    go_s1,
+    go_s2,
+    go_s3,
+    c,
+    cmask,
+    rows,
+    cols,
+    ty0,
+    tx0,
+    y0,
+    x0,
+    rh,
+    rw,
+    gh,
+    gw,
+    count,
+    H,
+    W,
+    PH,
+    PW,
+    DT: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+):
     """Add RoI's roi_align gradient to the tile: acc[c, t] += sum_ij g[c,i,j] Wy[i,row] Wx[j,col]."""
     bin_h = rh / PH
     bin_w = rw / PW
@@ -48,8 +85,31 @@ def _align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, c, cmask, rows, cols, ty
 
 
 @triton.jit
-def _ps_align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, co, ci, cj, cmask, rows, cols,
-                         y0, x0, rh, rw, gh, gw, count, H, W, PH, PW, DT: tl.constexpr):
+def _ps_align_gather_roi(
+    acc,
+    go_ptr,
+    go_s1,
+    go_s2,
+    go_s3,
+    co,
+    ci,
+    cj,
+    cmask,
+    rows,
+    cols,
+    y0,
+    x0,
+    rh,
+    rw,
+    gh,
+    gw,
+    count,
+    H,
+    W,
+    PH,
+    PW,
+    DT: tl.constexpr,
+):
     """Same for ps_roi_align: input channel lane (co, ci, cj) only sees bin (ci, cj) of co."""
     bin_h = rh / PH
     bin_w = rw / PW
@@ -76,12 +136,48 @@ def _ps_align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, co, ci, cj, cmask, ro
 
 
 @triton.jit
-def _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride, roi_stride_f,
-                  K, N, n, c, cmask, rows, cols, ty0, tx0, H, W, scale, sampling_ratio, PH, PW,
-                  lvl, a0, a1, a2, a3, a4, a5, a6, a7,
-                  ALIGNED: tl.constexpr, PS: tl.constexpr, MULTI_LEVEL: tl.constexpr,
-                  DT: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                  ROI_BLOCK: tl.constexpr):
+def _align_gather(
+    acc,
+    grad_out_ptr,
+    go_s0,
+    go_s1,
+    go_s2,
+    go_s3,
+    rois_ptr,
+    roi_stride,
+    roi_stride_f,
+    K,
+    N,
+    n,
+    c,
+    cmask,
+    rows,
+    cols,
+    ty0,
+    tx0,
+    H,
+    W,
+    scale,
+    sampling_ratio,
+    PH,
+    PW,
+    lvl,
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    a6,
+    a7,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    MULTI_LEVEL: tl.constexpr,
+    DT: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    ROI_BLOCK: tl.constexpr,
+):
     """Walk the RoIs in index order; for each one of image n (and level lvl) whose support
     reaches the tile, add its contribution. The walk is vectorised ROI_BLOCK at a time and then
     visits only the hits, smallest index first, so the summation order is fixed."""
@@ -113,86 +209,169 @@ def _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_s
             count = tl.maximum(gh * gw, 1).to(DT)
             go_ptr = grad_out_ptr + r.to(tl.int64) * go_s0
             if PS:
-                acc = _ps_align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, co, ci, cj, cmask,
-                                           rows, cols, sy0, sx0, srh, srw, gh, gw, count, H, W,
-                                           PH, PW, DT)
+                acc = _ps_align_gather_roi(
+                    acc,
+                    go_ptr,
+                    go_s1,
+                    go_s2,
+                    go_s3,
+                    co,
+                    ci,
+                    cj,
+                    cmask,
+                    rows,
+                    cols,
+                    sy0,
+                    sx0,
+                    srh,
+                    srw,
+                    gh,
+                    gw,
+                    count,
+                    H,
+                    W,
+                    PH,
+                    PW,
+                    DT,
+                )
             else:
-                acc = _align_gather_roi(acc, go_ptr, go_s1, go_s2, go_s3, c, cmask, rows, cols,
-                                        ty0f, tx0f, sy0, sx0, srh, srw, gh, gw, count, H, W,
-                                        PH, PW, DT, TILE_H, TILE_W)
+                acc = _align_gather_roi(
+                    acc,
+                    go_ptr,
+                    go_s1,
+                    go_s2,
+                    go_s3,
+                    c,
+                    cmask,
+                    rows,
+                    cols,
+                    ty0f,
+                    tx0f,
+                    sy0,
+                    sx0,
+                    srh,
+                    srw,
+                    gh,
+                    gw,
+                    count,
+                    H,
+                    W,
+                    PH,
+                    PW,
+                    DT,
+                    TILE_H,
+                    TILE_W,
+                )
     return acc
 
 
 @triton.jit
 def _roi_align_bwd_gather_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    grad_in_ptr,      # [N, C, H, W] contiguous float32/64; every element is written once
-    K,                # number of RoIs
-    N,                # images
-    C,                # channels
-    H,                # height
-    W,                # width
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    grad_in_ptr,  # [N, C, H, W] contiguous float32/64; every element is written once
+    K,  # number of RoIs
+    N,  # images
+    C,  # channels
+    H,  # height
+    W,  # width
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder (float64 math only)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    ALIGNED: tl.constexpr,    # see _roi_align_fwd_kernel
-    DT: tl.constexpr,         # compute / accumulation dtype
-    BLOCK_C: tl.constexpr,    # channels per program
-    TILE_H: tl.constexpr,     # pixel tile owned by one program (powers of two)
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder (float64 math only)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    DT: tl.constexpr,  # compute / accumulation dtype
+    BLOCK_C: tl.constexpr,  # channels per program
+    TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     pid = tl.program_id(0)
     n_cb = tl.cdiv(C, BLOCK_C)
-    nc = pid % (N * n_cb)     # neighbouring programs share a tile (and its RoI hits)
+    nc = pid % (N * n_cb)  # neighbouring programs share a tile (and its RoI hits)
     n = nc // n_cb
     c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     ty0, tx0, rows, cols, pix = _tile_coords(pid // (N * n_cb), H, W, TILE_H, TILE_W)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
-    acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
-                        roi_stride_f, K, N, n, c, cmask, rows, cols, ty0, tx0, H, W,
-                        _scale(scale_hi, scale_lo, DT), sampling_ratio, PH, PW,
-                        0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                        ALIGNED, False, False, DT, TILE_H, TILE_W, ROI_BLOCK)
+    acc = _align_gather(
+        acc,
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        rois_ptr,
+        roi_stride,
+        roi_stride_f,
+        K,
+        N,
+        n,
+        c,
+        cmask,
+        rows,
+        cols,
+        ty0,
+        tx0,
+        H,
+        W,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        PH,
+        PW,
+        0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        ALIGNED,
+        False,
+        False,
+        DT,
+        TILE_H,
+        TILE_W,
+        ROI_BLOCK,
+    )
     off = n.to(tl.int64) * C * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
     tl.store(grad_in_ptr + off, acc, mask=cmask[:, None] & pix[None, :])
 
 
 @triton.jit
 def _ps_roi_align_bwd_gather_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    grad_in_ptr,      # [N, C_in, H, W] contiguous float32/64; every element is written once
-    K,                # number of RoIs
-    N,                # images
-    C,                # output channels
-    C_in,             # input channels (>= C*PH*PW; the rest get no gradient)
-    H,                # height
-    W,                # width
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
+    K,  # number of RoIs
+    N,  # images
+    C,  # output channels
+    C_in,  # input channels (>= C*PH*PW; the rest get no gradient)
+    H,  # height
+    W,  # width
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder (float64 math only)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    DT: tl.constexpr,         # compute / accumulation dtype
-    BLOCK_C: tl.constexpr,    # input channels per program
-    TILE_H: tl.constexpr,     # pixel tile owned by one program (powers of two)
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder (float64 math only)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    DT: tl.constexpr,  # compute / accumulation dtype
+    BLOCK_C: tl.constexpr,  # input channels per program
+    TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
@@ -203,40 +382,77 @@ def _ps_roi_align_bwd_gather_kernel(
     c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     ty0, tx0, rows, cols, pix = _tile_coords(pid // (N * n_cb), H, W, TILE_H, TILE_W)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
-    acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
-                        roi_stride_f, K, N, n, c, c < C * PH * PW, rows, cols, ty0, tx0, H, W,
-                        _scale(scale_hi, scale_lo, DT), sampling_ratio, PH, PW,
-                        0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                        True, True, False, DT, TILE_H, TILE_W, ROI_BLOCK)
+    acc = _align_gather(
+        acc,
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        rois_ptr,
+        roi_stride,
+        roi_stride_f,
+        K,
+        N,
+        n,
+        c,
+        c < C * PH * PW,
+        rows,
+        cols,
+        ty0,
+        tx0,
+        H,
+        W,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        PH,
+        PW,
+        0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        True,
+        True,
+        False,
+        DT,
+        TILE_H,
+        TILE_W,
+        ROI_BLOCK,
+    )
     off = n.to(tl.int64) * C_in * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
     tl.store(grad_in_ptr + off, acc, mask=(c < C_in)[:, None] & pix[None, :])
 
 
 @triton.jit
 def _roi_pool_bwd_gather_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    argmax_ptr,       # [K, C, PH, PW] int32, any strides
-    rois_ptr,         # [K, 5] (only the batch index is used)
-    grad_in_ptr,      # [N, C, H, W] contiguous float32/64; every element is written once
-    K,                # number of RoIs
-    N,                # images
-    C,                # channels
-    HW,               # H * W: pixels of one plane
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    argmax_ptr,  # [K, C, PH, PW] int32, any strides
+    rois_ptr,  # [K, 5] (only the batch index is used)
+    grad_in_ptr,  # [N, C, H, W] contiguous float32/64; every element is written once
+    K,  # number of RoIs
+    N,  # images
+    C,  # channels
+    HW,  # H * W: pixels of one plane
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    am_s0,            # argmax strides, in elements
+    am_s0,  # argmax strides, in elements
     am_s1,
     am_s2,
     am_s3,
-    roi_stride,       # rois.stride(0)
-    PH,               # pooled height
-    PW,               # pooled width
-    DT: tl.constexpr,         # accumulation dtype
-    BLOCK_C: tl.constexpr,    # channels per program
-    BLOCK_P: tl.constexpr,    # bins looked at per step
-    CHUNK: tl.constexpr,      # pixels (of the flattened plane) owned by one program
+    roi_stride,  # rois.stride(0)
+    PH,  # pooled height
+    PW,  # pooled width
+    DT: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # channels per program
+    BLOCK_P: tl.constexpr,  # bins looked at per step
+    CHUNK: tl.constexpr,  # pixels (of the flattened plane) owned by one program
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     # The plane is cut into flat pixel chunks (argmax is a flat index, so "argmax in my chunk"
@@ -266,8 +482,9 @@ def _roi_pool_bwd_gather_kernel(
                 p = pb + tl.arange(0, BLOCK_P)
                 i = p // PW
                 j = p - i * PW
-                am = tl.load(am_r[:, None] + (i * am_s2 + j * am_s3)[None, :],
-                             mask=cmask[:, None] & (p < P)[None, :], other=-1)
+                am = tl.load(
+                    am_r[:, None] + (i * am_s2 + j * am_s3)[None, :], mask=cmask[:, None] & (p < P)[None, :], other=-1
+                )
                 in_chunk = (am >= t0) & (am < t0 + CHUNK)
                 bin_hit = tl.max(in_chunk.to(tl.int32), axis=0) > 0
                 for _u in range(tl.sum(bin_hit.to(tl.int32), axis=0)):
@@ -284,28 +501,28 @@ def _roi_pool_bwd_gather_kernel(
 
 @triton.jit
 def _ps_roi_pool_bwd_gather_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    grad_in_ptr,      # [N, C_in, H, W] contiguous float32/64; every element is written once
-    K,                # number of RoIs
-    N,                # images
-    C,                # output channels
-    C_in,             # input channels
-    H,                # height
-    W,                # width
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
+    K,  # number of RoIs
+    N,  # images
+    C,  # output channels
+    C_in,  # input channels
+    H,  # height
+    W,  # width
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder: the bins are computed in float64
-    PH,               # pooled height
-    PW,               # pooled width
-    DT: tl.constexpr,         # accumulation dtype
-    BLOCK_C: tl.constexpr,    # input channels per program
-    TILE_H: tl.constexpr,     # pixel tile owned by one program (powers of two)
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder: the bins are computed in float64
+    PH,  # pooled height
+    PW,  # pooled width
+    DT: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # input channels per program
+    TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
@@ -315,7 +532,7 @@ def _ps_roi_pool_bwd_gather_kernel(
     n = nc // n_cb
     c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     P = PH * PW
-    co = c // P           # lane -> (output channel, bin row, bin column), once per program
+    co = c // P  # lane -> (output channel, bin row, bin column), once per program
     ci = (c - co * P) // PW
     cj = c - co * P - ci * PW
     cmask = c < C * P
@@ -340,10 +557,18 @@ def _ps_roi_pool_bwd_gather_kernel(
             hs, he = _int_bins(ci, PH, sh0, shl, H)  # every lane has its own bin (ci, cj)
             ws, we = _int_bins(cj, PW, sw0, swl, W)
             area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
-            g = tl.load(grad_out_ptr + r.to(tl.int64) * go_s0 + co * go_s1 + ci * go_s2 + cj * go_s3,
-                        mask=cmask, other=0.0).to(DT) / area
-            inside = ((rows[None, :] >= hs[:, None]) & (rows[None, :] < he[:, None])
-                      & (cols[None, :] >= ws[:, None]) & (cols[None, :] < we[:, None]))
+            g = (
+                tl.load(
+                    grad_out_ptr + r.to(tl.int64) * go_s0 + co * go_s1 + ci * go_s2 + cj * go_s3, mask=cmask, other=0.0
+                ).to(DT)
+                / area
+            )
+            inside = (
+                (rows[None, :] >= hs[:, None])
+                & (rows[None, :] < he[:, None])
+                & (cols[None, :] >= ws[:, None])
+                & (cols[None, :] < we[:, None])
+            )
             acc += tl.where(inside, g[:, None], 0.0)
     off = n.to(tl.int64) * C_in * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
     tl.store(grad_in_ptr + off, acc, mask=(c < C_in)[:, None] & pix[None, :])
@@ -351,32 +576,67 @@ def _ps_roi_pool_bwd_gather_kernel(
 
 @triton.jit
 def _multi_scale_roi_align_bwd_gather_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    K,                # number of RoIs
-    N,                # images
-    C,                # channels
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    K,  # number of RoIs
+    N,  # images
+    C,  # channels
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    a0, a1, a2, a3, a4, a5, a6, a7,  # FPN level area thresholds (kernels/roi.py's forward)
-    g0, g1, g2, g3, g4, g5, g6, g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
-    H0, H1, H2, H3, H4, H5, H6, H7,  # level heights
-    W0, W1, W2, W3, W4, W5, W6, W7,  # level widths
-    s0, s1, s2, s3, s4, s5, s6, s7,  # level spatial scales
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    a6,
+    a7,  # FPN level area thresholds (kernels/roi.py's forward)
+    g0,
+    g1,
+    g2,
+    g3,
+    g4,
+    g5,
+    g6,
+    g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
+    H0,
+    H1,
+    H2,
+    H3,
+    H4,
+    H5,
+    H6,
+    H7,  # level heights
+    W0,
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+    W7,  # level widths
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+    s5,
+    s6,
+    s7,  # level spatial scales
     NUM_LEVELS: tl.constexpr,  # levels in use
-    ALIGNED: tl.constexpr,     # see _roi_align_fwd_kernel
-    DT: tl.constexpr,          # accumulation dtype
-    BLOCK_C: tl.constexpr,     # channels per program
-    TILE_H: tl.constexpr,      # pixel tile owned by one program (powers of two)
+    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    DT: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # channels per program
+    TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
     TILE_W: tl.constexpr,
-    ROI_BLOCK: tl.constexpr,   # RoIs tested per step of the walk
+    ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     # the tiles of all levels are laid end to end along the grid; each program finds its level,
     # then gathers like _roi_align_bwd_gather_kernel from the RoIs assigned to that level
@@ -386,19 +646,120 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     n = nc // n_cb
     c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    lvl, tile = _level_of_tile(pid // (N * n_cb), NUM_LEVELS, H0, H1, H2, H3, H4, H5, H6, H7,
-                               W0, W1, W2, W3, W4, W5, W6, W7, TILE_H, TILE_W)
+    lvl, tile = _level_of_tile(
+        pid // (N * n_cb), NUM_LEVELS, H0, H1, H2, H3, H4, H5, H6, H7, W0, W1, W2, W3, W4, W5, W6, W7, TILE_H, TILE_W
+    )
     gp, Hl, Wl, _a, _b, _c, _d, sl = _select_level(
-        lvl, NUM_LEVELS, g0, g1, g2, g3, g4, g5, g6, g7, H0, H1, H2, H3, H4, H5, H6, H7,
-        W0, W1, W2, W3, W4, W5, W6, W7, H0, H1, H2, H3, H4, H5, H6, H7,
-        H0, H1, H2, H3, H4, H5, H6, H7, H0, H1, H2, H3, H4, H5, H6, H7,
-        H0, H1, H2, H3, H4, H5, H6, H7, s0, s1, s2, s3, s4, s5, s6, s7)
+        lvl,
+        NUM_LEVELS,
+        g0,
+        g1,
+        g2,
+        g3,
+        g4,
+        g5,
+        g6,
+        g7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        W0,
+        W1,
+        W2,
+        W3,
+        W4,
+        W5,
+        W6,
+        W7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        s6,
+        s7,
+    )
     ty0, tx0, rows, cols, pix = _tile_coords(tile, Hl, Wl, TILE_H, TILE_W)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
-    acc = _align_gather(acc, grad_out_ptr, go_s0, go_s1, go_s2, go_s3, rois_ptr, roi_stride,
-                        roi_stride_f, K, N, n, c, cmask, rows, cols, ty0, tx0, Hl, Wl,
-                        sl.to(DT), sampling_ratio, PH, PW,
-                        lvl, a0, a1, a2, a3, a4, a5, a6, a7,
-                        ALIGNED, False, True, DT, TILE_H, TILE_W, ROI_BLOCK)
+    acc = _align_gather(
+        acc,
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        rois_ptr,
+        roi_stride,
+        roi_stride_f,
+        K,
+        N,
+        n,
+        c,
+        cmask,
+        rows,
+        cols,
+        ty0,
+        tx0,
+        Hl,
+        Wl,
+        sl.to(DT),
+        sampling_ratio,
+        PH,
+        PW,
+        lvl,
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        ALIGNED,
+        False,
+        True,
+        DT,
+        TILE_H,
+        TILE_W,
+        ROI_BLOCK,
+    )
     off = n.to(tl.int64) * C * Hl * Wl + (c * Hl * Wl)[:, None] + (rows * Wl + cols)[None, :]
     tl.store(gp + off, acc, mask=cmask[:, None] & pix[None, :])

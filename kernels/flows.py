@@ -36,19 +36,25 @@ no atomics (deterministic); n_split > 1 only for a few large samples (coupling_s
 then adds the n_split partial sums. Elementwise passes: (cdiv(N, BLOCK), B). ActNorm: 2-D tiles of [rows, S]
 so that S = 1 (2-D data) and large S both fill a program. Conv: (S blocks, C_out blocks, B).
 """
+
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
 from ._device import launches_on_device
-
-from ._flows_lu import MAX_C as LU_MAX_C  # noqa: F401
-from ._flows_lu import compile_specs as _lu_specs
-from ._flows_lu import lu_weight_bwd, lu_weight_fwd  # noqa: F401
-from ._flows_slogdet import MAX_D as SLOGDET_MAX_D  # noqa: F401
-from ._flows_slogdet import compile_specs as _slogdet_specs
-from ._flows_slogdet import slogdet_bwd, slogdet_fwd  # noqa: F401
+from ._flows_lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
+    MAX_C as LU_MAX_C,  # noqa: F401 (re-export)
+    compile_specs as _lu_specs,
+    lu_weight_bwd,
+    lu_weight_fwd,
+)
+from ._flows_slogdet import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
+    MAX_D as SLOGDET_MAX_D,  # noqa: F401 (re-export)
+    compile_specs as _slogdet_specs,
+    slogdet_bwd,
+    slogdet_fwd,
+)
 
 # ----------------------------------------------------------------------------------------------
 # device helpers
@@ -71,7 +77,7 @@ def _tanh(z):
 def _glow_scale(r):
     """(m, log m, 1 - m) for Glow's m = sigmoid(r + 2), each computed without cancellation."""
     z = r + 2.0
-    e = tl.exp(-tl.abs(z))                      # in (0, 1]: no overflow
+    e = tl.exp(-tl.abs(z))  # in (0, 1]: no overflow
     log1pe = tl.log(1.0 + e)
     m = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     one_m = tl.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
@@ -94,16 +100,20 @@ def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _affine_coupling_fwd_kernel(
-    x_ptr,                 # [B, N] input half x_b (y when REVERSE)
-    r_ptr,                 # [B, N] raw log-scale from the conditioner
-    t_ptr,                 # [B, N] shift
-    y_ptr,                 # [B, N] out, contiguous
-    part_ptr,              # [B, n_split] float32 out: log-det partial sums
-    B, N,                  # samples, elements per sample
-    span,                  # elements per program (a multiple of BLOCK_N)
-    n_split,               # programs per sample row
-    x_sb, r_sb, t_sb,      # row strides (inner stride is 1)
-    clamp, inv_clamp,      # soft-clamp c and 1/c
+    x_ptr,  # [B, N] input half x_b (y when REVERSE)
+    r_ptr,  # [B, N] raw log-scale from the conditioner
+    t_ptr,  # [B, N] shift
+    y_ptr,  # [B, N] out, contiguous
+    part_ptr,  # [B, n_split] float32 out: log-det partial sums
+    B,
+    N,  # samples, elements per sample
+    span,  # elements per program (a multiple of BLOCK_N)
+    n_split,  # programs per sample row
+    x_sb,
+    r_sb,
+    t_sb,  # row strides (inner stride is 1)
+    clamp,
+    inv_clamp,  # soft-clamp c and 1/c
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
     SIGMOID: tl.constexpr,  # Glow's scale m = sigmoid(r + 2), y = (x + t) m (CLAMP unused)
@@ -145,17 +155,23 @@ def _affine_coupling_fwd_kernel(
 
 @triton.jit
 def _affine_coupling_bwd_kernel(
-    x_ptr,                 # [B, N] the forward's input (x, or y when REVERSE)
-    r_ptr,                 # [B, N] raw log-scale
-    t_ptr,                 # [B, N] shift (read only when REVERSE)
-    g_ptr,                 # [B, N] upstream gradient of the output
-    gl_ptr,                # [B] upstream gradient of the log-det
-    dx_ptr,                # [B, N] out (contiguous): gradient of the input
-    dr_ptr,                # [B, N] out (contiguous): gradient of r
-    dt_ptr,                # [B, N] out (contiguous, REVERSE or SIGMOID): gradient of t
-    B, N,
-    x_sb, r_sb, t_sb, g_sb, gl_s,
-    clamp, inv_clamp,
+    x_ptr,  # [B, N] the forward's input (x, or y when REVERSE)
+    r_ptr,  # [B, N] raw log-scale
+    t_ptr,  # [B, N] shift (read only when REVERSE)
+    g_ptr,  # [B, N] upstream gradient of the output
+    gl_ptr,  # [B] upstream gradient of the log-det
+    dx_ptr,  # [B, N] out (contiguous): gradient of the input
+    dr_ptr,  # [B, N] out (contiguous): gradient of r
+    dt_ptr,  # [B, N] out (contiguous, REVERSE or SIGMOID): gradient of t
+    B,
+    N,
+    x_sb,
+    r_sb,
+    t_sb,
+    g_sb,
+    gl_s,
+    clamp,
+    inv_clamp,
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
     SIGMOID: tl.constexpr,
@@ -174,11 +190,11 @@ def _affine_coupling_bwd_kernel(
     if SIGMOID:
         # d m / d r = m (1 - m), d log m / d r = 1 - m
         sc, _, one_m = _glow_scale(r)
-        if REVERSE:           # x_out = y / m - t
+        if REVERSE:  # x_out = y / m - t
             dx = g / sc
             ds = -(dx * x + gl) * one_m
             tl.store(dt_ptr + rl * N + idx[None, :], -g, mask=m)
-        else:                 # y = (x + t) m
+        else:  # y = (x + t) m
             t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
             dx = g * sc
             ds = (dx * (x + t) + gl) * one_m
@@ -202,8 +218,13 @@ def _affine_coupling_bwd_kernel(
 
 @triton.jit
 def _additive_coupling_fwd_kernel(
-    x_ptr, t_ptr, y_ptr,   # [B, N] rows (unit inner stride); y contiguous
-    B, N, x_sb, t_sb,
+    x_ptr,
+    t_ptr,
+    y_ptr,  # [B, N] rows (unit inner stride); y contiguous
+    B,
+    N,
+    x_sb,
+    t_sb,
     REVERSE: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -241,12 +262,16 @@ def _act_multiplier(p, LOG: tl.constexpr, REVERSE: tl.constexpr):
 
 @triton.jit
 def _actnorm_fwd_kernel(
-    x_ptr,                 # [B*C, S] contiguous
-    loc_ptr, p_ptr,        # [C] loc and log_scale (LOG) or scale
-    y_ptr,                 # [B*C, S] out
-    ld_ptr,                # [B] float32 out: logdet (written by program (0, 0))
-    R, C, S, B,            # rows = B*C
-    S_f,                   # float(S)
+    x_ptr,  # [B*C, S] contiguous
+    loc_ptr,
+    p_ptr,  # [C] loc and log_scale (LOG) or scale
+    y_ptr,  # [B*C, S] out
+    ld_ptr,  # [B] float32 out: logdet (written by program (0, 0))
+    R,
+    C,
+    S,
+    B,  # rows = B*C
+    S_f,  # float(S)
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -290,12 +315,16 @@ def _actnorm_fwd_kernel(
 
 @triton.jit
 def _actnorm_bwd_kernel(
-    x_ptr,                 # [B*C, S] the forward's input, contiguous
-    g_ptr,                 # [B*C, S] upstream gradient, contiguous
-    p_ptr,                 # [C]
-    dx_ptr,                # [B*C, S] out
-    pa_ptr, pb_ptr,        # [B, n_sb, C] float32 out: per-tile sums of g and g*x
-    R, C, S, n_sb,
+    x_ptr,  # [B*C, S] the forward's input, contiguous
+    g_ptr,  # [B*C, S] upstream gradient, contiguous
+    p_ptr,  # [C]
+    dx_ptr,  # [B*C, S] out
+    pa_ptr,
+    pb_ptr,  # [B, n_sb, C] float32 out: per-tile sums of g and g*x
+    R,
+    C,
+    S,
+    n_sb,
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -323,11 +352,17 @@ def _actnorm_bwd_kernel(
 
 @triton.jit
 def _actnorm_bwd_finish_kernel(
-    pa_ptr, pb_ptr,        # [Q, C] float32 partial sums (Q = B*n_sb)
-    gl_ptr,                # [B] upstream gradient of the log-det
-    loc_ptr, p_ptr,        # [C]
-    dloc_ptr, dp_ptr,      # [C] out
-    Q, C, B, gl_s,
+    pa_ptr,
+    pb_ptr,  # [Q, C] float32 partial sums (Q = B*n_sb)
+    gl_ptr,  # [B] upstream gradient of the log-det
+    loc_ptr,
+    p_ptr,  # [C]
+    dloc_ptr,
+    dp_ptr,  # [C] out
+    Q,
+    C,
+    B,
+    gl_s,
     S_f,
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -375,12 +410,15 @@ def _actnorm_bwd_finish_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _conv1x1_fwd_kernel(
-    x_ptr,                 # [B, C, S], unit stride along S
-    w_ptr,                 # [C, C] (out, in) any strides
-    y_ptr,                 # [B, C, S] out, contiguous
-    C, S,
-    x_sb, x_sc,
-    w_so, w_si,
+    x_ptr,  # [B, C, S], unit stride along S
+    w_ptr,  # [C, C] (out, in) any strides
+    y_ptr,  # [B, C, S] out, contiguous
+    C,
+    S,
+    x_sb,
+    x_sc,
+    w_so,
+    w_si,
     BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -397,22 +435,29 @@ def _conv1x1_fwd_kernel(
     for i0 in range(0, C, BLOCK_I):
         i_idx = i0 + tl.arange(0, BLOCK_I)
         im = i_idx < C
-        w = tl.load(w_ptr + o_idx[:, None] * w_so + i_idx[None, :] * w_si,
-                    mask=(o_idx[:, None] < C) & im[None, :], other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + b * x_sb + i_idx[:, None] * x_sc + s_idx[None, :],
-                    mask=im[:, None] & sm[None, :], other=0.0).to(tl.float32)
+        w = tl.load(
+            w_ptr + o_idx[:, None] * w_so + i_idx[None, :] * w_si, mask=(o_idx[:, None] < C) & im[None, :], other=0.0
+        ).to(tl.float32)
+        x = tl.load(
+            x_ptr + b * x_sb + i_idx[:, None] * x_sc + s_idx[None, :], mask=im[:, None] & sm[None, :], other=0.0
+        ).to(tl.float32)
         acc = tl.dot(w, x, acc, input_precision="ieee")
-    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], acc,
-             mask=(o_idx[:, None] < C) & sm[None, :])
+    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], acc, mask=(o_idx[:, None] < C) & sm[None, :])
 
 
 @triton.jit
 def _conv1x1_dw_kernel(
-    g_ptr,                 # [B, C, S] upstream gradient, unit stride along S
-    x_ptr,                 # [B, C, S] forward input, unit stride along S
-    part_ptr,              # [n_split, C, C] float32 out: partial dW
-    B, C, S, b_per,        # samples per split
-    g_sb, g_sc, x_sb, x_sc,
+    g_ptr,  # [B, C, S] upstream gradient, unit stride along S
+    x_ptr,  # [B, C, S] forward input, unit stride along S
+    part_ptr,  # [n_split, C, C] float32 out: partial dW
+    B,
+    C,
+    S,
+    b_per,  # samples per split
+    g_sb,
+    g_sc,
+    x_sb,
+    x_sc,
     BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -430,20 +475,23 @@ def _conv1x1_dw_kernel(
         for s0 in range(0, S, BLOCK_S):
             s_idx = s0 + tl.arange(0, BLOCK_S)
             sm = (s_idx < S) & ((s_idx * 0 + b) < B)  # vector form: the interpreter rejects scalar & vector masks
-            g = tl.load(g_ptr + bl * g_sb + o_idx[:, None] * g_sc + s_idx[None, :],
-                        mask=om[:, None] & sm[None, :], other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + bl * x_sb + i_idx[None, :] * x_sc + s_idx[:, None],
-                        mask=im[None, :] & sm[:, None], other=0.0).to(tl.float32)
+            g = tl.load(
+                g_ptr + bl * g_sb + o_idx[:, None] * g_sc + s_idx[None, :], mask=om[:, None] & sm[None, :], other=0.0
+            ).to(tl.float32)
+            x = tl.load(
+                x_ptr + bl * x_sb + i_idx[None, :] * x_sc + s_idx[:, None], mask=im[None, :] & sm[:, None], other=0.0
+            ).to(tl.float32)
             acc = tl.dot(g, x, acc, input_precision="ieee")
-    tl.store(part_ptr + split.to(tl.int64) * C * C + o_idx[:, None] * C + i_idx[None, :], acc,
-             mask=om[:, None] & im[None, :])
+    tl.store(
+        part_ptr + split.to(tl.int64) * C * C + o_idx[:, None] * C + i_idx[None, :], acc, mask=om[:, None] & im[None, :]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # launchers (docs/ARCHITECTURE.md, "Launcher contract"): tensors in, nothing allocated, None out
 # ----------------------------------------------------------------------------------------------
-_TILE_GPU = 2048         # values per program: 16 a thread at 4 warps
-_TILE_CPU = 16384        # interpreter: few, large programs
+_TILE_GPU = 2048  # values per program: 16 a thread at 4 warps
+_TILE_CPU = 16384  # interpreter: few, large programs
 # a sample is split over several programs only while the grid would hold fewer than this
 _TARGET_PROGRAMS = 1056  # 8 per SM on a 132-SM H200
 _SPLIT_MIN_ELEMS = 65536  # per row block, before a sample is split over several programs
@@ -486,9 +534,27 @@ def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False)
     span = triton.cdiv(triton.cdiv(max(n, 1), n_split), bn) * bn
     c = float(clamp) if clamp is not None else 1.0
     _affine_coupling_fwd_kernel[(n_split, triton.cdiv(bsz, bb))](
-        x, r, t, y, part, bsz, n, span, n_split, x.stride(0), r.stride(0), t.stride(0), c, 1.0 / c,
-        CLAMP=clamp is not None, REVERSE=bool(reverse), SIGMOID=bool(sigmoid), BLOCK_B=bb, BLOCK_N=bn,
-        **_opts(x))
+        x,
+        r,
+        t,
+        y,
+        part,
+        bsz,
+        n,
+        span,
+        n_split,
+        x.stride(0),
+        r.stride(0),
+        t.stride(0),
+        c,
+        1.0 / c,
+        CLAMP=clamp is not None,
+        REVERSE=bool(reverse),
+        SIGMOID=bool(sigmoid),
+        BLOCK_B=bb,
+        BLOCK_N=bn,
+        **_opts(x),
+    )
 
 
 @launches_on_device
@@ -502,9 +568,30 @@ def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: boo
     c = float(clamp) if clamp is not None else 1.0
     dt_arg = dt if (reverse or sigmoid) else dx
     _affine_coupling_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
-        x, r, t, g, gl, dx, dr, dt_arg, bsz, n, x.stride(0), r.stride(0), t.stride(0), g.stride(0),
-        gl.stride(0), c, 1.0 / c, CLAMP=clamp is not None, REVERSE=bool(reverse), SIGMOID=bool(sigmoid),
-        BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
+        x,
+        r,
+        t,
+        g,
+        gl,
+        dx,
+        dr,
+        dt_arg,
+        bsz,
+        n,
+        x.stride(0),
+        r.stride(0),
+        t.stride(0),
+        g.stride(0),
+        gl.stride(0),
+        c,
+        1.0 / c,
+        CLAMP=clamp is not None,
+        REVERSE=bool(reverse),
+        SIGMOID=bool(sigmoid),
+        BLOCK_B=bb,
+        BLOCK_N=bn,
+        **_opts(x),
+    )
 
 
 @launches_on_device
@@ -514,8 +601,8 @@ def additive_coupling_fwd(x, t, y, reverse):
         return
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
     _additive_coupling_fwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
-        x, t, y, bsz, n, x.stride(0), t.stride(0), REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn,
-        **_opts(x))
+        x, t, y, bsz, n, x.stride(0), t.stride(0), REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x)
+    )
 
 
 def _actnorm_blocks(rows: int, s: int, gpu: bool) -> tuple[int, int]:
@@ -539,8 +626,23 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
         return
     br, bs = _actnorm_blocks(rows, s, x.is_cuda)
     _actnorm_fwd_kernel[(triton.cdiv(max(rows, 1), br), triton.cdiv(max(s, 1), bs))](
-        x, loc, p, y, logdet, rows, c, s, bsz, float(s), LOG=bool(log_param), REVERSE=bool(reverse),
-        BLOCK_R=br, BLOCK_S=bs, LD_BLOCK=256, **_opts(x))
+        x,
+        loc,
+        p,
+        y,
+        logdet,
+        rows,
+        c,
+        s,
+        bsz,
+        float(s),
+        LOG=bool(log_param),
+        REVERSE=bool(reverse),
+        BLOCK_R=br,
+        BLOCK_S=bs,
+        LD_BLOCK=256,
+        **_opts(x),
+    )
 
 
 @launches_on_device
@@ -555,16 +657,46 @@ def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
     n_sb = pa.shape[1]
     if rows and s:
         _actnorm_bwd_kernel[(triton.cdiv(rows, br), n_sb)](
-            x, g, p, dx, pa, pb, rows, c, s, n_sb, LOG=bool(log_param), REVERSE=bool(reverse),
-            BLOCK_R=br, BLOCK_S=bs, **_opts(x))
+            x,
+            g,
+            p,
+            dx,
+            pa,
+            pb,
+            rows,
+            c,
+            s,
+            n_sb,
+            LOG=bool(log_param),
+            REVERSE=bool(reverse),
+            BLOCK_R=br,
+            BLOCK_S=bs,
+            **_opts(x),
+        )
     else:
         pa.zero_()
         pb.zero_()
     bc = min(triton.next_power_of_2(c), 64)
     bq = 64 if x.is_cuda else 1024
     _actnorm_bwd_finish_kernel[(triton.cdiv(c, bc),)](
-        pa, pb, gl, loc, p, dloc, dp, bsz * n_sb, c, bsz, gl.stride(0) if gl.numel() else 1,
-        float(s), LOG=bool(log_param), REVERSE=bool(reverse), BLOCK_Q=bq, BLOCK_C=bc, **_opts(x))
+        pa,
+        pb,
+        gl,
+        loc,
+        p,
+        dloc,
+        dp,
+        bsz * n_sb,
+        c,
+        bsz,
+        gl.stride(0) if gl.numel() else 1,
+        float(s),
+        LOG=bool(log_param),
+        REVERSE=bool(reverse),
+        BLOCK_Q=bq,
+        BLOCK_C=bc,
+        **_opts(x),
+    )
 
 
 def _conv_blocks(c: int, s: int, gpu: bool) -> tuple[int, int, int]:
@@ -587,8 +719,20 @@ def conv1x1_fwd(x, w, y):
         return
     bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
     _conv1x1_fwd_kernel[(triton.cdiv(s, bs) * bsz, triton.cdiv(c, bo))](
-        x, w, y, c, s, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_S=bs, **_opts(x, _conv_warps(bo, bs)))
+        x,
+        w,
+        y,
+        c,
+        s,
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        BLOCK_O=bo,
+        BLOCK_I=bi,
+        BLOCK_S=bs,
+        **_opts(x, _conv_warps(bo, bs)),
+    )
 
 
 def _dw_blocks(c: int, s: int, gpu: bool) -> tuple[int, int, int]:
@@ -621,8 +765,22 @@ def conv1x1_dw(g, x, part):
     bo, bs, warps = _dw_blocks(c, s, x.is_cuda)
     b_per = triton.cdiv(bsz, n_split)
     _conv1x1_dw_kernel[(triton.cdiv(c, bo), triton.cdiv(c, bo), n_split)](
-        g, x, part, bsz, c, s, b_per, g.stride(0), g.stride(1), x.stride(0), x.stride(1),
-        BLOCK_O=bo, BLOCK_I=bo, BLOCK_S=bs, **_opts(x, warps))
+        g,
+        x,
+        part,
+        bsz,
+        c,
+        s,
+        b_per,
+        g.stride(0),
+        g.stride(1),
+        x.stride(0),
+        x.stride(1),
+        BLOCK_O=bo,
+        BLOCK_I=bo,
+        BLOCK_S=bs,
+        **_opts(x, warps),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,60 +791,173 @@ def _specs() -> list[dict]:
     bb, bn = coupling_blocks(64, 6 * 16 * 16, True)
     for clamp, sig in ((True, False), (False, False), (False, True)):
         for rev in (False, True):
-            specs.append({
-                "fn": _affine_coupling_fwd_kernel,
-                "signature": {"x_ptr": "*fp32", "r_ptr": "*fp32", "t_ptr": "*fp32", "y_ptr": "*fp32",
-                              "part_ptr": "*fp32", "B": "i32", "N": "i32", "span": "i32", "n_split": "i32",
-                              "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "clamp": "fp32",
-                              "inv_clamp": "fp32"},
-                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
-                "num_warps": 4})
-            specs.append({
-                "fn": _affine_coupling_bwd_kernel,
-                "signature": {"x_ptr": "*fp32", "r_ptr": "*fp32", "t_ptr": "*fp32", "g_ptr": "*fp32",
-                              "gl_ptr": "*fp32", "dx_ptr": "*fp32", "dr_ptr": "*fp32", "dt_ptr": "*fp32",
-                              "B": "i32", "N": "i32", "x_sb": "i32", "r_sb": "i32", "t_sb": "i32", "g_sb": "i32",
-                              "gl_s": "i32", "clamp": "fp32", "inv_clamp": "fp32"},
-                "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
-                "num_warps": 4})
-    specs.append({"fn": _additive_coupling_fwd_kernel,
-                  "signature": {"x_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*bf16", "B": "i32", "N": "i32",
-                                "x_sb": "i32", "t_sb": "i32"},
-                  "constexprs": {"REVERSE": False, "BLOCK_B": bb, "BLOCK_N": bn}, "num_warps": 4})
+            specs.append(
+                {
+                    "fn": _affine_coupling_fwd_kernel,
+                    "signature": {
+                        "x_ptr": "*fp32",
+                        "r_ptr": "*fp32",
+                        "t_ptr": "*fp32",
+                        "y_ptr": "*fp32",
+                        "part_ptr": "*fp32",
+                        "B": "i32",
+                        "N": "i32",
+                        "span": "i32",
+                        "n_split": "i32",
+                        "x_sb": "i32",
+                        "r_sb": "i32",
+                        "t_sb": "i32",
+                        "clamp": "fp32",
+                        "inv_clamp": "fp32",
+                    },
+                    "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
+                    "num_warps": 4,
+                }
+            )
+            specs.append(
+                {
+                    "fn": _affine_coupling_bwd_kernel,
+                    "signature": {
+                        "x_ptr": "*fp32",
+                        "r_ptr": "*fp32",
+                        "t_ptr": "*fp32",
+                        "g_ptr": "*fp32",
+                        "gl_ptr": "*fp32",
+                        "dx_ptr": "*fp32",
+                        "dr_ptr": "*fp32",
+                        "dt_ptr": "*fp32",
+                        "B": "i32",
+                        "N": "i32",
+                        "x_sb": "i32",
+                        "r_sb": "i32",
+                        "t_sb": "i32",
+                        "g_sb": "i32",
+                        "gl_s": "i32",
+                        "clamp": "fp32",
+                        "inv_clamp": "fp32",
+                    },
+                    "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
+                    "num_warps": 4,
+                }
+            )
+    specs.append(
+        {
+            "fn": _additive_coupling_fwd_kernel,
+            "signature": {
+                "x_ptr": "*bf16",
+                "t_ptr": "*bf16",
+                "y_ptr": "*bf16",
+                "B": "i32",
+                "N": "i32",
+                "x_sb": "i32",
+                "t_sb": "i32",
+            },
+            "constexprs": {"REVERSE": False, "BLOCK_B": bb, "BLOCK_N": bn},
+            "num_warps": 4,
+        }
+    )
     br, bs = _actnorm_blocks(64 * 12, 256, True)
     for log in (True, False):
-        specs.append({"fn": _actnorm_fwd_kernel,
-                      "signature": {"x_ptr": "*fp32", "loc_ptr": "*fp32", "p_ptr": "*fp32", "y_ptr": "*fp32",
-                                    "ld_ptr": "*fp32", "R": "i32", "C": "i32", "S": "i32", "B": "i32",
-                                    "S_f": "fp32"},
-                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs,
-                                     "LD_BLOCK": 256},
-                      "num_warps": 4})
-        specs.append({"fn": _actnorm_bwd_kernel,
-                      "signature": {"x_ptr": "*fp32", "g_ptr": "*fp32", "p_ptr": "*fp32", "dx_ptr": "*fp32",
-                                    "pa_ptr": "*fp32", "pb_ptr": "*fp32", "R": "i32", "C": "i32", "S": "i32",
-                                    "n_sb": "i32"},
-                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
-                      "num_warps": 4})
-        specs.append({"fn": _actnorm_bwd_finish_kernel,
-                      "signature": {"pa_ptr": "*fp32", "pb_ptr": "*fp32", "gl_ptr": "*fp32", "loc_ptr": "*fp32",
-                                    "p_ptr": "*fp32", "dloc_ptr": "*fp32", "dp_ptr": "*fp32", "Q": "i32",
-                                    "C": "i32", "B": "i32", "gl_s": "i32", "S_f": "fp32"},
-                      "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_Q": 64, "BLOCK_C": 16},
-                      "num_warps": 4})
+        specs.append(
+            {
+                "fn": _actnorm_fwd_kernel,
+                "signature": {
+                    "x_ptr": "*fp32",
+                    "loc_ptr": "*fp32",
+                    "p_ptr": "*fp32",
+                    "y_ptr": "*fp32",
+                    "ld_ptr": "*fp32",
+                    "R": "i32",
+                    "C": "i32",
+                    "S": "i32",
+                    "B": "i32",
+                    "S_f": "fp32",
+                },
+                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs, "LD_BLOCK": 256},
+                "num_warps": 4,
+            }
+        )
+        specs.append(
+            {
+                "fn": _actnorm_bwd_kernel,
+                "signature": {
+                    "x_ptr": "*fp32",
+                    "g_ptr": "*fp32",
+                    "p_ptr": "*fp32",
+                    "dx_ptr": "*fp32",
+                    "pa_ptr": "*fp32",
+                    "pb_ptr": "*fp32",
+                    "R": "i32",
+                    "C": "i32",
+                    "S": "i32",
+                    "n_sb": "i32",
+                },
+                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
+                "num_warps": 4,
+            }
+        )
+        specs.append(
+            {
+                "fn": _actnorm_bwd_finish_kernel,
+                "signature": {
+                    "pa_ptr": "*fp32",
+                    "pb_ptr": "*fp32",
+                    "gl_ptr": "*fp32",
+                    "loc_ptr": "*fp32",
+                    "p_ptr": "*fp32",
+                    "dloc_ptr": "*fp32",
+                    "dp_ptr": "*fp32",
+                    "Q": "i32",
+                    "C": "i32",
+                    "B": "i32",
+                    "gl_s": "i32",
+                    "S_f": "fp32",
+                },
+                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_Q": 64, "BLOCK_C": 16},
+                "num_warps": 4,
+            }
+        )
     for c, s in ((12, 256), (24, 64), (48, 16)):
         bo, bi, bs = _conv_blocks(c, s, True)
-        specs.append({"fn": _conv1x1_fwd_kernel,
-                      "signature": {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32",
-                                    "S": "i32", "x_sb": "i32", "x_sc": "i32", "w_so": "i32", "w_si": "i32"},
-                      "constexprs": {"BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
-                      "num_warps": _conv_warps(bo, bs)})
+        specs.append(
+            {
+                "fn": _conv1x1_fwd_kernel,
+                "signature": {
+                    "x_ptr": "*fp32",
+                    "w_ptr": "*fp32",
+                    "y_ptr": "*fp32",
+                    "C": "i32",
+                    "S": "i32",
+                    "x_sb": "i32",
+                    "x_sc": "i32",
+                    "w_so": "i32",
+                    "w_si": "i32",
+                },
+                "constexprs": {"BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
+                "num_warps": _conv_warps(bo, bs),
+            }
+        )
         dbo, dbs, dwarps = _dw_blocks(c, s, True)
-        specs.append({"fn": _conv1x1_dw_kernel,
-                      "signature": {"g_ptr": "*fp32", "x_ptr": "*fp32", "part_ptr": "*fp32", "B": "i32",
-                                    "C": "i32", "S": "i32", "b_per": "i32", "g_sb": "i32", "g_sc": "i32",
-                                    "x_sb": "i32", "x_sc": "i32"},
-                      "constexprs": {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs}, "num_warps": dwarps})
+        specs.append(
+            {
+                "fn": _conv1x1_dw_kernel,
+                "signature": {
+                    "g_ptr": "*fp32",
+                    "x_ptr": "*fp32",
+                    "part_ptr": "*fp32",
+                    "B": "i32",
+                    "C": "i32",
+                    "S": "i32",
+                    "b_per": "i32",
+                    "g_sb": "i32",
+                    "g_sc": "i32",
+                    "x_sb": "i32",
+                    "x_sc": "i32",
+                },
+                "constexprs": {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs},
+                "num_warps": dwarps,
+            }
+        )
     return specs + _lu_specs() + _slogdet_specs()
 
 

@@ -18,6 +18,7 @@ wrong, so CPU tests check the arithmetic there and the cast on a GPU). When ``cf
 Tile configurations: one per shape class (``gemm_config``), no autotuning (one config is also
 what the interpreter can run). See docs/fp8.md for the table and the reasoning.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,7 @@ import triton
 
 from ._device import on_tensor_device
 from ._fp8_gemm import _fp8_gemm_fwd_kernel
-from ._fp8_quant import (QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel,  # noqa: F401
-                         _quantize_128x128_fwd_kernel, quant_compile_specs)
+from ._fp8_quant import QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel, _quantize_128x128_fwd_kernel, quant_compile_specs  # noqa: F401 (re-export for COMPILE_SPECS and the ops layer)
 
 NUM_SMS_H100 = 132
 BLOCK = 128
@@ -43,7 +43,7 @@ class GemmConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 4
-    num_programs: int | None = None     # persistent grid size; None: min(units, SMs x CTAs per SM)
+    num_programs: int | None = None  # persistent grid size; None: min(units, SMs x CTAs per SM)
 
 
 def _num_sms(device) -> int:
@@ -53,8 +53,7 @@ def _num_sms(device) -> int:
     return NUM_SMS_H100  # the interpreter runs the schedule an H100/H200 would
 
 
-def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False,
-                device="cuda") -> GemmConfig:
+def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False, device="cuda") -> GemmConfig:
     """The tile configuration for one shape class (docs/fp8.md, "Tile configurations").
 
     decode      M <= 64        swap A/B: weight rows are the wgmma M side (64), tokens the N side
@@ -78,8 +77,7 @@ def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool =
     split = 1
     if not grouped and tiles * 2 <= sms:
         split = max(1, min(sms // tiles, kb // 4))
-    return GemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, split, cfg.group_m, cfg.num_warps,
-                      cfg.num_stages)
+    return GemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, split, cfg.group_m, cfg.num_warps, cfg.num_stages)
 
 
 # Hopper SM (H100 / H200): 64K 32-bit registers, allocated per warp in units of 256; 228 KB of
@@ -102,7 +100,7 @@ def ctas_per_sm(n_regs: int, smem: int, num_warps: int) -> int:
 
 
 _OCCUPANCY: dict[tuple, int] = {}
-OCCUPANCY_ERRORS: list[str] = []     # why a probe fell back to 1 (a GPU test asserts it stays empty)
+OCCUPANCY_ERRORS: list[str] = []  # why a probe fell back to 1 (a GPU test asserts it stays empty)
 
 
 def _occupancy(args: tuple, kwargs: dict, device: torch.device) -> int:
@@ -111,9 +109,14 @@ def _occupancy(args: tuple, kwargs: dict, device: torch.device) -> int:
     interpreter, or a Triton without ``warmup``."""
     if device.type != "cuda":
         return 1
-    key = (device.index,) + tuple(sorted(kwargs.items())) + tuple(
-        str(a.dtype) if isinstance(a, torch.Tensor) else (a % 16 == 0 if isinstance(a, int) else type(a).__name__)
-        for a in args)
+    key = (
+        (device.index,)
+        + tuple(sorted(kwargs.items()))
+        + tuple(
+            str(a.dtype) if isinstance(a, torch.Tensor) else (a % 16 == 0 if isinstance(a, int) else type(a).__name__)
+            for a in args
+        )
+    )
     if key not in _OCCUPANCY:
         try:
             kern = _fp8_gemm_fwd_kernel.warmup(*args, grid=(1,), **kwargs)
@@ -129,7 +132,7 @@ def _dummy(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((1,), dtype=torch.int32)
 
 
-USE_TMA = True   # module switch (tests turn it off to cover the pointer path)
+USE_TMA = True  # module switch (tests turn it off to cover the pointer path)
 
 
 def _tma_2d(t: torch.Tensor) -> torch.Tensor | None:
@@ -141,8 +144,12 @@ def _tma_2d(t: torch.Tensor) -> torch.Tensor | None:
         if t.stride(0) != n * t.stride(1):
             return None
         t = t.as_strided((e * n, k), (t.stride(1), t.stride(2)))
-    ok = (t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
-          and t.shape[0] < 2 ** 31)
+    ok = (
+        t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and (t.stride(0) * t.element_size()) % 16 == 0
+        and t.shape[0] < 2**31
+    )
     return t if ok else None
 
 
@@ -158,8 +165,10 @@ def _descriptors(a, b, cfg: GemmConfig):
     a2, b2 = _tma_2d(a), _tma_2d(b)
     if a2 is None or b2 is None:
         return None, None
-    return (TensorDescriptor.from_tensor(a2, [cfg.block_m, BLOCK]),
-            TensorDescriptor.from_tensor(b2, [cfg.block_n, BLOCK]))
+    return (
+        TensorDescriptor.from_tensor(a2, [cfg.block_m, BLOCK]),
+        TensorDescriptor.from_tensor(b2, [cfg.block_n, BLOCK]),
+    )
 
 
 def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
@@ -170,15 +179,45 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
     units = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     sbe = sb.stride(0) if grouped else 0
     be = b.stride(0) if grouped else 0
-    args = [a, sa, b, sb, bias if bias is not None else _dummy(a), out, mi if grouped else _dummy(a),
-            m, n, k, e,
-            a.stride(0), a.stride(1), sa.stride(0), sa.stride(1),
-            be, b.stride(-2), b.stride(-1), sbe, sb.stride(-2), sb.stride(-1),
-            out.stride(0), out.stride(1)]
+    args = [
+        a,
+        sa,
+        b,
+        sb,
+        bias if bias is not None else _dummy(a),
+        out,
+        mi if grouped else _dummy(a),
+        m,
+        n,
+        k,
+        e,
+        a.stride(0),
+        a.stride(1),
+        sa.stride(0),
+        sa.stride(1),
+        be,
+        b.stride(-2),
+        b.stride(-1),
+        sbe,
+        sb.stride(-2),
+        sb.stride(-1),
+        out.stride(0),
+        out.stride(1),
+    ]
     a_desc, b_desc = _descriptors(a, b, cfg)
-    kwargs = dict(B_BLOCK=b_block, HAS_BIAS=bias is not None, GROUPED=grouped, SWAP_AB=cfg.swap_ab,
-                  SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-                  USE_TMA=a_desc is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    kwargs = dict(
+        B_BLOCK=b_block,
+        HAS_BIAS=bias is not None,
+        GROUPED=grouped,
+        SWAP_AB=cfg.swap_ab,
+        SPLIT_K=cfg.split_k,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        GROUP_M=cfg.group_m,
+        USE_TMA=a_desc is not None,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     with on_tensor_device(a):
         if cfg.num_programs:
             progs = min(units, cfg.num_programs)
@@ -205,13 +244,26 @@ def fp8_gemm_grouped_fwd(a, sa, b, sb, m_indices, out, cfg: GemmConfig) -> None:
 def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
     m, k = x.shape
     rows = QUANT_BLOCK_ROWS
-    grid = (triton.cdiv(m, rows) * (k // BLOCK),)   # 1-D: K/128 in y would stop at 65,535
+    grid = (triton.cdiv(m, rows) * (k // BLOCK),)  # 1-D: K/128 in y would stop at 65,535
     with on_tensor_device(x):
         _quantize_1x128_fwd_kernel[grid](
-            x, q, s, precast if precast is not None else q,
-            m, x.stride(0), x.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
-            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, BLOCK_R=rows,
-            ROUND_IN_FP32=not x.is_cuda, num_warps=4)
+            x,
+            q,
+            s,
+            precast if precast is not None else q,
+            m,
+            x.stride(0),
+            x.stride(1),
+            q.stride(0),
+            q.stride(1),
+            s.stride(0),
+            s.stride(1),
+            UE8M0=ue8m0,
+            WRITE_PRECAST=precast is not None,
+            BLOCK_R=rows,
+            ROUND_IN_FP32=not x.is_cuda,
+            num_warps=4,
+        )
 
 
 def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
@@ -219,24 +271,66 @@ def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
     grid = (triton.cdiv(n, BLOCK) * (k // BLOCK),)
     with on_tensor_device(w):
         _quantize_128x128_fwd_kernel[grid](
-            w, q, s, precast if precast is not None else q,
-            n, w.stride(0), w.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
-            UE8M0=ue8m0, WRITE_PRECAST=precast is not None, ROUND_IN_FP32=not w.is_cuda, num_warps=8)
+            w,
+            q,
+            s,
+            precast if precast is not None else q,
+            n,
+            w.stride(0),
+            w.stride(1),
+            q.stride(0),
+            q.stride(1),
+            s.stride(0),
+            s.stride(1),
+            UE8M0=ue8m0,
+            WRITE_PRECAST=precast is not None,
+            ROUND_IN_FP32=not w.is_cuda,
+            num_warps=8,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # offline sm_90 compile specs (pygen inspect fp8, tests/test_fp8_compile.py)
 # ----------------------------------------------------------------------------------------------
 def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, out="bf16", tma=True):
-    sig = {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32",
-           "bias_ptr": "*bf16", "c_ptr": "*fp32" if cfg.split_k > 1 else f"*{out}", "mi_ptr": "*i32",
-           "M": "i32", "N": "i32", "K": "i32", "E": "i32", "stride_am": "i32", "stride_sam": "i32",
-           "stride_sak": "i32", "stride_be": "i32", "stride_bn": "i32", "stride_sbe": "i32",
-           "stride_sbn": "i32", "stride_cm": "i32", "num_programs": "i32"}
-    consts = {"stride_ak": 1, "stride_bk": 1, "stride_sbk": 1, "stride_cn": 1, "B_BLOCK": b_block,
-              "HAS_BIAS": bias, "GROUPED": grouped, "SWAP_AB": cfg.swap_ab, "SPLIT_K": cfg.split_k,
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "GROUP_M": cfg.group_m, "USE_TMA": tma}
-    if tma:     # host descriptors, as the launcher builds them (_descriptors)
+    sig = {
+        "a_ptr": "*fp8e4nv",
+        "as_ptr": "*fp32",
+        "b_ptr": "*fp8e4nv",
+        "bs_ptr": "*fp32",
+        "bias_ptr": "*bf16",
+        "c_ptr": "*fp32" if cfg.split_k > 1 else f"*{out}",
+        "mi_ptr": "*i32",
+        "M": "i32",
+        "N": "i32",
+        "K": "i32",
+        "E": "i32",
+        "stride_am": "i32",
+        "stride_sam": "i32",
+        "stride_sak": "i32",
+        "stride_be": "i32",
+        "stride_bn": "i32",
+        "stride_sbe": "i32",
+        "stride_sbn": "i32",
+        "stride_cm": "i32",
+        "num_programs": "i32",
+    }
+    consts = {
+        "stride_ak": 1,
+        "stride_bk": 1,
+        "stride_sbk": 1,
+        "stride_cn": 1,
+        "B_BLOCK": b_block,
+        "HAS_BIAS": bias,
+        "GROUPED": grouped,
+        "SWAP_AB": cfg.swap_ab,
+        "SPLIT_K": cfg.split_k,
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_N": cfg.block_n,
+        "GROUP_M": cfg.group_m,
+        "USE_TMA": tma,
+    }
+    if tma:  # host descriptors, as the launcher builds them (_descriptors)
         sig["a_desc"] = f"tensordesc<fp8e4nv[{cfg.block_m}, {BLOCK}]>"
         sig["b_desc"] = f"tensordesc<fp8e4nv[{cfg.block_n}, {BLOCK}]>"
     else:
@@ -244,12 +338,19 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
     fn = _fp8_gemm_fwd_kernel
     names = fn.arg_names
     div = ["M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_be"]
-    attrs = {(names.index(x),): [["tt.divisibility", 16]] for x in names
-             if sig.get(x, "").startswith("*") or x in div}
-    return {"fn": fn, "name": name, "signature": sig, "constexprs": consts, "attrs": attrs,
-            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "tensor_cores": True,
-            "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
-                    f"w={cfg.num_warps} s={cfg.num_stages}{' tma' if tma else ''}"}
+    attrs = {(names.index(x),): [["tt.divisibility", 16]] for x in names if sig.get(x, "").startswith("*") or x in div}
+    return {
+        "fn": fn,
+        "name": name,
+        "signature": sig,
+        "constexprs": consts,
+        "attrs": attrs,
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        "tensor_cores": True,
+        "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
+        f"w={cfg.num_warps} s={cfg.num_stages}{' tma' if tma else ''}",
+    }
 
 
 def _specs():
@@ -258,17 +359,25 @@ def _specs():
     for m in (4096, 128, 64):
         cfg = gemm_config(m, 7168, 2048, device="cpu")
         specs.append(_gemm_spec(f"fp8_gemm[M={m}]", cfg, bias=False))
-    cfg = gemm_config(64, 2112, 7168, device="cpu")          # split-K decode shape
+    cfg = gemm_config(64, 2112, 7168, device="cpu")  # split-K decode shape
     specs.append(_gemm_spec("fp8_gemm[M=64,N=2112,splitK]", cfg, bias=False))
-    specs.append(_gemm_spec("fp8_gemm_grouped", gemm_config(4096, 4096, 7168, grouped=True, device="cpu"),
-                            grouped=True, bias=False))
-    specs.append(_gemm_spec("fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, b_block=1, device="cpu"),
-                            b_block=1, bias=False, out="fp32"))
+    specs.append(
+        _gemm_spec(
+            "fp8_gemm_grouped", gemm_config(4096, 4096, 7168, grouped=True, device="cpu"), grouped=True, bias=False
+        )
+    )
+    specs.append(
+        _gemm_spec(
+            "fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, b_block=1, device="cpu"), b_block=1, bias=False, out="fp32"
+        )
+    )
     # the pointer path (operands TMA cannot address: unaligned views)
-    specs.append(_gemm_spec("fp8_gemm[M=4096,pointers]", gemm_config(4096, 7168, 2048, device="cpu"),
-                            bias=False, tma=False))
-    specs.append(_gemm_spec("fp8_gemm[M=64,pointers]", gemm_config(64, 7168, 2048, device="cpu"),
-                            bias=False, tma=False))
+    specs.append(
+        _gemm_spec("fp8_gemm[M=4096,pointers]", gemm_config(4096, 7168, 2048, device="cpu"), bias=False, tma=False)
+    )
+    specs.append(
+        _gemm_spec("fp8_gemm[M=64,pointers]", gemm_config(64, 7168, 2048, device="cpu"), bias=False, tma=False)
+    )
     return specs + quant_compile_specs()
 
 

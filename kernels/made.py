@@ -42,6 +42,7 @@ torch.backends.cuda.matmul.allow_tf32); bias, activation and its derivative in f
 TRITON_INTERPRET=1 bf16 tiles are upcast right after the load (the interpreter's bf16 arithmetic
 is broken).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,7 @@ import triton
 import triton.language as tl
 
 ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3, "gelu": 4}
-_I64_MAX = tl.constexpr((1 << 63) - 1)   # neutral elements of min / max over int64 degrees
+_I64_MAX = tl.constexpr((1 << 63) - 1)  # neutral elements of min / max over int64 degrees
 _I64_MIN = tl.constexpr(-(1 << 63))
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -128,8 +129,20 @@ def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.con
 
 
 @triton.jit
-def _grad_tile(gy_ptr, s_ptr, rows, cols, mask, stride_r, stride_c, s_stride_r, s_stride_c,
-               ACT: tl.constexpr, OUT_DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+def _grad_tile(
+    gy_ptr,
+    s_ptr,
+    rows,
+    cols,
+    mask,
+    stride_r,
+    stride_c,
+    s_stride_r,
+    s_stride_c,
+    ACT: tl.constexpr,
+    OUT_DTYPE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """g = dy * act'(saved) on one tile, returned in OUT_DTYPE (the dot's operand dtype)."""
     off = rows[:, None] * stride_r + cols[None, :] * stride_c
     dy = tl.load(gy_ptr + off, mask=mask, other=0.0)
@@ -177,12 +190,14 @@ def _deg_range(d, ok):
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _made_plan_kernel(
-    row_deg_ptr,            # [R] degrees along the output-tile axis
-    red_deg_ptr,            # [KR] degrees along the reduction axis
-    plan_ptr,               # [T, J] int32 out: full K-tiles from the front, partial from the back
-    count_ptr,              # [T, 2] int32 out: (number of full, number of partial) tiles
-    R, KR, J,               # sizes; J = cdiv(KR, BLOCK_K)
-    STRICT: tl.constexpr,   # out_deg > in_deg instead of >=
+    row_deg_ptr,  # [R] degrees along the output-tile axis
+    red_deg_ptr,  # [KR] degrees along the reduction axis
+    plan_ptr,  # [T, J] int32 out: full K-tiles from the front, partial from the back
+    count_ptr,  # [T, 2] int32 out: (number of full, number of partial) tiles
+    R,
+    KR,
+    J,  # sizes; J = cdiv(KR, BLOCK_K)
+    STRICT: tl.constexpr,  # out_deg > in_deg instead of >=
     ROWS_ARE_OUT: tl.constexpr,  # True: rows are output units (forward); False: inputs (dx)
     BLOCK_R: tl.constexpr,  # output-tile size of the matmul that reads the plan
     BLOCK_K: tl.constexpr,  # reduction-tile size of that matmul
@@ -220,16 +235,37 @@ def _load_x(x_rows, offs_k, mask, stride_xk, X_BITS: tl.constexpr, DTYPE: tl.con
     MADE layer then sums the weight columns of the set bits, reading 1/16 of the bf16 bytes."""
     if X_BITS:
         words = tl.load(x_rows + (offs_k // 32)[None, :] * stride_xk, mask=mask, other=0)
-        a = ((words >> (offs_k % 32)[None, :]) & 1).to(tl.float32).to(DTYPE)   # (int -> bf16 is broken in the interpreter)
+        a = (
+            ((words >> (offs_k % 32)[None, :]) & 1).to(tl.float32).to(DTYPE)
+        )  # (int -> bf16 is broken in the interpreter)
     else:
         a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
     return a
 
 
 @triton.jit
-def _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok,
-                     K, J, stride_xk, stride_wk, STRICT: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, X_BITS: tl.constexpr):
+def _fwd_degree_loop(
+    acc,
+    x_rows,
+    w_rows,
+    in_deg_ptr,
+    out_deg_ptr,
+    plan_ptr,
+    count_ptr,
+    pid_n,
+    offs_n,
+    m_ok,
+    n_ok,
+    K,
+    J,
+    stride_xk,
+    stride_wk,
+    STRICT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    X_BITS: tl.constexpr,
+):
     """acc += x . (W * M)^T over the plan's K-tiles of output tile pid_n: the full tiles with no
     masking arithmetic, then the partial tiles with M rebuilt from the degrees in registers."""
     rk = tl.arange(0, BLOCK_K)
@@ -259,29 +295,38 @@ def _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, cou
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _masked_linear_fwd_kernel(
-    x_ptr,                  # [M, K] input
-    w_ptr,                  # [N, K] weight
-    b_ptr,                  # [N] bias (read when HAS_BIAS)
-    in_deg_ptr,             # [K] input degrees (degree mode)
-    out_deg_ptr,            # [N] output degrees (degree mode)
-    mask_ptr,               # [N, K] uint8 mask (EXPLICIT_MASK)
-    plan_ptr,               # [T, J] int32 tile plan over (N tiles, K tiles) (degree mode)
-    count_ptr,              # [T, 2] int32 plan counts (degree mode)
-    y_ptr,                  # [M, N] output, contiguous
-    z_ptr,                  # [M, N] pre-activation, contiguous (written when SAVE_Z)
-    M, N, K, J,
-    stride_xm, stride_xk,
-    stride_wn, stride_wk,
-    stride_mn, stride_mk,
-    STRICT: tl.constexpr,        # 0 / 1
-    ACT: tl.constexpr,           # ACT_CODES
+    x_ptr,  # [M, K] input
+    w_ptr,  # [N, K] weight
+    b_ptr,  # [N] bias (read when HAS_BIAS)
+    in_deg_ptr,  # [K] input degrees (degree mode)
+    out_deg_ptr,  # [N] output degrees (degree mode)
+    mask_ptr,  # [N, K] uint8 mask (EXPLICIT_MASK)
+    plan_ptr,  # [T, J] int32 tile plan over (N tiles, K tiles) (degree mode)
+    count_ptr,  # [T, 2] int32 plan counts (degree mode)
+    y_ptr,  # [M, N] output, contiguous
+    z_ptr,  # [M, N] pre-activation, contiguous (written when SAVE_Z)
+    M,
+    N,
+    K,
+    J,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_mn,
+    stride_mk,
+    STRICT: tl.constexpr,  # 0 / 1
+    ACT: tl.constexpr,  # ACT_CODES
     HAS_BIAS: tl.constexpr,
     SAVE_Z: tl.constexpr,
     EXPLICIT_MASK: tl.constexpr,  # the plain masked matmul (mask tensor, every tile partial)
-    X_BITS: tl.constexpr,        # x is bit-packed int32 words (degree mode only; see _load_x)
-    UPCAST: tl.constexpr,        # bf16 under the interpreter
-    PRECISION: tl.constexpr,     # tl.dot input_precision for fp32 operands
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    X_BITS: tl.constexpr,  # x is bit-packed int32 words (degree mode only; see _load_x)
+    UPCAST: tl.constexpr,  # bf16 under the interpreter
+    PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -290,8 +335,8 @@ def _masked_linear_fwd_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    w_rows = w_ptr + offs_n[:, None] * stride_wn     # W tiles are loaded [BLOCK_N, BLOCK_K], then
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)   # transposed (fp32 FMA dots spill otherwise)
+    w_rows = w_ptr + offs_n[:, None] * stride_wn  # W tiles are loaded [BLOCK_N, BLOCK_K], then
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # transposed (fp32 FMA dots spill otherwise)
     if EXPLICIT_MASK:
         for kt in range(0, J):
             offs_k = kt * BLOCK_K + rk
@@ -299,13 +344,32 @@ def _masked_linear_fwd_kernel(
             a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             wk_ok = n_ok[:, None] & k_ok[None, :]
             w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=wk_ok, other=0.0)
-            keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk,
-                           mask=wk_ok, other=0)
+            keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk, mask=wk_ok, other=0)
             w = tl.where(keep != 0, w, tl.zeros_like(w))
             acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
     else:
-        acc = _fwd_degree_loop(acc, x_rows, w_rows, in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n,
-                               m_ok, n_ok, K, J, stride_xk, stride_wk, STRICT, UPCAST, PRECISION, BLOCK_K, X_BITS)
+        acc = _fwd_degree_loop(
+            acc,
+            x_rows,
+            w_rows,
+            in_deg_ptr,
+            out_deg_ptr,
+            plan_ptr,
+            count_ptr,
+            pid_n,
+            offs_n,
+            m_ok,
+            n_ok,
+            K,
+            J,
+            stride_xk,
+            stride_wk,
+            STRICT,
+            UPCAST,
+            PRECISION,
+            BLOCK_K,
+            X_BITS,
+        )
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -321,23 +385,36 @@ def _masked_linear_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _made_affine_fwd_kernel(
-    h_ptr,                  # [M, K] last hidden layer
-    w_ptr,                  # [N, K] output weight, N = 2D: rows 2d, 2d+1 = (unconstrained scale, shift) of d
-    b_ptr,                  # [N] bias (read when HAS_BIAS)
-    in_deg_ptr,             # [K] hidden degrees
-    out_deg_ptr,            # [N] output degrees (mask: out_deg > in_deg)
-    plan_ptr,               # [T, J] int32 tile plan (strict)
-    count_ptr,              # [T, 2] int32
-    x_ptr,                  # [M, D] the data transformed by the layer (any strides)
-    z_ptr,                  # [M, D] out, contiguous: sigmoid(a + 2) + 1e-3 = scale; z = scale * x + shift
-    p_ptr,                  # [M, N] out, contiguous: the parameters (written when SAVE_PARAMS)
-    ld_ptr,                 # [M, T] out, fp32: per output tile, sum of log(scale) over its inputs d
-    M, N, K, J, T,
-    stride_hm, stride_hk,
-    stride_wn, stride_wk,
-    stride_xm, stride_xd,
-    HAS_BIAS: tl.constexpr, SAVE_PARAMS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    h_ptr,  # [M, K] last hidden layer
+    w_ptr,  # [N, K] output weight, N = 2D: rows 2d, 2d+1 = (unconstrained scale, shift) of d
+    b_ptr,  # [N] bias (read when HAS_BIAS)
+    in_deg_ptr,  # [K] hidden degrees
+    out_deg_ptr,  # [N] output degrees (mask: out_deg > in_deg)
+    plan_ptr,  # [T, J] int32 tile plan (strict)
+    count_ptr,  # [T, 2] int32
+    x_ptr,  # [M, D] the data transformed by the layer (any strides)
+    z_ptr,  # [M, D] out, contiguous: sigmoid(a + 2) + 1e-3 = scale; z = scale * x + shift
+    p_ptr,  # [M, N] out, contiguous: the parameters (written when SAVE_PARAMS)
+    ld_ptr,  # [M, T] out, fp32: per output tile, sum of log(scale) over its inputs d
+    M,
+    N,
+    K,
+    J,
+    T,
+    stride_hm,
+    stride_hk,
+    stride_wn,
+    stride_wk,
+    stride_xm,
+    stride_xd,
+    HAS_BIAS: tl.constexpr,
+    SAVE_PARAMS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -346,14 +423,36 @@ def _made_affine_fwd_kernel(
     n_ok = offs_n < N
     rows64 = offs_m.to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _fwd_degree_loop(acc, h_ptr + rows64[:, None] * stride_hm, w_ptr + offs_n[:, None] * stride_wn,
-                           in_deg_ptr, out_deg_ptr, plan_ptr, count_ptr, pid_n, offs_n, m_ok, n_ok, K, J,
-                           stride_hk, stride_wk, 1, UPCAST, PRECISION, BLOCK_K, False)
+    acc = _fwd_degree_loop(
+        acc,
+        h_ptr + rows64[:, None] * stride_hm,
+        w_ptr + offs_n[:, None] * stride_wn,
+        in_deg_ptr,
+        out_deg_ptr,
+        plan_ptr,
+        count_ptr,
+        pid_n,
+        offs_n,
+        m_ok,
+        n_ok,
+        K,
+        J,
+        stride_hk,
+        stride_wk,
+        1,
+        UPCAST,
+        PRECISION,
+        BLOCK_K,
+        False,
+    )
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if SAVE_PARAMS:
-        tl.store(p_ptr + rows64[:, None] * N + offs_n[None, :], _cast(acc, p_ptr.dtype.element_ty, UPCAST),
-                 mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(
+            p_ptr + rows64[:, None] * N + offs_n[None, :],
+            _cast(acc, p_ptr.dtype.element_ty, UPCAST),
+            mask=m_ok[:, None] & n_ok[None, :],
+        )
     # adjacent columns (2d, 2d+1) hold (a, shift) of input d; BLOCK_N is even, so pairs stay in a tile
     a, shift = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
     offs_d = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -361,8 +460,7 @@ def _made_affine_fwd_kernel(
     xv = tl.load(x_ptr + rows64[:, None] * stride_xm + offs_d[None, :] * stride_xd, mask=d_ok, other=0.0)
     scale = tl.sigmoid(a + 2.0) + 1e-3
     z = scale * xv.to(tl.float32) + shift
-    tl.store(z_ptr + rows64[:, None] * (N // 2) + offs_d[None, :], _cast(z, z_ptr.dtype.element_ty, UPCAST),
-             mask=d_ok)
+    tl.store(z_ptr + rows64[:, None] * (N // 2) + offs_d[None, :], _cast(z, z_ptr.dtype.element_ty, UPCAST), mask=d_ok)
     ls = tl.where(d_ok, tl.log(scale), 0.0)
     tl.store(ld_ptr + rows64 * T + pid_n, tl.sum(ls, axis=1), mask=m_ok)
 
@@ -372,19 +470,27 @@ def _made_affine_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _masked_linear_dx_kernel(
-    gy_ptr,                 # [M, N] dL/dy, contiguous
-    s_ptr,                  # [M, N] saved y (or z for gelu), contiguous (read when ACT != 0)
-    w_ptr,                  # [N, K] weight
-    in_deg_ptr,             # [K]
-    out_deg_ptr,            # [N]
-    mask_ptr,               # [N, K] uint8 (EXPLICIT_MASK)
-    plan_ptr,               # [T, J] int32 plan over (K tiles of BLOCK_N, N tiles of BLOCK_K)
-    count_ptr,              # [T, 2] int32
-    dx_ptr,                 # [M, K] out, contiguous
-    M, N, K, J,
-    stride_wn, stride_wk,
-    stride_mn, stride_mk,
-    STRICT: tl.constexpr, ACT: tl.constexpr, EXPLICIT_MASK: tl.constexpr, UPCAST: tl.constexpr,
+    gy_ptr,  # [M, N] dL/dy, contiguous
+    s_ptr,  # [M, N] saved y (or z for gelu), contiguous (read when ACT != 0)
+    w_ptr,  # [N, K] weight
+    in_deg_ptr,  # [K]
+    out_deg_ptr,  # [N]
+    mask_ptr,  # [N, K] uint8 (EXPLICIT_MASK)
+    plan_ptr,  # [T, J] int32 plan over (K tiles of BLOCK_N, N tiles of BLOCK_K)
+    count_ptr,  # [T, 2] int32
+    dx_ptr,  # [M, K] out, contiguous
+    M,
+    N,
+    K,
+    J,
+    stride_wn,
+    stride_wk,
+    stride_mn,
+    stride_mk,
+    STRICT: tl.constexpr,
+    ACT: tl.constexpr,
+    EXPLICIT_MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # input features per program (the output tile's columns)
@@ -405,11 +511,12 @@ def _masked_linear_dx_kernel(
         for ot in range(0, J):
             offs_o = ot * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
+            g = _grad_tile(
+                gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST
+            )
             wo_ok = o_ok[:, None] & i_ok[None, :]
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=wo_ok, other=0.0)
-            keep = tl.load(mask_ptr + offs_o[:, None] * stride_mn + offs_i[None, :] * stride_mk,
-                           mask=wo_ok, other=0)
+            keep = tl.load(mask_ptr + offs_o[:, None] * stride_mn + offs_i[None, :] * stride_mk, mask=wo_ok, other=0)
             w = tl.where(keep != 0, w, tl.zeros_like(w))
             acc = _mma(g, w, acc, UPCAST, PRECISION)
     else:
@@ -420,13 +527,17 @@ def _masked_linear_dx_kernel(
         for jj in range(0, n_full):
             offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
+            g = _grad_tile(
+                gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST
+            )
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
             acc = _mma(g, w, acc, UPCAST, PRECISION)
         for jj in range(J - n_part, J):
             offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
             o_ok = offs_o < N
-            g = _grad_tile(gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST)
+            g = _grad_tile(
+                gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST
+            )
             w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
             od = tl.load(out_deg_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
             w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
@@ -440,19 +551,28 @@ def _masked_linear_dx_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _masked_linear_dw_kernel(
-    gy_ptr,                 # [M, N] dL/dy, contiguous
-    s_ptr,                  # [M, N] saved y (or z), contiguous (read when ACT != 0)
-    x_ptr,                  # [M, K] input
-    in_deg_ptr,             # [K]
-    out_deg_ptr,            # [N]
-    mask_ptr,               # [N, K] uint8 (EXPLICIT_MASK)
-    dw_ptr,                 # [N, K] out, contiguous
-    db_ptr,                 # [N] out (written when HAS_BIAS, by the programs of column tile 0)
-    M, N, K,
-    stride_xm, stride_xk,
-    stride_mn, stride_mk,
-    STRICT: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, EXPLICIT_MASK: tl.constexpr,
-    X_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    gy_ptr,  # [M, N] dL/dy, contiguous
+    s_ptr,  # [M, N] saved y (or z), contiguous (read when ACT != 0)
+    x_ptr,  # [M, K] input
+    in_deg_ptr,  # [K]
+    out_deg_ptr,  # [N]
+    mask_ptr,  # [N, K] uint8 (EXPLICIT_MASK)
+    dw_ptr,  # [N, K] out, contiguous
+    db_ptr,  # [N] out (written when HAS_BIAS, by the programs of column tile 0)
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_mn,
+    stride_mk,
+    STRICT: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EXPLICIT_MASK: tl.constexpr,
+    X_BITS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,  # output units per program (rows of dW)
     BLOCK_K: tl.constexpr,  # input features per program (columns of dW)
     BLOCK_M: tl.constexpr,  # batch rows per reduction step
@@ -467,8 +587,7 @@ def _masked_linear_dw_kernel(
     tile_ok = n_ok[:, None] & k_ok[None, :]
     op_dtype = dw_ptr.dtype.element_ty
     if EXPLICIT_MASK:
-        keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk,
-                       mask=tile_ok, other=0) != 0
+        keep = tl.load(mask_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk, mask=tile_ok, other=0) != 0
         zero = False
         full = False
     else:
@@ -486,10 +605,17 @@ def _masked_linear_dw_kernel(
             m_ok = offs_m < M
             rows64 = offs_m.to(tl.int64)
             # g^T tile [BLOCK_N, BLOCK_M]
-            gt = _grad_tile(gy_ptr, s_ptr, offs_n, rows64, n_ok[:, None] & m_ok[None, :], 1, N, 1, N,
-                            ACT, op_dtype, UPCAST)
-            xt = _load_x(x_ptr + rows64[:, None] * stride_xm, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk,
-                         X_BITS, dw_ptr.dtype.element_ty)
+            gt = _grad_tile(
+                gy_ptr, s_ptr, offs_n, rows64, n_ok[:, None] & m_ok[None, :], 1, N, 1, N, ACT, op_dtype, UPCAST
+            )
+            xt = _load_x(
+                x_ptr + rows64[:, None] * stride_xm,
+                offs_k,
+                m_ok[:, None] & k_ok[None, :],
+                stride_xk,
+                X_BITS,
+                dw_ptr.dtype.element_ty,
+            )
             acc = _mma(gt, xt, acc, UPCAST, PRECISION)
             db += tl.sum(gt.to(tl.float32), axis=1)
         if not full:
@@ -498,8 +624,20 @@ def _masked_linear_dw_kernel(
         for mt in range(0, tl.cdiv(M, BLOCK_M)):
             offs_m = mt * BLOCK_M + rm
             m_ok = offs_m < M
-            gt = _grad_tile(gy_ptr, s_ptr, offs_n, offs_m.to(tl.int64), n_ok[:, None] & m_ok[None, :],
-                            1, N, 1, N, ACT, tl.float32, UPCAST)
+            gt = _grad_tile(
+                gy_ptr,
+                s_ptr,
+                offs_n,
+                offs_m.to(tl.int64),
+                n_ok[:, None] & m_ok[None, :],
+                1,
+                N,
+                1,
+                N,
+                ACT,
+                tl.float32,
+                UPCAST,
+            )
             db += tl.sum(gt, axis=1)
     tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], _cast(acc, dw_ptr.dtype.element_ty, UPCAST), mask=tile_ok)
     if HAS_BIAS and pid_k == 0:
@@ -514,6 +652,7 @@ class Config:
     """Tile sizes of one pass. fwd: (block_m batch, block_n outputs, block_k inputs); dx:
     (block_m batch, block_n inputs, block_k outputs); dw: (block_m batch, block_n outputs,
     block_k inputs)."""
+
     block_m: int
     block_n: int
     block_k: int
@@ -529,10 +668,12 @@ def interpreting() -> bool:
 # Under the interpreter every program and every tl.dot step costs milliseconds: small tiles keep
 # several of them per dimension on test sizes (so zero, partial and full tiles all occur).
 INTERPRET_CONFIG = Config(32, 32, 32, group_m=4)
-_GPU_16BIT = {"fwd": Config(128, 128, 64, 8, 8, 3), "dx": Config(128, 128, 64, 8, 8, 3),
-              "dw": Config(64, 128, 64, 8, 8, 3)}
-_GPU_32BIT = {"fwd": Config(64, 64, 16, 8, 4, 3), "dx": Config(64, 64, 16, 8, 4, 3),
-              "dw": Config(32, 64, 64, 8, 4, 3)}
+_GPU_16BIT = {
+    "fwd": Config(128, 128, 64, 8, 8, 3),
+    "dx": Config(128, 128, 64, 8, 8, 3),
+    "dw": Config(64, 128, 64, 8, 8, 3),
+}
+_GPU_32BIT = {"fwd": Config(64, 64, 16, 8, 4, 3), "dx": Config(64, 64, 16, 8, 4, 3), "dw": Config(32, 64, 64, 8, 4, 3)}
 
 
 def config(pass_: str, dtype: torch.dtype) -> Config:
@@ -563,24 +704,42 @@ def _precision(t: torch.Tensor) -> str:
     return "ieee"
 
 
-def made_plan(row_deg: torch.Tensor, red_deg: torch.Tensor, plan: torch.Tensor, counts: torch.Tensor,
-              strict: bool, rows_are_out: bool, block_r: int, block_k: int) -> None:
+def made_plan(
+    row_deg: torch.Tensor,
+    red_deg: torch.Tensor,
+    plan: torch.Tensor,
+    counts: torch.Tensor,
+    strict: bool,
+    rows_are_out: bool,
+    block_r: int,
+    block_k: int,
+) -> None:
     """Fill ``plan`` [T, J] and ``counts`` [T, 2] (int32) for tiles of ``block_r`` rows (degrees
     ``row_deg``) by ``block_k`` reduction columns (degrees ``red_deg``)."""
     t, j = plan.shape
     if t == 0:
         return
-    _made_plan_kernel[(t,)](row_deg, red_deg, plan, counts, row_deg.numel(), red_deg.numel(), j,
-                            STRICT=int(strict), ROWS_ARE_OUT=rows_are_out, BLOCK_R=block_r,
-                            BLOCK_K=block_k, num_warps=1)
+    _made_plan_kernel[(t,)](
+        row_deg,
+        red_deg,
+        plan,
+        counts,
+        row_deg.numel(),
+        red_deg.numel(),
+        j,
+        STRICT=int(strict),
+        ROWS_ARE_OUT=rows_are_out,
+        BLOCK_R=block_r,
+        BLOCK_K=block_k,
+        num_warps=1,
+    )
 
 
 def _grid(a: int, b: int, cfg_a: int, cfg_b: int):
     return (triton.cdiv(a, cfg_a) * triton.cdiv(b, cfg_b),)
 
 
-def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit,
-         x_bits=False):
+def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit, x_bits=False):
     m = x.shape[0]
     k = weight.shape[1]
     n = weight.shape[0]
@@ -590,15 +749,41 @@ def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, act
     dummy = y
     ms = mask.stride() if mask is not None else (0, 0)
     _masked_linear_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
-        x, weight, bias if bias is not None else dummy,
-        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy, plan if plan is not None else dummy,
-        counts if counts is not None else dummy, y, z if z is not None else dummy,
-        m, n, k, j, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), ms[0], ms[1],
-        STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, SAVE_Z=z is not None,
-        EXPLICIT_MASK=explicit, X_BITS=x_bits, UPCAST=_upcast(weight), PRECISION=_precision(weight),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        x,
+        weight,
+        bias if bias is not None else dummy,
+        in_deg if in_deg is not None else dummy,
+        out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy,
+        plan if plan is not None else dummy,
+        counts if counts is not None else dummy,
+        y,
+        z if z is not None else dummy,
+        m,
+        n,
+        k,
+        j,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        ms[0],
+        ms[1],
+        STRICT=int(strict),
+        ACT=ACT_CODES[activation],
+        HAS_BIAS=bias is not None,
+        SAVE_Z=z is not None,
+        EXPLICIT_MASK=explicit,
+        X_BITS=x_bits,
+        UPCAST=_upcast(weight),
+        PRECISION=_precision(weight),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
 
 
 def _dx(gy, saved, weight, in_deg, out_deg, mask, plan, counts, dx, strict, activation, cfg, explicit):
@@ -610,14 +795,35 @@ def _dx(gy, saved, weight, in_deg, out_deg, mask, plan, counts, dx, strict, acti
     dummy = dx
     ms = mask.stride() if mask is not None else (0, 0)
     _masked_linear_dx_kernel[_grid(m, k, cfg.block_m, cfg.block_n)](
-        gy, saved if saved is not None else gy, weight,
-        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy, plan if plan is not None else dummy,
-        counts if counts is not None else dummy, dx,
-        m, n, k, j, weight.stride(0), weight.stride(1), ms[0], ms[1],
-        STRICT=int(strict), ACT=ACT_CODES[activation], EXPLICIT_MASK=explicit, UPCAST=_upcast(gy),
-        PRECISION=_precision(gy), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        gy,
+        saved if saved is not None else gy,
+        weight,
+        in_deg if in_deg is not None else dummy,
+        out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy,
+        plan if plan is not None else dummy,
+        counts if counts is not None else dummy,
+        dx,
+        m,
+        n,
+        k,
+        j,
+        weight.stride(0),
+        weight.stride(1),
+        ms[0],
+        ms[1],
+        STRICT=int(strict),
+        ACT=ACT_CODES[activation],
+        EXPLICIT_MASK=explicit,
+        UPCAST=_upcast(gy),
+        PRECISION=_precision(gy),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
 
 
 def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, explicit, x_bits=False):
@@ -628,32 +834,69 @@ def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, ex
     dummy = dw
     ms = mask.stride() if mask is not None else (0, 0)
     _masked_linear_dw_kernel[_grid(n, k, cfg.block_n, cfg.block_k)](
-        gy, saved if saved is not None else gy, x,
-        in_deg if in_deg is not None else dummy, out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy, dw, db if db is not None else dummy,
-        m, n, k, x.stride(0), x.stride(1), ms[0], ms[1],
-        STRICT=int(strict), ACT=ACT_CODES[activation], HAS_BIAS=db is not None, EXPLICIT_MASK=explicit,
-        X_BITS=x_bits, UPCAST=_upcast(dw), PRECISION=_precision(dw), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        BLOCK_M=cfg.block_m, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        gy,
+        saved if saved is not None else gy,
+        x,
+        in_deg if in_deg is not None else dummy,
+        out_deg if out_deg is not None else dummy,
+        mask if mask is not None else dummy,
+        dw,
+        db if db is not None else dummy,
+        m,
+        n,
+        k,
+        x.stride(0),
+        x.stride(1),
+        ms[0],
+        ms[1],
+        STRICT=int(strict),
+        ACT=ACT_CODES[activation],
+        HAS_BIAS=db is not None,
+        EXPLICIT_MASK=explicit,
+        X_BITS=x_bits,
+        UPCAST=_upcast(dw),
+        PRECISION=_precision(dw),
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
 
 
-def masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, z, strict: bool, activation: str,
-                      cfg: Config, x_bits: bool = False) -> None:
+def masked_linear_fwd(
+    x,
+    weight,
+    bias,
+    in_deg,
+    out_deg,
+    plan,
+    counts,
+    y,
+    z,
+    strict: bool,
+    activation: str,
+    cfg: Config,
+    x_bits: bool = False,
+) -> None:
     """y (and z when not None) = act(x . (W * M)^T + b), M from the degrees; ``plan``/``counts`` come
     from ``made_plan(out_deg, in_deg, ..., rows_are_out=True, cfg.block_n, cfg.block_k)``.
     ``x_bits``: x is [M, ceil(K / 32)] int32 words of binary features (bit k % 32 of word k // 32)."""
     _fwd(x, weight, bias, in_deg, out_deg, None, plan, counts, y, z, strict, activation, cfg, False, x_bits)
 
 
-def masked_linear_dx(gy, saved, weight, in_deg, out_deg, plan, counts, dx, strict: bool, activation: str,
-                     cfg: Config) -> None:
+def masked_linear_dx(
+    gy, saved, weight, in_deg, out_deg, plan, counts, dx, strict: bool, activation: str, cfg: Config
+) -> None:
     """dx = (dy * act'(saved)) . (W * M); ``plan`` from ``made_plan(in_deg, out_deg, ...,
     rows_are_out=False, cfg.block_n, cfg.block_k)``."""
     _dx(gy, saved, weight, in_deg, out_deg, None, plan, counts, dx, strict, activation, cfg, False)
 
 
-def masked_linear_dw(gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config,
-                     x_bits: bool = False) -> None:
+def masked_linear_dw(
+    gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config, x_bits: bool = False
+) -> None:
     """dw = M * (g^T . x) and (when ``db`` is not None) db = sum of g over rows (x bit-packed with
     ``x_bits``, as in masked_linear_fwd)."""
     _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False, x_bits)
@@ -669,12 +912,39 @@ def made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params
         return
     t = ld_part.shape[1]
     _made_affine_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
-        h, weight, bias if bias is not None else z, in_deg, out_deg, plan, counts, x, z,
-        params if params is not None else z, ld_part, m, n, k, triton.cdiv(k, cfg.block_k), t,
-        h.stride(0), h.stride(1), weight.stride(0), weight.stride(1), x.stride(0), x.stride(1),
-        HAS_BIAS=bias is not None, SAVE_PARAMS=params is not None, UPCAST=_upcast(h), PRECISION=_precision(h),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        h,
+        weight,
+        bias if bias is not None else z,
+        in_deg,
+        out_deg,
+        plan,
+        counts,
+        x,
+        z,
+        params if params is not None else z,
+        ld_part,
+        m,
+        n,
+        k,
+        triton.cdiv(k, cfg.block_k),
+        t,
+        h.stride(0),
+        h.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        x.stride(0),
+        x.stride(1),
+        HAS_BIAS=bias is not None,
+        SAVE_PARAMS=params is not None,
+        UPCAST=_upcast(h),
+        PRECISION=_precision(h),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
 
 
 def masked_matmul_fwd(x, weight, bias, mask, y, z, activation: str, cfg: Config) -> None:
@@ -693,7 +963,7 @@ def masked_matmul_dw(gy, saved, x, mask, dw, db, activation: str, cfg: Config) -
 # ----------------------------------------------------------------------------------------------
 # offline compile specs (pygen inspect): kernels/_made_specs.py
 # ----------------------------------------------------------------------------------------------
-from ._made_specs import build_specs as _build_specs  # noqa: E402
+from ._made_specs import build_specs as _build_specs  # noqa: E402 (the spec builder reads the kernels defined above)
 
 _BASE_COMPILE_SPECS = _build_specs(globals())
 
@@ -703,5 +973,6 @@ def __getattr__(name: str):
     # this one, so its entries are joined on first access rather than at import time.
     if name == "COMPILE_SPECS":
         from ._made_sample import compile_specs
+
         return _BASE_COMPILE_SPECS + compile_specs()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,7 @@ delta), and return None; pygen/ops/mla.py validates, allocates outputs and picks
 Under TRITON_INTERPRET=1 (CPU tests) tiles are upcast to float32 right after their loads (the
 interpreter's bf16 arithmetic is broken) and one configuration is used.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,17 @@ import triton
 import triton.language as tl
 
 from ._mla_decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
-from ._mla_prefill import (_mla_prefill_bwd_dkdv_kernel, _mla_prefill_bwd_dq_kernel,
-                           _mla_prefill_bwd_preprocess_kernel, _mla_prefill_fwd_kernel)
+from ._mla_prefill import (
+    _mla_prefill_bwd_dkdv_kernel,
+    _mla_prefill_bwd_dq_kernel,
+    _mla_prefill_bwd_preprocess_kernel,
+    _mla_prefill_fwd_kernel,
+)
 
 LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
-FP8_SCALE_OFF = 128    # float32 index of the scales in a 656-byte token (byte 512)
-FP8_ROPE_OFF = 264     # bfloat16 index of the rope values (byte 528)
+FP8_SCALE_OFF = 128  # float32 index of the scales in a 656-byte token (byte 512)
+FP8_ROPE_OFF = 264  # bfloat16 index of the rope values (byte 528)
 
 
 def _interpreting() -> bool:
@@ -55,8 +60,7 @@ class DecodeConfig:
     num_stages: int
 
 
-def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None,
-                  fp32: bool = False) -> DecodeConfig:
+def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None, fp32: bool = False) -> DecodeConfig:
     """Tile of the decode kernel for s_q * h_q = ``rows`` query rows per sequence.
 
     GPU choices come from the offline sm_90 compile (registers / spills, docs/mla.md), not from
@@ -82,7 +86,7 @@ def decode_config(rows: int, fp8: bool = False, interpreting: bool | None = None
 
 # CUDA grid limits: x up to 2^31 - 1 programs, y and z up to 65,535. Unbounded counts (batch,
 # sequences) go into x; heads go into y (pygen/ops/mla.py refuses more than 65,535 for triton).
-MAX_GRID_X = 2 ** 31 - 1
+MAX_GRID_X = 2**31 - 1
 
 
 def batch_chunks(blocks: int, batch: int, max_x: int | None = None) -> list[tuple[int, int]]:
@@ -105,7 +109,7 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
     fp8 = kv_cache.dtype == torch.uint8
     cfg = decode_config(rows, fp8, fp32=q.dtype == torch.float32)
     if fp8:
-        flat = kv_cache.view(kv_cache.shape[0], page, -1)   # [nb, page, 656] bytes
+        flat = kv_cache.view(kv_cache.shape[0], page, -1)  # [nb, page, 656] bytes
         lat = flat.view(torch.float8_e4m3fn)
         sc = flat.view(torch.float32)
         rope = flat.view(torch.bfloat16)
@@ -123,19 +127,67 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
         opart = lpart = out
     grid = (b * triton.cdiv(rows, cfg.block_m), num_splits)
     _mla_decode_fwd_kernel[grid](
-        q, lat, sc, rope, block_table, cache_seqlens, out, lse, opart, lpart,
-        scale * LOG2E, s_q, h_q, rows, num_splits,
-        q.stride(0), q.stride(1), q.stride(2),
-        lat.stride(0), lat.stride(1), sc.stride(0), sc.stride(1), rope.stride(0), rope.stride(1),
-        block_table.stride(0), out.stride(0), out.stride(1), out.stride(2),
-        CAUSAL=causal, FP8=fp8, DV=dv, DR=dr, BLOCK_R=max(16, _pow2(dr)), ROPE_OFF=rope_off, SC_OFF=sc_off,
-        PAGE=page, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split, UPCAST=_interpreting(),
-        PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        q,
+        lat,
+        sc,
+        rope,
+        block_table,
+        cache_seqlens,
+        out,
+        lse,
+        opart,
+        lpart,
+        scale * LOG2E,
+        s_q,
+        h_q,
+        rows,
+        num_splits,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        lat.stride(0),
+        lat.stride(1),
+        sc.stride(0),
+        sc.stride(1),
+        rope.stride(0),
+        rope.stride(1),
+        block_table.stride(0),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        CAUSAL=causal,
+        FP8=fp8,
+        DV=dv,
+        DR=dr,
+        BLOCK_R=max(16, _pow2(dr)),
+        ROPE_OFF=rope_off,
+        SC_OFF=sc_off,
+        PAGE=page,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        SPLIT=split,
+        UPCAST=_interpreting(),
+        PRECISION=_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     if split:
         _mla_decode_merge_kernel[(b * rows,)](
-            opart, lpart, out, lse, s_q, h_q, rows, num_splits,
-            out.stride(0), out.stride(1), out.stride(2),
-            DV=dv, BLOCK_S=max(2, _pow2(num_splits)), num_warps=4)
+            opart,
+            lpart,
+            out,
+            lse,
+            s_q,
+            h_q,
+            rows,
+            num_splits,
+            out.stride(0),
+            out.stride(1),
+            out.stride(2),
+            DV=dv,
+            BLOCK_S=max(2, _pow2(num_splits)),
+            num_warps=4,
+        )
 
 
 def mla_cache_append(kv_cache, block_table, positions, part_a, part_b):
@@ -148,10 +200,28 @@ def mla_cache_append(kv_cache, block_table, positions, part_a, part_b):
     bb = 0 if part_b is None else part_b.shape[-1]
     pb = part_a if part_b is None else part_b
     _mla_cache_append_fwd_kernel[(b * n,)](
-        cache, block_table, positions, part_a, pb, n,
-        cache.stride(0), cache.stride(1), block_table.stride(0), positions.stride(0), positions.stride(1),
-        part_a.stride(0), part_a.stride(1), pb.stride(0), pb.stride(1),
-        A=a, B=bb, BLOCK_A=_pow2(a), BLOCK_B=max(1, _pow2(bb)), PAGE=page, num_warps=4)
+        cache,
+        block_table,
+        positions,
+        part_a,
+        pb,
+        n,
+        cache.stride(0),
+        cache.stride(1),
+        block_table.stride(0),
+        positions.stride(0),
+        positions.stride(1),
+        part_a.stride(0),
+        part_a.stride(1),
+        pb.stride(0),
+        pb.stride(1),
+        A=a,
+        B=bb,
+        BLOCK_A=_pow2(a),
+        BLOCK_B=max(1, _pow2(bb)),
+        PAGE=page,
+        num_warps=4,
+    )
 
 
 # ---- prefill --------------------------------------------------------------------------------
@@ -166,8 +236,11 @@ class PrefillConfig:
 # float32 (ieee FMA dots: operands and accumulators in registers, no wgmma): the bf16 tiles spill
 # tens of KB and need 164-295 KB of shared memory; these have no spills and at most 112 KB
 # (offline sm_90 compile at qk 192 / v 128, docs/mla.md)
-_PREFILL_FP32 = {"fwd": PrefillConfig(32, 64, 8, 2), "dkdv": PrefillConfig(16, 32, 8, 1),
-                 "dq": PrefillConfig(32, 16, 8, 2)}
+_PREFILL_FP32 = {
+    "fwd": PrefillConfig(32, 64, 8, 2),
+    "dkdv": PrefillConfig(16, 32, 8, 1),
+    "dq": PrefillConfig(32, 16, 8, 2),
+}
 
 
 def prefill_config(pass_: str, interpreting: bool | None = None, fp32: bool = False) -> PrefillConfig:
@@ -201,8 +274,9 @@ def _split_qk(d: int) -> tuple[int, int]:
 def _prefill_common(q, k, v):
     d, dv = q.shape[-1], v.shape[-1]
     da, db = _split_qk(d)
-    return dict(D=d, DA=da, DB=db, DV=dv, BLOCK_DV=max(16, _pow2(dv)), UPCAST=_interpreting(),
-                PRECISION=_precision(q.dtype))
+    return dict(
+        D=d, DA=da, DB=db, DV=dv, BLOCK_DV=max(16, _pow2(dv)), UPCAST=_interpreting(), PRECISION=_precision(q.dtype)
+    )
 
 
 def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
@@ -217,11 +291,31 @@ def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
     for b0, nb in batch_chunks(num_mb, batch):
         # cu_seqlens hold absolute token offsets: a slice of them is a sub-batch
         _mla_prefill_fwd_kernel[(num_mb * nb, h)](
-            q, k, v, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1], out, lse, scale * LOG2E,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            out.stride(0), out.stride(1), lse.stride(0), num_mb,
-            CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **_prefill_common(q, k, v),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            q,
+            k,
+            v,
+            cu_q[b0 : b0 + nb + 1],
+            cu_k[b0 : b0 + nb + 1],
+            out,
+            lse,
+            scale * LOG2E,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            out.stride(0),
+            out.stride(1),
+            lse.stride(0),
+            num_mb,
+            CAUSAL=causal,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            **_prefill_common(q, k, v),
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
 
 
 def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dq, dk, dv, scale, causal):
@@ -234,38 +328,99 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
     delta = torch.empty((h, total_q), dtype=torch.float32, device=q.device)
     pre_block = 32 if _interpreting() else 64
     _mla_prefill_bwd_preprocess_kernel[(triton.cdiv(total_q, pre_block), h)](
-        out, grad_out, grad_lse, delta, total_q,
-        out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), grad_lse.stride(0), delta.stride(0),
-        DV=com["DV"], BLOCK_DV=com["BLOCK_DV"], BLOCK_M=pre_block, num_warps=4)
+        out,
+        grad_out,
+        grad_lse,
+        delta,
+        total_q,
+        out.stride(0),
+        out.stride(1),
+        grad_out.stride(0),
+        grad_out.stride(1),
+        grad_lse.stride(0),
+        delta.stride(0),
+        DV=com["DV"],
+        BLOCK_DV=com["BLOCK_DV"],
+        BLOCK_M=pre_block,
+        num_warps=4,
+    )
     fp32 = q.dtype == torch.float32
-    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-               grad_out.stride(0), grad_out.stride(1), lse.stride(0))
+    strides = (
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        grad_out.stride(0),
+        grad_out.stride(1),
+        lse.stride(0),
+    )
     cfg = prefill_config("dkdv", fp32=fp32)
     num_nb = triton.cdiv(max_k, cfg.block_n)
     for b0, nb in batch_chunks(num_nb, batch):
-        args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])
+        args = (q, k, v, grad_out, lse, delta, cu_q[b0 : b0 + nb + 1], cu_k[b0 : b0 + nb + 1])
         _mla_prefill_bwd_dkdv_kernel[(num_nb * nb, h)](
-            *args, dk, dv, scale, scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            num_nb, CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            *args,
+            dk,
+            dv,
+            scale,
+            scale * LOG2E,
+            *strides,
+            dk.stride(0),
+            dk.stride(1),
+            dv.stride(0),
+            dv.stride(1),
+            num_nb,
+            CAUSAL=causal,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            **com,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
     cfg = prefill_config("dq", fp32=fp32)
     num_mb = triton.cdiv(max_q, cfg.block_m)
     for b0, nb in batch_chunks(num_mb, batch):
-        args = (q, k, v, grad_out, lse, delta, cu_q[b0:b0 + nb + 1], cu_k[b0:b0 + nb + 1])
+        args = (q, k, v, grad_out, lse, delta, cu_q[b0 : b0 + nb + 1], cu_k[b0 : b0 + nb + 1])
         _mla_prefill_bwd_dq_kernel[(num_mb * nb, h)](
-            *args, dq, scale, scale * LOG2E, *strides, dq.stride(0), dq.stride(1),
-            num_mb, CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **com,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            *args,
+            dq,
+            scale,
+            scale * LOG2E,
+            *strides,
+            dq.stride(0),
+            dq.stride(1),
+            num_mb,
+            CAUSAL=causal,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            **com,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
 
 
 # ---- merge of two partial results -----------------------------------------------------------
 @triton.jit
 def _merge_attn_states_fwd_kernel(
-    oa_ptr, la_ptr, ob_ptr, lb_ptr,   # out [T, H, D], lse float32 [H, T]
-    out_ptr, lse_ptr,
-    H, D,
-    stride_oat, stride_oah, stride_obt, stride_obh, stride_lah, stride_lbh,
-    stride_ot, stride_oh, stride_lh,
+    oa_ptr,
+    la_ptr,
+    ob_ptr,
+    lb_ptr,  # out [T, H, D], lse float32 [H, T]
+    out_ptr,
+    lse_ptr,
+    H,
+    D,
+    stride_oat,
+    stride_oah,
+    stride_obt,
+    stride_obh,
+    stride_lah,
+    stride_lbh,
+    stride_ot,
+    stride_oh,
+    stride_lh,
     BLOCK_D: tl.constexpr,
 ):
     # 64-bit: t * stride_oat reaches 2^31 at token 32,768 of 128 heads x 512 (the latent width)
@@ -287,8 +442,7 @@ def _merge_attn_states_fwd_kernel(
         dm = d < D
         a = tl.load(oa_ptr + t * stride_oat + h * stride_oah + d, mask=dm, other=0.0).to(tl.float32)
         b = tl.load(ob_ptr + t * stride_obt + h * stride_obh + d, mask=dm, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t * stride_ot + h * stride_oh + d, (wa * a + wb * b).to(out_ptr.dtype.element_ty),
-                 mask=dm)
+        tl.store(out_ptr + t * stride_ot + h * stride_oh + d, (wa * a + wb * b).to(out_ptr.dtype.element_ty), mask=dm)
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
@@ -296,10 +450,26 @@ def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
     if t == 0 or h == 0:
         return
     _merge_attn_states_fwd_kernel[(t, h)](
-        out_a, lse_a, out_b, lse_b, out, lse, h, d,
-        out_a.stride(0), out_a.stride(1), out_b.stride(0), out_b.stride(1), lse_a.stride(0), lse_b.stride(0),
-        out.stride(0), out.stride(1), lse.stride(0),
-        BLOCK_D=min(512, max(16, _pow2(d))), num_warps=4)
+        out_a,
+        lse_a,
+        out_b,
+        lse_b,
+        out,
+        lse,
+        h,
+        d,
+        out_a.stride(0),
+        out_a.stride(1),
+        out_b.stride(0),
+        out_b.stride(1),
+        lse_a.stride(0),
+        lse_b.stride(0),
+        out.stride(0),
+        out.stride(1),
+        lse.stride(0),
+        BLOCK_D=min(512, max(16, _pow2(d))),
+        num_warps=4,
+    )
 
 
 from ._mla_specs import build_specs  # noqa: E402  (needs the kernels above)

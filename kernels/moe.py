@@ -42,6 +42,7 @@ the sentinel); ``_moe_unpermute_fwd_kernel`` sums the k rows of each token (row_
 inverse permutation, -1 for none) in ascending j; ``_moe_unpermute_bwd_kernel`` gives
 d_permuted[r] = w[slot] g[tok] and dw[slot] = <g[tok], permuted[r]>.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,13 +50,11 @@ import os
 import triton
 import triton.language as tl
 
-from ._moe_fused import COMPILE_SPECS as _FUSED_SPECS
-from ._moe_fused import _with_divisibility
-from ._moe_fused import fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401
+from ._moe_fused import COMPILE_SPECS as _FUSED_SPECS, _with_divisibility, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SLOT_BLOCK = 1024
-RANK_CHUNK = 256 if _INTERPRET else 64   # the interpreter pays per loop step, the GPU per register
+RANK_CHUNK = 256 if _INTERPRET else 64  # the interpreter pays per loop step, the GPU per register
 EXP_BLOCK = 1024
 SCORING = {"sigmoid": 0, "softmax": 1}
 
@@ -67,10 +66,10 @@ def _p2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # routing
 # ----------------------------------------------------------------------------------------------
-ROUTE_TILE = 4096       # most experts of one row a program holds at a time (16 a thread at 8 warps)
-ROUTE_ROW_TILE = 2048   # most elements when a program holds several rows: each row's running keys
-ROUTE_WARPS = 8         # and statistics sit in every thread, so rows cost registers too
-_BIG = tl.constexpr(2147483647)    # "no index": loses every tie on the index
+ROUTE_TILE = 4096  # most experts of one row a program holds at a time (16 a thread at 8 warps)
+ROUTE_ROW_TILE = 2048  # most elements when a program holds several rows: each row's running keys
+ROUTE_WARPS = 8  # and statistics sit in every thread, so rows cost registers too
+_BIG = tl.constexpr(2147483647)  # "no index": loses every tie on the index
 
 
 @triton.jit
@@ -84,16 +83,32 @@ def _route_scores(x, mx, den, SOFTMAX: tl.constexpr):
 
 
 @triton.jit
-def _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
-                GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _route_tile(
+    x_ptr,
+    bias_ptr,
+    rows,
+    rmask,
+    stride_xt,
+    g0,
+    p0,
+    NG,
+    PER,
+    mx,
+    den,
+    GB: tl.constexpr,
+    PB: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     """Biased scores b [BLOCK_T, GB, PB] of experts e = g * PER + p, g in g0 + [0, GB), p in
     p0 + [0, PB); e [1, GB, PB] and ok (a real expert) [1, GB, PB]."""
     g = g0 + tl.arange(0, GB)
     p = p0 + tl.arange(0, PB)
     e = (g[:, None] * PER + p[None, :])[None, :, :]
     ok = ((g < NG)[:, None] & (p < PER)[None, :])[None, :, :]
-    x = tl.load(x_ptr + rows[:, None, None].to(tl.int64) * stride_xt + e, mask=rmask[:, None, None] & ok,
-                other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None, None].to(tl.int64) * stride_xt + e, mask=rmask[:, None, None] & ok, other=0.0).to(
+        tl.float32
+    )
     b = _route_scores(x, mx[:, None, None], den[:, None, None], SOFTMAX)
     if HAS_BIAS:
         b = b + tl.load(bias_ptr + e, mask=ok, other=0.0).to(tl.float32)
@@ -114,15 +129,31 @@ def _route_top2(b, ok, PB: tl.constexpr):
 
 
 @triton.jit
-def _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den, BLOCK_T: tl.constexpr,
-                        GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _route_group_scores(
+    x_ptr,
+    bias_ptr,
+    rows,
+    rmask,
+    stride_xt,
+    g0,
+    NG,
+    PER,
+    mx,
+    den,
+    BLOCK_T: tl.constexpr,
+    GB: tl.constexpr,
+    PB: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     """gs [BLOCK_T, GB] = top-2 sum of b in groups g0 + [0, GB), streaming a group in PB-wide chunks."""
     NEG = float("-inf")
     r1 = tl.full((BLOCK_T, GB), NEG, tl.float32)
     r2 = tl.full((BLOCK_T, GB), NEG, tl.float32)
     for p0 in range(0, PER, PB):
-        b, _e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
-                                GB, PB, SOFTMAX, HAS_BIAS)
+        b, _e, ok = _route_tile(
+            x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
+        )
         m1, m2 = _route_top2(b, ok, PB)
         r2 = tl.maximum(tl.minimum(r1, m1), tl.maximum(r2, m2))
         r1 = tl.maximum(r1, m1)
@@ -153,21 +184,27 @@ def _route_merge(bv, bi, cv, ci):
 
 @triton.jit
 def _moe_route_fwd_kernel(
-    x_ptr,              # [T, E] router logits (any float dtype), unit column stride
-    bias_ptr,           # [E] e_score_correction_bias (read only when HAS_BIAS)
-    ids_ptr,            # [T, K] int32 out
-    w_ptr,              # [T, K] float32 out
-    T, E, stride_xt,
-    NG,                 # groups in the layout: n_group when GROUPED, else 1
-    PER,                # experts per layout group: E // NG
-    TOPK_GROUP,         # groups kept (GROUPED only)
-    K,                  # top_k
-    scale,              # routed_scaling_factor
-    GROUPED: tl.constexpr,      # group-limited selection (n_group > 1, topk_group < n_group, PER > 1)
-    SINGLE: tl.constexpr,       # the whole row is one [GB, PB] tile (held in registers)
-    P_LOOP: tl.constexpr,       # a group spans several PB-wide chunks (then GB == 1)
-    GB: tl.constexpr, PB: tl.constexpr,
-    SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr,
+    x_ptr,  # [T, E] router logits (any float dtype), unit column stride
+    bias_ptr,  # [E] e_score_correction_bias (read only when HAS_BIAS)
+    ids_ptr,  # [T, K] int32 out
+    w_ptr,  # [T, K] float32 out
+    T,
+    E,
+    stride_xt,
+    NG,  # groups in the layout: n_group when GROUPED, else 1
+    PER,  # experts per layout group: E // NG
+    TOPK_GROUP,  # groups kept (GROUPED only)
+    K,  # top_k
+    scale,  # routed_scaling_factor
+    GROUPED: tl.constexpr,  # group-limited selection (n_group > 1, topk_group < n_group, PER > 1)
+    SINGLE: tl.constexpr,  # the whole row is one [GB, PB] tile (held in registers)
+    P_LOOP: tl.constexpr,  # a group spans several PB-wide chunks (then GB == 1)
+    GB: tl.constexpr,
+    PB: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    NORM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     NEG = float("-inf")
     pid = tl.program_id(0)
@@ -190,12 +227,13 @@ def _moe_route_fwd_kernel(
                 nm = tl.maximum(mx, tl.max(tl.max(xs_, axis=2), axis=1))
                 den = den * tl.exp(mx - nm) + tl.sum(tl.sum(tl.exp(xs_ - nm[:, None, None]), axis=2), axis=1)
                 mx = nm
-        mx = tl.where(rmask, mx, 0.0)   # rows past T: finite scores, never stored
+        mx = tl.where(rmask, mx, 0.0)  # rows past T: finite scores, never stored
         den = tl.where(rmask, den, 1.0)
     gl = tl.arange(0, GB)
     if SINGLE:
-        b0, e0, ok0 = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, 0, 0, NG, PER, mx, den,
-                                  GB, PB, SOFTMAX, HAS_BIAS)
+        b0, e0, ok0 = _route_tile(
+            x_ptr, bias_ptr, rows, rmask, stride_xt, 0, 0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
+        )
     # group limit: (tv, tg) = key of the TOPK_GROUP-th best group; group g is kept when its key
     # (gs[g], -g) is at or above it
     tv = tl.full((BLOCK_T,), float("inf"), tl.float32)
@@ -211,10 +249,26 @@ def _moe_route_fwd_kernel(
                 if SINGLE:
                     gs = gs0
                 else:
-                    gs = _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den,
-                                             BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS)
-                cv, ci = _route_best_below(gs[:, :, None], (g0 + gl)[None, :, None], (g0 + gl < NG)[None, :, None],
-                                           tv, tg)
+                    gs = _route_group_scores(
+                        x_ptr,
+                        bias_ptr,
+                        rows,
+                        rmask,
+                        stride_xt,
+                        g0,
+                        NG,
+                        PER,
+                        mx,
+                        den,
+                        BLOCK_T,
+                        GB,
+                        PB,
+                        SOFTMAX,
+                        HAS_BIAS,
+                    )
+                cv, ci = _route_best_below(
+                    gs[:, :, None], (g0 + gl)[None, :, None], (g0 + gl < NG)[None, :, None], tv, tg
+                )
                 bv, bi = _route_merge(bv, bi, cv, ci)
             tv = bv
             tg = bi
@@ -235,19 +289,36 @@ def _moe_route_fwd_kernel(
             for g0 in range(0, NG, GB):
                 if P_LOOP:
                     if GROUPED:
-                        gs = _route_group_scores(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, NG, PER, mx, den,
-                                                 BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS)
+                        gs = _route_group_scores(
+                            x_ptr,
+                            bias_ptr,
+                            rows,
+                            rmask,
+                            stride_xt,
+                            g0,
+                            NG,
+                            PER,
+                            mx,
+                            den,
+                            BLOCK_T,
+                            GB,
+                            PB,
+                            SOFTMAX,
+                            HAS_BIAS,
+                        )
                         keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
                     for p0 in range(0, PER, PB):
-                        b, e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den,
-                                               GB, PB, SOFTMAX, HAS_BIAS)
+                        b, e, ok = _route_tile(
+                            x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
+                        )
                         if GROUPED:
                             b = tl.where(keep[:, :, None], b, NEG)
                         cv, ci = _route_best_below(b, e, ok, pv, pi)
                         bv, bi = _route_merge(bv, bi, cv, ci)
                 else:
-                    b, e, ok = _route_tile(x_ptr, bias_ptr, rows, rmask, stride_xt, g0, 0, NG, PER, mx, den,
-                                           GB, PB, SOFTMAX, HAS_BIAS)
+                    b, e, ok = _route_tile(
+                        x_ptr, bias_ptr, rows, rmask, stride_xt, g0, 0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
+                    )
                     if GROUPED:
                         m1, m2 = _route_top2(b, ok, PB)
                         gs = m1 + m2
@@ -257,7 +328,7 @@ def _moe_route_fwd_kernel(
                     bv, bi = _route_merge(bv, bi, cv, ci)
         pv = bv
         pi = bi
-        hit = rmask & (bi < E)   # bi is _BIG only for NaN scores
+        hit = rmask & (bi < E)  # bi is _BIG only for NaN scores
         xe = tl.load(xrow + tl.where(hit, bi, 0), mask=hit, other=0.0).to(tl.float32)
         se = tl.where(hit, _route_scores(xe, mx, den, SOFTMAX), 0.0)
         wsum += se
@@ -286,8 +357,16 @@ def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: in
     pb = min(_p2(per), tile)
     gb = min(_p2(ng), max(1, tile // pb))
     bt = max(1, min(_p2(num_tokens), min(tile, ROUTE_ROW_TILE) // (gb * pb), 64))
-    return {"NG": ng, "PER": per, "GROUPED": grouped, "SINGLE": gb >= ng and pb >= per, "P_LOOP": pb < per,
-            "GB": gb, "PB": pb, "BLOCK_T": bt}
+    return {
+        "NG": ng,
+        "PER": per,
+        "GROUPED": grouped,
+        "SINGLE": gb >= ng and pb >= per,
+        "P_LOOP": pb < per,
+        "GB": gb,
+        "PB": pb,
+        "BLOCK_T": bt,
+    }
 
 
 def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale, tile=None):
@@ -301,9 +380,24 @@ def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, sc
     ng, per = c.pop("NG"), c.pop("PER")
     grid = (triton.cdiv(t, c["BLOCK_T"]),)
     _moe_route_fwd_kernel[grid](
-        x, bias if bias is not None else x, ids, weights, t, e, x.stride(0), ng, per, int(topk_group), k,
-        float(scale), SOFTMAX=SCORING[scoring] == 1, HAS_BIAS=bias is not None, NORM=bool(norm),
-        num_warps=ROUTE_WARPS, **c)
+        x,
+        bias if bias is not None else x,
+        ids,
+        weights,
+        t,
+        e,
+        x.stride(0),
+        ng,
+        per,
+        int(topk_group),
+        k,
+        float(scale),
+        SOFTMAX=SCORING[scoring] == 1,
+        HAS_BIAS=bias is not None,
+        NORM=bool(norm),
+        num_warps=ROUTE_WARPS,
+        **c,
+    )
     return None
 
 
@@ -322,7 +416,7 @@ def _moe_align_count_kernel(ids_ptr, counts_ptr, S, E, SLOT_BLOCK: tl.constexpr)
     offs = pid * SLOT_BLOCK + tl.arange(0, SLOT_BLOCK)
     m = offs < S
     e = tl.load(ids_ptr + offs, mask=m, other=-1)
-    ok = m & (e >= 0) & (e < E)   # compared before the narrowing cast: an int64 id never wraps in
+    ok = m & (e >= 0) & (e < E)  # compared before the narrowing cast: an int64 id never wraps in
     e = e.to(tl.int32)
     base = counts_ptr + pid.to(tl.int64) * E
     tl.atomic_add(base + tl.where(ok, e, 0), tl.full((SLOT_BLOCK,), 1, tl.int32), mask=ok)
@@ -339,7 +433,7 @@ def _moe_align_offsets_kernel(counts_ptr, totals_ptr, NB, E, EXP_BLOCK: tl.const
         c = tl.load(p, mask=m, other=0)
         tl.store(p, run, mask=m)
         run += c
-        p += E   # pointer arithmetic is 64-bit: NB*E may pass 2^31
+        p += E  # pointer arithmetic is 64-bit: NB*E may pass 2^31
     tl.store(totals_ptr + ex, run, mask=m)
 
 
@@ -359,8 +453,9 @@ def _moe_align_scan_kernel(totals_ptr, starts_ptr, ntpp_ptr, E, BLOCK: tl.conste
 
 
 @triton.jit
-def _moe_align_scatter_kernel(ids_ptr, counts_ptr, starts_ptr, sorted_ptr, S, E,
-                              SLOT_BLOCK: tl.constexpr, RANK_CHUNK: tl.constexpr):
+def _moe_align_scatter_kernel(
+    ids_ptr, counts_ptr, starts_ptr, sorted_ptr, S, E, SLOT_BLOCK: tl.constexpr, RANK_CHUNK: tl.constexpr
+):
     pid = tl.program_id(0)
     base = pid * SLOT_BLOCK
     ci = tl.arange(0, RANK_CHUNK)
@@ -380,14 +475,18 @@ def _moe_align_scatter_kernel(ids_ptr, counts_ptr, starts_ptr, sorted_ptr, S, E,
         tri = ci[None, :] < ci[:, None]
         rank += tl.sum(((ei[:, None] == ei[None, :]) & tri).to(tl.int32), axis=1)
         e0 = tl.where(oki, ei, 0)
-        pos = tl.load(starts_ptr + e0, mask=oki, other=0) + \
-            tl.load(counts_ptr + pid.to(tl.int64) * E + e0, mask=oki, other=0) + rank
+        pos = (
+            tl.load(starts_ptr + e0, mask=oki, other=0)
+            + tl.load(counts_ptr + pid.to(tl.int64) * E + e0, mask=oki, other=0)
+            + rank
+        )
         tl.store(sorted_ptr + pos, si, mask=oki)
 
 
 @triton.jit
-def _moe_align_blocks_kernel(starts_ptr, expert_ids_ptr, NBLK, E, BLOCK: tl.constexpr,
-                             LOG2_E: tl.constexpr, BLOCK_J: tl.constexpr):
+def _moe_align_blocks_kernel(
+    starts_ptr, expert_ids_ptr, NBLK, E, BLOCK: tl.constexpr, LOG2_E: tl.constexpr, BLOCK_J: tl.constexpr
+):
     pid = tl.program_id(0)
     j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
     m = j < NBLK
@@ -411,20 +510,21 @@ def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts
     s = ids.numel()
     e = int(num_experts)
     nb = max(1, triton.cdiv(s, SLOT_BLOCK))
-    counts, totals = workspace[: nb * e], workspace[nb * e: nb * e + e]
+    counts, totals = workspace[: nb * e], workspace[nb * e : nb * e + e]
     sorted_ids.fill_(s)
     if s:
         _moe_align_count_kernel[(nb,)](ids, counts, s, e, SLOT_BLOCK=SLOT_BLOCK)
     _moe_align_offsets_kernel[(triton.cdiv(e, EXP_BLOCK),)](counts, totals, nb, e, EXP_BLOCK=EXP_BLOCK)
     _moe_align_scan_kernel[(1,)](totals, starts, ntpp, e, BLOCK=int(block_size), EXP_BLOCK=EXP_BLOCK)
     if s:
-        _moe_align_scatter_kernel[(nb,)](ids, counts, starts, sorted_ids, s, e,
-                                         SLOT_BLOCK=SLOT_BLOCK, RANK_CHUNK=RANK_CHUNK, num_warps=4)
+        _moe_align_scatter_kernel[(nb,)](
+            ids, counts, starts, sorted_ids, s, e, SLOT_BLOCK=SLOT_BLOCK, RANK_CHUNK=RANK_CHUNK, num_warps=4
+        )
     nblk = expert_ids.numel()
     block_j = 1024
     _moe_align_blocks_kernel[(triton.cdiv(nblk, block_j),)](
-        starts, expert_ids, nblk, e, BLOCK=int(block_size), LOG2_E=max(0, (e - 1).bit_length() - 1),
-        BLOCK_J=block_j)
+        starts, expert_ids, nblk, e, BLOCK=int(block_size), LOG2_E=max(0, (e - 1).bit_length() - 1), BLOCK_J=block_j
+    )
     return None
 
 
@@ -432,13 +532,12 @@ def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts
 # permutation
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _moe_permute_fwd_kernel(x_ptr, slots_ptr, out_ptr, N, H, K, stride_x,
-                            BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+def _moe_permute_fwd_kernel(x_ptr, slots_ptr, out_ptr, N, H, K, stride_x, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rm = r < N
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
-    ok = rm & (slot >= 0) & (slot < N)   # any slot value is safe: only [0, N) is read
+    ok = rm & (slot >= 0) & (slot < N)  # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0)
     hm = h < H
     v = tl.load(x_ptr + tok[:, None].to(tl.int64) * stride_x + h[None, :], mask=ok[:, None] & hm[None, :], other=0.0)
@@ -450,13 +549,15 @@ def permute_fwd(x, sorted_slots, top_k, out):
     n, h = out.shape
     br, bh = 16, min(_p2(h), 256)
     _moe_permute_fwd_kernel[(triton.cdiv(n, br), triton.cdiv(h, bh))](
-        x, sorted_slots, out, n, h, int(top_k), x.stride(0), BLOCK_R=br, BLOCK_H=bh)
+        x, sorted_slots, out, n, h, int(top_k), x.stride(0), BLOCK_R=br, BLOCK_H=bh
+    )
     return None
 
 
 @triton.jit
-def _moe_unpermute_fwd_kernel(y_ptr, inv_ptr, w_ptr, out_ptr, T, H, K, stride_y,
-                              HAS_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+def _moe_unpermute_fwd_kernel(
+    y_ptr, inv_ptr, w_ptr, out_ptr, T, H, K, stride_y, HAS_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr
+):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     tm = t < T
@@ -466,13 +567,19 @@ def _moe_unpermute_fwd_kernel(y_ptr, inv_ptr, w_ptr, out_ptr, T, H, K, stride_y,
         slot = t.to(tl.int64) * K + j
         row = tl.load(inv_ptr + slot, mask=tm, other=-1)
         ok = tm & (row >= 0)
-        v = tl.load(y_ptr + tl.where(ok, row, 0)[:, None].to(tl.int64) * stride_y + h[None, :],
-                    mask=ok[:, None] & hm[None, :], other=0.0).to(tl.float32)
+        v = tl.load(
+            y_ptr + tl.where(ok, row, 0)[:, None].to(tl.int64) * stride_y + h[None, :],
+            mask=ok[:, None] & hm[None, :],
+            other=0.0,
+        ).to(tl.float32)
         if HAS_W:
             v = v * tl.load(w_ptr + slot, mask=ok, other=0.0).to(tl.float32)[:, None]
         acc += v
-    tl.store(out_ptr + t[:, None].to(tl.int64) * H + h[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=tm[:, None] & hm[None, :])
+    tl.store(
+        out_ptr + t[:, None].to(tl.int64) * H + h[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=tm[:, None] & hm[None, :],
+    )
 
 
 def unpermute_fwd(y, row_of_slot, weights, top_k, out):
@@ -481,19 +588,43 @@ def unpermute_fwd(y, row_of_slot, weights, top_k, out):
     t, h = out.shape
     bt, bh = 16, min(_p2(h), 256)
     _moe_unpermute_fwd_kernel[(triton.cdiv(t, bt), triton.cdiv(h, bh))](
-        y, row_of_slot, weights if weights is not None else y, out, t, h, int(top_k), y.stride(0),
-        HAS_W=weights is not None, BLOCK_T=bt, BLOCK_H=bh)
+        y,
+        row_of_slot,
+        weights if weights is not None else y,
+        out,
+        t,
+        h,
+        int(top_k),
+        y.stride(0),
+        HAS_W=weights is not None,
+        BLOCK_T=bt,
+        BLOCK_H=bh,
+    )
     return None
 
 
 @triton.jit
-def _moe_unpermute_bwd_kernel(g_ptr, y_ptr, slots_ptr, w_ptr, dy_ptr, dw_ptr, N, H, K, stride_y,
-                              HAS_W: tl.constexpr, NEED_DY: tl.constexpr, NEED_DW: tl.constexpr,
-                              BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+def _moe_unpermute_bwd_kernel(
+    g_ptr,
+    y_ptr,
+    slots_ptr,
+    w_ptr,
+    dy_ptr,
+    dw_ptr,
+    N,
+    H,
+    K,
+    stride_y,
+    HAS_W: tl.constexpr,
+    NEED_DY: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = r < N
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
-    ok = rm & (slot >= 0) & (slot < N)   # any slot value is safe: only [0, N) is read
+    ok = rm & (slot >= 0) & (slot < N)  # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0).to(tl.int64)
     if HAS_W:
         w = tl.load(w_ptr + tl.where(ok, slot, 0), mask=ok, other=0.0).to(tl.float32)
@@ -506,11 +637,15 @@ def _moe_unpermute_bwd_kernel(g_ptr, y_ptr, slots_ptr, w_ptr, dy_ptr, dw_ptr, N,
             d = g
             if HAS_W:
                 d = g * w[:, None]
-            tl.store(dy_ptr + r[:, None].to(tl.int64) * H + h[None, :], d.to(dy_ptr.dtype.element_ty),
-                     mask=rm[:, None] & hm[None, :])
+            tl.store(
+                dy_ptr + r[:, None].to(tl.int64) * H + h[None, :],
+                d.to(dy_ptr.dtype.element_ty),
+                mask=rm[:, None] & hm[None, :],
+            )
         if NEED_DW:
-            y = tl.load(y_ptr + r[:, None].to(tl.int64) * stride_y + h[None, :], mask=ok[:, None] & hm[None, :],
-                        other=0.0).to(tl.float32)
+            y = tl.load(
+                y_ptr + r[:, None].to(tl.int64) * stride_y + h[None, :], mask=ok[:, None] & hm[None, :], other=0.0
+            ).to(tl.float32)
             dot += tl.sum(g * y, axis=1)
     if NEED_DW:
         tl.store(dw_ptr + slot, dot.to(dw_ptr.dtype.element_ty), mask=ok)
@@ -524,17 +659,30 @@ def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
         dw.zero_()
     br, bh = 16, min(_p2(h), 256)
     _moe_unpermute_bwd_kernel[(triton.cdiv(n, br),)](
-        grad, y, sorted_slots, weights if weights is not None else y, dy if dy is not None else y,
-        dw if dw is not None else y, n, h, int(top_k), y.stride(0), HAS_W=weights is not None,
-        NEED_DY=dy is not None, NEED_DW=dw is not None, BLOCK_R=br, BLOCK_H=bh)
+        grad,
+        y,
+        sorted_slots,
+        weights if weights is not None else y,
+        dy if dy is not None else y,
+        dw if dw is not None else y,
+        n,
+        h,
+        int(top_k),
+        y.stride(0),
+        HAS_W=weights is not None,
+        NEED_DY=dy is not None,
+        NEED_DW=dw is not None,
+        BLOCK_R=br,
+        BLOCK_H=bh,
+    )
     return None
 
 
 ROUTE_SPECS = (  # (E, top_k, n_group, topk_group, scoring, bias): DeepSeek-V3, and the 4096 / 65,536
-    (256, 8, 8, 4, "sigmoid", True),        # experts moe_align accepts, grouped and not
+    (256, 8, 8, 4, "sigmoid", True),  # experts moe_align accepts, grouped and not
     (4096, 8, 8, 4, "sigmoid", True),
     (4096, 8, 1, 1, "softmax", False),
-    (65536, 8, 8, 4, "sigmoid", True),      # groups of 8192 experts: streamed in chunks (P_LOOP)
+    (65536, 8, 8, 4, "sigmoid", True),  # groups of 8192 experts: streamed in chunks (P_LOOP)
     (65536, 8, 2048, 64, "sigmoid", True),  # 2048 groups of 32: streamed GB groups at a time
     (65536, 8, 1, 1, "softmax", False),
 )
@@ -551,31 +699,62 @@ def route_spec(e, k, g, tg, scoring, bias, tokens=4096):
     sig = {"x_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32"}
     sig.update({a: "i32" for a, v in ints.items() if v != 1}, scale="fp32")
     name = f"moe_route_fwd[E={e},k={k},{f'g={g}/{tg}' if g > 1 else scoring}]"
-    spec = {"fn": _moe_route_fwd_kernel, "name": name, "signature": sig, "constexprs": consts,
-            "num_warps": ROUTE_WARPS}
+    spec = {"fn": _moe_route_fwd_kernel, "name": name, "signature": sig, "constexprs": consts, "num_warps": ROUTE_WARPS}
     return _with_divisibility(spec, div=tuple(a for a, v in ints.items() if v % 16 == 0))
 
 
 def _compile_specs():
     specs = [route_spec(*r) for r in ROUTE_SPECS]
-    specs.append({"fn": _moe_align_count_kernel, "name": "moe_align_count",
-                  "signature": {"ids_ptr": "*i32", "counts_ptr": "*i32", "S": "i32", "E": "i32"},
-                  "constexprs": {"SLOT_BLOCK": SLOT_BLOCK}})
-    specs.append({"fn": _moe_align_offsets_kernel, "name": "moe_align_offsets",
-                  "signature": {"counts_ptr": "*i32", "totals_ptr": "*i32", "NB": "i32", "E": "i32"},
-                  "constexprs": {"EXP_BLOCK": EXP_BLOCK}})
-    specs.append({"fn": _moe_align_scan_kernel, "name": "moe_align_scan",
-                  "signature": {"totals_ptr": "*i32", "starts_ptr": "*i32", "ntpp_ptr": "*i32", "E": "i32"},
-                  "constexprs": {"BLOCK": 64, "EXP_BLOCK": EXP_BLOCK}})
-    specs.append({"fn": _moe_align_scatter_kernel, "name": "moe_align_scatter",
-                  "signature": {"ids_ptr": "*i32", "counts_ptr": "*i32", "starts_ptr": "*i32", "sorted_ptr": "*i32",
-                                "S": "i32", "E": "i32"},
-                  "constexprs": {"SLOT_BLOCK": SLOT_BLOCK, "RANK_CHUNK": RANK_CHUNK}})
-    specs.append({"fn": _moe_align_blocks_kernel, "name": "moe_align_blocks",
-                  "signature": {"starts_ptr": "*i32", "expert_ids_ptr": "*i32", "NBLK": "i32", "E": "i32"},
-                  "constexprs": {"BLOCK": 64, "LOG2_E": 7, "BLOCK_J": 1024}})
+    specs.append(
+        {
+            "fn": _moe_align_count_kernel,
+            "name": "moe_align_count",
+            "signature": {"ids_ptr": "*i32", "counts_ptr": "*i32", "S": "i32", "E": "i32"},
+            "constexprs": {"SLOT_BLOCK": SLOT_BLOCK},
+        }
+    )
+    specs.append(
+        {
+            "fn": _moe_align_offsets_kernel,
+            "name": "moe_align_offsets",
+            "signature": {"counts_ptr": "*i32", "totals_ptr": "*i32", "NB": "i32", "E": "i32"},
+            "constexprs": {"EXP_BLOCK": EXP_BLOCK},
+        }
+    )
+    specs.append(
+        {
+            "fn": _moe_align_scan_kernel,
+            "name": "moe_align_scan",
+            "signature": {"totals_ptr": "*i32", "starts_ptr": "*i32", "ntpp_ptr": "*i32", "E": "i32"},
+            "constexprs": {"BLOCK": 64, "EXP_BLOCK": EXP_BLOCK},
+        }
+    )
+    specs.append(
+        {
+            "fn": _moe_align_scatter_kernel,
+            "name": "moe_align_scatter",
+            "signature": {
+                "ids_ptr": "*i32",
+                "counts_ptr": "*i32",
+                "starts_ptr": "*i32",
+                "sorted_ptr": "*i32",
+                "S": "i32",
+                "E": "i32",
+            },
+            "constexprs": {"SLOT_BLOCK": SLOT_BLOCK, "RANK_CHUNK": RANK_CHUNK},
+        }
+    )
+    specs.append(
+        {
+            "fn": _moe_align_blocks_kernel,
+            "name": "moe_align_blocks",
+            "signature": {"starts_ptr": "*i32", "expert_ids_ptr": "*i32", "NBLK": "i32", "E": "i32"},
+            "constexprs": {"BLOCK": 64, "LOG2_E": 7, "BLOCK_J": 1024},
+        }
+    )
     return specs
 
 
-COMPILE_SPECS = [s if "attrs" in s else _with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()] \
-    + _FUSED_SPECS
+COMPILE_SPECS = [
+    s if "attrs" in s else _with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()
+] + _FUSED_SPECS

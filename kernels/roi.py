@@ -56,6 +56,7 @@ ps_roi_pool are computed in float64 as the oracle does: ceil(7 * (29/7)) is 30 i
 in exact arithmetic, and float32 differs elsewhere (len 57), so only float64 reproduces the
 oracle's bins (the division itself is done without div.rn.f64, see _roi_device._div_exact).
 """
+
 from __future__ import annotations
 
 import struct
@@ -66,12 +67,14 @@ import triton.language as tl
 
 from ._device import on_tensor_device
 from ._roi_device import _align_bwd_program, _align_fwd_program, _fpn_level, _roi_row, _scale, _select_level
-from ._roi_pool import (_ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel,  # noqa: F401 (COMPILE_SPECS, launchers)
-                        _roi_pool_bwd_kernel, _roi_pool_fwd_kernel)
-from ._roi_gather import (_multi_scale_roi_align_bwd_gather_kernel,  # noqa: F401 (COMPILE_SPECS, launchers)
-                          _ps_roi_align_bwd_gather_kernel, _ps_roi_pool_bwd_gather_kernel,
-                          _roi_align_bwd_gather_kernel, _roi_pool_bwd_gather_kernel)
-
+from ._roi_gather import (  # noqa: F401 (COMPILE_SPECS, launchers)
+    _multi_scale_roi_align_bwd_gather_kernel,
+    _ps_roi_align_bwd_gather_kernel,
+    _ps_roi_pool_bwd_gather_kernel,
+    _roi_align_bwd_gather_kernel,
+    _roi_pool_bwd_gather_kernel,
+)
+from ._roi_pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel  # noqa: F401 (COMPILE_SPECS, launchers)
 
 # ----------------------------------------------------------------------------------------------
 # roi_align
@@ -80,68 +83,120 @@ from ._roi_gather import (_multi_scale_roi_align_bwd_gather_kernel,  # noqa: F40
 
 @triton.jit
 def _roi_align_fwd_kernel(
-    input_ptr,        # [N, C, H, W] features, any strides
-    rois_ptr,         # [K, 5] (batch_index, x1, y1, x2, y2)
-    out_ptr,          # [K, C, PH, PW] contiguous, input dtype
-    N,                # images; RoIs whose batch index is outside [0, N) give zeros
-    C,                # channels
-    H,                # feature map height
-    W,                # feature map width
-    stride_n,         # input strides, in elements
+    input_ptr,  # [N, C, H, W] features, any strides
+    rois_ptr,  # [K, 5] (batch_index, x1, y1, x2, y2)
+    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
+    N,  # images; RoIs whose batch index is outside [0, N) give zeros
+    C,  # channels
+    H,  # feature map height
+    W,  # feature map width
+    stride_n,  # input strides, in elements
     stride_c,
     stride_h,
     stride_w,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale as float32 ...
-    scale_lo,         # ... and the float32 remainder, used only for float64 math
-    sampling_ratio,   # > 0: fixed samples per bin axis; <= 0: ceil(roi extent / pooled)
-    PH,               # pooled height
-    PW,               # pooled width
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale as float32 ...
+    scale_lo,  # ... and the float32 remainder, used only for float64 math
+    sampling_ratio,  # > 0: fixed samples per bin axis; <= 0: ceil(roi extent / pooled)
+    PH,  # pooled height
+    PW,  # pooled width
     ALIGNED: tl.constexpr,  # half-pixel offset, no minimum RoI size
-    C_FAST: tl.constexpr,   # channel stride is 1: put channels on the coalesced tile axis
-    DT: tl.constexpr,       # compute dtype (float32, or float64 for float64 input)
+    C_FAST: tl.constexpr,  # channel stride is 1: put channels on the coalesced tile axis
+    DT: tl.constexpr,  # compute dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program (power of two >= PH*PW, or a block of them)
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_fwd_program(input_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w,
-                       bf, x1, y1, x2, y2, True, _scale(scale_hi, scale_lo, DT), sampling_ratio,
-                       out_ptr, k, tl.program_id(1), PH, PW,
-                       ALIGNED, False, C_FAST, DT, BLOCK_C, BLOCK_P)
+    _align_fwd_program(
+        input_ptr,
+        N,
+        C,
+        H,
+        W,
+        stride_n,
+        stride_c,
+        stride_h,
+        stride_w,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        True,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        out_ptr,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        ALIGNED,
+        False,
+        C_FAST,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 @triton.jit
 def _roi_align_bwd_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    grad_in_ptr,      # [N, C, H, W] contiguous float32/64, zero-filled, accumulated atomically
-    N,                # images
-    C,                # channels
-    H,                # height
-    W,                # width
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    grad_in_ptr,  # [N, C, H, W] contiguous float32/64, zero-filled, accumulated atomically
+    N,  # images
+    C,  # channels
+    H,  # height
+    W,  # width
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder (float64 math only)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder (float64 math only)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
     ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
-    DT: tl.constexpr,       # compute dtype
+    DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_bwd_program(grad_out_ptr, go_s0, go_s1, go_s2, go_s3, grad_in_ptr, N, C, H, W,
-                       bf, x1, y1, x2, y2, True, _scale(scale_hi, scale_lo, DT), sampling_ratio,
-                       k, tl.program_id(1), PH, PW, ALIGNED, False, DT, BLOCK_C, BLOCK_P)
+    _align_bwd_program(
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        grad_in_ptr,
+        N,
+        C,
+        H,
+        W,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        True,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        ALIGNED,
+        False,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,25 +206,25 @@ def _roi_align_bwd_kernel(
 
 @triton.jit
 def _ps_roi_align_fwd_kernel(
-    input_ptr,        # [N, C_in, H, W] features, any strides, C_in = C * PH * PW
-    rois_ptr,         # [K, 5]
-    out_ptr,          # [K, C, PH, PW] contiguous, input dtype
-    N,                # images
-    C,                # output channels
-    H,                # height
-    W,                # width
-    stride_n,         # input strides, in elements
+    input_ptr,  # [N, C_in, H, W] features, any strides, C_in = C * PH * PW
+    rois_ptr,  # [K, 5]
+    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
+    N,  # images
+    C,  # output channels
+    H,  # height
+    W,  # width
+    stride_n,  # input strides, in elements
     stride_c,
     stride_h,
     stride_w,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder (float64 math only)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    DT: tl.constexpr,       # compute dtype
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder (float64 math only)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
@@ -177,41 +232,93 @@ def _ps_roi_align_fwd_kernel(
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
     # PS-align is roi_align with aligned=True geometry; channel c_in = c*PH*PW + p is not
     # contiguous along either tile axis, so the bin-fast layout is kept
-    _align_fwd_program(input_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w,
-                       bf, x1, y1, x2, y2, True, _scale(scale_hi, scale_lo, DT), sampling_ratio,
-                       out_ptr, k, tl.program_id(1), PH, PW,
-                       True, True, False, DT, BLOCK_C, BLOCK_P)
+    _align_fwd_program(
+        input_ptr,
+        N,
+        C,
+        H,
+        W,
+        stride_n,
+        stride_c,
+        stride_h,
+        stride_w,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        True,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        out_ptr,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        True,
+        True,
+        False,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 @triton.jit
 def _ps_roi_align_bwd_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    grad_in_ptr,      # [N, C*PH*PW, H, W] contiguous float32/64, zero-filled, atomics
-    N,                # images
-    C,                # output channels
-    H,                # height
-    W,                # width
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    grad_in_ptr,  # [N, C*PH*PW, H, W] contiguous float32/64, zero-filled, atomics
+    N,  # images
+    C,  # output channels
+    H,  # height
+    W,  # width
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    scale_hi,         # spatial_scale (float32 part)
-    scale_lo,         # spatial_scale remainder (float64 math only)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    DT: tl.constexpr,       # compute dtype
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    scale_hi,  # spatial_scale (float32 part)
+    scale_lo,  # spatial_scale remainder (float64 math only)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_bwd_program(grad_out_ptr, go_s0, go_s1, go_s2, go_s3, grad_in_ptr, N, C, H, W,
-                       bf, x1, y1, x2, y2, True, _scale(scale_hi, scale_lo, DT), sampling_ratio,
-                       k, tl.program_id(1), PH, PW, True, True, DT, BLOCK_C, BLOCK_P)
+    _align_bwd_program(
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        grad_in_ptr,
+        N,
+        C,
+        H,
+        W,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        True,
+        _scale(scale_hi, scale_lo, DT),
+        sampling_ratio,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        True,
+        True,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,87 +331,364 @@ def _ps_roi_align_bwd_kernel(
 
 @triton.jit
 def _multi_scale_roi_align_fwd_kernel(
-    rois_ptr,         # [K, 5]
-    out_ptr,          # [K, C, PH, PW] contiguous, feature dtype
-    N,                # images
-    C,                # channels (shared by all levels)
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    a0, a1, a2, a3, a4, a5, a6, a7,          # FPN level rule: area thresholds of level indices 1..8
-                                             # (pygen.ref.roi.fpn_level_thresholds), NaN-padded
-    f0, f1, f2, f3, f4, f5, f6, f7,          # level l features [N, C, H_l, W_l], any strides
-    H0, H1, H2, H3, H4, H5, H6, H7,          # level heights
-    W0, W1, W2, W3, W4, W5, W6, W7,          # level widths
-    sn0, sn1, sn2, sn3, sn4, sn5, sn6, sn7,  # level strides over N, in elements
-    sc0, sc1, sc2, sc3, sc4, sc5, sc6, sc7,  # ... over C
-    sh0, sh1, sh2, sh3, sh4, sh5, sh6, sh7,  # ... over H
-    sw0, sw1, sw2, sw3, sw4, sw5, sw6, sw7,  # ... over W
-    s0, s1, s2, s3, s4, s5, s6, s7,          # level spatial scales
+    rois_ptr,  # [K, 5]
+    out_ptr,  # [K, C, PH, PW] contiguous, feature dtype
+    N,  # images
+    C,  # channels (shared by all levels)
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    a6,
+    a7,  # FPN level rule: area thresholds of level indices 1..8
+    # (pygen.ref.roi.fpn_level_thresholds), NaN-padded
+    f0,
+    f1,
+    f2,
+    f3,
+    f4,
+    f5,
+    f6,
+    f7,  # level l features [N, C, H_l, W_l], any strides
+    H0,
+    H1,
+    H2,
+    H3,
+    H4,
+    H5,
+    H6,
+    H7,  # level heights
+    W0,
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+    W7,  # level widths
+    sn0,
+    sn1,
+    sn2,
+    sn3,
+    sn4,
+    sn5,
+    sn6,
+    sn7,  # level strides over N, in elements
+    sc0,
+    sc1,
+    sc2,
+    sc3,
+    sc4,
+    sc5,
+    sc6,
+    sc7,  # ... over C
+    sh0,
+    sh1,
+    sh2,
+    sh3,
+    sh4,
+    sh5,
+    sh6,
+    sh7,  # ... over H
+    sw0,
+    sw1,
+    sw2,
+    sw3,
+    sw4,
+    sw5,
+    sw6,
+    sw7,  # ... over W
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+    s5,
+    s6,
+    s7,  # level spatial scales
     NUM_LEVELS: tl.constexpr,  # 1..8 levels in use; the remaining slots repeat level 0
-    ALIGNED: tl.constexpr,     # see _roi_align_fwd_kernel
-    C_FAST: tl.constexpr,      # level 0's channel stride is 1
-    DT: tl.constexpr,          # compute dtype
-    BLOCK_C: tl.constexpr,     # channels per program
-    BLOCK_P: tl.constexpr,     # bins per program
+    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    C_FAST: tl.constexpr,  # level 0's channel stride is 1
+    DT: tl.constexpr,  # compute dtype
+    BLOCK_C: tl.constexpr,  # channels per program
+    BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
     lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
     fp, Hl, Wl, sn, sc, sh, sw, sl = _select_level(
-        lvl, NUM_LEVELS, f0, f1, f2, f3, f4, f5, f6, f7, H0, H1, H2, H3, H4, H5, H6, H7,
-        W0, W1, W2, W3, W4, W5, W6, W7, sn0, sn1, sn2, sn3, sn4, sn5, sn6, sn7,
-        sc0, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sh0, sh1, sh2, sh3, sh4, sh5, sh6, sh7,
-        sw0, sw1, sw2, sw3, sw4, sw5, sw6, sw7, s0, s1, s2, s3, s4, s5, s6, s7)
+        lvl,
+        NUM_LEVELS,
+        f0,
+        f1,
+        f2,
+        f3,
+        f4,
+        f5,
+        f6,
+        f7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        W0,
+        W1,
+        W2,
+        W3,
+        W4,
+        W5,
+        W6,
+        W7,
+        sn0,
+        sn1,
+        sn2,
+        sn3,
+        sn4,
+        sn5,
+        sn6,
+        sn7,
+        sc0,
+        sc1,
+        sc2,
+        sc3,
+        sc4,
+        sc5,
+        sc6,
+        sc7,
+        sh0,
+        sh1,
+        sh2,
+        sh3,
+        sh4,
+        sh5,
+        sh6,
+        sh7,
+        sw0,
+        sw1,
+        sw2,
+        sw3,
+        sw4,
+        sw5,
+        sw6,
+        sw7,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        s6,
+        s7,
+    )
     # a level index past the levels given (scales that skip a level) leaves the row at zero,
     # as the oracle does; so does an empty level
     ok = (lvl >= 0) & (lvl < NUM_LEVELS) & (Hl > 0) & (Wl > 0)
-    _align_fwd_program(fp, N, C, Hl, Wl, sn, sc, sh, sw, bf, x1, y1, x2, y2, ok, sl.to(DT),
-                       sampling_ratio, out_ptr, k, tl.program_id(1), PH, PW,
-                       ALIGNED, False, C_FAST, DT, BLOCK_C, BLOCK_P)
+    _align_fwd_program(
+        fp,
+        N,
+        C,
+        Hl,
+        Wl,
+        sn,
+        sc,
+        sh,
+        sw,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        ok,
+        sl.to(DT),
+        sampling_ratio,
+        out_ptr,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        ALIGNED,
+        False,
+        C_FAST,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 @triton.jit
 def _multi_scale_roi_align_bwd_kernel(
-    grad_out_ptr,     # [K, C, PH, PW] any strides
-    rois_ptr,         # [K, 5]
-    N,                # images
-    C,                # channels
-    go_s0,            # grad_out strides, in elements
+    grad_out_ptr,  # [K, C, PH, PW] any strides
+    rois_ptr,  # [K, 5]
+    N,  # images
+    C,  # channels
+    go_s0,  # grad_out strides, in elements
     go_s1,
     go_s2,
     go_s3,
-    roi_stride,       # rois.stride(0)
-    roi_stride_f,     # rois.stride(1)
-    sampling_ratio,   # see _roi_align_fwd_kernel
-    PH,               # pooled height
-    PW,               # pooled width
-    a0, a1, a2, a3, a4, a5, a6, a7,  # FPN level area thresholds (see the forward)
-    g0, g1, g2, g3, g4, g5, g6, g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
-    H0, H1, H2, H3, H4, H5, H6, H7,  # level heights
-    W0, W1, W2, W3, W4, W5, W6, W7,  # level widths
-    s0, s1, s2, s3, s4, s5, s6, s7,  # level spatial scales
+    roi_stride,  # rois.stride(0)
+    roi_stride_f,  # rois.stride(1)
+    sampling_ratio,  # see _roi_align_fwd_kernel
+    PH,  # pooled height
+    PW,  # pooled width
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    a6,
+    a7,  # FPN level area thresholds (see the forward)
+    g0,
+    g1,
+    g2,
+    g3,
+    g4,
+    g5,
+    g6,
+    g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
+    H0,
+    H1,
+    H2,
+    H3,
+    H4,
+    H5,
+    H6,
+    H7,  # level heights
+    W0,
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+    W7,  # level widths
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+    s5,
+    s6,
+    s7,  # level spatial scales
     NUM_LEVELS: tl.constexpr,  # levels in use
-    ALIGNED: tl.constexpr,     # see _roi_align_fwd_kernel
-    DT: tl.constexpr,          # compute dtype
-    BLOCK_C: tl.constexpr,     # channels per program
-    BLOCK_P: tl.constexpr,     # bins per program
+    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    DT: tl.constexpr,  # compute dtype
+    BLOCK_C: tl.constexpr,  # channels per program
+    BLOCK_P: tl.constexpr,  # bins per program
 ):
     k = tl.program_id(0)
     bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
     lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
     # the stride slots are unused for contiguous grads: H fills them
     gp, Hl, Wl, _a, _b, _c, _d, sl = _select_level(
-        lvl, NUM_LEVELS, g0, g1, g2, g3, g4, g5, g6, g7, H0, H1, H2, H3, H4, H5, H6, H7,
-        W0, W1, W2, W3, W4, W5, W6, W7, H0, H1, H2, H3, H4, H5, H6, H7,
-        H0, H1, H2, H3, H4, H5, H6, H7, H0, H1, H2, H3, H4, H5, H6, H7,
-        H0, H1, H2, H3, H4, H5, H6, H7, s0, s1, s2, s3, s4, s5, s6, s7)
+        lvl,
+        NUM_LEVELS,
+        g0,
+        g1,
+        g2,
+        g3,
+        g4,
+        g5,
+        g6,
+        g7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        W0,
+        W1,
+        W2,
+        W3,
+        W4,
+        W5,
+        W6,
+        W7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        H0,
+        H1,
+        H2,
+        H3,
+        H4,
+        H5,
+        H6,
+        H7,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        s6,
+        s7,
+    )
     ok = (lvl >= 0) & (lvl < NUM_LEVELS) & (Hl > 0) & (Wl > 0)
-    _align_bwd_program(grad_out_ptr, go_s0, go_s1, go_s2, go_s3, gp, N, C, Hl, Wl,
-                       bf, x1, y1, x2, y2, ok, sl.to(DT), sampling_ratio,
-                       k, tl.program_id(1), PH, PW, ALIGNED, False, DT, BLOCK_C, BLOCK_P)
+    _align_bwd_program(
+        grad_out_ptr,
+        go_s0,
+        go_s1,
+        go_s2,
+        go_s3,
+        gp,
+        N,
+        C,
+        Hl,
+        Wl,
+        bf,
+        x1,
+        y1,
+        x2,
+        y2,
+        ok,
+        sl.to(DT),
+        sampling_ratio,
+        k,
+        tl.program_id(1),
+        PH,
+        PW,
+        ALIGNED,
+        False,
+        DT,
+        BLOCK_C,
+        BLOCK_P,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,10 +736,18 @@ def _gather_blocks(c: int, h: int, w: int, gpu: bool, ps: bool = False) -> dict:
     channels: 228-254 registers); these sizes stay spill-free with the ptxas of Triton 3.6 and
     3.9. Interpreter: larger tiles, fewer programs."""
     if gpu:
-        return {"BLOCK_C": min(4, triton.next_power_of_2(c)), "TILE_H": 16,
-                "TILE_W": 16 if ps else 32, "ROI_BLOCK": 128}
-    return {"BLOCK_C": min(64, triton.next_power_of_2(c)), "TILE_H": min(32, triton.next_power_of_2(h)),
-            "TILE_W": min(32, triton.next_power_of_2(w)), "ROI_BLOCK": 256}
+        return {
+            "BLOCK_C": min(4, triton.next_power_of_2(c)),
+            "TILE_H": 16,
+            "TILE_W": 16 if ps else 32,
+            "ROI_BLOCK": 128,
+        }
+    return {
+        "BLOCK_C": min(64, triton.next_power_of_2(c)),
+        "TILE_H": min(32, triton.next_power_of_2(h)),
+        "TILE_W": min(32, triton.next_power_of_2(w)),
+        "ROI_BLOCK": 256,
+    }
 
 
 def _per_roi_grid(k: int, c: int, p: int, bc: int, bp: int) -> tuple[int, int]:
@@ -374,10 +766,28 @@ def roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio, aligned):
     hi, lo = _f32_parts(spatial_scale)
     with on_tensor_device(input):
         _roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
-            hi, lo, int(sampling_ratio), ph, pw,
-            ALIGNED=bool(aligned), C_FAST=_c_fast(input), DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp,
-            **_launch_opts(input))
+            input,
+            rois,
+            out,
+            n,
+            c,
+            h,
+            w,
+            *input.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            int(sampling_ratio),
+            ph,
+            pw,
+            ALIGNED=bool(aligned),
+            C_FAST=_c_fast(input),
+            DT=_dt(input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(input),
+        )
 
 
 def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, aligned, deterministic):
@@ -391,16 +801,51 @@ def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, ali
             cfg = _gather_blocks(c, h, w, grad_out.is_cuda)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
             _roi_align_bwd_gather_kernel[(tiles * n * triton.cdiv(c, cfg["BLOCK_C"]),)](
-                grad_out, rois, grad_input, k, n, c, h, w, *grad_out.stride(),
-                rois.stride(0), rois.stride(1), hi, lo, int(sampling_ratio), ph, pw,
-                ALIGNED=bool(aligned), DT=_dt(grad_input), **cfg, **_launch_opts(grad_out))
+                grad_out,
+                rois,
+                grad_input,
+                k,
+                n,
+                c,
+                h,
+                w,
+                *grad_out.stride(),
+                rois.stride(0),
+                rois.stride(1),
+                hi,
+                lo,
+                int(sampling_ratio),
+                ph,
+                pw,
+                ALIGNED=bool(aligned),
+                DT=_dt(grad_input),
+                **cfg,
+                **_launch_opts(grad_out),
+            )
             return
         bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
         _roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out, rois, grad_input, n, c, h, w, *grad_out.stride(),
-            rois.stride(0), rois.stride(1), hi, lo, int(sampling_ratio), ph, pw,
-            ALIGNED=bool(aligned), DT=_dt(grad_input), BLOCK_C=bc, BLOCK_P=bp,
-            **_launch_opts(grad_out))
+            grad_out,
+            rois,
+            grad_input,
+            n,
+            c,
+            h,
+            w,
+            *grad_out.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            int(sampling_ratio),
+            ph,
+            pw,
+            ALIGNED=bool(aligned),
+            DT=_dt(grad_input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(grad_out),
+        )
 
 
 def ps_roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio):
@@ -415,9 +860,26 @@ def ps_roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio):
     hi, lo = _f32_parts(spatial_scale)
     with on_tensor_device(input):
         _ps_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
-            hi, lo, int(sampling_ratio), ph, pw, DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp,
-            **_launch_opts(input))
+            input,
+            rois,
+            out,
+            n,
+            c,
+            h,
+            w,
+            *input.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            int(sampling_ratio),
+            ph,
+            pw,
+            DT=_dt(input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(input),
+        )
 
 
 def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, deterministic):
@@ -431,15 +893,50 @@ def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, 
             cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
             _ps_roi_align_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
-                grad_out, rois, grad_input, k, n, c, c_in, h, w, *grad_out.stride(),
-                rois.stride(0), rois.stride(1), hi, lo, int(sampling_ratio), ph, pw,
-                DT=_dt(grad_input), **cfg, **_launch_opts(grad_out))
+                grad_out,
+                rois,
+                grad_input,
+                k,
+                n,
+                c,
+                c_in,
+                h,
+                w,
+                *grad_out.stride(),
+                rois.stride(0),
+                rois.stride(1),
+                hi,
+                lo,
+                int(sampling_ratio),
+                ph,
+                pw,
+                DT=_dt(grad_input),
+                **cfg,
+                **_launch_opts(grad_out),
+            )
             return
         bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
         _ps_roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out, rois, grad_input, n, c, h, w, *grad_out.stride(),
-            rois.stride(0), rois.stride(1), hi, lo, int(sampling_ratio), ph, pw,
-            DT=_dt(grad_input), BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(grad_out))
+            grad_out,
+            rois,
+            grad_input,
+            n,
+            c,
+            h,
+            w,
+            *grad_out.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            int(sampling_ratio),
+            ph,
+            pw,
+            DT=_dt(grad_input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(grad_out),
+        )
 
 
 def roi_pool_fwd(input, rois, out, argmax, spatial_scale):
@@ -455,9 +952,27 @@ def roi_pool_fwd(input, rois, out, argmax, spatial_scale):
     hi, lo = _f32_parts(spatial_scale)
     with on_tensor_device(input):
         _roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input, rois, out, argmax, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
-            hi, lo, ph, pw, C_FAST=_c_fast(input), DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp,
-            **_launch_opts(input))
+            input,
+            rois,
+            out,
+            argmax,
+            n,
+            c,
+            h,
+            w,
+            *input.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            ph,
+            pw,
+            C_FAST=_c_fast(input),
+            DT=_dt(input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(input),
+        )
 
 
 def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
@@ -473,15 +988,47 @@ def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
             bp = min(64 if gpu else 4096, triton.next_power_of_2(ph * pw))
             grid = (triton.cdiv(h * w, chunk) * n * triton.cdiv(c, bc),)
             _roi_pool_bwd_gather_kernel[grid](
-                grad_out, argmax, rois, grad_input, k, n, c, h * w, *grad_out.stride(),
-                *argmax.stride(), rois.stride(0), ph, pw, DT=_dt(grad_input), BLOCK_C=bc,
-                BLOCK_P=bp, CHUNK=chunk, ROI_BLOCK=128 if gpu else 256, **_launch_opts(grad_out))
+                grad_out,
+                argmax,
+                rois,
+                grad_input,
+                k,
+                n,
+                c,
+                h * w,
+                *grad_out.stride(),
+                *argmax.stride(),
+                rois.stride(0),
+                ph,
+                pw,
+                DT=_dt(grad_input),
+                BLOCK_C=bc,
+                BLOCK_P=bp,
+                CHUNK=chunk,
+                ROI_BLOCK=128 if gpu else 256,
+                **_launch_opts(grad_out),
+            )
             return
         bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
         _roi_pool_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out, argmax, rois, grad_input, n, c, h, w, *grad_out.stride(), *argmax.stride(),
-            rois.stride(0), ph, pw, DT=_dt(grad_input), BLOCK_C=bc, BLOCK_P=bp,
-            **_launch_opts(grad_out))
+            grad_out,
+            argmax,
+            rois,
+            grad_input,
+            n,
+            c,
+            h,
+            w,
+            *grad_out.stride(),
+            *argmax.stride(),
+            rois.stride(0),
+            ph,
+            pw,
+            DT=_dt(grad_input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(grad_out),
+        )
 
 
 def ps_roi_pool_fwd(input, rois, out, spatial_scale):
@@ -496,8 +1043,25 @@ def ps_roi_pool_fwd(input, rois, out, spatial_scale):
     hi, lo = _f32_parts(spatial_scale)
     with on_tensor_device(input):
         _ps_roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input, rois, out, n, c, h, w, *input.stride(), rois.stride(0), rois.stride(1),
-            hi, lo, ph, pw, DT=_dt(input), BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(input))
+            input,
+            rois,
+            out,
+            n,
+            c,
+            h,
+            w,
+            *input.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            ph,
+            pw,
+            DT=_dt(input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(input),
+        )
 
 
 def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
@@ -511,15 +1075,49 @@ def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
             cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
             tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
             _ps_roi_pool_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
-                grad_out, rois, grad_input, k, n, c, c_in, h, w, *grad_out.stride(),
-                rois.stride(0), rois.stride(1), hi, lo, ph, pw,
-                DT=_dt(grad_input), **cfg, **_launch_opts(grad_out))
+                grad_out,
+                rois,
+                grad_input,
+                k,
+                n,
+                c,
+                c_in,
+                h,
+                w,
+                *grad_out.stride(),
+                rois.stride(0),
+                rois.stride(1),
+                hi,
+                lo,
+                ph,
+                pw,
+                DT=_dt(grad_input),
+                **cfg,
+                **_launch_opts(grad_out),
+            )
             return
         bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
         _ps_roi_pool_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out, rois, grad_input, n, c, c_in, h, w, *grad_out.stride(),
-            rois.stride(0), rois.stride(1), hi, lo, ph, pw,
-            DT=_dt(grad_input), BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(grad_out))
+            grad_out,
+            rois,
+            grad_input,
+            n,
+            c,
+            c_in,
+            h,
+            w,
+            *grad_out.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            hi,
+            lo,
+            ph,
+            pw,
+            DT=_dt(grad_input),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(grad_out),
+        )
 
 
 _MAX_LEVELS = 8
@@ -539,12 +1137,14 @@ def _level_args(tensors, spatial_scales, with_strides: bool) -> list:
 def _level_thresholds(spatial_scales, canonical_scale, canonical_level) -> list[float]:
     """The 8 area-threshold arguments of the multi-level kernels (float32 areas), NaN-padded."""
     from pygen.ref.roi import fpn_level_thresholds  # the rule lives once, in the oracle
+
     t = list(fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, torch.float32))[:8]
     return t + [float("nan")] * (8 - len(t))
 
 
-def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_ratio, aligned,
-                              canonical_scale, canonical_level):
+def multi_scale_roi_align_fwd(
+    features, rois, out, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
+):
     k, c, ph, pw = out.shape
     if out.numel() == 0:
         return
@@ -556,38 +1156,93 @@ def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_rati
     bc, bp = _tile_blocks(c, ph * pw, f0.is_cuda)
     with on_tensor_device(f0):
         _multi_scale_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            rois, out, f0.shape[0], c, rois.stride(0), rois.stride(1), int(sampling_ratio), ph, pw,
-            *thresholds, *_level_args(features, spatial_scales, True),
-            NUM_LEVELS=len(features), ALIGNED=bool(aligned), C_FAST=_c_fast(f0), DT=_dt(f0),
-            BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(f0))
+            rois,
+            out,
+            f0.shape[0],
+            c,
+            rois.stride(0),
+            rois.stride(1),
+            int(sampling_ratio),
+            ph,
+            pw,
+            *thresholds,
+            *_level_args(features, spatial_scales, True),
+            NUM_LEVELS=len(features),
+            ALIGNED=bool(aligned),
+            C_FAST=_c_fast(f0),
+            DT=_dt(f0),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(f0),
+        )
 
 
-def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sampling_ratio,
-                              aligned, canonical_scale, canonical_level, deterministic):
+def multi_scale_roi_align_bwd(
+    grad_out,
+    rois,
+    grad_features,
+    spatial_scales,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+    deterministic,
+):
     k, c, ph, pw = grad_out.shape
     g0 = grad_features[0]
     if grad_out.numel() == 0 or g0.shape[0] == 0 or c == 0:
         return
-    common = (int(sampling_ratio), ph, pw, *_level_thresholds(spatial_scales, canonical_scale, canonical_level),
-              *_level_args(grad_features, spatial_scales, False))
+    common = (
+        int(sampling_ratio),
+        ph,
+        pw,
+        *_level_thresholds(spatial_scales, canonical_scale, canonical_level),
+        *_level_args(grad_features, spatial_scales, False),
+    )
     with on_tensor_device(grad_out):
         if deterministic:
-            cfg = _gather_blocks(c, max(g.shape[2] for g in grad_features),
-                                 max(g.shape[3] for g in grad_features), grad_out.is_cuda)
-            tiles = sum(triton.cdiv(g.shape[2], cfg["TILE_H"]) * triton.cdiv(g.shape[3], cfg["TILE_W"])
-                        for g in grad_features)
+            cfg = _gather_blocks(
+                c, max(g.shape[2] for g in grad_features), max(g.shape[3] for g in grad_features), grad_out.is_cuda
+            )
+            tiles = sum(
+                triton.cdiv(g.shape[2], cfg["TILE_H"]) * triton.cdiv(g.shape[3], cfg["TILE_W"]) for g in grad_features
+            )
             if tiles == 0:
                 return
             _multi_scale_roi_align_bwd_gather_kernel[(tiles * g0.shape[0] * triton.cdiv(c, cfg["BLOCK_C"]),)](
-                grad_out, rois, k, g0.shape[0], c, *grad_out.stride(), rois.stride(0), rois.stride(1),
-                *common, NUM_LEVELS=len(grad_features), ALIGNED=bool(aligned), DT=_dt(g0),
-                **cfg, **_launch_opts(grad_out))
+                grad_out,
+                rois,
+                k,
+                g0.shape[0],
+                c,
+                *grad_out.stride(),
+                rois.stride(0),
+                rois.stride(1),
+                *common,
+                NUM_LEVELS=len(grad_features),
+                ALIGNED=bool(aligned),
+                DT=_dt(g0),
+                **cfg,
+                **_launch_opts(grad_out),
+            )
             return
         bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
         _multi_scale_roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out, rois, g0.shape[0], c, *grad_out.stride(), rois.stride(0), rois.stride(1),
-            *common, NUM_LEVELS=len(grad_features), ALIGNED=bool(aligned), DT=_dt(g0),
-            BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(grad_out))
+            grad_out,
+            rois,
+            g0.shape[0],
+            c,
+            *grad_out.stride(),
+            rois.stride(0),
+            rois.stride(1),
+            *common,
+            NUM_LEVELS=len(grad_features),
+            ALIGNED=bool(aligned),
+            DT=_dt(g0),
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            **_launch_opts(grad_out),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,58 +1282,105 @@ def _spec(fn, what: str, constexprs: dict, ptr: str = "*fp32", types: dict | Non
         else:
             sig[a] = "i32"
     name = getattr(fn, "__name__", None) or fn.fn.__name__
-    return {"name": name, "fn": fn, "signature": sig, "constexprs": dict(constexprs),
-            "num_warps": _NUM_WARPS, "what": what}
+    return {
+        "name": name,
+        "fn": fn,
+        "signature": sig,
+        "constexprs": dict(constexprs),
+        "num_warps": _NUM_WARPS,
+        "what": what,
+    }
 
 
 def _compile_specs() -> list:
     f32 = tl.float32
-    nchw = {"stride_w": 1, "roi_stride_f": 1}           # NCHW input: unit W stride
-    cl = {"stride_c": 1, "roi_stride_f": 1}             # channels_last input: unit C stride
-    go = {"go_s3": 1, "roi_stride_f": 1}                # contiguous grad_out
+    nchw = {"stride_w": 1, "roi_stride_f": 1}  # NCHW input: unit W stride
+    cl = {"stride_c": 1, "roi_stride_f": 1}  # channels_last input: unit C stride
+    go = {"go_s3": 1, "roi_stride_f": 1}  # contiguous grad_out
     gather = {"BLOCK_C": 4, "TILE_H": 16, "TILE_W": 32, "ROI_BLOCK": 128}
     ps_gather = {**gather, "TILE_W": 16}
     fpn = {"NUM_LEVELS": 4, "ALIGNED": False, "DT": f32}
     ms_fwd = {**{f"sw{i}": 1 for i in range(8)}, "roi_stride_f": 1}
     return [
-        _spec(_roi_align_fwd_kernel, "FPN box head: C=256, 7x7, NCHW fp32",
-              {**nchw, "ALIGNED": False, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_roi_align_fwd_kernel, "channels_last bf16, C=256, 7x7, aligned",
-              {**cl, "ALIGNED": True, "C_FAST": True, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-              ptr="*bf16"),
-        _spec(_roi_align_fwd_kernel, "Mask R-CNN mask head: C=256, 14x14, NCHW fp32",
-              {**nchw, "ALIGNED": True, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256}),
-        _spec(_roi_align_bwd_kernel, "C=256, 7x7, atomics",
-              {**go, "ALIGNED": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_roi_align_bwd_gather_kernel, "C=256, 7x7, deterministic gather",
-              {**go, "ALIGNED": False, "DT": f32, **gather}),
-        _spec(_ps_roi_align_fwd_kernel, "R-FCN: C_out=21, 7x7 (C_in=1029), NCHW fp32",
-              {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_ps_roi_align_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics",
-              {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_ps_roi_align_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather",
-              {**go, "DT": f32, **ps_gather}),
-        _spec(_roi_pool_fwd_kernel, "Fast R-CNN: C=512, 7x7, NCHW fp32",
-              {**nchw, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-              types={"argmax_ptr": "*i32"}),
-        _spec(_roi_pool_bwd_kernel, "Fast R-CNN: C=512, 7x7, atomics",
-              {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-              types={"argmax_ptr": "*i32"}),
-        _spec(_roi_pool_bwd_gather_kernel, "Fast R-CNN: C=512, 7x7, deterministic gather",
-              {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64, "CHUNK": 256,
-               "ROI_BLOCK": 128}, types={"argmax_ptr": "*i32"}),
-        _spec(_ps_roi_pool_fwd_kernel, "R-FCN: C_out=21, 7x7, NCHW fp32",
-              {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_ps_roi_pool_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics",
-              {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_ps_roi_pool_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather",
-              {**go, "DT": f32, **ps_gather}),
-        _spec(_multi_scale_roi_align_fwd_kernel, "FPN P2-P5: C=256, 7x7, NCHW fp32",
-              {**ms_fwd, **fpn, "C_FAST": False, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_multi_scale_roi_align_bwd_kernel, "FPN P2-P5: C=256, 7x7, atomics",
-              {**go, **fpn, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(_multi_scale_roi_align_bwd_gather_kernel, "FPN P2-P5: C=256, 7x7, deterministic gather",
-              {**go, **fpn, **gather}),
+        _spec(
+            _roi_align_fwd_kernel,
+            "FPN box head: C=256, 7x7, NCHW fp32",
+            {**nchw, "ALIGNED": False, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+        ),
+        _spec(
+            _roi_align_fwd_kernel,
+            "channels_last bf16, C=256, 7x7, aligned",
+            {**cl, "ALIGNED": True, "C_FAST": True, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+            ptr="*bf16",
+        ),
+        _spec(
+            _roi_align_fwd_kernel,
+            "Mask R-CNN mask head: C=256, 14x14, NCHW fp32",
+            {**nchw, "ALIGNED": True, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256},
+        ),
+        _spec(
+            _roi_align_bwd_kernel,
+            "C=256, 7x7, atomics",
+            {**go, "ALIGNED": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+        ),
+        _spec(
+            _roi_align_bwd_gather_kernel,
+            "C=256, 7x7, deterministic gather",
+            {**go, "ALIGNED": False, "DT": f32, **gather},
+        ),
+        _spec(
+            _ps_roi_align_fwd_kernel,
+            "R-FCN: C_out=21, 7x7 (C_in=1029), NCHW fp32",
+            {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+        ),
+        _spec(
+            _ps_roi_align_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics", {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}
+        ),
+        _spec(
+            _ps_roi_align_bwd_gather_kernel,
+            "R-FCN: C_out=21, 7x7, deterministic gather",
+            {**go, "DT": f32, **ps_gather},
+        ),
+        _spec(
+            _roi_pool_fwd_kernel,
+            "Fast R-CNN: C=512, 7x7, NCHW fp32",
+            {**nchw, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+            types={"argmax_ptr": "*i32"},
+        ),
+        _spec(
+            _roi_pool_bwd_kernel,
+            "Fast R-CNN: C=512, 7x7, atomics",
+            {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+            types={"argmax_ptr": "*i32"},
+        ),
+        _spec(
+            _roi_pool_bwd_gather_kernel,
+            "Fast R-CNN: C=512, 7x7, deterministic gather",
+            {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64, "CHUNK": 256, "ROI_BLOCK": 128},
+            types={"argmax_ptr": "*i32"},
+        ),
+        _spec(
+            _ps_roi_pool_fwd_kernel, "R-FCN: C_out=21, 7x7, NCHW fp32", {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}
+        ),
+        _spec(_ps_roi_pool_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics", {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
+        _spec(
+            _ps_roi_pool_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather", {**go, "DT": f32, **ps_gather}
+        ),
+        _spec(
+            _multi_scale_roi_align_fwd_kernel,
+            "FPN P2-P5: C=256, 7x7, NCHW fp32",
+            {**ms_fwd, **fpn, "C_FAST": False, "BLOCK_C": 8, "BLOCK_P": 64},
+        ),
+        _spec(
+            _multi_scale_roi_align_bwd_kernel,
+            "FPN P2-P5: C=256, 7x7, atomics",
+            {**go, **fpn, "BLOCK_C": 8, "BLOCK_P": 64},
+        ),
+        _spec(
+            _multi_scale_roi_align_bwd_gather_kernel,
+            "FPN P2-P5: C=256, 7x7, deterministic gather",
+            {**go, **fpn, **gather},
+        ),
     ]
 
 

@@ -10,8 +10,9 @@ Value checks that read tensor values on the host (one synchronisation each on a 
 turned off for hot loops: ``pygen.set_value_checks(False)``, ``with pygen.value_checks(False):``
 or ``PYGEN_VALUE_CHECKS=0`` (pygen/_value_checks.py).
 """
-__version__ = "0.1.0"
 
-from . import ops, ref, nn  # noqa: E402,F401
-from ._backend import BACKENDS, available_backends, backend_status  # noqa: E402,F401
-from ._value_checks import set_value_checks, value_checks, value_checks_enabled  # noqa: E402,F401
+from . import nn, ops, ref
+from ._backend import BACKENDS, available_backends, backend_status
+from ._value_checks import set_value_checks, value_checks, value_checks_enabled
+
+__version__ = "0.1.0"

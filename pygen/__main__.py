@@ -1,4 +1,5 @@
 """``python -m pygen`` is the ``pygen`` command (pygen/cli.py)."""
+
 import sys
 
 from pygen.cli import main

@@ -6,10 +6,11 @@ Order of choice (docs/ARCHITECTURE.md): the op's ``backend=`` argument, then the
 dtype. An explicit request (argument) for a backend that cannot run raises with the reason;
 ``PYGEN_BACKEND`` and the default table fall back silently to the next available backend.
 """
+
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -23,11 +24,11 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _triton_error() -> str | None:
     try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
+        import triton  # noqa: F401 (probe: is triton importable)
+        import triton.language  # noqa: F401 (probe: is triton.language importable)
     except Exception as exc:
         return f"triton not importable ({type(exc).__name__}: {exc})"
     return None
@@ -39,6 +40,7 @@ def _triton_imported_uninterpreted() -> bool:
     calling them fails on ("Cannot call @triton.jit'd outside of the scope of a kernel")."""
     import triton.language as tl
     from triton.runtime.jit import JITFunction
+
     return isinstance(getattr(tl, "cdiv", None), JITFunction)
 
 
@@ -73,9 +75,11 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
             return True, "Triton on GPU"
         if dev == "cpu" and triton_interpreting():
             if _triton_imported_uninterpreted():
-                return False, ("triton was imported before TRITON_INTERPRET=1 was set (its tl.* "
-                               "@jit helpers are not interpretable): set it before importing "
-                               "triton or torch._dynamo")
+                return False, (
+                    "triton was imported before TRITON_INTERPRET=1 was set (its tl.* "
+                    "@jit helpers are not interpretable): set it before importing "
+                    "triton or torch._dynamo"
+                )
             return True, "Triton interpreter (TRITON_INTERPRET=1; slow, for tests)"
         return False, f"Triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got {dev}"
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -86,14 +90,12 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 # Fastest measured backend first; see docs/roi.md for the numbers behind each row.
-_DEFAULT_ORDER = {
-    "cuda": ("cuda", "triton", "reference"),
-    "cpu": ("cpu", "reference"),
-}
+_DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
-def choose(op: str, device: torch.device, dtype: torch.dtype, backend: str | None = None,
-           supported: tuple[str, ...] = BACKENDS) -> str:
+def choose(
+    op: str, device: torch.device, dtype: torch.dtype, backend: str | None = None, supported: tuple[str, ...] = BACKENDS
+) -> str:
     """Pick the backend for ``op`` on ``device``/``dtype`` (see module docstring)."""
     if backend is not None:
         if backend not in BACKENDS:
@@ -118,16 +120,23 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, backend: str | Non
     return "reference"
 
 
-def choose_for(op: str, t: torch.Tensor, backend: str | None, supported: tuple[str, ...],
-               float64_backends: tuple[str, ...] = ("reference",)) -> str:
+def choose_for(
+    op: str,
+    t: torch.Tensor,
+    backend: str | None,
+    supported: tuple[str, ...],
+    float64_backends: tuple[str, ...] = ("reference",),
+) -> str:
     """``choose`` for an op whose kernels accumulate in float32: float64 tensors may only use
     ``float64_backends`` (an explicit other backend is a TypeError naming the dtype)."""
     if t.dtype == torch.float64:
         f64 = tuple(b for b in supported if b in float64_backends)
         if backend is not None and backend in BACKENDS and backend not in f64:
             runs = " and ".join(f64) if f64 else "no"
-            raise TypeError(f"{op}: backend {backend!r} does not support float64 "
-                            f"(float64 runs on the {runs} backend{'s' if len(f64) > 1 else ''})")
+            raise TypeError(
+                f"{op}: backend {backend!r} does not support float64 "
+                f"(float64 runs on the {runs} backend{'s' if len(f64) > 1 else ''})"
+            )
         supported = f64
     return choose(op, t.device, t.dtype, backend, supported)
 

@@ -5,6 +5,7 @@ include no torch headers, so one build works with any torch. Either module may b
 built, or built for another platform): importing pygen still works and the reason is kept for
 ``pygen info``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -62,8 +63,7 @@ def native_module(t: torch.Tensor):
         mod = cuda()
         if mod is None:
             raise RuntimeError(f"pygen._cuda is not available: {load_error('_cuda')}")
-        return mod, [t.device.index if t.device.index is not None else torch.cuda.current_device(),
-                     stream_of(t)]
+        return mod, [t.device.index if t.device.index is not None else torch.cuda.current_device(), stream_of(t)]
     if t.device.type == "cpu":
         mod = host()
         if mod is None:

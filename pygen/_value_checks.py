@@ -15,6 +15,7 @@ each family's checks module says what its kernels then do with them.
 
 The setting is process-wide (not per thread), like torch.autograd.set_detect_anomaly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ ENV = "PYGEN_VALUE_CHECKS"
 _ON = ("", "1", "true", "on", "yes")
 _OFF = ("0", "false", "off", "no")
 
-_override: bool | None = None     # set_value_checks / value_checks; None: PYGEN_VALUE_CHECKS decides
+_override: bool | None = None  # set_value_checks / value_checks; None: PYGEN_VALUE_CHECKS decides
 
 
 def _from_env() -> bool:

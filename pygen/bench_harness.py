@@ -73,6 +73,7 @@ computes something else and is not timed (status "mismatch"), unless its case li
 ``Case.approximate`` (the same layer at another precision, e.g. unquantised torch.matmul next to
 FP8): then it is timed and marked (!) with the reason.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,9 +87,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -105,10 +107,8 @@ GRAPH_FALLBACK_MARK = " (no graph)"
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 GRAD_TOL_FACTOR = 4.0
 MODES = ("fwd", "bwd", "fwd+bwd")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
-TRITON_CPU_SKIP = ("Triton on CPU is the interpreter (TRITON_INTERPRET=1), a test tool far too "
-                   "slow to benchmark")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+TRITON_CPU_SKIP = "Triton on CPU is the interpreter (TRITON_INTERPRET=1), a test tool far too slow to benchmark"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,6 +118,7 @@ TRITON_CPU_SKIP = ("Triton on CPU is the interpreter (TRITON_INTERPRET=1), a tes
 class Inputs:
     """Tensors of one benchmark instance. ``leaves`` are the differentiable inputs (the feature
     maps); ``grad_out`` is the upstream gradient used by the bwd modes."""
+
     tensors: dict[str, Any]
     leaves: list[torch.Tensor]
     grad_out: torch.Tensor | None = None
@@ -152,6 +153,7 @@ class Case:
                              baseline that fails the check computes something else and is
                              reported as a mismatch, not timed
     """
+
     family: str
     op: str
     label: str
@@ -171,7 +173,7 @@ class Case:
 @dataclass
 class Impl:
     name: str
-    kind: str                       # "pygen" or "baseline"
+    kind: str  # "pygen" or "baseline"
     fn: Callable[[Inputs], torch.Tensor] | None
     skip: str | None = None
 
@@ -187,7 +189,7 @@ class Timing:
     # the raw per-call samples in call order (CPU timers only): the paired ratio statistics
     # of ratio_stats() need them; None for do_bench, which returns quantiles only
     samples_ms: list[float] | None = field(default=None, repr=False)
-    wall_median_ms: float | None = None   # timer "thread_time": the wall-clock median, for reference
+    wall_median_ms: float | None = None  # timer "thread_time": the wall-clock median, for reference
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,11 +250,20 @@ def git_sha() -> tuple[str | None, bool | None]:
     if root is None:
         return None, None
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip())
+        sha = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
         return sha, dirty
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -269,6 +280,7 @@ def load_average() -> float | None:
 def triton_version() -> str | None:
     try:
         import triton
+
         return triton.__version__
     except Exception:
         return None
@@ -277,6 +289,7 @@ def triton_version() -> str | None:
 def env_info(device: torch.device) -> dict[str, Any]:
     """The metadata written with every JSON line."""
     import pygen
+
     sha, dirty = git_sha()
     return {
         "device": device.type,
@@ -298,14 +311,16 @@ def env_info(device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Implementations of a case on a device
 # ----------------------------------------------------------------------------------------------
-def build_impls(case: Case, device: torch.device, backends: Sequence[str] | None = None,
-                baselines: Sequence[str] | None = None) -> list[Impl]:
+def build_impls(
+    case: Case, device: torch.device, backends: Sequence[str] | None = None, baselines: Sequence[str] | None = None
+) -> list[Impl]:
     """Every implementation of ``case`` for ``device``, unavailable ones with a skip reason.
 
     ``backends`` restricts the pygen kernel backends (cuda/triton/cpu); ``baselines`` restricts
     the baselines (reference, compile, torchvision). None means all.
     """
     from pygen import _backend
+
     impls: list[Impl] = []
     for b in ("cuda", "triton", "cpu"):
         if backends is not None and b not in backends:
@@ -324,7 +339,7 @@ def build_impls(case: Case, device: torch.device, backends: Sequence[str] | None
             continue
         impls.append(Impl(name, "pygen", (lambda I, _b=b: case.pygen(I, _b))))
 
-    want = (lambda n: baselines is None or n in baselines)
+    want = lambda n: baselines is None or n in baselines
     if want("reference"):
         impls.append(Impl("reference", "baseline", lambda I: case.pygen(I, "reference")))
     if want("compile"):
@@ -378,8 +393,10 @@ def run_once(impl: Impl, inputs: Inputs, mode: str) -> tuple[torch.Tensor, list[
     out = impl.fn(inputs)
     if not out.requires_grad:
         _set_requires_grad(inputs, False)
-        raise NoBackward(f"{impl.name} has no backward here (its output does not depend on the "
-                         f"differentiable inputs, e.g. a reference over pre-quantised tensors)")
+        raise NoBackward(
+            f"{impl.name} has no backward here (its output does not depend on the "
+            f"differentiable inputs, e.g. a reference over pre-quantised tensors)"
+        )
     out.backward(inputs.grad_out)
     grads = [g.detach().clone() for g in _grads(inputs)]
     _set_requires_grad(inputs, False)
@@ -394,20 +411,25 @@ def timed_callable(impl: Impl, inputs: Inputs, mode: str) -> tuple[Callable[[], 
         def fwd():
             with torch.no_grad():
                 return impl.fn(inputs)
+
         return fwd, (lambda: None)
     _set_requires_grad(inputs, True)
 
     def reset():
         for t in inputs.leaves:
             t.grad = None
+
     if mode == "fwd+bwd":
+
         def fwd_bwd():
             impl.fn(inputs).backward(inputs.grad_out)
+
         return fwd_bwd, reset
     out = impl.fn(inputs)  # bwd: one forward, the backward timed alone
 
     def bwd():
         out.backward(inputs.grad_out, retain_graph=True)
+
     return bwd, reset
 
 
@@ -426,8 +448,7 @@ def _close(a: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
     return bool(((a - ref).abs() <= tol * (1.0 + ref.abs())).all())
 
 
-def _check_maxpool_grad(inputs: Inputs, ref_out: torch.Tensor, grads: list[torch.Tensor],
-                        tol: float) -> bool:
+def _check_maxpool_grad(inputs: Inputs, ref_out: torch.Tensor, grads: list[torch.Tensor], tol: float) -> bool:
     """Tie-robust check of a max-pool gradient. With ties an implementation may route a bin's
     gradient to any element holding the max, so compare the two sums every valid routing keeps:
     sum(grad_in * x) = sum(grad_out * out) and sum(grad_in) = sum(grad_out over non-empty bins)
@@ -467,12 +488,12 @@ def check(case: Case, impl: Impl, inputs: Inputs, mode: str, expected) -> tuple[
 # ----------------------------------------------------------------------------------------------
 def _quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
     import numpy as np
+
     a = np.asarray(samples_ms, dtype=float)
     return float(np.median(a)), float(np.percentile(a, 20)), float(np.percentile(a, 80))
 
 
-def _cpu_timing(samples: list[float], timer: str = "perf_counter",
-                wall: list[float] | None = None) -> Timing:
+def _cpu_timing(samples: list[float], timer: str = "perf_counter", wall: list[float] | None = None) -> Timing:
     med, p20, p80 = _quantiles(samples)
     t = Timing(med, p20, p80, len(samples), timer, min(samples), list(samples))
     if wall is not None:
@@ -492,15 +513,30 @@ CPU_TIMERS = ("auto", "thread_time", "perf_counter")
 THREAD_TIME_MAX_GAP = 0.10
 
 
-def time_cpu(fn: Callable[[], Any], reset: Callable[[], None] = lambda: None, *, warmup: int = 1,
-             min_reps: int = 5, max_reps: int = 200, budget_s: float = 1.0,
-             max_total_s: float = 30.0, timer: str = "auto") -> Timing:
+def time_cpu(
+    fn: Callable[[], Any],
+    reset: Callable[[], None] = lambda: None,
+    *,
+    warmup: int = 1,
+    min_reps: int = 5,
+    max_reps: int = 200,
+    budget_s: float = 1.0,
+    max_total_s: float = 30.0,
+    timer: str = "auto",
+) -> Timing:
     """Median / p20 / p80 / min of repeated calls of one callable: at least ``min_reps`` samples
     and ``budget_s`` seconds, except that calls so slow that ``max_total_s`` is reached stop early
     (with at least one sample; the sample count is reported with the numbers). To compare two
     callables use :func:`time_cpu_interleaved`, which pairs their samples."""
-    return time_cpu_interleaved([(fn, reset)], warmup=warmup, min_rounds=min_reps, max_rounds=max_reps,
-                                budget_s=budget_s, max_total_s=max_total_s, timer=timer)[0]
+    return time_cpu_interleaved(
+        [(fn, reset)],
+        warmup=warmup,
+        min_rounds=min_reps,
+        max_rounds=max_reps,
+        budget_s=budget_s,
+        max_total_s=max_total_s,
+        timer=timer,
+    )[0]
 
 
 def interleaved_order(k: int, rounds: int) -> list[int]:
@@ -515,19 +551,29 @@ def _round_order(k: int, r: int) -> list[int]:
     return [(r + j) % k for j in range(k)]
 
 
-def _pick_clock(wall: list[list[float]], cpu: list[list[float]], proc: list[float], timer: str
-                ) -> tuple[list[list[float]], str]:
+def _pick_clock(
+    wall: list[list[float]], cpu: list[list[float]], proc: list[float], timer: str
+) -> tuple[list[list[float]], str]:
     """proc[j]: process CPU time (ms) summed over implementation j's calls."""
     use_cpu = timer == "thread_time" or (
-        timer == "auto" and torch.get_num_threads() == 1
-        and all(p <= (1 + THREAD_TIME_MAX_GAP) * sum(cs) + 0.01 * len(cs) for p, cs in zip(proc, cpu)))
+        timer == "auto"
+        and torch.get_num_threads() == 1
+        and all(p <= (1 + THREAD_TIME_MAX_GAP) * sum(cs) + 0.01 * len(cs) for p, cs in zip(proc, cpu))
+    )
     return (cpu, "thread_time") if use_cpu else (wall, "perf_counter")
 
 
-def time_cpu_interleaved(calls: Sequence[tuple[Callable[[], Any], Callable[[], None]]], *,
-                         warmup: int = 0, min_rounds: int = 10, max_rounds: int = 200,
-                         budget_s: float = 1.0, max_total_s: float = 30.0, timer: str = "auto",
-                         settled: Callable[[list[list[float]]], bool] | None = None) -> list[Timing]:
+def time_cpu_interleaved(
+    calls: Sequence[tuple[Callable[[], Any], Callable[[], None]]],
+    *,
+    warmup: int = 0,
+    min_rounds: int = 10,
+    max_rounds: int = 200,
+    budget_s: float = 1.0,
+    max_total_s: float = 30.0,
+    timer: str = "auto",
+    settled: Callable[[list[list[float]]], bool] | None = None,
+) -> list[Timing]:
     """Time k callables ``(fn, reset)`` with their single calls interleaved round by round
     (:func:`interleaved_order`), so that all of them see the same machine load and sample i of
     one is paired with sample i of every other (same round, seconds apart at most).
@@ -554,9 +600,14 @@ def time_cpu_interleaved(calls: Sequence[tuple[Callable[[], Any], Callable[[], N
     rounds = 0
     while rounds < max_rounds:
         elapsed = perf() - t_start
-        if rounds and (elapsed >= max_total_s or (
-                rounds >= min_rounds and elapsed >= budget_s
-                and (settled is None or settled(_pick_clock(wall, cpu, proc, timer)[0])))):
+        if rounds and (
+            elapsed >= max_total_s
+            or (
+                rounds >= min_rounds
+                and elapsed >= budget_s
+                and (settled is None or settled(_pick_clock(wall, cpu, proc, timer)[0]))
+            )
+        ):
             break
         for j in _round_order(k, rounds):
             fn, reset = calls[j]
@@ -579,10 +630,10 @@ def time_cpu_interleaved(calls: Sequence[tuple[Callable[[], Any], Callable[[], N
 # ----------------------------------------------------------------------------------------------
 # Ratio statistics: paired ratios, their confidence interval and the verdict
 # ----------------------------------------------------------------------------------------------
-CI_LEVEL = 0.95          # nominal coverage of the ratio intervals
-MIN_EFFECT = 1.10        # "faster" needs the whole CI above this ("slower": below its inverse)
-NEAR_BAND = 1.25         # a CI inside [1/1.25, 1.25] that is neither: "~"
-MAX_CI_WIDTH = 3.0       # a CI with hi/lo above this gives no ratio (a verdict, if it excludes 1)
+CI_LEVEL = 0.95  # nominal coverage of the ratio intervals
+MIN_EFFECT = 1.10  # "faster" needs the whole CI above this ("slower": below its inverse)
+NEAR_BAND = 1.25  # a CI inside [1/1.25, 1.25] that is neither: "~"
+MAX_CI_WIDTH = 3.0  # a CI with hi/lo above this gives no ratio (a verdict, if it excludes 1)
 
 
 def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
@@ -593,7 +644,7 @@ def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
     tail = (1.0 - level) / 2
     k, cdf = 0, 0.0
     for j in range(n + 1):
-        cdf += math.comb(n, j) / 2.0 ** n
+        cdf += math.comb(n, j) / 2.0**n
         if cdf > tail:
             break
         k = j + 1
@@ -660,9 +711,15 @@ def set_cpu_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
-def time_cuda(fn: Callable[[], Any], grad_to_none: Sequence[torch.Tensor] | None = None, *,
-              allow_cudagraph: bool = True, rep_ms: int = 100) -> Timing:
+def time_cuda(
+    fn: Callable[[], Any],
+    grad_to_none: Sequence[torch.Tensor] | None = None,
+    *,
+    allow_cudagraph: bool = True,
+    rep_ms: int = 100,
+) -> Timing:
     import triton.testing as tt
+
     q = [0.5, 0.2, 0.8]
     med, p20, p80 = tt.do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grad_to_none, quantiles=q)
     timing = Timing(med, p20, p80, None, "do_bench")
@@ -727,11 +784,12 @@ class BenchOptions:
     # CI [2nd, 9th of 10] of the paired ratios (97.9% coverage), robust to one outlier per side
     cpu_min_rounds: int = 10
     allow_cudagraph: bool = True
-    deadline: float | None = None   # time.monotonic() after which nothing new is started
+    deadline: float | None = None  # time.monotonic() after which nothing new is started
 
 
-def _time_group(pending, inputs: Inputs, mode: str, opts: BenchOptions, rows: list, log,
-                case: Case) -> list[Timing | None]:
+def _time_group(
+    pending, inputs: Inputs, mode: str, opts: BenchOptions, rows: list, log, case: Case
+) -> list[Timing | None]:
     """Time the checked implementations ``pending`` = [(impl, row base, ok, err)] of one (case,
     dtype, mode). CPU: all of them interleaved call by call (time_cpu_interleaved: paired samples,
     the budget and the time cap scaled by their number); GPU: one after the other with do_bench.
@@ -765,27 +823,41 @@ def _time_group(pending, inputs: Inputs, mode: str, opts: BenchOptions, rows: li
         k = len(calls)
         # no warm-up round: the correctness check (or, for the reference, the oracle run) just ran
         # the same calls at the same shapes
-        kw = dict(min_rounds=max(opts.cpu_min_reps, opts.cpu_min_rounds), budget_s=opts.cpu_budget_s,
-                  max_total_s=opts.cpu_max_total_s)
+        kw = dict(
+            min_rounds=max(opts.cpu_min_reps, opts.cpu_min_rounds),
+            budget_s=opts.cpu_budget_s,
+            max_total_s=opts.cpu_max_total_s,
+        )
         # every (row, baseline) ratio the table will show; past the budget, rounds go on (up to the
         # time cap) while one of them has no verdict yet
-        pairs = [(a, b) for a in range(k) for b in range(k)
-                 if a != b and pending[idx[b]][0].kind == "baseline"]
+        pairs = [(a, b) for a in range(k) for b in range(k) if a != b and pending[idx[b]][0].kind == "baseline"]
 
         def settled(samples):
             stats = (ratio_stats(_cpu_timing(samples[a]), _cpu_timing(samples[b])) for a, b in pairs)
             return all(st["verdict"] != "noisy" and not st["wide"] for st in stats)
+
         try:
-            for i, t in zip(idx, time_cpu_interleaved(calls, **{**kw, "budget_s": kw["budget_s"] * k,
-                                                                "max_total_s": kw["max_total_s"] * k},
-                                                      settled=settled)):
+            for i, t in zip(
+                idx,
+                time_cpu_interleaved(
+                    calls,
+                    **{**kw, "budget_s": kw["budget_s"] * k, "max_total_s": kw["max_total_s"] * k},
+                    settled=settled,
+                ),
+            ):
                 out[i] = t
         except Exception:
             # one of them raised mid-run: time them one at a time to find which (unpaired samples)
             for i, (fn, reset) in zip(idx, calls):
                 try:
-                    t = time_cpu(fn, reset, warmup=0, min_reps=kw["min_rounds"], budget_s=kw["budget_s"],
-                                 max_total_s=kw["max_total_s"])
+                    t = time_cpu(
+                        fn,
+                        reset,
+                        warmup=0,
+                        min_reps=kw["min_rounds"],
+                        budget_s=kw["budget_s"],
+                        max_total_s=kw["max_total_s"],
+                    )
                     t.samples_ms = None
                     out[i] = t
                 except Exception as exc:
@@ -801,11 +873,13 @@ def _timing(fn, reset, leaves, opts: BenchOptions) -> Timing:
 
         def call():
             fn()
+
         return time_cuda(call, grad_to_none, allow_cudagraph=opts.allow_cudagraph)
     # no extra warm-up: the correctness check (or, for the reference, the oracle run) just ran
     # the same call at the same shapes
-    return time_cpu(fn, reset, warmup=0, min_reps=opts.cpu_min_reps, budget_s=opts.cpu_budget_s,
-                    max_total_s=opts.cpu_max_total_s)
+    return time_cpu(
+        fn, reset, warmup=0, min_reps=opts.cpu_min_reps, budget_s=opts.cpu_budget_s, max_total_s=opts.cpu_max_total_s
+    )
 
 
 def reference_impl(case: Case) -> Impl:
@@ -813,9 +887,13 @@ def reference_impl(case: Case) -> Impl:
     return Impl("reference", "baseline", lambda I: case.pygen(I, "reference"))
 
 
-def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
-             log: Callable[[str], None] = lambda s: None,
-             out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def run_case(
+    case: Case,
+    opts: BenchOptions,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    out: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Check then time every implementation of ``case`` for every dtype and mode.
 
     Returns one dict per (impl, dtype, mode): status "ok" (timed), "mismatch" (disagreed with the
@@ -833,10 +911,20 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
         if opts.deadline is not None and time.monotonic() > opts.deadline:
             for impl in impls:
                 for mode in opts.modes:
-                    rows.append({"family": case.family, "op": case.op, "shape_label": case.label,
-                                 "shape": case.shape, "dtype": str(dtype).removeprefix("torch."),
-                                 "mode": mode, "backend": impl.name, "kind": impl.kind,
-                                 "status": "skipped", "reason": "time budget (--max-time) exhausted"})
+                    rows.append(
+                        {
+                            "family": case.family,
+                            "op": case.op,
+                            "shape_label": case.label,
+                            "shape": case.shape,
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "mode": mode,
+                            "backend": impl.name,
+                            "kind": impl.kind,
+                            "status": "skipped",
+                            "reason": "time budget (--max-time) exhausted",
+                        }
+                    )
                     if progress:
                         progress.step(f"{case.op} {case.label} (out of time)")
             continue
@@ -847,14 +935,21 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                 continue
             try:
                 expected[m] = run_once(ref_impl, inputs, m)
-            except Exception as exc:   # reported per row below; one broken case must not end the run
+            except Exception as exc:  # reported per row below; one broken case must not end the run
                 ref_errors[m] = f"the reference failed: {short_error(exc)}"
         for mode in opts.modes:
-            pending: list[tuple[Impl, dict[str, Any], bool, float]] = []   # checked, to be timed
+            pending: list[tuple[Impl, dict[str, Any], bool, float]] = []  # checked, to be timed
             for impl in impls:
-                base = {"family": case.family, "op": case.op, "shape_label": case.label,
-                        "shape": case.shape, "dtype": str(dtype).removeprefix("torch."),
-                        "mode": mode, "backend": impl.name, "kind": impl.kind}
+                base = {
+                    "family": case.family,
+                    "op": case.op,
+                    "shape_label": case.label,
+                    "shape": case.shape,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "mode": mode,
+                    "backend": impl.name,
+                    "kind": impl.kind,
+                }
                 if progress:
                     progress.step(f"{case.op} {case.label} {base['dtype']} {mode} {impl.name}")
                 if mode in ref_errors:
@@ -883,17 +978,31 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                         log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
                     continue
                 if not ok and impl.kind == "pygen":
-                    rows.append({**base, "status": "mismatch", "max_abs_err": err,
-                                 "reason": "output differs from the reference; not timed"})
+                    rows.append(
+                        {
+                            **base,
+                            "status": "mismatch",
+                            "max_abs_err": err,
+                            "reason": "output differs from the reference; not timed",
+                        }
+                    )
                     log(f"MISMATCH {case.op} {mode} {base['dtype']} {impl.name}: max abs err {err:.3g}")
                     continue
                 if not ok and impl.name not in case.approximate:
                     # a baseline that computes something else is not the same work: no timing, no ratio
-                    rows.append({**base, "status": "mismatch", "max_abs_err": err,
-                                 "reason": f"baseline output differs from the reference (max abs err "
-                                           f"{err:.3g}): not the same computation, not timed"})
-                    log(f"baseline {impl.name} differs from the reference on {case.op} {mode} "
-                        f"{base['dtype']}: max abs err {err:.3g}; not timed")
+                    rows.append(
+                        {
+                            **base,
+                            "status": "mismatch",
+                            "max_abs_err": err,
+                            "reason": f"baseline output differs from the reference (max abs err "
+                            f"{err:.3g}): not the same computation, not timed",
+                        }
+                    )
+                    log(
+                        f"baseline {impl.name} differs from the reference on {case.op} {mode} "
+                        f"{base['dtype']}: max abs err {err:.3g}; not timed"
+                    )
                     continue
                 pending.append((impl, base, ok, err))
             timings = _time_group(pending, inputs, mode, opts, rows, log, case)
@@ -902,20 +1011,34 @@ def run_case(case: Case, opts: BenchOptions, progress: "Progress | None" = None,
                 if t is None:
                     continue
                 nbytes = int(case.bytes_model(inputs, mode))
-                row = {**base, "status": "ok", "correct": ok,
-                       "max_abs_err": err, "median_ms": t.median_ms, "p20_ms": t.p20_ms,
-                       "p80_ms": t.p80_ms, "min_ms": t.min_ms, "samples": t.n, "timer": t.timer,
-                       "wall_median_ms": t.wall_median_ms,
-                       "bytes": nbytes, "bytes_model": case.bytes_formula,
-                       "gbps": nbytes / (t.median_ms * 1e-3) / 1e9 if t.median_ms > 0 else None}
+                row = {
+                    **base,
+                    "status": "ok",
+                    "correct": ok,
+                    "max_abs_err": err,
+                    "median_ms": t.median_ms,
+                    "p20_ms": t.p20_ms,
+                    "p80_ms": t.p80_ms,
+                    "min_ms": t.min_ms,
+                    "samples": t.n,
+                    "timer": t.timer,
+                    "wall_median_ms": t.wall_median_ms,
+                    "bytes": nbytes,
+                    "bytes_model": case.bytes_formula,
+                    "gbps": nbytes / (t.median_ms * 1e-3) / 1e9 if t.median_ms > 0 else None,
+                }
                 if not ok:
                     row["approximate"] = case.approximate[impl.name]
-                    row["reason"] = (f"differs from the reference by design (max abs err {err:.3g}): "
-                                     f"{case.approximate[impl.name]}")
+                    row["reason"] = (
+                        f"differs from the reference by design (max abs err {err:.3g}): {case.approximate[impl.name]}"
+                    )
                 timed_rows.append((row, t))
             for row, t in timed_rows:
-                row["vs"] = {other["backend"]: ratio_stats(t, tb) for other, tb in timed_rows
-                             if other is not row and other["kind"] == "baseline"}
+                row["vs"] = {
+                    other["backend"]: ratio_stats(t, tb)
+                    for other, tb in timed_rows
+                    if other is not row and other["kind"] == "baseline"
+                }
                 rows.append(row)
         del inputs, expected
     return rows
@@ -952,7 +1075,7 @@ class Progress:
 
     def eta_s(self) -> float | None:
         """Seconds left, from the steps finished so far (None before the first one finishes)."""
-        finished = self.done - 1   # step() is called when a step starts
+        finished = self.done - 1  # step() is called when a step starts
         if finished <= 0:
             return None
         return (self.clock() - self.t0) / finished * max(self.total - finished, 0)
@@ -961,8 +1084,10 @@ class Progress:
         frac = min(self.done / self.total, 1.0)
         bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
         eta = self.eta_s()
-        return (f"[{bar}] {self.done}/{self.total} {format_duration(self.clock() - self.t0)} "
-                f"eta {'?' if eta is None else format_duration(eta)} running: {self.current}")
+        return (
+            f"[{bar}] {self.done}/{self.total} {format_duration(self.clock() - self.t0)} "
+            f"eta {'?' if eta is None else format_duration(eta)} running: {self.current}"
+        )
 
     def step(self, what: str) -> None:
         self.done += 1
@@ -1001,9 +1126,16 @@ def _row_vs(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     stats = (row.get("vs") or {}).get(base["backend"])
     if stats is not None:
         return stats
+
     def timing(r):
-        return Timing(r["median_ms"], r.get("p20_ms", r["median_ms"]), r.get("p80_ms", r["median_ms"]),
-                      r.get("samples"), r.get("timer", ""))
+        return Timing(
+            r["median_ms"],
+            r.get("p20_ms", r["median_ms"]),
+            r.get("p80_ms", r["median_ms"]),
+            r.get("samples"),
+            r.get("timer", ""),
+        )
+
     return ratio_stats(timing(row), timing(base))
 
 
@@ -1030,8 +1162,9 @@ def table_baselines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [b for b in BASELINE_ORDER if b in timed] + [b for b in dict.fromkeys(timed) if b not in BASELINE_ORDER]
 
 
-def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
-                 peak_gbps: float | None = None, legend: bool = True) -> str:
+def format_table(
+    rows: Sequence[dict[str, Any]], copy_gbps: float | None = None, peak_gbps: float | None = None, legend: bool = True
+) -> str:
     """Rows grouped by (op, shape, dtype, mode); one column per timed baseline with this row's
     speedup over it (format_ratio), then, with ``legend``, the lines of :func:`format_legend`."""
     present = table_baselines(rows)
@@ -1055,26 +1188,37 @@ def format_table(rows: Sequence[dict[str, Any]], copy_gbps: float | None = None,
                 line[-1] = (line[-1] + " " + str(r.get("reason", ""))[:110]).strip()
                 body.append(line)
                 continue
-            line = [op, label, dtype, mode, r["backend"] + ("" if r.get("correct", True) else " (!)")
-                    + (GRAPH_FALLBACK_MARK if GRAPH_FALLBACK in str(r.get("timer", "")) else ""),
-                    f"{ms:.4g}", f"{r['p20_ms']:.4g}", f"{r['p80_ms']:.4g}", _fmt(r.get("samples"), "d"),
-                    _fmt(r.get("gbps"), ".3g")]
+            line = [
+                op,
+                label,
+                dtype,
+                mode,
+                r["backend"]
+                + ("" if r.get("correct", True) else " (!)")
+                + (GRAPH_FALLBACK_MARK if GRAPH_FALLBACK in str(r.get("timer", "")) else ""),
+                f"{ms:.4g}",
+                f"{r['p20_ms']:.4g}",
+                f"{r['p80_ms']:.4g}",
+                _fmt(r.get("samples"), "d"),
+                _fmt(r.get("gbps"), ".3g"),
+            ]
             if peak_gbps:
                 line.append(_fmt(r["gbps"] / peak_gbps * 100 if r.get("gbps") else None, ".1f"))
             if copy_gbps:
                 line.append(_fmt(r["gbps"] / copy_gbps * 100 if r.get("gbps") else None, ".1f"))
-            line += [format_ratio(_row_vs(r, timed[b])) if b in timed and b != r["backend"] else "-"
-                     for b in present]
+            line += [format_ratio(_row_vs(r, timed[b])) if b in timed and b != r["backend"] else "-" for b in present]
             body.append(line)
-    nfix = 6   # op .. median ms: status rows put their reason after these
-    widths = [max(len(str(x[i])) for x in [head] + [b[:len(head)] for b in body]) for i in range(len(head))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
-           "  ".join("-" * w for w in widths)]
+    nfix = 6  # op .. median ms: status rows put their reason after these
+    widths = [max(len(str(x[i])) for x in [head] + [b[: len(head)] for b in body]) for i in range(len(head))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     for b in body:
-        cells = b[:len(head)]
+        cells = b[: len(head)]
         if cells[5] in ("SKIPPED", "ERROR", "MISMATCH"):
-            out.append("  ".join(str(c).ljust(w) for c, w in zip(cells[:nfix], widths[:nfix]))
-                       + "  " + " ".join(str(c) for c in cells[nfix:] if c))
+            out.append(
+                "  ".join(str(c).ljust(w) for c, w in zip(cells[:nfix], widths[:nfix]))
+                + "  "
+                + " ".join(str(c) for c in cells[nfix:] if c)
+            )
         else:
             out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
     if legend:
@@ -1088,14 +1232,14 @@ def format_legend(rows: Sequence[dict[str, Any]] = ()) -> str:
         "legend:",
         "  median/p20/p80 ms  per-call time in ms: median, 20th and 80th percentile of n timed calls; on CPU "
         "with 1 thread the calling thread's CPU time (time slices taken by other processes not counted; "
-        "JSON timer \"thread_time\"), else wall time; on GPU triton do_bench (n -)",
+        'JSON timer "thread_time"), else wall time; on GPU triton do_bench (n -)',
         "  x <baseline>       speedup = baseline time / this row's time (> 1: this row is faster): on CPU "
         "the median of the n paired ratios, the calls of all implementations interleaved round by round "
         f"so that both sides see the same load, with its {round(CI_LEVEL * 100)}% confidence interval "
         "[lo-hi] (order statistics); on GPU median / median with [p20/p80 - p80/p20]",
         f"  faster / slower    a verdict: the whole interval is above {MIN_EFFECT:g} / below "
         f"{1 / MIN_EFFECT:.2f} (smaller differences do not survive from one run to the next on a shared "
-        f"CPU); \"faster, noisy [lo-hi]\": it spans more than {MAX_CI_WIDTH:g}x, so the direction is a "
+        f'CPU); "faster, noisy [lo-hi]": it spans more than {MAX_CI_WIDTH:g}x, so the direction is a '
         "result and the size is not (no ratio printed)",
         f"  ~                  no verdict, no difference shown: the interval reaches inside "
         f"{1 / MIN_EFFECT:.2f}-{MIN_EFFECT:g} and lies within {1 / NEAR_BAND:.2f}-{NEAR_BAND:g}",
@@ -1104,15 +1248,20 @@ def format_legend(rows: Sequence[dict[str, Any]] = ()) -> str:
         "  GB/s               modelled bytes / median time (byte model in bench/<family>.py)",
     ]
     if any(r.get("median_ms") and r.get("correct") is False for r in rows):
-        lines.append("  (!)                an approximate baseline: timed although its output differs from "
-                     "the reference beyond the tolerance, because it is the same layer at another precision "
-                     "(e.g. unquantised matmul against FP8); the reason is in the JSON line")
+        lines.append(
+            "  (!)                an approximate baseline: timed although its output differs from "
+            "the reference beyond the tolerance, because it is the same layer at another precision "
+            "(e.g. unquantised matmul against FP8); the reason is in the JSON line"
+        )
     fallbacks = [r for r in rows if r.get("median_ms") and GRAPH_FALLBACK in str(r.get("timer", ""))]
     if fallbacks:
-        lines.append(f"  {GRAPH_FALLBACK_MARK.strip():<19}timed with do_bench, not under a CUDA graph: the call "
-                     f"could not be captured (JSON timer says why):")
-        lines += [f"    {r['op']} {r['shape_label']} {r['dtype']} {r['mode']} {r['backend']}: {r['timer']}"
-                  for r in fallbacks]
+        lines.append(
+            f"  {GRAPH_FALLBACK_MARK.strip():<19}timed with do_bench, not under a CUDA graph: the call "
+            f"could not be captured (JSON timer says why):"
+        )
+        lines += [
+            f"    {r['op']} {r['shape_label']} {r['dtype']} {r['mode']} {r['backend']}: {r['timer']}" for r in fallbacks
+        ]
     return "\n".join(lines)
 
 
@@ -1149,16 +1298,20 @@ def load_bench_package():
     PyPI ``kernels`` distribution)."""
     import importlib
     import importlib.util
+
     try:
         return importlib.import_module("pygen.bench")
     except ModuleNotFoundError:
         pass
     folder = Path(__file__).resolve().parent.parent / "bench"
     if not (folder / "__init__.py").exists():
-        raise ModuleNotFoundError("pygen.bench is not installed and no bench/ folder was found next "
-                                  "to the pygen package; reinstall with `pip install -e .`")
-    spec = importlib.util.spec_from_file_location("pygen.bench", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+        raise ModuleNotFoundError(
+            "pygen.bench is not installed and no bench/ folder was found next "
+            "to the pygen package; reinstall with `pip install -e .`"
+        )
+    spec = importlib.util.spec_from_file_location(
+        "pygen.bench", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["pygen.bench"] = mod
     spec.loader.exec_module(mod)
@@ -1209,9 +1362,13 @@ def plot_entries(rows: Sequence[dict[str, Any]], baseline: str | None = None) ->
             if st.get("ratio") is None:
                 continue
             precise = st["verdict"] != "noisy" and not st.get("wide", is_wide(st))
-            fams.setdefault(fam, []).append({
-                "label": f"{op} {label} {dtype} {mode}  {r['backend']} vs {b}",
-                "stats": st, "text": format_ratio(st).replace(" [", "x [", 1) if precise else format_ratio(st)})
+            fams.setdefault(fam, []).append(
+                {
+                    "label": f"{op} {label} {dtype} {mode}  {r['backend']} vs {b}",
+                    "stats": st,
+                    "text": format_ratio(st).replace(" [", "x [", 1) if precise else format_ratio(st),
+                }
+            )
     return fams
 
 
@@ -1220,14 +1377,17 @@ def _plot_figure(rows: Sequence[dict[str, Any]], baseline: str | None = None):
     row per entry, the speedup on a log2 axis (symmetric about 1x, so 2x faster and 2x slower
     sit at the same distance from the 1x line), the CI as an error bar, the number written."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fams = plot_entries(rows, baseline)
     if not fams:
         return None
     heights = [max(len(es), 1) * 0.34 + 0.9 for es in fams.values()]
-    fig, axes = plt.subplots(len(fams), 1, figsize=(11, sum(heights) + 0.6), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(fams), 1, figsize=(11, sum(heights) + 0.6), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
     color = {"faster": "tab:green", "slower": "tab:red", "~": "tab:gray", "noisy": "tab:gray"}
     for ax, (fam, es) in zip(axes[:, 0], fams.items()):
         ys = list(range(len(es)))[::-1]
@@ -1240,19 +1400,30 @@ def _plot_figure(rows: Sequence[dict[str, Any]], baseline: str | None = None):
                 ax.plot([lo, hi], [y, y], color=color[v], lw=2, alpha=0.6, solid_capstyle="butt")
             vague = v == "noisy" or st.get("wide", is_wide(st))
             ax.plot([est], [y], "o", color=color[v], mfc="white" if vague else color[v], ms=6)
-            ax.annotate(e["text"], (hi if hi else est, y), xytext=(6, 0), textcoords="offset points",
-                        va="center", fontsize=7.5, color="dimgray" if vague else "black")
+            ax.annotate(
+                e["text"],
+                (hi if hi else est, y),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7.5,
+                color="dimgray" if vague else "black",
+            )
         ax.set_xscale("log", base=2)
         top = max(max(vals), 1.0 / min(vals), 2.0) * 1.15
-        ax.set_xlim(1.0 / top, top * 4)   # room on the right for the labels
-        ax.axvline(1.0, color="black", lw=1)   # 1x: as fast as the baseline
+        ax.set_xlim(1.0 / top, top * 4)  # room on the right for the labels
+        ax.axvline(1.0, color="black", lw=1)  # 1x: as fast as the baseline
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _p: f"{x:g}x"))
         ax.set_yticks(ys)
         ax.set_yticklabels([e["label"] for e in es], fontsize=7.5)
         ax.set_ylim(-0.7, len(es) - 0.3)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(f"{fam}: speedup over the baseline (> 1x: faster; bar = {round(CI_LEVEL * 100)}% CI; "
-                     f"hollow = noisy: no ratio)", fontsize=9, loc="left")
+        ax.set_title(
+            f"{fam}: speedup over the baseline (> 1x: faster; bar = {round(CI_LEVEL * 100)}% CI; "
+            f"hollow = noisy: no ratio)",
+            fontsize=9,
+            loc="left",
+        )
     dev = rows[0].get("device_name", "") if rows else ""
     thr = rows[0].get("threads") if rows else None
     fig.suptitle(f"pygen bench on {dev}" + (f", threads: {thr}" if thr else ""), fontsize=10)
@@ -1265,16 +1436,19 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, baseline: str | None = None
     backend's speedup over the chosen baseline with its CI and the number written on it."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception as exc:
-        return f"--plot: matplotlib is not importable ({type(exc).__name__}: {exc}); " \
-               f"`pip install matplotlib` (or pygen[plot]) to get PNG charts"
+        return (
+            f"--plot: matplotlib is not importable ({type(exc).__name__}: {exc}); "
+            f"`pip install matplotlib` (or pygen[plot]) to get PNG charts"
+        )
     fig = _plot_figure(rows, baseline)
     if fig is None:
         return "--plot: no timed row has a timed baseline to compare with, no chart written"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")   # long row labels stay inside the image
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long row labels stay inside the image
     plt.close(fig)
     return f"plot written to {path}"
 

@@ -30,6 +30,7 @@ backend failed its correctness check (bench), a model's outputs disagree (profil
 failed to compile (inspect), 2 for bad arguments (every argument is checked before anything is
 measured), 130 / 143 when a bench run was interrupted by SIGINT / SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def _print(*a, **k):
     print(*a, **k, flush=True)
 
 
-BENCH_HELP = __doc__[__doc__.index("What ``pygen bench`` runs"):__doc__.index("Each subcommand")].replace("``", "")
+BENCH_HELP = __doc__[__doc__.index("What ``pygen bench`` runs") : __doc__.index("Each subcommand")].replace("``", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ def _optional_version(module: str) -> str:
 
 def _installed_version(dist: str) -> str:
     from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -86,8 +88,7 @@ def cmd_info(args) -> int:
     # integrations and benchmark baselines: the installed version only (importing vllm is slow)
     for dist in ("transformers", "vllm", "flash-mla", "sglang"):
         _print(f"{dist:<17}{_installed_version(dist)}")
-    env = {k: os.environ[k] for k in ("PYGEN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
-           if k in os.environ}
+    env = {k: os.environ[k] for k in ("PYGEN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES") if k in os.environ}
     if env:
         _print("env      " + " ".join(f"{k}={v}" for k, v in env.items()))
 
@@ -97,8 +98,10 @@ def cmd_info(args) -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            _print(f"  cuda:{i}   {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
-                   f"{p.multi_processor_count} SMs")
+            _print(
+                f"  cuda:{i}   {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
+                f"{p.multi_processor_count} SMs"
+            )
         devices.append("cuda")
     else:
         _print("  cuda     none (torch.cuda.is_available() is False)")
@@ -130,23 +133,33 @@ class BadArgs(Exception):
 def _device(name: str | None):
     """The torch.device for ``--device`` (None: cuda when available, else cpu)."""
     import torch
+
     if name == "cuda" and not torch.cuda.is_available():
-        raise BadArgs(f"--device cuda: torch sees no CUDA device (torch {torch.__version__}, built with CUDA "
-                      f"{torch.version.cuda or 'none'}); leave --device out to use the CPU")
+        raise BadArgs(
+            f"--device cuda: torch sees no CUDA device (torch {torch.__version__}, built with CUDA "
+            f"{torch.version.cuda or 'none'}); leave --device out to use the CPU"
+        )
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _check_backend(b: str, device) -> None:
-    from pygen import _backend
-    from pygen import bench_harness as H
+    from pygen import _backend, bench_harness as H
+
     if b == "triton" and device.type == "cpu":
-        raise BadArgs(f"--backend triton on cpu: {H.TRITON_CPU_SKIP}; the triton backend is "
-                      f"benchmarked and profiled on GPUs only")
+        raise BadArgs(
+            f"--backend triton on cpu: {H.TRITON_CPU_SKIP}; the triton backend is benchmarked and profiled on GPUs only"
+        )
     if b == "cuda" and device.type == "cpu":
         import torch
-        raise BadArgs("--backend cuda runs on a GPU, and this run is on the CPU ("
-                      + ("pass --device cuda)" if torch.cuda.is_available() else
-                         "torch sees no CUDA device); on a CPU the pygen backend is cpu"))
+
+        raise BadArgs(
+            "--backend cuda runs on a GPU, and this run is on the CPU ("
+            + (
+                "pass --device cuda)"
+                if torch.cuda.is_available()
+                else "torch sees no CUDA device); on a CPU the pygen backend is cpu"
+            )
+        )
     ok, why = _backend.backend_status(b, device)
     if not ok:
         raise BadArgs(f"--backend {b} cannot run on {device.type}: {why}")
@@ -195,8 +208,7 @@ RUN_WORDS = {
     ("cuda", "default"): "model-size shapes (the GPU default)",
     ("cuda", "quick"): "small shapes, short timing (--quick)",
     ("cuda", "full"): "model-size shapes (--full)",
-    ("cpu", "default"): "small shapes (the CPU default; --full: the model-size shapes, tens of minutes on "
-                        "2 cores)",
+    ("cpu", "default"): "small shapes (the CPU default; --full: the model-size shapes, tens of minutes on 2 cores)",
     ("cpu", "quick"): "small shapes, shortest timing (--quick)",
     ("cpu", "full"): "model-size shapes scaled for a CPU (--full: tens of minutes on 2 cores)",
 }
@@ -206,6 +218,7 @@ NO_KERNEL = "no pygen kernel on {dev} for this op (GPU only)"
 def _kernel_backends(case, device, backends) -> list[str]:
     """The pygen backends that will time ``case`` on ``device`` (after --backend)."""
     from pygen import _backend
+
     out = []
     for b in ("cuda", "triton", "cpu"):
         if backends and b not in backends:
@@ -224,6 +237,7 @@ def _case_options(case, opts, args):
     torch.compile of the reference is left out unless --baseline compile asks for it: it would
     compare the reference with itself, at seconds of compile time per (case, dtype, mode)."""
     import dataclasses
+
     if (args.baseline and "compile" in args.baseline) or _kernel_backends(case, opts.device, opts.backends):
         return opts
     if opts.baselines is not None:
@@ -259,10 +273,12 @@ def _bench_plan(args) -> dict:
         raise BadArgs(f"--threads {args.threads}: give a number of threads >= 1")
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401 (probe: --plot needs matplotlib)
         except Exception as exc:
-            raise BadArgs(f"--plot needs matplotlib, which is not importable ({type(exc).__name__}: {exc}); "
-                          f"`pip install matplotlib` (or pygen[plot])") from None
+            raise BadArgs(
+                f"--plot needs matplotlib, which is not importable ({type(exc).__name__}: {exc}); "
+                f"`pip install matplotlib` (or pygen[plot])"
+            ) from None
         _check_writable("--plot", Path(args.plot), is_dir=False)
     if args.json:
         _check_writable("--json", Path(args.json), is_dir=False)
@@ -292,23 +308,34 @@ def _bench_plan(args) -> dict:
         if not has:
             per_family = "; ".join(
                 f"{f}: {', '.join(sorted({b for c in cs for b in (c.backends or ('cuda', 'triton', 'cpu'))}))}"
-                for f, cs in by_family.items())
-            raise BadArgs(f"--backend {', '.join(args.backend)}: none of the selected ops has a pygen "
-                          f"{'/'.join(args.backend)} kernel (kernel backends per family: {per_family})")
+                for f, cs in by_family.items()
+            )
+            raise BadArgs(
+                f"--backend {', '.join(args.backend)}: none of the selected ops has a pygen "
+                f"{'/'.join(args.backend)} kernel (kernel backends per family: {per_family})"
+            )
     baselines = None if args.baseline is None else list(args.baseline)
     if baselines:
         known = {"reference", "compile"} | {name for c in all_cases for name in c.baselines}
         bad = [b for b in baselines if b not in known]
         if bad:
-            raise BadArgs(f"unknown baseline {', '.join(map(repr, bad))} for these cases; known: "
-                          f"{', '.join(sorted(known))}")
+            raise BadArgs(
+                f"unknown baseline {', '.join(map(repr, bad))} for these cases; known: {', '.join(sorted(known))}"
+            )
     compile_on = run["compile"] if args.compile is None else args.compile
     if baselines is None and not compile_on:
         baselines = ["reference"] + sorted({name for c in all_cases for name in c.baselines})
     elif baselines is not None and args.compile is not None:
         baselines = [b for b in baselines if b != "compile"] + (["compile"] if args.compile else [])
-    return {"device": device, "which": which, "key": key, "shapes": shapes, "by_family": by_family,
-            "baselines": baselines, "run": run}
+    return {
+        "device": device,
+        "which": which,
+        "key": key,
+        "shapes": shapes,
+        "by_family": by_family,
+        "baselines": baselines,
+        "run": run,
+    }
 
 
 def _no_kernel_reason(case, pygen_rows: list[dict], device) -> str:
@@ -330,9 +357,21 @@ def _with_no_kernel_rows(case, rows: list[dict], device) -> list[dict]:
         shown = [r for r in rs if r["status"] != "skipped"]
         if shown and not any(r["kind"] == "pygen" for r in shown):
             why = _no_kernel_reason(case, [r for r in rs if r["kind"] == "pygen"], device)
-            out.append({"family": case.family, "op": case.op, "shape_label": case.label, "shape": case.shape,
-                        "dtype": dtype, "mode": mode, "backend": "pygen", "kind": "pygen",
-                        "status": "skipped", "no_kernel": True, "reason": why})
+            out.append(
+                {
+                    "family": case.family,
+                    "op": case.op,
+                    "shape_label": case.label,
+                    "shape": case.shape,
+                    "dtype": dtype,
+                    "mode": mode,
+                    "backend": "pygen",
+                    "kind": "pygen",
+                    "status": "skipped",
+                    "no_kernel": True,
+                    "reason": why,
+                }
+            )
         out.extend(shown)
     return out
 
@@ -342,14 +381,20 @@ def cmd_bench(args) -> int:
 
     from pygen import bench_harness as H
 
-    plan = _bench_plan(args)            # every argument checked before anything is measured
+    plan = _bench_plan(args)  # every argument checked before anything is measured
     device, by_family = plan["device"], plan["by_family"]
     dtype_names = args.dtype or (["float32"] if device.type == "cpu" else ["float32", "bfloat16"])
     modes = args.mode or ["fwd", "fwd+bwd"]
-    opts = H.BenchOptions(device=device, dtypes=[H.DTYPES[d] for d in dtype_names], modes=modes,
-                          backends=args.backend, baselines=plan["baselines"],
-                          cpu_budget_s=plan["run"]["budget_s"], cpu_max_total_s=plan["run"]["max_s"],
-                          allow_cudagraph=not args.no_cudagraph)
+    opts = H.BenchOptions(
+        device=device,
+        dtypes=[H.DTYPES[d] for d in dtype_names],
+        modes=modes,
+        backends=args.backend,
+        baselines=plan["baselines"],
+        cpu_budget_s=plan["run"]["budget_s"],
+        cpu_max_total_s=plan["run"]["max_s"],
+        allow_cudagraph=not args.no_cudagraph,
+    )
     # a fixed, reported thread count (pygen.bench_harness docstring: why 1 on a CPU by default)
     threads_before = torch.get_num_threads()
     threads = H.set_cpu_threads(args.threads or (1 if device.type == "cpu" else None))
@@ -361,31 +406,47 @@ def cmd_bench(args) -> int:
     else:
         folder = Path(args.results_dir) if args.results_dir else H.results_dir() / meta["device_tag"]
         out_where = f"JSON lines appended to {folder}/<family>.jsonl"
-    _print(f"pygen bench on {meta['device_name']} [{meta['device_tag']}]: torch {meta['torch']}, "
-           f"triton {meta['triton']}, CUDA {meta['cuda']}, git {str(meta['git_sha'])[:12]}"
-           f"{' (dirty)' if meta['git_dirty'] else ''}")
-    _print(f"families {', '.join(by_family)}; dtypes {', '.join(dtype_names)}; modes {', '.join(modes)}; "
-           f"{RUN_WORDS[plan['key']]}")
+    _print(
+        f"pygen bench on {meta['device_name']} [{meta['device_tag']}]: torch {meta['torch']}, "
+        f"triton {meta['triton']}, CUDA {meta['cuda']}, git {str(meta['git_sha'])[:12]}"
+        f"{' (dirty)' if meta['git_dirty'] else ''}"
+    )
+    _print(
+        f"families {', '.join(by_family)}; dtypes {', '.join(dtype_names)}; modes {', '.join(modes)}; "
+        f"{RUN_WORDS[plan['key']]}"
+    )
     _print(f"results: {out_where}")
     if device.type == "cpu":
-        _print(f"threads: {threads} (torch and pygen's OpenMP kernels; --threads N to change); load "
-               f"average {meta.get('loadavg_1m')} on {H.cpu_count()} cores at the start")
+        _print(
+            f"threads: {threads} (torch and pygen's OpenMP kernels; --threads N to change); load "
+            f"average {meta.get('loadavg_1m')} on {H.cpu_count()} cores at the start"
+        )
         _print(f"note: {H.TRITON_CPU_SKIP}; the triton backend is benchmarked on GPUs only")
         load = meta.get("loadavg_1m")
         if load is not None and load > 0.5 * H.cpu_count():
-            _print(f"note: load average {load:g} on {H.cpu_count()} cores: other processes are "
-                   f"running, so CPU timings will be noisy (recorded as loadavg_1m in the JSON)")
+            _print(
+                f"note: load average {load:g} on {H.cpu_count()} cores: other processes are "
+                f"running, so CPU timings will be noisy (recorded as loadavg_1m in the JSON)"
+            )
     compiled = plan["baselines"] is None or "compile" in plan["baselines"]
     if not compiled and args.baseline is None and args.compile is None:
-        _print("note: no torch.compile baseline by default on a CPU (each compile of a reference takes "
-               "seconds to a minute here; cached by Inductor afterwards); --compile adds it")
-    elif compiled and not (args.baseline and "compile" in args.baseline) and any(
-            not _kernel_backends(c, device, args.backend) for cs in by_family.values() for c in cs):
-        _print(f"note: compile(reference) is timed only for ops with a pygen kernel on {device.type}; for "
-               f"the others it would only compare the reference with itself (--baseline compile forces it)")
+        _print(
+            "note: no torch.compile baseline by default on a CPU (each compile of a reference takes "
+            "seconds to a minute here; cached by Inductor afterwards); --compile adds it"
+        )
+    elif (
+        compiled
+        and not (args.baseline and "compile" in args.baseline)
+        and any(not _kernel_backends(c, device, args.backend) for cs in by_family.values() for c in cs)
+    ):
+        _print(
+            f"note: compile(reference) is timed only for ops with a pygen kernel on {device.type}; for "
+            f"the others it would only compare the reference with itself (--baseline compile forces it)"
+        )
 
     if compiled:
         import logging
+
         try:  # the reference graph-breaks on data-dependent sizes by design; keep stderr readable
             torch._logging.set_logs(dynamo=logging.ERROR)
         except Exception:
@@ -396,6 +457,7 @@ def cmd_bench(args) -> int:
 
     def on_signal(signum, frame):
         raise _Interrupted(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             old_handlers[sig] = signal.signal(sig, on_signal)
@@ -415,13 +477,16 @@ def cmd_bench(args) -> int:
             if peak:
                 _print(f"ceiling: {meta['device_tag']} HBM peak {peak / 1000:.1f} TB/s (vendor figure)")
             if copy_gbps:
-                _print(f"ceiling: measured copy bandwidth {copy_gbps:.1f} GB/s (read+write of a "
-                       f"{copy_bytes >> 20} MiB tensor copy, {H.copy_ceiling_label(device)}, this run)")
+                _print(
+                    f"ceiling: measured copy bandwidth {copy_gbps:.1f} GB/s (read+write of a "
+                    f"{copy_bytes >> 20} MiB tensor copy, {H.copy_ceiling_label(device)}, this run)"
+                )
             if args.max_time is not None:
                 opts.deadline = time.monotonic() + args.max_time
             if not args.no_progress:
-                progress = H.Progress(sum(H.count_steps([c], _case_options(c, opts, args))
-                                          for cs in by_family.values() for c in cs))
+                progress = H.Progress(
+                    sum(H.count_steps([c], _case_options(c, opts, args)) for cs in by_family.values() for c in cs)
+                )
         except KeyboardInterrupt as exc:
             stop = exc
             _restore(old_handlers)
@@ -437,15 +502,15 @@ def cmd_bench(args) -> int:
                 case_rows: list[dict] = []
                 try:
                     H.run_case(case, _case_options(case, opts, args), progress, messages.append, out=case_rows)
-                except KeyboardInterrupt as exc:   # _Interrupted (SIGINT / SIGTERM) or a bare one
+                except KeyboardInterrupt as exc:  # _Interrupted (SIGINT / SIGTERM) or a bare one
                     stop = exc
-                    _restore(old_handlers)   # a second Ctrl-C / SIGTERM ends the process at once
+                    _restore(old_handlers)  # a second Ctrl-C / SIGTERM ends the process at once
                 finally:
                     for r in case_rows:
                         r.update(meta)
                         r["copy_gbps"] = copy_gbps
                         r["hbm_peak_gbps"] = peak
-                    _save(args, meta, case_rows, written)   # case by case: a cut-short run keeps it
+                    _save(args, meta, case_rows, written)  # case by case: a cut-short run keeps it
                     fam_rows.extend(case_rows)
                     shown.extend(_with_no_kernel_rows(case, case_rows, device))
                 if stop is not None:
@@ -453,11 +518,22 @@ def cmd_bench(args) -> int:
             rows.extend(fam_rows)
             if progress:
                 progress.clear()
-            _print_family(fam, fam_rows, shown, messages, cases, device, copy_gbps, peak,
-                          time.perf_counter() - t0, args, partial=stop is not None)
+            _print_family(
+                fam,
+                fam_rows,
+                shown,
+                messages,
+                cases,
+                device,
+                copy_gbps,
+                peak,
+                time.perf_counter() - t0,
+                args,
+                partial=stop is not None,
+            )
     finally:
         _restore(old_handlers)
-        torch.set_num_threads(threads_before)   # main() may be called in-process (tests)
+        torch.set_num_threads(threads_before)  # main() may be called in-process (tests)
         if progress:
             progress.close()
 
@@ -470,16 +546,21 @@ def cmd_bench(args) -> int:
         signum = getattr(stop, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
         left = [f for f in by_family if f not in started]
-        _print(f"interrupted ({name}): the tables above are what was measured"
-               f"{'; not started: ' + ', '.join(left) if left else ''}", file=sys.stderr)
+        _print(
+            f"interrupted ({name}): the tables above are what was measured"
+            f"{'; not started: ' + ', '.join(left) if left else ''}",
+            file=sys.stderr,
+        )
         return 128 + signum
     timed = [r for r in rows if r.get("median_ms") is not None]
     if args.plot:
         _print(H.plot(timed, Path(args.plot)))
     failed = [r for r in rows if r["kind"] == "pygen" and r["status"] in ("mismatch", "error")]
     if failed:
-        _print(f"FAILED: {len(failed)} pygen backend run(s) disagreed with the reference or raised "
-               f"(see the table)", file=sys.stderr)
+        _print(
+            f"FAILED: {len(failed)} pygen backend run(s) disagreed with the reference or raised (see the table)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -492,6 +573,7 @@ def _restore(handlers: dict) -> None:
 
 def _save(args, meta, case_rows, written: dict[Path, int]) -> None:
     from pygen import bench_harness as H
+
     timed = [r for r in case_rows if r.get("median_ms") is not None]
     if args.no_save or not timed:
         return
@@ -508,13 +590,19 @@ def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, se
     """One family's section: skip reasons, notes, then its table (printed as soon as the family
     finishes, or with what it has when the run is interrupted)."""
     from pygen import bench_harness as H
-    _print(f"\n== {fam}: {len({c.op for c in cases})} op(s), {len(cases)} case(s), "
-           f"{H.format_duration(seconds)}{' (INTERRUPTED: partial)' if partial else ''}")
-    no_kernel = sorted({c.op for c in cases if device.type == "cpu" and c.backends is not None
-                        and "cpu" not in c.backends})
+
+    _print(
+        f"\n== {fam}: {len({c.op for c in cases})} op(s), {len(cases)} case(s), "
+        f"{H.format_duration(seconds)}{' (INTERRUPTED: partial)' if partial else ''}"
+    )
+    no_kernel = sorted(
+        {c.op for c in cases if device.type == "cpu" and c.backends is not None and "cpu" not in c.backends}
+    )
     if no_kernel:
-        _print(f"{NO_KERNEL.format(dev=device.type).replace('this op', 'these ops')}: {', '.join(no_kernel)} "
-               f"(rows are baselines only)")
+        _print(
+            f"{NO_KERNEL.format(dev=device.type).replace('this op', 'these ops')}: {', '.join(no_kernel)} "
+            f"(rows are baselines only)"
+        )
     skipped, out_of_time = {}, 0
     for r in rows:
         if r["status"] == "skipped":
@@ -529,8 +617,9 @@ def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, se
     for m in dict.fromkeys(messages):
         _print(f"note: {m}")
     if shown:
-        _print(H.format_table(shown, copy_gbps=copy_gbps if device.type == "cuda" else None,
-                              peak_gbps=peak, legend=False))   # the legend once, at the end
+        _print(
+            H.format_table(shown, copy_gbps=copy_gbps if device.type == "cuda" else None, peak_gbps=peak, legend=False)
+        )  # the legend once, at the end
     else:
         _print("(nothing measured)")
 
@@ -540,6 +629,7 @@ def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, se
 # ---------------------------------------------------------------------------------------------
 def cmd_profile(args) -> int:
     from pygen.models import MODELS, profile_model
+
     if args.model not in MODELS:
         raise BadArgs(f"unknown model {args.model!r}; known: {', '.join(MODELS)}")
     device = _device(args.device)
@@ -549,8 +639,15 @@ def cmd_profile(args) -> int:
         raise BadArgs(f"--top {args.top}: give a number of rows >= 1")
     if args.threads is not None and args.threads < 1:
         raise BadArgs(f"--threads {args.threads}: give a number of threads >= 1")
-    return profile_model(args.model, device=device.type, backend=args.backend, quick=args.quick,
-                         dtype=args.dtype, top=args.top, threads=args.threads)
+    return profile_model(
+        args.model,
+        device=device.type,
+        backend=args.backend,
+        quick=args.quick,
+        dtype=args.dtype,
+        top=args.top,
+        threads=args.threads,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +655,7 @@ def cmd_profile(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
     from pygen import inspect_kernels as IK
+
     known = IK.known_families()
     bad = [f for f in dict.fromkeys(args.family) if f not in known]
     if bad:
@@ -572,8 +670,10 @@ def cmd_inspect(args) -> int:
     if not args.no_triton:
         toolchain = IK.triton_toolchain()
         ptxas = toolchain.get("ptxas")
-        _print(f"Triton {toolchain.get('triton') or '(not installed)'} compiles the Triton rows"
-               + (f" (ptxas {toolchain.get('ptxas_version') or '?'}: {ptxas})" if ptxas else ""))
+        _print(
+            f"Triton {toolchain.get('triton') or '(not installed)'} compiles the Triton rows"
+            + (f" (ptxas {toolchain.get('ptxas_version') or '?'}: {ptxas})" if ptxas else "")
+        )
         rows += IK.triton_rows(families)
     if not args.no_cuda:
         nvcc = IK.find_nvcc()
@@ -587,6 +687,7 @@ def cmd_inspect(args) -> int:
     _print(f"{len(rows)} kernels, {len(bad)} failed to compile, {len(spills)} spill")
     if args.json:
         import json
+
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(IK.report_json(rows, toolchain), indent=1, default=str) + "\n")
@@ -596,70 +697,113 @@ def cmd_inspect(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pygen", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pygen", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", metavar="{info,bench,profile,inspect}")
 
     s = sub.add_parser("info", help="versions, devices and backend availability")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("bench", help="check then time every op, backend and baseline",
-                       description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "bench",
+        help="check then time every op, backend and baseline",
+        description=BENCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("family", nargs="*", help="op families (default: all)")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
-    s.add_argument("--backend", action="append", choices=["cuda", "triton", "cpu"],
-                   help="pygen backends to time (repeatable; default: every available one); one that "
-                        "cannot run on the device is an error")
-    s.add_argument("--baseline", action="append", metavar="NAME",
-                   help="baselines to time (repeatable; default: every importable one). Names as in the "
-                        "result tables: reference, compile, torchvision, dense masked, D passes (dense masked), "
-                        "step loop, flashmla, vllm-triton, sglang-triton, transformers:eager, "
-                        "transformers:grouped_mm, vllm:fused_experts, torch.matmul, torch._scaled_mm, ...")
-    s.add_argument("--no-baselines", dest="baseline", action="store_const", const=[],
-                   help="time the pygen backends only")
-    s.add_argument("--dtype", action="append", choices=sorted(["float32", "float16", "bfloat16", "float64"]),
-                   help="repeatable; default float32 on CPU, float32 and bfloat16 on GPU")
-    s.add_argument("--mode", action="append", choices=["fwd", "bwd", "fwd+bwd"],
-                   help="repeatable; default fwd and fwd+bwd")
+    s.add_argument(
+        "--backend",
+        action="append",
+        choices=["cuda", "triton", "cpu"],
+        help="pygen backends to time (repeatable; default: every available one); one that "
+        "cannot run on the device is an error",
+    )
+    s.add_argument(
+        "--baseline",
+        action="append",
+        metavar="NAME",
+        help="baselines to time (repeatable; default: every importable one). Names as in the "
+        "result tables: reference, compile, torchvision, dense masked, D passes (dense masked), "
+        "step loop, flashmla, vllm-triton, sglang-triton, transformers:eager, "
+        "transformers:grouped_mm, vllm:fused_experts, torch.matmul, torch._scaled_mm, ...",
+    )
+    s.add_argument(
+        "--no-baselines", dest="baseline", action="store_const", const=[], help="time the pygen backends only"
+    )
+    s.add_argument(
+        "--dtype",
+        action="append",
+        choices=sorted(["float32", "float16", "bfloat16", "float64"]),
+        help="repeatable; default float32 on CPU, float32 and bfloat16 on GPU",
+    )
+    s.add_argument(
+        "--mode", action="append", choices=["fwd", "bwd", "fwd+bwd"], help="repeatable; default fwd and fwd+bwd"
+    )
     s.add_argument("--op", action="append", help="only these ops (repeatable), e.g. roi_align")
     size = s.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="small shapes and the shortest timing (a smoke test)")
-    size.add_argument("--full", action="store_true",
-                      help="model-size shapes (the default on a GPU; on a CPU, the CPU-scaled model "
-                           "sizes: tens of minutes on 2 cores)")
-    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="time torch.compile of the reference as a baseline, for the ops with a pygen "
-                        "kernel on the device (default: on, except for the CPU default and --quick "
-                        "runs, where the first compiles take minutes)")
+    size.add_argument("--quick", action="store_true", help="small shapes and the shortest timing (a smoke test)")
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="model-size shapes (the default on a GPU; on a CPU, the CPU-scaled model "
+        "sizes: tens of minutes on 2 cores)",
+    )
+    s.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time torch.compile of the reference as a baseline, for the ops with a pygen "
+        "kernel on the device (default: on, except for the CPU default and --quick "
+        "runs, where the first compiles take minutes)",
+    )
     dest = s.add_mutually_exclusive_group()
-    dest.add_argument("--results-dir", metavar="DIR",
-                      help="append JSON lines to DIR/<family>.jsonl (default: $PYGEN_RESULTS_DIR/<device>, "
-                           "else ~/.cache/pygen/bench/<device>). bench/results/<device> is the committed "
-                           "results folder: write there only for a deliberate run you mean to commit")
+    dest.add_argument(
+        "--results-dir",
+        metavar="DIR",
+        help="append JSON lines to DIR/<family>.jsonl (default: $PYGEN_RESULTS_DIR/<device>, "
+        "else ~/.cache/pygen/bench/<device>). bench/results/<device> is the committed "
+        "results folder: write there only for a deliberate run you mean to commit",
+    )
     dest.add_argument("--json", metavar="PATH", help="append every JSON line to this one file instead")
     dest.add_argument("--no-save", action="store_true", help="write no JSON lines")
     s.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     s.add_argument("--no-cudagraph", action="store_true", help="never time under CUDA graphs")
     s.add_argument("--no-copy", action="store_true", help="skip the copy-bandwidth measurement")
-    s.add_argument("--threads", type=int, metavar="N",
-                   help="torch (and pygen OpenMP) threads for CPU timing (default on a CPU: 1, robust on a "
-                        "shared machine; printed, and recorded as 'threads' in the JSON)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch (and pygen OpenMP) threads for CPU timing (default on a CPU: 1, robust on a "
+        "shared machine; printed, and recorded as 'threads' in the JSON)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    s.add_argument("--max-time", type=float, metavar="S",
-                   help="start no new case/dtype after S seconds (the rest is reported as skipped)")
+    s.add_argument(
+        "--max-time",
+        type=float,
+        metavar="S",
+        help="start no new case/dtype after S seconds (the rest is reported as skipped)",
+    )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("profile", help="a model with reference ops vs pygen ops")
     s.add_argument("model", help="a pygen.models name: faster_rcnn_roi_head, rfcn_head, ...")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
-    s.add_argument("--backend", choices=["cuda", "triton", "cpu"],
-                   help="pygen backend for the pygen run (default: automatic choice)")
+    s.add_argument(
+        "--backend",
+        choices=["cuda", "triton", "cpu"],
+        help="pygen backend for the pygen run (default: automatic choice)",
+    )
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     s.add_argument("--quick", action="store_true", help="small shapes")
     s.add_argument("--top", type=int, default=12, help="rows of the profiler table")
-    s.add_argument("--threads", type=int, metavar="N",
-                   help="torch (and pygen OpenMP) threads on a CPU (default: 1, as pygen bench)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch (and pygen OpenMP) threads on a CPU (default: 1, as pygen bench)",
+    )
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("inspect", help="offline sm_90 compile: registers, spills, smem, wgmma")
@@ -667,11 +811,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
     s.add_argument("--no-cuda", action="store_true", help="skip the .cu files")
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel nvcc processes")
-    s.add_argument("--no-cache", action="store_true",
-                   help="recompile the .cu files even if ~/.cache/pygen/inspect has this exact source")
-    s.add_argument("--json", metavar="PATH",
-                   help="also write the rows and the Triton version / ptxas that compiled them as JSON "
-                        "(docs/inspect/triton-<version>.json are such files)")
+    s.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompile the .cu files even if ~/.cache/pygen/inspect has this exact source",
+    )
+    s.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the rows and the Triton version / ptxas that compiled them as JSON "
+        "(docs/inspect/triton-<version>.json are such files)",
+    )
     s.set_defaults(func=cmd_inspect)
     return p
 

@@ -14,6 +14,7 @@ spill loads, stack frame and static shared memory.
 Every function returns a list of row dicts with the keys of ``COLUMNS`` (None where a source
 cannot say) and ``error`` set when that kernel or file failed to compile.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,12 +24,24 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-COLUMNS = ("source", "family", "kernel", "config", "arch", "registers", "spill_stores",
-           "spill_loads", "stack", "smem", "wgmma")
+COLUMNS = (
+    "source",
+    "family",
+    "kernel",
+    "config",
+    "arch",
+    "registers",
+    "spill_stores",
+    "spill_loads",
+    "stack",
+    "smem",
+    "wgmma",
+)
 TRITON_ARCH = 90
 NVCC_ARCH = "sm_90a"
 NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr")
@@ -56,9 +69,18 @@ def parse_ptxas(text: str) -> list[dict[str, Any]]:
         m = _ENTRY.search(line)
         if m:
             current = m.group(1)
-            kernels.setdefault(current, {"kernel": current, "arch": m.group(2), "registers": None,
-                                         "spill_stores": None, "spill_loads": None, "stack": None,
-                                         "smem": 0})
+            kernels.setdefault(
+                current,
+                {
+                    "kernel": current,
+                    "arch": m.group(2),
+                    "registers": None,
+                    "spill_stores": None,
+                    "spill_loads": None,
+                    "stack": None,
+                    "smem": 0,
+                },
+            )
             continue
         m = _PROPS.search(line)
         if m:
@@ -68,8 +90,7 @@ def parse_ptxas(text: str) -> list[dict[str, Any]]:
             continue
         m = _FRAME.search(line)
         if m:
-            kernels[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
-                                    spill_loads=int(m.group(3)))
+            kernels[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
         m = _USED.search(line)
         if m:
             kernels[current]["registers"] = int(m.group(1))
@@ -87,8 +108,9 @@ def demangle(names: Iterable[str], nvcc: str | None = None) -> dict[str, str]:
     for tool in tools:
         if tool and os.path.exists(tool):
             try:
-                out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True,
-                                     timeout=30).stdout.splitlines()
+                out = subprocess.run(
+                    [tool], input="\n".join(names), capture_output=True, text=True, timeout=30
+                ).stdout.splitlines()
                 if len(out) == len(names):
                     return dict(zip(names, out))
             except (OSError, subprocess.SubprocessError):
@@ -157,11 +179,13 @@ def _spec_fields(spec) -> dict[str, Any]:
 def _triton_ptxas():
     try:
         from triton.backends.nvidia.compiler import get_ptxas
+
         return get_ptxas(TRITON_ARCH).path
     except Exception:
         pass
     try:
         import triton.knobs as knobs
+
         return knobs.nvidia.ptxas.path
     except Exception:
         return shutil.which("ptxas")
@@ -185,12 +209,12 @@ def triton_toolchain() -> dict[str, Any]:
     GPU machine 3.6), so every report names the version."""
     try:
         import triton
+
         version = triton.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 (any failure means: no toolchain)
         return {"triton": None, "ptxas": None, "ptxas_version": None}
     ptxas = _triton_ptxas()
-    return {"triton": version, "ptxas": Path(ptxas).name if ptxas else None,
-            "ptxas_version": ptxas_version(ptxas)}
+    return {"triton": version, "ptxas": Path(ptxas).name if ptxas else None, "ptxas_version": ptxas_version(ptxas)}
 
 
 def _make_ast_source(ASTSource, fn, sig, consts, attrs):
@@ -198,6 +222,7 @@ def _make_ast_source(ASTSource, fn, sig, consts, attrs):
     ``signature={name: type or "constexpr"}, constexprs={name: value}, attrs=...``; older releases
     (3.0/3.1) take ``constants=`` and a signature without the constexpr entries."""
     import inspect as _inspect
+
     params = _inspect.signature(ASTSource.__init__).parameters
     if "constexprs" in params:
         return ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
@@ -221,8 +246,7 @@ def _spec_identity(d: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     fn = d["fn"]
     name = d.get("name") or getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "?")
     opts = {k: d[k] for k in _OPTION_KEYS if d.get(k) is not None}
-    config = ", ".join([f"{k}={v}" for k, v in dict(d["constexprs"]).items()]
-                       + [f"{k}={v}" for k, v in opts.items()])
+    config = ", ".join([f"{k}={v}" for k, v in dict(d["constexprs"]).items()] + [f"{k}={v}" for k, v in opts.items()])
     return name, config, opts
 
 
@@ -246,9 +270,16 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     consts = dict(d["constexprs"])
     what = d.get("what")
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    row.update(source="triton", family=family, kernel=name, config=what or config,
-               arch=f"sm_{TRITON_ARCH}", error=None, constexprs=config,
-               tensor_cores=bool(d.get("tensor_cores")))
+    row.update(
+        source="triton",
+        family=family,
+        kernel=name,
+        config=what or config,
+        arch=f"sm_{TRITON_ARCH}",
+        error=None,
+        constexprs=config,
+        tensor_cores=bool(d.get("tensor_cores")),
+    )
     try:
         sig = dict(d["signature"])
         for k in consts:
@@ -260,7 +291,7 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
         ptx = k.asm["ptx"]
         row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)
         row["wgmma"] = "wgmma" in ptx
-        row["tma"] = "cp.async.bulk.tensor" in ptx    # Hopper TMA loads (tensor descriptors)
+        row["tma"] = "cp.async.bulk.tensor" in ptx  # Hopper TMA loads (tensor descriptors)
         row["wgmma_shapes"] = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
         target = re.search(r"^\.target\s+(\w+)", ptx, re.M)
         arch = target.group(1) if target else f"sm_{TRITON_ARCH}a"
@@ -270,8 +301,12 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / "k.ptx"
                 p.write_text(ptx)
-                res = subprocess.run([ptxas, f"-arch={arch}", "-v", str(p), "-o", str(Path(tmp) / "k.o")],
-                                     capture_output=True, text=True, timeout=300)
+                res = subprocess.run(
+                    [ptxas, f"-arch={arch}", "-v", str(p), "-o", str(Path(tmp) / "k.o")],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
             parsed = parse_ptxas(res.stdout + res.stderr)
             if parsed:
                 for key in ("registers", "spill_stores", "spill_loads", "stack"):
@@ -305,34 +340,46 @@ def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, s
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         import json
         import sys
+
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        code = ("import json, sys; from pygen.inspect_kernels import triton_spec_keys; "
-                "print('@@KEYS@@' + json.dumps(triton_spec_keys(json.loads(sys.argv[1]))))")
-        res = subprocess.run([sys.executable, "-c", code, json.dumps(list(families) if families else None)],
-                             capture_output=True, text=True, env=env, timeout=600)
+        code = (
+            "import json, sys; from pygen.inspect_kernels import triton_spec_keys; "
+            "print('@@KEYS@@' + json.dumps(triton_spec_keys(json.loads(sys.argv[1]))))"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(list(families) if families else None)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         for line in res.stdout.splitlines():
             if line.startswith("@@KEYS@@"):
-                return [tuple(k) for k in json.loads(line[len("@@KEYS@@"):])]
+                return [tuple(k) for k in json.loads(line[len("@@KEYS@@") :])]
         raise RuntimeError(f"spec listing subprocess failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
-    return [spec_key(spec, fam) for fam, mod in _kernel_modules(families)
-            for spec in getattr(mod, "COMPILE_SPECS", None) or ()]
+    return [
+        spec_key(spec, fam)
+        for fam, mod in _kernel_modules(families)
+        for spec in getattr(mod, "COMPILE_SPECS", None) or ()
+    ]
 
 
 def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
     import json
     import sys
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json, sys; from pygen.inspect_kernels import triton_rows; "
-            "fams, limit = json.loads(sys.argv[1]); "
-            "print('@@ROWS@@' + json.dumps(triton_rows(fams, limit), default=str))")
+    code = (
+        "import json, sys; from pygen.inspect_kernels import triton_rows; "
+        "fams, limit = json.loads(sys.argv[1]); "
+        "print('@@ROWS@@' + json.dumps(triton_rows(fams, limit), default=str))"
+    )
     arg = json.dumps([list(families) if families else None, limit])
-    res = subprocess.run([sys.executable, "-c", code, arg],
-                         capture_output=True, text=True, env=env, timeout=1800)
+    res = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, timeout=1800)
     for line in res.stdout.splitlines():
         if line.startswith("@@ROWS@@"):
-            return json.loads(line[len("@@ROWS@@"):])
-    raise RuntimeError(f"offline Triton compile subprocess failed (rc {res.returncode}): "
-                       f"{res.stderr.strip()[-2000:]}")
+            return json.loads(line[len("@@ROWS@@") :])
+    raise RuntimeError(f"offline Triton compile subprocess failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +419,7 @@ def _cache_key(path: Path, nvcc: str, arch: str) -> str:
     """Hash of the nvcc binary, the flags, the file and every header/source under csrc/ (so any
     edit that could change the compile invalidates the entry)."""
     import hashlib
+
     h = hashlib.sha256()
     st = os.stat(os.path.realpath(nvcc))
     h.update(f"{os.path.realpath(nvcc)}:{st.st_size}:{st.st_mtime_ns}:{arch}:{NVCC_FLAGS}:{path}".encode())
@@ -386,6 +434,7 @@ def compile_cu(path: Path, nvcc: str, arch: str = NVCC_ARCH, use_cache: bool = T
     """Rows for every kernel of one .cu file (or one error row). Successful results are cached
     under ~/.cache/pygen/inspect, keyed by the sources and the toolkit."""
     import json
+
     key = _cache_key(path, nvcc, arch) if use_cache else None
     cached = _cache_dir() / f"{key}.json" if key else None
     if cached is not None and cached.exists():
@@ -407,8 +456,21 @@ def _compile_cu(path: Path, nvcc: str, arch: str) -> list[dict[str, Any]]:
     csrc = repo_root() / "csrc"
     fam = path.relative_to(csrc).parts[0] if path.is_relative_to(csrc) else ""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, f"-arch={arch}", "-Xptxas", "-v", "-c", str(path), "-o", os.path.join(tmp, "k.o"),
-               "-I", str(csrc), "-I", str(csrc / "common"), *NVCC_FLAGS]
+        cmd = [
+            nvcc,
+            f"-arch={arch}",
+            "-Xptxas",
+            "-v",
+            "-c",
+            str(path),
+            "-o",
+            os.path.join(tmp, "k.o"),
+            "-I",
+            str(csrc),
+            "-I",
+            str(csrc / "common"),
+            *NVCC_FLAGS,
+        ]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -442,8 +504,9 @@ def short_name(demangled: str) -> str:
     return s
 
 
-def nvcc_rows(families: Iterable[str] | None = None, nvcc: str | None = None,
-              jobs: int | None = None, use_cache: bool = True) -> list[dict[str, Any]]:
+def nvcc_rows(
+    families: Iterable[str] | None = None, nvcc: str | None = None, jobs: int | None = None, use_cache: bool = True
+) -> list[dict[str, Any]]:
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
@@ -454,15 +517,32 @@ def nvcc_rows(families: Iterable[str] | None = None, nvcc: str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-JSON_KEYS = ("source", "family", "kernel", "config", "constexprs", "arch", "registers", "spill_stores",
-             "spill_loads", "stack", "smem", "wgmma", "wgmma_shapes", "tensor_cores", "error")
+JSON_KEYS = (
+    "source",
+    "family",
+    "kernel",
+    "config",
+    "constexprs",
+    "arch",
+    "registers",
+    "spill_stores",
+    "spill_loads",
+    "stack",
+    "smem",
+    "wgmma",
+    "wgmma_shapes",
+    "tensor_cores",
+    "error",
+)
 
 
 def report_json(rows: list[dict[str, Any]], toolchain: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``pygen inspect --json PATH`` writes: the toolchain that compiled (Triton version and
     its ptxas) and one entry per row (docs/inspect/triton-<version>.json are such files)."""
-    return {"toolchain": toolchain if toolchain is not None else triton_toolchain(),
-            "rows": [{k: r.get(k) for k in JSON_KEYS} for r in rows]}
+    return {
+        "toolchain": toolchain if toolchain is not None else triton_toolchain(),
+        "rows": [{k: r.get(k) for k in JSON_KEYS} for r in rows],
+    }
 
 
 DIFF_KEYS = ("registers", "spill_stores", "spill_loads", "stack", "smem", "wgmma", "error")
@@ -472,6 +552,7 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of two ``report_json`` reports (same specs, two toolchains) whose registers / spills /
     stack / smem / wgmma / error differ. Rows are matched by (source, family, kernel, config) and
     their order among equal keys; each result has ``key`` and, per differing field, ``(a, b)``."""
+
     def keyed(rep):
         out, seen = {}, {}
         for r in rep["rows"]:
@@ -479,6 +560,7 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
             n = seen[k] = seen.get(k, -1) + 1
             out[k + (n,)] = r
         return out
+
     ka, kb = keyed(a), keyed(b)
     diffs = []
     for k in list(ka) + [k for k in kb if k not in ka]:
@@ -498,24 +580,30 @@ def summary_markdown(reports: dict[str, dict[str, Any]], edge: int = 240) -> str
     registers or more under some release (255 is the hardware cap: those are the specs a new
     Triton release can tip into spilling)."""
     labels = list(reports)
-    out = ["| Triton | ptxas | specs | errors | spilling | wgmma | largest smem (B) |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| Triton | ptxas | specs | errors | spilling | wgmma | largest smem (B) |", "|---|---|---|---|---|---|---|"]
     for lab in labels:
         rep = reports[lab]
         rows = [r for r in rep["rows"] if r["source"] == "triton"]
         tc = rep.get("toolchain") or {}
-        out.append(f"| {tc.get('triton')} | {tc.get('ptxas_version')} | {len(rows)} | "
-                   f"{sum(1 for r in rows if r['error'])} | "
-                   f"{sum(1 for r in rows if r['spill_stores'] or r['spill_loads'])} | "
-                   f"{sum(1 for r in rows if r['wgmma'])} | {max((r['smem'] or 0) for r in rows)} |")
-    keyed = {lab: {(r["family"], r["kernel"], r["config"]): r for r in reports[lab]["rows"]
-                   if r["source"] == "triton"} for lab in labels}
+        out.append(
+            f"| {tc.get('triton')} | {tc.get('ptxas_version')} | {len(rows)} | "
+            f"{sum(1 for r in rows if r['error'])} | "
+            f"{sum(1 for r in rows if r['spill_stores'] or r['spill_loads'])} | "
+            f"{sum(1 for r in rows if r['wgmma'])} | {max((r['smem'] or 0) for r in rows)} |"
+        )
+    keyed = {
+        lab: {(r["family"], r["kernel"], r["config"]): r for r in reports[lab]["rows"] if r["source"] == "triton"}
+        for lab in labels
+    }
     keys = list(dict.fromkeys(k for lab in labels for k in keyed[lab]))
-    near = [k for k in keys
-            if any(((keyed[lab].get(k) or {}).get("registers") or 0) >= edge for lab in labels)]
-    out += ["", f"Specs at {edge}+ registers under some release (registers / spill bytes stored):", "",
-            "| family | kernel | " + " | ".join(labels) + " |",
-            "|---|---|" + "---|" * len(labels)]
+    near = [k for k in keys if any(((keyed[lab].get(k) or {}).get("registers") or 0) >= edge for lab in labels)]
+    out += [
+        "",
+        f"Specs at {edge}+ registers under some release (registers / spill bytes stored):",
+        "",
+        "| family | kernel | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for k in near:
         cells = []
         for lab in labels:
@@ -526,10 +614,20 @@ def summary_markdown(reports: dict[str, dict[str, Any]], edge: int = 240) -> str
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    head = ["source", "family", "kernel", "config", "arch", "regs", "spill st", "spill ld", "stack",
-            "smem", "wgmma"]
-    keys = ["source", "family", "kernel", "config", "arch", "registers", "spill_stores",
-            "spill_loads", "stack", "smem", "wgmma"]
+    head = ["source", "family", "kernel", "config", "arch", "regs", "spill st", "spill ld", "stack", "smem", "wgmma"]
+    keys = [
+        "source",
+        "family",
+        "kernel",
+        "config",
+        "arch",
+        "registers",
+        "spill_stores",
+        "spill_loads",
+        "stack",
+        "smem",
+        "wgmma",
+    ]
     if not rows:
         return "(no kernels found)"
 
@@ -541,6 +639,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             return "yes" if v else "no"
         s = str(v)
         return s if len(s) <= 60 else s[:57] + "..."
+
     body = [[cell(r, k) for k in keys] for r in rows]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]

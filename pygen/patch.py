@@ -14,6 +14,7 @@ and since the RoI modules hold no parameters the model's state_dict is unchanged
 ``patch(model)`` applies the exact swaps (torchvision RoI modules, transformers DeepSeek-V3
 attention and MoE) whose libraries are installed; FP8 conversion changes numerics, so it is never implicit.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,16 +28,20 @@ from .nn.fp8 import convert_to_fp8  # noqa: F401  (nn.Linear -> FP8Linear, with 
 def _roi_replacements(backend):
     """(torchvision class name, factory from the old module) pairs."""
     return {
-        "RoIAlign": lambda m: pnn.RoIAlign(m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned,
-                                           backend=backend),
+        "RoIAlign": lambda m: pnn.RoIAlign(
+            m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned, backend=backend
+        ),
         "RoIPool": lambda m: pnn.RoIPool(m.output_size, m.spatial_scale, backend=backend),
-        "PSRoIAlign": lambda m: pnn.PSRoIAlign(m.output_size, m.spatial_scale, m.sampling_ratio,
-                                               backend=backend),
+        "PSRoIAlign": lambda m: pnn.PSRoIAlign(m.output_size, m.spatial_scale, m.sampling_ratio, backend=backend),
         "PSRoIPool": lambda m: pnn.PSRoIPool(m.output_size, m.spatial_scale, backend=backend),
         "MultiScaleRoIAlign": lambda m: pnn.MultiScaleRoIAlign(
-            list(m.featmap_names), m.output_size, m.sampling_ratio,
+            list(m.featmap_names),
+            m.output_size,
+            m.sampling_ratio,
             canonical_scale=getattr(m, "canonical_scale", 224),
-            canonical_level=getattr(m, "canonical_level", 4), backend=backend),
+            canonical_level=getattr(m, "canonical_level", 4),
+            backend=backend,
+        ),
     }
 
 
@@ -62,6 +67,7 @@ def patch_transformers_deepseek(model: nn.Module, *, backend: str | None = None)
     """Swap pygen.nn.MLA into a transformers DeepseekV3 model in place (the original Parameter
     objects are kept); returns counts by class. Raises ImportError without transformers."""
     from .integrations.transformers_mla import patch_deepseek_attention
+
     return patch_deepseek_attention(model, backend=backend)
 
 
@@ -71,6 +77,7 @@ def patch_transformers_moe(model: nn.Module, *, backend: str | None = None) -> d
     transformers. (``experts_implementation="pygen"`` is the no-swap alternative: importing
     pygen.integrations.transformers_moe registers it.)"""
     from .integrations.transformers_moe import patch_deepseek_moe
+
     return patch_deepseek_moe(model, backend=backend)
 
 

@@ -2,6 +2,7 @@
 
 Triton runs under its interpreter when no GPU is present (set before triton is imported).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,11 +13,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pygen import _backend  # noqa: E402
+from pygen import _backend  # noqa: E402 (after setting TRITON_INTERPRET, which pygen reads at import)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 
 @pytest.fixture
 def one_thread():
@@ -60,8 +62,13 @@ def dtypes_for(backend: str, device: str):
     return dts
 
 
-def assert_close_to_ref(out: torch.Tensor, ref64: torch.Tensor, same_dtype: torch.Tensor | None = None,
-                        atol: float | None = None, what: str = "") -> None:
+def assert_close_to_ref(
+    out: torch.Tensor,
+    ref64: torch.Tensor,
+    same_dtype: torch.Tensor | None = None,
+    atol: float | None = None,
+    what: str = "",
+) -> None:
     """|out - ref64| <= 2 |same_dtype - ref64| + atol elementwise (the Flash-Attention rule);
     without ``same_dtype`` it is |out - ref64| <= atol + rtol(dtype) |ref64|."""
     assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
@@ -77,13 +84,24 @@ def assert_close_to_ref(out: torch.Tensor, ref64: torch.Tensor, same_dtype: torc
     bad = ~(err <= bound)
     if bad.any():
         i = bad.nonzero()[0].tolist()
-        raise AssertionError(f"{what}: {int(bad.sum())} of {err.numel()} elements off; first at {i}: "
-                             f"got {o[tuple(i)].item()!r}, ref {r[tuple(i)].item()!r}, "
-                             f"max err {err.max().item():.3g}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {err.numel()} elements off; first at {i}: "
+            f"got {o[tuple(i)].item()!r}, ref {r[tuple(i)].item()!r}, "
+            f"max err {err.max().item():.3g}"
+        )
 
 
-def make_rois(k: int, batch: int, height: int, width: int, spatial_scale: float, gen: torch.Generator,
-              dtype=torch.float32, device="cpu", special: bool = True) -> torch.Tensor:
+def make_rois(
+    k: int,
+    batch: int,
+    height: int,
+    width: int,
+    spatial_scale: float,
+    gen: torch.Generator,
+    dtype=torch.float32,
+    device="cpu",
+    special: bool = True,
+) -> torch.Tensor:
     """Random boxes in image coordinates for a [batch, C, height, width] map at ``spatial_scale``:
     mostly inside, some overhanging the border, and (``special``) one zero-area box, one wholly
     outside the map and one inverted box."""
@@ -95,7 +113,7 @@ def make_rois(k: int, batch: int, height: int, width: int, spatial_scale: float,
     bh = torch.rand(k, 1, generator=gen, dtype=torch.float64) * img_h * 0.6
     rois = torch.cat([b, x1, y1, x1 + bw, y1 + bh], dim=1)
     if special and k >= 3:
-        rois[0, 3:] = rois[0, 1:3]                                    # zero area
+        rois[0, 3:] = rois[0, 1:3]  # zero area
         rois[1, 1:] = torch.tensor([-3 * img_w, -3 * img_h, -2 * img_w, -2 * img_h])  # outside
         rois[2, 1:] = torch.tensor([rois[2, 3], rois[2, 4], rois[2, 1], rois[2, 2]])  # inverted
     return rois.to(dtype=dtype, device=device)
@@ -118,10 +136,12 @@ def compile_in_child(child_code: str, *args: str, env_extra: dict | None = None)
     import json
     import subprocess
     import sys
+
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="0", **(env_extra or {}))
-    res = subprocess.run([sys.executable, "-c", child_code, *args], capture_output=True, text=True, env=env,
-                         timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", child_code, *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout.strip().splitlines()[-1])
     for r in rows:

@@ -1,5 +1,6 @@
 """The ``pygen`` command: info, bench (quick shapes on CPU), inspect, profile; and the pieces of
 pygen.bench_harness / pygen.inspect_kernels they are built from."""
+
 from __future__ import annotations
 
 import io
@@ -11,12 +12,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from pygen import bench_harness as H
-from pygen import inspect_kernels as IK
+from pygen import bench_harness as H, inspect_kernels as IK
 from pygen.cli import main
 
-REQUIRED = ("op", "backend", "mode", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "gbps",
-            "device_name", "torch", "triton", "cuda", "git_sha", "date", "family", "status")
+REQUIRED = (
+    "op",
+    "backend",
+    "mode",
+    "shape",
+    "dtype",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "gbps",
+    "device_name",
+    "torch",
+    "triton",
+    "cuda",
+    "git_sha",
+    "date",
+    "family",
+    "status",
+)
 
 
 def test_info_runs(capsys):
@@ -27,8 +44,9 @@ def test_info_runs(capsys):
 
 
 def test_python_dash_m():
-    res = subprocess.run([sys.executable, "-m", "pygen", "bench", "--help"], capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pygen", "bench", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert "--quick" in res.stdout
 
@@ -44,8 +62,21 @@ def _records(path: Path) -> list[dict]:
 
 def test_bench_quick_cpu_end_to_end(tmp_path, capsys):
     out = tmp_path / "roi.jsonl"
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--json", str(out),
-               "--baseline", "reference", "--baseline", "torchvision"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--baseline",
+            "reference",
+            "--baseline",
+            "torchvision",
+        ]
+    )
     text = capsys.readouterr()
     assert rc == 0, text.out + text.err
     recs = _records(out)
@@ -64,6 +95,7 @@ def test_bench_quick_cpu_end_to_end(tmp_path, capsys):
     assert "interpreter" in text.out
     # every available kernel backend was timed (and so passed its correctness check)
     from pygen import _backend
+
     for b in _backend.available_backends("cpu"):
         if b in ("cpu",):
             assert any(r["backend"] == f"pygen:{b}" for r in recs)
@@ -71,7 +103,8 @@ def test_bench_quick_cpu_end_to_end(tmp_path, capsys):
 
 def _have_matplotlib() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 (probe: skip without matplotlib)
+
         return True
     except ImportError:
         return False
@@ -80,8 +113,22 @@ def _have_matplotlib() -> bool:
 def test_bench_default_path_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(H, "results_dir", lambda: tmp_path / "results")
     png = tmp_path / "roi.png"
-    argv = ["bench", "roi", "--quick", "--device", "cpu", "--op", "ps_roi_pool", "--mode", "fwd",
-            "--mode", "bwd", "--baseline", "reference", "--no-copy"]
+    argv = [
+        "bench",
+        "roi",
+        "--quick",
+        "--device",
+        "cpu",
+        "--op",
+        "ps_roi_pool",
+        "--mode",
+        "fwd",
+        "--mode",
+        "bwd",
+        "--baseline",
+        "reference",
+        "--no-copy",
+    ]
     if not _have_matplotlib():  # a missing matplotlib is an argument error, before anything runs
         assert main(argv + ["--plot", str(png)]) == 2
         assert "--plot needs matplotlib" in capsys.readouterr().err
@@ -102,8 +149,24 @@ def test_bench_compile_baseline(tmp_path, capsys, monkeypatch):
     """torch.compile of the reference is checked and timed like any implementation."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # CPU Inductor does not need it
     out = tmp_path / "c.jsonl"
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--op", "roi_pool", "--mode", "fwd",
-               "--baseline", "compile", "--json", str(out), "--no-copy"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--op",
+            "roi_pool",
+            "--mode",
+            "fwd",
+            "--baseline",
+            "compile",
+            "--json",
+            str(out),
+            "--no-copy",
+        ]
+    )
     assert rc == 0
     assert "compile(reference)" in capsys.readouterr().out
     assert any(r["backend"] == "compile(reference)" for r in _records(out))
@@ -113,10 +176,29 @@ def test_bench_compile_failure_is_skipped_with_reason(tmp_path, capsys, monkeypa
     def broken(fn, *a, **k):
         def call(*args, **kwargs):
             raise RuntimeError("inductor exploded")
+
         return call
+
     monkeypatch.setattr(torch, "compile", broken)
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--op", "ps_roi_pool", "--mode", "fwd",
-               "--baseline", "compile", "--baseline", "reference", "--no-save", "--no-copy"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--op",
+            "ps_roi_pool",
+            "--mode",
+            "fwd",
+            "--baseline",
+            "compile",
+            "--baseline",
+            "reference",
+            "--no-save",
+            "--no-copy",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0  # a baseline failing is reported, not fatal
     assert "RuntimeError: inductor exploded" in out
@@ -127,8 +209,22 @@ def test_bench_unknown_family(capsys):
 
 
 def test_bench_max_time_reports_skips(tmp_path, capsys):
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--baseline", "reference",
-               "--json", str(tmp_path / "x.jsonl"), "--no-copy", "--max-time", "0"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--baseline",
+            "reference",
+            "--json",
+            str(tmp_path / "x.jsonl"),
+            "--no-copy",
+            "--max-time",
+            "0",
+        ]
+    )
     assert rc == 0
     assert "exhausted" in capsys.readouterr().out
 
@@ -140,9 +236,23 @@ def test_progress_and_table():
     p.step("b")
     p.close()
     assert "2/2" in buf.getvalue()
-    rows = [{"op": "o", "shape_label": "s", "dtype": "float32", "mode": "fwd", "backend": b, "kind": k,
-             "status": "ok", "median_ms": ms, "p20_ms": ms, "p80_ms": ms, "gbps": 1.0, "correct": True}
-            for b, k, ms in (("pygen:cpu", "pygen", 1.0), ("reference", "baseline", 4.0))]
+    rows = [
+        {
+            "op": "o",
+            "shape_label": "s",
+            "dtype": "float32",
+            "mode": "fwd",
+            "backend": b,
+            "kind": k,
+            "status": "ok",
+            "median_ms": ms,
+            "p20_ms": ms,
+            "p80_ms": ms,
+            "gbps": 1.0,
+            "correct": True,
+        }
+        for b, k, ms in (("pygen:cpu", "pygen", 1.0), ("reference", "baseline", 4.0))
+    ]
     table = H.format_table(rows)
     assert "x reference" in table
     assert "4.00" in table  # reference / pygen:cpu
@@ -171,15 +281,22 @@ ptxas info    : Used 12 registers, used 0 barriers, 368 bytes cmem[0]
 def test_parse_ptxas():
     rows = IK.parse_ptxas(PTXAS_SAMPLE)
     assert [r["kernel"] for r in rows] == ["_Z10roi_kernelPKfPf", "other"]
-    assert rows[0] == {"kernel": "_Z10roi_kernelPKfPf", "arch": "sm_90a", "registers": 40,
-                       "spill_stores": 4, "spill_loads": 12, "stack": 8, "smem": 1024}
+    assert rows[0] == {
+        "kernel": "_Z10roi_kernelPKfPf",
+        "arch": "sm_90a",
+        "registers": 40,
+        "spill_stores": 4,
+        "spill_loads": 12,
+        "stack": 8,
+        "smem": 1024,
+    }
     assert rows[1]["registers"] == 12 and rows[1]["smem"] == 0
 
 
 def _roi_specs():
     try:
         from pygen.kernels import roi as kroi
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 (the test reports any failure)
         return None, f"pygen.kernels.roi not importable: {exc}"
     specs = getattr(kroi, "COMPILE_SPECS", None)
     return specs, None if specs else "kernels/roi.py has no COMPILE_SPECS yet"
@@ -212,8 +329,17 @@ def test_inspect_nvcc_roi():
 def test_inspect_cli(capsys, monkeypatch):
     """The command's plumbing (the compiles themselves are the two tests above)."""
     row = {c: None for c in IK.COLUMNS}
-    row.update(source="triton", family="roi", kernel="_k", registers=40, spill_stores=0,
-               spill_loads=0, smem=0, wgmma=False, error=None)
+    row.update(
+        source="triton",
+        family="roi",
+        kernel="_k",
+        registers=40,
+        spill_stores=0,
+        spill_loads=0,
+        smem=0,
+        wgmma=False,
+        error=None,
+    )
     bad = {**row, "source": "nvcc", "kernel": "x.cu", "error": "x.cu(1): error: boom"}
     monkeypatch.setattr(IK, "triton_rows", lambda fams: [row])
     monkeypatch.setattr(IK, "nvcc_rows", lambda fams, **kw: [bad])
@@ -229,9 +355,19 @@ def test_inspect_json_names_the_triton_version(capsys, monkeypatch, tmp_path):
     """Issue 11: the report says which Triton compiled (CI has 3.9, the GPU machine 3.6) and
     --json writes the rows with that toolchain."""
     import json
+
     row = {c: None for c in IK.COLUMNS}
-    row.update(source="triton", family="roi", kernel="_k", registers=40, spill_stores=0,
-               spill_loads=0, smem=0, wgmma=False, error=None)
+    row.update(
+        source="triton",
+        family="roi",
+        kernel="_k",
+        registers=40,
+        spill_stores=0,
+        spill_loads=0,
+        smem=0,
+        wgmma=False,
+        error=None,
+    )
     tc = {"triton": "9.9.9", "ptxas": "ptxas", "ptxas_version": "12.8"}
     monkeypatch.setattr(IK, "triton_rows", lambda fams: [row])
     monkeypatch.setattr(IK, "triton_toolchain", lambda: tc)
@@ -246,8 +382,22 @@ def test_inspect_json_names_the_triton_version(capsys, monkeypatch, tmp_path):
 
 def test_inspect_diff_reports():
     def rep(regs, spills):
-        return {"rows": [{"source": "triton", "family": "f", "kernel": "k", "config": "c", "registers": r,
-                          "spill_stores": s, "spill_loads": s, "smem": 0} for r, s in zip(regs, spills)]}
+        return {
+            "rows": [
+                {
+                    "source": "triton",
+                    "family": "f",
+                    "kernel": "k",
+                    "config": "c",
+                    "registers": r,
+                    "spill_stores": s,
+                    "spill_loads": s,
+                    "smem": 0,
+                }
+                for r, s in zip(regs, spills)
+            ]
+        }
+
     assert IK.diff_reports(rep([10, 20], [0, 0]), rep([10, 20], [0, 0])) == []
     d = IK.diff_reports(rep([10, 20], [0, 0]), rep([10, 24], [0, 8]))
     assert len(d) == 1 and d[0]["registers"] == (20, 24) and d[0]["spill_stores"] == (0, 8)
@@ -255,12 +405,31 @@ def test_inspect_diff_reports():
 
 def test_inspect_summary_markdown():
     def rep(version, rows):
-        return {"toolchain": {"triton": version, "ptxas_version": "12.8"},
-                "rows": [{"source": "triton", "family": "f", "kernel": k, "config": "c", "registers": r,
-                          "spill_stores": s, "spill_loads": s, "smem": m, "wgmma": w, "error": None}
-                         for k, r, s, m, w in rows]}
-    md = IK.summary_markdown({"a": rep("3.6.0", [("k1", 100, 0, 10, True), ("k2", 250, 0, 0, False)]),
-                              "b": rep("3.9.0", [("k1", 255, 16, 20, True), ("k2", 200, 0, 0, False)])})
+        return {
+            "toolchain": {"triton": version, "ptxas_version": "12.8"},
+            "rows": [
+                {
+                    "source": "triton",
+                    "family": "f",
+                    "kernel": k,
+                    "config": "c",
+                    "registers": r,
+                    "spill_stores": s,
+                    "spill_loads": s,
+                    "smem": m,
+                    "wgmma": w,
+                    "error": None,
+                }
+                for k, r, s, m, w in rows
+            ],
+        }
+
+    md = IK.summary_markdown(
+        {
+            "a": rep("3.6.0", [("k1", 100, 0, 10, True), ("k2", 250, 0, 0, False)]),
+            "b": rep("3.9.0", [("k1", 255, 16, 20, True), ("k2", 200, 0, 0, False)]),
+        }
+    )
     lines = md.splitlines()
     assert "| 3.6.0 | 12.8 | 2 | 0 | 0 | 1 | 10 |" in lines
     assert "| 3.9.0 | 12.8 | 2 | 0 | 1 | 1 | 20 |" in lines
@@ -273,6 +442,7 @@ def test_recorded_inspect_reports():
     release: CI only compiles under the Triton it installs, the GPU machine runs 3.6), every spec
     compiled, and nothing spills under any recorded release."""
     from collections import Counter
+
     files = sorted((Path(__file__).resolve().parent.parent / "docs" / "inspect").glob("triton-*.json"))
     assert {f.stem for f in files} >= {"triton-3.6", "triton-3.9"}
     current = Counter(IK.triton_spec_keys())
@@ -282,11 +452,15 @@ def test_recorded_inspect_reports():
         assert rep["rows"] and not [r for r in rep["rows"] if r["error"]], f
         rows = [r for r in rep["rows"] if r["source"] == "triton"]
         recorded = Counter((r["family"], r["kernel"], r["config"], r["constexprs"]) for r in rows)
-        assert recorded == current, (f.name, "stale: regenerate (docs/inspect.md)",
-                                     sorted((recorded - current).elements())[:3],
-                                     sorted((current - recorded).elements())[:3])
-        spills = [(r["kernel"], r["spill_stores"], r["spill_loads"]) for r in rows
-                  if r["spill_stores"] or r["spill_loads"]]
+        assert recorded == current, (
+            f.name,
+            "stale: regenerate (docs/inspect.md)",
+            sorted((recorded - current).elements())[:3],
+            sorted((current - recorded).elements())[:3],
+        )
+        spills = [
+            (r["kernel"], r["spill_stores"], r["spill_loads"]) for r in rows if r["spill_stores"] or r["spill_loads"]
+        ]
         assert not spills, (f.name, spills)
 
 
@@ -307,6 +481,7 @@ def test_bench_unknown_baseline_is_an_error(capsys):
 def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
     """A case whose reference raises in one mode gets error rows for that mode; the run goes on."""
     from pygen import bench_harness as H
+
     real = H.run_once
 
     def flaky(impl, inputs, mode):
@@ -315,14 +490,28 @@ def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
         return real(impl, inputs, mode)
 
     monkeypatch.setattr(H, "run_once", flaky)
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--op", "roi_align", "--no-save", "--no-copy",
-               "--baseline", "reference", "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--op",
+            "roi_align",
+            "--no-save",
+            "--no-copy",
+            "--baseline",
+            "reference",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     fwdbwd = [line for line in out.splitlines() if line.startswith("roi_align") and " fwd+bwd " in line]
     fwd = [line for line in out.splitlines() if line.startswith("roi_align") and " fwd " in line]
     assert fwdbwd and all("the reference failed: RuntimeError: boom" in line for line in fwdbwd)
-    assert any("pygen:cpu" in line and "ERROR" not in line for line in fwd)    # the fwd mode still ran
-    assert rc == 1                                                               # and the run reports it
+    assert any("pygen:cpu" in line and "ERROR" not in line for line in fwd)  # the fwd mode still ran
+    assert rc == 1  # and the run reports it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,30 +521,50 @@ def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
 def _fake_run_case(calls: list, on_call=None):
     """A stand-in for bench_harness.run_case: two timed rows (pygen:cpu, reference) per mode,
     appended to ``out`` like the real one; ``on_call(n, case)`` runs after the first row."""
+
     def run_case(case, opts, progress=None, log=lambda s: None, out=None):
         rows = out if out is not None else []
         calls.append((case, opts))
         for i, mode in enumerate(opts.modes):
             for name, kind in (("pygen:cpu", "pygen"), ("reference", "baseline")):
-                rows.append({"family": case.family, "op": case.op, "shape_label": case.label,
-                             "shape": case.shape, "dtype": "float32", "mode": mode, "backend": name,
-                             "kind": kind, "status": "ok", "correct": True, "median_ms": 1.0,
-                             "p20_ms": 0.9, "p80_ms": 1.1, "samples": 10, "gbps": 1.0})
+                rows.append(
+                    {
+                        "family": case.family,
+                        "op": case.op,
+                        "shape_label": case.label,
+                        "shape": case.shape,
+                        "dtype": "float32",
+                        "mode": mode,
+                        "backend": name,
+                        "kind": kind,
+                        "status": "ok",
+                        "correct": True,
+                        "median_ms": 1.0,
+                        "p20_ms": 0.9,
+                        "p80_ms": 1.1,
+                        "samples": 10,
+                        "gbps": 1.0,
+                    }
+                )
                 if on_call and i == 0 and name == "pygen:cpu":
                     on_call(len(calls), case)
         return rows
+
     return run_case
 
 
 @pytest.fixture
 def nothing_runs(monkeypatch):
     """Fail the test if anything is measured (the copy bandwidth, a case, a model)."""
+
     def boom(*a, **k):
         raise AssertionError("measured something before rejecting the arguments")
+
     monkeypatch.setattr(H, "measure_copy_gbps", boom)
     monkeypatch.setattr(H, "run_case", boom)
     monkeypatch.setattr(H, "env_info", boom)
     import pygen.models
+
     monkeypatch.setattr(pygen.models, "profile_model", boom)
     monkeypatch.setattr(IK, "triton_rows", boom)
     monkeypatch.setattr(IK, "nvcc_rows", boom)
@@ -375,12 +584,13 @@ BAD_BENCH = [
 def test_bench_bad_arguments_exit_2_before_measuring(argv, message, nothing_runs, capsys):
     assert main(["bench", *argv]) == 2
     out, err = capsys.readouterr()
-    assert out == ""                     # not even the header
+    assert out == ""  # not even the header
     assert err.startswith("pygen bench: error: ") and message in err
 
 
 def test_bench_backend_without_kernel_in_selection(nothing_runs, capsys):
     from pygen import _backend
+
     if not _backend.backend_status("cpu", "cpu")[0]:
         pytest.skip("pygen._C not built: --backend cpu is rejected for that reason instead")
     assert main(["bench", "flows", "--device", "cpu", "--backend", "cpu"]) == 2
@@ -397,7 +607,7 @@ def test_bench_device_cuda_without_gpu(nothing_runs, monkeypatch, capsys):
 
 
 def test_bench_plot_without_matplotlib(nothing_runs, monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["bench", "roi", "--device", "cpu", "--plot", str(tmp_path / "x.png")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--plot needs matplotlib" in err
@@ -411,8 +621,9 @@ def test_bench_unwritable_destinations(nothing_runs, tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--quick", "--full"], ["--json", "x.jsonl", "--no-save"],
-                                  ["--results-dir", "d", "--json", "x.jsonl"]])
+@pytest.mark.parametrize(
+    "argv", [["--quick", "--full"], ["--json", "x.jsonl", "--no-save"], ["--results-dir", "d", "--json", "x.jsonl"]]
+)
 def test_bench_conflicting_flags(argv, nothing_runs, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "roi", "--device", "cpu", *argv])
@@ -420,14 +631,17 @@ def test_bench_conflicting_flags(argv, nothing_runs, capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["profile", "nope"], "unknown model 'nope'"),
-    (["profile", "made", "--device", "cpu", "--backend", "cuda"], "--backend cuda runs on a GPU"),
-    (["profile", "made", "--device", "cpu", "--backend", "triton"], "--backend triton on cpu"),
-    (["profile", "made", "--device", "cpu", "--top", "0"], "--top 0"),
-    (["inspect", "nope"], "unknown family 'nope'; known: "),
-    (["inspect", "roi", "--jobs", "0"], "--jobs 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["profile", "nope"], "unknown model 'nope'"),
+        (["profile", "made", "--device", "cpu", "--backend", "cuda"], "--backend cuda runs on a GPU"),
+        (["profile", "made", "--device", "cpu", "--backend", "triton"], "--backend triton on cpu"),
+        (["profile", "made", "--device", "cpu", "--top", "0"], "--top 0"),
+        (["inspect", "nope"], "unknown family 'nope'; known: "),
+        (["inspect", "roi", "--jobs", "0"], "--jobs 0"),
+    ],
+)
 def test_profile_inspect_bad_arguments_exit_2(argv, message, nothing_runs, capsys):
     assert main(argv) == 2
     out, err = capsys.readouterr()
@@ -445,14 +659,17 @@ def test_bench_cpu_default_shapes_and_baselines(monkeypatch, capsys):
     CPU (roi, not the GPU-only flows); --compile adds it to the default; --quick: none."""
     pkg = H.load_bench_package()
     cpu = torch.device("cpu")
-    for argv, quick, compiled_families in (([], True, set()), (["--full"], False, {"roi"}),
-                                           (["--quick"], True, set()), (["--compile"], True, {"roi"}),
-                                           (["--full", "--no-compile"], False, set()),
-                                           (["--baseline", "compile"], True, {"roi", "flows"})):
+    for argv, quick, compiled_families in (
+        ([], True, set()),
+        (["--full"], False, {"roi"}),
+        (["--quick"], True, set()),
+        (["--compile"], True, {"roi"}),
+        (["--full", "--no-compile"], False, set()),
+        (["--baseline", "compile"], True, {"roi", "flows"}),
+    ):
         calls = []
         monkeypatch.setattr(H, "run_case", _fake_run_case(calls))
-        assert main(["bench", "roi", "flows", "--device", "cpu", "--no-save", "--no-copy", "--no-progress",
-                     *argv]) == 0
+        assert main(["bench", "roi", "flows", "--device", "cpu", "--no-save", "--no-copy", "--no-progress", *argv]) == 0
         want = [c.label for f in ("roi", "flows") for c in pkg.load(f).cases(quick=quick, device=cpu)]
         assert [case.label for case, _ in calls] == want, argv
         for case, opts in calls:
@@ -487,8 +704,10 @@ def test_bench_results_dir_flag_and_env(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(H.RESULTS_ENV, str(tmp_path / "env"))
     assert main(["bench", "roi", "--device", "cpu", "--no-copy", "--no-progress"]) == 0
     assert _records(tmp_path / "env" / H.device_tag(torch.device("cpu")) / "roi.jsonl")
-    assert main(["bench", "roi", "--device", "cpu", "--no-copy", "--no-progress",
-                 "--results-dir", str(tmp_path / "mine")]) == 0
+    assert (
+        main(["bench", "roi", "--device", "cpu", "--no-copy", "--no-progress", "--results-dir", str(tmp_path / "mine")])
+        == 0
+    )
     assert _records(tmp_path / "mine" / "roi.jsonl")
     assert main(["bench", "roi", "--device", "cpu", "--no-copy", "--no-progress", "--no-save"]) == 0
     assert "no JSON lines written" in capsys.readouterr().out
@@ -512,16 +731,30 @@ def test_bench_interrupt_prints_what_was_measured(how, tmp_path, monkeypatch, ca
     import signal
 
     def on_call(n, case):
-        if n == 2:   # in the middle of the second case, after one of its rows
+        if n == 2:  # in the middle of the second case, after one of its rows
             if how == "SIGTERM":
                 os.kill(os.getpid(), signal.SIGTERM)
             raise KeyboardInterrupt
+
     calls = []
     monkeypatch.setattr(H, "run_case", _fake_run_case(calls, on_call))
     term_before = signal.getsignal(signal.SIGTERM)
     out_json = tmp_path / "x.jsonl"
-    rc = main(["bench", "roi", "flows", "--device", "cpu", "--json", str(out_json), "--no-copy", "--no-progress",
-               "--mode", "fwd"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "flows",
+            "--device",
+            "cpu",
+            "--json",
+            str(out_json),
+            "--no-copy",
+            "--no-progress",
+            "--mode",
+            "fwd",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == (143 if how == "SIGTERM" else 130)
     assert len(calls) == 2
@@ -531,7 +764,7 @@ def test_bench_interrupt_prints_what_was_measured(how, tmp_path, monkeypatch, ca
     assert any(line.startswith(second.op + " ") and "pygen:cpu" in line for line in table)  # partial case
     assert "INTERRUPTED" in out and "== flows" not in out
     assert f"interrupted ({'SIGTERM' if how == 'SIGTERM' else 'SIGINT'})" in err and "not started: flows" in err
-    assert len(_records(out_json)) == 3        # case 1 (2 rows) + the row of case 2 measured so far
+    assert len(_records(out_json)) == 3  # case 1 (2 rows) + the row of case 2 measured so far
     assert signal.getsignal(signal.SIGTERM) == term_before
 
 
@@ -539,13 +772,25 @@ def test_bench_no_pygen_kernel_label(capsys, monkeypatch):
     """A GPU-only op on a CPU: the table says so and has no pygen row of a timing; the baselines
     are not compared with a compile of themselves."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    rc = main(["bench", "flows", "--device", "cpu", "--op", "actnorm", "--mode", "fwd", "--no-save",
-               "--no-copy", "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "flows",
+            "--device",
+            "cpu",
+            "--op",
+            "actnorm",
+            "--mode",
+            "fwd",
+            "--no-save",
+            "--no-copy",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     rows = [line for line in out.splitlines() if line.startswith("actnorm ")]
-    assert rows and any("pygen " in line and "no pygen kernel on cpu for this op (GPU only)" in line
-                        for line in rows)
+    assert rows and any("pygen " in line and "no pygen kernel on cpu for this op (GPU only)" in line for line in rows)
     assert not any("pygen:" in line for line in rows)
     assert not any("compile(reference)" in line for line in rows)
     assert any(" reference " in line for line in rows)
@@ -554,11 +799,20 @@ def test_bench_no_pygen_kernel_label(capsys, monkeypatch):
 
 def test_no_kernel_rows_unit():
     case = next(c for c in H.load_bench_package().load("flows").cases(quick=True, device="cpu"))
-    base = {"family": "flows", "op": case.op, "shape_label": case.label, "shape": case.shape,
-            "dtype": "float32", "mode": "fwd"}
-    rows = [{**base, "backend": "pygen:triton", "kind": "pygen", "status": "skipped", "reason": "interp"},
-            {**base, "backend": "reference", "kind": "baseline", "status": "ok", "median_ms": 1.0}]
+    base = {
+        "family": "flows",
+        "op": case.op,
+        "shape_label": case.label,
+        "shape": case.shape,
+        "dtype": "float32",
+        "mode": "fwd",
+    }
+    rows = [
+        {**base, "backend": "pygen:triton", "kind": "pygen", "status": "skipped", "reason": "interp"},
+        {**base, "backend": "reference", "kind": "baseline", "status": "ok", "median_ms": 1.0},
+    ]
     from pygen.cli import _with_no_kernel_rows
+
     shown = _with_no_kernel_rows(case, rows, torch.device("cpu"))
     assert [r["backend"] for r in shown] == ["pygen", "reference"]
     assert shown[0]["reason"] == "no pygen kernel on cpu for this op (GPU only)"
@@ -600,15 +854,16 @@ def _timing_from(samples):
 
 
 def test_median_ci_ranks():
-    assert H.median_ci_ranks(5) is None            # even [min, max] covers < 95%
+    assert H.median_ci_ranks(5) is None  # even [min, max] covers < 95%
     assert H.median_ci_ranks(6) == (1, 6)
-    assert H.median_ci_ranks(10) == (2, 9)         # 97.9% coverage
+    assert H.median_ci_ranks(10) == (2, 9)  # 97.9% coverage
     k, k2 = H.median_ci_ranks(40)
     assert k2 == 41 - k and 12 <= k <= 15
 
 
 def test_ratio_verdicts_on_synthetic_samples():
     import random
+
     rng = random.Random(0)
     # a clear 3x: the baseline takes 3 ms, the impl 1 ms, both with 5% jitter
     impl = [1.0 * (1 + 0.05 * rng.uniform(-1, 1)) for _ in range(20)]
@@ -631,7 +886,7 @@ def test_ratio_verdicts_on_synthetic_samples():
     st = H.ratio_stats(_timing_from(a), _timing_from(b))
     assert st["verdict"] == "noisy" and st["lo"] < 1 < st["hi"]
     cell = H.format_ratio(st)
-    assert cell.startswith("noisy [")                              # the interval, no ratio
+    assert cell.startswith("noisy [")  # the interval, no ratio
     # the same speed within a few %: "~"
     c = [1.0 * (1 + 0.02 * rng.uniform(-1, 1)) for _ in range(20)]
     d = [1.0 * (1 + 0.02 * rng.uniform(-1, 1)) for _ in range(20)]
@@ -663,8 +918,10 @@ def test_interleaved_order_and_pairing():
 
     def call(name):
         return (lambda: log.append(name)), (lambda: log.append("reset " + name))
-    ts = H.time_cpu_interleaved([call("A"), call("B"), call("C")], min_rounds=4, max_rounds=4,
-                                budget_s=0.0, max_total_s=60.0)
+
+    ts = H.time_cpu_interleaved(
+        [call("A"), call("B"), call("C")], min_rounds=4, max_rounds=4, budget_s=0.0, max_total_s=60.0
+    )
     calls = [x for x in log if not x.startswith("reset")]
     assert calls == ["A", "B", "C", "B", "C", "A", "C", "A", "B", "A", "B", "C"]
     # every call is preceded by its own reset, outside the timed region
@@ -679,17 +936,36 @@ def test_interleaving_goes_on_until_settled():
     def settled(samples):
         seen.append(len(samples[0]))
         return len(samples[0]) >= 7
+
     noop = (lambda: None, lambda: None)
-    ts = H.time_cpu_interleaved([noop, noop], min_rounds=3, max_rounds=50, budget_s=0.0,
-                                max_total_s=60.0, settled=settled)
+    ts = H.time_cpu_interleaved(
+        [noop, noop], min_rounds=3, max_rounds=50, budget_s=0.0, max_total_s=60.0, settled=settled
+    )
     assert ts[0].n == 7 and seen[0] == 3
 
 
 def test_table_legend_and_units():
-    rows = [{"op": "o", "shape_label": "s", "dtype": "float32", "mode": "fwd", "backend": b, "kind": k,
-             "status": "ok", "median_ms": ms, "p20_ms": ms, "p80_ms": ms, "gbps": 1.0, "correct": ok}
-            for b, k, ms, ok in (("pygen:cpu", "pygen", 1.0, True), ("reference", "baseline", 4.0, True),
-                                 ("torch.matmul", "baseline", 0.5, False))]
+    rows = [
+        {
+            "op": "o",
+            "shape_label": "s",
+            "dtype": "float32",
+            "mode": "fwd",
+            "backend": b,
+            "kind": k,
+            "status": "ok",
+            "median_ms": ms,
+            "p20_ms": ms,
+            "p80_ms": ms,
+            "gbps": 1.0,
+            "correct": ok,
+        }
+        for b, k, ms, ok in (
+            ("pygen:cpu", "pygen", 1.0, True),
+            ("reference", "baseline", 4.0, True),
+            ("torch.matmul", "baseline", 0.5, False),
+        )
+    ]
     table = H.format_table(rows)
     head = table.splitlines()[0]
     assert "p20 ms" in head and "p80 ms" in head and "x torch.matmul" in head
@@ -700,8 +976,26 @@ def test_table_legend_and_units():
 
 
 def test_bench_prints_threads_and_legend(capsys):
-    rc = main(["bench", "roi", "--quick", "--device", "cpu", "--op", "ps_roi_pool", "--mode", "fwd",
-               "--baseline", "reference", "--no-save", "--no-copy", "--no-progress", "--threads", "1"])
+    rc = main(
+        [
+            "bench",
+            "roi",
+            "--quick",
+            "--device",
+            "cpu",
+            "--op",
+            "ps_roi_pool",
+            "--mode",
+            "fwd",
+            "--baseline",
+            "reference",
+            "--no-save",
+            "--no-copy",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "threads: 1 " in out and "load average" in out
@@ -714,30 +1008,92 @@ def test_plot_speedup_per_family_with_labels(tmp_path):
     pytest.importorskip("matplotlib")
     base = {"shape_label": "s", "dtype": "float32", "p20_ms": 1.0, "p80_ms": 1.0, "status": "ok"}
     rows = [
-        {**base, "family": "roi", "op": "roi_align", "mode": "fwd", "backend": "pygen:cpu", "kind": "pygen",
-         "median_ms": 1.0, "vs": {"torchvision": {"ratio": 3.0, "lo": 2.8, "hi": 3.2, "n": 20,
-                                                  "method": "paired", "verdict": "faster", "wide": False},
-                                  "reference": {"ratio": 9.0, "lo": 8.0, "hi": 10.0, "n": 20,
-                                                "method": "paired", "verdict": "faster", "wide": False}}},
-        {**base, "family": "roi", "op": "roi_align", "mode": "fwd", "backend": "torchvision",
-         "kind": "baseline", "median_ms": 3.0},
-        {**base, "family": "roi", "op": "roi_align", "mode": "fwd", "backend": "reference",
-         "kind": "baseline", "median_ms": 9.0},
-        {**base, "family": "flows", "op": "actnorm", "mode": "fwd", "backend": "pygen:cpu", "kind": "pygen",
-         "median_ms": 1.0, "vs": {"reference": {"ratio": 1.3, "lo": 0.4, "hi": 5.0, "n": 20,
-                                                "method": "paired", "verdict": "noisy", "wide": True}}},
-        {**base, "family": "flows", "op": "actnorm", "mode": "fwd", "backend": "reference",
-         "kind": "baseline", "median_ms": 1.3},
+        {
+            **base,
+            "family": "roi",
+            "op": "roi_align",
+            "mode": "fwd",
+            "backend": "pygen:cpu",
+            "kind": "pygen",
+            "median_ms": 1.0,
+            "vs": {
+                "torchvision": {
+                    "ratio": 3.0,
+                    "lo": 2.8,
+                    "hi": 3.2,
+                    "n": 20,
+                    "method": "paired",
+                    "verdict": "faster",
+                    "wide": False,
+                },
+                "reference": {
+                    "ratio": 9.0,
+                    "lo": 8.0,
+                    "hi": 10.0,
+                    "n": 20,
+                    "method": "paired",
+                    "verdict": "faster",
+                    "wide": False,
+                },
+            },
+        },
+        {
+            **base,
+            "family": "roi",
+            "op": "roi_align",
+            "mode": "fwd",
+            "backend": "torchvision",
+            "kind": "baseline",
+            "median_ms": 3.0,
+        },
+        {
+            **base,
+            "family": "roi",
+            "op": "roi_align",
+            "mode": "fwd",
+            "backend": "reference",
+            "kind": "baseline",
+            "median_ms": 9.0,
+        },
+        {
+            **base,
+            "family": "flows",
+            "op": "actnorm",
+            "mode": "fwd",
+            "backend": "pygen:cpu",
+            "kind": "pygen",
+            "median_ms": 1.0,
+            "vs": {
+                "reference": {
+                    "ratio": 1.3,
+                    "lo": 0.4,
+                    "hi": 5.0,
+                    "n": 20,
+                    "method": "paired",
+                    "verdict": "noisy",
+                    "wide": True,
+                }
+            },
+        },
+        {
+            **base,
+            "family": "flows",
+            "op": "actnorm",
+            "mode": "fwd",
+            "backend": "reference",
+            "kind": "baseline",
+            "median_ms": 1.3,
+        },
     ]
     entries = H.plot_entries(rows)
-    assert list(entries) == ["roi", "flows"]                      # one panel per family
+    assert list(entries) == ["roi", "flows"]  # one panel per family
     assert [e["label"].split("  ")[1] for e in entries["roi"]] == ["pygen:cpu vs torchvision"]
     assert entries["roi"][0]["text"].startswith("3.00x [2.80-3.20] faster")
     assert entries["flows"][0]["text"].startswith("noisy [")
     fig = H._plot_figure(rows)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(t.startswith("3.00x") for t in texts) and any(t.startswith("noisy") for t in texts)
-    assert all(ax.get_xscale() == "log" for ax in fig.axes)         # log-ratio axis, 1x marked
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)  # log-ratio axis, 1x marked
     assert H.plot_entries(rows, baseline="reference")["roi"][0]["text"].startswith("9.00x")
     png = tmp_path / "speedup.png"
     assert H.plot(rows, png) == f"plot written to {png}" and png.stat().st_size > 0
@@ -747,20 +1103,42 @@ def _toy_case(**kw):
     def make(device, dtype):
         x = torch.linspace(-2, 2, 64, dtype=dtype, device=device)
         return H.Inputs({"x": x}, [x], torch.ones_like(x))
-    return H.Case("toy", "double", "s", {}, make, lambda I, b: I.x * 2, (lambda x: x * 2, lambda I: (I.x,)),
-                  lambda I, m: 512, "512", backends=("cpu",), **kw)
+
+    return H.Case(
+        "toy",
+        "double",
+        "s",
+        {},
+        make,
+        lambda I, b: I.x * 2,
+        (lambda x: x * 2, lambda I: (I.x,)),
+        lambda I, m: 512,
+        "512",
+        backends=("cpu",),
+        **kw,
+    )
 
 
 def test_baseline_that_computes_something_else_is_not_timed():
     from pygen import _backend
+
     if not _backend.backend_status("cpu", "cpu")[0]:
         pytest.skip("pygen._C not built")
-    case = _toy_case(baselines={"wrong": lambda: (lambda I: I.x * 3),
-                                "half": lambda: (lambda I: (I.x * 2 + 1e-3).half().float())},
-                     approximate={"half": "the same op rounded through float16"})
-    opts = H.BenchOptions(device=torch.device("cpu"), dtypes=[torch.float32], modes=["fwd"], backends=["cpu"],
-                          baselines=["reference", "wrong", "half"], cpu_budget_s=0.0, cpu_min_reps=1,
-                          cpu_min_rounds=6, cpu_max_total_s=0.2)
+    case = _toy_case(
+        baselines={"wrong": lambda: lambda I: I.x * 3, "half": lambda: lambda I: (I.x * 2 + 1e-3).half().float()},
+        approximate={"half": "the same op rounded through float16"},
+    )
+    opts = H.BenchOptions(
+        device=torch.device("cpu"),
+        dtypes=[torch.float32],
+        modes=["fwd"],
+        backends=["cpu"],
+        baselines=["reference", "wrong", "half"],
+        cpu_budget_s=0.0,
+        cpu_min_reps=1,
+        cpu_min_rounds=6,
+        cpu_max_total_s=0.2,
+    )
     notes = []
     rows = {r["backend"]: r for r in H.run_case(case, opts, log=notes.append)}
     assert rows["wrong"]["status"] == "mismatch" and "median_ms" not in rows["wrong"]
@@ -782,8 +1160,9 @@ def test_fp8_compile_baseline_computes_the_reference(op):
     inputs = case.make_inputs(torch.device("cpu"), torch.float32)
     expected = H.run_once(H.reference_impl(case), inputs, "fwd+bwd")
     fn, args = case.reference
-    ok, err = H.check(case, H.Impl("eager(reference fn)", "baseline", lambda I: fn(*args(I))), inputs,
-                      "fwd+bwd", expected)
+    ok, err = H.check(
+        case, H.Impl("eager(reference fn)", "baseline", lambda I: fn(*args(I))), inputs, "fwd+bwd", expected
+    )
     assert ok and err < 1e-3, err
 
 
@@ -801,19 +1180,21 @@ def test_cpu_clock_choice():
         t = threading.Thread(target=spin)
         t.start()
         t.join()
+
     before = torch.get_num_threads()
     try:
         H.set_cpu_threads(1)
-        wall, cpu = [[3.0, 9.0, 2.5]], [[2.0, 2.1, 2.0]]     # descheduled for a while: wall > CPU
+        wall, cpu = [[3.0, 9.0, 2.5]], [[2.0, 2.1, 2.0]]  # descheduled for a while: wall > CPU
         assert H._pick_clock(wall, cpu, [6.1], "auto") == (cpu, "thread_time")
-        assert H._pick_clock(wall, cpu, [12.0], "auto") == (wall, "perf_counter")   # others worked
+        assert H._pick_clock(wall, cpu, [12.0], "auto") == (wall, "perf_counter")  # others worked
         assert H._pick_clock(wall, cpu, [12.0], "thread_time")[1] == "thread_time"
         # a real call whose work runs on another thread (a background thread of the process
         # could flip a same-thread measurement to perf_counter too, so that one is not asserted)
         away = H.time_cpu_interleaved([(elsewhere, lambda: None)], min_rounds=3, max_rounds=3, budget_s=0.0)
         assert away[0].timer == "perf_counter" and away[0].wall_median_ms is None
-        forced = H.time_cpu_interleaved([(spin, lambda: None)], min_rounds=3, max_rounds=3, budget_s=0.0,
-                                        timer="thread_time")
+        forced = H.time_cpu_interleaved(
+            [(spin, lambda: None)], min_rounds=3, max_rounds=3, budget_s=0.0, timer="thread_time"
+        )
         assert forced[0].timer == "thread_time" and forced[0].wall_median_ms is not None
         H.set_cpu_threads(2)
         assert H._pick_clock(wall, cpu, [6.1], "auto")[1] == "perf_counter"
@@ -831,11 +1212,13 @@ def test_gpu_timing_path_unpaired(monkeypatch):
         calls.append(fn)
         ms = 1.0 if len(calls) == 1 else 5.0
         return H.Timing(ms, 0.95 * ms, 1.05 * ms, None, "do_bench")
+
     monkeypatch.setattr(H, "time_cuda", fake_time_cuda)
-    case = _toy_case(baselines={"slow": lambda: (lambda I: I.x * 2)})
+    case = _toy_case(baselines={"slow": lambda: lambda I: I.x * 2})
     case.make_inputs = lambda device, dtype: _toy_case().make_inputs(torch.device("cpu"), dtype)
-    opts = H.BenchOptions(device=torch.device("cuda"), dtypes=[torch.float32], modes=["fwd"],
-                          baselines=["reference", "slow"])
+    opts = H.BenchOptions(
+        device=torch.device("cuda"), dtypes=[torch.float32], modes=["fwd"], baselines=["reference", "slow"]
+    )
     rows = {r["backend"]: r for r in H.run_case(case, opts) if r.get("median_ms")}
     assert set(rows) == {"reference", "slow"} and len(calls) == 2
     st = rows["reference"]["vs"]["slow"]

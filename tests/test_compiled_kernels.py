@@ -11,6 +11,7 @@ One child process per family (the rows come from pygen.inspect_kernels.triton_ro
 behind ``pygen inspect``), two at a time. Cold (empty Triton cache) about 10 minutes on 2 busy
 cores; warm about a minute.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,12 +67,25 @@ def test_tensor_core_kernels_use_wgmma(rows, family):
 
 def test_specs_cover_the_dtypes_each_kernel_accepts(rows):
     names = {r["kernel"] for rs in rows.values() for r in rs}
-    want = ["masked_linear_fwd[fp16]", "masked_linear_fwd[bf16]", "masked_linear_fwd[fp32]",
-            "made_sample_persistent[fp16]", "made_sample_persistent[bf16]", "made_sample_persistent[fp32]",
-            "fused_moe_gate_up[fp16,prefill]", "fused_moe_down[fp16,prefill]", "fused_moe_bwd_dw1[fp16]",
-            "fused_moe_gate_up[fp32,prefill]", "fused_moe_bwd_dx[fp32]",
-            "mla_decode[fp16,h128,sq1]", "mla_decode[fp32,h16,sq1]", "mla_decode[fp32,h128,sq1]",
-            "mla_prefill_fwd[fp32,causal]", "mla_prefill_bwd_dkdv[fp32,causal]", "mla_prefill_bwd_dq[fp32,causal]"]
+    want = [
+        "masked_linear_fwd[fp16]",
+        "masked_linear_fwd[bf16]",
+        "masked_linear_fwd[fp32]",
+        "made_sample_persistent[fp16]",
+        "made_sample_persistent[bf16]",
+        "made_sample_persistent[fp32]",
+        "fused_moe_gate_up[fp16,prefill]",
+        "fused_moe_down[fp16,prefill]",
+        "fused_moe_bwd_dw1[fp16]",
+        "fused_moe_gate_up[fp32,prefill]",
+        "fused_moe_bwd_dx[fp32]",
+        "mla_decode[fp16,h128,sq1]",
+        "mla_decode[fp32,h16,sq1]",
+        "mla_decode[fp32,h128,sq1]",
+        "mla_prefill_fwd[fp32,causal]",
+        "mla_prefill_bwd_dkdv[fp32,causal]",
+        "mla_prefill_bwd_dq[fp32,causal]",
+    ]
     missing = [n for n in want if n not in names]
     assert not missing, missing
 
@@ -89,7 +103,10 @@ def test_mla_prefill_fp32_has_its_own_tiles(rows):
     """At the bf16 tiles a float32 prefill compiled to 25-41 KB of spills and 164-295 KB of shared
     memory (the forward could not launch); its own tiles are spill-free and at most 200 KB."""
     r = {x["kernel"]: x for x in rows["mla"]}
-    for name in ("mla_prefill_fwd[fp32,causal]", "mla_prefill_bwd_dkdv[fp32,causal]",
-                 "mla_prefill_bwd_dq[fp32,causal]"):
+    for name in (
+        "mla_prefill_fwd[fp32,causal]",
+        "mla_prefill_bwd_dkdv[fp32,causal]",
+        "mla_prefill_bwd_dq[fp32,causal]",
+    ):
         assert r[name]["spill_stores"] == 0 and r[name]["stack"] == 0, r[name]
         assert r[name]["smem"] <= 200 * 1024, r[name]

@@ -12,18 +12,17 @@ The CPU tests at the end check the case list itself (every public op covered, th
 inputs interchangeable, the outputs different), so that the GPU run, which happens only when a
 GPU is lent (bench/device_run.sh), does not find a broken case first.
 """
+
 from __future__ import annotations
 
 import os
 
+import gpu_cases as C
 import pytest
 import torch
 
 import pygen
-from pygen import _backend
-from pygen import ops
-
-import gpu_cases as C
+from pygen import _backend, ops
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -55,9 +54,9 @@ def test_capture_and_replay_matches_eager(case, backend):
     first = C.to_device(case.make(0), "cuda")
     second = C.to_device(case.make(1), "cuda")
     with pygen.value_checks(False):
-        want_first = case.call(C.clone(first), backend)        # eager, on copies: some ops write an input
+        want_first = case.call(C.clone(first), backend)  # eager, on copies: some ops write an input
         want_second = case.call(C.clone(second), backend)
-        static = C.clone(first)                               # the tensors the graph reads and writes
+        static = C.clone(first)  # the tensors the graph reads and writes
         _warm_up(lambda: case.call(static, backend))
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -91,8 +90,13 @@ def test_capture_with_checks_on_skips_them():
 
 # ---- CPU: the case list is sound --------------------------------------------------------------------
 def test_cases_cover_every_public_op():
-    public = {n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))
-              and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")}
+    public = {
+        n
+        for n in dir(ops)
+        if not n.startswith("_")
+        and callable(getattr(ops, n))
+        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
+    }
     covered = {c.op for c in C.CASES}
     assert covered <= public, covered - public
     assert public - covered == C.NOT_COVERED, public - covered
@@ -129,11 +133,14 @@ TRITON_OK, TRITON_WHY = _backend.backend_status("triton", "cpu")
 
 
 @pytest.mark.skipif(not TRITON_OK, reason=f"triton on cpu: {TRITON_WHY}")
-@pytest.mark.skipif(os.environ.get("PYGEN_SLOW_CASE_CHECK") != "1",
-                    reason="the Triton-interpreter run of every case takes minutes on 2 cores: "
-                           "PYGEN_SLOW_CASE_CHECK=1 (test_host_sync.py runs the same ops there)")
-@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.family}-{c.name}") for c in C.CASES
-                                  if "triton" in c.backends])
+@pytest.mark.skipif(
+    os.environ.get("PYGEN_SLOW_CASE_CHECK") != "1",
+    reason="the Triton-interpreter run of every case takes minutes on 2 cores: "
+    "PYGEN_SLOW_CASE_CHECK=1 (test_host_sync.py runs the same ops there)",
+)
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=f"{c.family}-{c.name}") for c in C.CASES if "triton" in c.backends]
+)
 def test_case_runs_on_the_triton_backend_with_checks_off(case):
     """Each case as the GPU test calls it (Triton backend, checks off), here through the Triton
     interpreter, against the reference."""

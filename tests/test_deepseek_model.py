@@ -1,18 +1,17 @@
 """pygen.models.deepseek: greedy generation on the paged latent cache equals greedy decoding by
 full-sequence recomputation, token by token (logits too); the profile model's build /
 example_inputs / set_backend contract; the dense-MLP fallback; cache reuse and bad arguments."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_mla_module import BACKENDS
 
+from conftest import assert_close_to_ref
 from pygen.models import deepseek as D
 from pygen.models.detection import set_backend
 from pygen.nn.mla import MLA
-
-from conftest import assert_close_to_ref
-from test_mla_module import BACKENDS
-
 
 # tiny problems: single-threaded (tests/conftest.py::one_thread says why)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,10 +24,13 @@ def make_lm(backend, dtype=torch.float64, seed=0, **kw):
         cfg = D.DeepSeekV3Config(**{**cfg.__dict__, **kw})
     m = D.DeepSeekV3LM(cfg, backend=backend).double()
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():      # large enough weights that the greedy tokens vary
+    with torch.no_grad():  # large enough weights that the greedy tokens vary
         for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3 if p.dim() > 1 else
-                    torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5)
+            p.copy_(
+                torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3
+                if p.dim() > 1
+                else torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5
+            )
     return m.to(dtype).eval()
 
 
@@ -42,8 +44,9 @@ def recompute_greedy(m, ids, n):
     return seq, logits
 
 
-@pytest.mark.parametrize("backend,page_size", [("reference", 4), ("reference", 64),
-                                               pytest.param("triton", 4, marks=BACKENDS[1].marks)])
+@pytest.mark.parametrize(
+    "backend,page_size", [("reference", 4), ("reference", 64), pytest.param("triton", 4, marks=BACKENDS[1].marks)]
+)
 def test_generation_with_paged_cache_equals_recomputation(backend, page_size):
     """The MLA ops run on ``backend``; the MoE layer stays on its reference (its Triton kernels
     under the interpreter cost ~20 s here and are tested by the MoE family)."""
@@ -52,12 +55,12 @@ def test_generation_with_paged_cache_equals_recomputation(backend, page_size):
     for lyr in m.layers:
         if hasattr(lyr.mlp, "backend"):
             lyr.mlp.backend = "reference"
-    assert type(m.layers[0].mlp).__name__ == "DenseMLP"          # first_k_dense_replace = 1
+    assert type(m.layers[0].mlp).__name__ == "DenseMLP"  # first_k_dense_replace = 1
     assert type(m.layers[1].mlp).__name__ == ("MoE" if D.MoE is not None else "DenseMLP")
     ids = torch.randint(0, m.cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
     n = 7
     want, want_logits = recompute_greedy(m, ids, n)
-    assert len(set(want[:, 6:].flatten().tolist())) > 2            # not a degenerate constant stream
+    assert len(set(want[:, 6:].flatten().tolist())) > 2  # not a degenerate constant stream
     # the paged loop, with each step's logits captured
     cache = m.new_cache(6 + n, 2, page_size)
     got_logits = []
@@ -75,7 +78,7 @@ def test_generation_with_paged_cache_equals_recomputation(backend, page_size):
     assert [lyr.self_attn.last_path for lyr in m.layers] == ["mla_decode (absorbed)"] * 2
     for a, b in zip(got_logits, want_logits):
         assert_close_to_ref(a, b, atol=1e-9 if dtype == torch.float64 else 1e-4, what="step logits")
-    assert cache.num_free_blocks == cache.num_blocks                 # sequences freed afterwards
+    assert cache.num_free_blocks == cache.num_blocks  # sequences freed afterwards
     # the pool is reusable: a second run on the same cache gives the same tokens
     assert torch.equal(m.generate(ids, n, cache=cache), want)
 
@@ -98,7 +101,7 @@ def test_dense_fallback_and_bad_args(monkeypatch):
     assert torch.equal(m.generate(ids, 0), ids)
     with pytest.raises(ValueError, match="max_new_tokens"):
         m.generate(ids, -1)
-    small = m.new_cache(4, 1, page_size=4)                               # room for 4 tokens only
+    small = m.new_cache(4, 1, page_size=4)  # room for 4 tokens only
     with pytest.raises(RuntimeError, match="exhausted"):
         m.generate(ids, 3, cache=small)
     assert small.num_free_blocks == small.num_blocks and small._step is None
@@ -116,8 +119,14 @@ def test_profile_model_contract():
         assert_close_to_ref(model(x), ref, atol=1e-5, what="auto backend")
     assert ref.shape == x.shape and torch.isfinite(ref).all()
     default = D.DeepSeekV3Config()
-    assert (default.hidden_size, default.num_attention_heads, default.kv_lora_rank, default.q_lora_rank,
-            default.moe_intermediate_size, default.num_experts_per_tok) == (7168, 128, 512, 1536, 2048, 8)
+    assert (
+        default.hidden_size,
+        default.num_attention_heads,
+        default.kv_lora_rank,
+        default.q_lora_rank,
+        default.moe_intermediate_size,
+        default.num_experts_per_tok,
+    ) == (7168, 128, 512, 1536, 2048, 8)
 
 
 def test_decode_profile_model():

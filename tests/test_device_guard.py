@@ -3,6 +3,7 @@ made_sample launched on whatever device was current; cuda:1 tensors with cuda:0 
 illegal address). One guard does it, kernels/_device.py; these tests check on CPU that every
 launch of every public op, forward and backward, happens inside it, and that no other module
 sets the device its own way. tests/test_multi_gpu.py runs the real thing when two GPUs exist."""
+
 from __future__ import annotations
 
 import re
@@ -10,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_host_sync import CALLS, _backward_calls, _call
 
 from pygen.kernels import _device
-
-from test_host_sync import CALLS, _backward_calls, _call
 
 triton = pytest.importorskip("triton")
 interpreter = pytest.importorskip("triton.runtime.interpreter")
@@ -62,14 +62,16 @@ def test_every_backward_launch_is_guarded(name, launches):
 
 def test_made_sample_persistent_launch_is_guarded(launches):
     from pygen import ops
+
     g = torch.Generator().manual_seed(0)
     d, h = 5, 12
     in_deg = torch.arange(1, d + 1)
     hid = torch.randint(1, d, (h,), generator=g)
     weights = [torch.randn(h, d, generator=g), torch.randn(d, h, generator=g)]
     biases = [torch.randn(h, generator=g), torch.randn(d, generator=g)]
-    ops.made_sample(weights, biases, [in_deg, hid, in_deg], torch.rand(3, d, generator=g), backend="triton",
-                    persistent=True)
+    ops.made_sample(
+        weights, biases, [in_deg, hid, in_deg], torch.rand(3, d, generator=g), backend="triton", persistent=True
+    )
     _assert_guarded(launches, "made_sample")
     assert any(n == "_made_sample_persistent_kernel" for n, _ in launches), launches
 

@@ -2,17 +2,17 @@
 against torch.linalg.slogdet and autograd Jacobians, inverse(forward(x)) = x with opposite
 log-dets, gradients (gradcheck on the reference, float32 comparisons for triton), singular inputs,
 opcheck of every registered flow op and torch.compile(fullgraph=True)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import pygen
+from conftest import ATOL, assert_close_to_ref, backend_params, dtypes_for
 from pygen import ops
 from pygen.ops import _registry
 from pygen.ref import flows as ref
-
-from conftest import ATOL, assert_close_to_ref, backend_params, dtypes_for
 
 # the flow family has triton and reference backends only (no csrc)
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
@@ -38,7 +38,7 @@ def _close(out, ref64, same=None, atol=None, what="", backend="reference"):
     -8.371 is stored as -8.3125, not -8.375); GPUs round to nearest and get the plain rule."""
     atol = ATOL[out.dtype] if atol is None else atol
     if out.dtype == torch.bfloat16 and backend == "triton" and pygen._backend.triton_interpreting():
-        atol = atol + 2.0 ** -7 * float(ref64.abs().max()) if ref64.numel() else atol
+        atol = atol + 2.0**-7 * float(ref64.abs().max()) if ref64.numel() else atol
     assert_close_to_ref(out, ref64, same, atol=atol, what=what)
 
 
@@ -66,7 +66,7 @@ def test_slogdet_noncontiguous_and_empty(device, backend, gen):
     s64, l64 = torch.linalg.slogdet(a.double())
     assert torch.equal(sign.double(), s64)
     assert_close_to_ref(lad, l64, atol=1e-5)
-    a = _rand((8, 8, 8), gen, device=device)[::2]   # batch stride 2*64
+    a = _rand((8, 8, 8), gen, device=device)[::2]  # batch stride 2*64
     assert_close_to_ref(ops.slogdet(a, backend=backend)[1], torch.linalg.slogdet(a.double())[1], atol=1e-4)
     for shape in ((0, 4, 4), (3, 0, 0)):
         e = torch.zeros(shape, device=device)
@@ -91,7 +91,7 @@ def test_slogdet_singular_is_sign0_minus_inf_never_nan(device, backend, gen):
     a = _singular(5, gen).to(device).requires_grad_(True)
     sign, lad = ops.slogdet(a, backend=backend)
     assert not torch.isnan(lad).any() and not torch.isnan(sign).any()
-    assert sign[:3].tolist() == [0, 0, 0] and torch.isneginf(lad[:3]).all()   # exact zero pivots
+    assert sign[:3].tolist() == [0, 0, 0] and torch.isneginf(lad[:3]).all()  # exact zero pivots
     # duplicate rows: the kernel's identical updates keep the rows identical -> exact zero pivot;
     # LAPACK may end with a tiny nonzero pivot instead. Either way: singular or hugely negative.
     assert (sign[3] == 0 and torch.isneginf(lad[3])) or lad[3] < -10
@@ -115,7 +115,7 @@ def _conditioned(shape, gen, max_log10_kappa=5.0, dtype=torch.float32, device="c
     n = torch.Size(batch).numel()
     q = torch.linalg.qr(torch.randn((2, n, d, d), generator=gen, dtype=torch.float64)).Q
     kappa = torch.logspace(0, max_log10_kappa, n, dtype=torch.float64)
-    sigma = kappa[:, None] ** -torch.linspace(0, 1, d, dtype=torch.float64)          # [n, d]
+    sigma = kappa[:, None] ** -torch.linspace(0, 1, d, dtype=torch.float64)  # [n, d]
     sigma = sigma * torch.randn(n, 1, generator=gen, dtype=torch.float64).exp()
     a = (q[0] * sigma[:, None, :]) @ q[1].mT
     return a.reshape(shape).to(dtype=dtype, device=device)
@@ -196,9 +196,13 @@ def test_affine_coupling_matches_reference_and_inverts(device, backend, gen):
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_affine_coupling_backward(device, backend, gen):
     for dtype in _dtypes(backend, device):
-        for shape, clamp, rev, scale in (((3, 4, 5, 6), 2.0, False, "exp"), ((6, 2), None, True, "exp"),
-                                         ((2, 3, 4, 4), 1.0, True, "exp"), ((3, 2, 3, 3), None, False, "sigmoid"),
-                                         ((4, 5), None, True, "sigmoid")):
+        for shape, clamp, rev, scale in (
+            ((3, 4, 5, 6), 2.0, False, "exp"),
+            ((6, 2), None, True, "exp"),
+            ((2, 3, 4, 4), 1.0, True, "exp"),
+            ((3, 2, 3, 3), None, False, "sigmoid"),
+            ((4, 5), None, True, "sigmoid"),
+        ):
             leaves = [t.requires_grad_(True) for t in (_rand(shape, gen, dtype, device) for _ in range(3))]
             y, ld = ops.affine_coupling(*leaves, reverse=rev, clamp=clamp, scale=scale, backend=backend)
             gy, gl = _rand(y.shape, gen, dtype, device), _rand(ld.shape, gen, ld.dtype, device)
@@ -211,17 +215,19 @@ def test_affine_coupling_backward(device, backend, gen):
             gs = torch.autograd.grad((ys.double() * gy.double()).sum() + (lds.double() * gl.double()).sum(), ls)
             for name, a, b, c in zip(("x", "raw", "t"), grads, g64, gs):
                 assert a.dtype == dtype
-                _close(a, b, c, atol=4 * ATOL[dtype], what=f"affine grad {name} {dtype} rev={rev} {scale}",
-                       backend=backend)
+                _close(
+                    a, b, c, atol=4 * ATOL[dtype], what=f"affine grad {name} {dtype} rev={rev} {scale}", backend=backend
+                )
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_affine_coupling_split_partial_sums(device, backend, gen, monkeypatch):
     """The GPU splits a sample over several programs when the batch is small; force that path."""
     from pygen.kernels import flows as K
+
     monkeypatch.setattr(K, "coupling_splits", lambda b, n, gpu: 3)
     monkeypatch.setattr(K, "coupling_blocks", lambda b, n, gpu: (2, 16))
-    x, raw, t = _coupling_inputs((3, 5, 4, 4), torch.float32, device, gen)   # N = 80: 3 spans of 32
+    x, raw, t = _coupling_inputs((3, 5, 4, 4), torch.float32, device, gen)  # N = 80: 3 spans of 32
     y, ld = ops.affine_coupling(x, raw, t, backend=backend)
     y64, ld64 = ref.affine_coupling(x.double(), raw.double(), t.double())
     assert_close_to_ref(y, y64, atol=1e-5)
@@ -233,7 +239,8 @@ def test_affine_coupling_gradcheck_reference(gen):
     for rev in (False, True):
         for scale in ("exp", "sigmoid"):
             assert torch.autograd.gradcheck(
-                lambda *a: ops.affine_coupling(*a, reverse=rev, clamp=1.5, scale=scale, backend="reference"), leaves)
+                lambda *a: ops.affine_coupling(*a, reverse=rev, clamp=1.5, scale=scale, backend="reference"), leaves
+            )
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
@@ -275,12 +282,13 @@ def test_actnorm_matches_reference_inverts_and_grads(device, backend, gen):
                 _close(y, y64, ys, what=f"actnorm {dtype} {shape} rev={rev}", backend=backend)
                 assert_close_to_ref(ld, ld64, lds, atol=ATOL[dtype] * 10, what=f"actnorm logdet {shape}")
                 gy, gl = _rand(y.shape, gen, dtype, device), _rand(ld.shape, gen, ld.dtype, device)
-                grads = torch.autograd.grad((y.double() * gy.double()).sum() + (ld.double() * gl.double()).sum(),
-                                            leaves)
+                grads = torch.autograd.grad(
+                    (y.double() * gy.double()).sum() + (ld.double() * gl.double()).sum(), leaves
+                )
                 g64 = torch.autograd.grad((y64 * gy.double()).sum() + (ld64 * gl.double()).sum(), l64)
                 for name, a, b in zip(("x", "loc", kw), grads, g64):
                     assert a.shape == b.shape and a.dtype == dtype
-                    tol = 4 * ATOL[dtype] * (1 if name == "x" else x.numel())   # parameter grads sum B*H*W terms
+                    tol = 4 * ATOL[dtype] * (1 if name == "x" else x.numel())  # parameter grads sum B*H*W terms
                     _close(a, b, atol=tol, what=f"actnorm grad {name} {dtype} rev={rev}", backend=backend)
             if dtype == torch.float32:
                 y, ld = ops.actnorm(x, loc, **{kw: p}, backend=backend)
@@ -294,8 +302,7 @@ def test_actnorm_init_normalises(gen):
     loc, log_scale = ref.actnorm_init(x)
     y, _ = ref.actnorm(x, loc, log_scale)
     torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
-    torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
 def test_actnorm_gradcheck_reference(gen):
@@ -303,8 +310,9 @@ def test_actnorm_gradcheck_reference(gen):
     loc = _rand((3,), gen, torch.float64).requires_grad_(True)
     ls = _rand((3,), gen, torch.float64).requires_grad_(True)
     for rev in (False, True):
-        assert torch.autograd.gradcheck(lambda a, b, c: ops.actnorm(a, b, c, reverse=rev, backend="reference"),
-                                        (x, loc, ls))
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: ops.actnorm(a, b, c, reverse=rev, backend="reference"), (x, loc, ls)
+        )
 
 
 # ---- invertible 1x1 convolution ---------------------------------------------------------------------
@@ -312,7 +320,7 @@ def _lu_params(c, gen, device, dtype=torch.float32):
     w = torch.linalg.qr(_rand((c, c), gen, torch.float64))[0]
     p, low, up = torch.linalg.lu(w)
     diag = torch.diagonal(up).clone()
-    low = low + torch.triu(_rand((c, c), gen, torch.float64))       # ignored part: must not matter
+    low = low + torch.triu(_rand((c, c), gen, torch.float64))  # ignored part: must not matter
     up = up + torch.tril(_rand((c, c), gen, torch.float64))
     return [t.to(device=device, dtype=dtype) for t in (p, low, up, diag)]
 
@@ -320,7 +328,7 @@ def _lu_params(c, gen, device, dtype=torch.float32):
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_inv_conv1x1_matches_reference_inverts_and_grads(device, backend, gen):
     for dtype in _dtypes(backend, device):
-        full = dtype in (torch.float32, torch.float64)   # half precision: one shape, forward+backward
+        full = dtype in (torch.float32, torch.float64)  # half precision: one shape, forward+backward
         for shape in ((3, 4, 5, 3), (2, 20, 3, 1), (4, 3)) if full else ((2, 5, 3, 3),):
             c = shape[1]
             x = _rand(shape, gen, dtype, device)
@@ -333,7 +341,7 @@ def test_inv_conv1x1_matches_reference_inverts_and_grads(device, backend, gen):
                 for rev in (False, True):
                     leaves = [x.clone().requires_grad_(True)] + [a.clone().requires_grad_(True) for a in args]
                     if form == "lu":
-                        leaves[1].requires_grad_(False)   # the permutation is a buffer
+                        leaves[1].requires_grad_(False)  # the permutation is a buffer
                     y, ld = fn(*leaves, reverse=rev, backend=backend)
                     l64 = [t.detach().double().requires_grad_(t.requires_grad) for t in leaves]
                     y64, ld64 = rfn(*l64, reverse=rev)
@@ -342,8 +350,9 @@ def test_inv_conv1x1_matches_reference_inverts_and_grads(device, backend, gen):
                     assert_close_to_ref(ld, ld64, lds, atol=ATOL[dtype] * 10, what=f"conv logdet {form} {shape}")
                     gy, gl = _rand(y.shape, gen, dtype, device), _rand(ld.shape, gen, ld.dtype, device)
                     want = [t for t in leaves if t.requires_grad]
-                    grads = torch.autograd.grad((y.double() * gy.double()).sum() + (ld.double() * gl.double()).sum(),
-                                                want)
+                    grads = torch.autograd.grad(
+                        (y.double() * gy.double()).sum() + (ld.double() * gl.double()).sum(), want
+                    )
                     w64 = [t for t in l64 if t.requires_grad]
                     g64 = torch.autograd.grad((y64 * gy.double()).sum() + (ld64 * gl.double()).sum(), w64)
                     for i, (a, b) in enumerate(zip(grads, g64)):
@@ -364,8 +373,8 @@ def test_inv_conv1x1_gradcheck_reference(gen):
     for rev in (False, True):
         assert torch.autograd.gradcheck(lambda a, b: ops.inv_conv1x1(a, b, reverse=rev, backend="reference"), (x, w))
         assert torch.autograd.gradcheck(
-            lambda a, lo, u, d: ops.inv_conv1x1_lu(a, p, lo, u, d, reverse=rev, backend="reference"),
-            (x, low, up, diag))
+            lambda a, lo, u, d: ops.inv_conv1x1_lu(a, p, lo, u, d, reverse=rev, backend="reference"), (x, low, up, diag)
+        )
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
@@ -392,6 +401,7 @@ def test_lu_weight_kernel(device, backend, gen):
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_conv1x1_dw_batch_splits(device, backend, gen, monkeypatch):
     from pygen.kernels import flows as K
+
     monkeypatch.setattr(K, "conv1x1_dw_splits", lambda b, c, gpu: 2)
     x = _rand((5, 6, 3, 3), gen, device=device)
     w = _rand((6, 6), gen, device=device).requires_grad_(True)
@@ -418,7 +428,7 @@ def test_lu_zero_diagonal_and_singular_weight(device, backend, gen):
     y, ld = ops.inv_conv1x1(x, w, backend=backend)
     assert torch.isfinite(y).all() and not torch.isnan(ld).any()
     assert (torch.isneginf(ld) | (ld < -50)).all()
-    with pytest.raises(RuntimeError):   # torch.linalg.inv: singular matrix (torch.linalg.LinAlgError)
+    with pytest.raises(RuntimeError):  # torch.linalg.inv: singular matrix (torch.linalg.LinAlgError)
         ops.inv_conv1x1(x, torch.zeros(4, 4, device=device), reverse=True, backend=backend)
 
 
@@ -428,7 +438,7 @@ def _jacobian_logdet(fn, x):
     torch.autograd.functional.jacobian)."""
     out = []
     for i in range(x.shape[0]):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         jac = torch.autograd.functional.jacobian(lambda t: fn(t.reshape(xi.shape), i).reshape(-1), xi.reshape(-1))
         out.append(torch.linalg.slogdet(jac.double())[1])
     return torch.stack(out)
@@ -440,7 +450,7 @@ def test_logdets_equal_autograd_jacobians(device, backend, gen):
     backward kernels (float32 for triton), for every transform, forward and inverse."""
     dt = torch.float64 if backend == "reference" else torch.float32
     tol = 1e-9 if dt == torch.float64 else 2e-4
-    n = 2 if backend == "reference" else 1   # Triton: one sample (several are covered elsewhere)
+    n = 2 if backend == "reference" else 1  # Triton: one sample (several are covered elsewhere)
     x = _rand((n, 3, 1, 2), gen, dt, device)
     _, raw, t = _coupling_inputs((n, 3, 1, 2), dt, device, gen)
     loc, ls = _rand((3,), gen, dt, device), _rand((3,), gen, dt, device, scale=0.3)
@@ -448,8 +458,9 @@ def test_logdets_equal_autograd_jacobians(device, backend, gen):
     lu = _lu_params(3, gen, device, dt)
     cases = {
         "affine": lambda v, i, rev: ops.affine_coupling(v, raw[i], t[i], reverse=rev, clamp=1.5, backend=backend),
-        "affine_glow": lambda v, i, rev: ops.affine_coupling(v, raw[i], t[i], reverse=rev, scale="sigmoid",
-                                                             backend=backend),
+        "affine_glow": lambda v, i, rev: ops.affine_coupling(
+            v, raw[i], t[i], reverse=rev, scale="sigmoid", backend=backend
+        ),
         "actnorm": lambda v, i, rev: ops.actnorm(v, loc, ls, reverse=rev, backend=backend),
         "actnorm_scale": lambda v, i, rev: ops.actnorm(v, loc, scale=-ls.exp(), reverse=rev, backend=backend),
         "conv": lambda v, i, rev: ops.inv_conv1x1(v, w, reverse=rev, backend=backend),
@@ -459,8 +470,9 @@ def test_logdets_equal_autograd_jacobians(device, backend, gen):
     for name, f in cases.items():
         for rev in (False, True):
             jac = _jacobian_logdet(lambda v, i: f(v, slice(i, i + 1), rev)[0], x)
-            torch.testing.assert_close(f(x, batch[0], rev)[1].double(), jac, rtol=tol, atol=tol,
-                                       msg=f"{name} rev={rev}")
+            torch.testing.assert_close(
+                f(x, batch[0], rev)[1].double(), jac, rtol=tol, atol=tol, msg=f"{name} rev={rev}"
+            )
     # planar / radial / Sylvester (forward only), per-sample and shared parameters
     z = _rand((3, 5), gen, dt, device)
     u, wv = _rand((3, 5), gen, dt, device), _rand((5,), gen, dt, device)
@@ -470,12 +482,18 @@ def test_logdets_equal_autograd_jacobians(device, backend, gen):
     beta = ref.radial_beta_hat(alpha, _rand((3,), gen, dt, device))
     A, Bm, bb = _rand((5, 3), gen, dt, device), _rand((3, 3, 5), gen, dt, device), _rand((3,), gen, dt, device)
     flows = {
-        "planar": (lambda v, i: ops.planar(v, u[i], wv, bias, backend="reference"),
-                   ops.planar(z, u, wv, bias, backend="reference")[1]),
-        "radial": (lambda v, i: ops.radial(v, z0, alpha[i:i + 1], beta[i:i + 1], backend="reference"),
-                   ops.radial(z, z0, alpha, beta, backend="reference")[1]),
-        "sylvester": (lambda v, i: ops.sylvester(v, A, Bm[i], bb, backend=backend),
-                      ops.sylvester(z, A, Bm, bb, backend=backend)[1]),
+        "planar": (
+            lambda v, i: ops.planar(v, u[i], wv, bias, backend="reference"),
+            ops.planar(z, u, wv, bias, backend="reference")[1],
+        ),
+        "radial": (
+            lambda v, i: ops.radial(v, z0, alpha[i : i + 1], beta[i : i + 1], backend="reference"),
+            ops.radial(z, z0, alpha, beta, backend="reference")[1],
+        ),
+        "sylvester": (
+            lambda v, i: ops.sylvester(v, A, Bm[i], bb, backend=backend),
+            ops.sylvester(z, A, Bm, bb, backend=backend)[1],
+        ),
     }
     for name, (f, ld) in flows.items():
         jac = _jacobian_logdet(lambda v, i: f(v, i)[0], z)
@@ -518,21 +536,39 @@ def _opcheck_args(name, dev, gen):
         "affine_coupling_triton": (x.requires_grad_(), g.clone().requires_grad_(), g * 0.5, 2.0, False, False),
         "affine_coupling_backward_triton": (x.detach(), g, g * 0.5, g * 2, gl, None, True, True),
         "additive_coupling_triton": (x.detach().requires_grad_(), g.requires_grad_(), True),
-        "actnorm_triton": (x.detach().requires_grad_(), c4.requires_grad_(), (c4 * 0.1).detach().requires_grad_(),
-                           True, False),
+        "actnorm_triton": (
+            x.detach().requires_grad_(),
+            c4.requires_grad_(),
+            (c4 * 0.1).detach().requires_grad_(),
+            True,
+            False,
+        ),
         "actnorm_backward_triton": (x.detach(), g.detach(), c4.detach(), c4.detach() + 2, gl, False, True),
         "conv1x1_triton": (x.detach().requires_grad_(), w.requires_grad_()),
         "conv1x1_backward_triton": (g.detach(), x.detach(), w.detach()),
-        "lu_weight_triton": (torch.eye(4, device=dev)[[2, 0, 3, 1]], w.detach().requires_grad_(),
-                             (w * 2).detach().requires_grad_(), c4.detach().requires_grad_(), 9.0),
-        "lu_weight_backward_triton": (torch.eye(4, device=dev)[[2, 0, 3, 1]], w.detach(), w.detach() * 2,
-                                      c4.detach(), g[0, 0, :3, :3].new_ones(4, 4), gl[0].detach(), 9.0),
+        "lu_weight_triton": (
+            torch.eye(4, device=dev)[[2, 0, 3, 1]],
+            w.detach().requires_grad_(),
+            (w * 2).detach().requires_grad_(),
+            c4.detach().requires_grad_(),
+            9.0,
+        ),
+        "lu_weight_backward_triton": (
+            torch.eye(4, device=dev)[[2, 0, 3, 1]],
+            w.detach(),
+            w.detach() * 2,
+            c4.detach(),
+            g[0, 0, :3, :3].new_ones(4, 4),
+            gl[0].detach(),
+            9.0,
+        ),
     }
     return table[name]
 
 
-@pytest.mark.parametrize("name", [n for n in _registry.registered()
-                                  if n.split("_backward")[0].rsplit("_", 1)[0] in FLOW_OPS])
+@pytest.mark.parametrize(
+    "name", [n for n in _registry.registered() if n.split("_backward")[0].rsplit("_", 1)[0] in FLOW_OPS]
+)
 def test_opcheck(name, gen):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ok, why = pygen.backend_status("triton", dev)

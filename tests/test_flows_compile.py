@@ -6,10 +6,10 @@ to ``pygen inspect flows``, which compiles all 29 entries (~10 s more on 2 cores
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
 and under it @triton.jit yields interpreter objects that cannot be compiled.
 """
+
 from __future__ import annotations
 
 from conftest import assert_compiled_without_spills, compile_in_child
-
 
 CHILD = """
 import json

@@ -1,5 +1,6 @@
 """Flow family: bad input raises a clear error naming the argument before any launch; hypothesis
 fuzzing of coupling / ActNorm shapes against the float64 reference."""
+
 from __future__ import annotations
 
 import re
@@ -8,10 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import assert_close_to_ref
 from pygen import ops
 from pygen.ref import flows as ref
-
-from conftest import assert_close_to_ref
 
 X = torch.randn(2, 4, 3, 3)
 H = torch.randn(2, 4, 3, 3)
@@ -76,6 +76,7 @@ BAD = [
 def test_bad_input_raises_before_launch(call, exc, text, backend, monkeypatch):
     # any launch would go through pygen.kernels.flows: make every launcher fail loudly
     from pygen.kernels import flows as K
+
     for name in ("affine_coupling_fwd", "additive_coupling_fwd", "actnorm_fwd", "conv1x1_fwd", "slogdet_fwd"):
         monkeypatch.setattr(K, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
     if backend is not None:
@@ -85,8 +86,15 @@ def test_bad_input_raises_before_launch(call, exc, text, backend, monkeypatch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(0, 5), c=st.integers(1, 5), h=st.integers(1, 4), w=st.integers(1, 4),
-       clamp=st.sampled_from([None, 0.5, 3.0]), rev=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(0, 5),
+    c=st.integers(1, 5),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    clamp=st.sampled_from([None, 0.5, 3.0]),
+    rev=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_fuzz_coupling_and_actnorm_triton(b, c, h, w, clamp, rev, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, h, w, generator=g)

@@ -1,6 +1,7 @@
 """Flow layers (pygen.nn) and models (pygen.models.flows): invertibility, log-dets against
 autograd Jacobians of whole models, triton = reference through training steps, and training smoke
 tests on data generated here (two moons for RealNVP 2-D, synthetic 8x8 images for Glow)."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,10 @@ import math
 import pytest
 import torch
 
+from conftest import backend_params
 from pygen import nn as pnn
 from pygen.models import flows as M
 from pygen.ref import flows as ref
-
-from conftest import backend_params
 
 KERNEL_PARAMS = [p for p in backend_params(kernel_only=True) if p.values[1] == "triton"]
 
@@ -31,12 +31,12 @@ def test_actnorm_module_data_dependent_init(gen):
         torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
         torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
         loc0 = m.loc.detach().clone()
-        m(x * 3)                                   # initialised once only
+        m(x * 3)  # initialised once only
         assert torch.equal(m.loc.detach(), loc0)
         xr, ldr = m.inverse(y)
         torch.testing.assert_close(xr, x, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ldr, -ld)
-    m = pnn.ActNorm(3).eval()                     # eval before any batch: no init, identity
+    m = pnn.ActNorm(3).eval()  # eval before any batch: no init, identity
     assert torch.equal(m(x)[0], x) and int(m.initialized) == 0
 
 
@@ -61,7 +61,7 @@ def test_couplings_and_squeeze_invert(gen):
     x = torch.randn(3, 4, 4, 4, generator=gen)
     for flip in (False, True):
         net = pnn.flows.coupling_net(2, 4, 8)
-        torch.nn.init.normal_(net[-1].conv.weight, std=0.1)   # not the identity
+        torch.nn.init.normal_(net[-1].conv.weight, std=0.1)  # not the identity
         m = pnn.AffineCoupling(net, clamp=1.0, flip=flip, backend="reference")
         y, ld = m(x)
         kept = x[:, 2:] if flip else x[:, :2]
@@ -76,7 +76,7 @@ def test_couplings_and_squeeze_invert(gen):
     sq = pnn.Squeeze()
     y, _ = sq(x)
     assert y.shape == (3, 16, 2, 2) and torch.equal(sq.inverse(y)[0], x)
-    assert torch.equal(y[:, 1 * 4 + 2, 1, 0], x[:, 1, 3, 0])   # channel c*4 + i*2 + j, pixel (2h+i, 2w+j)
+    assert torch.equal(y[:, 1 * 4 + 2, 1, 0], x[:, 1, 3, 0])  # channel c*4 + i*2 + j, pixel (2h+i, 2w+j)
 
 
 def _tiny(kind):
@@ -110,7 +110,7 @@ def test_models_invert_and_logdet_equals_jacobian(kind, gen):
     enc = model.encode(x)
     logdet = enc[1]
     for i in range(2):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         jac = torch.autograd.functional.jacobian(lambda v: flat(v.reshape(xi.shape)), xi.reshape(-1))
         assert jac.shape[0] == jac.shape[1] == xi.numel()
         torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1], rtol=1e-9, atol=1e-9)
@@ -130,15 +130,17 @@ def test_training_steps_triton_match_reference(kind, device, backend, gen):
     models = {}
     for b in ("reference", backend):
         m = (M.Glow(GLOW_TINY) if kind == "glow" else M.RealNVP2D(M.RealNVP2DConfig.quick())).to(device)
-        if kind == "glow":   # the plain (slogdet) 1x1 conv too: replace the first LU conv
+        if kind == "glow":  # the plain (slogdet) 1x1 conv too: replace the first LU conv
             torch.manual_seed(1)
             m.levels[0][0].invconv = pnn.InvConv1x1(12, lu=False)
         M.set_backend(m.to(device), b)
         _perturb(m, torch.Generator().manual_seed(2))
         models[b] = m
     data_gen = torch.Generator().manual_seed(3)
-    batches = [(M.Glow.example_inputs(GLOW_TINY, seed=s)[0] if kind == "glow"
-                else M.two_moons(64, data_gen)).to(device) for s in range(2)]
+    batches = [
+        (M.Glow.example_inputs(GLOW_TINY, seed=s)[0] if kind == "glow" else M.two_moons(64, data_gen)).to(device)
+        for s in range(2)
+    ]
     losses = {}
     for b, m in models.items():
         opt = torch.optim.SGD(m.parameters(), lr=1e-2)
@@ -162,7 +164,7 @@ def _synthetic_images(n: int, gen: torch.Generator, bits: int = 5) -> torch.Tens
     r = 0.2 + 0.3 * torch.rand(n, generator=gen)
     blob = torch.exp(-((xx - c[:, :1, None]) ** 2 + (yy - c[:, 1:, None]) ** 2) / r[:, None, None] ** 2)
     img = 0.8 * blob[:, None] * torch.rand(n, 3, 1, 1, generator=gen) + 0.1 * (xx + 1)[None, None]
-    levels = 2 ** bits
+    levels = 2**bits
     q = torch.floor(img.clamp(0, 1 - 1e-6) * levels) / levels
     return q + torch.rand(q.shape, generator=gen) / levels - 0.5
 
@@ -185,7 +187,7 @@ def test_realnvp_two_moons_nll_falls():
     losses = _train(model, lambda: M.two_moons(256, g), 100, 5e-3)
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert all(math.isfinite(v) for v in losses)
-    assert last < first - 0.5, (first, last)   # nats per point
+    assert last < first - 0.5, (first, last)  # nats per point
 
 
 def test_glow_8x8_images_nll_falls():
@@ -206,4 +208,4 @@ def test_set_backend_reaches_every_flow_layer():
     M.set_backend(model, "reference")
     layers = [m for m in model.modules() if hasattr(m, "backend")]
     assert layers and all(m.backend == "reference" for m in layers)
-    assert len(layers) == 2 * 2 * 3   # levels x steps x (actnorm, invconv, coupling)
+    assert len(layers) == 2 * 2 * 3  # levels x steps x (actnorm, invconv, coupling)

@@ -1,6 +1,7 @@
 """FP8 family: bad input raises a clear error naming the argument before any launch (wrong dtypes,
 shapes, scale layouts, K not a multiple of 128, bad grouped layouts); opcheck of every registered
 fp8 op; torch.compile(fullgraph=True) of quantise + GEMM."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 from pygen import _backend
-from pygen.ops import _registry
-from pygen.ops import fp8 as ops
+from pygen.ops import _registry, fp8 as ops
 from pygen.ref import fp8 as ref
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,7 +20,7 @@ X = torch.randn(8, 256)
 W = torch.randn(200, 256)
 Q, S = ref.quantize_1x128(X)
 WQ, WS = ref.quantize_128x128(W)
-Q1, S1 = ref.quantize_1x128(W)                           # W with 1x128 scales (wgrad operand)
+Q1, S1 = ref.quantize_1x128(W)  # W with 1x128 scales (wgrad operand)
 MI, _ = ref.grouped_layout([3, 5])
 QG, SG = ref.quantize_1x128(torch.randn(MI.numel(), 256))
 WQG = torch.stack([WQ, WQ])
@@ -73,8 +73,8 @@ BAD = [
 @pytest.mark.parametrize("backend", [None, "reference", "triton"])
 def test_bad_input_raises_before_launch(call, exc, text, backend, monkeypatch):
     from pygen.kernels import fp8 as K
-    for name in ("quantize_1x128_fwd", "quantize_128x128_fwd", "fp8_gemm_fwd", "fp8_gemm_grouped_fwd",
-                 "gemm_config"):
+
+    for name in ("quantize_1x128_fwd", "quantize_128x128_fwd", "fp8_gemm_fwd", "fp8_gemm_grouped_fwd", "gemm_config"):
         monkeypatch.setattr(K, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
     if backend is not None:
         monkeypatch.setenv("PYGEN_BACKEND", backend)
@@ -116,8 +116,12 @@ FP8_OPS = [n for n in _registry.registered() if n.startswith("fp8_")]
 
 
 def test_every_op_is_listed():
-    assert sorted(FP8_OPS) == ["fp8_gemm_grouped_triton", "fp8_gemm_triton", "fp8_quantize_128x128_triton",
-                               "fp8_quantize_1x128_triton"]
+    assert sorted(FP8_OPS) == [
+        "fp8_gemm_grouped_triton",
+        "fp8_gemm_triton",
+        "fp8_quantize_128x128_triton",
+        "fp8_quantize_1x128_triton",
+    ]
 
 
 @pytest.mark.parametrize("name", FP8_OPS)
@@ -132,10 +136,19 @@ def test_opcheck(name):
     # torch's schema check compares fp8 inputs with allclose, which has no fp8 kernel
     # ("mul_cpu_reduced_float" not implemented for 'Float8_e4m3fn'): run the other opcheck tests
     # and check the schema's "mutates nothing" claim on the raw bytes instead
-    before = [a.view(torch.uint8).clone() if isinstance(a, torch.Tensor) and a.dtype == FP8 else
-              a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    torch.library.opcheck(_registry.get(name), args,
-                          test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+    before = [
+        a.view(torch.uint8).clone()
+        if isinstance(a, torch.Tensor) and a.dtype == FP8
+        else a.clone()
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in args
+    ]
+    torch.library.opcheck(
+        _registry.get(name),
+        args,
+        test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
     _registry.get(name)(*args)
     for a, b in zip(args, before):
         if isinstance(a, torch.Tensor):

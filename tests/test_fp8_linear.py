@@ -2,6 +2,7 @@
 Parameters), forward and gradients against nn.Linear within the documented tolerance, each
 backward GEMM against the op it must be (wiring), the eval-mode weight cache and its
 invalidation, a tiny training run that tracks the fp32 run, torch.compile(fullgraph=True)."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,7 @@ def test_dropin_constructor_and_state_dict():
     assert torch.equal(a.weight, b.weight)
     assert list(FP8Linear(128, 256, bias=False).state_dict()) == ["weight"]
     lin, f = _pair()
-    assert f.weight is lin.weight and f.bias is lin.bias           # shared, not copied
+    assert f.weight is lin.weight and f.bias is lin.bias  # shared, not copied
     with pytest.raises(ValueError, match="multiple of 128"):
         FP8Linear(100, 128)
     with pytest.raises(ValueError, match="scale_format"):
@@ -87,7 +88,7 @@ def test_backward_gemms_are_the_recipe(backend):
     gq, gs = ops.quantize_fp8_1x128(gy, backend=backend)
     want_dx = ops.fp8_gemm(gq, gs, wq.t().contiguous(), ws.t(), out_dtype=torch.float32, backend=backend)
     assert torch.equal(dx, want_dx)
-    pad = lambda t: torch.cat([t, t.new_zeros(128 - 20, t.shape[1])])  # noqa: E731
+    pad = lambda t: torch.cat([t, t.new_zeros(128 - 20, t.shape[1])])
     aq, as_ = ops.quantize_fp8_1x128(pad(gy).t().contiguous(), backend=backend)
     bq, bs = ops.quantize_fp8_1x128(pad(x.detach()).t().contiguous(), backend=backend)
     assert torch.equal(dw, ops.fp8_gemm_wgrad(aq, as_, bq, bs, backend=backend))
@@ -103,8 +104,8 @@ def test_eval_cache_and_invalidation(monkeypatch):
     with torch.no_grad():
         y1 = f(x)
         y2 = f(x)
-        assert len(calls) == 1 and torch.equal(y1, y2)              # cached
-        f.weight.mul_(2.0)                                          # in-place update: new version
+        assert len(calls) == 1 and torch.equal(y1, y2)  # cached
+        f.weight.mul_(2.0)  # in-place update: new version
         y3 = f(x)
         assert len(calls) == 2
         torch.testing.assert_close(y3 - f.bias, 2 * (y1 - f.bias), rtol=1e-5, atol=1e-5)
@@ -115,23 +116,26 @@ def test_eval_cache_and_invalidation(monkeypatch):
     with torch.no_grad():
         f(x)
         f(x)
-    assert len(calls) == 5 and f._wcache is None                     # training: on the fly
+    assert len(calls) == 5 and f._wcache is None  # training: on the fly
 
 
 def test_convert_to_fp8_filter_and_sharing():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(),
-                          nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 100)),  # ragged N: fine
-                          nn.Linear(100, 128))                                       # K % 128 != 0
-    ref_model = nn.Sequential(*[m for m in model])                  # same modules, pre-conversion
+    model = nn.Sequential(
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 100)),  # ragged N: fine
+        nn.Linear(100, 128),
+    )  # K % 128 != 0
+    ref_model = nn.Sequential(*[m for m in model])  # same modules, pre-conversion
     w0 = model[0].weight
     x = torch.randn(4, 256, device=DEV)
     model.to(DEV)
     before = model(x)
     convert_to_fp8(model, filter=lambda name, mod: name != "2.0")
     assert isinstance(model[0], FP8Linear) and model[0].weight is w0
-    assert type(model[2][0]) is nn.Linear                          # filtered out
-    assert isinstance(model[2][1], FP8Linear) and type(model[3]) is nn.Linear   # K = 100 stays
+    assert type(model[2][0]) is nn.Linear  # filtered out
+    assert isinstance(model[2][1], FP8Linear) and type(model[3]) is nn.Linear  # K = 100 stays
     assert _rel(model(x), before) < REL_TOL
     assert list(model.state_dict()) == list(ref_model.state_dict())
     all_model = convert_to_fp8(nn.Sequential(nn.Linear(128, 128)))
@@ -144,12 +148,13 @@ def test_convert_to_fp8_filter_and_sharing():
 def test_tiny_training_run_tracks_fp32():
     """Same init, same data: the FP8 model's loss follows the fp32 model's (reference backend on
     CPU, which runs the kernels' recipe; on a GPU the automatic choice runs the Triton kernels)."""
+
     def make():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 128)).to(DEV)
 
     g = torch.Generator().manual_seed(5)
-    teacher = torch.randn(128, 128, generator=g).to(DEV) / 128 ** 0.5
+    teacher = torch.randn(128, 128, generator=g).to(DEV) / 128**0.5
     data = [torch.randn(64, 128, generator=g).to(DEV) for _ in range(30)]
     losses = {}
     for kind in ("fp32", "fp8"):
@@ -166,9 +171,9 @@ def test_tiny_training_run_tracks_fp32():
             hist.append(loss.item())
         losses[kind] = torch.tensor(hist)
     a, b = losses["fp32"], losses["fp8"]
-    assert b[-5:].mean() < 0.5 * b[:5].mean()                        # it learns
+    assert b[-5:].mean() < 0.5 * b[:5].mean()  # it learns
     # measured: at most 0.5% apart over the 30 steps (loss 0.43 -> 0.16)
-    assert ((b - a).abs() / a).max() < 0.03, (a, b)                  # and tracks fp32 step by step
+    assert ((b - a).abs() / a).max() < 0.03, (a, b)  # and tracks fp32 step by step
 
 
 @pytest.mark.skipif(not _backend.backend_status("triton", DEV)[0], reason="triton unavailable")

@@ -4,19 +4,18 @@ CPU), scale layouts, round trips; fp8_gemm against the float64 oracle within the
 and against the float32 per-K-block recipe tightly, for M in {1, 7, 64, 128, 1000}, ragged N,
 every schedule (swap-AB, split-K, persistent); the wgrad GEMM; the grouped GEMM against a loop of
 dense GEMMs; NaN/inf propagation; the offline sm_90 compile (wgmma, no spills)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import assert_compiled_without_spills, compile_in_child, requires_cuda
 from pygen import _backend
 from pygen.kernels import fp8 as K
 from pygen.ops import fp8 as ops
 from pygen.ref import fp8 as ref
-
-from conftest import assert_compiled_without_spills, compile_in_child, requires_cuda
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETING = _backend.triton_interpreting() and DEV == "cpu"
@@ -46,8 +45,10 @@ def _check_cast(q: torch.Tensor, pre: torch.Tensor) -> None:
     diff = _bits(q) != _bits(want)
     if INTERPRETING:
         diff &= ~torch.isnan(pre.cpu())
-    assert not diff.any(), (f"{int(diff.sum())} fp8 values differ from torch's cast, e.g. "
-                            f"pre={pre.cpu()[diff][:4].tolist()} got={q.float().cpu()[diff][:4].tolist()}")
+    assert not diff.any(), (
+        f"{int(diff.sum())} fp8 values differ from torch's cast, e.g. "
+        f"pre={pre.cpu()[diff][:4].tolist()} got={q.float().cpu()[diff][:4].tolist()}"
+    )
 
 
 def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -61,8 +62,8 @@ def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_quantize_1x128_kernel_vs_reference(scale_format, dtype, transpose):
     m, k = 70, 384
     x = _randn((m, k), 1, dtype)
-    x[5, 128:256] = 0                                   # all-zero tile: finite tiny scale, zeros
-    x[6, :3] = torch.tensor([448.0 * 2 ** 20, -1e-30, 3.0], dtype=dtype)  # huge / tiny in one tile
+    x[5, 128:256] = 0  # all-zero tile: finite tiny scale, zeros
+    x[6, :3] = torch.tensor([448.0 * 2**20, -1e-30, 3.0], dtype=dtype)  # huge / tiny in one tile
     q = torch.empty((m, k), dtype=FP8, device=DEV)
     s = ops._act_scales_empty(x, m, k // 128, transpose)
     pre = torch.empty((m, k), device=DEV)
@@ -111,11 +112,36 @@ def test_quantize_kernel_cast_bit_exact_on_gpu(scale_format):
 def test_quantize_rounding_corner_cases():
     """One tile with amax 448 (scale exactly 1), so the values below are cast as they are: ties
     (to even), carries into the next binade, subnormals, subnormal ties, signed zeros."""
-    step = 2.0 ** -9
-    vals = [448.0, 42.0, 46.0, -42.0, 126.6, 127.9, 15.5, 7.8, 447.9, 436.0, -0.00747, 0.0017, 1e-9, -0.0,
-            0.5 * step, 1.5 * step, 2.5 * step, -2.5 * step, 0.015625, 0.0156, 0.9999, 1.0625, 1.1875, 240.0, 232.0]
+    step = 2.0**-9
+    vals = [
+        448.0,
+        42.0,
+        46.0,
+        -42.0,
+        126.6,
+        127.9,
+        15.5,
+        7.8,
+        447.9,
+        436.0,
+        -0.00747,
+        0.0017,
+        1e-9,
+        -0.0,
+        0.5 * step,
+        1.5 * step,
+        2.5 * step,
+        -2.5 * step,
+        0.015625,
+        0.0156,
+        0.9999,
+        1.0625,
+        1.1875,
+        240.0,
+        232.0,
+    ]
     x = torch.zeros((2, 128), device=DEV)
-    x[0, :len(vals)] = torch.tensor(vals)
+    x[0, : len(vals)] = torch.tensor(vals)
     x[1] = torch.linspace(-448, 448, 128)
     q, s = ops.quantize_fp8_1x128(x, backend="triton")
     assert torch.equal(s, torch.ones_like(s))
@@ -131,7 +157,7 @@ def test_round_trip_and_scale_properties(scale_format):
     xs = x.double()
     tile_s = s.double().repeat_interleave(128, 1)
     # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 for normals, 2^-10 * s absolute below
-    assert ((deq - xs).abs() <= 2.0 ** -4 * xs.abs() + 2.0 ** -10 * tile_s).all()
+    assert ((deq - xs).abs() <= 2.0**-4 * xs.abs() + 2.0**-10 * tile_s).all()
     amax = xs.view(33, 2, 128).abs().amax(2)
     assert (q.float().abs().view(33, 2, 128).amax(2) <= 448).all()
     if scale_format == "ue8m0":
@@ -143,15 +169,16 @@ def test_round_trip_and_scale_properties(scale_format):
 
 
 def test_scale_layouts_are_what_scaled_mm_reads():
-    m, n, k = 6, 384, 384     # _scaled_mm needs N % 16 == 0
+    m, n, k = 6, 384, 384  # _scaled_mm needs N % 16 == 0
     x, w = _randn((m, k), 6), _randn((n, k), 7)
     q, s = ops.quantize_fp8_1x128(x, transpose_scales=True)
-    assert s.shape == (m, 3) and s.stride() == (1, 8)          # outer-dim-major, 16-byte columns
+    assert s.shape == (m, 3) and s.stride() == (1, 8)  # outer-dim-major, 16-byte columns
     wq, ws = ops.quantize_fp8_128x128(w)
-    assert ws.shape == (3, 3) and ws.stride() == (4, 1)          # ws.t(): [K/128, N/128], stride (1, 4)
+    assert ws.shape == (3, 3) and ws.stride() == (4, 1)  # ws.t(): [K/128, N/128], stride (1, 4)
     # torch's own shape rules for (BlockWise1x128, BlockWise128x128), on meta tensors
-    out = torch._scaled_mm(q.to("meta"), wq.to("meta").t(), scale_a=s.to("meta"), scale_b=ws.t().to("meta"),
-                           out_dtype=torch.bfloat16)
+    out = torch._scaled_mm(
+        q.to("meta"), wq.to("meta").t(), scale_a=s.to("meta"), scale_b=ws.t().to("meta"), out_dtype=torch.bfloat16
+    )
     assert out.shape == (m, n)
     # the transposed layout holds the same values
     assert torch.equal(s.contiguous(), ops.quantize_fp8_1x128(x)[1])
@@ -160,7 +187,7 @@ def test_scale_layouts_are_what_scaled_mm_reads():
 @settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 40), kb=st.integers(1, 3), e=st.integers(-30, 30), ue=st.booleans(), tr=st.booleans())
 def test_quantize_fuzz(m, kb, e, ue, tr):
-    x = _randn((m, kb * 128), m * 7 + kb, scale=2.0 ** e)
+    x = _randn((m, kb * 128), m * 7 + kb, scale=2.0**e)
     fmt = "ue8m0" if ue else "fp32"
     q, s = ops.quantize_fp8_1x128(x, scale_format=fmt, transpose_scales=tr, backend="triton")
     rq, rs = ref.quantize_1x128(x, fmt, tr)
@@ -192,12 +219,11 @@ def _check_gemm(y, q, s, wq, ws, bias=None, b_block=128, out_dtype=torch.bfloat1
     if y.dtype == torch.float32:
         # against the float32 recipe the only difference is summation order inside a block
         rec = ref.fp8_gemm_recipe(q, s, wq, ws, bias, b_block)
-        tight = 2.0 ** -20 * ref.abs_product(q, s, wq, ws, b_block) + 2.0 ** -22 * rec.abs().double() + 1e-30
+        tight = 2.0**-20 * ref.abs_product(q, s, wq, ws, b_block) + 2.0**-22 * rec.abs().double() + 1e-30
         assert ((y - rec).abs().double().cpu() <= tight.cpu()).all()
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 200, 384), (7, 256, 256), (64, 200, 384), (128, 256, 384),
-                                   (1000, 120, 256)])
+@pytest.mark.parametrize("m,n,k", [(1, 200, 384), (7, 256, 256), (64, 200, 384), (128, 256, 384), (1000, 120, 256)])
 def test_fp8_gemm_vs_float64(m, n, k):
     q, s, wq, ws = _operands(m, n, k, m + n + k)
     bias = _randn((n,), 9, torch.bfloat16)
@@ -218,11 +244,15 @@ def test_fp8_gemm_reference_backend_within_bound(out_dtype):
     _check_gemm(y, q, s, wq, ws, out_dtype=out_dtype)
 
 
-@pytest.mark.parametrize("cfg", [
-    K.GemmConfig(16, 64, swap_ab=True, split_k=3, num_programs=5),     # decode, split-K, persistent
-    K.GemmConfig(32, 64, swap_ab=False, split_k=2, num_programs=3),    # split-K without swap
-    K.GemmConfig(64, 128, num_programs=1),                             # one persistent program
-], ids=["swap-splitk-persistent", "splitk", "one-program"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        K.GemmConfig(16, 64, swap_ab=True, split_k=3, num_programs=5),  # decode, split-K, persistent
+        K.GemmConfig(32, 64, swap_ab=False, split_k=2, num_programs=3),  # split-K without swap
+        K.GemmConfig(64, 128, num_programs=1),  # one persistent program
+    ],
+    ids=["swap-splitk-persistent", "splitk", "one-program"],
+)
 def test_gemm_schedules(cfg):
     m, n, k = 40, 200, 384
     q, s, wq, ws = _operands(m, n, k, 11)
@@ -233,8 +263,7 @@ def test_gemm_schedules(cfg):
 
 
 @settings(max_examples=6, deadline=None)
-@given(m=st.integers(1, 70), n=st.integers(1, 260), kb=st.integers(1, 3), bias=st.booleans(),
-       tr=st.booleans())
+@given(m=st.integers(1, 70), n=st.integers(1, 260), kb=st.integers(1, 3), bias=st.booleans(), tr=st.booleans())
 def test_fp8_gemm_fuzz(m, n, kb, bias, tr):
     x, w = _randn((m, kb * 128), m + n), _randn((n, kb * 128), kb, scale=0.05)
     q, s = ops.quantize_fp8_1x128(x, transpose_scales=tr, backend="triton")
@@ -260,11 +289,11 @@ def test_default_configs_cover_the_shape_classes():
 def test_ctas_per_sm():
     """Occupancy from the compiled kernel's registers and shared memory (the offline sm_90 compile's
     numbers for the three tile classes, docs/fp8.md), registers rounded to 256 per warp."""
-    assert K.ctas_per_sm(230, 98816, 4) == 2       # 64 x 128, 4 warps: promotion of one CTA overlaps the other
-    assert K.ctas_per_sm(167, 65536, 4) == 3       # swap-AB decode 64 x 64
-    assert K.ctas_per_sm(218, 98304, 8) == 1       # 128 x 128, 8 warps
-    assert K.ctas_per_sm(255, 0, 8) == 1           # never below one
-    assert K.ctas_per_sm(32, 0, 4) == 16           # thread-bound: 2048 threads / 128
+    assert K.ctas_per_sm(230, 98816, 4) == 2  # 64 x 128, 4 warps: promotion of one CTA overlaps the other
+    assert K.ctas_per_sm(167, 65536, 4) == 3  # swap-AB decode 64 x 64
+    assert K.ctas_per_sm(218, 98304, 8) == 1  # 128 x 128, 8 warps
+    assert K.ctas_per_sm(255, 0, 8) == 1  # never below one
+    assert K.ctas_per_sm(32, 0, 4) == 16  # thread-bound: 2048 threads / 128
     assert K.ctas_per_sm(128, 116 * 1024, 4) == 1  # shared-memory-bound (1 KB reserved per CTA)
 
 
@@ -283,7 +312,7 @@ def test_persistent_grid_follows_occupancy(monkeypatch, occupancy):
             return real[grid]
 
     monkeypatch.setattr(K, "_fp8_gemm_fwd_kernel", Spy())
-    m, n, k = 130, 384, 256         # 64 x 128 tiles: 3 x 3 = 9 units
+    m, n, k = 130, 384, 256  # 64 x 128 tiles: 3 x 3 = 9 units
     x, w = _randn((m, k), 1), _randn((n, k), 2)
     q, s = ops.quantize_fp8_1x128(x, backend="triton")
     wq, ws = ops.quantize_fp8_128x128(w, backend="triton")
@@ -312,9 +341,9 @@ def test_fp8_gemm_transposed_b_view():
     """B given as a transposed view (the input-gradient GEMM reads W^T this way)."""
     m, n, k = 20, 256, 256
     q, s, _, _ = _operands(m, n, k, 13)
-    w = _randn((k, n), 14, scale=0.05)                     # W [K_out=256, N_in=256]
+    w = _randn((k, n), 14, scale=0.05)  # W [K_out=256, N_in=256]
     wq, ws = ref.quantize_128x128(w)
-    wt, wst = wq.t(), ws.t()                               # B = W^T as views; block scales transpose
+    wt, wst = wq.t(), ws.t()  # B = W^T as views; block scales transpose
     y = ops.fp8_gemm(q, s, wt, wst, out_dtype=torch.float32, backend="triton")
     _check_gemm(y, q, s, wt, wst, out_dtype=torch.float32)
 
@@ -329,7 +358,7 @@ def test_fp8_gemm_wgrad_vs_float64():
 
 
 def test_fp8_gemm_grouped_vs_loop():
-    sizes = [5, 0, 130, 1]                                  # an empty expert, one spanning 2 tiles
+    sizes = [5, 0, 130, 1]  # an empty expert, one spanning 2 tiles
     mi, starts = ref.grouped_layout(sizes, device=DEV)
     e, mt, n, k = len(sizes), mi.numel(), 120, 256
     x = _randn((mt, k), 16)
@@ -383,7 +412,7 @@ def test_nonfinite_inputs_propagate(backend):
     q, s = ops.quantize_fp8_1x128(x, backend=backend)
     assert torch.isnan(s[1, 0]) and torch.isinf(s[2, 1]) and torch.isfinite(s[[0, 3]]).all()
     if not (INTERPRETING and backend == "triton"):  # the interpreter casts NaN to 384 (docs/fp8.md)
-        assert torch.isnan(q[1, :128].float()).all()                  # the whole NaN tile
+        assert torch.isnan(q[1, :128].float()).all()  # the whole NaN tile
         assert torch.isnan(q[2, 200].float())
     assert (q[2, 128:200].float() == 0).all()
     assert torch.isnan(ops.dequantize_fp8(q, s)[1:3]).any(dim=1).all()
@@ -432,6 +461,7 @@ def _gemm_tma_flags(monkeypatch):
             def launch(*args, **kwargs):
                 flags.append(kwargs["USE_TMA"])
                 return real[grid](*args, **kwargs)
+
             return launch
 
     monkeypatch.setattr(K, "_fp8_gemm_fwd_kernel", Spy())
@@ -451,8 +481,9 @@ def test_tma_and_pointer_paths_agree(monkeypatch):
     wgq, wgs = torch.stack(wgq), torch.stack(wgs)
     cases = []
     for m, n in ((7, 200), (130, 384)):
-        cases.append(lambda m=m, n=n: ops.fp8_gemm(*_operands(m, n, 384, m + n), out_dtype=torch.float32,
-                                                   backend="triton"))
+        cases.append(
+            lambda m=m, n=n: ops.fp8_gemm(*_operands(m, n, 384, m + n), out_dtype=torch.float32, backend="triton")
+        )
     cases.append(lambda: ops.fp8_gemm_grouped(qg, sg, wgq, wgs, mi, out_dtype=torch.float32, backend="triton"))
     cases.append(lambda: ops.fp8_gemm_wgrad(*_operands(64, 200, 256, 15, b_block=1), backend="triton"))
     for case in cases:
@@ -470,24 +501,25 @@ def test_tma_needs_aligned_rows_and_back_to_back_experts():
     k = 256
     x = torch.zeros((40, k), dtype=FP8)
     assert K._tma_2d(x) is not None
-    assert K._tma_2d(torch.zeros((40, k + 8), dtype=FP8)[:, :k]) is None      # row stride 264 B
-    assert K._tma_2d(torch.zeros((40 * k + 8,), dtype=FP8)[8:].view(40, k)) is None   # base + 8 B
+    assert K._tma_2d(torch.zeros((40, k + 8), dtype=FP8)[:, :k]) is None  # row stride 264 B
+    assert K._tma_2d(torch.zeros((40 * k + 8,), dtype=FP8)[8:].view(40, k)) is None  # base + 8 B
     w = torch.zeros((3, 64, k), dtype=FP8)
     v = K._tma_2d(w)
     assert v is not None and v.shape == (192, k) and v.data_ptr() == w.data_ptr()
-    assert K._tma_2d(torch.zeros((3, 80, k), dtype=FP8)[:, :64]) is None      # experts not back to back
+    assert K._tma_2d(torch.zeros((3, 80, k), dtype=FP8)[:, :64]) is None  # experts not back to back
 
 
 def test_triton_gemm_gets_k_major_operands(monkeypatch, gen):
     """An MN-major a or b (a transposed view) reaches the Triton GEMM as a K-major copy (the kernel
     compiles to no cp.async and spills on MN-major operands) and gives the same result."""
     from pygen.ops import _registry
+
     m, n, k = 32, 48, 256
     x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
     xq, xs = ops.quantize_fp8_1x128(x, backend="reference")
     wq, ws = ops.quantize_fp8_128x128(w, backend="reference")
     want = ops.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.float32, backend="triton")
-    a_mn = xq.t().contiguous().t()           # same values, stride along K = m
+    a_mn = xq.t().contiguous().t()  # same values, stride along K = m
     b_mn = wq.t().contiguous().t()
     assert a_mn.stride(1) != 1 and b_mn.stride(1) != 1
     seen = []

@@ -15,6 +15,7 @@ synchronisation").
   reference and the Triton backend, eagerly and under torch.compile.
 * The benchmark's CUDA-graph timing says when it falls back to do_bench.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,14 +25,10 @@ import pytest
 import torch
 
 import pygen
-from pygen import _backend
-from pygen import ops
-from pygen.ops import _common_checks
-from pygen.ref import fp8 as fp8_ref
-from pygen.ref import made as made_ref
-from pygen.ref import mla as mla_ref
-
 from conftest import make_rois
+from pygen import _backend, ops
+from pygen.ops import _common_checks
+from pygen.ref import fp8 as fp8_ref, made as made_ref, mla as mla_ref
 
 TRITON_OK, TRITON_WHY = _backend.backend_status("triton", "cpu")
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason=f"triton on cpu: {TRITON_WHY}")
@@ -54,6 +51,7 @@ def forbid_host_reads():
             where = "".join(traceback.format_stack(limit=4)[:-1]).strip().splitlines()
             hits.append(f"{label} at {' | '.join(w.strip() for w in where[-4:])}")
             raise RuntimeError(f"host read of a tensor value: {label}")
+
         saved.append((owner, attr, orig))
         setattr(owner, attr, fail)
 
@@ -91,14 +89,14 @@ def test_switch_api(monkeypatch):
                 assert not _common_checks.checking_values()
             assert _common_checks.checking_values()
         assert not pygen.value_checks_enabled()
-        pygen.set_value_checks(None)                     # back to the environment's default
+        pygen.set_value_checks(None)  # back to the environment's default
         assert pygen.value_checks_enabled()
         for off in ("0", "false", "OFF", "no"):
             monkeypatch.setenv("PYGEN_VALUE_CHECKS", off)
             assert not pygen.value_checks_enabled()
         monkeypatch.setenv("PYGEN_VALUE_CHECKS", "1")
         assert pygen.value_checks_enabled()
-        with pygen.value_checks(False):                  # an explicit setting beats the environment
+        with pygen.value_checks(False):  # an explicit setting beats the environment
             assert not pygen.value_checks_enabled()
         monkeypatch.setenv("PYGEN_VALUE_CHECKS", "maybe")
         with pytest.raises(ValueError, match="PYGEN_VALUE_CHECKS"):
@@ -113,6 +111,7 @@ def test_switch_api(monkeypatch):
         @pygen.value_checks(False)
         def decorated():
             return _common_checks.checking_values()
+
         assert decorated() is False and _common_checks.checking_values()
     finally:
         pygen.set_value_checks(None)
@@ -120,6 +119,7 @@ def test_switch_api(monkeypatch):
 
 def test_checking_values_off_for_fake_tensors_and_while_compiling():
     from torch._subclasses.fake_tensor import FakeTensorMode
+
     fake = FakeTensorMode().from_tensor(torch.zeros(3))
     assert _common_checks.tracing(fake) and not _common_checks.checking_values([fake])
     assert _common_checks.checking_values(torch.zeros(3))
@@ -128,6 +128,7 @@ def test_checking_values_off_for_fake_tensors_and_while_compiling():
     def f(x):
         seen.append(_common_checks.checking_values(x))
         return x + 1
+
     torch.compile(f, backend="eager", fullgraph=True)(torch.zeros(2))
     assert seen and not any(seen)
 
@@ -192,13 +193,27 @@ def _flows_calls():
         "inv_conv1x1_lu": lambda: ops.inv_conv1x1_lu(x, perm, lower, upper, diag, backend=t),
         "inv_conv1x1_lu[reverse]": lambda: ops.inv_conv1x1_lu(x, perm, lower, upper, diag, reverse=True, backend=t),
         # planar and radial have only the reference backend
-        "planar": lambda: ops.planar(z, torch.randn(6, generator=g) * 0.1, torch.randn(6, generator=g) * 0.1,
-                                     torch.randn(1, generator=g), backend="reference"),
-        "radial": lambda: ops.radial(z, torch.randn(6, generator=g), torch.randn(1, generator=g).abs(),
-                                     torch.randn(1, generator=g), backend="reference"),
-        "sylvester": lambda: ops.sylvester(z, torch.randn(6, m, generator=g) * 0.1,
-                                           torch.randn(m, 6, generator=g) * 0.1, torch.randn(m, generator=g),
-                                           backend=t),
+        "planar": lambda: ops.planar(
+            z,
+            torch.randn(6, generator=g) * 0.1,
+            torch.randn(6, generator=g) * 0.1,
+            torch.randn(1, generator=g),
+            backend="reference",
+        ),
+        "radial": lambda: ops.radial(
+            z,
+            torch.randn(6, generator=g),
+            torch.randn(1, generator=g).abs(),
+            torch.randn(1, generator=g),
+            backend="reference",
+        ),
+        "sylvester": lambda: ops.sylvester(
+            z,
+            torch.randn(6, m, generator=g) * 0.1,
+            torch.randn(m, 6, generator=g) * 0.1,
+            torch.randn(m, generator=g),
+            backend=t,
+        ),
     }
 
 
@@ -229,7 +244,7 @@ def _mla_calls():
     g = _g(4)
     t = "triton"
     q, kv, bt, sl = mla_ref.random_decode_problem((6, 3), 1, 16, 4, g)
-    pos = torch.tensor([[5, 5], [2, -1]], dtype=torch.int32)          # a duplicate: last writer wins
+    pos = torch.tensor([[5, 5], [2, -1]], dtype=torch.int32)  # a duplicate: last writer wins
     lat, rope = torch.randn(2, 2, 512, generator=g), torch.randn(2, 2, 64, generator=g)
     lq, lk = (3, 4), (5, 4)
     pq, pk = torch.randn(7, 2, 24, generator=g), torch.randn(9, 2, 24, generator=g)
@@ -278,7 +293,8 @@ def _moe_calls():
     w2 = torch.randn(e, hdim, inter, generator=g) * 0.1
     perm_out = ops.moe_permute(x, ids, e, backend="reference")
     w1q, w1s, w2q, w2s = ops.quantize_moe_weights_fp8(
-        torch.randn(e, 256, 128, generator=g) * 0.1, torch.randn(e, 128, 128, generator=g) * 0.1, backend="reference")
+        torch.randn(e, 256, 128, generator=g) * 0.1, torch.randn(e, 128, 128, generator=g) * 0.1, backend="reference"
+    )
     x8 = torch.randn(tok, 128, generator=g)
     return {
         "moe_route": lambda: ops.moe_route(logits, k, backend=t),
@@ -286,8 +302,9 @@ def _moe_calls():
         "moe_permute": lambda: ops.moe_permute(x, ids, e, backend=t),
         "moe_unpermute": lambda: ops.moe_unpermute(perm_out[0], perm_out[1], wts, top_k=k, backend=t),
         "fused_moe": lambda: ops.fused_moe(x, w1, w2, wts, ids, backend=t),
-        "quantize_moe_weights_fp8": lambda: ops.quantize_moe_weights_fp8(w1.repeat(1, 8, 8), w2.repeat(1, 8, 16),
-                                                                        backend=t),
+        "quantize_moe_weights_fp8": lambda: ops.quantize_moe_weights_fp8(
+            w1.repeat(1, 8, 8), w2.repeat(1, 8, 16), backend=t
+        ),
         "fused_moe_fp8": lambda: ops.fused_moe_fp8(x8, w1q, w1s, w2q, w2s, wts, ids, backend=t),
     }
 
@@ -297,10 +314,23 @@ for _family in (_roi_calls, _flows_calls, _made_calls, _mla_calls, _fp8_calls, _
     CALLS.update({name: (_family, name) for name in _family()})
 
 # ops whose checks read values: with checks on, the harness must see them read (so it sees syncs)
-READS_WITH_CHECKS_ON = ("roi_align", "roi_align[list]", "roi_pool", "ps_roi_align", "ps_roi_pool",
-                        "multi_scale_roi_align", "inv_conv1x1_lu[reverse]", "masked_linear[mask]",
-                        "mla_decode", "mla_cache_append", "mla_prefill", "moe_align", "moe_permute", "fused_moe",
-                        "fused_moe_fp8")
+READS_WITH_CHECKS_ON = (
+    "roi_align",
+    "roi_align[list]",
+    "roi_pool",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "multi_scale_roi_align",
+    "inv_conv1x1_lu[reverse]",
+    "masked_linear[mask]",
+    "mla_decode",
+    "mla_cache_append",
+    "mla_prefill",
+    "moe_align",
+    "moe_permute",
+    "fused_moe",
+    "fused_moe_fp8",
+)
 
 
 def _call(name):
@@ -310,8 +340,13 @@ def _call(name):
 
 def test_every_public_op_is_covered():
     names = {n.split("[")[0] for n in CALLS}
-    public = {n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))
-              and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")}
+    public = {
+        n
+        for n in dir(ops)
+        if not n.startswith("_")
+        and callable(getattr(ops, n))
+        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
+    }
     # made_sample reads its degrees for the schedule (test below); sort_hidden_units is a helper on
     # parameters, not a hot-path op
     assert public - names == {"made_sample", "sort_hidden_units"}, public - names
@@ -321,7 +356,7 @@ def test_every_public_op_is_covered():
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_no_host_read_with_value_checks_off(name):
     call = _call(name)
-    call()                                       # warm-up: interpreter caches, lru caches, imports
+    call()  # warm-up: interpreter caches, lru caches, imports
     with pygen.value_checks(False):
         hits = _run_without_reads(call)
     assert not hits, f"{name} read tensor values on the host with value checks off:\n" + "\n".join(hits)
@@ -350,12 +385,14 @@ def _backward_calls():
     return {
         "roi_align": lambda: ops.roi_align(x, rois, 2, 1.0, 2, backend=t).sum().backward(),
         "ps_roi_pool": lambda: ops.ps_roi_pool(x, rois, 2, 1.0, backend=t).sum().backward(),
-        "mla_prefill": lambda: sum(o.sum() for o in ops.mla_prefill(pq, pk, pv, cq, ck, max_seqlen_q=4,
-                                                                   max_seqlen_k=5, backend=t)).backward(),
+        "mla_prefill": lambda: sum(
+            o.sum() for o in ops.mla_prefill(pq, pk, pv, cq, ck, max_seqlen_q=4, max_seqlen_k=5, backend=t)
+        ).backward(),
         "masked_linear": lambda: ops.masked_linear(xm, w, None, in_deg, hid, backend=t).sum().backward(),
         "fused_moe": lambda: ops.fused_moe(xe, w1, w2, wts, ids, backend=t).sum().backward(),
-        "affine_coupling": lambda: sum(o.sum() for o in ops.affine_coupling(xs, xs * 0.5, xs + 1,
-                                                                           backend=t)).backward(),
+        "affine_coupling": lambda: sum(
+            o.sum() for o in ops.affine_coupling(xs, xs * 0.5, xs + 1, backend=t)
+        ).backward(),
     }
 
 
@@ -382,7 +419,7 @@ def test_mla_prefill_without_max_seqlen_reads_cu_seqlens():
         assert _run_without_reads(lambda: ops.mla_prefill(pq, pk, pv, cq, ck, backend="triton"))
         want = ops.mla_prefill(pq, pk, pv, cq, ck, backend="triton")
         got = ops.mla_prefill(pq, pk, pv, cq, ck, max_seqlen_q=7, max_seqlen_k=9, backend="triton")
-    torch.testing.assert_close(got, want)                  # an upper bound gives the same result
+    torch.testing.assert_close(got, want)  # an upper bound gives the same result
     with pytest.raises(ValueError, match="max_seqlen_q"):
         ops.mla_prefill(pq, pk, pv, cq, ck, max_seqlen_q=3, backend="triton")
 
@@ -392,7 +429,7 @@ def test_masked_linear_plain_no_host_read():
     g = _g(7)
     x, w = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g)
     mask = torch.rand(4, 5, generator=g) > 0.5
-    call = lambda: ops.made.masked_linear_plain(x, w, None, mask, backend="triton")  # noqa: E731
+    call = lambda: ops.made.masked_linear_plain(x, w, None, mask, backend="triton")
     call()
     with pygen.value_checks(False):
         assert not _run_without_reads(call)
@@ -453,7 +490,7 @@ def test_append_slots_last_writer_in_row_major_order():
     blk, off, keep = mla_ref.append_slots(kv, bt, pos)
     assert keep.tolist() == [[False, True, False], [True, False, True]]
     assert blk[1, 0].item() == 1 and off[1, 0].item() == 1
-    bad_page = torch.tensor([[0, 7]], dtype=torch.int32)              # a page id outside [0, 3)
+    bad_page = torch.tensor([[0, 7]], dtype=torch.int32)  # a page id outside [0, 3)
     assert mla_ref.append_slots(kv, bad_page, torch.tensor([[2, 0]]))[2].tolist() == [[False, True]]
     empty = mla_ref.append_slots(kv, bt[:, :0], torch.tensor([[0], [-1]]))[2]
     assert empty.tolist() == [[False], [False]]
@@ -474,7 +511,7 @@ def test_cache_append_duplicates_last_writer_wins(backend, fp8):
 def test_cache_append_bad_positions_skipped_with_checks_off():
     kv, bt, pos, lat, rope = _dup_problem(False)
     bad = pos.clone()
-    bad[0, 1] = bt.shape[1] * kv.shape[1] + 3                          # beyond the table
+    bad[0, 1] = bt.shape[1] * kv.shape[1] + 3  # beyond the table
     with pytest.raises(ValueError, match="positions max"):
         ops.mla_cache_append(kv.clone(), bt, bad, lat, rope, backend="triton")
     skipped = pos.clone()
@@ -504,12 +541,14 @@ def test_cache_append_duplicates_under_torch_compile(backend):
 def test_bench_reports_cuda_graph_fallback(monkeypatch):
     pytest.importorskip("triton")
     import triton.testing as tt
+
     from pygen import bench_harness as H
 
     monkeypatch.setattr(tt, "do_bench", lambda fn, **kw: [0.01, 0.009, 0.011])
 
     def no_capture(fn, **kw):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
     monkeypatch.setattr(tt, "do_bench_cudagraph", no_capture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     t = H.time_cuda(lambda: None)
@@ -518,9 +557,22 @@ def test_bench_reports_cuda_graph_fallback(monkeypatch):
     monkeypatch.setattr(tt, "do_bench_cudagraph", lambda fn, **kw: [0.005, 0.004, 0.006])
     assert H.time_cuda(lambda: None).timer == "do_bench_cudagraph"
 
-    row = {"op": "mla_decode", "shape_label": "b1", "dtype": "bfloat16", "mode": "fwd", "backend": "pygen:triton",
-           "kind": "pygen", "status": "ok", "correct": True, "median_ms": 0.01, "p20_ms": 0.009, "p80_ms": 0.011,
-           "samples": None, "gbps": None, "timer": t.timer}
+    row = {
+        "op": "mla_decode",
+        "shape_label": "b1",
+        "dtype": "bfloat16",
+        "mode": "fwd",
+        "backend": "pygen:triton",
+        "kind": "pygen",
+        "status": "ok",
+        "correct": True,
+        "median_ms": 0.01,
+        "p20_ms": 0.009,
+        "p80_ms": 0.011,
+        "samples": None,
+        "gbps": None,
+        "timer": t.timer,
+    }
     table = H.format_table([row])
     assert "pygen:triton (no graph)" in table
     assert H.GRAPH_FALLBACK in table.split("legend:")[1] and "stream is capturing" in table

@@ -3,6 +3,7 @@
 whenever a user runs ``python -c ...`` or ``python -m pytest`` from it, so these checks run in a
 subprocess whose working directory is the repository root (``python -c`` puts that directory first
 on ``sys.path``, ahead of site-packages)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,8 +37,7 @@ print("OK")
 
 def _run_in_root(code: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_kernels_folder_is_not_a_regular_package():
@@ -65,8 +65,9 @@ def test_installed_kernels_package_wins_from_the_root():
     r = _run_in_root("import kernels; print(getattr(kernels, '__file__', None)); print(list(kernels.__path__))")
     assert r.returncode == 0, r.stderr
     file_line = r.stdout.splitlines()[0]
-    installed = [d for d in sys.path[1:] if d and (Path(d) / "kernels" / "__init__.py").is_file()
-                 and Path(d).resolve() != ROOT]
+    installed = [
+        d for d in sys.path[1:] if d and (Path(d) / "kernels" / "__init__.py").is_file() and Path(d).resolve() != ROOT
+    ]
     if installed:
         assert file_line != "None" and Path(file_line).resolve().parent != ROOT / "kernels", r.stdout
     else:

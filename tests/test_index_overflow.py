@@ -15,6 +15,7 @@ Allowed 32-bit products, each bounded by a refusal in the op: the FP8 GEMM's sca
 (pygen/ops/fp8.py refuses scale views spanning 2^31 elements; 64-bit scale pointers spill the
 wgrad tile).
 """
+
 from __future__ import annotations
 
 import json
@@ -156,7 +157,7 @@ def narrow_offset_products(ttir: str, allowed_ptrs=()) -> list[tuple[str, str, s
         name, nres, op, rest = m.groups()
         lm = re.search(r"loc\((#loc\d*)\)\s*$", rest)
         body = re.sub(r"loc\(.*$", "", rest)
-        if op == "scf.for":   # loop-carried values start as their init operand
+        if op == "scf.for":  # loop-carried values start as their init operand
             it = re.search(r"iter_args\((.*?)\)\s*->", body)
             for a, b in re.findall(r"(%[\w.$-]+) = (%[\w.$-]+(?:#\d+)?)", it.group(1) if it else ""):
                 defs[a] = ("iter_arg", [b], "", None)
@@ -236,15 +237,16 @@ def test_no_32_bit_index_times_stride_offsets(ttirs, fam, name):
 def test_fp8_gemm_refuses_scale_views_spanning_2_31_elements(monkeypatch):
     from pygen import ops
     from pygen.ops import fp8 as fp8_ops
+
     # a [2, 1] scale view whose rows sit 2^31 floats apart would need 8 GiB of address space:
     # lower the limit instead (the check reads shapes and strides only)
-    assert fp8_ops.TRITON_SCALE_SPAN == 2 ** 31
+    assert fp8_ops.TRITON_SCALE_SPAN == 2**31
     monkeypatch.setattr(fp8_ops, "TRITON_SCALE_SPAN", 4)
     a = torch.zeros((2, 128), dtype=torch.float8_e4m3fn)
     b = torch.zeros((2, 128), dtype=torch.float8_e4m3fn)
-    padded = torch.ones(8).as_strided((2, 1), (4, 1))       # spans 5 elements
+    padded = torch.ones(8).as_strided((2, 1), (4, 1))  # spans 5 elements
     with pytest.raises(ValueError, match="a_scales spans 5 elements"):
         ops.fp8_gemm(a, padded, b, torch.ones((1, 1)), backend="triton")
     with pytest.raises(ValueError, match="b_scales spans 5 elements"):
         ops.fp8_gemm_wgrad(a, torch.ones((2, 1)), b, padded, backend="triton")
-    ops.fp8_gemm_wgrad(a, torch.ones((2, 1)), b, torch.ones((2, 1)), backend="triton")   # compact: runs
+    ops.fp8_gemm_wgrad(a, torch.ones((2, 1)), b, torch.ones((2, 1)), backend="triton")  # compact: runs

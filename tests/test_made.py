@@ -7,17 +7,17 @@ The Triton interpreter costs milliseconds per program and per tl.dot step, so th
 are few and small; the tile size under the interpreter is 32, so the sizes below give zero,
 partial and full tiles in every pass.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import pygen
+from conftest import ATOL, assert_close_to_ref, backend_params
 from pygen import ops
 from pygen.ops import _registry
 from pygen.ref import made as ref
-
-from conftest import ATOL, assert_close_to_ref, backend_params
 
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] == "triton"]
@@ -36,13 +36,13 @@ def _degrees(n: int, d: int, gen: torch.Generator, order: str) -> torch.Tensor:
 
 def _problem(m, n, k, dtype, device, gen, order="sorted", d=24, noncontig=False):
     x = torch.randn(m, k, generator=gen, dtype=torch.float64)
-    w = torch.randn(n, k, generator=gen, dtype=torch.float64) / k ** 0.5
+    w = torch.randn(n, k, generator=gen, dtype=torch.float64) / k**0.5
     b = torch.randn(n, generator=gen, dtype=torch.float64)
-    if noncontig:   # x as a column slice, W as a transposed view
+    if noncontig:  # x as a column slice, W as a transposed view
         x = torch.cat([x, x], dim=1)[:, ::2]
         w = w.t().contiguous().t()
     ind, outd = _degrees(k, d, gen, order), _degrees(n, d, gen, order)
-    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    cast = lambda t: t.to(device=device, dtype=dtype)
     return cast(x), cast(w), cast(b), ind.to(device), outd.to(device)
 
 
@@ -77,7 +77,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-{c[3]}-{'strict' if c[4] else 'ge'}-{c[5]}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-{c[3]}-{'strict' if c[4] else 'ge'}-{c[5]}"
+)
 def test_masked_linear_matches_reference(case, device, backend, gen):
     m, n, k, act, strict, order, dtypes = case
     if backend == "reference":
@@ -85,8 +87,8 @@ def test_masked_linear_matches_reference(case, device, backend, gen):
     for dt in dtypes:
         x, w, b, ind, outd = _problem(m, n, k, dt, device, gen, order, noncontig=dt == torch.float16)
         g = torch.randn(m, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dt)
-        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, strict, act, backend=backend)  # noqa: E731
-        fr = lambda x_, w_, b_: ref.masked_linear(x_, w_, b_, ind, outd, strict, act)  # noqa: E731
+        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, strict, act, backend=backend)
+        fr = lambda x_, w_, b_: ref.masked_linear(x_, w_, b_, ind, outd, strict, act)
         y, grads = _fwd_bwd(fn, x, w, b, g)
         _check(y, grads, x, w, b, g, fr, f"{backend} {dt} {case[:6]}")
 
@@ -103,8 +105,8 @@ def test_explicit_masks(device, backend, gen):
     for mask, act in ((ar.float(), "relu"), (rnd, "tanh")):
         x3 = x.view(2, 3, k)
         g = torch.randn(2, 3, n, generator=gen).to(device)
-        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, mask=mask, activation=act, backend=backend)  # noqa: E731
-        fr = lambda x_, w_, b_: ref.masked_matmul(x_, w_, b_, mask, act)  # noqa: E731
+        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, mask=mask, activation=act, backend=backend)
+        fr = lambda x_, w_, b_: ref.masked_matmul(x_, w_, b_, mask, act)
         y, grads = _fwd_bwd(fn, x3, w, b, g)
         _check(y, grads, x3, w, b, g, fr, f"mask {backend} {act}")
 
@@ -126,11 +128,12 @@ def test_tile_plan_classifies_every_tile(device, backend, gen):
     """made_plan's lists equal a brute-force classification of the mask's tiles, for both passes
     and both mask kinds; every K-tile appears once in exactly one of full / partial / skipped."""
     from pygen.kernels import made as kern
+
     br, bk = 32, 16
     for strict in (False, True):
         ind = _degrees(75, 10, gen, "random").to(device)
         outd = _degrees(70, 10, gen, "sorted").to(device)
-        mask = ref.autoregressive_mask(ind, outd, strict)                       # [N, K]
+        mask = ref.autoregressive_mask(ind, outd, strict)  # [N, K]
         for rows_are_out, r_deg, k_deg, mtx in ((True, outd, ind, mask), (False, ind, outd, mask.t())):
             t, j = -(-r_deg.numel() // br), -(-k_deg.numel() // bk)
             plan = torch.full((t, j), -1, dtype=torch.int32, device=device)
@@ -139,9 +142,9 @@ def test_tile_plan_classifies_every_tile(device, backend, gen):
             for ti in range(t):
                 nf, npart = counts[ti].tolist()
                 full = set(plan[ti, :nf].tolist())
-                part = set(plan[ti, j - npart:].tolist()) if npart else set()
+                part = set(plan[ti, j - npart :].tolist()) if npart else set()
                 for jj in range(j):
-                    blk = mtx[ti * br:(ti + 1) * br, jj * bk:(jj + 1) * bk]
+                    blk = mtx[ti * br : (ti + 1) * br, jj * bk : (jj + 1) * bk]
                     want = "full" if blk.all() else ("zero" if not blk.any() else "partial")
                     got = "full" if jj in full else ("partial" if jj in part else "zero")
                     assert got == want, (strict, rows_are_out, ti, jj, got, want)
@@ -152,8 +155,8 @@ def test_size_zero_and_one(device, backend, gen):
     for m, n, k in ((0, 5, 4), (3, 0, 4), (3, 5, 0), (1, 1, 1)):
         x, w, b, ind, outd = _problem(m, n, k, torch.float32, device, gen)
         g = torch.randn(m, n, generator=gen).to(device)
-        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, False, "gelu", backend=backend)  # noqa: E731
-        fr = lambda x_, w_, b_: ref.masked_linear(x_, w_, b_, ind, outd, False, "gelu")  # noqa: E731
+        fn = lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, False, "gelu", backend=backend)
+        fr = lambda x_, w_, b_: ref.masked_linear(x_, w_, b_, ind, outd, False, "gelu")
         y, grads = _fwd_bwd(fn, x, w, b, g)
         _check(y, grads, x, w, b, g, fr, f"size {m}x{n}x{k}")
 
@@ -164,7 +167,8 @@ def test_gradcheck_float64_reference(gen):
         for strict in (False, True):
             args = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
             assert torch.autograd.gradcheck(
-                lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, strict, act), args)
+                lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, ind, outd, strict, act), args
+            )
     mask = torch.rand(7, 6, generator=gen) < 0.5
     args = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
     assert torch.autograd.gradcheck(lambda x_, w_, b_: ops.masked_linear(x_, w_, b_, mask=mask), args)
@@ -189,7 +193,7 @@ def test_degrees_from_mask_round_trip(gen):
         mask = ref.autoregressive_mask(ind, outd, strict=bool(torch.randint(0, 2, (1,), generator=gen)))
         got = ref.degrees_from_mask(mask)
         assert got is not None and torch.equal(ref.autoregressive_mask(*got), mask)
-    assert ref.degrees_from_mask(torch.tensor([[1, 0], [0, 1]])) is None      # rows not nested
+    assert ref.degrees_from_mask(torch.tensor([[1, 0], [0, 1]])) is None  # rows not nested
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
@@ -212,8 +216,8 @@ def test_made_affine_head_matches_reference(device, backend, gen):
             z, ld = fn(*leaves)
             return (z, ld), torch.autograd.grad((z * gz.to(z.dtype)).sum() + (ld * gl.to(ld.dtype)).sum(), leaves)
 
-        fn = lambda h_, w_, b2, x_: ops.made_affine_forward(h_, w_, b2, ind, outd, x_, backend=backend)  # noqa: E731
-        fr = lambda h_, w_, b2, x_: ref.made_affine_forward(h_, w_, b2, ind, outd, x_)  # noqa: E731
+        fn = lambda h_, w_, b2, x_: ops.made_affine_forward(h_, w_, b2, ind, outd, x_, backend=backend)
+        fr = lambda h_, w_, b2, x_: ref.made_affine_forward(h_, w_, b2, ind, outd, x_)
         (z, ld), grads = run(fn, (h, w, bias, x))
         (z64, ld64), g64 = run(fr, (h.double(), w.double(), bias.double(), x.double()))
         (zs, lds), gs = run(fr, (h, w, bias, x))
@@ -222,7 +226,7 @@ def test_made_affine_head_matches_reference(device, backend, gen):
         if dt == torch.float32:
             for nm, a, r, sm in zip(("dh", "dW", "db", "dx"), grads, g64, gs):
                 assert_close_to_ref(a, r, sm, atol=4 * ATOL[dt], what=f"affine {nm}")
-        with torch.no_grad():           # the no-grad path does not write the parameters
+        with torch.no_grad():  # the no-grad path does not write the parameters
             z2, ld2 = fn(h, w, bias, x)
         torch.testing.assert_close(z2, z.detach())
 
@@ -241,8 +245,8 @@ def test_masked_linear_bits_matches_reference(device, backend, gen):
         w = (torch.randn(n, k, generator=gen) / 8).to(device=device, dtype=dt)
         b = torch.randn(n, generator=gen).to(device=device, dtype=dt)
         g = torch.randn(2, m, n, generator=gen).to(device=device, dtype=dt)
-        fn = lambda w_, b_: ops.masked_linear_bits(xb, k, w_, b_, ind, outd, True, act, backend=backend)  # noqa: E731
-        fr = lambda w_, b_: ref.masked_linear(x.to(device=device, dtype=w_.dtype), w_, b_, ind, outd, True, act)  # noqa: E731
+        fn = lambda w_, b_: ops.masked_linear_bits(xb, k, w_, b_, ind, outd, True, act, backend=backend)
+        fr = lambda w_, b_: ref.masked_linear(x.to(device=device, dtype=w_.dtype), w_, b_, ind, outd, True, act)
         ws, bs = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
         y = fn(ws, bs)
         grads = torch.autograd.grad(y, (ws, bs), g)
@@ -265,9 +269,13 @@ def _opcheck_args(name, dev):
         ind, outd = torch.arange(1, 41, device=dev) % 7, torch.tensor([0, 2, 3, 5, 6], device=dev)
         if "backward" in name:
             gy = torch.randn(3, 5, generator=g).to(dev)
-            return [(gy, torch.relu(torch.randn(3, 5, generator=g)).to(dev), xb, w, ind, outd, False, "relu", True, True)]
-        return [(xb, w.requires_grad_(), torch.randn(5, generator=g).to(dev).requires_grad_(), ind, outd, True, "elu"),
-                (xb, w.detach().requires_grad_(), None, ind, outd, False, "gelu")]
+            return [
+                (gy, torch.relu(torch.randn(3, 5, generator=g)).to(dev), xb, w, ind, outd, False, "relu", True, True)
+            ]
+        return [
+            (xb, w.requires_grad_(), torch.randn(5, generator=g).to(dev).requires_grad_(), ind, outd, True, "elu"),
+            (xb, w.detach().requires_grad_(), None, ind, outd, False, "gelu"),
+        ]
     if name.startswith("made_affine"):
         h = torch.randn(3, 6, generator=g).to(dev)
         w = torch.randn(8, 6, generator=g).to(dev)
@@ -285,10 +293,14 @@ def _opcheck_args(name, dev):
     if "backward" in name:
         gy = torch.randn(3, 4, generator=g).to(dev)
         y = torch.tanh(x @ w.t())
-        return [(gy, y, x, w, ind, outd, None, True, "tanh", True, True, True),
-                (gy, y, x, w, None, None, mask, False, "relu", True, False, True)]
-    return [(x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), ind, outd, None, False, "gelu"),
-            (x, w, None, None, None, mask, False, "none")]
+        return [
+            (gy, y, x, w, ind, outd, None, True, "tanh", True, True, True),
+            (gy, y, x, w, None, None, mask, False, "relu", True, False, True),
+        ]
+    return [
+        (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), ind, outd, None, False, "gelu"),
+        (x, w, None, None, None, mask, False, "none"),
+    ]
 
 
 @pytest.mark.parametrize("name", [n for n in _registry.registered() if n.startswith(("masked_linear", "made_"))])
@@ -338,12 +350,18 @@ def _bad_calls():
         (lambda: ops.masked_linear(x, w, b, ind, outd, mask=torch.ones(4, 5)), ValueError, "either"),
         (lambda: ops.masked_linear(x, w, b, mask=torch.ones(5, 4)), ValueError, "mask must have the weight's shape"),
         (lambda: ops.masked_linear(x, w, b, mask=torch.full((4, 5), 0.5)), ValueError, "only 0 and 1"),
-        (lambda: ops.masked_linear(x.double(), w.double(), b.double(), ind, outd, backend="triton"), TypeError,
-         "float64"),
+        (
+            lambda: ops.masked_linear(x.double(), w.double(), b.double(), ind, outd, backend="triton"),
+            TypeError,
+            "float64",
+        ),
         (lambda: ops.masked_linear(x, w, b, ind, outd, backend="cuda"), ValueError, "not implemented"),
         (lambda: ops.masked_linear_bits(ops.pack_bits(x > 0).long(), 5, w, b, ind, outd), TypeError, "int32 words"),
-        (lambda: ops.masked_linear_bits(torch.zeros(3, 2, dtype=torch.int32), 5, w, b, ind, outd), ValueError,
-         r"ceil\(5 / 32\) = 1 words"),
+        (
+            lambda: ops.masked_linear_bits(torch.zeros(3, 2, dtype=torch.int32), 5, w, b, ind, outd),
+            ValueError,
+            r"ceil\(5 / 32\) = 1 words",
+        ),
         (lambda: ops.masked_linear_bits(ops.pack_bits(x > 0), 6, w, b, ind, outd), ValueError, "features = 6"),
     ]
 

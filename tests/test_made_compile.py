@@ -7,10 +7,10 @@ are compiled here (the bf16 degree-mask forward, the bf16 dW kernel and the bf16
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
 and under it @triton.jit yields interpreter objects that cannot be compiled.
 """
+
 from __future__ import annotations
 
 from conftest import assert_compiled_without_spills, compile_in_child
-
 
 NAMES = ["masked_linear_fwd[bf16]", "masked_linear_dw[bf16]", "made_sample_persistent[bf16]"]
 

@@ -3,6 +3,7 @@ zuko build them (their construction rules written out independently here), MADE 
 incremental sampling against the D-pass reference, a sampling-distribution test, a training
 smoke test and bad input. Almost everything runs in float64 on the reference backend (fast);
 the Triton path of the modules is exercised by two small float32 tests."""
+
 from __future__ import annotations
 
 import math
@@ -12,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import backend_params
 from pygen import ops
-from pygen.ops import _made_sample as sampler
 from pygen.models import made as M
 from pygen.nn import MaskedLinear
+from pygen.ops import _made_sample as sampler
 from pygen.ref import made as ref
-
-from conftest import backend_params
 
 KERNEL_PARAMS = [p for p in backend_params() if p.values[1] == "triton"]
 
@@ -72,9 +72,9 @@ def zuko_masks(d, hidden_dims, multiplier):
     """zuko's MaskedMLP on an autoregressive adjacency: hidden units copy the (unique, non-empty)
     rows of the adjacency cyclically; later layers connect by row-set inclusion (precedence)."""
     order = torch.arange(d)
-    adjacency = (order[:, None] > order[None, :]).repeat_interleave(multiplier, dim=0)   # [D*m, D]
+    adjacency = (order[:, None] > order[None, :]).repeat_interleave(multiplier, dim=0)  # [D*m, D]
     rows, inverse = torch.unique(adjacency, dim=0, return_inverse=True)
-    precedence = (rows.int() @ rows.int().t()) == rows.sum(dim=-1, keepdim=True)       # row j ⊆ row i
+    precedence = (rows.int() @ rows.int().t()) == rows.sum(dim=-1, keepdim=True)  # row j ⊆ row i
     masks, indices = [], None
     for i, h in enumerate(hidden_dims + [None]):
         mask = rows if i == 0 else precedence[:, indices]
@@ -98,7 +98,7 @@ def _mlp_equal(masks, gen, backend="reference"):
         ours.backend = backend
         assert list(ours.state_dict()) == list(dense.state_dict()) == ["weight", "bias", "mask"]
         ours.load_state_dict(dense.state_dict())
-        assert ours.kernel_args()[0] == "degrees"          # every MADE mask reduces to degrees
+        assert ours.kernel_args()[0] == "degrees"  # every MADE mask reduces to degrees
         last = i == len(masks) - 1
         hd, hp = dense(hd), ours(hp)
         if not last:
@@ -164,10 +164,13 @@ def test_dropin_through_the_kernel(device, backend, gen):
 
 
 # ---- MADE ----------------------------------------------------------------------------------------
-CONFIGS = [dict(use_residual_blocks=False, num_blocks=2), dict(use_residual_blocks=True, num_blocks=2),
-           dict(use_residual_blocks=False, num_blocks=1, use_batch_norm=True),
-           dict(use_residual_blocks=True, num_blocks=1, use_batch_norm=True),
-           dict(use_residual_blocks=False, num_blocks=2, random_mask=True)]
+CONFIGS = [
+    dict(use_residual_blocks=False, num_blocks=2),
+    dict(use_residual_blocks=True, num_blocks=2),
+    dict(use_residual_blocks=False, num_blocks=1, use_batch_norm=True),
+    dict(use_residual_blocks=True, num_blocks=1, use_batch_norm=True),
+    dict(use_residual_blocks=False, num_blocks=2, random_mask=True),
+]
 
 
 def _made(cfg, order, seed=0, context=None, mult=2, activation=F.relu, cls=M.MADE):
@@ -177,7 +180,7 @@ def _made(cfg, order, seed=0, context=None, mult=2, activation=F.relu, cls=M.MAD
         kw["output_multiplier"] = mult
     m = cls(5, 14, context, activation=activation, hidden_order=order, **kw).to(F64)
     g = torch.Generator().manual_seed(seed + 1)
-    for mod in m.modules():      # non-trivial batch-norm statistics, so permuting them matters
+    for mod in m.modules():  # non-trivial batch-norm statistics, so permuting them matters
         if isinstance(mod, nn.BatchNorm1d):
             mod.running_mean.copy_(torch.randn(mod.num_features, generator=g, dtype=F64))
             mod.running_var.copy_(torch.rand(mod.num_features, generator=g, dtype=F64) + 0.5)
@@ -195,8 +198,12 @@ def _bn_stats_follow(a: M.MADE, b: M.MADE, perms):
     else:
         ps = [perms[k] for k in range(len(bns_a))]
     for x, y, p in zip(bns_a, bns_b, ps):
-        for t_a, t_b in ((x.running_mean, y.running_mean), (x.running_var, y.running_var),
-                         (x.weight, y.weight), (x.bias, y.bias)):
+        for t_a, t_b in (
+            (x.running_mean, y.running_mean),
+            (x.running_var, y.running_var),
+            (x.weight, y.weight),
+            (x.bias, y.bias),
+        ):
             t_b.data.copy_(t_a.data[p])
 
 
@@ -225,9 +232,18 @@ def test_made_sorted_hidden_units_give_the_same_function(cfg, context, gen):
 def test_made_state_dict_keys_follow_nflows():
     m = M.MADE(4, 8, 2, num_blocks=1, use_residual_blocks=True, use_batch_norm=True)
     keys = set(m.state_dict())
-    for k in ("initial_layer.weight", "initial_layer.bias", "initial_layer.mask", "initial_layer.degrees",
-              "context_layer.weight", "blocks.0.context_layer.weight", "blocks.0.batch_norm_layers.1.running_var",
-              "blocks.0.linear_layers.0.mask", "blocks.0.linear_layers.1.degrees", "final_layer.degrees"):
+    for k in (
+        "initial_layer.weight",
+        "initial_layer.bias",
+        "initial_layer.mask",
+        "initial_layer.degrees",
+        "context_layer.weight",
+        "blocks.0.context_layer.weight",
+        "blocks.0.batch_norm_layers.1.running_var",
+        "blocks.0.linear_layers.0.mask",
+        "blocks.0.linear_layers.1.degrees",
+        "final_layer.degrees",
+    ):
         assert k in keys, k
     f = M.MADE(4, 8, None, num_blocks=2, use_residual_blocks=False, use_batch_norm=True)
     assert {"blocks.1.linear.weight", "blocks.1.batch_norm.running_mean"} <= set(f.state_dict())
@@ -238,11 +254,11 @@ def test_made_is_autoregressive(cfg, gen):
     m = _made(cfg, "sorted", context=2)
     x = torch.randn(3, 5, generator=gen, dtype=F64)
     c = torch.randn(3, 2, generator=gen, dtype=F64)
-    jac = torch.autograd.functional.jacobian(lambda t: m(t, c), x)      # [3, 10, 3, 5]
+    jac = torch.autograd.functional.jacobian(lambda t: m(t, c), x)  # [3, 10, 3, 5]
     dep = jac.abs().sum(dim=(0, 2)) > 0
     allowed = ref.autoregressive_mask(ref.input_degrees(5), ref.output_degrees(5, 2), strict=True)
     assert not (dep & ~allowed).any()
-    assert dep[-1].any()            # and not trivially zero
+    assert dep[-1].any()  # and not trivially zero
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -253,8 +269,11 @@ def test_incremental_sampling_equals_d_passes(cfg, kind, gen, monkeypatch):
     for the same noise; and the incremental sampler evaluates every hidden row exactly once."""
     m = _made(cfg, "sorted", context=3, activation=torch.tanh)
     b = 4
-    noise = torch.rand(b, 5, generator=gen, dtype=F64) if kind == "bernoulli" else \
-        torch.randn(b, 5, generator=gen, dtype=F64)
+    noise = (
+        torch.rand(b, 5, generator=gen, dtype=F64)
+        if kind == "bernoulli"
+        else torch.randn(b, 5, generator=gen, dtype=F64)
+    )
     c = torch.randn(b, 3, generator=gen, dtype=F64)
     want = ref.made_sample(lambda t: m(t, c), noise, ref.input_degrees(5), 2, kind)
     rows = {}
@@ -272,7 +291,7 @@ def test_incremental_sampling_equals_d_passes(cfg, kind, gen, monkeypatch):
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got, want)
-    assert m.sampling_network(c) is not None      # every configuration samples incrementally
+    assert m.sampling_network(c) is not None  # every configuration samples incrementally
     # every weight the sampler multiplies is the row slice of one (permuted) layer: each row of
     # every layer, hidden units and outputs alike, goes through masked_linear exactly once
     layers = len(m.sampling_network(c)[0])
@@ -286,7 +305,7 @@ def test_made_sample_checks_degrees(gen):
     good = [torch.tensor([1, 2, 3]), torch.tensor([1, 1, 2, 2]), torch.tensor([1, 2, 3])]
     noise = torch.rand(2, 3, generator=gen, dtype=F64)
     ops.made_sample(w, b, good, noise)
-    bad = [good[0], good[1], torch.tensor([1, 3, 3])]       # output 1 would see x_1 itself
+    bad = [good[0], good[1], torch.tensor([1, 3, 3])]  # output 1 would see x_1 itself
     with pytest.raises(ValueError, match="not autoregressive"):
         ops.made_sample(w, b, bad, noise)
     with pytest.raises(ValueError, match="degrees must be a list of 3"):
@@ -297,14 +316,25 @@ def test_made_sample_checks_degrees(gen):
         ops.made_sample(w, b, good, noise.float())
     with pytest.raises(ValueError, match="only applies to residual networks"):
         ops.made_sample(w, b, good, noise, pre_activation=[None])
-    wr = [torch.randn(4, 3, dtype=F64), torch.randn(4, 4, dtype=F64), torch.randn(4, 4, dtype=F64),
-          torch.randn(3, 4, dtype=F64)]
+    wr = [
+        torch.randn(4, 3, dtype=F64),
+        torch.randn(4, 4, dtype=F64),
+        torch.randn(4, 4, dtype=F64),
+        torch.randn(3, 4, dtype=F64),
+    ]
     dr = [good[0], good[1], good[1], good[1], good[2]]
-    ops.made_sample(wr, [None] * 4, dr, noise, residual=True, pre_activation=[(torch.ones(4, dtype=F64),
-                                                                              torch.zeros(4, dtype=F64))])
+    ops.made_sample(
+        wr, [None] * 4, dr, noise, residual=True, pre_activation=[(torch.ones(4, dtype=F64), torch.zeros(4, dtype=F64))]
+    )
     with pytest.raises(ValueError, match=r"pre_activation\[0\] scale must be \[4\]"):
-        ops.made_sample(wr, [None] * 4, dr, noise, residual=True,
-                        pre_activation=[(torch.ones(3, dtype=F64), torch.zeros(4, dtype=F64))])
+        ops.made_sample(
+            wr,
+            [None] * 4,
+            dr,
+            noise,
+            residual=True,
+            pre_activation=[(torch.ones(3, dtype=F64), torch.zeros(4, dtype=F64))],
+        )
 
 
 def test_binary_made_sampling_distribution():
@@ -315,8 +345,8 @@ def test_binary_made_sampling_distribution():
     m = M.BinaryMADE(d, 12, num_blocks=1, use_residual_blocks=False).to(F64).eval()
     with torch.no_grad():
         for p in m.parameters():
-            p.mul_(3.0)         # sharpen the conditionals so the distribution is far from uniform
-    states = torch.tensor([[(s >> i) & 1 for i in range(d)] for s in range(2 ** d)], dtype=F64)
+            p.mul_(3.0)  # sharpen the conditionals so the distribution is far from uniform
+    states = torch.tensor([[(s >> i) & 1 for i in range(d)] for s in range(2**d)], dtype=F64)
     with torch.no_grad():
         prob = m.log_prob(states).exp()
     assert abs(float(prob.sum()) - 1.0) < 1e-12
@@ -324,10 +354,10 @@ def test_binary_made_sampling_distribution():
     torch.manual_seed(1)
     x = m.sample(n)
     idx = (x * (2 ** torch.arange(d, dtype=F64))).sum(1).long()
-    counts = torch.bincount(idx, minlength=2 ** d).to(F64)
+    counts = torch.bincount(idx, minlength=2**d).to(F64)
     expected = prob * n
     stat = float(((counts - expected) ** 2 / expected).sum())
-    assert stat < _chi2_quantile(1 - 1e-6, 2 ** d - 1), (stat, counts.tolist(), expected.tolist())
+    assert stat < _chi2_quantile(1 - 1e-6, 2**d - 1), (stat, counts.tolist(), expected.tolist())
 
 
 def _chi2_quantile(q: float, dof: int) -> float:
@@ -385,7 +415,7 @@ def test_affine_transforms_invert_and_logdets(cls, gen):
     torch.testing.assert_close(xr, x)
     torch.testing.assert_close(ld, -ldi)
     for i in range(2):
-        jac = torch.autograd.functional.jacobian(lambda v: t(v[None], c[i:i + 1])[0][0], x[i])
+        jac = torch.autograd.functional.jacobian(lambda v: t(v[None], c[i : i + 1])[0][0], x[i])
         torch.testing.assert_close(ld[i], torch.linalg.slogdet(jac)[1])
 
 
@@ -446,6 +476,7 @@ def test_profile_model_made(device, backend):
     """The ``made`` entry of pygen.models (what ``pygen profile made`` runs): same log-likelihoods
     with the kernels and with the reference ops."""
     from pygen.models import build, set_backend
+
     model, cfg = build("made", quick=True)
     model = model.to(device)
     (x,) = model.example_inputs(cfg, device)

@@ -2,17 +2,17 @@
 float64 reference (D full passes), on random feedforward networks: 0 to 3 hidden layers,
 output multipliers 1 to 3, context terms, every step kind, random and equal degrees, unsorted
 inputs (random input order). Runs on the Triton backend (the CPU interpreter without a GPU)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import backend_params
 from pygen import ops
 from pygen.kernels import _made_sample as kern
 from pygen.ops import _made_sample as sampler
 from pygen.ref import made as ref
-
-from conftest import backend_params
 
 TRITON = [p for p in backend_params() if p.values[1] == "triton"]
 F64 = torch.float64
@@ -29,41 +29,82 @@ def _network(gen, d, hidden, mult, context, random_degrees, device, dtype, bsz=5
             degrees.append(ref.hidden_degrees(d, h))
     degrees.append(in_deg.repeat_interleave(mult))
     sizes = [d, *hidden, d * mult]
-    weights = [torch.randn(o, i, generator=gen, dtype=F64) / i ** 0.5 for i, o in zip(sizes[:-1], sizes[1:])]
-    biases = [torch.randn(o, generator=gen, dtype=F64) * 0.3 if k % 2 == 0 else None
-              for k, o in enumerate(sizes[1:])]
+    weights = [torch.randn(o, i, generator=gen, dtype=F64) / i**0.5 for i, o in zip(sizes[:-1], sizes[1:])]
+    biases = [torch.randn(o, generator=gen, dtype=F64) * 0.3 if k % 2 == 0 else None for k, o in enumerate(sizes[1:])]
     ctx = [None] * len(weights)
     if context and hidden:
         ctx[0] = torch.randn(bsz, hidden[0], generator=gen, dtype=F64) * 0.5
-    cast = lambda ts: [None if t is None else t.to(device=device, dtype=dtype) for t in ts]  # noqa: E731
+    cast = lambda ts: [None if t is None else t.to(device=device, dtype=dtype) for t in ts]
     return cast(weights), cast(biases), [g.to(device) for g in degrees], cast(ctx), (weights, biases, ctx)
 
 
-CASES = [dict(hidden=[], mult=1, kind="bernoulli"),
-         dict(hidden=[13], mult=1, kind="bernoulli", context=True),
-         dict(hidden=[19, 17], mult=2, kind="gaussian", context=True),
-         dict(hidden=[9, 21, 11], mult=2, kind="affine", random_degrees=True),
-         dict(hidden=[16, 16], mult=3, kind="gaussian", random_degrees=True)]
+CASES = [
+    dict(hidden=[], mult=1, kind="bernoulli"),
+    dict(hidden=[13], mult=1, kind="bernoulli", context=True),
+    dict(hidden=[19, 17], mult=2, kind="gaussian", context=True),
+    dict(hidden=[9, 21, 11], mult=2, kind="affine", random_degrees=True),
+    dict(hidden=[16, 16], mult=3, kind="gaussian", random_degrees=True),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("device,backend", TRITON)
 def test_persistent_sampler_matches_loop_and_reference(case, device, backend, gen):
     d, bsz = 6, 5
-    w, b, degs, ctx, (w64, b64, c64) = _network(gen, d, case["hidden"], case["mult"], case.get("context"),
-                                                case.get("random_degrees", False), device, torch.float32)
+    w, b, degs, ctx, (w64, b64, c64) = _network(
+        gen,
+        d,
+        case["hidden"],
+        case["mult"],
+        case.get("context"),
+        case.get("random_degrees", False),
+        device,
+        torch.float32,
+    )
     kind = case["kind"]
-    noise64 = torch.rand(bsz, d, generator=gen, dtype=F64) if kind == "bernoulli" else \
-        torch.randn(bsz, d, generator=gen, dtype=F64)
+    noise64 = (
+        torch.rand(bsz, d, generator=gen, dtype=F64)
+        if kind == "bernoulli"
+        else torch.randn(bsz, d, generator=gen, dtype=F64)
+    )
     noise = noise64.to(device=device, dtype=torch.float32)
     act = "tanh"
     with torch.no_grad():
-        got, got_params = ops.made_sample(w, b, degs, noise, kind=kind, activation=act, context_terms=ctx,
-                                          backend=backend, return_params=True, persistent=True)
-        loop, loop_params = ops.made_sample(w, b, degs, noise, kind=kind, activation=act, context_terms=ctx,
-                                            backend=backend, return_params=True, persistent=False)
-        want, want_params = ops.made_sample(w64, b64, [g.cpu() for g in degs], noise64, kind=kind, activation=act,
-                                            context_terms=c64, backend="reference", return_params=True)
+        got, got_params = ops.made_sample(
+            w,
+            b,
+            degs,
+            noise,
+            kind=kind,
+            activation=act,
+            context_terms=ctx,
+            backend=backend,
+            return_params=True,
+            persistent=True,
+        )
+        loop, loop_params = ops.made_sample(
+            w,
+            b,
+            degs,
+            noise,
+            kind=kind,
+            activation=act,
+            context_terms=ctx,
+            backend=backend,
+            return_params=True,
+            persistent=False,
+        )
+        want, want_params = ops.made_sample(
+            w64,
+            b64,
+            [g.cpu() for g in degs],
+            noise64,
+            kind=kind,
+            activation=act,
+            context_terms=c64,
+            backend="reference",
+            return_params=True,
+        )
     if kind == "bernoulli":
         assert torch.equal(got.cpu().double(), want)
         assert torch.equal(got, loop)
@@ -85,8 +126,7 @@ def test_persistent_sampler_is_one_launch(device, backend, gen, monkeypatch):
     monkeypatch.setattr(kern, "made_sample_persistent", lambda *a, **k: (launches.append(1), real(*a, **k))[1])
     monkeypatch.setattr(sampler, "_slice_linear", lambda *a, **k: pytest.fail("the step loop ran"))
     with torch.no_grad():
-        x = ops.made_sample(w, b, degs, noise, kind="gaussian", activation="relu", context_terms=ctx,
-                            backend=backend)
+        x = ops.made_sample(w, b, degs, noise, kind="gaussian", activation="relu", context_terms=ctx, backend=backend)
     assert launches == [1]
     assert torch.isfinite(x).all()
 

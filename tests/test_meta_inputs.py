@@ -2,6 +2,7 @@
 CPU but live on the meta device, raises a ValueError naming the argument (pygen/ops/_common_checks.py)
 instead of torch's "Cannot copy out of meta tensor" from deep inside a value check. The CPU call of
 each case is run too, so the meta error is about the device and nothing else."""
+
 from __future__ import annotations
 
 import inspect
@@ -11,8 +12,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from pygen import ops
-from pygen.ref import fp8 as fp8_ref
-from pygen.ref import mla as mla_ref
+from pygen.ref import fp8 as fp8_ref, mla as mla_ref
 
 
 def _roi():
@@ -38,8 +38,11 @@ def _flows():
         "additive_coupling": (ops.additive_coupling, (x, torch.randn_like(x)), {}),
         "actnorm": (ops.actnorm, (x, torch.randn(4), torch.randn(4)), {}),
         "inv_conv1x1": (ops.inv_conv1x1, (x, w), {}),
-        "inv_conv1x1_lu": (ops.inv_conv1x1_lu, (x, torch.eye(4), torch.randn(4, 4), torch.randn(4, 4),
-                                                torch.rand(4) + 0.5), {}),
+        "inv_conv1x1_lu": (
+            ops.inv_conv1x1_lu,
+            (x, torch.eye(4), torch.randn(4, 4), torch.randn(4, 4), torch.rand(4) + 0.5),
+            {},
+        ),
         "planar": (ops.planar, (z, torch.randn(3), torch.randn(3), torch.randn(1)), {}),
         "radial": (ops.radial, (z, torch.randn(3), torch.tensor(1.0), torch.tensor(0.5)), {}),
         "sylvester": (ops.sylvester, (z, torch.randn(3, 2), torch.randn(2, 3), torch.randn(2)), {}),
@@ -58,8 +61,7 @@ def _made():
         "masked_linear_bits": (ops.masked_linear_bits, (ops.pack_bits((x > 0).float()), d, w1, None, din, dh), {}),
         "pack_bits": (ops.pack_bits, ((x > 0).float(),), {}),
         "made_affine_forward": (ops.made_affine_forward, (torch.randn(3, h), w2, None, dh, dout, x), {}),
-        "made_sample": (ops.made_sample, ([w1, torch.randn(d, h)], [None, None], [din, dh, din], torch.rand(3, d)),
-                        {}),
+        "made_sample": (ops.made_sample, ([w1, torch.randn(d, h)], [None, None], [din, dh, din], torch.rand(3, d)), {}),
     }
 
 
@@ -69,12 +71,27 @@ def _mla():
     cq, ck = mla_ref.cu_seqlens((3, 4)), mla_ref.cu_seqlens((4, 5))
     return {
         "mla_decode": (ops.mla_decode, (q, kv, bt, sl), {}),
-        "mla_cache_append": (ops.mla_cache_append, (kv.clone(), bt, torch.tensor([[0, 1], [2, -1]], dtype=torch.int32),
-                                                    torch.randn(2, 2, 512), torch.randn(2, 2, 64)), {}),
-        "mla_prefill": (ops.mla_prefill, (torch.randn(7, 2, 192), torch.randn(9, 2, 192), torch.randn(9, 2, 128),
-                                          cq, ck), {}),
-        "merge_attn_states": (ops.merge_attn_states, (torch.randn(3, 2, 8), torch.randn(2, 3), torch.randn(3, 2, 8),
-                                                      torch.randn(2, 3)), {}),
+        "mla_cache_append": (
+            ops.mla_cache_append,
+            (
+                kv.clone(),
+                bt,
+                torch.tensor([[0, 1], [2, -1]], dtype=torch.int32),
+                torch.randn(2, 2, 512),
+                torch.randn(2, 2, 64),
+            ),
+            {},
+        ),
+        "mla_prefill": (
+            ops.mla_prefill,
+            (torch.randn(7, 2, 192), torch.randn(9, 2, 192), torch.randn(9, 2, 128), cq, ck),
+            {},
+        ),
+        "merge_attn_states": (
+            ops.merge_attn_states,
+            (torch.randn(3, 2, 8), torch.randn(2, 3), torch.randn(3, 2, 8), torch.randn(2, 3)),
+            {},
+        ),
     }
 
 
@@ -119,8 +136,13 @@ WORK_ON_META = {"sort_hidden_units"}
 
 
 def test_every_public_op_is_covered():
-    public = {n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))
-              and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")}
+    public = {
+        n
+        for n in dir(ops)
+        if not n.startswith("_")
+        and callable(getattr(ops, n))
+        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
+    }
     covered = {c.split("(")[0] for c in CASES} | WORK_ON_META
     assert public <= covered, f"no meta case for {sorted(public - covered)}"
 
@@ -133,7 +155,7 @@ def _meta(v):
 def test_meta_arguments_raise_a_clear_error(case):
     fn, args, kwargs = CASES[case]
     ref = {"backend": "reference"} if "backend" in inspect.signature(fn).parameters else {}
-    fn(*args, **ref, **kwargs)                               # the arguments are valid on CPU
+    fn(*args, **ref, **kwargs)  # the arguments are valid on CPU
     meta_args, meta_kwargs = tree_map(_meta, (args, kwargs))
     with pytest.raises(ValueError, match=r"is on the meta device, which holds no data"):
         fn(*meta_args, **meta_kwargs)

@@ -1,15 +1,16 @@
 """The matmul-class MLA kernels compile offline for sm_90 without register spills and use wgmma
 where the tile allows it (no GPU needed): decode at 128 heads (bf16 cache: wgmma; FP8 cache:
 16-row mma.sync tiles, below wgmma's 64, because the 64-row tile spilled under Triton 3.6 and 3.8),
-decode at 16 heads with the FP8 cache, prefill forward and both backward kernels. ``pygen inspect mla`` compiles all entries of kernels/mla.py's COMPILE_SPECS.
+decode at 16 heads with the FP8 cache, prefill forward and both backward kernels. ``pygen inspect
+mla`` compiles all entries of kernels/mla.py's COMPILE_SPECS.
 
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
 and under it @triton.jit yields interpreter objects that cannot be compiled.
 """
+
 from __future__ import annotations
 
 from conftest import assert_compiled_without_spills, compile_in_child
-
 
 CHILD = """
 import json

@@ -2,6 +2,7 @@
 (the kernel module is replaced by one that fails if touched); zero-length sequences give zeros and
 lse -inf without NaN; hypothesis fuzzing of ragged lengths / pages / heads / s_q for decode and of
 varlen prefill against the float64 reference."""
+
 from __future__ import annotations
 
 import re
@@ -10,11 +11,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from conftest import assert_close_to_ref
 from pygen import _backend
 from pygen.ops import mla as ops
 from pygen.ref import mla as ref
-
-from conftest import assert_close_to_ref
 
 G = torch.Generator().manual_seed(7)
 Q, KV, BT, SL = ref.random_decode_problem((9, 3), 1, 16, 4, G)
@@ -73,10 +73,16 @@ BAD = [
     (lambda: ops.mla_cache_append(KV, BT, POS, LAT[..., :500], ROPE), ValueError, "latent"),
     (lambda: ops.mla_cache_append(KV, BT, POS, LAT, ROPE[..., :60]), ValueError, "k_rope"),
     (lambda: ops.mla_cache_append(KV8, BT, POS, LAT[..., :256], ROPE), ValueError, "latent"),
-    (lambda: ops.mla_cache_append(KV, BT, torch.tensor([[0, 12], [0, 1]], dtype=torch.int32), LAT, ROPE),
-     ValueError, "block_table page id"),
-    (lambda: ops.mla_cache_append(KV, BT, torch.tensor([[0, 16], [0, 1]], dtype=torch.int32), LAT, ROPE),
-     ValueError, "positions max"),
+    (
+        lambda: ops.mla_cache_append(KV, BT, torch.tensor([[0, 12], [0, 1]], dtype=torch.int32), LAT, ROPE),
+        ValueError,
+        "block_table page id",
+    ),
+    (
+        lambda: ops.mla_cache_append(KV, BT, torch.tensor([[0, 16], [0, 1]], dtype=torch.int32), LAT, ROPE),
+        ValueError,
+        "positions max",
+    ),
     (lambda: ops.mla_cache_append(KV, _bt({(1, 0): NB + 5}), POS, LAT, ROPE), ValueError, "block_table page id"),
     (lambda: ops.mla_cache_append(KV, BT, POS, LAT.int(), ROPE), TypeError, "latent"),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, CK, causal="yes"), TypeError, "causal"),
@@ -84,13 +90,21 @@ BAD = [
     (lambda: ops.mla_prefill(PQ, PK, PV[:8], CQ, CK), ValueError, "v"),
     (lambda: ops.mla_prefill(PQ, PK, PV.half(), CQ, CK), TypeError, "dtype"),
     (lambda: ops.mla_prefill(PQ[:, :, None], PK, PV, CQ, CK), ValueError, "q"),
-    (lambda: ops.mla_prefill(PQ.transpose(1, 2).contiguous().transpose(1, 2), PK, PV, CQ, CK), ValueError,
-     "contiguous"),
+    (
+        lambda: ops.mla_prefill(PQ.transpose(1, 2).contiguous().transpose(1, 2), PK, PV, CQ, CK),
+        ValueError,
+        "contiguous",
+    ),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ.long(), CK), TypeError, "cu_seqlens_q"),
     (lambda: ops.mla_prefill(PQ, PK, PV, ref.cu_seqlens((3, 3)), CK), ValueError, "cu_seqlens_q"),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, ref.cu_seqlens((9,))), ValueError, "cu_seqlens_k"),
-    (lambda: ops.mla_prefill(PQ, PK, PV, torch.tensor([0, 5, 3, 7], dtype=torch.int32),
-                             torch.tensor([0, 4, 4, 9], dtype=torch.int32)), ValueError, "non-decreasing"),
+    (
+        lambda: ops.mla_prefill(
+            PQ, PK, PV, torch.tensor([0, 5, 3, 7], dtype=torch.int32), torch.tensor([0, 4, 4, 9], dtype=torch.int32)
+        ),
+        ValueError,
+        "non-decreasing",
+    ),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, CK, max_seqlen_q=2), ValueError, "max_seqlen_q"),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, CK, max_seqlen_k=5.0), TypeError, "max_seqlen_k"),
     (lambda: ops.mla_prefill(PQ, PK, PV, CQ, CK, softmax_scale=float("nan")), ValueError, "softmax_scale"),
@@ -104,8 +118,10 @@ BAD = [
 @pytest.fixture
 def no_launch(monkeypatch):
     """Any touch of the Triton kernel module fails the test: errors must come first."""
+
     def boom():
         raise AssertionError("a kernel was reached with bad input")
+
     monkeypatch.setattr(ops, "_kernels", boom)
 
 
@@ -122,6 +138,7 @@ def test_bad_input_raises_before_launch(i, backend, no_launch):
 def _with_backend(call, backend):
     """Run ``call`` with ``backend`` as the default (PYGEN_BACKEND) so every row tests both paths."""
     import os
+
     old = os.environ.get("PYGEN_BACKEND")
     os.environ["PYGEN_BACKEND"] = backend
     try:
@@ -154,9 +171,15 @@ def test_zero_length_and_empty_inputs_are_zero_and_minus_inf():
 
 # ---- fuzzing ------------------------------------------------------------------------------------
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lens=st.lists(st.integers(0, 70), min_size=1, max_size=3),
-       log_page=st.integers(0, 6), h_q=st.sampled_from([16, 32]), s_q=st.integers(1, 4),
-       splits=st.sampled_from([None, 1, 2, 5]), fp8=st.booleans(), seed=st.integers(0, 2 ** 16))
+@given(
+    lens=st.lists(st.integers(0, 70), min_size=1, max_size=3),
+    log_page=st.integers(0, 6),
+    h_q=st.sampled_from([16, 32]),
+    s_q=st.integers(1, 4),
+    splits=st.sampled_from([None, 1, 2, 5]),
+    fp8=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_fuzz_decode_matches_reference(lens, log_page, h_q, s_q, splits, fp8, seed):
     g = torch.Generator().manual_seed(seed)
     q, kv, bt, sl = ref.random_decode_problem(lens, s_q, h_q, 1 << log_page, g, fp8=fp8)
@@ -169,8 +192,13 @@ def test_fuzz_decode_matches_reference(lens, log_page, h_q, s_q, splits, fp8, se
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lq=st.lists(st.integers(0, 40), min_size=1, max_size=3), extra=st.lists(st.integers(-5, 20), min_size=3,
-       max_size=3), d=st.sampled_from([16, 40, 192]), causal=st.booleans(), seed=st.integers(0, 2 ** 16))
+@given(
+    lq=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+    extra=st.lists(st.integers(-5, 20), min_size=3, max_size=3),
+    d=st.sampled_from([16, 40, 192]),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_fuzz_prefill_matches_reference(lq, extra, d, causal, seed):
     g = torch.Generator().manual_seed(seed)
     lk = [max(0, n + e) for n, e in zip(lq, extra)]

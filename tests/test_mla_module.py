@@ -2,6 +2,7 @@
 softmax-attention math (float64), absorbed paged decode against full recomputation, the weight
 absorption identities, YaRN formulas, and the paged cache manager's invariants and errors.
 The comparison with transformers' DeepseekV3Attention is in tests/test_mla_transformers.py."""
+
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import math
 import pytest
 import torch
 
+from conftest import ATOL, assert_close_to_ref
 from pygen import _backend
 from pygen.models.deepseek import DeepSeekV3Config
 from pygen.nn import _mla_absorb as absorb
@@ -16,15 +18,13 @@ from pygen.nn._mla_cache import PagedMLACache
 from pygen.nn._rope import RotaryEmbedding, inv_freq_and_attention_factor, softmax_scale, yarn_mscale
 from pygen.nn.mla import MLA, attention_explicit, mask_is_causal
 
-from conftest import ATOL, assert_close_to_ref
-
 
 def _triton_skip() -> str | None:
     ok, why = _backend.backend_status("triton", "cpu")
     if not ok:
         return why
     try:
-        import pygen.kernels.mla  # noqa: F401
+        import pygen.kernels.mla  # noqa: F401 (probe: skip without triton)
     except ImportError as exc:
         return f"pygen.kernels.mla not importable yet ({exc})"
     return None
@@ -40,8 +40,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_config(**kw) -> DeepSeekV3Config:
     """DeepSeek-V3's latent dims (512 + 64, what the decode kernel takes) with 2 small heads."""
-    base = dict(hidden_size=48, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=24, kv_lora_rank=512,
-                qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32)
+    base = dict(
+        hidden_size=48,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        q_lora_rank=24,
+        kv_lora_rank=512,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=64,
+        v_head_dim=32,
+    )
     base.update(kw)
     return DeepSeekV3Config.quick().__class__(**{**DeepSeekV3Config.quick().__dict__, **base})
 
@@ -49,7 +57,7 @@ def tiny_config(**kw) -> DeepSeekV3Config:
 def make_mla(cfg, backend, dtype=torch.float64, seed=0, std=0.15):
     torch.manual_seed(seed)
     m = MLA(cfg, 0, backend=backend).double()
-    with torch.no_grad():   # drawn in float64 whatever the dtype: same weights for every dtype
+    with torch.no_grad():  # drawn in float64 whatever the dtype: same weights for every dtype
         for p in m.parameters():
             p.normal_(0, std) if p.dim() > 1 else p.uniform_(0.5, 1.5)
     return m.to(dtype)
@@ -72,10 +80,10 @@ def explicit_forward(m: MLA, x, pe, mask=None, kv_roundtrip=None):
 
 # ---- RoPE / scale ---------------------------------------------------------------------------------
 def test_yarn_formulas():
-    cfg = DeepSeekV3Config()          # DeepSeek-V3's rope_parameters (factor 40, mscale 1 / 1)
+    cfg = DeepSeekV3Config()  # DeepSeek-V3's rope_parameters (factor 40, mscale 1 / 1)
     m = 0.1 * math.log(40) + 1
     assert yarn_mscale(40, 1.0) == pytest.approx(m) and yarn_mscale(1.0, 1.0) == 1.0
-    assert softmax_scale(cfg) == pytest.approx(192 ** -0.5 * m * m, rel=1e-12)
+    assert softmax_scale(cfg) == pytest.approx(192**-0.5 * m * m, rel=1e-12)
     inv, att = inv_freq_and_attention_factor(cfg)
     base = 1.0 / 10000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64)
     assert att == 1.0 and inv.shape == (32,)
@@ -84,7 +92,7 @@ def test_yarn_formulas():
     torch.testing.assert_close(inv[-4:].double(), base[-4:] / 40, rtol=1e-6, atol=0)
     assert bool(((inv.double() <= base * (1 + 1e-6)) & (inv.double() >= base / 40 * (1 - 1e-6))).all())
     plain = DeepSeekV3Config(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    assert softmax_scale(plain) == pytest.approx(192 ** -0.5)
+    assert softmax_scale(plain) == pytest.approx(192**-0.5)
     torch.testing.assert_close(inv_freq_and_attention_factor(plain)[0].double(), base, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="rope_type"):
         inv_freq_and_attention_factor(DeepSeekV3Config(rope_parameters={"rope_type": "longrope"}))
@@ -92,11 +100,25 @@ def test_yarn_formulas():
 
 def test_state_dict_keys():
     keys = set(MLA(tiny_config(), 0).state_dict())
-    assert keys == {"q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight", "kv_a_proj_with_mqa.weight",
-                    "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight"}
+    assert keys == {
+        "q_a_proj.weight",
+        "q_a_layernorm.weight",
+        "q_b_proj.weight",
+        "kv_a_proj_with_mqa.weight",
+        "kv_a_layernorm.weight",
+        "kv_b_proj.weight",
+        "o_proj.weight",
+    }
     m = MLA(tiny_config(q_lora_rank=None, attention_bias=True), 0)
-    assert set(m.state_dict()) == {"q_proj.weight", "kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.bias",
-                                   "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight", "o_proj.bias"}
+    assert set(m.state_dict()) == {
+        "q_proj.weight",
+        "kv_a_proj_with_mqa.weight",
+        "kv_a_proj_with_mqa.bias",
+        "kv_a_layernorm.weight",
+        "kv_b_proj.weight",
+        "o_proj.weight",
+        "o_proj.bias",
+    }
     assert m.q_a_proj is None and m.q_b_proj is None and m.kv_b_proj.weight.shape == (2 * 64, 512)
 
 
@@ -142,11 +164,11 @@ def test_mask_routing_and_mask_is_causal():
         assert m.last_path == "mla_prefill"
         assert_close_to_ref(out, ref, what="causal mask")
     padded = causal.clone()
-    padded[0, :, :, :2] = False                    # left padding of row 0
+    padded[0, :, :, :2] = False  # left padding of row 0
     out = m(x, pe, padded)[0]
     assert m.last_path.startswith("explicit")
     assert_close_to_ref(out, explicit_forward(m, x, pe, padded), what="padded")
-    assert torch.isfinite(out).all()               # fully masked rows average (eager semantics), no NaN
+    assert torch.isfinite(out).all()  # fully masked rows average (eager semantics), no NaN
     m.train()
     m.attention_dropout = 0.5
     m(x, pe, None)
@@ -159,15 +181,17 @@ def test_absorption_identities():
     h, dn, dv, r = 3, 8, 5, 16
     w = torch.randn(h * (dn + dv), r, generator=g, dtype=torch.float64)
     w_uk, w_uv = absorb.split_kv_b(w, h, dn, dv)
-    c = torch.randn(7, r, generator=g, dtype=torch.float64)                # 7 cached latents
+    c = torch.randn(7, r, generator=g, dtype=torch.float64)  # 7 cached latents
     q = torch.randn(2, h, dn, generator=g, dtype=torch.float64)
     kv = (c @ w.T).view(7, h, dn + dv)
     k_nope, v = kv[..., :dn], kv[..., dn:]
-    torch.testing.assert_close(torch.einsum("bhd,thd->bht", q, k_nope),
-                               torch.einsum("bhr,tr->bht", absorb.absorb_query(q, w_uk), c))
+    torch.testing.assert_close(
+        torch.einsum("bhd,thd->bht", q, k_nope), torch.einsum("bhr,tr->bht", absorb.absorb_query(q, w_uk), c)
+    )
     p = torch.softmax(torch.randn(2, h, 7, generator=g, dtype=torch.float64), -1)
-    torch.testing.assert_close(torch.einsum("bht,thv->bhv", p, v),
-                               absorb.absorb_output(torch.einsum("bht,tr->bhr", p, c), w_uv))
+    torch.testing.assert_close(
+        torch.einsum("bht,thv->bhv", p, v), absorb.absorb_output(torch.einsum("bht,tr->bhr", p, c), w_uv)
+    )
     with pytest.raises(ValueError, match="kv_b_weight"):
         absorb.split_kv_b(w, h + 1, dn, dv)
 
@@ -191,18 +215,19 @@ def _ragged_decode(cfg, backend, dtype, page_size, steps, cache_dtype=None, kv_r
     got, want = [], []
     done = list(lens0)
     for s in steps:
-        x = torch.cat([xs[i][:, done[i]:done[i] + s] for i in range(2)])
+        x = torch.cat([xs[i][:, done[i] : done[i] + s] for i in range(2)])
         pos = torch.stack([torch.arange(done[i], done[i] + s) for i in range(2)])
         cache.begin(sids, s)
         torch.testing.assert_close(cache.step_info()[3].cpu(), pos)
         out = m(x, rope(x, pos), None, cache)[0]
-        assert m.last_path == ("mla_decode (absorbed)" if s < chunk_threshold else
-                               "chunk: mla_prefill + absorbed mla_decode, merged")
+        assert m.last_path == (
+            "mla_decode (absorbed)" if s < chunk_threshold else "chunk: mla_prefill + absorbed mla_decode, merged"
+        )
         cache.commit()
         for i in range(2):
             n = done[i] + s
             full = explicit_forward(m, xs[i][:, :n], rope(xs[i], torch.arange(n)[None]), None, kv_roundtrip)
-            got.append(out[i:i + 1])
+            got.append(out[i : i + 1])
             want.append(full[:, -s:])
             done[i] = n
     assert [cache.seqlen(s) for s in sids] == done
@@ -239,8 +264,9 @@ def test_fp8_paged_cache_decode(backend):
         v = fp8_dequantize(fp8_quantize(latent, k_rope), latent.dtype)
         return v[..., :512], v[..., 512:]
 
-    got, want = _ragged_decode(tiny_config(), backend, torch.float32, 8, steps=(1, 2), cache_dtype=torch.uint8,
-                               kv_roundtrip=roundtrip)
+    got, want = _ragged_decode(
+        tiny_config(), backend, torch.float32, 8, steps=(1, 2), cache_dtype=torch.uint8, kv_roundtrip=roundtrip
+    )
     for a, b in zip(got, want):
         assert_close_to_ref(a, b.detach(), atol=5e-5, what="FP8-cache decode")
 
@@ -259,10 +285,13 @@ def test_cache_random_life_cycles():
     st = hypothesis.strategies
 
     @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
-    @hypothesis.given(st.lists(st.tuples(st.sampled_from(["alloc", "step", "free", "rollback"]),
-                                         st.integers(1, 9),
-                                         st.integers(0, 7)), max_size=25),
-                      st.sampled_from([1, 2, 4]))
+    @hypothesis.given(
+        st.lists(
+            st.tuples(st.sampled_from(["alloc", "step", "free", "rollback"]), st.integers(1, 9), st.integers(0, 7)),
+            max_size=25,
+        ),
+        st.sampled_from([1, 2, 4]),
+    )
     def run(ops, page):
         cache = PagedMLACache(1, 12, page, dtype=torch.float64)
         live: list[int] = []
@@ -272,11 +301,11 @@ def test_cache_random_life_cycles():
             elif kind == "free":
                 cache.free(live.pop(pick % len(live)))
             else:
-                batch = live[pick % len(live):][:2]
+                batch = live[pick % len(live) :][:2]
                 before = (dict(cache._len), {s: cache.pages(s) for s in live}, list(cache._free))
                 try:
                     cache.begin(batch, n)
-                except RuntimeError as exc:      # exhausted: nothing changed
+                except RuntimeError as exc:  # exhausted: nothing changed
                     assert "exhausted" in str(exc)
                     assert before == (dict(cache._len), {s: cache.pages(s) for s in live}, list(cache._free))
                     continue
@@ -290,7 +319,7 @@ def test_cache_random_life_cycles():
                     continue
                 cache.commit()
                 assert lens.tolist() == [cache.seqlen(s) for s in batch]
-                for i, s in enumerate(batch):   # the last n tokens read back through the table
+                for i, s in enumerate(batch):  # the last n tokens read back through the table
                     t = torch.arange(cache.seqlen(s) - n, cache.seqlen(s))
                     rows = kv[table[i, t // page].long(), t % page, 0]
                     torch.testing.assert_close(rows, torch.cat([lat[i], rope[i]], -1))
@@ -320,7 +349,7 @@ def test_cache_bad_input():
     with pytest.raises(ValueError, match="storage"):
         PagedMLACache(2, 2, page_size=4, kv_lora_rank=8, qk_rope_head_dim=4, storage=[torch.zeros(2, 4, 1, 12)])
     cache.begin([a], 2)
-    cache.rollback()                                     # not counted; its page back to the pool
+    cache.rollback()  # not counted; its page back to the pool
     assert cache.seqlen(a) == 0 and cache.pages(a) == [] and cache.num_free_blocks == 2
     check_invariants(cache)
     with pytest.raises(RuntimeError, match="without begin"):
@@ -357,5 +386,6 @@ def test_mla_compiles_fullgraph():
     x = torch.randn(1, 4, 48)
     cos, sin = pos_emb(cfg, x, torch.arange(4)[None])
     f = torch.compile(lambda x, c, s: m(x, (c, s))[0], fullgraph=True, backend="eager")
-    assert_close_to_ref(f(x, cos, sin), m(x, (cos, sin))[0].detach(), atol=ATOL[torch.float32] * 10,
-                        what="compiled MLA")
+    assert_close_to_ref(
+        f(x, cos, sin), m(x, (cos, sin))[0].detach(), atol=ATOL[torch.float32] * 10, what="compiled MLA"
+    )

@@ -7,16 +7,15 @@ gradcheck on the reference, opcheck of every registered MLA op, torch.compile(fu
 Decode head dims are fixed (576 / 512), so the Triton interpreter runs keep batch, length and h_q
 small; one case runs h_q = 128 at a tiny length.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pygen.ops import _registry
-from pygen.ops import mla as ops
-from pygen.ref import mla as ref
-
 from conftest import assert_close_to_ref, backend_params
+from pygen.ops import _registry, mla as ops
+from pygen.ref import mla as ref
 
 SUPPORTED = ("triton", "reference")
 PARAMS = [p for p in backend_params() if p.values[1] in SUPPORTED]
@@ -34,17 +33,18 @@ def _check_decode(out, lse, q, kv, bt, sl, causal, what):
     assert_close_to_ref(out, r_out, what=f"{what} out")
     assert torch.equal(torch.isinf(lse.cpu()), torch.isinf(r_lse)), f"{what}: -inf pattern of lse"
     fin = torch.isfinite(r_lse)
-    assert_close_to_ref(lse.cpu()[fin], r_lse[fin], atol=1e-4 if q.dtype != torch.float64 else 1e-10,
-                        what=f"{what} lse")
+    assert_close_to_ref(
+        lse.cpu()[fin], r_lse[fin], atol=1e-4 if q.dtype != torch.float64 else 1e-10, what=f"{what} lse"
+    )
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
 
 
 # (lens, s_q, h_q, page, num_splits)
 DECODE_CASES = [
     ((37, 5), 1, 16, 16, 1),
-    ((37, 1), 2, 16, 4, 3),        # page smaller than the token tile; 3 splits
-    ((70, 0), 4, 16, 64, 2),       # zero-length sequence, s_q 4, default page
-    ((1,), 3, 32, 8, None),        # cache shorter than s_q: the first queries see nothing
+    ((37, 1), 2, 16, 4, 3),  # page smaller than the token tile; 3 splits
+    ((70, 0), 4, 16, 64, 2),  # zero-length sequence, s_q 4, default page
+    ((1,), 3, 32, 8, None),  # cache shorter than s_q: the first queries see nothing
     ((130, 9, 64), 1, 64, 32, 4),
 ]
 
@@ -53,7 +53,7 @@ DECODE_CASES = [
 @pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"L{c[0]}-sq{c[1]}-h{c[2]}-p{c[3]}-s{c[4]}")
 def test_decode_matches_reference(device, backend, case, gen):
     lens, s_q, h_q, page, splits = case
-    for dt in _dtypes(backend)[:1 if case != DECODE_CASES[0] else None]:
+    for dt in _dtypes(backend)[: 1 if case != DECODE_CASES[0] else None]:
         q, kv, bt, sl = ref.random_decode_problem(lens, s_q, h_q, page, gen, dtype=dt, device=device)
         out, lse = ops.mla_decode(q, kv, bt, sl, causal=s_q > 1, num_splits=splits, backend=backend)
         _check_decode(out, lse, q, kv, bt, sl, s_q > 1, f"{backend} {dt} {case}")
@@ -94,8 +94,9 @@ def test_decode_fp8_gpu_tile_128_heads(monkeypatch, gen):
     orig = kmla.decode_config
     tile = orig(256, True, interpreting=False)
     assert (tile.block_m, tile.block_n) == (16, 32)
-    monkeypatch.setattr(kmla, "decode_config",
-                        lambda rows, fp8=False, interpreting=None, fp32=False: orig(rows, fp8, False, fp32))
+    monkeypatch.setattr(
+        kmla, "decode_config", lambda rows, fp8=False, interpreting=None, fp32=False: orig(rows, fp8, False, fp32)
+    )
     q, kv, bt, sl = ref.random_decode_problem((45, 7), 2, 128, 16, gen, dtype=torch.bfloat16, fp8=True)
     out, lse = ops.mla_decode(q, kv, bt, sl, causal=True, num_splits=2, backend="triton")
     _check_decode(out, lse, q, kv, bt, sl, True, "fp8 GPU tile h_q 128")
@@ -115,7 +116,7 @@ def test_decode_fixed_splits_deterministic_and_split_invariant(device, backend, 
 def test_fp8_pack_layout_round_trip(gen):
     lat = torch.randn(3, 5, 512, generator=gen) * torch.linspace(0.01, 50, 512)
     rope = torch.randn(3, 5, 64, generator=gen)
-    lat[0, 0, :128] = 0                         # an all-zero group keeps scale 1 and decodes to 0
+    lat[0, 0, :128] = 0  # an all-zero group keeps scale 1 and decodes to 0
     packed = ref.fp8_quantize(lat, rope)
     assert packed.shape == (3, 5, 656) and packed.dtype == torch.uint8
     scales = packed[..., 512:528].contiguous().view(torch.float32)
@@ -125,7 +126,7 @@ def test_fp8_pack_layout_round_trip(gen):
     assert torch.equal(back[..., 512:], rope.bfloat16().double())
     grp = lat.view(3, 5, 4, 128).abs().amax(-1, keepdim=True).double()
     err = (back[..., :512] - lat.double()).view(3, 5, 4, 128).abs()
-    assert (err <= grp * 2 ** -4 + 1e-30).all()  # e4m3: 3 mantissa bits, half-ulp relative 2^-4
+    assert (err <= grp * 2**-4 + 1e-30).all()  # e4m3: 3 mantissa bits, half-ulp relative 2^-4
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
@@ -174,8 +175,9 @@ def test_merge_two_halves_equals_full_attention(device, backend, gen):
     oa, la = ops.mla_prefill(q, k[:6], v[:6], cq, c1, causal=False, backend=backend)
     ob, lb = ops.mla_prefill(q, k[6:], v[6:], cq, c2, causal=True, backend=backend)
     out, lse = ops.merge_attn_states(oa, la, ob, lb, backend=backend)
-    r_out, r_lse = ref.mla_prefill(q.double().cpu(), k.double().cpu(), v.double().cpu(), cq.cpu(), call.cpu(),
-                                   causal=True)
+    r_out, r_lse = ref.mla_prefill(
+        q.double().cpu(), k.double().cpu(), v.double().cpu(), cq.cpu(), call.cpu(), causal=True
+    )
     assert_close_to_ref(out, r_out, atol=1e-5, what="merged out")
     assert_close_to_ref(lse, r_lse, atol=1e-5, what="merged lse")
 
@@ -188,12 +190,11 @@ def test_merge_matches_reference_with_empty_sides(device, backend, gen):
         la = torch.randn(3, 4, generator=gen).to(device)
         lb = torch.randn(3, 4, generator=gen).to(device)
         la[0, 1] = lb[1, 2] = float("-inf")
-        la[2, 3] = lb[2, 3] = float("-inf")         # nothing on either side: zeros, -inf
+        la[2, 3] = lb[2, 3] = float("-inf")  # nothing on either side: zeros, -inf
         if dt == torch.float64:
             la, lb = la.double(), lb.double()
         out, lse = ops.merge_attn_states(oa, la, ob, lb, backend=backend)
-        r_out, r_lse = ref.merge_attn_states(oa.double().cpu(), la.double().cpu(), ob.double().cpu(),
-                                             lb.double().cpu())
+        r_out, r_lse = ref.merge_attn_states(oa.double().cpu(), la.double().cpu(), ob.double().cpu(), lb.double().cpu())
         assert_close_to_ref(out, r_out, what=f"merge {dt} out")
         assert torch.equal(out[3, 2].cpu(), torch.zeros(40, dtype=dt)) and lse[2, 3] == float("-inf")
         fin = torch.isfinite(r_lse)
@@ -210,9 +211,9 @@ def _prefill_problem(lq, lk, h, d, dv, dt, device, gen):
 
 # (lens_q, lens_k, heads, qk dim, v dim, causal)
 PREFILL_CASES = [
-    ((5, 40, 0), (5, 50, 3), 2, 192, 128, True),    # DeepSeek dims; n_k > n_q; an empty query set
-    ((7, 3), (3, 9), 1, 192, 128, True),            # n_k < n_q: leading queries see nothing
-    ((9,), (12,), 2, 40, 24, False),                 # odd dims (32 + 8 split, padded v)
+    ((5, 40, 0), (5, 50, 3), 2, 192, 128, True),  # DeepSeek dims; n_k > n_q; an empty query set
+    ((7, 3), (3, 9), 1, 192, 128, True),  # n_k < n_q: leading queries see nothing
+    ((9,), (12,), 2, 40, 24, False),  # odd dims (32 + 8 split, padded v)
 ]
 
 
@@ -234,8 +235,9 @@ def test_prefill_forward_backward_matches_reference(device, backend, case, gen):
         assert_close_to_ref(lse.detach().cpu()[fin], r_lse.detach()[fin], atol=1e-4, what="lse")
         go = torch.randn(out.shape, generator=gen, dtype=torch.float64)
         gl = torch.where(fin, torch.randn(lse.shape, generator=gen, dtype=torch.float64), 0.0)
-        got = torch.autograd.grad((out * go.to(device, dt)).sum() + (lse.nan_to_num(neginf=0) * gl.to(device)).sum(),
-                                  (q, k, v))
+        got = torch.autograd.grad(
+            (out * go.to(device, dt)).sum() + (lse.nan_to_num(neginf=0) * gl.to(device)).sum(), (q, k, v)
+        )
         want = torch.autograd.grad((r_out * go).sum() + (r_lse.nan_to_num(neginf=0) * gl).sum(), (q64, k64, v64))
         tol = {torch.float32: 1e-4, torch.bfloat16: 6e-2}[dt]
         for nm, a, r in zip("qkv", got, want):
@@ -248,7 +250,8 @@ def test_prefill_gradcheck_reference(gen):
     args = tuple(x.requires_grad_() for x in (q, k, v))
     for causal in (True, False):
         assert torch.autograd.gradcheck(
-            lambda a, b, c: ops.mla_prefill(a, b, c, cq, ck, causal=causal, backend="reference"), args)
+            lambda a, b, c: ops.mla_prefill(a, b, c, cq, ck, causal=causal, backend="reference"), args
+        )
 
 
 def test_merge_gradcheck(gen):
@@ -276,13 +279,20 @@ def _opcheck_args(name, dev):
     g = torch.Generator().manual_seed(0)
     if name.startswith("mla_decode"):
         q, kv, bt, sl = ref.random_decode_problem((9,), 2, 16, 8, g, device=dev)
-        return [(q, kv, bt, sl, 512, 576 ** -0.5, True, 2)]
+        return [(q, kv, bt, sl, 512, 576**-0.5, True, 2)]
     if name.startswith("mla_cache_append"):
         table, nb = ref.random_block_table((5,), 4, g)
         kv = torch.zeros(nb, 4, 1, 576, device=dev)
         pos = torch.tensor([[0, 4]], dtype=torch.int32, device=dev)
-        return [(kv, table.to(dev), pos, torch.randn(1, 2, 512, generator=g).to(dev),
-                 torch.randn(1, 2, 64, generator=g).to(dev))]
+        return [
+            (
+                kv,
+                table.to(dev),
+                pos,
+                torch.randn(1, 2, 512, generator=g).to(dev),
+                torch.randn(1, 2, 64, generator=g).to(dev),
+            )
+        ]
     q, k, v, cq, ck = _prefill_problem((3, 5), (4, 5), 1, 24, 16, torch.float32, dev, g)
     if name.startswith("mla_prefill_backward"):
         out, lse = ops.mla_prefill(q, k, v, cq, ck, backend="reference")
@@ -304,6 +314,7 @@ def test_every_op_is_covered():
 @pytest.mark.parametrize("name", MLA_OPS)
 def test_opcheck(name):
     import pygen
+
     backend = name.rsplit("_", 1)[1]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ok, why = pygen.backend_status(backend, dev)

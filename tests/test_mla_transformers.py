@@ -3,6 +3,7 @@ state_dict, same outputs and gradients, same RoPE/YaRN numbers; the module swap 
 DeepseekV3ForCausalLM (logits and greedy generate with transformers' cache); and
 attn_implementation="pygen" through AttentionInterface, padding fallback included.
 transformers is an optional test dependency."""
+
 from __future__ import annotations
 
 import warnings
@@ -11,19 +12,26 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
-from transformers.cache_utils import DynamicCache  # noqa: E402
-from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf  # noqa: E402
+from test_mla_module import BACKENDS  # noqa: E402 (after importorskip)
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402 (after importorskip)
+from transformers.cache_utils import DynamicCache  # noqa: E402 (after importorskip)
+from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf  # noqa: E402 (after importorskip)
 
-import pygen.integrations.transformers_mla as tm  # noqa: E402
-from pygen.nn._rope import RotaryEmbedding  # noqa: E402
-from pygen.nn.mla import MLA  # noqa: E402
+import pygen.integrations.transformers_mla as tm  # noqa: E402 (after importorskip)
+from conftest import assert_close_to_ref  # noqa: E402 (after importorskip)
+from pygen.nn._rope import RotaryEmbedding  # noqa: E402 (after importorskip)
+from pygen.nn.mla import MLA  # noqa: E402 (after importorskip)
 
-from conftest import assert_close_to_ref  # noqa: E402
-from test_mla_module import BACKENDS  # noqa: E402
-
-YARN = dict(rope_type="yarn", factor=40.0, mscale=1.0, mscale_all_dim=1.0, original_max_position_embeddings=64,
-            beta_fast=32, beta_slow=1, rope_theta=10000.0)
+YARN = dict(
+    rope_type="yarn",
+    factor=40.0,
+    mscale=1.0,
+    mscale_all_dim=1.0,
+    original_max_position_embeddings=64,
+    beta_fast=32,
+    beta_slow=1,
+    rope_theta=10000.0,
+)
 
 
 # tiny problems: single-threaded (tests/conftest.py::one_thread says why)
@@ -31,11 +39,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_config(**kw) -> DeepseekV3Config:
-    base = dict(vocab_size=97, hidden_size=48, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=2, q_lora_rank=24, kv_lora_rank=512,
-                qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32, n_routed_experts=4,
-                num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
-                rope_parameters=dict(YARN), max_position_embeddings=2560, attn_implementation="eager")
+    base = dict(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        q_lora_rank=24,
+        kv_lora_rank=512,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=64,
+        v_head_dim=32,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        rope_parameters=dict(YARN),
+        max_position_embeddings=2560,
+        attn_implementation="eager",
+    )
     base.update(kw)
     return DeepseekV3Config(**base)
 
@@ -44,8 +69,11 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.15) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            v = torch.randn(p.shape, generator=g, dtype=torch.float64) * std if p.dim() > 1 else \
-                torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5
+            v = (
+                torch.randn(p.shape, generator=g, dtype=torch.float64) * std
+                if p.dim() > 1
+                else torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5
+            )
             p.copy_(v)
 
 
@@ -65,8 +93,8 @@ def _pair(cfg, backend, seed=0):
     ref = hf.DeepseekV3Attention(cfg, 0)
     randomize(ref, seed)
     m = MLA(cfg, 0, backend=backend)
-    m.load_state_dict(ref.state_dict(), strict=True)       # transformers' keys load unchanged
-    ref.load_state_dict(m.state_dict(), strict=True)       # and back
+    m.load_state_dict(ref.state_dict(), strict=True)  # transformers' keys load unchanged
+    ref.load_state_dict(m.state_dict(), strict=True)  # and back
     return ref, m
 
 
@@ -107,7 +135,7 @@ def test_module_with_transformers_cache(backend):
             n = hi - lo
             mask = torch.full((n, hi), torch.finfo(torch.float32).min).triu(lo + 1)[None, None].expand(2, 1, n, hi)
             a = ref(x[:, lo:hi], pe, mask, cache=c_hf)[0]
-            b = m(x[:, lo:hi], pe, mask, past_key_values=c_pg)[0]      # the old keyword works too
+            b = m(x[:, lo:hi], pe, mask, past_key_values=c_pg)[0]  # the old keyword works too
             assert m.last_path == ("mla_prefill" if lo == 0 else "mla_decode (absorbed, transformers cache)")
             assert_close_to_ref(b, a, atol=2e-5, what=f"tokens {lo}:{hi}")
     assert c_pg.get_seq_length() == 7
@@ -132,21 +160,21 @@ def test_patch_deepseek_attention_whole_model(backend):
     assert tm.patch_deepseek_attention(model, backend=backend) == {"DeepseekV3Attention": 2}
     new = model.model.layers[1].self_attn
     assert isinstance(new, MLA) and new.backend == backend
-    assert new.kv_b_proj.weight is old.kv_b_proj.weight               # the very Parameter objects
+    assert new.kv_b_proj.weight is old.kv_b_proj.weight  # the very Parameter objects
     assert set(model.state_dict()) == keys
     with torch.no_grad():
         assert_close_to_ref(model(ids).logits, logits, atol=2e-5, what="patched logits")
         assert new.last_path == "mla_prefill"
         assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), gen)
         assert new.last_path == "mla_decode (absorbed, transformers cache)"
-    assert tm.patch_deepseek_attention(model) == {}                     # nothing left to swap
+    assert tm.patch_deepseek_attention(model) == {}  # nothing left to swap
 
 
 def test_attention_interface_pygen_and_padding_fallback():
     model = _model(seed=1)
     ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(6))
     am = torch.ones(2, 7, dtype=torch.long)
-    am[0, :3] = 0                                                       # left padding of row 0
+    am[0, :3] = 0  # left padding of row 0
     with torch.no_grad():
         logits = model(ids).logits
         padded = model(ids, attention_mask=am).logits
@@ -155,13 +183,13 @@ def test_attention_interface_pygen_and_padding_fallback():
         tm.FALLBACKS.clear()
         assert_close_to_ref(model(ids).logits, logits, atol=2e-5, what="attn_implementation='pygen'")
         assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0), gen)
-        assert not tm.FALLBACKS                                       # plain causal: the kernel every time
+        assert not tm.FALLBACKS  # plain causal: the kernel every time
         with pytest.warns(UserWarning, match="not plain causal"):
             out = model(ids, attention_mask=am).logits
-        assert sum(tm.FALLBACKS.values()) == 2                        # one per layer
+        assert sum(tm.FALLBACKS.values()) == 2  # one per layer
         assert_close_to_ref(out, padded, atol=2e-5, what="padding fallback")
         with warnings.catch_warnings():
-            warnings.simplefilter("error")                            # warned once per reason only
+            warnings.simplefilter("error")  # warned once per reason only
             model(ids, attention_mask=am)
 
 

@@ -1,5 +1,6 @@
 """pygen.models: the detection heads give the same outputs and gradients with the reference ops
 and with every pygen kernel backend available on this machine (quick configs)."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,7 @@ def _run(model, inputs, backend, grad: bool):
     outs = model(*inputs)
     if grad:
         sum((o * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum() for o in outs).backward()
-        return [o.detach() for o in outs], [torch.zeros_like(t) if t.grad is None else t.grad.clone()
-                                           for t in leaves]
+        return [o.detach() for o in outs], [torch.zeros_like(t) if t.grad is None else t.grad.clone() for t in leaves]
     return [o.detach() for o in outs], []
 
 
@@ -43,8 +43,12 @@ def test_output_shapes_and_names(name):
     assert outs[1].shape == (k, cfg.num_classes * 4 if name == "faster_rcnn_roi_head" else 4)
     keys = set(model.state_dict())
     if name == "faster_rcnn_roi_head":  # torchvision RoIHeads names
-        assert {"box_head.fc6.weight", "box_head.fc7.weight", "box_predictor.cls_score.weight",
-                "box_predictor.bbox_pred.weight"} <= keys
+        assert {
+            "box_head.fc6.weight",
+            "box_head.fc7.weight",
+            "box_predictor.cls_score.weight",
+            "box_predictor.bbox_pred.weight",
+        } <= keys
     else:
         assert {"conv_new_1.weight", "rfcn_cls.weight", "rfcn_bbox.weight"} <= keys
 
@@ -84,5 +88,6 @@ def test_bad_config():
 
 def test_profile_rfcn_quick(capsys):
     from pygen.models import profile_model
+
     assert profile_model("rfcn_head", device="cpu", quick=True, top=3) == 0
     assert "end-to-end speedup" in capsys.readouterr().out

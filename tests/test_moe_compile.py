@@ -6,6 +6,7 @@ register spills; ``pygen inspect moe`` compiles all of them), and csrc/moe/moe.c
 The Triton compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without
 a GPU, and under it @triton.jit yields interpreter objects that cannot be compiled.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 from conftest import assert_compiled_without_spills, compile_in_child
 
+ROOT = Path(__file__).resolve().parents[1]
 
 WGMMA = ["fused_moe_gate_up[bf16,prefill]", "fused_moe_down[bf16,prefill]", "fused_moe_bwd_dw1[bf16]"]
 OTHER = ["moe_route_fwd[E=256,k=8,g=8/4]", "moe_align_scatter"]
@@ -69,14 +70,25 @@ def _nvcc() -> str | None:
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_moe_cu_compiles_for_sm90a_without_spills(tmp_path):
-    cmd = [_nvcc(), "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
-           f"-I{ROOT / 'csrc'}", "-c", str(ROOT / "csrc" / "moe" / "moe.cu"), "-o", str(tmp_path / "moe.o")]
+    cmd = [
+        _nvcc(),
+        "-std=c++17",
+        "-O3",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-Xptxas",
+        "-v",
+        f"-I{ROOT / 'csrc'}",
+        "-c",
+        str(ROOT / "csrc" / "moe" / "moe.cu"),
+        "-o",
+        str(tmp_path / "moe.o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_90a'", log)
-    assert len(entries) == 17 and len(spills) == len(entries), log   # 5 align + 4 permute kernels x 3 dtypes
+    assert len(entries) == 17 and len(spills) == len(entries), log  # 5 align + 4 permute kernels x 3 dtypes
     assert all(int(a) == 0 and int(b) == 0 for a, b in spills), log
 
 

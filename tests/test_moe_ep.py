@@ -12,6 +12,7 @@ Scenarios (one spawn per world size, tiny float64 layers):
 The dispatch bookkeeping is also fuzzed (hypothesis) in one process: W virtual ranks whose
 exchanges are emulated by slicing must give the single-process expert output.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -23,21 +24,44 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from hypothesis import given, settings, strategies as st
 
 from pygen.nn._moe_ep import dispatch_plan, expert_partition, local_experts
 
 SCENARIOS = {
-    "grouped": dict(fields=dict(hidden_size=12, moe_intermediate_size=6, n_routed_experts=8,
-                                num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=1,
-                                routed_scaling_factor=2.5), tokens=[5, 0, 8, 2]),
-    "uneven": dict(fields=dict(hidden_size=10, moe_intermediate_size=4, n_routed_experts=10,
-                               num_experts_per_tok=3, n_group=2, topk_group=1, n_shared_experts=0,
-                               norm_topk_prob=False), tokens=[3, 6, 1, 4]),
-    "skewed": dict(fields=dict(hidden_size=8, moe_intermediate_size=4, n_routed_experts=10,
-                               num_experts_per_tok=2, n_shared_experts=1), tokens=[4, 3, 0, 5],
-                   bias_rank0=10.0),
+    "grouped": dict(
+        fields=dict(
+            hidden_size=12,
+            moe_intermediate_size=6,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_group=4,
+            topk_group=2,
+            n_shared_experts=1,
+            routed_scaling_factor=2.5,
+        ),
+        tokens=[5, 0, 8, 2],
+    ),
+    "uneven": dict(
+        fields=dict(
+            hidden_size=10,
+            moe_intermediate_size=4,
+            n_routed_experts=10,
+            num_experts_per_tok=3,
+            n_group=2,
+            topk_group=1,
+            n_shared_experts=0,
+            norm_topk_prob=False,
+        ),
+        tokens=[3, 6, 1, 4],
+    ),
+    "skewed": dict(
+        fields=dict(
+            hidden_size=8, moe_intermediate_size=4, n_routed_experts=10, num_experts_per_tok=2, n_shared_experts=1
+        ),
+        tokens=[4, 3, 0, 5],
+        bias_rank0=10.0,
+    ),
 }
 
 
@@ -48,15 +72,16 @@ def _token_split(tokens: list[int], world: int) -> list[int]:
 
 def _run_scenario(name: str, rank: int, world: int, group) -> list[str]:
     from pygen.nn.moe import MoE
+
     sc = SCENARIOS[name]
     fields = sc["fields"]
     torch.manual_seed(1234)
-    full = MoE(**fields).double()                     # automatic backends, like the EP layer
+    full = MoE(**fields).double()  # automatic backends, like the EP layer
     if "bias_rank0" in sc:
         n0 = expert_partition(fields["n_routed_experts"], world)[1]
         full.gate.e_score_correction_bias[:n0] = sc["bias_rank0"]
-    ep = MoE(**fields, ep_group=group).double()      # (csrc routing on CPU tensors)
-    ep.load_state_dict(full.state_dict())             # full tensors: each rank keeps its slice
+    ep = MoE(**fields, ep_group=group).double()  # (csrc routing on CPU tensors)
+    ep.load_state_dict(full.state_dict())  # full tensors: each rank keeps its slice
     sizes = _token_split(sc["tokens"], world)
     total = sum(sizes)
     g = torch.Generator().manual_seed(99)
@@ -86,7 +111,7 @@ def _run_scenario(name: str, rank: int, world: int, group) -> list[str]:
     e_lo, e_hi = ep.experts.expert_offset, ep.experts.expert_offset + ep.experts.num_experts
     check("d gate_up_proj", ep.experts.gate_up_proj.grad, full.experts.gate_up_proj.grad[e_lo:e_hi])
     check("d down_proj", ep.experts.down_proj.grad, full.experts.down_proj.grad[e_lo:e_hi])
-    ep.all_reduce_replicated_grads()                 # gate and shared experts: sum over ranks
+    ep.all_reduce_replicated_grads()  # gate and shared experts: sum over ranks
     full_params = dict(full.named_parameters())
     names = [n for n, _ in ep.named_parameters() if not n.startswith("experts.")]
     assert [p for n, p in ep.named_parameters() if n in names] == ep.replicated_parameters()
@@ -98,16 +123,21 @@ def _run_scenario(name: str, rank: int, world: int, group) -> list[str]:
     check("load", load.double(), full_load.double(), 0)
     check("bias after update", ep.gate.e_score_correction_bias, full.gate.e_score_correction_bias, 0)
     if "bias_rank0" in sc and rank > 0:
-        n_mine = int(((e_lo <= torch.arange(fields["n_routed_experts"])) &
-                      (torch.arange(fields["n_routed_experts"]) < e_hi)).double() @ load.double())
+        n_mine = int(
+            (
+                (e_lo <= torch.arange(fields["n_routed_experts"])) & (torch.arange(fields["n_routed_experts"]) < e_hi)
+            ).double()
+            @ load.double()
+        )
         if n_mine:
             errs.append(f"[{name} rank {rank}] expected no routed slots on this rank, got {n_mine}")
     return errs
 
 
 def _worker(rank: int, world: int, init_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
     torch.set_num_threads(1)
     errs: list[str] = []
     try:
@@ -131,8 +161,9 @@ def test_ep_matches_single_process(world):
     # and unlike a plain fork no rank inherits OpenMP state from the pytest process.
     mp.set_forkserver_preload(["torch", "torch.distributed", "pygen.nn.moe", "pygen.nn._moe_ep"])
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(_worker, args=(world, os.path.join(d, "rendezvous")), nprocs=world,
-                           join=True, start_method="forkserver")
+        mp.start_processes(
+            _worker, args=(world, os.path.join(d, "rendezvous")), nprocs=world, join=True, start_method="forkserver"
+        )
 
 
 def test_expert_partition():
@@ -152,7 +183,7 @@ def _ep_problem(draw):
     experts = draw(st.integers(world, 12))
     k = draw(st.integers(1, min(4, experts)))
     sizes = draw(st.lists(st.integers(0, 6), min_size=world, max_size=world))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     return world, experts, k, sizes, seed
 
 
@@ -160,12 +191,16 @@ def _ep_problem(draw):
 @given(_ep_problem())
 def test_dispatch_plan_and_emulated_exchange(problem):
     from pygen.nn.moe import MoEExperts
+
     world, n_exp, k, sizes, seed = problem
     h, inter = 6, 3
     g = torch.Generator().manual_seed(seed)
     total = sum(sizes)
-    ids = torch.stack([torch.randperm(n_exp, generator=g)[:k] for _ in range(total)]).to(torch.int32) \
-        if total else torch.zeros(0, k, dtype=torch.int32)
+    ids = (
+        torch.stack([torch.randperm(n_exp, generator=g)[:k] for _ in range(total)]).to(torch.int32)
+        if total
+        else torch.zeros(0, k, dtype=torch.int32)
+    )
     w = torch.rand(total, k, generator=g, dtype=torch.float64)
     x = torch.randn(total, h, generator=g, dtype=torch.float64)
     full = MoEExperts(n_exp, h, inter, backend="reference").double()
@@ -175,15 +210,16 @@ def test_dispatch_plan_and_emulated_exchange(problem):
     starts = expert_partition(n_exp, world)
     shards = []
     for d in range(world):
-        e = MoEExperts(starts[d + 1] - starts[d], h, inter, backend="reference", expert_offset=starts[d],
-                       num_global_experts=n_exp).double()
-        e.load_state_dict(full.state_dict())          # keeps rows starts[d]:starts[d+1]
+        e = MoEExperts(
+            starts[d + 1] - starts[d], h, inter, backend="reference", expert_offset=starts[d], num_global_experts=n_exp
+        ).double()
+        e.load_state_dict(full.state_dict())  # keeps rows starts[d]:starts[d+1]
         shards.append(e)
 
     offs = [sum(sizes[:r]) for r in range(world + 1)]
-    plans = [dispatch_plan(ids[offs[r]:offs[r + 1]], w[offs[r]:offs[r + 1]], starts) for r in range(world)]
+    plans = [dispatch_plan(ids[offs[r] : offs[r + 1]], w[offs[r] : offs[r + 1]], starts) for r in range(world)]
     for r, (tok, counts, route) in enumerate(plans):
-        ids_r, w_r = ids[offs[r]:offs[r + 1]].long(), w[offs[r]:offs[r + 1]]
+        ids_r, w_r = ids[offs[r] : offs[r + 1]].long(), w[offs[r] : offs[r + 1]]
         owner = torch.bucketize(ids_r, torch.tensor(starts[1:]), right=True)
         assert int(counts.sum()) == tok.numel() == route.shape[0]
         dst = torch.repeat_interleave(torch.arange(world), counts)
@@ -206,7 +242,8 @@ def test_dispatch_plan_and_emulated_exchange(problem):
     # emulated all_to_all: rank d receives, from every r in order, r's rows for d
     def pieces(tensor, counts):
         return list(torch.split(tensor, counts.tolist()))
-    sent_x = [pieces(x[offs[r]:offs[r + 1]][p[0]], p[1]) for r, p in enumerate(plans)]
+
+    sent_x = [pieces(x[offs[r] : offs[r + 1]][p[0]], p[1]) for r, p in enumerate(plans)]
     sent_route = [pieces(p[2], p[1]) for p in plans]
     y_recv = []
     for d in range(world):
@@ -214,7 +251,7 @@ def test_dispatch_plan_and_emulated_exchange(problem):
         rr = torch.cat([sent_route[r][d] for r in range(world)])
         y_recv.append(local_experts(shards[d], xr, rr))
     out = []
-    for r, (tok, counts, _) in enumerate(plans):
+    for r, (tok, _counts, _) in enumerate(plans):
         back = []
         for d in range(world):
             recv_sizes = [int(plans[q][1][d]) for q in range(world)]

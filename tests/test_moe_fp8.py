@@ -1,24 +1,24 @@
 """fused_moe_fp8 (pygen/ops/moe_fp8.py): the FP8 block-scaled MoE against (a) a per-token loop of
 the FP8 family's reference ops (same quantisation, the dense fp8_gemm per expert) and (b) the float64
 fused_moe on the unquantised weights within the recipe's error; routing from moe_route; bad input."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import backend_params
 from pygen import ops
 from pygen.ops import moe_fp8
 from pygen.ref import moe as ref_moe
-
-from conftest import backend_params
 
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
 
 
 def _problem(gen, t=5, e=4, k=2, h=128, inter=128, device="cpu"):
     x = torch.randn(t, h, generator=gen)
-    w1 = torch.randn(e, 2 * inter, h, generator=gen) / h ** 0.5
-    w2 = torch.randn(e, h, inter, generator=gen) / inter ** 0.5
+    w1 = torch.randn(e, 2 * inter, h, generator=gen) / h**0.5
+    w2 = torch.randn(e, h, inter, generator=gen) / inter**0.5
     ids, w = ops.moe_route(torch.randn(t, e, generator=gen), k, scoring="softmax", backend="reference")
     return [v.to(device) for v in (x, w1, w2, w, ids)]
 
@@ -28,7 +28,7 @@ def _loop(x, w1q, w1s, w2q, w2s, w, ids, activation):
     inter = w1q.shape[1] // 2
     out = torch.zeros(x.shape, dtype=torch.float32)
     for t in range(x.shape[0]):
-        xq, xs = ops.quantize_fp8_1x128(x[t:t + 1].float().cpu(), backend="reference")
+        xq, xs = ops.quantize_fp8_1x128(x[t : t + 1].float().cpu(), backend="reference")
         for j in range(ids.shape[1]):
             e = int(ids[t, j])
             gu = ops.fp8_gemm(xq, xs, w1q[e].cpu(), w1s[e].cpu(), out_dtype=torch.float32, backend="reference")
@@ -52,8 +52,9 @@ def test_fused_moe_fp8_matches_recipe_loop_and_float64(device, backend, activati
     # against the unquantised float64 MoE: e4m3 keeps 3 mantissa bits (rounding error up to 2^-4,
     # RMS ~3.6 % per value); a random-sign dot product keeps that relative RMS (~5 % with both
     # operands quantised) and the second GEMM adds about as much: ~6 % measured at this shape
-    exact = ref_moe.fused_moe(x.double().cpu(), w1.double().cpu(), w2.double().cpu(), w.double().cpu(), ids.cpu(),
-                              activation)
+    exact = ref_moe.fused_moe(
+        x.double().cpu(), w1.double().cpu(), w2.double().cpu(), w.double().cpu(), ids.cpu(), activation
+    )
     rel = (got.cpu().double() - exact).norm() / exact.norm()
     assert rel < 0.12, rel
     # a wrong expert (ids shifted) is caught by the loop comparison

@@ -1,6 +1,7 @@
 """Bad input to the MoE ops raises a ValueError/TypeError that names the argument, before any kernel
 is launched (the launchers are booby-trapped), and degenerate input (zero tokens) gives correct
 empty results."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,6 +19,7 @@ LAUNCHERS = [(kmoe, n) for n in _COMMON + ("fused_moe_fwd", "fused_moe_bwd")] + 
 def no_launch(monkeypatch):
     def trap(*_a, **_k):
         raise AssertionError("a kernel was launched for bad input")
+
     for mod, name in LAUNCHERS:
         monkeypatch.setattr(mod, name, trap)
 
@@ -44,7 +46,7 @@ ROUTE_BAD = [
     ("topk_group", ValueError, dict(n_group=4, topk_group=0)),
     ("n_group", ValueError, dict(n_group=3, topk_group=1)),
     ("n_group", ValueError, dict(n_group=0)),
-    ("top_k", ValueError, dict(top_k=5, n_group=4, topk_group=1)),      # only 4 eligible experts
+    ("top_k", ValueError, dict(top_k=5, n_group=4, topk_group=1)),  # only 4 eligible experts
     ("e_score_correction_bias", ValueError, dict(e_score_correction_bias=torch.zeros(15))),
     ("e_score_correction_bias", TypeError, dict(e_score_correction_bias=torch.zeros(16, dtype=torch.int32))),
     ("scoring", ValueError, dict(scoring="relu")),
@@ -144,8 +146,11 @@ PERM_BAD = [
     ("top_k", ValueError, lambda: moe_unpermute(torch.randn(10, 4), torch.arange(10, dtype=torch.int32))),
     ("top_k", ValueError, lambda: moe_unpermute(torch.randn(10, 4), torch.arange(10, dtype=torch.int32), top_k=3)),
     ("top_k", ValueError, lambda: moe_unpermute(torch.randn(10, 4), torch.arange(10, dtype=torch.int32), TW, top_k=3)),
-    ("topk_weights", ValueError, lambda: moe_unpermute(torch.randn(10, 4), torch.arange(10, dtype=torch.int32),
-                                                       torch.rand(4, 2))),
+    (
+        "topk_weights",
+        ValueError,
+        lambda: moe_unpermute(torch.randn(10, 4), torch.arange(10, dtype=torch.int32), torch.rand(4, 2)),
+    ),
     ("permuted", ValueError, lambda: moe_unpermute(torch.randn(10), torch.arange(10, dtype=torch.int32), TW)),
 ]
 
@@ -161,7 +166,7 @@ def test_permute_bad_input(no_launch, monkeypatch, backend, arg, exc, fn):
 @pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
 def test_zero_tokens_give_empty_results(backend):
     ids, w = moe_route(torch.zeros(0, 16), 2, n_group=4, topk_group=2, backend=backend)
-    fb = backend if backend != "cpu" else "reference"   # fused_moe has no cpu backend
+    fb = backend if backend != "cpu" else "reference"  # fused_moe has no cpu backend
     assert ids.shape == (0, 2) and w.shape == (0, 2)
     e_ids = torch.zeros(0, 2, dtype=torch.int32)
     s, blocks, n = moe_align(e_ids, 8, 4, backend=backend)

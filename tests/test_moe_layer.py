@@ -2,6 +2,7 @@
 against the float64 composition of pygen.ref.moe (routing, expert loop) plus the shared MLP,
 gradcheck, the triton backend, bad configurations, and the aux-loss-free balancing helpers.
 The comparison with transformers' DeepseekV3MoE itself is in tests/test_moe_transformers.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,16 @@ from pygen import _backend
 from pygen.nn.moe import MoE, bias_update, expert_load, load_balance_stats
 from pygen.ref import moe as ref
 
-FIELDS = dict(hidden_size=24, moe_intermediate_size=8, n_routed_experts=8, num_experts_per_tok=3,
-              n_group=4, topk_group=2, n_shared_experts=2, routed_scaling_factor=2.5)
+FIELDS = dict(
+    hidden_size=24,
+    moe_intermediate_size=8,
+    n_routed_experts=8,
+    num_experts_per_tok=3,
+    n_group=4,
+    topk_group=2,
+    n_shared_experts=2,
+    routed_scaling_factor=2.5,
+)
 
 _TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
 KERNEL_BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY))]
@@ -34,28 +43,40 @@ def _ref_forward(m: MoE, x: torch.Tensor) -> torch.Tensor:
     g = m.gate
     xf = x.reshape(-1, m.hidden_size)
     logits = xf @ g.weight.to(xf.dtype).t()
-    ids, w = ref.moe_route(logits, g.top_k, scoring=g.scoring_func, e_score_correction_bias=g.e_score_correction_bias,
-                           n_group=g.num_group, topk_group=g.topk_group, norm_topk_prob=g.norm_topk_prob,
-                           routed_scaling_factor=g.routed_scaling_factor)
+    ids, w = ref.moe_route(
+        logits,
+        g.top_k,
+        scoring=g.scoring_func,
+        e_score_correction_bias=g.e_score_correction_bias,
+        n_group=g.num_group,
+        topk_group=g.topk_group,
+        norm_topk_prob=g.norm_topk_prob,
+        routed_scaling_factor=g.routed_scaling_factor,
+    )
     y = ref.fused_moe(xf, m.experts.gate_up_proj, m.experts.down_proj, w, ids, "silu")
     se = m.shared_experts
     if se is not None:
-        y = y + F.linear(F.silu(F.linear(xf, se.gate_proj.weight)) * F.linear(xf, se.up_proj.weight),
-                         se.down_proj.weight)
+        y = y + F.linear(
+            F.silu(F.linear(xf, se.gate_proj.weight)) * F.linear(xf, se.up_proj.weight), se.down_proj.weight
+        )
     return y.reshape(x.shape)
 
 
 def test_state_dict_layout():
     m = MoE(**FIELDS)
     e, h, i, s = 8, 24, 8, 2
-    want = {"gate.weight": ((e, h), torch.float32), "gate.e_score_correction_bias": ((e,), torch.float32),
-            "experts.gate_up_proj": ((e, 2 * i, h), torch.float32), "experts.down_proj": ((e, h, i), torch.float32),
-            "shared_experts.gate_proj.weight": ((i * s, h), torch.float32),
-            "shared_experts.up_proj.weight": ((i * s, h), torch.float32),
-            "shared_experts.down_proj.weight": ((h, i * s), torch.float32)}
+    want = {
+        "gate.weight": ((e, h), torch.float32),
+        "gate.e_score_correction_bias": ((e,), torch.float32),
+        "experts.gate_up_proj": ((e, 2 * i, h), torch.float32),
+        "experts.down_proj": ((e, h, i), torch.float32),
+        "shared_experts.gate_proj.weight": ((i * s, h), torch.float32),
+        "shared_experts.up_proj.weight": ((i * s, h), torch.float32),
+        "shared_experts.down_proj.weight": ((h, i * s), torch.float32),
+    }
     got = {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}
     assert got == want
-    assert "tokens_per_expert" not in got    # the balancing counter is not part of the checkpoint
+    assert "tokens_per_expert" not in got  # the balancing counter is not part of the checkpoint
     m0 = MoE(**{**FIELDS, "n_shared_experts": 0})
     assert m0.shared_experts is None and not any(k.startswith("shared") for k in m0.state_dict())
 
@@ -76,12 +97,19 @@ def test_reference_matches_ref_composition_float64(shape):
     assert_close_to_ref(out, exp, what="out")
     for (name, _), a, b in zip([("x", None), *m.named_parameters()], grads, exp_grads):
         assert_close_to_ref(a, b, what=f"d {name}")
-    assert any(gr.abs().max() > 0 for gr in grads[1:])    # the test exercises real gradients
+    assert any(gr.abs().max() > 0 for gr in grads[1:])  # the test exercises real gradients
 
 
 def test_gradcheck_float64():
-    m = _layer(hidden_size=6, moe_intermediate_size=3, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
-               topk_group=1, n_shared_experts=1)
+    m = _layer(
+        hidden_size=6,
+        moe_intermediate_size=3,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        n_shared_experts=1,
+    )
     m.backend = "reference"
     params = dict(m.named_parameters())
     names = list(params)
@@ -89,9 +117,11 @@ def test_gradcheck_float64():
 
     def f(x, *ps):
         return torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+
     # gradients w.r.t. the input and every parameter, the gate included (through the weights)
-    assert torch.autograd.gradcheck(f, (x, *[p.detach().clone().requires_grad_() for p in params.values()]),
-                                    eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(
+        f, (x, *[p.detach().clone().requires_grad_() for p in params.values()]), eps=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS + [None])
@@ -135,15 +165,18 @@ def test_zero_tokens():
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(n_routed_experts=10, n_group=4), "divisible by n_group"),
-    (dict(topk_group=5), "topk_group"),
-    (dict(num_experts_per_tok=7, topk_group=2), "num_experts_per_tok"),
-    (dict(num_experts_per_tok=0), "num_experts_per_tok must be a positive int"),
-    (dict(hidden_act="relu"), "hidden_act"),
-    (dict(scoring_func="softplus"), "scoring_func"),
-    (dict(n_shared_experts=-1), "n_shared_experts"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n_routed_experts=10, n_group=4), "divisible by n_group"),
+        (dict(topk_group=5), "topk_group"),
+        (dict(num_experts_per_tok=7, topk_group=2), "num_experts_per_tok"),
+        (dict(num_experts_per_tok=0), "num_experts_per_tok must be a positive int"),
+        (dict(hidden_act="relu"), "hidden_act"),
+        (dict(scoring_func="softplus"), "scoring_func"),
+        (dict(n_shared_experts=-1), "n_shared_experts"),
+    ],
+)
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         MoE(**{**FIELDS, **kw})
@@ -167,6 +200,7 @@ def test_config_object_and_keyword_override():
         hidden_size, moe_intermediate_size, num_local_experts, num_experts_per_tok = 16, 4, 6, 2
         n_group, topk_group, n_shared_experts, routed_scaling_factor, norm_topk_prob = 3, 2, 1, 1.5, False
         hidden_act = "silu"
+
     m = MoE(Cfg(), num_experts_per_tok=3)
     assert m.n_routed_experts == 6 and m.num_experts_per_tok == 3 and m.gate.top_k == 3
     assert m.gate.num_group == 3 and m.gate.topk_group == 2 and m.gate.norm_topk_prob is False
@@ -177,15 +211,15 @@ def test_config_object_and_keyword_override():
 def test_expert_load_counts():
     ids = torch.tensor([[0, 3], [3, 1], [3, 0]], dtype=torch.int32)
     assert expert_load(ids, 5).tolist() == [2, 1, 0, 3, 0]
-    assert expert_load(torch.tensor([[-1, 5, 2]]), 5).tolist() == [0, 0, 1, 0, 0]   # out of range ignored
+    assert expert_load(torch.tensor([[-1, 5, 2]]), 5).tolist() == [0, 0, 1, 0, 0]  # out of range ignored
 
 
 def test_bias_update_rule():
     bias = torch.zeros(4)
-    step = bias_update(bias, torch.tensor([1, 4, 2, 5]), gamma=0.1)    # mean 3
+    step = bias_update(bias, torch.tensor([1, 4, 2, 5]), gamma=0.1)  # mean 3
     assert torch.equal(step, torch.tensor([0.1, -0.1, 0.1, -0.1]))
     assert torch.equal(bias, step)
-    bias_update(bias, torch.tensor([3, 3, 3, 3]), gamma=0.1)          # balanced: unchanged
+    bias_update(bias, torch.tensor([3, 3, 3, 3]), gamma=0.1)  # balanced: unchanged
     assert torch.equal(bias, step)
     with pytest.raises(ValueError, match="shape"):
         bias_update(bias, torch.ones(3), 0.1)
@@ -196,7 +230,7 @@ def test_bias_update_rule():
 def test_load_balance_stats():
     s = load_balance_stats(torch.tensor([2, 2, 2, 6]))
     assert s["max_violation"] == pytest.approx(1.0) and s["mean"] == 3 and s["max"] == 6
-    assert s["cv"] == pytest.approx(3 ** 0.5 / 3)
+    assert s["cv"] == pytest.approx(3**0.5 / 3)
     assert load_balance_stats(torch.zeros(3))["max_violation"] == 0.0
 
 
@@ -216,8 +250,9 @@ def test_counter_only_in_training_and_update_resets():
     before = m.gate.e_score_correction_bias.clone()
     load = m.update_bias(0.01)
     assert torch.equal(load, expected)
-    assert torch.allclose(m.gate.e_score_correction_bias - before,
-                          0.01 * torch.sign(expected.double().mean() - expected.double()))
+    assert torch.allclose(
+        m.gate.e_score_correction_bias - before, 0.01 * torch.sign(expected.double().mean() - expected.double())
+    )
     assert int(m.tokens_per_expert.sum()) == 0
 
 
@@ -225,11 +260,18 @@ def test_bias_updates_balance_a_skewed_router():
     """The rule's purpose: a router whose logits favour a few experts gets balanced by the bias
     alone (routing only, no expert compute)."""
     torch.manual_seed(0)
-    m = MoE(hidden_size=16, moe_intermediate_size=4, n_routed_experts=16, num_experts_per_tok=2,
-            n_group=4, topk_group=2, backend="reference")
+    m = MoE(
+        hidden_size=16,
+        moe_intermediate_size=4,
+        n_routed_experts=16,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        backend="reference",
+    )
     with torch.no_grad():
         m.gate.weight.normal_(0, 0.3)
-    skew = torch.linspace(2.0, -2.0, 16)       # expert 0 strongly preferred, expert 15 avoided
+    skew = torch.linspace(2.0, -2.0, 16)  # expert 0 strongly preferred, expert 15 avoided
     x = torch.randn(512, 16)
     logits = x @ m.gate.weight.t() + skew
     first = None
@@ -261,4 +303,4 @@ def test_compile_fullgraph_training():
     ref_out.sum().backward()
     assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(dx, x.grad, atol=1e-6)
     assert torch.allclose(dw1, m.experts.gate_up_proj.grad, atol=1e-6)
-    assert int(m.tokens_per_expert.sum()) == 2 * 5 * FIELDS["num_experts_per_tok"]   # both calls counted
+    assert int(m.tokens_per_expert.sum()) == 2 * 5 * FIELDS["num_experts_per_tok"]  # both calls counted

@@ -3,12 +3,12 @@ DeepseekV3 router: routing (groups, bias, softmax, ties), alignment invariants f
 (cpu, triton, reference; cuda on a GPU), the 65,536-slot / 4096-expert case, permutation, the fused
 expert MLP forward and backward, gradcheck, opcheck of every registered op, torch.compile, and
 hypothesis fuzzing of routing ids and counts."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import assert_close_to_ref, backend_params
 from pygen import _backend
@@ -31,12 +31,12 @@ def _gen(seed):
 # ---------------------------------------------------------------------------------------------
 ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, scale)
     (37, 64, 6, 8, 3, "sigmoid", True, True, 2.5),
-    (19, 256, 8, 8, 4, "sigmoid", True, True, 2.5),    # DeepSeek-V3
+    (19, 256, 8, 8, 4, "sigmoid", True, True, 2.5),  # DeepSeek-V3
     (11, 16, 4, 1, 1, "softmax", False, False, 1.0),
-    (9, 12, 3, 4, 2, "softmax", True, True, 1.0),       # non-power-of-two E and group size 3
-    (5, 8, 2, 8, 4, "sigmoid", False, True, 1.0),       # one expert per group
-    (3, 1, 1, 1, 1, "sigmoid", False, True, 1.0),       # a single expert
-    (0, 16, 2, 4, 2, "sigmoid", True, True, 1.0),       # zero tokens
+    (9, 12, 3, 4, 2, "softmax", True, True, 1.0),  # non-power-of-two E and group size 3
+    (5, 8, 2, 8, 4, "sigmoid", False, True, 1.0),  # one expert per group
+    (3, 1, 1, 1, 1, "sigmoid", False, True, 1.0),  # a single expert
+    (0, 16, 2, 4, 2, "sigmoid", True, True, 1.0),  # zero tokens
 ]
 
 
@@ -47,8 +47,14 @@ def test_route_matches_reference(dev, backend, case):
     gen = _gen(t * 131 + e)
     logits = torch.randn(t, e, generator=gen).to(dev)
     bias = (torch.randn(e, generator=gen) * 0.1).to(dev) if has_bias else None
-    kw = dict(scoring=scoring, e_score_correction_bias=bias, n_group=g, topk_group=tg, norm_topk_prob=norm,
-              routed_scaling_factor=scale)
+    kw = dict(
+        scoring=scoring,
+        e_score_correction_bias=bias,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+    )
     ids, w = moe_route(logits, k, backend=backend, **kw)
     rid, rw = ref.moe_route(logits.double(), k, **kw)
     assert ids.dtype == torch.int32 and w.dtype == torch.float32 and ids.shape == (t, k)
@@ -97,8 +103,15 @@ def _hf_router(e, k, g, tg, scale, norm, hidden=16, seed=0):
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
     torch.manual_seed(seed)
-    cfg = DeepseekV3Config(hidden_size=hidden, n_routed_experts=e, num_experts_per_tok=k, n_group=g, topk_group=tg,
-                           norm_topk_prob=norm, routed_scaling_factor=scale)
+    cfg = DeepseekV3Config(
+        hidden_size=hidden,
+        n_routed_experts=e,
+        num_experts_per_tok=k,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+    )
     r = DeepseekV3TopkRouter(cfg)
     torch.nn.init.normal_(r.weight)
     r.e_score_correction_bias.normal_(0, 0.1)
@@ -112,16 +125,32 @@ def test_route_matches_transformers_deepseek_v3(dev, backend, e, k, g, tg, norm)
     x = torch.randn(23, 16, generator=_gen(e))
     with torch.no_grad():
         logits, hw, hid = router(x)
-    ids, w = moe_route(logits.to(dev), k, e_score_correction_bias=router.e_score_correction_bias.to(dev), n_group=g,
-                       topk_group=tg, norm_topk_prob=norm, routed_scaling_factor=2.5, backend=backend)
+    ids, w = moe_route(
+        logits.to(dev),
+        k,
+        e_score_correction_bias=router.e_score_correction_bias.to(dev),
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=2.5,
+        backend=backend,
+    )
     # HF returns ids unsorted (topk sorted=False): compare as sets, weights matched per id
     hs, hi = hid.sort(1)
     ps, pi = ids.cpu().long().sort(1)
     assert torch.equal(hs, ps)
     torch.testing.assert_close(w.cpu().gather(1, pi), hw.gather(1, hi), rtol=1e-6, atol=1e-7)
     # the "torch" tie rule of the reference reproduces HF bit for bit, order included
-    tid, tw = ref.moe_route(logits, k, e_score_correction_bias=router.e_score_correction_bias, n_group=g,
-                            topk_group=tg, norm_topk_prob=norm, routed_scaling_factor=2.5, tie_break="torch")
+    tid, tw = ref.moe_route(
+        logits,
+        k,
+        e_score_correction_bias=router.e_score_correction_bias,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=2.5,
+        tie_break="torch",
+    )
     assert torch.equal(tid.long(), hid) and torch.equal(tw, hw)
 
 
@@ -145,8 +174,16 @@ def test_route_transformers_ties_same_scores():
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(t=st.integers(0, 12), per=st.integers(1, 9), g=st.integers(1, 6), data=st.data(), seed=st.integers(0, 2 ** 16),
-       softmax=st.booleans(), norm=st.booleans(), ties=st.booleans())
+@given(
+    t=st.integers(0, 12),
+    per=st.integers(1, 9),
+    g=st.integers(1, 6),
+    data=st.data(),
+    seed=st.integers(0, 2**16),
+    softmax=st.booleans(),
+    norm=st.booleans(),
+    ties=st.booleans(),
+)
 def test_route_fuzz_cpu_vs_reference(t, per, g, data, seed, softmax, norm, ties):
     if not _backend.backend_status("cpu", "cpu")[0]:
         pytest.skip("cpu backend unavailable")
@@ -156,8 +193,14 @@ def test_route_fuzz_cpu_vs_reference(t, per, g, data, seed, softmax, norm, ties)
     gen = _gen(seed)
     logits = torch.randint(-2, 3, (t, e), generator=gen).float() if ties else torch.randn(t, e, generator=gen)
     bias = torch.randn(e, generator=gen) * 0.1 if seed % 3 else None
-    kw = dict(scoring="softmax" if softmax else "sigmoid", e_score_correction_bias=bias, n_group=g, topk_group=tg,
-              norm_topk_prob=norm, routed_scaling_factor=1.0 + seed % 4)
+    kw = dict(
+        scoring="softmax" if softmax else "sigmoid",
+        e_score_correction_bias=bias,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=1.0 + seed % 4,
+    )
     ids, w = moe_route(logits, k, backend="cpu", **kw)
     rid, rw = ref.moe_route(logits, k, **kw)
     assert torch.equal(ids, rid)
@@ -171,8 +214,17 @@ def test_route_gradcheck(backend, scoring, norm):
         pytest.skip(f"{backend} unavailable")
     logits = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(8, dtype=torch.float64) * 0.1
-    f = lambda x: moe_route(x, 3, scoring=scoring, e_score_correction_bias=bias, n_group=4, topk_group=2,  # noqa: E731
-                            norm_topk_prob=norm, routed_scaling_factor=1.5, backend=backend)[1]
+    f = lambda x: moe_route(
+        x,
+        3,
+        scoring=scoring,
+        e_score_correction_bias=bias,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=norm,
+        routed_scaling_factor=1.5,
+        backend=backend,
+    )[1]
     assert torch.autograd.gradcheck(f, (logits,))
 
 
@@ -192,7 +244,7 @@ def test_route_backward_matches_reference(dev, backend, scoring, norm):
 
 
 LARGE_ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias): one program per token
-    (3, 4096, 8, 8, 4, "sigmoid", True),      # DeepSeek-V3's grouping at 4096 experts
+    (3, 4096, 8, 8, 4, "sigmoid", True),  # DeepSeek-V3's grouping at 4096 experts
     (3, 4096, 8, 1, 1, "softmax", False),
 ]
 
@@ -212,10 +264,10 @@ def test_route_4096_experts_matches_reference(dev, backend, case):
 
 
 STREAM_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, tile, ties)
-    (2, 128, 4, 2, 1, "sigmoid", True, True, 32, False),     # groups of 64 streamed in 32-wide chunks
-    (2, 128, 4, 4, 2, "sigmoid", False, True, 16, True),     # integer logits: ties inside and across chunks
-    (2, 96, 4, 32, 3, "softmax", True, True, 16, False),     # groups of 3 (padded to 4), 4 groups a tile
-    (2, 300, 12, 1, 1, "softmax", True, False, 64, False),   # no group limit, E not a power of two
+    (2, 128, 4, 2, 1, "sigmoid", True, True, 32, False),  # groups of 64 streamed in 32-wide chunks
+    (2, 128, 4, 4, 2, "sigmoid", False, True, 16, True),  # integer logits: ties inside and across chunks
+    (2, 96, 4, 32, 3, "softmax", True, True, 16, False),  # groups of 3 (padded to 4), 4 groups a tile
+    (2, 300, 12, 1, 1, "softmax", True, False, 64, False),  # no group limit, E not a power of two
     (2, 128, 6, 1, 1, "softmax", False, True, 32, True),
 ]
 
@@ -236,8 +288,16 @@ def test_route_streaming_kernel_matches_reference(case):
     ids = torch.empty(t, k, dtype=torch.int32)
     w = torch.empty(t, k)
     kmoe.route_fwd(logits, bias, ids, w, scoring, g, tg, norm, 1.5, tile=tile)
-    rid, rw = ref.moe_route(logits.double(), k, scoring=scoring, e_score_correction_bias=bias, n_group=g,
-                            topk_group=tg, norm_topk_prob=norm, routed_scaling_factor=1.5)
+    rid, rw = ref.moe_route(
+        logits.double(),
+        k,
+        scoring=scoring,
+        e_score_correction_bias=bias,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=1.5,
+    )
     assert torch.equal(ids, rid)
     assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
 
@@ -263,15 +323,15 @@ def check_align_invariants(ids, num_experts, block_size, out):
     assert bool((sorted_ids[total:] == n).all())
     pos = 0
     for j in range(nblk):
-        blk = sorted_ids[j * block_size:(j + 1) * block_size].long()
+        blk = sorted_ids[j * block_size : (j + 1) * block_size].long()
         if j * block_size >= total:
             assert int(expert_ids[j]) == -1
             continue
         e = int(expert_ids[j])
         assert 0 <= e < num_experts
         got = blk[blk != n]
-        assert bool((flat[got] == e).all())                     # the block's slots are its expert's
-        assert torch.equal(got, got.sort().values)              # ascending slot order
+        assert bool((flat[got] == e).all())  # the block's slots are its expert's
+        assert torch.equal(got, got.sort().values)  # ascending slot order
         pos += 1
     # experts in ascending order, each segment starting on a block boundary
     used = expert_ids[: total // block_size]
@@ -296,7 +356,7 @@ def test_align_contract_and_reference(dev, backend, t, k, e, b, idt):
 
 @pytest.mark.parametrize("dev,backend", ALIGN_BACKENDS)
 def test_align_skewed_and_empty_experts(dev, backend):
-    ids = torch.zeros(40, 2, dtype=torch.int32)   # every slot to expert 0; experts 1..9 get nothing
+    ids = torch.zeros(40, 2, dtype=torch.int32)  # every slot to expert 0; experts 1..9 get nothing
     ids[5, 1] = 9
     out = moe_align(ids.to(dev), 10, 8, backend=backend)
     check_align_invariants(ids, 10, 8, out)
@@ -305,7 +365,7 @@ def test_align_skewed_and_empty_experts(dev, backend):
 
 @pytest.mark.parametrize("dev,backend", ALIGN_BACKENDS)
 def test_align_out_of_range_ids_routed_nowhere_without_check(dev, backend):
-    ids = torch.tensor([[0, -1], [7, 2], [2 ** 33, 1]], dtype=torch.int64).to(dev)
+    ids = torch.tensor([[0, -1], [7, 2], [2**33, 1]], dtype=torch.int64).to(dev)
     out = moe_align(ids, 4, 2, backend=backend, check_ids=False)
     check_align_invariants(ids, 4, 2, out)
     for got, want in zip(out, ref.moe_align(ids, 4, 2)):
@@ -315,7 +375,7 @@ def test_align_out_of_range_ids_routed_nowhere_without_check(dev, backend):
 @pytest.mark.parametrize("dev,backend", [p for p in ALIGN_BACKENDS if p.values[1] in ("cpu", "cuda", "reference")])
 def test_align_large_65536_slots_4096_experts(dev, backend):
     ids = torch.randint(0, 4096, (8192, 8), generator=_gen(11), dtype=torch.int32)
-    ids[:100] = 4095                            # a hot expert at the end
+    ids[:100] = 4095  # a hot expert at the end
     out = moe_align(ids.to(dev), 4096, 64, backend=backend)
     want = ref.moe_align(ids, 4096, 64)
     for got, w in zip(out, want):
@@ -336,8 +396,15 @@ def test_align_large_triton():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(t=st.integers(0, 40), k=st.integers(1, 8), e=st.integers(1, 70), b=st.sampled_from([1, 2, 3, 16, 64]),
-       hot=st.booleans(), seed=st.integers(0, 2 ** 16), bad=st.booleans())
+@given(
+    t=st.integers(0, 40),
+    k=st.integers(1, 8),
+    e=st.integers(1, 70),
+    b=st.sampled_from([1, 2, 3, 16, 64]),
+    hot=st.booleans(),
+    seed=st.integers(0, 2**16),
+    bad=st.booleans(),
+)
 def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
     gen = _gen(seed)
     hi = 1 if hot else e
@@ -354,8 +421,13 @@ def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(t=st.integers(0, 24), k=st.integers(1, 4), e=st.integers(1, 40), b=st.sampled_from([1, 4, 16]),
-       seed=st.integers(0, 2 ** 16))
+@given(
+    t=st.integers(0, 24),
+    k=st.integers(1, 4),
+    e=st.integers(1, 40),
+    b=st.sampled_from([1, 4, 16]),
+    seed=st.integers(0, 2**16),
+)
 def test_align_fuzz_triton(t, k, e, b, seed):
     if not _backend.backend_status("triton", "cpu")[0]:
         pytest.skip("triton unavailable")
@@ -414,8 +486,7 @@ def test_permute_unpermute_dtypes_cpu(backend, dtype):
     assert_close_to_ref(out, rout, same_dtype=same, atol=1e-12 if dtype == torch.float64 else 2e-2)
     if dtype == torch.float64:
         xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-        f = lambda a, b: moe_unpermute(moe_permute(a, ids, 5, backend=backend)[0] * 3, slots, b,  # noqa: E731
-                                       backend=backend)
+        f = lambda a, b: moe_unpermute(moe_permute(a, ids, 5, backend=backend)[0] * 3, slots, b, backend=backend)
         assert torch.autograd.gradcheck(f, (xg, wg))
 
 
@@ -424,7 +495,7 @@ def test_unpermute_ignores_foreign_slot_values(dev, backend):
     """Rows whose slot is outside [0, T*k) (sentinel, negative, huge) contribute nothing and get a
     zero gradient; never an out-of-bounds access."""
     y = torch.randn(6, 4, generator=_gen(3)).to(dev).requires_grad_()
-    slots = torch.tensor([0, -3, 5, 100, 2, 2 ** 31 - 1], dtype=torch.int32, device=dev)
+    slots = torch.tensor([0, -3, 5, 100, 2, 2**31 - 1], dtype=torch.int32, device=dev)
     w = torch.rand(3, 2, generator=_gen(4)).to(dev).requires_grad_()
     out = moe_unpermute(y, slots, w, backend=backend)
     keep = torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool)
@@ -444,8 +515,8 @@ def test_unpermute_ignores_foreign_slot_values(dev, backend):
 def _moe_inputs(t, k, e, h, inter, dtype, dev, seed=0, hot=False):
     gen = _gen(seed)
     x = torch.randn(t, h, generator=gen).to(dtype)
-    w1 = (torch.randn(e, 2 * inter, h, generator=gen) / h ** 0.5).to(dtype)
-    w2 = (torch.randn(e, h, inter, generator=gen) / inter ** 0.5).to(dtype)
+    w1 = (torch.randn(e, 2 * inter, h, generator=gen) / h**0.5).to(dtype)
+    w2 = (torch.randn(e, h, inter, generator=gen) / inter**0.5).to(dtype)
     ids = torch.randint(0, 1 if hot else e, (t, k), generator=gen)
     if not hot and t * k >= e:  # make sure some expert gets nothing
         ids[ids == e - 1] = 0
@@ -453,8 +524,13 @@ def _moe_inputs(t, k, e, h, inter, dtype, dev, seed=0, hot=False):
     return [a.to(dev) for a in (x, w1, w2, w, ids)]
 
 
-FUSED_CASES = [(13, 3, 6, 32, 16, "silu"), (7, 2, 4, 24, 40, "gelu_tanh"), (5, 1, 3, 16, 8, "gelu"),
-               (1, 2, 24, 16, 16, "silu"), (0, 2, 4, 16, 8, "silu")]
+FUSED_CASES = [
+    (13, 3, 6, 32, 16, "silu"),
+    (7, 2, 4, 24, 40, "gelu_tanh"),
+    (5, 1, 3, 16, 8, "gelu"),
+    (1, 2, 24, 16, 16, "silu"),
+    (0, 2, 4, 16, 8, "silu"),
+]
 
 
 @pytest.mark.parametrize("dev,backend", KERNEL_ROUTE)
@@ -484,7 +560,7 @@ def test_fused_moe_half_precision_triton(dtype):
     x, w1, w2, w, ids = _moe_inputs(11, 2, 4, 32, 16, dtype, "cpu", seed=3)
     out = fused_moe(x, w1, w2, w, ids, backend="triton")
     rout = ref.fused_moe(x.double(), w1.double(), w2.double(), w.double(), ids)
-    same = ref.fused_moe(x, w1, w2, w.to(dtype), ids)   # torch in the same dtype
+    same = ref.fused_moe(x, w1, w2, w.to(dtype), ids)  # torch in the same dtype
     # one extra ulp on the interpreter: its fp32 -> 16-bit stores truncate (ARCHITECTURE.md)
     ulp = 2e-3 if dtype == torch.float16 else 1.6e-2
     assert_close_to_ref(out, rout, same_dtype=same, atol=ulp * (1 + rout.abs().max().item()), what=str(dtype))
@@ -521,7 +597,7 @@ def test_fused_moe_deterministic_mode_is_bitwise_reproducible():
 def test_fused_moe_gradcheck_reference():
     x, w1, w2, w, ids = _moe_inputs(4, 2, 3, 5, 3, torch.float64, "cpu", seed=5)
     leaves = [a.requires_grad_() for a in (x, w1, w2, w)]
-    f = lambda *a: fused_moe(*a, ids, backend="reference")  # noqa: E731
+    f = lambda *a: fused_moe(*a, ids, backend="reference")
     assert torch.autograd.gradcheck(f, leaves)
 
 
@@ -591,10 +667,14 @@ GPU_ONLY = ("moe_align_cuda", "moe_permute_cuda", "moe_unpermute_cuda", "moe_unp
 def test_opcheck_cuda_ops(name):
     if not _backend.backend_status("cuda", "cuda")[0]:
         pytest.skip("cuda backend unavailable: " + _backend.backend_status("cuda", "cuda")[1])
-    args = {k.replace("_cpu", "_cuda"): tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in v)
-            for k, v in _opcheck_cases().items() if k.endswith("_cpu")}[name]
-    torch.library.opcheck(_registry.get(name), args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    args = {
+        k.replace("_cpu", "_cuda"): tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in v)
+        for k, v in _opcheck_cases().items()
+        if k.endswith("_cpu")
+    }[name]
+    torch.library.opcheck(
+        _registry.get(name), args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(_opcheck_cases()))
@@ -603,13 +683,24 @@ def test_opcheck(name):
     if not _backend.backend_status(backend, "cpu")[0]:
         pytest.skip(f"{backend} unavailable")
     args = _opcheck_cases()[name]
-    diff = any(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args) and "align" not in name \
+    diff = (
+        any(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args)
+        and "align" not in name
         and "backward" not in name
+    )
     if diff:
-        args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() and
-                     i < 4 and not (name.startswith("moe_route") and i == 1) else a for i, a in enumerate(args))
-    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic") + \
-        (("test_autograd_registration",) if diff else ())
+        args = tuple(
+            a.clone().requires_grad_()
+            if isinstance(a, torch.Tensor)
+            and a.is_floating_point()
+            and i < 4
+            and not (name.startswith("moe_route") and i == 1)
+            else a
+            for i, a in enumerate(args)
+        )
+    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic") + (
+        ("test_autograd_registration",) if diff else ()
+    )
     torch.library.opcheck(_registry.get(name), args, test_utils=tests)
 
 
@@ -622,7 +713,7 @@ def test_torch_compile_fullgraph():
     def layer(x, w1, w2):
         ids, w = moe_route(x @ gate.t(), 2, n_group=2, topk_group=1, backend="triton")
         _s, _e, n = moe_align(ids, 4, 16, backend="cpu", check_ids=False)
-        return fused_moe(x, w1, w2, w, ids, backend="triton"), n   # the id check is skipped while tracing
+        return fused_moe(x, w1, w2, w, ids, backend="triton"), n  # the id check is skipped while tracing
 
     out, n = torch.compile(layer, fullgraph=True, backend="aot_eager")(x, w1, w2)
     eo, en = layer(x, w1, w2)

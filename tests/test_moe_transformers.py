@@ -2,6 +2,7 @@
 transformers is not installed): pygen.nn.MoE loads a DeepseekV3MoE state_dict and gives the same
 output and gradients; the "pygen" experts implementation and patch_deepseek_moe give the eager
 model's logits and gradients on a tiny random DeepseekV3ForCausalLM."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,21 +12,38 @@ transformers = pytest.importorskip("transformers")
 hf_ds = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
 pytest.importorskip("transformers.integrations.moe")
 
-from conftest import assert_close_to_ref  # noqa: E402
-from pygen import _backend  # noqa: E402
-from pygen.integrations import transformers_moe as tm  # noqa: E402
-from pygen.nn.moe import MoE  # noqa: E402
+from conftest import assert_close_to_ref  # noqa: E402 (after importorskip)
+from pygen import _backend  # noqa: E402 (after importorskip)
+from pygen.integrations import transformers_moe as tm  # noqa: E402 (after importorskip)
+from pygen.nn.moe import MoE  # noqa: E402 (after importorskip)
 
 _TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
 _SKIP_TRITON = pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
 
 
 def _config(**kw):
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, n_routed_experts=8,
-                num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
-                first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
-                qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=64)
+    base = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        n_shared_experts=1,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=1,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        max_position_embeddings=64,
+    )
     base.update(kw)
     return transformers.DeepseekV3Config(**base)
 
@@ -51,15 +69,22 @@ def _grads(module, x, gout):
     return out, dict(zip(("x",) + names, gs))
 
 
-@pytest.mark.parametrize("backend, dtype", [("reference", torch.float64), ("reference", torch.float32),
-                                            pytest.param("triton", torch.float32, marks=_SKIP_TRITON)])
+@pytest.mark.parametrize(
+    "backend, dtype",
+    [
+        ("reference", torch.float64),
+        ("reference", torch.float32),
+        pytest.param("triton", torch.float32, marks=_SKIP_TRITON),
+    ],
+)
 def test_moe_loads_hf_state_dict_and_matches(backend, dtype):
     cfg = _config()
     hf = _hf_moe(cfg, dtype)
     m = MoE(cfg, backend=backend).to(dtype)
     m.load_state_dict(hf.state_dict(), strict=True)
-    assert {k: (v.shape, v.dtype) for k, v in m.state_dict().items()} == \
-        {k: (v.shape, v.dtype) for k, v in hf.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in m.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in hf.state_dict().items()
+    }
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 7, 32, generator=g, dtype=dtype)
     gout = torch.randn(x.shape, generator=g, dtype=dtype)
@@ -86,7 +111,7 @@ def test_moe_from_hf_config_fields():
 def _model(cfg, seed=0):
     torch.manual_seed(seed)
     model = transformers.DeepseekV3ForCausalLM(cfg).eval()
-    with torch.no_grad():   # a non-zero correction bias so that it takes part in the selection
+    with torch.no_grad():  # a non-zero correction bias so that it takes part in the selection
         for layer in model.model.layers:
             if isinstance(layer.mlp, hf_ds.DeepseekV3MoE):
                 layer.mlp.gate.e_score_correction_bias.normal_(0, 0.05)
@@ -107,13 +132,14 @@ def test_experts_implementation_pygen(monkeypatch):
     ref_logits, ref_grads = _logits_and_grads(model, ids)
 
     import pygen.ops.moe as ops_moe
+
     calls = []
     real = ops_moe.fused_moe
     monkeypatch.setattr(ops_moe, "fused_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
     model.set_experts_implementation("pygen")
     assert model.config._experts_implementation == "pygen"
     logits, grads = _logits_and_grads(model, ids)
-    assert len(calls) == 1       # one MoE layer, run through pygen's fused_moe
+    assert len(calls) == 1  # one MoE layer, run through pygen's fused_moe
     assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
     assert set(grads) == set(ref_grads)
     for n in grads:
@@ -146,7 +172,7 @@ def test_patch_deepseek_moe():
     new = model.model.layers[1].mlp
     assert isinstance(new, MoE) and new.backend == "reference" and not new.training
     assert list(model.state_dict()) == keys_before
-    for n, p in new.named_parameters():      # the very same Parameter objects (optimizers keep working)
+    for n, p in new.named_parameters():  # the very same Parameter objects (optimizers keep working)
         assert p is old_params[n]
     assert new.tokens_per_expert.device == old_params["gate.weight"].device
 
@@ -155,7 +181,7 @@ def test_patch_deepseek_moe():
     assert set(grads) == set(ref_grads)
     for n in grads:
         assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")
-    assert tm.patch_deepseek_moe(model) == {}      # nothing left to swap
+    assert tm.patch_deepseek_moe(model) == {}  # nothing left to swap
 
 
 def test_patch_keeps_bf16_model_dtypes():
@@ -195,7 +221,7 @@ def test_experts_implementation_ep_sentinels():
     experts._is_expert_parallel = True
     x = torch.randn(6, 32, requires_grad=True)
     ids = torch.randint(0, 8, (6, 3))
-    ids[0, 1] = ids[3, 0] = ids[3, 2] = 8                  # sentinels
+    ids[0, 1] = ids[3, 0] = ids[3, 2] = 8  # sentinels
     w = torch.rand(6, 3, requires_grad=True)
     out = experts(x, ids, w)
     gx, gw = torch.autograd.grad(out.square().sum(), [x, w])
@@ -204,7 +230,7 @@ def test_experts_implementation_ep_sentinels():
     rx, rw = torch.autograd.grad(ref.square().sum(), [x, w])
     assert_close_to_ref(out, ref, atol=1e-5, what="out")
     assert_close_to_ref(gx, rx, atol=1e-5, what="dx")
-    assert_close_to_ref(gw, rw, atol=1e-5, what="d weights")   # zero at the sentinels in both
+    assert_close_to_ref(gw, rw, atol=1e-5, what="d weights")  # zero at the sentinels in both
 
 
 @pytest.mark.parametrize("family", ["Qwen3Moe", "Mixtral"])
@@ -216,20 +242,30 @@ def test_experts_implementation_other_moe_models(family, monkeypatch):
     if cfg_cls is None or model_cls is None:
         pytest.skip(f"transformers {transformers.__version__} has no {family}")
     experts = dict(num_experts=8, moe_intermediate_size=16) if family == "Qwen3Moe" else dict(num_local_experts=8)
-    cfg = cfg_cls(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=2, max_position_embeddings=64, num_experts_per_tok=2,
-                  experts_implementation="eager", **experts)
+    cfg = cfg_cls(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_experts_per_tok=2,
+        experts_implementation="eager",
+        **experts,
+    )
     torch.manual_seed(0)
     model = model_cls(cfg).eval()
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(4))
     ref_logits, ref_grads = _logits_and_grads(model, ids)
     import pygen.ops.moe as ops_moe
+
     calls = []
     real = ops_moe.fused_moe
     monkeypatch.setattr(ops_moe, "fused_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
     model.set_experts_implementation("pygen")
     logits, grads = _logits_and_grads(model, ids)
-    assert len(calls) == 2       # both layers are MoE layers
+    assert len(calls) == 2  # both layers are MoE layers
     assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
     for n in ref_grads:
         assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")

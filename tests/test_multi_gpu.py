@@ -7,17 +7,19 @@ Value checks stay on (the default), so their host reads of cuda:1 tensors run to
 Skipped unless torch.cuda.device_count() > 1 (the lent machines have one GPU today; the test is
 ready for the multi-GPU kinds).
 """
+
 from __future__ import annotations
 
+import gpu_cases as C
 import pytest
 import torch
 
 from pygen import _backend
 
-import gpu_cases as C
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                                reason="needs two CUDA GPUs (torch.cuda.device_count() > 1)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="needs two CUDA GPUs (torch.cuda.device_count() > 1)",
+)
 
 PARAMS = [pytest.param(c, b, id=i) for (c, b), i in C.params()]
 

@@ -19,6 +19,7 @@ same or smaller, so its grids are at least as large):
                       (SLOT_BLOCK 1024 -> count / scatter 3), 2475 GEMM blocks (blocks kernel 3)
   moe_unpermute       T 33, H 260: BLOCK_T 16, BLOCK_H 256 -> fwd (3, 2); bwd cdiv(99, 16) = 7
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,7 @@ import torch
 
 from conftest import ATOL, assert_close_to_ref, backend_params
 from pygen import ops
-from pygen.ref import flows as ref_flows
-from pygen.ref import made as ref_made
-from pygen.ref import moe as ref_moe
+from pygen.ref import flows as ref_flows, made as ref_made, moe as ref_moe
 
 TRITON = [p for p in backend_params() if p.values[1] == "triton"]
 F64 = torch.float64
@@ -110,8 +109,8 @@ def _sum_tol(n_terms: int) -> float:
 
 # ---- flows: actnorm -----------------------------------------------------------------------------------
 ACTNORM_CASES = [  # (shape, log_scale (else scale), reverse)
-    ((2, 3, 4097), True, False),     # 2-D grid (2 row blocks x 2 S blocks); two S tiles per row
-    ((2, 129, 65), False, True),     # 3 row blocks; the backward's finish kernel has 3 channel blocks
+    ((2, 3, 4097), True, False),  # 2-D grid (2 row blocks x 2 S blocks); two S tiles per row
+    ((2, 129, 65), False, True),  # 3 row blocks; the backward's finish kernel has 3 channel blocks
     ((2, 129, 65), True, True),
 ]
 
@@ -120,11 +119,12 @@ ACTNORM_CASES = [  # (shape, log_scale (else scale), reverse)
 @pytest.mark.parametrize("shape,log,rev", ACTNORM_CASES, ids=lambda v: str(v))
 def test_actnorm_several_programs(device, backend, shape, log, rev, gen):
     from pygen.kernels import flows as K
+
     c = shape[1]
     x = _rand(shape, gen, device=device)
     loc = _rand((c,), gen, device=device)
     p = _rand((c,), gen, 0.3, device=device)
-    if not log:   # scale, with both signs (log|m|)
+    if not log:  # scale, with both signs (log|m|)
         p = p.exp() * torch.where(torch.arange(c, device=device) % 2 == 0, 1.0, -1.0)
     kw = "log_scale" if log else "scale"
     leaves = _leaves((x, loc, p))
@@ -142,16 +142,17 @@ def test_actnorm_several_programs(device, backend, shape, log, rev, gen):
     l32 = _leaves((x, loc, p))
     y32, ld32 = ref_flows.actnorm(l32[0], l32[1], **{kw: l32[2]}, reverse=rev)
     g32 = _grads((y32, ld32), l32, cot)
-    n_sum = shape[0] * shape[2]               # terms of a per-channel parameter gradient
+    n_sum = shape[0] * shape[2]  # terms of a per-channel parameter gradient
     assert_close_to_ref(y, y64, y32, what="actnorm y")
     assert_close_to_ref(ld, ld64, ld32, atol=_sum_tol(c) * shape[2], what="actnorm logdet")
-    for name, a, b, s, tol in zip(("x", "loc", kw), grads, g64, g32,
-                                  (4 * ATOL[torch.float32], _sum_tol(n_sum), _sum_tol(n_sum))):
+    for name, a, b, s, tol in zip(
+        ("x", "loc", kw), grads, g64, g32, (4 * ATOL[torch.float32], _sum_tol(n_sum), _sum_tol(n_sum))
+    ):
         assert_close_to_ref(a, b, s, atol=tol, what=f"actnorm grad {name}")
 
 
 # ---- flows: couplings ---------------------------------------------------------------------------------
-COUPLING_SHAPE = (5, 3, 2731)   # N = 8193: two column blocks of 8192, three row blocks of 2 samples
+COUPLING_SHAPE = (5, 3, 2731)  # N = 8193: two column blocks of 8192, three row blocks of 2 samples
 
 
 def _coupling_inputs(gen, device):
@@ -167,6 +168,7 @@ def _coupling_inputs(gen, device):
 @pytest.mark.parametrize("rev,clamp,scale", [(False, 2.0, "exp"), (True, None, "exp"), (True, None, "sigmoid")])
 def test_affine_coupling_several_programs(device, backend, rev, clamp, scale, gen):
     from pygen.kernels import flows as K
+
     x, raw, t = _coupling_inputs(gen, device)
     leaves = _leaves((x, raw, t))
     kernels = (K._affine_coupling_fwd_kernel, K._affine_coupling_bwd_kernel)
@@ -193,6 +195,7 @@ def test_affine_coupling_several_programs(device, backend, rev, clamp, scale, ge
 @pytest.mark.parametrize("rev", [False, True])
 def test_additive_coupling_several_programs(device, backend, rev, gen):
     from pygen.kernels import flows as K
+
     x, _, t = _coupling_inputs(gen, device)
     with record_launches(K._additive_coupling_fwd_kernel) as seen:
         y, ld = ops.additive_coupling(x, t, reverse=rev, backend=backend)
@@ -208,6 +211,7 @@ def test_slogdet_several_programs(device, backend, gen):
     """513 random 7x7 matrices (padded to 8x8): forward 3 programs of 256 matrices, backward 5 of
     128, so the last program of each is mostly padding. Tolerances as tests/test_flows.py's."""
     from pygen.kernels import _flows_slogdet as KS
+
     n, d = 513, 7
     a = _rand((n, d, d), gen, device=device).requires_grad_(True)
     g = _rand((n,), gen, device=device)
@@ -217,7 +221,7 @@ def test_slogdet_several_programs(device, backend, gen):
         (ga,) = torch.autograd.grad(lad, a, g)
     assert_multi_program(seen, *kernels)
     a64 = a.detach().double().requires_grad_(True)
-    s64, l64 = torch.linalg.slogdet(a64)          # pygen.ref.flows.slogdet is torch.linalg.slogdet
+    s64, l64 = torch.linalg.slogdet(a64)  # pygen.ref.flows.slogdet is torch.linalg.slogdet
     (g64,) = torch.autograd.grad(l64, a64, g.double())
     a32 = a.detach().clone().requires_grad_(True)
     s32, l32 = ref_flows.slogdet(a32)
@@ -236,10 +240,10 @@ def _made_network(gen, d, hidden, mult, bsz, device):
     in_deg = torch.randperm(d, generator=gen) + 1
     degrees = [in_deg] + [ref_made.hidden_degrees(d, h) for h in hidden] + [in_deg.repeat_interleave(mult)]
     sizes = [d, *hidden, d * mult]
-    w64 = [torch.randn(o, i, generator=gen, dtype=F64) / i ** 0.5 for i, o in zip(sizes[:-1], sizes[1:])]
+    w64 = [torch.randn(o, i, generator=gen, dtype=F64) / i**0.5 for i, o in zip(sizes[:-1], sizes[1:])]
     b64 = [torch.randn(o, generator=gen, dtype=F64) * 0.3 if k % 2 == 0 else None for k, o in enumerate(sizes[1:])]
     c64 = [torch.randn(bsz, hidden[0], generator=gen, dtype=F64) * 0.5] + [None] * (len(w64) - 1)
-    cast = lambda ts: [None if t is None else t.to(device=device, dtype=torch.float32) for t in ts]  # noqa: E731
+    cast = lambda ts: [None if t is None else t.to(device=device, dtype=torch.float32) for t in ts]
     return (w64, b64, c64), (cast(w64), cast(b64), cast(c64)), degrees
 
 
@@ -247,21 +251,31 @@ def _made_network(gen, d, hidden, mult, bsz, device):
 @pytest.mark.parametrize("kind,hidden", [("gaussian", [13, 11]), ("affine", [9, 21, 11])])
 def test_made_sample_persistent_several_programs(device, backend, kind, hidden, gen):
     from pygen.kernels import _made_sample as KM
-    block_b = KM.block_sizes(torch.float32)[0]     # the launcher's BLOCK_B (16 interpreted, 64 on a GPU)
+
+    block_b = KM.block_sizes(torch.float32)[0]  # the launcher's BLOCK_B (16 interpreted, 64 on a GPU)
     bsz, d, mult, act = 2 * block_b + 1, 6, 2, "tanh"
     (w64, b64, c64), (w, b, c), degs = _made_network(gen, d, hidden, mult, bsz, device)
     noise64 = torch.randn(bsz, d, generator=gen, dtype=F64)
     with record_launches(KM._made_sample_persistent_kernel) as seen, torch.no_grad():
-        x, prm = ops.made_sample(w, b, [t.to(device) for t in degs], noise64.to(device, torch.float32), kind=kind,
-                                 activation=act, context_terms=c, backend=backend, return_params=True,
-                                 persistent=True)
+        x, prm = ops.made_sample(
+            w,
+            b,
+            [t.to(device) for t in degs],
+            noise64.to(device, torch.float32),
+            kind=kind,
+            activation=act,
+            context_terms=c,
+            backend=backend,
+            return_params=True,
+            persistent=True,
+        )
     assert seen[KM._made_sample_persistent_kernel.fn.__name__] == [bsz // block_b + 1]
     assert_multi_program(seen, KM._made_sample_persistent_kernel)
 
     def net(t):
         return ref_made.made_forward(t, w64, b64, degs, act, c64)
 
-    x64 = ref_made.made_sample(net, noise64, degs[0], mult, kind)     # D full float64 passes
+    x64 = ref_made.made_sample(net, noise64, degs[0], mult, kind)  # D full float64 passes
     prm64 = net(x64)
     torch.testing.assert_close(x.cpu().double(), x64, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(prm.cpu().double(), prm64, rtol=1e-4, atol=1e-4)
@@ -278,11 +292,18 @@ ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, scale
 @pytest.mark.parametrize("case", ROUTE_CASES, ids=lambda c: f"T{c[0]}E{c[1]}-{c[5]}")
 def test_moe_route_several_programs(device, backend, case, gen):
     from pygen.kernels import moe as KMoE
+
     t, e, k, g, tg, scoring, has_bias, norm, scale = case
     logits = _rand((t, e), gen, device=device).requires_grad_(True)
     bias = _rand((e,), gen, 0.1, device=device) if has_bias else None
-    kw = dict(scoring=scoring, e_score_correction_bias=bias, n_group=g, topk_group=tg, norm_topk_prob=norm,
-              routed_scaling_factor=scale)
+    kw = dict(
+        scoring=scoring,
+        e_score_correction_bias=bias,
+        n_group=g,
+        topk_group=tg,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+    )
     with record_launches(KMoE._moe_route_fwd_kernel) as seen:
         ids, w = ops.moe_route(logits, k, backend=backend, **kw)
     assert_multi_program(seen, KMoE._moe_route_fwd_kernel)
@@ -302,19 +323,25 @@ def test_moe_align_offsets_several_programs(device, backend):
     multi-program above 1024 experts before), over 3 slot blocks; a few hot experts in the third
     expert block, so every program has work."""
     from pygen.kernels import moe as KMoE
+
     e, bs = 2500, 16
     gen = torch.Generator().manual_seed(2500)
-    ids = torch.randint(0, e, (525, 4), generator=gen, dtype=torch.int32)    # 2100 slots
-    ids[::7, 0] = 2047                       # last expert of block 1, first and last of block 2
+    ids = torch.randint(0, e, (525, 4), generator=gen, dtype=torch.int32)  # 2100 slots
+    ids[::7, 0] = 2047  # last expert of block 1, first and last of block 2
     ids[::5, 1] = 2048
     ids[::11, 2] = e - 1
-    kernels = (KMoE._moe_align_count_kernel, KMoE._moe_align_offsets_kernel, KMoE._moe_align_scatter_kernel,
-               KMoE._moe_align_blocks_kernel)
+    kernels = (
+        KMoE._moe_align_count_kernel,
+        KMoE._moe_align_offsets_kernel,
+        KMoE._moe_align_scatter_kernel,
+        KMoE._moe_align_blocks_kernel,
+    )
     with record_launches(*kernels, KMoE._moe_align_scan_kernel) as seen:
         out = ops.moe_align(ids.to(device), e, bs, backend=backend)
     assert_multi_program(seen, *kernels)
-    for name, got, want in zip(("sorted_ids", "expert_ids", "num_tokens_post_padded"), out,
-                               ref_moe.moe_align(ids, e, bs)):
+    for name, got, want in zip(
+        ("sorted_ids", "expert_ids", "num_tokens_post_padded"), out, ref_moe.moe_align(ids, e, bs)
+    ):
         assert torch.equal(got.cpu(), want), name
 
 
@@ -324,8 +351,9 @@ def test_moe_unpermute_several_programs(device, backend, weighted, gen):
     """T = 33 tokens, H = 260: the unpermute forward is a (3, 2) grid, its backward and the permute
     7 and (7, 2) programs; the ids route some tokens twice to one expert and leave experts empty."""
     from pygen.kernels import moe as KMoE
+
     t, k, e, h = 33, 3, 8, 260
-    ids = torch.randint(0, e - 2, (t, k), generator=gen).to(device)      # experts 6, 7 unused
+    ids = torch.randint(0, e - 2, (t, k), generator=gen).to(device)  # experts 6, 7 unused
     x = _rand((t, h), gen, device=device).requires_grad_(True)
     w = torch.rand(t, k, generator=gen, dtype=F64).to(device=device, dtype=torch.float32).requires_grad_(True)
     kernels = (KMoE._moe_permute_fwd_kernel, KMoE._moe_unpermute_fwd_kernel, KMoE._moe_unpermute_bwd_kernel)
@@ -346,4 +374,4 @@ def test_moe_unpermute_several_programs(device, backend, weighted, gen):
     assert_close_to_ref(out, rout, what="unpermuted")
     rgrads = torch.autograd.grad(rout, (x64, w64) if weighted else (x64,), g.double())
     for name, a, b in zip(("dx", "dw"), grads, rgrads):
-        assert_close_to_ref(a, b, atol=ATOL[torch.float32] * h ** 0.5, what=name)
+        assert_close_to_ref(a, b, atol=ATOL[torch.float32] * h**0.5, what=name)

@@ -4,6 +4,7 @@
   (skipped only when nvcc is absent).
 * pygen._C imports and exposes the RoI launcher contract (docs/ARCHITECTURE.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRACT = ("roi_align_fwd", "roi_align_bwd", "roi_pool_fwd", "roi_pool_bwd", "ps_roi_align_fwd",
-            "ps_roi_align_bwd", "ps_roi_pool_fwd", "ps_roi_pool_bwd", "multi_scale_roi_align_fwd",
-            "multi_scale_roi_align_bwd")
+CONTRACT = (
+    "roi_align_fwd",
+    "roi_align_bwd",
+    "roi_pool_fwd",
+    "roi_pool_bwd",
+    "ps_roi_align_fwd",
+    "ps_roi_align_bwd",
+    "ps_roi_pool_fwd",
+    "ps_roi_pool_bwd",
+    "multi_scale_roi_align_fwd",
+    "multi_scale_roi_align_bwd",
+)
 
 
 def _nvcc() -> str | None:
@@ -29,8 +39,19 @@ def _nvcc() -> str | None:
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_roi_cu_compiles_for_sm90a_without_spills(tmp_path):
-    cmd = [_nvcc(), "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
-           f"-I{ROOT / 'csrc'}", "-c", str(ROOT / "csrc" / "roi" / "roi.cu"), "-o", str(tmp_path / "roi.o")]
+    cmd = [
+        _nvcc(),
+        "-std=c++17",
+        "-O3",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-Xptxas",
+        "-v",
+        f"-I{ROOT / 'csrc'}",
+        "-c",
+        str(ROOT / "csrc" / "roi" / "roi.cu"),
+        "-o",
+        str(tmp_path / "roi.o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log

@@ -5,6 +5,7 @@ run, so TRITON_INTERPRET=1 without a GPU, as conftest sets it).
 A block that imports an optional package (torchvision, transformers, matplotlib) is skipped, with
 the reason, when that package cannot be imported here. A block whose first line is the marker
 ``# needs a CUDA GPU`` is compiled, and run only where CUDA is available."""
+
 from __future__ import annotations
 
 import ast
@@ -28,8 +29,10 @@ TIMEOUT_S = 600
 def python_blocks() -> list[tuple[int, str]]:
     """(README line of the block's first code line, code) for every ```python block."""
     text = README.read_text()
-    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1))
-            for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)]
+    return [
+        (text.count("\n", 0, m.start(1)) + 1, m.group(1))
+        for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    ]
 
 
 BLOCKS = python_blocks()
@@ -66,7 +69,7 @@ def test_readme_keeps_its_two_commands():
 
 @pytest.mark.parametrize("line, code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
 def test_readme_python_block_runs(line, code):
-    compile(code, f"README.md:{line}", "exec")                 # every block, GPU or not, is valid Python
+    compile(code, f"README.md:{line}", "exec")  # every block, GPU or not, is valid Python
     if code.startswith(GPU_MARKER) and not torch.cuda.is_available():
         pytest.skip("marked '# needs a CUDA GPU' and no GPU here: compiled only")
     why = _missing_optional(code)
@@ -75,8 +78,10 @@ def test_readme_python_block_runs(line, code):
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("TRITON_INTERPRET", "1")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
     assert proc.returncode == 0, (
         f"the README block starting at line {line} failed (line N of the traceback is README line "
-        f"{line} + N - 1):\n{proc.stderr[-4000:]}")
+        f"{line} + N - 1):\n{proc.stderr[-4000:]}"
+    )

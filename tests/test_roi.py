@@ -1,28 +1,30 @@
 """RoI family: every backend against the float64 reference (forward and backward), gradcheck,
 adjointness, determinism, multi-scale level assignment, edge cases, opcheck and torch.compile."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import pygen
+from conftest import ATOL, assert_close_to_ref, backend_params, dtypes_for, make_input, make_rois
 from pygen import ops
 from pygen.ops import _registry
 from pygen.ref import roi as ref
 
-from conftest import ATOL, assert_close_to_ref, backend_params, dtypes_for, make_input, make_rois
-
 # op name -> (pooled size, channels, positional args after output_size, ref function)
 CASES = {
-    "roi_align": [((3, 3), 5, dict(spatial_scale=0.5, sampling_ratio=-1, aligned=False)),
-                  ((2, 3), 5, dict(spatial_scale=0.25, sampling_ratio=2, aligned=True)),
-                  ((3, 2), 3, dict(spatial_scale=1.0, sampling_ratio=0, aligned=True))],
-    "roi_pool": [((3, 3), 5, dict(spatial_scale=0.5)),
-                 ((2, 3), 3, dict(spatial_scale=1.0))],
-    "ps_roi_align": [((3, 3), 18, dict(spatial_scale=0.5, sampling_ratio=-1)),
-                     ((2, 2), 8, dict(spatial_scale=0.25, sampling_ratio=2))],
-    "ps_roi_pool": [((3, 3), 18, dict(spatial_scale=0.5)),
-                    ((2, 3), 12, dict(spatial_scale=1.0))],
+    "roi_align": [
+        ((3, 3), 5, dict(spatial_scale=0.5, sampling_ratio=-1, aligned=False)),
+        ((2, 3), 5, dict(spatial_scale=0.25, sampling_ratio=2, aligned=True)),
+        ((3, 2), 3, dict(spatial_scale=1.0, sampling_ratio=0, aligned=True)),
+    ],
+    "roi_pool": [((3, 3), 5, dict(spatial_scale=0.5)), ((2, 3), 3, dict(spatial_scale=1.0))],
+    "ps_roi_align": [
+        ((3, 3), 18, dict(spatial_scale=0.5, sampling_ratio=-1)),
+        ((2, 2), 8, dict(spatial_scale=0.25, sampling_ratio=2)),
+    ],
+    "ps_roi_pool": [((3, 3), 18, dict(spatial_scale=0.5)), ((2, 3), 12, dict(spatial_scale=1.0))],
 }
 OPS = list(CASES)
 
@@ -85,8 +87,7 @@ def test_gradcheck_float64(op, backend, gen):
         x, rois, pooled, kw = _problem(op, case, torch.float64, "cpu", gen, k=4, hw=(5, 6))
         # roi_pool is piecewise linear (argmax); random data keeps the max away from ties
         x.requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda t: _run(op, t, rois, pooled, kw, backend), (x,),
-                                        eps=1e-6, atol=1e-7)
+        assert torch.autograd.gradcheck(lambda t: _run(op, t, rois, pooled, kw, backend), (x,), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("device,backend", backend_params(kernel_only=True))
@@ -110,11 +111,11 @@ def test_backward_is_adjoint_of_forward(op, device, backend, gen):
 def test_deterministic_backward_is_bitwise_reproducible(op, device, backend, gen):
     if op == "multi_scale_roi_align":
         feats, rois, scales = _pyramid(torch.float32, device, gen)
-        f = lambda fs: ops.multi_scale_roi_align(fs, rois, 3, scales, 2, backend=backend)  # noqa: E731
+        f = lambda fs: ops.multi_scale_roi_align(fs, rois, 3, scales, 2, backend=backend)
         x = feats
     else:
         x, rois, pooled, kw = _problem(op, CASES[op][0], torch.float32, device, gen, k=24)
-        f = lambda t: _run(op, t, rois, pooled, kw, backend)  # noqa: E731
+        f = lambda t: _run(op, t, rois, pooled, kw, backend)
         x = [x]
     grads = []
     prev = torch.are_deterministic_algorithms_enabled()
@@ -135,8 +136,7 @@ def test_deterministic_backward_is_bitwise_reproducible(op, device, backend, gen
 def _pyramid(dtype, device, gen, channels_last=False, k=16):
     """A small FPN: image 64x96, levels at strides 4, 8, 16, 32, boxes of all sizes."""
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    feats = [make_input((2, 3, -(-64 // s), -(-96 // s)), dtype, device, gen, channels_last)
-             for s in (4, 8, 16, 32)]
+    feats = [make_input((2, 3, -(-64 // s), -(-96 // s)), dtype, device, gen, channels_last) for s in (4, 8, 16, 32)]
     rois = make_rois(k, 2, 64, 96, 1.0, gen, device=device, special=False)
     # sides off integer multiples, so float32 and float64 agree on ceil(size / bins)
     side = torch.tensor([2.0, 20, 60, 120, 300, 500, 900, 40] * (k // 8 + 1))[:k] + 0.37
@@ -154,8 +154,10 @@ def test_multi_scale_roi_align_matches_reference(device, backend, channels_last,
         dtypes, k = ([torch.float16] if channels_last else [torch.float32, torch.bfloat16]), 8
     for dtype in dtypes:
         feats, rois, scales = _pyramid(dtype, device, gen, channels_last, k=k)
-        for kw in (dict(sampling_ratio=2, aligned=False), dict(sampling_ratio=-1, aligned=True,
-                                                              canonical_scale=112, canonical_level=3)):
+        for kw in (
+            dict(sampling_ratio=2, aligned=False),
+            dict(sampling_ratio=-1, aligned=True, canonical_scale=112, canonical_level=3),
+        ):
             leaves = [f.detach().clone().requires_grad_(True) for f in feats]
             out = ops.multi_scale_roi_align(leaves, rois, (3, 2), scales, **kw, backend=backend)
             f64 = [f.detach().double().requires_grad_(True) for f in feats]
@@ -166,15 +168,25 @@ def test_multi_scale_roi_align_matches_reference(device, backend, channels_last,
             grads = torch.autograd.grad(out, leaves, g, materialize_grads=True)
             grads64 = torch.autograd.grad(r64, f64, g.double(), materialize_grads=True)
             fs = [f.detach().clone().requires_grad_(True) for f in feats]
-            gsame = torch.autograd.grad(ref.multi_scale_roi_align(fs, rois, (3, 2), scales, **kw), fs, g,
-                                        materialize_grads=True)
+            gsame = torch.autograd.grad(
+                ref.multi_scale_roi_align(fs, rois, (3, 2), scales, **kw), fs, g, materialize_grads=True
+            )
             for lvl, (a, b, c) in enumerate(zip(grads, grads64, gsame)):
                 assert_close_to_ref(a, b, c, atol=4 * ATOL[dtype], what=f"multi_scale grad level {lvl}")
 
 
 def test_fpn_levels_follow_the_fpn_rule():
-    rois = torch.tensor([[0, 0, 0, 10, 10], [0, 0, 0, 224, 224], [0, 0, 0, 112, 112],
-                         [0, 0, 0, 448, 448], [0, 0, 0, 2000, 2000], [0, 5, 5, 5, 5], [0, 0, 0, 111.9, 112]])
+    rois = torch.tensor(
+        [
+            [0, 0, 0, 10, 10],
+            [0, 0, 0, 224, 224],
+            [0, 0, 0, 112, 112],
+            [0, 0, 0, 448, 448],
+            [0, 0, 0, 2000, 2000],
+            [0, 5, 5, 5, 5],
+            [0, 0, 0, 111.9, 112],
+        ]
+    )
     lv = ref.fpn_levels(rois, [1 / 4, 1 / 8, 1 / 16, 1 / 32])
     # k = floor(4 + log2(s/224)); clamp to [2, 5]; index = k - 2
     assert lv.tolist() == [0, 2, 1, 3, 3, 0, 0]
@@ -188,8 +200,8 @@ def test_multi_scale_equals_per_level_roi_align(device, backend, gen):
     lv = ref.fpn_levels(rois, scales)
     for i in range(rois.shape[0]):
         l = int(lv[i])
-        one = ops.roi_align(feats[l], rois[i:i + 1], 2, scales[l], 2, backend=backend)
-        torch.testing.assert_close(out[i:i + 1], one, rtol=1e-5, atol=1e-6)
+        one = ops.roi_align(feats[l], rois[i : i + 1], 2, scales[l], 2, backend=backend)
+        torch.testing.assert_close(out[i : i + 1], one, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -242,21 +254,39 @@ def _opcheck_args(op, dev):
     if op.startswith("multi_scale_roi_align"):
         feats, rois, scales = _pyramid(torch.float32, dev, g, k=8)
         if "backward" in op:
-            return (torch.randn(8, 3, 2, 2, device=dev), rois, 2, 3, [f.shape[2] for f in feats],
-                    [f.shape[3] for f in feats], scales, 2, 224.0, 4.0, False, True)
+            return (
+                torch.randn(8, 3, 2, 2, device=dev),
+                rois,
+                2,
+                3,
+                [f.shape[2] for f in feats],
+                [f.shape[3] for f in feats],
+                scales,
+                2,
+                224.0,
+                4.0,
+                False,
+                True,
+            )
         return ([f.requires_grad_() for f in feats], rois, 2, 2, scales, 2, 224.0, 4.0, False)
     base = op.split("_backward")[0] if "_backward" in op else op.rsplit("_", 1)[0]
     c = 8 if base.startswith("ps_") else 3
     x = torch.randn(2, c, 7, 6, device=dev, requires_grad="backward" not in op)
     rois = make_rois(5, 2, 7, 6, 0.5, g, device=dev)
     if "backward" not in op:
-        return {"roi_align": (x, rois, 2, 2, 0.5, 2, True), "roi_pool": (x, rois, 2, 2, 0.5),
-                "ps_roi_align": (x, rois, 2, 2, 0.5, -1), "ps_roi_pool": (x, rois, 2, 2, 0.5)}[base]
+        return {
+            "roi_align": (x, rois, 2, 2, 0.5, 2, True),
+            "roi_pool": (x, rois, 2, 2, 0.5),
+            "ps_roi_align": (x, rois, 2, 2, 0.5, -1),
+            "ps_roi_pool": (x, rois, 2, 2, 0.5),
+        }[base]
     grad = torch.randn(5, c // 4 if base.startswith("ps_") else c, 2, 2, device=dev)
-    return {"roi_align": (grad, rois, 2, c, 7, 6, 0.5, 2, True, False),
-            "roi_pool": (grad, torch.zeros(grad.shape, dtype=torch.int32, device=dev), rois, 2, c, 7, 6, False),
-            "ps_roi_align": (grad, rois, 2, c, 7, 6, 0.5, -1, False),
-            "ps_roi_pool": (grad, rois, 2, c, 7, 6, 0.5, True)}[base]
+    return {
+        "roi_align": (grad, rois, 2, c, 7, 6, 0.5, 2, True, False),
+        "roi_pool": (grad, torch.zeros(grad.shape, dtype=torch.int32, device=dev), rois, 2, c, 7, 6, False),
+        "ps_roi_align": (grad, rois, 2, c, 7, 6, 0.5, -1, False),
+        "ps_roi_pool": (grad, rois, 2, c, 7, 6, 0.5, True),
+    }[base]
 
 
 @pytest.mark.parametrize("name", [n for n in _registry.registered() if "roi_" in n])
@@ -303,6 +333,7 @@ def test_multi_scale_pools_all_levels_in_one_launch(backend, gen):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         ops.multi_scale_roi_align(feats, rois, 7, scales, 2, backend=backend)
         torch.cuda.synchronize()
-    pooling = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and "roi" in e.name.lower()]
+    pooling = [
+        e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "roi" in e.name.lower()
+    ]
     assert len(pooling) == 1, pooling

@@ -4,15 +4,15 @@ torchvision's LevelMapper formula, floor(4 + log2(sqrt(area) / 224) + 1e-6), giv
 The kernels compare areas with thresholds computed once from that formula
 (pygen.ref.roi.fpn_level_thresholds), so the GPU's approximate division and lg2 cannot move a
 box across a boundary (issue 11)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import backend_params
 from pygen import ops
 from pygen.ref import roi as ref
-
-from conftest import backend_params
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 
@@ -55,10 +55,19 @@ def boxes_with_areas(areas: torch.Tensor) -> torch.Tensor:
 def test_thresholds_reproduce_the_formula(dtype, canonical):
     cs, cl = canonical
     g = torch.Generator().manual_seed(0)
-    area = torch.cat([torch.rand(50_000, generator=g, dtype=torch.float64) * 4e5,
-                      torch.rand(50_000, generator=g, dtype=torch.float64) ** 6 * 1e8]).to(dtype)
-    area = torch.cat([area, boundary_areas(dtype, canonical_scale=cs, canonical_level=cl),
-                      torch.tensor([0.0, -3.0, float("inf"), float("nan")], dtype=dtype)])
+    area = torch.cat(
+        [
+            torch.rand(50_000, generator=g, dtype=torch.float64) * 4e5,
+            torch.rand(50_000, generator=g, dtype=torch.float64) ** 6 * 1e8,
+        ]
+    ).to(dtype)
+    area = torch.cat(
+        [
+            area,
+            boundary_areas(dtype, canonical_scale=cs, canonical_level=cl),
+            torch.tensor([0.0, -3.0, float("inf"), float("nan")], dtype=dtype),
+        ]
+    )
     rois = torch.zeros(area.numel(), 5, dtype=dtype)
     rois[:, 3] = area  # width = area, height 1: the product is the area itself
     rois[:, 4] = 1.0
@@ -89,8 +98,10 @@ def test_kernels_pick_the_level_at_each_boundary(device, backend):
         areas = boundary_areas(dtype)
         rois = boxes_with_areas(areas).to(device)
         # level l is the constant l + 1, so the pooled value names the level the box was read from
-        feats = [torch.full((1, 1, 800 // int(1 / s), 1344 // int(1 / s)), float(l + 1), dtype=dtype, device=device)
-                 for l, s in enumerate(SCALES)]
+        feats = [
+            torch.full((1, 1, 800 // int(1 / s), 1344 // int(1 / s)), float(l + 1), dtype=dtype, device=device)
+            for l, s in enumerate(SCALES)
+        ]
         out = ops.multi_scale_roi_align(feats, rois, 1, SCALES, sampling_ratio=1, backend=backend)
         got = out.flatten().double().round().long().cpu() - 1
         want = formula_levels(areas)

@@ -1,5 +1,6 @@
 """RoI family: bad input raises a clear error naming the argument before any launch; hypothesis
 fuzzing of boxes (inside, overhanging, outside, zero-area, inverted) against the reference."""
+
 from __future__ import annotations
 
 import re
@@ -9,10 +10,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import pygen
+from conftest import assert_close_to_ref
 from pygen import ops
 from pygen.ref import roi as ref
-
-from conftest import assert_close_to_ref
 
 X = torch.randn(2, 8, 6, 7)
 ROIS = torch.tensor([[0, 0.0, 0, 4, 4], [1, 1, 1, 5, 3]])
@@ -95,8 +95,13 @@ def _fuzz_backend():
 
 
 @settings(max_examples=60, deadline=None)
-@given(boxes=st.lists(box, min_size=0, max_size=6), sr=st.integers(-1, 3), aligned=st.booleans(),
-       scale=st.sampled_from([1.0, 0.5, 0.25]), hw=st.tuples(st.integers(1, 9), st.integers(1, 9)))
+@given(
+    boxes=st.lists(box, min_size=0, max_size=6),
+    sr=st.integers(-1, 3),
+    aligned=st.booleans(),
+    scale=st.sampled_from([1.0, 0.5, 0.25]),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+)
 def test_fuzz_boxes_roi_align_and_pool(boxes, sr, aligned, scale, hw):
     """Arbitrary boxes (any corner order, any size, anywhere) match the reference and never crash."""
     gen = torch.Generator().manual_seed(len(boxes) * 31 + hw[0])
@@ -112,8 +117,11 @@ def test_fuzz_boxes_roi_align_and_pool(boxes, sr, aligned, scale, hw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(boxes=st.lists(box, min_size=1, max_size=6), sr=st.integers(-1, 2),
-       hw=st.tuples(st.integers(1, 9), st.integers(1, 9)))
+@given(
+    boxes=st.lists(box, min_size=1, max_size=6),
+    sr=st.integers(-1, 2),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+)
 def test_fuzz_boxes_ps_ops(boxes, sr, hw):
     gen = torch.Generator().manual_seed(len(boxes) * 17 + hw[1])
     x = torch.randn(2, 8, *hw, generator=gen)
@@ -121,8 +129,9 @@ def test_fuzz_boxes_ps_ops(boxes, sr, hw):
     b = _fuzz_backend()
     out = ops.ps_roi_align(x, rois, 2, 0.5, sr, backend=b)
     same = ref.ps_roi_align(x, rois, (2, 2), 0.5, sr)
-    assert_close_to_ref(out, ref.ps_roi_align(x.double(), rois.double(), (2, 2), 0.5, sr), same,
-                        what="fuzz ps_roi_align")
+    assert_close_to_ref(
+        out, ref.ps_roi_align(x.double(), rois.double(), (2, 2), 0.5, sr), same, what="fuzz ps_roi_align"
+    )
     assert torch.isfinite(out).all(), "zero-area boxes must not give NaN"
     out = ops.ps_roi_pool(x, rois, 2, 0.5, backend=b)
     assert_close_to_ref(out, ref.ps_roi_pool(x.double(), rois.double(), (2, 2), 0.5), what="fuzz ps_roi_pool")
@@ -131,11 +140,12 @@ def test_fuzz_boxes_ps_ops(boxes, sr, hw):
 # ---- boxes that are cheap to reject cost no memory (a broadcast view is never materialised) ----
 def _peak_rss_bytes() -> int:
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-ROW = torch.tensor([[1, 0.0, 0, 4, 4]])          # a valid RoI of image 1
-BIG = 10**9                                      # as a contiguous float32 [K, 5]: 20 GB
+ROW = torch.tensor([[1, 0.0, 0, 4, 4]])  # a valid RoI of image 1
+BIG = 10**9  # as a contiguous float32 [K, 5]: 20 GB
 
 
 HUGE_BAD = [
@@ -145,7 +155,7 @@ HUGE_BAD = [
     (lambda: torch.tensor([[0, float("nan"), 0, 4, 4]]).expand(BIG, 5), "NaN"),
     (lambda: torch.tensor([[0, 1e300, 0, 4, 4]], dtype=torch.float64).expand(BIG, 5), "infinite"),  # inf in f32
     (lambda: [ROW[:, 1:].expand(BIG, 4), torch.tensor([[0, 0, float("inf"), 4.0]]).expand(BIG, 4)], "boxes[1]"),
-    (lambda: ROW.expand(2**31, 5), "2^31 - 1"),                            # more RoIs than the kernels index
+    (lambda: ROW.expand(2**31, 5), "2^31 - 1"),  # more RoIs than the kernels index
     (lambda: [ROW[:, 1:].expand(2**30, 4)] * 2, "2^31 - 1"),
     (lambda: ROW.long().expand(BIG, 5), "floating-point"),
     (lambda: ROW[:, :4].expand(BIG, 4), "[K, 5]"),
@@ -157,12 +167,15 @@ HUGE_BAD = [
 def test_huge_bad_boxes_are_rejected_without_copying(case, op, monkeypatch):
     make, text = HUGE_BAD[case]
     import pygen.ops.roi as roi_ops
+
     monkeypatch.setattr(roi_ops, "_launcher", lambda b: pytest.fail("a launcher was reached"))
     boxes = make()
-    call = {"roi_align": lambda: ops.roi_align(X, boxes, 2, 0.5, 2),
-            "roi_pool": lambda: ops.roi_pool(X, boxes, 2),
-            "ps_roi_align": lambda: ops.ps_roi_align(X, boxes, 2),
-            "multi_scale_roi_align": lambda: ops.multi_scale_roi_align([X, X], boxes, 2, [0.5, 0.25])}[op]
+    call = {
+        "roi_align": lambda: ops.roi_align(X, boxes, 2, 0.5, 2),
+        "roi_pool": lambda: ops.roi_pool(X, boxes, 2),
+        "ps_roi_align": lambda: ops.ps_roi_align(X, boxes, 2),
+        "multi_scale_roi_align": lambda: ops.multi_scale_roi_align([X, X], boxes, 2, [0.5, 0.25]),
+    }[op]
     before = _peak_rss_bytes()
     with pytest.raises((ValueError, TypeError), match=re.escape(text)) as info:
         call()
@@ -187,11 +200,16 @@ def test_value_checks_cover_every_chunk(monkeypatch):
     """The checks run in chunks of CHECK_ROWS rows: a bad row in the last chunk, and batch-index
     extremes in different chunks, are still found."""
     from pygen.ops import _roi_checks
+
     monkeypatch.setattr(_roi_checks, "CHECK_ROWS", 4)
-    rois = ROIS.repeat(5, 1)                                      # 10 rows, 3 chunks
+    rois = ROIS.repeat(5, 1)  # 10 rows, 3 chunks
     ops.roi_align(X, rois, 2, backend="reference")
-    for row, col, value, text in [(9, 3, float("inf"), "infinite"), (8, 0, 2.0, "[0, 2)"),
-                                  (5, 0, -1.0, "[-1, 1]"), (9, 0, 1.5, "integers")]:
+    for row, col, value, text in [
+        (9, 3, float("inf"), "infinite"),
+        (8, 0, 2.0, "[0, 2)"),
+        (5, 0, -1.0, "[-1, 1]"),
+        (9, 0, 1.5, "integers"),
+    ]:
         bad = rois.clone()
         bad[row, col] = value
         with pytest.raises(ValueError, match=re.escape(text)):
@@ -243,6 +261,7 @@ def test_fake_tensors_run_the_fake_implementations():
     """Shapes without data: under FakeTensorMode the value checks are skipped and a kernel
     backend's registered op runs its fake implementation."""
     from torch._subclasses import FakeTensorMode
+
     kernel = [b for b in ("cpu", "triton") if pygen.backend_status(b, "cpu")[0]]
     if not kernel:
         pytest.skip("no kernel backend on CPU (pygen._C not built, TRITON_INTERPRET unset)")

@@ -25,6 +25,7 @@
    attention dropout in training, ``output_attentions``-style requests are served that way.
    ``module.pygen_backend`` picks a pygen backend (default: pygen's choice).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -41,18 +42,29 @@ FALLBACKS: Counter[str] = Counter()
 
 def _fallback(reason: str) -> None:
     if not FALLBACKS[reason]:
-        warnings.warn(f"attn_implementation='pygen': {reason}; using explicit softmax attention "
-                      f"(the eager math) for these calls", stacklevel=3)
+        warnings.warn(
+            f"attn_implementation='pygen': {reason}; using explicit softmax attention (the eager math) for these calls",
+            stacklevel=3,
+        )
     FALLBACKS[reason] += 1
 
 
-def pygen_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, dropout: float = 0.0,
-                            scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def pygen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """AttentionInterface entry. query [b, H, s, D], key [b, Hkv, S, D], value [b, Hkv, S, Dv]
     -> (out [b, s, H, Dv], None)."""
     from ..nn.mla import attention_explicit, mask_is_causal
     from ..ops.mla import mla_prefill
+
     b, h, s, d = query.shape
     hk, kv_len = key.shape[1], key.shape[2]
     if h % hk:
@@ -60,26 +72,38 @@ def pygen_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
     if hk != h:
         key = key.repeat_interleave(h // hk, dim=1)
         value = value.repeat_interleave(h // hk, dim=1)
-    scale = d ** -0.5 if scaling is None else float(scaling)
+    scale = d**-0.5 if scaling is None else float(scaling)
     causal = getattr(module, "is_causal", True) if is_causal is None else bool(is_causal)
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))    # [b, len, H, dim] views
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [b, len, H, dim] views
     training = bool(getattr(module, "training", False))
     reason = None
     if dropout and training:
         reason = "attention dropout in training"
     elif kwargs.get("output_attentions"):
         reason = "output_attentions (weights are never materialised by the kernel)"
-    elif attention_mask is not None and not (mask_is_causal(attention_mask, s, kv_len) if causal
-                                             else bool((attention_mask == 0).all()) if attention_mask.dtype != torch.bool
-                                             else bool(attention_mask.all())):
+    elif attention_mask is not None and not (
+        mask_is_causal(attention_mask, s, kv_len)
+        if causal
+        else bool((attention_mask == 0).all())
+        if attention_mask.dtype != torch.bool
+        else bool(attention_mask.all())
+    ):
         reason = "attention mask is not plain causal (padding or packed sequences)"
     if reason is None:
         cu_q = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
         cu_k = torch.arange(0, (b + 1) * kv_len, kv_len, dtype=torch.int32, device=q.device)
-        out, _ = mla_prefill(q.reshape(b * s, h, d).contiguous(), k.reshape(b * kv_len, h, d).contiguous(),
-                             v.reshape(b * kv_len, h, -1).contiguous(), cu_q, cu_k, max_seqlen_q=s,
-                             max_seqlen_k=kv_len, softmax_scale=scale, causal=causal,
-                             backend=getattr(module, "pygen_backend", None))
+        out, _ = mla_prefill(
+            q.reshape(b * s, h, d).contiguous(),
+            k.reshape(b * kv_len, h, d).contiguous(),
+            v.reshape(b * kv_len, h, -1).contiguous(),
+            cu_q,
+            cu_k,
+            max_seqlen_q=s,
+            max_seqlen_k=kv_len,
+            softmax_scale=scale,
+            causal=causal,
+            backend=getattr(module, "pygen_backend", None),
+        )
         return out.view(b, s, h, -1), None
     _fallback(reason)
     if attention_mask is None and not causal:
@@ -92,6 +116,7 @@ def register() -> None:
     """Register ``"pygen"`` in AttentionInterface and AttentionMaskInterface (idempotent)."""
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     from transformers.modeling_utils import AttentionInterface
+
     AttentionInterface.register(NAME, pygen_attention_forward)
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
@@ -103,12 +128,13 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
 
     from ..nn.mla import MLA
+
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, DeepseekV3Attention):
                 continue
-            with torch.device("meta"):   # no throw-away allocation of the projections
+            with torch.device("meta"):  # no throw-away allocation of the projections
                 new = MLA(child.config, child.layer_idx, backend=backend)
             want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
             have = {k: tuple(v.shape) for k, v in child.state_dict().items()}
@@ -127,5 +153,5 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
 
 try:
     register()
-except ImportError:   # transformers missing or without the registries: nothing to hook
+except ImportError:  # transformers missing or without the registries: nothing to hook
     pass

@@ -23,6 +23,7 @@
    ``pygen.nn.MoE`` (routing with moe_route too), sharing the original parameter tensors (same
    dtypes, devices, state_dict keys). ``pygen.patch`` exposes it.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -40,27 +41,39 @@ def _check_layout(module: nn.Module) -> str:
     from transformers.integrations import moe as hf_moe
 
     from ..nn.moe import ACTIVATION_NAMES
-    for attr, want in (("has_gate", True), ("has_bias", False), ("is_transposed", False),
-                       ("is_concatenated", True), ("has_post_expert_norm", False)):
+
+    for attr, want in (
+        ("has_gate", True),
+        ("has_bias", False),
+        ("is_transposed", False),
+        ("is_concatenated", True),
+        ("has_post_expert_norm", False),
+    ):
         if getattr(module, attr, want) != want:
             raise NotImplementedError(
                 f"experts_implementation='pygen' supports {attr}={want} only; "
-                f"{type(module).__name__} has {attr}={getattr(module, attr)!r}")
+                f"{type(module).__name__} has {attr}={getattr(module, attr)!r}"
+            )
     apply_gate = getattr(type(module), "_apply_gate", hf_moe._default_apply_gate)
     if apply_gate is not hf_moe._default_apply_gate:
-        raise NotImplementedError(f"experts_implementation='pygen': {type(module).__name__} overrides "
-                                  f"_apply_gate (a custom gating function fused_moe does not compute)")
+        raise NotImplementedError(
+            f"experts_implementation='pygen': {type(module).__name__} overrides "
+            f"_apply_gate (a custom gating function fused_moe does not compute)"
+        )
     act = getattr(getattr(module, "config", None), "hidden_act", "silu")
     if act not in ACTIVATION_NAMES:
-        raise NotImplementedError(f"experts_implementation='pygen': hidden_act={act!r} is not one of "
-                                  f"{sorted(ACTIVATION_NAMES)}")
+        raise NotImplementedError(
+            f"experts_implementation='pygen': hidden_act={act!r} is not one of {sorted(ACTIVATION_NAMES)}"
+        )
     return ACTIVATION_NAMES[act]
 
 
-def pygen_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                          top_k_weights: torch.Tensor) -> torch.Tensor:
+def pygen_experts_forward(
+    self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
     """ExpertsInterface entry: the experts module's forward through pygen.ops.fused_moe."""
     from ..ops.moe import fused_moe
+
     activation = _check_layout(self)
     w1, w2 = self.gate_up_proj, self.down_proj
     ids, weights = top_k_index, top_k_weights
@@ -68,11 +81,19 @@ def pygen_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
         sentinel = ids >= self.num_experts
         ids = ids.masked_fill(sentinel, 0)
         weights = weights.masked_fill(sentinel, 0.0)
-    x = hidden_states.to(w1.dtype)   # autocast may hand float32 activations to bf16 experts
+    x = hidden_states.to(w1.dtype)  # autocast may hand float32 activations to bf16 experts
     # ids come from the model's router (top-k of E, sentinels masked above): no range check,
     # which would be a host synchronisation
-    out = fused_moe(x, w1, w2, weights, ids.int(), activation=activation,
-                    backend=getattr(self, "pygen_backend", None), check_ids=False)
+    out = fused_moe(
+        x,
+        w1,
+        w2,
+        weights,
+        ids.int(),
+        activation=activation,
+        backend=getattr(self, "pygen_backend", None),
+        check_ids=False,
+    )
     return out.to(hidden_states.dtype)
 
 
@@ -80,6 +101,7 @@ def register() -> None:
     """Register ``"pygen"`` in transformers' ExpertsInterface (idempotent). ImportError without
     transformers 5.x."""
     from transformers.integrations.moe import ExpertsInterface
+
     ExpertsInterface.register(NAME, pygen_experts_forward)
 
 
@@ -100,9 +122,15 @@ def _adopt_tensors(new: nn.Module, old: nn.Module) -> None:
             target._buffers[leaf] = b
 
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-               "_backward_pre_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
 
 
 def _take_hooks(new: nn.Module, old: nn.Module) -> None:
@@ -121,6 +149,7 @@ def _router_class(hf_router: type) -> type:
     """pygen's MoEGate that also passes ``isinstance(gate, DeepseekV3TopkRouter)``, which is how
     transformers finds the modules whose output it records (``output_router_logits=True``)."""
     from ..nn.moe import MoEGate
+
     if hf_router not in _ROUTER_CLASSES:
         _ROUTER_CLASSES[hf_router] = type("MoEGate", (MoEGate, hf_router), {"__module__": MoEGate.__module__})
     return _ROUTER_CLASSES[hf_router]
@@ -136,18 +165,19 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE, DeepseekV3TopkRouter
 
     from ..nn.moe import MoE
+
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, DeepseekV3MoE):
                 continue
-            with torch.device("meta"):   # no throw-away allocation of the expert weights
+            with torch.device("meta"):  # no throw-away allocation of the expert weights
                 new = MoE(child.config, backend=backend)
             _adopt_tensors(new, child)
             dev = child.gate.weight.device
             new.tokens_per_expert = torch.zeros(new.n_routed_experts, dtype=torch.int64, device=dev)
             new.train(child.training)
-            new.gate.__class__ = _router_class(DeepseekV3TopkRouter)   # MoEGate's forward, HF's type
+            new.gate.__class__ = _router_class(DeepseekV3TopkRouter)  # MoEGate's forward, HF's type
             _take_hooks(new, child)
             _take_hooks(new.gate, child.gate)
             setattr(parent, child_name, new)
@@ -157,5 +187,5 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
 
 try:
     register()
-except ImportError:   # transformers missing or without the experts registry: nothing to hook
+except ImportError:  # transformers missing or without the experts registry: nothing to hook
     pass

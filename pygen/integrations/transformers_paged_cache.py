@@ -32,6 +32,7 @@ avoid by passing no mask for causal batches); the batch size is fixed by the fir
 search (reorder / repeat / select), cropping (assisted decoding) and torch.compile'd generation
 (``is_compileable`` False) are not supported; layers that are not pygen.nn.MLA cannot update it.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,9 +64,11 @@ class _PagedMLALayer(CacheLayerMixin):
         raise NotImplementedError("PagedMLATransformersCache allocates its pages on the first MLA forward")
 
     def update(self, key_states, value_states, *args, **kwargs):
-        raise TypeError("PagedMLATransformersCache can only be used by pygen.nn.MLA layers (swap them in with "
-                        "pygen.integrations.transformers_mla.patch_deepseek_attention); layer "
-                        f"{self.layer_idx} called Cache.update")
+        raise TypeError(
+            "PagedMLATransformersCache can only be used by pygen.nn.MLA layers (swap them in with "
+            "pygen.integrations.transformers_mla.patch_deepseek_attention); layer "
+            f"{self.layer_idx} called Cache.update"
+        )
 
     def get_seq_length(self) -> int:
         return self.owner.committed_length()
@@ -76,7 +79,7 @@ class _PagedMLALayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.max_cache_len
 
-    def reset(self) -> None:          # the owner frees the pages once for all layers
+    def reset(self) -> None:  # the owner frees the pages once for all layers
         pass
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -96,9 +99,17 @@ class _PagedMLALayer(CacheLayerMixin):
 class PagedMLATransformersCache(Cache):
     """transformers Cache over one PagedMLACache (see the module docstring)."""
 
-    def __init__(self, config: Any, max_batch_size: int, max_cache_len: int, page_size: int = 64,
-                 fp8: bool = False, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        config: Any,
+        max_batch_size: int,
+        max_cache_len: int,
+        page_size: int = 64,
+        fp8: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        backend: str | None = None,
+    ):
         if max_batch_size < 1 or max_cache_len < 1:
             raise ValueError(f"max_batch_size and max_cache_len must be >= 1, got {max_batch_size}, {max_cache_len}")
         if page_size < 1 or page_size & (page_size - 1):
@@ -109,9 +120,9 @@ class PagedMLATransformersCache(Cache):
         self.max_batch_size, self.max_cache_len, self.page_size = max_batch_size, max_cache_len, page_size
         self.kv_lora_rank, self.qk_rope_head_dim = int(config.kv_lora_rank), int(config.qk_rope_head_dim)
         self.fp8, self.device, self.dtype, self.backend = fp8, device, dtype, backend
-        self.paged: PagedMLACache | None = None       # built on the first forward (dtype / device of the latents)
-        self._seq_ids: list[int] = []                 # one sequence per batch row, fixed by the first forward
-        self._done: set[int] = set()                  # layers finished in the open step
+        self.paged: PagedMLACache | None = None  # built on the first forward (dtype / device of the latents)
+        self._seq_ids: list[int] = []  # one sequence per batch row, fixed by the first forward
+        self._done: set[int] = set()  # layers finished in the open step
 
     # ---- lengths (what generate and the mask builders ask) --------------------------------------
     def committed_length(self) -> int:
@@ -148,13 +159,15 @@ class PagedMLATransformersCache(Cache):
         if not 0 <= layer_idx < self.num_layers:
             raise IndexError(f"layer_idx {layer_idx} out of range for a cache of {self.num_layers} layers")
         if self.paged is not None and self.paged.step_open and layer_idx in self._done:
-            self.paged.rollback()                     # a forward that raised left its step open
+            self.paged.rollback()  # a forward that raised left its step open
             self._done = set()
         if self.paged is None or not self.paged.step_open:
             self._begin(b, s, latent, attention_mask)
         elif tuple(self.paged.step_info()[:2]) != (self._seq_ids, s):
-            raise ValueError(f"layer {layer_idx}: batch {b} x {s} new tokens differs from the step's "
-                             f"{len(self._seq_ids)} x {self.paged.step_info()[1]}")
+            raise ValueError(
+                f"layer {layer_idx}: batch {b} x {s} new tokens differs from the step's "
+                f"{len(self._seq_ids)} x {self.paged.step_info()[1]}"
+            )
         return self.paged
 
     def pygen_paged_done(self, layer_idx: int) -> None:
@@ -168,9 +181,16 @@ class PagedMLATransformersCache(Cache):
         if self.paged is None:
             blocks = self.max_batch_size * math.ceil(self.max_cache_len / self.page_size)
             dtype = torch.uint8 if self.fp8 else (self.dtype or latent.dtype)
-            self.paged = PagedMLACache(self.num_layers, blocks, self.page_size, self.kv_lora_rank,
-                                       self.qk_rope_head_dim, dtype=dtype, device=self.device or latent.device,
-                                       backend=self.backend)
+            self.paged = PagedMLACache(
+                self.num_layers,
+                blocks,
+                self.page_size,
+                self.kv_lora_rank,
+                self.qk_rope_head_dim,
+                dtype=dtype,
+                device=self.device or latent.device,
+                backend=self.backend,
+            )
         if not self._seq_ids:
             if b > self.max_batch_size:
                 raise ValueError(f"batch size {b} exceeds max_batch_size {self.max_batch_size}")
@@ -181,11 +201,15 @@ class PagedMLATransformersCache(Cache):
         if past + s > self.max_cache_len:
             raise ValueError(f"{past} cached + {s} new tokens exceed max_cache_len {self.max_cache_len}")
         if isinstance(attention_mask, torch.Tensor) and not mask_is_causal(attention_mask, s, past + s):
-            raise ValueError("PagedMLATransformersCache needs unpadded rows: the attention mask is not plain "
-                             "causal (left padding?); the paged path takes its mask from the cache's lengths")
+            raise ValueError(
+                "PagedMLATransformersCache needs unpadded rows: the attention mask is not plain "
+                "causal (left padding?); the paged path takes its mask from the cache's lengths"
+            )
         self.paged.begin(self._seq_ids, s)
         self._done = set()
 
     def __repr__(self) -> str:
-        return (f"PagedMLATransformersCache(layers={self.num_layers}, batch={self.batch_size}/{self.max_batch_size}, "
-                f"len={self.committed_length()}/{self.max_cache_len}, page_size={self.page_size}, fp8={self.fp8})")
+        return (
+            f"PagedMLATransformersCache(layers={self.num_layers}, batch={self.batch_size}/{self.max_batch_size}, "
+            f"len={self.committed_length()}/{self.max_cache_len}, page_size={self.page_size}, fp8={self.fp8})"
+        )

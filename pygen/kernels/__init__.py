@@ -10,6 +10,7 @@ A wheel copies ``kernels/*.py`` next to this file (setup.py's ``build_py``). A s
 editable install, or ``pygen`` imported from the repository root) finds them through ``__path__``,
 extended below with the checkout's ``kernels/`` folder.
 """
+
 import os as _os
 
 _here = _os.path.dirname(_os.path.abspath(__file__))
@@ -17,7 +18,9 @@ _root = _os.path.dirname(_os.path.dirname(_here))
 # The sibling-folder test guards a wheel install, where ``_root/kernels`` is site-packages/kernels
 # (possibly the PyPI package): only a checkout has setup.py beside it, and only a checkout lacks
 # the copied kernel modules here.
-if (not _os.path.isfile(_os.path.join(_here, "roi.py"))
-        and _os.path.isfile(_os.path.join(_root, "setup.py"))
-        and _os.path.isdir(_os.path.join(_root, "kernels"))):
+if (
+    not _os.path.isfile(_os.path.join(_here, "roi.py"))
+    and _os.path.isfile(_os.path.join(_root, "setup.py"))
+    and _os.path.isdir(_os.path.join(_root, "kernels"))
+):
     __path__.append(_os.path.join(_root, "kernels"))  # noqa: F821 (a package's __path__ is defined)

@@ -5,20 +5,55 @@ modules), used by ``pygen profile`` and as end-to-end tests of the drop-in modul
     model, cfg = build("faster_rcnn_roi_head", quick=True)
     out = model(*model.example_inputs(cfg))
 """
+
 from __future__ import annotations
 
 import sys
 
 import torch
 
-from .detection import (MODELS, FasterRCNNHeadConfig, FasterRCNNRoIHead, RFCNHead,  # noqa: F401
-                        RFCNHeadConfig, build, random_proposals, set_backend)
-from .flows import MODELS as _FLOW_MODELS, Glow, GlowConfig, RealNVP2D, RealNVPImage  # noqa: F401,E402
+from .deepseek import MODELS as _DEEPSEEK_MODELS, DeepSeekV3Block, DeepSeekV3Config, DeepSeekV3LM
+from .detection import (
+    MODELS,
+    FasterRCNNHeadConfig,
+    FasterRCNNRoIHead,
+    RFCNHead,
+    RFCNHeadConfig,
+    build,
+    random_proposals,
+    set_backend,
+)
+from .flows import MODELS as _FLOW_MODELS, Glow, GlowConfig, RealNVP2D, RealNVPImage
+from .made import IAF, MADE, MAF, MODELS as _MADE_MODELS, BinaryMADE, GaussianMADE
+
+# one registry, in the order `pygen profile` lists the models: detection, flows, MADE, DeepSeek
 MODELS.update(_FLOW_MODELS)
-from .made import MODELS as _MADE_MODELS, MADE, MAF, IAF, BinaryMADE, GaussianMADE  # noqa: F401,E402
 MODELS.update(_MADE_MODELS)
-from .deepseek import MODELS as _DEEPSEEK_MODELS, DeepSeekV3Block, DeepSeekV3Config, DeepSeekV3LM  # noqa: F401,E402
 MODELS.update(_DEEPSEEK_MODELS)
+
+__all__ = [
+    "MODELS",
+    "build",
+    "set_backend",
+    "random_proposals",
+    "profile_model",
+    "FasterRCNNHeadConfig",
+    "FasterRCNNRoIHead",
+    "RFCNHead",
+    "RFCNHeadConfig",
+    "Glow",
+    "GlowConfig",
+    "RealNVP2D",
+    "RealNVPImage",
+    "MADE",
+    "MAF",
+    "IAF",
+    "BinaryMADE",
+    "GaussianMADE",
+    "DeepSeekV3Block",
+    "DeepSeekV3Config",
+    "DeepSeekV3LM",
+]
 
 
 def _flat(out) -> list[torch.Tensor]:
@@ -31,12 +66,21 @@ def _run_for(model, inputs):
     def call():
         with torch.no_grad():
             return model(*inputs)
+
     return call
 
 
-def profile_model(name: str, device: str | None = None, backend: str | None = None, quick: bool = False,
-                  dtype: str = "float32", top: int = 12, reps_budget_s: float | None = None,
-                  stream=None, threads: int | None = None) -> int:
+def profile_model(
+    name: str,
+    device: str | None = None,
+    backend: str | None = None,
+    quick: bool = False,
+    dtype: str = "float32",
+    top: int = 12,
+    reps_budget_s: float | None = None,
+    stream=None,
+    threads: int | None = None,
+) -> int:
     """Run model ``name`` with reference ops and with pygen ops (same weights, same inputs):
     check the outputs agree, print the end-to-end speedup and the top ops by self time from
     torch.profiler for both runs. Returns an exit status.
@@ -65,8 +109,7 @@ def profile_model(name: str, device: str | None = None, backend: str | None = No
 def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthreads) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    from .. import _backend
-    from .. import bench_harness as H
+    from .. import _backend, bench_harness as H
 
     model, cfg = build(name, quick=quick)
     model = model.to(device=dev, dtype=dt).eval()
@@ -76,12 +119,16 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         if not ok:
             say(f"pygen profile: backend {backend!r} is unavailable on {dev.type}: {why}")
             return 2
-    say(f"pygen profile {name}{' (quick)' if quick else ''} on {H.device_name(dev)}, {dtype}; "
-        f"pygen ops: {'backend ' + backend if backend else 'automatic backend choice per op'}")
+    say(
+        f"pygen profile {name}{' (quick)' if quick else ''} on {H.device_name(dev)}, {dtype}; "
+        f"pygen ops: {'backend ' + backend if backend else 'automatic backend choice per op'}"
+    )
     say(f"config: {cfg}")
     if dev.type == "cpu":
-        say(f"threads: {nthreads} (torch and pygen's OpenMP kernels; --threads N to change); load average "
-            f"{H.load_average()} on {H.cpu_count()} cores at the start")
+        say(
+            f"threads: {nthreads} (torch and pygen's OpenMP kernels; --threads N to change); load average "
+            f"{H.load_average()} on {H.cpu_count()} cores at the start"
+        )
 
     set_backend(model, "reference")
     ref_call = _run_for(model, inputs)
@@ -93,8 +140,10 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
     errs = [float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in zip(pg_out, ref_out)]
     scale = max((float(b.double().abs().max()) for b in ref_out if b.numel()), default=1.0)
     agree = all(e <= tol * (1.0 + scale) for e in errs)
-    say(f"outputs: max abs difference pygen vs reference {max(errs, default=0.0):.3g} "
-        f"({'agree' if agree else 'DISAGREE'} within {tol:g} x (1 + max|ref| = {scale:.3g}))")
+    say(
+        f"outputs: max abs difference pygen vs reference {max(errs, default=0.0):.3g} "
+        f"({'agree' if agree else 'DISAGREE'} within {tol:g} x (1 + max|ref| = {scale:.3g}))"
+    )
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sort_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
@@ -105,10 +154,15 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
     with profile(activities=[ProfilerActivity.CPU]) as probe:
         pg_call()
     if not any(e.key.startswith("pygen::") for e in probe.key_averages()):
-        where = (f"no pygen kernel on {dev.type} for this model's ops (GPU only)" if dev.type == "cpu"
-                 else f"no pygen kernel ran on {dev.type} for this model's ops")
-        say(f"pygen ops: {where}; the pygen run would be the reference itself, so no speedup is "
-            f"reported (run it on a GPU)")
+        where = (
+            f"no pygen kernel on {dev.type} for this model's ops (GPU only)"
+            if dev.type == "cpu"
+            else f"no pygen kernel ran on {dev.type} for this model's ops"
+        )
+        say(
+            f"pygen ops: {where}; the pygen run would be the reference itself, so no speedup is "
+            f"reported (run it on a GPU)"
+        )
         set_backend(model, "reference")
         with profile(activities=activities) as prof:
             for _ in range(3):
@@ -130,16 +184,26 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         # one model, two configurations: switching the backend is the "reset" of each call
         t_ref, t_pg = H.time_cpu_interleaved(
             [(ref_call, lambda: set_backend(model, "reference")), (pg_call, lambda: set_backend(model, backend))],
-            min_rounds=10, budget_s=2 * budget, max_total_s=120.0)
-        how = (f"{t_ref.n} interleaved rounds, timer {t_ref.timer}, threads {nthreads}, load average now "
-               f"{H.load_average()}")
+            min_rounds=10,
+            budget_s=2 * budget,
+            max_total_s=120.0,
+        )
+        how = (
+            f"{t_ref.n} interleaved rounds, timer {t_ref.timer}, threads {nthreads}, load average now "
+            f"{H.load_average()}"
+        )
     for label, t in (("reference ops:", t_ref), ("pygen ops:", t_pg)):
-        say(f"{label:<14} median {t.median_ms:.3f} ms (p20 {t.p20_ms:.3f} ms, p80 {t.p80_ms:.3f} ms"
-            + (f", min {t.min_ms:.3f} ms" if t.min_ms is not None else "") + ")")
+        say(
+            f"{label:<14} median {t.median_ms:.3f} ms (p20 {t.p20_ms:.3f} ms, p80 {t.p80_ms:.3f} ms"
+            + (f", min {t.min_ms:.3f} ms" if t.min_ms is not None else "")
+            + ")"
+        )
     st = H.ratio_stats(t_pg, t_ref)
-    say(f"end-to-end speedup: {H.format_ratio(st)} ({how}; speedup = reference time / pygen time, the "
+    say(
+        f"end-to-end speedup: {H.format_ratio(st)} ({how}; speedup = reference time / pygen time, the "
         f"median of the paired ratios [{round(H.CI_LEVEL * 100)}% CI]; faster / slower need the whole CI "
-        f"beyond {H.MIN_EFFECT:g}x / {1 / H.MIN_EFFECT:.2f}x, ~ and noisy are no verdict)")
+        f"beyond {H.MIN_EFFECT:g}x / {1 / H.MIN_EFFECT:.2f}x, ~ and noisy are no verdict)"
+    )
 
     for label, b, call in (("reference ops", "reference", ref_call), ("pygen ops", backend, pg_call)):
         set_backend(model, b)
@@ -154,7 +218,13 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         say(events.table(sort_by=sort_key, row_limit=top))
         if b != "reference":
             kernels = sorted({e.key for e in events if e.key.startswith("pygen::")})
-            say("pygen kernel ops that ran: " + (", ".join(kernels) if kernels else
-                "none (every op used the reference: no kernel backend for this model's ops here)"))
+            say(
+                "pygen kernel ops that ran: "
+                + (
+                    ", ".join(kernels)
+                    if kernels
+                    else "none (every op used the reference: no kernel backend for this model's ops here)"
+                )
+            )
     set_backend(model, backend)
     return 0 if agree else 1

@@ -16,11 +16,13 @@ Block (transformers' DeepseekV3DecoderLayer, same submodule names)::
 ``pygen profile deepseek_v3_block`` runs one MoE block (``DeepSeekV3BlockProfile``) on
 [batch, seq, hidden] activations (prefill: mla_prefill); ``pygen profile deepseek_v3_decode``
 runs the same block decoding one token for each of 32 sequences against 4096 cached tokens each
-(``DeepSeekV3DecodeProfile``: absorbed mla_decode on the paged cache). Its default config has DeepSeek-V3's attention and expert dims
-(hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 128 + 64 / 128 head dims, expert width 2048,
-top-8 of 8 groups / top-4 groups, 1 shared expert) but 32 routed experts instead of 256, so the
-block builds in seconds (1.6 B parameters instead of 11.5 B); ``quick`` is a toy size for CPUs.
+(``DeepSeekV3DecodeProfile``: absorbed mla_decode on the paged cache). Its default config has
+DeepSeek-V3's attention and expert dims (hidden 7168, 128 heads, q_lora 1536, kv_lora 512,
+128 + 64 / 128 head dims, expert width 2048, top-8 of 8 groups / top-4 groups, 1 shared expert)
+but 32 routed experts instead of 256, so the block builds in seconds (1.6 B parameters instead of
+11.5 B); ``quick`` is a toy size for CPUs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -35,24 +37,39 @@ from ..nn.mla import MLA, RMSNorm
 
 try:
     from ..nn.moe import MoE
-except ImportError:        # the MoE family is optional here: dense MLP instead
+except ImportError:  # the MoE family is optional here: dense MLP instead
     MoE = None
 
-__all__ = ["DeepSeekV3Config", "DeepSeekV3Block", "DeepSeekV3LM", "DeepSeekV3BlockProfile",
-           "DeepSeekV3DecodeProfile", "MODELS"]
+__all__ = [
+    "DeepSeekV3Config",
+    "DeepSeekV3Block",
+    "DeepSeekV3LM",
+    "DeepSeekV3BlockProfile",
+    "DeepSeekV3DecodeProfile",
+    "MODELS",
+]
 
 
 def _yarn() -> dict:
-    return {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
-            "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0, "rope_theta": 10000.0}
+    return {
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "rope_theta": 10000.0,
+    }
 
 
 @dataclass(frozen=True)
 class DeepSeekV3Config:
     """Field names of transformers' DeepseekV3Config, so MLA(config) and MoE(config) read it."""
+
     vocab_size: int = 129280
     hidden_size: int = 7168
-    intermediate_size: int = 18432          # dense MLP of the first layers
+    intermediate_size: int = 18432  # dense MLP of the first layers
     moe_intermediate_size: int = 2048
     num_hidden_layers: int = 1
     num_attention_heads: int = 128
@@ -62,7 +79,7 @@ class DeepSeekV3Config:
     qk_nope_head_dim: int = 128
     qk_rope_head_dim: int = 64
     v_head_dim: int = 128
-    n_routed_experts: int = 32              # DeepSeek-V3 has 256; see the module docstring
+    n_routed_experts: int = 32  # DeepSeek-V3 has 256; see the module docstring
     num_experts_per_tok: int = 8
     n_group: int = 8
     topk_group: int = 4
@@ -85,17 +102,34 @@ class DeepSeekV3Config:
     decode_batch: int = 32
     decode_context: int = 4096
 
-    def __hash__(self):      # the rope dict makes the generated hash fail
+    def __hash__(self):  # the rope dict makes the generated hash fail
         return id(self)
 
     @classmethod
-    def quick(cls) -> "DeepSeekV3Config":
-        return cls(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
-                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=32,
-                   qk_nope_head_dim=32, v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
-                   topk_group=1, routed_scaling_factor=1.0, first_k_dense_replace=1,
-                   rope_parameters=dict(_yarn(), original_max_position_embeddings=64), batch=2, seq=16,
-                   decode_batch=3, decode_context=40)
+    def quick(cls) -> DeepSeekV3Config:
+        return cls(
+            vocab_size=97,
+            hidden_size=64,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            q_lora_rank=32,
+            qk_nope_head_dim=32,
+            v_head_dim=32,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=1.0,
+            first_k_dense_replace=1,
+            rope_parameters=dict(_yarn(), original_max_position_embeddings=64),
+            batch=2,
+            seq=16,
+            decode_batch=3,
+            decode_context=40,
+        )
 
 
 class DenseMLP(nn.Module):
@@ -118,8 +152,12 @@ class DeepSeekV3Block(nn.Module):
         if layer_idx >= cfg.first_k_dense_replace and MoE is not None:
             self.mlp = MoE(cfg, backend=backend)
         else:
-            self.mlp = DenseMLP(cfg.hidden_size, cfg.intermediate_size if layer_idx < cfg.first_k_dense_replace
-                                else cfg.moe_intermediate_size * (cfg.n_routed_experts + cfg.n_shared_experts))
+            self.mlp = DenseMLP(
+                cfg.hidden_size,
+                cfg.intermediate_size
+                if layer_idx < cfg.first_k_dense_replace
+                else cfg.moe_intermediate_size * (cfg.n_routed_experts + cfg.n_shared_experts),
+            )
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
@@ -150,29 +188,53 @@ class DeepSeekV3LM(nn.Module):
         self.rotary_emb = RotaryEmbedding(cfg)
         _init(self, cfg.initializer_range)
 
-    def forward(self, input_ids: torch.Tensor, cache: PagedMLACache | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, cache: PagedMLACache | None = None, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         if position_ids is None:
-            position_ids = (cache.step_info()[3] if cache is not None
-                            else torch.arange(input_ids.shape[1], device=x.device)[None].expand(x.shape[0], -1))
+            position_ids = (
+                cache.step_info()[3]
+                if cache is not None
+                else torch.arange(input_ids.shape[1], device=x.device)[None].expand(x.shape[0], -1)
+            )
         pe = self.rotary_emb(x, position_ids)
         for layer in self.layers:
             x = layer(x, pe, cache)
         return self.lm_head(self.norm(x))
 
-    def new_cache(self, max_tokens: int, batch: int, page_size: int = 64, dtype: torch.dtype | None = None,
-                  backend: str | None = None) -> PagedMLACache:
+    def new_cache(
+        self,
+        max_tokens: int,
+        batch: int,
+        page_size: int = 64,
+        dtype: torch.dtype | None = None,
+        backend: str | None = None,
+    ) -> PagedMLACache:
         """A paged cache with room for ``batch`` sequences of ``max_tokens``; ``dtype=torch.uint8``
         gives the FP8 cache. The default dtype is the model's."""
         p = self.lm_head.weight
         blocks = batch * -(-max_tokens // page_size)
-        return PagedMLACache(len(self.layers), blocks, page_size, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
-                             dtype=dtype or p.dtype, device=p.device, backend=backend)
+        return PagedMLACache(
+            len(self.layers),
+            blocks,
+            page_size,
+            self.cfg.kv_lora_rank,
+            self.cfg.qk_rope_head_dim,
+            dtype=dtype or p.dtype,
+            device=p.device,
+            backend=backend,
+        )
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, cache: PagedMLACache | None = None,
-                 page_size: int = 64, cache_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        cache: PagedMLACache | None = None,
+        page_size: int = 64,
+        cache_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Greedy decoding of equal-length prompts [b, T] -> [b, T + max_new_tokens]. The prompt is
         one prefill step, every later token one absorbed decode step on the paged cache; the
         sequences are freed at the end (pass ``cache`` to reuse a pool)."""
@@ -193,7 +255,7 @@ class DeepSeekV3LM(nn.Module):
                 step = logits[:, -1].argmax(-1, keepdim=True)
                 out.append(step)
         finally:
-            if cache._step is not None:      # an exception mid-step: drop the open step
+            if cache._step is not None:  # an exception mid-step: drop the open step
                 cache.rollback()
             for s in sids:
                 cache.free(s)
@@ -238,20 +300,26 @@ class DeepSeekV3DecodeProfile(nn.Module):
         _init(self, cfg.initializer_range)
         per_seq = -(-(cfg.decode_context + 1) // self.PAGE)
         g = torch.Generator().manual_seed(0)
-        kv = torch.randn(cfg.decode_batch * per_seq, self.PAGE, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
-                         generator=g)
+        kv = torch.randn(cfg.decode_batch * per_seq, self.PAGE, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim, generator=g)
         self.register_buffer("pages", kv, persistent=False)
         self._cache = None
 
     def _paged(self) -> tuple[PagedMLACache, list[int]]:
         if self._cache is None or self._cache[0].kv[0] is not self.pages:
             c = self.cfg
-            layers = self.block.self_attn.layer_idx + 1      # only the block's own layer is used
-            cache = PagedMLACache(layers, self.pages.shape[0], self.PAGE, c.kv_lora_rank, c.qk_rope_head_dim,
-                                  dtype=self.pages.dtype, device=self.pages.device,
-                                  storage=[self.pages] * layers)
+            layers = self.block.self_attn.layer_idx + 1  # only the block's own layer is used
+            cache = PagedMLACache(
+                layers,
+                self.pages.shape[0],
+                self.PAGE,
+                c.kv_lora_rank,
+                c.qk_rope_head_dim,
+                dtype=self.pages.dtype,
+                device=self.pages.device,
+                storage=[self.pages] * layers,
+            )
             sids = [cache.allocate() for _ in range(c.decode_batch)]
-            cache.begin(sids, c.decode_context)      # the context: pages reserved, contents random
+            cache.begin(sids, c.decode_context)  # the context: pages reserved, contents random
             cache.commit()
             self._cache = (cache, sids)
         return self._cache
@@ -271,8 +339,10 @@ class DeepSeekV3DecodeProfile(nn.Module):
         return (torch.randn(cfg.decode_batch, 1, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
 
 
-MODELS = {"deepseek_v3_block": (DeepSeekV3BlockProfile, DeepSeekV3Config),
-          "deepseek_v3_decode": (DeepSeekV3DecodeProfile, DeepSeekV3Config)}
+MODELS = {
+    "deepseek_v3_block": (DeepSeekV3BlockProfile, DeepSeekV3Config),
+    "deepseek_v3_decode": (DeepSeekV3DecodeProfile, DeepSeekV3Config),
+}
 
 
 def build(name: str = "deepseek_v3_block", quick: bool = False, backend: str | None = None, **overrides):

@@ -20,6 +20,7 @@ R-FCN head (Dai et al. 2016), on the stride-16 conv5 features of ResNet-101::
 Channel (c*k + i)*k + j of a score map holds class c's bin (i, j), the layout PSRoIPool reads.
 ``*.quick()`` configs keep the structure at toy sizes for tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ from torch import nn
 from .. import nn as pnn
 
 
-def random_proposals(n_images: int, per_image: int, image: tuple[int, int], seed: int,
-                     min_side: float = 16.0) -> list[torch.Tensor]:
+def random_proposals(
+    n_images: int, per_image: int, image: tuple[int, int], seed: int, min_side: float = 16.0
+) -> list[torch.Tensor]:
     """RPN-like proposals: per image a float32 Tensor[L, 4] of (x1, y1, x2, y2), sqrt(area)
     log-uniform in [min_side, max(H, W)], aspect ratio log-uniform in [1/2, 2], centres uniform,
     clipped to the image, at least 1 px wide and high. Deterministic in ``seed``."""
@@ -74,18 +76,17 @@ class FasterRCNNHeadConfig:
     image: tuple[int, int] = (800, 1333)
     batch: int = 2
     proposals_per_image: int = 1000
-    channels: int = 256                       # FPN width
+    channels: int = 256  # FPN width
     strides: tuple[int, ...] = (4, 8, 16, 32)  # P2..P5
     output_size: int = 7
     sampling_ratio: int = 2
-    representation: int = 1024                # TwoMLPHead width
-    num_classes: int = 91                     # COCO, background included (torchvision)
+    representation: int = 1024  # TwoMLPHead width
+    num_classes: int = 91  # COCO, background included (torchvision)
     min_side: float = 16.0
 
     @classmethod
-    def quick(cls) -> "FasterRCNNHeadConfig":
-        return cls(image=(128, 160), proposals_per_image=8, channels=16, representation=64,
-                   num_classes=5, min_side=8.0)
+    def quick(cls) -> FasterRCNNHeadConfig:
+        return cls(image=(128, 160), proposals_per_image=8, channels=16, representation=64, num_classes=5, min_side=8.0)
 
     @property
     def levels(self) -> list[tuple[int, int]]:
@@ -121,20 +122,22 @@ class FasterRCNNRoIHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         names = [str(i) for i in range(len(cfg.strides))]
-        self.box_roi_pool = pnn.MultiScaleRoIAlign(names, cfg.output_size, cfg.sampling_ratio,
-                                                   backend=backend)
-        self.box_head = TwoMLPHead(cfg.channels * cfg.output_size ** 2, cfg.representation)
+        self.box_roi_pool = pnn.MultiScaleRoIAlign(names, cfg.output_size, cfg.sampling_ratio, backend=backend)
+        self.box_head = TwoMLPHead(cfg.channels * cfg.output_size**2, cfg.representation)
         self.box_predictor = FastRCNNPredictor(cfg.representation, cfg.num_classes)
 
-    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-                image_shapes: list[tuple[int, int]]):
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ):
         x = self.box_roi_pool(features, proposals, image_shapes)
         return self.box_predictor(self.box_head(x))
 
     @staticmethod
     def example_inputs(cfg: FasterRCNNHeadConfig, device="cpu", dtype=torch.float32, seed: int = 0):
-        feats = {str(i): _randn((cfg.batch, cfg.channels, h, w), seed + 1 + i, device, dtype)
-                 for i, (h, w) in enumerate(cfg.levels)}
+        feats = {
+            str(i): _randn((cfg.batch, cfg.channels, h, w), seed + 1 + i, device, dtype)
+            for i, (h, w) in enumerate(cfg.levels)
+        }
         boxes = random_proposals(cfg.batch, cfg.proposals_per_image, cfg.image, seed, cfg.min_side)
         return feats, [b.to(device=device, dtype=dtype) for b in boxes], [tuple(cfg.image)] * cfg.batch
 
@@ -146,18 +149,19 @@ class RFCNHeadConfig:
     stride: int = 16
     batch: int = 1
     rois_per_image: int = 300
-    in_channels: int = 2048      # ResNet-101 conv5 (dilated to stride 16)
+    in_channels: int = 2048  # ResNet-101 conv5 (dilated to stride 16)
     reduce_channels: int = 1024  # conv_new_1
-    num_classes: int = 21        # 20 VOC classes + background
-    k: int = 7                   # k x k position-sensitive bins
-    pool: str = "pool"           # "pool" (PSRoIPool, the paper's) or "align" (PSRoIAlign)
-    sampling_ratio: int = 2      # PSRoIAlign only
+    num_classes: int = 21  # 20 VOC classes + background
+    k: int = 7  # k x k position-sensitive bins
+    pool: str = "pool"  # "pool" (PSRoIPool, the paper's) or "align" (PSRoIAlign)
+    sampling_ratio: int = 2  # PSRoIAlign only
     min_side: float = 16.0
 
     @classmethod
-    def quick(cls) -> "RFCNHeadConfig":
-        return cls(image=(128, 160), rois_per_image=8, in_channels=32, reduce_channels=16,
-                   num_classes=3, k=3, min_side=8.0)
+    def quick(cls) -> RFCNHeadConfig:
+        return cls(
+            image=(128, 160), rois_per_image=8, in_channels=32, reduce_channels=16, num_classes=3, k=3, min_side=8.0
+        )
 
     @property
     def feature(self) -> tuple[int, int]:
@@ -187,7 +191,7 @@ class RFCNHead(nn.Module):
 
     def forward(self, c5: torch.Tensor, rois):
         f = F.relu(self.conv_new_1(c5))
-        cls = self.psroi_cls(self.rfcn_cls(f), rois).mean(dim=(2, 3))     # average voting
+        cls = self.psroi_cls(self.rfcn_cls(f), rois).mean(dim=(2, 3))  # average voting
         bbox = self.psroi_bbox(self.rfcn_bbox(f), rois).mean(dim=(2, 3))
         return cls, bbox
 
@@ -199,10 +203,7 @@ class RFCNHead(nn.Module):
         return c5, [b.to(device=device, dtype=dtype) for b in boxes]
 
 
-MODELS = {
-    "faster_rcnn_roi_head": (FasterRCNNRoIHead, FasterRCNNHeadConfig),
-    "rfcn_head": (RFCNHead, RFCNHeadConfig),
-}
+MODELS = {"faster_rcnn_roi_head": (FasterRCNNRoIHead, FasterRCNNHeadConfig), "rfcn_head": (RFCNHead, RFCNHeadConfig)}
 
 
 def build(name: str, quick: bool = False, backend: str | None = None, **overrides):

@@ -21,6 +21,7 @@ triangular with the coupling's log-det. ActNorm replaces RealNVP's batch normali
 RealNVP 2-D: alternating affine couplings on (x1, x2) with MLP conditioners and ActNorm.
 ``*.quick()`` configs keep the structure at toy sizes for tests and ``pygen profile --quick``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,15 +67,24 @@ def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
 class FlowStep(nn.Module):
     """Glow's step of flow: ActNorm -> invertible 1x1 conv -> affine (or additive) coupling."""
 
-    def __init__(self, channels: int, hidden: int, affine: bool = True, lu: bool = True,
-                 clamp: float | None = 2.0, backend: str | None = None, scale: str = "exp"):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        affine: bool = True,
+        lu: bool = True,
+        clamp: float | None = 2.0,
+        backend: str | None = None,
+        scale: str = "exp",
+    ):
         super().__init__()
         self.actnorm = pnn.ActNorm(channels, backend=backend)
         self.invconv = pnn.InvConv1x1(channels, lu=lu, backend=backend)
         half = channels // 2
         if affine:
-            self.coupling = pnn.AffineCoupling(coupling_net(half, 2 * (channels - half), hidden),
-                                               clamp, scale=scale, backend=backend)
+            self.coupling = pnn.AffineCoupling(
+                coupling_net(half, 2 * (channels - half), hidden), clamp, scale=scale, backend=backend
+            )
         else:
             self.coupling = pnn.AdditiveCoupling(coupling_net(half, channels - half, hidden), backend=backend)
 
@@ -94,19 +104,19 @@ class FlowStep(nn.Module):
 # ---- Glow ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GlowConfig:
-    image: tuple[int, int, int] = (3, 32, 32)   # C, H, W
+    image: tuple[int, int, int] = (3, 32, 32)  # C, H, W
     levels: int = 3
-    steps: int = 32                              # steps of flow per level
-    hidden: int = 512                            # conditioner width
+    steps: int = 32  # steps of flow per level
+    hidden: int = 512  # conditioner width
     affine: bool = True
     lu: bool = True
-    clamp: float | None = 2.0                    # soft clamp of the "exp" scale
-    scale: str = "sigmoid"                       # coupling scale: Glow's sigmoid(raw + 2), or "exp"
-    batch: int = 64                              # example_inputs / pygen profile
+    clamp: float | None = 2.0  # soft clamp of the "exp" scale
+    scale: str = "sigmoid"  # coupling scale: Glow's sigmoid(raw + 2), or "exp"
+    batch: int = 64  # example_inputs / pygen profile
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "GlowConfig":
+    def quick(cls) -> GlowConfig:
         return cls(image=(3, 8, 8), levels=2, steps=2, hidden=16, batch=8)
 
 
@@ -116,19 +126,21 @@ class Glow(nn.Module):
         self.cfg = cfg
         c, h, w = cfg.image
         if h % (1 << cfg.levels) or w % (1 << cfg.levels):
-            raise ValueError(f"GlowConfig: H and W must be divisible by 2^levels = {1 << cfg.levels}, "
-                             f"got {h}x{w}")
+            raise ValueError(f"GlowConfig: H and W must be divisible by 2^levels = {1 << cfg.levels}, got {h}x{w}")
         self.levels = nn.ModuleList()
         self.priors = nn.ModuleList()
         self.shapes = []
         with _seeded(cfg.seed):
             for lvl in range(cfg.levels):
                 c, h, w = c * 4, h // 2, w // 2
-                self.levels.append(nn.ModuleList(
-                    FlowStep(c, cfg.hidden, cfg.affine, cfg.lu, cfg.clamp, backend, cfg.scale)
-                    for _ in range(cfg.steps)))
+                self.levels.append(
+                    nn.ModuleList(
+                        FlowStep(c, cfg.hidden, cfg.affine, cfg.lu, cfg.clamp, backend, cfg.scale)
+                        for _ in range(cfg.steps)
+                    )
+                )
                 if lvl < cfg.levels - 1:
-                    self.priors.append(ZeroConv2d(c // 2, c))   # -> (mean, log_sd) of the split half
+                    self.priors.append(ZeroConv2d(c // 2, c))  # -> (mean, log_sd) of the split half
                     self.shapes.append((c // 2, h, w))
                     c = c // 2
         self.top_shape = (c, h, w)
@@ -171,8 +183,14 @@ class Glow(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-               device=None, dtype=torch.float32) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype=torch.float32,
+    ) -> torch.Tensor:
         device = device or next(self.parameters()).device
 
         def randn(shape):
@@ -208,7 +226,7 @@ class RealNVP2DConfig:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "RealNVP2DConfig":
+    def quick(cls) -> RealNVP2DConfig:
         return cls(couplings=4, hidden=16, batch=64)
 
 
@@ -222,8 +240,11 @@ class RealNVP2D(nn.Module):
         with _seeded(cfg.seed):
             for i in range(cfg.couplings):
                 self.layers.append(pnn.ActNorm(2, backend=backend))
-                self.layers.append(pnn.AffineCoupling(coupling_net(1, 2, cfg.hidden, image=False), cfg.clamp,
-                                                      flip=bool(i % 2), backend=backend))
+                self.layers.append(
+                    pnn.AffineCoupling(
+                        coupling_net(1, 2, cfg.hidden, image=False), cfg.clamp, flip=bool(i % 2), backend=backend
+                    )
+                )
 
     def encode(self, x: torch.Tensor):
         """x [B, 2] -> (z, sum of logdets)."""
@@ -246,8 +267,9 @@ class RealNVP2D(nn.Module):
         return self.log_prob(x)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None,
-               dtype=torch.float32) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+    ) -> torch.Tensor:
         device = device or next(self.parameters()).device
         return self.decode(torch.randn((n, 2), generator=generator, dtype=dtype).to(device))
 
@@ -276,7 +298,7 @@ class RealNVPImageConfig:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "RealNVPImageConfig":
+    def quick(cls) -> RealNVPImageConfig:
         return cls(image=(1, 8, 8), scales=2, hidden=16, batch=8)
 
 
@@ -322,15 +344,18 @@ class RealNVPImage(nn.Module):
         for s in range(cfg.scales):
             last = s == cfg.scales - 1
             n_check = 4 if last else 3
-            blocks = nn.ModuleList(_Checkerboard(c, cfg.hidden, cfg.clamp, bool(i % 2), backend)
-                                   for i in range(n_check))
+            blocks = nn.ModuleList(
+                _Checkerboard(c, cfg.hidden, cfg.clamp, bool(i % 2), backend) for i in range(n_check)
+            )
             chan = nn.ModuleList()
             if not last:
-                chan.extend(pnn.AffineCoupling(coupling_net(2 * c, 4 * c, cfg.hidden), cfg.clamp, bool(i % 2),
-                                               backend=backend) for i in range(3))
+                chan.extend(
+                    pnn.AffineCoupling(coupling_net(2 * c, 4 * c, cfg.hidden), cfg.clamp, bool(i % 2), backend=backend)
+                    for i in range(3)
+                )
             self.scales.append(nn.ModuleDict({"checker": blocks, "channel": chan}))
             if not last:
-                c, h, w = 2 * c, h // 2, w // 2     # squeeze (4c) then keep half
+                c, h, w = 2 * c, h // 2, w // 2  # squeeze (4c) then keep half
                 self.shapes.append((c, h, w))
         self.top_shape = (c, h, w)
 
@@ -374,12 +399,14 @@ class RealNVPImage(nn.Module):
         return self.log_prob(x)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None,
-               dtype=torch.float32) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+    ) -> torch.Tensor:
         device = device or next(self.parameters()).device
 
         def randn(shape):
             return torch.randn((n, *shape), generator=generator, dtype=dtype).to(device)
+
         return self.decode([randn(sh) for sh in self.shapes] + [randn(self.top_shape)])
 
     @staticmethod

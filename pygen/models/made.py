@@ -35,6 +35,7 @@ once, at the step its degree allows (see pygen/ops/_made_sample.py), with eval-m
 batch norm are the one configuration the incremental sampler does not take; it then runs D full
 passes (pygen.ref.made.made_sample).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,19 @@ from .. import ops
 from ..nn.made import MaskedLinear
 from ..ref import made as ref
 
-__all__ = ["MADE", "BinaryMADE", "GaussianMADE", "MaskedAffineAutoregressiveTransform",
-           "InverseAutoregressiveTransform", "MAF", "IAF", "MADEConfig", "MADEProfileModel",
-           "activation_name", "set_backend"]
+__all__ = [
+    "MADE",
+    "BinaryMADE",
+    "GaussianMADE",
+    "MaskedAffineAutoregressiveTransform",
+    "InverseAutoregressiveTransform",
+    "MAF",
+    "IAF",
+    "MADEConfig",
+    "MADEProfileModel",
+    "activation_name",
+    "set_backend",
+]
 
 
 def activation_name(activation) -> str | None:
@@ -60,8 +71,7 @@ def activation_name(activation) -> str | None:
         if activation not in ref.ACTIVATIONS:
             raise ValueError(f"activation must be a callable or one of {ref.ACTIVATIONS}, got {activation!r}")
         return activation
-    table = {F.relu: "relu", torch.relu: "relu", F.elu: "elu", torch.tanh: "tanh", F.tanh: "tanh",
-             F.gelu: "gelu"}
+    table = {F.relu: "relu", torch.relu: "relu", F.elu: "elu", torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu"}
     for fn, nm in table.items():
         if activation is fn:
             return nm
@@ -93,15 +103,29 @@ def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
 class MaskedFeedforwardBlock(nn.Module):
     """nflows' MaskedFeedforwardBlock: dropout(act(linear(bn(h)))), hidden -> hidden."""
 
-    def __init__(self, in_degrees, autoregressive_features, context_features=None, random_mask=False,
-                 activation=F.relu, dropout_probability=0.0, use_batch_norm=False, zero_initialization=False,
-                 backend=None):
+    def __init__(
+        self,
+        in_degrees,
+        autoregressive_features,
+        context_features=None,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        zero_initialization=False,
+        backend=None,
+    ):
         super().__init__()
         features = len(in_degrees)
         self.batch_norm = nn.BatchNorm1d(features, eps=1e-3) if use_batch_norm else None
-        self.linear = MaskedLinear(in_degrees=in_degrees, out_features=features,
-                                   autoregressive_features=autoregressive_features, random_mask=random_mask,
-                                   is_output=False, backend=backend)
+        self.linear = MaskedLinear(
+            in_degrees=in_degrees,
+            out_features=features,
+            autoregressive_features=autoregressive_features,
+            random_mask=random_mask,
+            is_output=False,
+            backend=backend,
+        )
         self.degrees = self.linear.degrees
         self.activation = activation
         self.dropout = nn.Dropout(p=dropout_probability)
@@ -116,9 +140,18 @@ class MaskedFeedforwardBlock(nn.Module):
 class MaskedResidualBlock(nn.Module):
     """nflows' MaskedResidualBlock: h + linear_1(dropout(act(bn_1(linear_0(act(bn_0(h))) + ctx))))."""
 
-    def __init__(self, in_degrees, autoregressive_features, context_features=None, random_mask=False,
-                 activation=F.relu, dropout_probability=0.0, use_batch_norm=False, zero_initialization=True,
-                 backend=None):
+    def __init__(
+        self,
+        in_degrees,
+        autoregressive_features,
+        context_features=None,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        zero_initialization=True,
+        backend=None,
+    ):
         if random_mask:
             raise ValueError("Masked residual block can't be used with random masks.")
         super().__init__()
@@ -128,17 +161,28 @@ class MaskedResidualBlock(nn.Module):
         self.use_batch_norm = use_batch_norm
         if use_batch_norm:
             self.batch_norm_layers = nn.ModuleList([nn.BatchNorm1d(features, eps=1e-3) for _ in range(2)])
-        linear_0 = MaskedLinear(in_degrees=in_degrees, out_features=features,
-                                autoregressive_features=autoregressive_features, random_mask=False,
-                                is_output=False, backend=backend)
-        linear_1 = MaskedLinear(in_degrees=linear_0.degrees, out_features=features,
-                                autoregressive_features=autoregressive_features, random_mask=False,
-                                is_output=False, backend=backend)
+        linear_0 = MaskedLinear(
+            in_degrees=in_degrees,
+            out_features=features,
+            autoregressive_features=autoregressive_features,
+            random_mask=False,
+            is_output=False,
+            backend=backend,
+        )
+        linear_1 = MaskedLinear(
+            in_degrees=linear_0.degrees,
+            out_features=features,
+            autoregressive_features=autoregressive_features,
+            random_mask=False,
+            is_output=False,
+            backend=backend,
+        )
         self.linear_layers = nn.ModuleList([linear_0, linear_1])
         self.degrees = linear_1.degrees
         if not bool(torch.all(self.degrees >= in_degrees.to(self.degrees.device))):
-            raise RuntimeError("In a masked residual block, the output degrees can't be less than the "
-                               "corresponding input degrees.")
+            raise RuntimeError(
+                "In a masked residual block, the output degrees can't be less than the corresponding input degrees."
+            )
         self.activation = activation
         self.dropout = nn.Dropout(p=dropout_probability)
         if zero_initialization:
@@ -167,18 +211,36 @@ class MADE(nn.Module):
     [B, features * output_multiplier] autoregressive parameters (outputs of input d at columns
     d*m ... d*m + m - 1)."""
 
-    def __init__(self, features, hidden_features, context_features=None, num_blocks=2, output_multiplier=1,
-                 use_residual_blocks=True, random_mask=False, activation=F.relu, dropout_probability=0.0,
-                 use_batch_norm=False, *, hidden_order: str = "sorted", backend: str | None = None):
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        context_features=None,
+        num_blocks=2,
+        output_multiplier=1,
+        use_residual_blocks=True,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        *,
+        hidden_order: str = "sorted",
+        backend: str | None = None,
+    ):
         if use_residual_blocks and random_mask:
             raise ValueError("Residual blocks can't be used with random masks.")
         if hidden_order not in ("sorted", "nflows"):
             raise ValueError(f"hidden_order must be 'sorted' or 'nflows', got {hidden_order!r}")
         super().__init__()
         self.features, self.output_multiplier = features, output_multiplier
-        self.initial_layer = MaskedLinear(in_degrees=ref.input_degrees(features), out_features=hidden_features,
-                                          autoregressive_features=features, random_mask=random_mask,
-                                          is_output=False, backend=backend)
+        self.initial_layer = MaskedLinear(
+            in_degrees=ref.input_degrees(features),
+            out_features=hidden_features,
+            autoregressive_features=features,
+            random_mask=random_mask,
+            is_output=False,
+            backend=backend,
+        )
         if context_features is not None:
             self.context_layer = nn.Linear(context_features, hidden_features)
         self.use_residual_blocks = use_residual_blocks
@@ -187,15 +249,28 @@ class MADE(nn.Module):
         block = MaskedResidualBlock if use_residual_blocks else MaskedFeedforwardBlock
         blocks, prev = [], self.initial_layer.degrees
         for _ in range(num_blocks):
-            blocks.append(block(in_degrees=prev, autoregressive_features=features,
-                                context_features=context_features, random_mask=random_mask,
-                                activation=activation, dropout_probability=dropout_probability,
-                                use_batch_norm=use_batch_norm, backend=backend))
+            blocks.append(
+                block(
+                    in_degrees=prev,
+                    autoregressive_features=features,
+                    context_features=context_features,
+                    random_mask=random_mask,
+                    activation=activation,
+                    dropout_probability=dropout_probability,
+                    use_batch_norm=use_batch_norm,
+                    backend=backend,
+                )
+            )
             prev = blocks[-1].degrees
         self.blocks = nn.ModuleList(blocks)
-        self.final_layer = MaskedLinear(in_degrees=prev, out_features=features * output_multiplier,
-                                        autoregressive_features=features, random_mask=random_mask,
-                                        is_output=True, backend=backend)
+        self.final_layer = MaskedLinear(
+            in_degrees=prev,
+            out_features=features * output_multiplier,
+            autoregressive_features=features,
+            random_mask=random_mask,
+            is_output=True,
+            backend=backend,
+        )
         if hidden_order == "sorted":
             self.sort_hidden_()
 
@@ -294,7 +369,7 @@ class MADE(nn.Module):
                 for k, blk in enumerate(self.blocks):
                     ctx[1 + 2 * k] = blk.context_layer(context)
         elif self.use_batch_norm:
-            for k, blk in enumerate(self.blocks):   # bn on the block input: fold into its linear
+            for k, blk in enumerate(self.blocks):  # bn on the block input: fold into its linear
                 a, c = self._bn_affine(blk.batch_norm)
                 w = weights[k + 1]
                 wm = w * ref.autoregressive_mask(degrees[k + 1], degrees[k + 2]).to(w.dtype)
@@ -325,29 +400,62 @@ class MADE(nn.Module):
         backend = self.initial_layer.backend
         if net is not None:
             weights, biases, degrees, ctx, residual, pre_act = net
-            return ops.made_sample(weights, biases, degrees, noise, kind=kind, activation=name,
-                                   context_terms=ctx, residual=residual, pre_activation=pre_act, backend=backend,
-                                   return_params=return_params)
+            return ops.made_sample(
+                weights,
+                biases,
+                degrees,
+                noise,
+                kind=kind,
+                activation=name,
+                context_terms=ctx,
+                residual=residual,
+                pre_activation=pre_act,
+                backend=backend,
+                return_params=return_params,
+            )
         was = self.training
         self.eval()
         try:
-            x = ref.made_sample(lambda t: self(t, context), noise, ref.input_degrees(self.features),
-                                self.output_multiplier, kind)
+            x = ref.made_sample(
+                lambda t: self(t, context), noise, ref.input_degrees(self.features), self.output_multiplier, kind
+            )
             return (x, self(x, context)) if return_params else x
         finally:
             self.train(was)
 
-    def set_backend(self, backend: str | None) -> "MADE":
+    def set_backend(self, backend: str | None) -> MADE:
         return set_backend(self, backend)
 
 
 class BinaryMADE(MADE):
     """MADE with one Bernoulli logit per dimension (the MADE paper's binary model)."""
 
-    def __init__(self, features, hidden_features, context_features=None, num_blocks=2, use_residual_blocks=True,
-                 random_mask=False, activation=F.relu, dropout_probability=0.0, use_batch_norm=False, **kw):
-        super().__init__(features, hidden_features, context_features, num_blocks, 1, use_residual_blocks,
-                         random_mask, activation, dropout_probability, use_batch_norm, **kw)
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        context_features=None,
+        num_blocks=2,
+        use_residual_blocks=True,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        **kw,
+    ):
+        super().__init__(
+            features,
+            hidden_features,
+            context_features,
+            num_blocks,
+            1,
+            use_residual_blocks,
+            random_mask,
+            activation,
+            dropout_probability,
+            use_batch_norm,
+            **kw,
+        )
 
     def log_prob(self, x, context=None):
         return ref.bernoulli_log_prob(self(x, context), x)
@@ -363,10 +471,32 @@ class BinaryMADE(MADE):
 class GaussianMADE(MADE):
     """MADE with a Gaussian conditional per dimension: params (mu_d, alpha_d), sigma = exp(alpha)."""
 
-    def __init__(self, features, hidden_features, context_features=None, num_blocks=2, use_residual_blocks=True,
-                 random_mask=False, activation=F.relu, dropout_probability=0.0, use_batch_norm=False, **kw):
-        super().__init__(features, hidden_features, context_features, num_blocks, 2, use_residual_blocks,
-                         random_mask, activation, dropout_probability, use_batch_norm, **kw)
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        context_features=None,
+        num_blocks=2,
+        use_residual_blocks=True,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        **kw,
+    ):
+        super().__init__(
+            features,
+            hidden_features,
+            context_features,
+            num_blocks,
+            2,
+            use_residual_blocks,
+            random_mask,
+            activation,
+            dropout_probability,
+            use_batch_norm,
+            **kw,
+        )
 
     def log_prob(self, x, context=None):
         return ref.gaussian_log_prob(self(x, context), x)
@@ -380,8 +510,11 @@ class GaussianMADE(MADE):
 
 
 def _batch(num_samples, context, noise) -> int:
-    sizes = {n for n in (num_samples, None if context is None else context.shape[0],
-                         None if noise is None else noise.shape[0]) if n is not None}
+    sizes = {
+        n
+        for n in (num_samples, None if context is None else context.shape[0], None if noise is None else noise.shape[0])
+        if n is not None
+    }
     if len(sizes) != 1:
         raise ValueError(f"sample: give num_samples, context or noise with one batch size, got {sorted(sizes)}")
     return sizes.pop()
@@ -391,13 +524,34 @@ class MaskedAffineAutoregressiveTransform(nn.Module):
     """nflows' MAF layer: forward(x) -> (z = scale * x + shift, sum log scale), one network pass;
     inverse(z) -> (x, -sum log scale) by autoregressive sampling (each hidden unit once)."""
 
-    def __init__(self, features, hidden_features, context_features=None, num_blocks=2, use_residual_blocks=True,
-                 random_mask=False, activation=F.relu, dropout_probability=0.0, use_batch_norm=False, **kw):
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        context_features=None,
+        num_blocks=2,
+        use_residual_blocks=True,
+        random_mask=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        use_batch_norm=False,
+        **kw,
+    ):
         super().__init__()
         self.features = features
-        self.autoregressive_net = MADE(features, hidden_features, context_features, num_blocks, 2,
-                                       use_residual_blocks, random_mask, activation, dropout_probability,
-                                       use_batch_norm, **kw)
+        self.autoregressive_net = MADE(
+            features,
+            hidden_features,
+            context_features,
+            num_blocks,
+            2,
+            use_residual_blocks,
+            random_mask,
+            activation,
+            dropout_probability,
+            use_batch_norm,
+            **kw,
+        )
 
     @staticmethod
     def _scale_shift(params, features):
@@ -410,8 +564,15 @@ class MaskedAffineAutoregressiveTransform(nn.Module):
         args = net.final_layer.kernel_args() if not torch.compiler.is_compiling() else ("mask",)
         if args[0] == "degrees" and args[3] and inputs.dim() == 2:
             # output head, affine transform and log-det sum in one kernel (pygen.ops.made_affine_forward)
-            return ops.made_affine_forward(h, net.final_layer.weight, net.final_layer.bias, args[1], args[2],
-                                           inputs, backend=net.final_layer.backend)
+            return ops.made_affine_forward(
+                h,
+                net.final_layer.weight,
+                net.final_layer.bias,
+                args[1],
+                args[2],
+                inputs,
+                backend=net.final_layer.backend,
+            )
         scale, shift = self._scale_shift(net.final_layer(h), self.features)
         return scale * inputs + shift, torch.log(scale).sum(dim=-1)
 
@@ -441,13 +602,37 @@ class _Flow(nn.Module):
     preceded by a reversal of the feature order; N(0, I) base. Each layer's forward direction is
     data -> noise."""
 
-    def __init__(self, layer_cls, features, hidden_features, num_layers, num_blocks_per_layer,
-                 use_residual_blocks, use_random_masks, activation, dropout_probability, context_features, kw):
+    def __init__(
+        self,
+        layer_cls,
+        features,
+        hidden_features,
+        num_layers,
+        num_blocks_per_layer,
+        use_residual_blocks,
+        use_random_masks,
+        activation,
+        dropout_probability,
+        context_features,
+        kw,
+    ):
         super().__init__()
         self.features = features
         self.layers = nn.ModuleList(
-            layer_cls(features, hidden_features, context_features, num_blocks_per_layer, use_residual_blocks,
-                      use_random_masks, activation, dropout_probability, False, **kw) for _ in range(num_layers))
+            layer_cls(
+                features,
+                hidden_features,
+                context_features,
+                num_blocks_per_layer,
+                use_residual_blocks,
+                use_random_masks,
+                activation,
+                dropout_probability,
+                False,
+                **kw,
+            )
+            for _ in range(num_layers)
+        )
 
     def transform_to_noise(self, x, context=None):
         """(z, logdet) with z = f(x) through every layer."""
@@ -475,21 +660,63 @@ class MAF(_Flow):
     """Masked autoregressive flow: density evaluation in one pass per layer, sampling
     autoregressive (each hidden unit computed once per layer)."""
 
-    def __init__(self, features, hidden_features, num_layers, num_blocks_per_layer, use_residual_blocks=True,
-                 use_random_masks=False, activation=F.relu, dropout_probability=0.0, context_features=None, **kw):
-        super().__init__(MaskedAffineAutoregressiveTransform, features, hidden_features, num_layers,
-                         num_blocks_per_layer, use_residual_blocks, use_random_masks, activation,
-                         dropout_probability, context_features, kw)
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        num_layers,
+        num_blocks_per_layer,
+        use_residual_blocks=True,
+        use_random_masks=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        context_features=None,
+        **kw,
+    ):
+        super().__init__(
+            MaskedAffineAutoregressiveTransform,
+            features,
+            hidden_features,
+            num_layers,
+            num_blocks_per_layer,
+            use_residual_blocks,
+            use_random_masks,
+            activation,
+            dropout_probability,
+            context_features,
+            kw,
+        )
 
 
 class IAF(_Flow):
     """Inverse autoregressive flow: sampling in one pass per layer, density evaluation autoregressive."""
 
-    def __init__(self, features, hidden_features, num_layers, num_blocks_per_layer, use_residual_blocks=True,
-                 use_random_masks=False, activation=F.relu, dropout_probability=0.0, context_features=None, **kw):
-        super().__init__(InverseAutoregressiveTransform, features, hidden_features, num_layers,
-                         num_blocks_per_layer, use_residual_blocks, use_random_masks, activation,
-                         dropout_probability, context_features, kw)
+    def __init__(
+        self,
+        features,
+        hidden_features,
+        num_layers,
+        num_blocks_per_layer,
+        use_residual_blocks=True,
+        use_random_masks=False,
+        activation=F.relu,
+        dropout_probability=0.0,
+        context_features=None,
+        **kw,
+    ):
+        super().__init__(
+            InverseAutoregressiveTransform,
+            features,
+            hidden_features,
+            num_layers,
+            num_blocks_per_layer,
+            use_residual_blocks,
+            use_random_masks,
+            activation,
+            dropout_probability,
+            context_features,
+            kw,
+        )
 
 
 # ---- pygen profile ------------------------------------------------------------------------------
@@ -497,6 +724,7 @@ class IAF(_Flow):
 class MADEConfig:
     """The binary MADE of the benchmark: 784-dim binarized MNIST-sized data, two hidden layers of
     2048 (nflows: one feedforward block after the initial layer), batch 4096."""
+
     features: int = 784
     hidden_features: int = 2048
     num_blocks: int = 1
@@ -505,7 +733,7 @@ class MADEConfig:
     batch: int = 4096
 
     @classmethod
-    def quick(cls) -> "MADEConfig":
+    def quick(cls) -> MADEConfig:
         return cls(features=16, hidden_features=64, batch=32)
 
 
@@ -515,9 +743,14 @@ class MADEProfileModel(nn.Module):
     def __init__(self, cfg: MADEConfig, backend: str | None = None):
         super().__init__()
         self.cfg = cfg
-        self.made = BinaryMADE(cfg.features, cfg.hidden_features, num_blocks=cfg.num_blocks,
-                               use_residual_blocks=cfg.use_residual_blocks, activation=cfg.activation,
-                               backend=backend)
+        self.made = BinaryMADE(
+            cfg.features,
+            cfg.hidden_features,
+            num_blocks=cfg.num_blocks,
+            use_residual_blocks=cfg.use_residual_blocks,
+            activation=cfg.activation,
+            backend=backend,
+        )
 
     def forward(self, x):
         return self.made.log_prob(x)

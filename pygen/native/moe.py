@@ -3,6 +3,7 @@ pygen/ops/moe.py). CPU tensors go to ``pygen._C`` (OpenMP, ``torch.get_num_threa
 CUDA tensors to ``pygen._cuda`` on the tensor's current stream. The kernels live in csrc/moe/
 (moe.cuh states the algorithm); the math is pygen/ref/moe.py's ``moe_align``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,15 +28,30 @@ def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts
     plus starts [E+1]; workspace int32 zero-filled [align_workspace_size(S, E)]."""
     if ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"moe_align: ids must be int32 or int64, got {ids.dtype}")
-    for name, t in (("sorted_ids", sorted_ids), ("expert_ids", expert_ids), ("ntpp", ntpp), ("starts", starts),
-                    ("workspace", workspace)):
+    for name, t in (
+        ("sorted_ids", sorted_ids),
+        ("expert_ids", expert_ids),
+        ("ntpp", ntpp),
+        ("starts", starts),
+        ("workspace", workspace),
+    ):
         if t.dtype != torch.int32:
             raise TypeError(f"moe_align: {name} must be int32, got {t.dtype}")
         if t.device != ids.device:
             raise ValueError(f"moe_align: {name} is on {t.device}, expected {ids.device}")
     mod, ctx = _module(ids)
-    mod.moe_align(_arg(ids.reshape(-1)), ids.dtype == torch.int64, int(num_experts), int(block_size),
-                  _arg(sorted_ids), _arg(expert_ids), _arg(ntpp), _arg(starts), _arg(workspace), ctx)
+    mod.moe_align(
+        _arg(ids.reshape(-1)),
+        ids.dtype == torch.int64,
+        int(num_experts),
+        int(block_size),
+        _arg(sorted_ids),
+        _arg(expert_ids),
+        _arg(ntpp),
+        _arg(starts),
+        _arg(workspace),
+        ctx,
+    )
     return None
 
 
@@ -51,8 +67,19 @@ def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, sc
     if ids.dtype != torch.int32 or not ids.is_contiguous() or not weights.is_contiguous():
         raise TypeError("moe_route: ids must be contiguous int32 and weights contiguous")
     mod, ctx = _module(logits)
-    mod.moe_route(_ext.dtype_code(logits), _arg(logits), None if bias is None else _arg(bias), _arg(ids),
-                  _arg(weights), int(n_group), int(topk_group), scoring == "softmax", bool(norm), float(scale), ctx)
+    mod.moe_route(
+        _ext.dtype_code(logits),
+        _arg(logits),
+        None if bias is None else _arg(bias),
+        _arg(ids),
+        _arg(weights),
+        int(n_group),
+        int(topk_group),
+        scoring == "softmax",
+        bool(norm),
+        float(scale),
+        ctx,
+    )
     return None
 
 
@@ -85,8 +112,9 @@ def unpermute_fwd(y, row_of_slot, weights, top_k, out):
     _rows_dtype_ok("moe_unpermute", y, out)
     mod, ctx = _module(y)
     w = _weights(weights, y)
-    mod.moe_unpermute(_ext.dtype_code(y), _arg(y), _arg(row_of_slot), None if w is None else _arg(w), int(top_k),
-                      _arg(out), ctx)
+    mod.moe_unpermute(
+        _ext.dtype_code(y), _arg(y), _arg(row_of_slot), None if w is None else _arg(w), int(top_k), _arg(out), ctx
+    )
     return None
 
 
@@ -100,9 +128,17 @@ def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
     dwc = None
     if dw is not None:
         dwc = torch.zeros(dw.numel(), dtype=cdt, device=dw.device)
-    mod.moe_unpermute_bwd(_ext.dtype_code(y), _arg(grad.to(y.dtype).contiguous()), _arg(y), _arg(sorted_slots),
-                          None if w is None else _arg(w), int(top_k), None if dy is None else _arg(dy),
-                          None if dwc is None else _arg(dwc), ctx)
+    mod.moe_unpermute_bwd(
+        _ext.dtype_code(y),
+        _arg(grad.to(y.dtype).contiguous()),
+        _arg(y),
+        _arg(sorted_slots),
+        None if w is None else _arg(w),
+        int(top_k),
+        None if dy is None else _arg(dy),
+        None if dwc is None else _arg(dwc),
+        ctx,
+    )
     if dw is not None:
         dw.copy_(dwc.view(dw.shape))
     return None

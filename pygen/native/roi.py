@@ -10,13 +10,13 @@ Requirements the launchers check (the public op in pygen.ops has already validat
 ``argmax`` / grad buffers contiguous, grad buffers float32 (float64 for float64) and zero-filled.
 The CUDA build takes float32 / float16 / bfloat16 (float64 is a cpu-backend dtype).
 """
+
 from __future__ import annotations
 
 import torch
 
 from .. import _ext
 from ..ref.roi import fpn_level_thresholds
-
 
 _module = _ext.native_module
 _arg = _ext.native_arg
@@ -51,9 +51,8 @@ def _check_cuda_columns(name: str, grads, deterministic: bool):
     """The deterministic CUDA backward runs one thread per grad column with 32-bit indices."""
     if deterministic and grads[0].is_cuda:
         cols = sum(g.shape[0] * g.shape[1] * g.shape[3] for g in grads)
-        if cols >= 2 ** 31:
-            raise ValueError(f"{name}: deterministic CUDA backward supports N*C*W < 2^31 grad columns, "
-                             f"got {cols}")
+        if cols >= 2**31:
+            raise ValueError(f"{name}: deterministic CUDA backward supports N*C*W < 2^31 grad columns, got {cols}")
 
 
 # ---- roi_align -------------------------------------------------------------------------------
@@ -62,20 +61,36 @@ def roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio, aligned):
     if _empty(input, rois, out):
         return None
     mod, ctx = _module(input)
-    mod.roi_align_fwd(_ext.dtype_code(input), _arg(input), _arg(rois), _arg(out), float(spatial_scale),
-                      int(sampling_ratio), bool(aligned), ctx)
+    mod.roi_align_fwd(
+        _ext.dtype_code(input),
+        _arg(input),
+        _arg(rois),
+        _arg(out),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+        ctx,
+    )
     return None
 
 
 def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, aligned, deterministic):
-    _check("roi_align_bwd", grad_out, rois, acc=[("grad_input", grad_input)],
-           contiguous=[("grad_input", grad_input)])
+    _check("roi_align_bwd", grad_out, rois, acc=[("grad_input", grad_input)], contiguous=[("grad_input", grad_input)])
     if _empty(grad_out, rois, grad_input):
         return None
     _check_cuda_columns("roi_align_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
-    mod.roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
-                      float(spatial_scale), int(sampling_ratio), bool(aligned), bool(deterministic), ctx)
+    mod.roi_align_bwd(
+        _ext.dtype_code(grad_out),
+        _arg(grad_out),
+        _arg(rois),
+        _arg(grad_input),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+        bool(deterministic),
+        ctx,
+    )
     return None
 
 
@@ -87,22 +102,29 @@ def roi_pool_fwd(input, rois, out, argmax, spatial_scale):
     if _empty(input, rois, out):
         return None
     mod, ctx = _module(input)
-    mod.roi_pool_fwd(_ext.dtype_code(input), _arg(input), _arg(rois), _arg(out), _arg(argmax),
-                     float(spatial_scale), ctx)
+    mod.roi_pool_fwd(
+        _ext.dtype_code(input), _arg(input), _arg(rois), _arg(out), _arg(argmax), float(spatial_scale), ctx
+    )
     return None
 
 
 def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
-    _check("roi_pool_bwd", grad_out, rois, acc=[("grad_input", grad_input)],
-           contiguous=[("grad_input", grad_input), ("argmax", argmax)])
+    _check(
+        "roi_pool_bwd",
+        grad_out,
+        rois,
+        acc=[("grad_input", grad_input)],
+        contiguous=[("grad_input", grad_input), ("argmax", argmax)],
+    )
     if argmax.dtype != torch.int32:
         raise TypeError(f"roi_pool_bwd: argmax must be int32, got {argmax.dtype}")
     if _empty(grad_out, rois, grad_input):
         return None
     _check_cuda_columns("roi_pool_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
-    mod.roi_pool_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(argmax), _arg(rois), _arg(grad_input),
-                     bool(deterministic), ctx)
+    mod.roi_pool_bwd(
+        _ext.dtype_code(grad_out), _arg(grad_out), _arg(argmax), _arg(rois), _arg(grad_input), bool(deterministic), ctx
+    )
     return None
 
 
@@ -112,20 +134,30 @@ def ps_roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio):
     if _empty(input, rois, out):
         return None
     mod, ctx = _module(input)
-    mod.ps_roi_align_fwd(_ext.dtype_code(input), _arg(input), _arg(rois), _arg(out), float(spatial_scale),
-                         int(sampling_ratio), ctx)
+    mod.ps_roi_align_fwd(
+        _ext.dtype_code(input), _arg(input), _arg(rois), _arg(out), float(spatial_scale), int(sampling_ratio), ctx
+    )
     return None
 
 
 def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, deterministic):
-    _check("ps_roi_align_bwd", grad_out, rois, acc=[("grad_input", grad_input)],
-           contiguous=[("grad_input", grad_input)])
+    _check(
+        "ps_roi_align_bwd", grad_out, rois, acc=[("grad_input", grad_input)], contiguous=[("grad_input", grad_input)]
+    )
     if _empty(grad_out, rois, grad_input):
         return None
     _check_cuda_columns("ps_roi_align_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
-    mod.ps_roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
-                         float(spatial_scale), int(sampling_ratio), bool(deterministic), ctx)
+    mod.ps_roi_align_bwd(
+        _ext.dtype_code(grad_out),
+        _arg(grad_out),
+        _arg(rois),
+        _arg(grad_input),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(deterministic),
+        ctx,
+    )
     return None
 
 
@@ -140,14 +172,20 @@ def ps_roi_pool_fwd(input, rois, out, spatial_scale):
 
 
 def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
-    _check("ps_roi_pool_bwd", grad_out, rois, acc=[("grad_input", grad_input)],
-           contiguous=[("grad_input", grad_input)])
+    _check("ps_roi_pool_bwd", grad_out, rois, acc=[("grad_input", grad_input)], contiguous=[("grad_input", grad_input)])
     if _empty(grad_out, rois, grad_input):
         return None
     _check_cuda_columns("ps_roi_pool_bwd", [grad_input], deterministic)
     mod, ctx = _module(grad_out)
-    mod.ps_roi_pool_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois), _arg(grad_input),
-                        float(spatial_scale), bool(deterministic), ctx)
+    mod.ps_roi_pool_bwd(
+        _ext.dtype_code(grad_out),
+        _arg(grad_out),
+        _arg(rois),
+        _arg(grad_input),
+        float(spatial_scale),
+        bool(deterministic),
+        ctx,
+    )
     return None
 
 
@@ -159,38 +197,74 @@ def _check_levels(name: str, maps, spatial_scales):
         raise ValueError(f"{name}: {len(maps)} levels but {len(spatial_scales)} spatial_scales")
 
 
-def multi_scale_roi_align_fwd(features, rois, out, spatial_scales, sampling_ratio, aligned,
-                              canonical_scale, canonical_level):
+def multi_scale_roi_align_fwd(
+    features, rois, out, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
+):
     features = list(features)
     _check_levels("multi_scale_roi_align_fwd", features, spatial_scales)
     f0 = features[0]
-    _check("multi_scale_roi_align_fwd", f0, rois, contiguous=[("out", out)],
-           same_device=[(f"features[{i}]", f) for i, f in enumerate(features)])
+    _check(
+        "multi_scale_roi_align_fwd",
+        f0,
+        rois,
+        contiguous=[("out", out)],
+        same_device=[(f"features[{i}]", f) for i, f in enumerate(features)],
+    )
     if any(f.dtype != f0.dtype for f in features):
         raise TypeError("multi_scale_roi_align_fwd: every level must have the same dtype")
     if _empty(rois, out) or all(f.numel() == 0 for f in features):
         return None
     thresholds = fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, rois.dtype)
     mod, ctx = _module(f0)
-    mod.multi_scale_roi_align_fwd(_ext.dtype_code(f0), [_arg(f) for f in features], _arg(rois), _arg(out),
-                                  [float(s) for s in spatial_scales], int(sampling_ratio), bool(aligned),
-                                  list(thresholds), ctx)
+    mod.multi_scale_roi_align_fwd(
+        _ext.dtype_code(f0),
+        [_arg(f) for f in features],
+        _arg(rois),
+        _arg(out),
+        [float(s) for s in spatial_scales],
+        int(sampling_ratio),
+        bool(aligned),
+        list(thresholds),
+        ctx,
+    )
     return None
 
 
-def multi_scale_roi_align_bwd(grad_out, rois, grad_features, spatial_scales, sampling_ratio, aligned,
-                              canonical_scale, canonical_level, deterministic):
+def multi_scale_roi_align_bwd(
+    grad_out,
+    rois,
+    grad_features,
+    spatial_scales,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+    deterministic,
+):
     grad_features = list(grad_features)
     _check_levels("multi_scale_roi_align_bwd", grad_features, spatial_scales)
-    _check("multi_scale_roi_align_bwd", grad_out, rois,
-           acc=[(f"grad_features[{i}]", g) for i, g in enumerate(grad_features)],
-           contiguous=[(f"grad_features[{i}]", g) for i, g in enumerate(grad_features)])
+    _check(
+        "multi_scale_roi_align_bwd",
+        grad_out,
+        rois,
+        acc=[(f"grad_features[{i}]", g) for i, g in enumerate(grad_features)],
+        contiguous=[(f"grad_features[{i}]", g) for i, g in enumerate(grad_features)],
+    )
     if _empty(grad_out, rois) or all(g.numel() == 0 for g in grad_features):
         return None
     _check_cuda_columns("multi_scale_roi_align_bwd", grad_features, deterministic)
     thresholds = fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, rois.dtype)
     mod, ctx = _module(grad_out)
-    mod.multi_scale_roi_align_bwd(_ext.dtype_code(grad_out), _arg(grad_out), _arg(rois),
-                                  [_arg(g) for g in grad_features], [float(s) for s in spatial_scales],
-                                  int(sampling_ratio), bool(aligned), list(thresholds), bool(deterministic), ctx)
+    mod.multi_scale_roi_align_bwd(
+        _ext.dtype_code(grad_out),
+        _arg(grad_out),
+        _arg(rois),
+        [_arg(g) for g in grad_features],
+        [float(s) for s in spatial_scales],
+        int(sampling_ratio),
+        bool(aligned),
+        list(thresholds),
+        bool(deterministic),
+        ctx,
+    )
     return None

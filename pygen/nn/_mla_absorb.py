@@ -21,6 +21,7 @@ FLOPs per token and head: 2 * Dn * R (query) and 2 * Dv * R (output) - for DeepS
 token and head inside the decode kernel: absorption pays for itself once the context is longer
 than ~80 tokens, and it shrinks the bytes read per token from H * (Dn + Dr + Dv) * E to (R + Dr) * E.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,13 +29,16 @@ import torch
 __all__ = ["split_kv_b", "absorb_query", "absorb_output", "absorbed_query"]
 
 
-def split_kv_b(kv_b_weight: torch.Tensor, num_heads: int, qk_nope_head_dim: int,
-               v_head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_kv_b(
+    kv_b_weight: torch.Tensor, num_heads: int, qk_nope_head_dim: int, v_head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_UK [H, Dn, R], W_UV [H, Dv, R]) views of kv_b_proj.weight [H * (Dn + Dv), R]."""
     r = kv_b_weight.shape[-1]
     if kv_b_weight.shape[0] != num_heads * (qk_nope_head_dim + v_head_dim):
-        raise ValueError(f"kv_b_weight must have {num_heads} * ({qk_nope_head_dim} + {v_head_dim}) rows, "
-                         f"got shape {tuple(kv_b_weight.shape)}")
+        raise ValueError(
+            f"kv_b_weight must have {num_heads} * ({qk_nope_head_dim} + {v_head_dim}) rows, "
+            f"got shape {tuple(kv_b_weight.shape)}"
+        )
     w = kv_b_weight.view(num_heads, qk_nope_head_dim + v_head_dim, r)
     return w[:, :qk_nope_head_dim], w[:, qk_nope_head_dim:]
 

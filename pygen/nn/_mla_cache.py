@@ -26,6 +26,7 @@ every page is either free or owned by exactly one sequence; a sequence of length
 ceil(L / page_size) pages outside an open step; a failed ``begin`` (pool exhausted) and a
 ``rollback`` leave the bookkeeping as it was before ``begin``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,9 +38,18 @@ __all__ = ["PagedMLACache"]
 
 
 class PagedMLACache:
-    def __init__(self, num_layers: int, num_blocks: int, page_size: int = 64, kv_lora_rank: int = 512,
-                 qk_rope_head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, device="cpu",
-                 backend: str | None = None, storage: list[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        page_size: int = 64,
+        kv_lora_rank: int = 512,
+        qk_rope_head_dim: int = 64,
+        dtype: torch.dtype = torch.bfloat16,
+        device="cpu",
+        backend: str | None = None,
+        storage: list[torch.Tensor] | None = None,
+    ):
         """``storage``: per-layer page tensors to use instead of allocating zeros (e.g. a model's
         buffers, so they follow ``.to()``); shapes as described above."""
         if page_size <= 0 or page_size & (page_size - 1):
@@ -52,6 +62,7 @@ class PagedMLACache:
         width = kv_lora_rank + qk_rope_head_dim
         if dtype == torch.uint8:  # FP8 cache: 512 e4m3 + 4 float32 scales + 64 bf16 per token
             from ..ops.mla import FP8_TOKEN_BYTES
+
             width = FP8_TOKEN_BYTES
         if storage is not None:
             want = (num_blocks, page_size, 1, width)
@@ -59,13 +70,14 @@ class PagedMLACache:
                 raise ValueError(f"storage must be {num_layers} tensors of shape {want}")
             self.kv = list(storage)
         else:
-            self.kv = [torch.zeros(num_blocks, page_size, 1, width, dtype=dtype, device=device)
-                       for _ in range(num_layers)]
-        self._free = list(range(num_blocks - 1, -1, -1))     # a stack: pop() gives low ids first
+            self.kv = [
+                torch.zeros(num_blocks, page_size, 1, width, dtype=dtype, device=device) for _ in range(num_layers)
+            ]
+        self._free = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives low ids first
         self._pages: dict[int, list[int]] = {}
         self._len: dict[int, int] = {}
         self._ids = itertools.count()
-        self._step = None                                     # (seq_ids, n, table, positions, lens)
+        self._step = None  # (seq_ids, n, table, positions, lens)
 
     # ---- bookkeeping -----------------------------------------------------------------------
     @property
@@ -104,7 +116,7 @@ class PagedMLACache:
         width = max([len(self._pages[s]) for s in seq_ids] + [1])
         table = torch.zeros(len(seq_ids), width, dtype=torch.int32)
         for i, s in enumerate(seq_ids):
-            table[i, :len(self._pages[s])] = torch.tensor(self._pages[s], dtype=torch.int32)
+            table[i, : len(self._pages[s])] = torch.tensor(self._pages[s], dtype=torch.int32)
         return table.to(self.device)
 
     # ---- one forward step ------------------------------------------------------------------
@@ -121,8 +133,10 @@ class PagedMLACache:
             self._check_sid(s)
         need = {s: math.ceil((self._len[s] + num_new) / self.page_size) - len(self._pages[s]) for s in seq_ids}
         if sum(need.values()) > len(self._free):
-            raise RuntimeError(f"paged MLA cache exhausted: {sum(need.values())} pages needed, "
-                               f"{len(self._free)} free of {self.num_blocks}")
+            raise RuntimeError(
+                f"paged MLA cache exhausted: {sum(need.values())} pages needed, "
+                f"{len(self._free)} free of {self.num_blocks}"
+            )
         for s, n in need.items():
             self._pages[s].extend(self._free.pop() for _ in range(n))
         start = torch.tensor([self._len[s] for s in seq_ids], dtype=torch.int64)
@@ -139,9 +153,12 @@ class PagedMLACache:
             raise IndexError(f"layer_idx {layer_idx} out of range for a cache of {self.num_layers} layers")
         want = (len(seq_ids), n)
         if tuple(latent.shape[:2]) != want or tuple(k_rope.shape[:2]) != want:
-            raise ValueError(f"latent / k_rope must be [{want[0]}, {want[1]}, ...] for this step, got "
-                             f"{tuple(latent.shape)} / {tuple(k_rope.shape)}")
+            raise ValueError(
+                f"latent / k_rope must be [{want[0]}, {want[1]}, ...] for this step, got "
+                f"{tuple(latent.shape)} / {tuple(k_rope.shape)}"
+            )
         from ..ops.mla import mla_cache_append
+
         kv = self.kv[layer_idx]
         if kv.dtype != torch.uint8:  # the FP8 cache quantises the model-dtype values itself
             latent, k_rope = latent.to(kv.dtype), k_rope.to(kv.dtype)

@@ -29,13 +29,21 @@ runs every collective in the same order in forward and backward, also a rank tha
 receives nothing (its empty tensors stay connected to the autograd graph), otherwise a peer
 would wait forever.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["expert_partition", "group_size", "group_rank", "all_to_all", "dispatch_plan", "local_experts",
-           "ep_experts_forward"]
+__all__ = [
+    "expert_partition",
+    "group_size",
+    "group_rank",
+    "all_to_all",
+    "dispatch_plan",
+    "local_experts",
+    "ep_experts_forward",
+]
 
 
 def group_size(group) -> int:
@@ -51,8 +59,10 @@ def expert_partition(num_experts: int, world_size: int) -> list[int]:
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if num_experts < world_size:
-        raise ValueError(f"expert parallelism needs at least one expert per rank: "
-                         f"n_routed_experts={num_experts} < group size {world_size}")
+        raise ValueError(
+            f"expert parallelism needs at least one expert per rank: "
+            f"n_routed_experts={num_experts} < group size {world_size}"
+        )
     base, extra = divmod(num_experts, world_size)
     starts = [0]
     for r in range(world_size):
@@ -101,13 +111,13 @@ def dispatch_plan(topk_ids: torch.Tensor, topk_weights: torch.Tensor, starts: li
     dev = topk_ids.device
     ids = topk_ids.long()
     st = torch.tensor(starts, device=dev)
-    owner = torch.bucketize(ids, st[1:], right=True)                         # [T, k] in [0, W)
+    owner = torch.bucketize(ids, st[1:], right=True)  # [T, k] in [0, W)
     need = torch.zeros(t, world, dtype=torch.bool, device=dev)
-    need.scatter_(1, owner, True)                                            # [T, W]
-    dst, tok = need.t().nonzero(as_tuple=True)                               # ordered by dst, then token
-    send_counts = need.sum(0)                                                # [W]
-    mine = owner[tok] == dst.unsqueeze(1)                                    # [S, k]
-    rdt = torch.promote_types(topk_weights.dtype, torch.float32)            # float64 stays float64
+    need.scatter_(1, owner, True)  # [T, W]
+    dst, tok = need.t().nonzero(as_tuple=True)  # ordered by dst, then token
+    send_counts = need.sum(0)  # [W]
+    mine = owner[tok] == dst.unsqueeze(1)  # [S, k]
+    rdt = torch.promote_types(topk_weights.dtype, torch.float32)  # float64 stays float64
     w_send = topk_weights[tok].to(rdt) * mine
     id_send = torch.where(mine, ids[tok] - st[dst].unsqueeze(1), -1).to(rdt)
     return tok, send_counts, torch.cat([w_send, id_send], 1)
@@ -120,16 +130,18 @@ def local_experts(experts, x_recv: torch.Tensor, route_recv: torch.Tensor) -> to
     w_recv, id_recv = route_recv[:, :k], route_recv[:, k:].detach().long()
     rows, slots = (id_recv >= 0).nonzero(as_tuple=True)
     if rows.numel():
-        y_pairs = experts(x_recv[rows], id_recv[rows, slots].unsqueeze(1).int(),
-                          w_recv[rows, slots].unsqueeze(1), check_ids=False)
+        y_pairs = experts(
+            x_recv[rows], id_recv[rows, slots].unsqueeze(1).int(), w_recv[rows, slots].unsqueeze(1), check_ids=False
+        )
         return x_recv.new_zeros(x_recv.shape).index_add(0, rows, y_pairs.to(x_recv.dtype))
     # Nothing to compute, but the received tensors must stay in the graph so that this rank's
     # backward runs the same exchanges as its peers.
     return x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
 
 
-def ep_experts_forward(experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                       group) -> torch.Tensor:
+def ep_experts_forward(
+    experts, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, group
+) -> torch.Tensor:
     """The routed-expert output [T, H] of this rank's tokens, with experts spread over ``group``
     (``experts`` is this rank's pygen.nn.moe.MoEExperts slice). See the module docstring."""
     world = group_size(group)
@@ -153,34 +165,47 @@ def _torchrun_check() -> None:
     import os
 
     from .moe import MoE
+
     use_cuda = torch.cuda.is_available() and torch.cuda.device_count() > int(os.environ.get("LOCAL_RANK", 0))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    fields = dict(hidden_size=64, moe_intermediate_size=32, n_routed_experts=4 * world + 1,
-                  num_experts_per_tok=4, n_shared_experts=1, routed_scaling_factor=2.5)
+    fields = dict(
+        hidden_size=64,
+        moe_intermediate_size=32,
+        n_routed_experts=4 * world + 1,
+        num_experts_per_tok=4,
+        n_shared_experts=1,
+        routed_scaling_factor=2.5,
+    )
     torch.manual_seed(0)
     full = MoE(**fields, backend="reference").to(dev)
     ep = MoE(**fields, ep_group=dist.group.WORLD).to(dev)
     ep.load_state_dict(full.state_dict())
-    sizes = [(7 * r + 3) % 11 for r in range(world)]      # uneven, some ranks may get none
+    sizes = [(7 * r + 3) % 11 for r in range(world)]  # uneven, some ranks may get none
     x = torch.randn(sum(sizes), 64, generator=torch.Generator().manual_seed(1)).to(dev)
     lo = sum(sizes[:rank])
-    xl = x[lo:lo + sizes[rank]].clone().requires_grad_()
+    xl = x[lo : lo + sizes[rank]].clone().requires_grad_()
     out = ep(xl)
     out.square().sum().backward()
     xr = x.clone().requires_grad_()
     ref = full(xr)
     ref.square().sum().backward()
-    err = torch.tensor([(out - ref[lo:lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0,
-                        (xl.grad - xr.grad[lo:lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0],
-                       device=dev)
+    err = torch.tensor(
+        [
+            (out - ref[lo : lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0,
+            (xl.grad - xr.grad[lo : lo + sizes[rank]]).abs().max().item() if out.numel() else 0.0,
+        ],
+        device=dev,
+    )
     dist.all_reduce(err, op=dist.ReduceOp.MAX)
     if rank == 0:
-        print(f"pygen EP check: {world} ranks, {fields['n_routed_experts']} experts, tokens per rank "
-              f"{sizes}: max |out - single| = {err[0].item():.3g}, max |dx - single| = {err[1].item():.3g}")
+        print(
+            f"pygen EP check: {world} ranks, {fields['n_routed_experts']} experts, tokens per rank "
+            f"{sizes}: max |out - single| = {err[0].item():.3g}, max |dx - single| = {err[1].item():.3g}"
+        )
     dist.destroy_process_group()
 
 

@@ -27,6 +27,7 @@ layout) rotates the pairs (x0, x1), (x2, x3), ... and writes the result de-inter
 ([evens rotated | odds rotated]), exactly as transformers' apply_rotary_pos_emb_interleave does;
 ``False`` is the rotate-half form.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["rope_params", "yarn_mscale", "inv_freq_and_attention_factor", "softmax_scale",
-           "RotaryEmbedding", "apply_rope"]
+__all__ = [
+    "rope_params",
+    "yarn_mscale",
+    "inv_freq_and_attention_factor",
+    "softmax_scale",
+    "RotaryEmbedding",
+    "apply_rope",
+]
 
 
 def rope_params(config: Any) -> dict:
@@ -123,12 +130,12 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return ((emb.cos() * self.attention_scaling).to(x.dtype),
-                (emb.sin() * self.attention_scaling).to(x.dtype))
+        return ((emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool,
-               unsqueeze_dim: int) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool, unsqueeze_dim: int
+) -> torch.Tensor:
     """Rotate ``x`` [..., d]; ``cos``/``sin`` get a broadcast axis at ``unsqueeze_dim``."""
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
     if interleave:

@@ -17,6 +17,7 @@ can be changed later (pygen.models.flows.set_backend does it for a whole model).
 
 ``flip=True`` on a coupling swaps the roles of the halves (x_b first), as RealNVP alternates.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,7 @@ from torch import nn
 from .. import ops
 from ..ref import flows as ref
 
-__all__ = ["ActNorm", "InvConv1x1", "AffineCoupling", "AdditiveCoupling", "Squeeze", "ZeroConv2d",
-           "coupling_net"]
+__all__ = ["ActNorm", "InvConv1x1", "AffineCoupling", "AdditiveCoupling", "Squeeze", "ZeroConv2d", "coupling_net"]
 
 
 def _zero_logdet(x: torch.Tensor) -> torch.Tensor:
@@ -34,8 +34,7 @@ def _zero_logdet(x: torch.Tensor) -> torch.Tensor:
 
 
 class ActNorm(nn.Module):
-    def __init__(self, num_channels: int, logscale: bool = True, eps: float = 1e-6, *,
-                 backend: str | None = None):
+    def __init__(self, num_channels: int, logscale: bool = True, eps: float = 1e-6, *, backend: str | None = None):
         super().__init__()
         self.num_channels = num_channels
         self.logscale = logscale
@@ -75,14 +74,19 @@ class ActNorm(nn.Module):
 
 
 class InvConv1x1(nn.Module):
-    def __init__(self, num_channels: int, lu: bool = True, *, backend: str | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        num_channels: int,
+        lu: bool = True,
+        *,
+        backend: str | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.num_channels = num_channels
         self.lu = lu
         self.backend = backend
-        q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator,
-                                           dtype=torch.float64))
+        q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator, dtype=torch.float64))
         if not lu:
             self.weight = nn.Parameter(q.float().reshape(num_channels, num_channels, 1, 1))
             return
@@ -130,8 +134,13 @@ def coupling_net(in_channels: int, out_channels: int, hidden: int, image: bool =
     """Glow's conditioner: conv3x3 -> ReLU -> conv1x1 -> ReLU -> ZeroConv2d (images), or a
     3-layer MLP with a zero-initialised output layer (vectors)."""
     if image:
-        return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(hidden, hidden, 1), nn.ReLU(), ZeroConv2d(hidden, out_channels))
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            ZeroConv2d(hidden, out_channels),
+        )
     last = nn.Linear(hidden, out_channels)
     last.weight.data.zero_()
     last.bias.data.zero_()
@@ -154,8 +163,15 @@ class _Coupling(nn.Module):
 
 
 class AffineCoupling(_Coupling):
-    def __init__(self, net: nn.Module, clamp: float | None = 2.0, flip: bool = False, *,
-                 scale: str = "exp", backend: str | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        clamp: float | None = 2.0,
+        flip: bool = False,
+        *,
+        scale: str = "exp",
+        backend: str | None = None,
+    ):
         super().__init__(net, flip, backend)
         if scale not in ("exp", "sigmoid"):
             raise ValueError(f"AffineCoupling: scale must be 'exp' or 'sigmoid', got {scale!r}")
@@ -165,8 +181,9 @@ class AffineCoupling(_Coupling):
     def _transform(self, x, reverse):
         a, b = self._split(x)
         raw, t = self.net(a).chunk(2, 1)
-        out, ld = ops.affine_coupling(b, raw, t, reverse=reverse, clamp=self.clamp, scale=self.scale,
-                                      backend=self.backend)
+        out, ld = ops.affine_coupling(
+            b, raw, t, reverse=reverse, clamp=self.clamp, scale=self.scale, backend=self.backend
+        )
         return self._join(a, out), ld
 
     def forward(self, x: torch.Tensor):

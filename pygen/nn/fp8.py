@@ -31,9 +31,10 @@ other layers alone. A ragged out_features (DeepSeek-V3's 2112 = 1536 + 576) work
 gradient, whose reduction runs over out_features, pads dY and W^T with zero columns. Input dtypes:
 float32, bfloat16, float16 (output in the input's dtype).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -76,8 +77,11 @@ class _FP8LinearFn(torch.autograd.Function):
             gy_n = gy if np_ == n else torch.cat([gy, gy.new_zeros(gy.shape[0], np_ - n)], 1)
             gq, gs = ops.quantize_fp8_1x128(gy_n, scale_format=scale_format, backend=backend)
             # W^T [K, N] with the [K/128, N/128] block scales: K-major copy for the MMA
-            wqt = wq.t().contiguous() if np_ == n else torch.cat(
-                [wq.t(), torch.zeros(wq.shape[1], np_ - n, dtype=wq.dtype, device=wq.device)], 1)
+            wqt = (
+                wq.t().contiguous()
+                if np_ == n
+                else torch.cat([wq.t(), torch.zeros(wq.shape[1], np_ - n, dtype=wq.dtype, device=wq.device)], 1)
+            )
             dx = ops.fp8_gemm(gq, gs, wqt, ws.t(), out_dtype=gy.dtype, backend=backend)
         if ctx.needs_input_grad[1]:
             m = gy.shape[0]
@@ -95,13 +99,20 @@ class _FP8LinearFn(torch.autograd.Function):
         return dx, dw, db, None, None, None, None
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-               scale_format: str = "fp32", backend: str | None = None,
-               weight_fp8: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    scale_format: str = "fp32",
+    backend: str | None = None,
+    weight_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """F.linear(x, weight, bias) with the FP8 recipe (module docstring); x [..., K]."""
     if not isinstance(x, torch.Tensor) or x.dtype not in _IN_DTYPES:
-        raise TypeError(f"fp8_linear: x must be a float32/bfloat16/float16 tensor, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"fp8_linear: x must be a float32/bfloat16/float16 tensor, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
     n, k = weight.shape
     if x.shape[-1] != k:
         raise ValueError(f"fp8_linear: x.shape[-1] must be in_features = {k}, got {tuple(x.shape)}")
@@ -117,11 +128,22 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 class FP8Linear(nn.Linear):
     """nn.Linear computed with block-scaled FP8 GEMMs (module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
-                 scale_format: str = "fp32", backend: str | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        scale_format: str = "fp32",
+        backend: str | None = None,
+    ):
         if in_features % BLOCK:
-            raise ValueError(f"FP8Linear: in_features ({in_features}) must be a multiple of {BLOCK} (the FP8 "
-                             f"scale grid along K); keep this layer as nn.Linear")
+            raise ValueError(
+                f"FP8Linear: in_features ({in_features}) must be a multiple of {BLOCK} (the FP8 "
+                f"scale grid along K); keep this layer as nn.Linear"
+            )
         if scale_format not in ("fp32", "ue8m0"):
             raise ValueError(f"FP8Linear: scale_format must be 'fp32' or 'ue8m0', got {scale_format!r}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
@@ -130,13 +152,18 @@ class FP8Linear(nn.Linear):
         self._wcache = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, scale_format: str = "fp32",
-                    backend: str | None = None) -> "FP8Linear":
+    def from_linear(cls, linear: nn.Linear, *, scale_format: str = "fp32", backend: str | None = None) -> FP8Linear:
         """An FP8Linear sharing ``linear``'s weight and bias Parameters (no copy, no re-init)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"FP8Linear.from_linear: expected an nn.Linear, got {type(linear).__name__}")
-        new = cls(linear.in_features, linear.out_features, bias=False, device="meta",
-                  scale_format=scale_format, backend=backend)
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=False,
+            device="meta",
+            scale_format=scale_format,
+            backend=backend,
+        )
         new.weight = linear.weight
         new.bias = linear.bias
         new.train(linear.training)
@@ -153,8 +180,14 @@ class FP8Linear(nn.Linear):
         return self._wcache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias, scale_format=self.scale_format, backend=self.backend,
-                          weight_fp8=self._cached_weight())
+        return fp8_linear(
+            x,
+            self.weight,
+            self.bias,
+            scale_format=self.scale_format,
+            backend=self.backend,
+            weight_fp8=self._cached_weight(),
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scale_format={self.scale_format!r}"
@@ -164,8 +197,13 @@ def _fp8_compatible(module: nn.Module) -> bool:
     return type(module) is nn.Linear and module.in_features % BLOCK == 0
 
 
-def convert_to_fp8(model: nn.Module, filter: Callable[[str, nn.Module], bool] | None = None, *,
-                   scale_format: str = "fp32", backend: str | None = None) -> nn.Module:
+def convert_to_fp8(
+    model: nn.Module,
+    filter: Callable[[str, nn.Module], bool] | None = None,
+    *,
+    scale_format: str = "fp32",
+    backend: str | None = None,
+) -> nn.Module:
     """Replace, in place, every nn.Linear of ``model`` (exact type) whose in_features is a
     multiple of 128 and for which ``filter(qualified_name, module)`` is true (default: all)
     by FP8Linear.from_linear (Parameters shared, so optimizers and tied weights keep working).
@@ -180,4 +218,3 @@ def convert_to_fp8(model: nn.Module, filter: Callable[[str, nn.Module], bool] | 
             if _fp8_compatible(child) and (filter is None or filter(full, child)):
                 setattr(mod, child_name, FP8Linear.from_linear(child, scale_format=scale_format, backend=backend))
     return model
-

@@ -28,6 +28,7 @@ degrees the same way, so a state_dict whose mask disagrees with its degrees stil
 pygen extras (keywords only): ``backend=None`` (see pygen.ops.masked_linear) and
 ``forward(x, activation=None)``, which fuses an activation into the kernel.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -60,14 +61,17 @@ def _bind(sig_fn, args, kwargs, form: str):
         raise TypeError(f"MaskedLinear ({form} form{inspect.signature(sig_fn)}): {exc}") from None
 
 
-def nflows_mask_and_degrees(in_degrees: torch.Tensor, out_features: int, autoregressive_features: int,
-                            random_mask: bool, is_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def nflows_mask_and_degrees(
+    in_degrees: torch.Tensor, out_features: int, autoregressive_features: int, random_mask: bool, is_output: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """nflows' rule for a MaskedLinear layer: (float mask [O, I], int64 output degrees [O])."""
     d = autoregressive_features
     if is_output:
         if out_features % d:
-            raise ValueError(f"MaskedLinear: an output layer needs out_features ({out_features}) to be a "
-                             f"multiple of autoregressive_features ({d})")
+            raise ValueError(
+                f"MaskedLinear: an output layer needs out_features ({out_features}) to be a "
+                f"multiple of autoregressive_features ({d})"
+            )
         out_deg = ref.output_degrees(d, out_features // d)
         mask = ref.autoregressive_mask(in_degrees.cpu(), out_deg, strict=True)
     else:
@@ -82,18 +86,22 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
         first = args[0] if args else kwargs.get("in_degrees", kwargs.get("adjacency", kwargs.get("in_features")))
-        if "in_degrees" in kwargs or (isinstance(first, torch.Tensor) and first.dim() == 1 and "adjacency" not in kwargs):
+        if "in_degrees" in kwargs or (
+            isinstance(first, torch.Tensor) and first.dim() == 1 and "adjacency" not in kwargs
+        ):
             a = _bind(_nflows_sig, args, kwargs, "nflows")
             in_deg = a["in_degrees"]
             if not isinstance(in_deg, torch.Tensor) or in_deg.dtype.is_floating_point or in_deg.dtype == torch.bool:
                 raise TypeError("MaskedLinear: in_degrees must be an integer tensor")
             super().__init__(len(in_deg), a["out_features"], bias=a.get("bias", True))
-            mask, degrees = nflows_mask_and_degrees(in_deg, a["out_features"], a["autoregressive_features"],
-                                                    a["random_mask"], a["is_output"])
+            mask, degrees = nflows_mask_and_degrees(
+                in_deg, a["out_features"], a["autoregressive_features"], a["random_mask"], a["is_output"]
+            )
             self.register_buffer("mask", mask.to(self.weight.device))
             self.register_buffer("degrees", degrees.to(self.weight.device))
-            self.register_buffer("in_degrees", in_deg.detach().to(torch.int64).to(self.weight.device).clone(),
-                                 persistent=False)
+            self.register_buffer(
+                "in_degrees", in_deg.detach().to(torch.int64).to(self.weight.device).clone(), persistent=False
+            )
             self.form, self.is_output = "nflows", bool(a["is_output"])
         elif "adjacency" in kwargs or (isinstance(first, torch.Tensor) and first.dim() == 2):
             a = _bind(_zuko_sig, args, kwargs, "zuko")
@@ -108,8 +116,10 @@ class MaskedLinear(nn.Linear):
                 raise TypeError(f"MaskedLinear: mask must be a tensor, got {type(mask).__name__}")
             super().__init__(a["in_features"], a["out_features"], bias=a.get("bias", True))
             if tuple(mask.shape) != (a["out_features"], a["in_features"]):
-                raise ValueError(f"MaskedLinear: mask must have shape [out_features, in_features] = "
-                                 f"[{a['out_features']}, {a['in_features']}], got {tuple(mask.shape)}")
+                raise ValueError(
+                    f"MaskedLinear: mask must have shape [out_features, in_features] = "
+                    f"[{a['out_features']}, {a['in_features']}], got {tuple(mask.shape)}"
+                )
             self.register_buffer("mask", mask.data)
             self.form, self.is_output = "pyro", False
         self.backend = backend
@@ -133,8 +143,11 @@ class MaskedLinear(nn.Linear):
 
     def _derive(self):
         mask = self.mask != 0
-        if self.form == "nflows" and self.in_degrees.shape[0] == mask.shape[1] \
-                and self.degrees.shape[0] == mask.shape[0]:
+        if (
+            self.form == "nflows"
+            and self.in_degrees.shape[0] == mask.shape[1]
+            and self.degrees.shape[0] == mask.shape[0]
+        ):
             if torch.equal(ref.autoregressive_mask(self.in_degrees, self.degrees, self.is_output), mask):
                 return ("degrees", self.in_degrees, self.degrees, self.is_output)
         derived = ref.degrees_from_mask(mask)
@@ -149,14 +162,14 @@ class MaskedLinear(nn.Linear):
         else:
             plan = self.kernel_args()
         if plan[0] == "degrees":
-            return ops.masked_linear(input, self.weight, self.bias, plan[1], plan[2], plan[3], activation,
-                                     backend=self.backend)
-        return ops.made.masked_linear_plain(input, self.weight, self.bias, plan[1], activation,
-                                            backend=self.backend)
+            return ops.masked_linear(
+                input, self.weight, self.bias, plan[1], plan[2], plan[3], activation, backend=self.backend
+            )
+        return ops.made.masked_linear_plain(input, self.weight, self.bias, plan[1], activation, backend=self.backend)
 
     # ---- hidden-unit permutations (pygen.models.made.MADE.sort_hidden_) ------------------------
     @torch.no_grad()
-    def permute_(self, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> "MaskedLinear":
+    def permute_(self, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> MaskedLinear:
         """Reorder output units (``rows``) and / or input units (``cols``) in place: weight, bias,
         mask and degrees move together, so the layer computes the same function of the
         correspondingly permuted input / output."""

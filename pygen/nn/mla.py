@@ -37,6 +37,7 @@ Three ways through the attention, by what ``cache`` is:
   transformers_paged_cache.PagedMLATransformersCache, for generate()) takes this path too: the
   hook opens / commits the step around each layer and hands over its PagedMLACache.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -107,13 +108,23 @@ def attention_prefill(q, k, v, scale: float, backend: str | None):
     """Bottom-right causal attention of equal-length batches through pygen.ops.mla_prefill.
     q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv] -> [b, s, H, Dv]."""
     from ..ops.mla import mla_prefill
+
     b, s, h, dq = q.shape
     kv = k.shape[1]
     cu_q = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
     cu_k = torch.arange(0, (b + 1) * kv, kv, dtype=torch.int32, device=q.device)
-    out, _ = mla_prefill(q.reshape(b * s, h, dq), k.reshape(b * kv, h, dq), v.reshape(b * kv, h, -1),
-                         cu_q, cu_k, max_seqlen_q=s, max_seqlen_k=kv, softmax_scale=scale, causal=True,
-                         backend=backend)
+    out, _ = mla_prefill(
+        q.reshape(b * s, h, dq),
+        k.reshape(b * kv, h, dq),
+        v.reshape(b * kv, h, -1),
+        cu_q,
+        cu_k,
+        max_seqlen_q=s,
+        max_seqlen_k=kv,
+        softmax_scale=scale,
+        causal=True,
+        backend=backend,
+    )
     return out.view(b, s, h, -1)
 
 
@@ -168,8 +179,9 @@ class MLA(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
         q = q.view(b, s, self.num_heads, self.qk_head_dim)
         q_nope, q_rope = torch.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        latent, k_rope = torch.split(self.kv_a_proj_with_mqa(hidden_states),
-                                     [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        latent, k_rope = torch.split(
+            self.kv_a_proj_with_mqa(hidden_states), [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1
+        )
         latent = self.kv_a_layernorm(latent)
         cos, sin = position_embeddings
         q_rope = apply_rope(q_rope, cos, sin, self.rope_interleave, unsqueeze_dim=2)
@@ -199,15 +211,23 @@ class MLA(nn.Module):
             k, v = self.expand_kv(latent, k_rope)
             return self._attend(torch.cat([q_nope, q_rope], -1), k, v, None)
         from ..ops.mla import mla_decode
-        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim,
-                                       self.v_head_dim)
+
+        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim, self.v_head_dim)
         q = absorb.absorbed_query(q_nope, q_rope, w_uk)
         if kv_cache.dtype != torch.uint8:  # the FP8 cache (uint8 bytes) takes q in the model's dtype
             q = q.to(kv_cache.dtype)
         if n >= self.chunk_threshold:
             return self._paged_chunk(q_nope, q_rope, latent, k_rope, q, kv_cache, table, lens - n, w_uv)
-        out_latent, _ = mla_decode(q, kv_cache, table, lens, head_dim_v=self.kv_lora_rank,
-                                   softmax_scale=self.scaling, causal=True, backend=self.backend)
+        out_latent, _ = mla_decode(
+            q,
+            kv_cache,
+            table,
+            lens,
+            head_dim_v=self.kv_lora_rank,
+            softmax_scale=self.scaling,
+            causal=True,
+            backend=self.backend,
+        )
         self.last_path = "mla_decode (absorbed)"
         return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
 
@@ -217,26 +237,53 @@ class MLA(nn.Module):
         absorbed mla_decode with the n queries folded into the head axis (non-causal: every new
         token sees every cached one, and the pages are read once), merged by their lse."""
         from ..ops.mla import merge_attn_states, mla_decode, mla_prefill
+
         b, n, h, _ = q_nope.shape
         k, v = self.expand_kv(latent, k_rope)
         cu = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_nope.device)
-        o_new, lse_new = mla_prefill(torch.cat([q_nope, q_rope], -1).reshape(b * n, h, -1).contiguous(),
-                                     k.reshape(b * n, h, -1).contiguous(), v.reshape(b * n, h, -1).contiguous(),
-                                     cu, cu, max_seqlen_q=n, max_seqlen_k=n, softmax_scale=self.scaling,
-                                     causal=True, backend=self.backend)
-        o_lat, lse_past = mla_decode(q_abs.reshape(b, 1, n * h, -1), kv_cache, table, past,
-                                     head_dim_v=self.kv_lora_rank, softmax_scale=self.scaling, causal=False,
-                                     backend=self.backend)
+        o_new, lse_new = mla_prefill(
+            torch.cat([q_nope, q_rope], -1).reshape(b * n, h, -1).contiguous(),
+            k.reshape(b * n, h, -1).contiguous(),
+            v.reshape(b * n, h, -1).contiguous(),
+            cu,
+            cu,
+            max_seqlen_q=n,
+            max_seqlen_k=n,
+            softmax_scale=self.scaling,
+            causal=True,
+            backend=self.backend,
+        )
+        o_lat, lse_past = mla_decode(
+            q_abs.reshape(b, 1, n * h, -1),
+            kv_cache,
+            table,
+            past,
+            head_dim_v=self.kv_lora_rank,
+            softmax_scale=self.scaling,
+            causal=False,
+            backend=self.backend,
+        )
         o_past = absorb.absorb_output(o_lat.view(b, n, h, -1).to(q_nope.dtype), w_uv)
-        lse_past = lse_past.view(b, n, h).permute(2, 0, 1).reshape(h, b * n)      # [b, n*h, 1] -> [h, b*n]
-        out, _ = merge_attn_states(o_new, lse_new, o_past.reshape(b * n, h, -1).contiguous().to(o_new.dtype),
-                                   lse_past.contiguous(), backend=self.backend)
+        lse_past = lse_past.view(b, n, h).permute(2, 0, 1).reshape(h, b * n)  # [b, n*h, 1] -> [h, b*n]
+        out, _ = merge_attn_states(
+            o_new,
+            lse_new,
+            o_past.reshape(b * n, h, -1).contiguous().to(o_new.dtype),
+            lse_past.contiguous(),
+            backend=self.backend,
+        )
         self.last_path = "chunk: mla_prefill + absorbed mla_decode, merged"
         return out.view(b, n, h, -1)
 
     # ---- forward ---------------------------------------------------------------------------
-    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attention_mask: torch.Tensor | None = None, cache=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache=None,
+        **kwargs,
+    ):
         legacy = kwargs.pop("past_key_values", None)
         cache = legacy if cache is None else cache
         b, s = hidden_states.shape[:-1]
@@ -251,8 +298,9 @@ class MLA(nn.Module):
                 cache.pygen_paged_done(self.layer_idx)
         else:
             if cache is not None:  # transformers Cache: stores the compressed latents (transformers 5.x)
-                latent4, k_rope4 = cache.update(latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1),
-                                                self.layer_idx, kwargs=kwargs)
+                latent4, k_rope4 = cache.update(
+                    latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1), self.layer_idx, kwargs=kwargs
+                )
                 latent, k_rope = latent4[:, 0], k_rope4[:, 0]
             if self._absorb_contiguous_ok(s, latent.shape[1], attention_mask):
                 o = self._absorbed_contiguous(q_nope, q_rope, latent, k_rope)
@@ -264,9 +312,14 @@ class MLA(nn.Module):
     def _absorb_contiguous_ok(self, s: int, kv_len: int, mask) -> bool:
         """Decode / MTP steps on transformers' cache (inference, tokens already cached, plain
         causal mask, the decode kernel's latent widths) take the absorbed path below."""
-        return (kv_len > s and s < self.chunk_threshold and not torch.is_grad_enabled()
-                and self.kv_lora_rank == 512 and self.qk_rope_head_dim == 64
-                and mask_is_causal(mask, s, kv_len))
+        return (
+            kv_len > s
+            and s < self.chunk_threshold
+            and not torch.is_grad_enabled()
+            and self.kv_lora_rank == 512
+            and self.qk_rope_head_dim == 64
+            and mask_is_causal(mask, s, kv_len)
+        )
 
     def _absorbed_contiguous(self, q_nope, q_rope, latent, k_rope):
         """Absorbed mla_decode over latents held contiguously per sequence (transformers' cache):
@@ -274,19 +327,29 @@ class MLA(nn.Module):
         576 values per cached token instead of the H * (192 + 128) of expanded keys and values.
         The concatenation copies the latents once per call (same order of bytes as the read)."""
         from ..ops.mla import mla_decode
+
         b, n = latent.shape[:2]
-        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim,
-                                       self.v_head_dim)
+        w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim, self.v_head_dim)
         q = absorb.absorbed_query(q_nope, q_rope, w_uk)
         kv = torch.cat([latent, k_rope], -1).to(q.dtype).reshape(b * n, 1, 1, -1)
         table = torch.arange(b * n, dtype=torch.int32, device=q.device).view(b, n)
         lens = torch.full((b,), n, dtype=torch.int32, device=q.device)
-        out_latent, _ = mla_decode(q, kv, table, lens, head_dim_v=self.kv_lora_rank, softmax_scale=self.scaling,
-                                   causal=True, backend=self.backend)
+        out_latent, _ = mla_decode(
+            q,
+            kv,
+            table,
+            lens,
+            head_dim_v=self.kv_lora_rank,
+            softmax_scale=self.scaling,
+            causal=True,
+            backend=self.backend,
+        )
         self.last_path = "mla_decode (absorbed, transformers cache)"
         return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
 
     def extra_repr(self) -> str:
-        return (f"heads={self.num_heads}, q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, "
-                f"qk_nope={self.qk_nope_head_dim}, qk_rope={self.qk_rope_head_dim}, v={self.v_head_dim}, "
-                f"scale={self.scaling:.6g}, backend={self.backend}")
+        return (
+            f"heads={self.num_heads}, q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, "
+            f"qk_nope={self.qk_nope_head_dim}, qk_rope={self.qk_rope_head_dim}, v={self.v_head_dim}, "
+            f"scale={self.scaling:.6g}, backend={self.backend}"
+        )

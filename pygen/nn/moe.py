@@ -48,6 +48,7 @@ usage). Gradients of the replicated parameters are per-rank partial sums:
 ``all_reduce_replicated_grads()`` sums them, which gives the single-process gradient (DDP over the
 EP group would also average the per-rank expert gradients: use it for the replicated ones only).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,12 +57,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MoE", "MoEGate", "MoEExperts", "MoEMLP", "expert_load", "bias_update",
-           "load_balance_stats", "ACTIVATION_NAMES"]
+__all__ = [
+    "MoE",
+    "MoEGate",
+    "MoEExperts",
+    "MoEMLP",
+    "expert_load",
+    "bias_update",
+    "load_balance_stats",
+    "ACTIVATION_NAMES",
+]
 
 # Hugging Face ``hidden_act`` names -> pygen.ops.fused_moe activation names.
-ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                    "gelu_new": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+ACTIVATION_NAMES = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
 
 # Constructor fields (DeepseekV3Config names) and their defaults when neither the config nor a
 # keyword gives them. None: required.
@@ -83,6 +98,7 @@ _FIELDS: dict[str, Any] = {
 
 def _moe_ops():
     from pygen.ops import moe as ops_moe  # imported late: pygen.nn must import without it
+
     return ops_moe
 
 
@@ -90,13 +106,13 @@ def _activation(name: str) -> str:
     try:
         return ACTIVATION_NAMES[name]
     except KeyError:
-        raise ValueError(f"hidden_act must be one of {sorted(ACTIVATION_NAMES)} for the MoE layer, "
-                         f"got {name!r}") from None
+        raise ValueError(
+            f"hidden_act must be one of {sorted(ACTIVATION_NAMES)} for the MoE layer, got {name!r}"
+        ) from None
 
 
 def _act_fn(kind: str):
-    return {"silu": F.silu, "gelu": F.gelu,
-            "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[kind]
+    return {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[kind]
 
 
 def resolve_fields(config=None, **overrides) -> dict[str, Any]:
@@ -104,8 +120,7 @@ def resolve_fields(config=None, **overrides) -> dict[str, Any]:
     ValueError naming the field for missing or inconsistent values."""
     unknown = set(overrides) - set(_FIELDS)
     if unknown:
-        raise TypeError(f"MoE got unexpected keyword argument(s) {sorted(unknown)}; "
-                        f"known fields: {sorted(_FIELDS)}")
+        raise TypeError(f"MoE got unexpected keyword argument(s) {sorted(unknown)}; known fields: {sorted(_FIELDS)}")
     f: dict[str, Any] = {}
     for name, default in _FIELDS.items():
         v = overrides.get(name)
@@ -118,8 +133,14 @@ def resolve_fields(config=None, **overrides) -> dict[str, Any]:
         if v is None:
             raise ValueError(f"MoE needs {name} (from the config or as a keyword argument)")
         f[name] = v
-    for name in ("hidden_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok",
-                 "n_group", "topk_group"):
+    for name in (
+        "hidden_size",
+        "moe_intermediate_size",
+        "n_routed_experts",
+        "num_experts_per_tok",
+        "n_group",
+        "topk_group",
+    ):
         if not isinstance(f[name], int) or isinstance(f[name], bool) or f[name] < 1:
             raise ValueError(f"{name} must be a positive int, got {f[name]!r}")
     if not isinstance(f["n_shared_experts"], int) or f["n_shared_experts"] < 0:
@@ -130,8 +151,10 @@ def resolve_fields(config=None, **overrides) -> dict[str, Any]:
     if tg > g:
         raise ValueError(f"topk_group ({tg}) must be <= n_group ({g})")
     if k > tg * (e // g):
-        raise ValueError(f"num_experts_per_tok ({k}) must be <= topk_group * experts per group "
-                         f"({tg} * {e // g}): fewer experts are eligible than are chosen")
+        raise ValueError(
+            f"num_experts_per_tok ({k}) must be <= topk_group * experts per group "
+            f"({tg} * {e // g}): fewer experts are eligible than are chosen"
+        )
     if f["scoring_func"] not in ("sigmoid", "softmax"):
         raise ValueError(f"scoring_func must be 'sigmoid' or 'softmax', got {f['scoring_func']!r}")
     _activation(f["hidden_act"])
@@ -174,9 +197,13 @@ def load_balance_stats(load: torch.Tensor) -> dict[str, float]:
     mean = float(lf.mean())
     if mean == 0.0:
         return {"max_violation": 0.0, "cv": 0.0, "min": 0.0, "max": 0.0, "mean": 0.0}
-    return {"max_violation": (float(lf.max()) - mean) / mean,
-            "cv": float(lf.std(unbiased=False)) / mean,
-            "min": float(lf.min()), "max": float(lf.max()), "mean": mean}
+    return {
+        "max_violation": (float(lf.max()) - mean) / mean,
+        "cv": float(lf.std(unbiased=False)) / mean,
+        "min": float(lf.min()),
+        "max": float(lf.max()),
+        "mean": mean,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,10 +214,19 @@ class MoEGate(nn.Module):
     forward(hidden_states [..., H]) -> (router_logits [T, E] float32, topk_weights [T, k]
     float32, topk_indices [T, k] int32), like transformers' DeepseekV3TopkRouter."""
 
-    def __init__(self, hidden_size: int, n_routed_experts: int, num_experts_per_tok: int, *,
-                 n_group: int = 1, topk_group: int = 1, norm_topk_prob: bool = True,
-                 routed_scaling_factor: float = 1.0, scoring_func: str = "sigmoid",
-                 backend: str | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_routed_experts: int,
+        num_experts_per_tok: int,
+        *,
+        n_group: int = 1,
+        topk_group: int = 1,
+        norm_topk_prob: bool = True,
+        routed_scaling_factor: float = 1.0,
+        scoring_func: str = "sigmoid",
+        backend: str | None = None,
+    ):
         super().__init__()
         self.top_k = num_experts_per_tok
         self.num_experts = n_routed_experts
@@ -207,11 +243,17 @@ class MoEGate(nn.Module):
     def route(self, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(topk_ids int32 [T, k], topk_weights float32 [T, k]) from float32 logits [T, E]."""
         ids, w = _moe_ops().moe_route(
-            router_logits, self.top_k, scoring=self.scoring_func,
-            e_score_correction_bias=self.e_score_correction_bias, n_group=self.num_group,
-            topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
-            routed_scaling_factor=self.routed_scaling_factor, backend=self.backend)
-        return ids, w   # w is differentiable in the logits on every backend (pygen.ops.moe)
+            router_logits,
+            self.top_k,
+            scoring=self.scoring_func,
+            e_score_correction_bias=self.e_score_correction_bias,
+            n_group=self.num_group,
+            topk_group=self.topk_group,
+            norm_topk_prob=self.norm_topk_prob,
+            routed_scaling_factor=self.routed_scaling_factor,
+            backend=self.backend,
+        )
+        return ids, w  # w is differentiable in the logits on every backend (pygen.ops.moe)
 
     def forward(self, hidden_states: torch.Tensor):
         x = hidden_states.reshape(-1, self.hidden_dim)
@@ -222,8 +264,10 @@ class MoEGate(nn.Module):
         return router_logits, w, ids
 
     def extra_repr(self) -> str:
-        return (f"{self.hidden_dim} -> {self.num_experts} experts, top_k={self.top_k}, "
-                f"groups={self.num_group}/top {self.topk_group}, scoring={self.scoring_func}")
+        return (
+            f"{self.hidden_dim} -> {self.num_experts} experts, top_k={self.top_k}, "
+            f"groups={self.num_group}/top {self.topk_group}, scoring={self.scoring_func}"
+        )
 
 
 class MoEExperts(nn.Module):
@@ -234,9 +278,17 @@ class MoEExperts(nn.Module):
     ``expert_offset`` / ``num_global_experts`` describe the slice an expert-parallel rank
     holds; loading a state_dict whose tensors have num_global_experts rows keeps that slice."""
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, *,
-                 activation: str = "silu", backend: str | None = None, expert_offset: int = 0,
-                 num_global_experts: int | None = None):
+    def __init__(
+        self,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size: int,
+        *,
+        activation: str = "silu",
+        backend: str | None = None,
+        expert_offset: int = 0,
+        num_global_experts: int | None = None,
+    ):
         super().__init__()
         self.num_experts = num_experts
         self.hidden_dim = hidden_size
@@ -258,14 +310,26 @@ class MoEExperts(nn.Module):
             if t is not None and t.dim() == 3 and t.shape[0] == self.num_global_experts:
                 state_dict[prefix + name] = t[lo:hi]
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        *,
+        check_ids: bool = True,
+    ) -> torch.Tensor:
         # check_ids=False (the MoE layer, whose router only emits valid ids) skips fused_moe's
         # id range check, the one host synchronisation, so the layer stays graph-capturable
-        return _moe_ops().fused_moe(hidden_states, self.gate_up_proj, self.down_proj,
-                                    top_k_weights, top_k_index.int(),
-                                    activation=self.activation, backend=self.backend,
-                                    check_ids=check_ids)
+        return _moe_ops().fused_moe(
+            hidden_states,
+            self.gate_up_proj,
+            self.down_proj,
+            top_k_weights,
+            top_k_index.int(),
+            activation=self.activation,
+            backend=self.backend,
+            check_ids=check_ids,
+        )
 
     def extra_repr(self) -> str:
         s = f"{self.num_experts} experts, {self.hidden_dim} -> 2x{self.intermediate_dim} -> {self.hidden_dim}"
@@ -314,24 +378,41 @@ class MoE(nn.Module):
         self.ep_group = ep_group
         if ep_group is not None:
             from . import _moe_ep
+
             starts = _moe_ep.expert_partition(self.n_routed_experts, _moe_ep.group_size(ep_group))
             rank = _moe_ep.group_rank(ep_group)
             offset, n_local = starts[rank], starts[rank + 1] - starts[rank]
         else:
             offset, n_local = 0, self.n_routed_experts
         # registration order as in transformers (experts, gate, shared_experts): same state_dict order
-        self.experts = MoEExperts(n_local, self.hidden_size, self.moe_intermediate_size,
-                                  activation=act, backend=backend, expert_offset=offset,
-                                  num_global_experts=self.n_routed_experts)
-        self.gate = MoEGate(self.hidden_size, self.n_routed_experts, self.num_experts_per_tok,
-                            n_group=f["n_group"], topk_group=f["topk_group"],
-                            norm_topk_prob=f["norm_topk_prob"],
-                            routed_scaling_factor=f["routed_scaling_factor"],
-                            scoring_func=f["scoring_func"], backend=backend)
-        self.shared_experts = (MoEMLP(self.hidden_size, self.moe_intermediate_size * self.n_shared_experts, act)
-                               if self.n_shared_experts > 0 else None)
-        self.register_buffer("tokens_per_expert", torch.zeros(self.n_routed_experts, dtype=torch.int64),
-                             persistent=False)
+        self.experts = MoEExperts(
+            n_local,
+            self.hidden_size,
+            self.moe_intermediate_size,
+            activation=act,
+            backend=backend,
+            expert_offset=offset,
+            num_global_experts=self.n_routed_experts,
+        )
+        self.gate = MoEGate(
+            self.hidden_size,
+            self.n_routed_experts,
+            self.num_experts_per_tok,
+            n_group=f["n_group"],
+            topk_group=f["topk_group"],
+            norm_topk_prob=f["norm_topk_prob"],
+            routed_scaling_factor=f["routed_scaling_factor"],
+            scoring_func=f["scoring_func"],
+            backend=backend,
+        )
+        self.shared_experts = (
+            MoEMLP(self.hidden_size, self.moe_intermediate_size * self.n_shared_experts, act)
+            if self.n_shared_experts > 0
+            else None
+        )
+        self.register_buffer(
+            "tokens_per_expert", torch.zeros(self.n_routed_experts, dtype=torch.int64), persistent=False
+        )
         self._backend = backend
         self.reset_parameters(f["initializer_range"])
 
@@ -361,8 +442,10 @@ class MoE(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.shape[-1] != self.hidden_size:
-            raise ValueError(f"hidden_states must have last dimension hidden_size={self.hidden_size}, "
-                             f"got shape {tuple(hidden_states.shape)}")
+            raise ValueError(
+                f"hidden_states must have last dimension hidden_size={self.hidden_size}, "
+                f"got shape {tuple(hidden_states.shape)}"
+            )
         orig_shape = hidden_states.shape
         x = hidden_states.reshape(-1, self.hidden_size)
         _, topk_weights, topk_ids = self.gate(x)
@@ -370,6 +453,7 @@ class MoE(nn.Module):
             self.tokens_per_expert += expert_load(topk_ids, self.n_routed_experts)
         if self.ep_group is not None:
             from . import _moe_ep
+
             y = _moe_ep.ep_experts_forward(self.experts, x, topk_ids, topk_weights, self.ep_group)
         else:
             y = self.experts(x, topk_ids, topk_weights, check_ids=False)
@@ -399,6 +483,7 @@ class MoE(nn.Module):
         if group is None:
             return
         import torch.distributed as dist
+
         for p in self.replicated_parameters():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -406,8 +491,9 @@ class MoE(nn.Module):
 
     # -- load balancing ------------------------------------------------------------------------
     @torch.no_grad()
-    def update_bias(self, gamma: float = 1e-3, *, load: torch.Tensor | None = None, group=None,
-                    reset: bool = True) -> torch.Tensor:
+    def update_bias(
+        self, gamma: float = 1e-3, *, load: torch.Tensor | None = None, group=None, reset: bool = True
+    ) -> torch.Tensor:
         """Aux-loss-free balancing step: ``bias += gamma * sign(mean(load) - load)``.
 
         ``load`` defaults to the ``tokens_per_expert`` counted since the last call; it is summed
@@ -417,9 +503,11 @@ class MoE(nn.Module):
         load = (self.tokens_per_expert if load is None else load).to(torch.int64).clone()
         if self.ep_group is not None:
             import torch.distributed as dist
+
             dist.all_reduce(load, group=self.ep_group)
         if group is not None:
             import torch.distributed as dist
+
             dist.all_reduce(load, group=group)
         bias_update(self.gate.e_score_correction_bias, load, gamma)
         if reset:

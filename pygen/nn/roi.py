@@ -7,6 +7,7 @@ attributes, same call signatures, no parameters or buffers (so the same empty st
 
 Every module also takes ``backend=None`` (see pygen.ops.roi) as an extra keyword.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,15 @@ from .. import ops
 class RoIAlign(nn.Module):
     """See pygen.ops.roi_align (torchvision.ops.RoIAlign)."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False,
-                 *, backend: str | None = None):
+    def __init__(
+        self,
+        output_size,
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool = False,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
@@ -30,12 +38,15 @@ class RoIAlign(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
-                             self.aligned, backend=self.backend)
+        return ops.roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
 
 
 class RoIPool(nn.Module):
@@ -65,12 +76,14 @@ class PSRoIAlign(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
-                                backend=self.backend)
+        return ops.ps_roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}"
+        )
 
 
 class PSRoIPool(nn.Module):
@@ -103,8 +116,16 @@ class MultiScaleRoIAlign(nn.Module):
     the first call and kept in ``self.scales`` (as torchvision does).
     """
 
-    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *,
-                 canonical_scale: int = 224, canonical_level: int = 4, backend: str | None = None):
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size,
+        sampling_ratio: int,
+        *,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        backend: str | None = None,
+    ):
         super().__init__()
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
@@ -130,9 +151,18 @@ class MultiScaleRoIAlign(nn.Module):
         features = [x[k] for k in self.featmap_names]
         # torchvision re-infers the scales on every call too (batches may change size)
         self.scales = self._setup_scales(features, image_shapes)
-        return ops.multi_scale_roi_align(features, boxes, self.output_size, self.scales, self.sampling_ratio,
-                                         self.canonical_scale, self.canonical_level, backend=self.backend)
+        return ops.multi_scale_roi_align(
+            features,
+            boxes,
+            self.output_size,
+            self.scales,
+            self.sampling_ratio,
+            self.canonical_scale,
+            self.canonical_level,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
-                f"sampling_ratio={self.sampling_ratio}")
+        return (
+            f"featmap_names={self.featmap_names}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
+        )

@@ -12,6 +12,7 @@ only where :func:`checking_values` says so: the library-wide switch (pygen.set_v
 pygen.value_checks / PYGEN_VALUE_CHECKS, pygen/_value_checks.py) is on, and nothing is being
 traced (torch.compile), captured (CUDA graph) or faked. Every family asks this one predicate.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,10 @@ from .._value_checks import value_checks_enabled
 def not_meta(name: str, t, what: str) -> None:
     """Raise a ValueError naming ``what`` when ``t`` is a tensor on the meta device."""
     if isinstance(t, torch.Tensor) and t.device.type == "meta":
-        raise ValueError(f"{name}: {what} is on the meta device, which holds no data; pygen ops take "
-                         f"CPU or CUDA tensors (torch.compile traces them with fake tensors)")
+        raise ValueError(
+            f"{name}: {what} is on the meta device, which holds no data; pygen ops take "
+            f"CPU or CUDA tensors (torch.compile traces them with fake tensors)"
+        )
 
 
 def _fake(t) -> bool:
@@ -45,6 +48,6 @@ def tracing(*tensors) -> bool:
 
 def checking_values(*tensors) -> bool:
     """Whether value checks on ``tensors`` run now: the switch is on and :func:`tracing` is false."""
-    if torch.compiler.is_compiling():       # first, so that dynamo traces no global read
+    if torch.compiler.is_compiling():  # first, so that dynamo traces no global read
         return False
     return value_checks_enabled() and not tracing(*tensors)

@@ -5,6 +5,7 @@ synchronisation and is skipped when value checks are off (pygen.set_value_checks
 PYGEN_VALUE_CHECKS), while torch.compile traces and under CUDA graph capture
 (pygen/ops/_common_checks.py::checking_values); the inverse then holds inf / NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,10 @@ def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     ok_shapes = {(c,), (1, c), (1, c) + (1,) * (x.dim() - 2)}
     if tuple(p.shape) not in ok_shapes:
-        raise ValueError(f"{name}: {what} must have shape ({c},) or (1, {c}{', 1' * (x.dim() - 2)}) "
-                         f"for x of shape {tuple(x.shape)}, got {tuple(p.shape)}")
+        raise ValueError(
+            f"{name}: {what} must have shape ({c},) or (1, {c}{', 1' * (x.dim() - 2)}) "
+            f"for x of shape {tuple(x.shape)}, got {tuple(p.shape)}"
+        )
     if p.dtype != x.dtype:
         raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {p.dtype}")
     if p.device != x.device:
@@ -97,8 +100,10 @@ def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tupl
     if shared_shape == ():
         shapes |= {(1,), (z.shape[0],)}
     if tuple(p.shape) not in shapes:
-        raise ValueError(f"{name}: {what} must have shape {tuple(shared_shape)} or "
-                         f"{(z.shape[0],) + tuple(shared_shape)}, got {tuple(p.shape)}")
+        raise ValueError(
+            f"{name}: {what} must have shape {tuple(shared_shape)} or "
+            f"{(z.shape[0],) + tuple(shared_shape)}, got {tuple(p.shape)}"
+        )
     if p.dtype != z.dtype:
         raise TypeError(f"{name}: {what} must have z's dtype {z.dtype}, got {p.dtype}")
     if p.device != z.device:
@@ -110,5 +115,7 @@ def nonzero_diagonal(name: str, diag: torch.Tensor) -> None:
     """The LU inverse divides by the diagonal: a zero entry means W is singular."""
     if diag.numel() and checking_values(diag):
         if bool((diag == 0).any()):  # one host synchronisation
-            raise ValueError(f"{name}: diag has a zero entry, so W = P L (U + diag(s)) is singular and "
-                             f"has no inverse (the forward direction gives logdet = -inf)")
+            raise ValueError(
+                f"{name}: diag has a zero entry, so W = P L (U + diag(s)) is singular and "
+                f"has no inverse (the forward direction gives logdet = -inf)"
+            )

@@ -3,6 +3,7 @@ before any kernel is launched. Checks read shapes, dtypes, strides and devices o
 synchronisation), except ``m_indices`` values, which are not read (the kernel treats any entry
 < 0 or >= E as padding, so a bad index cannot read out of bounds).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,10 @@ def same_device(name: str, t: torch.Tensor, what: str, ref: torch.Tensor, ref_wh
 
 def k_multiple(name: str, k: int, what: str) -> None:
     if k % BLOCK:
-        raise ValueError(f"{name}: {what} must be a multiple of {BLOCK} (one scale per 128 elements "
-                         f"along K); got {k}. Pad K with zeros to {-(-k // BLOCK) * BLOCK}.")
+        raise ValueError(
+            f"{name}: {what} must be a multiple of {BLOCK} (one scale per 128 elements "
+            f"along K); got {k}. Pad K with zeros to {-(-k // BLOCK) * BLOCK}."
+        )
 
 
 def scale_format(name: str, v) -> bool:
@@ -65,9 +68,10 @@ def scales(name: str, s, what: str, shape: tuple, ref: torch.Tensor, layout: str
     overlap (row-major, column-major or padded views are all fine; broadcast views are not)."""
     tensor(name, s, what, (torch.float32,))
     if tuple(s.shape) != tuple(shape):
-        raise ValueError(f"{name}: {what} must have shape {tuple(shape)} ({layout}), got {tuple(s.shape)}"
-                         + (" -- transposed? pass the [rows, K/128] view" if tuple(s.shape) == tuple(shape)[::-1]
-                            else ""))
+        raise ValueError(
+            f"{name}: {what} must have shape {tuple(shape)} ({layout}), got {tuple(s.shape)}"
+            + (" -- transposed? pass the [rows, K/128] view" if tuple(s.shape) == tuple(shape)[::-1] else "")
+        )
     same_device(name, s, what, ref, "the fp8 operand")
     if s.dim() == 2 and s.numel() > 1:
         st = s.stride()
@@ -75,8 +79,10 @@ def scales(name: str, s, what: str, shape: tuple, ref: torch.Tensor, layout: str
         row_major = st[1] == 1 and (r == 1 or st[0] >= c)
         col_major = st[0] == 1 and (c == 1 or st[1] >= r)
         if not (row_major or col_major):
-            raise ValueError(f"{name}: {what} must be row-major or column-major (a view with unit stride "
-                             f"along one dim and no overlap), got strides {st}")
+            raise ValueError(
+                f"{name}: {what} must be row-major or column-major (a view with unit stride "
+                f"along one dim and no overlap), got strides {st}"
+            )
     if s.dim() == 3 and s.numel() > 1 and (min(s.stride()) < 1 and s.shape[0] > 1):
         raise ValueError(f"{name}: {what} must not be a broadcast view, got strides {s.stride()}")
     return s
@@ -85,8 +91,7 @@ def scales(name: str, s, what: str, shape: tuple, ref: torch.Tensor, layout: str
 def operand(name: str, t, what: str, dim: int = 2) -> torch.Tensor:
     tensor(name, t, what, (FP8,), dim)
     if t.shape[-1] > 1 and t.stride(-1) != 1 and t.stride(-2) != 1:
-        raise ValueError(f"{name}: {what} needs a unit stride along one of its last two dims, "
-                         f"got strides {t.stride()}")
+        raise ValueError(f"{name}: {what} needs a unit stride along one of its last two dims, got strides {t.stride()}")
     return t
 
 

@@ -9,6 +9,7 @@ made_sample also checks that its degrees make the network autoregressive, but on
 of the degrees that it makes anyway to build its schedule (pygen/ops/_made_sample.py), so that
 check costs no synchronisation of its own and always runs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,13 +55,16 @@ def linear_args(name: str, x, weight, bias):
     if weight.device != x.device:
         raise ValueError(f"{name}: weight is on {weight.device} but x is on {x.device}")
     if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"{name}: x has {x.shape[-1]} features in its last dimension but weight expects "
-                         f"in_features = {weight.shape[1]} (weight shape {tuple(weight.shape)})")
+        raise ValueError(
+            f"{name}: x has {x.shape[-1]} features in its last dimension but weight expects "
+            f"in_features = {weight.shape[1]} (weight shape {tuple(weight.shape)})"
+        )
     if bias is not None:
         tensor(name, bias, "bias")
         if bias.shape != (weight.shape[0],):
-            raise ValueError(f"{name}: bias must have shape [{weight.shape[0]}] (out_features), "
-                             f"got {tuple(bias.shape)}")
+            raise ValueError(
+                f"{name}: bias must have shape [{weight.shape[0]}] (out_features), got {tuple(bias.shape)}"
+            )
         if bias.dtype != x.dtype:
             raise TypeError(f"{name}: bias dtype {bias.dtype} must match x dtype {x.dtype}")
         if bias.device != x.device:
@@ -107,9 +111,11 @@ def network(name: str, weights, biases, degrees_list, device, dtype):
     if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):
         raise ValueError(f"{name}: biases must be a list with one entry (tensor or None) per weight")
     if not isinstance(degrees_list, (list, tuple)) or len(degrees_list) != len(weights) + 1:
-        raise ValueError(f"{name}: degrees must be a list of {len(weights) + 1} vectors (input degrees, "
-                         f"one per hidden layer, output degrees), got "
-                         f"{len(degrees_list) if isinstance(degrees_list, (list, tuple)) else type(degrees_list).__name__}")
+        raise ValueError(
+            f"{name}: degrees must be a list of {len(weights) + 1} vectors (input degrees, "
+            f"one per hidden layer, output degrees), got "
+            f"{len(degrees_list) if isinstance(degrees_list, (list, tuple)) else type(degrees_list).__name__}"
+        )
     out = []
     for l, w in enumerate(weights):
         tensor(name, w, f"weights[{l}]")
@@ -118,14 +124,18 @@ def network(name: str, weights, biases, degrees_list, device, dtype):
         if w.dtype != dtype or w.device != device:
             raise TypeError(f"{name}: weights[{l}] must be {dtype} on {device}, got {w.dtype} on {w.device}")
         if l and w.shape[1] != weights[l - 1].shape[0]:
-            raise ValueError(f"{name}: weights[{l}] takes {w.shape[1]} inputs but weights[{l - 1}] gives "
-                             f"{weights[l - 1].shape[0]} outputs")
+            raise ValueError(
+                f"{name}: weights[{l}] takes {w.shape[1]} inputs but weights[{l - 1}] gives "
+                f"{weights[l - 1].shape[0]} outputs"
+            )
         b = biases[l]
         if b is not None:
             tensor(name, b, f"biases[{l}]")
             if b.shape != (w.shape[0],) or b.dtype != dtype or b.device != device:
-                raise ValueError(f"{name}: biases[{l}] must be [{w.shape[0]}] {dtype} on {device}, got "
-                                 f"{tuple(b.shape)} {b.dtype} on {b.device}")
+                raise ValueError(
+                    f"{name}: biases[{l}] must be [{w.shape[0]}] {dtype} on {device}, got "
+                    f"{tuple(b.shape)} {b.dtype} on {b.device}"
+                )
         out.append(degrees(name, degrees_list[l], w.shape[1], f"degrees[{l}]", device))
     out.append(degrees(name, degrees_list[-1], weights[-1].shape[0], f"degrees[{len(weights)}]", device))
     return out

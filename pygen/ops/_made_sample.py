@@ -31,6 +31,7 @@ residual (nflows' MaskedResidualBlock): weights = [W_init, W_a1, W_b1, ..., W_fi
     None); a batch norm after W_a is folded into W_a's rows by the caller.
 params of input j are rows j*m ... j*m + m - 1 (m = output_multiplier), nflows' layout.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -39,13 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from ..ref import made as ref
-from . import _made_checks as chk
-from . import _registry
-from . import made as _ops
-
+from . import _made_checks as chk, _registry, made as _ops
 
 # the persistent kernel indexes its flat weights and its scratch block with 32-bit offsets
-MAX_KERNEL_OFFSET = 2 ** 31
+MAX_KERNEL_OFFSET = 2**31
 
 
 def _slice_linear(mode: str, x, w, b, in_deg, out_deg, strict: bool, act: str):
@@ -71,16 +69,26 @@ def _steps(n_weights: int, residual: bool):
     buf = 1
     for blk in range((n_weights - 2) // 2):
         u, t, s = buf + 1, buf + 2, buf + 3
-        steps += [("act", buf, u), ("linear", 1 + 2 * blk, u, t, True, None),
-                  ("linear", 2 + 2 * blk, t, s, False, buf)]
+        steps += [("act", buf, u), ("linear", 1 + 2 * blk, u, t, True, None), ("linear", 2 + 2 * blk, t, s, False, buf)]
         buf = s
     return steps, buf + 1
 
 
-def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "bernoulli",
-                activation: str | None = "relu", context_terms=None, residual: bool = False,
-                backend: str | None = None, return_params: bool = False, persistent: bool | None = None,
-                pre_activation=None):
+def made_sample(
+    weights,
+    biases,
+    degrees,
+    noise: torch.Tensor,
+    *,
+    kind: str = "bernoulli",
+    activation: str | None = "relu",
+    context_terms=None,
+    residual: bool = False,
+    backend: str | None = None,
+    return_params: bool = False,
+    persistent: bool | None = None,
+    pre_activation=None,
+):
     """Samples [B, D] from a MADE given per-dimension ``noise`` [B, D] (uniform for
     ``kind="bernoulli"``, standard normal for ``"gaussian"`` (x = mu + exp(alpha) e) and for
     ``"affine"`` (nflows' MAF inverse, x = (z - shift) / scale)); the math of each step is
@@ -110,7 +118,9 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     chk.floating(name, weights[0], "weights[0]")
     degs = chk.network(name, weights, biases, degrees, device, dtype)
     if noise.dtype != dtype or noise.device != device:
-        raise TypeError(f"{name}: noise must be {dtype} on {device} like the weights, got {noise.dtype} on {noise.device}")
+        raise TypeError(
+            f"{name}: noise must be {dtype} on {device} like the weights, got {noise.dtype} on {noise.device}"
+        )
     bsz, d = noise.shape
     if weights[0].shape[1] != d:
         raise ValueError(f"{name}: noise has {d} features but weights[0] takes {weights[0].shape[1]} inputs")
@@ -119,14 +129,18 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
         raise ValueError(f"{name}: the output layer has {n_out} units, not a positive multiple of D = {d}")
     mult = n_out // d
     if kind != "bernoulli" and mult < 2:
-        raise ValueError(f"{name}: kind={kind!r} reads two params per input (output_multiplier >= 2), "
-                         f"but the output layer has {n_out} units for D = {d}")
+        raise ValueError(
+            f"{name}: kind={kind!r} reads two params per input (output_multiplier >= 2), "
+            f"but the output layer has {n_out} units for D = {d}"
+        )
     steps, n_bufs = _steps(len(weights), residual)
     if pre_activation is not None:
         n_blocks = (len(weights) - 2) // 2 if residual else 0
         if not residual or not isinstance(pre_activation, (list, tuple)) or len(pre_activation) != n_blocks:
-            raise ValueError(f"{name}: pre_activation must be a list of one (scale, shift) pair or None per "
-                             f"residual block ({n_blocks} here) and only applies to residual networks")
+            raise ValueError(
+                f"{name}: pre_activation must be a list of one (scale, shift) pair or None per "
+                f"residual block ({n_blocks} here) and only applies to residual networks"
+            )
         for k, pa in enumerate(pre_activation):
             if pa is None:
                 continue
@@ -135,8 +149,10 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             for t_, what in zip(pa, ("scale", "shift")):
                 chk.tensor(name, t_, f"pre_activation[{k}] {what}")
                 if tuple(t_.shape) != (weights[0].shape[0],) or t_.dtype != dtype or t_.device != device:
-                    raise ValueError(f"{name}: pre_activation[{k}] {what} must be [{weights[0].shape[0]}] {dtype} "
-                                     f"on {device}, got {list(t_.shape)} {t_.dtype} on {t_.device}")
+                    raise ValueError(
+                        f"{name}: pre_activation[{k}] {what} must be [{weights[0].shape[0]}] {dtype} "
+                        f"on {device}, got {list(t_.shape)} {t_.dtype} on {t_.device}"
+                    )
     if context_terms is not None:
         if not isinstance(context_terms, (list, tuple)) or len(context_terms) != len(weights):
             raise ValueError(f"{name}: context_terms must be a list with one entry (tensor or None) per weight")
@@ -145,24 +161,30 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
                 continue
             chk.tensor(name, c, f"context_terms[{l}]")
             if tuple(c.shape) != (bsz, weights[l].shape[0]):
-                raise ValueError(f"{name}: context_terms[{l}] must be [batch, out_features of weights[{l}]] = "
-                                 f"{[bsz, weights[l].shape[0]]}, got {list(c.shape)}")
+                raise ValueError(
+                    f"{name}: context_terms[{l}] must be [batch, out_features of weights[{l}]] = "
+                    f"{[bsz, weights[l].shape[0]]}, got {list(c.shape)}"
+                )
             if c.dtype != dtype or c.device != device:
                 raise TypeError(f"{name}: context_terms[{l}] must be {dtype} on {device}, got {c.dtype} on {c.device}")
 
-    deg_cpu = [t.cpu() for t in degs]                 # one host synchronisation: the schedule's input
+    deg_cpu = [t.cpu() for t in degs]  # one host synchronisation: the schedule's input
     in_deg, out_deg = deg_cpu[0], deg_cpu[-1]
     need = out_deg.view(d, mult)
     bad = (need > in_deg.view(d, 1)).nonzero()
     if bad.numel():
         j, r = bad[0].tolist()
-        raise ValueError(f"{name}: degrees are not autoregressive: output unit {j * mult + r} (input {j}) has "
-                         f"degree {int(need[j, r])} > input degree {int(in_deg[j])}, so it would see x_{j}")
+        raise ValueError(
+            f"{name}: degrees are not autoregressive: output unit {j * mult + r} (input {j}) has "
+            f"degree {int(need[j, r])} > input degree {int(in_deg[j])}, so it would see x_{j}"
+        )
     if residual:
         for l in range(2, len(degs) - 1):
             if not torch.equal(deg_cpu[l], deg_cpu[1]):
-                raise ValueError(f"{name}: a residual network needs one degree vector for every hidden "
-                                 f"layer; degrees[{l}] differs from degrees[1]")
+                raise ValueError(
+                    f"{name}: a residual network needs one degree vector for every hidden "
+                    f"layer; degrees[{l}] differs from degrees[1]"
+                )
 
     # sort the inputs and every hidden buffer by degree (the function is unchanged)
     order = torch.sort(in_deg, stable=True).indices
@@ -198,34 +220,48 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     dev_deg = [bd.to(device) for bd in buf_deg]
     pre_act = {}
     if pre_activation is not None:
-        act_dsts = [st[2] for st in steps if st[0] == "act"]          # one per residual block, in order
+        act_dsts = [st[2] for st in steps if st[0] == "act"]  # one per residual block, in order
         for k, pa in enumerate(pre_activation):
             if pa is not None:
                 p = dev_perm[act_dsts[k]]
                 pre_act[act_dsts[k]] = (pa[0][p], pa[1][p])
     deg_lists = [bd.tolist() for bd in buf_deg]
     mode = _ops._pick(name, noise, backend)
-    if mode == "reference":               # mask every weight once; each step is then a plain F.linear
+    if mode == "reference":  # mask every weight once; each step is then a plain F.linear
         for l in range(len(W)):
             dst_deg = dev_deg[w_deg_dst[l]] if l in w_deg_dst else degs[-1]
             W[l] = W[l] * ref.autoregressive_mask(dev_deg[src_of[l]], dst_deg, l == len(W) - 1).to(dtype)
 
     noise_sorted = noise[:, dev_perm[0]]
-    differentiable = torch.is_grad_enabled() and (noise.requires_grad or any(
-        t is not None and t.requires_grad for t in list(W) + list(B) + list(C) +
-        [v for pa in pre_act.values() for v in pa]))
-    why_not = ("the reference backend runs the step loop" if mode == "reference" else
-               "residual networks use the step loop" if residual else
-               "sampling recorded by autograd uses the step loop" if differentiable else
-               f"output_multiplier {mult} > 64" if mult > 64 else
-               "the network is too large for the kernel's 32-bit offsets" if (
-                   sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
-                   or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET) else None)
+    differentiable = torch.is_grad_enabled() and (
+        noise.requires_grad
+        or any(
+            t is not None and t.requires_grad
+            for t in list(W) + list(B) + list(C) + [v for pa in pre_act.values() for v in pa]
+        )
+    )
+    why_not = (
+        "the reference backend runs the step loop"
+        if mode == "reference"
+        else "residual networks use the step loop"
+        if residual
+        else "sampling recorded by autograd uses the step loop"
+        if differentiable
+        else f"output_multiplier {mult} > 64"
+        if mult > 64
+        else "the network is too large for the kernel's 32-bit offsets"
+        if (
+            sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
+            or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET
+        )
+        else None
+    )
     if persistent is True and why_not:
         raise ValueError(f"{name}: persistent=True is not available here: {why_not}")
     if persistent is not False and why_not is None:
-        xs, params_all = _run_persistent(W, B, C, dev_deg, deg_lists, degs[-1], need, order, noise_sorted,
-                                         mult, act, kind, return_params)
+        xs, params_all = _run_persistent(
+            W, B, C, dev_deg, deg_lists, degs[-1], need, order, noise_sorted, mult, act, kind, return_params
+        )
         x = torch.empty_like(xs)
         x[:, dev_perm[0]] = xs
         return (x, params_all) if return_params else x
@@ -242,7 +278,7 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     for s in range(d):
         j = int(order[s])
         rows = slice(j * mult, (j + 1) * mult)
-        t = int(need[j].max()) - 1                       # strict output mask
+        t = int(need[j].max()) - 1  # strict output mask
         for st in steps:
             dst = st[3] if st[0] == "linear" else st[2]
             e = bisect.bisect_right(deg_lists[dst], t)
@@ -260,8 +296,16 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
                 p = bisect.bisect_right(deg_lists[src], t)
                 ctx = C[l]
                 fused = act if use_act and ctx is None else "none"
-                z = _slice_linear(mode, read(bufs[src][:, :p]), W[l][c0:e, :p], None if B[l] is None else B[l][c0:e],
-                                  dev_deg[src][:p], dev_deg[dst][c0:e], False, fused)
+                z = _slice_linear(
+                    mode,
+                    read(bufs[src][:, :p]),
+                    W[l][c0:e, :p],
+                    None if B[l] is None else B[l][c0:e],
+                    dev_deg[src][:p],
+                    dev_deg[dst][c0:e],
+                    False,
+                    fused,
+                )
                 if ctx is not None:
                     z = z + ctx[:, c0:e]
                     if use_act:
@@ -272,9 +316,16 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
             done[dst] = e
         src = src_of[last]
         p = bisect.bisect_right(deg_lists[src], t)
-        params = _slice_linear(mode, read(bufs[src][:, :p]), W[last][rows, :p],
-                               None if B[last] is None else B[last][rows], dev_deg[src][:p], out_deg_dev[rows],
-                               True, "none")
+        params = _slice_linear(
+            mode,
+            read(bufs[src][:, :p]),
+            W[last][rows, :p],
+            None if B[last] is None else B[last][rows],
+            dev_deg[src][:p],
+            out_deg_dev[rows],
+            True,
+            "none",
+        )
         bufs[0][:, s] = step_fn(params, noise_sorted[:, s])
         if return_params:
             params_all[:, rows] = params
@@ -283,8 +334,9 @@ def made_sample(weights, biases, degrees, noise: torch.Tensor, *, kind: str = "b
     return (x, params_all) if return_params else x
 
 
-def _run_persistent(W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sorted, mult: int, act: str,
-                    kind: str, return_params: bool):
+def _run_persistent(
+    W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sorted, mult: int, act: str, kind: str, return_params: bool
+):
     """Pack the sorted network into kernels/_made_sample.py's layouts, build the schedule tables
     (the same c0 / e / p the step loop computes) and launch the persistent kernel once. Returns
     (samples in sorted order [B, D], params [B, D * m] or None)."""
@@ -313,7 +365,7 @@ def _run_persistent(W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sor
         ctx = noise_sorted.new_zeros((bsz, total))
         for l, c in enumerate(C[:-1]):
             if c is not None:
-                ctx[:, offs[l + 1]:offs[l + 1] + widths[l + 1]] = c
+                ctx[:, offs[l + 1] : offs[l + 1] + widths[l + 1]] = c
     # schedule: step s samples input order[s]; t_s = its largest (strict) output degree - 1
     t = need[order].max(dim=1).values - 1
     sorted_deg = [torch.tensor(dl, dtype=torch.int64) for dl in deg_lists[:n_w]]
@@ -326,7 +378,21 @@ def _run_persistent(W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sor
     sched = (torch.stack(cols, dim=1) if cols else torch.zeros((d, 0, 3), dtype=torch.int64)).to(torch.int32)
     sched_out = torch.stack([order, torch.searchsorted(sorted_deg[n_w - 1], t, right=True)], dim=1).to(torch.int32)
     params = noise_sorted.new_empty((bsz, d * mult)) if return_params else None
-    kern.made_sample_persistent(scratch, deg, w_flat, b_flat, ctx, meta.to(device), sched.contiguous().to(device),
-                                sched_out.to(device), out_deg.to(device=device, dtype=torch.int32),
-                                noise_sorted.contiguous(), params, n_w, mult, ACT_CODES[act], kind)
+    kern.made_sample_persistent(
+        scratch,
+        deg,
+        w_flat,
+        b_flat,
+        ctx,
+        meta.to(device),
+        sched.contiguous().to(device),
+        sched_out.to(device),
+        out_deg.to(device=device, dtype=torch.int32),
+        noise_sorted.contiguous(),
+        params,
+        n_w,
+        mult,
+        ACT_CODES[act],
+        kind,
+    )
     return scratch[:, :d], params

@@ -16,6 +16,7 @@ capture (pygen/ops/_common_checks.py::checking_values). With them off:
     not given (that read belongs to the op, not to a check; pass them to avoid it). While tracing
     or capturing, the token count stands in for a missing maximum (correct, more programs).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,7 @@ def same_device(name: str, ref: torch.Tensor, **others) -> None:
 
 def scale_arg(name: str, value, d: int) -> float:
     if value is None:
-        return d ** -0.5
+        return d**-0.5
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: softmax_scale must be a positive float or None, got {value!r}")
     v = float(value)
@@ -85,17 +86,23 @@ def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
         raise TypeError(f"{name}: kv_cache must be a float tensor or the uint8 FP8 cache, got {kv_cache.dtype}")
     nb, page, one, d = kv_cache.shape
     if one != 1:
-        raise ValueError(f"{name}: kv_cache must be [num_blocks, page_size, 1, D] (one latent head), "
-                         f"got shape {tuple(kv_cache.shape)}")
+        raise ValueError(
+            f"{name}: kv_cache must be [num_blocks, page_size, 1, D] (one latent head), "
+            f"got shape {tuple(kv_cache.shape)}"
+        )
     if page < 1 or page & (page - 1):
         raise ValueError(f"{name}: kv_cache page_size (dim 1) must be a power of two, got {page}")
     if fp8:
         if d != FP8_TOKEN_BYTES:
-            raise ValueError(f"{name}: the FP8 kv_cache (uint8) must have {FP8_TOKEN_BYTES} bytes per token "
-                             f"(512 e4m3 + 4 float32 scales + 64 bf16), got last dim {d}")
+            raise ValueError(
+                f"{name}: the FP8 kv_cache (uint8) must have {FP8_TOKEN_BYTES} bytes per token "
+                f"(512 e4m3 + 4 float32 scales + 64 bf16), got last dim {d}"
+            )
         if kv_cache.numel() and (kv_cache.stride(-1) != 1 or kv_cache.stride(1) % 16 or kv_cache.stride(0) % 16):
-            raise ValueError(f"{name}: the FP8 kv_cache must be contiguous per token with 16-byte aligned rows, "
-                             f"got strides {kv_cache.stride()}")
+            raise ValueError(
+                f"{name}: the FP8 kv_cache must be contiguous per token with 16-byte aligned rows, "
+                f"got strides {kv_cache.stride()}"
+            )
     else:
         if head_dim is not None and d != head_dim:
             raise ValueError(f"{name}: kv_cache last dim must equal q's head dim {head_dim}, got {d}")
@@ -104,8 +111,9 @@ def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
     return fp8
 
 
-def pages_cover(name: str, block_table: torch.Tensor, seqlens: torch.Tensor, page: int, num_blocks: int,
-                what: str = "cache_seqlens") -> None:
+def pages_cover(
+    name: str, block_table: torch.Tensor, seqlens: torch.Tensor, page: int, num_blocks: int, what: str = "cache_seqlens"
+) -> None:
     """seqlens within the table's capacity and every page id they use within [0, num_blocks).
     A value check (one host synchronisation; skipped when checks are off, see the module docstring)."""
     if seqlens.numel() == 0 or not checking_values(block_table, seqlens):
@@ -115,12 +123,14 @@ def pages_cover(name: str, block_table: torch.Tensor, seqlens: torch.Tensor, pag
     used = torch.arange(block_table.shape[1], device=lens.device)[None, :] < ((lens + page - 1) // page)[:, None]
     bt = block_table.long()
     bad = used & ((bt < 0) | (bt >= num_blocks))
-    lo, hi, any_bad = torch.stack([lens.min(), lens.max(), bad.any().long()]).tolist()   # the one sync
+    lo, hi, any_bad = torch.stack([lens.min(), lens.max(), bad.any().long()]).tolist()  # the one sync
     if lo < 0:
         raise ValueError(f"{name}: {what} must be >= 0, got {lo}")
     if hi > cap:
-        raise ValueError(f"{name}: {what} max {hi} exceeds what block_table can hold "
-                         f"({block_table.shape[1]} pages x page_size {page} = {cap})")
+        raise ValueError(
+            f"{name}: {what} max {hi} exceeds what block_table can hold "
+            f"({block_table.shape[1]} pages x page_size {page} = {cap})"
+        )
     if any_bad:
         i, j = bad.nonzero()[0].tolist()
         raise ValueError(f"{name}: block_table[{i}, {j}] = {int(bt[i, j])} is not a page id in [0, {num_blocks})")
@@ -142,8 +152,10 @@ def decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softm
     if fp8 and head_dim_v != LATENT_DIM:
         raise ValueError(f"{name}: head_dim_v must be {LATENT_DIM} with the FP8 cache, got {head_dim_v}")
     if not (16 <= head_dim_v <= d) or head_dim_v & (head_dim_v - 1) or d - head_dim_v > 128:
-        raise ValueError(f"{name}: head_dim_v must be a power of two in [16, {d}] with at most 128 rope dims "
-                         f"after it (576 = 512 + 64 for DeepSeek), got {head_dim_v} for head dim {d}")
+        raise ValueError(
+            f"{name}: head_dim_v must be a power of two in [16, {d}] with at most 128 rope dims "
+            f"after it (576 = 512 + 64 for DeepSeek), got {head_dim_v} for head dim {d}"
+        )
     if s_q < 1 or h_q < 1:
         raise ValueError(f"{name}: q must have s_q >= 1 and h_q >= 1, got shape {tuple(q.shape)}")
     int_tensor(name, block_table, "block_table", 2)
@@ -156,8 +168,10 @@ def decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softm
     scale = scale_arg(name, softmax_scale, d)
     flag(name, causal, "causal")
     if s_q > 1 and not causal:
-        raise ValueError(f"{name}: s_q = {s_q} new tokens need causal=True (each new token must not see the "
-                         f"ones after it); pass s_q = 1 for plain decode")
+        raise ValueError(
+            f"{name}: s_q = {s_q} new tokens need causal=True (each new token must not see the "
+            f"ones after it); pass s_q = 1 for plain decode"
+        )
     if num_splits is not None:
         if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral):
             raise TypeError(f"{name}: num_splits must be an int or None, got {num_splits!r}")
@@ -180,11 +194,14 @@ def append_args(name, kv_cache, block_table, positions, latent, k_rope):
     lat_d = LATENT_DIM if fp8 else latent.shape[-1]
     rope_d = ROPE_DIM if fp8 else d - lat_d
     if tuple(latent.shape) != (b, n, lat_d) or (fp8 and latent.shape[-1] != LATENT_DIM):
-        raise ValueError(f"{name}: latent must be [{b}, {n}, {lat_d}] (positions' shape + latent dim), "
-                         f"got {tuple(latent.shape)}")
+        raise ValueError(
+            f"{name}: latent must be [{b}, {n}, {lat_d}] (positions' shape + latent dim), got {tuple(latent.shape)}"
+        )
     if tuple(k_rope.shape) != (b, n, rope_d) or rope_d < 0:
-        raise ValueError(f"{name}: k_rope must be [{b}, {n}, {rope_d}] (the cache's last dim {d} minus the latent "
-                         f"dim), got {tuple(k_rope.shape)}")
+        raise ValueError(
+            f"{name}: k_rope must be [{b}, {n}, {rope_d}] (the cache's last dim {d} minus the latent "
+            f"dim), got {tuple(k_rope.shape)}"
+        )
     same_device(name, kv_cache, block_table=block_table, positions=positions, latent=latent, k_rope=k_rope)
     # Positions that write one cache slot twice are not an error: the last of them in row-major
     # order wins (pygen.ref.mla.append_slots), in eager mode and under torch.compile alike.
@@ -195,13 +212,15 @@ def append_args(name, kv_cache, block_table, positions, latent, k_rope):
         ok = (pos >= 0) & (pos < cap)
         blk = torch.gather(block_table.long(), 1, torch.where(ok, pos // page, 0)) if cap else pos
         bad = ok & ((blk < 0) | (blk >= kv_cache.shape[0]))
-        hi, any_bad = torch.stack([pos.max(), bad.any().long()]).tolist()     # the one sync
+        hi, any_bad = torch.stack([pos.max(), bad.any().long()]).tolist()  # the one sync
         if hi >= cap:
             raise ValueError(f"{name}: positions max {hi} is beyond what block_table can hold ({cap} tokens)")
         if any_bad:
             i, j = bad.nonzero()[0].tolist()
-            raise ValueError(f"{name}: positions[{i}, {j}] = {int(pos[i, j])} maps to block_table page id "
-                             f"{int(blk[i, j])}, not in [0, {kv_cache.shape[0]})")
+            raise ValueError(
+                f"{name}: positions[{i}, {j}] = {int(pos[i, j])} maps to block_table page id "
+                f"{int(blk[i, j])}, not in [0, {kv_cache.shape[0]})"
+            )
     return fp8
 
 
@@ -222,11 +241,13 @@ def cu_seqlens_arg(name, cu, what, total, batch=None, need_max=True):
     c = cu.long()
     if checking_values(cu):
         steps = c[1:] - c[:-1]
-        first, last, lo, hi = torch.stack([c[0], c[-1], steps.min() if steps.numel() else c[0] * 0,
-                                           steps.max() if steps.numel() else c[0] * 0]).tolist()   # one sync
+        first, last, lo, hi = torch.stack(
+            [c[0], c[-1], steps.min() if steps.numel() else c[0] * 0, steps.max() if steps.numel() else c[0] * 0]
+        ).tolist()  # one sync
         if first != 0 or last != total:
-            raise ValueError(f"{name}: {what} must start at 0 and end at {total} (the token count), "
-                             f"got {first} .. {last}")
+            raise ValueError(
+                f"{name}: {what} must start at 0 and end at {total} (the token count), got {first} .. {last}"
+            )
         if lo < 0:
             raise ValueError(f"{name}: {what} must be non-decreasing")
         return hi
@@ -234,7 +255,7 @@ def cu_seqlens_arg(name, cu, what, total, batch=None, need_max=True):
         return None
     if tracing(cu):
         return total
-    return int((c[1:] - c[:-1]).max()) if cu.shape[0] > 1 else 0     # the op's read (launch grid size)
+    return int((c[1:] - c[:-1]).max()) if cu.shape[0] > 1 else 0  # the op's read (launch grid size)
 
 
 def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
@@ -262,7 +283,7 @@ def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal)
         if given is None:
             out.append(actual)
             continue
-        if actual is not None and given < actual:      # actual is known only when values were checked
+        if actual is not None and given < actual:  # actual is known only when values were checked
             raise ValueError(f"{name}: {what} = {given} is smaller than the longest sequence ({actual})")
         out.append(int(given))
     scale = scale_arg(name, softmax_scale, d)
@@ -276,8 +297,10 @@ def merge_args(name, out_a, lse_a, out_b, lse_b):
     tensor(name, lse_a, "lse_a", 2)
     tensor(name, lse_b, "lse_b", 2)
     if out_a.shape != out_b.shape or out_a.dtype != out_b.dtype:
-        raise ValueError(f"{name}: out_a and out_b must share shape and dtype, got {tuple(out_a.shape)} "
-                         f"{out_a.dtype} and {tuple(out_b.shape)} {out_b.dtype}")
+        raise ValueError(
+            f"{name}: out_a and out_b must share shape and dtype, got {tuple(out_a.shape)} "
+            f"{out_a.dtype} and {tuple(out_b.shape)} {out_b.dtype}"
+        )
     t, h, _ = out_a.shape
     for what, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if tuple(lse.shape) != (h, t):
@@ -287,11 +310,13 @@ def merge_args(name, out_a, lse_a, out_b, lse_b):
     same_device(name, out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
 
 
-TRITON_MAX_HEADS = 65535   # CUDA's grid y limit: the Triton prefill and merge kernels put heads there
+TRITON_MAX_HEADS = 65535  # CUDA's grid y limit: the Triton prefill and merge kernels put heads there
 
 
 def triton_heads(name: str, h: int) -> None:
     """Refuse head counts the Triton kernels' grids cannot hold (the reference backend has no limit)."""
     if h > TRITON_MAX_HEADS:
-        raise ValueError(f"{name}: the triton backend supports at most {TRITON_MAX_HEADS} heads (CUDA grid y), "
-                         f"got {h}; split the heads or pass backend='reference'")
+        raise ValueError(
+            f"{name}: the triton backend supports at most {TRITON_MAX_HEADS} heads (CUDA grid y), "
+            f"got {h}; split the heads or pass backend='reference'"
+        )

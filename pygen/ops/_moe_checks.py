@@ -7,6 +7,7 @@ PYGEN_VALUE_CHECKS), and is skipped while torch.compile traces or a CUDA graph i
 whatever the ids are: an id outside [0, E) routes its slot nowhere (moe_align / moe_permute) and
 contributes nothing (fused_moe).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,15 +78,16 @@ def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) ->
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= num_experts:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"{name}: topk_ids holds expert id {bad}, outside [0, {num_experts}) "
-                         f"(num_experts={num_experts})")
+        raise ValueError(
+            f"{name}: topk_ids holds expert id {bad}, outside [0, {num_experts}) (num_experts={num_experts})"
+        )
 
 
 def topk_ids(name: str, ids, tokens: int | None = None) -> torch.Tensor:
     tensor(name, ids, "topk_ids", dim=2, dtypes=INDEX_DTYPES)
     if tokens is not None and ids.shape[0] != tokens:
         raise ValueError(f"{name}: topk_ids must have {tokens} rows (one per token), got {tuple(ids.shape)}")
-    if ids.numel() >= 2 ** 31 - 2 ** 20:
+    if ids.numel() >= 2**31 - 2**20:
         raise ValueError(f"{name}: topk_ids has {ids.numel()} slots; at most 2^31 - 2^20 are supported")
     return ids
 
@@ -110,8 +112,10 @@ def route(logits, top_k, scoring, bias, n_group, topk_group, norm, scale):
     if top_k > e:
         raise ValueError(f"{name}: top_k={top_k} must be <= num_experts={e}")
     if top_k > eligible:
-        raise ValueError(f"{name}: top_k={top_k} exceeds the {eligible} experts in topk_group={topk_group} "
-                         f"of n_group={n_group} groups")
+        raise ValueError(
+            f"{name}: top_k={top_k} exceeds the {eligible} experts in topk_group={topk_group} "
+            f"of n_group={n_group} groups"
+        )
     if bias is not None:
         tensor(name, bias, "e_score_correction_bias", dim=1)
         if bias.shape[0] != e:
@@ -127,7 +131,7 @@ def align(ids, num_experts, block_size):
     topk_ids(name, ids)
     e = integer(name, num_experts, "num_experts", 1, MAX_EXPERTS)
     b = integer(name, block_size, "block_size", 1, 1 << 12)
-    if ids.numel() + e * (b - 1) >= 2 ** 31:
+    if ids.numel() + e * (b - 1) >= 2**31:
         raise ValueError(f"{name}: T*k + num_experts*(block_size-1) must be < 2^31")
     return e, b
 
@@ -140,14 +144,14 @@ def fused(x, w1, w2, weights, ids, act, activations):
     tensor(name, w2, "w2", dim=3)
     e, two_i, h1 = w1.shape
     if h1 != h:
-        raise ValueError(f"{name}: w1 must be [E, 2*I, H] with H={h} (hidden_states' last dim), "
-                         f"got {tuple(w1.shape)}")
+        raise ValueError(f"{name}: w1 must be [E, 2*I, H] with H={h} (hidden_states' last dim), got {tuple(w1.shape)}")
     if two_i % 2 or two_i == 0:
         raise ValueError(f"{name}: w1's second dim must be 2*I (gate rows, then up rows), got {two_i}")
     inter = two_i // 2
     if tuple(w2.shape) != (e, h, inter):
-        raise ValueError(f"{name}: w2 must have shape {(e, h, inter)} ([E, H, I] from w1 {tuple(w1.shape)}), "
-                         f"got {tuple(w2.shape)}")
+        raise ValueError(
+            f"{name}: w2 must have shape {(e, h, inter)} ([E, H, I] from w1 {tuple(w1.shape)}), got {tuple(w2.shape)}"
+        )
     if e < 1:
         raise ValueError(f"{name}: w1 must hold at least one expert")
     for what, w in (("w1", w1), ("w2", w2)):
@@ -157,14 +161,15 @@ def fused(x, w1, w2, weights, ids, act, activations):
     topk_ids(name, ids, tokens=t)
     tensor(name, weights, "topk_weights", dim=2)
     if tuple(weights.shape) != tuple(ids.shape):
-        raise ValueError(f"{name}: topk_weights must have topk_ids' shape {tuple(ids.shape)}, "
-                         f"got {tuple(weights.shape)}")
+        raise ValueError(
+            f"{name}: topk_weights must have topk_ids' shape {tuple(ids.shape)}, got {tuple(weights.shape)}"
+        )
     same_device(name, "topk_ids", ids, x, "hidden_states")
     same_device(name, "topk_weights", weights, x, "hidden_states")
     choice(name, act, "activation", activations)
     s = ids.numel()
     # the kernels address rows with 32-bit offsets from 64-bit bases
     for what, v in (("T*H", t * h), ("T*k*H", s * h), ("T*k*2I", s * two_i), ("2I*H", two_i * h)):
-        if v >= 2 ** 31:
+        if v >= 2**31:
             raise ValueError(f"{name}: {what} = {v} must be < 2^31 (split hidden_states into chunks)")
     return e, inter

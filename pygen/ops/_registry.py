@@ -6,9 +6,10 @@ and, when the op is differentiable, ``register_autograd`` wiring a backward op
 ``pygen::<op>_backward_<backend>``. Triton ops are custom ops too (docs/ARCHITECTURE.md says
 why triton_op is not used).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

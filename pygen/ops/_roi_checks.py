@@ -18,6 +18,7 @@ Triton grid's first axis, an int32 program id, and csrc/roi takes sizes below 2^
 dimensions below 2^31. Meta tensors are refused with an error naming the argument
 (pygen/ops/_common_checks.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,9 @@ from ._common_checks import checking_values, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
-MAX_ROIS = 2**31 - 1        # RoIs one call can index (see the module docstring)
-MAX_DIM = 2**31 - 1         # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)
-CHECK_ROWS = 1 << 18        # rows per chunk of the box value checks (<= 10 MB of temporaries)
+MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
+MAX_DIM = 2**31 - 1  # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)
+CHECK_ROWS = 1 << 18  # rows per chunk of the box value checks (<= 10 MB of temporaries)
 
 
 def check_input(name: str, x, what: str = "input") -> None:
@@ -43,16 +44,18 @@ def check_input(name: str, x, what: str = "input") -> None:
         raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
     not_meta(name, x, what)
     if max(x.shape) > MAX_DIM:
-        raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), got shape {tuple(x.shape)}")
 
 
 def output_pair(name: str, output_size) -> tuple[int, int]:
     """torchvision's _pair: an int or a pair of ints, each > 0."""
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         pair = (int(output_size), int(output_size))
-    elif (isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size)):
+    elif (
+        isinstance(output_size, (tuple, list, torch.Size))
+        and len(output_size) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size)
+    ):
         pair = (int(output_size[0]), int(output_size[1]))
     else:
         raise TypeError(f"{name}: output_size must be an int or a pair of ints, got {output_size!r}")
@@ -93,15 +96,19 @@ def check_boxes(name: str, boxes, input: torch.Tensor) -> int:
         k = sum(b.shape[0] for b in boxes)
     elif isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"{name}: boxes must be a Tensor[K, 5] (batch_index, x1, y1, x2, y2) "
-                             f"or a list of Tensor[L, 4], got shape {tuple(boxes.shape)}")
+            raise ValueError(
+                f"{name}: boxes must be a Tensor[K, 5] (batch_index, x1, y1, x2, y2) "
+                f"or a list of Tensor[L, 4], got shape {tuple(boxes.shape)}"
+            )
         _box_tensor(name, boxes, "boxes", 5, "[K, 5]", input)
         k = boxes.shape[0]
     else:
         raise TypeError(f"{name}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     if k > MAX_ROIS:
-        raise ValueError(f"{name}: boxes holds {k} RoIs; one call indexes at most {MAX_ROIS} (2^31 - 1), "
-                         f"split the boxes into several calls")
+        raise ValueError(
+            f"{name}: boxes holds {k} RoIs; one call indexes at most {MAX_ROIS} (2^31 - 1), "
+            f"split the boxes into several calls"
+        )
     if k and checking_values(input, boxes):
         if isinstance(boxes, torch.Tensor):
             _check_values(name, boxes, kernel_dtype(input), batch)
@@ -120,8 +127,13 @@ def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
     if len(boxes) == 0:
         return input.new_zeros((0, 5), dtype=kdt)
     # the batch column is made in the kernel dtype: a bf16 column would round index 257 to 256
-    return torch.cat([torch.cat([torch.full((b.shape[0], 1), i, dtype=kdt, device=b.device),
-                                 b.detach().to(kdt)], dim=1) for i, b in enumerate(boxes)], dim=0)
+    return torch.cat(
+        [
+            torch.cat([torch.full((b.shape[0], 1), i, dtype=kdt, device=b.device), b.detach().to(kdt)], dim=1)
+            for i, b in enumerate(boxes)
+        ],
+        dim=0,
+    )
 
 
 def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Tensor) -> None:
@@ -152,13 +164,13 @@ def _value_stats(boxes: torch.Tensor, kdt: torch.dtype, index: bool) -> torch.Te
     rows = _distinct(boxes.detach())
     parts = []
     for r0 in range(0, rows.shape[0], CHECK_ROWS):
-        chunk = rows[r0:r0 + CHECK_ROWS].to(kdt)
+        chunk = rows[r0 : r0 + CHECK_ROWS].to(kdt)
         p = [(~torch.isfinite(chunk)).any().to(kdt)]
         if index:
             idx = chunk[:, 0]
             p += [(idx != torch.floor(idx)).any().to(kdt), idx.min(), idx.max()]
         parts.append(torch.stack(p))
-    if len(parts) == 1:                      # the usual case: no second reduction (fewer launches)
+    if len(parts) == 1:  # the usual case: no second reduction (fewer launches)
         return parts[0] if index else parts[0][0]
     s = torch.stack(parts)
     if not index:
@@ -179,8 +191,7 @@ def _check_values(name: str, boxes: torch.Tensor, kdt: torch.dtype, batch: int) 
     if fractional:
         raise ValueError(f"{name}: boxes[:, 0] (batch index) must hold integers")
     if lo < 0 or hi >= batch:
-        raise ValueError(f"{name}: boxes[:, 0] (batch index) must lie in [0, {batch}), "
-                         f"got values in [{lo:g}, {hi:g}]")
+        raise ValueError(f"{name}: boxes[:, 0] (batch index) must lie in [0, {batch}), got values in [{lo:g}, {hi:g}]")
 
 
 def _check_list_values(name: str, boxes, kdt: torch.dtype) -> None:
@@ -195,8 +206,10 @@ def _check_list_values(name: str, boxes, kdt: torch.dtype) -> None:
 def ps_channels(name: str, channels: int, pooled: tuple[int, int]) -> int:
     bins = pooled[0] * pooled[1]
     if channels % bins:
-        raise ValueError(f"{name}: input channels ({channels}) must be divisible by "
-                         f"output_h * output_w ({pooled[0]}*{pooled[1]} = {bins})")
+        raise ValueError(
+            f"{name}: input channels ({channels}) must be divisible by "
+            f"output_h * output_w ({pooled[0]}*{pooled[1]} = {bins})"
+        )
     return channels // bins
 
 
@@ -210,12 +223,15 @@ def check_features(name: str, features, spatial_scales) -> list[float]:
     f0 = features[0]
     for i, f in enumerate(features[1:], 1):
         if f.shape[:2] != f0.shape[:2] or f.dtype != f0.dtype or f.device != f0.device:
-            raise ValueError(f"{name}: features[{i}] must share N, C, dtype and device with features[0] "
-                             f"({tuple(f0.shape[:2])}, {f0.dtype}, {f0.device}); got "
-                             f"({tuple(f.shape[:2])}, {f.dtype}, {f.device})")
+            raise ValueError(
+                f"{name}: features[{i}] must share N, C, dtype and device with features[0] "
+                f"({tuple(f0.shape[:2])}, {f0.dtype}, {f0.device}); got "
+                f"({tuple(f.shape[:2])}, {f.dtype}, {f.device})"
+            )
     if isinstance(spatial_scales, (int, float)) or not isinstance(spatial_scales, (list, tuple)):
         raise TypeError(f"{name}: spatial_scales must be a list of floats, one per level")
     if len(spatial_scales) != len(features):
-        raise ValueError(f"{name}: spatial_scales has {len(spatial_scales)} entries but features has "
-                         f"{len(features)} levels")
+        raise ValueError(
+            f"{name}: spatial_scales has {len(spatial_scales)} entries but features has {len(features)} levels"
+        )
     return [positive_scale(name, s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)]

@@ -33,6 +33,7 @@ Design notes
   that autograd does not already handle); sylvester computes its M x M determinants with
   pygen's batched slogdet, so it runs the Triton kernel on CUDA when M <= 64.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,19 +42,28 @@ import torch
 
 from .. import _backend
 from ..ref import flows as ref
-from . import _flows_checks as chk
-from . import _registry
+from . import _flows_checks as chk, _registry
 
-__all__ = ["slogdet", "affine_coupling", "additive_coupling", "actnorm", "inv_conv1x1",
-           "inv_conv1x1_lu", "planar", "radial", "sylvester"]
+__all__ = [
+    "slogdet",
+    "affine_coupling",
+    "additive_coupling",
+    "actnorm",
+    "inv_conv1x1",
+    "inv_conv1x1_lu",
+    "planar",
+    "radial",
+    "sylvester",
+]
 
 SLOGDET_MAX_D = 64
-LU_MAX_C = 64        # kernels/_flows_lu.py forms W in one program up to this size
+LU_MAX_C = 64  # kernels/_flows_lu.py forms W in one program up to this size
 _SUPPORTED = ("triton", "reference")
 
 
 def _kernels():
     from pygen.kernels import flows  # imported lazily: triton may be missing
+
     return flows
 
 
@@ -112,9 +122,12 @@ def _register() -> None:
         return out
 
     fwd = _registry.define("slogdet_triton", "(Tensor A) -> (Tensor, Tensor)", slogdet_impl, slogdet_fake)
-    bwd = _registry.define("slogdet_backward_triton", "(Tensor A, Tensor grad_logabsdet) -> Tensor",
-                           slogdet_bwd_impl, lambda a, g: torch.empty_like(a, dtype=torch.float32,
-                                                                          memory_format=torch.contiguous_format))
+    bwd = _registry.define(
+        "slogdet_backward_triton",
+        "(Tensor A, Tensor grad_logabsdet) -> Tensor",
+        slogdet_bwd_impl,
+        lambda a, g: torch.empty_like(a, dtype=torch.float32, memory_format=torch.contiguous_format),
+    )
 
     def slogdet_setup(ctx, inputs, output):
         ctx.mark_non_differentiable(output[0])
@@ -157,20 +170,34 @@ def _register() -> None:
         dx, dr, dt = affine_bwd_fake(x, r, t, g, gl, clamp, reverse, sigmoid)
         b = x.shape[0]
         if b and x[0].numel():
-            _kernels().affine_coupling_bwd(_rows(x), _rows(r), _rows(t), _rows(g), gl, dx.view(b, -1),
-                                           dr.view(b, -1), dt.view(b, -1) if (reverse or sigmoid) else None,
-                                           clamp, reverse, sigmoid)
+            _kernels().affine_coupling_bwd(
+                _rows(x),
+                _rows(r),
+                _rows(t),
+                _rows(g),
+                gl,
+                dx.view(b, -1),
+                dr.view(b, -1),
+                dt.view(b, -1) if (reverse or sigmoid) else None,
+                clamp,
+                reverse,
+                sigmoid,
+            )
         return dx, dr, dt
 
     fwd = _registry.define(
         "affine_coupling_triton",
         "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse, bool sigmoid) -> (Tensor, Tensor)",
-        affine_impl, affine_fake)
+        affine_impl,
+        affine_fake,
+    )
     bwd = _registry.define(
         "affine_coupling_backward_triton",
         "(Tensor x, Tensor log_scale_raw, Tensor shift, Tensor grad_y, Tensor grad_logdet, float? clamp, "
         "bool reverse, bool sigmoid) -> (Tensor, Tensor, Tensor)",
-        affine_bwd_impl, affine_bwd_fake)
+        affine_bwd_impl,
+        affine_bwd_fake,
+    )
 
     def affine_setup(ctx, inputs, output):
         x, r, t, clamp, reverse, sigmoid = inputs
@@ -196,8 +223,9 @@ def _register() -> None:
             _kernels().additive_coupling_fwd(_rows(x), _rows(t), y.view(x.shape[0], -1), reverse)
         return y
 
-    fwd = _registry.define("additive_coupling_triton", "(Tensor x, Tensor shift, bool reverse) -> Tensor",
-                           additive_impl, additive_fake)
+    fwd = _registry.define(
+        "additive_coupling_triton", "(Tensor x, Tensor shift, bool reverse) -> Tensor", additive_impl, additive_fake
+    )
 
     def additive_setup(ctx, inputs, output):
         ctx.reverse = inputs[2]
@@ -214,13 +242,19 @@ def _register() -> None:
     def actnorm_impl(x, loc, p, log_param, reverse):
         y, logdet = actnorm_fake(x, loc, p, log_param, reverse)
         if x.shape[0]:
-            _kernels().actnorm_fwd(_bcs(x), loc.reshape(-1).contiguous(), p.reshape(-1).contiguous(),
-                                   y.view(x.shape[0], x.shape[1], -1), logdet, log_param, reverse)
+            _kernels().actnorm_fwd(
+                _bcs(x),
+                loc.reshape(-1).contiguous(),
+                p.reshape(-1).contiguous(),
+                y.view(x.shape[0], x.shape[1], -1),
+                logdet,
+                log_param,
+                reverse,
+            )
         return y, logdet
 
     def actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse):
-        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(loc),
-                torch.empty_like(p))
+        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(loc), torch.empty_like(p))
 
     def actnorm_bwd_impl(x, g, loc, p, gl, log_param, reverse):
         dx, dloc, dp = actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse)
@@ -230,19 +264,35 @@ def _register() -> None:
         n_sb = k.actnorm_s_blocks(b * c, s, x.is_cuda)
         pa = x.new_empty((b, n_sb, c), dtype=torch.float32)
         pb = torch.empty_like(pa)
-        k.actnorm_bwd(x3, _bcs(g), loc.reshape(-1).contiguous(), p.reshape(-1).contiguous(), gl,
-                      dx.view(b, c, s), dloc.view(-1), dp.view(-1), pa, pb, log_param, reverse)
+        k.actnorm_bwd(
+            x3,
+            _bcs(g),
+            loc.reshape(-1).contiguous(),
+            p.reshape(-1).contiguous(),
+            gl,
+            dx.view(b, c, s),
+            dloc.view(-1),
+            dp.view(-1),
+            pa,
+            pb,
+            log_param,
+            reverse,
+        )
         return dx, dloc, dp
 
     fwd = _registry.define(
         "actnorm_triton",
         "(Tensor x, Tensor loc, Tensor param, bool log_param, bool reverse) -> (Tensor, Tensor)",
-        actnorm_impl, actnorm_fake)
+        actnorm_impl,
+        actnorm_fake,
+    )
     bwd = _registry.define(
         "actnorm_backward_triton",
         "(Tensor x, Tensor grad_y, Tensor loc, Tensor param, Tensor grad_logdet, bool log_param, "
         "bool reverse) -> (Tensor, Tensor, Tensor)",
-        actnorm_bwd_impl, actnorm_bwd_fake)
+        actnorm_bwd_impl,
+        actnorm_bwd_fake,
+    )
 
     def actnorm_setup(ctx, inputs, output):
         x, loc, p, log_param, reverse = inputs
@@ -277,7 +327,7 @@ def _register() -> None:
             k.conv1x1_fwd(g3, w.t(), dx.view(x.shape[0], x.shape[1], -1))
         splits = k.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda)
         if splits == 1 and dw.dtype == torch.float32 and dw.is_contiguous():
-            k.conv1x1_dw(g3, x3, dw.view(1, *dw.shape))   # written in place, no reduction pass
+            k.conv1x1_dw(g3, x3, dw.view(1, *dw.shape))  # written in place, no reduction pass
             return dx, dw
         part = x.new_empty((splits, w.shape[0], w.shape[1]), dtype=torch.float32)
         k.conv1x1_dw(g3, x3, part)
@@ -288,8 +338,12 @@ def _register() -> None:
         return dx, dw
 
     fwd = _registry.define("conv1x1_triton", "(Tensor x, Tensor weight) -> Tensor", conv_impl, conv_fake)
-    bwd = _registry.define("conv1x1_backward_triton", "(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor)",
-                           conv_bwd_impl, conv_bwd_fake)
+    bwd = _registry.define(
+        "conv1x1_backward_triton",
+        "(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor)",
+        conv_bwd_impl,
+        conv_bwd_fake,
+    )
 
     def conv_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -310,8 +364,11 @@ def _register() -> None:
         return w, ld
 
     def lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale):
-        return (torch.empty_like(lower, memory_format=torch.contiguous_format),
-                torch.empty_like(upper, memory_format=torch.contiguous_format), torch.empty_like(diag))
+        return (
+            torch.empty_like(lower, memory_format=torch.contiguous_format),
+            torch.empty_like(upper, memory_format=torch.contiguous_format),
+            torch.empty_like(diag),
+        )
 
     def lu_bwd_impl(perm, lower, upper, diag, gw, gld, scale):
         dl, du, ds = lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale)
@@ -321,12 +378,16 @@ def _register() -> None:
     fwd = _registry.define(
         "lu_weight_triton",
         "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, float scale) -> (Tensor, Tensor)",
-        lu_impl, lu_fake)
+        lu_impl,
+        lu_fake,
+    )
     bwd = _registry.define(
         "lu_weight_backward_triton",
         "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, Tensor grad_w, Tensor grad_logdet, "
         "float scale) -> (Tensor, Tensor, Tensor)",
-        lu_bwd_impl, lu_bwd_fake)
+        lu_bwd_impl,
+        lu_bwd_fake,
+    )
 
     def lu_setup(ctx, inputs, output):
         perm, lower, upper, diag, scale = inputs
@@ -375,9 +436,16 @@ def _coupling_args(name, x, others):
         chk.like(name, t, what, x, "x")
 
 
-def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.Tensor, *,
-                    reverse: bool = False, clamp: float | None = 2.0, scale: str = "exp",
-                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_coupling(
+    x: torch.Tensor,
+    log_scale_raw: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    reverse: bool = False,
+    clamp: float | None = 2.0,
+    scale: str = "exp",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine coupling (RealNVP/Glow) on the transformed half. ``scale="exp"`` (RealNVP):
     s = clamp*tanh(raw/clamp), y = x*exp(s) + shift, logdet = sum(s) per sample; ``reverse=True``
     inverts (x = (y - shift)*exp(-s), logdet = -sum(s)). ``scale="sigmoid"`` (Glow's code):
@@ -396,8 +464,9 @@ def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.T
     return _registry.get("affine_coupling_triton")(x, log_scale_raw, shift, c, rev, scale == "sigmoid")
 
 
-def additive_coupling(x: torch.Tensor, shift: torch.Tensor, *, reverse: bool = False,
-                      backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def additive_coupling(
+    x: torch.Tensor, shift: torch.Tensor, *, reverse: bool = False, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive coupling (NICE/Glow): y = x + shift (reverse: x = y - shift); logdet = 0."""
     name = "additive_coupling"
     _coupling_args(name, x, (("shift", shift),))
@@ -409,9 +478,15 @@ def additive_coupling(x: torch.Tensor, shift: torch.Tensor, *, reverse: bool = F
     return y, x.new_zeros((x.shape[0],), dtype=_logdet_dtype(x))
 
 
-def actnorm(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor | None = None, *,
-            scale: torch.Tensor | None = None, reverse: bool = False,
-            backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def actnorm(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    log_scale: torch.Tensor | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    reverse: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ActNorm (Glow): y = (x + loc) * m, m = exp(log_scale) or ``scale``, per channel;
     logdet = H*W*sum log|m| for every sample. ``reverse=True``: x = y/m - loc, negated logdet.
     x: [B, C, *] (or [B, C]); loc, log_scale / scale: [C] or [1, C, 1, 1]."""
@@ -440,8 +515,9 @@ def _apply_conv(x, w, b):
     return _registry.get("conv1x1_triton")(x, w)
 
 
-def inv_conv1x1(x: torch.Tensor, weight: torch.Tensor, *, reverse: bool = False,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def inv_conv1x1(
+    x: torch.Tensor, weight: torch.Tensor, *, reverse: bool = False, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invertible 1x1 convolution (Glow) with a plain weight: y = W x per pixel,
     logdet = H*W*log|det W| from pygen's slogdet; ``reverse=True`` applies W^-1 (torch.linalg.inv,
     which raises for a singular W) with the negated logdet. x: [B, C, *]; weight: [C, C] or
@@ -460,9 +536,16 @@ def inv_conv1x1(x: torch.Tensor, weight: torch.Tensor, *, reverse: bool = False,
     return _apply_conv(x, w, b), ld
 
 
-def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                   diag: torch.Tensor, *, reverse: bool = False,
-                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def inv_conv1x1_lu(
+    x: torch.Tensor,
+    perm: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    diag: torch.Tensor,
+    *,
+    reverse: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invertible 1x1 convolution in Glow's LU form W = P @ (tril(L, -1) + I) @ (triu(U, 1) +
     diag(s)); logdet = H*W*sum log|s| (O(C)). perm: [C, C] permutation matrix (used as given);
     lower, upper: [C, C] (only the strictly lower / upper parts are read); diag: [C] signed s.
@@ -499,8 +582,9 @@ def _z(name, z):
     return z
 
 
-def planar(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
-           backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def planar(
+    z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Planar flow f(z) = z + u tanh(w.z + b), logdet = log|1 + (1 - tanh^2) u.w| (forward only;
     pygen.ref.flows.planar_u_hat makes it invertible). u, w: [D] or [B, D]; b: [], [1] or [B]."""
     name = "planar"
@@ -513,8 +597,9 @@ def planar(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *
     return ref.planar(z, u, w, b)
 
 
-def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *,
-           backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def radial(
+    z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Radial flow f(z) = z + beta/(alpha + r) (z - z0), r = |z - z0| (forward only).
     z0: [D] or [B, D]; alpha (> 0), beta: [], [1] or [B]."""
     name = "radial"
@@ -526,8 +611,9 @@ def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.T
     return ref.radial(z, z0, alpha, beta)
 
 
-def sylvester(z: torch.Tensor, A: torch.Tensor, B: torch.Tensor, b: torch.Tensor, *,
-              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sylvester(
+    z: torch.Tensor, A: torch.Tensor, B: torch.Tensor, b: torch.Tensor, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sylvester flow f(z) = z + A tanh(B z + b), logdet = log|det(I_M + diag(h') B A)| (forward
     only), the M x M determinants from pygen's batched slogdet. A: [D, M] or [B, D, M];
     B: [M, D] or [B, M, D]; b: [M] or [B, M]."""

@@ -26,17 +26,24 @@ from its tile's first index (a broken contract) is 0 too.
 No op here is differentiable by itself (fp8 inputs); pygen.nn.fp8.FP8Linear composes them into
 a differentiable linear layer.
 """
+
 from __future__ import annotations
 
 import torch
 
 from .. import _backend
 from ..ref import fp8 as ref
-from . import _fp8_checks as chk
-from . import _registry
+from . import _fp8_checks as chk, _registry
 
-__all__ = ["quantize_fp8_1x128", "quantize_fp8_128x128", "dequantize_fp8", "fp8_gemm",
-           "fp8_gemm_grouped", "fp8_gemm_wgrad", "GROUPED_M_ALIGN"]
+__all__ = [
+    "quantize_fp8_1x128",
+    "quantize_fp8_128x128",
+    "dequantize_fp8",
+    "fp8_gemm",
+    "fp8_gemm_grouped",
+    "fp8_gemm_wgrad",
+    "GROUPED_M_ALIGN",
+]
 
 _SUPPORTED = ("triton", "reference")
 GROUPED_M_ALIGN = ref.BLOCK
@@ -44,6 +51,7 @@ GROUPED_M_ALIGN = ref.BLOCK
 
 def _kernels():
     from pygen.kernels import fp8  # lazily: triton may be missing
+
     return fp8
 
 
@@ -56,14 +64,16 @@ def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
 # ----------------------------------------------------------------------------------------------
 def _act_scales_empty(x: torch.Tensor, m: int, kb: int, transpose: bool) -> torch.Tensor:
     if transpose:
-        return torch.empty_strided((m, kb), (1, ref.round_up(max(m, 1), 4)), dtype=torch.float32,
-                                   device=x.device) if kb else x.new_empty((m, 0), dtype=torch.float32)
+        return (
+            torch.empty_strided((m, kb), (1, ref.round_up(max(m, 1), 4)), dtype=torch.float32, device=x.device)
+            if kb
+            else x.new_empty((m, 0), dtype=torch.float32)
+        )
     return x.new_empty((m, kb), dtype=torch.float32)
 
 
 def _w_scales_empty(w: torch.Tensor, nb: int, kb: int) -> torch.Tensor:
-    return torch.empty_strided((nb, kb), (ref.round_up(max(kb, 1), 4), 1), dtype=torch.float32,
-                               device=w.device)
+    return torch.empty_strided((nb, kb), (ref.round_up(max(kb, 1), 4), 1), dtype=torch.float32, device=w.device)
 
 
 def _gemm_out(a, b, out_dtype):
@@ -81,8 +91,7 @@ def _run_gemm(a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
         if bias is not None:
             out += bias.to(out_dtype)
         return out
-    cfg = k.gemm_config(m, n, a.shape[1], b_block=b_block, grouped=grouped_idx is not None,
-                        device=a.device)
+    cfg = k.gemm_config(m, n, a.shape[1], b_block=b_block, grouped=grouped_idx is not None, device=a.device)
     # split-K programs add float32 partial sums with atomics: they need a zeroed fp32 target
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.float32, device=a.device)
     if grouped_idx is None:
@@ -105,8 +114,12 @@ def _register() -> None:
             _kernels().quantize_1x128_fwd(x, q, s, ue8m0)
         return q, s
 
-    _registry.define("fp8_quantize_1x128_triton", "(Tensor x, bool ue8m0, bool transpose_scales) -> (Tensor, Tensor)",
-                     q1_impl, q1_fake)
+    _registry.define(
+        "fp8_quantize_1x128_triton",
+        "(Tensor x, bool ue8m0, bool transpose_scales) -> (Tensor, Tensor)",
+        q1_impl,
+        q1_fake,
+    )
 
     def q128_fake(w, ue8m0):
         n, kdim = w.shape
@@ -126,8 +139,13 @@ def _register() -> None:
     def gemm_impl(a, sa, b, sb, bias, b_block, out_dtype):
         return _run_gemm(a, sa, b, sb, bias, b_block, out_dtype)
 
-    _registry.define("fp8_gemm_triton", "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, "
-                     "int b_block, ScalarType out_dtype) -> Tensor", gemm_impl, gemm_fake)
+    _registry.define(
+        "fp8_gemm_triton",
+        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, "
+        "int b_block, ScalarType out_dtype) -> Tensor",
+        gemm_impl,
+        gemm_fake,
+    )
 
     def grouped_fake(a, sa, b, sb, m_indices, out_dtype):
         return _gemm_out(a, b, out_dtype)
@@ -135,8 +153,12 @@ def _register() -> None:
     def grouped_impl(a, sa, b, sb, m_indices, out_dtype):
         return _run_gemm(a, sa, b, sb, None, ref.BLOCK, out_dtype, grouped_idx=m_indices)
 
-    _registry.define("fp8_gemm_grouped_triton", "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, "
-                     "Tensor m_indices, ScalarType out_dtype) -> Tensor", grouped_impl, grouped_fake)
+    _registry.define(
+        "fp8_gemm_grouped_triton",
+        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor m_indices, ScalarType out_dtype) -> Tensor",
+        grouped_impl,
+        grouped_fake,
+    )
 
 
 _register()
@@ -145,8 +167,9 @@ _register()
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
-def quantize_fp8_1x128(x: torch.Tensor, *, scale_format: str = "fp32", transpose_scales: bool = False,
-                       backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_1x128(
+    x: torch.Tensor, *, scale_format: str = "fp32", transpose_scales: bool = False, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (float32/bf16/fp16, K % 128 == 0) -> (q [M, K] float8_e4m3fn, scales [M, K/128]
     float32), one scale per 1x128 tile: x ~= q * scale. ``transpose_scales=True`` stores the
     scales column-major with strides (1, round_up(M, 4)) (torch._scaled_mm's BlockWise1x128
@@ -161,8 +184,9 @@ def quantize_fp8_1x128(x: torch.Tensor, *, scale_format: str = "fp32", transpose
     return ref.quantize_1x128(x, scale_format, transpose_scales)
 
 
-def quantize_fp8_128x128(w: torch.Tensor, *, scale_format: str = "fp32",
-                         backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_128x128(
+    w: torch.Tensor, *, scale_format: str = "fp32", backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] (K % 128 == 0, any N) -> (q [N, K] float8_e4m3fn, scales [ceil(N/128), K/128]
     float32 with row stride round_up(K/128, 4); ``scales.t()`` is torch._scaled_mm's
     BlockWise128x128 scale_b). MoE expert weights w [E, N, K] give q [E, N, K] and scales
@@ -182,16 +206,18 @@ def quantize_fp8_128x128(w: torch.Tensor, *, scale_format: str = "fp32",
             return q.view(e, n, kdim), sc.unflatten(0, (e, n // ref.BLOCK))
         parts = [quantize_fp8_128x128(w[i], scale_format=scale_format, backend=be) for i in range(e)]
         nb = -(-n // ref.BLOCK)
-        return (torch.stack([p[0] for p in parts]) if e else w.new_empty(w.shape, dtype=chk.FP8),
-                torch.stack([p[1] for p in parts]) if e else w.new_empty((0, nb, kdim // ref.BLOCK),
-                                                                         dtype=torch.float32))
+        return (
+            torch.stack([p[0] for p in parts]) if e else w.new_empty(w.shape, dtype=chk.FP8),
+            torch.stack([p[1] for p in parts]) if e else w.new_empty((0, nb, kdim // ref.BLOCK), dtype=torch.float32),
+        )
     if be == "triton":
         return _registry.get("fp8_quantize_128x128_triton")(w, ue8m0)
     return ref.quantize_128x128(w, scale_format)
 
 
-def dequantize_fp8(q: torch.Tensor, scales: torch.Tensor, *, block: int = 1,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_fp8(
+    q: torch.Tensor, scales: torch.Tensor, *, block: int = 1, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """q [R, K] e4m3 and its scales ([R, K/128] for block=1, [ceil(R/128), K/128] for block=128)
     -> q * scale in ``dtype`` (for tests and debugging; plain PyTorch)."""
     name = "dequantize_fp8"
@@ -213,20 +239,25 @@ def _gemm_args(name, a, a_scales, b, b_scales, b_block: int, grouped: bool = Fal
     m, kdim = a.shape
     n = b.shape[-2]
     if b.shape[-1] != kdim:
-        raise ValueError(f"{name}: a is [M, K] = {tuple(a.shape)} and b must be "
-                         f"{'[E, N, K]' if grouped else '[N, K]'} with the same K, got {tuple(b.shape)}")
+        raise ValueError(
+            f"{name}: a is [M, K] = {tuple(a.shape)} and b must be "
+            f"{'[E, N, K]' if grouped else '[N, K]'} with the same K, got {tuple(b.shape)}"
+        )
     chk.k_multiple(name, kdim, "K")
     kb = kdim // ref.BLOCK
     chk.scales(name, a_scales, "a_scales", (m, kb), a, "[M, K/128], one per 1x128 tile of a")
     nb = -(-n // ref.BLOCK) if b_block == ref.BLOCK else n
-    lay = "[ceil(N/128), K/128], one per 128x128 block of b" if b_block == ref.BLOCK else \
-        "[N, K/128], one per 1x128 tile of b"
+    lay = (
+        "[ceil(N/128), K/128], one per 128x128 block of b"
+        if b_block == ref.BLOCK
+        else "[N, K/128], one per 1x128 tile of b"
+    )
     want = ((b.shape[0],) if grouped else ()) + (nb, kb)
     chk.scales(name, b_scales, "b_scales", want, b, ("[E, ...] " if grouped else "") + lay)
     return m, n, kdim
 
 
-TRITON_SCALE_SPAN = 2 ** 31
+TRITON_SCALE_SPAN = 2**31
 
 
 def _triton_scale_span(name: str, **scales: torch.Tensor) -> None:
@@ -236,8 +267,10 @@ def _triton_scale_span(name: str, **scales: torch.Tensor) -> None:
     for what, t in scales.items():
         span = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
         if span >= TRITON_SCALE_SPAN:
-            raise ValueError(f"{name}: {what} spans {span + 1} elements of its storage (strides {t.stride()}); "
-                             f"the triton backend needs fewer than 2^31: pass a compact copy")
+            raise ValueError(
+                f"{name}: {what} spans {span + 1} elements of its storage (strides {t.stride()}); "
+                f"the triton backend needs fewer than 2^31: pass a compact copy"
+            )
 
 
 def _k_major(t: torch.Tensor) -> torch.Tensor:
@@ -247,9 +280,16 @@ def _k_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-             out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None, *,
-             backend: str | None = None) -> torch.Tensor:
+def fp8_gemm(
+    a: torch.Tensor,
+    a_scales: torch.Tensor,
+    b: torch.Tensor,
+    b_scales: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """out [M, N] = (a * a_scales) @ (b * b_scales)^T (+ bias), NT layout: a [M, K] e4m3 with 1x128
     scales [M, K/128]; b [N, K] e4m3 with 128x128 scales [ceil(N/128), K/128]; float32
     accumulation with the scales applied once per 128-deep K block. Any M >= 0 and N; K must be
@@ -261,13 +301,21 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales:
     chk.bias(name, bias, n, a)
     if _pick(name, a, backend) == "triton":
         _triton_scale_span(name, a_scales=a_scales, b_scales=b_scales)
-        return _registry.get("fp8_gemm_triton")(_k_major(a), a_scales, _k_major(b), b_scales, bias, ref.BLOCK,
-                                                out_dtype)
+        return _registry.get("fp8_gemm_triton")(
+            _k_major(a), a_scales, _k_major(b), b_scales, bias, ref.BLOCK, out_dtype
+        )
     return ref.fp8_gemm_recipe(a, a_scales, b, b_scales, bias, ref.BLOCK, out_dtype)
 
 
-def fp8_gemm_wgrad(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                   out_dtype: torch.dtype = torch.float32, *, backend: str | None = None) -> torch.Tensor:
+def fp8_gemm_wgrad(
+    a: torch.Tensor,
+    a_scales: torch.Tensor,
+    b: torch.Tensor,
+    b_scales: torch.Tensor,
+    out_dtype: torch.dtype = torch.float32,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """The weight-gradient GEMM of FP8 training: both operands 1x128-scaled along the reduction
     dim. a [M, K] with scales [M, K/128], b [N, K] with scales [N, K/128] -> out [M, N] =
     (a * sa) @ (b * sb)^T. For dW = dY^T X: a = quantize_fp8_1x128(dY^T), b = quantize_fp8_1x128(X^T)
@@ -281,9 +329,16 @@ def fp8_gemm_wgrad(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_s
     return ref.fp8_gemm_recipe(a, a_scales, b, b_scales, None, 1, out_dtype)
 
 
-def fp8_gemm_grouped(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b_scales: torch.Tensor,
-                     m_indices: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16, *,
-                     backend: str | None = None) -> torch.Tensor:
+def fp8_gemm_grouped(
+    a: torch.Tensor,
+    a_scales: torch.Tensor,
+    b: torch.Tensor,
+    b_scales: torch.Tensor,
+    m_indices: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """MoE grouped GEMM in the contiguous layout (module docstring): a [M_total, K] e4m3 with 1x128
     scales, b [E, N, K] e4m3 with scales [E, ceil(N/128), K/128], m_indices [M_total] int32 (expert
     of each row, -1 for padding; M_total a multiple of 128 and each 128-row tile one expert) ->
@@ -293,17 +348,21 @@ def fp8_gemm_grouped(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor, b
     chk.out_dtype(name, out_dtype)
     chk.tensor(name, m_indices, "m_indices", (torch.int32,), 1)
     if m_indices.shape[0] != m:
-        raise ValueError(f"{name}: m_indices must have shape ({m},) (one entry per row of a), "
-                         f"got {tuple(m_indices.shape)}")
+        raise ValueError(
+            f"{name}: m_indices must have shape ({m},) (one entry per row of a), got {tuple(m_indices.shape)}"
+        )
     chk.same_device(name, m_indices, "m_indices", a, "a")
     if m % GROUPED_M_ALIGN:
-        raise ValueError(f"{name}: a.shape[0] (M_total) must be a multiple of {GROUPED_M_ALIGN} in the "
-                         f"contiguous layout (each expert's rows padded to a multiple of {GROUPED_M_ALIGN}), "
-                         f"got {m}; see pygen.ref.fp8.grouped_layout")
+        raise ValueError(
+            f"{name}: a.shape[0] (M_total) must be a multiple of {GROUPED_M_ALIGN} in the "
+            f"contiguous layout (each expert's rows padded to a multiple of {GROUPED_M_ALIGN}), "
+            f"got {m}; see pygen.ref.fp8.grouped_layout"
+        )
     if _pick(name, a, backend) == "triton":
         _triton_scale_span(name, a_scales=a_scales, b_scales=b_scales)
-        return _registry.get("fp8_gemm_grouped_triton")(_k_major(a), a_scales, _k_major(b), b_scales,
-                                                        m_indices.contiguous(), out_dtype)
+        return _registry.get("fp8_gemm_grouped_triton")(
+            _k_major(a), a_scales, _k_major(b), b_scales, m_indices.contiguous(), out_dtype
+        )
     return _grouped_reference(a, a_scales, b, b_scales, m_indices, out_dtype)
 
 

@@ -21,6 +21,7 @@ Backends: ``triton`` (kernels/made.py, on CUDA, or on CPU under TRITON_INTERPRET
 ``reference`` (pygen.ref.made). There is no csrc backend for this family. The automatic choice
 takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs on the reference.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,17 +30,24 @@ import torch
 
 from .. import _backend
 from ..ref import made as ref
-from . import _made_checks as chk
-from . import _registry
+from . import _made_checks as chk, _registry
 
-__all__ = ["masked_linear", "masked_linear_plain", "masked_linear_bits", "pack_bits", "made_affine_forward",
-           "made_sample", "sort_hidden_units"]
+__all__ = [
+    "masked_linear",
+    "masked_linear_plain",
+    "masked_linear_bits",
+    "pack_bits",
+    "made_affine_forward",
+    "made_sample",
+    "sort_hidden_units",
+]
 
 _SUPPORTED = ("triton", "reference")
 
 
 def _kernels():
     from pygen.kernels import made  # imported lazily: triton may be missing
+
     return made
 
 
@@ -59,8 +67,11 @@ def _new_fwd(x: torch.Tensor, weight: torch.Tensor, act: str):
 def _new_bwd(x: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool, need_b: bool):
     m, k = x.shape
     n = weight.shape[0]
-    return (x.new_empty((m, k) if need_x else (0,)), weight.new_empty((n, k) if need_w else (0,)),
-            weight.new_empty((n,) if need_b else (0,)))
+    return (
+        x.new_empty((m, k) if need_x else (0,)),
+        weight.new_empty((n, k) if need_w else (0,)),
+        weight.new_empty((n,) if need_b else (0,)),
+    )
 
 
 def _act_grad(grad: torch.Tensor, saved: torch.Tensor, act: str) -> torch.Tensor:
@@ -145,14 +156,17 @@ def _register_triton() -> None:
         f"masked_linear_{b}",
         "(Tensor x, Tensor weight, Tensor? bias, Tensor? in_degrees, Tensor? out_degrees, Tensor? mask, "
         "bool strict, str activation) -> (Tensor, Tensor)",
-        _on_device(forward), lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act))
+        _on_device(forward),
+        lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act),
+    )
     bwd = _registry.define(
         f"masked_linear_backward_{b}",
         "(Tensor grad, Tensor saved, Tensor x, Tensor weight, Tensor? in_degrees, Tensor? out_degrees, "
         "Tensor? mask, bool strict, str activation, bool need_x, bool need_weight, bool need_bias) "
         "-> (Tensor, Tensor, Tensor)",
         _on_device(backward),
-        lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb))
+        lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb),
+    )
 
     def setup(ctx, inputs, output):
         x, weight, bias, in_deg, out_deg, mask, strict, act = inputs
@@ -165,11 +179,9 @@ def _register_triton() -> None:
     def grad_fn(ctx, gy, _gz, _bwd=bwd):
         x, weight, in_deg, out_deg, mask, saved = ctx.saved_tensors
         strict, act, has_bias = ctx.args
-        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], \
-            has_bias and ctx.needs_input_grad[2]
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
         dx, dw, db = _bwd(gy, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b)
-        return (dx if need_x else None, dw if need_w else None, db if need_b else None,
-                None, None, None, None, None)
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None, None, None)
 
     fwd.register_autograd(grad_fn, setup_context=setup)
 
@@ -184,8 +196,10 @@ def _register_bits() -> None:
     def new_y(xb, weight, act):
         # z (the pre-activation) is kept for gelu only, whose derivative needs it
         shape = (xb.shape[0], weight.shape[0])
-        return (xb.new_empty(shape, dtype=weight.dtype),
-                xb.new_empty(shape if act == "gelu" else (0,), dtype=weight.dtype))
+        return (
+            xb.new_empty(shape, dtype=weight.dtype),
+            xb.new_empty(shape if act == "gelu" else (0,), dtype=weight.dtype),
+        )
 
     def forward(x_bits, weight, bias, in_deg, out_deg, strict, act):
         y, z = new_y(x_bits, weight, act)
@@ -204,8 +218,21 @@ def _register_bits() -> None:
         plan = torch.empty((t, j), dtype=torch.int32, device=weight.device)
         counts = torch.empty((t, 2), dtype=torch.int32, device=weight.device)
         kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
-        kern.masked_linear_fwd(x_bits, weight, bias, in_deg, out_deg, plan, counts, y,
-                               z if act == "gelu" else None, strict, act, cfg, x_bits=True)
+        kern.masked_linear_fwd(
+            x_bits,
+            weight,
+            bias,
+            in_deg,
+            out_deg,
+            plan,
+            counts,
+            y,
+            z if act == "gelu" else None,
+            strict,
+            act,
+            cfg,
+            x_bits=True,
+        )
         return y, z
 
     def backward(grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b):
@@ -219,9 +246,19 @@ def _register_bits() -> None:
                 dw.zero_()
             else:
                 kern = _kernels()
-                kern.masked_linear_dw(grad, saved if act != "none" else None, x_bits, in_deg, out_deg, dw,
-                                      db if need_b and m and n else None, strict, act, kern.config("dw", weight.dtype),
-                                      x_bits=True)
+                kern.masked_linear_dw(
+                    grad,
+                    saved if act != "none" else None,
+                    x_bits,
+                    in_deg,
+                    out_deg,
+                    dw,
+                    db if need_b and m and n else None,
+                    strict,
+                    act,
+                    kern.config("dw", weight.dtype),
+                    x_bits=True,
+                )
         if need_b and not (need_w and m and n and k):
             db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
         return dw, db
@@ -230,14 +267,19 @@ def _register_bits() -> None:
         f"masked_linear_bits_{b}",
         "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
         "str activation) -> (Tensor, Tensor)",
-        _on_device(forward), lambda x_bits, weight, bias, i, o, strict, act: new_y(x_bits, weight, act))
+        _on_device(forward),
+        lambda x_bits, weight, bias, i, o, strict, act: new_y(x_bits, weight, act),
+    )
     bwd = _registry.define(
         f"masked_linear_bits_backward_{b}",
         "(Tensor grad, Tensor saved, Tensor x_bits, Tensor weight, Tensor in_degrees, Tensor out_degrees, "
         "bool strict, str activation, bool need_weight, bool need_bias) -> (Tensor, Tensor)",
         _on_device(backward),
         lambda grad, saved, xb, weight, i, o, strict, act, nw, nb: (
-            weight.new_empty(weight.shape if nw else (0,)), weight.new_empty((weight.shape[0],) if nb else (0,))))
+            weight.new_empty(weight.shape if nw else (0,)),
+            weight.new_empty((weight.shape[0],) if nb else (0,)),
+        ),
+    )
 
     def setup(ctx, inputs, output):
         x_bits, weight, bias, in_deg, out_deg, strict, act = inputs
@@ -264,9 +306,18 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     return ref.pack_bits(x)
 
 
-def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                       in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool = False,
-                       activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+def masked_linear_bits(
+    x_bits: torch.Tensor,
+    features: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool = False,
+    activation: str | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """masked_linear of binary inputs given bit-packed (``pack_bits``): x_bits [..., ceil(features/32)]
     int32, weight [O, features]; act(sum of the weight columns of the set bits + b), [..., O] in the
     weight's dtype. The kernel unpacks the bits into the MMA operand in registers (1/16 of the
@@ -280,8 +331,10 @@ def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor
     if weight.dim() != 2 or isinstance(features, bool) or not isinstance(features, int) or weight.shape[1] != features:
         raise ValueError(f"{name}: weight must be [out_features, features = {features!r}], got {tuple(weight.shape)}")
     if x_bits.dim() < 1 or x_bits.shape[-1] != -(-features // 32):
-        raise ValueError(f"{name}: x_bits must have ceil({features} / 32) = {-(-features // 32)} words in its last "
-                         f"dimension, got shape {tuple(x_bits.shape)}")
+        raise ValueError(
+            f"{name}: x_bits must have ceil({features} / 32) = {-(-features // 32)} words in its last "
+            f"dimension, got shape {tuple(x_bits.shape)}"
+        )
     if x_bits.device != weight.device:
         raise ValueError(f"{name}: x_bits is on {x_bits.device} but weight is on {weight.device}")
     chk.linear_args(name, weight.new_empty((1, features)), weight, bias)
@@ -294,15 +347,15 @@ def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor
     if b == "reference":
         return ref.masked_linear_bits(x_bits, features, weight, bias, i, o, strict, act)
     lead = x_bits.shape[:-1]
-    y = _registry.get(f"masked_linear_bits_{b}")(x_bits.reshape(math.prod(lead), x_bits.shape[-1]), weight, bias,
-                                                 i, o, strict, act)[0]
+    y = _registry.get(f"masked_linear_bits_{b}")(
+        x_bits.reshape(math.prod(lead), x_bits.shape[-1]), weight, bias, i, o, strict, act
+    )[0]
     return y.reshape(*lead, weight.shape[0])
 
 
 def _new_affine(h, weight, x, save_params: bool):
     m, n = h.shape[0], weight.shape[0]
-    return (x.new_empty((m, n // 2)), x.new_empty((m,)),
-            h.new_empty((m, n) if save_params else (0,)))
+    return (x.new_empty((m, n // 2)), x.new_empty((m,)), h.new_empty((m, n) if save_params else (0,)))
 
 
 def _register_affine() -> None:
@@ -319,8 +372,9 @@ def _register_affine() -> None:
         t, j = kern.plan_shape("fwd", n, k, cfg)
         if k == 0 or n == 0:
             pre = (bias.float() if bias is not None else h.new_zeros((n,), dtype=torch.float32)).expand(m, n)
-            zz, ld = ref.made_affine_forward(h.new_zeros((m, 0), dtype=torch.float32), pre.new_zeros((n, 0)),
-                                             pre[0], in_deg, out_deg, x.float())
+            zz, ld = ref.made_affine_forward(
+                h.new_zeros((m, 0), dtype=torch.float32), pre.new_zeros((n, 0)), pre[0], in_deg, out_deg, x.float()
+            )
             z.copy_(zz)
             logdet.copy_(ld)
             if save_params:
@@ -330,8 +384,9 @@ def _register_affine() -> None:
         counts = torch.empty((t, 2), dtype=torch.int32, device=h.device)
         ld_part = torch.empty((m, t), dtype=torch.float32, device=h.device)
         kern.made_plan(out_deg, in_deg, plan, counts, True, True, cfg.block_n, cfg.block_k)
-        kern.made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params if save_params else None,
-                             ld_part, cfg)
+        kern.made_affine_fwd(
+            h, weight, bias, in_deg, out_deg, plan, counts, x, z, params if save_params else None, ld_part, cfg
+        )
         logdet.copy_(ld_part.sum(dim=1))
         return z, logdet, params
 
@@ -339,7 +394,9 @@ def _register_affine() -> None:
         f"made_affine_{b}",
         "(Tensor h, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, Tensor x, "
         "bool save_params) -> (Tensor, Tensor, Tensor)",
-        _on_device(forward), lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save))
+        _on_device(forward),
+        lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save),
+    )
 
     def setup(ctx, inputs, output):
         h, weight, bias, in_deg, out_deg, x, save_params = inputs
@@ -350,8 +407,10 @@ def _register_affine() -> None:
     def grad_fn(ctx, gz, gld, _gp):
         h, weight, in_deg, out_deg, x, params = ctx.saved_tensors
         if params.numel() != h.shape[0] * weight.shape[0]:
-            raise RuntimeError("made_affine: backward needs the parameters; call it with save_params=True "
-                               "(pygen.ops.made_affine_forward does when autograd records)")
+            raise RuntimeError(
+                "made_affine: backward needs the parameters; call it with save_params=True "
+                "(pygen.ops.made_affine_forward does when autograd records)"
+            )
         p = params.float().view(*x.shape, 2)
         s = torch.sigmoid(p[..., 0] + ref.AFFINE_SCALE_SHIFT)
         scale = s + ref.AFFINE_EPS
@@ -361,7 +420,8 @@ def _register_affine() -> None:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         dh, dw, db = _registry.get(f"masked_linear_backward_{b}")(
-            g_params, g_params.new_empty(0), h, weight, in_deg, out_deg, None, True, "none", need_h, need_w, need_b)
+            g_params, g_params.new_empty(0), h, weight, in_deg, out_deg, None, True, "none", need_h, need_w, need_b
+        )
         dx = (gz.float() * scale).to(x.dtype) if ctx.needs_input_grad[5] else None
         return (dh if need_h else None, dw if need_w else None, db if need_b else None, None, None, dx, None)
 
@@ -371,9 +431,16 @@ def _register_affine() -> None:
 _register_affine()
 
 
-def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        in_degrees: torch.Tensor, out_degrees: torch.Tensor, x: torch.Tensor, *,
-                        backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def made_affine_forward(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The MAF layer's output head in one kernel: params = h . (W * M)^T + b (strict mask; rows 2d,
     2d+1 = unconstrained scale and shift of input d), z = scale * x + shift with
     scale = sigmoid(a + 2) + 1e-3, and logdet = sum_d log(scale_d) (pygen.ref.made). The kernel
@@ -384,8 +451,10 @@ def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     chk.linear_args(name, h, weight, bias)
     chk.tensor(name, x, "x")
     if x.dim() != 2 or x.shape[0] != h.shape[0] or 2 * x.shape[1] != weight.shape[0]:
-        raise ValueError(f"{name}: x must be [batch, D] with batch = {h.shape[0]} and 2*D = out_features = "
-                         f"{weight.shape[0]}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: x must be [batch, D] with batch = {h.shape[0]} and 2*D = out_features = "
+            f"{weight.shape[0]}, got {tuple(x.shape)}"
+        )
     if x.dtype != h.dtype or x.device != h.device:
         raise TypeError(f"{name}: x must be {h.dtype} on {h.device} like h, got {x.dtype} on {x.device}")
     if h.dim() != 2:
@@ -406,7 +475,7 @@ def _resolve(name, weight, in_degrees, out_degrees, mask, strict, device):
         if in_degrees is not None or out_degrees is not None:
             raise ValueError(f"{name}: pass either in_degrees/out_degrees or mask, not both")
         m = chk.explicit_mask(name, mask, weight)
-        if chk.checking_values(m):          # the reduction reads the mask: a host sync (module docstring)
+        if chk.checking_values(m):  # the reduction reads the mask: a host sync (module docstring)
             derived = ref.degrees_from_mask(m)
             if derived is not None:
                 return derived[0], derived[1], None, False
@@ -418,10 +487,18 @@ def _resolve(name, weight, in_degrees, out_degrees, mask, strict, device):
     return i, o, None, strict
 
 
-def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  in_degrees: torch.Tensor | None = None, out_degrees: torch.Tensor | None = None,
-                  strict: bool = False, activation: str | None = None, *, mask: torch.Tensor | None = None,
-                  backend: str | None = None) -> torch.Tensor:
+def masked_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    in_degrees: torch.Tensor | None = None,
+    out_degrees: torch.Tensor | None = None,
+    strict: bool = False,
+    activation: str | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """act(x . (W * M)^T + b); see the module docstring."""
     name = "masked_linear"
     chk.linear_args(name, x, weight, bias)
@@ -440,8 +517,15 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y.reshape(*x.shape[:-1], n)
 
 
-def masked_linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                        activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+def masked_linear_plain(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    activation: str | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """act(x . (W * mask)^T + b) with the plain masked-matmul kernel: the explicit mask is used as
     it is (no reduction to degrees, so no host synchronisation). ``mask``: [O, I] bool or 0/1."""
     name = "masked_linear"
@@ -452,8 +536,9 @@ def masked_linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if b == "reference":
         return ref.masked_matmul(x, weight, bias, m, act)
     k, n = weight.shape[1], weight.shape[0]
-    y, _ = _registry.get(f"masked_linear_{b}")(x.reshape(math.prod(x.shape[:-1]), k), weight, bias, None, None,
-                                               m, False, act)
+    y, _ = _registry.get(f"masked_linear_{b}")(
+        x.reshape(math.prod(x.shape[:-1]), k), weight, bias, None, None, m, False, act
+    )
     return y.reshape(*x.shape[:-1], n)
 
 

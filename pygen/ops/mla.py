@@ -25,6 +25,7 @@ Backends: ``triton`` (kernels/mla.py: CUDA, or CPU under TRITON_INTERPRET=1) and
 (pygen.ref.mla). Automatic choice: triton on CUDA tensors, reference on CPU; float64 always runs on
 the reference. Every bad argument raises before a launch (pygen/ops/_mla_checks.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,18 @@ import torch
 
 from .. import _backend
 from ..ref import mla as ref
-from . import _mla_checks as chk
-from . import _registry
+from . import _mla_checks as chk, _registry
 
-__all__ = ["mla_decode", "mla_cache_append", "mla_prefill", "merge_attn_states", "choose_num_splits",
-           "fp8_quantize", "fp8_dequantize", "FP8_TOKEN_BYTES"]
+__all__ = [
+    "mla_decode",
+    "mla_cache_append",
+    "mla_prefill",
+    "merge_attn_states",
+    "choose_num_splits",
+    "fp8_quantize",
+    "fp8_dequantize",
+    "FP8_TOKEN_BYTES",
+]
 
 _SUPPORTED = ("triton", "reference")
 FP8_TOKEN_BYTES = ref.FP8_TOKEN_BYTES
@@ -47,6 +55,7 @@ fp8_dequantize = ref.fp8_dequantize
 
 def _kernels():
     from pygen.kernels import mla  # lazily: triton may be missing
+
     return mla
 
 
@@ -81,8 +90,7 @@ def _new_decode(q, head_dim_v):
 
 
 def _new_prefill(q, v):
-    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), q.new_empty((q.shape[1], q.shape[0]),
-                                                                             dtype=torch.float32)
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
 def _new_merge(out_a):
@@ -98,15 +106,18 @@ def _register_triton() -> None:
         if q.numel() == 0:
             return out, lse
         # the kernels index these with unit inner strides
-        _kernels().mla_decode(q, kv_cache, block_table.contiguous(), cache_seqlens.contiguous(), out, lse, scale,
-                              causal, num_splits)
+        _kernels().mla_decode(
+            q, kv_cache, block_table.contiguous(), cache_seqlens.contiguous(), out, lse, scale, causal, num_splits
+        )
         return out, lse
 
     _registry.define(
         f"mla_decode_{b}",
         "(Tensor q, Tensor kv_cache, Tensor block_table, Tensor cache_seqlens, int head_dim_v, "
         "float softmax_scale, bool causal, int num_splits) -> (Tensor, Tensor)",
-        _on_device(decode), lambda q, kv, bt, sl, dv, sc, c, ns: _new_decode(q, dv))
+        _on_device(decode),
+        lambda q, kv, bt, sl, dv, sc, c, ns: _new_decode(q, dv),
+    )
 
     def append(kv_cache, block_table, positions, latent, k_rope):
         if positions.numel() == 0:
@@ -120,12 +131,16 @@ def _register_triton() -> None:
             kern.mla_cache_append(kv_cache, block_table, positions, rows, None)
         else:
             # cast with torch first: the interpreter truncates fp32->bf16 stores instead of rounding
-            kern.mla_cache_append(kv_cache, block_table, positions, latent.to(kv_cache.dtype),
-                                  k_rope.to(kv_cache.dtype))
+            kern.mla_cache_append(
+                kv_cache, block_table, positions, latent.to(kv_cache.dtype), k_rope.to(kv_cache.dtype)
+            )
 
     op = torch.library.custom_op(
-        f"pygen::mla_cache_append_{b}", _on_device(append), mutates_args=("kv_cache",),
-        schema="(Tensor(a!) kv_cache, Tensor block_table, Tensor positions, Tensor latent, Tensor k_rope) -> ()")
+        f"pygen::mla_cache_append_{b}",
+        _on_device(append),
+        mutates_args=("kv_cache",),
+        schema="(Tensor(a!) kv_cache, Tensor block_table, Tensor positions, Tensor latent, Tensor k_rope) -> ()",
+    )
     op.register_fake(lambda kv, bt, pos, lat, rope: None)
     _registry._OPS[f"mla_cache_append_{b}"] = op
 
@@ -134,31 +149,48 @@ def _register_triton() -> None:
         if q.numel() == 0 or out.numel() == 0:
             lse.fill_(float("-inf"))
             return out.zero_(), lse
-        _kernels().mla_prefill_fwd(q, k, v, cu_q.contiguous(), cu_k.contiguous(), max_q, max_k, out, lse, scale,
-                                   causal)
+        _kernels().mla_prefill_fwd(q, k, v, cu_q.contiguous(), cu_k.contiguous(), max_q, max_k, out, lse, scale, causal)
         return out, lse
 
     def prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
             return dq, dk, dv
-        _kernels().mla_prefill_bwd(grad_out.contiguous(), grad_lse.contiguous(), q, k, v, out, lse.contiguous(),
-                                   cu_q.contiguous(), cu_k.contiguous(),
-                                   max_q, max_k, dq, dk, dv, scale, causal)
+        _kernels().mla_prefill_bwd(
+            grad_out.contiguous(),
+            grad_lse.contiguous(),
+            q,
+            k,
+            v,
+            out,
+            lse.contiguous(),
+            cu_q.contiguous(),
+            cu_k.contiguous(),
+            max_q,
+            max_k,
+            dq,
+            dk,
+            dv,
+            scale,
+            causal,
+        )
         return dq, dk, dv
 
     fwd = _registry.define(
         f"mla_prefill_{b}",
         "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
         "int max_seqlen_k, float softmax_scale, bool causal) -> (Tensor, Tensor)",
-        _on_device(prefill), lambda q, k, v, *a: _new_prefill(q, v))
+        _on_device(prefill),
+        lambda q, k, v, *a: _new_prefill(q, v),
+    )
     bwd = _registry.define(
         f"mla_prefill_backward_{b}",
         "(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
         "bool causal) -> (Tensor, Tensor, Tensor)",
         _on_device(prefill_bwd),
-        lambda go, gl, q, k, v, *a: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+        lambda go, gl, q, k, v, *a: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
+    )
 
     def setup(ctx, inputs, output):
         q, k, v, cu_q, cu_k, max_q, max_k, scale, causal = inputs
@@ -188,7 +220,8 @@ def _register_triton() -> None:
         f"merge_attn_states_{b}",
         "(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
         _on_device(merge),
-        lambda oa, la, ob, lb: _new_merge(oa))
+        lambda oa, la, ob, lb: _new_merge(oa),
+    )
 
     def msetup(ctx, inputs, output):
         out_a, lse_a, out_b, lse_b = inputs
@@ -218,15 +251,24 @@ _register_triton()
 
 
 # ---- public functions -----------------------------------------------------------------------
-def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
-               head_dim_v: int = ref.LATENT_DIM, softmax_scale: float | None = None, causal: bool = False,
-               num_splits: int | None = None, backend: str | None = None):
+def mla_decode(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int = ref.LATENT_DIM,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    num_splits: int | None = None,
+    backend: str | None = None,
+):
     """Absorbed MLA decode over a paged latent cache -> (out [b, s_q, h_q, head_dim_v] in q's dtype,
     lse float32 [b, h_q, s_q]); see the module docstring. ``num_splits`` fixes the split-KV count
     (deterministic); None chooses it from batch, heads, cache capacity and the SM count."""
     name = "mla_decode"
-    fp8, scale = chk.decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softmax_scale,
-                                 causal, num_splits)
+    fp8, scale = chk.decode_args(
+        name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, num_splits
+    )
     be = _pick(name, q, backend)
     if be == "reference":
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -235,12 +277,19 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     if num_splits is None:
         b, s_q, h_q, _ = q.shape
         num_splits = choose_num_splits(b, s_q, h_q, block_table.shape[1] * kv_cache.shape[1], _sm_count(q.device))
-    return _registry.get(f"mla_decode_{be}")(q, kv_cache, block_table, cache_seqlens, int(head_dim_v), scale,
-                                             causal, int(num_splits))
+    return _registry.get(f"mla_decode_{be}")(
+        q, kv_cache, block_table, cache_seqlens, int(head_dim_v), scale, causal, int(num_splits)
+    )
 
 
-def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
-                     latent: torch.Tensor, k_rope: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+def mla_cache_append(
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    positions: torch.Tensor,
+    latent: torch.Tensor,
+    k_rope: torch.Tensor,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Write latent [b, n, 512] and k_rope [b, n, 64] of token ``positions[i, j]`` (-1: skip) into
     the pages of kv_cache in place (FP8-quantised for the uint8 cache); returns kv_cache. When
     several positions map to one cache slot, the last in row-major order wins, in eager mode and
@@ -260,17 +309,27 @@ def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, position
     return kv_cache
 
 
-def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                softmax_scale: float | None = None, causal: bool = True, backend: str | None = None):
+def mla_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = True,
+    backend: str | None = None,
+):
     """Varlen (causal, bottom-right aligned) attention -> (out [total_q, h, dv] in q's dtype,
     lse float32 [h, total_q]); differentiable in q, k, v. max_seqlen_* default to the longest
     sequence: a host read of cu_seqlens (one synchronisation on a GPU) that sizes the launch grid
     and stays even with value checks off; pass them to avoid it. Under torch.compile or CUDA graph
     capture a missing one is replaced by the token count (correct, more programs)."""
     name = "mla_prefill"
-    mq, mk, scale = chk.prefill_args(name, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                     softmax_scale, causal)
+    mq, mk, scale = chk.prefill_args(
+        name, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal
+    )
     be = _pick(name, q, backend)
     if be == "reference":
         if q.dtype in (torch.float64, torch.float32):
@@ -281,8 +340,9 @@ def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q:
     return _registry.get(f"mla_prefill_{be}")(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, scale, causal)
 
 
-def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
-                      backend: str | None = None):
+def merge_attn_states(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor, backend: str | None = None
+):
     """Merge two partial attention results over disjoint keys: out [T, H, D], lse [H, T] (the
     layout of mla_prefill) -> (out in out_a's dtype, lse float32)."""
     name = "merge_attn_states"

@@ -31,15 +31,14 @@ topk_weights. fused_moe's combine uses float32 atomics unless
 ``torch.are_deterministic_algorithms_enabled()``, in which case every slot's output row is
 written once and the k rows of a token are summed in a fixed order (bitwise reproducible).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 
 from .. import _backend
 from ..ref import moe as ref
-from . import _moe_checks as chk
-from . import _registry
+from . import _moe_checks as chk, _registry
 
 __all__ = ["moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe"]
 
@@ -52,11 +51,13 @@ _PERMUTE_SUPPORTED = ("cuda", "triton", "cpu", "reference")
 
 def _kernels():
     from pygen.kernels import moe  # imported lazily: triton may be missing
+
     return moe
 
 
 def _native():
     from pygen.native import moe
+
     return moe
 
 
@@ -74,8 +75,10 @@ def _new_route(logits: torch.Tensor, top_k: int):
     t = logits.shape[0]
     wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     # (weights, ids): the float output first (opcheck's aot test sums outputs into the first one's dtype)
-    return (torch.empty((t, top_k), dtype=wdt, device=logits.device),
-            torch.empty((t, top_k), dtype=torch.int32, device=logits.device))
+    return (
+        torch.empty((t, top_k), dtype=wdt, device=logits.device),
+        torch.empty((t, top_k), dtype=torch.int32, device=logits.device),
+    )
 
 
 def _route_grad(logits, ids, grad_w, scoring, norm, scale):
@@ -116,7 +119,9 @@ def _register_route(b: str) -> None:
         f"moe_route_{b}",
         "(Tensor router_logits, Tensor? bias, int top_k, str scoring, int n_group, int topk_group, "
         "bool norm_topk_prob, float routed_scaling_factor) -> (Tensor, Tensor)",
-        _on_device(impl), lambda logits, bias, top_k, *rest: _new_route(logits, top_k))
+        _on_device(impl),
+        lambda logits, bias, top_k, *rest: _new_route(logits, top_k),
+    )
 
     def setup(ctx, inputs, output):
         logits, _bias, _k, scoring, _g, _tg, norm, scale = inputs
@@ -136,22 +141,47 @@ for _b in ("triton", "cpu"):
     _register_route(_b)
 
 
-def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoid",
-              e_score_correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
-              norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0, backend: str | None = None):
+def moe_route(
+    router_logits: torch.Tensor,
+    top_k: int,
+    *,
+    scoring: str = "sigmoid",
+    e_score_correction_bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    norm_topk_prob: bool = True,
+    routed_scaling_factor: float = 1.0,
+    backend: str | None = None,
+):
     """DeepSeek-V3 routing of router_logits [T, E] -> (topk_ids int32 [T, top_k], topk_weights
     float32 [T, top_k]; float64 for float64 logits). ids are ordered by biased score, descending,
     ties to the lower expert id (pygen/ref/moe.py). Weights are float64 for float64 logits (cpu
     and reference backends)."""
-    top_k, n_group, topk_group, scale = chk.route(router_logits, top_k, scoring, e_score_correction_bias,
-                                                  n_group, topk_group, norm_topk_prob, routed_scaling_factor)
+    top_k, n_group, topk_group, scale = chk.route(
+        router_logits,
+        top_k,
+        scoring,
+        e_score_correction_bias,
+        n_group,
+        topk_group,
+        norm_topk_prob,
+        routed_scaling_factor,
+    )
     b = _pick("moe_route", router_logits, backend, _ROUTE_SUPPORTED)
     if b == "reference":
-        return ref.moe_route(router_logits, top_k, scoring=scoring, e_score_correction_bias=e_score_correction_bias,
-                             n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
-                             routed_scaling_factor=scale)
-    w, ids = _registry.get(f"moe_route_{b}")(router_logits, e_score_correction_bias, top_k, scoring, n_group,
-                                                topk_group, norm_topk_prob, scale)
+        return ref.moe_route(
+            router_logits,
+            top_k,
+            scoring=scoring,
+            e_score_correction_bias=e_score_correction_bias,
+            n_group=n_group,
+            topk_group=topk_group,
+            norm_topk_prob=norm_topk_prob,
+            routed_scaling_factor=scale,
+        )
+    w, ids = _registry.get(f"moe_route_{b}")(
+        router_logits, e_score_correction_bias, top_k, scoring, n_group, topk_group, norm_topk_prob, scale
+    )
     return ids, w
 
 
@@ -167,9 +197,12 @@ def align_sizes(num_slots: int, num_experts: int, block_size: int) -> tuple[int,
 def _new_align(ids: torch.Tensor, num_experts: int, block_size: int):
     cap, nblk = align_sizes(ids.numel(), num_experts, block_size)
     dev = ids.device
-    return (torch.empty((cap,), dtype=torch.int32, device=dev), torch.empty((nblk,), dtype=torch.int32, device=dev),
-            torch.empty((1,), dtype=torch.int32, device=dev),
-            torch.empty((num_experts + 1,), dtype=torch.int32, device=dev))
+    return (
+        torch.empty((cap,), dtype=torch.int32, device=dev),
+        torch.empty((nblk,), dtype=torch.int32, device=dev),
+        torch.empty((1,), dtype=torch.int32, device=dev),
+        torch.empty((num_experts + 1,), dtype=torch.int32, device=dev),
+    )
 
 
 def _register_align(b: str) -> None:
@@ -183,9 +216,12 @@ def _register_align(b: str) -> None:
         mod.align_fwd(flat, num_experts, block_size, *out, ws)
         return out
 
-    _registry.define(f"moe_align_{b}",
-                     "(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor)",
-                     _on_device(impl), lambda ids, e, bs: _new_align(ids, e, bs))
+    _registry.define(
+        f"moe_align_{b}",
+        "(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor)",
+        _on_device(impl),
+        lambda ids, e, bs: _new_align(ids, e, bs),
+    )
 
 
 for _b in ("triton", "cpu", "cuda"):
@@ -210,8 +246,9 @@ def _ref_starts(topk_ids, num_experts, block_size):
     return torch.cat([padded.new_zeros(1), torch.cumsum(padded, 0)]).to(torch.int32)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int, backend: str | None = None, *,
-              check_ids: bool = True):
+def moe_align(
+    topk_ids: torch.Tensor, num_experts: int, block_size: int, backend: str | None = None, *, check_ids: bool = True
+):
     """Sort token-slots by expert and pad each expert's segment to ``block_size`` ->
     (sorted_token_ids int32 [T*k + E*(block_size-1)], expert_ids int32 [ceil(that / block_size)],
     num_tokens_post_padded int32 [1]). Slot s = t*k + j; padding holds the sentinel T*k; unused
@@ -230,7 +267,7 @@ def _inverse(sorted_slots: torch.Tensor, n: int) -> torch.Tensor:
     inv = torch.full((n + 1,), -1, dtype=torch.int32, device=sorted_slots.device)
     rows = torch.arange(sorted_slots.numel(), dtype=torch.int32, device=sorted_slots.device)
     slots = sorted_slots.long()
-    inv.scatter_(0, torch.where((slots >= 0) & (slots < n), slots, n), rows)   # foreign values: dropped
+    inv.scatter_(0, torch.where((slots >= 0) & (slots < n), slots, n), rows)  # foreign values: dropped
     return inv[:n]
 
 
@@ -240,8 +277,11 @@ def _register_permute(b: str) -> None:
 
     def new_perm(x, ids, num_experts):
         n = ids.numel()
-        return (x.new_empty((n, x.shape[1])), torch.empty((n,), dtype=torch.int32, device=x.device),
-                torch.empty((num_experts + 1,), dtype=torch.int32, device=x.device))
+        return (
+            x.new_empty((n, x.shape[1])),
+            torch.empty((n,), dtype=torch.int32, device=x.device),
+            torch.empty((num_experts + 1,), dtype=torch.int32, device=x.device),
+        )
 
     def perm_impl(x, ids, num_experts):
         out, slots, offsets = new_perm(x, ids, num_experts)
@@ -252,9 +292,12 @@ def _register_permute(b: str) -> None:
             mod().permute_fwd(x, slots, ids.shape[1], out)
         return out, slots, offsets
 
-    perm = _registry.define(f"moe_permute_{b}",
-                            "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
-                            _on_device(perm_impl), new_perm)
+    perm = _registry.define(
+        f"moe_permute_{b}",
+        "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
+        _on_device(perm_impl),
+        new_perm,
+    )
 
     def new_unperm(y, slots, w, num_tokens, top_k):
         return y.new_empty((num_tokens, y.shape[1]))
@@ -269,11 +312,15 @@ def _register_permute(b: str) -> None:
     unperm = _registry.define(
         f"moe_unpermute_{b}",
         "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
-        _on_device(unperm_impl), new_unperm)
+        _on_device(unperm_impl),
+        new_unperm,
+    )
 
     def new_unperm_bwd(g, y, slots, w, need_y, need_w):
-        return (y.new_empty(y.shape if need_y else (0,)),
-                (w.new_empty(w.shape) if (need_w and w is not None) else g.new_empty((0,))))
+        return (
+            y.new_empty(y.shape if need_y else (0,)),
+            (w.new_empty(w.shape) if (need_w and w is not None) else g.new_empty((0,))),
+        )
 
     def unperm_bwd_impl(g, y, slots, w, need_y, need_w):
         dy, dw = new_unperm_bwd(g, y, slots, w, need_y, need_w)
@@ -288,7 +335,10 @@ def _register_permute(b: str) -> None:
     unperm_bwd = _registry.define(
         f"moe_unpermute_backward_{b}",
         "(Tensor grad, Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, bool need_permuted, "
-        "bool need_weights) -> (Tensor, Tensor)", _on_device(unperm_bwd_impl), new_unperm_bwd)
+        "bool need_weights) -> (Tensor, Tensor)",
+        _on_device(unperm_bwd_impl),
+        new_unperm_bwd,
+    )
 
     def perm_setup(ctx, inputs, output):
         _x, ids, _e = inputs
@@ -321,8 +371,14 @@ for _b in ("triton", "cpu", "cuda"):
     _register_permute(_b)
 
 
-def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int, backend: str | None = None,
-                *, check_ids: bool = True):
+def moe_permute(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    backend: str | None = None,
+    *,
+    check_ids: bool = True,
+):
     """Group token rows by expert -> (permuted [T*k, H], sorted_slots int32 [T*k],
     expert_offsets int32 [E+1]). Row r is hidden_states[sorted_slots[r] // k]; the rows of expert
     e are expert_offsets[e] .. expert_offsets[e+1]-1, in ascending slot order. Rows past
@@ -340,8 +396,14 @@ def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts
     return _registry.get(f"moe_permute_{b}")(x, topk_ids.contiguous(), e)
 
 
-def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None = None,
-                  *, top_k: int | None = None, backend: str | None = None):
+def moe_unpermute(
+    permuted: torch.Tensor,
+    sorted_slots: torch.Tensor,
+    topk_weights: torch.Tensor | None = None,
+    *,
+    top_k: int | None = None,
+    backend: str | None = None,
+):
     """Weighted combine of permuted rows back to tokens -> [T, H]:
     out[t] = sum_j topk_weights[t, j] * permuted[row of slot t*k + j] (weights 1 when None; then
     ``top_k`` gives k). Rows with the sentinel slot (>= T*k) are ignored. The sum over j runs in
@@ -351,8 +413,9 @@ def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weigh
     chk.tensor(name, sorted_slots, "sorted_slots", dim=1, dtypes=(torch.int32,))
     n = permuted.shape[0]
     if sorted_slots.shape[0] != n:
-        raise ValueError(f"{name}: sorted_slots must have one entry per permuted row ({n}), "
-                         f"got {tuple(sorted_slots.shape)}")
+        raise ValueError(
+            f"{name}: sorted_slots must have one entry per permuted row ({n}), got {tuple(sorted_slots.shape)}"
+        )
     chk.same_device(name, "sorted_slots", sorted_slots, permuted, "permuted")
     if topk_weights is not None:
         chk.tensor(name, topk_weights, "topk_weights", dim=2)
@@ -361,8 +424,9 @@ def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weigh
         if top_k is not None and top_k != k:
             raise ValueError(f"{name}: top_k={top_k} disagrees with topk_weights' shape {tuple(topk_weights.shape)}")
         if t * k != n:
-            raise ValueError(f"{name}: topk_weights {tuple(topk_weights.shape)} must hold one weight per "
-                             f"permuted row ({n})")
+            raise ValueError(
+                f"{name}: topk_weights {tuple(topk_weights.shape)} must hold one weight per permuted row ({n})"
+            )
     else:
         if top_k is None:
             raise ValueError(f"{name}: pass topk_weights or top_k")
@@ -390,8 +454,12 @@ def _new_fused(x, w1, ids, save):
 
 
 def _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw):
-    return (x.new_empty(x.shape if nx else (0,)), w1.new_empty(w1.shape if nw1 else (0,)),
-            w2.new_empty(w2.shape if nw2 else (0,)), w.new_empty(w.shape if nw else (0,)))
+    return (
+        x.new_empty(x.shape if nx else (0,)),
+        w1.new_empty(w1.shape if nw1 else (0,)),
+        w2.new_empty(w2.shape if nw2 else (0,)),
+        w.new_empty(w.shape if nw else (0,)),
+    )
 
 
 def _register_fused() -> None:
@@ -403,15 +471,16 @@ def _register_fused() -> None:
         kern = _kernels()
         cfg = kern.fused_config("fwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
         al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
-        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid,
-                           act, deterministic, cfg)
+        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid, act, deterministic, cfg)
         return out, gu, hmid
 
     fwd = _registry.define(
         "fused_moe_triton",
         "(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, str activation, "
         "bool deterministic, bool save) -> (Tensor, Tensor, Tensor)",
-        _on_device(impl), lambda x, w1, w2, w, ids, act, det, save: _new_fused(x, w1, ids, save))
+        _on_device(impl),
+        lambda x, w1, w2, w, ids, act, det, save: _new_fused(x, w1, ids, save),
+    )
 
     def bwd_impl(g, x, w1, w2, w, ids, gu, hmid, act, deterministic, nx, nw1, nw2, nw):
         dx, dw1, dw2, dw = _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw)
@@ -419,8 +488,24 @@ def _register_fused() -> None:
         t, h = x.shape
         cfg = kern.fused_config("bwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
         al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
-        kern.fused_moe_bwd(g.contiguous(), x, w1, w2, w, ids, al, gu, hmid, dx if nx else None,
-                           dw1 if nw1 else None, dw2 if nw2 else None, dw if nw else None, act, deterministic, cfg)
+        kern.fused_moe_bwd(
+            g.contiguous(),
+            x,
+            w1,
+            w2,
+            w,
+            ids,
+            al,
+            gu,
+            hmid,
+            dx if nx else None,
+            dw1 if nw1 else None,
+            dw2 if nw2 else None,
+            dw if nw else None,
+            act,
+            deterministic,
+            cfg,
+        )
         return dx, dw1, dw2, dw
 
     bwd = _registry.define(
@@ -429,7 +514,8 @@ def _register_fused() -> None:
         "Tensor gate_up, Tensor hidden_mid, str activation, bool deterministic, bool need_x, bool need_w1, "
         "bool need_w2, bool need_weights) -> (Tensor, Tensor, Tensor, Tensor)",
         _on_device(bwd_impl),
-        lambda g, x, w1, w2, w, ids, gu, hm, act, det, nx, nw1, nw2, nw: _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw))
+        lambda g, x, w1, w2, w, ids, gu, hm, act, det, nx, nw1, nw2, nw: _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw),
+    )
 
     def setup(ctx, inputs, output):
         x, w1, w2, w, ids, act, det, _save = inputs
@@ -442,8 +528,16 @@ def _register_fused() -> None:
         act, det = ctx.args
         need = ctx.needs_input_grad[:4]
         dx, dw1, dw2, dw = bwd(g, x, w1, w2, w, ids, gu, hmid, act, det, *need)
-        return (dx if need[0] else None, dw1 if need[1] else None, dw2 if need[2] else None,
-                dw if need[3] else None, None, None, None, None)
+        return (
+            dx if need[0] else None,
+            dw1 if need[1] else None,
+            dw2 if need[2] else None,
+            dw if need[3] else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     fwd.register_autograd(backward, setup_context=setup)
 
@@ -451,9 +545,17 @@ def _register_fused() -> None:
 _register_fused()
 
 
-def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, activation: str = "silu", backend: str | None = None, *,
-              check_ids: bool = True) -> torch.Tensor:
+def fused_moe(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+    backend: str | None = None,
+    *,
+    check_ids: bool = True,
+) -> torch.Tensor:
     """Routed expert MLP -> [T, H] in hidden_states' dtype:
     out[t] = sum_j w[t, j] * w2[e] @ (act(w1[e, :I] @ x_t) * (w1[e, I:] @ x_t)), e = topk_ids[t, j].
     hidden_states [T, H]; w1 [E, 2I, H] (gate rows, then up rows); w2 [E, H, I]; topk_weights
@@ -464,9 +566,9 @@ def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, t
     if b == "reference":
         return ref.fused_moe(hidden_states, w1, w2, topk_weights, topk_ids, activation)
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
-    save = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (hidden_states, w1, w2, topk_weights))
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden_states, w1, w2, topk_weights))
     det = torch.are_deterministic_algorithms_enabled()
-    out, _gu, _h = _registry.get("fused_moe_triton")(x, w1.contiguous(), w2.contiguous(), topk_weights.contiguous(),
-                                                      topk_ids.contiguous(), activation, det, save)
+    out, _gu, _h = _registry.get("fused_moe_triton")(
+        x, w1.contiguous(), w2.contiguous(), topk_weights.contiguous(), topk_ids.contiguous(), activation, det, save
+    )
     return out

@@ -11,6 +11,7 @@ Backends (``backend=`` argument, else ``PYGEN_BACKEND``, else the fastest availa
 ``reference`` (pure PyTorch). Backward is deterministic (no floating-point atomics) when
 ``torch.are_deterministic_algorithms_enabled()``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,8 +21,7 @@ import torch
 from .. import _backend
 from ..ref import roi as ref
 from . import _registry
-from ._roi_checks import (check_features, check_input, integer, output_pair, positive_scale,
-                          ps_channels, rois_from_boxes)
+from ._roi_checks import check_features, check_input, integer, output_pair, positive_scale, ps_channels, rois_from_boxes
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"]
 
@@ -54,7 +54,7 @@ def _deterministic() -> bool:
 def _register(backend: str) -> None:
     """Define the forward and backward ops of every RoI function for one kernel backend."""
     b = backend
-    launch = lambda: _launcher(b)  # noqa: E731  (imported lazily: a backend may be missing)
+    launch = lambda: _launcher(b)  # imported lazily: a backend may be missing
 
     def finish(acc, grad):
         return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
@@ -69,20 +69,23 @@ def _register(backend: str) -> None:
     def roi_align_bwd(grad, rois, n, c, h, w, scale, sampling_ratio, aligned, deterministic):
         acc = _new_grad(grad, n, c, h, w, acc=True)
         if grad.numel() and acc.numel():
-            launch().roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, aligned,
-                                   deterministic)
+            launch().roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, aligned, deterministic)
         return finish(acc, grad)
 
     fwd = _registry.define(
         f"roi_align_{b}",
         "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
         "int sampling_ratio, bool aligned) -> Tensor",
-        roi_align_fwd, lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1], ph, pw))
+        roi_align_fwd,
+        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1], ph, pw),
+    )
     bwd = _registry.define(
         f"roi_align_backward_{b}",
         "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
         "float spatial_scale, int sampling_ratio, bool aligned, bool deterministic) -> Tensor",
-        roi_align_bwd, lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False))
+        roi_align_bwd,
+        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
+    )
 
     def roi_align_setup(ctx, inputs, output):
         input, rois, _, _, scale, sampling_ratio, aligned = inputs
@@ -115,14 +118,17 @@ def _register(backend: str) -> None:
 
     fwd = _registry.define(
         f"roi_pool_{b}",
-        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) "
-        "-> (Tensor, Tensor)",
-        roi_pool_fwd, roi_pool_fake)
+        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> (Tensor, Tensor)",
+        roi_pool_fwd,
+        roi_pool_fake,
+    )
     bwd = _registry.define(
         f"roi_pool_backward_{b}",
         "(Tensor grad, Tensor argmax, Tensor rois, int batch, int channels, int height, int width, "
         "bool deterministic) -> Tensor",
-        roi_pool_bwd, lambda grad, argmax, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False))
+        roi_pool_bwd,
+        lambda grad, argmax, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
+    )
 
     def roi_pool_setup(ctx, inputs, output):
         input, rois = inputs[0], inputs[1]
@@ -154,12 +160,15 @@ def _register(backend: str) -> None:
         "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
         "int sampling_ratio) -> Tensor",
         ps_roi_align_fwd,
-        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw))
+        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw),
+    )
     bwd = _registry.define(
         f"ps_roi_align_backward_{b}",
         "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
         "float spatial_scale, int sampling_ratio, bool deterministic) -> Tensor",
-        ps_roi_align_bwd, lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False))
+        ps_roi_align_bwd,
+        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
+    )
 
     def ps_roi_align_setup(ctx, inputs, output):
         input, rois, _, _, scale, sampling_ratio = inputs
@@ -189,12 +198,15 @@ def _register(backend: str) -> None:
         f"ps_roi_pool_{b}",
         "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> Tensor",
         ps_roi_pool_fwd,
-        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw))
+        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw),
+    )
     bwd = _registry.define(
         f"ps_roi_pool_backward_{b}",
         "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
         "float spatial_scale, bool deterministic) -> Tensor",
-        ps_roi_pool_bwd, lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False))
+        ps_roi_pool_bwd,
+        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
+    )
 
     def ps_roi_pool_setup(ctx, inputs, output):
         input, rois, _, _, scale = inputs
@@ -211,16 +223,38 @@ def _register(backend: str) -> None:
     def ms_fwd(features, rois, ph, pw, scales, sampling_ratio, canonical_scale, canonical_level, aligned):
         out = _new_out(features[0], rois, features[0].shape[1], ph, pw)
         if out.numel() and any(f.numel() for f in features):
-            launch().multi_scale_roi_align_fwd(list(features), rois, out, list(scales), sampling_ratio,
-                                               aligned, canonical_scale, canonical_level)
+            launch().multi_scale_roi_align_fwd(
+                list(features), rois, out, list(scales), sampling_ratio, aligned, canonical_scale, canonical_level
+            )
         return out
 
-    def ms_bwd(grad, rois, batch, channels, heights, widths, scales, sampling_ratio,
-               canonical_scale, canonical_level, aligned, deterministic):
+    def ms_bwd(
+        grad,
+        rois,
+        batch,
+        channels,
+        heights,
+        widths,
+        scales,
+        sampling_ratio,
+        canonical_scale,
+        canonical_level,
+        aligned,
+        deterministic,
+    ):
         accs = [_new_grad(grad, batch, channels, h, w, acc=True) for h, w in zip(heights, widths)]
         if grad.numel() and any(a.numel() for a in accs):
-            launch().multi_scale_roi_align_bwd(grad.contiguous(), rois, accs, list(scales), sampling_ratio,
-                                               aligned, canonical_scale, canonical_level, deterministic)
+            launch().multi_scale_roi_align_bwd(
+                grad.contiguous(),
+                rois,
+                accs,
+                list(scales),
+                sampling_ratio,
+                aligned,
+                canonical_scale,
+                canonical_level,
+                deterministic,
+            )
         return [finish(a, grad) for a in accs]
 
     def ms_bwd_fake(grad, rois, batch, channels, heights, widths, *a):
@@ -230,20 +264,32 @@ def _register(backend: str) -> None:
         f"multi_scale_roi_align_{b}",
         "(Tensor[] features, Tensor rois, int pooled_height, int pooled_width, float[] spatial_scales, "
         "int sampling_ratio, float canonical_scale, float canonical_level, bool aligned) -> Tensor",
-        ms_fwd, lambda features, rois, ph, pw, *a: _new_out(features[0], rois, features[0].shape[1], ph, pw))
+        ms_fwd,
+        lambda features, rois, ph, pw, *a: _new_out(features[0], rois, features[0].shape[1], ph, pw),
+    )
     bwd = _registry.define(
         f"multi_scale_roi_align_backward_{b}",
         "(Tensor grad, Tensor rois, int batch, int channels, int[] heights, int[] widths, "
         "float[] spatial_scales, int sampling_ratio, float canonical_scale, float canonical_level, "
         "bool aligned, bool deterministic) -> Tensor[]",
-        ms_bwd, ms_bwd_fake)
+        ms_bwd,
+        ms_bwd_fake,
+    )
 
     def ms_setup(ctx, inputs, output):
         features, rois, _, _, scales, sampling_ratio, canonical_scale, canonical_level, aligned = inputs
         ctx.save_for_backward(rois)
-        ctx.args = (features[0].shape[0], features[0].shape[1], [f.shape[2] for f in features],
-                    [f.shape[3] for f in features], scales, sampling_ratio, canonical_scale,
-                    canonical_level, aligned)
+        ctx.args = (
+            features[0].shape[0],
+            features[0].shape[1],
+            [f.shape[2] for f in features],
+            [f.shape[3] for f in features],
+            scales,
+            sampling_ratio,
+            canonical_scale,
+            canonical_level,
+            aligned,
+        )
 
     def ms_grad(ctx, grad, _bwd=bwd):
         (rois,) = ctx.saved_tensors
@@ -261,8 +307,16 @@ def _pick(name: str, input: torch.Tensor, backend: str | None) -> str:
     return _backend.choose_for(name, input, backend, _backend.BACKENDS, ("cpu", "reference"))
 
 
-def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False, *, backend: str | None = None) -> torch.Tensor:
+def roi_align(
+    input: torch.Tensor,
+    boxes,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """RoIAlign (Mask R-CNN): bilinear samples averaged over each of the PH x PW bins of every box.
 
     Same arguments and results as ``torchvision.ops.roi_align``; returns [K, C, PH, PW].
@@ -279,8 +333,9 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     return _registry.get(f"roi_align_{b}")(input, rois, *pooled, scale, sr, bool(aligned))
 
 
-def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *,
-             backend: str | None = None) -> torch.Tensor:
+def roi_pool(
+    input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
+) -> torch.Tensor:
     """RoIPool (Fast R-CNN): max over integer bins. Same as ``torchvision.ops.roi_pool``."""
     name = "roi_pool"
     check_input(name, input)
@@ -293,8 +348,15 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     return _registry.get(f"roi_pool_{b}")(input, rois, *pooled, scale)[0]
 
 
-def ps_roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
-                 sampling_ratio: int = -1, *, backend: str | None = None) -> torch.Tensor:
+def ps_roi_align(
+    input: torch.Tensor,
+    boxes,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Position-sensitive RoIAlign (R-FCN): bin (i, j) of output channel c averages bilinear samples
     of input channel (c*PH + i)*PW + j. Same as ``torchvision.ops.ps_roi_align``;
     returns [K, C/(PH*PW), PH, PW]."""
@@ -311,8 +373,9 @@ def ps_roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float =
     return _registry.get(f"ps_roi_align_{b}")(input, rois, *pooled, scale, sr)
 
 
-def ps_roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *,
-                backend: str | None = None) -> torch.Tensor:
+def ps_roi_pool(
+    input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
+) -> torch.Tensor:
     """Position-sensitive RoIPool (R-FCN): average over integer bins, channel (c*PH + i)*PW + j
     for bin (i, j). Same as ``torchvision.ops.ps_roi_pool``; returns [K, C/(PH*PW), PH, PW]."""
     name = "ps_roi_pool"
@@ -327,9 +390,18 @@ def ps_roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 
     return _registry.get(f"ps_roi_pool_{b}")(input, rois, *pooled, scale)
 
 
-def multi_scale_roi_align(features, boxes, output_size, spatial_scales, sampling_ratio: int = -1,
-                          canonical_scale: float = 224, canonical_level: float = 4,
-                          aligned: bool = False, *, backend: str | None = None) -> torch.Tensor:
+def multi_scale_roi_align(
+    features,
+    boxes,
+    output_size,
+    spatial_scales,
+    sampling_ratio: int = -1,
+    canonical_scale: float = 224,
+    canonical_level: float = 4,
+    aligned: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """FPN multi-scale RoIAlign: each box is pooled from level
     ``clamp(floor(canonical_level + log2(sqrt(area)/canonical_scale) + 1e-6), k_min, k_max)``
     (Feature Pyramid Networks, eq. 1; torchvision's LevelMapper), all levels in one kernel launch.
@@ -347,7 +419,9 @@ def multi_scale_roi_align(features, boxes, output_size, spatial_scales, sampling
     rois = rois_from_boxes(name, boxes, features[0])
     b = _pick(name, features[0], backend)
     if b == "reference":
-        return ref.multi_scale_roi_align(list(features), rois, pooled, scales, sr, cs,
-                                         float(canonical_level), bool(aligned))
-    return _registry.get(f"multi_scale_roi_align_{b}")(list(features), rois, *pooled, scales, sr, cs,
-                                                       float(canonical_level), bool(aligned))
+        return ref.multi_scale_roi_align(
+            list(features), rois, pooled, scales, sr, cs, float(canonical_level), bool(aligned)
+        )
+    return _registry.get(f"multi_scale_roi_align_{b}")(
+        list(features), rois, *pooled, scales, sr, cs, float(canonical_level), bool(aligned)
+    )

@@ -51,6 +51,7 @@ Sylvester (van den Berg et al. 2018)
                       matrix is triangular and logdet = sum_i log|1 + h'_i R~_ii R_ii|.
 Planar, radial and Sylvester flows have no closed-form inverse; only the forward is defined.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,9 +59,26 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["slogdet", "soft_clamp", "affine_coupling", "additive_coupling", "actnorm",
-           "actnorm_init", "inv_conv1x1", "lu_weight", "lu_inverse", "inv_conv1x1_lu", "maf_logdet", "planar",
-           "planar_u_hat", "radial", "radial_beta_hat", "sylvester", "squeeze2d", "unsqueeze2d"]
+__all__ = [
+    "slogdet",
+    "soft_clamp",
+    "affine_coupling",
+    "additive_coupling",
+    "actnorm",
+    "actnorm_init",
+    "inv_conv1x1",
+    "lu_weight",
+    "lu_inverse",
+    "inv_conv1x1_lu",
+    "maf_logdet",
+    "planar",
+    "planar_u_hat",
+    "radial",
+    "radial_beta_hat",
+    "sylvester",
+    "squeeze2d",
+    "unsqueeze2d",
+]
 
 
 def logdet_dtype(t: torch.Tensor) -> torch.dtype:
@@ -85,11 +103,17 @@ def soft_clamp(raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
     return clamp * torch.tanh(raw / clamp)
 
 
-GLOW_SCALE_SHIFT = 2.0    # Glow's coupling: scale = sigmoid(raw + 2)
+GLOW_SCALE_SHIFT = 2.0  # Glow's coupling: scale = sigmoid(raw + 2)
 
 
-def affine_coupling(x: torch.Tensor, log_scale_raw: torch.Tensor, shift: torch.Tensor,
-                    reverse: bool = False, clamp: float | None = 2.0, scale: str = "exp"):
+def affine_coupling(
+    x: torch.Tensor,
+    log_scale_raw: torch.Tensor,
+    shift: torch.Tensor,
+    reverse: bool = False,
+    clamp: float | None = 2.0,
+    scale: str = "exp",
+):
     """Affine coupling on the transformed half x_b, (y, logdet).
     scale="exp" (RealNVP): y = x*exp(s) + t, logdet = sum(s), s = soft_clamp(raw); reverse
     x = (y - t)*exp(-s), logdet = -sum(s).
@@ -124,8 +148,14 @@ def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
-def actnorm(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor | None = None, *,
-            scale: torch.Tensor | None = None, reverse: bool = False):
+def actnorm(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    log_scale: torch.Tensor | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    reverse: bool = False,
+):
     """ActNorm: y = (x + loc) * m with m = exp(log_scale) (or ``scale``); logdet = H*W*sum log|m|
     for every sample (reverse: x = y / m - loc and the negated logdet)."""
     if (log_scale is None) == (scale is None):
@@ -168,8 +198,7 @@ def inv_conv1x1(x: torch.Tensor, weight: torch.Tensor, reverse: bool = False):
     return _apply_1x1(x, w), ld
 
 
-def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-              diag: torch.Tensor) -> torch.Tensor:
+def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
     """W = P @ (tril(L, -1) + I) @ (triu(U, 1) + diag(s))."""
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
     lo = torch.tril(lower, -1) + eye
@@ -177,8 +206,7 @@ def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     return perm.to(lower.dtype) @ lo @ up
 
 
-def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                diag: torch.Tensor) -> torch.Tensor:
+def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
     """W^-1 = (U + diag(s))^-1 L^-1 P^T by two triangular solves, in float32 (float64 for
     float64 parameters; triangular solves have no half-precision kernels)."""
     dt = logdet_dtype(lower)
@@ -186,11 +214,18 @@ def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     lo = torch.tril(lower.to(dt), -1) + torch.eye(c, dtype=dt, device=lower.device)
     up = torch.triu(upper.to(dt), 1) + torch.diag(diag.to(dt))
     return torch.linalg.solve_triangular(
-        up, torch.linalg.solve_triangular(lo, perm.to(dt).T, upper=False, unitriangular=True), upper=True)
+        up, torch.linalg.solve_triangular(lo, perm.to(dt).T, upper=False, unitriangular=True), upper=True
+    )
 
 
-def inv_conv1x1_lu(x: torch.Tensor, perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                   diag: torch.Tensor, reverse: bool = False):
+def inv_conv1x1_lu(
+    x: torch.Tensor,
+    perm: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    diag: torch.Tensor,
+    reverse: bool = False,
+):
     """Invertible 1x1 convolution in Glow's LU form; logdet = H*W*sum log|s| (O(C))."""
     ld = (torch.log(torch.abs(diag.to(logdet_dtype(x)))).sum() * _spatial(x)).expand(x.shape[0])
     if reverse:
@@ -250,8 +285,7 @@ def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.T
     return f, ld.to(logdet_dtype(z))
 
 
-def sylvester(z: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, b: torch.Tensor, *,
-              slogdet_fn=torch.linalg.slogdet):
+def sylvester(z: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, b: torch.Tensor, *, slogdet_fn=torch.linalg.slogdet):
     """Sylvester flow: (f(z), logdet). A: [D, M] or [B, D, M]; Bm: [M, D] or [B, M, D];
     b: [M] or [B, M]. ``slogdet_fn`` computes the batched M x M determinants (pygen.ops passes
     its own)."""

@@ -58,22 +58,38 @@ multiple of the M alignment (128) and padded with rows whose m_indices entry is 
 with scales [E, ceil(N/128), K/128]; m_indices [M_total] int32 gives each row's expert
 (-1 = padding). out[m] = A[m] @ B[m_indices[m]]^T; padding rows are 0.
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["FP8_MAX", "AMAX_EPS", "BLOCK", "EPS_BLOCK", "EPS_OUT", "tile_scales", "quantize_1x128",
-           "quantize_128x128", "dequantize", "fp8_gemm", "fp8_gemm_recipe", "fp8_gemm_grouped",
-           "error_bound", "abs_product", "grouped_layout", "pad_rows_to", "SCALE_FORMATS"]
+__all__ = [
+    "FP8_MAX",
+    "AMAX_EPS",
+    "BLOCK",
+    "EPS_BLOCK",
+    "EPS_OUT",
+    "tile_scales",
+    "quantize_1x128",
+    "quantize_128x128",
+    "dequantize",
+    "fp8_gemm",
+    "fp8_gemm_recipe",
+    "fp8_gemm_grouped",
+    "error_bound",
+    "abs_product",
+    "grouped_layout",
+    "pad_rows_to",
+    "SCALE_FORMATS",
+]
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 AMAX_EPS = 1e-12
 BLOCK = 128
 SCALE_FORMATS = ("fp32", "ue8m0")
-EPS_BLOCK = 2.0 ** -13
-EPS_OUT = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -10,
-           torch.float64: 2.0 ** -23}
+EPS_BLOCK = 2.0**-13
+EPS_OUT = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-10, torch.float64: 2.0**-23}
 
 
 def round_up(x: int, m: int) -> int:
@@ -92,7 +108,7 @@ def _ue8m0(s: torch.Tensor) -> torch.Tensor:
 
 def tile_scales(amax: torch.Tensor, scale_format: str = "fp32") -> torch.Tensor:
     """Dequantisation scales (float32) from per-tile amax values (float32)."""
-    s = amax.float().clamp_min(AMAX_EPS) / FP8_MAX   # clamp_min keeps NaN
+    s = amax.float().clamp_min(AMAX_EPS) / FP8_MAX  # clamp_min keeps NaN
     if scale_format == "ue8m0":
         s = _ue8m0(s)
     elif scale_format != "fp32":
@@ -109,13 +125,14 @@ def scaled_values(x: torch.Tensor, s_full: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x.float() / s_full, -FP8_MAX, FP8_MAX)
 
 
-def quantize_1x128(x: torch.Tensor, scale_format: str = "fp32", transpose_scales: bool = False,
-                   return_precast: bool = False):
+def quantize_1x128(
+    x: torch.Tensor, scale_format: str = "fp32", transpose_scales: bool = False, return_precast: bool = False
+):
     """x [M, K] (K % 128 == 0) -> (q [M, K] e4m3, scales [M, K/128] float32)."""
     m, k = x.shape
     kb = k // BLOCK
     xf = x.float().reshape(m, kb, BLOCK)
-    s = tile_scales(_nan_amax(xf, 2), scale_format)                       # [M, KB]
+    s = tile_scales(_nan_amax(xf, 2), scale_format)  # [M, KB]
     pre = scaled_values(xf, s[:, :, None]).reshape(m, k)
     q = pre.to(FP8_DTYPE)
     if transpose_scales:
@@ -146,7 +163,7 @@ def quantize_128x128(w: torch.Tensor, scale_format: str = "fp32", return_precast
     if pad:  # zero rows do not change an amax
         wf = torch.cat([wf, wf.new_zeros(pad, k)])
     blocks = wf.reshape(nb, BLOCK, kb, BLOCK)
-    s = tile_scales(_nan_amax(blocks, (1, 3)), scale_format)              # [NB, KB]
+    s = tile_scales(_nan_amax(blocks, (1, 3)), scale_format)  # [NB, KB]
     pre = scaled_values(blocks, s[:, None, :, None]).reshape(nb * BLOCK, k)[:n]
     q = pre.to(FP8_DTYPE)
     out = weight_scales_buffer(nb, kb, w.device)
@@ -166,8 +183,9 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, block: int = 1, dtype=torc
     return (q.to(dtype) * expand_scales(scales.to(dtype), q.shape[0], block)).to(dtype)
 
 
-def fp8_gemm(a, a_scales, b, b_scales, bias=None, b_block: int = 128, dtype=torch.float64,
-             out_dtype=None) -> torch.Tensor:
+def fp8_gemm(
+    a, a_scales, b, b_scales, bias=None, b_block: int = 128, dtype=torch.float64, out_dtype=None
+) -> torch.Tensor:
     """out = deq(A) @ deq(B)^T (+ bias) computed in ``dtype`` (float64: the oracle)."""
     out = dequantize(a, a_scales, 1, dtype) @ dequantize(b, b_scales, b_block, dtype).t()
     if bias is not None:
@@ -185,8 +203,8 @@ def fp8_gemm_recipe(a, a_scales, b, b_scales, bias=None, b_block: int = 128, out
     sb = b_scales.float().repeat_interleave(b_block, dim=0)[:n] if b_block > 1 else b_scales.float()
     af, bf = a.float(), b.float()
     for j in range(k // BLOCK):
-        part = af[:, j * BLOCK:(j + 1) * BLOCK] @ bf[:, j * BLOCK:(j + 1) * BLOCK].t()
-        acc = acc + part * sa[:, j:j + 1] * sb[:, j][None, :]
+        part = af[:, j * BLOCK : (j + 1) * BLOCK] @ bf[:, j * BLOCK : (j + 1) * BLOCK].t()
+        acc = acc + part * sa[:, j : j + 1] * sb[:, j][None, :]
     if bias is not None:
         acc = acc + bias.float()
     return acc.to(out_dtype)
@@ -194,17 +212,17 @@ def fp8_gemm_recipe(a, a_scales, b, b_scales, bias=None, b_block: int = 128, out
 
 def abs_product(a, a_scales, b, b_scales, b_block: int = 128) -> torch.Tensor:
     """S = |deq(A)| @ |deq(B)|^T in float64 (the scale of the accumulation error)."""
-    return (dequantize(a, a_scales, 1, torch.float64).abs()
-            @ dequantize(b, b_scales, b_block, torch.float64).abs().t())
+    return dequantize(a, a_scales, 1, torch.float64).abs() @ dequantize(b, b_scales, b_block, torch.float64).abs().t()
 
 
-def error_bound(a, a_scales, b, b_scales, ref64: torch.Tensor, out_dtype, b_block: int = 128,
-                eps_block: float = EPS_BLOCK) -> torch.Tensor:
+def error_bound(
+    a, a_scales, b, b_scales, ref64: torch.Tensor, out_dtype, b_block: int = 128, eps_block: float = EPS_BLOCK
+) -> torch.Tensor:
     """Elementwise bound on |kernel - ref64| (module docstring)."""
     k = a.shape[1]
     s = abs_product(a, a_scales, b, b_scales, b_block)
-    tiny = 2.0 ** -24 if out_dtype == torch.float16 else 1e-30   # fp16 subnormal spacing
-    return (eps_block + (k // BLOCK + 2) * 2.0 ** -24) * s + EPS_OUT[out_dtype] * ref64.abs() + tiny
+    tiny = 2.0**-24 if out_dtype == torch.float16 else 1e-30  # fp16 subnormal spacing
+    return (eps_block + (k // BLOCK + 2) * 2.0**-24) * s + EPS_OUT[out_dtype] * ref64.abs() + tiny
 
 
 def fp8_gemm_grouped(a, a_scales, b, b_scales, m_indices, dtype=torch.float64, out_dtype=None):
@@ -229,8 +247,10 @@ def grouped_layout(group_sizes, align: int = BLOCK, device="cpu"):
         padded = round_up(s, align)
         m_idx += [g] * s + [-1] * (padded - s)
         pos += padded
-    return (torch.tensor(m_idx, dtype=torch.int32, device=device),
-            torch.tensor(starts, dtype=torch.int64, device=device))
+    return (
+        torch.tensor(m_idx, dtype=torch.int32, device=device),
+        torch.tensor(starts, dtype=torch.int64, device=device),
+    )
 
 
 def pad_rows_to(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -245,6 +265,5 @@ def gemm_flops(m: int, n: int, k: int) -> int:
 
 def e4m3_ulp(v: torch.Tensor) -> torch.Tensor:
     """Spacing of e4m3 values at |v| (subnormal spacing 2^-9 below 2^-6)."""
-    a = v.abs().float().clamp_min(2.0 ** -6)
+    a = v.abs().float().clamp_min(2.0**-6)
     return torch.exp2(torch.floor(torch.log2(a)) - 3)
-

@@ -55,16 +55,17 @@ MAF output head (``made_affine_forward``)
     params = h . (W * M)^T + b  (strict, rows 2d, 2d+1 = (a_d, shift_d)),  scale = sigmoid(a + 2) + 1e-3
     z = scale * x + shift,   logdet = sum_d log(scale_d)      (the triangular Jacobian's log-det)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = ("none", "relu", "elu", "tanh", "gelu")
-AFFINE_SCALE_SHIFT = 2.0     # nflows: scale = sigmoid(unconstrained + 2) + 1e-3
+AFFINE_SCALE_SHIFT = 2.0  # nflows: scale = sigmoid(unconstrained + 2) + 1e-3
 AFFINE_EPS = 1e-3
 
 
@@ -91,15 +92,23 @@ def autoregressive_mask(in_degrees: torch.Tensor, out_degrees: torch.Tensor, str
     return o > i if strict else o >= i
 
 
-def masked_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                  activation: str | None = None) -> torch.Tensor:
+def masked_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor, activation: str | None = None
+) -> torch.Tensor:
     """act(x . (W * M)^T + b) for an explicit [O, I] mask (bool or 0/1 numbers)."""
     w = weight * mask.to(weight.dtype)
     return apply_activation(F.linear(x, w, bias), activation)
 
 
-def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_degrees: torch.Tensor,
-                  out_degrees: torch.Tensor, strict: bool = False, activation: str | None = None) -> torch.Tensor:
+def masked_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool = False,
+    activation: str | None = None,
+) -> torch.Tensor:
     """y = act(x . (W * M)^T + b), M from the degrees (module docstring)."""
     mask = autoregressive_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict)
     return masked_matmul(x, weight, bias, mask, activation)
@@ -112,7 +121,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     bits = (x != 0).to(torch.int64)
     bits = F.pad(bits, (0, -k % 32)).view(*x.shape[:-1], -1, 32)
     words = (bits << torch.arange(32, device=x.device)).sum(dim=-1)
-    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def unpack_bits(words: torch.Tensor, features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -121,12 +130,20 @@ def unpack_bits(words: torch.Tensor, features: int, dtype: torch.dtype = torch.f
     return bits.reshape(*words.shape[:-1], -1)[..., :features].to(dtype)
 
 
-def masked_linear_bits(x_bits: torch.Tensor, features: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                       in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool = False,
-                       activation: str | None = None) -> torch.Tensor:
+def masked_linear_bits(
+    x_bits: torch.Tensor,
+    features: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool = False,
+    activation: str | None = None,
+) -> torch.Tensor:
     """masked_linear of bit-packed binary inputs: act(sum over set bits i of (W * M)[:, i] + b)."""
-    return masked_linear(unpack_bits(x_bits, features, weight.dtype), weight, bias, in_degrees, out_degrees,
-                         strict, activation)
+    return masked_linear(
+        unpack_bits(x_bits, features, weight.dtype), weight, bias, in_degrees, out_degrees, strict, activation
+    )
 
 
 # ---- degrees ----------------------------------------------------------------------------------
@@ -135,8 +152,14 @@ def input_degrees(features: int, device=None) -> torch.Tensor:
     return torch.arange(1, features + 1, device=device)
 
 
-def hidden_degrees(features: int, hidden: int, previous: torch.Tensor | None = None, random: bool = False,
-                   generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def hidden_degrees(
+    features: int,
+    hidden: int,
+    previous: torch.Tensor | None = None,
+    random: bool = False,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
     """Degrees of a hidden layer of width ``hidden`` in a MADE over ``features`` inputs."""
     if random:
         prev_min = int(previous.min()) if previous is not None and previous.numel() else 1
@@ -169,8 +192,11 @@ def degrees_from_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] |
         raise ValueError(f"mask must be 2-D [out_features, in_features], got shape {tuple(m.shape)}")
     out_deg = m.sum(dim=1)
     big = torch.full_like(out_deg, m.shape[1] + 1)
-    in_deg = torch.where(m, out_deg.view(-1, 1), big.view(-1, 1)).amin(dim=0) if m.shape[0] else \
-        torch.full((m.shape[1],), 1, dtype=torch.int64, device=m.device)
+    in_deg = (
+        torch.where(m, out_deg.view(-1, 1), big.view(-1, 1)).amin(dim=0)
+        if m.shape[0]
+        else torch.full((m.shape[1],), 1, dtype=torch.int64, device=m.device)
+    )
     if not torch.equal(autoregressive_mask(in_deg, out_deg), m):
         return None
     return in_deg, out_deg
@@ -184,17 +210,21 @@ def connectivity(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     return reach > 0
 
 
-def is_autoregressive(masks: Sequence[torch.Tensor], in_degrees: torch.Tensor,
-                      out_degrees: torch.Tensor) -> bool:
+def is_autoregressive(masks: Sequence[torch.Tensor], in_degrees: torch.Tensor, out_degrees: torch.Tensor) -> bool:
     """True when every output o reaches only inputs of strictly smaller degree."""
     allowed = autoregressive_mask(in_degrees, out_degrees, strict=True)
     return not bool((connectivity(masks) & ~allowed).any())
 
 
 # ---- a feedforward MADE -----------------------------------------------------------------------
-def made_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
-                 degrees: Sequence[torch.Tensor], activation: str | None = "relu",
-                 context_terms: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+def made_forward(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    degrees: Sequence[torch.Tensor],
+    activation: str | None = "relu",
+    context_terms: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """Feedforward MADE: h_0 = x, h_l = act(h_{l-1} . (W_l * M_l)^T + b_l + c_l) for hidden layers,
     output = h_{L-1} . (W_L * M_L)^T + b_L with a strict mask. ``degrees`` holds L+1 vectors
     (input degrees first, output degrees last); ``context_terms[l]`` is an optional additive
@@ -231,8 +261,14 @@ def affine_inverse_step(params: torch.Tensor, noise: torch.Tensor) -> torch.Tens
     return (noise - params[..., 1]) / affine_scale(params[..., 0])
 
 
-def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_degrees: torch.Tensor,
-                        out_degrees: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def made_affine_forward(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """nflows' MAF layer from its last hidden layer h [B, K]: params = masked_linear(h, W, b, strict)
     with W [2D, K] (rows 2d, 2d+1 = unconstrained scale a_d and shift of input d), then
     z = scale * x + shift with scale = sigmoid(a + 2) + 1e-3, and logdet = sum_d log(scale_d)."""
@@ -242,11 +278,19 @@ def made_affine_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 
 STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "bernoulli": bernoulli_step, "gaussian": gaussian_step, "affine": affine_inverse_step}
+    "bernoulli": bernoulli_step,
+    "gaussian": gaussian_step,
+    "affine": affine_inverse_step,
+}
 
 
-def made_sample(network: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor,
-                in_degrees: torch.Tensor, output_multiplier: int, kind: str = "bernoulli") -> torch.Tensor:
+def made_sample(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    in_degrees: torch.Tensor,
+    output_multiplier: int,
+    kind: str = "bernoulli",
+) -> torch.Tensor:
     """Autoregressive sampling with D full passes of ``network`` ([B, D] -> [B, D * m], outputs of
     dimension d at columns d*m ... d*m + m - 1). Dimensions are filled in order of increasing
     input degree; ``noise`` [B, D] is the per-dimension randomness of ``kind``'s step."""

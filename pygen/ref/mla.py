@@ -50,17 +50,18 @@ combine into softmax over the union:
 in mla_prefill's layout: out [T, H, D], lse [H, T] (vLLM's merge_attn_states uses the same);
 -inf on both sides gives out 0, lse -inf.
 """
+
 from __future__ import annotations
 
 import torch
 
 LATENT_DIM = 512
 ROPE_DIM = 64
-QK_DIM = LATENT_DIM + ROPE_DIM        # 576
-FP8_GROUP = 128                        # latent values per float32 scale
+QK_DIM = LATENT_DIM + ROPE_DIM  # 576
+FP8_GROUP = 128  # latent values per float32 scale
 FP8_GROUPS = LATENT_DIM // FP8_GROUP  # 4
 FP8_TOKEN_BYTES = LATENT_DIM + 4 * FP8_GROUPS + 2 * ROPE_DIM  # 656
-FP8_MAX = 448.0                        # largest finite float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 # ---- FP8 cache packing ----------------------------------------------------------------------
@@ -73,8 +74,8 @@ def fp8_quantize(latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
     vals = (g / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     out = torch.empty(*lead, FP8_TOKEN_BYTES, dtype=torch.uint8, device=latent.device)
     out[..., :LATENT_DIM] = vals.reshape(*lead, LATENT_DIM).view(torch.uint8)
-    out[..., LATENT_DIM:LATENT_DIM + 16] = scale.contiguous().view(torch.uint8).reshape(*lead, 16)
-    out[..., LATENT_DIM + 16:] = k_rope.to(torch.bfloat16).contiguous().view(torch.uint8).reshape(*lead, 128)
+    out[..., LATENT_DIM : LATENT_DIM + 16] = scale.contiguous().view(torch.uint8).reshape(*lead, 16)
+    out[..., LATENT_DIM + 16 :] = k_rope.to(torch.bfloat16).contiguous().view(torch.uint8).reshape(*lead, 128)
     return out
 
 
@@ -83,8 +84,8 @@ def fp8_dequantize(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     lead = packed.shape[:-1]
     p = packed.contiguous()
     vals = p[..., :LATENT_DIM].contiguous().view(torch.float8_e4m3fn).to(torch.float64)
-    scale = p[..., LATENT_DIM:LATENT_DIM + 16].contiguous().view(torch.float32).to(torch.float64)
-    rope = p[..., LATENT_DIM + 16:].contiguous().view(torch.bfloat16).to(torch.float64)
+    scale = p[..., LATENT_DIM : LATENT_DIM + 16].contiguous().view(torch.float32).to(torch.float64)
+    rope = p[..., LATENT_DIM + 16 :].contiguous().view(torch.bfloat16).to(torch.float64)
     lat = (vals.reshape(*lead, FP8_GROUPS, FP8_GROUP) * scale.unsqueeze(-1)).reshape(*lead, LATENT_DIM)
     return torch.cat([lat, rope], dim=-1).to(dtype)
 
@@ -105,14 +106,21 @@ def gather_tokens(kv_cache: torch.Tensor, block_table: torch.Tensor, seqlen: int
     return kv_cache[blocks, t % page, 0]
 
 
-def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor, head_dim_v: int = LATENT_DIM, softmax_scale: float | None = None,
-               causal: bool = False, compute_dtype: torch.dtype | None = None):
+def mla_decode(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int = LATENT_DIM,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    compute_dtype: torch.dtype | None = None,
+):
     """(out [b, s_q, h_q, head_dim_v] in ``compute_dtype`` (default q's), lse [b, h_q, s_q]);
     the math of the module docstring in ``compute_dtype``."""
     dt = compute_dtype or q.dtype
     b, s_q, h_q, d = q.shape
-    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    scale = d**-0.5 if softmax_scale is None else softmax_scale
     values = cache_values(kv_cache, dt)
     out = q.new_zeros((b, s_q, h_q, head_dim_v), dtype=dt)
     lse = q.new_full((b, h_q, s_q), float("-inf"), dtype=dt)
@@ -121,19 +129,18 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
         n = int(lens[i])
         if n == 0:
             continue
-        kv = gather_tokens(values, block_table, n, i)              # [n, 576]
-        s = torch.einsum("jhd,td->hjt", q[i].to(dt), kv) * scale   # [h, s_q, n]
+        kv = gather_tokens(values, block_table, n, i)  # [n, 576]
+        s = torch.einsum("jhd,td->hjt", q[i].to(dt), kv) * scale  # [h, s_q, n]
         if causal:
             pos = torch.arange(n, device=q.device)
-            limit = n - s_q + torch.arange(s_q, device=q.device) + 1   # query j sees pos < limit[j]
+            limit = n - s_q + torch.arange(s_q, device=q.device) + 1  # query j sees pos < limit[j]
             s = s.masked_fill(pos[None, :] >= limit[:, None], float("-inf"))
         m = s.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p = torch.exp(s - m)
         denom = p.sum(-1, keepdim=True)
         l_ = torch.log(denom) + m
-        o = torch.einsum("hjt,td->jhd", p / torch.where(denom > 0, denom, torch.ones_like(denom)),
-                         kv[:, :head_dim_v])
+        o = torch.einsum("hjt,td->jhd", p / torch.where(denom > 0, denom, torch.ones_like(denom)), kv[:, :head_dim_v])
         out[i] = o
         lse[i] = l_.squeeze(-1)
     return out, lse
@@ -156,15 +163,20 @@ def append_slots(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: t
     valid = valid & (blk >= 0) & (blk < nb)
     off = pos % page
     slot = torch.where(valid, blk * page + off, -1).flatten()
-    srt, order = torch.sort(slot, stable=True)          # equal slots keep their row-major order
+    srt, order = torch.sort(slot, stable=True)  # equal slots keep their row-major order
     last = torch.ones_like(srt, dtype=torch.bool)
-    last[:-1] = srt[:-1] != srt[1:]                      # the last entry of each run of one slot
+    last[:-1] = srt[:-1] != srt[1:]  # the last entry of each run of one slot
     keep = torch.empty_like(last).scatter_(0, order, last).view_as(pos) & valid
     return blk, off, keep
 
 
-def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor,
-                     latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+def mla_cache_append(
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    positions: torch.Tensor,
+    latent: torch.Tensor,
+    k_rope: torch.Tensor,
+) -> torch.Tensor:
     """Write token ``positions[i, j]`` of sequence i (latent [b, n, 512], k_rope [b, n, 64]; a float
     cache takes any latent / rope split of its last dim) into its page, in place (FP8-quantised for
     a uint8 cache); returns kv_cache. Which entries are written, and which one wins when several
@@ -176,24 +188,31 @@ def mla_cache_append(kv_cache: torch.Tensor, block_table: torch.Tensor, position
     if kv_cache.dtype == torch.uint8:
         kv_cache[blk, off, 0] = fp8_quantize(latent[keep], k_rope[keep])
     else:
-        lat = latent.shape[-1]      # 512 for DeepSeek; any width for a float cache
+        lat = latent.shape[-1]  # 512 for DeepSeek; any width for a float cache
         kv_cache[blk, off, 0, :lat] = latent[keep].to(kv_cache.dtype)
         kv_cache[blk, off, 0, lat:] = k_rope[keep].to(kv_cache.dtype)
     return kv_cache
 
 
 # ---- prefill --------------------------------------------------------------------------------
-def mla_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                cu_seqlens_k: torch.Tensor, softmax_scale: float | None = None, causal: bool = True):
+def mla_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    softmax_scale: float | None = None,
+    causal: bool = True,
+):
     """(out [total_q, h, dv] in q's dtype, lse [h, total_q] in q's dtype); differentiable in
     q, k, v through autograd (the backward oracle)."""
     total_q, h, d = q.shape
-    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    scale = d**-0.5 if softmax_scale is None else softmax_scale
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     outs, lses = [], []
     for i in range(len(cq) - 1):
-        qs, ks = q[cq[i]:cq[i + 1]], k[ck[i]:ck[i + 1]]
-        vs = v[ck[i]:ck[i + 1]]
+        qs, ks = q[cq[i] : cq[i + 1]], k[ck[i] : ck[i + 1]]
+        vs = v[ck[i] : ck[i + 1]]
         nq, nk = qs.shape[0], ks.shape[0]
         s = torch.einsum("qhd,khd->hqk", qs, ks) * scale
         if causal:
@@ -220,15 +239,16 @@ def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Ten
     tot = wa + wb
     lse = torch.log(tot) + m
     safe = torch.where(tot > 0, tot, torch.ones_like(tot))
-    fa = (wa / safe).transpose(0, 1).unsqueeze(-1)    # [T, H, 1]
+    fa = (wa / safe).transpose(0, 1).unsqueeze(-1)  # [T, H, 1]
     fb = (wb / safe).transpose(0, 1).unsqueeze(-1)
     out = out_a * fa.to(out_a.dtype) + out_b * fb.to(out_b.dtype)
     return out, lse
 
 
 # ---- random problems (tests, benchmarks) ----------------------------------------------------
-def random_block_table(lens, page_size: int, gen: torch.Generator, spare_pages: int = 1,
-                       extra_cols: int = 1) -> tuple[torch.Tensor, int]:
+def random_block_table(
+    lens, page_size: int, gen: torch.Generator, spare_pages: int = 1, extra_cols: int = 1
+) -> tuple[torch.Tensor, int]:
     """(block_table int32 [b, max_blocks], num_blocks) giving each sequence of ``lens`` its own
     shuffled pages (plus ``spare_pages`` unused ones; ``extra_cols`` unused table columns filled
     with -1, which the ops must never read)."""
@@ -239,22 +259,34 @@ def random_block_table(lens, page_size: int, gen: torch.Generator, spare_pages: 
     table = torch.full((len(lens), max(max_blocks, 1)), -1, dtype=torch.int32)
     k = 0
     for i, n in enumerate(need):
-        table[i, :n] = perm[k:k + n].to(torch.int32)
+        table[i, :n] = perm[k : k + n].to(torch.int32)
         k += n
     return table, num_blocks
 
 
-def random_decode_problem(lens, s_q: int, h_q: int, page_size: int, gen: torch.Generator,
-                          dtype=torch.float32, fp8: bool = False, head_dim: int = QK_DIM,
-                          device="cpu"):
+def random_decode_problem(
+    lens,
+    s_q: int,
+    h_q: int,
+    page_size: int,
+    gen: torch.Generator,
+    dtype=torch.float32,
+    fp8: bool = False,
+    head_dim: int = QK_DIM,
+    device="cpu",
+):
     """(q, kv_cache, block_table, cache_seqlens) with N(0, 1) values; an FP8 cache is packed from
     the same values with fp8_quantize."""
     table, nb = random_block_table(lens, page_size, gen)
     kv = torch.randn(nb, page_size, 1, head_dim, generator=gen, dtype=torch.float64)
     q = torch.randn(len(lens), s_q, h_q, head_dim, generator=gen, dtype=torch.float64)
     kv = fp8_quantize(kv[..., :LATENT_DIM], kv[..., LATENT_DIM:]) if fp8 else kv.to(dtype)
-    return (q.to(dtype).to(device), kv.to(device), table.to(device),
-            torch.tensor(list(lens), dtype=torch.int32, device=device))
+    return (
+        q.to(dtype).to(device),
+        kv.to(device),
+        table.to(device),
+        torch.tensor(list(lens), dtype=torch.int32, device=device),
+    )
 
 
 def cu_seqlens(lens, device="cpu") -> torch.Tensor:

@@ -52,6 +52,7 @@ hidden [T, H], w1 [E, 2I, H] (rows 0..I-1 gate, I..2I-1 up), w2 [E, H, I]:
     y[t] = sum_j w[t, j] * W2[e] @ ( act(W1g[e] @ x_t) * (W1u[e] @ x_t) ),   e = ids[t, j]
 act = silu (default) or gelu (tanh approximation: "gelu_tanh", exact: "gelu").
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,10 +75,18 @@ def _topk_index(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
-def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoid",
-              e_score_correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
-              norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0,
-              tie_break: str = "index") -> tuple[torch.Tensor, torch.Tensor]:
+def moe_route(
+    router_logits: torch.Tensor,
+    top_k: int,
+    *,
+    scoring: str = "sigmoid",
+    e_score_correction_bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    norm_topk_prob: bool = True,
+    routed_scaling_factor: float = 1.0,
+    tie_break: str = "index",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(topk_ids int32 [T, k], topk_weights [T, k]) for router_logits [T, E] (see module docstring).
 
     Scores are computed in float32 (float64 for float64 logits); weights have that dtype and are
@@ -96,7 +105,7 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "sigmoi
     per = e // n_group
     if n_group > 1 and topk_group < n_group:
         grouped = choice.view(t, n_group, per)
-        top2 = torch.sort(grouped, dim=-1, descending=True).values[..., :min(2, per)]
+        top2 = torch.sort(grouped, dim=-1, descending=True).values[..., : min(2, per)]
         group_scores = top2.sum(-1)
         keep = _topk_index(group_scores, topk_group)
         gmask = torch.zeros(t, n_group, dtype=torch.bool, device=x.device).scatter_(1, keep, True)
@@ -173,8 +182,9 @@ def moe_permute(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts
     return permuted, slots, offsets
 
 
-def moe_unpermute(permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None,
-                  num_tokens: int, top_k: int) -> torch.Tensor:
+def moe_unpermute(
+    permuted: torch.Tensor, sorted_slots: torch.Tensor, topk_weights: torch.Tensor | None, num_tokens: int, top_k: int
+) -> torch.Tensor:
     """out[t] = sum_j w[t, j] * permuted[row of slot t*k + j]; differentiable in permuted and
     topk_weights. Rows whose slot is outside [0, T*k) (the sentinel) contribute nothing."""
     n = num_tokens * top_k
@@ -197,8 +207,14 @@ def activation(gate: torch.Tensor, kind: str = "silu") -> torch.Tensor:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}")
 
 
-def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, activation_kind: str = "silu") -> torch.Tensor:
+def fused_moe(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation_kind: str = "silu",
+) -> torch.Tensor:
     """The expert MLP as a loop over experts (module docstring); output in hidden_states' dtype,
     computed in hidden_states' dtype (run it in float64 for the oracle). Differentiable in
     hidden_states, w1, w2 and topk_weights."""

@@ -33,6 +33,7 @@ multi_scale_roi_align (FPN): RoI k goes to level
 with k_min = round(-log2(scales[0])), k_max = round(-log2(scales[-1])), then roi_align on that
 level's map with that level's scale. Boxes of non-positive area go to the first level.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,8 +90,7 @@ def _axis_bilinear(coord, real, size: int):
     return low, high, torch.where(valid, 1 - frac, zero), torch.where(valid, frac, zero)
 
 
-def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset,
-                     min_size, ps: bool):
+def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset, min_size, ps: bool):
     """Shared body of roi_align and ps_roi_align (bilinear samples averaged per bin)."""
     n, c, h, w = input.shape
     k = rois.shape[0]
@@ -119,9 +119,10 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
     # [N, H*W, C] so one advanced-indexing gather returns channels last
     feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
     if ps:
-        ch = (torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
-              + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)) * pooled_w \
-            + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+        ch = (
+            torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
+            + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)
+        ) * pooled_w + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
     per_roi = pooled_h * ghmax * pooled_w * gwmax * c_out
     for s, e in _chunks(k, per_roi):
         ys, ry = _axis_samples(y0[s:e], rh[s:e], pooled_h, gh[s:e], ghmax)
@@ -143,14 +144,14 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
 
 def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     ph, pw = output_size
-    return _sampled_average(input, rois, ph, pw, spatial_scale, sampling_ratio,
-                            0.5 if aligned else 0.0, min_size=not aligned, ps=False)
+    return _sampled_average(
+        input, rois, ph, pw, spatial_scale, sampling_ratio, 0.5 if aligned else 0.0, min_size=not aligned, ps=False
+    )
 
 
 def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
     ph, pw = output_size
-    return _sampled_average(input, rois, ph, pw, spatial_scale, sampling_ratio, 0.5,
-                            min_size=False, ps=True)
+    return _sampled_average(input, rois, ph, pw, spatial_scale, sampling_ratio, 0.5, min_size=False, ps=True)
 
 
 def _integer_bins(rois, pooled: int, size: int, lo_col: int, hi_col: int, plus_one: int, dt):
@@ -181,8 +182,7 @@ def _size_sorted_chunks(ext_h: torch.Tensor, ext_w: torch.Tensor, per_cell: int)
         yield order[start:], bh, bw
 
 
-def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool,
-                  reduce_max: bool):
+def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool, reduce_max: bool):
     """Shared body of roi_pool (max) and ps_roi_pool (mean) over integer bins."""
     n, c, h, w = input.shape
     k = rois.shape[0]
@@ -197,9 +197,10 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
     ws, we = _integer_bins(scaled, pooled_w, w, 1, 3, plus_one, dt)
     feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
     if ps:
-        ch = (torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
-              + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)) * pooled_w \
-            + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+        ch = (
+            torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
+            + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)
+        ) * pooled_w + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
     # Bins are padded to the largest bin of a chunk; visiting RoIs by bin size keeps that padding
     # small (one huge RoI would otherwise pad all of them).
     ext_h = (he - hs).amax(dim=1).clamp_min(1)
@@ -209,10 +210,10 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
         ox = torch.arange(bw, device=r.device).view(1, 1, -1)
         yy = hs[idx, :, None] + oy  # [k, PH, bh]
         xx = ws[idx, :, None] + ox  # [k, PW, bw]
-        inside = ((yy < he[idx, :, None])[:, :, :, None, None]
-                  & (xx < we[idx, :, None])[:, None, None, :, :]).unsqueeze(-1)
-        hw = (yy.clamp(max=h - 1)[:, :, :, None, None] * w
-              + xx.clamp(max=w - 1)[:, None, None, :, :])
+        inside = (
+            (yy < he[idx, :, None])[:, :, :, None, None] & (xx < we[idx, :, None])[:, None, None, :, :]
+        ).unsqueeze(-1)
+        hw = yy.clamp(max=h - 1)[:, :, :, None, None] * w + xx.clamp(max=w - 1)[:, None, None, :, :]
         b = r[idx, 0].long().view(-1, 1, 1, 1, 1, 1)
         # [k, PH, bh, PW, bw, C']
         vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
@@ -282,8 +283,7 @@ def fpn_level_thresholds(spatial_scales, canonical_scale=224, canonical_level=4,
     division and no log, so every backend and device picks exactly the level the CPU formula
     picks, also for boxes one ulp from a boundary, whatever its log2 or division rounding."""
     dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return _thresholds(tuple(float(s) for s in spatial_scales), float(canonical_scale),
-                       float(canonical_level), dtype)
+    return _thresholds(tuple(float(s) for s in spatial_scales), float(canonical_scale), float(canonical_level), dtype)
 
 
 def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
@@ -293,14 +293,23 @@ def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
     formula evaluated on the CPU (tests/test_roi_fpn_level.py checks both at every boundary)."""
     r = rois.to(torch.float64) if rois.dtype == torch.float64 else rois.to(torch.float32)
     area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
-    t = torch.tensor(fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, r.dtype),
-                     dtype=r.dtype, device=r.device)
+    t = torch.tensor(
+        fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, r.dtype), dtype=r.dtype, device=r.device
+    )
     # area >= t[j] counted over j; NaN compares false everywhere, so it lands on level 0
     return (area[:, None] >= t[None, :]).sum(dim=1, dtype=torch.int64)
 
 
-def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
-                          canonical_scale=224, canonical_level=4, aligned=False):
+def multi_scale_roi_align(
+    features,
+    rois,
+    output_size,
+    spatial_scales,
+    sampling_ratio=-1,
+    canonical_scale=224,
+    canonical_level=4,
+    aligned=False,
+):
     levels = fpn_levels(rois, spatial_scales, canonical_scale, canonical_level)
     ph, pw = output_size
     f0 = features[0]
@@ -308,6 +317,5 @@ def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_
     for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
         idx = torch.nonzero(levels == lvl).flatten()
         if idx.numel():
-            out = out.index_put((idx,), roi_align(feat, rois[idx], output_size, scale,
-                                                  sampling_ratio, aligned))
+            out = out.index_put((idx,), roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned))
     return out
