@@ -386,11 +386,10 @@ def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
 # nvcc
 # ---------------------------------------------------------------------------------------------
 def find_nvcc() -> str | None:
-    """nvcc in setup.py's order: CUDA_HOME, CUDA_PATH, /usr/local/cuda, then $NVCC or PATH."""
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
-            return os.path.join(root, "bin", "nvcc")
-    return os.environ.get("NVCC") or shutil.which("nvcc")
+    """nvcc as setup.py finds it (pygen/_cuda_toolkit.py)."""
+    from ._cuda_toolkit import find_nvcc as _find
+
+    return _find()
 
 
 def nvcc_version(nvcc: str) -> str:

@@ -9,9 +9,7 @@ a GPU, and under it @triton.jit yields interpreter objects that cannot be compil
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -62,10 +60,9 @@ def test_route_kernel_compiles_without_spills_at_4096_and_65536_experts():
 
 
 def _nvcc() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    from pygen._cuda_toolkit import find_nvcc
+
+    return find_nvcc()
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")

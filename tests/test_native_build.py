@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -31,10 +29,9 @@ CONTRACT = (
 
 
 def _nvcc() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    from pygen._cuda_toolkit import find_nvcc
+
+    return find_nvcc()
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
@@ -67,3 +64,17 @@ def test_host_module_exposes_contract():
 
     missing = [f for f in CONTRACT if not callable(getattr(C, f, None))]
     assert not missing, f"pygen._C lacks {missing}"
+
+
+def test_one_nvcc_finder(tmp_path, monkeypatch):
+    """setup.py, ``pygen inspect`` and these tests find nvcc through pygen/_cuda_toolkit.py: a
+    CUDA_HOME holding bin/nvcc wins for all of them."""
+    from pygen import inspect_kernels
+
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    setup_src = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    assert "return _toolkit_finder().find_cuda()" in setup_src and 'which("nvcc")' not in setup_src
+    assert _nvcc() == inspect_kernels.find_nvcc() == str(nvcc)

@@ -43,6 +43,7 @@ import torch
 from .. import _backend
 from ..ref import flows as ref
 from . import _flows_checks as chk, _registry
+from ._registry import Backward, OpSpec, register
 
 __all__ = [
     "slogdet",
@@ -106,303 +107,285 @@ def _new_logdet(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0],), dtype=_logdet_dtype(x))
 
 
-def _register() -> None:
-    # ---- slogdet ------------------------------------------------------------------------------
-    def slogdet_fake(a):
-        return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
+# ---- implementations: (K = kernels/flows.py, *schema arguments) ------------------------------
+def _slogdet_out(a):
+    return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
 
-    def slogdet_impl(a):
-        sign, logabs = slogdet_fake(a)
-        _kernels().slogdet_fwd(a, sign, logabs)
-        return sign, logabs
 
-    def slogdet_bwd_impl(a, g):
-        out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
-        _kernels().slogdet_bwd(a, g, out)
-        return out
+def _slogdet_fwd(K, a):
+    sign, logabs = _slogdet_out(a)
+    K.slogdet_fwd(a, sign, logabs)
+    return sign, logabs
 
-    fwd = _registry.define("slogdet_triton", "(Tensor A) -> (Tensor, Tensor)", slogdet_impl, slogdet_fake)
-    bwd = _registry.define(
-        "slogdet_backward_triton",
-        "(Tensor A, Tensor grad_logabsdet) -> Tensor",
-        slogdet_bwd_impl,
-        lambda a, g: torch.empty_like(a, dtype=torch.float32, memory_format=torch.contiguous_format),
-    )
 
-    def slogdet_setup(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[0])
-        ctx.save_for_backward(inputs[0])
+def _slogdet_bwd(K, a, g):
+    out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
+    K.slogdet_bwd(a, g, out)
+    return out
 
-    def slogdet_grad(ctx, _g_sign, g_logabs, _bwd=bwd):
-        (a,) = ctx.saved_tensors
-        return _bwd(a, g_logabs).to(a.dtype)
 
-    fwd.register_autograd(slogdet_grad, setup_context=slogdet_setup)
+def _affine_out(x, r, t, clamp, reverse, sigmoid):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
 
-    # ---- affine coupling -------------------------------------------------------------------------
-    def affine_fake(x, r, t, clamp, reverse, sigmoid):
-        return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
 
-    def affine_impl(x, r, t, clamp, reverse, sigmoid):
-        y, logdet = affine_fake(x, r, t, clamp, reverse, sigmoid)
-        b = x.shape[0]
-        if b == 0:
-            return y, logdet
-        xr, rr, tr = _rows(x), _rows(r), _rows(t)
-        k = _kernels()
-        n_split = k.coupling_splits(b, xr.shape[1], x.is_cuda)
-        if xr.shape[1] == 0:
-            return y, logdet.zero_()
-        part = logdet.view(b, 1) if n_split == 1 else x.new_empty((b, n_split), dtype=torch.float32)
-        k.affine_coupling_fwd(xr, rr, tr, y.view(b, -1), part, clamp, reverse, sigmoid)
-        if n_split > 1:
-            torch.sum(part, dim=1, out=logdet)
+def _affine_fwd(K, x, r, t, clamp, reverse, sigmoid):
+    y, logdet = _affine_out(x, r, t, clamp, reverse, sigmoid)
+    b = x.shape[0]
+    if b == 0:
         return y, logdet
+    xr, rr, tr = _rows(x), _rows(r), _rows(t)
+    n_split = K.coupling_splits(b, xr.shape[1], x.is_cuda)
+    if xr.shape[1] == 0:
+        return y, logdet.zero_()
+    part = logdet.view(b, 1) if n_split == 1 else x.new_empty((b, n_split), dtype=torch.float32)
+    K.affine_coupling_fwd(xr, rr, tr, y.view(b, -1), part, clamp, reverse, sigmoid)
+    if n_split > 1:
+        torch.sum(part, dim=1, out=logdet)
+    return y, logdet
 
-    def affine_bwd_fake(x, r, t, g, gl, clamp, reverse, sigmoid):
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        dr = torch.empty_like(r, memory_format=torch.contiguous_format)
-        with_dt = reverse or sigmoid
-        dt = torch.empty_like(t, memory_format=torch.contiguous_format) if with_dt else t.new_empty((0,))
-        return dx, dr, dt
 
-    def affine_bwd_impl(x, r, t, g, gl, clamp, reverse, sigmoid):
-        dx, dr, dt = affine_bwd_fake(x, r, t, g, gl, clamp, reverse, sigmoid)
-        b = x.shape[0]
-        if b and x[0].numel():
-            _kernels().affine_coupling_bwd(
-                _rows(x),
-                _rows(r),
-                _rows(t),
-                _rows(g),
-                gl,
-                dx.view(b, -1),
-                dr.view(b, -1),
-                dt.view(b, -1) if (reverse or sigmoid) else None,
-                clamp,
-                reverse,
-                sigmoid,
-            )
-        return dx, dr, dt
+def _affine_grad_out(x, r, t, g, gl, clamp, reverse, sigmoid):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dr = torch.empty_like(r, memory_format=torch.contiguous_format)
+    with_dt = reverse or sigmoid
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if with_dt else t.new_empty((0,))
+    return dx, dr, dt
 
-    fwd = _registry.define(
-        "affine_coupling_triton",
-        "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse, bool sigmoid) -> (Tensor, Tensor)",
-        affine_impl,
-        affine_fake,
-    )
-    bwd = _registry.define(
-        "affine_coupling_backward_triton",
-        "(Tensor x, Tensor log_scale_raw, Tensor shift, Tensor grad_y, Tensor grad_logdet, float? clamp, "
-        "bool reverse, bool sigmoid) -> (Tensor, Tensor, Tensor)",
-        affine_bwd_impl,
-        affine_bwd_fake,
-    )
 
-    def affine_setup(ctx, inputs, output):
-        x, r, t, clamp, reverse, sigmoid = inputs
-        ctx.save_for_backward(x, r, t)
-        ctx.args = (clamp, reverse, sigmoid)
+def _affine_bwd(K, x, r, t, g, gl, clamp, reverse, sigmoid):
+    dx, dr, dt = _affine_grad_out(x, r, t, g, gl, clamp, reverse, sigmoid)
+    b = x.shape[0]
+    if b and x[0].numel():
+        K.affine_coupling_bwd(
+            _rows(x),
+            _rows(r),
+            _rows(t),
+            _rows(g),
+            gl,
+            dx.view(b, -1),
+            dr.view(b, -1),
+            dt.view(b, -1) if (reverse or sigmoid) else None,
+            clamp,
+            reverse,
+            sigmoid,
+        )
+    return dx, dr, dt
 
-    def affine_grad(ctx, g, gl, _bwd=bwd):
-        x, r, t = ctx.saved_tensors
-        clamp, reverse, sigmoid = ctx.args
-        dx, dr, dt = _bwd(x, r, t, g, gl, clamp, reverse, sigmoid)
-        # exp scale, forward direction: d y / d t = 1, so the shift's gradient is grad_y itself
-        return dx, dr, (dt if (reverse or sigmoid) else g), None, None, None
 
-    fwd.register_autograd(affine_grad, setup_context=affine_setup)
+def _affine_grads(c, g, gl):
+    dx, dr, dt = c.bwd(*c.saved, g, gl, *c.args)
+    clamp, reverse, sigmoid = c.args
+    # exp scale, forward direction: d y / d t = 1, so the shift's gradient is grad_y itself
+    return {"x": dx, "log_scale_raw": dr, "shift": dt if (reverse or sigmoid) else g}
 
-    # ---- additive coupling ------------------------------------------------------------------------
-    def additive_fake(x, t, reverse):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    def additive_impl(x, t, reverse):
-        y = additive_fake(x, t, reverse)
-        if x.shape[0]:
-            _kernels().additive_coupling_fwd(_rows(x), _rows(t), y.view(x.shape[0], -1), reverse)
-        return y
+def _additive_out(x, t, reverse):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    fwd = _registry.define(
-        "additive_coupling_triton", "(Tensor x, Tensor shift, bool reverse) -> Tensor", additive_impl, additive_fake
-    )
 
-    def additive_setup(ctx, inputs, output):
-        ctx.reverse = inputs[2]
+def _additive_fwd(K, x, t, reverse):
+    y = _additive_out(x, t, reverse)
+    if x.shape[0]:
+        K.additive_coupling_fwd(_rows(x), _rows(t), y.view(x.shape[0], -1), reverse)
+    return y
 
-    def additive_grad(ctx, g):
-        return g, (-g if ctx.reverse else g), None
 
-    fwd.register_autograd(additive_grad, setup_context=additive_setup)
+def _actnorm_out(x, loc, p, log_param, reverse):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
 
-    # ---- actnorm ------------------------------------------------------------------------------------
-    def actnorm_fake(x, loc, p, log_param, reverse):
-        return torch.empty_like(x, memory_format=torch.contiguous_format), _new_logdet(x)
 
-    def actnorm_impl(x, loc, p, log_param, reverse):
-        y, logdet = actnorm_fake(x, loc, p, log_param, reverse)
-        if x.shape[0]:
-            _kernels().actnorm_fwd(
-                _bcs(x),
-                loc.reshape(-1).contiguous(),
-                p.reshape(-1).contiguous(),
-                y.view(x.shape[0], x.shape[1], -1),
-                logdet,
-                log_param,
-                reverse,
-            )
-        return y, logdet
-
-    def actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse):
-        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(loc), torch.empty_like(p))
-
-    def actnorm_bwd_impl(x, g, loc, p, gl, log_param, reverse):
-        dx, dloc, dp = actnorm_bwd_fake(x, g, loc, p, gl, log_param, reverse)
-        k = _kernels()
-        x3 = _bcs(x)
-        b, c, s = x3.shape
-        n_sb = k.actnorm_s_blocks(b * c, s, x.is_cuda)
-        pa = x.new_empty((b, n_sb, c), dtype=torch.float32)
-        pb = torch.empty_like(pa)
-        k.actnorm_bwd(
-            x3,
-            _bcs(g),
+def _actnorm_fwd(K, x, loc, p, log_param, reverse):
+    y, logdet = _actnorm_out(x, loc, p, log_param, reverse)
+    if x.shape[0]:
+        K.actnorm_fwd(
+            _bcs(x),
             loc.reshape(-1).contiguous(),
             p.reshape(-1).contiguous(),
-            gl,
-            dx.view(b, c, s),
-            dloc.view(-1),
-            dp.view(-1),
-            pa,
-            pb,
+            y.view(x.shape[0], x.shape[1], -1),
+            logdet,
             log_param,
             reverse,
         )
-        return dx, dloc, dp
+    return y, logdet
 
-    fwd = _registry.define(
-        "actnorm_triton",
-        "(Tensor x, Tensor loc, Tensor param, bool log_param, bool reverse) -> (Tensor, Tensor)",
-        actnorm_impl,
-        actnorm_fake,
+
+def _actnorm_grad_out(x, g, loc, p, gl, log_param, reverse):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(loc), torch.empty_like(p)
+
+
+def _actnorm_bwd(K, x, g, loc, p, gl, log_param, reverse):
+    dx, dloc, dp = _actnorm_grad_out(x, g, loc, p, gl, log_param, reverse)
+    x3 = _bcs(x)
+    b, c, s = x3.shape
+    n_sb = K.actnorm_s_blocks(b * c, s, x.is_cuda)
+    pa = x.new_empty((b, n_sb, c), dtype=torch.float32)
+    pb = torch.empty_like(pa)
+    K.actnorm_bwd(
+        x3,
+        _bcs(g),
+        loc.reshape(-1).contiguous(),
+        p.reshape(-1).contiguous(),
+        gl,
+        dx.view(b, c, s),
+        dloc.view(-1),
+        dp.view(-1),
+        pa,
+        pb,
+        log_param,
+        reverse,
     )
-    bwd = _registry.define(
-        "actnorm_backward_triton",
-        "(Tensor x, Tensor grad_y, Tensor loc, Tensor param, Tensor grad_logdet, bool log_param, "
-        "bool reverse) -> (Tensor, Tensor, Tensor)",
-        actnorm_bwd_impl,
-        actnorm_bwd_fake,
-    )
+    return dx, dloc, dp
 
-    def actnorm_setup(ctx, inputs, output):
-        x, loc, p, log_param, reverse = inputs
-        ctx.save_for_backward(x, loc, p)
-        ctx.args = (log_param, reverse)
 
-    def actnorm_grad(ctx, g, gl, _bwd=bwd):
-        x, loc, p = ctx.saved_tensors
-        dx, dloc, dp = _bwd(x, g, loc, p, gl, *ctx.args)
-        return dx, dloc, dp, None, None
+def _conv_out(x, w):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    fwd.register_autograd(actnorm_grad, setup_context=actnorm_setup)
 
-    # ---- 1x1 convolution ---------------------------------------------------------------------------
-    def conv_fake(x, w):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _conv_fwd(K, x, w):
+    y = _conv_out(x, w)
+    if x.numel():
+        K.conv1x1_fwd(_bcs_unit(x), w, y.view(x.shape[0], x.shape[1], -1))
+    return y
 
-    def conv_impl(x, w):
-        y = conv_fake(x, w)
-        if x.numel():
-            _kernels().conv1x1_fwd(_bcs_unit(x), w, y.view(x.shape[0], x.shape[1], -1))
-        return y
 
-    def conv_bwd_fake(g, x, w):
-        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
+def _conv_grad_out(g, x, w):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
 
-    def conv_bwd_impl(g, x, w):
-        dx, dw = conv_bwd_fake(g, x, w)
-        k = _kernels()
-        g3, x3 = _bcs_unit(g), _bcs_unit(x)
-        if x.numel():
-            k.conv1x1_fwd(g3, w.t(), dx.view(x.shape[0], x.shape[1], -1))
-        splits = k.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda)
-        if splits == 1 and dw.dtype == torch.float32 and dw.is_contiguous():
-            k.conv1x1_dw(g3, x3, dw.view(1, *dw.shape))  # written in place, no reduction pass
-            return dx, dw
-        part = x.new_empty((splits, w.shape[0], w.shape[1]), dtype=torch.float32)
-        k.conv1x1_dw(g3, x3, part)
-        if dw.dtype == torch.float32:
-            torch.sum(part, dim=0, out=dw)
-        else:
-            dw.copy_(part.sum(0))
+
+def _conv_bwd(K, g, x, w):
+    dx, dw = _conv_grad_out(g, x, w)
+    g3, x3 = _bcs_unit(g), _bcs_unit(x)
+    if x.numel():
+        K.conv1x1_fwd(g3, w.t(), dx.view(x.shape[0], x.shape[1], -1))
+    splits = K.conv1x1_dw_splits(x.shape[0], x.shape[1], x.is_cuda)
+    if splits == 1 and dw.dtype == torch.float32 and dw.is_contiguous():
+        K.conv1x1_dw(g3, x3, dw.view(1, *dw.shape))  # written in place, no reduction pass
         return dx, dw
+    part = x.new_empty((splits, w.shape[0], w.shape[1]), dtype=torch.float32)
+    K.conv1x1_dw(g3, x3, part)
+    if dw.dtype == torch.float32:
+        torch.sum(part, dim=0, out=dw)
+    else:
+        dw.copy_(part.sum(0))
+    return dx, dw
 
-    fwd = _registry.define("conv1x1_triton", "(Tensor x, Tensor weight) -> Tensor", conv_impl, conv_fake)
-    bwd = _registry.define(
-        "conv1x1_backward_triton",
-        "(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor)",
-        conv_bwd_impl,
-        conv_bwd_fake,
+
+def _lu_out(perm, lower, upper, diag, scale):
+    return torch.empty_like(lower, memory_format=torch.contiguous_format), lower.new_empty((), dtype=torch.float32)
+
+
+def _lu_fwd(K, perm, lower, upper, diag, scale):
+    w, ld = _lu_out(perm, lower, upper, diag, scale)
+    K.lu_weight_fwd(perm, lower, upper, diag.contiguous(), w, ld.view(1), scale)
+    return w, ld
+
+
+def _lu_grad_out(perm, lower, upper, diag, gw, gld, scale):
+    return (
+        torch.empty_like(lower, memory_format=torch.contiguous_format),
+        torch.empty_like(upper, memory_format=torch.contiguous_format),
+        torch.empty_like(diag),
     )
 
-    def conv_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
 
-    def conv_grad(ctx, g, _bwd=bwd):
-        x, w = ctx.saved_tensors
-        return _bwd(g, x, w)
+def _lu_bwd(K, perm, lower, upper, diag, gw, gld, scale):
+    dl, du, ds = _lu_grad_out(perm, lower, upper, diag, gw, gld, scale)
+    K.lu_weight_bwd(perm, lower, upper, diag.contiguous(), gw, gld.reshape(1), dl, du, ds, scale)
+    return dl, du, ds
 
-    fwd.register_autograd(conv_grad, setup_context=conv_setup)
 
-    # ---- LU weight (Glow) --------------------------------------------------------------------------
-    def lu_fake(perm, lower, upper, diag, scale):
-        return torch.empty_like(lower, memory_format=torch.contiguous_format), lower.new_empty((), dtype=torch.float32)
+def _named(names: str, values) -> dict:
+    return dict(zip(names.split(), values))
 
-    def lu_impl(perm, lower, upper, diag, scale):
-        w, ld = lu_fake(perm, lower, upper, diag, scale)
-        _kernels().lu_weight_fwd(perm, lower, upper, diag.contiguous(), w, ld.view(1), scale)
-        return w, ld
 
-    def lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale):
-        return (
-            torch.empty_like(lower, memory_format=torch.contiguous_format),
-            torch.empty_like(upper, memory_format=torch.contiguous_format),
-            torch.empty_like(diag),
-        )
-
-    def lu_bwd_impl(perm, lower, upper, diag, gw, gld, scale):
-        dl, du, ds = lu_bwd_fake(perm, lower, upper, diag, gw, gld, scale)
-        _kernels().lu_weight_bwd(perm, lower, upper, diag.contiguous(), gw, gld.reshape(1), dl, du, ds, scale)
-        return dl, du, ds
-
-    fwd = _registry.define(
-        "lu_weight_triton",
+# ---- the ops (triton only; the reference path is plain PyTorch) --------------------------------
+SPECS = (
+    OpSpec(
+        "slogdet",
+        "(Tensor A) -> (Tensor, Tensor)",
+        _slogdet_fwd,
+        _slogdet_out,
+        Backward(
+            "(Tensor A, Tensor grad_logabsdet) -> Tensor",
+            _slogdet_bwd,
+            lambda a, g: torch.empty_like(a, dtype=torch.float32, memory_format=torch.contiguous_format),
+            save=lambda i, out: ((i.A,), ()),
+            grads=lambda c, _g_sign, g_logabs: {"A": c.bwd(c.saved[0], g_logabs).to(c.saved[0].dtype)},
+        ),
+        non_differentiable=(0,),
+    ),
+    OpSpec(
+        "affine_coupling",
+        "(Tensor x, Tensor log_scale_raw, Tensor shift, float? clamp, bool reverse, bool sigmoid) -> (Tensor, Tensor)",
+        _affine_fwd,
+        _affine_out,
+        Backward(
+            "(Tensor x, Tensor log_scale_raw, Tensor shift, Tensor grad_y, Tensor grad_logdet, float? clamp, "
+            "bool reverse, bool sigmoid) -> (Tensor, Tensor, Tensor)",
+            _affine_bwd,
+            _affine_grad_out,
+            save=lambda i, out: ((i.x, i.log_scale_raw, i.shift), (i.clamp, i.reverse, i.sigmoid)),
+            grads=_affine_grads,
+        ),
+    ),
+    OpSpec(
+        "additive_coupling",
+        "(Tensor x, Tensor shift, bool reverse) -> Tensor",
+        _additive_fwd,
+        _additive_out,
+        Backward(
+            None,
+            None,
+            None,
+            save=lambda i, out: ((), (i.reverse,)),
+            grads=lambda c, g: {"x": g, "shift": -g if c.args[0] else g},
+        ),
+    ),
+    OpSpec(
+        "actnorm",
+        "(Tensor x, Tensor loc, Tensor param, bool log_param, bool reverse) -> (Tensor, Tensor)",
+        _actnorm_fwd,
+        _actnorm_out,
+        Backward(
+            "(Tensor x, Tensor grad_y, Tensor loc, Tensor param, Tensor grad_logdet, bool log_param, "
+            "bool reverse) -> (Tensor, Tensor, Tensor)",
+            _actnorm_bwd,
+            _actnorm_grad_out,
+            save=lambda i, out: ((i.x, i.loc, i.param), (i.log_param, i.reverse)),
+            grads=lambda c, g, gl: _named("x loc param", c.bwd(c.saved[0], g, c.saved[1], c.saved[2], gl, *c.args)),
+        ),
+    ),
+    OpSpec(
+        "conv1x1",
+        "(Tensor x, Tensor weight) -> Tensor",
+        _conv_fwd,
+        _conv_out,
+        Backward(
+            "(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor)",
+            _conv_bwd,
+            _conv_grad_out,
+            save=lambda i, out: ((i.x, i.weight), ()),
+            grads=lambda c, g: _named("x weight", c.bwd(g, *c.saved)),
+        ),
+    ),
+    OpSpec(
+        "lu_weight",
         "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, float scale) -> (Tensor, Tensor)",
-        lu_impl,
-        lu_fake,
-    )
-    bwd = _registry.define(
-        "lu_weight_backward_triton",
-        "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, Tensor grad_w, Tensor grad_logdet, "
-        "float scale) -> (Tensor, Tensor, Tensor)",
-        lu_bwd_impl,
-        lu_bwd_fake,
-    )
+        _lu_fwd,
+        _lu_out,
+        Backward(
+            "(Tensor perm, Tensor lower, Tensor upper, Tensor diag, Tensor grad_w, Tensor grad_logdet, "
+            "float scale) -> (Tensor, Tensor, Tensor)",
+            _lu_bwd,
+            _lu_grad_out,
+            save=lambda i, out: ((i.perm, i.lower, i.upper, i.diag), (i.scale,)),
+            grads=lambda c, gw, gld: _named("lower upper diag", c.bwd(*c.saved, gw, gld, *c.args)),
+        ),
+    ),
+)
 
-    def lu_setup(ctx, inputs, output):
-        perm, lower, upper, diag, scale = inputs
-        ctx.save_for_backward(perm, lower, upper, diag)
-        ctx.scale = scale
-
-    def lu_grad(ctx, gw, gld, _bwd=bwd):
-        perm, lower, upper, diag = ctx.saved_tensors
-        dl, du, ds = _bwd(perm, lower, upper, diag, gw, gld, ctx.scale)
-        return None, dl, du, ds, None
-
-    fwd.register_autograd(lu_grad, setup_context=lu_setup)
-
-
-_register()
+for _spec in SPECS:
+    register(_spec, "triton", _kernels)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 from .. import _backend
 from ..ref import made as ref
 from . import _made_checks as chk, _registry
+from ._registry import Backward, OpSpec, register
 
 __all__ = [
     "masked_linear",
@@ -49,9 +50,6 @@ def _kernels():
     from pygen.kernels import made  # imported lazily: triton may be missing
 
     return made
-
-
-_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
@@ -90,214 +88,184 @@ def _act_grad(grad: torch.Tensor, saved: torch.Tensor, act: str) -> torch.Tensor
     return g
 
 
-def _register_triton() -> None:
-    b = "triton"
-
-    def forward(x, weight, bias, in_deg, out_deg, mask, strict, act):
-        y, z = _new_fwd(x, weight, act)
-        m, k = x.shape
-        n = weight.shape[0]
-        if m == 0 or n == 0:
-            return y, z
-        if k == 0:
-            pre = (bias.float() if bias is not None else x.new_zeros((n,), dtype=torch.float32)).expand(m, n)
-            y.copy_(ref.apply_activation(pre, act))
-            if act == "gelu":
-                z.copy_(pre)
-            return y, z
-        kern = _kernels()
-        cfg = kern.config("fwd", x.dtype)
-        zz = z if act == "gelu" else None
-        if mask is not None:
-            kern.masked_matmul_fwd(x, weight, bias, mask.view(torch.uint8), y, zz, act, cfg)
-            return y, z
-        t, j = kern.plan_shape("fwd", n, k, cfg)
-        plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
-        counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
-        kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
-        kern.masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, zz, strict, act, cfg)
+# ---- masked_linear: implementations (K = kernels/made.py, *schema arguments) --------------------
+def _masked_linear_fwd(K, x, weight, bias, in_deg, out_deg, mask, strict, act):
+    y, z = _new_fwd(x, weight, act)
+    m, k = x.shape
+    n = weight.shape[0]
+    if m == 0 or n == 0:
         return y, z
+    if k == 0:
+        pre = (bias.float() if bias is not None else x.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+        y.copy_(ref.apply_activation(pre, act))
+        if act == "gelu":
+            z.copy_(pre)
+        return y, z
+    cfg = K.config("fwd", x.dtype)
+    zz = z if act == "gelu" else None
+    if mask is not None:
+        K.masked_matmul_fwd(x, weight, bias, mask.view(torch.uint8), y, zz, act, cfg)
+        return y, z
+    t, j = K.plan_shape("fwd", n, k, cfg)
+    plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
+    counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
+    K.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
+    K.masked_linear_fwd(x, weight, bias, in_deg, out_deg, plan, counts, y, zz, strict, act, cfg)
+    return y, z
 
-    def backward(grad, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b):
-        dx, dw, db = _new_bwd(x, weight, need_x, need_w, need_b)
-        m, k = x.shape
-        n = weight.shape[0]
-        grad = grad.contiguous()
-        if m == 0 or n == 0 or k == 0:
-            for t in (dx, dw):
-                t.zero_()
-            if need_b:
-                db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
-            return dx, dw, db
-        kern = _kernels()
-        s = saved if act != "none" else None
-        if need_x:
-            cfg = kern.config("dx", x.dtype)
-            if mask is not None:
-                kern.masked_matmul_dx(grad, s, weight, mask.view(torch.uint8), dx, act, cfg)
-            else:
-                t, j = kern.plan_shape("dx", n, k, cfg)
-                plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
-                counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
-                kern.made_plan(in_deg, out_deg, plan, counts, strict, False, cfg.block_n, cfg.block_k)
-                kern.masked_linear_dx(grad, s, weight, in_deg, out_deg, plan, counts, dx, strict, act, cfg)
-        if need_w:
-            cfg = kern.config("dw", x.dtype)
-            dbb = db if need_b else None
-            if mask is not None:
-                kern.masked_matmul_dw(grad, s, x, mask.view(torch.uint8), dw, dbb, act, cfg)
-            else:
-                kern.masked_linear_dw(grad, s, x, in_deg, out_deg, dw, dbb, strict, act, cfg)
-        elif need_b:
-            db.copy_(_act_grad(grad, saved, act).sum(0))
+
+def _masked_linear_bwd(K, grad, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b):
+    dx, dw, db = _new_bwd(x, weight, need_x, need_w, need_b)
+    m, k = x.shape
+    n = weight.shape[0]
+    grad = grad.contiguous()
+    if m == 0 or n == 0 or k == 0:
+        for t in (dx, dw):
+            t.zero_()
+        if need_b:
+            db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
         return dx, dw, db
+    s = saved if act != "none" else None
+    if need_x:
+        cfg = K.config("dx", x.dtype)
+        if mask is not None:
+            K.masked_matmul_dx(grad, s, weight, mask.view(torch.uint8), dx, act, cfg)
+        else:
+            t, j = K.plan_shape("dx", n, k, cfg)
+            plan = torch.empty((t, j), dtype=torch.int32, device=x.device)
+            counts = torch.empty((t, 2), dtype=torch.int32, device=x.device)
+            K.made_plan(in_deg, out_deg, plan, counts, strict, False, cfg.block_n, cfg.block_k)
+            K.masked_linear_dx(grad, s, weight, in_deg, out_deg, plan, counts, dx, strict, act, cfg)
+    if need_w:
+        cfg = K.config("dw", x.dtype)
+        dbb = db if need_b else None
+        if mask is not None:
+            K.masked_matmul_dw(grad, s, x, mask.view(torch.uint8), dw, dbb, act, cfg)
+        else:
+            K.masked_linear_dw(grad, s, x, in_deg, out_deg, dw, dbb, strict, act, cfg)
+    elif need_b:
+        db.copy_(_act_grad(grad, saved, act).sum(0))
+    return dx, dw, db
 
-    fwd = _registry.define(
-        f"masked_linear_{b}",
-        "(Tensor x, Tensor weight, Tensor? bias, Tensor? in_degrees, Tensor? out_degrees, Tensor? mask, "
-        "bool strict, str activation) -> (Tensor, Tensor)",
-        _on_device(forward),
-        lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act),
-    )
-    bwd = _registry.define(
-        f"masked_linear_backward_{b}",
+
+def _masked_linear_grads(c, gy, _gz):
+    x, weight, in_deg, out_deg, mask, saved = c.saved
+    strict, act, has_bias = c.args
+    need_x, need_w, need_b = c.needs.x, c.needs.weight, has_bias and c.needs.bias
+    dx, dw, db = c.bwd(gy, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b)
+    return {"x": dx if need_x else None, "weight": dw if need_w else None, "bias": db if need_b else None}
+
+
+MASKED_LINEAR = OpSpec(
+    "masked_linear",
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor? in_degrees, Tensor? out_degrees, Tensor? mask, "
+    "bool strict, str activation) -> (Tensor, Tensor)",
+    _masked_linear_fwd,
+    lambda x, weight, bias, i, o, mask, strict, act: _new_fwd(x, weight, act),
+    Backward(
         "(Tensor grad, Tensor saved, Tensor x, Tensor weight, Tensor? in_degrees, Tensor? out_degrees, "
         "Tensor? mask, bool strict, str activation, bool need_x, bool need_weight, bool need_bias) "
         "-> (Tensor, Tensor, Tensor)",
-        _on_device(backward),
+        _masked_linear_bwd,
         lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb),
-    )
-
-    def setup(ctx, inputs, output):
-        x, weight, bias, in_deg, out_deg, mask, strict, act = inputs
-        y, z = output
-        ctx.mark_non_differentiable(z)
-        saved = z if act == "gelu" else y
-        ctx.save_for_backward(x, weight, in_deg, out_deg, mask, saved)
-        ctx.args = (strict, act, bias is not None)
-
-    def grad_fn(ctx, gy, _gz, _bwd=bwd):
-        x, weight, in_deg, out_deg, mask, saved = ctx.saved_tensors
-        strict, act, has_bias = ctx.args
-        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-        dx, dw, db = _bwd(gy, saved, x, weight, in_deg, out_deg, mask, strict, act, need_x, need_w, need_b)
-        return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None, None, None)
-
-    fwd.register_autograd(grad_fn, setup_context=setup)
+        # the activation's derivative reads y, or the pre-activation z for gelu
+        save=lambda i, out: (
+            (i.x, i.weight, i.in_degrees, i.out_degrees, i.mask, out[1] if i.activation == "gelu" else out[0]),
+            (i.strict, i.activation, i.bias is not None),
+        ),
+        grads=_masked_linear_grads,
+    ),
+    non_differentiable=(1,),
+)
+register(MASKED_LINEAR, "triton", _kernels)
 
 
-_register_triton()
+# ---- masked_linear on bit-packed binary inputs: forward and (weight, bias) backward ------------
+def _bits_out(xb, weight, act):
+    # z (the pre-activation) is kept for gelu only, whose derivative needs it
+    shape = (xb.shape[0], weight.shape[0])
+    return (xb.new_empty(shape, dtype=weight.dtype), xb.new_empty(shape if act == "gelu" else (0,), dtype=weight.dtype))
 
 
-def _register_bits() -> None:
-    """masked_linear on bit-packed binary inputs: forward and (weight, bias) backward."""
-    b = "triton"
-
-    def new_y(xb, weight, act):
-        # z (the pre-activation) is kept for gelu only, whose derivative needs it
-        shape = (xb.shape[0], weight.shape[0])
-        return (
-            xb.new_empty(shape, dtype=weight.dtype),
-            xb.new_empty(shape if act == "gelu" else (0,), dtype=weight.dtype),
-        )
-
-    def forward(x_bits, weight, bias, in_deg, out_deg, strict, act):
-        y, z = new_y(x_bits, weight, act)
-        m = x_bits.shape[0]
-        n, k = weight.shape
-        if m == 0 or n == 0:
-            return y, z
-        if k == 0:
-            pre = (bias.float() if bias is not None else weight.new_zeros((n,), dtype=torch.float32)).expand(m, n)
-            if act == "gelu":
-                z.copy_(pre)
-            return y.copy_(ref.apply_activation(pre, act)), z
-        kern = _kernels()
-        cfg = kern.config("fwd", weight.dtype)
-        t, j = kern.plan_shape("fwd", n, k, cfg)
-        plan = torch.empty((t, j), dtype=torch.int32, device=weight.device)
-        counts = torch.empty((t, 2), dtype=torch.int32, device=weight.device)
-        kern.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
-        kern.masked_linear_fwd(
-            x_bits,
-            weight,
-            bias,
-            in_deg,
-            out_deg,
-            plan,
-            counts,
-            y,
-            z if act == "gelu" else None,
-            strict,
-            act,
-            cfg,
-            x_bits=True,
-        )
+def _bits_fwd(K, x_bits, weight, bias, in_deg, out_deg, strict, act):
+    y, z = _bits_out(x_bits, weight, act)
+    m = x_bits.shape[0]
+    n, k = weight.shape
+    if m == 0 or n == 0:
         return y, z
+    if k == 0:
+        pre = (bias.float() if bias is not None else weight.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+        if act == "gelu":
+            z.copy_(pre)
+        return y.copy_(ref.apply_activation(pre, act)), z
+    cfg = K.config("fwd", weight.dtype)
+    t, j = K.plan_shape("fwd", n, k, cfg)
+    plan = torch.empty((t, j), dtype=torch.int32, device=weight.device)
+    counts = torch.empty((t, 2), dtype=torch.int32, device=weight.device)
+    K.made_plan(out_deg, in_deg, plan, counts, strict, True, cfg.block_n, cfg.block_k)
+    zz = z if act == "gelu" else None
+    K.masked_linear_fwd(x_bits, weight, bias, in_deg, out_deg, plan, counts, y, zz, strict, act, cfg, x_bits=True)
+    return y, z
 
-    def backward(grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b):
-        n, k = weight.shape
-        m = x_bits.shape[0]
-        dw = weight.new_empty((n, k) if need_w else (0,))
-        db = weight.new_empty((n,) if need_b else (0,))
-        grad = grad.contiguous()
-        if need_w:
-            if m == 0 or k == 0 or n == 0:
-                dw.zero_()
-            else:
-                kern = _kernels()
-                kern.masked_linear_dw(
-                    grad,
-                    saved if act != "none" else None,
-                    x_bits,
-                    in_deg,
-                    out_deg,
-                    dw,
-                    db if need_b and m and n else None,
-                    strict,
-                    act,
-                    kern.config("dw", weight.dtype),
-                    x_bits=True,
-                )
-        if need_b and not (need_w and m and n and k):
-            db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
-        return dw, db
 
-    fwd = _registry.define(
-        f"masked_linear_bits_{b}",
-        "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
-        "str activation) -> (Tensor, Tensor)",
-        _on_device(forward),
-        lambda x_bits, weight, bias, i, o, strict, act: new_y(x_bits, weight, act),
-    )
-    bwd = _registry.define(
-        f"masked_linear_bits_backward_{b}",
+def _bits_grad_out(grad, saved, xb, weight, i, o, strict, act, need_w, need_b):
+    return weight.new_empty(weight.shape if need_w else (0,)), weight.new_empty((weight.shape[0],) if need_b else (0,))
+
+
+def _bits_bwd(K, grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b):
+    dw, db = _bits_grad_out(grad, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
+    n, k = weight.shape
+    m = x_bits.shape[0]
+    grad = grad.contiguous()
+    if need_w:
+        if m == 0 or k == 0 or n == 0:
+            dw.zero_()
+        else:
+            K.masked_linear_dw(
+                grad,
+                saved if act != "none" else None,
+                x_bits,
+                in_deg,
+                out_deg,
+                dw,
+                db if need_b and m and n else None,
+                strict,
+                act,
+                K.config("dw", weight.dtype),
+                x_bits=True,
+            )
+    if need_b and not (need_w and m and n and k):
+        db.copy_(_act_grad(grad, saved, act).sum(0) if m else torch.zeros_like(db))
+    return dw, db
+
+
+def _bits_grads(c, gy, _gz):
+    x_bits, weight, in_deg, out_deg, saved = c.saved
+    strict, act, has_bias = c.args
+    need_w, need_b = c.needs.weight, has_bias and c.needs.bias
+    dw, db = c.bwd(gy, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
+    return {"weight": dw if need_w else None, "bias": db if need_b else None}
+
+
+MASKED_LINEAR_BITS = OpSpec(
+    "masked_linear_bits",
+    "(Tensor x_bits, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, bool strict, "
+    "str activation) -> (Tensor, Tensor)",
+    _bits_fwd,
+    lambda x_bits, weight, bias, i, o, strict, act: _bits_out(x_bits, weight, act),
+    Backward(
         "(Tensor grad, Tensor saved, Tensor x_bits, Tensor weight, Tensor in_degrees, Tensor out_degrees, "
         "bool strict, str activation, bool need_weight, bool need_bias) -> (Tensor, Tensor)",
-        _on_device(backward),
-        lambda grad, saved, xb, weight, i, o, strict, act, nw, nb: (
-            weight.new_empty(weight.shape if nw else (0,)),
-            weight.new_empty((weight.shape[0],) if nb else (0,)),
+        _bits_bwd,
+        _bits_grad_out,
+        save=lambda i, out: (
+            (i.x_bits, i.weight, i.in_degrees, i.out_degrees, out[1] if i.activation == "gelu" else out[0]),
+            (i.strict, i.activation, i.bias is not None),
         ),
-    )
-
-    def setup(ctx, inputs, output):
-        x_bits, weight, bias, in_deg, out_deg, strict, act = inputs
-        y, z = output
-        ctx.save_for_backward(x_bits, weight, in_deg, out_deg, z if act == "gelu" else y)
-        ctx.args = (strict, act, bias is not None)
-
-    def grad_fn(ctx, gy, _gz, _bwd=bwd):
-        x_bits, weight, in_deg, out_deg, saved = ctx.saved_tensors
-        strict, act, has_bias = ctx.args
-        need_w, need_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-        dw, db = _bwd(gy, saved, x_bits, weight, in_deg, out_deg, strict, act, need_w, need_b)
-        return None, dw if need_w else None, db if need_b else None, None, None, None, None
-
-    fwd.register_autograd(grad_fn, setup_context=setup)
-
-
-_register_bits()
+        grads=_bits_grads,
+    ),
+)
+register(MASKED_LINEAR_BITS, "triton", _kernels)
 
 
 def pack_bits(x: torch.Tensor) -> torch.Tensor:
@@ -358,77 +326,78 @@ def _new_affine(h, weight, x, save_params: bool):
     return (x.new_empty((m, n // 2)), x.new_empty((m,)), h.new_empty((m, n) if save_params else (0,)))
 
 
-def _register_affine() -> None:
-    b = "triton"
-
-    def forward(h, weight, bias, in_deg, out_deg, x, save_params):
-        z, logdet, params = _new_affine(h, weight, x, save_params)
-        m, k = h.shape
-        n = weight.shape[0]
-        if m == 0:
-            return z, logdet, params
-        kern = _kernels()
-        cfg = kern.config("fwd", h.dtype)
-        t, j = kern.plan_shape("fwd", n, k, cfg)
-        if k == 0 or n == 0:
-            pre = (bias.float() if bias is not None else h.new_zeros((n,), dtype=torch.float32)).expand(m, n)
-            zz, ld = ref.made_affine_forward(
-                h.new_zeros((m, 0), dtype=torch.float32), pre.new_zeros((n, 0)), pre[0], in_deg, out_deg, x.float()
-            )
-            z.copy_(zz)
-            logdet.copy_(ld)
-            if save_params:
-                params.copy_(pre)
-            return z, logdet, params
-        plan = torch.empty((t, j), dtype=torch.int32, device=h.device)
-        counts = torch.empty((t, 2), dtype=torch.int32, device=h.device)
-        ld_part = torch.empty((m, t), dtype=torch.float32, device=h.device)
-        kern.made_plan(out_deg, in_deg, plan, counts, True, True, cfg.block_n, cfg.block_k)
-        kern.made_affine_fwd(
-            h, weight, bias, in_deg, out_deg, plan, counts, x, z, params if save_params else None, ld_part, cfg
-        )
-        logdet.copy_(ld_part.sum(dim=1))
+def _affine_fwd(K, h, weight, bias, in_deg, out_deg, x, save_params):
+    z, logdet, params = _new_affine(h, weight, x, save_params)
+    m, k = h.shape
+    n = weight.shape[0]
+    if m == 0:
         return z, logdet, params
-
-    fwd = _registry.define(
-        f"made_affine_{b}",
-        "(Tensor h, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, Tensor x, "
-        "bool save_params) -> (Tensor, Tensor, Tensor)",
-        _on_device(forward),
-        lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save),
-    )
-
-    def setup(ctx, inputs, output):
-        h, weight, bias, in_deg, out_deg, x, save_params = inputs
-        ctx.mark_non_differentiable(output[2])
-        ctx.save_for_backward(h, weight, in_deg, out_deg, x, output[2])
-        ctx.has_bias = bias is not None
-
-    def grad_fn(ctx, gz, gld, _gp):
-        h, weight, in_deg, out_deg, x, params = ctx.saved_tensors
-        if params.numel() != h.shape[0] * weight.shape[0]:
-            raise RuntimeError(
-                "made_affine: backward needs the parameters; call it with save_params=True "
-                "(pygen.ops.made_affine_forward does when autograd records)"
-            )
-        p = params.float().view(*x.shape, 2)
-        s = torch.sigmoid(p[..., 0] + ref.AFFINE_SCALE_SHIFT)
-        scale = s + ref.AFFINE_EPS
-        ds = s * (1 - s)
-        g_a = gz.float() * x.float() * ds + gld.float()[:, None] * ds / scale
-        g_params = torch.stack([g_a, gz.float()], dim=-1).reshape(params.shape).to(params.dtype)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = ctx.has_bias and ctx.needs_input_grad[2]
-        dh, dw, db = _registry.get(f"masked_linear_backward_{b}")(
-            g_params, g_params.new_empty(0), h, weight, in_deg, out_deg, None, True, "none", need_h, need_w, need_b
+    cfg = K.config("fwd", h.dtype)
+    t, j = K.plan_shape("fwd", n, k, cfg)
+    if k == 0 or n == 0:
+        pre = (bias.float() if bias is not None else h.new_zeros((n,), dtype=torch.float32)).expand(m, n)
+        zz, ld = ref.made_affine_forward(
+            h.new_zeros((m, 0), dtype=torch.float32), pre.new_zeros((n, 0)), pre[0], in_deg, out_deg, x.float()
         )
-        dx = (gz.float() * scale).to(x.dtype) if ctx.needs_input_grad[5] else None
-        return (dh if need_h else None, dw if need_w else None, db if need_b else None, None, None, dx, None)
+        z.copy_(zz)
+        logdet.copy_(ld)
+        if save_params:
+            params.copy_(pre)
+        return z, logdet, params
+    plan = torch.empty((t, j), dtype=torch.int32, device=h.device)
+    counts = torch.empty((t, 2), dtype=torch.int32, device=h.device)
+    ld_part = torch.empty((m, t), dtype=torch.float32, device=h.device)
+    K.made_plan(out_deg, in_deg, plan, counts, True, True, cfg.block_n, cfg.block_k)
+    K.made_affine_fwd(
+        h, weight, bias, in_deg, out_deg, plan, counts, x, z, params if save_params else None, ld_part, cfg
+    )
+    logdet.copy_(ld_part.sum(dim=1))
+    return z, logdet, params
 
-    fwd.register_autograd(grad_fn, setup_context=setup)
+
+def _affine_grads(c, gz, gld, _gp):
+    """The affine head's parameter gradient in PyTorch, then masked_linear's backward kernel."""
+    h, weight, in_deg, out_deg, x, params = c.saved
+    (has_bias,) = c.args
+    if params.numel() != h.shape[0] * weight.shape[0]:
+        raise RuntimeError(
+            "made_affine: backward needs the parameters; call it with save_params=True "
+            "(pygen.ops.made_affine_forward does when autograd records)"
+        )
+    p = params.float().view(*x.shape, 2)
+    s = torch.sigmoid(p[..., 0] + ref.AFFINE_SCALE_SHIFT)
+    scale = s + ref.AFFINE_EPS
+    ds = s * (1 - s)
+    g_a = gz.float() * x.float() * ds + gld.float()[:, None] * ds / scale
+    g_params = torch.stack([g_a, gz.float()], dim=-1).reshape(params.shape).to(params.dtype)
+    need_h, need_w, need_b = c.needs.h, c.needs.weight, has_bias and c.needs.bias
+    dh, dw, db = _registry.get("masked_linear_backward_triton")(
+        g_params, g_params.new_empty(0), h, weight, in_deg, out_deg, None, True, "none", need_h, need_w, need_b
+    )
+    return {
+        "h": dh if need_h else None,
+        "weight": dw if need_w else None,
+        "bias": db if need_b else None,
+        "x": (gz.float() * scale).to(x.dtype) if c.needs.x else None,
+    }
 
 
-_register_affine()
+MADE_AFFINE = OpSpec(
+    "made_affine",
+    "(Tensor h, Tensor weight, Tensor? bias, Tensor in_degrees, Tensor out_degrees, Tensor x, "
+    "bool save_params) -> (Tensor, Tensor, Tensor)",
+    _affine_fwd,
+    lambda h, weight, bias, i, o, x, save: _new_affine(h, weight, x, save),
+    Backward(
+        None,
+        None,
+        None,
+        save=lambda i, out: ((i.h, i.weight, i.in_degrees, i.out_degrees, i.x, out[2]), (i.bias is not None,)),
+        grads=_affine_grads,
+    ),
+    non_differentiable=(2,),
+)
+register(MADE_AFFINE, "triton", _kernels)
 
 
 def made_affine_forward(

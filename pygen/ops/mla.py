@@ -35,6 +35,7 @@ import torch
 from .. import _backend
 from ..ref import mla as ref
 from . import _mla_checks as chk, _registry
+from ._registry import Backward, OpSpec, register
 
 __all__ = [
     "mla_decode",
@@ -57,9 +58,6 @@ def _kernels():
     from pygen.kernels import mla  # lazily: triton may be missing
 
     return mla
-
-
-_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
@@ -98,156 +96,151 @@ def _new_merge(out_a):
     return out_a.new_empty((t, h, d)), out_a.new_empty((h, t), dtype=torch.float32)
 
 
-def _register_triton() -> None:
-    b = "triton"
-
-    def decode(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal, num_splits):
-        out, lse = _new_decode(q, head_dim_v)
-        if q.numel() == 0:
-            return out, lse
-        # the kernels index these with unit inner strides
-        _kernels().mla_decode(
-            q, kv_cache, block_table.contiguous(), cache_seqlens.contiguous(), out, lse, scale, causal, num_splits
-        )
+# ---- implementations (K = kernels/mla.py, *schema arguments) ----------------------------------
+def _decode(K, q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal, num_splits):
+    out, lse = _new_decode(q, head_dim_v)
+    if q.numel() == 0:
         return out, lse
+    # the kernels index these with unit inner strides
+    K.mla_decode(q, kv_cache, block_table.contiguous(), cache_seqlens.contiguous(), out, lse, scale, causal, num_splits)
+    return out, lse
 
-    _registry.define(
-        f"mla_decode_{b}",
+
+def _append(K, kv_cache, block_table, positions, latent, k_rope):
+    if positions.numel() == 0:
+        return
+    block_table = block_table.contiguous()
+    if kv_cache.dtype == torch.uint8:
+        # quantised with torch ops (the Triton interpreter's fp32->fp8 cast rounds wrongly);
+        # the kernel scatters the packed 656-byte tokens into their pages
+        K.mla_cache_append(kv_cache, block_table, positions, ref.fp8_quantize(latent, k_rope), None)
+    else:
+        # cast with torch first: the interpreter truncates fp32->bf16 stores instead of rounding
+        K.mla_cache_append(kv_cache, block_table, positions, latent.to(kv_cache.dtype), k_rope.to(kv_cache.dtype))
+
+
+def _prefill(K, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
+    out, lse = _new_prefill(q, v)
+    if q.numel() == 0 or out.numel() == 0:
+        lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    K.mla_prefill_fwd(q, k, v, cu_q.contiguous(), cu_k.contiguous(), max_q, max_k, out, lse, scale, causal)
+    return out, lse
+
+
+def _prefill_bwd(K, grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal):
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
+        return dq, dk, dv
+    K.mla_prefill_bwd(
+        grad_out.contiguous(),
+        grad_lse.contiguous(),
+        q,
+        k,
+        v,
+        out,
+        lse.contiguous(),
+        cu_q.contiguous(),
+        cu_k.contiguous(),
+        max_q,
+        max_k,
+        dq,
+        dk,
+        dv,
+        scale,
+        causal,
+    )
+    return dq, dk, dv
+
+
+def _prefill_grads(c, g_out, g_lse):
+    q, k, v, out, lse, cu_q, cu_k = c.saved
+    g_out = torch.zeros_like(out) if g_out is None else g_out
+    g_lse = torch.zeros_like(lse) if g_lse is None else g_lse
+    dq, dk, dv = c.bwd(g_out, g_lse, q, k, v, out, lse, cu_q, cu_k, *c.args)
+    return {"q": dq, "k": dk, "v": dv}
+
+
+def _merge(K, out_a, lse_a, out_b, lse_b):
+    out, lse = _new_merge(out_a)
+    if out.numel() == 0 and lse.numel() == 0:
+        return out, lse
+    K.merge_attn_states(out_a, lse_a.contiguous(), out_b, lse_b.contiguous(), out, lse)
+    return out, lse
+
+
+def _merge_grads(c, g_out, g_lse):
+    # out = wa oa + wb ob with wa = exp(lse_a - lse): d oa = wa g, d lse_a = wa (<g, oa - out> + g_lse)
+    out_a, lse_a, out_b, lse_b, out, lse = c.saved
+    fin = torch.isfinite(lse)
+    safe = torch.where(fin, lse, torch.zeros_like(lse))
+    wa = torch.where(fin, torch.exp(lse_a.float() - safe), torch.zeros_like(safe))
+    wb = torch.where(fin, torch.exp(lse_b.float() - safe), torch.zeros_like(safe))
+    g = g_out.float() if g_out is not None else torch.zeros_like(out, dtype=torch.float32)
+    gl = g_lse.float() if g_lse is not None else torch.zeros_like(wa)
+    o = out.float()
+    ta = (g * (out_a.float() - o)).sum(-1).transpose(0, 1)
+    tb = (g * (out_b.float() - o)).sum(-1).transpose(0, 1)
+    return {
+        "out_a": (g * wa.transpose(0, 1).unsqueeze(-1)).to(out_a.dtype),
+        "lse_a": (wa * (ta + gl)).to(lse_a.dtype),
+        "out_b": (g * wb.transpose(0, 1).unsqueeze(-1)).to(out_b.dtype),
+        "lse_b": (wb * (tb + gl)).to(lse_b.dtype),
+    }
+
+
+# ---- the ops (triton; the reference path is plain PyTorch) --------------------------------------
+SPECS = (
+    OpSpec(
+        "mla_decode",
         "(Tensor q, Tensor kv_cache, Tensor block_table, Tensor cache_seqlens, int head_dim_v, "
         "float softmax_scale, bool causal, int num_splits) -> (Tensor, Tensor)",
-        _on_device(decode),
+        _decode,
         lambda q, kv, bt, sl, dv, sc, c, ns: _new_decode(q, dv),
-    )
-
-    def append(kv_cache, block_table, positions, latent, k_rope):
-        if positions.numel() == 0:
-            return
-        kern = _kernels()
-        block_table = block_table.contiguous()
-        if kv_cache.dtype == torch.uint8:
-            # quantised with torch ops (the Triton interpreter's fp32->fp8 cast rounds wrongly);
-            # the kernel scatters the packed 656-byte tokens into their pages
-            rows = ref.fp8_quantize(latent, k_rope)
-            kern.mla_cache_append(kv_cache, block_table, positions, rows, None)
-        else:
-            # cast with torch first: the interpreter truncates fp32->bf16 stores instead of rounding
-            kern.mla_cache_append(
-                kv_cache, block_table, positions, latent.to(kv_cache.dtype), k_rope.to(kv_cache.dtype)
-            )
-
-    op = torch.library.custom_op(
-        f"pygen::mla_cache_append_{b}",
-        _on_device(append),
-        mutates_args=("kv_cache",),
-        schema="(Tensor(a!) kv_cache, Tensor block_table, Tensor positions, Tensor latent, Tensor k_rope) -> ()",
-    )
-    op.register_fake(lambda kv, bt, pos, lat, rope: None)
-    _registry._OPS[f"mla_cache_append_{b}"] = op
-
-    def prefill(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
-        out, lse = _new_prefill(q, v)
-        if q.numel() == 0 or out.numel() == 0:
-            lse.fill_(float("-inf"))
-            return out.zero_(), lse
-        _kernels().mla_prefill_fwd(q, k, v, cu_q.contiguous(), cu_k.contiguous(), max_q, max_k, out, lse, scale, causal)
-        return out, lse
-
-    def prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal):
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
-            return dq, dk, dv
-        _kernels().mla_prefill_bwd(
-            grad_out.contiguous(),
-            grad_lse.contiguous(),
-            q,
-            k,
-            v,
-            out,
-            lse.contiguous(),
-            cu_q.contiguous(),
-            cu_k.contiguous(),
-            max_q,
-            max_k,
-            dq,
-            dk,
-            dv,
-            scale,
-            causal,
-        )
-        return dq, dk, dv
-
-    fwd = _registry.define(
-        f"mla_prefill_{b}",
+    ),
+    OpSpec(
+        "mla_cache_append",
+        "(Tensor(a!) kv_cache, Tensor block_table, Tensor positions, Tensor latent, Tensor k_rope) -> ()",
+        _append,
+        lambda kv, bt, pos, lat, rope: None,
+        mutates=("kv_cache",),
+    ),
+    OpSpec(
+        "mla_prefill",
         "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
         "int max_seqlen_k, float softmax_scale, bool causal) -> (Tensor, Tensor)",
-        _on_device(prefill),
-        lambda q, k, v, *a: _new_prefill(q, v),
-    )
-    bwd = _registry.define(
-        f"mla_prefill_backward_{b}",
-        "(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
-        "bool causal) -> (Tensor, Tensor, Tensor)",
-        _on_device(prefill_bwd),
-        lambda go, gl, q, k, v, *a: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
-    )
-
-    def setup(ctx, inputs, output):
-        q, k, v, cu_q, cu_k, max_q, max_k, scale, causal = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-        ctx.args = (max_q, max_k, scale, causal)
-
-    def grad_fn(ctx, g_out, g_lse, _bwd=bwd):
-        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-        if g_out is None:
-            g_out = torch.zeros_like(out)
-        if g_lse is None:
-            g_lse = torch.zeros_like(lse)
-        dq, dk, dv = _bwd(g_out, g_lse, q, k, v, out, lse, cu_q, cu_k, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
-
-    fwd.register_autograd(grad_fn, setup_context=setup)
-
-    def merge(out_a, lse_a, out_b, lse_b):
-        out, lse = _new_merge(out_a)
-        if out.numel() == 0 and lse.numel() == 0:
-            return out, lse
-        _kernels().merge_attn_states(out_a, lse_a.contiguous(), out_b, lse_b.contiguous(), out, lse)
-        return out, lse
-
-    mfwd = _registry.define(
-        f"merge_attn_states_{b}",
+        _prefill,
+        lambda q, k, v, *_: _new_prefill(q, v),
+        Backward(
+            "(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+            "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
+            "bool causal) -> (Tensor, Tensor, Tensor)",
+            _prefill_bwd,
+            lambda go, gl, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
+            save=lambda i, out: (
+                (i.q, i.k, i.v, out[0], out[1], i.cu_seqlens_q, i.cu_seqlens_k),
+                (i.max_seqlen_q, i.max_seqlen_k, i.softmax_scale, i.causal),
+            ),
+            grads=_prefill_grads,
+        ),
+    ),
+    OpSpec(
+        "merge_attn_states",
         "(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
-        _on_device(merge),
+        _merge,
         lambda oa, la, ob, lb: _new_merge(oa),
-    )
+        Backward(
+            None,
+            None,
+            None,
+            save=lambda i, out: ((i.out_a, i.lse_a, i.out_b, i.lse_b, out[0], out[1]), ()),
+            grads=_merge_grads,
+        ),
+    ),
+)
 
-    def msetup(ctx, inputs, output):
-        out_a, lse_a, out_b, lse_b = inputs
-        out, lse = output
-        ctx.save_for_backward(out_a, lse_a, out_b, lse_b, out, lse)
-
-    def mgrad(ctx, g_out, g_lse):
-        # out = wa oa + wb ob with wa = exp(lse_a - lse): d oa = wa g, d lse_a = wa (<g, oa - out> + g_lse)
-        out_a, lse_a, out_b, lse_b, out, lse = ctx.saved_tensors
-        fin = torch.isfinite(lse)
-        safe = torch.where(fin, lse, torch.zeros_like(lse))
-        wa = torch.where(fin, torch.exp(lse_a.float() - safe), torch.zeros_like(safe))
-        wb = torch.where(fin, torch.exp(lse_b.float() - safe), torch.zeros_like(safe))
-        g = g_out.float() if g_out is not None else torch.zeros_like(out, dtype=torch.float32)
-        gl = g_lse.float() if g_lse is not None else torch.zeros_like(wa)
-        o = out.float()
-        ta = (g * (out_a.float() - o)).sum(-1).transpose(0, 1)
-        tb = (g * (out_b.float() - o)).sum(-1).transpose(0, 1)
-        d_oa = (g * wa.transpose(0, 1).unsqueeze(-1)).to(out_a.dtype)
-        d_ob = (g * wb.transpose(0, 1).unsqueeze(-1)).to(out_b.dtype)
-        return d_oa, (wa * (ta + gl)).to(lse_a.dtype), d_ob, (wb * (tb + gl)).to(lse_b.dtype)
-
-    mfwd.register_autograd(mgrad, setup_context=msetup)
-
-
-_register_triton()
+for _spec in SPECS:
+    register(_spec, "triton", _kernels)
 
 
 # ---- public functions -----------------------------------------------------------------------

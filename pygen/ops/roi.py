@@ -21,6 +21,7 @@ import torch
 from .. import _backend
 from ..ref import roi as ref
 from . import _registry
+from ._registry import Backward, OpSpec, register
 from ._roi_checks import check_features, check_input, integer, output_pair, positive_scale, ps_channels, rois_from_boxes
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"]
@@ -51,256 +52,218 @@ def _deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
-def _register(backend: str) -> None:
-    """Define the forward and backward ops of every RoI function for one kernel backend."""
-    b = backend
-    launch = lambda: _launcher(b)  # imported lazily: a backend may be missing
+def _finish(acc: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
 
-    def finish(acc, grad):
-        return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
 
-    # ---- roi_align -----------------------------------------------------------------------
-    def roi_align_fwd(input, rois, ph, pw, scale, sampling_ratio, aligned):
-        out = _new_out(input, rois, input.shape[1], ph, pw)
-        if out.numel() and input.numel():
-            launch().roi_align_fwd(input, rois, out, scale, sampling_ratio, aligned)
-        return out
+# ---- implementations: (L = the backend's launcher module, *schema arguments) -------------------
+def _roi_align_fwd(L, input, rois, ph, pw, scale, sampling_ratio, aligned):
+    out = _new_out(input, rois, input.shape[1], ph, pw)
+    if out.numel() and input.numel():
+        L.roi_align_fwd(input, rois, out, scale, sampling_ratio, aligned)
+    return out
 
-    def roi_align_bwd(grad, rois, n, c, h, w, scale, sampling_ratio, aligned, deterministic):
-        acc = _new_grad(grad, n, c, h, w, acc=True)
-        if grad.numel() and acc.numel():
-            launch().roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, aligned, deterministic)
-        return finish(acc, grad)
 
-    fwd = _registry.define(
-        f"roi_align_{b}",
-        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
-        "int sampling_ratio, bool aligned) -> Tensor",
-        roi_align_fwd,
-        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1], ph, pw),
-    )
-    bwd = _registry.define(
-        f"roi_align_backward_{b}",
-        "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
-        "float spatial_scale, int sampling_ratio, bool aligned, bool deterministic) -> Tensor",
-        roi_align_bwd,
-        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
-    )
+def _roi_align_bwd(L, grad, rois, n, c, h, w, scale, sampling_ratio, aligned, deterministic):
+    acc = _new_grad(grad, n, c, h, w, acc=True)
+    if grad.numel() and acc.numel():
+        L.roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, aligned, deterministic)
+    return _finish(acc, grad)
 
-    def roi_align_setup(ctx, inputs, output):
-        input, rois, _, _, scale, sampling_ratio, aligned = inputs
-        ctx.save_for_backward(rois)
-        ctx.args = (*input.shape, scale, sampling_ratio, aligned)
 
-    def roi_align_grad(ctx, grad, _bwd=bwd):
-        (rois,) = ctx.saved_tensors
-        return _bwd(grad, rois, *ctx.args, _deterministic()), None, None, None, None, None, None
+def _roi_pool_fwd(L, input, rois, ph, pw, scale):
+    out = _new_out(input, rois, input.shape[1], ph, pw)
+    argmax = torch.full(out.shape, -1, dtype=torch.int32, device=input.device)
+    if out.numel() and input.numel():
+        L.roi_pool_fwd(input, rois, out, argmax, scale)
+    return out, argmax
 
-    fwd.register_autograd(roi_align_grad, setup_context=roi_align_setup)
 
-    # ---- roi_pool --------------------------------------------------------------------------
-    def roi_pool_fwd(input, rois, ph, pw, scale):
-        out = _new_out(input, rois, input.shape[1], ph, pw)
-        argmax = torch.full(out.shape, -1, dtype=torch.int32, device=input.device)
-        if out.numel() and input.numel():
-            launch().roi_pool_fwd(input, rois, out, argmax, scale)
-        return out, argmax
+def _roi_pool_fake(input, rois, ph, pw, scale):
+    out = _new_out(input, rois, input.shape[1], ph, pw)
+    return out, torch.empty(out.shape, dtype=torch.int32, device=input.device)
 
-    def roi_pool_fake(input, rois, ph, pw, scale):
-        out = _new_out(input, rois, input.shape[1], ph, pw)
-        return out, torch.empty(out.shape, dtype=torch.int32, device=input.device)
 
-    def roi_pool_bwd(grad, argmax, rois, n, c, h, w, deterministic):
-        acc = _new_grad(grad, n, c, h, w, acc=True)
-        if grad.numel() and acc.numel():
-            launch().roi_pool_bwd(grad.contiguous(), argmax, rois, acc, deterministic)
-        return finish(acc, grad)
+def _roi_pool_bwd(L, grad, argmax, rois, n, c, h, w, deterministic):
+    acc = _new_grad(grad, n, c, h, w, acc=True)
+    if grad.numel() and acc.numel():
+        L.roi_pool_bwd(grad.contiguous(), argmax, rois, acc, deterministic)
+    return _finish(acc, grad)
 
-    fwd = _registry.define(
-        f"roi_pool_{b}",
-        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> (Tensor, Tensor)",
-        roi_pool_fwd,
-        roi_pool_fake,
-    )
-    bwd = _registry.define(
-        f"roi_pool_backward_{b}",
-        "(Tensor grad, Tensor argmax, Tensor rois, int batch, int channels, int height, int width, "
-        "bool deterministic) -> Tensor",
-        roi_pool_bwd,
-        lambda grad, argmax, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
-    )
 
-    def roi_pool_setup(ctx, inputs, output):
-        input, rois = inputs[0], inputs[1]
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1], rois)
-        ctx.args = tuple(input.shape)
+def _ps_out(input, rois, ph, pw):
+    return _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw)
 
-    def roi_pool_grad(ctx, grad, _grad_argmax, _bwd=bwd):
-        argmax, rois = ctx.saved_tensors
-        return _bwd(grad, argmax, rois, *ctx.args, _deterministic()), None, None, None, None
 
-    fwd.register_autograd(roi_pool_grad, setup_context=roi_pool_setup)
+def _ps_roi_align_fwd(L, input, rois, ph, pw, scale, sampling_ratio):
+    out = _ps_out(input, rois, ph, pw)
+    if out.numel() and input.numel():
+        L.ps_roi_align_fwd(input, rois, out, scale, sampling_ratio)
+    return out
 
-    # ---- ps_roi_align ------------------------------------------------------------------------
-    def ps_roi_align_fwd(input, rois, ph, pw, scale, sampling_ratio):
-        out = _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw)
-        if out.numel() and input.numel():
-            launch().ps_roi_align_fwd(input, rois, out, scale, sampling_ratio)
-        return out
 
-    def ps_roi_align_bwd(grad, rois, n, c, h, w, scale, sampling_ratio, deterministic):
-        acc = _new_grad(grad, n, c, h, w, acc=True)
-        if grad.numel() and acc.numel():
-            launch().ps_roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, deterministic)
-        return finish(acc, grad)
+def _ps_roi_align_bwd(L, grad, rois, n, c, h, w, scale, sampling_ratio, deterministic):
+    acc = _new_grad(grad, n, c, h, w, acc=True)
+    if grad.numel() and acc.numel():
+        L.ps_roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, deterministic)
+    return _finish(acc, grad)
 
-    fwd = _registry.define(
-        f"ps_roi_align_{b}",
-        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
-        "int sampling_ratio) -> Tensor",
-        ps_roi_align_fwd,
-        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw),
-    )
-    bwd = _registry.define(
-        f"ps_roi_align_backward_{b}",
-        "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
-        "float spatial_scale, int sampling_ratio, bool deterministic) -> Tensor",
-        ps_roi_align_bwd,
-        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
-    )
 
-    def ps_roi_align_setup(ctx, inputs, output):
-        input, rois, _, _, scale, sampling_ratio = inputs
-        ctx.save_for_backward(rois)
-        ctx.args = (*input.shape, scale, sampling_ratio)
+def _ps_roi_pool_fwd(L, input, rois, ph, pw, scale):
+    out = _ps_out(input, rois, ph, pw)
+    if out.numel() and input.numel():
+        L.ps_roi_pool_fwd(input, rois, out, scale)
+    return out
 
-    def ps_roi_align_grad(ctx, grad, _bwd=bwd):
-        (rois,) = ctx.saved_tensors
-        return _bwd(grad, rois, *ctx.args, _deterministic()), None, None, None, None, None
 
-    fwd.register_autograd(ps_roi_align_grad, setup_context=ps_roi_align_setup)
+def _ps_roi_pool_bwd(L, grad, rois, n, c, h, w, scale, deterministic):
+    acc = _new_grad(grad, n, c, h, w, acc=True)
+    if grad.numel() and acc.numel():
+        L.ps_roi_pool_bwd(grad.contiguous(), rois, acc, scale, deterministic)
+    return _finish(acc, grad)
 
-    # ---- ps_roi_pool -------------------------------------------------------------------------
-    def ps_roi_pool_fwd(input, rois, ph, pw, scale):
-        out = _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw)
-        if out.numel() and input.numel():
-            launch().ps_roi_pool_fwd(input, rois, out, scale)
-        return out
 
-    def ps_roi_pool_bwd(grad, rois, n, c, h, w, scale, deterministic):
-        acc = _new_grad(grad, n, c, h, w, acc=True)
-        if grad.numel() and acc.numel():
-            launch().ps_roi_pool_bwd(grad.contiguous(), rois, acc, scale, deterministic)
-        return finish(acc, grad)
+def _ms_fwd(L, features, rois, ph, pw, scales, sampling_ratio, canonical_scale, canonical_level, aligned):
+    out = _new_out(features[0], rois, features[0].shape[1], ph, pw)
+    if out.numel() and any(f.numel() for f in features):
+        L.multi_scale_roi_align_fwd(
+            list(features), rois, out, list(scales), sampling_ratio, aligned, canonical_scale, canonical_level
+        )
+    return out
 
-    fwd = _registry.define(
-        f"ps_roi_pool_{b}",
-        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> Tensor",
-        ps_roi_pool_fwd,
-        lambda input, rois, ph, pw, *a: _new_out(input, rois, input.shape[1] // (ph * pw), ph, pw),
-    )
-    bwd = _registry.define(
-        f"ps_roi_pool_backward_{b}",
-        "(Tensor grad, Tensor rois, int batch, int channels, int height, int width, "
-        "float spatial_scale, bool deterministic) -> Tensor",
-        ps_roi_pool_bwd,
-        lambda grad, rois, n, c, h, w, *a: _new_grad(grad, n, c, h, w, acc=False),
-    )
 
-    def ps_roi_pool_setup(ctx, inputs, output):
-        input, rois, _, _, scale = inputs
-        ctx.save_for_backward(rois)
-        ctx.args = (*input.shape, scale)
-
-    def ps_roi_pool_grad(ctx, grad, _bwd=bwd):
-        (rois,) = ctx.saved_tensors
-        return _bwd(grad, rois, *ctx.args, _deterministic()), None, None, None, None
-
-    fwd.register_autograd(ps_roi_pool_grad, setup_context=ps_roi_pool_setup)
-
-    # ---- multi_scale_roi_align ---------------------------------------------------------------
-    def ms_fwd(features, rois, ph, pw, scales, sampling_ratio, canonical_scale, canonical_level, aligned):
-        out = _new_out(features[0], rois, features[0].shape[1], ph, pw)
-        if out.numel() and any(f.numel() for f in features):
-            launch().multi_scale_roi_align_fwd(
-                list(features), rois, out, list(scales), sampling_ratio, aligned, canonical_scale, canonical_level
-            )
-        return out
-
-    def ms_bwd(
-        grad,
-        rois,
-        batch,
-        channels,
-        heights,
-        widths,
-        scales,
-        sampling_ratio,
-        canonical_scale,
-        canonical_level,
-        aligned,
-        deterministic,
-    ):
-        accs = [_new_grad(grad, batch, channels, h, w, acc=True) for h, w in zip(heights, widths)]
-        if grad.numel() and any(a.numel() for a in accs):
-            launch().multi_scale_roi_align_bwd(
-                grad.contiguous(),
-                rois,
-                accs,
-                list(scales),
-                sampling_ratio,
-                aligned,
-                canonical_scale,
-                canonical_level,
-                deterministic,
-            )
-        return [finish(a, grad) for a in accs]
-
-    def ms_bwd_fake(grad, rois, batch, channels, heights, widths, *a):
-        return [_new_grad(grad, batch, channels, h, w, acc=False) for h, w in zip(heights, widths)]
-
-    fwd = _registry.define(
-        f"multi_scale_roi_align_{b}",
-        "(Tensor[] features, Tensor rois, int pooled_height, int pooled_width, float[] spatial_scales, "
-        "int sampling_ratio, float canonical_scale, float canonical_level, bool aligned) -> Tensor",
-        ms_fwd,
-        lambda features, rois, ph, pw, *a: _new_out(features[0], rois, features[0].shape[1], ph, pw),
-    )
-    bwd = _registry.define(
-        f"multi_scale_roi_align_backward_{b}",
-        "(Tensor grad, Tensor rois, int batch, int channels, int[] heights, int[] widths, "
-        "float[] spatial_scales, int sampling_ratio, float canonical_scale, float canonical_level, "
-        "bool aligned, bool deterministic) -> Tensor[]",
-        ms_bwd,
-        ms_bwd_fake,
-    )
-
-    def ms_setup(ctx, inputs, output):
-        features, rois, _, _, scales, sampling_ratio, canonical_scale, canonical_level, aligned = inputs
-        ctx.save_for_backward(rois)
-        ctx.args = (
-            features[0].shape[0],
-            features[0].shape[1],
-            [f.shape[2] for f in features],
-            [f.shape[3] for f in features],
-            scales,
+def _ms_bwd(
+    L,
+    grad,
+    rois,
+    n,
+    c,
+    heights,
+    widths,
+    scales,
+    sampling_ratio,
+    canonical_scale,
+    canonical_level,
+    aligned,
+    deterministic,
+):
+    accs = [_new_grad(grad, n, c, h, w, acc=True) for h, w in zip(heights, widths)]
+    if grad.numel() and any(a.numel() for a in accs):
+        L.multi_scale_roi_align_bwd(
+            grad.contiguous(),
+            rois,
+            accs,
+            list(scales),
             sampling_ratio,
+            aligned,
             canonical_scale,
             canonical_level,
-            aligned,
+            deterministic,
         )
+    return [_finish(a, grad) for a in accs]
 
-    def ms_grad(ctx, grad, _bwd=bwd):
-        (rois,) = ctx.saved_tensors
-        grads = _bwd(grad, rois, *ctx.args, _deterministic())
-        return list(grads), None, None, None, None, None, None, None, None
 
-    fwd.register_autograd(ms_grad, setup_context=ms_setup)
+def _grad_out(grad, rois, n, c, h, w, *_):
+    return _new_grad(grad, n, c, h, w, acc=False)
 
+
+# ---- the ops ----------------------------------------------------------------------------------
+# Backward arguments after the saved tensors: the input's shape, then the forward's scalars;
+# ``deterministic`` is read when the backward runs (torch.use_deterministic_algorithms).
+_GRAD_DIMS = "int batch, int channels, int height, int width"
+SPECS = (
+    OpSpec(
+        "roi_align",
+        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
+        "int sampling_ratio, bool aligned) -> Tensor",
+        _roi_align_fwd,
+        lambda input, rois, ph, pw, *_: _new_out(input, rois, input.shape[1], ph, pw),
+        Backward(
+            f"(Tensor grad, Tensor rois, {_GRAD_DIMS}, float spatial_scale, int sampling_ratio, bool aligned, "
+            "bool deterministic) -> Tensor",
+            _roi_align_bwd,
+            _grad_out,
+            save=lambda i, out: ((i.rois,), (*i.input.shape, i.spatial_scale, i.sampling_ratio, i.aligned)),
+            grads=lambda c, grad: {"input": c.bwd(grad, *c.saved, *c.args, _deterministic())},
+        ),
+    ),
+    OpSpec(
+        "roi_pool",
+        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> (Tensor, Tensor)",
+        _roi_pool_fwd,
+        _roi_pool_fake,
+        Backward(
+            f"(Tensor grad, Tensor argmax, Tensor rois, {_GRAD_DIMS}, bool deterministic) -> Tensor",
+            _roi_pool_bwd,
+            lambda grad, argmax, rois, n, c, h, w, *_: _new_grad(grad, n, c, h, w, acc=False),
+            save=lambda i, out: ((out[1], i.rois), tuple(i.input.shape)),
+            grads=lambda c, grad, _grad_argmax: {"input": c.bwd(grad, *c.saved, *c.args, _deterministic())},
+        ),
+        non_differentiable=(1,),
+    ),
+    OpSpec(
+        "ps_roi_align",
+        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale, "
+        "int sampling_ratio) -> Tensor",
+        _ps_roi_align_fwd,
+        lambda input, rois, ph, pw, *_: _ps_out(input, rois, ph, pw),
+        Backward(
+            f"(Tensor grad, Tensor rois, {_GRAD_DIMS}, float spatial_scale, int sampling_ratio, "
+            "bool deterministic) -> Tensor",
+            _ps_roi_align_bwd,
+            _grad_out,
+            save=lambda i, out: ((i.rois,), (*i.input.shape, i.spatial_scale, i.sampling_ratio)),
+            grads=lambda c, grad: {"input": c.bwd(grad, *c.saved, *c.args, _deterministic())},
+        ),
+    ),
+    OpSpec(
+        "ps_roi_pool",
+        "(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale) -> Tensor",
+        _ps_roi_pool_fwd,
+        lambda input, rois, ph, pw, *_: _ps_out(input, rois, ph, pw),
+        Backward(
+            f"(Tensor grad, Tensor rois, {_GRAD_DIMS}, float spatial_scale, bool deterministic) -> Tensor",
+            _ps_roi_pool_bwd,
+            _grad_out,
+            save=lambda i, out: ((i.rois,), (*i.input.shape, i.spatial_scale)),
+            grads=lambda c, grad: {"input": c.bwd(grad, *c.saved, *c.args, _deterministic())},
+        ),
+    ),
+    OpSpec(
+        "multi_scale_roi_align",
+        "(Tensor[] features, Tensor rois, int pooled_height, int pooled_width, float[] spatial_scales, "
+        "int sampling_ratio, float canonical_scale, float canonical_level, bool aligned) -> Tensor",
+        _ms_fwd,
+        lambda features, rois, ph, pw, *_: _new_out(features[0], rois, features[0].shape[1], ph, pw),
+        Backward(
+            "(Tensor grad, Tensor rois, int batch, int channels, int[] heights, int[] widths, "
+            "float[] spatial_scales, int sampling_ratio, float canonical_scale, float canonical_level, "
+            "bool aligned, bool deterministic) -> Tensor[]",
+            _ms_bwd,
+            lambda grad, rois, n, c, heights, widths, *_: [
+                _new_grad(grad, n, c, h, w, acc=False) for h, w in zip(heights, widths)
+            ],
+            save=lambda i, out: (
+                (i.rois,),
+                (
+                    *i.features[0].shape[:2],
+                    [f.shape[2] for f in i.features],
+                    [f.shape[3] for f in i.features],
+                    i.spatial_scales,
+                    i.sampling_ratio,
+                    i.canonical_scale,
+                    i.canonical_level,
+                    i.aligned,
+                ),
+            ),
+            grads=lambda c, grad: {"features": list(c.bwd(grad, *c.saved, *c.args, _deterministic()))},
+        ),
+    ),
+)
 
 for _b in _KERNEL_BACKENDS:
-    _register(_b)
+    for _spec in SPECS:
+        register(_spec, _b, lambda _b=_b: _launcher(_b))
 
 
 def _pick(name: str, input: torch.Tensor, backend: str | None) -> str:
