@@ -84,40 +84,20 @@ def _find_ninja() -> str | None:
     return shutil.which("ninja")
 
 
-def _cuda_home_of(nvcc: str) -> Path | None:
-    """Toolkit root of an nvcc found on PATH (which may be a wrapper script)."""
-    guess = Path(os.path.realpath(nvcc)).parent.parent
-    if (guess / "include" / "cuda_runtime_api.h").exists():
-        return guess
-    try:  # ask nvcc where it lives: its dry run prints "#$ TOP=<root>/bin/.."
-        out = subprocess.run(
-            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
-        if m:
-            top = Path(m.group(1).strip()).resolve()
-            if (top / "include" / "cuda_runtime_api.h").exists():
-                return top
-    except Exception:
-        pass
-    return None
+def _toolkit_finder():
+    """pygen/_cuda_toolkit.py, loaded by path: the one nvcc finder (pygen itself needs torch)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "pygen" / "_cuda_toolkit.py"
+    spec = importlib.util.spec_from_file_location("_pygen_cuda_toolkit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _find_cuda() -> tuple[str, Path] | None:
     """(nvcc, toolkit root) or None."""
-    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    for home in homes:
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc"), Path(home)
-    nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
-    if nvcc:
-        home = _cuda_home_of(nvcc)
-        if home is not None:
-            return nvcc, home
-    return None
+    return _toolkit_finder().find_cuda()
 
 
 def _cuda_lib_dir(home: Path) -> Path | None:

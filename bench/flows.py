@@ -9,6 +9,7 @@ and every step of a level sees the same shape, so the per-op cases are one step'
     affine_coupling   x_b [B, C/2, H, W] at level 1; (raw, t) = the channel halves of the
                       conditioner output [B, C, H, W] (views, read in place); clamp 2.0
     actnorm           x [B, C, H, W] at level 1, per-channel loc / log_scale
+    actnorm_init      the data-dependent init's statistics of the same x (forward only)
     inv_conv1x1_lu    x at level 1 (C = 12) and level 3 (C = 48), W formed from P, L, U, s
     inv_conv1x1       plain W at level 3 (C = 48): log-det from the batched slogdet
 plus ``b1024`` variants of the coupling and ActNorm at level 1 with batch 1024 (25 MB per
@@ -32,6 +33,7 @@ Byte model (E = bytes per element, N = elements of x_b / x, B = batch, C = chann
                     bwd   read x, raw, g; write dx, draw: 5*N*E (+ 4B); d shift = g is aliased
     actnorm         fwd   read x, write y: 2*N*E; bwd: read x, g, write dx: 3*N*E
                           (+ 8*B*C*ceil(S/BLOCK_S) partial sums, counted)
+    actnorm_init    fwd   read x twice (mean, then centred squares): 2*N*E
     conv 1x1        fwd   read x, write y: 2*N*E (+ C*C*E); bwd: dx pass 2*N*E + dW pass 2*N*E
     slogdet         fwd   n*d*d*E + 8n; bwd: n*d*d*E (read A) + n*d*d*4 (write grad) + 4n
     fwd+bwd               fwd + bwd
@@ -188,6 +190,28 @@ def _actnorm_case(s: GlowShape, batch: int, tag: str) -> Case:
     )
 
 
+def _actnorm_init_case(s: GlowShape, batch: int, tag: str) -> Case:
+    c, h, w = s.level(1)
+
+    def make(device, dtype) -> Inputs:
+        x = _randn((batch, c, h, w), 24, device, dtype, 2.0) + 1.0
+        return Inputs({"x": x}, [x], None)
+
+    return FlowCase(
+        FAMILY,
+        "actnorm_init",
+        tag,
+        {"B": batch, "C": c, "H": h, "W": w},
+        make,
+        # the harness compares one tensor: loc and log_scale stacked ([2, C], negligible)
+        lambda I, b: torch.stack(pygen.ops.actnorm_init(I.x, backend=b)),
+        (lambda x: torch.stack(ref.actnorm_init(x)), lambda I: (I.x,)),
+        lambda I, mode: 2 * I.x.numel() * I.x.element_size(),
+        "two passes over x: 2*N*E",
+        modes=("fwd",),
+    )
+
+
 # ---- invertible 1x1 conv ---------------------------------------------------------------------------
 def _conv_cases(s: GlowShape, tag: str) -> list[Case]:
     out = []
@@ -284,6 +308,7 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
         _coupling_cases(s, s.batch, f"{pre}glow-l1-b{s.batch}")
         + _coupling_cases(s, big, f"{pre}glow-l1-b{big}")
         + [_actnorm_case(s, s.batch, f"{pre}glow-l1-b{s.batch}"), _actnorm_case(s, big, f"{pre}glow-l1-b{big}")]
+        + [_actnorm_init_case(s, s.batch, f"{pre}glow-l1-b{s.batch}")]
         + _conv_cases(s, f"{pre}glow-b{s.batch}")
         + [_slogdet_case(n, d, pre.rstrip("-") or "issue3") for n, d in slog]
     )

@@ -10,7 +10,7 @@ coupling   x, r (raw log-scale), t (shift), y: [B, N] rows with unit inner strid
            stride (a channel-chunk view of the conditioner output qualifies); N = C_b*H*W.
            part: [B, n_split] float32 per-chunk log-det sums (n_split = 1: the log-det itself).
 actnorm    x, y: [B*C, S] contiguous (row = b*C + c, S = H*W); loc, p: [C] contiguous, p is
-           log_scale (LOG) or scale; logdet: [B] float32.
+           log_scale (LOG) or scale; logdet: [B] float32. Init: loc, log_scale [C] float32 out.
 conv 1x1   x: [B, C, S] with unit stride along S; w: [C, C] any strides (the transpose is passed
            as strides for dx = W^T g); y: [B, C, S] contiguous.
 
@@ -27,6 +27,8 @@ Glow scale    m = sigmoid(r + 2) (SIGMOID): fwd y = (x + t) m, logdet = sum log 
 actnorm       y = (x + loc)*m (fwd) or y = x/m - loc (rev), m = exp(p) or p;
               logdet = +-S * sum_c log|m_c|; bwd: din = g*m^{+-1} plus per-channel sums
               A_c = sum g, B_c = sum g*in, finished per channel (see _actnorm_bwd_finish_kernel)
+actnorm init  loc_c = -mean_c, log_scale_c = -log(std_c + eps) over (B, S), std the population
+              std (Glow's data-dependent init); one program per channel, two passes
 conv 1x1      y[b] = W x[b];  dx[b] = W^T g[b];  dW = sum_b g[b] x[b]^T  (fp32 IEEE dots: no TF32)
 
 Grids
@@ -405,6 +407,50 @@ def _actnorm_bwd_finish_kernel(
     tl.store(dp_ptr + cc, dp, mask=cm)
 
 
+@triton.jit
+def _channel_sum(x_ptr, c, B, C, S, mean, CENTRED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Sum over channel c of x [B*C, S] (CENTRED: of (x - mean)^2), in float32; a [BLOCK_B, BLOCK_S]
+    tile keeps the lanes busy for S = 1 (2-D data) too."""
+    rb = tl.arange(0, BLOCK_B)
+    cs = tl.arange(0, BLOCK_S)
+    acc = tl.zeros([BLOCK_B, BLOCK_S], dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_B):
+        bb = b0 + rb
+        rows = (bb.to(tl.int64) * C + c) * S
+        for s0 in range(0, S, BLOCK_S):
+            ss = s0 + cs
+            m = (bb < B)[:, None] & (ss < S)[None, :]
+            v = tl.load(x_ptr + rows[:, None] + ss[None, :], mask=m, other=0.0).to(tl.float32)
+            if CENTRED:
+                d = tl.where(m, v - mean, 0.0)
+                acc += d * d
+            else:
+                acc += v
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
+
+
+@triton.jit
+def _actnorm_init_kernel(
+    x_ptr,  # [B*C, S] contiguous
+    loc_ptr,
+    ls_ptr,  # [C] float32 out: -mean and -log(std + eps) of each channel over (B, S)
+    B,
+    C,
+    S,
+    n_f,  # float(B * S)
+    eps,
+    BLOCK_B: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    # one program per channel, two passes over its B x S values (the mean, then the centred
+    # squares: no cancellation)
+    c = tl.program_id(0)
+    mean = _channel_sum(x_ptr, c, B, C, S, 0.0, False, BLOCK_B, BLOCK_S) / n_f
+    std = tl.sqrt(_channel_sum(x_ptr, c, B, C, S, mean, True, BLOCK_B, BLOCK_S) / n_f)
+    tl.store(loc_ptr + c, -mean)
+    tl.store(ls_ptr + c, -tl.log(std + eps))
+
+
 # ----------------------------------------------------------------------------------------------
 # invertible 1x1 convolution
 # ----------------------------------------------------------------------------------------------
@@ -645,6 +691,22 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
     )
 
 
+def actnorm_init_blocks(s: int) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_S) of the init kernel: 1024-element tiles, S first."""
+    bs = min(triton.next_power_of_2(max(s, 1)), 1024)
+    return 1024 // bs, bs
+
+
+@launches_on_device
+def actnorm_init_fwd(x, loc, log_scale, eps):
+    """x: [B, C, S] contiguous, B * S >= 1; loc, log_scale: [C] float32 out."""
+    bsz, c, s = x.shape
+    bb, bs = actnorm_init_blocks(s)
+    _actnorm_init_kernel[(c,)](
+        x, loc, log_scale, bsz, c, s, float(bsz * s), float(eps), BLOCK_B=bb, BLOCK_S=bs, **_opts(x)
+    )
+
+
 @launches_on_device
 def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
     """x, g, dx: [B, C, S] contiguous; loc, p, dloc, dp: [C]; gl: [B];
@@ -853,6 +915,24 @@ def _specs() -> list[dict]:
                 "t_sb": "i32",
             },
             "constexprs": {"REVERSE": False, "BLOCK_B": bb, "BLOCK_N": bn},
+            "num_warps": 4,
+        }
+    )
+    bb_i, bs_i = actnorm_init_blocks(256)
+    specs.append(
+        {
+            "fn": _actnorm_init_kernel,
+            "signature": {
+                "x_ptr": "*fp32",
+                "loc_ptr": "*fp32",
+                "ls_ptr": "*fp32",
+                "B": "i32",
+                "C": "i32",
+                "S": "i32",
+                "n_f": "fp32",
+                "eps": "fp32",
+            },
+            "constexprs": {"BLOCK_B": bb_i, "BLOCK_S": bs_i},
             "num_warps": 4,
         }
     )

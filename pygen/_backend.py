@@ -15,7 +15,6 @@ from functools import cache
 import torch
 
 from . import _ext
-from .kernels._device import launches_on_device
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
@@ -139,8 +138,3 @@ def choose_for(
             )
         supported = f64
     return choose(op, t.device, t.dtype, backend, supported)
-
-
-# Wraps a kernel-launching implementation so that it runs with its first tensor's CUDA device
-# current (Triton launches on the current device): the one guard, kernels/_device.py (torch only).
-on_device = launches_on_device

@@ -17,7 +17,7 @@ from pygen.ref import flows as ref
 # the flow family has triton and reference backends only (no csrc)
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] == "triton"]
-FLOW_OPS = ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "conv1x1", "lu_weight")
+FLOW_OPS = ("slogdet", "affine_coupling", "additive_coupling", "actnorm", "actnorm_init", "conv1x1", "lu_weight")
 
 
 # tiny problems: single-threaded (tests/conftest.py::one_thread says why)
@@ -305,6 +305,48 @@ def test_actnorm_init_normalises(gen):
     torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_actnorm_init_matches_reference(device, backend, gen):
+    """Per-channel statistics against the float64 reference on fresh inputs: 4-D data, 2-D data
+    (S = 1: the tile runs along the batch), a transposed (non-contiguous) view, a batch of one,
+    an offset and spread per channel; one program per channel."""
+    for dtype in _dtypes(backend, device):
+        for shape, view in (((5, 3, 7, 6), False), ((130, 4), False), ((1, 2, 33, 40), True), ((3, 5, 2), False)):
+            c = shape[1]
+            spread = torch.linspace(0.2, 3.0, c, dtype=torch.float64).view(1, c, *([1] * (len(shape) - 2)))
+            x = (_rand(shape, gen, torch.float64) * spread + 1.5).to(dtype=dtype, device=device)
+            if view:
+                x = x.transpose(2, 3)
+            loc, log_scale = ops.actnorm_init(x, backend=backend)
+            assert loc.shape == log_scale.shape == (c,) and loc.dtype == log_scale.dtype == dtype
+            r_loc, r_ls = ref.actnorm_init(x.double().cpu())
+            s_loc, s_ls = ref.actnorm_init(x.cpu())
+            _close(loc.cpu(), r_loc, s_loc, what=f"actnorm_init loc {shape}", backend=backend)
+            _close(log_scale.cpu(), r_ls, s_ls, what=f"actnorm_init log_scale {shape}", backend=backend)
+
+
+def test_actnorm_init_bad_input():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="eps"):
+        ops.actnorm_init(x, eps=-1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        ops.actnorm_init(torch.randn(0, 3, 4))
+    with pytest.raises(ValueError, match="x"):
+        ops.actnorm_init(torch.randn(3))
+
+
+def test_actnorm_module_initialises_through_the_op(monkeypatch, gen):
+    """pygen.nn.ActNorm's data-dependent init goes through ops.actnorm_init (its backend)."""
+    calls = []
+    real = ops.actnorm_init
+    monkeypatch.setattr(ops, "actnorm_init", lambda *a, **k: calls.append(k.get("backend")) or real(*a, **k))
+    m = pygen.nn.ActNorm(3, backend="reference").train()
+    x = _rand((4, 3, 5, 5), gen)
+    y, _ = m(x)
+    assert calls == ["reference"] and bool(m.initialized)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+
+
 def test_actnorm_gradcheck_reference(gen):
     x = _rand((2, 3, 2, 2), gen, torch.float64).requires_grad_(True)
     loc = _rand((3,), gen, torch.float64).requires_grad_(True)
@@ -544,6 +586,7 @@ def _opcheck_args(name, dev, gen):
             False,
         ),
         "actnorm_backward_triton": (x.detach(), g.detach(), c4.detach(), c4.detach() + 2, gl, False, True),
+        "actnorm_init_triton": (x.detach(), 1e-6),
         "conv1x1_triton": (x.detach().requires_grad_(), w.requires_grad_()),
         "conv1x1_backward_triton": (g.detach(), x.detach(), w.detach()),
         "lu_weight_triton": (

@@ -188,6 +188,7 @@ def _flows_calls():
         "affine_coupling[reverse]": lambda: ops.affine_coupling(xs, ls, sh, reverse=True, backend=t),
         "additive_coupling": lambda: ops.additive_coupling(xs, sh, backend=t),
         "actnorm": lambda: ops.actnorm(x, torch.randn(c, generator=g), torch.randn(c, generator=g), backend=t),
+        "actnorm_init": lambda: ops.actnorm_init(x, backend=t),
         "inv_conv1x1": lambda: ops.inv_conv1x1(x, w, backend=t),
         "inv_conv1x1[reverse]": lambda: ops.inv_conv1x1(x, w, reverse=True, backend=t),
         "inv_conv1x1_lu": lambda: ops.inv_conv1x1_lu(x, perm, lower, upper, diag, backend=t),
@@ -235,6 +236,7 @@ def _made_calls():
         "masked_linear": lambda: ops.masked_linear(x, w, b, in_deg, hid, activation="relu", backend=t),
         "masked_linear[mask]": lambda: ops.masked_linear(x, w, b, mask=mask, backend=t),
         "masked_linear_bits": lambda: ops.masked_linear_bits(bits, d, w, b, in_deg, hid, backend=t),
+        "masked_linear_plain": lambda: ops.masked_linear_plain(x, w, b, mask > 0, backend=t),
         "made_affine_forward": lambda: ops.made_affine_forward(hx, wo, None, hid, out_deg, x, backend=t),
         "pack_bits": lambda: ops.pack_bits((x > 0).float()),
     }

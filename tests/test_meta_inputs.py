@@ -37,6 +37,7 @@ def _flows():
         "affine_coupling": (ops.affine_coupling, (x, torch.randn_like(x), torch.randn_like(x)), {}),
         "additive_coupling": (ops.additive_coupling, (x, torch.randn_like(x)), {}),
         "actnorm": (ops.actnorm, (x, torch.randn(4), torch.randn(4)), {}),
+        "actnorm_init": (ops.actnorm_init, (x,), {}),
         "inv_conv1x1": (ops.inv_conv1x1, (x, w), {}),
         "inv_conv1x1_lu": (
             ops.inv_conv1x1_lu,
@@ -58,6 +59,7 @@ def _made():
     return {
         "masked_linear": (ops.masked_linear, (x, w1, torch.zeros(h), din, dh), {"activation": "relu"}),
         "masked_linear(mask)": (ops.masked_linear, (x, w1, None), {"mask": dh[:, None] >= din[None, :]}),
+        "masked_linear_plain": (ops.masked_linear_plain, (x, w1, None, dh[:, None] >= din[None, :]), {}),
         "masked_linear_bits": (ops.masked_linear_bits, (ops.pack_bits((x > 0).float()), d, w1, None, din, dh), {}),
         "pack_bits": (ops.pack_bits, ((x > 0).float(),), {}),
         "made_affine_forward": (ops.made_affine_forward, (torch.randn(3, h), w2, None, dh, dout, x), {}),

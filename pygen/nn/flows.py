@@ -50,7 +50,7 @@ class ActNorm(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Data-dependent init (Glow): zero mean, unit variance per channel on this batch."""
-        loc, log_scale = ref.actnorm_init(x, self.eps)
+        loc, log_scale = ops.actnorm_init(x, self.eps, backend=self.backend)
         self.loc.copy_(loc)
         if self.logscale:
             self.log_scale.copy_(log_scale)

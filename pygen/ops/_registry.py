@@ -26,8 +26,8 @@ What ``register`` builds:
   autograd wiring: ``save(inputs, output) -> (tensors, args)`` runs at the forward (``inputs``
   is a named tuple with the forward schema's argument names), and ``grads(c, *grad_outputs)``
   returns the gradients by input name (inputs it leaves out get None); ``c`` holds ``bwd`` (the
-  backward op), ``saved`` (the saved tensors), ``args`` and ``needs`` (``needs_input_grad`` by
-  input name). ``non_differentiable`` lists output indices autograd must not differentiate.
+  backward op), ``saved`` (the saved tensors), ``args``, ``needs`` (``needs_input_grad`` by
+  input name) and ``backend``. ``non_differentiable`` lists output indices autograd must not differentiate.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def _bound(fn: Callable, launchers: Callable[[], Any]) -> Callable:
     return impl
 
 
-class GradContext(namedtuple("GradContext", "bwd saved args needs")):
-    """What ``Backward.grads`` gets: the backward op, the saved tensors, the saved arguments and
-    ``needs_input_grad`` by input name."""
+class GradContext(namedtuple("GradContext", "bwd saved args needs backend")):
+    """What ``Backward.grads`` gets: the backward op, the saved tensors, the saved arguments,
+    ``needs_input_grad`` by input name and the backend (to call the family's other ops)."""
 
 
 def register(spec: OpSpec, backend: str, launchers: Callable[[], Any]):
@@ -117,7 +117,7 @@ def register(spec: OpSpec, backend: str, launchers: Callable[[], Any]):
         ctx.pygen_args = args
 
     def backward(ctx, *grad_outputs):
-        c = GradContext(bwd, ctx.saved_tensors, ctx.pygen_args, inputs_type(*ctx.needs_input_grad))
+        c = GradContext(bwd, ctx.saved_tensors, ctx.pygen_args, inputs_type(*ctx.needs_input_grad), backend)
         named = bw.grads(c, *grad_outputs)
         unknown = set(named) - set(names)
         if unknown:

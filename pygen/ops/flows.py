@@ -6,6 +6,7 @@ closed form) inverse. The math and layouts are stated in pygen/ref/flows.py.
     y, logdet = pygen.ops.affine_coupling(x_b, log_scale_raw, shift, clamp=2.0)
     x_b, ld   = pygen.ops.affine_coupling(y, log_scale_raw, shift, reverse=True)   # ld = -logdet
     y, logdet = pygen.ops.actnorm(x, loc, log_scale)                    # or scale=...
+    loc, log_scale = pygen.ops.actnorm_init(x)                          # Glow's data-dependent init
     y, logdet = pygen.ops.inv_conv1x1(x, weight)                        # plain W, slogdet
     y, logdet = pygen.ops.inv_conv1x1_lu(x, perm, lower, upper, diag)   # Glow's LU form
 
@@ -50,6 +51,7 @@ __all__ = [
     "affine_coupling",
     "additive_coupling",
     "actnorm",
+    "actnorm_init",
     "inv_conv1x1",
     "inv_conv1x1_lu",
     "planar",
@@ -237,6 +239,16 @@ def _actnorm_bwd(K, x, g, loc, p, gl, log_param, reverse):
     return dx, dloc, dp
 
 
+def _actnorm_init_out(x, eps):
+    return x.new_empty((x.shape[1],), dtype=torch.float32), x.new_empty((x.shape[1],), dtype=torch.float32)
+
+
+def _actnorm_init(K, x, eps):
+    loc, log_scale = _actnorm_init_out(x, eps)
+    K.actnorm_init_fwd(_bcs(x), loc, log_scale, eps)
+    return loc, log_scale
+
+
 def _conv_out(x, w):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -355,6 +367,8 @@ SPECS = (
             grads=lambda c, g, gl: _named("x loc param", c.bwd(c.saved[0], g, c.saved[1], c.saved[2], gl, *c.args)),
         ),
     ),
+    # Glow's data-dependent init: statistics of a batch, nothing to differentiate
+    OpSpec("actnorm_init", "(Tensor x, float eps) -> (Tensor, Tensor)", _actnorm_init, _actnorm_init_out),
     OpSpec(
         "conv1x1",
         "(Tensor x, Tensor weight) -> Tensor",
@@ -496,6 +510,29 @@ def _apply_conv(x, w, b):
     if b == "reference":
         return ref._apply_1x1(x, w)
     return _registry.get("conv1x1_triton")(x, w)
+
+
+def actnorm_init(
+    x: torch.Tensor, eps: float = 1e-6, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Glow's data-dependent ActNorm initialisation: per channel, loc = -mean and
+    log_scale = -log(std + eps) over the batch and spatial positions (std: population), so that
+    ``actnorm(x, loc, log_scale)`` has zero mean and unit variance per channel. x: [B, C, *]
+    (or [B, C]); returns two [C] tensors in x's dtype. No gradient flows through it (it reads x
+    detached, as an initialiser does).
+
+        loc, log_scale = pygen.ops.actnorm_init(x)      # then actnorm(x, loc, log_scale)"""
+    name = "actnorm_init"
+    chk.tensor(name, x, "x", min_dim=2)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: x needs at least one value per channel to take statistics of, got {tuple(x.shape)}")
+    b = _pick(name, x, backend)
+    if b == "reference":
+        return ref.actnorm_init(x, float(eps))
+    loc, log_scale = _registry.get("actnorm_init_triton")(x.detach(), float(eps))
+    return loc.to(x.dtype), log_scale.to(x.dtype)
 
 
 def inv_conv1x1(

@@ -34,6 +34,7 @@ import torch
 from .. import _backend
 from ..ref import fp8 as ref
 from . import _fp8_checks as chk, _registry
+from ._registry import OpSpec, register
 
 __all__ = [
     "quantize_fp8_1x128",
@@ -80,8 +81,7 @@ def _gemm_out(a, b, out_dtype):
     return a.new_empty((a.shape[0], b.shape[-2]), dtype=out_dtype)
 
 
-def _run_gemm(a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
-    k = _kernels()
+def _run_gemm(k, a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
     m, n = a.shape[0], b.shape[-2]
     out = a.new_empty((m, n), dtype=out_dtype)
     if m == 0 or n == 0:
@@ -103,65 +103,52 @@ def _run_gemm(a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
     return out
 
 
-def _register() -> None:
-    def q1_fake(x, ue8m0, transpose):
-        m, kdim = x.shape
-        return x.new_empty((m, kdim), dtype=chk.FP8), _act_scales_empty(x, m, kdim // ref.BLOCK, transpose)
+def _q1_out(x, ue8m0, transpose):
+    m, kdim = x.shape
+    return x.new_empty((m, kdim), dtype=chk.FP8), _act_scales_empty(x, m, kdim // ref.BLOCK, transpose)
 
-    def q1_impl(x, ue8m0, transpose):
-        q, s = q1_fake(x, ue8m0, transpose)
-        if x.numel():
-            _kernels().quantize_1x128_fwd(x, q, s, ue8m0)
-        return q, s
 
-    _registry.define(
-        "fp8_quantize_1x128_triton",
-        "(Tensor x, bool ue8m0, bool transpose_scales) -> (Tensor, Tensor)",
-        q1_impl,
-        q1_fake,
-    )
+def _q1(K, x, ue8m0, transpose):
+    q, s = _q1_out(x, ue8m0, transpose)
+    if x.numel():
+        K.quantize_1x128_fwd(x, q, s, ue8m0)
+    return q, s
 
-    def q128_fake(w, ue8m0):
-        n, kdim = w.shape
-        return w.new_empty((n, kdim), dtype=chk.FP8), _w_scales_empty(w, -(-n // ref.BLOCK), kdim // ref.BLOCK)
 
-    def q128_impl(w, ue8m0):
-        q, s = q128_fake(w, ue8m0)
-        if w.numel():
-            _kernels().quantize_128x128_fwd(w, q, s, ue8m0)
-        return q, s
+def _q128_out(w, ue8m0):
+    n, kdim = w.shape
+    return w.new_empty((n, kdim), dtype=chk.FP8), _w_scales_empty(w, -(-n // ref.BLOCK), kdim // ref.BLOCK)
 
-    _registry.define("fp8_quantize_128x128_triton", "(Tensor w, bool ue8m0) -> (Tensor, Tensor)", q128_impl, q128_fake)
 
-    def gemm_fake(a, sa, b, sb, bias, b_block, out_dtype):
-        return _gemm_out(a, b, out_dtype)
+def _q128(K, w, ue8m0):
+    q, s = _q128_out(w, ue8m0)
+    if w.numel():
+        K.quantize_128x128_fwd(w, q, s, ue8m0)
+    return q, s
 
-    def gemm_impl(a, sa, b, sb, bias, b_block, out_dtype):
-        return _run_gemm(a, sa, b, sb, bias, b_block, out_dtype)
 
-    _registry.define(
-        "fp8_gemm_triton",
-        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, "
-        "int b_block, ScalarType out_dtype) -> Tensor",
-        gemm_impl,
-        gemm_fake,
-    )
-
-    def grouped_fake(a, sa, b, sb, m_indices, out_dtype):
-        return _gemm_out(a, b, out_dtype)
-
-    def grouped_impl(a, sa, b, sb, m_indices, out_dtype):
-        return _run_gemm(a, sa, b, sb, None, ref.BLOCK, out_dtype, grouped_idx=m_indices)
-
-    _registry.define(
-        "fp8_gemm_grouped_triton",
+# no op here is differentiable (fp8 inputs): FP8Linear composes them (pygen/nn/fp8.py)
+SPECS = (
+    OpSpec("fp8_quantize_1x128", "(Tensor x, bool ue8m0, bool transpose_scales) -> (Tensor, Tensor)", _q1, _q1_out),
+    OpSpec("fp8_quantize_128x128", "(Tensor w, bool ue8m0) -> (Tensor, Tensor)", _q128, _q128_out),
+    OpSpec(
+        "fp8_gemm",
+        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, int b_block, ScalarType out_dtype) "
+        "-> Tensor",
+        _run_gemm,
+        lambda a, sa, b, sb, bias, b_block, out_dtype: _gemm_out(a, b, out_dtype),
+    ),
+    OpSpec(
+        "fp8_gemm_grouped",
         "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor m_indices, ScalarType out_dtype) -> Tensor",
-        grouped_impl,
-        grouped_fake,
-    )
-
-
-_register()
+        lambda K, a, sa, b, sb, m_indices, out_dtype: _run_gemm(
+            K, a, sa, b, sb, None, ref.BLOCK, out_dtype, grouped_idx=m_indices
+        ),
+        lambda a, sa, b, sb, m_indices, out_dtype: _gemm_out(a, b, out_dtype),
+    ),
+)
+for _spec in SPECS:
+    register(_spec, "triton", _kernels)
 
 
 # ----------------------------------------------------------------------------------------------

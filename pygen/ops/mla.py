@@ -37,16 +37,9 @@ from ..ref import mla as ref
 from . import _mla_checks as chk, _registry
 from ._registry import Backward, OpSpec, register
 
-__all__ = [
-    "mla_decode",
-    "mla_cache_append",
-    "mla_prefill",
-    "merge_attn_states",
-    "choose_num_splits",
-    "fp8_quantize",
-    "fp8_dequantize",
-    "FP8_TOKEN_BYTES",
-]
+# the ops (pygen.ops re-exports them); choose_num_splits, fp8_quantize / fp8_dequantize and
+# FP8_TOKEN_BYTES stay reachable as pygen.ops.mla.<name>
+__all__ = ["mla_decode", "mla_cache_append", "mla_prefill", "merge_attn_states"]
 
 _SUPPORTED = ("triton", "reference")
 FP8_TOKEN_BYTES = ref.FP8_TOKEN_BYTES

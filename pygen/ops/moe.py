@@ -34,11 +34,14 @@ written once and the k rows of a token are summed in a fixed order (bitwise repr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .. import _backend
 from ..ref import moe as ref
 from . import _moe_checks as chk, _registry
+from ._registry import Backward, OpSpec, register
 
 __all__ = ["moe_route", "moe_align", "moe_permute", "moe_unpermute", "fused_moe"]
 
@@ -59,9 +62,6 @@ def _native():
     from pygen.native import moe
 
     return moe
-
-
-_on_device = _backend.on_device
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None, supported=_TRITON_REF) -> str:
@@ -103,42 +103,40 @@ def _route_grad(logits, ids, grad_w, scoring, norm, scale):
     return dx.to(logits.dtype)
 
 
-def _register_route(b: str) -> None:
-    def impl(logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
-        w, ids = _new_route(logits, top_k)
-        if logits.shape[0]:
-            if b == "triton":
-                _kernels().route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
-            else:
-                x = logits if logits.shape[1] == 1 or logits.stride(1) == 1 else logits.contiguous()
-                bb = None if bias is None else bias.to(w.dtype).contiguous()
-                _native().route_fwd(x, bb, ids, w, scoring, n_group, topk_group, norm, scale)
-        return w, ids
-
-    op = _registry.define(
-        f"moe_route_{b}",
-        "(Tensor router_logits, Tensor? bias, int top_k, str scoring, int n_group, int topk_group, "
-        "bool norm_topk_prob, float routed_scaling_factor) -> (Tensor, Tensor)",
-        _on_device(impl),
-        lambda logits, bias, top_k, *rest: _new_route(logits, top_k),
-    )
-
-    def setup(ctx, inputs, output):
-        logits, _bias, _k, scoring, _g, _tg, norm, scale = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(logits, output[1])
-        ctx.args = (scoring, norm, scale)
-
-    def backward(ctx, gw, _gids):
-        logits, ids = ctx.saved_tensors
-        scoring, norm, scale = ctx.args
-        return _route_grad(logits, ids, gw, scoring, norm, scale), None, None, None, None, None, None, None
-
-    op.register_autograd(backward, setup_context=setup)
+def _route_triton(K, logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
+    w, ids = _new_route(logits, top_k)
+    if logits.shape[0]:
+        K.route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
+    return w, ids
 
 
-for _b in ("triton", "cpu"):
-    _register_route(_b)
+def _route_native(N, logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
+    w, ids = _new_route(logits, top_k)
+    if logits.shape[0]:
+        # the C++ loops read unit-stride rows and a bias in the weights' dtype
+        x = logits if logits.shape[1] == 1 or logits.stride(1) == 1 else logits.contiguous()
+        bb = None if bias is None else bias.to(w.dtype).contiguous()
+        N.route_fwd(x, bb, ids, w, scoring, n_group, topk_group, norm, scale)
+    return w, ids
+
+
+ROUTE = OpSpec(
+    "moe_route",
+    "(Tensor router_logits, Tensor? bias, int top_k, str scoring, int n_group, int topk_group, "
+    "bool norm_topk_prob, float routed_scaling_factor) -> (Tensor, Tensor)",
+    _route_triton,
+    lambda logits, bias, top_k, *_: _new_route(logits, top_k),
+    Backward(
+        None,
+        None,
+        None,
+        save=lambda i, out: ((i.router_logits, out[1]), (i.scoring, i.norm_topk_prob, i.routed_scaling_factor)),
+        grads=lambda c, gw, _gids: {"router_logits": _route_grad(*c.saved, gw, *c.args)},
+    ),
+    non_differentiable=(1,),
+)
+register(ROUTE, "triton", _kernels)
+register(replace(ROUTE, impl=_route_native), "cpu", _native)
 
 
 def moe_route(
@@ -205,27 +203,22 @@ def _new_align(ids: torch.Tensor, num_experts: int, block_size: int):
     )
 
 
-def _register_align(b: str) -> None:
-    def impl(ids, num_experts, block_size):
-        out = _new_align(ids, num_experts, block_size)
-        flat = ids.reshape(-1)
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
-        mod = _kernels() if b == "triton" else _native()
-        ws = torch.zeros((mod.align_workspace_size(flat.numel(), num_experts),), dtype=torch.int32, device=ids.device)
-        mod.align_fwd(flat, num_experts, block_size, *out, ws)
-        return out
-
-    _registry.define(
-        f"moe_align_{b}",
-        "(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor)",
-        _on_device(impl),
-        lambda ids, e, bs: _new_align(ids, e, bs),
-    )
+def _align(L, ids, num_experts, block_size):
+    out = _new_align(ids, num_experts, block_size)
+    flat = ids.reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    ws = torch.zeros((L.align_workspace_size(flat.numel(), num_experts),), dtype=torch.int32, device=ids.device)
+    L.align_fwd(flat, num_experts, block_size, *out, ws)
+    return out
 
 
-for _b in ("triton", "cpu", "cuda"):
-    _register_align(_b)
+ALIGN = OpSpec(
+    "moe_align",
+    "(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor)",
+    _align,
+    lambda ids, e, bs: _new_align(ids, e, bs),
+)
 
 
 def _align4(topk_ids, num_experts, block_size, backend):
@@ -271,104 +264,96 @@ def _inverse(sorted_slots: torch.Tensor, n: int) -> torch.Tensor:
     return inv[:n]
 
 
-def _register_permute(b: str) -> None:
-    def mod():
-        return _kernels() if b == "triton" else _native()
-
-    def new_perm(x, ids, num_experts):
-        n = ids.numel()
-        return (
-            x.new_empty((n, x.shape[1])),
-            torch.empty((n,), dtype=torch.int32, device=x.device),
-            torch.empty((num_experts + 1,), dtype=torch.int32, device=x.device),
-        )
-
-    def perm_impl(x, ids, num_experts):
-        out, slots, offsets = new_perm(x, ids, num_experts)
-        s, _, _, starts = _registry.get(f"moe_align_{b}")(ids, num_experts, 1)
-        slots.copy_(s[: ids.numel()])
-        offsets.copy_(starts)
-        if out.numel():
-            mod().permute_fwd(x, slots, ids.shape[1], out)
-        return out, slots, offsets
-
-    perm = _registry.define(
-        f"moe_permute_{b}",
-        "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
-        _on_device(perm_impl),
-        new_perm,
+def _new_perm(x, ids, num_experts):
+    n = ids.numel()
+    return (
+        x.new_empty((n, x.shape[1])),
+        torch.empty((n,), dtype=torch.int32, device=x.device),
+        torch.empty((num_experts + 1,), dtype=torch.int32, device=x.device),
     )
 
-    def new_unperm(y, slots, w, num_tokens, top_k):
-        return y.new_empty((num_tokens, y.shape[1]))
 
-    def unperm_impl(y, slots, w, num_tokens, top_k):
-        out = new_unperm(y, slots, w, num_tokens, top_k)
-        if out.numel():
-            inv = _inverse(slots, num_tokens * top_k)
-            mod().unpermute_fwd(y, inv, w, top_k, out)
-        return out
+def _permute(L, x, ids, num_experts):
+    out, slots, offsets = _new_perm(x, ids, num_experts)
+    s, _, _, starts = _align(L, ids, num_experts, 1)
+    slots.copy_(s[: ids.numel()])
+    offsets.copy_(starts)
+    if out.numel():
+        L.permute_fwd(x, slots, ids.shape[1], out)
+    return out, slots, offsets
 
-    unperm = _registry.define(
-        f"moe_unpermute_{b}",
-        "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
-        _on_device(unperm_impl),
-        new_unperm,
+
+def _new_unperm(y, slots, w, num_tokens, top_k):
+    return y.new_empty((num_tokens, y.shape[1]))
+
+
+def _unpermute(L, y, slots, w, num_tokens, top_k):
+    out = _new_unperm(y, slots, w, num_tokens, top_k)
+    if out.numel():
+        L.unpermute_fwd(y, _inverse(slots, num_tokens * top_k), w, top_k, out)
+    return out
+
+
+def _new_unperm_bwd(g, y, slots, w, need_y, need_w):
+    return (
+        y.new_empty(y.shape if need_y else (0,)),
+        (w.new_empty(w.shape) if (need_w and w is not None) else g.new_empty((0,))),
     )
 
-    def new_unperm_bwd(g, y, slots, w, need_y, need_w):
-        return (
-            y.new_empty(y.shape if need_y else (0,)),
-            (w.new_empty(w.shape) if (need_w and w is not None) else g.new_empty((0,))),
-        )
 
-    def unperm_bwd_impl(g, y, slots, w, need_y, need_w):
-        dy, dw = new_unperm_bwd(g, y, slots, w, need_y, need_w)
-        n = slots.numel()
-        if n:
-            k = n // g.shape[0] if g.shape[0] else 1
-            mod().unpermute_bwd(g.contiguous(), y, slots, w, k, dy if need_y else None, dw if dw.numel() else None)
-        elif dw.numel():
-            dw.zero_()
-        return dy, dw
+def _unpermute_bwd(L, g, y, slots, w, need_y, need_w):
+    dy, dw = _new_unperm_bwd(g, y, slots, w, need_y, need_w)
+    n = slots.numel()
+    if n:
+        k = n // g.shape[0] if g.shape[0] else 1
+        L.unpermute_bwd(g.contiguous(), y, slots, w, k, dy if need_y else None, dw if dw.numel() else None)
+    elif dw.numel():
+        dw.zero_()
+    return dy, dw
 
-    unperm_bwd = _registry.define(
-        f"moe_unpermute_backward_{b}",
+
+def _unpermute_grads(c, g):
+    y, slots, w = c.saved
+    need_y, need_w = c.needs.permuted, w is not None and c.needs.topk_weights
+    dy, dw = c.bwd(g, y, slots, w, need_y, need_w)
+    return {"permuted": dy if need_y else None, "topk_weights": dw if need_w else None}
+
+
+PERMUTE = OpSpec(
+    "moe_permute",
+    "(Tensor hidden_states, Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)",
+    _permute,
+    _new_perm,
+    Backward(
+        None,
+        None,
+        None,
+        save=lambda i, out: ((out[1],), tuple(i.topk_ids.shape)),
+        # the gradient of a gather by slot is the unweighted combine of the rows back to tokens
+        grads=lambda c, g, _gs, _go: {
+            "hidden_states": _registry.get(f"moe_unpermute_{c.backend}")(g.contiguous(), c.saved[0], None, *c.args)
+        },
+    ),
+    non_differentiable=(1, 2),
+)
+UNPERMUTE = OpSpec(
+    "moe_unpermute",
+    "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
+    _unpermute,
+    _new_unperm,
+    Backward(
         "(Tensor grad, Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, bool need_permuted, "
         "bool need_weights) -> (Tensor, Tensor)",
-        _on_device(unperm_bwd_impl),
-        new_unperm_bwd,
-    )
+        _unpermute_bwd,
+        _new_unperm_bwd,
+        save=lambda i, out: ((i.permuted, i.sorted_slots, i.topk_weights), ()),
+        grads=_unpermute_grads,
+    ),
+)
 
-    def perm_setup(ctx, inputs, output):
-        _x, ids, _e = inputs
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(output[1])
-        ctx.shape = (ids.shape[0], ids.shape[1])
-
-    def perm_backward(ctx, g, _gs, _go):
-        (slots,) = ctx.saved_tensors
-        t, k = ctx.shape
-        return unperm(g.contiguous(), slots, None, t, k), None, None
-
-    perm.register_autograd(perm_backward, setup_context=perm_setup)
-
-    def unperm_setup(ctx, inputs, output):
-        y, slots, w, _t, _k = inputs
-        ctx.save_for_backward(y, slots, w)
-
-    def unperm_backward(ctx, g):
-        y, slots, w = ctx.saved_tensors
-        need_y = ctx.needs_input_grad[0]
-        need_w = w is not None and ctx.needs_input_grad[2]
-        dy, dw = unperm_bwd(g, y, slots, w, need_y, need_w)
-        return (dy if need_y else None), None, (dw if need_w else None), None, None
-
-    unperm.register_autograd(unperm_backward, setup_context=unperm_setup)
-
-
-for _b in ("triton", "cpu", "cuda"):
-    _register_permute(_b)
+for _b, _launchers in (("triton", _kernels), ("cpu", _native), ("cuda", _native)):
+    for _spec in (ALIGN, PERMUTE, UNPERMUTE):
+        register(_spec, _b, _launchers)
 
 
 def moe_permute(
@@ -462,87 +447,71 @@ def _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw):
     )
 
 
-def _register_fused() -> None:
-    def impl(x, w1, w2, w, ids, act, deterministic, save):
-        out, gu, hmid = _new_fused(x, w1, ids, save)
-        t, h = x.shape
-        if t == 0 or h == 0:
-            return out, gu, hmid
-        kern = _kernels()
-        cfg = kern.fused_config("fwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
-        al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
-        kern.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid, act, deterministic, cfg)
+def _fused(K, x, w1, w2, w, ids, act, deterministic, save):
+    out, gu, hmid = _new_fused(x, w1, ids, save)
+    t, h = x.shape
+    if t == 0 or h == 0:
         return out, gu, hmid
+    cfg = K.fused_config("fwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
+    al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
+    K.fused_moe_fwd(x, w1, w2, w, ids, al, out, gu if save else None, hmid, act, deterministic, cfg)
+    return out, gu, hmid
 
-    fwd = _registry.define(
-        "fused_moe_triton",
-        "(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, str activation, "
-        "bool deterministic, bool save) -> (Tensor, Tensor, Tensor)",
-        _on_device(impl),
-        lambda x, w1, w2, w, ids, act, det, save: _new_fused(x, w1, ids, save),
+
+def _fused_bwd(K, g, x, w1, w2, w, ids, gu, hmid, act, deterministic, nx, nw1, nw2, nw):
+    dx, dw1, dw2, dw = _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw)
+    t, h = x.shape
+    cfg = K.fused_config("bwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
+    al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
+    K.fused_moe_bwd(
+        g.contiguous(),
+        x,
+        w1,
+        w2,
+        w,
+        ids,
+        al,
+        gu,
+        hmid,
+        dx if nx else None,
+        dw1 if nw1 else None,
+        dw2 if nw2 else None,
+        dw if nw else None,
+        act,
+        deterministic,
+        cfg,
     )
+    return dx, dw1, dw2, dw
 
-    def bwd_impl(g, x, w1, w2, w, ids, gu, hmid, act, deterministic, nx, nw1, nw2, nw):
-        dx, dw1, dw2, dw = _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw)
-        kern = _kernels()
-        t, h = x.shape
-        cfg = kern.fused_config("bwd", ids.numel(), w1.shape[0], h, w1.shape[1] // 2, x.dtype)
-        al = _registry.get("moe_align_triton")(ids, w1.shape[0], cfg.block_m)
-        kern.fused_moe_bwd(
-            g.contiguous(),
-            x,
-            w1,
-            w2,
-            w,
-            ids,
-            al,
-            gu,
-            hmid,
-            dx if nx else None,
-            dw1 if nw1 else None,
-            dw2 if nw2 else None,
-            dw if nw else None,
-            act,
-            deterministic,
-            cfg,
-        )
-        return dx, dw1, dw2, dw
 
-    bwd = _registry.define(
-        "fused_moe_backward_triton",
+def _fused_grads(c, g, _ggu, _gh):
+    names = ("hidden_states", "w1", "w2", "topk_weights")
+    need = [getattr(c.needs, n) for n in names]
+    grads = c.bwd(g, *c.saved, *c.args, *need)
+    return {n: gr if nd else None for n, gr, nd in zip(names, grads, need)}
+
+
+FUSED = OpSpec(
+    "fused_moe",
+    "(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, str activation, "
+    "bool deterministic, bool save) -> (Tensor, Tensor, Tensor)",
+    _fused,
+    lambda x, w1, w2, w, ids, act, det, save: _new_fused(x, w1, ids, save),
+    Backward(
         "(Tensor grad, Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
         "Tensor gate_up, Tensor hidden_mid, str activation, bool deterministic, bool need_x, bool need_w1, "
         "bool need_w2, bool need_weights) -> (Tensor, Tensor, Tensor, Tensor)",
-        _on_device(bwd_impl),
+        _fused_bwd,
         lambda g, x, w1, w2, w, ids, gu, hm, act, det, nx, nw1, nw2, nw: _new_fused_bwd(x, w1, w2, w, nx, nw1, nw2, nw),
-    )
-
-    def setup(ctx, inputs, output):
-        x, w1, w2, w, ids, act, det, _save = inputs
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(x, w1, w2, w, ids, output[1], output[2])
-        ctx.args = (act, det)
-
-    def backward(ctx, g, _ggu, _gh):
-        x, w1, w2, w, ids, gu, hmid = ctx.saved_tensors
-        act, det = ctx.args
-        need = ctx.needs_input_grad[:4]
-        dx, dw1, dw2, dw = bwd(g, x, w1, w2, w, ids, gu, hmid, act, det, *need)
-        return (
-            dx if need[0] else None,
-            dw1 if need[1] else None,
-            dw2 if need[2] else None,
-            dw if need[3] else None,
-            None,
-            None,
-            None,
-            None,
-        )
-
-    fwd.register_autograd(backward, setup_context=setup)
-
-
-_register_fused()
+        save=lambda i, out: (
+            (i.hidden_states, i.w1, i.w2, i.topk_weights, i.topk_ids, out[1], out[2]),
+            (i.activation, i.deterministic),
+        ),
+        grads=_fused_grads,
+    ),
+    non_differentiable=(1, 2),
+)
+register(FUSED, "triton", _kernels)
 
 
 def fused_moe(

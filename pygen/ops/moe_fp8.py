@@ -29,6 +29,8 @@ from . import _moe_checks as chk
 from .fp8 import fp8_gemm_grouped, quantize_fp8_1x128, quantize_fp8_128x128
 from .moe import ACTIVATIONS, _inverse, moe_align
 
+__all__ = ["quantize_moe_weights_fp8", "fused_moe_fp8"]
+
 BLOCK = 128  # the recipe's tile: activation 1x128, weight 128x128, grouped GEMM M tile
 
 
