@@ -250,3 +250,37 @@ def test_fp8_gemm_refuses_scale_views_spanning_2_31_elements(monkeypatch):
     with pytest.raises(ValueError, match="b_scales spans 5 elements"):
         ops.fp8_gemm_wgrad(a, torch.ones((2, 1)), b, padded, backend="triton")
     ops.fp8_gemm_wgrad(a, torch.ones((2, 1)), b, torch.ones((2, 1)), backend="triton")  # compact: runs
+
+
+def test_32_bit_spans_are_refused(monkeypatch):
+    """The RoI kernels (within one image), the MADE kernels (within a row of x, the weight, the
+    mask) and the 1x1 conv (within one sample) compute offsets in int32 from 64-bit bases: the ops
+    refuse operands whose part spans more than MAX_SPAN elements, naming the argument, before any
+    launch (the limit is lowered here so that small tensors reach it)."""
+    from pygen import ops
+    from pygen.ops import _common_checks as cc
+
+    monkeypatch.setattr(cc, "MAX_SPAN", 100)
+    box = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(ValueError, match=r"input \(one image: C x H x W\) spans 108 elements"):
+        ops.roi_align(torch.randn(2, 3, 6, 6), box, 2, backend="reference")
+    with pytest.raises(ValueError, match=r"features\[1\] \(one image: C x H x W\) spans 108"):
+        ops.multi_scale_roi_align([torch.randn(1, 3, 4, 4), torch.randn(1, 3, 6, 6)], box, 2, [1.0, 0.5])
+    assert ops.roi_align(torch.randn(9, 2, 5, 5), box, 2, backend="reference").shape == (1, 2, 2, 2)  # 50 per image
+
+    mask = torch.ones(4, 11, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"x \(one row\) spans 101 elements"):
+        ops.masked_linear(
+            torch.randn(2, 101), torch.randn(4, 101), mask=torch.ones(4, 101, dtype=torch.bool), backend="triton"
+        )
+    with pytest.raises(ValueError, match=r"x \(one row\) spans 111 elements"):  # a transposed view: stride 11
+        ops.masked_linear(torch.randn(11, 11).t(), torch.randn(4, 11), mask=mask, backend="triton")
+    with pytest.raises(ValueError, match="weight spans 110 elements"):
+        ops.masked_linear(
+            torch.randn(2, 11), torch.randn(10, 11), mask=torch.ones(10, 11, dtype=torch.bool), backend="triton"
+        )
+    y = ops.masked_linear(torch.randn(2, 11), torch.randn(4, 11), mask=mask, backend="triton")  # 44: runs
+    assert y.shape == (2, 4)
+
+    with pytest.raises(ValueError, match=r"x \(one sample\) spans 108 elements"):
+        ops.inv_conv1x1(torch.randn(2, 3, 6, 6), torch.eye(3))

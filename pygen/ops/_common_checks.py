@@ -51,3 +51,29 @@ def checking_values(*tensors) -> bool:
     if torch.compiler.is_compiling():  # first, so that dynamo traces no global read
         return False
     return value_checks_enabled() and not tracing(*tensors)
+
+
+# Element offsets a 32-bit index reaches. The RoI, MADE and flow kernels compute offsets within
+# one image / one sample / one weight in int32 (64-bit bases per image, row or RoI; half the
+# registers of 64-bit pointer tiles): the ops refuse operands whose part spans more than this
+# (tests lower it to exercise the refusals; tests/test_index_overflow.py lists the products).
+MAX_SPAN = 2**31 - 1
+
+
+def span(t: torch.Tensor, dims=None) -> int:
+    """Elements from the first to the last element ``t`` addresses along ``dims`` (all by
+    default), i.e. 1 + sum (size - 1) * |stride|; 0 for an empty tensor."""
+    if t.numel() == 0:
+        return 0
+    dims = range(t.dim()) if dims is None else dims
+    return 1 + sum((t.shape[d] - 1) * abs(t.stride(d)) for d in dims)
+
+
+def fits_32bit(name: str, t: torch.Tensor, what: str, dims=None, part: str = "") -> None:
+    """ValueError naming ``what`` when its elements along ``dims`` span more than MAX_SPAN."""
+    n = span(t, dims)
+    if n > MAX_SPAN:
+        raise ValueError(
+            f"{name}: {what}{part} spans {n} elements; the kernels index it with 32-bit offsets, "
+            f"at most {MAX_SPAN} (2^31 - 1): split the call"
+        )

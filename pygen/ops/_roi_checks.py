@@ -14,9 +14,10 @@ kernels' [K, 5] contiguous float32 (float64) layout, which is a copy when the dt
 differs.
 
 Sizes the kernels cannot index are refused: K up to ``MAX_ROIS`` (2^31 - 1: the RoI index is the
-Triton grid's first axis, an int32 program id, and csrc/roi takes sizes below 2^31), and feature
-dimensions below 2^31. Meta tensors are refused with an error naming the argument
-(pygen/ops/_common_checks.py).
+Triton grid's first axis, an int32 program id, and csrc/roi takes sizes below 2^31), feature
+dimensions below 2^31, and one image's feature map spanning at most 2^31 - 1 elements (offsets
+within an image are 32-bit; pygen/ops/_common_checks.py::MAX_SPAN). Meta tensors are refused with
+an error naming the argument (pygen/ops/_common_checks.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numbers
 
 import torch
 
-from ._common_checks import checking_values, not_meta
+from ._common_checks import checking_values, fits_32bit, not_meta
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
@@ -45,6 +46,8 @@ def check_input(name: str, x, what: str = "input") -> None:
     not_meta(name, x, what)
     if max(x.shape) > MAX_DIM:
         raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), got shape {tuple(x.shape)}")
+    # offsets within one image are 32-bit in the kernels (the image base is 64-bit)
+    fits_32bit(name, x, what, dims=(1, 2, 3), part=" (one image: C x H x W)")
 
 
 def output_pair(name: str, output_size) -> tuple[int, int]:

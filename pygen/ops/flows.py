@@ -44,6 +44,7 @@ import torch
 from .. import _backend
 from ..ref import flows as ref
 from . import _flows_checks as chk, _registry
+from ._common_checks import fits_32bit
 from ._registry import Backward, OpSpec, register
 
 __all__ = [
@@ -503,6 +504,8 @@ def actnorm(
 
 def _conv_input(name, x):
     chk.tensor(name, x, "x", min_dim=2)
+    # the 1x1-conv kernels index within one sample (C x H x W) with 32-bit offsets
+    fits_32bit(name, x, "x", dims=range(1, x.dim()), part=" (one sample)")
     return x
 
 

@@ -31,6 +31,7 @@ import torch
 from .. import _backend
 from ..ref import made as ref
 from . import _made_checks as chk, _registry
+from ._common_checks import fits_32bit
 from ._registry import Backward, OpSpec, register
 
 __all__ = [
@@ -54,6 +55,15 @@ def _kernels():
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
     return _backend.choose_for(name, t, backend, _SUPPORTED)
+
+
+def _triton_spans(name: str, x2: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """The kernels take 64-bit row bases of x and 32-bit offsets within a row of x, within the
+    weight and within the mask: refuse what those cannot reach."""
+    fits_32bit(name, x2, "x", dims=range(1, x2.dim()), part=" (one row)")
+    fits_32bit(name, weight, "weight")
+    if mask is not None:
+        fits_32bit(name, mask, "mask")
 
 
 # ---- allocation shared by the real and the fake implementations --------------------------------
@@ -315,6 +325,7 @@ def masked_linear_bits(
     if b == "reference":
         return ref.masked_linear_bits(x_bits, features, weight, bias, i, o, strict, act)
     lead = x_bits.shape[:-1]
+    _triton_spans(name, x_bits, weight, None)
     y = _registry.get(f"masked_linear_bits_{b}")(
         x_bits.reshape(math.prod(lead), x_bits.shape[-1]), weight, bias, i, o, strict, act
     )[0]
@@ -434,6 +445,7 @@ def made_affine_forward(
     if b == "reference":
         return ref.made_affine_forward(h, weight, bias, i, o, x)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias, x))
+    _triton_spans(name, h, weight, None)
     z, logdet, _ = _registry.get(f"made_affine_{b}")(h, weight, bias, i, o, x, save)
     return z, logdet
 
@@ -482,6 +494,7 @@ def masked_linear(
         return ref.masked_linear(x, weight, bias, in_deg, out_deg, strict, act)
     k, n = weight.shape[1], weight.shape[0]
     x2 = x.reshape(math.prod(x.shape[:-1]), k)
+    _triton_spans(name, x2, weight, m)
     y, _ = _registry.get(f"masked_linear_{b}")(x2, weight, bias, in_deg, out_deg, m, strict, act)
     return y.reshape(*x.shape[:-1], n)
 
@@ -505,9 +518,9 @@ def masked_linear_plain(
     if b == "reference":
         return ref.masked_matmul(x, weight, bias, m, act)
     k, n = weight.shape[1], weight.shape[0]
-    y, _ = _registry.get(f"masked_linear_{b}")(
-        x.reshape(math.prod(x.shape[:-1]), k), weight, bias, None, None, m, False, act
-    )
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)
+    _triton_spans(name, x2, weight, m)
+    y, _ = _registry.get(f"masked_linear_{b}")(x2, weight, bias, None, None, m, False, act)
     return y.reshape(*x.shape[:-1], n)
 
 
