@@ -33,9 +33,10 @@ conv 1x1      y[b] = W x[b];  dx[b] = W^T g[b];  dW = sum_b g[b] x[b]^T  (fp32 I
 
 Grids
 -----
-affine fwd: (n_split, row blocks); a program sums its chunk of its samples, so the log-det needs
+affine fwd: (row blocks, n_split); a program sums its chunk of its samples, so the log-det needs
 no atomics (deterministic); n_split > 1 only for a few large samples (coupling_splits), and the op
-then adds the n_split partial sums. Elementwise passes: (cdiv(N, BLOCK), B). ActNorm: 2-D tiles of [rows, S]
+then adds the n_split partial sums. Elementwise passes: (row blocks, cdiv(N, BLOCK)). The batch
+is always in grid x (up to 2^31 - 1 programs; y and z stop at 65,535). ActNorm: 2-D tiles of [rows, S]
 so that S = 1 (2-D data) and large S both fill a program. Conv: (S blocks, C_out blocks, B).
 """
 
@@ -122,8 +123,8 @@ def _affine_coupling_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    j = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    j = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rm = rows < B
     rl = rows.to(tl.int64)[:, None]
     start = j * span
@@ -180,8 +181,8 @@ def _affine_coupling_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    idx = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rm = rows < B
     rl = rows.to(tl.int64)[:, None]
     m = rm[:, None] & (idx[None, :] < N)
@@ -231,8 +232,8 @@ def _additive_coupling_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    idx = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rl = rows.to(tl.int64)[:, None]
     m = (rows < B)[:, None] & (idx[None, :] < N)
     x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
@@ -579,7 +580,7 @@ def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False)
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
     span = triton.cdiv(triton.cdiv(max(n, 1), n_split), bn) * bn
     c = float(clamp) if clamp is not None else 1.0
-    _affine_coupling_fwd_kernel[(n_split, triton.cdiv(bsz, bb))](
+    _affine_coupling_fwd_kernel[(triton.cdiv(bsz, bb), n_split)](
         x,
         r,
         t,
@@ -613,7 +614,7 @@ def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: boo
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
     c = float(clamp) if clamp is not None else 1.0
     dt_arg = dt if (reverse or sigmoid) else dx
-    _affine_coupling_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
+    _affine_coupling_bwd_kernel[(triton.cdiv(bsz, bb), triton.cdiv(n, bn))](
         x,
         r,
         t,
@@ -646,7 +647,7 @@ def additive_coupling_fwd(x, t, y, reverse):
     if bsz == 0 or n == 0:
         return
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
-    _additive_coupling_fwd_kernel[(triton.cdiv(n, bn), triton.cdiv(bsz, bb))](
+    _additive_coupling_fwd_kernel[(triton.cdiv(bsz, bb), triton.cdiv(n, bn))](
         x, t, y, bsz, n, x.stride(0), t.stride(0), REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x)
     )
 

@@ -78,6 +78,25 @@ def test_conv1x1_folded_grid_matches_reference(gen):
     assert_close_to_ref(y, torch.einsum("oi,bis->bos", w.double(), x.double()), what="conv1x1 y")
 
 
+# ---- flows: coupling (the batch is in grid x) -------------------------------------------------
+def test_coupling_grids_put_the_batch_in_x(monkeypatch):
+    """A million samples of 4096 values: the batch blocks go into grid x (they were grid y, which
+    stops at 65,535 blocks). Stride-0 views stand in for the tensors: only the grid is recorded."""
+    from pygen.kernels import flows
+
+    names = ("_affine_coupling_fwd_kernel", "_affine_coupling_bwd_kernel", "_additive_coupling_fwd_kernel")
+    rec = _record(monkeypatch, flows, *names)
+    b, n = 1_000_000, 4096
+    v = torch.zeros(1, n).expand(b, n)
+    flows.affine_coupling_fwd(v, v, v, v, torch.zeros(1, 1).expand(b, 1), 2.0, False)
+    flows.affine_coupling_bwd(v, v, v, v, torch.zeros(b), v, v, v, 2.0, True)
+    flows.additive_coupling_fwd(v, v, v, False)
+    bb, _ = flows.coupling_blocks(b, n, False)
+    for name in names:
+        _assert_fits(rec[name].grids, name)
+        assert rec[name].grids[0][0] == -(-b // bb), (name, rec[name].grids)
+
+
 # ---- MLA prefill: the batch is in grid x -----------------------------------------------------
 def _varlen(batch, h, d, dv, lens=None):
     lens = torch.ones(batch, dtype=torch.int64) if lens is None else lens
