@@ -42,6 +42,7 @@ FAMILIES = {
     "roi": ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"),
     "made": (
         "masked_linear",
+        "masked_linear_plain",
         "masked_linear_bits",
         "made_affine_forward",
         "made_sample",
@@ -53,6 +54,7 @@ FAMILIES = {
         "affine_coupling",
         "additive_coupling",
         "actnorm",
+        "actnorm_init",
         "inv_conv1x1",
         "inv_conv1x1_lu",
         "sylvester",

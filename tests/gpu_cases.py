@@ -133,6 +133,7 @@ FLOWS = [
     ),
     Case("flows", "additive_coupling", _flows, lambda I, b: ops.additive_coupling(I["xs"], I["sh"], backend=b)),
     Case("flows", "actnorm", _flows, lambda I, b: ops.actnorm(I["x"], I["loc"], I["logs"], backend=b)),
+    Case("flows", "actnorm_init", _flows, lambda I, b: ops.actnorm_init(I["x"], backend=b)),
     Case("flows", "inv_conv1x1", _flows, lambda I, b: ops.inv_conv1x1(I["x"], I["w"], backend=b)),
     Case("flows", "inv_conv1x1.reverse", _flows, lambda I, b: ops.inv_conv1x1(I["x"], I["w"], reverse=True, backend=b)),
     Case(
@@ -185,6 +186,12 @@ MADE = [
         "masked_linear.mask",
         _made,
         lambda I, b: ops.masked_linear(I["x"], I["w"], I["b"], mask=I["mask"], backend=b),
+    ),
+    Case(
+        "made",
+        "masked_linear_plain",
+        _made,
+        lambda I, b: ops.masked_linear_plain(I["x"], I["w"], I["b"], I["mask"] > 0, backend=b),
     ),
     Case(
         "made",
