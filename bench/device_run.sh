@@ -25,8 +25,8 @@
 #   4. tests: pytest -v of the CUDA-parametrised tests of every family   TESTS_S=150
 #      (-k cuda) and the fp8 files (they run on the GPU when there is one), --maxfail=20,
 #      TEST_WORKERS=8 xdist workers when pytest-xdist is importable (Triton compiles in parallel)
-#   5. graphs: tests/test_cuda_graphs.py (capture/replay of every op, value checks off) and
-#      tests/test_multi_gpu.py (cuda:1 while cuda:0 is current; skipped on one GPU)  GRAPHS_S=60
+#   5. graphs: tests/common/test_cuda_graphs.py (capture/replay of every op, value checks off) and
+#      tests/common/test_multi_gpu.py (cuda:1 while cuda:0 is current; skipped on one GPU)  GRAPHS_S=60
 #   6. memcheck: compute-sanitizer --tool memcheck over the small subset in
 #      bench/device_sanitizer.txt (pytest -v -s -x; PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that the
 #      caching allocator does not hide out-of-bounds accesses)                MEMCHECK_S=60
@@ -261,14 +261,14 @@ if [ "${SKIP_TESTS:-0}" = 1 ]; then
 else
     step tests "${TESTS_S:-150}" "$PY" -m pytest -v -rfE --maxfail=20 -p no:cacheprovider "${XDIST[@]}" \
         --junitxml="$STAGE/logs/junit-tests.xml" \
-        -k "cuda or test_fp8_ops or test_fp8_inputs or test_fp8_linear" \
-        --ignore=tests/test_cuda_graphs.py --ignore=tests/test_multi_gpu.py tests
+        -k "cuda or test_fp8_ops or test_fp8_inputs or test_fp8_modules" \
+        --ignore=tests/common/test_cuda_graphs.py --ignore=tests/common/test_multi_gpu.py tests
 fi
 if [ "${SKIP_GRAPHS:-0}" = 1 ]; then
     skip graphs "SKIP_GRAPHS=1"
 else
     step graphs "${GRAPHS_S:-60}" "$PY" -m pytest -v -rfE -p no:cacheprovider "${XDIST[@]}" \
-        --junitxml="$STAGE/logs/junit-graphs.xml" tests/test_cuda_graphs.py tests/test_multi_gpu.py
+        --junitxml="$STAGE/logs/junit-graphs.xml" tests/common/test_cuda_graphs.py tests/common/test_multi_gpu.py
 fi
 
 # ---- 6-7: compute-sanitizer ---------------------------------------------------------------------

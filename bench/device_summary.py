@@ -7,7 +7,7 @@ STAGE is the folder device_run.sh fills (and what $OUT/device_run.tar.gz unpacks
 
     logs/steps.tsv                 one line per step: name, exit status, seconds, limit, note
     logs/tests.log                 pytest -v of the GPU tests (junit-tests.xml beside it)
-    logs/graphs.log                tests/test_cuda_graphs.py + tests/test_multi_gpu.py (junit-graphs.xml)
+    logs/graphs.log                tests/common/test_cuda_graphs.py + tests/common/test_multi_gpu.py (junit-graphs.xml)
     logs/memcheck.log              compute-sanitizer --tool memcheck over pytest -v -s of a subset
     logs/racecheck.log             compute-sanitizer --tool racecheck, the CUDA C++ (csrc) subset
     logs/bench-<family>.log        pygen bench output (MISMATCH / error notes of pygen backends)
@@ -36,7 +36,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-# Public ops per family (tests/test_device_run.py checks this against pygen.ops). Ops with no kernel
+# Public ops per family (tests/common/test_device_run.py checks this against pygen.ops). Ops with no kernel
 # (planar, radial: reference only; sort_hidden_units: a parameter helper) get no row.
 FAMILIES = {
     "roi": ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"),

@@ -1,4 +1,4 @@
-"""Offline compile specs of kernels/made.py (``pygen inspect made``, tests/test_made_compile.py):
+"""Offline compile specs of kernels/made.py (``pygen inspect made``, tests/made/test_made_sm90.py):
 each entry is one kernel at its default GPU configuration, specialised the way the runtime
 specialises it at the benchmark shape (16-byte-aligned pointers, ``tt.divisibility`` 16 on sizes
 and strides that are multiples of 16, unit inner strides as constexpr 1)."""
@@ -17,7 +17,7 @@ def _spec(fn, name, sig, consts, cfg, div):
         for a in list(sig) + div
         if a in names and (sig.get(a, "").startswith("*") or a in div)
     }
-    # 16-bit dots (fp32 runs ieee FMA dots) are meant for Hopper wgmma (tests/test_compiled_kernels.py)
+    # 16-bit dots (fp32 runs ieee FMA dots) are meant for Hopper wgmma (tests/common/test_compiled_kernels.py)
     return {
         "fn": fn,
         "name": name,

@@ -1,4 +1,4 @@
-"""Offline compile specs of kernels/mla.py (``pygen inspect mla``, tests/test_mla_compile.py): each
+"""Offline compile specs of kernels/mla.py (``pygen inspect mla``, tests/mla/test_mla_sm90.py): each
 entry is one kernel at its GPU configuration for the default benchmark shapes (docs/mla.md),
 specialised as the runtime specialises it there: 16-byte-aligned pointers, ``tt.divisibility``
 16 on strides that are multiples of 16 (576-wide tokens, 656-byte FP8 tokens / 164 floats / 328
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def _spec(fn, name, sig, consts, warps, stages, div=(), tensor_cores=False):
     """``tensor_cores``: the kernel is meant to run its dots as Hopper wgmma at this tile
-    (tests/test_compiled_kernels.py checks the PTX)."""
+    (tests/common/test_compiled_kernels.py checks the PTX)."""
     names = fn.arg_names
     attrs = {
         (names.index(a),): [["tt.divisibility", 16]] for a in names if a in sig and (sig[a].startswith("*") or a in div)

@@ -11,7 +11,7 @@ Block (transformers' DeepseekV3DecoderLayer, same submodule names)::
 ``DeepSeekV3LM`` stacks blocks between an embedding and an RMSNorm + LM head and has
 ``generate(input_ids, max_new_tokens)``: the prompt runs once (mla_prefill), its latents go into a
 :class:`PagedMLACache`, and each new token runs absorbed mla_decode on that cache. The test
-(tests/test_deepseek_model.py) checks the tokens equal greedy decoding by full recomputation.
+(tests/common/test_deepseek_model.py) checks the tokens equal greedy decoding by full recomputation.
 
 ``pygen profile deepseek_v3_block`` runs one MoE block (``DeepSeekV3BlockProfile``) on
 [batch, seq, hidden] activations (prefill: mla_prefill); ``pygen profile deepseek_v3_decode``

@@ -21,7 +21,7 @@ writes with pygen.ops.mla_cache_append and returns what mla_decode takes: the la
 int32 block table [b, max_pages] (unused entries are 0, a valid id the kernels never read because
 cache_seqlens bounds them) and int32 cache_seqlens [b] *including* the step's tokens.
 
-Invariants (tests/test_mla_module.py checks them after random allocate/append/free sequences):
+Invariants (tests/mla/test_mla_modules.py checks them after random allocate/append/free sequences):
 every page is either free or owned by exactly one sequence; a sequence of length L owns
 ceil(L / page_size) pages outside an open step; a failed ``begin`` (pool exhausted) and a
 ``rollback`` leave the bookkeeping as it was before ``begin``.

@@ -19,7 +19,7 @@ The last line is why the MLA softmax scale is not just 1/sqrt(192): transformers
 DeepseekV3Attention multiplies ``qk_head_dim ** -0.5`` by ``mscale(factor, mscale_all_dim) ** 2``
 when the RoPE type is not "default" and ``mscale_all_dim`` is set (yarn_apply_mscale); so does
 :func:`softmax_scale` here. These are the formulas of transformers 5.x's ``_compute_yarn_parameters``
-written independently (same numbers, tested against it in tests/test_mla_transformers.py).
+written independently (same numbers, tested against it in tests/mla/test_mla_transformers.py).
 
 Layouts: ``cos``/``sin`` are [batch, seq, d] (the frequencies repeated twice, transformers'
 convention), query/key rope parts [..., d]. ``rope_interleave=True`` (DeepSeek's checkpoint

@@ -19,7 +19,7 @@ Autograd (x [M, K], W [N, K], y = x W^T + b, all GEMMs NT with float32 accumulat
     db = sum_m dy (high precision)
 The backward is the recipe's straight-through approximation (the gradient of the unquantised
 layer evaluated with fp8 operands), not the derivative of the quantised forward, so float64
-gradcheck does not apply; tests/test_fp8_linear.py checks every GEMM of it against its float64
+gradcheck does not apply; tests/fp8/test_fp8_modules.py checks every GEMM of it against its float64
 oracle and the whole layer against nn.Linear within the tolerance of docs/fp8.md.
 
 Inference cache: in eval mode with autograd off, the quantised weight is kept and reused until the

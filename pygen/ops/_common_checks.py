@@ -56,7 +56,7 @@ def checking_values(*tensors) -> bool:
 # Element offsets a 32-bit index reaches. The RoI, MADE and flow kernels compute offsets within
 # one image / one sample / one weight in int32 (64-bit bases per image, row or RoI; half the
 # registers of 64-bit pointer tiles): the ops refuse operands whose part spans more than this
-# (tests lower it to exercise the refusals; tests/test_index_overflow.py lists the products).
+# (tests lower it to exercise the refusals; tests/common/test_index_overflow.py lists the products).
 MAX_SPAN = 2**31 - 1
 
 

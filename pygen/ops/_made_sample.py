@@ -17,7 +17,7 @@ kernels/_made_sample.py's persistent kernel, which walks the same schedule (buil
 host as int32 tables: per step and layer the newly computable unit range and the prefix it reads).
 The step loop below (one masked_linear launch per layer per step, a few thousand launches for
 D = 784) remains for residual networks, for sampling that autograd records, and when
-``persistent=False``; the two agree (tests/test_made_models.py).
+``persistent=False``; the two agree (tests/made/test_made_models.py).
 
 Networks
 --------

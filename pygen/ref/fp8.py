@@ -44,7 +44,7 @@ weight-gradient GEMM of training, where both operands are scaled along the reduc
 way the kernel does: each 128-deep partial sum in float32 (an fp8 x fp8 product is exact in
 float32), promoted into a float32 accumulator with both scales applied once per K block.
 
-Error bound (docs/fp8.md derives it; tests/test_fp8_ops.py checks it): with
+Error bound (docs/fp8.md derives it; tests/fp8/test_fp8_ops.py checks it): with
 S[m, n] = sum_k |A~[m, k]| |B~[n, k]| (A~, B~ dequantised),
     |kernel - fp8_gemm| <= (EPS_BLOCK + (K/128 + 2) * 2^-24) * S + EPS_OUT[out_dtype] * |ref| + tiny
 (tiny = 2^-24, fp16's subnormal spacing, for fp16 outputs; 1e-30 otherwise)

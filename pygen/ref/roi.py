@@ -290,7 +290,7 @@ def fpn_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
     """Index into ``spatial_scales`` of the level each RoI is pooled from: int64 [K]. Areas are
     computed in float64 for float64 rois and in float32 otherwise, and compared with
     ``fpn_level_thresholds`` (the kernels do the same), which reproduces torchvision's LevelMapper
-    formula evaluated on the CPU (tests/test_roi_fpn_level.py checks both at every boundary)."""
+    formula evaluated on the CPU (tests/roi/test_roi_fpn_level.py checks both at every boundary)."""
     r = rois.to(torch.float64) if rois.dtype == torch.float64 else rois.to(torch.float32)
     area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
     t = torch.tensor(

@@ -1,0 +1,272 @@
+"""pygen's MoE against Hugging Face transformers' DeepseekV3 (optional dependency: skipped when
+transformers is not installed): pygen.nn.MoE loads a DeepseekV3MoE state_dict and gives the same
+output and gradients; the "pygen" experts implementation and patch_deepseek_moe give the eager
+model's logits and gradients on a tiny random DeepseekV3ForCausalLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+hf_ds = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+pytest.importorskip("transformers.integrations.moe")
+
+from helpers import assert_close_to_ref  # noqa: E402 (after importorskip)
+
+from pygen import _backend  # noqa: E402 (after importorskip)
+from pygen.integrations import transformers_moe as tm  # noqa: E402 (after importorskip)
+from pygen.nn.moe import MoE  # noqa: E402 (after importorskip)
+
+_TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
+_SKIP_TRITON = pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
+
+
+def _config(**kw):
+    base = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        n_shared_experts=1,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=1,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        max_position_embeddings=64,
+    )
+    base.update(kw)
+    return transformers.DeepseekV3Config(**base)
+
+
+def _hf_moe(cfg, dtype, seed=0):
+    """A DeepseekV3MoE with random weights (the standalone module is created uninitialised) and a
+    non-zero correction bias."""
+    torch.manual_seed(seed)
+    m = hf_ds.DeepseekV3MoE(cfg)
+    m.config._experts_implementation = "eager"
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+        m.gate.e_score_correction_bias.normal_(0, 0.05)
+    return m.to(dtype)
+
+
+def _grads(module, x, gout):
+    x = x.clone().requires_grad_()
+    out = module(x)
+    names, params = zip(*module.named_parameters())
+    gs = torch.autograd.grad(out, [x, *params], gout)
+    return out, dict(zip(("x",) + names, gs))
+
+
+@pytest.mark.parametrize(
+    "backend, dtype",
+    [
+        ("reference", torch.float64),
+        ("reference", torch.float32),
+        pytest.param("triton", torch.float32, marks=_SKIP_TRITON),
+    ],
+)
+def test_moe_loads_hf_state_dict_and_matches(backend, dtype):
+    cfg = _config()
+    hf = _hf_moe(cfg, dtype)
+    m = MoE(cfg, backend=backend).to(dtype)
+    m.load_state_dict(hf.state_dict(), strict=True)
+    assert {k: (v.shape, v.dtype) for k, v in m.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in hf.state_dict().items()
+    }
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 32, generator=g, dtype=dtype)
+    gout = torch.randn(x.shape, generator=g, dtype=dtype)
+    out, grads = _grads(m, x, gout)
+    out_hf, grads_hf = _grads(hf, x, gout)
+    assert set(grads) == set(grads_hf)
+    # transformers computes the router logits in float32 even for a float64 module; pygen uses
+    # float64 there, hence a float32-level tolerance in float64 too
+    tol = 2e-5
+    assert_close_to_ref(out, out_hf, atol=tol, what="out")
+    for name in grads:
+        assert_close_to_ref(grads[name], grads_hf[name], atol=tol, what=f"d {name}")
+    assert grads["gate.weight"].abs().max() > 0
+
+
+def test_moe_from_hf_config_fields():
+    cfg = _config(n_routed_experts=12, n_group=3, topk_group=2, num_experts_per_tok=4, norm_topk_prob=False)
+    m = MoE(cfg)
+    assert (m.n_routed_experts, m.gate.num_group, m.gate.topk_group, m.gate.top_k) == (12, 3, 2, 4)
+    assert m.gate.norm_topk_prob is False and m.gate.routed_scaling_factor == 2.5
+    assert m.experts.gate_up_proj.shape == (12, 32, 32) and m.shared_experts.gate_proj.weight.shape == (16, 32)
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = transformers.DeepseekV3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # a non-zero correction bias so that it takes part in the selection
+        for layer in model.model.layers:
+            if isinstance(layer.mlp, hf_ds.DeepseekV3MoE):
+                layer.mlp.gate.e_score_correction_bias.normal_(0, 0.05)
+    return model
+
+
+def _logits_and_grads(model, ids):
+    model.zero_grad()
+    out = model(ids).logits
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_experts_implementation_pygen(monkeypatch):
+    assert "pygen" in transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS
+    model = _model(_config(experts_implementation="eager"))
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    ref_logits, ref_grads = _logits_and_grads(model, ids)
+
+    import pygen.ops.moe as ops_moe
+
+    calls = []
+    real = ops_moe.fused_moe
+    monkeypatch.setattr(ops_moe, "fused_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.set_experts_implementation("pygen")
+    assert model.config._experts_implementation == "pygen"
+    logits, grads = _logits_and_grads(model, ids)
+    assert len(calls) == 1  # one MoE layer, run through pygen's fused_moe
+    assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
+    assert set(grads) == set(ref_grads)
+    for n in grads:
+        assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")
+
+
+def test_experts_implementation_from_config():
+    model = transformers.DeepseekV3ForCausalLM(_config(experts_implementation="pygen"))
+    assert model.config._experts_implementation == "pygen"
+    assert model.model.layers[1].mlp.experts.config._experts_implementation == "pygen"
+
+
+def test_experts_implementation_rejects_unsupported_layout():
+    model = _model(_config(experts_implementation="pygen"))
+    experts = model.model.layers[1].mlp.experts
+    experts.is_transposed = True
+    with pytest.raises(NotImplementedError, match="is_transposed"):
+        model(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_patch_deepseek_moe():
+    model = _model(_config(experts_implementation="eager"))
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    ref_logits, ref_grads = _logits_and_grads(model, ids)
+    old = model.model.layers[1].mlp
+    old_params = dict(old.named_parameters())
+    keys_before = list(model.state_dict())
+
+    assert tm.patch_deepseek_moe(model, backend="reference") == {"DeepseekV3MoE": 1}
+    new = model.model.layers[1].mlp
+    assert isinstance(new, MoE) and new.backend == "reference" and not new.training
+    assert list(model.state_dict()) == keys_before
+    for n, p in new.named_parameters():  # the very same Parameter objects (optimizers keep working)
+        assert p is old_params[n]
+    assert new.tokens_per_expert.device == old_params["gate.weight"].device
+
+    logits, grads = _logits_and_grads(model, ids)
+    assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
+    assert set(grads) == set(ref_grads)
+    for n in grads:
+        assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")
+    assert tm.patch_deepseek_moe(model) == {}  # nothing left to swap
+
+
+def test_patch_keeps_bf16_model_dtypes():
+    model = _model(_config(experts_implementation="eager")).to(torch.bfloat16)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    tm.patch_deepseek_moe(model, backend="reference")
+    assert {k: v.dtype for k, v in model.state_dict().items()} == dtypes
+    out = model(torch.zeros(1, 4, dtype=torch.long)).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("ran_before", [False, True])
+def test_patch_keeps_router_logits_output(ran_before):
+    """transformers records router logits by hooking DeepseekV3TopkRouter modules; the swap must
+    keep them (hooks installed before the swap move over, later installs find the new gate)."""
+    model = _model(_config(experts_implementation="eager"))
+    ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2))
+    want = None
+    if ran_before:
+        want = model(ids, output_router_logits=True).router_logits
+    tm.patch_deepseek_moe(model, backend="reference")
+    got = model(ids, output_router_logits=True).router_logits
+    assert len(got) == 1 and got[0].shape == (10, 8)
+    if want is not None:
+        assert torch.allclose(got[0], want[0], atol=1e-6)
+
+
+def test_experts_implementation_ep_sentinels():
+    """transformers' own expert parallelism marks slots of other ranks' experts with the id
+    num_experts; the pygen implementation drops them like the eager loop does."""
+    cfg = _config(experts_implementation="pygen")
+    torch.manual_seed(3)
+    experts = hf_ds.DeepseekV3Experts(cfg)
+    with torch.no_grad():
+        experts.gate_up_proj.normal_(0, 0.2)
+        experts.down_proj.normal_(0, 0.2)
+    experts._is_expert_parallel = True
+    x = torch.randn(6, 32, requires_grad=True)
+    ids = torch.randint(0, 8, (6, 3))
+    ids[0, 1] = ids[3, 0] = ids[3, 2] = 8  # sentinels
+    w = torch.rand(6, 3, requires_grad=True)
+    out = experts(x, ids, w)
+    gx, gw = torch.autograd.grad(out.square().sum(), [x, w])
+    experts.config._experts_implementation = "eager"
+    ref = experts(x, ids, w)
+    rx, rw = torch.autograd.grad(ref.square().sum(), [x, w])
+    assert_close_to_ref(out, ref, atol=1e-5, what="out")
+    assert_close_to_ref(gx, rx, atol=1e-5, what="dx")
+    assert_close_to_ref(gw, rw, atol=1e-5, what="d weights")  # zero at the sentinels in both
+
+
+@pytest.mark.parametrize("family", ["Qwen3Moe", "Mixtral"])
+def test_experts_implementation_other_moe_models(family, monkeypatch):
+    """The "pygen" experts implementation is not DeepSeek-specific: any experts class with the
+    gate_up_proj / down_proj layout (Qwen3-MoE, Mixtral, ...) runs through fused_moe."""
+    cfg_cls = getattr(transformers, f"{family}Config", None)
+    model_cls = getattr(transformers, f"{family}ForCausalLM", None)
+    if cfg_cls is None or model_cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {family}")
+    experts = dict(num_experts=8, moe_intermediate_size=16) if family == "Qwen3Moe" else dict(num_local_experts=8)
+    cfg = cfg_cls(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_experts_per_tok=2,
+        experts_implementation="eager",
+        **experts,
+    )
+    torch.manual_seed(0)
+    model = model_cls(cfg).eval()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(4))
+    ref_logits, ref_grads = _logits_and_grads(model, ids)
+    import pygen.ops.moe as ops_moe
+
+    calls = []
+    real = ops_moe.fused_moe
+    monkeypatch.setattr(ops_moe, "fused_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.set_experts_implementation("pygen")
+    logits, grads = _logits_and_grads(model, ids)
+    assert len(calls) == 2  # both layers are MoE layers
+    assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
+    for n in ref_grads:
+        assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")

@@ -1,0 +1,63 @@
+"""RoI modules: drop-in behaviour of pygen.nn against the functional ops and the reference, and
+pygen.patch on a torchvision model (when torchvision is installed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close_to_ref, make_rois
+
+from pygen import nn as pnn, ops
+from pygen.ref import roi as ref
+
+
+def test_modules_call_the_ops(gen):
+    x = torch.randn(2, 18, 9, 10, generator=gen)
+    rois = make_rois(7, 2, 9, 10, 0.5, gen)
+    cases = [
+        (pnn.RoIAlign(3, 0.5, 2, True), lambda: ops.roi_align(x, rois, 3, 0.5, 2, True)),
+        (pnn.RoIPool((3, 2), 0.5), lambda: ops.roi_pool(x, rois, (3, 2), 0.5)),
+        (pnn.PSRoIAlign(3, 0.5, -1), lambda: ops.ps_roi_align(x, rois, 3, 0.5, -1)),
+        (pnn.PSRoIPool(3, 0.5), lambda: ops.ps_roi_pool(x, rois, 3, 0.5)),
+    ]
+    for module, functional in cases:
+        assert module.state_dict() == {}
+        torch.testing.assert_close(module(x, rois), functional())
+        assert "output_size" in repr(module)
+
+
+def test_multiscale_module_matches_reference(gen):
+    feats = {
+        "0": torch.randn(2, 4, 16, 20, generator=gen),
+        "1": torch.randn(2, 4, 8, 10, generator=gen),
+        "pool": torch.randn(2, 4, 4, 5, generator=gen),
+    }
+    image_shapes = [(64, 80), (60, 76)]
+    boxes = [make_rois(5, 1, 64, 80, 1.0, gen, special=False)[:, 1:] for _ in range(2)]
+    m = pnn.MultiScaleRoIAlign(["0", "1"], 3, 2)
+    out = m(feats, boxes, image_shapes)
+    assert m.scales == [0.25, 0.125]
+    rois = torch.cat([torch.cat([torch.full((5, 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    r = ref.multi_scale_roi_align([feats["0"].double(), feats["1"].double()], rois.double(), (3, 3), [0.25, 0.125], 2)
+    assert_close_to_ref(out, r, atol=1e-5)
+    with pytest.raises(ValueError, match="feature map"):
+        pnn.MultiScaleRoIAlign(["0", "missing"], 3, 2)(feats, boxes, image_shapes)
+
+
+def test_patch_torchvision_swaps_roi_modules():
+    tvo = pytest.importorskip("torchvision.ops", reason="torchvision is optional (pygen.patch target)")
+    import pygen.patch
+
+    model = torch.nn.Sequential(
+        tvo.RoIAlign(7, 0.25, 2),
+        torch.nn.ModuleDict({"pool": tvo.MultiScaleRoIAlign(["0", "1"], 7, 2), "ps": tvo.PSRoIPool(3, 0.5)}),
+    )
+    x = torch.randn(2, 9, 16, 16)
+    rois = torch.tensor([[0, 1.0, 1, 20, 30], [1, 5, 5, 40, 40]])
+    before = model[1]["ps"](x, rois)
+    swapped = pygen.patch.patch_torchvision(model)
+    assert swapped == {"RoIAlign": 1, "MultiScaleRoIAlign": 1, "PSRoIPool": 1}
+    assert isinstance(model[0], pnn.RoIAlign) and isinstance(model[1]["pool"], pnn.MultiScaleRoIAlign)
+    inside = torch.tensor([[0, 1.0, 1, 20, 30], [1, 5, 5, 20, 20]])  # away from the last row/column
+    torch.testing.assert_close(model[1]["ps"](x, inside), tvo.ps_roi_pool(x, inside, 3, 0.5))
+    assert before.shape == model[1]["ps"](x, rois).shape
