@@ -20,6 +20,32 @@ import torch
 from .._value_checks import value_checks_enabled
 
 
+def dtype_names(dtypes) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def tensor(name: str, t, what: str, *, dim: int | None = None, min_dim: int | None = None, dtypes=None) -> torch.Tensor:
+    """The one tensor validator: a torch.Tensor, not on the meta device, of one of ``dtypes``
+    (when given), with exactly ``dim`` / at least ``min_dim`` dimensions (when given). Errors name
+    ``what``; returns ``t``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    not_meta(name, t, what)
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name}: {what} must have dtype {dtype_names(dtypes)}; got {t.dtype}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name}: {what} must be {dim}-D, got shape {tuple(t.shape)}")
+    if min_dim is not None and t.dim() < min_dim:
+        raise ValueError(f"{name}: {what} must have at least {min_dim} dims, got shape {tuple(t.shape)}")
+    return t
+
+
+def same_device(name: str, what: str, t, ref_what: str, ref: torch.Tensor) -> None:
+    """ValueError when ``t`` (None is accepted) is not on ``ref``'s device."""
+    if t is not None and t.device != ref.device:
+        raise ValueError(f"{name}: {what} is on {t.device}, expected {ref_what}'s device {ref.device}")
+
+
 def not_meta(name: str, t, what: str) -> None:
     """Raise a ValueError naming ``what`` when ``t`` is a tensor on the meta device."""
     if isinstance(t, torch.Tensor) and t.device.type == "meta":

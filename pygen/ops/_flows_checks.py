@@ -13,26 +13,14 @@ import numbers
 
 import torch
 
-from ._common_checks import checking_values, not_meta
+from ._common_checks import checking_values, tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def tensor(name: str, t, what: str, min_dim: int = 0, dtypes=FLOAT_DTYPES) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
-    not_meta(name, t, what)
-    if t.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")
-    if t.dim() < min_dim:
-        raise ValueError(f"{name}: {what} must have at least {min_dim} dims, got shape {tuple(t.shape)}")
-    return t
-
-
 def like(name: str, t, what: str, ref: torch.Tensor, ref_what: str, shape=None) -> torch.Tensor:
     """``t`` is a tensor with ``ref``'s dtype and device and the given shape (default ref's)."""
-    tensor(name, t, what)
+    tensor(name, t, what, dtypes=FLOAT_DTYPES)
     want = tuple(ref.shape) if shape is None else tuple(shape)
     if tuple(t.shape) != want:
         raise ValueError(f"{name}: {what} must have shape {want} (from {ref_what}), got {tuple(t.shape)}")
@@ -62,7 +50,7 @@ def clamp_value(name: str, v) -> float | None:
 
 def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
     """A per-channel parameter of x [B, C, ...]: C values, shaped [C] or [1, C, 1, ...]."""
-    tensor(name, p, what)
+    tensor(name, p, what, dtypes=FLOAT_DTYPES)
     c = x.shape[1]
     ok_shapes = {(c,), (1, c), (1, c) + (1,) * (x.dim() - 2)}
     if tuple(p.shape) not in ok_shapes:
@@ -79,7 +67,7 @@ def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
 
 def square(name: str, w, what: str, c: int | None, ref: torch.Tensor | None = None) -> torch.Tensor:
     """A [C, C] matrix ([C, C, 1, 1] accepted for conv weights) -> the [C, C] view."""
-    tensor(name, w, what)
+    tensor(name, w, what, dtypes=FLOAT_DTYPES)
     if w.dim() == 4 and w.shape[2:] == (1, 1):
         w = w.reshape(w.shape[0], w.shape[1])
     if w.dim() != 2 or w.shape[0] != w.shape[1] or (c is not None and w.shape[0] != c):
@@ -95,7 +83,7 @@ def square(name: str, w, what: str, c: int | None, ref: torch.Tensor | None = No
 
 def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tuple) -> torch.Tensor:
     """A flow parameter that is either shared (``shared_shape``) or per sample ([B, *shared])."""
-    tensor(name, p, what)
+    tensor(name, p, what, dtypes=FLOAT_DTYPES)
     shapes = {tuple(shared_shape), (z.shape[0],) + tuple(shared_shape)}
     if shared_shape == ():
         shapes |= {(1,), (z.shape[0],)}

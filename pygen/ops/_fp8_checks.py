@@ -9,31 +9,11 @@ from __future__ import annotations
 import torch
 
 from ..ref.fp8 import BLOCK, SCALE_FORMATS
-from ._common_checks import not_meta
+from ._common_checks import dtype_names, same_device, tensor
 
 HIGH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 FP8 = torch.float8_e4m3fn
-
-
-def _names(dts) -> str:
-    return ", ".join(str(d).removeprefix("torch.") for d in dts)
-
-
-def tensor(name: str, t, what: str, dtypes, dim: int | None = None) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
-    not_meta(name, t, what)
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name}: {what} must have dtype {_names(dtypes)}; got {t.dtype}")
-    if dim is not None and t.dim() != dim:
-        raise ValueError(f"{name}: {what} must be {dim}-D, got shape {tuple(t.shape)}")
-    return t
-
-
-def same_device(name: str, t: torch.Tensor, what: str, ref: torch.Tensor, ref_what: str) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name}: {what} must be on {ref_what}'s device {ref.device}, got {t.device}")
 
 
 def k_multiple(name: str, k: int, what: str) -> None:
@@ -59,20 +39,20 @@ def flag(name: str, v, what: str) -> bool:
 
 def out_dtype(name: str, v) -> torch.dtype:
     if v not in OUT_DTYPES:
-        raise TypeError(f"{name}: out_dtype must be one of {_names(OUT_DTYPES)}, got {v!r}")
+        raise TypeError(f"{name}: out_dtype must be one of {dtype_names(OUT_DTYPES)}, got {v!r}")
     return v
 
 
 def scales(name: str, s, what: str, shape: tuple, ref: torch.Tensor, layout: str) -> torch.Tensor:
     """float32 scales of exactly ``shape`` on ref's device, with positive strides that do not
     overlap (row-major, column-major or padded views are all fine; broadcast views are not)."""
-    tensor(name, s, what, (torch.float32,))
+    tensor(name, s, what, dtypes=(torch.float32,))
     if tuple(s.shape) != tuple(shape):
         raise ValueError(
             f"{name}: {what} must have shape {tuple(shape)} ({layout}), got {tuple(s.shape)}"
             + (" -- transposed? pass the [rows, K/128] view" if tuple(s.shape) == tuple(shape)[::-1] else "")
         )
-    same_device(name, s, what, ref, "the fp8 operand")
+    same_device(name, what, s, "the fp8 operand", ref)
     if s.dim() == 2 and s.numel() > 1:
         st = s.stride()
         r, c = s.shape
@@ -89,7 +69,7 @@ def scales(name: str, s, what: str, shape: tuple, ref: torch.Tensor, layout: str
 
 
 def operand(name: str, t, what: str, dim: int = 2) -> torch.Tensor:
-    tensor(name, t, what, (FP8,), dim)
+    tensor(name, t, what, dtypes=(FP8,), dim=dim)
     if t.shape[-1] > 1 and t.stride(-1) != 1 and t.stride(-2) != 1:
         raise ValueError(f"{name}: {what} needs a unit stride along one of its last two dims, got strides {t.stride()}")
     return t
@@ -98,8 +78,8 @@ def operand(name: str, t, what: str, dim: int = 2) -> torch.Tensor:
 def bias(name: str, b, n: int, ref: torch.Tensor):
     if b is None:
         return None
-    tensor(name, b, "bias", HIGH_DTYPES, 1)
+    tensor(name, b, "bias", dtypes=HIGH_DTYPES, dim=1)
     if b.shape[0] != n:
         raise ValueError(f"{name}: bias must have shape ({n},) (N of b), got {tuple(b.shape)}")
-    same_device(name, b, "bias", ref, "a")
+    same_device(name, "bias", b, "a", ref)
     return b

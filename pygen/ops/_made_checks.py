@@ -15,17 +15,10 @@ from __future__ import annotations
 import torch
 
 from ..ref import made as ref
-from ._common_checks import checking_values, not_meta
+from ._common_checks import checking_values, tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
-def tensor(name: str, t, what: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
-    not_meta(name, t, what)
-    return t
 
 
 def floating(name: str, t: torch.Tensor, what: str) -> None:

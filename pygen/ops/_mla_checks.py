@@ -25,22 +25,13 @@ import numbers
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
-from ._common_checks import checking_values, not_meta, tracing
+from ._common_checks import checking_values, same_device, tensor, tracing
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def tensor(name: str, x, what: str, dims: int | None = None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(x).__name__}")
-    not_meta(name, x, what)
-    if dims is not None and x.dim() != dims:
-        raise ValueError(f"{name}: {what} must be {dims}-D, got shape {tuple(x.shape)}")
-    return x
-
-
 def float_tensor(name: str, x, what: str, dims: int) -> torch.Tensor:
-    tensor(name, x, what, dims)
+    tensor(name, x, what, dim=dims)
     if x.dtype not in FLOATS:
         raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.numel() and x.stride(-1) != 1:
@@ -49,16 +40,16 @@ def float_tensor(name: str, x, what: str, dims: int) -> torch.Tensor:
 
 
 def int_tensor(name: str, x, what: str, dims: int, dtypes=(torch.int32,)) -> torch.Tensor:
-    tensor(name, x, what, dims)
+    tensor(name, x, what, dim=dims)
     if x.dtype not in dtypes:
         raise TypeError(f"{name}: {what} must be {' or '.join(str(d) for d in dtypes)}, got {x.dtype}")
     return x
 
 
-def same_device(name: str, ref: torch.Tensor, **others) -> None:
+def devices_match(name: str, ref_what: str, ref: torch.Tensor, **others) -> None:
+    """same_device for each of ``others`` (by argument name) against ``ref``."""
     for what, t in others.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{name}: {what} is on {t.device}, expected {ref.device} (like the first tensor)")
+        same_device(name, what, t, ref_what, ref)
 
 
 def scale_arg(name: str, value, d: int) -> float:
@@ -80,7 +71,7 @@ def flag(name: str, value, what: str) -> bool:
 
 def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
     """Validate a paged cache [num_blocks, page_size, 1, D]; returns True for the FP8 (uint8) one."""
-    tensor(name, kv_cache, "kv_cache", 4)
+    tensor(name, kv_cache, "kv_cache", dim=4)
     fp8 = kv_cache.dtype == torch.uint8
     if not fp8 and kv_cache.dtype not in FLOATS:
         raise TypeError(f"{name}: kv_cache must be a float tensor or the uint8 FP8 cache, got {kv_cache.dtype}")
@@ -164,7 +155,7 @@ def decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softm
         raise ValueError(f"{name}: block_table must have batch {b} rows, got shape {tuple(block_table.shape)}")
     if cache_seqlens.shape[0] != b:
         raise ValueError(f"{name}: cache_seqlens must have {b} entries, got shape {tuple(cache_seqlens.shape)}")
-    same_device(name, q, kv_cache=kv_cache, block_table=block_table, cache_seqlens=cache_seqlens)
+    devices_match(name, "q", q, kv_cache=kv_cache, block_table=block_table, cache_seqlens=cache_seqlens)
     scale = scale_arg(name, softmax_scale, d)
     flag(name, causal, "causal")
     if s_q > 1 and not causal:
@@ -202,7 +193,9 @@ def append_args(name, kv_cache, block_table, positions, latent, k_rope):
             f"{name}: k_rope must be [{b}, {n}, {rope_d}] (the cache's last dim {d} minus the latent "
             f"dim), got {tuple(k_rope.shape)}"
         )
-    same_device(name, kv_cache, block_table=block_table, positions=positions, latent=latent, k_rope=k_rope)
+    devices_match(
+        name, "kv_cache", kv_cache, block_table=block_table, positions=positions, latent=latent, k_rope=k_rope
+    )
     # Positions that write one cache slot twice are not an error: the last of them in row-major
     # order wins (pygen.ref.mla.append_slots), in eager mode and under torch.compile alike.
     if positions.numel() and checking_values(block_table, positions):
@@ -272,7 +265,7 @@ def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal)
         raise ValueError(f"{name}: v must be [{tk}, {h}, dv] (k's tokens and heads), got {tuple(v.shape)}")
     if d < 1 or v.shape[2] < 1:
         raise ValueError(f"{name}: head dims must be >= 1, got qk {d}, v {v.shape[2]}")
-    same_device(name, q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    devices_match(name, "q", q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     for what, given in (("max_seqlen_q", max_q), ("max_seqlen_k", max_k)):
         if given is not None and (isinstance(given, bool) or not isinstance(given, numbers.Integral)):
             raise TypeError(f"{name}: {what} must be an int or None, got {given!r}")
@@ -294,8 +287,8 @@ def prefill_args(name, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal)
 def merge_args(name, out_a, lse_a, out_b, lse_b):
     float_tensor(name, out_a, "out_a", 3)
     float_tensor(name, out_b, "out_b", 3)
-    tensor(name, lse_a, "lse_a", 2)
-    tensor(name, lse_b, "lse_b", 2)
+    tensor(name, lse_a, "lse_a", dim=2)
+    tensor(name, lse_b, "lse_b", dim=2)
     if out_a.shape != out_b.shape or out_a.dtype != out_b.dtype:
         raise ValueError(
             f"{name}: out_a and out_b must share shape and dtype, got {tuple(out_a.shape)} "
@@ -307,7 +300,7 @@ def merge_args(name, out_a, lse_a, out_b, lse_b):
             raise ValueError(f"{name}: {what} must be [{h}, {t}] ([heads, tokens]), got {tuple(lse.shape)}")
         if lse.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"{name}: {what} must be float32 (or float64), got {lse.dtype}")
-    same_device(name, out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    devices_match(name, "out_a", out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
 
 
 TRITON_MAX_HEADS = 65535  # CUDA's grid y limit: the Triton prefill and merge kernels put heads there

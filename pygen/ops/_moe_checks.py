@@ -15,28 +15,11 @@ import numbers
 
 import torch
 
-from ._common_checks import checking_values, not_meta
+from ._common_checks import checking_values, not_meta, same_device, tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 MAX_EXPERTS = 1 << 16
-
-
-def tensor(name: str, t, what: str, dim: int | None = None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
-    not_meta(name, t, what)
-    if t.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name}: {what} must have dtype {names}; got {t.dtype}")
-    if dim is not None and t.dim() != dim:
-        raise ValueError(f"{name}: {what} must be {dim}-D, got shape {tuple(t.shape)}")
-    return t
-
-
-def same_device(name: str, what: str, t: torch.Tensor, ref: torch.Tensor, ref_what: str) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name}: {what} is on {t.device}, expected {ref_what}'s device {ref.device}")
 
 
 def integer(name: str, v, what: str, lo: int, hi: int | None = None) -> int:
@@ -94,7 +77,7 @@ def topk_ids(name: str, ids, tokens: int | None = None) -> torch.Tensor:
 
 def route(logits, top_k, scoring, bias, n_group, topk_group, norm, scale):
     name = "moe_route"
-    tensor(name, logits, "router_logits", dim=2)
+    tensor(name, logits, "router_logits", dim=2, dtypes=FLOAT_DTYPES)
     e = logits.shape[1]
     if e < 1:
         raise ValueError(f"{name}: router_logits must have at least one expert column, got {tuple(logits.shape)}")
@@ -117,10 +100,10 @@ def route(logits, top_k, scoring, bias, n_group, topk_group, norm, scale):
             f"of n_group={n_group} groups"
         )
     if bias is not None:
-        tensor(name, bias, "e_score_correction_bias", dim=1)
+        tensor(name, bias, "e_score_correction_bias", dim=1, dtypes=FLOAT_DTYPES)
         if bias.shape[0] != e:
             raise ValueError(f"{name}: e_score_correction_bias must have shape ({e},), got {tuple(bias.shape)}")
-        same_device(name, "e_score_correction_bias", bias, logits, "router_logits")
+        same_device(name, "e_score_correction_bias", bias, "router_logits", logits)
     flag(name, norm, "norm_topk_prob")
     scale = real(name, scale, "routed_scaling_factor")
     return top_k, n_group, topk_group, scale
@@ -138,10 +121,10 @@ def align(ids, num_experts, block_size):
 
 def fused(x, w1, w2, weights, ids, act, activations):
     name = "fused_moe"
-    tensor(name, x, "hidden_states", dim=2)
+    tensor(name, x, "hidden_states", dim=2, dtypes=FLOAT_DTYPES)
     t, h = x.shape
-    tensor(name, w1, "w1", dim=3)
-    tensor(name, w2, "w2", dim=3)
+    tensor(name, w1, "w1", dim=3, dtypes=FLOAT_DTYPES)
+    tensor(name, w2, "w2", dim=3, dtypes=FLOAT_DTYPES)
     e, two_i, h1 = w1.shape
     if h1 != h:
         raise ValueError(f"{name}: w1 must be [E, 2*I, H] with H={h} (hidden_states' last dim), got {tuple(w1.shape)}")
@@ -157,15 +140,15 @@ def fused(x, w1, w2, weights, ids, act, activations):
     for what, w in (("w1", w1), ("w2", w2)):
         if w.dtype != x.dtype:
             raise TypeError(f"{name}: {what} must have hidden_states' dtype {x.dtype}, got {w.dtype}")
-        same_device(name, what, w, x, "hidden_states")
+        same_device(name, what, w, "hidden_states", x)
     topk_ids(name, ids, tokens=t)
-    tensor(name, weights, "topk_weights", dim=2)
+    tensor(name, weights, "topk_weights", dim=2, dtypes=FLOAT_DTYPES)
     if tuple(weights.shape) != tuple(ids.shape):
         raise ValueError(
             f"{name}: topk_weights must have topk_ids' shape {tuple(ids.shape)}, got {tuple(weights.shape)}"
         )
-    same_device(name, "topk_ids", ids, x, "hidden_states")
-    same_device(name, "topk_weights", weights, x, "hidden_states")
+    same_device(name, "topk_ids", ids, "hidden_states", x)
+    same_device(name, "topk_weights", weights, "hidden_states", x)
     choice(name, act, "activation", activations)
     s = ids.numel()
     # the kernels address rows with 32-bit offsets from 64-bit bases

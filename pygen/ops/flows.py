@@ -427,7 +427,7 @@ def slogdet(A: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tenso
 
 
 def _coupling_args(name, x, others):
-    chk.tensor(name, x, "x", min_dim=1)
+    chk.tensor(name, x, "x", min_dim=1, dtypes=chk.FLOAT_DTYPES)
     if x.dim() < 2:
         raise ValueError(f"{name}: x must be [B, *] with at least one feature dim, got shape {tuple(x.shape)}")
     for what, t in others:
@@ -489,7 +489,7 @@ def actnorm(
     logdet = H*W*sum log|m| for every sample. ``reverse=True``: x = y/m - loc, negated logdet.
     x: [B, C, *] (or [B, C]); loc, log_scale / scale: [C] or [1, C, 1, 1]."""
     name = "actnorm"
-    chk.tensor(name, x, "x", min_dim=2)
+    chk.tensor(name, x, "x", min_dim=2, dtypes=chk.FLOAT_DTYPES)
     chk.channel_param(name, loc, "loc", x)
     if (log_scale is None) == (scale is None):
         raise ValueError("actnorm: pass exactly one of log_scale and scale")
@@ -503,7 +503,7 @@ def actnorm(
 
 
 def _conv_input(name, x):
-    chk.tensor(name, x, "x", min_dim=2)
+    chk.tensor(name, x, "x", min_dim=2, dtypes=chk.FLOAT_DTYPES)
     # the 1x1-conv kernels index within one sample (C x H x W) with 32-bit offsets
     fits_32bit(name, x, "x", dims=range(1, x.dim()), part=" (one sample)")
     return x
@@ -526,7 +526,7 @@ def actnorm_init(
 
         loc, log_scale = pygen.ops.actnorm_init(x)      # then actnorm(x, loc, log_scale)"""
     name = "actnorm_init"
-    chk.tensor(name, x, "x", min_dim=2)
+    chk.tensor(name, x, "x", min_dim=2, dtypes=chk.FLOAT_DTYPES)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
     if x.numel() == 0:
@@ -599,7 +599,7 @@ def inv_conv1x1_lu(
 
 # ---- planar / radial / Sylvester -----------------------------------------------------------------
 def _z(name, z):
-    chk.tensor(name, z, "z", min_dim=2)
+    chk.tensor(name, z, "z", min_dim=2, dtypes=chk.FLOAT_DTYPES)
     if z.dim() != 2:
         raise ValueError(f"{name}: z must be [B, D], got shape {tuple(z.shape)}")
     return z
@@ -642,7 +642,7 @@ def sylvester(
     B: [M, D] or [B, M, D]; b: [M] or [B, M]."""
     name = "sylvester"
     _z(name, z)
-    chk.tensor(name, A, "A")
+    chk.tensor(name, A, "A", dtypes=chk.FLOAT_DTYPES)
     if A.dim() not in (2, 3) or A.shape[-2] != z.shape[1]:
         raise ValueError(f"sylvester: A must be [D, M] or [B, D, M] with D = {z.shape[1]}, got {tuple(A.shape)}")
     m = A.shape[-1]

@@ -162,7 +162,7 @@ def quantize_fp8_1x128(
     scales column-major with strides (1, round_up(M, 4)) (torch._scaled_mm's BlockWise1x128
     layout); ``scale_format="ue8m0"`` rounds every scale up to a power of two."""
     name = "quantize_fp8_1x128"
-    chk.tensor(name, x, "x", chk.HIGH_DTYPES, 2)
+    chk.tensor(name, x, "x", dtypes=chk.HIGH_DTYPES, dim=2)
     chk.k_multiple(name, x.shape[1], "x.shape[1] (K)")
     ue8m0 = chk.scale_format(name, scale_format)
     chk.flag(name, transpose_scales, "transpose_scales")
@@ -179,7 +179,7 @@ def quantize_fp8_128x128(
     BlockWise128x128 scale_b). MoE expert weights w [E, N, K] give q [E, N, K] and scales
     [E, ceil(N/128), K/128] (one launch when N % 128 == 0), the B operand of fp8_gemm_grouped."""
     name = "quantize_fp8_128x128"
-    chk.tensor(name, w, "w", chk.HIGH_DTYPES)
+    chk.tensor(name, w, "w", dtypes=chk.HIGH_DTYPES)
     if w.dim() not in (2, 3):
         raise ValueError(f"{name}: w must be [N, K] or [E, N, K] (MoE experts), got shape {tuple(w.shape)}")
     chk.k_multiple(name, w.shape[-1], "w.shape[-1] (K)")
@@ -222,7 +222,7 @@ def dequantize_fp8(
 def _gemm_args(name, a, a_scales, b, b_scales, b_block: int, grouped: bool = False):
     chk.operand(name, a, "a")
     chk.operand(name, b, "b", 3 if grouped else 2)
-    chk.same_device(name, b, "b", a, "a")
+    chk.same_device(name, "b", b, "a", a)
     m, kdim = a.shape
     n = b.shape[-2]
     if b.shape[-1] != kdim:
@@ -333,12 +333,12 @@ def fp8_gemm_grouped(
     name = "fp8_gemm_grouped"
     m, _, _ = _gemm_args(name, a, a_scales, b, b_scales, ref.BLOCK, grouped=True)
     chk.out_dtype(name, out_dtype)
-    chk.tensor(name, m_indices, "m_indices", (torch.int32,), 1)
+    chk.tensor(name, m_indices, "m_indices", dtypes=(torch.int32,), dim=1)
     if m_indices.shape[0] != m:
         raise ValueError(
             f"{name}: m_indices must have shape ({m},) (one entry per row of a), got {tuple(m_indices.shape)}"
         )
-    chk.same_device(name, m_indices, "m_indices", a, "a")
+    chk.same_device(name, "m_indices", m_indices, "a", a)
     if m % GROUPED_M_ALIGN:
         raise ValueError(
             f"{name}: a.shape[0] (M_total) must be a multiple of {GROUPED_M_ALIGN} in the "

@@ -369,9 +369,9 @@ def moe_permute(
     e are expert_offsets[e] .. expert_offsets[e+1]-1, in ascending slot order. Rows past
     expert_offsets[E] exist only for ids outside [0, E): zero, slot T*k."""
     name = "moe_permute"
-    chk.tensor(name, hidden_states, "hidden_states", dim=2)
+    chk.tensor(name, hidden_states, "hidden_states", dim=2, dtypes=chk.FLOAT_DTYPES)
     chk.topk_ids(name, topk_ids, tokens=hidden_states.shape[0])
-    chk.same_device(name, "topk_ids", topk_ids, hidden_states, "hidden_states")
+    chk.same_device(name, "topk_ids", topk_ids, "hidden_states", hidden_states)
     e = chk.integer(name, num_experts, "num_experts", 1, chk.MAX_EXPERTS)
     chk.ids_in_range(name, topk_ids, e, check_ids)
     b = _pick(name, hidden_states, backend, _PERMUTE_SUPPORTED)
@@ -394,17 +394,17 @@ def moe_unpermute(
     ``top_k`` gives k). Rows with the sentinel slot (>= T*k) are ignored. The sum over j runs in
     ascending j (deterministic)."""
     name = "moe_unpermute"
-    chk.tensor(name, permuted, "permuted", dim=2)
+    chk.tensor(name, permuted, "permuted", dim=2, dtypes=chk.FLOAT_DTYPES)
     chk.tensor(name, sorted_slots, "sorted_slots", dim=1, dtypes=(torch.int32,))
     n = permuted.shape[0]
     if sorted_slots.shape[0] != n:
         raise ValueError(
             f"{name}: sorted_slots must have one entry per permuted row ({n}), got {tuple(sorted_slots.shape)}"
         )
-    chk.same_device(name, "sorted_slots", sorted_slots, permuted, "permuted")
+    chk.same_device(name, "sorted_slots", sorted_slots, "permuted", permuted)
     if topk_weights is not None:
-        chk.tensor(name, topk_weights, "topk_weights", dim=2)
-        chk.same_device(name, "topk_weights", topk_weights, permuted, "permuted")
+        chk.tensor(name, topk_weights, "topk_weights", dim=2, dtypes=chk.FLOAT_DTYPES)
+        chk.same_device(name, "topk_weights", topk_weights, "permuted", permuted)
         t, k = topk_weights.shape
         if top_k is not None and top_k != k:
             raise ValueError(f"{name}: top_k={top_k} disagrees with topk_weights' shape {tuple(topk_weights.shape)}")
