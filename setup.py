@@ -42,18 +42,20 @@ package_dir = {"pygen.bench": "bench"}
 
 
 class BuildPyWithKernels(build_py):
-    """Copies the top-level kernels/*.py into pygen/kernels/ of a wheel. The folder has no
-    __init__.py (so it never shadows the PyPI package ``kernels``); pygen/kernels/__init__.py is the
-    package, and in a source checkout or editable install it reaches kernels/ through __path__."""
+    """Copies the top-level kernels/ (kernels/_device.py and one package per family) into
+    pygen/kernels/ of a wheel. The folder itself has no __init__.py (so it never shadows the PyPI
+    package ``kernels``); pygen/kernels/__init__.py is the package, and in a source checkout or
+    editable install it reaches kernels/ through __path__."""
 
     def run(self):
         super().run()
         if getattr(self, "editable_mode", False):
             return
         dst = Path(self.build_lib) / "pygen" / "kernels"
-        dst.mkdir(parents=True, exist_ok=True)
-        for src in sorted((ROOT / "kernels").glob("*.py")):
-            self.copy_file(str(src), str(dst / src.name))
+        for src in sorted((ROOT / "kernels").rglob("*.py")):
+            out = dst / src.relative_to(ROOT / "kernels")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.copy_file(str(src), str(out))
 
 
 def _rel(paths):

@@ -89,7 +89,7 @@ QUICK = MADEShape(
     features=16, hidden=64, batch_cuda=32, batch_cpu=32, samples_cuda=8, samples_cpu=8, sample_hidden_cpu=64
 )
 BACKENDS = ("triton",)  # kernel backends of the family (no csrc); the reference is a baseline row
-GPU_TILE = (128, 64)  # kernels/made.py's 16-bit forward tile: (block_n outputs, block_k inputs)
+GPU_TILE = (128, 64)  # kernels/made/__init__.py's 16-bit forward tile: (block_n outputs, block_k inputs)
 
 
 def network_degrees(s: MADEShape, order: str = "sorted", multiplier: int = 1, hidden: int | None = None):

@@ -121,23 +121,23 @@ def demangle(names: Iterable[str], nvcc: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Triton
 # ---------------------------------------------------------------------------------------------
-def _kernel_folders() -> tuple[list[Path], str | None]:
-    """The folders holding the kernels modules and their import prefix: every entry of
+def _kernel_folders() -> tuple[list[Path], str]:
+    """The folders holding the kernels packages and their import prefix: every entry of
     ``pygen.kernels.__path__`` (in a checkout that package's own folder has only __init__.py and
-    reaches the top-level kernels/ through __path__), else kernels/ loaded by file path."""
-    try:
-        pkg = importlib.import_module("pygen.kernels")
-        return [Path(p) for p in pkg.__path__], "pygen.kernels"
-    except ModuleNotFoundError:
-        return [repo_root() / "kernels"], None
+    reaches the top-level kernels/ through __path__)."""
+    pkg = importlib.import_module("pygen.kernels")
+    return [Path(p) for p in pkg.__path__], "pygen.kernels"
 
 
 def _kernel_names(folders: Iterable[Path]) -> list[str]:
-    return sorted({p.stem for f in folders for p in Path(f).glob("*.py") if not p.stem.startswith("_")})
+    """The family packages (kernels/<family>/__init__.py)."""
+    return sorted(
+        {p.parent.name for f in folders for p in Path(f).glob("*/__init__.py") if not p.parent.name.startswith("_")}
+    )
 
 
 def known_families() -> list[str]:
-    """Every family ``pygen inspect`` knows: a kernels/<family>.py module or a csrc/<family>/ folder
+    """Every family ``pygen inspect`` knows: a kernels/<family>/ package or a csrc/<family>/ folder
     with .cu files."""
     csrc = repo_root() / "csrc"
     cu = {f.relative_to(csrc).parts[0] for f in csrc.rglob("*.cu")} if csrc.is_dir() else set()
@@ -152,13 +152,7 @@ def _kernel_modules(families: Iterable[str] | None) -> list[tuple[str, Any]]:
         names = [n for n in names if n in set(families)]
     mods = []
     for n in names:
-        if prefix is None:
-            path = next(f / f"{n}.py" for f in folders if (f / f"{n}.py").exists())
-            spec = importlib.util.spec_from_file_location(f"_pygen_kernels_{n}", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(f"{prefix}.{n}")
+        mod = importlib.import_module(f"{prefix}.{n}")
         mods.append((n, mod))
     return mods
 

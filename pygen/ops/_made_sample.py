@@ -13,7 +13,7 @@ F.linear with the weights masked once per call, on the Triton backend the masked
 
 Persistent kernel: on the Triton backend a feedforward network (the MADE of nflows without
 residual blocks; any number of hidden layers, output_multiplier <= 64) samples in ONE launch of
-kernels/_made_sample.py's persistent kernel, which walks the same schedule (built here on the
+kernels/made/sample.py's persistent kernel, which walks the same schedule (built here on the
 host as int32 tables: per step and layer the newly computable unit range and the prefix it reads).
 The step loop below (one masked_linear launch per layer per step, a few thousand launches for
 D = 784) remains for residual networks, for sampling that autograd records, and when
@@ -337,11 +337,10 @@ def made_sample(
 def _run_persistent(
     W, B, C, dev_deg, deg_lists, out_deg, need, order, noise_sorted, mult: int, act: str, kind: str, return_params: bool
 ):
-    """Pack the sorted network into kernels/_made_sample.py's layouts, build the schedule tables
+    """Pack the sorted network into kernels/made/sample.py's layouts, build the schedule tables
     (the same c0 / e / p the step loop computes) and launch the persistent kernel once. Returns
     (samples in sorted order [B, D], params [B, D * m] or None)."""
-    from ..kernels import _made_sample as kern
-    from ..kernels.made import ACT_CODES
+    from ..kernels.made import ACT_CODES, sample as kern
 
     bsz, d = noise_sorted.shape
     device, dtype = noise_sorted.device, noise_sorted.dtype

@@ -10,7 +10,7 @@ closed form) inverse. The math and layouts are stated in pygen/ref/flows.py.
     y, logdet = pygen.ops.inv_conv1x1(x, weight)                        # plain W, slogdet
     y, logdet = pygen.ops.inv_conv1x1_lu(x, perm, lower, upper, diag)   # Glow's LU form
 
-Backends: ``triton`` (kernels/flows.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
+Backends: ``triton`` (kernels/flows/__init__.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
 ``reference`` (pygen.ref.flows, pure PyTorch). There is no csrc (``cuda``/``cpu``) backend for
 this family. The automatic choice takes ``triton`` on CUDA tensors and ``reference`` on CPU
 tensors; float64 always runs on the reference. Log-determinants are float32 (float64 for float64
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 SLOGDET_MAX_D = 64
-LU_MAX_C = 64  # kernels/_flows_lu.py forms W in one program up to this size
+LU_MAX_C = 64  # kernels/flows/lu.py forms W in one program up to this size
 _SUPPORTED = ("triton", "reference")
 
 
@@ -110,7 +110,7 @@ def _new_logdet(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0],), dtype=_logdet_dtype(x))
 
 
-# ---- implementations: (K = kernels/flows.py, *schema arguments) ------------------------------
+# ---- implementations: (K = kernels/flows/__init__.py, *schema arguments) ------------------------------
 def _slogdet_out(a):
     return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
 
@@ -590,7 +590,7 @@ def inv_conv1x1_lu(
         winv = ref.lu_inverse(perm, lower, upper, diag).to(x.dtype)
         return _apply_conv(x, winv, b), -ld
     if c <= LU_MAX_C:
-        # W and its log-det in one launch (kernels/_flows_lu.py), then the 1x1-conv kernel
+        # W and its log-det in one launch (kernels/flows/lu.py), then the 1x1-conv kernel
         w, ld = _registry.get("lu_weight_triton")(perm, lower, upper, diag, float(spatial))
         return _apply_conv(x, w.to(x.dtype), b), ld.expand(x.shape[0])
     ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])

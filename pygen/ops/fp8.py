@@ -9,7 +9,7 @@ recipe (math, layouts, non-finite behaviour and the error bound: pygen/ref/fp8.p
     dw     = pygen.ops.fp8_gemm_wgrad(gq, gs, xq, xs)        # 1x128 x 1x128 (reduction along K)
     x~     = pygen.ops.dequantize_fp8(q, s)                  # q * s in float32
 
-Backends: ``triton`` (kernels/fp8.py: on CUDA, or on CPU under TRITON_INTERPRET=1) and
+Backends: ``triton`` (kernels/fp8/__init__.py: on CUDA, or on CPU under TRITON_INTERPRET=1) and
 ``reference`` (pygen.ref.fp8; the GEMMs run the float32 per-K-block recipe, not the float64
 oracle). The automatic choice takes ``triton`` on CUDA tensors and ``reference`` on CPU.
 

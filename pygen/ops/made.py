@@ -17,7 +17,7 @@ pygen.nn.MaskedLinear module caches the result); under torch.compile, CUDA graph
 value checks off (pygen.set_value_checks(False) / PYGEN_VALUE_CHECKS=0) the mask path always uses
 the plain kernel (same result, no tile skipping).
 
-Backends: ``triton`` (kernels/made.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
+Backends: ``triton`` (kernels/made/__init__.py, on CUDA, or on CPU under TRITON_INTERPRET=1) and
 ``reference`` (pygen.ref.made). There is no csrc backend for this family. The automatic choice
 takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs on the reference.
 """
@@ -98,7 +98,7 @@ def _act_grad(grad: torch.Tensor, saved: torch.Tensor, act: str) -> torch.Tensor
     return g
 
 
-# ---- masked_linear: implementations (K = kernels/made.py, *schema arguments) --------------------
+# ---- masked_linear: implementations (K = kernels/made/__init__.py, *schema arguments) --------------------
 def _masked_linear_fwd(K, x, weight, bias, in_deg, out_deg, mask, strict, act):
     y, z = _new_fwd(x, weight, act)
     m, k = x.shape

@@ -21,7 +21,7 @@ Layouts (FlashMLA / FlashAttention conventions; the math is stated in pygen/ref/
              bottom-right (FlashAttention 2). Differentiable in q, k, v (and through lse).
     merge    out [T, H, D] / lse [H, T] pairs -> (out, lse).
 
-Backends: ``triton`` (kernels/mla.py: CUDA, or CPU under TRITON_INTERPRET=1) and ``reference``
+Backends: ``triton`` (kernels/mla/__init__.py: CUDA, or CPU under TRITON_INTERPRET=1) and ``reference``
 (pygen.ref.mla). Automatic choice: triton on CUDA tensors, reference on CPU; float64 always runs on
 the reference. Every bad argument raises before a launch (pygen/ops/_mla_checks.py).
 """
@@ -89,7 +89,7 @@ def _new_merge(out_a):
     return out_a.new_empty((t, h, d)), out_a.new_empty((h, t), dtype=torch.float32)
 
 
-# ---- implementations (K = kernels/mla.py, *schema arguments) ----------------------------------
+# ---- implementations (K = kernels/mla/__init__.py, *schema arguments) ----------------------------------
 def _decode(K, q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal, num_splits):
     out, lse = _new_decode(q, head_dim_v)
     if q.numel() == 0:

@@ -12,7 +12,7 @@ Semantics, layouts and the tie rule are stated in pygen/ref/moe.py (the oracle) 
 
 Backends
 --------
-* fused_moe: ``triton`` (kernels/_moe_fused.py: on CUDA, or on CPU under TRITON_INTERPRET=1) and
+* fused_moe: ``triton`` (kernels/moe/fused.py: on CUDA, or on CPU under TRITON_INTERPRET=1) and
   ``reference``. The automatic choice is triton on CUDA tensors, reference on CPU tensors;
   float64 always runs on the reference.
 * moe_align, moe_permute, moe_unpermute: ``cuda`` and ``cpu`` (csrc/moe, one set of per-element

@@ -7,7 +7,7 @@
 differentiable with respect to the feature maps. The math is stated in pygen/ref/roi.py.
 
 Backends (``backend=`` argument, else ``PYGEN_BACKEND``, else the fastest available):
-``cuda`` (csrc/roi, GPU), ``triton`` (kernels/roi.py), ``cpu`` (csrc/roi host build, OpenMP) and
+``cuda`` (csrc/roi, GPU), ``triton`` (kernels/roi/__init__.py), ``cpu`` (csrc/roi host build, OpenMP) and
 ``reference`` (pure PyTorch). Backward is deterministic (no floating-point atomics) when
 ``torch.are_deterministic_algorithms_enabled()``.
 """

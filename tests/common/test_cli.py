@@ -299,7 +299,7 @@ def _roi_specs():
     except Exception as exc:  # noqa: BLE001 (the test reports any failure)
         return None, f"pygen.kernels.roi not importable: {exc}"
     specs = getattr(kroi, "COMPILE_SPECS", None)
-    return specs, None if specs else "kernels/roi.py has no COMPILE_SPECS yet"
+    return specs, None if specs else "kernels/roi/__init__.py has no COMPILE_SPECS yet"
 
 
 def test_inspect_triton_roi():

@@ -81,7 +81,7 @@ def test_one_device_mechanism():
     # process to its GPU once, and the CLI)
     allowed = {"kernels/_device.py", "pygen/nn/_moe_ep.py", "pygen/cli.py", "pygen/bench_harness.py"}
     offenders = []
-    for path in [*ROOT.glob("kernels/*.py"), *ROOT.glob("pygen/**/*.py")]:
+    for path in [*ROOT.glob("kernels/**/*.py"), *ROOT.glob("pygen/**/*.py")]:
         rel = path.relative_to(ROOT).as_posix()
         if rel in allowed:
             continue

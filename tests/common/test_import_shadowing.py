@@ -50,7 +50,7 @@ def test_kernels_folder_is_not_a_regular_package():
 def test_pygen_kernels_importable_from_the_root():
     r = _run_in_root("import pygen.kernels.roi as m, pygen.kernels as p; print(m.__file__); print(p.__path__)")
     assert r.returncode == 0, r.stderr
-    assert Path(r.stdout.splitlines()[0]).resolve() == ROOT / "kernels" / "roi.py"
+    assert Path(r.stdout.splitlines()[0]).resolve() == ROOT / "kernels" / "roi" / "__init__.py"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")

@@ -7,7 +7,7 @@ TTIR for sm_90 (no GPU needed) at its worst-case specialisation -- every stride 
 which is what Triton passes for any stride below 2^31, unit strides included -- and a data-flow
 walk from every ``tt.addptr`` back through its offset operand looks for an ``arith.muli`` on i32
 with a kernel integer argument as one factor. Before the fix, ``rows[:, None] * stride_t`` in
-kernels/_mla_prefill.py's _load_qk was exactly such a multiply (``tensor<128x1xi32>`` feeding
+kernels/mla/prefill.py's _load_qk was exactly such a multiply (``tensor<128x1xi32>`` feeding
 the q pointer); after it the product is i64. ``test_checker_flags_32_bit_products`` keeps the
 walk honest on two synthetic kernels (one flagged, one clean).
 

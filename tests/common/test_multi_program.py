@@ -5,7 +5,7 @@ compares the op (Triton backend) with the float64 reference (pygen/ref), forward
 the op has one, and asserts from the recorded grids that every launch of the kernels in question
 really had >= 3 programs.
 
-Sizes come from the launchers' grid rules (kernels/*.py); interpreter numbers (a GPU's tiles are the
+Sizes come from the launchers' grid rules (kernels/<family>/__init__.py); interpreter numbers (a GPU's tiles are the
 same or smaller, so its grids are at least as large):
   actnorm             [2, 3, 4097]: rows 6, BLOCK_S 4096, BLOCK_R 4 -> fwd/bwd (2, 2);
                       [2, 129, 65]: BLOCK_S 128, BLOCK_R 128 -> (3, 1); finish cdiv(129, 64) = 3
@@ -210,7 +210,7 @@ def test_additive_coupling_several_programs(device, backend, rev, gen):
 def test_slogdet_several_programs(device, backend, gen):
     """513 random 7x7 matrices (padded to 8x8): forward 3 programs of 256 matrices, backward 5 of
     128, so the last program of each is mostly padding. Tolerances as tests/flows/test_flows_ops.py's."""
-    from pygen.kernels import _flows_slogdet as KS
+    from pygen.kernels.flows import slogdet as KS
 
     n, d = 513, 7
     a = _rand((n, d, d), gen, device=device).requires_grad_(True)
@@ -250,7 +250,7 @@ def _made_network(gen, d, hidden, mult, bsz, device):
 @pytest.mark.parametrize("device,backend", TRITON)
 @pytest.mark.parametrize("kind,hidden", [("gaussian", [13, 11]), ("affine", [9, 21, 11])])
 def test_made_sample_persistent_several_programs(device, backend, kind, hidden, gen):
-    from pygen.kernels import _made_sample as KM
+    from pygen.kernels.made import sample as KM
 
     block_b = KM.block_sizes(torch.float32)[0]  # the launcher's BLOCK_B (16 interpreted, 64 on a GPU)
     bsz, d, mult, act = 2 * block_b + 1, 6, 2, "tanh"

@@ -1,6 +1,6 @@
 """The register-heavy Triton kernels of the flow family (slogdet, LU weight and 1x1-conv, forward
 and backward) compile offline for sm_90 without register spills (no GPU needed): for each the last
-(largest) entry of kernels/flows.py's COMPILE_SPECS is compiled. The elementwise kernels are left
+(largest) entry of kernels/flows/__init__.py's COMPILE_SPECS is compiled. The elementwise kernels are left
 to ``pygen inspect flows``, which compiles all 29 entries (~10 s more on 2 cores).
 
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,

@@ -1,4 +1,4 @@
-"""The single-launch persistent sampler (kernels/_made_sample.py) against the per-step loop and the
+"""The single-launch persistent sampler (kernels/made/sample.py) against the per-step loop and the
 float64 reference (D full passes), on random feedforward networks: 0 to 3 hidden layers,
 output multipliers 1 to 3, context terms, every step kind, random and equal degrees, unsorted
 inputs (random input order). Runs on the Triton backend (the CPU interpreter without a GPU)."""
@@ -10,7 +10,7 @@ import torch
 from helpers import backend_params
 
 from pygen import ops
-from pygen.kernels import _made_sample as kern
+from pygen.kernels.made import sample as kern
 from pygen.ops import _made_sample as sampler
 from pygen.ref import made as ref
 

@@ -1,5 +1,5 @@
 """The MADE matmul kernels compile offline for sm_90 with Hopper tensor-core MMAs (wgmma) and no
-register spills (no GPU needed). Two representative entries of kernels/made.py's COMPILE_SPECS
+register spills (no GPU needed). Two representative entries of kernels/made/__init__.py's COMPILE_SPECS
 are compiled here (the bf16 degree-mask forward, the bf16 dW kernel and the bf16 persistent sampler,
 ~10 s each on 2 cores);
 ``pygen inspect made`` compiles all of them.

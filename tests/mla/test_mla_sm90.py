@@ -2,7 +2,7 @@
 where the tile allows it (no GPU needed): decode at 128 heads (bf16 cache: wgmma; FP8 cache:
 16-row mma.sync tiles, below wgmma's 64, because the 64-row tile spilled under Triton 3.6 and 3.8),
 decode at 16 heads with the FP8 cache, prefill forward and both backward kernels. ``pygen inspect
-mla`` compiles all entries of kernels/mla.py's COMPILE_SPECS.
+mla`` compiles all entries of kernels/mla/__init__.py's COMPILE_SPECS.
 
 The compiles run in a child process: conftest sets TRITON_INTERPRET=1 on machines without a GPU,
 and under it @triton.jit yields interpreter objects that cannot be compiled.

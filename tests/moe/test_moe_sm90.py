@@ -1,4 +1,4 @@
-"""MoE kernels compile for sm_90 without a GPU: representative Triton entries of kernels/moe.py's
+"""MoE kernels compile for sm_90 without a GPU: representative Triton entries of kernels/moe/__init__.py's
 COMPILE_SPECS (the bf16 prefill grouped GEMMs must show wgmma; every listed entry must be free of
 register spills; ``pygen inspect moe`` compiles all of them), and csrc/moe/moe.cu for sm_90a with
 ``-Xptxas -v`` and no spills.

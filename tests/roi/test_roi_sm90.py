@@ -1,6 +1,6 @@
 """Every Triton kernel of the RoI family compiles offline for sm_90 (no GPU needed).
 
-The configurations are kernels/roi.py's COMPILE_SPECS (representative FPN / Mask R-CNN / R-FCN
+The configurations are kernels/roi/__init__.py's COMPILE_SPECS (representative FPN / Mask R-CNN / R-FCN
 shapes). Each must compile and, assembled by the ptxas Triton itself uses for sm_90, show zero
 spill stores and loads. A second pass turns every integer size argument into the constant 1, as
 Triton's JIT does for arguments equal to 1 (1x1 outputs, one image, one channel, unit maps,

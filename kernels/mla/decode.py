@@ -1,4 +1,4 @@
-"""Triton kernels of the MLA decode path (launchers in kernels/mla.py).
+"""Triton kernels of the MLA decode path (launchers in kernels/mla/__init__.py).
 
 Split-KV (flash-decoding) over a paged latent cache. One program owns BLOCK_M rows of the
 flattened (s_q, h_q) query block of one sequence (row r = j * h_q + h: all heads of a token sit

@@ -1,4 +1,4 @@
-"""Offline compile specs of kernels/mla.py (``pygen inspect mla``, tests/mla/test_mla_sm90.py): each
+"""Offline compile specs of kernels/mla/__init__.py (``pygen inspect mla``, tests/mla/test_mla_sm90.py): each
 entry is one kernel at its GPU configuration for the default benchmark shapes (docs/mla.md),
 specialised as the runtime specialises it there: 16-byte-aligned pointers, ``tt.divisibility``
 16 on strides that are multiples of 16 (576-wide tokens, 656-byte FP8 tokens / 164 floats / 328

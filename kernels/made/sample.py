@@ -42,8 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import launches_on_device
-from .made import _activate, _cast, _mma, _precision, _upcast, interpreting
+from .._device import launches_on_device
+from . import _activate, _cast, _mma, _precision, _upcast, interpreting
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
 AFFINE_SCALE_SHIFT = 2.0  # pygen.ref.made.AFFINE_SCALE_SHIFT (nflows' MAF)
@@ -293,7 +293,7 @@ def made_sample_persistent(
 
 
 def compile_specs() -> list[dict]:
-    """Offline sm_90 compile entries (appended to kernels/made.py's COMPILE_SPECS)."""
+    """Offline sm_90 compile entries (appended to kernels/made/__init__.py's COMPILE_SPECS)."""
     specs = []
     for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"

@@ -65,16 +65,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import on_tensor_device
-from ._roi_device import _align_bwd_program, _align_fwd_program, _fpn_level, _roi_row, _scale, _select_level
-from ._roi_gather import (  # noqa: F401 (COMPILE_SPECS, launchers)
+from .._device import on_tensor_device
+from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _roi_row, _scale, _select_level
+from .gather import (  # noqa: F401 (COMPILE_SPECS, launchers)
     _multi_scale_roi_align_bwd_gather_kernel,
     _ps_roi_align_bwd_gather_kernel,
     _ps_roi_pool_bwd_gather_kernel,
     _roi_align_bwd_gather_kernel,
     _roi_pool_bwd_gather_kernel,
 )
-from ._roi_pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel  # noqa: F401 (COMPILE_SPECS, launchers)
+from .pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel  # noqa: F401 (COMPILE_SPECS, launchers)
 
 # ----------------------------------------------------------------------------------------------
 # roi_align

@@ -1,6 +1,6 @@
 """Triton backend of the normalizing-flow family (RealNVP, Glow): affine and additive coupling,
-ActNorm, the invertible 1x1 convolution, Glow's LU weight (kernels/_flows_lu.py) and the batched
-small-matrix slogdet (kernels/_flows_slogdet.py), forward and backward. Semantics are pygen.ref.flows' (the float64
+ActNorm, the invertible 1x1 convolution, Glow's LU weight (kernels/flows/lu.py) and the batched
+small-matrix slogdet (kernels/flows/slogdet.py), forward and backward. Semantics are pygen.ref.flows' (the float64
 oracle); the launcher contract is docs/ARCHITECTURE.md's. Arithmetic is float32 (float16 /
 bfloat16 are upcast right after the load); log-determinants are float32.
 
@@ -45,14 +45,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._device import launches_on_device
-from ._flows_lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
+from .._device import launches_on_device
+from .lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
     MAX_C as LU_MAX_C,  # noqa: F401 (re-export)
     compile_specs as _lu_specs,
     lu_weight_bwd,
     lu_weight_fwd,
 )
-from ._flows_slogdet import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
+from .slogdet import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
     MAX_D as SLOGDET_MAX_D,  # noqa: F401 (re-export)
     compile_specs as _slogdet_specs,
     slogdet_bwd,

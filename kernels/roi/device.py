@@ -1,6 +1,6 @@
-"""Device helpers of the Triton RoI kernels (kernels/roi.py): RoI loading, the bilinear and
+"""Device helpers of the Triton RoI kernels (kernels/roi/__init__.py): RoI loading, the bilinear and
 integer-bin geometry, the per-RoI sample loops shared by the forward and atomic backward
-kernels, and the FPN level selection. Math and layouts: kernels/roi.py's docstring."""
+kernels, and the FPN level selection. Math and layouts: kernels/roi/__init__.py's docstring."""
 
 import triton
 import triton.language as tl

@@ -1,5 +1,5 @@
 """Triton backend of the DeepSeekMoE family: routing, alignment, permutation (this file) and the
-fused expert MLP (kernels/_moe_fused.py), forward and backward. Semantics are pygen.ref.moe's
+fused expert MLP (kernels/moe/fused.py), forward and backward. Semantics are pygen.ref.moe's
 (the float64 oracle); the launcher contract is docs/ARCHITECTURE.md's (launchers take tensors,
 allocate nothing but documented workspaces, return None).
 
@@ -50,7 +50,7 @@ import os
 import triton
 import triton.language as tl
 
-from ._moe_fused import COMPILE_SPECS as _FUSED_SPECS, _with_divisibility, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
+from .fused import COMPILE_SPECS as _FUSED_SPECS, _with_divisibility, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SLOT_BLOCK = 1024

@@ -961,18 +961,18 @@ def masked_matmul_dw(gy, saved, x, mask, dw, db, activation: str, cfg: Config) -
 
 
 # ----------------------------------------------------------------------------------------------
-# offline compile specs (pygen inspect): kernels/_made_specs.py
+# offline compile specs (pygen inspect): kernels/made/specs.py
 # ----------------------------------------------------------------------------------------------
-from ._made_specs import build_specs as _build_specs  # noqa: E402 (the spec builder reads the kernels defined above)
+from .specs import build_specs as _build_specs  # noqa: E402 (the spec builder reads the kernels defined above)
 
 _BASE_COMPILE_SPECS = _build_specs(globals())
 
 
 def __getattr__(name: str):
-    # COMPILE_SPECS also lists kernels/_made_sample.py's persistent sampler; that module imports
+    # COMPILE_SPECS also lists kernels/made/sample.py's persistent sampler; that module imports
     # this one, so its entries are joined on first access rather than at import time.
     if name == "COMPILE_SPECS":
-        from ._made_sample import compile_specs
+        from .sample import compile_specs
 
         return _BASE_COMPILE_SPECS + compile_specs()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,12 @@
 """Max-pooling kernels of the RoI family with integer bins: roi_pool and ps_roi_pool, forward
-(with the argmax roi_pool's backward reads) and atomic backward. Split from kernels/roi.py, whose
+(with the argmax roi_pool's backward reads) and atomic backward. Split from kernels/roi/__init__.py, whose
 docstring gives the layouts and the math; the launchers stay there.
 """
 
 import triton
 import triton.language as tl
 
-from ._roi_device import _batch, _channel_bin_tile, _int_pool_bins, _tile_zeros
+from .device import _batch, _channel_bin_tile, _int_pool_bins, _tile_zeros
 
 # ----------------------------------------------------------------------------------------------
 # roi_pool / ps_roi_pool (integer bins)

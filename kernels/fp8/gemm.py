@@ -26,7 +26,7 @@ Why the loop looks like this
 * USE_TMA: A and B tiles come through Hopper TMA (host tensor descriptors over A [M, K] and B
   viewed as [(E x) N, K], blocks of [BLOCK_M or BLOCK_N, 128]); rows past the tensor arrive as
   zeros, so no masks. The launcher takes this path whenever the operands are 16-byte aligned
-  (kernels/fp8.py, ``_descriptors``); otherwise the same loop loads through pointers (cp.async).
+  (kernels/fp8/__init__.py, ``_descriptors``); otherwise the same loop loads through pointers (cp.async).
   Scales stay pointer loads (a few floats per K block).
 * GROUPED (contiguous MoE layout): the expert of an M tile is m_indices[first row of the tile];
   B and sb are offset by that expert. Rows whose own index is outside [0, E) are written as 0,

@@ -1,5 +1,5 @@
-"""Triton backend of the DeepSeek-V3 block-scaled FP8 family: quantisation (kernels/_fp8_quant.py)
-and the FP8 GEMMs (kernels/_fp8_gemm.py). Semantics are pygen.ref.fp8's (the float64 oracle and
+"""Triton backend of the DeepSeek-V3 block-scaled FP8 family: quantisation (kernels/fp8/quant.py)
+and the FP8 GEMMs (kernels/fp8/gemm.py). Semantics are pygen.ref.fp8's (the float64 oracle and
 the per-K-block float32 recipe); the launcher contract is docs/ARCHITECTURE.md's: launchers take
 tensors, allocate nothing and return None; pygen/ops/fp8.py validates and allocates.
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ._device import on_tensor_device
-from ._fp8_gemm import _fp8_gemm_fwd_kernel
-from ._fp8_quant import QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel, _quantize_128x128_fwd_kernel, quant_compile_specs  # noqa: F401 (re-export for COMPILE_SPECS and the ops layer)
+from .._device import on_tensor_device
+from .gemm import _fp8_gemm_fwd_kernel
+from .quant import QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel, _quantize_128x128_fwd_kernel, quant_compile_specs  # noqa: F401 (re-export for COMPILE_SPECS and the ops layer)
 
 NUM_SMS_H100 = 132
 BLOCK = 128

@@ -1,4 +1,4 @@
-"""Offline compile specs of kernels/made.py (``pygen inspect made``, tests/made/test_made_sm90.py):
+"""Offline compile specs of kernels/made/__init__.py (``pygen inspect made``, tests/made/test_made_sm90.py):
 each entry is one kernel at its default GPU configuration, specialised the way the runtime
 specialises it at the benchmark shape (16-byte-aligned pointers, ``tt.divisibility`` 16 on sizes
 and strides that are multiples of 16, unit inner strides as constexpr 1)."""
@@ -31,7 +31,7 @@ def _spec(fn, name, sig, consts, cfg, div):
 
 
 def build_specs(ns: dict) -> list[dict]:
-    """kernels/made.py's COMPILE_SPECS from its namespace ``ns``: default GPU configs, relu, row-major
+    """kernels/made/__init__.py's COMPILE_SPECS from its namespace ``ns``: default GPU configs, relu, row-major
     x / weight / mask (so their inner strides are 1)."""
     _GPU_16BIT, _GPU_32BIT, Config = ns["_GPU_16BIT"], ns["_GPU_32BIT"], ns["Config"]
     _masked_linear_fwd_kernel, _masked_linear_dx_kernel = (

@@ -6,13 +6,13 @@ reaches the tile), adds their contributions in a fixed order and stores once, so
 bitwise reproducible run to run. roi_align's gradient is separable,
     d out[k,c,i,j] / d in[n,c,y,x] = Wy[i,y] * Wx[j,x] / count,
     Wy[i,y] = sum over the sample rows a of bin row i of the bilinear weight they give row y,
-and is computed that way. Layouts and the forward math: kernels/roi.py's docstring.
+and is computed that way. Layouts and the forward math: kernels/roi/__init__.py's docstring.
 """
 
 import triton
 import triton.language as tl
 
-from ._roi_device import (
+from .device import (
     _align_box,
     _batch,
     _bilinear_axis,
@@ -597,7 +597,7 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     a4,
     a5,
     a6,
-    a7,  # FPN level area thresholds (kernels/roi.py's forward)
+    a7,  # FPN level area thresholds (kernels/roi/__init__.py's forward)
     g0,
     g1,
     g2,

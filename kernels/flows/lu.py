@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._device import launches_on_device
+from .._device import launches_on_device
 
 MAX_C = 64
 

@@ -1,5 +1,5 @@
 """Triton kernels of the MLA prefill (varlen causal flash attention, non-absorbed form; launchers in
-kernels/mla.py).
+kernels/mla/__init__.py).
 
     S = scale * q k^T (per sequence and head), key c visible to query r when c <= r + n_k - n_q
     (bottom-right causal; all keys when not causal), P = softmax(S), out = P v,

@@ -6,12 +6,12 @@ Formulas and layouts are those of pygen/ref/mla.py (the oracle); in short:
              (512 latent + 64 rope, gathered through block_table), V_b = their 512 latent values;
              causal within the s_q new tokens (query j sees positions < L_b - s_q + j + 1).
              q [b, s_q, h_q, 576], kv_cache [num_blocks, page, 1, 576] or uint8 [.., 656] (FP8),
-             out [b, s_q, h_q, 512], lse float32 [b, h_q, s_q].        -> kernels/_mla_decode.py
+             out [b, s_q, h_q, 512], lse float32 [b, h_q, s_q].        -> kernels/mla/decode.py
     append   kv_cache[block_table[b, t // page], t % page, 0] = (latent, rope) of position t.
     prefill  out = softmax(scale * q k^T + causal mask (bottom-right)) v per sequence (varlen,
              cu_seqlens); q, k [total, h, 192], v [total, h, 128], lse float32 [h, total_q];
              backward dq, dk, dv (delta preprocess, key-major dk/dv, query-major dq: no atomics).
-                                                                      -> kernels/_mla_prefill.py
+                                                                      -> kernels/mla/prefill.py
     merge    lse = log(e^lse_a + e^lse_b), out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b.
 
 Launchers take tensors, allocate only scratch the kernels need between passes (split partials,
@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._mla_decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
-from ._mla_prefill import (
+from .decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
+from .prefill import (
     _mla_prefill_bwd_dkdv_kernel,
     _mla_prefill_bwd_dq_kernel,
     _mla_prefill_bwd_preprocess_kernel,
@@ -472,6 +472,6 @@ def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
     )
 
 
-from ._mla_specs import build_specs  # noqa: E402  (needs the kernels above)
+from .specs import build_specs  # noqa: E402  (needs the kernels above)
 
 COMPILE_SPECS = build_specs(globals())
