@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from pygen import bench_harness as H
+from pygen.tools import harness as H
 
 FULL = os.environ.get("PYGEN_BENCH_FULL", "") not in ("", "0")
 COMPILE = FULL or os.environ.get("PYGEN_BENCH_COMPILE", "") not in ("", "0")

@@ -49,7 +49,7 @@ import torch
 
 import pygen.ops
 import pygen.ref.flows as ref
-from pygen.bench_harness import Case, Inputs
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "flows"
 

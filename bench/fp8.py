@@ -52,7 +52,7 @@ harness and adds TFLOP/s, the fraction of the H200's 1979 TFLOP/s dense FP8 peak
 memory and compute floors and the relative error of the FP8 result against the unquantised
 product (x @ W^T in bf16, float32 accumulation), appending JSON lines to
 <results>/<device>/fp8.jsonl, <results> being pygen bench's default folder outside the source tree
-(pygen.bench_harness.results_dir: $PYGEN_RESULTS_DIR, else ~/.cache/pygen/bench).
+(pygen.tools.harness.results_dir: $PYGEN_RESULTS_DIR, else ~/.cache/pygen/bench).
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ import sys
 
 import torch
 
-from pygen.bench_harness import Case, Inputs
 from pygen.ops import fp8 as ops
 from pygen.ref import fp8 as ref
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "fp8"
 BACKENDS = ("triton",)
@@ -424,7 +424,7 @@ def add_metrics(rows: list[dict], cases_: list[Case], device) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     p = argparse.ArgumentParser(prog="python -m pygen.bench.fp8", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")

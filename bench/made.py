@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 
 import pygen.ops
-from pygen.bench_harness import Case, Inputs
 from pygen.ref import made as ref
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "made"
 

@@ -50,7 +50,7 @@ import torch
 
 import pygen.ops.mla as ops
 import pygen.ref.mla as ref
-from pygen.bench_harness import Case, Inputs
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "mla"
 BACKENDS = ("triton",)

@@ -65,8 +65,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from pygen.bench_harness import Case, Inputs
 from pygen.ref import moe as ref
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "moe"
 ALIGN_BLOCK = 64

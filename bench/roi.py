@@ -50,8 +50,8 @@ import torch
 import pygen
 import pygen.ops
 import pygen.ref.roi as ref
-from pygen.bench_harness import Case, Inputs
 from pygen.models.detection import random_proposals
+from pygen.tools.harness import Case, Inputs
 
 FAMILY = "roi"
 

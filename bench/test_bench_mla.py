@@ -16,7 +16,7 @@ import torch
 
 # TRITON_INTERPRET (no GPU) is set in bench/conftest.py: here would be too late once another
 # bench module collected before this one has imported triton.
-from pygen import bench_harness as H
+from pygen.tools import harness as H
 
 from . import _pytest_view as V, mla
 

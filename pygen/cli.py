@@ -74,8 +74,8 @@ def cmd_info(args) -> int:
 
     import pygen
     from pygen import _backend, _ext
-    from pygen.bench_harness import cpu_count, cpu_name, triton_version
-    from pygen.inspect_kernels import find_nvcc, nvcc_version
+    from pygen.tools.harness import cpu_count, cpu_name, triton_version
+    from pygen.tools.inspect import find_nvcc, nvcc_version
 
     nvcc = find_nvcc()
     _print("pygen", pygen.__version__, "from", Path(pygen.__file__).resolve().parent)
@@ -143,7 +143,8 @@ def _device(name: str | None):
 
 
 def _check_backend(b: str, device) -> None:
-    from pygen import _backend, bench_harness as H
+    from pygen import _backend
+    from pygen.tools import harness as H
 
     if b == "triton" and device.type == "cpu":
         raise BadArgs(
@@ -257,7 +258,7 @@ class _Interrupted(KeyboardInterrupt):
 
 def _bench_plan(args) -> dict:
     """Validate every bench argument and build the case list; raises BadArgs. Measures nothing."""
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     pkg = H.load_bench_package()
     families = list(dict.fromkeys(args.family or pkg.FAMILIES))
@@ -379,7 +380,7 @@ def _with_no_kernel_rows(case, rows: list[dict], device) -> list[dict]:
 def cmd_bench(args) -> int:
     import torch
 
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     plan = _bench_plan(args)  # every argument checked before anything is measured
     device, by_family = plan["device"], plan["by_family"]
@@ -395,7 +396,7 @@ def cmd_bench(args) -> int:
         cpu_max_total_s=plan["run"]["max_s"],
         allow_cudagraph=not args.no_cudagraph,
     )
-    # a fixed, reported thread count (pygen.bench_harness docstring: why 1 on a CPU by default)
+    # a fixed, reported thread count (pygen.tools.harness docstring: why 1 on a CPU by default)
     threads_before = torch.get_num_threads()
     threads = H.set_cpu_threads(args.threads or (1 if device.type == "cpu" else None))
     meta = H.env_info(device)
@@ -572,7 +573,7 @@ def _restore(handlers: dict) -> None:
 
 
 def _save(args, meta, case_rows, written: dict[Path, int]) -> None:
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     timed = [r for r in case_rows if r.get("median_ms") is not None]
     if args.no_save or not timed:
@@ -589,7 +590,7 @@ def _save(args, meta, case_rows, written: dict[Path, int]) -> None:
 def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, seconds, args, partial) -> None:
     """One family's section: skip reasons, notes, then its table (printed as soon as the family
     finishes, or with what it has when the run is interrupted)."""
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     _print(
         f"\n== {fam}: {len({c.op for c in cases})} op(s), {len(cases)} case(s), "
@@ -628,7 +629,8 @@ def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, se
 # profile
 # ---------------------------------------------------------------------------------------------
 def cmd_profile(args) -> int:
-    from pygen.models import MODELS, profile_model
+    from pygen.models import MODELS
+    from pygen.tools.profile import profile_model
 
     if args.model not in MODELS:
         raise BadArgs(f"unknown model {args.model!r}; known: {', '.join(MODELS)}")
@@ -654,7 +656,7 @@ def cmd_profile(args) -> int:
 # inspect
 # ---------------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
-    from pygen import inspect_kernels as IK
+    from pygen.tools import inspect as IK
 
     known = IK.known_families()
     bad = [f for f in dict.fromkeys(args.family) if f not in known]

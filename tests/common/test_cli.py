@@ -1,5 +1,5 @@
 """The ``pygen`` command: info, bench (quick shapes on CPU), inspect, profile; and the pieces of
-pygen.bench_harness / pygen.inspect_kernels they are built from."""
+pygen.tools.harness / pygen.tools.inspect they are built from."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pygen import bench_harness as H, inspect_kernels as IK
 from pygen.cli import main
+from pygen.tools import harness as H, inspect as IK
 
 REQUIRED = (
     "op",
@@ -480,7 +480,7 @@ def test_bench_unknown_baseline_is_an_error(capsys):
 
 def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
     """A case whose reference raises in one mode gets error rows for that mode; the run goes on."""
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     real = H.run_once
 
@@ -519,7 +519,7 @@ def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
 # per-family tables, interruption, and the "no pygen kernel" label
 # ---------------------------------------------------------------------------------------------
 def _fake_run_case(calls: list, on_call=None):
-    """A stand-in for bench_harness.run_case: two timed rows (pygen:cpu, reference) per mode,
+    """A stand-in for harness.run_case: two timed rows (pygen:cpu, reference) per mode,
     appended to ``out`` like the real one; ``on_call(n, case)`` runs after the first row."""
 
     def run_case(case, opts, progress=None, log=lambda s: None, out=None):
@@ -563,9 +563,9 @@ def nothing_runs(monkeypatch):
     monkeypatch.setattr(H, "measure_copy_gbps", boom)
     monkeypatch.setattr(H, "run_case", boom)
     monkeypatch.setattr(H, "env_info", boom)
-    import pygen.models
+    import pygen.tools.profile
 
-    monkeypatch.setattr(pygen.models, "profile_model", boom)
+    monkeypatch.setattr(pygen.tools.profile, "profile_model", boom)
     monkeypatch.setattr(IK, "triton_rows", boom)
     monkeypatch.setattr(IK, "nvcc_rows", boom)
 

@@ -7,7 +7,7 @@ tiles: masked_linear / MADE 16-bit, fp8_gemm, fused_moe 16-bit prefill and backw
 The specs cover every dtype a kernel accepts where the tile differs by dtype (bf16 / fp16 / fp32
 for made, fused_moe, mla_decode and mla_prefill).
 
-One child process per family (the rows come from pygen.inspect_kernels.triton_rows, the code
+One child process per family (the rows come from pygen.tools.inspect.triton_rows, the code
 behind ``pygen inspect``), two at a time. Cold (empty Triton cache) about 10 minutes on 2 busy
 cores; warm about a minute.
 """
@@ -25,7 +25,7 @@ FAMILIES = ["flows", "fp8", "made", "mla", "moe", "roi"]
 CHILD = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from pygen.inspect_kernels import triton_rows
+from pygen.tools.inspect import triton_rows
 rows = triton_rows([sys.argv[1]])
 keep = ("family", "kernel", "config", "error", "registers", "spill_stores", "spill_loads", "stack", "smem",
         "wgmma", "wgmma_shapes", "tensor_cores")
@@ -35,7 +35,7 @@ print(json.dumps([{k: r.get(k) for k in keep} for r in rows], default=str))
 
 @pytest.fixture(scope="module")
 def rows():
-    from pygen.inspect_kernels import known_families
+    from pygen.tools.inspect import known_families
 
     # every family with Triton kernels is listed (the CUDA-only ones have no COMPILE_SPECS)
     assert set(FAMILIES) <= set(known_families())

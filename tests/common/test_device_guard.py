@@ -79,7 +79,7 @@ def test_made_sample_persistent_launch_is_guarded(launches):
 def test_one_device_mechanism():
     # torch.cuda.device / set_device appear only in the guard (and in the EP layer, which binds a
     # process to its GPU once, and the CLI)
-    allowed = {"kernels/_device.py", "pygen/nn/_moe_ep.py", "pygen/cli.py", "pygen/bench_harness.py"}
+    allowed = {"kernels/_device.py", "pygen/nn/_moe_ep.py", "pygen/cli.py", "pygen/tools/harness.py"}
     offenders = []
     for path in [*ROOT.glob("kernels/**/*.py"), *ROOT.glob("pygen/**/*.py")]:
         rel = path.relative_to(ROOT).as_posix()

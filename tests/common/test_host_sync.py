@@ -544,7 +544,7 @@ def test_bench_reports_cuda_graph_fallback(monkeypatch):
     pytest.importorskip("triton")
     import triton.testing as tt
 
-    from pygen import bench_harness as H
+    from pygen.tools import harness as H
 
     monkeypatch.setattr(tt, "do_bench", lambda fn, **kw: [0.01, 0.009, 0.011])
 

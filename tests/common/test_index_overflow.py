@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pygen.inspect_kernels import _spec_fields
+from pygen.tools.inspect import _spec_fields
 
 TARGET = GPUTarget("cuda", 90, 32)
 

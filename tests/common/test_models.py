@@ -87,7 +87,7 @@ def test_bad_config():
 
 
 def test_profile_rfcn_quick(capsys):
-    from pygen.models import profile_model
+    from pygen.tools.profile import profile_model
 
     assert profile_model("rfcn_head", device="cpu", quick=True, top=3) == 0
     assert "end-to-end speedup" in capsys.readouterr().out

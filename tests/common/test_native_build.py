@@ -41,7 +41,7 @@ def test_host_module_exposes_contract():
 def test_one_nvcc_finder(tmp_path, monkeypatch):
     """setup.py, ``pygen inspect`` and these tests find nvcc through pygen/_cuda_toolkit.py: a
     CUDA_HOME holding bin/nvcc wins for all of them."""
-    from pygen import inspect_kernels
+    from pygen.tools import inspect as inspect_kernels
 
     nvcc = tmp_path / "bin" / "nvcc"
     nvcc.parent.mkdir()

@@ -13,7 +13,7 @@ from helpers import assert_compiled_without_spills, compile_in_child
 
 CHILD = """
 import json
-from pygen.inspect_kernels import compile_triton_spec
+from pygen.tools.inspect import compile_triton_spec
 from pygen.kernels import flows
 HEAVY = ("_slogdet_fwd_kernel", "_slogdet_bwd_kernel", "_lu_weight_fwd_kernel", "_lu_weight_bwd_kernel",
          "_conv1x1_fwd_kernel", "_conv1x1_dw_kernel")

@@ -430,7 +430,7 @@ def test_nonfinite_inputs_propagate(backend):
 # ---- offline sm_90 compile --------------------------------------------------------------------------
 CHILD = """
 import json
-from pygen.inspect_kernels import compile_triton_spec
+from pygen.tools.inspect import compile_triton_spec
 from pygen.kernels import fp8
 want = ("fp8_gemm[M=4096]", "fp8_gemm[M=64]", "fp8_gemm[M=64,pointers]", "quantize_1x128[fp32,col]")
 rows = [compile_triton_spec(s, "fp8") for s in fp8.COMPILE_SPECS if s["name"] in want]

@@ -16,7 +16,7 @@ NAMES = ["masked_linear_fwd[bf16]", "masked_linear_dw[bf16]", "made_sample_persi
 
 CHILD = """
 import json, sys
-from pygen.inspect_kernels import compile_triton_spec
+from pygen.tools.inspect import compile_triton_spec
 from pygen.kernels import made
 rows = []
 for spec in made.COMPILE_SPECS:

@@ -14,7 +14,7 @@ from helpers import assert_compiled_without_spills, compile_in_child
 
 CHILD = """
 import json
-from pygen.inspect_kernels import compile_triton_spec
+from pygen.tools.inspect import compile_triton_spec
 from pygen.kernels import mla
 PICK = {"mla_decode[bf16,h128,sq2]": True, "mla_decode[fp8,h128,sq1]": False, "mla_decode[fp8,h16,sq1]": False,
         "mla_prefill_fwd[bf16,causal]": True, "mla_prefill_bwd_dkdv[bf16,causal]": True,

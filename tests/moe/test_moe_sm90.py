@@ -16,7 +16,7 @@ OTHER = ["moe_route_fwd[E=256,k=8,g=8/4]", "moe_align_scatter"]
 
 CHILD = """
 import json, sys
-from pygen.inspect_kernels import compile_triton_spec
+from pygen.tools.inspect import compile_triton_spec
 from pygen.kernels import moe
 rows = []
 for spec in moe.COMPILE_SPECS:

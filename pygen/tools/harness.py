@@ -240,7 +240,7 @@ def device_tag(device: torch.device) -> str:
 
 
 def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / ".git").exists() else None
 
 
@@ -1292,30 +1292,17 @@ def _bench_package_dir() -> Path:
 
 
 def load_bench_package():
-    """The benchmark definitions: ``pygen.bench`` when installed (package_dir mapping in setup.py),
-    else the ``bench/`` folder next to the pygen package in a source checkout, loaded under the
-    same name (without putting the checkout root on sys.path, where ``kernels/`` would shadow the
-    PyPI ``kernels`` distribution)."""
+    """The benchmark definitions, ``pygen.bench``: the repository's bench/ folder, installed under
+    that name by setup.py's package_dir mapping (editable installs included)."""
     import importlib
-    import importlib.util
 
     try:
         return importlib.import_module("pygen.bench")
-    except ModuleNotFoundError:
-        pass
-    folder = Path(__file__).resolve().parent.parent / "bench"
-    if not (folder / "__init__.py").exists():
+    except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
-            "pygen.bench is not installed and no bench/ folder was found next "
-            "to the pygen package; reinstall with `pip install -e .`"
-        )
-    spec = importlib.util.spec_from_file_location(
-        "pygen.bench", folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pygen.bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+            "pygen.bench (the benchmark definitions, bench/) is not installed: install pygen from its "
+            "checkout with `pip install -e .`"
+        ) from exc
 
 
 def append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:

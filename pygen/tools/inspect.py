@@ -48,7 +48,7 @@ NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr")
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, s
 
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         code = (
-            "import json, sys; from pygen.inspect_kernels import triton_spec_keys; "
+            "import json, sys; from pygen.tools.inspect import triton_spec_keys; "
             "print('@@KEYS@@' + json.dumps(triton_spec_keys(json.loads(sys.argv[1]))))"
         )
         res = subprocess.run(
@@ -364,7 +364,7 @@ def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import json, sys; from pygen.inspect_kernels import triton_rows; "
+        "import json, sys; from pygen.tools.inspect import triton_rows; "
         "fams, limit = json.loads(sys.argv[1]); "
         "print('@@ROWS@@' + json.dumps(triton_rows(fams, limit), default=str))"
     )
@@ -381,7 +381,7 @@ def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 def find_nvcc() -> str | None:
     """nvcc as setup.py finds it (pygen/_cuda_toolkit.py)."""
-    from ._cuda_toolkit import find_nvcc as _find
+    from .._cuda_toolkit import find_nvcc as _find
 
     return _find()
 
