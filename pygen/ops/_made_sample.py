@@ -106,6 +106,56 @@ def made_sample(
     check of the degrees runs on that copy, so it costs nothing more and always runs. made_sample
     therefore cannot be captured in a CUDA graph; everything after the schedule is device work."""
     name = "made_sample"
+    bsz, d, mult, act, degs = _check_args(
+        name, weights, biases, degrees, noise, kind, activation, context_terms, residual, pre_activation
+    )
+    net = _sorted_network(name, weights, biases, degs, context_terms, pre_activation, residual, d, mult)
+    mode = _ops._pick(name, noise, backend)
+    if mode == "reference":  # mask every weight once; each step is then a plain F.linear
+        for l in range(len(net.W)):
+            dst_deg = net.dev_deg[net.w_deg_dst[l]] if l in net.w_deg_dst else degs[-1]
+            mask = ref.autoregressive_mask(net.dev_deg[net.src_of[l]], dst_deg, l == len(net.W) - 1)
+            net.W[l] = net.W[l] * mask.to(weights[0].dtype)
+    noise_sorted = noise[:, net.dev_perm[0]]
+    differentiable = torch.is_grad_enabled() and (
+        noise.requires_grad
+        or any(
+            t is not None and t.requires_grad
+            for t in list(net.W) + list(net.B) + list(net.C) + [v for pa in net.pre_act.values() for v in pa]
+        )
+    )
+    why_not = _why_not_persistent(mode, residual, differentiable, mult, net.W, bsz, d)
+    if persistent is True and why_not:
+        raise ValueError(f"{name}: persistent=True is not available here: {why_not}")
+    if persistent is not False and why_not is None:
+        xs, params_all = _run_persistent(
+            net.W,
+            net.B,
+            net.C,
+            net.dev_deg,
+            net.deg_lists,
+            degs[-1],
+            net.need,
+            net.order,
+            noise_sorted,
+            mult,
+            act,
+            kind,
+            return_params,
+        )
+    else:
+        xs, params_all = _step_loop(
+            net, mode, noise, noise_sorted, degs[-1], mult, act, kind, differentiable, return_params
+        )
+    x = torch.empty_like(xs)
+    x[:, net.dev_perm[0]] = xs
+    return (x, params_all) if return_params else x
+
+
+def _check_args(name, weights, biases, degrees, noise, kind, activation, context_terms, residual, pre_activation):
+    """Validates every argument in the order the errors were always raised; returns (batch, D,
+    output multiplier, activation, degrees on the weights' device). The autoregressive check of the
+    degrees runs on their host copy in _sorted_network."""
     chk.tensor(name, noise, "noise")
     if noise.dim() != 2:
         raise ValueError(f"{name}: noise must be [batch, features], got shape {tuple(noise.shape)}")
@@ -133,41 +183,64 @@ def made_sample(
             f"{name}: kind={kind!r} reads two params per input (output_multiplier >= 2), "
             f"but the output layer has {n_out} units for D = {d}"
         )
-    steps, n_bufs = _steps(len(weights), residual)
     if pre_activation is not None:
-        n_blocks = (len(weights) - 2) // 2 if residual else 0
-        if not residual or not isinstance(pre_activation, (list, tuple)) or len(pre_activation) != n_blocks:
-            raise ValueError(
-                f"{name}: pre_activation must be a list of one (scale, shift) pair or None per "
-                f"residual block ({n_blocks} here) and only applies to residual networks"
-            )
-        for k, pa in enumerate(pre_activation):
-            if pa is None:
-                continue
-            if not isinstance(pa, (list, tuple)) or len(pa) != 2:
-                raise ValueError(f"{name}: pre_activation[{k}] must be a (scale, shift) pair, got {type(pa).__name__}")
-            for t_, what in zip(pa, ("scale", "shift")):
-                chk.tensor(name, t_, f"pre_activation[{k}] {what}")
-                if tuple(t_.shape) != (weights[0].shape[0],) or t_.dtype != dtype or t_.device != device:
-                    raise ValueError(
-                        f"{name}: pre_activation[{k}] {what} must be [{weights[0].shape[0]}] {dtype} "
-                        f"on {device}, got {list(t_.shape)} {t_.dtype} on {t_.device}"
-                    )
+        _check_pre_activation(name, pre_activation, weights, residual)
     if context_terms is not None:
-        if not isinstance(context_terms, (list, tuple)) or len(context_terms) != len(weights):
-            raise ValueError(f"{name}: context_terms must be a list with one entry (tensor or None) per weight")
-        for l, c in enumerate(context_terms):
-            if c is None:
-                continue
-            chk.tensor(name, c, f"context_terms[{l}]")
-            if tuple(c.shape) != (bsz, weights[l].shape[0]):
-                raise ValueError(
-                    f"{name}: context_terms[{l}] must be [batch, out_features of weights[{l}]] = "
-                    f"{[bsz, weights[l].shape[0]]}, got {list(c.shape)}"
-                )
-            if c.dtype != dtype or c.device != device:
-                raise TypeError(f"{name}: context_terms[{l}] must be {dtype} on {device}, got {c.dtype} on {c.device}")
+        _check_context_terms(name, context_terms, weights, bsz)
+    return bsz, d, mult, act, degs
 
+
+def _check_pre_activation(name, pre_activation, weights, residual):
+    dtype, device = weights[0].dtype, weights[0].device
+    n_blocks = (len(weights) - 2) // 2 if residual else 0
+    if not residual or not isinstance(pre_activation, (list, tuple)) or len(pre_activation) != n_blocks:
+        raise ValueError(
+            f"{name}: pre_activation must be a list of one (scale, shift) pair or None per "
+            f"residual block ({n_blocks} here) and only applies to residual networks"
+        )
+    for k, pa in enumerate(pre_activation):
+        if pa is None:
+            continue
+        if not isinstance(pa, (list, tuple)) or len(pa) != 2:
+            raise ValueError(f"{name}: pre_activation[{k}] must be a (scale, shift) pair, got {type(pa).__name__}")
+        for t_, what in zip(pa, ("scale", "shift")):
+            chk.tensor(name, t_, f"pre_activation[{k}] {what}")
+            if tuple(t_.shape) != (weights[0].shape[0],) or t_.dtype != dtype or t_.device != device:
+                raise ValueError(
+                    f"{name}: pre_activation[{k}] {what} must be [{weights[0].shape[0]}] {dtype} "
+                    f"on {device}, got {list(t_.shape)} {t_.dtype} on {t_.device}"
+                )
+
+
+def _check_context_terms(name, context_terms, weights, bsz):
+    dtype, device = weights[0].dtype, weights[0].device
+    if not isinstance(context_terms, (list, tuple)) or len(context_terms) != len(weights):
+        raise ValueError(f"{name}: context_terms must be a list with one entry (tensor or None) per weight")
+    for l, c in enumerate(context_terms):
+        if c is None:
+            continue
+        chk.tensor(name, c, f"context_terms[{l}]")
+        if tuple(c.shape) != (bsz, weights[l].shape[0]):
+            raise ValueError(
+                f"{name}: context_terms[{l}] must be [batch, out_features of weights[{l}]] = "
+                f"{[bsz, weights[l].shape[0]]}, got {list(c.shape)}"
+            )
+        if c.dtype != dtype or c.device != device:
+            raise TypeError(f"{name}: context_terms[{l}] must be {dtype} on {device}, got {c.dtype} on {c.device}")
+
+
+class _Network:
+    """The network with its inputs and every hidden buffer sorted by degree (the function is
+    unchanged): permuted weights W, biases B, context terms C, pre-activations, and the schedule's
+    host-side degree lists."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _sorted_network(name, weights, biases, degs, context_terms, pre_activation, residual, d, mult) -> _Network:
+    device = weights[0].device
+    steps, n_bufs = _steps(len(weights), residual)
     deg_cpu = [t.cpu() for t in degs]  # one host synchronisation: the schedule's input
     in_deg, out_deg = deg_cpu[0], deg_cpu[-1]
     need = out_deg.view(d, mult)
@@ -185,8 +258,6 @@ def made_sample(
                     f"{name}: a residual network needs one degree vector for every hidden "
                     f"layer; degrees[{l}] differs from degrees[1]"
                 )
-
-    # sort the inputs and every hidden buffer by degree (the function is unchanged)
     order = torch.sort(in_deg, stable=True).indices
     buf_perm = [order] + [None] * (n_bufs - 1)
     buf_deg = [in_deg[order]] + [None] * (n_bufs - 1)
@@ -203,12 +274,9 @@ def made_sample(
     src_of = {st[1]: st[2] for st in steps if st[0] == "linear"}
     src_of[len(weights) - 1] = n_bufs - 1
     dev_perm = [p.to(device) for p in buf_perm]
-
     W, B, C = [], [], []
     for l, w in enumerate(weights):
-        src = src_of[l]
-        w = w[:, dev_perm[src]]
-        b = biases[l]
+        w, b = w[:, dev_perm[src_of[l]]], biases[l]
         c = None if context_terms is None else context_terms[l]
         if l in w_deg_dst:
             p = dev_perm[w_deg_dst[l]]
@@ -217,7 +285,6 @@ def made_sample(
         W.append(w)
         B.append(b)
         C.append(c)
-    dev_deg = [bd.to(device) for bd in buf_deg]
     pre_act = {}
     if pre_activation is not None:
         act_dsts = [st[2] for st in steps if st[0] == "act"]  # one per residual block, in order
@@ -225,103 +292,68 @@ def made_sample(
             if pa is not None:
                 p = dev_perm[act_dsts[k]]
                 pre_act[act_dsts[k]] = (pa[0][p], pa[1][p])
-    deg_lists = [bd.tolist() for bd in buf_deg]
-    mode = _ops._pick(name, noise, backend)
-    if mode == "reference":  # mask every weight once; each step is then a plain F.linear
-        for l in range(len(W)):
-            dst_deg = dev_deg[w_deg_dst[l]] if l in w_deg_dst else degs[-1]
-            W[l] = W[l] * ref.autoregressive_mask(dev_deg[src_of[l]], dst_deg, l == len(W) - 1).to(dtype)
-
-    noise_sorted = noise[:, dev_perm[0]]
-    differentiable = torch.is_grad_enabled() and (
-        noise.requires_grad
-        or any(
-            t is not None and t.requires_grad
-            for t in list(W) + list(B) + list(C) + [v for pa in pre_act.values() for v in pa]
-        )
+    return _Network(
+        steps=steps,
+        n_bufs=n_bufs,
+        order=order,
+        need=need,
+        src_of=src_of,
+        w_deg_dst=w_deg_dst,
+        dev_perm=dev_perm,
+        dev_deg=[bd.to(device) for bd in buf_deg],
+        deg_lists=[bd.tolist() for bd in buf_deg],
+        W=W,
+        B=B,
+        C=C,
+        pre_act=pre_act,
     )
-    why_not = (
-        "the reference backend runs the step loop"
-        if mode == "reference"
-        else "residual networks use the step loop"
-        if residual
-        else "sampling recorded by autograd uses the step loop"
-        if differentiable
-        else f"output_multiplier {mult} > 64"
-        if mult > 64
-        else "the network is too large for the kernel's 32-bit offsets"
-        if (
-            sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
-            or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET
-        )
-        else None
-    )
-    if persistent is True and why_not:
-        raise ValueError(f"{name}: persistent=True is not available here: {why_not}")
-    if persistent is not False and why_not is None:
-        xs, params_all = _run_persistent(
-            W, B, C, dev_deg, deg_lists, degs[-1], need, order, noise_sorted, mult, act, kind, return_params
-        )
-        x = torch.empty_like(xs)
-        x[:, dev_perm[0]] = xs
-        return (x, params_all) if return_params else x
 
-    bufs = [noise.new_zeros((bsz, d))] + [noise.new_zeros((bsz, len(deg_lists[i]))) for i in range(1, n_bufs)]
-    done = [0] * n_bufs
+
+def _why_not_persistent(mode, residual, differentiable, mult, W, bsz, d) -> str | None:
+    """Why the single-launch persistent kernel does not apply (None: it does)."""
+    if mode == "reference":
+        return "the reference backend runs the step loop"
+    if residual:
+        return "residual networks use the step loop"
+    if differentiable:
+        return "sampling recorded by autograd uses the step loop"
+    if mult > 64:
+        return f"output_multiplier {mult} > 64"
+    if (
+        sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
+        or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET
+    ):
+        return "the network is too large for the kernel's 32-bit offsets"
+    return None
+
+
+def _step_loop(net, mode, noise, noise_sorted, out_deg_dev, mult, act, kind, differentiable, return_params):
+    """D steps, each computing the hidden units that just became computable and one sample
+    column: (samples in sorted input order [B, D], the network's output or None)."""
+    bsz, d = noise.shape
+    n_out = net.W[-1].shape[0]
+    bufs = [noise.new_zeros((bsz, d))] + [noise.new_zeros((bsz, len(net.deg_lists[i]))) for i in range(1, net.n_bufs)]
+    done = [0] * net.n_bufs
     step_fn = ref.STEPS[kind]
-    out_deg_dev = degs[-1]
-    last = len(weights) - 1
+    last = len(net.W) - 1
     params_all = noise.new_empty((bsz, n_out)) if return_params else None
     # The buffers are filled in place. When autograd records the loop, every read is a copy (the
     # graph must not see later writes into a tensor it saved); sampling under no_grad reads views.
     read = (lambda t: t.clone()) if differentiable else (lambda t: t)
     for s in range(d):
-        j = int(order[s])
+        j = int(net.order[s])
         rows = slice(j * mult, (j + 1) * mult)
-        t = int(need[j].max()) - 1  # strict output mask
-        for st in steps:
-            dst = st[3] if st[0] == "linear" else st[2]
-            e = bisect.bisect_right(deg_lists[dst], t)
-            c0 = done[dst]
-            if e <= c0:
-                continue
-            if st[0] == "act":
-                v = read(bufs[st[1]][:, c0:e])
-                pa = pre_act.get(dst)
-                if pa is not None:
-                    v = v * pa[0][c0:e] + pa[1][c0:e]
-                bufs[dst][:, c0:e] = ref.apply_activation(v, act)
-            else:
-                _, l, src, _, use_act, res = st
-                p = bisect.bisect_right(deg_lists[src], t)
-                ctx = C[l]
-                fused = act if use_act and ctx is None else "none"
-                z = _slice_linear(
-                    mode,
-                    read(bufs[src][:, :p]),
-                    W[l][c0:e, :p],
-                    None if B[l] is None else B[l][c0:e],
-                    dev_deg[src][:p],
-                    dev_deg[dst][c0:e],
-                    False,
-                    fused,
-                )
-                if ctx is not None:
-                    z = z + ctx[:, c0:e]
-                    if use_act:
-                        z = ref.apply_activation(z, act)
-                if res is not None:
-                    z = z + read(bufs[res][:, c0:e])
-                bufs[dst][:, c0:e] = z
-            done[dst] = e
-        src = src_of[last]
-        p = bisect.bisect_right(deg_lists[src], t)
+        t = int(net.need[j].max()) - 1  # strict output mask
+        for st in net.steps:
+            _advance(net, st, t, bufs, done, read, mode, act)
+        src = net.src_of[last]
+        p = bisect.bisect_right(net.deg_lists[src], t)
         params = _slice_linear(
             mode,
             read(bufs[src][:, :p]),
-            W[last][rows, :p],
-            None if B[last] is None else B[last][rows],
-            dev_deg[src][:p],
+            net.W[last][rows, :p],
+            None if net.B[last] is None else net.B[last][rows],
+            net.dev_deg[src][:p],
             out_deg_dev[rows],
             True,
             "none",
@@ -329,9 +361,45 @@ def made_sample(
         bufs[0][:, s] = step_fn(params, noise_sorted[:, s])
         if return_params:
             params_all[:, rows] = params
-    x = torch.empty_like(bufs[0])
-    x[:, dev_perm[0]] = bufs[0]
-    return (x, params_all) if return_params else x
+    return bufs[0], params_all
+
+
+def _advance(net, st, t, bufs, done, read, mode, act) -> None:
+    """One schedule step: the units of its destination buffer with degree <= t not computed yet."""
+    dst = st[3] if st[0] == "linear" else st[2]
+    e = bisect.bisect_right(net.deg_lists[dst], t)
+    c0 = done[dst]
+    if e <= c0:
+        return
+    if st[0] == "act":
+        v = read(bufs[st[1]][:, c0:e])
+        pa = net.pre_act.get(dst)
+        if pa is not None:
+            v = v * pa[0][c0:e] + pa[1][c0:e]
+        bufs[dst][:, c0:e] = ref.apply_activation(v, act)
+    else:
+        _, l, src, _, use_act, res = st
+        p = bisect.bisect_right(net.deg_lists[src], t)
+        ctx = net.C[l]
+        fused = act if use_act and ctx is None else "none"
+        z = _slice_linear(
+            mode,
+            read(bufs[src][:, :p]),
+            net.W[l][c0:e, :p],
+            None if net.B[l] is None else net.B[l][c0:e],
+            net.dev_deg[src][:p],
+            net.dev_deg[dst][c0:e],
+            False,
+            fused,
+        )
+        if ctx is not None:
+            z = z + ctx[:, c0:e]
+            if use_act:
+                z = ref.apply_activation(z, act)
+        if res is not None:
+            z = z + read(bufs[res][:, c0:e])
+        bufs[dst][:, c0:e] = z
+    done[dst] = e
 
 
 def _run_persistent(
