@@ -400,6 +400,31 @@ def cmd_bench(args) -> int:
     threads_before = torch.get_num_threads()
     threads = H.set_cpu_threads(args.threads or (1 if device.type == "cpu" else None))
     meta = H.env_info(device)
+    _print_bench_header(args, plan, meta, dtype_names, modes, threads)
+    old_handlers = {}
+
+    def on_signal(signum, frame):
+        raise _Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old_handlers[sig] = signal.signal(sig, on_signal)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    try:
+        rows, started, written, stop = _run_bench(args, plan, opts, meta, old_handlers)
+    finally:
+        _restore(old_handlers)
+        torch.set_num_threads(threads_before)  # main() may be called in-process (tests)
+    return _bench_outcome(args, by_family, rows, started, written, stop)
+
+
+def _print_bench_header(args, plan, meta, dtype_names, modes, threads) -> None:
+    """What runs where, the results' destination, the CPU's thread count and load, and which
+    baselines are left out and why."""
+    from pygen.tools import harness as H
+
+    device, by_family = plan["device"], plan["by_family"]
     if args.json:
         out_where = f"JSON lines appended to {Path(args.json)}"
     elif args.no_save:
@@ -444,32 +469,28 @@ def cmd_bench(args) -> int:
             f"note: compile(reference) is timed only for ops with a pygen kernel on {device.type}; for "
             f"the others it would only compare the reference with itself (--baseline compile forces it)"
         )
-
     if compiled:
         import logging
 
+        import torch
+
         try:  # the reference graph-breaks on data-dependent sizes by design; keep stderr readable
             torch._logging.set_logs(dynamo=logging.ERROR)
-        except Exception:
+        except Exception:  # noqa: BLE001 (older torch: keep the default logging)
             pass
 
-    stop: KeyboardInterrupt | None = None
-    old_handlers = {}
 
-    def on_signal(signum, frame):
-        raise _Interrupted(signum)
+def _run_bench(args, plan, opts, meta, old_handlers):
+    """The ceilings, then every family's cases, each family's table printed as it finishes; a
+    SIGINT / SIGTERM stops after the running case. Returns (rows, families started, JSON lines
+    written per file, the interrupt or None)."""
+    from pygen.tools import harness as H
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old_handlers[sig] = signal.signal(sig, on_signal)
-        except (ValueError, OSError):  # not the main thread
-            pass
-
-    copy_gbps = peak = None
+    device, by_family = plan["device"], plan["by_family"]
+    copy_gbps = peak = progress = stop = None
     rows: list[dict] = []
     started: list[str] = []
     written: dict[Path, int] = {}
-    progress = None
     try:
         try:
             copy_bytes = plan["run"]["copy_bytes"]
@@ -533,10 +554,15 @@ def cmd_bench(args) -> int:
                 partial=stop is not None,
             )
     finally:
-        _restore(old_handlers)
-        torch.set_num_threads(threads_before)  # main() may be called in-process (tests)
         if progress:
             progress.close()
+    return rows, started, written, stop
+
+
+def _bench_outcome(args, by_family, rows, started, written, stop) -> int:
+    """The legend, where the JSON lines went, the plot; the exit status (128 + signal when
+    interrupted, 1 when a pygen backend disagreed with the reference or raised)."""
+    from pygen.tools import harness as H
 
     if any(r.get("median_ms") for r in rows):
         _print()
