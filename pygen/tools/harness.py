@@ -913,14 +913,7 @@ def run_case(
                 for mode in opts.modes:
                     rows.append(
                         {
-                            "family": case.family,
-                            "op": case.op,
-                            "shape_label": case.label,
-                            "shape": case.shape,
-                            "dtype": str(dtype).removeprefix("torch."),
-                            "mode": mode,
-                            "backend": impl.name,
-                            "kind": impl.kind,
+                            **_row_base(case, dtype, mode, impl),
                             "status": "skipped",
                             "reason": "time budget (--max-time) exhausted",
                         }
@@ -940,108 +933,115 @@ def run_case(
         for mode in opts.modes:
             pending: list[tuple[Impl, dict[str, Any], bool, float]] = []  # checked, to be timed
             for impl in impls:
-                base = {
-                    "family": case.family,
-                    "op": case.op,
-                    "shape_label": case.label,
-                    "shape": case.shape,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "mode": mode,
-                    "backend": impl.name,
-                    "kind": impl.kind,
-                }
+                base = _row_base(case, dtype, mode, impl)
                 if progress:
                     progress.step(f"{case.op} {case.label} {base['dtype']} {mode} {impl.name}")
-                if mode in ref_errors:
-                    rows.append({**base, "status": "error", "reason": ref_errors[mode]})
-                    continue
-                if mode not in expected:
-                    rows.append({**base, "status": "skipped", "reason": f"{case.op} has no {mode} (forward-only)"})
-                    continue
-                if opts.deadline is not None and time.monotonic() > opts.deadline:
-                    rows.append({**base, "status": "skipped", "reason": "time budget (--max-time) exhausted"})
-                    continue
-                if impl.fn is None:
-                    rows.append({**base, "status": "skipped", "reason": impl.skip})
-                    continue
-                try:
-                    if impl.name == "reference":  # the oracle itself
-                        ok, err = True, 0.0
-                    else:
-                        ok, err = check(case, impl, inputs, mode, expected[mode])
-                except NoBackward as exc:
-                    rows.append({**base, "status": "skipped", "reason": str(exc)})
-                    continue
-                except Exception as exc:
-                    rows.append({**base, "status": "error", "reason": short_error(exc)})
-                    if impl.kind == "pygen":  # baseline errors are shown in the table only
-                        log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
-                    continue
-                if not ok and impl.kind == "pygen":
-                    rows.append(
-                        {
-                            **base,
-                            "status": "mismatch",
-                            "max_abs_err": err,
-                            "reason": "output differs from the reference; not timed",
-                        }
-                    )
-                    log(f"MISMATCH {case.op} {mode} {base['dtype']} {impl.name}: max abs err {err:.3g}")
-                    continue
-                if not ok and impl.name not in case.approximate:
-                    # a baseline that computes something else is not the same work: no timing, no ratio
-                    rows.append(
-                        {
-                            **base,
-                            "status": "mismatch",
-                            "max_abs_err": err,
-                            "reason": f"baseline output differs from the reference (max abs err "
-                            f"{err:.3g}): not the same computation, not timed",
-                        }
-                    )
-                    log(
-                        f"baseline {impl.name} differs from the reference on {case.op} {mode} "
-                        f"{base['dtype']}: max abs err {err:.3g}; not timed"
-                    )
-                    continue
-                pending.append((impl, base, ok, err))
+                checked = _check_impl(case, impl, inputs, mode, expected, ref_errors, opts, base, log)
+                if isinstance(checked, dict):
+                    rows.append(checked)
+                else:
+                    pending.append(checked)
             timings = _time_group(pending, inputs, mode, opts, rows, log, case)
-            timed_rows = []
-            for (impl, base, ok, err), t in zip(pending, timings):
-                if t is None:
-                    continue
-                nbytes = int(case.bytes_model(inputs, mode))
-                row = {
-                    **base,
-                    "status": "ok",
-                    "correct": ok,
-                    "max_abs_err": err,
-                    "median_ms": t.median_ms,
-                    "p20_ms": t.p20_ms,
-                    "p80_ms": t.p80_ms,
-                    "min_ms": t.min_ms,
-                    "samples": t.n,
-                    "timer": t.timer,
-                    "wall_median_ms": t.wall_median_ms,
-                    "bytes": nbytes,
-                    "bytes_model": case.bytes_formula,
-                    "gbps": nbytes / (t.median_ms * 1e-3) / 1e9 if t.median_ms > 0 else None,
-                }
-                if not ok:
-                    row["approximate"] = case.approximate[impl.name]
-                    row["reason"] = (
-                        f"differs from the reference by design (max abs err {err:.3g}): {case.approximate[impl.name]}"
-                    )
-                timed_rows.append((row, t))
-            for row, t in timed_rows:
-                row["vs"] = {
-                    other["backend"]: ratio_stats(t, tb)
-                    for other, tb in timed_rows
-                    if other is not row and other["kind"] == "baseline"
-                }
-                rows.append(row)
+            rows.extend(_timed_rows(case, inputs, mode, pending, timings))
         del inputs, expected
     return rows
+
+
+def _row_base(case: Case, dtype, mode: str, impl: Impl) -> dict[str, Any]:
+    return {
+        "family": case.family,
+        "op": case.op,
+        "shape_label": case.label,
+        "shape": case.shape,
+        "dtype": str(dtype).removeprefix("torch."),
+        "mode": mode,
+        "backend": impl.name,
+        "kind": impl.kind,
+    }
+
+
+def _check_impl(case, impl, inputs, mode, expected, ref_errors, opts, base, log):
+    """One implementation's check against the reference: its final row (skipped / error /
+    mismatch) or, when it is to be timed, the (impl, base row, correct, max abs err) entry."""
+    if mode in ref_errors:
+        return {**base, "status": "error", "reason": ref_errors[mode]}
+    if mode not in expected:
+        return {**base, "status": "skipped", "reason": f"{case.op} has no {mode} (forward-only)"}
+    if opts.deadline is not None and time.monotonic() > opts.deadline:
+        return {**base, "status": "skipped", "reason": "time budget (--max-time) exhausted"}
+    if impl.fn is None:
+        return {**base, "status": "skipped", "reason": impl.skip}
+    try:
+        if impl.name == "reference":  # the oracle itself
+            ok, err = True, 0.0
+        else:
+            ok, err = check(case, impl, inputs, mode, expected[mode])
+    except NoBackward as exc:
+        return {**base, "status": "skipped", "reason": str(exc)}
+    except Exception as exc:
+        if impl.kind == "pygen":  # baseline errors are shown in the table only
+            log(f"{case.op} {mode} {base['dtype']} {impl.name}: {short_error(exc)}")
+        return {**base, "status": "error", "reason": short_error(exc)}
+    if not ok and impl.kind == "pygen":
+        log(f"MISMATCH {case.op} {mode} {base['dtype']} {impl.name}: max abs err {err:.3g}")
+        return {
+            **base,
+            "status": "mismatch",
+            "max_abs_err": err,
+            "reason": "output differs from the reference; not timed",
+        }
+    if not ok and impl.name not in case.approximate:
+        # a baseline that computes something else is not the same work: no timing, no ratio
+        log(
+            f"baseline {impl.name} differs from the reference on {case.op} {mode} "
+            f"{base['dtype']}: max abs err {err:.3g}; not timed"
+        )
+        return {
+            **base,
+            "status": "mismatch",
+            "max_abs_err": err,
+            "reason": f"baseline output differs from the reference (max abs err "
+            f"{err:.3g}): not the same computation, not timed",
+        }
+    return impl, base, ok, err
+
+
+def _timed_rows(case, inputs, mode, pending, timings) -> list[dict[str, Any]]:
+    """The "ok" rows of the timed implementations, each with ``vs``: baseline -> ratio stats."""
+    timed_rows = []
+    for (impl, base, ok, err), t in zip(pending, timings):
+        if t is None:
+            continue
+        nbytes = int(case.bytes_model(inputs, mode))
+        row = {
+            **base,
+            "status": "ok",
+            "correct": ok,
+            "max_abs_err": err,
+            "median_ms": t.median_ms,
+            "p20_ms": t.p20_ms,
+            "p80_ms": t.p80_ms,
+            "min_ms": t.min_ms,
+            "samples": t.n,
+            "timer": t.timer,
+            "wall_median_ms": t.wall_median_ms,
+            "bytes": nbytes,
+            "bytes_model": case.bytes_formula,
+            "gbps": nbytes / (t.median_ms * 1e-3) / 1e9 if t.median_ms > 0 else None,
+        }
+        if not ok:
+            row["approximate"] = case.approximate[impl.name]
+            row["reason"] = (
+                f"differs from the reference by design (max abs err {err:.3g}): {case.approximate[impl.name]}"
+            )
+        timed_rows.append((row, t))
+    for row, t in timed_rows:
+        row["vs"] = {
+            other["backend"]: ratio_stats(t, tb)
+            for other, tb in timed_rows
+            if other is not row and other["kind"] == "baseline"
+        }
+    return [row for row, _ in timed_rows]
 
 
 def count_steps(cases: Sequence[Case], opts: BenchOptions) -> int:
