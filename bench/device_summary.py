@@ -397,7 +397,43 @@ def _pf(p: int, f: int, s: int, unfinished: bool = False) -> str:
 
 def build(stage: Path) -> tuple[str, bool]:
     """(the summary text, every check that ran passed)."""
-    stage = Path(stage)
+    d = _collect(Path(stage))
+    lines = [f"device_run summary ({d['device'] or 'device unknown: no bench record'})"]
+    if d["steps"]:
+
+        def state(rc: str) -> str:
+            return "ok" if rc == "0" else "CUT" if rc in CUT_RC else "skipped" if rc == "-" else f"rc={rc}"
+
+        lines += textwrap.wrap(
+            "steps: " + ", ".join(f"{n} {state(s['rc'])} {s['seconds']}s" for n, s in d["steps"].items()),
+            110,
+            subsequent_indent="       ",
+            break_on_hyphens=False,
+        )
+    rows, ok = _table_rows(d)
+    header = (
+        "family",
+        "kernel",
+        "tests p/f",
+        "graph p/f",
+        "2-GPU p/f",
+        "memcheck",
+        "racecheck",
+        "bench ok/bad",
+        "ratio: fastest pygen vs baseline",
+    )
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines.append(fmt.format(*header).rstrip())
+    lines.append(fmt.format(*("-" * w for w in widths)).rstrip())
+    lines += [fmt.format(*r).rstrip() for r in rows]
+    lines += textwrap.wrap(_NOTES, 110, break_on_hyphens=False)
+    verdict_lines, ok = _verdict(d, ok)
+    return "\n".join(lines + verdict_lines) + "\n", ok
+
+
+def _collect(stage: Path) -> dict:
+    """Everything the summary reads from the staging folder."""
     steps = read_steps(stage)
     tests, tests_cut, _ = pytest_outcomes(stage, "tests")
     graphs_all, graphs_cut, _ = pytest_outcomes(stage, "graphs")
@@ -411,74 +447,77 @@ def build(stage: Path) -> tuple[str, bool]:
     for tool in ("memcheck", "racecheck"):
         log = stage / "logs" / f"{tool}.log"
         if log.exists():
-            text = log.read_text(errors="replace")
-            info = parse_sanitizer_log(text)
+            info = parse_sanitizer_log(log.read_text(errors="replace"))
             info["tests"], info["cut"], _ = pytest_outcomes(stage, tool)
             san[tool] = info
     records = read_records(stage)
-    cases = case_ratios(records)
-    bfail = bench_failures(stage)
+    return {
+        "steps": steps,
+        "tests": tests,
+        "tests_cut": tests_cut,
+        "graphs_all": graphs_all,
+        "graphs_cut": graphs_cut,
+        "graphs": graphs,
+        "multi": multi,
+        "san": san,
+        "records": records,
+        "cases": case_ratios(records),
+        "bfail": bench_failures(stage),
+        "device": next((r.get("device_name") for r in records if r.get("device_name")), None),
+    }
 
-    ok = True
-    lines = []
-    device = next((r.get("device_name") for r in records if r.get("device_name")), None)
-    lines.append(f"device_run summary ({device or 'device unknown: no bench record'})")
-    if steps:
 
-        def state(rc: str) -> str:
-            return "ok" if rc == "0" else "CUT" if rc in CUT_RC else "skipped" if rc == "-" else f"rc={rc}"
+def _san_cells(d: dict, fam: str) -> tuple[list[str], bool]:
+    """The memcheck and racecheck cells of a family's row, and whether they passed."""
+    cells, ok = [], True
+    for tool in ("memcheck", "racecheck"):
+        info = d["san"].get(tool)
+        if info is None:
+            cells.append("-")
+            continue
+        if info["missing"]:
+            cells.append("n/a")
+            continue
+        p, f, _ = _count(info["tests"], fam)
+        errs = sum(len(v) for k, v in info["errors"].items() if family_of_test(k) == fam)
+        cut = info["cut"] is not None and family_of_test(info["cut"]) == fam
+        if p + f + errs == 0 and not cut:
+            cells.append("-")
+            continue
+        cell = f"{errs} ERR" if errs else ("FAIL" if f else "ok")
+        cells.append(f"{cell} {p}/{p + f}" + ("+cut" if cut else ""))
+        ok &= not errs and not f
+    return cells, ok
 
-        lines += textwrap.wrap(
-            "steps: " + ", ".join(f"{n} {state(s['rc'])} {s['seconds']}s" for n, s in steps.items()),
-            110,
-            subsequent_indent="       ",
-            break_on_hyphens=False,
-        )
-    header = (
-        "family",
-        "kernel",
-        "tests p/f",
-        "graph p/f",
-        "2-GPU p/f",
-        "memcheck",
-        "racecheck",
-        "bench ok/bad",
-        "ratio: fastest pygen vs baseline",
+
+def _pygen_ok(records, fam: str, op: str | None = None) -> int:
+    return sum(
+        1
+        for r in records
+        if r.get("family") == fam
+        and (op is None or r.get("op") == op)
+        and r.get("kind") == "pygen"
+        and r.get("status") == "ok"
     )
-    rows = []
+
+
+def _table_rows(d: dict) -> tuple[list[tuple], bool]:
+    """One row per family (its kernels below it) and the 'other' tests; whether all passed."""
+    ok, rows = True, []
+    tests, graphs, multi, records, bfail = d["tests"], d["graphs"], d["multi"], d["records"], d["bfail"]
     for fam, ops in FAMILIES.items():
-        fam_cases = cases.get(fam, [])
-        t = _count(tests, fam)
-        g = _count(graphs, fam)
-        mg = _count(multi, fam)
-        san_cells = []
-        for tool in ("memcheck", "racecheck"):
-            info = san.get(tool)
-            if info is None:
-                san_cells.append("-")
-                continue
-            if info["missing"]:
-                san_cells.append("n/a")
-                continue
-            p, f, _ = _count(info["tests"], fam)
-            errs = sum(len(v) for k, v in info["errors"].items() if family_of_test(k) == fam)
-            cut = info["cut"] is not None and family_of_test(info["cut"]) == fam
-            if p + f + errs == 0 and not cut:
-                san_cells.append("-")
-                continue
-            cell = f"{errs} ERR" if errs else ("FAIL" if f else "ok")
-            san_cells.append(f"{cell} {p}/{p + f}" + ("+cut" if cut else ""))
-            ok &= not errs and not f
-        nbad = len(bfail.get(fam, []))
-        nok = sum(1 for r in records if r.get("family") == fam and r.get("kind") == "pygen" and r.get("status") == "ok")
+        fam_cases = d["cases"].get(fam, [])
+        t, g, mg = _count(tests, fam), _count(graphs, fam), _count(multi, fam)
+        san_cells, san_ok = _san_cells(d, fam)
+        nbad, nok = len(bfail.get(fam, [])), _pygen_ok(records, fam)
         bench_cell = f"{nok}/{nbad}" + (" FAIL" if nbad else "") if (nok or nbad) else "-"
-        ok &= not (t[1] or g[1] or mg[1] or nbad)
+        ok &= san_ok and not (t[1] or g[1] or mg[1] or nbad)
         rows.append(
             (
                 fam,
                 "(all)",
-                _pf(*t, unfinished=tests_cut is not None and family_of_test(tests_cut) == fam),
-                _pf(*g, unfinished=graphs_cut is not None and family_of_test(graphs_cut) == fam),
+                _pf(*t, unfinished=d["tests_cut"] is not None and family_of_test(d["tests_cut"]) == fam),
+                _pf(*g, unfinished=d["graphs_cut"] is not None and family_of_test(d["graphs_cut"]) == fam),
                 _pf(*mg),
                 *san_cells,
                 bench_cell,
@@ -489,11 +528,7 @@ def build(stage: Path) -> tuple[str, bool]:
         for op in [o for o in ops if o not in NO_KERNEL] + extra:
             op_cases = [c for c in fam_cases if c["op"] == op]
             tk = _count(tests, fam, op)
-            nok_op = sum(
-                1
-                for r in records
-                if r.get("family") == fam and r.get("op") == op and r.get("kind") == "pygen" and r.get("status") == "ok"
-            )
+            nok_op = _pygen_ok(records, fam, op)
             nbad_op = sum(1 for x in bfail.get(fam, []) if x.split(" ")[0] == op)
             rows.append(
                 (
@@ -512,23 +547,25 @@ def build(stage: Path) -> tuple[str, bool]:
     if sum(other):
         rows.append(("other", "(not a family's)", _pf(*other), "", "", "", "", "", ""))
         ok &= not other[1]
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines.append(fmt.format(*header).rstrip())
-    lines.append(fmt.format(*("-" * w for w in widths)).rstrip())
-    lines += [fmt.format(*r).rstrip() for r in rows]
-    notes = (
-        "p/f: passed/failed (FAIL when any failed; skip: all skipped; -: not run; +cut: the step's time "
-        "limit stopped it during this family). memcheck/racecheck: compute-sanitizer over a small subset, "
-        "'ok p/n' or the errors it reported (n/a: compute-sanitizer not found). bench ok/bad: pygen backend "
-        "rows timed / disagreeing with the reference or raising (not timed). ratio: baseline median / the "
-        "fastest pygen backend's median per case (op, shape, dtype, mode; the harness's paired ratio where "
-        "it has one), >1 = pygen faster; a kernel's is the median over its cases, the family's the median "
-        "over all its cases against its main baseline, the first timed of: "
-        + "; ".join(f"{f}: {', '.join(b)}" for f, b in BASELINES.items())
-        + "."
-    )
-    lines += textwrap.wrap(notes, 110, break_on_hyphens=False)
+    return rows, ok
+
+
+_NOTES = (
+    "p/f: passed/failed (FAIL when any failed; skip: all skipped; -: not run; +cut: the step's time "
+    "limit stopped it during this family). memcheck/racecheck: compute-sanitizer over a small subset, "
+    "'ok p/n' or the errors it reported (n/a: compute-sanitizer not found). bench ok/bad: pygen backend "
+    "rows timed / disagreeing with the reference or raising (not timed). ratio: baseline median / the "
+    "fastest pygen backend's median per case (op, shape, dtype, mode; the harness's paired ratio where "
+    "it has one), >1 = pygen faster; a kernel's is the median over its cases, the family's the median "
+    "over all its cases against its main baseline, the first timed of: "
+    + "; ".join(f"{f}: {', '.join(b)}" for f, b in BASELINES.items())
+    + "."
+)
+
+
+def _verdict(d: dict, ok: bool) -> tuple[list[str], bool]:
+    """The problem lines and the verdict line; whether every check that ran passed (and any ran)."""
+    steps, san = d["steps"], d["san"]
     problems = []
     for tool, info in san.items():
         if info["total"] and not any(info["errors"].values()):
@@ -539,16 +576,16 @@ def build(stage: Path) -> tuple[str, bool]:
             problems.append(f"{tool}: {nodeid}: {msgs[0]}" + (f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""))
         if info["warnings"]:
             problems.append(f"{tool}: {info['warnings']} warning(s) (hazards of lower severity; not counted as errors)")
-    for fam, items in bfail.items():
+    for fam, items in d["bfail"].items():
         problems += [f"bench {fam}: {x}" for x in items[:5]]
-    for name, outcomes in (("tests", tests), ("graphs", graphs_all)):
+    for name, outcomes in (("tests", d["tests"]), ("graphs", d["graphs_all"])):
         problems += [f"{name}: {st} {n}" for n, st in outcomes.items() if st in ("FAILED", "ERROR")][:10]
     cut = [n for n, s in steps.items() if s["rc"] in CUT_RC]
     failed_steps = [
         n for n, s in steps.items() if s["rc"] not in ("0", "-") + CUT_RC and n not in ("nvidia-smi",)
     ]  # on a CPU nvidia-smi is missing: not a failure
     ok &= not failed_steps
-    ran = any((tests, graphs_all, records, *(i["tests"] for i in san.values())))
+    ran = any((d["tests"], d["graphs_all"], d["records"], *(i["tests"] for i in san.values())))
     out_of_time = [n for n, s in steps.items() if s["rc"] == "-" and "out of time" in s["note"]]
     incomplete = bool(cut or out_of_time)
     verdict = (
@@ -560,14 +597,14 @@ def build(stage: Path) -> tuple[str, bool]:
         if incomplete
         else "PASS"
     )
-    lines += [f"  ! {p}" for p in problems[:25]]
+    lines = [f"  ! {p}" for p in problems[:25]]
     lines.append(
         f"verdict: {verdict}"
         + (f"; cut short (time limit or signal): {', '.join(cut)}" if cut else "")
         + (f"; not run, out of time: {', '.join(out_of_time)}" if out_of_time else "")
         + (f"; steps with a non-zero exit: {', '.join(failed_steps)}" if failed_steps else "")
     )
-    return "\n".join(lines) + "\n", ok and ran
+    return lines, ok and ran
 
 
 def main(argv: list[str] | None = None) -> int:
