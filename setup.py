@@ -140,6 +140,100 @@ def _esc(path) -> str:
     return str(path).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
 
 
+def _cuda_toolchain() -> tuple[str, Path, Path] | None:
+    """(nvcc, toolkit root, the folder of libcudart_static.a), or None when pygen._cuda is skipped
+    (PYGEN_NO_CUDA, no toolkit, no static cudart)."""
+    if _truthy("PYGEN_NO_CUDA"):
+        print("pygen: PYGEN_NO_CUDA set, skipping pygen._cuda")
+        return None
+    cuda = _find_cuda()
+    if cuda is None:
+        print("pygen: nvcc not found (CUDA_HOME, /usr/local/cuda, PATH); skipping pygen._cuda")
+        return None
+    libdir = _cuda_lib_dir(cuda[1])
+    if libdir is None:
+        _warn(f"libcudart_static.a not found under {cuda[1]}; skipping pygen._cuda")
+        return None
+    return cuda[0], cuda[1], libdir
+
+
+def _ninja_rules(cxx: str) -> list[str]:
+    return [
+        "ninja_required_version = 1.3",
+        "rule cxx",
+        "  command = $cxx -MMD -MF $out.d $flags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = CXX $in",
+        "rule nvcc",
+        "  command = $nvcc -MD -MF $out.d $flags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = NVCC $in",
+        "rule link",
+        "  command = $cxx -shared $in $flags -o $out",
+        "  description = LINK $out",
+        f"cxx = {_q(cxx)}",
+    ]
+
+
+def _extension_sources(name: str, common: list[str], cuda, cxx: str, lines: list[str]):
+    """([(source, ninja rule, flags)], link flags) of the extension ``name``, or None to skip it
+    (no CUDA toolchain, or a bad PYGEN_CUDA_ARCHS). Adds the nvcc variable to ``lines``."""
+    if name == "_C":
+        return [(s, "cxx", common + ["-fopenmp"]) for s in CPU_SOURCES], ["-fopenmp"]
+    if name != "_cuda":
+        raise RuntimeError(f"unknown extension {name}")
+    if cuda is None:
+        return None
+    nvcc, home, libdir = cuda
+    try:
+        gencode = _gencode_flags()
+    except ValueError as exc:
+        _warn(f"{exc}; skipping pygen._cuda")
+        return None
+    lines.append(f"nvcc = {_q(nvcc)}")
+    host = common + [f"-I{home / 'include'}"]
+    dev = [
+        "-O3",
+        "-std=c++17",
+        f"-I{CSRC}",
+        "-Xcompiler=-fPIC,-fvisibility=hidden",
+        "--expt-relaxed-constexpr",
+        f"-ccbin={cxx}",
+    ] + gencode
+    srcs = [(s, "nvcc" if s.endswith(".cu") else "cxx", dev if s.endswith(".cu") else host) for s in CUDA_SOURCES]
+    # cudart is linked statically and its symbols kept local, so this module's runtime never binds
+    # to (or interposes on) the libcudart.so that torch loads.
+    ldflags = [
+        f"-L{libdir}",
+        "-lcudart_static",
+        "-ldl",
+        "-lrt",
+        "-lpthread",
+        "-Wl,--exclude-libs,ALL",
+        "-Wl,-Bsymbolic",
+    ]
+    return srcs, ldflags
+
+
+def _run_ninja(ninja: str, build_dir: Path, targets: dict) -> set[str]:
+    """Builds every target (-k 0: as much as it can); returns the targets that failed."""
+    cmd = [ninja, "-C", str(build_dir), "-k", "0"]
+    if os.environ.get("MAX_JOBS"):
+        cmd += ["-j", os.environ["MAX_JOBS"]]
+    print("pygen: " + " ".join(cmd + list(targets)), flush=True)
+    rc = subprocess.run(cmd + list(targets), check=False).returncode
+    failed = set()
+    if rc != 0:  # ask ninja which targets are still out of date
+        for name in targets:
+            dry = subprocess.run([ninja, "-C", str(build_dir), "-n", name], capture_output=True, text=True, check=False)
+            if "no work to do" not in dry.stdout:
+                failed.add(name)
+        failed = failed or set(targets)
+    return failed
+
+
 class NinjaBuildExt(build_ext):
     """Builds every extension with one generated build.ninja (parallel, incremental)."""
 
@@ -152,7 +246,6 @@ class NinjaBuildExt(build_ext):
         build_dir = Path(self.build_temp).resolve() / "pygen-ninja"
         build_dir.mkdir(parents=True, exist_ok=True)
         cxx = os.environ.get("CXX", "g++")
-        py_inc = sysconfig.get_paths()["include"]
         common = [
             "-O3",
             "-std=c++17",
@@ -161,83 +254,20 @@ class NinjaBuildExt(build_ext):
             "-Wall",
             "-Wno-unknown-pragmas",
             f"-I{CSRC}",
-            f"-I{py_inc}",
+            f"-I{sysconfig.get_paths()['include']}",
             f"-I{pybind11.get_include()}",
         ]
-
-        cuda = None
-        if _truthy("PYGEN_NO_CUDA"):
-            print("pygen: PYGEN_NO_CUDA set, skipping pygen._cuda")
-        else:
-            cuda = _find_cuda()
-            if cuda is None:
-                print("pygen: nvcc not found (CUDA_HOME, /usr/local/cuda, PATH); skipping pygen._cuda")
-        libdir = _cuda_lib_dir(cuda[1]) if cuda else None
-        if cuda and libdir is None:
-            _warn(f"libcudart_static.a not found under {cuda[1]}; skipping pygen._cuda")
-            cuda = None
-
-        lines = [
-            "ninja_required_version = 1.3",
-            "rule cxx",
-            "  command = $cxx -MMD -MF $out.d $flags -c $in -o $out",
-            "  depfile = $out.d",
-            "  deps = gcc",
-            "  description = CXX $in",
-            "rule nvcc",
-            "  command = $nvcc -MD -MF $out.d $flags -c $in -o $out",
-            "  depfile = $out.d",
-            "  deps = gcc",
-            "  description = NVCC $in",
-            "rule link",
-            "  command = $cxx -shared $in $flags -o $out",
-            "  description = LINK $out",
-            f"cxx = {_q(cxx)}",
-        ]
+        cuda = _cuda_toolchain()
+        lines = _ninja_rules(cxx)
         targets = {}
         for ext in self.extensions:
             name = ext.name.split(".")[-1]
             out = Path(self.get_ext_fullpath(ext.name)).resolve()
             out.parent.mkdir(parents=True, exist_ok=True)
-            if name == "_C":
-                srcs = [(s, "cxx", common + ["-fopenmp"]) for s in CPU_SOURCES]
-                ldflags = ["-fopenmp"]
-            elif name == "_cuda":
-                if cuda is None:
-                    continue
-                nvcc, home = cuda
-                try:
-                    gencode = _gencode_flags()
-                except ValueError as exc:
-                    _warn(f"{exc}; skipping pygen._cuda")
-                    continue
-                lines.append(f"nvcc = {_q(nvcc)}")
-                host = common + [f"-I{home / 'include'}"]
-                dev = [
-                    "-O3",
-                    "-std=c++17",
-                    f"-I{CSRC}",
-                    "-Xcompiler=-fPIC,-fvisibility=hidden",
-                    "--expt-relaxed-constexpr",
-                    f"-ccbin={cxx}",
-                ] + gencode
-                srcs = [
-                    (s, "nvcc" if s.endswith(".cu") else "cxx", dev if s.endswith(".cu") else host)
-                    for s in CUDA_SOURCES
-                ]
-                # cudart is linked statically and its symbols kept local, so this module's runtime
-                # never binds to (or interposes on) the libcudart.so that torch loads.
-                ldflags = [
-                    f"-L{libdir}",
-                    "-lcudart_static",
-                    "-ldl",
-                    "-lrt",
-                    "-lpthread",
-                    "-Wl,--exclude-libs,ALL",
-                    "-Wl,-Bsymbolic",
-                ]
-            else:
-                raise RuntimeError(f"unknown extension {ext.name}")
+            plan = _extension_sources(name, common, cuda, cxx, lines)
+            if plan is None:
+                continue
+            srcs, ldflags = plan
             objs = []
             for src, rule, flags in srcs:
                 obj = build_dir / name / (src.replace("/", "__") + ".o")
@@ -253,20 +283,7 @@ class NinjaBuildExt(build_ext):
             ]
             targets[name] = (ext, out)
         (build_dir / "build.ninja").write_text("\n".join(lines) + "\n")
-
-        cmd = [ninja, "-C", str(build_dir), "-k", "0"]
-        if os.environ.get("MAX_JOBS"):
-            cmd += ["-j", os.environ["MAX_JOBS"]]
-        print("pygen: " + " ".join(cmd + list(targets)), flush=True)
-        rc = subprocess.run(cmd + list(targets)).returncode
-
-        failed = set()
-        if rc != 0:  # -k 0 built what it could; ask ninja which targets are still out of date
-            for name in targets:
-                dry = subprocess.run([ninja, "-C", str(build_dir), "-n", name], capture_output=True, text=True)
-                if "no work to do" not in dry.stdout:
-                    failed.add(name)
-            failed = failed or set(targets)
+        failed = _run_ninja(ninja, build_dir, targets)
         if "_C" in failed:
             raise RuntimeError("pygen: building the host module pygen._C failed (compiler output above)")
         skipped = [e for e in self.extensions if e.name.split(".")[-1] not in targets]

@@ -733,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="versions, devices and backend availability")
     s.set_defaults(func=cmd_info)
 
+    _add_bench(sub)
+    _add_profile(sub)
+    _add_inspect(sub)
+    return p
+
+
+def _add_bench(sub) -> None:
     s = sub.add_parser(
         "bench",
         help="check then time every op, backend and baseline",
@@ -815,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_bench)
 
+
+def _add_profile(sub) -> None:
     s = sub.add_parser("profile", help="a model with reference ops vs pygen ops")
     s.add_argument("model", help="a pygen.models name: faster_rcnn_roi_head, rfcn_head, ...")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
@@ -834,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_profile)
 
+
+def _add_inspect(sub) -> None:
     s = sub.add_parser("inspect", help="offline sm_90 compile: registers, spills, smem, wgmma")
     s.add_argument("family", nargs="*", help="op families (default: all)")
     s.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
@@ -851,7 +862,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/inspect/triton-<version>.json are such files)",
     )
     s.set_defaults(func=cmd_inspect)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
