@@ -86,20 +86,7 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
             f"{H.load_average()} on {H.cpu_count()} cores at the start"
         )
 
-    set_backend(model, "reference")
-    ref_call = _run_for(model, inputs)
-    ref_out = _flat(ref_call())
-    set_backend(model, backend)
-    pg_call = _run_for(model, inputs)
-    pg_out = _flat(pg_call())
-    tol = H.TOLERANCE.get(dt, 1e-2) * 10  # a matmul after the pooling amplifies rounding
-    errs = [float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in zip(pg_out, ref_out)]
-    scale = max((float(b.double().abs().max()) for b in ref_out if b.numel()), default=1.0)
-    agree = all(e <= tol * (1.0 + scale) for e in errs)
-    say(
-        f"outputs: max abs difference pygen vs reference {max(errs, default=0.0):.3g} "
-        f"({'agree' if agree else 'DISAGREE'} within {tol:g} x (1 + max|ref| = {scale:.3g}))"
-    )
+    ref_call, pg_call, agree = _compare_outputs(model, inputs, backend, dt, say)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sort_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
@@ -129,6 +116,38 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         return 0 if agree else 1
 
     budget = reps_budget_s if reps_budget_s is not None else (0.3 if quick else 2.0)
+    _time_both(model, backend, dev, ref_call, pg_call, budget, nthreads, say)
+
+    _profiles(model, backend, dev, ref_call, pg_call, activities, sort_key, top, say)
+    set_backend(model, backend)
+    return 0 if agree else 1
+
+
+def _compare_outputs(model, inputs, backend, dt, say):
+    """Runs the model with the reference ops and with pygen's; says how far apart the outputs are.
+    Returns (reference call, pygen call, whether they agree)."""
+    from . import harness as H
+
+    set_backend(model, "reference")
+    ref_call = _run_for(model, inputs)
+    ref_out = _flat(ref_call())
+    set_backend(model, backend)
+    pg_call = _run_for(model, inputs)
+    pg_out = _flat(pg_call())
+    tol = H.TOLERANCE.get(dt, 1e-2) * 10  # a matmul after the pooling amplifies rounding
+    errs = [float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in zip(pg_out, ref_out)]
+    scale = max((float(b.double().abs().max()) for b in ref_out if b.numel()), default=1.0)
+    agree = all(e <= tol * (1.0 + scale) for e in errs)
+    say(
+        f"outputs: max abs difference pygen vs reference {max(errs, default=0.0):.3g} "
+        f"({'agree' if agree else 'DISAGREE'} within {tol:g} x (1 + max|ref| = {scale:.3g}))"
+    )
+    return ref_call, pg_call, agree
+
+
+def _time_both(model, backend, dev, ref_call, pg_call, budget, nthreads, say) -> None:
+    """Times the two runs as pygen bench does and says the end-to-end speedup."""
+    from . import harness as H
 
     if dev.type == "cuda":
         set_backend(model, "reference")
@@ -161,6 +180,11 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         f"beyond {H.MIN_EFFECT:g}x / {1 / H.MIN_EFFECT:.2f}x, ~ and noisy are no verdict)"
     )
 
+
+def _profiles(model, backend, dev, ref_call, pg_call, activities, sort_key, top, say) -> None:
+    """torch.profiler's top ops of each run, and which pygen kernel ops ran."""
+    from torch.profiler import profile
+
     for label, b, call in (("reference ops", "reference", ref_call), ("pygen ops", backend, pg_call)):
         set_backend(model, b)
         call()
@@ -182,5 +206,3 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
                     else "none (every op used the reference: no kernel backend for this model's ops here)"
                 )
             )
-    set_backend(model, backend)
-    return 0 if agree else 1
