@@ -268,23 +268,7 @@ def _bench_plan(args) -> dict:
     device = _device(args.device)
     for b in dict.fromkeys(args.backend or ()):
         _check_backend(b, device)
-    if args.max_time is not None and not (args.max_time >= 0):
-        raise BadArgs(f"--max-time {args.max_time:g}: give a number of seconds >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise BadArgs(f"--threads {args.threads}: give a number of threads >= 1")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401 (probe: --plot needs matplotlib)
-        except Exception as exc:
-            raise BadArgs(
-                f"--plot needs matplotlib, which is not importable ({type(exc).__name__}: {exc}); "
-                f"`pip install matplotlib` (or pygen[plot])"
-            ) from None
-        _check_writable("--plot", Path(args.plot), is_dir=False)
-    if args.json:
-        _check_writable("--json", Path(args.json), is_dir=False)
-    if args.results_dir:
-        _check_writable("--results-dir", Path(args.results_dir), is_dir=True)
+    _check_bench_options(args)
 
     which = "full" if args.full else "quick" if args.quick else "default"
     key = (device.type, which)
@@ -315,6 +299,41 @@ def _bench_plan(args) -> dict:
                 f"--backend {', '.join(args.backend)}: none of the selected ops has a pygen "
                 f"{'/'.join(args.backend)} kernel (kernel backends per family: {per_family})"
             )
+    baselines = _bench_baselines(args, all_cases, run)
+    return {
+        "device": device,
+        "which": which,
+        "key": key,
+        "shapes": shapes,
+        "by_family": by_family,
+        "baselines": baselines,
+        "run": run,
+    }
+
+
+def _check_bench_options(args) -> None:
+    """--max-time, --threads and the output paths (--plot also needs matplotlib)."""
+    if args.max_time is not None and not (args.max_time >= 0):
+        raise BadArgs(f"--max-time {args.max_time:g}: give a number of seconds >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise BadArgs(f"--threads {args.threads}: give a number of threads >= 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 (probe: --plot needs matplotlib)
+        except Exception as exc:
+            raise BadArgs(
+                f"--plot needs matplotlib, which is not importable ({type(exc).__name__}: {exc}); "
+                f"`pip install matplotlib` (or pygen[plot])"
+            ) from None
+        _check_writable("--plot", Path(args.plot), is_dir=False)
+    if args.json:
+        _check_writable("--json", Path(args.json), is_dir=False)
+    if args.results_dir:
+        _check_writable("--results-dir", Path(args.results_dir), is_dir=True)
+
+
+def _bench_baselines(args, all_cases, run) -> list[str] | None:
+    """The baselines to time (None: all, compile included); unknown names raise BadArgs."""
     baselines = None if args.baseline is None else list(args.baseline)
     if baselines:
         known = {"reference", "compile"} | {name for c in all_cases for name in c.baselines}
@@ -328,15 +347,7 @@ def _bench_plan(args) -> dict:
         baselines = ["reference"] + sorted({name for c in all_cases for name in c.baselines})
     elif baselines is not None and args.compile is not None:
         baselines = [b for b in baselines if b != "compile"] + (["compile"] if args.compile else [])
-    return {
-        "device": device,
-        "which": which,
-        "key": key,
-        "shapes": shapes,
-        "by_family": by_family,
-        "baselines": baselines,
-        "run": run,
-    }
+    return baselines
 
 
 def _no_kernel_reason(case, pygen_rows: list[dict], device) -> str:
