@@ -180,21 +180,33 @@ def _tv():
 
 
 def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
+    return _fpn_level_cases(s, tag) + [_fpn_multi_scale_case(s, tag)]
+
+
+def _fpn_shape(s: FPNShape) -> dict:
     o, sr = (s.output, s.output), s.sampling_ratio
     scale = 1.0 / s.strides[0]
     h2, w2 = s.levels[0]
-    shape = {
+    return {
         "N": s.batch,
         "C": s.channels,
         "H": h2,
         "W": w2,
         "K": s.batch * s.rois_per_image,
-        "PH": s.output,
-        "PW": s.output,
+        "PH": o[0],
+        "PW": o[1],
         "sampling_ratio": sr,
         "spatial_scale": scale,
         "image": list(s.image),
     }
+
+
+def _fpn_level_cases(s: FPNShape, tag: str) -> list[Case]:
+    """roi_align and roi_pool on the finest level (P2)."""
+    o, sr = (s.output, s.output), s.sampling_ratio
+    scale = 1.0 / s.strides[0]
+    h2, w2 = s.levels[0]
+    shape = _fpn_shape(s)
     g_elems = s.batch * s.channels * h2 * w2
 
     def align_bytes(I, mode):
@@ -216,31 +228,6 @@ def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
     def tv_pool():
         tv = _tv()
         return lambda I: tv.roi_pool(I.x, I.rois, o, scale)
-
-    ms_levels = len(s.strides)
-    ms_shape = {
-        **shape,
-        "levels": [list(hw) for hw in s.levels],
-        "spatial_scales": [1 / st for st in s.strides],
-        "canonical_scale": 224,
-        "canonical_level": 4,
-    }
-    ms_shape.pop("H"), ms_shape.pop("W"), ms_shape.pop("spatial_scale")
-    ms_elems = sum(s.batch * s.channels * h * w for h, w in s.levels)
-
-    def ms_bytes(I, mode):
-        e = I.x.element_size()
-        lv = ref.fpn_levels(I.rois, I.scales)
-        samp = 0.0
-        for li, sc in enumerate(I.scales):
-            samp += float(_samples(I.rois[lv == li], sc, *o, sr, False).sum())
-        return _align_bytes(I.rois.shape[0], s.channels, o[0] * o[1], samp, e, ms_elems, mode)
-
-    def tv_ms():
-        tv = _tv()
-        names = [f"p{i + 2}" for i in range(ms_levels)]
-        pooler = tv.MultiScaleRoIAlign(names, s.output, sr)
-        return lambda I: pooler(dict(zip(names, I.features)), I.boxes, I.image_shapes)
 
     return [
         Case(
@@ -268,19 +255,50 @@ def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
             {"torchvision": tv_pool},
             grad_check="max-pool",
         ),
-        Case(
-            FAMILY,
-            "multi_scale_roi_align",
-            f"{tag}-p2p5",
-            ms_shape,
-            _fpn_inputs(s, ms_levels, 1000),
-            lambda I, b: pygen.ops.multi_scale_roi_align(I.features, I.rois, o, I.scales, sr, backend=b),
-            (ref.multi_scale_roi_align, lambda I: (I.features, I.rois, o, I.scales, sr, 224, 4, False)),
-            ms_bytes,
-            "roi_align's model with each RoI's level (bwd: see bench/roi.py)",
-            {"torchvision": tv_ms},
-        ),
     ]
+
+
+def _fpn_multi_scale_case(s: FPNShape, tag: str) -> Case:
+    """multi_scale_roi_align over P2-P5, each RoI on its FPN level."""
+    o, sr = (s.output, s.output), s.sampling_ratio
+    shape = _fpn_shape(s)
+    ms_levels = len(s.strides)
+    ms_shape = {
+        **shape,
+        "levels": [list(hw) for hw in s.levels],
+        "spatial_scales": [1 / st for st in s.strides],
+        "canonical_scale": 224,
+        "canonical_level": 4,
+    }
+    ms_shape.pop("H"), ms_shape.pop("W"), ms_shape.pop("spatial_scale")
+    ms_elems = sum(s.batch * s.channels * h * w for h, w in s.levels)
+
+    def ms_bytes(I, mode):
+        e = I.x.element_size()
+        lv = ref.fpn_levels(I.rois, I.scales)
+        samp = 0.0
+        for li, sc in enumerate(I.scales):
+            samp += float(_samples(I.rois[lv == li], sc, *o, sr, False).sum())
+        return _align_bytes(I.rois.shape[0], s.channels, o[0] * o[1], samp, e, ms_elems, mode)
+
+    def tv_ms():
+        tv = _tv()
+        names = [f"p{i + 2}" for i in range(ms_levels)]
+        pooler = tv.MultiScaleRoIAlign(names, s.output, sr)
+        return lambda I: pooler(dict(zip(names, I.features)), I.boxes, I.image_shapes)
+
+    return Case(
+        FAMILY,
+        "multi_scale_roi_align",
+        f"{tag}-p2p5",
+        ms_shape,
+        _fpn_inputs(s, ms_levels, 1000),
+        lambda I, b: pygen.ops.multi_scale_roi_align(I.features, I.rois, o, I.scales, sr, backend=b),
+        (ref.multi_scale_roi_align, lambda I: (I.features, I.rois, o, I.scales, sr, 224, 4, False)),
+        ms_bytes,
+        "roi_align's model with each RoI's level (bwd: see bench/roi.py)",
+        {"torchvision": tv_ms},
+    )
 
 
 def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
