@@ -185,90 +185,94 @@ def _route_inputs(s: MoEShape, t: int):
 
 
 def _route_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
-    out = []
-    for t in tokens:
-        shape = {**s.as_dict(), "T": t, "block": ALIGN_BLOCK}
-        base = _route_inputs(s, t)
+    return [c for t in tokens for c in _route_cases_at(s, t, tag, device)]
 
-        def make(device, dtype, base=base, t=t, align=False):
-            inp = base(device, dtype)
-            width = 2 * s.top_k * t
-            if align:
-                cap = t * s.top_k + s.experts * (ALIGN_BLOCK - 1)
-                width += cap + math.ceil(cap / ALIGN_BLOCK) + 1
-            inp.grad_out = _randn((width,), 3, device, torch.float32)
-            return inp
 
-        def route(I, b):
-            ids, w = _ops().moe_route(
-                I.logits,
-                s.top_k,
-                e_score_correction_bias=I.bias,
-                backend=_route_backend(b, I.logits.device),
-                **_route_kw(s),
-            )
-            return ids, w
+def _route_runs(s: MoEShape):
+    """(pygen routing, pygen routing + alignment, and the references of both), each flattened to
+    one tensor per call (the harness compares one output)."""
 
-        def run_route(I, b):
-            return _by_expert(*route(I, b)).flatten()
-
-        def run_align(I, b):
-            ids, w = route(I, b)
-            sorted_ids, expert_ids, n = _ops().moe_align(ids, s.experts, ALIGN_BLOCK, backend=b)
-            return torch.cat([_by_expert(ids, w).flatten(), sorted_ids.float(), expert_ids.float(), n.float()])
-
-        def ref_route(logits, bias):
-            return _by_expert(*ref.moe_route(logits, s.top_k, e_score_correction_bias=bias, **_route_kw(s))).flatten()
-
-        def ref_align(logits, bias):
-            ids, w = ref.moe_route(logits, s.top_k, e_score_correction_bias=bias, **_route_kw(s))
-            a, e_ids, n = ref.moe_align(ids, s.experts, ALIGN_BLOCK)
-            return torch.cat([_by_expert(ids, w).flatten(), a.float(), e_ids.float(), n.float()])
-
-        def nbytes_route(I, mode, t=t):
-            slots = t * s.top_k
-            return _with_bwd(4 * t * s.experts + 4 * s.experts + 8 * slots, 8 * slots + 8 * t * s.experts, mode)
-
-        def nbytes_align(I, mode, t=t):
-            slots = t * s.top_k
-            cap = slots + s.experts * (ALIGN_BLOCK - 1)
-            extra = 4 * slots + 4 * cap + 4 * math.ceil(cap / ALIGN_BLOCK) + 4
-            return nbytes_route(I, mode, t) + (extra if mode != "bwd" else 0)
-
-        args = lambda I: (I.logits, I.bias)
-        out.append(
-            Case(
-                FAMILY,
-                "moe_route",
-                f"{tag}-t{t}",
-                shape,
-                make,
-                run_route,
-                (ref_route, args),
-                nbytes_route,
-                "fwd 4TE + 4E + 8Tk; bwd 8Tk + 8TE",
-                baselines={
-                    "torch.topk (transformers' math)": _topk_route(s),
-                    "vllm:grouped_topk": _vllm_grouped_topk(s),
-                },
-                backends=_backends("moe_route", device),
-            )
+    def route(I, b):
+        ids, w = _ops().moe_route(
+            I.logits,
+            s.top_k,
+            e_score_correction_bias=I.bias,
+            backend=_route_backend(b, I.logits.device),
+            **_route_kw(s),
         )
-        out.append(
-            Case(
-                FAMILY,
-                "moe_route+align",
-                f"{tag}-t{t}",
-                shape,
-                (lambda d, dt, make=make: make(d, dt, align=True)),
-                run_align,
-                (ref_align, args),
-                nbytes_align,
-                "route + 4Tk + 4P + 4ceil(P/B) + 4 (P = Tk + E(B-1), B = 64)",
-                backends=_backends("moe_align", device),
-            )
-        )
-    return out
+        return ids, w
+
+    def run_route(I, b):
+        return _by_expert(*route(I, b)).flatten()
+
+    def run_align(I, b):
+        ids, w = route(I, b)
+        sorted_ids, expert_ids, n = _ops().moe_align(ids, s.experts, ALIGN_BLOCK, backend=b)
+        return torch.cat([_by_expert(ids, w).flatten(), sorted_ids.float(), expert_ids.float(), n.float()])
+
+    def ref_route(logits, bias):
+        return _by_expert(*ref.moe_route(logits, s.top_k, e_score_correction_bias=bias, **_route_kw(s))).flatten()
+
+    def ref_align(logits, bias):
+        ids, w = ref.moe_route(logits, s.top_k, e_score_correction_bias=bias, **_route_kw(s))
+        a, e_ids, n = ref.moe_align(ids, s.experts, ALIGN_BLOCK)
+        return torch.cat([_by_expert(ids, w).flatten(), a.float(), e_ids.float(), n.float()])
+
+    return run_route, run_align, ref_route, ref_align
+
+
+def _route_cases_at(s: MoEShape, t: int, tag: str, device) -> list[Case]:
+    shape = {**s.as_dict(), "T": t, "block": ALIGN_BLOCK}
+    base = _route_inputs(s, t)
+    run_route, run_align, ref_route, ref_align = _route_runs(s)
+
+    def make(device, dtype, align=False):
+        inp = base(device, dtype)
+        width = 2 * s.top_k * t
+        if align:
+            cap = t * s.top_k + s.experts * (ALIGN_BLOCK - 1)
+            width += cap + math.ceil(cap / ALIGN_BLOCK) + 1
+        inp.grad_out = _randn((width,), 3, device, torch.float32)
+        return inp
+
+    def nbytes_route(I, mode):
+        slots = t * s.top_k
+        return _with_bwd(4 * t * s.experts + 4 * s.experts + 8 * slots, 8 * slots + 8 * t * s.experts, mode)
+
+    def nbytes_align(I, mode):
+        slots = t * s.top_k
+        cap = slots + s.experts * (ALIGN_BLOCK - 1)
+        extra = 4 * slots + 4 * cap + 4 * math.ceil(cap / ALIGN_BLOCK) + 4
+        return nbytes_route(I, mode) + (extra if mode != "bwd" else 0)
+
+    args = lambda I: (I.logits, I.bias)
+    return [
+        Case(
+            FAMILY,
+            "moe_route",
+            f"{tag}-t{t}",
+            shape,
+            make,
+            run_route,
+            (ref_route, args),
+            nbytes_route,
+            "fwd 4TE + 4E + 8Tk; bwd 8Tk + 8TE",
+            baselines={"torch.topk (transformers' math)": _topk_route(s), "vllm:grouped_topk": _vllm_grouped_topk(s)},
+            backends=_backends("moe_route", device),
+        ),
+        Case(
+            FAMILY,
+            "moe_route+align",
+            f"{tag}-t{t}",
+            shape,
+            (lambda d, dt: make(d, dt, align=True)),
+            run_align,
+            (ref_align, args),
+            nbytes_align,
+            "route + 4Tk + 4P + 4ceil(P/B) + 4 (P = Tk + E(B-1), B = 64)",
+            backends=_backends("moe_align", device),
+        ),
+    ]
 
 
 def _topk_route(s: MoEShape):
