@@ -804,6 +804,12 @@ def _add_bench(sub) -> None:
         "kernel on the device (default: on, except for the CPU default and --quick "
         "runs, where the first compiles take minutes)",
     )
+    _add_bench_output_args(s)
+    s.set_defaults(func=cmd_bench)
+
+
+def _add_bench_output_args(s) -> None:
+    """Where results go, the plot, and the run's timing options."""
     dest = s.add_mutually_exclusive_group()
     dest.add_argument(
         "--results-dir",
@@ -831,7 +837,6 @@ def _add_bench(sub) -> None:
         metavar="S",
         help="start no new case/dtype after S seconds (the rest is reported as skipped)",
     )
-    s.set_defaults(func=cmd_bench)
 
 
 def _add_profile(sub) -> None:
