@@ -4,12 +4,15 @@
 Order of choice (docs/ARCHITECTURE.md): the op's ``backend=`` argument, then the
 ``PYGEN_BACKEND`` environment variable, then the per-op default table keyed by device type and
 dtype. An explicit request (argument) for a backend that cannot run raises with the reason;
-``PYGEN_BACKEND`` and the default table fall back silently to the next available backend.
+``PYGEN_BACKEND`` and the default table fall back to the next available backend, and a fallback
+from ``PYGEN_BACKEND`` warns once per (op, device, backend used) (``pygen info`` lists the ops a
+set PYGEN_BACKEND has no kernel for).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from functools import cache
 
 import torch
@@ -115,8 +118,45 @@ def choose(
         if b in supported and backend_status(b, device)[0]:
             if dtype == torch.float64 and b == "triton":
                 continue  # Triton kernels accumulate in float32; float64 goes to cpu/reference
-            return b
-    return "reference"
+            break
+    else:
+        b = "reference"
+    if env and b != env:
+        _warn_fallback(op, env, b, device, dtype, supported)
+    return b
+
+
+_WARNED: set[tuple[str, str, str, str]] = set()
+
+
+def _warn_fallback(op: str, env: str, used: str, device, dtype, supported) -> None:
+    """The PYGEN_BACKEND preference does not apply to this call: say so once per (op, device,
+    preference, backend used)."""
+    dev = torch.device(device).type
+    key = (op, dev, env, used)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    if env not in supported:
+        why = f"{op} has no {env} kernel (its backends: {', '.join(supported)})"
+    elif env == "triton" and dtype == torch.float64:
+        why = "the triton kernels do not take float64"
+    else:
+        why = backend_status(env, device)[1]
+    warnings.warn(
+        f"{op}: PYGEN_BACKEND={env} does not apply on {dev} ({why}); running the {used} backend",
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """warnings' stacklevel of the first frame outside the pygen package (the user's call)."""
+    import sys
+
+    frame, level = sys._getframe(2), 2  # frame k of this function is warnings.warn's stacklevel k
+    while frame is not None and (frame.f_globals.get("__name__") or "").startswith("pygen"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def choose_for(

@@ -119,7 +119,26 @@ def cmd_info(args) -> int:
             _print(f"  {b:<10} {dev:<5} {'yes' if ok else 'no ':<4} {why}")
     for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         _print(f"  auto order on {dev}: {', '.join(_backend.available_backends(dev))}")
+    _print_backend_preference(os.environ.get("PYGEN_BACKEND", "").strip())
     return 0
+
+
+def _print_backend_preference(env: str) -> None:
+    """With PYGEN_BACKEND set: which registered ops have that kernel, and that the others fall back
+    (each warns once at its first call)."""
+    if not env or env == "reference":
+        return
+    import pygen.ops  # noqa: F401 (registers every op)
+    from pygen.ops import _registry
+
+    by_op = _registry.kernel_backends()
+    has = sorted(op for op, bs in by_op.items() if env in bs)
+    lacks = sorted(op for op, bs in by_op.items() if env not in bs)
+    _print(f"\nPYGEN_BACKEND={env}: ops with a {env} kernel: {', '.join(has) or 'none'}")
+    _print(
+        f"  the others fall back to the automatic choice (a warning once per op): {', '.join(lacks) or 'none'}; "
+        f"ops with no kernel at all (planar, radial, ...) run the reference"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,3 +135,16 @@ def get(name: str):
 
 def registered() -> list[str]:
     return sorted(_OPS)
+
+
+def kernel_backends() -> dict[str, set[str]]:
+    """op name -> the kernel backends it is registered for (``pygen info`` lists the ops a set
+    PYGEN_BACKEND has no kernel for)."""
+    out: dict[str, set[str]] = {}
+    for name in _OPS:
+        if "_backward_" in name:
+            continue
+        op, _, backend = name.rpartition("_")
+        if backend in ("cuda", "triton", "cpu"):
+            out.setdefault(op, set()).add(backend)
+    return out

@@ -234,7 +234,7 @@ def test_default_backend_prefers_compiled_kernels(monkeypatch):
     assert pygen._backend.choose("roi_align", torch.device("cpu"), torch.float32) == expected
     monkeypatch.setenv("PYGEN_BACKEND", "reference")
     assert pygen._backend.choose("roi_align", torch.device("cpu"), torch.float32) == "reference"
-    monkeypatch.setenv("PYGEN_BACKEND", "cuda")  # unavailable here: falls back silently
+    monkeypatch.setenv("PYGEN_BACKEND", "cuda")  # unavailable here: falls back (with a warning)
     assert pygen._backend.choose("roi_align", torch.device("cpu"), torch.float32) in ("cpu", "reference")
 
 
