@@ -36,6 +36,21 @@ MAX_DIM = 2**31 - 1  # largest N, C, H or W of a feature map (csrc/roi/roi_bind.
 CHECK_ROWS = 1 << 18  # rows per chunk of the box value checks (<= 10 MB of temporaries)
 
 
+class BoxesShapeError(ValueError, AssertionError):
+    """A ``boxes`` argument of the wrong shape. Also an AssertionError: torchvision.ops asserts the
+    box shapes (``torch._assert``), so code written against torchvision catches that type."""
+
+
+class BoxesTypeError(TypeError, AssertionError):
+    """``boxes`` neither a Tensor[K, 5] nor a list of Tensor[L, 4] (an AssertionError in
+    torchvision, as BoxesShapeError)."""
+
+
+class ChannelsError(ValueError, RuntimeError):
+    """Position-sensitive pooling with input channels not divisible by the output bins. Also a
+    RuntimeError: torchvision's C++ check (TORCH_CHECK) raises that type."""
+
+
 def check_input(name: str, x, what: str = "input") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(x).__name__}")
@@ -99,14 +114,16 @@ def check_boxes(name: str, boxes, input: torch.Tensor) -> int:
         k = sum(b.shape[0] for b in boxes)
     elif isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(
+            raise BoxesShapeError(
                 f"{name}: boxes must be a Tensor[K, 5] (batch_index, x1, y1, x2, y2) "
                 f"or a list of Tensor[L, 4], got shape {tuple(boxes.shape)}"
             )
         _box_tensor(name, boxes, "boxes", 5, "[K, 5]", input)
         k = boxes.shape[0]
     else:
-        raise TypeError(f"{name}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
+        raise BoxesTypeError(
+            f"{name}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
+        )
     if k > MAX_ROIS:
         raise ValueError(
             f"{name}: boxes holds {k} RoIs; one call indexes at most {MAX_ROIS} (2^31 - 1), "
@@ -141,9 +158,9 @@ def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
 
 def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Tensor) -> None:
     if not isinstance(b, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a Tensor{shape}, got {type(b).__name__}")
+        raise BoxesTypeError(f"{name}: {what} must be a Tensor{shape}, got {type(b).__name__}")
     if b.dim() != 2 or b.shape[1] != cols:
-        raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(b.shape)}")
+        raise BoxesShapeError(f"{name}: {what} must have shape {shape}, got {tuple(b.shape)}")
     if not b.is_floating_point():
         raise TypeError(f"{name}: {what} must be a floating-point tensor, got {b.dtype}")
     not_meta(name, b, what)
@@ -209,7 +226,7 @@ def _check_list_values(name: str, boxes, kdt: torch.dtype) -> None:
 def ps_channels(name: str, channels: int, pooled: tuple[int, int]) -> int:
     bins = pooled[0] * pooled[1]
     if channels % bins:
-        raise ValueError(
+        raise ChannelsError(
             f"{name}: input channels ({channels}) must be divisible by "
             f"output_h * output_w ({pooled[0]}*{pooled[1]} = {bins})"
         )

@@ -270,3 +270,24 @@ def test_fake_tensors_run_the_fake_implementations():
         rois = torch.tensor([[0, 0.0, 0, 4, 4], [1, 1, 1, 5, 3], [1, 1, 1, 5, 3]])
         assert ops.roi_align(x, rois, (2, 3), backend=kernel[0]).shape == (3, 8, 2, 3)
         assert ops.ps_roi_pool(x, [rois[:1, 1:], rois[1:, 1:]], 2, backend=kernel[0]).shape == (3, 2, 2, 2)
+
+
+def test_errors_are_also_the_types_torchvision_raises():
+    """Malformed boxes raise what torchvision.ops asserts (AssertionError), PS channel counts not
+    divisible by the bins what its C++ check raises (RuntimeError); both keep pygen's message
+    and stay ValueError / TypeError."""
+    x = torch.randn(1, 8, 5, 5)
+    for bad, types in (
+        (torch.zeros(3, 4), (AssertionError, ValueError)),
+        ([torch.zeros(3, 5)], (AssertionError, ValueError)),
+        ("boxes", (AssertionError, TypeError)),
+        ([torch.zeros(2, 4), "b"], (AssertionError, TypeError)),
+    ):
+        for t in types:
+            with pytest.raises(t, match="roi_align: boxes"):
+                ops.roi_align(x, bad, 2)
+    for t in (RuntimeError, ValueError):
+        with pytest.raises(t, match=r"input channels \(8\) must be divisible"):
+            ops.ps_roi_align(x, torch.zeros(1, 5), 3)
+        with pytest.raises(t, match=r"input channels \(8\) must be divisible"):
+            ops.ps_roi_pool(x, torch.zeros(1, 5), 3)
