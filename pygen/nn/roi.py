@@ -38,8 +38,8 @@ class RoIAlign(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, backend=self.backend
+        return _roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
         )
 
     def extra_repr(self) -> str:
@@ -59,7 +59,7 @@ class RoIPool(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.roi_pool(input, rois, self.output_size, self.spatial_scale, backend=self.backend)
+        return _roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
@@ -76,9 +76,7 @@ class PSRoIAlign(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.ps_roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, backend=self.backend
-        )
+        return _ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
 
     def extra_repr(self) -> str:
         return (
@@ -96,7 +94,7 @@ class PSRoIPool(nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale, backend=self.backend)
+        return _ps_roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
@@ -138,20 +136,11 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_level = canonical_level
         self.backend = backend
 
-    def _setup_scales(self, features: list[torch.Tensor], image_shapes) -> list[float]:
-        if not image_shapes:
-            raise ValueError("MultiScaleRoIAlign: image_shapes must hold at least one (H, W)")
-        original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        return [_infer_scale(f.shape[-2:], original) for f in features]
-
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
-        missing = [k for k in self.featmap_names if k not in x]
-        if missing:
-            raise ValueError(f"MultiScaleRoIAlign: x has no feature map named {missing}")
-        features = [x[k] for k in self.featmap_names]
+        features = _filter_input(x, self.featmap_names)
         # torchvision re-infers the scales on every call too (batches may change size)
-        self.scales = self._setup_scales(features, image_shapes)
-        return ops.multi_scale_roi_align(
+        self.scales = _setup_scales(features, image_shapes)
+        return _multi_scale_roi_align(
             features,
             boxes,
             self.output_size,
@@ -159,10 +148,64 @@ class MultiScaleRoIAlign(nn.Module):
             self.sampling_ratio,
             self.canonical_scale,
             self.canonical_level,
-            backend=self.backend,
+            self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"featmap_names={self.featmap_names}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
         )
+
+
+# ---- FX leaf functions --------------------------------------------------------------------------
+# torch.fx.symbolic_trace (torchvision's feature extraction, FX quantization) records each of these
+# as one call node instead of tracing into the argument validation, which reads values a Proxy
+# does not have (torchvision wraps its own RoI functions the same way).
+def _roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, backend):
+    return ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, backend=backend)
+
+
+def _roi_pool(input, rois, output_size, spatial_scale, backend):
+    return ops.roi_pool(input, rois, output_size, spatial_scale, backend=backend)
+
+
+def _ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, backend):
+    return ops.ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, backend=backend)
+
+
+def _ps_roi_pool(input, rois, output_size, spatial_scale, backend):
+    return ops.ps_roi_pool(input, rois, output_size, spatial_scale, backend=backend)
+
+
+def _filter_input(x: dict, featmap_names: list[str]) -> list[torch.Tensor]:
+    missing = [k for k in featmap_names if k not in x]
+    if missing:
+        raise ValueError(f"MultiScaleRoIAlign: x has no feature map named {missing}")
+    return [x[k] for k in featmap_names]
+
+
+def _setup_scales(features: list[torch.Tensor], image_shapes) -> list[float]:
+    if not image_shapes:
+        raise ValueError("MultiScaleRoIAlign: image_shapes must hold at least one (H, W)")
+    original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    return [_infer_scale(f.shape[-2:], original) for f in features]
+
+
+def _multi_scale_roi_align(
+    features, boxes, output_size, scales, sampling_ratio, canonical_scale, canonical_level, backend
+):
+    return ops.multi_scale_roi_align(
+        features, boxes, output_size, scales, sampling_ratio, canonical_scale, canonical_level, backend=backend
+    )
+
+
+for _leaf in (
+    "_roi_align",
+    "_roi_pool",
+    "_ps_roi_align",
+    "_ps_roi_pool",
+    "_filter_input",
+    "_setup_scales",
+    "_multi_scale_roi_align",
+):
+    torch.fx.wrap(_leaf)

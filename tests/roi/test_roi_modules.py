@@ -61,3 +61,36 @@ def test_patch_torchvision_swaps_roi_modules():
     inside = torch.tensor([[0, 1.0, 1, 20, 30], [1, 5, 5, 20, 20]])  # away from the last row/column
     torch.testing.assert_close(model[1]["ps"](x, inside), tvo.ps_roi_pool(x, inside, 3, 0.5))
     assert before.shape == model[1]["ps"](x, rois).shape
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pnn.RoIAlign(5, 1.0, -1),
+        lambda: pnn.RoIAlign((3, 2), 0.5, 2, aligned=True),
+        lambda: pnn.RoIPool(3, 1.0),
+        lambda: pnn.PSRoIAlign(2, 1.0, 2),
+        lambda: pnn.PSRoIPool(2, 1.0),
+    ],
+    ids=["roi_align", "roi_align-aligned", "roi_pool", "ps_roi_align", "ps_roi_pool"],
+)
+def test_modules_trace_with_fx_as_one_node(make, gen):
+    """torch.fx.symbolic_trace records the pooling as one call node (torchvision's RoI functions
+    are FX leaves too) and the traced module gives the eager result."""
+    m = make()
+    g = torch.fx.symbolic_trace(m)
+    calls = [n for n in g.graph.nodes if n.op == "call_function"]
+    assert len(calls) == 1, [n.target for n in calls]
+    x = torch.randn(2, 8, 10, 12, generator=gen)
+    rois = make_rois(4, 2, 10, 12, 1.0, gen)
+    torch.testing.assert_close(g(x, rois), m(x, rois), rtol=0, atol=0)
+
+
+def test_multi_scale_module_traces_with_fx(gen):
+    m = pnn.MultiScaleRoIAlign(["p2", "p3"], 3, 2)
+    g = torch.fx.symbolic_trace(m)
+    names = [getattr(n.target, "__name__", n.target) for n in g.graph.nodes if n.op == "call_function"]
+    assert names == ["_filter_input", "_setup_scales", "_multi_scale_roi_align"], names
+    feats = {"p2": torch.randn(1, 4, 16, 16, generator=gen), "p3": torch.randn(1, 4, 8, 8, generator=gen)}
+    boxes = [torch.tensor([[1.0, 1.0, 30.0, 30.0], [0.0, 4.0, 60.0, 50.0]])]
+    torch.testing.assert_close(g(feats, boxes, [(64, 64)]), m(feats, boxes, [(64, 64)]), rtol=0, atol=0)
