@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from . import _roi_script
 
 
 class RoIAlign(nn.Module):
@@ -42,6 +43,12 @@ class RoIAlign(nn.Module):
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
         )
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
+        return _roi_script.ScriptedRoIAlign(
+            self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
+        )
+
     def extra_repr(self) -> str:
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
@@ -61,6 +68,10 @@ class RoIPool(nn.Module):
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
         return _roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
+        return _roi_script.ScriptedRoIPool(self.output_size, self.spatial_scale, self.backend)
+
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
@@ -77,6 +88,10 @@ class PSRoIAlign(nn.Module):
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
         return _ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
+        return _roi_script.ScriptedPSRoIAlign(self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
 
     def extra_repr(self) -> str:
         return (
@@ -95,6 +110,10 @@ class PSRoIPool(nn.Module):
 
     def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
         return _ps_roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
+        return _roi_script.ScriptedPSRoIPool(self.output_size, self.spatial_scale, self.backend)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
@@ -145,6 +164,17 @@ class MultiScaleRoIAlign(nn.Module):
             boxes,
             self.output_size,
             self.scales,
+            self.sampling_ratio,
+            self.canonical_scale,
+            self.canonical_level,
+            self.backend,
+        )
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
+        return _roi_script.ScriptedMultiScaleRoIAlign(
+            self.featmap_names,
+            self.output_size,
             self.sampling_ratio,
             self.canonical_scale,
             self.canonical_level,

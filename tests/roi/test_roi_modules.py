@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import assert_close_to_ref, make_rois
 
+import pygen
 from pygen import nn as pnn, ops
 from pygen.ref import roi as ref
 
@@ -94,3 +95,48 @@ def test_multi_scale_module_traces_with_fx(gen):
     feats = {"p2": torch.randn(1, 4, 16, 16, generator=gen), "p3": torch.randn(1, 4, 8, 8, generator=gen)}
     boxes = [torch.tensor([[1.0, 1.0, 30.0, 30.0], [0.0, 4.0, 60.0, 50.0]])]
     torch.testing.assert_close(g(feats, boxes, [(64, 64)]), m(feats, boxes, [(64, 64)]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pnn.RoIAlign(3, 1.0, 2),
+        lambda: pnn.RoIAlign((2, 3), 0.5, -1, aligned=True),
+        lambda: pnn.RoIPool(2, 1.0),
+        lambda: pnn.PSRoIAlign(2, 1.0, 2),
+        lambda: pnn.PSRoIPool(2, 1.0),
+    ],
+    ids=["roi_align", "roi_align-aligned", "roi_pool", "ps_roi_align", "ps_roi_pool"],
+)
+def test_modules_script_with_torchscript(make, gen):
+    """torch.jit.script of a module scripts its TorchScript form (pygen/nn/_roi_script.py): the
+    same outputs and input gradients as eager, for Tensor[K, 5] and list-of-boxes inputs."""
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted modules call the cpu kernel op on CPU tensors")
+    m = make()
+    s = torch.jit.script(m)
+    x = torch.randn(2, 8, 10, 12, generator=gen, requires_grad=True)
+    rois = make_rois(5, 2, 10, 12, 1.0, gen)
+    out_s, out_e = s(x, rois), m(x, rois)
+    torch.testing.assert_close(out_s, out_e, rtol=0, atol=0)
+    g = torch.randn(out_e.shape, generator=gen)
+    (gs,) = torch.autograd.grad(out_s, x, g)
+    (ge,) = torch.autograd.grad(out_e, x, g)
+    torch.testing.assert_close(gs, ge, rtol=0, atol=0)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    torch.testing.assert_close(s(x, boxes), m(x, boxes), rtol=0, atol=0)
+
+
+def test_multi_scale_module_scripts_with_torchscript(gen):
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted modules call the cpu kernel op on CPU tensors")
+    m = pnn.MultiScaleRoIAlign(["p2", "p3"], 3, 2)
+    s = torch.jit.script(m)
+    feats = {"p2": torch.randn(1, 4, 16, 16, generator=gen), "p3": torch.randn(1, 4, 8, 8, generator=gen)}
+    boxes = [torch.tensor([[1.0, 1.0, 30.0, 30.0], [0.0, 4.0, 60.0, 50.0]])]
+    torch.testing.assert_close(s(feats, boxes, [(64, 64)]), m(feats, boxes, [(64, 64)]), rtol=0, atol=0)
+
+
+def test_scripting_a_reference_backend_module_is_refused():
+    with pytest.raises(ValueError, match="backend='reference' has none"):
+        torch.jit.script(pnn.RoIAlign(3, 1.0, 2, backend="reference"))
