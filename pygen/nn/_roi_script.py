@@ -63,20 +63,30 @@ class ScriptedRoIAlign(nn.Module):
         return torch.ops.pygen.roi_align_cpu(input, r, ph, pw, scale, sr, aligned)
 
 
-class ScriptedRoIPool(nn.Module):
-    def __init__(self, output_size, spatial_scale: float, backend: str | None):
+class ScriptedPool(nn.Module):
+    """roi_pool (``ps=False``) or ps_roi_pool (``ps=True``)."""
+
+    def __init__(self, output_size, spatial_scale: float, backend: str | None, ps: bool):
         super().__init__()
         self.ph, self.pw = _pair(output_size)
         self.spatial_scale = float(spatial_scale)
         self.backend = _kernel_backend(backend)
+        self.ps = ps
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
         r = _rois(input, rois)
+        ph, pw, scale = self.ph, self.pw, self.spatial_scale
+        if self.ps:
+            if self.backend == "triton":
+                return torch.ops.pygen.ps_roi_pool_triton(input, r, ph, pw, scale)
+            if input.is_cuda:
+                return torch.ops.pygen.ps_roi_pool_cuda(input, r, ph, pw, scale)
+            return torch.ops.pygen.ps_roi_pool_cpu(input, r, ph, pw, scale)
         if self.backend == "triton":
-            return torch.ops.pygen.roi_pool_triton(input, r, self.ph, self.pw, self.spatial_scale)[0]
+            return torch.ops.pygen.roi_pool_triton(input, r, ph, pw, scale)[0]
         if input.is_cuda:
-            return torch.ops.pygen.roi_pool_cuda(input, r, self.ph, self.pw, self.spatial_scale)[0]
-        return torch.ops.pygen.roi_pool_cpu(input, r, self.ph, self.pw, self.spatial_scale)[0]
+            return torch.ops.pygen.roi_pool_cuda(input, r, ph, pw, scale)[0]
+        return torch.ops.pygen.roi_pool_cpu(input, r, ph, pw, scale)[0]
 
 
 class ScriptedPSRoIAlign(nn.Module):
@@ -95,22 +105,6 @@ class ScriptedPSRoIAlign(nn.Module):
         if input.is_cuda:
             return torch.ops.pygen.ps_roi_align_cuda(input, r, ph, pw, scale, sr)
         return torch.ops.pygen.ps_roi_align_cpu(input, r, ph, pw, scale, sr)
-
-
-class ScriptedPSRoIPool(nn.Module):
-    def __init__(self, output_size, spatial_scale: float, backend: str | None):
-        super().__init__()
-        self.ph, self.pw = _pair(output_size)
-        self.spatial_scale = float(spatial_scale)
-        self.backend = _kernel_backend(backend)
-
-    def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
-        r = _rois(input, rois)
-        if self.backend == "triton":
-            return torch.ops.pygen.ps_roi_pool_triton(input, r, self.ph, self.pw, self.spatial_scale)
-        if input.is_cuda:
-            return torch.ops.pygen.ps_roi_pool_cuda(input, r, self.ph, self.pw, self.spatial_scale)
-        return torch.ops.pygen.ps_roi_pool_cpu(input, r, self.ph, self.pw, self.spatial_scale)
 
 
 class ScriptedMultiScaleRoIAlign(nn.Module):

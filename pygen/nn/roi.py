@@ -70,7 +70,7 @@ class RoIPool(nn.Module):
 
     def __prepare_scriptable__(self):
         """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedRoIPool(self.output_size, self.spatial_scale, self.backend)
+        return _roi_script.ScriptedPool(self.output_size, self.spatial_scale, self.backend, ps=False)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
@@ -113,7 +113,7 @@ class PSRoIPool(nn.Module):
 
     def __prepare_scriptable__(self):
         """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedPSRoIPool(self.output_size, self.spatial_scale, self.backend)
+        return _roi_script.ScriptedPool(self.output_size, self.spatial_scale, self.backend, ps=True)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
