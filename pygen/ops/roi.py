@@ -285,6 +285,8 @@ def roi_align(
     Same arguments and results as ``torchvision.ops.roi_align``; returns [K, C, PH, PW].
     """
     name = "roi_align"
+    if isinstance(input, torch.Tensor) and input.is_quantized:
+        return _quantized_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, backend)
     check_input(name, input)
     pooled = output_pair(name, output_size)
     scale = positive_scale(name, spatial_scale)
@@ -294,6 +296,29 @@ def roi_align(
     if b == "reference":
         return ref.roi_align(input, rois, pooled, scale, sr, bool(aligned))
     return _registry.get(f"roi_align_{b}")(input, rois, *pooled, scale, sr, bool(aligned))
+
+
+QUANTIZED_DTYPES = (torch.quint8, torch.qint8, torch.qint32)
+
+
+def _quantized_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, backend):
+    """torchvision's quantized roi_align (CPU): the input (and quantized boxes) dequantised, pooled
+    in float32, the output quantised per tensor with the input's scale and zero point."""
+    name = "roi_align"
+    if input.dtype not in QUANTIZED_DTYPES or input.qscheme() not in (
+        torch.per_tensor_affine,
+        torch.per_tensor_symmetric,
+    ):
+        raise TypeError(f"{name}: a quantized input must be per-tensor quint8, qint8 or qint32, got {input.dtype}")
+    if backend not in (None, "cpu", "reference"):
+        raise ValueError(f"{name}: a quantized input runs on the cpu or reference backend, not {backend!r}")
+
+    def deq(b):
+        return b.dequantize() if isinstance(b, torch.Tensor) and b.is_quantized else b
+
+    fboxes = [deq(b) for b in boxes] if isinstance(boxes, (list, tuple)) else deq(boxes)
+    out = roi_align(input.dequantize(), fboxes, output_size, spatial_scale, sampling_ratio, aligned, backend=backend)
+    return torch.quantize_per_tensor(out, input.q_scale(), input.q_zero_point(), input.dtype)
 
 
 def roi_pool(

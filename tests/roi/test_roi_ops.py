@@ -337,3 +337,32 @@ def test_multi_scale_pools_all_levels_in_one_launch(backend, gen):
         e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "roi" in e.name.lower()
     ]
     assert len(pooling) == 1, pooling
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+@pytest.mark.parametrize("qdtype", [torch.quint8, torch.qint8, torch.qint32])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_quantized_roi_align_matches_torchvision_semantics(qdtype, backend, gen):
+    """torchvision's quantized roi_align on CPU: input and (quantized or float) boxes dequantised,
+    pooled, the output quantised with the input's scale and zero point; pygen against the float64
+    reference of that recipe: at most one quantisation step apart (float32 rounding at ties)."""
+    if not pygen.backend_status(backend, "cpu")[0]:
+        pytest.skip(f"{backend} unavailable")
+    x = torch.rand((2, 3, 10, 12), generator=gen) * 4
+    rois = make_rois(6, 2, 10, 12, 1.0, gen, special=False)
+    zp = 0 if qdtype == torch.qint8 else 3
+    qx = torch.quantize_per_tensor(x, 0.05, zp, qdtype)
+    for boxes in (torch.quantize_per_tensor(rois, 0.125, 0, qdtype), rois):
+        out = ops.roi_align(qx, boxes, 3, 1.0, 2, backend=backend)
+        assert out.dtype == qdtype and out.q_scale() == 0.05 and out.q_zero_point() == zp
+        deq_rois = boxes.dequantize() if boxes.is_quantized else boxes
+        want = ref.roi_align(qx.dequantize().double(), deq_rois.double(), (3, 3), 1.0, 2, False)
+        want_q = torch.quantize_per_tensor(want.float(), 0.05, zp, qdtype)
+        diff = (out.int_repr().long() - want_q.int_repr().long()).abs()
+        assert diff.max() <= 1 and (diff == 0).float().mean() > 0.95
+
+
+def test_quantized_roi_align_refuses_other_backends_and_schemes():
+    qx = torch.quantize_per_tensor(torch.rand(1, 2, 5, 5), 0.1, 0, torch.quint8)
+    with pytest.raises(ValueError, match="quantized input runs on the cpu or reference backend"):
+        ops.roi_align(qx, torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]]), 2, backend="triton")
