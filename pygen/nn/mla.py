@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops._common_checks import tracing
 from . import _mla_absorb as absorb
 from ._mla_cache import PagedMLACache
 from ._rope import apply_rope, softmax_scale
@@ -70,10 +71,15 @@ class RMSNorm(nn.Module):
 
 def mask_is_causal(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
     """True when ``mask`` (None, bool keep-mask or additive float mask, [b, 1|H, q, kv]) equals the
-    bottom-right causal mask: query i sees keys j <= i + kv_len - q_len. Reads the mask (one sync)."""
+    bottom-right causal mask: query i sees keys j <= i + kv_len - q_len. Reads the mask (one sync),
+    except while torch.compile traces, a CUDA graph captures or the mask is fake: its values are
+    unknown then, and a mask that is not None is taken as not plain causal (the explicit path is
+    right for any mask), so a compiled model needs no data-dependent branch."""
     if mask is None:
         return True
     if mask.dim() != 4 or mask.shape[-2:] != (q_len, kv_len):
+        return False
+    if tracing(mask):
         return False
     keep = mask if mask.dtype == torch.bool else mask == 0
     i = torch.arange(q_len, device=mask.device)[:, None]

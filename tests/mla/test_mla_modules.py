@@ -375,3 +375,21 @@ def test_mla_compiles_fullgraph():
     assert_close_to_ref(
         f(x, cos, sin), m(x, (cos, sin))[0].detach(), atol=ATOL[torch.float32] * 10, what="compiled MLA"
     )
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_mla_with_a_mask_compiles_fullgraph(mask_kind):
+    """A 4-D causal mask (what transformers passes a swapped module) under
+    torch.compile(fullgraph=True): no data-dependent branch on the mask's values (they are unknown
+    while tracing, so the explicit path runs), and the result equals eager."""
+    cfg = tiny_config()
+    m = make_mla(cfg, "reference", torch.float32)
+    x = torch.randn(1, 4, 48)
+    cos, sin = pos_emb(cfg, x, torch.arange(4)[None])
+    keep = torch.ones(4, 4, dtype=torch.bool).tril()[None, None]
+    mask = keep if mask_kind == "bool" else torch.zeros(1, 1, 4, 4).masked_fill(~keep, torch.finfo(torch.float32).min)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, c, s, msk: m(x, (c, s), msk)[0], fullgraph=True, backend="eager")
+    assert_close_to_ref(
+        f(x, cos, sin, mask), m(x, (cos, sin), mask)[0].detach(), atol=ATOL[torch.float32] * 10, what="compiled MLA"
+    )

@@ -220,3 +220,18 @@ def test_attention_function_direct(backend):
     assert out.shape == (b, s, h, dv) and tm.FALLBACKS["attention dropout in training"] == 1
     with pytest.raises(ValueError, match="multiple"):
         tm.pygen_attention_forward(mod, q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), None)
+
+
+def test_patched_model_compiles_fullgraph():
+    """torch.compile(fullgraph=True) of a patched DeepseekV3 forward, as of the stock model: the
+    swapped MLA decides causality without reading the mask's values while tracing (issue 13);
+    the compiled logits equal the stock model's."""
+    model = _model()
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        stock = model(ids).logits
+    tm.patch_deepseek_attention(model, backend="reference")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert_close_to_ref(compiled(ids).logits, stock, atol=2e-5, what="compiled patched logits")
