@@ -128,6 +128,7 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
 
     from ..nn.mla import MLA
+    from ._patched import refuse_after_swap
 
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
@@ -148,6 +149,10 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
             new.train(child.training)
             setattr(parent, child_name, new)
             counts[type(child).__name__] += 1
+    if counts:
+        refuse_after_swap(
+            model, "set_attn_implementation", "attention", "patch_transformers_deepseek", 'attn_implementation="pygen"'
+        )
     return dict(counts)
 
 

@@ -165,6 +165,7 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE, DeepseekV3TopkRouter
 
     from ..nn.moe import MoE
+    from ._patched import refuse_after_swap
 
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
@@ -182,6 +183,10 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
             _take_hooks(new.gate, child.gate)
             setattr(parent, child_name, new)
             counts[type(child).__name__] += 1
+    if counts:
+        refuse_after_swap(
+            model, "set_experts_implementation", "MoE", "patch_transformers_moe", 'experts_implementation="pygen"'
+        )
     return dict(counts)
 
 

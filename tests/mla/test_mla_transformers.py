@@ -235,3 +235,20 @@ def test_patched_model_compiles_fullgraph():
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert_close_to_ref(compiled(ids).logits, stock, atol=2e-5, what="compiled patched logits")
+
+
+def test_set_attn_implementation_after_a_swap_is_refused():
+    """After the swap, transformers' set_attn_implementation would reconfigure modules that are
+    gone: it raises a clear error instead (issue 13); the model still pickles, and an unpatched
+    model keeps the method."""
+    import io
+    import pickle
+
+    model = _model()
+    tm.patch_deepseek_attention(model, backend="reference")
+    with pytest.raises(RuntimeError, match="patch_transformers_deepseek replaced this model's attention"):
+        model.set_attn_implementation("sdpa")
+    buf = io.BytesIO()
+    pickle.dump(model, buf)
+    assert "set_attn_implementation" not in type(model).__dict__
+    _model().set_attn_implementation("sdpa")  # untouched

@@ -270,3 +270,13 @@ def test_experts_implementation_other_moe_models(family, monkeypatch):
     assert_close_to_ref(logits, ref_logits, atol=1e-5, what="logits")
     for n in ref_grads:
         assert_close_to_ref(grads[n], ref_grads[n], atol=1e-6, what=f"d {n}")
+
+
+def test_set_experts_implementation_after_a_swap_is_refused():
+    """After the MoE swap, set_experts_implementation would not reach pygen's modules: a clear
+    error (issue 13); an unpatched model keeps the method."""
+    model = _model(_config(experts_implementation="eager"))
+    tm.patch_deepseek_moe(model, backend="reference")
+    with pytest.raises(RuntimeError, match="patch_transformers_moe replaced this model's MoE"):
+        model.set_experts_implementation("grouped_mm")
+    _model(_config(experts_implementation="eager")).set_experts_implementation("grouped_mm")
