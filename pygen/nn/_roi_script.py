@@ -14,19 +14,14 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from ..ops._roi_checks import to_rois
 
-def _rois(input: Tensor, boxes: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007 (TorchScript)
-    """Tensor[K, 5] or a list of Tensor[L, 4] -> contiguous [K, 5] in the kernel dtype."""
-    kdt = torch.float64 if input.dtype == torch.float64 else torch.float32
-    if isinstance(boxes, Tensor):
-        return boxes.detach().to(kdt).contiguous()
-    parts: list[Tensor] = []
-    for i, b in enumerate(boxes):
-        idx = torch.full((b.shape[0], 1), float(i), dtype=kdt, device=b.device)
-        parts.append(torch.cat([idx, b.detach().to(kdt)], 1))
-    if len(parts) == 0:
-        return torch.zeros((0, 5), dtype=kdt, device=input.device)
-    return torch.cat(parts, 0)
+
+def infer_scale(feature_h: int, image_h: int) -> float:
+    """torchvision's rule for a level's scale: the power of two nearest to feature size / image
+    size (first axis). The eager module (pygen/nn/roi.py) uses it too."""
+    ratio = torch.tensor(float(feature_h) / float(image_h), dtype=torch.float64)
+    return 2.0 ** float(torch.round(torch.log2(ratio)))
 
 
 def _pair(output_size) -> tuple[int, int]:
@@ -54,7 +49,7 @@ class ScriptedRoIAlign(nn.Module):
         self.backend = _kernel_backend(backend)
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
-        r = _rois(input, rois)
+        r = to_rois(input, rois)
         ph, pw, scale, sr, aligned = self.ph, self.pw, self.spatial_scale, self.sampling_ratio, self.aligned
         if self.backend == "triton":
             return torch.ops.pygen.roi_align_triton(input, r, ph, pw, scale, sr, aligned)
@@ -74,7 +69,7 @@ class ScriptedPool(nn.Module):
         self.ps = ps
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
-        r = _rois(input, rois)
+        r = to_rois(input, rois)
         ph, pw, scale = self.ph, self.pw, self.spatial_scale
         if self.ps:
             if self.backend == "triton":
@@ -98,7 +93,7 @@ class ScriptedPSRoIAlign(nn.Module):
         self.backend = _kernel_backend(backend)
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
-        r = _rois(input, rois)
+        r = to_rois(input, rois)
         ph, pw, scale, sr = self.ph, self.pw, self.spatial_scale, self.sampling_ratio
         if self.backend == "triton":
             return torch.ops.pygen.ps_roi_align_triton(input, r, ph, pw, scale, sr)
@@ -135,9 +130,8 @@ class ScriptedMultiScaleRoIAlign(nn.Module):
         # torchvision's rule: the power of two nearest to feature size / image size (first axis)
         scales: list[float] = []
         for f in features:
-            ratio = torch.tensor(float(f.shape[-2]) / float(max_h), dtype=torch.float64)
-            scales.append(2.0 ** float(torch.round(torch.log2(ratio))))
-        r = _rois(features[0], boxes)
+            scales.append(infer_scale(f.shape[-2], max_h))
+        r = to_rois(features[0], boxes)
         ph, pw, sr, cs, cl = self.ph, self.pw, self.sampling_ratio, self.canonical_scale, self.canonical_level
         if self.backend == "triton":
             return torch.ops.pygen.multi_scale_roi_align_triton(features, r, ph, pw, scales, sr, cs, cl, False)

@@ -10,8 +10,6 @@ Every module also takes ``backend=None`` (see pygen.ops.roi) as an extra keyword
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -119,11 +117,6 @@ class PSRoIPool(nn.Module):
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
-def _infer_scale(feature_hw, original_hw) -> float:
-    """torchvision's rule: the power of two nearest to feature size / image size (first axis)."""
-    return 2.0 ** round(math.log2(float(feature_hw[0]) / float(original_hw[0])))
-
-
 class MultiScaleRoIAlign(nn.Module):
     """FPN RoIAlign over several feature maps (torchvision.ops.MultiScaleRoIAlign), all levels in
     one kernel launch (pygen.ops.multi_scale_roi_align).
@@ -217,8 +210,8 @@ def _filter_input(x: dict, featmap_names: list[str]) -> list[torch.Tensor]:
 def _setup_scales(features: list[torch.Tensor], image_shapes) -> list[float]:
     if not image_shapes:
         raise ValueError("MultiScaleRoIAlign: image_shapes must hold at least one (H, W)")
-    original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    return [_infer_scale(f.shape[-2:], original) for f in features]
+    image_h = max(s[0] for s in image_shapes)  # torchvision infers the scales from the first axis
+    return [_roi_script.infer_scale(f.shape[-2], image_h) for f in features]
 
 
 def _multi_scale_roi_align(

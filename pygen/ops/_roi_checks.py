@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Union
 
 import torch
 
@@ -141,19 +142,22 @@ def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
     """Tensor[K, 5] or a list of Tensor[L, 4] -> contiguous Tensor[K, 5] in the kernel dtype
     (float64 for float64 input, else float32), validated (check_boxes) before anything is copied."""
     check_boxes(name, boxes, input)
-    kdt = kernel_dtype(input)
+    return to_rois(input, boxes)
+
+
+def to_rois(input: torch.Tensor, boxes: Union[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:  # noqa: UP007
+    """The conversion alone (TorchScript: the scripted RoI modules call it, pygen/nn/_roi_script.py)."""
+    kdt = torch.float64 if input.dtype == torch.float64 else torch.float32
     if isinstance(boxes, torch.Tensor):
         return boxes.detach().to(kdt).contiguous()
     if len(boxes) == 0:
-        return input.new_zeros((0, 5), dtype=kdt)
+        return torch.zeros((0, 5), dtype=kdt, device=input.device)
     # the batch column is made in the kernel dtype: a bf16 column would round index 257 to 256
-    return torch.cat(
-        [
-            torch.cat([torch.full((b.shape[0], 1), i, dtype=kdt, device=b.device), b.detach().to(kdt)], dim=1)
-            for i, b in enumerate(boxes)
-        ],
-        dim=0,
-    )
+    parts: list[torch.Tensor] = []
+    for i, b in enumerate(boxes):
+        idx = torch.full((b.shape[0], 1), float(i), dtype=kdt, device=b.device)
+        parts.append(torch.cat([idx, b.detach().to(kdt)], 1))
+    return torch.cat(parts, 0)
 
 
 def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Tensor) -> None:

@@ -313,13 +313,17 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     return row
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def triton_rows(families: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """One row per COMPILE_SPECS entry of every kernels module (of ``families``); ``limit``
     keeps the first entries of each module only."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled:
-        # compile in a child process without TRITON_INTERPRET
-        return _triton_rows_subprocess(families, limit)
+    fams = list(families) if families else None
+    if _interpreting():
+        # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled
+        return _in_child("triton_rows", fams, limit)
     rows = []
     for fam, mod in _kernel_modules(families):
         for spec in list(getattr(mod, "COMPILE_SPECS", None) or ())[:limit]:
@@ -331,26 +335,8 @@ def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, s
     """``spec_key`` of every COMPILE_SPECS entry (of ``families``), in report order. Some kernels
     modules size their specs' tiles by TRITON_INTERPRET, so under the interpreter the keys come
     from a child process without it, as the compiled rows do (``triton_rows``)."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        import json
-        import sys
-
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        code = (
-            "import json, sys; from pygen.tools.inspect import triton_spec_keys; "
-            "print('@@KEYS@@' + json.dumps(triton_spec_keys(json.loads(sys.argv[1]))))"
-        )
-        res = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(list(families) if families else None)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        for line in res.stdout.splitlines():
-            if line.startswith("@@KEYS@@"):
-                return [tuple(k) for k in json.loads(line[len("@@KEYS@@") :])]
-        raise RuntimeError(f"spec listing subprocess failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
+    if _interpreting():
+        return [tuple(k) for k in _in_child("triton_spec_keys", list(families) if families else None)]
     return [
         spec_key(spec, fam)
         for fam, mod in _kernel_modules(families)
@@ -358,22 +344,23 @@ def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, s
     ]
 
 
-def _triton_rows_subprocess(families, limit) -> list[dict[str, Any]]:
+def _in_child(func: str, *args) -> Any:
+    """``func(*args)`` of this module in a child Python without TRITON_INTERPRET (JSON in and out)."""
     import json
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import json, sys; from pygen.tools.inspect import triton_rows; "
-        "fams, limit = json.loads(sys.argv[1]); "
-        "print('@@ROWS@@' + json.dumps(triton_rows(fams, limit), default=str))"
+        f"import json, sys; from pygen.tools.inspect import {func}; "
+        f"print('@@OUT@@' + json.dumps({func}(*json.loads(sys.argv[1])), default=str))"
     )
-    arg = json.dumps([list(families) if families else None, limit])
-    res = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, timeout=1800)
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env, timeout=1800
+    )
     for line in res.stdout.splitlines():
-        if line.startswith("@@ROWS@@"):
-            return json.loads(line[len("@@ROWS@@") :])
-    raise RuntimeError(f"offline Triton compile subprocess failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
+        if line.startswith("@@OUT@@"):
+            return json.loads(line[len("@@OUT@@") :])
+    raise RuntimeError(f"{func} in a child process failed (rc {res.returncode}): {res.stderr.strip()[-2000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
