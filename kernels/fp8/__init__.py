@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from .._compile_spec import compile_spec
 from .._device import on_tensor_device
 from .gemm import _fp8_gemm_fwd_kernel
 from .quant import QUANT_BLOCK_ROWS, _quantize_1x128_fwd_kernel, _quantize_128x128_fwd_kernel, quant_compile_specs  # noqa: F401 (re-export for COMPILE_SPECS and the ops layer)
@@ -336,21 +337,19 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
     else:
         consts.update(a_desc=None, b_desc=None)
     fn = _fp8_gemm_fwd_kernel
-    names = fn.arg_names
-    div = ["M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_be"]
-    attrs = {(names.index(x),): [["tt.divisibility", 16]] for x in names if sig.get(x, "").startswith("*") or x in div}
-    return {
-        "fn": fn,
-        "name": name,
-        "signature": sig,
-        "constexprs": consts,
-        "attrs": attrs,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-        "tensor_cores": True,
-        "what": f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
+    div = ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_be")
+    return compile_spec(
+        fn,
+        name,
+        sig,
+        consts,
+        cfg.num_warps,
+        cfg.num_stages,
+        div,
+        tensor_cores=True,
+        what=f"{name}: BM={cfg.block_m} BN={cfg.block_n} swap={cfg.swap_ab} split={cfg.split_k} "
         f"w={cfg.num_warps} s={cfg.num_stages}{' tma' if tma else ''}",
-    }
+    )
 
 
 def _specs():

@@ -7,27 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from .._compile_spec import compile_spec
+
 
 def _spec(fn, name, sig, consts, cfg, div):
-    """One entry as the runtime specializes it at the benchmark shape: pointers 16-byte aligned,
-    ``div`` integer arguments multiples of 16 (tt.divisibility), unit strides constexpr 1."""
-    names = fn.arg_names
-    attrs = {
-        (names.index(a),): [["tt.divisibility", 16]]
-        for a in list(sig) + div
-        if a in names and (sig.get(a, "").startswith("*") or a in div)
-    }
-    # 16-bit dots (fp32 runs ieee FMA dots) are meant for Hopper wgmma (tests/common/test_compiled_kernels.py)
-    return {
-        "fn": fn,
-        "name": name,
-        "signature": sig,
-        "constexprs": consts,
-        "attrs": attrs,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-        "tensor_cores": consts.get("PRECISION") == "tf32",
-    }
+    # 16-bit dots (fp32 runs ieee FMA dots) are meant for Hopper wgmma
+    return compile_spec(
+        fn, name, sig, consts, cfg.num_warps, cfg.num_stages, div, tensor_cores=consts.get("PRECISION") == "tf32"
+    )
 
 
 def build_specs(ns: dict) -> list[dict]:

@@ -6,24 +6,7 @@ halves, 192/128-wide heads times 128 heads)."""
 
 from __future__ import annotations
 
-
-def _spec(fn, name, sig, consts, warps, stages, div=(), tensor_cores=False):
-    """``tensor_cores``: the kernel is meant to run its dots as Hopper wgmma at this tile
-    (tests/common/test_compiled_kernels.py checks the PTX)."""
-    names = fn.arg_names
-    attrs = {
-        (names.index(a),): [["tt.divisibility", 16]] for a in names if a in sig and (sig[a].startswith("*") or a in div)
-    }
-    return {
-        "fn": fn,
-        "name": name,
-        "signature": sig,
-        "constexprs": consts,
-        "attrs": attrs,
-        "num_warps": warps,
-        "num_stages": stages,
-        "tensor_cores": tensor_cores,
-    }
+from .._compile_spec import compile_spec as _spec
 
 
 def build_specs(ns: dict) -> list[dict]:

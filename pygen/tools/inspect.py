@@ -595,19 +595,7 @@ def summary_markdown(reports: dict[str, dict[str, Any]], edge: int = 240) -> str
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     head = ["source", "family", "kernel", "config", "arch", "regs", "spill st", "spill ld", "stack", "smem", "wgmma"]
-    keys = [
-        "source",
-        "family",
-        "kernel",
-        "config",
-        "arch",
-        "registers",
-        "spill_stores",
-        "spill_loads",
-        "stack",
-        "smem",
-        "wgmma",
-    ]
+    keys = COLUMNS
     if not rows:
         return "(no kernels found)"
 

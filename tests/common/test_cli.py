@@ -229,6 +229,24 @@ def test_bench_max_time_reports_skips(tmp_path, capsys):
     assert "exhausted" in capsys.readouterr().out
 
 
+def _bench_row(backend, kind, ms, correct):
+    """One measured row of a harness table (op "o", shape "s", float32 forward, 1 GB/s)."""
+    return {
+        "op": "o",
+        "shape_label": "s",
+        "dtype": "float32",
+        "mode": "fwd",
+        "backend": backend,
+        "kind": kind,
+        "status": "ok",
+        "median_ms": ms,
+        "p20_ms": ms,
+        "p80_ms": ms,
+        "gbps": 1.0,
+        "correct": correct,
+    }
+
+
 def test_progress_and_table():
     buf = io.StringIO()
     p = H.Progress(2, stream=buf)
@@ -236,23 +254,7 @@ def test_progress_and_table():
     p.step("b")
     p.close()
     assert "2/2" in buf.getvalue()
-    rows = [
-        {
-            "op": "o",
-            "shape_label": "s",
-            "dtype": "float32",
-            "mode": "fwd",
-            "backend": b,
-            "kind": k,
-            "status": "ok",
-            "median_ms": ms,
-            "p20_ms": ms,
-            "p80_ms": ms,
-            "gbps": 1.0,
-            "correct": True,
-        }
-        for b, k, ms in (("pygen:cpu", "pygen", 1.0), ("reference", "baseline", 4.0))
-    ]
+    rows = [_bench_row(b, k, ms, True) for b, k, ms in (("pygen:cpu", "pygen", 1.0), ("reference", "baseline", 4.0))]
     table = H.format_table(rows)
     assert "x reference" in table
     assert "4.00" in table  # reference / pygen:cpu
@@ -946,20 +948,7 @@ def test_interleaving_goes_on_until_settled():
 
 def test_table_legend_and_units():
     rows = [
-        {
-            "op": "o",
-            "shape_label": "s",
-            "dtype": "float32",
-            "mode": "fwd",
-            "backend": b,
-            "kind": k,
-            "status": "ok",
-            "median_ms": ms,
-            "p20_ms": ms,
-            "p80_ms": ms,
-            "gbps": 1.0,
-            "correct": ok,
-        }
+        _bench_row(b, k, ms, ok)
         for b, k, ms, ok in (
             ("pygen:cpu", "pygen", 1.0, True),
             ("reference", "baseline", 4.0, True),

@@ -1,0 +1,26 @@
+"""One offline compile spec: a Triton kernel specialised as the runtime specialises it at a benchmark
+shape, for ``pygen inspect`` and the sm_90 compile tests (tests/common/test_compiled_kernels.py).
+
+The runtime marks a pointer argument 16-byte aligned and an integer argument that is a multiple of
+16 with ``tt.divisibility`` 16; the spec says the same through ``attrs``: every pointer in the
+signature and every argument named in ``div``. ``tensor_cores``: the kernel is meant to run its
+dots as Hopper wgmma at this tile (the compile test checks the PTX for it).
+"""
+
+from __future__ import annotations
+
+
+def compile_spec(fn, name, sig, consts, num_warps, num_stages, div=(), tensor_cores=False, **extra) -> dict:
+    names = fn.arg_names
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if sig.get(a, "").startswith("*") or a in div}
+    return {
+        "fn": fn,
+        "name": name,
+        "signature": sig,
+        "constexprs": consts,
+        "attrs": attrs,
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+        "tensor_cores": tensor_cores,
+        **extra,
+    }
