@@ -52,6 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._bf16 import cast as _cast
+
 ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3, "gelu": 4}
 _I64_MAX = tl.constexpr((1 << 63) - 1)  # neutral elements of min / max over int64 degrees
 _I64_MIN = tl.constexpr(-(1 << 63))
@@ -101,17 +103,6 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _cast(v, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
-    """v.to(DTYPE), rounding to nearest even. Under the interpreter (UPCAST) fp32 -> bf16 casts
-    truncate, so the rounding is done on the bits first (the cast is then exact)."""
-    if UPCAST and DTYPE == tl.bfloat16:
-        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        v = bits.to(tl.float32, bitcast=True)
-    return v.to(DTYPE)
 
 
 @triton.jit
