@@ -2,7 +2,8 @@
 inside a torchvision detector that pygen.patch.patch_torchvision changed) scripts the module its
 ``__prepare_scriptable__`` returns from here. Their forward is TorchScript: boxes to the kernels'
 [K, 5] layout, then the registered op (``torch.ops.pygen.<op>_<backend>``: the kernel of the
-tensor's device, cuda or cpu, or the module's ``backend``) with its autograd. The argument
+tensor's device, cuda or cpu, or the module's ``backend``) with its autograd, through the dispatch
+the scripted functional ops share (pygen/ops/_roi_script.py). The argument
 validation of pygen.ops (Python) does not run in the scripted module; the ops' kernels still never
 read out of bounds (out-of-range batch indices yield zeros).
 """
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops._roi_checks import to_rois
+from ..ops._roi_script import align_op, multi_scale_op, pool_op, ps_align_op, ps_pool_op
 
 
 def infer_scale(feature_h: int, image_h: int) -> float:
@@ -50,12 +52,7 @@ class ScriptedRoIAlign(nn.Module):
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
         r = to_rois(input, rois)
-        ph, pw, scale, sr, aligned = self.ph, self.pw, self.spatial_scale, self.sampling_ratio, self.aligned
-        if self.backend == "triton":
-            return torch.ops.pygen.roi_align_triton(input, r, ph, pw, scale, sr, aligned)
-        if input.is_cuda:
-            return torch.ops.pygen.roi_align_cuda(input, r, ph, pw, scale, sr, aligned)
-        return torch.ops.pygen.roi_align_cpu(input, r, ph, pw, scale, sr, aligned)
+        return align_op(self.backend, input, r, self.ph, self.pw, self.spatial_scale, self.sampling_ratio, self.aligned)
 
 
 class ScriptedPool(nn.Module):
@@ -70,18 +67,9 @@ class ScriptedPool(nn.Module):
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
         r = to_rois(input, rois)
-        ph, pw, scale = self.ph, self.pw, self.spatial_scale
         if self.ps:
-            if self.backend == "triton":
-                return torch.ops.pygen.ps_roi_pool_triton(input, r, ph, pw, scale)
-            if input.is_cuda:
-                return torch.ops.pygen.ps_roi_pool_cuda(input, r, ph, pw, scale)
-            return torch.ops.pygen.ps_roi_pool_cpu(input, r, ph, pw, scale)
-        if self.backend == "triton":
-            return torch.ops.pygen.roi_pool_triton(input, r, ph, pw, scale)[0]
-        if input.is_cuda:
-            return torch.ops.pygen.roi_pool_cuda(input, r, ph, pw, scale)[0]
-        return torch.ops.pygen.roi_pool_cpu(input, r, ph, pw, scale)[0]
+            return ps_pool_op(self.backend, input, r, self.ph, self.pw, self.spatial_scale)
+        return pool_op(self.backend, input, r, self.ph, self.pw, self.spatial_scale)
 
 
 class ScriptedPSRoIAlign(nn.Module):
@@ -94,12 +82,7 @@ class ScriptedPSRoIAlign(nn.Module):
 
     def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:  # noqa: UP007
         r = to_rois(input, rois)
-        ph, pw, scale, sr = self.ph, self.pw, self.spatial_scale, self.sampling_ratio
-        if self.backend == "triton":
-            return torch.ops.pygen.ps_roi_align_triton(input, r, ph, pw, scale, sr)
-        if input.is_cuda:
-            return torch.ops.pygen.ps_roi_align_cuda(input, r, ph, pw, scale, sr)
-        return torch.ops.pygen.ps_roi_align_cpu(input, r, ph, pw, scale, sr)
+        return ps_align_op(self.backend, input, r, self.ph, self.pw, self.spatial_scale, self.sampling_ratio)
 
 
 class ScriptedMultiScaleRoIAlign(nn.Module):
@@ -133,8 +116,4 @@ class ScriptedMultiScaleRoIAlign(nn.Module):
             scales.append(infer_scale(f.shape[-2], max_h))
         r = to_rois(features[0], boxes)
         ph, pw, sr, cs, cl = self.ph, self.pw, self.sampling_ratio, self.canonical_scale, self.canonical_level
-        if self.backend == "triton":
-            return torch.ops.pygen.multi_scale_roi_align_triton(features, r, ph, pw, scales, sr, cs, cl, False)
-        if features[0].is_cuda:
-            return torch.ops.pygen.multi_scale_roi_align_cuda(features, r, ph, pw, scales, sr, cs, cl, False)
-        return torch.ops.pygen.multi_scale_roi_align_cpu(features, r, ph, pw, scales, sr, cs, cl, False)
+        return multi_scale_op(self.backend, features, r, ph, pw, scales, sr, cs, cl, False)

@@ -20,7 +20,8 @@ import torch
 
 from .. import _backend
 from ..ref import roi as ref
-from . import _registry
+from . import _registry, _roi_script
+from ._fx import fx_leaf
 from ._registry import Backward, OpSpec, register
 from ._roi_checks import check_features, check_input, integer, output_pair, positive_scale, ps_channels, rois_from_boxes
 
@@ -270,6 +271,7 @@ def _pick(name: str, input: torch.Tensor, backend: str | None) -> str:
     return _backend.choose_for(name, input, backend, _backend.BACKENDS, ("cpu", "reference"))
 
 
+@fx_leaf
 def roi_align(
     input: torch.Tensor,
     boxes,
@@ -321,6 +323,7 @@ def _quantized_roi_align(input, boxes, output_size, spatial_scale, sampling_rati
     return torch.quantize_per_tensor(out, input.q_scale(), input.q_zero_point(), input.dtype)
 
 
+@fx_leaf
 def roi_pool(
     input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
 ) -> torch.Tensor:
@@ -336,6 +339,7 @@ def roi_pool(
     return _registry.get(f"roi_pool_{b}")(input, rois, *pooled, scale)[0]
 
 
+@fx_leaf
 def ps_roi_align(
     input: torch.Tensor,
     boxes,
@@ -361,6 +365,7 @@ def ps_roi_align(
     return _registry.get(f"ps_roi_align_{b}")(input, rois, *pooled, scale, sr)
 
 
+@fx_leaf
 def ps_roi_pool(
     input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
 ) -> torch.Tensor:
@@ -378,6 +383,7 @@ def ps_roi_pool(
     return _registry.get(f"ps_roi_pool_{b}")(input, rois, *pooled, scale)
 
 
+@fx_leaf
 def multi_scale_roi_align(
     features,
     boxes,
@@ -413,3 +419,8 @@ def multi_scale_roi_align(
     return _registry.get(f"multi_scale_roi_align_{b}")(
         list(features), rois, *pooled, scales, sr, cs, float(canonical_level), bool(aligned)
     )
+
+
+# torch.jit.script(roi_align) (and a scripted caller of any of these) compiles their TorchScript
+# forms: the keyword-only ``backend`` and the Python validation are not TorchScript (_roi_script.py).
+_roi_script.bind_script_forms(globals())

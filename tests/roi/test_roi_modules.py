@@ -140,3 +140,90 @@ def test_multi_scale_module_scripts_with_torchscript(gen):
 def test_scripting_a_reference_backend_module_is_refused():
     with pytest.raises(ValueError, match="backend='reference' has none"):
         torch.jit.script(pnn.RoIAlign(3, 1.0, 2, backend="reference"))
+
+
+FUNCTIONAL_SCRIPT_CASES = [
+    ("roi_align", (3, 0.5, 2, True)),
+    ("roi_align", ((2, 3), 1.0, -1, False)),
+    ("roi_pool", (2, 0.5)),
+    ("ps_roi_align", (2, 0.5, 2)),
+    ("ps_roi_pool", (2, 0.5)),
+]
+
+
+@pytest.mark.parametrize(
+    "name,args", FUNCTIONAL_SCRIPT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FUNCTIONAL_SCRIPT_CASES)]
+)
+def test_functional_ops_script_with_torchscript(name, args, gen):
+    """torch.jit.script(pygen.ops.<op>) compiles its TorchScript form (pygen/ops/_roi_script.py)
+    with torchvision's signature: the same outputs and gradients as eager, Tensor[K, 5] and list
+    boxes; and a scripted user function that calls the op compiles and agrees too."""
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted ops call the cpu kernel op on CPU tensors")
+    f = getattr(ops, name)
+    s = torch.jit.script(f)
+    assert isinstance(s, torch.jit.ScriptFunction)
+    x = torch.randn(2, 8, 10, 12, generator=gen, requires_grad=True)
+    rois = make_rois(5, 2, 10, 12, 0.5, gen)
+    out_s, out_e = s(x, rois, *args), f(x, rois, *args)
+    torch.testing.assert_close(out_s, out_e, rtol=0, atol=0)
+    g = torch.randn(out_e.shape, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(out_s, x, g)[0], torch.autograd.grad(out_e, x, g)[0], rtol=0, atol=0)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    torch.testing.assert_close(s(x, boxes, *args), f(x, boxes, *args), rtol=0, atol=0)
+
+
+def test_scripted_caller_of_functional_ops(gen):
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted ops call the cpu kernel op on CPU tensors")
+
+    def head(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        a = ops.roi_align(x, rois, [3, 3], 0.5, 2, True)
+        p = ops.ps_roi_pool(x, rois, 2, 0.5)
+        return a.sum((1, 2, 3)) + p.sum((1, 2, 3)) + ops.roi_pool(x, rois, 2, 0.5).mean((1, 2, 3))
+
+    s = torch.jit.script(head)
+    x = torch.randn(2, 8, 10, 12, generator=gen)
+    rois = make_rois(6, 2, 10, 12, 0.5, gen)
+    torch.testing.assert_close(s(x, rois), head(x, rois), rtol=0, atol=0)
+
+
+def test_multi_scale_functional_scripts(gen):
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted ops call the cpu kernel op on CPU tensors")
+    feats = [torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)]
+    boxes = [torch.tensor([[1.0, 1.0, 30.0, 30.0], [0.0, 4.0, 60.0, 50.0]]), torch.tensor([[2.0, 3.0, 9.0, 9.0]])]
+    s = torch.jit.script(ops.multi_scale_roi_align)
+    want = ops.multi_scale_roi_align(feats, boxes, 3, [0.25, 0.125], 2, 224, 4, True)
+    torch.testing.assert_close(s(feats, boxes, [3, 3], [0.25, 0.125], 2, 224.0, 4.0, True), want, rtol=0, atol=0)
+
+
+def test_eager_functional_ops_keep_backend_keyword(gen):
+    """Binding the TorchScript forms leaves the eager functions as they were: backend= still chooses."""
+    x = torch.randn(1, 4, 6, 6, generator=gen)
+    rois = make_rois(3, 1, 6, 6, 1.0, gen)
+    torch.testing.assert_close(
+        ops.roi_align(x, rois, 2, backend="reference"), ref.roi_align(x, rois, (2, 2), 1.0, -1, False)
+    )
+
+
+def test_functional_ops_are_fx_leaves(gen):
+    """torch.fx.symbolic_trace of code that calls the functional RoI ops records each op as one
+    call_function node (as torchvision's RoI functions are), and the GraphModule agrees with eager."""
+
+    class Head(torch.nn.Module):
+        def forward(self, x, rois, boxes: list):
+            a = ops.roi_align(x, rois, 3, 0.5, 2, aligned=True)
+            b = ops.ps_roi_pool(x, boxes, 2, 0.5)
+            c = ops.roi_pool(x, rois, (2, 3), 0.5)
+            d = ops.ps_roi_align(x, rois, 2, spatial_scale=0.5)
+            return a.sum((1, 2, 3)) + b.sum((1, 2, 3)) + c.mean((1, 2, 3)) + d.mean((1, 2, 3))
+
+    gm = torch.fx.symbolic_trace(Head(), concrete_args={"boxes": torch.fx.PH})
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    for op in (ops.roi_align, ops.ps_roi_pool, ops.roi_pool, ops.ps_roi_align):
+        assert targets.count(op) == 1, targets
+    x = torch.randn(2, 8, 10, 12, generator=gen)
+    rois = make_rois(6, 2, 10, 12, 0.5, gen)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    torch.testing.assert_close(gm(x, rois, boxes), Head()(x, rois, boxes), rtol=0, atol=0)
