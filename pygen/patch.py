@@ -10,9 +10,12 @@ and since the RoI modules hold no parameters the model's state_dict is unchanged
     pygen.patch.patch_transformers_deepseek(model)   # DeepseekV3Attention -> pygen.nn.MLA (same Parameters)
     pygen.patch.patch_transformers_moe(model)        # DeepseekV3MoE -> pygen.nn.MoE (same Parameters)
     pygen.patch.convert_to_fp8(model, filter=lambda name, m: "lm_head" not in name)   # nn.Linear -> FP8Linear
+    pygen.patch.patch_nflows(flow)   # nflows MaskedLinear / MADE -> pygen's (same Parameters and buffers)
+    pygen.patch.patch_zuko(flow)     # zuko MaskedLinear / MaskedMLP -> pygen's (same Parameters and buffers)
 
 ``patch(model)`` applies the exact swaps (torchvision RoI modules, transformers DeepSeek-V3
-attention and MoE) whose libraries are installed; FP8 conversion changes numerics, so it is never implicit.
+attention and MoE, nflows and zuko masked layers) whose libraries are installed; FP8 conversion
+changes numerics, so it is never implicit.
 """
 
 from __future__ import annotations
@@ -81,12 +84,33 @@ def patch_transformers_moe(model: nn.Module, *, backend: str | None = None) -> d
     return patch_deepseek_moe(model, backend=backend)
 
 
+def patch_nflows(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
+    """Swap pygen.nn.MaskedLinear and pygen.models.made.MADE into an nflows model in place (the
+    original Parameter and buffer objects are kept); returns counts by class. Modules pygen would
+    compute differently (nflows 0.14's softplus MAF scale, a MADE with context) are kept with a
+    warning; pygen/integrations/nflows.py and docs/made.md list them. ImportError without nflows."""
+    from .integrations.nflows import patch_nflows_made
+
+    return patch_nflows_made(model, backend=backend)
+
+
+def patch_zuko(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
+    """Swap pygen.nn.MaskedLinear into a zuko model in place, and fuse the activations of its
+    MaskedMLPs into the masked layers' kernels (the original Parameter and buffer objects are kept);
+    returns counts by class. zuko's MAF transform is kept with a warning (pygen/integrations/zuko.py,
+    docs/made.md). ImportError without zuko."""
+    from .integrations.zuko import patch_zuko_masked
+
+    return patch_zuko_masked(model, backend=backend)
+
+
 def patch(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
-    """Apply every patcher whose library is installed; returns what was swapped."""
-    swapped: dict[str, int] = {}
-    for patcher in (patch_torchvision, patch_transformers_deepseek, patch_transformers_moe):
+    """Apply every patcher whose library is installed; returns what was swapped (counts by class,
+    summed over the patchers)."""
+    swapped: Counter[str] = Counter()
+    for patcher in (patch_torchvision, patch_transformers_deepseek, patch_transformers_moe, patch_nflows, patch_zuko):
         try:
             swapped.update(patcher(model, backend=backend))
         except ImportError:
             pass
-    return swapped
+    return dict(swapped)

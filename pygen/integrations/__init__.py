@@ -5,6 +5,9 @@ and module swaps for their models.
                        patch_deepseek_moe() to swap pygen.nn.MoE into a DeepseekV3 model
     transformers_mla   pygen's MLA as transformers' attention implementation "pygen", and
                        patch_deepseek_attention() to swap pygen.nn.MLA into a DeepseekV3 model
+    nflows, zuko       patch_nflows_made() / patch_zuko_masked(): pygen's masked layers (and MADE,
+                       fused MaskedMLP) into nflows / zuko models (pygen.patch.patch_nflows / patch_zuko)
 
-Each submodule imports its library lazily and raises ImportError when it is not installed.
+Each submodule imports its library lazily (zuko.py at its import) and raises ImportError when it is
+not installed.
 """

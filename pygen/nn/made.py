@@ -32,6 +32,7 @@ pygen extras (keywords only): ``backend=None`` (see pygen.ops.masked_linear) and
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ class MaskedLinear(nn.Linear):
     """A linear layer with an autoregressive (or any 0/1) mask on its weight; see the module
     docstring for the three constructor forms."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
+    def __init__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
         first = args[0] if args else kwargs.get("in_degrees", kwargs.get("adjacency", kwargs.get("in_features")))
         if "in_degrees" in kwargs or (
             isinstance(first, torch.Tensor) and first.dim() == 1 and "adjacency" not in kwargs
@@ -122,16 +123,64 @@ class MaskedLinear(nn.Linear):
                 )
             self.register_buffer("mask", mask.data)
             self.form, self.is_output = "pyro", False
+        self._start_plan(backend)
+
+    def _start_plan(self, backend: str | None) -> None:
         self.backend = backend
         self._plan_key = None
         self._plan = None
+
+    @classmethod
+    def adopt(
+        cls,
+        source: nn.Linear,
+        form: str,
+        *,
+        in_degrees: torch.Tensor | None = None,
+        is_output: bool = False,
+        backend: str | None = None,
+    ) -> MaskedLinear:
+        """A MaskedLinear of ``form`` ("nflows", "pyro" or "zuko") holding ``source``'s weight and
+        bias Parameters and its buffers, the same tensor objects (optimizers holding them keep
+        working; state_dict keys are unchanged); nothing is allocated or initialised. Used by
+        pygen.patch to swap the layer into an nflows / zuko model. nflows form: ``in_degrees`` are
+        the layer's input degrees (nflows keeps only the output ones; None derives them from the
+        mask), ``is_output`` whether the mask is strict. Whatever they are, the ``mask`` buffer decides
+        what is computed (see the module docstring)."""
+        if form not in ("nflows", "pyro", "zuko"):
+            raise ValueError(f"MaskedLinear.adopt: form must be 'nflows', 'pyro' or 'zuko', got {form!r}")
+        mask = source._buffers.get("mask") if isinstance(source, nn.Linear) else None
+        if mask is None or tuple(mask.shape) != tuple(source.weight.shape):
+            raise ValueError(
+                f"MaskedLinear.adopt: source must be an nn.Linear with a 'mask' buffer of its weight's shape, "
+                f"got {type(source).__name__}"
+            )
+        if form == "nflows" and not isinstance(source._buffers.get("degrees"), torch.Tensor):
+            raise ValueError("MaskedLinear.adopt: an nflows-form source needs its 'degrees' buffer")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = source.in_features, source.out_features
+        new.register_parameter("weight", source.weight)
+        new.register_parameter("bias", source.bias)
+        for name, buf in source._buffers.items():
+            new.register_buffer(name, buf, persistent=name not in source._non_persistent_buffers_set)
+        new.form, new.is_output = form, bool(is_output) and form == "nflows"
+        if form == "nflows":
+            if in_degrees is None:
+                derived = ref.degrees_from_mask(mask != 0)
+                in_degrees = derived[0] if derived is not None else torch.zeros(mask.shape[1], dtype=torch.int64)
+            in_deg = in_degrees.detach().to(device=source.weight.device, dtype=torch.int64).clone()
+            new.register_buffer("in_degrees", in_deg, persistent=False)
+        new.train(source.training)
+        new._start_plan(backend)
+        return new
 
     # ---- what the kernel gets -------------------------------------------------------------------
     def _versions(self):
         bufs = [self.mask] + ([self.degrees, self.in_degrees] if self.form == "nflows" else [])
         return tuple((b.data_ptr(), b._version, b.device, b.dtype, tuple(b.shape)) for b in bufs)
 
-    def kernel_args(self):
+    def kernel_args(self) -> tuple:
         """("degrees", in_degrees, out_degrees, strict) or ("mask", bool mask): what forward passes
         to pygen.ops.masked_linear. Computed from the buffers (one host synchronisation) and cached
         until a buffer changes (load_state_dict, .to(), in-place edits)."""

@@ -25,6 +25,7 @@ takes ``triton`` on CUDA tensors and ``reference`` on CPU tensors; float64 runs 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -80,6 +81,13 @@ def _new_bwd(x: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool, 
         weight.new_empty((n, k) if need_w else (0,)),
         weight.new_empty((n,) if need_b else (0,)),
     )
+
+
+def _act_saved(out: tuple[torch.Tensor, torch.Tensor], act: str) -> torch.Tensor:
+    """What the backward keeps of the forward's (y, z): y for relu / elu / tanh (their derivative
+    reads it), z otherwise (gelu: the pre-activation; no activation: the empty z, so that callers
+    may update y in place, as nflows' MADE does with its context term)."""
+    return out[0] if act in ("relu", "elu", "tanh") else out[1]
 
 
 def _act_grad(grad: torch.Tensor, saved: torch.Tensor, act: str) -> torch.Tensor:
@@ -178,9 +186,8 @@ MASKED_LINEAR = OpSpec(
         "-> (Tensor, Tensor, Tensor)",
         _masked_linear_bwd,
         lambda grad, saved, x, weight, i, o, mask, strict, act, nx, nw, nb: _new_bwd(x, weight, nx, nw, nb),
-        # the activation's derivative reads y, or the pre-activation z for gelu
         save=lambda i, out: (
-            (i.x, i.weight, i.in_degrees, i.out_degrees, i.mask, out[1] if i.activation == "gelu" else out[0]),
+            (i.x, i.weight, i.in_degrees, i.out_degrees, i.mask, _act_saved(out, i.activation)),
             (i.strict, i.activation, i.bias is not None),
         ),
         grads=_masked_linear_grads,
@@ -269,7 +276,7 @@ MASKED_LINEAR_BITS = OpSpec(
         _bits_bwd,
         _bits_grad_out,
         save=lambda i, out: (
-            (i.x_bits, i.weight, i.in_degrees, i.out_degrees, out[1] if i.activation == "gelu" else out[0]),
+            (i.x_bits, i.weight, i.in_degrees, i.out_degrees, _act_saved(out, i.activation)),
             (i.strict, i.activation, i.bias is not None),
         ),
         grads=_bits_grads,
@@ -492,6 +499,11 @@ def masked_linear(
         if m is not None:
             return ref.masked_matmul(x, weight, bias, m, act)
         return ref.masked_linear(x, weight, bias, in_deg, out_deg, strict, act)
+    return _masked_linear_op(name, b, x, weight, bias, in_deg, out_deg, m, strict, act)
+
+
+def _masked_linear_op(name, b, x, weight, bias, in_deg, out_deg, m, strict: bool, act) -> torch.Tensor:
+    """The registered masked_linear op of backend ``b`` on x [..., K] (run as [M, K])."""
     k, n = weight.shape[1], weight.shape[0]
     x2 = x.reshape(math.prod(x.shape[:-1]), k)
     _triton_spans(name, x2, weight, m)
@@ -517,14 +529,12 @@ def masked_linear_plain(
     b = _pick(name, x, backend)
     if b == "reference":
         return ref.masked_matmul(x, weight, bias, m, act)
-    k, n = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(math.prod(x.shape[:-1]), k)
-    _triton_spans(name, x2, weight, m)
-    y, _ = _registry.get(f"masked_linear_{b}")(x2, weight, bias, None, None, m, False, act)
-    return y.reshape(*x.shape[:-1], n)
+    return _masked_linear_op(name, b, x, weight, bias, None, None, m, False, act)
 
 
-def sort_hidden_units(weights, biases, degrees):
+def sort_hidden_units(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], degrees: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor], list[torch.Tensor]]:
     """Permute the hidden units of a feedforward masked network so every hidden layer's degrees
     are non-decreasing; the function is unchanged. ``weights``/``biases``: L tensors (biases may
     be None), ``degrees``: L+1 vectors (inputs first). Returns (weights, biases, degrees, perms)

@@ -1,0 +1,27 @@
+"""What the nflows and zuko module swaps share: the (parent, name, child) walk they replace children
+in, and the one warning that names the modules a patcher kept because pygen's counterpart computes
+something else."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+from torch import nn
+
+
+def children(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Every (parent, attribute name, child) of ``model``, listed before any is replaced."""
+    return [(parent, name, child) for parent in list(model.modules()) for name, child in parent.named_children()]
+
+
+def warn_kept(patcher: str, kept: Counter[str], why: dict[str, str]) -> None:
+    """One warning naming the modules ``patcher`` kept (counts by label) and why; none when it kept
+    nothing. It points at the line that called pygen.patch.<patcher>."""
+    lines = [f"{n} {what} ({why[what]})" for what, n in kept.items() if n]
+    if lines:
+        warnings.warn(
+            f"pygen.patch.{patcher} kept these modules, whose computation pygen's counterpart does not "
+            f"reproduce exactly (docs/made.md); their masked layers were swapped: " + "; ".join(lines),
+            stacklevel=4,
+        )
