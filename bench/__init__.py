@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("roi", "flows", "made", "mla", "moe", "fp8")
+FAMILIES = ("roi", "flows", "made", "mla", "moe", "fp8", "losses")
 
 
 def load(family: str):

@@ -1,7 +1,7 @@
 """What the pytest-benchmark files (bench/test_bench_<family>.py) share: the environment knobs
 documented in bench/conftest.py and the one routine that checks an implementation against the
-reference and then times it. Each family's test file only lists its cases, baselines and the
-implementation names it expects."""
+reference and then times it, and the parametrized test built on it (:func:`family_test`). Each
+family's test file only lists its baselines and the implementation names it expects."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ def baselines(*names: str) -> list[str]:
 
 def case_ids(cases) -> list[str]:
     return [f"{c.op}-{c.label}" for c in cases]
+
+
+def family_test(family, impls: list[str], baseline_names: list[str], modes: list[str] = MODES):
+    """The pytest-benchmark test of one family module (bench/<family>.py): every case of
+    ``family.cases`` (quick unless PYGEN_BENCH_FULL=1) x implementation x mode through
+    :func:`check_then_time`. A family's test file binds it to a ``test_<family>`` name."""
+    cases = family.cases(quick=not FULL, device=DEVICE)
+
+    @pytest.mark.parametrize("mode", modes)
+    @pytest.mark.parametrize("impl_name", impls)
+    @pytest.mark.parametrize("case", cases, ids=case_ids(cases))
+    def test(benchmark, case, impl_name: str, mode: str) -> None:
+        check_then_time(benchmark, case, impl_name, mode, baseline_names)
+
+    return test
 
 
 def check_then_time(benchmark, case, impl_name: str, mode: str, baseline_names: list[str]) -> None:

@@ -33,7 +33,7 @@
 #   7. racecheck: compute-sanitizer --tool racecheck over the CUDA C++ (csrc) subset  RACECHECK_S=30
 #      (RACECHECK_ARGS adds options, e.g. "--kernel-name kns=_moe_"). No compute-sanitizer:
 #      both are skipped and the log and table say so.
-#   8. pygen bench per family (roi made flows mla moe fp8: default GPU shapes, bfloat16 except
+#   8. pygen bench per family (roi made flows mla moe fp8 losses: default GPU shapes, bfloat16 except
 #      flows in float32, fwd and fwd+bwd, the eager reference and the family's third-party
 #      baselines), each an equal share of what is left (at least 20 s; --max-time stops it
 #      cleanly), JSON lines split at the end into results/<device>/<family>.jsonl.
@@ -314,7 +314,7 @@ fi
 
 # ---- 8: benchmarks in the time left -------------------------------------------------------------
 QUICK_FLAG=(); [ "${QUICK:-0}" = 1 ] && QUICK_FLAG=(--quick)
-FAMS=(${FAMILIES-roi made flows mla moe fp8})
+FAMS=(${FAMILIES-roi made flows mla moe fp8 losses})
 n=${#FAMS[@]}
 for fam in "${FAMS[@]}"; do
     share=$(( ($(left) - RESERVE_S - 5) / n )); n=$(( n - 1 ))
@@ -329,6 +329,7 @@ for fam in "${FAMS[@]}"; do
             mla) base+=(--baseline flashmla --baseline vllm-triton);;
             moe) base+=(--baseline transformers:grouped_mm --baseline vllm:fused_experts);;
             fp8) base+=(--baseline torch.matmul --baseline torch._scaled_mm);;
+            losses) base+=(--baseline eager);;
         esac
     fi
     step "bench-$fam" "$share" "$PY" -m pygen bench "$fam" --dtype "$dtype" "${base[@]}" \

@@ -36,51 +36,24 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-# Public ops per family (tests/common/test_device_run.py checks this against pygen.ops). Ops with no kernel
+# Public ops per family, written out because this script cannot import pygen (standard library only;
+# tests/common/test_device_run.py checks the list against pygen.ops). Ops with no kernel
 # (planar, radial: reference only; sort_hidden_units: a parameter helper) get no row.
 FAMILIES = {
-    "roi": ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"),
-    "made": (
-        "masked_linear",
-        "masked_linear_plain",
-        "masked_linear_bits",
-        "made_affine_forward",
-        "made_sample",
-        "pack_bits",
+    family: tuple(names.split())
+    for family, names in {
+        "roi": "roi_align roi_pool ps_roi_align ps_roi_pool multi_scale_roi_align",
+        "made": "masked_linear masked_linear_plain masked_linear_bits made_affine_forward made_sample pack_bits "
         "sort_hidden_units",
-    ),
-    "flows": (
-        "slogdet",
-        "affine_coupling",
-        "additive_coupling",
-        "actnorm",
-        "actnorm_init",
-        "inv_conv1x1",
-        "inv_conv1x1_lu",
-        "sylvester",
-        "planar",
-        "radial",
-    ),
-    "mla": ("mla_decode", "mla_cache_append", "mla_prefill", "merge_attn_states"),
-    "moe": (
-        "moe_route",
-        "moe_align",
-        "moe_permute",
-        "moe_unpermute",
-        "fused_moe",
-        "fused_moe_fp8",
-        "quantize_moe_weights_fp8",
-    ),
-    "fp8": (
-        "quantize_fp8_1x128",
-        "quantize_fp8_128x128",
-        "dequantize_fp8",
-        "fp8_gemm",
-        "fp8_gemm_grouped",
-        "fp8_gemm_wgrad",
-    ),
+        "flows": "slogdet affine_coupling additive_coupling actnorm actnorm_init inv_conv1x1 inv_conv1x1_lu "
+        "sylvester planar radial",
+        "mla": "mla_decode mla_cache_append mla_prefill merge_attn_states",
+        "moe": "moe_route moe_align moe_permute moe_unpermute fused_moe fused_moe_fp8 quantize_moe_weights_fp8",
+        "fp8": "quantize_fp8_1x128 quantize_fp8_128x128 dequantize_fp8 fp8_gemm fp8_gemm_grouped fp8_gemm_wgrad",
+        "losses": "linear_cross_entropy linear_log_probs info_nce grpo_loss linear_grpo_loss group_advantages",
+    }.items()
 }
-NO_KERNEL = {"planar", "radial", "sort_hidden_units"}
+NO_KERNEL = {"planar", "radial", "sort_hidden_units", "group_advantages"}
 
 # The baseline a family is measured against, in order of preference (the library a user would
 # otherwise call first, then torch.compile of the reference, then the eager reference).
@@ -91,6 +64,7 @@ BASELINES = {
     "mla": ("flashmla", "vllm-triton", "sglang-triton", "compile(reference)", "reference"),
     "moe": ("vllm:fused_experts", "transformers:grouped_mm", "transformers:eager", "compile(reference)", "reference"),
     "fp8": ("torch._scaled_mm", "compile(reference)", "reference", "torch.matmul"),
+    "losses": ("eager", "compile(reference)", "reference"),
 }
 
 # test-name keywords -> family, for tests outside a family's own files (first match wins)
@@ -107,6 +81,10 @@ KEYWORDS = (
     ("conv1x1", "flows"),
     ("sylvester", "flows"),
     ("flow", "flows"),
+    ("cross_entropy", "losses"),
+    ("log_probs", "losses"),
+    ("info_nce", "losses"),
+    ("grpo", "losses"),
     ("decode", "mla"),
     ("prefill", "mla"),
     ("gemm", "fp8"),
@@ -135,7 +113,7 @@ def family_of_test(nodeid: str) -> str:
     stem, func, param = _split(nodeid)
     if stem in GRAPH_FILES and param.split("-")[0] in FAMILIES:
         return param.split("-")[0]
-    m = re.match(r"test_(roi|made|flows|mla|moe|fp8)", stem)
+    m = re.match(r"test_(roi|made|flows|mla|moe|fp8|losses)", stem)
     if m:
         return m.group(1)
     text = f"{func}[{param}]".lower()

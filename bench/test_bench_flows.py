@@ -8,17 +8,8 @@ family has triton and reference backends only, so pygen:cuda / pygen:cpu are not
 
 from __future__ import annotations
 
-import pytest
-
 from . import _pytest_view as V, flows
 
 BASELINES = V.baselines(*["reference"])
 IMPLS = ["pygen:triton", "reference", "compile(reference)"]
-CASES = flows.cases(quick=not V.FULL, device=V.DEVICE)
-
-
-@pytest.mark.parametrize("mode", V.MODES)
-@pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
-def test_flows(benchmark, case, impl_name, mode):
-    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
+test_flows = V.family_test(flows, IMPLS, BASELINES)

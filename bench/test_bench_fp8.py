@@ -22,14 +22,7 @@ IMPLS = [
     "matmul loop (dequantised W)",
     "compile(reference)",
 ]
-CASES = fp8.cases(quick=not V.FULL, device=V.DEVICE)
-
-
-@pytest.mark.parametrize("mode", ["fwd"])
-@pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
-def test_fp8(benchmark, case, impl_name, mode):
-    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
+test_fp8 = V.family_test(fp8, IMPLS, BASELINES, modes=["fwd"])
 
 
 def test_tflops_and_error_columns():

@@ -22,16 +22,7 @@ from . import _pytest_view as V, mla
 
 BASELINES = V.baselines(*["reference", "flashmla", "vllm-triton", "sglang-triton"])
 IMPLS = ["pygen:triton", "reference", "compile(reference)", "flashmla", "vllm-triton", "sglang-triton"]
-CASES = mla.cases(quick=not V.FULL, device=V.DEVICE)
-
-
-@pytest.mark.parametrize("mode", V.MODES)
-@pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
-def test_mla(benchmark, case, impl_name, mode):
-    if case.op == "mla_decode" and mode != "fwd":
-        pytest.skip("mla_decode is inference-only (no backward)")
-    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
+test_mla = V.family_test(mla, IMPLS, BASELINES)
 
 
 def test_quick_cases_triton_interpreter():

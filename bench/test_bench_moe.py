@@ -8,8 +8,6 @@ transformers and vLLM rows are skipped with the reason when those libraries are 
 
 from __future__ import annotations
 
-import pytest
-
 from . import _pytest_view as V, moe
 
 THIRD_PARTY = [
@@ -21,11 +19,4 @@ THIRD_PARTY = [
 ]
 BASELINES = V.baselines("reference", *THIRD_PARTY)
 IMPLS = ["pygen:cuda", "pygen:triton", "pygen:cpu", "reference", "compile(reference)", *THIRD_PARTY]
-CASES = moe.cases(quick=not V.FULL, device=V.DEVICE)
-
-
-@pytest.mark.parametrize("mode", V.MODES)
-@pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
-def test_moe(benchmark, case, impl_name, mode):
-    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
+test_moe = V.family_test(moe, IMPLS, BASELINES)

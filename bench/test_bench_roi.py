@@ -7,17 +7,8 @@ timed. Quick shapes unless PYGEN_BENCH_FULL=1 (see bench/conftest.py for the oth
 
 from __future__ import annotations
 
-import pytest
-
 from . import _pytest_view as V, roi
 
 BASELINES = V.baselines(*["reference", "torchvision"])
 IMPLS = ["pygen:cuda", "pygen:triton", "pygen:cpu", "reference", "compile(reference)", "torchvision"]
-CASES = roi.cases(quick=not V.FULL)
-
-
-@pytest.mark.parametrize("mode", V.MODES)
-@pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=V.case_ids(CASES))
-def test_roi(benchmark, case, impl_name, mode):
-    V.check_then_time(benchmark, case, impl_name, mode, BASELINES)
+test_roi = V.family_test(roi, IMPLS, BASELINES)

@@ -1,8 +1,10 @@
 // pygen._C: the host (CPU, OpenMP) build of csrc/. Functions take integer data pointers, sizes and
-// strides (see roi/roi_bind.h) and release the GIL while the OpenMP loops run.
+// strides (common/tensor_arg.h) and release the GIL while the OpenMP loops run.
 #include <pybind11/pybind11.h>
 
 #include <omp.h>
+
+#include <string>
 
 #include "moe/moe_bind.h"
 #include "moe/moe_launch.h"
@@ -10,55 +12,43 @@
 #include "roi/roi_launch.h"
 
 namespace py = pybind11;
-using pygen::roi::Op;
-using pygen::roi::RoiParams;
+using pygen::roi::bind::Launch;
 
 namespace {
 
+// Runs `launch` with the GIL released; a false return (an unknown dtype code) raises.
+template <typename F>
+void run_released(const char* fn, int dtype, F&& launch) {
+  bool ok;
+  {
+    py::gil_scoped_release nogil;
+    ok = launch();
+  }
+  if (!ok) throw py::value_error(std::string(fn) + ": unknown dtype code " + std::to_string(dtype));
+}
+
 struct CpuBackend {
-  // ctx = [num_threads]; the launcher passes torch.get_num_threads() so both thread pools agree.
+  // ctx = [num_threads]; pygen/_ext.py passes torch.get_num_threads() so both thread pools agree.
   static int threads(const std::vector<int64_t>& ctx) {
     return ctx.empty() ? omp_get_max_threads() : static_cast<int>(ctx[0]);
   }
-  static void forward(Op op, int dtype, const RoiParams& p, const std::vector<int64_t>& ctx) {
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = pygen::roi::cpu_forward(op, dtype, p, threads(ctx));
-    }
-    if (!ok) throw py::value_error("unknown dtype code " + std::to_string(dtype));
+  static void forward(const Launch& l, const std::vector<int64_t>& ctx) {
+    run_released(l.fn, l.dtype, [&] { return pygen::roi::cpu_forward(l.op, l.dtype, l.p, threads(ctx)); });
   }
-  static void backward(Op op, int dtype, const RoiParams& p, bool /*deterministic: always*/,
-                       const std::vector<int64_t>& ctx) {
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = pygen::roi::cpu_backward(op, dtype, p, threads(ctx));
-    }
-    if (!ok) throw py::value_error("unknown dtype code " + std::to_string(dtype));
+  static void backward(const Launch& l, bool /*deterministic: always*/, const std::vector<int64_t>& ctx) {
+    run_released(l.fn, l.dtype, [&] { return pygen::roi::cpu_backward(l.op, l.dtype, l.p, threads(ctx)); });
   }
 };
 
 struct CpuMoeBackend {
   static void align(const pygen::moe::AlignParams& p, const std::vector<int64_t>& ctx) {
-    py::gil_scoped_release nogil;
-    pygen::moe::cpu_align(p, CpuBackend::threads(ctx));
+    run_released("moe_align", 0, [&] { return pygen::moe::cpu_align(p, CpuBackend::threads(ctx)), true; });
   }
   static void permute(pygen::moe::PermuteOp op, const pygen::moe::PermuteParams& p, const std::vector<int64_t>& ctx) {
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = pygen::moe::cpu_permute(op, p, CpuBackend::threads(ctx));
-    }
-    if (!ok) throw py::value_error("moe_permute: unknown dtype code " + std::to_string(p.dtype));
+    run_released("moe_permute", p.dtype, [&] { return pygen::moe::cpu_permute(op, p, CpuBackend::threads(ctx)); });
   }
   static void route(const pygen::moe::RouteParams& p, const std::vector<int64_t>& ctx) {
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = pygen::moe::cpu_route(p, CpuBackend::threads(ctx));
-    }
-    if (!ok) throw py::value_error("moe_route: unknown dtype code " + std::to_string(p.dtype));
+    run_released("moe_route", p.dtype, [&] { return pygen::moe::cpu_route(p, CpuBackend::threads(ctx)); });
   }
 };
 

@@ -13,8 +13,7 @@
 #include "roi/roi_launch.h"
 
 namespace py = pybind11;
-using pygen::roi::Op;
-using pygen::roi::RoiParams;
+using pygen::roi::bind::Launch;
 
 namespace {
 
@@ -45,10 +44,6 @@ class DeviceGuard {
   bool restore_ = false;
 };
 
-void check_ctx(const std::vector<int64_t>& ctx) {
-  if (ctx.size() != 2) throw py::value_error("ctx must be [device_index, stream_handle]");
-}
-
 void finish(int rc, int dtype) {
   if (rc == pygen::roi::kBadDtype)
     throw py::value_error("dtype code " + std::to_string(dtype) +
@@ -58,33 +53,41 @@ void finish(int rc, int dtype) {
   if (err != cudaSuccess) raise_cuda("after launch", err);
 }
 
+// Runs launch(stream) with ctx = [device_index, stream_handle]'s device current, then raises on
+// a launch error (launch returns a cudaError_t value or kBadDtype).
+template <typename F>
+void launch_on(const std::vector<int64_t>& ctx, int dtype, F&& launch) {
+  if (ctx.size() != 2) throw py::value_error("ctx must be [device_index, stream_handle]");
+  DeviceGuard guard(static_cast<int>(ctx[0]));
+  finish(launch(reinterpret_cast<void*>(ctx[1])), dtype);
+}
+
+int64_t grad_columns(const pygen::roi::RoiParams& p) {
+  int64_t cols = 0;
+  for (int l = 0; l < p.num_levels; ++l) cols += p.N * p.C * p.lv[l].W;
+  return cols;
+}
+
 struct CudaBackend {
-  static void forward(Op op, int dtype, const RoiParams& p, const std::vector<int64_t>& ctx) {
-    check_ctx(ctx);
-    DeviceGuard guard(static_cast<int>(ctx[0]));
-    finish(pygen::roi::cuda_forward(op, dtype, p, reinterpret_cast<void*>(ctx[1])), dtype);
+  static void forward(const Launch& l, const std::vector<int64_t>& ctx) {
+    launch_on(ctx, l.dtype, [&](void* stream) { return pygen::roi::cuda_forward(l.op, l.dtype, l.p, stream); });
   }
-  static void backward(Op op, int dtype, const RoiParams& p, bool deterministic,
-                       const std::vector<int64_t>& ctx) {
-    check_ctx(ctx);
-    DeviceGuard guard(static_cast<int>(ctx[0]));
-    finish(pygen::roi::cuda_backward(op, dtype, p, deterministic, reinterpret_cast<void*>(ctx[1])), dtype);
+  static void backward(const Launch& l, bool deterministic, const std::vector<int64_t>& ctx) {
+    // the deterministic kernels run one thread per grad column with 32-bit indices
+    if (deterministic && grad_columns(l.p) >= (int64_t(1) << 31))
+      throw py::value_error(std::string(l.fn) + ": deterministic CUDA backward supports N*C*W < 2^31 grad " +
+                            "columns, got " + std::to_string(grad_columns(l.p)));
+    launch_on(ctx, l.dtype,
+              [&](void* stream) { return pygen::roi::cuda_backward(l.op, l.dtype, l.p, deterministic, stream); });
   }
 };
 
 struct CudaMoeBackend {
   static void align(const pygen::moe::AlignParams& p, const std::vector<int64_t>& ctx) {
-    check_ctx(ctx);
-    DeviceGuard guard(static_cast<int>(ctx[0]));
-    const int rc = pygen::moe::cuda_align(p, reinterpret_cast<void*>(ctx[1]));
-    if (rc != 0) raise_cuda("moe_align launch", static_cast<cudaError_t>(rc));
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) raise_cuda("moe_align after launch", err);
+    launch_on(ctx, 0, [&](void* stream) { return pygen::moe::cuda_align(p, stream); });
   }
   static void permute(pygen::moe::PermuteOp op, const pygen::moe::PermuteParams& p, const std::vector<int64_t>& ctx) {
-    check_ctx(ctx);
-    DeviceGuard guard(static_cast<int>(ctx[0]));
-    finish(pygen::moe::cuda_permute(op, p, reinterpret_cast<void*>(ctx[1])), p.dtype);
+    launch_on(ctx, p.dtype, [&](void* stream) { return pygen::moe::cuda_permute(op, p, stream); });
   }
 };
 

@@ -8,6 +8,7 @@ built, or built for another platform): importing pygen still works and the reaso
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -41,37 +42,63 @@ def cuda():
     return load("_cuda")
 
 
-# dtype codes understood by csrc/common/dtype.h
-DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+# dtype codes of csrc/common/dtype.h (DtypeCode); any other dtype crosses as -1 (refused there)
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.int32: 4, torch.int64: 5}
 
 
-def dtype_code(t: torch.Tensor) -> int:
-    return DTYPE_CODE[t.dtype]
+def _module_and_ctx(fn: str, device: torch.device):
+    """``fn`` of the compiled module for ``device`` and the ctx it takes last: pygen._cuda's with
+    [device index, current stream], or pygen._C's with [torch's thread count] (so both OpenMP
+    pools agree). RuntimeError when the module is missing or has no ``fn``."""
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"{fn}: pygen's native kernels run on cpu or cuda tensors, not {device.type}")
+    name = "_C" if device.type == "cpu" else "_cuda"
+    mod = load(name)
+    if mod is None:
+        raise RuntimeError(f"pygen.{name} is not available: {load_error(name)}")
+    kernel = getattr(mod, fn, None)
+    if kernel is None:
+        raise RuntimeError(f"{fn}: pygen.{name} has no such kernel (not built for {device.type} tensors)")
+    if name == "_C":
+        return kernel, [torch.get_num_threads()]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return kernel, [index, torch.cuda.current_stream(index).cuda_stream]
 
 
-def stream_of(t: torch.Tensor) -> int:
-    """The current CUDA stream handle for t's device (0 for CPU tensors)."""
-    if t.is_cuda:
-        return torch.cuda.current_stream(t.device).cuda_stream
-    return 0
+def call(fn: str, *args):
+    """The one path into the compiled modules: ``pygen.<_C | _cuda>.<fn>(*args, ctx)``, the
+    module chosen by the device of the first tensor argument.
+
+    Each tensor (also inside a list or tuple) crosses as ``(data_ptr, sizes, strides, dtype code)``
+    and must be on that same device (a ValueError otherwise: a pointer of another device would be
+    read as this one's); None and Python scalars cross as they are. The bindings check the rest of
+    what memory safety needs (csrc/common/tensor_arg.h). Argument validation with friendly
+    messages is pygen.ops' job, before the registered op runs.
+    """
+    device = None
+    crossed = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            group = (a,)
+        elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            group = a
+        else:
+            crossed.append(a)
+            continue
+        out = []
+        for t in group:
+            if device is None:
+                device = t.device
+            elif t.device != device:
+                raise ValueError(f"{fn}: argument {i} is on {t.device}, expected {device} (the first tensor's)")
+            out.append((t.data_ptr(), tuple(t.shape), tuple(t.stride()), DTYPE_CODE.get(t.dtype, -1)))
+        crossed.append(out[0] if group is not a else out)
+    if device is None:
+        raise ValueError(f"{fn}: no tensor argument")
+    kernel, ctx = _module_and_ctx(fn, device)
+    return kernel(*crossed, ctx)
 
 
-def native_module(t: torch.Tensor):
-    """(module, ctx) for a csrc launcher on t's device: pygen._cuda with [device index, stream] or
-    pygen._C with [torch's thread count] (so both OpenMP pools agree); RuntimeError when missing."""
-    if t.device.type == "cuda":
-        mod = cuda()
-        if mod is None:
-            raise RuntimeError(f"pygen._cuda is not available: {load_error('_cuda')}")
-        return mod, [t.device.index if t.device.index is not None else torch.cuda.current_device(), stream_of(t)]
-    if t.device.type == "cpu":
-        mod = host()
-        if mod is None:
-            raise RuntimeError(f"pygen._C is not available: {load_error('_C')}")
-        return mod, [torch.get_num_threads()]
-    raise RuntimeError(f"pygen native kernels run on cpu or cuda tensors, not {t.device.type}")
-
-
-def native_arg(t: torch.Tensor):
-    """A tensor as the bindings take it: (data pointer, sizes, strides)."""
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+def launcher(fn: str):
+    """``call`` bound to one function name: a launcher of a family's pygen/native module."""
+    return functools.partial(call, fn)

@@ -12,10 +12,22 @@ and since the RoI modules hold no parameters the model's state_dict is unchanged
     pygen.patch.convert_to_fp8(model, filter=lambda name, m: "lm_head" not in name)   # nn.Linear -> FP8Linear
     pygen.patch.patch_nflows(flow)   # nflows MaskedLinear / MADE -> pygen's (same Parameters and buffers)
     pygen.patch.patch_zuko(flow)     # zuko MaskedLinear / MaskedMLP -> pygen's (same Parameters and buffers)
+    pygen.patch.patch_transformers_loss(lm)   # *ForCausalLM loss via linear_cross_entropy (no logits)
 
 ``patch(model)`` applies the exact swaps (torchvision RoI modules, transformers DeepSeek-V3
 attention and MoE, nflows and zuko masked layers) whose libraries are installed; FP8 conversion
-changes numerics, so it is never implicit.
+changes numerics, so it is never implicit; nor is ``patch_transformers_loss``, which changes what the
+model returns (``logits`` None in a call with labels).
+
+A transformers model patched in its constructor loads with ``from_pretrained`` like the stock one,
+missing weights initialised as transformers would (docs/moe_layer.md)::
+
+    class PatchedDeepseek(DeepseekV3ForCausalLM):
+        def __init__(self, config):
+            super().__init__(config)
+            pygen.patch.patch(self)
+
+    model = PatchedDeepseek.from_pretrained(path)
 """
 
 from __future__ import annotations
@@ -102,6 +114,22 @@ def patch_zuko(model: nn.Module, *, backend: str | None = None) -> dict[str, int
     from .integrations.zuko import patch_zuko_masked
 
     return patch_zuko_masked(model, backend=backend)
+
+
+def patch_transformers_loss(
+    model: nn.Module, *, return_logits: bool = False, backend: str | None = None
+) -> dict[str, int]:
+    """Make a transformers ``*ForCausalLM`` (DeepseekV3, Qwen3, Llama, ...) compute its training loss
+    with pygen.ops.linear_cross_entropy when ``labels`` are given: the stock loss and gradients
+    (label shift, ignore_index, num_items_in_batch, logits_to_keep, final_logit_softcapping, MoE aux
+    loss) without the [N, V] logits, so ``logits`` is None in those outputs unless
+    ``return_logits=True`` (here, as the model's default, or per call). Without labels the model is
+    unchanged. Idempotent; returns ``{class name: 1}`` (``{}`` when already patched). Not part of
+    :func:`patch`, since it changes what the model returns. ImportError without transformers,
+    TypeError for another model (pygen/integrations/transformers_loss.py, docs/losses_dropins.md)."""
+    from .integrations.transformers_loss import patch_causal_lm_loss
+
+    return patch_causal_lm_loss(model, return_logits=return_logits, backend=backend)
 
 
 def patch(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:

@@ -8,6 +8,7 @@ TRITON_INTERPRET before triton or pygen is imported (tests/conftest.py imports i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,125 @@ def compile_cu_sm90a(cu: str, out_dir: Path) -> list[tuple[str, int, int]]:
     entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_90a'", log)
     assert entries and len(spills) == len(entries), log
     return [(name, int(st), int(ld)) for name, (st, ld) in zip(entries, spills)]
+
+
+def assert_raises_before_launch(monkeypatch, launchers, names, call, exc, text: str, backend: str | None) -> None:
+    """``call()`` raises ``exc`` with ``text`` in its message, with each of ``names`` in the module
+    ``launchers`` replaced by a stub that fails the test (so the check comes before any launch), and
+    ``backend`` as PYGEN_BACKEND (None: the automatic choice)."""
+    for name in names:
+        monkeypatch.setattr(launchers, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
+    if backend is not None:
+        monkeypatch.setenv("PYGEN_BACKEND", backend)
+    with pytest.raises(exc, match=re.escape(text)):
+        call()
+
+
+def opcheck_registered(name: str, cases) -> None:
+    """torch.library.opcheck of the registered op ``name`` (``<op>_<backend>``) on each argument
+    tuple of ``cases(name, device)``, on the GPU when there is one; skips when the backend cannot run."""
+    import pygen
+    from pygen.ops import _registry
+
+    backend = name.rsplit("_", 1)[1]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    ok, why = pygen.backend_status(backend, dev)
+    if not ok:
+        pytest.skip(why)
+    for args in cases(name, dev):
+        torch.library.opcheck(_registry.get(name), args)
+
+
+def route_kwargs(n_group: int, topk_group: int, scoring: str, bias, norm: bool, scale: float) -> dict:
+    """moe_route's keyword arguments (the op's and the reference's) for one routing case."""
+    kw = dict(scoring=scoring, e_score_correction_bias=bias, n_group=n_group, topk_group=topk_group)
+    return {**kw, "norm_topk_prob": norm, "routed_scaling_factor": scale}
+
+
+# The attention shape of the MLA module tests (pygen's config and transformers' alike): 2 small
+# heads, and DeepSeek-V3's latent dims (512 + 64, what the decode kernel takes) with small
+# per-head nope / value dims.
+_TINY_HEADS = dict(hidden_size=48, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=24)
+_TINY_LATENT = dict(kv_lora_rank=512, qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32)
+TINY_MLA_DIMS = {**_TINY_HEADS, **_TINY_LATENT}
+
+# DeepSeek-V3's group-limited routing in miniature: 8 experts, top-3 of the 2 best of 4 groups
+# (the MoE module, expert-parallel and transformers tests' layers).
+GROUPED_ROUTING = dict(n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2)
+
+# transformers' own DeepseekV3 tests (DeepseekV3ModelTester): top_k = all 8 experts although the
+# one kept group holds 4, so 4 masked experts are routed to as well.
+TRANSFORMERS_TEST_ROUTING = dict(n_routed_experts=8, num_experts_per_tok=8, n_group=2, topk_group=1)
+
+
+def topk_ties_to_lower_index(x, k, dim=-1, largest=True, sorted=True):
+    """torch.topk with the tie rule of ATen's CUDA kernel (gatherTopK in TensorTopK.cu: the values
+    beyond the k-th, then those equal to it in ascending index order): a stable sort's first k.
+    Patched over torch.topk, it makes transformers' router choose among tied (masked) experts as it
+    does on a GPU, where CPU torch.topk follows no fixed rule."""
+    idx = torch.sort(x, dim=dim, descending=largest, stable=True).indices.narrow(dim, 0, k)
+    return torch.return_types.topk((x.gather(dim, idx), idx))
+
+
+def assert_rounded_bf16(out: torch.Tensor, exact: torch.Tensor, what: str, rel: float = 2**-12) -> None:
+    """``out`` (a bf16 kernel result) is ``exact`` (the float64 reference) rounded to the nearest
+    bf16, as the GPU's store rounds (interpreter stores truncate unless kernels/_bf16.cast rounds
+    first). Elements within ``rel`` (relative to the tensor's largest value) of a tie between two bf16
+    neighbours are skipped: fp32 accumulation order decides them. The check must discriminate: rounding
+    toward zero has to differ on a tenth of the checked elements."""
+    assert out.dtype == torch.bfloat16, f"{what}: dtype {out.dtype}"
+    exact = exact.detach().double().cpu()
+    got = out.detach().double().cpu()
+    lo_bits = exact.float().view(torch.int32) & -65536  # toward zero onto the bf16 grid
+    lo = lo_bits.view(torch.float32).double()
+    hi = (lo_bits + 65536).view(torch.float32).double()
+    clear = (exact - (lo + hi) / 2).abs() > rel * exact.abs().max().clamp_min(1e-30)
+    near = exact.to(torch.bfloat16).double()
+    bad = (got != near) & clear
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {int(clear.sum())} not rounded to nearest, e.g. {got[bad][:4]} vs {near[bad][:4]}"
+    )
+    assert int(((lo != near) & clear).sum()) * 10 >= int(clear.sum()), (
+        f"{what}: the inputs cannot tell rounding from truncation"
+    )
+
+
+def _gloo_rank(rank: int, world: int, init_file: str, run) -> None:
+    import datetime
+    import traceback
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
+    torch.set_num_threads(1)
+    errs: list[str] = []
+    try:
+        try:
+            errs += run(rank, world, dist.group.WORLD)
+        except Exception:
+            # a rank that dies mid-collective would leave its peers waiting: report instead
+            errs.append(f"[rank {rank}/{world}] raised:\n{traceback.format_exc()}")
+            raise
+    finally:
+        if errs:
+            raise AssertionError("\n".join(errs))
+        dist.destroy_process_group()
+
+
+def run_gloo_ranks(run, world: int, preload: list[str]) -> None:
+    """``run(rank, world, group) -> [error lines]`` (a module-level function) in ``world`` gloo
+    processes on CPU; any rank's errors fail the test. forkserver: torch and ``preload`` are
+    imported once in the server, each rank is a cheap fork of it, and unlike a plain fork no rank
+    inherits OpenMP state from the pytest process."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    mp.set_forkserver_preload(["torch", "torch.distributed", *preload])
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(
+            _gloo_rank, args=(world, os.path.join(d, "rendezvous"), run), nprocs=world, join=True,
+            start_method="forkserver",
+        )  # fmt: skip

@@ -1,7 +1,7 @@
 // Storage types, float conversions and dtype dispatch shared by every csrc/ family.
 //
 // Tensors arrive as raw pointers plus an integer dtype code (pygen/_ext.py DTYPE_CODE):
-//   0 = float32, 1 = float64, 2 = float16, 3 = bfloat16.
+//   0 = float32, 1 = float64, 2 = float16, 3 = bfloat16 (4 = int32, 5 = int64 for index tensors).
 // Kernels are templated on <S, T>: S is the storage type read from / written to memory and T the
 // compute type (float for 16-bit and float32 storage, double for float64).
 //
@@ -29,25 +29,16 @@ struct bf16_t { uint16_t bits; };
 
 namespace detail {
 
-HOST_DEVICE uint32_t f32_bits(float f) {
-#if PYGEN_DEVICE_PASS
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
+// Bit casts: memcpy on the host (no aliasing UB), the reinterpreting intrinsics on the device.
+template <typename To, typename From>
+inline To host_bit_cast(From v) {
+  To out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
 }
 
-HOST_DEVICE float bits_f32(uint32_t u) {
-#if PYGEN_DEVICE_PASS
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
+HOST_DEVICE uint32_t f32_bits(float f) { return PYGEN_HOST_OR_DEVICE(host_bit_cast<uint32_t>(f), __float_as_uint(f)); }
+HOST_DEVICE float bits_f32(uint32_t u) { return PYGEN_HOST_OR_DEVICE(host_bit_cast<float>(u), __uint_as_float(u)); }
 
 // IEEE half -> float, exact. Normals and subnormals: shift the 15 magnitude bits into the float
 // position and rescale by 2^112 (the exponent-bias difference); Inf/NaN keep an all-ones exponent.
@@ -91,42 +82,31 @@ HOST_DEVICE uint16_t float_to_bf16_bits(float f) {
 template <typename T> HOST_DEVICE T load(const float* p) { return static_cast<T>(*p); }
 template <typename T> HOST_DEVICE T load(const double* p) { return static_cast<T>(*p); }
 template <typename T> HOST_DEVICE T load(const half_t* p) {
-#if PYGEN_DEVICE_PASS
-  return static_cast<T>(__half2float(__ushort_as_half(p->bits)));
-#else
-  return static_cast<T>(detail::half_bits_to_float(p->bits));
-#endif
+  return static_cast<T>(
+      PYGEN_HOST_OR_DEVICE(detail::half_bits_to_float(p->bits), __half2float(__ushort_as_half(p->bits))));
 }
 template <typename T> HOST_DEVICE T load(const bf16_t* p) {
-#if PYGEN_DEVICE_PASS
-  return static_cast<T>(__bfloat162float(__ushort_as_bfloat16(p->bits)));
-#else
-  return static_cast<T>(detail::bf16_bits_to_float(p->bits));
-#endif
+  return static_cast<T>(
+      PYGEN_HOST_OR_DEVICE(detail::bf16_bits_to_float(p->bits), __bfloat162float(__ushort_as_bfloat16(p->bits))));
 }
 
 // store(p, v): write compute value v in storage type (round to nearest even for 16-bit types).
 template <typename T> HOST_DEVICE void store(float* p, T v) { *p = static_cast<float>(v); }
 template <typename T> HOST_DEVICE void store(double* p, T v) { *p = static_cast<double>(v); }
 template <typename T> HOST_DEVICE void store(half_t* p, T v) {
-#if PYGEN_DEVICE_PASS
-  p->bits = __half_as_ushort(__float2half_rn(static_cast<float>(v)));
-#else
-  p->bits = detail::float_to_half_bits(static_cast<float>(v));
-#endif
+  const float f = static_cast<float>(v);
+  p->bits = PYGEN_HOST_OR_DEVICE(detail::float_to_half_bits(f), __half_as_ushort(__float2half_rn(f)));
 }
 template <typename T> HOST_DEVICE void store(bf16_t* p, T v) {
-#if PYGEN_DEVICE_PASS
-  p->bits = __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(v)));
-#else
-  p->bits = detail::float_to_bf16_bits(static_cast<float>(v));
-#endif
+  const float f = static_cast<float>(v);
+  p->bits = PYGEN_HOST_OR_DEVICE(detail::float_to_bf16_bits(f), __bfloat16_as_ushort(__float2bfloat16_rn(f)));
 }
 
 // ---- dtype dispatch ---------------------------------------------------------------------------
 template <typename X> struct type_tag { using type = X; };
 
-enum DtypeCode : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+// Codes of pygen/_ext.py DTYPE_CODE; the integer ones are index tensors (never dispatched here).
+enum DtypeCode : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3, kInt32 = 4, kInt64 = 5 };
 
 // Calls f(type_tag<S>{}, type_tag<T>{}) for the storage/compute pair of `code`; returns false for
 // an unknown code (the caller raises). with_double=false leaves float64 out, for device builds

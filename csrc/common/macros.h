@@ -19,3 +19,11 @@
 #else
 #define PYGEN_DEVICE_PASS 0
 #endif
+
+// PYGEN_HOST_OR_DEVICE(host_expr, device_expr): the expression of the pass being compiled; the
+// other one is never seen by that pass's compiler (device intrinsics stay out of host code).
+#if PYGEN_DEVICE_PASS
+#define PYGEN_HOST_OR_DEVICE(host_expr, device_expr) (device_expr)
+#else
+#define PYGEN_HOST_OR_DEVICE(host_expr, device_expr) (host_expr)
+#endif

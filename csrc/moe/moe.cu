@@ -100,25 +100,20 @@ __global__ void __launch_bounds__(kThreads) _moe_align_blocks_kernel(AlignParams
   if (j < p.nblk) p.expert_ids[j] = block_expert(p.starts, p.E, j, p.B);
 }
 
-template <typename S, typename A>
-__global__ void __launch_bounds__(kThreads) _moe_permute_fwd_kernel(const PermuteParams p) {
-  const int64_t total = p.N * p.H;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    permute_elem<S, A>(p, i / p.H, i % p.H);
-}
-
-template <typename S, typename A>
-__global__ void __launch_bounds__(kThreads) _moe_unpermute_fwd_kernel(const PermuteParams p) {
-  const int64_t total = p.T * p.H;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    unpermute_elem<S, A>(p, i / p.H, i % p.H);
-}
-
-template <typename S, typename A>
-__global__ void __launch_bounds__(kThreads) _moe_unpermute_bwd_dy_kernel(const PermuteParams p) {
-  const int64_t total = p.N * p.H;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    unpermute_dy_elem<S, A>(p, i / p.H, i % p.H);
+// One thread per (row, h) element of `rows` rows: permute and unpermute_bwd's dy walk the N
+// permuted rows, unpermute the T token rows.
+template <typename S, typename A, PermuteOp op>
+__global__ void __launch_bounds__(kThreads) _moe_permute_rows_kernel(const PermuteParams p, int64_t rows) {
+  const int64_t total = rows * p.H;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    if constexpr (op == PermuteOp::Permute) {
+      permute_elem<S, A>(p, i / p.H, i % p.H);
+    } else if constexpr (op == PermuteOp::Unpermute) {
+      unpermute_elem<S, A>(p, i / p.H, i % p.H);
+    } else {
+      unpermute_dy_elem<S, A>(p, i / p.H, i % p.H);
+    }
+  }
 }
 
 // One warp per row: lanes stride over h, then a shuffle reduction (fixed order: deterministic).
@@ -139,6 +134,11 @@ unsigned grid_for(int64_t total) {
   return static_cast<unsigned>(blocks < (int64_t(1) << 20) ? (blocks > 0 ? blocks : 1) : (int64_t(1) << 20));
 }
 
+template <typename S, typename A, PermuteOp op>
+void launch_rows(const PermuteParams& p, int64_t rows, cudaStream_t stream) {
+  if (rows * p.H > 0) _moe_permute_rows_kernel<S, A, op><<<grid_for(rows * p.H), kThreads, 0, stream>>>(p, rows);
+}
+
 }  // namespace
 
 int cuda_permute(PermuteOp op, const PermuteParams& p, void* stream_handle) {
@@ -148,14 +148,10 @@ int cuda_permute(PermuteOp op, const PermuteParams& p, void* stream_handle) {
     using S = typename decltype(s_tag)::type;
     using A = typename decltype(t_tag)::type;
     switch (op) {
-      case PermuteOp::Permute:
-        if (p.N * p.H > 0) _moe_permute_fwd_kernel<S, A><<<grid_for(p.N * p.H), kThreads, 0, stream>>>(p);
-        break;
-      case PermuteOp::Unpermute:
-        if (p.T * p.H > 0) _moe_unpermute_fwd_kernel<S, A><<<grid_for(p.T * p.H), kThreads, 0, stream>>>(p);
-        break;
+      case PermuteOp::Permute: launch_rows<S, A, PermuteOp::Permute>(p, p.N, stream); break;
+      case PermuteOp::Unpermute: launch_rows<S, A, PermuteOp::Unpermute>(p, p.T, stream); break;
       case PermuteOp::UnpermuteBwd:
-        if (p.out && p.N * p.H > 0) _moe_unpermute_bwd_dy_kernel<S, A><<<grid_for(p.N * p.H), kThreads, 0, stream>>>(p);
+        if (p.out) launch_rows<S, A, PermuteOp::UnpermuteBwd>(p, p.N, stream);
         if (p.dw && p.N > 0) _moe_unpermute_bwd_dw_kernel<S, A><<<grid_for(p.N * 32), kThreads, 0, stream>>>(p);
         break;
     }

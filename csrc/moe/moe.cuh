@@ -15,8 +15,9 @@
 // Routing (route_token, the CPU build of moe_route): DeepSeek-V3 semantics of pygen/ref/moe.py,
 // for one token with E logits x:
 //   s = sigmoid(x) | softmax(x);  b = s + bias;  gs[g] = top-2 sum of b in group g;
-//   keep the topk_group best groups; ids = top_k experts by b inside kept groups;
-//   w = s[ids] (/ (sum + 1e-20) when norm) * scale.
+//   keep the topk_group best groups; ids = top_k experts by b inside kept groups, then (when top_k
+//   exceeds their experts, as transformers' DeepseekV3 router allows) the lowest-id experts of the
+//   other groups, whose b counts as -inf; w = s[ids] (/ (sum + 1e-20) when norm) * scale, s unmasked.
 // Every selection keeps a small buffer sorted by (value descending, index ascending): a candidate
 // is inserted only past the entries with value >= its own, so equal values keep the lower index
 // first -- the tie rule of pygen.ref.moe (tie_break="index") and of the Triton kernel.
@@ -153,9 +154,9 @@ HOST_DEVICE void route_token(const A* x, const A* bias, const RouteArgs& r, A* s
   }
   for (int64_t e = 0; e < E; ++e) b[e] = bias ? s[e] + bias[e] : s[e];
   const int64_t G = r.n_group, per = E / G;
-  const bool grouped = G > 1 && r.topk_group < G;
+  const bool grouped = r.topk_group < G;  // topk_group = 0 masks every expert
   int ng = 0;
-  if (grouped) {
+  if (grouped && r.topk_group > 0) {  // (topk_insert needs a buffer of at least one)
     for (int64_t g = 0; g < G; ++g) {
       A t1 = b[g * per], t2 = -INFINITY;  // top-2 values of the group (ties: both count)
       for (int64_t e = g * per + 1; e < (g + 1) * per; ++e) {
@@ -169,12 +170,13 @@ HOST_DEVICE void route_token(const A* x, const A* bias, const RouteArgs& r, A* s
   int nk = 0;
   const int kk = static_cast<int>(r.k);
   if (grouped) {
-    // kept groups in ascending group order, so experts are offered in ascending id order
+    // every expert in ascending id order, masked ones as -inf: they fill the slots the kept groups
+    // cannot (lowest ids first) and are turned away as soon as the buffer is full
     for (int64_t g = 0; g < G; ++g) {
       bool kept = false;
       for (int q = 0; q < ng; ++q) kept = kept || gidx[q] == g;
-      if (!kept) continue;
-      for (int64_t e = g * per; e < (g + 1) * per; ++e) nk = topk_insert(kvals, ids, nk, kk, b[e], static_cast<int32_t>(e));
+      for (int64_t e = g * per; e < (g + 1) * per; ++e)
+        nk = topk_insert(kvals, ids, nk, kk, kept ? b[e] : A(-INFINITY), static_cast<int32_t>(e));
     }
   } else {
     for (int64_t e = 0; e < E; ++e) nk = topk_insert(kvals, ids, nk, kk, b[e], static_cast<int32_t>(e));

@@ -14,6 +14,8 @@
 // float16, bfloat16 storage with float32 math (float64 is a cpu-backend dtype only).
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "roi.cuh"
 #include "roi_launch.h"
 
@@ -50,76 +52,31 @@ __device__ __forceinline__ int64_t pooled_offset(const RoiParams& p, const Pos& 
   return q.k * p.ps[0] + q.c * p.ps[1] + q.i * p.ps[2] + q.j * p.ps[3];
 }
 
-// ---- forward ----------------------------------------------------------------------------------
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_align_fwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    store(static_cast<S*>(p.pooled) + pooled_offset(p, q),
-          align_fwd_element<S, T>(p, false, q.k, q.c, q.i, q.j));
-  }
-}
+__host__ __device__ constexpr bool is_ps(Op op) { return op == Op::PsAlign || op == Op::PsPool; }
 
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_align_fwd_kernel(const RoiParams p, uint32_t total) {
+// ---- forward: one thread per pooled element ------------------------------------------------------
+template <typename S, typename T, Op op>
+__global__ void __launch_bounds__(kThreads) _roi_fwd_kernel(const RoiParams p, uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Pos q = split_pooled(p, idx);
-    store(static_cast<S*>(p.pooled) + pooled_offset(p, q),
-          align_fwd_element<S, T>(p, true, q.k, q.c, q.i, q.j));
-  }
-}
-
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_pool_fwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    int32_t arg;
-    const T v = pool_fwd_element<S, T>(p, false, q.k, q.c, q.i, q.j, &arg);
+    int32_t arg;  // the value first, then its address: fewer live registers across the body
+    const T v = op == Op::Align || op == Op::PsAlign ? align_fwd_element<S, T>(p, is_ps(op), q.k, q.c, q.i, q.j)
+                                                     : pool_fwd_element<S, T>(p, is_ps(op), q.k, q.c, q.i, q.j, &arg);
     store(static_cast<S*>(p.pooled) + pooled_offset(p, q), v);
-    p.argmax[idx] = arg;  // argmax is contiguous [K, C, PH, PW]
+    if constexpr (op == Op::Pool) p.argmax[idx] = arg;  // argmax is contiguous [K, C, PH, PW]
   }
 }
 
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_pool_fwd_kernel(const RoiParams p, uint32_t total) {
+// ---- backward, atomics: one thread per grad_out element -------------------------------------------
+template <typename S, typename T, Op op>
+__global__ void __launch_bounds__(kThreads) _roi_bwd_kernel(const RoiParams p, uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Pos q = split_pooled(p, idx);
-    int32_t arg;
-    const T v = pool_fwd_element<S, T>(p, true, q.k, q.c, q.i, q.j, &arg);
-    store(static_cast<S*>(p.pooled) + pooled_offset(p, q), v);
-  }
-}
-
-// ---- backward, atomics --------------------------------------------------------------------------
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_align_bwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    align_bwd_element<S, T>(p, false, q.k, q.c, q.i, q.j);
-  }
-}
-
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_align_bwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    align_bwd_element<S, T>(p, true, q.k, q.c, q.i, q.j);
-  }
-}
-
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _roi_pool_bwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    pool_bwd_element<S, T>(p, false, q.k, q.c, q.i, q.j);
-  }
-}
-
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_pool_bwd_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Pos q = split_pooled(p, idx);
-    pool_bwd_element<S, T>(p, true, q.k, q.c, q.i, q.j);
+    if constexpr (op == Op::Align || op == Op::PsAlign) {
+      align_bwd_element<S, T>(p, is_ps(op), q.k, q.c, q.i, q.j);
+    } else {
+      pool_bwd_element<S, T>(p, is_ps(op), q.k, q.c, q.i, q.j);
+    }
   }
 }
 
@@ -145,37 +102,22 @@ __device__ __forceinline__ Column split_column(const RoiParams& p, uint32_t idx)
   return q;
 }
 
-// (kThreads, 2): lets ptxas use up to 128 registers; its default budget here (64) spills on sm_80.
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads, 2) _roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Column q = split_column(p, idx);
-    align_bwd_column<S, T>(p, false, q.l, q.n, q.ch, q.x);
-  }
-}
+// Minimum blocks per SM: 2 lets ptxas use up to 128 registers; its default budget here (64)
+// spills on sm_80 (align) and sm_100a (pool). PS pool needs no hint.
+__host__ __device__ constexpr int det_min_blocks(Op op) { return op == Op::PsPool ? 1 : 2; }
 
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads, 2) _ps_roi_align_bwd_det_kernel(const RoiParams p, uint32_t total) {
+template <typename S, typename T, Op op>
+__global__ void __launch_bounds__(kThreads, det_min_blocks(op)) _roi_bwd_det_kernel(const RoiParams p,
+                                                                                   uint32_t total) {
   for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
     const Column q = split_column(p, idx);
-    align_bwd_column<S, T>(p, true, 0, q.n, q.ch, q.x);
-  }
-}
-
-// (kThreads, 2) for the same reason as above (spills on sm_100a otherwise).
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads, 2) _roi_pool_bwd_det_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Column q = split_column(p, idx);
-    pool_bwd_column<S, T>(p, q.n, q.ch, q.x);
-  }
-}
-
-template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads) _ps_roi_pool_bwd_det_kernel(const RoiParams p, uint32_t total) {
-  for (uint32_t idx = thread_index(); idx < total; idx += thread_stride()) {
-    const Column q = split_column(p, idx);
-    ps_pool_bwd_column<S, T>(p, q.n, q.ch, q.x);
+    if constexpr (op == Op::Align || op == Op::PsAlign) {
+      align_bwd_column<S, T>(p, is_ps(op), is_ps(op) ? 0 : q.l, q.n, q.ch, q.x);
+    } else if constexpr (op == Op::Pool) {
+      pool_bwd_column<S, T>(p, q.n, q.ch, q.x);
+    } else {
+      ps_pool_bwd_column<S, T>(p, q.n, q.ch, q.x);
+    }
   }
 }
 
@@ -218,18 +160,28 @@ int64_t column_count(const RoiParams& p) {
 
 }  // namespace
 
+namespace {
+
+// Calls f(std::integral_constant<Op, op>{}) for the runtime op, so each op gets its own kernel.
+template <typename F>
+void with_op(Op op, F&& f) {
+  switch (op) {
+    case Op::Align: f(std::integral_constant<Op, Op::Align>{}); break;
+    case Op::PsAlign: f(std::integral_constant<Op, Op::PsAlign>{}); break;
+    case Op::Pool: f(std::integral_constant<Op, Op::Pool>{}); break;
+    case Op::PsPool: f(std::integral_constant<Op, Op::PsPool>{}); break;
+  }
+}
+
+}  // namespace
+
 int cuda_forward(Op op, int dtype, const RoiParams& p, void* stream_handle) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   cudaError_t err = cudaSuccess;
   const bool ok = dispatch_dtype<false>(dtype, [&](auto s_tag, auto t_tag) {
     using S = typename decltype(s_tag)::type;
     using T = typename decltype(t_tag)::type;
-    switch (op) {
-      case Op::Align: err = launch_pooled<S, T>(_roi_align_fwd_kernel<S, T>, p, stream); break;
-      case Op::PsAlign: err = launch_pooled<S, T>(_ps_roi_align_fwd_kernel<S, T>, p, stream); break;
-      case Op::Pool: err = launch_pooled<S, T>(_roi_pool_fwd_kernel<S, T>, p, stream); break;
-      case Op::PsPool: err = launch_pooled<S, T>(_ps_roi_pool_fwd_kernel<S, T>, p, stream); break;
-    }
+    with_op(op, [&](auto o) { err = launch_pooled<S, T>(_roi_fwd_kernel<S, T, decltype(o)::value>, p, stream); });
   });
   return ok ? static_cast<int>(err) : kBadDtype;
 }
@@ -241,21 +193,10 @@ int cuda_backward(Op op, int dtype, const RoiParams& p, bool deterministic, void
   const bool ok = dispatch_dtype<false>(dtype, [&](auto s_tag, auto t_tag) {
     using S = typename decltype(s_tag)::type;
     using T = typename decltype(t_tag)::type;
-    if (deterministic) {
-      switch (op) {
-        case Op::Align: err = launch(_roi_align_bwd_det_kernel<S, T>, p, cols, stream); break;
-        case Op::PsAlign: err = launch(_ps_roi_align_bwd_det_kernel<S, T>, p, cols, stream); break;
-        case Op::Pool: err = launch(_roi_pool_bwd_det_kernel<S, T>, p, cols, stream); break;
-        case Op::PsPool: err = launch(_ps_roi_pool_bwd_det_kernel<S, T>, p, cols, stream); break;
-      }
-    } else {
-      switch (op) {
-        case Op::Align: err = launch_pooled<S, T>(_roi_align_bwd_kernel<S, T>, p, stream); break;
-        case Op::PsAlign: err = launch_pooled<S, T>(_ps_roi_align_bwd_kernel<S, T>, p, stream); break;
-        case Op::Pool: err = launch_pooled<S, T>(_roi_pool_bwd_kernel<S, T>, p, stream); break;
-        case Op::PsPool: err = launch_pooled<S, T>(_ps_roi_pool_bwd_kernel<S, T>, p, stream); break;
-      }
-    }
+    with_op(op, [&](auto o) {
+      err = deterministic ? launch(_roi_bwd_det_kernel<S, T, decltype(o)::value>, p, cols, stream)
+                          : launch_pooled<S, T>(_roi_bwd_kernel<S, T, decltype(o)::value>, p, stream);
+    });
   });
   return ok ? static_cast<int>(err) : kBadDtype;
 }

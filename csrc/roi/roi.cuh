@@ -84,6 +84,13 @@ HOST_DEVICE bool roi_batch(const T* r, int64_t N, int64_t* n) {
   return true;
 }
 
+// Row k of the rois and its batch index *n; nullptr (no output, no gradient) for an invalid index.
+template <typename T>
+HOST_DEVICE const T* roi_row(const RoiParams& p, int64_t k, int64_t* n) {
+  const T* r = static_cast<const T*>(p.rois) + 5 * k;
+  return roi_batch(r, p.N, n) ? r : nullptr;
+}
+
 // FPN level of a RoI as an index into p.lv (pygen.ref.roi.fpn_levels): the box area, computed in
 // T like the reference (float32 boxes -> float32 math), counted against the level thresholds. The
 // thresholds hold torchvision's log2 formula evaluated once on the host, so the device's sqrt, div
@@ -251,30 +258,52 @@ HOST_DEVICE T bin_max(const S* plane, const Plane& P, int64_t hs, int64_t he, in
   return best < 0 ? T(0) : m;
 }
 
+// What the align elements of bin (c, i, j) of RoI k use: the RoI's level plane, its geometry and
+// the offset of the (image, channel) plane the bin reads; valid = false (no output, no gradient)
+// for an invalid batch index or an empty level.
+template <typename T>
+struct AlignBin {
+  int level;  // an index, not a pointer: a pointer into the by-value kernel parameters would
+              // move them to local memory
+  AlignGeom<T> g;
+  int64_t offset;
+  bool valid;
+};
+
+template <typename T>
+HOST_DEVICE AlignBin<T> align_bin(const RoiParams& p, bool ps, int64_t k, int64_t c, int64_t i, int64_t j) {
+  AlignBin<T> b;
+  b.valid = false;
+  int64_t n;
+  const T* r = roi_row<T>(p, k, &n);
+  if (r == nullptr) return b;
+  b.level = ps ? 0 : fpn_level(r, p);
+  const Plane& P = p.lv[b.level];
+  if (P.H <= 0 || P.W <= 0) return b;
+  b.g = align_geom(r, static_cast<T>(P.scale), ps || p.aligned != 0, p.PH, p.PW, p.sampling_ratio);
+  b.offset = n * P.sN + (ps ? (c * p.PH + i) * p.PW + j : c) * P.sC;
+  b.valid = true;
+  return b;
+}
+
 // ---- per output element: forward ------------------------------------------------------------
 // Both return the value of out[k, c, i, j] (c indexes the pooled channels Cp).
 template <typename S, typename T>
 HOST_DEVICE T align_fwd_element(const RoiParams& p, bool ps, int64_t k, int64_t c, int64_t i,
                                 int64_t j) {
-  const T* r = static_cast<const T*>(p.rois) + 5 * k;
-  int64_t n;
-  if (!roi_batch(r, p.N, &n)) return T(0);
-  const Plane& P = p.lv[ps ? 0 : fpn_level(r, p)];
-  if (P.H <= 0 || P.W <= 0) return T(0);
-  const AlignGeom<T> g =
-      align_geom(r, static_cast<T>(P.scale), ps || p.aligned != 0, p.PH, p.PW, p.sampling_ratio);
-  const int64_t ch = ps ? (c * p.PH + i) * p.PW + j : c;
-  const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
-  return div_(align_bin_sum<S, T>(plane, P, g, i, j), g.count);
+  const AlignBin<T> b = align_bin<T>(p, ps, k, c, i, j);
+  if (!b.valid) return T(0);
+  const Plane& P = p.lv[b.level];
+  return div_(align_bin_sum<S, T>(static_cast<const S*>(P.data) + b.offset, P, b.g, i, j), b.g.count);
 }
 
 template <typename S, typename T>
 HOST_DEVICE T pool_fwd_element(const RoiParams& p, bool ps, int64_t k, int64_t c, int64_t i,
                                int64_t j, int32_t* arg) {
   *arg = -1;
-  const T* r = static_cast<const T*>(p.rois) + 5 * k;
   int64_t n;
-  if (!roi_batch(r, p.N, &n)) return T(0);
+  const T* r = roi_row<T>(p, k, &n);
+  if (r == nullptr) return T(0);
   const Plane& P = p.lv[0];
   int64_t hs, he, ws, we;
   pool_bin<T>(r, static_cast<T>(P.scale), ps ? 0 : 1, p.PH, p.PW, i, j, P.H, P.W, &hs, &he, &ws, &we);
@@ -307,15 +336,11 @@ HOST_DEVICE T grad_at(const RoiParams& p, int64_t k, int64_t c, int64_t i, int64
 template <typename S, typename T>
 HOST_DEVICE void align_bwd_element(const RoiParams& p, bool ps, int64_t k, int64_t c, int64_t i,
                                    int64_t j) {
-  const T* r = static_cast<const T*>(p.rois) + 5 * k;
-  int64_t n;
-  if (!roi_batch(r, p.N, &n)) return;
-  const Plane& P = p.lv[ps ? 0 : fpn_level(r, p)];
-  if (P.H <= 0 || P.W <= 0) return;
-  const AlignGeom<T> g =
-      align_geom(r, static_cast<T>(P.scale), ps || p.aligned != 0, p.PH, p.PW, p.sampling_ratio);
-  const int64_t ch = ps ? (c * p.PH + i) * p.PW + j : c;
-  T* plane = static_cast<T*>(P.data) + n * P.sN + ch * P.sC;
+  const AlignBin<T> bin = align_bin<T>(p, ps, k, c, i, j);
+  if (!bin.valid) return;
+  const Plane& P = p.lv[bin.level];
+  const AlignGeom<T>& g = bin.g;
+  T* plane = static_cast<T*>(P.data) + bin.offset;
   const T gv = div_(grad_at<S, T>(p, k, c, i, j), g.count);
   for (int64_t a = 0; a < g.gh; ++a) {
     const Tap<T> ty = bilinear_tap(sample_coord(g.y0, g.bh, i, a, g.gh), P.H);
@@ -334,9 +359,9 @@ HOST_DEVICE void align_bwd_element(const RoiParams& p, bool ps, int64_t k, int64
 template <typename S, typename T>
 HOST_DEVICE void pool_bwd_element(const RoiParams& p, bool ps, int64_t k, int64_t c, int64_t i,
                                   int64_t j) {
-  const T* r = static_cast<const T*>(p.rois) + 5 * k;
   int64_t n;
-  if (!roi_batch(r, p.N, &n)) return;
+  const T* r = roi_row<T>(p, k, &n);
+  if (r == nullptr) return;
   const Plane& P = p.lv[0];
   if (!ps) {
     // H*W < 2^31 (argmax is int32): 32-bit division, which the device inlines (a 64-bit one

@@ -1,228 +1,150 @@
 // pybind11 definitions of the RoI functions, shared by bindings_cpu.cpp (pygen._C) and
-// bindings_cuda.cpp (pygen._cuda). Backend supplies forward/backward(op, dtype, params, ctx).
+// bindings_cuda.cpp (pygen._cuda). Backend supplies forward(const Launch&, ctx) and
+// backward(const Launch&, deterministic, ctx).
 //
-// Every tensor crosses as a TensorArg tuple (data_ptr, sizes, strides), built by
-// pygen/native/roi.py from a torch tensor; no torch type or header is involved, so one build
-// works with any torch. ctx is backend specific: [num_threads] for the CPU module,
-// [device_index, stream_handle] for the CUDA module.
-//
-// The checks here are the last line of defence against out-of-bounds access (ranks, matching
-// shapes, the contiguity the kernels assume, level count); argument validation with friendly
-// messages is pygen.ops' job.
+// Tensors arrive as TensorArgs from pygen/_ext.py::call (csrc/common/tensor_arg.h). The checks
+// here are the memory-safety ones, run on every call since the registered ops can be called
+// without pygen.ops' validation: ranks, sizes below 2^31, matching shapes, the dtypes and the
+// contiguity the kernels assume, the level count. Out-of-range batch indices are not an error
+// (the kernels give those RoIs zeros).
 #pragma once
-
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#include <tuple>
 #include <vector>
 
+#include "../common/tensor_arg.h"
 #include "roi_params.h"
 
 namespace pygen {
 namespace roi {
 namespace bind {
 
-namespace py = pybind11;
-using TensorArg = std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>>;
-using Ctx = std::vector<int64_t>;
+using namespace pygen::bind;  // NOLINT: TensorArg, Ctx and the shared checks
+using V = std::vector<TensorArg>;
+using D = std::vector<double>;
 
-[[noreturn]] inline void fail(const std::string& msg) { throw py::value_error(msg); }
+// One checked launch: the function name (for errors), the op, the storage dtype code, the params.
+struct Launch {
+  const char* fn;
+  Op op;
+  int dtype;
+  RoiParams p;
+};
 
-inline const std::vector<int64_t>& sizes(const TensorArg& t) { return std::get<1>(t); }
-inline const std::vector<int64_t>& strides(const TensorArg& t) { return std::get<2>(t); }
-
-inline void check_rank(const TensorArg& t, size_t rank, const char* name) {
-  if (sizes(t).size() != rank || strides(t).size() != rank)
-    fail(std::string(name) + ": expected a " + std::to_string(rank) + "-d tensor");
-  for (int64_t s : sizes(t))
-    if (s < 0 || s >= (int64_t(1) << 31)) fail(std::string(name) + ": sizes must be in [0, 2^31)");
-}
-
-inline bool contiguous(const TensorArg& t) {
-  for (int64_t s : sizes(t))
-    if (s == 0) return true;  // no element to address
-  int64_t expect = 1;
-  for (size_t d = sizes(t).size(); d-- > 0;) {
-    if (sizes(t)[d] != 1 && strides(t)[d] != expect) return false;
-    expect *= sizes(t)[d];
-  }
-  return true;
-}
-
-inline Plane plane_of(const TensorArg& t, double scale, const char* name) {
-  check_rank(t, 4, name);
-  const auto& z = sizes(t);
-  const auto& s = strides(t);
-  return Plane{reinterpret_cast<void*>(std::get<0>(t)), z[2], z[3], s[0], s[1], s[2], s[3], scale};
-}
-
-// rois and the pooled tensor (out in the forward, grad_out in the backward).
-inline RoiParams base_params(const TensorArg& rois, const TensorArg& pooled, const char* pooled_name) {
-  RoiParams p{};
-  check_rank(rois, 2, "rois");
-  if (sizes(rois)[1] != 5) fail("rois: expected shape [K, 5]");
-  if (!contiguous(rois)) fail("rois: must be contiguous");
-  p.rois = reinterpret_cast<const void*>(std::get<0>(rois));
+// rois [K, 5] contiguous in the compute type; `pooled` (out in the forward, grad_out in the
+// backward) [K, Cp, PH, PW] in the storage type, any strides; the levels `maps` [N, C, H_l, W_l]
+// sharing N and C (forward: the inputs, storage type, any strides; backward: the grad buffers,
+// contiguous, compute type); Cp, PH, PW against C as `op` requires.
+inline Launch prepare(const char* fn, Op op, bool backward, const V& maps, const char* maps_name,
+                      const TensorArg& rois, const TensorArg& pooled, const D& scales) {
+  const char* pooled_name = backward ? "grad_out" : "out";
+  Launch l{fn, op, float_dtype(fn, pooled, pooled_name), RoiParams{}};
+  RoiParams& p = l.p;
+  const int cdt = compute_code(l.dtype);
+  check_rank(fn, rois, 2, "rois");
+  if (sizes(rois)[1] != 5) fail(fn, "rois: expected shape [K, 5]");
+  check_dtype(fn, rois, cdt, "rois");
+  if (!contiguous(rois)) fail(fn, "rois: must be contiguous");
+  p.rois = data(rois);
   p.K = sizes(rois)[0];
-  check_rank(pooled, 4, pooled_name);
-  if (sizes(pooled)[0] != p.K) fail(std::string(pooled_name) + ": first dimension must equal K");
-  p.pooled = reinterpret_cast<void*>(std::get<0>(pooled));
+  check_rank(fn, pooled, 4, pooled_name);
+  if (sizes(pooled)[0] != p.K) fail(fn, std::string(pooled_name) + ": first dimension must equal K");
+  p.pooled = data(pooled);
   p.Cp = sizes(pooled)[1];
   p.PH = sizes(pooled)[2];
   p.PW = sizes(pooled)[3];
-  for (int d = 0; d < 4; ++d) p.ps[d] = strides(pooled)[d];
-  p.num_levels = 1;
-  return p;
-}
-
-// The feature map(s) or grad buffer(s); all levels share N and C.
-inline void set_levels(RoiParams& p, const std::vector<TensorArg>& maps, const std::vector<double>& scales,
-                       const char* name) {
+  std::copy(strides(pooled).begin(), strides(pooled).end(), p.ps);
   if (maps.empty() || maps.size() > static_cast<size_t>(kMaxLevels))
-    fail(std::string(name) + ": expected 1 to " + std::to_string(kMaxLevels) + " levels");
-  if (scales.size() != maps.size()) fail("spatial_scales: one scale per level expected");
+    fail(fn, std::string(maps_name) + ": expected 1 to " + std::to_string(kMaxLevels) + " levels");
+  if (scales.size() != maps.size()) fail(fn, "spatial_scales: one scale per level expected");
   p.num_levels = static_cast<int>(maps.size());
-  for (size_t l = 0; l < maps.size(); ++l) {
-    p.lv[l] = plane_of(maps[l], scales[l], name);
-    if (sizes(maps[l])[0] != sizes(maps[0])[0] || sizes(maps[l])[1] != sizes(maps[0])[1])
-      fail(std::string(name) + ": every level must have the same N and C");
+  for (size_t i = 0; i < maps.size(); ++i) {
+    const TensorArg& t = maps[i];
+    check_rank(fn, t, 4, maps_name);
+    check_dtype(fn, t, backward ? cdt : l.dtype, maps_name);
+    if (backward && !contiguous(t)) fail(fn, std::string(maps_name) + ": must be contiguous (a zero-filled buffer)");
+    if (sizes(t)[0] != sizes(maps[0])[0] || sizes(t)[1] != sizes(maps[0])[1])
+      fail(fn, std::string(maps_name) + ": every level must have the same N and C");
+    const auto& z = sizes(t);
+    const auto& s = strides(t);
+    p.lv[i] = Plane{data(t), z[2], z[3], s[0], s[1], s[2], s[3], scales[i]};
   }
   p.N = sizes(maps[0])[0];
   p.C = sizes(maps[0])[1];
-}
-
-// The FPN level thresholds; past kMaxLevels they cannot matter (fpn_level clamps to the levels).
-inline void set_thresholds(RoiParams& p, const std::vector<double>& thresholds) {
-  p.num_thresholds = static_cast<int>(std::min(thresholds.size(), static_cast<size_t>(kMaxLevels)));
-  for (int j = 0; j < p.num_thresholds; ++j) p.level_area[j] = thresholds[j];
-}
-
-inline void check_channels(const RoiParams& p, bool ps) {
+  const bool ps = op == Op::PsAlign || op == Op::PsPool;
   if (ps ? p.Cp * p.PH * p.PW > p.C : p.Cp != p.C)
-    fail(ps ? "input channels must be at least out channels * PH * PW"
-            : "input and pooled tensors must have the same number of channels");
+    fail(fn, ps ? "input channels must be at least out channels * PH * PW"
+                : "input and pooled tensors must have the same number of channels");
+  return l;
 }
 
-inline void check_grad_buffers(const std::vector<TensorArg>& grads) {
-  for (const auto& g : grads)
-    if (!contiguous(g)) fail("grad_input: must be contiguous (a zero-filled float32/float64 buffer)");
+inline Launch align(Launch l, int sampling_ratio, bool aligned, const D& thresholds = {}) {
+  l.p.sampling_ratio = sampling_ratio;
+  l.p.aligned = aligned;
+  // FPN level thresholds (pygen.ref.roi.fpn_level_thresholds); past kMaxLevels they cannot
+  // matter (fpn_level clamps to the levels).
+  l.p.num_thresholds = static_cast<int>(std::min(thresholds.size(), static_cast<size_t>(kMaxLevels)));
+  for (int j = 0; j < l.p.num_thresholds; ++j) l.p.level_area[j] = thresholds[j];
+  return l;
 }
 
-inline void check_argmax(const RoiParams& p, const TensorArg& argmax) {
-  check_rank(argmax, 4, "argmax");
-  for (int d = 0; d < 4; ++d)
-    if (sizes(argmax)[d] != (d == 0 ? p.K : d == 1 ? p.Cp : d == 2 ? p.PH : p.PW))
-      fail("argmax: must have the shape of the pooled output");
-  if (!contiguous(argmax)) fail("argmax: must be contiguous");
-  if (p.lv[0].H * p.lv[0].W >= (int64_t(1) << 31)) fail("roi_pool: H*W must be below 2^31 (int32 argmax)");
+// roi_pool's argmax: int32, contiguous, the pooled shape; H*W must fit the int32 index.
+inline Launch with_argmax(Launch l, const TensorArg& argmax) {
+  const RoiParams& p = l.p;
+  l.p.argmax = static_cast<int32_t*>(tensor(l.fn, argmax, {p.K, p.Cp, p.PH, p.PW}, kInt32, "argmax"));
+  if (p.lv[0].H * p.lv[0].W >= (int64_t(1) << 31)) fail(l.fn, "H*W must be below 2^31 (int32 argmax)");
+  return l;
 }
 
+// Forward arguments: (input, rois, out, [argmax,] scale, [sampling_ratio, [aligned,]] ctx);
+// backward: (grad_out, [argmax,] rois, grad_input, [scale, [sampling_ratio, [aligned,]]]
+// deterministic, ctx). multi_scale takes lists of levels and scales, and the FPN thresholds.
 template <class Backend>
 void def_roi(py::module_& m) {
-  using V = std::vector<TensorArg>;
-  using D = std::vector<double>;
-
-  m.def("roi_align_fwd", [](int dtype, const TensorArg& input, const TensorArg& rois, const TensorArg& out,
-                            double scale, int sampling_ratio, bool aligned, const Ctx& ctx) {
-    RoiParams p = base_params(rois, out, "out");
-    set_levels(p, V{input}, D{scale}, "input");
-    check_channels(p, false);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = aligned;
-    Backend::forward(Op::Align, dtype, p, ctx);
+  using Arg = const TensorArg&;
+  m.def("roi_align_fwd", [](Arg input, Arg rois, Arg out, double scale, int sr, bool aligned, const Ctx& ctx) {
+    Backend::forward(align(prepare("roi_align_fwd", Op::Align, false, V{input}, "input", rois, out, D{scale}), sr,
+                           aligned), ctx);
   });
-  m.def("roi_align_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& rois, const TensorArg& grad_input,
-                            double scale, int sampling_ratio, bool aligned, bool deterministic, const Ctx& ctx) {
-    RoiParams p = base_params(rois, grad_out, "grad_out");
-    set_levels(p, V{grad_input}, D{scale}, "grad_input");
-    check_grad_buffers(V{grad_input});
-    check_channels(p, false);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = aligned;
-    Backend::backward(Op::Align, dtype, p, deterministic, ctx);
+  m.def("roi_align_bwd", [](Arg grad, Arg rois, Arg grad_input, double scale, int sr, bool aligned, bool det,
+                            const Ctx& ctx) {
+    Backend::backward(align(prepare("roi_align_bwd", Op::Align, true, V{grad_input}, "grad_input", rois, grad,
+                                    D{scale}), sr, aligned), det, ctx);
   });
-  m.def("ps_roi_align_fwd", [](int dtype, const TensorArg& input, const TensorArg& rois, const TensorArg& out,
-                               double scale, int sampling_ratio, const Ctx& ctx) {
-    RoiParams p = base_params(rois, out, "out");
-    set_levels(p, V{input}, D{scale}, "input");
-    check_channels(p, true);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = 1;
-    Backend::forward(Op::PsAlign, dtype, p, ctx);
+  m.def("ps_roi_align_fwd", [](Arg input, Arg rois, Arg out, double scale, int sr, const Ctx& ctx) {
+    Backend::forward(align(prepare("ps_roi_align_fwd", Op::PsAlign, false, V{input}, "input", rois, out, D{scale}),
+                           sr, true), ctx);
   });
-  m.def("ps_roi_align_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& rois,
-                               const TensorArg& grad_input, double scale, int sampling_ratio, bool deterministic,
-                               const Ctx& ctx) {
-    RoiParams p = base_params(rois, grad_out, "grad_out");
-    set_levels(p, V{grad_input}, D{scale}, "grad_input");
-    check_grad_buffers(V{grad_input});
-    check_channels(p, true);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = 1;
-    Backend::backward(Op::PsAlign, dtype, p, deterministic, ctx);
+  m.def("ps_roi_align_bwd", [](Arg grad, Arg rois, Arg grad_input, double scale, int sr, bool det, const Ctx& ctx) {
+    Backend::backward(align(prepare("ps_roi_align_bwd", Op::PsAlign, true, V{grad_input}, "grad_input", rois, grad,
+                                    D{scale}), sr, true), det, ctx);
   });
-  m.def("roi_pool_fwd", [](int dtype, const TensorArg& input, const TensorArg& rois, const TensorArg& out,
-                           const TensorArg& argmax, double scale, const Ctx& ctx) {
-    RoiParams p = base_params(rois, out, "out");
-    set_levels(p, V{input}, D{scale}, "input");
-    check_channels(p, false);
-    check_argmax(p, argmax);
-    p.argmax = reinterpret_cast<int32_t*>(std::get<0>(argmax));
-    Backend::forward(Op::Pool, dtype, p, ctx);
+  m.def("roi_pool_fwd", [](Arg input, Arg rois, Arg out, Arg argmax, double scale, const Ctx& ctx) {
+    Backend::forward(with_argmax(prepare("roi_pool_fwd", Op::Pool, false, V{input}, "input", rois, out, D{scale}),
+                                 argmax), ctx);
   });
-  m.def("roi_pool_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& argmax, const TensorArg& rois,
-                           const TensorArg& grad_input, bool deterministic, const Ctx& ctx) {
-    RoiParams p = base_params(rois, grad_out, "grad_out");
-    set_levels(p, V{grad_input}, D{1.0}, "grad_input");
-    check_grad_buffers(V{grad_input});
-    check_channels(p, false);
-    check_argmax(p, argmax);
-    p.argmax = reinterpret_cast<int32_t*>(std::get<0>(argmax));
-    Backend::backward(Op::Pool, dtype, p, deterministic, ctx);
+  m.def("roi_pool_bwd", [](Arg grad, Arg argmax, Arg rois, Arg grad_input, bool det, const Ctx& ctx) {
+    Backend::backward(with_argmax(prepare("roi_pool_bwd", Op::Pool, true, V{grad_input}, "grad_input", rois, grad,
+                                          D{1.0}), argmax), det, ctx);
   });
-  m.def("ps_roi_pool_fwd", [](int dtype, const TensorArg& input, const TensorArg& rois, const TensorArg& out,
-                              double scale, const Ctx& ctx) {
-    RoiParams p = base_params(rois, out, "out");
-    set_levels(p, V{input}, D{scale}, "input");
-    check_channels(p, true);
-    Backend::forward(Op::PsPool, dtype, p, ctx);
+  m.def("ps_roi_pool_fwd", [](Arg input, Arg rois, Arg out, double scale, const Ctx& ctx) {
+    Backend::forward(prepare("ps_roi_pool_fwd", Op::PsPool, false, V{input}, "input", rois, out, D{scale}), ctx);
   });
-  m.def("ps_roi_pool_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& rois,
-                              const TensorArg& grad_input, double scale, bool deterministic, const Ctx& ctx) {
-    RoiParams p = base_params(rois, grad_out, "grad_out");
-    set_levels(p, V{grad_input}, D{scale}, "grad_input");
-    check_grad_buffers(V{grad_input});
-    check_channels(p, true);
-    Backend::backward(Op::PsPool, dtype, p, deterministic, ctx);
+  m.def("ps_roi_pool_bwd", [](Arg grad, Arg rois, Arg grad_input, double scale, bool det, const Ctx& ctx) {
+    Backend::backward(prepare("ps_roi_pool_bwd", Op::PsPool, true, V{grad_input}, "grad_input", rois, grad, D{scale}),
+                      det, ctx);
   });
-  // thresholds: pygen.ref.roi.fpn_level_thresholds(spatial_scales, ...) for the compute type,
-  // computed by the Python launcher.
-  m.def("multi_scale_roi_align_fwd", [](int dtype, const V& features, const TensorArg& rois, const TensorArg& out,
-                                        const D& scales, int sampling_ratio, bool aligned, const D& thresholds,
-                                        const Ctx& ctx) {
-    RoiParams p = base_params(rois, out, "out");
-    set_levels(p, features, scales, "features");
-    check_channels(p, false);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = aligned;
-    set_thresholds(p, thresholds);
-    Backend::forward(Op::Align, dtype, p, ctx);
+  m.def("multi_scale_roi_align_fwd", [](const V& features, Arg rois, Arg out, const D& scales, int sr, bool aligned,
+                                        const D& thresholds, const Ctx& ctx) {
+    Backend::forward(align(prepare("multi_scale_roi_align_fwd", Op::Align, false, features, "features", rois, out,
+                                   scales), sr, aligned, thresholds), ctx);
   });
-  m.def("multi_scale_roi_align_bwd", [](int dtype, const TensorArg& grad_out, const TensorArg& rois,
-                                        const V& grad_features, const D& scales, int sampling_ratio, bool aligned,
-                                        const D& thresholds, bool deterministic, const Ctx& ctx) {
-    RoiParams p = base_params(rois, grad_out, "grad_out");
-    set_levels(p, grad_features, scales, "grad_features");
-    check_grad_buffers(grad_features);
-    check_channels(p, false);
-    p.sampling_ratio = sampling_ratio;
-    p.aligned = aligned;
-    set_thresholds(p, thresholds);
-    Backend::backward(Op::Align, dtype, p, deterministic, ctx);
+  m.def("multi_scale_roi_align_bwd", [](Arg grad, Arg rois, const V& grad_features, const D& scales, int sr,
+                                        bool aligned, const D& thresholds, bool det, const Ctx& ctx) {
+    Backend::backward(align(prepare("multi_scale_roi_align_bwd", Op::Align, true, grad_features, "grad_features",
+                                    rois, grad, scales), sr, aligned, thresholds), det, ctx);
   });
 }
 

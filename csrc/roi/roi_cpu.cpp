@@ -76,6 +76,22 @@ struct AlignTables {
   std::vector<AxisSample<T>> ys, xs;
 };
 
+// One axis of one RoI: for each of its `bins` bins, the samples of its `grid` that fall on the map
+// (`size` long, `stride` apart), packed at the front of the bin's `grid` slots; counts[bin] of them.
+template <typename T>
+void fill_axis(AxisSample<T>* slots, int32_t* counts, T start, T bin, int64_t bins, int64_t grid, int64_t size,
+               int64_t stride) {
+  for (int64_t i = 0; i < bins; ++i) {
+    AxisSample<T>* slot = slots + i * grid;
+    int32_t m = 0;
+    for (int64_t a = 0; a < grid; ++a) {
+      const Tap<T> tp = bilinear_tap(sample_coord(start, bin, i, a, grid), size);
+      if (tp.valid) slot[m++] = {tp.lo * stride, tp.hi * stride, tp.wlo, tp.whi};
+    }
+    counts[i] = m;
+  }
+}
+
 // Tables for every RoI against the planes in p.lv (the input in the forward, the grad buffer in
 // the backward: offsets use that tensor's strides). RoIs with a bad batch index get no samples.
 template <typename T>
@@ -105,119 +121,84 @@ void build_align_tables(const RoiParams& p, bool ps, int nt, AlignTables<T>& t) 
     if (geo[k].gh <= 0 || geo[k].gw <= 0) continue;
     const Plane& P = p.lv[lvl[k]];
     const AlignGeom<T>& g = geo[k];
-    for (int64_t i = 0; i < PH; ++i) {
-      AxisSample<T>* slot = &t.ys[t.ybase[k] + i * g.gh];
-      int32_t m = 0;
-      for (int64_t a = 0; a < g.gh; ++a) {
-        const Tap<T> ty = bilinear_tap(sample_coord(g.y0, g.bh, i, a, g.gh), P.H);
-        if (ty.valid) slot[m++] = {ty.lo * P.sH, ty.hi * P.sH, ty.wlo, ty.whi};
-      }
-      t.ny[k * PH + i] = m;
-    }
-    for (int64_t j = 0; j < PW; ++j) {
-      AxisSample<T>* slot = &t.xs[t.xbase[k] + j * g.gw];
-      int32_t m = 0;
-      for (int64_t b = 0; b < g.gw; ++b) {
-        const Tap<T> tx = bilinear_tap(sample_coord(g.x0, g.bw, j, b, g.gw), P.W);
-        if (tx.valid) slot[m++] = {tx.lo * P.sW, tx.hi * P.sW, tx.wlo, tx.whi};
-      }
-      t.nx[k * PW + j] = m;
-    }
+    fill_axis(&t.ys[t.ybase[k]], &t.ny[k * PH], g.y0, g.bh, PH, g.gh, P.H, P.sH);
+    fill_axis(&t.xs[t.xbase[k]], &t.nx[k * PW], g.x0, g.bw, PW, g.gw, P.W, P.sW);
   }
 }
 
-// Sum of the samples of bin (i, j) of RoI k read from `plane` (same order as align_bin_sum).
-template <typename S, typename T>
-inline T table_bin_sum(const S* PYGEN_RESTRICT plane, const AlignTables<T>& t, int64_t k,
-                       int64_t i, int64_t j, int64_t PH, int64_t PW) {
-  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
-  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
-  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
-  T acc = T(0);
-  for (int32_t a = 0; a < nya; ++a) {
-    const AxisSample<T> Y = ya[a];
-    const S* rlo = plane + Y.lo;
-    const S* rhi = plane + Y.hi;
-    for (int32_t b = 0; b < nxb; ++b) {
-      const AxisSample<T> X = xa[b];
-      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
-      acc += w1 * load<T>(rlo + X.lo) + w2 * load<T>(rlo + X.hi) + w3 * load<T>(rhi + X.lo) +
-             w4 * load<T>(rhi + X.hi);
-    }
-  }
-  return acc;
-}
-
-// Adds g times the weights of bin (i, j) of RoI k into `plane` (the adjoint of table_bin_sum).
+// One kept bilinear sample of a bin: the four neighbour weights (torchvision's order) and their
+// offsets in the plane (strides already applied).
 template <typename T>
-inline void table_bin_scatter(T* PYGEN_RESTRICT plane, const AlignTables<T>& t, int64_t k,
-                              int64_t i, int64_t j, int64_t PH, int64_t PW, T g) {
+struct Sample4 {
+  T w1, w2, w3, w4;
+  int64_t o1, o2, o3, o4;
+};
+
+// Calls f(Sample4) for every kept sample of bin (i, j) of RoI k, rows outer, in align_bin_sum's
+// order (so sums agree with the device bodies to the last bit).
+template <typename T, typename F>
+inline void for_bin_samples(const AlignTables<T>& t, int64_t k, int64_t i, int64_t j, int64_t PH, int64_t PW,
+                            F&& f) {
   const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
   const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
   const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
   for (int32_t a = 0; a < nya; ++a) {
     const AxisSample<T> Y = ya[a];
-    T* rlo = plane + Y.lo;
-    T* rhi = plane + Y.hi;
     for (int32_t b = 0; b < nxb; ++b) {
       const AxisSample<T> X = xa[b];
-      rlo[X.lo] += (Y.wlo * X.wlo) * g;
-      rlo[X.hi] += (Y.wlo * X.whi) * g;
-      rhi[X.lo] += (Y.whi * X.wlo) * g;
-      rhi[X.hi] += (Y.whi * X.whi) * g;
+      f(Sample4<T>{Y.wlo * X.wlo, Y.wlo * X.whi, Y.whi * X.wlo, Y.whi * X.whi, Y.lo + X.lo, Y.lo + X.hi,
+                   Y.hi + X.lo, Y.hi + X.hi});
     }
   }
 }
 
 // Channel blocking for the plane loops: a task owns kCB planes (4 x 267 KB for a P2 map, which
 // fits in L2), and each sample's four weights and offsets are formed once and applied to all
-// kCB channels, which roughly halves the instructions per gathered value. Per channel the
-// arithmetic is the same as table_bin_sum / table_bin_scatter (bitwise identical results).
+// NC <= kCB channels, which roughly halves the instructions per gathered value. Per channel the
+// arithmetic is the same whatever NC (bitwise identical results).
 constexpr int kCB = 4;
 
+// acc[c] = sum of the samples of bin (i, j) of RoI k read from planes[c], c < NC.
 template <int NC, typename S, typename T>
 inline void table_bin_sums_block(const S* const* planes, const AlignTables<T>& t, int64_t k,
                                  int64_t i, int64_t j, int64_t PH, int64_t PW, T* acc) {
-  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
-  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
-  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
   for (int c = 0; c < NC; ++c) acc[c] = T(0);
-  for (int32_t a = 0; a < nya; ++a) {
-    const AxisSample<T> Y = ya[a];
-    for (int32_t b = 0; b < nxb; ++b) {
-      const AxisSample<T> X = xa[b];
-      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
-      const int64_t o1 = Y.lo + X.lo, o2 = Y.lo + X.hi, o3 = Y.hi + X.lo, o4 = Y.hi + X.hi;
-      for (int c = 0; c < NC; ++c) {
-        const S* pl = planes[c];
-        acc[c] += w1 * load<T>(pl + o1) + w2 * load<T>(pl + o2) + w3 * load<T>(pl + o3) +
-                  w4 * load<T>(pl + o4);
-      }
+  for_bin_samples(t, k, i, j, PH, PW, [&](const Sample4<T>& q) {
+    for (int c = 0; c < NC; ++c) {
+      const S* pl = planes[c];
+      acc[c] += q.w1 * load<T>(pl + q.o1) + q.w2 * load<T>(pl + q.o2) + q.w3 * load<T>(pl + q.o3) +
+                q.w4 * load<T>(pl + q.o4);
     }
-  }
+  });
 }
 
+// Adds g[c] times the weights of bin (i, j) of RoI k into planes[c] (the adjoint), c < NC.
 template <int NC, typename T>
 inline void table_bin_scatter_block(T* const* planes, const AlignTables<T>& t, int64_t k, int64_t i,
                                     int64_t j, int64_t PH, int64_t PW, const T* g) {
-  const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
-  const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
-  const int32_t nya = t.ny[k * PH + i], nxb = t.nx[k * PW + j];
-  for (int32_t a = 0; a < nya; ++a) {
-    const AxisSample<T> Y = ya[a];
-    for (int32_t b = 0; b < nxb; ++b) {
-      const AxisSample<T> X = xa[b];
-      const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
-      const int64_t o1 = Y.lo + X.lo, o2 = Y.lo + X.hi, o3 = Y.hi + X.lo, o4 = Y.hi + X.hi;
-      for (int c = 0; c < NC; ++c) {
-        T* pl = planes[c];
-        pl[o1] += w1 * g[c];
-        pl[o2] += w2 * g[c];
-        pl[o3] += w3 * g[c];
-        pl[o4] += w4 * g[c];
-      }
+  for_bin_samples(t, k, i, j, PH, PW, [&](const Sample4<T>& q) {
+    for (int c = 0; c < NC; ++c) {
+      T* pl = planes[c];
+      pl[q.o1] += q.w1 * g[c];
+      pl[q.o2] += q.w2 * g[c];
+      pl[q.o3] += q.w3 * g[c];
+      pl[q.o4] += q.w4 * g[c];
     }
-  }
+  });
+}
+
+template <typename S, typename T>
+inline T table_bin_sum(const S* plane, const AlignTables<T>& t, int64_t k, int64_t i, int64_t j, int64_t PH,
+                       int64_t PW) {
+  T acc;
+  table_bin_sums_block<1>(&plane, t, k, i, j, PH, PW, &acc);
+  return acc;
+}
+
+template <typename T>
+inline void table_bin_scatter(T* plane, const AlignTables<T>& t, int64_t k, int64_t i, int64_t j, int64_t PH,
+                              int64_t PW, T g) {
+  table_bin_scatter_block<1>(&plane, t, k, i, j, PH, PW, &g);
 }
 
 // ---- per-RoI integer bins (pool family) -------------------------------------------------------
@@ -275,6 +256,45 @@ void zero_invalid_rois(const RoiParams& p) {
   }
 }
 
+// The PS forwards' plane loop. Input channel ch feeds exactly one (c, i, j): task = (image n,
+// ch) walks every RoI of the image, in RoI order, against one small plane (50x84 floats for
+// R-FCN) instead of touching a different plane for every bin of every RoI, which is L3-latency
+// bound. Calls f(plane, k, c, i, j).
+template <typename S, typename T, typename F>
+void ps_forward_planes(const RoiParams& p, int nt, F&& f) {
+  const Buckets b = bucket_rois<T>(p, false);
+  const Plane& P = p.lv[0];
+  const int64_t tasks = p.N * p.C;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / p.C, ch = task % p.C;
+    const int64_t j = ch % p.PW, i = (ch / p.PW) % p.PH, c = ch / (p.PH * p.PW);
+    if (c >= p.Cp || b.start[n] == b.start[n + 1]) continue;
+    const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
+    for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) f(plane, b.order[e], c, i, j);
+  }
+}
+
+// The plane loop of roi_align and multi_scale_roi_align, forward and backward: task = (bucket
+// g = (level, image), block of kCB channels from c0), every RoI k of the bucket in RoI order, so
+// in the backward each grad plane has one writer. Calls f(planes, nc, c0, k) with planes[c] the
+// (level, image, c0 + c) plane of p.lv for c < nc, typed X* (const S: inputs; T: grad buffers).
+template <typename X, typename F>
+void blocked_planes(const RoiParams& p, const Buckets& b, int nt, F&& f) {
+  const int64_t nblk = (p.C + kCB - 1) / kCB;
+  const int64_t tasks = b.count * nblk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t g = task / nblk, c0 = (task % nblk) * kCB;
+    if (b.start[g] == b.start[g + 1]) continue;
+    const int nc = static_cast<int>(std::min<int64_t>(kCB, p.C - c0));
+    const Plane& P = p.lv[g / p.N];
+    X* planes[kCB];
+    for (int c = 0; c < nc; ++c) planes[c] = static_cast<X*>(P.data) + (g % p.N) * P.sN + (c0 + c) * P.sC;
+    for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) f(planes, nc, c0, b.order[e]);
+  }
+}
+
 // ---- roi_align / multi_scale_roi_align / ps_roi_align -----------------------------------------
 template <typename S, typename T>
 void align_forward(const RoiParams& p, bool ps, int nt) {
@@ -283,24 +303,10 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
   const int64_t PH = p.PH, PW = p.PW;
   zero_invalid_rois<S, T>(p);
   if (ps) {
-    // Input channel ch feeds exactly one (c, i, j): task = (image, ch) walks every RoI of the
-    // image against one small plane (50x84 floats for R-FCN) instead of touching a different
-    // plane for every bin of every RoI, which is L3-latency bound.
-    const Buckets b = bucket_rois<T>(p, false);
-    const Plane& P = p.lv[0];
-    const int64_t tasks = p.N * p.C;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t n = task / p.C, ch = task % p.C;
-      const int64_t j = ch % PW, i = (ch / PW) % PH, c = ch / (PH * PW);
-      if (c >= p.Cp || b.start[n] == b.start[n + 1]) continue;
-      const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
-      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
-        const int64_t k = b.order[e];
-        store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3],
-              table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / t.count[k]);
-      }
-    }
+    ps_forward_planes<S, T>(p, nt, [&](const S* plane, int64_t k, int64_t c, int64_t i, int64_t j) {
+      store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3],
+            table_bin_sum<S, T>(plane, t, k, i, j, PH, PW) / t.count[k]);
+    });
     return;
   }
   const Buckets b = bucket_rois<T>(p, true);
@@ -323,21 +329,15 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
           for (int64_t j = 0; j < PW; ++j) {
             std::fill(acc.begin(), acc.end(), T(0));
             T* PYGEN_RESTRICT av = acc.data();
-            const AxisSample<T>* ya = &t.ys[t.ybase[k] + i * t.gh[k]];
-            const AxisSample<T>* xa = &t.xs[t.xbase[k] + j * t.gw[k]];
-            for (int32_t a = 0; a < t.ny[k * PH + i]; ++a) {
-              for (int32_t bb = 0; bb < t.nx[k * PW + j]; ++bb) {
-                const AxisSample<T> Y = ya[a], X = xa[bb];
-                const T w1 = Y.wlo * X.wlo, w2 = Y.wlo * X.whi, w3 = Y.whi * X.wlo, w4 = Y.whi * X.whi;
-                const S* PYGEN_RESTRICT p1 = img + Y.lo + X.lo;
-                const S* PYGEN_RESTRICT p2 = img + Y.lo + X.hi;
-                const S* PYGEN_RESTRICT p3 = img + Y.hi + X.lo;
-                const S* PYGEN_RESTRICT p4 = img + Y.hi + X.hi;
-                for (int64_t c = 0; c < p.C; ++c)
-                  av[c] += w1 * load<T>(p1 + c) + w2 * load<T>(p2 + c) + w3 * load<T>(p3 + c) +
-                           w4 * load<T>(p4 + c);
-              }
-            }
+            for_bin_samples(t, k, i, j, PH, PW, [&](const Sample4<T>& q) {
+              const S* PYGEN_RESTRICT p1 = img + q.o1;
+              const S* PYGEN_RESTRICT p2 = img + q.o2;
+              const S* PYGEN_RESTRICT p3 = img + q.o3;
+              const S* PYGEN_RESTRICT p4 = img + q.o4;
+              for (int64_t c = 0; c < p.C; ++c)
+                av[c] += q.w1 * load<T>(p1 + c) + q.w2 * load<T>(p2 + c) + q.w3 * load<T>(p3 + c) +
+                         q.w4 * load<T>(p4 + c);
+            });
             const T cnt = t.count[k];
             for (int64_t c = 0; c < p.C; ++c) store(o + c * p.ps[1] + i * p.ps[2] + j * p.ps[3], av[c] / cnt);
           }
@@ -346,34 +346,20 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
     }
     return;
   }
-  // Plane loop: task = (bucket, block of kCB channels), every RoI of the bucket in order.
-  const int64_t nblk = (p.C + kCB - 1) / kCB;
-  const int64_t tasks = b.count * nblk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t g = task / nblk, c0 = (task % nblk) * kCB;
-    if (b.start[g] == b.start[g + 1]) continue;
-    const int nc = static_cast<int>(std::min<int64_t>(kCB, p.C - c0));
-    const Plane& P = p.lv[g / p.N];
-    const S* planes[kCB];
-    for (int c = 0; c < nc; ++c)
-      planes[c] = static_cast<const S*>(P.data) + (g % p.N) * P.sN + (c0 + c) * P.sC;
+  blocked_planes<const S>(p, b, nt, [&](const S* const* planes, int nc, int64_t c0, int64_t k) {
     T acc[kCB];
-    for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
-      const int64_t k = b.order[e];
-      const T cnt = t.count[k];
-      S* o = pooled_at<S>(p, k, c0);
-      for (int64_t i = 0; i < PH; ++i)
-        for (int64_t j = 0; j < PW; ++j) {
-          if (nc == kCB) {
-            table_bin_sums_block<kCB>(planes, t, k, i, j, PH, PW, acc);
-          } else {
-            for (int c = 0; c < nc; ++c) acc[c] = table_bin_sum<S, T>(planes[c], t, k, i, j, PH, PW);
-          }
-          for (int c = 0; c < nc; ++c) store(o + c * p.ps[1] + i * p.ps[2] + j * p.ps[3], acc[c] / cnt);
+    const T cnt = t.count[k];
+    S* o = pooled_at<S>(p, k, c0);
+    for (int64_t i = 0; i < PH; ++i)
+      for (int64_t j = 0; j < PW; ++j) {
+        if (nc == kCB) {
+          table_bin_sums_block<kCB>(planes, t, k, i, j, PH, PW, acc);
+        } else {
+          for (int c = 0; c < nc; ++c) acc[c] = table_bin_sum<S, T>(planes[c], t, k, i, j, PH, PW);
         }
-    }
-  }
+        for (int c = 0; c < nc; ++c) store(o + c * p.ps[1] + i * p.ps[2] + j * p.ps[3], acc[c] / cnt);
+      }
+  });
 }
 
 template <typename S, typename T>
@@ -382,32 +368,20 @@ void align_backward(const RoiParams& p, bool ps, int nt) {
   build_align_tables(p, ps, nt, t);  // p.lv are the grad buffers: offsets use their strides
   const Buckets b = bucket_rois<T>(p, !ps);
   const int64_t PH = p.PH, PW = p.PW;
-  if (!ps) {  // task = (bucket, block of kCB grad planes); one writer per plane
-    const int64_t nblk = (p.C + kCB - 1) / kCB;
-    const int64_t tasks = b.count * nblk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t g = task / nblk, c0 = (task % nblk) * kCB;
-      if (b.start[g] == b.start[g + 1]) continue;
-      const int nc = static_cast<int>(std::min<int64_t>(kCB, p.C - c0));
-      const Plane& P = p.lv[g / p.N];
-      T* planes[kCB];
-      for (int c = 0; c < nc; ++c) planes[c] = static_cast<T*>(P.data) + (g % p.N) * P.sN + (c0 + c) * P.sC;
+  if (!ps) {
+    blocked_planes<T>(p, b, nt, [&](T* const* planes, int nc, int64_t c0, int64_t k) {
       T gv[kCB];
-      for (int64_t e = b.start[g]; e < b.start[g + 1]; ++e) {
-        const int64_t k = b.order[e];
-        const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + c0 * p.ps[1];
-        for (int64_t i = 0; i < PH; ++i)
-          for (int64_t j = 0; j < PW; ++j) {
-            for (int c = 0; c < nc; ++c) gv[c] = load<T>(go + c * p.ps[1] + i * p.ps[2] + j * p.ps[3]) / t.count[k];
-            if (nc == kCB) {
-              table_bin_scatter_block<kCB>(planes, t, k, i, j, PH, PW, gv);
-            } else {
-              for (int c = 0; c < nc; ++c) table_bin_scatter<T>(planes[c], t, k, i, j, PH, PW, gv[c]);
-            }
+      const S* go = static_cast<const S*>(p.pooled) + k * p.ps[0] + c0 * p.ps[1];
+      for (int64_t i = 0; i < PH; ++i)
+        for (int64_t j = 0; j < PW; ++j) {
+          for (int c = 0; c < nc; ++c) gv[c] = load<T>(go + c * p.ps[1] + i * p.ps[2] + j * p.ps[3]) / t.count[k];
+          if (nc == kCB) {
+            table_bin_scatter_block<kCB>(planes, t, k, i, j, PH, PW, gv);
+          } else {
+            for (int c = 0; c < nc; ++c) table_bin_scatter<T>(planes[c], t, k, i, j, PH, PW, gv[c]);
           }
-      }
-    }
+        }
+    });
     return;
   }
   const int64_t tasks = b.count * p.C;
@@ -436,6 +410,24 @@ void align_backward(const RoiParams& p, bool ps, int nt) {
 }
 
 // ---- roi_pool / ps_roi_pool ---------------------------------------------------------------
+// (m[x], a[x]) := (src[x], idx) where src[x] > m[x] (strictly: the first maximum stays), x < n;
+// nonzero when src holds a NaN. Written with integer masks so that gcc vectorises it.
+template <typename S, typename T>
+inline int32_t max_merge(const S* PYGEN_RESTRICT src, int64_t n, int32_t idx, T* PYGEN_RESTRICT m,
+                         int32_t* PYGEN_RESTRICT a) {
+  int32_t bad = 0;
+  for (int64_t x = 0; x < n; ++x) {
+    const T v = load<T>(src + x);
+    const T mx = m[x];
+    const int32_t ax = a[x];
+    const int32_t gt = -static_cast<int32_t>(v > mx);
+    m[x] = gt ? v : mx;
+    a[x] = (idx & gt) | (ax & ~gt);
+    bad |= static_cast<int32_t>(v != v);
+  }
+  return bad;
+}
+
 // roi_pool, one row of bins of RoI k in one plane. torchvision scans every bin element by
 // element with a data-dependent branch; here the band of rows [hs, he) is first reduced to
 // per-column maxima (cm) with the first row reaching each (ca), a branch-free loop over
@@ -465,19 +457,8 @@ void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, 
       ca[x] = static_cast<int32_t>(hs);
       bad |= static_cast<int32_t>(v != v);
     }
-    for (int64_t y = hs + 1; y < he; ++y) {
-      row = plane + y * P.sH + x0;
-      const int32_t yy = static_cast<int32_t>(y);
-      for (int64_t x = 0; x < w; ++x) {  // written with integer masks so that gcc vectorises it
-        const T v = load<T>(row + x);
-        const T mx = cm[x];
-        const int32_t ax = ca[x];
-        const int32_t gt = -static_cast<int32_t>(v > mx);
-        cm[x] = gt ? v : mx;
-        ca[x] = (yy & gt) | (ax & ~gt);
-        bad |= static_cast<int32_t>(v != v);
-      }
-    }
+    for (int64_t y = hs + 1; y < he; ++y)
+      bad |= max_merge<S, T>(plane + y * P.sH + x0, w, static_cast<int32_t>(y), cm, ca);
     nan = bad != 0;
   }
   if (nan || P.sW != 1) {
@@ -543,16 +524,7 @@ void roi_pool_bin_channels_last(const RoiParams& p, const S* img, int64_t k, int
   for (int64_t y = hs; y < he; ++y) {
     for (int64_t x = (y == hs ? ws + 1 : ws); x < we; ++x) {
       const S* PYGEN_RESTRICT vp = img + y * P.sH + x * P.sW;
-      const int32_t idx = static_cast<int32_t>(y * P.W + x);
-      for (int64_t c = 0; c < C; ++c) {  // integer masks: vectorised by gcc
-        const T v = load<T>(vp + c);
-        const T mc = m[c];
-        const int32_t ac = a[c];
-        const int32_t gt = -static_cast<int32_t>(v > mc);
-        m[c] = gt ? v : mc;
-        a[c] = (idx & gt) | (ac & ~gt);
-        bad |= static_cast<int32_t>(v != v);
-      }
+      bad |= max_merge<S, T>(vp, C, static_cast<int32_t>(y * P.W + x), m, a);
     }
   }
   if (bad) {  // rare: redo with the NaN-aware scalar scan
@@ -574,28 +546,18 @@ void pool_forward(const RoiParams& p, bool ps, int nt) {
   const Plane& P = p.lv[0];
   const int64_t PH = p.PH, PW = p.PW;
   zero_invalid_rois<S, T>(p);
-  if (ps) {  // task = (image, input channel), as in align_forward's PS branch
-    const Buckets b = bucket_rois<T>(p, false);
-    const int64_t tasks = p.N * p.C;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t n = task / p.C, ch = task % p.C;
-      const int64_t j = ch % PW, i = (ch / PW) % PH, c = ch / (PH * PW);
-      if (c >= p.Cp || b.start[n] == b.start[n + 1]) continue;
-      const S* plane = static_cast<const S*>(P.data) + n * P.sN + ch * P.sC;
-      for (int64_t e = b.start[n]; e < b.start[n + 1]; ++e) {
-        const int64_t k = b.order[e];
-        const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
-        const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
-        T v = T(0);
-        if (he > hs && we > ws) {
-          for (int64_t y = hs; y < he; ++y)
-            for (int64_t x = ws; x < we; ++x) v += load<T>(plane + y * P.sH + x * P.sW);
-          v = v / static_cast<T>((he - hs) * (we - ws));
-        }
-        store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3], v);
+  if (ps) {
+    ps_forward_planes<S, T>(p, nt, [&](const S* plane, int64_t k, int64_t c, int64_t i, int64_t j) {
+      const int64_t hs = t.hs[k * PH + i], he = t.he[k * PH + i];
+      const int64_t ws = t.ws[k * PW + j], we = t.we[k * PW + j];
+      T v = T(0);
+      if (he > hs && we > ws) {
+        for (int64_t y = hs; y < he; ++y)
+          for (int64_t x = ws; x < we; ++x) v += load<T>(plane + y * P.sH + x * P.sW);
+        v = v / static_cast<T>((he - hs) * (we - ws));
       }
-    }
+      store(pooled_at<S>(p, k, c) + i * p.ps[2] + j * p.ps[3], v);
+    });
     return;
   }
   const T* rois = static_cast<const T*>(p.rois);
@@ -726,43 +688,39 @@ void device_bodies_backward(Op op, const RoiParams& p, bool columns, int nt) {
   }
 }
 
+// The loops of `op` for the storage/compute pair of `dtype`: the optimised ones, or the device
+// bodies in the verification modes (set_cpu_impl); nothing for an empty output.
+template <bool backward>
+bool cpu_run(Op op, int dtype, const RoiParams& p, int num_threads) {
+  const int nt = std::max(1, num_threads);
+  const int mode = g_impl.load();
+  return dispatch_dtype(dtype, [&](auto s_tag, auto t_tag) {
+    using S = typename decltype(s_tag)::type;
+    using T = typename decltype(t_tag)::type;
+    if (p.K <= 0 || p.Cp <= 0 || p.PH <= 0 || p.PW <= 0) return;
+    const bool ps = op == Op::PsAlign || op == Op::PsPool;
+    const bool align = op == Op::Align || op == Op::PsAlign;
+    if constexpr (backward) {
+      if (mode != 0) return device_bodies_backward<S, T>(op, p, mode == 2, nt);
+      return align ? align_backward<S, T>(p, ps, nt) : pool_backward<S, T>(p, ps, nt);
+    } else {
+      if (mode != 0) return device_bodies_forward<S, T>(op, p, nt);
+      return align ? align_forward<S, T>(p, ps, nt) : pool_forward<S, T>(p, ps, nt);
+    }
+  });
+}
+
 }  // namespace
 
 void set_cpu_impl(int mode) { g_impl.store(mode); }
 int cpu_impl() { return g_impl.load(); }
 
 bool cpu_forward(Op op, int dtype, const RoiParams& p, int num_threads) {
-  const int nt = std::max(1, num_threads);
-  const int mode = g_impl.load();
-  return dispatch_dtype(dtype, [&](auto s_tag, auto t_tag) {
-    using S = typename decltype(s_tag)::type;
-    using T = typename decltype(t_tag)::type;
-    if (p.K <= 0 || p.Cp <= 0 || p.PH <= 0 || p.PW <= 0) return;
-    if (mode != 0) return device_bodies_forward<S, T>(op, p, nt);
-    switch (op) {
-      case Op::Align: align_forward<S, T>(p, false, nt); break;
-      case Op::PsAlign: align_forward<S, T>(p, true, nt); break;
-      case Op::Pool: pool_forward<S, T>(p, false, nt); break;
-      case Op::PsPool: pool_forward<S, T>(p, true, nt); break;
-    }
-  });
+  return cpu_run<false>(op, dtype, p, num_threads);
 }
 
 bool cpu_backward(Op op, int dtype, const RoiParams& p, int num_threads) {
-  const int nt = std::max(1, num_threads);
-  const int mode = g_impl.load();
-  return dispatch_dtype(dtype, [&](auto s_tag, auto t_tag) {
-    using S = typename decltype(s_tag)::type;
-    using T = typename decltype(t_tag)::type;
-    if (p.K <= 0 || p.Cp <= 0 || p.PH <= 0 || p.PW <= 0) return;
-    if (mode != 0) return device_bodies_backward<S, T>(op, p, mode == 2, nt);
-    switch (op) {
-      case Op::Align: align_backward<S, T>(p, false, nt); break;
-      case Op::PsAlign: align_backward<S, T>(p, true, nt); break;
-      case Op::Pool: pool_backward<S, T>(p, false, nt); break;
-      case Op::PsPool: pool_backward<S, T>(p, true, nt); break;
-    }
-  });
+  return cpu_run<true>(op, dtype, p, num_threads);
 }
 
 }  // namespace roi

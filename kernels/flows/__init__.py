@@ -44,7 +44,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._bf16 import cast as _cast
+from .._compile_spec import compile_spec
 from .._device import launches_on_device
 from .lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
     MAX_C as LU_MAX_C,  # noqa: F401 (re-export)
@@ -120,6 +123,7 @@ def _affine_coupling_fwd_kernel(
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
     SIGMOID: tl.constexpr,  # Glow's scale m = sigmoid(r + 2), y = (x + t) m (CLAMP unused)
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -148,7 +152,7 @@ def _affine_coupling_fwd_kernel(
                 y = (x - t) * tl.exp(-s)
             else:
                 y = x * tl.exp(s) + t
-        tl.store(y_ptr + rl * N + idx[None, :], y, mask=m)
+        tl.store(y_ptr + rl * N + idx[None, :], _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
         acc += tl.where(m, s, 0.0)
     total = tl.sum(acc, axis=1)
     if REVERSE:
@@ -178,6 +182,7 @@ def _affine_coupling_bwd_kernel(
     CLAMP: tl.constexpr,
     REVERSE: tl.constexpr,
     SIGMOID: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -196,27 +201,27 @@ def _affine_coupling_bwd_kernel(
         if REVERSE:  # x_out = y / m - t
             dx = g / sc
             ds = -(dx * x + gl) * one_m
-            tl.store(dt_ptr + rl * N + idx[None, :], -g, mask=m)
+            tl.store(dt_ptr + rl * N + idx[None, :], _cast(-g, dt_ptr.dtype.element_ty, UPCAST), mask=m)
         else:  # y = (x + t) m
             t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
             dx = g * sc
             ds = (dx * (x + t) + gl) * one_m
-            tl.store(dt_ptr + rl * N + idx[None, :], dx, mask=m)
+            tl.store(dt_ptr + rl * N + idx[None, :], _cast(dx, dt_ptr.dtype.element_ty, UPCAST), mask=m)
     else:
         s = _scale_of(r, clamp, inv_clamp, CLAMP)
         if REVERSE:
             t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
             dx = g * tl.exp(-s)
             ds = -dx * (x - t) - gl
-            tl.store(dt_ptr + rl * N + idx[None, :], -dx, mask=m)
+            tl.store(dt_ptr + rl * N + idx[None, :], _cast(-dx, dt_ptr.dtype.element_ty, UPCAST), mask=m)
         else:
             dx = g * tl.exp(s)
             ds = dx * x + gl
         if CLAMP:
             q = s * inv_clamp
             ds = ds * (1.0 - q * q)
-    tl.store(dx_ptr + rl * N + idx[None, :], dx, mask=m)
-    tl.store(dr_ptr + rl * N + idx[None, :], ds, mask=m)
+    tl.store(dx_ptr + rl * N + idx[None, :], _cast(dx, dx_ptr.dtype.element_ty, UPCAST), mask=m)
+    tl.store(dr_ptr + rl * N + idx[None, :], _cast(ds, dr_ptr.dtype.element_ty, UPCAST), mask=m)
 
 
 @triton.jit
@@ -229,6 +234,7 @@ def _additive_coupling_fwd_kernel(
     x_sb,
     t_sb,
     REVERSE: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -242,7 +248,7 @@ def _additive_coupling_fwd_kernel(
         y = x - t
     else:
         y = x + t
-    tl.store(y_ptr + rl * N + idx[None, :], y, mask=m)
+    tl.store(y_ptr + rl * N + idx[None, :], _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,6 +283,7 @@ def _actnorm_fwd_kernel(
     S_f,  # float(S)
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,
     LD_BLOCK: tl.constexpr,
@@ -297,7 +304,7 @@ def _actnorm_fwd_kernel(
         y = x * mul[:, None] - loc[:, None]
     else:
         y = (x + loc[:, None]) * mul[:, None]
-    tl.store(y_ptr + offs, y, mask=m)
+    tl.store(y_ptr + offs, _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
     if (pr == 0) & (ps == 0):
         # the log-det is the same for every sample: program (0, 0) writes it, LD_BLOCK at a time
         acc = tl.zeros([LD_BLOCK], dtype=tl.float32)
@@ -330,6 +337,7 @@ def _actnorm_bwd_kernel(
     n_sb,
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -345,7 +353,7 @@ def _actnorm_bwd_kernel(
     offs = rows.to(tl.int64)[:, None] * S + cols[None, :]
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + offs, g * mul[:, None], mask=m)
+    tl.store(dx_ptr + offs, _cast(g * mul[:, None], dx_ptr.dtype.element_ty, UPCAST), mask=m)
     sa = tl.sum(g, axis=1)
     sb = tl.sum(g * x, axis=1)
     dst = ((rows // C).to(tl.int64) * n_sb + ps) * C + ch
@@ -369,6 +377,7 @@ def _actnorm_bwd_finish_kernel(
     S_f,
     LOG: tl.constexpr,
     REVERSE: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_Q: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -404,8 +413,8 @@ def _actnorm_bwd_finish_kernel(
         else:
             dloc = p * a
             dp = s + loc * a + gsum / p
-    tl.store(dloc_ptr + cc, dloc, mask=cm)
-    tl.store(dp_ptr + cc, dp, mask=cm)
+    tl.store(dloc_ptr + cc, _cast(dloc, dloc_ptr.dtype.element_ty, UPCAST), mask=cm)
+    tl.store(dp_ptr + cc, _cast(dp, dp_ptr.dtype.element_ty, UPCAST), mask=cm)
 
 
 @triton.jit
@@ -466,6 +475,7 @@ def _conv1x1_fwd_kernel(
     x_sc,
     w_so,
     w_si,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -489,7 +499,8 @@ def _conv1x1_fwd_kernel(
             x_ptr + b * x_sb + i_idx[:, None] * x_sc + s_idx[None, :], mask=im[:, None] & sm[None, :], other=0.0
         ).to(tl.float32)
         acc = tl.dot(w, x, acc, input_precision="ieee")
-    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], acc, mask=(o_idx[:, None] < C) & sm[None, :])
+    y = _cast(acc, y_ptr.dtype.element_ty, UPCAST)
+    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], y, mask=(o_idx[:, None] < C) & sm[None, :])
 
 
 @triton.jit
@@ -544,8 +555,14 @@ _TARGET_PROGRAMS = 1056  # 8 per SM on a 132-SM H200
 _SPLIT_MIN_ELEMS = 65536  # per row block, before a sample is split over several programs
 
 
-def _opts(t, warps: int = 4) -> dict:
+def _opts(t: Tensor, warps: int = 4) -> dict:
+    """Launch options of every flows kernel: the warps on the GPU (the interpreter takes none)."""
     return {"num_warps": warps} if t.is_cuda else {}
+
+
+def _rounding(t: Tensor) -> bool:
+    # the UPCAST constexpr of the stores: CPU tensors only run under the interpreter
+    return not t.is_cuda
 
 
 def coupling_blocks(batch: int, n: int, gpu: bool) -> tuple[int, int]:
@@ -569,86 +586,70 @@ def coupling_splits(batch: int, n: int, gpu: bool) -> int:
     return max(1, min(triton.cdiv(max(n, 1), bn), triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
 
 
+def _affine_args(x: Tensor, clamp: float | None, reverse: bool, sigmoid: bool) -> tuple[tuple, dict]:
+    """(trailing scalars, constexprs and options) of both affine-coupling kernels: the soft clamp c
+    and 1/c, then CLAMP / REVERSE / SIGMOID / UPCAST and the tile."""
+    bb, bn = coupling_blocks(x.shape[0], x.shape[1], x.is_cuda)
+    c = float(clamp) if clamp is not None else 1.0
+    kw = dict(CLAMP=clamp is not None, REVERSE=bool(reverse), SIGMOID=bool(sigmoid), UPCAST=_rounding(x))
+    return (c, 1.0 / c), dict(kw, BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
+
+
 @launches_on_device
-def affine_coupling_fwd(x, r, t, y, part, clamp, reverse, sigmoid: bool = False):
+def affine_coupling_fwd(
+    x: Tensor, r: Tensor, t: Tensor, y: Tensor, part: Tensor, clamp: float | None, reverse: bool, sigmoid: bool = False
+) -> None:
     """x, r, t: [B, N] (unit inner stride); y: [B, N] contiguous; part: [B, n_split] float32
     (any n_split >= 1; the caller adds the partial sums when n_split > 1)."""
     bsz, n = x.shape
     if bsz == 0:
         return
     n_split = part.shape[1]
-    bb, bn = coupling_blocks(bsz, n, x.is_cuda)
+    scalars, kw = _affine_args(x, clamp, reverse, sigmoid)
+    bb, bn = kw["BLOCK_B"], kw["BLOCK_N"]
     span = triton.cdiv(triton.cdiv(max(n, 1), n_split), bn) * bn
-    c = float(clamp) if clamp is not None else 1.0
     _affine_coupling_fwd_kernel[(triton.cdiv(bsz, bb), n_split)](
-        x,
-        r,
-        t,
-        y,
-        part,
-        bsz,
-        n,
-        span,
-        n_split,
-        x.stride(0),
-        r.stride(0),
-        t.stride(0),
-        c,
-        1.0 / c,
-        CLAMP=clamp is not None,
-        REVERSE=bool(reverse),
-        SIGMOID=bool(sigmoid),
-        BLOCK_B=bb,
-        BLOCK_N=bn,
-        **_opts(x),
+        x, r, t, y, part, bsz, n, span, n_split, x.stride(0), r.stride(0), t.stride(0), *scalars, **kw
     )
 
 
 @launches_on_device
-def affine_coupling_bwd(x, r, t, g, gl, dx, dr, dt, clamp, reverse, sigmoid: bool = False):
+def affine_coupling_bwd(
+    x: Tensor,
+    r: Tensor,
+    t: Tensor,
+    g: Tensor,
+    gl: Tensor,
+    dx: Tensor,
+    dr: Tensor,
+    dt: Tensor | None,
+    clamp: float | None,
+    reverse: bool,
+    sigmoid: bool = False,
+) -> None:
     """Gradients of affine_coupling_fwd. dx, dr (and dt when ``reverse`` or ``sigmoid``; else
     unused, may be None): [B, N] contiguous outputs; gl: [B]."""
     bsz, n = x.shape
     if bsz == 0 or n == 0:
         return
-    bb, bn = coupling_blocks(bsz, n, x.is_cuda)
-    c = float(clamp) if clamp is not None else 1.0
+    scalars, kw = _affine_args(x, clamp, reverse, sigmoid)
     dt_arg = dt if (reverse or sigmoid) else dx
-    _affine_coupling_bwd_kernel[(triton.cdiv(bsz, bb), triton.cdiv(n, bn))](
-        x,
-        r,
-        t,
-        g,
-        gl,
-        dx,
-        dr,
-        dt_arg,
-        bsz,
-        n,
-        x.stride(0),
-        r.stride(0),
-        t.stride(0),
-        g.stride(0),
-        gl.stride(0),
-        c,
-        1.0 / c,
-        CLAMP=clamp is not None,
-        REVERSE=bool(reverse),
-        SIGMOID=bool(sigmoid),
-        BLOCK_B=bb,
-        BLOCK_N=bn,
-        **_opts(x),
+    strides = (x.stride(0), r.stride(0), t.stride(0), g.stride(0), gl.stride(0))
+    _affine_coupling_bwd_kernel[(triton.cdiv(bsz, kw["BLOCK_B"]), triton.cdiv(n, kw["BLOCK_N"]))](
+        x, r, t, g, gl, dx, dr, dt_arg, bsz, n, *strides, *scalars, **kw
     )
 
 
 @launches_on_device
-def additive_coupling_fwd(x, t, y, reverse):
+def additive_coupling_fwd(x: Tensor, t: Tensor, y: Tensor, reverse: bool) -> None:
+    """y = x + t (x - t when ``reverse``); x, t: [B, N] (unit inner stride); y contiguous."""
     bsz, n = x.shape
     if bsz == 0 or n == 0:
         return
     bb, bn = coupling_blocks(bsz, n, x.is_cuda)
+    kw = dict(REVERSE=bool(reverse), UPCAST=_rounding(x), BLOCK_B=bb, BLOCK_N=bn, **_opts(x))
     _additive_coupling_fwd_kernel[(triton.cdiv(bsz, bb), triton.cdiv(n, bn))](
-        x, t, y, bsz, n, x.stride(0), t.stride(0), REVERSE=bool(reverse), BLOCK_B=bb, BLOCK_N=bn, **_opts(x)
+        x, t, y, bsz, n, x.stride(0), t.stride(0), **kw
     )
 
 
@@ -664,8 +665,12 @@ def actnorm_s_blocks(rows: int, s: int, gpu: bool) -> int:
     return triton.cdiv(max(s, 1), _actnorm_blocks(rows, s, gpu)[1])
 
 
+def _actnorm_kw(x: Tensor, log_param: bool, reverse: bool) -> dict:
+    return dict(LOG=bool(log_param), REVERSE=bool(reverse), UPCAST=_rounding(x))
+
+
 @launches_on_device
-def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
+def actnorm_fwd(x: Tensor, loc: Tensor, p: Tensor, y: Tensor, logdet: Tensor, log_param: bool, reverse: bool) -> None:
     """x, y: [B, C, S] contiguous; loc, p: [C] contiguous; logdet: [B] float32."""
     bsz, c, s = x.shape
     rows = bsz * c
@@ -683,8 +688,7 @@ def actnorm_fwd(x, loc, p, y, logdet, log_param, reverse):
         s,
         bsz,
         float(s),
-        LOG=bool(log_param),
-        REVERSE=bool(reverse),
+        **_actnorm_kw(x, log_param, reverse),
         BLOCK_R=br,
         BLOCK_S=bs,
         LD_BLOCK=256,
@@ -699,7 +703,7 @@ def actnorm_init_blocks(s: int) -> tuple[int, int]:
 
 
 @launches_on_device
-def actnorm_init_fwd(x, loc, log_scale, eps):
+def actnorm_init_fwd(x: Tensor, loc: Tensor, log_scale: Tensor, eps: float) -> None:
     """x: [B, C, S] contiguous, B * S >= 1; loc, log_scale: [C] float32 out."""
     bsz, c, s = x.shape
     bb, bs = actnorm_init_blocks(s)
@@ -709,7 +713,20 @@ def actnorm_init_fwd(x, loc, log_scale, eps):
 
 
 @launches_on_device
-def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
+def actnorm_bwd(
+    x: Tensor,
+    g: Tensor,
+    loc: Tensor,
+    p: Tensor,
+    gl: Tensor,
+    dx: Tensor,
+    dloc: Tensor,
+    dp: Tensor,
+    pa: Tensor,
+    pb: Tensor,
+    log_param: bool,
+    reverse: bool,
+) -> None:
     """x, g, dx: [B, C, S] contiguous; loc, p, dloc, dp: [C]; gl: [B];
     pa, pb: [B, n_sb, C] float32 scratch (n_sb = actnorm_s_blocks)."""
     bsz, c, s = x.shape
@@ -718,47 +735,19 @@ def actnorm_bwd(x, g, loc, p, gl, dx, dloc, dp, pa, pb, log_param, reverse):
         return
     br, bs = _actnorm_blocks(rows, s, x.is_cuda)
     n_sb = pa.shape[1]
+    kw = _actnorm_kw(x, log_param, reverse)
     if rows and s:
         _actnorm_bwd_kernel[(triton.cdiv(rows, br), n_sb)](
-            x,
-            g,
-            p,
-            dx,
-            pa,
-            pb,
-            rows,
-            c,
-            s,
-            n_sb,
-            LOG=bool(log_param),
-            REVERSE=bool(reverse),
-            BLOCK_R=br,
-            BLOCK_S=bs,
-            **_opts(x),
+            x, g, p, dx, pa, pb, rows, c, s, n_sb, **kw, BLOCK_R=br, BLOCK_S=bs, **_opts(x)
         )
     else:
         pa.zero_()
         pb.zero_()
     bc = min(triton.next_power_of_2(c), 64)
     bq = 64 if x.is_cuda else 1024
+    gl_s = gl.stride(0) if gl.numel() else 1
     _actnorm_bwd_finish_kernel[(triton.cdiv(c, bc),)](
-        pa,
-        pb,
-        gl,
-        loc,
-        p,
-        dloc,
-        dp,
-        bsz * n_sb,
-        c,
-        bsz,
-        gl.stride(0) if gl.numel() else 1,
-        float(s),
-        LOG=bool(log_param),
-        REVERSE=bool(reverse),
-        BLOCK_Q=bq,
-        BLOCK_C=bc,
-        **_opts(x),
+        pa, pb, gl, loc, p, dloc, dp, bsz * n_sb, c, bsz, gl_s, float(s), **kw, BLOCK_Q=bq, BLOCK_C=bc, **_opts(x)
     )
 
 
@@ -775,22 +764,21 @@ def _conv_warps(m: int, n: int) -> int:
 
 
 @launches_on_device
-def conv1x1_fwd(x, w, y):
+def conv1x1_fwd(x: Tensor, w: Tensor, y: Tensor) -> None:
     """y[b] = w @ x[b]. x: [B, C, S] (unit stride along S); w: [C, C] any strides; y contiguous."""
     bsz, c, s = x.shape
     if bsz == 0 or c == 0 or s == 0:
         return
     bo, bi, bs = _conv_blocks(c, s, x.is_cuda)
+    strides = (x.stride(0), x.stride(1), w.stride(0), w.stride(1))
     _conv1x1_fwd_kernel[(triton.cdiv(s, bs) * bsz, triton.cdiv(c, bo))](
         x,
         w,
         y,
         c,
         s,
-        x.stride(0),
-        x.stride(1),
-        w.stride(0),
-        w.stride(1),
+        *strides,
+        UPCAST=_rounding(x),
         BLOCK_O=bo,
         BLOCK_I=bi,
         BLOCK_S=bs,
@@ -818,8 +806,9 @@ def conv1x1_dw_splits(batch: int, c: int, gpu: bool) -> int:
 
 
 @launches_on_device
-def conv1x1_dw(g, x, part):
-    """part[k] = sum over batch split k of g[b] @ x[b]^T; g, x: [B, C, S] (unit stride along S)."""
+def conv1x1_dw(g: Tensor, x: Tensor, part: Tensor) -> None:
+    """part[k] = sum over batch split k of g[b] @ x[b]^T; g, x: [B, C, S] (unit stride along S);
+    part: [n_split, C, C] float32 (or dW itself when float32 and one split)."""
     bsz, c, s = x.shape
     n_split = part.shape[0]
     if bsz == 0 or c == 0 or s == 0:
@@ -827,218 +816,81 @@ def conv1x1_dw(g, x, part):
         return
     bo, bs, warps = _dw_blocks(c, s, x.is_cuda)
     b_per = triton.cdiv(bsz, n_split)
+    strides = (g.stride(0), g.stride(1), x.stride(0), x.stride(1))
     _conv1x1_dw_kernel[(triton.cdiv(c, bo), triton.cdiv(c, bo), n_split)](
-        g,
-        x,
-        part,
-        bsz,
-        c,
-        s,
-        b_per,
-        g.stride(0),
-        g.stride(1),
-        x.stride(0),
-        x.stride(1),
-        BLOCK_O=bo,
-        BLOCK_I=bo,
-        BLOCK_S=bs,
-        **_opts(x, warps),
+        g, x, part, bsz, c, s, b_per, *strides, BLOCK_O=bo, BLOCK_I=bo, BLOCK_S=bs, **_opts(x, warps)
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # offline compile entries for `pygen inspect` (Glow on 32x32x3: C_b = 6 at 16x16 etc.)
 # ----------------------------------------------------------------------------------------------
+
+
+def _spec(fn, sig: dict, consts: dict, num_warps: int = 4) -> dict:
+    # recorded without alignment attrs and at Triton's default stages (docs/inspect reports)
+    return compile_spec(fn, None, sig, consts, num_warps, None, aligned=False)
+
+
+def _sig(ptrs: str, ints: str, floats: str = "", dtype: str = "fp32") -> dict:
+    """Signature from space-separated names: ``*dtype`` pointers, i32 and fp32 scalars (in order)."""
+    return {
+        **{a: f"*{dtype}" for a in ptrs.split()},
+        **{a: "i32" for a in ints.split()},
+        **{a: "fp32" for a in floats.split()},
+    }
+
+
 def _specs() -> list[dict]:
     specs = []
     bb, bn = coupling_blocks(64, 6 * 16 * 16, True)
+    fwd = _sig("x_ptr r_ptr t_ptr y_ptr part_ptr", "B N span n_split x_sb r_sb t_sb", "clamp inv_clamp")
+    bwd = _sig("x_ptr r_ptr t_ptr g_ptr gl_ptr dx_ptr dr_ptr dt_ptr", "B N x_sb r_sb t_sb g_sb gl_s", "clamp inv_clamp")
     for clamp, sig in ((True, False), (False, False), (False, True)):
         for rev in (False, True):
-            specs.append(
-                {
-                    "fn": _affine_coupling_fwd_kernel,
-                    "signature": {
-                        "x_ptr": "*fp32",
-                        "r_ptr": "*fp32",
-                        "t_ptr": "*fp32",
-                        "y_ptr": "*fp32",
-                        "part_ptr": "*fp32",
-                        "B": "i32",
-                        "N": "i32",
-                        "span": "i32",
-                        "n_split": "i32",
-                        "x_sb": "i32",
-                        "r_sb": "i32",
-                        "t_sb": "i32",
-                        "clamp": "fp32",
-                        "inv_clamp": "fp32",
-                    },
-                    "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
-                    "num_warps": 4,
-                }
-            )
-            specs.append(
-                {
-                    "fn": _affine_coupling_bwd_kernel,
-                    "signature": {
-                        "x_ptr": "*fp32",
-                        "r_ptr": "*fp32",
-                        "t_ptr": "*fp32",
-                        "g_ptr": "*fp32",
-                        "gl_ptr": "*fp32",
-                        "dx_ptr": "*fp32",
-                        "dr_ptr": "*fp32",
-                        "dt_ptr": "*fp32",
-                        "B": "i32",
-                        "N": "i32",
-                        "x_sb": "i32",
-                        "r_sb": "i32",
-                        "t_sb": "i32",
-                        "g_sb": "i32",
-                        "gl_s": "i32",
-                        "clamp": "fp32",
-                        "inv_clamp": "fp32",
-                    },
-                    "constexprs": {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "BLOCK_B": bb, "BLOCK_N": bn},
-                    "num_warps": 4,
-                }
-            )
+            consts = {"CLAMP": clamp, "REVERSE": rev, "SIGMOID": sig, "UPCAST": False, "BLOCK_B": bb, "BLOCK_N": bn}
+            specs += [_spec(_affine_coupling_fwd_kernel, fwd, consts), _spec(_affine_coupling_bwd_kernel, bwd, consts)]
+    add = _sig("x_ptr t_ptr y_ptr", "B N x_sb t_sb", dtype="bf16")
     specs.append(
-        {
-            "fn": _additive_coupling_fwd_kernel,
-            "signature": {
-                "x_ptr": "*bf16",
-                "t_ptr": "*bf16",
-                "y_ptr": "*bf16",
-                "B": "i32",
-                "N": "i32",
-                "x_sb": "i32",
-                "t_sb": "i32",
-            },
-            "constexprs": {"REVERSE": False, "BLOCK_B": bb, "BLOCK_N": bn},
-            "num_warps": 4,
-        }
+        _spec(_additive_coupling_fwd_kernel, add, {"REVERSE": False, "UPCAST": False, "BLOCK_B": bb, "BLOCK_N": bn})
     )
     bb_i, bs_i = actnorm_init_blocks(256)
-    specs.append(
-        {
-            "fn": _actnorm_init_kernel,
-            "signature": {
-                "x_ptr": "*fp32",
-                "loc_ptr": "*fp32",
-                "ls_ptr": "*fp32",
-                "B": "i32",
-                "C": "i32",
-                "S": "i32",
-                "n_f": "fp32",
-                "eps": "fp32",
-            },
-            "constexprs": {"BLOCK_B": bb_i, "BLOCK_S": bs_i},
-            "num_warps": 4,
-        }
-    )
+    init = _sig("x_ptr loc_ptr ls_ptr", "B C S", "n_f eps")
+    specs.append(_spec(_actnorm_init_kernel, init, {"BLOCK_B": bb_i, "BLOCK_S": bs_i}))
     br, bs = _actnorm_blocks(64 * 12, 256, True)
     for log in (True, False):
-        specs.append(
-            {
-                "fn": _actnorm_fwd_kernel,
-                "signature": {
-                    "x_ptr": "*fp32",
-                    "loc_ptr": "*fp32",
-                    "p_ptr": "*fp32",
-                    "y_ptr": "*fp32",
-                    "ld_ptr": "*fp32",
-                    "R": "i32",
-                    "C": "i32",
-                    "S": "i32",
-                    "B": "i32",
-                    "S_f": "fp32",
-                },
-                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs, "LD_BLOCK": 256},
-                "num_warps": 4,
-            }
-        )
-        specs.append(
-            {
-                "fn": _actnorm_bwd_kernel,
-                "signature": {
-                    "x_ptr": "*fp32",
-                    "g_ptr": "*fp32",
-                    "p_ptr": "*fp32",
-                    "dx_ptr": "*fp32",
-                    "pa_ptr": "*fp32",
-                    "pb_ptr": "*fp32",
-                    "R": "i32",
-                    "C": "i32",
-                    "S": "i32",
-                    "n_sb": "i32",
-                },
-                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_R": br, "BLOCK_S": bs},
-                "num_warps": 4,
-            }
-        )
-        specs.append(
-            {
-                "fn": _actnorm_bwd_finish_kernel,
-                "signature": {
-                    "pa_ptr": "*fp32",
-                    "pb_ptr": "*fp32",
-                    "gl_ptr": "*fp32",
-                    "loc_ptr": "*fp32",
-                    "p_ptr": "*fp32",
-                    "dloc_ptr": "*fp32",
-                    "dp_ptr": "*fp32",
-                    "Q": "i32",
-                    "C": "i32",
-                    "B": "i32",
-                    "gl_s": "i32",
-                    "S_f": "fp32",
-                },
-                "constexprs": {"LOG": log, "REVERSE": False, "BLOCK_Q": 64, "BLOCK_C": 16},
-                "num_warps": 4,
-            }
-        )
+        an = {"LOG": log, "REVERSE": False, "UPCAST": False}
+        specs += [
+            _spec(
+                _actnorm_fwd_kernel,
+                _sig("x_ptr loc_ptr p_ptr y_ptr ld_ptr", "R C S B", "S_f"),
+                {**an, "BLOCK_R": br, "BLOCK_S": bs, "LD_BLOCK": 256},
+            ),
+            _spec(
+                _actnorm_bwd_kernel,
+                _sig("x_ptr g_ptr p_ptr dx_ptr pa_ptr pb_ptr", "R C S n_sb"),
+                {**an, "BLOCK_R": br, "BLOCK_S": bs},
+            ),
+            _spec(
+                _actnorm_bwd_finish_kernel,
+                _sig("pa_ptr pb_ptr gl_ptr loc_ptr p_ptr dloc_ptr dp_ptr", "Q C B gl_s", "S_f"),
+                {**an, "BLOCK_Q": 64, "BLOCK_C": 16},
+            ),
+        ]
     for c, s in ((12, 256), (24, 64), (48, 16)):
         bo, bi, bs = _conv_blocks(c, s, True)
+        conv = _sig("x_ptr w_ptr y_ptr", "C S x_sb x_sc w_so w_si")
         specs.append(
-            {
-                "fn": _conv1x1_fwd_kernel,
-                "signature": {
-                    "x_ptr": "*fp32",
-                    "w_ptr": "*fp32",
-                    "y_ptr": "*fp32",
-                    "C": "i32",
-                    "S": "i32",
-                    "x_sb": "i32",
-                    "x_sc": "i32",
-                    "w_so": "i32",
-                    "w_si": "i32",
-                },
-                "constexprs": {"BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
-                "num_warps": _conv_warps(bo, bs),
-            }
+            _spec(
+                _conv1x1_fwd_kernel,
+                conv,
+                {"UPCAST": False, "BLOCK_O": bo, "BLOCK_I": bi, "BLOCK_S": bs},
+                _conv_warps(bo, bs),
+            )
         )
         dbo, dbs, dwarps = _dw_blocks(c, s, True)
-        specs.append(
-            {
-                "fn": _conv1x1_dw_kernel,
-                "signature": {
-                    "g_ptr": "*fp32",
-                    "x_ptr": "*fp32",
-                    "part_ptr": "*fp32",
-                    "B": "i32",
-                    "C": "i32",
-                    "S": "i32",
-                    "b_per": "i32",
-                    "g_sb": "i32",
-                    "g_sc": "i32",
-                    "x_sb": "i32",
-                    "x_sc": "i32",
-                },
-                "constexprs": {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs},
-                "num_warps": dwarps,
-            }
-        )
+        dw = _sig("g_ptr x_ptr part_ptr", "B C S b_per g_sb g_sc x_sb x_sc")
+        specs.append(_spec(_conv1x1_dw_kernel, dw, {"BLOCK_O": dbo, "BLOCK_I": dbo, "BLOCK_S": dbs}, dwarps))
     return specs + _lu_specs() + _slogdet_specs()
 
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._bf16 import cast as _cast
+from .._compile_spec import compile_spec
 from .._device import launches_on_device
 
 MAX_C = 64
@@ -59,6 +62,7 @@ def _lu_weight_fwd_kernel(
     sl1,
     su0,
     su1,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BC: tl.constexpr,
     BK: tl.constexpr,  # K chunk of the products (16: the smallest tl.dot)
 ):
@@ -79,7 +83,7 @@ def _lu_weight_fwd_kernel(
         ).to(tl.float32)
         acc = tl.dot(pk, a_k, acc, input_precision="ieee")
     inside = (rows[:, None] < C) & (rows[None, :] < C)
-    tl.store(w_ptr + rows[:, None] * C + rows[None, :], acc, mask=inside)
+    tl.store(w_ptr + rows[:, None] * C + rows[None, :], _cast(acc, w_ptr.dtype.element_ty, UPCAST), mask=inside)
     s = tl.load(s_ptr + rows, mask=rows < C, other=1.0).to(tl.float32)
     tl.store(ld_ptr, tl.sum(tl.log(tl.abs(s)), axis=0) * scale)
 
@@ -105,6 +109,7 @@ def _lu_weight_bwd_kernel(
     su1,
     sd0,
     sd1,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BC: tl.constexpr,
     BK: tl.constexpr,
 ):
@@ -132,7 +137,7 @@ def _lu_weight_bwd_kernel(
                 da_cols = tl.dot(pt_all, dw_mk, da_cols, input_precision="ieee")
             ut = _upper_at(u_ptr, s_ptr, c2, kk[:, None], C, su0, su1)  # [BK, BC]: U'[j, k]
             acc = tl.dot(da_cols, ut, acc, input_precision="ieee")
-        tl.store(dl_ptr + r2 * C + c2, tl.where(r2 > c2, acc, 0.0), mask=inside)
+        tl.store(dl_ptr + r2 * C + c2, _cast(tl.where(r2 > c2, acc, 0.0), dl_ptr.dtype.element_ty, UPCAST), mask=inside)
     else:
         for k0 in range(0, C, BK):
             kk = k0 + tl.arange(0, BK)
@@ -148,11 +153,11 @@ def _lu_weight_bwd_kernel(
                 da_rows = tl.dot(pt_k, dw_m, da_rows, input_precision="ieee")
             lt = _lower_at(l_ptr, kk[None, :], r2, C, sl0, sl1)  # [BC, BK]: L'[k, i]
             acc = tl.dot(lt, da_rows, acc, input_precision="ieee")
-        tl.store(du_ptr + r2 * C + c2, tl.where(r2 < c2, acc, 0.0), mask=inside)
+        tl.store(du_ptr + r2 * C + c2, _cast(tl.where(r2 < c2, acc, 0.0), du_ptr.dtype.element_ty, UPCAST), mask=inside)
         g = tl.load(gld_ptr).to(tl.float32)
         s = tl.load(s_ptr + rows, mask=rows < C, other=1.0).to(tl.float32)
         ds = tl.sum(tl.where(r2 == c2, acc, 0.0), axis=1) + g * scale / s
-        tl.store(ds_ptr + rows, ds, mask=rows < C)
+        tl.store(ds_ptr + rows, _cast(ds, ds_ptr.dtype.element_ty, UPCAST), mask=rows < C)
 
 
 def _bc(c: int) -> int:
@@ -168,7 +173,9 @@ def _opts(t) -> dict:
 
 
 @launches_on_device
-def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
+def lu_weight_fwd(
+    perm: Tensor, lower: Tensor, upper: Tensor, diag: Tensor, w: Tensor, logdet: Tensor, scale: float
+) -> None:
     """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
     c = lower.shape[0]
     _lu_weight_fwd_kernel[(1,)](
@@ -183,6 +190,7 @@ def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
         *perm.stride(),
         *lower.stride(),
         *upper.stride(),
+        UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
         BC=_bc(c),
         BK=16,
         **_opts(lower),
@@ -190,7 +198,18 @@ def lu_weight_fwd(perm, lower, upper, diag, w, logdet, scale):
 
 
 @launches_on_device
-def lu_weight_bwd(perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, scale):
+def lu_weight_bwd(
+    perm: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    diag: Tensor,
+    grad_w: Tensor,
+    grad_logdet: Tensor,
+    dl: Tensor,
+    du: Tensor,
+    ds: Tensor,
+    scale: float,
+) -> None:
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
     c = lower.shape[0]
     _lu_weight_bwd_kernel[(2,)](
@@ -209,6 +228,7 @@ def lu_weight_bwd(perm, lower, upper, diag, grad_w, grad_logdet, dl, du, ds, sca
         *lower.stride(),
         *upper.stride(),
         *grad_w.stride(),
+        UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
         BC=_bc(c),
         BK=16,
         **_opts(lower),
@@ -220,9 +240,10 @@ def compile_specs() -> list[dict]:
     specs = []
     for c in (12, 48):
         specs.append(
-            {
-                "fn": _lu_weight_fwd_kernel,
-                "signature": {
+            compile_spec(
+                _lu_weight_fwd_kernel,
+                None,
+                {
                     "p_ptr": "*fp32",
                     "l_ptr": "*fp32",
                     "u_ptr": "*fp32",
@@ -233,14 +254,17 @@ def compile_specs() -> list[dict]:
                     "scale": "fp32",
                     **strides,
                 },
-                "constexprs": {"BC": _bc(c), "BK": 16},
-                "num_warps": _warps(c),
-            }
+                {"UPCAST": False, "BC": _bc(c), "BK": 16},
+                _warps(c),
+                None,
+                aligned=False,
+            )
         )
         specs.append(
-            {
-                "fn": _lu_weight_bwd_kernel,
-                "signature": {
+            compile_spec(
+                _lu_weight_bwd_kernel,
+                None,
+                {
                     "p_ptr": "*fp32",
                     "l_ptr": "*fp32",
                     "u_ptr": "*fp32",
@@ -256,8 +280,10 @@ def compile_specs() -> list[dict]:
                     "sd0": "i32",
                     "sd1": "i32",
                 },
-                "constexprs": {"BC": _bc(c), "BK": 16},
-                "num_warps": _warps(c),
-            }
+                {"UPCAST": False, "BC": _bc(c), "BK": 16},
+                _warps(c),
+                None,
+                aligned=False,
+            )
         )
     return specs

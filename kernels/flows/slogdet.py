@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._compile_spec import compile_spec
 from .._device import launches_on_device
 
 MAX_D = 64
@@ -164,7 +166,7 @@ def _warps(bd: int, mb: int) -> int:
 
 
 @launches_on_device
-def slogdet_fwd(a, sign, logabsdet):
+def slogdet_fwd(a: Tensor, sign: Tensor, logabsdet: Tensor) -> None:
     """a: [n, d, d] (d <= 64); sign, logabsdet: [n] float32 contiguous."""
     n, d, _ = a.shape
     if n == 0:
@@ -175,7 +177,7 @@ def slogdet_fwd(a, sign, logabsdet):
 
 
 @launches_on_device
-def slogdet_bwd(a, grad_logabsdet, grad_a):
+def slogdet_bwd(a: Tensor, grad_logabsdet: Tensor, grad_a: Tensor) -> None:
     """a: [n, d, d]; grad_logabsdet: [n]; grad_a: [n, d, d] float32 contiguous (out)."""
     n, d, _ = a.shape
     if n == 0:
@@ -204,12 +206,7 @@ def compile_specs() -> list[dict]:
             "stride_c": "i32",
         }
         specs.append(
-            {
-                "fn": _slogdet_fwd_kernel,
-                "signature": fwd_sig,
-                "constexprs": {"BD": bd, "MB": mb},
-                "num_warps": _warps(bd, mb),
-            }
+            compile_spec(_slogdet_fwd_kernel, None, fwd_sig, {"BD": bd, "MB": mb}, _warps(bd, mb), None, aligned=False)
         )
         mbb = max(1, mb // 2)
         bwd_sig = {
@@ -224,11 +221,8 @@ def compile_specs() -> list[dict]:
             "g_stride": "i32",
         }
         specs.append(
-            {
-                "fn": _slogdet_bwd_kernel,
-                "signature": bwd_sig,
-                "constexprs": {"BD": bd, "MB": mbb},
-                "num_warps": _warps(bd, mbb * 2),
-            }
+            compile_spec(
+                _slogdet_bwd_kernel, None, bwd_sig, {"BD": bd, "MB": mbb}, _warps(bd, mbb * 2), None, aligned=False
+            )
         )
     return specs

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import on_tensor_device
@@ -216,6 +217,7 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
         BLOCK_N=cfg.block_n,
         GROUP_M=cfg.group_m,
         USE_TMA=a_desc is not None,
+        UPCAST=not a.is_cuda,  # the interpreter's bf16 stores round in float32 first (kernels/_bf16.py)
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -230,64 +232,54 @@ def _launch(a, sa, b, sb, bias, out, mi, b_block: int, cfg: GemmConfig):
         _fp8_gemm_fwd_kernel[(max(1, progs),)](*args, max(1, progs), a_desc, b_desc, **kwargs)
 
 
-def fp8_gemm_fwd(a, sa, b, sb, bias, out, b_block: int, cfg: GemmConfig) -> None:
+def fp8_gemm_fwd(
+    a: Tensor, sa: Tensor, b: Tensor, sb: Tensor, bias: Tensor | None, out: Tensor, b_block: int, cfg: GemmConfig
+) -> None:
     """out [M, N] = (A * sa) (B * sb)^T (+ bias); see the module docstring."""
     _launch(a, sa, b, sb, bias, out, None, b_block, cfg)
 
 
-def fp8_gemm_grouped_fwd(a, sa, b, sb, m_indices, out, cfg: GemmConfig) -> None:
+def fp8_gemm_grouped_fwd(
+    a: Tensor, sa: Tensor, b: Tensor, sb: Tensor, m_indices: Tensor, out: Tensor, cfg: GemmConfig
+) -> None:
     """Contiguous-layout grouped GEMM (pygen/ops/fp8.py states the m_indices contract)."""
     if cfg.swap_ab or cfg.block_m != BLOCK:
         raise ValueError("fp8_gemm_grouped_fwd: the contiguous layout needs BLOCK_M = 128 without swap")
     _launch(a, sa, b, sb, None, out, m_indices, BLOCK, cfg)
 
 
-def quantize_1x128_fwd(x, q, s, ue8m0: bool, precast=None) -> None:
-    m, k = x.shape
-    rows = QUANT_BLOCK_ROWS
-    grid = (triton.cdiv(m, rows) * (k // BLOCK),)  # 1-D: K/128 in y would stop at 65,535
+def _quantize(
+    kernel, grid: tuple[int], x: Tensor, q: Tensor, s: Tensor, ue8m0: bool, precast: Tensor | None, **kw
+) -> None:
     with on_tensor_device(x):
-        _quantize_1x128_fwd_kernel[grid](
+        kernel[grid](
             x,
             q,
             s,
             precast if precast is not None else q,
-            m,
-            x.stride(0),
-            x.stride(1),
-            q.stride(0),
-            q.stride(1),
-            s.stride(0),
-            s.stride(1),
+            x.shape[0],
+            *x.stride(),
+            *q.stride(),
+            *s.stride(),
             UE8M0=ue8m0,
             WRITE_PRECAST=precast is not None,
-            BLOCK_R=rows,
-            ROUND_IN_FP32=not x.is_cuda,
-            num_warps=4,
+            ROUND_IN_FP32=not x.is_cuda,  # the interpreter's fp32 -> fp8 cast misrounds
+            **kw,
         )
 
 
-def quantize_128x128_fwd(w, q, s, ue8m0: bool, precast=None) -> None:
+def quantize_1x128_fwd(x: Tensor, q: Tensor, s: Tensor, ue8m0: bool, precast: Tensor | None = None) -> None:
+    """x [M, K] -> q [M, K] e4m3 and s [M, K/128] float32 (any strides; module docstring)."""
+    m, k = x.shape
+    grid = (triton.cdiv(m, QUANT_BLOCK_ROWS) * (k // BLOCK),)  # 1-D: K/128 in y would stop at 65,535
+    _quantize(_quantize_1x128_fwd_kernel, grid, x, q, s, ue8m0, precast, BLOCK_R=QUANT_BLOCK_ROWS, num_warps=4)
+
+
+def quantize_128x128_fwd(w: Tensor, q: Tensor, s: Tensor, ue8m0: bool, precast: Tensor | None = None) -> None:
+    """w [N, K] -> q [N, K] e4m3 and s [ceil(N/128), K/128] float32 (any strides)."""
     n, k = w.shape
     grid = (triton.cdiv(n, BLOCK) * (k // BLOCK),)
-    with on_tensor_device(w):
-        _quantize_128x128_fwd_kernel[grid](
-            w,
-            q,
-            s,
-            precast if precast is not None else q,
-            n,
-            w.stride(0),
-            w.stride(1),
-            q.stride(0),
-            q.stride(1),
-            s.stride(0),
-            s.stride(1),
-            UE8M0=ue8m0,
-            WRITE_PRECAST=precast is not None,
-            ROUND_IN_FP32=not w.is_cuda,
-            num_warps=8,
-        )
+    _quantize(_quantize_128x128_fwd_kernel, grid, w, q, s, ue8m0, precast, num_warps=8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,6 +322,7 @@ def _gemm_spec(name, cfg: GemmConfig, b_block=BLOCK, grouped=False, bias=True, o
         "BLOCK_N": cfg.block_n,
         "GROUP_M": cfg.group_m,
         "USE_TMA": tma,
+        "UPCAST": False,
     }
     if tma:  # host descriptors, as the launcher builds them (_descriptors)
         sig["a_desc"] = f"tensordesc<fp8e4nv[{cfg.block_m}, {BLOCK}]>"

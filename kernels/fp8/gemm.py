@@ -38,6 +38,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._bf16 import cast as _cast
+
 
 @triton.jit
 def _fp8_gemm_fwd_kernel(
@@ -76,6 +78,7 @@ def _fp8_gemm_fwd_kernel(
     BLOCK_N: tl.constexpr,
     GROUP_M: tl.constexpr,
     USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round the bf16 store in float32 first (kernels/_bf16.py)
 ):
     BLOCK_K: tl.constexpr = 128
     pid = tl.program_id(0)
@@ -168,4 +171,4 @@ def _fp8_gemm_fwd_kernel(
         if SPLIT_K > 1:
             tl.atomic_add(c_ptrs, acc, mask=c_mask, sem="relaxed")
         else:
-            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+            tl.store(c_ptrs, _cast(acc, c_ptr.dtype.element_ty, UPCAST), mask=c_mask)

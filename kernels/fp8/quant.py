@@ -31,6 +31,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._compile_spec import compile_spec
+
 QUANT_BLOCK_ROWS = 32
 FP8_MAX = tl.constexpr(448.0)
 AMAX_EPS = tl.constexpr(1e-12)
@@ -184,21 +186,7 @@ def quant_compile_specs() -> list[dict]:
                 sig_i["stride_sk"] = "i32"
             else:
                 consts["stride_sk"] = 1
-            names = fn.arg_names
-            attrs = {
-                (names.index(a),): [["tt.divisibility", 16]]
-                for a in names
-                if sig_i.get(a, "").startswith("*") or a in (f"stride_{pre}{rn}", f"stride_q{rn}")
-            }
-            specs.append(
-                {
-                    "fn": fn,
-                    "name": f"{name}[{'ue8m0' if ue8m0 else 'fp32'},{layout}]",
-                    "signature": sig_i,
-                    "constexprs": consts,
-                    "attrs": attrs,
-                    "num_warps": 4 if rows_arg == "M" else 8,
-                    "num_stages": 1,
-                }
-            )
+            name_i = f"{name}[{'ue8m0' if ue8m0 else 'fp32'},{layout}]"
+            div = (f"stride_{pre}{rn}", f"stride_q{rn}")
+            specs.append(compile_spec(fn, name_i, sig_i, consts, 4 if rows_arg == "M" else 8, 1, div))
     return specs

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from .._bf16 import cast as _cast
 
@@ -685,21 +686,21 @@ def plan_shape(pass_: str, n: int, k: int, cfg: Config) -> tuple[int, int]:
     raise ValueError(f"only the fwd and dx passes read a plan, got {pass_!r}")
 
 
-def _upcast(t: torch.Tensor) -> bool:
+def _upcast(t: Tensor) -> bool:
     return t.dtype == torch.bfloat16 and interpreting()
 
 
-def _precision(t: torch.Tensor) -> str:
+def _precision(t: Tensor) -> str:
     if t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
         return "tf32"
     return "ieee"
 
 
 def made_plan(
-    row_deg: torch.Tensor,
-    red_deg: torch.Tensor,
-    plan: torch.Tensor,
-    counts: torch.Tensor,
+    row_deg: Tensor,
+    red_deg: Tensor,
+    plan: Tensor,
+    counts: Tensor,
     strict: bool,
     rows_are_out: bool,
     block_r: int,
@@ -726,54 +727,59 @@ def made_plan(
     )
 
 
-def _grid(a: int, b: int, cfg_a: int, cfg_b: int):
+def _grid(a: int, b: int, cfg_a: int, cfg_b: int) -> tuple[int]:
     return (triton.cdiv(a, cfg_a) * triton.cdiv(b, cfg_b),)
+
+
+def _present(dummy: Tensor, *ts: Tensor | None) -> tuple[Tensor, ...]:
+    """``ts`` with ``dummy`` for each absent (None) operand: a pointer the kernel never reads."""
+    return tuple(t if t is not None else dummy for t in ts)
+
+
+def _launch_kw(t: Tensor, cfg: Config, order: str = "MNK", **consts) -> dict:
+    """The constexprs and options every matmul kernel takes: ``consts``, UPCAST and PRECISION (from
+    the operand ``t``), the tiles of ``cfg`` in the kernel's ``order``, GROUP_M, warps, stages."""
+    tiles = {f"BLOCK_{a}": getattr(cfg, f"block_{a.lower()}") for a in order}
+    return dict(
+        consts,
+        UPCAST=_upcast(t),
+        PRECISION=_precision(t),
+        **tiles,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
 
 
 def _fwd(x, weight, bias, in_deg, out_deg, mask, plan, counts, y, z, strict, activation, cfg, explicit, x_bits=False):
     m = x.shape[0]
-    k = weight.shape[1]
-    n = weight.shape[0]
+    n, k = weight.shape
     if m == 0 or n == 0:
         return
-    j = triton.cdiv(k, cfg.block_k)
-    dummy = y
     ms = mask.stride() if mask is not None else (0, 0)
     _masked_linear_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
         x,
         weight,
-        bias if bias is not None else dummy,
-        in_deg if in_deg is not None else dummy,
-        out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy,
-        plan if plan is not None else dummy,
-        counts if counts is not None else dummy,
+        *_present(y, bias, in_deg, out_deg, mask, plan, counts),
         y,
-        z if z is not None else dummy,
+        *_present(y, z),
         m,
         n,
         k,
-        j,
-        x.stride(0),
-        x.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        ms[0],
-        ms[1],
-        STRICT=int(strict),
-        ACT=ACT_CODES[activation],
-        HAS_BIAS=bias is not None,
-        SAVE_Z=z is not None,
-        EXPLICIT_MASK=explicit,
-        X_BITS=x_bits,
-        UPCAST=_upcast(weight),
-        PRECISION=_precision(weight),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        triton.cdiv(k, cfg.block_k),
+        *x.stride(),
+        *weight.stride(),
+        *ms,
+        **_launch_kw(
+            weight,
+            cfg,
+            STRICT=int(strict),
+            ACT=ACT_CODES[activation],
+            HAS_BIAS=bias is not None,
+            SAVE_Z=z is not None,
+            EXPLICIT_MASK=explicit,
+            X_BITS=x_bits,
+        ),
     )
 
 
@@ -782,38 +788,20 @@ def _dx(gy, saved, weight, in_deg, out_deg, mask, plan, counts, dx, strict, acti
     k = weight.shape[1]
     if m == 0 or k == 0:
         return
-    j = triton.cdiv(n, cfg.block_k)
-    dummy = dx
     ms = mask.stride() if mask is not None else (0, 0)
     _masked_linear_dx_kernel[_grid(m, k, cfg.block_m, cfg.block_n)](
         gy,
-        saved if saved is not None else gy,
+        *_present(gy, saved),
         weight,
-        in_deg if in_deg is not None else dummy,
-        out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy,
-        plan if plan is not None else dummy,
-        counts if counts is not None else dummy,
+        *_present(dx, in_deg, out_deg, mask, plan, counts),
         dx,
         m,
         n,
         k,
-        j,
-        weight.stride(0),
-        weight.stride(1),
-        ms[0],
-        ms[1],
-        STRICT=int(strict),
-        ACT=ACT_CODES[activation],
-        EXPLICIT_MASK=explicit,
-        UPCAST=_upcast(gy),
-        PRECISION=_precision(gy),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        triton.cdiv(n, cfg.block_k),
+        *weight.stride(),
+        *ms,
+        **_launch_kw(gy, cfg, STRICT=int(strict), ACT=ACT_CODES[activation], EXPLICIT_MASK=explicit),
     )
 
 
@@ -822,50 +810,34 @@ def _dw(gy, saved, x, in_deg, out_deg, mask, dw, db, strict, activation, cfg, ex
     m = x.shape[0]
     if n == 0 or k == 0 or m == 0:
         return
-    dummy = dw
     ms = mask.stride() if mask is not None else (0, 0)
+    consts = dict(ACT=ACT_CODES[activation], HAS_BIAS=db is not None, EXPLICIT_MASK=explicit, X_BITS=x_bits)
     _masked_linear_dw_kernel[_grid(n, k, cfg.block_n, cfg.block_k)](
         gy,
-        saved if saved is not None else gy,
+        *_present(gy, saved),
         x,
-        in_deg if in_deg is not None else dummy,
-        out_deg if out_deg is not None else dummy,
-        mask if mask is not None else dummy,
+        *_present(dw, in_deg, out_deg, mask),
         dw,
-        db if db is not None else dummy,
+        *_present(dw, db),
         m,
         n,
         k,
-        x.stride(0),
-        x.stride(1),
-        ms[0],
-        ms[1],
-        STRICT=int(strict),
-        ACT=ACT_CODES[activation],
-        HAS_BIAS=db is not None,
-        EXPLICIT_MASK=explicit,
-        X_BITS=x_bits,
-        UPCAST=_upcast(dw),
-        PRECISION=_precision(dw),
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        BLOCK_M=cfg.block_m,
-        GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        *x.stride(),
+        *ms,
+        **_launch_kw(dw, cfg, "NKM", STRICT=int(strict), **consts),
     )
 
 
 def masked_linear_fwd(
-    x,
-    weight,
-    bias,
-    in_deg,
-    out_deg,
-    plan,
-    counts,
-    y,
-    z,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    in_deg: Tensor,
+    out_deg: Tensor,
+    plan: Tensor,
+    counts: Tensor,
+    y: Tensor,
+    z: Tensor | None,
     strict: bool,
     activation: str,
     cfg: Config,
@@ -878,7 +850,17 @@ def masked_linear_fwd(
 
 
 def masked_linear_dx(
-    gy, saved, weight, in_deg, out_deg, plan, counts, dx, strict: bool, activation: str, cfg: Config
+    gy: Tensor,
+    saved: Tensor | None,
+    weight: Tensor,
+    in_deg: Tensor,
+    out_deg: Tensor,
+    plan: Tensor,
+    counts: Tensor,
+    dx: Tensor,
+    strict: bool,
+    activation: str,
+    cfg: Config,
 ) -> None:
     """dx = (dy * act'(saved)) . (W * M); ``plan`` from ``made_plan(in_deg, out_deg, ...,
     rows_are_out=False, cfg.block_n, cfg.block_k)``."""
@@ -886,14 +868,37 @@ def masked_linear_dx(
 
 
 def masked_linear_dw(
-    gy, saved, x, in_deg, out_deg, dw, db, strict: bool, activation: str, cfg: Config, x_bits: bool = False
+    gy: Tensor,
+    saved: Tensor | None,
+    x: Tensor,
+    in_deg: Tensor,
+    out_deg: Tensor,
+    dw: Tensor,
+    db: Tensor | None,
+    strict: bool,
+    activation: str,
+    cfg: Config,
+    x_bits: bool = False,
 ) -> None:
     """dw = M * (g^T . x) and (when ``db`` is not None) db = sum of g over rows (x bit-packed with
     ``x_bits``, as in masked_linear_fwd)."""
     _dw(gy, saved, x, in_deg, out_deg, None, dw, db, strict, activation, cfg, False, x_bits)
 
 
-def made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params, ld_part, cfg: Config) -> None:
+def made_affine_fwd(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    in_deg: Tensor,
+    out_deg: Tensor,
+    plan: Tensor,
+    counts: Tensor,
+    x: Tensor,
+    z: Tensor,
+    params: Tensor | None,
+    ld_part: Tensor,
+    cfg: Config,
+) -> None:
     """MAF output head: params = h . (W * M)^T + b with the strict mask, z = scale * x + shift,
     ``ld_part`` [M, T] fp32 = per output tile sums of log(scale); ``params`` (or None) [M, N].
     ``plan``/``counts`` from ``made_plan(out_deg, in_deg, ..., strict=True, rows_are_out=True)``."""
@@ -901,62 +906,68 @@ def made_affine_fwd(h, weight, bias, in_deg, out_deg, plan, counts, x, z, params
     n = weight.shape[0]
     if m == 0 or n == 0:
         return
-    t = ld_part.shape[1]
+    sizes = (m, n, k, triton.cdiv(k, cfg.block_k), ld_part.shape[1])
     _made_affine_fwd_kernel[_grid(m, n, cfg.block_m, cfg.block_n)](
         h,
         weight,
-        bias if bias is not None else z,
+        *_present(z, bias),
         in_deg,
         out_deg,
         plan,
         counts,
         x,
         z,
-        params if params is not None else z,
+        *_present(z, params),
         ld_part,
-        m,
-        n,
-        k,
-        triton.cdiv(k, cfg.block_k),
-        t,
-        h.stride(0),
-        h.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        x.stride(0),
-        x.stride(1),
-        HAS_BIAS=bias is not None,
-        SAVE_PARAMS=params is not None,
-        UPCAST=_upcast(h),
-        PRECISION=_precision(h),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        *sizes,
+        *h.stride(),
+        *weight.stride(),
+        *x.stride(),
+        **_launch_kw(h, cfg, HAS_BIAS=bias is not None, SAVE_PARAMS=params is not None),
     )
 
 
-def masked_matmul_fwd(x, weight, bias, mask, y, z, activation: str, cfg: Config) -> None:
+def masked_matmul_fwd(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    y: Tensor,
+    z: Tensor | None,
+    activation: str,
+    cfg: Config,
+) -> None:
     """The explicit-mask forward: ``mask`` [N, K] uint8."""
     _fwd(x, weight, bias, None, None, mask, None, None, y, z, False, activation, cfg, True)
 
 
-def masked_matmul_dx(gy, saved, weight, mask, dx, activation: str, cfg: Config) -> None:
+def masked_matmul_dx(
+    gy: Tensor, saved: Tensor | None, weight: Tensor, mask: Tensor, dx: Tensor, activation: str, cfg: Config
+) -> None:
+    """The explicit-mask dx (``mask`` [N, K] uint8)."""
     _dx(gy, saved, weight, None, None, mask, None, None, dx, False, activation, cfg, True)
 
 
-def masked_matmul_dw(gy, saved, x, mask, dw, db, activation: str, cfg: Config) -> None:
+def masked_matmul_dw(
+    gy: Tensor,
+    saved: Tensor | None,
+    x: Tensor,
+    mask: Tensor,
+    dw: Tensor,
+    db: Tensor | None,
+    activation: str,
+    cfg: Config,
+) -> None:
+    """The explicit-mask dW and db (``mask`` [N, K] uint8)."""
     _dw(gy, saved, x, None, None, mask, dw, db, False, activation, cfg, True)
 
 
 # ----------------------------------------------------------------------------------------------
 # offline compile specs (pygen inspect): kernels/made/specs.py
 # ----------------------------------------------------------------------------------------------
-from .specs import build_specs as _build_specs  # noqa: E402 (the spec builder reads the kernels defined above)
+from .specs import build_specs as _build_specs  # noqa: E402 (the spec builder imports the kernels defined above)
 
-_BASE_COMPILE_SPECS = _build_specs(globals())
+_BASE_COMPILE_SPECS = _build_specs()
 
 
 def __getattr__(name: str):

@@ -41,7 +41,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._compile_spec import compile_spec
 from .._device import launches_on_device
 from . import _activate, _cast, _mma, _precision, _upcast, interpreting
 
@@ -235,17 +237,17 @@ def block_sizes(dtype: torch.dtype) -> tuple[int, int, int, int]:
 
 @launches_on_device
 def made_sample_persistent(
-    scratch,
-    deg,
-    w,
-    b,
-    ctx,
-    meta,
-    sched,
-    sched_out,
-    out_deg,
-    noise,
-    params,
+    scratch: Tensor,
+    deg: Tensor,
+    w: Tensor,
+    b: Tensor,
+    ctx: Tensor | None,
+    meta: Tensor,
+    sched: Tensor,
+    sched_out: Tensor,
+    out_deg: Tensor,
+    noise: Tensor,
+    params: Tensor | None,
     n_weights: int,
     mult: int,
     activation_code: int,
@@ -318,27 +320,29 @@ def compile_specs() -> list[dict]:
             "stride_noise": "i32",
             "stride_params": "i32",
         }
+        consts = {
+            "ACT": 1,
+            "KIND": 0,
+            "HAS_CTX": False,
+            "SAVE_PARAMS": False,
+            "UPCAST": False,
+            "PRECISION": "ieee" if dt == torch.float32 else "tf32",
+            "BLOCK_B": bb,
+            "BLOCK_N": bn,
+            "BLOCK_K": bk,
+            "BLOCK_O": 16,
+        }
+        # recorded without alignment attrs (docs/inspect reports)
         specs.append(
-            {
-                "fn": _made_sample_persistent_kernel,
-                "name": f"made_sample_persistent[{tname}]",
-                "signature": sig,
-                "constexprs": {
-                    "ACT": 1,
-                    "KIND": 0,
-                    "HAS_CTX": False,
-                    "SAVE_PARAMS": False,
-                    "UPCAST": False,
-                    "PRECISION": "ieee" if dt == torch.float32 else "tf32",
-                    "BLOCK_B": bb,
-                    "BLOCK_N": bn,
-                    "BLOCK_K": bk,
-                    "BLOCK_O": 16,
-                },
-                "attrs": {},
-                "num_warps": warps,
-                "num_stages": 1,
-                "tensor_cores": dt != torch.float32,
-            }
+            compile_spec(
+                _made_sample_persistent_kernel,
+                f"made_sample_persistent[{tname}]",
+                sig,
+                consts,
+                warps,
+                1,
+                aligned=False,
+                tensor_cores=dt != torch.float32,
+            )
         )
     return specs

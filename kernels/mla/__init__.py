@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._bf16 import cast as _cast
 from .decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
 from .prefill import (
     _mla_prefill_bwd_dkdv_kernel,
@@ -100,7 +102,53 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal, num_splits):
+def _cache_views(kv_cache: Tensor, d: int, dv: int) -> tuple[Tensor, Tensor, Tensor, int, int, int]:
+    """(latent, scale, rope) views of the paged cache and (rope offset, scale offset, rope width):
+    a packed FP8 token [656 bytes] is read as fp8 latents, float32 scales and bf16 rope values of
+    the same bytes; a 16-bit or float32 cache is all three views itself."""
+    if kv_cache.dtype == torch.uint8:
+        flat = kv_cache.view(kv_cache.shape[0], kv_cache.shape[1], -1)  # [nb, page, 656] bytes
+        lat = flat.view(torch.float8_e4m3fn)
+        sc = flat.view(torch.float32)
+        rope = flat.view(torch.bfloat16)
+        return lat, sc, rope, FP8_ROPE_OFF, FP8_SCALE_OFF, 64
+    return kv_cache, kv_cache, kv_cache, dv, 0, d - dv
+
+
+def _merge_splits(opart: Tensor, lpart: Tensor, out: Tensor, lse: Tensor, s_q: int, h_q: int, num_splits: int) -> None:
+    """Fold the float32 split partials opart [b, rows, splits, DV] / lpart [b, rows, splits] into out
+    and lse."""
+    b, rows, dv = out.shape[0], s_q * h_q, out.shape[-1]
+    _mla_decode_merge_kernel[(b * rows,)](
+        opart,
+        lpart,
+        out,
+        lse,
+        s_q,
+        h_q,
+        rows,
+        num_splits,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        DV=dv,
+        BLOCK_S=max(2, _pow2(num_splits)),
+        UPCAST=_interpreting(),
+        num_warps=4,
+    )
+
+
+def mla_decode(
+    q: Tensor,
+    kv_cache: Tensor,
+    block_table: Tensor,
+    cache_seqlens: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+    causal: bool,
+    num_splits: int,
+) -> None:
     """Paged split-KV decode into ``out`` [b, s_q, h_q, DV] and ``lse`` float32 [b, h_q, s_q]."""
     b, s_q, h_q, d = q.shape
     dv = out.shape[-1]
@@ -108,17 +156,7 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
     page = kv_cache.shape[1]
     fp8 = kv_cache.dtype == torch.uint8
     cfg = decode_config(rows, fp8, fp32=q.dtype == torch.float32)
-    if fp8:
-        flat = kv_cache.view(kv_cache.shape[0], page, -1)  # [nb, page, 656] bytes
-        lat = flat.view(torch.float8_e4m3fn)
-        sc = flat.view(torch.float32)
-        rope = flat.view(torch.bfloat16)
-        views = (lat, sc, rope)
-        rope_off, sc_off, dr = FP8_ROPE_OFF, FP8_SCALE_OFF, 64
-    else:
-        views = (kv_cache, kv_cache, kv_cache)
-        rope_off, sc_off, dr = dv, 0, d - dv
-    lat, sc, rope = views
+    lat, sc, rope, rope_off, sc_off, dr = _cache_views(kv_cache, d, dv)
     split = num_splits > 1
     if split:
         opart = torch.empty((b, rows, num_splits, dv), dtype=torch.float32, device=q.device)
@@ -172,25 +210,12 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, out, lse, scale, causal,
         num_stages=cfg.num_stages,
     )
     if split:
-        _mla_decode_merge_kernel[(b * rows,)](
-            opart,
-            lpart,
-            out,
-            lse,
-            s_q,
-            h_q,
-            rows,
-            num_splits,
-            out.stride(0),
-            out.stride(1),
-            out.stride(2),
-            DV=dv,
-            BLOCK_S=max(2, _pow2(num_splits)),
-            num_warps=4,
-        )
+        _merge_splits(opart, lpart, out, lse, s_q, h_q, num_splits)
 
 
-def mla_cache_append(kv_cache, block_table, positions, part_a, part_b):
+def mla_cache_append(
+    kv_cache: Tensor, block_table: Tensor, positions: Tensor, part_a: Tensor, part_b: Tensor | None
+) -> None:
     """Scatter rows into their pages: ``part_a`` [b, n, A] then ``part_b`` [b, n, B] (None for the
     packed FP8 rows, which fill the whole 656-byte token)."""
     b, n = positions.shape
@@ -279,46 +304,90 @@ def _prefill_common(q, k, v):
     )
 
 
-def mla_prefill_fwd(q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale, causal):
-    batch = cu_q.shape[0] - 1
-    h = q.shape[1]
-    cfg = prefill_config("fwd", fp32=q.dtype == torch.float32)
-    if batch == 0 or max_q == 0:
-        out.zero_()
-        lse.fill_(float("-inf"))
-        return
-    num_mb = triton.cdiv(max_q, cfg.block_m)
-    for b0, nb in batch_chunks(num_mb, batch):
+def _launch_per_sequence(
+    kernel,
+    cfg: PrefillConfig,
+    blocks: int,
+    batch: int,
+    heads: int,
+    lead: tuple,
+    cu_q: Tensor,
+    cu_k: Tensor,
+    rest: tuple,
+    causal: bool,
+    com: dict,
+) -> None:
+    """Launch a prefill kernel with ``blocks`` programs per sequence folded with the batch into grid
+    x (several launches past CUDA's limit, batch_chunks) and the heads in y: arguments ``lead``, the
+    chunk's cu_seqlens, ``rest``, then ``blocks``; constexprs CAUSAL, the tile and ``com``."""
+    for b0, nb in batch_chunks(blocks, batch):
         # cu_seqlens hold absolute token offsets: a slice of them is a sub-batch
-        _mla_prefill_fwd_kernel[(num_mb * nb, h)](
-            q,
-            k,
-            v,
+        kernel[(blocks * nb, heads)](
+            *lead,
             cu_q[b0 : b0 + nb + 1],
             cu_k[b0 : b0 + nb + 1],
-            out,
-            lse,
-            scale * LOG2E,
-            q.stride(0),
-            q.stride(1),
-            k.stride(0),
-            k.stride(1),
-            v.stride(0),
-            v.stride(1),
-            out.stride(0),
-            out.stride(1),
-            lse.stride(0),
-            num_mb,
+            *rest,
+            blocks,
             CAUSAL=causal,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
-            **_prefill_common(q, k, v),
+            **com,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
 
 
-def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dq, dk, dv, scale, causal):
+def _rows(*ts: Tensor) -> tuple[int, ...]:
+    """(token stride, head stride) of each [total, h, d] tensor."""
+    return tuple(st for t in ts for st in t.stride()[:2])
+
+
+def mla_prefill_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_q: Tensor,
+    cu_k: Tensor,
+    max_q: int,
+    max_k: int,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+    causal: bool,
+) -> None:
+    """Varlen prefill into ``out`` [total_q, h, DV] and ``lse`` float32 [h, total_q]."""
+    batch = cu_q.shape[0] - 1
+    cfg = prefill_config("fwd", fp32=q.dtype == torch.float32)
+    if batch == 0 or max_q == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return
+    rest = (out, lse, scale * LOG2E, *_rows(q, k, v, out), lse.stride(0))
+    num_mb = triton.cdiv(max_q, cfg.block_m)
+    com = _prefill_common(q, k, v)
+    _launch_per_sequence(
+        _mla_prefill_fwd_kernel, cfg, num_mb, batch, q.shape[1], (q, k, v), cu_q, cu_k, rest, causal, com
+    )
+
+
+def mla_prefill_bwd(
+    grad_out: Tensor,
+    grad_lse: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    cu_q: Tensor,
+    cu_k: Tensor,
+    max_q: int,
+    max_k: int,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    scale: float,
+    causal: bool,
+) -> None:
     """dq, dk, dv (zero-filled by the caller, written in full here when the sizes are non-zero)."""
     batch = cu_q.shape[0] - 1
     total_q, h, _ = q.shape
@@ -333,10 +402,7 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
         grad_lse,
         delta,
         total_q,
-        out.stride(0),
-        out.stride(1),
-        grad_out.stride(0),
-        grad_out.stride(1),
+        *_rows(out, grad_out),
         grad_lse.stride(0),
         delta.stride(0),
         DV=com["DV"],
@@ -345,60 +411,16 @@ def mla_prefill_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
         num_warps=4,
     )
     fp32 = q.dtype == torch.float32
-    strides = (
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        grad_out.stride(0),
-        grad_out.stride(1),
-        lse.stride(0),
-    )
+    lead = (q, k, v, grad_out, lse, delta)
+    scales = (scale, scale * LOG2E, *_rows(q, k, v, grad_out), lse.stride(0))
     cfg = prefill_config("dkdv", fp32=fp32)
+    rest = (dk, dv, *scales, *_rows(dk, dv))
     num_nb = triton.cdiv(max_k, cfg.block_n)
-    for b0, nb in batch_chunks(num_nb, batch):
-        args = (q, k, v, grad_out, lse, delta, cu_q[b0 : b0 + nb + 1], cu_k[b0 : b0 + nb + 1])
-        _mla_prefill_bwd_dkdv_kernel[(num_nb * nb, h)](
-            *args,
-            dk,
-            dv,
-            scale,
-            scale * LOG2E,
-            *strides,
-            dk.stride(0),
-            dk.stride(1),
-            dv.stride(0),
-            dv.stride(1),
-            num_nb,
-            CAUSAL=causal,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            **com,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
+    _launch_per_sequence(_mla_prefill_bwd_dkdv_kernel, cfg, num_nb, batch, h, lead, cu_q, cu_k, rest, causal, com)
     cfg = prefill_config("dq", fp32=fp32)
     num_mb = triton.cdiv(max_q, cfg.block_m)
-    for b0, nb in batch_chunks(num_mb, batch):
-        args = (q, k, v, grad_out, lse, delta, cu_q[b0 : b0 + nb + 1], cu_k[b0 : b0 + nb + 1])
-        _mla_prefill_bwd_dq_kernel[(num_mb * nb, h)](
-            *args,
-            dq,
-            scale,
-            scale * LOG2E,
-            *strides,
-            dq.stride(0),
-            dq.stride(1),
-            num_mb,
-            CAUSAL=causal,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            **com,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
+    rest = (dq, *scales, *_rows(dq))
+    _launch_per_sequence(_mla_prefill_bwd_dq_kernel, cfg, num_mb, batch, h, lead, cu_q, cu_k, rest, causal, com)
 
 
 # ---- merge of two partial results -----------------------------------------------------------
@@ -422,6 +444,7 @@ def _merge_attn_states_fwd_kernel(
     stride_oh,
     stride_lh,
     BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round the bf16 store in float32 first (kernels/_bf16.py)
 ):
     # 64-bit: t * stride_oat reaches 2^31 at token 32,768 of 128 heads x 512 (the latent width)
     t = tl.program_id(0).to(tl.int64)
@@ -442,10 +465,15 @@ def _merge_attn_states_fwd_kernel(
         dm = d < D
         a = tl.load(oa_ptr + t * stride_oat + h * stride_oah + d, mask=dm, other=0.0).to(tl.float32)
         b = tl.load(ob_ptr + t * stride_obt + h * stride_obh + d, mask=dm, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t * stride_ot + h * stride_oh + d, (wa * a + wb * b).to(out_ptr.dtype.element_ty), mask=dm)
+        tl.store(
+            out_ptr + t * stride_ot + h * stride_oh + d,
+            _cast(wa * a + wb * b, out_ptr.dtype.element_ty, UPCAST),
+            mask=dm,
+        )
 
 
-def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
+def merge_attn_states(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor, out: Tensor, lse: Tensor) -> None:
+    """out / lse = the two partial results merged by their lse (module docstring); out [T, H, D]."""
     t, h, d = out_a.shape
     if t == 0 or h == 0:
         return
@@ -468,10 +496,11 @@ def merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse):
         out.stride(1),
         lse.stride(0),
         BLOCK_D=min(512, max(16, _pow2(d))),
+        UPCAST=_interpreting(),
         num_warps=4,
     )
 
 
-from .specs import build_specs  # noqa: E402  (needs the kernels above)
+from .specs import build_specs  # noqa: E402  (imports the kernels and configs above)
 
-COMPILE_SPECS = build_specs(globals())
+COMPILE_SPECS = build_specs()

@@ -27,6 +27,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._bf16 import cast as _cast
+from .softmax import online_softmax_finish, online_softmax_step
+
 
 @triton.jit
 def _mla_decode_fwd_kernel(
@@ -144,24 +147,16 @@ def _mla_decode_fwd_kernel(
         s = s * scale_log2
         vis = t_ok[None, :] & (t[None, :] < limit[:, None])
         s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, lat, m_i, l_i, acc, PRECISION)
 
-    seen = l_i > 0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse2 = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    o, lse2 = online_softmax_finish(m_i, l_i, acc)
     if SPLIT:
         prow = (bi * ROWS + rows) * num_splits + pid_s
         tl.store(opart_ptr + prow[:, None] * DV + d[None, :], o, mask=row_ok[:, None])
         tl.store(lpart_ptr + prow, lse2, mask=row_ok)
     else:
         o_row = out_ptr + bi * stride_ob + jq.to(tl.int64) * stride_os + hq.to(tl.int64) * stride_oh
-        tl.store(o_row[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(o_row[:, None] + d[None, :], _cast(o, out_ptr.dtype.element_ty, UPCAST), mask=row_ok[:, None])
         tl.store(lse_ptr + (bi * H_Q + hq) * S_Q + jq, lse2 * 0.6931471805599453, mask=row_ok)
 
 
@@ -180,6 +175,7 @@ def _mla_decode_merge_kernel(
     stride_oh,
     DV: tl.constexpr,
     BLOCK_S: tl.constexpr,  # next power of two >= num_splits
+    UPCAST: tl.constexpr,  # interpreter: round the bf16 store in float32 first (kernels/_bf16.py)
 ):
     pid = tl.program_id(0).to(tl.int64)  # one (sequence, row) per program
     bi = pid // ROWS
@@ -200,7 +196,7 @@ def _mla_decode_merge_kernel(
         acc += wi * tl.load(opart_ptr + (base + i) * DV + d)
     o = acc / tl.where(tot > 0, tot, 1.0)
     lse = tl.where(tot > 0, (m_safe + tl.log2(tl.where(tot > 0, tot, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(out_ptr + bi * stride_ob + jq * stride_os + hq * stride_oh + d, o.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + bi * stride_ob + jq * stride_os + hq * stride_oh + d, _cast(o, out_ptr.dtype.element_ty, UPCAST))
     tl.store(lse_ptr + (bi * H_Q + hq) * S_Q + jq, lse)
 
 

@@ -23,23 +23,90 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._bf16 import cast as _cast
+from .softmax import online_softmax_finish, online_softmax_step
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _load_cols(rp, ok, C0: tl.constexpr, NCOL: tl.constexpr, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
+    """[rows, BLOCK] tile of columns C0 + [0, BLOCK) (those < NCOL) of the rows at pointers rp
+    (rows where not ok read 0), upcast to float32 under the interpreter."""
+    c = C0 + tl.arange(0, BLOCK)
+    t = tl.load(rp[:, None] + c[None, :], mask=ok[:, None] & (c[None, :] < NCOL), other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def _store_cols(rp, ok, v, C0: tl.constexpr, NCOL: tl.constexpr, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
+    """Store the float32 tile v as columns C0 + [0, BLOCK) (those < NCOL) of the rows at pointers rp,
+    rounded to nearest in the output dtype."""
+    c = C0 + tl.arange(0, BLOCK)
+    tl.store(rp[:, None] + c[None, :], _cast(v, rp.dtype.element_ty, UPCAST), mask=ok[:, None] & (c[None, :] < NCOL))
+
 
 @triton.jit
 def _load_qk(ptr, rows, ok, stride_t, D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, UPCAST: tl.constexpr):
     """[rows, DA] and [rows, DB] halves of a q or k tile (DB part masked past D)."""
-    rp = (ptr + rows.to(tl.int64) * stride_t)[:, None]  # 64-bit row offsets, 32-bit columns
-    ca = tl.arange(0, DA)
-    a = tl.load(rp + ca[None, :], mask=ok[:, None] & (ca[None, :] < D), other=0.0)
-    if UPCAST:
-        a = a.to(tl.float32)
+    rp = ptr + rows.to(tl.int64) * stride_t  # 64-bit row offsets, 32-bit columns
+    a = _load_cols(rp, ok, 0, D, DA, UPCAST)
     if DB > 0:
-        cb = DA + tl.arange(0, DB)
-        b = tl.load(rp + cb[None, :], mask=ok[:, None] & (cb[None, :] < D), other=0.0)
-        if UPCAST:
-            b = b.to(tl.float32)
+        b = _load_cols(rp, ok, DA, D, DB, UPCAST)
     else:
         b = a
     return a, b
+
+
+@triton.jit
+def _store_qk(rp, ok, xa, xb, scale, D: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, UPCAST: tl.constexpr):
+    """Store scale * [xa | xb] (a dq or dk tile, the halves of _load_qk) at the rows rp."""
+    _store_cols(rp, ok, xa * scale, 0, D, DA, UPCAST)
+    if DB > 0:
+        _store_cols(rp, ok, xb * scale, DA, D, DB, UPCAST)
+
+
+@triton.jit
+def _sequence(cu_q_ptr, cu_k_ptr, bi):
+    """(q0, nq, k0, nk): first global row and length of sequence bi's queries and keys."""
+    q0 = tl.load(cu_q_ptr + bi)
+    nq = tl.load(cu_q_ptr + bi + 1) - q0
+    k0 = tl.load(cu_k_ptr + bi)
+    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    return q0, nq, k0, nk
+
+
+@triton.jit
+def _query_block(cu_q_ptr, cu_k_ptr, num_mb):
+    """Prologue of the query-block-major kernels (forward, dq): (sequence, row block, head) of
+    this program, longest rows first for causal, and _sequence's bounds."""
+    pid = tl.program_id(0)
+    bi = pid // num_mb
+    mb = num_mb - 1 - pid % num_mb  # causal: the longest rows first
+    h = tl.program_id(1).to(tl.int64)
+    q0, nq, k0, nk = _sequence(cu_q_ptr, cu_k_ptr, bi)
+    return mb, h, q0, nq, k0, nk
+
+
+@triton.jit
+def _key_end(mb, nq, nk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """End of the keys row block mb sees (bottom-right causal: key c <= row + nk - nq)."""
+    if CAUSAL:
+        hi = tl.minimum(nk, mb * BLOCK_M + BLOCK_M + nk - nq)
+    else:
+        hi = nk
+    return hi
+
+
+@triton.jit
+def _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, ok):
+    """lse * log2(e) (0 for rows that saw no key) and delta of the global rows grow."""
+    lse = tl.load(lse_ptr + h * stride_lh + grow, mask=ok, other=0.0)
+    lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
+    delta = tl.load(delta_ptr + h * stride_lh + grow, mask=ok, other=0.0)
+    return lse_l2, delta
 
 
 @triton.jit
@@ -81,25 +148,14 @@ def _mla_prefill_fwd_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bi = pid // num_mb
-    mb = num_mb - 1 - pid % num_mb  # causal: the longest rows first
-    h = tl.program_id(1).to(tl.int64)
-    q0 = tl.load(cu_q_ptr + bi)
-    nq = tl.load(cu_q_ptr + bi + 1) - q0
-    k0 = tl.load(cu_k_ptr + bi)
-    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    mb, h, q0, nq, k0, nk = _query_block(cu_q_ptr, cu_k_ptr, num_mb)
     if mb * BLOCK_M >= nq:
         return
     rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     r_ok = rows < nq
     qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
-    cv = tl.arange(0, BLOCK_DV)
     shift = nk - nq
-    if CAUSAL:
-        hi = tl.minimum(nk, mb * BLOCK_M + BLOCK_M + shift)
-    else:
-        hi = nk
+    hi = _key_end(mb, nq, nk, CAUSAL, BLOCK_M)
     kbase = k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh
     vbase = v_ptr + k0.to(tl.int64) * stride_vt + h * stride_vh
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
@@ -109,34 +165,17 @@ def _mla_prefill_fwd_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         c_ok = cols < nk
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-        vt = tl.load(
-            vbase + cols.to(tl.int64)[:, None] * stride_vt + cv[None, :],
-            mask=c_ok[:, None] & (cv[None, :] < DV),
-            other=0.0,
-        )
-        if UPCAST:
-            vt = vt.to(tl.float32)
+        vt = _load_cols(vbase + cols.to(tl.int64) * stride_vt, c_ok, 0, DV, BLOCK_DV, UPCAST)
         s = _scores(qa, qb, ka, kb, DB, PRECISION) * scale_log2
         vis = c_ok[None, :]
         if CAUSAL:
             vis = vis & (cols[None, :] <= rows[:, None] + shift)
         s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
-        m_i = m_new
-    seen = l_i > 0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        m_i, l_i, acc = online_softmax_step(s, vt, m_i, l_i, acc, PRECISION)
+    o, lse2 = online_softmax_finish(m_i, l_i, acc)
+    lse = lse2 * 0.6931471805599453  # natural log (-inf stays -inf)
     grow = (q0 + rows).to(tl.int64)
-    tl.store(
-        out_ptr + grow[:, None] * stride_ot + h * stride_oh + cv[None, :],
-        o.to(out_ptr.dtype.element_ty),
-        mask=r_ok[:, None] & (cv[None, :] < DV),
-    )
+    _store_cols(out_ptr + grow * stride_ot + h * stride_oh, r_ok, o, 0, DV, BLOCK_DV, UPCAST)
     tl.store(lse_ptr + h * stride_lh + grow, lse, mask=r_ok)
 
 
@@ -161,13 +200,11 @@ def _mla_prefill_bwd_preprocess_kernel(
     h = tl.program_id(1).to(tl.int64)
     ok = rows < total_q
     r64 = rows.to(tl.int64)  # global rows: past 32 x 4096 of them, row * (h * DV = 16,384) >= 2^31
-    cv = tl.arange(0, BLOCK_DV)
-    msk = ok[:, None] & (cv[None, :] < DV)
-    o = tl.load(out_ptr + r64[:, None] * stride_ot + h * stride_oh + cv[None, :], mask=msk, other=0.0)
-    g = tl.load(do_ptr + r64[:, None] * stride_dot + h * stride_doh + cv[None, :], mask=msk, other=0.0)
+    o = _load_cols(out_ptr + r64 * stride_ot + h * stride_oh, ok, 0, DV, BLOCK_DV, True)  # float32 tiles
+    g = _load_cols(do_ptr + r64 * stride_dot + h * stride_doh, ok, 0, DV, BLOCK_DV, True)
     gl = tl.load(dlse_ptr + h * stride_glh + rows, mask=ok, other=0.0).to(tl.float32)
     # d lse / d S = P, so a gradient on lse enters as -dlse in delta
-    delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), 1) - gl
+    delta = tl.sum(o * g, 1) - gl
     tl.store(delta_ptr + h * stride_dh + rows, delta, mask=ok)
 
 
@@ -241,23 +278,13 @@ def _mla_prefill_bwd_dkdv_kernel(
     nb = pid % num_nb
     tl.assume(nb >= 0)
     h = tl.program_id(1).to(tl.int64)
-    q0 = tl.load(cu_q_ptr + bi)
-    nq = tl.load(cu_q_ptr + bi + 1) - q0
-    k0 = tl.load(cu_k_ptr + bi)
-    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    q0, nq, k0, nk = _sequence(cu_q_ptr, cu_k_ptr, bi)
     if nb * BLOCK_N >= nk:
         return
     cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ok = cols < nk
     ka, kb = _load_qk(k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-    cv = tl.arange(0, BLOCK_DV)
-    vt = tl.load(
-        v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
-        mask=c_ok[:, None] & (cv[None, :] < DV),
-        other=0.0,
-    )
-    if UPCAST:
-        vt = vt.to(tl.float32)
+    vt = _load_cols(v_ptr + (k0 + cols).to(tl.int64) * stride_vt + h * stride_vh, c_ok, 0, DV, BLOCK_DV, UPCAST)
     shift = nk - nq
     lo = 0
     if CAUSAL:
@@ -272,16 +299,8 @@ def _mla_prefill_bwd_dkdv_kernel(
         r_ok = rows < nq
         qa, qb = _load_qk(qbase, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
         grow = (q0 + rows).to(tl.int64)
-        lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-        lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
-        delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-        do = tl.load(
-            do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
-            mask=r_ok[:, None] & (cv[None, :] < DV),
-            other=0.0,
-        )
-        if UPCAST:
-            do = do.to(tl.float32)
+        lse_l2, delta = _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, r_ok)
+        do = _load_cols(do_ptr + grow * stride_dot + h * stride_doh, r_ok, 0, DV, BLOCK_DV, UPCAST)
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
         dvt += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
@@ -294,24 +313,8 @@ def _mla_prefill_bwd_dkdv_kernel(
     lc = tl.arange(0, BLOCK_N)
     grow_k = (k0 + nb * BLOCK_N).to(tl.int64) + lc
     c_ok = lc < nk - nb * BLOCK_N
-    ca = tl.arange(0, DA)
-    tl.store(
-        dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + ca[None, :],
-        (dka * scale).to(dk_ptr.dtype.element_ty),
-        mask=c_ok[:, None] & (ca[None, :] < D),
-    )
-    if DB > 0:
-        cb = DA + tl.arange(0, DB)
-        tl.store(
-            dk_ptr + grow_k[:, None] * stride_dkt + h * stride_dkh + cb[None, :],
-            (dkb * scale).to(dk_ptr.dtype.element_ty),
-            mask=c_ok[:, None] & (cb[None, :] < D),
-        )
-    tl.store(
-        dv_ptr + grow_k[:, None] * stride_dvt + h * stride_dvh + cv[None, :],
-        dvt.to(dv_ptr.dtype.element_ty),
-        mask=c_ok[:, None] & (cv[None, :] < DV),
-    )
+    _store_qk(dk_ptr + grow_k * stride_dkt + h * stride_dkh, c_ok, dka, dkb, scale, D, DA, DB, UPCAST)
+    _store_cols(dv_ptr + grow_k * stride_dvt + h * stride_dvh, c_ok, dvt, 0, DV, BLOCK_DV, UPCAST)
 
 
 @triton.jit
@@ -350,36 +353,17 @@ def _mla_prefill_bwd_dq_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bi = pid // num_mb
-    mb = num_mb - 1 - pid % num_mb  # causal: the longest rows first
-    h = tl.program_id(1).to(tl.int64)
-    q0 = tl.load(cu_q_ptr + bi)
-    nq = tl.load(cu_q_ptr + bi + 1) - q0
-    k0 = tl.load(cu_k_ptr + bi)
-    nk = tl.load(cu_k_ptr + bi + 1) - k0
+    mb, h, q0, nq, k0, nk = _query_block(cu_q_ptr, cu_k_ptr, num_mb)
     if mb * BLOCK_M >= nq:
         return
     rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     r_ok = rows < nq
     qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
     grow = (q0 + rows).to(tl.int64)
-    cv = tl.arange(0, BLOCK_DV)
-    lse = tl.load(lse_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-    lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
-    delta = tl.load(delta_ptr + h * stride_lh + grow, mask=r_ok, other=0.0)
-    do = tl.load(
-        do_ptr + grow[:, None] * stride_dot + h * stride_doh + cv[None, :],
-        mask=r_ok[:, None] & (cv[None, :] < DV),
-        other=0.0,
-    )
-    if UPCAST:
-        do = do.to(tl.float32)
+    lse_l2, delta = _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, r_ok)
+    do = _load_cols(do_ptr + grow * stride_dot + h * stride_doh, r_ok, 0, DV, BLOCK_DV, UPCAST)
     shift = nk - nq
-    if CAUSAL:
-        hi = tl.minimum(nk, mb * BLOCK_M + BLOCK_M + shift)
-    else:
-        hi = nk
+    hi = _key_end(mb, nq, nk, CAUSAL, BLOCK_M)
     dqa = tl.zeros([BLOCK_M, DA], dtype=tl.float32)
     dqb = tl.zeros([BLOCK_M, DB if DB > 0 else 16], dtype=tl.float32)
     kbase = k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh
@@ -387,29 +371,11 @@ def _mla_prefill_bwd_dq_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         c_ok = cols < nk
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
-        vt = tl.load(
-            v_ptr + (k0 + cols).to(tl.int64)[:, None] * stride_vt + h * stride_vh + cv[None, :],
-            mask=c_ok[:, None] & (cv[None, :] < DV),
-            other=0.0,
-        )
-        if UPCAST:
-            vt = vt.to(tl.float32)
+        vt = _load_cols(v_ptr + (k0 + cols).to(tl.int64) * stride_vt + h * stride_vh, c_ok, 0, DV, BLOCK_DV, UPCAST)
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
         dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
         ds = (p * (dp - delta[:, None])).to(ka.dtype)
         dqa += tl.dot(ds, ka, input_precision=PRECISION)
         if DB > 0:
             dqb += tl.dot(ds, kb, input_precision=PRECISION)
-    ca = tl.arange(0, DA)
-    tl.store(
-        dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + ca[None, :],
-        (dqa * scale).to(dq_ptr.dtype.element_ty),
-        mask=r_ok[:, None] & (ca[None, :] < D),
-    )
-    if DB > 0:
-        cb = DA + tl.arange(0, DB)
-        tl.store(
-            dq_ptr + grow[:, None] * stride_dqt + h * stride_dqh + cb[None, :],
-            (dqb * scale).to(dq_ptr.dtype.element_ty),
-            mask=r_ok[:, None] & (cb[None, :] < D),
-        )
+    _store_qk(dq_ptr + grow * stride_dqt + h * stride_dqh, r_ok, dqa, dqb, scale, D, DA, DB, UPCAST)

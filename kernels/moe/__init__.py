@@ -5,9 +5,12 @@ allocate nothing but documented workspaces, return None).
 
 Routing  ``_moe_route_fwd_kernel`` (1..65536 experts, any top_k / n_group / topk_group):
         s = sigmoid(x) | softmax(x);  b = s + bias
-        gs[g] = top-2 sum of b in group g;  keep the topk_group best groups (ties -> lower g)
-        ids = top_k experts by b inside kept groups (ties -> lower id), descending
-        w = s[ids] (/ (sum + 1e-20)) * scale
+        gs[g] = top-2 sum of b in group g (its b for one expert);  keep the topk_group best groups
+              (ties -> lower g)
+        ids = top_k experts by b inside kept groups (ties -> lower id), descending; when top_k
+              exceeds the kept groups' experts, the rest are the lowest masked ids (masked b = -inf,
+              as transformers' DeepseekV3 router)
+        w = s[ids] (/ (sum + 1e-20)) * scale          (s unmasked: masked picks weigh in too)
     Experts are laid out as [groups, per-group] and read in [BLOCK_T, GB, PB] tiles (e = g*PER + p;
     without group limit one group of E). Every selection is a runtime loop of "best key strictly
     below the previous one" steps, key = (value, -index), so the only state is the last key: no
@@ -49,8 +52,11 @@ import os
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .fused import COMPILE_SPECS as _FUSED_SPECS, _with_divisibility, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
+from .._bf16 import cast as _cast
+from .._compile_spec import compile_spec
+from .fused import COMPILE_SPECS as _FUSED_SPECS, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SLOT_BLOCK = 1024
@@ -129,6 +135,16 @@ def _route_top2(b, ok, PB: tl.constexpr):
 
 
 @triton.jit
+def _route_group_sum(m1, m2, PAIRS: tl.constexpr):
+    """A group's score from its two largest values: their sum, or (``PAIRS`` False: one expert per
+    group, whose m2 is -inf) the one value. A constexpr, not a select on PER: the runtime select
+    spilled the 65,536-expert streaming tile under Triton 3.6."""
+    if PAIRS:
+        return m1 + m2
+    return m1
+
+
+@triton.jit
 def _route_group_scores(
     x_ptr,
     bias_ptr,
@@ -145,6 +161,7 @@ def _route_group_scores(
     PB: tl.constexpr,
     SOFTMAX: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """gs [BLOCK_T, GB] = top-2 sum of b in groups g0 + [0, GB), streaming a group in PB-wide chunks."""
     NEG = float("-inf")
@@ -157,7 +174,7 @@ def _route_group_scores(
         m1, m2 = _route_top2(b, ok, PB)
         r2 = tl.maximum(tl.minimum(r1, m1), tl.maximum(r2, m2))
         r1 = tl.maximum(r1, m1)
-    return r1 + r2
+    return _route_group_sum(r1, r2, PAIRS)
 
 
 @triton.jit
@@ -196,7 +213,8 @@ def _moe_route_fwd_kernel(
     TOPK_GROUP,  # groups kept (GROUPED only)
     K,  # top_k
     scale,  # routed_scaling_factor
-    GROUPED: tl.constexpr,  # group-limited selection (n_group > 1, topk_group < n_group, PER > 1)
+    GROUPED: tl.constexpr,  # group-limited selection (topk_group < n_group)
+    PAIRS: tl.constexpr,  # PER > 1: a group's score is its top-2 sum (else its one value)
     SINGLE: tl.constexpr,  # the whole row is one [GB, PB] tile (held in registers)
     P_LOOP: tl.constexpr,  # a group spans several PB-wide chunks (then GB == 1)
     GB: tl.constexpr,
@@ -241,7 +259,7 @@ def _moe_route_fwd_kernel(
     if GROUPED:
         if SINGLE:
             m1, m2 = _route_top2(b0, ok0, PB)
-            gs0 = m1 + m2
+            gs0 = _route_group_sum(m1, m2, PAIRS)
         for _ in range(TOPK_GROUP):
             bv = tl.full((BLOCK_T,), NEG, tl.float32)
             bi = tl.full((BLOCK_T,), _BIG, tl.int32)
@@ -265,6 +283,7 @@ def _moe_route_fwd_kernel(
                         PB,
                         SOFTMAX,
                         HAS_BIAS,
+                        PAIRS,
                     )
                 cv, ci = _route_best_below(
                     gs[:, :, None], (g0 + gl)[None, :, None], (g0 + gl < NG)[None, :, None], tv, tg
@@ -305,6 +324,7 @@ def _moe_route_fwd_kernel(
                             PB,
                             SOFTMAX,
                             HAS_BIAS,
+                            PAIRS,
                         )
                         keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
                     for p0 in range(0, PER, PB):
@@ -321,7 +341,7 @@ def _moe_route_fwd_kernel(
                     )
                     if GROUPED:
                         m1, m2 = _route_top2(b, ok, PB)
-                        gs = m1 + m2
+                        gs = _route_group_sum(m1, m2, PAIRS)
                         keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
                         b = tl.where(keep[:, :, None], b, NEG)
                     cv, ci = _route_best_below(b, e, ok, pv, pi)
@@ -352,7 +372,9 @@ def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: in
     the tests use small tiles to reach the streaming paths at small E)."""
     tile = _p2(tile or ROUTE_TILE)
     e = int(num_experts)
-    grouped = n_group > 1 and topk_group < n_group and e // n_group > 1
+    # one-expert groups stay grouped: top_k may exceed topk_group, and the experts past the kept
+    # ones are then the lowest masked ids, not the next best
+    grouped = topk_group < n_group  # (topk_group = 0 masks every expert)
     ng, per = (int(n_group), e // n_group) if grouped else (1, e)
     pb = min(_p2(per), tile)
     gb = min(_p2(ng), max(1, tile // pb))
@@ -361,6 +383,7 @@ def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: in
         "NG": ng,
         "PER": per,
         "GROUPED": grouped,
+        "PAIRS": per > 1,
         "SINGLE": gb >= ng and pb >= per,
         "P_LOOP": pb < per,
         "GB": gb,
@@ -503,7 +526,16 @@ def _moe_align_blocks_kernel(
     tl.store(expert_ids_ptr + j, tl.where(pos < total, e, -1), mask=m)
 
 
-def align_fwd(ids, num_experts, block_size, sorted_ids, expert_ids, ntpp, starts, workspace):
+def align_fwd(
+    ids: Tensor,
+    num_experts: int,
+    block_size: int,
+    sorted_ids: Tensor,
+    expert_ids: Tensor,
+    ntpp: Tensor,
+    starts: Tensor,
+    workspace: Tensor,
+) -> None:
     """ids: flat contiguous int32/int64 [S]; outputs as pygen.ops.moe.moe_align's plus starts
     int32 [E+1] (padded segment starts, [E] = total); workspace int32 zero-filled
     [align_workspace_size(S, E)]."""
@@ -544,7 +576,7 @@ def _moe_permute_fwd_kernel(x_ptr, slots_ptr, out_ptr, N, H, K, stride_x, BLOCK_
     tl.store(out_ptr + r[:, None].to(tl.int64) * H + h[None, :], v, mask=rm[:, None] & hm[None, :])
 
 
-def permute_fwd(x, sorted_slots, top_k, out):
+def permute_fwd(x: Tensor, sorted_slots: Tensor, top_k: int, out: Tensor) -> None:
     """x [T, H] unit column stride; sorted_slots int32 [N=T*k]; out [N, H] contiguous."""
     n, h = out.shape
     br, bh = 16, min(_p2(h), 256)
@@ -556,7 +588,18 @@ def permute_fwd(x, sorted_slots, top_k, out):
 
 @triton.jit
 def _moe_unpermute_fwd_kernel(
-    y_ptr, inv_ptr, w_ptr, out_ptr, T, H, K, stride_y, HAS_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr
+    y_ptr,
+    inv_ptr,
+    w_ptr,
+    out_ptr,
+    T,
+    H,
+    K,
+    stride_y,
+    HAS_W: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -577,12 +620,12 @@ def _moe_unpermute_fwd_kernel(
         acc += v
     tl.store(
         out_ptr + t[:, None].to(tl.int64) * H + h[None, :],
-        acc.to(out_ptr.dtype.element_ty),
+        _cast(acc, out_ptr.dtype.element_ty, UPCAST),
         mask=tm[:, None] & hm[None, :],
     )
 
 
-def unpermute_fwd(y, row_of_slot, weights, top_k, out):
+def unpermute_fwd(y: Tensor, row_of_slot: Tensor, weights: Tensor | None, top_k: int, out: Tensor) -> None:
     """y [N, H] unit column stride; row_of_slot int32 [T*k] (-1: none); weights [T, k] or None;
     out [T, H] contiguous."""
     t, h = out.shape
@@ -597,6 +640,7 @@ def unpermute_fwd(y, row_of_slot, weights, top_k, out):
         int(top_k),
         y.stride(0),
         HAS_W=weights is not None,
+        UPCAST=_INTERPRET,
         BLOCK_T=bt,
         BLOCK_H=bh,
     )
@@ -618,6 +662,7 @@ def _moe_unpermute_bwd_kernel(
     HAS_W: tl.constexpr,
     NEED_DY: tl.constexpr,
     NEED_DW: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -639,7 +684,7 @@ def _moe_unpermute_bwd_kernel(
                 d = g * w[:, None]
             tl.store(
                 dy_ptr + r[:, None].to(tl.int64) * H + h[None, :],
-                d.to(dy_ptr.dtype.element_ty),
+                _cast(d, dy_ptr.dtype.element_ty, UPCAST),
                 mask=rm[:, None] & hm[None, :],
             )
         if NEED_DW:
@@ -648,10 +693,18 @@ def _moe_unpermute_bwd_kernel(
             ).to(tl.float32)
             dot += tl.sum(g * y, axis=1)
     if NEED_DW:
-        tl.store(dw_ptr + slot, dot.to(dw_ptr.dtype.element_ty), mask=ok)
+        tl.store(dw_ptr + slot, _cast(dot, dw_ptr.dtype.element_ty, UPCAST), mask=ok)
 
 
-def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
+def unpermute_bwd(
+    grad: Tensor,
+    y: Tensor,
+    sorted_slots: Tensor,
+    weights: Tensor | None,
+    top_k: int,
+    dy: Tensor | None,
+    dw: Tensor | None,
+) -> None:
     """grad [T, H] contiguous; y [N, H] unit column stride; dy [N, H] contiguous or None;
     dw [T, k] (zero-filled here: a slot in no row gets 0) or None."""
     n, h = y.shape
@@ -672,6 +725,7 @@ def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
         HAS_W=weights is not None,
         NEED_DY=dy is not None,
         NEED_DW=dw is not None,
+        UPCAST=_INTERPRET,
         BLOCK_R=br,
         BLOCK_H=bh,
     )
@@ -699,62 +753,51 @@ def route_spec(e, k, g, tg, scoring, bias, tokens=4096):
     sig = {"x_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32"}
     sig.update({a: "i32" for a, v in ints.items() if v != 1}, scale="fp32")
     name = f"moe_route_fwd[E={e},k={k},{f'g={g}/{tg}' if g > 1 else scoring}]"
-    spec = {"fn": _moe_route_fwd_kernel, "name": name, "signature": sig, "constexprs": consts, "num_warps": ROUTE_WARPS}
-    return _with_divisibility(spec, div=tuple(a for a, v in ints.items() if v % 16 == 0))
+    div = [a for a, v in ints.items() if v % 16 == 0]
+    return compile_spec(_moe_route_fwd_kernel, name, sig, consts, ROUTE_WARPS, None, div)
 
 
-def _compile_specs():
+def _align_spec(fn, name: str, sig: dict, consts: dict) -> dict:
+    # pointers 16-byte aligned and E a multiple of 16, as at the benchmark shape; Triton's default warps
+    return compile_spec(fn, name, sig, consts, None, None, ("E",))
+
+
+def _compile_specs() -> list[dict]:
     specs = [route_spec(*r) for r in ROUTE_SPECS]
-    specs.append(
-        {
-            "fn": _moe_align_count_kernel,
-            "name": "moe_align_count",
-            "signature": {"ids_ptr": "*i32", "counts_ptr": "*i32", "S": "i32", "E": "i32"},
-            "constexprs": {"SLOT_BLOCK": SLOT_BLOCK},
-        }
-    )
-    specs.append(
-        {
-            "fn": _moe_align_offsets_kernel,
-            "name": "moe_align_offsets",
-            "signature": {"counts_ptr": "*i32", "totals_ptr": "*i32", "NB": "i32", "E": "i32"},
-            "constexprs": {"EXP_BLOCK": EXP_BLOCK},
-        }
-    )
-    specs.append(
-        {
-            "fn": _moe_align_scan_kernel,
-            "name": "moe_align_scan",
-            "signature": {"totals_ptr": "*i32", "starts_ptr": "*i32", "ntpp_ptr": "*i32", "E": "i32"},
-            "constexprs": {"BLOCK": 64, "EXP_BLOCK": EXP_BLOCK},
-        }
-    )
-    specs.append(
-        {
-            "fn": _moe_align_scatter_kernel,
-            "name": "moe_align_scatter",
-            "signature": {
-                "ids_ptr": "*i32",
-                "counts_ptr": "*i32",
-                "starts_ptr": "*i32",
-                "sorted_ptr": "*i32",
-                "S": "i32",
-                "E": "i32",
-            },
-            "constexprs": {"SLOT_BLOCK": SLOT_BLOCK, "RANK_CHUNK": RANK_CHUNK},
-        }
-    )
-    specs.append(
-        {
-            "fn": _moe_align_blocks_kernel,
-            "name": "moe_align_blocks",
-            "signature": {"starts_ptr": "*i32", "expert_ids_ptr": "*i32", "NBLK": "i32", "E": "i32"},
-            "constexprs": {"BLOCK": 64, "LOG2_E": 7, "BLOCK_J": 1024},
-        }
-    )
+    i32 = "*i32"
+    specs += [
+        _align_spec(
+            _moe_align_count_kernel,
+            "moe_align_count",
+            {"ids_ptr": i32, "counts_ptr": i32, "S": "i32", "E": "i32"},
+            {"SLOT_BLOCK": SLOT_BLOCK},
+        ),
+        _align_spec(
+            _moe_align_offsets_kernel,
+            "moe_align_offsets",
+            {"counts_ptr": i32, "totals_ptr": i32, "NB": "i32", "E": "i32"},
+            {"EXP_BLOCK": EXP_BLOCK},
+        ),
+        _align_spec(
+            _moe_align_scan_kernel,
+            "moe_align_scan",
+            {"totals_ptr": i32, "starts_ptr": i32, "ntpp_ptr": i32, "E": "i32"},
+            {"BLOCK": 64, "EXP_BLOCK": EXP_BLOCK},
+        ),
+        _align_spec(
+            _moe_align_scatter_kernel,
+            "moe_align_scatter",
+            {"ids_ptr": i32, "counts_ptr": i32, "starts_ptr": i32, "sorted_ptr": i32, "S": "i32", "E": "i32"},
+            {"SLOT_BLOCK": SLOT_BLOCK, "RANK_CHUNK": RANK_CHUNK},
+        ),
+        _align_spec(
+            _moe_align_blocks_kernel,
+            "moe_align_blocks",
+            {"starts_ptr": i32, "expert_ids_ptr": i32, "NBLK": "i32", "E": "i32"},
+            {"BLOCK": 64, "LOG2_E": 7, "BLOCK_J": 1024},
+        ),
+    ]
     return specs
 
 
-COMPILE_SPECS = [
-    s if "attrs" in s else _with_divisibility(s, div=("E", "stride_xt")) for s in _compile_specs()
-] + _FUSED_SPECS
+COMPILE_SPECS = _compile_specs() + _FUSED_SPECS

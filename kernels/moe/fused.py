@@ -38,6 +38,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from .._bf16 import cast as _cast
+from .._compile_spec import compile_spec
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -129,6 +133,49 @@ def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M: tl.constex
     return active, e, slot, valid, tok
 
 
+@triton.jit
+def _segment_rows(sorted_ptr, r0, hi, S, K, BLOCK_R: tl.constexpr):
+    """(valid, slot row, token row), 64-bit, of padded positions r0 + [0, BLOCK_R) of an expert's
+    segment ending at hi (padding and positions past hi hold the sentinel S: not valid, row 0)."""
+    rr = r0 + tl.arange(0, BLOCK_R)
+    slot = tl.load(sorted_ptr + rr, mask=rr < hi, other=S)
+    valid = slot < S
+    srow = tl.where(valid, slot, 0).to(tl.int64)
+    tok = tl.where(valid, slot // K, 0).to(tl.int64)
+    return valid, srow, tok
+
+
+@triton.jit
+def _gathered_mma(
+    acc, a_ptrs, b_ptrs, valid, nm, KLEN, b_step, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    """acc += A B over KLEN: A [BLOCK_M, BLOCK_K] tiles at a_ptrs (rows gathered, only the valid
+    ones read; unit stride along K), B [BLOCK_K, BLOCK_N] tiles at b_ptrs (columns nm), advanced by
+    b_step per K step."""
+    kk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, KLEN, BLOCK_K):
+        km = kk < KLEN - k0
+        a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += b_step
+    return acc
+
+
+@triton.jit
+def _add_rows(out_ptr, acc, valid, tok, srow, n, nm, H, ATOMIC: tl.constexpr):
+    """Epilogue of the token-row GEMMs: float32 atomic add of acc into out[token] (ATOMIC), or a
+    store into the per-slot rows out[slot] that the launcher sums in a fixed order."""
+    om = valid[:, None] & nm[None, :]
+    if ATOMIC:
+        tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om, sem="relaxed")
+    else:
+        tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
+
+
 # ----------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------
@@ -181,10 +228,11 @@ def _fused_moe_gate_up_kernel(
         om = valid[:, None] & nm[None, :]
         hval = _act_fwd(acc_g, ACT) * acc_u
         srow = slot.to(tl.int64)[:, None]
-        tl.store(h_ptr + srow * I + n[None, :], hval.to(h_ptr.dtype.element_ty), mask=om)
+        tl.store(h_ptr + srow * I + n[None, :], _cast(hval, h_ptr.dtype.element_ty, UPCAST), mask=om)
         if SAVE_GU:
-            tl.store(gu_ptr + srow * (2 * I) + n[None, :], acc_g.to(gu_ptr.dtype.element_ty), mask=om)
-            tl.store(gu_ptr + srow * (2 * I) + I + n[None, :], acc_u.to(gu_ptr.dtype.element_ty), mask=om)
+            gu_row = gu_ptr + srow * (2 * I) + n[None, :]
+            tl.store(gu_row, _cast(acc_g, gu_ptr.dtype.element_ty, UPCAST), mask=om)
+            tl.store(gu_row + I, _cast(acc_u, gu_ptr.dtype.element_ty, UPCAST), mask=om)
 
 
 @triton.jit
@@ -217,22 +265,9 @@ def _fused_moe_down_kernel(
         a_ptrs = h_ptr + (srow[:, None] * I + kk[None, :])
         b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (n[None, :] * I + kk[:, None])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, I, BLOCK_K):
-            km = kk < I - k0
-            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
-            if UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
+        acc = _gathered_mma(acc, a_ptrs, b_ptrs, valid, nm, I, BLOCK_K, UPCAST, PRECISION, BLOCK_K)
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
-        acc = acc * w[:, None]
-        om = valid[:, None] & nm[None, :]
-        if ATOMIC:
-            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om, sem="relaxed")
-        else:
-            tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
+        _add_rows(out_ptr, acc * w[:, None], valid, tok, srow, n, nm, H, ATOMIC)
 
 
 def _common(x, ids, al, cfg):
@@ -243,7 +278,33 @@ def _common(x, ids, al, cfg):
     return sorted_ids, expert_ids, ntpp, s, k, prec, bool(_INTERPRET and x.dtype != torch.float32)
 
 
-def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, deterministic, cfg):
+def _launch_to_tokens(kernel, ptrs, acc, al, s, k, h, inter, deterministic, prec, upcast, cfg) -> None:
+    """Launch ``kernel`` (the down projection or backward dx) over (routing blocks, H tiles): each
+    block multiplies its gathered slot rows by its expert's weight and adds the [rows, H] products
+    into acc, with atomics per token ([T, H]) or, deterministic, as per-slot rows ([S, H])."""
+    grid = (al[1].numel(), triton.cdiv(h, cfg.block_n))
+    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    # al[:3]: sorted slots, each routing block's expert, padded slot count
+    kernel[grid](
+        *ptrs, acc, *al[:3], s, k, h, inter, ATOMIC=not deterministic, UPCAST=upcast, PRECISION=prec, **tiles, **launch
+    )
+
+
+def fused_moe_fwd(
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    weights: Tensor,
+    ids: Tensor,
+    al: tuple[Tensor, ...],
+    out: Tensor,
+    gu: Tensor | None,
+    hmid: Tensor,
+    activation: str,
+    deterministic: bool,
+    cfg: Config,
+) -> None:
     """x [T, H], w1 [E, 2I, H], w2 [E, H, I], weights / ids [T, k] contiguous; al = moe_align's
     (sorted_token_ids, expert_ids, num_tokens_post_padded, starts) at block size cfg.block_m;
     out [T, H]; hmid [S, I] (always: the down projection's input); gu [S, 2I] or None. Allocates a
@@ -284,26 +345,8 @@ def fused_moe_fwd(x, w1, w2, weights, ids, al, out, gu, hmid, activation, determ
         acc = out.zero_()
     else:
         acc = torch.zeros((t, h), dtype=torch.float32, device=x.device)
-    _fused_moe_down_kernel[(nblk, triton.cdiv(h, cfg.block_n))](
-        hmid,
-        w2,
-        weights,
-        acc,
-        sorted_ids,
-        expert_ids,
-        ntpp,
-        s,
-        k,
-        h,
-        inter,
-        ATOMIC=not deterministic,
-        UPCAST=upcast,
-        PRECISION=prec,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+    _launch_to_tokens(
+        _fused_moe_down_kernel, (hmid, w2, weights), acc, al, s, k, h, inter, deterministic, prec, upcast, cfg
     )
     if deterministic:
         out.copy_(acc.view(t, k, h).sum(1))  # fixed order over j: bitwise reproducible
@@ -347,15 +390,7 @@ def _fused_moe_bwd_dh_kernel(
         a_ptrs = g_ptr + (tok[:, None] * H + kk[None, :])
         b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (kk[:, None] * I + n[None, :])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            km = kk < H - k0
-            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
-            if UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K * I
+        acc = _gathered_mma(acc, a_ptrs, b_ptrs, valid, nm, H, BLOCK_K * I, UPCAST, PRECISION, BLOCK_K)
         srow = tl.where(valid, slot, 0)
         om = valid[:, None] & nm[None, :]
         gp = gu_ptr + (srow[:, None] * (2 * I) + n[None, :])
@@ -366,8 +401,8 @@ def _fused_moe_bwd_dh_kernel(
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
         dh = acc * w[:, None]
         dp = dgu_ptr + (srow[:, None] * (2 * I) + n[None, :])
-        tl.store(dp, (dh * up * _act_grad(gate, ACT)).to(dgu_ptr.dtype.element_ty), mask=om)
-        tl.store(dp + I, (dh * act).to(dgu_ptr.dtype.element_ty), mask=om)
+        tl.store(dp, _cast(dh * up * _act_grad(gate, ACT), dgu_ptr.dtype.element_ty, UPCAST), mask=om)
+        tl.store(dp + I, _cast(dh * act, dgu_ptr.dtype.element_ty, UPCAST), mask=om)
 
 
 @triton.jit
@@ -399,20 +434,8 @@ def _fused_moe_bwd_dx_kernel(
         a_ptrs = dgu_ptr + (srow[:, None] * (2 * I) + kk[None, :])
         b_ptrs = w1_ptr + e.to(tl.int64) * (2 * I) * H + (kk[:, None] * H + n[None, :])
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, 2 * I, BLOCK_K):
-            km = kk < 2 * I - k0
-            a = tl.load(a_ptrs, mask=valid[:, None] & km[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=km[:, None] & nm[None, :], other=0.0)
-            if UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K * H
-        om = valid[:, None] & nm[None, :]
-        if ATOMIC:
-            tl.atomic_add(out_ptr + (tok[:, None] * H + n[None, :]), acc, mask=om, sem="relaxed")
-        else:
-            tl.store(out_ptr + (srow[:, None] * H + n[None, :]), acc, mask=om)
+        acc = _gathered_mma(acc, a_ptrs, b_ptrs, valid, nm, 2 * I, BLOCK_K * H, UPCAST, PRECISION, BLOCK_K)
+        _add_rows(out_ptr, acc, valid, tok, srow, n, nm, H, ATOMIC)
 
 
 @triton.jit
@@ -439,13 +462,9 @@ def _fused_moe_bwd_dw1_kernel(
     hm = hh < H
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
-    rr = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_N, BLOCK_H), tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
-        slot = tl.load(sorted_ptr + r0 + rr, mask=(r0 + rr) < hi, other=S)
-        valid = slot < S
-        srow = tl.where(valid, slot, 0).to(tl.int64)
-        tok = tl.where(valid, slot // K, 0).to(tl.int64)
+        valid, srow, tok = _segment_rows(sorted_ptr, r0, hi, S, K, BLOCK_R)
         a = tl.load(dgu_ptr + srow[None, :] * (2 * I) + c[:, None], mask=cm[:, None] & valid[None, :], other=0.0)
         b = tl.load(x_ptr + tok[:, None] * H + hh[None, :], mask=valid[:, None] & hm[None, :], other=0.0)
         if UPCAST:
@@ -453,7 +472,7 @@ def _fused_moe_bwd_dw1_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     tl.store(
         dw1_ptr + e.to(tl.int64) * (2 * I) * H + c[:, None].to(tl.int64) * H + hh[None, :],
-        acc.to(dw1_ptr.dtype.element_ty),
+        _cast(acc, dw1_ptr.dtype.element_ty, UPCAST),
         mask=cm[:, None] & hm[None, :],
     )
 
@@ -483,13 +502,9 @@ def _fused_moe_bwd_dw2_kernel(
     im = ii < I
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
-    rr = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_N, BLOCK_I), tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
-        slot = tl.load(sorted_ptr + r0 + rr, mask=(r0 + rr) < hi, other=S)
-        valid = slot < S
-        srow = tl.where(valid, slot, 0).to(tl.int64)
-        tok = tl.where(valid, slot // K, 0).to(tl.int64)
+        valid, srow, tok = _segment_rows(sorted_ptr, r0, hi, S, K, BLOCK_R)
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
         a = tl.load(g_ptr + tok[None, :] * H + n[:, None], mask=nm[:, None] & valid[None, :], other=0.0)
         b = tl.load(h_ptr + srow[:, None] * I + ii[None, :], mask=valid[:, None] & im[None, :], other=0.0)
@@ -500,20 +515,35 @@ def _fused_moe_bwd_dw2_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     tl.store(
         dw2_ptr + e.to(tl.int64) * H * I + n[:, None].to(tl.int64) * I + ii[None, :],
-        acc.to(dw2_ptr.dtype.element_ty),
+        _cast(acc, dw2_ptr.dtype.element_ty, UPCAST),
         mask=nm[:, None] & im[None, :],
     )
 
 
-def fused_moe_bwd(grad, x, w1, w2, weights, ids, al, gu, hmid, dx, dw1, dw2, dw, activation, deterministic, cfg):
+def fused_moe_bwd(
+    grad: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    weights: Tensor,
+    ids: Tensor,
+    al: tuple[Tensor, ...],
+    gu: Tensor,
+    hmid: Tensor,
+    dx: Tensor | None,
+    dw1: Tensor | None,
+    dw2: Tensor | None,
+    dw: Tensor | None,
+    activation: str,
+    deterministic: bool,
+    cfg: Config,
+) -> None:
     """grad [T, H] contiguous; the forward's inputs and saved gu [S, 2I] / hmid [S, I]; outputs
     (each None when not needed): dx [T, H], dw1 like w1, dw2 like w2, dw like weights. Allocates
     dgu [S, 2I], float32 dw partials and (for dx) a float32 accumulator or per-slot rows."""
     t, h = x.shape
-    e_num = w1.shape[0]
     inter = w1.shape[1] // 2
     sorted_ids, expert_ids, ntpp, s, k, prec, upcast = _common(x, ids, al, cfg)
-    starts = al[3]
     nblk = expert_ids.numel()
     if s == 0 or t == 0:
         for o in (dx, dw1, dw2, dw):
@@ -549,81 +579,72 @@ def fused_moe_bwd(grad, x, w1, w2, weights, ids, al, gu, hmid, dx, dw1, dw2, dw,
     if dw is not None:
         dw.copy_(dwp.sum(0).view(t, k))
     if dx is not None:
-        acc = torch.zeros((s, h) if deterministic else (t, h), dtype=torch.float32, device=x.device)
-        _fused_moe_bwd_dx_kernel[(nblk, triton.cdiv(h, cfg.block_n))](
-            dgu,
-            w1,
-            acc,
-            sorted_ids,
-            expert_ids,
-            ntpp,
-            s,
-            k,
-            h,
-            inter,
-            ATOMIC=not deterministic,
-            UPCAST=upcast,
-            PRECISION=prec,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k,
-            **kw,
+        _bwd_dx(dgu, w1, dx, al, k, prec, upcast, deterministic, cfg)
+    if dw1 is not None:  # dw1[e] [2I, H] = dgu_e^T x_e
+        _launch_weight_grad(
+            _fused_moe_bwd_dw1_kernel, (dgu, x, dw1), dw1, "BLOCK_H", al, s, k, h, inter, prec, upcast, cfg
         )
-        dx.copy_(acc.view(t, k, h).sum(1) if deterministic else acc)
-    bn, bk = cfg.block_n, cfg.block_k
-    if dw1 is not None:
-        _fused_moe_bwd_dw1_kernel[(e_num, triton.cdiv(2 * inter, bn), triton.cdiv(h, bk))](
-            dgu,
-            x,
-            dw1,
-            sorted_ids,
-            starts,
-            s,
-            k,
-            h,
-            inter,
-            UPCAST=upcast,
-            PRECISION=prec,
-            BLOCK_R=cfg.block_m if not _INTERPRET else 16,
-            BLOCK_N=bn,
-            BLOCK_H=bk,
-            **kw,
-        )
-    if dw2 is not None:
-        _fused_moe_bwd_dw2_kernel[(e_num, triton.cdiv(h, bn), triton.cdiv(inter, bk))](
-            grad,
-            hmid,
-            weights,
-            dw2,
-            sorted_ids,
-            starts,
-            s,
-            k,
-            h,
-            inter,
-            UPCAST=upcast,
-            PRECISION=prec,
-            BLOCK_R=cfg.block_m if not _INTERPRET else 16,
-            BLOCK_N=bn,
-            BLOCK_I=bk,
-            **kw,
+    if dw2 is not None:  # dw2[e] [H, I] = (w dy)_e^T hmid_e
+        _launch_weight_grad(
+            _fused_moe_bwd_dw2_kernel, (grad, hmid, weights, dw2), dw2, "BLOCK_I", al, s, k, h, inter, prec, upcast, cfg
         )
     return None
+
+
+def _bwd_dx(dgu, w1, dx, al, k, prec, upcast, deterministic, cfg) -> None:
+    """dx [T, H] = sum over each token's k slots of dgu [S, 2I] @ w1[e]: float32 atomics into a [T, H]
+    accumulator, or (deterministic) per-slot [S, H] rows summed over the slots in a fixed order."""
+    s, (t, h), inter = dgu.shape[0], dx.shape, w1.shape[1] // 2
+    acc = torch.zeros((s, h) if deterministic else (t, h), dtype=torch.float32, device=dgu.device)
+    _launch_to_tokens(_fused_moe_bwd_dx_kernel, (dgu, w1), acc, al, s, k, h, inter, deterministic, prec, upcast, cfg)
+    dx.copy_(acc.view(t, k, h).sum(1) if deterministic else acc)
+
+
+def _launch_weight_grad(kernel, ptrs, dw, col_block: str, al, s, k, h, inter, prec, upcast, cfg) -> None:
+    """Launch dw1 or dw2 (``ptrs`` end with its output dw [E, R, C]) over (experts, R tiles, C tiles):
+    each expert reduces over its own slots (al[0] sorted slots, al[3] each expert's first one);
+    ``col_block`` names the kernel's C tile constexpr (BLOCK_H for dw1, BLOCK_I for dw2)."""
+    e_num, r, c = dw.shape
+    kernel[(e_num, triton.cdiv(r, cfg.block_n), triton.cdiv(c, cfg.block_k))](
+        *ptrs,
+        al[0],
+        al[3],
+        s,
+        k,
+        h,
+        inter,
+        UPCAST=upcast,
+        PRECISION=prec,
+        BLOCK_R=cfg.block_m if not _INTERPRET else 16,
+        BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **{col_block: cfg.block_k},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # offline sm_90 compile specs (DeepSeek-V3 shape: H=7168, I=2048, bf16, default GPU configs)
 # ----------------------------------------------------------------------------------------------
-def _specs():
+def spec(fn, name: str, sig: dict, consts: dict, cfg: Config, div=("S", "H", "I")) -> dict:
+    """One COMPILE_SPECS entry, specialised as the runtime does at the benchmark shape (16-byte
+    aligned pointers, the ``div`` sizes multiples of 16). ``tensor_cores``: 16-bit dots over 64+
+    rows are meant for Hopper wgmma (decode's 16-row tiles are below wgmma's 64; fp32 runs ieee FMA
+    dots)."""
+    tc = consts.get("PRECISION") == "tf32" and consts.get("BLOCK_M", consts.get("BLOCK_R", 0)) >= 64
+    return compile_spec(fn, name, sig, consts, cfg.num_warps, cfg.num_stages, div, tensor_cores=tc)
+
+
+def _specs() -> list[dict]:
     specs = []
     dims = {"S": "i32", "K": "i32", "H": "i32", "I": "i32"}
     idx = {"sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "ntpp_ptr": "*i32"}
+    seg = {"sorted_ptr": "*i32", "starts_ptr": "*i32", **dims}
     for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"
         prec = "ieee" if dt == torch.float32 else "tf32"
         for label, S in (("prefill", 65536), ("decode", 8)):
             cf = fused_config("fwd", S, 256, 7168, 2048, dt, interpreting=False)
-            cb = fused_config("bwd", S, 256, 7168, 2048, dt, interpreting=False)
             base = {
                 "UPCAST": False,
                 "PRECISION": prec,
@@ -631,31 +652,16 @@ def _specs():
                 "BLOCK_N": cf.block_n,
                 "BLOCK_K": cf.block_k,
             }
-            opts = {"num_warps": cf.num_warps, "num_stages": cf.num_stages}
+            gu_consts = {"ACT": 0, "SAVE_GU": label == "prefill", **{**base, "BLOCK_N": max(16, cf.block_n // 2)}}
+            gu_sig = {"x_ptr": p, "w1_ptr": p, "gu_ptr": p, "h_ptr": p, **idx, **dims}
+            specs.append(spec(_fused_moe_gate_up_kernel, f"fused_moe_gate_up[{tname},{label}]", gu_sig, gu_consts, cf))
+            down_sig = {"h_ptr": p, "w2_ptr": p, "tw_ptr": "*fp32", "out_ptr": "*fp32", **idx, **dims}
             specs.append(
-                {
-                    "fn": _fused_moe_gate_up_kernel,
-                    "name": f"fused_moe_gate_up[{tname},{label}]",
-                    "signature": {"x_ptr": p, "w1_ptr": p, "gu_ptr": p, "h_ptr": p, **idx, **dims},
-                    "constexprs": {
-                        "ACT": 0,
-                        "SAVE_GU": label == "prefill",
-                        **{**base, "BLOCK_N": max(16, cf.block_n // 2)},
-                    },
-                    **opts,
-                }
-            )
-            specs.append(
-                {
-                    "fn": _fused_moe_down_kernel,
-                    "name": f"fused_moe_down[{tname},{label}]",
-                    "signature": {"h_ptr": p, "w2_ptr": p, "tw_ptr": "*fp32", "out_ptr": "*fp32", **idx, **dims},
-                    "constexprs": {"ATOMIC": True, **base},
-                    **opts,
-                }
+                spec(_fused_moe_down_kernel, f"fused_moe_down[{tname},{label}]", down_sig, {"ATOMIC": True, **base}, cf)
             )
             if label == "decode":
                 continue
+            cb = fused_config("bwd", S, 256, 7168, 2048, dt, interpreting=False)
             bb = {
                 "UPCAST": False,
                 "PRECISION": prec,
@@ -663,82 +669,34 @@ def _specs():
                 "BLOCK_N": cb.block_n,
                 "BLOCK_K": cb.block_k,
             }
-            bo = {"num_warps": cb.num_warps, "num_stages": cb.num_stages}
+            dh_sig = {"g_ptr": p, "w2_ptr": p, "gu_ptr": p, "tw_ptr": "*fp32", "dgu_ptr": p, "dwp_ptr": "*fp32"}
             specs.append(
-                {
-                    "fn": _fused_moe_bwd_dh_kernel,
-                    "name": f"fused_moe_bwd_dh[{tname}]",
-                    "signature": {
-                        "g_ptr": p,
-                        "w2_ptr": p,
-                        "gu_ptr": p,
-                        "tw_ptr": "*fp32",
-                        "dgu_ptr": p,
-                        "dwp_ptr": "*fp32",
-                        **idx,
-                        **dims,
-                    },
-                    "constexprs": {"ACT": 0, **bb},
-                    **bo,
-                }
+                spec(
+                    _fused_moe_bwd_dh_kernel,
+                    f"fused_moe_bwd_dh[{tname}]",
+                    {**dh_sig, **idx, **dims},
+                    {"ACT": 0, **bb},
+                    cb,
+                )
             )
+            dx_sig = {"dgu_ptr": p, "w1_ptr": p, "out_ptr": "*fp32", **idx, **dims}
             specs.append(
-                {
-                    "fn": _fused_moe_bwd_dx_kernel,
-                    "name": f"fused_moe_bwd_dx[{tname}]",
-                    "signature": {"dgu_ptr": p, "w1_ptr": p, "out_ptr": "*fp32", **idx, **dims},
-                    "constexprs": {"ATOMIC": True, **bb},
-                    **bo,
-                }
+                spec(_fused_moe_bwd_dx_kernel, f"fused_moe_bwd_dx[{tname}]", dx_sig, {"ATOMIC": True, **bb}, cb)
             )
             wb = {"UPCAST": False, "PRECISION": prec, "BLOCK_R": cb.block_m, "BLOCK_N": cb.block_n}
+            dw1_sig = {"dgu_ptr": p, "x_ptr": p, "dw1_ptr": p, **seg}
             specs.append(
-                {
-                    "fn": _fused_moe_bwd_dw1_kernel,
-                    "name": f"fused_moe_bwd_dw1[{tname}]",
-                    "signature": {
-                        "dgu_ptr": p,
-                        "x_ptr": p,
-                        "dw1_ptr": p,
-                        "sorted_ptr": "*i32",
-                        "starts_ptr": "*i32",
-                        **dims,
-                    },
-                    "constexprs": {**wb, "BLOCK_H": cb.block_k},
-                    **bo,
-                }
+                spec(
+                    _fused_moe_bwd_dw1_kernel, f"fused_moe_bwd_dw1[{tname}]", dw1_sig, {**wb, "BLOCK_H": cb.block_k}, cb
+                )
             )
+            dw2_sig = {"g_ptr": p, "h_ptr": p, "tw_ptr": "*fp32", "dw2_ptr": p, **seg}
             specs.append(
-                {
-                    "fn": _fused_moe_bwd_dw2_kernel,
-                    "name": f"fused_moe_bwd_dw2[{tname}]",
-                    "signature": {
-                        "g_ptr": p,
-                        "h_ptr": p,
-                        "tw_ptr": "*fp32",
-                        "dw2_ptr": p,
-                        "sorted_ptr": "*i32",
-                        "starts_ptr": "*i32",
-                        **dims,
-                    },
-                    "constexprs": {**wb, "BLOCK_I": cb.block_k},
-                    **bo,
-                }
+                spec(
+                    _fused_moe_bwd_dw2_kernel, f"fused_moe_bwd_dw2[{tname}]", dw2_sig, {**wb, "BLOCK_I": cb.block_k}, cb
+                )
             )
     return specs
 
 
-def _with_divisibility(spec, div=("S", "H", "I")):
-    """Specialise as the runtime does at the benchmark shape: 16-byte-aligned pointers and the
-    ``div`` sizes multiples of 16 (tt.divisibility), so loads vectorise as they will on the GPU.
-    Also marks ``tensor_cores``: 16-bit dots over 64+ rows are meant for Hopper wgmma (decode's
-    16-row tiles are below wgmma's 64; fp32 runs ieee FMA dots)."""
-    c = spec["constexprs"]
-    spec["tensor_cores"] = c.get("PRECISION") == "tf32" and c.get("BLOCK_M", c.get("BLOCK_R", 0)) >= 64
-    names = spec["fn"].arg_names
-    sig = spec["signature"]
-    spec["attrs"] = {(names.index(a),): [["tt.divisibility", 16]] for a in sig if sig[a].startswith("*") or a in div}
-    return spec
-
-
-COMPILE_SPECS = [_with_divisibility(s) for s in _specs()]
+COMPILE_SPECS = _specs()

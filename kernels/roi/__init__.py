@@ -35,7 +35,9 @@ Backward of the averaging ops scatters g/count * (wy*wx) to the 4 neighbours of 
 
 Kernels and their grids
 -----------------------
-(files: this one, _roi_device.py helpers, _roi_pool.py the max-pooling kernels, _roi_gather.py)
+(files: this one the launchers and the offline-compile specs; align.py the roi_align / ps_roi_align /
+multi_scale_roi_align kernels; pool.py the integer-bin roi_pool / ps_roi_pool kernels; gather.py
+the deterministic backward; device.py the @triton.jit helpers they share)
 forward, backward (atomic): one program per (RoI k, channel block, bin block); grid
     (K, cdiv(C, BLOCK_C) * cdiv(PH*PW, BLOCK_P)). The RoI's box, sample grid and bilinear
     weights are computed once per program as [BLOCK_P] vectors and reused by the whole
@@ -44,652 +46,49 @@ forward, backward (atomic): one program per (RoI k, channel block, bin block); g
     gh x gw times, a trip count read from the RoI (adaptive grid).
 multi_scale_roi_align: the same per-RoI programs, one launch for all levels: each program
     computes its RoI's level and selects that level's pointer / sizes / strides / scale.
-backward, deterministic=True (``*_bwd_gather_kernel``, _roi_gather.py): a gather, no atomics.
+backward, deterministic=True (``*_bwd_gather_kernel``, gather.py): a gather, no atomics.
     One program per (pixel tile, image n, channel block) owns its grad_input tile in registers,
     walks the RoIs of image n in index order and stores once: bitwise reproducible. Grid: one
     axis, tiles x N x channel blocks (all levels' tiles end to end for multi_scale).
 
 Precision: everything in float32 (float64 when the input is float64, so gradcheck works);
-f16/bf16 are upcast right after the load. Triton's fp32 '/' is approximate (div.full), so the
-adaptive trip count ceil(h/PH) is corrected with exact products. The integer bins of roi_pool /
-ps_roi_pool are computed in float64 as the oracle does: ceil(7 * (29/7)) is 30 in float64 but 29
-in exact arithmetic, and float32 differs elsewhere (len 57), so only float64 reproduces the
-oracle's bins (the division itself is done without div.rn.f64, see _roi_device._div_exact).
+f16/bf16 are upcast right after the load, and every output store rounds to nearest even
+(device._store_out, through kernels/_bf16.py: the interpreter's fp32 -> bf16 cast truncates).
+Triton's fp32 '/' is approximate (div.full), so the adaptive trip count ceil(h/PH) is corrected
+with exact products. The integer bins of roi_pool / ps_roi_pool are computed in float64 as the
+oracle does: ceil(7 * (29/7)) is 30 in float64 but 29 in exact arithmetic, and float32 differs
+elsewhere (len 57), so only float64 reproduces the oracle's bins (the division itself is done
+without div.rn.f64, see device._div_exact).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from .._compile_spec import compile_spec
 from .._device import on_tensor_device
-from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _roi_row, _scale, _select_level
-from .gather import (  # noqa: F401 (COMPILE_SPECS, launchers)
+from .align import (
+    _multi_scale_roi_align_bwd_kernel,
+    _multi_scale_roi_align_fwd_kernel,
+    _ps_roi_align_bwd_kernel,
+    _ps_roi_align_fwd_kernel,
+    _roi_align_bwd_kernel,
+    _roi_align_fwd_kernel,
+)
+from .gather import (
     _multi_scale_roi_align_bwd_gather_kernel,
     _ps_roi_align_bwd_gather_kernel,
     _ps_roi_pool_bwd_gather_kernel,
     _roi_align_bwd_gather_kernel,
     _roi_pool_bwd_gather_kernel,
 )
-from .pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel  # noqa: F401 (COMPILE_SPECS, launchers)
-
-# ----------------------------------------------------------------------------------------------
-# roi_align
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _roi_align_fwd_kernel(
-    input_ptr,  # [N, C, H, W] features, any strides
-    rois_ptr,  # [K, 5] (batch_index, x1, y1, x2, y2)
-    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
-    N,  # images; RoIs whose batch index is outside [0, N) give zeros
-    C,  # channels
-    H,  # feature map height
-    W,  # feature map width
-    stride_n,  # input strides, in elements
-    stride_c,
-    stride_h,
-    stride_w,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale as float32 ...
-    scale_lo,  # ... and the float32 remainder, used only for float64 math
-    sampling_ratio,  # > 0: fixed samples per bin axis; <= 0: ceil(roi extent / pooled)
-    PH,  # pooled height
-    PW,  # pooled width
-    ALIGNED: tl.constexpr,  # half-pixel offset, no minimum RoI size
-    C_FAST: tl.constexpr,  # channel stride is 1: put channels on the coalesced tile axis
-    DT: tl.constexpr,  # compute dtype (float32, or float64 for float64 input)
-    BLOCK_C: tl.constexpr,  # channels per program
-    BLOCK_P: tl.constexpr,  # bins per program (power of two >= PH*PW, or a block of them)
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_fwd_program(
-        input_ptr,
-        N,
-        C,
-        H,
-        W,
-        stride_n,
-        stride_c,
-        stride_h,
-        stride_w,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        True,
-        _scale(scale_hi, scale_lo, DT),
-        sampling_ratio,
-        out_ptr,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        ALIGNED,
-        False,
-        C_FAST,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
-
-@triton.jit
-def _roi_align_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
-    grad_in_ptr,  # [N, C, H, W] contiguous float32/64, zero-filled, accumulated atomically
-    N,  # images
-    C,  # channels
-    H,  # height
-    W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_bwd_program(
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        grad_in_ptr,
-        N,
-        C,
-        H,
-        W,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        True,
-        _scale(scale_hi, scale_lo, DT),
-        sampling_ratio,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        ALIGNED,
-        False,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# ps_roi_align
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _ps_roi_align_fwd_kernel(
-    input_ptr,  # [N, C_in, H, W] features, any strides, C_in = C * PH * PW
-    rois_ptr,  # [K, 5]
-    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
-    N,  # images
-    C,  # output channels
-    H,  # height
-    W,  # width
-    stride_n,  # input strides, in elements
-    stride_c,
-    stride_h,
-    stride_w,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # output channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    # PS-align is roi_align with aligned=True geometry; channel c_in = c*PH*PW + p is not
-    # contiguous along either tile axis, so the bin-fast layout is kept
-    _align_fwd_program(
-        input_ptr,
-        N,
-        C,
-        H,
-        W,
-        stride_n,
-        stride_c,
-        stride_h,
-        stride_w,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        True,
-        _scale(scale_hi, scale_lo, DT),
-        sampling_ratio,
-        out_ptr,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        True,
-        True,
-        False,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
-
-@triton.jit
-def _ps_roi_align_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
-    grad_in_ptr,  # [N, C*PH*PW, H, W] contiguous float32/64, zero-filled, atomics
-    N,  # images
-    C,  # output channels
-    H,  # height
-    W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # output channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    _align_bwd_program(
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        grad_in_ptr,
-        N,
-        C,
-        H,
-        W,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        True,
-        _scale(scale_hi, scale_lo, DT),
-        sampling_ratio,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        True,
-        True,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# multi_scale_roi_align (FPN): one launch for all levels
-# ----------------------------------------------------------------------------------------------
-# Levels stay separate tensors (P2 alone is ~137 MB at 800x1333, too big to concatenate): the
-# kernels take 8 level slots (unused ones repeat level 0) and pick one per RoI with scalar
-# selects, so a single compiled body serves every level.
-
-
-@triton.jit
-def _multi_scale_roi_align_fwd_kernel(
-    rois_ptr,  # [K, 5]
-    out_ptr,  # [K, C, PH, PW] contiguous, feature dtype
-    N,  # images
-    C,  # channels (shared by all levels)
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    a0,
-    a1,
-    a2,
-    a3,
-    a4,
-    a5,
-    a6,
-    a7,  # FPN level rule: area thresholds of level indices 1..8
-    # (pygen.ref.roi.fpn_level_thresholds), NaN-padded
-    f0,
-    f1,
-    f2,
-    f3,
-    f4,
-    f5,
-    f6,
-    f7,  # level l features [N, C, H_l, W_l], any strides
-    H0,
-    H1,
-    H2,
-    H3,
-    H4,
-    H5,
-    H6,
-    H7,  # level heights
-    W0,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,  # level widths
-    sn0,
-    sn1,
-    sn2,
-    sn3,
-    sn4,
-    sn5,
-    sn6,
-    sn7,  # level strides over N, in elements
-    sc0,
-    sc1,
-    sc2,
-    sc3,
-    sc4,
-    sc5,
-    sc6,
-    sc7,  # ... over C
-    sh0,
-    sh1,
-    sh2,
-    sh3,
-    sh4,
-    sh5,
-    sh6,
-    sh7,  # ... over H
-    sw0,
-    sw1,
-    sw2,
-    sw3,
-    sw4,
-    sw5,
-    sw6,
-    sw7,  # ... over W
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,  # level spatial scales
-    NUM_LEVELS: tl.constexpr,  # 1..8 levels in use; the remaining slots repeat level 0
-    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
-    C_FAST: tl.constexpr,  # level 0's channel stride is 1
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
-    fp, Hl, Wl, sn, sc, sh, sw, sl = _select_level(
-        lvl,
-        NUM_LEVELS,
-        f0,
-        f1,
-        f2,
-        f3,
-        f4,
-        f5,
-        f6,
-        f7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        W0,
-        W1,
-        W2,
-        W3,
-        W4,
-        W5,
-        W6,
-        W7,
-        sn0,
-        sn1,
-        sn2,
-        sn3,
-        sn4,
-        sn5,
-        sn6,
-        sn7,
-        sc0,
-        sc1,
-        sc2,
-        sc3,
-        sc4,
-        sc5,
-        sc6,
-        sc7,
-        sh0,
-        sh1,
-        sh2,
-        sh3,
-        sh4,
-        sh5,
-        sh6,
-        sh7,
-        sw0,
-        sw1,
-        sw2,
-        sw3,
-        sw4,
-        sw5,
-        sw6,
-        sw7,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-        s6,
-        s7,
-    )
-    # a level index past the levels given (scales that skip a level) leaves the row at zero,
-    # as the oracle does; so does an empty level
-    ok = (lvl >= 0) & (lvl < NUM_LEVELS) & (Hl > 0) & (Wl > 0)
-    _align_fwd_program(
-        fp,
-        N,
-        C,
-        Hl,
-        Wl,
-        sn,
-        sc,
-        sh,
-        sw,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        ok,
-        sl.to(DT),
-        sampling_ratio,
-        out_ptr,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        ALIGNED,
-        False,
-        C_FAST,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
-
-@triton.jit
-def _multi_scale_roi_align_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
-    N,  # images
-    C,  # channels
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    a0,
-    a1,
-    a2,
-    a3,
-    a4,
-    a5,
-    a6,
-    a7,  # FPN level area thresholds (see the forward)
-    g0,
-    g1,
-    g2,
-    g3,
-    g4,
-    g5,
-    g6,
-    g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
-    H0,
-    H1,
-    H2,
-    H3,
-    H4,
-    H5,
-    H6,
-    H7,  # level heights
-    W0,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,  # level widths
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,  # level spatial scales
-    NUM_LEVELS: tl.constexpr,  # levels in use
-    ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    k = tl.program_id(0)
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    lvl = _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7)
-    # the stride slots are unused for contiguous grads: H fills them
-    gp, Hl, Wl, _a, _b, _c, _d, sl = _select_level(
-        lvl,
-        NUM_LEVELS,
-        g0,
-        g1,
-        g2,
-        g3,
-        g4,
-        g5,
-        g6,
-        g7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        W0,
-        W1,
-        W2,
-        W3,
-        W4,
-        W5,
-        W6,
-        W7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-        s6,
-        s7,
-    )
-    ok = (lvl >= 0) & (lvl < NUM_LEVELS) & (Hl > 0) & (Wl > 0)
-    _align_bwd_program(
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        gp,
-        N,
-        C,
-        Hl,
-        Wl,
-        bf,
-        x1,
-        y1,
-        x2,
-        y2,
-        ok,
-        sl.to(DT),
-        sampling_ratio,
-        k,
-        tl.program_id(1),
-        PH,
-        PW,
-        ALIGNED,
-        False,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
-
+from .pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel
 
 # ----------------------------------------------------------------------------------------------
 # launchers (docs/ARCHITECTURE.md, "Launcher contract"): tensors in, nothing allocated, None out
@@ -697,6 +96,7 @@ def _multi_scale_roi_align_bwd_kernel(
 
 
 _NUM_WARPS = 4
+_MAX_LEVELS = 8
 
 
 def _f32_parts(x: float) -> tuple[float, float]:
@@ -705,16 +105,33 @@ def _f32_parts(x: float) -> tuple[float, float]:
     return hi, struct.unpack("f", struct.pack("f", float(x) - hi))[0]
 
 
-def _dt(t: torch.Tensor):
+def _dt(t: Tensor):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
-def _c_fast(t: torch.Tensor) -> bool:
+def _c_fast(t: Tensor) -> bool:
     return t.shape[1] > 1 and t.stride(1) == 1
 
 
-def _launch_opts(t: torch.Tensor) -> dict:
+def _launch_opts(t: Tensor) -> dict:
     return {"num_warps": _NUM_WARPS} if t.is_cuda else {}
+
+
+def _map(t: Tensor, c: int) -> tuple:
+    """(N, C, H, W, the 4 strides) kernel arguments of a feature map; C the kernel's channel count."""
+    return (t.shape[0], c, t.shape[2], t.shape[3], *t.stride())
+
+
+def _nothing_to_pool(input: Tensor, out: Tensor, argmax: Tensor | None = None) -> bool:
+    """True when a forward has no work: no output, or an empty map (every bin is empty: zeros, and
+    argmax -1 for roi_pool, as the oracle gives)."""
+    if out.numel() and input.numel():
+        return False
+    if out.numel():
+        out.zero_()
+        if argmax is not None:
+            argmax.fill_(-1)
+    return True
 
 
 def _tile_blocks(c: int, p: int, gpu: bool) -> tuple[int, int]:
@@ -750,380 +167,156 @@ def _gather_blocks(c: int, h: int, w: int, gpu: bool, ps: bool = False) -> dict:
     }
 
 
-def _per_roi_grid(k: int, c: int, p: int, bc: int, bp: int) -> tuple[int, int]:
-    return (k, triton.cdiv(c, bc) * triton.cdiv(p, bp))
+def _per_roi_launch(kernel, t: Tensor, out_shape: Sequence[int], *args, **consts) -> None:
+    """Launch a per-RoI kernel (forward or atomic backward) on t's device, on its grid (K, channel
+    blocks x bin blocks) for an output / grad_out of shape [K, C, PH, PW]."""
+    k, c, ph, pw = out_shape
+    bc, bp = _tile_blocks(c, ph * pw, t.is_cuda)
+    with on_tensor_device(t):
+        grid = (k, triton.cdiv(c, bc) * triton.cdiv(ph * pw, bp))
+        kernel[grid](*args, **consts, BLOCK_C=bc, BLOCK_P=bp, **_launch_opts(t))
 
 
-def roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio, aligned):
+def _gather_launch(kernel, t: Tensor, c: int, maps: Sequence[Tensor], *args, ps: bool = False, **consts) -> None:
+    """Launch a deterministic gather kernel on t's device: one program per (pixel tile of the maps
+    [N, c, H_l, W_l] it writes, laid end to end; image; channel block)."""
+    cfg = _gather_blocks(c, max(m.shape[2] for m in maps), max(m.shape[3] for m in maps), t.is_cuda, ps)
+    tiles = sum(triton.cdiv(m.shape[2], cfg["TILE_H"]) * triton.cdiv(m.shape[3], cfg["TILE_W"]) for m in maps)
+    if tiles == 0:
+        return
+    with on_tensor_device(t):
+        grid = (tiles * maps[0].shape[0] * triton.cdiv(c, cfg["BLOCK_C"]),)
+        kernel[grid](*args, **consts, **cfg, **_launch_opts(t))
+
+
+def roi_align_fwd(
+    input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> None:
+    if _nothing_to_pool(input, out):
+        return
     k, c, ph, pw = out.shape
-    n, _, h, w = input.shape
-    if out.numel() == 0:
-        return
-    if input.numel() == 0:  # the oracle's output for an empty map
-        out.zero_()
-        return
-    bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(input):
-        _roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input,
-            rois,
-            out,
-            n,
-            c,
-            h,
-            w,
-            *input.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            int(sampling_ratio),
-            ph,
-            pw,
-            ALIGNED=bool(aligned),
-            C_FAST=_c_fast(input),
-            DT=_dt(input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(input),
-        )
+    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    consts = {"ALIGNED": bool(aligned), "C_FAST": _c_fast(input), "DT": _dt(input)}
+    _per_roi_launch(_roi_align_fwd_kernel, input, out.shape, *args, **consts)
 
 
-def roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, aligned, deterministic):
-    k, c, ph, pw = grad_out.shape
-    n, _, h, w = grad_input.shape
+def roi_align_bwd(
+    grad_out: Tensor,
+    rois: Tensor,
+    grad_input: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    deterministic: bool,
+) -> None:
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(grad_out):
-        if deterministic:
-            cfg = _gather_blocks(c, h, w, grad_out.is_cuda)
-            tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
-            _roi_align_bwd_gather_kernel[(tiles * n * triton.cdiv(c, cfg["BLOCK_C"]),)](
-                grad_out,
-                rois,
-                grad_input,
-                k,
-                n,
-                c,
-                h,
-                w,
-                *grad_out.stride(),
-                rois.stride(0),
-                rois.stride(1),
-                hi,
-                lo,
-                int(sampling_ratio),
-                ph,
-                pw,
-                ALIGNED=bool(aligned),
-                DT=_dt(grad_input),
-                **cfg,
-                **_launch_opts(grad_out),
-            )
-            return
-        bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
-        _roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out,
-            rois,
-            grad_input,
-            n,
-            c,
-            h,
-            w,
-            *grad_out.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            int(sampling_ratio),
-            ph,
-            pw,
-            ALIGNED=bool(aligned),
-            DT=_dt(grad_input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(grad_out),
-        )
+    k, c, ph, pw = grad_out.shape
+    n, _, h, w = grad_input.shape
+    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    consts = {"ALIGNED": bool(aligned), "DT": _dt(grad_input)}
+    if deterministic:
+        args = (grad_out, rois, grad_input, k, n, c, h, w, *rest)
+        _gather_launch(_roi_align_bwd_gather_kernel, grad_out, c, [grad_input], *args, **consts)
+    else:
+        args = (grad_out, rois, grad_input, n, c, h, w, *rest)
+        _per_roi_launch(_roi_align_bwd_kernel, grad_out, grad_out.shape, *args, **consts)
 
 
-def ps_roi_align_fwd(input, rois, out, spatial_scale, sampling_ratio):
+def ps_roi_align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int) -> None:
+    if _nothing_to_pool(input, out):
+        return
     k, c, ph, pw = out.shape
-    n, _, h, w = input.shape
-    if out.numel() == 0:
-        return
-    if input.numel() == 0:
-        out.zero_()
-        return
-    bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(input):
-        _ps_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input,
-            rois,
-            out,
-            n,
-            c,
-            h,
-            w,
-            *input.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            int(sampling_ratio),
-            ph,
-            pw,
-            DT=_dt(input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(input),
-        )
+    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    _per_roi_launch(_ps_roi_align_fwd_kernel, input, out.shape, *args, DT=_dt(input))
 
 
-def ps_roi_align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, deterministic):
+def ps_roi_align_bwd(
+    grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, sampling_ratio: int, deterministic: bool
+) -> None:
+    if grad_out.numel() == 0 or grad_input.numel() == 0:
+        return
     k, c, ph, pw = grad_out.shape
     n, c_in, h, w = grad_input.shape
+    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    if deterministic:
+        args = (grad_out, rois, grad_input, k, n, c, c_in, h, w, *rest)
+        _gather_launch(
+            _ps_roi_align_bwd_gather_kernel, grad_out, c_in, [grad_input], *args, ps=True, DT=_dt(grad_input)
+        )
+    else:
+        args = (grad_out, rois, grad_input, n, c, h, w, *rest)
+        _per_roi_launch(_ps_roi_align_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
+
+
+def roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor, spatial_scale: float) -> None:
+    if _nothing_to_pool(input, out, argmax):
+        return
+    k, c, ph, pw = out.shape
+    args = (input, rois, out, argmax, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
+    _per_roi_launch(_roi_pool_fwd_kernel, input, out.shape, *args, C_FAST=_c_fast(input), DT=_dt(input))
+
+
+def roi_pool_bwd(grad_out: Tensor, argmax: Tensor, rois: Tensor, grad_input: Tensor, deterministic: bool) -> None:
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(grad_out):
-        if deterministic:
-            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
-            tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
-            _ps_roi_align_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
-                grad_out,
-                rois,
-                grad_input,
-                k,
-                n,
-                c,
-                c_in,
-                h,
-                w,
-                *grad_out.stride(),
-                rois.stride(0),
-                rois.stride(1),
-                hi,
-                lo,
-                int(sampling_ratio),
-                ph,
-                pw,
-                DT=_dt(grad_input),
-                **cfg,
-                **_launch_opts(grad_out),
-            )
-            return
-        bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
-        _ps_roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out,
-            rois,
-            grad_input,
-            n,
-            c,
-            h,
-            w,
-            *grad_out.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            int(sampling_ratio),
-            ph,
-            pw,
-            DT=_dt(grad_input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(grad_out),
-        )
-
-
-def roi_pool_fwd(input, rois, out, argmax, spatial_scale):
-    k, c, ph, pw = out.shape
-    n, _, h, w = input.shape
-    if out.numel() == 0:
-        return
-    if input.numel() == 0:  # every bin is empty
-        out.zero_()
-        argmax.fill_(-1)
-        return
-    bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(input):
-        _roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input,
-            rois,
-            out,
-            argmax,
-            n,
-            c,
-            h,
-            w,
-            *input.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            ph,
-            pw,
-            C_FAST=_c_fast(input),
-            DT=_dt(input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(input),
-        )
-
-
-def roi_pool_bwd(grad_out, argmax, rois, grad_input, deterministic):
     k, c, ph, pw = grad_out.shape
     n, _, h, w = grad_input.shape
-    if grad_out.numel() == 0 or grad_input.numel() == 0:
+    strides = (*grad_out.stride(), *argmax.stride(), rois.stride(0))
+    if not deterministic:
+        args = (grad_out, argmax, rois, grad_input, n, c, h, w, *strides, ph, pw)
+        _per_roi_launch(_roi_pool_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
         return
+    # argmax is a flat index: the gather owns flat pixel chunks of the plane, not 2-D tiles
+    gpu = grad_out.is_cuda
+    chunk = 256 if gpu else min(4096, triton.next_power_of_2(h * w))
+    bc = min(8 if gpu else 64, triton.next_power_of_2(c))
+    blocks = {"BLOCK_C": bc, "BLOCK_P": min(64 if gpu else 4096, triton.next_power_of_2(ph * pw)), "CHUNK": chunk}
     with on_tensor_device(grad_out):
-        if deterministic:
-            gpu = grad_out.is_cuda
-            chunk = 256 if gpu else min(4096, triton.next_power_of_2(h * w))
-            bc = min(8 if gpu else 64, triton.next_power_of_2(c))
-            bp = min(64 if gpu else 4096, triton.next_power_of_2(ph * pw))
-            grid = (triton.cdiv(h * w, chunk) * n * triton.cdiv(c, bc),)
-            _roi_pool_bwd_gather_kernel[grid](
-                grad_out,
-                argmax,
-                rois,
-                grad_input,
-                k,
-                n,
-                c,
-                h * w,
-                *grad_out.stride(),
-                *argmax.stride(),
-                rois.stride(0),
-                ph,
-                pw,
-                DT=_dt(grad_input),
-                BLOCK_C=bc,
-                BLOCK_P=bp,
-                CHUNK=chunk,
-                ROI_BLOCK=128 if gpu else 256,
-                **_launch_opts(grad_out),
-            )
-            return
-        bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
-        _roi_pool_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
+        _roi_pool_bwd_gather_kernel[(triton.cdiv(h * w, chunk) * n * triton.cdiv(c, bc),)](
             grad_out,
             argmax,
             rois,
             grad_input,
+            k,
             n,
             c,
-            h,
-            w,
-            *grad_out.stride(),
-            *argmax.stride(),
-            rois.stride(0),
+            h * w,
+            *strides,
             ph,
             pw,
             DT=_dt(grad_input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
+            **blocks,
+            ROI_BLOCK=128 if gpu else 256,
             **_launch_opts(grad_out),
         )
 
 
-def ps_roi_pool_fwd(input, rois, out, spatial_scale):
+def ps_roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float) -> None:
+    if _nothing_to_pool(input, out):
+        return
     k, c, ph, pw = out.shape
-    n, _, h, w = input.shape
-    if out.numel() == 0:
-        return
-    if input.numel() == 0:
-        out.zero_()
-        return
-    bc, bp = _tile_blocks(c, ph * pw, input.is_cuda)
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(input):
-        _ps_roi_pool_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            input,
-            rois,
-            out,
-            n,
-            c,
-            h,
-            w,
-            *input.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            ph,
-            pw,
-            DT=_dt(input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(input),
-        )
+    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
+    _per_roi_launch(_ps_roi_pool_fwd_kernel, input, out.shape, *args, DT=_dt(input))
 
 
-def ps_roi_pool_bwd(grad_out, rois, grad_input, spatial_scale, deterministic):
-    k, c, ph, pw = grad_out.shape
-    n, c_in, h, w = grad_input.shape
+def ps_roi_pool_bwd(
+    grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, deterministic: bool
+) -> None:
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
-    hi, lo = _f32_parts(spatial_scale)
-    with on_tensor_device(grad_out):
-        if deterministic:
-            cfg = _gather_blocks(c_in, h, w, grad_out.is_cuda, ps=True)
-            tiles = triton.cdiv(h, cfg["TILE_H"]) * triton.cdiv(w, cfg["TILE_W"])
-            _ps_roi_pool_bwd_gather_kernel[(tiles * n * triton.cdiv(c_in, cfg["BLOCK_C"]),)](
-                grad_out,
-                rois,
-                grad_input,
-                k,
-                n,
-                c,
-                c_in,
-                h,
-                w,
-                *grad_out.stride(),
-                rois.stride(0),
-                rois.stride(1),
-                hi,
-                lo,
-                ph,
-                pw,
-                DT=_dt(grad_input),
-                **cfg,
-                **_launch_opts(grad_out),
-            )
-            return
-        bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
-        _ps_roi_pool_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out,
-            rois,
-            grad_input,
-            n,
-            c,
-            c_in,
-            h,
-            w,
-            *grad_out.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            hi,
-            lo,
-            ph,
-            pw,
-            DT=_dt(grad_input),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(grad_out),
-        )
+    k, c, ph, pw = grad_out.shape
+    n, c_in, h, w = grad_input.shape
+    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
+    if deterministic:
+        args = (grad_out, rois, grad_input, k, n, c, c_in, h, w, *rest)
+        _gather_launch(_ps_roi_pool_bwd_gather_kernel, grad_out, c_in, [grad_input], *args, ps=True, DT=_dt(grad_input))
+    else:
+        args = (grad_out, rois, grad_input, n, c, c_in, h, w, *rest)
+        _per_roi_launch(_ps_roi_pool_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
 
 
-_MAX_LEVELS = 8
-
-
-def _level_args(tensors, spatial_scales, with_strides: bool) -> list:
+def _level_args(tensors: Sequence[Tensor], spatial_scales: Sequence[float], with_strides: bool) -> list:
     """Per-level kernel arguments, grouped by kind, each group padded to 8 with level 0."""
     pad = list(range(len(tensors))) + [0] * (_MAX_LEVELS - len(tensors))
     args = [tensors[i] for i in pad]
@@ -1134,7 +327,7 @@ def _level_args(tensors, spatial_scales, with_strides: bool) -> list:
     return args + [float(spatial_scales[i]) for i in pad]
 
 
-def _level_thresholds(spatial_scales, canonical_scale, canonical_level) -> list[float]:
+def _level_thresholds(spatial_scales: Sequence[float], canonical_scale: float, canonical_level: float) -> list[float]:
     """The 8 area-threshold arguments of the multi-level kernels (float32 areas), NaN-padded."""
     from pygen.ref.roi import fpn_level_thresholds  # the rule lives once, in the oracle
 
@@ -1143,239 +336,132 @@ def _level_thresholds(spatial_scales, canonical_scale, canonical_level) -> list[
 
 
 def multi_scale_roi_align_fwd(
-    features, rois, out, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
-):
-    k, c, ph, pw = out.shape
+    features: Sequence[Tensor],
+    rois: Tensor,
+    out: Tensor,
+    spatial_scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: float,
+    canonical_level: float,
+) -> None:
+    f0 = features[0]
     if out.numel() == 0:
         return
-    f0 = features[0]
-    if f0.shape[0] == 0:
+    if f0.shape[0] == 0:  # no images (an empty level alone is the kernel's business: zeros)
         out.zero_()
         return
+    k, c, ph, pw = out.shape
     thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
-    bc, bp = _tile_blocks(c, ph * pw, f0.is_cuda)
-    with on_tensor_device(f0):
-        _multi_scale_roi_align_fwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            rois,
-            out,
-            f0.shape[0],
-            c,
-            rois.stride(0),
-            rois.stride(1),
-            int(sampling_ratio),
-            ph,
-            pw,
-            *thresholds,
-            *_level_args(features, spatial_scales, True),
-            NUM_LEVELS=len(features),
-            ALIGNED=bool(aligned),
-            C_FAST=_c_fast(f0),
-            DT=_dt(f0),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(f0),
-        )
+    args = (rois, out, f0.shape[0], c, *rois.stride(), int(sampling_ratio), ph, pw, *thresholds)
+    args += (*_level_args(features, spatial_scales, True),)
+    consts = {"NUM_LEVELS": len(features), "ALIGNED": bool(aligned), "C_FAST": _c_fast(f0), "DT": _dt(f0)}
+    _per_roi_launch(_multi_scale_roi_align_fwd_kernel, f0, out.shape, *args, **consts)
 
 
 def multi_scale_roi_align_bwd(
-    grad_out,
-    rois,
-    grad_features,
-    spatial_scales,
-    sampling_ratio,
-    aligned,
-    canonical_scale,
-    canonical_level,
-    deterministic,
-):
+    grad_out: Tensor,
+    rois: Tensor,
+    grad_features: Sequence[Tensor],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: float,
+    canonical_level: float,
+    deterministic: bool,
+) -> None:
     k, c, ph, pw = grad_out.shape
-    g0 = grad_features[0]
-    if grad_out.numel() == 0 or g0.shape[0] == 0 or c == 0:
+    n = grad_features[0].shape[0]
+    if grad_out.numel() == 0 or n == 0 or c == 0:
         return
-    common = (
-        int(sampling_ratio),
-        ph,
-        pw,
-        *_level_thresholds(spatial_scales, canonical_scale, canonical_level),
-        *_level_args(grad_features, spatial_scales, False),
-    )
-    with on_tensor_device(grad_out):
-        if deterministic:
-            cfg = _gather_blocks(
-                c, max(g.shape[2] for g in grad_features), max(g.shape[3] for g in grad_features), grad_out.is_cuda
-            )
-            tiles = sum(
-                triton.cdiv(g.shape[2], cfg["TILE_H"]) * triton.cdiv(g.shape[3], cfg["TILE_W"]) for g in grad_features
-            )
-            if tiles == 0:
-                return
-            _multi_scale_roi_align_bwd_gather_kernel[(tiles * g0.shape[0] * triton.cdiv(c, cfg["BLOCK_C"]),)](
-                grad_out,
-                rois,
-                k,
-                g0.shape[0],
-                c,
-                *grad_out.stride(),
-                rois.stride(0),
-                rois.stride(1),
-                *common,
-                NUM_LEVELS=len(grad_features),
-                ALIGNED=bool(aligned),
-                DT=_dt(g0),
-                **cfg,
-                **_launch_opts(grad_out),
-            )
-            return
-        bc, bp = _tile_blocks(c, ph * pw, grad_out.is_cuda)
-        _multi_scale_roi_align_bwd_kernel[_per_roi_grid(k, c, ph * pw, bc, bp)](
-            grad_out,
-            rois,
-            g0.shape[0],
-            c,
-            *grad_out.stride(),
-            rois.stride(0),
-            rois.stride(1),
-            *common,
-            NUM_LEVELS=len(grad_features),
-            ALIGNED=bool(aligned),
-            DT=_dt(g0),
-            BLOCK_C=bc,
-            BLOCK_P=bp,
-            **_launch_opts(grad_out),
-        )
+    thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
+    rest = (*grad_out.stride(), *rois.stride(), int(sampling_ratio), ph, pw, *thresholds)
+    rest += (*_level_args(grad_features, spatial_scales, False),)
+    consts = {"NUM_LEVELS": len(grad_features), "ALIGNED": bool(aligned), "DT": _dt(grad_features[0])}
+    if deterministic:
+        kernel = _multi_scale_roi_align_bwd_gather_kernel
+        _gather_launch(kernel, grad_out, c, grad_features, grad_out, rois, k, n, c, *rest, **consts)
+    else:
+        kernel = _multi_scale_roi_align_bwd_kernel
+        _per_roi_launch(kernel, grad_out, grad_out.shape, grad_out, rois, n, c, *rest, **consts)
 
 
 # ----------------------------------------------------------------------------------------------
 # COMPILE_SPECS: representative offline compiles for `pygen inspect` and the compile tests
 # ----------------------------------------------------------------------------------------------
-# A list of dicts, one per (kernel, representative configuration):
-#   "name":       kernel name (str)
-#   "fn":         the @triton.jit function
-#   "signature":  {argument name: Triton type} for EVERY argument in order: "*fp32", "*bf16",
-#                 "*i32" (pointers), "i32", "fp32", or "constexpr"
-#   "constexprs": {argument name: value} for every "constexpr" argument. As at a real launch,
-#                 integer arguments equal to 1 (unit strides) are constexprs too: Triton's JIT
-#                 specialises them.
-#   "num_warps":  warps per program (the launchers use the same)
-#   "what":       the shape it stands for (FPN / Mask R-CNN / R-FCN heads at 800x1333)
-# Compile offline, no GPU needed:
-#   src = triton.compiler.ASTSource(fn=s["fn"], signature=s["signature"], constexprs=s["constexprs"])
-#   triton.compile(src, target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
-#                  options={"num_warps": s["num_warps"]})
+# One kernels/_compile_spec.compile_spec per (kernel, representative configuration), at the FPN /
+# Mask R-CNN / R-FCN heads at 800x1333 ("what"). Integer arguments equal to 1 (unit strides) are
+# constexprs, as Triton's JIT specialises them at a real launch. The specs carry no divisibility
+# attrs (aligned=False): they were recorded that way (docs/inspect/).
 
 
-_FLOAT_ARGS = {"scale_hi", "scale_lo"} | {f"s{i}" for i in range(8)} | {f"a{i}" for i in range(8)}
+def _arg_types(data: str) -> dict[str, str]:
+    """The Triton type of every kernel argument that is not an i32, by name. ``data``: the type of
+    the feature / output / grad_out pointers (the RoI table follows it in these specs); the
+    accumulation buffers are float32, the scales and FPN thresholds fp32 scalars."""
+    types = {a: data for a in ("input_ptr", "rois_ptr", "out_ptr", "grad_out_ptr")}
+    types.update({"grad_in_ptr": "*fp32", "argmax_ptr": "*i32", "scale_hi": "fp32", "scale_lo": "fp32"})
+    for i in range(_MAX_LEVELS):
+        types.update({f"f{i}": data, f"g{i}": "*fp32", f"a{i}": "fp32", f"s{i}": "fp32"})
+    return types
 
 
-def _spec(fn, what: str, constexprs: dict, ptr: str = "*fp32", types: dict | None = None) -> dict:
-    types = dict(types or {})
-    sig = {}
-    for a in fn.arg_names:
-        if a in constexprs:
-            sig[a] = "constexpr"
-        elif a in types:
-            sig[a] = types[a]
-        elif a.endswith("_ptr") or (len(a) == 2 and a[0] in "fg" and a[1].isdigit()):
-            sig[a] = "*fp32" if a.startswith(("grad_in", "g")) and a != "grad_out_ptr" else ptr
-        elif a in _FLOAT_ARGS:
-            sig[a] = "fp32"
-        else:
-            sig[a] = "i32"
+def _spec(fn, what: str, consts: dict, data: str = "*fp32") -> dict:
+    types = _arg_types(data)
+    sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
     name = getattr(fn, "__name__", None) or fn.fn.__name__
-    return {
-        "name": name,
-        "fn": fn,
-        "signature": sig,
-        "constexprs": dict(constexprs),
-        "num_warps": _NUM_WARPS,
-        "what": what,
-    }
+    return compile_spec(fn, name, sig, dict(consts), _NUM_WARPS, None, aligned=False, what=what)
 
 
-def _compile_specs() -> list:
+def _compile_specs() -> list[dict]:
     f32 = tl.float32
     nchw = {"stride_w": 1, "roi_stride_f": 1}  # NCHW input: unit W stride
     cl = {"stride_c": 1, "roi_stride_f": 1}  # channels_last input: unit C stride
     go = {"go_s3": 1, "roi_stride_f": 1}  # contiguous grad_out
-    gather = {"BLOCK_C": 4, "TILE_H": 16, "TILE_W": 32, "ROI_BLOCK": 128}
+    tile = {"DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}  # a 7x7 head's per-RoI tile
+    gather = {"DT": f32, "BLOCK_C": 4, "TILE_H": 16, "TILE_W": 32, "ROI_BLOCK": 128}
     ps_gather = {**gather, "TILE_W": 16}
+    am = {"go_s3": 1, "am_s3": 1}  # contiguous grad_out and argmax
     fpn = {"NUM_LEVELS": 4, "ALIGNED": False, "DT": f32}
-    ms_fwd = {**{f"sw{i}": 1 for i in range(8)}, "roi_stride_f": 1}
+    rfcn = "R-FCN: C_out=21, 7x7"
     return [
         _spec(
             _roi_align_fwd_kernel,
             "FPN box head: C=256, 7x7, NCHW fp32",
-            {**nchw, "ALIGNED": False, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
+            {**nchw, "ALIGNED": False, "C_FAST": False, **tile},
         ),
         _spec(
             _roi_align_fwd_kernel,
             "channels_last bf16, C=256, 7x7, aligned",
-            {**cl, "ALIGNED": True, "C_FAST": True, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-            ptr="*bf16",
+            {**cl, "ALIGNED": True, "C_FAST": True, **tile},
+            data="*bf16",
         ),
         _spec(
             _roi_align_fwd_kernel,
             "Mask R-CNN mask head: C=256, 14x14, NCHW fp32",
             {**nchw, "ALIGNED": True, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256},
         ),
-        _spec(
-            _roi_align_bwd_kernel,
-            "C=256, 7x7, atomics",
-            {**go, "ALIGNED": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-        ),
-        _spec(
-            _roi_align_bwd_gather_kernel,
-            "C=256, 7x7, deterministic gather",
-            {**go, "ALIGNED": False, "DT": f32, **gather},
-        ),
-        _spec(
-            _ps_roi_align_fwd_kernel,
-            "R-FCN: C_out=21, 7x7 (C_in=1029), NCHW fp32",
-            {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-        ),
-        _spec(
-            _ps_roi_align_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics", {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}
-        ),
-        _spec(
-            _ps_roi_align_bwd_gather_kernel,
-            "R-FCN: C_out=21, 7x7, deterministic gather",
-            {**go, "DT": f32, **ps_gather},
-        ),
-        _spec(
-            _roi_pool_fwd_kernel,
-            "Fast R-CNN: C=512, 7x7, NCHW fp32",
-            {**nchw, "C_FAST": False, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-            types={"argmax_ptr": "*i32"},
-        ),
-        _spec(
-            _roi_pool_bwd_kernel,
-            "Fast R-CNN: C=512, 7x7, atomics",
-            {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64},
-            types={"argmax_ptr": "*i32"},
-        ),
+        _spec(_roi_align_bwd_kernel, "C=256, 7x7, atomics", {**go, "ALIGNED": False, **tile}),
+        _spec(_roi_align_bwd_gather_kernel, "C=256, 7x7, deterministic gather", {**go, "ALIGNED": False, **gather}),
+        _spec(_ps_roi_align_fwd_kernel, f"{rfcn} (C_in=1029), NCHW fp32", {**nchw, **tile}),
+        _spec(_ps_roi_align_bwd_kernel, f"{rfcn}, atomics", {**go, **tile}),
+        _spec(_ps_roi_align_bwd_gather_kernel, f"{rfcn}, deterministic gather", {**go, **ps_gather}),
+        _spec(_roi_pool_fwd_kernel, "Fast R-CNN: C=512, 7x7, NCHW fp32", {**nchw, "C_FAST": False, **tile}),
+        _spec(_roi_pool_bwd_kernel, "Fast R-CNN: C=512, 7x7, atomics", {**am, **tile}),
         _spec(
             _roi_pool_bwd_gather_kernel,
             "Fast R-CNN: C=512, 7x7, deterministic gather",
-            {"go_s3": 1, "am_s3": 1, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64, "CHUNK": 256, "ROI_BLOCK": 128},
-            types={"argmax_ptr": "*i32"},
+            {**am, **tile, "CHUNK": 256, "ROI_BLOCK": 128},
         ),
-        _spec(
-            _ps_roi_pool_fwd_kernel, "R-FCN: C_out=21, 7x7, NCHW fp32", {**nchw, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}
-        ),
-        _spec(_ps_roi_pool_bwd_kernel, "R-FCN: C_out=21, 7x7, atomics", {**go, "DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}),
-        _spec(
-            _ps_roi_pool_bwd_gather_kernel, "R-FCN: C_out=21, 7x7, deterministic gather", {**go, "DT": f32, **ps_gather}
-        ),
+        _spec(_ps_roi_pool_fwd_kernel, f"{rfcn}, NCHW fp32", {**nchw, **tile}),
+        _spec(_ps_roi_pool_bwd_kernel, f"{rfcn}, atomics", {**go, **tile}),
+        _spec(_ps_roi_pool_bwd_gather_kernel, f"{rfcn}, deterministic gather", {**go, **ps_gather}),
         _spec(
             _multi_scale_roi_align_fwd_kernel,
             "FPN P2-P5: C=256, 7x7, NCHW fp32",
-            {**ms_fwd, **fpn, "C_FAST": False, "BLOCK_C": 8, "BLOCK_P": 64},
+            {**{f"sw{i}": 1 for i in range(8)}, "roi_stride_f": 1, **fpn, "C_FAST": False, **tile},
         ),
-        _spec(
-            _multi_scale_roi_align_bwd_kernel,
-            "FPN P2-P5: C=256, 7x7, atomics",
-            {**go, **fpn, "BLOCK_C": 8, "BLOCK_P": 64},
-        ),
+        _spec(_multi_scale_roi_align_bwd_kernel, "FPN P2-P5: C=256, 7x7, atomics", {**go, **fpn, **tile}),
         _spec(
             _multi_scale_roi_align_bwd_gather_kernel,
             "FPN P2-P5: C=256, 7x7, deterministic gather",

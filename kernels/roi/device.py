@@ -1,9 +1,33 @@
-"""Device helpers of the Triton RoI kernels (kernels/roi/__init__.py): RoI loading, the bilinear and
-integer-bin geometry, the per-RoI sample loops shared by the forward and atomic backward
-kernels, and the FPN level selection. Math and layouts: kernels/roi/__init__.py's docstring."""
+"""Device helpers of the Triton RoI kernels (align.py, pool.py, gather.py): RoI decoding, the bilinear
+and integer-bin geometry, the per-RoI sample loops shared by the forward and atomic backward
+kernels, the RoI walk of the gathers, the FPN level selection and the rounding output store. Math
+and layouts: kernels/roi/__init__.py's docstring.
+
+What travels together goes as one Triton tuple:
+    rois = (rois_ptr, roi_stride, roi_stride_f)        the [K, 5] RoI table
+    box  = (batch_index, x1, y1, x2, y2)                one RoI (or a vector of them), from _roi_row
+    feat = (ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)   a feature map, C = out channels
+    go   = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)   grad_out [K, C, PH, PW] and its strides
+    fpn  = (a0, ..., a7)                                the FPN level area thresholds
+"""
+
+import os
 
 import triton
 import triton.language as tl
+
+from .._bf16 import cast
+
+# The interpreter's fp32 -> bf16 store truncates; _bf16.cast rounds first when this is set. A module
+# constant rather than a kernel argument keeps the kernels' signatures (and their compile specs) as
+# they are; triton.jit reads the same variable once, at import, to pick the interpreter.
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+
+
+@triton.jit
+def _store_out(ptr, v, mask):
+    # every pooled output goes through here: rounded to nearest even as the GPU's cvt.rn rounds
+    tl.store(ptr, cast(v, ptr.dtype.element_ty, INTERPRETING), mask=mask)
 
 
 @triton.jit
@@ -16,8 +40,9 @@ def _tile_zeros(BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, C_FAST: tl.constex
 
 
 @triton.jit
-def _roi_row(rois_ptr, r, roi_stride, roi_stride_f, mask, DT: tl.constexpr):
+def _roi_row(rois, r, mask, DT: tl.constexpr):
     # works for a scalar RoI index or a vector of them (masked lanes read as batch -1)
+    rois_ptr, roi_stride, roi_stride_f = rois
     base = rois_ptr + r.to(tl.int64) * roi_stride
     bf = tl.load(base, mask=mask, other=-1.0).to(DT)
     x1 = tl.load(base + roi_stride_f, mask=mask, other=0.0).to(DT)
@@ -45,8 +70,9 @@ def _scale(hi, lo, DT: tl.constexpr):
 
 
 @triton.jit
-def _align_box(x1, y1, x2, y2, scale, ALIGNED: tl.constexpr):
+def _align_box(box, scale, ALIGNED: tl.constexpr):
     # same operation order as the oracle: x0 = x1*s - o, w = x2*s - o - x0
+    _b, x1, y1, x2, y2 = box
     if ALIGNED:
         x0 = x1 * scale - 0.5
         y0 = y1 * scale - 0.5
@@ -73,6 +99,33 @@ def _grid(extent, pooled, sampling_ratio):
 
 
 @triton.jit
+def _align_geometry(box, ok, scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, DT: tl.constexpr):
+    """(x0, y0, rw, rh, gh, gw, count) of one RoI: its box, its sample grid gh x gw per bin and
+    the divisor 1 / max(gh*gw, 1). A RoI that is not ``ok`` gets no samples (gh = 0)."""
+    x0, y0, rw, rh = _align_box(box, scale, ALIGNED)
+    gh = tl.where(ok, _grid(rh, PH, sampling_ratio), 0)
+    gw = _grid(rw, PW, sampling_ratio)
+    return x0, y0, rw, rh, gh, gw, tl.maximum(gh * gw, 1).to(DT)
+
+
+@triton.jit
+def _bin_steps(rh, rw, gh, gw, PH, PW):
+    """(bin_h, bin_w, step_h, step_w): a bin's extent and the distance between its samples."""
+    bin_h = rh / PH
+    bin_w = rw / PW
+    return bin_h, bin_w, bin_h / tl.maximum(gh, 1), bin_w / tl.maximum(gw, 1)
+
+
+@triton.jit
+def _sample_origins(geo, i, j, PH, PW, DT: tl.constexpr):
+    """(ys, xs, step_h, step_w) of bins (i, j) of a RoI (geo: _align_geometry's tuple): where the
+    samples of each bin start, and their spacing; sample (a, b) is at (ys + (a+.5)*step_h, ...)."""
+    x0, y0, rw, rh, gh, gw, _count = geo
+    bin_h, bin_w, step_h, step_w = _bin_steps(rh, rw, gh, gw, PH, PW)
+    return y0 + i.to(DT) * bin_h, x0 + j.to(DT) * bin_w, step_h, step_w
+
+
+@triton.jit
 def _bilinear_axis(coord, size):
     """One axis of torchvision's bilinear_interpolate: (low, high, w_low, w_high, valid).
     The weights are NOT zeroed for invalid samples (|coord| outside [-1, size]): callers mask
@@ -84,6 +137,18 @@ def _bilinear_axis(coord, size):
     low = tl.floor(c).to(tl.int32)
     frac = c - low.to(c.dtype)
     return low, tl.minimum(low + 1, size - 1), 1.0 - frac, frac, valid
+
+
+@triton.jit
+def _axis_weights(acc, idx, start, step, n, size):
+    """acc[..., t] += the bilinear weight that the n samples start + (s + 0.5) * step give
+    coordinate idx[t] along one axis (the separable factor of roi_align's gradient)."""
+    for s in range(n):
+        lo, hi, w_lo, w_hi, v = _bilinear_axis(start + (s + 0.5) * step, size)
+        # (selects, not products: the interpreter cannot broadcast a scalar comparison result)
+        acc += tl.where(idx == lo, tl.where(v, w_lo, 0.0), 0.0)
+        acc += tl.where(idx == hi, tl.where(v, w_hi, 0.0), 0.0)
+    return acc
 
 
 @triton.jit
@@ -144,11 +209,13 @@ def _int_bins(idx, pooled, start, length, size):
 
 
 @triton.jit
-def _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7):
+def _fpn_level(box, fpn):
     # pygen.ref.roi.fpn_levels: the level index is the number of area thresholds the box's
     # float32 area reaches (pygen.ref.roi.fpn_level_thresholds, NaN-padded past the last). The
     # thresholds come from torchvision's log2 formula evaluated on the CPU, so the GPU's
     # approximate division and lg2 never move a box near a boundary to another level.
+    _b, x1, y1, x2, y2 = box
+    a0, a1, a2, a3, a4, a5, a6, a7 = fpn
     x1 = x1.to(tl.float32)
     area = (x2.to(tl.float32) - x1) * (y2.to(tl.float32) - y1.to(tl.float32))
     lvl = (area >= a0).to(tl.int32) + (area >= a1).to(tl.int32) + (area >= a2).to(tl.int32)
@@ -158,19 +225,53 @@ def _fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7):
 
 
 @triton.jit
+def _pick(lvl, NUM_LEVELS: tl.constexpr, slots):
+    """slots[lvl] of a tuple of 8 per-level values (pointers or scalars); slots[0] when lvl is
+    out of range. A scalar branch, so pointers select portably too."""
+    r = slots[0]
+    for l in tl.static_range(1, NUM_LEVELS):
+        if lvl == l:
+            r = slots[l]
+    return r
+
+
+@triton.jit
+def _select_level(lvl, NUM_LEVELS: tl.constexpr, ptrs, heights, widths, scales, DT: tl.constexpr):
+    """(pointer, H, W, scale, ok) of level lvl; ok: the RoI has a level, and it is not empty (a
+    level index past the levels given, as scales that skip a level make, pools to zeros like the
+    oracle)."""
+    Hl = _pick(lvl, NUM_LEVELS, heights)
+    Wl = _pick(lvl, NUM_LEVELS, widths)
+    ok = (lvl >= 0) & (lvl < NUM_LEVELS) & (Hl > 0) & (Wl > 0)
+    return _pick(lvl, NUM_LEVELS, ptrs), Hl, Wl, _pick(lvl, NUM_LEVELS, scales).to(DT), ok
+
+
+@triton.jit
+def _channel_bin_tile(pid1, PH, PW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Axis-1 program id -> (bins P, channel offsets [BLOCK_C], bin offsets [BLOCK_P]) of the
+    (RoI, channel block, bin block) grid of the per-RoI kernels."""
+    P = PH * PW
+    n_pb = tl.cdiv(P, BLOCK_P)
+    cb = pid1 // n_pb
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return P, c, p
+
+
+@triton.jit
+def _load_bins(go, k, c, p, PW, mask, other):
+    """The [BLOCK_C, BLOCK_P] tile (channels c, bins p) of RoI k of a [K, C, PH, PW] tensor
+    given as (pointer, 4 strides): grad_out, or roi_pool's argmax."""
+    ptr, s0, s1, s2, s3 = go
+    i = p // PW
+    j = p - i * PW
+    return tl.load(ptr + k.to(tl.int64) * s0 + (c * s1)[:, None] + (i * s2 + j * s3)[None, :], mask=mask, other=other)
+
+
+@triton.jit
 def _align_sum(
-    feat_ptr,
-    H,
-    W,
-    stride_c,
-    stride_h,
-    stride_w,
-    y0,
-    x0,
-    rh,
-    rw,
-    gh,
-    gw,
+    feat,
+    geo,
     c,
     cmask,
     p,
@@ -184,13 +285,12 @@ def _align_sum(
     BLOCK_P: tl.constexpr,
 ):
     """Sum over the sample grid of the bilinear values, for a tile of channels x bins: channels
-    on axis 1 - C_FAST, bins on axis C_FAST (expand_dims with those constexpr axes)."""
+    on axis 1 - C_FAST, bins on axis C_FAST (expand_dims with those constexpr axes). feat: (image
+    pointer, H, W, strides over C, H, W); geo: _align_geometry's tuple."""
+    feat_ptr, H, W, stride_c, stride_h, stride_w = feat
     i = p // PW
-    j = p - i * PW
-    bin_h = rh / PH
-    bin_w = rw / PW
-    ys = y0 + i.to(DT) * bin_h
-    xs = x0 + j.to(DT) * bin_w
+    ys, xs, step_h, step_w = _sample_origins(geo, i, p - i * PW, PH, PW, DT)
+    gh, gw = geo[4], geo[5]
     # the pointer tile is loop-invariant; the sample loops only add per-bin offsets
     if PS:
         base = (
@@ -200,8 +300,6 @@ def _align_sum(
         base = feat_ptr + tl.expand_dims(c * stride_c, 1 - C_FAST)
     live = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
     acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT)
-    step_h = bin_h / tl.maximum(gh, 1)
-    step_w = bin_w / tl.maximum(gw, 1)
     for sy in range(gh):
         yl, yh, wyl, wyh, vy = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
         # per sample row: row pointers, row weights and row validity expanded once
@@ -226,24 +324,17 @@ def _align_sum(
 
 
 @triton.jit
-def _align_scatter(
-    grad_ptr, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW, PS: tl.constexpr, DT: tl.constexpr
-):
+def _align_scatter(grad_ptr, H, W, g, geo, c, cmask, p, pmask, PH, PW, PS: tl.constexpr, DT: tl.constexpr):
     """Atomic backward of _align_sum: g is the [BLOCK_C, BLOCK_P] tile of grad_out / count;
     grad_ptr points at image n of a contiguous NCHW buffer."""
     i = p // PW
-    j = p - i * PW
-    bin_h = rh / PH
-    bin_w = rw / PW
-    ys = y0 + i.to(DT) * bin_h
-    xs = x0 + j.to(DT) * bin_w
+    ys, xs, step_h, step_w = _sample_origins(geo, i, p - i * PW, PH, PW, DT)
+    gh, gw = geo[4], geo[5]
     if PS:
         chan = (c * (PH * PW) * H * W)[:, None] + (p * H * W)[None, :]
     else:
         chan = (c * H * W)[:, None] + (p * 0)[None, :]
     live = cmask[:, None] & pmask[None, :]
-    step_h = bin_h / tl.maximum(gh, 1)
-    step_w = bin_w / tl.maximum(gw, 1)
     for sy in range(gh):
         yl, yh, wyl, wyh, vy = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
         base_l = grad_ptr + chan + (yl * W)[None, :]
@@ -261,27 +352,24 @@ def _align_scatter(
 
 
 @triton.jit
+def _align_program(
+    box, ok, N, scale, sampling_ratio, PH, PW, ALIGNED, DT, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    """What a (RoI, channel block, bin block) program of roi_align / ps_roi_align knows before its
+    sample loops: (image b, _align_geometry's tuple, bins P, channels c, bins p)."""
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
+    b, in_range = _batch(box[0], N)
+    return b, _align_geometry(box, in_range & ok, scale, sampling_ratio, PH, PW, ALIGNED, DT), P, c, p
+
+
+@triton.jit
 def _align_fwd_program(
-    feat_ptr,
-    N,
-    C,
-    H,
-    W,
-    stride_n,
-    stride_c,
-    stride_h,
-    stride_w,
-    bf,
-    x1,
-    y1,
-    x2,
-    y2,
+    feat,
+    box,
     ok_extra,
     scale,
     sampling_ratio,
     out_ptr,
-    k,
-    pid1,
     PH,
     PW,
     ALIGNED: tl.constexpr,
@@ -291,73 +379,32 @@ def _align_fwd_program(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """One (RoI, channel block, bin block) program of roi_align / ps_roi_align; C = out channels."""
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    pb = pid1 - cb * n_pb
-    b, ok = _batch(bf, N)
-    ok = ok & ok_extra
-    x0, y0, rw, rh = _align_box(x1, y1, x2, y2, scale, ALIGNED)
-    gh = tl.where(ok, _grid(rh, PH, sampling_ratio), 0)  # no samples -> zeros, nothing read
-    gw = _grid(rw, PW, sampling_ratio)
-    count = tl.maximum(gh * gw, 1).to(DT)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    """One (RoI k = program 0, channel block x bin block = program 1) program of roi_align /
+    ps_roi_align / multi_scale_roi_align: out[k, c, p] for a tile of channels c and bins p."""
+    feat_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w = feat
+    k = tl.program_id(0)
+    b, geo, P, c, p = _align_program(box, ok_extra, N, scale, sampling_ratio, PH, PW, ALIGNED, DT, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    acc = _align_sum(
-        feat_ptr + b.to(tl.int64) * stride_n,
-        H,
-        W,
-        stride_c,
-        stride_h,
-        stride_w,
-        y0,
-        x0,
-        rh,
-        rw,
-        gh,
-        gw,
-        c,
-        cmask,
-        p,
-        pmask,
-        PH,
-        PW,
-        PS,
-        C_FAST,
-        DT,
-        BLOCK_C,
-        BLOCK_P,
-    )
+    image = (feat_ptr + b.to(tl.int64) * stride_n, H, W, stride_c, stride_h, stride_w)
+    acc = _align_sum(image, geo, c, cmask, p, pmask, PH, PW, PS, C_FAST, DT, BLOCK_C, BLOCK_P)
     out_off = tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
     m = tl.expand_dims(cmask, 1 - C_FAST) & tl.expand_dims(pmask, 0 + C_FAST)
-    tl.store(out_ptr + k.to(tl.int64) * C * P + out_off, acc / count, mask=m)
+    _store_out(out_ptr + k.to(tl.int64) * C * P + out_off, acc / geo[6], m)
 
 
 @triton.jit
 def _align_bwd_program(
-    grad_out_ptr,
-    go_s0,
-    go_s1,
-    go_s2,
-    go_s3,
+    go,
     grad_ptr,
     N,
     C,
     H,
     W,
-    bf,
-    x1,
-    y1,
-    x2,
-    y2,
+    box,
     ok_extra,
     scale,
     sampling_ratio,
-    k,
-    pid1,
     PH,
     PW,
     ALIGNED: tl.constexpr,
@@ -368,31 +415,35 @@ def _align_bwd_program(
 ):
     """Atomic backward program; C = channels of grad_out; grad_ptr: contiguous NCHW, C_in = C*P
     for PS."""
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    pb = pid1 - cb * n_pb
-    b, ok = _batch(bf, N)
-    ok = ok & ok_extra
-    x0, y0, rw, rh = _align_box(x1, y1, x2, y2, scale, ALIGNED)
-    gh = tl.where(ok, _grid(rh, PH, sampling_ratio), 0)
-    gw = _grid(rw, PW, sampling_ratio)
-    count = tl.maximum(gh * gw, 1).to(DT)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    k = tl.program_id(0)
+    b, geo, P, c, p = _align_program(box, ok_extra, N, scale, sampling_ratio, PH, PW, ALIGNED, DT, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    i = p // PW
-    j = p - i * PW
-    g_off = k.to(tl.int64) * go_s0 + (c * go_s1)[:, None] + (i * go_s2 + j * go_s3)[None, :]
-    g = tl.load(grad_out_ptr + g_off, mask=cmask[:, None] & pmask[None, :], other=0.0).to(DT) / count
+    g = _load_bins(go, k, c, p, PW, cmask[:, None] & pmask[None, :], 0.0).to(DT) / geo[6]
     if PS:
         c_in = C * P
     else:
         c_in = C
-    _align_scatter(
-        grad_ptr + b.to(tl.int64) * c_in * H * W, H, W, g, y0, x0, rh, rw, gh, gw, c, cmask, p, pmask, PH, PW, PS, DT
-    )
+    _align_scatter(grad_ptr + b.to(tl.int64) * c_in * H * W, H, W, g, geo, c, cmask, p, pmask, PH, PW, PS, DT)
+
+
+@triton.jit
+def _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_ONE: tl.constexpr, DT: tl.constexpr):
+    """Image b, validity, the clipped integer bins [hs, he) x [ws, we) of bins p of RoI k, and the
+    largest bin extent (max_h, max_w) over the live bins: the pixel loops run that far, smaller
+    bins mask the excess (a RoI of no valid image gets no rows)."""
+    bf, x1, y1, x2, y2 = _roi_row(rois, k, k >= 0, DT)
+    b, ok = _batch(bf, N)
+    scale64 = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+    w_start, w_len = _int_box(x1, x2, scale64, PLUS_ONE)
+    h_start, h_len = _int_box(y1, y2, scale64, PLUS_ONE)
+    i = p // PW
+    j = p - i * PW
+    hs, he = _int_bins(i, PH, h_start, h_len, H)
+    ws, we = _int_bins(j, PW, w_start, w_len, W)
+    max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
+    max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
+    return b, hs, he, ws, we, max_h, max_w
 
 
 @triton.jit
@@ -407,203 +458,16 @@ def _tile_coords(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
 
 
 @triton.jit
-def _int_pool_bins(
-    rois_ptr,
-    k,
-    roi_stride,
-    roi_stride_f,
-    N,
-    H,
-    W,
-    scale_hi,
-    scale_lo,
-    p,
-    PH,
-    PW,
-    PLUS_ONE: tl.constexpr,
-    DT: tl.constexpr,
-):
-    """Batch index and the clipped integer bins [hs, he) x [ws, we) of bins p of RoI k."""
-    bf, x1, y1, x2, y2 = _roi_row(rois_ptr, k, roi_stride, roi_stride_f, k >= 0, DT)
-    b, ok = _batch(bf, N)
-    scale64 = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
-    w_start, w_len = _int_box(x1, x2, scale64, PLUS_ONE)
-    h_start, h_len = _int_box(y1, y2, scale64, PLUS_ONE)
-    i = p // PW
-    j = p - i * PW
-    hs, he = _int_bins(i, PH, h_start, h_len, H)
-    ws, we = _int_bins(j, PW, w_start, w_len, W)
-    return b, ok, hs, he, ws, we
-
-
-@triton.jit
-def _pick_level(lvl, l: tl.constexpr, f, H, W, sn, sc, sh, sw, s, cf, cH, cW, csn, csc, csh, csw, cs):
-    if lvl == l:
-        cf = f  # pointers cannot go through tl.where portably; a scalar branch selects them
-    hit = lvl == l
-    return (
-        cf,
-        tl.where(hit, H, cH),
-        tl.where(hit, W, cW),
-        tl.where(hit, sn, csn),
-        tl.where(hit, sc, csc),
-        tl.where(hit, sh, csh),
-        tl.where(hit, sw, csw),
-        tl.where(hit, s, cs),
-    )
-
-
-@triton.jit
-def _select_level(
-    lvl,
-    NUM_LEVELS: tl.constexpr,
-    f0,
-    f1,
-    f2,
-    f3,
-    f4,
-    f5,
-    f6,
-    f7,
-    H0,
-    H1,
-    H2,
-    H3,
-    H4,
-    H5,
-    H6,
-    H7,
-    W0,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,
-    sn0,
-    sn1,
-    sn2,
-    sn3,
-    sn4,
-    sn5,
-    sn6,
-    sn7,
-    sc0,
-    sc1,
-    sc2,
-    sc3,
-    sc4,
-    sc5,
-    sc6,
-    sc7,
-    sh0,
-    sh1,
-    sh2,
-    sh3,
-    sh4,
-    sh5,
-    sh6,
-    sh7,
-    sw0,
-    sw1,
-    sw2,
-    sw3,
-    sw4,
-    sw5,
-    sw6,
-    sw7,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,
-):
-    """(pointer, H, W, 4 strides, scale) of level lvl (level 0's if lvl is out of range)."""
-    r = (f0, H0 + 0 * lvl, W0 + 0 * lvl, sn0 + 0 * lvl, sc0 + 0 * lvl, sh0 + 0 * lvl, sw0 + 0 * lvl, s0 + 0.0 * lvl)
-    if NUM_LEVELS > 1:
-        r = _pick_level(lvl, 1, f1, H1, W1, sn1, sc1, sh1, sw1, s1, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 2:
-        r = _pick_level(lvl, 2, f2, H2, W2, sn2, sc2, sh2, sw2, s2, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 3:
-        r = _pick_level(lvl, 3, f3, H3, W3, sn3, sc3, sh3, sw3, s3, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 4:
-        r = _pick_level(lvl, 4, f4, H4, W4, sn4, sc4, sh4, sw4, s4, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 5:
-        r = _pick_level(lvl, 5, f5, H5, W5, sn5, sc5, sh5, sw5, s5, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 6:
-        r = _pick_level(lvl, 6, f6, H6, W6, sn6, sc6, sh6, sw6, s6, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    if NUM_LEVELS > 7:
-        r = _pick_level(lvl, 7, f7, H7, W7, sn7, sc7, sh7, sw7, s7, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-    return r
-
-
-@triton.jit
 def _advance_level(lvl, rem, l: tl.constexpr, n_prev):
     mv = (lvl == l - 1) & (rem >= n_prev)
     return tl.where(mv, l, lvl), tl.where(mv, rem - n_prev, rem)
 
 
 @triton.jit
-def _level_of_tile(
-    tile,
-    NUM_LEVELS: tl.constexpr,
-    H0,
-    H1,
-    H2,
-    H3,
-    H4,
-    H5,
-    H6,
-    H7,
-    W0,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,
-    TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr,
-):
+def _level_of_tile(tile, NUM_LEVELS: tl.constexpr, heights, widths, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
     """Global tile index (levels laid end to end, finest first) -> (level, tile within level)."""
     lvl = tile * 0
     rem = tile
-    nt = tl.cdiv(H0, TILE_H) * tl.cdiv(W0, TILE_W)
-    if NUM_LEVELS > 1:
-        lvl, rem = _advance_level(lvl, rem, 1, nt)
-        nt = tl.cdiv(H1, TILE_H) * tl.cdiv(W1, TILE_W)
-    if NUM_LEVELS > 2:
-        lvl, rem = _advance_level(lvl, rem, 2, nt)
-        nt = tl.cdiv(H2, TILE_H) * tl.cdiv(W2, TILE_W)
-    if NUM_LEVELS > 3:
-        lvl, rem = _advance_level(lvl, rem, 3, nt)
-        nt = tl.cdiv(H3, TILE_H) * tl.cdiv(W3, TILE_W)
-    if NUM_LEVELS > 4:
-        lvl, rem = _advance_level(lvl, rem, 4, nt)
-        nt = tl.cdiv(H4, TILE_H) * tl.cdiv(W4, TILE_W)
-    if NUM_LEVELS > 5:
-        lvl, rem = _advance_level(lvl, rem, 5, nt)
-        nt = tl.cdiv(H5, TILE_H) * tl.cdiv(W5, TILE_W)
-    if NUM_LEVELS > 6:
-        lvl, rem = _advance_level(lvl, rem, 6, nt)
-        nt = tl.cdiv(H6, TILE_H) * tl.cdiv(W6, TILE_W)
-    if NUM_LEVELS > 7:
-        lvl, rem = _advance_level(lvl, rem, 7, nt)
+    for l in tl.static_range(1, NUM_LEVELS):
+        lvl, rem = _advance_level(lvl, rem, l, tl.cdiv(heights[l - 1], TILE_H) * tl.cdiv(widths[l - 1], TILE_W))
     return lvl, rem
-
-
-@triton.jit
-def _channel_bin_tile(pid1, PH, PW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Axis-1 program id -> (bins P, channel offsets [BLOCK_C], bin offsets [BLOCK_P]) of the
-    (RoI, channel block, bin block) grid shared by the integer-bin pooling kernels."""
-    P = PH * PW
-    n_pb = tl.cdiv(P, BLOCK_P)
-    cb = pid1 // n_pb
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = (pid1 - cb * n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
-    return P, c, p

@@ -14,15 +14,17 @@ import triton.language as tl
 
 from .device import (
     _align_box,
+    _align_geometry,
+    _axis_weights,
     _batch,
-    _bilinear_axis,
+    _bin_steps,
     _fpn_level,
-    _grid,
     _int_bins,
     _int_box,
     _level_of_tile,
     _overlaps,
     _roi_row,
+    _sample_origins,
     _scale,
     _select_level,
     _tile_coords,
@@ -30,107 +32,73 @@ from .device import (
 
 
 @triton.jit
+def _gather_program(N, C, BLOCK_C: tl.constexpr):
+    """(image n, channels c [BLOCK_C], pixel tile index) of this program of a (tile, image,
+    channel block) grid: neighbouring programs share a tile (and its RoI hits)."""
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    nc = pid % (N * n_cb)
+    n = nc // n_cb
+    return n, (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C), pid // (N * n_cb)
+
+
+@triton.jit
+def _store_tile(ptr, n, C, H, W, c, cmask, rows, cols, pix, acc):
+    """The program's [channels, pixels] tile of image n of a contiguous [N, C, H, W] buffer."""
+    off = n.to(tl.int64) * C * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
+    tl.store(ptr + off, acc, mask=cmask[:, None] & pix[None, :])
+
+
+@triton.jit
+def _image_rois(rois, kb, K, N, n, ROI_BLOCK: tl.constexpr, DT: tl.constexpr):
+    """RoIs kb .. kb + ROI_BLOCK: (indices, boxes, which ones exist and belong to image n)."""
+    kk = kb + tl.arange(0, ROI_BLOCK)
+    km = kk < K
+    box = _roi_row(rois, kk, km, DT)
+    bi, ok = _batch(box[0], N)
+    return kk, box, km & ok & (bi == n)
+
+
+@triton.jit
+def _next_hit(hit, kk, K):
+    """The smallest RoI index still marked in ``hit``, and ``hit`` without it: visiting hits this way
+    fixes the summation order."""
+    r = tl.min(tl.where(hit, kk, K), axis=0)
+    return r, hit & (kk != r)
+
+
+@triton.jit
 def _align_gather_roi(
-    acc,
-    go_ptr,
-    go_s1,
-    go_s2,
-    go_s3,
-    c,
-    cmask,
-    rows,
-    cols,
-    ty0,
-    tx0,
-    y0,
-    x0,
-    rh,
-    rw,
-    gh,
-    gw,
-    count,
-    H,
-    W,
-    PH,
-    PW,
-    DT: tl.constexpr,
-    TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr,
+    acc, row, c, cmask, ftile, geo, H, W, PH, PW, DT: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr
 ):
-    """Add RoI's roi_align gradient to the tile: acc[c, t] += sum_ij g[c,i,j] Wy[i,row] Wx[j,col]."""
-    bin_h = rh / PH
-    bin_w = rw / PW
-    step_h = bin_h / tl.maximum(gh, 1)
-    step_w = bin_w / tl.maximum(gw, 1)
+    """Add one RoI's roi_align gradient to the tile: acc[c, t] += sum_ij g[c,i,j] Wy[i,row] Wx[j,col];
+    row = (grad_out[r] pointer, strides over C, PH, PW), geo = _align_geometry of the RoI."""
+    go_ptr, go_s1, go_s2, go_s3 = row
+    ty0, tx0, rows, cols = ftile
+    x0, y0, rw, rh, gh, gw, count = geo
+    bin_h, bin_w, step_h, step_w = _bin_steps(rh, rw, gh, gw, PH, PW)
     for i in range(PH):
         ya = y0 + i * bin_h
         if _overlaps(ya, bin_h, ty0, TILE_H):
-            wy = tl.zeros([TILE_H * TILE_W], DT)
-            for sy in range(gh):
-                yl, yh, wl, wh, v = _bilinear_axis(ya + (sy + 0.5) * step_h, H)
-                # (scalar selects: the interpreter cannot broadcast a scalar comparison result)
-                wy += tl.where(rows == yl, tl.where(v, wl, 0.0), 0.0)
-                wy += tl.where(rows == yh, tl.where(v, wh, 0.0), 0.0)
+            wy = _axis_weights(tl.zeros([TILE_H * TILE_W], DT), rows, ya, step_h, gh, H)
             for j in range(PW):
                 xa = x0 + j * bin_w
                 if _overlaps(xa, bin_w, tx0, TILE_W):
-                    wx = tl.zeros([TILE_H * TILE_W], DT)
-                    for sx in range(gw):
-                        xl, xh, wl, wh, v = _bilinear_axis(xa + (sx + 0.5) * step_w, W)
-                        wx += tl.where(cols == xl, tl.where(v, wl, 0.0), 0.0)
-                        wx += tl.where(cols == xh, tl.where(v, wh, 0.0), 0.0)
+                    wx = _axis_weights(tl.zeros([TILE_H * TILE_W], DT), cols, xa, step_w, gw, W)
                     g = tl.load(go_ptr + c * go_s1 + i * go_s2 + j * go_s3, mask=cmask, other=0.0)
                     acc += (g.to(DT) / count)[:, None] * (wy * wx)[None, :]
     return acc
 
 
 @triton.jit
-def _ps_align_gather_roi(
-    acc,
-    go_ptr,
-    go_s1,
-    go_s2,
-    go_s3,
-    co,
-    ci,
-    cj,
-    cmask,
-    rows,
-    cols,
-    y0,
-    x0,
-    rh,
-    rw,
-    gh,
-    gw,
-    count,
-    H,
-    W,
-    PH,
-    PW,
-    DT: tl.constexpr,
-):
+def _ps_align_gather_roi(acc, row, lanes, cmask, rows, cols, geo, H, W, PH, PW, DT: tl.constexpr):
     """Same for ps_roi_align: input channel lane (co, ci, cj) only sees bin (ci, cj) of co."""
-    bin_h = rh / PH
-    bin_w = rw / PW
-    step_h = bin_h / tl.maximum(gh, 1)
-    step_w = bin_w / tl.maximum(gw, 1)
-    ys = y0 + ci.to(DT) * bin_h
-    xs = x0 + cj.to(DT) * bin_w
-    wy = tl.zeros_like(acc)
-    for sy in range(gh):
-        yl, yh, wl, wh, v = _bilinear_axis(ys + (sy + 0.5) * step_h, H)
-        wl = tl.where(v, wl, 0.0)
-        wh = tl.where(v, wh, 0.0)
-        wy += tl.where(rows[None, :] == yl[:, None], wl[:, None], 0.0)
-        wy += tl.where(rows[None, :] == yh[:, None], wh[:, None], 0.0)
-    wx = tl.zeros_like(acc)
-    for sx in range(gw):
-        xl, xh, wl, wh, v = _bilinear_axis(xs + (sx + 0.5) * step_w, W)
-        wl = tl.where(v, wl, 0.0)
-        wh = tl.where(v, wh, 0.0)
-        wx += tl.where(cols[None, :] == xl[:, None], wl[:, None], 0.0)
-        wx += tl.where(cols[None, :] == xh[:, None], wh[:, None], 0.0)
+    go_ptr, go_s1, go_s2, go_s3 = row
+    co, ci, cj = lanes
+    x0, y0, rw, rh, gh, gw, count = geo
+    ys, xs, step_h, step_w = _sample_origins(geo, ci, cj, PH, PW, DT)
+    wy = _axis_weights(tl.zeros_like(acc), rows[None, :], ys[:, None], step_h, gh, H)
+    wx = _axis_weights(tl.zeros_like(acc), cols[None, :], xs[:, None], step_w, gw, W)
     g = tl.load(go_ptr + co * go_s1 + ci * go_s2 + cj * go_s3, mask=cmask, other=0.0)
     return acc + (g.to(DT) / count)[:, None] * wy * wx
 
@@ -138,23 +106,14 @@ def _ps_align_gather_roi(
 @triton.jit
 def _align_gather(
     acc,
-    grad_out_ptr,
-    go_s0,
-    go_s1,
-    go_s2,
-    go_s3,
-    rois_ptr,
-    roi_stride,
-    roi_stride_f,
+    go,
+    rois,
     K,
     N,
     n,
     c,
     cmask,
-    rows,
-    cols,
-    ty0,
-    tx0,
+    tile,
     H,
     W,
     scale,
@@ -162,14 +121,7 @@ def _align_gather(
     PH,
     PW,
     lvl,
-    a0,
-    a1,
-    a2,
-    a3,
-    a4,
-    a5,
-    a6,
-    a7,
+    fpn,
     ALIGNED: tl.constexpr,
     PS: tl.constexpr,
     MULTI_LEVEL: tl.constexpr,
@@ -179,89 +131,34 @@ def _align_gather(
     ROI_BLOCK: tl.constexpr,
 ):
     """Walk the RoIs in index order; for each one of image n (and level lvl) whose support
-    reaches the tile, add its contribution. The walk is vectorised ROI_BLOCK at a time and then
-    visits only the hits, smallest index first, so the summation order is fixed."""
+    reaches the pixel tile (ty0, tx0, rows, cols), add its contribution. The walk is vectorised
+    ROI_BLOCK at a time and then visits only the hits, smallest index first, so the summation
+    order is fixed."""
+    grad_out_ptr, go_s0, go_s1, go_s2, go_s3 = go
+    ty0, tx0, rows, cols = tile
     ty0f = ty0.to(DT)
     tx0f = tx0.to(DT)
+    ftile = (ty0f, tx0f, rows, cols)
     if PS:
         co = c // (PH * PW)
         rem = c - co * (PH * PW)
         ci = rem // PW
-        cj = rem - ci * PW
+        lanes = (co, ci, rem - ci * PW)  # input channel -> (output channel, bin row, bin column)
     for kb in range(0, K, ROI_BLOCK):
-        kk = kb + tl.arange(0, ROI_BLOCK)
-        km = kk < K
-        bf, x1, y1, x2, y2 = _roi_row(rois_ptr, kk, roi_stride, roi_stride_f, km, DT)
-        bi, ok = _batch(bf, N)
-        hit = km & ok & (bi == n)
+        kk, box, hit = _image_rois(rois, kb, K, N, n, ROI_BLOCK, DT)
         if MULTI_LEVEL:
-            hit = hit & (_fpn_level(x1, y1, x2, y2, a0, a1, a2, a3, a4, a5, a6, a7) == lvl)
-        x0, y0, rw, rh = _align_box(x1, y1, x2, y2, scale, ALIGNED)
+            hit = hit & (_fpn_level(box, fpn) == lvl)
+        x0, y0, rw, rh = _align_box(box, scale, ALIGNED)
         hit = hit & _overlaps(y0, rh, ty0f, TILE_H) & _overlaps(x0, rw, tx0f, TILE_W)
         n_hit = tl.sum(hit.to(tl.int32), axis=0)
         for _t in range(n_hit):
-            r = tl.min(tl.where(hit, kk, K), axis=0)
-            hit = hit & (kk != r)
-            _b, sx1, sy1, sx2, sy2 = _roi_row(rois_ptr, r, roi_stride, roi_stride_f, r >= 0, DT)
-            sx0, sy0, srw, srh = _align_box(sx1, sy1, sx2, sy2, scale, ALIGNED)
-            gh = _grid(srh, PH, sampling_ratio)
-            gw = _grid(srw, PW, sampling_ratio)
-            count = tl.maximum(gh * gw, 1).to(DT)
-            go_ptr = grad_out_ptr + r.to(tl.int64) * go_s0
+            r, hit = _next_hit(hit, kk, K)
+            geo = _align_geometry(_roi_row(rois, r, r >= 0, DT), True, scale, sampling_ratio, PH, PW, ALIGNED, DT)
+            row = (grad_out_ptr + r.to(tl.int64) * go_s0, go_s1, go_s2, go_s3)  # grad_out[r]
             if PS:
-                acc = _ps_align_gather_roi(
-                    acc,
-                    go_ptr,
-                    go_s1,
-                    go_s2,
-                    go_s3,
-                    co,
-                    ci,
-                    cj,
-                    cmask,
-                    rows,
-                    cols,
-                    sy0,
-                    sx0,
-                    srh,
-                    srw,
-                    gh,
-                    gw,
-                    count,
-                    H,
-                    W,
-                    PH,
-                    PW,
-                    DT,
-                )
+                acc = _ps_align_gather_roi(acc, row, lanes, cmask, rows, cols, geo, H, W, PH, PW, DT)
             else:
-                acc = _align_gather_roi(
-                    acc,
-                    go_ptr,
-                    go_s1,
-                    go_s2,
-                    go_s3,
-                    c,
-                    cmask,
-                    rows,
-                    cols,
-                    ty0f,
-                    tx0f,
-                    sy0,
-                    sx0,
-                    srh,
-                    srw,
-                    gh,
-                    gw,
-                    count,
-                    H,
-                    W,
-                    PH,
-                    PW,
-                    DT,
-                    TILE_H,
-                    TILE_W,
-                )
+                acc = _align_gather_roi(acc, row, c, cmask, ftile, geo, H, W, PH, PW, DT, TILE_H, TILE_W)
     return acc
 
 
@@ -293,33 +190,20 @@ def _roi_align_bwd_gather_kernel(
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    nc = pid % (N * n_cb)  # neighbouring programs share a tile (and its RoI hits)
-    n = nc // n_cb
-    c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, c, tile = _gather_program(N, C, BLOCK_C)
     cmask = c < C
-    ty0, tx0, rows, cols, pix = _tile_coords(pid // (N * n_cb), H, W, TILE_H, TILE_W)
-    acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
+    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
+    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     acc = _align_gather(
-        acc,
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        rois_ptr,
-        roi_stride,
-        roi_stride_f,
+        tl.zeros([BLOCK_C, TILE_H * TILE_W], DT),
+        go,
+        (rois_ptr, roi_stride, roi_stride_f),
         K,
         N,
         n,
         c,
         cmask,
-        rows,
-        cols,
-        ty0,
-        tx0,
+        (ty0, tx0, rows, cols),
         H,
         W,
         _scale(scale_hi, scale_lo, DT),
@@ -327,14 +211,7 @@ def _roi_align_bwd_gather_kernel(
         PH,
         PW,
         0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
+        None,
         ALIGNED,
         False,
         False,
@@ -343,8 +220,7 @@ def _roi_align_bwd_gather_kernel(
         TILE_W,
         ROI_BLOCK,
     )
-    off = n.to(tl.int64) * C * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
-    tl.store(grad_in_ptr + off, acc, mask=cmask[:, None] & pix[None, :])
+    _store_tile(grad_in_ptr, n, C, H, W, c, cmask, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -375,47 +251,29 @@ def _ps_roi_align_bwd_gather_kernel(
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C_in, BLOCK_C)
-    nc = pid % (N * n_cb)
-    n = nc // n_cb
-    c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ty0, tx0, rows, cols, pix = _tile_coords(pid // (N * n_cb), H, W, TILE_H, TILE_W)
+    n, c, tile = _gather_program(N, C_in, BLOCK_C)
+    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
+    rois = (rois_ptr, roi_stride, roi_stride_f)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
+    scale = _scale(scale_hi, scale_lo, DT)
     acc = _align_gather(
         acc,
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        rois_ptr,
-        roi_stride,
-        roi_stride_f,
+        (grad_out_ptr, go_s0, go_s1, go_s2, go_s3),
+        rois,
         K,
         N,
         n,
         c,
         c < C * PH * PW,
-        rows,
-        cols,
-        ty0,
-        tx0,
+        (ty0, tx0, rows, cols),
         H,
         W,
-        _scale(scale_hi, scale_lo, DT),
+        scale,
         sampling_ratio,
         PH,
         PW,
         0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
+        None,
         True,
         True,
         False,
@@ -424,8 +282,7 @@ def _ps_roi_align_bwd_gather_kernel(
         TILE_W,
         ROI_BLOCK,
     )
-    off = n.to(tl.int64) * C_in * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
-    tl.store(grad_in_ptr + off, acc, mask=(c < C_in)[:, None] & pix[None, :])
+    _store_tile(grad_in_ptr, n, C_in, H, W, c, c < C_in, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -458,13 +315,9 @@ def _roi_pool_bwd_gather_kernel(
     # The plane is cut into flat pixel chunks (argmax is a flat index, so "argmax in my chunk"
     # is one range test and needs no division). RoIs of image n are visited in index order, bins
     # in index order, and only bins with an argmax in the chunk do the one-hot accumulation.
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    nc = pid % (N * n_cb)
-    n = nc // n_cb
-    c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, c, chunk = _gather_program(N, C, BLOCK_C)
     cmask = c < C
-    t0 = (pid // (N * n_cb)) * CHUNK
+    t0 = chunk * CHUNK
     pix = t0 + tl.arange(0, CHUNK)
     P = PH * PW
     acc = tl.zeros([BLOCK_C, CHUNK], DT)
@@ -474,8 +327,7 @@ def _roi_pool_bwd_gather_kernel(
         bi, ok = _batch(tl.load(rois_ptr + kk.to(tl.int64) * roi_stride, mask=km, other=-1.0).to(DT), N)
         hit = km & ok & (bi == n)
         for _t in range(tl.sum(hit.to(tl.int32), axis=0)):
-            r = tl.min(tl.where(hit, kk, K), axis=0)
-            hit = hit & (kk != r)
+            r, hit = _next_hit(hit, kk, K)
             am_r = argmax_ptr + r.to(tl.int64) * am_s0 + c * am_s1
             go_r = grad_out_ptr + r.to(tl.int64) * go_s0 + c * go_s1
             for pb in range(0, P, BLOCK_P):
@@ -488,8 +340,7 @@ def _roi_pool_bwd_gather_kernel(
                 in_chunk = (am >= t0) & (am < t0 + CHUNK)
                 bin_hit = tl.max(in_chunk.to(tl.int32), axis=0) > 0
                 for _u in range(tl.sum(bin_hit.to(tl.int32), axis=0)):
-                    q = tl.min(tl.where(bin_hit, p, P), axis=0)
-                    bin_hit = bin_hit & (p != q)
+                    q, bin_hit = _next_hit(bin_hit, p, P)
                     qi = q // PW
                     qj = q - qi * PW
                     am_q = tl.load(am_r + qi * am_s2 + qj * am_s3, mask=cmask, other=-1)
@@ -526,32 +377,26 @@ def _ps_roi_pool_bwd_gather_kernel(
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C_in, BLOCK_C)
-    nc = pid % (N * n_cb)
-    n = nc // n_cb
-    c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, c, tile = _gather_program(N, C_in, BLOCK_C)
     P = PH * PW
     co = c // P  # lane -> (output channel, bin row, bin column), once per program
     ci = (c - co * P) // PW
     cj = c - co * P - ci * PW
     cmask = c < C * P
-    ty0, tx0, rows, cols, pix = _tile_coords(pid // (N * n_cb), H, W, TILE_H, TILE_W)
+    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
     scale64 = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+    rois = (rois_ptr, roi_stride, roi_stride_f)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     for kb in range(0, K, ROI_BLOCK):
-        kk = kb + tl.arange(0, ROI_BLOCK)
-        km = kk < K
-        bf, x1, y1, x2, y2 = _roi_row(rois_ptr, kk, roi_stride, roi_stride_f, km, DT)
-        bi, ok = _batch(bf, N)
+        kk, box, hit = _image_rois(rois, kb, K, N, n, ROI_BLOCK, DT)
+        _bf, x1, y1, x2, y2 = box
         w_start, w_len = _int_box(x1, x2, scale64, 0)
         h_start, h_len = _int_box(y1, y2, scale64, 0)
-        hit = km & ok & (bi == n) & _overlaps(h_start, h_len, ty0.to(tl.float64), TILE_H)
+        hit = hit & _overlaps(h_start, h_len, ty0.to(tl.float64), TILE_H)
         hit = hit & _overlaps(w_start, w_len, tx0.to(tl.float64), TILE_W)
         for _t in range(tl.sum(hit.to(tl.int32), axis=0)):
-            r = tl.min(tl.where(hit, kk, K), axis=0)
-            hit = hit & (kk != r)
-            _b, sx1, sy1, sx2, sy2 = _roi_row(rois_ptr, r, roi_stride, roi_stride_f, r >= 0, DT)
+            r, hit = _next_hit(hit, kk, K)
+            _b, sx1, sy1, sx2, sy2 = _roi_row(rois, r, r >= 0, DT)
             sw0, swl = _int_box(sx1, sx2, scale64, 0)
             sh0, shl = _int_box(sy1, sy2, scale64, 0)
             hs, he = _int_bins(ci, PH, sh0, shl, H)  # every lane has its own bin (ci, cj)
@@ -570,8 +415,7 @@ def _ps_roi_pool_bwd_gather_kernel(
                 & (cols[None, :] < we[:, None])
             )
             acc += tl.where(inside, g[:, None], 0.0)
-    off = n.to(tl.int64) * C_in * H * W + (c * H * W)[:, None] + (rows * W + cols)[None, :]
-    tl.store(grad_in_ptr + off, acc, mask=(c < C_in)[:, None] & pix[None, :])
+    _store_tile(grad_in_ptr, n, C_in, H, W, c, c < C_in, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -640,119 +484,33 @@ def _multi_scale_roi_align_bwd_gather_kernel(
 ):
     # the tiles of all levels are laid end to end along the grid; each program finds its level,
     # then gathers like _roi_align_bwd_gather_kernel from the RoIs assigned to that level
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    nc = pid % (N * n_cb)
-    n = nc // n_cb
-    c = (nc - n * n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, c, tile = _gather_program(N, C, BLOCK_C)
     cmask = c < C
-    lvl, tile = _level_of_tile(
-        pid // (N * n_cb), NUM_LEVELS, H0, H1, H2, H3, H4, H5, H6, H7, W0, W1, W2, W3, W4, W5, W6, W7, TILE_H, TILE_W
-    )
-    gp, Hl, Wl, _a, _b, _c, _d, sl = _select_level(
-        lvl,
-        NUM_LEVELS,
-        g0,
-        g1,
-        g2,
-        g3,
-        g4,
-        g5,
-        g6,
-        g7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        W0,
-        W1,
-        W2,
-        W3,
-        W4,
-        W5,
-        W6,
-        W7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        H0,
-        H1,
-        H2,
-        H3,
-        H4,
-        H5,
-        H6,
-        H7,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-        s6,
-        s7,
-    )
+    heights, widths = (H0, H1, H2, H3, H4, H5, H6, H7), (W0, W1, W2, W3, W4, W5, W6, W7)
+    lvl, tile = _level_of_tile(tile, NUM_LEVELS, heights, widths, TILE_H, TILE_W)
+    scales = (s0, s1, s2, s3, s4, s5, s6, s7)
+    gp, Hl, Wl, sl, _ok = _select_level(lvl, NUM_LEVELS, (g0, g1, g2, g3, g4, g5, g6, g7), heights, widths, scales, DT)
     ty0, tx0, rows, cols, pix = _tile_coords(tile, Hl, Wl, TILE_H, TILE_W)
-    acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
+    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
+    fpn = (a0, a1, a2, a3, a4, a5, a6, a7)
     acc = _align_gather(
-        acc,
-        grad_out_ptr,
-        go_s0,
-        go_s1,
-        go_s2,
-        go_s3,
-        rois_ptr,
-        roi_stride,
-        roi_stride_f,
+        tl.zeros([BLOCK_C, TILE_H * TILE_W], DT),
+        go,
+        (rois_ptr, roi_stride, roi_stride_f),
         K,
         N,
         n,
         c,
         cmask,
-        rows,
-        cols,
-        ty0,
-        tx0,
+        (ty0, tx0, rows, cols),
         Hl,
         Wl,
-        sl.to(DT),
+        sl,
         sampling_ratio,
         PH,
         PW,
         lvl,
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
+        fpn,
         ALIGNED,
         False,
         True,
@@ -761,5 +519,4 @@ def _multi_scale_roi_align_bwd_gather_kernel(
         TILE_W,
         ROI_BLOCK,
     )
-    off = n.to(tl.int64) * C * Hl * Wl + (c * Hl * Wl)[:, None] + (rows * Wl + cols)[None, :]
-    tl.store(gp + off, acc, mask=cmask[:, None] & pix[None, :])
+    _store_tile(gp, n, C, Hl, Wl, c, cmask, rows, cols, pix, acc)

@@ -1,16 +1,22 @@
-"""Max-pooling kernels of the RoI family with integer bins: roi_pool and ps_roi_pool, forward
-(with the argmax roi_pool's backward reads) and atomic backward. Split from kernels/roi/__init__.py, whose
-docstring gives the layouts and the math; the launchers stay there.
+"""Integer-bin pooling kernels of the RoI family: roi_pool (max, with the argmax its backward reads)
+and ps_roi_pool (mean over the bin), forward and atomic backward. One program per (RoI k, channel
+block x bin block); the bins come from device.py's _int_pool_bins. Layouts and math:
+kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
 """
 
 import triton
 import triton.language as tl
 
-from .device import _batch, _channel_bin_tile, _int_pool_bins, _tile_zeros
+from .device import _batch, _channel_bin_tile, _int_pool_bins, _load_bins, _store_out, _tile_zeros
 
-# ----------------------------------------------------------------------------------------------
-# roi_pool / ps_roi_pool (integer bins)
-# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _bin_pixel(hs, he, ws, we, pmask, dy, dx):
+    """Pixel (y, x) = (hs + dy, ws + dx) of every bin and whether it lies inside its bin: the pixel
+    loops run over the tile's largest bin."""
+    y = hs + dy
+    x = ws + dx
+    return y, x, (y < he) & pmask & (x < we)
 
 
 @triton.jit
@@ -42,22 +48,16 @@ def _roi_pool_fwd_kernel(
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    b, ok, hs, he, ws, we = _int_pool_bins(
-        rois_ptr, k, roi_stride, roi_stride_f, N, H, W, scale_hi, scale_lo, p, PH, PW, 1, DT
-    )
-    # the loop runs over the largest bin of the tile; smaller bins mask the excess
-    max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
-    max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
+    rois = (rois_ptr, roi_stride, roi_stride_f)
+    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 1, DT)
     feat = input_ptr + b.to(tl.int64) * stride_n + tl.expand_dims(c * stride_c, 1 - C_FAST)
     cm2 = tl.expand_dims(cmask, 1 - C_FAST)
     best = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")
     arg = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, tl.int32) - 1
     for dy in range(max_h):
-        y = hs + dy
-        ym = (y < he) & pmask
         for dx in range(max_w):
-            x = ws + dx
-            inside = tl.expand_dims(ym & (x < we), 0 + C_FAST) & cm2
+            y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
+            inside = tl.expand_dims(in_bin, 0 + C_FAST) & cm2
             v = tl.load(
                 feat + tl.expand_dims(y * stride_h + x * stride_w, 0 + C_FAST), mask=inside, other=float("-inf")
             ).to(DT)
@@ -69,7 +69,7 @@ def _roi_pool_fwd_kernel(
     best = tl.where(arg < 0, 0.0, best)
     off = k.to(tl.int64) * C * P + tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
     m = cm2 & tl.expand_dims(pmask, 0 + C_FAST)
-    tl.store(out_ptr + off, best, mask=m)
+    _store_out(out_ptr + off, best, m)
     tl.store(argmax_ptr + off, arg, mask=m)
 
 
@@ -100,19 +100,11 @@ def _roi_pool_bwd_kernel(
 ):
     k = tl.program_id(0)
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
-    i = p // PW
-    j = p - i * PW
     b, ok = _batch(tl.load(rois_ptr + k.to(tl.int64) * roi_stride).to(DT), N)
     # (a scalar bool is folded into the channel bound: the interpreter cannot broadcast one)
     m = (c < tl.where(ok, C, 0))[:, None] & (p < P)[None, :]
-    am = tl.load(
-        argmax_ptr + k.to(tl.int64) * am_s0 + (c * am_s1)[:, None] + (i * am_s2 + j * am_s3)[None, :], mask=m, other=-1
-    )
-    g = tl.load(
-        grad_out_ptr + k.to(tl.int64) * go_s0 + (c * go_s1)[:, None] + (i * go_s2 + j * go_s3)[None, :],
-        mask=m,
-        other=0.0,
-    ).to(DT)
+    am = _load_bins((argmax_ptr, am_s0, am_s1, am_s2, am_s3), k, c, p, PW, m, -1)
+    g = _load_bins((grad_out_ptr, go_s0, go_s1, go_s2, go_s3), k, c, p, PW, m, 0.0).to(DT)
     m = m & (am >= 0) & (am < H * W)  # never trust an index enough to write out of bounds
     base = grad_in_ptr + b.to(tl.int64) * C * H * W + (c * H * W)[:, None]
     tl.atomic_add(base + am, g, mask=m, sem="relaxed")
@@ -145,23 +137,18 @@ def _ps_roi_pool_fwd_kernel(
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    b, ok, hs, he, ws, we = _int_pool_bins(
-        rois_ptr, k, roi_stride, roi_stride_f, N, H, W, scale_hi, scale_lo, p, PH, PW, 0, DT
-    )
-    max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
-    max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
+    rois = (rois_ptr, roi_stride, roi_stride_f)
+    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 0, DT)
     feat = input_ptr + b.to(tl.int64) * stride_n + (c * P * stride_c)[:, None] + (p * stride_c)[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_P], DT)
     for dy in range(max_h):
-        y = hs + dy
-        ym = (y < he) & pmask
         for dx in range(max_w):
-            x = ws + dx
-            inside = cmask[:, None] & (ym & (x < we))[None, :]
+            y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
+            inside = cmask[:, None] & in_bin[None, :]
             acc += tl.load(feat + (y * stride_h + x * stride_w)[None, :], mask=inside, other=0.0).to(DT)
     area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
     off = k.to(tl.int64) * C * P + (c * P)[:, None] + p[None, :]
-    tl.store(out_ptr + off, acc / area[None, :], mask=cmask[:, None] & pmask[None, :])
+    _store_out(out_ptr + off, acc / area[None, :], cmask[:, None] & pmask[None, :])
 
 
 @triton.jit
@@ -192,27 +179,13 @@ def _ps_roi_pool_bwd_kernel(
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     cmask = c < C
     pmask = p < P
-    b, ok, hs, he, ws, we = _int_pool_bins(
-        rois_ptr, k, roi_stride, roi_stride_f, N, H, W, scale_hi, scale_lo, p, PH, PW, 0, DT
-    )
-    max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
-    max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
-    i = p // PW
-    j = p - i * PW
+    rois = (rois_ptr, roi_stride, roi_stride_f)
+    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 0, DT)
     area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
-    g = (
-        tl.load(
-            grad_out_ptr + k.to(tl.int64) * go_s0 + (c * go_s1)[:, None] + (i * go_s2 + j * go_s3)[None, :],
-            mask=cmask[:, None] & pmask[None, :],
-            other=0.0,
-        ).to(DT)
-        / area[None, :]
-    )
+    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
+    g = _load_bins(go, k, c, p, PW, cmask[:, None] & pmask[None, :], 0.0).to(DT) / area[None, :]
     base = grad_in_ptr + b.to(tl.int64) * C_in * H * W + (c * P * H * W)[:, None] + (p * H * W)[None, :]
     for dy in range(max_h):
-        y = hs + dy
-        ym = (y < he) & pmask
         for dx in range(max_w):
-            x = ws + dx
-            inside = cmask[:, None] & (ym & (x < we))[None, :]
-            tl.atomic_add(base + (y * W + x)[None, :], g, mask=inside, sem="relaxed")
+            y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
+            tl.atomic_add(base + (y * W + x)[None, :], g, mask=cmask[:, None] & in_bin[None, :], sem="relaxed")

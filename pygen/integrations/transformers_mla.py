@@ -22,7 +22,8 @@
    and key head counts equal or a multiple - keys are repeated), attention runs in
    pygen.ops.mla_prefill (varlen flash attention, one sequence per batch row). Elsewhere it falls
    back to the eager math and warns once per reason (``FALLBACKS`` counts them): padding masks,
-   attention dropout in training, ``output_attentions``-style requests are served that way.
+   attention dropout in training, and ``output_attentions`` (the weights [b, H, s, S] are then
+   returned, as eager returns them) are served that way.
    ``module.pygen_backend`` picks a pygen backend (default: pygen's choice).
 """
 
@@ -76,10 +77,15 @@ def pygen_attention_forward(
     causal = getattr(module, "is_causal", True) if is_causal is None else bool(is_causal)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [b, len, H, dim] views
     training = bool(getattr(module, "training", False))
+    # transformers' rule for whether the weights are wanted (its output recorder's): the keyword,
+    # else the config; eager returns them, so the fallback below does too when they are wanted
+    want_weights = bool(
+        kwargs.get("output_attentions", getattr(getattr(module, "config", None), "output_attentions", False))
+    )
     reason = None
     if dropout and training:
         reason = "attention dropout in training"
-    elif kwargs.get("output_attentions"):
+    elif want_weights:
         reason = "output_attentions (weights are never materialised by the kernel)"
     elif attention_mask is not None and not (
         mask_is_causal(attention_mask, s, kv_len)
@@ -108,8 +114,8 @@ def pygen_attention_forward(
     _fallback(reason)
     if attention_mask is None and not causal:
         attention_mask = torch.ones(1, 1, s, kv_len, dtype=torch.bool, device=q.device)
-    out = attention_explicit(q, k, v, attention_mask, scale, dropout, training)
-    return out.contiguous(), None
+    out, weights = attention_explicit(q, k, v, attention_mask, scale, dropout, training, return_weights=True)
+    return out.contiguous(), weights if want_weights else None
 
 
 def register() -> None:
@@ -123,17 +129,18 @@ def register() -> None:
 
 def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
     """Replace every transformers ``DeepseekV3Attention`` in ``model`` by ``pygen.nn.MLA`` holding
-    the original Parameter objects. Returns ``{"DeepseekV3Attention": count}`` (empty when none).
-    ImportError without transformers."""
+    the original Parameter objects (typed as a DeepseekV3Attention too, and taking over its
+    hooks, so that transformers still records the attention weights). Returns
+    ``{"DeepseekV3Attention": count}`` (empty when none). ImportError without transformers."""
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
 
     from ..nn.mla import MLA
-    from ._patched import refuse_after_swap
+    from ._patched import refuse_after_swap, take_hooks, typed_as
 
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if not isinstance(child, DeepseekV3Attention):
+            if not isinstance(child, DeepseekV3Attention) or isinstance(child, MLA):
                 continue
             with torch.device("meta"):  # no throw-away allocation of the projections
                 new = MLA(child.config, child.layer_idx, backend=backend)
@@ -147,6 +154,8 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
             if abs(new.scaling - child.scaling) > 1e-12 * abs(child.scaling):
                 raise RuntimeError(f"softmax scale mismatch: pygen {new.scaling} vs transformers {child.scaling}")
             new.train(child.training)
+            new.__class__ = typed_as("DeepseekV3MLA")  # MLA's forward, transformers' type: recorded
+            take_hooks(new, child)
             setattr(parent, child_name, new)
             counts[type(child).__name__] += 1
     if counts:

@@ -21,7 +21,9 @@
 
 2. Module swap. ``patch_deepseek_moe(model)`` replaces every ``DeepseekV3MoE`` in the model by
    ``pygen.nn.MoE`` (routing with moe_route too), sharing the original parameter tensors (same
-   dtypes, devices, state_dict keys). ``pygen.patch`` exposes it.
+   dtypes, devices, state_dict keys), and extends the model's ``_init_weights`` to the pygen
+   pieces transformers does not know (:func:`init_moe_weights`), so ``from_pretrained`` into a
+   patched model initialises missing expert weights. ``pygen.patch`` exposes it.
 """
 
 from __future__ import annotations
@@ -122,37 +124,20 @@ def _adopt_tensors(new: nn.Module, old: nn.Module) -> None:
             target._buffers[leaf] = b
 
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
+def init_moe_weights(module: nn.Module, std: float) -> None:
+    """transformers' DeepseekV3 initialisation for the pygen MoE pieces its ``_init_weights`` does
+    not know (run by _patched.InitWeightsAfterSwap): routed experts Normal(0, std), the
+    ``tokens_per_expert`` counter zero. The gate passes as DeepseekV3TopkRouter and the shared
+    experts are nn.Linear, which transformers initialises itself."""
+    from transformers import initialization as init
 
+    from ..nn.moe import MoE, MoEExperts
 
-def _take_hooks(new: nn.Module, old: nn.Module) -> None:
-    """Move ``old``'s module hooks to ``new`` (transformers' output capturing, e.g. the
-    router_logits recorder, may already be installed on the old modules)."""
-    for name in _HOOK_DICTS:
-        src, dst = getattr(old, name, None), getattr(new, name, None)
-        if src and dst is not None:
-            dst.update(src)
-
-
-_ROUTER_CLASSES: dict[type, type] = {}
-
-
-def _router_class(hf_router: type) -> type:
-    """pygen's MoEGate that also passes ``isinstance(gate, DeepseekV3TopkRouter)``, which is how
-    transformers finds the modules whose output it records (``output_router_logits=True``)."""
-    from ..nn.moe import MoEGate
-
-    if hf_router not in _ROUTER_CLASSES:
-        _ROUTER_CLASSES[hf_router] = type("MoEGate", (MoEGate, hf_router), {"__module__": MoEGate.__module__})
-    return _ROUTER_CLASSES[hf_router]
+    if isinstance(module, MoEExperts):
+        init.normal_(module.gate_up_proj, mean=0.0, std=std)
+        init.normal_(module.down_proj, mean=0.0, std=std)
+    elif isinstance(module, MoE):
+        init.zeros_(module.tokens_per_expert)
 
 
 def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[str, int]:
@@ -162,10 +147,10 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     ``DeepseekV3TopkRouter`` for transformers' output recording (``output_router_logits=True``).
     Returns ``{"DeepseekV3MoE": count}`` (empty when none was found).
     ImportError without transformers."""
-    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE, DeepseekV3TopkRouter
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
     from ..nn.moe import MoE
-    from ._patched import refuse_after_swap
+    from ._patched import hook_init_weights, refuse_after_swap, take_hooks, typed_as
 
     counts: Counter[str] = Counter()
     for parent in list(model.modules()):
@@ -178,15 +163,17 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
             dev = child.gate.weight.device
             new.tokens_per_expert = torch.zeros(new.n_routed_experts, dtype=torch.int64, device=dev)
             new.train(child.training)
-            new.gate.__class__ = _router_class(DeepseekV3TopkRouter)  # MoEGate's forward, HF's type
-            _take_hooks(new, child)
-            _take_hooks(new.gate, child.gate)
+            # MoEGate's forward, transformers' type: output_router_logits records it
+            new.gate.__class__ = typed_as("DeepseekV3MoEGate")
+            take_hooks(new, child)
+            take_hooks(new.gate, child.gate)
             setattr(parent, child_name, new)
             counts[type(child).__name__] += 1
     if counts:
         refuse_after_swap(
             model, "set_experts_implementation", "MoE", "patch_transformers_moe", 'experts_implementation="pygen"'
         )
+        hook_init_weights(model, init_moe_weights)
     return dict(counts)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.types import Device
 
 from ..nn._mla_cache import PagedMLACache
 from ..nn._rope import RotaryEmbedding
@@ -44,6 +45,7 @@ __all__ = [
     "DeepSeekV3Config",
     "DeepSeekV3Block",
     "DeepSeekV3LM",
+    "MTPModule",
     "DeepSeekV3BlockProfile",
     "DeepSeekV3DecodeProfile",
     "MODELS",
@@ -87,6 +89,7 @@ class DeepSeekV3Config:
     routed_scaling_factor: float = 2.5
     norm_topk_prob: bool = True
     first_k_dense_replace: int = 0
+    num_nextn_predict_layers: int = 0  # MTP depths D (DeepSeek-V3: 1); transformers' field name
     hidden_act: str = "silu"
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 163840
@@ -146,7 +149,7 @@ class DenseMLP(nn.Module):
 
 
 class DeepSeekV3Block(nn.Module):
-    def __init__(self, cfg: DeepSeekV3Config, layer_idx: int, backend: str | None = None):
+    def __init__(self, cfg: DeepSeekV3Config, layer_idx: int, backend: str | None = None) -> None:
         super().__init__()
         self.self_attn = MLA(cfg, layer_idx, backend=backend)
         if layer_idx >= cfg.first_k_dense_replace and MoE is not None:
@@ -161,9 +164,40 @@ class DeepSeekV3Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def forward(self, x, position_embeddings, cache=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: PagedMLACache | None = None,
+    ) -> torch.Tensor:
         h = x + self.self_attn(self.input_layernorm(x), position_embeddings, None, cache)[0]
         return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class MTPModule(DeepSeekV3Block):
+    """Multi-token prediction depth k (DeepSeek-V3 report, section 2.2): for the row of token i,
+
+        h^k_i = norm(TRM_k(eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)])))       [.., H]
+
+    eh_proj: [2H -> H] linear, TRM_k: one decoder block (this class's DeepSeekV3Block part, layer
+    index num_hidden_layers + k - 1), Emb and the output head shared with the main model, which
+    gives h^0 = its final-normed hidden state; h^k feeds both the shared head (predicting t_{i+k+1})
+    and depth k + 1. The concatenation order (embedding first) and the names are those of the
+    released checkpoint's MTP layer (enorm, hnorm, eh_proj; ``norm`` is its shared_head.norm)."""
+
+    def __init__(self, cfg: DeepSeekV3Config, layer_idx: int, backend: str | None = None) -> None:
+        super().__init__(cfg, layer_idx, backend)
+        self.enorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def forward(
+        self, prev: torch.Tensor, emb: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """prev h^{k-1} [b, n, H], emb Emb(t_{i+k}) [b, n, H] -> h^k [b, n, H] (causal over n)."""
+        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(prev)], dim=-1))
+        return self.norm(super().forward(x, position_embeddings))
 
 
 def _init(module: nn.Module, std: float) -> None:
@@ -176,21 +210,29 @@ def _init(module: nn.Module, std: float) -> None:
 
 class DeepSeekV3LM(nn.Module):
     """Embedding, ``num_hidden_layers`` blocks, RMSNorm, LM head; ``forward(input_ids, cache=None)``
-    -> logits [b, s, vocab]; with a PagedMLACache the caller has opened a step (``begin``)."""
+    -> logits [b, s, vocab]; with a PagedMLACache the caller has opened a step (``begin``).
+    ``num_nextn_predict_layers`` = D > 0 adds D :class:`MTPModule` depths (``mtp``), trained by
+    :meth:`mtp_loss`; forward and generate do not use them."""
 
-    def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None):
+    def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DeepSeekV3Block(cfg, i, backend) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        n = cfg.num_hidden_layers
+        self.mtp = nn.ModuleList(MTPModule(cfg, n + k, backend) for k in range(cfg.num_nextn_predict_layers))
         self.rotary_emb = RotaryEmbedding(cfg)
         _init(self, cfg.initializer_range)
 
     def forward(
         self, input_ids: torch.Tensor, cache: PagedMLACache | None = None, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.lm_head(self.norm(self._trunk(input_ids, cache, position_ids)[0]))
+
+    def _trunk(self, input_ids, cache, position_ids):
+        """(last block's output [b, s, H], the rotary (cos, sin) of the positions)."""
         x = self.embed_tokens(input_ids)
         if position_ids is None:
             position_ids = (
@@ -201,7 +243,55 @@ class DeepSeekV3LM(nn.Module):
         pe = self.rotary_emb(x, position_ids)
         for layer in self.layers:
             x = layer(x, pe, cache)
-        return self.lm_head(self.norm(x))
+        return x, pe
+
+    def head_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """What the LM head sees at each depth: [h^0 [b, s, H], h^1 [b, s - 1, H], ..., h^D [b, s - D, H]];
+        row i of depth k predicts token i + k + 1 (depth k runs on the s - k rows whose token i + k
+        exists, at positions 0 .. s - k - 1)."""
+        x, pe = self._trunk(input_ids, None, position_ids)
+        hs = [self.norm(x)]
+        for k, depth in enumerate(self.mtp, 1):
+            n = input_ids.shape[1] - k
+            hs.append(depth(hs[-1][:, :n], self.embed_tokens(input_ids[:, k:]), tuple(p[:, :n] for p in pe)))
+        return hs
+
+    def mtp_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        mtp_weight: float = 0.3,
+        ignore_index: int = -100,
+        position_ids: torch.Tensor | None = None,
+        backend: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The V3 training loss L = L_main + mtp_weight / D * sum_k L_MTP^k (the report's lambda: 0.3,
+        later 0.1), each term the mean cross-entropy over its valid targets (labels [b, s], default
+        input_ids, shifted inside: depth k predicts labels[:, i + k + 1]; ignore_index rows skipped).
+        The main head and every depth go through ONE pygen.ops.linear_cross_entropy call over the
+        stacked head inputs, so the head weight is streamed once for all depths and no logits are
+        held. Returns (loss, per-depth losses [D + 1] detached), float32 (float64 for float64)."""
+        from ..ops.losses import linear_cross_entropy
+
+        labels = input_ids if labels is None else labels
+        if input_ids.dim() != 2 or labels.shape != input_ids.shape:
+            shapes = f"{tuple(input_ids.shape)} and {tuple(labels.shape)}"
+            raise ValueError(f"mtp_loss: input_ids [b, s] and labels of its shape expected, got {shapes}")
+        if input_ids.shape[1] < len(self.mtp) + 2:
+            need, got = len(self.mtp) + 2, input_ids.shape[1]
+            raise ValueError(f"mtp_loss: input_ids needs at least D + 2 = {need} tokens per row, got {got}")
+        hs = self.head_inputs(input_ids, position_ids)
+        targets = [F.pad(labels[:, k + 1 :], (0, 1), value=ignore_index).reshape(-1) for k in range(len(hs))]
+        rows = linear_cross_entropy(
+            torch.cat([h.reshape(-1, h.shape[-1]) for h in hs]), self.lm_head.weight, torch.cat(targets),
+            ignore_index=ignore_index, reduction="none", backend=backend,
+        )  # fmt: skip
+        acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        parts = zip(rows.split([len(t) for t in targets]), targets)
+        per = torch.stack([r.to(acc).sum() / (t != ignore_index).sum() for r, t in parts])
+        loss = per[0] + (mtp_weight / len(self.mtp)) * per[1:].sum() if self.mtp else per[0]
+        return loss, per.detach()
 
     def new_cache(
         self,
@@ -278,12 +368,14 @@ class DeepSeekV3BlockProfile(nn.Module):
         return self.block(hidden_states, self.rotary_emb(hidden_states, pos))
 
     @staticmethod
-    def example_inputs(cfg: DeepSeekV3Config, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: DeepSeekV3Config, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         return (torch.randn(cfg.batch, cfg.seq, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
 
 
-class DeepSeekV3DecodeProfile(nn.Module):
+class DeepSeekV3DecodeProfile(DeepSeekV3BlockProfile):
     """One MoE decoder block decoding one token for each of ``decode_batch`` sequences against a
     paged latent cache already holding ``decode_context`` tokens each (random latents: the kernel
     does the same work whatever they are): the absorbed mla_decode path (``pygen profile
@@ -293,11 +385,7 @@ class DeepSeekV3DecodeProfile(nn.Module):
     PAGE = 64
 
     def __init__(self, cfg: DeepSeekV3Config, backend: str | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.block = DeepSeekV3Block(cfg, max(cfg.first_k_dense_replace, 0), backend)
-        self.rotary_emb = RotaryEmbedding(cfg)
-        _init(self, cfg.initializer_range)
+        super().__init__(cfg, backend)
         per_seq = -(-(cfg.decode_context + 1) // self.PAGE)
         g = torch.Generator().manual_seed(0)
         kv = torch.randn(cfg.decode_batch * per_seq, self.PAGE, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim, generator=g)
@@ -334,7 +422,9 @@ class DeepSeekV3DecodeProfile(nn.Module):
             cache.rollback()
 
     @staticmethod
-    def example_inputs(cfg: DeepSeekV3Config, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: DeepSeekV3Config, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         return (torch.randn(cfg.decode_batch, 1, cfg.hidden_size, generator=g).to(device=device, dtype=dtype),)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,7 @@ class FasterRCNNRoIHead(nn.Module):
     {"0": P2, ..., "3": P5}, proposals list[Tensor[L, 4]], image_shapes list[(H, W)] ->
     (class_logits [K, num_classes], box_regression [K, num_classes * 4])."""
 
-    def __init__(self, cfg: FasterRCNNHeadConfig, backend: str | None = None):
+    def __init__(self, cfg: FasterRCNNHeadConfig, backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         names = [str(i) for i in range(len(cfg.strides))]
@@ -128,12 +129,14 @@ class FasterRCNNRoIHead(nn.Module):
 
     def forward(
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.box_roi_pool(features, proposals, image_shapes)
         return self.box_predictor(self.box_head(x))
 
     @staticmethod
-    def example_inputs(cfg: FasterRCNNHeadConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: FasterRCNNHeadConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
         feats = {
             str(i): _randn((cfg.batch, cfg.channels, h, w), seed + 1 + i, device, dtype)
             for i, (h, w) in enumerate(cfg.levels)
@@ -172,7 +175,7 @@ class RFCNHead(nn.Module):
     """R-FCN detection head: c5 features [N, in_channels, H, W] and rois (Tensor[K, 5] or a
     list of Tensor[L, 4]) -> (cls_logits [K, num_classes], bbox_deltas [K, 4])."""
 
-    def __init__(self, cfg: RFCNHeadConfig, backend: str | None = None):
+    def __init__(self, cfg: RFCNHeadConfig, backend: str | None = None) -> None:
         super().__init__()
         if cfg.pool not in ("pool", "align"):
             raise ValueError(f"RFCNHeadConfig.pool must be 'pool' or 'align', got {cfg.pool!r}")
@@ -189,14 +192,16 @@ class RFCNHead(nn.Module):
             self.psroi_cls = pnn.PSRoIAlign(cfg.k, scale, cfg.sampling_ratio, backend=backend)
             self.psroi_bbox = pnn.PSRoIAlign(cfg.k, scale, cfg.sampling_ratio, backend=backend)
 
-    def forward(self, c5: torch.Tensor, rois):
+    def forward(self, c5: torch.Tensor, rois: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         f = F.relu(self.conv_new_1(c5))
         cls = self.psroi_cls(self.rfcn_cls(f), rois).mean(dim=(2, 3))  # average voting
         bbox = self.psroi_bbox(self.rfcn_bbox(f), rois).mean(dim=(2, 3))
         return cls, bbox
 
     @staticmethod
-    def example_inputs(cfg: RFCNHeadConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: RFCNHeadConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, w = cfg.feature
         c5 = _randn((cfg.batch, cfg.in_channels, h, w), seed + 1, device, dtype)
         boxes = random_proposals(cfg.batch, cfg.rois_per_image, cfg.image, seed, cfg.min_side)
@@ -206,7 +211,7 @@ class RFCNHead(nn.Module):
 MODELS = {"faster_rcnn_roi_head": (FasterRCNNRoIHead, FasterRCNNHeadConfig), "rfcn_head": (RFCNHead, RFCNHeadConfig)}
 
 
-def build(name: str, quick: bool = False, backend: str | None = None, **overrides):
+def build(name: str, quick: bool = False, backend: str | None = None, **overrides: Any) -> tuple[nn.Module, Any]:
     """(model, config) of a named model; ``overrides`` replace config fields."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.types import Device
 
 from .. import nn as pnn
 from ..nn.flows import ZeroConv2d, coupling_net
@@ -121,7 +122,7 @@ class GlowConfig:
 
 
 class Glow(nn.Module):
-    def __init__(self, cfg: GlowConfig = GlowConfig(), backend: str | None = None):
+    def __init__(self, cfg: GlowConfig = GlowConfig(), backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         c, h, w = cfg.image
@@ -145,7 +146,7 @@ class Glow(nn.Module):
                     c = c // 2
         self.top_shape = (c, h, w)
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """x -> (latents [z_0, ..., z_top], sum of the steps' logdets, log p of the latents),
         each per sample; the latents' density is N(mu_l, sigma_l) given the kept half for z_l
         and N(0, I) for z_top."""
@@ -188,8 +189,8 @@ class Glow(nn.Module):
         n: int,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=torch.float32,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         device = device or next(self.parameters()).device
 
@@ -208,7 +209,9 @@ class Glow(nn.Module):
         return x
 
     @staticmethod
-    def example_inputs(cfg: GlowConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: GlowConfig, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         """Dequantised 8-bit-like images in [-0.5, 0.5): the Glow preprocessing of uniform data."""
         g = torch.Generator().manual_seed(seed)
         x = torch.floor(torch.rand((cfg.batch, *cfg.image), generator=g) * 256) / 256 - 0.5
@@ -233,7 +236,7 @@ class RealNVP2DConfig:
 class RealNVP2D(nn.Module):
     """RealNVP on 2-D points: ActNorm -> affine coupling, alternating which coordinate moves."""
 
-    def __init__(self, cfg: RealNVP2DConfig = RealNVP2DConfig(), backend: str | None = None):
+    def __init__(self, cfg: RealNVP2DConfig = RealNVP2DConfig(), backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList()
@@ -246,7 +249,7 @@ class RealNVP2D(nn.Module):
                     )
                 )
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 2] -> (z, sum of logdets)."""
         total = 0
         for layer in self.layers:
@@ -268,13 +271,19 @@ class RealNVP2D(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         device = device or next(self.parameters()).device
         return self.decode(torch.randn((n, 2), generator=generator, dtype=dtype).to(device))
 
     @staticmethod
-    def example_inputs(cfg: RealNVP2DConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: RealNVP2DConfig, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         return (two_moons(cfg.batch, torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype),)
 
 
@@ -331,7 +340,7 @@ class _Checkerboard(nn.Module):
 
 
 class RealNVPImage(nn.Module):
-    def __init__(self, cfg: RealNVPImageConfig = RealNVPImageConfig(), backend: str | None = None):
+    def __init__(self, cfg: RealNVPImageConfig = RealNVPImageConfig(), backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         c, h, w = cfg.image
@@ -359,7 +368,7 @@ class RealNVPImage(nn.Module):
                 self.shapes.append((c, h, w))
         self.top_shape = (c, h, w)
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """x -> (latents [z_0, ..., z_top], sum of logdets, log N(latents; 0, I)) per sample."""
         logdet = prior = 0
         zs = []
@@ -395,12 +404,16 @@ class RealNVPImage(nn.Module):
         _, logdet, prior = self.encode(x)
         return logdet + prior
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         device = device or next(self.parameters()).device
 
@@ -410,7 +423,9 @@ class RealNVPImage(nn.Module):
         return self.decode([randn(sh) for sh in self.shapes] + [randn(self.top_shape)])
 
     @staticmethod
-    def example_inputs(cfg: RealNVPImageConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: RealNVPImageConfig, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         return Glow.example_inputs(cfg, device, dtype, seed)
 
 

@@ -39,12 +39,15 @@ passes (pygen.ref.made.made_sample).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
+from torch.types import Device
 
 from .. import ops
 from ..nn.made import MaskedLinear
@@ -65,7 +68,11 @@ __all__ = [
 ]
 
 
-def activation_name(activation) -> str | None:
+# An activation: a fused-kernel name (pygen.ref.made.ACTIVATIONS), a function or a module.
+Activation = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+def activation_name(activation: Activation) -> str | None:
     """The fused-kernel name of an activation callable / module / name, or None (not fusable)."""
     if isinstance(activation, str):
         if activation not in ref.ACTIVATIONS:
@@ -86,10 +93,17 @@ def activation_name(activation) -> str | None:
     return None
 
 
-def _callable(activation):
+def _callable(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(activation, str):
         return lambda t: ref.apply_activation(t, activation)
     return activation
+
+
+def _masked(
+    in_degrees: torch.Tensor, out_features: int, features: int, random_mask: bool, backend: str | None, is_output=False
+) -> MaskedLinear:
+    """nflows' MaskedLinear over ``features`` autoregressive inputs (hidden unless ``is_output``)."""
+    return MaskedLinear(in_degrees, out_features, features, random_mask, is_output, backend=backend)
 
 
 def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
@@ -100,35 +114,45 @@ def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
     return model
 
 
-class MaskedFeedforwardBlock(nn.Module):
-    """nflows' MaskedFeedforwardBlock: dropout(act(linear(bn(h)))), hidden -> hidden."""
+class _MaskedBlock(nn.Module):
+    """What nflows' two MADE blocks share: their arguments, the activation and the dropout;
+    ``_build`` makes the layers. ``zero_initialization`` (nflows' default False for the feedforward
+    block, True for the residual one) is read by the residual block only."""
 
     def __init__(
         self,
-        in_degrees,
-        autoregressive_features,
-        context_features=None,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
-        zero_initialization=False,
-        backend=None,
-    ):
+        in_degrees: torch.Tensor,
+        autoregressive_features: int,
+        context_features: int | None = None,
+        random_mask: bool = False,
+        activation: Activation = F.relu,
+        dropout_probability: float = 0.0,
+        use_batch_norm: bool = False,
+        zero_initialization: bool = True,
+        backend: str | None = None,
+    ) -> None:
         super().__init__()
-        features = len(in_degrees)
-        self.batch_norm = nn.BatchNorm1d(features, eps=1e-3) if use_batch_norm else None
-        self.linear = MaskedLinear(
-            in_degrees=in_degrees,
-            out_features=features,
-            autoregressive_features=autoregressive_features,
-            random_mask=random_mask,
-            is_output=False,
-            backend=backend,
-        )
-        self.degrees = self.linear.degrees
+        args = (in_degrees, autoregressive_features, context_features, random_mask, use_batch_norm, zero_initialization)
+        self._build(*args, backend)
         self.activation = activation
         self.dropout = nn.Dropout(p=dropout_probability)
+
+    def _build(
+        self, in_degrees, autoregressive_features, context_features, random_mask, use_batch_norm, zero_init, backend
+    ):
+        raise NotImplementedError
+
+
+class MaskedFeedforwardBlock(_MaskedBlock):
+    """nflows' MaskedFeedforwardBlock: dropout(act(linear(bn(h)))), hidden -> hidden."""
+
+    def _build(
+        self, in_degrees, autoregressive_features, context_features, random_mask, use_batch_norm, zero_init, backend
+    ):
+        features = len(in_degrees)
+        self.batch_norm = nn.BatchNorm1d(features, eps=1e-3) if use_batch_norm else None
+        self.linear = _masked(in_degrees, features, autoregressive_features, random_mask, backend)
+        self.degrees = self.linear.degrees
 
     def forward(self, inputs, context=None):
         h = self.batch_norm(inputs) if self.batch_norm is not None else inputs
@@ -137,57 +161,31 @@ class MaskedFeedforwardBlock(nn.Module):
         return self.dropout(h)
 
 
-class MaskedResidualBlock(nn.Module):
+class MaskedResidualBlock(_MaskedBlock):
     """nflows' MaskedResidualBlock: h + linear_1(dropout(act(bn_1(linear_0(act(bn_0(h))) + ctx))))."""
 
-    def __init__(
-        self,
-        in_degrees,
-        autoregressive_features,
-        context_features=None,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
-        zero_initialization=True,
-        backend=None,
+    def _build(
+        self, in_degrees, autoregressive_features, context_features, random_mask, use_batch_norm, zero_init, backend
     ):
         if random_mask:
             raise ValueError("Masked residual block can't be used with random masks.")
-        super().__init__()
         features = len(in_degrees)
         if context_features is not None:
             self.context_layer = nn.Linear(context_features, features)
         self.use_batch_norm = use_batch_norm
         if use_batch_norm:
             self.batch_norm_layers = nn.ModuleList([nn.BatchNorm1d(features, eps=1e-3) for _ in range(2)])
-        linear_0 = MaskedLinear(
-            in_degrees=in_degrees,
-            out_features=features,
-            autoregressive_features=autoregressive_features,
-            random_mask=False,
-            is_output=False,
-            backend=backend,
-        )
-        linear_1 = MaskedLinear(
-            in_degrees=linear_0.degrees,
-            out_features=features,
-            autoregressive_features=autoregressive_features,
-            random_mask=False,
-            is_output=False,
-            backend=backend,
-        )
+        linear_0 = _masked(in_degrees, features, autoregressive_features, False, backend)
+        linear_1 = _masked(linear_0.degrees, features, autoregressive_features, False, backend)
         self.linear_layers = nn.ModuleList([linear_0, linear_1])
         self.degrees = linear_1.degrees
         if not bool(torch.all(self.degrees >= in_degrees.to(self.degrees.device))):
             raise RuntimeError(
                 "In a masked residual block, the output degrees can't be less than the corresponding input degrees."
             )
-        self.activation = activation
-        self.dropout = nn.Dropout(p=dropout_probability)
-        if zero_initialization:
-            init.uniform_(self.linear_layers[-1].weight, a=-1e-3, b=1e-3)
-            init.uniform_(self.linear_layers[-1].bias, a=-1e-3, b=1e-3)
+        if zero_init:  # nflows draws these after the layers are built (module and RNG order kept)
+            init.uniform_(linear_1.weight, a=-1e-3, b=1e-3)
+            init.uniform_(linear_1.bias, a=-1e-3, b=1e-3)
 
     def forward(self, inputs, context=None):
         act = _callable(self.activation)
@@ -213,34 +211,27 @@ class MADE(nn.Module):
 
     def __init__(
         self,
-        features,
-        hidden_features,
-        context_features=None,
-        num_blocks=2,
-        output_multiplier=1,
-        use_residual_blocks=True,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
+        features: int,
+        hidden_features: int,
+        context_features: int | None = None,
+        num_blocks: int = 2,
+        output_multiplier: int = 1,
+        use_residual_blocks: bool = True,
+        random_mask: bool = False,
+        activation: Activation = F.relu,
+        dropout_probability: float = 0.0,
+        use_batch_norm: bool = False,
         *,
         hidden_order: str = "sorted",
         backend: str | None = None,
-    ):
+    ) -> None:
         if use_residual_blocks and random_mask:
             raise ValueError("Residual blocks can't be used with random masks.")
         if hidden_order not in ("sorted", "nflows"):
             raise ValueError(f"hidden_order must be 'sorted' or 'nflows', got {hidden_order!r}")
         super().__init__()
         self.features, self.output_multiplier = features, output_multiplier
-        self.initial_layer = MaskedLinear(
-            in_degrees=ref.input_degrees(features),
-            out_features=hidden_features,
-            autoregressive_features=features,
-            random_mask=random_mask,
-            is_output=False,
-            backend=backend,
-        )
+        self.initial_layer = _masked(ref.input_degrees(features), hidden_features, features, random_mask, backend)
         if context_features is not None:
             self.context_layer = nn.Linear(context_features, hidden_features)
         self.use_residual_blocks = use_residual_blocks
@@ -248,36 +239,19 @@ class MADE(nn.Module):
         self.activation = activation
         block = MaskedResidualBlock if use_residual_blocks else MaskedFeedforwardBlock
         blocks, prev = [], self.initial_layer.degrees
+        block_args = (context_features, random_mask, activation, dropout_probability, use_batch_norm)
         for _ in range(num_blocks):
-            blocks.append(
-                block(
-                    in_degrees=prev,
-                    autoregressive_features=features,
-                    context_features=context_features,
-                    random_mask=random_mask,
-                    activation=activation,
-                    dropout_probability=dropout_probability,
-                    use_batch_norm=use_batch_norm,
-                    backend=backend,
-                )
-            )
+            blocks.append(block(prev, features, *block_args, backend=backend))
             prev = blocks[-1].degrees
         self.blocks = nn.ModuleList(blocks)
-        self.final_layer = MaskedLinear(
-            in_degrees=prev,
-            out_features=features * output_multiplier,
-            autoregressive_features=features,
-            random_mask=random_mask,
-            is_output=True,
-            backend=backend,
-        )
+        self.final_layer = _masked(prev, features * output_multiplier, features, random_mask, backend, is_output=True)
         if hidden_order == "sorted":
             self.sort_hidden_()
 
-    def forward(self, inputs, context=None):
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.final_layer(self.hidden(inputs, context))
 
-    def hidden(self, inputs, context=None):
+    def hidden(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The input of final_layer (everything but the output layer)."""
         name = activation_name(self.activation)
         fuse = name is not None and context is None and not self.use_residual_blocks
@@ -344,7 +318,7 @@ class MADE(nn.Module):
         a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return a, bn.bias - bn.running_mean * a
 
-    def sampling_network(self, context=None):
+    def sampling_network(self, context: torch.Tensor | None = None) -> tuple | None:
         """(weights, biases, degrees, context_terms, residual, pre_activation) for
         pygen.ops.made_sample with eval-mode semantics (batch norm folded: into the next linear
         layer where it precedes one, into ``pre_activation`` where it precedes a residual block's
@@ -391,7 +365,9 @@ class MADE(nn.Module):
                     ctx[i] = ctx[i] * a1
         return weights, biases, degrees, ctx, self.use_residual_blocks, pre_act
 
-    def sample_with_noise(self, noise: torch.Tensor, kind: str, context=None, return_params: bool = False):
+    def sample_with_noise(
+        self, noise: torch.Tensor, kind: str, context: torch.Tensor | None = None, return_params: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Autoregressive samples for per-dimension ``noise`` [B, D] (pygen.ref.made.STEPS[kind]).
         Differentiable (the MAF inverse / IAF forward is built on it); ``sample`` runs it under
         no_grad."""
@@ -427,86 +403,68 @@ class MADE(nn.Module):
         return set_backend(self, backend)
 
 
-class BinaryMADE(MADE):
-    """MADE with one Bernoulli logit per dimension (the MADE paper's binary model)."""
+class _HeadMADE(MADE):
+    """A MADE with the output multiplier of its head (``_multiplier``), built from nflows' head
+    arguments: MADE's, less ``output_multiplier``."""
+
+    _multiplier = 1
 
     def __init__(
         self,
-        features,
-        hidden_features,
-        context_features=None,
-        num_blocks=2,
-        use_residual_blocks=True,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
-        **kw,
-    ):
-        super().__init__(
-            features,
-            hidden_features,
-            context_features,
-            num_blocks,
-            1,
-            use_residual_blocks,
-            random_mask,
-            activation,
-            dropout_probability,
-            use_batch_norm,
-            **kw,
-        )
+        features: int,
+        hidden_features: int,
+        context_features: int | None = None,
+        num_blocks: int = 2,
+        use_residual_blocks: bool = True,
+        random_mask: bool = False,
+        activation: Activation = F.relu,
+        dropout_probability: float = 0.0,
+        use_batch_norm: bool = False,
+        **kw: Any,
+    ) -> None:
+        args = (use_residual_blocks, random_mask, activation, dropout_probability, use_batch_norm)
+        super().__init__(features, hidden_features, context_features, num_blocks, self._multiplier, *args, **kw)
 
-    def log_prob(self, x, context=None):
-        return ref.bernoulli_log_prob(self(x, context), x)
+
+class _DensityMADE(_HeadMADE):
+    """A MADE head with a likelihood ``_log_prob(params, x)`` and a sampler: per-dimension noise
+    from ``_draw`` (torch.rand / torch.randn) through the step ``_kind`` (pygen.ref.made.STEPS)."""
+
+    _log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    _draw: Callable[..., torch.Tensor]
+    _kind: str
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._log_prob(self(x, context), x)
 
     @torch.no_grad()
-    def sample(self, num_samples=None, context=None, noise=None):
+    def sample(
+        self, num_samples: int | None = None, context: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Samples [B, D]: of ``noise`` when given, else of ``num_samples`` (or context's batch) draws."""
         b = _batch(num_samples, context, noise)
         w = self.initial_layer.weight
-        u = noise if noise is not None else torch.rand(b, self.features, device=w.device, dtype=w.dtype)
-        return self.sample_with_noise(u, "bernoulli", context)
+        u = noise if noise is not None else self._draw(b, self.features, device=w.device, dtype=w.dtype)
+        return self.sample_with_noise(u, self._kind, context)
 
 
-class GaussianMADE(MADE):
-    """MADE with a Gaussian conditional per dimension: params (mu_d, alpha_d), sigma = exp(alpha)."""
+class BinaryMADE(_DensityMADE):
+    """MADE with one Bernoulli logit per dimension (the MADE paper's binary model); sample noise is
+    uniform on [0, 1)."""
 
-    def __init__(
-        self,
-        features,
-        hidden_features,
-        context_features=None,
-        num_blocks=2,
-        use_residual_blocks=True,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
-        **kw,
-    ):
-        super().__init__(
-            features,
-            hidden_features,
-            context_features,
-            num_blocks,
-            2,
-            use_residual_blocks,
-            random_mask,
-            activation,
-            dropout_probability,
-            use_batch_norm,
-            **kw,
-        )
+    _log_prob = staticmethod(ref.bernoulli_log_prob)
+    _draw = staticmethod(torch.rand)
+    _kind = "bernoulli"
 
-    def log_prob(self, x, context=None):
-        return ref.gaussian_log_prob(self(x, context), x)
 
-    @torch.no_grad()
-    def sample(self, num_samples=None, context=None, noise=None):
-        b = _batch(num_samples, context, noise)
-        w = self.initial_layer.weight
-        e = noise if noise is not None else torch.randn(b, self.features, device=w.device, dtype=w.dtype)
-        return self.sample_with_noise(e, "gaussian", context)
+class GaussianMADE(_DensityMADE):
+    """MADE with a Gaussian conditional per dimension: params (mu_d, alpha_d), sigma = exp(alpha);
+    sample noise is standard normal."""
+
+    _multiplier = 2
+    _log_prob = staticmethod(ref.gaussian_log_prob)
+    _draw = staticmethod(torch.randn)
+    _kind = "gaussian"
 
 
 def _batch(num_samples, context, noise) -> int:
@@ -520,38 +478,23 @@ def _batch(num_samples, context, noise) -> int:
     return sizes.pop()
 
 
+class _AffineNet(_HeadMADE):
+    """The MAF layer's network: (unconstrained scale, shift) per dimension, interleaved."""
+
+    _multiplier = 2
+
+
 class MaskedAffineAutoregressiveTransform(nn.Module):
     """nflows' MAF layer: forward(x) -> (z = scale * x + shift, sum log scale), one network pass;
-    inverse(z) -> (x, -sum log scale) by autoregressive sampling (each hidden unit once)."""
+    inverse(z) -> (x, -sum log scale) by autoregressive sampling (each hidden unit once).
+    Arguments: nflows' (features, hidden_features, context_features=None, num_blocks=2,
+    use_residual_blocks=True, random_mask=False, activation=F.relu, dropout_probability=0.0,
+    use_batch_norm=False), i.e. those of BinaryMADE / GaussianMADE, and their keyword-only extras."""
 
-    def __init__(
-        self,
-        features,
-        hidden_features,
-        context_features=None,
-        num_blocks=2,
-        use_residual_blocks=True,
-        random_mask=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        use_batch_norm=False,
-        **kw,
-    ):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__()
-        self.features = features
-        self.autoregressive_net = MADE(
-            features,
-            hidden_features,
-            context_features,
-            num_blocks,
-            2,
-            use_residual_blocks,
-            random_mask,
-            activation,
-            dropout_probability,
-            use_batch_norm,
-            **kw,
-        )
+        self.autoregressive_net = _AffineNet(*args, **kw)
+        self.features = self.autoregressive_net.features
 
     @staticmethod
     def _scale_shift(params, features):
@@ -598,43 +541,36 @@ class InverseAutoregressiveTransform(nn.Module):
 
 
 class _Flow(nn.Module):
-    """nflows' MaskedAutoregressiveFlow layout without batch norm between layers: every layer is
-    preceded by a reversal of the feature order; N(0, I) base. Each layer's forward direction is
-    data -> noise."""
+    """nflows' MaskedAutoregressiveFlow layout without batch norm between layers: every layer
+    (``_layer``) is preceded by a reversal of the feature order; N(0, I) base. Each layer's forward
+    direction is data -> noise."""
+
+    _layer: type[nn.Module]
 
     def __init__(
         self,
-        layer_cls,
-        features,
-        hidden_features,
-        num_layers,
-        num_blocks_per_layer,
-        use_residual_blocks,
-        use_random_masks,
-        activation,
-        dropout_probability,
-        context_features,
-        kw,
-    ):
+        features: int,
+        hidden_features: int,
+        num_layers: int,
+        num_blocks_per_layer: int,
+        use_residual_blocks: bool = True,
+        use_random_masks: bool = False,
+        activation: Activation = F.relu,
+        dropout_probability: float = 0.0,
+        context_features: int | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__()
         self.features = features
+        net = (use_residual_blocks, use_random_masks, activation, dropout_probability, False)  # no batch norm
         self.layers = nn.ModuleList(
-            layer_cls(
-                features,
-                hidden_features,
-                context_features,
-                num_blocks_per_layer,
-                use_residual_blocks,
-                use_random_masks,
-                activation,
-                dropout_probability,
-                False,
-                **kw,
-            )
+            self._layer(features, hidden_features, context_features, num_blocks_per_layer, *net, **kw)
             for _ in range(num_layers)
         )
 
-    def transform_to_noise(self, x, context=None):
+    def transform_to_noise(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, logdet) with z = f(x) through every layer."""
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
@@ -642,12 +578,12 @@ class _Flow(nn.Module):
             logdet = logdet + ld
         return x, logdet
 
-    def log_prob(self, x, context=None):
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         z, logdet = self.transform_to_noise(x, context)
         return -0.5 * (z * z).sum(-1) - 0.5 * self.features * math.log(2 * math.pi) + logdet
 
     @torch.no_grad()
-    def sample(self, num_samples, context=None):
+    def sample(self, num_samples: int, context: torch.Tensor | None = None) -> torch.Tensor:
         w = next(self.parameters())
         x = torch.randn(num_samples, self.features, device=w.device, dtype=w.dtype)
         for layer in reversed(self.layers):
@@ -660,63 +596,13 @@ class MAF(_Flow):
     """Masked autoregressive flow: density evaluation in one pass per layer, sampling
     autoregressive (each hidden unit computed once per layer)."""
 
-    def __init__(
-        self,
-        features,
-        hidden_features,
-        num_layers,
-        num_blocks_per_layer,
-        use_residual_blocks=True,
-        use_random_masks=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        context_features=None,
-        **kw,
-    ):
-        super().__init__(
-            MaskedAffineAutoregressiveTransform,
-            features,
-            hidden_features,
-            num_layers,
-            num_blocks_per_layer,
-            use_residual_blocks,
-            use_random_masks,
-            activation,
-            dropout_probability,
-            context_features,
-            kw,
-        )
+    _layer = MaskedAffineAutoregressiveTransform
 
 
 class IAF(_Flow):
     """Inverse autoregressive flow: sampling in one pass per layer, density evaluation autoregressive."""
 
-    def __init__(
-        self,
-        features,
-        hidden_features,
-        num_layers,
-        num_blocks_per_layer,
-        use_residual_blocks=True,
-        use_random_masks=False,
-        activation=F.relu,
-        dropout_probability=0.0,
-        context_features=None,
-        **kw,
-    ):
-        super().__init__(
-            InverseAutoregressiveTransform,
-            features,
-            hidden_features,
-            num_layers,
-            num_blocks_per_layer,
-            use_residual_blocks,
-            use_random_masks,
-            activation,
-            dropout_probability,
-            context_features,
-            kw,
-        )
+    _layer = InverseAutoregressiveTransform
 
 
 # ---- pygen profile ------------------------------------------------------------------------------
@@ -756,7 +642,9 @@ class MADEProfileModel(nn.Module):
         return self.made.log_prob(x)
 
     @staticmethod
-    def example_inputs(cfg: MADEConfig, device="cpu", dtype=torch.float32, seed: int = 0):
+    def example_inputs(
+        cfg: MADEConfig, device: Device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> tuple[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         return ((torch.rand(cfg.batch, cfg.features, generator=g) < 0.3).to(device=device, dtype=dtype),)
 

@@ -4,6 +4,7 @@ only forward differs."""
 from ._mla_cache import PagedMLACache
 from .flows import ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1, Squeeze
 from .fp8 import FP8Linear, convert_to_fp8
+from .losses import GRPOLoss, InfoNCELoss, LinearCrossEntropyLoss
 from .made import MaskedLinear
 from .mla import MLA
 from .moe import MoE, MoEExperts, MoEGate, MoEMLP

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -46,10 +47,10 @@ class PagedMLACache:
         kv_lora_rank: int = 512,
         qk_rope_head_dim: int = 64,
         dtype: torch.dtype = torch.bfloat16,
-        device="cpu",
+        device: torch.device | str = "cpu",
         backend: str | None = None,
         storage: list[torch.Tensor] | None = None,
-    ):
+    ) -> None:
         """``storage``: per-layer page tensors to use instead of allocating zeros (e.g. a model's
         buffers, so they follow ``.to()``); shapes as described above."""
         if page_size <= 0 or page_size & (page_size - 1):
@@ -112,7 +113,7 @@ class PagedMLACache:
         if sid not in self._len:
             raise KeyError(f"unknown or freed sequence id {sid}")
 
-    def block_table(self, seq_ids) -> torch.Tensor:
+    def block_table(self, seq_ids: Sequence[int]) -> torch.Tensor:
         width = max([len(self._pages[s]) for s in seq_ids] + [1])
         table = torch.zeros(len(seq_ids), width, dtype=torch.int32)
         for i, s in enumerate(seq_ids):
@@ -120,7 +121,7 @@ class PagedMLACache:
         return table.to(self.device)
 
     # ---- one forward step ------------------------------------------------------------------
-    def begin(self, seq_ids, num_new: int) -> None:
+    def begin(self, seq_ids: Sequence[int], num_new: int) -> None:
         """Reserve pages so each sequence of ``seq_ids`` can take ``num_new`` more tokens."""
         if self._step is not None:
             raise RuntimeError("begin() called twice without commit()")
@@ -144,7 +145,9 @@ class PagedMLACache:
         lens = (start + num_new).to(torch.int32).to(self.device)
         self._step = (seq_ids, num_new, self.block_table(seq_ids), positions, lens)
 
-    def append(self, layer_idx: int, latent: torch.Tensor, k_rope: torch.Tensor):
+    def append(
+        self, layer_idx: int, latent: torch.Tensor, k_rope: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Write the step's latents of one layer; returns (kv_cache, block_table, cache_seqlens)."""
         if self._step is None:
             raise RuntimeError("PagedMLACache.append before begin(seq_ids, num_new)")
@@ -170,7 +173,7 @@ class PagedMLACache:
         """Whether begin() opened a step that is neither committed nor rolled back yet."""
         return self._step is not None
 
-    def step_info(self):
+    def step_info(self) -> tuple[list[int], int, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(seq_ids, num_new, block_table, positions [b, n], cache_seqlens) of the open step."""
         if self._step is None:
             raise RuntimeError("no open step: call begin(seq_ids, num_new)")

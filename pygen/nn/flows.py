@@ -34,7 +34,9 @@ def _zero_logdet(x: torch.Tensor) -> torch.Tensor:
 
 
 class ActNorm(nn.Module):
-    def __init__(self, num_channels: int, logscale: bool = True, eps: float = 1e-6, *, backend: str | None = None):
+    def __init__(
+        self, num_channels: int, logscale: bool = True, eps: float = 1e-6, *, backend: str | None = None
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.logscale = logscale
@@ -61,12 +63,12 @@ class ActNorm(nn.Module):
     def _params(self) -> dict:
         return {"log_scale": self.log_scale} if self.logscale else {"scale": self.scale}
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and not bool(self.initialized):
             self.initialize(x)
         return ops.actnorm(x, self.loc, **self._params(), backend=self.backend)
 
-    def inverse(self, y: torch.Tensor):
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.actnorm(y, self.loc, **self._params(), reverse=True, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -81,7 +83,7 @@ class InvConv1x1(nn.Module):
         *,
         backend: str | None = None,
         generator: torch.Generator | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.lu = lu
@@ -101,12 +103,12 @@ class InvConv1x1(nn.Module):
     def _lu_args(self):
         return self.w_p, self.w_l, self.w_u, self.s_sign * torch.exp(self.w_s)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lu:
             return ops.inv_conv1x1_lu(x, *self._lu_args(), backend=self.backend)
         return ops.inv_conv1x1(x, self.weight, backend=self.backend)
 
-    def inverse(self, y: torch.Tensor):
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lu:
             return ops.inv_conv1x1_lu(y, *self._lu_args(), reverse=True, backend=self.backend)
         return ops.inv_conv1x1(y, self.weight, reverse=True, backend=self.backend)
@@ -161,6 +163,15 @@ class _Coupling(nn.Module):
     def _join(self, a, b):
         return torch.cat([b, a] if self.flip else [a, b], 1)
 
+    def _transform(self, x: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(x, False)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(y, True)
+
 
 class AffineCoupling(_Coupling):
     def __init__(
@@ -171,7 +182,7 @@ class AffineCoupling(_Coupling):
         *,
         scale: str = "exp",
         backend: str | None = None,
-    ):
+    ) -> None:
         super().__init__(net, flip, backend)
         if scale not in ("exp", "sigmoid"):
             raise ValueError(f"AffineCoupling: scale must be 'exp' or 'sigmoid', got {scale!r}")
@@ -186,18 +197,12 @@ class AffineCoupling(_Coupling):
         )
         return self._join(a, out), ld
 
-    def forward(self, x: torch.Tensor):
-        return self._transform(x, False)
-
-    def inverse(self, y: torch.Tensor):
-        return self._transform(y, True)
-
     def extra_repr(self) -> str:
         return f"clamp={self.clamp}, flip={self.flip}, scale={self.scale!r}"
 
 
 class AdditiveCoupling(_Coupling):
-    def __init__(self, net: nn.Module, flip: bool = False, *, backend: str | None = None):
+    def __init__(self, net: nn.Module, flip: bool = False, *, backend: str | None = None) -> None:
         super().__init__(net, flip, backend)
 
     def _transform(self, x, reverse):
@@ -205,25 +210,19 @@ class AdditiveCoupling(_Coupling):
         out, ld = ops.additive_coupling(b, self.net(a), reverse=reverse, backend=self.backend)
         return self._join(a, out), ld
 
-    def forward(self, x: torch.Tensor):
-        return self._transform(x, False)
-
-    def inverse(self, y: torch.Tensor):
-        return self._transform(y, True)
-
     def extra_repr(self) -> str:
         return f"flip={self.flip}"
 
 
 class Squeeze(nn.Module):
-    def __init__(self, factor: int = 2):
+    def __init__(self, factor: int = 2) -> None:
         super().__init__()
         self.factor = factor
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ref.squeeze2d(x, self.factor), _zero_logdet(x)
 
-    def inverse(self, y: torch.Tensor):
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ref.unsqueeze2d(y, self.factor), _zero_logdet(y)
 
     def extra_repr(self) -> str:

@@ -133,12 +133,12 @@ class FP8Linear(nn.Linear):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         scale_format: str = "fp32",
         backend: str | None = None,
-    ):
+    ) -> None:
         if in_features % BLOCK:
             raise ValueError(
                 f"FP8Linear: in_features ({in_features}) must be a multiple of {BLOCK} (the FP8 "

@@ -4,10 +4,13 @@ Same constructor ``MLA(config, layer_idx)``, attribute names and state_dict keys
 transformers 5.x's DeepseekV3Attention (q_a_proj, q_a_layernorm, q_b_proj - or q_proj when
 ``config.q_lora_rank`` is None - kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj), and
 the same forward: ``forward(hidden_states, position_embeddings, attention_mask, cache=None,
-**kwargs) -> (attn_output [b, s, hidden], None)`` (``past_key_values=`` is accepted as the old
-name of ``cache``; attention weights are never materialised, so the second item is None, as with
-transformers' sdpa / flash implementations). Math (H heads, Dn = qk_nope_head_dim 128,
-Dr = qk_rope_head_dim 64, Dv = v_head_dim 128, R = kv_lora_rank 512)::
+**kwargs) -> (attn_output [b, s, hidden], attn_weights)`` (``past_key_values=`` is accepted as the
+old name of ``cache``). The fast paths never materialise the attention weights, so the second item
+is None, as with transformers' sdpa / flash implementations - unless the caller asks for them
+(``output_attentions=True``, or ``config.output_attentions``, transformers' rule): then attention
+runs as explicit softmax and returns the weights [b, H, s, S] as transformers' eager does.
+Math (H heads, Dn = qk_nope_head_dim 128, Dr = qk_rope_head_dim 64, Dv = v_head_dim 128,
+R = kv_lora_rank 512)::
 
     q            = q_b_proj(RMSNorm(q_a_proj(x)))  (or q_proj(x))   [b, s, H, Dn + Dr]
     [c, k_r]     = kv_a_proj_with_mqa(x);  c = kv_a_layernorm(c)      c [b, s, R], k_r [b, s, Dr]
@@ -24,7 +27,7 @@ Three ways through the attention, by what ``cache`` is:
   one-token pages; otherwise keys/values are expanded per head and attention runs in pygen.ops.mla_prefill
   (varlen causal flash attention, bottom-right aligned when the keys include cached tokens,
   differentiable). A mask that is not plain causal (padding, packed sequences), dropout in
-  training fall back to explicit masked softmax attention
+  training and ``output_attentions`` fall back to explicit masked softmax attention
   (the eager math); ``self.last_path`` says which path ran.
 - a :class:`pygen.nn._mla_cache.PagedMLACache` with an open step: the new latents go into the
   paged cache (mla_cache_append); a first chunk (nothing cached yet) runs the same prefill as
@@ -87,10 +90,14 @@ def mask_is_causal(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
     return bool((keep == (j <= i + (kv_len - q_len))).all())
 
 
-def attention_explicit(q, k, v, mask, scale: float, dropout: float = 0.0, training: bool = False):
+def attention_explicit(
+    q, k, v, mask, scale: float, dropout: float = 0.0, training: bool = False, *, return_weights: bool = False
+):
     """softmax(scale q k^T + mask) v as transformers' eager path computes it.
     q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv], mask None (= bottom-right causal), bool
-    keep-mask or additive float [b, 1|H, s, S]; returns [b, s, H, Dv]."""
+    keep-mask or additive float [b, 1|H, s, S]; returns [b, s, H, Dv], or with ``return_weights``
+    (output, weights [b, H, s, S]) - the probabilities after dropout, in q's dtype, which is what
+    eager returns for ``output_attentions``."""
     s, kv = q.shape[1], k.shape[1]
     w = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(2, 3)) * scale
     # masked scores get the dtype's lowest finite value, not -inf, as transformers' eager masks do:
@@ -107,7 +114,8 @@ def attention_explicit(q, k, v, mask, scale: float, dropout: float = 0.0, traini
     # float32 softmax for half types like eager; float64 stays float64 (eager would round it)
     w = F.softmax(w, dim=-1, dtype=torch.promote_types(w.dtype, torch.float32)).to(q.dtype)
     w = F.dropout(w, p=dropout, training=training)
-    return torch.matmul(w, v.transpose(1, 2)).transpose(1, 2)
+    out = torch.matmul(w, v.transpose(1, 2)).transpose(1, 2)
+    return (out, w) if return_weights else out
 
 
 def attention_prefill(q, k, v, scale: float, backend: str | None):
@@ -137,7 +145,7 @@ def attention_prefill(q, k, v, scale: float, backend: str | None):
 class MLA(nn.Module):
     """DeepSeek-V3 multi-head latent attention (see the module docstring)."""
 
-    def __init__(self, config: Any, layer_idx: int | None = None, *, backend: str | None = None):
+    def __init__(self, config: Any, layer_idx: int | None = None, *, backend: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -176,7 +184,9 @@ class MLA(nn.Module):
         self.chunk_threshold = 16
 
     # ---- pieces ----------------------------------------------------------------------------
-    def project(self, hidden_states, position_embeddings):
+    def project(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q_nope [b,s,H,Dn], q_rope [b,s,H,Dr], latent [b,s,R], k_rope [b,s,Dr]), RoPE applied."""
         b, s = hidden_states.shape[:-1]
         if self.q_lora_rank is None:
@@ -194,7 +204,7 @@ class MLA(nn.Module):
         k_rope = apply_rope(k_rope[:, :, None], cos, sin, self.rope_interleave, unsqueeze_dim=2)[:, :, 0]
         return q_nope, q_rope, latent, k_rope
 
-    def expand_kv(self, latent: torch.Tensor, k_rope: torch.Tensor):
+    def expand_kv(self, latent: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head keys [b, S, H, Dn + Dr] and values [b, S, H, Dv] from latents [b, S, R], [b, S, Dr]."""
         b, n = latent.shape[:2]
         kv = self.kv_b_proj(latent).view(b, n, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
@@ -202,21 +212,29 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, self.num_heads, -1)], dim=-1)
         return k, v
 
-    def _attend(self, q, k, v, mask):
+    def _attend(self, q, k, v, mask, weights: bool = False):
+        """(output [b, s, H, Dv], attention weights [b, H, s, S] when ``weights``, else None)."""
         dropout = self.attention_dropout if self.training else 0.0
-        if dropout == 0.0 and mask_is_causal(mask, q.shape[1], k.shape[1]):
+        if not weights and dropout == 0.0 and mask_is_causal(mask, q.shape[1], k.shape[1]):
             self.last_path = "mla_prefill"
-            return attention_prefill(q.contiguous(), k.contiguous(), v.contiguous(), self.scaling, self.backend)
-        self.last_path = "explicit (dropout)" if dropout else "explicit (mask not plain causal)"
-        return attention_explicit(q, k, v, mask, self.scaling, dropout, self.training)
+            return attention_prefill(q.contiguous(), k.contiguous(), v.contiguous(), self.scaling, self.backend), None
+        why = "output_attentions" if weights else "dropout" if dropout else "mask not plain causal"
+        self.last_path = f"explicit ({why})"
+        out = attention_explicit(q, k, v, mask, self.scaling, dropout, self.training, return_weights=weights)
+        return out if weights else (out, None)
+
+    def weights_requested(self, kwargs: dict) -> bool:
+        """Whether the caller asked for the attention weights: transformers' rule (the
+        ``output_attentions`` keyword, else ``config.output_attentions``), the one its output
+        recorder uses to decide whether it collects them."""
+        return bool(kwargs.get("output_attentions", getattr(self.config, "output_attentions", False)))
 
     def _paged(self, cache: PagedMLACache, q_nope, q_rope, latent, k_rope):
         kv_cache, table, lens = cache.append(self.layer_idx, latent, k_rope)
         seq_ids, n = cache.step_info()[:2]
         if all(cache.seqlen(sid) == 0 for sid in seq_ids):  # first chunk: plain causal prefill
             k, v = self.expand_kv(latent, k_rope)
-            return self._attend(torch.cat([q_nope, q_rope], -1), k, v, None)
-        from ..ops.mla import mla_decode
+            return self._attend(torch.cat([q_nope, q_rope], -1), k, v, None)[0]
 
         w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim, self.v_head_dim)
         q = absorb.absorbed_query(q_nope, q_rope, w_uk)
@@ -224,25 +242,23 @@ class MLA(nn.Module):
             q = q.to(kv_cache.dtype)
         if n >= self.chunk_threshold:
             return self._paged_chunk(q_nope, q_rope, latent, k_rope, q, kv_cache, table, lens - n, w_uv)
-        out_latent, _ = mla_decode(
-            q,
-            kv_cache,
-            table,
-            lens,
-            head_dim_v=self.kv_lora_rank,
-            softmax_scale=self.scaling,
-            causal=True,
-            backend=self.backend,
-        )
+        out_latent, _ = self._decode(q, kv_cache, table, lens, causal=True)
         self.last_path = "mla_decode (absorbed)"
         return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
+
+    def _decode(self, q, kv_cache, table, lens, causal: bool):
+        """mla_decode in the absorbed form: (latent output, lse) with this module's scale and backend."""
+        from ..ops.mla import mla_decode
+
+        kw = dict(head_dim_v=self.kv_lora_rank, softmax_scale=self.scaling, backend=self.backend)
+        return mla_decode(q, kv_cache, table, lens, causal=causal, **kw)
 
     def _paged_chunk(self, q_nope, q_rope, latent, k_rope, q_abs, kv_cache, table, past, w_uv):
         """A chunk of n new tokens after cached ones: new-vs-new causal attention in mla_prefill
         (non-absorbed: 2 (192 + 128) FLOPs per pair instead of 2 (576 + 512)), new-vs-cached in
         absorbed mla_decode with the n queries folded into the head axis (non-causal: every new
         token sees every cached one, and the pages are read once), merged by their lse."""
-        from ..ops.mla import merge_attn_states, mla_decode, mla_prefill
+        from ..ops.mla import merge_attn_states, mla_prefill
 
         b, n, h, _ = q_nope.shape
         k, v = self.expand_kv(latent, k_rope)
@@ -259,16 +275,7 @@ class MLA(nn.Module):
             causal=True,
             backend=self.backend,
         )
-        o_lat, lse_past = mla_decode(
-            q_abs.reshape(b, 1, n * h, -1),
-            kv_cache,
-            table,
-            past,
-            head_dim_v=self.kv_lora_rank,
-            softmax_scale=self.scaling,
-            causal=False,
-            backend=self.backend,
-        )
+        o_lat, lse_past = self._decode(q_abs.reshape(b, 1, n * h, -1), kv_cache, table, past, causal=False)
         o_past = absorb.absorb_output(o_lat.view(b, n, h, -1).to(q_nope.dtype), w_uv)
         lse_past = lse_past.view(b, n, h).permute(2, 0, 1).reshape(h, b * n)  # [b, n*h, 1] -> [h, b*n]
         out, _ = merge_attn_states(
@@ -287,15 +294,22 @@ class MLA(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        cache=None,
-        **kwargs,
-    ):
+        cache: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         legacy = kwargs.pop("past_key_values", None)
         cache = legacy if cache is None else cache
         b, s = hidden_states.shape[:-1]
-        q_nope, q_rope, latent, k_rope = self.project(hidden_states, position_embeddings)
+        want_weights, weights = self.weights_requested(kwargs), None
         hooked = hasattr(cache, "pygen_paged_step")  # a transformers Cache over a PagedMLACache
-        if hooked or isinstance(cache, PagedMLACache):
+        paged_cache = hooked or isinstance(cache, PagedMLACache)
+        if paged_cache and want_weights:
+            raise ValueError(
+                "output_attentions=True is not supported with a paged MLA cache (its attention runs on the "
+                "cache pages and never forms the weights); use transformers' DynamicCache to get them"
+            )
+        q_nope, q_rope, latent, k_rope = self.project(hidden_states, position_embeddings)
+        if paged_cache:
             if self.layer_idx is None:
                 raise ValueError("MLA needs a layer_idx to use a PagedMLACache")
             paged = cache.pygen_paged_step(self.layer_idx, latent, attention_mask) if hooked else cache
@@ -308,12 +322,12 @@ class MLA(nn.Module):
                     latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1), self.layer_idx, kwargs=kwargs
                 )
                 latent, k_rope = latent4[:, 0], k_rope4[:, 0]
-            if self._absorb_contiguous_ok(s, latent.shape[1], attention_mask):
+            if not want_weights and self._absorb_contiguous_ok(s, latent.shape[1], attention_mask):
                 o = self._absorbed_contiguous(q_nope, q_rope, latent, k_rope)
             else:
                 k, v = self.expand_kv(latent, k_rope)
-                o = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask)
-        return self.o_proj(o.reshape(b, s, self.num_heads * self.v_head_dim)), None
+                o, weights = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask, want_weights)
+        return self.o_proj(o.reshape(b, s, self.num_heads * self.v_head_dim)), weights
 
     def _absorb_contiguous_ok(self, s: int, kv_len: int, mask) -> bool:
         """Decode / MTP steps on transformers' cache (inference, tokens already cached, plain
@@ -332,7 +346,6 @@ class MLA(nn.Module):
         viewed as pages of one token ([b*S, 1, 1, 576], block_table = arange), so the kernel reads
         576 values per cached token instead of the H * (192 + 128) of expanded keys and values.
         The concatenation copies the latents once per call (same order of bytes as the read)."""
-        from ..ops.mla import mla_decode
 
         b, n = latent.shape[:2]
         w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim, self.v_head_dim)
@@ -340,16 +353,7 @@ class MLA(nn.Module):
         kv = torch.cat([latent, k_rope], -1).to(q.dtype).reshape(b * n, 1, 1, -1)
         table = torch.arange(b * n, dtype=torch.int32, device=q.device).view(b, n)
         lens = torch.full((b,), n, dtype=torch.int32, device=q.device)
-        out_latent, _ = mla_decode(
-            q,
-            kv,
-            table,
-            lens,
-            head_dim_v=self.kv_lora_rank,
-            softmax_scale=self.scaling,
-            causal=True,
-            backend=self.backend,
-        )
+        out_latent, _ = self._decode(q, kv, table, lens, causal=True)
         self.last_path = "mla_decode (absorbed, transformers cache)"
         return absorb.absorb_output(out_latent.to(q_nope.dtype), w_uv)
 

@@ -133,28 +133,23 @@ def resolve_fields(config=None, **overrides) -> dict[str, Any]:
         if v is None:
             raise ValueError(f"MoE needs {name} (from the config or as a keyword argument)")
         f[name] = v
-    for name in (
-        "hidden_size",
-        "moe_intermediate_size",
-        "n_routed_experts",
-        "num_experts_per_tok",
-        "n_group",
-        "topk_group",
-    ):
+    for name in ("hidden_size", "moe_intermediate_size", "n_routed_experts", "n_group"):
         if not isinstance(f[name], int) or isinstance(f[name], bool) or f[name] < 1:
             raise ValueError(f"{name} must be a positive int, got {f[name]!r}")
-    if not isinstance(f["n_shared_experts"], int) or f["n_shared_experts"] < 0:
-        raise ValueError(f"n_shared_experts must be an int >= 0, got {f['n_shared_experts']!r}")
+    # 0 routed experts per token / 0 kept groups (every expert masked) are degenerate, but
+    # transformers runs them
+    for name in ("num_experts_per_tok", "topk_group", "n_shared_experts"):
+        if not isinstance(f[name], int) or isinstance(f[name], bool) or f[name] < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {f[name]!r}")
     e, k, g, tg = f["n_routed_experts"], f["num_experts_per_tok"], f["n_group"], f["topk_group"]
     if e % g:
         raise ValueError(f"n_routed_experts ({e}) must be divisible by n_group ({g})")
     if tg > g:
         raise ValueError(f"topk_group ({tg}) must be <= n_group ({g})")
-    if k > tg * (e // g):
-        raise ValueError(
-            f"num_experts_per_tok ({k}) must be <= topk_group * experts per group "
-            f"({tg} * {e // g}): fewer experts are eligible than are chosen"
-        )
+    # more than the kept groups' experts is allowed (transformers routes the rest to masked
+    # experts, pygen/ref/moe.py); more than all of them is what transformers' topk refuses
+    if k > e:
+        raise ValueError(f"num_experts_per_tok ({k}) must be <= n_routed_experts ({e})")
     if f["scoring_func"] not in ("sigmoid", "softmax"):
         raise ValueError(f"scoring_func must be 'sigmoid' or 'softmax', got {f['scoring_func']!r}")
     _activation(f["hidden_act"])
@@ -226,7 +221,7 @@ class MoEGate(nn.Module):
         routed_scaling_factor: float = 1.0,
         scoring_func: str = "sigmoid",
         backend: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.top_k = num_experts_per_tok
         self.num_experts = n_routed_experts
@@ -255,7 +250,7 @@ class MoEGate(nn.Module):
         )
         return ids, w  # w is differentiable in the logits on every backend (pygen.ops.moe)
 
-    def forward(self, hidden_states: torch.Tensor):
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = hidden_states.reshape(-1, self.hidden_dim)
         # float32 logits as in transformers; float64 for float64 inputs (tests, gradcheck)
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -288,7 +283,7 @@ class MoEExperts(nn.Module):
         backend: str | None = None,
         expert_offset: int = 0,
         num_global_experts: int | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.num_experts = num_experts
         self.hidden_dim = hidden_size
@@ -342,7 +337,7 @@ class MoEExperts(nn.Module):
 class MoEMLP(nn.Module):
     """Shared experts: down_proj(act(gate_proj(x)) * up_proj(x)), bias-free nn.Linear layers."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu"):
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu") -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -364,7 +359,7 @@ class MoE(nn.Module):
     "reference", "triton", ...) applies to routing and experts; ``ep_group`` enables expert
     parallelism over that torch.distributed process group."""
 
-    def __init__(self, config=None, *, backend: str | None = None, ep_group=None, **fields):
+    def __init__(self, config: Any = None, *, backend: str | None = None, ep_group: Any = None, **fields: Any) -> None:
         super().__init__()
         f = resolve_fields(config, **fields)
         self.config = config
@@ -472,7 +467,7 @@ class MoE(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("experts.")]
 
     @torch.no_grad()
-    def all_reduce_replicated_grads(self, group=None) -> None:
+    def all_reduce_replicated_grads(self, group: Any = None) -> None:
         """Sum the replicated parameters' gradients over ``group`` (default: the EP group), so
         that with expert parallelism every rank holds the gradient of the sum of all ranks'
         losses, as the expert gradients already are (they collect every rank's tokens). Divide
@@ -492,7 +487,7 @@ class MoE(nn.Module):
     # -- load balancing ------------------------------------------------------------------------
     @torch.no_grad()
     def update_bias(
-        self, gamma: float = 1e-3, *, load: torch.Tensor | None = None, group=None, reset: bool = True
+        self, gamma: float = 1e-3, *, load: torch.Tensor | None = None, group: Any = None, reset: bool = True
     ) -> torch.Tensor:
         """Aux-loss-free balancing step: ``bias += gamma * sign(mean(load) - load)``.
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops._roi_checks import Boxes, PoolSize, to_rois
+from ..ops._roi_script import align_op, multi_scale_op, pool_op, ps_align_op, ps_pool_op
 from . import _roi_script
 
 
@@ -22,13 +24,13 @@ class RoIAlign(nn.Module):
 
     def __init__(
         self,
-        output_size,
+        output_size: PoolSize,
         spatial_scale: float,
         sampling_ratio: int,
         aligned: bool = False,
         *,
         backend: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
@@ -36,16 +38,19 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
         self.backend = backend
 
-    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (pygen/nn/_roi_script.py)
+            ph, pw = _roi_script.hw(self.output_size)
+            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            return align_op(
+                b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio), bool(self.aligned)
+            )
         return _roi_align(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
         )
 
-    def __prepare_scriptable__(self):
-        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedRoIAlign(
-            self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
-        )
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _roi_script.refuse_reference(self)
 
     def extra_repr(self) -> str:
         return (
@@ -54,42 +59,62 @@ class RoIAlign(nn.Module):
         )
 
 
-class RoIPool(nn.Module):
-    """See pygen.ops.roi_pool (torchvision.ops.RoIPool)."""
+class _IntegerPool(nn.Module):
+    """RoIPool and PSRoIPool (``_ps``): the same arguments, the op of each."""
 
-    def __init__(self, output_size, spatial_scale: float, *, backend: str | None = None):
+    _ps: bool
+    __constants__ = ["_ps"]  # TorchScript reads the subclass's flag as a constant
+
+    def __init__(self, output_size: PoolSize, spatial_scale: float, *, backend: str | None = None) -> None:
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.backend = backend
 
-    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return _roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
+    def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            ph, pw = _roi_script.hw(self.output_size)
+            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            if self._ps:
+                return ps_pool_op(b, input, r, ph, pw, float(self.spatial_scale))
+            return pool_op(b, input, r, ph, pw, float(self.spatial_scale))
+        pool = _ps_roi_pool if self._ps else _roi_pool
+        return pool(input, rois, self.output_size, self.spatial_scale, self.backend)
 
-    def __prepare_scriptable__(self):
-        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedPool(self.output_size, self.spatial_scale, self.backend, ps=False)
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _roi_script.refuse_reference(self)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
+class RoIPool(_IntegerPool):
+    """See pygen.ops.roi_pool (torchvision.ops.RoIPool)."""
+
+    _ps = False
+
+
 class PSRoIAlign(nn.Module):
     """See pygen.ops.ps_roi_align (torchvision.ops.PSRoIAlign)."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, *, backend: str | None = None):
+    def __init__(
+        self, output_size: PoolSize, spatial_scale: float, sampling_ratio: int, *, backend: str | None = None
+    ) -> None:
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.backend = backend
 
-    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            ph, pw = _roi_script.hw(self.output_size)
+            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            return ps_align_op(b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio))
         return _ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
 
-    def __prepare_scriptable__(self):
-        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedPSRoIAlign(self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _roi_script.refuse_reference(self)
 
     def extra_repr(self) -> str:
         return (
@@ -97,24 +122,10 @@ class PSRoIAlign(nn.Module):
         )
 
 
-class PSRoIPool(nn.Module):
+class PSRoIPool(_IntegerPool):
     """See pygen.ops.ps_roi_pool (torchvision.ops.PSRoIPool)."""
 
-    def __init__(self, output_size, spatial_scale: float, *, backend: str | None = None):
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-        self.backend = backend
-
-    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
-        return _ps_roi_pool(input, rois, self.output_size, self.spatial_scale, self.backend)
-
-    def __prepare_scriptable__(self):
-        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedPool(self.output_size, self.spatial_scale, self.backend, ps=True)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+    _ps = True
 
 
 class MultiScaleRoIAlign(nn.Module):
@@ -129,13 +140,13 @@ class MultiScaleRoIAlign(nn.Module):
     def __init__(
         self,
         featmap_names: list[str],
-        output_size,
+        output_size: PoolSize,
         sampling_ratio: int,
         *,
         canonical_scale: int = 224,
         canonical_level: int = 4,
         backend: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
@@ -148,7 +159,16 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_level = canonical_level
         self.backend = backend
 
-    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
+    def forward(
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            feats = [x[k] for k in self.featmap_names]
+            ph, pw = _roi_script.hw(self.output_size)
+            b, r = _roi_script.script_backend(self.backend), to_rois(feats[0], boxes)
+            scales = _roi_script.scales_of(feats, image_shapes)
+            sr, cs, cl = int(self.sampling_ratio), float(self.canonical_scale), float(self.canonical_level)
+            return multi_scale_op(b, feats, r, ph, pw, scales, sr, cs, cl, False)
         features = _filter_input(x, self.featmap_names)
         # torchvision re-infers the scales on every call too (batches may change size)
         self.scales = _setup_scales(features, image_shapes)
@@ -163,16 +183,8 @@ class MultiScaleRoIAlign(nn.Module):
             self.backend,
         )
 
-    def __prepare_scriptable__(self):
-        """torch.jit.script scripts this TorchScript form (pygen/nn/_roi_script.py)."""
-        return _roi_script.ScriptedMultiScaleRoIAlign(
-            self.featmap_names,
-            self.output_size,
-            self.sampling_ratio,
-            self.canonical_scale,
-            self.canonical_level,
-            self.backend,
-        )
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _roi_script.refuse_reference(self)
 
     def extra_repr(self) -> str:
         return (

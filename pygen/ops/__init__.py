@@ -3,6 +3,7 @@
 
 from .flows import *
 from .fp8 import *
+from .losses import *
 from .made import *
 from .mla import *
 from .moe import *

@@ -15,6 +15,9 @@ traced (torch.compile), captured (CUDA graph) or faked. Every family asks this o
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .._value_checks import value_checks_enabled
@@ -44,6 +47,26 @@ def same_device(name: str, what: str, t, ref_what: str, ref: torch.Tensor) -> No
     """ValueError when ``t`` (None is accepted) is not on ``ref``'s device."""
     if t is not None and t.device != ref.device:
         raise ValueError(f"{name}: {what} is on {t.device}, expected {ref_what}'s device {ref.device}")
+
+
+def flag(name: str, value, what: str) -> bool:
+    """``value`` is a bool (TypeError naming ``what`` otherwise)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: {what} must be a bool, got {value!r}")
+    return value
+
+
+def positive_float(name: str, value, what: str, *, none_ok: bool = False) -> float | None:
+    """``value`` is a positive finite real (not a bool), returned as a float; ``none_ok``: or None."""
+    if value is None and none_ok:
+        return None
+    or_none = " or None" if none_ok else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a positive float{or_none}, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: {what} must be a positive finite float{or_none}, got {value!r}")
+    return v
 
 
 def not_meta(name: str, t, what: str) -> None:

@@ -8,12 +8,9 @@ PYGEN_VALUE_CHECKS), while torch.compile traces and under CUDA graph capture
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from ._common_checks import checking_values, tensor
+from ._common_checks import checking_values, flag as flag, positive_float, tensor  # flag: re-export
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -24,6 +21,11 @@ def like(name: str, t, what: str, ref: torch.Tensor, ref_what: str, shape=None) 
     want = tuple(ref.shape) if shape is None else tuple(shape)
     if tuple(t.shape) != want:
         raise ValueError(f"{name}: {what} must have shape {want} (from {ref_what}), got {tuple(t.shape)}")
+    return dtype_and_device(name, t, what, ref, ref_what)
+
+
+def dtype_and_device(name: str, t: torch.Tensor, what: str, ref: torch.Tensor, ref_what: str) -> torch.Tensor:
+    """``t`` has ``ref``'s dtype (else TypeError) and device (else ValueError)."""
     if t.dtype != ref.dtype:
         raise TypeError(f"{name}: {what} must have {ref_what}'s dtype {ref.dtype}, got {t.dtype}")
     if t.device != ref.device:
@@ -31,21 +33,8 @@ def like(name: str, t, what: str, ref: torch.Tensor, ref_what: str, shape=None) 
     return t
 
 
-def flag(name: str, v, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name}: {what} must be a bool, got {v!r}")
-    return v
-
-
 def clamp_value(name: str, v) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: clamp must be a positive float or None, got {v!r}")
-    c = float(v)
-    if not (math.isfinite(c) and c > 0):
-        raise ValueError(f"{name}: clamp must be a positive finite float or None, got {v!r}")
-    return c
+    return positive_float(name, v, "clamp", none_ok=True)
 
 
 def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +47,7 @@ def channel_param(name: str, p, what: str, x: torch.Tensor) -> torch.Tensor:
             f"{name}: {what} must have shape ({c},) or (1, {c}{', 1' * (x.dim() - 2)}) "
             f"for x of shape {tuple(x.shape)}, got {tuple(p.shape)}"
         )
-    if p.dtype != x.dtype:
-        raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {p.dtype}")
-    if p.device != x.device:
-        raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {p.device}")
-    return p
+    return dtype_and_device(name, p, what, x, "x")
 
 
 def square(name: str, w, what: str, c: int | None, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,12 +58,7 @@ def square(name: str, w, what: str, c: int | None, ref: torch.Tensor | None = No
     if w.dim() != 2 or w.shape[0] != w.shape[1] or (c is not None and w.shape[0] != c):
         want = f"({c}, {c})" if c is not None else "square"
         raise ValueError(f"{name}: {what} must be a {want} matrix, got shape {tuple(w.shape)}")
-    if ref is not None:
-        if w.dtype != ref.dtype:
-            raise TypeError(f"{name}: {what} must have x's dtype {ref.dtype}, got {w.dtype}")
-        if w.device != ref.device:
-            raise ValueError(f"{name}: {what} must be on x's device {ref.device}, got {w.device}")
-    return w
+    return w if ref is None else dtype_and_device(name, w, what, ref, "x")
 
 
 def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tuple) -> torch.Tensor:
@@ -92,11 +72,7 @@ def batch_or_shared(name: str, p, what: str, z: torch.Tensor, shared_shape: tupl
             f"{name}: {what} must have shape {tuple(shared_shape)} or "
             f"{(z.shape[0],) + tuple(shared_shape)}, got {tuple(p.shape)}"
         )
-    if p.dtype != z.dtype:
-        raise TypeError(f"{name}: {what} must have z's dtype {z.dtype}, got {p.dtype}")
-    if p.device != z.device:
-        raise ValueError(f"{name}: {what} must be on z's device {z.device}, got {p.device}")
-    return p
+    return dtype_and_device(name, p, what, z, "z")
 
 
 def nonzero_diagonal(name: str, diag: torch.Tensor) -> None:

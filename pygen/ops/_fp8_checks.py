@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..ref.fp8 import BLOCK, SCALE_FORMATS
-from ._common_checks import dtype_names, same_device, tensor
+from ._common_checks import dtype_names, flag as flag, same_device, tensor  # flag: re-export
 
 HIGH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -29,12 +29,6 @@ def scale_format(name: str, v) -> bool:
     if v not in SCALE_FORMATS:
         raise ValueError(f"{name}: scale_format must be one of {SCALE_FORMATS}, got {v!r}")
     return v == "ue8m0"
-
-
-def flag(name: str, v, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name}: {what} must be a bool, got {v!r}")
-    return v
 
 
 def out_dtype(name: str, v) -> torch.dtype:

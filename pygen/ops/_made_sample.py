@@ -35,6 +35,7 @@ params of input j are rows j*m ... j*m + m - 1 (m = output_multiplier), nflows' 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,20 +76,20 @@ def _steps(n_weights: int, residual: bool):
 
 
 def made_sample(
-    weights,
-    biases,
-    degrees,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    degrees: Sequence[torch.Tensor],
     noise: torch.Tensor,
     *,
     kind: str = "bernoulli",
     activation: str | None = "relu",
-    context_terms=None,
+    context_terms: Sequence[torch.Tensor | None] | None = None,
     residual: bool = False,
     backend: str | None = None,
     return_params: bool = False,
     persistent: bool | None = None,
-    pre_activation=None,
-):
+    pre_activation: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Samples [B, D] from a MADE given per-dimension ``noise`` [B, D] (uniform for
     ``kind="bernoulli"``, standard normal for ``"gaussian"`` (x = mu + exp(alpha) e) and for
     ``"affine"`` (nflows' MAF inverse, x = (z - shift) / scale)); the math of each step is

@@ -19,13 +19,12 @@ capture (pygen/ops/_common_checks.py::checking_values). With them off:
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
-from ._common_checks import checking_values, same_device, tensor, tracing
+from ._common_checks import checking_values, flag, positive_float, same_device, tensor, tracing
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -55,18 +54,7 @@ def devices_match(name: str, ref_what: str, ref: torch.Tensor, **others) -> None
 def scale_arg(name: str, value, d: int) -> float:
     if value is None:
         return d**-0.5
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: softmax_scale must be a positive float or None, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name}: softmax_scale must be positive and finite, got {value!r}")
-    return v
-
-
-def flag(name: str, value, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: {what} must be a bool, got {value!r}")
-    return value
+    return positive_float(name, value, "softmax_scale", none_ok=True)
 
 
 def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:

@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from ._common_checks import checking_values, not_meta, same_device, tensor
+from ._common_checks import checking_values, flag, not_meta, same_device, tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -29,12 +29,6 @@ def integer(name: str, v, what: str, lo: int, hi: int | None = None) -> int:
     if v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}: {what} must be {rng}, got {v}")
-    return v
-
-
-def flag(name: str, v, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name}: {what} must be a bool, got {v!r}")
     return v
 
 
@@ -87,18 +81,16 @@ def route(logits, top_k, scoring, bias, n_group, topk_group, norm, scale):
     n_group = integer(name, n_group, "n_group", 1)
     if e % n_group:
         raise ValueError(f"{name}: the {e} experts cannot be divided into n_group={n_group} equal groups")
-    topk_group = integer(name, topk_group, "topk_group", 1)
+    # 0 (every expert masked) and top_k = 0 (no routed expert) are degenerate, but transformers
+    # runs them, so they are accepted
+    topk_group = integer(name, topk_group, "topk_group", 0)
     if topk_group > n_group:
         raise ValueError(f"{name}: topk_group={topk_group} must be <= n_group={n_group}")
-    eligible = topk_group * (e // n_group) if topk_group < n_group else e
-    top_k = integer(name, top_k, "top_k", 1)
+    top_k = integer(name, top_k, "top_k", 0)
+    # top_k may exceed the experts of the kept groups (transformers accepts it: the rest are
+    # taken from the masked experts, see pygen/ref/moe.py); only more than E is impossible
     if top_k > e:
         raise ValueError(f"{name}: top_k={top_k} must be <= num_experts={e}")
-    if top_k > eligible:
-        raise ValueError(
-            f"{name}: top_k={top_k} exceeds the {eligible} experts in topk_group={topk_group} "
-            f"of n_group={n_group} groups"
-        )
     if bias is not None:
         tensor(name, bias, "e_score_correction_bias", dim=1, dtypes=FLOAT_DTYPES)
         if bias.shape[0] != e:

@@ -22,19 +22,23 @@ an error naming the argument (pygen/ops/_common_checks.py).
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Union
 
 import torch
 
-from ._common_checks import checking_values, fits_32bit, not_meta
+from ._common_checks import checking_values, fits_32bit, not_meta, positive_float
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
 MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
 MAX_DIM = 2**31 - 1  # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)
 CHECK_ROWS = 1 << 18  # rows per chunk of the box value checks (<= 10 MB of temporaries)
+
+# The argument types of torchvision's RoI ops: boxes Tensor[K, 5] (batch index, x1, y1, x2, y2)
+# or one Tensor[L_i, 4] per image; output_size PH = PW or (PH, PW).
+Boxes = torch.Tensor | list[torch.Tensor]
+PoolSize = int | tuple[int, int]
 
 
 class BoxesShapeError(ValueError, AssertionError):
@@ -84,12 +88,7 @@ def output_pair(name: str, output_size) -> tuple[int, int]:
 
 
 def positive_scale(name: str, value, what: str = "spatial_scale") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: {what} must be a positive float, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name}: {what} must be a positive finite float, got {value!r}")
-    return v
+    return positive_float(name, value, what)
 
 
 def integer(name: str, value, what: str) -> int:

@@ -148,7 +148,7 @@ def bind_script_forms(eager: dict) -> None:
     import must not warn (``-W error`` would fail ``import pygen``). A torch whose TorchScript
     cannot compile these forms leaves the ops unscriptable, with TorchScript's own error."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")  # DeprecationWarning in torch 2.13, FutureWarning in 2.14
         try:
             compiled = {name: torch.jit.script(form) for name, form in FORMS.items()}
         except (RuntimeError, AttributeError, OSError):  # no TorchScript, or no source (zipped install)

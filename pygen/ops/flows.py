@@ -605,19 +605,22 @@ def _z(name, z):
     return z
 
 
+def _reference_only(name: str, fn, z, backend: str | None, *params):
+    """A flow with no kernel: validate z [B, D] and each (tensor, its name, its shared shape, "D"
+    standing for z's D), then run the reference ``fn(z, *tensors)``."""
+    _z(name, z)
+    for p, what, shape in params:
+        chk.batch_or_shared(name, p, what, z, tuple(z.shape[1] if s == "D" else s for s in shape))
+    _pick(name, z, backend, supported=("reference",))
+    return fn(z, *(p for p, _, _ in params))
+
+
 def planar(
     z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Planar flow f(z) = z + u tanh(w.z + b), logdet = log|1 + (1 - tanh^2) u.w| (forward only;
     pygen.ref.flows.planar_u_hat makes it invertible). u, w: [D] or [B, D]; b: [], [1] or [B]."""
-    name = "planar"
-    _z(name, z)
-    d = z.shape[1]
-    chk.batch_or_shared(name, u, "u", z, (d,))
-    chk.batch_or_shared(name, w, "w", z, (d,))
-    chk.batch_or_shared(name, b, "b", z, ())
-    _pick(name, z, backend, supported=("reference",))
-    return ref.planar(z, u, w, b)
+    return _reference_only("planar", ref.planar, z, backend, (u, "u", ("D",)), (w, "w", ("D",)), (b, "b", ()))
 
 
 def radial(
@@ -625,13 +628,9 @@ def radial(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Radial flow f(z) = z + beta/(alpha + r) (z - z0), r = |z - z0| (forward only).
     z0: [D] or [B, D]; alpha (> 0), beta: [], [1] or [B]."""
-    name = "radial"
-    _z(name, z)
-    chk.batch_or_shared(name, z0, "z0", z, (z.shape[1],))
-    chk.batch_or_shared(name, alpha, "alpha", z, ())
-    chk.batch_or_shared(name, beta, "beta", z, ())
-    _pick(name, z, backend, supported=("reference",))
-    return ref.radial(z, z0, alpha, beta)
+    return _reference_only(
+        "radial", ref.radial, z, backend, (z0, "z0", ("D",)), (alpha, "alpha", ()), (beta, "beta", ())
+    )
 
 
 def sylvester(

@@ -247,7 +247,7 @@ def mla_decode(
     causal: bool = False,
     num_splits: int | None = None,
     backend: str | None = None,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed MLA decode over a paged latent cache -> (out [b, s_q, h_q, head_dim_v] in q's dtype,
     lse float32 [b, h_q, s_q]); see the module docstring. ``num_splits`` fixes the split-KV count
     (deterministic); None chooses it from batch, heads, cache capacity and the SM count."""
@@ -306,7 +306,7 @@ def mla_prefill(
     softmax_scale: float | None = None,
     causal: bool = True,
     backend: str | None = None,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen (causal, bottom-right aligned) attention -> (out [total_q, h, dv] in q's dtype,
     lse float32 [h, total_q]); differentiable in q, k, v. max_seqlen_* default to the longest
     sequence: a host read of cu_seqlens (one synchronisation on a GPU) that sizes the launch grid
@@ -328,7 +328,7 @@ def mla_prefill(
 
 def merge_attn_states(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor, backend: str | None = None
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two partial attention results over disjoint keys: out [T, H, D], lse [H, T] (the
     layout of mla_prefill) -> (out in out_a's dtype, lse float32)."""
     name = "merge_attn_states"

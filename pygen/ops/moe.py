@@ -105,14 +105,14 @@ def _route_grad(logits, ids, grad_w, scoring, norm, scale):
 
 def _route_triton(K, logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
     w, ids = _new_route(logits, top_k)
-    if logits.shape[0]:
+    if logits.shape[0] and top_k:
         K.route_fwd(logits, bias, ids, w, scoring, n_group, topk_group, norm, scale)
     return w, ids
 
 
 def _route_native(N, logits, bias, top_k, scoring, n_group, topk_group, norm, scale):
     w, ids = _new_route(logits, top_k)
-    if logits.shape[0]:
+    if logits.shape[0] and top_k:
         # the C++ loops read unit-stride rows and a bias in the weights' dtype
         x = logits if logits.shape[1] == 1 or logits.stride(1) == 1 else logits.contiguous()
         bb = None if bias is None else bias.to(w.dtype).contiguous()
@@ -150,11 +150,12 @@ def moe_route(
     norm_topk_prob: bool = True,
     routed_scaling_factor: float = 1.0,
     backend: str | None = None,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 routing of router_logits [T, E] -> (topk_ids int32 [T, top_k], topk_weights
     float32 [T, top_k]; float64 for float64 logits). ids are ordered by biased score, descending,
-    ties to the lower expert id (pygen/ref/moe.py). Weights are float64 for float64 logits (cpu
-    and reference backends)."""
+    ties to the lower expert id (pygen/ref/moe.py). As in transformers, top_k may exceed the
+    experts of the topk_group kept groups: the lowest ids of the other (masked) groups fill in.
+    Weights are float64 for float64 logits (cpu and reference backends)."""
     top_k, n_group, topk_group, scale = chk.route(
         router_logits,
         top_k,
@@ -241,7 +242,7 @@ def _ref_starts(topk_ids, num_experts, block_size):
 
 def moe_align(
     topk_ids: torch.Tensor, num_experts: int, block_size: int, backend: str | None = None, *, check_ids: bool = True
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort token-slots by expert and pad each expert's segment to ``block_size`` ->
     (sorted_token_ids int32 [T*k + E*(block_size-1)], expert_ids int32 [ceil(that / block_size)],
     num_tokens_post_padded int32 [1]). Slot s = t*k + j; padding holds the sentinel T*k; unused
@@ -363,7 +364,7 @@ def moe_permute(
     backend: str | None = None,
     *,
     check_ids: bool = True,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group token rows by expert -> (permuted [T*k, H], sorted_slots int32 [T*k],
     expert_offsets int32 [E+1]). Row r is hidden_states[sorted_slots[r] // k]; the rows of expert
     e are expert_offsets[e] .. expert_offsets[e+1]-1, in ascending slot order. Rows past
@@ -388,7 +389,7 @@ def moe_unpermute(
     *,
     top_k: int | None = None,
     backend: str | None = None,
-):
+) -> torch.Tensor:
     """Weighted combine of permuted rows back to tokens -> [T, H]:
     out[t] = sum_j topk_weights[t, j] * permuted[row of slot t*k + j] (weights 1 when None; then
     ``top_k`` gives k). Rows with the sentinel slot (>= T*k) are ignored. The sum over j runs in

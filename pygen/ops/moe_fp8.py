@@ -36,7 +36,7 @@ BLOCK = 128  # the recipe's tile: activation 1x128, weight 128x128, grouped GEMM
 
 def quantize_moe_weights_fp8(
     w1: torch.Tensor, w2: torch.Tensor, *, scale_format: str = "fp32", backend: str | None = None
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w1q, w1_scales, w2q, w2_scales) from w1 [E, 2I, H] and w2 [E, H, I] (128x128 blocks)."""
     for name, w in (("w1", w1), ("w2", w2)):
         if not isinstance(w, torch.Tensor) or w.dim() != 3:

@@ -23,7 +23,17 @@ from ..ref import roi as ref
 from . import _registry, _roi_script
 from ._fx import fx_leaf
 from ._registry import Backward, OpSpec, register
-from ._roi_checks import check_features, check_input, integer, output_pair, positive_scale, ps_channels, rois_from_boxes
+from ._roi_checks import (
+    Boxes,
+    PoolSize,
+    check_features,
+    check_input,
+    integer,
+    output_pair,
+    positive_scale,
+    ps_channels,
+    rois_from_boxes,
+)
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"]
 
@@ -274,8 +284,8 @@ def _pick(name: str, input: torch.Tensor, backend: str | None) -> str:
 @fx_leaf
 def roi_align(
     input: torch.Tensor,
-    boxes,
-    output_size,
+    boxes: Boxes,
+    output_size: PoolSize,
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -325,7 +335,7 @@ def _quantized_roi_align(input, boxes, output_size, spatial_scale, sampling_rati
 
 @fx_leaf
 def roi_pool(
-    input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
+    input: torch.Tensor, boxes: Boxes, output_size: PoolSize, spatial_scale: float = 1.0, *, backend: str | None = None
 ) -> torch.Tensor:
     """RoIPool (Fast R-CNN): max over integer bins. Same as ``torchvision.ops.roi_pool``."""
     name = "roi_pool"
@@ -342,8 +352,8 @@ def roi_pool(
 @fx_leaf
 def ps_roi_align(
     input: torch.Tensor,
-    boxes,
-    output_size,
+    boxes: Boxes,
+    output_size: PoolSize,
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     *,
@@ -367,7 +377,7 @@ def ps_roi_align(
 
 @fx_leaf
 def ps_roi_pool(
-    input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, *, backend: str | None = None
+    input: torch.Tensor, boxes: Boxes, output_size: PoolSize, spatial_scale: float = 1.0, *, backend: str | None = None
 ) -> torch.Tensor:
     """Position-sensitive RoIPool (R-FCN): average over integer bins, channel (c*PH + i)*PW + j
     for bin (i, j). Same as ``torchvision.ops.ps_roi_pool``; returns [K, C/(PH*PW), PH, PW]."""
@@ -385,10 +395,10 @@ def ps_roi_pool(
 
 @fx_leaf
 def multi_scale_roi_align(
-    features,
-    boxes,
-    output_size,
-    spatial_scales,
+    features: list[torch.Tensor],
+    boxes: Boxes,
+    output_size: PoolSize,
+    spatial_scales: list[float],
     sampling_ratio: int = -1,
     canonical_scale: float = 224,
     canonical_level: float = 4,

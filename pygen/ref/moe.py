@@ -12,19 +12,29 @@ For one token with router logits x [E], E experts in G groups of E/G consecutive
     b      = s + bias              (bias = e_score_correction_bias, zeros when None)
     gs[g]  = sum of the top-2 b in group g       (top-1 when a group has one expert)
     keep   = the topk_group groups with the largest gs
-    ids    = the top_k experts by b among the experts of the kept groups
-    w      = s[ids]                                        (unbiased scores)
+    c      = b on the experts of the kept groups, -inf on the others ("masked")
+    ids    = the top_k experts by c                 (top_k may exceed the kept groups' experts:
+             the rest are masked experts, all tied at -inf, so the tie rule picks them)
+    w      = s[ids]                                 (unbiased, unmasked scores: masked picks too)
     w      = w / (sum(w) + 1e-20)      if norm_topk_prob  (HF adds 1e-20 to the denominator)
     w      = w * routed_scaling_factor
 
+This is transformers 5.25's ``DeepseekV3TopkRouter`` for every config it accepts, including
+top_k > topk_group * E/G (its own DeepseekV3 tests use E=8, G=2, topk_group=1, top_k=8); older
+transformers releases filled masked experts with 0.0 instead of -inf.
+
 Tie rule: among equal values the LOWER index wins (lower group index when selecting groups,
-lower expert index when selecting experts). ``ids`` are returned ordered by b, descending (ties by
-ascending expert id). torch.topk does not specify which of several equal values it returns (on
-CPU it depends on the length and the selection algorithm: ``torch.topk(torch.zeros(8), 3)`` gives
-[6, 5, 4], ``torch.zeros(256)`` gives [0, 1, 2]); ``tie_break="torch"`` reproduces HF's calls
-to torch.topk exactly (same tie outcome as HF on the same device) and is what the HF comparison
-tests use; ``tie_break="index"`` (default) is the deterministic rule every pygen kernel follows.
-Without ties both agree as sets, and HF returns its ids unsorted (``sorted=False``).
+lower expert index when selecting experts, so masked picks are the lowest masked ids). ``ids``
+are returned ordered by c, descending (ties by ascending expert id: masked picks come last).
+torch.topk, which HF calls, documents no tie rule. On CUDA its source (gatherTopK in ATen's
+TensorTopK.cu, not measured here) fills the ties at the k-th value in ascending index order, the
+rule above; on CPU the outcome depends on the length and the selection algorithm
+(``torch.topk(torch.zeros(8), 3)`` gives [6, 5, 4], ``torch.zeros(256)`` gives [0, 1, 2]), and so
+do the masked experts HF picks when top_k exceeds the kept groups' experts but not all of them.
+``tie_break="torch"`` replays HF's calls to torch.topk exactly (same tie outcome as HF on the same
+device) and is what the bitwise HF comparison tests use; ``tie_break="index"`` (default) is the
+deterministic rule every pygen kernel follows. Without ties both agree as sets, and HF returns its
+ids unsorted (``sorted=False``).
 
 Alignment (``moe_align``)
 -------------------------
@@ -103,7 +113,7 @@ def moe_route(
     if tie_break != "index":
         raise ValueError(f"tie_break must be 'index' or 'torch', got {tie_break!r}")
     per = e // n_group
-    if n_group > 1 and topk_group < n_group:
+    if topk_group < n_group:  # (topk_group = 0 masks every expert, as in transformers)
         grouped = choice.view(t, n_group, per)
         top2 = torch.sort(grouped, dim=-1, descending=True).values[..., : min(2, per)]
         group_scores = top2.sum(-1)

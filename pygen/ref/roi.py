@@ -90,16 +90,41 @@ def _axis_bilinear(coord, real, size: int):
     return low, high, torch.where(valid, 1 - frac, zero), torch.where(valid, frac, zero)
 
 
-def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset, min_size, ps: bool):
-    """Shared body of roi_align and ps_roi_align (bilinear samples averaged per bin)."""
+def _zeros_and_rois(input, rois, pooled_h: int, pooled_w: int, ps: bool):
+    """(the zero output [K, C_out, PH, PW] in the compute dtype, rois in that dtype), the rois None
+    when there is nothing to compute (no RoI, no output channel or an empty map)."""
     n, c, h, w = input.shape
     k = rois.shape[0]
     dt = _compute_dtype(input)
     c_out = c // (pooled_h * pooled_w) if ps else c
     out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
     if k == 0 or c_out == 0 or h == 0 or w == 0:
+        return out, None
+    return out, rois.to(dt)
+
+
+def _channels_last(input, dt: torch.dtype, c_out: int, pooled_h: int, pooled_w: int, ps: bool):
+    """(input as [N, H*W, C] in ``dt``, so one advanced-indexing gather returns channels last;
+    for the position-sensitive ops the input channel (c * PH + i) * PW + j of output channel c at
+    bin (i, j), shaped [1, PH, 1, PW, 1, C_out], else None)."""
+    n, c, h, w = input.shape
+    feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
+    if not ps:
+        return feat, None
+    dev = input.device
+    ch = (
+        torch.arange(c_out, device=dev).view(1, 1, 1, 1, 1, -1) * pooled_h
+        + torch.arange(pooled_h, device=dev).view(1, -1, 1, 1, 1, 1)
+    ) * pooled_w + torch.arange(pooled_w, device=dev).view(1, 1, 1, -1, 1, 1)
+    return feat, ch
+
+
+def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset, min_size, ps: bool):
+    """Shared body of roi_align and ps_roi_align (bilinear samples averaged per bin)."""
+    out, r = _zeros_and_rois(input, rois, pooled_h, pooled_w, ps)
+    if r is None:
         return _empty_result(out, input)
-    r = rois.to(dt)
+    (h, w), k, dt, c_out = input.shape[2:], r.shape[0], r.dtype, out.shape[1]
     x0 = r[:, 1] * spatial_scale - offset
     y0 = r[:, 2] * spatial_scale - offset
     rw = r[:, 3] * spatial_scale - offset - x0
@@ -116,13 +141,7 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
     ghmax, gwmax = int(gh.max().clamp_min(0)), int(gw.max().clamp_min(0))
     if ghmax == 0 or gwmax == 0:
         return _empty_result(out, input)
-    # [N, H*W, C] so one advanced-indexing gather returns channels last
-    feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
-    if ps:
-        ch = (
-            torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
-            + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)
-        ) * pooled_w + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+    feat, ch = _channels_last(input, dt, c_out, pooled_h, pooled_w, ps)
     per_roi = pooled_h * ghmax * pooled_w * gwmax * c_out
     for s, e in _chunks(k, per_roi):
         ys, ry = _axis_samples(y0[s:e], rh[s:e], pooled_h, gh[s:e], ghmax)
@@ -184,23 +203,14 @@ def _size_sorted_chunks(ext_h: torch.Tensor, ext_w: torch.Tensor, per_cell: int)
 
 def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool, reduce_max: bool):
     """Shared body of roi_pool (max) and ps_roi_pool (mean) over integer bins."""
-    n, c, h, w = input.shape
-    k = rois.shape[0]
-    dt = _compute_dtype(input)
-    c_out = c // (pooled_h * pooled_w) if ps else c
-    out = input.new_zeros((k, c_out, pooled_h, pooled_w), dtype=dt)
-    if k == 0 or c_out == 0 or h == 0 or w == 0:
+    out, r = _zeros_and_rois(input, rois, pooled_h, pooled_w, ps)
+    if r is None:
         return _empty_result(out, input)
-    r = rois.to(dt)
+    (h, w), dt, c_out = input.shape[2:], r.dtype, out.shape[1]
     scaled = torch.cat([r[:, :1], r[:, 1:] * spatial_scale], dim=1)
     hs, he = _integer_bins(scaled, pooled_h, h, 2, 4, plus_one, dt)
     ws, we = _integer_bins(scaled, pooled_w, w, 1, 3, plus_one, dt)
-    feat = input.to(dt).reshape(n, c, h * w).transpose(1, 2)
-    if ps:
-        ch = (
-            torch.arange(c_out, device=r.device).view(1, 1, 1, 1, 1, -1) * pooled_h
-            + torch.arange(pooled_h, device=r.device).view(1, -1, 1, 1, 1, 1)
-        ) * pooled_w + torch.arange(pooled_w, device=r.device).view(1, 1, 1, -1, 1, 1)
+    feat, ch = _channels_last(input, dt, c_out, pooled_h, pooled_w, ps)
     # Bins are padded to the largest bin of a chunk; visiting RoIs by bin size keeps that padding
     # small (one huge RoI would otherwise pad all of them).
     ext_h = (he - hs).amax(dim=1).clamp_min(1)

@@ -703,7 +703,7 @@ def ratio_stats(impl: Timing, base: Timing, level: float = CI_LEVEL) -> dict[str
 
 def set_cpu_threads(n: int | None) -> int:
     """Fix torch's intra-op thread count (which pygen's own OpenMP kernels follow too, see
-    pygen._ext.native_module) to ``n`` (None: leave it) and return the count in effect."""
+    pygen._ext.call) to ``n`` (None: leave it) and return the count in effect."""
     if n is not None:
         if n < 1:
             raise ValueError(f"thread count must be >= 1, got {n}")

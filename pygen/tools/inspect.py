@@ -497,23 +497,8 @@ def nvcc_rows(
 
 
 # ---------------------------------------------------------------------------------------------
-JSON_KEYS = (
-    "source",
-    "family",
-    "kernel",
-    "config",
-    "constexprs",
-    "arch",
-    "registers",
-    "spill_stores",
-    "spill_loads",
-    "stack",
-    "smem",
-    "wgmma",
-    "wgmma_shapes",
-    "tensor_cores",
-    "error",
-)
+# the table's columns, with the constexprs after the config, and the PTX facts and the error
+JSON_KEYS = (*COLUMNS[:4], "constexprs", *COLUMNS[4:], "wgmma_shapes", "tensor_cores", "error")
 
 
 def report_json(rows: list[dict[str, Any]], toolchain: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -362,7 +362,41 @@ MOE = [
     ),
 ]
 
-CASES: list[Case] = ROI + FLOWS + MADE + MLA + FP8 + MOE
+
+# ---- losses ---------------------------------------------------------------------------------------
+def _losses(seed):
+    g = _g(900 + seed)
+    t = torch.randint(0, 70, (9,), generator=g)
+    t[2] = -100
+    return {"h": _rn(g, 9, 16), "w": _rn(g, 70, 16, scale=0.3), "b": _rn(g, 70), "t": t}
+
+
+def _grpo(seed):
+    g = _g(950 + seed)
+    lp = -torch.rand(3, 5, generator=g)
+    tok = torch.randint(0, 40, (3, 5), generator=g)
+    return {"lp": lp, "old": lp + 0.1 * _rn(g, 3, 5), "ref": lp + 0.1 * _rn(g, 3, 5), "adv": _rn(g, 3),
+            "mask": torch.rand(3, 5, generator=g) > 0.3, "h": _rn(g, 3, 5, 8), "w": _rn(g, 40, 8, scale=0.3),
+            "tok": tok, "rewards": _rn(g, 6)}  # fmt: skip
+
+
+LOSSES = [
+    Case("losses", "linear_cross_entropy", _losses, lambda I, b: ops.linear_cross_entropy(
+        I["h"], I["w"], I["t"], I["b"], z_loss=1e-3, backend=b)),
+    Case("losses", "linear_log_probs", _losses, lambda I, b: ops.linear_log_probs(
+        I["h"], I["w"], I["t"].clamp(min=0), backend=b)),
+    Case("losses", "info_nce", _losses, lambda I, b: ops.info_nce(I["h"][:8], temperature=0.2, backend=b)
+        + ops.info_nce(I["h"], I["w"][:9], temperature=0.1, queue=I["w"][9:], symmetric=False, backend=b)),
+    Case("losses", "grpo_loss", _grpo, lambda I, b: ops.grpo_loss(
+        I["lp"], I["old"], I["ref"], I["adv"], I["mask"], backend=b) + ops.grpo_loss(
+        I["lp"], None, None, I["adv"], I["mask"], beta=0.0, loss_type="dapo", backend=b)),
+    Case("losses", "linear_grpo_loss", _grpo, lambda I, b: ops.linear_grpo_loss(
+        I["h"], I["w"], I["tok"], I["old"], I["ref"], I["adv"], I["mask"], loss_type="dr_grpo", backend=b)),
+    Case("losses", "group_advantages", _grpo, lambda I, b: ops.group_advantages(I["rewards"], 3), (None,)),
+]  # fmt: skip
+
+
+CASES: list[Case] = ROI + FLOWS + MADE + MLA + FP8 + MOE + LOSSES
 
 
 def params(cases=None):

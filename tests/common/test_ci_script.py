@@ -9,20 +9,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_test_command() -> str:
+def _readme_command(word: str, what: str) -> str:
+    """The one line of the README's bash blocks that installs (pip install) and runs ``word``."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    cmds = [line.strip() for b in blocks for line in b.splitlines() if "pytest" in line and "pip install" in line]
-    assert len(cmds) == 1, f"expected one install-and-test command in the README, found {cmds}"
+    cmds = [line.strip() for b in blocks for line in b.splitlines() if word in line and "pip install" in line]
+    assert len(cmds) == 1, f"expected one {what} in the README, found {cmds}"
     return cmds[0]
+
+
+def readme_test_command() -> str:
+    return _readme_command("pytest", "install-and-test command")
 
 
 def readme_lint_command() -> str:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    cmds = [line.strip() for b in blocks for line in b.splitlines() if "ruff check" in line and "pip install" in line]
-    assert len(cmds) == 1, f"expected one lint command in the README, found {cmds}"
-    return cmds[0]
+    return _readme_command("ruff check", "lint command")
 
 
 def test_ci_runs_the_readme_lint_and_test_commands():

@@ -56,27 +56,18 @@ def test_no_subcommand_prints_help(capsys):
     assert "bench" in capsys.readouterr().out
 
 
+def cli_args(*parts: str | Path) -> list[str]:
+    """An argv from command-line text: each str part split on white space, each path one argument."""
+    return [w for p in parts for w in (p.split() if isinstance(p, str) else [str(p)])]
+
+
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_bench_quick_cpu_end_to_end(tmp_path, capsys):
     out = tmp_path / "roi.jsonl"
-    rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-            "--baseline",
-            "reference",
-            "--baseline",
-            "torchvision",
-        ]
-    )
+    rc = main(cli_args("bench roi --quick --device cpu --json", out, "--baseline reference --baseline torchvision"))
     text = capsys.readouterr()
     assert rc == 0, text.out + text.err
     recs = _records(out)
@@ -113,22 +104,9 @@ def _have_matplotlib() -> bool:
 def test_bench_default_path_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(H, "results_dir", lambda: tmp_path / "results")
     png = tmp_path / "roi.png"
-    argv = [
-        "bench",
-        "roi",
-        "--quick",
-        "--device",
-        "cpu",
-        "--op",
-        "ps_roi_pool",
-        "--mode",
-        "fwd",
-        "--mode",
-        "bwd",
-        "--baseline",
-        "reference",
-        "--no-copy",
-    ]
+    argv = cli_args(
+        "bench roi --quick --device cpu --op ps_roi_pool --mode fwd --mode bwd --baseline reference --no-copy"
+    )
     if not _have_matplotlib():  # a missing matplotlib is an argument error, before anything runs
         assert main(argv + ["--plot", str(png)]) == 2
         assert "--plot needs matplotlib" in capsys.readouterr().err
@@ -150,22 +128,7 @@ def test_bench_compile_baseline(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # CPU Inductor does not need it
     out = tmp_path / "c.jsonl"
     rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--op",
-            "roi_pool",
-            "--mode",
-            "fwd",
-            "--baseline",
-            "compile",
-            "--json",
-            str(out),
-            "--no-copy",
-        ]
+        cli_args("bench roi --quick --device cpu --op roi_pool --mode fwd --baseline compile --json", out, "--no-copy")
     )
     assert rc == 0
     assert "compile(reference)" in capsys.readouterr().out
@@ -181,23 +144,10 @@ def test_bench_compile_failure_is_skipped_with_reason(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(torch, "compile", broken)
     rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--op",
-            "ps_roi_pool",
-            "--mode",
-            "fwd",
-            "--baseline",
-            "compile",
-            "--baseline",
-            "reference",
-            "--no-save",
-            "--no-copy",
-        ]
+        cli_args(
+            "bench roi --quick --device cpu --op ps_roi_pool --mode fwd",
+            "--baseline compile --baseline reference --no-save --no-copy",
+        )
     )
     out = capsys.readouterr().out
     assert rc == 0  # a baseline failing is reported, not fatal
@@ -210,20 +160,9 @@ def test_bench_unknown_family(capsys):
 
 def test_bench_max_time_reports_skips(tmp_path, capsys):
     rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--baseline",
-            "reference",
-            "--json",
-            str(tmp_path / "x.jsonl"),
-            "--no-copy",
-            "--max-time",
-            "0",
-        ]
+        cli_args(
+            "bench roi --quick --device cpu --baseline reference --json", tmp_path / "x.jsonl", "--no-copy --max-time 0"
+        )
     )
     assert rc == 0
     assert "exhausted" in capsys.readouterr().out
@@ -328,20 +267,16 @@ def test_inspect_nvcc_roi():
         assert r["registers"] and r["spill_stores"] is not None
 
 
+def _triton_row() -> dict:
+    """An inspect row of a Triton kernel that compiled without spills (for the CLI's plumbing)."""
+    row = dict.fromkeys(IK.COLUMNS)
+    row.update(source="triton", family="roi", kernel="_k", registers=40, spill_stores=0, spill_loads=0, smem=0)
+    return {**row, "wgmma": False, "error": None}
+
+
 def test_inspect_cli(capsys, monkeypatch):
     """The command's plumbing (the compiles themselves are the two tests above)."""
-    row = {c: None for c in IK.COLUMNS}
-    row.update(
-        source="triton",
-        family="roi",
-        kernel="_k",
-        registers=40,
-        spill_stores=0,
-        spill_loads=0,
-        smem=0,
-        wgmma=False,
-        error=None,
-    )
+    row = _triton_row()
     bad = {**row, "source": "nvcc", "kernel": "x.cu", "error": "x.cu(1): error: boom"}
     monkeypatch.setattr(IK, "triton_rows", lambda fams: [row])
     monkeypatch.setattr(IK, "nvcc_rows", lambda fams, **kw: [bad])
@@ -358,18 +293,7 @@ def test_inspect_json_names_the_triton_version(capsys, monkeypatch, tmp_path):
     --json writes the rows with that toolchain."""
     import json
 
-    row = {c: None for c in IK.COLUMNS}
-    row.update(
-        source="triton",
-        family="roi",
-        kernel="_k",
-        registers=40,
-        spill_stores=0,
-        spill_loads=0,
-        smem=0,
-        wgmma=False,
-        error=None,
-    )
+    row = _triton_row()
     tc = {"triton": "9.9.9", "ptxas": "ptxas", "ptxas_version": "12.8"}
     monkeypatch.setattr(IK, "triton_rows", lambda fams: [row])
     monkeypatch.setattr(IK, "triton_toolchain", lambda: tc)
@@ -493,20 +417,7 @@ def test_bench_reference_failure_is_reported_not_fatal(monkeypatch, capsys):
 
     monkeypatch.setattr(H, "run_once", flaky)
     rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--op",
-            "roi_align",
-            "--no-save",
-            "--no-copy",
-            "--baseline",
-            "reference",
-            "--no-progress",
-        ]
+        cli_args("bench roi --quick --device cpu --op roi_align --no-save --no-copy --baseline reference --no-progress")
     )
     out = capsys.readouterr().out
     fwdbwd = [line for line in out.splitlines() if line.startswith("roi_align") and " fwd+bwd " in line]
@@ -742,21 +653,7 @@ def test_bench_interrupt_prints_what_was_measured(how, tmp_path, monkeypatch, ca
     monkeypatch.setattr(H, "run_case", _fake_run_case(calls, on_call))
     term_before = signal.getsignal(signal.SIGTERM)
     out_json = tmp_path / "x.jsonl"
-    rc = main(
-        [
-            "bench",
-            "roi",
-            "flows",
-            "--device",
-            "cpu",
-            "--json",
-            str(out_json),
-            "--no-copy",
-            "--no-progress",
-            "--mode",
-            "fwd",
-        ]
-    )
+    rc = main(cli_args("bench roi flows --device cpu --json", out_json, "--no-copy --no-progress --mode fwd"))
     out, err = capsys.readouterr()
     assert rc == (143 if how == "SIGTERM" else 130)
     assert len(calls) == 2
@@ -774,21 +671,7 @@ def test_bench_no_pygen_kernel_label(capsys, monkeypatch):
     """A GPU-only op on a CPU: the table says so and has no pygen row of a timing; the baselines
     are not compared with a compile of themselves."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    rc = main(
-        [
-            "bench",
-            "flows",
-            "--device",
-            "cpu",
-            "--op",
-            "actnorm",
-            "--mode",
-            "fwd",
-            "--no-save",
-            "--no-copy",
-            "--no-progress",
-        ]
-    )
+    rc = main(cli_args("bench flows --device cpu --op actnorm --mode fwd --no-save --no-copy --no-progress"))
     out = capsys.readouterr().out
     assert rc == 0
     rows = [line for line in out.splitlines() if line.startswith("actnorm ")]
@@ -966,24 +849,10 @@ def test_table_legend_and_units():
 
 def test_bench_prints_threads_and_legend(capsys):
     rc = main(
-        [
-            "bench",
-            "roi",
-            "--quick",
-            "--device",
-            "cpu",
-            "--op",
-            "ps_roi_pool",
-            "--mode",
-            "fwd",
-            "--baseline",
-            "reference",
-            "--no-save",
-            "--no-copy",
-            "--no-progress",
-            "--threads",
-            "1",
-        ]
+        cli_args(
+            "bench roi --quick --device cpu --op ps_roi_pool --mode fwd",
+            "--baseline reference --no-save --no-copy --no-progress --threads 1",
+        )
     )
     out = capsys.readouterr().out
     assert rc == 0

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from helpers import assert_compiled_without_spills, compile_in_child
 
-FAMILIES = ["flows", "fp8", "made", "mla", "moe", "roi"]
+FAMILIES = ["flows", "fp8", "losses", "made", "mla", "moe", "roi"]
 
 CHILD = """
 import json, sys, warnings
@@ -56,7 +56,7 @@ def test_compiles_without_spills(rows, family):
     assert_compiled_without_spills(rows[family])
 
 
-@pytest.mark.parametrize("family", ["fp8", "made", "mla", "moe"])
+@pytest.mark.parametrize("family", ["fp8", "losses", "made", "mla", "moe"])
 def test_tensor_core_kernels_use_wgmma(rows, family):
     marked = [r for r in rows[family] if r["tensor_cores"]]
     assert marked, f"no {family} spec is marked tensor_cores"

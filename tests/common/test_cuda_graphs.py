@@ -102,7 +102,7 @@ def test_cases_cover_every_public_op():
     assert public - covered == C.NOT_COVERED, public - covered
     ids = [i for _, i in C.params()]
     assert len(ids) == len(set(ids))
-    assert {i.split("-")[0] for i in ids} == {"roi", "flows", "made", "mla", "fp8", "moe"}
+    assert {i.split("-")[0] for i in ids} == {"roi", "flows", "made", "mla", "fp8", "moe", "losses"}
 
 
 def _cpu_backend(case) -> str | None:

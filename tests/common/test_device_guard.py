@@ -42,7 +42,7 @@ def _assert_guarded(seen, what):
 
 
 # public ops that launch no Triton kernel (pure torch or reference-only)
-NO_TRITON_KERNEL = {"planar", "radial", "dequantize_fp8", "pack_bits"}
+NO_TRITON_KERNEL = {"planar", "radial", "dequantize_fp8", "pack_bits", "group_advantages"}
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))

@@ -311,8 +311,44 @@ def _moe_calls():
     }
 
 
+def _losses_calls():
+    g = _g(12)
+    t = "triton"
+    h, w, b = torch.randn(9, 16, generator=g), torch.randn(70, 16, generator=g) * 0.3, torch.randn(70, generator=g)
+    tgt = torch.randint(0, 70, (9,), generator=g)
+    tgt[2] = -100
+    return {
+        "linear_cross_entropy": lambda: ops.linear_cross_entropy(h, w, tgt, b, z_loss=1e-3, backend=t),
+        "linear_log_probs": lambda: ops.linear_log_probs(h, w, tgt.clamp(min=0), return_entropy=True, backend=t),
+        "info_nce": lambda: (
+            ops.info_nce(h[:8], temperature=0.2, backend=t)
+            + ops.info_nce(h, h.flip(0), temperature=0.2, positives=torch.arange(9), queue=w, backend=t)
+            + ops.info_nce(h, h.flip(0), temperature=torch.tensor(0.2), symmetric=True, backend=t)
+        ),
+        **_grpo_calls(h, w, tgt.clamp(min=0), g),
+    }
+
+
+def _grpo_calls(h, w, tokens, g):
+    lp, adv = -torch.rand(3, 3, generator=g), torch.randn(3, generator=g)
+    old, ref_lp, mask = lp + 0.1, lp - 0.2, torch.rand(3, 3, generator=g) > 0.3
+    t = "triton"
+    return {
+        "grpo_loss": lambda: (
+            ops.grpo_loss(lp, old, ref_lp, adv, mask, backend=t)
+            + ops.grpo_loss(lp, None, None, adv, mask.float(), beta=0.0, loss_type="dapo", backend=t)
+        ),
+        "linear_grpo_loss": lambda: ops.linear_grpo_loss(
+            h.view(3, 3, -1), w, tokens.view(3, 3), old, ref_lp, adv, mask, loss_type="dr_grpo", backend=t
+        ),
+        "group_advantages": lambda: (
+            ops.group_advantages(adv.repeat(2), 3) + ops.group_advantages(adv.repeat(2), 2, "batch")
+        ),
+    }
+
+
 CALLS = {}
-for _family in (_roi_calls, _flows_calls, _made_calls, _mla_calls, _fp8_calls, _moe_calls):
+for _family in (_roi_calls, _flows_calls, _made_calls, _mla_calls, _fp8_calls, _moe_calls, _losses_calls):
     CALLS.update({name: (_family, name) for name in _family()})
 
 # ops whose checks read values: with checks on, the harness must see them read (so it sees syncs)
@@ -332,6 +368,10 @@ READS_WITH_CHECKS_ON = (
     "moe_permute",
     "fused_moe",
     "fused_moe_fp8",
+    "linear_cross_entropy",
+    "linear_log_probs",
+    "info_nce",
+    "linear_grpo_loss",
 )
 
 
@@ -392,8 +432,15 @@ def _backward_calls():
         ).backward(),
         "masked_linear": lambda: ops.masked_linear(xm, w, None, in_deg, hid, backend=t).sum().backward(),
         "fused_moe": lambda: ops.fused_moe(xe, w1, w2, wts, ids, backend=t).sum().backward(),
+        "linear_cross_entropy": lambda: ops.linear_cross_entropy(
+            xs, torch.linspace(-1, 1, 30).view(5, 6), torch.tensor([0, -100, 4]), backend=t
+        ).backward(),
+        "info_nce": lambda: ops.info_nce(xs, xs.flip(0) * 0.5, temperature=0.3, symmetric=True, backend=t).backward(),
         "affine_coupling": lambda: sum(
             o.sum() for o in ops.affine_coupling(xs, xs * 0.5, xs + 1, backend=t)
+        ).backward(),
+        "grpo_loss": lambda: ops.grpo_loss(
+            xs, xs.detach() + 0.1, None, xs[:, 0].detach(), xs > 0, beta=0.0, backend=t
         ).backward(),
     }
 

@@ -132,7 +132,28 @@ def _moe():
     }
 
 
-CASES = {**_roi(), **_flows(), **_made(), **_mla(), **_fp8(), **_moe()}
+def _losses():
+    h, w, b = torch.randn(5, 8), torch.randn(11, 8), torch.randn(11)
+    t = torch.tensor([0, 3, -100, 10, 7])
+    return {
+        "linear_cross_entropy": (ops.linear_cross_entropy, (h, w, t, b), {}),
+        "linear_log_probs": (ops.linear_log_probs, (h, w, t.clamp(min=0)), {}),
+        "info_nce": (ops.info_nce, (h, h.flip(0)), {"temperature": 0.1, "positives": t.clamp(0, 4), "queue": w}),
+        **_grpo(h, w, t.clamp(min=0)),
+    }
+
+
+def _grpo(h, w, tokens):
+    lp, adv, mask = -torch.rand(1, 5), torch.randn(1), torch.tensor([[True, True, False, True, True]])
+    grpo = (lp, lp - 0.1, lp + 0.1, adv, mask)
+    return {
+        "grpo_loss": (ops.grpo_loss, grpo, {}),
+        "linear_grpo_loss": (ops.linear_grpo_loss, (h[None], w, tokens[None], *grpo[1:]), {}),
+        "group_advantages": (ops.group_advantages, (torch.randn(6), 3), {}),
+    }
+
+
+CASES = {**_roi(), **_flows(), **_made(), **_mla(), **_fp8(), **_moe(), **_losses()}
 # pure-PyTorch helpers that never read values: they simply work on meta tensors
 WORK_ON_META = {"sort_hidden_units"}
 

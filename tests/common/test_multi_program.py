@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from helpers import ATOL, assert_close_to_ref, backend_params
+from helpers import ATOL, assert_close_to_ref, backend_params, route_kwargs
 
 from pygen import ops
 from pygen.ref import flows as ref_flows, made as ref_made, moe as ref_moe
@@ -296,14 +296,7 @@ def test_moe_route_several_programs(device, backend, case, gen):
     t, e, k, g, tg, scoring, has_bias, norm, scale = case
     logits = _rand((t, e), gen, device=device).requires_grad_(True)
     bias = _rand((e,), gen, 0.1, device=device) if has_bias else None
-    kw = dict(
-        scoring=scoring,
-        e_score_correction_bias=bias,
-        n_group=g,
-        topk_group=tg,
-        norm_topk_prob=norm,
-        routed_scaling_factor=scale,
-    )
+    kw = route_kwargs(g, tg, scoring, bias, norm, scale)
     with record_launches(KMoE._moe_route_fwd_kernel) as seen:
         ids, w = ops.moe_route(logits, k, backend=backend, **kw)
     assert_multi_program(seen, KMoE._moe_route_fwd_kernel)

@@ -656,3 +656,36 @@ def test_default_backend_choice(monkeypatch):
         ops.affine_coupling(x.double(), x.double(), x.double(), backend="triton")
     with pytest.raises(ValueError, match="not implemented"):
         ops.planar(x, x[0], x[0], torch.zeros(()), backend="triton")
+
+
+def test_bf16_stores_round_to_nearest(gen):
+    """Every flows kernel that stores a bf16 result rounds it to nearest, as the GPU does, under the
+    interpreter too (its own float32 -> bf16 store truncates; kernels/_bf16.py): coupling and ActNorm
+    forward and backward, the 1x1 convolution and the LU weight, against the float64 reference."""
+    from helpers import assert_rounded_bf16
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x, t, r = (_rand((4, 6, 8, 8), gen, torch.bfloat16, dev) for _ in range(3))
+    x64, t64, r64 = (a.double().cpu().requires_grad_() for a in (x, t, r))
+    y, _ = ops.additive_coupling(x, t, backend="triton")
+    assert_rounded_bf16(y, ref.additive_coupling(x64, t64)[0], "additive_coupling")
+    x.requires_grad_(), r.requires_grad_(), t.requires_grad_()
+    y, _ = ops.affine_coupling(x, r, t, reverse=True, backend="triton")
+    r_y = ref.affine_coupling(x64, r64, t64, reverse=True)[0]
+    assert_rounded_bf16(y, r_y, "affine_coupling")
+    g = _rand(y.shape, gen, torch.bfloat16, dev)
+    got = torch.autograd.grad(y, (x, r, t), g)
+    want = torch.autograd.grad(r_y, (x64, r64, t64), g.double().cpu())
+    for name, a, b in zip(("dx", "dr", "dt"), got, want):
+        assert_rounded_bf16(a, b, f"affine_coupling {name}")
+    loc, ls = _rand((6,), gen, torch.bfloat16, dev), _rand((6,), gen, torch.bfloat16, dev, 0.5)
+    y, _ = ops.actnorm(x.detach(), loc, ls, backend="triton")
+    assert_rounded_bf16(y, ref.actnorm(x64.detach(), loc.double().cpu(), ls.double().cpu())[0], "actnorm")
+    w = _rand((6, 6), gen, torch.bfloat16, dev)
+    y, _ = ops.inv_conv1x1(x.detach(), w, backend="triton")
+    assert_rounded_bf16(y, ref.inv_conv1x1(x64.detach(), w.double().cpu())[0], "inv_conv1x1")
+    perm = torch.eye(6, dtype=torch.bfloat16, device=dev)[torch.randperm(6, generator=gen)]
+    lower, upper, diag = _rand((6, 6), gen, torch.bfloat16, dev), _rand((6, 6), gen, torch.bfloat16, dev), w[0]
+    w_lu, _ = _registry.get("lu_weight_triton")(perm, lower, upper, diag, 1.0)
+    args64 = (a.double().cpu() for a in (perm, lower, upper, diag))
+    assert_rounded_bf16(w_lu, ref.lu_weight(*args64), "lu_weight")

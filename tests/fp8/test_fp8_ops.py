@@ -533,3 +533,16 @@ def test_triton_gemm_gets_k_major_operands(monkeypatch, gen):
     got = ops.fp8_gemm(a_mn, xs, b_mn, ws, out_dtype=torch.float32, backend="triton")
     assert seen == [(1, 1)], seen
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not INTERPRETING, reason="interpreter only: the GPU's fp8 MMA accumulates with ~14 bits")
+@pytest.mark.parametrize("m", [32, 256], ids=["swap_ab", "plain"])
+def test_gemm_bf16_store_rounds_to_nearest(m):
+    """The FP8 GEMM stores its float32 tile rounded to nearest in bf16 under the interpreter too, as
+    the GPU's store does (kernels/_bf16.py; the interpreter's own store truncates): its products of
+    e4m3 values are exact in float32, so the output is the float64 reference rounded."""
+    from helpers import assert_rounded_bf16
+
+    q, s, wq, ws = _operands(m, 256, 256, 7)
+    y = ops.fp8_gemm(q, s, wq, ws, torch.bfloat16, backend="triton")
+    assert_rounded_bf16(y, ref.fp8_gemm(q, s, wq, ws), f"fp8_gemm M={m}")

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ATOL, assert_close_to_ref, backend_params
+from helpers import ATOL, assert_close_to_ref, backend_params, opcheck_registered
 
-import pygen
 from pygen import ops
 from pygen.ops import _registry
 from pygen.ref import made as ref
@@ -305,13 +304,7 @@ def _opcheck_args(name, dev):
 
 @pytest.mark.parametrize("name", [n for n in _registry.registered() if n.startswith(("masked_linear", "made_"))])
 def test_opcheck(name):
-    backend = name.rsplit("_", 1)[1]
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    ok, why = pygen.backend_status(backend, dev)
-    if not ok:
-        pytest.skip(why)
-    for args in _opcheck_args(name, dev):
-        torch.library.opcheck(_registry.get(name), args)
+    opcheck_registered(name, _opcheck_args)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)

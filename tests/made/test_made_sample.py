@@ -70,30 +70,10 @@ def test_persistent_sampler_matches_loop_and_reference(case, device, backend, ge
     noise = noise64.to(device=device, dtype=torch.float32)
     act = "tanh"
     with torch.no_grad():
-        got, got_params = ops.made_sample(
-            w,
-            b,
-            degs,
-            noise,
-            kind=kind,
-            activation=act,
-            context_terms=ctx,
-            backend=backend,
-            return_params=True,
-            persistent=True,
-        )
-        loop, loop_params = ops.made_sample(
-            w,
-            b,
-            degs,
-            noise,
-            kind=kind,
-            activation=act,
-            context_terms=ctx,
-            backend=backend,
-            return_params=True,
-            persistent=False,
-        )
+        # the persistent kernel, then the per-step loop, both on the same float32 network
+        kw = dict(kind=kind, activation=act, context_terms=ctx, backend=backend, return_params=True)
+        got, got_params = ops.made_sample(w, b, degs, noise, persistent=True, **kw)
+        loop, loop_params = ops.made_sample(w, b, degs, noise, persistent=False, **kw)
         want, want_params = ops.made_sample(
             w64,
             b64,

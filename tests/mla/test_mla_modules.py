@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers import ATOL, MODULE_BACKENDS, TRITON_SKIP, assert_close_to_ref
+from helpers import ATOL, MODULE_BACKENDS, TINY_MLA_DIMS, TRITON_SKIP, assert_close_to_ref
 
 from pygen.models.deepseek import DeepSeekV3Config
 from pygen.nn import _mla_absorb as absorb
@@ -26,17 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_config(**kw) -> DeepSeekV3Config:
     """DeepSeek-V3's latent dims (512 + 64, what the decode kernel takes) with 2 small heads."""
-    base = dict(
-        hidden_size=48,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        q_lora_rank=24,
-        kv_lora_rank=512,
-        qk_nope_head_dim=32,
-        qk_rope_head_dim=64,
-        v_head_dim=32,
-    )
-    base.update(kw)
+    base = {**TINY_MLA_DIMS, **kw}
     return DeepSeekV3Config.quick().__class__(**{**DeepSeekV3Config.quick().__dict__, **base})
 
 

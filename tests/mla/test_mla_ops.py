@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close_to_ref, backend_params
+from helpers import assert_close_to_ref, backend_params, opcheck_registered
 
 from pygen.ops import _registry, mla as ops
 from pygen.ref import mla as ref
@@ -313,15 +313,7 @@ def test_every_op_is_covered():
 
 @pytest.mark.parametrize("name", MLA_OPS)
 def test_opcheck(name):
-    import pygen
-
-    backend = name.rsplit("_", 1)[1]
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    ok, why = pygen.backend_status(backend, dev)
-    if not ok:
-        pytest.skip(why)
-    for args in _opcheck_args(name, dev):
-        torch.library.opcheck(_registry.get(name), args)
+    opcheck_registered(name, _opcheck_args)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
@@ -422,3 +414,49 @@ def test_prefill_fp32_gpu_tiles_match_reference(monkeypatch, gen):
     want = torch.autograd.grad((r_out * go).sum(), (q64, k64, v64))
     for nm, a, r in zip("qkv", got, want):
         assert_close_to_ref(a, r, atol=1e-4, what=f"fp32-tile d{nm}")
+
+
+def _interpreting() -> bool:
+    from pygen import _backend
+
+    return _backend.triton_interpreting()
+
+
+def test_merge_bf16_store_rounds_to_nearest(gen):
+    """merge_attn_states stores its float32 blend rounded to nearest in bf16, as the GPU does, under
+    the interpreter too (kernels/_bf16.py); elementwise float32 math, so it holds on a GPU as well."""
+    from helpers import assert_rounded_bf16
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    oa, ob = (torch.randn(6, 3, 40, generator=gen).to(dev, torch.bfloat16) for _ in range(2))
+    la, lb = (torch.randn(3, 6, generator=gen).to(dev) for _ in range(2))
+    out, _ = ops.merge_attn_states(oa, la, ob, lb, backend="triton")
+    r_out, _ = ref.merge_attn_states(*(t.double().cpu() for t in (oa, la, ob, lb)))
+    assert_rounded_bf16(out, r_out, "merge_attn_states")
+
+
+@pytest.mark.skipif(not _interpreting(), reason="interpreter only: on the GPU the bf16 MMAs quantise P and dS")
+def test_attention_bf16_stores_round_to_nearest(gen):
+    """Decode (one split, and split partials merged) and prefill forward / backward store their
+    float32 results rounded to nearest in bf16 under the interpreter, as the GPU's stores do: the
+    interpreter computes in float32 from the bf16 inputs, so the outputs are the float64 reference
+    rounded (kernels/_bf16.py; its own store truncates)."""
+    from helpers import assert_rounded_bf16
+
+    q, kv, bt, sl = ref.random_decode_problem((37, 20), 1, 16, 16, gen, dtype=torch.bfloat16)
+    r_out, _ = ref.mla_decode(q.double(), kv.double(), bt, sl)
+    for splits in (1, 3):
+        out, _ = ops.mla_decode(q, kv, bt, sl, num_splits=splits, backend="triton")
+        assert_rounded_bf16(out, r_out, f"mla_decode splits={splits}")
+    q, k, v, cq, ck = _prefill_problem((5, 40), (5, 50), 2, 192, 128, torch.bfloat16, "cpu", gen)
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    out, _ = ops.mla_prefill(q, k, v, cq, ck, causal=True, backend="triton")
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    r_out, _ = ref.mla_prefill(q64, k64, v64, cq, ck, causal=True)
+    assert_rounded_bf16(out, r_out, "mla_prefill out")
+    # dv = P^T dO (dq and dk also read the rounded out through delta = rowsum(dO * out), which the
+    # float64 reference does not round)
+    go = torch.randn(out.shape, generator=gen).to(torch.bfloat16)
+    (dv,) = torch.autograd.grad(out, (v,), go)
+    (r_dv,) = torch.autograd.grad(r_out, (v64,), go.double())
+    assert_rounded_bf16(dv, r_dv, "mla_prefill dv")

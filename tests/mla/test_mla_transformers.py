@@ -12,7 +12,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from helpers import MODULE_BACKENDS as BACKENDS, assert_close_to_ref  # noqa: E402 (after importorskip)
+from helpers import MODULE_BACKENDS as BACKENDS, TINY_MLA_DIMS, TRITON_SKIP, assert_close_to_ref  # noqa: E402 (after importorskip)
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402 (after importorskip)
 from transformers.cache_utils import DynamicCache  # noqa: E402 (after importorskip)
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf  # noqa: E402 (after importorskip)
@@ -39,18 +39,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def hf_config(**kw) -> DeepseekV3Config:
     base = dict(
+        TINY_MLA_DIMS,
         vocab_size=97,
-        hidden_size=48,
         intermediate_size=64,
         moe_intermediate_size=16,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        q_lora_rank=24,
-        kv_lora_rank=512,
-        qk_nope_head_dim=32,
-        qk_rope_head_dim=64,
-        v_head_dim=32,
         n_routed_experts=4,
         num_experts_per_tok=2,
         n_group=2,
@@ -237,6 +230,29 @@ def test_patched_model_compiles_fullgraph():
         assert_close_to_ref(compiled(ids).logits, stock, atol=2e-5, what="compiled patched logits")
 
 
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
+def test_patched_model_generate_compiles_fullgraph():
+    """generate() with the forward of a model patched with both swaps compiled with
+    fullgraph=True (prefill, then decode steps over transformers' DynamicCache) gives the stock
+    model's tokens, and the compiled forward its logits. The MoE runs on the Triton backend: the
+    reference fused_moe loops over the experts that received tokens (data-dependent, like
+    transformers' eager experts, which do not compile with fullgraph either)."""
+    import pygen.integrations.transformers_moe as tmoe
+
+    model = _model(seed=4)
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(5))
+    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        logits, tokens = model(ids).logits, model.generate(ids, **kw)
+    tm.patch_deepseek_attention(model, backend="reference")
+    assert tmoe.patch_deepseek_moe(model, backend="triton") == {"DeepseekV3MoE": 1}
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert_close_to_ref(model(ids).logits, logits, atol=2e-5, what="compiled patched logits")
+        assert torch.equal(model.generate(ids, **kw), tokens)
+
+
 def test_set_attn_implementation_after_a_swap_is_refused():
     """After the swap, transformers' set_attn_implementation would reconfigure modules that are
     gone: it raises a clear error instead (issue 13); the model still pickles, and an unpatched
@@ -250,5 +266,77 @@ def test_set_attn_implementation_after_a_swap_is_refused():
         model.set_attn_implementation("sdpa")
     buf = io.BytesIO()
     pickle.dump(model, buf)
+    buf.seek(0)
+    again = pickle.load(buf)  # the swapped module's class (typed as DeepseekV3Attention) is found by name
+    assert type(again.model.layers[0].self_attn) is type(model.model.layers[0].self_attn)
     assert "set_attn_implementation" not in type(model).__dict__
     _model().set_attn_implementation("sdpa")  # untouched
+
+
+@pytest.mark.parametrize("route", ["patch", "attn_implementation"])
+def test_output_attentions_like_eager(route):
+    """output_attentions=True returns eager's attention weights [b, H, q, k] per layer, in a
+    forward and in generate (decode steps over transformers' cache), through the module swap
+    and attn_implementation="pygen" (issue 13: both returned none); without the request the fast
+    path runs and nothing is returned. transformers installed its recording hooks in the stock
+    run, before the swap: they move to the new modules."""
+    model = _model(seed=2)
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(8))
+    gen_kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    with torch.no_grad():
+        want = model(ids, output_attentions=True)
+        want_gen = model.generate(ids, output_attentions=True, **gen_kw).attentions
+    assert len(want.attentions) == 2 and want.attentions[0].shape == (2, 2, 7, 7)
+    if route == "attn_implementation":
+        model.set_attn_implementation("pygen")
+    else:
+        tm.patch_deepseek_attention(model, backend="reference")
+        assert isinstance(model.model.layers[0].self_attn, hf.DeepseekV3Attention)  # what the recorder hooks
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # attn_implementation="pygen" warns once that it falls back
+        got = model(ids, output_attentions=True)
+        got_gen = model.generate(ids, output_attentions=True, **gen_kw).attentions
+        plain = model(ids)
+    assert_close_to_ref(got.logits, want.logits, atol=2e-5, what="logits")
+    assert len(got.attentions) == 2
+    for a, r in zip(got.attentions, want.attentions):
+        assert a.shape == r.shape
+        assert_close_to_ref(a, r, atol=2e-6, what="attention weights")
+    assert len(got_gen) == len(want_gen) == 2  # prompt step, one decode step
+    for step, (a_step, r_step) in enumerate(zip(got_gen, want_gen)):
+        for a, r in zip(a_step, r_step):
+            assert a.shape == r.shape == (2, 2, 7 if step == 0 else 1, 7 + step)
+            assert_close_to_ref(a, r, atol=2e-6, what=f"generate step {step} weights")
+    assert plain.attentions is None
+    if route != "attn_implementation":
+        assert model.model.layers[1].self_attn.last_path == "mla_prefill"  # fast path when not asked
+
+
+def test_output_attentions_recorder_installed_after_the_swap():
+    """transformers installs its recording hooks on the first run that asks for outputs: on a model
+    patched before that, it finds the swapped modules by their type. The config flag asks too
+    (transformers' rule)."""
+    stock, model = _model(seed=2), _model(seed=2)
+    ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(8))
+    tm.patch_deepseek_attention(model, backend="reference")
+    with torch.no_grad():
+        want = stock(ids, output_attentions=True).attentions
+        got = model(ids, output_attentions=True).attentions
+        model.config.output_attentions = True
+        from_config = model(ids).attentions
+    assert len(got) == len(from_config) == 2
+    for a, b, r in zip(got, from_config, want):
+        assert_close_to_ref(a, r, atol=2e-6, what="weights after the swap")
+        assert torch.equal(a, b)
+
+
+def test_output_attentions_refused_on_the_paged_cache():
+    from pygen.nn._mla_cache import PagedMLACache
+
+    cfg = hf_config()
+    m = MLA(cfg, 0, backend="reference")
+    cache = PagedMLACache(1, 4, page_size=4, kv_lora_rank=512, qk_rope_head_dim=64)
+    x = torch.randn(1, 3, 48)
+    pe = hf.DeepseekV3RotaryEmbedding(cfg)(x, torch.arange(3)[None])
+    with pytest.raises(ValueError, match="output_attentions"):
+        m(x, pe, None, cache, output_attentions=True)

@@ -15,15 +15,9 @@ exchanges are emulated by slicing must give the single-process expert output.
 
 from __future__ import annotations
 
-import datetime
-import os
-import tempfile
-import traceback
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import GROUPED_ROUTING, run_gloo_ranks
 from hypothesis import given, settings, strategies as st
 
 from pygen.nn._moe_ep import dispatch_plan, expert_partition, local_experts
@@ -31,14 +25,7 @@ from pygen.nn._moe_ep import dispatch_plan, expert_partition, local_experts
 SCENARIOS = {
     "grouped": dict(
         fields=dict(
-            hidden_size=12,
-            moe_intermediate_size=6,
-            n_routed_experts=8,
-            num_experts_per_tok=3,
-            n_group=4,
-            topk_group=2,
-            n_shared_experts=1,
-            routed_scaling_factor=2.5,
+            hidden_size=12, moe_intermediate_size=6, **GROUPED_ROUTING, n_shared_experts=1, routed_scaling_factor=2.5
         ),
         tokens=[5, 0, 8, 2],
     ),
@@ -134,36 +121,13 @@ def _run_scenario(name: str, rank: int, world: int, group) -> list[str]:
     return errs
 
 
-def _worker(rank: int, world: int, init_file: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
-    )
-    torch.set_num_threads(1)
-    errs: list[str] = []
-    try:
-        for name in SCENARIOS:
-            try:
-                errs += _run_scenario(name, rank, world, dist.group.WORLD)
-            except Exception:
-                # a rank that dies mid-collective would leave its peers waiting: report instead
-                errs.append(f"[{name} rank {rank}] raised:\n{traceback.format_exc()}")
-                raise
-    finally:
-        if errs:
-            raise AssertionError("\n".join(errs))
-        dist.destroy_process_group()
+def _run_all(rank: int, world: int, group) -> list[str]:
+    return [e for name in SCENARIOS for e in _run_scenario(name, rank, world, group)]
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ep_matches_single_process(world):
-    # forkserver: torch and pygen are imported once in the server, each rank is a cheap fork of
-    # it (spawn re-imported them per rank: 17 s instead of 5 s for 4 ranks on 2 loaded cores),
-    # and unlike a plain fork no rank inherits OpenMP state from the pytest process.
-    mp.set_forkserver_preload(["torch", "torch.distributed", "pygen.nn.moe", "pygen.nn._moe_ep"])
-    with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(
-            _worker, args=(world, os.path.join(d, "rendezvous")), nprocs=world, join=True, start_method="forkserver"
-        )
+    run_gloo_ranks(_run_all, world, ["pygen.nn.moe", "pygen.nn._moe_ep"])
 
 
 def test_expert_partition():

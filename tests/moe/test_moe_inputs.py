@@ -38,15 +38,14 @@ ROUTE_BAD = [
     ("router_logits", TypeError, dict(router_logits=torch.zeros(4, 16, dtype=torch.int64))),
     ("router_logits", ValueError, dict(router_logits=torch.zeros(16))),
     ("router_logits", ValueError, dict(router_logits=torch.zeros(4, 0))),
-    ("top_k", ValueError, dict(top_k=0)),
+    ("top_k", ValueError, dict(top_k=-1)),  # 0 is accepted (transformers runs it: no routed expert)
     ("top_k", ValueError, dict(top_k=17)),
     ("top_k", TypeError, dict(top_k=2.0)),
     ("top_k", TypeError, dict(top_k=True)),
     ("topk_group", ValueError, dict(n_group=4, topk_group=5)),
-    ("topk_group", ValueError, dict(n_group=4, topk_group=0)),
+    ("topk_group", ValueError, dict(n_group=4, topk_group=-1)),  # 0 is accepted: every expert masked
     ("n_group", ValueError, dict(n_group=3, topk_group=1)),
     ("n_group", ValueError, dict(n_group=0)),
-    ("top_k", ValueError, dict(top_k=5, n_group=4, topk_group=1)),  # only 4 eligible experts
     ("e_score_correction_bias", ValueError, dict(e_score_correction_bias=torch.zeros(15))),
     ("e_score_correction_bias", TypeError, dict(e_score_correction_bias=torch.zeros(16, dtype=torch.int32))),
     ("scoring", ValueError, dict(scoring="relu")),
@@ -63,6 +62,19 @@ def test_route_bad_input(no_launch, backend, arg, exc, kw):
     kw = {"backend": backend, **kw}
     with pytest.raises(exc, match=arg):
         _route(**kw)()
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu", "reference"])
+@pytest.mark.parametrize("top_k", [5, 16])
+def test_route_accepts_top_k_above_the_kept_groups(backend, top_k):
+    """Only 4 experts are in the kept group, as transformers' DeepseekV3 allows: no error, the
+    kept group's 4 experts first, then the lowest ids of the masked groups (pygen/ref/moe.py)."""
+    ids, w = moe_route(LOGITS, top_k, n_group=4, topk_group=1, backend=backend)
+    assert ids.shape == w.shape == (4, top_k)
+    for row, picked in enumerate(ids.tolist()):
+        g = picked[0] // 4
+        assert sorted(picked[:4]) == list(range(4 * g, 4 * g + 4))
+        assert picked[4:] == [x for x in range(16) if x // 4 != g][: top_k - 4], row
 
 
 IDS = torch.randint(0, 8, (5, 2))

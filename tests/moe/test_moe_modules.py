@@ -8,22 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_to_ref
+from helpers import GROUPED_ROUTING, assert_close_to_ref, route_kwargs
 
 from pygen import _backend
 from pygen.nn.moe import MoE, bias_update, expert_load, load_balance_stats
 from pygen.ref import moe as ref
 
-FIELDS = dict(
-    hidden_size=24,
-    moe_intermediate_size=8,
-    n_routed_experts=8,
-    num_experts_per_tok=3,
-    n_group=4,
-    topk_group=2,
-    n_shared_experts=2,
-    routed_scaling_factor=2.5,
-)
+FIELDS = dict(hidden_size=24, moe_intermediate_size=8, **GROUPED_ROUTING, n_shared_experts=2, routed_scaling_factor=2.5)
 
 _TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
 KERNEL_BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY))]
@@ -43,15 +34,9 @@ def _ref_forward(m: MoE, x: torch.Tensor) -> torch.Tensor:
     g = m.gate
     xf = x.reshape(-1, m.hidden_size)
     logits = xf @ g.weight.to(xf.dtype).t()
+    bias, norm, scale = g.e_score_correction_bias, g.norm_topk_prob, g.routed_scaling_factor
     ids, w = ref.moe_route(
-        logits,
-        g.top_k,
-        scoring=g.scoring_func,
-        e_score_correction_bias=g.e_score_correction_bias,
-        n_group=g.num_group,
-        topk_group=g.topk_group,
-        norm_topk_prob=g.norm_topk_prob,
-        routed_scaling_factor=g.routed_scaling_factor,
+        logits, g.top_k, **route_kwargs(g.num_group, g.topk_group, g.scoring_func, bias, norm, scale)
     )
     y = ref.fused_moe(xf, m.experts.gate_up_proj, m.experts.down_proj, w, ids, "silu")
     se = m.shared_experts
@@ -170,8 +155,8 @@ def test_zero_tokens():
     [
         (dict(n_routed_experts=10, n_group=4), "divisible by n_group"),
         (dict(topk_group=5), "topk_group"),
-        (dict(num_experts_per_tok=7, topk_group=2), "num_experts_per_tok"),
-        (dict(num_experts_per_tok=0), "num_experts_per_tok must be a positive int"),
+        (dict(num_experts_per_tok=9), "num_experts_per_tok"),  # more than the 8 experts (7 is fine)
+        (dict(num_experts_per_tok=-1), "num_experts_per_tok must be an int >= 0"),  # 0: transformers runs it
         (dict(hidden_act="relu"), "hidden_act"),
         (dict(scoring_func="softplus"), "scoring_func"),
         (dict(n_shared_experts=-1), "n_shared_experts"),

@@ -6,9 +6,11 @@ hypothesis fuzzing of routing ids and counts."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
-from helpers import assert_close_to_ref, backend_params
+from helpers import assert_close_to_ref, backend_params, route_kwargs, topk_ties_to_lower_index
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pygen import _backend
@@ -37,6 +39,13 @@ ROUTE_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, scale
     (5, 8, 2, 8, 4, "sigmoid", False, True, 1.0),  # one expert per group
     (3, 1, 1, 1, 1, "sigmoid", False, True, 1.0),  # a single expert
     (0, 16, 2, 4, 2, "sigmoid", True, True, 1.0),  # zero tokens
+    # top_k above the kept groups' experts (transformers accepts it): the rest are masked experts
+    (13, 8, 8, 2, 1, "sigmoid", True, True, 2.5),  # transformers' DeepseekV3 test config: all 8
+    (9, 12, 7, 4, 1, "softmax", True, True, 1.0),  # 3 kept + the 4 lowest masked ids
+    (7, 8, 6, 8, 2, "sigmoid", True, False, 1.5),  # one expert per group: 2 kept + 4 masked
+    (6, 16, 3, 4, 0, "sigmoid", True, True, 1.0),  # topk_group 0: every expert masked
+    (6, 16, 5, 1, 0, "softmax", False, True, 1.0),  # the same without groups
+    (6, 16, 0, 4, 2, "sigmoid", True, True, 1.0),  # top_k 0: [T, 0] outputs
 ]
 
 
@@ -47,14 +56,7 @@ def test_route_matches_reference(dev, backend, case):
     gen = _gen(t * 131 + e)
     logits = torch.randn(t, e, generator=gen).to(dev)
     bias = (torch.randn(e, generator=gen) * 0.1).to(dev) if has_bias else None
-    kw = dict(
-        scoring=scoring,
-        e_score_correction_bias=bias,
-        n_group=g,
-        topk_group=tg,
-        norm_topk_prob=norm,
-        routed_scaling_factor=scale,
-    )
+    kw = route_kwargs(g, tg, scoring, bias, norm, scale)
     ids, w = moe_route(logits, k, backend=backend, **kw)
     rid, rw = ref.moe_route(logits.double(), k, **kw)
     assert ids.dtype == torch.int32 and w.dtype == torch.float32 and ids.shape == (t, k)
@@ -118,40 +120,74 @@ def _hf_router(e, k, g, tg, scale, norm, hidden=16, seed=0):
     return r
 
 
+def _route_like(router, logits, dev="cpu", backend=None, tie_break=None):
+    """moe_route (or, with tie_break, the reference) with an HF router's config and bias."""
+    kw = dict(
+        e_score_correction_bias=router.e_score_correction_bias.to(dev),
+        n_group=router.num_group,
+        topk_group=router.topk_group,
+        norm_topk_prob=router.norm_topk_prob,
+        routed_scaling_factor=router.routed_scaling_factor,
+    )
+    if tie_break is not None:
+        return ref.moe_route(logits, router.top_k, tie_break=tie_break, **kw)
+    return moe_route(logits.to(dev), router.top_k, backend=backend, **kw)
+
+
+def _assert_same_routing(ids, w, hid, hw):
+    """HF returns ids unsorted (topk sorted=False): compare as sets, weights matched per id."""
+    hs, hi = hid.sort(1)
+    ps, pi = ids.cpu().long().sort(1)
+    assert torch.equal(hs, ps)
+    torch.testing.assert_close(w.cpu().gather(1, pi), hw.gather(1, hi), rtol=1e-6, atol=1e-7)
+
+
+HF_ROUTE_CONFIGS = [  # (E, top_k, n_group, topk_group, norm)
+    (64, 6, 8, 3, True),
+    (256, 8, 8, 4, True),  # DeepSeek-V3
+    (32, 4, 1, 1, False),
+    (8, 8, 2, 1, True),  # transformers' DeepseekV3 tests (helpers.TRANSFORMERS_TEST_ROUTING): 4 masked
+    (12, 12, 4, 1, False),  # every expert, 9 of them masked
+    (6, 6, 1, 0, True),  # topk_group 0: every expert masked (transformers runs it)
+    (16, 0, 4, 2, True),  # top_k 0: no routed expert (transformers runs it)
+]
+
+
 @pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
-@pytest.mark.parametrize("e,k,g,tg,norm", [(64, 6, 8, 3, True), (256, 8, 8, 4, True), (32, 4, 1, 1, False)])
+@pytest.mark.parametrize("e,k,g,tg,norm", HF_ROUTE_CONFIGS)
 def test_route_matches_transformers_deepseek_v3(dev, backend, e, k, g, tg, norm):
     router = _hf_router(e, k, g, tg, 2.5, norm)
     x = torch.randn(23, 16, generator=_gen(e))
     with torch.no_grad():
         logits, hw, hid = router(x)
-    ids, w = moe_route(
-        logits.to(dev),
-        k,
-        e_score_correction_bias=router.e_score_correction_bias.to(dev),
-        n_group=g,
-        topk_group=tg,
-        norm_topk_prob=norm,
-        routed_scaling_factor=2.5,
-        backend=backend,
-    )
-    # HF returns ids unsorted (topk sorted=False): compare as sets, weights matched per id
-    hs, hi = hid.sort(1)
-    ps, pi = ids.cpu().long().sort(1)
-    assert torch.equal(hs, ps)
-    torch.testing.assert_close(w.cpu().gather(1, pi), hw.gather(1, hi), rtol=1e-6, atol=1e-7)
+    ids, w = _route_like(router, logits, dev, backend)
+    _assert_same_routing(ids, w, hid, hw)
     # the "torch" tie rule of the reference reproduces HF bit for bit, order included
-    tid, tw = ref.moe_route(
-        logits,
-        k,
-        e_score_correction_bias=router.e_score_correction_bias,
-        n_group=g,
-        topk_group=tg,
-        norm_topk_prob=norm,
-        routed_scaling_factor=2.5,
-        tie_break="torch",
-    )
+    tid, tw = _route_like(router, logits, tie_break="torch")
     assert torch.equal(tid.long(), hid) and torch.equal(tw, hw)
+
+
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(per=st.integers(2, 6), g=st.integers(2, 5), data=st.data(), seed=st.integers(0, 2**16), norm=st.booleans())
+def test_route_masked_experts_match_transformers(dev, backend, per, g, data, seed, norm):
+    """top_k above the kept groups' experts, on random configs transformers accepts: it picks the
+    rest among the masked experts, all tied at -inf. Its CPU torch.topk breaks that tie in no fixed
+    way (the reference's tie_break="torch" replays it bit for bit); under the CUDA kernel's rule
+    (lower index first) transformers' own router equals every backend."""
+    e = per * g
+    tg = data.draw(st.integers(0, g - 1))
+    k = data.draw(st.integers(tg * per + 1, e))
+    router = _hf_router(e, k, g, tg, 1.0 + seed % 3, norm, seed=seed)
+    x = torch.randn(9, 16, generator=_gen(seed))
+    with torch.no_grad():
+        logits, hw, hid = router(x)
+        tid, tw = _route_like(router, logits, tie_break="torch")
+        assert torch.equal(tid.long(), hid) and torch.equal(tw, hw)
+        with mock.patch.object(torch, "topk", topk_ties_to_lower_index):
+            _, hw, hid = router(x)
+        ids, w = _route_like(router, logits, dev, backend)
+    _assert_same_routing(ids, w, hid, hw)
 
 
 def test_route_transformers_ties_same_scores():
@@ -188,8 +224,8 @@ def test_route_fuzz_cpu_vs_reference(t, per, g, data, seed, softmax, norm, ties)
     if not _backend.backend_status("cpu", "cpu")[0]:
         pytest.skip("cpu backend unavailable")
     e = per * g
-    tg = data.draw(st.integers(1, g))
-    k = data.draw(st.integers(1, tg * per if tg < g else e))
+    tg = data.draw(st.integers(0, g))  # 0: every expert masked
+    k = data.draw(st.integers(0, e))  # above tg * per too: the rest are masked experts
     gen = _gen(seed)
     logits = torch.randint(-2, 3, (t, e), generator=gen).float() if ties else torch.randn(t, e, generator=gen)
     bias = torch.randn(e, generator=gen) * 0.1 if seed % 3 else None
@@ -269,6 +305,10 @@ STREAM_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, tile
     (2, 96, 4, 32, 3, "softmax", True, True, 16, False),  # groups of 3 (padded to 4), 4 groups a tile
     (2, 300, 12, 1, 1, "softmax", True, False, 64, False),  # no group limit, E not a power of two
     (2, 128, 6, 1, 1, "softmax", False, True, 32, True),
+    # top_k above the kept groups' experts: masked picks across tiles and chunks
+    (2, 128, 36, 4, 1, "sigmoid", True, True, 16, False),  # 32 kept (two chunks) + 4 masked
+    (2, 96, 9, 32, 2, "softmax", True, True, 16, True),  # 6 kept + 3 masked, groups of 3
+    (2, 64, 5, 64, 2, "sigmoid", True, False, 16, False),  # one expert per group, 16 groups a tile
 ]
 
 
@@ -288,16 +328,7 @@ def test_route_streaming_kernel_matches_reference(case):
     ids = torch.empty(t, k, dtype=torch.int32)
     w = torch.empty(t, k)
     kmoe.route_fwd(logits, bias, ids, w, scoring, g, tg, norm, 1.5, tile=tile)
-    rid, rw = ref.moe_route(
-        logits.double(),
-        k,
-        scoring=scoring,
-        e_score_correction_bias=bias,
-        n_group=g,
-        topk_group=tg,
-        norm_topk_prob=norm,
-        routed_scaling_factor=1.5,
-    )
+    rid, rw = ref.moe_route(logits.double(), k, **route_kwargs(g, tg, scoring, bias, norm, 1.5))
     assert torch.equal(ids, rid)
     assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
 
@@ -719,3 +750,24 @@ def test_torch_compile_fullgraph():
     eo, en = layer(x, w1, w2)
     torch.testing.assert_close(out, eo)
     assert torch.equal(n, en)
+
+
+def test_unpermute_bf16_stores_round_to_nearest(gen):
+    """moe_unpermute's kernels store their float32 sums (forward, d permuted, d weights) rounded to
+    nearest in bf16, as the GPU does, under the interpreter too (kernels/_bf16.py)."""
+    from helpers import assert_rounded_bf16
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t, k, h = 12, 3, 40
+    y = torch.randn(t * k, h, generator=gen).to(dev, torch.bfloat16).requires_grad_()
+    w = torch.rand(t, k, generator=gen).to(dev, torch.bfloat16).requires_grad_()
+    slots = torch.randperm(t * k, generator=gen).to(dev, torch.int32)
+    out = moe_unpermute(y, slots, w, backend="triton")
+    y64, w64 = (a.detach().double().cpu().requires_grad_() for a in (y, w))
+    r_out = ref.moe_unpermute(y64, slots.cpu(), w64, t, k)
+    assert_rounded_bf16(out, r_out, "moe_unpermute")
+    g = torch.randn(t, h, generator=gen).to(dev, torch.bfloat16)
+    got = torch.autograd.grad(out, (y, w), g)
+    want = torch.autograd.grad(r_out, (y64, w64), g.double().cpu())
+    for name, a, b in zip(("d permuted", "d weights"), got, want):
+        assert_rounded_bf16(a, b, f"moe_unpermute {name}")

@@ -227,3 +227,30 @@ def test_functional_ops_are_fx_leaves(gen):
     rois = make_rois(6, 2, 10, 12, 0.5, gen)
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     torch.testing.assert_close(gm(x, rois, boxes), Head()(x, rois, boxes), rtol=0, atol=0)
+
+
+def test_scripting_a_parent_leaves_the_eager_modules_in_place(gen):
+    """torch.jit.script writes what ``__prepare_scriptable__`` returns back into the parent's
+    ``_modules``: the RoI modules must return themselves, or scripting a detector would swap a
+    validation-free scripted form into the eager model too."""
+    if not pygen.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the scripted modules call the cpu kernel op on CPU tensors")
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.align, self.pool = pnn.RoIAlign((2, 3), 0.5, 2), pnn.PSRoIPool(2, 0.5)
+            self.ms = pnn.MultiScaleRoIAlign(["p2"], 2, 2)
+
+        def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+            return self.align(x, rois).sum((1, 2, 3)) + self.pool(x, rois).sum((1, 2, 3))
+
+    head = Head()
+    kinds = [type(m) for m in head.children()]
+    s = torch.jit.script(head)
+    assert [type(m) for m in head.children()] == kinds
+    x = torch.randn(2, 8, 10, 12, generator=gen)
+    rois = make_rois(5, 2, 10, 12, 0.5, gen)
+    torch.testing.assert_close(s(x, rois), head(x, rois), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rois|boxes"):
+        head(x, rois[:, :4])  # the eager module still validates

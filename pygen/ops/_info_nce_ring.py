@@ -1,0 +1,199 @@
+"""InfoNCE over a torch.distributed process group (``pygen.ops.info_nce(..., group=g)``): the loss
+of the batch concatenated over the ranks (rank order), computed with a ring of key blocks so that
+no rank ever holds more than its own queries and two key blocks.
+
+Forward, rank r of W, own queries h = q_r / T [n_r, d] and keys k_r [m_r, d]: at step s = 0..W-1
+it holds the key block of rank src = (r - s) mod W, posts the send of that block to rank r + 1
+and the receive of rank r - 1's (overlapping the compute), and runs the streaming op on it with
+targets p - col0[src] (a positive outside the block is simply not found) and, for SimCLR, the
+excluded column i + row0[r] - col0[src] (the global self-similarity). The per-block statistics
+combine as lse = logaddexp over blocks, picked = sum over blocks.
+
+Backward: with the combined lse, each block's gradient is the op's backward on that block alone
+(p = exp(u - lse) is already the global softmax). The ring runs again; now each step also carries
+a float32 accumulator of the gradient of the block it holds: the rank adds its queries'
+contribution and passes block and accumulator on; after W steps one more shift brings every
+accumulator home, holding the key gradient from every rank's queries. Query gradients stay local.
+
+Every rank returns the global loss (a sum over ranks whose backward is the identity: each rank
+backpropagates its own rows, and the ring delivers the cross-rank terms), so calling backward on
+every rank gives each rank d(global loss) / d(own inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..ref import losses as ref
+from . import _info_nce, _registry
+from ._common_checks import checking_values
+
+NAME = _info_nce.NAME
+
+
+def _sizes(group, *counts: int, device) -> list[list[int]]:
+    """Every rank's ``counts`` (one all-gather of a few ints)."""
+    mine = torch.tensor(counts, dtype=torch.long, device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(every, mine, group=group)
+    return [t.tolist() for t in every]
+
+
+class _Ring:
+    """Shifts blocks one rank along the ring (to r + 1, from r - 1), asynchronously."""
+
+    def __init__(self, group):
+        self.group = group
+        self.world = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        self.rank = rank
+        self.next = dist.get_global_rank(group, (rank + 1) % self.world)
+        self.prev = dist.get_global_rank(group, (rank - 1) % self.world)
+
+    def shift(self, t: torch.Tensor, rows_in: int, tag: int = 0):
+        """Start sending ``t`` on and receiving the previous rank's ([rows_in, ...]); returns a
+        callable that waits and gives the received tensor. ``tag`` tells apart two shifts in flight."""
+        got = t.new_empty((rows_in, *t.shape[1:]))
+        # an empty block is not sent (gloo can stall on empty messages): both ends know its size
+        ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group, tag)] if t.numel() else []
+        if got.numel():
+            ops.append(dist.P2POp(dist.irecv, got, self.prev, self.group, tag))
+        works = dist.batch_isend_irecv(ops) if ops else []
+
+        def wait():
+            for w in works:
+                w.wait()
+            return got
+
+        return wait
+
+
+class _RingStats(torch.autograd.Function):
+    """(lse, picked) [n] of the local rows h against every rank's key block (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, h, k, targets, exclude_self, layout, ring, backend):
+        rows0, cols0, cols = layout
+        op = _registry.get(f"linear_logsumexp_{backend}")
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        lse = torch.full((h.shape[0],), float("-inf"), dtype=acc, device=h.device)
+        picked = torch.zeros_like(lse)
+        block = k.detach()
+        for step in range(ring.world):
+            src = (ring.rank - step) % ring.world
+            nxt = ring.shift(block, cols[(src - 1) % ring.world]) if step < ring.world - 1 else None
+            if cols[src]:  # a rank may hold no keys: its block adds nothing
+                off = rows0 - cols0[src] if exclude_self else None
+                lb, pb, _, _ = op(h, block, targets - cols0[src], None, 1.0, None, False, 0.0, off)
+                lse, picked = torch.logaddexp(lse, lb), picked + pb
+            if nxt is not None:
+                block = nxt()
+        ctx.save_for_backward(h, k, targets, lse)
+        ctx.setup = (exclude_self, layout, ring, backend)
+        return lse, picked
+
+    @staticmethod
+    def backward(ctx, g_lse, g_picked):
+        h, k, targets, lse = ctx.saved_tensors
+        exclude_self, (rows0, cols0, cols), ring, backend = ctx.setup
+        bwd = _registry.get(f"linear_logsumexp_backward_{backend}")
+        zeros = torch.zeros_like(lse)
+        g_lse = zeros if g_lse is None else g_lse
+        g_picked = zeros if g_picked is None else g_picked
+        need_h = ctx.needs_input_grad[0]
+        gh = torch.zeros(h.shape, dtype=lse.dtype, device=h.device) if need_h else None
+        block, acc = k.detach(), torch.zeros(k.shape, dtype=lse.dtype, device=k.device)
+        for step in range(ring.world):
+            src = (ring.rank - step) % ring.world
+            nxt = ring.shift(block, cols[(src - 1) % ring.world]) if step < ring.world - 1 else None
+            if cols[src]:
+                off = rows0 - cols0[src] if exclude_self else None
+                gh_b, gk_b, _ = bwd(h, block, targets - cols0[src], None, lse, zeros, g_lse, g_picked, zeros, zeros,
+                                    1.0, None, False, 0.0, off, need_h, True, False)  # fmt: skip
+                if need_h:
+                    gh += gh_b
+                acc += gk_b
+            if ring.world > 1:  # the accumulator follows its block; the last shift brings it home
+                acc = ring.shift(acc, cols[(src - 1) % ring.world], tag=1)()
+            if nxt is not None:
+                block = nxt()
+        return (gh.to(h.dtype) if need_h else None), acc.to(k.dtype), None, None, None, None, None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The all-reduced sum in the forward, the identity in the backward (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def _layout(sizes, rank: int, row: int, col: int):
+    """(row0 of this rank, col0 of every rank, cols of every rank) for the row / column counts at
+    positions ``row`` / ``col`` of each rank's sizes (0: queries, 1: keys)."""
+    cols = [s[col] for s in sizes]
+    cols0 = [sum(cols[:i]) for i in range(len(cols))]
+    return sum(s[row] for s in sizes[:rank]), cols0, cols
+
+
+def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: int, device) -> torch.Tensor:
+    """Indices into the concatenated keys; the default pairs each query with a key of its own rank."""
+    if positives is None:
+        return ref.info_nce_positives(n, simclr, device) + own_cols0
+    p = positives.long()
+    if n and checking_values(p) and bool(((p < 0) | (p >= total)).any()):
+        raise ValueError(f"{NAME}: positives holds {int(p[(p < 0) | (p >= total)][0])}, outside [0, {total}) "
+                         f"(the keys of every rank)")  # fmt: skip
+    return p
+
+
+def info_nce(queries, keys, temp, positives, queue, symmetric, normalize, batch_negatives, reduction, *, group,
+             backend):  # fmt: skip
+    """pygen.ops.info_nce with ``group`` (the arguments are checked there)."""
+    if backend not in ("cpu", "triton"):
+        raise ValueError(f"{NAME}: group= needs a kernel backend ('cpu' or 'triton'), got {backend!r}")
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError(f"{NAME}: group= needs torch.distributed to be initialised")
+    if symmetric and positives is not None:
+        raise ValueError(f"{NAME}: symmetric=True with group= supports the default positives (key i of each rank)")
+    if not batch_negatives and positives is not None:
+        raise ValueError(f"{NAME}: batch_negatives=False with group= supports the default positives")
+    simclr = keys is None
+    q = _info_nce.unit(queries, normalize)
+    k = q if simclr else _info_nce.unit(keys, normalize)
+    n = q.shape[0]
+    ring = _Ring(group)
+    sizes = _sizes(group, n, k.shape[0], device=q.device)
+    layout = _layout(sizes, ring.rank, 0, 1)
+    own_cols0 = layout[1][ring.rank]
+    p = _global_positives(positives, n, simclr, own_cols0, sum(layout[2]), q.device)
+    h = q / temp
+
+    def stats(h_, w, t, exclude):
+        if w is k and batch_negatives:  # the ring over every rank's key blocks
+            lse, picked = _RingStats.apply(h_, w, t, exclude is not None, layout, ring, backend)
+            return lse, picked, None, None
+        from .losses import _stats  # the local queue pass
+
+        return _stats(backend, h_, w, t, None, 1.0, None, False, 0.0, exclude)
+
+    rows = _info_nce.rows(stats, h, k, _info_nce.unit(queue, normalize), p - (0 if batch_negatives else own_cols0),
+                          simclr, batch_negatives, distributed=True)  # fmt: skip
+    if symmetric:  # keys as queries against the ring of every rank's queries; default pairing
+        back = _layout(sizes, ring.rank, 1, 0)
+        t = ref.info_nce_positives(n, False, q.device) + back[1][ring.rank]
+        lse, picked = _RingStats.apply(k / temp, q, t, False, back, ring, backend)
+        rows = (rows + lse - picked) / 2
+    if reduction == "none":
+        return rows.to(queries.dtype)
+    total = _SumOverRanks.apply(rows.sum(), group)
+    if reduction == "mean":
+        total = total / sum(s[0] for s in sizes)
+    return total.to(queries.dtype)

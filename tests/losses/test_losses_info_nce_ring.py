@@ -1,0 +1,104 @@
+"""info_nce over a process group (the ring of key blocks): 2 and 4 gloo processes on CPU must give
+the single-process loss of the concatenated batch (float64 reference) on every rank, and each
+rank's gradients must be its slice of the single-process gradients of queries, keys and queue
+(the queue is replicated: its gradient summed over ranks), and of a tensor temperature (summed).
+
+Scenarios (one spawn per world size, float64, cpu backend; uneven rows per rank, one rank empty):
+    clip     symmetric, a learned 0-dim temperature
+    simclr   keys=None (the global self-similarity excluded on the rank holding it; each rank's
+             batch is its own [x1; x2], the default positives)
+    moco     in-batch keys + a queue, explicit positives pointing at other ranks' keys, "sum"
+    moco_v2  batch_negatives=False + a queue; reduction "none" (each rank's own rows)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import run_gloo_ranks
+
+SIZES = {"clip": [3, 0, 5, 2], "simclr": [4, 2, 0, 6], "moco": [2, 3, 1, 4], "moco_v2": [3, 1, 2, 2]}
+D, QUEUE = 6, 7
+
+
+def _split(sizes: list[int], world: int) -> list[int]:
+    return sizes if world == 4 else [sizes[0] + sizes[1], sizes[2] + sizes[3]]
+
+
+def _problem(name: str, world: int):
+    sizes = _split(SIZES[name], world)
+    n = sum(sizes)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(n, D, generator=g, dtype=torch.float64)
+    k = torch.randn(n, D, generator=g, dtype=torch.float64) + 0.5 * q
+    queue = torch.randn(QUEUE, D, generator=g, dtype=torch.float64)
+    temp = torch.tensor(0.3, dtype=torch.float64)
+    opts = {
+        "clip": dict(symmetric=True),
+        "simclr": dict(),
+        "moco": dict(positives=torch.randperm(n, generator=g), queue=queue, reduction="sum"),
+        "moco_v2": dict(queue=queue, batch_negatives=False, reduction="none"),
+    }[name]
+    if name == "simclr":
+        k = None
+    return sizes, q, k, temp, opts
+
+
+def _rank_views(sizes: list[int]) -> torch.Tensor:
+    """SimCLR's default positives under a group: each rank's batch is its own [x1; x2]."""
+    from pygen.ref.losses import info_nce_positives
+
+    return torch.cat([info_nce_positives(n, True) + sum(sizes[:r]) for r, n in enumerate(sizes)])
+
+
+def _leaf(t):
+    return None if t is None else t.detach().clone().requires_grad_()
+
+
+def _run(name: str, rank: int, world: int, group) -> list[str]:
+    from pygen import ops
+    from pygen.ref import losses as ref
+
+    sizes, q, k, temp, opts = _problem(name, world)
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    queue = opts.pop("queue", None)
+    local = dict(opts, positives=opts["positives"][lo:hi] if "positives" in opts else None)
+    ql, kl, ul, tl = (_leaf(t) for t in (q[lo:hi], None if k is None else k[lo:hi], queue, temp))
+    got = ops.info_nce(ql, kl, temperature=tl, queue=ul, group=group, backend="cpu", **local)
+    qr, kr, ur, tr = (_leaf(t) for t in (q, k, queue, temp))
+    if k is None:
+        opts["positives"] = _rank_views(sizes)
+    want = ref.info_nce(qr, kr, temperature=tr, queue=ur, **opts)
+    per_row = opts.get("reduction") == "none"
+    # one projection of the global result: each rank backpropagates its own rows ("none") or
+    # the global scalar it holds (its backward is the identity; the ring adds the rest)
+    proj = torch.randn(want.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (got * (proj[lo:hi] if per_row else proj)).sum().backward()
+    (want * proj).sum().backward()
+    errs: list[str] = []
+
+    def check(what, a, b, tol=1e-10):
+        if a is None or a.shape != b.shape or not torch.allclose(a, b, atol=tol, rtol=tol):
+            err = "missing" if a is None else ((a - b).abs().max().item() if a.shape == b.shape else "shape")
+            errs.append(f"[{name} rank {rank}/{world}] {what}: max err {err}")
+
+    check("loss", got.detach(), (want[lo:hi] if per_row else want).detach())
+    check("d queries", ql.grad, qr.grad[lo:hi])
+    if k is not None:
+        check("d keys", kl.grad, kr.grad[lo:hi])
+    for what, mine, full in (("d queue", ul, ur), ("d temperature", tl, tr)):
+        if mine is not None:  # replicated on every rank: the sum over ranks is the gradient
+            total = mine.grad.clone()
+            dist.all_reduce(total, group=group)
+            check(f"{what} (summed over ranks)", total, full.grad)
+    return errs
+
+
+def _run_all(rank: int, world: int, group) -> list[str]:
+    return [e for name in SIZES for e in _run(name, rank, world, group)]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ring_matches_single_process(world):
+    run_gloo_ranks(_run_all, world, ["pygen.ops"])
