@@ -1,7 +1,9 @@
 """Benchmark definitions, one module per op family, installed as ``pygen.bench`` (package_dir
 mapping in setup.py). Each family module exposes ``FAMILY`` and ``cases(quick, device) -> list of
-pygen.tools.harness.Case``; ``pygen bench`` and the pytest-benchmark suite (test_bench_*.py) both
-read them from here. ``pygen bench`` appends its JSON lines outside the source tree by default
+pygen.tools.harness.Case``, and may expose ``report(quick, device) -> list of lines`` (figures
+that are not timings, printed under the family's table: the losses family's peak memory);
+``pygen bench`` and the pytest-benchmark suite (test_bench_*.py) both read them from here.
+``pygen bench`` appends its JSON lines outside the source tree by default
 (``$PYGEN_RESULTS_DIR/<device>/``, else ``~/.cache/pygen/bench/<device>/``); ``results/<device>/<family>.jsonl``
 here holds only deliberate, committed runs (``pygen bench --results-dir bench/results/<device>``).
 """

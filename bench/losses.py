@@ -265,6 +265,26 @@ def peak_extra_bytes(
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def report(quick: bool, device) -> list[str]:
+    """``pygen bench losses``'s memory lines (CPU only: the figure is the child process's peak RSS):
+    linear_cross_entropy at the run's shape and SimCLR info_nce, each against its eager path."""
+    if torch.device(device).type != "cpu":
+        return ["memory: measured on CPU only (python -m pygen.bench.losses --memory); GPU: not yet"]
+    s, n = (QUICK, 1024) if quick else (CPU, 4096)
+    mib, lines = 2**20, []
+    for op, (a, b, c), what in (
+        ("linear_cross_entropy", (s["N"], s["H"], s["V"]), f"N={s['N']} H={s['H']} V={s['V']}"),
+        ("info_nce", (n, 512, 1), f"SimCLR N={n} d=512"),
+    ):
+        r = {impl: peak_extra_bytes(a, b, c, impl, op=op) for impl in ("eager", "cpu")}
+        lines.append(
+            f"memory {op} {what} float32 fwd+bwd, peak extra RSS: pygen:cpu {r['cpu']['peak_extra'] / mib:.1f} MiB, "
+            f"eager {r['eager']['peak_extra'] / mib:.1f} MiB (both include the {r['cpu']['grads'] / mib:.1f} MiB of "
+            f"gradients returned)"
+        )
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--memory", action="store_true", help="measure peak extra memory (CPU, child processes)")

@@ -583,6 +583,10 @@ def _run_bench(args, plan, opts, meta, old_handlers):
                 args,
                 partial=stop is not None,
             )
+            report = getattr(H.load_bench_package().load(fam), "report", None)
+            if report is not None and stop is None:
+                for line in report(plan["shapes"] == "quick", device):
+                    _print(line)
     finally:
         if progress:
             progress.close()

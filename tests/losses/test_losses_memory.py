@@ -1,0 +1,32 @@
+"""The losses family's memory claim, measured as `pygen bench losses` reports it (bench/losses.py:
+peak extra RSS of one forward+backward in a fresh child process): the streaming paths hold no
+[N, V] logits or [N, N] similarities, the eager compositions do. Not a timing."""
+
+from __future__ import annotations
+
+from bench import losses as B
+
+
+def test_linear_cross_entropy_holds_no_logits():
+    n, h, v = 2048, 256, 8192  # logits 64 MiB: large next to the chunks (2 MiB) and gradients
+    eager = B.peak_extra_bytes(n, h, v, "eager")
+    ours = B.peak_extra_bytes(n, h, v, "cpu")
+    logits = n * v * 4
+    # eager keeps the logits and their gradient alive at the peak; the chunked path neither
+    assert eager["peak_extra"] >= eager["grads"] + logits
+    assert ours["peak_extra"] < ours["grads"] + logits / 4, (ours, logits)
+
+
+def test_info_nce_holds_no_similarity_matrix():
+    n = 8192  # similarities 256 MiB; the streaming path's working set grows with N, not N^2
+    eager = B.peak_extra_bytes(n, 512, 1, "eager", op="info_nce")
+    ours = B.peak_extra_bytes(n, 512, 1, "cpu", op="info_nce")
+    sims = n * n * 4
+    assert eager["peak_extra"] >= sims
+    assert ours["peak_extra"] < ours["grads"] + sims / 2, (ours, sims)
+
+
+def test_bench_report_lines():
+    lines = B.report(True, "cpu")
+    assert [ln.split()[1] for ln in lines] == ["linear_cross_entropy", "info_nce"]
+    assert all("pygen:cpu" in ln and "eager" in ln for ln in lines)
