@@ -46,20 +46,32 @@ def cuda():
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.int32: 4, torch.int64: 5}
 
 
-def _module_and_ctx(fn: str, device: torch.device):
-    """``fn`` of the compiled module for ``device`` and the ctx it takes last: pygen._cuda's with
-    [device index, current stream], or pygen._C's with [torch's thread count] (so both OpenMP
-    pools agree). RuntimeError when the module is missing or has no ``fn``."""
-    if device.type not in ("cpu", "cuda"):
-        raise RuntimeError(f"{fn}: pygen's native kernels run on cpu or cuda tensors, not {device.type}")
-    name = "_C" if device.type == "cpu" else "_cuda"
+# (function name, device type) -> the pybind11 function: looked up once (a launch is µs-scale on
+# small CPU problems, where a module lookup and getattr per call showed in `pygen bench --quick`)
+_KERNELS: dict[tuple[str, str], object] = {}
+
+
+def _find_kernel(fn: str, device_type: str):
+    if device_type not in ("cpu", "cuda"):
+        raise RuntimeError(f"{fn}: pygen's native kernels run on cpu or cuda tensors, not {device_type}")
+    name = "_C" if device_type == "cpu" else "_cuda"
     mod = load(name)
     if mod is None:
         raise RuntimeError(f"pygen.{name} is not available: {load_error(name)}")
     kernel = getattr(mod, fn, None)
     if kernel is None:
-        raise RuntimeError(f"{fn}: pygen.{name} has no such kernel (not built for {device.type} tensors)")
-    if name == "_C":
+        raise RuntimeError(f"{fn}: pygen.{name} has no such kernel (not built for {device_type} tensors)")
+    return kernel
+
+
+def _module_and_ctx(fn: str, device: torch.device):
+    """``fn`` of the compiled module for ``device`` and the ctx it takes last: pygen._cuda's with
+    [device index, current stream], or pygen._C's with [torch's thread count] (so both OpenMP
+    pools agree). RuntimeError when the module is missing or has no ``fn``."""
+    kernel = _KERNELS.get((fn, device.type))
+    if kernel is None:
+        kernel = _KERNELS[fn, device.type] = _find_kernel(fn, device.type)
+    if device.type == "cpu":
         return kernel, [torch.get_num_threads()]
     index = device.index if device.index is not None else torch.cuda.current_device()
     return kernel, [index, torch.cuda.current_stream(index).cuda_stream]

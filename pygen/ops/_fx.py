@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch.fx
+from torch.fx import _symbolic_trace
 
 F = TypeVar("F", bound=Callable)
 
@@ -35,9 +36,18 @@ def _first_proxy(values) -> torch.fx.Proxy | None:
     return None
 
 
+def _tracing() -> bool:
+    """torch.fx's "a symbolic trace is running" flag (set by symbolic_trace, torch.export too), read
+    as an attribute: the scan below costs ~1 µs a call, the flag ~0.05 µs, and the ops are µs-scale
+    on small CPU problems. A torch without the attribute gets the scan on every call."""
+    return getattr(_symbolic_trace, "_is_fx_tracing_flag", True)
+
+
 def fx_leaf(fn: F) -> F:
     @functools.wraps(fn)
     def op(*args, **kwargs):
+        if not _tracing():
+            return fn(*args, **kwargs)
         proxy = _first_proxy(args)
         if proxy is None:  # (not ``or``: a Proxy has no truth value)
             proxy = _first_proxy(kwargs.values())
