@@ -81,9 +81,12 @@ def causal_lm_loss(
     from ..ops.losses import linear_cross_entropy
 
     reduction = "mean" if num_items_in_batch is None else "sum"
+    # transformers upcasts the logits to float32 before its loss: reduce in float32 (float64 for a
+    # float64 model), not in a bf16 model's bf16 (which rounded the loss by up to half a bf16 ulp)
+    wide = torch.float64 if h.dtype == torch.float64 else torch.float32
     loss = linear_cross_entropy(
         h, head.weight, targets, head.bias, ignore_index=ignore_index, reduction=reduction, softcap=softcap,
-        backend=backend,
+        dtype=wide, backend=backend,
     )  # fmt: skip
     if num_items_in_batch is not None:
         # divided before the float32 cast: a float64 model's gradients keep float64's 1 / count

@@ -84,6 +84,15 @@ def softcap_value(name: str, v) -> float | None:
     return None if v is None else in_range(name, v, "softcap", 0.0, open_lo=True)
 
 
+def float_dtype(name: str, v, what: str) -> torch.dtype | None:
+    """None, or a floating torch.dtype (an output dtype)."""
+    if v is None:
+        return None
+    if not isinstance(v, torch.dtype) or not v.is_floating_point:
+        raise TypeError(f"{name}: {what} must be None or a floating torch.dtype, got {v!r}")
+    return v
+
+
 def filter_eps_value(name: str, v, dtype: torch.dtype) -> float:
     """The gradient filter's threshold: "auto" (cut-cross-entropy's rule, finfo(dtype).eps / 32),
     a float >= 0, or None / 0 (off)."""

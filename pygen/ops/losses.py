@@ -183,6 +183,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     return_lse: bool = False,
     filter_eps: float | str | None = "auto",
+    dtype: torch.dtype | None = None,
     backend: str | None = None,
 ):
     """``F.cross_entropy(hidden @ weight.T + bias, targets, ignore_index=, reduction=,
@@ -190,8 +191,10 @@ def linear_cross_entropy(
     (PaLM / Liger) and Gemma 2 soft-capping ``softcap * tanh(logits / softcap)`` before the softmax.
 
     hidden [*, H], weight [V, H] (nn.Linear's layout), bias [V] or None, all one float dtype;
-    targets [*] int64 / int32 in [0, V) or ``ignore_index``. Returns the loss in hidden's dtype
-    ("none": shaped like targets, 0 on ignored rows; "mean" over the valid rows, NaN when there are
+    targets [*] int64 / int32 in [0, V) or ``ignore_index``. Returns the loss in hidden's dtype, or
+    in ``dtype`` (a floating dtype, as torch.sum's: the rows are reduced in float32 / float64 and
+    cast once; transformers' loss upcasts bf16 logits to float32, pygen.patch.patch_transformers_loss
+    asks for float32) ("none": shaped like targets, 0 on ignored rows; "mean" over the valid rows, NaN when there are
     none); with ``return_lse`` also lse float32 [*] (float64 for float64 input), differentiable.
     ``filter_eps``: the backward's gradient filter (module docstring). Targets are checked on the
     host (one sync) unless value checks are off (pygen.value_checks)."""
@@ -205,18 +208,19 @@ def linear_cross_entropy(
     cap = chk.softcap_value(name, softcap)
     chk.flag(name, return_lse, "return_lse")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
+    out_dtype = chk.float_dtype(name, dtype, "dtype") or hidden.dtype
     b = _pick(name, hidden, backend)
     if b == "reference":
         return ref.linear_cross_entropy(
             hidden, weight, targets, bias, ignore_index=ignore, reduction=reduction, label_smoothing=eps,
-            z_loss=zl, softcap=cap, return_lse=return_lse,
+            z_loss=zl, softcap=cap, return_lse=return_lse, dtype=out_dtype,
         )  # fmt: skip
     # label smoothing makes every logit's gradient at least eps / V: nothing to filter
     lse, picked, sum_u, _ = _stats(b, hidden, weight, targets, bias, 1.0, cap, False, 0.0 if eps else feps)
     t = targets.reshape(-1)
     valid = ref.valid_rows(t, ignore, vocab)
     rows = ref.cross_entropy_rows(lse, picked, sum_u, valid, vocab, eps, zl)
-    loss = ref.reduce_rows(rows, valid, reduction, hidden.dtype)
+    loss = ref.reduce_rows(rows, valid, reduction, out_dtype)
     if reduction == "none":
         loss = loss.reshape(targets.shape)
     return (loss, lse.reshape(targets.shape)) if return_lse else loss

@@ -127,8 +127,9 @@ def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str, dtype: 
 
 
 def linear_cross_entropy(hidden, weight, targets, bias=None, *, ignore_index=-100, reduction="mean",
-                         label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False, eager=False):  # fmt: skip
-    """Cross-entropy of the LM head (module docstring); the loss has hidden's dtype. ``eager``:
+                         label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False, eager=False,
+                         dtype=None):  # fmt: skip
+    """Cross-entropy of the LM head (module docstring); the loss has ``dtype`` (default hidden's). ``eager``:
     the composition a user would otherwise write instead (F.linear, the soft-cap, F.cross_entropy,
     torch.logsumexp, all in hidden's dtype), which holds the [N, V] logits and, under autograd,
     their gradient: the tests' same-dtype baseline and the benchmark's."""
@@ -141,7 +142,7 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, ignore_index=-10
         lse, picked, sum_u, _ = row_stats(u, t)
         valid = valid_rows(t, ignore_index, u.shape[1])
         rows = cross_entropy_rows(lse, picked, sum_u, valid, u.shape[1], label_smoothing, z_loss)
-        loss = reduce_rows(rows, valid, reduction, hidden.dtype)
+        loss = reduce_rows(rows, valid, reduction, dtype or hidden.dtype)
     if reduction == "none":
         loss = loss.reshape(targets.shape)
     if return_lse:

@@ -131,6 +131,24 @@ def test_linear_cross_entropy_dtypes(device, backend, gen):
         _check_ce(backend, device, dtype, 29, 48, 130, {"label_smoothing": 0.1, "z_loss": 1e-3}, gen)
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_linear_cross_entropy_out_dtype(device, backend, gen):
+    """``dtype=``: the rows are reduced in float32 and cast once (as torch.sum(dtype=)), so a bf16
+    input's loss is its float32 loss, not that loss rounded to bf16; gradients stay in the input's
+    dtype."""
+    h, w, b, t = _problem(33, 40, 150, torch.bfloat16, device, gen, bias=True)
+    h.requires_grad_()
+    for reduction in ("mean", "sum", "none"):
+        wide = ops.linear_cross_entropy(h, w, t, b, reduction=reduction, dtype=torch.float32, backend=backend)
+        narrow = ops.linear_cross_entropy(h, w, t, b, reduction=reduction, backend=backend)
+        assert wide.dtype == torch.float32 and narrow.dtype == torch.bfloat16
+        torch.testing.assert_close(wide.to(torch.bfloat16), narrow, rtol=0, atol=0)
+        want = ref.linear_cross_entropy(*_d64(h.detach(), w, b)[:2], t.cpu(), _d64(h, w, b)[2], reduction=reduction)
+        torch.testing.assert_close(wide.cpu().double(), want, rtol=2e-6, atol=2e-6)
+    (g,) = torch.autograd.grad(wide.sum(), h)
+    assert g.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_many_vocabulary_chunks(device, backend, gen, monkeypatch):
     """Several cpu chunks (ragged last one) / several Triton splits and vocabulary tiles."""

@@ -234,3 +234,22 @@ def test_changed_loss_function_runs_the_stock_forward():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once
         model(input_ids=ids, labels=labels)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_model_loss_is_reduced_in_float32(kind):
+    """A bf16 model: transformers upcasts its bf16 logits to float32 before the loss; the patched
+    loss is reduced in float32 too (linear_cross_entropy(dtype=float32)), not rounded to bf16 (up to
+    half a bf16 ulp, 0.016 at a loss of 4), so it is as close to the float64 oracle as the stock
+    float32 loss is, by the same-dtype rule."""
+    stock = build(kind, torch.bfloat16)
+    patched = copy.deepcopy(stock)
+    pygen.patch.patch_transformers_loss(patched, backend="cpu")
+    model64 = copy.deepcopy(stock).double()
+    ids, labels = batch()
+    with torch.no_grad():
+        out, ref = patched(input_ids=ids, labels=labels), stock(input_ids=ids, labels=labels)
+        want = oracle_loss(model64, ids, labels)
+    assert out.loss.dtype == torch.float32
+    assert out.loss.item() != out.loss.to(torch.bfloat16).item()  # not rounded to bf16 (fixed seeds)
+    assert_close_to_ref(out.loss, want, ref.loss, atol=1e-3, what="loss")
