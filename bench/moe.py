@@ -472,7 +472,7 @@ def _hf_layer(impl: str, s: MoEShape):
         import transformers
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-        from pygen.integrations.transformers_moe import _adopt_tensors
+        from pygen.integrations._patched import adopt_tensors
 
         cfg = transformers.DeepseekV3Config(**_layer_fields(s), experts_implementation=impl)
         cache: dict[int, torch.nn.Module] = {}
@@ -482,7 +482,7 @@ def _hf_layer(impl: str, s: MoEShape):
             if hf is None:  # the same weight tensors as the pygen layer (no copy)
                 with torch.device("meta"):
                     hf = DeepseekV3MoE(cfg)
-                _adopt_tensors(hf, I.layer)
+                adopt_tensors(hf, I.layer)
                 hf.config._experts_implementation = impl
                 cache.clear()
                 cache[id(I.layer)] = hf

@@ -79,7 +79,8 @@ def fwd_splits(n: int, v: int, dtype: torch.dtype, is_cuda: bool) -> int:
     return triton.cdiv(tiles, per)
 
 
-def _common(hidden, weight, bias, scale, softcap):
+def _common(hidden, weight, bias, scale, softcap, cfg: Config):
+    """The launch arguments the forward and backward kernels share (shapes, epilogue, tiles)."""
     return dict(
         N=hidden.shape[0],
         V=weight.shape[0],
@@ -92,6 +93,11 @@ def _common(hidden, weight, bias, scale, softcap):
         SOFTCAP=softcap is not None,
         UPCAST=_interpreting(),
         PRECISION=_precision(hidden.dtype),
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_H=cfg.block_h,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
 
@@ -119,12 +125,7 @@ def linear_ce_fwd(hidden, weight, bias, targets, part, scale, softcap, entropy, 
         exclude_offset=int(exclude or 0),
         ENTROPY=bool(entropy),
         EXCLUDE=exclude is not None,
-        BLOCK_N=cfg.block_n,
-        BLOCK_V=cfg.block_v,
-        BLOCK_H=cfg.block_h,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **_common(hidden, weight, bias, scale, softcap),
+        **_common(hidden, weight, bias, scale, softcap, cfg),
     )
 
 
@@ -158,12 +159,7 @@ def linear_ce_bwd(
         NEED_H=grad_h is not None,
         NEED_W=grad_w is not None,
         NEED_B=grad_b is not None,
-        BLOCK_N=cfg.block_n,
-        BLOCK_V=cfg.block_v,
-        BLOCK_H=cfg.block_h,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **_common(hidden, weight, bias, scale, softcap),
+        **_common(hidden, weight, bias, scale, softcap, cfg),
     )
 
 

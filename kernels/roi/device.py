@@ -434,7 +434,7 @@ def _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_
     bins mask the excess (a RoI of no valid image gets no rows)."""
     bf, x1, y1, x2, y2 = _roi_row(rois, k, k >= 0, DT)
     b, ok = _batch(bf, N)
-    scale64 = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+    scale64 = _scale(scale_hi, scale_lo, tl.float64)
     w_start, w_len = _int_box(x1, x2, scale64, PLUS_ONE)
     h_start, h_len = _int_box(y1, y2, scale64, PLUS_ONE)
     i = p // PW
@@ -444,6 +444,34 @@ def _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_
     max_h = tl.where(ok, tl.max(tl.where(pmask, he - hs, 0), axis=0), 0)
     max_w = tl.max(tl.where(pmask, we - ws, 0), axis=0)
     return b, hs, he, ws, we, max_h, max_w
+
+
+@triton.jit
+def _int_pool_program(
+    rois, N, H, W, scale_hi, scale_lo, PH, PW, PLUS_ONE, DT, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    """What a (RoI k = program 0, channel block x bin block = program 1) program of roi_pool /
+    ps_roi_pool knows before its pixel loops: (k, bins P, channels c, bins p, p < P,
+    _int_pool_bins' tuple)."""
+    k = tl.program_id(0)
+    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
+    pmask = p < P
+    return k, P, c, p, pmask, _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_ONE, DT)
+
+
+@triton.jit
+def _bin_area(hs, he, ws, we, DT: tl.constexpr):
+    # ps_roi_pool's divisor: the pixels of bin [hs, he) x [ws, we), an empty bin counting 1
+    return tl.maximum((he - hs) * (we - ws), 1).to(DT)
+
+
+@triton.jit
+def _ps_lanes(c, PH, PW):
+    """Input channel c of a position-sensitive op -> (output channel, bin row, bin column)."""
+    co = c // (PH * PW)
+    rem = c - co * (PH * PW)
+    ci = rem // PW
+    return co, ci, rem - ci * PW
 
 
 @triton.jit

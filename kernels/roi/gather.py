@@ -17,12 +17,14 @@ from .device import (
     _align_geometry,
     _axis_weights,
     _batch,
+    _bin_area,
     _bin_steps,
     _fpn_level,
     _int_bins,
     _int_box,
     _level_of_tile,
     _overlaps,
+    _ps_lanes,
     _roi_row,
     _sample_origins,
     _scale,
@@ -140,10 +142,7 @@ def _align_gather(
     tx0f = tx0.to(DT)
     ftile = (ty0f, tx0f, rows, cols)
     if PS:
-        co = c // (PH * PW)
-        rem = c - co * (PH * PW)
-        ci = rem // PW
-        lanes = (co, ci, rem - ci * PW)  # input channel -> (output channel, bin row, bin column)
+        lanes = _ps_lanes(c, PH, PW)
     for kb in range(0, K, ROI_BLOCK):
         kk, box, hit = _image_rois(rois, kb, K, N, n, ROI_BLOCK, DT)
         if MULTI_LEVEL:
@@ -378,13 +377,10 @@ def _ps_roi_pool_bwd_gather_kernel(
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     n, c, tile = _gather_program(N, C_in, BLOCK_C)
-    P = PH * PW
-    co = c // P  # lane -> (output channel, bin row, bin column), once per program
-    ci = (c - co * P) // PW
-    cj = c - co * P - ci * PW
-    cmask = c < C * P
+    co, ci, cj = _ps_lanes(c, PH, PW)  # once per program
+    cmask = c < C * PH * PW
     ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
-    scale64 = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+    scale64 = _scale(scale_hi, scale_lo, tl.float64)
     rois = (rois_ptr, roi_stride, roi_stride_f)
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     for kb in range(0, K, ROI_BLOCK):
@@ -401,7 +397,7 @@ def _ps_roi_pool_bwd_gather_kernel(
             sh0, shl = _int_box(sy1, sy2, scale64, 0)
             hs, he = _int_bins(ci, PH, sh0, shl, H)  # every lane has its own bin (ci, cj)
             ws, we = _int_bins(cj, PW, sw0, swl, W)
-            area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
+            area = _bin_area(hs, he, ws, we, DT)
             g = (
                 tl.load(
                     grad_out_ptr + r.to(tl.int64) * go_s0 + co * go_s1 + ci * go_s2 + cj * go_s3, mask=cmask, other=0.0

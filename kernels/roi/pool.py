@@ -7,7 +7,7 @@ kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
 import triton
 import triton.language as tl
 
-from .device import _batch, _channel_bin_tile, _int_pool_bins, _load_bins, _store_out, _tile_zeros
+from .device import _batch, _bin_area, _channel_bin_tile, _int_pool_program, _load_bins, _store_out, _tile_zeros
 
 
 @triton.jit
@@ -44,12 +44,10 @@ def _roi_pool_fwd_kernel(
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
-    k = tl.program_id(0)
-    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
-    cmask = c < C
-    pmask = p < P
     rois = (rois_ptr, roi_stride, roi_stride_f)
-    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 1, DT)
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 1, DT, BLOCK_C, BLOCK_P)
+    b, hs, he, ws, we, max_h, max_w = bins
+    cmask = c < C
     feat = input_ptr + b.to(tl.int64) * stride_n + tl.expand_dims(c * stride_c, 1 - C_FAST)
     cm2 = tl.expand_dims(cmask, 1 - C_FAST)
     best = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")
@@ -133,12 +131,10 @@ def _ps_roi_pool_fwd_kernel(
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
-    k = tl.program_id(0)
-    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
-    cmask = c < C
-    pmask = p < P
     rois = (rois_ptr, roi_stride, roi_stride_f)
-    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 0, DT)
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 0, DT, BLOCK_C, BLOCK_P)
+    b, hs, he, ws, we, max_h, max_w = bins
+    cmask = c < C
     feat = input_ptr + b.to(tl.int64) * stride_n + (c * P * stride_c)[:, None] + (p * stride_c)[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_P], DT)
     for dy in range(max_h):
@@ -146,7 +142,7 @@ def _ps_roi_pool_fwd_kernel(
             y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
             inside = cmask[:, None] & in_bin[None, :]
             acc += tl.load(feat + (y * stride_h + x * stride_w)[None, :], mask=inside, other=0.0).to(DT)
-    area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
+    area = _bin_area(hs, he, ws, we, DT)
     off = k.to(tl.int64) * C * P + (c * P)[:, None] + p[None, :]
     _store_out(out_ptr + off, acc / area[None, :], cmask[:, None] & pmask[None, :])
 
@@ -175,13 +171,11 @@ def _ps_roi_pool_bwd_kernel(
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
-    k = tl.program_id(0)
-    P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
-    cmask = c < C
-    pmask = p < P
     rois = (rois_ptr, roi_stride, roi_stride_f)
-    b, hs, he, ws, we, max_h, max_w = _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, 0, DT)
-    area = tl.maximum((he - hs) * (we - ws), 1).to(DT)
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 0, DT, BLOCK_C, BLOCK_P)
+    b, hs, he, ws, we, max_h, max_w = bins
+    cmask = c < C
+    area = _bin_area(hs, he, ws, we, DT)
     go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     g = _load_bins(go, k, c, p, PW, cmask[:, None] & pmask[None, :], 0.0).to(DT) / area[None, :]
     base = grad_in_ptr + b.to(tl.int64) * C_in * H * W + (c * P * H * W)[:, None] + (p * H * W)[None, :]

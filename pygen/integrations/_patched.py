@@ -96,6 +96,23 @@ def take_hooks(new: nn.Module, old: nn.Module) -> None:
             dst.update(src)
 
 
+def adopt_tensors(new: nn.Module, old: nn.Module) -> None:
+    """Make ``new`` hold ``old``'s very Parameter and buffer objects (same names), so optimizers
+    and tied references built before the swap keep working."""
+    want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in old.state_dict().items()}
+    if want != have:
+        raise RuntimeError(f"{type(new).__name__} state_dict {want} does not match {type(old).__name__}'s {have}")
+    for name, p in old.named_parameters():
+        mod_name, _, leaf = name.rpartition(".")
+        setattr(new.get_submodule(mod_name), leaf, p)
+    for name, b in old.named_buffers():
+        mod_name, _, leaf = name.rpartition(".")
+        target = new.get_submodule(mod_name)
+        if leaf in target._buffers:
+            target._buffers[leaf] = b
+
+
 class InitWeightsAfterSwap:
     """Stands in for ``model._init_weights`` on a transformers model holding swapped pygen modules.
 

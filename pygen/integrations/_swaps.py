@@ -1,6 +1,6 @@
-"""What the nflows and zuko module swaps share: the (parent, name, child) walk they replace children
-in, and the one warning that names the modules a patcher kept because pygen's counterpart computes
-something else."""
+"""What pygen's module swaps share: the (parent, name, child) walk they replace children in (nflows,
+zuko, transformers' DeepSeek attention and MoE), and the nflows and zuko swaps' one warning that
+names the modules a patcher kept because pygen's counterpart computes something else."""
 
 from __future__ import annotations
 

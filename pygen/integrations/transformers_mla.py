@@ -135,29 +135,23 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
 
     from ..nn.mla import MLA
-    from ._patched import refuse_after_swap, take_hooks, typed_as
+    from ._patched import adopt_tensors, refuse_after_swap, take_hooks, typed_as
+    from ._swaps import children
 
     counts: Counter[str] = Counter()
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, DeepseekV3Attention) or isinstance(child, MLA):
-                continue
-            with torch.device("meta"):  # no throw-away allocation of the projections
-                new = MLA(child.config, child.layer_idx, backend=backend)
-            want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
-            have = {k: tuple(v.shape) for k, v in child.state_dict().items()}
-            if want != have:
-                raise RuntimeError(f"pygen.nn.MLA state_dict {want} does not match DeepseekV3Attention's {have}")
-            for name, p in child.named_parameters():
-                mod_name, _, leaf = name.rpartition(".")
-                setattr(new.get_submodule(mod_name), leaf, p)
-            if abs(new.scaling - child.scaling) > 1e-12 * abs(child.scaling):
-                raise RuntimeError(f"softmax scale mismatch: pygen {new.scaling} vs transformers {child.scaling}")
-            new.train(child.training)
-            new.__class__ = typed_as("DeepseekV3MLA")  # MLA's forward, transformers' type: recorded
-            take_hooks(new, child)
-            setattr(parent, child_name, new)
-            counts[type(child).__name__] += 1
+    for parent, child_name, child in children(model):
+        if not isinstance(child, DeepseekV3Attention) or isinstance(child, MLA):
+            continue
+        with torch.device("meta"):  # no throw-away allocation of the projections
+            new = MLA(child.config, child.layer_idx, backend=backend)
+        adopt_tensors(new, child)
+        if abs(new.scaling - child.scaling) > 1e-12 * abs(child.scaling):
+            raise RuntimeError(f"softmax scale mismatch: pygen {new.scaling} vs transformers {child.scaling}")
+        new.train(child.training)
+        new.__class__ = typed_as("DeepseekV3MLA")  # MLA's forward, transformers' type: recorded
+        take_hooks(new, child)
+        setattr(parent, child_name, new)
+        counts[type(child).__name__] += 1
     if counts:
         refuse_after_swap(
             model, "set_attn_implementation", "attention", "patch_transformers_deepseek", 'attn_implementation="pygen"'

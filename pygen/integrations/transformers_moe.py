@@ -107,23 +107,6 @@ def register() -> None:
     ExpertsInterface.register(NAME, pygen_experts_forward)
 
 
-def _adopt_tensors(new: nn.Module, old: nn.Module) -> None:
-    """Make ``new`` hold ``old``'s very Parameter and buffer objects (same names), so optimizers
-    and tied references built before the swap keep working."""
-    want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in old.state_dict().items()}
-    if want != have:
-        raise RuntimeError(f"pygen.nn.MoE state_dict {want} does not match {type(old).__name__}'s {have}")
-    for name, p in old.named_parameters():
-        mod_name, _, leaf = name.rpartition(".")
-        setattr(new.get_submodule(mod_name), leaf, p)
-    for name, b in old.named_buffers():
-        mod_name, _, leaf = name.rpartition(".")
-        target = new.get_submodule(mod_name)
-        if leaf in target._buffers:
-            target._buffers[leaf] = b
-
-
 def init_moe_weights(module: nn.Module, std: float) -> None:
     """transformers' DeepseekV3 initialisation for the pygen MoE pieces its ``_init_weights`` does
     not know (run by _patched.InitWeightsAfterSwap): routed experts Normal(0, std), the
@@ -150,25 +133,25 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
     from ..nn.moe import MoE
-    from ._patched import hook_init_weights, refuse_after_swap, take_hooks, typed_as
+    from ._patched import adopt_tensors, hook_init_weights, refuse_after_swap, take_hooks, typed_as
+    from ._swaps import children
 
     counts: Counter[str] = Counter()
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, DeepseekV3MoE):
-                continue
-            with torch.device("meta"):  # no throw-away allocation of the expert weights
-                new = MoE(child.config, backend=backend)
-            _adopt_tensors(new, child)
-            dev = child.gate.weight.device
-            new.tokens_per_expert = torch.zeros(new.n_routed_experts, dtype=torch.int64, device=dev)
-            new.train(child.training)
-            # MoEGate's forward, transformers' type: output_router_logits records it
-            new.gate.__class__ = typed_as("DeepseekV3MoEGate")
-            take_hooks(new, child)
-            take_hooks(new.gate, child.gate)
-            setattr(parent, child_name, new)
-            counts[type(child).__name__] += 1
+    for parent, child_name, child in children(model):
+        if not isinstance(child, DeepseekV3MoE):
+            continue
+        with torch.device("meta"):  # no throw-away allocation of the expert weights
+            new = MoE(child.config, backend=backend)
+        adopt_tensors(new, child)
+        dev = child.gate.weight.device
+        new.tokens_per_expert = torch.zeros(new.n_routed_experts, dtype=torch.int64, device=dev)
+        new.train(child.training)
+        # MoEGate's forward, transformers' type: output_router_logits records it
+        new.gate.__class__ = typed_as("DeepseekV3MoEGate")
+        take_hooks(new, child)
+        take_hooks(new.gate, child.gate)
+        setattr(parent, child_name, new)
+        counts[type(child).__name__] += 1
     if counts:
         refuse_after_swap(
             model, "set_experts_implementation", "MoE", "patch_transformers_moe", 'experts_implementation="pygen"'

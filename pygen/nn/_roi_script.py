@@ -58,7 +58,8 @@ def refuse_reference(module: nn.Module) -> nn.Module:
 
 
 def scales_of(features: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
-    """torchvision's level scales (from the first axis of the largest image), in TorchScript."""
+    """torchvision's level scales (from the first axis of the largest image), in TorchScript; the
+    eager module's rule too (pygen/nn/roi.py::_setup_scales)."""
     max_h = 0
     for s in image_shapes:
         max_h = max(max_h, s[0])

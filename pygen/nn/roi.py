@@ -222,8 +222,7 @@ def _filter_input(x: dict, featmap_names: list[str]) -> list[torch.Tensor]:
 def _setup_scales(features: list[torch.Tensor], image_shapes) -> list[float]:
     if not image_shapes:
         raise ValueError("MultiScaleRoIAlign: image_shapes must hold at least one (H, W)")
-    image_h = max(s[0] for s in image_shapes)  # torchvision infers the scales from the first axis
-    return [_roi_script.infer_scale(f.shape[-2], image_h) for f in features]
+    return _roi_script.scales_of(features, image_shapes)  # the scripted branch's rule too
 
 
 def _multi_scale_roi_align(

@@ -69,6 +69,38 @@ def positive_float(name: str, value, what: str, *, none_ok: bool = False) -> flo
     return v
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def integer(name: str, v, what: str, lo: int, hi: int | None = None) -> int:
+    """``v`` is an int (not a bool) in [lo, hi] (``hi`` None: >= lo)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: {what} must be an int, got {v!r}")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: {what} must be {rng}, got {v}")
+    return v
+
+
+def real(name: str, v, what: str) -> float:
+    """``v`` is a finite real (not a bool), returned as a float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a float, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: {what} must be finite, got {v!r}")
+    return f
+
+
+def choice(name: str, v, what: str, options) -> str:
+    """``v`` is one of the strings ``options``."""
+    if not isinstance(v, str) or v not in options:
+        raise ValueError(f"{name}: {what} must be one of {tuple(options)}, got {v!r}")
+    return v
+
+
 def not_meta(name: str, t, what: str) -> None:
     """Raise a ValueError naming ``what`` when ``t`` is a tensor on the meta device."""
     if isinstance(t, torch.Tensor) and t.device.type == "meta":

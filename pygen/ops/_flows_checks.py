@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common_checks import checking_values, flag as flag, positive_float, tensor  # flag: re-export
-
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ._common_checks import FLOAT_DTYPES, checking_values, flag as flag, positive_float, tensor  # flag: re-export
 
 
 def like(name: str, t, what: str, ref: torch.Tensor, ref_what: str, shape=None) -> torch.Tensor:

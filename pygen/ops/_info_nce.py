@@ -20,7 +20,7 @@ import torch
 
 from ..ref import losses as ref
 from . import _losses_checks as chk
-from ._common_checks import checking_values, same_device, tensor
+from ._common_checks import checking_values, flag, same_device, tensor
 
 NAME = "info_nce"
 
@@ -77,7 +77,7 @@ def check(queries, keys, temperature, positives, queue, symmetric, normalize, ba
         _embeddings(queue, "queue", queries)
     temp = _temperature(temperature, queries)
     for v, what in ((symmetric, "symmetric"), (normalize, "normalize"), (batch_negatives, "batch_negatives")):
-        chk.flag(NAME, v, what)
+        flag(NAME, v, what)
     chk.choice(NAME, reduction, "reduction", ref.REDUCTIONS)
     n = queries.shape[0]
     m = n if simclr else keys.shape[0]

@@ -14,10 +14,8 @@ import numbers
 
 import torch
 
-from ._common_checks import checking_values, same_device, tensor
-from ._moe_checks import FLOAT_DTYPES, INDEX_DTYPES, flag, integer, real  # noqa: F401 (re-export: one copy)
-
-REDUCTIONS = ("mean", "sum", "none")
+from ..ref.losses import GRPO_LOSS_TYPES
+from ._common_checks import FLOAT_DTYPES, INDEX_DTYPES, checking_values, choice, integer, real, same_device, tensor
 
 
 def head(name: str, hidden, weight, bias=None) -> tuple[int, int]:
@@ -65,12 +63,6 @@ def labels(name: str, t, what: str, hidden: torch.Tensor, vocab: int, ignore_ind
     return t
 
 
-def choice(name: str, v, what: str, options) -> str:
-    if not isinstance(v, str) or v not in options:
-        raise ValueError(f"{name}: {what} must be one of {tuple(options)}, got {v!r}")
-    return v
-
-
 def in_range(name: str, v, what: str, lo: float, hi: float | None = None, open_lo: bool = False) -> float:
     """A finite real in [lo, hi] ((lo, hi] with ``open_lo``)."""
     f = real(name, v, what)
@@ -109,7 +101,6 @@ def filter_eps_value(name: str, v, dtype: torch.dtype) -> float:
 
 # ---- GRPO (no value checks: nothing is indexed by the values) -----------------------------------
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *FLOAT_DTYPES)
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = (True, False, "group", "batch", "none")
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..ref import made as ref
-from ._common_checks import checking_values, tensor
+from ._common_checks import FLOAT_DTYPES, checking_values, tensor
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 

@@ -10,41 +10,22 @@ contributes nothing (fused_moe).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from ._common_checks import checking_values, flag, not_meta, same_device, tensor
+from ._common_checks import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    checking_values,
+    choice,
+    flag,
+    integer,
+    not_meta,
+    real,
+    same_device,
+    tensor,
+)
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-INDEX_DTYPES = (torch.int32, torch.int64)
 MAX_EXPERTS = 1 << 16
-
-
-def integer(name: str, v, what: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name}: {what} must be an int, got {v!r}")
-    v = int(v)
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name}: {what} must be {rng}, got {v}")
-    return v
-
-
-def real(name: str, v, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: {what} must be a float, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise ValueError(f"{name}: {what} must be finite, got {v!r}")
-    return f
-
-
-def choice(name: str, v, what: str, options) -> str:
-    if v not in options:
-        raise ValueError(f"{name}: {what} must be one of {tuple(options)}, got {v!r}")
-    return v
 
 
 def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) -> None:

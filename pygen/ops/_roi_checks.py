@@ -27,9 +27,8 @@ from typing import Union
 
 import torch
 
-from ._common_checks import checking_values, fits_32bit, not_meta, positive_float
+from ._common_checks import FLOAT_DTYPES, checking_values, fits_32bit, not_meta, positive_float
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 8
 MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
 MAX_DIM = 2**31 - 1  # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)

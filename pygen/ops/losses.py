@@ -31,6 +31,7 @@ import torch
 from .. import _backend
 from ..ref import losses as ref
 from . import _info_nce, _losses_checks as chk, _registry
+from ._common_checks import flag
 from ._registry import Backward, OpSpec, register
 
 __all__ = ["linear_cross_entropy", "linear_log_probs", "info_nce", "grpo_loss", "linear_grpo_loss", "group_advantages"]
@@ -202,11 +203,11 @@ def linear_cross_entropy(
     vocab, _ = chk.head(name, hidden, weight, bias)
     ignore = chk.integer(name, ignore_index, "ignore_index", -(2**63))
     chk.labels(name, targets, "targets", hidden, vocab, ignore)
-    reduction = chk.choice(name, reduction, "reduction", chk.REDUCTIONS)
+    reduction = chk.choice(name, reduction, "reduction", ref.REDUCTIONS)
     eps = chk.in_range(name, label_smoothing, "label_smoothing", 0.0, 1.0)
     zl = chk.in_range(name, z_loss, "z_loss", 0.0)
     cap = chk.softcap_value(name, softcap)
-    chk.flag(name, return_lse, "return_lse")
+    flag(name, return_lse, "return_lse")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     out_dtype = chk.float_dtype(name, dtype, "dtype") or hidden.dtype
     b = _pick(name, hidden, backend)
@@ -245,7 +246,7 @@ def linear_log_probs(
     vocab, _ = chk.head(name, hidden, weight)
     chk.labels(name, tokens, "tokens", hidden, vocab, None)
     temp = chk.in_range(name, temperature, "temperature", 0.0, open_lo=True)
-    chk.flag(name, return_entropy, "return_entropy")
+    flag(name, return_entropy, "return_entropy")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     b = _pick(name, hidden, backend)
     if b == "reference":

@@ -203,7 +203,9 @@ def info_nce_positives(n: int, simclr: bool, device=None) -> torch.Tensor:
 
 
 def info_nce_reduce(rows: torch.Tensor, reduction: str, dtype: torch.dtype) -> torch.Tensor:
-    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction].to(dtype)
+    if reduction == "none":
+        return rows.to(dtype)
+    return (rows.sum() if reduction == "sum" else rows.mean()).to(dtype)
 
 
 def _info_nce_rows(q, k, c, p, temperature, exclude_self: bool, batch_negatives: bool):
