@@ -234,6 +234,8 @@ if op == "info_nce":  # SimCLR over the n rows of hid (d = h); w is not an input
         call = lambda x, _w, _t: pygen.ops.info_nce(x, temperature=0.5, backend=impl)
 elif impl == "eager":
     call = lambda x, w, t: ref.linear_cross_entropy(x, w, t, eager=True)
+elif impl == "compile":  # torch.compile of the eager composition; dynamic, so the warm-up compiles it
+    call = torch.compile(lambda x, w, t: ref.linear_cross_entropy(x, w, t, eager=True), dynamic=True)
 else:
     call = lambda x, w, t: pygen.ops.linear_cross_entropy(x, w, t, backend=impl)
 fn = lambda: call(hid, w, t)
@@ -254,12 +256,13 @@ print(json.dumps({"impl": impl, "peak_extra": status("VmHWM:") - before, "grads"
 def peak_extra_bytes(
     n: int, h: int, v: int, impl: str, dtype: str = "float32", op: str = "linear_cross_entropy"
 ) -> dict:
-    """Peak extra resident memory (bytes) of one forward+backward of ``impl`` ("eager" or a pygen
-    backend) on CPU: in a fresh child process, after the inputs are built and a tiny warm-up call
-    has loaded the code paths, the kernel's peak-RSS counter (VmHWM) is reset to the current RSS
-    (/proc/self/clear_refs = 5) and read after the call; ``grads`` is the size of the gradients
-    the call must return (included in the peak). ``op`` "info_nce": SimCLR over n rows of width h
-    (``v`` unused), eager = the [n, n] similarities materialised."""
+    """Peak extra resident memory (bytes) of one forward+backward of ``impl`` ("eager", "compile" =
+    torch.compile of eager, or a pygen backend) on CPU: in a fresh child process, after the inputs
+    are built and a tiny warm-up call has loaded (or compiled) the code paths, the kernel's
+    peak-RSS counter (VmHWM) is reset to the current RSS (/proc/self/clear_refs = 5) and read after
+    the call; ``grads`` is the size of the gradients the call must return (included in the peak).
+    ``op`` "info_nce": SimCLR over n rows of width h (``v`` unused), eager = the [n, n] similarities
+    materialised."""
     args = [str(n), str(h), str(v), impl, dtype, op]
     res = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -288,7 +291,8 @@ def report(quick: bool, device) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--memory", action="store_true", help="measure peak extra memory (CPU, child processes)")
-    p.add_argument("--shape", default="cpu", choices=("cpu", "quick"))
+    p.add_argument("--shape", default="cpu", choices=("cpu", "quick", "gpu"), help="gpu: V3's head, N = 8192")
+    p.add_argument("--impls", default="eager,cpu", help="comma list of eager, compile and pygen backends")
     p.add_argument("--info-nce", type=int, metavar="N", help="also SimCLR info_nce over N rows of d = 512")
     args = p.parse_args(argv)
     if not args.memory:
@@ -297,15 +301,15 @@ def main(argv=None) -> None:
         for impl in ("eager", "cpu"):
             r = peak_extra_bytes(args.info_nce, 512, 1, impl, op="info_nce")
             print(
-                f"info_nce {impl:6s} N={args.info_nce} d=512 float32: peak extra {r['peak_extra'] / 2**20:8.1f} MiB "
+                f"info_nce {impl:7s} N={args.info_nce} d=512 float32: peak extra {r['peak_extra'] / 2**20:8.1f} MiB "
                 f"(gradients {r['grads'] / 2**20:.1f} MiB, similarities {args.info_nce**2 * 4 / 2**20:.1f} MiB)"
             )
-    s = CPU if args.shape == "cpu" else QUICK
-    for impl in ("eager", "cpu"):
+    s = {"cpu": CPU, "quick": QUICK, "gpu": GPU}[args.shape]
+    for impl in args.impls.split(","):
         r = peak_extra_bytes(s["N"], s["H"], s["V"], impl)
         mib = 2**20
         print(
-            f"{impl:6s} N={s['N']} H={s['H']} V={s['V']} float32: peak extra {r['peak_extra'] / mib:8.1f} MiB "
+            f"{impl:7s} N={s['N']} H={s['H']} V={s['V']} float32: peak extra {r['peak_extra'] / mib:8.1f} MiB "
             f"(gradients {r['grads'] / mib:.1f} MiB, logits {s['N'] * s['V'] * 4 / mib:.1f} MiB)"
         )
 
