@@ -77,6 +77,10 @@ def _module_and_ctx(fn: str, device: torch.device):
     return kernel, [index, torch.cuda.current_stream(index).cuda_stream]
 
 
+def _wrong_device(fn: str, i: int, t: torch.Tensor, device: torch.device):
+    raise ValueError(f"{fn}: argument {i} is on {t.device}, expected {device} (the first tensor's)")
+
+
 def call(fn: str, *args):
     """The one path into the compiled modules: ``pygen.<_C | _cuda>.<fn>(*args, ctx)``, the
     module chosen by the device of the first tensor argument.
@@ -89,22 +93,24 @@ def call(fn: str, *args):
     """
     device = None
     crossed = []
+    # one flat loop, torch.Size / stride tuples handed over as they are (pybind11 takes any
+    # sequence): µs-scale CPU ops pay this on every call (`pygen bench --quick`'s pygen:cpu rows)
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            group = (a,)
+            if device is None:
+                device = a.device
+            elif a.device != device:
+                _wrong_device(fn, i, a, device)
+            crossed.append((a.data_ptr(), a.shape, a.stride(), DTYPE_CODE.get(a.dtype, -1)))
         elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
-            group = a
+            if device is None:
+                device = a[0].device
+            for t in a:
+                if t.device != device:
+                    _wrong_device(fn, i, t, device)
+            crossed.append([(t.data_ptr(), t.shape, t.stride(), DTYPE_CODE.get(t.dtype, -1)) for t in a])
         else:
             crossed.append(a)
-            continue
-        out = []
-        for t in group:
-            if device is None:
-                device = t.device
-            elif t.device != device:
-                raise ValueError(f"{fn}: argument {i} is on {t.device}, expected {device} (the first tensor's)")
-            out.append((t.data_ptr(), tuple(t.shape), tuple(t.stride()), DTYPE_CODE.get(t.dtype, -1)))
-        crossed.append(out[0] if group is not a else out)
     if device is None:
         raise ValueError(f"{fn}: no tensor argument")
     kernel, ctx = _module_and_ctx(fn, device)
