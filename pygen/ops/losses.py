@@ -106,15 +106,38 @@ def _stats_bwd(L, hidden, weight, targets, bias, lse, mu, g_lse, g_picked, g_sum
             return None
         return out.zero_() if out.dtype == acc else out.new_zeros(out.shape, dtype=acc)
 
-    gh, gw, gb = (buffer(o, nd) for o, nd in zip(outs, (need_hidden, need_weight, need_bias)))
-    L.linear_ce_bwd(
-        _rows(hidden), _rows(weight), bias, targets, lse, coef, gh, gw, gb, scale, softcap, filter_eps, with_mu,
-        exclude_offset,
-    )  # fmt: skip
-    for out, g in zip(outs, (gh, gw, gb)):
-        if g is not None and g is not out:
-            out.copy_(g)
+    gh = buffer(outs[0], need_hidden)
+    for v0, v1 in _vocab_slices(weight, acc, need_weight or need_bias):
+        gw = buffer(outs[1][v0:v1], need_weight)
+        gb = buffer(outs[2][v0:v1], need_bias)
+        L.linear_ce_bwd(
+            _rows(hidden), _rows(weight[v0:v1]), None if bias is None else bias[v0:v1],
+            targets if v0 == 0 else targets - v0, lse, coef, gh, gw, gb, scale, softcap, filter_eps, with_mu,
+            None if exclude_offset is None else exclude_offset - v0,
+        )  # fmt: skip
+        for out, g in ((outs[1], gw), (outs[2], gb)):
+            if g is not None and out.dtype != acc:
+                out[v0:v1].copy_(g)
+    if gh is not None and outs[0].dtype != acc:
+        outs[0].copy_(gh)
     return outs
+
+
+# float32 elements of one vocabulary slice's weight-gradient accumulator (256 MiB)
+GRAD_SLICE_ELEMENTS = 1 << 26
+
+
+def _vocab_slices(weight, acc, need) -> list[tuple[int, int]]:
+    """Vocabulary slices of the backward. A low-precision weight's gradient is accumulated in
+    float32: over the whole vocabulary that buffer would be twice the gradient returned (3.7 GB at
+    DeepSeek-V3's 129,280 x 7168 head in bf16), so each slice's buffer is cast into the gradient
+    before the next is allocated: extra memory O(GRAD_SLICE_ELEMENTS), the kernels launched once per
+    slice (14 at that head). One slice when the weight is in the accumulation dtype."""
+    v, h = weight.shape
+    if not need or weight.dtype == acc or v * h <= GRAD_SLICE_ELEMENTS:
+        return [(0, v)] if v else []
+    step = max(256, GRAD_SLICE_ELEMENTS // max(h, 1) // 256 * 256)  # whole 256-column tiles
+    return [(v0, min(v, v0 + step)) for v0 in range(0, v, step)]
 
 
 def _stats_save(i, out):

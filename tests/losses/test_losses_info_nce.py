@@ -18,7 +18,7 @@ from helpers import ATOL, assert_close_to_ref, backend_params
 
 import pygen
 from pygen import ops
-from pygen.ops import _losses_cpu
+from pygen.ops import _losses_cpu, losses as losses_ops
 from pygen.ops.losses import _stats
 from pygen.ref import losses as ref
 
@@ -96,33 +96,57 @@ def test_reference_matches_published_formulas(gen):
 
 
 # ---- the op's column exclusion --------------------------------------------------------------------
+def _check_exclude(backend, device, dtype, h, w, t, offset, atol):
+    """The op's row statistics and their gradients with column i + offset of row i left out,
+    against the float64 reference (h, w float64; the op gets them in ``dtype``)."""
+    n = h.shape[0]
+    h, w = h.to(dtype).double(), w.to(dtype).double()  # the reference sees the rounded inputs
+    hl, wl = _leaves((h.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)))
+    got = _stats(backend, hl, wl, t.to(device), None, 0.7, None, True, 0.0, offset)
+    h64, w64 = _leaves((h, w))
+    want = ref.row_stats(ref.logits(h64, w64, scale=0.7), t, exclude_offset=offset)
+    what = f"{backend} {dtype} offset={offset} V={w.shape[0]}"
+    fin = torch.isfinite(want[0])  # a row with no column left: lse = -inf (and no gradient)
+    assert torch.equal(torch.isfinite(got[0]).cpu(), fin) and not torch.isnan(got[0]).any(), what
+    assert (fin | (torch.arange(n) + offset == 0)).all(), what  # only where the one column is gone
+    for name, a, b in zip(("lse", "picked", "sum", "mu"), got, want):
+        assert_close_to_ref(torch.where(fin.to(device), a, 0.0), torch.where(fin, b, 0.0), atol=atol,
+                            what=f"{name} {what}")  # fmt: skip
+
+    def mix(s, keep):
+        return torch.where(keep, s[0] - s[1] + 0.1 * s[2] + 0.3 * s[3], 0.0)
+
+    pairs = zip(_grads(mix(got, fin.to(device)), (hl, wl), 1), _grads(mix(want, fin), (h64, w64), 1))
+    for name, (a, b) in zip(("hidden", "weight"), pairs):
+        assert_close_to_ref(a, b, atol=atol, what=f"grad {name} {what}")
+
+
+def _exclude_problem(n, d, v, offset, gen):
+    h = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(v, d, generator=gen, dtype=torch.float64) * 0.5
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[:3] = torch.arange(3) + offset  # targets on the excluded column are not picked
+    return h, w, t
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
 def test_exclude_offset_matches_row_stats(device, backend, gen, monkeypatch):
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 21 * 40)  # several cpu chunks, ragged last
-    n, d, v = 21, 16, 130
-    for offset, nv in ((0, v), (-5, v), (120, v), (-30, v), (200, v), (0, 1), (3, 1)):
-        h = torch.randn(n, d, generator=gen, dtype=torch.float64)
-        w = torch.randn(nv, d, generator=gen, dtype=torch.float64) * 0.5
-        t = torch.randint(0, nv, (n,), generator=gen)
-        t[:3] = torch.arange(3) + offset  # targets on the excluded column are not picked
-        hl, wl = _leaves((h.float().to(device), w.float().to(device)))
-        got = _stats(backend, hl, wl, t.to(device), None, 0.7, None, True, 0.0, offset)
-        h64, w64 = _leaves((h, w))
-        want = ref.row_stats(ref.logits(h64, w64, scale=0.7), t, exclude_offset=offset)
-        what = f"{backend} offset={offset} V={nv}"
-        fin = torch.isfinite(want[0])  # a row with no column left: lse = -inf (and no gradient)
-        assert torch.equal(torch.isfinite(got[0]).cpu(), fin) and not torch.isnan(got[0]).any(), what
-        assert (fin | (torch.arange(n) + offset == 0)).all(), what  # only where the one column is gone
-        for name, a, b in zip(("lse", "picked", "sum", "mu"), got, want):
-            assert_close_to_ref(torch.where(fin.to(device), a, 0.0), torch.where(fin, b, 0.0), atol=1e-5,
-                                what=f"{name} {what}")  # fmt: skip
+    for offset, nv in ((0, 130), (-5, 130), (120, 130), (-30, 130), (200, 130), (0, 1), (3, 1)):
+        h, w, t = _exclude_problem(21, 16, nv, offset, gen)
+        _check_exclude(backend, device, torch.float32, h, w, t, offset, atol=1e-5)
 
-        def mix(s, keep):
-            return torch.where(keep, s[0] - s[1] + 0.1 * s[2] + 0.3 * s[3], 0.0)
 
-        pairs = zip(_grads(mix(got, fin.to(device)), (hl, wl), 1), _grads(mix(want, fin), (h64, w64), 1))
-        for name, (a, b) in zip(("hidden", "weight"), pairs):
-            assert_close_to_ref(a, b, atol=1e-5, what=f"grad {name} {what}")
+@pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
+def test_exclude_offset_across_vocabulary_slices(device, backend, gen, monkeypatch):
+    """A bf16 weight's gradient is accumulated one vocabulary slice at a time
+    (pygen/ops/losses.py::_vocab_slices; 256, 256 and 188 columns here): the excluded column and the
+    targets are shifted into each slice's own columns."""
+    monkeypatch.setattr(losses_ops, "GRAD_SLICE_ELEMENTS", 256 * 16)
+    assert len(losses_ops._vocab_slices(torch.empty(700, 16, dtype=torch.bfloat16), torch.float32, True)) == 3
+    for offset in (0, 300, -250, 520):
+        h, w, t = _exclude_problem(300, 16, 700, offset, gen)
+        _check_exclude(backend, device, torch.bfloat16, h, w, t, offset, atol=ATOL[torch.bfloat16])
 
 
 # ---- every backend against the float64 reference ------------------------------------------------

@@ -19,6 +19,16 @@ def test_linear_cross_entropy_holds_no_logits():
     assert ours["peak_extra"] < ours["grads"] + logits / 4, (ours, logits)
 
 
+def test_bf16_weight_gradient_has_no_full_float32_accumulator():
+    # a bf16 head's gradient (512 MiB here) is accumulated in float32 one vocabulary slice at a time
+    # (pygen/ops/losses.py::_vocab_slices, 256 MiB slices): a whole-vocabulary float32 buffer would
+    # add 1 GiB on top of the gradient
+    n, h, v = 64, 1024, 262_144
+    ours = B.peak_extra_bytes(n, h, v, "cpu", dtype="bfloat16")
+    full_fp32 = v * h * 4
+    assert ours["peak_extra"] < ours["grads"] + full_fp32 / 2, (ours, full_fp32)
+
+
 def test_info_nce_holds_no_similarity_matrix():
     n = 8192  # similarities 256 MiB; the streaming path's working set grows with N, not N^2
     eager = B.peak_extra_bytes(n, 512, 1, "eager", op="info_nce")

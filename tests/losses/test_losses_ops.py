@@ -15,7 +15,7 @@ from helpers import ATOL, assert_close_to_ref, backend_params, opcheck_registere
 
 import pygen
 from pygen import ops
-from pygen.ops import _losses_cpu, _registry
+from pygen.ops import _losses_cpu, _registry, losses as losses_ops
 from pygen.ref import losses as ref
 
 PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
@@ -129,6 +129,19 @@ def test_linear_cross_entropy_options(device, backend, gen):
 def test_linear_cross_entropy_dtypes(device, backend, gen):
     for dtype in _dtypes(backend):
         _check_ce(backend, device, dtype, 29, 48, 130, {"label_smoothing": 0.1, "z_loss": 1e-3}, gen)
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
+def test_low_precision_weight_gradient_in_vocabulary_slices(device, backend, gen, monkeypatch):
+    """A bf16 / fp16 weight's float32 gradient accumulator is allocated one vocabulary slice at a
+    time (pygen/ops/losses.py::_vocab_slices): three slices (256, 256, 188 columns) with targets,
+    bias, label smoothing, z-loss and softcap in all of them give the reference's gradients."""
+    monkeypatch.setattr(losses_ops, "GRAD_SLICE_ELEMENTS", 256 * 24)
+    assert len(losses_ops._vocab_slices(torch.empty(700, 24, dtype=torch.bfloat16), torch.float32, True)) == 3
+    opts = {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 6.0}
+    for dtype in (torch.bfloat16, torch.float16):
+        _check_ce(backend, device, dtype, 29, 24, 700, opts, gen)
+    _check_ce(backend, device, torch.bfloat16, 29, 24, 700, {}, gen, bias=False, filter_eps=2.0**-12)
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
