@@ -147,13 +147,53 @@ class _Frozen(torch.autograd.Function):
         return ctx.bwd(g), None, None
 
 
-def _dgrad(gy, wqt, wst, backend, out_dtype):
+def _dgrad(gy, wqt, wst, backend, out_dtype, mi=None):
     # dX = dY W reduces over N: a ragged N (DeepSeek-V3's 2112) is padded with zero columns to the
     # 128-multiple that the 1x128 scales need (wqt was quantised from W padded the same way)
-    if gy.shape[1] != wqt.shape[1]:
-        gy = torch.nn.functional.pad(gy, (0, wqt.shape[1] - gy.shape[1]))
+    if gy.shape[1] != wqt.shape[-1]:
+        gy = torch.nn.functional.pad(gy, (0, wqt.shape[-1] - gy.shape[1]))
     gq, gs = ops.quantize_fp8_1x128(gy.contiguous(), backend=backend)
+    if mi is not None:  # the grouped GEMM: wqt [E, K, N], the rows of expert e where mi says
+        return ops.fp8_gemm_grouped(gq, gs, wqt, wst, mi, out_dtype=out_dtype, backend=backend)
     return ops.fp8_gemm(gq, gs, wqt, wst, out_dtype=out_dtype, backend=backend)
+
+
+# ---- the frozen-weight GEMM cases (dense and grouped) share their inputs, run and byte model ----
+def _gemm_inputs(x, n: int, grad_seed: int, **operands) -> Inputs:
+    """x [M, K] (the one leaf), the fp8 operands (q, s, wq, ws and the dgrad's pre-transposed
+    wqt, wst) and an output gradient [M, N] in the output dtype."""
+    grad = _randn((x.shape[0], n), grad_seed, x.device, _out_dtype(x.dtype))
+    return Inputs({"x": x, **operands}, [x], grad)
+
+
+def _gemm_run(grouped: bool):
+    """run(I, backend): the fp8 GEMM on the operands quantised beforehand, attached to x so that
+    the backward modes time the dgrad (_dgrad) with the pre-transposed quantised weight."""
+    gemm = ops.fp8_gemm_grouped if grouped else ops.fp8_gemm
+
+    def run(I, b):
+        od = _out_dtype(I.x.dtype)
+        mi = (I.mi,) if grouped else ()
+        return _Frozen.apply(
+            I.x,
+            lambda: gemm(I.q, I.s, I.wq, I.ws, *mi, out_dtype=od, backend=b),
+            lambda g: _dgrad(g, I.wqt, I.wst, b, I.x.dtype, *mi),
+        )
+
+    return run
+
+
+def _gemm_bytes(m: int, n: int, k: int, experts: int = 1, scale_bytes: int = 0):
+    """bytes_model(I, mode), E = bytes of the output dtype: fwd M*K + experts*N*K (fp8 operands)
+    + scale_bytes + M*N*E; bwd (dgrad) M*N*E (dY) + M*N (dY in fp8) + experts*N*K + M*K*E."""
+
+    def nbytes(I, mode):
+        e = _out_dtype(I.x.dtype).itemsize
+        fwd = m * k + experts * n * k + scale_bytes + m * n * e
+        bwd = m * n * e + m * n + experts * n * k + m * k * e
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+    return nbytes
 
 
 def _scaled_mm_factory():
@@ -180,25 +220,7 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
             (wq, ws) if n_pad == n else ops.quantize_fp8_128x128(torch.nn.functional.pad(w, (0, 0, 0, n_pad - n)))
         )
         wqt, wst = wq_p.t().contiguous(), ws_p.t()
-        return Inputs(
-            {"x": x, "w": w, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst},
-            [x],
-            _randn((m, n), 3, device, _out_dtype(dtype)),
-        )
-
-    def run(I, b):
-        od = _out_dtype(I.x.dtype)
-        return _Frozen.apply(
-            I.x,
-            lambda: ops.fp8_gemm(I.q, I.s, I.wq, I.ws, out_dtype=od, backend=b),
-            lambda g: _dgrad(g, I.wqt, I.wst, b, I.x.dtype),
-        )
-
-    def nbytes(I, mode):
-        e = _out_dtype(I.x.dtype).itemsize
-        fwd = m * k + n * k + 4 * (m * k // 128 + math.ceil(n / 128) * k // 128) + m * n * e
-        bwd = m * n * e + m * n + n * k + m * k * e
-        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+        return _gemm_inputs(x, n, 3, w=w, q=q, s=s, wq=wq, ws=ws, wqt=wqt, wst=wst)
 
     return Case(
         FAMILY,
@@ -206,12 +228,12 @@ def gemm_case(m: int, n: int, k: int, tag: str) -> Case:
         tag,
         shape,
         make,
-        run,
+        _gemm_run(grouped=False),
         (
             lambda q, s, wq, ws: ref.fp8_gemm_recipe(q, s, wq, ws, out_dtype=torch.bfloat16),
             lambda I: (I.q, I.s, I.wq, I.ws),
         ),
-        nbytes,
+        _gemm_bytes(m, n, k, scale_bytes=4 * (m * k // 128 + math.ceil(n / 128) * k // 128)),
         "fwd M*K + N*K + scales + M*N*E; bwd (dgrad) M*N*(E+1) + N*K + M*K*E",
         baselines={"torch.matmul": lambda: lambda I: I.x @ I.w.t(), "torch._scaled_mm": _scaled_mm_factory},
         backends=BACKENDS,
@@ -232,28 +254,7 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
         for e in range(experts):  # one expert at a time: the high-precision stack would be 2-4x larger
             wq[e], ws[e] = ops.quantize_fp8_128x128(_randn((n, k), 100 + e, device, dtype, 0.02))
         wqt, wst = wq.transpose(1, 2).contiguous(), ws.transpose(1, 2)
-        return Inputs(
-            {"x": x, "q": q, "s": s, "wq": wq, "ws": ws, "wqt": wqt, "wst": wst, "mi": mi},
-            [x],
-            _randn((m, n), 5, device, _out_dtype(dtype)),
-        )
-
-    def run(I, b):
-        od = _out_dtype(I.x.dtype)
-
-        def bwd(g):
-            gq, gs = ops.quantize_fp8_1x128(g.contiguous(), backend=b)
-            return ops.fp8_gemm_grouped(gq, gs, I.wqt, I.wst, I.mi, out_dtype=I.x.dtype, backend=b)
-
-        return _Frozen.apply(
-            I.x, lambda: ops.fp8_gemm_grouped(I.q, I.s, I.wq, I.ws, I.mi, out_dtype=od, backend=b), bwd
-        )
-
-    def nbytes(I, mode):
-        e = _out_dtype(I.x.dtype).itemsize
-        fwd = m * k + experts * n * k + m * n * e
-        bwd = m * n * (e + 1) + experts * n * k + m * k * e
-        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+        return _gemm_inputs(x, n, 5, q=q, s=s, wq=wq, ws=ws, wqt=wqt, wst=wst, mi=mi)
 
     def bf16_loop():
         def f(I):
@@ -271,12 +272,12 @@ def grouped_case(experts: int, rows: int, n: int, k: int, tag: str) -> Case:
         tag,
         shape,
         make,
-        run,
+        _gemm_run(grouped=True),
         (
             lambda q, s, wq, ws, mi: ref.fp8_gemm_grouped(q, s, wq, ws, mi, dtype=torch.float32),
             lambda I: (I.q, I.s, I.wq, I.ws, I.mi),
         ),
-        nbytes,
+        _gemm_bytes(m, n, k, experts),
         "fwd M*K + E*N*K + M*N*E; bwd M*N*(E+1) + E*N*K + M*K*E",
         baselines={"matmul loop (dequantised W)": bf16_loop},
         backends=BACKENDS,

@@ -179,6 +179,16 @@ def _tv():
     return torchvision.ops
 
 
+def _tv_baseline(op: str, *args):
+    """Baseline factory: torchvision.ops.<op>(x, rois, *args) on the case's inputs."""
+
+    def factory():
+        fn = getattr(_tv(), op)
+        return lambda I: fn(I.x, I.rois, *args)
+
+    return factory
+
+
 def _fpn_cases(s: FPNShape, tag: str) -> list[Case]:
     return _fpn_level_cases(s, tag) + [_fpn_multi_scale_case(s, tag)]
 
@@ -221,14 +231,6 @@ def _fpn_level_cases(s: FPNShape, tag: str) -> list[Case]:
         bwd = k * s.channels * p * (e + 8) + k * 20 + _grad_buffer(g_elems, e)
         return int(_with_bwd(fwd, bwd, mode))
 
-    def tv_align():
-        tv = _tv()
-        return lambda I: tv.roi_align(I.x, I.rois, o, scale, sr, False)
-
-    def tv_pool():
-        tv = _tv()
-        return lambda I: tv.roi_pool(I.x, I.rois, o, scale)
-
     return [
         Case(
             FAMILY,
@@ -240,7 +242,7 @@ def _fpn_level_cases(s: FPNShape, tag: str) -> list[Case]:
             (ref.roi_align, lambda I: (I.x, I.rois, o, scale, sr, False)),
             align_bytes,
             "out K*C*P*E + rois K*20 + sum_k C*P*S_k*4*E (bwd: see bench/roi.py)",
-            {"torchvision": tv_align},
+            {"torchvision": _tv_baseline("roi_align", o, scale, sr, False)},
         ),
         Case(
             FAMILY,
@@ -252,7 +254,7 @@ def _fpn_level_cases(s: FPNShape, tag: str) -> list[Case]:
             (ref.roi_pool, lambda I: (I.x, I.rois, o, scale)),
             pool_bytes,
             "out K*C*P*(E+4) + rois K*20 + sum_k C*A_k*E (bwd: see bench/roi.py)",
-            {"torchvision": tv_pool},
+            {"torchvision": _tv_baseline("roi_pool", o, scale)},
             grad_check="max-pool",
         ),
     ]
@@ -338,14 +340,6 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
         bwd = k * s.classes * p * e + k * 20 + s.classes * area * 4 + _grad_buffer(g_elems, e)
         return int(_with_bwd(fwd, bwd, mode))
 
-    def tv_align():
-        tv = _tv()
-        return lambda I: tv.ps_roi_align(I.x, I.rois, o, scale, sr)
-
-    def tv_pool():
-        tv = _tv()
-        return lambda I: tv.ps_roi_pool(I.x, I.rois, o, scale)
-
     return [
         Case(
             FAMILY,
@@ -357,7 +351,7 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
             (ref.ps_roi_align, lambda I: (I.x, I.rois, o, scale, sr)),
             align_bytes,
             "out K*C'*P*E + rois K*20 + sum_k C'*P*S_k*4*E (bwd: see bench/roi.py)",
-            {"torchvision": tv_align},
+            {"torchvision": _tv_baseline("ps_roi_align", o, scale, sr)},
         ),
         Case(
             FAMILY,
@@ -369,7 +363,7 @@ def _rfcn_cases(s: RFCNShape, tag: str) -> list[Case]:
             (ref.ps_roi_pool, lambda I: (I.x, I.rois, o, scale)),
             pool_bytes,
             "out K*C'*P*E + rois K*20 + sum_k C'*A_k*E (bwd: see bench/roi.py)",
-            {"torchvision": tv_pool},
+            {"torchvision": _tv_baseline("ps_roi_pool", o, scale)},
         ),
     ]
 

@@ -231,6 +231,20 @@ def opcheck_registered(name: str, cases) -> None:
         torch.library.opcheck(_registry.get(name), args)
 
 
+def public_ops() -> set[str]:
+    """The names of pygen.ops' public functions (those defined in a pygen.ops module): what the
+    per-op case lists of the cross-cutting tests must cover."""
+    from pygen import ops
+
+    return {
+        n
+        for n in dir(ops)
+        if not n.startswith("_")
+        and callable(getattr(ops, n))
+        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
+    }
+
+
 def route_kwargs(n_group: int, topk_group: int, scoring: str, bias, norm: bool, scale: float) -> dict:
     """moe_route's keyword arguments (the op's and the reference's) for one routing case."""
     kw = dict(scoring=scoring, e_score_correction_bias=bias, n_group=n_group, topk_group=topk_group)
@@ -244,13 +258,20 @@ _TINY_HEADS = dict(hidden_size=48, num_attention_heads=2, num_key_value_heads=2,
 _TINY_LATENT = dict(kv_lora_rank=512, qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32)
 TINY_MLA_DIMS = {**_TINY_HEADS, **_TINY_LATENT}
 
+
+def moe_routing(experts: int, top_k: int, n_group: int, topk_group: int) -> dict:
+    """The routing fields of a DeepseekV3Config / pygen.nn.MoE: ``experts`` routed experts, each
+    token's ``top_k`` of them taken from the ``topk_group`` best of ``n_group`` groups."""
+    return dict(n_routed_experts=experts, num_experts_per_tok=top_k, n_group=n_group, topk_group=topk_group)
+
+
 # DeepSeek-V3's group-limited routing in miniature: 8 experts, top-3 of the 2 best of 4 groups
 # (the MoE module, expert-parallel and transformers tests' layers).
-GROUPED_ROUTING = dict(n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2)
+GROUPED_ROUTING = moe_routing(8, 3, 4, 2)
 
 # transformers' own DeepseekV3 tests (DeepseekV3ModelTester): top_k = all 8 experts although the
 # one kept group holds 4, so 4 masked experts are routed to as well.
-TRANSFORMERS_TEST_ROUTING = dict(n_routed_experts=8, num_experts_per_tok=8, n_group=2, topk_group=1)
+TRANSFORMERS_TEST_ROUTING = moe_routing(8, 8, 2, 1)
 
 
 def topk_ties_to_lower_index(x, k, dim=-1, largest=True, sorted=True):

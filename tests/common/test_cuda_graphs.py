@@ -20,9 +20,10 @@ import os
 import gpu_cases as C
 import pytest
 import torch
+from helpers import public_ops
 
 import pygen
-from pygen import _backend, ops
+from pygen import _backend
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -90,13 +91,7 @@ def test_capture_with_checks_on_skips_them():
 
 # ---- CPU: the case list is sound --------------------------------------------------------------------
 def test_cases_cover_every_public_op():
-    public = {
-        n
-        for n in dir(ops)
-        if not n.startswith("_")
-        and callable(getattr(ops, n))
-        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
-    }
+    public = public_ops()
     covered = {c.op for c in C.CASES}
     assert covered <= public, covered - public
     assert public - covered == C.NOT_COVERED, public - covered

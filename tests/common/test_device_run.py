@@ -15,6 +15,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from helpers import public_ops
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_run.sh"
 sys.path.insert(0, str(ROOT / "bench"))
@@ -266,15 +268,7 @@ def test_family_and_kernel_of_a_test():
 
 
 def test_family_lists_cover_the_public_ops():
-    from pygen import ops
-
-    public = {
-        n
-        for n in dir(ops)
-        if not n.startswith("_")
-        and callable(getattr(ops, n))
-        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
-    }
+    public = public_ops()
     listed = [op for fam in S.FAMILIES.values() for op in fam]
     assert len(listed) == len(set(listed))
     assert set(listed) == public, set(listed) ^ public

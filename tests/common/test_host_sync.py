@@ -23,7 +23,7 @@ import traceback
 
 import pytest
 import torch
-from helpers import make_rois
+from helpers import make_rois, public_ops
 
 import pygen
 from pygen import _backend, ops
@@ -382,13 +382,7 @@ def _call(name):
 
 def test_every_public_op_is_covered():
     names = {n.split("[")[0] for n in CALLS}
-    public = {
-        n
-        for n in dir(ops)
-        if not n.startswith("_")
-        and callable(getattr(ops, n))
-        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
-    }
+    public = public_ops()
     # made_sample reads its degrees for the schedule (test below); sort_hidden_units is a helper on
     # parameters, not a hot-path op
     assert public - names == {"made_sample", "sort_hidden_units"}, public - names

@@ -9,6 +9,7 @@ import inspect
 
 import pytest
 import torch
+from helpers import public_ops
 from torch.utils._pytree import tree_map
 
 from pygen import ops
@@ -159,13 +160,7 @@ WORK_ON_META = {"sort_hidden_units"}
 
 
 def test_every_public_op_is_covered():
-    public = {
-        n
-        for n in dir(ops)
-        if not n.startswith("_")
-        and callable(getattr(ops, n))
-        and getattr(getattr(ops, n), "__module__", "").startswith("pygen.ops")
-    }
+    public = public_ops()
     covered = {c.split("(")[0] for c in CASES} | WORK_ON_META
     assert public <= covered, f"no meta case for {sorted(public - covered)}"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import GROUPED_ROUTING, run_gloo_ranks
+from helpers import GROUPED_ROUTING, moe_routing, run_gloo_ranks
 from hypothesis import given, settings, strategies as st
 
 from pygen.nn._moe_ep import dispatch_plan, expert_partition, local_experts
@@ -33,10 +33,7 @@ SCENARIOS = {
         fields=dict(
             hidden_size=10,
             moe_intermediate_size=4,
-            n_routed_experts=10,
-            num_experts_per_tok=3,
-            n_group=2,
-            topk_group=1,
+            **moe_routing(10, 3, 2, 1),
             n_shared_experts=0,
             norm_topk_prob=False,
         ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import GROUPED_ROUTING, assert_close_to_ref, route_kwargs
+from helpers import GROUPED_ROUTING, assert_close_to_ref, moe_routing, route_kwargs
 
 from pygen import _backend
 from pygen.nn.moe import MoE, bias_update, expert_load, load_balance_stats
@@ -86,15 +86,7 @@ def test_reference_matches_ref_composition_float64(shape):
 
 
 def test_gradcheck_float64():
-    m = _layer(
-        hidden_size=6,
-        moe_intermediate_size=3,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        n_group=2,
-        topk_group=1,
-        n_shared_experts=1,
-    )
+    m = _layer(hidden_size=6, moe_intermediate_size=3, **moe_routing(4, 2, 2, 1), n_shared_experts=1)
     m.backend = "reference"
     params = dict(m.named_parameters())
     names = list(params)
@@ -245,15 +237,7 @@ def test_bias_updates_balance_a_skewed_router():
     """The rule's purpose: a router whose logits favour a few experts gets balanced by the bias
     alone (routing only, no expert compute)."""
     torch.manual_seed(0)
-    m = MoE(
-        hidden_size=16,
-        moe_intermediate_size=4,
-        n_routed_experts=16,
-        num_experts_per_tok=2,
-        n_group=4,
-        topk_group=2,
-        backend="reference",
-    )
+    m = MoE(hidden_size=16, moe_intermediate_size=4, **moe_routing(16, 2, 4, 2), backend="reference")
     with torch.no_grad():
         m.gate.weight.normal_(0, 0.3)
     skew = torch.linspace(2.0, -2.0, 16)  # expert 0 strongly preferred, expert 15 avoided

@@ -426,16 +426,14 @@ def test_align_large_triton():
         assert torch.equal(got, w)
 
 
+def _align_space(tokens: int, top_k: int, experts: int, blocks: list[int]) -> dict:
+    """hypothesis strategies of one moe_align problem (the fuzz tests' arguments t, k, e, b): up to
+    ``tokens`` tokens, 1 to ``top_k`` slots each, 1 to ``experts`` experts, a block size of ``blocks``."""
+    return dict(t=st.integers(0, tokens), k=st.integers(1, top_k), e=st.integers(1, experts), b=st.sampled_from(blocks))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    t=st.integers(0, 40),
-    k=st.integers(1, 8),
-    e=st.integers(1, 70),
-    b=st.sampled_from([1, 2, 3, 16, 64]),
-    hot=st.booleans(),
-    seed=st.integers(0, 2**16),
-    bad=st.booleans(),
-)
+@given(**_align_space(40, 8, 70, [1, 2, 3, 16, 64]), hot=st.booleans(), seed=st.integers(0, 2**16), bad=st.booleans())
 def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
     gen = _gen(seed)
     hi = 1 if hot else e
@@ -452,13 +450,7 @@ def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    t=st.integers(0, 24),
-    k=st.integers(1, 4),
-    e=st.integers(1, 40),
-    b=st.sampled_from([1, 4, 16]),
-    seed=st.integers(0, 2**16),
-)
+@given(**_align_space(24, 4, 40, [1, 4, 16]), seed=st.integers(0, 2**16))
 def test_align_fuzz_triton(t, k, e, b, seed):
     if not _backend.backend_status("triton", "cpu")[0]:
         pytest.skip("triton unavailable")

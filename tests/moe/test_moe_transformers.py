@@ -30,15 +30,22 @@ _TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
 _SKIP_TRITON = pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
 
 
+# The tiny causal LM every model of this file is built on (DeepseekV3 and the other MoE families).
+_TINY_LM = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+
 def _config(**kw):
     base = dict(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
+        _TINY_LM,
         moe_intermediate_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
         **GROUPED_ROUTING,
         n_shared_experts=1,
         routed_scaling_factor=2.5,
@@ -48,7 +55,6 @@ def _config(**kw):
         qk_rope_head_dim=8,
         qk_nope_head_dim=8,
         v_head_dim=8,
-        max_position_embeddings=64,
     )
     base.update(kw)
     return transformers.DeepseekV3Config(**base)
@@ -296,18 +302,7 @@ def test_experts_implementation_other_moe_models(family, monkeypatch):
     if cfg_cls is None or model_cls is None:
         pytest.skip(f"transformers {transformers.__version__} has no {family}")
     experts = dict(num_experts=8, moe_intermediate_size=16) if family == "Qwen3Moe" else dict(num_local_experts=8)
-    cfg = cfg_cls(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        num_experts_per_tok=2,
-        experts_implementation="eager",
-        **experts,
-    )
+    cfg = cfg_cls(**_TINY_LM, num_experts_per_tok=2, experts_implementation="eager", **experts)
     torch.manual_seed(0)
     model = model_cls(cfg).eval()
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(4))
