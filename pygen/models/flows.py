@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ from ..nn.flows import ZeroConv2d, coupling_net
 from ..ref import flows as ref
 
 _LOG_2PI = math.log(2 * math.pi)
+_Normal = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> N(0, I) draws (_Flow._normal)
 
 
 def _gaussian_logp(z: torch.Tensor, mean=None, log_sd=None) -> torch.Tensor:
@@ -63,6 +65,30 @@ def set_backend(model: nn.Module, backend: str | None) -> nn.Module:
         if isinstance(m, (pnn.ActNorm, pnn.InvConv1x1, pnn.AffineCoupling, pnn.AdditiveCoupling)):
             m.backend = backend
     return model
+
+
+class _Flow(nn.Module):
+    """What the flow models share: ``forward`` is ``log_prob``, and ``sample`` decodes latents
+    drawn from N(0, I) in the shapes ``_latents`` asks for (Glow's sample adds its split priors)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x)
+
+    def _normal(self, generator: torch.Generator | None, device: Device | None, dtype: torch.dtype) -> _Normal:
+        """shape -> N(0, I) noise drawn on the CPU with ``generator`` (the same draws on every
+        device), moved to ``device`` (default: the model's)."""
+        device = device or next(self.parameters()).device
+        return lambda shape: torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        return self.decode(self._latents(n, self._normal(generator, device, dtype)))
 
 
 class FlowStep(nn.Module):
@@ -121,7 +147,7 @@ class GlowConfig:
         return cls(image=(3, 8, 8), levels=2, steps=2, hidden=16, batch=8)
 
 
-class Glow(nn.Module):
+class Glow(_Flow):
     def __init__(self, cfg: GlowConfig = GlowConfig(), backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -170,9 +196,6 @@ class Glow(nn.Module):
         _, logdet, prior = self.encode(x)
         return logdet + prior
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
-
     def decode(self, zs: list[torch.Tensor]) -> torch.Tensor:
         x = zs[-1]
         for lvl in range(len(self.levels) - 1, -1, -1):
@@ -192,11 +215,7 @@ class Glow(nn.Module):
         device: Device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        device = device or next(self.parameters()).device
-
-        def randn(shape):
-            return torch.randn(shape, generator=generator, dtype=dtype).to(device)
-
+        randn = self._normal(generator, device, dtype)
         x = randn((n, *self.top_shape)) * temperature
         for lvl in range(len(self.levels) - 1, -1, -1):
             if lvl < len(self.levels) - 1:
@@ -233,7 +252,7 @@ class RealNVP2DConfig:
         return cls(couplings=4, hidden=16, batch=64)
 
 
-class RealNVP2D(nn.Module):
+class RealNVP2D(_Flow):
     """RealNVP on 2-D points: ActNorm -> affine coupling, alternating which coordinate moves."""
 
     def __init__(self, cfg: RealNVP2DConfig = RealNVP2DConfig(), backend: str | None = None) -> None:
@@ -266,19 +285,8 @@ class RealNVP2D(nn.Module):
         z, ld = self.encode(x)
         return ld + _gaussian_logp(z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        device = device or next(self.parameters()).device
-        return self.decode(torch.randn((n, 2), generator=generator, dtype=dtype).to(device))
+    def _latents(self, n: int, randn: _Normal) -> torch.Tensor:
+        return randn((n, 2))
 
     @staticmethod
     def example_inputs(
@@ -339,7 +347,7 @@ class _Checkerboard(nn.Module):
         return self._run(y, True)
 
 
-class RealNVPImage(nn.Module):
+class RealNVPImage(_Flow):
     def __init__(self, cfg: RealNVPImageConfig = RealNVPImageConfig(), backend: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -404,23 +412,8 @@ class RealNVPImage(nn.Module):
         _, logdet, prior = self.encode(x)
         return logdet + prior
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        device = device or next(self.parameters()).device
-
-        def randn(shape):
-            return torch.randn((n, *shape), generator=generator, dtype=dtype).to(device)
-
-        return self.decode([randn(sh) for sh in self.shapes] + [randn(self.top_shape)])
+    def _latents(self, n: int, randn: _Normal) -> list[torch.Tensor]:
+        return [randn((n, *shape)) for shape in (*self.shapes, self.top_shape)]
 
     @staticmethod
     def example_inputs(

@@ -23,6 +23,9 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops._roi_checks import to_rois
+from ..ops._roi_script import Boxes
+
 
 def infer_scale(feature_h: int, image_h: int) -> float:
     """torchvision's rule for a level's scale: the power of two nearest to feature size / image
@@ -45,6 +48,18 @@ def script_backend(backend: Optional[str]) -> str:  # noqa: UP045 (TorchScript)
     if backend is not None and backend == "triton":
         return "triton"
     return ""
+
+
+def kernel_args(
+    output_size: Union[int, tuple[int, int], list[int]],  # noqa: UP007 (TorchScript)
+    backend: Optional[str],  # noqa: UP045 (TorchScript)
+    input: Tensor,
+    boxes: Boxes,
+) -> tuple[str, Tensor, int, int]:
+    """What a scripted branch passes its kernel op: the kernel (``script_backend``), the boxes as
+    [K, 5] rois of ``input`` (``to_rois``) and (PH, PW) (``hw``)."""
+    ph, pw = hw(output_size)
+    return script_backend(backend), to_rois(input, boxes), ph, pw
 
 
 def refuse_reference(module: nn.Module) -> nn.Module:

@@ -14,12 +14,29 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops._roi_checks import Boxes, PoolSize, to_rois
+from ..ops._roi_checks import Boxes, PoolSize
 from ..ops._roi_script import align_op, multi_scale_op, pool_op, ps_align_op, ps_pool_op
 from . import _roi_script
 
 
-class RoIAlign(nn.Module):
+class _Pooler(nn.Module):
+    """What the one-level RoI modules share: the ``output_size``, ``spatial_scale`` and ``backend``
+    attributes (torchvision's names) and the TorchScript hook (pygen/nn/_roi_script.py)."""
+
+    def __init__(self, output_size: PoolSize, spatial_scale: float, *, backend: str | None = None) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.backend = backend
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _roi_script.refuse_reference(self)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+class RoIAlign(_Pooler):
     """See pygen.ops.roi_align (torchvision.ops.RoIAlign)."""
 
     def __init__(
@@ -31,17 +48,13 @@ class RoIAlign(nn.Module):
         *,
         backend: str | None = None,
     ) -> None:
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
+        super().__init__(output_size, spatial_scale, backend=backend)
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
-        self.backend = backend
 
     def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone (pygen/nn/_roi_script.py)
-            ph, pw = _roi_script.hw(self.output_size)
-            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, input, rois)
             return align_op(
                 b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio), bool(self.aligned)
             )
@@ -49,43 +62,24 @@ class RoIAlign(nn.Module):
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
         )
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        return _roi_script.refuse_reference(self)
-
     def extra_repr(self) -> str:
-        return (
-            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
-        )
+        return f"{super().extra_repr()}, sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
 
 
-class _IntegerPool(nn.Module):
+class _IntegerPool(_Pooler):
     """RoIPool and PSRoIPool (``_ps``): the same arguments, the op of each."""
 
     _ps: bool
     __constants__ = ["_ps"]  # TorchScript reads the subclass's flag as a constant
 
-    def __init__(self, output_size: PoolSize, spatial_scale: float, *, backend: str | None = None) -> None:
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-        self.backend = backend
-
     def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
         if torch.jit.is_scripting():
-            ph, pw = _roi_script.hw(self.output_size)
-            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, input, rois)
             if self._ps:
                 return ps_pool_op(b, input, r, ph, pw, float(self.spatial_scale))
             return pool_op(b, input, r, ph, pw, float(self.spatial_scale))
         pool = _ps_roi_pool if self._ps else _roi_pool
         return pool(input, rois, self.output_size, self.spatial_scale, self.backend)
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        return _roi_script.refuse_reference(self)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
 class RoIPool(_IntegerPool):
@@ -94,32 +88,23 @@ class RoIPool(_IntegerPool):
     _ps = False
 
 
-class PSRoIAlign(nn.Module):
+class PSRoIAlign(_Pooler):
     """See pygen.ops.ps_roi_align (torchvision.ops.PSRoIAlign)."""
 
     def __init__(
         self, output_size: PoolSize, spatial_scale: float, sampling_ratio: int, *, backend: str | None = None
     ) -> None:
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
+        super().__init__(output_size, spatial_scale, backend=backend)
         self.sampling_ratio = sampling_ratio
-        self.backend = backend
 
     def forward(self, input: torch.Tensor, rois: Boxes) -> torch.Tensor:
         if torch.jit.is_scripting():
-            ph, pw = _roi_script.hw(self.output_size)
-            b, r = _roi_script.script_backend(self.backend), to_rois(input, rois)
+            b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, input, rois)
             return ps_align_op(b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio))
         return _ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        return _roi_script.refuse_reference(self)
-
     def extra_repr(self) -> str:
-        return (
-            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}"
-        )
+        return f"{super().extra_repr()}, sampling_ratio={self.sampling_ratio}"
 
 
 class PSRoIPool(_IntegerPool):
@@ -164,8 +149,7 @@ class MultiScaleRoIAlign(nn.Module):
     ) -> torch.Tensor:
         if torch.jit.is_scripting():
             feats = [x[k] for k in self.featmap_names]
-            ph, pw = _roi_script.hw(self.output_size)
-            b, r = _roi_script.script_backend(self.backend), to_rois(feats[0], boxes)
+            b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, feats[0], boxes)
             scales = _roi_script.scales_of(feats, image_shapes)
             sr, cs, cl = int(self.sampling_ratio), float(self.canonical_scale), float(self.canonical_level)
             return multi_scale_op(b, feats, r, ph, pw, scales, sr, cs, cl, False)
