@@ -189,6 +189,35 @@ def _gather_launch(kernel, t: Tensor, c: int, maps: Sequence[Tensor], *args, ps:
         kernel[grid](*args, **consts, **cfg, **_launch_opts(t))
 
 
+def _bwd_launch(
+    kernels: tuple,
+    grad_out: Tensor,
+    rois: Tensor,
+    grad_input: Tensor,
+    op_args: tuple,
+    deterministic: bool,
+    ps: bool = False,
+    **consts,
+) -> None:
+    """Backward of roi_align / ps_roi_align / ps_roi_pool (``ps``: a position-sensitive op). kernels:
+    (deterministic gather, atomic per-RoI kernel), taking (grad_out, rois, grad_input, [K,] N, C,
+    [C_in,] H, W, grad_out strides, rois strides, *op_args, PH, PW); C_in, grad_input's channel
+    count, goes to the kernels that declare it."""
+    if grad_out.numel() == 0 or grad_input.numel() == 0:
+        return
+    k, c, ph, pw = grad_out.shape
+    n, c_in, h, w = grad_input.shape
+    rest = (*grad_out.stride(), *rois.stride(), *op_args, ph, pw)
+    gather, atomic = kernels
+    chans = lambda kernel: (c, c_in) if "C_in" in kernel.arg_names else (c,)
+    if deterministic:  # the gather's grid covers the channels it writes: C_in, or C
+        args = (grad_out, rois, grad_input, k, n, *chans(gather), h, w, *rest)
+        _gather_launch(gather, grad_out, chans(gather)[-1], [grad_input], *args, ps=ps, **consts)
+    else:
+        args = (grad_out, rois, grad_input, n, *chans(atomic), h, w, *rest)
+        _per_roi_launch(atomic, grad_out, grad_out.shape, *args, **consts)
+
+
 def roi_align_fwd(
     input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> None:
@@ -209,18 +238,10 @@ def roi_align_bwd(
     aligned: bool,
     deterministic: bool,
 ) -> None:
-    if grad_out.numel() == 0 or grad_input.numel() == 0:
-        return
-    k, c, ph, pw = grad_out.shape
-    n, _, h, w = grad_input.shape
-    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    kernels = (_roi_align_bwd_gather_kernel, _roi_align_bwd_kernel)
+    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
     consts = {"ALIGNED": bool(aligned), "DT": _dt(grad_input)}
-    if deterministic:
-        args = (grad_out, rois, grad_input, k, n, c, h, w, *rest)
-        _gather_launch(_roi_align_bwd_gather_kernel, grad_out, c, [grad_input], *args, **consts)
-    else:
-        args = (grad_out, rois, grad_input, n, c, h, w, *rest)
-        _per_roi_launch(_roi_align_bwd_kernel, grad_out, grad_out.shape, *args, **consts)
+    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, **consts)
 
 
 def ps_roi_align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int) -> None:
@@ -234,19 +255,9 @@ def ps_roi_align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: fl
 def ps_roi_align_bwd(
     grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, sampling_ratio: int, deterministic: bool
 ) -> None:
-    if grad_out.numel() == 0 or grad_input.numel() == 0:
-        return
-    k, c, ph, pw = grad_out.shape
-    n, c_in, h, w = grad_input.shape
-    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
-    if deterministic:
-        args = (grad_out, rois, grad_input, k, n, c, c_in, h, w, *rest)
-        _gather_launch(
-            _ps_roi_align_bwd_gather_kernel, grad_out, c_in, [grad_input], *args, ps=True, DT=_dt(grad_input)
-        )
-    else:
-        args = (grad_out, rois, grad_input, n, c, h, w, *rest)
-        _per_roi_launch(_ps_roi_align_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
+    kernels = (_ps_roi_align_bwd_gather_kernel, _ps_roi_align_bwd_kernel)
+    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
+    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=True, DT=_dt(grad_input))
 
 
 def roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor, spatial_scale: float) -> None:
@@ -303,17 +314,9 @@ def ps_roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: flo
 def ps_roi_pool_bwd(
     grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, deterministic: bool
 ) -> None:
-    if grad_out.numel() == 0 or grad_input.numel() == 0:
-        return
-    k, c, ph, pw = grad_out.shape
-    n, c_in, h, w = grad_input.shape
-    rest = (*grad_out.stride(), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
-    if deterministic:
-        args = (grad_out, rois, grad_input, k, n, c, c_in, h, w, *rest)
-        _gather_launch(_ps_roi_pool_bwd_gather_kernel, grad_out, c_in, [grad_input], *args, ps=True, DT=_dt(grad_input))
-    else:
-        args = (grad_out, rois, grad_input, n, c, c_in, h, w, *rest)
-        _per_roi_launch(_ps_roi_pool_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
+    kernels = (_ps_roi_pool_bwd_gather_kernel, _ps_roi_pool_bwd_kernel)
+    op_args = _f32_parts(spatial_scale)
+    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=True, DT=_dt(grad_input))
 
 
 def _level_args(tensors: Sequence[Tensor], spatial_scales: Sequence[float], with_strides: bool) -> list:

@@ -107,17 +107,14 @@ def _ps_align_gather_roi(acc, row, lanes, cmask, rows, cols, geo, H, W, PH, PW, 
 
 @triton.jit
 def _align_gather(
-    acc,
     go,
     rois,
+    grad,
     K,
-    N,
     n,
     c,
-    cmask,
+    c_live,
     tile,
-    H,
-    W,
     scale,
     sampling_ratio,
     PH,
@@ -128,21 +125,27 @@ def _align_gather(
     PS: tl.constexpr,
     MULTI_LEVEL: tl.constexpr,
     DT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,
 ):
-    """Walk the RoIs in index order; for each one of image n (and level lvl) whose support
-    reaches the pixel tile (ty0, tx0, rows, cols), add its contribution. The walk is vectorised
-    ROI_BLOCK at a time and then visits only the hits, smallest index first, so the summation
-    order is fixed."""
+    """One program of the roi_align / ps_roi_align / multi_scale_roi_align gathers: pixel tile
+    ``tile`` of image n, channels c, of the contiguous map grad = (pointer, N, C, H, W) (the level
+    lvl's, for multi_scale). Walk the RoIs in index order; for each one of image n (and level lvl)
+    whose support reaches the tile, add its contribution to the channels c < c_live (the map's
+    other channels get zeros); store once. The walk is vectorised ROI_BLOCK at a time and then
+    visits only the hits, smallest index first, so the summation order is fixed."""
+    grad_ptr, N, C, H, W = grad
     grad_out_ptr, go_s0, go_s1, go_s2, go_s3 = go
-    ty0, tx0, rows, cols = tile
+    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
     ty0f = ty0.to(DT)
     tx0f = tx0.to(DT)
     ftile = (ty0f, tx0f, rows, cols)
+    cmask = c < c_live
     if PS:
         lanes = _ps_lanes(c, PH, PW)
+    acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     for kb in range(0, K, ROI_BLOCK):
         kk, box, hit = _image_rois(rois, kb, K, N, n, ROI_BLOCK, DT)
         if MULTI_LEVEL:
@@ -158,7 +161,7 @@ def _align_gather(
                 acc = _ps_align_gather_roi(acc, row, lanes, cmask, rows, cols, geo, H, W, PH, PW, DT)
             else:
                 acc = _align_gather_roi(acc, row, c, cmask, ftile, geo, H, W, PH, PW, DT, TILE_H, TILE_W)
-    return acc
+    _store_tile(grad_ptr, n, C, H, W, c, c < C, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -190,22 +193,19 @@ def _roi_align_bwd_gather_kernel(
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     n, c, tile = _gather_program(N, C, BLOCK_C)
-    cmask = c < C
-    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
     go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
-    acc = _align_gather(
-        tl.zeros([BLOCK_C, TILE_H * TILE_W], DT),
+    rois = (rois_ptr, roi_stride, roi_stride_f)
+    scale = _scale(scale_hi, scale_lo, DT)
+    _align_gather(
         go,
-        (rois_ptr, roi_stride, roi_stride_f),
+        rois,
+        (grad_in_ptr, N, C, H, W),
         K,
-        N,
         n,
         c,
-        cmask,
-        (ty0, tx0, rows, cols),
-        H,
-        W,
-        _scale(scale_hi, scale_lo, DT),
+        C,
+        tile,
+        scale,
         sampling_ratio,
         PH,
         PW,
@@ -215,11 +215,11 @@ def _roi_align_bwd_gather_kernel(
         False,
         False,
         DT,
+        BLOCK_C,
         TILE_H,
         TILE_W,
         ROI_BLOCK,
     )
-    _store_tile(grad_in_ptr, n, C, H, W, c, cmask, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -251,22 +251,18 @@ def _ps_roi_align_bwd_gather_kernel(
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     n, c, tile = _gather_program(N, C_in, BLOCK_C)
-    ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
+    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     rois = (rois_ptr, roi_stride, roi_stride_f)
-    acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     scale = _scale(scale_hi, scale_lo, DT)
-    acc = _align_gather(
-        acc,
-        (grad_out_ptr, go_s0, go_s1, go_s2, go_s3),
+    _align_gather(
+        go,
         rois,
+        (grad_in_ptr, N, C_in, H, W),
         K,
-        N,
         n,
         c,
-        c < C * PH * PW,
-        (ty0, tx0, rows, cols),
-        H,
-        W,
+        C * PH * PW,
+        tile,
         scale,
         sampling_ratio,
         PH,
@@ -277,11 +273,11 @@ def _ps_roi_align_bwd_gather_kernel(
         True,
         False,
         DT,
+        BLOCK_C,
         TILE_H,
         TILE_W,
         ROI_BLOCK,
     )
-    _store_tile(grad_in_ptr, n, C_in, H, W, c, c < C_in, rows, cols, pix, acc)
 
 
 @triton.jit
@@ -481,26 +477,22 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     # the tiles of all levels are laid end to end along the grid; each program finds its level,
     # then gathers like _roi_align_bwd_gather_kernel from the RoIs assigned to that level
     n, c, tile = _gather_program(N, C, BLOCK_C)
-    cmask = c < C
     heights, widths = (H0, H1, H2, H3, H4, H5, H6, H7), (W0, W1, W2, W3, W4, W5, W6, W7)
     lvl, tile = _level_of_tile(tile, NUM_LEVELS, heights, widths, TILE_H, TILE_W)
     scales = (s0, s1, s2, s3, s4, s5, s6, s7)
     gp, Hl, Wl, sl, _ok = _select_level(lvl, NUM_LEVELS, (g0, g1, g2, g3, g4, g5, g6, g7), heights, widths, scales, DT)
-    ty0, tx0, rows, cols, pix = _tile_coords(tile, Hl, Wl, TILE_H, TILE_W)
     go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
+    rois = (rois_ptr, roi_stride, roi_stride_f)
     fpn = (a0, a1, a2, a3, a4, a5, a6, a7)
-    acc = _align_gather(
-        tl.zeros([BLOCK_C, TILE_H * TILE_W], DT),
+    _align_gather(
         go,
-        (rois_ptr, roi_stride, roi_stride_f),
+        rois,
+        (gp, N, C, Hl, Wl),
         K,
-        N,
         n,
         c,
-        cmask,
-        (ty0, tx0, rows, cols),
-        Hl,
-        Wl,
+        C,
+        tile,
         sl,
         sampling_ratio,
         PH,
@@ -511,8 +503,8 @@ def _multi_scale_roi_align_bwd_gather_kernel(
         False,
         True,
         DT,
+        BLOCK_C,
         TILE_H,
         TILE_W,
         ROI_BLOCK,
     )
-    _store_tile(gp, n, C, Hl, Wl, c, cmask, rows, cols, pix, acc)
