@@ -128,9 +128,7 @@ def _merge_splits(opart: Tensor, lpart: Tensor, out: Tensor, lse: Tensor, s_q: i
         h_q,
         rows,
         num_splits,
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
+        *_strides(3, out),
         DV=dv,
         BLOCK_S=max(2, _pow2(num_splits)),
         UPCAST=_interpreting(),
@@ -180,19 +178,10 @@ def mla_decode(
         h_q,
         rows,
         num_splits,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        lat.stride(0),
-        lat.stride(1),
-        sc.stride(0),
-        sc.stride(1),
-        rope.stride(0),
-        rope.stride(1),
+        *_strides(3, q),
+        *_strides(2, lat, sc, rope),
         block_table.stride(0),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
+        *_strides(3, out),
         CAUSAL=causal,
         FP8=fp8,
         DV=dv,
@@ -231,15 +220,9 @@ def mla_cache_append(
         part_a,
         pb,
         n,
-        cache.stride(0),
-        cache.stride(1),
+        *_strides(2, cache),
         block_table.stride(0),
-        positions.stride(0),
-        positions.stride(1),
-        part_a.stride(0),
-        part_a.stride(1),
-        pb.stride(0),
-        pb.stride(1),
+        *_strides(2, positions, part_a, pb),
         A=a,
         B=bb,
         BLOCK_A=_pow2(a),
@@ -337,9 +320,10 @@ def _launch_per_sequence(
         )
 
 
-def _rows(*ts: Tensor) -> tuple[int, ...]:
-    """(token stride, head stride) of each [total, h, d] tensor."""
-    return tuple(st for t in ts for st in t.stride()[:2])
+def _strides(n: int, *ts: Tensor) -> tuple[int, ...]:
+    """The first ``n`` strides of each tensor in turn, as the kernels take them (n = 2 on a
+    [total, h, d] prefill tensor: its token and head strides)."""
+    return tuple(st for t in ts for st in t.stride()[:n])
 
 
 def mla_prefill_fwd(
@@ -362,7 +346,7 @@ def mla_prefill_fwd(
         out.zero_()
         lse.fill_(float("-inf"))
         return
-    rest = (out, lse, scale * LOG2E, *_rows(q, k, v, out), lse.stride(0))
+    rest = (out, lse, scale * LOG2E, *_strides(2, q, k, v, out), lse.stride(0))
     num_mb = triton.cdiv(max_q, cfg.block_m)
     com = _prefill_common(q, k, v)
     _launch_per_sequence(
@@ -402,7 +386,7 @@ def mla_prefill_bwd(
         grad_lse,
         delta,
         total_q,
-        *_rows(out, grad_out),
+        *_strides(2, out, grad_out),
         grad_lse.stride(0),
         delta.stride(0),
         DV=com["DV"],
@@ -412,14 +396,14 @@ def mla_prefill_bwd(
     )
     fp32 = q.dtype == torch.float32
     lead = (q, k, v, grad_out, lse, delta)
-    scales = (scale, scale * LOG2E, *_rows(q, k, v, grad_out), lse.stride(0))
+    scales = (scale, scale * LOG2E, *_strides(2, q, k, v, grad_out), lse.stride(0))
     cfg = prefill_config("dkdv", fp32=fp32)
-    rest = (dk, dv, *scales, *_rows(dk, dv))
+    rest = (dk, dv, *scales, *_strides(2, dk, dv))
     num_nb = triton.cdiv(max_k, cfg.block_n)
     _launch_per_sequence(_mla_prefill_bwd_dkdv_kernel, cfg, num_nb, batch, h, lead, cu_q, cu_k, rest, causal, com)
     cfg = prefill_config("dq", fp32=fp32)
     num_mb = triton.cdiv(max_q, cfg.block_m)
-    rest = (dq, *scales, *_rows(dq))
+    rest = (dq, *scales, *_strides(2, dq))
     _launch_per_sequence(_mla_prefill_bwd_dq_kernel, cfg, num_mb, batch, h, lead, cu_q, cu_k, rest, causal, com)
 
 
@@ -486,14 +470,10 @@ def merge_attn_states(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
         lse,
         h,
         d,
-        out_a.stride(0),
-        out_a.stride(1),
-        out_b.stride(0),
-        out_b.stride(1),
+        *_strides(2, out_a, out_b),
         lse_a.stride(0),
         lse_b.stride(0),
-        out.stride(0),
-        out.stride(1),
+        *_strides(2, out),
         lse.stride(0),
         BLOCK_D=min(512, max(16, _pow2(d))),
         UPCAST=_interpreting(),

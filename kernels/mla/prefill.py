@@ -91,6 +91,28 @@ def _query_block(cu_q_ptr, cu_k_ptr, num_mb):
 
 
 @triton.jit
+def _query_rows(
+    q_ptr,
+    q0,
+    h,
+    mb,
+    nq,
+    stride_qt,
+    stride_qh,
+    BLOCK_M: tl.constexpr,
+    D: tl.constexpr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Rows of query block mb (in-sequence indices and their mask) and their q tile halves."""
+    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    r_ok = rows < nq
+    qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+    return rows, r_ok, qa, qb
+
+
+@triton.jit
 def _key_end(mb, nq, nk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
     """End of the keys row block mb sees (bottom-right causal: key c <= row + nk - nq)."""
     if CAUSAL:
@@ -101,12 +123,27 @@ def _key_end(mb, nq, nk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, ok):
-    """lse * log2(e) (0 for rows that saw no key) and delta of the global rows grow."""
+def _row_grad(
+    lse_ptr,
+    delta_ptr,
+    do_ptr,
+    h,
+    stride_lh,
+    stride_dot,
+    stride_doh,
+    grow,
+    ok,
+    DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """What the backward passes read of the global rows grow: lse * log2(e) (0 for rows that saw no
+    key), delta and the dO tile."""
     lse = tl.load(lse_ptr + h * stride_lh + grow, mask=ok, other=0.0)
     lse_l2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
     delta = tl.load(delta_ptr + h * stride_lh + grow, mask=ok, other=0.0)
-    return lse_l2, delta
+    do = _load_cols(do_ptr + grow * stride_dot + h * stride_doh, ok, 0, DV, BLOCK_DV, UPCAST)
+    return lse_l2, delta, do
 
 
 @triton.jit
@@ -151,9 +188,7 @@ def _mla_prefill_fwd_kernel(
     mb, h, q0, nq, k0, nk = _query_block(cu_q_ptr, cu_k_ptr, num_mb)
     if mb * BLOCK_M >= nq:
         return
-    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-    r_ok = rows < nq
-    qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+    rows, r_ok, qa, qb = _query_rows(q_ptr, q0, h, mb, nq, stride_qt, stride_qh, BLOCK_M, D, DA, DB, UPCAST)
     shift = nk - nq
     hi = _key_end(mb, nq, nk, CAUSAL, BLOCK_M)
     kbase = k_ptr + k0.to(tl.int64) * stride_kt + h * stride_kh
@@ -234,6 +269,13 @@ def _probs(
 
 
 @triton.jit
+def _dscores(p, do, vt, delta, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """dS = P * (dO v^T - delta), in the MMA operand dtype DTYPE."""
+    dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
+    return (p * (dp - delta[:, None])).to(DTYPE)
+
+
+@triton.jit
 def _mla_prefill_bwd_dkdv_kernel(
     q_ptr,
     k_ptr,
@@ -299,12 +341,12 @@ def _mla_prefill_bwd_dkdv_kernel(
         r_ok = rows < nq
         qa, qb = _load_qk(qbase, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
         grow = (q0 + rows).to(tl.int64)
-        lse_l2, delta = _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, r_ok)
-        do = _load_cols(do_ptr + grow * stride_dot + h * stride_doh, r_ok, 0, DV, BLOCK_DV, UPCAST)
+        lse_l2, delta, do = _row_grad(
+            lse_ptr, delta_ptr, do_ptr, h, stride_lh, stride_dot, stride_doh, grow, r_ok, DV, BLOCK_DV, UPCAST
+        )
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
         dvt += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
-        ds = (p * (dp - delta[:, None])).to(qa.dtype)
+        ds = _dscores(p, do, vt, delta, qa.dtype, PRECISION)
         dka += tl.dot(tl.trans(ds), qa, input_precision=PRECISION)
         if DB > 0:
             dkb += tl.dot(tl.trans(ds), qb, input_precision=PRECISION)
@@ -356,12 +398,11 @@ def _mla_prefill_bwd_dq_kernel(
     mb, h, q0, nq, k0, nk = _query_block(cu_q_ptr, cu_k_ptr, num_mb)
     if mb * BLOCK_M >= nq:
         return
-    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-    r_ok = rows < nq
-    qa, qb = _load_qk(q_ptr + q0.to(tl.int64) * stride_qt + h * stride_qh, rows, r_ok, stride_qt, D, DA, DB, UPCAST)
+    rows, r_ok, qa, qb = _query_rows(q_ptr, q0, h, mb, nq, stride_qt, stride_qh, BLOCK_M, D, DA, DB, UPCAST)
     grow = (q0 + rows).to(tl.int64)
-    lse_l2, delta = _row_stats(lse_ptr, delta_ptr, h, stride_lh, grow, r_ok)
-    do = _load_cols(do_ptr + grow * stride_dot + h * stride_doh, r_ok, 0, DV, BLOCK_DV, UPCAST)
+    lse_l2, delta, do = _row_grad(
+        lse_ptr, delta_ptr, do_ptr, h, stride_lh, stride_dot, stride_doh, grow, r_ok, DV, BLOCK_DV, UPCAST
+    )
     shift = nk - nq
     hi = _key_end(mb, nq, nk, CAUSAL, BLOCK_M)
     dqa = tl.zeros([BLOCK_M, DA], dtype=tl.float32)
@@ -373,8 +414,7 @@ def _mla_prefill_bwd_dq_kernel(
         ka, kb = _load_qk(kbase, cols, c_ok, stride_kt, D, DA, DB, UPCAST)
         vt = _load_cols(v_ptr + (k0 + cols).to(tl.int64) * stride_vt + h * stride_vh, c_ok, 0, DV, BLOCK_DV, UPCAST)
         p = _probs(qa, qb, ka, kb, lse_l2, rows, cols, r_ok, c_ok, shift, scale_log2, CAUSAL, DB, PRECISION)
-        dp = tl.dot(do, tl.trans(vt), input_precision=PRECISION)
-        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        ds = _dscores(p, do, vt, delta, ka.dtype, PRECISION)
         dqa += tl.dot(ds, ka, input_precision=PRECISION)
         if DB > 0:
             dqb += tl.dot(ds, kb, input_precision=PRECISION)

@@ -90,24 +90,14 @@ def _route_scores(x, mx, den, SOFTMAX: tl.constexpr):
 
 @triton.jit
 def _route_tile(
-    x_ptr,
-    bias_ptr,
-    rows,
-    rmask,
-    stride_xt,
-    g0,
-    p0,
-    NG,
-    PER,
-    mx,
-    den,
-    GB: tl.constexpr,
-    PB: tl.constexpr,
-    SOFTMAX: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    src, g0, p0, NG, PER, GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr
 ):
     """Biased scores b [BLOCK_T, GB, PB] of experts e = g * PER + p, g in g0 + [0, GB), p in
-    p0 + [0, PB); e [1, GB, PB] and ok (a real expert) [1, GB, PB]."""
+    p0 + [0, PB); e [1, GB, PB] and ok (a real expert) [1, GB, PB]. ``src`` = (x_ptr, bias_ptr,
+    rows, rmask, stride_xt, mx, den): the program's logits rows and their softmax statistics (the
+    kernel builds it once; a tuple compiles to its elements, so the code is what separate
+    arguments give)."""
+    x_ptr, bias_ptr, rows, rmask, stride_xt, mx, den = src
     g = g0 + tl.arange(0, GB)
     p = p0 + tl.arange(0, PB)
     e = (g[:, None] * PER + p[None, :])[None, :, :]
@@ -146,16 +136,10 @@ def _route_group_sum(m1, m2, PAIRS: tl.constexpr):
 
 @triton.jit
 def _route_group_scores(
-    x_ptr,
-    bias_ptr,
-    rows,
-    rmask,
-    stride_xt,
+    src,
     g0,
     NG,
     PER,
-    mx,
-    den,
     BLOCK_T: tl.constexpr,
     GB: tl.constexpr,
     PB: tl.constexpr,
@@ -163,14 +147,13 @@ def _route_group_scores(
     HAS_BIAS: tl.constexpr,
     PAIRS: tl.constexpr,
 ):
-    """gs [BLOCK_T, GB] = top-2 sum of b in groups g0 + [0, GB), streaming a group in PB-wide chunks."""
+    """gs [BLOCK_T, GB] = top-2 sum of b in groups g0 + [0, GB), streaming a group in PB-wide chunks
+    (``src`` as _route_tile's)."""
     NEG = float("-inf")
     r1 = tl.full((BLOCK_T, GB), NEG, tl.float32)
     r2 = tl.full((BLOCK_T, GB), NEG, tl.float32)
     for p0 in range(0, PER, PB):
-        b, _e, ok = _route_tile(
-            x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
-        )
+        b, _e, ok = _route_tile(src, g0, p0, NG, PER, GB, PB, SOFTMAX, HAS_BIAS)
         m1, m2 = _route_top2(b, ok, PB)
         r2 = tl.maximum(tl.minimum(r1, m1), tl.maximum(r2, m2))
         r1 = tl.maximum(r1, m1)
@@ -190,6 +173,13 @@ def _route_best_below(v, idx, ok, pv, pi):
     im = tl.where(cand & (vm == bv[:, None, None]), idx, _BIG)
     bi = tl.min(tl.min(im, axis=2), axis=1)
     return bv, bi
+
+
+@triton.jit
+def _route_kept(gs, g, tv, tg):
+    """Groups g (scores gs [BLOCK_T, GB]) whose key (gs, -g) is at or above the TOPK_GROUP-th best
+    group's key (tv, -tg) [BLOCK_T]: the groups the group limit keeps."""
+    return (gs > tv[:, None]) | ((gs == tv[:, None]) & (g[None, :] <= tg[:, None]))
 
 
 @triton.jit
@@ -247,11 +237,10 @@ def _moe_route_fwd_kernel(
                 mx = nm
         mx = tl.where(rmask, mx, 0.0)  # rows past T: finite scores, never stored
         den = tl.where(rmask, den, 1.0)
+    src = (x_ptr, bias_ptr, rows, rmask, stride_xt, mx, den)  # what _route_tile scores
     gl = tl.arange(0, GB)
     if SINGLE:
-        b0, e0, ok0 = _route_tile(
-            x_ptr, bias_ptr, rows, rmask, stride_xt, 0, 0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
-        )
+        b0, e0, ok0 = _route_tile(src, 0, 0, NG, PER, GB, PB, SOFTMAX, HAS_BIAS)
     # group limit: (tv, tg) = key of the TOPK_GROUP-th best group; group g is kept when its key
     # (gs[g], -g) is at or above it
     tv = tl.full((BLOCK_T,), float("inf"), tl.float32)
@@ -267,24 +256,7 @@ def _moe_route_fwd_kernel(
                 if SINGLE:
                     gs = gs0
                 else:
-                    gs = _route_group_scores(
-                        x_ptr,
-                        bias_ptr,
-                        rows,
-                        rmask,
-                        stride_xt,
-                        g0,
-                        NG,
-                        PER,
-                        mx,
-                        den,
-                        BLOCK_T,
-                        GB,
-                        PB,
-                        SOFTMAX,
-                        HAS_BIAS,
-                        PAIRS,
-                    )
+                    gs = _route_group_scores(src, g0, NG, PER, BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS, PAIRS)
                 cv, ci = _route_best_below(
                     gs[:, :, None], (g0 + gl)[None, :, None], (g0 + gl < NG)[None, :, None], tv, tg
                 )
@@ -292,7 +264,7 @@ def _moe_route_fwd_kernel(
             tv = bv
             tg = bi
         if SINGLE:
-            keep = (gs0 > tv[:, None]) | ((gs0 == tv[:, None]) & (gl[None, :] <= tg[:, None]))
+            keep = _route_kept(gs0, gl, tv, tg)
             b0 = tl.where(keep[:, :, None], b0, NEG)
     # top_k: step j takes the best key strictly below step j-1's (no state but the last key)
     pv = tl.full((BLOCK_T,), float("inf"), tl.float32)
@@ -308,41 +280,20 @@ def _moe_route_fwd_kernel(
             for g0 in range(0, NG, GB):
                 if P_LOOP:
                     if GROUPED:
-                        gs = _route_group_scores(
-                            x_ptr,
-                            bias_ptr,
-                            rows,
-                            rmask,
-                            stride_xt,
-                            g0,
-                            NG,
-                            PER,
-                            mx,
-                            den,
-                            BLOCK_T,
-                            GB,
-                            PB,
-                            SOFTMAX,
-                            HAS_BIAS,
-                            PAIRS,
-                        )
-                        keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
+                        gs = _route_group_scores(src, g0, NG, PER, BLOCK_T, GB, PB, SOFTMAX, HAS_BIAS, PAIRS)
+                        keep = _route_kept(gs, g0 + gl, tv, tg)
                     for p0 in range(0, PER, PB):
-                        b, e, ok = _route_tile(
-                            x_ptr, bias_ptr, rows, rmask, stride_xt, g0, p0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
-                        )
+                        b, e, ok = _route_tile(src, g0, p0, NG, PER, GB, PB, SOFTMAX, HAS_BIAS)
                         if GROUPED:
                             b = tl.where(keep[:, :, None], b, NEG)
                         cv, ci = _route_best_below(b, e, ok, pv, pi)
                         bv, bi = _route_merge(bv, bi, cv, ci)
                 else:
-                    b, e, ok = _route_tile(
-                        x_ptr, bias_ptr, rows, rmask, stride_xt, g0, 0, NG, PER, mx, den, GB, PB, SOFTMAX, HAS_BIAS
-                    )
+                    b, e, ok = _route_tile(src, g0, 0, NG, PER, GB, PB, SOFTMAX, HAS_BIAS)
                     if GROUPED:
                         m1, m2 = _route_top2(b, ok, PB)
                         gs = _route_group_sum(m1, m2, PAIRS)
-                        keep = (gs > tv[:, None]) | ((gs == tv[:, None]) & ((g0 + gl)[None, :] <= tg[:, None]))
+                        keep = _route_kept(gs, g0 + gl, tv, tg)
                         b = tl.where(keep[:, :, None], b, NEG)
                     cv, ci = _route_best_below(b, e, ok, pv, pi)
                     bv, bi = _route_merge(bv, bi, cv, ci)

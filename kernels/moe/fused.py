@@ -121,8 +121,9 @@ def _act_grad(g, ACT: tl.constexpr):
 
 
 @triton.jit
-def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M: tl.constexpr):
-    """(active, expert, slot, valid, token) of GEMM block pid_m."""
+def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M: tl.constexpr):
+    """(active, expert, slot, valid, token) of this program's GEMM block (grid axis 0)."""
+    pid_m = tl.program_id(0)
     ntpp = tl.load(ntpp_ptr)
     e = tl.load(expert_ids_ptr + pid_m)
     active = (pid_m * BLOCK_M < ntpp) & (e >= 0)
@@ -131,6 +132,13 @@ def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M: tl.constex
     valid = slot < S
     tok = tl.where(valid, slot // K, 0)
     return active, e, slot, valid, tok
+
+
+@triton.jit
+def _tile(AXIS: tl.constexpr, N, BLOCK: tl.constexpr):
+    """Indices of this program's BLOCK-wide tile along grid axis AXIS and their mask (< N)."""
+    i = tl.program_id(AXIS) * BLOCK + tl.arange(0, BLOCK)
+    return i, i < N
 
 
 @triton.jit
@@ -200,11 +208,9 @@ def _fused_moe_gate_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
+    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        nm = n < I
+        n, nm = _tile(1, I, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         # 32-bit tile offsets from 64-bit scalar bases (the op checks T*H, 2I*H < 2^31): half the
         # registers of 64-bit pointer tensors
@@ -255,11 +261,9 @@ def _fused_moe_down_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
+    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        nm = n < H
+        n, nm = _tile(1, H, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         srow = tl.where(valid, slot, 0)
         a_ptrs = h_ptr + (srow[:, None] * I + kk[None, :])
@@ -270,25 +274,71 @@ def _fused_moe_down_kernel(
         _add_rows(out_ptr, acc * w[:, None], valid, tok, srow, n, nm, H, ATOMIC)
 
 
-def _common(x, ids, al, cfg):
-    sorted_ids, expert_ids, ntpp = al[0], al[1], al[2]
-    s = ids.numel()
-    k = ids.shape[1]
-    prec = "ieee" if x.dtype == torch.float32 else "tf32"
-    return sorted_ids, expert_ids, ntpp, s, k, prec, bool(_INTERPRET and x.dtype != torch.float32)
+@dataclass(frozen=True)
+class _Launch:
+    """What every fused pass is launched with: moe_align's arrays ``al`` (sorted slots, each routing
+    block's expert, padded slot count, each expert's first padded position), S = T*k slots, k, H,
+    I, the tl.dot input precision, UPCAST and the tile config."""
 
+    al: tuple[Tensor, ...]
+    s: int
+    k: int
+    h: int
+    inter: int
+    prec: str
+    upcast: bool
+    cfg: Config
 
-def _launch_to_tokens(kernel, ptrs, acc, al, s, k, h, inter, deterministic, prec, upcast, cfg) -> None:
-    """Launch ``kernel`` (the down projection or backward dx) over (routing blocks, H tiles): each
-    block multiplies its gathered slot rows by its expert's weight and adds the [rows, H] products
-    into acc, with atomics per token ([T, H]) or, deterministic, as per-slot rows ([S, H])."""
-    grid = (al[1].numel(), triton.cdiv(h, cfg.block_n))
-    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    # al[:3]: sorted slots, each routing block's expert, padded slot count
-    kernel[grid](
-        *ptrs, acc, *al[:3], s, k, h, inter, ATOMIC=not deterministic, UPCAST=upcast, PRECISION=prec, **tiles, **launch
-    )
+    @staticmethod
+    def of(x: Tensor, w1: Tensor, ids: Tensor, al: tuple[Tensor, ...], cfg: Config) -> _Launch:
+        f32 = x.dtype == torch.float32
+        return _Launch(
+            al,
+            ids.numel(),
+            ids.shape[1],
+            x.shape[1],
+            w1.shape[1] // 2,
+            "ieee" if f32 else "tf32",
+            _INTERPRET and not f32,
+            cfg,
+        )
+
+    def _launch(self, kernel, grid: tuple, args: tuple, **consts) -> None:
+        """kernel[grid](args, S, K, H, I; UPCAST, PRECISION, ``consts``) at the config's warps and stages."""
+        cfg = self.cfg
+        kernel[grid](
+            *args,
+            self.s,
+            self.k,
+            self.h,
+            self.inter,
+            UPCAST=self.upcast,
+            PRECISION=self.prec,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **consts,
+        )
+
+    def block_rows(self, kernel, ptrs: tuple, cols: int, block_n: int, **consts) -> None:
+        """Launch one of the passes whose programs are (routing block, tile of ``block_n`` of
+        ``cols`` columns), gate/up, down, dh and dx: arguments ``ptrs`` then al[:3]; constexprs
+        ``consts`` and the tile. The down and dx passes add their [rows, H] products into an
+        accumulator with atomics per token ([T, H]) or, not ATOMIC (deterministic), as per-slot
+        rows ([S, H])."""
+        grid = (self.al[1].numel(), triton.cdiv(cols, block_n))
+        tile = dict(BLOCK_M=self.cfg.block_m, BLOCK_N=block_n, BLOCK_K=self.cfg.block_k)
+        self._launch(kernel, grid, (*ptrs, *self.al[:3]), **tile, **consts)
+
+    def weight_grad(self, kernel, ptrs: tuple, dw: Tensor, col_block: str) -> None:
+        """Launch dw1 or dw2 (``ptrs`` end with its output dw [E, R, C]) over (experts, R tiles, C
+        tiles): each expert reduces over its own slots (al[0] sorted slots, al[3] each expert's
+        first one); ``col_block`` names the kernel's C tile constexpr (BLOCK_H for dw1, BLOCK_I for
+        dw2)."""
+        cfg = self.cfg
+        e_num, r, c = dw.shape
+        grid = (e_num, triton.cdiv(r, cfg.block_n), triton.cdiv(c, cfg.block_k))
+        tile = {"BLOCK_R": cfg.block_m if not _INTERPRET else 16, "BLOCK_N": cfg.block_n, col_block: cfg.block_k}
+        self._launch(kernel, grid, (*ptrs, self.al[0], self.al[3]), **tile)
 
 
 def fused_moe_fwd(
@@ -311,33 +361,14 @@ def fused_moe_fwd(
     float32 [T, H] accumulator (atomic path, 16-bit x) or [S, H] per-slot rows (deterministic)."""
     t, h = x.shape
     inter = w1.shape[1] // 2
-    sorted_ids, expert_ids, ntpp, s, k, prec, upcast = _common(x, ids, al, cfg)
-    nblk = expert_ids.numel()
+    run = _Launch.of(x, w1, ids, al, cfg)
+    s, k = run.s, run.k
     if s == 0:
         out.zero_()
         return None
-    bn_gu = gate_up_block_n(cfg)
-    _fused_moe_gate_up_kernel[(nblk, triton.cdiv(inter, bn_gu))](
-        x,
-        w1,
-        gu if gu is not None else hmid,
-        hmid,
-        sorted_ids,
-        expert_ids,
-        ntpp,
-        s,
-        k,
-        h,
-        inter,
-        ACT=ACT[activation],
-        SAVE_GU=gu is not None,
-        UPCAST=upcast,
-        PRECISION=prec,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=bn_gu,
-        BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+    gu_ptrs = (x, w1, gu if gu is not None else hmid, hmid)
+    run.block_rows(
+        _fused_moe_gate_up_kernel, gu_ptrs, inter, gate_up_block_n(cfg), ACT=ACT[activation], SAVE_GU=gu is not None
     )
     if deterministic:
         acc = torch.zeros((s, h), dtype=torch.float32, device=x.device)
@@ -345,9 +376,7 @@ def fused_moe_fwd(
         acc = out.zero_()
     else:
         acc = torch.zeros((t, h), dtype=torch.float32, device=x.device)
-    _launch_to_tokens(
-        _fused_moe_down_kernel, (hmid, w2, weights), acc, al, s, k, h, inter, deterministic, prec, upcast, cfg
-    )
+    run.block_rows(_fused_moe_down_kernel, (hmid, w2, weights, acc), h, cfg.block_n, ATOMIC=not deterministic)
     if deterministic:
         out.copy_(acc.view(t, k, h).sum(1))  # fixed order over j: bitwise reproducible
     elif acc is not out:
@@ -380,12 +409,9 @@ def _fused_moe_bwd_dh_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
+    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        nm = n < I
+        n, nm = _tile(1, I, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         a_ptrs = g_ptr + (tok[:, None] * H + kk[None, :])
         b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (kk[:, None] * I + n[None, :])
@@ -397,7 +423,7 @@ def _fused_moe_bwd_dh_kernel(
         gate = tl.load(gp, mask=om, other=0.0).to(tl.float32)
         up = tl.load(gp + I, mask=om, other=0.0).to(tl.float32)
         act = _act_fwd(gate, ACT)
-        tl.store(dwp_ptr + pid_n.to(tl.int64) * S + srow, tl.sum(acc * act * up, axis=1), mask=valid)
+        tl.store(dwp_ptr + tl.program_id(1).to(tl.int64) * S + srow, tl.sum(acc * act * up, axis=1), mask=valid)
         w = tl.load(tw_ptr + srow, mask=valid, other=0.0).to(tl.float32)
         dh = acc * w[:, None]
         dp = dgu_ptr + (srow[:, None] * (2 * I) + n[None, :])
@@ -424,11 +450,9 @@ def _fused_moe_bwd_dx_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, pid_m, S, K, BLOCK_M)
+    active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        nm = n < H
+        n, nm = _tile(1, H, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         srow = tl.where(valid, slot, 0)
         a_ptrs = dgu_ptr + (srow[:, None] * (2 * I) + kk[None, :])
@@ -456,10 +480,8 @@ def _fused_moe_bwd_dw1_kernel(
     BLOCK_H: tl.constexpr,
 ):
     e = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    hh = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cm = c < 2 * I
-    hm = hh < H
+    c, cm = _tile(1, 2 * I, BLOCK_N)
+    hh, hm = _tile(2, H, BLOCK_H)
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
     acc = tl.zeros((BLOCK_N, BLOCK_H), tl.float32)
@@ -496,10 +518,8 @@ def _fused_moe_bwd_dw2_kernel(
     BLOCK_I: tl.constexpr,
 ):
     e = tl.program_id(0)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ii = tl.program_id(2) * BLOCK_I + tl.arange(0, BLOCK_I)
-    nm = n < H
-    im = ii < I
+    n, nm = _tile(1, H, BLOCK_N)
+    ii, im = _tile(2, I, BLOCK_I)
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
     acc = tl.zeros((BLOCK_N, BLOCK_I), tl.float32)
@@ -543,84 +563,35 @@ def fused_moe_bwd(
     dgu [S, 2I], float32 dw partials and (for dx) a float32 accumulator or per-slot rows."""
     t, h = x.shape
     inter = w1.shape[1] // 2
-    sorted_ids, expert_ids, ntpp, s, k, prec, upcast = _common(x, ids, al, cfg)
-    nblk = expert_ids.numel()
+    run = _Launch.of(x, w1, ids, al, cfg)
+    s, k = run.s, run.k
     if s == 0 or t == 0:
         for o in (dx, dw1, dw2, dw):
             if o is not None:
                 o.zero_()
         return None
-    kw = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     dgu = torch.empty((s, 2 * inter), dtype=x.dtype, device=x.device)
-    n_it = triton.cdiv(inter, cfg.block_n)
-    dwp = torch.zeros((n_it, s), dtype=torch.float32, device=x.device)
-    _fused_moe_bwd_dh_kernel[(nblk, n_it)](
-        grad,
-        w2,
-        gu,
-        weights,
-        dgu,
-        dwp,
-        sorted_ids,
-        expert_ids,
-        ntpp,
-        s,
-        k,
-        h,
-        inter,
-        ACT=ACT[activation],
-        UPCAST=upcast,
-        PRECISION=prec,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        **kw,
-    )
+    # one float32 partial of dw per I tile of the dh pass
+    dwp = torch.zeros((triton.cdiv(inter, cfg.block_n), s), dtype=torch.float32, device=x.device)
+    run.block_rows(_fused_moe_bwd_dh_kernel, (grad, w2, gu, weights, dgu, dwp), inter, cfg.block_n, ACT=ACT[activation])
     if dw is not None:
         dw.copy_(dwp.sum(0).view(t, k))
     if dx is not None:
-        _bwd_dx(dgu, w1, dx, al, k, prec, upcast, deterministic, cfg)
+        _bwd_dx(run, dgu, w1, dx, deterministic)
     if dw1 is not None:  # dw1[e] [2I, H] = dgu_e^T x_e
-        _launch_weight_grad(
-            _fused_moe_bwd_dw1_kernel, (dgu, x, dw1), dw1, "BLOCK_H", al, s, k, h, inter, prec, upcast, cfg
-        )
+        run.weight_grad(_fused_moe_bwd_dw1_kernel, (dgu, x, dw1), dw1, "BLOCK_H")
     if dw2 is not None:  # dw2[e] [H, I] = (w dy)_e^T hmid_e
-        _launch_weight_grad(
-            _fused_moe_bwd_dw2_kernel, (grad, hmid, weights, dw2), dw2, "BLOCK_I", al, s, k, h, inter, prec, upcast, cfg
-        )
+        run.weight_grad(_fused_moe_bwd_dw2_kernel, (grad, hmid, weights, dw2), dw2, "BLOCK_I")
     return None
 
 
-def _bwd_dx(dgu, w1, dx, al, k, prec, upcast, deterministic, cfg) -> None:
+def _bwd_dx(run: _Launch, dgu: Tensor, w1: Tensor, dx: Tensor, deterministic: bool) -> None:
     """dx [T, H] = sum over each token's k slots of dgu [S, 2I] @ w1[e]: float32 atomics into a [T, H]
     accumulator, or (deterministic) per-slot [S, H] rows summed over the slots in a fixed order."""
-    s, (t, h), inter = dgu.shape[0], dx.shape, w1.shape[1] // 2
+    s, (t, h), k = run.s, dx.shape, run.k
     acc = torch.zeros((s, h) if deterministic else (t, h), dtype=torch.float32, device=dgu.device)
-    _launch_to_tokens(_fused_moe_bwd_dx_kernel, (dgu, w1), acc, al, s, k, h, inter, deterministic, prec, upcast, cfg)
+    run.block_rows(_fused_moe_bwd_dx_kernel, (dgu, w1, acc), h, run.cfg.block_n, ATOMIC=not deterministic)
     dx.copy_(acc.view(t, k, h).sum(1) if deterministic else acc)
-
-
-def _launch_weight_grad(kernel, ptrs, dw, col_block: str, al, s, k, h, inter, prec, upcast, cfg) -> None:
-    """Launch dw1 or dw2 (``ptrs`` end with its output dw [E, R, C]) over (experts, R tiles, C tiles):
-    each expert reduces over its own slots (al[0] sorted slots, al[3] each expert's first one);
-    ``col_block`` names the kernel's C tile constexpr (BLOCK_H for dw1, BLOCK_I for dw2)."""
-    e_num, r, c = dw.shape
-    kernel[(e_num, triton.cdiv(r, cfg.block_n), triton.cdiv(c, cfg.block_k))](
-        *ptrs,
-        al[0],
-        al[3],
-        s,
-        k,
-        h,
-        inter,
-        UPCAST=upcast,
-        PRECISION=prec,
-        BLOCK_R=cfg.block_m if not _INTERPRET else 16,
-        BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **{col_block: cfg.block_k},
-    )
 
 
 # ----------------------------------------------------------------------------------------------
