@@ -100,6 +100,35 @@ def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
     return s
 
 
+@triton.jit
+def _block(axis: tl.constexpr, n, BLOCK: tl.constexpr):
+    """This program's BLOCK indices along grid axis ``axis`` of a size-n dimension, and their mask."""
+    offs = tl.program_id(axis) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n
+
+
+@triton.jit
+def _rows_tile(B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's [BLOCK_B samples, BLOCK_N elements] tile of [B, N] rows (grid: sample blocks,
+    element blocks): the samples as int64 rows [BLOCK_B, 1], the elements, the tile mask."""
+    idx, nm = _block(1, N, BLOCK_N)
+    rows, rm = _block(0, B, BLOCK_B)
+    return rows.to(tl.int64)[:, None], idx, rm[:, None] & nm[None, :]
+
+
+@triton.jit
+def _load_rows(ptr, rl, row_stride, idx, m):
+    """The [rows, idx] tile (rl: int64 rows [BLOCK_B, 1]) of a [B, N] operand with unit inner
+    stride, in float32, 0 outside m."""
+    return tl.load(ptr + rl * row_stride + idx[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, rl, N, idx, v, m, UPCAST: tl.constexpr):
+    """Store v (float32) into the [rows, idx] tile of a contiguous [B, N] output, in its dtype."""
+    tl.store(ptr + rl * N + idx[None, :], _cast(v, ptr.dtype.element_ty, UPCAST), mask=m)
+
+
 # ----------------------------------------------------------------------------------------------
 # affine / additive coupling: [BLOCK_B samples, BLOCK_N elements] tiles, so that both 2-D data
 # (N = 1) and images (N in the thousands) fill a program
@@ -128,8 +157,7 @@ def _affine_coupling_fwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     j = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rm = rows < B
+    rows, rm = _block(0, B, BLOCK_B)
     rl = rows.to(tl.int64)[:, None]
     start = j * span
     end = tl.minimum(start + span, N)
@@ -137,9 +165,9 @@ def _affine_coupling_fwd_kernel(
     for off in range(start, end, BLOCK_N):
         idx = off + tl.arange(0, BLOCK_N)
         m = rm[:, None] & (idx[None, :] < end)
-        x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-        r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-        t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+        x = _load_rows(x_ptr, rl, x_sb, idx, m)
+        r = _load_rows(r_ptr, rl, r_sb, idx, m)
+        t = _load_rows(t_ptr, rl, t_sb, idx, m)
         if SIGMOID:
             sc, s, _ = _glow_scale(r)
             if REVERSE:
@@ -152,7 +180,7 @@ def _affine_coupling_fwd_kernel(
                 y = (x - t) * tl.exp(-s)
             else:
                 y = x * tl.exp(s) + t
-        tl.store(y_ptr + rl * N + idx[None, :], _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
+        _store_rows(y_ptr, rl, N, idx, y, m, UPCAST)
         acc += tl.where(m, s, 0.0)
     total = tl.sum(acc, axis=1)
     if REVERSE:
@@ -186,14 +214,11 @@ def _affine_coupling_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    idx = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rm = rows < B
-    rl = rows.to(tl.int64)[:, None]
-    m = rm[:, None] & (idx[None, :] < N)
-    x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + rl * r_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + rl * g_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    rows, rm = _block(0, B, BLOCK_B)  # the samples, for their log-det gradients
+    rl, idx, m = _rows_tile(B, N, BLOCK_B, BLOCK_N)
+    x = _load_rows(x_ptr, rl, x_sb, idx, m)
+    r = _load_rows(r_ptr, rl, r_sb, idx, m)
+    g = _load_rows(g_ptr, rl, g_sb, idx, m)
     gl = tl.load(gl_ptr + rows * gl_s, mask=rm, other=0.0).to(tl.float32)[:, None]
     if SIGMOID:
         # d m / d r = m (1 - m), d log m / d r = 1 - m
@@ -201,27 +226,27 @@ def _affine_coupling_bwd_kernel(
         if REVERSE:  # x_out = y / m - t
             dx = g / sc
             ds = -(dx * x + gl) * one_m
-            tl.store(dt_ptr + rl * N + idx[None, :], _cast(-g, dt_ptr.dtype.element_ty, UPCAST), mask=m)
+            _store_rows(dt_ptr, rl, N, idx, -g, m, UPCAST)
         else:  # y = (x + t) m
-            t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+            t = _load_rows(t_ptr, rl, t_sb, idx, m)
             dx = g * sc
             ds = (dx * (x + t) + gl) * one_m
-            tl.store(dt_ptr + rl * N + idx[None, :], _cast(dx, dt_ptr.dtype.element_ty, UPCAST), mask=m)
+            _store_rows(dt_ptr, rl, N, idx, dx, m, UPCAST)
     else:
         s = _scale_of(r, clamp, inv_clamp, CLAMP)
         if REVERSE:
-            t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+            t = _load_rows(t_ptr, rl, t_sb, idx, m)
             dx = g * tl.exp(-s)
             ds = -dx * (x - t) - gl
-            tl.store(dt_ptr + rl * N + idx[None, :], _cast(-dx, dt_ptr.dtype.element_ty, UPCAST), mask=m)
+            _store_rows(dt_ptr, rl, N, idx, -dx, m, UPCAST)
         else:
             dx = g * tl.exp(s)
             ds = dx * x + gl
         if CLAMP:
             q = s * inv_clamp
             ds = ds * (1.0 - q * q)
-    tl.store(dx_ptr + rl * N + idx[None, :], _cast(dx, dx_ptr.dtype.element_ty, UPCAST), mask=m)
-    tl.store(dr_ptr + rl * N + idx[None, :], _cast(ds, dr_ptr.dtype.element_ty, UPCAST), mask=m)
+    _store_rows(dx_ptr, rl, N, idx, dx, m, UPCAST)
+    _store_rows(dr_ptr, rl, N, idx, ds, m, UPCAST)
 
 
 @triton.jit
@@ -238,17 +263,14 @@ def _additive_coupling_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    idx = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rl = rows.to(tl.int64)[:, None]
-    m = (rows < B)[:, None] & (idx[None, :] < N)
-    x = tl.load(x_ptr + rl * x_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
-    t = tl.load(t_ptr + rl * t_sb + idx[None, :], mask=m, other=0.0).to(tl.float32)
+    rl, idx, m = _rows_tile(B, N, BLOCK_B, BLOCK_N)
+    x = _load_rows(x_ptr, rl, x_sb, idx, m)
+    t = _load_rows(t_ptr, rl, t_sb, idx, m)
     if REVERSE:
         y = x - t
     else:
         y = x + t
-    tl.store(y_ptr + rl * N + idx[None, :], _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
+    _store_rows(y_ptr, rl, N, idx, y, m, UPCAST)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,6 +292,20 @@ def _act_multiplier(p, LOG: tl.constexpr, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _actnorm_tile(
+    p_ptr, R, C, S, LOG: tl.constexpr, REVERSE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr
+):
+    """This program's [BLOCK_R rows, BLOCK_S positions] tile of x [R = B*C, S]: rows, their mask,
+    their channels, the channels' multipliers m^{+-1} (float32), the tile mask, the tile offsets."""
+    rows, rm = _block(0, R, BLOCK_R)
+    cols, cm = _block(1, S, BLOCK_S)
+    ch = rows % C
+    p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
+    mul = _act_multiplier(p, LOG, REVERSE)
+    return rows, rm, ch, mul, rm[:, None] & cm[None, :], rows.to(tl.int64)[:, None] * S + cols[None, :]
+
+
+@triton.jit
 def _actnorm_fwd_kernel(
     x_ptr,  # [B*C, S] contiguous
     loc_ptr,
@@ -288,24 +324,15 @@ def _actnorm_fwd_kernel(
     BLOCK_S: tl.constexpr,
     LD_BLOCK: tl.constexpr,
 ):
-    pr = tl.program_id(0)
-    ps = tl.program_id(1)
-    rows = pr * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = ps * BLOCK_S + tl.arange(0, BLOCK_S)
-    rm = rows < R
-    ch = rows % C
+    _, rm, ch, mul, m, offs = _actnorm_tile(p_ptr, R, C, S, LOG, REVERSE, BLOCK_R, BLOCK_S)
     loc = tl.load(loc_ptr + ch, mask=rm, other=0.0).to(tl.float32)
-    p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
-    mul = _act_multiplier(p, LOG, REVERSE)
-    m = rm[:, None] & (cols[None, :] < S)
-    offs = rows.to(tl.int64)[:, None] * S + cols[None, :]
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
     if REVERSE:
         y = x * mul[:, None] - loc[:, None]
     else:
         y = (x + loc[:, None]) * mul[:, None]
     tl.store(y_ptr + offs, _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=m)
-    if (pr == 0) & (ps == 0):
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         # the log-det is the same for every sample: program (0, 0) writes it, LD_BLOCK at a time
         acc = tl.zeros([LD_BLOCK], dtype=tl.float32)
         for c0 in range(0, C, LD_BLOCK):
@@ -341,22 +368,13 @@ def _actnorm_bwd_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pr = tl.program_id(0)
-    ps = tl.program_id(1)
-    rows = pr * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = ps * BLOCK_S + tl.arange(0, BLOCK_S)
-    rm = rows < R
-    ch = rows % C
-    p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
-    mul = _act_multiplier(p, LOG, REVERSE)
-    m = rm[:, None] & (cols[None, :] < S)
-    offs = rows.to(tl.int64)[:, None] * S + cols[None, :]
+    rows, rm, ch, mul, m, offs = _actnorm_tile(p_ptr, R, C, S, LOG, REVERSE, BLOCK_R, BLOCK_S)
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(dx_ptr + offs, _cast(g * mul[:, None], dx_ptr.dtype.element_ty, UPCAST), mask=m)
     sa = tl.sum(g, axis=1)
     sb = tl.sum(g * x, axis=1)
-    dst = ((rows // C).to(tl.int64) * n_sb + ps) * C + ch
+    dst = ((rows // C).to(tl.int64) * n_sb + tl.program_id(1)) * C + ch
     tl.store(pa_ptr + dst, sa, mask=rm)
     tl.store(pb_ptr + dst, sb, mask=rm)
 
@@ -381,8 +399,7 @@ def _actnorm_bwd_finish_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = cc < C
+    cc, cm = _block(0, C, BLOCK_C)
     a = tl.zeros([BLOCK_C], dtype=tl.float32)
     s = tl.zeros([BLOCK_C], dtype=tl.float32)
     for q0 in range(0, Q, BLOCK_Q):
@@ -485,7 +502,7 @@ def _conv1x1_fwd_kernel(
     n_sb = tl.cdiv(S, BLOCK_S)
     pid = tl.program_id(0)
     s_idx = (pid % n_sb) * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_idx = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_idx, om = _block(1, C, BLOCK_O)
     b = (pid // n_sb).to(tl.int64)
     sm = s_idx < S
     acc = tl.zeros([BLOCK_O, BLOCK_S], dtype=tl.float32)
@@ -493,14 +510,14 @@ def _conv1x1_fwd_kernel(
         i_idx = i0 + tl.arange(0, BLOCK_I)
         im = i_idx < C
         w = tl.load(
-            w_ptr + o_idx[:, None] * w_so + i_idx[None, :] * w_si, mask=(o_idx[:, None] < C) & im[None, :], other=0.0
+            w_ptr + o_idx[:, None] * w_so + i_idx[None, :] * w_si, mask=om[:, None] & im[None, :], other=0.0
         ).to(tl.float32)
         x = tl.load(
             x_ptr + b * x_sb + i_idx[:, None] * x_sc + s_idx[None, :], mask=im[:, None] & sm[None, :], other=0.0
         ).to(tl.float32)
         acc = tl.dot(w, x, acc, input_precision="ieee")
     y = _cast(acc, y_ptr.dtype.element_ty, UPCAST)
-    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], y, mask=(o_idx[:, None] < C) & sm[None, :])
+    tl.store(y_ptr + b * C * S + o_idx[:, None] * S + s_idx[None, :], y, mask=om[:, None] & sm[None, :])
 
 
 @triton.jit
@@ -520,11 +537,9 @@ def _conv1x1_dw_kernel(
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    o_idx = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    i_idx = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    o_idx, om = _block(0, C, BLOCK_O)
+    i_idx, im = _block(1, C, BLOCK_I)
     split = tl.program_id(2)
-    om = o_idx < C
-    im = i_idx < C
     acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=tl.float32)
     b0 = split * b_per
     for i in range(0, b_per):

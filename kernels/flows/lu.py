@@ -172,29 +172,32 @@ def _opts(t) -> dict:
     return {"num_warps": _warps(t.shape[0])} if t.is_cuda else {}
 
 
-@launches_on_device
-def lu_weight_fwd(
-    perm: Tensor, lower: Tensor, upper: Tensor, diag: Tensor, w: Tensor, logdet: Tensor, scale: float
-) -> None:
-    """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
+def _launch(kernel, programs: int, factors: tuple, outs: tuple, scale: float, strided: tuple = ()) -> None:
+    """``kernel`` on ``programs`` programs with the arguments both LU kernels take: the factors
+    (perm, lower, upper, diag), ``outs``, C, scale, then the strides of perm, lower, upper and of
+    each tensor in ``strided``."""
+    perm, lower, upper, _ = factors
     c = lower.shape[0]
-    _lu_weight_fwd_kernel[(1,)](
-        perm,
-        lower,
-        upper,
-        diag,
-        w,
-        logdet,
+    strides = [st for t in (perm, lower, upper, *strided) for st in t.stride()]
+    kernel[(programs,)](
+        *factors,
+        *outs,
         c,
         float(scale),
-        *perm.stride(),
-        *lower.stride(),
-        *upper.stride(),
+        *strides,
         UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
         BC=_bc(c),
         BK=16,
         **_opts(lower),
     )
+
+
+@launches_on_device
+def lu_weight_fwd(
+    perm: Tensor, lower: Tensor, upper: Tensor, diag: Tensor, w: Tensor, logdet: Tensor, scale: float
+) -> None:
+    """w: [C, C] contiguous out; logdet: [1] float32 out (scale * sum log|diag|). C <= 64."""
+    _launch(_lu_weight_fwd_kernel, 1, (perm, lower, upper, diag), (w, logdet), scale)
 
 
 @launches_on_device
@@ -211,79 +214,24 @@ def lu_weight_bwd(
     scale: float,
 ) -> None:
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
-    c = lower.shape[0]
-    _lu_weight_bwd_kernel[(2,)](
-        perm,
-        lower,
-        upper,
-        diag,
-        grad_w,
-        grad_logdet,
-        dl,
-        du,
-        ds,
-        c,
-        float(scale),
-        *perm.stride(),
-        *lower.stride(),
-        *upper.stride(),
-        *grad_w.stride(),
-        UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
-        BC=_bc(c),
-        BK=16,
-        **_opts(lower),
-    )
+    outs = (grad_w, grad_logdet, dl, du, ds)
+    _launch(_lu_weight_bwd_kernel, 2, (perm, lower, upper, diag), outs, scale, (grad_w,))
+
+
+# (kernel, its pointers after the factors' p_ptr, l_ptr, u_ptr, s_ptr, its strides after theirs)
+_KERNELS = (
+    (_lu_weight_fwd_kernel, ("w_ptr", "ld_ptr"), ()),
+    (_lu_weight_bwd_kernel, ("dw_ptr", "gld_ptr", "dl_ptr", "du_ptr", "ds_ptr"), ("sd0", "sd1")),
+)
 
 
 def compile_specs() -> list[dict]:
-    strides = {k: "i32" for k in ("sp0", "sp1", "sl0", "sl1", "su0", "su1")}
     specs = []
     for c in (12, 48):
-        specs.append(
-            compile_spec(
-                _lu_weight_fwd_kernel,
-                None,
-                {
-                    "p_ptr": "*fp32",
-                    "l_ptr": "*fp32",
-                    "u_ptr": "*fp32",
-                    "s_ptr": "*fp32",
-                    "w_ptr": "*fp32",
-                    "ld_ptr": "*fp32",
-                    "C": "i32",
-                    "scale": "fp32",
-                    **strides,
-                },
-                {"UPCAST": False, "BC": _bc(c), "BK": 16},
-                _warps(c),
-                None,
-                aligned=False,
-            )
-        )
-        specs.append(
-            compile_spec(
-                _lu_weight_bwd_kernel,
-                None,
-                {
-                    "p_ptr": "*fp32",
-                    "l_ptr": "*fp32",
-                    "u_ptr": "*fp32",
-                    "s_ptr": "*fp32",
-                    "dw_ptr": "*fp32",
-                    "gld_ptr": "*fp32",
-                    "dl_ptr": "*fp32",
-                    "du_ptr": "*fp32",
-                    "ds_ptr": "*fp32",
-                    "C": "i32",
-                    "scale": "fp32",
-                    **strides,
-                    "sd0": "i32",
-                    "sd1": "i32",
-                },
-                {"UPCAST": False, "BC": _bc(c), "BK": 16},
-                _warps(c),
-                None,
-                aligned=False,
-            )
-        )
+        for kernel, ptrs, strides in _KERNELS:
+            sig = {p: "*fp32" for p in ("p_ptr", "l_ptr", "u_ptr", "s_ptr", *ptrs)}
+            sig.update(C="i32", scale="fp32")
+            sig.update({k: "i32" for k in ("sp0", "sp1", "sl0", "sl1", "su0", "su1", *strides)})
+            consts = {"UPCAST": False, "BC": _bc(c), "BK": 16}
+            specs.append(compile_spec(kernel, None, sig, consts, _warps(c), None, aligned=False))
     return specs

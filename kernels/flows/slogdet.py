@@ -165,64 +165,51 @@ def _warps(bd: int, mb: int) -> int:
     return 8 if bd * bd * mb >= 4096 else 4
 
 
-@launches_on_device
-def slogdet_fwd(a: Tensor, sign: Tensor, logabsdet: Tensor) -> None:
-    """a: [n, d, d] (d <= 64); sign, logabsdet: [n] float32 contiguous."""
+def _tiling(d: int, gpu: bool, n: int | None = None, live: int = 1) -> tuple[int, int, int]:
+    """(BD, MB, num_warps) of a kernel that keeps ``live`` [MB, BD, BD] tiles in registers (the
+    backward keeps two, A and the inverse it builds, so it takes half as many matrices)."""
+    bd, mb = _blocks(d, gpu, n)
+    mb = max(1, mb // live)
+    return bd, mb, _warps(bd, mb * live)
+
+
+def _launch(kernel, a: Tensor, ptrs: tuple, ints: tuple = (), live: int = 1) -> None:
+    """``kernel`` over the matrices of ``a`` [n, d, d], MB a program: arguments (a, *ptrs, n, d,
+    a's three strides, *ints), as both kernels take them."""
     n, d, _ = a.shape
     if n == 0:
         return
-    bd, mb = _blocks(d, a.is_cuda, n)
-    opts = {"num_warps": _warps(bd, mb)} if a.is_cuda else {}
-    _slogdet_fwd_kernel[(triton.cdiv(n, mb),)](a, sign, logabsdet, n, d, *a.stride(), BD=bd, MB=mb, **opts)
+    bd, mb, warps = _tiling(d, a.is_cuda, n, live)
+    opts = {"num_warps": warps} if a.is_cuda else {}
+    kernel[(triton.cdiv(n, mb),)](a, *ptrs, n, d, *a.stride(), *ints, BD=bd, MB=mb, **opts)
+
+
+@launches_on_device
+def slogdet_fwd(a: Tensor, sign: Tensor, logabsdet: Tensor) -> None:
+    """a: [n, d, d] (d <= 64); sign, logabsdet: [n] float32 contiguous."""
+    _launch(_slogdet_fwd_kernel, a, (sign, logabsdet))
 
 
 @launches_on_device
 def slogdet_bwd(a: Tensor, grad_logabsdet: Tensor, grad_a: Tensor) -> None:
     """a: [n, d, d]; grad_logabsdet: [n]; grad_a: [n, d, d] float32 contiguous (out)."""
-    n, d, _ = a.shape
-    if n == 0:
-        return
-    bd, mb = _blocks(d, a.is_cuda, n)
-    mb = max(1, mb // 2)  # two tiles live in the backward
-    opts = {"num_warps": _warps(bd, mb * 2)} if a.is_cuda else {}
-    _slogdet_bwd_kernel[(triton.cdiv(n, mb),)](
-        a, grad_logabsdet, grad_a, n, d, *a.stride(), grad_logabsdet.stride(0), BD=bd, MB=mb, **opts
-    )
+    _launch(_slogdet_bwd_kernel, a, (grad_logabsdet, grad_a), (grad_logabsdet.stride(0),), live=2)
+
+
+# (kernel, its pointers after a_ptr, its integers after the strides, live tiles), as _launch passes them
+_KERNELS = (
+    (_slogdet_fwd_kernel, ("sign_ptr", "logabs_ptr"), (), 1),
+    (_slogdet_bwd_kernel, ("g_ptr", "out_ptr"), ("g_stride",), 2),
+)
 
 
 def compile_specs() -> list[dict]:
     """Offline sm_90 compile entries (pygen inspect) at the benchmark sizes d = 16 and d = 64."""
     specs = []
     for d in (16, 64):
-        bd, mb = _blocks(d, True)
-        fwd_sig = {
-            "a_ptr": "*fp32",
-            "sign_ptr": "*fp32",
-            "logabs_ptr": "*fp32",
-            "n_mat": "i32",
-            "d": "i32",
-            "stride_b": "i32",
-            "stride_r": "i32",
-            "stride_c": "i32",
-        }
-        specs.append(
-            compile_spec(_slogdet_fwd_kernel, None, fwd_sig, {"BD": bd, "MB": mb}, _warps(bd, mb), None, aligned=False)
-        )
-        mbb = max(1, mb // 2)
-        bwd_sig = {
-            "a_ptr": "*fp32",
-            "g_ptr": "*fp32",
-            "out_ptr": "*fp32",
-            "n_mat": "i32",
-            "d": "i32",
-            "stride_b": "i32",
-            "stride_r": "i32",
-            "stride_c": "i32",
-            "g_stride": "i32",
-        }
-        specs.append(
-            compile_spec(
-                _slogdet_bwd_kernel, None, bwd_sig, {"BD": bd, "MB": mbb}, _warps(bd, mbb * 2), None, aligned=False
-            )
-        )
+        for kernel, ptrs, ints, live in _KERNELS:
+            bd, mb, warps = _tiling(d, True, live=live)
+            sig = {p: "*fp32" for p in ("a_ptr", *ptrs)}
+            sig.update({k: "i32" for k in ("n_mat", "d", "stride_b", "stride_r", "stride_c", *ints)})
+            specs.append(compile_spec(kernel, None, sig, {"BD": bd, "MB": mb}, warps, None, aligned=False))
     return specs

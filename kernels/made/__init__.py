@@ -27,7 +27,8 @@ one operand once per call (one program per output tile, a scan over degree vecto
 [T, J] int32 list: the full K-tiles from the front, the partial ones from the back, and their
 counts [T, 2]. The matmul kernels then loop over the full tiles with no masking arithmetic,
 over the partial tiles with the mask rebuilt in registers from the two degree vectors, and never
-touch the zero tiles (neither their loads nor their MMAs). This holds for any degree order;
+touch the zero tiles (neither their loads nor their MMAs); one loop, ``_plan_matmul``, does this
+for the forward, the MAF head and dx. This holds for any degree order;
 sorting hidden units by degree (pygen.ref.made.degree_sort_permutation) turns the zero tiles of
 MADE's masks into a staircase covering about half of every matrix. dW tiles are classified in
 the dW kernel itself (its reduction is over the batch): zero tiles store zeros without reading
@@ -118,6 +119,16 @@ def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.con
     pid_m = first_m + (pid % per_group) % size_m
     pid_n = (pid % per_group) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def _swizzled_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's [BLOCK_M, BLOCK_N] tile of an [M, N] output (program order: _swizzle): its
+    column tile index, its row and column offsets and their masks."""
+    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_n, offs_m, offs_n, offs_m < M, offs_n < N
 
 
 @triton.jit
@@ -236,49 +247,85 @@ def _load_x(x_rows, offs_k, mask, stride_xk, X_BITS: tl.constexpr, DTYPE: tl.con
 
 
 @triton.jit
-def _fwd_degree_loop(
+def _a_tile(
+    a,
+    offs,
+    k_ok,
+    ROWS_ARE_OUT: tl.constexpr,
+    ACT: tl.constexpr,
+    X_BITS: tl.constexpr,
+    DTYPE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The dot's left operand [BLOCK_M, BLOCK_K] at reduction offsets offs, in DTYPE: x in the
+    forward (ROWS_ARE_OUT; a = (row pointers [BLOCK_M, 1], stride along K, row mask), X_BITS as
+    _load_x), g = dy * act'(saved) in dx (a = (dy, saved, rows, N, row mask), both [M, N] contiguous)."""
+    if ROWS_ARE_OUT:
+        x_rows, stride_xk, m_ok = a
+        t = _load_x(x_rows, offs, m_ok[:, None] & k_ok[None, :], stride_xk, X_BITS, DTYPE)
+    else:
+        gy_ptr, s_ptr, rows, N, m_ok = a
+        t = _grad_tile(gy_ptr, s_ptr, rows, offs, m_ok[:, None] & k_ok[None, :], N, 1, N, 1, ACT, DTYPE, UPCAST)
+    return t
+
+
+@triton.jit
+def _w_tile(w, offs, k_ok, rd, red_deg_ptr, STRICT: tl.constexpr, ROWS_ARE_OUT: tl.constexpr, PARTIAL: tl.constexpr):
+    """The dot's right operand [BLOCK_K, BLOCK_N] of W at reduction offsets offs (w = (pointers,
+    stride along the reduction, mask of the tile's units with degrees rd)): W's rows in the forward
+    (ROWS_ARE_OUT), loaded [BLOCK_N, BLOCK_K] and transposed (fp32 FMA dots spill otherwise), W's
+    columns in dx. PARTIAL: masked by M rebuilt from rd and the reduction units' degrees."""
+    w_ptrs, stride_r, ok = w
+    if ROWS_ARE_OUT:
+        t = tl.load(w_ptrs + offs[None, :] * stride_r, mask=ok[:, None] & k_ok[None, :], other=0.0)
+        if PARTIAL:
+            ind = tl.load(red_deg_ptr + offs, mask=k_ok, other=0).to(tl.int64)
+            t = tl.where(_kept(rd[:, None], ind[None, :], STRICT), t, tl.zeros_like(t))
+        t = tl.trans(t)
+    else:
+        t = tl.load(w_ptrs + offs[:, None] * stride_r, mask=k_ok[:, None] & ok[None, :], other=0.0)
+        if PARTIAL:
+            od = tl.load(red_deg_ptr + offs, mask=k_ok, other=0).to(tl.int64)
+            t = tl.where(_kept(od[:, None], rd[None, :], STRICT), t, tl.zeros_like(t))
+    return t
+
+
+@triton.jit
+def _plan_matmul(
     acc,
-    x_rows,
-    w_rows,
-    in_deg_ptr,
-    out_deg_ptr,
-    plan_ptr,
-    count_ptr,
-    pid_n,
-    offs_n,
-    m_ok,
-    n_ok,
-    K,
-    J,
-    stride_xk,
-    stride_wk,
+    a,
+    w,
+    plan,
     STRICT: tl.constexpr,
+    ROWS_ARE_OUT: tl.constexpr,
+    ACT: tl.constexpr,
+    X_BITS: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    X_BITS: tl.constexpr,
 ):
-    """acc += x . (W * M)^T over the plan's K-tiles of output tile pid_n: the full tiles with no
-    masking arithmetic, then the partial tiles with M rebuilt from the degrees in registers."""
+    """acc += A . (W * M) over the reduction tiles the plan lists for one output tile: the full
+    tiles with no masking arithmetic, then the partial tiles with M rebuilt from the degrees in
+    registers. Forward (ROWS_ARE_OUT): A = x, reduced over the inputs; dx: A = g, reduced over the
+    outputs (a, w: _a_tile, _w_tile). plan = (pointers to the degrees of the tile's units, the
+    reduction units' degrees, plan_ptr, count_ptr, J, the tile's index, the reduction length)."""
+    rd_ptrs, red_deg_ptr, plan_ptr, count_ptr, J, tile, n_red = plan
+    rd = tl.load(rd_ptrs, mask=w[2], other=0).to(tl.int64)
+    n_full = tl.load(count_ptr + 2 * tile)
+    n_part = tl.load(count_ptr + 2 * tile + 1)
+    plan_row = plan_ptr + tile * J
     rk = tl.arange(0, BLOCK_K)
-    od = tl.load(out_deg_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
-    n_full = tl.load(count_ptr + 2 * pid_n)
-    n_part = tl.load(count_ptr + 2 * pid_n + 1)
-    plan_row = plan_ptr + pid_n * J
+    dtype = w[0].dtype.element_ty
     for jj in range(0, n_full):
-        offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
-        k_ok = offs_k < K
-        a = _load_x(x_rows, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk, X_BITS, w_rows.dtype.element_ty)
-        w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+        offs = tl.load(plan_row + jj) * BLOCK_K + rk
+        k_ok = offs < n_red
+        at = _a_tile(a, offs, k_ok, ROWS_ARE_OUT, ACT, X_BITS, dtype, UPCAST)
+        acc = _mma(at, _w_tile(w, offs, k_ok, rd, red_deg_ptr, STRICT, ROWS_ARE_OUT, False), acc, UPCAST, PRECISION)
     for jj in range(J - n_part, J):
-        offs_k = tl.load(plan_row + jj) * BLOCK_K + rk
-        k_ok = offs_k < K
-        a = _load_x(x_rows, offs_k, m_ok[:, None] & k_ok[None, :], stride_xk, X_BITS, w_rows.dtype.element_ty)
-        w = tl.load(w_rows + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        ind = tl.load(in_deg_ptr + offs_k, mask=k_ok, other=0).to(tl.int64)
-        w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
-        acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
+        offs = tl.load(plan_row + jj) * BLOCK_K + rk
+        k_ok = offs < n_red
+        at = _a_tile(a, offs, k_ok, ROWS_ARE_OUT, ACT, X_BITS, dtype, UPCAST)
+        acc = _mma(at, _w_tile(w, offs, k_ok, rd, red_deg_ptr, STRICT, ROWS_ARE_OUT, True), acc, UPCAST, PRECISION)
     return acc
 
 
@@ -320,12 +367,8 @@ def _masked_linear_fwd_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n, offs_m, offs_n, m_ok, n_ok = _swizzled_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     w_rows = w_ptr + offs_n[:, None] * stride_wn  # W tiles are loaded [BLOCK_N, BLOCK_K], then
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # transposed (fp32 FMA dots spill otherwise)
@@ -340,28 +383,9 @@ def _masked_linear_fwd_kernel(
             w = tl.where(keep != 0, w, tl.zeros_like(w))
             acc = _mma(a, tl.trans(w), acc, UPCAST, PRECISION)
     else:
-        acc = _fwd_degree_loop(
-            acc,
-            x_rows,
-            w_rows,
-            in_deg_ptr,
-            out_deg_ptr,
-            plan_ptr,
-            count_ptr,
-            pid_n,
-            offs_n,
-            m_ok,
-            n_ok,
-            K,
-            J,
-            stride_xk,
-            stride_wk,
-            STRICT,
-            UPCAST,
-            PRECISION,
-            BLOCK_K,
-            X_BITS,
-        )
+        plan = (out_deg_ptr + offs_n, in_deg_ptr, plan_ptr, count_ptr, J, pid_n, K)
+        x, w = (x_rows, stride_xk, m_ok), (w_rows, stride_wk, n_ok)
+        acc = _plan_matmul(acc, x, w, plan, STRICT, True, 0, X_BITS, UPCAST, PRECISION, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -408,35 +432,13 @@ def _made_affine_fwd_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
+    pid_n, offs_m, offs_n, m_ok, n_ok = _swizzled_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rows64 = offs_m.to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _fwd_degree_loop(
-        acc,
-        h_ptr + rows64[:, None] * stride_hm,
-        w_ptr + offs_n[:, None] * stride_wn,
-        in_deg_ptr,
-        out_deg_ptr,
-        plan_ptr,
-        count_ptr,
-        pid_n,
-        offs_n,
-        m_ok,
-        n_ok,
-        K,
-        J,
-        stride_hk,
-        stride_wk,
-        1,
-        UPCAST,
-        PRECISION,
-        BLOCK_K,
-        False,
-    )
+    h = (h_ptr + rows64[:, None] * stride_hm, stride_hk, m_ok)
+    w = (w_ptr + offs_n[:, None] * stride_wn, stride_wk, n_ok)
+    plan = (out_deg_ptr + offs_n, in_deg_ptr, plan_ptr, count_ptr, J, pid_n, K)
+    acc = _plan_matmul(acc, h, w, plan, 1, True, 0, False, UPCAST, PRECISION, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if SAVE_PARAMS:
@@ -489,12 +491,8 @@ def _masked_linear_dx_kernel(
     BLOCK_K: tl.constexpr,  # output units per reduction step
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_i = _swizzle(M, K, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_i = pid_i * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_i, offs_m, offs_i, m_ok, i_ok = _swizzled_tile(M, K, BLOCK_M, BLOCK_N, GROUP_M)
     ro = tl.arange(0, BLOCK_K)
-    m_ok = offs_m < M
-    i_ok = offs_i < K
     rows64 = offs_m.to(tl.int64)
     w_cols = w_ptr + offs_i[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -512,28 +510,11 @@ def _masked_linear_dx_kernel(
             w = tl.where(keep != 0, w, tl.zeros_like(w))
             acc = _mma(g, w, acc, UPCAST, PRECISION)
     else:
-        ind = tl.load(in_deg_ptr + offs_i, mask=i_ok, other=0).to(tl.int64)
-        n_full = tl.load(count_ptr + 2 * pid_i)
-        n_part = tl.load(count_ptr + 2 * pid_i + 1)
-        plan_row = plan_ptr + pid_i * J
-        for jj in range(0, n_full):
-            offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
-            o_ok = offs_o < N
-            g = _grad_tile(
-                gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST
-            )
-            w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
-            acc = _mma(g, w, acc, UPCAST, PRECISION)
-        for jj in range(J - n_part, J):
-            offs_o = tl.load(plan_row + jj) * BLOCK_K + ro
-            o_ok = offs_o < N
-            g = _grad_tile(
-                gy_ptr, s_ptr, rows64, offs_o, m_ok[:, None] & o_ok[None, :], N, 1, N, 1, ACT, op_dtype, UPCAST
-            )
-            w = tl.load(w_cols + offs_o[:, None] * stride_wn, mask=o_ok[:, None] & i_ok[None, :], other=0.0)
-            od = tl.load(out_deg_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
-            w = tl.where(_kept(od[:, None], ind[None, :], STRICT), w, tl.zeros_like(w))
-            acc = _mma(g, w, acc, UPCAST, PRECISION)
+        plan = (in_deg_ptr + offs_i, out_deg_ptr, plan_ptr, count_ptr, J, pid_i, N)
+        g = (gy_ptr, s_ptr, rows64, N, m_ok)
+        acc = _plan_matmul(
+            acc, g, (w_cols, stride_wn, i_ok), plan, STRICT, False, ACT, False, UPCAST, PRECISION, BLOCK_K
+        )
     out_off = rows64[:, None] * K + offs_i[None, :]
     tl.store(dx_ptr + out_off, _cast(acc, dx_ptr.dtype.element_ty, UPCAST), mask=m_ok[:, None] & i_ok[None, :])
 
@@ -570,12 +551,8 @@ def _masked_linear_dw_kernel(
     BLOCK_M: tl.constexpr,  # batch rows per reduction step
     GROUP_M: tl.constexpr,
 ):
-    pid_n, pid_k = _swizzle(N, K, BLOCK_N, BLOCK_K, GROUP_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    pid_k, offs_n, offs_k, n_ok, k_ok = _swizzled_tile(N, K, BLOCK_N, BLOCK_K, GROUP_M)
     rm = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
-    k_ok = offs_k < K
     tile_ok = n_ok[:, None] & k_ok[None, :]
     op_dtype = dw_ptr.dtype.element_ty
     if EXPLICIT_MASK:

@@ -53,41 +53,41 @@ AFFINE_EPS = 1e-3  # pygen.ref.made.AFFINE_EPS
 
 
 @triton.jit
-def _rows_times_prefix(
-    acc,
-    s_ptr,
-    rows,
+def _prefix_linear(
+    h_ptr,
     r_ok,
-    stride_s,
-    src_off,
     p,
+    ind_ptr,
     w_ptr,
     w_stride,
+    b_ptr,
+    od_ptr,
     offs_n,
     n_ok,
-    od,
-    deg_ptr,
     STRICT: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """acc += h[rows, src_off : src_off + p] . (W * M)[offs_n, :p]^T with the mask from degrees."""
+    """h[:, :p] . (W * M)[offs_n, :p]^T + b[offs_n] in fp32, M from the degrees (od[offs_n] against
+    ind[:p]). h_ptr: [rows, 1] pointers to the first column of a scratch buffer (rows masked by
+    r_ok), ind_ptr: that buffer's degrees; w_ptr / w_stride, b_ptr, od_ptr: the layer's weight rows,
+    bias and row degrees."""
+    od = tl.load(od_ptr + offs_n, mask=n_ok, other=0)
+    acc = tl.zeros((h_ptr.shape[0], offs_n.shape[0]), dtype=tl.float32)
     for k0 in range(0, p, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < p
-        h = tl.load(
-            s_ptr + rows[:, None] * stride_s + src_off + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0
-        )
+        h = tl.load(h_ptr + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + offs_n[None, :] * w_stride + offs_k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        ind = tl.load(deg_ptr + src_off + offs_k, mask=k_ok, other=0)
+        ind = tl.load(ind_ptr + offs_k, mask=k_ok, other=0)
         if STRICT:
             keep = od[None, :] > ind[:, None]
         else:
             keep = od[None, :] >= ind[:, None]
         w = tl.where(keep, w, tl.zeros_like(w))
         acc = _mma(h, w, acc, UPCAST, PRECISION)
-    return acc
+    return acc + tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
 
 
 @triton.jit
@@ -125,6 +125,7 @@ def _made_sample_persistent_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     r_ok = rows < B
+    s_rows = s_ptr + rows[:, None] * stride_s  # [BLOCK_B, 1]: column 0 of this program's scratch rows
     offs_o = tl.arange(0, BLOCK_O)
     o_ok = offs_o < M_OUT
     out_w_off = tl.load(meta_ptr + (L - 1) * 4 + 2)
@@ -145,28 +146,22 @@ def _made_sample_persistent_kernel(
             for n0 in range(c0, e, BLOCK_N):
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < e
-                od = tl.load(deg_ptr + dst_off + offs_n, mask=n_ok, other=0)
-                acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-                acc = _rows_times_prefix(
-                    acc,
-                    s_ptr,
-                    rows,
+                z = _prefix_linear(
+                    s_rows + src_off,
                     r_ok,
-                    stride_s,
-                    src_off,
                     p,
+                    deg_ptr + src_off,
                     w_ptr + w_off,
                     src_w,
+                    b_ptr + b_off,
+                    deg_ptr + dst_off,
                     offs_n,
                     n_ok,
-                    od,
-                    deg_ptr,
                     False,
                     UPCAST,
                     PRECISION,
                     BLOCK_K,
                 )
-                z = acc + tl.load(b_ptr + b_off + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
                 cols = rows[:, None] * stride_s + dst_off + offs_n[None, :]
                 ok = r_ok[:, None] & n_ok[None, :]
                 if HAS_CTX:
@@ -180,28 +175,22 @@ def _made_sample_persistent_kernel(
         j = tl.load(sched_out_ptr + s * 2)
         p = tl.load(sched_out_ptr + s * 2 + 1)
         orow = j * M_OUT + offs_o
-        od = tl.load(out_deg_ptr + orow, mask=o_ok, other=0)
-        acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
-        acc = _rows_times_prefix(
-            acc,
-            s_ptr,
-            rows,
+        prm = _prefix_linear(
+            s_rows + last_src,
             r_ok,
-            stride_s,
-            last_src,
             p,
+            deg_ptr + last_src,
             w_ptr + out_w_off,
             last_w,
+            b_ptr + out_b_off,
+            out_deg_ptr,
             orow,
             o_ok,
-            od,
-            deg_ptr,
             True,
             UPCAST,
             PRECISION,
             BLOCK_K,
         )
-        prm = acc + tl.load(b_ptr + out_b_off + orow, mask=o_ok, other=0.0).to(tl.float32)[None, :]
         prm = _cast(prm, dtype, UPCAST).to(tl.float32)
         if SAVE_PARAMS:
             tl.store(
