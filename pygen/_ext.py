@@ -77,6 +77,9 @@ def _module_and_ctx(fn: str, device: torch.device):
     return kernel, [index, torch.cuda.current_stream(index).cuda_stream]
 
 
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
 def _wrong_device(fn: str, i: int, t: torch.Tensor, device: torch.device):
     raise ValueError(f"{fn}: argument {i} is on {t.device}, expected {device} (the first tensor's)")
 
@@ -96,7 +99,9 @@ def call(fn: str, *args):
     # one flat loop, torch.Size / stride tuples handed over as they are (pybind11 takes any
     # sequence): µs-scale CPU ops pay this on every call (`pygen bench --quick`'s pygen:cpu rows)
     for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
+        if type(a) in _PLAIN:  # most arguments are sizes and flags: one set lookup
+            crossed.append(a)
+        elif isinstance(a, torch.Tensor):
             if device is None:
                 device = a.device
             elif a.device != device:
