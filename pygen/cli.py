@@ -510,6 +510,32 @@ def _print_bench_header(args, plan, meta, dtype_names, modes, threads) -> None:
             pass
 
 
+def _bench_ceilings(args, plan, opts, meta):
+    """The run's prologue: measured copy bandwidth and the vendor HBM peak (printed), the
+    --max-time deadline, and the progress bar over every case. Returns (copy_gbps, peak, progress)."""
+    from pygen.tools import harness as H
+
+    device, by_family = plan["device"], plan["by_family"]
+    copy_bytes = plan["run"]["copy_bytes"]
+    copy_gbps = None if args.no_copy else H.measure_copy_gbps(device, nbytes=copy_bytes)
+    peak = H.HBM_PEAK_GBPS.get(meta["device_tag"])
+    if peak:
+        _print(f"ceiling: {meta['device_tag']} HBM peak {peak / 1000:.1f} TB/s (vendor figure)")
+    if copy_gbps:
+        _print(
+            f"ceiling: measured copy bandwidth {copy_gbps:.1f} GB/s (read+write of a "
+            f"{copy_bytes >> 20} MiB tensor copy, {H.copy_ceiling_label(device)}, this run)"
+        )
+    if args.max_time is not None:
+        opts.deadline = time.monotonic() + args.max_time
+    progress = None
+    if not args.no_progress:
+        progress = H.Progress(
+            sum(H.count_steps([c], _case_options(c, opts, args)) for cs in by_family.values() for c in cs)
+        )
+    return copy_gbps, peak, progress
+
+
 def _run_bench(args, plan, opts, meta, old_handlers):
     """The ceilings, then every family's cases, each family's table printed as it finishes; a
     SIGINT / SIGTERM stops after the running case. Returns (rows, families started, JSON lines
@@ -523,22 +549,7 @@ def _run_bench(args, plan, opts, meta, old_handlers):
     written: dict[Path, int] = {}
     try:
         try:
-            copy_bytes = plan["run"]["copy_bytes"]
-            copy_gbps = None if args.no_copy else H.measure_copy_gbps(device, nbytes=copy_bytes)
-            peak = H.HBM_PEAK_GBPS.get(meta["device_tag"])
-            if peak:
-                _print(f"ceiling: {meta['device_tag']} HBM peak {peak / 1000:.1f} TB/s (vendor figure)")
-            if copy_gbps:
-                _print(
-                    f"ceiling: measured copy bandwidth {copy_gbps:.1f} GB/s (read+write of a "
-                    f"{copy_bytes >> 20} MiB tensor copy, {H.copy_ceiling_label(device)}, this run)"
-                )
-            if args.max_time is not None:
-                opts.deadline = time.monotonic() + args.max_time
-            if not args.no_progress:
-                progress = H.Progress(
-                    sum(H.count_steps([c], _case_options(c, opts, args)) for cs in by_family.values() for c in cs)
-                )
+            copy_gbps, peak, progress = _bench_ceilings(args, plan, opts, meta)
         except KeyboardInterrupt as exc:
             stop = exc
             _restore(old_handlers)
