@@ -293,6 +293,7 @@ def main(argv=None) -> None:
     p.add_argument("--memory", action="store_true", help="measure peak extra memory (CPU, child processes)")
     p.add_argument("--shape", default="cpu", choices=("cpu", "quick", "gpu"), help="gpu: V3's head, N = 8192")
     p.add_argument("--impls", default="eager,cpu", help="comma list of eager, compile and pygen backends")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--info-nce", type=int, metavar="N", help="also SimCLR info_nce over N rows of d = 512")
     args = p.parse_args(argv)
     if not args.memory:
@@ -306,11 +307,11 @@ def main(argv=None) -> None:
             )
     s = {"cpu": CPU, "quick": QUICK, "gpu": GPU}[args.shape]
     for impl in args.impls.split(","):
-        r = peak_extra_bytes(s["N"], s["H"], s["V"], impl)
-        mib = 2**20
+        r = peak_extra_bytes(s["N"], s["H"], s["V"], impl, dtype=args.dtype)
+        mib, size = 2**20, torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()
         print(
-            f"{impl:7s} N={s['N']} H={s['H']} V={s['V']} float32: peak extra {r['peak_extra'] / mib:8.1f} MiB "
-            f"(gradients {r['grads'] / mib:.1f} MiB, logits {s['N'] * s['V'] * 4 / mib:.1f} MiB)"
+            f"{impl:7s} N={s['N']} H={s['H']} V={s['V']} {args.dtype}: peak extra {r['peak_extra'] / mib:8.1f} MiB "
+            f"(gradients {r['grads'] / mib:.1f} MiB, logits {s['N'] * s['V'] * size / mib:.1f} MiB)"
         )
 
 
