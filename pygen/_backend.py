@@ -46,8 +46,14 @@ def _triton_imported_uninterpreted() -> bool:
     return isinstance(getattr(tl, "cdiv", None), JITFunction)
 
 
-def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]:
-    """(available, reason) for running ``backend`` on tensors of ``device``."""
+# families whose cpu backend is PyTorch code (pygen/ops/_<family>_cpu.py), not pygen._C: it runs
+# wherever torch does, so a failed native build must not send them to the reference backend
+TORCH_CPU_FAMILIES = frozenset({"losses"})
+
+
+def backend_status(backend: str, device: torch.device | str, family: str | None = None) -> tuple[bool, str]:
+    """(available, reason) for running ``backend`` on tensors of ``device`` (for an op of
+    ``family``, when given: see TORCH_CPU_FAMILIES)."""
     dev = torch.device(device).type
     if backend == "reference":
         if dev == "cuda" and not torch.cuda.is_available():
@@ -56,6 +62,8 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
     if backend == "cpu":
         if dev != "cpu":
             return False, f"the cpu backend runs on CPU tensors, not {dev}"
+        if family in TORCH_CPU_FAMILIES:
+            return True, "PyTorch (chunked; no pygen._C needed)"
         err = _ext.load_error("_C")
         return (False, f"pygen._C not built: {err}") if err else (True, "pygen._C (g++ -O3 -fopenmp)")
     if backend == "cuda":
@@ -96,15 +104,20 @@ _DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "refer
 
 
 def choose(
-    op: str, device: torch.device, dtype: torch.dtype, backend: str | None = None, supported: tuple[str, ...] = BACKENDS
+    op: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    backend: str | None = None,
+    supported: tuple[str, ...] = BACKENDS,
+    family: str | None = None,
 ) -> str:
-    """Pick the backend for ``op`` on ``device``/``dtype`` (see module docstring)."""
+    """Pick the backend for ``op`` (of ``family``) on ``device``/``dtype`` (module docstring)."""
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         if backend not in supported:
             raise ValueError(f"{op}: backend {backend!r} is not implemented (have {supported})")
-        ok, why = backend_status(backend, device)
+        ok, why = backend_status(backend, device, family)
         if not ok:
             raise RuntimeError(f"{op}: backend {backend!r} is unavailable: {why}")
         return backend
@@ -115,7 +128,7 @@ def choose(
             raise ValueError(f"PYGEN_BACKEND must be one of {BACKENDS}, got {env!r}")
         candidates.insert(0, env)
     for b in candidates:
-        if b in supported and backend_status(b, device)[0]:
+        if b in supported and backend_status(b, device, family)[0]:
             if dtype == torch.float64 and b == "triton":
                 continue  # Triton kernels accumulate in float32; float64 goes to cpu/reference
             break
@@ -165,6 +178,7 @@ def choose_for(
     backend: str | None,
     supported: tuple[str, ...],
     float64_backends: tuple[str, ...] = ("reference",),
+    family: str | None = None,
 ) -> str:
     """``choose`` for an op whose kernels accumulate in float32: float64 tensors may only use
     ``float64_backends`` (an explicit other backend is a TypeError naming the dtype)."""
@@ -177,4 +191,4 @@ def choose_for(
                 f"(float64 runs on the {runs} backend{'s' if len(f64) > 1 else ''})"
             )
         supported = f64
-    return choose(op, t.device, t.dtype, backend, supported)
+    return choose(op, t.device, t.dtype, backend, supported, family)

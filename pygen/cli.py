@@ -117,6 +117,9 @@ def cmd_info(args) -> int:
         for dev in devices:
             ok, why = _backend.backend_status(b, dev)
             _print(f"  {b:<10} {dev:<5} {'yes' if ok else 'no ':<4} {why}")
+            if b == "cpu" and dev == "cpu" and not ok:
+                families = ", ".join(sorted(_backend.TORCH_CPU_FAMILIES))
+                _print(f"  {'':<10} {'':<5} {'yes':<4} for {families}: PyTorch code, no pygen._C needed")
     for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         _print(f"  auto order on {dev}: {', '.join(_backend.available_backends(dev))}")
     _print_backend_preference(os.environ.get("PYGEN_BACKEND", "").strip())

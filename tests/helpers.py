@@ -28,8 +28,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def backend_params(kernel_only: bool = False):
-    """pytest params over (device, backend), with unavailable pairs skipped and the reason shown."""
+def backend_params(kernel_only: bool = False, family: str | None = None):
+    """pytest params over (device, backend), with unavailable pairs skipped and the reason shown
+    (``family``: as pygen's backend choice sees that family's ops, _backend.TORCH_CPU_FAMILIES)."""
     params = []
     for dev in ("cpu", "cuda"):
         for b in _backend.BACKENDS:
@@ -37,7 +38,7 @@ def backend_params(kernel_only: bool = False):
                 continue
             if dev == "cpu" and b == "cuda" or dev == "cuda" and b == "cpu":
                 continue
-            ok, why = _backend.backend_status(b, dev)
+            ok, why = _backend.backend_status(b, dev, family)
             if dev == "cuda" and not torch.cuda.is_available():
                 ok, why = False, "no CUDA device"
             marks = [] if ok else [pytest.mark.skip(reason=f"{b} on {dev}: {why}")]

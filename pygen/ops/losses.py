@@ -188,7 +188,7 @@ def _stats(backend, hidden, weight, targets, bias, scale, softcap, with_mu, filt
 
 
 def _pick(name: str, t: torch.Tensor, backend: str | None) -> str:
-    return _backend.choose_for(name, t, backend, _SUPPORTED, float64_backends=("cpu", "reference"))
+    return _backend.choose_for(name, t, backend, _SUPPORTED, float64_backends=("cpu", "reference"), family="losses")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def grpo_loss(
     args = chk.grpo(name, log_probs.shape, log_probs.device, old_log_probs, ref_log_probs, advantages, mask,
                     epsilon_low, epsilon_high, beta, loss_type, max_completion_length, num_items_in_batch)  # fmt: skip
     # elementwise kernels (no dot product): float64 runs on every backend
-    b = _backend.choose_for(name, log_probs, backend, _SUPPORTED, float64_backends=_SUPPORTED)
+    b = _backend.choose_for(name, log_probs, backend, _SUPPORTED, float64_backends=_SUPPORTED, family="losses")
     return _grpo_on(b, log_probs, old_log_probs, ref_log_probs, advantages, mask, args)
 
 

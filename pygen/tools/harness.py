@@ -331,7 +331,7 @@ def build_impls(
         if case.backends is not None and b not in case.backends:
             impls.append(Impl(name, "pygen", None, f"{case.family} has no {b} implementation"))
             continue
-        ok, why = _backend.backend_status(b, device)
+        ok, why = _backend.backend_status(b, device, case.family)
         if b == "triton" and device.type == "cpu":
             ok, why = False, TRITON_CPU_SKIP
         if not ok:

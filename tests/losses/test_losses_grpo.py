@@ -25,7 +25,7 @@ from pygen import ops
 from pygen.ops import _losses_cpu, _registry
 from pygen.ref import losses as ref
 
-PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
+PARAMS = [p for p in backend_params(family="losses") if p.values[1] in ("triton", "cpu", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] != "reference"]
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -252,8 +252,8 @@ def test_small_and_empty_batches(device, backend, gen):
 # ---- gradcheck (float64) -------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_gradcheck_float64(backend, gen):
-    if not pygen.backend_status(backend, "cpu")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu")[1])
+    if not pygen.backend_status(backend, "cpu", "losses")[0]:
+        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     # old = None is log_probs.detach() (TRL's num_iterations = 1): the ratio stays 1 under a finite
     # difference while its gradient is -A, so it is checked against an explicit old instead (below).
     # Triton: 5 x 34 tokens, 2 x 2 tiles under the interpreter; fewer cases (its gradient pass is
@@ -280,8 +280,8 @@ def test_gradcheck_float64(backend, gen):
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_linear_grpo_loss_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu")[1])
+    if not pygen.backend_status(backend, "cpu", "losses")[0]:
+        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 6 * 4)  # several vocabulary chunks
     hid, w, tok, _, old, ref_lp, adv, mask = _linear_problem(2, 3, 4, 11, gen, torch.float64, "cpu")
 

@@ -22,7 +22,7 @@ from pygen.ops import _losses_cpu, losses as losses_ops
 from pygen.ops.losses import _stats
 from pygen.ref import losses as ref
 
-PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
+PARAMS = [p for p in backend_params(family="losses") if p.values[1] in ("triton", "cpu", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] != "reference"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -208,8 +208,8 @@ def test_small_and_empty(device, backend, gen):
 # ---- gradcheck, compile, module -------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu")[1])
+    if not pygen.backend_status(backend, "cpu", "losses")[0]:
+        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 6 * 2)  # three chunks
     for mode in MODES:
         (q, k, c), opts = _inputs(mode, 6, 4, torch.float64, "cpu", gen, k_queue=3)

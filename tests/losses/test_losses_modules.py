@@ -10,7 +10,7 @@ from torch import nn
 
 import pygen
 
-PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
+PARAMS = [p for p in backend_params(family="losses") if p.values[1] in ("triton", "cpu", "reference")]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -18,7 +18,7 @@ from pygen import ops
 from pygen.ops import _losses_cpu, _registry, losses as losses_ops
 from pygen.ref import losses as ref
 
-PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cpu", "reference")]
+PARAMS = [p for p in backend_params(family="losses") if p.values[1] in ("triton", "cpu", "reference")]
 KERNEL_PARAMS = [p for p in PARAMS if p.values[1] != "reference"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -241,8 +241,8 @@ def test_gradient_filter_skips_and_stays_within_tolerance(device, backend, gen, 
 # ---- gradcheck (float64) -------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu")[1])
+    if not pygen.backend_status(backend, "cpu", "losses")[0]:
+        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 5 * 3)  # three chunks
     h, w, b, t = _problem(5, 4, 8, torch.float64, "cpu", gen, ignore=(2,))
     for opts in OPTIONS:
@@ -325,12 +325,29 @@ def test_torch_compile_fullgraph(device, backend, gen):
         torch.testing.assert_close(a, c)
 
 
+def test_cpu_backend_without_the_native_build(monkeypatch, gen):
+    """The losses' cpu backend is PyTorch code: when pygen._C failed to build (simulated here) it
+    stays the default on CPU instead of falling back to the reference (which materialises the
+    logits), while the native families' cpu backend reports the build error."""
+    monkeypatch.setitem(pygen._ext._errors, "_C", "ImportError: simulated failed build")
+    assert not pygen.backend_status("cpu", "cpu")[0]
+    assert pygen.backend_status("cpu", "cpu", "losses") == (True, "PyTorch (chunked; no pygen._C needed)")
+    h, w, b, t = _problem(9, 8, 30, torch.float32, "cpu", gen)
+    assert losses_ops._pick("linear_cross_entropy", h, None) == "cpu"
+    got = ops.linear_cross_entropy(h, w, t, b, backend="cpu")
+    want = ref.linear_cross_entropy(*_d64(h, w), t, b.double())
+    assert_close_to_ref(got, want)
+    with pytest.raises(RuntimeError, match="pygen._C not built"):
+        ops.roi_align(torch.randn(1, 2, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2, backend="cpu")
+
+
 def test_default_backend_choice(monkeypatch):
     monkeypatch.delenv("PYGEN_BACKEND", raising=False)
     x = torch.randn(2, 3)
     sup = ("triton", "cpu", "reference")
-    want = "cpu" if pygen.backend_status("cpu", "cpu")[0] else "reference"
-    assert pygen._backend.choose("linear_cross_entropy", x.device, x.dtype, None, sup) == want
-    assert pygen._backend.choose_for("linear_cross_entropy", x.double(), None, sup, ("cpu", "reference")) == want
+    assert pygen.backend_status("cpu", "cpu", "losses")[0]  # PyTorch code: no pygen._C needed
+    assert pygen._backend.choose("linear_cross_entropy", x.device, x.dtype, None, sup, "losses") == "cpu"
+    f64 = ("cpu", "reference")
+    assert pygen._backend.choose_for("linear_cross_entropy", x.double(), None, sup, f64, "losses") == "cpu"
     with pytest.raises(TypeError, match="float64"):
         ops.linear_cross_entropy(x.double(), torch.randn(4, 3).double(), torch.zeros(2).long(), backend="triton")
