@@ -37,7 +37,9 @@ Kernels and their grids
 -----------------------
 (files: this one the launchers and the offline-compile specs; align.py the roi_align / ps_roi_align /
 multi_scale_roi_align kernels; pool.py the integer-bin roi_pool / ps_roi_pool kernels; gather.py
-the deterministic backward; device.py the @triton.jit helpers they share)
+the deterministic backward; device.py the @triton.jit helpers they share. A ps op runs its plain
+op's kernel with the constexpr PS=True where the two share one: every one but ps_roi_pool's
+backward, which has kernels of its own)
 forward, backward (atomic): one program per (RoI k, channel block, bin block); grid
     (K, cdiv(C, BLOCK_C) * cdiv(PH*PW, BLOCK_P)). The RoI's box, sample grid and bilinear
     weights are computed once per program as [BLOCK_P] vectors and reused by the whole
@@ -76,19 +78,16 @@ from .._device import on_tensor_device
 from .align import (
     _multi_scale_roi_align_bwd_kernel,
     _multi_scale_roi_align_fwd_kernel,
-    _ps_roi_align_bwd_kernel,
-    _ps_roi_align_fwd_kernel,
     _roi_align_bwd_kernel,
     _roi_align_fwd_kernel,
 )
 from .gather import (
     _multi_scale_roi_align_bwd_gather_kernel,
-    _ps_roi_align_bwd_gather_kernel,
     _ps_roi_pool_bwd_gather_kernel,
     _roi_align_bwd_gather_kernel,
     _roi_pool_bwd_gather_kernel,
 )
-from .pool import _ps_roi_pool_bwd_kernel, _ps_roi_pool_fwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel
+from .pool import _ps_roi_pool_bwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_kernel
 
 # ----------------------------------------------------------------------------------------------
 # launchers (docs/ARCHITECTURE.md, "Launcher contract"): tensors in, nothing allocated, None out
@@ -202,7 +201,7 @@ def _bwd_launch(
     """Backward of roi_align / ps_roi_align / ps_roi_pool (``ps``: a position-sensitive op). kernels:
     (deterministic gather, atomic per-RoI kernel), taking (grad_out, rois, grad_input, [K,] N, C,
     [C_in,] H, W, grad_out strides, rois strides, *op_args, PH, PW); C_in, grad_input's channel
-    count, goes to the kernels that declare it."""
+    count, goes to the kernels that declare it (the gathers, ps_roi_pool's atomic kernel)."""
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
     k, c, ph, pw = grad_out.shape
@@ -218,15 +217,37 @@ def _bwd_launch(
         _per_roi_launch(atomic, grad_out, grad_out.shape, *args, **consts)
 
 
-def roi_align_fwd(
-    input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool
-) -> None:
+def _align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int, **consts) -> None:
+    """Forward of roi_align / ps_roi_align (``consts``: ALIGNED, PS, C_FAST)."""
     if _nothing_to_pool(input, out):
         return
     k, c, ph, pw = out.shape
     args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
-    consts = {"ALIGNED": bool(aligned), "C_FAST": _c_fast(input), "DT": _dt(input)}
-    _per_roi_launch(_roi_align_fwd_kernel, input, out.shape, *args, **consts)
+    _per_roi_launch(_roi_align_fwd_kernel, input, out.shape, *args, **consts, DT=_dt(input))
+
+
+def _align_bwd(
+    grad_out: Tensor,
+    rois: Tensor,
+    grad_input: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    deterministic: bool,
+    aligned: bool,
+    ps: bool,
+) -> None:
+    """Backward of roi_align / ps_roi_align (ps: aligned=True, as the kernels require)."""
+    kernels = (_roi_align_bwd_gather_kernel, _roi_align_bwd_kernel)
+    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
+    consts = {"ALIGNED": aligned, "PS": ps, "DT": _dt(grad_input)}
+    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=ps, **consts)
+
+
+def roi_align_fwd(
+    input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> None:
+    consts = {"ALIGNED": bool(aligned), "PS": False, "C_FAST": _c_fast(input)}
+    _align_fwd(input, rois, out, spatial_scale, sampling_ratio, **consts)
 
 
 def roi_align_bwd(
@@ -238,34 +259,34 @@ def roi_align_bwd(
     aligned: bool,
     deterministic: bool,
 ) -> None:
-    kernels = (_roi_align_bwd_gather_kernel, _roi_align_bwd_kernel)
-    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
-    consts = {"ALIGNED": bool(aligned), "DT": _dt(grad_input)}
-    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, **consts)
+    _align_bwd(
+        grad_out, rois, grad_input, spatial_scale, sampling_ratio, deterministic, aligned=bool(aligned), ps=False
+    )
 
 
 def ps_roi_align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, sampling_ratio: int) -> None:
-    if _nothing_to_pool(input, out):
-        return
-    k, c, ph, pw = out.shape
-    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
-    _per_roi_launch(_ps_roi_align_fwd_kernel, input, out.shape, *args, DT=_dt(input))
+    # the bin-fast layout: input channel c*PH*PW + p is not contiguous along either tile axis
+    _align_fwd(input, rois, out, spatial_scale, sampling_ratio, ALIGNED=True, PS=True, C_FAST=False)
 
 
 def ps_roi_align_bwd(
     grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, sampling_ratio: int, deterministic: bool
 ) -> None:
-    kernels = (_ps_roi_align_bwd_gather_kernel, _ps_roi_align_bwd_kernel)
-    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
-    _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=True, DT=_dt(grad_input))
+    _align_bwd(grad_out, rois, grad_input, spatial_scale, sampling_ratio, deterministic, aligned=True, ps=True)
 
 
-def roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor, spatial_scale: float) -> None:
+def _pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor | None, spatial_scale: float, ps: bool) -> None:
+    """Forward of roi_pool (argmax: its [K, C, PH, PW] int32 buffer) / ps_roi_pool (argmax None)."""
     if _nothing_to_pool(input, out, argmax):
         return
     k, c, ph, pw = out.shape
     args = (input, rois, out, argmax, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
-    _per_roi_launch(_roi_pool_fwd_kernel, input, out.shape, *args, C_FAST=_c_fast(input), DT=_dt(input))
+    consts = {"PS": ps, "C_FAST": not ps and _c_fast(input), "DT": _dt(input)}
+    _per_roi_launch(_roi_pool_fwd_kernel, input, out.shape, *args, **consts)
+
+
+def roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor, spatial_scale: float) -> None:
+    _pool_fwd(input, rois, out, argmax, spatial_scale, ps=False)
 
 
 def roi_pool_bwd(grad_out: Tensor, argmax: Tensor, rois: Tensor, grad_input: Tensor, deterministic: bool) -> None:
@@ -304,11 +325,7 @@ def roi_pool_bwd(grad_out: Tensor, argmax: Tensor, rois: Tensor, grad_input: Ten
 
 
 def ps_roi_pool_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float) -> None:
-    if _nothing_to_pool(input, out):
-        return
-    k, c, ph, pw = out.shape
-    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
-    _per_roi_launch(_ps_roi_pool_fwd_kernel, input, out.shape, *args, DT=_dt(input))
+    _pool_fwd(input, rois, out, None, spatial_scale, ps=True)
 
 
 def ps_roi_pool_bwd(
@@ -427,36 +444,39 @@ def _compile_specs() -> list[dict]:
     am = {"go_s3": 1, "am_s3": 1}  # contiguous grad_out and argmax
     fpn = {"NUM_LEVELS": 4, "ALIGNED": False, "DT": f32}
     rfcn = "R-FCN: C_out=21, 7x7"
+    plain, ps = {"ALIGNED": False, "PS": False}, {"ALIGNED": True, "PS": True}  # roi_align, ps_roi_align
     return [
-        _spec(
-            _roi_align_fwd_kernel,
-            "FPN box head: C=256, 7x7, NCHW fp32",
-            {**nchw, "ALIGNED": False, "C_FAST": False, **tile},
-        ),
+        _spec(_roi_align_fwd_kernel, "FPN box head: C=256, 7x7, NCHW fp32", {**nchw, **plain, "C_FAST": False, **tile}),
         _spec(
             _roi_align_fwd_kernel,
             "channels_last bf16, C=256, 7x7, aligned",
-            {**cl, "ALIGNED": True, "C_FAST": True, **tile},
+            {**cl, "ALIGNED": True, "PS": False, "C_FAST": True, **tile},
             data="*bf16",
         ),
         _spec(
             _roi_align_fwd_kernel,
             "Mask R-CNN mask head: C=256, 14x14, NCHW fp32",
-            {**nchw, "ALIGNED": True, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256},
+            {**nchw, "ALIGNED": True, "PS": False, "C_FAST": False, "DT": f32, "BLOCK_C": 2, "BLOCK_P": 256},
         ),
-        _spec(_roi_align_bwd_kernel, "C=256, 7x7, atomics", {**go, "ALIGNED": False, **tile}),
-        _spec(_roi_align_bwd_gather_kernel, "C=256, 7x7, deterministic gather", {**go, "ALIGNED": False, **gather}),
-        _spec(_ps_roi_align_fwd_kernel, f"{rfcn} (C_in=1029), NCHW fp32", {**nchw, **tile}),
-        _spec(_ps_roi_align_bwd_kernel, f"{rfcn}, atomics", {**go, **tile}),
-        _spec(_ps_roi_align_bwd_gather_kernel, f"{rfcn}, deterministic gather", {**go, **ps_gather}),
-        _spec(_roi_pool_fwd_kernel, "Fast R-CNN: C=512, 7x7, NCHW fp32", {**nchw, "C_FAST": False, **tile}),
+        _spec(_roi_align_bwd_kernel, "C=256, 7x7, atomics", {**go, **plain, **tile}),
+        _spec(_roi_align_bwd_gather_kernel, "C=256, 7x7, deterministic gather", {**go, **plain, **gather}),
+        _spec(_roi_align_fwd_kernel, f"{rfcn} (C_in=1029), NCHW fp32", {**nchw, **ps, "C_FAST": False, **tile}),
+        _spec(_roi_align_bwd_kernel, f"{rfcn}, atomics", {**go, **ps, **tile}),
+        _spec(_roi_align_bwd_gather_kernel, f"{rfcn}, deterministic gather", {**go, **ps, **ps_gather}),
+        _spec(
+            _roi_pool_fwd_kernel, "Fast R-CNN: C=512, 7x7, NCHW fp32", {**nchw, "PS": False, "C_FAST": False, **tile}
+        ),
         _spec(_roi_pool_bwd_kernel, "Fast R-CNN: C=512, 7x7, atomics", {**am, **tile}),
         _spec(
             _roi_pool_bwd_gather_kernel,
             "Fast R-CNN: C=512, 7x7, deterministic gather",
             {**am, **tile, "CHUNK": 256, "ROI_BLOCK": 128},
         ),
-        _spec(_ps_roi_pool_fwd_kernel, f"{rfcn}, NCHW fp32", {**nchw, **tile}),
+        _spec(
+            _roi_pool_fwd_kernel,
+            f"{rfcn}, NCHW fp32",
+            {"argmax_ptr": None, **nchw, "PS": True, "C_FAST": False, **tile},
+        ),
         _spec(_ps_roi_pool_bwd_kernel, f"{rfcn}, atomics", {**go, **tile}),
         _spec(_ps_roi_pool_bwd_gather_kernel, f"{rfcn}, deterministic gather", {**go, **ps_gather}),
         _spec(

@@ -1,6 +1,7 @@
 """roi_align, ps_roi_align and multi_scale_roi_align (FPN): the per-RoI forward kernels and their
-atomic backward. One program per (RoI k, channel block x bin block); the sample loops are
-device.py's _align_sum / _align_scatter, shared by all three ops. Layouts, math and grids:
+atomic backward (ps_roi_align is roi_align's kernels with PS=True). One program per (RoI k, channel
+block x bin block); the sample loops are device.py's _align_sum / _align_scatter, shared by all
+three ops. Layouts, math and grids:
 kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
 """
 
@@ -10,17 +11,17 @@ import triton.language as tl
 from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _pick, _roi_row, _scale, _select_level
 
 # ----------------------------------------------------------------------------------------------
-# roi_align
+# roi_align and ps_roi_align (PS=True)
 # ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
 def _roi_align_fwd_kernel(
-    input_ptr,  # [N, C, H, W] features, any strides
+    input_ptr,  # [N, C, H, W] features, any strides (PS: [N, C_in, H, W], C_in = C * PH * PW)
     rois_ptr,  # [K, 5] (batch_index, x1, y1, x2, y2)
     out_ptr,  # [K, C, PH, PW] contiguous, input dtype
     N,  # images; RoIs whose batch index is outside [0, N) give zeros
-    C,  # channels
+    C,  # channels (PS: output channels)
     H,  # feature map height
     W,  # feature map width
     stride_n,  # input strides, in elements
@@ -35,16 +36,20 @@ def _roi_align_fwd_kernel(
     PH,  # pooled height
     PW,  # pooled width
     ALIGNED: tl.constexpr,  # half-pixel offset, no minimum RoI size
+    PS: tl.constexpr,  # ps_roi_align: bin p of output channel c reads input channel c*PH*PW + p
     C_FAST: tl.constexpr,  # channel stride is 1: put channels on the coalesced tile axis
     DT: tl.constexpr,  # compute dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program (power of two >= PH*PW, or a block of them)
 ):
+    # PS-align is roi_align with aligned=True geometry; channel c_in = c*PH*PW + p is not
+    # contiguous along either tile axis, so the bin-fast layout is kept
+    tl.static_assert(not PS or (ALIGNED and not C_FAST), "PS needs ALIGNED=True, C_FAST=False")
     box = _roi_row((rois_ptr, roi_stride, roi_stride_f), tl.program_id(0), tl.program_id(0) >= 0, DT)
     feat = (input_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)
     scale = _scale(scale_hi, scale_lo, DT)
     _align_fwd_program(
-        feat, box, True, scale, sampling_ratio, out_ptr, PH, PW, ALIGNED, False, C_FAST, DT, BLOCK_C, BLOCK_P
+        feat, box, True, scale, sampling_ratio, out_ptr, PH, PW, ALIGNED, PS, C_FAST, DT, BLOCK_C, BLOCK_P
     )
 
 
@@ -53,8 +58,9 @@ def _roi_align_bwd_kernel(
     grad_out_ptr,  # [K, C, PH, PW] any strides
     rois_ptr,  # [K, 5]
     grad_in_ptr,  # [N, C, H, W] contiguous float32/64, zero-filled, accumulated atomically
+    # (PS: [N, C*PH*PW, H, W])
     N,  # images
-    C,  # channels
+    C,  # channels (PS: output channels)
     H,  # height
     W,  # width
     go_s0,  # grad_out strides, in elements
@@ -69,84 +75,17 @@ def _roi_align_bwd_kernel(
     PH,  # pooled height
     PW,  # pooled width
     ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    PS: tl.constexpr,  # ps_roi_align (needs ALIGNED=True), see _roi_align_fwd_kernel
     DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
+    tl.static_assert(not PS or ALIGNED, "PS needs ALIGNED=True")
     box = _roi_row((rois_ptr, roi_stride, roi_stride_f), tl.program_id(0), tl.program_id(0) >= 0, DT)
     go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     scale = _scale(scale_hi, scale_lo, DT)
     _align_bwd_program(
-        go, grad_in_ptr, N, C, H, W, box, True, scale, sampling_ratio, PH, PW, ALIGNED, False, DT, BLOCK_C, BLOCK_P
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# ps_roi_align
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _ps_roi_align_fwd_kernel(
-    input_ptr,  # [N, C_in, H, W] features, any strides, C_in = C * PH * PW
-    rois_ptr,  # [K, 5]
-    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
-    N,  # images
-    C,  # output channels
-    H,  # height
-    W,  # width
-    stride_n,  # input strides, in elements
-    stride_c,
-    stride_h,
-    stride_w,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # output channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    # PS-align is roi_align with aligned=True geometry; channel c_in = c*PH*PW + p is not
-    # contiguous along either tile axis, so the bin-fast layout is kept
-    box = _roi_row((rois_ptr, roi_stride, roi_stride_f), tl.program_id(0), tl.program_id(0) >= 0, DT)
-    feat = (input_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)
-    scale = _scale(scale_hi, scale_lo, DT)
-    _align_fwd_program(feat, box, True, scale, sampling_ratio, out_ptr, PH, PW, True, True, False, DT, BLOCK_C, BLOCK_P)
-
-
-@triton.jit
-def _ps_roi_align_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
-    grad_in_ptr,  # [N, C*PH*PW, H, W] contiguous float32/64, zero-filled, atomics
-    N,  # images
-    C,  # output channels
-    H,  # height
-    W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # output channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    box = _roi_row((rois_ptr, roi_stride, roi_stride_f), tl.program_id(0), tl.program_id(0) >= 0, DT)
-    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
-    scale = _scale(scale_hi, scale_lo, DT)
-    _align_bwd_program(
-        go, grad_in_ptr, N, C, H, W, box, True, scale, sampling_ratio, PH, PW, True, True, DT, BLOCK_C, BLOCK_P
+        go, grad_in_ptr, N, C, H, W, box, True, scale, sampling_ratio, PH, PW, ALIGNED, PS, DT, BLOCK_C, BLOCK_P
     )
 
 

@@ -168,10 +168,11 @@ def _align_gather(
 def _roi_align_bwd_gather_kernel(
     grad_out_ptr,  # [K, C, PH, PW] any strides
     rois_ptr,  # [K, 5]
-    grad_in_ptr,  # [N, C, H, W] contiguous float32/64; every element is written once
+    grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
     K,  # number of RoIs
     N,  # images
-    C,  # channels
+    C,  # channels (PS: output channels)
+    C_in,  # input channels (PS only, >= C*PH*PW: the rest get no gradient; else C_in = C)
     H,  # height
     W,  # width
     go_s0,  # grad_out strides, in elements
@@ -186,24 +187,27 @@ def _roi_align_bwd_gather_kernel(
     PH,  # pooled height
     PW,  # pooled width
     ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
+    PS: tl.constexpr,  # ps_roi_align (needs ALIGNED=True): input channel c*PH*PW + p feeds bin p of c
     DT: tl.constexpr,  # compute / accumulation dtype
-    BLOCK_C: tl.constexpr,  # channels per program
+    BLOCK_C: tl.constexpr,  # input channels per program
     TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
     TILE_W: tl.constexpr,
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
-    n, c, tile = _gather_program(N, C, BLOCK_C)
+    tl.static_assert(not PS or ALIGNED, "PS needs ALIGNED=True")
+    c_map = C_in if PS else C  # grad_in's channels (PS: the first C*PH*PW of them get gradient)
+    n, c, tile = _gather_program(N, c_map, BLOCK_C)
     go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     rois = (rois_ptr, roi_stride, roi_stride_f)
     scale = _scale(scale_hi, scale_lo, DT)
     _align_gather(
         go,
         rois,
-        (grad_in_ptr, N, C, H, W),
+        (grad_in_ptr, N, c_map, H, W),
         K,
         n,
         c,
-        C,
+        C * PH * PW if PS else C,
         tile,
         scale,
         sampling_ratio,
@@ -212,65 +216,7 @@ def _roi_align_bwd_gather_kernel(
         0,
         None,
         ALIGNED,
-        False,
-        False,
-        DT,
-        BLOCK_C,
-        TILE_H,
-        TILE_W,
-        ROI_BLOCK,
-    )
-
-
-@triton.jit
-def _ps_roi_align_bwd_gather_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
-    grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
-    K,  # number of RoIs
-    N,  # images
-    C,  # output channels
-    C_in,  # input channels (>= C*PH*PW; the rest get no gradient)
-    H,  # height
-    W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
-    sampling_ratio,  # see _roi_align_fwd_kernel
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute / accumulation dtype
-    BLOCK_C: tl.constexpr,  # input channels per program
-    TILE_H: tl.constexpr,  # pixel tile owned by one program (powers of two)
-    TILE_W: tl.constexpr,
-    ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
-):
-    n, c, tile = _gather_program(N, C_in, BLOCK_C)
-    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
-    rois = (rois_ptr, roi_stride, roi_stride_f)
-    scale = _scale(scale_hi, scale_lo, DT)
-    _align_gather(
-        go,
-        rois,
-        (grad_in_ptr, N, C_in, H, W),
-        K,
-        n,
-        c,
-        C * PH * PW,
-        tile,
-        scale,
-        sampling_ratio,
-        PH,
-        PW,
-        0,
-        None,
-        True,
-        True,
+        PS,
         False,
         DT,
         BLOCK_C,

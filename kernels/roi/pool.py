@@ -1,7 +1,8 @@
 """Integer-bin pooling kernels of the RoI family: roi_pool (max, with the argmax its backward reads)
-and ps_roi_pool (mean over the bin), forward and atomic backward. One program per (RoI k, channel
-block x bin block); the bins come from device.py's _int_pool_bins. Layouts and math:
-kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
+and ps_roi_pool (mean over the bin; roi_pool's forward kernel with PS=True), forward and atomic
+backward. One program per (RoI k, channel block x bin block); the bins come from device.py's
+_int_pool_bins. Layouts and math: kernels/roi/__init__.py's docstring; the deterministic backward:
+gather.py.
 """
 
 import triton
@@ -20,13 +21,22 @@ def _bin_pixel(hs, he, ws, we, pmask, dy, dx):
 
 
 @triton.jit
+def _max_step(best, arg, v, inside, idx):
+    """One pixel of roi_pool's max: (best, arg) updated where the pixel v (flat index idx) is inside
+    its bin and wins. Strict '>' keeps the first max in row-major order (torchvision); the first
+    element always registers, so argmax is -1 only for an empty bin; NaN wins like torch.max."""
+    take = inside & ((v > best) | (arg < 0) | ((v != v) & (best == best)))
+    return tl.where(take, v, best), tl.where(take, idx, arg)
+
+
+@triton.jit
 def _roi_pool_fwd_kernel(
-    input_ptr,  # [N, C, H, W] features, any strides
+    input_ptr,  # [N, C, H, W] features, any strides (PS: [N, C_in, H, W], C_in = C * PH * PW)
     rois_ptr,  # [K, 5]
     out_ptr,  # [K, C, PH, PW] contiguous, input dtype
-    argmax_ptr,  # [K, C, PH, PW] contiguous int32: h*W + w of the max, -1 if empty
+    argmax_ptr,  # [K, C, PH, PW] contiguous int32: h*W + w of the max, -1 if empty (PS: None)
     N,  # images
-    C,  # channels
+    C,  # channels (PS: output channels)
     H,  # height
     W,  # width
     stride_n,  # input strides, in elements
@@ -39,36 +49,48 @@ def _roi_pool_fwd_kernel(
     scale_lo,  # spatial_scale remainder: the bins are computed in float64
     PH,  # pooled height
     PW,  # pooled width
-    C_FAST: tl.constexpr,  # channel stride is 1: channels on the coalesced tile axis
+    PS: tl.constexpr,  # ps_roi_pool: bins of length x2' - x1', input channel c*PH*PW + p, the mean
+    C_FAST: tl.constexpr,  # channel stride is 1: channels on the coalesced tile axis (not with PS)
     DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
+    # ps channels c*PH*PW + p are not contiguous along either tile axis: the bin-fast layout
+    tl.static_assert(not PS or not C_FAST, "PS needs C_FAST=False")
     rois = (rois_ptr, roi_stride, roi_stride_f)
-    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 1, DT, BLOCK_C, BLOCK_P)
+    # roi_pool's RoI length is x2' - x1' + 1, ps_roi_pool's x2' - x1'
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 1 - PS, DT, BLOCK_C, BLOCK_P)
     b, hs, he, ws, we, max_h, max_w = bins
     cmask = c < C
-    feat = input_ptr + b.to(tl.int64) * stride_n + tl.expand_dims(c * stride_c, 1 - C_FAST)
+    feat = input_ptr + b.to(tl.int64) * stride_n
+    if PS:  # bin p of output channel c reads input channel c*P + p
+        feat = feat + (c * P * stride_c)[:, None] + (p * stride_c)[None, :]
+        area = _bin_area(hs, he, ws, we, DT)
+        acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT)  # the bin's sum
+    else:
+        feat = feat + tl.expand_dims(c * stride_c, 1 - C_FAST)
+        acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")  # the bin's max ...
+        arg = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, tl.int32) - 1  # ... and where it is
     cm2 = tl.expand_dims(cmask, 1 - C_FAST)
-    best = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")
-    arg = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, tl.int32) - 1
     for dy in range(max_h):
         for dx in range(max_w):
             y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
             inside = tl.expand_dims(in_bin, 0 + C_FAST) & cm2
-            v = tl.load(
-                feat + tl.expand_dims(y * stride_h + x * stride_w, 0 + C_FAST), mask=inside, other=float("-inf")
-            ).to(DT)
-            # strict '>' keeps the first max in row-major order (torchvision); the first element
-            # always registers, so argmax is -1 only for an empty bin; NaN wins like torch.max
-            take = inside & ((v > best) | (arg < 0) | ((v != v) & (best == best)))
-            best = tl.where(take, v, best)
-            arg = tl.where(take, tl.expand_dims(y * W + x, 0 + C_FAST), arg)
-    best = tl.where(arg < 0, 0.0, best)
+            pix = feat + tl.expand_dims(y * stride_h + x * stride_w, 0 + C_FAST)
+            if PS:
+                acc += tl.load(pix, mask=inside, other=0.0).to(DT)
+            else:
+                v = tl.load(pix, mask=inside, other=float("-inf")).to(DT)
+                acc, arg = _max_step(acc, arg, v, inside, tl.expand_dims(y * W + x, 0 + C_FAST))
+    if PS:
+        acc = acc / area[None, :]
+    else:
+        acc = tl.where(arg < 0, 0.0, acc)
     off = k.to(tl.int64) * C * P + tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
     m = cm2 & tl.expand_dims(pmask, 0 + C_FAST)
-    _store_out(out_ptr + off, best, m)
-    tl.store(argmax_ptr + off, arg, mask=m)
+    _store_out(out_ptr + off, acc, m)
+    if not PS:
+        tl.store(argmax_ptr + off, arg, mask=m)
 
 
 @triton.jit
@@ -106,45 +128,6 @@ def _roi_pool_bwd_kernel(
     m = m & (am >= 0) & (am < H * W)  # never trust an index enough to write out of bounds
     base = grad_in_ptr + b.to(tl.int64) * C * H * W + (c * H * W)[:, None]
     tl.atomic_add(base + am, g, mask=m, sem="relaxed")
-
-
-@triton.jit
-def _ps_roi_pool_fwd_kernel(
-    input_ptr,  # [N, C_in, H, W] features, any strides, C_in = C * PH * PW
-    rois_ptr,  # [K, 5]
-    out_ptr,  # [K, C, PH, PW] contiguous, input dtype
-    N,  # images
-    C,  # output channels
-    H,  # height
-    W,  # width
-    stride_n,  # input strides, in elements
-    stride_c,
-    stride_h,
-    stride_w,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder: the bins are computed in float64
-    PH,  # pooled height
-    PW,  # pooled width
-    DT: tl.constexpr,  # compute dtype
-    BLOCK_C: tl.constexpr,  # output channels per program
-    BLOCK_P: tl.constexpr,  # bins per program
-):
-    rois = (rois_ptr, roi_stride, roi_stride_f)
-    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 0, DT, BLOCK_C, BLOCK_P)
-    b, hs, he, ws, we, max_h, max_w = bins
-    cmask = c < C
-    feat = input_ptr + b.to(tl.int64) * stride_n + (c * P * stride_c)[:, None] + (p * stride_c)[None, :]
-    acc = tl.zeros([BLOCK_C, BLOCK_P], DT)
-    for dy in range(max_h):
-        for dx in range(max_w):
-            y, x, in_bin = _bin_pixel(hs, he, ws, we, pmask, dy, dx)
-            inside = cmask[:, None] & in_bin[None, :]
-            acc += tl.load(feat + (y * stride_h + x * stride_w)[None, :], mask=inside, other=0.0).to(DT)
-    area = _bin_area(hs, he, ws, we, DT)
-    off = k.to(tl.int64) * C * P + (c * P)[:, None] + p[None, :]
-    _store_out(out_ptr + off, acc / area[None, :], cmask[:, None] & pmask[None, :])
 
 
 @triton.jit
