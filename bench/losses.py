@@ -18,8 +18,9 @@ writing what must be returned,
 FLOPs: 2 N H V per matmul; forward 1, backward 3 (recompute + two gradient products).
 
 Memory (not a timing: ``python -m pygen.bench.losses --memory`` or ``python bench/losses.py
---memory``): peak extra resident memory of one forward+backward, measured in a fresh child process
-per implementation (see ``peak_extra_bytes``), against the eager composition.
+--memory``, ``--device cuda`` on a GPU): peak extra memory of one forward+backward (CPU: resident,
+GPU: allocated), measured in a fresh child process per implementation (see ``peak_extra_bytes``),
+against the eager composition; ``pygen bench losses`` prints it after the timings.
 """
 
 from __future__ import annotations
@@ -220,12 +221,12 @@ CHILD = r"""
 import json, sys, torch
 import pygen.ops, pygen.ref.losses as ref
 n, h, v, impl, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], getattr(torch, sys.argv[5])
-op = sys.argv[6]
+op, dev = sys.argv[6], sys.argv[7]
 torch.set_num_threads(2)
-g = torch.Generator().manual_seed(0)
-hid = torch.randn(n, h, generator=g).to(dtype).requires_grad_()
-w = (torch.randn(v, h, generator=g) * h**-0.5).to(dtype).requires_grad_()
-t = torch.randint(0, v, (n,), generator=g)
+g = torch.Generator(dev).manual_seed(0)
+hid = torch.randn(n, h, generator=g, device=dev).to(dtype).requires_grad_()
+w = (torch.randn(v, h, generator=g, device=dev) * h**-0.5).to(dtype).requires_grad_()
+t = torch.randint(0, v, (n,), generator=g, device=dev)
 if op == "info_nce":  # SimCLR over the n rows of hid (d = h); w is not an input
     w = w[:0].detach().requires_grad_()
     if impl == "eager":
@@ -245,16 +246,25 @@ def status(key):
             return int(line.split()[1]) * 1024
 small = (hid[:8].detach().requires_grad_(), w[:64].detach().requires_grad_(), t[:8] % 64)
 call(*small).backward()
-before = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-fn().backward()
+if dev == "cuda":  # the caching allocator's peak of live tensors (what the call needs, not cached)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn().backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+else:
+    before = status("VmRSS:")
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    fn().backward()
+    peak = status("VmHWM:") - before
 grads = (hid.numel() + w.numel()) * hid.element_size()
-print(json.dumps({"impl": impl, "peak_extra": status("VmHWM:") - before, "grads": grads}))
+print(json.dumps({"impl": impl, "peak_extra": peak, "grads": grads}))
 """
 
 
 def peak_extra_bytes(
-    n: int, h: int, v: int, impl: str, dtype: str = "float32", op: str = "linear_cross_entropy"
+    n: int, h: int, v: int, impl: str, dtype: str = "float32", op: str = "linear_cross_entropy", device: str = "cpu"
 ) -> dict:
     """Peak extra resident memory (bytes) of one forward+backward of ``impl`` ("eager", "compile" =
     torch.compile of eager, or a pygen backend) on CPU: in a fresh child process, after the inputs
@@ -262,27 +272,38 @@ def peak_extra_bytes(
     peak-RSS counter (VmHWM) is reset to the current RSS (/proc/self/clear_refs = 5) and read after
     the call; ``grads`` is the size of the gradients the call must return (included in the peak).
     ``op`` "info_nce": SimCLR over n rows of width h (``v`` unused), eager = the [n, n] similarities
-    materialised."""
-    args = [str(n), str(h), str(v), impl, dtype, op]
+    materialised. ``device`` "cuda": the same call on the GPU, the figure from the caching
+    allocator (max_memory_allocated after reset_peak_memory_stats, minus the memory allocated
+    before: live tensors, not the allocator's cache)."""
+    args = [str(n), str(h), str(v), impl, dtype, op, device]
     res = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def report(quick: bool, device) -> list[str]:
-    """``pygen bench losses``'s memory lines (CPU only: the figure is the child process's peak RSS):
-    linear_cross_entropy at the run's shape and SimCLR info_nce, each against its eager path."""
-    if torch.device(device).type != "cpu":
-        return ["memory: measured on CPU only (python -m pygen.bench.losses --memory); GPU: not yet"]
-    s, n = (QUICK, 1024) if quick else (CPU, 4096)
-    mib, lines = 2**20, []
+    """``pygen bench losses``'s memory lines: linear_cross_entropy at the run's shape and SimCLR
+    info_nce, each against its eager path (CPU: float32, the child process's peak RSS; GPU: bf16
+    and the triton backend, the caching allocator's peak). A measurement that fails is a line
+    saying so, not an error: the timings above are already printed."""
+    dev = torch.device(device).type
+    if dev == "cpu":
+        (s, n), dtype, ours = ((QUICK, 1024) if quick else (CPU, 4096)), "float32", "cpu"
+    else:
+        (s, n), dtype, ours = ((QUICK, 1024) if quick else (GPU, 32_768)), "bfloat16", "triton"
+    mib, lines, what_peak = 2**20, [], "peak extra RSS" if dev == "cpu" else "peak extra allocated"
     for op, (a, b, c), what in (
         ("linear_cross_entropy", (s["N"], s["H"], s["V"]), f"N={s['N']} H={s['H']} V={s['V']}"),
         ("info_nce", (n, 512, 1), f"SimCLR N={n} d=512"),
     ):
-        r = {impl: peak_extra_bytes(a, b, c, impl, op=op) for impl in ("eager", "cpu")}
+        try:
+            r = {impl: peak_extra_bytes(a, b, c, impl, dtype, op, dev) for impl in ("eager", ours)}
+        except (subprocess.CalledProcessError, ValueError) as exc:
+            last = ((getattr(exc, "stderr", "") or str(exc)).strip().splitlines() or ["?"])[-1]
+            lines.append(f"memory {op} {what} {dtype}: not measured ({last[:160]})")
+            continue
         lines.append(
-            f"memory {op} {what} float32 fwd+bwd, peak extra RSS: pygen:cpu {r['cpu']['peak_extra'] / mib:.1f} MiB, "
-            f"eager {r['eager']['peak_extra'] / mib:.1f} MiB (both include the {r['cpu']['grads'] / mib:.1f} MiB of "
+            f"memory {op} {what} {dtype} fwd+bwd, {what_peak}: pygen:{ours} {r[ours]['peak_extra'] / mib:.1f} MiB, "
+            f"eager {r['eager']['peak_extra'] / mib:.1f} MiB (both include the {r[ours]['grads'] / mib:.1f} MiB of "
             f"gradients returned)"
         )
     return lines
@@ -294,20 +315,21 @@ def main(argv=None) -> None:
     p.add_argument("--shape", default="cpu", choices=("cpu", "quick", "gpu"), help="gpu: V3's head, N = 8192")
     p.add_argument("--impls", default="eager,cpu", help="comma list of eager, compile and pygen backends")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the allocator's peak")
     p.add_argument("--info-nce", type=int, metavar="N", help="also SimCLR info_nce over N rows of d = 512")
     args = p.parse_args(argv)
     if not args.memory:
         p.error("use `pygen bench losses` for timings; this entry point measures --memory")
     if args.info_nce:
-        for impl in ("eager", "cpu"):
-            r = peak_extra_bytes(args.info_nce, 512, 1, impl, op="info_nce")
+        for impl in args.impls.split(","):
+            r, n = peak_extra_bytes(args.info_nce, 512, 1, impl, args.dtype, "info_nce", args.device), args.info_nce
             print(
-                f"info_nce {impl:7s} N={args.info_nce} d=512 float32: peak extra {r['peak_extra'] / 2**20:8.1f} MiB "
-                f"(gradients {r['grads'] / 2**20:.1f} MiB, similarities {args.info_nce**2 * 4 / 2**20:.1f} MiB)"
+                f"info_nce {impl:7s} N={n} d=512 {args.dtype}: peak extra {r['peak_extra'] / 2**20:8.1f} MiB "
+                f"(gradients {r['grads'] / 2**20:.1f} MiB, similarities {n**2 * 4 / 2**20:.1f} MiB)"
             )
     s = {"cpu": CPU, "quick": QUICK, "gpu": GPU}[args.shape]
     for impl in args.impls.split(","):
-        r = peak_extra_bytes(s["N"], s["H"], s["V"], impl, dtype=args.dtype)
+        r = peak_extra_bytes(s["N"], s["H"], s["V"], impl, args.dtype, device=args.device)
         mib, size = 2**20, torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()
         print(
             f"{impl:7s} N={s['N']} H={s['H']} V={s['V']} {args.dtype}: peak extra {r['peak_extra'] / mib:8.1f} MiB "
