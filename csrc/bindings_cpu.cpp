@@ -55,7 +55,7 @@ struct CpuMoeBackend {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pygen host kernels (g++ -O3 -fopenmp): RoI family. See pygen/native/roi.py.";
+  m.doc() = "pygen host kernels (g++ -O3 -fopenmp): RoI and MoE families. See pygen/native/.";
   pygen::roi::bind::def_roi<CpuBackend>(m);
   pygen::moe::bind::def_moe<CpuMoeBackend>(m);
   pygen::moe::bind::def_moe_route<CpuMoeBackend>(m);

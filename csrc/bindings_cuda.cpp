@@ -62,21 +62,16 @@ void launch_on(const std::vector<int64_t>& ctx, int dtype, F&& launch) {
   finish(launch(reinterpret_cast<void*>(ctx[1])), dtype);
 }
 
-int64_t grad_columns(const pygen::roi::RoiParams& p) {
-  int64_t cols = 0;
-  for (int l = 0; l < p.num_levels; ++l) cols += p.N * p.C * p.lv[l].W;
-  return cols;
-}
-
 struct CudaBackend {
   static void forward(const Launch& l, const std::vector<int64_t>& ctx) {
     launch_on(ctx, l.dtype, [&](void* stream) { return pygen::roi::cuda_forward(l.op, l.dtype, l.p, stream); });
   }
   static void backward(const Launch& l, bool deterministic, const std::vector<int64_t>& ctx) {
     // the deterministic kernels run one thread per grad column with 32-bit indices
-    if (deterministic && grad_columns(l.p) >= (int64_t(1) << 31))
+    const int64_t cols = deterministic ? pygen::roi::grad_columns(l.p) : 0;
+    if (cols >= (int64_t(1) << 31))
       throw py::value_error(std::string(l.fn) + ": deterministic CUDA backward supports N*C*W < 2^31 grad " +
-                            "columns, got " + std::to_string(grad_columns(l.p)));
+                            "columns, got " + std::to_string(cols));
     launch_on(ctx, l.dtype,
               [&](void* stream) { return pygen::roi::cuda_backward(l.op, l.dtype, l.p, deterministic, stream); });
   }
@@ -94,7 +89,7 @@ struct CudaMoeBackend {
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "pygen CUDA kernels (nvcc, static cudart): RoI family. See pygen/native/roi.py.";
+  m.doc() = "pygen CUDA kernels (nvcc, static cudart): RoI and MoE families. See pygen/native/.";
   pygen::roi::bind::def_roi<CudaBackend>(m);
   pygen::moe::bind::def_moe<CudaMoeBackend>(m);
   m.def("device_count", []() {

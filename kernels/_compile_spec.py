@@ -4,9 +4,9 @@ shape, for ``pygen inspect`` and the sm_90 compile tests (tests/common/test_comp
 The runtime marks a pointer argument 16-byte aligned and an integer argument that is a multiple of
 16 with ``tt.divisibility`` 16; the spec says the same through ``attrs``: every pointer in the
 signature and every argument named in ``div`` (``aligned=False``: the ``div`` arguments only, as the
-flows and MoE alignment specs were recorded). ``tensor_cores``: the kernel is meant to run its dots
-as Hopper wgmma at this tile (the compile test checks the PTX for it). ``name=None`` reports the
-kernel under its function name; ``num_stages=None`` leaves Triton's default.
+flows, RoI and MADE-sampler specs were recorded). ``tensor_cores``: the kernel is meant to run its
+dots as Hopper wgmma at this tile (the compile test checks the PTX for it). ``name=None`` reports the
+kernel under its function name; ``num_warps=None`` / ``num_stages=None`` leave Triton's defaults.
 """
 
 from __future__ import annotations

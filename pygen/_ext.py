@@ -32,16 +32,6 @@ def load_error(name: str) -> str | None:
     return _errors.get(name)
 
 
-def host():
-    """pygen._C, the host (CPU, OpenMP) build of csrc/, or None."""
-    return load("_C")
-
-
-def cuda():
-    """pygen._cuda, the CUDA build of csrc/, or None."""
-    return load("_cuda")
-
-
 # dtype codes of csrc/common/dtype.h (DtypeCode); any other dtype crosses as -1 (refused there)
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.int32: 4, torch.int64: 5}
 

@@ -164,7 +164,8 @@ def _device(name: str | None):
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _check_backend(b: str, device) -> None:
+def _check_backend(b: str, device, families=(None,)) -> None:
+    """``--backend b`` runs on ``device`` for at least one of ``families`` (None: any op)."""
     from pygen import _backend
     from pygen.tools import harness as H
 
@@ -183,9 +184,9 @@ def _check_backend(b: str, device) -> None:
                 else "torch sees no CUDA device); on a CPU the pygen backend is cpu"
             )
         )
-    ok, why = _backend.backend_status(b, device)
-    if not ok:
-        raise BadArgs(f"--backend {b} cannot run on {device.type}: {why}")
+    status = [_backend.backend_status(b, device, f) for f in families]
+    if not any(ok for ok, _ in status):
+        raise BadArgs(f"--backend {b} cannot run on {device.type}: {status[0][1]}")
 
 
 def _check_writable(flag: str, path: Path, is_dir: bool) -> None:
@@ -240,19 +241,10 @@ NO_KERNEL = "no pygen kernel on {dev} for this op (GPU only)"
 
 def _kernel_backends(case, device, backends) -> list[str]:
     """The pygen backends that will time ``case`` on ``device`` (after --backend)."""
-    from pygen import _backend
+    from pygen.tools import harness as H
 
-    out = []
-    for b in ("cuda", "triton", "cpu"):
-        if backends and b not in backends:
-            continue
-        if case.backends is not None and b not in case.backends:
-            continue
-        if b == "triton" and device.type == "cpu":
-            continue  # the interpreter: never timed
-        if _backend.backend_status(b, device)[0]:
-            out.append(b)
-    return out
+    wanted = [b for b in ("cuda", "triton", "cpu") if not backends or b in backends]
+    return [b for b in wanted if H.kernel_status(case, b, device)[0]]
 
 
 def _case_options(case, opts, args):
@@ -289,7 +281,7 @@ def _bench_plan(args) -> dict:
         raise BadArgs(f"unknown family {', '.join(map(repr, unknown))}; known: {', '.join(pkg.FAMILIES)}")
     device = _device(args.device)
     for b in dict.fromkeys(args.backend or ()):
-        _check_backend(b, device)
+        _check_backend(b, device, families)
     _check_bench_options(args)
 
     which = "full" if args.full else "quick" if args.quick else "default"

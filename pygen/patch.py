@@ -37,6 +37,7 @@ from collections import Counter
 from torch import nn
 
 from . import nn as pnn
+from .integrations._swaps import children
 from .nn.fp8 import convert_to_fp8  # noqa: F401  (nn.Linear -> FP8Linear, with a filter)
 
 
@@ -69,12 +70,11 @@ def patch_torchvision(model: nn.Module, *, backend: str | None = None) -> dict[s
 
     factories = {getattr(tvo, name): make for name, make in _roi_replacements(backend).items()}
     counts: Counter[str] = Counter()
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            make = factories.get(type(child))
-            if make is not None:
-                setattr(parent, child_name, make(child))
-                counts[type(child).__name__] += 1
+    for parent, child_name, child in children(model):
+        make = factories.get(type(child))
+        if make is not None:
+            setattr(parent, child_name, make(child))
+            counts[type(child).__name__] += 1
     return dict(counts)
 
 

@@ -156,11 +156,21 @@ def _triton_skip() -> str | None:
 
 
 TRITON_SKIP = _triton_skip()  # why the Triton backend cannot run here, or None
+requires_triton = pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
 # the module tests' backends: the reference, and Triton where it runs (CPU: its interpreter)
-MODULE_BACKENDS = [
-    "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))),
-]
+MODULE_BACKENDS = ["reference", pytest.param("triton", marks=requires_triton)]
+
+
+def losses_launchers() -> list:
+    """The modules every launch of a losses op goes through, for assert_raises_before_launch: the
+    cpu backend's (pygen/ops/_losses_cpu.py) and, where Triton runs, pygen.kernels.losses."""
+    from pygen.ops import _losses_cpu
+
+    if TRITON_SKIP is not None:
+        return [_losses_cpu]
+    from pygen.kernels import losses
+
+    return [_losses_cpu, losses]
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +189,6 @@ requires_nvcc = pytest.mark.skipif(nvcc() is None, reason="nvcc not found")
 def compile_cu_sm90a(cu: str, out_dir: Path) -> list[tuple[str, int, int]]:
     """Compile csrc/``cu`` for sm_90a with ptxas -v; returns (kernel, spill store bytes, spill load
     bytes) per entry function (asserts the compile succeeded and every entry reported its spills)."""
-    import re
     import subprocess
 
     src = ROOT / "csrc" / cu
@@ -207,25 +216,26 @@ def compile_cu_sm90a(cu: str, out_dir: Path) -> list[tuple[str, int, int]]:
 
 def assert_raises_before_launch(monkeypatch, launchers, names, call, exc, text: str, backend: str | None) -> None:
     """``call()`` raises ``exc`` with ``text`` in its message, with each of ``names`` in the module
-    ``launchers`` replaced by a stub that fails the test (so the check comes before any launch), and
-    ``backend`` as PYGEN_BACKEND (None: the automatic choice)."""
-    for name in names:
-        monkeypatch.setattr(launchers, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
+    ``launchers`` (or in each module of a list) replaced by a stub that fails the test (so the check
+    comes before any launch), and ``backend`` as PYGEN_BACKEND (None: the automatic choice)."""
+    for module in launchers if isinstance(launchers, list) else [launchers]:
+        for name in names:
+            monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
     if backend is not None:
         monkeypatch.setenv("PYGEN_BACKEND", backend)
     with pytest.raises(exc, match=re.escape(text)):
         call()
 
 
-def opcheck_registered(name: str, cases) -> None:
+def opcheck_registered(name: str, cases, family: str | None = None) -> None:
     """torch.library.opcheck of the registered op ``name`` (``<op>_<backend>``) on each argument
-    tuple of ``cases(name, device)``, on the GPU when there is one; skips when the backend cannot run."""
-    import pygen
+    tuple of ``cases(name, device)``, on the GPU when there is one; skips when the backend cannot run
+    (for an op of ``family``, as in backend_params)."""
     from pygen.ops import _registry
 
     backend = name.rsplit("_", 1)[1]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    ok, why = pygen.backend_status(backend, dev)
+    ok, why = _backend.backend_status(backend, dev, family)
     if not ok:
         pytest.skip(why)
     for args in cases(name, dev):

@@ -152,16 +152,6 @@ cudaError_t launch_pooled(Kernel kernel, const RoiParams& p, cudaStream_t stream
   return cudaSuccess;
 }
 
-int64_t column_count(const RoiParams& p) {
-  int64_t cols = 0;
-  for (int l = 0; l < p.num_levels; ++l) cols += p.N * p.C * p.lv[l].W;
-  return cols;
-}
-
-}  // namespace
-
-namespace {
-
 // Calls f(std::integral_constant<Op, op>{}) for the runtime op, so each op gets its own kernel.
 template <typename F>
 void with_op(Op op, F&& f) {
@@ -189,7 +179,7 @@ int cuda_forward(Op op, int dtype, const RoiParams& p, void* stream_handle) {
 int cuda_backward(Op op, int dtype, const RoiParams& p, bool deterministic, void* stream_handle) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   cudaError_t err = cudaSuccess;
-  const int64_t cols = column_count(p);
+  const int64_t cols = grad_columns(p);
   const bool ok = dispatch_dtype<false>(dtype, [&](auto s_tag, auto t_tag) {
     using S = typename decltype(s_tag)::type;
     using T = typename decltype(t_tag)::type;

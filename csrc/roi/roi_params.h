@@ -40,5 +40,14 @@ struct RoiParams {
   int aligned;
 };
 
+// Threads of the deterministic CUDA backward, one per grad column (level, image, channel, x):
+// the sum over levels of N * C * W. Its kernels index them with 32 bits, so it must stay < 2^31
+// (bindings_cuda.cpp refuses more with a ValueError before the launch).
+inline int64_t grad_columns(const RoiParams& p) {
+  int64_t cols = 0;
+  for (int l = 0; l < p.num_levels; ++l) cols += p.N * p.C * p.lv[l].W;
+  return cols;
+}
+
 }  // namespace roi
 }  // namespace pygen

@@ -49,6 +49,7 @@ from torch import Tensor
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
 from .._device import launches_on_device
+from .._grid import program_block as _block
 from .lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
     MAX_C as LU_MAX_C,  # noqa: F401 (re-export)
     compile_specs as _lu_specs,
@@ -98,13 +99,6 @@ def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
     else:
         s = r
     return s
-
-
-@triton.jit
-def _block(axis: tl.constexpr, n, BLOCK: tl.constexpr):
-    """This program's BLOCK indices along grid axis ``axis`` of a size-n dimension, and their mask."""
-    offs = tl.program_id(axis) * BLOCK + tl.arange(0, BLOCK)
-    return offs, offs < n
 
 
 @triton.jit

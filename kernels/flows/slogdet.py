@@ -154,23 +154,16 @@ def _slogdet_bwd_kernel(
 
 
 # ---- launchers (docs/ARCHITECTURE.md: tensors in, nothing allocated, None out) --------------------
-def _blocks(d: int, gpu: bool, n: int | None = None) -> tuple[int, int]:
-    bd = max(2, triton.next_power_of_2(d))
-    per_prog = 2048 if gpu else 16384  # interpreter: few, large programs
-    mb = max(1, per_prog // (bd * bd))
-    return bd, mb if n is None else min(mb, triton.next_power_of_2(max(n, 1)))
-
-
-def _warps(bd: int, mb: int) -> int:
-    return 8 if bd * bd * mb >= 4096 else 4
-
-
 def _tiling(d: int, gpu: bool, n: int | None = None, live: int = 1) -> tuple[int, int, int]:
     """(BD, MB, num_warps) of a kernel that keeps ``live`` [MB, BD, BD] tiles in registers (the
-    backward keeps two, A and the inverse it builds, so it takes half as many matrices)."""
-    bd, mb = _blocks(d, gpu, n)
+    backward keeps two, A and the inverse it builds, so it takes half as many matrices); MB at
+    most the n matrices there are (rounded up to a power of two)."""
+    bd = max(2, triton.next_power_of_2(d))
+    mb = max(1, (2048 if gpu else 16384) // (bd * bd))  # interpreter: few, large programs
+    if n is not None:
+        mb = min(mb, triton.next_power_of_2(max(n, 1)))
     mb = max(1, mb // live)
-    return bd, mb, _warps(bd, mb * live)
+    return bd, mb, 8 if bd * bd * mb * live >= 4096 else 4
 
 
 def _launch(kernel, a: Tensor, ptrs: tuple, ints: tuple = (), live: int = 1) -> None:

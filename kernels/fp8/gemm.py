@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from .._bf16 import cast as _cast
+from .._grid import grouped_tile
 
 
 @triton.jit
@@ -91,11 +92,7 @@ def _fp8_gemm_fwd_kernel(
         tile = unit // SPLIT_K
         split = unit % SPLIT_K
         # GROUP_M row tiles share each column tile (L2 reuse of B across consecutive programs)
-        in_group = GROUP_M * num_pid_n
-        first_m = (tile // in_group) * GROUP_M
-        rows_here = tl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % in_group) % rows_here
-        pid_n = (tile % in_group) // rows_here
+        pid_m, pid_n = grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

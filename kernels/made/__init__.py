@@ -55,6 +55,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._bf16 import cast as _cast
+from .._grid import grouped_tile
 
 ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3, "gelu": 4}
 _I64_MAX = tl.constexpr((1 << 63) - 1)  # neutral elements of min / max over int64 degrees
@@ -108,24 +109,10 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _swizzle(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped program order (GROUP_M row tiles share their column tiles in L2)."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-    return pid_m, pid_n
-
-
-@triton.jit
 def _swizzled_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's [BLOCK_M, BLOCK_N] tile of an [M, N] output (program order: _swizzle): its
-    column tile index, its row and column offsets and their masks."""
-    pid_m, pid_n = _swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    """This program's [BLOCK_M, BLOCK_N] tile of an [M, N] output (grouped program order,
+    kernels/_grid.py): its column tile index, its row and column offsets and their masks."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     return pid_n, offs_m, offs_n, offs_m < M, offs_n < N
@@ -713,16 +700,20 @@ def _present(dummy: Tensor, *ts: Tensor | None) -> tuple[Tensor, ...]:
     return tuple(t if t is not None else dummy for t in ts)
 
 
+def tile_consts(cfg: Config, order: str = "MNK") -> dict:
+    """The tile constexprs of ``cfg`` in a matmul kernel's ``order`` (BLOCK_M, BLOCK_N, BLOCK_K for
+    "MNK"), then GROUP_M."""
+    return {**{f"BLOCK_{a}": getattr(cfg, f"block_{a.lower()}") for a in order}, "GROUP_M": cfg.group_m}
+
+
 def _launch_kw(t: Tensor, cfg: Config, order: str = "MNK", **consts) -> dict:
     """The constexprs and options every matmul kernel takes: ``consts``, UPCAST and PRECISION (from
-    the operand ``t``), the tiles of ``cfg`` in the kernel's ``order``, GROUP_M, warps, stages."""
-    tiles = {f"BLOCK_{a}": getattr(cfg, f"block_{a.lower()}") for a in order}
+    the operand ``t``), tile_consts, warps, stages."""
     return dict(
         consts,
         UPCAST=_upcast(t),
         PRECISION=_precision(t),
-        **tiles,
-        GROUP_M=cfg.group_m,
+        **tile_consts(cfg, order),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import launches_on_device
-from . import _activate, _cast, _mma, _precision, _upcast, interpreting
+from . import _activate, _cast, _mma, _precision, _upcast, interpreting as _interpreting
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
 AFFINE_SCALE_SHIFT = 2.0  # pygen.ref.made.AFFINE_SCALE_SHIFT (nflows' MAF)
@@ -212,14 +212,15 @@ def _made_sample_persistent_kernel(
         tl.debug_barrier()  # x_s is read by the next step's first layer (other threads)
 
 
-def block_sizes(dtype: torch.dtype) -> tuple[int, int, int, int]:
+def block_sizes(dtype: torch.dtype, interpreting: bool | None = None) -> tuple[int, int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps). Under the interpreter each program and tl.dot step
-    costs milliseconds, so the smallest legal tiles. On the GPU 64 rows per program (the smallest
+    costs milliseconds, so the smallest legal tiles (``interpreting=False``: the GPU tiles whatever
+    TRITON_INTERPRET says, for the offline specs). On the GPU 64 rows per program (the smallest
     wgmma M; B = 4096 gives 64 programs), BLOCK_N at the tl.dot minimum (a step makes only about
     H / D units computable) and 64-wide reduction chunks; these compile for sm_90 without spills
     (16-bit: 233 registers at 8 warps, wgmma; a 128-wide chunk at 4 warps spilled 504 stores;
     fp32: 206 registers at 4 warps)."""
-    if interpreting():
+    if _interpreting() if interpreting is None else interpreting:
         return 16, 16, 32, 4
     return (64, 16, 64, 4) if dtype == torch.float32 else (64, 16, 64, 8)
 
@@ -288,7 +289,7 @@ def compile_specs() -> list[dict]:
     specs = []
     for tname, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         p = f"*{tname}"
-        bb, bn, bk, warps = (64, 16, 64, 4) if dt == torch.float32 else (64, 16, 64, 8)
+        bb, bn, bk, warps = block_sizes(dt, interpreting=False)
         sig = {
             "s_ptr": p,
             "deg_ptr": "*i32",

@@ -18,6 +18,7 @@ from . import (
     _masked_linear_dw_kernel,
     _masked_linear_dx_kernel,
     _masked_linear_fwd_kernel,
+    tile_consts,
 )
 
 _DEG = "*i64"
@@ -33,8 +34,7 @@ def _spec(fn, name: str, sig: dict, consts: dict, cfg: Config, div: list[str]) -
 
 def _tiles(cfg: Config, prec: str, order: str = "MNK") -> dict:
     """UPCAST, PRECISION and the tile constexprs in the kernel's argument order."""
-    blocks = {f"BLOCK_{a}": getattr(cfg, f"block_{a.lower()}") for a in order}
-    return {"UPCAST": False, "PRECISION": prec, **blocks, "GROUP_M": cfg.group_m}
+    return {"UPCAST": False, "PRECISION": prec, **tile_consts(cfg, order)}
 
 
 def _fwd(name: str, x: str, p: str, cfg: Config, prec: str, explicit: bool, bits: bool) -> dict:

@@ -48,25 +48,18 @@ d_permuted[r] = w[slot] g[tok] and dw[slot] = <g[tok], permuted[r]>.
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
-from .fused import COMPILE_SPECS as _FUSED_SPECS, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
+from .fused import _INTERPRET, COMPILE_SPECS as _FUSED_SPECS, _p2, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SLOT_BLOCK = 1024
 RANK_CHUNK = 256 if _INTERPRET else 64  # the interpreter pays per loop step, the GPU per register
 EXP_BLOCK = 1024
 SCORING = {"sigmoid": 0, "softmax": 1}
-
-
-def _p2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,12 +337,15 @@ def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: in
 
 
 def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale, tile=None):
-    """ids/weights [T, k] contiguous int32/float32; logits [T, E] (copied if its columns are strided)."""
+    """ids/weights [T, k] contiguous int32/float32; logits [T, E] and bias [E] (either copied if strided
+    along E: the kernel reads both with unit stride there)."""
     t, e = logits.shape
     k = ids.shape[1]
     if t == 0:
         return None
     x = logits if logits.stride(1) == 1 else logits.contiguous()
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
     c = route_config(t, e, n_group, topk_group, tile)
     ng, per = c.pop("NG"), c.pop("PER")
     grid = (triton.cdiv(t, c["BLOCK_T"]),)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
+from .._grid import program_block as _tile
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -132,13 +133,6 @@ def _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M: tl.constexpr):
     valid = slot < S
     tok = tl.where(valid, slot // K, 0)
     return active, e, slot, valid, tok
-
-
-@triton.jit
-def _tile(AXIS: tl.constexpr, N, BLOCK: tl.constexpr):
-    """Indices of this program's BLOCK-wide tile along grid axis AXIS and their mask (< N)."""
-    i = tl.program_id(AXIS) * BLOCK + tl.arange(0, BLOCK)
-    return i, i < N
 
 
 @triton.jit
@@ -322,12 +316,29 @@ class _Launch:
     def block_rows(self, kernel, ptrs: tuple, cols: int, block_n: int, **consts) -> None:
         """Launch one of the passes whose programs are (routing block, tile of ``block_n`` of
         ``cols`` columns), gate/up, down, dh and dx: arguments ``ptrs`` then al[:3]; constexprs
-        ``consts`` and the tile. The down and dx passes add their [rows, H] products into an
-        accumulator with atomics per token ([T, H]) or, not ATOMIC (deterministic), as per-slot
-        rows ([S, H])."""
+        ``consts`` and the tile."""
         grid = (self.al[1].numel(), triton.cdiv(cols, block_n))
         tile = dict(BLOCK_M=self.cfg.block_m, BLOCK_N=block_n, BLOCK_K=self.cfg.block_k)
         self._launch(kernel, grid, (*ptrs, *self.al[:3]), **tile, **consts)
+
+    def token_rows(self, kernel, ptrs: tuple, out: Tensor, deterministic: bool) -> None:
+        """out [T, H] (contiguous) = the sum over each token's k slots of the [rows, H] products of
+        the down or dx pass (arguments ``ptrs`` then the accumulator): float32 atomics per token,
+        into out itself when it is float32, else into a float32 [T, H] accumulator copied into out;
+        deterministic (not ATOMIC): per-slot rows [S, H] summed over the slots in a fixed order,
+        bitwise reproducible."""
+        t, h = out.shape
+        if deterministic:
+            acc = torch.zeros((self.s, h), dtype=torch.float32, device=out.device)
+        elif out.dtype == torch.float32:
+            acc = out.zero_()
+        else:
+            acc = torch.zeros((t, h), dtype=torch.float32, device=out.device)
+        self.block_rows(kernel, (*ptrs, acc), h, self.cfg.block_n, ATOMIC=not deterministic)
+        if deterministic:
+            out.copy_(acc.view(t, self.k, h).sum(1))
+        elif acc is not out:
+            out.copy_(acc)
 
     def weight_grad(self, kernel, ptrs: tuple, dw: Tensor, col_block: str) -> None:
         """Launch dw1 or dw2 (``ptrs`` end with its output dw [E, R, C]) over (experts, R tiles, C
@@ -359,28 +370,16 @@ def fused_moe_fwd(
     (sorted_token_ids, expert_ids, num_tokens_post_padded, starts) at block size cfg.block_m;
     out [T, H]; hmid [S, I] (always: the down projection's input); gu [S, 2I] or None. Allocates a
     float32 [T, H] accumulator (atomic path, 16-bit x) or [S, H] per-slot rows (deterministic)."""
-    t, h = x.shape
     inter = w1.shape[1] // 2
     run = _Launch.of(x, w1, ids, al, cfg)
-    s, k = run.s, run.k
-    if s == 0:
+    if run.s == 0:
         out.zero_()
         return None
     gu_ptrs = (x, w1, gu if gu is not None else hmid, hmid)
     run.block_rows(
         _fused_moe_gate_up_kernel, gu_ptrs, inter, gate_up_block_n(cfg), ACT=ACT[activation], SAVE_GU=gu is not None
     )
-    if deterministic:
-        acc = torch.zeros((s, h), dtype=torch.float32, device=x.device)
-    elif x.dtype == torch.float32:
-        acc = out.zero_()
-    else:
-        acc = torch.zeros((t, h), dtype=torch.float32, device=x.device)
-    run.block_rows(_fused_moe_down_kernel, (hmid, w2, weights, acc), h, cfg.block_n, ATOMIC=not deterministic)
-    if deterministic:
-        out.copy_(acc.view(t, k, h).sum(1))  # fixed order over j: bitwise reproducible
-    elif acc is not out:
-        out.copy_(acc)
+    run.token_rows(_fused_moe_down_kernel, (hmid, w2, weights), out, deterministic)
     return None
 
 
@@ -560,8 +559,8 @@ def fused_moe_bwd(
 ) -> None:
     """grad [T, H] contiguous; the forward's inputs and saved gu [S, 2I] / hmid [S, I]; outputs
     (each None when not needed): dx [T, H], dw1 like w1, dw2 like w2, dw like weights. Allocates
-    dgu [S, 2I], float32 dw partials and (for dx) a float32 accumulator or per-slot rows."""
-    t, h = x.shape
+    dgu [S, 2I], float32 dw partials and (for dx) the accumulator of _Launch.token_rows."""
+    t = x.shape[0]
     inter = w1.shape[1] // 2
     run = _Launch.of(x, w1, ids, al, cfg)
     s, k = run.s, run.k
@@ -576,22 +575,13 @@ def fused_moe_bwd(
     run.block_rows(_fused_moe_bwd_dh_kernel, (grad, w2, gu, weights, dgu, dwp), inter, cfg.block_n, ACT=ACT[activation])
     if dw is not None:
         dw.copy_(dwp.sum(0).view(t, k))
-    if dx is not None:
-        _bwd_dx(run, dgu, w1, dx, deterministic)
+    if dx is not None:  # dx = sum over each token's slots of dgu @ w1[e]
+        run.token_rows(_fused_moe_bwd_dx_kernel, (dgu, w1), dx, deterministic)
     if dw1 is not None:  # dw1[e] [2I, H] = dgu_e^T x_e
         run.weight_grad(_fused_moe_bwd_dw1_kernel, (dgu, x, dw1), dw1, "BLOCK_H")
     if dw2 is not None:  # dw2[e] [H, I] = (w dy)_e^T hmid_e
         run.weight_grad(_fused_moe_bwd_dw2_kernel, (grad, hmid, weights, dw2), dw2, "BLOCK_I")
     return None
-
-
-def _bwd_dx(run: _Launch, dgu: Tensor, w1: Tensor, dx: Tensor, deterministic: bool) -> None:
-    """dx [T, H] = sum over each token's k slots of dgu [S, 2I] @ w1[e]: float32 atomics into a [T, H]
-    accumulator, or (deterministic) per-slot [S, H] rows summed over the slots in a fixed order."""
-    s, (t, h), k = run.s, dx.shape, run.k
-    acc = torch.zeros((s, h) if deterministic else (t, h), dtype=torch.float32, device=dgu.device)
-    run.block_rows(_fused_moe_bwd_dx_kernel, (dgu, w1, acc), h, run.cfg.block_n, ATOMIC=not deterministic)
-    dx.copy_(acc.view(t, k, h).sum(1) if deterministic else acc)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import importlib
 
 from torch import nn
 
+from ._swaps import check_state_shapes
+
 
 class RefusedAfterSwap:
     """Stands in for ``model.<method>`` after a swap; calling it raises RuntimeError."""
@@ -99,10 +101,7 @@ def take_hooks(new: nn.Module, old: nn.Module) -> None:
 def adopt_tensors(new: nn.Module, old: nn.Module) -> None:
     """Make ``new`` hold ``old``'s very Parameter and buffer objects (same names), so optimizers
     and tied references built before the swap keep working."""
-    want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in old.state_dict().items()}
-    if want != have:
-        raise RuntimeError(f"{type(new).__name__} state_dict {want} does not match {type(old).__name__}'s {have}")
+    check_state_shapes(new, old, type(new).__name__, type(old).__name__)
     for name, p in old.named_parameters():
         mod_name, _, leaf = name.rpartition(".")
         setattr(new.get_submodule(mod_name), leaf, p)

@@ -1,6 +1,8 @@
-"""What pygen's module swaps share: the (parent, name, child) walk they replace children in (nflows,
-zuko, transformers' DeepSeek attention and MoE), and the nflows and zuko swaps' one warning that
-names the modules a patcher kept because pygen's counterpart computes something else."""
+"""What pygen's module swaps share: the (parent, name, child) walk they replace children in
+(torchvision's RoI modules, nflows, zuko, transformers' DeepSeek attention and MoE), the check that a
+module built to take over another's tensors has its state_dict shapes, and the nflows and zuko
+swaps' one warning that names the modules a patcher kept because pygen's counterpart computes
+something else."""
 
 from __future__ import annotations
 
@@ -13,6 +15,15 @@ from torch import nn
 def children(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """Every (parent, attribute name, child) of ``model``, listed before any is replaced."""
     return [(parent, name, child) for parent in list(model.modules()) for name, child in parent.named_children()]
+
+
+def check_state_shapes(new: nn.Module, old: nn.Module, new_name: str, old_name: str) -> None:
+    """RuntimeError unless ``new`` (built to take over ``old``'s tensors) has ``old``'s state_dict
+    keys and shapes."""
+    want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in old.state_dict().items()}
+    if want != have:
+        raise RuntimeError(f"{new_name} state_dict {want} does not match {old_name}'s {have}")
 
 
 def warn_kept(patcher: str, kept: Counter[str], why: dict[str, str]) -> None:

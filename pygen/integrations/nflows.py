@@ -32,7 +32,7 @@ from torch import nn
 
 from ..models.made import MADE
 from ..nn.made import MaskedLinear
-from ._swaps import children, warn_kept
+from ._swaps import check_state_shapes, children, warn_kept
 
 __all__ = ["patch_nflows_made"]
 
@@ -100,10 +100,7 @@ def _pygen_made(made: nn.Module, backend: str | None) -> MADE:
             hidden_order="nflows",
             backend=backend,
         )
-    want = {k: tuple(v.shape) for k, v in new.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in made.state_dict().items()}
-    if want != have:
-        raise RuntimeError(f"pygen MADE state_dict {want} does not match the nflows MADE's {have}")
+    check_state_shapes(new, made, "pygen MADE", "the nflows MADE")
     adopted = _adopted_layers(made, backend)
     for path, mod in list(new.named_modules()):
         old = made.get_submodule(path)

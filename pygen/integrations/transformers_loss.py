@@ -89,8 +89,8 @@ def causal_lm_loss(
         dtype=wide, backend=backend,
     )  # fmt: skip
     if num_items_in_batch is not None:
-        # divided before the float32 cast: a float64 model's gradients keep float64's 1 / count
-        loss = loss.to(torch.float64 if loss.dtype == torch.float64 else torch.float32)
+        # divided before the float32 cast (``loss`` is already ``wide``): a float64 model's
+        # gradients keep float64's 1 / count
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
         loss = loss / num_items_in_batch

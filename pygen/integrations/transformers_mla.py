@@ -63,7 +63,7 @@ def pygen_attention_forward(
 ):
     """AttentionInterface entry. query [b, H, s, D], key [b, Hkv, S, D], value [b, Hkv, S, Dv]
     -> (out [b, s, H, Dv], None)."""
-    from ..nn.mla import attention_explicit, mask_is_causal
+    from ..nn.mla import attention_explicit, attention_weights_requested, mask_is_causal
     from ..ops.mla import mla_prefill
 
     b, h, s, d = query.shape
@@ -77,11 +77,8 @@ def pygen_attention_forward(
     causal = getattr(module, "is_causal", True) if is_causal is None else bool(is_causal)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [b, len, H, dim] views
     training = bool(getattr(module, "training", False))
-    # transformers' rule for whether the weights are wanted (its output recorder's): the keyword,
-    # else the config; eager returns them, so the fallback below does too when they are wanted
-    want_weights = bool(
-        kwargs.get("output_attentions", getattr(getattr(module, "config", None), "output_attentions", False))
-    )
+    # eager returns the weights when they are wanted, so the fallback below does too
+    want_weights = attention_weights_requested(getattr(module, "config", None), kwargs)
     reason = None
     if dropout and training:
         reason = "attention dropout in training"

@@ -283,13 +283,14 @@ class DeepSeekV3LM(nn.Module):
             raise ValueError(f"mtp_loss: input_ids needs at least D + 2 = {need} tokens per row, got {got}")
         hs = self.head_inputs(input_ids, position_ids)
         targets = [F.pad(labels[:, k + 1 :], (0, 1), value=ignore_index).reshape(-1) for k in range(len(hs))]
+        # rows in float32 (float64) from the op: a bf16 model's rows are not rounded to bf16 first
+        acc = torch.float64 if hs[0].dtype == torch.float64 else torch.float32
         rows = linear_cross_entropy(
             torch.cat([h.reshape(-1, h.shape[-1]) for h in hs]), self.lm_head.weight, torch.cat(targets),
-            ignore_index=ignore_index, reduction="none", backend=backend,
+            ignore_index=ignore_index, reduction="none", dtype=acc, backend=backend,
         )  # fmt: skip
-        acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
         parts = zip(rows.split([len(t) for t in targets]), targets)
-        per = torch.stack([r.to(acc).sum() / (t != ignore_index).sum() for r, t in parts])
+        per = torch.stack([r.sum() / (t != ignore_index).sum() for r, t in parts])
         loss = per[0] + (mtp_weight / len(self.mtp)) * per[1:].sum() if self.mtp else per[0]
         return loss, per.detach()
 

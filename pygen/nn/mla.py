@@ -90,6 +90,13 @@ def mask_is_causal(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
     return bool((keep == (j <= i + (kv_len - q_len))).all())
 
 
+def attention_weights_requested(config: Any, kwargs: dict) -> bool:
+    """Whether an attention call asks for its weights: transformers' rule (the ``output_attentions``
+    keyword, else ``config.output_attentions``), the one its output recorder uses to decide whether
+    it collects them (pygen.nn.MLA and the "pygen" attention function of transformers_mla)."""
+    return bool(kwargs.get("output_attentions", getattr(config, "output_attentions", False)))
+
+
 def attention_explicit(
     q, k, v, mask, scale: float, dropout: float = 0.0, training: bool = False, *, return_weights: bool = False
 ):
@@ -224,10 +231,8 @@ class MLA(nn.Module):
         return out if weights else (out, None)
 
     def weights_requested(self, kwargs: dict) -> bool:
-        """Whether the caller asked for the attention weights: transformers' rule (the
-        ``output_attentions`` keyword, else ``config.output_attentions``), the one its output
-        recorder uses to decide whether it collects them."""
-        return bool(kwargs.get("output_attentions", getattr(self.config, "output_attentions", False)))
+        """Whether the caller asked for the attention weights (:func:`attention_weights_requested`)."""
+        return attention_weights_requested(self.config, kwargs)
 
     def _paged(self, cache: PagedMLACache, q_nope, q_rope, latent, k_rope):
         kv_cache, table, lens = cache.append(self.layer_idx, latent, k_rope)

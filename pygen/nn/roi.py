@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops._roi_checks import Boxes, PoolSize
-from ..ops._roi_script import align_op, multi_scale_op, pool_op, ps_align_op, ps_pool_op
+from ..ops._roi_checks import PoolSize
+from ..ops._roi_script import Boxes, align_op, multi_scale_op, pool_op, ps_align_op, ps_pool_op
 from . import _roi_script
 
 
@@ -58,8 +58,8 @@ class RoIAlign(_Pooler):
             return align_op(
                 b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio), bool(self.aligned)
             )
-        return _roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.backend
+        return ops.roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, backend=self.backend
         )
 
     def extra_repr(self) -> str:
@@ -78,8 +78,8 @@ class _IntegerPool(_Pooler):
             if self._ps:
                 return ps_pool_op(b, input, r, ph, pw, float(self.spatial_scale))
             return pool_op(b, input, r, ph, pw, float(self.spatial_scale))
-        pool = _ps_roi_pool if self._ps else _roi_pool
-        return pool(input, rois, self.output_size, self.spatial_scale, self.backend)
+        pool = ops.ps_roi_pool if self._ps else ops.roi_pool
+        return pool(input, rois, self.output_size, self.spatial_scale, backend=self.backend)
 
 
 class RoIPool(_IntegerPool):
@@ -101,7 +101,9 @@ class PSRoIAlign(_Pooler):
         if torch.jit.is_scripting():
             b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, input, rois)
             return ps_align_op(b, input, r, ph, pw, float(self.spatial_scale), int(self.sampling_ratio))
-        return _ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.backend)
+        return ops.ps_roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, sampling_ratio={self.sampling_ratio}"
@@ -178,24 +180,10 @@ class MultiScaleRoIAlign(nn.Module):
 
 # ---- FX leaf functions --------------------------------------------------------------------------
 # torch.fx.symbolic_trace (torchvision's feature extraction, FX quantization) records each of these
-# as one call node instead of tracing into the argument validation, which reads values a Proxy
-# does not have (torchvision wraps its own RoI functions the same way).
-def _roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, backend):
-    return ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, backend=backend)
-
-
-def _roi_pool(input, rois, output_size, spatial_scale, backend):
-    return ops.roi_pool(input, rois, output_size, spatial_scale, backend=backend)
-
-
-def _ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, backend):
-    return ops.ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, backend=backend)
-
-
-def _ps_roi_pool(input, rois, output_size, spatial_scale, backend):
-    return ops.ps_roi_pool(input, rois, output_size, spatial_scale, backend=backend)
-
-
+# as one call node instead of tracing into code that reads values a Proxy does not have. The
+# one-level modules need none: the functional ops are FX leaves themselves (pygen/ops/_fx.py), so
+# their node is named after the op, as torchvision's is; MultiScaleRoIAlign's three nodes carry
+# the names of torchvision's poolers.py functions.
 def _filter_input(x: dict, featmap_names: list[str]) -> list[torch.Tensor]:
     missing = [k for k in featmap_names if k not in x]
     if missing:
@@ -217,13 +205,5 @@ def _multi_scale_roi_align(
     )
 
 
-for _leaf in (
-    "_roi_align",
-    "_roi_pool",
-    "_ps_roi_align",
-    "_ps_roi_pool",
-    "_filter_input",
-    "_setup_scales",
-    "_multi_scale_roi_align",
-):
+for _leaf in ("_filter_input", "_setup_scales", "_multi_scale_roi_align"):
     torch.fx.wrap(_leaf)

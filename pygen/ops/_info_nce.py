@@ -20,7 +20,7 @@ import torch
 
 from ..ref import losses as ref
 from . import _losses_checks as chk
-from ._common_checks import checking_values, flag, same_device, tensor
+from ._common_checks import checking_values, flag, positive_float, same_device, tensor
 
 NAME = "info_nce"
 
@@ -42,7 +42,7 @@ def _embeddings(t, what: str, queries: torch.Tensor | None) -> None:
 def _temperature(t, queries: torch.Tensor):
     """A real > 0, or a 0-dim float tensor (learned; > 0 checked on the host when value checks run)."""
     if not isinstance(t, torch.Tensor):
-        return chk.in_range(NAME, t, "temperature", 0.0, open_lo=True)
+        return positive_float(NAME, t, "temperature")
     tensor(NAME, t, "temperature", dim=0, dtypes=chk.FLOAT_DTYPES)
     same_device(NAME, "temperature", t, "queries", queries)
     if checking_values(t) and not bool(t > 0):
@@ -50,25 +50,42 @@ def _temperature(t, queries: torch.Tensor):
     return t
 
 
-def _positives(p, n: int, m: int, simclr: bool, symmetric: bool, queries: torch.Tensor, check_range: bool):
+def _positives(p, n: int, m: int, simclr: bool, symmetric: bool, queries: torch.Tensor, distributed: bool):
     tensor(NAME, p, "positives", dim=1, dtypes=chk.INDEX_DTYPES)
     if p.shape[0] != n:
         raise ValueError(f"{NAME}: positives must have shape ({n},) (one per query), got {tuple(p.shape)}")
     same_device(NAME, "positives", p, "queries", queries)
+    if not distributed:  # under a process group they index every rank's keys: the ring checks them
+        positive_values(p, m, 0, simclr, symmetric, "keys' rows")
+
+
+def positive_values(p: torch.Tensor, m: int, own: int, simclr: bool, symmetric: bool, keys: str) -> None:
+    """The value checks of positives p [n] (where checking_values says so): inside [0, m) (``keys``
+    names the m rows), not query i's own key own + i (SimCLR: excluded), each key once
+    (``symmetric``). One host read, one synchronisation on a GPU (sort, unlike unique, needs none)."""
+    n = p.shape[0]
     if not (n and checking_values(p)):
         return
-    if check_range and bool(((p < 0) | (p >= m)).any()):
-        raise ValueError(f"{NAME}: positives holds {int(p[(p < 0) | (p >= m)][0])}, outside [0, {m}) (keys' rows)")
-    if simclr and bool((p == torch.arange(n, device=p.device)).any()):
+    out = (p < 0) | (p >= m)
+    self_paired = repeated = torch.zeros((), dtype=torch.bool, device=p.device)
+    if simclr:
+        self_paired = (p == torch.arange(own, own + n, device=p.device)).any()
+    if symmetric:
+        s = torch.sort(p).values
+        repeated = (s[1:] == s[:-1]).any()
+    bad_range, self_paired, repeated = torch.stack([out.any(), self_paired, repeated]).tolist()
+    if bad_range:
+        raise ValueError(f"{NAME}: positives holds {int(p[out][0])}, outside [0, {m}) ({keys})")
+    if self_paired:
         raise ValueError(f"{NAME}: positives must not point a query at itself (keys=None excludes the self-similarity)")
-    if symmetric and int(torch.unique(p).numel()) != n:
+    if repeated:
         raise ValueError(f"{NAME}: symmetric=True needs positives to be a permutation of the keys (each key once)")
 
 
 def check(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives, reduction,
           distributed: bool):  # fmt: skip
     """Validate every argument (ValueError / TypeError naming it); returns the temperature. Under a
-    process group the positives' range is checked later, against the global key count."""
+    process group the positives' values are checked later, against every rank's keys."""
     _embeddings(queries, "queries", None)
     simclr = keys is None
     if not simclr:
@@ -89,7 +106,7 @@ def check(queries, keys, temperature, positives, queue, symmetric, normalize, ba
     if not batch_negatives and (simclr or queue is None):
         raise ValueError(f"{NAME}: batch_negatives=False (MoCo v1/v2) needs keys and a queue of negatives")
     if positives is not None:
-        _positives(positives, n, m, simclr, symmetric, queries, not distributed)
+        _positives(positives, n, m, simclr, symmetric, queries, distributed)
     elif simclr and n % 2:
         raise ValueError(f"{NAME}: keys=None (SimCLR) with default positives needs an even batch [x1; x2], got N = {n}")
     elif not simclr and m != n:
@@ -115,7 +132,7 @@ def rows(stats, h, k, queue, p, simclr: bool, batch_negatives: bool, distributed
     """Per-query losses (module docstring); ``h`` = q / T, ``stats(h, w, targets, exclude_offset)``
     returns the op's four row statistics. ``distributed``: the ring runs even with no local rows
     (the other ranks need this rank's key blocks)."""
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    acc = ref.compute_dtype(h)
     if h.shape[0] == 0 and not distributed:  # nothing to stream (keys may be empty too)
         return h.sum(dim=1).to(acc)  # (keeps the graph for backward)
     if batch_negatives:

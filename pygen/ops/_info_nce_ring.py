@@ -27,7 +27,6 @@ import torch.distributed as dist
 
 from ..ref import losses as ref
 from . import _info_nce, _registry
-from ._common_checks import checking_values
 
 NAME = _info_nce.NAME
 
@@ -76,8 +75,7 @@ class _RingStats(torch.autograd.Function):
     def forward(ctx, h, k, targets, exclude_self, layout, ring, backend):
         rows0, cols0, cols = layout
         op = _registry.get(f"linear_logsumexp_{backend}")
-        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-        lse = torch.full((h.shape[0],), float("-inf"), dtype=acc, device=h.device)
+        lse = torch.full((h.shape[0],), float("-inf"), dtype=ref.compute_dtype(h), device=h.device)
         picked = torch.zeros_like(lse)
         block = k.detach()
         for step in range(ring.world):
@@ -148,9 +146,8 @@ def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: in
     if positives is None:
         return ref.info_nce_positives(n, simclr, device) + own_cols0
     p = positives.long()
-    if n and checking_values(p) and bool(((p < 0) | (p >= total)).any()):
-        raise ValueError(f"{NAME}: positives holds {int(p[(p < 0) | (p >= total)][0])}, outside [0, {total}) "
-                         f"(the keys of every rank)")  # fmt: skip
+    # SimCLR: the keys are the queries, so query i's own key is own_cols0 + i
+    _info_nce.positive_values(p, total, own_cols0, simclr, False, "the keys of every rank")
     return p
 
 

@@ -15,7 +15,17 @@ import numbers
 import torch
 
 from ..ref.losses import GRPO_LOSS_TYPES
-from ._common_checks import FLOAT_DTYPES, INDEX_DTYPES, checking_values, choice, integer, real, same_device, tensor
+from ._common_checks import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    checking_values,
+    choice,
+    integer,
+    positive_float,
+    real,
+    same_device,
+    tensor,
+)
 
 
 def head(name: str, hidden, weight, bias=None) -> tuple[int, int]:
@@ -63,17 +73,12 @@ def labels(name: str, t, what: str, hidden: torch.Tensor, vocab: int, ignore_ind
     return t
 
 
-def in_range(name: str, v, what: str, lo: float, hi: float | None = None, open_lo: bool = False) -> float:
-    """A finite real in [lo, hi] ((lo, hi] with ``open_lo``)."""
+def in_range(name: str, v, what: str, lo: float, hi: float | None = None) -> float:
+    """A finite real in [lo, hi] (``hi`` None: >= lo; a positive one is positive_float)."""
     f = real(name, v, what)
-    if (f <= lo if open_lo else f < lo) or (hi is not None and f > hi):
-        left = "(" if open_lo else "["
-        raise ValueError(f"{name}: {what} must be in {left}{lo}, {'inf)' if hi is None else f'{hi}]'}, got {v!r}")
+    if f < lo or (hi is not None and f > hi):
+        raise ValueError(f"{name}: {what} must be in [{lo}, {'inf)' if hi is None else f'{hi}]'}, got {v!r}")
     return f
-
-
-def softcap_value(name: str, v) -> float | None:
-    return None if v is None else in_range(name, v, "softcap", 0.0, open_lo=True)
 
 
 def float_dtype(name: str, v, what: str) -> torch.dtype | None:
@@ -134,7 +139,7 @@ def grpo(name: str, shape, device, old, ref, advantages, mask, eps_low, eps_high
         if isinstance(items, torch.Tensor):
             tensor(name, items, "num_items_in_batch", dim=0)  # a device scalar is used as is (no sync)
         else:
-            items = in_range(name, items, "num_items_in_batch", 0.0, open_lo=True)
+            items = positive_float(name, items, "num_items_in_batch")
     return el, eh, b, lt, t_max, items
 
 

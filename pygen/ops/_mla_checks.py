@@ -24,14 +24,12 @@ import numbers
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
-from ._common_checks import checking_values, flag, positive_float, same_device, tensor, tracing
-
-FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ._common_checks import FLOAT_DTYPES, checking_values, flag, positive_float, same_device, tensor, tracing
 
 
 def float_tensor(name: str, x, what: str, dims: int) -> torch.Tensor:
     tensor(name, x, what, dim=dims)
-    if x.dtype not in FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.numel() and x.stride(-1) != 1:
         raise ValueError(f"{name}: {what} must have a contiguous last dim (stride 1), got strides {x.stride()}")
@@ -61,7 +59,7 @@ def kv_cache_arg(name: str, kv_cache, head_dim: int | None) -> bool:
     """Validate a paged cache [num_blocks, page_size, 1, D]; returns True for the FP8 (uint8) one."""
     tensor(name, kv_cache, "kv_cache", dim=4)
     fp8 = kv_cache.dtype == torch.uint8
-    if not fp8 and kv_cache.dtype not in FLOATS:
+    if not fp8 and kv_cache.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: kv_cache must be a float tensor or the uint8 FP8 cache, got {kv_cache.dtype}")
     nb, page, one, d = kv_cache.shape
     if one != 1:

@@ -33,7 +33,7 @@ def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) ->
     not_meta(name, ids, "topk_ids")
     if not check or ids.numel() == 0 or not checking_values(ids):
         return
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one reduction, one host sync
     if lo < 0 or hi >= num_experts:
         bad = lo if lo < 0 else hi
         raise ValueError(

@@ -27,7 +27,7 @@ from typing import Union
 
 import torch
 
-from ._common_checks import FLOAT_DTYPES, checking_values, fits_32bit, not_meta, positive_float
+from ._common_checks import FLOAT_DTYPES, checking_values, fits_32bit, integer as bounded_int, not_meta, positive_float
 
 MAX_LEVELS = 8
 MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
@@ -91,9 +91,8 @@ def positive_scale(name: str, value, what: str = "spatial_scale") -> float:
 
 
 def integer(name: str, value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: {what} must be an int, got {value!r}")
-    return int(value)
+    """An int the kernels take as a C int (sampling_ratio; <= 0 means adaptive, as in torchvision)."""
+    return bounded_int(name, value, what, -(2**31), 2**31 - 1)
 
 
 def kernel_dtype(input: torch.Tensor) -> torch.dtype:

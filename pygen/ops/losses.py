@@ -51,10 +51,6 @@ def _cpu():
     return _losses_cpu
 
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """Unit stride along H (the kernels' layout); a view when it already has it."""
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
@@ -74,15 +70,15 @@ def finish_partials(part: torch.Tensor):
 # ---- the registered op: (L = launcher module, *schema arguments) ---------------------------------
 def _stats_out(hidden, weight, targets, bias, scale, softcap, with_mu, filter_eps, exclude_offset):
     n = hidden.shape[0]
-    return tuple(hidden.new_empty((n,), dtype=_acc_dtype(hidden)) for _ in range(4))
+    return tuple(hidden.new_empty((n,), dtype=ref.compute_dtype(hidden)) for _ in range(4))
 
 
 def _stats_fwd(L, hidden, weight, targets, bias, scale, softcap, with_mu, filter_eps, exclude_offset):
     n, v = hidden.shape[0], weight.shape[0]
     splits = L.fwd_splits(n, v, hidden.dtype, hidden.is_cuda)
-    part = hidden.new_zeros((5, splits, n), dtype=_acc_dtype(hidden))
+    part = hidden.new_zeros((5, splits, n), dtype=ref.compute_dtype(hidden))
     L.linear_ce_fwd(_rows(hidden), _rows(weight), bias, targets, part, scale, softcap, with_mu, exclude_offset)
-    return tuple(s.contiguous() for s in finish_partials(part))
+    return finish_partials(part)  # four fresh contiguous tensors
 
 
 def _stats_grad_out(hidden, weight, bias, need_hidden, need_weight, need_bias):
@@ -94,9 +90,9 @@ def _stats_grad_out(hidden, weight, bias, need_hidden, need_weight, need_bias):
 
 def _stats_bwd(L, hidden, weight, targets, bias, lse, mu, g_lse, g_picked, g_sum, g_mu, scale, softcap, with_mu,
                filter_eps, exclude_offset, need_hidden, need_weight, need_bias):  # fmt: skip
-    acc = _acc_dtype(hidden)
+    acc = ref.compute_dtype(hidden)
     need_bias = need_bias and bias is not None
-    coef = torch.stack([g_lse + g_mu, g_picked, g_sum, -g_mu, mu]).to(acc).contiguous()
+    coef = torch.stack([g_lse + g_mu, g_picked, g_sum, -g_mu, mu]).to(acc)
 
     outs = _stats_grad_out(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
@@ -106,12 +102,12 @@ def _stats_bwd(L, hidden, weight, targets, bias, lse, mu, g_lse, g_picked, g_sum
             return None
         return out.zero_() if out.dtype == acc else out.new_zeros(out.shape, dtype=acc)
 
-    gh = buffer(outs[0], need_hidden)
+    h, gh = _rows(hidden), buffer(outs[0], need_hidden)  # h copied (if at all) once, not per slice
     for v0, v1 in _vocab_slices(weight, acc, need_weight or need_bias):
         gw = buffer(outs[1][v0:v1], need_weight)
         gb = buffer(outs[2][v0:v1], need_bias)
         L.linear_ce_bwd(
-            _rows(hidden), _rows(weight[v0:v1]), None if bias is None else bias[v0:v1],
+            h, _rows(weight[v0:v1]), None if bias is None else bias[v0:v1],
             targets if v0 == 0 else targets - v0, lse, coef, gh, gw, gb, scale, softcap, filter_eps, with_mu,
             None if exclude_offset is None else exclude_offset - v0,
         )  # fmt: skip
@@ -229,7 +225,7 @@ def linear_cross_entropy(
     reduction = chk.choice(name, reduction, "reduction", ref.REDUCTIONS)
     eps = chk.in_range(name, label_smoothing, "label_smoothing", 0.0, 1.0)
     zl = chk.in_range(name, z_loss, "z_loss", 0.0)
-    cap = chk.softcap_value(name, softcap)
+    cap = chk.positive_float(name, softcap, "softcap", none_ok=True)
     flag(name, return_lse, "return_lse")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     out_dtype = chk.float_dtype(name, dtype, "dtype") or hidden.dtype
@@ -268,7 +264,7 @@ def linear_log_probs(
     name = "linear_log_probs"
     vocab, _ = chk.head(name, hidden, weight)
     chk.labels(name, tokens, "tokens", hidden, vocab, None)
-    temp = chk.in_range(name, temperature, "temperature", 0.0, open_lo=True)
+    temp = chk.positive_float(name, temperature, "temperature")
     flag(name, return_entropy, "return_entropy")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     b = _pick(name, hidden, backend)
@@ -349,23 +345,22 @@ def info_nce(
 # backward takes d loss / d rows and recomputes the per-token derivative in one more pass.
 # ----------------------------------------------------------------------------------------------
 def _grpo_out(log_probs, old_log_probs, ref_log_probs, advantages, mask, epsilon_low, epsilon_high, beta):
-    return tuple(log_probs.new_empty((log_probs.shape[0],), dtype=_acc_dtype(log_probs)) for _ in range(2))
+    return tuple(log_probs.new_empty((log_probs.shape[0],), dtype=ref.compute_dtype(log_probs)) for _ in range(2))
 
 
 def _grpo_fwd(L, log_probs, old_log_probs, ref_log_probs, advantages, mask, epsilon_low, epsilon_high, beta):
     b, t = log_probs.shape
-    acc = _acc_dtype(log_probs)
+    acc = ref.compute_dtype(log_probs)
     part = log_probs.new_zeros((2, L.grpo_t_blocks(t, log_probs.is_cuda), b), dtype=acc)
     adv = advantages.to(acc).contiguous()  # the launchers take it in the compute dtype
     L.grpo_fwd(log_probs, old_log_probs, ref_log_probs, adv, mask, part, epsilon_low, epsilon_high, beta)
-    rows, counts = part.sum(dim=1)
-    return rows.clone(), counts.clone()  # two outputs, two storages
+    return part[0].sum(dim=0), part[1].sum(dim=0)  # two outputs, two storages
 
 
 def _grpo_bwd(L, grad_rows, log_probs, old_log_probs, ref_log_probs, advantages, mask, epsilon_low, epsilon_high,
               beta):  # fmt: skip
     grad = _grpo_grad_out(grad_rows, log_probs)
-    acc = _acc_dtype(log_probs)
+    acc = ref.compute_dtype(log_probs)
     g, adv = grad_rows.to(acc).contiguous(), advantages.to(acc).contiguous()
     L.grpo_bwd(g, log_probs, old_log_probs, ref_log_probs, adv, mask, grad, epsilon_low, epsilon_high, beta)
     return grad
@@ -414,9 +409,9 @@ def _grpo_on(backend, log_probs, old, ref_lp, advantages, mask, args):
         return None if t is None else _rows(t.detach())
 
     op = _registry.get(f"grpo_loss_{backend}")
-    adv = advantages.detach().to(_acc_dtype(log_probs)).contiguous()
     ref_lp = ref_lp if beta != 0.0 else None  # TRL adds no KL term at beta = 0 (not even 0 * inf)
-    rows, counts = op(_rows(log_probs), data(old), data(ref_lp), adv, data(mask), el, eh, beta)
+    # the op takes advantages to its compute dtype itself
+    rows, counts = op(_rows(log_probs), data(old), data(ref_lp), advantages.detach(), data(mask), el, eh, beta)
     return ref.grpo_reduce(rows, counts, loss_type, t_max, items).to(log_probs.dtype)
 
 
@@ -468,7 +463,7 @@ def linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.T
     vocab, _ = chk.head(name, hidden, weight)
     chk.tensor(name, hidden, "hidden", dim=3)
     chk.labels(name, tokens, "tokens", hidden, vocab, None)
-    temp = chk.in_range(name, temperature, "temperature", 0.0, open_lo=True)
+    temp = chk.positive_float(name, temperature, "temperature")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     unknown = sorted(set(grpo_options) - set(_GRPO_OPTIONS))
     if unknown:

@@ -275,10 +275,9 @@ def _new_perm(x, ids, num_experts):
 
 
 def _permute(L, x, ids, num_experts):
-    out, slots, offsets = _new_perm(x, ids, num_experts)
-    s, _, _, starts = _align(L, ids, num_experts, 1)
-    slots.copy_(s[: ids.numel()])
-    offsets.copy_(starts)
+    # block_size 1 pads nothing: the sorted ids are the T*k slots and the starts the offsets
+    slots, _, _, offsets = _align(L, ids, num_experts, 1)
+    out = x.new_empty((ids.numel(), x.shape[1]))
     if out.numel():
         L.permute_fwd(x, slots, ids.shape[1], out)
     return out, slots, offsets

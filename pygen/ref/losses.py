@@ -50,7 +50,8 @@ import torch
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the family computes and accumulates in for ``t``'s: float64 for float64, else float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -62,7 +63,7 @@ def logits(
     scale: float = 1.0,
 ) -> torch.Tensor:
     """u [N, V] of the module docstring, in float32 (float64 for float64 input)."""
-    dt = _compute_dtype(hidden)
+    dt = compute_dtype(hidden)
     z = hidden.to(dt) @ weight.to(dt).T
     if bias is not None:
         z = z + bias.to(dt)
@@ -228,7 +229,7 @@ def info_nce(queries, keys=None, *, temperature, positives=None, queue=None, sym
     matmul, F.cross_entropy), the tests' same-dtype baseline and the benchmark's; else float32
     (float64 for float64 input). ``temperature``: a float or a 0-dim tensor (CLIP's learned
     logit scale is 1 / temperature), differentiable."""
-    dt = queries.dtype if eager else _compute_dtype(queries)
+    dt = queries.dtype if eager else compute_dtype(queries)
 
     def unit(x):
         x = x.to(dt)
@@ -328,7 +329,7 @@ def grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, epsi
               beta=0.04, loss_type="grpo", max_completion_length=None, num_items_in_batch=None):  # fmt: skip
     """The GRPO loss of the section comment in log_probs' dtype (computed in float32, float64 for
     float64 input), differentiable in log_probs."""
-    dt = _compute_dtype(log_probs)
+    dt = compute_dtype(log_probs)
     keep = mask != 0
 
     def unmasked(t):  # masked tokens read as 0, so that no NaN / inf there reaches the gradient

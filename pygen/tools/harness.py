@@ -311,6 +311,19 @@ def env_info(device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Implementations of a case on a device
 # ----------------------------------------------------------------------------------------------
+def kernel_status(case: Case, backend: str, device: torch.device) -> tuple[bool, str]:
+    """(timed, reason) for pygen's ``backend`` kernel of ``case`` on ``device``: the case must
+    have that backend, pygen must run it there (for the case's family: _backend.TORCH_CPU_FAMILIES),
+    and Triton on a CPU (its interpreter) is never timed."""
+    from pygen import _backend
+
+    if case.backends is not None and backend not in case.backends:
+        return False, f"{case.family} has no {backend} implementation"
+    if backend == "triton" and device.type == "cpu":
+        return False, TRITON_CPU_SKIP
+    return _backend.backend_status(backend, device, case.family)
+
+
 def build_impls(
     case: Case, device: torch.device, backends: Sequence[str] | None = None, baselines: Sequence[str] | None = None
 ) -> list[Impl]:
@@ -319,8 +332,6 @@ def build_impls(
     ``backends`` restricts the pygen kernel backends (cuda/triton/cpu); ``baselines`` restricts
     the baselines (reference, compile, torchvision). None means all.
     """
-    from pygen import _backend
-
     impls: list[Impl] = []
     for b in ("cuda", "triton", "cpu"):
         if backends is not None and b not in backends:
@@ -328,12 +339,7 @@ def build_impls(
         if (b, device.type) in (("cuda", "cpu"), ("cpu", "cuda")):
             continue  # runs on the other device type: not a row at all
         name = f"pygen:{b}"
-        if case.backends is not None and b not in case.backends:
-            impls.append(Impl(name, "pygen", None, f"{case.family} has no {b} implementation"))
-            continue
-        ok, why = _backend.backend_status(b, device, case.family)
-        if b == "triton" and device.type == "cpu":
-            ok, why = False, TRITON_CPU_SKIP
+        ok, why = kernel_status(case, b, device)
         if not ok:
             impls.append(Impl(name, "pygen", None, why))
             continue

@@ -682,6 +682,27 @@ def test_bench_no_pygen_kernel_label(capsys, monkeypatch):
     assert "no pygen kernel on cpu for these ops (GPU only): actnorm" in out
 
 
+def test_kernel_backends_follow_the_family(monkeypatch):
+    """Which pygen kernels a bench case times is stated once (harness.kernel_status), for the case's
+    family: with pygen._C missing (simulated) the losses' cpu backend (PyTorch code) is still timed,
+    so its ops keep the compile baseline, and ``--backend cpu`` is accepted for them, while the native
+    families' cpu backend is not."""
+    from pygen import _ext
+    from pygen.cli import BadArgs, _check_backend, _kernel_backends
+
+    monkeypatch.setitem(_ext._errors, "_C", "ImportError: simulated failed build")
+    dev = torch.device("cpu")
+    pkg = H.load_bench_package()
+    for family, want in (("losses", ["cpu"]), ("roi", [])):
+        case = pkg.load(family).cases(quick=True, device=dev)[0]
+        assert _kernel_backends(case, dev, None) == want, family
+        cpu = next(i for i in H.build_impls(case, dev, baselines=[]) if i.name == "pygen:cpu")
+        assert (cpu.fn is not None) == bool(want), (family, cpu.skip)
+    _check_backend("cpu", dev, ["roi", "losses"])  # --backend cpu: the losses still run it
+    with pytest.raises(BadArgs, match="--backend cpu cannot run on cpu: pygen._C not built"):
+        _check_backend("cpu", dev, ["roi"])
+
+
 def test_no_kernel_rows_unit():
     case = next(c for c in H.load_bench_package().load("flows").cases(quick=True, device="cpu"))
     base = {

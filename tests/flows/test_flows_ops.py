@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ATOL, assert_close_to_ref, backend_params, dtypes_for
+from helpers import ATOL, assert_close_to_ref, assert_rounded_bf16, backend_params, dtypes_for
 
 import pygen
 from pygen import ops
@@ -662,8 +662,6 @@ def test_bf16_stores_round_to_nearest(gen):
     """Every flows kernel that stores a bf16 result rounds it to nearest, as the GPU does, under the
     interpreter too (its own float32 -> bf16 store truncates; kernels/_bf16.py): coupling and ActNorm
     forward and backward, the 1x1 convolution and the LU weight, against the float64 reference."""
-    from helpers import assert_rounded_bf16
-
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     x, t, r = (_rand((4, 6, 8, 8), gen, torch.bfloat16, dev) for _ in range(3))
     x64, t64, r64 = (a.double().cpu().requires_grad_() for a in (x, t, r))

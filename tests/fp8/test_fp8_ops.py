@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_compiled_without_spills, compile_in_child, requires_cuda
+from helpers import assert_compiled_without_spills, assert_rounded_bf16, compile_in_child, requires_cuda
 from hypothesis import given, settings, strategies as st
 
 from pygen import _backend
@@ -541,8 +541,6 @@ def test_gemm_bf16_store_rounds_to_nearest(m):
     """The FP8 GEMM stores its float32 tile rounded to nearest in bf16 under the interpreter too, as
     the GPU's store does (kernels/_bf16.py; the interpreter's own store truncates): its products of
     e4m3 values are exact in float32, so the output is the float64 reference rounded."""
-    from helpers import assert_rounded_bf16
-
     q, s, wq, ws = _operands(m, 256, 256, 7)
     y = ops.fp8_gemm(q, s, wq, ws, torch.bfloat16, backend="triton")
     assert_rounded_bf16(y, ref.fp8_gemm(q, s, wq, ws), f"fp8_gemm M={m}")

@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import (
     ATOL,
-    TRITON_SKIP,
     assert_close_to_ref,
     assert_raises_before_launch,
     backend_params,
+    losses_launchers,
     opcheck_registered,
 )
 
@@ -280,8 +280,6 @@ def test_gradcheck_float64(backend, gen):
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_linear_grpo_loss_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu", "losses")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 6 * 4)  # several vocabulary chunks
     hid, w, tok, _, old, ref_lp, adv, mask = _linear_problem(2, 3, 4, 11, gen, torch.float64, "cpu")
 
@@ -368,7 +366,7 @@ GRPO_OPS = [n for n in _registry.registered() if n.startswith("grpo_loss")]
 @pytest.mark.parametrize("name", GRPO_OPS)
 def test_opcheck(name):
     assert len(GRPO_OPS) == 4  # forward and backward, triton and cpu
-    opcheck_registered(name, _opcheck_cases)
+    opcheck_registered(name, _opcheck_cases, "losses")
 
 
 # ---- bad input -----------------------------------------------------------------------------------
@@ -428,12 +426,7 @@ BAD = [
 @pytest.mark.parametrize("backend", [None, "reference", "cpu", "triton"])
 def test_bad_input_raises_before_launch(call, exc, text, backend, monkeypatch):
     names = ("grpo_fwd", "grpo_bwd", "linear_ce_fwd", "linear_ce_bwd")
-    if TRITON_SKIP is None:
-        from pygen.kernels import losses as K
-
-        for name in names:
-            monkeypatch.setattr(K, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
-    assert_raises_before_launch(monkeypatch, _losses_cpu, names, call, exc, text, backend)
+    assert_raises_before_launch(monkeypatch, losses_launchers(), names, call, exc, text, backend)
 
 
 # ---- the module ----------------------------------------------------------------------------------

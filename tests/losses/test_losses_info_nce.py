@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ATOL, assert_close_to_ref, backend_params
+from helpers import ATOL, assert_close_to_ref, backend_params, dtypes_for
 
 import pygen
 from pygen import ops
@@ -179,8 +179,7 @@ def test_modes_float32(device, backend, mode, gen):
 
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_dtypes_and_learned_temperature(device, backend, gen):
-    dts = [torch.float32, torch.float16, torch.bfloat16] + ([torch.float64] if backend != "triton" else [])
-    for dtype in dts:
+    for dtype in dtypes_for(backend, device):
         _check("clip", backend, device, dtype, 18, 24, gen, learned_temp=True)
         _check("simclr", backend, device, dtype, 18, 24, gen)
 
@@ -208,8 +207,6 @@ def test_small_and_empty(device, backend, gen):
 # ---- gradcheck, compile, module -------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu", "losses")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 6 * 2)  # three chunks
     for mode in MODES:
         (q, k, c), opts = _inputs(mode, 6, 4, torch.float64, "cpu", gen, k_queue=3)

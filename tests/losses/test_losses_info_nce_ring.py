@@ -102,3 +102,27 @@ def _run_all(rank: int, world: int, group) -> list[str]:
 @pytest.mark.parametrize("world", [2, 4])
 def test_ring_matches_single_process(world):
     run_gloo_ranks(_run_all, world, ["pygen.ops"])
+
+
+def _simclr_positives(rank: int, world: int, group) -> list[str]:
+    """Under a group SimCLR positives index the concatenated batch: query i of rank r is global row
+    row0 + i, so a positive equal to that (its excluded self-similarity) is refused, and one equal
+    to a local index i (another rank's key) is not."""
+    from pygen import ops
+
+    sizes = [4, 6]
+    row0, n = sum(sizes[:rank]), sizes[rank]
+    q = torch.randn(n, D, generator=torch.Generator().manual_seed(rank), dtype=torch.float64)
+    errs: list[str] = []
+    legal = (torch.arange(n) + n // 2) % n + row0 if rank == 0 else torch.arange(n) % sizes[0]
+    try:
+        ops.info_nce(q, temperature=0.5, positives=legal, group=group, backend="cpu")
+    except ValueError as e:
+        errs.append(f"rank {rank}: positives {legal.tolist()} refused: {e}")
+    with pytest.raises(ValueError, match="itself"):
+        ops.info_nce(q, temperature=0.5, positives=torch.arange(n) + row0, group=group, backend="cpu")
+    return errs
+
+
+def test_simclr_positives_are_global_indices():
+    run_gloo_ranks(_simclr_positives, 2, ["pygen.ops"])

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TRITON_SKIP, assert_close_to_ref, assert_raises_before_launch
+from helpers import assert_close_to_ref, assert_raises_before_launch, losses_launchers, requires_triton
 from hypothesis import given, settings, strategies as st
 
 import pygen
 from pygen import ops
-from pygen.ops import _losses_cpu
 from pygen.ref import losses as ref
 
 N, H, V = 6, 8, 11
@@ -79,17 +78,10 @@ BAD = [
 def test_bad_input_raises_before_launch(call, exc, text, backend, monkeypatch):
     # any launch goes through the triton launchers or the cpu ones: make each fail loudly
     names = ("linear_ce_fwd", "linear_ce_bwd")
-    if TRITON_SKIP is None:
-        from pygen.kernels import losses as K
-
-        for name in names:
-            monkeypatch.setattr(K, name, lambda *a, **k: pytest.fail("kernel launched on bad input"))
-    assert_raises_before_launch(monkeypatch, _losses_cpu, names, call, exc, text, backend)
+    assert_raises_before_launch(monkeypatch, losses_launchers(), names, call, exc, text, backend)
 
 
-@pytest.mark.parametrize(
-    "backend", ["cpu", pytest.param("triton", marks=pytest.mark.skipif(bool(TRITON_SKIP), reason=str(TRITON_SKIP)))]
-)
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=requires_triton)])
 def test_out_of_range_targets_with_checks_off_are_ignored(backend):
     """With value checks off an out-of-range target contributes nothing (the kernels find the
     target column by comparison, so nothing is read out of bounds) -- the same as ignore_index."""
@@ -113,8 +105,6 @@ def test_out_of_range_targets_with_checks_off_are_ignored(backend):
     seed=st.integers(0, 2**16),
 )
 def test_fuzz_cpu_backend(n, h, v, smoothing, bias, seed):
-    if not pygen.backend_status("cpu", "cpu", "losses")[0]:
-        pytest.skip("no cpu backend")
     g = torch.Generator().manual_seed(seed)
     hid, w = torch.randn(n, h, generator=g), torch.randn(v, h, generator=g) * 0.3
     b = torch.randn(v, generator=g) if bias else None

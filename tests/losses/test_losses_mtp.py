@@ -10,22 +10,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TRITON_SKIP, assert_close_to_ref
+from helpers import assert_close_to_ref, requires_triton
 
 import pygen.ops.losses as ops_losses
 from pygen.models import deepseek as D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TRITON_F32 = pytest.param(
-    torch.float32, "triton", marks=pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
-)
+TRITON_F32 = pytest.param(torch.float32, "triton", marks=requires_triton)
 
 
 def make_lm(depths: int, dtype=torch.float64, seed=0) -> D.DeepSeekV3LM:
     """The quick config with ``depths`` MTP depths, random weights large enough that the losses
     differ per depth; attention and MoE on their reference backends (their kernels are tested in
-    their families)."""
+    their families: the model passes backend="reference" to both)."""
     torch.manual_seed(seed)
     cfg = D.DeepSeekV3Config(**{**D.DeepSeekV3Config.quick().__dict__, "num_nextn_predict_layers": depths})
     m = D.DeepSeekV3LM(cfg, backend="reference")
@@ -33,9 +31,6 @@ def make_lm(depths: int, dtype=torch.float64, seed=0) -> D.DeepSeekV3LM:
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2 if p.dim() > 1 else torch.rand(p.shape, generator=g) + 0.5)
-    for mod in m.modules():
-        if hasattr(mod, "backend") and type(mod).__name__ == "MoE":
-            mod.backend = "reference"
     return m.to(dtype)
 
 

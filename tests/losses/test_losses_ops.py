@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ATOL, assert_close_to_ref, backend_params, opcheck_registered
+from helpers import ATOL, assert_close_to_ref, backend_params, dtypes_for, opcheck_registered
 
 import pygen
 from pygen import ops
@@ -58,11 +58,6 @@ def _grads(out, inputs, seed):
     total = sum((o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
     leaves = [x for x in inputs if x is not None]
     return torch.autograd.grad(total, leaves)
-
-
-def _dtypes(backend):
-    dts = [torch.float32, torch.float16, torch.bfloat16]
-    return dts + [torch.float64] if backend != "triton" else dts
 
 
 # ---- the reference is torch's cross-entropy ------------------------------------------------------
@@ -127,7 +122,7 @@ def test_linear_cross_entropy_options(device, backend, gen):
 
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_linear_cross_entropy_dtypes(device, backend, gen):
-    for dtype in _dtypes(backend):
+    for dtype in dtypes_for(backend, device):
         _check_ce(backend, device, dtype, 29, 48, 130, {"label_smoothing": 0.1, "z_loss": 1e-3}, gen)
 
 
@@ -241,8 +236,6 @@ def test_gradient_filter_skips_and_stays_within_tolerance(device, backend, gen, 
 # ---- gradcheck (float64) -------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend, gen, monkeypatch):
-    if not pygen.backend_status(backend, "cpu", "losses")[0]:
-        pytest.skip(pygen.backend_status(backend, "cpu", "losses")[1])
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 5 * 3)  # three chunks
     h, w, b, t = _problem(5, 4, 8, torch.float64, "cpu", gen, ignore=(2,))
     for opts in OPTIONS:
@@ -262,7 +255,7 @@ def test_gradcheck_float64(backend, gen, monkeypatch):
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_linear_log_probs(device, backend, gen, monkeypatch):
     monkeypatch.setattr(_losses_cpu, "CHUNK_ELEMENTS", 31 * 50)
-    for dtype in _dtypes(backend):
+    for dtype in dtypes_for(backend, device):
         h, w, _, t = _problem(31, 40, 170, dtype, device, gen, bias=False, ignore=())
         for temp, ent in ((1.0, False), (0.6, True)):
             leaves = [h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()]
@@ -303,7 +296,7 @@ def _opcheck_cases(name, dev):
 
 @pytest.mark.parametrize("name", [n for n in _registry.registered() if n.startswith("linear_logsumexp")])
 def test_opcheck(name):
-    opcheck_registered(name, _opcheck_cases)
+    opcheck_registered(name, _opcheck_cases, "losses")
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_PARAMS)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close_to_ref, backend_params, opcheck_registered
+from helpers import assert_close_to_ref, assert_rounded_bf16, backend_params, opcheck_registered
 
+from pygen import _backend
 from pygen.ops import _registry, mla as ops
 from pygen.ref import mla as ref
 
@@ -416,17 +417,9 @@ def test_prefill_fp32_gpu_tiles_match_reference(monkeypatch, gen):
         assert_close_to_ref(a, r, atol=1e-4, what=f"fp32-tile d{nm}")
 
 
-def _interpreting() -> bool:
-    from pygen import _backend
-
-    return _backend.triton_interpreting()
-
-
 def test_merge_bf16_store_rounds_to_nearest(gen):
     """merge_attn_states stores its float32 blend rounded to nearest in bf16, as the GPU does, under
     the interpreter too (kernels/_bf16.py); elementwise float32 math, so it holds on a GPU as well."""
-    from helpers import assert_rounded_bf16
-
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     oa, ob = (torch.randn(6, 3, 40, generator=gen).to(dev, torch.bfloat16) for _ in range(2))
     la, lb = (torch.randn(3, 6, generator=gen).to(dev) for _ in range(2))
@@ -435,14 +428,14 @@ def test_merge_bf16_store_rounds_to_nearest(gen):
     assert_rounded_bf16(out, r_out, "merge_attn_states")
 
 
-@pytest.mark.skipif(not _interpreting(), reason="interpreter only: on the GPU the bf16 MMAs quantise P and dS")
+@pytest.mark.skipif(
+    not _backend.triton_interpreting(), reason="interpreter only: on the GPU the bf16 MMAs quantise P and dS"
+)
 def test_attention_bf16_stores_round_to_nearest(gen):
     """Decode (one split, and split partials merged) and prefill forward / backward store their
     float32 results rounded to nearest in bf16 under the interpreter, as the GPU's stores do: the
     interpreter computes in float32 from the bf16 inputs, so the outputs are the float64 reference
     rounded (kernels/_bf16.py; its own store truncates)."""
-    from helpers import assert_rounded_bf16
-
     q, kv, bt, sl = ref.random_decode_problem((37, 20), 1, 16, 16, gen, dtype=torch.bfloat16)
     r_out, _ = ref.mla_decode(q.double(), kv.double(), bt, sl)
     for splits in (1, 3):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from helpers import MODULE_BACKENDS as BACKENDS, TINY_MLA_DIMS, TRITON_SKIP, assert_close_to_ref  # noqa: E402 (after importorskip)
+from helpers import MODULE_BACKENDS as BACKENDS, TINY_MLA_DIMS, assert_close_to_ref, requires_triton  # noqa: E402 (after importorskip)
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402 (after importorskip)
 from transformers.cache_utils import DynamicCache  # noqa: E402 (after importorskip)
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf  # noqa: E402 (after importorskip)
@@ -230,7 +230,7 @@ def test_patched_model_compiles_fullgraph():
         assert_close_to_ref(compiled(ids).logits, stock, atol=2e-5, what="compiled patched logits")
 
 
-@pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
+@requires_triton
 def test_patched_model_generate_compiles_fullgraph():
     """generate() with the forward of a model patched with both swaps compiled with
     fullgraph=True (prefill, then decode steps over transformers' DynamicCache) gives the stock

@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 import torch
-from helpers import assert_close_to_ref, backend_params, route_kwargs, topk_ties_to_lower_index
+from helpers import assert_close_to_ref, assert_rounded_bf16, backend_params, route_kwargs, topk_ties_to_lower_index
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pygen import _backend
@@ -60,6 +60,20 @@ def test_route_matches_reference(dev, backend, case):
     ids, w = moe_route(logits, k, backend=backend, **kw)
     rid, rw = ref.moe_route(logits.double(), k, **kw)
     assert ids.dtype == torch.int32 and w.dtype == torch.float32 and ids.shape == (t, k)
+    assert torch.equal(ids.cpu(), rid.cpu())
+    assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
+
+
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
+def test_route_strided_logits_and_bias(dev, backend):
+    # views with non-unit strides: logits columns (a transposed [E, T] buffer) and the bias (every
+    # other element of a [2E] buffer; the Triton launcher once read it as if contiguous)
+    gen = _gen(5)
+    logits = torch.randn(32, 9, generator=gen).to(dev).t()
+    bias = (torch.randn(64, generator=gen) * 0.1).to(dev)[::2]
+    kw = route_kwargs(4, 2, "sigmoid", bias, True, 2.5)
+    ids, w = moe_route(logits, 4, backend=backend, **kw)
+    rid, rw = ref.moe_route(logits.double(), 4, **kw)
     assert torch.equal(ids.cpu(), rid.cpu())
     assert_close_to_ref(w, rw, atol=1e-6, what="topk_weights")
 
@@ -747,8 +761,6 @@ def test_torch_compile_fullgraph():
 def test_unpermute_bf16_stores_round_to_nearest(gen):
     """moe_unpermute's kernels store their float32 sums (forward, d permuted, d weights) rounded to
     nearest in bf16, as the GPU does, under the interpreter too (kernels/_bf16.py)."""
-    from helpers import assert_rounded_bf16
-
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t, k, h = 12, 3, 40
     y = torch.randn(t * k, h, generator=gen).to(dev, torch.bfloat16).requires_grad_()

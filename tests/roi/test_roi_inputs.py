@@ -41,6 +41,9 @@ BAD = [
     (lambda: ops.roi_align(X, ROIS, 2, -0.25), ValueError, "spatial_scale"),
     (lambda: ops.roi_align(X, ROIS, 2, float("nan")), ValueError, "spatial_scale"),
     (lambda: ops.roi_align(X, ROIS, 2, 1.0, 1.5), TypeError, "sampling_ratio"),
+    # the kernels take a C int: a larger value would fail in the binding (or allocate 2^40 samples)
+    (lambda: ops.roi_align(X, ROIS, 2, 1.0, 2**40), ValueError, "sampling_ratio"),
+    (lambda: ops.ps_roi_align(X, ROIS, 2, 1.0, -(2**31) - 1), ValueError, "sampling_ratio"),
     (lambda: ops.roi_pool(X, ROIS, 0), ValueError, "output_size"),
     (lambda: ops.roi_pool(X, ROIS, 2, 0), ValueError, "spatial_scale"),
     (lambda: ops.roi_pool(X, torch.tensor([[5, 0.0, 0, 4, 4]]), 2), ValueError, "batch index"),

@@ -82,6 +82,9 @@ def test_modules_trace_with_fx_as_one_node(make, gen):
     g = torch.fx.symbolic_trace(m)
     calls = [n for n in g.graph.nodes if n.op == "call_function"]
     assert len(calls) == 1, [n.target for n in calls]
+    # the node is the functional op (named as torchvision's module trace names its node)
+    op = dict(RoIAlign="roi_align", RoIPool="roi_pool", PSRoIAlign="ps_roi_align", PSRoIPool="ps_roi_pool")
+    assert calls[0].target is getattr(ops, op[type(m).__name__]), calls[0].target
     x = torch.randn(2, 8, 10, 12, generator=gen)
     rois = make_rois(4, 2, 10, 12, 1.0, gen)
     torch.testing.assert_close(g(x, rois), m(x, rois), rtol=0, atol=0)
