@@ -1,10 +1,14 @@
-"""The one device guard of every Triton launch.
+"""Where a Triton launch runs: the one device guard of every launch, and the one interpreter check.
 
 Triton launches on the *current* CUDA device, which on a multi-GPU machine need not be the device
 of the tensors (cuda:1 tensors with cuda:0 current read through cuda:0's address space: an illegal
 address, or silently wrong data). Every launcher runs under ``on_tensor_device(t)`` — directly, or
 through the ``launches_on_device`` decorator on the launcher or on the op implementation that calls
 it. Imports only torch, so pygen's op layer uses it without importing Triton.
+
+``interpreting()``: Triton runs kernels on the CPU interpreter (TRITON_INTERPRET set and not "0");
+the kernels then use the interpreter's small tiles and upcasts (its bf16 arithmetic and stores
+differ from the GPU's). Read per call: tests set the variable before triton is imported.
 
 ``depth()``: how many guards are active on this thread's call stack (tests patch the launch and
 assert every launch happens inside a guard, without needing a second GPU).
@@ -13,11 +17,16 @@ assert every launch happens inside a guard, without needing a second GPU).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import torch
 
 _local = threading.local()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def depth() -> int:

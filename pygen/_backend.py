@@ -18,12 +18,9 @@ from functools import cache
 import torch
 
 from . import _ext
+from .kernels._device import interpreting as triton_interpreting
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
-
-
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @cache

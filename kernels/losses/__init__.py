@@ -26,13 +26,9 @@ import torch
 import triton
 
 from .._compile_spec import compile_spec
-from .._device import launches_on_device
+from .._device import interpreting as _interpreting, launches_on_device
 from .grpo import _grpo_loss_kernel
 from .linear_logsumexp import _linear_ce_bwd_kernel, _linear_ce_fwd_kernel
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._bf16 import cast as _cast
+from .._device import interpreting
 from .._grid import grouped_tile
 
 ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3, "gelu": 4}
@@ -615,10 +616,6 @@ class Config:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 2
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # Under the interpreter every program and every tl.dot step costs milliseconds: small tiles keep

@@ -44,8 +44,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .._compile_spec import compile_spec
-from .._device import launches_on_device
-from . import _activate, _cast, _mma, _precision, _upcast, interpreting as _interpreting
+from .._device import interpreting as _interpreting, launches_on_device
+from . import _activate, _cast, _mma, _precision, _upcast
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
 AFFINE_SCALE_SHIFT = 2.0  # pygen.ref.made.AFFINE_SCALE_SHIFT (nflows' MAF)

@@ -32,6 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._bf16 import cast as _cast
+from .._device import interpreting as _interpreting
 from .decode import _mla_cache_append_fwd_kernel, _mla_decode_fwd_kernel, _mla_decode_merge_kernel
 from .prefill import (
     _mla_prefill_bwd_dkdv_kernel,
@@ -44,10 +45,6 @@ LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 FP8_SCALE_OFF = 128  # float32 index of the scales in a 656-byte token (byte 512)
 FP8_ROPE_OFF = 264  # bfloat16 index of the rope values (byte 528)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _pow2(n: int) -> int:

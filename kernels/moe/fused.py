@@ -32,7 +32,6 @@ upcast right after the load (bf16 arithmetic is broken there).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +41,10 @@ from torch import Tensor
 
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
+from .._device import interpreting
 from .._grid import program_block as _tile
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = interpreting()
 ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
 
 

@@ -116,9 +116,16 @@ def _launch_opts(t: Tensor) -> dict:
     return {"num_warps": _NUM_WARPS} if t.is_cuda else {}
 
 
-def _map(t: Tensor, c: int) -> tuple:
-    """(N, C, H, W, the 4 strides) kernel arguments of a feature map; C the kernel's channel count."""
-    return (t.shape[0], c, t.shape[2], t.shape[3], *t.stride())
+def _feat(t: Tensor, c: int) -> tuple:
+    """The ``feat`` tuple argument of a feature map: (t, N, C, H, W, the 4 strides); C the kernel's
+    channel count."""
+    return (t, t.shape[0], c, t.shape[2], t.shape[3], *t.stride())
+
+
+def _view(t: Tensor) -> tuple:
+    """A tensor as the (pointer, strides...) tuple argument the kernels read it through: rois,
+    grad_out (``go``), argmax (``am``)."""
+    return (t, *t.stride())
 
 
 def _nothing_to_pool(input: Tensor, out: Tensor, argmax: Tensor | None = None) -> bool:
@@ -199,21 +206,21 @@ def _bwd_launch(
     **consts,
 ) -> None:
     """Backward of roi_align / ps_roi_align / ps_roi_pool (``ps``: a position-sensitive op). kernels:
-    (deterministic gather, atomic per-RoI kernel), taking (grad_out, rois, grad_input, [K,] N, C,
-    [C_in,] H, W, grad_out strides, rois strides, *op_args, PH, PW); C_in, grad_input's channel
-    count, goes to the kernels that declare it (the gathers, ps_roi_pool's atomic kernel)."""
+    (deterministic gather, atomic per-RoI kernel), taking (go, rois, grad_input, [K,] N, C, [C_in,]
+    H, W, *op_args, PH, PW); C_in, grad_input's channel count, goes to the kernels that declare it
+    (the gathers, ps_roi_pool's atomic kernel)."""
     if grad_out.numel() == 0 or grad_input.numel() == 0:
         return
     k, c, ph, pw = grad_out.shape
     n, c_in, h, w = grad_input.shape
-    rest = (*grad_out.stride(), *rois.stride(), *op_args, ph, pw)
+    tensors, rest = (_view(grad_out), _view(rois), grad_input), (*op_args, ph, pw)
     gather, atomic = kernels
     chans = lambda kernel: (c, c_in) if "C_in" in kernel.arg_names else (c,)
     if deterministic:  # the gather's grid covers the channels it writes: C_in, or C
-        args = (grad_out, rois, grad_input, k, n, *chans(gather), h, w, *rest)
+        args = (*tensors, k, n, *chans(gather), h, w, *rest)
         _gather_launch(gather, grad_out, chans(gather)[-1], [grad_input], *args, ps=ps, **consts)
     else:
-        args = (grad_out, rois, grad_input, n, *chans(atomic), h, w, *rest)
+        args = (*tensors, n, *chans(atomic), h, w, *rest)
         _per_roi_launch(atomic, grad_out, grad_out.shape, *args, **consts)
 
 
@@ -222,7 +229,7 @@ def _align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, s
     if _nothing_to_pool(input, out):
         return
     k, c, ph, pw = out.shape
-    args = (input, rois, out, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    args = (_feat(input, c), _view(rois), out, _f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
     _per_roi_launch(_roi_align_fwd_kernel, input, out.shape, *args, **consts, DT=_dt(input))
 
 
@@ -238,7 +245,7 @@ def _align_bwd(
 ) -> None:
     """Backward of roi_align / ps_roi_align (ps: aligned=True, as the kernels require)."""
     kernels = (_roi_align_bwd_gather_kernel, _roi_align_bwd_kernel)
-    op_args = (*_f32_parts(spatial_scale), int(sampling_ratio))
+    op_args = (_f32_parts(spatial_scale), int(sampling_ratio))
     consts = {"ALIGNED": aligned, "PS": ps, "DT": _dt(grad_input)}
     _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=ps, **consts)
 
@@ -280,7 +287,7 @@ def _pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor | None, s
     if _nothing_to_pool(input, out, argmax):
         return
     k, c, ph, pw = out.shape
-    args = (input, rois, out, argmax, *_map(input, c), *rois.stride(), *_f32_parts(spatial_scale), ph, pw)
+    args = (_feat(input, c), _view(rois), out, argmax, _f32_parts(spatial_scale), ph, pw)
     consts = {"PS": ps, "C_FAST": not ps and _c_fast(input), "DT": _dt(input)}
     _per_roi_launch(_roi_pool_fwd_kernel, input, out.shape, *args, **consts)
 
@@ -294,9 +301,9 @@ def roi_pool_bwd(grad_out: Tensor, argmax: Tensor, rois: Tensor, grad_input: Ten
         return
     k, c, ph, pw = grad_out.shape
     n, _, h, w = grad_input.shape
-    strides = (*grad_out.stride(), *argmax.stride(), rois.stride(0))
+    tensors = (_view(grad_out), _view(argmax), _view(rois), grad_input)
     if not deterministic:
-        args = (grad_out, argmax, rois, grad_input, n, c, h, w, *strides, ph, pw)
+        args = (*tensors, n, c, h, w, ph, pw)
         _per_roi_launch(_roi_pool_bwd_kernel, grad_out, grad_out.shape, *args, DT=_dt(grad_input))
         return
     # argmax is a flat index: the gather owns flat pixel chunks of the plane, not 2-D tiles
@@ -306,15 +313,11 @@ def roi_pool_bwd(grad_out: Tensor, argmax: Tensor, rois: Tensor, grad_input: Ten
     blocks = {"BLOCK_C": bc, "BLOCK_P": min(64 if gpu else 4096, triton.next_power_of_2(ph * pw)), "CHUNK": chunk}
     with on_tensor_device(grad_out):
         _roi_pool_bwd_gather_kernel[(triton.cdiv(h * w, chunk) * n * triton.cdiv(c, bc),)](
-            grad_out,
-            argmax,
-            rois,
-            grad_input,
+            *tensors,
             k,
             n,
             c,
             h * w,
-            *strides,
             ph,
             pw,
             DT=_dt(grad_input),
@@ -332,27 +335,27 @@ def ps_roi_pool_bwd(
     grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, deterministic: bool
 ) -> None:
     kernels = (_ps_roi_pool_bwd_gather_kernel, _ps_roi_pool_bwd_kernel)
-    op_args = _f32_parts(spatial_scale)
+    op_args = (_f32_parts(spatial_scale),)
     _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=True, DT=_dt(grad_input))
 
 
-def _level_args(tensors: Sequence[Tensor], spatial_scales: Sequence[float], with_strides: bool) -> list:
-    """Per-level kernel arguments, grouped by kind, each group padded to 8 with level 0."""
+def _level_args(tensors: Sequence[Tensor], spatial_scales: Sequence[float], with_strides: bool) -> tuple:
+    """The per-level tuple arguments of the multi-level kernels, one per kind (pointers, heights,
+    widths[, strides over N, C, H, W], scales), each padded to 8 slots with level 0."""
     pad = list(range(len(tensors))) + [0] * (_MAX_LEVELS - len(tensors))
-    args = [tensors[i] for i in pad]
-    args += [tensors[i].shape[2] for i in pad] + [tensors[i].shape[3] for i in pad]
+    levels = [tensors[i] for i in pad]
+    args = [tuple(levels), tuple(t.shape[2] for t in levels), tuple(t.shape[3] for t in levels)]
     if with_strides:
-        for d in range(4):
-            args += [tensors[i].stride(d) for i in pad]
-    return args + [float(spatial_scales[i]) for i in pad]
+        args += [tuple(t.stride(d) for t in levels) for d in range(4)]
+    return (*args, tuple(float(spatial_scales[i]) for i in pad))
 
 
-def _level_thresholds(spatial_scales: Sequence[float], canonical_scale: float, canonical_level: float) -> list[float]:
-    """The 8 area-threshold arguments of the multi-level kernels (float32 areas), NaN-padded."""
+def _level_thresholds(spatial_scales: Sequence[float], canonical_scale: float, canonical_level: float) -> tuple:
+    """The ``fpn`` argument of the multi-level kernels: 8 float32 area thresholds, NaN-padded."""
     from pygen.ref.roi import fpn_level_thresholds  # the rule lives once, in the oracle
 
     t = list(fpn_level_thresholds(spatial_scales, canonical_scale, canonical_level, torch.float32))[:8]
-    return t + [float("nan")] * (8 - len(t))
+    return tuple(t + [float("nan")] * (8 - len(t)))
 
 
 def multi_scale_roi_align_fwd(
@@ -373,8 +376,8 @@ def multi_scale_roi_align_fwd(
         return
     k, c, ph, pw = out.shape
     thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
-    args = (rois, out, f0.shape[0], c, *rois.stride(), int(sampling_ratio), ph, pw, *thresholds)
-    args += (*_level_args(features, spatial_scales, True),)
+    args = (_view(rois), out, f0.shape[0], c, int(sampling_ratio), ph, pw, thresholds)
+    args += _level_args(features, spatial_scales, True)
     consts = {"NUM_LEVELS": len(features), "ALIGNED": bool(aligned), "C_FAST": _c_fast(f0), "DT": _dt(f0)}
     _per_roi_launch(_multi_scale_roi_align_fwd_kernel, f0, out.shape, *args, **consts)
 
@@ -395,15 +398,15 @@ def multi_scale_roi_align_bwd(
     if grad_out.numel() == 0 or n == 0 or c == 0:
         return
     thresholds = _level_thresholds(spatial_scales, canonical_scale, canonical_level)
-    rest = (*grad_out.stride(), *rois.stride(), int(sampling_ratio), ph, pw, *thresholds)
-    rest += (*_level_args(grad_features, spatial_scales, False),)
+    rest = (int(sampling_ratio), ph, pw, thresholds, *_level_args(grad_features, spatial_scales, False))
     consts = {"NUM_LEVELS": len(grad_features), "ALIGNED": bool(aligned), "DT": _dt(grad_features[0])}
+    views = (_view(grad_out), _view(rois))
     if deterministic:
         kernel = _multi_scale_roi_align_bwd_gather_kernel
-        _gather_launch(kernel, grad_out, c, grad_features, grad_out, rois, k, n, c, *rest, **consts)
+        _gather_launch(kernel, grad_out, c, grad_features, *views, k, n, c, *rest, **consts)
     else:
         kernel = _multi_scale_roi_align_bwd_kernel
-        _per_roi_launch(kernel, grad_out, grad_out.shape, grad_out, rois, n, c, *rest, **consts)
+        _per_roi_launch(kernel, grad_out, grad_out.shape, *views, n, c, *rest, **consts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,33 +418,37 @@ def multi_scale_roi_align_bwd(
 # attrs (aligned=False): they were recorded that way (docs/inspect/).
 
 
-def _arg_types(data: str) -> dict[str, str]:
-    """The Triton type of every kernel argument that is not an i32, by name. ``data``: the type of
-    the feature / output / grad_out pointers (the RoI table follows it in these specs); the
-    accumulation buffers are float32, the scales and FPN thresholds fp32 scalars."""
-    types = {a: data for a in ("input_ptr", "rois_ptr", "out_ptr", "grad_out_ptr")}
-    types.update({"grad_in_ptr": "*fp32", "argmax_ptr": "*i32", "scale_hi": "fp32", "scale_lo": "fp32"})
-    for i in range(_MAX_LEVELS):
-        types.update({f"f{i}": data, f"g{i}": "*fp32", f"a{i}": "fp32", f"s{i}": "fp32"})
+def _arg_types(data: str) -> dict[str, str | tuple[str, ...]]:
+    """The Triton type of every kernel argument that is not an i32, by name (a tuple of types for a
+    tuple argument). ``data``: the type of the feature / output / grad_out pointers (the RoI table
+    follows it in these specs); the accumulation buffers are float32, the scales and FPN
+    thresholds fp32 scalars."""
+    slots = lambda t: (t,) * _MAX_LEVELS
+    types: dict[str, str | tuple[str, ...]] = {"out_ptr": data, "grad_in_ptr": "*fp32", "argmax_ptr": "*i32"}
+    types.update(feat=(data, *("i32",) * 8), rois=(data, "i32", "i32"), go=(data, *("i32",) * 4))
+    types.update(am=("*i32", *("i32",) * 4), scale=("fp32", "fp32"), fpn=slots("fp32"), scales=slots("fp32"))
+    types.update(feats=slots(data), grads=slots("*fp32"), heights=slots("i32"), widths=slots("i32"))
+    types.update({f"strides_{d}": slots("i32") for d in "nchw"})
     return types
 
 
 def _spec(fn, what: str, consts: dict, data: str = "*fp32") -> dict:
     types = _arg_types(data)
-    sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
+    sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}  # (tuple elements:
+    # compile_spec marks the "arg[i]" constexprs)
     name = getattr(fn, "__name__", None) or fn.fn.__name__
     return compile_spec(fn, name, sig, dict(consts), _NUM_WARPS, None, aligned=False, what=what)
 
 
 def _compile_specs() -> list[dict]:
     f32 = tl.float32
-    nchw = {"stride_w": 1, "roi_stride_f": 1}  # NCHW input: unit W stride
-    cl = {"stride_c": 1, "roi_stride_f": 1}  # channels_last input: unit C stride
-    go = {"go_s3": 1, "roi_stride_f": 1}  # contiguous grad_out
+    nchw = {"feat[8]": 1, "rois[2]": 1}  # NCHW input: unit W stride
+    cl = {"feat[6]": 1, "rois[2]": 1}  # channels_last input: unit C stride
+    go = {"go[4]": 1, "rois[2]": 1}  # contiguous grad_out
     tile = {"DT": f32, "BLOCK_C": 8, "BLOCK_P": 64}  # a 7x7 head's per-RoI tile
     gather = {"DT": f32, "BLOCK_C": 4, "TILE_H": 16, "TILE_W": 32, "ROI_BLOCK": 128}
     ps_gather = {**gather, "TILE_W": 16}
-    am = {"go_s3": 1, "am_s3": 1}  # contiguous grad_out and argmax
+    am = {"go[4]": 1, "am[4]": 1, "rois[2]": 1}  # contiguous grad_out and argmax
     fpn = {"NUM_LEVELS": 4, "ALIGNED": False, "DT": f32}
     rfcn = "R-FCN: C_out=21, 7x7"
     plain, ps = {"ALIGNED": False, "PS": False}, {"ALIGNED": True, "PS": True}  # roi_align, ps_roi_align
@@ -482,7 +489,7 @@ def _compile_specs() -> list[dict]:
         _spec(
             _multi_scale_roi_align_fwd_kernel,
             "FPN P2-P5: C=256, 7x7, NCHW fp32",
-            {**{f"sw{i}": 1 for i in range(8)}, "roi_stride_f": 1, **fpn, "C_FAST": False, **tile},
+            {**{f"strides_w[{i}]": 1 for i in range(8)}, "rois[2]": 1, **fpn, "C_FAST": False, **tile},
         ),
         _spec(_multi_scale_roi_align_bwd_kernel, "FPN P2-P5: C=256, 7x7, atomics", {**go, **fpn, **tile}),
         _spec(

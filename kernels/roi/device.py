@@ -3,25 +3,28 @@ and integer-bin geometry, the per-RoI sample loops shared by the forward and ato
 kernels, the RoI walk of the gathers, the FPN level selection and the rounding output store. Math
 and layouts: kernels/roi/__init__.py's docstring.
 
-What travels together goes as one Triton tuple:
-    rois = (rois_ptr, roi_stride, roi_stride_f)        the [K, 5] RoI table
-    box  = (batch_index, x1, y1, x2, y2)                one RoI (or a vector of them), from _roi_row
-    feat = (ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)   a feature map, C = out channels
-    go   = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)   grad_out [K, C, PH, PW] and its strides
-    fpn  = (a0, ..., a7)                                the FPN level area thresholds
+What travels together goes as one Triton tuple, from the launcher on (a tuple kernel argument is
+one Python tuple at the launch and specialises element by element, unit strides included):
+    rois  = (rois_ptr, roi_stride, roi_stride_f)        the [K, 5] RoI table
+    box   = (batch_index, x1, y1, x2, y2)                one RoI (or a vector of them), from _roi_row
+    feat  = (ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)   a feature map, C = out channels
+    go    = (grad_out_ptr, s0, s1, s2, s3)               grad_out [K, C, PH, PW] and its strides
+    am    = (argmax_ptr, s0, s1, s2, s3)                 roi_pool's argmax, likewise
+    scale = (hi, lo)                                     spatial_scale as float32 + float32 remainder
+    fpn   = (a0, ..., a7)                                the FPN level area thresholds
+    feats / grads, heights, widths, strides_*, scales    FPN: one value per level slot (8)
 """
-
-import os
 
 import triton
 import triton.language as tl
 
 from .._bf16 import cast
+from .._device import interpreting
 
 # The interpreter's fp32 -> bf16 store truncates; _bf16.cast rounds first when this is set. A module
 # constant rather than a kernel argument keeps the kernels' signatures (and their compile specs) as
 # they are; triton.jit reads the same variable once, at import, to pick the interpreter.
-INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+INTERPRETING = tl.constexpr(interpreting())
 
 
 @triton.jit
@@ -53,6 +56,13 @@ def _roi_row(rois, r, mask, DT: tl.constexpr):
 
 
 @triton.jit
+def _roi_batch(rois, r, mask, DT: tl.constexpr):
+    # the batch index alone (roi_pool's backward needs no box): -1 in masked lanes
+    rois_ptr, roi_stride, _roi_stride_f = rois
+    return tl.load(rois_ptr + r.to(tl.int64) * roi_stride, mask=mask, other=-1.0).to(DT)
+
+
+@triton.jit
 def _batch(bf, N):
     # trunc(bf) in [0, N) <=> -1 < bf < N; test before the int cast so garbage never indexes
     ok = (bf > -1.0) & (bf < N)
@@ -60,8 +70,9 @@ def _batch(bf, N):
 
 
 @triton.jit
-def _scale(hi, lo, DT: tl.constexpr):
+def _scale(scale, DT: tl.constexpr):
     # fp32 kernel arguments cannot carry a double; hi + lo restores it for float64 math
+    hi, lo = scale
     if DT == tl.float64:
         s = tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
     else:
@@ -428,13 +439,13 @@ def _align_bwd_program(
 
 
 @triton.jit
-def _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_ONE: tl.constexpr, DT: tl.constexpr):
+def _int_pool_bins(rois, k, N, H, W, scale, p, pmask, PH, PW, PLUS_ONE: tl.constexpr, DT: tl.constexpr):
     """Image b, validity, the clipped integer bins [hs, he) x [ws, we) of bins p of RoI k, and the
     largest bin extent (max_h, max_w) over the live bins: the pixel loops run that far, smaller
     bins mask the excess (a RoI of no valid image gets no rows)."""
     bf, x1, y1, x2, y2 = _roi_row(rois, k, k >= 0, DT)
     b, ok = _batch(bf, N)
-    scale64 = _scale(scale_hi, scale_lo, tl.float64)
+    scale64 = _scale(scale, tl.float64)
     w_start, w_len = _int_box(x1, x2, scale64, PLUS_ONE)
     h_start, h_len = _int_box(y1, y2, scale64, PLUS_ONE)
     i = p // PW
@@ -447,16 +458,14 @@ def _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_
 
 
 @triton.jit
-def _int_pool_program(
-    rois, N, H, W, scale_hi, scale_lo, PH, PW, PLUS_ONE, DT, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
-):
+def _int_pool_program(rois, N, H, W, scale, PH, PW, PLUS_ONE, DT, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """What a (RoI k = program 0, channel block x bin block = program 1) program of roi_pool /
     ps_roi_pool knows before its pixel loops: (k, bins P, channels c, bins p, p < P,
     _int_pool_bins' tuple)."""
     k = tl.program_id(0)
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
     pmask = p < P
-    return k, P, c, p, pmask, _int_pool_bins(rois, k, N, H, W, scale_hi, scale_lo, p, pmask, PH, PW, PLUS_ONE, DT)
+    return k, P, c, p, pmask, _int_pool_bins(rois, k, N, H, W, scale, p, pmask, PH, PW, PLUS_ONE, DT)
 
 
 @triton.jit

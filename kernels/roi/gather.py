@@ -25,6 +25,7 @@ from .device import (
     _level_of_tile,
     _overlaps,
     _ps_lanes,
+    _roi_batch,
     _roi_row,
     _sample_origins,
     _scale,
@@ -166,8 +167,8 @@ def _align_gather(
 
 @triton.jit
 def _roi_align_bwd_gather_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5]
     grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
     K,  # number of RoIs
     N,  # images
@@ -175,14 +176,7 @@ def _roi_align_bwd_gather_kernel(
     C_in,  # input channels (PS only, >= C*PH*PW: the rest get no gradient; else C_in = C)
     H,  # height
     W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder (float64 math only)
+    scale,  # spatial_scale (float32, remainder), see _roi_align_fwd_kernel
     sampling_ratio,  # see _roi_align_fwd_kernel
     PH,  # pooled height
     PW,  # pooled width
@@ -197,9 +191,6 @@ def _roi_align_bwd_gather_kernel(
     tl.static_assert(not PS or ALIGNED, "PS needs ALIGNED=True")
     c_map = C_in if PS else C  # grad_in's channels (PS: the first C*PH*PW of them get gradient)
     n, c, tile = _gather_program(N, c_map, BLOCK_C)
-    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
-    rois = (rois_ptr, roi_stride, roi_stride_f)
-    scale = _scale(scale_hi, scale_lo, DT)
     _align_gather(
         go,
         rois,
@@ -209,7 +200,7 @@ def _roi_align_bwd_gather_kernel(
         c,
         C * PH * PW if PS else C,
         tile,
-        scale,
+        _scale(scale, DT),
         sampling_ratio,
         PH,
         PW,
@@ -228,23 +219,14 @@ def _roi_align_bwd_gather_kernel(
 
 @triton.jit
 def _roi_pool_bwd_gather_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    argmax_ptr,  # [K, C, PH, PW] int32, any strides
-    rois_ptr,  # [K, 5] (only the batch index is used)
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    am,  # (argmax_ptr, 4 strides): the forward's int32 argmax [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5] (only the batch index is used)
     grad_in_ptr,  # [N, C, H, W] contiguous float32/64; every element is written once
     K,  # number of RoIs
     N,  # images
     C,  # channels
     HW,  # H * W: pixels of one plane
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    am_s0,  # argmax strides, in elements
-    am_s1,
-    am_s2,
-    am_s3,
-    roi_stride,  # rois.stride(0)
     PH,  # pooled height
     PW,  # pooled width
     DT: tl.constexpr,  # accumulation dtype
@@ -256,6 +238,8 @@ def _roi_pool_bwd_gather_kernel(
     # The plane is cut into flat pixel chunks (argmax is a flat index, so "argmax in my chunk"
     # is one range test and needs no division). RoIs of image n are visited in index order, bins
     # in index order, and only bins with an argmax in the chunk do the one-hot accumulation.
+    grad_out_ptr, go_s0, go_s1, go_s2, go_s3 = go
+    argmax_ptr, am_s0, am_s1, am_s2, am_s3 = am
     n, c, chunk = _gather_program(N, C, BLOCK_C)
     cmask = c < C
     t0 = chunk * CHUNK
@@ -265,7 +249,7 @@ def _roi_pool_bwd_gather_kernel(
     for kb in range(0, K, ROI_BLOCK):
         kk = kb + tl.arange(0, ROI_BLOCK)
         km = kk < K
-        bi, ok = _batch(tl.load(rois_ptr + kk.to(tl.int64) * roi_stride, mask=km, other=-1.0).to(DT), N)
+        bi, ok = _batch(_roi_batch(rois, kk, km, DT), N)
         hit = km & ok & (bi == n)
         for _t in range(tl.sum(hit.to(tl.int32), axis=0)):
             r, hit = _next_hit(hit, kk, K)
@@ -275,10 +259,10 @@ def _roi_pool_bwd_gather_kernel(
                 p = pb + tl.arange(0, BLOCK_P)
                 i = p // PW
                 j = p - i * PW
-                am = tl.load(
+                idx = tl.load(
                     am_r[:, None] + (i * am_s2 + j * am_s3)[None, :], mask=cmask[:, None] & (p < P)[None, :], other=-1
                 )
-                in_chunk = (am >= t0) & (am < t0 + CHUNK)
+                in_chunk = (idx >= t0) & (idx < t0 + CHUNK)
                 bin_hit = tl.max(in_chunk.to(tl.int32), axis=0) > 0
                 for _u in range(tl.sum(bin_hit.to(tl.int32), axis=0)):
                     q, bin_hit = _next_hit(bin_hit, p, P)
@@ -293,8 +277,8 @@ def _roi_pool_bwd_gather_kernel(
 
 @triton.jit
 def _ps_roi_pool_bwd_gather_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5]
     grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64; every element is written once
     K,  # number of RoIs
     N,  # images
@@ -302,14 +286,7 @@ def _ps_roi_pool_bwd_gather_kernel(
     C_in,  # input channels
     H,  # height
     W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder: the bins are computed in float64
+    scale,  # spatial_scale (float32, remainder): the bins are computed in float64
     PH,  # pooled height
     PW,  # pooled width
     DT: tl.constexpr,  # accumulation dtype
@@ -322,8 +299,8 @@ def _ps_roi_pool_bwd_gather_kernel(
     co, ci, cj = _ps_lanes(c, PH, PW)  # once per program
     cmask = c < C * PH * PW
     ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
-    scale64 = _scale(scale_hi, scale_lo, tl.float64)
-    rois = (rois_ptr, roi_stride, roi_stride_f)
+    scale64 = _scale(scale, tl.float64)
+    grad_out_ptr, go_s0, go_s1, go_s2, go_s3 = go
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     for kb in range(0, K, ROI_BLOCK):
         kk, box, hit = _image_rois(rois, kb, K, N, n, ROI_BLOCK, DT)
@@ -358,60 +335,19 @@ def _ps_roi_pool_bwd_gather_kernel(
 
 @triton.jit
 def _multi_scale_roi_align_bwd_gather_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5]
     K,  # number of RoIs
     N,  # images
     C,  # channels
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
     sampling_ratio,  # see _roi_align_fwd_kernel
     PH,  # pooled height
     PW,  # pooled width
-    a0,
-    a1,
-    a2,
-    a3,
-    a4,
-    a5,
-    a6,
-    a7,  # FPN level area thresholds (kernels/roi/__init__.py's forward)
-    g0,
-    g1,
-    g2,
-    g3,
-    g4,
-    g5,
-    g6,
-    g7,  # level grad buffers [N, C, H_l, W_l] contiguous fp32/64
-    H0,
-    H1,
-    H2,
-    H3,
-    H4,
-    H5,
-    H6,
-    H7,  # level heights
-    W0,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,  # level widths
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,  # level spatial scales
+    fpn,  # the 8 FPN level area thresholds (kernels/roi/align.py's forward)
+    grads,  # the 8 level grad buffers [N, C, H_l, W_l], contiguous fp32/64
+    heights,  # the 8 level heights
+    widths,  # the 8 level widths
+    scales,  # the 8 level spatial scales
     NUM_LEVELS: tl.constexpr,  # levels in use
     ALIGNED: tl.constexpr,  # see _roi_align_fwd_kernel
     DT: tl.constexpr,  # accumulation dtype
@@ -423,13 +359,8 @@ def _multi_scale_roi_align_bwd_gather_kernel(
     # the tiles of all levels are laid end to end along the grid; each program finds its level,
     # then gathers like _roi_align_bwd_gather_kernel from the RoIs assigned to that level
     n, c, tile = _gather_program(N, C, BLOCK_C)
-    heights, widths = (H0, H1, H2, H3, H4, H5, H6, H7), (W0, W1, W2, W3, W4, W5, W6, W7)
     lvl, tile = _level_of_tile(tile, NUM_LEVELS, heights, widths, TILE_H, TILE_W)
-    scales = (s0, s1, s2, s3, s4, s5, s6, s7)
-    gp, Hl, Wl, sl, _ok = _select_level(lvl, NUM_LEVELS, (g0, g1, g2, g3, g4, g5, g6, g7), heights, widths, scales, DT)
-    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
-    rois = (rois_ptr, roi_stride, roi_stride_f)
-    fpn = (a0, a1, a2, a3, a4, a5, a6, a7)
+    gp, Hl, Wl, sl, _ok = _select_level(lvl, NUM_LEVELS, grads, heights, widths, scales, DT)
     _align_gather(
         go,
         rois,

@@ -8,7 +8,16 @@ gather.py.
 import triton
 import triton.language as tl
 
-from .device import _batch, _bin_area, _channel_bin_tile, _int_pool_program, _load_bins, _store_out, _tile_zeros
+from .device import (
+    _batch,
+    _bin_area,
+    _channel_bin_tile,
+    _int_pool_program,
+    _load_bins,
+    _roi_batch,
+    _store_out,
+    _tile_zeros,
+)
 
 
 @triton.jit
@@ -31,22 +40,12 @@ def _max_step(best, arg, v, inside, idx):
 
 @triton.jit
 def _roi_pool_fwd_kernel(
-    input_ptr,  # [N, C, H, W] features, any strides (PS: [N, C_in, H, W], C_in = C * PH * PW)
-    rois_ptr,  # [K, 5]
+    feat,  # (input_ptr, N, C, H, W, 4 strides): [N, C, H, W] features, any strides, C the output
+    # channels (PS: the input has C_in = C * PH * PW)
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5]
     out_ptr,  # [K, C, PH, PW] contiguous, input dtype
     argmax_ptr,  # [K, C, PH, PW] contiguous int32: h*W + w of the max, -1 if empty (PS: None)
-    N,  # images
-    C,  # channels (PS: output channels)
-    H,  # height
-    W,  # width
-    stride_n,  # input strides, in elements
-    stride_c,
-    stride_h,
-    stride_w,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder: the bins are computed in float64
+    scale,  # spatial_scale (float32, remainder): the bins are computed in float64
     PH,  # pooled height
     PW,  # pooled width
     PS: tl.constexpr,  # ps_roi_pool: bins of length x2' - x1', input channel c*PH*PW + p, the mean
@@ -57,9 +56,9 @@ def _roi_pool_fwd_kernel(
 ):
     # ps channels c*PH*PW + p are not contiguous along either tile axis: the bin-fast layout
     tl.static_assert(not PS or not C_FAST, "PS needs C_FAST=False")
-    rois = (rois_ptr, roi_stride, roi_stride_f)
+    input_ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w = feat
     # roi_pool's RoI length is x2' - x1' + 1, ps_roi_pool's x2' - x1'
-    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 1 - PS, DT, BLOCK_C, BLOCK_P)
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale, PH, PW, 1 - PS, DT, BLOCK_C, BLOCK_P)
     b, hs, he, ws, we, max_h, max_w = bins
     cmask = c < C
     feat = input_ptr + b.to(tl.int64) * stride_n
@@ -95,23 +94,14 @@ def _roi_pool_fwd_kernel(
 
 @triton.jit
 def _roi_pool_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    argmax_ptr,  # [K, C, PH, PW] int32 from the forward, any strides
-    rois_ptr,  # [K, 5] (only the batch index is used)
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    am,  # (argmax_ptr, 4 strides): the forward's int32 argmax [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5] (only the batch index is used)
     grad_in_ptr,  # [N, C, H, W] contiguous float32/64, zero-filled, atomics
     N,  # images
     C,  # channels
     H,  # height
     W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    am_s0,  # argmax strides, in elements
-    am_s1,
-    am_s2,
-    am_s3,
-    roi_stride,  # rois.stride(0)
     PH,  # pooled height
     PW,  # pooled width
     DT: tl.constexpr,  # compute dtype
@@ -120,46 +110,37 @@ def _roi_pool_bwd_kernel(
 ):
     k = tl.program_id(0)
     P, c, p = _channel_bin_tile(tl.program_id(1), PH, PW, BLOCK_C, BLOCK_P)
-    b, ok = _batch(tl.load(rois_ptr + k.to(tl.int64) * roi_stride).to(DT), N)
+    b, ok = _batch(_roi_batch(rois, k, k >= 0, DT), N)
     # (a scalar bool is folded into the channel bound: the interpreter cannot broadcast one)
     m = (c < tl.where(ok, C, 0))[:, None] & (p < P)[None, :]
-    am = _load_bins((argmax_ptr, am_s0, am_s1, am_s2, am_s3), k, c, p, PW, m, -1)
-    g = _load_bins((grad_out_ptr, go_s0, go_s1, go_s2, go_s3), k, c, p, PW, m, 0.0).to(DT)
-    m = m & (am >= 0) & (am < H * W)  # never trust an index enough to write out of bounds
+    idx = _load_bins(am, k, c, p, PW, m, -1)
+    g = _load_bins(go, k, c, p, PW, m, 0.0).to(DT)
+    m = m & (idx >= 0) & (idx < H * W)  # never trust an index enough to write out of bounds
     base = grad_in_ptr + b.to(tl.int64) * C * H * W + (c * H * W)[:, None]
-    tl.atomic_add(base + am, g, mask=m, sem="relaxed")
+    tl.atomic_add(base + idx, g, mask=m, sem="relaxed")
 
 
 @triton.jit
 def _ps_roi_pool_bwd_kernel(
-    grad_out_ptr,  # [K, C, PH, PW] any strides
-    rois_ptr,  # [K, 5]
+    go,  # (grad_out_ptr, 4 strides): grad_out [K, C, PH, PW], any strides
+    rois,  # (rois_ptr, stride 0, stride 1): [K, 5]
     grad_in_ptr,  # [N, C_in, H, W] contiguous float32/64, zero-filled, atomics
     N,  # images
     C,  # output channels
     C_in,  # input channels
     H,  # height
     W,  # width
-    go_s0,  # grad_out strides, in elements
-    go_s1,
-    go_s2,
-    go_s3,
-    roi_stride,  # rois.stride(0)
-    roi_stride_f,  # rois.stride(1)
-    scale_hi,  # spatial_scale (float32 part)
-    scale_lo,  # spatial_scale remainder: the bins are computed in float64
+    scale,  # spatial_scale (float32, remainder): the bins are computed in float64
     PH,  # pooled height
     PW,  # pooled width
     DT: tl.constexpr,  # compute dtype
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # bins per program
 ):
-    rois = (rois_ptr, roi_stride, roi_stride_f)
-    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale_hi, scale_lo, PH, PW, 0, DT, BLOCK_C, BLOCK_P)
+    k, P, c, p, pmask, bins = _int_pool_program(rois, N, H, W, scale, PH, PW, 0, DT, BLOCK_C, BLOCK_P)
     b, hs, he, ws, we, max_h, max_w = bins
     cmask = c < C
     area = _bin_area(hs, he, ws, we, DT)
-    go = (grad_out_ptr, go_s0, go_s1, go_s2, go_s3)
     g = _load_bins(go, k, c, p, PW, cmask[:, None] & pmask[None, :], 0.0).to(DT) / area[None, :]
     base = grad_in_ptr + b.to(tl.int64) * C_in * H * W + (c * P * H * W)[:, None] + (p * H * W)[None, :]
     for dy in range(max_h):

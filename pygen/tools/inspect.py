@@ -29,6 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..kernels._compile_spec import constexpr_name
+from ..kernels._device import interpreting
+
 COLUMNS = (
     "source",
     "family",
@@ -240,7 +243,8 @@ def _spec_identity(d: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     fn = d["fn"]
     name = d.get("name") or getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "?")
     opts = {k: d[k] for k in _OPTION_KEYS if d.get(k) is not None}
-    config = ", ".join([f"{k}={v}" for k, v in dict(d["constexprs"]).items()] + [f"{k}={v}" for k, v in opts.items()])
+    consts = [f"{constexpr_name(fn, k)}={v}" for k, v in dict(d["constexprs"]).items()]
+    config = ", ".join(consts + [f"{k}={v}" for k, v in opts.items()])
     return name, config, opts
 
 
@@ -313,15 +317,11 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
     return row
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def triton_rows(families: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """One row per COMPILE_SPECS entry of every kernels module (of ``families``); ``limit``
     keeps the first entries of each module only."""
     fams = list(families) if families else None
-    if _interpreting():
+    if interpreting():
         # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled
         return _in_child("triton_rows", fams, limit)
     rows = []
@@ -335,7 +335,7 @@ def triton_spec_keys(families: Iterable[str] | None = None) -> list[tuple[str, s
     """``spec_key`` of every COMPILE_SPECS entry (of ``families``), in report order. Some kernels
     modules size their specs' tiles by TRITON_INTERPRET, so under the interpreter the keys come
     from a child process without it, as the compiled rows do (``triton_rows``)."""
-    if _interpreting():
+    if interpreting():
         return [tuple(k) for k in _in_child("triton_spec_keys", list(families) if families else None)]
     return [
         spec_key(spec, fam)

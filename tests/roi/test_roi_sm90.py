@@ -68,6 +68,7 @@ def _child() -> None:
     from triton.backends.compiler import GPUTarget
 
     from pygen.kernels import roi as kroi
+    from pygen.kernels._compile_spec import constexpr_name
 
     def compile_(spec, sig, consts):
         src = triton.compiler.ASTSource(fn=spec["fn"], signature=sig, constexprs=consts)
@@ -80,16 +81,21 @@ def _child() -> None:
             "what": spec["what"],
             "arg_names": list(spec["fn"].arg_names),
             "signature": spec["signature"],
-            "constexprs": sorted(spec["constexprs"]),
+            "constexprs": sorted(constexpr_name(spec["fn"], k) for k in spec["constexprs"]),
         }
         try:
             row.update(_ptxas_report(compile_(spec, spec["signature"], spec["constexprs"]).asm["ptx"]))
         except Exception as exc:  # noqa: BLE001 (the child reports any compile failure)
             row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         sig, consts = dict(spec["signature"]), dict(spec["constexprs"])
-        for name, ty in spec["signature"].items():
-            if ty == "i32" and not name.startswith(("go_s", "am_s", "roi_stride")):
+        for idx, (name, ty) in enumerate(spec["signature"].items()):
+            if name in ("go", "am", "rois"):  # (pointer, strides) views: strides stay as the spec has them
+                continue
+            if ty == "i32":
                 sig[name], consts[name] = "constexpr", 1
+            elif isinstance(ty, tuple):  # feat's sizes and strides, the FPN levels' sizes and strides
+                sig[name] = tuple("constexpr" if t == "i32" else t for t in ty)
+                consts.update({(idx, i): 1 for i, t in enumerate(ty) if t == "i32"})
         try:
             compile_(spec, sig, consts)
             row["unit_error"] = None
@@ -115,7 +121,10 @@ def test_specs_cover_every_kernel(compiled):
     assert set(compiled["kernels"]) == {s["name"] for s in compiled["specs"]}
     for s in compiled["specs"]:
         assert list(s["signature"]) == s["arg_names"], s["name"]
-        const = sorted(a for a, t in s["signature"].items() if t == "constexpr")
+        sig = s["signature"].items()
+        const = [a for a, t in sig if t == "constexpr"]  # and tuple elements (JSON lists) by "arg[i]"
+        const += [f"{a}[{i}]" for a, t in sig if isinstance(t, list) for i, e in enumerate(t) if e == "constexpr"]
+        const.sort()
         assert const == s["constexprs"], s["name"]
 
 
