@@ -317,15 +317,14 @@ def assert_rounded_bf16(out: torch.Tensor, exact: torch.Tensor, what: str, rel: 
     )
 
 
-def _gloo_rank(rank: int, world: int, init_file: str, run) -> None:
+def _gloo_rank(rank: int, world: int, init_file: str, run, timeout_s: float) -> None:
     import datetime
     import traceback
 
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
-    )
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout)
     torch.set_num_threads(1)
     errs: list[str] = []
     try:
@@ -341,11 +340,12 @@ def _gloo_rank(rank: int, world: int, init_file: str, run) -> None:
         dist.destroy_process_group()
 
 
-def run_gloo_ranks(run, world: int, preload: list[str]) -> None:
+def run_gloo_ranks(run, world: int, preload: list[str], timeout_s: float = 120) -> None:
     """``run(rank, world, group) -> [error lines]`` (a module-level function) in ``world`` gloo
-    processes on CPU; any rank's errors fail the test. forkserver: torch and ``preload`` are
-    imported once in the server, each rank is a cheap fork of it, and unlike a plain fork no rank
-    inherits OpenMP state from the pytest process."""
+    processes on CPU; any rank's errors fail the test, and so does a collective that waits longer
+    than ``timeout_s`` (a rank left waiting for its peers fails instead of hanging). forkserver:
+    torch and ``preload`` are imported once in the server, each rank is a cheap fork of it, and
+    unlike a plain fork no rank inherits OpenMP state from the pytest process."""
     import tempfile
 
     import torch.multiprocessing as mp
@@ -353,6 +353,6 @@ def run_gloo_ranks(run, world: int, preload: list[str]) -> None:
     mp.set_forkserver_preload(["torch", "torch.distributed", *preload])
     with tempfile.TemporaryDirectory() as d:
         mp.start_processes(
-            _gloo_rank, args=(world, os.path.join(d, "rendezvous"), run), nprocs=world, join=True,
+            _gloo_rank, args=(world, os.path.join(d, "rendezvous"), run, timeout_s), nprocs=world, join=True,
             start_method="forkserver",
         )  # fmt: skip

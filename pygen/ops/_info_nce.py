@@ -63,19 +63,27 @@ def positive_values(p: torch.Tensor, m: int, own: int, simclr: bool, symmetric: 
     """The value checks of positives p [n] (where checking_values says so): inside [0, m) (``keys``
     names the m rows), not query i's own key own + i (SimCLR: excluded), each key once
     (``symmetric``). One host read, one synchronisation on a GPU (sort, unlike unique, needs none)."""
-    n = p.shape[0]
-    if not (n and checking_values(p)):
-        return
-    out = (p < 0) | (p >= m)
+    if p.shape[0] and checking_values(p):
+        refuse_positives(p, positive_problems(p, m, own, simclr, symmetric).tolist(), m, keys)
+
+
+def positive_problems(p: torch.Tensor, m: int, own: int, simclr: bool, symmetric: bool) -> torch.Tensor:
+    """positive_values' three findings [out of range, self-paired, repeated] as a bool tensor on
+    p's device, not read (a process group agrees on them before any rank reads them)."""
     self_paired = repeated = torch.zeros((), dtype=torch.bool, device=p.device)
     if simclr:
-        self_paired = (p == torch.arange(own, own + n, device=p.device)).any()
+        self_paired = (p == torch.arange(own, own + p.shape[0], device=p.device)).any()
     if symmetric:
         s = torch.sort(p).values
         repeated = (s[1:] == s[:-1]).any()
-    bad_range, self_paired, repeated = torch.stack([out.any(), self_paired, repeated]).tolist()
+    return torch.stack([((p < 0) | (p >= m)).any(), self_paired, repeated])
+
+
+def refuse_positives(p: torch.Tensor, problems: list[bool], m: int, keys: str) -> None:
+    """The ValueError for the first of positive_problems' findings, read on the host (if any)."""
+    bad_range, self_paired, repeated = problems
     if bad_range:
-        raise ValueError(f"{NAME}: positives holds {int(p[out][0])}, outside [0, {m}) ({keys})")
+        raise ValueError(f"{NAME}: positives holds {int(p[(p < 0) | (p >= m)][0])}, outside [0, {m}) ({keys})")
     if self_paired:
         raise ValueError(f"{NAME}: positives must not point a query at itself (keys=None excludes the self-similarity)")
     if repeated:
@@ -85,7 +93,8 @@ def positive_values(p: torch.Tensor, m: int, own: int, simclr: bool, symmetric: 
 def check(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives, reduction,
           distributed: bool):  # fmt: skip
     """Validate every argument (ValueError / TypeError naming it); returns the temperature. Under a
-    process group the positives' values are checked later, against every rank's keys."""
+    process group the positives' values are checked later, against every rank's keys (and every
+    refusal is agreed by the ranks: pygen/ops/_info_nce_ring.py)."""
     _embeddings(queries, "queries", None)
     simclr = keys is None
     if not simclr:

@@ -18,6 +18,12 @@ accumulator home, holding the key gradient from every rank's queries. Query grad
 Every rank returns the global loss (a sum over ranks whose backward is the identity: each rank
 backpropagates its own rows, and the ring delivers the cross-rank terms), so calling backward on
 every rank gives each rank d(global loss) / d(own inputs).
+
+Argument checks: one rank's arguments may be refused where the others' are not (its batch sizes,
+its positives), and a rank that raised alone would leave the others waiting for it in a
+collective. So every rank's refusal rides on the sizes' all-gather, the positives' value checks
+(global indices: known only after it) on one all-reduce, and every rank raises the same error,
+made of the refusing ranks' messages.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import torch.distributed as dist
 
 from ..ref import losses as ref
 from . import _info_nce, _registry
+from ._common_checks import checking_values
 
 NAME = _info_nce.NAME
+_REFUSALS = (ValueError, TypeError, RuntimeError)  # a rank's argument checks' errors (RuntimeError: no backend)
+_SAID = 512  # bytes of a refusal's message that reach the other ranks
 
 
 def _sizes(group, *counts: int, device) -> list[list[int]]:
@@ -141,45 +150,91 @@ def _layout(sizes, rank: int, row: int, col: int):
     return sum(s[row] for s in sizes[:rank]), cols0, cols
 
 
-def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: int, device) -> torch.Tensor:
-    """Indices into the concatenated keys; the default pairs each query with a key of its own rank."""
+def _refuse(group, device, kind: type, mine: Exception | None):
+    """Raise the same ``kind`` error on every rank (each calls this once a collective has told them
+    all that some rank refused), made of the messages of the ranks that refused (``mine`` on this
+    one): one all-gather of the messages as bytes, on the error path only."""
+    said = (str(mine) or type(mine).__name__).removeprefix(f"{NAME}: ").encode()[:_SAID] if mine else b""
+    raw = torch.zeros(_SAID, dtype=torch.uint8)
+    raw[: len(said)] = torch.tensor(list(said), dtype=torch.uint8)
+    every = [torch.empty(_SAID, dtype=torch.uint8, device=device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(every, raw.to(device), group=group)
+    lines = [bytes(t).rstrip(b"\0").decode(errors="ignore") for t in torch.stack(every).cpu().tolist()]
+    raise kind(f"{NAME}: " + "; ".join(f"rank {r} of {len(lines)}: {t}" for r, t in enumerate(lines) if t)) from mine
+
+
+def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: int, device, check, group):
+    """Indices into the concatenated keys; the default pairs each query with a key of its own rank.
+    ``check``: (this rank, some rank) checks the values of its positives. They are per-rank data, so
+    the ranks agree on the outcome (one all-reduce, one host read) before any of them enters the ring."""
     if positives is None:
-        return ref.info_nce_positives(n, simclr, device) + own_cols0
-    p = positives.long()
-    # SimCLR: the keys are the queries, so query i's own key is own_cols0 + i
-    _info_nce.positive_values(p, total, own_cols0, simclr, False, "the keys of every rank")
+        p = ref.info_nce_positives(n, simclr, device) + own_cols0
+    else:
+        p = positives.long()
+    mine, anyone = check
+    if not anyone:
+        return p
+    found = torch.zeros(3, dtype=torch.bool, device=device)
+    if mine:  # SimCLR: the keys are the queries, so query i's own key is own_cols0 + i
+        found = _info_nce.positive_problems(p, total, own_cols0, simclr, False)
+    bad = found.any().to(torch.int32)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=group)
+    if bad.item():
+        refused = None
+        try:
+            _info_nce.refuse_positives(p, found.tolist(), total, "the keys of every rank")
+        except ValueError as e:
+            refused = e
+        _refuse(group, device, ValueError, refused)
     return p
 
 
-def info_nce(queries, keys, temp, positives, queue, symmetric, normalize, batch_negatives, reduction, *, group,
+def info_nce(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives, reduction, *, group,
              backend):  # fmt: skip
-    """pygen.ops.info_nce with ``group`` (the arguments are checked there)."""
-    if backend not in ("cpu", "triton"):
-        raise ValueError(f"{NAME}: group= needs a kernel backend ('cpu' or 'triton'), got {backend!r}")
+    """pygen.ops.info_nce with ``group``: the arguments are checked here, a refusal on any rank
+    raised on every rank (module docstring)."""
+    from .losses import _pick, _stats  # (losses imports this module)
+
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(f"{NAME}: group= needs torch.distributed to be initialised")
-    if symmetric and positives is not None:
-        raise ValueError(f"{NAME}: symmetric=True with group= supports the default positives (key i of each rank)")
-    if not batch_negatives and positives is not None:
-        raise ValueError(f"{NAME}: batch_negatives=False with group= supports the default positives")
+    refused = None
+    try:
+        temp = _info_nce.check(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives,
+                               reduction, True)  # fmt: skip
+        backend = _pick(NAME, queries, backend)
+        if backend not in ("cpu", "triton"):
+            raise ValueError(f"{NAME}: group= needs a kernel backend ('cpu' or 'triton'), got {backend!r}")
+        if symmetric and positives is not None:
+            raise ValueError(f"{NAME}: symmetric=True with group= supports the default positives (key i of each rank)")
+        if not batch_negatives and positives is not None:
+            raise ValueError(f"{NAME}: batch_negatives=False with group= supports the default positives")
+    except _REFUSALS as e:
+        refused = e
+    usable = isinstance(queries, torch.Tensor) and queries.device.type != "meta"
+    device = queries.device if usable else torch.device("cpu")  # (where the collectives run)
     simclr = keys is None
+    n, m = (0, 0) if refused else (queries.shape[0], queries.shape[0] if simclr else keys.shape[0])
+    code = next((i for i, kind in enumerate(_REFUSALS, 1) if isinstance(refused, kind)), 0)
+    check = refused is None and positives is not None and checking_values(positives)
+    ring = _Ring(group)
+    # the refusals ride on the sizes' all-gather (codes 1, 2, 3: _REFUSALS): every rank learns of them
+    sizes = _sizes(group, n, m, code, check, device=device)
+    codes = [s[2] for s in sizes if s[2]]
+    if codes:
+        _refuse(group, device, _REFUSALS[codes[0] - 1], refused)
     q = _info_nce.unit(queries, normalize)
     k = q if simclr else _info_nce.unit(keys, normalize)
-    n = q.shape[0]
-    ring = _Ring(group)
-    sizes = _sizes(group, n, k.shape[0], device=q.device)
     layout = _layout(sizes, ring.rank, 0, 1)
     own_cols0 = layout[1][ring.rank]
-    p = _global_positives(positives, n, simclr, own_cols0, sum(layout[2]), q.device)
+    anyone = any(s[3] for s in sizes)
+    p = _global_positives(positives, n, simclr, own_cols0, sum(layout[2]), device, (check, anyone), group)
     h = q / temp
 
     def stats(h_, w, t, exclude):
         if w is k and batch_negatives:  # the ring over every rank's key blocks
             lse, picked = _RingStats.apply(h_, w, t, exclude is not None, layout, ring, backend)
             return lse, picked, None, None
-        from .losses import _stats  # the local queue pass
-
-        return _stats(backend, h_, w, t, None, 1.0, None, False, 0.0, exclude)
+        return _stats(backend, h_, w, t, None, 1.0, None, False, 0.0, exclude)  # the local queue pass
 
     rows = _info_nce.rows(stats, h, k, _info_nce.unit(queue, normalize), p - (0 if batch_negatives else own_cols0),
                           simclr, batch_negatives, distributed=True)  # fmt: skip

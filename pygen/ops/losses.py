@@ -312,15 +312,14 @@ def info_nce(
     ring of key blocks so no rank holds all keys (pygen/ops/_info_nce_ring.py). Every rank gets the
     global loss ("none": its own rows), and backward, which every rank must run (it is collective),
     gives each rank the gradient of that loss with respect to its own inputs."""
-    distributed = group is not None
-    temp = _info_nce.check(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives,
-                           reduction, distributed)  # fmt: skip
-    b = _pick(_info_nce.NAME, queries, backend)
-    if distributed:
+    if group is not None:  # checked there: a refusal on one rank must be raised on every rank
         from . import _info_nce_ring
 
-        args = (queries, keys, temp, positives, queue, symmetric, normalize, batch_negatives, reduction)
-        return _info_nce_ring.info_nce(*args, group=group, backend=b)
+        args = (queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives, reduction)
+        return _info_nce_ring.info_nce(*args, group=group, backend=backend)
+    temp = _info_nce.check(queries, keys, temperature, positives, queue, symmetric, normalize, batch_negatives,
+                           reduction, False)  # fmt: skip
+    b = _pick(_info_nce.NAME, queries, backend)
     if b == "reference":
         return ref.info_nce(queries, keys, temperature=temp, positives=positives, queue=queue, symmetric=symmetric,
                             normalize=normalize, batch_negatives=batch_negatives, reduction=reduction)  # fmt: skip

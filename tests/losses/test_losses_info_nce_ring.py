@@ -13,6 +13,8 @@ Scenarios (one spawn per world size, float64, cpu backend; uneven rows per rank,
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -126,3 +128,39 @@ def _simclr_positives(rank: int, world: int, group) -> list[str]:
 
 def test_simclr_positives_are_global_indices():
     run_gloo_ranks(_simclr_positives, 2, ["pygen.ops"])
+
+
+def _one_rank_refused(rank: int, world: int, group) -> list[str]:
+    """Positives that only rank 1 gets wrong (data the other ranks never see) are refused on every
+    rank, with the same error, before any rank enters the ring: rank 0 used to go on into the ring
+    and wait there for rank 1 forever. A legal call afterwards shows the ranks are still in step."""
+    from pygen import ops
+
+    sizes = [4, 6]
+    row0, n = sum(sizes[:rank]), sizes[rank]
+    g = torch.Generator().manual_seed(rank)
+    q, k = (torch.randn(n, D, generator=g, dtype=torch.float64) for _ in range(2))
+    own = torch.arange(n) + row0  # key i of this rank: legal without SimCLR
+    views = (torch.arange(n) + n // 2) % n + row0  # the other view on this rank: legal with SimCLR
+    cases = [  # keys, rank 1's positives (rank 0 passes legal ones), the error every rank must raise
+        (k, torch.full((n,), 10), ValueError, r"rank 1 of 2: positives holds 10, outside \[0, 10\)"),
+        (None, own, ValueError, "rank 1 of 2: positives must not point a query at itself"),
+        (k, own[1:], ValueError, r"rank 1 of 2: positives must have shape \(6,\)"),
+        (k, own.float(), TypeError, "rank 1 of 2: positives must have dtype"),
+    ]
+    errs: list[str] = []
+    for keys, bad, err, match in cases:
+        legal = own if keys is not None else views
+        try:
+            ops.info_nce(q, keys, temperature=0.5, positives=bad if rank else legal, group=group, backend="cpu")
+            errs.append(f"rank {rank}: rank 1's positives {bad.tolist()} were not refused")
+        except err as e:
+            if not re.search(match, str(e)):
+                errs.append(f"rank {rank}: {type(e).__name__} {e!r} does not match {match!r}")
+    ops.info_nce(q, k, temperature=0.5, positives=own, group=group, backend="cpu")
+    return errs
+
+
+def test_one_rank_bad_positives_raise_on_every_rank():
+    # the calls take well under a second: a rank left waiting for its peer fails the test in 30 s
+    run_gloo_ranks(_one_rank_refused, 2, ["pygen.ops"], timeout_s=30)
