@@ -63,6 +63,15 @@ def _deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
+def _strided_grad(grad: torch.Tensor) -> torch.Tensor:
+    """grad_out as the backward kernels get it: read through its strides, so an expanded gradient
+    (what ``out.sum().backward()`` sends) is not copied, unless one RoI's [C, PH, PW] block spans
+    2^31 elements or more (the Triton kernels' offsets within a RoI are 32-bit; the C++ ones are
+    64-bit throughout)."""
+    span = sum((n - 1) * s for n, s in zip(grad.shape[1:], grad.stride()[1:]))
+    return grad if span < 2**31 else grad.contiguous()
+
+
 def _finish(acc: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
 
@@ -78,7 +87,7 @@ def _roi_align_fwd(L, input, rois, ph, pw, scale, sampling_ratio, aligned):
 def _roi_align_bwd(L, grad, rois, n, c, h, w, scale, sampling_ratio, aligned, deterministic):
     acc = _new_grad(grad, n, c, h, w, acc=True)
     if grad.numel() and acc.numel():
-        L.roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, aligned, deterministic)
+        L.roi_align_bwd(_strided_grad(grad), rois, acc, scale, sampling_ratio, aligned, deterministic)
     return _finish(acc, grad)
 
 
@@ -98,7 +107,7 @@ def _roi_pool_fake(input, rois, ph, pw, scale):
 def _roi_pool_bwd(L, grad, argmax, rois, n, c, h, w, deterministic):
     acc = _new_grad(grad, n, c, h, w, acc=True)
     if grad.numel() and acc.numel():
-        L.roi_pool_bwd(grad.contiguous(), argmax, rois, acc, deterministic)
+        L.roi_pool_bwd(_strided_grad(grad), argmax, rois, acc, deterministic)
     return _finish(acc, grad)
 
 
@@ -116,7 +125,7 @@ def _ps_roi_align_fwd(L, input, rois, ph, pw, scale, sampling_ratio):
 def _ps_roi_align_bwd(L, grad, rois, n, c, h, w, scale, sampling_ratio, deterministic):
     acc = _new_grad(grad, n, c, h, w, acc=True)
     if grad.numel() and acc.numel():
-        L.ps_roi_align_bwd(grad.contiguous(), rois, acc, scale, sampling_ratio, deterministic)
+        L.ps_roi_align_bwd(_strided_grad(grad), rois, acc, scale, sampling_ratio, deterministic)
     return _finish(acc, grad)
 
 
@@ -130,7 +139,7 @@ def _ps_roi_pool_fwd(L, input, rois, ph, pw, scale):
 def _ps_roi_pool_bwd(L, grad, rois, n, c, h, w, scale, deterministic):
     acc = _new_grad(grad, n, c, h, w, acc=True)
     if grad.numel() and acc.numel():
-        L.ps_roi_pool_bwd(grad.contiguous(), rois, acc, scale, deterministic)
+        L.ps_roi_pool_bwd(_strided_grad(grad), rois, acc, scale, deterministic)
     return _finish(acc, grad)
 
 
@@ -161,7 +170,7 @@ def _ms_bwd(
     accs = [_new_grad(grad, n, c, h, w, acc=True) for h, w in zip(heights, widths)]
     if grad.numel() and any(a.numel() for a in accs):
         L.multi_scale_roi_align_bwd(
-            grad.contiguous(),
+            _strided_grad(grad),
             rois,
             accs,
             list(scales),

@@ -77,6 +77,36 @@ def test_backward_matches_reference(op, device, backend, gen):
             assert_close_to_ref(gx, g64, gs, atol=4 * ATOL[dtype], what=f"grad {op} {backend} {dtype} {kw}")
 
 
+@pytest.mark.parametrize("device,backend", backend_params(kernel_only=True))
+@pytest.mark.parametrize("op", OPS)
+def test_backward_reads_an_expanded_grad_in_place(op, device, backend, gen, monkeypatch):
+    """An expanded grad_out (one [C, PH, PW] block for every RoI: stride 0 over K, as a broadcast
+    loss sends) reaches the kernels uncopied, and gives the gradient of its contiguous copy."""
+    import importlib
+
+    launchers = importlib.import_module(ops.roi._LAUNCHER_MODULE[backend])
+    real = getattr(launchers, f"{op}_bwd")
+    seen = []
+    monkeypatch.setattr(launchers, f"{op}_bwd", lambda g, *a: (seen.append(g.stride(0)), real(g, *a))[1])
+    for case in CASES[op]:
+        x, rois, pooled, kw = _problem(op, case, torch.float32, device, gen)
+        x.requires_grad_(True)
+        out = _run(op, x, rois, pooled, kw, backend)
+        g = torch.randn(out.shape[1:], generator=gen).to(device).expand(out.shape)
+        (gx,) = torch.autograd.grad(out, x, g)
+        (gc,) = torch.autograd.grad(_run(op, x, rois, pooled, kw, backend), x, g.contiguous())
+        torch.testing.assert_close(gx, gc, rtol=1e-5, atol=1e-6)
+    assert seen[::2] == [0] * len(CASES[op]), seen  # the expanded grads were not copied
+
+
+def test_backward_copies_a_grad_whose_roi_block_spans_2_31():
+    """The Triton kernels' offsets within one RoI's block are 32-bit: a wider block is copied."""
+    wide = torch.empty_strided((2, 3, 2, 2), (0, 2**30, 2, 1), device="meta")  # span 2^31 + 3
+    assert ops.roi._strided_grad(wide).is_contiguous()
+    narrow = torch.empty_strided((2, 3, 2, 2), (0, 2**29, 2, 1), device="meta")
+    assert ops.roi._strided_grad(narrow) is narrow
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("op", OPS)
 def test_gradcheck_float64(op, backend, gen):
