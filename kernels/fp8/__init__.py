@@ -55,7 +55,9 @@ def _num_sms(device) -> int:
     return NUM_SMS_H100  # the interpreter runs the schedule an H100/H200 would
 
 
-def gemm_config(m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False, device="cuda") -> GemmConfig:
+def gemm_config(
+    m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False, device: str | torch.device = "cuda"
+) -> GemmConfig:
     """The tile configuration for one shape class (docs/fp8.md, "Tile configurations").
 
     decode      M <= 64        swap A/B: weight rows are the wgmma M side (64), tokens the N side

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import interpreting as _interpreting, launches_on_device
@@ -98,7 +99,17 @@ def _common(hidden, weight, bias, scale, softcap, cfg: Config):
 
 
 @launches_on_device
-def linear_ce_fwd(hidden, weight, bias, targets, part, scale, softcap, entropy, exclude=None):
+def linear_ce_fwd(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    part: Tensor,
+    scale: float,
+    softcap: float | None,
+    entropy: bool,
+    exclude: int | None = None,
+) -> None:
     """Per-split partials of the online logsumexp into ``part`` [5, S, N] (module docstring)."""
     n, v = hidden.shape[0], weight.shape[0]
     if n == 0:
@@ -127,8 +138,21 @@ def linear_ce_fwd(hidden, weight, bias, targets, part, scale, softcap, entropy, 
 
 @launches_on_device
 def linear_ce_bwd(
-    hidden, weight, bias, targets, lse, coef, grad_h, grad_w, grad_b, scale, softcap, filter_eps, entropy, exclude=None
-):
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    lse: Tensor,
+    coef: Tensor,
+    grad_h: Tensor | None,
+    grad_w: Tensor | None,
+    grad_b: Tensor | None,
+    scale: float,
+    softcap: float | None,
+    filter_eps: float,
+    entropy: bool,
+    exclude: int | None = None,
+) -> None:
     """Accumulate the gradients of the recomputed tiles into grad_h / grad_w / grad_b (module
     docstring); a None gradient is not computed."""
     n, v = hidden.shape[0], weight.shape[0]
@@ -265,12 +289,33 @@ def _grpo_launch(log_probs, old, ref, adv, mask, out, g, eps_low, eps_high, beta
 
 
 @launches_on_device
-def grpo_fwd(log_probs, old, ref, adv, mask, part, eps_low, eps_high, beta):
+def grpo_fwd(
+    log_probs: Tensor,
+    old: Tensor | None,
+    ref: Tensor | None,
+    adv: Tensor,
+    mask: Tensor,
+    part: Tensor,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+) -> None:
     _grpo_launch(log_probs, old, ref, adv, mask, part, adv, eps_low, eps_high, beta, backward=False)
 
 
 @launches_on_device
-def grpo_bwd(g, log_probs, old, ref, adv, mask, grad, eps_low, eps_high, beta):
+def grpo_bwd(
+    g: Tensor,
+    log_probs: Tensor,
+    old: Tensor | None,
+    ref: Tensor | None,
+    adv: Tensor,
+    mask: Tensor,
+    grad: Tensor,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+) -> None:
     _grpo_launch(log_probs, old, ref, adv, mask, grad, g, eps_low, eps_high, beta, backward=True)
 
 

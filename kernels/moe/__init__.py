@@ -336,7 +336,18 @@ def route_config(num_tokens: int, num_experts: int, n_group: int, topk_group: in
     }
 
 
-def route_fwd(logits, bias, ids, weights, scoring, n_group, topk_group, norm, scale, tile=None):
+def route_fwd(
+    logits: Tensor,
+    bias: Tensor | None,
+    ids: Tensor,
+    weights: Tensor,
+    scoring: str,
+    n_group: int,
+    topk_group: int,
+    norm: bool,
+    scale: float,
+    tile: int | None = None,
+) -> None:
     """ids/weights [T, k] contiguous int32/float32; logits [T, E] and bias [E] (either copied if strided
     along E: the kernel reads both with unit stride there)."""
     t, e = logits.shape
@@ -689,7 +700,7 @@ ROUTE_SPECS = (  # (E, top_k, n_group, topk_group, scoring, bias): DeepSeek-V3, 
 )
 
 
-def route_spec(e, k, g, tg, scoring, bias, tokens=4096):
+def route_spec(e: int, k: int, g: int, tg: int, scoring: str, bias: bool, tokens: int = 4096) -> dict:
     """COMPILE_SPECS entry of _moe_route_fwd_kernel as route_fwd launches it for [tokens, e] fp32
     logits: runtime ints equal to 1 become constexprs and sizes divisible by 16 are marked so,
     as Triton's launcher specialises them."""

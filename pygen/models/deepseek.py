@@ -26,6 +26,7 @@ but 32 routed experts instead of 256, so the block builds in seconds (1.6 B para
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,7 @@ class DenseMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -436,7 +437,9 @@ MODELS = {
 }
 
 
-def build(name: str = "deepseek_v3_block", quick: bool = False, backend: str | None = None, **overrides):
+def build(
+    name: str = "deepseek_v3_block", quick: bool = False, backend: str | None = None, **overrides: Any
+) -> tuple[nn.Module, Any]:
     """(model, config) like pygen.models.build, for use before the integrator registers MODELS."""
     cls, cfg_cls = MODELS[name]
     cfg = cfg_cls.quick() if quick else cfg_cls()

@@ -115,13 +115,13 @@ class FlowStep(nn.Module):
         else:
             self.coupling = pnn.AdditiveCoupling(coupling_net(half, channels - half, hidden), backend=backend)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, ld0 = self.actnorm(x)
         x, ld1 = self.invconv(x)
         x, ld2 = self.coupling(x)
         return x, ld0 + ld1 + ld2
 
-    def inverse(self, y):
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, ld2 = self.coupling.inverse(y)
         y, ld1 = self.invconv.inverse(y)
         y, ld0 = self.actnorm.inverse(y)

@@ -154,7 +154,7 @@ class MaskedFeedforwardBlock(_MaskedBlock):
         self.linear = _masked(in_degrees, features, autoregressive_features, random_mask, backend)
         self.degrees = self.linear.degrees
 
-    def forward(self, inputs, context=None):
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.batch_norm(inputs) if self.batch_norm is not None else inputs
         name = activation_name(self.activation)
         h = self.linear(h, activation=name) if name else _callable(self.activation)(self.linear(h))
@@ -187,7 +187,7 @@ class MaskedResidualBlock(_MaskedBlock):
             init.uniform_(linear_1.weight, a=-1e-3, b=1e-3)
             init.uniform_(linear_1.bias, a=-1e-3, b=1e-3)
 
-    def forward(self, inputs, context=None):
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         act = _callable(self.activation)
         name = activation_name(self.activation)
         h = self.batch_norm_layers[0](inputs) if self.use_batch_norm else inputs
@@ -501,7 +501,7 @@ class MaskedAffineAutoregressiveTransform(nn.Module):
         p = params.view(-1, features, 2)
         return ref.affine_scale(p[..., 0]), p[..., 1]
 
-    def forward(self, inputs, context=None):
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.autoregressive_net
         h = net.hidden(inputs, context)
         args = net.final_layer.kernel_args() if not torch.compiler.is_compiling() else ("mask",)
@@ -519,7 +519,7 @@ class MaskedAffineAutoregressiveTransform(nn.Module):
         scale, shift = self._scale_shift(net.final_layer(h), self.features)
         return scale * inputs + shift, torch.log(scale).sum(dim=-1)
 
-    def inverse(self, inputs, context=None):
+    def inverse(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x, params = self.autoregressive_net.sample_with_noise(inputs, "affine", context, return_params=True)
         scale, _ = self._scale_shift(params, self.features)
         return x, -torch.log(scale).sum(dim=-1)
@@ -529,14 +529,14 @@ class InverseAutoregressiveTransform(nn.Module):
     """The IAF layer: the MAF layer run backwards (forward = MAF inverse, inverse = MAF forward),
     so sampling through it is one network pass and density evaluation is autoregressive."""
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__()
         self.transform = MaskedAffineAutoregressiveTransform(*args, **kw)
 
-    def forward(self, inputs, context=None):
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform.inverse(inputs, context)
 
-    def inverse(self, inputs, context=None):
+    def inverse(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(inputs, context)
 
 
@@ -638,7 +638,7 @@ class MADEProfileModel(nn.Module):
             backend=backend,
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.made.log_prob(x)
 
     @staticmethod

@@ -42,13 +42,23 @@ def _compute(w: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if w is None else w.reshape(-1).to(_cdt(like)).contiguous()
 
 
-def unpermute_fwd(y, row_of_slot, weights, top_k, out):
+def unpermute_fwd(
+    y: torch.Tensor, row_of_slot: torch.Tensor, weights: torch.Tensor | None, top_k: int, out: torch.Tensor
+) -> None:
     """y [T*k, H] unit column stride; row_of_slot int32 [T*k] (-1: none); weights [T, k] or None;
     out [T, H] contiguous, y's dtype."""
     call("moe_unpermute", y, row_of_slot, _compute(weights, y), top_k, out)
 
 
-def unpermute_bwd(grad, y, sorted_slots, weights, top_k, dy, dw):
+def unpermute_bwd(
+    grad: torch.Tensor,
+    y: torch.Tensor,
+    sorted_slots: torch.Tensor,
+    weights: torch.Tensor | None,
+    top_k: int,
+    dy: torch.Tensor | None,
+    dw: torch.Tensor | None,
+) -> None:
     """grad [T, H] (cast to y's dtype); dy [T*k, H] contiguous or None; dw [T, k] or None (filled
     here: computed in the compute dtype, then cast into dw)."""
     dwc = None if dw is None else torch.zeros(dw.numel(), dtype=_cdt(y), device=dw.device)

@@ -15,6 +15,10 @@ bfloat16 (float64 is a cpu-backend dtype).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
+
 from .._ext import call, launcher
 from ..ref.roi import fpn_level_thresholds
 
@@ -30,11 +34,30 @@ ps_roi_pool_bwd = launcher("ps_roi_pool_bwd")  # (grad_out, rois, grad_input, sp
 
 # multi_scale_roi_align: the FPN level rule (canonical scale s0 and level k0) crosses as the area
 # thresholds of pygen.ref.roi.fpn_level_thresholds, computed here in the rois' dtype.
-def multi_scale_roi_align_fwd(features, rois, out, scales, sampling_ratio, aligned, s0, k0):
+def multi_scale_roi_align_fwd(
+    features: Sequence[torch.Tensor],
+    rois: torch.Tensor,
+    out: torch.Tensor,
+    scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+    s0: float,
+    k0: float,
+) -> None:
     levels = fpn_level_thresholds(scales, s0, k0, rois.dtype)
     call("multi_scale_roi_align_fwd", features, rois, out, scales, sampling_ratio, aligned, levels)
 
 
-def multi_scale_roi_align_bwd(grad_out, rois, grad_features, scales, sampling_ratio, aligned, s0, k0, determ):
+def multi_scale_roi_align_bwd(
+    grad_out: torch.Tensor,
+    rois: torch.Tensor,
+    grad_features: Sequence[torch.Tensor],
+    scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+    s0: float,
+    k0: float,
+    determ: bool,
+) -> None:
     levels = fpn_level_thresholds(scales, s0, k0, rois.dtype)
     call("multi_scale_roi_align_bwd", grad_out, rois, grad_features, scales, sampling_ratio, aligned, levels, determ)

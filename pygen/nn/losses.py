@@ -27,7 +27,9 @@ class LinearCrossEntropyLoss(nn.Module):
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.options = options  # keyword arguments of the op, checked by it at the call
 
-    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias=None):
+    def forward(
+        self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return L.linear_cross_entropy(
             hidden, weight, targets, bias, ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, **self.options,
@@ -55,8 +57,15 @@ class InfoNCELoss(nn.Module):
         self.temperature, self.symmetric = temperature, symmetric
         self.options = options
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor | None = None, *, positives=None, queue=None,
-                temperature=None):  # fmt: skip
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        *,
+        positives: torch.Tensor | None = None,
+        queue: torch.Tensor | None = None,
+        temperature: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         temp = self.temperature if temperature is None else temperature
         return L.info_nce(queries, keys, temperature=temp, positives=positives, queue=queue, symmetric=self.symmetric,
                           **self.options)  # fmt: skip
@@ -85,18 +94,36 @@ class GRPOLoss(nn.Module):
         self.loss_type, self.max_completion_length = loss_type, max_completion_length
         self.options = options
 
-    def _settings(self, num_items_in_batch) -> dict:
+    def _settings(self, num_items_in_batch: int | torch.Tensor | None) -> dict:
         return dict(
             epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, beta=self.beta, loss_type=self.loss_type,
             max_completion_length=self.max_completion_length, num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
-    def forward(self, log_probs, old_log_probs, ref_log_probs, advantages, mask, num_items_in_batch=None):
+    def forward(
+        self,
+        log_probs: torch.Tensor,
+        old_log_probs: torch.Tensor | None,
+        ref_log_probs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         options = {k: v for k, v in self.options.items() if k not in ("temperature", "filter_eps")}
         return L.grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask,
                            **self._settings(num_items_in_batch), **options)  # fmt: skip
 
-    def linear(self, hidden, weight, tokens, old_log_probs, ref_log_probs, advantages, mask, num_items_in_batch=None):
+    def linear(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        tokens: torch.Tensor,
+        old_log_probs: torch.Tensor | None,
+        ref_log_probs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return L.linear_grpo_loss(hidden, weight, tokens, old_log_probs, ref_log_probs, advantages, mask,
                                   **self._settings(num_items_in_batch), **self.options)  # fmt: skip
 

@@ -98,8 +98,16 @@ def attention_weights_requested(config: Any, kwargs: dict) -> bool:
 
 
 def attention_explicit(
-    q, k, v, mask, scale: float, dropout: float = 0.0, training: bool = False, *, return_weights: bool = False
-):
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dropout: float = 0.0,
+    training: bool = False,
+    *,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """softmax(scale q k^T + mask) v as transformers' eager path computes it.
     q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv], mask None (= bottom-right causal), bool
     keep-mask or additive float [b, 1|H, s, S]; returns [b, s, H, Dv], or with ``return_weights``
@@ -125,7 +133,9 @@ def attention_explicit(
     return (out, w) if return_weights else out
 
 
-def attention_prefill(q, k, v, scale: float, backend: str | None):
+def attention_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str | None
+) -> torch.Tensor:
     """Bottom-right causal attention of equal-length batches through pygen.ops.mla_prefill.
     q [b, s, H, Dq], k [b, S, H, Dq], v [b, S, H, Dv] -> [b, s, H, Dv]."""
     from ..ops.mla import mla_prefill

@@ -115,7 +115,7 @@ def _act_fn(kind: str):
     return {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[kind]
 
 
-def resolve_fields(config=None, **overrides) -> dict[str, Any]:
+def resolve_fields(config: Any = None, **overrides: Any) -> dict[str, Any]:
     """The layer's fields from a DeepseekV3-style config and/or keywords (keywords win). Raises
     ValueError naming the field for missing or inconsistent values."""
     unknown = set(overrides) - set(_FIELDS)

@@ -25,6 +25,7 @@ None turns it off; it is off whenever the gradient is dense (label smoothing, en
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def finish_partials(part: torch.Tensor):
+def finish_partials(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Combine the per-split partials part [5, S, N] (kernels/losses/linear_logsumexp.py) into the
     row statistics (lse, target logit, sum u, mu) of pygen.ref.losses.row_stats. A row with no
     column left (every one excluded) gets lse = -inf and mu = 0, not NaN."""
@@ -205,7 +206,7 @@ def linear_cross_entropy(
     filter_eps: float | str | None = "auto",
     dtype: torch.dtype | None = None,
     backend: str | None = None,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``F.cross_entropy(hidden @ weight.T + bias, targets, ignore_index=, reduction=,
     label_smoothing=)`` without the [N, V] logits, plus ``z_loss * lse^2`` per valid token
     (PaLM / Liger) and Gemma 2 soft-capping ``softcap * tanh(logits / softcap)`` before the softmax.
@@ -255,7 +256,7 @@ def linear_log_probs(
     return_entropy: bool = False,
     filter_eps: float | str | None = "auto",
     backend: str | None = None,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log p(token) = log softmax(hidden @ weight.T / temperature)[token] (and with
     ``return_entropy`` the entropy of each row's distribution), without the [N, V] logits: the
     building block of policy-gradient losses (GRPO). hidden [*, H], weight [V, H], tokens [*] in
@@ -289,9 +290,9 @@ def info_nce(
     normalize: bool = True,
     batch_negatives: bool = True,
     reduction: str = "mean",
-    group=None,
+    group: torch.distributed.ProcessGroup | None = None,
     backend: str | None = None,
-):
+) -> torch.Tensor:
     """Contrastive InfoNCE over the similarities q_i . k_j / T (cosine with ``normalize``) without
     the [N, M] matrix: memory O((N + M + K) d). The math is pygen/ref/losses.py's InfoNCE section.
 
@@ -426,9 +427,9 @@ def grpo_loss(
     beta: float = 0.04,
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
-    num_items_in_batch=None,
+    num_items_in_batch: int | torch.Tensor | None = None,
     backend: str | None = None,
-):
+) -> torch.Tensor:
     """TRL GRPOTrainer's loss (pygen/ref/losses.py's GRPO section states it) over per-token
     log-probs log_probs [B, T] of the policy, old_log_probs [B, T] of the sampling policy (None:
     log_probs.detach(), TRL's num_iterations = 1), ref_log_probs [B, T] of the reference model
@@ -450,7 +451,7 @@ def grpo_loss(
 def linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
                      old_log_probs: torch.Tensor | None, ref_log_probs: torch.Tensor | None, advantages: torch.Tensor,
                      mask: torch.Tensor, *, temperature: float = 1.0, filter_eps: float | str | None = "auto",
-                     backend: str | None = None, **grpo_options):  # fmt: skip
+                     backend: str | None = None, **grpo_options: Any) -> torch.Tensor:  # fmt: skip
     """``grpo_loss(linear_log_probs(hidden, weight, tokens, temperature=), old_log_probs, ...)``
     straight from the policy's last hidden states hidden [B, T, H] and its head weight [V, H]:
     the completion tokens' log-probs [B, T] come from the streaming log-sum-exp op, so no [B, T, V]
