@@ -126,7 +126,7 @@ def _occupancy(args: tuple, kwargs: dict, device: torch.device) -> int:
             kern = _fp8_gemm_fwd_kernel.warmup(*args, grid=(1,), **kwargs)
             kern._init_handles()
             _OCCUPANCY[key] = ctas_per_sm(int(kern.n_regs), int(kern.metadata.shared), kwargs["num_warps"])
-        except Exception as exc:  # noqa: BLE001 -- private Triton API: fall back to one CTA per SM
+        except Exception as exc:  # noqa: BLE001 (private Triton API: fall back to one CTA per SM)
             OCCUPANCY_ERRORS.append(f"{type(exc).__name__}: {exc}")
             _OCCUPANCY[key] = 1
     return _OCCUPANCY[key]

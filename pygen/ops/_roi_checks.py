@@ -142,7 +142,7 @@ def rois_from_boxes(name: str, boxes, input: torch.Tensor) -> torch.Tensor:
     return to_rois(input, boxes)
 
 
-def to_rois(input: torch.Tensor, boxes: Union[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:  # noqa: UP007
+def to_rois(input: torch.Tensor, boxes: Union[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:  # noqa: UP007 (TorchScript compiles it: no X | Y before torch 2.6)
     """The conversion alone (TorchScript: the scripted RoI modules call it, pygen/nn/_roi_script.py)."""
     kdt = torch.float64 if input.dtype == torch.float64 else torch.float32
     if isinstance(boxes, torch.Tensor):

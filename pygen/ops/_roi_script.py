@@ -28,7 +28,7 @@ from ._roi_checks import to_rois
 
 # TorchScript reads these annotations at compile time: Union and List spellings it understands
 # (``X | Y`` is not TorchScript before torch 2.6).
-Boxes = Union[Tensor, list[Tensor]]  # noqa: UP007
+Boxes = Union[Tensor, list[Tensor]]  # noqa: UP007 (TorchScript, see above)
 
 
 def align_op(backend: str, input: Tensor, r: Tensor, ph: int, pw: int, scale: float, sr: int, aligned: bool) -> Tensor:
