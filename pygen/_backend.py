@@ -23,13 +23,28 @@ from .kernels._device import interpreting as triton_interpreting
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 
+# The oldest Triton every family's kernels compile with offline and pass their interpreter tests
+# under (3.2 and 3.3 were checked too: 3.2 has no tuple kernel arguments, as the RoI kernels take, and
+# aborts compiling two specs; 3.3's interpreter fails the flows kernels and it has no tensor
+# descriptors). pyproject.toml does not ask pip for it (torch's CUDA wheels pin their own Triton, and
+# asking would upgrade torch): an older Triton turns this backend off, with this reason.
+TRITON_MIN = (3, 4)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:2] if p.isdigit())
+
+
 @cache
 def _triton_error() -> str | None:
     try:
-        import triton  # noqa: F401 (probe: is triton importable)
+        import triton
         import triton.language  # noqa: F401 (probe: is triton.language importable)
     except Exception as exc:
         return f"triton not importable ({type(exc).__name__}: {exc})"
+    if _version(triton.__version__) < TRITON_MIN:
+        need = ".".join(map(str, TRITON_MIN))
+        return f"triton {triton.__version__} is older than {need}, the oldest release pygen's Triton kernels run on"
     return None
 
 

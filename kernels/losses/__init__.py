@@ -19,7 +19,6 @@ after their loads (the interpreter's bf16 arithmetic is broken) and one small co
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import interpreting as _interpreting, launches_on_device
+from .._double import split
 from .grpo import _grpo_loss_kernel
 from .linear_logsumexp import _linear_ce_bwd_kernel, _linear_ce_fwd_kernel
 
@@ -282,7 +282,7 @@ def _grpo_launch(log_probs, old, ref, adv, mask, out, g, eps_low, eps_high, beta
     (lp, o, r, m), kw = _grpo_operands(log_probs, old, ref, mask)
     _grpo_loss_kernel[(triton.cdiv(b, cfg.block_b) * nt,)](
         lp, o, r, adv, m, out, g, b, t, stride_out=out.stride(0) if backward else 0, n_t_blocks=nt,
-        eps_low=float(eps_low), eps_high=float(eps_high), beta=float(beta), BACKWARD=backward,
+        eps_low=split(eps_low), eps_high=split(eps_high), beta=split(beta), BACKWARD=backward,
         BLOCK_B=cfg.block_b, BLOCK_T=cfg.block_t, UPCAST=_interpreting() and out.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, **kw,
     )  # fmt: skip
@@ -325,7 +325,8 @@ def _grpo_spec(pass_: str):
     ptrs = ("lp_ptr", "old_ptr", "ref_ptr", "adv_ptr", "mask_ptr", "out_ptr", "g_ptr")
     sig = {p: "*u8" if p == "mask_ptr" else "*fp32" for p in ptrs}
     strides = ["stride_lp", "stride_old", "stride_ref", "stride_mask", "stride_out"]
-    sig.update({a: "i32" for a in ["B", "T", *strides, "n_t_blocks"]}, eps_low="fp32", eps_high="fp32", beta="fp32")
+    sig.update({a: "i32" for a in ["B", "T", *strides, "n_t_blocks"]})
+    sig.update({a: ("fp32", "fp32") for a in ("eps_low", "eps_high", "beta")})  # kernels/_double.py pairs
     consts = {"HAS_OLD": True, "HAS_REF": True, "BACKWARD": pass_ == "bwd", "BLOCK_B": cfg.block_b,
               "BLOCK_T": cfg.block_t, "UPCAST": False}  # fmt: skip
     fn = _grpo_loss_kernel

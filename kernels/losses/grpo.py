@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from .._bf16 import cast
+from .._double import join
 
 
 @triton.jit
@@ -67,7 +68,8 @@ def _grpo_token_terms(
         ratio = tl.exp(logp - old)
     else:  # TRL's old = logp.detach(): the ratio is exactly 1
         ratio = tl.full((BLOCK_B, BLOCK_T), 1.0, ACC)
-    clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
+    # the scalars come as float32 pairs (kernels/_double.py): a float64 loss clips at 1 - 0.2, not fp32's
+    clipped = tl.minimum(tl.maximum(ratio, 1.0 - join(eps_low, ACC)), 1.0 + join(eps_high, ACC))
     ra = ratio * adv[:, None]
     ca = clipped * adv[:, None]
     loss = -tl.minimum(ra, ca)
@@ -78,8 +80,9 @@ def _grpo_token_terms(
         ref = tl.load(ref_ptr + r64 * stride_ref + cols[None, :], mask=ok, other=0.0).to(ACC)
         d = ref - logp
         ed = tl.exp(d)
-        loss += beta * (ed - d - 1.0)
-        dloss += beta * (1.0 - ed)
+        b = join(beta, ACC)
+        loss += b * (ed - d - 1.0)
+        dloss += b * (1.0 - ed)
     keep = ok & (m != 0.0)
     return tl.where(keep, loss * m, 0.0), tl.where(keep, dloss * m, 0.0), tl.where(ok, m, 0.0)
 
@@ -101,7 +104,7 @@ def _grpo_loss_kernel(
     stride_mask,
     stride_out,  # backward: grad's row stride
     n_t_blocks,
-    eps_low,
+    eps_low,  # the clip range and the KL weight, each a (hi, lo) float32 pair (kernels/_double.py)
     eps_high,
     beta,
     HAS_OLD: tl.constexpr,

@@ -46,7 +46,6 @@ is broken).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch

@@ -23,7 +23,6 @@ interpreter's bf16 arithmetic is broken) and one configuration is used.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch

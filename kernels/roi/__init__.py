@@ -65,7 +65,6 @@ without div.rn.f64, see device._div_exact).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import torch
@@ -75,6 +74,7 @@ from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import on_tensor_device
+from .._double import split as _split
 from .align import (
     _multi_scale_roi_align_bwd_kernel,
     _multi_scale_roi_align_fwd_kernel,
@@ -96,12 +96,6 @@ from .pool import _ps_roi_pool_bwd_kernel, _roi_pool_bwd_kernel, _roi_pool_fwd_k
 
 _NUM_WARPS = 4
 _MAX_LEVELS = 8
-
-
-def _f32_parts(x: float) -> tuple[float, float]:
-    """x as float32 plus the float32 remainder (hi + lo carries ~48 bits of x)."""
-    hi = struct.unpack("f", struct.pack("f", float(x)))[0]
-    return hi, struct.unpack("f", struct.pack("f", float(x) - hi))[0]
 
 
 def _dt(t: Tensor):
@@ -229,7 +223,7 @@ def _align_fwd(input: Tensor, rois: Tensor, out: Tensor, spatial_scale: float, s
     if _nothing_to_pool(input, out):
         return
     k, c, ph, pw = out.shape
-    args = (_feat(input, c), _view(rois), out, _f32_parts(spatial_scale), int(sampling_ratio), ph, pw)
+    args = (_feat(input, c), _view(rois), out, _split(spatial_scale), int(sampling_ratio), ph, pw)
     _per_roi_launch(_roi_align_fwd_kernel, input, out.shape, *args, **consts, DT=_dt(input))
 
 
@@ -245,7 +239,7 @@ def _align_bwd(
 ) -> None:
     """Backward of roi_align / ps_roi_align (ps: aligned=True, as the kernels require)."""
     kernels = (_roi_align_bwd_gather_kernel, _roi_align_bwd_kernel)
-    op_args = (_f32_parts(spatial_scale), int(sampling_ratio))
+    op_args = (_split(spatial_scale), int(sampling_ratio))
     consts = {"ALIGNED": aligned, "PS": ps, "DT": _dt(grad_input)}
     _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=ps, **consts)
 
@@ -287,7 +281,7 @@ def _pool_fwd(input: Tensor, rois: Tensor, out: Tensor, argmax: Tensor | None, s
     if _nothing_to_pool(input, out, argmax):
         return
     k, c, ph, pw = out.shape
-    args = (_feat(input, c), _view(rois), out, argmax, _f32_parts(spatial_scale), ph, pw)
+    args = (_feat(input, c), _view(rois), out, argmax, _split(spatial_scale), ph, pw)
     consts = {"PS": ps, "C_FAST": not ps and _c_fast(input), "DT": _dt(input)}
     _per_roi_launch(_roi_pool_fwd_kernel, input, out.shape, *args, **consts)
 
@@ -335,7 +329,7 @@ def ps_roi_pool_bwd(
     grad_out: Tensor, rois: Tensor, grad_input: Tensor, spatial_scale: float, deterministic: bool
 ) -> None:
     kernels = (_ps_roi_pool_bwd_gather_kernel, _ps_roi_pool_bwd_kernel)
-    op_args = (_f32_parts(spatial_scale),)
+    op_args = (_split(spatial_scale),)
     _bwd_launch(kernels, grad_out, rois, grad_input, op_args, deterministic, ps=True, DT=_dt(grad_input))
 
 

@@ -8,7 +8,8 @@ kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
 import triton
 import triton.language as tl
 
-from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _pick, _roi_row, _scale, _select_level
+from .._double import join
+from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _pick, _roi_row, _select_level
 
 # ----------------------------------------------------------------------------------------------
 # roi_align and ps_roi_align (PS=True)
@@ -37,7 +38,7 @@ def _roi_align_fwd_kernel(
     # contiguous along either tile axis, so the bin-fast layout is kept
     tl.static_assert(not PS or (ALIGNED and not C_FAST), "PS needs ALIGNED=True, C_FAST=False")
     box = _roi_row(rois, tl.program_id(0), tl.program_id(0) >= 0, DT)
-    s = _scale(scale, DT)
+    s = join(scale, DT)
     _align_fwd_program(feat, box, True, s, sampling_ratio, out_ptr, PH, PW, ALIGNED, PS, C_FAST, DT, BLOCK_C, BLOCK_P)
 
 
@@ -63,7 +64,7 @@ def _roi_align_bwd_kernel(
 ):
     tl.static_assert(not PS or ALIGNED, "PS needs ALIGNED=True")
     box = _roi_row(rois, tl.program_id(0), tl.program_id(0) >= 0, DT)
-    s = _scale(scale, DT)
+    s = join(scale, DT)
     _align_bwd_program(
         go, grad_in_ptr, N, C, H, W, box, True, s, sampling_ratio, PH, PW, ALIGNED, PS, DT, BLOCK_C, BLOCK_P
     )

@@ -10,7 +10,7 @@ one Python tuple at the launch and specialises element by element, unit strides 
     feat  = (ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)   a feature map, C = out channels
     go    = (grad_out_ptr, s0, s1, s2, s3)               grad_out [K, C, PH, PW] and its strides
     am    = (argmax_ptr, s0, s1, s2, s3)                 roi_pool's argmax, likewise
-    scale = (hi, lo)                                     spatial_scale as float32 + float32 remainder
+    scale = (hi, lo)                                     spatial_scale (kernels/_double.py)
     fpn   = (a0, ..., a7)                                the FPN level area thresholds
     feats / grads, heights, widths, strides_*, scales    FPN: one value per level slot (8)
 """
@@ -20,6 +20,7 @@ import triton.language as tl
 
 from .._bf16 import cast
 from .._device import interpreting
+from .._double import join
 
 # The interpreter's fp32 -> bf16 store truncates; _bf16.cast rounds first when this is set. A module
 # constant rather than a kernel argument keeps the kernels' signatures (and their compile specs) as
@@ -67,17 +68,6 @@ def _batch(bf, N):
     # trunc(bf) in [0, N) <=> -1 < bf < N; test before the int cast so garbage never indexes
     ok = (bf > -1.0) & (bf < N)
     return tl.where(ok, bf, 0.0).to(tl.int32), ok
-
-
-@triton.jit
-def _scale(scale, DT: tl.constexpr):
-    # fp32 kernel arguments cannot carry a double; hi + lo restores it for float64 math
-    hi, lo = scale
-    if DT == tl.float64:
-        s = tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    else:
-        s = hi
-    return s
 
 
 @triton.jit
@@ -445,7 +435,7 @@ def _int_pool_bins(rois, k, N, H, W, scale, p, pmask, PH, PW, PLUS_ONE: tl.const
     bins mask the excess (a RoI of no valid image gets no rows)."""
     bf, x1, y1, x2, y2 = _roi_row(rois, k, k >= 0, DT)
     b, ok = _batch(bf, N)
-    scale64 = _scale(scale, tl.float64)
+    scale64 = join(scale, tl.float64)
     w_start, w_len = _int_box(x1, x2, scale64, PLUS_ONE)
     h_start, h_len = _int_box(y1, y2, scale64, PLUS_ONE)
     i = p // PW

@@ -12,6 +12,7 @@ and is computed that way. Layouts and the forward math: kernels/roi/__init__.py'
 import triton
 import triton.language as tl
 
+from .._double import join
 from .device import (
     _align_box,
     _align_geometry,
@@ -28,7 +29,6 @@ from .device import (
     _roi_batch,
     _roi_row,
     _sample_origins,
-    _scale,
     _select_level,
     _tile_coords,
 )
@@ -200,7 +200,7 @@ def _roi_align_bwd_gather_kernel(
         c,
         C * PH * PW if PS else C,
         tile,
-        _scale(scale, DT),
+        join(scale, DT),
         sampling_ratio,
         PH,
         PW,
@@ -299,7 +299,7 @@ def _ps_roi_pool_bwd_gather_kernel(
     co, ci, cj = _ps_lanes(c, PH, PW)  # once per program
     cmask = c < C * PH * PW
     ty0, tx0, rows, cols, pix = _tile_coords(tile, H, W, TILE_H, TILE_W)
-    scale64 = _scale(scale, tl.float64)
+    scale64 = join(scale, tl.float64)
     grad_out_ptr, go_s0, go_s1, go_s2, go_s3 = go
     acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], DT)
     for kb in range(0, K, ROI_BLOCK):

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import _backend
 from ..kernels._compile_spec import constexpr_name
 from ..kernels._device import interpreting
 
@@ -214,19 +215,6 @@ def triton_toolchain() -> dict[str, Any]:
     return {"triton": version, "ptxas": Path(ptxas).name if ptxas else None, "ptxas_version": ptxas_version(ptxas)}
 
 
-def _make_ast_source(ASTSource, fn, sig, consts, attrs):
-    """ASTSource across Triton releases. 3.2 onwards (3.6 and 3.9 included) take
-    ``signature={name: type or "constexpr"}, constexprs={name: value}, attrs=...``; older releases
-    (3.0/3.1) take ``constants=`` and a signature without the constexpr entries."""
-    import inspect as _inspect
-
-    params = _inspect.signature(ASTSource.__init__).parameters
-    if "constexprs" in params:
-        return ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    sig = {k: v for k, v in sig.items() if v != "constexpr"}
-    return ASTSource(fn=fn, signature=sig, constants=consts, attrs=attrs)
-
-
 def _gpu_target():
     try:
         from triton.backends.compiler import GPUTarget
@@ -284,7 +272,10 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
             sig.setdefault(k, "constexpr")
         arg_names = getattr(fn, "arg_names", list(sig))
         sig = {a: sig[a] for a in arg_names if a in sig}
-        src = _make_ast_source(ASTSource, fn, sig, consts, d.get("attrs"))
+        too_old = _backend._triton_error()  # (the signature format below is Triton 3.2's onwards)
+        if too_old:
+            raise RuntimeError(too_old)
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=d.get("attrs"))
         k = triton.compile(src, target=_gpu_target(), options=opts)
         ptx = k.asm["ptx"]
         row["smem"] = int(getattr(k.metadata, "shared", 0) or 0)

@@ -50,3 +50,23 @@ def test_info_lists_the_ops_of_the_preferred_backend(monkeypatch, capsys):
     line = next(ln for ln in out.splitlines() if ln.startswith("PYGEN_BACKEND=cpu: ops with a cpu kernel:"))
     assert "roi_align" in line and "actnorm" not in line
     assert "fall back to the automatic choice" in out and "actnorm" in out.split(line, 1)[1]
+
+
+def test_triton_older_than_the_minimum_is_off_with_its_reason(monkeypatch):
+    """An older Triton (torch's CUDA wheels pin their own) leaves the triton backend off and says
+    why; an explicit backend="triton" is refused with that reason instead of failing to compile."""
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(triton, "__version__", "3.3.1")
+    _backend._triton_error.cache_clear()
+    try:
+        ok, why = _backend.backend_status("triton", "cpu")
+        assert not ok and "triton 3.3.1 is older than 3.4" in why, why
+        with pytest.raises(RuntimeError, match="3.3.1 is older than 3.4"):
+            ops.grpo_loss(torch.zeros(1, 2), None, None, torch.zeros(1), torch.ones(1, 2), beta=0.0, backend="triton")
+        assert _backend._version("3.4.0+git1234") == (3, 4) >= _backend.TRITON_MIN
+    finally:
+        monkeypatch.undo()
+        _backend._triton_error.cache_clear()
+    # restored: the backend's state is again the installed Triton's (under the interpreter here)
+    expected = _backend.triton_interpreting() and _backend._version(triton.__version__) >= _backend.TRITON_MIN
+    assert _backend.backend_status("triton", "cpu")[0] == expected
