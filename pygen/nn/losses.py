@@ -100,30 +100,16 @@ class GRPOLoss(nn.Module):
             max_completion_length=self.max_completion_length, num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
-    def forward(
-        self,
-        log_probs: torch.Tensor,
-        old_log_probs: torch.Tensor | None,
-        ref_log_probs: torch.Tensor | None,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        num_items_in_batch: int | torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, log_probs: torch.Tensor, old_log_probs: torch.Tensor | None, ref_log_probs: torch.Tensor | None,
+                advantages: torch.Tensor, mask: torch.Tensor,
+                num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         options = {k: v for k, v in self.options.items() if k not in ("temperature", "filter_eps")}
         return L.grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask,
                            **self._settings(num_items_in_batch), **options)  # fmt: skip
 
-    def linear(
-        self,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        tokens: torch.Tensor,
-        old_log_probs: torch.Tensor | None,
-        ref_log_probs: torch.Tensor | None,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        num_items_in_batch: int | torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def linear(self, hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+               old_log_probs: torch.Tensor | None, ref_log_probs: torch.Tensor | None, advantages: torch.Tensor,
+               mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         return L.linear_grpo_loss(hidden, weight, tokens, old_log_probs, ref_log_probs, advantages, mask,
                                   **self._settings(num_items_in_batch), **self.options)  # fmt: skip
 
