@@ -14,6 +14,9 @@ keeps a whole 64 x 64 x 64 FMA product from being unrolled into registers (that 
 13 KB at 4 warps in `pygen inspect`). This replaces the ~10 small
 PyTorch launches (tril, triu, eye, diag, adds, two matmuls, log, abs, sum) of forming W and its
 log-det with one, forward and backward. Larger C falls back to PyTorch in the op.
+
+The matrices the kernels read through strides (P, L, U, dW) come as (pointer, row stride, column
+stride) tuple arguments (docs/ARCHITECTURE.md, house style), read by ``_at``.
 """
 
 from __future__ import annotations
@@ -30,38 +33,37 @@ MAX_C = 64
 
 
 @triton.jit
-def _lower_at(l_ptr, i, j, C, sl0, sl1):
-    # L'[i, j] = L[i, j] below the diagonal, 1 on it, 0 above (and outside C x C)
-    inside = (i < C) & (j < C)
-    v = tl.load(l_ptr + i * sl0 + j * sl1, mask=inside & (i > j), other=0.0).to(tl.float32)
-    return tl.where(inside & (i == j), 1.0, v)
+def _at(m, i, j, mask):
+    # m[i, j] in float32 of a matrix m = (pointer, row stride, column stride); 0 where not ``mask``
+    ptr, s0, s1 = m
+    return tl.load(ptr + i * s0 + j * s1, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _upper_at(u_ptr, s_ptr, i, j, C, su0, su1):
+def _lower_at(lower, i, j, C):
+    # L'[i, j] = L[i, j] below the diagonal, 1 on it, 0 above (and outside C x C)
+    inside = (i < C) & (j < C)
+    return tl.where(inside & (i == j), 1.0, _at(lower, i, j, inside & (i > j)))
+
+
+@triton.jit
+def _upper_at(upper, s_ptr, i, j, C):
     # U'[i, j] = U[i, j] above the diagonal, s[i] on it, 0 below (and outside C x C)
     inside = (i < C) & (j < C)
-    v = tl.load(u_ptr + i * su0 + j * su1, mask=inside & (i < j), other=0.0).to(tl.float32)
     d = tl.load(s_ptr + i + j * 0, mask=inside & (i == j), other=0.0).to(tl.float32)
-    return v + d
+    return _at(upper, i, j, inside & (i < j)) + d
 
 
 @triton.jit
 def _lu_weight_fwd_kernel(
-    p_ptr,
-    l_ptr,
-    u_ptr,  # [C, C] permutation, lower, upper (any strides)
+    perm,  # (pointer, 2 strides): [C, C] permutation, any strides
+    lower,  # (pointer, 2 strides): [C, C] L, any strides
+    upper,  # (pointer, 2 strides): [C, C] U, any strides
     s_ptr,  # [C] signed diagonal, contiguous
     w_ptr,  # [C, C] out, contiguous
     ld_ptr,  # [1] float32 out: scale * sum log|s|
     C,
     scale,
-    sp0,
-    sp1,
-    sl0,
-    sl1,
-    su0,
-    su1,
     UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BC: tl.constexpr,
     BK: tl.constexpr,  # K chunk of the products (16: the smallest tl.dot)
@@ -75,12 +77,10 @@ def _lu_weight_fwd_kernel(
         a_k = tl.zeros([BK, BC], dtype=tl.float32)
         for m0 in range(0, C, BK):
             mm = m0 + tl.arange(0, BK)
-            lk = _lower_at(l_ptr, kk[:, None], mm[None, :], C, sl0, sl1)
-            um = _upper_at(u_ptr, s_ptr, mm[:, None], rows[None, :], C, su0, su1)
+            lk = _lower_at(lower, kk[:, None], mm[None, :], C)
+            um = _upper_at(upper, s_ptr, mm[:, None], rows[None, :], C)
             a_k = tl.dot(lk, um, a_k, input_precision="ieee")
-        pk = tl.load(
-            p_ptr + rows[:, None] * sp0 + kk[None, :] * sp1, mask=(rows[:, None] < C) & (kk[None, :] < C), other=0.0
-        ).to(tl.float32)
+        pk = _at(perm, rows[:, None], kk[None, :], (rows[:, None] < C) & (kk[None, :] < C))
         acc = tl.dot(pk, a_k, acc, input_precision="ieee")
     inside = (rows[:, None] < C) & (rows[None, :] < C)
     tl.store(w_ptr + rows[:, None] * C + rows[None, :], _cast(acc, w_ptr.dtype.element_ty, UPCAST), mask=inside)
@@ -90,25 +90,17 @@ def _lu_weight_fwd_kernel(
 
 @triton.jit
 def _lu_weight_bwd_kernel(
-    p_ptr,
-    l_ptr,
-    u_ptr,
+    perm,  # (pointer, 2 strides), as in the forward
+    lower,
+    upper,
     s_ptr,
-    dw_ptr,  # [C, C] gradient of W (any strides)
+    dw,  # (pointer, 2 strides): [C, C] gradient of W, any strides
     gld_ptr,  # [1] gradient of the scaled log-det
     dl_ptr,
     du_ptr,  # [C, C] out, contiguous
     ds_ptr,  # [C] out
     C,
     scale,
-    sp0,
-    sp1,
-    sl0,
-    sl1,
-    su0,
-    su1,
-    sd0,
-    sd1,
     UPCAST: tl.constexpr,  # interpreter: round bf16 stores in float32 first (kernels/_bf16.py)
     BC: tl.constexpr,
     BK: tl.constexpr,
@@ -126,16 +118,10 @@ def _lu_weight_bwd_kernel(
             da_cols = tl.zeros([BC, BK], dtype=tl.float32)  # dA[:, k] = sum_m P[m, :]^T dW[m, k]
             for m0 in range(0, C, BK):
                 mm = m0 + tl.arange(0, BK)
-                pt_all = tl.load(p_ptr + mm[None, :] * sp0 + r2 * sp1, mask=(mm[None, :] < C) & (r2 < C), other=0.0).to(
-                    tl.float32
-                )
-                dw_mk = tl.load(
-                    dw_ptr + mm[:, None] * sd0 + kk[None, :] * sd1,
-                    mask=(mm[:, None] < C) & (kk[None, :] < C),
-                    other=0.0,
-                ).to(tl.float32)
+                pt_all = _at(perm, mm[None, :], r2, (mm[None, :] < C) & (r2 < C))
+                dw_mk = _at(dw, mm[:, None], kk[None, :], (mm[:, None] < C) & (kk[None, :] < C))
                 da_cols = tl.dot(pt_all, dw_mk, da_cols, input_precision="ieee")
-            ut = _upper_at(u_ptr, s_ptr, c2, kk[:, None], C, su0, su1)  # [BK, BC]: U'[j, k]
+            ut = _upper_at(upper, s_ptr, c2, kk[:, None], C)  # [BK, BC]: U'[j, k]
             acc = tl.dot(da_cols, ut, acc, input_precision="ieee")
         tl.store(dl_ptr + r2 * C + c2, _cast(tl.where(r2 > c2, acc, 0.0), dl_ptr.dtype.element_ty, UPCAST), mask=inside)
     else:
@@ -144,14 +130,10 @@ def _lu_weight_bwd_kernel(
             da_rows = tl.zeros([BK, BC], dtype=tl.float32)  # dA[k, :] = sum_m P[m, k] dW[m, :]
             for m0 in range(0, C, BK):
                 mm = m0 + tl.arange(0, BK)
-                pt_k = tl.load(
-                    p_ptr + mm[None, :] * sp0 + kk[:, None] * sp1, mask=(mm[None, :] < C) & (kk[:, None] < C), other=0.0
-                ).to(tl.float32)
-                dw_m = tl.load(dw_ptr + mm[:, None] * sd0 + c2 * sd1, mask=(mm[:, None] < C) & (c2 < C), other=0.0).to(
-                    tl.float32
-                )
+                pt_k = _at(perm, mm[None, :], kk[:, None], (mm[None, :] < C) & (kk[:, None] < C))
+                dw_m = _at(dw, mm[:, None], c2, (mm[:, None] < C) & (c2 < C))
                 da_rows = tl.dot(pt_k, dw_m, da_rows, input_precision="ieee")
-            lt = _lower_at(l_ptr, kk[None, :], r2, C, sl0, sl1)  # [BC, BK]: L'[k, i]
+            lt = _lower_at(lower, kk[None, :], r2, C)  # [BC, BK]: L'[k, i]
             acc = tl.dot(lt, da_rows, acc, input_precision="ieee")
         tl.store(du_ptr + r2 * C + c2, _cast(tl.where(r2 < c2, acc, 0.0), du_ptr.dtype.element_ty, UPCAST), mask=inside)
         g = tl.load(gld_ptr).to(tl.float32)
@@ -172,19 +154,24 @@ def _opts(t) -> dict:
     return {"num_warps": _warps(t.shape[0])} if t.is_cuda else {}
 
 
-def _launch(kernel, programs: int, factors: tuple, outs: tuple, scale: float, strided: tuple = ()) -> None:
+def _view(t: Tensor) -> tuple:
+    """A matrix as the (pointer, row stride, column stride) tuple argument the kernels read."""
+    return (t, *t.stride())
+
+
+def _launch(kernel, programs: int, factors: tuple, outs: tuple, scale: float) -> None:
     """``kernel`` on ``programs`` programs with the arguments both LU kernels take: the factors
-    (perm, lower, upper, diag), ``outs``, C, scale, then the strides of perm, lower, upper and of
-    each tensor in ``strided``."""
-    perm, lower, upper, _ = factors
+    (perm, lower, upper as strided views, diag), ``outs``, C, scale."""
+    perm, lower, upper, diag = factors
     c = lower.shape[0]
-    strides = [st for t in (perm, lower, upper, *strided) for st in t.stride()]
     kernel[(programs,)](
-        *factors,
+        _view(perm),
+        _view(lower),
+        _view(upper),
+        diag,
         *outs,
         c,
         float(scale),
-        *strides,
         UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
         BC=_bc(c),
         BK=16,
@@ -214,24 +201,23 @@ def lu_weight_bwd(
     scale: float,
 ) -> None:
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
-    outs = (grad_w, grad_logdet, dl, du, ds)
-    _launch(_lu_weight_bwd_kernel, 2, (perm, lower, upper, diag), outs, scale, (grad_w,))
+    outs = (_view(grad_w), grad_logdet, dl, du, ds)
+    _launch(_lu_weight_bwd_kernel, 2, (perm, lower, upper, diag), outs, scale)
 
 
-# (kernel, its pointers after the factors' p_ptr, l_ptr, u_ptr, s_ptr, its strides after theirs)
+# (kernel, its matrix views after the factors' perm, lower, upper, its pointers after s_ptr)
 _KERNELS = (
-    (_lu_weight_fwd_kernel, ("w_ptr", "ld_ptr"), ()),
-    (_lu_weight_bwd_kernel, ("dw_ptr", "gld_ptr", "dl_ptr", "du_ptr", "ds_ptr"), ("sd0", "sd1")),
+    (_lu_weight_fwd_kernel, (), ("w_ptr", "ld_ptr")),
+    (_lu_weight_bwd_kernel, ("dw",), ("gld_ptr", "dl_ptr", "du_ptr", "ds_ptr")),
 )
 
 
 def compile_specs() -> list[dict]:
     specs = []
     for c in (12, 48):
-        for kernel, ptrs, strides in _KERNELS:
-            sig = {p: "*fp32" for p in ("p_ptr", "l_ptr", "u_ptr", "s_ptr", *ptrs)}
-            sig.update(C="i32", scale="fp32")
-            sig.update({k: "i32" for k in ("sp0", "sp1", "sl0", "sl1", "su0", "su1", *strides)})
+        for kernel, views, ptrs in _KERNELS:
+            sig = {v: ("*fp32", "i32", "i32") for v in ("perm", "lower", "upper", *views)}
+            sig.update({p: "*fp32" for p in ("s_ptr", *ptrs)}, C="i32", scale="fp32")
             consts = {"UPCAST": False, "BC": _bc(c), "BK": 16}
             specs.append(compile_spec(kernel, None, sig, consts, _warps(c), None, aligned=False))
     return specs
