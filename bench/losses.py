@@ -231,6 +231,8 @@ if op == "info_nce":  # SimCLR over the n rows of hid (d = h); w is not an input
     w = w[:0].detach().requires_grad_()
     if impl == "eager":
         call = lambda x, _w, _t: ref.info_nce(x, temperature=0.5, eager=True)
+    elif impl == "compile":  # torch.compile of the eager [N, N] path
+        call = torch.compile(lambda x, _w, _t: ref.info_nce(x, temperature=0.5, eager=True), dynamic=True)
     else:
         call = lambda x, _w, _t: pygen.ops.info_nce(x, temperature=0.5, backend=impl)
 elif impl == "eager":
@@ -311,7 +313,7 @@ def report(quick: bool, device) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--memory", action="store_true", help="measure peak extra memory (CPU, child processes)")
+    p.add_argument("--memory", action="store_true", help="measure peak extra memory (one child process per impl)")
     p.add_argument("--shape", default="cpu", choices=("cpu", "quick", "gpu"), help="gpu: V3's head, N = 8192")
     p.add_argument("--impls", default="eager,cpu", help="comma list of eager, compile and pygen backends")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))

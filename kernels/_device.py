@@ -8,7 +8,8 @@ it. Imports only torch, so pygen's op layer uses it without importing Triton.
 
 ``interpreting()``: Triton runs kernels on the CPU interpreter (TRITON_INTERPRET set and not "0");
 the kernels then use the interpreter's small tiles and upcasts (its bf16 arithmetic and stores
-differ from the GPU's). Read per call: tests set the variable before triton is imported.
+differ from the GPU's). Triton itself reads the variable once, when it is imported (tests set it
+first), so callers may take it once at import too.
 
 ``depth()``: how many guards are active on this thread's call stack (tests patch the launch and
 assert every launch happens inside a guard, without needing a second GPU).

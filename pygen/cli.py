@@ -722,6 +722,7 @@ def cmd_profile(args) -> int:
 # inspect
 # ---------------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
+    from pygen import _backend
     from pygen.tools import inspect as IK
 
     known = IK.known_families()
@@ -735,7 +736,10 @@ def cmd_inspect(args) -> int:
     families = args.family or None
     rows = []
     toolchain = None
-    if not args.no_triton:
+    unusable = _backend._triton_error()
+    if not args.no_triton and unusable:
+        _print(f"The Triton rows are skipped: {unusable}")
+    elif not args.no_triton:
         toolchain = IK.triton_toolchain()
         ptxas = toolchain.get("ptxas")
         _print(

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._args import view as _view
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
 from .._device import launches_on_device
@@ -154,14 +155,10 @@ def _opts(t) -> dict:
     return {"num_warps": _warps(t.shape[0])} if t.is_cuda else {}
 
 
-def _view(t: Tensor) -> tuple:
-    """A matrix as the (pointer, row stride, column stride) tuple argument the kernels read."""
-    return (t, *t.stride())
-
-
-def _launch(kernel, programs: int, factors: tuple, outs: tuple, scale: float) -> None:
+def _launch(kernel, programs: int, factors: tuple, rest: tuple, scale: float) -> None:
     """``kernel`` on ``programs`` programs with the arguments both LU kernels take: the factors
-    (perm, lower, upper as strided views, diag), ``outs``, C, scale."""
+    (perm, lower, upper as strided views, diag), ``rest`` (the kernel's own arguments after diag:
+    outputs, and in the backward the incoming gradients first), C, scale."""
     perm, lower, upper, diag = factors
     c = lower.shape[0]
     kernel[(programs,)](
@@ -169,7 +166,7 @@ def _launch(kernel, programs: int, factors: tuple, outs: tuple, scale: float) ->
         _view(lower),
         _view(upper),
         diag,
-        *outs,
+        *rest,
         c,
         float(scale),
         UPCAST=not lower.is_cuda,  # the interpreter's bf16 stores round in float32 first
@@ -201,8 +198,8 @@ def lu_weight_bwd(
     scale: float,
 ) -> None:
     """dl, du: [C, C] contiguous out (zero outside the strictly lower / upper parts); ds: [C]."""
-    outs = (_view(grad_w), grad_logdet, dl, du, ds)
-    _launch(_lu_weight_bwd_kernel, 2, (perm, lower, upper, diag), outs, scale)
+    rest = (_view(grad_w), grad_logdet, dl, du, ds)
+    _launch(_lu_weight_bwd_kernel, 2, (perm, lower, upper, diag), rest, scale)
 
 
 # (kernel, its matrix views after the factors' perm, lower, upper, its pointers after s_ptr)

@@ -25,9 +25,9 @@ import torch
 import triton
 from torch import Tensor
 
+from .._args import split
 from .._compile_spec import compile_spec
 from .._device import interpreting as _interpreting, launches_on_device
-from .._double import split
 from .grpo import _grpo_loss_kernel
 from .linear_logsumexp import _linear_ce_bwd_kernel, _linear_ce_fwd_kernel
 
@@ -326,7 +326,7 @@ def _grpo_spec(pass_: str):
     sig = {p: "*u8" if p == "mask_ptr" else "*fp32" for p in ptrs}
     strides = ["stride_lp", "stride_old", "stride_ref", "stride_mask", "stride_out"]
     sig.update({a: "i32" for a in ["B", "T", *strides, "n_t_blocks"]})
-    sig.update({a: ("fp32", "fp32") for a in ("eps_low", "eps_high", "beta")})  # kernels/_double.py pairs
+    sig.update({a: ("fp32", "fp32") for a in ("eps_low", "eps_high", "beta")})  # kernels/_args.py pairs
     consts = {"HAS_OLD": True, "HAS_REF": True, "BACKWARD": pass_ == "bwd", "BLOCK_B": cfg.block_b,
               "BLOCK_T": cfg.block_t, "UPCAST": False}  # fmt: skip
     fn = _grpo_loss_kernel

@@ -32,8 +32,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._args import join
 from .._bf16 import cast
-from .._double import join
 
 
 @triton.jit
@@ -68,7 +68,7 @@ def _grpo_token_terms(
         ratio = tl.exp(logp - old)
     else:  # TRL's old = logp.detach(): the ratio is exactly 1
         ratio = tl.full((BLOCK_B, BLOCK_T), 1.0, ACC)
-    # the scalars come as float32 pairs (kernels/_double.py): a float64 loss clips at 1 - 0.2, not fp32's
+    # the scalars come as float32 pairs (kernels/_args.py): a float64 loss clips at 1 - 0.2, not fp32's
     clipped = tl.minimum(tl.maximum(ratio, 1.0 - join(eps_low, ACC)), 1.0 + join(eps_high, ACC))
     ra = ratio * adv[:, None]
     ca = clipped * adv[:, None]
@@ -104,7 +104,7 @@ def _grpo_loss_kernel(
     stride_mask,
     stride_out,  # backward: grad's row stride
     n_t_blocks,
-    eps_low,  # the clip range and the KL weight, each a (hi, lo) float32 pair (kernels/_double.py)
+    eps_low,  # the clip range and the KL weight, each a (hi, lo) float32 pair (kernels/_args.py)
     eps_high,
     beta,
     HAS_OLD: tl.constexpr,

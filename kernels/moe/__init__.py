@@ -54,7 +54,10 @@ from torch import Tensor
 
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
-from .fused import _INTERPRET, COMPILE_SPECS as _FUSED_SPECS, _p2, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs)
+from .._device import interpreting
+from .fused import COMPILE_SPECS as _FUSED_SPECS, _p2, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs; _p2 shared)
+
+_INTERPRET = interpreting()
 
 SLOT_BLOCK = 1024
 RANK_CHUNK = 256 if _INTERPRET else 64  # the interpreter pays per loop step, the GPU per register

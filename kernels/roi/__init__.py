@@ -53,7 +53,8 @@ backward, deterministic=True (``*_bwd_gather_kernel``, gather.py): a gather, no 
     walks the RoIs of image n in index order and stores once: bitwise reproducible. Grid: one
     axis, tiles x N x channel blocks (all levels' tiles end to end for multi_scale).
 
-Precision: everything in float32 (float64 when the input is float64, so gradcheck works);
+Precision: everything in float32 (DT = float64 for a float64 input, which only a direct launcher
+call sends: the ops run float64 on the cpu / reference backends, pygen/ops/roi.py's _pick);
 f16/bf16 are upcast right after the load, and every output store rounds to nearest even
 (device._store_out, through kernels/_bf16.py: the interpreter's fp32 -> bf16 cast truncates).
 Triton's fp32 '/' is approximate (div.full), so the adaptive trip count ceil(h/PH) is corrected
@@ -72,9 +73,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._args import split as _split, view as _view
 from .._compile_spec import compile_spec
 from .._device import on_tensor_device
-from .._double import split as _split
 from .align import (
     _multi_scale_roi_align_bwd_kernel,
     _multi_scale_roi_align_fwd_kernel,
@@ -114,12 +115,6 @@ def _feat(t: Tensor, c: int) -> tuple:
     """The ``feat`` tuple argument of a feature map: (t, N, C, H, W, the 4 strides); C the kernel's
     channel count."""
     return (t, t.shape[0], c, t.shape[2], t.shape[3], *t.stride())
-
-
-def _view(t: Tensor) -> tuple:
-    """A tensor as the (pointer, strides...) tuple argument the kernels read it through: rois,
-    grad_out (``go``), argmax (``am``)."""
-    return (t, *t.stride())
 
 
 def _nothing_to_pool(input: Tensor, out: Tensor, argmax: Tensor | None = None) -> bool:

@@ -8,7 +8,7 @@ kernels/roi/__init__.py's docstring; the deterministic backward: gather.py.
 import triton
 import triton.language as tl
 
-from .._double import join
+from .._args import join
 from .device import _align_bwd_program, _align_fwd_program, _fpn_level, _pick, _roi_row, _select_level
 
 # ----------------------------------------------------------------------------------------------

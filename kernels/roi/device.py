@@ -10,7 +10,7 @@ one Python tuple at the launch and specialises element by element, unit strides 
     feat  = (ptr, N, C, H, W, stride_n, stride_c, stride_h, stride_w)   a feature map, C = out channels
     go    = (grad_out_ptr, s0, s1, s2, s3)               grad_out [K, C, PH, PW] and its strides
     am    = (argmax_ptr, s0, s1, s2, s3)                 roi_pool's argmax, likewise
-    scale = (hi, lo)                                     spatial_scale (kernels/_double.py)
+    scale = (hi, lo)                                     spatial_scale (kernels/_args.py)
     fpn   = (a0, ..., a7)                                the FPN level area thresholds
     feats / grads, heights, widths, strides_*, scales    FPN: one value per level slot (8)
 """
@@ -18,9 +18,9 @@ one Python tuple at the launch and specialises element by element, unit strides 
 import triton
 import triton.language as tl
 
+from .._args import join
 from .._bf16 import cast
 from .._device import interpreting
-from .._double import join
 
 # The interpreter's fp32 -> bf16 store truncates; _bf16.cast rounds first when this is set. A module
 # constant rather than a kernel argument keeps the kernels' signatures (and their compile specs) as

@@ -12,7 +12,7 @@ and is computed that way. Layouts and the forward math: kernels/roi/__init__.py'
 import triton
 import triton.language as tl
 
-from .._double import join
+from .._args import join
 from .device import (
     _align_box,
     _align_geometry,

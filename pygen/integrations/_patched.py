@@ -19,8 +19,6 @@ import importlib
 
 from torch import nn
 
-from ._swaps import check_state_shapes
-
 
 class RefusedAfterSwap:
     """Stands in for ``model.<method>`` after a swap; calling it raises RuntimeError."""
@@ -96,20 +94,6 @@ def take_hooks(new: nn.Module, old: nn.Module) -> None:
         src, dst = getattr(old, name, None), getattr(new, name, None)
         if src and dst is not None:
             dst.update(src)
-
-
-def adopt_tensors(new: nn.Module, old: nn.Module) -> None:
-    """Make ``new`` hold ``old``'s very Parameter and buffer objects (same names), so optimizers
-    and tied references built before the swap keep working."""
-    check_state_shapes(new, old, type(new).__name__, type(old).__name__)
-    for name, p in old.named_parameters():
-        mod_name, _, leaf = name.rpartition(".")
-        setattr(new.get_submodule(mod_name), leaf, p)
-    for name, b in old.named_buffers():
-        mod_name, _, leaf = name.rpartition(".")
-        target = new.get_submodule(mod_name)
-        if leaf in target._buffers:
-            target._buffers[leaf] = b
 
 
 class InitWeightsAfterSwap:

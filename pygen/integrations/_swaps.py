@@ -1,6 +1,7 @@
 """What pygen's module swaps share: the (parent, name, child) walk they replace children in
 (torchvision's RoI modules, nflows, zuko, transformers' DeepSeek attention and MoE), the check that a
-module built to take over another's tensors has its state_dict shapes, and the nflows and zuko
+module built to take over another's tensors has its state_dict shapes and the taking over
+(``adopt_tensors``: the very Parameter and buffer objects), and the nflows and zuko
 swaps' one warning that names the modules a patcher kept because pygen's counterpart computes
 something else."""
 
@@ -24,6 +25,20 @@ def check_state_shapes(new: nn.Module, old: nn.Module, new_name: str, old_name: 
     have = {k: tuple(v.shape) for k, v in old.state_dict().items()}
     if want != have:
         raise RuntimeError(f"{new_name} state_dict {want} does not match {old_name}'s {have}")
+
+
+def adopt_tensors(new: nn.Module, old: nn.Module) -> None:
+    """Make ``new`` hold ``old``'s very Parameter and buffer objects (same names), so optimizers
+    and tied references built before the swap keep working."""
+    check_state_shapes(new, old, type(new).__name__, type(old).__name__)
+    for name, p in old.named_parameters():
+        mod_name, _, leaf = name.rpartition(".")
+        setattr(new.get_submodule(mod_name), leaf, p)
+    for name, b in old.named_buffers():
+        mod_name, _, leaf = name.rpartition(".")
+        target = new.get_submodule(mod_name)
+        if leaf in target._buffers:
+            target._buffers[leaf] = b
 
 
 def warn_kept(patcher: str, kept: Counter[str], why: dict[str, str]) -> None:

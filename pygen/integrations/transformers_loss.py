@@ -79,11 +79,12 @@ def causal_lm_loss(
             f"(labels {tuple(labels.shape)}; with logits_to_keep, pass shift_labels for the kept rows)"
         )
     from ..ops.losses import linear_cross_entropy
+    from ..ref.losses import compute_dtype
 
     reduction = "mean" if num_items_in_batch is None else "sum"
     # transformers upcasts the logits to float32 before its loss: reduce in float32 (float64 for a
     # float64 model), not in a bf16 model's bf16 (which rounded the loss by up to half a bf16 ulp)
-    wide = torch.float64 if h.dtype == torch.float64 else torch.float32
+    wide = compute_dtype(h)
     loss = linear_cross_entropy(
         h, head.weight, targets, head.bias, ignore_index=ignore_index, reduction=reduction, softcap=softcap,
         dtype=wide, backend=backend,

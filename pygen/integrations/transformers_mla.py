@@ -132,8 +132,8 @@ def patch_deepseek_attention(model: nn.Module, *, backend: str | None = None) ->
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
 
     from ..nn.mla import MLA
-    from ._patched import adopt_tensors, refuse_after_swap, take_hooks, typed_as
-    from ._swaps import children
+    from ._patched import refuse_after_swap, take_hooks, typed_as
+    from ._swaps import adopt_tensors, children
 
     counts: Counter[str] = Counter()
     for parent, child_name, child in children(model):

@@ -133,8 +133,8 @@ def patch_deepseek_moe(model: nn.Module, *, backend: str | None = None) -> dict[
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
     from ..nn.moe import MoE
-    from ._patched import adopt_tensors, hook_init_weights, refuse_after_swap, take_hooks, typed_as
-    from ._swaps import children
+    from ._patched import hook_init_weights, refuse_after_swap, take_hooks, typed_as
+    from ._swaps import adopt_tensors, children
 
     counts: Counter[str] = Counter()
     for parent, child_name, child in children(model):

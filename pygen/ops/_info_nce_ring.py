@@ -37,7 +37,8 @@ from ._common_checks import checking_values
 
 NAME = _info_nce.NAME
 _REFUSALS = (ValueError, TypeError, RuntimeError)  # a rank's argument checks' errors (RuntimeError: no backend)
-_SAID = 512  # bytes of a refusal's message that reach the other ranks
+# dtypes a rank's embeddings may have, by code in the sizes' all-gather (the ranks must agree on it)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _sizes(group, *counts: int, device) -> list[list[int]]:
@@ -150,17 +151,37 @@ def _layout(sizes, rank: int, row: int, col: int):
     return sum(s[row] for s in sizes[:rank]), cols0, cols
 
 
-def _refuse(group, device, kind: type, mine: Exception | None):
+def _refuse(group, kind: type, mine: Exception | None):
     """Raise the same ``kind`` error on every rank (each calls this once a collective has told them
     all that some rank refused), made of the messages of the ranks that refused (``mine`` on this
-    one): one all-gather of the messages as bytes, on the error path only."""
-    said = (str(mine) or type(mine).__name__).removeprefix(f"{NAME}: ").encode()[:_SAID] if mine else b""
-    raw = torch.zeros(_SAID, dtype=torch.uint8)
-    raw[: len(said)] = torch.tensor(list(said), dtype=torch.uint8)
-    every = [torch.empty(_SAID, dtype=torch.uint8, device=device) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(every, raw.to(device), group=group)
-    lines = [bytes(t).rstrip(b"\0").decode(errors="ignore") for t in torch.stack(every).cpu().tolist()]
+    one): one object all-gather, on the error path only."""
+    said = (str(mine) or type(mine).__name__).removeprefix(f"{NAME}: ") if mine else ""
+    lines = [""] * dist.get_world_size(group)
+    dist.all_gather_object(lines, said, group=group)
     raise kind(f"{NAME}: " + "; ".join(f"rank {r} of {len(lines)}: {t}" for r, t in enumerate(lines) if t)) from mine
+
+
+def _collective_device(group, queries) -> torch.device:
+    """Where the agreement collectives run: NCCL needs this rank's current GPU, whatever the rank
+    was given; gloo runs them beside the queries (CPU when they are not a usable tensor)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    usable = isinstance(queries, torch.Tensor) and queries.device.type != "meta"
+    return queries.device if usable else torch.device("cpu")
+
+
+def _shape_and_settings(queries, keys, symmetric, batch_negatives, reduction) -> tuple[int, int, tuple]:
+    """(rows, key rows, the settings every rank must share: width, dtype code, symmetric,
+    batch_negatives, reduction code)."""
+    m = queries.shape[0] if keys is None else keys.shape[0]
+    agree = (queries.shape[1], _DTYPES.index(queries.dtype), int(symmetric), int(batch_negatives))
+    return queries.shape[0], m, (*agree, ref.REDUCTIONS.index(reduction))
+
+
+def _disagreement(sizes) -> str:
+    names = ("embedding width", "dtype", "symmetric", "batch_negatives", "reduction")
+    differ = [name for i, name in enumerate(names) if len({s[4 + i] for s in sizes}) > 1]
+    return f"the ranks disagree on {', '.join(differ)}: every rank must call with the same ones"
 
 
 def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: int, device, check, group):
@@ -177,7 +198,7 @@ def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: in
     found = torch.zeros(3, dtype=torch.bool, device=device)
     if mine:  # SimCLR: the keys are the queries, so query i's own key is own_cols0 + i
         found = _info_nce.positive_problems(p, total, own_cols0, simclr, False)
-    bad = found.any().to(torch.int32)
+    bad = found.any().to(device=device, dtype=torch.int32)
     dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=group)
     if bad.item():
         refused = None
@@ -185,7 +206,7 @@ def _global_positives(positives, n: int, simclr: bool, own_cols0: int, total: in
             _info_nce.refuse_positives(p, found.tolist(), total, "the keys of every rank")
         except ValueError as e:
             refused = e
-        _refuse(group, device, ValueError, refused)
+        _refuse(group, ValueError, refused)
     return p
 
 
@@ -208,20 +229,23 @@ def info_nce(queries, keys, temperature, positives, queue, symmetric, normalize,
             raise ValueError(f"{NAME}: symmetric=True with group= supports the default positives (key i of each rank)")
         if not batch_negatives and positives is not None:
             raise ValueError(f"{NAME}: batch_negatives=False with group= supports the default positives")
-    except _REFUSALS as e:
-        refused = e
-    usable = isinstance(queries, torch.Tensor) and queries.device.type != "meta"
-    device = queries.device if usable else torch.device("cpu")  # (where the collectives run)
+        # what decides which collectives run (the ring's block shapes, a second ring, the final
+        # all-reduce) must be the same on every rank: it rides on the sizes' all-gather too
+        n, m, agree = _shape_and_settings(queries, keys, symmetric, batch_negatives, reduction)
+    except Exception as e:  # any one-rank failure, so that the others do not wait in a collective
+        refused, n, m, agree = e, 0, 0, (0,) * 5
+    device = _collective_device(group, queries)
     simclr = keys is None
-    n, m = (0, 0) if refused else (queries.shape[0], queries.shape[0] if simclr else keys.shape[0])
-    code = next((i for i, kind in enumerate(_REFUSALS, 1) if isinstance(refused, kind)), 0)
+    # code 1, 2, 3: the _REFUSALS class of this rank's refusal (3, RuntimeError, for any other one)
+    code = 0 if refused is None else next((i for i, k in enumerate(_REFUSALS, 1) if isinstance(refused, k)), 3)
     check = refused is None and positives is not None and checking_values(positives)
     ring = _Ring(group)
-    # the refusals ride on the sizes' all-gather (codes 1, 2, 3: _REFUSALS): every rank learns of them
-    sizes = _sizes(group, n, m, code, check, device=device)
+    sizes = _sizes(group, n, m, code, check, *agree, device=device)
     codes = [s[2] for s in sizes if s[2]]
     if codes:
-        _refuse(group, device, _REFUSALS[codes[0] - 1], refused)
+        _refuse(group, _REFUSALS[codes[0] - 1], refused)
+    if any(s[4:] != sizes[0][4:] for s in sizes):  # every rank sees the same sizes: no collective needed
+        raise ValueError(f"{NAME}: {_disagreement(sizes)}")
     q = _info_nce.unit(queries, normalize)
     k = q if simclr else _info_nce.unit(keys, normalize)
     layout = _layout(sizes, ring.rank, 0, 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..ref import made as ref
-from ._common_checks import FLOAT_DTYPES, checking_values, tensor
+from ._common_checks import FLOAT_DTYPES, INDEX_DTYPES, checking_values, tensor
 
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -73,7 +73,7 @@ def degrees(name: str, d, size: int, what: str, device: torch.device) -> torch.T
         raise ValueError(f"{name}: {what} must have shape [{size}], got {tuple(d.shape)}")
     if d.device != device:
         raise ValueError(f"{name}: {what} is on {d.device} but x is on {device}")
-    if d.dtype not in (torch.int32, torch.int64):
+    if d.dtype not in INDEX_DTYPES:
         d = d.to(torch.int64)
     return d.contiguous()
 

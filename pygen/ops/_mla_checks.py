@@ -24,23 +24,27 @@ import numbers
 import torch
 
 from ..ref.mla import FP8_TOKEN_BYTES, LATENT_DIM, QK_DIM, ROPE_DIM
-from ._common_checks import FLOAT_DTYPES, checking_values, flag, positive_float, same_device, tensor, tracing
+from ._common_checks import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    checking_values,
+    flag,
+    positive_float,
+    same_device,
+    tensor,
+    tracing,
+)
 
 
 def float_tensor(name: str, x, what: str, dims: int) -> torch.Tensor:
-    tensor(name, x, what, dim=dims)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    tensor(name, x, what, dim=dims, dtypes=FLOAT_DTYPES)
     if x.numel() and x.stride(-1) != 1:
         raise ValueError(f"{name}: {what} must have a contiguous last dim (stride 1), got strides {x.stride()}")
     return x
 
 
 def int_tensor(name: str, x, what: str, dims: int, dtypes=(torch.int32,)) -> torch.Tensor:
-    tensor(name, x, what, dim=dims)
-    if x.dtype not in dtypes:
-        raise TypeError(f"{name}: {what} must be {' or '.join(str(d) for d in dtypes)}, got {x.dtype}")
-    return x
+    return tensor(name, x, what, dim=dims, dtypes=dtypes)
 
 
 def devices_match(name: str, ref_what: str, ref: torch.Tensor, **others) -> None:
@@ -161,7 +165,7 @@ def decode_args(name, q, kv_cache, block_table, cache_seqlens, head_dim_v, softm
 def append_args(name, kv_cache, block_table, positions, latent, k_rope):
     fp8 = kv_cache_arg(name, kv_cache, None)
     int_tensor(name, block_table, "block_table", 2)
-    int_tensor(name, positions, "positions", 2, (torch.int32, torch.int64))
+    int_tensor(name, positions, "positions", 2, INDEX_DTYPES)
     b, n = positions.shape
     if block_table.shape[0] != b:
         raise ValueError(f"{name}: block_table must have {b} rows (positions' batch), got {tuple(block_table.shape)}")

@@ -34,9 +34,8 @@ MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
 MAX_DIM = 2**31 - 1  # largest N, C, H or W of a feature map (csrc/roi/roi_bind.h)
 CHECK_ROWS = 1 << 18  # rows per chunk of the box value checks (<= 10 MB of temporaries)
 
-# The argument types of torchvision's RoI ops: boxes Tensor[K, 5] (batch index, x1, y1, x2, y2)
-# or one Tensor[L_i, 4] per image; output_size PH = PW or (PH, PW).
-Boxes = torch.Tensor | list[torch.Tensor]
+# output_size of torchvision's RoI ops: PH = PW or (PH, PW) (boxes: pygen/ops/_roi_script.py's Boxes,
+# spelled so that TorchScript reads it).
 PoolSize = int | tuple[int, int]
 
 

@@ -26,7 +26,8 @@ from torch.jit.annotations import BroadcastingList2
 
 from ._roi_checks import to_rois
 
-# TorchScript reads these annotations at compile time: Union and List spellings it understands
+# boxes of torchvision's RoI ops: Tensor[K, 5] (batch index, x1, y1, x2, y2) or one Tensor[L_i, 4] per
+# image. TorchScript reads these annotations at compile time: Union and List spellings it understands
 # (``X | Y`` is not TorchScript before torch 2.6).
 Boxes = Union[Tensor, list[Tensor]]  # noqa: UP007 (TorchScript, see above)
 

@@ -115,6 +115,7 @@ def _stats_bwd(L, hidden, weight, targets, bias, lse, mu, g_lse, g_picked, g_sum
         for out, g in ((outs[1], gw), (outs[2], gb)):
             if g is not None and out.dtype != acc:
                 out[v0:v1].copy_(g)
+        gw = gb = None  # this slice's float32 buffers go before the next slice allocates its own
     if gh is not None and outs[0].dtype != acc:
         outs[0].copy_(gh)
     return outs
@@ -129,7 +130,7 @@ def _vocab_slices(weight, acc, need) -> list[tuple[int, int]]:
     float32: over the whole vocabulary that buffer would be twice the gradient returned (3.7 GB at
     DeepSeek-V3's 129,280 x 7168 head in bf16), so each slice's buffer is cast into the gradient
     before the next is allocated: extra memory O(GRAD_SLICE_ELEMENTS), the kernels launched once per
-    slice (14 at that head). One slice when the weight is in the accumulation dtype."""
+    slice (15 at that head). One slice when the weight is in the accumulation dtype."""
     v, h = weight.shape
     if not need or weight.dtype == acc or v * h <= GRAD_SLICE_ELEMENTS:
         return [(0, v)] if v else []

@@ -26,6 +26,7 @@ import torch
 
 from ..ref import moe as ref_moe
 from . import _moe_checks as chk
+from ._common_checks import INDEX_DTYPES
 from .fp8 import fp8_gemm_grouped, quantize_fp8_1x128, quantize_fp8_128x128
 from .moe import ACTIVATIONS, _inverse, moe_align
 
@@ -77,7 +78,7 @@ def _check(x, w1q, w1s, w2q, w2s, topk_weights, topk_ids, activation):
         not isinstance(topk_ids, torch.Tensor)
         or topk_ids.dim() != 2
         or topk_ids.shape[0] != x.shape[0]
-        or topk_ids.dtype not in (torch.int32, torch.int64)
+        or topk_ids.dtype not in INDEX_DTYPES
     ):
         raise ValueError(f"{name}: topk_ids must be int32/int64 [T = {x.shape[0]}, k]")
     if (

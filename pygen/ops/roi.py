@@ -20,11 +20,10 @@ import torch
 
 from .. import _backend
 from ..ref import roi as ref
-from . import _registry, _roi_script
+from . import _common_checks as cc, _registry, _roi_script
 from ._fx import fx_leaf
 from ._registry import Backward, OpSpec, register
 from ._roi_checks import (
-    Boxes,
     PoolSize,
     check_features,
     check_input,
@@ -34,6 +33,7 @@ from ._roi_checks import (
     ps_channels,
     rois_from_boxes,
 )
+from ._roi_script import Boxes
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align"]
 
@@ -66,10 +66,9 @@ def _deterministic() -> bool:
 def _strided_grad(grad: torch.Tensor) -> torch.Tensor:
     """grad_out as the backward kernels get it: read through its strides, so an expanded gradient
     (what ``out.sum().backward()`` sends) is not copied, unless one RoI's [C, PH, PW] block spans
-    2^31 elements or more (the Triton kernels' offsets within a RoI are 32-bit; the C++ ones are
-    64-bit throughout)."""
-    span = sum((n - 1) * s for n, s in zip(grad.shape[1:], grad.stride()[1:]))
-    return grad if span < 2**31 else grad.contiguous()
+    more than _common_checks.MAX_SPAN elements (the Triton kernels' offsets within a RoI are
+    32-bit; the C++ ones are 64-bit throughout)."""
+    return grad if cc.span(grad, (1, 2, 3)) <= cc.MAX_SPAN else grad.contiguous()
 
 
 def _finish(acc: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

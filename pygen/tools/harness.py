@@ -526,14 +526,24 @@ def time_cpu(
     warmup: int = 1,
     min_reps: int = 5,
     max_reps: int = 200,
-    **options: Any,
+    budget_s: float = 1.0,
+    max_total_s: float = 30.0,
+    timer: str = "auto",
 ) -> Timing:
     """Median / p20 / p80 / min of repeated calls of one callable: at least ``min_reps`` samples
     and ``budget_s`` seconds, except that calls so slow that ``max_total_s`` is reached stop early
-    (with at least one sample; the sample count is reported with the numbers). ``options``:
-    ``budget_s``, ``max_total_s`` and ``timer`` of :func:`time_cpu_interleaved`, which this is for
-    one callable; to compare two callables use it directly, so that their samples are paired."""
-    return time_cpu_interleaved([(fn, reset)], warmup=warmup, min_rounds=min_reps, max_rounds=max_reps, **options)[0]
+    (with at least one sample; the sample count is reported with the numbers). This is
+    :func:`time_cpu_interleaved` for one callable; to compare two callables use it directly, so
+    that their samples are paired."""
+    return time_cpu_interleaved(
+        [(fn, reset)],
+        warmup=warmup,
+        min_rounds=min_reps,
+        max_rounds=max_reps,
+        budget_s=budget_s,
+        max_total_s=max_total_s,
+        timer=timer,
+    )[0]
 
 
 def interleaved_order(k: int, rounds: int) -> list[int]:

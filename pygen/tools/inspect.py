@@ -272,9 +272,6 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
             sig.setdefault(k, "constexpr")
         arg_names = getattr(fn, "arg_names", list(sig))
         sig = {a: sig[a] for a in arg_names if a in sig}
-        too_old = _backend._triton_error()  # (the signature format below is Triton 3.2's onwards)
-        if too_old:
-            raise RuntimeError(too_old)
         src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=d.get("attrs"))
         k = triton.compile(src, target=_gpu_target(), options=opts)
         ptx = k.asm["ptx"]
@@ -310,7 +307,11 @@ def compile_triton_spec(spec, family: str = "") -> dict[str, Any]:
 
 def triton_rows(families: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """One row per COMPILE_SPECS entry of every kernels module (of ``families``); ``limit``
-    keeps the first entries of each module only."""
+    keeps the first entries of each module only. RuntimeError when Triton cannot compile them (not
+    installed, or older than pygen._backend.TRITON_MIN)."""
+    unusable = _backend._triton_error()
+    if unusable:
+        raise RuntimeError(f"pygen inspect: {unusable}")
     fams = list(families) if families else None
     if interpreting():
         # under the interpreter @triton.jit yields InterpretedFunctions, which cannot be compiled

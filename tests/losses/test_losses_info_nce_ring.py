@@ -157,6 +157,21 @@ def _one_rank_refused(rank: int, world: int, group) -> list[str]:
         except err as e:
             if not re.search(match, str(e)):
                 errs.append(f"rank {rank}: {type(e).__name__} {e!r} does not match {match!r}")
+    # settings that decide the collectives (reduction "none" skips the final all-reduce, symmetric
+    # adds a ring, the width sets the ring's blocks) must agree across ranks
+    disagreeing = [
+        (dict(reduction="none" if rank else "mean"), "reduction"),
+        (dict(symmetric=bool(rank)), "symmetric"),
+        (dict(queries=q[:, : D - rank]), "embedding width"),
+    ]
+    for kw, what in disagreeing:
+        args = dict(queries=q, keys=k if "queries" not in kw else k[:, : D - rank], temperature=0.5) | kw
+        try:
+            ops.info_nce(**args, group=group, backend="cpu")
+            errs.append(f"rank {rank}: ranks disagreeing on {what} were not refused")
+        except ValueError as e:
+            if f"the ranks disagree on {what}" not in str(e):
+                errs.append(f"rank {rank}: {e!r} does not name {what}")
     ops.info_nce(q, k, temperature=0.5, positives=own, group=group, backend="cpu")
     return errs
 

@@ -33,7 +33,7 @@ SCENARIOS = {
         fields=dict(
             hidden_size=10,
             moe_intermediate_size=4,
-            **moe_routing(10, 3, 2, 1),
+            **moe_routing(experts=10, top_k=3, n_group=2, topk_group=1),
             n_shared_experts=0,
             norm_topk_prob=False,
         ),

@@ -8,16 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import GROUPED_ROUTING, assert_close_to_ref, moe_routing, route_kwargs
+from helpers import GROUPED_ROUTING, assert_close_to_ref, moe_routing, requires_triton, route_kwargs
 
-from pygen import _backend
 from pygen.nn.moe import MoE, bias_update, expert_load, load_balance_stats
 from pygen.ref import moe as ref
 
 FIELDS = dict(hidden_size=24, moe_intermediate_size=8, **GROUPED_ROUTING, n_shared_experts=2, routed_scaling_factor=2.5)
 
-_TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
-KERNEL_BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY))]
+KERNEL_BACKENDS = [pytest.param("triton", marks=requires_triton)]
 
 
 def _layer(seed=0, dtype=torch.float64, **kw) -> MoE:
@@ -86,7 +84,8 @@ def test_reference_matches_ref_composition_float64(shape):
 
 
 def test_gradcheck_float64():
-    m = _layer(hidden_size=6, moe_intermediate_size=3, **moe_routing(4, 2, 2, 1), n_shared_experts=1)
+    routing = moe_routing(experts=4, top_k=2, n_group=2, topk_group=1)
+    m = _layer(hidden_size=6, moe_intermediate_size=3, **routing, n_shared_experts=1)
     m.backend = "reference"
     params = dict(m.named_parameters())
     names = list(params)
@@ -237,7 +236,8 @@ def test_bias_updates_balance_a_skewed_router():
     """The rule's purpose: a router whose logits favour a few experts gets balanced by the bias
     alone (routing only, no expert compute)."""
     torch.manual_seed(0)
-    m = MoE(hidden_size=16, moe_intermediate_size=4, **moe_routing(16, 2, 4, 2), backend="reference")
+    routing = moe_routing(experts=16, top_k=2, n_group=4, topk_group=2)
+    m = MoE(hidden_size=16, moe_intermediate_size=4, **routing, backend="reference")
     with torch.no_grad():
         m.gate.weight.normal_(0, 0.3)
     skew = torch.linspace(2.0, -2.0, 16)  # expert 0 strongly preferred, expert 15 avoided
@@ -254,7 +254,7 @@ def test_bias_updates_balance_a_skewed_router():
     assert last["max_violation"] < 0.35 * first["max_violation"]
 
 
-@pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
+@requires_triton
 def test_compile_fullgraph_training():
     """The layer traces into one graph (no host synchronisation: the router's ids skip
     fused_moe's range check, the balancing counter is a scatter_add), forward and backward."""

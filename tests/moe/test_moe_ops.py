@@ -10,7 +10,14 @@ from unittest import mock
 
 import pytest
 import torch
-from helpers import assert_close_to_ref, assert_rounded_bf16, backend_params, route_kwargs, topk_ties_to_lower_index
+from helpers import (
+    TRITON_SKIP,
+    assert_close_to_ref,
+    assert_rounded_bf16,
+    backend_params,
+    route_kwargs,
+    topk_ties_to_lower_index,
+)
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pygen import _backend
@@ -330,8 +337,8 @@ STREAM_CASES = [  # (T, E, top_k, n_group, topk_group, scoring, bias, norm, tile
 def test_route_streaming_kernel_matches_reference(case):
     """Rows wider than a tile take the streaming paths (the GPU's above ROUTE_TILE = 4096 experts):
     small tiles reach them at small E under the interpreter."""
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     from pygen.kernels import moe as kmoe
 
     t, e, k, g, tg, scoring, has_bias, norm, tile, ties = case
@@ -432,8 +439,8 @@ def test_align_large_65536_slots_4096_experts(dev, backend):
 
 
 def test_align_large_triton():
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     ids = torch.randint(0, 4096, (512, 8), generator=_gen(12), dtype=torch.int32)
     out = moe_align(ids, 4096, 64, backend="triton")
     for got, w in zip(out, ref.moe_align(ids, 4096, 64)):
@@ -466,8 +473,8 @@ def test_align_fuzz_cpu_and_reference(t, k, e, b, hot, seed, bad):
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**_align_space(24, 4, 40, [1, 4, 16]), seed=st.integers(0, 2**16))
 def test_align_fuzz_triton(t, k, e, b, seed):
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     ids = torch.randint(0, e, (t, k), generator=_gen(seed), dtype=torch.int32)
     out = moe_align(ids, e, b, backend="triton")
     for got, w in zip(out, ref.moe_align(ids, e, b)):
@@ -592,8 +599,8 @@ def test_fused_moe_forward_backward_vs_reference(dev, backend, case):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_moe_half_precision_triton(dtype):
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     x, w1, w2, w, ids = _moe_inputs(11, 2, 4, 32, 16, dtype, "cpu", seed=3)
     out = fused_moe(x, w1, w2, w, ids, backend="triton")
     rout = ref.fused_moe(x.double(), w1.double(), w2.double(), w.double(), ids)
@@ -613,8 +620,8 @@ def test_fused_moe_half_precision_triton(dtype):
 
 
 def test_fused_moe_deterministic_mode_is_bitwise_reproducible():
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     x, w1, w2, w, ids = _moe_inputs(9, 3, 4, 16, 8, torch.float32, "cpu", seed=4)
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -641,8 +648,8 @@ def test_fused_moe_gradcheck_reference():
 def test_fused_moe_triton_gradient_is_the_reference_jacobian():
     """Triton has no float64 path; its float32 backward is checked against the float64 Jacobian of
     the reference by directional derivatives (a gradcheck-style test with float32 tolerances)."""
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     x, w1, w2, w, ids = _moe_inputs(5, 2, 3, 8, 4, torch.float32, "cpu", seed=6)
     leaves = [a.clone().requires_grad_() for a in (x, w1, w2, w)]
     g = torch.randn(5, 8, generator=_gen(8))
@@ -658,8 +665,8 @@ def test_fused_moe_triton_gradient_is_the_reference_jacobian():
 
 
 def test_fused_moe_all_to_one_expert_and_unused_experts():
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     x, w1, w2, w, ids = _moe_inputs(20, 2, 5, 16, 8, torch.float32, "cpu", seed=7, hot=True)
     out = fused_moe(x, w1, w2, w, ids, backend="triton")
     assert_close_to_ref(out, ref.fused_moe(x.double(), w1.double(), w2.double(), w.double(), ids), atol=1e-5)
@@ -742,8 +749,8 @@ def test_opcheck(name):
 
 
 def test_torch_compile_fullgraph():
-    if not _backend.backend_status("triton", "cpu")[0]:
-        pytest.skip("triton unavailable")
+    if TRITON_SKIP:
+        pytest.skip(TRITON_SKIP)
     x, w1, w2, _w, _ids = _moe_inputs(7, 2, 4, 16, 8, torch.float32, "cpu", seed=10)
     gate = torch.randn(4, 16, generator=_gen(1))
 

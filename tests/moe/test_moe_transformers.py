@@ -19,16 +19,12 @@ from helpers import (  # noqa: E402 (after importorskip)
     GROUPED_ROUTING,
     TRANSFORMERS_TEST_ROUTING,
     assert_close_to_ref,
-    topk_ties_to_lower_index,  # noqa: E402 (after importorskip)
+    requires_triton,
+    topk_ties_to_lower_index,
 )
 
-from pygen import _backend  # noqa: E402 (after importorskip)
 from pygen.integrations import transformers_moe as tm  # noqa: E402 (after importorskip)
 from pygen.nn.moe import MoE  # noqa: E402 (after importorskip)
-
-_TRITON_OK, _TRITON_WHY = _backend.backend_status("triton", "cpu")
-_SKIP_TRITON = pytest.mark.skipif(not _TRITON_OK, reason=_TRITON_WHY)
-
 
 # The tiny causal LM every model of this file is built on (DeepseekV3 and the other MoE families).
 _TINY_LM = dict(
@@ -120,7 +116,7 @@ def _gpu_topk(routing):
     [
         ("reference", torch.float64),
         ("reference", torch.float32),
-        pytest.param("triton", torch.float32, marks=_SKIP_TRITON),
+        pytest.param("triton", torch.float32, marks=requires_triton),
     ],
 )
 def test_moe_loads_hf_state_dict_and_matches(backend, dtype, routing):
@@ -231,7 +227,7 @@ def _assert_same_logits_and_grads(model, ids, ref_logits, ref_grads):
 
 
 @pytest.mark.parametrize("routing", ROUTINGS[1:3], ids=ROUTING_IDS[1:3])
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=_SKIP_TRITON)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_triton)])
 def test_patched_model_routes_to_masked_experts_like_transformers(backend, routing):
     """top_k above the kept groups' experts (issue 13): transformers' own test config (8 experts
     in 2 groups, topk_group 1, 8 per token) used to raise in pygen.nn.MoE; the patched model now
