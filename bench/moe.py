@@ -472,7 +472,7 @@ def _hf_layer(impl: str, s: MoEShape):
         import transformers
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-        from pygen.integrations._patched import adopt_tensors
+        from pygen.integrations._swaps import adopt_tensors
 
         cfg = transformers.DeepseekV3Config(**_layer_fields(s), experts_implementation=impl)
         cache: dict[int, torch.nn.Module] = {}

@@ -1103,3 +1103,21 @@ def test_gpu_timing_path_unpaired(monkeypatch):
     st = rows["reference"]["vs"]["slow"]
     assert st["method"] == "p20-p80" and st["n"] is None and st["verdict"] == "faster"
     assert rows["reference"]["timer"] == "do_bench" and rows["reference"]["samples"] is None
+
+
+def test_a_baseline_whose_pygen_import_fails_is_an_error_not_a_skip():
+    """A baseline that is absent here (an optional package) is a skipped row; one whose import of
+    pygen's own modules fails is a bug and raises (it was reported as a skip)."""
+    from types import SimpleNamespace
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'vllm'", name="vllm")
+
+    def broken():
+        raise ImportError("cannot import name 'gone'", name="pygen.integrations._patched")
+
+    case = SimpleNamespace(baselines={"vllm": missing, "hf": broken})
+    (impl,) = H.build_impls(case, torch.device("cpu"), backends=(), baselines=["vllm"])
+    assert impl.fn is None and "vllm" in impl.skip
+    with pytest.raises(ImportError, match="cannot import name 'gone'"):
+        H.build_impls(case, torch.device("cpu"), backends=(), baselines=["hf"])
