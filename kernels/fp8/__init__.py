@@ -55,9 +55,7 @@ def _num_sms(device) -> int:
     return NUM_SMS_H100  # the interpreter runs the schedule an H100/H200 would
 
 
-def gemm_config(
-    m: int, n: int, k: int, *, b_block: int = BLOCK, grouped: bool = False, device: str | torch.device = "cuda"
-) -> GemmConfig:
+def gemm_config(m: int, n: int, k: int, *, grouped: bool = False, device: str | torch.device = "cuda") -> GemmConfig:
     """The tile configuration for one shape class (docs/fp8.md, "Tile configurations").
 
     decode      M <= 64        swap A/B: weight rows are the wgmma M side (64), tokens the N side
@@ -361,9 +359,7 @@ def _specs():
         )
     )
     specs.append(
-        _gemm_spec(
-            "fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, b_block=1, device="cpu"), b_block=1, bias=False, out="fp32"
-        )
+        _gemm_spec("fp8_gemm_wgrad", gemm_config(7168, 2048, 4096, device="cpu"), b_block=1, bias=False, out="fp32")
     )
     # the pointer path (operands TMA cannot address: unaligned views)
     specs.append(

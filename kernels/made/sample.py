@@ -45,6 +45,7 @@ from torch import Tensor
 
 from .._compile_spec import compile_spec
 from .._device import interpreting as _interpreting, launches_on_device
+from .._grid import program_block
 from . import _activate, _cast, _mma, _precision, _upcast
 
 KIND_CODES = {"bernoulli": 0, "gaussian": 1, "affine": 2}
@@ -122,9 +123,7 @@ def _made_sample_persistent_kernel(
     BLOCK_O: tl.constexpr,  # output rows per step (>= M_OUT, >= 16 for tl.dot)
 ):
     dtype = s_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    r_ok = rows < B
+    rows, r_ok = program_block(0, B, BLOCK_B)
     s_rows = s_ptr + rows[:, None] * stride_s  # [BLOCK_B, 1]: column 0 of this program's scratch rows
     offs_o = tl.arange(0, BLOCK_O)
     o_ok = offs_o < M_OUT

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .._bf16 import cast as _cast
+from .._grid import program_block
 from .softmax import online_softmax_finish, online_softmax_step
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -231,9 +232,8 @@ def _mla_prefill_bwd_preprocess_kernel(
     BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, ok = program_block(0, total_q, BLOCK_M)
     h = tl.program_id(1).to(tl.int64)
-    ok = rows < total_q
     r64 = rows.to(tl.int64)  # global rows: past 32 x 4096 of them, row * (h * DV = 16,384) >= 2^31
     o = _load_cols(out_ptr + r64 * stride_ot + h * stride_oh, ok, 0, DV, BLOCK_DV, True)  # float32 tiles
     g = _load_cols(do_ptr + r64 * stride_dot + h * stride_doh, ok, 0, DV, BLOCK_DV, True)

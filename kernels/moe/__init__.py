@@ -55,6 +55,7 @@ from torch import Tensor
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
 from .._device import interpreting
+from .._grid import program_block
 from .fused import COMPILE_SPECS as _FUSED_SPECS, _p2, fused_config, fused_moe_bwd, fused_moe_fwd  # noqa: F401 (re-export of the fused kernels' launchers and specs; _p2 shared)
 
 _INTERPRET = interpreting()
@@ -85,22 +86,27 @@ def _route_scores(x, mx, den, SOFTMAX: tl.constexpr):
 
 
 @triton.jit
-def _route_tile(
-    src, g0, p0, NG, PER, GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr
-):
-    """Biased scores b [BLOCK_T, GB, PB] of experts e = g * PER + p, g in g0 + [0, GB), p in
-    p0 + [0, PB); e [1, GB, PB] and ok (a real expert) [1, GB, PB]. ``src`` = (x_ptr, bias_ptr,
-    rows, rmask, stride_xt, mx, den): the program's logits rows and their softmax statistics (the
-    kernel builds it once; a tuple compiles to its elements, so the code is what separate
-    arguments give)."""
-    x_ptr, bias_ptr, rows, rmask, stride_xt, mx, den = src
+def _route_experts(g0, p0, NG, PER, GB: tl.constexpr, PB: tl.constexpr):
+    """Experts e = g * PER + p of the tile g in g0 + [0, GB), p in p0 + [0, PB): e [1, GB, PB] and
+    ok (a real expert) [1, GB, PB]."""
     g = g0 + tl.arange(0, GB)
     p = p0 + tl.arange(0, PB)
     e = (g[:, None] * PER + p[None, :])[None, :, :]
     ok = ((g < NG)[:, None] & (p < PER)[None, :])[None, :, :]
-    x = tl.load(x_ptr + rows[:, None, None].to(tl.int64) * stride_xt + e, mask=rmask[:, None, None] & ok, other=0.0).to(
-        tl.float32
-    )
+    return e, ok
+
+
+@triton.jit
+def _route_tile(
+    src, g0, p0, NG, PER, GB: tl.constexpr, PB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr
+):
+    """Biased scores b [BLOCK_T, GB, PB] of _route_experts' tile, with its e and ok. ``src`` =
+    (xrow, rmask, bias_ptr, mx, den): the program's logits row pointers and their softmax
+    statistics (the kernel builds it once; a tuple compiles to its elements, so the code is what
+    separate arguments give)."""
+    xrow, rmask, bias_ptr, mx, den = src
+    e, ok = _route_experts(g0, p0, NG, PER, GB, PB)
+    x = tl.load(xrow[:, None, None] + e, mask=rmask[:, None, None] & ok, other=0.0).to(tl.float32)
     b = _route_scores(x, mx[:, None, None], den[:, None, None], SOFTMAX)
     if HAS_BIAS:
         b = b + tl.load(bias_ptr + e, mask=ok, other=0.0).to(tl.float32)
@@ -211,9 +217,7 @@ def _moe_route_fwd_kernel(
     BLOCK_T: tl.constexpr,
 ):
     NEG = float("-inf")
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    rmask = rows < T
+    rows, rmask = program_block(0, T, BLOCK_T)
     xrow = x_ptr + rows.to(tl.int64) * stride_xt
     # softmax statistics: running max and rescaled sum over the tiles (one tile when SINGLE)
     mx = tl.zeros((BLOCK_T,), tl.float32)
@@ -223,17 +227,14 @@ def _moe_route_fwd_kernel(
         den = tl.zeros((BLOCK_T,), tl.float32)
         for g0 in range(0, NG, GB):
             for p0 in range(0, PER, PB):
-                gs_ = g0 + tl.arange(0, GB)
-                ps_ = p0 + tl.arange(0, PB)
-                es_ = (gs_[:, None] * PER + ps_[None, :])[None, :, :]
-                oks_ = ((gs_ < NG)[:, None] & (ps_ < PER)[None, :])[None, :, :]
+                es_, oks_ = _route_experts(g0, p0, NG, PER, GB, PB)
                 xs_ = tl.load(xrow[:, None, None] + es_, mask=rmask[:, None, None] & oks_, other=NEG).to(tl.float32)
                 nm = tl.maximum(mx, tl.max(tl.max(xs_, axis=2), axis=1))
                 den = den * tl.exp(mx - nm) + tl.sum(tl.sum(tl.exp(xs_ - nm[:, None, None]), axis=2), axis=1)
                 mx = nm
         mx = tl.where(rmask, mx, 0.0)  # rows past T: finite scores, never stored
         den = tl.where(rmask, den, 1.0)
-    src = (x_ptr, bias_ptr, rows, rmask, stride_xt, mx, den)  # what _route_tile scores
+    src = (xrow, rmask, bias_ptr, mx, den)  # what _route_tile scores
     gl = tl.arange(0, GB)
     if SINGLE:
         b0, e0, ok0 = _route_tile(src, 0, 0, NG, PER, GB, PB, SOFTMAX, HAS_BIAS)
@@ -397,8 +398,7 @@ def align_workspace_size(num_slots: int, num_experts: int) -> int:
 @triton.jit
 def _moe_align_count_kernel(ids_ptr, counts_ptr, S, E, SLOT_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    offs = pid * SLOT_BLOCK + tl.arange(0, SLOT_BLOCK)
-    m = offs < S
+    offs, m = program_block(0, S, SLOT_BLOCK)
     e = tl.load(ids_ptr + offs, mask=m, other=-1)
     ok = m & (e >= 0) & (e < E)  # compared before the narrowing cast: an int64 id never wraps in
     e = e.to(tl.int32)
@@ -408,9 +408,7 @@ def _moe_align_count_kernel(ids_ptr, counts_ptr, S, E, SLOT_BLOCK: tl.constexpr)
 
 @triton.jit
 def _moe_align_offsets_kernel(counts_ptr, totals_ptr, NB, E, EXP_BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    ex = pid * EXP_BLOCK + tl.arange(0, EXP_BLOCK)
-    m = ex < E
+    ex, m = program_block(0, E, EXP_BLOCK)
     run = tl.zeros((EXP_BLOCK,), tl.int32)
     p = counts_ptr + ex
     for _ in range(NB):
@@ -471,9 +469,7 @@ def _moe_align_scatter_kernel(
 def _moe_align_blocks_kernel(
     starts_ptr, expert_ids_ptr, NBLK, E, BLOCK: tl.constexpr, LOG2_E: tl.constexpr, BLOCK_J: tl.constexpr
 ):
-    pid = tl.program_id(0)
-    j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
-    m = j < NBLK
+    j, m = program_block(0, NBLK, BLOCK_J)
     pos = j * BLOCK
     total = tl.load(starts_ptr + E)
     e = tl.zeros((BLOCK_J,), tl.int32)
@@ -526,13 +522,11 @@ def align_fwd(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _moe_permute_fwd_kernel(x_ptr, slots_ptr, out_ptr, N, H, K, stride_x, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm = r < N
+    r, rm = program_block(0, N, BLOCK_R)
+    h, hm = program_block(1, H, BLOCK_H)
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
     ok = rm & (slot >= 0) & (slot < N)  # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0)
-    hm = h < H
     v = tl.load(x_ptr + tok[:, None].to(tl.int64) * stride_x + h[None, :], mask=ok[:, None] & hm[None, :], other=0.0)
     tl.store(out_ptr + r[:, None].to(tl.int64) * H + h[None, :], v, mask=rm[:, None] & hm[None, :])
 
@@ -562,10 +556,8 @@ def _moe_unpermute_fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    tm = t < T
-    hm = h < H
+    t, tm = program_block(0, T, BLOCK_T)
+    h, hm = program_block(1, H, BLOCK_H)
     acc = tl.zeros((BLOCK_T, BLOCK_H), tl.float32)
     for j in range(K):
         slot = t.to(tl.int64) * K + j
@@ -627,8 +619,7 @@ def _moe_unpermute_bwd_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rm = r < N
+    r, rm = program_block(0, N, BLOCK_R)
     slot = tl.load(slots_ptr + r, mask=rm, other=N)
     ok = rm & (slot >= 0) & (slot < N)  # any slot value is safe: only [0, N) is read
     tok = tl.where(ok, slot // K, 0).to(tl.int64)

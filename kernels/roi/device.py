@@ -44,23 +44,23 @@ def _tile_zeros(BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, C_FAST: tl.constex
 
 
 @triton.jit
+def _roi_batch(rois, r, mask, DT: tl.constexpr):
+    # the batch index alone (roi_pool's backward needs no box): -1 in masked lanes
+    rois_ptr, roi_stride, _roi_stride_f = rois
+    return tl.load(rois_ptr + r.to(tl.int64) * roi_stride, mask=mask, other=-1.0).to(DT)
+
+
+@triton.jit
 def _roi_row(rois, r, mask, DT: tl.constexpr):
     # works for a scalar RoI index or a vector of them (masked lanes read as batch -1)
     rois_ptr, roi_stride, roi_stride_f = rois
     base = rois_ptr + r.to(tl.int64) * roi_stride
-    bf = tl.load(base, mask=mask, other=-1.0).to(DT)
+    bf = _roi_batch(rois, r, mask, DT)
     x1 = tl.load(base + roi_stride_f, mask=mask, other=0.0).to(DT)
     y1 = tl.load(base + 2 * roi_stride_f, mask=mask, other=0.0).to(DT)
     x2 = tl.load(base + 3 * roi_stride_f, mask=mask, other=0.0).to(DT)
     y2 = tl.load(base + 4 * roi_stride_f, mask=mask, other=0.0).to(DT)
     return bf, x1, y1, x2, y2
-
-
-@triton.jit
-def _roi_batch(rois, r, mask, DT: tl.constexpr):
-    # the batch index alone (roi_pool's backward needs no box): -1 in masked lanes
-    rois_ptr, roi_stride, _roi_stride_f = rois
-    return tl.load(rois_ptr + r.to(tl.int64) * roi_stride, mask=mask, other=-1.0).to(DT)
 
 
 @triton.jit

@@ -189,12 +189,12 @@ def _roi_align_bwd_gather_kernel(
     ROI_BLOCK: tl.constexpr,  # RoIs tested per step of the walk
 ):
     tl.static_assert(not PS or ALIGNED, "PS needs ALIGNED=True")
-    c_map = C_in if PS else C  # grad_in's channels (PS: the first C*PH*PW of them get gradient)
-    n, c, tile = _gather_program(N, c_map, BLOCK_C)
+    # the grid covers grad_in's C_in channels (PS: only the first C*PH*PW of them get gradient)
+    n, c, tile = _gather_program(N, C_in, BLOCK_C)
     _align_gather(
         go,
         rois,
-        (grad_in_ptr, N, c_map, H, W),
+        (grad_in_ptr, N, C_in, H, W),
         K,
         n,
         c,

@@ -91,7 +91,7 @@ def _run_gemm(k, a, sa, b, sb, bias, b_block, out_dtype, grouped_idx=None):
         if bias is not None:
             out += bias.to(out_dtype)
         return out
-    cfg = k.gemm_config(m, n, a.shape[1], b_block=b_block, grouped=grouped_idx is not None, device=a.device)
+    cfg = k.gemm_config(m, n, a.shape[1], grouped=grouped_idx is not None, device=a.device)
     # split-K programs add float32 partial sums with atomics: they need a zeroed fp32 target
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.float32, device=a.device)
     if grouped_idx is None:
