@@ -49,7 +49,7 @@ from torch import Tensor
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
 from .._device import launches_on_device
-from .._grid import program_block as _block
+from .._grid import program_block
 from .lu import (  # noqa: F401 (re-export: launchers of the LU / slogdet kernels)
     MAX_C as LU_MAX_C,  # noqa: F401 (re-export)
     compile_specs as _lu_specs,
@@ -105,8 +105,8 @@ def _scale_of(r, clamp, inv_clamp, CLAMP: tl.constexpr):
 def _rows_tile(B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's [BLOCK_B samples, BLOCK_N elements] tile of [B, N] rows (grid: sample blocks,
     element blocks): the samples as int64 rows [BLOCK_B, 1], the elements, the tile mask."""
-    idx, nm = _block(1, N, BLOCK_N)
-    rows, rm = _block(0, B, BLOCK_B)
+    idx, nm = program_block(1, N, BLOCK_N)
+    rows, rm = program_block(0, B, BLOCK_B)
     return rows.to(tl.int64)[:, None], idx, rm[:, None] & nm[None, :]
 
 
@@ -151,7 +151,7 @@ def _affine_coupling_fwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     j = tl.program_id(1)
-    rows, rm = _block(0, B, BLOCK_B)
+    rows, rm = program_block(0, B, BLOCK_B)
     rl = rows.to(tl.int64)[:, None]
     start = j * span
     end = tl.minimum(start + span, N)
@@ -208,7 +208,7 @@ def _affine_coupling_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    rows, rm = _block(0, B, BLOCK_B)  # the samples, for their log-det gradients
+    rows, rm = program_block(0, B, BLOCK_B)  # the samples, for their log-det gradients
     rl, idx, m = _rows_tile(B, N, BLOCK_B, BLOCK_N)
     x = _load_rows(x_ptr, rl, x_sb, idx, m)
     r = _load_rows(r_ptr, rl, r_sb, idx, m)
@@ -291,8 +291,8 @@ def _actnorm_tile(
 ):
     """This program's [BLOCK_R rows, BLOCK_S positions] tile of x [R = B*C, S]: rows, their mask,
     their channels, the channels' multipliers m^{+-1} (float32), the tile mask, the tile offsets."""
-    rows, rm = _block(0, R, BLOCK_R)
-    cols, cm = _block(1, S, BLOCK_S)
+    rows, rm = program_block(0, R, BLOCK_R)
+    cols, cm = program_block(1, S, BLOCK_S)
     ch = rows % C
     p = tl.load(p_ptr + ch, mask=rm, other=1.0).to(tl.float32)
     mul = _act_multiplier(p, LOG, REVERSE)
@@ -393,7 +393,7 @@ def _actnorm_bwd_finish_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    cc, cm = _block(0, C, BLOCK_C)
+    cc, cm = program_block(0, C, BLOCK_C)
     a = tl.zeros([BLOCK_C], dtype=tl.float32)
     s = tl.zeros([BLOCK_C], dtype=tl.float32)
     for q0 in range(0, Q, BLOCK_Q):
@@ -496,7 +496,7 @@ def _conv1x1_fwd_kernel(
     n_sb = tl.cdiv(S, BLOCK_S)
     pid = tl.program_id(0)
     s_idx = (pid % n_sb) * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_idx, om = _block(1, C, BLOCK_O)
+    o_idx, om = program_block(1, C, BLOCK_O)
     b = (pid // n_sb).to(tl.int64)
     sm = s_idx < S
     acc = tl.zeros([BLOCK_O, BLOCK_S], dtype=tl.float32)
@@ -531,8 +531,8 @@ def _conv1x1_dw_kernel(
     BLOCK_I: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    o_idx, om = _block(0, C, BLOCK_O)
-    i_idx, im = _block(1, C, BLOCK_I)
+    o_idx, om = program_block(0, C, BLOCK_O)
+    i_idx, im = program_block(1, C, BLOCK_I)
     split = tl.program_id(2)
     acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=tl.float32)
     b0 = split * b_per

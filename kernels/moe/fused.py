@@ -42,7 +42,7 @@ from torch import Tensor
 from .._bf16 import cast as _cast
 from .._compile_spec import compile_spec
 from .._device import interpreting
-from .._grid import program_block as _tile
+from .._grid import program_block
 
 _INTERPRET = interpreting()
 ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -204,7 +204,7 @@ def _fused_moe_gate_up_kernel(
 ):
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n, nm = _tile(1, I, BLOCK_N)
+        n, nm = program_block(1, I, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         # 32-bit tile offsets from 64-bit scalar bases (the op checks T*H, 2I*H < 2^31): half the
         # registers of 64-bit pointer tensors
@@ -257,7 +257,7 @@ def _fused_moe_down_kernel(
 ):
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n, nm = _tile(1, H, BLOCK_N)
+        n, nm = program_block(1, H, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         srow = tl.where(valid, slot, 0)
         a_ptrs = h_ptr + (srow[:, None] * I + kk[None, :])
@@ -410,7 +410,7 @@ def _fused_moe_bwd_dh_kernel(
 ):
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n, nm = _tile(1, I, BLOCK_N)
+        n, nm = program_block(1, I, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         a_ptrs = g_ptr + (tok[:, None] * H + kk[None, :])
         b_ptrs = w2_ptr + e.to(tl.int64) * H * I + (kk[:, None] * I + n[None, :])
@@ -451,7 +451,7 @@ def _fused_moe_bwd_dx_kernel(
 ):
     active, e, slot, valid, tok = _rows(sorted_ptr, expert_ids_ptr, ntpp_ptr, S, K, BLOCK_M)
     if active:
-        n, nm = _tile(1, H, BLOCK_N)
+        n, nm = program_block(1, H, BLOCK_N)
         kk = tl.arange(0, BLOCK_K)
         srow = tl.where(valid, slot, 0)
         a_ptrs = dgu_ptr + (srow[:, None] * (2 * I) + kk[None, :])
@@ -479,8 +479,8 @@ def _fused_moe_bwd_dw1_kernel(
     BLOCK_H: tl.constexpr,
 ):
     e = tl.program_id(0)
-    c, cm = _tile(1, 2 * I, BLOCK_N)
-    hh, hm = _tile(2, H, BLOCK_H)
+    c, cm = program_block(1, 2 * I, BLOCK_N)
+    hh, hm = program_block(2, H, BLOCK_H)
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
     acc = tl.zeros((BLOCK_N, BLOCK_H), tl.float32)
@@ -517,8 +517,8 @@ def _fused_moe_bwd_dw2_kernel(
     BLOCK_I: tl.constexpr,
 ):
     e = tl.program_id(0)
-    n, nm = _tile(1, H, BLOCK_N)
-    ii, im = _tile(2, I, BLOCK_I)
+    n, nm = program_block(1, H, BLOCK_N)
+    ii, im = program_block(2, I, BLOCK_I)
     lo = tl.load(starts_ptr + e)
     hi = tl.load(starts_ptr + e + 1)
     acc = tl.zeros((BLOCK_N, BLOCK_I), tl.float32)
