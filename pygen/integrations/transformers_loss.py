@@ -27,9 +27,9 @@ another loss.
 
 The switch: ``logits`` is None in the output of a call with labels unless ``return_logits=True`` is
 passed to the call or to the patch (the model's default then); the logits are then the stock
-forward's own (the loss still comes from the fused op). The loss is float32 as the stock one (the
-fused op accumulates in float32; a bfloat16 model's loss is rounded to bfloat16 once by the op - its
-gradients are not), also for a float64 model, whose stock loss is float32 too (its gradients stay
+forward's own (the loss still comes from the fused op). The loss is float32 as the stock one: the
+op is asked for ``dtype=torch.float32``, so a bfloat16 model's loss is reduced in float32 and never
+rounded to bfloat16; a float64 model's loss is float32 too, as stock (its gradients stay
 float64-exact: d loss / d loss is 1).
 
 Why it is not in ``pygen.patch.patch``: it changes what the model returns (logits None), so it is

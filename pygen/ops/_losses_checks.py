@@ -15,17 +15,7 @@ import numbers
 import torch
 
 from ..ref.losses import GRPO_LOSS_TYPES
-from ._common_checks import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    checking_values,
-    choice,
-    integer,
-    positive_float,
-    real,
-    same_device,
-    tensor,
-)
+from ._common_checks import FLOAT_DTYPES, INDEX_DTYPES, checking_values, choice, integer, real, same_device, tensor
 
 
 def head(name: str, hidden, weight, bias=None) -> tuple[int, int]:
@@ -139,7 +129,7 @@ def grpo(name: str, shape, device, old, ref, advantages, mask, eps_low, eps_high
         if isinstance(items, torch.Tensor):
             tensor(name, items, "num_items_in_batch", dim=0)  # a device scalar is used as is (no sync)
         else:
-            items = positive_float(name, items, "num_items_in_batch")
+            items = in_range(name, items, "num_items_in_batch", 0.0)  # 0 (all masked) is clamped to 1
     return el, eh, b, lt, t_max, items
 
 

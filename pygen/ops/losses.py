@@ -32,7 +32,7 @@ import torch
 from .. import _backend
 from ..ref import losses as ref
 from . import _info_nce, _losses_checks as chk, _registry
-from ._common_checks import flag
+from ._common_checks import flag, positive_float
 from ._registry import Backward, OpSpec, register
 
 __all__ = ["linear_cross_entropy", "linear_log_probs", "info_nce", "grpo_loss", "linear_grpo_loss", "group_advantages"]
@@ -227,7 +227,7 @@ def linear_cross_entropy(
     reduction = chk.choice(name, reduction, "reduction", ref.REDUCTIONS)
     eps = chk.in_range(name, label_smoothing, "label_smoothing", 0.0, 1.0)
     zl = chk.in_range(name, z_loss, "z_loss", 0.0)
-    cap = chk.positive_float(name, softcap, "softcap", none_ok=True)
+    cap = positive_float(name, softcap, "softcap", none_ok=True)
     flag(name, return_lse, "return_lse")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     out_dtype = chk.float_dtype(name, dtype, "dtype") or hidden.dtype
@@ -266,7 +266,7 @@ def linear_log_probs(
     name = "linear_log_probs"
     vocab, _ = chk.head(name, hidden, weight)
     chk.labels(name, tokens, "tokens", hidden, vocab, None)
-    temp = chk.positive_float(name, temperature, "temperature")
+    temp = positive_float(name, temperature, "temperature")
     flag(name, return_entropy, "return_entropy")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     b = _pick(name, hidden, backend)
@@ -437,8 +437,8 @@ def grpo_loss(
     (None only with beta = 0), advantages [B] (``group_advantages``) and the completion mask
     [B, T] (bool, integer or float weights). ``loss_type``: "grpo" (mean over sequences of their
     token means), "bnpo" (mean over the batch's unmasked tokens), "dr_grpo" (sum / (B
-    max_completion_length), default T), "dapo" (sum / num_items_in_batch: the unmasked tokens of
-    the global batch, a number or a 0-dim tensor; default this batch's). Returns a scalar in
+    max_completion_length), default T), "dapo" (sum / max(num_items_in_batch, 1): the unmasked
+    tokens of the global batch, a number >= 0 or a 0-dim tensor; default this batch's). Returns a scalar in
     log_probs' dtype, differentiable in log_probs only (the rest is data, as in TRL)."""
     name = "grpo_loss"
     chk.tensor(name, log_probs, "log_probs", dim=2, dtypes=chk.FLOAT_DTYPES)
@@ -464,7 +464,7 @@ def linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.T
     vocab, _ = chk.head(name, hidden, weight)
     chk.tensor(name, hidden, "hidden", dim=3)
     chk.labels(name, tokens, "tokens", hidden, vocab, None)
-    temp = chk.positive_float(name, temperature, "temperature")
+    temp = positive_float(name, temperature, "temperature")
     feps = chk.filter_eps_value(name, filter_eps, hidden.dtype)
     unknown = sorted(set(grpo_options) - set(_GRPO_OPTIONS))
     if unknown:
@@ -492,8 +492,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool
     """GRPO's group-relative advantages of rewards [B] (each prompt's ``group_size`` completions
     adjacent): (r - group mean) / (std + 1e-4), std unbiased over the group (``scale_rewards``
     True / "group"), over the batch ("batch"), or no division (False / "none"), as TRL's
-    GRPOTrainer computes them. O(B) torch arithmetic on any device (no kernel: nothing to fuse),
-    differentiable; returns rewards' dtype."""
+    GRPOTrainer computes them: NaN rewards (unscorable completions) are left out of the means and
+    stds and get advantage 0, as does a group with fewer than two scored rewards. O(B) torch
+    arithmetic on any device (no kernel: nothing to fuse), differentiable; returns rewards' dtype."""
     name = "group_advantages"
     g = chk.rewards(name, rewards, group_size, scale_rewards)
     return ref.group_advantages(rewards, g, scale_rewards)

@@ -261,9 +261,9 @@ def info_nce(queries, keys=None, *, temperature, positives=None, queue=None, sym
 #   grpo    loss = mean_b rows_b / max(counts_b, 1)
 #   bnpo    loss = sum_b rows_b / max(sum_b counts_b, 1)
 #   dr_grpo loss = sum_b rows_b / (B T_max)           (T_max = max_completion_length, default T)
-#   dapo    loss = sum_b rows_b / N_items             (N_items = num_items_in_batch: the unmasked
-#                                                      tokens of the global batch; default
-#                                                      max(sum_b counts_b, 1), i.e. bnpo)
+#   dapo    loss = sum_b rows_b / max(N_items, 1)     (N_items = num_items_in_batch: the unmasked
+#                                                      tokens of the global batch, 0 when all are
+#                                                      masked; default sum_b counts_b, i.e. bnpo)
 # Only log_probs is differentiated (old, ref, advantages and mask are data, as in TRL).
 # ----------------------------------------------------------------------------------------------
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -320,8 +320,9 @@ def grpo_reduce(rows, counts, loss_type: str, max_completion_length: int, num_it
         return rows.sum() / counts.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
         return rows.sum() / (rows.shape[0] * max_completion_length)
-    if loss_type == "dapo":
-        return rows.sum() / num_items_in_batch
+    if loss_type == "dapo":  # clamped as TRL clamps it: a batch with every token masked gives 0, not NaN
+        n = num_items_in_batch
+        return rows.sum() / (n.clamp(min=1.0) if isinstance(n, torch.Tensor) else max(float(n), 1.0))
     raise ValueError(f"grpo_loss: loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
 
 
@@ -344,20 +345,43 @@ def grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, epsi
     return grpo_reduce(rows, counts, loss_type, t_max, num_items_in_batch).to(log_probs.dtype)
 
 
+def _unbiased_std(dev: torch.Tensor, count: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(sum dev^2 / (count - 1)), count > 1) along ``dim`` (all of dev when None), the dim
+    kept; dev is 0 where a reward is NaN. TRL's nanstd, whose value is NaN where the second is
+    False: this gives 1 there instead (the caller zeroes those advantages), so that no NaN enters
+    the forward and no 0 * inf the backward."""
+    var = (dev * dev).sum(dim=dim, keepdim=dim is not None) / (count - 1).clamp(min=1)
+    defined = count > 1
+    return torch.where(defined, var, 1.0).sqrt(), defined
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards=True) -> torch.Tensor:
     """GRPO's group-relative advantages of rewards [B] (B = groups x group_size, each group's
-    completions adjacent), as TRL computes them: r - mean of its group, divided by (std + 1e-4)
-    when scaling, std unbiased (torch.std) over the group (``scale_rewards`` True / "group") or
+    completions adjacent), as TRL's GRPOTrainer computes them: r - mean of its group, divided by
+    (std + 1e-4) when scaling, std unbiased over the group (``scale_rewards`` True / "group") or
     over the whole batch ("batch"); False / "none": not divided. A std over one value is taken as
-    0 (TRL's rule for a group or batch of one)."""
+    0 (TRL's rule for a group or batch of one). NaN rewards (TRL: a completion no reward function
+    could score) are left out of the means and stds, and an advantage TRL leaves NaN (its own
+    reward NaN, or a std over fewer than two scored rewards) is 0, as TRL's final
+    nan_to_num makes it; the gradient of such an advantage is 0 (never NaN)."""
     mode = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
-    grouped = rewards.view(-1, group_size)
-    adv = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(rewards.shape)
-    if mode == "none":
-        return adv
-    if mode == "group":
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped)
-        std = std.expand_as(grouped).reshape(rewards.shape)
-    else:
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    return adv / (std + 1e-4)
+    valid = ~torch.isnan(rewards)
+    r = torch.where(valid, rewards, 0.0)
+    grouped, ok = r.view(-1, group_size), valid.view(-1, group_size)
+    n = ok.sum(dim=1, keepdim=True)
+    dev = torch.where(ok, grouped - grouped.sum(dim=1, keepdim=True) / n.clamp(min=1), 0.0)
+    keep = valid
+    if mode == "group" and group_size > 1:
+        std, defined = _unbiased_std(dev, n, 1)
+        dev = dev / (std + 1e-4)
+        keep = keep & defined.expand_as(ok).reshape(rewards.shape)
+    elif mode == "batch" and rewards.numel() > 1:
+        nb = valid.sum()
+        bdev = torch.where(valid, r - r.sum() / nb.clamp(min=1), 0.0)
+        std, defined = _unbiased_std(bdev, nb, None)
+        dev = dev / (std + 1e-4)
+        keep = keep & defined
+    elif mode != "none":  # a std over one value is 0
+        dev = dev / 1e-4
+    adv = torch.where(keep, dev.reshape(rewards.shape), 0.0)
+    return torch.nan_to_num(adv, nan=0.0)  # infinite rewards: TRL's nan_to_num, same result

@@ -51,18 +51,33 @@ def _trl_loss(logp, old, ref_lp, adv, mask, eps_low=0.2, eps_high=0.2, beta=0.04
         return (per_token_loss * m).sum() / m.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
         return (per_token_loss * m).sum() / (per_token_loss.size(0) * (t_max or logp.shape[1]))
-    return (per_token_loss * m).sum() / items
+    return (per_token_loss * m).sum() / (items.clamp(min=1.0) if torch.is_tensor(items) else max(items, 1.0))
+
+
+def _trl_nanstd(x, dim=None):
+    """trl.trainer.utils.nanstd (TRL 1.16.0), transcribed; the count in x's dtype (TRL's int64
+    count / (count - 1) is in torch's default dtype, float32: 1.5e-8 off in float64)."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
+    count = torch.sum(~torch.isnan(x), dim=dim, keepdim=True).to(x.dtype)
+    correction = torch.where(count > 1, count / (count - 1), torch.full_like(count / 1.0, float("nan")))
+    std = torch.sqrt(var * correction)
+    return std.squeeze() if dim is None else std.squeeze(dim)
 
 
 def _trl_advantages(rewards, n, scale):
-    """TRL's group advantages (_generate_and_score_completions), transcribed."""
-    mean = rewards.view(-1, n).mean(dim=1).repeat_interleave(n, dim=0)
+    """TRL 1.16.0's group advantages (_generate_and_score_completions, sum_then_normalize),
+    transcribed: NaN rewards (unscorable completions) left out of the statistics, NaN advantages
+    set to 0."""
+    mean = torch.nanmean(rewards.view(-1, n), dim=1).repeat_interleave(n, dim=0)
     if scale in ("group", "none"):
-        std = rewards.view(-1, n).std(dim=1).repeat_interleave(n, dim=0) if n > 1 else torch.zeros_like(rewards)
+        std = _trl_nanstd(rewards.view(-1, n), dim=1).repeat_interleave(n, dim=0) if n > 1 else rewards * 0
     else:
-        std = rewards.std().expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+        std = _trl_nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
     adv = rewards - mean
-    return adv / (std + 1e-4) if scale != "none" else adv
+    if scale != "none":
+        adv = adv / (std + 1e-4)
+    return torch.nan_to_num(adv, nan=0.0)
 
 
 def _problem(b, t, gen, dtype=torch.float64, device="cpu", mask="bool"):
@@ -161,6 +176,15 @@ def test_group_advantages_match_trl(scale, group_size, gen):
     assert torch.autograd.gradcheck(lambda y: ops.group_advantages(y, group_size, scale), [x])
     one = ops.group_advantages(r[:1], 1, scale)
     assert torch.equal(one, torch.zeros(1, dtype=torch.float64))
+    # NaN rewards (TRL: no reward function could score the completion) are left out of the means
+    # and stds and get advantage 0; a group left with one scored reward has no std: all 0
+    r[[1, 9, 10, 11]] = float("nan")
+    got = ops.group_advantages(r, group_size, scale)
+    torch.testing.assert_close(got, _trl_advantages(r, group_size, mode), rtol=1e-12, atol=1e-12)
+    assert got.isfinite().all() and (got[[1, 9, 10, 11]] == 0).all()
+    # the gradient is 0 (not NaN) at the NaN rewards and in the group with one scored reward
+    y = _leaf(torch.where(r.isnan(), r, x.detach()))
+    assert torch.autograd.gradcheck(lambda y: ops.group_advantages(y, group_size, scale), [y])
 
 
 # ---- every backend against the float64 reference -------------------------------------------------
@@ -199,6 +223,15 @@ def test_grpo_loss_options(device, backend, gen):
     problem = _problem(5, 20, gen, torch.float32, device)
     items = torch.tensor(29.0, device=device)
     _check(backend, device, torch.float32, problem, "dapo", {"num_items_in_batch": items}, {"items": items})
+    # every token of the global batch masked: TRL's count is 0 and it divides by max(count, 1), so
+    # the loss and its gradient are 0, not NaN (a tensor count is clamped on the device)
+    logp, old, ref_lp, adv, mask = problem
+    for items in (torch.tensor(0.0, device=device), torch.tensor(0, device=device), 0):
+        x = _leaf(logp)
+        out = ops.grpo_loss(x, old, ref_lp, adv, torch.zeros_like(mask), loss_type="dapo", num_items_in_batch=items,
+                            backend=backend)  # fmt: skip
+        (g,) = torch.autograd.grad(out, x)
+        assert out.item() == 0.0 and torch.equal(g, torch.zeros_like(g)), (items, out)
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)
@@ -402,7 +435,7 @@ BAD = [
     (lambda: gl(LP, OLD, REF, ADV, MASK, loss_type="ppo"), ValueError, "loss_type"),
     (lambda: gl(LP, OLD, REF, ADV, MASK, max_completion_length=0), ValueError, "max_completion_length"),
     (lambda: gl(LP, OLD, REF, ADV, MASK, max_completion_length=2.5), TypeError, "max_completion_length"),
-    (lambda: gl(LP, OLD, REF, ADV, MASK, loss_type="dapo", num_items_in_batch=0), ValueError, "num_items_in_batch"),
+    (lambda: gl(LP, OLD, REF, ADV, MASK, loss_type="dapo", num_items_in_batch=-1), ValueError, "num_items_in_batch"),
     (lambda: gl(LP, OLD, REF, ADV, MASK, num_items_in_batch=torch.ones(2)), ValueError, "num_items_in_batch"),
     (lambda: gl(LP, OLD, REF, ADV, MASK, backend="tpu"), ValueError, "backend"),
     (lambda: lgl(HID, W, TOK, OLD, REF, ADV, MASK, temperature=0.0), ValueError, "temperature"),
