@@ -36,11 +36,7 @@ from torch.types import Device
 from ..nn._mla_cache import PagedMLACache
 from ..nn._rope import RotaryEmbedding
 from ..nn.mla import MLA, RMSNorm
-
-try:
-    from ..nn.moe import MoE
-except ImportError:  # the MoE family is optional here: dense MLP instead
-    MoE = None
+from ..nn.moe import MoE, MoEMLP, _activation
 
 __all__ = [
     "DeepSeekV3Config",
@@ -136,32 +132,23 @@ class DeepSeekV3Config:
         )
 
 
-class DenseMLP(nn.Module):
-    """transformers' DeepseekV3MLP: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+class DenseMLP(MoEMLP):
+    """transformers' DeepseekV3MLP, the MLP of the layers below first_k_dense_replace:
+    down_proj(act(gate_proj(x)) * up_proj(x)) with the config's hidden_act (the shared experts'
+    module; it was always silu, whatever hidden_act said)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu") -> None:
+        super().__init__(hidden_size, intermediate_size, _activation(hidden_act))
 
 
 class DeepSeekV3Block(nn.Module):
     def __init__(self, cfg: DeepSeekV3Config, layer_idx: int, backend: str | None = None) -> None:
         super().__init__()
         self.self_attn = MLA(cfg, layer_idx, backend=backend)
-        if layer_idx >= cfg.first_k_dense_replace and MoE is not None:
+        if layer_idx >= cfg.first_k_dense_replace:
             self.mlp = MoE(cfg, backend=backend)
         else:
-            self.mlp = DenseMLP(
-                cfg.hidden_size,
-                cfg.intermediate_size
-                if layer_idx < cfg.first_k_dense_replace
-                else cfg.moe_intermediate_size * (cfg.n_routed_experts + cfg.n_shared_experts),
-            )
+            self.mlp = DenseMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 

@@ -90,6 +90,16 @@ def mask_is_causal(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
     return bool((keep == (j <= i + (kv_len - q_len))).all())
 
 
+def _check_mask(mask: torch.Tensor | None, batch: int, heads: int) -> None:
+    """A 4-D attention_mask must broadcast over [batch, heads] (the causal-mask test reads only its
+    last two dims and values, so a mask of another batch took the prefill path unnoticed)."""
+    if mask is not None and mask.dim() == 4 and (mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, heads)):
+        raise ValueError(
+            f"MLA: attention_mask has shape {tuple(mask.shape)}: its first two dims must be 1 or the batch "
+            f"({batch}) and 1 or the heads ({heads})"
+        )
+
+
 def attention_weights_requested(config: Any, kwargs: dict) -> bool:
     """Whether an attention call asks for its weights: transformers' rule (the ``output_attentions``
     keyword, else ``config.output_attentions``), the one its output recorder uses to decide whether
@@ -229,9 +239,13 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, self.num_heads, -1)], dim=-1)
         return k, v
 
+    def _dropout(self) -> float:
+        """The attention dropout rate of this call: the config's in training mode, else 0."""
+        return self.attention_dropout if self.training else 0.0
+
     def _attend(self, q, k, v, mask, weights: bool = False):
         """(output [b, s, H, Dv], attention weights [b, H, s, S] when ``weights``, else None)."""
-        dropout = self.attention_dropout if self.training else 0.0
+        dropout = self._dropout()
         if not weights and dropout == 0.0 and mask_is_causal(mask, q.shape[1], k.shape[1]):
             self.last_path = "mla_prefill"
             return attention_prefill(q.contiguous(), k.contiguous(), v.contiguous(), self.scaling, self.backend), None
@@ -250,6 +264,11 @@ class MLA(nn.Module):
         if all(cache.seqlen(sid) == 0 for sid in seq_ids):  # first chunk: plain causal prefill
             k, v = self.expand_kv(latent, k_rope)
             return self._attend(torch.cat([q_nope, q_rope], -1), k, v, None)[0]
+        if self._dropout():  # the paged kernels have no dropout: say so rather than skip it
+            raise ValueError(
+                f"MLA: attention_dropout = {self.attention_dropout} in training mode is not supported on a paged "
+                "MLA cache after its first chunk (mla_decode has no dropout); call model.eval() to generate"
+            )
 
         w_uk, w_uv = absorb.split_kv_b(self.kv_b_proj.weight, self.num_heads, self.qk_nope_head_dim, self.v_head_dim)
         q = absorb.absorbed_query(q_nope, q_rope, w_uk)
@@ -315,6 +334,7 @@ class MLA(nn.Module):
         legacy = kwargs.pop("past_key_values", None)
         cache = legacy if cache is None else cache
         b, s = hidden_states.shape[:-1]
+        _check_mask(attention_mask, b, self.num_heads)
         want_weights, weights = self.weights_requested(kwargs), None
         hooked = hasattr(cache, "pygen_paged_step")  # a transformers Cache over a PagedMLACache
         paged_cache = hooked or isinstance(cache, PagedMLACache)
@@ -351,6 +371,7 @@ class MLA(nn.Module):
             kv_len > s
             and s < self.chunk_threshold
             and not torch.is_grad_enabled()
+            and not self._dropout()  # the decode kernel has no dropout: the explicit path applies it
             and self.kv_lora_rank == 512
             and self.qk_rope_head_dim == 64
             and mask_is_causal(mask, s, kv_len)

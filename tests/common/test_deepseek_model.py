@@ -55,7 +55,7 @@ def test_generation_with_paged_cache_equals_recomputation(backend, page_size):
         if hasattr(lyr.mlp, "backend"):
             lyr.mlp.backend = "reference"
     assert type(m.layers[0].mlp).__name__ == "DenseMLP"  # first_k_dense_replace = 1
-    assert type(m.layers[1].mlp).__name__ == ("MoE" if D.MoE is not None else "DenseMLP")
+    assert type(m.layers[1].mlp).__name__ == "MoE"
     ids = torch.randint(0, m.cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
     n = 7
     want, want_logits = recompute_greedy(m, ids, n)
@@ -92,10 +92,24 @@ def test_generation_fp8_cache_runs_and_mostly_agrees():
     assert got.shape == want.shape and torch.equal(got[:, :7], want[:, :7])
 
 
-def test_dense_fallback_and_bad_args(monkeypatch):
-    monkeypatch.setattr(D, "MoE", None)
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_pytorch_tanh"])
+def test_dense_mlp_follows_hidden_act(act):
+    # the layers below first_k_dense_replace are transformers' DeepseekV3MLP with ACT2FN[hidden_act]
+    # (DenseMLP was silu whatever the config said: 0.87 off a gelu layer)
+    hf = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+    from transformers import DeepseekV3Config
+
+    want = hf.DeepseekV3MLP(DeepseekV3Config(hidden_size=16, intermediate_size=24, hidden_act=act))
+    got = D.DenseMLP(16, 24, act)
+    got.load_state_dict(want.state_dict())
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got(x), want(x), rtol=1e-6, atol=1e-6)
+    block = D.DeepSeekV3Block(D.replace(D.DeepSeekV3Config.quick(), hidden_act=act), 0, backend="reference")
+    assert isinstance(block.mlp, D.DenseMLP) and block.mlp.activation == D._activation(act)
+
+
+def test_generate_bad_args():
     m = make_lm("reference")
-    assert all(type(lyr.mlp).__name__ == "DenseMLP" for lyr in m.layers)
     ids = torch.zeros(1, 3, dtype=torch.long)
     assert torch.equal(m.generate(ids, 0), ids)
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -104,6 +118,12 @@ def test_dense_fallback_and_bad_args(monkeypatch):
     with pytest.raises(RuntimeError, match="exhausted"):
         m.generate(ids, 3, cache=small)
     assert small.num_free_blocks == small.num_blocks and small._step is None
+    # the paged decode kernel has no dropout: generating in training mode with attention dropout is
+    # refused after the prompt's step (it was skipped silently)
+    drop = make_lm("reference", attention_dropout=0.1).train()
+    with pytest.raises(ValueError, match="attention_dropout"):
+        drop.generate(ids, 2)
+    assert drop.eval().generate(ids, 2).shape == (1, 5)
 
 
 def test_profile_model_contract():

@@ -133,6 +133,34 @@ def test_module_with_transformers_cache(backend):
     assert c_pg.get_seq_length() == 7
 
 
+def test_dropout_in_training_and_mask_batch():
+    """Training with attention dropout: decode steps on transformers' cache take the explicit path,
+    which applies it (the absorbed decode kernel has none, and skipped it silently), and eval mode
+    takes the absorbed path again; a 4-D mask of another batch is refused (the causal test reads
+    only its last two dims and values, so it took the prefill path unnoticed)."""
+    import copy
+
+    cfg = hf_config(attention_dropout=0.5)
+    _, m = _pair(cfg, "reference", seed=3)
+    x = torch.randn(1, 6, 48, generator=torch.Generator().manual_seed(4))
+    rope = hf.DeepseekV3RotaryEmbedding(cfg)
+    cache = DynamicCache(config=cfg)
+    pe = rope(x[:, 5:], torch.tensor([[5]]))
+    with torch.no_grad():
+        m.train()
+        m(x[:, :5], rope(x[:, :5], torch.arange(5)[None]), None, cache=cache)
+        torch.manual_seed(0)
+        outs = [m(x[:, 5:], pe, None, cache=copy.deepcopy(cache))[0] for _ in range(2)]
+        assert m.last_path == "explicit (dropout)" and not torch.equal(outs[0], outs[1])
+        m.eval()
+        m(x[:, 5:], pe, None, cache=copy.deepcopy(cache))
+        assert m.last_path == "mla_decode (absorbed, transformers cache)"
+        x2 = torch.randn(2, 5, 48)
+        bad = torch.zeros(3, 1, 5, 5).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), -1e9)
+        with pytest.raises(ValueError, match="attention_mask has shape"):
+            m(x2, rope(x2, torch.arange(5)[None].expand(2, -1)), bad)
+
+
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
     model = DeepseekV3ForCausalLM(hf_config(**kw)).eval()
