@@ -74,12 +74,13 @@ constexpr int64_t kMaxGrid = int64_t(1) << 30;
 // Box coordinates are clamped to +-2^40 before rounding to an integer, for the same reason.
 constexpr double kMaxCoord = 1099511627776.0;
 
-// Batch index of a RoI row; false (no output, no gradient) outside [0, N) or NaN. Truncation,
-// as torchvision and the reference (.long()) do.
+// Batch index of a RoI row: its truncation, as torchvision and the reference (.long()) do, so
+// -1 < b < N is image trunc(b) (a b in (-1, 0) is image 0); false (no output, no gradient)
+// otherwise or NaN.
 template <typename T>
 HOST_DEVICE bool roi_batch(const T* r, int64_t N, int64_t* n) {
   const T b = r[0];
-  if (!(b >= T(0) && b < static_cast<T>(N))) return false;
+  if (!(b > T(-1) && b < static_cast<T>(N))) return false;
   *n = static_cast<int64_t>(b);
   return true;
 }
@@ -95,14 +96,16 @@ HOST_DEVICE const T* roi_row(const RoiParams& p, int64_t k, int64_t* n) {
 // T like the reference (float32 boxes -> float32 math), counted against the level thresholds. The
 // thresholds hold torchvision's log2 formula evaluated once on the host, so the device's sqrt, div
 // and log2 rounding cannot move a box near a boundary to another level; a NaN area reaches none
-// (level 0). Clamped into [0, num_levels) so a mismatched level range never indexes outside p.lv.
+// (level 0). A level past the maps given (the scales' range k_min..k_max wider than the maps, as
+// with torchvision's featmap_names ['0', '2']) is -1: the RoI pools nothing (zeros, no gradient),
+// as torchvision's LevelMapper leaves it, and nothing indexes outside p.lv.
 template <typename T>
 HOST_DEVICE int fpn_level(const T* r, const RoiParams& p) {
   if (p.num_levels <= 1) return 0;
   const double area = static_cast<double>((r[3] - r[1]) * (r[4] - r[2]));
   int l = 0;
   for (int j = 0; j < p.num_thresholds; ++j) l += area >= p.level_area[j] ? 1 : 0;
-  return max_(0, min_(l, p.num_levels - 1));
+  return l < p.num_levels ? l : -1;
 }
 
 // ---- roi_align geometry -----------------------------------------------------------------------
@@ -278,6 +281,7 @@ HOST_DEVICE AlignBin<T> align_bin(const RoiParams& p, bool ps, int64_t k, int64_
   const T* r = roi_row<T>(p, k, &n);
   if (r == nullptr) return b;
   b.level = ps ? 0 : fpn_level(r, p);
+  if (b.level < 0) return b;
   const Plane& P = p.lv[b.level];
   if (P.H <= 0 || P.W <= 0) return b;
   b.g = align_geom(r, static_cast<T>(P.scale), ps || p.aligned != 0, p.PH, p.PW, p.sampling_ratio);

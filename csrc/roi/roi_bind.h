@@ -84,7 +84,7 @@ inline Launch align(Launch l, int sampling_ratio, bool aligned, const D& thresho
   l.p.sampling_ratio = sampling_ratio;
   l.p.aligned = aligned;
   // FPN level thresholds (pygen.ref.roi.fpn_level_thresholds); past kMaxLevels they cannot
-  // matter (fpn_level clamps to the levels).
+  // matter (a level past the maps pools nothing: fpn_level).
   l.p.num_thresholds = static_cast<int>(std::min(thresholds.size(), static_cast<size_t>(kMaxLevels)));
   for (int j = 0; j < l.p.num_thresholds; ++j) l.p.level_area[j] = thresholds[j];
   return l;

@@ -49,7 +49,8 @@ Buckets bucket_rois(const RoiParams& p, bool by_level) {
   for (int64_t k = 0; k < p.K; ++k) {
     int64_t n;
     const T* r = rois + 5 * k;
-    key[k] = roi_batch(r, p.N, &n) ? (by_level ? fpn_level(r, p) : 0) * p.N + n : -1;
+    const int l = by_level ? fpn_level(r, p) : 0;  // -1: a level with no map
+    key[k] = roi_batch(r, p.N, &n) && l >= 0 ? l * p.N + n : -1;
     if (key[k] >= 0) ++b.start[key[k] + 1];
   }
   for (int64_t g = 0; g < b.count; ++g) b.start[g + 1] += b.start[g];
@@ -248,7 +249,8 @@ void zero_invalid_rois(const RoiParams& p) {
   const T* rois = static_cast<const T*>(p.rois);
   for (int64_t k = 0; k < p.K; ++k) {
     int64_t n;
-    if (!roi_batch(rois + 5 * k, p.N, &n)) {
+    // an invalid batch index, or (multi-scale) a level with no map: fpn_level
+    if (!roi_batch(rois + 5 * k, p.N, &n) || fpn_level(rois + 5 * k, p) < 0) {
       zero_pooled_roi<S, T>(p, k);
       if (p.argmax != nullptr)
         std::fill(p.argmax + k * p.Cp * p.PH * p.PW, p.argmax + (k + 1) * p.Cp * p.PH * p.PW, -1);
@@ -321,8 +323,9 @@ void align_forward(const RoiParams& p, bool ps, int nt) {
       for (int64_t k = 0; k < p.K; ++k) {
         int64_t n;
         const T* r = rois + 5 * k;
-        if (!roi_batch(r, p.N, &n)) continue;
-        const Plane& P = p.lv[fpn_level(r, p)];
+        const int l = fpn_level(r, p);
+        if (!roi_batch(r, p.N, &n) || l < 0) continue;  // zero_invalid_rois wrote its zeros
+        const Plane& P = p.lv[l];
         const S* img = static_cast<const S*>(P.data) + n * P.sN;
         S* o = pooled_at<S>(p, k, 0);
         for (int64_t i = 0; i < PH; ++i) {

@@ -29,8 +29,10 @@ from ..ops._roi_script import Boxes
 
 def infer_scale(feature_h: int, image_h: int) -> float:
     """torchvision's rule for a level's scale: the power of two nearest to feature size / image
-    size (first axis). The eager module (pygen/nn/roi.py) uses it too."""
-    ratio = torch.tensor(float(feature_h) / float(image_h), dtype=torch.float64)
+    size (first axis). The eager module (pygen/nn/roi.py) uses it too. The log2 runs in torch's
+    default dtype (float32) as torchvision's ``torch.tensor(approx_scale).log2()`` does: a ratio
+    within float32 rounding of a half power of two (e.g. 2378 / 3363) rounds as torchvision's."""
+    ratio = torch.tensor(float(feature_h) / float(image_h))
     return 2.0 ** float(torch.round(torch.log2(ratio)))
 
 
@@ -70,6 +72,16 @@ def refuse_reference(module: nn.Module) -> nn.Module:
             "none (use backend=None, 'cpu', 'cuda' or 'triton')"
         )
     return module
+
+
+def filter_maps(x: dict[str, Tensor], names: list[str]) -> list[Tensor]:
+    """The maps of x named in ``names``, in x's order: torchvision's _filter_input (names listed
+    out of order or twice change nothing), in TorchScript (no comprehension ifs there)."""
+    maps: list[Tensor] = []
+    for k, v in x.items():
+        if k in names:
+            maps.append(v)
+    return maps
 
 
 def scales_of(features: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:

@@ -150,7 +150,7 @@ class MultiScaleRoIAlign(nn.Module):
         self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
         if torch.jit.is_scripting():
-            feats = [x[k] for k in self.featmap_names]
+            feats = _roi_script.filter_maps(x, self.featmap_names)
             b, r, ph, pw = _roi_script.kernel_args(self.output_size, self.backend, feats[0], boxes)
             scales = _roi_script.scales_of(feats, image_shapes)
             sr, cs, cl = int(self.sampling_ratio), float(self.canonical_scale), float(self.canonical_level)
@@ -185,10 +185,12 @@ class MultiScaleRoIAlign(nn.Module):
 # their node is named after the op, as torchvision's is; MultiScaleRoIAlign's three nodes carry
 # the names of torchvision's poolers.py functions.
 def _filter_input(x: dict, featmap_names: list[str]) -> list[torch.Tensor]:
+    """The maps of x named in featmap_names, in x's order (torchvision's rule: names listed out of
+    order or twice change nothing); a name x lacks is an error (torchvision skips it silently)."""
     missing = [k for k in featmap_names if k not in x]
     if missing:
         raise ValueError(f"MultiScaleRoIAlign: x has no feature map named {missing}")
-    return [x[k] for k in featmap_names]
+    return _roi_script.filter_maps(x, featmap_names)
 
 
 def _setup_scales(features: list[torch.Tensor], image_shapes) -> list[float]:

@@ -119,6 +119,14 @@ def _channels_last(input, dt: torch.dtype, c_out: int, pooled_h: int, pooled_w: 
     return feat, ch
 
 
+def _batch(col: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image index, valid) of RoI batch-index values: truncated, as torchvision and the kernels do,
+    so -1 < b < N is image trunc(b); any other value (or NaN) is invalid, read as image 0, and its
+    RoI pools zeros (what the kernels give when value checks are off)."""
+    valid = (col > -1) & (col < n)
+    return torch.where(valid, col, 0).long(), valid
+
+
 def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, offset, min_size, ps: bool):
     """Shared body of roi_align and ps_roi_align (bilinear samples averaged per bin)."""
     out, r = _zeros_and_rois(input, rois, pooled_h, pooled_w, ps)
@@ -148,7 +156,8 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
         xs, rx = _axis_samples(x0[s:e], rw[s:e], pooled_w, gw[s:e], gwmax)
         yl, yh, wyl, wyh = _axis_bilinear(ys, ry, h)
         xl, xh, wxl, wxh = _axis_bilinear(xs, rx, w)
-        b = r[s:e, 0].long().view(-1, 1, 1, 1, 1, 1)
+        b, ok = _batch(r[s:e, 0], input.shape[0])
+        b = b.view(-1, 1, 1, 1, 1, 1)
         acc = 0
         for yi, wy in ((yl, wyl), (yh, wyh)):
             for xi, wx in ((xl, wxl), (xh, wxh)):
@@ -157,7 +166,7 @@ def _sampled_average(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ra
                 vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
                 acc = acc + (wy[:, :, :, None, None, None] * wx[:, None, None, :, :, None]) * vals
         pooled = acc.sum(dim=(2, 4)).permute(0, 3, 1, 2)  # [k, C', PH, PW]
-        out[s:e] = pooled / count[s:e].view(-1, 1, 1, 1)
+        out[s:e] = torch.where(ok.view(-1, 1, 1, 1), pooled / count[s:e].view(-1, 1, 1, 1), 0.0)
     return out.to(input.dtype)
 
 
@@ -224,7 +233,8 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
             (yy < he[idx, :, None])[:, :, :, None, None] & (xx < we[idx, :, None])[:, None, None, :, :]
         ).unsqueeze(-1)
         hw = yy.clamp(max=h - 1)[:, :, :, None, None] * w + xx.clamp(max=w - 1)[:, None, None, :, :]
-        b = r[idx, 0].long().view(-1, 1, 1, 1, 1, 1)
+        b, ok = _batch(r[idx, 0], input.shape[0])
+        b = b.view(-1, 1, 1, 1, 1, 1)
         # [k, PH, bh, PW, bw, C']
         vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
         empty = ~inside.any(dim=4).any(dim=2)  # [k, PH, PW, 1]
@@ -236,7 +246,7 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
         else:
             area = inside.sum(dim=(2, 4)).to(dt).clamp_min(1)  # [k, PH, PW, 1]
             best = (vals * inside).sum(dim=(2, 4)) / area
-        out[idx] = best.permute(0, 3, 1, 2)
+        out[idx] = torch.where(ok.view(-1, 1, 1, 1), best.permute(0, 3, 1, 2), 0.0)
     return out.to(input.dtype)
 
 

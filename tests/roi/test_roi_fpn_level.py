@@ -106,3 +106,23 @@ def test_kernels_pick_the_level_at_each_boundary(device, backend):
         got = out.flatten().double().round().long().cpu() - 1
         want = formula_levels(areas)
         assert torch.equal(got, want), f"{backend} {dtype}: levels {got.tolist()}, formula {want.tolist()}"
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_a_level_with_no_map_pools_zeros(device, backend):
+    """Maps at 1/8 and 1/32 only (torchvision's featmap_names ['1', '3']): the level range is
+    k = 3..5, three levels for two maps, and torchvision's LevelMapper gives level index i the
+    i-th map; a box of index 2 has no map and pools zeros with no gradient (the C++ backend took
+    the last map for it)."""
+    scales = [1 / 8, 1 / 32]
+    feats = [
+        torch.full((1, 1, 800 // int(1 / s), 1216 // int(1 / s)), float(i + 1), device=device, requires_grad=True)
+        for i, s in enumerate(scales)
+    ]
+    rois = torch.tensor([[0, 0, 0, 50, 50], [0, 0, 0, 224, 224], [0, 0, 0, 600, 600.0]], device=device)
+    assert ref.fpn_levels(rois.cpu(), scales).tolist() == [0, 1, 2]
+    out = ops.multi_scale_roi_align(feats, rois, 1, scales, sampling_ratio=1, backend=backend)
+    assert out.flatten().tolist() == [1.0, 2.0, 0.0]  # map 1, map 2, none
+    grads = torch.autograd.grad(out[2].sum(), feats, retain_graph=True, materialize_grads=True)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    assert [float(g.sum()) for g in torch.autograd.grad(out.sum(), feats)] == [1.0, 1.0]

@@ -294,3 +294,18 @@ def test_errors_are_also_the_types_torchvision_raises():
             ops.ps_roi_align(x, torch.zeros(1, 5), 3)
         with pytest.raises(t, match=r"input channels \(8\) must be divisible"):
             ops.ps_roi_pool(x, torch.zeros(1, 5), 3)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_unchecked_batch_index_truncates_as_torchvision(backend):
+    """With value checks off nothing refuses a fractional batch index: every backend truncates it
+    as torchvision does, so -0.5 is image 0 (the C++ backend gave zeros for (-1, 0)) and -1 or 2
+    (N = 2) pool zeros."""
+    x = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    rois = torch.tensor([[-0.5, 0, 0, 4, 4], [0.0, 0, 0, 4, 4], [1.9, 1, 1, 5, 5], [1.0, 1, 1, 5, 5],
+                         [-1.0, 0, 0, 4, 4], [2.0, 0, 0, 4, 4]])  # fmt: skip
+    with pygen.value_checks(False):
+        for op in (ops.roi_align, ops.roi_pool):
+            out = op(x, rois, 2, backend=backend)
+            assert torch.equal(out[0], out[1]) and torch.equal(out[2], out[3]), (op.__name__, backend)
+            assert out[0].abs().sum() > 0 and not out[4:].any(), (op.__name__, backend)

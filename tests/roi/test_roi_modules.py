@@ -43,6 +43,20 @@ def test_multiscale_module_matches_reference(gen):
     assert_close_to_ref(out, r, atol=1e-5)
     with pytest.raises(ValueError, match="feature map"):
         pnn.MultiScaleRoIAlign(["0", "missing"], 3, 2)(feats, boxes, image_shapes)
+    # the maps are taken in x's order, as torchvision's _filter_input takes them: names out of
+    # order or twice change nothing (they reordered and repeated the levels)
+    for names in (["1", "0"], ["0", "1", "0"]):
+        other = pnn.MultiScaleRoIAlign(names, 3, 2)
+        assert torch.equal(other(feats, boxes, image_shapes), out) and other.scales == [0.25, 0.125], names
+
+
+def test_level_scale_rounds_its_log2_in_float32_as_torchvision():
+    from pygen.nn._roi_script import infer_scale
+
+    # log2(2378 / 3363) is -0.50000006 in float64 (rounds to -1: scale 0.5) and -0.5 in float32
+    # (rounds half to even: 0, scale 1); torchvision's torch.tensor(approx_scale).log2() is float32
+    assert infer_scale(2378, 3363) == 1.0
+    assert [infer_scale(h, 800) for h in (200, 100, 50, 25, 13)] == [0.25, 0.125, 0.0625, 0.03125, 0.015625]
 
 
 def test_patch_torchvision_swaps_roi_modules():
@@ -138,6 +152,8 @@ def test_multi_scale_module_scripts_with_torchscript(gen):
     feats = {"p2": torch.randn(1, 4, 16, 16, generator=gen), "p3": torch.randn(1, 4, 8, 8, generator=gen)}
     boxes = [torch.tensor([[1.0, 1.0, 30.0, 30.0], [0.0, 4.0, 60.0, 50.0]])]
     torch.testing.assert_close(s(feats, boxes, [(64, 64)]), m(feats, boxes, [(64, 64)]), rtol=0, atol=0)
+    swapped = torch.jit.script(pnn.MultiScaleRoIAlign(["p3", "p2"], 3, 2))  # x's order, not the names'
+    torch.testing.assert_close(swapped(feats, boxes, [(64, 64)]), m(feats, boxes, [(64, 64)]), rtol=0, atol=0)
 
 
 def test_scripting_a_reference_backend_module_is_refused():
