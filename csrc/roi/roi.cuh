@@ -7,7 +7,7 @@
 //                                              (float64 for float64 input) and zero-filled
 //   rois                [K, 5] contiguous      (batch_index, x1, y1, x2, y2), compute type T
 //   out / grad_out      [K, Cp, PH, PW]        Cp = C (align/pool), C / (PH*PW) (PS variants)
-//   argmax              [K, C, PH, PW] int32   h*W + w of the max, -1 for an empty bin
+//   argmax              [K, C, PH, PW] int32   h*W + w of the max; -1: empty bin, or none above -FLT_MAX
 //
 // roi_align, bin (i, j) of RoI k, o = 0.5 if aligned else 0:
 //   x0 = x1*s - o,  rw = x2*s - o - x0  (rw = max(rw, 1) unless aligned), same for y
@@ -241,24 +241,32 @@ HOST_DEVICE void pool_bin(const T* r, T scale, int plus_one, int64_t PH, int64_t
   int_bin<T>(x1, x2, plus_one, PW, j, W, ws, we);
 }
 
-// Max over a bin, first maximum in row-major order; NaN wins (torch.max semantics). Returns 0 and
-// arg = -1 for an empty bin.
+// roi_pool's max starts from -FLT_MAX, torchvision's start (in T: also for double).
+template <typename T>
+HOST_DEVICE constexpr T pool_max_start() {
+  return T(-3.40282346638528859811704183484516925e+38f);
+}
+
+// Max over a bin as torchvision's roi_pool takes it: from -FLT_MAX, a value replaces the running
+// max only when strictly greater, so the first maximum in row-major order wins and NaN, -inf (and
+// -FLT_MAX itself) never do; a bin with no such value gives -FLT_MAX and arg = -1 (no gradient).
+// Returns 0 and arg = -1 for an empty bin.
 template <typename S, typename T>
 HOST_DEVICE T bin_max(const S* plane, const Plane& P, int64_t hs, int64_t he, int64_t ws,
                       int64_t we, int32_t* arg) {
-  T m = T(0);
+  T m = pool_max_start<T>();
   int64_t best = -1;
   for (int64_t y = hs; y < he; ++y) {
     for (int64_t x = ws; x < we; ++x) {
       const T v = load<T>(plane + y * P.sH + x * P.sW);
-      if (best < 0 || v > m || (v != v && m == m)) {
+      if (v > m) {
         m = v;
         best = y * P.W + x;
       }
     }
   }
   *arg = static_cast<int32_t>(best);
-  return best < 0 ? T(0) : m;
+  return he > hs && we > ws ? m : T(0);
 }
 
 // What the align elements of bin (c, i, j) of RoI k use: the RoI's level plane, its geometry and

@@ -413,12 +413,11 @@ void align_backward(const RoiParams& p, bool ps, int nt) {
 }
 
 // ---- roi_pool / ps_roi_pool ---------------------------------------------------------------
-// (m[x], a[x]) := (src[x], idx) where src[x] > m[x] (strictly: the first maximum stays), x < n;
-// nonzero when src holds a NaN. Written with integer masks so that gcc vectorises it.
+// (m[x], a[x]) := (src[x], idx) where src[x] > m[x] (strictly: the first maximum stays; NaN never
+// replaces), x < n. Written with integer masks so that gcc vectorises it.
 template <typename S, typename T>
-inline int32_t max_merge(const S* PYGEN_RESTRICT src, int64_t n, int32_t idx, T* PYGEN_RESTRICT m,
-                         int32_t* PYGEN_RESTRICT a) {
-  int32_t bad = 0;
+inline void max_merge(const S* PYGEN_RESTRICT src, int64_t n, int32_t idx, T* PYGEN_RESTRICT m,
+                      int32_t* PYGEN_RESTRICT a) {
   for (int64_t x = 0; x < n; ++x) {
     const T v = load<T>(src + x);
     const T mx = m[x];
@@ -426,9 +425,7 @@ inline int32_t max_merge(const S* PYGEN_RESTRICT src, int64_t n, int32_t idx, T*
     const int32_t gt = -static_cast<int32_t>(v > mx);
     m[x] = gt ? v : mx;
     a[x] = (idx & gt) | (ax & ~gt);
-    bad |= static_cast<int32_t>(v != v);
   }
-  return bad;
 }
 
 // roi_pool, one row of bins of RoI k in one plane. torchvision scans every bin element by
@@ -436,8 +433,8 @@ inline int32_t max_merge(const S* PYGEN_RESTRICT src, int64_t n, int32_t idx, T*
 // per-column maxima (cm) with the first row reaching each (ca), a branch-free loop over
 // contiguous columns that the compiler vectorises, then each bin takes the best column of its
 // range. Smallest (row, column) among equal maxima = the first maximum in row-major order, the
-// same element the element-wise scan (bin_max) picks. A NaN in the band sends the row of bins
-// to bin_max, which implements torch.max's NaN rule.
+// same element the element-wise scan (bin_max) picks; both start from -FLT_MAX (a column no
+// value beats keeps row -1 and takes no part).
 template <typename S, typename T>
 void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, int64_t i,
                       const PoolTables& t, T* PYGEN_RESTRICT cm, int32_t* PYGEN_RESTRICT ca) {
@@ -449,22 +446,14 @@ void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, 
   const int64_t* ws = &t.ws[k * PW];
   const int64_t* we = &t.we[k * PW];
   const int64_t x0 = ws[0], x1 = we[PW - 1];  // bins are ordered: their union is [x0, x1)
-  bool nan = false;
   if (he > hs && x1 > x0 && P.sW == 1) {
     const int64_t w = x1 - x0;
-    const S* row = plane + hs * P.sH + x0;
-    int32_t bad = 0;
-    for (int64_t x = 0; x < w; ++x) {
-      const T v = load<T>(row + x);
-      cm[x] = v;
-      ca[x] = static_cast<int32_t>(hs);
-      bad |= static_cast<int32_t>(v != v);
-    }
-    for (int64_t y = hs + 1; y < he; ++y)
-      bad |= max_merge<S, T>(plane + y * P.sH + x0, w, static_cast<int32_t>(y), cm, ca);
-    nan = bad != 0;
+    std::fill(cm, cm + w, pool_max_start<T>());
+    std::fill(ca, ca + w, -1);
+    for (int64_t y = hs; y < he; ++y)
+      max_merge<S, T>(plane + y * P.sH + x0, w, static_cast<int32_t>(y), cm, ca);
   }
-  if (nan || P.sW != 1) {
+  if (P.sW != 1) {
     for (int64_t j = 0; j < PW; ++j) {
       int32_t arg;
       store(o + j * p.ps[3], bin_max<S, T>(plane, P, hs, he, ws[j], we[j], &arg));
@@ -479,13 +468,13 @@ void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, 
       am[j] = -1;
       continue;
     }
-    int64_t bx = ws[j] - x0;
-    T best = cm[bx];
-    int64_t bkey = ca[bx] * W + ws[j];
-    for (int64_t x = ws[j] + 1; x < we[j]; ++x) {
+    T best = pool_max_start<T>();
+    int64_t bkey = -1;
+    for (int64_t x = ws[j]; x < we[j]; ++x) {
+      if (ca[x - x0] < 0) continue;  // nothing in this column beat -FLT_MAX
       const T v = cm[x - x0];
       const int64_t key = ca[x - x0] * W + x;
-      if (v > best || (v == best && key < bkey)) {
+      if (bkey < 0 || v > best || (v == best && key < bkey)) {
         best = v;
         bkey = key;
       }
@@ -496,7 +485,7 @@ void roi_pool_bin_row(const RoiParams& p, const S* plane, int64_t k, int64_t c, 
 }
 
 // roi_pool, bin (i, j) of RoI k for all channels of a channels-last image: the same strict
-// "greater than" scan as bin_max, run over contiguous channel vectors (vectorised).
+// "greater than" scan from -FLT_MAX as bin_max, run over contiguous channel vectors (vectorised).
 template <typename S, typename T>
 void roi_pool_bin_channels_last(const RoiParams& p, const S* img, int64_t k, int64_t i, int64_t j,
                                 int64_t hs, int64_t he, int64_t ws, int64_t we, T* PYGEN_RESTRICT m,
@@ -513,30 +502,11 @@ void roi_pool_bin_channels_last(const RoiParams& p, const S* img, int64_t k, int
     }
     return;
   }
-  int32_t bad = 0;
-  {
-    const S* PYGEN_RESTRICT v0 = img + hs * P.sH + ws * P.sW;
-    const int32_t idx = static_cast<int32_t>(hs * P.W + ws);
-    for (int64_t c = 0; c < C; ++c) {
-      const T v = load<T>(v0 + c);
-      m[c] = v;
-      a[c] = idx;
-      bad |= v != v;
-    }
-  }
-  for (int64_t y = hs; y < he; ++y) {
-    for (int64_t x = (y == hs ? ws + 1 : ws); x < we; ++x) {
-      const S* PYGEN_RESTRICT vp = img + y * P.sH + x * P.sW;
-      bad |= max_merge<S, T>(vp, C, static_cast<int32_t>(y * P.W + x), m, a);
-    }
-  }
-  if (bad) {  // rare: redo with the NaN-aware scalar scan
-    for (int64_t c = 0; c < C; ++c) {
-      int32_t arg;
-      m[c] = bin_max<S, T>(img + c * P.sC, P, hs, he, ws, we, &arg);
-      a[c] = arg;
-    }
-  }
+  std::fill(m, m + C, pool_max_start<T>());
+  std::fill(a, a + C, -1);
+  for (int64_t y = hs; y < he; ++y)
+    for (int64_t x = ws; x < we; ++x)
+      max_merge<S, T>(img + y * P.sH + x * P.sW, C, static_cast<int32_t>(y * P.W + x), m, a);
   for (int64_t c = 0; c < C; ++c) {
     store(o + c * p.ps[1], m[c]);
     am[c * am_c] = a[c];

@@ -32,9 +32,10 @@ def _bin_pixel(hs, he, ws, we, pmask, dy, dx):
 @triton.jit
 def _max_step(best, arg, v, inside, idx):
     """One pixel of roi_pool's max: (best, arg) updated where the pixel v (flat index idx) is inside
-    its bin and wins. Strict '>' keeps the first max in row-major order (torchvision); the first
-    element always registers, so argmax is -1 only for an empty bin; NaN wins like torch.max."""
-    take = inside & ((v > best) | (arg < 0) | ((v != v) & (best == best)))
+    its bin and wins. As torchvision: best starts at -FLT_MAX and strict '>' keeps the first max in
+    row-major order; NaN, -inf and -FLT_MAX never win, so argmax stays -1 (no gradient) for a bin
+    of nothing else as for an empty one."""
+    take = inside & (v > best)
     return tl.where(take, v, best), tl.where(take, idx, arg)
 
 
@@ -68,7 +69,7 @@ def _roi_pool_fwd_kernel(
         acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT)  # the bin's sum
     else:
         feat = feat + tl.expand_dims(c * stride_c, 1 - C_FAST)
-        acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - float("inf")  # the bin's max ...
+        acc = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, DT) - 3.4028234663852886e38  # the bin's max from -FLT_MAX ...
         arg = _tile_zeros(BLOCK_C, BLOCK_P, C_FAST, tl.int32) - 1  # ... and where it is
     cm2 = tl.expand_dims(cmask, 1 - C_FAST)
     for dy in range(max_h):
@@ -83,8 +84,9 @@ def _roi_pool_fwd_kernel(
                 acc, arg = _max_step(acc, arg, v, inside, tl.expand_dims(y * W + x, 0 + C_FAST))
     if PS:
         acc = acc / area[None, :]
-    else:
-        acc = tl.where(arg < 0, 0.0, acc)
+    else:  # an empty bin is 0 (a non-empty one nothing beat keeps -FLT_MAX)
+        # (max_h is 0 for a RoI of no valid image: its bins read nothing and are 0 too)
+        acc = tl.where(tl.expand_dims((max_h > 0) & (he > hs) & (we > ws), 0 + C_FAST), acc, 0.0)
     off = k.to(tl.int64) * C * P + tl.expand_dims(c * P, 1 - C_FAST) + tl.expand_dims(p, 0 + C_FAST)
     m = cm2 & tl.expand_dims(pmask, 0 + C_FAST)
     _store_out(out_ptr + off, acc, m)

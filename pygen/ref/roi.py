@@ -22,7 +22,9 @@ the four neighbours (clamped to the last row/column) are blended.
 
 roi_pool (Fast R-CNN): integer bins from rounded (half away from zero) box corners, roi size
 ``max(x2' - x1' + 1, 1)``, bin (i, j) covers rows ``[floor(i*bh), ceil((i+1)*bh))`` shifted by
-the box start and clipped to [0, H]; out = max over the bin (0 for an empty bin).
+the box start and clipped to [0, H]; out = max over the bin as torchvision takes it: from
+-FLT_MAX, only greater values count (NaN and -inf never; a bin of nothing else gives -FLT_MAX and
+no gradient); 0 for an empty bin.
 
 ps_roi_align / ps_roi_pool (R-FCN): as above (PS-align always uses o = 0.5 and no minimum
 size; PS-pool uses size ``max(x2' - x1', 1)`` and averages), but bin (i, j) of output channel c
@@ -210,6 +212,10 @@ def _size_sorted_chunks(ext_h: torch.Tensor, ext_w: torch.Tensor, per_cell: int)
         yield order[start:], bh, bw
 
 
+# roi_pool's start value: torchvision's -FLT_MAX, in every dtype
+POOL_MAX_START = -torch.finfo(torch.float32).max
+
+
 def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int, ps: bool, reduce_max: bool):
     """Shared body of roi_pool (max) and ps_roi_pool (mean) over integer bins."""
     out, r = _zeros_and_rois(input, rois, pooled_h, pooled_w, ps)
@@ -239,7 +245,9 @@ def _integer_pool(input, rois, pooled_h, pooled_w, spatial_scale, plus_one: int,
         vals = feat[b, hw.unsqueeze(-1), ch] if ps else feat[b.squeeze(-1), hw]
         empty = ~inside.any(dim=4).any(dim=2)  # [k, PH, PW, 1]
         if reduce_max:
-            vals = vals.masked_fill(~inside, float("-inf"))
+            # torchvision's max starts from -FLT_MAX and takes only greater values: NaN, -inf and
+            # -FLT_MAX never win (nor get gradient), a bin of nothing else gives -FLT_MAX
+            vals = torch.where(inside & (vals > POOL_MAX_START), vals, POOL_MAX_START)
             flat = vals.permute(0, 1, 3, 5, 2, 4).reshape(len(idx), pooled_h, pooled_w, -1, bh * bw)
             best = flat.max(dim=-1).values  # [k, PH, PW, C']
             best = torch.where(empty, torch.zeros_like(best), best)

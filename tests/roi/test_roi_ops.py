@@ -449,3 +449,45 @@ def test_bf16_outputs_round_to_nearest(op, device, backend, gen):
     # gradients accumulate in float32 and the op rounds them with torch: pinned here, not fixed
     for lvl, (a, a32) in enumerate(zip(grads, grads32)):
         assert torch.equal(a, a32.to(torch.bfloat16)), f"{op} {backend} grad {lvl}"
+
+
+def _torchvision_max(x: torch.Tensor, rows: range, cols: range) -> tuple[float, int]:
+    """torchvision's roi_pool scan of one bin, transcribed: from -FLT_MAX, a value replaces the max
+    only when strictly greater (NaN and -inf never do); (max, argmax h*W + w or -1)."""
+    best, arg = -torch.finfo(torch.float32).max, -1
+    for y in rows:
+        for x_ in cols:
+            v = float(x[y, x_])
+            if v > best:
+                best, arg = v, y * x.shape[1] + x_
+    return best, arg
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_roi_pool_max_rule_is_torchvisions(device, backend):
+    """Ties, -inf and NaN in the input: the first maximum in row-major order wins, NaN and -inf
+    never do, a bin of nothing else gives -FLT_MAX and no gradient (pygen propagated NaN and -inf
+    like torch.max, and sent their gradient to the bin's first element)."""
+    base = torch.randint(0, 3, (6, 6), generator=torch.Generator().manual_seed(0)).double()
+    rois = torch.tensor([[0, 0, 0, 5, 5.0]], device=device)  # 6 x 6 pixels, 2 x 2 bins of 3 x 3
+    for case in ("ties", "-inf", "nan", "all-nan bin"):
+        x = base.clone()
+        if case == "-inf":
+            x[:, :3] = float("-inf")
+        if case == "nan":
+            x[1, 1] = x[4, 5] = float("nan")
+        if case == "all-nan bin":
+            x[:3, :3] = float("nan")
+        for dtype in (torch.float32, torch.float64) if backend != "triton" else (torch.float32,):
+            leaf = x.to(device=device, dtype=dtype)[None, None].requires_grad_()
+            out = ops.roi_pool(leaf, rois, 2, backend=backend)
+            (g,) = torch.autograd.grad(out.sum(), leaf)
+            want, hit = [], torch.zeros(36, dtype=torch.float64)
+            for i in range(2):
+                for j in range(2):
+                    v, a = _torchvision_max(x, range(3 * i, 3 * i + 3), range(3 * j, 3 * j + 3))
+                    want.append(v)
+                    if a >= 0:
+                        hit[a] += 1
+            assert out.flatten().double().cpu().tolist() == want, (case, dtype)
+            assert torch.equal(g.flatten().double().cpu(), hit), (case, dtype)
