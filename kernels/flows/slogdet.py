@@ -18,7 +18,8 @@ per step (three tile passes per step instead of six).
 Singular matrices: a zero pivot (the whole unused part of column k is exactly 0) gives sign 0
 and log|det| = -inf; the elimination divides by 1 instead, so nothing becomes NaN (the remaining
 multipliers of that column are 0 anyway). Near-singular matrices give a large negative finite
-log|det|, as LAPACK's LU does.
+log|det|, as LAPACK's LU does. A matrix holding a NaN gives (0, NaN), as torch.linalg.slogdet
+(the pivot search ranks NaN below every number, so argmax never sees one).
 
 Backward: Gauss-Jordan elimination of [A | I] with the same pivot choice and the same multipliers
 as the forward, computing the inverse in the same program (no host synchronisation, no batched
@@ -62,7 +63,10 @@ def _load_tile(a_ptr, n_mat, d, stride_b, stride_r, stride_c, pid, BD: tl.conste
 def _pivot(a, unused, k, r, r3, c3):
     # column k, the pivot row among the unused rows, and its value
     col = tl.sum(tl.where(c3 == k, a, 0.0), axis=2)  # [MB, BD]
-    cand = tl.where(unused, tl.abs(col), -1.0)
+    # a NaN entry ranks below every number but above the used rows: argmax never sees a NaN (the
+    # interpreter's raises on an all-NaN column; the GPU's order is unspecified) and still picks
+    # an unused row; the matrix's result is NaN anyway (the forward's has_nan)
+    cand = tl.where(unused, tl.where(col == col, tl.abs(col), -0.5), -1.0)
     p = tl.argmax(cand, axis=1)  # [MB]
     is_p = r[None, :] == p[:, None]  # [MB, BD]
     pv = tl.sum(tl.where(is_p, col, 0.0), axis=1)  # [MB]
@@ -90,6 +94,7 @@ def _slogdet_fwd_kernel(
     negatives = tl.zeros([MB], dtype=tl.int32)
     logabs = tl.zeros([MB], dtype=tl.float32)
     singular = mats < 0
+    has_nan = tl.max(tl.max((a != a).to(tl.int32), axis=2), axis=1) > 0  # torch: (0, NaN)
     for k in range(0, d):
         col, p, is_p, pv, prow = _pivot(a, unused, k, r, r3, c3)
         below = unused & (r[None, :] < p[:, None])
@@ -102,8 +107,8 @@ def _slogdet_fwd_kernel(
         f = tl.where(unused, col / tl.where(zero, 1.0, pv)[:, None], 0.0)
         a = a - f[:, :, None] * prow[:, None, :]
     parity = (inversions + negatives) % 2
-    sign = tl.where(singular, 0.0, tl.where(parity == 1, -1.0, 1.0))
-    logabs = tl.where(singular, float("-inf"), logabs)
+    sign = tl.where(singular | has_nan, 0.0, tl.where(parity == 1, -1.0, 1.0))
+    logabs = tl.where(has_nan, float("nan"), tl.where(singular, float("-inf"), logabs))
     ok = mats < n_mat
     tl.store(sign_ptr + mats, sign, mask=ok)
     tl.store(logabs_ptr + mats, logabs, mask=ok)

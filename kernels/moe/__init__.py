@@ -296,15 +296,18 @@ def _moe_route_fwd_kernel(
                     bv, bi = _route_merge(bv, bi, cv, ci)
         pv = bv
         pi = bi
-        hit = rmask & (bi < E)  # bi is _BIG only for NaN scores
+        # bi is _BIG only when every expert left scores NaN (a NaN-scored expert never wins): the
+        # slot takes id j (as the cpu backend's fill: ids 0.. for an all-NaN row) and weight NaN,
+        # so the token's output is NaN as transformers' is, and every id stays in [0, E)
+        hit = rmask & (bi < E)
         xe = tl.load(xrow + tl.where(hit, bi, 0), mask=hit, other=0.0).to(tl.float32)
         se = tl.where(hit, _route_scores(xe, mx, den, SOFTMAX), 0.0)
         wsum += se
-        tl.store(ids_ptr + out + j, bi, mask=rmask)
+        tl.store(ids_ptr + out + j, tl.where(hit, bi, j), mask=rmask)
         if NORM:
-            tl.store(w_ptr + out + j, se, mask=rmask)
+            tl.store(w_ptr + out + j, tl.where(hit, se, float("nan")), mask=rmask)
         else:
-            tl.store(w_ptr + out + j, se * scale, mask=rmask)
+            tl.store(w_ptr + out + j, tl.where(hit, se * scale, float("nan")), mask=rmask)
     if NORM:
         # the stores above were made by one thread of each row's replicas: the barrier makes them
         # visible to the threads that read them back

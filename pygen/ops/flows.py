@@ -580,12 +580,13 @@ def inv_conv1x1_lu(
         chk.square(name, t, what, c, x)
     chk.like(name, diag, "diag", x, "x", shape=(c,))
     rev = chk.flag(name, reverse, "reverse")
+    if rev:  # every backend (the reference returned inf before this check)
+        chk.nonzero_diagonal(name, diag)
     b = _pick(name, x, backend)
     if b == "reference":
         return ref.inv_conv1x1_lu(x, perm, lower, upper, diag, rev)
     spatial = math.prod(x.shape[2:])
     if rev:
-        chk.nonzero_diagonal(name, diag)
         ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
         winv = ref.lu_inverse(perm, lower, upper, diag).to(x.dtype)
         return _apply_conv(x, winv, b), -ld

@@ -105,6 +105,23 @@ def test_slogdet_singular_is_sign0_minus_inf_never_nan(device, backend, gen):
         torch.testing.assert_close(grad[4], torch.eye(5, device=device))
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_slogdet_nan_input_is_sign0_nan_as_torch(device, backend, gen):
+    """A NaN anywhere gives (0, NaN) as torch.linalg.slogdet (the Triton kernel gave (1, 0.0) for
+    [[nan, 1], [1, 1]] under the interpreter and failed on an all-NaN column); the other matrices
+    of the batch are untouched."""
+    a = _rand((5, 3, 3), gen, device=device)
+    a[0, 0, 0] = a[1, 2, 2] = float("nan")
+    a[2] = float("nan")
+    a[3, :, 0] = 0.0  # singular and finite: still (0, -inf)
+    a[3, 1, 1] = float("nan")  # ... unless it holds a NaN too
+    sign, lad = ops.slogdet(a, backend=backend)
+    want_s, want_l = torch.linalg.slogdet(a.double().cpu())
+    assert sign[:4].tolist() == [0, 0, 0, 0] and lad[:4].isnan().all()
+    torch.testing.assert_close(sign[4:].cpu().double(), want_s[4:])
+    torch.testing.assert_close(lad[4:].cpu().double(), want_l[4:], rtol=1e-5, atol=1e-5)
+
+
 def _conditioned(shape, gen, max_log10_kappa=5.0, dtype=torch.float32, device="cpu"):
     """Matrices [..., d, d] = s * Q1 diag(sigma) Q2^T whose 2-norm condition numbers kappa are
     log-spaced over [1, 10^max_log10_kappa] across the batch: sigma_i = kappa^(-i/(d-1)) runs from 1
@@ -462,9 +479,8 @@ def test_lu_zero_diagonal_and_singular_weight(device, backend, gen):
     diag[2] = 0
     y, ld = ops.inv_conv1x1_lu(x, p, low, up, diag, backend=backend)
     assert torch.isfinite(y).all() and torch.isneginf(ld).all()
-    if backend == "triton":
-        with pytest.raises(ValueError, match="diag"):
-            ops.inv_conv1x1_lu(x, p, low, up, diag, reverse=True, backend=backend)
+    with pytest.raises(ValueError, match="diag"):  # every backend (the reference gave inf, unchecked)
+        ops.inv_conv1x1_lu(x, p, low, up, diag, reverse=True, backend=backend)
     w = _rand((4, 4), gen, device=device)
     w[3] = w[1]
     y, ld = ops.inv_conv1x1(x, w, backend=backend)

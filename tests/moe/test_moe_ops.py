@@ -120,6 +120,27 @@ def test_route_ties_lower_index_wins(dev, backend):
         assert ids[row].tolist() == want
 
 
+@pytest.mark.parametrize("dev,backend", ROUTE_BACKENDS)
+def test_route_nan_logits_give_valid_ids_and_nan_weights(dev, backend):
+    """NaN router logits (a diverged model): every id stays in [0, E) (the Triton kernel stored
+    INT_MAX for a row of NaN, which fused_moe then refused with a confusing id), and a row with
+    fewer than top_k scored experts gets NaN weights, so its token's output is NaN as in
+    transformers. The kernel backends never pick a NaN-scored expert; the reference follows
+    torch.topk, which ranks NaN first (transformers' rule): its ids may differ there."""
+    logits = torch.randn(3, 8, generator=_gen(3))
+    logits[0, 2] = float("nan")  # one NaN: the kernels route around it
+    logits[1] = float("nan")  # all NaN
+    logits = logits.to(dev)
+    ids, w = moe_route(logits, 2, backend=backend)
+    assert ((ids >= 0) & (ids < 8)).all(), ids
+    assert w[1].isnan().all() and w[2].isfinite().all()
+    if backend != "reference":
+        assert 2 not in ids[0].tolist() and w[0].isfinite().all()
+        assert ids[1].tolist() == [0, 1]
+    ok_ids, ok_w = moe_route(logits[2:], 2, backend=backend)
+    assert torch.equal(ids[2], ok_ids[0]) and torch.equal(w[2], ok_w[0])
+
+
 def _hf_router(e, k, g, tg, scale, norm, hidden=16, seed=0):
     pytest.importorskip("transformers")
     from transformers import DeepseekV3Config
