@@ -182,8 +182,10 @@ class MaskedLinear(nn.Linear):
 
     def kernel_args(self) -> tuple:
         """("degrees", in_degrees, out_degrees, strict) or ("mask", bool mask): what forward passes
-        to pygen.ops.masked_linear. Computed from the buffers (one host synchronisation) and cached
-        until a buffer changes (load_state_dict, .to(), in-place edits)."""
+        to pygen.ops.masked_linear; ("dense", mask) for a mask holding values other than 0 and 1
+        (a loaded state_dict may), computed as the original does: F.linear(x, W * mask, b).
+        Computed from the buffers (one host synchronisation) and cached until a buffer changes
+        (load_state_dict, .to(), in-place edits)."""
         key = self._versions()
         if key != self._plan_key:
             self._plan = self._derive()
@@ -191,6 +193,8 @@ class MaskedLinear(nn.Linear):
         return self._plan
 
     def _derive(self):
+        if bool(((self.mask != 0) & (self.mask != 1)).any()):  # not a mask: W * mask as the original
+            return ("dense", self.mask)
         mask = self.mask != 0
         if (
             self.form == "nflows"
@@ -206,14 +210,16 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, input: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            # no host reads while tracing: the explicit mask (always exact) unless a plan exists
-            plan = self._plan if self._plan is not None else ("mask", self.mask != 0)
+            # no host reads while tracing: W * mask (exact for any mask) unless a plan exists
+            plan = self._plan if self._plan is not None else ("dense", self.mask)
         else:
             plan = self.kernel_args()
         if plan[0] == "degrees":
             return ops.masked_linear(
                 input, self.weight, self.bias, plan[1], plan[2], plan[3], activation, backend=self.backend
             )
+        if plan[0] == "dense":
+            return ref.masked_matmul(input, self.weight, self.bias, plan[1], activation)
         return ops.made.masked_linear_plain(input, self.weight, self.bias, plan[1], activation, backend=self.backend)
 
     # ---- hidden-unit permutations (pygen.models.made.MADE.sort_hidden_) ------------------------

@@ -119,7 +119,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     bit k % 32 of word k // 32 (two's complement, so bit 31 makes a word negative)."""
     k = x.shape[-1]
     bits = (x != 0).to(torch.int64)
-    bits = F.pad(bits, (0, -k % 32)).view(*x.shape[:-1], -1, 32)
+    bits = F.pad(bits, (0, -k % 32)).view(*x.shape[:-1], -(-k // 32), 32)  # sized: a 0 batch dim is fine
     words = (bits << torch.arange(32, device=x.device)).sum(dim=-1)
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
@@ -127,7 +127,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
 def unpack_bits(words: torch.Tensor, features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The inverse of pack_bits: [..., ceil(K / 32)] int32 -> [..., K] of 0 / 1 in ``dtype``."""
     bits = (words.to(torch.int64)[..., None] >> torch.arange(32, device=words.device)) & 1
-    return bits.reshape(*words.shape[:-1], -1)[..., :features].to(dtype)
+    return bits.reshape(*words.shape[:-1], words.shape[-1] * 32)[..., :features].to(dtype)
 
 
 def masked_linear_bits(

@@ -139,6 +139,12 @@ def test_dropin_nflows_mask_that_disagrees_with_its_degrees(gen):
     dense.load_state_dict({k: v for k, v in sd.items() if k != "degrees"})
     x = torch.randn(3, 4, generator=gen, dtype=F64)
     torch.testing.assert_close(ours(x), dense(x))
+    # a mask that is not 0 / 1 (a scaled one) is computed as the original computes it, W * mask
+    # (the module used its nonzero pattern: 0.23 off with mask * 0.5)
+    for scaled in (sd["mask"] * 0.5, sd["mask"] * 2.0 - 0.5):
+        ours.load_state_dict({**sd, "mask": scaled})
+        assert ours.kernel_args()[0] == "dense"
+        torch.testing.assert_close(ours(x), torch.nn.functional.linear(x, ours.weight * scaled.to(F64), ours.bias))
 
 
 @pytest.mark.parametrize("perm", ["identity", "random"])

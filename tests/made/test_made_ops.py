@@ -160,6 +160,47 @@ def test_size_zero_and_one(device, backend, gen):
         _check(y, grads, x, w, b, g, fr, f"size {m}x{n}x{k}")
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_strided_bias_nan_and_empty_bits(device, backend, gen):
+    """Inputs the kernels read wrongly before a review: a strided or expanded bias (the Triton
+    kernels read it at unit stride: wrong values, and past the storage for a stride-0 one), a NaN
+    through the fused relu and elu (the Triton kernels returned 0, torch keeps NaN), and bit-packed
+    inputs with a 0 batch dimension (pack_bits and the reference raised a reshape error)."""
+    m, n, k = 7, 20, 36
+    x, w, _, ind, outd = _problem(m, n, k, torch.float32, device, gen)
+    full = torch.randn(2 * n, generator=gen).to(device)
+    for b in (full[::2], full[:1].expand(n)):
+        want = ref.masked_linear(x.double(), w.double(), b.double(), ind, outd, False, "tanh")
+        got = ops.masked_linear(x, w, b, ind, outd, False, "tanh", backend=backend)
+        assert_close_to_ref(got, want, what=f"bias stride {b.stride()}")
+        xb = ops.pack_bits(x > 0)
+        got = ops.masked_linear_bits(xb, k, w, b, ind, outd, False, "tanh", backend=backend)
+        want = ref.masked_linear((x > 0).double(), w.double(), b.double(), ind, outd, False, "tanh")
+        assert_close_to_ref(got, want, what=f"bits bias stride {b.stride()}")
+        d = 6
+        hd, od = _degrees(k, d, gen, "sorted").to(device), ref.output_degrees(d, 2).to(device)
+        w2 = (torch.randn(2 * d, k, generator=gen) / 8).to(device)
+        b2 = torch.randn(4 * d, generator=gen).to(device)[::2] if b.stride(0) else b[: 2 * d]
+        xa = torch.randn(m, d, generator=gen).to(device)
+        z, ld = ops.made_affine_forward(x.relu(), w2, b2, hd, od, xa, backend=backend)
+        z64, ld64 = ref.made_affine_forward(x.relu().double(), w2.double(), b2.double(), hd, od, xa.double())
+        assert_close_to_ref(z, z64, what="affine bias stride")
+        assert_close_to_ref(ld, ld64, atol=1e-4, what="affine bias stride logdet")
+    xn = x.clone()
+    xn[0] = float("nan")
+    for act in ("relu", "elu", "tanh", "gelu"):
+        y = ops.masked_linear(xn, w, full[:n], ind, outd, False, act, backend=backend)
+        # row 0 is NaN wherever an input reaches it (the reference's W * M also turns the units no
+        # input reaches into NaN * 0 = NaN; the kernels skip fully masked tiles: not compared)
+        assert y[0].isnan().any() and not y[1:].isnan().any(), act
+    for shape in ((0, k), (2, 0, k)):
+        empty = torch.zeros(shape, device=device)
+        words = ops.pack_bits(empty)
+        assert words.shape == (*shape[:-1], 2) and ref.unpack_bits(words, k).shape == shape
+        y = ops.masked_linear_bits(words, k, w, full[:n], ind, outd, False, "relu", backend=backend)
+        assert y.shape == (*shape[:-1], n)
+
+
 def test_gradcheck_float64_reference(gen):
     x, w, b, ind, outd = _problem(3, 7, 6, torch.float64, "cpu", gen, "random", d=5)
     for act in ("tanh", "elu", "gelu"):
