@@ -58,8 +58,9 @@ def _chunks(k: int, per_roi: int):
 
 
 def _empty_result(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    """Zeros that stay attached to ``input``'s autograd graph (zero gradient, as the kernels give)."""
-    return out.to(input.dtype) + input.sum().to(input.dtype) * 0
+    """Zeros that stay attached to ``input``'s autograd graph (zero gradient, as the kernels give):
+    the sum of an empty slice of it, so a NaN or inf in ``input`` cannot reach them (sum * 0 did)."""
+    return out.to(input.dtype) + input.reshape(-1)[:0].sum().to(input.dtype)
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:
@@ -346,4 +347,6 @@ def multi_scale_roi_align(
         idx = torch.nonzero(levels == lvl).flatten()
         if idx.numel():
             out = out.index_put((idx,), roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned))
+        else:  # a map no box reaches gets a zero gradient, as torchvision's and the kernels' (not None)
+            out = _empty_result(out, feat)
     return out

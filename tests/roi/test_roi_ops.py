@@ -491,3 +491,17 @@ def test_roi_pool_max_rule_is_torchvisions(device, backend):
                         hit[a] += 1
             assert out.flatten().double().cpu().tolist() == want, (case, dtype)
             assert torch.equal(g.flatten().double().cpu(), hit), (case, dtype)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_multi_scale_map_without_boxes_gets_zero_gradient(device, backend):
+    """A map no box reaches: gradient zeros, not None (torchvision's; the reference left None),
+    and a NaN in it reaches no output (the reference's attachment was sum * 0)."""
+    feats = [torch.randn(1, 2, 16, 16, device=device), torch.randn(1, 2, 8, 8, device=device)]
+    feats[1][0, 0, 0, 0] = float("nan")
+    leaves = [f.requires_grad_() for f in feats]
+    rois = torch.tensor([[0, 0, 0, 10, 10.0]], device=device)  # a small box: the finest map
+    out = ops.multi_scale_roi_align(leaves, rois, 2, [1 / 4, 1 / 8], 2, backend=backend)
+    assert not out.isnan().any()
+    g0, g1 = torch.autograd.grad(out.sum(), leaves)
+    assert g0 is not None and g0.abs().sum() > 0 and g1 is not None and not g1.any()
