@@ -432,12 +432,14 @@ def _merge_attn_states_fwd_kernel(
     la = tl.load(la_ptr + h * stride_lah + t)
     lb = tl.load(lb_ptr + h * stride_lbh + t)
     m = tl.maximum(la, lb)
-    m = tl.where(m == float("-inf"), 0.0, m)
+    # an infinite max shifts by 0 (pygen.ref.mla.merge_attn_states): -inf on both sides gives tot 0
+    # and lse -inf, +inf gives lse +inf, and a NaN lse (tot NaN) stays NaN, never -inf ("no keys")
+    m = tl.where((m == float("-inf")) | (m == float("inf")), 0.0, m)
     wa = tl.exp(la - m)
     wb = tl.exp(lb - m)
     tot = wa + wb
-    safe = tl.where(tot > 0, tot, 1.0)
-    tl.store(lse_ptr + h * stride_lh + t, tl.where(tot > 0, tl.log(safe) + m, float("-inf")))
+    safe = tl.where(tot == 0, 1.0, tot)
+    tl.store(lse_ptr + h * stride_lh + t, tl.where(tot == 0, float("-inf"), tl.log(safe) + m))
     wa = wa / safe
     wb = wb / safe
     for d0 in range(0, D, BLOCK_D):

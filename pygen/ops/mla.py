@@ -330,13 +330,16 @@ def merge_attn_states(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two partial attention results over disjoint keys: out [T, H, D], lse [H, T] (the
-    layout of mla_prefill) -> (out in out_a's dtype, lse float32)."""
+    layout of mla_prefill) -> (out in out_a's dtype, lse float32; float64 with float64 outputs on
+    the reference backend)."""
     name = "merge_attn_states"
     chk.merge_args(name, out_a, lse_a, out_b, lse_b)
     be = _pick(name, out_a, backend)
     if be == "reference":
         if out_a.dtype in (torch.float64, torch.float32):
-            return ref.merge_attn_states(out_a, lse_a, out_b, lse_b)
+            o, l_ = ref.merge_attn_states(out_a, lse_a, out_b, lse_b)
+            # lse float32 (float64 for float64 outputs): a float64 lse beside float32 outputs stayed float64
+            return o, l_.to(torch.float64 if out_a.dtype == torch.float64 else torch.float32)
         o, l_ = ref.merge_attn_states(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())
         return o.to(out_a.dtype), l_
     chk.triton_heads(name, out_a.shape[1])

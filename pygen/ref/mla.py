@@ -22,7 +22,7 @@ Decode (absorbed form, FlashMLA's ``flash_mla_with_kvcache`` layout)
 FP8 cache byte layout (656 bytes per token, the last dim of a uint8 cache):
     bytes   0..511  512 latent values, float8_e4m3fn, value = fp8 * scale[g], g = c // 128
     bytes 512..527  4 float32 scales (little endian), scale[g] = amax(|latent[g*128:(g+1)*128]|) / 448
-                    (1.0 for an all-zero group)
+                    (1.0 for an all-zero group, or one whose amax / 448 underflows)
     bytes 528..655  64 rope values, bfloat16
 The rope part is never quantised (it carries position information and is small).
 
@@ -70,7 +70,10 @@ def fp8_quantize(latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
     lead = latent.shape[:-1]
     g = latent.float().reshape(*lead, FP8_GROUPS, FP8_GROUP)
     amax = g.abs().amax(dim=-1)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    # 1.0 where amax / 448 is not a positive float32: an all-zero group, or one so small (amax below
+    # ~3e-43) that the division underflows to 0 and every value would dequantise to 0/0 = NaN
+    scale = amax / FP8_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     vals = (g / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     out = torch.empty(*lead, FP8_TOKEN_BYTES, dtype=torch.uint8, device=latent.device)
     out[..., :LATENT_DIM] = vals.reshape(*lead, LATENT_DIM).view(torch.uint8)
@@ -237,8 +240,10 @@ def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Ten
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     wa, wb = torch.exp(lse_a - m), torch.exp(lse_b - m)
     tot = wa + wb
-    lse = torch.log(tot) + m
-    safe = torch.where(tot > 0, tot, torch.ones_like(tot))
+    safe = torch.where(tot == 0, torch.ones_like(tot), tot)
+    # no key on either side: lse -inf through a where, so the backward meets no 1/0 * 0 (NaN); a
+    # NaN lse stays NaN (tot NaN)
+    lse = torch.where(tot == 0, torch.full_like(m, float("-inf")), torch.log(safe) + m)
     fa = (wa / safe).transpose(0, 1).unsqueeze(-1)  # [T, H, 1]
     fb = (wb / safe).transpose(0, 1).unsqueeze(-1)
     out = out_a * fa.to(out_a.dtype) + out_b * fb.to(out_b.dtype)

@@ -202,6 +202,41 @@ def test_merge_matches_reference_with_empty_sides(device, backend, gen):
         assert_close_to_ref(lse.cpu()[fin], r_lse[fin], atol=1e-5, what=f"merge {dt} lse")
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_merge_non_finite_lse_and_chained_empty_gradient(device, backend, gen):
+    """Inputs a review found wrong: a merged row with no key on either side, merged again, gave the
+    reference backend NaN gradients (log(0) in autograd), the Triton kernel reported a NaN or
+    +inf lse as -inf ("no keys"), and a float64 lse beside float32 outputs came back float64."""
+    oa, ob, oc = (torch.randn(2, 1, 8, generator=gen).to(device) for _ in range(3))
+    la, lb, lc = (torch.randn(1, 2, generator=gen).to(device) for _ in range(3))
+    la[0, 0] = lb[0, 0] = float("-inf")
+    leaves = [t.requires_grad_() for t in (oa, la, ob, lb, oc, lc)]
+    o1, l1 = ops.merge_attn_states(*leaves[:4], backend=backend)
+    o2, l2 = ops.merge_attn_states(o1, l1, leaves[4], leaves[5], backend=backend)
+    grads = torch.autograd.grad(o2.sum() + l2.sum(), leaves)
+    assert all(g.isfinite().all() for g in grads)
+    assert grads[1][0, 0] == 0 and grads[3][0, 0] == 0  # rows that saw no key get no gradient
+    for bad, want in ((float("nan"), "nan"), (float("inf"), "inf")):
+        lx = torch.randn(1, 2, generator=gen).to(device)
+        lx[0, 1] = bad
+        out, lse = ops.merge_attn_states(ob, lx, oc, torch.zeros(1, 2, device=device), backend=backend)
+        assert lse[0, 1].isnan() if want == "nan" else lse[0, 1] == float("inf"), (bad, lse)
+        assert out[1].isnan().all() and out[0].isfinite().all()
+    lb64, lc64 = lb.detach().double(), lc.detach().double()
+    _, lse = ops.merge_attn_states(ob.detach(), lb64, oc.detach(), lc64, backend=backend)
+    assert lse.dtype == torch.float32
+
+
+def test_fp8_quantize_tiny_group_has_a_finite_scale():
+    """amax / 448 underflows to 0 for amax below ~3e-43: the scale was 0 and the group
+    dequantised to 0 / 0 = NaN; it now takes the all-zero group's scale 1.0."""
+    latent = torch.zeros(1, 512)
+    latent[0, 0] = 1e-44
+    packed = ref.fp8_quantize(latent, torch.zeros(1, 64))
+    back = ref.fp8_dequantize(packed, torch.float32)
+    assert back.isfinite().all() and back[0, :512].abs().max() < 1e-40
+
+
 # ---- prefill ------------------------------------------------------------------------------------
 def _prefill_problem(lq, lk, h, d, dv, dt, device, gen):
     q = torch.randn(sum(lq), h, d, generator=gen, dtype=torch.float64).to(device, dt)
