@@ -131,9 +131,24 @@ def _print_backend_preference(env: str) -> None:
     (each warns once at its first call)."""
     if not env or env == "reference":
         return
+    import torch
+
     import pygen.ops  # noqa: F401 (registers every op)
+    from pygen import _backend
     from pygen.ops import _registry
 
+    if env not in _backend.BACKENDS:
+        names = ", ".join(_backend.BACKENDS)
+        _print(f"\nPYGEN_BACKEND={env} is not a backend (one of {names}): every op raises ValueError")
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ok, why = _backend.backend_status(env, device)
+    if not ok:
+        _print(
+            f"\nPYGEN_BACKEND={env} does not run on {device.type} here ({why}): every op falls back to the "
+            f"automatic choice (a warning once per op)"
+        )
+        return
     by_op = _registry.kernel_backends()
     has = sorted(op for op, bs in by_op.items() if env in bs)
     lacks = sorted(op for op, bs in by_op.items() if env not in bs)
@@ -733,6 +748,8 @@ def cmd_inspect(args) -> int:
         raise BadArgs(f"--jobs {args.jobs}: give a number >= 1")
     if args.no_triton and args.no_cuda:
         raise BadArgs("--no-triton and --no-cuda together leave nothing to inspect")
+    if args.json:  # before the compiles, not after them
+        _check_writable("--json", Path(args.json), is_dir=False)
     families = args.family or None
     rows = []
     toolchain = None

@@ -75,6 +75,16 @@ def _profile(name, dev, dt, backend, quick, dtype, top, reps_budget_s, say, nthr
         if not ok:
             say(f"pygen profile: backend {backend!r} is unavailable on {dev.type}: {why}")
             return 2
+        # one untimed call: an op of the model without this backend refuses it (exit 2 before
+        # anything is printed or measured, as pygen bench refuses a backend none of its ops has)
+        set_backend(model, backend)
+        try:
+            _run_for(model, inputs)()
+        except ValueError as exc:
+            if f"backend {backend!r}" not in str(exc):
+                raise
+            say(f"pygen profile: --backend {backend}: {exc}")
+            return 2
     say(
         f"pygen profile {name}{' (quick)' if quick else ''} on {H.device_name(dev)}, {dtype}; "
         f"pygen ops: {'backend ' + backend if backend else 'automatic backend choice per op'}"

@@ -168,6 +168,35 @@ def test_bench_max_time_reports_skips(tmp_path, capsys):
     assert "exhausted" in capsys.readouterr().out
 
 
+def test_bench_max_time_finishes_the_started_case(tmp_path, monkeypatch, capsys):
+    """--max-time starts no new (case, dtype) but finishes a started one: the deadline passing
+    between two implementations timed pygen without its baselines (no ratio), and rows that
+    could never run were counted as out of time."""
+    import time as real_time
+    import types
+
+    calls = {"n": 0}
+
+    def monotonic():  # the deadline passes right after the first (case, dtype) starts
+        calls["n"] += 1
+        return real_time.monotonic() + (0.0 if calls["n"] <= 1 else 1e6)
+
+    fake = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
+    fake.monotonic = monotonic
+    monkeypatch.setattr(H, "time", fake)
+    out = tmp_path / "x.jsonl"
+    argv = cli_args("bench roi --quick --device cpu --no-copy --no-progress --json", out)
+    assert main(argv + ["--max-time", "100"]) == 0
+    rows = _records(out)
+    key = lambda r: (r["op"], r["shape_label"], r["dtype"])  # noqa: E731 (one (case, dtype))
+    first = [r for r in rows if key(r) == key(rows[0])]
+    assert {r["backend"] for r in first if r["status"] == "ok"} >= {"pygen:cpu", "reference"}
+    assert first == rows  # nothing after it was measured (JSON keeps measured rows only)
+    text = capsys.readouterr().out
+    assert "--max-time 100s exhausted" in text
+    assert "skipped pygen:triton: Triton on CPU" in text  # its own reason, not counted out of time
+
+
 def _bench_row(backend, kind, ms, correct):
     """One measured row of a harness table (op "o", shape "s", float32 forward, 1 GB/s)."""
     return {
@@ -304,6 +333,22 @@ def test_inspect_json_names_the_triton_version(capsys, monkeypatch, tmp_path):
     rep = json.loads(out_path.read_text())
     assert rep["toolchain"] == tc and rep["rows"][0]["kernel"] == "_k"
     assert rep["rows"][0]["registers"] == 40
+
+
+def test_user_errors_exit_2_before_the_work(capsys, monkeypatch, tmp_path):
+    """Found trying the CLI as a new user: inspect --json into a folder compiled everything and then
+    failed with a traceback (exit 1), profile --backend cpu on a model whose ops have no cpu kernel
+    failed after its header (exit 1), and info called an unknown PYGEN_BACKEND harmless."""
+    monkeypatch.setattr(IK, "triton_rows", lambda fams: pytest.fail("compiled before checking --json"))
+    assert main(["inspect", "roi", "--no-cuda", "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["profile", "made", "--quick", "--device", "cpu", "--backend", "cpu"]) == 2
+    out = capsys.readouterr()
+    assert "masked_linear: backend 'cpu' is not implemented" in out.out + out.err
+    assert "pygen profile made" not in out.out  # refused before the header
+    monkeypatch.setenv("PYGEN_BACKEND", "bogus")
+    assert main(["info"]) == 0
+    assert "PYGEN_BACKEND=bogus is not a backend" in capsys.readouterr().out
 
 
 def test_inspect_diff_reports():
