@@ -8,14 +8,17 @@
 
 What ``pygen bench`` runs: on a GPU, the model-size shapes with every baseline, torch.compile of
 the reference included (``--quick``: small shapes). On a CPU the default is the small shapes of
-every family against the eager baselines, about a minute or two on 2 cores; ``--compile`` adds the
-torch.compile baseline (its first compiles take several minutes on 2 cores, Inductor caches them),
-``--full`` runs the model-size shapes scaled for a CPU with it (tens of minutes), ``--quick`` is the
-shortest timing. torch.compile of the reference is timed only for ops with a pygen kernel on the
-device: for a GPU-only op on a CPU it would compare the reference with itself, and that op's
-table rows say "no pygen kernel on cpu for this op (GPU only)".
+every family against the eager baselines, under a minute on 2 cores (the README has measured
+times); ``--compile`` adds the torch.compile baseline (its first compiles take several minutes on
+2 cores, Inductor caches them), ``--full`` runs the model-size shapes scaled for a CPU with it
+(tens of minutes), ``--quick`` is the shortest timing. torch.compile of the reference is timed
+only for ops with a pygen kernel on the device: for a GPU-only op on a CPU it would compare the
+reference with itself, and that op's table rows say "no pygen kernel on cpu for this op (GPU
+only)".
 Each family's table is printed as soon as that family finishes; SIGINT (Ctrl-C) or SIGTERM
-prints the tables of what was measured so far and exits 128 + the signal number.
+prints the tables of what was measured so far and exits 128 + the signal number. A run in which
+nothing could be measured (every implementation skipped, e.g. ``--no-baselines`` on a CPU for a
+GPU-only family) exits 2.
 
 Where results go: JSON lines are appended to ``$PYGEN_RESULTS_DIR/<device>/<family>.jsonl``, by
 default ``~/.cache/pygen/bench/<device>/`` (``$XDG_CACHE_HOME`` honoured), outside the source
@@ -616,7 +619,8 @@ def _run_bench(args, plan, opts, meta, old_handlers):
 
 def _bench_outcome(args, by_family, rows, started, written, stop) -> int:
     """The legend, where the JSON lines went, the plot; the exit status (128 + signal when
-    interrupted, 1 when a pygen backend disagreed with the reference or raised)."""
+    interrupted, 2 when nothing could be measured, 1 when a pygen backend disagreed with the
+    reference or raised)."""
     from pygen.tools import harness as H
 
     if any(r.get("median_ms") for r in rows):
@@ -635,6 +639,11 @@ def _bench_outcome(args, by_family, rows, started, written, stop) -> int:
         )
         return 128 + signum
     timed = [r for r in rows if r.get("median_ms") is not None]
+    if not timed and not any((r.get("reason") or "").startswith("time budget") for r in rows):
+        # every implementation was skipped for a reason of this machine or these arguments (e.g.
+        # --no-baselines on a CPU for a GPU-only family): a script must not read that as a run
+        _print("nothing measured: every implementation was skipped here (the reasons are above)", file=sys.stderr)
+        return 2
     if args.plot:
         _print(H.plot(timed, Path(args.plot)))
     failed = [r for r in rows if r["kind"] == "pygen" and r["status"] in ("mismatch", "error")]
@@ -687,7 +696,7 @@ def _print_family(fam, rows, shown, messages, cases, device, copy_gbps, peak, se
         )
     skipped, out_of_time = {}, 0
     for r in rows:
-        if r["status"] == "skipped":
+        if r["status"] == "skipped" and not (r["kind"] == "pygen" and r["op"] in no_kernel):  # said above
             if r["reason"].startswith("time budget"):
                 out_of_time += 1
             else:

@@ -146,6 +146,15 @@ def _prefill_bwd(K, grad_out, grad_lse, q, k, v, out, lse, cu_q, cu_k, max_q, ma
     return dq, dk, dv
 
 
+def _decode_grads(c, g_out, g_lse):
+    # registered so that a backward through the kernel says what to do instead of torch's "no
+    # autograd formula was registered"
+    raise NotImplementedError(
+        f"mla_decode has no backward on the {c.backend} backend (decode is inference-only, as FlashMLA's): "
+        "train with mla_prefill; the reference backend (plain torch) differentiates decode"
+    )
+
+
 def _prefill_grads(c, g_out, g_lse):
     q, k, v, out, lse, cu_q, cu_k = c.saved
     g_out = torch.zeros_like(out) if g_out is None else g_out
@@ -190,6 +199,7 @@ SPECS = (
         "float softmax_scale, bool causal, int num_splits) -> (Tensor, Tensor)",
         _decode,
         lambda q, kv, bt, sl, dv, sc, c, ns: _new_decode(q, dv),
+        Backward(None, None, None, save=lambda i, out: ((), ()), grads=_decode_grads),
     ),
     OpSpec(
         "mla_cache_append",

@@ -318,7 +318,7 @@ def kernel_status(case: Case, backend: str, device: torch.device) -> tuple[bool,
     from pygen import _backend
 
     if case.backends is not None and backend not in case.backends:
-        return False, f"{case.family} has no {backend} implementation"
+        return False, f"{case.op} has no {backend} implementation"
     if backend == "triton" and device.type == "cpu":
         return False, TRITON_CPU_SKIP
     return _backend.backend_status(backend, device, case.family)

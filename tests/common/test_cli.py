@@ -168,6 +168,29 @@ def test_bench_max_time_reports_skips(tmp_path, capsys):
     assert "exhausted" in capsys.readouterr().out
 
 
+def test_bench_nothing_measured_exits_2(capsys):
+    """Every implementation skipped (flows has no cpu kernel, --no-baselines drops the rest): exit 2
+    with the reason, not 0 as if the run had measured something."""
+    rc = main(cli_args("bench flows --quick --device cpu --no-baselines --no-save --no-copy --no-progress"))
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "no pygen kernel on cpu for these ops" in captured.out
+    assert "nothing measured" in captured.err
+
+
+def test_bench_skip_reasons_name_the_op(capsys):
+    """A GPU-only op's skip is said once, by the "no pygen kernel" line; no family-wide "moe has no
+    cpu implementation" beside moe_route's timed pygen:cpu rows."""
+    rc = main(cli_args("bench moe --quick --device cpu --op fused_moe --no-save --no-copy --no-progress"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "no pygen kernel on cpu for these ops (GPU only): fused_moe" in out
+    assert "has no cpu implementation" not in out
+    cases = H.load_bench_package().load("moe").cases(quick=True, device=torch.device("cpu"))
+    case = next(c for c in cases if c.op == "fused_moe")
+    assert H.kernel_status(case, "cpu", torch.device("cpu")) == (False, "fused_moe has no cpu implementation")
+
+
 def test_bench_max_time_finishes_the_started_case(tmp_path, monkeypatch, capsys):
     """--max-time starts no new (case, dtype) but finishes a started one: the deadline passing
     between two implementations timed pygen without its baselines (no ratio), and rows that

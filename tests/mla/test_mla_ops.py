@@ -60,6 +60,17 @@ def test_decode_matches_reference(device, backend, case, gen):
         _check_decode(out, lse, q, kv, bt, sl, s_q > 1, f"{backend} {dt} {case}")
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
+def test_decode_backward_says_forward_only(device, backend, gen):
+    """Decode is inference-only on the kernels: a backward through it names the op and what to use
+    (it was torch's "no autograd formula was registered"); the forward is unchanged."""
+    q, kv, bt, sl = ref.random_decode_problem((9,), 1, 16, 8, gen, device=device)
+    out, lse = ops.mla_decode(q.requires_grad_(), kv, bt, sl, backend=backend)
+    _check_decode(out.detach(), lse, q.detach(), kv, bt, sl, False, backend)
+    with pytest.raises(NotImplementedError, match="mla_decode has no backward.*mla_prefill"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("device,backend", PARAMS)
 def test_decode_bf16_multi_token(device, backend, gen):
     q, kv, bt, sl = ref.random_decode_problem((45, 3), 2, 16, 16, gen, dtype=torch.bfloat16, device=device)
