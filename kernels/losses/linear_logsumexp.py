@@ -122,8 +122,8 @@ def _linear_ce_fwd_kernel(
     su = tl.zeros((BLOCK_N,), tl.float32)
     spu = tl.zeros((BLOCK_N,), tl.float32)
     first = pid_s * tiles_per_split
-    # every split starts inside the vocabulary (the launcher sizes S so), so m is finite after
-    # the first tile; the last split may hold fewer tiles
+    # every split starts inside the vocabulary (the launcher sizes S so); the last split may hold
+    # fewer tiles
     n_tiles = tl.minimum(tiles_per_split, tl.cdiv(V, BLOCK_V) - first)
     for i in range(0, n_tiles):
         cols = (first + i) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -136,9 +136,9 @@ def _linear_ce_fwd_kernel(
         u = tl.where(keep, u, 0.0)
         um = tl.where(keep, u, float("-inf"))
         m_new = tl.maximum(m, tl.max(um, 1))
-        m_ref = m_new
-        if EXCLUDE:  # a row's only column in reach may be its excluded one: m_new = -inf, no NaN
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        # m_new = -inf when every column so far is -inf (an excluded column, or a -inf bias masking
+        # part of the vocabulary): exp(u - 0) = 0 then, where exp(-inf - -inf) would give NaN
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - m_ref)
         e = tl.exp(um - m_ref[:, None])
         s = s * alpha + tl.sum(e, 1)

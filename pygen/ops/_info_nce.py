@@ -131,7 +131,7 @@ def unit(x: torch.Tensor | None, normalize: bool) -> torch.Tensor | None:
 
 def queue_lse(stats, h: torch.Tensor, queue: torch.Tensor | None, lse: torch.Tensor) -> torch.Tensor:
     """lse combined with the logsumexp over the queue's negatives (a pass with no target in it)."""
-    if queue is None:
+    if queue is None or queue.shape[0] == 0:  # an empty queue adds no negative (and nothing to stream)
         return lse
     none = torch.full((h.shape[0],), -1, dtype=torch.long, device=h.device)
     return torch.logaddexp(lse, stats(h, queue, none, None)[0])

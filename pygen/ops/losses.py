@@ -60,12 +60,13 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def finish_partials(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Combine the per-split partials part [5, S, N] (kernels/losses/linear_logsumexp.py) into the
     row statistics (lse, target logit, sum u, mu) of pygen.ref.losses.row_stats. A row with no
-    column left (every one excluded) gets lse = -inf and mu = 0, not NaN."""
+    column left (every one excluded) gets lse = -inf and mu = 0, not NaN; a NaN sum stays NaN."""
     m = part[0].amax(dim=0)
     w = torch.exp(part[0] - torch.where(torch.isneginf(m), 0.0, m))
     s = (part[1] * w).sum(dim=0)
-    mu = torch.where(s > 0, (part[4] * w).sum(dim=0) / s, 0.0)
-    return torch.where(s > 0, m + torch.log(s), float("-inf")), part[2].sum(dim=0), part[3].sum(dim=0), mu
+    # s == 0, not s > 0: a NaN (a NaN or +inf logit) must stay NaN, as in torch, not read as "no column"
+    mu = torch.where(s == 0, 0.0, (part[4] * w).sum(dim=0) / s)
+    return torch.where(s == 0, float("-inf"), m + torch.log(s)), part[2].sum(dim=0), part[3].sum(dim=0), mu
 
 
 # ---- the registered op: (L = launcher module, *schema arguments) ---------------------------------

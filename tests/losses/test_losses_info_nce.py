@@ -204,6 +204,19 @@ def test_small_and_empty(device, backend, gen):
     assert float(s.detach()) == 0.0 and empty.grad.shape == (0, 4)
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_empty_queue_adds_no_negative(device, backend, gen):
+    """A queue of 0 rows equals no queue (torch: concatenating an empty block of logits); the cpu
+    and triton backends used to fail streaming it (amax of 0 splits, a division by 0 tiles)."""
+    q = torch.randn(5, 8, generator=gen).to(device)
+    k = torch.randn(5, 8, generator=gen).to(device) + q
+    empty = torch.zeros(0, 8, device=device)
+    want = ops.info_nce(q, k, temperature=0.2, backend=backend)
+    assert_close_to_ref(ops.info_nce(q, k, temperature=0.2, queue=empty, backend=backend), want)
+    alone = ops.info_nce(q, k, temperature=0.2, queue=empty, batch_negatives=False, backend=backend)
+    assert float(alone) == pytest.approx(0.0, abs=1e-6)  # the positive is the only logit
+
+
 # ---- gradcheck, compile, module -------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend, gen, monkeypatch):

@@ -199,6 +199,44 @@ def test_all_rows_ignored(device, backend, gen):
     assert float(s.detach()) == 0.0 and not h.grad.abs().any()
 
 
+@pytest.mark.parametrize("device,backend", PARAMS)
+def test_masked_vocabulary_tiles(device, backend, gen):
+    """A -inf bias over whole vocabulary tiles (masked or padded vocabulary): the kernel's running
+    max is -inf after such a tile, and exp(-inf - -inf) made the Triton split NaN, read as lse -inf
+    (the interpreter's 2 splits of 2 tiles of 64: the first split starts with a masked tile)."""
+    h, w, b, t = _problem(6, 16, 200, torch.float32, device, gen, ignore=(2,))
+    b = b.clone()
+    b[:70] = float("-inf")
+    b[130:140] = float("-inf")
+    t[t >= 0] = 70 + t[t >= 0] % 60
+    h.requires_grad_()
+    loss, lse = ops.linear_cross_entropy(h, w, t, b, return_lse=True, backend=backend)
+    (gh,) = torch.autograd.grad(loss, h)
+    hd, wd, bd = _d64(h, w, b)
+    want = F.cross_entropy(F.linear(hd, wd, bd), t.cpu())
+    (gwant,) = torch.autograd.grad(want, hd)
+    assert_close_to_ref(loss, want)
+    assert_close_to_ref(lse, torch.logsumexp(F.linear(hd, wd, bd), 1))
+    assert_close_to_ref(gh, gwant)
+
+
+@pytest.mark.parametrize("device,backend", PARAMS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_logit_gives_nan(device, backend, bad, gen):
+    """A NaN or +inf logit (off every target) makes every row's loss NaN, as torch's cross_entropy;
+    the cpu and Triton paths read the NaN sum as "no column" and returned lse = loss = -inf."""
+    h, w, b, t = _problem(4, 8, 40, torch.float32, device, gen, ignore=())
+    b = b.clone()
+    b[7] = bad
+    t[t == 7] = 8
+    loss, lse = ops.linear_cross_entropy(h, w, t, b, return_lse=True, backend=backend)
+    assert torch.isnan(F.cross_entropy(F.linear(h.double(), w.double(), b.double()), t))
+    if backend == "reference" and bad == float("inf"):  # torch.logsumexp's +inf, documented
+        assert torch.isposinf(loss) and torch.isposinf(lse).all(), (loss, lse)
+    else:
+        assert torch.isnan(loss) and torch.isnan(lse).all(), (loss, lse)
+
+
 # ---- the gradient filter -------------------------------------------------------------------------
 def _peaked(device, gen):
     """Logits whose columns >= 64 sit ~40 below the rest (softmax < 1e-17 there), with one row's
