@@ -48,7 +48,7 @@ def _gaussian_logp(z: torch.Tensor, mean=None, log_sd=None) -> torch.Tensor:
     else:
         lp = -0.5 * _LOG_2PI - log_sd - 0.5 * (z - mean) ** 2 * torch.exp(-2 * log_sd)
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    return lp.reshape(z.shape[0], -1).to(acc).sum(1)
+    return lp.flatten(1).to(acc).sum(1)  # flatten, not reshape(B, -1): an empty batch has shape [0]
 
 
 @contextlib.contextmanager
@@ -74,11 +74,17 @@ class _Flow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
 
-    def _normal(self, generator: torch.Generator | None, device: Device | None, dtype: torch.dtype) -> _Normal:
+    def _normal(self, generator: torch.Generator | None, device: Device | None, dtype: torch.dtype | None) -> _Normal:
         """shape -> N(0, I) noise drawn on the CPU with ``generator`` (the same draws on every
-        device), moved to ``device`` (default: the model's)."""
-        device = device or next(self.parameters()).device
+        device), moved to ``device`` and in ``dtype`` (defaults: the model's)."""
+        p = next(self.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
         return lambda shape: torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+    def _check_input(self, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: x must be [B, {', '.join(map(str, shape))}], got {got}")
 
     @torch.no_grad()
     def sample(
@@ -86,7 +92,7 @@ class _Flow(nn.Module):
         n: int,
         generator: torch.Generator | None = None,
         device: Device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         return self.decode(self._latents(n, self._normal(generator, device, dtype)))
 
@@ -176,6 +182,7 @@ class Glow(_Flow):
         """x -> (latents [z_0, ..., z_top], sum of the steps' logdets, log p of the latents),
         each per sample; the latents' density is N(mu_l, sigma_l) given the kept half for z_l
         and N(0, I) for z_top."""
+        self._check_input(x, self.cfg.image)
         logdet = prior = 0
         zs = []
         for lvl, steps in enumerate(self.levels):
@@ -213,7 +220,7 @@ class Glow(_Flow):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         device: Device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         randn = self._normal(generator, device, dtype)
         x = randn((n, *self.top_shape)) * temperature
@@ -270,6 +277,7 @@ class RealNVP2D(_Flow):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 2] -> (z, sum of logdets)."""
+        self._check_input(x, (2,))
         total = 0
         for layer in self.layers:
             x, ld = layer(x)
@@ -378,6 +386,7 @@ class RealNVPImage(_Flow):
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """x -> (latents [z_0, ..., z_top], sum of logdets, log N(latents; 0, I)) per sample."""
+        self._check_input(x, self.cfg.image)
         logdet = prior = 0
         zs = []
         for sc in self.scales:

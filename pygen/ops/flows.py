@@ -553,7 +553,7 @@ def inv_conv1x1(
     spatial = math.prod(x.shape[2:])
     wl = w.to(_logdet_dtype(x))
     _, lad = slogdet(wl, backend=b)
-    ld = (lad * spatial).expand(x.shape[0])
+    ld = ref.per_sample(lad * spatial, x)
     if rev:
         return _apply_conv(x, torch.linalg.inv(wl).to(x.dtype), b), -ld
     return _apply_conv(x, w, b), ld
@@ -587,14 +587,14 @@ def inv_conv1x1_lu(
         return ref.inv_conv1x1_lu(x, perm, lower, upper, diag, rev)
     spatial = math.prod(x.shape[2:])
     if rev:
-        ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
+        ld = ref.per_sample(torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial, x)
         winv = ref.lu_inverse(perm, lower, upper, diag).to(x.dtype)
         return _apply_conv(x, winv, b), -ld
     if c <= LU_MAX_C:
         # W and its log-det in one launch (kernels/flows/lu.py), then the 1x1-conv kernel
         w, ld = _registry.get("lu_weight_triton")(perm, lower, upper, diag, float(spatial))
-        return _apply_conv(x, w.to(x.dtype), b), ld.expand(x.shape[0])
-    ld = (torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial).expand(x.shape[0])
+        return _apply_conv(x, w.to(x.dtype), b), ref.per_sample(ld, x)
+    ld = ref.per_sample(torch.log(torch.abs(diag.to(_logdet_dtype(x)))).sum() * spatial, x)
     return _apply_conv(x, ref.lu_weight(perm, lower, upper, diag), b), ld
 
 

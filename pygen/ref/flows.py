@@ -54,6 +54,7 @@ Planar, radial and Sylvester flows have no closed-form inverse; only the forward
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -85,6 +86,21 @@ def logdet_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _exact(fn):
+    """Run ``fn`` (a flow op on x, its first argument) with autocast off for x's device: the ops
+    compute in x's dtype whatever the autocast region (as the Triton custom ops do), where autocast
+    would run the 1x1 conv's einsum / the LU matmuls in bf16 and hand a bf16 y to the next layer."""
+
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        if not torch.is_autocast_enabled(x.device.type):
+            return fn(x, *args, **kwargs)
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args, **kwargs)
+
+    return run
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
@@ -106,6 +122,7 @@ def soft_clamp(raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
 GLOW_SCALE_SHIFT = 2.0  # Glow's coupling: scale = sigmoid(raw + 2)
 
 
+@_exact
 def affine_coupling(
     x: torch.Tensor,
     log_scale_raw: torch.Tensor,
@@ -133,6 +150,7 @@ def affine_coupling(
     return x * torch.exp(s) + shift, ld
 
 
+@_exact
 def additive_coupling(x: torch.Tensor, shift: torch.Tensor, reverse: bool = False):
     """Additive coupling (NICE): y = x + t (reverse: x = y - t); logdet = 0."""
     y = x - shift if reverse else x + shift
@@ -144,10 +162,17 @@ def _spatial(x: torch.Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
+def per_sample(ld: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The one log-det of a data-independent layer as [B], a tensor of its own: an expanded view
+    (stride 0) would refuse ``logdet += ...``, which flow code writes (nflows' layers allow it)."""
+    return ld.expand(x.shape[0]).clone()
+
+
 def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
+@_exact
 def actnorm(
     x: torch.Tensor,
     loc: torch.Tensor,
@@ -161,15 +186,18 @@ def actnorm(
     if (log_scale is None) == (scale is None):
         raise ValueError("actnorm: pass exactly one of log_scale and scale")
     lm = log_scale if scale is None else torch.log(torch.abs(scale))
-    ld = (lm.reshape(-1).to(logdet_dtype(x)).sum() * _spatial(x)).expand(x.shape[0])
-    loc_ = _per_channel(loc, x)
+    ld = per_sample(lm.reshape(-1).to(logdet_dtype(x)).sum() * _spatial(x), x)
+    # float32 for 16-bit x, rounded once (the kernels' rule): exp(log_scale) of a zero-variance
+    # channel (-log 1e-6 = 13.8) overflows float16, and inf * 0 would make the channel NaN
+    acc = logdet_dtype(x)
+    xa, loc_ = x.to(acc), _per_channel(loc, x).to(acc)
     if scale is None:
-        if reverse:
-            return x * torch.exp(-_per_channel(log_scale, x)) - loc_, -ld
-        return (x + loc_) * torch.exp(_per_channel(log_scale, x)), ld
-    if reverse:
-        return x / _per_channel(scale, x) - loc_, -ld
-    return (x + loc_) * _per_channel(scale, x), ld
+        ls = _per_channel(log_scale, x).to(acc)
+        y = xa * torch.exp(-ls) - loc_ if reverse else (xa + loc_) * torch.exp(ls)
+    else:
+        m = _per_channel(scale, x).to(acc)
+        y = xa / m - loc_ if reverse else (xa + loc_) * m
+    return y.to(x.dtype), -ld if reverse else ld
 
 
 def actnorm_init(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,21 +211,24 @@ def actnorm_init(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torc
 
 
 # ---- invertible 1x1 convolution ---------------------------------------------------------------------
+@_exact
 def _apply_1x1(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("oi,bi...->bo...", w.to(x.dtype), x)
 
 
+@_exact
 def inv_conv1x1(x: torch.Tensor, weight: torch.Tensor, reverse: bool = False):
     """Invertible 1x1 convolution with a plain weight [C, C]: y = W x per pixel,
     logdet = H*W*log|det W| (reverse: W^-1 and the negated logdet)."""
     w = weight.reshape(weight.shape[0], weight.shape[1])
     _, lad = torch.linalg.slogdet(w.to(logdet_dtype(x)))
-    ld = (lad * _spatial(x)).expand(x.shape[0])
+    ld = per_sample(lad * _spatial(x), x)
     if reverse:
         return _apply_1x1(x, torch.linalg.inv(w.to(logdet_dtype(x)))), -ld
     return _apply_1x1(x, w), ld
 
 
+@_exact
 def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
     """W = P @ (tril(L, -1) + I) @ (triu(U, 1) + diag(s))."""
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
@@ -206,6 +237,7 @@ def lu_weight(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, diag
     return perm.to(lower.dtype) @ lo @ up
 
 
+@_exact
 def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
     """W^-1 = (U + diag(s))^-1 L^-1 P^T by two triangular solves, in float32 (float64 for
     float64 parameters; triangular solves have no half-precision kernels)."""
@@ -218,6 +250,7 @@ def lu_inverse(perm: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, dia
     )
 
 
+@_exact
 def inv_conv1x1_lu(
     x: torch.Tensor,
     perm: torch.Tensor,
@@ -227,7 +260,7 @@ def inv_conv1x1_lu(
     reverse: bool = False,
 ):
     """Invertible 1x1 convolution in Glow's LU form; logdet = H*W*sum log|s| (O(C))."""
-    ld = (torch.log(torch.abs(diag.to(logdet_dtype(x)))).sum() * _spatial(x)).expand(x.shape[0])
+    ld = per_sample(torch.log(torch.abs(diag.to(logdet_dtype(x)))).sum() * _spatial(x), x)
     if reverse:
         winv = lu_inverse(perm, lower, upper, diag)
         return _apply_1x1(x, winv), -ld
@@ -253,6 +286,7 @@ def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return u + (F.softplus(wu) - 1 - wu) * w / (w * w).sum(-1, keepdim=True)
 
 
+@_exact
 def planar(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
     """Planar flow: (f(z), logdet). u, w: [D] or [B, D]; b: [] / [1] or [B]."""
     n, d = z.shape
@@ -270,6 +304,7 @@ def radial_beta_hat(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return -alpha + F.softplus(beta)
 
 
+@_exact
 def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor):
     """Radial flow: (f(z), logdet). z0: [D] or [B, D]; alpha (> 0), beta: [] / [1] or [B]."""
     n, d = z.shape
@@ -285,6 +320,7 @@ def radial(z: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, beta: torch.T
     return f, ld.to(logdet_dtype(z))
 
 
+@_exact
 def sylvester(z: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, b: torch.Tensor, *, slogdet_fn=torch.linalg.slogdet):
     """Sylvester flow: (f(z), logdet). A: [D, M] or [B, D, M]; Bm: [M, D] or [B, M, D];
     b: [M] or [B, M]. ``slogdet_fn`` computes the batched M x M determinants (pygen.ops passes

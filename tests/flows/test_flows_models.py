@@ -79,6 +79,106 @@ def test_couplings_and_squeeze_invert(gen):
     assert torch.equal(y[:, 1 * 4 + 2, 1, 0], x[:, 1, 3, 0])  # channel c*4 + i*2 + j, pixel (2h+i, 2w+j)
 
 
+def test_odd_channel_split_is_glows(gen):
+    """x_a is the first C//2 channels (Glow's split; x.chunk gave it C//2 + 1 and FlowStep's
+    conditioner, built for C//2, failed); both couplings and a whole FlowStep invert on C = 3."""
+    x = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    for affine in (True, False):
+        step = M.FlowStep(3, 8, affine=affine, backend="reference").double()
+        _perturb(step, gen)
+        y, ld = step(x)
+        xr, ldr = step.inverse(y)
+        torch.testing.assert_close(xr, x, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(ldr, -ld)
+    net = pnn.flows.coupling_net(1, 4, 8).double()
+    torch.nn.init.normal_(net[-1].conv.weight, std=0.1)
+    y, _ = pnn.AffineCoupling(net, backend="reference")(x)
+    assert torch.equal(y[:, :1], x[:, :1]) and not torch.equal(y[:, 1:], x[:, 1:])
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_layer_logdets_take_in_place_updates(backend, gen, monkeypatch):
+    """``logdet += ...`` on a layer's log-det (flow code accumulates so, nflows' layers allow it):
+    the forward log-dets were stride-0 expanded views that refused it."""
+    if backend == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(2, 4, 3, 3, generator=gen)
+    for m in (pnn.ActNorm(4), pnn.InvConv1x1(4, lu=True), pnn.InvConv1x1(4, lu=False)):
+        m.backend = backend
+        for run in (m, m.inverse):
+            _, ld = run(x)
+            want = ld.clone() + 1
+            ld += 1
+            assert torch.equal(ld, want), (type(m).__name__, backend)
+
+
+def test_layers_compute_in_the_input_dtype(gen):
+    """float32 layers on bfloat16 / float64 input (parameters cast to x, as autocast casts a conv's
+    weight), and a Glow under torch.autocast on the reference backend: the einsum of its 1x1 conv
+    ran in bf16 there, and the coupling refused the float32 conditioner output beside it."""
+    x = torch.randn(2, 4, 4, 4, generator=gen)
+    for m in (pnn.ActNorm(4), pnn.InvConv1x1(4, lu=True), pnn.InvConv1x1(4, lu=False)):
+        M.set_backend(m, "reference")
+        for dt in (torch.bfloat16, torch.float64):
+            y, ld = m(x.to(dt))
+            assert y.dtype == dt and ld.dtype == (torch.float64 if dt == torch.float64 else torch.float32)
+    model = M.Glow(M.GlowConfig(image=(3, 4, 4), levels=2, steps=1, hidden=8, batch=2), backend="reference")
+    _perturb(model, gen)
+    xs = torch.rand(2, 3, 4, 4, generator=gen) - 0.5
+    want = model.log_prob(xs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.log_prob(xs)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.5)  # the conditioners' convs ran in bf16
+
+
+def test_actnorm_half_zero_variance_channel(gen):
+    """A constant channel initialises to log_scale = -log(1e-6) = 13.8: the reference computed
+    exp of it in float16 (inf, and inf * 0 = NaN for the whole channel); it now computes in float32
+    and rounds once, as the kernel."""
+    x = torch.randn(8, 3, 2, 2, generator=gen).half()
+    x[:, 1] = 0.5
+    m = pnn.ActNorm(3, backend="reference").half()
+    y, ld = m(x)
+    assert torch.isfinite(y).all() and not y[:, 1].any() and torch.isfinite(ld).all()
+
+
+def test_rosinality_state_dicts_load(gen):
+    """The layer names follow rosinality/glow-pytorch: its InvConv2dLU state (with its mask and
+    identity buffers) and its ActNorm's [1, C, 1, 1] loc / scale load into InvConv1x1 / ActNorm."""
+    lu = pnn.InvConv1x1(4, lu=True, backend="reference")
+    state = {k: v.clone() for k, v in lu.state_dict().items()}
+    state["u_mask"] = torch.triu(torch.ones(4, 4), 1)
+    state["l_mask"] = state["u_mask"].T
+    state["l_eye"] = torch.eye(4)
+    fresh = pnn.InvConv1x1(4, lu=True, backend="reference", generator=torch.Generator().manual_seed(5))
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 4, 3, 3, generator=gen)
+    torch.testing.assert_close(fresh(x)[0], lu(x)[0])
+    an = pnn.ActNorm(4, logscale=False, backend="reference")
+    loc, scale = torch.randn(1, 4, 1, 1, generator=gen), torch.rand(1, 4, 1, 1, generator=gen) + 0.5
+    an.load_state_dict({"loc": loc, "scale": scale, "initialized": torch.tensor(1, dtype=torch.uint8)})
+    torch.testing.assert_close(an(x)[0], scale * (x + loc))  # rosinality's formula
+
+
+def test_models_edge_inputs(gen):
+    """An empty batch has log_prob [0] (reshape(0, -1) failed); sample() follows the model's dtype;
+    a wrong image shape, and a bad Squeeze input, name x."""
+    glow = M.Glow(M.GlowConfig(image=(3, 4, 4), levels=2, steps=1, hidden=8, batch=2))
+    assert glow.log_prob(torch.zeros(0, 3, 4, 4)).shape == (0,)
+    assert M.RealNVP2D(M.RealNVP2DConfig(couplings=2, hidden=8)).log_prob(torch.zeros(0, 2)).shape == (0,)
+    assert glow.double().sample(2).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"Glow: x must be \[B, 3, 4, 4\]"):
+        glow.log_prob(torch.zeros(2, 3, 6, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="ActNorm: x must be"):
+        pnn.ActNorm(3)(torch.zeros(2, 4, 2, 2))
+    with pytest.raises(ValueError, match="Squeeze: x must be"):
+        pnn.Squeeze()(torch.zeros(2, 3, 5, 4))
+    m = pnn.ActNorm(3)
+    m(torch.zeros(0, 3, 2, 2))  # an empty first batch leaves the init to the next one
+    assert int(m.initialized) == 0
+
+
 def _tiny(kind):
     if kind == "glow":
         return M.Glow(M.GlowConfig(image=(2, 4, 4), levels=2, steps=1, hidden=8, batch=2))
