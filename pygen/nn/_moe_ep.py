@@ -46,6 +46,19 @@ __all__ = [
 ]
 
 
+def check_group(group, name: str = "ep_group"):
+    """``group`` as a process group this rank belongs to (else a clear error naming ``name``):
+    torch's own answers are an AttributeError for a non-group and world size -1 for a group
+    without this rank."""
+    if (isinstance(group, int) and group == dist.GroupMember.NON_GROUP_MEMBER) or (
+        isinstance(group, dist.ProcessGroup) and dist.get_rank(group) < 0
+    ):  # what dist.new_group returns on a rank it leaves out
+        raise ValueError(f"{name} does not contain this rank (global rank {dist.get_rank()})")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"{name} must be a torch.distributed ProcessGroup (or None), got {type(group).__name__}")
+    return group
+
+
 def group_size(group) -> int:
     return dist.get_world_size(group)
 
@@ -134,9 +147,15 @@ def local_experts(experts, x_recv: torch.Tensor, route_recv: torch.Tensor) -> to
             x_recv[rows], id_recv[rows, slots].unsqueeze(1).int(), w_recv[rows, slots].unsqueeze(1), check_ids=False
         )
         return x_recv.new_zeros(x_recv.shape).index_add(0, rows, y_pairs.to(x_recv.dtype))
-    # Nothing to compute, but the received tensors must stay in the graph so that this rank's
-    # backward runs the same exchanges as its peers.
-    return x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
+    # Nothing to compute, but the result must need a gradient exactly when a peer's does, so that
+    # this rank's backward runs the same exchanges: the received tensors and the expert weights
+    # stay in the graph (the weights through one element each: the experts may be all that trains)
+    y = x_recv * 0 + (w_recv.sum() * 0).to(x_recv.dtype)
+    if torch.is_grad_enabled():
+        for p in experts.parameters():
+            if p.requires_grad:
+                y = y + (p.reshape(-1)[:1].sum() * 0).to(y.dtype)
+    return y
 
 
 def ep_experts_forward(

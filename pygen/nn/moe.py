@@ -374,6 +374,7 @@ class MoE(nn.Module):
         if ep_group is not None:
             from . import _moe_ep
 
+            _moe_ep.check_group(ep_group)
             starts = _moe_ep.expert_partition(self.n_routed_experts, _moe_ep.group_size(ep_group))
             rank = _moe_ep.group_rank(ep_group)
             offset, n_local = starts[rank], starts[rank + 1] - starts[rank]
@@ -472,7 +473,8 @@ class MoE(nn.Module):
         that with expert parallelism every rank holds the gradient of the sum of all ranks'
         losses, as the expert gradients already are (they collect every rank's tokens). Divide
         by the group size yourself for a mean. A missing gradient counts as zero (every rank
-        must join every all_reduce). Do not wrap the layer in DDP over the EP group instead:
+        must join every all_reduce); a frozen parameter (requires_grad False) is left alone, as
+        it is on every rank. Do not wrap the layer in DDP over the EP group instead:
         DDP would also average the expert gradients, which differ per rank."""
         group = self.ep_group if group is None else group
         if group is None:
@@ -480,6 +482,8 @@ class MoE(nn.Module):
         import torch.distributed as dist
 
         for p in self.replicated_parameters():
+            if not p.requires_grad:  # frozen: no gradient (an optimizer's weight decay would move a zero one)
+                continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, group=group)

@@ -170,16 +170,20 @@ def _collective_device(group, queries) -> torch.device:
     return queries.device if usable else torch.device("cpu")
 
 
-def _shape_and_settings(queries, keys, symmetric, batch_negatives, reduction) -> tuple[int, int, tuple]:
+def _shape_and_settings(queries, keys, temp, symmetric, batch_negatives, reduction) -> tuple[int, int, tuple]:
     """(rows, key rows, the settings every rank must share: width, dtype code, symmetric,
-    batch_negatives, reduction code)."""
+    batch_negatives, reduction code, and whether the loss needs a gradient: a rank whose loss
+    does not would never run the backward ring its peers wait in)."""
     m = queries.shape[0] if keys is None else keys.shape[0]
     agree = (queries.shape[1], _DTYPES.index(queries.dtype), int(symmetric), int(batch_negatives))
-    return queries.shape[0], m, (*agree, ref.REDUCTIONS.index(reduction))
+    learned = (t for t in (queries, keys, temp) if isinstance(t, torch.Tensor))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in learned)
+    return queries.shape[0], m, (*agree, ref.REDUCTIONS.index(reduction), int(grad))
 
 
 def _disagreement(sizes) -> str:
-    names = ("embedding width", "dtype", "symmetric", "batch_negatives", "reduction")
+    names = ("embedding width", "dtype", "symmetric", "batch_negatives", "reduction",
+             "whether a gradient is needed (queries, keys or temperature requiring grad, in grad mode)")  # fmt: skip
     differ = [name for i, name in enumerate(names) if len({s[4 + i] for s in sizes}) > 1]
     return f"the ranks disagree on {', '.join(differ)}: every rank must call with the same ones"
 
@@ -231,9 +235,9 @@ def info_nce(queries, keys, temperature, positives, queue, symmetric, normalize,
             raise ValueError(f"{NAME}: batch_negatives=False with group= supports the default positives")
         # what decides which collectives run (the ring's block shapes, a second ring, the final
         # all-reduce) must be the same on every rank: it rides on the sizes' all-gather too
-        n, m, agree = _shape_and_settings(queries, keys, symmetric, batch_negatives, reduction)
+        n, m, agree = _shape_and_settings(queries, keys, temp, symmetric, batch_negatives, reduction)
     except Exception as e:  # any one-rank failure, so that the others do not wait in a collective
-        refused, n, m, agree = e, 0, 0, (0,) * 5
+        refused, n, m, agree = e, 0, 0, (0,) * 6
     device = _collective_device(group, queries)
     simclr = keys is None
     # code 1, 2, 3: the _REFUSALS class of this rank's refusal (3, RuntimeError, for any other one)

@@ -163,6 +163,8 @@ def _one_rank_refused(rank: int, world: int, group) -> list[str]:
         (dict(reduction="none" if rank else "mean"), "reduction"),
         (dict(symmetric=bool(rank)), "symmetric"),
         (dict(queries=q[:, : D - rank]), "embedding width"),
+        # a rank whose loss needs no gradient never runs the backward ring its peers wait in
+        (dict(keys=k.clone().requires_grad_(rank == 0)), "whether a gradient is needed"),
     ]
     for kw, what in disagreeing:
         args = dict(queries=q, keys=k if "queries" not in kw else k[:, : D - rank], temperature=0.5) | kw

@@ -127,6 +127,51 @@ def test_ep_matches_single_process(world):
     run_gloo_ranks(_run_all, world, ["pygen.nn.moe", "pygen.nn._moe_ep"])
 
 
+def _run_frozen_router(rank: int, world: int, group) -> list[str]:
+    """Only the experts train (gate frozen, x from frozen embeddings) and every token goes to rank
+    0's experts: rank 1's empty expert pass must still need a gradient (its backward skipped the
+    combine exchange, and rank 0 waited for it); the frozen gate gets no gradient from
+    all_reduce_replicated_grads (a zero one moved it under AdamW's weight decay)."""
+    import torch.distributed as dist
+
+    from pygen.nn.moe import MoE
+
+    fields = dict(hidden_size=8, moe_intermediate_size=4, n_routed_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(7)
+    full = MoE(**fields).double()
+    full.gate.e_score_correction_bias[:2] = 10.0  # experts 0 and 1: rank 0's
+    full.gate.weight.requires_grad_(False)
+    ep = MoE(**fields, ep_group=group).double()
+    ep.load_state_dict(full.state_dict())
+    ep.gate.weight.requires_grad_(False)
+    x_all = torch.randn(6, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x_loc = x_all[:4] if rank == 0 else x_all[4:]
+    ep(x_loc).sum().backward()
+    ep.all_reduce_replicated_grads()
+    full(x_all).sum().backward()
+    errs = []
+    e_lo, e_hi = ep.experts.expert_offset, ep.experts.expert_offset + ep.experts.num_experts
+    if not torch.allclose(ep.experts.gate_up_proj.grad, full.experts.gate_up_proj.grad[e_lo:e_hi], atol=1e-10):
+        errs.append(f"rank {rank}: d gate_up_proj differs")
+    if ep.gate.weight.grad is not None:
+        errs.append(f"rank {rank}: the frozen gate got a gradient")
+    sub = dist.new_group([0])
+    for bad, kind in ((sub if rank == 1 else None, ValueError), (True, TypeError)):
+        if bad is None:
+            continue
+        try:
+            MoE(**fields, ep_group=bad)
+            errs.append(f"rank {rank}: ep_group={bad!r} accepted")
+        except kind as e:
+            if "ep_group" not in str(e):
+                errs.append(f"rank {rank}: {e}")
+    return errs
+
+
+def test_ep_frozen_router_and_bad_groups():
+    run_gloo_ranks(_run_frozen_router, 2, ["pygen.nn.moe", "pygen.nn._moe_ep"], timeout_s=30)
+
+
 def test_expert_partition():
     assert expert_partition(10, 4) == [0, 3, 6, 8, 10]
     assert expert_partition(8, 2) == [0, 4, 8]
