@@ -1,7 +1,7 @@
 """Swap pygen modules into third-party models in place.
 
     import torchvision, pygen.patch
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None)
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     swapped = pygen.patch.patch_torchvision(model)   # {"MultiScaleRoIAlign": 1}
 
 Only modules whose behaviour pygen reproduces exactly are replaced; their configuration is copied,

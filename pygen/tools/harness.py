@@ -70,7 +70,7 @@ CPU the ceiling is the best of COPY_CPU_REPS copies, labelled so, and no %copy c
 
 Baselines are checked against the reference like pygen's backends. One whose output differs
 computes something else and is not timed (status "mismatch"), unless its case lists it in
-``Case.approximate`` (the same layer at another precision, e.g. unquantised torch.matmul next to
+``Case.approximate`` (the same layer computed differently by design, e.g. unquantised torch.matmul next to
 FP8): then it is timed and marked (!) with the reason.
 """
 
@@ -1260,8 +1260,9 @@ def format_legend(rows: Sequence[dict[str, Any]] = ()) -> str:
     if any(r.get("median_ms") and r.get("correct") is False for r in rows):
         lines.append(
             "  (!)                an approximate baseline: timed although its output differs from "
-            "the reference beyond the tolerance, because it is the same layer at another precision "
-            "(e.g. unquantised matmul against FP8); the reason is in the JSON line"
+            "the reference beyond the tolerance, because it is the same layer computed differently by "
+            "design (unquantised matmul against FP8, torchvision's ps_roi_pool clipping); the reason is "
+            "in the JSON line"
         )
     fallbacks = [r for r in rows if r.get("median_ms") and GRAPH_FALLBACK in str(r.get("timer", ""))]
     if fallbacks:
