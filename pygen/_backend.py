@@ -20,6 +20,12 @@ import torch
 from . import _ext
 from .kernels._device import interpreting as triton_interpreting
 
+# Load the compiled modules now (well under a millisecond; a missing one only records why):
+# torch.compile cannot trace importlib, so a process whose first pygen call is a compiled one
+# failed in the backend choice's probe.
+_ext.load("_C")
+_ext.load("_cuda")
+
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 

@@ -60,6 +60,10 @@ class ActNorm(nn.Module):
         else:
             self.scale = nn.Parameter(torch.ones(num_channels))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        # the buffer's value as a Python bool (kept in step by initialize and load_state_dict):
+        # reading the buffer in forward is a device sync per training step, and a data-dependent
+        # branch torch.compile(fullgraph=True) cannot trace
+        self._initialized = False
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -76,6 +80,7 @@ class ActNorm(nn.Module):
         else:
             self.scale.copy_(torch.exp(log_scale))
         self.initialized.fill_(1)
+        self._initialized = True
 
     def _params(self, x: torch.Tensor) -> dict:
         if self.logscale:
@@ -84,7 +89,7 @@ class ActNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # an empty first batch has no statistics: initialise on the first non-empty one
-        if self.training and not bool(self.initialized) and x.numel() > 0:
+        if self.training and not self._initialized and x.numel() > 0:
             self.initialize(x)
         return ops.actnorm(x, _like(self.loc, x), **self._params(x), backend=self.backend)
 
@@ -99,6 +104,7 @@ class ActNorm(nn.Module):
             if t is not None and t.dim() == 4 and t.shape[1] == t.numel() == self.num_channels:
                 state_dict[prefix + name] = t.reshape(-1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, logscale={self.logscale}"

@@ -192,6 +192,22 @@ class MaskedLinear(nn.Linear):
             self._plan_key = key
         return self._plan
 
+    def _drop_plan(self) -> None:
+        """The buffers changed (load_state_dict, .to(), permute_): forget the plan, so that a
+        compiled forward, which reads the cached plan without checking it, takes the exact dense
+        path (and recompiles: it guards on the plan) until an eager call derives the new one."""
+        self._plan_key = None
+        self._plan = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._drop_plan()
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._drop_plan()
+        return out
+
     def _derive(self):
         if bool(((self.mask != 0) & (self.mask != 1)).any()):  # not a mask: W * mask as the original
             return ("dense", self.mask)
@@ -210,7 +226,8 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, input: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            # no host reads while tracing: W * mask (exact for any mask) unless a plan exists
+            # no host reads while tracing: W * mask (exact for any mask) unless a plan exists (an
+            # in-place edit of the mask under compile is not seen: call load_state_dict / permute_)
             plan = self._plan if self._plan is not None else ("dense", self.mask)
         else:
             plan = self.kernel_args()
@@ -242,7 +259,7 @@ class MaskedLinear(nn.Linear):
             self.mask.copy_(self.mask[:, cols])
             if self.form == "nflows":
                 self.in_degrees.copy_(self.in_degrees[cols])
-        self._plan_key = None
+        self._drop_plan()
         return self
 
     def extra_repr(self) -> str:

@@ -243,13 +243,32 @@ class MLA(nn.Module):
         """The attention dropout rate of this call: the config's in training mode, else 0."""
         return self.attention_dropout if self.training else 0.0
 
+    def _reference_while_tracing(self, t: torch.Tensor) -> bool:
+        """The reference MLA ops loop over the sequences on the host (cu_seqlens.tolist()), which
+        torch.compile and torch.export cannot trace: while tracing with the reference backend
+        chosen (the CPU default), the explicit path runs instead (the same attention)."""
+        if not tracing(t):
+            return False
+        from ..ops.mla import _pick
+
+        return _pick("mla_prefill", t, self.backend) == "reference"
+
     def _attend(self, q, k, v, mask, weights: bool = False):
         """(output [b, s, H, Dv], attention weights [b, H, s, S] when ``weights``, else None)."""
         dropout = self._dropout()
-        if not weights and dropout == 0.0 and mask_is_causal(mask, q.shape[1], k.shape[1]):
+        traced_ref = self._reference_while_tracing(q)
+        if not weights and dropout == 0.0 and not traced_ref and mask_is_causal(mask, q.shape[1], k.shape[1]):
             self.last_path = "mla_prefill"
             return attention_prefill(q.contiguous(), k.contiguous(), v.contiguous(), self.scaling, self.backend), None
-        why = "output_attentions" if weights else "dropout" if dropout else "mask not plain causal"
+        why = (
+            "output_attentions"
+            if weights
+            else "dropout"
+            if dropout
+            else "reference backend while tracing"
+            if traced_ref
+            else "mask not plain causal"
+        )
         self.last_path = f"explicit ({why})"
         out = attention_explicit(q, k, v, mask, self.scaling, dropout, self.training, return_weights=weights)
         return out if weights else (out, None)
@@ -357,16 +376,17 @@ class MLA(nn.Module):
                     latent.view(b, 1, s, -1), k_rope.view(b, 1, s, -1), self.layer_idx, kwargs=kwargs
                 )
                 latent, k_rope = latent4[:, 0], k_rope4[:, 0]
-            if not want_weights and self._absorb_contiguous_ok(s, latent.shape[1], attention_mask):
+            if not want_weights and self._absorb_contiguous_ok(s, latent, attention_mask):
                 o = self._absorbed_contiguous(q_nope, q_rope, latent, k_rope)
             else:
                 k, v = self.expand_kv(latent, k_rope)
                 o, weights = self._attend(torch.cat([q_nope, q_rope], -1), k, v, attention_mask, want_weights)
         return self.o_proj(o.reshape(b, s, self.num_heads * self.v_head_dim)), weights
 
-    def _absorb_contiguous_ok(self, s: int, kv_len: int, mask) -> bool:
+    def _absorb_contiguous_ok(self, s: int, latent: torch.Tensor, mask) -> bool:
         """Decode / MTP steps on transformers' cache (inference, tokens already cached, plain
         causal mask, the decode kernel's latent widths) take the absorbed path below."""
+        kv_len = latent.shape[1]
         return (
             kv_len > s
             and s < self.chunk_threshold
@@ -374,6 +394,7 @@ class MLA(nn.Module):
             and not self._dropout()  # the decode kernel has no dropout: the explicit path applies it
             and self.kv_lora_rank == 512
             and self.qk_rope_head_dim == 64
+            and not self._reference_while_tracing(latent)
             and mask_is_causal(mask, s, kv_len)
         )
 

@@ -338,7 +338,7 @@ PERMUTE = OpSpec(
 )
 UNPERMUTE = OpSpec(
     "moe_unpermute",
-    "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, int num_tokens, int top_k) -> Tensor",
+    "(Tensor permuted, Tensor sorted_slots, Tensor? topk_weights, SymInt num_tokens, int top_k) -> Tensor",
     _unpermute,
     _new_unperm,
     Backward(

@@ -189,7 +189,8 @@ def _grad_out(grad, rois, n, c, h, w, *_):
 # ---- the ops ----------------------------------------------------------------------------------
 # Backward arguments after the saved tensors: the input's shape, then the forward's scalars;
 # ``deterministic`` is read when the backward runs (torch.use_deterministic_algorithms).
-_GRAD_DIMS = "int batch, int channels, int height, int width"
+# SymInt: the input's sizes stay symbolic under torch.compile (int pinned each batch size to a graph)
+_GRAD_DIMS = "SymInt batch, SymInt channels, SymInt height, SymInt width"
 SPECS = (
     OpSpec(
         "roi_align",
@@ -255,7 +256,7 @@ SPECS = (
         _ms_fwd,
         lambda features, rois, ph, pw, *_: _new_out(features[0], rois, features[0].shape[1], ph, pw),
         Backward(
-            "(Tensor grad, Tensor rois, int batch, int channels, int[] heights, int[] widths, "
+            "(Tensor grad, Tensor rois, SymInt batch, SymInt channels, SymInt[] heights, SymInt[] widths, "
             "float[] spatial_scales, int sampling_ratio, float canonical_scale, float canonical_level, "
             "bool aligned, bool deterministic) -> Tensor[]",
             _ms_bwd,

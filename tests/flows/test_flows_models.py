@@ -179,6 +179,25 @@ def test_models_edge_inputs(gen):
     assert int(m.initialized) == 0
 
 
+def test_actnorm_trains_under_torch_compile(gen):
+    """ActNorm in training mode under torch.compile(fullgraph=True): the init test read the
+    ``initialized`` buffer (a data-dependent branch dynamo refuses, and a device sync per step);
+    it now reads a Python flag kept in step with it (initialize, load_state_dict)."""
+    torch._dynamo.reset()
+    m = pnn.ActNorm(4, backend="reference")
+    x = torch.randn(8, 4, 3, 3, generator=gen)
+    m(x)  # data-dependent init, eagerly
+    f = torch.compile(m, fullgraph=True, backend="eager")
+    y, ld = f(x)
+    want_y, want_ld = m(x)
+    torch.testing.assert_close(y, want_y)
+    torch.testing.assert_close(ld, want_ld)
+    fresh = pnn.ActNorm(4, backend="reference")
+    fresh.load_state_dict(m.state_dict())  # the flag follows the loaded buffer: no second init
+    fresh(x * 3)
+    torch.testing.assert_close(fresh.loc, m.loc)
+
+
 def _tiny(kind):
     if kind == "glow":
         return M.Glow(M.GlowConfig(image=(2, 4, 4), levels=2, steps=1, hidden=8, batch=2))

@@ -367,6 +367,31 @@ def test_mla_compiles_fullgraph():
     )
 
 
+def test_mla_on_the_reference_backend_compiles_and_exports():
+    """The CPU default (the reference MLA ops loop over the sequences on the host) under
+    torch.compile(fullgraph=True) and torch.export: while tracing, the prefill and the absorbed
+    decode take the explicit path (cu_seqlens.tolist() failed the trace), with eager's result."""
+    cfg = tiny_config()
+    m = make_mla(cfg, "reference", torch.float32)
+    x = torch.randn(2, 4, 48)
+    cos, sin = pos_emb(cfg, x, torch.arange(4)[None].expand(2, -1))
+    want = m(x, (cos, sin))[0].detach()
+    assert m.last_path == "mla_prefill"
+    f = torch.compile(lambda x, c, s: m(x, (c, s))[0], fullgraph=True, backend="eager")
+    assert_close_to_ref(f(x, cos, sin), want, atol=ATOL[torch.float32] * 10, what="compiled MLA (reference)")
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, c, s):
+            return self.m(x, (c, s))[0]
+
+    exported = torch.export.export(Wrap(), (x, cos, sin))
+    assert_close_to_ref(exported.module()(x, cos, sin), want, atol=ATOL[torch.float32] * 10, what="exported MLA")
+
+
 @pytest.mark.parametrize("mask_kind", ["bool", "additive"])
 def test_mla_with_a_mask_compiles_fullgraph(mask_kind):
     """A 4-D causal mask (what transformers passes a swapped module) under

@@ -786,6 +786,32 @@ def test_torch_compile_fullgraph():
     assert torch.equal(n, en)
 
 
+def test_compiled_permute_unpermute_token_counts_share_a_graph(gen):
+    """moe_unpermute took the token count as int: under torch.compile every new count was a graph
+    of its own (SymInt now: one recompile to a dynamic graph, then none)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    cnt = CompileCounterWithBackend("aot_eager")
+
+    def f(x, ids, w):
+        p, slots, _ = moe_permute(x, ids, 8, check_ids=False)
+        return moe_unpermute(p, slots, w)
+
+    g = torch.compile(f, fullgraph=True, backend=cnt)
+    frames = []
+    for t in (4, 4, 5, 7, 9):
+        x = torch.randn(t, 16, generator=gen, requires_grad=True)
+        ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(t)]).to(torch.int32)
+        w = torch.rand(t, 2, generator=gen)
+        before = cnt.frame_count
+        out = g(x, ids, w)
+        out.sum().backward()
+        torch.testing.assert_close(out, f(x, ids, w))
+        frames.append(cnt.frame_count - before)
+    assert frames == [1, 0, 1, 0, 0], frames
+
+
 def test_unpermute_bf16_stores_round_to_nearest(gen):
     """moe_unpermute's kernels store their float32 sums (forward, d permuted, d weights) rounded to
     nearest in bf16, as the GPU does, under the interpreter too (kernels/_bf16.py)."""

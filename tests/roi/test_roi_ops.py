@@ -351,6 +351,50 @@ def test_torch_compile_fullgraph(device, backend, gen):
     torch.testing.assert_close(g1, g2)
 
 
+def test_torch_compile_training_batch_sizes_share_a_graph(gen):
+    """Training through the RoI ops (input.requires_grad) under torch.compile: a new batch size
+    after the first recompile reuses the dynamic graph (the backward schemas took the input's
+    sizes as int, which pinned every batch size to a graph of its own)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    cnt = CompileCounterWithBackend("aot_eager")
+
+    def head(t, rois):
+        ms = ops.multi_scale_roi_align([t, t[:, :, ::2, ::2]], rois, 2, [0.5, 0.25], 2)
+        return (ops.roi_align(t, rois, 3, 0.5, 2).sum() + ops.ps_roi_align(t, rois, 3, 0.5, 2).sum()
+                + ops.roi_pool(t, rois, 3, 0.5).sum() + ops.ps_roi_pool(t, rois, 3, 0.5).sum() + ms.sum())  # fmt: skip
+
+    f = torch.compile(head, fullgraph=True, backend=cnt)
+    frames = []
+    for b in (2, 2, 3, 5, 7):
+        x = make_input((b, 18, 8, 8), torch.float32, "cpu", gen).requires_grad_(True)
+        rois = make_rois(4, b, 8, 8, 0.5, gen)
+        before = cnt.frame_count
+        f(x, rois).backward()
+        frames.append(cnt.frame_count - before)
+    assert frames == [1, 0, 1, 0, 0], frames
+
+
+def test_first_pygen_call_may_be_a_compiled_one():
+    """A fresh process whose first pygen call is compiled: the backend choice probed pygen._C with
+    importlib while dynamo traced, which it refuses (the native modules now load at import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, pygen.nn\n"
+        "m = pygen.nn.RoIAlign(3, 0.25, 2)\n"
+        "rois = torch.tensor([[0, 1.0, 1.0, 20.0, 20.0]])\n"
+        "out = torch.compile(m, fullgraph=True, backend='eager')(torch.randn(1, 4, 8, 8), rois)\n"
+        "print(tuple(out.shape))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(1, 4, 3, 3)")
+
+
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_multi_scale_pools_all_levels_in_one_launch(backend, gen):
     if not torch.cuda.is_available():
