@@ -62,7 +62,8 @@ def gemm_config(m: int, n: int, k: int, *, grouped: bool = False, device: str | 
     small       64 < M <= 256  64 x 128 tiles, 4 warps (one warpgroup)
     large       M > 256        128 x 128 tiles, 8 warps (two warpgroups), 3 stages of 32 KB
     grouped     MoE            128 x 128 (the M tile is the contiguous layout's alignment)
-    Split-K is added when the tiles fill less than half the SMs and each split keeps >= 4 K blocks.
+    Split-K is added when the tiles fill less than half the SMs and each split keeps >= 4 K blocks,
+    unless deterministic algorithms are on (its atomics add in run-to-run order).
     """
     sms = _num_sms(device)
     kb = max(k // BLOCK, 1)
@@ -77,7 +78,9 @@ def gemm_config(m: int, n: int, k: int, *, grouped: bool = False, device: str | 
         cfg = GemmConfig(128, 128, num_warps=8, num_stages=3)
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     split = 1
-    if not grouped and tiles * 2 <= sms:
+    # split-K adds float32 partials with atomics (run-to-run order): not under
+    # torch.use_deterministic_algorithms(True)
+    if not grouped and tiles * 2 <= sms and not torch.are_deterministic_algorithms_enabled():
         split = max(1, min(sms // tiles, kb // 4))
     return GemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, split, cfg.group_m, cfg.num_warps, cfg.num_stages)
 

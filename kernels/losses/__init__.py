@@ -19,6 +19,7 @@ after their loads (the interpreter's bf16 arithmetic is broken) and one small co
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +138,25 @@ def linear_ce_fwd(
 
 
 @launches_on_device
+def _alert_not_deterministic() -> None:
+    """torch's rule for an op without a deterministic implementation, under
+    torch.use_deterministic_algorithms(True): raise (warn with warn_only=True). The backward adds
+    each program's tile products into grad_hidden / grad_weight with float32 atomics, in
+    run-to-run order."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = (
+        "pygen's fused-loss backward on the triton backend (linear_cross_entropy, linear_log_probs, "
+        "info_nce) adds gradients with float32 atomics and has no deterministic implementation, but "
+        "torch.use_deterministic_algorithms(True) is set: use the cpu backend on CPU tensors, "
+        "torch.use_deterministic_algorithms(True, warn_only=True), or turn it off"
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, stacklevel=3)
+    else:
+        raise RuntimeError(msg)
+
+
 def linear_ce_bwd(
     hidden: Tensor,
     weight: Tensor,
@@ -158,6 +178,7 @@ def linear_ce_bwd(
     n, v = hidden.shape[0], weight.shape[0]
     if n == 0 or (grad_h is None and grad_w is None and grad_b is None):
         return
+    _alert_not_deterministic()
     cfg = config("bwd", hidden.dtype, interpreting=None if hidden.is_cuda else True)
     blocks = triton.cdiv(n, cfg.block_n)
     _linear_ce_bwd_kernel[(blocks * triton.cdiv(v, cfg.block_v),)](

@@ -323,6 +323,7 @@ def _why_not_persistent(mode, residual, differentiable, mult, W, bsz, d) -> str 
     if (
         sum(w.numel() for w in W) >= MAX_KERNEL_OFFSET
         or bsz * (d + sum(w.shape[0] for w in W[:-1])) >= MAX_KERNEL_OFFSET
+        or bsz * W[-1].shape[0] >= MAX_KERNEL_OFFSET  # the params rows [B, D * m] (32-bit offsets too)
     ):
         return "the network is too large for the kernel's 32-bit offsets"
     return None

@@ -27,7 +27,15 @@ from typing import Union
 
 import torch
 
-from ._common_checks import FLOAT_DTYPES, checking_values, fits_32bit, integer as bounded_int, not_meta, positive_float
+from ._common_checks import (
+    FLOAT_DTYPES,
+    MAX_SPAN,
+    checking_values,
+    fits_32bit,
+    integer as bounded_int,
+    not_meta,
+    positive_float,
+)
 
 MAX_LEVELS = 8
 MAX_ROIS = 2**31 - 1  # RoIs one call can index (see the module docstring)
@@ -64,8 +72,15 @@ def check_input(name: str, x, what: str = "input") -> None:
     not_meta(name, x, what)
     if max(x.shape) > MAX_DIM:
         raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), got shape {tuple(x.shape)}")
-    # offsets within one image are 32-bit in the kernels (the image base is 64-bit)
+    # offsets within one image are 32-bit in the kernels (the image base is 64-bit); the backward
+    # writes a contiguous gradient of C x H x W per image, whatever the input's strides (a view
+    # expanded along C spans little but its gradient does not)
     fits_32bit(name, x, what, dims=(1, 2, 3), part=" (one image: C x H x W)")
+    if x.shape[1] * x.shape[2] * x.shape[3] > MAX_SPAN:
+        raise ValueError(
+            f"{name}: {what} has C x H x W = {x.shape[1] * x.shape[2] * x.shape[3]} elements per image; the kernels "
+            f"index one image's gradient with 32-bit offsets, at most {MAX_SPAN} (2^31 - 1): split the channels"
+        )
 
 
 def output_pair(name: str, output_size) -> tuple[int, int]:

@@ -286,6 +286,19 @@ def test_default_configs_cover_the_shape_classes():
     assert c.swap_ab and c.block_m == 16
 
 
+def test_no_split_k_under_deterministic_algorithms():
+    """Split-K adds float32 partials with atomics in run-to-run order: FP8Linear's dgrad (kv_b_proj:
+    N = 512, K = 32768) took split 16 under torch.use_deterministic_algorithms(True)."""
+    assert K.gemm_config(64, 512, 32768, device="cpu").split_k > 1
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert K.gemm_config(64, 512, 32768, device="cpu").split_k == 1
+        assert K.gemm_config(64, 2112, 7168, device="cpu").split_k == 1
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 def test_ctas_per_sm():
     """Occupancy from the compiled kernel's registers and shared memory (the offline sm_90 compile's
     numbers for the three tile classes, docs/fp8.md), registers rounded to 256 per warp."""

@@ -237,6 +237,31 @@ def test_non_finite_logit_gives_nan(device, backend, bad, gen):
         assert torch.isnan(loss) and torch.isnan(lse).all(), (loss, lse)
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_PARAMS)
+def test_deterministic_algorithms(device, backend, gen):
+    """Under torch.use_deterministic_algorithms(True) the Triton backward (float32 atomics, no
+    deterministic implementation) raises as torch's nondeterministic ops do, or warns with
+    warn_only=True; it ran silently before. The cpu backend's fixed-order sums are deterministic."""
+    h, w, b, t = _problem(6, 8, 40, torch.float32, device, gen, ignore=())
+    h.requires_grad_()
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        loss = ops.linear_cross_entropy(h, w, t, b, backend=backend)
+        if backend == "triton":
+            with pytest.raises(RuntimeError, match="no deterministic implementation"):
+                loss.backward()
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            with pytest.warns(UserWarning, match="no deterministic implementation"):
+                ops.linear_cross_entropy(h, w, t, b, backend=backend).backward()
+        else:
+            g1 = torch.autograd.grad(loss, h)[0]
+            g2 = torch.autograd.grad(ops.linear_cross_entropy(h, w, t, b, backend=backend), h)[0]
+            assert torch.equal(g1, g2)
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 # ---- the gradient filter -------------------------------------------------------------------------
 def _peaked(device, gen):
     """Logits whose columns >= 64 sit ~40 below the rest (softmax < 1e-17 there), with one row's

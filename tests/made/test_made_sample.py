@@ -161,3 +161,15 @@ def test_persistent_sampler_falls_back_beyond_32bit_offsets(device, backend, gen
             ops.made_sample(w, b, degs, noise, kind="gaussian", backend=backend, persistent=True)
         got = ops.made_sample(w, b, degs, noise, kind="gaussian", backend=backend)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_persistent_sampler_refuses_params_past_32_bit_offsets():
+    """The persistent kernel stores the params rows [B, D * m] with 32-bit offsets; the size check
+    bounded the weights and the scratch rows only, so D = 784, one hidden layer of 2048, m = 64 and
+    B = 42,800 (params offsets up to 2,147,532,799) took the kernel: a store past 2^31 on a GPU."""
+    d, hid, m = 784, 2048, 64
+    w = [torch.empty(hid, d, device="meta"), torch.empty(d * m, hid, device="meta")]
+    assert sampler._why_not_persistent("triton", False, False, m, w, 42_800, d) is not None
+    assert sampler._why_not_persistent("triton", False, False, m, w, 42_700, d) is None
+    assert sampler._why_not_persistent("triton", False, False, 2, w[:1] + [torch.empty(2 * d, hid, device="meta")],
+                                       4096, d) is None  # the benchmark shape  # fmt: skip

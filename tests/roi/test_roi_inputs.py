@@ -240,6 +240,15 @@ def test_input_sizes_past_int32_are_refused():
         ops.roi_align(huge, ROIS[:1] * 0, 2)
 
 
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"])
+def test_channel_expanded_input_whose_gradient_passes_int32_is_refused(op):
+    """A view expanded along C spans little, so the span check passed it, but the backward writes a
+    contiguous C x H x W gradient per image with 32-bit offsets: 40,000 x 200 x 334 went past 2^31."""
+    x = torch.zeros(1, 1, 200, 334).expand(1, 40_000, 200, 334)
+    with pytest.raises(ValueError, match="C x H x W = 2672000000"):
+        getattr(ops, op)(x, torch.tensor([[0, 1.0, 1.0, 20.0, 20.0]]), 2)
+
+
 def test_list_boxes_keep_exact_batch_indices_in_low_precision():
     """The batch column of list-form boxes is built in the kernel dtype: in bfloat16 it would turn
     image 257 into 256."""
