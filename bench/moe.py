@@ -49,10 +49,12 @@ one token (counted from the routing of each case), S = T*k slots, P = S + E*(B-1
                      bwd  Eb*(3*T*H + 2*A*3*I*H + 3*S*I) + 12*S   (g, x, dx; w read + dw written;
                                                                     saved gate/up/hidden)
     moe_layer        fused_moe + Eb*3*Is*H (shared expert, Is = I*n_shared) + 4*E*H (gate)
-                     + 4*T*E (logits); bwd: twice the weight terms
+                     + 4*T*E (logits); bwd: the weights read once, no dW (the layer's weights
+                     are frozen, x is the only leaf: dX only)
 FLOPs (shape dict ``gflop_fwd``): fused_moe 6*S*I*H (gate/up GEMM 4*S*I*H, down 2*S*I*H);
-backward 2x that; the layer adds 6*T*Is*H + 2*T*E*H. H200 ceilings: 989 TFLOP/s dense bf16,
-4.8 TB/s HBM; at T <= 64 fused_moe is bound by streaming the A touched experts' weights.
+backward 2x that (dX and dW); the layer adds 6*T*Is*H + 2*T*E*H, and its backward is 1x (dX
+only). H200 ceilings: 989 TFLOP/s dense bf16, 4.8 TB/s HBM; at T <= 64 fused_moe is bound by
+streaming the A touched experts' weights.
 """
 
 from __future__ import annotations
@@ -381,13 +383,16 @@ def _vllm_fused_experts():
     return factory
 
 
-def _fused_bytes(s: MoEShape, t: int):
+def _fused_bytes(s: MoEShape, t: int, weight_grads: bool = True):
+    """``weight_grads``: the backward writes dW (the fused_moe case trains w1 / w2; the layer case's
+    weights are frozen, so its backward reads them once and writes none)."""
+
     def nbytes(I, mode):
         eb = I.x.element_size()
         slots = t * s.top_k
         wbytes = I.active * 3 * s.inter * s.hidden * eb
         fwd = eb * 2 * t * s.hidden + wbytes + 8 * slots
-        bwd = eb * (3 * t * s.hidden + 3 * slots * s.inter) + 2 * wbytes + 12 * slots
+        bwd = eb * (3 * t * s.hidden + 3 * slots * s.inter) + (2 if weight_grads else 1) * wbytes + 12 * slots
         return _with_bwd(fwd, bwd, mode)
 
     return nbytes
@@ -503,9 +508,9 @@ def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
             "gflop_fwd": (6 * t * s.top_k * s.inter * s.hidden + 6 * t * is_ * s.hidden + 2 * t * s.experts * s.hidden)
             / 1e9,
         }
-        fused = _fused_bytes(s, t)
+        fused = _fused_bytes(s, t, weight_grads=False)  # the layer's weights are frozen (x is the leaf)
 
-        def nbytes(I, mode, t=t, is_=is_):
+        def nbytes(I, mode, t=t, is_=is_, fused=fused):  # bound now: every case had the last T's
             eb = I.x.element_size()
             with torch.no_grad():
                 ids = I.layer.gate(I.x)[2]
@@ -513,7 +518,7 @@ def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
             probe = SimpleNamespace(x=I.x, active=active)
             extra_w = eb * 3 * is_ * s.hidden + 4 * s.experts * s.hidden
             extra = extra_w + 4 * t * s.experts
-            return fused(probe, mode) + _with_bwd(extra, 2 * extra_w + 8 * t * s.experts, mode)
+            return fused(probe, mode) + _with_bwd(extra, extra_w + 8 * t * s.experts, mode)
 
         out.append(
             Case(
@@ -525,7 +530,7 @@ def _layer_cases(s: MoEShape, tokens, tag: str, device) -> list[Case]:
                 _layer_run,
                 (_layer_ref, lambda I: (I.layer, I.x)),
                 nbytes,
-                "fused_moe + Eb*3*Is*H + 4EH + 4TE (bwd: weight terms twice)",
+                "fused_moe + Eb*3*Is*H + 4EH + 4TE (bwd: weights read once, no dW: frozen)",
                 baselines={
                     "transformers:eager": _hf_layer("eager", s),
                     "transformers:grouped_mm": _hf_layer("grouped_mm", s),
@@ -562,11 +567,13 @@ def cases(quick: bool = False, device: str | torch.device | None = None) -> list
 
 def tflops(row: dict) -> float | None:
     """Achieved TFLOP/s of a result row (a JSON line of this family), from the ``gflop_fwd`` of
-    its shape dict: backward counts twice the forward (dX and dW GEMMs), fwd+bwd three times.
+    its shape dict: backward counts twice the forward (dX and dW GEMMs), fwd+bwd three times; for
+    moe_layer (frozen weights: dX only) once and twice.
     None for rows without a FLOP model (routing) or without a time. The harness reports GB/s
     only; this is what the GPU tables in docs/moe_layer.md are to be computed with."""
     gf = (row.get("shape") or {}).get("gflop_fwd")
     ms = row.get("median_ms")
     if not gf or not ms:
         return None
-    return gf * {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[row["mode"]] / ms
+    bwd = 1 if row.get("op") == "moe_layer" else 2
+    return gf * {"fwd": 1, "bwd": bwd, "fwd+bwd": 1 + bwd}[row["mode"]] / ms

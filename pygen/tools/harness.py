@@ -351,6 +351,10 @@ def build_impls(
     if want("compile"):
         fn, args = case.reference
         try:
+            # cases share reference functions (one code object for every MLA decode case): past
+            # dynamo's recompile limit (8) the "compiled" row would run eager, silently. A fresh
+            # cache per case keeps each case's compiles (dtypes x modes <= 6) under it.
+            torch._dynamo.reset()
             compiled = torch.compile(fn)
             impls.append(Impl("compile(reference)", "baseline", lambda I: compiled(*args(I))))
         except Exception as exc:  # torch.compile unsupported on this platform
@@ -760,9 +764,10 @@ def measure_copy_gbps(device: torch.device, nbytes: int = 1 << 30) -> float | No
     more while 0.3 s last): on a shared host a median measures the other processes as much as
     the memory system (medians of 4.2 to 41.7 GB/s were seen in four runs on a loaded 2-core
     VM), while the best copy is the bandwidth the machine demonstrably delivers to this process
-    at the fixed thread count."""
+    at the fixed thread count. A copy that fits the last-level cache measures the cache, not
+    DRAM: the CPU default's 64 MiB fits some server L3s."""
     try:
-        n = nbytes // 4 if device.type == "cuda" else nbytes // 16
+        n = nbytes // 4  # float32 elements: the tensor is ``nbytes`` (the printout names that size)
         src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
         dst = torch.empty_like(src)
         if device.type == "cuda":

@@ -1189,3 +1189,48 @@ def test_a_baseline_whose_pygen_import_fails_is_an_error_not_a_skip():
     assert impl.fn is None and "vllm" in impl.skip
     with pytest.raises(ImportError, match="cannot import name 'gone'"):
         H.build_impls(case, torch.device("cpu"), backends=(), baselines=["hf"])
+
+
+def test_compiled_reference_rows_run_compiled_code(monkeypatch):
+    """Cases share reference functions (one for every MLA decode case): past dynamo's recompile
+    limit the compile(reference) rows of the later cases ran eager code under that label (0 graph
+    runs from the fifth quick decode case on). Each case now starts from a fresh dynamo cache."""
+    import collections
+
+    from pygen.bench import mla
+
+    runs = collections.Counter()
+    real = torch.compile
+
+    def counting(fn, **kw):
+        def backend(gm, example_inputs):
+            def run(*a):
+                runs["graphs"] += 1
+                return gm.forward(*a)
+
+            return run
+
+        return real(fn, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", counting)
+    decode = [c for c in mla.cases(quick=True, device=torch.device("cpu")) if c.op == "mla_decode"]
+    assert len(decode) >= 8
+    for case in decode:
+        (impl,) = [i for i in H.build_impls(case, torch.device("cpu"), baselines=["compile"]) if i.fn]
+        for dtype in (torch.float32, torch.bfloat16):
+            inputs = case.make_inputs(torch.device("cpu"), dtype)
+            before = runs["graphs"]
+            impl.fn(inputs)
+            assert runs["graphs"] > before, (case.label, dtype)
+    torch._dynamo.reset()
+
+
+def test_cpu_copy_ceiling_copies_the_size_it_names(monkeypatch):
+    """The printout says "read+write of a <copy_bytes> MiB tensor copy": the CPU path copied a
+    quarter of that (nbytes // 16 float32 elements), so a cache-resident copy was labelled as a
+    4x larger one."""
+    import types
+
+    monkeypatch.setattr(H, "time_cpu", lambda fn, **kw: (fn(), types.SimpleNamespace(min_ms=1.0))[1])
+    gbps = H.measure_copy_gbps(torch.device("cpu"), nbytes=1 << 20)
+    assert gbps == pytest.approx(2 * (1 << 20) / 1e-3 / 1e9)  # read + write of 1 MiB in 1 ms
