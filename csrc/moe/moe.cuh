@@ -113,12 +113,20 @@ HOST_DEVICE A unpermute_dw_partial(const PermuteParams& p, int64_t r, int64_t h0
   return acc;
 }
 
+// v strictly above u in the top-k order: NaN ranks below every number (a NaN-scored expert is
+// never picked over a scored one, and a NaN in the buffer does not turn every later candidate
+// away, which `v > NaN` being false did)
+template <typename A>
+HOST_DEVICE bool ranks_above(A v, A u) {
+  return !(v != v) && ((u != u) || v > u);
+}
+
 // Insert (v, i) into the sorted buffer (vals/idx, n used of cap); returns the new n.
 template <typename A>
 HOST_DEVICE int topk_insert(A* vals, int32_t* idx, int n, int cap, A v, int32_t i) {
-  if (n == cap && !(v > vals[n - 1])) return n;  // not better than the current last: ties keep it
+  if (n == cap && !ranks_above(v, vals[n - 1])) return n;  // not better than the last: ties keep it
   int p = n < cap ? n : cap - 1;
-  while (p > 0 && v > vals[p - 1]) {             // strictly greater moves up: ties stay behind
+  while (p > 0 && ranks_above(v, vals[p - 1])) {           // strictly better moves up: ties stay behind
     vals[p] = vals[p - 1];
     idx[p] = idx[p - 1];
     --p;
@@ -161,7 +169,7 @@ HOST_DEVICE void route_token(const A* x, const A* bias, const RouteArgs& r, A* s
       A t1 = b[g * per], t2 = -INFINITY;  // top-2 values of the group (ties: both count)
       for (int64_t e = g * per + 1; e < (g + 1) * per; ++e) {
         const A v = b[e];
-        if (v > t1) { t2 = t1; t1 = v; } else if (v > t2) { t2 = v; }
+        if (ranks_above(v, t1)) { t2 = t1; t1 = v; } else if (ranks_above(v, t2)) { t2 = v; }
       }
       ng = topk_insert(gvals, gidx, ng, static_cast<int>(r.topk_group), per > 1 ? t1 + t2 : t1,
                        static_cast<int32_t>(g));
@@ -181,10 +189,15 @@ HOST_DEVICE void route_token(const A* x, const A* bias, const RouteArgs& r, A* s
   } else {
     for (int64_t e = 0; e < E; ++e) nk = topk_insert(kvals, ids, nk, kk, b[e], static_cast<int32_t>(e));
   }
+  // a slot left with only NaN-scored experts (kvals NaN) takes id j and weight NaN, as the Triton
+  // kernel fills it (docs/moe.md): ids stay in [0, E), the token's output is NaN, and the other
+  // slots' weights are normalised over the scored ones
   A sum = 0;
   for (int j = 0; j < kk; ++j) {
-    w[j] = s[ids[j]];
-    sum += w[j];
+    const bool unscored = kvals[j] != kvals[j];
+    if (unscored) ids[j] = j;
+    w[j] = unscored ? kvals[j] : s[ids[j]];
+    if (!unscored) sum += w[j];
   }
   const A den = r.norm ? sum + A(1e-20) : A(1);
   for (int j = 0; j < kk; ++j) w[j] = r.norm ? w[j] / den * A(r.scale) : w[j] * A(r.scale);

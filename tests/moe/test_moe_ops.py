@@ -141,6 +141,30 @@ def test_route_nan_logits_give_valid_ids_and_nan_weights(dev, backend):
     assert torch.equal(ids[2], ok_ids[0]) and torch.equal(w[2], ok_w[0])
 
 
+def test_route_nan_while_the_top_k_fills():
+    """The cpu top-k compared `v > NaN` (false) once a NaN had entered its buffer (a NaN among the
+    first k experts): it turned every later expert away, picked the NaN one and missed the best.
+    NaN now ranks below every number; ungrouped, the cpu and Triton kernels agree on every NaN
+    pattern, NaN-weight slots included (id j, weight NaN, the others normalised without it)."""
+    logits = torch.tensor([[0.0, 1.0, float("nan"), 3.0, 4.0, 5.0, 6.0, 7.0]])
+    for bias in (None, torch.tensor([0.0, float("nan"), 0, 0, 0, 0, 0, 0])):
+        ids, w = moe_route(logits.nan_to_num(0.0) if bias is not None else logits, 3,
+                           e_score_correction_bias=bias, backend="cpu")  # fmt: skip
+        assert ids.tolist() == [[7, 6, 5]] and w.isfinite().all(), (ids, w)
+    if TRITON_SKIP:
+        return
+    g = _gen(11)
+    for trial in range(60):
+        e, k = (8, 16, 32)[trial % 3], (1, 3, 4)[trial % 3]
+        x = torch.randn(4, e, generator=g)
+        x[torch.rand(4, e, generator=g) < (0.1, 0.5, 0.9, 1.0)[trial % 4]] = float("nan")
+        for norm in (True, False):
+            ic, wc = moe_route(x, k, norm_topk_prob=norm, backend="cpu")
+            it, wt = moe_route(x, k, norm_topk_prob=norm, backend="triton")
+            assert torch.equal(ic, it), (trial, ic, it)
+            torch.testing.assert_close(wc, wt, equal_nan=True)
+
+
 def _hf_router(e, k, g, tg, scale, norm, hidden=16, seed=0):
     pytest.importorskip("transformers")
     from transformers import DeepseekV3Config
