@@ -33,7 +33,7 @@ def tensor(name: str, t, what: str, *, dim: int | None = None, min_dim: int | No
     ``what``; returns ``t``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
-    not_meta(name, t, what)
+    has_data(name, t, what)
     if dtypes is not None and t.dtype not in dtypes:
         raise TypeError(f"{name}: {what} must have dtype {dtype_names(dtypes)}; got {t.dtype}")
     if dim is not None and t.dim() != dim:
@@ -63,7 +63,10 @@ def positive_float(name: str, value, what: str, *, none_ok: bool = False) -> flo
     or_none = " or None" if none_ok else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: {what} must be a positive float{or_none}, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int past float's range (10**400): not finite
+        v = math.inf
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: {what} must be a positive finite float{or_none}, got {value!r}")
     return v
@@ -88,7 +91,10 @@ def real(name: str, v, what: str) -> float:
     """``v`` is a finite real (not a bool), returned as a float."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: {what} must be a float, got {v!r}")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an int past float's range (10**400): not finite
+        f = math.inf
     if not math.isfinite(f):
         raise ValueError(f"{name}: {what} must be finite, got {v!r}")
     return f
@@ -101,13 +107,18 @@ def choice(name: str, v, what: str, options) -> str:
     return v
 
 
-def not_meta(name: str, t, what: str) -> None:
-    """Raise a ValueError naming ``what`` when ``t`` is a tensor on the meta device."""
-    if isinstance(t, torch.Tensor) and t.device.type == "meta":
+def has_data(name: str, t, what: str) -> None:
+    """Raise a ValueError naming ``what`` when ``t`` is a tensor whose data the kernels cannot
+    read: on the meta device, or not strided (sparse, mkldnn: torch's own errors named none)."""
+    if not isinstance(t, torch.Tensor):
+        return
+    if t.device.type == "meta":
         raise ValueError(
             f"{name}: {what} is on the meta device, which holds no data; pygen ops take "
             f"CPU or CUDA tensors (torch.compile traces them with fake tensors)"
         )
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: {what} must be a dense (strided) tensor, got layout {t.layout}: call .to_dense()")
 
 
 def _fake(t) -> bool:

@@ -18,8 +18,8 @@ from ._common_checks import (
     checking_values,
     choice,
     flag,
+    has_data,
     integer,
-    not_meta,
     real,
     same_device,
     tensor,
@@ -30,7 +30,7 @@ MAX_EXPERTS = 1 << 16
 
 def ids_in_range(name: str, ids: torch.Tensor, num_experts: int, check: bool) -> None:
     """Raise when an expert id is outside [0, num_experts) (one host sync; see module docstring)."""
-    not_meta(name, ids, "topk_ids")
+    has_data(name, ids, "topk_ids")
     if not check or ids.numel() == 0 or not checking_values(ids):
         return
     lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one reduction, one host sync

@@ -32,8 +32,8 @@ from ._common_checks import (
     MAX_SPAN,
     checking_values,
     fits_32bit,
+    has_data,
     integer as bounded_int,
-    not_meta,
     positive_float,
 )
 
@@ -69,7 +69,7 @@ def check_input(name: str, x, what: str = "input") -> None:
         raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: {what} must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    not_meta(name, x, what)
+    has_data(name, x, what)
     if max(x.shape) > MAX_DIM:
         raise ValueError(f"{name}: {what} sizes must each be at most {MAX_DIM} (2^31 - 1), got shape {tuple(x.shape)}")
     # offsets within one image are 32-bit in the kernels (the image base is 64-bit); the backward
@@ -97,6 +97,8 @@ def output_pair(name: str, output_size) -> tuple[int, int]:
         raise TypeError(f"{name}: output_size must be an int or a pair of ints, got {output_size!r}")
     if pair[0] <= 0 or pair[1] <= 0:
         raise ValueError(f"{name}: output_size must be positive, got {output_size!r}")
+    if pair[0] * pair[1] > MAX_SPAN:  # the kernels index the bins of one RoI with 32-bit offsets
+        raise ValueError(f"{name}: output_size must have at most 2^31 - 1 bins, got {output_size!r}")
     return pair
 
 
@@ -178,7 +180,7 @@ def _box_tensor(name: str, b, what: str, cols: int, shape: str, input: torch.Ten
         raise BoxesShapeError(f"{name}: {what} must have shape {shape}, got {tuple(b.shape)}")
     if not b.is_floating_point():
         raise TypeError(f"{name}: {what} must be a floating-point tensor, got {b.dtype}")
-    not_meta(name, b, what)
+    has_data(name, b, what)
     if b.device != input.device:
         raise ValueError(f"{name}: {what} must be on the input's device {input.device}, got {b.device}")
 

@@ -289,6 +289,8 @@ def _new_unperm(y, slots, w, num_tokens, top_k):
 
 def _unpermute(L, y, slots, w, num_tokens, top_k):
     out = _new_unperm(y, slots, w, num_tokens, top_k)
+    if out.numel() and top_k == 0:  # no slot: every token's sum is empty (the kernels take k >= 1)
+        return out.zero_()
     if out.numel():
         L.unpermute_fwd(y, _inverse(slots, num_tokens * top_k), w, top_k, out)
     return out

@@ -427,16 +427,15 @@ def multi_scale_roi_align(
     pooled = output_pair(name, output_size)
     sr = integer(name, sampling_ratio, "sampling_ratio")
     cs = positive_scale(name, canonical_scale, "canonical_scale")
-    if isinstance(canonical_level, bool) or not isinstance(canonical_level, (int, float)):
-        raise TypeError(f"{name}: canonical_level must be a number, got {canonical_level!r}")
+    level = cc.real(name, canonical_level, "canonical_level")  # a finite number (NaN / inf were taken)
     rois = rois_from_boxes(name, boxes, features[0])
     b = _pick(name, features[0], backend)
     if b == "reference":
         return ref.multi_scale_roi_align(
-            list(features), rois, pooled, scales, sr, cs, float(canonical_level), bool(aligned)
+            list(features), rois, pooled, scales, sr, cs, level, bool(aligned)
         )
     return _registry.get(f"multi_scale_roi_align_{b}")(
-        list(features), rois, *pooled, scales, sr, cs, float(canonical_level), bool(aligned)
+        list(features), rois, *pooled, scales, sr, cs, level, bool(aligned)
     )
 
 

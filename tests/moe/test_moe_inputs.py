@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TRITON_SKIP
 
 import pygen.kernels.moe as kmoe
 import pygen.native.moe as nmoe
@@ -188,3 +189,19 @@ def test_zero_tokens_give_empty_results(backend):
     p, slots, offs = moe_permute(torch.zeros(0, 16), e_ids, 8, backend=backend)
     assert p.shape == (0, 16) and slots.shape == (0,) and bool((offs == 0).all())
     assert moe_unpermute(p, slots, torch.zeros(0, 2), backend=backend).shape == (0, 16)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_sparse_inputs_and_unpermute_top_k_0(backend):
+    """A sparse tensor got torch's "unsupported memory format" / "no storage" (naming nothing);
+    moe_unpermute with top_k = 0 (no slot) failed in the cpu binding ("out must be [T, H], top_k
+    >= 1") where the reference returns zeros."""
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="hidden_states must be a dense"):
+        moe_permute(x.to_sparse(), torch.zeros(4, 2, dtype=torch.int32), 4, backend=backend)
+    with pytest.raises(ValueError, match="router_logits must be a dense"):
+        moe_route(x.to_sparse(), 2, backend=backend)
+    if backend == "triton" and TRITON_SKIP:
+        return
+    out = moe_unpermute(torch.randn(0, 4), torch.zeros(0, dtype=torch.int32), torch.ones(3, 0), backend=backend)
+    assert out.shape == (3, 4) and not out.any()

@@ -59,6 +59,21 @@ BAD = [
     (lambda: ops.multi_scale_roi_align([X, X], ROIS, 2, [0.25, 0.0]), ValueError, "spatial_scales[1]"),
     (lambda: ops.multi_scale_roi_align([X, X], ROIS, 2, 0.25), TypeError, "spatial_scales"),
     (lambda: ops.multi_scale_roi_align([X], ROIS, 2, [0.25], canonical_scale=0), ValueError, "canonical_scale"),
+    # a review fuzzing the native backend: torch's / the binding's errors named none of these
+    (lambda: ops.roi_align(X.to_sparse(), ROIS, 2), ValueError, "input must be a dense"),
+    (lambda: ops.roi_align(X, ROIS.to_sparse(), 2), ValueError, "boxes must be a dense"),
+    (lambda: ops.roi_align(X, ROIS, (2**16, 2**16)), ValueError, "output_size"),  # allocated 4 GiB first
+    (lambda: ops.roi_align(X, ROIS, 2, 10**400), ValueError, "spatial_scale"),  # OverflowError
+    (
+        lambda: ops.multi_scale_roi_align([X, X], ROIS, 2, [0.25, 0.125], canonical_level=float("nan")),
+        ValueError,
+        "canonical_level",
+    ),  # fmt: skip
+    (
+        lambda: ops.multi_scale_roi_align([X, X], ROIS, 2, [0.25, 0.125], canonical_level=10**400),
+        ValueError,
+        "canonical_level",
+    ),  # fmt: skip
 ]
 
 
