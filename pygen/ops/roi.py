@@ -431,9 +431,7 @@ def multi_scale_roi_align(
     rois = rois_from_boxes(name, boxes, features[0])
     b = _pick(name, features[0], backend)
     if b == "reference":
-        return ref.multi_scale_roi_align(
-            list(features), rois, pooled, scales, sr, cs, level, bool(aligned)
-        )
+        return ref.multi_scale_roi_align(list(features), rois, pooled, scales, sr, cs, level, bool(aligned))
     return _registry.get(f"multi_scale_roi_align_{b}")(
         list(features), rois, *pooled, scales, sr, cs, level, bool(aligned)
     )
