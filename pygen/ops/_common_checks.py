@@ -117,7 +117,9 @@ def has_data(name: str, t, what: str) -> None:
             f"{name}: {what} is on the meta device, which holds no data; pygen ops take "
             f"CPU or CUDA tensors (torch.compile traces them with fake tensors)"
         )
-    if t.layout != torch.strided:
+    # not while dynamo traces: its strict mode (autograd backward) bans reading .layout, and a
+    # traced tensor is a dense fake
+    if not torch.compiler.is_compiling() and t.layout != torch.strided:
         raise ValueError(f"{name}: {what} must be a dense (strided) tensor, got layout {t.layout}: call .to_dense()")
 
 
