@@ -56,6 +56,14 @@ def flag(name: str, value, what: str) -> bool:
     return value
 
 
+def _as_float(v) -> float:
+    """float(v), but inf for an int past float's range (10**400) instead of an OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
 def positive_float(name: str, value, what: str, *, none_ok: bool = False) -> float | None:
     """``value`` is a positive finite real (not a bool), returned as a float; ``none_ok``: or None."""
     if value is None and none_ok:
@@ -63,10 +71,7 @@ def positive_float(name: str, value, what: str, *, none_ok: bool = False) -> flo
     or_none = " or None" if none_ok else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: {what} must be a positive float{or_none}, got {value!r}")
-    try:
-        v = float(value)
-    except OverflowError:  # an int past float's range (10**400): not finite
-        v = math.inf
+    v = _as_float(value)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: {what} must be a positive finite float{or_none}, got {value!r}")
     return v
@@ -91,10 +96,7 @@ def real(name: str, v, what: str) -> float:
     """``v`` is a finite real (not a bool), returned as a float."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: {what} must be a float, got {v!r}")
-    try:
-        f = float(v)
-    except OverflowError:  # an int past float's range (10**400): not finite
-        f = math.inf
+    f = _as_float(v)
     if not math.isfinite(f):
         raise ValueError(f"{name}: {what} must be finite, got {v!r}")
     return f
